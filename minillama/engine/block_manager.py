@@ -1,0 +1,162 @@
+"""BlockManager: the bookkeeping of the paged KV cache.
+
+The KV cache is one big pool of fixed-size blocks, each holding the keys and values of
+`block_size` consecutive tokens of one sequence. A sequence owns a list of physical block ids
+(its block table), so its tokens need not be contiguous in memory: like pages of virtual memory,
+a sequence grows one block at a time and gives every block back when it finishes.
+
+Prefix caching: when a block is full and its K/V computed, it gets a hash of its tokens chained
+with the hash of the block before it, so the hash names the whole prefix up to the block's end.
+A new sequence whose leading blocks hash the same reuses those physical blocks instead of
+computing them again (several system prompts, a chat's earlier turns). A block shared by n
+sequences has reference count n. A block whose count drops to 0 goes on the free list but keeps
+its contents and hash until it is reused, so a later request can still hit it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import xxhash
+
+from minillama.engine.sequence import Sequence
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    # Chained hash of the prefix ending with this block; None until the block is full and computed.
+    hash: int | None = None
+    token_ids: list[int] = field(default_factory=list)  # what a hashed block holds
+
+
+def chain_hash(prev_hash: int | None, token_ids: list[int]) -> int:
+    """Hash of a block's tokens, chained to the previous block's hash (the prefix before it)."""
+    h = xxhash.xxh3_64()
+    if prev_hash is not None:
+        h.update(prev_hash.to_bytes(8, "little"))
+    h.update(np.asarray(token_ids, dtype=np.int64).tobytes())
+    return h.intdigest()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        # Free blocks in least-recently-freed order: allocation takes from the front, so a freed
+        # block keeps its cached contents as long as possible.
+        self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.hash_to_block_id: dict[int, int] = {}
+        self.num_hit_blocks = 0  # prefix-cache hits since start, in blocks
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_block_ids)
+
+    # -- admitting a sequence -------------------------------------------------------------
+
+    def cached_prefix(self, seq: Sequence) -> list[int]:
+        """Physical blocks that already hold this sequence's leading full blocks.
+
+        Only blocks entirely within the first num_tokens - 1 tokens count: the last token must
+        be computed anyway, because its output gives the logits of the next token.
+        """
+        if not self.enable_prefix_caching:
+            return []
+        hits: list[int] = []
+        prev_hash = None
+        for index in range((seq.num_tokens - 1) // self.block_size):
+            tokens = seq.block_tokens(index, self.block_size)
+            prev_hash = chain_hash(prev_hash, tokens)
+            block_id = self.hash_to_block_id.get(prev_hash)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            hits.append(block_id)
+        return hits
+
+    def can_allocate(self, seq: Sequence) -> bool:
+        """Are there enough free blocks to hold all of `seq`'s tokens?"""
+        hits = self.cached_prefix(seq)
+        # A hit on a block nobody uses right now still takes that block off the free list.
+        revived = sum(1 for block_id in hits if self.blocks[block_id].ref_count == 0)
+        return seq.num_blocks_needed(self.block_size) - len(hits) + revived <= self.num_free_blocks
+
+    def allocate(self, seq: Sequence) -> None:
+        """Give `seq` blocks for all its tokens, reusing prefix-cache hits; the caller checked
+        can_allocate. Sets num_computed_tokens to the tokens the hits already hold."""
+        assert not seq.block_table, f"{seq} already holds blocks"
+        hits = self.cached_prefix(seq)
+        for block_id in hits:
+            self._share(block_id)
+        fresh = [self._take_free_block() for _ in range(seq.num_blocks_needed(self.block_size) - len(hits))]
+        seq.block_table = hits + fresh
+        seq.num_cached_tokens = seq.num_computed_tokens = len(hits) * self.block_size
+        self.num_hit_blocks += len(hits)
+
+    # -- growing and freeing ----------------------------------------------------------------
+
+    def needs_new_block(self, seq: Sequence) -> bool:
+        """Does the next token to compute fall past the last block `seq` holds?"""
+        return seq.num_tokens > len(seq.block_table) * self.block_size
+
+    def can_append(self, seq: Sequence) -> bool:
+        return not self.needs_new_block(seq) or self.num_free_blocks > 0
+
+    def append_slot(self, seq: Sequence) -> None:
+        """Make room for the token a decode step is about to compute."""
+        if self.needs_new_block(seq):
+            seq.block_table.append(self._take_free_block())
+
+    def free(self, seq: Sequence) -> None:
+        """Give back every block of `seq` (finished or preempted)."""
+        # Tail blocks first: they go to the front of the free list and are reused first, while
+        # the prefix blocks, the ones other requests are likely to share, stay cached longer.
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            assert block.ref_count >= 0, f"block {block_id} freed more often than taken"
+            if block.ref_count == 0:
+                self.free_block_ids[block_id] = None
+        seq.block_table = []
+
+    def commit_full_blocks(self, seq: Sequence, num_computed_before: int) -> None:
+        """Hash the blocks that became full and computed in this step, so later sequences can
+        share them. Hashing only computed blocks matters: a block allocated for a chunk that has
+        not run yet holds no K/V, and nobody may hit it."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        for index in range(num_computed_before // bs, seq.num_computed_tokens // bs):
+            block = self.blocks[seq.block_table[index]]
+            if block.hash is not None:  # a prefix-cache hit: hashed already
+                continue
+            prev_hash = self.blocks[seq.block_table[index - 1]].hash if index > 0 else None
+            block.token_ids = seq.block_tokens(index, bs)
+            block.hash = chain_hash(prev_hash, block.token_ids)
+            # Two sequences may compute the same prefix in one batch: the first block wins.
+            self.hash_to_block_id.setdefault(block.hash, block.block_id)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _take_free_block(self) -> int:
+        block_id, _ = self.free_block_ids.popitem(last=False)
+        block = self.blocks[block_id]
+        # Reusing a block overwrites what it cached: forget its hash.
+        if block.hash is not None and self.hash_to_block_id.get(block.hash) == block_id:
+            del self.hash_to_block_id[block.hash]
+        block.hash, block.token_ids, block.ref_count = None, [], 1
+        return block_id
+
+    def _share(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free_block_ids[block_id]
+        block.ref_count += 1

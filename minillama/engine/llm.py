@@ -1,0 +1,56 @@
+"""LLM: run a list of prompts to completion on top of LLMEngine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from minillama.config import EngineConfig
+from minillama.engine.llm_engine import LLMEngine
+from minillama.engine.outputs import Completion
+from minillama.sampling_params import SamplingParams
+
+
+class LLM:
+    def __init__(self, model: str | Path | None = None, config: EngineConfig | None = None):
+        self.engine = LLMEngine.from_pretrained(model, config)
+
+    def generate(
+        self,
+        prompts: list[str] | list[list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        chat: bool = False,
+        progress: bool = False,
+    ) -> list[Completion]:
+        """All prompts in one continuous batch; completions in the order of `prompts`.
+
+        Every prompt is checked before any runs: a bad one raises InvalidRequestError and no
+        request of this call stays queued."""
+        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
+        engine = self.engine
+        ids: list[int] = []
+        try:
+            for prompt, p in zip(prompts, params_list):
+                ids.append(engine.add_request(prompt, p, chat=chat))
+        except Exception:
+            for request_id in ids:
+                engine.abort(request_id)
+            raise
+        total = sum(p.max_tokens for p in params_list)
+        with tqdm(total=total, desc="generating", unit="tok", disable=not progress) as bar:
+            while engine.has_unfinished():
+                bar.update(len(engine.step()))
+        completions = []
+        for request_id in ids:
+            seq = engine.sequences.pop(request_id)
+            completions.append(
+                Completion(
+                    request_id, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids,
+                    engine.text(request_id), seq.finish_reason, seq.num_cached_tokens, seq.num_preemptions,
+                )
+            )
+            engine.forget(request_id)
+        return completions

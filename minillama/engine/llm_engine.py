@@ -1,0 +1,289 @@
+"""LLMEngine: requests in, one scheduler iteration (one forward pass) per step, tokens out.
+
+    engine = LLMEngine.from_pretrained()           # the embedded model; or a model directory
+    rid = engine.add_request("Hello", SamplingParams(max_tokens=20))
+    while engine.has_unfinished():
+        for out in engine.step():
+            print(out.request_id, out.text_delta)
+
+A step: the scheduler picks a batch -> the model runner builds the flat tensors and runs the
+model (each layer writes its new K/V into the paged cache and attends) -> the sampler draws one
+token per sequence that finished its prompt -> sequences that hit EOS or their length limit
+finish and give back their KV blocks. Observers (minillama.observe) see every stage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from minillama.config import EngineConfig, ModelConfig
+from minillama.engine.block_manager import BlockManager
+from minillama.engine.detokenizer import IncrementalDetokenizer
+from minillama.engine.model_runner import ModelRunner
+from minillama.engine.outputs import RequestOutput, StepResult, StepTimings
+from minillama.engine.scheduler import Scheduler, SchedulerOutput
+from minillama.engine.sequence import Sequence
+from minillama.errors import InvalidRequestError
+from minillama.loader import (
+    build_model,
+    eos_token_ids,
+    init_random_weights,
+    load_hf_weights,
+    load_tokenizer,
+    read_safetensors,
+    resolve_model_dir,
+    safetensors_files,
+)
+from minillama.model.attention import get_attention_backend
+from minillama.model.llama import LlamaForCausalLM
+from minillama.model.sampler import Sampler
+from minillama.observe import Observer
+from minillama.sampling_params import SamplingParams
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        config: EngineConfig,
+        tokenizer=None,
+        eos_token_ids: tuple[int, ...] = (),
+        model_dir: Path | None = None,
+    ):
+        """Wrap an already built model; most callers want from_pretrained or from_config."""
+        config.validate()
+        self.config = config
+        self.model_config: ModelConfig = model.config
+        self.model_dir = model_dir
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.max_model_len = _max_model_len(self.model_config, config)
+        self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.runner = ModelRunner(model, self.model_config, config, self.device, self.dtype, self.max_model_len)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.sampler = Sampler(self.device, config.seed)
+        self.sequences: dict[int, Sequence] = {}  # every request not yet collected
+        self._generators: dict[int, torch.Generator] = {}
+        self._detokenizers: dict[int, IncrementalDetokenizer] = {}
+        self.observers: list[Observer] = []
+        self.step_count = 0
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path | None = None, config: EngineConfig | None = None) -> LLMEngine:
+        """Load a Hugging Face Llama directory, or the embedded model when `model` is None."""
+        config = config or EngineConfig()
+        config.validate()
+        path = resolve_model_dir(model)
+        model_config = ModelConfig.from_file(path / "config.json")
+        files = safetensors_files(path)  # fail on missing or pickled weights before the slow part
+        has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+        tokenizer = load_tokenizer(path) if has_tokenizer else None
+        llm = cls._build(model_config, config)
+        load_hf_weights(llm, read_safetensors(files))
+        return cls(llm, config, tokenizer, eos_token_ids(path, model_config, tokenizer), model_dir=path)
+
+    @classmethod
+    def from_config(cls, model_config: ModelConfig, config: EngineConfig | None = None, seed: int = 0) -> LLMEngine:
+        """A model of the given shape with random weights (benchmarks; no tokenizer)."""
+        config = config or EngineConfig()
+        config.validate()
+        llm = cls._build(model_config, config)
+        init_random_weights(llm, seed)
+        return cls(llm, config, None, model_config.eos_token_ids)
+
+    @staticmethod
+    def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
+        device = config.resolved_device()
+        backend = get_attention_backend(config.attention, device)
+        if config.block_size % backend.min_block_size:
+            raise ValueError(
+                f"--attention {backend.name} needs a block size that is a multiple of "
+                f"{backend.min_block_size} (got {config.block_size})"
+            )
+        max_len = _max_model_len(model_config, config)
+        return build_model(model_config, max_len, backend, device, config.resolved_dtype(device))
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str, chat: bool = False) -> list[int]:
+        """Token ids of a text prompt, wrapped in the model's chat template when `chat`."""
+        if self.tokenizer is None:
+            raise InvalidRequestError("this model has no tokenizer: pass the prompt as token ids")
+        if chat:
+            if not self.tokenizer.chat_template:
+                raise InvalidRequestError("this model's tokenizer has no chat template; run without chat")
+            prompt = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        return self.tokenizer.encode(prompt)
+
+    def add_request(
+        self, prompt: str | list[int], params: SamplingParams | None = None, chat: bool = False
+    ) -> int:
+        """Queue a request; returns its id. Raises InvalidRequestError, changing nothing, when
+        the prompt or the parameters are bad."""
+        params = params or SamplingParams()
+        params.validate()
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("the prompt is empty")
+            token_ids = self.encode_prompt(prompt, chat)
+        else:
+            token_ids = list(prompt)
+            if not token_ids:
+                raise InvalidRequestError("the prompt is empty (no token ids)")
+            vocab = self.model_config.vocab_size
+            if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
+                raise InvalidRequestError(f"prompt token ids must be integers in [0, {vocab})")
+        self._check_fits(len(token_ids), params)
+        seq = Sequence(token_ids, params)
+        if params.seed is not None:
+            self._generators[seq.seq_id] = self.sampler.new_generator(params.seed)
+        if self.tokenizer is not None:
+            self._detokenizers[seq.seq_id] = IncrementalDetokenizer(self.tokenizer, token_ids)
+        self.sequences[seq.seq_id] = seq
+        self.scheduler.add(seq)
+        return seq.seq_id
+
+    def _check_fits(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        if num_prompt_tokens >= self.max_model_len:
+            raise InvalidRequestError(
+                f"the prompt has {num_prompt_tokens} tokens; this engine's max_model_len is "
+                f"{self.max_model_len}, which must also leave room for at least one new token"
+            )
+        longest = min(num_prompt_tokens + params.max_tokens, self.max_model_len)
+        bs = self.config.block_size
+        blocks = (longest + bs - 1) // bs
+        if blocks > self.block_manager.num_blocks:
+            raise InvalidRequestError(
+                f"the request can never fit the KV cache: {longest} tokens need {blocks} blocks of "
+                f"{bs}, the cache has {self.block_manager.num_blocks}; lower max_tokens or add KV blocks"
+            )
+
+    def abort(self, request_id: int) -> None:
+        """Stop a request wherever it is, free its blocks and forget it."""
+        seq = self.sequences.get(request_id)
+        if seq is not None and not seq.is_finished:
+            self.scheduler.abort(seq)
+        self.forget(request_id)
+
+    def forget(self, request_id: int) -> None:
+        """Drop a finished request's bookkeeping once its output has been collected."""
+        self.sequences.pop(request_id, None)
+        self._generators.pop(request_id, None)
+        self._detokenizers.pop(request_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def text(self, request_id: int) -> str:
+        """The output text of a request so far."""
+        detokenizer = self._detokenizers.get(request_id)
+        return detokenizer.text if detokenizer else ""
+
+    # -- observers ---------------------------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        self.observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        self.observers.remove(observer)
+
+    def _attention_hook(self):
+        watchers = [o for o in self.observers if o.wants_attention]
+        if not watchers:
+            return None
+
+        def hook(layer, q, k, v, output, metadata):
+            for observer in watchers:
+                observer.on_attention(layer, q, k, v, output, metadata)
+
+        return hook
+
+    # -- the step ----------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduler iteration: one forward pass over the batch it picks."""
+        timings = StepTimings()
+        t0 = time.perf_counter()
+        batch = self.scheduler.schedule()
+        t1 = time.perf_counter()
+        timings.schedule_ms = (t1 - t0) * 1e3
+        if not batch.scheduled:  # only possible with nothing to do
+            return []
+        if self.observers:
+            for observer in self.observers:
+                observer.on_schedule(self, batch)
+        t1 = time.perf_counter()
+        inputs = self.runner.prepare(batch)
+        t2 = time.perf_counter()
+        logits = self.runner.run(inputs, self._attention_hook() if self.observers else None)
+        if self.observers and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so forward_ms is the forward, not the launch
+        t3 = time.perf_counter()
+        if self.observers:
+            for observer in self.observers:
+                observer.on_logits(batch, logits)
+        sampling = batch.sampling
+        params = [item.seq.params for item in sampling]
+        generators = [self._generators.get(item.seq.seq_id) for item in sampling]
+        tokens = self.sampler(logits, params, generators).tolist() if sampling else []
+        t4 = time.perf_counter()
+        timings.prepare_ms, timings.forward_ms, timings.sample_ms = (
+            (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3,
+        )
+        outputs = self._update(batch, tokens)
+        result = StepResult(
+            self.step_count, batch, outputs, timings, self.block_manager.num_free_blocks,
+            [o.request_id for o in outputs if o.finished],
+        )
+        self.step_count += 1
+        if self.observers:
+            for observer in self.observers:
+                observer.on_step_end(self, result)
+        return outputs
+
+    def _update(self, batch: SchedulerOutput, tokens: list[int]) -> list[RequestOutput]:
+        """Advance the sequences by what the step computed and sampled; finish the done ones."""
+        self.scheduler.update_after_step(batch)
+        outputs = []
+        for item, token in zip(batch.sampling, tokens):
+            seq = item.seq
+            seq.token_ids.append(token)
+            reason = self._finish_reason(seq, token)
+            detokenizer = self._detokenizers.get(seq.seq_id)
+            delta = detokenizer.push(token) if detokenizer else ""
+            if reason is not None:
+                if detokenizer:
+                    delta += detokenizer.finish()
+                self.scheduler.finish(seq, reason)
+                self._generators.pop(seq.seq_id, None)
+            outputs.append(RequestOutput(seq.seq_id, token, delta, reason is not None, reason))
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        params = seq.params
+        if (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
+            return "stop"
+        if len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+
+def _max_model_len(model_config: ModelConfig, config: EngineConfig) -> int:
+    if config.max_model_len is None:
+        return min(model_config.max_position_embeddings, 8192)
+    if config.max_model_len > model_config.max_position_embeddings:
+        raise ValueError(
+            f"max_model_len {config.max_model_len} exceeds the model's context "
+            f"({model_config.max_position_embeddings} positions)"
+        )
+    return config.max_model_len

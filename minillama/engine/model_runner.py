@@ -1,0 +1,232 @@
+"""ModelRunner: turns a scheduled batch into flat tensors, runs the model, returns logits.
+
+It owns the KV cache: one tensor [num_layers, 2, num_blocks + 1, block_size, Hkv, D]. The extra
+last block is scratch space that the padding rows of a CUDA graph write into, so they never
+touch a real sequence's K/V. On CUDA, decode steps replay CUDA graphs captured once per batch
+size bucket: a decode step is many small kernels, and a graph launches them all at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+from minillama.config import EngineConfig, ModelConfig
+from minillama.engine.scheduler import SchedulerOutput
+from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.llama import AttentionHook, LlamaForCausalLM
+
+
+@dataclass
+class ModelInputs:
+    """The flat batch for one forward pass (N tokens of B sequences)."""
+
+    input_ids: torch.Tensor  # [N] int64
+    positions: torch.Tensor  # [N] int64
+    metadata: AttentionMetadata
+    logits_indices: torch.Tensor  # [S] int64: rows of the sequences that sample this step
+
+
+def kv_block_bytes(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of K and V for one block across all layers."""
+    element = torch.empty(0, dtype=dtype).element_size()
+    return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * element
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        model_config: ModelConfig,
+        engine_config: EngineConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_model_len: int,
+    ):
+        self.model = model
+        self.config = model_config
+        self.block_size = engine_config.block_size
+        self.device = device
+        self.dtype = dtype
+        self.max_blocks_per_seq = (max_model_len + self.block_size - 1) // self.block_size
+        self.num_blocks = engine_config.num_kv_blocks or self._blocks_that_fit(engine_config, max_model_len)
+        self.scratch_block = self.num_blocks
+        self.kv_cache = torch.zeros(
+            model_config.num_hidden_layers, 2, self.num_blocks + 1, self.block_size,
+            model_config.num_key_value_heads, model_config.head_dim, dtype=dtype, device=device,
+        )
+        for i, layer in enumerate(model.model.layers):
+            layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[i]
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        backend = model.model.layers[0].self_attn.backend
+        if device.type == "cuda" and not engine_config.enforce_eager and backend.graph_safe:
+            self._capture_decode_graphs(engine_config.max_num_seqs)
+
+    # -- sizing the KV cache --------------------------------------------------------------------
+
+    def _blocks_that_fit(self, engine_config: EngineConfig, max_model_len: int) -> int:
+        block_bytes = kv_block_bytes(self.config, self.block_size, self.dtype)
+        # Never more than every running sequence at full length could use.
+        useful = engine_config.max_num_seqs * self.max_blocks_per_seq
+        if self.device.type != "cuda":
+            return max(1, min(useful, int(engine_config.kv_cache_memory_gb * 2**30) // block_bytes))
+        # On CUDA: measure the activation peak of the largest prefill with a throwaway cache,
+        # then give the KV cache what the utilisation fraction leaves.
+        tokens = min(engine_config.max_num_batched_tokens, max_model_len)
+        warmup_blocks = (tokens + self.block_size - 1) // self.block_size
+        self.kv_cache = torch.zeros(
+            self.config.num_hidden_layers, 2, warmup_blocks, self.block_size,
+            self.config.num_key_value_heads, self.config.head_dim, dtype=self.dtype, device=self.device,
+        )
+        for i, layer in enumerate(self.model.model.layers):
+            layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[i]
+        torch.cuda.reset_peak_memory_stats(self.device)
+        ids = torch.zeros(tokens, dtype=torch.long, device=self.device)
+        positions = torch.arange(tokens, device=self.device)
+        cu = torch.tensor([0, tokens], dtype=torch.int32, device=self.device)
+        metadata = AttentionMetadata(True, positions, None, cu, cu, tokens, tokens)
+        with torch.inference_mode():
+            self.model.compute_logits(self.model(ids, positions, metadata)[-1:])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        del self.kv_cache
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        in_use_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
+        budget = total * engine_config.gpu_memory_utilization - in_use_elsewhere - peak
+        if budget < block_bytes:
+            raise RuntimeError(
+                f"no GPU memory left for the KV cache (utilisation {engine_config.gpu_memory_utilization}, "
+                f"{free / 2**30:.1f} GiB free); raise --gpu-memory-utilization or lower --max-num-batched-tokens"
+            )
+        return max(1, min(useful, int(budget // block_bytes)))
+
+    # -- building the flat batch --------------------------------------------------------------
+
+    def prepare(self, batch: SchedulerOutput) -> ModelInputs:
+        return self._prepare_prefill(batch) if batch.phase == "prefill" else self._prepare_decode(batch)
+
+    def _prepare_prefill(self, batch: SchedulerOutput) -> ModelInputs:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        cu_q, cu_k = [0], [0]
+        logits_indices: list[int] = []
+        for item in batch.scheduled:
+            seq = item.seq
+            input_ids += seq.token_ids[item.start : item.end]
+            positions += range(item.start, item.end)
+            slots += [seq.slot(p, bs) for p in range(item.start, item.end)]
+            cu_q.append(cu_q[-1] + item.num_tokens)
+            cu_k.append(cu_k[-1] + item.end)  # keys: the cached prefix and the new tokens
+            if item.samples:
+                logits_indices.append(cu_q[-1] - 1)  # the last token's output predicts the next
+        # Block tables are needed only when some sequence attends to K/V computed earlier
+        # (a prefix-cache hit or an earlier chunk); otherwise attention uses the fresh K/V.
+        has_prefix = any(item.start > 0 for item in batch.scheduled)
+        metadata = AttentionMetadata(
+            is_prefill=True,
+            slot_mapping=self._tensor(slots, torch.long),
+            block_tables=self._block_tables(batch) if has_prefix else None,
+            cu_seqlens_q=self._tensor(cu_q, torch.int32),
+            cu_seqlens_k=self._tensor(cu_k, torch.int32),
+            max_seqlen_q=max(item.num_tokens for item in batch.scheduled),
+            max_seqlen_k=max(item.end for item in batch.scheduled),
+        )
+        return ModelInputs(
+            self._tensor(input_ids, torch.long), self._tensor(positions, torch.long), metadata,
+            self._tensor(logits_indices, torch.long),
+        )
+
+    def _prepare_decode(self, batch: SchedulerOutput) -> ModelInputs:
+        seqs = [item.seq for item in batch.scheduled]
+        positions = [seq.num_tokens - 1 for seq in seqs]  # the one uncomputed token
+        metadata = AttentionMetadata(
+            is_prefill=False,
+            slot_mapping=self._tensor([s.slot(p, self.block_size) for s, p in zip(seqs, positions)], torch.long),
+            block_tables=self._block_tables(batch),
+            context_lens=self._tensor([s.num_tokens for s in seqs], torch.int32),
+        )
+        return ModelInputs(
+            self._tensor([s.token_ids[-1] for s in seqs], torch.long), self._tensor(positions, torch.long),
+            metadata, torch.arange(len(seqs), device=self.device),
+        )
+
+    def _block_tables(self, batch: SchedulerOutput) -> torch.Tensor:
+        """[B, max blocks in the batch] int32, padded with block 0 (masked by the lengths)."""
+        tables = [item.seq.block_table for item in batch.scheduled]
+        width = max(len(t) for t in tables)
+        return self._tensor([t + [0] * (width - len(t)) for t in tables], torch.int32)
+
+    def _tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
+        tensor = torch.tensor(data, dtype=dtype)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    # -- running ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run(self, inputs: ModelInputs, on_attention: AttentionHook | None = None) -> torch.Tensor:
+        """Forward pass -> logits [S, vocab] (fp32) for the sequences that sample."""
+        num_seqs = inputs.input_ids.shape[0]
+        if not inputs.metadata.is_prefill and on_attention is None and self.graphs and num_seqs <= max(self.graphs):
+            hidden = self._replay_decode_graph(inputs)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention)
+        return self.model.compute_logits(hidden[inputs.logits_indices])
+
+    # -- CUDA graphs ----------------------------------------------------------------------------
+
+    def _graph_sizes(self, max_num_seqs: int) -> list[int]:
+        sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 16))
+        return sorted({s for s in sizes if s <= max_num_seqs} | {max_num_seqs})
+
+    @torch.inference_mode()
+    def _capture_decode_graphs(self, max_num_seqs: int) -> None:
+        """Capture one decode graph per batch-size bucket, sharing static input buffers.
+
+        A replay runs a batch of n sequences in the smallest bucket >= n; the padding rows
+        attend over the scratch block and write their K/V there."""
+        n, dev = max_num_seqs, self.device
+        scratch_slot = self.scratch_block * self.block_size
+        self.static = {
+            "input_ids": torch.zeros(n, dtype=torch.long, device=dev),
+            "positions": torch.zeros(n, dtype=torch.long, device=dev),
+            "slot_mapping": torch.full((n,), scratch_slot, dtype=torch.long, device=dev),
+            "context_lens": torch.ones(n, dtype=torch.int32, device=dev),
+            "block_tables": torch.full((n, self.max_blocks_per_seq), self.scratch_block, dtype=torch.int32, device=dev),
+            "hidden": torch.zeros(n, self.config.hidden_size, dtype=self.dtype, device=dev),
+        }
+        pool = None
+        for size in reversed(self._graph_sizes(max_num_seqs)):  # largest first: it sizes the pool
+            s = {k: v[:size] for k, v in self.static.items()}
+            metadata = AttentionMetadata(
+                False, s["slot_mapping"], s["block_tables"], context_lens=s["context_lens"]
+            )
+            self.model(s["input_ids"], s["positions"], metadata)  # warm up outside the graph
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                s["hidden"][:] = self.model(s["input_ids"], s["positions"], metadata)
+            pool = graph.pool()
+            self.graphs[size] = graph
+        torch.cuda.synchronize(dev)
+
+    def _replay_decode_graph(self, inputs: ModelInputs) -> torch.Tensor:
+        n = inputs.input_ids.shape[0]
+        sizes = sorted(self.graphs)
+        size = sizes[bisect.bisect_left(sizes, n)]
+        s, md = self.static, inputs.metadata
+        s["input_ids"][:n] = inputs.input_ids
+        s["positions"][:n] = inputs.positions
+        s["slot_mapping"][:n] = md.slot_mapping
+        s["slot_mapping"][n:size] = self.scratch_block * self.block_size
+        s["context_lens"][:n] = md.context_lens
+        s["context_lens"][n:size] = 1
+        s["block_tables"][:size] = self.scratch_block
+        s["block_tables"][:n, : md.block_tables.shape[1]] = md.block_tables
+        self.graphs[size].replay()
+        return s["hidden"][:n]

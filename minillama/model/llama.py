@@ -1,0 +1,143 @@
+"""The Llama decoder: embeddings, N x (attention + MLP, each with RMSNorm and a residual), LM head.
+
+Every tensor is flat over the batch: [N, ...] for the N new tokens of all sequences in the step.
+Parameter names follow Hugging Face's, except that q/k/v_proj are stacked into qkv_proj and
+gate/up_proj into gate_up_proj (one matmul each instead of three and two); the loader stacks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from minillama.config import ModelConfig
+from minillama.model.attention import AttentionBackend
+from minillama.model.attention.kv_cache import store_kvcache
+from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.mlp import LlamaMLP
+from minillama.model.norm import RMSNorm
+from minillama.model.rotary import RotaryEmbedding
+
+# on_attention(layer, q, k, v, output, metadata): q [N, H, D] and k [N, Hkv, D] after RoPE,
+# v [N, Hkv, D], output [N, H, D] (attention before o_proj).
+AttentionHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], None]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int, rotary: RotaryEmbedding, backend: AttentionBackend):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim**-0.5
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_split = [q_size, kv_size, kv_size]
+        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
+        self.rotary = rotary
+        self.backend = backend
+        # This layer's slice of the paged KV cache, [num_blocks, block_size, Hkv, D] each; the
+        # model runner binds them once it has sized the cache.
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        metadata: AttentionMetadata,
+        on_attention: AttentionHook | None,
+    ) -> torch.Tensor:
+        """positions: [N]; x: [N, hidden] -> [N, hidden]."""
+        q, k, v = self.qkv_proj(x).split(self.qkv_split, dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)  # [N, H, D]
+        k = k.view(-1, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(positions, q, k)
+        # Write first, then attend: the new tokens must see themselves, and sequences whose
+        # prefix is cached read all their keys from the cache.
+        store_kvcache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
+        if not metadata.is_prefill:
+            out = self.backend.decode(
+                q.unsqueeze(1), self.k_cache, self.v_cache, metadata.context_lens, metadata.block_tables,
+                softmax_scale=self.scale, causal=True,
+            ).squeeze(1)
+        elif metadata.block_tables is None:  # no sequence has cached K/V: use the fresh K/V
+            out = self.backend.varlen(
+                q, k, v, metadata.cu_seqlens_q, metadata.cu_seqlens_k, metadata.max_seqlen_q,
+                metadata.max_seqlen_k, softmax_scale=self.scale, causal=True,
+            )
+        else:
+            out = self.backend.varlen(
+                q, self.k_cache, self.v_cache, metadata.cu_seqlens_q, metadata.cu_seqlens_k,
+                metadata.max_seqlen_q, metadata.max_seqlen_k, softmax_scale=self.scale, causal=True,
+                block_table=metadata.block_tables,
+            )
+        if on_attention is not None:
+            on_attention(self.layer_idx, q, k, v, out, metadata)
+        return self.o_proj(out.flatten(1))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int, rotary: RotaryEmbedding, backend: AttentionBackend):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, layer_idx, rotary, backend)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        metadata: AttentionMetadata,
+        on_attention: AttentionHook | None,
+    ) -> torch.Tensor:
+        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), metadata, on_attention)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, max_position: int, backend: AttentionBackend):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # One RoPE table shared by all layers.
+        rotary = RotaryEmbedding(config.head_dim, max_position, config.rope_theta, config.rope_scaling)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, rotary, backend) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig, max_position: int, backend: AttentionBackend):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, max_position, backend)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """With tied embeddings the output projection reuses the input embedding matrix."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        metadata: AttentionMetadata,
+        on_attention: AttentionHook | None = None,
+    ) -> torch.Tensor:
+        """input_ids, positions: [N] -> final hidden states [N, hidden]."""
+        hidden = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            hidden = layer(positions, hidden, metadata, on_attention)
+        return self.model.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32."""
+        return self.lm_head(hidden).float()

@@ -1,0 +1,18 @@
+"""The feed-forward block: SwiGLU, silu(x W_gate) * (x W_up) then W_down."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        # gate_proj and up_proj stacked into one matrix: one matmul instead of two.
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, hidden] -> [N, hidden]."""
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [N, intermediate] each
+        return self.down_proj(F.silu(gate) * up)

@@ -1,0 +1,68 @@
+"""Sampler: turn each sequence's logits into its next token.
+
+Greedy rows (temperature 0) take the most likely token. The others divide the logits by the
+temperature, keep the top_k most likely tokens and the smallest set whose probability reaches
+top_p, renormalise, and draw one token. Drawing uses the exponential race: argmax(p / E) with E
+~ Exponential(1) picks token i with probability p_i, and needs only one random number per token,
+drawn from the row's own generator, so a seeded request gets the same tokens in any batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from minillama.sampling_params import SamplingParams
+
+
+def filtered_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Apply temperature, top-k and top-p to logits [B, V] (fp32); removed tokens get -inf.
+
+    Greedy rows are left as they are. The inspector uses this too, to show the distribution a
+    token was actually drawn from."""
+    device = logits.device
+    temperature = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=device)
+    logits = logits / temperature[:, None]
+    if all(p.top_k == 0 and p.top_p >= 1.0 for p in params):
+        return logits
+    vocab = logits.shape[-1]
+    top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device)
+    top_p = torch.tensor([p.top_p for p in params], device=device)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V], most likely first
+    rank = torch.arange(vocab, device=device)[None, :]
+    probs = sorted_logits.softmax(dim=-1)
+    # Probability of all tokens ranked above each one; a token is kept while that is < top_p,
+    # so the most likely token is always kept.
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop = (rank >= top_k[:, None]) | (mass_before >= top_p[:, None])
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+class Sampler:
+    def __init__(self, device: torch.device, seed: int):
+        self.device = device
+        self.shared_generator = torch.Generator(device=device).manual_seed(seed)
+
+    def new_generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def __call__(
+        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+    ) -> torch.Tensor:
+        """logits: [B, V] fp32; generators[i]: row i's own generator, or None for the shared one.
+        -> token ids [B] (int64)."""
+        tokens = logits.argmax(dim=-1)
+        random_rows = [i for i, p in enumerate(params) if not p.greedy]
+        if not random_rows:
+            return tokens
+        rows = torch.tensor(random_rows, device=logits.device)
+        probs = filtered_logits(logits[rows], [params[i] for i in random_rows]).softmax(dim=-1)
+        noise = torch.empty_like(probs)
+        unseeded = [j for j, i in enumerate(random_rows) if generators[i] is None]
+        if unseeded:
+            noise[unseeded] = torch.empty_like(probs[unseeded]).exponential_(generator=self.shared_generator)
+        for j, i in enumerate(random_rows):
+            if generators[i] is not None:
+                noise[j].exponential_(generator=generators[i])
+        tokens[rows] = (probs / noise).argmax(dim=-1)
+        return tokens

@@ -1,0 +1,54 @@
+"""The observer protocol: the hook points LLMEngine calls during every step.
+
+An observer subclasses Observer and overrides the hooks it needs; `engine.add_observer(obs)`
+attaches it. The order within a step is:
+
+    on_schedule(engine, batch)          the scheduler's decision (SchedulerOutput), before the run
+    on_attention(layer, q, k, v, out, metadata)
+                                        once per layer, only for observers with
+                                        wants_attention = True (that step then runs eagerly,
+                                        without CUDA graphs)
+    on_logits(batch, logits)            logits [S, vocab] fp32 of the S sequences that sample,
+                                        in the order of batch.sampling
+    on_step_end(engine, result)         sampled tokens, text deltas, finish reasons, timings
+
+With no observer attached, each hook costs the engine one `if`. Hooks must not change the
+tensors they are given: they are the engine's own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from minillama.model.attention.metadata import AttentionMetadata
+
+if TYPE_CHECKING:
+    from minillama.engine.llm_engine import LLMEngine
+    from minillama.engine.outputs import StepResult
+    from minillama.engine.scheduler import SchedulerOutput
+
+
+class Observer:
+    wants_attention: bool = False
+
+    def on_schedule(self, engine: LLMEngine, batch: SchedulerOutput) -> None:
+        pass
+
+    def on_attention(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        output: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> None:
+        pass
+
+    def on_logits(self, batch: SchedulerOutput, logits: torch.Tensor) -> None:
+        pass
+
+    def on_step_end(self, engine: LLMEngine, result: StepResult) -> None:
+        pass

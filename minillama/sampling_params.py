@@ -1,0 +1,45 @@
+"""SamplingParams: how one request picks its next tokens and when it stops."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from minillama.errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings.
+
+    temperature 0 means greedy (always the most likely token). top_k 0 and top_p 1.0 switch those
+    filters off. A request with a seed draws from its own random generator, so the same seed gives
+    the same tokens whatever else is in the batch.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 64
+    seed: int | None = None
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        """Raise InvalidRequestError naming the first bad field."""
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or math.isnan(self.temperature):
+            raise InvalidRequestError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if self.temperature < 0 or math.isinf(self.temperature):
+            raise InvalidRequestError(f"temperature must be finite and >= 0, got {self.temperature}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InvalidRequestError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise InvalidRequestError(f"seed must be an integer or None, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
