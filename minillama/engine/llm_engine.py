@@ -23,7 +23,7 @@ from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.detokenizer import IncrementalDetokenizer
 from minillama.engine.model_runner import ModelRunner
-from minillama.engine.outputs import RequestOutput, StepResult, StepTimings
+from minillama.engine.outputs import EngineStats, RequestOutput, StepResult, StepTimings
 from minillama.engine.scheduler import Scheduler, SchedulerOutput
 from minillama.engine.sequence import Sequence
 from minillama.errors import InvalidRequestError
@@ -72,6 +72,7 @@ class LLMEngine:
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
         self.observers: list[Observer] = []
         self.step_count = 0
+        self.stats = EngineStats()
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -246,6 +247,7 @@ class LLMEngine:
             [o.request_id for o in outputs if o.finished],
         )
         self.step_count += 1
+        self.stats.record(batch.phase, batch.num_tokens, time.perf_counter() - t0, len(batch.preempted))
         if self.observers:
             for observer in self.observers:
                 observer.on_step_end(self, result)

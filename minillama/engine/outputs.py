@@ -33,6 +33,39 @@ class StepTimings:
 
 
 @dataclass
+class EngineStats:
+    """Running totals since the engine started, split by step phase."""
+
+    prefill_steps: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed (prefix-cache hits not included)
+    prefill_seconds: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+    preemptions: int = 0
+
+    def record(self, phase: str, num_tokens: int, seconds: float, preemptions: int) -> None:
+        if phase == "prefill":
+            self.prefill_steps += 1
+            self.prefill_tokens += num_tokens
+            self.prefill_seconds += seconds
+        else:
+            self.decode_steps += 1
+            self.decode_tokens += num_tokens
+            self.decode_seconds += seconds
+        self.preemptions += preemptions
+
+    def summary(self) -> str:
+        prefill = self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+        decode = self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
+        return (
+            f"prefill: {self.prefill_tokens} tokens in {self.prefill_steps} steps, {prefill:.1f} tok/s | "
+            f"decode: {self.decode_tokens} tokens in {self.decode_steps} steps, {decode:.1f} tok/s | "
+            f"preemptions: {self.preemptions}"
+        )
+
+
+@dataclass
 class StepResult:
     step: int  # 0-based index of the step since the engine started
     batch: SchedulerOutput

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random-weight Llama models saved as Hugging Face directories, and the
+embedded model (converted once per test session into a temporary cache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tiny shapes that still cover what differs between Llama variants.
+TINY_CONFIGS = {
+    "gqa-tied-llama3": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, llama3_rope=True),
+    "mqa-untied-default": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False, llama3_rope=False),
+    "mha-untied-llama3": dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False, llama3_rope=True),
+    "gqa-tied-default-hd32": dict(num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True, llama3_rope=False, head_dim=32),
+}
+
+
+def make_hf_model(name: str, seed: int = 0, vocab_size: int = 256, init_std: float = 0.1):
+    """A random transformers.LlamaForCausalLM of the named tiny shape (no EOS, so generation
+    runs to max_tokens)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = dict(TINY_CONFIGS[name])
+    llama3 = spec.pop("llama3_rope")
+    rope_scaling = (
+        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+         "original_max_position_embeddings": 32}
+        if llama3 else None
+    )
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        max_position_embeddings=512, rope_theta=10000.0 if not llama3 else 500000.0,
+        rope_scaling=rope_scaling, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        initializer_range=init_std, **spec,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """name -> (directory, HF model) for each tiny config, saved once per session."""
+    made: dict[str, tuple[Path, object]] = {}
+
+    def get(name: str):
+        if name not in made:
+            model = make_hf_model(name)
+            path = tmp_path_factory.mktemp(name)
+            model.save_pretrained(path)
+            made[name] = (path, model)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The embedded model as a Hugging Face directory (converted on first use, then cached)."""
+    from minillama.loader import embedded_model_dir
+
+    return embedded_model_dir()
