@@ -171,13 +171,14 @@ def _stacked_part(model: LlamaForCausalLM, target: str, data: torch.Tensor, part
 
 def init_random_weights(model: LlamaForCausalLM, seed: int, std: float = 0.02) -> None:
     """Random weights, for benchmarks on a model's shape without its checkpoint."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
             else:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
+                param.normal_(0.0, std, generator=generator)
 
 
 # -- tokenizer and EOS ------------------------------------------------------------------------

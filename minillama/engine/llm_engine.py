@@ -99,6 +99,17 @@ class LLMEngine:
         init_random_weights(llm, seed)
         return cls(llm, config, None, model_config.eos_token_ids)
 
+    @classmethod
+    def from_hf_model(cls, hf_model, config: EngineConfig | None = None, tokenizer=None) -> LLMEngine:
+        """The same weights as a transformers LlamaForCausalLM already in memory (benchmarks
+        and tests run both side by side)."""
+        config = config or EngineConfig()
+        config.validate()
+        model_config = ModelConfig.from_dict(hf_model.config.to_dict())
+        llm = cls._build(model_config, config)
+        load_hf_weights(llm, hf_model.state_dict().items())
+        return cls(llm, config, tokenizer, model_config.eos_token_ids)
+
     @staticmethod
     def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
         device = config.resolved_device()

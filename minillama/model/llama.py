@@ -18,7 +18,7 @@ from minillama.model.attention.kv_cache import store_kvcache
 from minillama.model.attention.metadata import AttentionMetadata
 from minillama.model.mlp import LlamaMLP
 from minillama.model.norm import RMSNorm
-from minillama.model.rotary import RotaryEmbedding
+from minillama.model.rotary import RotaryEmbedding, apply_rotary
 
 # on_attention(layer, q, k, v, output, metadata): q [N, H, D] and k [N, Hkv, D] after RoPE,
 # v [N, Hkv, D], output [N, H, D] (attention before o_proj).
@@ -26,7 +26,7 @@ AttentionHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.T
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, rotary: RotaryEmbedding, backend: AttentionBackend):
+    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
@@ -34,10 +34,8 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_split = [q_size, kv_size, kv_size]
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
-        self.rotary = rotary
         self.backend = backend
         # This layer's slice of the paged KV cache, [num_blocks, block_size, Hkv, D] each; the
         # model runner binds them once it has sized the cache.
@@ -46,17 +44,17 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         x: torch.Tensor,
         metadata: AttentionMetadata,
         on_attention: AttentionHook | None,
     ) -> torch.Tensor:
-        """positions: [N]; x: [N, hidden] -> [N, hidden]."""
-        q, k, v = self.qkv_proj(x).split(self.qkv_split, dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)  # [N, H, D]
-        k = k.view(-1, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        """rope: cos, sin [N, 1, D] of each token's position; x: [N, hidden] -> [N, hidden]."""
+        qkv = self.qkv_proj(x).view(-1, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        # RoPE turns the positions into rotations of q and k (v is not rotated): one call for both.
+        qk = apply_rotary(qkv[:, : self.num_heads + self.num_kv_heads], *rope)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [N, H, D], [N, Hkv, D]
+        v = qkv[:, self.num_heads + self.num_kv_heads :]  # [N, Hkv, D]
         # Write first, then attend: the new tokens must see themselves, and sequences whose
         # prefix is cached read all their keys from the cache.
         store_kvcache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
@@ -82,21 +80,21 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, rotary: RotaryEmbedding, backend: AttentionBackend):
+    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, layer_idx, rotary, backend)
+        self.self_attn = LlamaAttention(config, layer_idx, backend)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
 
     def forward(
         self,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         hidden: torch.Tensor,
         metadata: AttentionMetadata,
         on_attention: AttentionHook | None,
     ) -> torch.Tensor:
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), metadata, on_attention)
+        hidden = hidden + self.self_attn(rope, self.input_layernorm(hidden), metadata, on_attention)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -105,10 +103,8 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         # One RoPE table shared by all layers.
-        rotary = RotaryEmbedding(config.head_dim, max_position, config.rope_theta, config.rope_scaling)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, rotary, backend) for i in range(config.num_hidden_layers)
-        )
+        self.rotary = RotaryEmbedding(config.head_dim, max_position, config.rope_theta, config.rope_scaling)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, backend) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
@@ -134,8 +130,9 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions: [N] -> final hidden states [N, hidden]."""
         hidden = self.model.embed_tokens(input_ids)
+        rope = self.model.rotary.cos_sin(positions, hidden.dtype)
         for layer in self.model.layers:
-            hidden = layer(positions, hidden, metadata, on_attention)
+            hidden = layer(rope, hidden, metadata, on_attention)
         return self.model.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """RMSNorm: scale each hidden vector to unit root-mean-square, then by a learned weight."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -11,7 +12,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, hidden] -> [N, hidden]. Computed in fp32 (as Hugging Face does) for accuracy."""
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        """x: [N, hidden] -> [N, hidden], x / sqrt(mean(x^2) + eps) * weight.
+
+        Normalised in fp32 and cast back before the weight multiplies, as Hugging Face does, so
+        bf16 results match theirs bit for bit."""
+        normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
+        return self.weight * normed.to(x.dtype)

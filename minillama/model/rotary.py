@@ -55,17 +55,18 @@ class RotaryEmbedding(nn.Module):
         angles = torch.outer(torch.arange(self.max_position, dtype=torch.float32, device=device), inv_freq)
         self.cos, self.sin = angles.cos(), angles.sin()
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [N]; q: [N, H, D]; k: [N, Hkv, D] -> rotated q, k of the same shapes."""
-        cos = self.cos[positions].unsqueeze(1)  # [N, 1, D/2], broadcast over heads
-        sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The angles of `positions` [N], looked up once per forward pass and shared by every
+        layer: cos, sin [N, 1, head_dim], each half repeated to line up with rotate_half."""
+        cos, sin = self.cos[positions], self.sin[positions]  # [N, D/2]
+        return torch.cat((cos, cos), -1).unsqueeze(1).to(dtype), torch.cat((sin, sin), -1).unsqueeze(1).to(dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x1[i], x2[i]) = (x[i], x[i + D/2]) by its angle, in fp32."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return rotated.to(x.dtype)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate every feature pair (x[i], x[i + D/2]) of x [N, heads, D] by its angle.
+
+    With x1, x2 the two halves: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), which is
+    x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1). Computed in x's dtype, as
+    Hugging Face does."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin

@@ -1,0 +1,219 @@
+"""Throughput of the engine against Hugging Face transformers, in one process, as ratios.
+
+    python -m minillama.bench                  # CPU: embedded model, 1 prompt and 8 prompts
+    python -m minillama.bench --config 1b      # the same on a Llama-3.2 shape, random weights
+    python -m minillama.bench --gpu            # the GPU workload: 256 requests, 3 engines
+
+Every figure is output tokens per second of wall time. Both sides generate exactly the same
+number of tokens (EOS ignored), greedily, from the same weights and prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minillama.config import EngineConfig
+from minillama.engine.llm_engine import LLMEngine
+from minillama.sampling_params import SamplingParams
+
+CONFIGS = Path(__file__).parent / "bench_configs"
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "Explain what a KV cache is in one paragraph.",
+    "List three uses of a paperclip.",
+    "Why is the sky blue?",
+    "Give me a short recipe for pancakes.",
+    "What does a compiler do?",
+    "Translate 'good morning' into German and Spanish.",
+]
+
+
+@dataclass
+class Row:
+    name: str
+    tokens: int
+    seconds: float
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_engine(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> Row:
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    synchronize(engine.device)
+    start = time.perf_counter()
+    ids = [engine.add_request(p, params) for p in prompts]
+    while engine.has_unfinished():
+        engine.step()
+    synchronize(engine.device)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(engine.sequences[i].output_token_ids) for i in ids)
+    for i in ids:
+        engine.forget(i)
+    return Row("minillama", tokens, seconds)
+
+
+def time_hf_generate(hf, prompts: list[list[int]], max_tokens: int, batch_size: int, pad_id: int) -> Row:
+    """HF `generate` on static batches of `batch_size` left-padded prompts."""
+    device = hf.device
+    synchronize(device)
+    start = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i : i + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+        with torch.inference_mode():
+            out = hf.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                do_sample=False, pad_token_id=pad_id,
+            )
+        tokens += (out.shape[1] - width) * len(batch)
+    synchronize(device)
+    return Row(f"HF generate (batches of {batch_size})", tokens, time.perf_counter() - start)
+
+
+def time_hf_continuous(hf, prompts: list[list[int]], max_tokens: int) -> Row:
+    """HF continuous batching (`generate_batch`, paged attention)."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    synchronize(hf.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        outputs = hf.generate_batch(inputs=prompts, generation_config=config)
+    synchronize(hf.device)
+    tokens = sum(len(o.generated_tokens) for o in outputs.values())
+    return Row("HF continuous batching", tokens, time.perf_counter() - start)
+
+
+def print_table(title: str, rows: list[Row], floor_seconds: float | None = None) -> None:
+    ours = rows[0]
+    print(f"\n{title}")
+    print(f"{'engine':<34}{'tokens':>8}{'seconds':>10}{'tok/s':>10}{'minillama x':>13}")
+    for row in rows:
+        ratio = ours.tok_per_s / row.tok_per_s
+        print(f"{row.name:<34}{row.tokens:>8}{row.seconds:>10.2f}{row.tok_per_s:>10.1f}{ratio:>12.2f}x")
+    if floor_seconds:
+        print(f"{'floor (weights + compute)':<34}{ours.tokens:>8}{floor_seconds:>10.2f}{ours.tokens / floor_seconds:>10.1f}"
+              f"   minillama at {floor_seconds / ours.seconds:.0%} of the floor")
+
+
+def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """(HF model, tokenizer or None): the embedded model, or a config with random weights."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if args.config is None:
+        from minillama.loader import embedded_model_dir, load_tokenizer
+
+        path = embedded_model_dir()
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        return hf, load_tokenizer(path)
+    raw = json.loads(config_path(args.config).read_text())
+    raw["eos_token_id"] = None  # random weights: never stop early
+    torch.manual_seed(0)
+    config = LlamaConfig.from_dict(raw)
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        hf = LlamaForCausalLM(config).to(dtype).eval()
+    return hf, None
+
+
+def config_path(name: str) -> Path:
+    path = CONFIGS / f"llama-3.2-{name}.json"
+    return path if path.exists() else Path(name)
+
+
+def random_prompts(n: int, low: int, high: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab) for _ in range(rng.randint(low, high))] for _ in range(n)]
+
+
+def small_workload(args: argparse.Namespace) -> None:
+    """1 prompt, then 8 prompts, of 64 new tokens each: engine vs HF generate."""
+    device = EngineConfig(device=args.device).resolved_device()
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    hf, tokenizer = load_hf(args, device, dtype)
+    engine = LLMEngine.from_hf_model(hf, EngineConfig(device=str(device), num_kv_blocks=args.kv_blocks), tokenizer)
+    if tokenizer is not None:
+        prompts = [engine.encode_prompt(p, chat=True) for p in CHAT_PROMPTS]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    else:
+        prompts, pad = random_prompts(8, 32, 96, hf.config.vocab_size, seed=0), 0
+    print(f"device {device}, dtype {dtype}, torch threads {torch.get_num_threads()}, model "
+          f"{args.config or 'embedded SmolLM2-135M-Instruct'}, {args.max_tokens} new tokens per prompt")
+    time_engine(engine, prompts[:2], 4)  # warm-up both sides
+    time_hf_generate(hf, prompts[:2], 4, 2, pad)
+    for n in (1, 8):
+        rows = [time_engine(engine, prompts[:n], args.max_tokens),
+                time_hf_generate(hf, prompts[:n], args.max_tokens, n, pad)]
+        print_table(f"{n} prompt(s)", rows)
+
+
+def gpu_workload(args: argparse.Namespace) -> None:
+    """The throughput workload: 256 requests, prompts of 100-1024 tokens, 256 new tokens each."""
+    device = torch.device("cuda")
+    hf, _ = load_hf(args, device, torch.bfloat16)
+    prompts = random_prompts(args.num_requests, 100, 1024, hf.config.vocab_size, seed=0)
+    rows = []
+    if "static" in args.peers:
+        time_hf_generate(hf, prompts[:2], 4, 2, 0)
+        rows.append(time_hf_generate(hf, prompts, args.output_len, 64, 0))
+    if "cb" in args.peers:
+        try:
+            rows.append(time_hf_continuous(hf, prompts, args.output_len))
+        except Exception as exc:  # a peer failing must not hide our own numbers
+            print(f"HF continuous batching failed: {type(exc).__name__}: {exc}")
+    torch.cuda.empty_cache()
+    config = EngineConfig(device="cuda", attention=args.attention, max_num_seqs=args.max_num_seqs,
+                          max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager)
+    engine = LLMEngine.from_hf_model(hf, config)
+    time_engine(engine, prompts[:4], 8)  # warm-up
+    ours = time_engine(engine, prompts, args.output_len)
+    print(f"KV cache: {engine.block_manager.num_blocks} blocks of {config.block_size}; attention "
+          f"{engine.runner.model.model.layers[0].self_attn.backend.name}; CUDA graphs: {sorted(engine.runner.graphs)}")
+    print(engine.stats.summary())
+    print_table(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each",
+                [ours, *rows], floor_seconds=args.floor)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m minillama.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="the 256-request GPU workload")
+    parser.add_argument("--config", default=None, help="1b, 3b or a config.json path (random weights); default: embedded model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-tokens", type=int, default=64, help="small workload: new tokens per prompt")
+    parser.add_argument("--kv-blocks", type=int, default=None)
+    parser.add_argument("--num-requests", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--peers", default="static,cb", help="GPU peers to run: static, cb")
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    parser.add_argument("--eager", action="store_true")
+    parser.add_argument("--floor", type=float, default=None, help="seconds no engine can beat, for the table")
+    args = parser.parse_args(argv)
+    if args.gpu:
+        args.config = args.config or "1b"
+        gpu_workload(args)
+    else:
+        small_workload(args)
+
+
+if __name__ == "__main__":
+    main()
