@@ -148,13 +148,17 @@ class LLMEngine:
             if not prompt:
                 raise InvalidRequestError("the prompt is empty")
             token_ids = self.encode_prompt(prompt, chat)
-        else:
+        elif isinstance(prompt, (list, tuple)):
             token_ids = list(prompt)
             if not token_ids:
                 raise InvalidRequestError("the prompt is empty (no token ids)")
             vocab = self.model_config.vocab_size
-            if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
+            if not all(_is_token_id(t, vocab) for t in token_ids):
                 raise InvalidRequestError(f"prompt token ids must be integers in [0, {vocab})")
+        else:
+            raise InvalidRequestError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
+        if not all(_is_token_id(t, self.model_config.vocab_size) for t in params.stop_token_ids):
+            raise InvalidRequestError(f"stop_token_ids must be in [0, {self.model_config.vocab_size})")
         self._check_fits(len(token_ids), params)
         seq = Sequence(token_ids, params)
         if params.seed is not None:
@@ -171,12 +175,13 @@ class LLMEngine:
                 f"the prompt has {num_prompt_tokens} tokens; this engine's max_model_len is "
                 f"{self.max_model_len}, which must also leave room for at least one new token"
             )
-        longest = min(num_prompt_tokens + params.max_tokens, self.max_model_len)
+        # The K/V of every token but the last sampled one (it is never fed back) must fit.
+        longest = min(num_prompt_tokens + params.max_tokens, self.max_model_len) - 1
         bs = self.config.block_size
         blocks = (longest + bs - 1) // bs
         if blocks > self.block_manager.num_blocks:
             raise InvalidRequestError(
-                f"the request can never fit the KV cache: {longest} tokens need {blocks} blocks of "
+                f"the request can never fit the KV cache: the K/V of {longest} tokens need {blocks} blocks of "
                 f"{bs}, the cache has {self.block_manager.num_blocks}; lower max_tokens or add KV blocks"
             )
 
@@ -289,6 +294,10 @@ class LLMEngine:
         if len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None
+
+
+def _is_token_id(value: object, vocab_size: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size
 
 
 def _max_model_len(model_config: ModelConfig, config: EngineConfig) -> int:

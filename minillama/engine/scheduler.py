@@ -35,15 +35,16 @@ class ScheduledSequence:
     start: int
     num_tokens: int
     num_cached_tokens: int = 0  # prefix-cache hits served at admission in this step
+    # Does this step produce the sequence's next token (all its tokens are then computed)?
+    # Fixed when scheduled: once the token is appended, end == num_tokens no longer holds.
+    samples: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.samples = self.end == self.seq.num_tokens
 
     @property
     def end(self) -> int:
         return self.start + self.num_tokens
-
-    @property
-    def samples(self) -> bool:
-        """Does this step produce the sequence's next token (its prompt is fully computed)?"""
-        return self.end == self.seq.num_tokens
 
 
 @dataclass
