@@ -192,6 +192,59 @@ def gpu_workload(args: argparse.Namespace) -> None:
                 [ours, *rows], floor_seconds=args.floor)
 
 
+def copy_bandwidth(device: torch.device, gib: float = 2.0) -> float:
+    """Measured device memory bandwidth, bytes/s: a large copy, bytes read plus bytes written."""
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize(device)
+    return 2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def decode_step_table(args: argparse.Namespace) -> None:
+    """Decode step time at batch sizes 1, 16, 64 against the memory-bandwidth floor: every step
+    must read all weights once plus each sequence's K/V."""
+    device = torch.device("cuda")
+    hf, _ = load_hf(args, device, torch.bfloat16)
+    engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention, max_num_seqs=64))
+    del hf
+    torch.cuda.empty_cache()
+    bandwidth = copy_bandwidth(device)
+    model = engine.runner.model
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    mc = engine.model_config
+    kv_bytes_per_token = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 2
+    print(f"\ndecode step vs floor ({args.config}, context {args.context} tokens, copy bandwidth "
+          f"{bandwidth / 1e12:.2f} TB/s, weights {weight_bytes / 2**30:.2f} GiB)")
+    print(f"{'batch':>6}{'step ms':>10}{'floor ms':>10}{'of floor':>10}")
+    prompt = random_prompts(1, args.context, args.context, mc.vocab_size, seed=1)[0]
+    for batch in (1, 16, 64):
+        params = SamplingParams(temperature=0, max_tokens=10_000, ignore_eos=True)
+        ids = [engine.add_request(prompt[:-1] + [i], params) for i in range(batch)]
+        while any(engine.sequences[i].num_computed_tokens < args.context for i in ids):
+            engine.step()  # prefill (shared prefix: mostly cache hits)
+        for _ in range(5):
+            engine.step()
+        times = []
+        for _ in range(30):
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            engine.step()
+            times.append(time.perf_counter() - start)
+        step = sorted(times)[len(times) // 2]
+        kv_bytes = batch * (args.context + 20) * kv_bytes_per_token
+        floor = (weight_bytes + kv_bytes) / bandwidth
+        print(f"{batch:>6}{step * 1e3:>10.2f}{floor * 1e3:>10.2f}{floor / step:>10.0%}")
+        for i in ids:
+            engine.abort(i)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m minillama.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help="the 256-request GPU workload")
@@ -207,8 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--eager", action="store_true")
     parser.add_argument("--floor", type=float, default=None, help="seconds no engine can beat, for the table")
+    parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
+    parser.add_argument("--context", type=int, default=512, help="--decode-steps: tokens of context per sequence")
     args = parser.parse_args(argv)
-    if args.gpu:
+    if args.decode_steps:
+        args.config = args.config or "1b"
+        decode_step_table(args)
+    elif args.gpu:
         args.config = args.config or "1b"
         gpu_workload(args)
     else:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_hf_model
-from minillama import EngineConfig, LLMEngine, SamplingParams
 from test_hf_parity import LogitsRecorder, greedy_outputs, relative_error
+
+from minillama import EngineConfig, LLMEngine, SamplingParams
 
 pytestmark = [
     pytest.mark.cuda,
@@ -44,7 +44,7 @@ def test_fp32_logits_match_hf_on_cuda(attention):
             assert relative_error(row, hf_logits[len(prompt) - 1 + i]) < 1e-4
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+@pytest.mark.parametrize("attention", ["triton", "flash-attn"])
 def test_cuda_graphs_give_the_same_tokens_as_eager(attention):
     hf = make_hf_model("mqa-untied-default").to("cuda", torch.bfloat16)
     prompts = random_prompts((3, 17, 30, 8, 1, 12, 25), seed=1)

@@ -39,7 +39,9 @@ def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
     if name == "reference":
         return AttentionBackend(name, reference.flash_attn_varlen_func, reference.flash_attn_with_kvcache, False)
     if name == "sdpa":
-        return AttentionBackend(name, sdpa.flash_attn_varlen_func, sdpa.flash_attn_with_kvcache, True)
+        # Not graph-safe in practice: inside a graph its decode would gather the block tables'
+        # full captured width (max_model_len tokens) for every sequence.
+        return AttentionBackend(name, sdpa.flash_attn_varlen_func, sdpa.flash_attn_with_kvcache, False)
     if name in ("flash-attn", "triton"):
         module = "flash_attn" if name == "flash-attn" else "triton"
         if device.type != "cuda":
@@ -55,7 +57,8 @@ def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
             )
         from minillama.model.attention import triton_paged
 
+        # The kernels tile the cache by blocks of at least 16 tokens.
         return AttentionBackend(
-            name, triton_paged.flash_attn_varlen_func, triton_paged.flash_attn_with_kvcache, True
+            name, triton_paged.flash_attn_varlen_func, triton_paged.flash_attn_with_kvcache, True, 16
         )
     raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")

@@ -81,8 +81,8 @@ def flash_attn_with_kvcache(
     softmax_scale: float | None = None,
     causal: bool = True,
 ) -> torch.Tensor:
-    # Every shape here follows block_table's, never a value on the device, so a CUDA graph can
-    # capture it. The one query is the newest token: causal masking hides nothing more.
+    # Keys are gathered over block_table's whole width and masked by length. The one query is
+    # the newest token, so causal masking hides nothing more.
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     k_pad = k_cache[block_table.long()].flatten(1, 2)  # [B, max_blocks * block_size, Hkv, D]
     v_pad = v_cache[block_table.long()].flatten(1, 2)
