@@ -11,6 +11,7 @@ number of tokens (EOS ignored), greedily, from the same weights and prompts.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import time
@@ -95,8 +96,7 @@ def time_hf_continuous(hf, prompts: list[list[int]], max_tokens: int) -> Row:
     config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
     synchronize(hf.device)
     start = time.perf_counter()
-    with torch.inference_mode():
-        outputs = hf.generate_batch(inputs=prompts, generation_config=config)
+    outputs = hf.generate_batch(inputs=prompts, generation_config=config)  # manages its own modes
     synchronize(hf.device)
     tokens = sum(len(o.generated_tokens) for o in outputs.values())
     return Row("HF continuous batching", tokens, time.perf_counter() - start)
@@ -107,6 +107,9 @@ def print_table(title: str, rows: list[Row], floor_seconds: float | None = None)
     print(f"\n{title}")
     print(f"{'engine':<34}{'tokens':>8}{'seconds':>10}{'tok/s':>10}{'minillama x':>13}")
     for row in rows:
+        if not row.tokens:
+            print(f"{row.name:<34}  produced no tokens")
+            continue
         ratio = ours.tok_per_s / row.tok_per_s
         print(f"{row.name:<34}{row.tokens:>8}{row.seconds:>10.2f}{row.tok_per_s:>10.1f}{ratio:>12.2f}x")
     if floor_seconds:
@@ -166,10 +169,24 @@ def small_workload(args: argparse.Namespace) -> None:
 
 
 def gpu_workload(args: argparse.Namespace) -> None:
-    """The throughput workload: 256 requests, prompts of 100-1024 tokens, 256 new tokens each."""
+    """The throughput workload: 256 requests, prompts of 100-1024 tokens, 256 new tokens each.
+
+    The engine runs first and is deleted before the peers run: each side may then take the GPU
+    memory it wants for its KV cache."""
     device = torch.device("cuda")
     hf, _ = load_hf(args, device, torch.bfloat16)
     prompts = random_prompts(args.num_requests, 100, 1024, hf.config.vocab_size, seed=0)
+    config = EngineConfig(device="cuda", attention=args.attention, max_num_seqs=args.max_num_seqs,
+                          max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager)
+    engine = LLMEngine.from_hf_model(hf, config)
+    time_engine(engine, prompts[:4], 8)  # warm-up
+    ours = time_engine(engine, prompts, args.output_len)
+    print(f"KV cache: {engine.block_manager.num_blocks} blocks of {config.block_size}; attention "
+          f"{engine.runner.model.model.layers[0].self_attn.backend.name}; CUDA graphs: {sorted(engine.runner.graphs)}")
+    print(engine.stats.summary())
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
     rows = []
     if "static" in args.peers:
         time_hf_generate(hf, prompts[:2], 4, 2, 0)
@@ -179,15 +196,6 @@ def gpu_workload(args: argparse.Namespace) -> None:
             rows.append(time_hf_continuous(hf, prompts, args.output_len))
         except Exception as exc:  # a peer failing must not hide our own numbers
             print(f"HF continuous batching failed: {type(exc).__name__}: {exc}")
-    torch.cuda.empty_cache()
-    config = EngineConfig(device="cuda", attention=args.attention, max_num_seqs=args.max_num_seqs,
-                          max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager)
-    engine = LLMEngine.from_hf_model(hf, config)
-    time_engine(engine, prompts[:4], 8)  # warm-up
-    ours = time_engine(engine, prompts, args.output_len)
-    print(f"KV cache: {engine.block_manager.num_blocks} blocks of {config.block_size}; attention "
-          f"{engine.runner.model.model.layers[0].self_attn.backend.name}; CUDA graphs: {sorted(engine.runner.graphs)}")
-    print(engine.stats.summary())
     print_table(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each",
                 [ours, *rows], floor_seconds=args.floor)
 

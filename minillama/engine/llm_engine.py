@@ -113,14 +113,15 @@ class LLMEngine:
     @staticmethod
     def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
         device = config.resolved_device()
-        backend = get_attention_backend(config.attention, device)
+        dtype = config.resolved_dtype(device)
+        backend = get_attention_backend(config.attention, device, dtype)
         if config.block_size % backend.min_block_size:
             raise ValueError(
                 f"--attention {backend.name} needs a block size that is a multiple of "
                 f"{backend.min_block_size} (got {config.block_size})"
             )
         max_len = _max_model_len(model_config, config)
-        return build_model(model_config, max_len, backend, device, config.resolved_dtype(device))
+        return build_model(model_config, max_len, backend, device, dtype)
 
     # -- requests --------------------------------------------------------------------------------
 

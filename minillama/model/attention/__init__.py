@@ -27,15 +27,18 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
-    """The backend called `name`; "auto" picks the fastest one available on `device`."""
+def get_attention_backend(name: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> AttentionBackend:
+    """The backend called `name`; "auto" picks the fastest one available for `device` and `dtype`."""
+    half = dtype in (torch.float16, torch.bfloat16)
     if name == "auto":
-        if device.type == "cuda" and _has_module("flash_attn"):
+        if device.type == "cuda" and half and _has_module("flash_attn"):
             name = "flash-attn"
-        elif device.type == "cuda" and _has_module("triton"):
+        elif device.type == "cuda" and half and _has_module("triton"):
             name = "triton"
         else:
             name = "sdpa"
+    if name in ("flash-attn", "triton") and not half:
+        raise ValueError(f"--attention {name} computes in float16/bfloat16 only (got {dtype}); use sdpa")
     if name == "reference":
         return AttentionBackend(name, reference.flash_attn_varlen_func, reference.flash_attn_with_kvcache, False)
     if name == "sdpa":
