@@ -22,6 +22,8 @@ import torch
 
 from minillama.config import EngineConfig
 from minillama.engine.llm_engine import LLMEngine
+from minillama.engine.outputs import StepTimings
+from minillama.observe import Observer
 from minillama.sampling_params import SamplingParams
 
 CONFIGS = Path(__file__).parent / "bench_configs"
@@ -200,6 +202,23 @@ def gpu_workload(args: argparse.Namespace) -> None:
                 [ours, *rows], floor_seconds=args.floor)
 
 
+class StepTimer(Observer):
+    """Median of each phase of the steps it sees."""
+
+    def __init__(self):
+        self.timings: list[StepTimings] = []
+
+    def on_step_end(self, engine, result) -> None:
+        self.timings.append(result.timings)
+
+    def summary(self) -> str:
+        def median(values: list[float]) -> float:
+            return sorted(values)[len(values) // 2]
+
+        phases = ("schedule_ms", "prepare_ms", "forward_ms", "sample_ms")
+        return " / ".join(f"{median([getattr(t, p) for t in self.timings]):.2f}" for p in phases)
+
+
 def copy_bandwidth(device: torch.device, gib: float = 2.0) -> float:
     """Measured device memory bandwidth, bytes/s: a large copy, bytes read plus bytes written."""
     src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
@@ -220,7 +239,7 @@ def decode_step_table(args: argparse.Namespace) -> None:
     must read all weights once plus each sequence's K/V."""
     device = torch.device("cuda")
     hf, _ = load_hf(args, device, torch.bfloat16)
-    engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention, max_num_seqs=64))
+    engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention, max_num_seqs=256))
     del hf
     torch.cuda.empty_cache()
     bandwidth = copy_bandwidth(device)
@@ -230,9 +249,10 @@ def decode_step_table(args: argparse.Namespace) -> None:
     kv_bytes_per_token = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 2
     print(f"\ndecode step vs floor ({args.config}, context {args.context} tokens, copy bandwidth "
           f"{bandwidth / 1e12:.2f} TB/s, weights {weight_bytes / 2**30:.2f} GiB)")
-    print(f"{'batch':>6}{'step ms':>10}{'floor ms':>10}{'of floor':>10}")
+    print(f"{'batch':>6}{'step ms':>10}{'floor ms':>10}{'of floor':>10}   split (a timed step, synchronised): "
+          "schedule / prepare / forward / sample ms")
     prompt = random_prompts(1, args.context, args.context, mc.vocab_size, seed=1)[0]
-    for batch in (1, 16, 64):
+    for batch in (1, 16, 64, 256):
         params = SamplingParams(temperature=0, max_tokens=10_000, ignore_eos=True)
         ids = [engine.add_request(prompt[:-1] + [i], params) for i in range(batch)]
         while any(engine.sequences[i].num_computed_tokens < args.context for i in ids):
@@ -248,7 +268,12 @@ def decode_step_table(args: argparse.Namespace) -> None:
         step = sorted(times)[len(times) // 2]
         kv_bytes = batch * (args.context + 20) * kv_bytes_per_token
         floor = (weight_bytes + kv_bytes) / bandwidth
-        print(f"{batch:>6}{step * 1e3:>10.2f}{floor * 1e3:>10.2f}{floor / step:>10.0%}")
+        split = StepTimer()
+        engine.add_observer(split)  # an observer makes the engine synchronise after the forward
+        for _ in range(10):
+            engine.step()
+        engine.remove_observer(split)
+        print(f"{batch:>6}{step * 1e3:>10.2f}{floor * 1e3:>10.2f}{floor / step:>10.0%}   {split.summary()}")
         for i in ids:
             engine.abort(i)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from minillama.config import EngineConfig, ModelConfig
@@ -142,18 +143,29 @@ class ModelRunner:
         )
 
     def _prepare_decode(self, batch: SchedulerOutput) -> ModelInputs:
+        """One token per sequence: its last one, at position num_tokens - 1.
+
+        Decode runs every step for the whole batch, so its inputs are built with numpy and sent
+        to the device in one copy: [B] ids, [B] positions, [B] slots, [B] context lengths and
+        the [B, width] block tables, side by side in one int64 row block."""
         seqs = [item.seq for item in batch.scheduled]
-        positions = [seq.num_tokens - 1 for seq in seqs]  # the one uncomputed token
+        n, bs = len(seqs), self.block_size
+        width = max(len(s.block_table) for s in seqs)
+        host = np.zeros((n, 4 + width), dtype=np.int64)
+        for i, seq in enumerate(seqs):
+            position = seq.num_tokens - 1
+            host[i, :4] = seq.token_ids[-1], position, seq.block_table[position // bs] * bs + position % bs, seq.num_tokens
+            host[i, 4 : 4 + len(seq.block_table)] = seq.block_table
+        packed = torch.from_numpy(host)
+        if self.device.type == "cuda":
+            packed = packed.pin_memory().to(self.device, non_blocking=True)
         metadata = AttentionMetadata(
             is_prefill=False,
-            slot_mapping=self._tensor([s.slot(p, self.block_size) for s, p in zip(seqs, positions)], torch.long),
-            block_tables=self._block_tables(batch),
-            context_lens=self._tensor([s.num_tokens for s in seqs], torch.int32),
+            slot_mapping=packed[:, 2],
+            block_tables=packed[:, 4:].to(torch.int32),
+            context_lens=packed[:, 3].to(torch.int32),
         )
-        return ModelInputs(
-            self._tensor([s.token_ids[-1] for s in seqs], torch.long), self._tensor(positions, torch.long),
-            metadata, torch.arange(len(seqs), device=self.device),
-        )
+        return ModelInputs(packed[:, 0], packed[:, 1], metadata, torch.arange(n, device=self.device))
 
     def _block_tables(self, batch: SchedulerOutput) -> torch.Tensor:
         """[B, max blocks in the batch] int32, padded with block 0 (masked by the lengths)."""
