@@ -9,6 +9,7 @@ size bucket: a decode step is many small kernels, and a graph launches them all 
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,12 +151,18 @@ class ModelRunner:
         the [B, width] block tables, side by side in one int64 row block."""
         seqs = [item.seq for item in batch.scheduled]
         n, bs = len(seqs), self.block_size
-        width = max(len(s.block_table) for s in seqs)
-        host = np.zeros((n, 4 + width), dtype=np.int64)
-        for i, seq in enumerate(seqs):
-            position = seq.num_tokens - 1
-            host[i, :4] = seq.token_ids[-1], position, seq.block_table[position // bs] * bs + position % bs, seq.num_tokens
-            host[i, 4 : 4 + len(seq.block_table)] = seq.block_table
+        tables = [seq.block_table for seq in seqs]
+        lengths = np.fromiter(map(len, tables), dtype=np.int64, count=n)
+        host = np.zeros((n, 4 + int(lengths.max())), dtype=np.int64)
+        host[:, 0] = [seq.token_ids[-1] for seq in seqs]
+        host[:, 3] = [seq.num_tokens for seq in seqs]  # context length, the new token included
+        host[:, 1] = host[:, 3] - 1  # position of the new token
+        # Block tables, all rows at once: entry j of row i goes to column 4 + j.
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        host[rows, 4 + cols] = np.fromiter(itertools.chain.from_iterable(tables), dtype=np.int64, count=len(rows))
+        blocks = host[np.arange(n), 4 + host[:, 1] // bs]
+        host[:, 2] = blocks * bs + host[:, 1] % bs  # the slot the new token's K/V goes to
         packed = torch.from_numpy(host)
         if self.device.type == "cuda":
             packed = packed.pin_memory().to(self.device, non_blocking=True)
