@@ -24,6 +24,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, default=None, help="longest sequence (default: min(model context, 8192))")
     g.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     g.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    g.add_argument("--no-fused-ops", action="store_true", help="CUDA: plain PyTorch instead of the fused Triton kernels")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -40,6 +41,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching,
         enforce_eager=args.eager,
+        fused_ops=not args.no_fused_ops,
         seed=args.seed if args.seed is not None else 0,
     )
 

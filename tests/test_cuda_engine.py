@@ -80,3 +80,20 @@ def test_bf16_greedy_matches_hf_with_preemption_and_prefix_cache():
     assert agree >= 0.9 * sum(len(e) for e in expected)
     assert [g[:4] for g in got] == [e[:4] for e in expected]
     assert engine.stats.preemptions > 0 and engine.block_manager.num_hit_blocks > 0
+
+
+def test_fused_ops_give_the_logits_of_plain_pytorch():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    hf = make_hf_model("gqa-tied-llama3").cuda()
+    prompts = random_prompts((5, 33, 12), seed=3)
+    logits = {}
+    for fused in (False, True):
+        engine = LLMEngine.from_hf_model(
+            hf, EngineConfig(device="cuda", dtype="float32", attention="sdpa", fused_ops=fused, num_kv_blocks=64)
+        )
+        assert engine.runner.model.model.norm.fused == fused
+        recorder = LogitsRecorder()
+        engine.add_observer(recorder)
+        greedy_outputs(engine, prompts, 10)
+        logits[fused] = torch.stack([row for rows in recorder.logits.values() for row in rows])
+    assert relative_error(logits[True], logits[False]) < 1e-5

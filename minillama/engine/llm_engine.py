@@ -14,6 +14,7 @@ finish and give back their KV blocks. Observers (minillama.observe) see every st
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -121,7 +122,9 @@ class LLMEngine:
                 f"{backend.min_block_size} (got {config.block_size})"
             )
         max_len = _max_model_len(model_config, config)
-        return build_model(model_config, max_len, backend, device, dtype)
+        model = build_model(model_config, max_len, backend, device, dtype)
+        model.use_fused_ops(config.fused_ops and device.type == "cuda" and importlib.util.find_spec("triton") is not None)
+        return model
 
     # -- requests --------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
         self.backend = backend
+        self.fused = False  # True: RoPE and the cache write in one Triton kernel (set on CUDA)
         # This layer's slice of the paged KV cache, [num_blocks, block_size, Hkv, D] each; the
         # model runner binds them once it has sized the cache.
         self.k_cache = torch.empty(0)
@@ -51,13 +52,25 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:
         """rope: cos, sin [N, 1, D] of each token's position; x: [N, hidden] -> [N, hidden]."""
         qkv = self.qkv_proj(x).view(-1, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        # RoPE turns the positions into rotations of q and k (v is not rotated): one call for both.
-        qk = apply_rotary(qkv[:, : self.num_heads + self.num_kv_heads], *rope)
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [N, H, D], [N, Hkv, D]
-        v = qkv[:, self.num_heads + self.num_kv_heads :]  # [N, Hkv, D]
-        # Write first, then attend: the new tokens must see themselves, and sequences whose
-        # prefix is cached read all their keys from the cache.
-        store_kvcache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
+        reads_fresh_kv = metadata.is_prefill and metadata.block_tables is None
+        if self.fused and on_attention is None and not reads_fresh_kv:
+            # One Triton kernel: rotate q and k, write k and v to the cache; attention then
+            # reads k and v from the cache only.
+            from minillama.model import fused_ops
+
+            q = fused_ops.rotary_and_store(
+                qkv, *rope, self.k_cache, self.v_cache, metadata.slot_mapping,
+                self.num_heads, self.num_kv_heads, self.head_dim,
+            )
+            k = v = None
+        else:
+            # RoPE turns the positions into rotations of q and k (v is not rotated): one call for both.
+            qk = apply_rotary(qkv[:, : self.num_heads + self.num_kv_heads], *rope)
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [N, H, D], [N, Hkv, D]
+            v = qkv[:, self.num_heads + self.num_kv_heads :]  # [N, Hkv, D]
+            # Write first, then attend: the new tokens must see themselves, and sequences whose
+            # prefix is cached read all their keys from the cache.
+            store_kvcache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
         if not metadata.is_prefill:
             out = self.backend.decode(
                 q.unsqueeze(1), self.k_cache, self.v_cache, metadata.context_lens, metadata.block_tables,
@@ -91,11 +104,23 @@ class LlamaDecoderLayer(nn.Module):
         self,
         rope: tuple[torch.Tensor, torch.Tensor],
         hidden: torch.Tensor,
+        residual: torch.Tensor | None,
         metadata: AttentionMetadata,
         on_attention: AttentionHook | None,
-    ) -> torch.Tensor:
-        hidden = hidden + self.self_attn(rope, self.input_layernorm(hidden), metadata, on_attention)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The textbook layer is h = h + attn(norm(h)); h = h + mlp(norm(h)). Here the residual
+        stream h travels separately from each block's output, and each addition happens inside
+        the next norm (add_and_norm), where a fused kernel does both in one pass.
+
+        hidden: the previous layer's MLP output (the embeddings for layer 0); residual: the sum
+        of everything before it (None for layer 0). Returns (this layer's MLP output, residual)."""
+        if residual is None:
+            residual, normed = hidden, self.input_layernorm(hidden)
+        else:
+            normed, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        attn = self.self_attn(rope, normed, metadata, on_attention)
+        normed, residual = self.post_attention_layernorm.add_and_norm(attn, residual)
+        return self.mlp(normed), residual
 
 
 class LlamaModel(nn.Module):
@@ -131,9 +156,16 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions: [N] -> final hidden states [N, hidden]."""
         hidden = self.model.embed_tokens(input_ids)
         rope = self.model.rotary.cos_sin(positions, hidden.dtype)
+        residual = None
         for layer in self.model.layers:
-            hidden = layer(rope, hidden, metadata, on_attention)
-        return self.model.norm(hidden)
+            hidden, residual = layer(rope, hidden, residual, metadata, on_attention)
+        return self.model.norm.add_and_norm(hidden, residual)[0]
+
+    def use_fused_ops(self, enabled: bool) -> None:
+        """Switch the Triton kernels of fused_ops (CUDA only) on or off in every layer."""
+        for module in self.modules():
+            if hasattr(module, "fused"):
+                module.fused = enabled
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32."""

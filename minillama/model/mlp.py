@@ -11,8 +11,14 @@ class LlamaMLP(nn.Module):
         # gate_proj and up_proj stacked into one matrix: one matmul instead of two.
         self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.fused = False  # True: silu(gate) * up in one Triton kernel (set on CUDA by the loader)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, hidden] -> [N, hidden]."""
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [N, intermediate] each
+        gate_up = self.gate_up_proj(x)  # [N, 2 * intermediate]
+        if self.fused:
+            from minillama.model import fused_ops
+
+            return self.down_proj(fused_ops.silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)  # [N, intermediate] each
         return self.down_proj(F.silu(gate) * up)

@@ -1,5 +1,7 @@
 """RMSNorm: scale each hidden vector to unit root-mean-square, then by a learned weight."""
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,11 +12,27 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
+        self.fused = False  # True: the Triton kernels of fused_ops (set on CUDA by the loader)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, hidden] -> [N, hidden], x / sqrt(mean(x^2) + eps) * weight.
 
         Normalised in fp32 and cast back before the weight multiplies, as Hugging Face does, so
         bf16 results match theirs bit for bit."""
-        normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
-        return self.weight * normed.to(x.dtype)
+        if self.fused:
+            from minillama.model import fused_ops
+
+            return fused_ops.rms_norm(x, self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add x to the residual stream, then normalise: -> (normed, x + residual).
+
+        Doing both at once lets the fused kernel read the hidden vector once instead of three
+        times (add, then the norm's two passes)."""
+        if self.fused:
+            from minillama.model import fused_ops
+
+            return fused_ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+        residual = x + residual
+        return self(residual), residual
