@@ -7,7 +7,9 @@ attaches it. The order within a step is:
     on_attention(layer, q, k, v, out, metadata)
                                         once per layer, only for observers with
                                         wants_attention = True (that step then runs eagerly,
-                                        without CUDA graphs)
+                                        without CUDA graphs); wants_attention is read after
+                                        on_schedule, every step, so an observer can ask for
+                                        attention only in the steps it cares about
     on_logits(batch, logits)            logits [S, vocab] fp32 of the S sequences that sample,
                                         in the order of batch.sampling
     on_step_end(engine, result)         sampled tokens, text deltas, finish reasons, timings

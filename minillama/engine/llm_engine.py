@@ -243,24 +243,27 @@ class LLMEngine:
         if self.observers:
             for observer in self.observers:
                 observer.on_schedule(self, batch)
+            timings.observe_ms += (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         inputs = self.runner.prepare(batch)
         t2 = time.perf_counter()
+        # Read after on_schedule: an observer may ask for attention only in some steps.
         logits = self.runner.run(inputs, self._attention_hook() if self.observers else None)
         if self.observers and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so forward_ms is the forward, not the launch
         t3 = time.perf_counter()
+        timings.prepare_ms, timings.forward_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
         if self.observers:
             for observer in self.observers:
                 observer.on_logits(batch, logits)
+            t4 = time.perf_counter()
+            timings.observe_ms += (t4 - t3) * 1e3
+            t3 = t4
         sampling = batch.sampling
         params = [item.seq.params for item in sampling]
         generators = [self._generators.get(item.seq.seq_id) for item in sampling]
         tokens = self.sampler(logits, params, generators).tolist() if sampling else []
-        t4 = time.perf_counter()
-        timings.prepare_ms, timings.forward_ms, timings.sample_ms = (
-            (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3,
-        )
+        timings.sample_ms = (time.perf_counter() - t3) * 1e3
         outputs = self._update(batch, tokens)
         result = StepResult(
             self.step_count, batch, outputs, timings, self.block_manager.num_free_blocks,

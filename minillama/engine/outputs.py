@@ -24,12 +24,13 @@ class StepTimings:
 
     schedule_ms: float = 0.0
     prepare_ms: float = 0.0
-    forward_ms: float = 0.0
+    forward_ms: float = 0.0  # with observers attached, on_attention hooks are inside it
     sample_ms: float = 0.0
+    observe_ms: float = 0.0  # on_schedule and on_logits hooks (0 with no observer)
 
     @property
     def total_ms(self) -> float:
-        return self.schedule_ms + self.prepare_ms + self.forward_ms + self.sample_ms
+        return self.schedule_ms + self.prepare_ms + self.forward_ms + self.sample_ms + self.observe_ms
 
 
 @dataclass

@@ -1,0 +1,38 @@
+"""inspector: record what the minillama engine does, step by step, and look at it afterwards.
+
+The folder is not called `inspect`: a top-level package of that name would shadow Python's
+standard-library module, which torch imports.
+
+    from inspector import DebugSession, Preemption, load, save
+    session = DebugSession(engine)            # attaches a Recorder to the engine
+    session.add("Hello", chat=True)
+    session.run(until=[Preemption()])
+    save(session.trace, "run.mltrace")
+    trace = load("run.mltrace")               # no model needed
+
+Dependency direction: app -> inspector -> minillama; minillama never imports this package.
+"""
+
+from inspector.breakpoints import (
+    AtStep,
+    Breakpoint,
+    EntropyAbove,
+    KVUsageAbove,
+    Preemption,
+    PrefixCacheHit,
+    SampledProbBelow,
+    SequenceFinished,
+    TextMatches,
+)
+from inspector.chrome import export_chrome_trace
+from inspector.cursor import Cursor
+from inspector.recorder import CapturePolicy, Recorder
+from inspector.session import DebugSession, RunResult
+from inspector.trace import NotRecorded, Trace, TraceError
+from inspector.tracefile import load, save
+
+__all__ = [
+    "AtStep", "Breakpoint", "CapturePolicy", "Cursor", "DebugSession", "EntropyAbove", "KVUsageAbove",
+    "NotRecorded", "Preemption", "PrefixCacheHit", "Recorder", "RunResult", "SampledProbBelow",
+    "SequenceFinished", "TextMatches", "Trace", "TraceError", "export_chrome_trace", "load", "save",
+]

@@ -1,0 +1,89 @@
+"""python -m inspector: record a run to a .mltrace file, read one back, export its timings.
+
+    python -m inspector record --chat --prompt "What is the capital of France?" \\
+        --prompt "Write a haiku about autumn." --kv-blocks 24 -o run.mltrace
+    python -m inspector show run.mltrace              # overview
+    python -m inspector show run.mltrace --step 12    # one step in detail
+    python -m inspector export-chrome run.mltrace -o timings.json   # open in ui.perfetto.dev
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from inspector.chrome import export_chrome_trace
+from inspector.recorder import CapturePolicy
+from inspector.session import DebugSession
+from inspector.show import format_overview, format_step
+from inspector.trace import TraceError
+from inspector.tracefile import load, save
+from minillama.cli_args import add_engine_args, add_sampling_args, engine_config_from_args, sampling_params_from_args
+from minillama.engine.llm_engine import LLMEngine
+from minillama.errors import InvalidRequestError, ModelLoadError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inspector", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    record = commands.add_parser("record", help="run prompts as one batch and record every step")
+    record.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    record.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    record.add_argument("-o", "--output", required=True, help="the .mltrace file to write")
+    record.add_argument("--max-steps", type=int, default=None, help="stop recording after this many steps")
+    add_engine_args(record)
+    record.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
+    add_sampling_args(record)
+    capture = record.add_argument_group("capture")
+    capture.add_argument("--attention-seqs", type=int, nargs="*", default=[0, 1], metavar="I",
+                         help="prompts (0-based, in the order given) whose attention is recorded (default: 0 1)")
+    capture.add_argument("--no-attention", action="store_true", help="record no attention")
+    # --top-k is taken by sampling (the top-k filter); this one is how many tokens to record.
+    capture.add_argument("--logits-top-k", type=int, default=10, help="most likely tokens recorded per sampled token")
+    capture.add_argument("--budget-mb", type=float, default=256, help="memory for recorded data, MiB")
+
+    show = commands.add_parser("show", help="print a trace's overview, or one step in detail")
+    show.add_argument("trace", help="a .mltrace file")
+    show.add_argument("--step", type=int, default=None, help="the step to print (default: the overview)")
+
+    chrome = commands.add_parser("export-chrome", help="write step timings as Chrome trace JSON (Perfetto)")
+    chrome.add_argument("trace", help="a .mltrace file")
+    chrome.add_argument("-o", "--output", required=True, help="the .json file to write")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "record":
+            return _record(args)
+        trace = load(args.trace)
+        if args.command == "show":
+            print(format_overview(trace) if args.step is None else format_step(trace, args.step))
+        else:
+            export_chrome_trace(trace, args.output)
+            print(f"wrote {args.output}: {len(trace.steps)} steps (open it in https://ui.perfetto.dev)")
+        return 0
+    except (TraceError, InvalidRequestError, ModelLoadError, ValueError, IndexError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _record(args: argparse.Namespace) -> int:
+    policy = CapturePolicy(
+        attention=not args.no_attention,
+        attention_requests=tuple(args.attention_seqs),
+        top_k=args.logits_top_k,
+        memory_budget=int(args.budget_mb * 2**20),
+    )
+    session = DebugSession(LLMEngine.from_pretrained(args.model, engine_config_from_args(args)), policy)
+    params = sampling_params_from_args(args)
+    for prompt in args.prompt:
+        session.add(prompt, params, chat=args.chat)
+    result = session.run(max_steps=args.max_steps)
+    save(session.trace, args.output)
+    print(format_overview(session.trace))
+    state = "all requests finished" if result.finished else f"stopped after {result.steps} steps"
+    print(f"\n{state}; wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""What recording costs: engine throughput with no observer, with the Recorder without
+attention, and with the Recorder tracing the attention of two sequences, in one process.
+
+    python -m inspector.bench                      # embedded model, 8 chat prompts, 64 tokens each
+    python -m inspector.bench --device cuda --repeats 3
+    python -m inspector.bench --config 1b          # Llama-3.2-1B shape, random weights (GPU)
+
+Every figure is output tokens per second of wall time, over the same greedy workload (EOS
+ignored, so every run makes the same number of tokens). One untimed run goes first: it warms
+up the engine and fills the prefix cache, so every timed run then gets the same prefix-cache
+hits. The three setups take turns, and each reports its best of --repeats runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from inspector.recorder import CapturePolicy, Recorder
+from minillama.bench import CHAT_PROMPTS, config_path, random_prompts
+from minillama.config import EngineConfig, ModelConfig
+from minillama.engine.llm_engine import LLMEngine
+from minillama.sampling_params import SamplingParams
+
+SETUPS: dict[str, CapturePolicy | None] = {
+    "no observer": None,
+    "recorder, no attention": CapturePolicy(attention=False),
+    "recorder, attention of 2 sequences": CapturePolicy(attention_requests=(0, 1)),
+}
+
+
+def timed_run(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams, policy: CapturePolicy | None) -> tuple[float, int]:
+    """One run of all prompts as a batch. -> (tokens per second, bytes the recorder kept)."""
+    recorder = Recorder(engine, policy) if policy is not None else None
+    if recorder is not None:
+        engine.add_observer(recorder)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    start = time.perf_counter()
+    ids = [engine.add_request(p, params) for p in prompts]
+    while engine.has_unfinished():
+        engine.step()
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(engine.sequences[i].output_token_ids) for i in ids)
+    for i in ids:
+        engine.forget(i)
+    if recorder is None:
+        return tokens / seconds, 0
+    engine.remove_observer(recorder)
+    return tokens / seconds, recorder.budget.used
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m inspector.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--prompts", type=int, default=8, help=f"chat prompts in the batch (at most {len(CHAT_PROMPTS)})")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--config", default=None, help="1b, 3b or a config.json: that shape with random weights "
+                        "(random prompts of 32-96 tokens); default: the embedded model")
+    args = parser.parse_args(argv)
+    if args.config is None:
+        engine = LLMEngine.from_pretrained(None, EngineConfig(device=args.device))
+        prompts = [engine.encode_prompt(p, chat=True) for p in CHAT_PROMPTS[: args.prompts]]
+    else:
+        config = ModelConfig.from_file(config_path(args.config))
+        engine = LLMEngine.from_config(config, EngineConfig(device=args.device))
+        prompts = random_prompts(args.prompts, 32, 96, config.vocab_size, seed=0)
+    params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
+    timed_run(engine, prompts, params, None)  # warm-up
+    best: dict[str, tuple[float, int]] = {}
+    for _ in range(args.repeats):
+        for name, policy in SETUPS.items():
+            result = timed_run(engine, prompts, params, policy)
+            best[name] = max(best.get(name, result), result)
+    print(f"device {engine.device}, torch threads {torch.get_num_threads()}, {len(prompts)} prompts x "
+          f"{args.max_tokens} tokens, best of {args.repeats}")
+    print(f"{'setup':<38}{'tok/s':>10}{'vs none':>10}{'kept MB':>10}")
+    baseline = best["no observer"][0]
+    for name, (rate, kept) in best.items():
+        print(f"{name:<38}{rate:>10.1f}{rate / baseline:>9.2f}x{kept / 2**20:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Breakpoints: conditions on a recorded step that stop DebugSession.run.
+
+Each is a small class with check(trace, step) -> the reason it fires at that step, or None.
+Checks read only the trace, so they work the same on a live run and on a trace loaded from a
+file (to find steps of interest without re-running). Most fire at every step where their
+condition holds; SequenceFinished and TextMatches fire once, at the step where it happens.
+Those that look at tokens take an optional seq_id to watch one sequence instead of all.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from inspector.trace import StepRecord, TokenRecord, Trace
+
+
+class Breakpoint(ABC):
+    @abstractmethod
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        """The reason this breakpoint fires at `step`, or None."""
+
+
+def _watched(step: StepRecord, seq_id: int | None) -> list[TokenRecord]:
+    return [t for t in step.tokens if seq_id is None or t.seq_id == seq_id]
+
+
+@dataclass
+class AtStep(Breakpoint):
+    index: int
+
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        return f"reached step {self.index}" if step.index == self.index else None
+
+
+@dataclass
+class SequenceFinished(Breakpoint):
+    seq_id: int | None = None
+
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        done = [t for t in _watched(step, self.seq_id) if t.finish_reason is not None]
+        return "; ".join(f"sequence {t.seq_id} finished ({t.finish_reason})" for t in done) or None
+
+
+@dataclass
+class Preemption(Breakpoint):
+    seq_id: int | None = None
+
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        victims = [s for s in step.schedule.preempted if self.seq_id is None or s == self.seq_id]
+        return f"preempted sequence(s) {victims} to free KV blocks" if victims else None
+
+
+@dataclass
+class PrefixCacheHit(Breakpoint):
+    seq_id: int | None = None
+
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        hits = [
+            f"sequence {s.seq_id} reused {s.num_cached_tokens} cached tokens"
+            for s in step.schedule.scheduled
+            if s.num_cached_tokens and (self.seq_id is None or s.seq_id == self.seq_id)
+        ]
+        return "; ".join(hits) or None
+
+
+@dataclass
+class TextMatches(Breakpoint):
+    """Fires at the step whose token makes a sequence's generated text match `pattern` (a
+    regular expression, searched anywhere in the text) for the first time."""
+
+    pattern: str
+    seq_id: int | None = None
+    regex: re.Pattern = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.regex = re.compile(self.pattern)
+
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        for token in _watched(step, self.seq_id):
+            text = trace.text_until(token.seq_id, step.index)
+            before = text[: len(text) - len(token.text_delta)]
+            match = self.regex.search(text)
+            if match and not self.regex.search(before):
+                return f"sequence {token.seq_id}'s text matches {self.pattern!r}: {match.group(0)!r}"
+        return None
+
+
+@dataclass
+class EntropyAbove(Breakpoint):
+    """The model's next-token distribution is uncertain: entropy (nats) above `threshold`.
+    Needs logits in the trace (not dropped by the memory budget)."""
+
+    threshold: float
+    seq_id: int | None = None
+
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        high = [
+            f"sequence {t.seq_id}: entropy {t.logits.entropy:.3f} nats > {self.threshold}"
+            for t in _watched(step, self.seq_id)
+            if t.logits is not None and t.logits.entropy > self.threshold
+        ]
+        return "; ".join(high) or None
+
+
+@dataclass
+class SampledProbBelow(Breakpoint):
+    """A token the model found unlikely was drawn: its probability under the model is below
+    `threshold`. Needs logits in the trace."""
+
+    threshold: float
+    seq_id: int | None = None
+
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        low = [
+            f"sequence {t.seq_id} drew token {t.token_id} with probability {t.logits.sampled_prob:.4f} < {self.threshold}"
+            for t in _watched(step, self.seq_id)
+            if t.logits is not None and t.logits.sampled_prob < self.threshold
+        ]
+        return "; ".join(low) or None
+
+
+@dataclass
+class KVUsageAbove(Breakpoint):
+    """More than `percent` % of the KV blocks are in use at the step's end."""
+
+    percent: float
+
+    def check(self, trace: Trace, step: StepRecord) -> str | None:
+        used = 100.0 * step.kv.usage
+        return f"KV cache {used:.1f}% in use > {self.percent}%" if used > self.percent else None

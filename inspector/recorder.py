@@ -1,0 +1,246 @@
+"""Recorder: an engine observer that writes every step into a Trace.
+
+    recorder = Recorder(engine, CapturePolicy(top_k=5))
+    engine.add_observer(recorder)
+    ... engine.step() ...
+    recorder.trace          # inspector.trace.Trace, growing one StepRecord per step
+
+What each hook records (observer order within a step: minillama/observe.py):
+- on_schedule: the scheduler's decision and queues; the memory budget plans the step; the
+  traced sequences' attention capture is planned (and the step runs eagerly only if it has any).
+- on_attention: each layer's post-RoPE Q and K rows of the traced sequences.
+- on_logits: the top-k summary of each sampling row, waiting for the drawn token.
+- on_step_end: the tokens, the summaries completed with the drawn token's rank, the KV cache
+  snapshot, the timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+
+from inspector.attention_capture import AttentionCapture
+from inspector.budget import MemoryBudget
+from inspector.kv_snapshot import kv_snapshot_bytes, snapshot_kv
+from inspector.logits_stats import PendingLogits, finish, summarise, summary_bytes
+from inspector.trace import (
+    EngineInfo,
+    Event,
+    ModelInfo,
+    ScheduledRecord,
+    ScheduleRecord,
+    SequenceRecord,
+    StepRecord,
+    Timings,
+    TokenRecord,
+    Trace,
+)
+from minillama.engine.llm_engine import LLMEngine
+from minillama.engine.outputs import StepResult
+from minillama.engine.scheduler import SchedulerOutput
+from minillama.engine.sequence import Sequence
+from minillama.model.attention.metadata import AttentionMetadata
+from minillama.observe import Observer
+
+
+@dataclass
+class CapturePolicy:
+    """What the recorder keeps beyond the always-recorded scheduler, tokens and KV snapshots."""
+
+    attention: bool = True  # record Q/K of the traced sequences (the steps that run them go eager)
+    # Sequence ids to trace; None: the requests at these places in arrival order (the first two).
+    attention_seqs: tuple[int, ...] | None = None
+    attention_requests: tuple[int, ...] = (0, 1)
+    layers: tuple[int, ...] | None = None  # layers to capture; None: all
+    top_k: int = 10  # most likely tokens kept per sampled token
+    memory_budget: int = 256 * 2**20  # bytes; past it, attention and then logits stop being kept
+
+    def validate(self, num_layers: int) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.memory_budget < 0:
+            raise ValueError(f"memory_budget must be >= 0, got {self.memory_budget}")
+        if self.layers is not None and not all(0 <= layer < num_layers for layer in self.layers):
+            raise ValueError(f"layers {self.layers} out of range: the model has {num_layers}")
+
+
+@dataclass
+class _StepInProgress:
+    """What the hooks of the current step have gathered so far."""
+
+    index: int
+    schedule: ScheduleRecord
+    hit_blocks: set[int]
+    started: float  # perf_counter at on_schedule
+    logits: PendingLogits | None = None
+    record_s: float = 0.0  # time spent in this recorder's hooks
+
+
+class Recorder(Observer):
+    def __init__(self, engine: LLMEngine, policy: CapturePolicy | None = None):
+        self.engine = engine
+        self.policy = policy or CapturePolicy()
+        self.policy.validate(engine.model_config.num_hidden_layers)
+        self.wants_attention = self.policy.attention
+        self._token_texts: dict[int, str] = {}
+        self.clear()
+
+    def clear(self) -> None:
+        """Start a new, empty trace (the engine is left as it is)."""
+        engine, policy = self.engine, self.policy
+        self.trace = Trace(_model_info(engine), _engine_info(engine))
+        self.budget = MemoryBudget(policy.memory_budget)
+        layers = list(policy.layers) if policy.layers is not None else list(range(engine.model_config.num_hidden_layers))
+        self.capture = AttentionCapture(engine, self.trace, layers)
+        self.traced: set[int] = set()
+        self._num_requests = 0
+        self._step: _StepInProgress | None = None
+        self._t0 = time.perf_counter()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def register(self, seq: Sequence, chat: bool | None = None, prompt_text: str | None = None) -> None:
+        """Add a request to the trace, and decide whether to trace its attention. The hooks
+        register requests they meet on their own; DebugSession registers them as they are
+        added, to pass on the chat flag and the prompt as typed."""
+        if seq.seq_id in self.trace.sequences:
+            return
+        policy = self.policy
+        if policy.attention_seqs is not None:
+            traced = seq.seq_id in policy.attention_seqs
+        else:
+            traced = self._num_requests in policy.attention_requests
+        traced = traced and policy.attention
+        if traced:
+            self.traced.add(seq.seq_id)
+        self._num_requests += 1
+        prompt_ids = seq.token_ids[: seq.num_prompt_tokens]
+        tokenizer = self.engine.tokenizer
+        if prompt_text is None:
+            prompt_text = tokenizer.decode(prompt_ids) if tokenizer is not None else ""
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(seq.params).items()}
+        index = len(self.trace.steps)
+        self.trace.sequences[seq.seq_id] = SequenceRecord(
+            seq.seq_id, prompt_ids, prompt_text, chat, params, traced, index
+        )
+        self.trace.events.append(Event(index, "add", f"request {seq.seq_id} added", seq.seq_id))
+
+    def note_abort(self, seq_id: int) -> None:
+        record = self.trace.sequences.get(seq_id)
+        if record is not None and record.finish_reason is None:
+            record.finish_reason = "abort"
+            self.trace.events.append(Event(len(self.trace.steps), "abort", f"request {seq_id} aborted", seq_id))
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def on_schedule(self, engine: LLMEngine, batch: SchedulerOutput) -> None:
+        started = time.perf_counter()
+        scheduler = engine.scheduler
+        for seq in sorted([*scheduler.running, *scheduler.waiting], key=lambda s: s.seq_id):
+            self.register(seq)
+        index = len(self.trace.steps)
+        schedule = ScheduleRecord(
+            batch.phase,
+            [
+                ScheduledRecord(i.seq.seq_id, i.start, i.num_tokens, i.num_cached_tokens, i.samples, list(i.seq.block_table))
+                for i in batch.scheduled
+            ],
+            [s.seq_id for s in batch.preempted],
+            [s.seq_id for s in scheduler.waiting],
+            [s.seq_id for s in scheduler.running],
+        )
+        bs = engine.config.block_size
+        hits = {b for i in batch.scheduled for b in i.seq.block_table[: i.num_cached_tokens // bs]}
+        self._step = _StepInProgress(index, schedule, hits, started)
+        for seq_id in (s.seq_id for s in batch.preempted):
+            self.trace.sequences[seq_id].num_preemptions += 1
+        # Plan the droppable data; the budget may stop keeping some from this step on.
+        budget = self.budget
+        needs = {"logits": summary_bytes(len(batch.sampling), self.policy.top_k)}
+        if self.policy.attention:
+            needs["attention"] = self.capture.bytes_needed(batch, self.traced) if budget.keeps("attention") else 0
+        for kind in budget.plan_step(index, needs):
+            message = f"memory budget of {budget.limit:,} bytes reached: {kind} no longer recorded from step {index}"
+            self.trace.events.append(Event(index, "drop", message, what=kind))
+        capturing = self.policy.attention and budget.keeps("attention")
+        # Only steps that run a traced sequence need the per-layer hook (and so run eagerly).
+        self.wants_attention = capturing and self.capture.begin_step(batch, self.traced)
+        self._step.record_s += time.perf_counter() - started
+
+    def on_attention(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        output: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> None:
+        started = time.perf_counter()
+        self.capture.write(layer, q, k, metadata)
+        self._step.record_s += time.perf_counter() - started
+
+    def on_logits(self, batch: SchedulerOutput, logits: torch.Tensor) -> None:
+        started = time.perf_counter()
+        if self.budget.keeps("logits") and logits.shape[0]:
+            params = [item.seq.params for item in batch.sampling]
+            self._step.logits = summarise(logits, params, self.policy.top_k)
+        self._step.record_s += time.perf_counter() - started
+
+    def on_step_end(self, engine: LLMEngine, result: StepResult) -> None:
+        started = time.perf_counter()
+        step, trace = self._step, self.trace
+        outputs = result.outputs  # in the order of batch.sampling, like the logits rows
+        summaries = (
+            finish(step.logits, [o.token_id for o in outputs], self._token_text)
+            if step.logits is not None
+            else [None] * len(outputs)
+        )
+        tokens = []
+        for out, summary in zip(outputs, summaries):
+            tokens.append(TokenRecord(out.request_id, out.token_id, out.text_delta, out.finish_reason, summary))
+            seq = trace.sequences[out.request_id]
+            seq.output_ids.append(out.token_id)
+            seq.token_steps.append(step.index)
+            seq.text += out.text_delta
+            seq.finish_reason = out.finish_reason
+        kv = snapshot_kv(engine.block_manager, engine.scheduler.running, step.hit_blocks)
+        self.budget.charge(kv_snapshot_bytes(kv))
+        attention_seqs = self.capture.end_step(step.index) if self.wants_attention else []
+        t = result.timings
+        now = time.perf_counter()
+        record_ms = (step.record_s + now - started) * 1e3
+        timings = Timings(
+            start_ms=(step.started - self._t0) * 1e3 - t.schedule_ms,
+            schedule_ms=t.schedule_ms, prepare_ms=t.prepare_ms, forward_ms=t.forward_ms, sample_ms=t.sample_ms,
+            wall_ms=(now - step.started) * 1e3 + t.schedule_ms, record_ms=record_ms,
+        )
+        trace.steps.append(
+            StepRecord(step.index, result.step, step.schedule, tokens, kv, timings, attention_seqs)
+        )
+        self._step = None
+
+    def _token_text(self, token_id: int) -> str:
+        if token_id not in self._token_texts:
+            tokenizer = self.engine.tokenizer
+            self._token_texts[token_id] = tokenizer.decode([token_id]) if tokenizer is not None else ""
+        return self._token_texts[token_id]
+
+
+def _model_info(engine: LLMEngine) -> ModelInfo:
+    m = engine.model_config
+    name = engine.model_dir.name if engine.model_dir is not None else "random weights"
+    dtype = str(engine.dtype).removeprefix("torch.")
+    return ModelInfo(name, m.num_hidden_layers, m.num_attention_heads, m.num_key_value_heads, m.head_dim, m.vocab_size, dtype)
+
+
+def _engine_info(engine: LLMEngine) -> EngineInfo:
+    c = engine.config
+    backend = engine.runner.model.model.layers[0].self_attn.backend.name
+    return EngineInfo(
+        str(engine.device), backend, c.block_size, engine.block_manager.num_blocks, c.max_num_seqs,
+        c.max_num_batched_tokens, engine.max_model_len, c.enable_prefix_caching,
+    )

@@ -1,0 +1,104 @@
+"""Readable text views of a trace: an overview, and one step in detail (python -m inspector show)."""
+
+from __future__ import annotations
+
+from inspector.trace import KVSnapshot, ScheduledRecord, StepRecord, TokenRecord, Trace
+
+
+def format_overview(trace: Trace) -> str:
+    m, e = trace.model, trace.engine
+    phases = [s.schedule.phase for s in trace.steps]
+    preemptions = sum(len(s.schedule.preempted) for s in trace.steps)
+    lines = [
+        f"model: {m.name} ({m.num_layers} layers, {m.num_heads} heads / {m.num_kv_heads} kv heads, "
+        f"head dim {m.head_dim}, {m.dtype})",
+        f"engine: {e.device}, {e.attention} attention, {e.num_blocks} KV blocks of {e.block_size} tokens, "
+        f"prefix caching {'on' if e.prefix_caching else 'off'}",
+        f"{len(trace.steps)} steps ({phases.count('prefill')} prefill, {phases.count('decode')} decode), "
+        f"{_count(len(trace.sequences), 'request')}, {_count(preemptions, 'preemption')}, "
+        f"attention traced for {sorted(trace.attention)}",
+    ]
+    lines += [f"dropped: {e.message}" for e in trace.events if e.kind == "drop"]
+    lines.append("sequences:")
+    for seq in trace.sequences.values():
+        state = seq.finish_reason or "unfinished"
+        lines.append(
+            f"  #{seq.seq_id} [{state}, {len(seq.prompt_ids)} prompt + {len(seq.output_ids)} generated tokens, "
+            f"{_count(seq.num_preemptions, 'preemption')}] {_clip(seq.prompt_text)!r} -> {_clip(seq.text)!r}"
+        )
+    return "\n".join(lines)
+
+
+def format_step(trace: Trace, index: int) -> str:
+    """Step `index` in detail: batch, tokens with their top-k, KV cache, timings."""
+    if not 0 <= index < len(trace.steps):
+        raise IndexError(f"no step {index}: the trace has {len(trace.steps)} step(s)")
+    step = trace.steps[index]
+    s = step.schedule
+    lines = [
+        f"step {index} of {len(trace.steps)} (engine step {step.engine_step}): {s.phase}, "
+        f"{_count(len(s.scheduled), 'sequence')}, {_count(sum(x.num_tokens for x in s.scheduled), 'token')}",
+        "scheduler",
+        *(f"  {_scheduled(x)}" for x in s.scheduled),
+        f"  running: {s.running}   waiting: {s.waiting}" + (f"   preempted: {s.preempted}" if s.preempted else ""),
+    ]
+    if step.tokens:
+        lines.append("tokens")
+        for token in step.tokens:
+            lines += _token(token)
+    lines += _kv(step.kv)
+    if step.attention_seqs:
+        lines.append(f"attention recorded for sequences {step.attention_seqs}")
+    lines.append(_timings(step))
+    return "\n".join(lines)
+
+
+def _scheduled(x: ScheduledRecord) -> str:
+    text = f"seq {x.seq_id}  positions {x.start}..{x.start + x.num_tokens - 1} ({_count(x.num_tokens, 'token')}"
+    if x.num_cached_tokens:
+        text += f", after {x.num_cached_tokens} from the prefix cache"
+    return text + ")" + ("  samples" if x.samples else "")
+
+
+def _token(t: TokenRecord) -> list[str]:
+    done = f"  [finished: {t.finish_reason}]" if t.finish_reason else ""
+    if t.logits is None:
+        return [f"  seq {t.seq_id}  {t.text_delta!r} (id {t.token_id}){done}"]
+    g = t.logits
+    top = " | ".join(f"{text!r} {p:.3f}" for text, p in zip(g.top_texts, g.top_probs))
+    return [
+        f"  seq {t.seq_id}  {t.text_delta!r} (id {t.token_id})  p={g.sampled_prob:.3f} rank {g.sampled_rank}  "
+        f"entropy {g.entropy:.2f} nats{done}",
+        f"         top: {top}",
+    ]
+
+
+def _kv(kv: KVSnapshot) -> list[str]:
+    hits = int(kv.hit.sum())
+    used = kv.num_blocks - kv.num_free
+    lines = [
+        f"KV cache: {used} of {kv.num_blocks} blocks in use ({100 * kv.usage:.1f}%), {kv.num_free} free"
+        + (f", {hits} prefix-cache hit blocks this step" if hits else ""),
+        *(f"  seq {seq_id}: {table}" for seq_id, table in kv.block_tables().items()),
+    ]
+    marks = []
+    for ref, cached, hit in zip(kv.ref_count.tolist(), kv.cached.tolist(), kv.hit.tolist()):
+        marks.append("*" if hit else "+" if ref > 1 else "#" if ref else "c" if cached else ".")
+    lines.append(f"  map: {''.join(marks)}  (# in use, + shared, * hit this step, c cached and free, . free)")
+    return lines
+
+
+def _timings(step: StepRecord) -> str:
+    t = step.timings
+    return (
+        f"timings (ms): schedule {t.schedule_ms:.2f} | prepare {t.prepare_ms:.2f} | forward {t.forward_ms:.2f} | "
+        f"sample {t.sample_ms:.2f} | wall {t.wall_ms:.2f} (recorder {t.record_ms:.2f})"
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

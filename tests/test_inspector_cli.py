@@ -1,0 +1,58 @@
+"""python -m inspector: record, show, export-chrome, on the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inspector import load
+from inspector.__main__ import main
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["--prompt", "What is the capital of France?", "--prompt", "Write a haiku about autumn."]
+
+
+def test_record_show_and_export(embedded_dir, tmp_path, capsys):
+    path = tmp_path / "run.mltrace"
+    args = ["record", "--model", str(embedded_dir), "--chat", *PROMPTS, "--kv-blocks", "12", "--block-size", "8",
+            "--max-tokens", "8", "--attention-seqs", "1", "--logits-top-k", "3", "-o", str(path)]
+    assert main(args) == 0
+    assert "all requests finished" in capsys.readouterr().out
+    trace = load(path)
+    first, second = trace.sequences
+    assert trace.engine.num_blocks == 12 and list(trace.attention) == [second]
+    assert all(len(t.logits.top_ids) == 3 for s in trace.steps for t in s.tokens)
+    assert trace.sequences[first].chat and trace.sequences[first].text.startswith("The capital of France")
+
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "SmolLM2-135M-Instruct" in out and f"attention traced for [{second}]" in out
+
+    assert main(["show", str(path), "--step", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"step 2 of {len(trace.steps)}") and "top:" in out and "KV cache:" in out
+
+    chrome = tmp_path / "timings.json"
+    assert main(["export-chrome", str(path), "-o", str(chrome)]) == 0
+    assert len(json.loads(chrome.read_text())["traceEvents"]) > len(trace.steps)
+
+
+def test_record_without_attention_and_with_a_tiny_budget(embedded_dir, tmp_path, capsys):
+    path = tmp_path / "run.mltrace"
+    args = ["record", "--model", str(embedded_dir), *PROMPTS, "--max-tokens", "4", "--no-attention",
+            "--budget-mb", "0.0001", "-o", str(path)]
+    assert main(args) == 0
+    trace = load(path)
+    assert trace.attention == {} and trace.dropped_from("logits") == 0
+    assert "logits no longer recorded from step 0" in capsys.readouterr().out
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["show", str(tmp_path / "missing.mltrace")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.mltrace"
+    bad.write_text("not a trace")
+    assert main(["export-chrome", str(bad), "-o", str(tmp_path / "t.json")]) == 2
+    assert "not a .mltrace file" in capsys.readouterr().err

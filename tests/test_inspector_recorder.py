@@ -1,0 +1,193 @@
+"""The Recorder against the engine: what it wrote is what the engine did.
+
+The invariant tests run on two recorded runs: a tiny random model, and the embedded
+SmolLM2-135M (30 layers, GQA 9/3), both with preemption and prefix-cache hits, and the tiny
+model again with its prompts split into chunks over several prefill steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_inspector_support import record_embedded_run, record_tiny_run
+
+from inspector import CapturePolicy, NotRecorded, TextMatches
+from inspector.logits_stats import summary_bytes
+from minillama.model.sampler import filtered_logits
+
+
+@pytest.fixture(scope="module")
+def embedded(embedded_dir):
+    return record_embedded_run(embedded_dir)
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-chunked-prefill", "embedded"])
+def run(request):
+    if request.param == "tiny":
+        return record_tiny_run()
+    if request.param == "tiny-chunked-prefill":  # prompts of 14 to 17 tokens, 6 a step
+        return record_tiny_run(max_num_batched_tokens=6)
+    return request.getfixturevalue("embedded")
+
+
+def test_the_run_preempts_and_hits_the_prefix_cache(run):
+    trace, seen = run.session.trace, run.checker.steps
+    assert len(trace.steps) == len(seen)
+    assert any(s.schedule.preempted for s in trace.steps)
+    assert any(x.num_cached_tokens for s in trace.steps for x in s.schedule.scheduled)
+    for step, checked in zip(trace.steps, seen):
+        assert step.schedule.preempted == checked.preempted
+        assert {x.seq_id: x.num_cached_tokens for x in step.schedule.scheduled if x.num_cached_tokens} == checked.cached
+        assert {x.seq_id: (x.start, x.start + x.num_tokens) for x in step.schedule.scheduled} == checked.scheduled
+
+
+def test_every_generated_token_is_in_exactly_one_step(run):
+    trace = run.session.trace
+    for seq_id in run.ids:
+        from_steps = [t.token_id for s in trace.steps for t in s.tokens if t.seq_id == seq_id]
+        assert from_steps == run.engine.sequences[seq_id].output_token_ids
+        assert trace.sequences[seq_id].output_ids == from_steps
+        assert trace.sequences[seq_id].finish_reason == run.engine.sequences[seq_id].finish_reason
+    for step in trace.steps:
+        ids = [t.seq_id for t in step.tokens]
+        assert len(ids) == len(set(ids))
+
+
+def test_kv_snapshots_agree_with_the_block_manager(run):
+    trace, seen = run.session.trace, run.checker.steps
+    finished: set[int] = set()
+    for step, checked in zip(trace.steps, seen):
+        kv = step.kv
+        finished |= set(checked.finished)
+        assert kv.block_tables() == checked.tables
+        assert kv.ref_count.tolist() == checked.ref_counts
+        assert kv.num_free == checked.num_free
+        owners = kv.owners()
+        assert [len(o) for o in owners] == kv.ref_count.tolist()  # ref counts = number of owners
+        assert not finished & {s for o in owners for s in o}  # no finished sequence owns a block
+        assert all(kv.fill[b] == 0 for b in range(kv.num_blocks) if not owners[b] and not kv.cached[b])
+        bs = trace.engine.block_size
+        hit_blocks = {b for x in step.schedule.scheduled for b in x.block_table[: x.num_cached_tokens // bs]}
+        assert set(torch.nonzero(kv.hit).flatten().tolist()) == hit_blocks
+
+
+def test_attention_from_stored_qk_reproduces_the_engines_output(run):
+    """softmax(q . K * scale) @ V, from the recorded Q/K, equals each layer's attention output,
+    also for a sequence whose prefix keys were read from the cache."""
+    trace, seen = run.session.trace, run.checker.steps
+    group = trace.model.num_heads // trace.model.num_kv_heads
+    traced = sorted(trace.attention)
+    assert len(traced) == 2 and traced == sorted(run.session.recorder.traced)
+    assert any(s.cached.get(traced[1]) for s in seen)  # its first keys came from the prefix cache
+    compared = 0
+    for index, checked in enumerate(seen):
+        for (layer, seq_id), (output, values) in checked.attention.items():
+            store = trace.attention[seq_id]
+            start, end = checked.scheduled[seq_id]
+            for pos in range(start, end):
+                if store.q_step[pos] != index:
+                    continue  # recomputed later: the store holds the later computation
+                for head in range(trace.model.num_heads):
+                    probs = trace.attention_row(seq_id, layer, head, pos)  # [pos + 1]
+                    ours = probs @ values[: pos + 1, head // group].float()  # [D]
+                    torch.testing.assert_close(ours, output[pos - start, head], atol=1e-5, rtol=1e-5)
+                    compared += 1
+    assert compared > 100
+
+
+def test_attention_rows_sum_to_one_and_cached_positions_have_no_query(run):
+    trace = run.session.trace
+    for seq_id, store in trace.attention.items():
+        for pos in range(store.length):
+            if store.q_step[pos] < 0:
+                with pytest.raises(NotRecorded, match="prefix cache"):
+                    trace.attention_row(seq_id, 0, 0, pos)
+                continue
+            for layer in store.layers:
+                probs = trace.attention_row(seq_id, layer, 2, pos)
+                assert probs.shape == (pos + 1,)
+                torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+                mass = trace.block_mass(seq_id, layer, 2, pos)
+                assert abs(sum(mass.values()) - 1) < 1e-5 and len(mass) == pos // trace.engine.block_size + 1
+    hit = sorted(trace.attention)[1]
+    cached = next(x.num_cached_tokens for s in trace.steps for x in s.schedule.scheduled if x.seq_id == hit)
+    assert cached > 0 and (trace.attention[hit].q_step[:cached] == -1).all()  # its cached prefix
+    untraced = next(i for i in run.ids if i not in trace.attention)
+    with pytest.raises(NotRecorded, match="no recorded queries"):
+        trace.attention_row(untraced, 0, 0, 0)
+
+
+def test_logits_summaries_match_the_engines_logits(run):
+    trace, seen = run.session.trace, run.checker.steps
+    params = run.params
+    for step, checked in zip(trace.steps, seen):
+        for token in step.tokens:
+            logits = checked.logits[token.seq_id]  # [V]
+            probs = logits.softmax(dim=-1)
+            g = token.logits
+            assert g.top_ids == probs.topk(10).indices.tolist()
+            torch.testing.assert_close(torch.tensor(g.top_probs), probs[g.top_ids])
+            assert g.entropy == pytest.approx(-(probs * probs.log()).sum().item(), rel=1e-4)
+            assert g.sampled_prob == pytest.approx(probs[token.token_id].item(), rel=1e-5)
+            assert g.sampled_rank == int((probs > probs[token.token_id]).sum())
+            p = params[token.seq_id]
+            if p.greedy:
+                assert g.sampled_rank == 0 and g.top_sampling_probs[0] == 1.0
+            else:
+                sampling = filtered_logits(logits[None], [p]).softmax(dim=-1)[0]
+                torch.testing.assert_close(torch.tensor(g.top_sampling_probs), sampling[g.top_ids])
+
+
+def test_timings_are_recorded(run):
+    for step in run.session.trace.steps:
+        t = step.timings
+        assert t.forward_ms > 0 and t.wall_ms >= t.record_ms > 0
+    starts = [s.timings.start_ms for s in run.session.trace.steps]
+    assert starts == sorted(starts)
+
+
+def test_a_tiny_budget_drops_attention_first_then_logits_and_the_run_completes():
+    budget = 20_000  # the first prompt's Q/K fit (11.6 kB), the third's do not
+    full = record_tiny_run()
+    tight = record_tiny_run(CapturePolicy(memory_budget=budget))
+    trace = tight.session.trace
+    attention_from, logits_from = trace.dropped_from("attention"), trace.dropped_from("logits")
+    assert attention_from is not None and logits_from is not None and 0 < attention_from < logits_from
+    assert [e.what for e in trace.events if e.kind == "drop"] == ["attention", "logits"]
+    # Nothing droppable is recorded from its drop on; what was kept before stays.
+    assert all(not s.attention_seqs for s in trace.steps[attention_from:])
+    assert trace.steps[0].attention_seqs == [tight.ids[0]] and list(trace.attention) == [tight.ids[0]]
+    assert all(t.logits is None for s in trace.steps[logits_from:] for t in s.tokens)
+    assert all(t.logits is not None for s in trace.steps[:logits_from] for t in s.tokens)
+    kept = sum(s.q.nbytes + s.k.nbytes + s.q_step.nbytes for s in trace.attention.values())
+    kept += sum(summary_bytes(1, 10) for s in trace.steps for t in s.tokens if t.logits is not None)
+    assert kept <= budget
+    # Recording never changes what the engine does.
+    assert len(trace.steps) == len(full.session.trace.steps)
+    for a, b in zip(full.ids, tight.ids):
+        assert full.engine.sequences[a].output_token_ids == tight.engine.sequences[b].output_token_ids
+
+
+def test_no_attention_policy_keeps_the_hook_off():
+    run = record_tiny_run(CapturePolicy(attention=False))
+    assert run.session.trace.attention == {}
+    assert not run.session.recorder.wants_attention
+    assert all(not s.attention_seqs for s in run.session.trace.steps)
+
+
+def test_layer_selection_captures_only_those_layers():
+    run = record_tiny_run(CapturePolicy(layers=(1,)))
+    store = next(iter(run.session.trace.attention.values()))
+    assert store.layers == [1] and store.q.shape[0] == 1
+    with pytest.raises(NotRecorded, match="layer 0 was not captured"):
+        run.session.trace.attention_row(store.seq_id, 0, 0, 20)
+
+
+def test_run_stops_where_the_answer_says_paris(embedded):
+    trace, stop = embedded.session.trace, embedded.stops[0]
+    assert isinstance(stop.breakpoint, TextMatches) and "'Paris'" in stop.reason
+    paris = embedded.ids[0]
+    at = next(s for s in trace.sequences[paris].token_steps if "Paris" in trace.text_until(paris, s))
+    assert len(trace.steps[: at + 1]) == 1 + stop.steps  # one step before the run, then the run's
+    assert "Paris" in trace.sequences[paris].text and trace.sequences[paris].chat is True
+    assert trace.sequences[paris].prompt_text == "What is the capital of France?"
+    assert trace.steps[at].token_of(paris).logits.top_texts[0] == trace.steps[at].token_of(paris).text_delta

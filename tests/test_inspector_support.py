@@ -1,0 +1,135 @@
+"""Shared helpers for the inspector tests (no tests here).
+
+Checker watches the engine independently of the Recorder, from the engine's own objects, so
+the tests compare what the Recorder wrote with what the engine actually did. record_tiny_run
+and record_embedded_run record runs whose KV pool is small enough to force preemption, with
+prompts that share a prefix computed before they arrive, so prefix-cache hits happen too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from conftest import make_hf_model
+
+from inspector import Breakpoint, CapturePolicy, DebugSession, RunResult, TextMatches
+from minillama import EngineConfig, LLMEngine, Observer, SamplingParams
+
+
+@dataclass
+class SeenStep:
+    """One step as the Checker saw it."""
+
+    preempted: list[int] = field(default_factory=list)
+    cached: dict[int, int] = field(default_factory=dict)  # seq id -> prefix-cache tokens at admission
+    scheduled: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq id -> (start, end)
+    logits: dict[int, torch.Tensor] = field(default_factory=dict)  # seq id -> raw logits [V]
+    tokens: dict[int, int] = field(default_factory=dict)  # seq id -> token drawn
+    finished: list[int] = field(default_factory=list)
+    tables: dict[int, list[int]] = field(default_factory=dict)  # block tables at the step's end
+    ref_counts: list[int] = field(default_factory=list)
+    num_free: int = 0
+    # (layer, seq id) -> (attention output of its new rows [n, H, D], V of its positions 0..end [end, Hkv, D])
+    attention: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+class Checker(Observer):
+    wants_attention = True
+
+    def __init__(self, engine: LLMEngine, watch: set[int]):
+        self.engine = engine
+        self.watch = watch  # sequences whose attention output and V are kept
+        self.steps: list[SeenStep] = []
+
+    def on_schedule(self, engine, batch):
+        self.batch = batch
+        step = SeenStep(preempted=[s.seq_id for s in batch.preempted])
+        for item in batch.scheduled:
+            step.scheduled[item.seq.seq_id] = (item.start, item.end)
+            if item.num_cached_tokens:
+                step.cached[item.seq.seq_id] = item.num_cached_tokens
+        self.steps.append(step)
+
+    def on_attention(self, layer, q, k, v, output, metadata):
+        bs = self.engine.config.block_size
+        v_cache = self.engine.runner.model.model.layers[layer].self_attn.v_cache
+        cu = metadata.cu_seqlens_q.tolist() if metadata.is_prefill else list(range(q.shape[0] + 1))
+        for i, item in enumerate(self.batch.scheduled):
+            if item.seq.seq_id in self.watch:
+                positions = torch.arange(item.end)
+                table = torch.tensor(item.seq.block_table)
+                values = v_cache[table[positions // bs], positions % bs]  # [end, Hkv, D]
+                self.steps[-1].attention[layer, item.seq.seq_id] = (output[cu[i] : cu[i + 1]].clone(), values.clone())
+
+    def on_logits(self, batch, logits):
+        for item, row in zip(batch.sampling, logits):
+            self.steps[-1].logits[item.seq.seq_id] = row.clone()
+
+    def on_step_end(self, engine, result):
+        step = self.steps[-1]
+        step.tokens = {o.request_id: o.token_id for o in result.outputs}
+        step.finished = list(result.finished)
+        step.tables = {s.seq_id: list(s.block_table) for s in engine.scheduler.running}
+        step.ref_counts = [b.ref_count for b in engine.block_manager.blocks]
+        step.num_free = result.num_free_blocks
+
+
+@dataclass
+class RecordedRun:
+    engine: LLMEngine
+    session: DebugSession
+    checker: Checker
+    ids: list[int]  # sequence ids, in the order added
+    params: dict[int, SamplingParams]  # each sequence's
+    stops: list[RunResult]  # what each session.run call returned
+
+
+def _record(engine: LLMEngine, policy: CapturePolicy, prompts: list, params: list[SamplingParams], chat: bool,
+            until: list[Breakpoint]) -> RecordedRun:
+    """The first prompt runs alone for one step, so its prefix is cached when the others
+    arrive. Then run to the breakpoints, and on to the end."""
+    session = DebugSession(engine, policy)
+    checker = Checker(engine, session.recorder.traced)  # the recorder's live set of traced ids
+    engine.add_observer(checker)
+    ids = [session.add(prompts[0], params[0], chat=chat)]
+    session.step()
+    ids += [session.add(p, sp, chat=chat) for p, sp in zip(prompts[1:], params[1:])]
+    stops = [session.run(until=until), session.run()]
+    assert stops[-1].finished
+    return RecordedRun(engine, session, checker, ids, dict(zip(ids, params)), stops)
+
+
+TINY_PARAMS = [
+    SamplingParams(temperature=0, max_tokens=12),
+    SamplingParams(temperature=0.8, top_p=0.9, max_tokens=12, seed=1),
+    SamplingParams(temperature=1.2, top_k=20, max_tokens=12, seed=2),
+    SamplingParams(temperature=0, max_tokens=10),
+]
+
+
+def record_tiny_run(
+    policy: CapturePolicy | None = None, traced_requests: tuple[int, ...] = (0, 2), max_num_batched_tokens: int = 4096
+) -> RecordedRun:
+    """A tiny random model: four requests sharing a 12-token prefix (3 blocks of 4) in a
+    14-block pool, together needing more blocks than the pool has (preemption). Attention is
+    traced for the requests at `traced_requests` (the third gets a prefix-cache hit). A small
+    max_num_batched_tokens splits prompts into chunks over several steps."""
+    hf = make_hf_model("gqa-tied-llama3")
+    config = EngineConfig(device="cpu", num_kv_blocks=14, block_size=4, max_num_batched_tokens=max_num_batched_tokens)
+    engine = LLMEngine.from_hf_model(hf, config)
+    generator = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, 256, (12,), generator=generator).tolist()
+    prompts = [prefix + torch.randint(0, 256, (n,), generator=generator).tolist() for n in (3, 5, 2, 4)]
+    policy = policy or CapturePolicy(attention_requests=traced_requests)
+    return _record(engine, policy, prompts, TINY_PARAMS, chat=False, until=[])
+
+
+def record_embedded_run(model_dir) -> RecordedRun:
+    """The embedded model: four chat prompts (sharing the chat template's system prompt) in a
+    12-block pool of 8-token blocks, greedy; the first two traced. Its first run call stops
+    when the answer to the first question says "Paris"."""
+    engine = LLMEngine.from_pretrained(model_dir, EngineConfig(device="cpu", num_kv_blocks=12, block_size=8))
+    questions = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?", "Say hello in Spanish."]
+    params = [SamplingParams(temperature=0, max_tokens=24)] * 4
+    return _record(engine, CapturePolicy(), questions, params, chat=True, until=[TextMatches("Paris")])

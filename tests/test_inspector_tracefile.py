@@ -1,0 +1,183 @@
+"""The .mltrace file: a lossless round trip, and every kind of bad file refused with a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+import torch
+from test_inspector_support import record_tiny_run
+
+from inspector import TraceError, export_chrome_trace, load, save
+from inspector.codec import encode
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return record_tiny_run().session.trace
+
+
+@pytest.fixture(scope="module")
+def saved(trace, tmp_path_factory):
+    path = tmp_path_factory.mktemp("trace") / "run.mltrace"
+    save(trace, path)
+    return path
+
+
+def flat(trace):
+    tensors: dict[str, torch.Tensor] = {}
+    return encode(trace, tensors, "trace"), tensors
+
+
+def test_round_trip_is_lossless(trace, saved):
+    loaded = load(saved)
+    json_a, tensors_a = flat(trace)
+    json_b, tensors_b = flat(loaded)
+    assert json_a == json_b
+    assert tensors_a.keys() == tensors_b.keys()
+    for name, tensor in tensors_a.items():
+        assert tensor.dtype == tensors_b[name].dtype and torch.equal(tensor, tensors_b[name]), name
+    # Attention rows compute from the file alone, exactly as from the live trace.
+    seq_id = next(iter(trace.attention))
+    assert torch.equal(loaded.attention_row(seq_id, 1, 2, 20), trace.attention_row(seq_id, 1, 2, 20))
+    assert loaded.block_mass(seq_id, 1, 2, 20) == trace.block_mass(seq_id, 1, 2, 20)
+
+
+def rewrite(saved, tmp_path, members: dict[str, bytes | None]) -> object:
+    """A copy of the saved trace with some members replaced (None: removed)."""
+    with zipfile.ZipFile(saved) as zf:
+        contents = {name: zf.read(name) for name in zf.namelist()}
+    contents.update(members)
+    path = tmp_path / "bad.mltrace"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in contents.items():
+            if data is not None:
+                zf.writestr(name, data)
+    return path
+
+
+def edited_json(saved, edit) -> bytes:
+    with zipfile.ZipFile(saved) as zf:
+        document = json.loads(zf.read("trace.json"))
+    edit(document)
+    return json.dumps(document).encode()
+
+
+def test_not_a_zip_and_truncated_files_are_refused(saved, tmp_path):
+    text = tmp_path / "notes.mltrace"
+    text.write_text("just some text")
+    with pytest.raises(TraceError, match="not a .mltrace file, or it is truncated or damaged"):
+        load(text)
+    data = saved.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 30):
+        truncated = tmp_path / f"cut{cut}.mltrace"
+        truncated.write_bytes(data[:cut])
+        with pytest.raises(TraceError, match="not a .mltrace file, or it is truncated or damaged"):
+            load(truncated)
+    with pytest.raises(TraceError, match="does not exist"):
+        load(tmp_path / "missing.mltrace")
+
+
+def test_damaged_member_is_refused(saved, tmp_path):
+    # Flip bytes inside the deflated trace.json: zip's CRC check catches it.
+    data = bytearray(saved.read_bytes())
+    start = data.index(b"trace.json") + len("trace.json") + 40
+    data[start : start + 20] = bytes(20)
+    damaged = tmp_path / "damaged.mltrace"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(TraceError, match="truncated or damaged"):
+        load(damaged)
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ({"trace.json": None}, "has no trace.json"),
+        ({"tensors.safetensors": None}, "has no tensors.safetensors"),
+        ({"trace.json": b"{not json"}, "trace.json is not valid JSON"),
+        ({"trace.json": b"[1, 2]"}, "not an mltrace document"),
+        ({"tensors.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!"}, "tensors.safetensors is damaged"),
+    ],
+)
+def test_missing_or_malformed_members_are_refused(saved, tmp_path, members, message):
+    with pytest.raises(TraceError, match=message):
+        load(rewrite(saved, tmp_path, members))
+
+
+def set_key(path: list, value):
+    def edit(document):
+        node = document
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return edit
+
+
+def first_sequence_token_step(step: int):
+    def edit(document):
+        first = next(iter(document["trace"]["sequences"].values()))  # ids differ from run to run
+        first["token_steps"][0] = step
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (set_key(["schema_version"], 2), "schema version 2, newer than"),
+        (set_key(["schema_version"], "1"), "bad schema_version"),
+        (set_key(["trace", "steps"], "many"), r"trace.steps: expected a list, got str"),
+        (set_key(["trace", "steps", 3, "index"], True), r"trace.steps.3.index: expected an integer, got bool"),
+        (set_key(["trace", "model", "num_heads"], None), r"trace.model.num_heads: expected an integer"),
+        (set_key(["trace", "steps", 0, "kv", "fill"], {"tensor": "nowhere"}), "'nowhere' is missing"),
+        (set_key(["trace", "engine", "num_blocks"], 99), r"kv.ref_count has shape \(14,\), expected \(99,\)"),
+        (set_key(["trace", "model", "head_dim"], 8), "do not match the model"),
+        (set_key(["trace", "sequences", "zero"], {}), "key 'zero' is not an integer"),
+        (set_key(["trace", "steps", 0, "kv", "fill"], {"tensor": "trace.steps.0.kv.cached"}), "kv.fill is torch.bool"),
+        (first_sequence_token_step(999), "names step 999, which has no token of it"),
+        (set_key(["trace", "steps", 2, "schedule", "scheduled", 0, "block_table"], [0]), "lacks blocks"),
+    ],
+)
+def test_wrong_version_types_and_shapes_are_refused(saved, tmp_path, edit, message):
+    with pytest.raises(TraceError, match=message):
+        load(rewrite(saved, tmp_path, {"trace.json": edited_json(saved, edit)}))
+
+
+def test_missing_field_is_refused(saved, tmp_path):
+    def edit(document):
+        del document["trace"]["steps"][0]["kv"]
+
+    with pytest.raises(TraceError, match=r"trace.steps.0: missing field 'kv'"):
+        load(rewrite(saved, tmp_path, {"trace.json": edited_json(saved, edit)}))
+
+
+def test_oversized_files_are_refused_before_unpacking(saved, tmp_path):
+    with pytest.raises(TraceError, match="over the limit"):
+        load(saved, max_bytes=1000)
+    # A zip bomb: 64 MiB of zeros deflate to about 64 kB; its declared size gives it away.
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("trace.json", b"0" * 2**26)
+        zf.writestr("tensors.safetensors", b"")
+    path = tmp_path / "bomb.mltrace"
+    path.write_bytes(bomb.getvalue())
+    assert path.stat().st_size < 2**20
+    with pytest.raises(TraceError, match="would unpack to 67,108,864 bytes"):
+        load(path, max_bytes=2**25)
+
+
+def test_chrome_trace_export(trace, tmp_path):
+    path = tmp_path / "timings.json"
+    export_chrome_trace(trace, path)
+    document = json.loads(path.read_text())
+    slices = [e for e in document["traceEvents"] if e["ph"] == "X"]
+    steps = [e for e in slices if e["name"].startswith("step ")]
+    assert len(steps) == len(trace.steps)
+    assert {e["name"] for e in slices} >= {"schedule", "prepare", "forward", "sample"}
+    for step, event in zip(trace.steps, steps):
+        assert event["ts"] == pytest.approx(step.timings.start_ms * 1e3)
+        assert event["dur"] == pytest.approx(step.timings.wall_ms * 1e3)
+    assert sum(e["ph"] == "C" for e in document["traceEvents"]) == 2 * len(trace.steps)
