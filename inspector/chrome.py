@@ -38,7 +38,7 @@ def chrome_trace_events(trace: Trace) -> dict[str, Any]:
         for name, ms in phases:
             events.append(_slice(name, at, ms * 1e3, {}))
             at += ms * 1e3
-        used = step.kv.num_blocks - step.kv.num_free
+        used = step.kv.num_used
         events.append({"ph": "C", "pid": PID, "name": "KV blocks in use", "ts": start, "args": {"blocks": used}})
         events.append({"ph": "C", "pid": PID, "name": "batch tokens", "ts": start, "args": {"tokens": args["tokens"]}})
     return {"traceEvents": events, "displayTimeUnit": "ms"}

@@ -1,47 +1,82 @@
-"""snapshot_kv: the paged KV cache's bookkeeping at the end of a step, as compact arrays."""
+"""snapshot_kv: the paged KV cache's bookkeeping at the end of a step, sparse (see KVSnapshot).
+
+The pool can hold about 131,000 blocks on a GPU, and a snapshot is taken every step, so it never
+walks the pool: it reaches the blocks it records through the running sequences' block tables
+and the BlockManager's prefix-cache index (hash_to_block_id). Its cost follows the blocks in use
+plus the cached ones it lists: about 35 us for 8 sequences of 5 blocks on a 2-core CPU, where
+walking the pool took 30 ms.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from itertools import accumulate, chain
 
+import numpy as np
 import torch
 
 from inspector.trace import KVSnapshot
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.sequence import Sequence
 
+# The free blocks that still hold a cached full block are listed only while there are at most
+# this many. Listing them reads the whole prefix-cache index, which after a long run on a GPU
+# can grow towards the pool's size; past the limit only their number is recorded, so neither the
+# time a snapshot takes nor its size grows with the pool.
+MAX_LISTED_CACHED_FREE = 1024
 
-def snapshot_kv(block_manager: BlockManager, holders: list[Sequence], hit_blocks: Iterable[int]) -> KVSnapshot:
+
+def snapshot_kv(block_manager: BlockManager, holders: list[Sequence], hit_blocks: set[int]) -> KVSnapshot:
     """holders: the sequences holding blocks (the running ones), in arrival order;
     hit_blocks: the physical blocks that served prefix-cache hits in this step."""
-    bs = block_manager.block_size
-    blocks = block_manager.blocks
-    # A hashed block holds a full block of valid K/V, in use or free (a free one keeps its
-    # contents until reused, so a later prompt can still hit it). Other blocks hold what their
-    # owner has computed so far: all of it, part of it for the last block, nothing for a block
-    # allocated ahead of a prompt chunk that has not run yet.
-    fill = [bs if b.hash is not None else 0 for b in blocks]
-    offsets, table_blocks = [0], []
-    for seq in holders:
-        for i, block_id in enumerate(seq.block_table):
-            computed = min(bs, max(0, seq.num_computed_tokens - i * bs))
-            fill[block_id] = max(fill[block_id], computed)
-        table_blocks += seq.block_table
-        offsets.append(len(table_blocks))
-    hit = torch.zeros(len(blocks), dtype=torch.bool)
-    hit[list(hit_blocks)] = True
+    bm, index = block_manager, block_manager.hash_to_block_id
+    held = _held_fill(holders, bm.block_size)
+    # A block is cached when the index names it for its hash (of two blocks that computed the
+    # same prefix in one batch, only the first is). Every block in use is held by a running
+    # sequence, so the cached free blocks are the index's entries less the held ones.
+    num_cached_free = len(index) - sum(index.get(bm.blocks[b].hash) == b for b in held)
+    listed = num_cached_free <= MAX_LISTED_CACHED_FREE
+    # In C, over the index; the free list is only probed, never walked.
+    cached_free = bm.free_block_ids.keys() & index.values() if listed else set()
+    block_ids = sorted(held.keys() | cached_free | hit_blocks)
+    blocks = [bm.blocks[b] for b in block_ids]
     return KVSnapshot(
-        ref_count=torch.tensor([b.ref_count for b in blocks], dtype=torch.int32),
-        fill=torch.tensor(fill, dtype=torch.int32),
-        cached=torch.tensor([b.hash is not None for b in blocks], dtype=torch.bool),
-        hit=hit,
-        table_seq_ids=torch.tensor([s.seq_id for s in holders], dtype=torch.int64),
-        table_offsets=torch.tensor(offsets, dtype=torch.int64),
-        table_blocks=torch.tensor(table_blocks, dtype=torch.int32),
-        num_free=block_manager.num_free_blocks,
+        num_blocks=bm.num_blocks,
+        num_free=bm.num_free_blocks,
+        num_cached_free=num_cached_free,
+        cached_free_listed=listed,
+        block_ids=_tensor(block_ids, np.int32),
+        ref_count=_tensor([block.ref_count for block in blocks], np.int32),
+        # A hashed block is full; any other holds what its owners computed.
+        fill=_tensor([bm.block_size if b.hash is not None else held.get(b.block_id, 0) for b in blocks], np.int32),
+        cached=_tensor([index.get(block.hash) == block.block_id for block in blocks], np.bool_),
+        hit=_tensor([b in hit_blocks for b in block_ids], np.bool_),
+        table_seq_ids=_tensor([seq.seq_id for seq in holders], np.int64),
+        table_offsets=_tensor([0, *accumulate(len(seq.block_table) for seq in holders)], np.int64),
+        table_blocks=_tensor(list(chain.from_iterable(seq.block_table for seq in holders)), np.int32),
     )
 
 
+def _held_fill(holders: list[Sequence], block_size: int) -> dict[int, int]:
+    """The blocks in the holders' tables -> tokens whose K/V they hold, which is what their
+    owner computed: all of each block before the one holding its last computed token, part of
+    that one, nothing past it (blocks allocated ahead of a prompt chunk that has not run yet).
+    A shared block counts its fullest owner. Whole slices at a time, not block by block."""
+    fill = dict.fromkeys(chain.from_iterable(seq.block_table for seq in holders), 0)
+    for seq in holders:
+        full, part = divmod(seq.num_computed_tokens, block_size)
+        if part:
+            block_id = seq.block_table[full]
+            fill[block_id] = max(fill[block_id], part)
+    for seq in holders:  # last, so that a block full for one owner is full
+        fill.update(dict.fromkeys(seq.block_table[: seq.num_computed_tokens // block_size], block_size))
+    return fill
+
+
+def _tensor(values: list, dtype: type) -> torch.Tensor:
+    """A 1-d CPU tensor of `values`; through numpy, 3x faster than torch.tensor() on a list."""
+    return torch.from_numpy(np.array(values, dtype=dtype))
+
+
 def kv_snapshot_bytes(kv: KVSnapshot) -> int:
-    tensors = (kv.ref_count, kv.fill, kv.cached, kv.hit, kv.table_seq_ids, kv.table_offsets, kv.table_blocks)
-    return sum(t.nbytes for t in tensors)
+    """The snapshot's payload: its arrays' bytes."""
+    return sum(value.nbytes for value in vars(kv).values() if isinstance(value, torch.Tensor))

@@ -52,24 +52,31 @@ def summarise(logits: torch.Tensor, params: list[SamplingParams], k: int) -> Pen
 
 def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int], str]) -> list[LogitsSummary]:
     """tokens: the S tokens drawn, in the same order. -> one LogitsSummary per row."""
+    k = pending.top_ids.shape[1]
     chosen = torch.tensor(tokens, device=pending.logprobs.device)[:, None]  # [S, 1]
     chosen_logprob = pending.logprobs.gather(-1, chosen)  # [S, 1]
     # Rank = how many tokens are strictly more likely than the drawn one. When the drawn token
     # is in the top k, every token more likely than it is too (the top k are the k largest),
     # so counting within the top k is exact; only a token from outside needs its whole row.
-    rank = (pending.top_logprobs > chosen_logprob).sum(dim=-1)  # [S]
-    outside = (pending.top_ids != chosen).all(dim=-1).nonzero().flatten()
-    if outside.numel():
-        rank[outside] = (pending.logprobs[outside] > chosen_logprob[outside]).sum(dim=-1)
-    top_ids = pending.top_ids.tolist()
-    rows = zip(
-        top_ids, pending.top_logprobs.exp().tolist(), pending.top_sampling_probs.tolist(), pending.entropy.tolist(),
-        chosen_logprob.exp().squeeze(1).tolist(), rank.tolist(),
-    )
-    return [
-        LogitsSummary(ids, [token_text(i) for i in ids], probs, sampling, entropy, prob, r)
-        for ids, probs, sampling, entropy, prob, r in rows
-    ]
+    rank = (pending.top_logprobs > chosen_logprob).sum(dim=-1, keepdim=True)  # [S, 1]
+    # To the host in two copies: on a GPU each copy waits for the device, so one per field
+    # would cost several round trips a step.
+    ids_and_rank = torch.cat([pending.top_ids, rank], dim=1).tolist()  # [S, k + 1]
+    probs = torch.cat(  # [S, 2k + 2]: top probs, top sampling probs, entropy, the drawn token's prob
+        [pending.top_logprobs.exp(), pending.top_sampling_probs, pending.entropy[:, None], chosen_logprob.exp()], dim=1
+    ).tolist()
+    ranks = [row[k] for row in ids_and_rank]
+    outside = [i for i, (row, token) in enumerate(zip(ids_and_rank, tokens)) if token not in row[:k]]
+    if outside:
+        rows = torch.tensor(outside, device=chosen.device)
+        full = (pending.logprobs[rows] > chosen_logprob[rows]).sum(dim=-1).tolist()
+        for i, r in zip(outside, full):
+            ranks[i] = r
+    summaries = []
+    for row, p, r in zip(ids_and_rank, probs, ranks):
+        ids = row[:k]
+        summaries.append(LogitsSummary(ids, [token_text(i) for i in ids], p[:k], p[k : 2 * k], p[2 * k], p[2 * k + 1], r))
+    return summaries
 
 
 def summary_bytes(num_rows: int, k: int) -> int:

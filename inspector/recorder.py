@@ -139,7 +139,9 @@ class Recorder(Observer):
     def on_schedule(self, engine: LLMEngine, batch: SchedulerOutput) -> None:
         started = time.perf_counter()
         scheduler = engine.scheduler
-        for seq in sorted([*scheduler.running, *scheduler.waiting], key=lambda s: s.seq_id):
+        # Requests added to the engine directly, not through DebugSession, are met here first.
+        unknown = [s for s in (*scheduler.running, *scheduler.waiting) if s.seq_id not in self.trace.sequences]
+        for seq in sorted(unknown, key=lambda s: s.seq_id):
             self.register(seq)
         index = len(self.trace.steps)
         schedule = ScheduleRecord(

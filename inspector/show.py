@@ -75,17 +75,26 @@ def _token(t: TokenRecord) -> list[str]:
 
 def _kv(kv: KVSnapshot) -> list[str]:
     hits = int(kv.hit.sum())
-    used = kv.num_blocks - kv.num_free
-    lines = [
-        f"KV cache: {used} of {kv.num_blocks} blocks in use ({100 * kv.usage:.1f}%), {kv.num_free} free"
-        + (f", {hits} prefix-cache hit blocks this step" if hits else ""),
+    unshown = "free, not cached" if kv.cached_free_listed else "free (the cached free blocks are too many to show)"
+    return [
+        f"KV cache: {kv.num_used} of {kv.num_blocks} blocks in use ({100 * kv.usage:.1f}%), {kv.num_free} free "
+        f"({kv.num_cached_free} of them cached)" + (f", {hits} prefix-cache hit blocks this step" if hits else ""),
         *(f"  seq {seq_id}: {table}" for seq_id, table in kv.block_tables().items()),
+        f"  blocks: {_block_runs(kv) or '-'}",
+        f"  (# in use, + shared, * hit this step, c cached and free, . free; blocks not shown: {unshown})",
     ]
-    marks = []
-    for ref, cached, hit in zip(kv.ref_count.tolist(), kv.cached.tolist(), kv.hit.tolist()):
-        marks.append("*" if hit else "+" if ref > 1 else "#" if ref else "c" if cached else ".")
-    lines.append(f"  map: {''.join(marks)}  (# in use, + shared, * hit this step, c cached and free, . free)")
-    return lines
+
+
+def _block_runs(kv: KVSnapshot) -> str:
+    """The recorded blocks as runs of consecutive ids with the same mark: "0-11#  12+  40c"."""
+    runs: list[list] = []  # [first, last, mark]
+    for e in kv.entries():
+        mark = "*" if e.hit else "+" if e.ref_count > 1 else "#" if e.ref_count else "c" if e.cached else "."
+        if runs and runs[-1][1] == e.block_id - 1 and runs[-1][2] == mark:
+            runs[-1][1] = e.block_id
+        else:
+            runs.append([e.block_id, e.block_id, mark])
+    return "  ".join(f"{first}{mark}" if first == last else f"{first}-{last}{mark}" for first, last, mark in runs)
 
 
 def _timings(step: StepRecord) -> str:

@@ -11,7 +11,7 @@ writes the tensors to safetensors and the rest to JSON, so a saved trace opens, 
 attention rows compute, with no model loaded.
 
 Shapes: L traced layers, T positions, H query heads, Hkv key/value heads, D head dim,
-NB physical KV blocks.
+NB physical KV blocks, M KV blocks recorded in a step.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import torch
 from inspector.attention import attention_probs, mass_per_block
 
 # The version of this schema, written into every trace file. Bump it when the meaning or
-# layout of a field changes; load() refuses files newer than the code reading them.
-SCHEMA_VERSION = 1
+# layout of a field changes; load() refuses files of any other version.
+# 2: sparse KV snapshots (block_ids and the arrays aligned to it, instead of one entry per block).
+SCHEMA_VERSION = 2
 
 
 class TraceError(ValueError):
@@ -131,39 +132,81 @@ class TokenRecord:
 
 
 @dataclass
-class KVSnapshot:
-    """The paged KV cache at the end of a step, as compact arrays: one entry per physical block,
-    and the block tables of the sequences holding blocks (concatenated, with offsets)."""
+class KVBlockEntry:
+    """One recorded block of a KVSnapshot, as plain values."""
 
-    ref_count: torch.Tensor  # [NB] int32: sequences sharing the block
-    fill: torch.Tensor  # [NB] int32: tokens whose K/V the block holds
-    cached: torch.Tensor  # [NB] bool: holds a hashed full block that a later prompt can hit
-    hit: torch.Tensor  # [NB] bool: served a prefix-cache hit in this step
+    block_id: int
+    ref_count: int  # sequences sharing it
+    fill: int  # tokens whose K/V it holds
+    cached: bool  # a later prompt can hit it
+    hit: bool  # served a prefix-cache hit in this step
+    owners: list[int]  # the sequences whose block table holds it, in arrival order
+
+
+@dataclass
+class KVSnapshot:
+    """The paged KV cache at the end of a step, sparse: the pool holds num_blocks blocks (about
+    131,000 on an 80 GB GPU) but a step involves few, so only these M blocks are recorded, and
+    a snapshot's size follows the blocks in use, not the pool:
+    - every block in a running sequence's block table (a block with ref_count > 0 is always one);
+    - the blocks that served a prefix-cache hit in this step (held, unless their sequence
+      finished in the step);
+    - the free blocks that still hold a cached full block a later prompt can hit, as long as
+      there are at most inspector.kv_snapshot.MAX_LISTED_CACHED_FREE of them
+      (cached_free_listed); past that only their number, num_cached_free, is recorded.
+    A block not recorded is free and holds nothing a prompt can hit (or is one of the unlisted
+    cached ones). The per-block arrays are aligned to block_ids; the block tables of the
+    sequences holding blocks are concatenated, with offsets."""
+
+    num_blocks: int  # NB: blocks in the pool
+    num_free: int  # blocks on the free list
+    num_cached_free: int  # free blocks holding a cached full block, listed or not
+    cached_free_listed: bool  # are all of those among the recorded blocks?
+    block_ids: torch.Tensor  # [M] int32, sorted: the recorded blocks
+    ref_count: torch.Tensor  # [M] int32: sequences sharing the block
+    fill: torch.Tensor  # [M] int32: tokens whose K/V the block holds
+    cached: torch.Tensor  # [M] bool: holds a full block that a later prompt can hit (in the prefix-cache index)
+    hit: torch.Tensor  # [M] bool: served a prefix-cache hit in this step
     table_seq_ids: torch.Tensor  # [S] int64: the sequences holding blocks, in arrival order
     table_offsets: torch.Tensor  # [S + 1] int64: sequence i's table is blocks[offsets[i]:offsets[i+1]]
     table_blocks: torch.Tensor  # [sum of table lengths] int32
-    num_free: int
 
     @property
-    def num_blocks(self) -> int:
-        return self.ref_count.numel()
+    def num_used(self) -> int:
+        return self.num_blocks - self.num_free
 
     @property
     def usage(self) -> float:
         """Fraction of the blocks in use (not on the free list)."""
-        return 1.0 - self.num_free / self.num_blocks
+        return self.num_used / self.num_blocks
 
     def block_tables(self) -> dict[int, list[int]]:
         offsets, blocks = self.table_offsets.tolist(), self.table_blocks.tolist()
         return {s: blocks[offsets[i] : offsets[i + 1]] for i, s in enumerate(self.table_seq_ids.tolist())}
 
-    def owners(self) -> list[list[int]]:
-        """For each physical block, the sequences whose table holds it."""
-        result: list[list[int]] = [[] for _ in range(self.num_blocks)]
+    def owners(self) -> dict[int, list[int]]:
+        """Block id -> the sequences whose table holds it, for the held blocks only."""
+        result: dict[int, list[int]] = {}
         for seq_id, table in self.block_tables().items():
             for block in table:
-                result[block].append(seq_id)
+                result.setdefault(block, []).append(seq_id)
         return result
+
+    def entries(self) -> list[KVBlockEntry]:
+        """Every recorded block, in block id order."""
+        owners = self.owners()
+        columns = (self.block_ids.tolist(), self.ref_count.tolist(), self.fill.tolist(), self.cached.tolist(),
+                   self.hit.tolist())
+        return [KVBlockEntry(b, ref, fill, cached, hit, owners.get(b, [])) for b, ref, fill, cached, hit in zip(*columns)]
+
+    def entry(self, block_id: int) -> KVBlockEntry | None:
+        """Block `block_id`'s entry, or None when it is not recorded (see the class docstring)."""
+        i = int(torch.searchsorted(self.block_ids, block_id))
+        if i == self.block_ids.numel() or self.block_ids[i] != block_id:
+            return None
+        owners = self.owners().get(block_id, [])
+        return KVBlockEntry(block_id, int(self.ref_count[i]), int(self.fill[i]), bool(self.cached[i]),
+                            bool(self.hit[i]), owners)
 
 
 @dataclass

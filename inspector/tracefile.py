@@ -9,8 +9,9 @@ trace. Neither format can run code when read, unlike pickle, which is never used
 
 load() treats the file as untrusted: it checks the member sizes the zip declares before
 unpacking anything (zip's reader never returns more than the declared size, so a zip bomb
-stops there), then the JSON, the schema version, every field's type and the arrays' shapes,
-and raises TraceError with the reason for the first thing that is wrong.
+stops there), then the JSON, the schema version (only this inspector's own is read), every
+field's type and the arrays' shapes, and raises TraceError with the reason for the first thing
+that is wrong.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def _parse_json(path: Path, raw: bytes) -> dict:
         raise TraceError(
             f"{path} uses trace schema version {version}, newer than this inspector's ({SCHEMA_VERSION}); "
             "update mini-llama to read it"
+        )
+    if version < SCHEMA_VERSION:
+        raise TraceError(
+            f"{path} uses trace schema version {version}, older than this inspector's ({SCHEMA_VERSION}), which "
+            "no longer reads it (version 2 changed the layout of the KV snapshots); record the run again"
         )
     if "trace" not in document:
         raise TraceError(f"{path}: {JSON_MEMBER} has no trace")

@@ -13,9 +13,10 @@ import torch
 from inspector.trace import AttentionStore, KVSnapshot, StepRecord, Trace, TraceError
 
 KV_DTYPES = {
-    "ref_count": torch.int32, "fill": torch.int32, "cached": torch.bool, "hit": torch.bool,
+    "block_ids": torch.int32, "ref_count": torch.int32, "fill": torch.int32, "cached": torch.bool, "hit": torch.bool,
     "table_seq_ids": torch.int64, "table_offsets": torch.int64, "table_blocks": torch.int32,
 }
+KV_PER_BLOCK = ("ref_count", "fill", "cached", "hit")  # aligned to block_ids
 
 
 def validate_trace(trace: Trace) -> None:
@@ -53,18 +54,25 @@ def _check_kv(index: int, kv: KVSnapshot, num_blocks: int) -> None:
         tensor = getattr(kv, name)
         if tensor.dtype != dtype or tensor.dim() != 1:
             raise TraceError(f"step {index}: kv.{name} is {tensor.dtype} [{tuple(tensor.shape)}], expected a 1-d {dtype}")
-    for name in ("ref_count", "fill", "cached", "hit"):
-        if getattr(kv, name).numel() != num_blocks:
-            raise TraceError(f"step {index}: kv.{name} has shape {tuple(getattr(kv, name).shape)}, expected ({num_blocks},)")
+    if kv.num_blocks != num_blocks or not 0 <= kv.num_cached_free <= kv.num_free <= num_blocks:
+        raise TraceError(f"step {index}: the KV snapshot's counts (pool {kv.num_blocks}, free {kv.num_free}, cached "
+                         f"free {kv.num_cached_free}) do not fit the engine's pool of {num_blocks} blocks")
+    ids = kv.block_ids
+    for name in KV_PER_BLOCK:
+        if getattr(kv, name).shape != ids.shape:
+            raise TraceError(f"step {index}: kv.{name} has shape {tuple(getattr(kv, name).shape)}, "
+                             f"kv.block_ids {tuple(ids.shape)}")
+    if ids.numel() and not (0 <= int(ids[0]) and int(ids[-1]) < num_blocks and bool((ids[1:] > ids[:-1]).all())):
+        raise TraceError(f"step {index}: kv.block_ids must be increasing block ids in 0..{num_blocks - 1}")
     offsets, blocks = kv.table_offsets.tolist(), kv.table_blocks
     if (
         len(offsets) != kv.table_seq_ids.numel() + 1
         or offsets[0] != 0
         or offsets[-1] != blocks.numel()
         or any(a > b for a, b in zip(offsets, offsets[1:]))
-        or (blocks.numel() and not 0 <= int(blocks.min()) <= int(blocks.max()) < num_blocks)
+        or not bool(torch.isin(blocks, ids).all())
     ):
-        raise TraceError(f"step {index}: the KV block tables are inconsistent")
+        raise TraceError(f"step {index}: the KV block tables are inconsistent, or name blocks the snapshot lacks")
 
 
 def _check_store(trace: Trace, seq_id: int, store: AttentionStore) -> None:

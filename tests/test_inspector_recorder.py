@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_hf_model
 from test_inspector_support import record_embedded_run, record_tiny_run
 
-from inspector import CapturePolicy, NotRecorded, TextMatches
+from inspector import CapturePolicy, DebugSession, NotRecorded, TextMatches, Trace, kv_snapshot
+from inspector.kv_snapshot import kv_snapshot_bytes
 from inspector.logits_stats import summary_bytes
+from minillama import EngineConfig, LLMEngine, SamplingParams
 from minillama.model.sampler import filtered_logits
 
 
@@ -54,20 +57,77 @@ def test_every_generated_token_is_in_exactly_one_step(run):
 
 def test_kv_snapshots_agree_with_the_block_manager(run):
     trace, seen = run.session.trace, run.checker.steps
+    bs = trace.engine.block_size
     finished: set[int] = set()
     for step, checked in zip(trace.steps, seen):
         kv = step.kv
         finished |= set(checked.finished)
         assert kv.block_tables() == checked.tables
-        assert kv.ref_count.tolist() == checked.ref_counts
-        assert kv.num_free == checked.num_free
-        owners = kv.owners()
-        assert [len(o) for o in owners] == kv.ref_count.tolist()  # ref counts = number of owners
-        assert not finished & {s for o in owners for s in o}  # no finished sequence owns a block
-        assert all(kv.fill[b] == 0 for b in range(kv.num_blocks) if not owners[b] and not kv.cached[b])
-        bs = trace.engine.block_size
+        assert kv.num_blocks == trace.engine.num_blocks and kv.num_free == checked.num_free
+        entries = {e.block_id: e for e in kv.entries()}
+        assert list(entries) == sorted(entries)
+        assert {b: e.ref_count for b, e in entries.items() if e.ref_count} == checked.ref_counts
+        # The pools are small: every cached free block is listed.
+        assert kv.cached_free_listed and kv.num_cached_free == len(checked.cached_free)
+        assert {b for b, e in entries.items() if not e.ref_count and e.cached} == checked.cached_free
         hit_blocks = {b for x in step.schedule.scheduled for b in x.block_table[: x.num_cached_tokens // bs]}
-        assert set(torch.nonzero(kv.hit).flatten().tolist()) == hit_blocks
+        assert {b for b, e in entries.items() if e.hit} == hit_blocks
+        # Recorded: the blocks held, those hit in this step, the cached free ones; nothing else.
+        assert entries.keys() == kv.owners().keys() | hit_blocks | checked.cached_free
+        for e in entries.values():
+            assert e.ref_count == len(e.owners)  # ref counts = number of owners
+            assert not finished & set(e.owners)  # no finished sequence owns a block
+            assert 0 <= e.fill <= bs and (e.fill == 0 or e.owners or e.cached)
+            assert kv.entry(e.block_id) == e
+        assert all(kv.entry(b) is None for b in set(range(kv.num_blocks)) - entries.keys())
+
+
+def record_two_short_requests(num_kv_blocks: int) -> tuple[LLMEngine, Trace]:
+    """Two 10-token prompts sharing 8 tokens, 6 tokens each, in 4-token blocks, no attention."""
+    engine = LLMEngine.from_hf_model(
+        make_hf_model("gqa-tied-llama3"), EngineConfig(device="cpu", num_kv_blocks=num_kv_blocks, block_size=4)
+    )
+    session = DebugSession(engine, CapturePolicy(attention=False))
+    session.add(list(range(1, 11)), SamplingParams(temperature=0, max_tokens=6))
+    session.step()  # the second prompt then hits the first's cached blocks
+    session.add([*range(1, 9), 20, 21], SamplingParams(temperature=0, max_tokens=6))
+    assert session.run().finished
+    return engine, session.trace
+
+
+def num_cached_free(engine: LLMEngine) -> int:
+    """Counted the slow way, over the whole pool."""
+    bm = engine.block_manager
+    return sum(not b.ref_count and b.hash is not None and bm.hash_to_block_id.get(b.hash) == b.block_id
+               for b in bm.blocks)
+
+
+def test_a_large_pool_records_only_the_blocks_involved():
+    """A GPU's pool has about 131,000 blocks: each snapshot records (and so costs) only the few
+    blocks in use, hit or cached, never one entry per block of the pool."""
+    engine, trace = record_two_short_requests(100_000)
+    assert any(x.num_cached_tokens for s in trace.steps for x in s.schedule.scheduled)
+    for step in trace.steps:
+        kv = step.kv
+        assert kv.num_blocks == 100_000 and kv.num_used <= 8 and kv.cached_free_listed
+        assert kv.block_ids.numel() <= kv.num_used + kv.num_cached_free <= 12
+        assert kv_snapshot_bytes(kv) < 400
+    last = trace.steps[-1].kv
+    assert last.num_used == 0 and last.num_cached_free == last.block_ids.numel() == num_cached_free(engine) > 0
+    assert last.cached.all()
+
+
+def test_cached_free_blocks_past_the_limit_are_counted_not_listed(monkeypatch):
+    monkeypatch.setattr(kv_snapshot, "MAX_LISTED_CACHED_FREE", 2)
+    engine, trace = record_two_short_requests(64)
+    for step in trace.steps:
+        kv = step.kv
+        assert kv.cached_free_listed == (kv.num_cached_free <= 2)
+        listed = [e for e in kv.entries() if not e.ref_count and e.cached and not e.hit]
+        assert len(listed) == (kv.num_cached_free if kv.cached_free_listed else 0)
+    last = trace.steps[-1].kv
+    assert not last.cached_free_listed and last.num_cached_free == num_cached_free(engine) > 2
+    assert last.block_ids.numel() == 0
 
 
 def test_attention_from_stored_qk_reproduces_the_engines_output(run):

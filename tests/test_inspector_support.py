@@ -28,7 +28,8 @@ class SeenStep:
     tokens: dict[int, int] = field(default_factory=dict)  # seq id -> token drawn
     finished: list[int] = field(default_factory=list)
     tables: dict[int, list[int]] = field(default_factory=dict)  # block tables at the step's end
-    ref_counts: list[int] = field(default_factory=list)
+    ref_counts: dict[int, int] = field(default_factory=dict)  # block id -> ref count, for the blocks in use
+    cached_free: set[int] = field(default_factory=set)  # free blocks a later prompt can hit
     num_free: int = 0
     # (layer, seq id) -> (attention output of its new rows [n, H, D], V of its positions 0..end [end, Hkv, D])
     attention: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -71,7 +72,12 @@ class Checker(Observer):
         step.tokens = {o.request_id: o.token_id for o in result.outputs}
         step.finished = list(result.finished)
         step.tables = {s.seq_id: list(s.block_table) for s in engine.scheduler.running}
-        step.ref_counts = [b.ref_count for b in engine.block_manager.blocks]
+        bm = engine.block_manager
+        step.ref_counts = {b.block_id: b.ref_count for b in bm.blocks if b.ref_count}
+        step.cached_free = {
+            b.block_id for b in bm.blocks
+            if not b.ref_count and b.hash is not None and bm.hash_to_block_id.get(b.hash) == b.block_id
+        }
         step.num_free = result.num_free_blocks
 
 

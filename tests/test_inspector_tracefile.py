@@ -8,6 +8,8 @@ import zipfile
 
 import pytest
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from test_inspector_support import record_tiny_run
 
 from inspector import TraceError, export_chrome_trace, load, save
@@ -127,13 +129,15 @@ def first_sequence_token_step(step: int):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (set_key(["schema_version"], 2), "schema version 2, newer than"),
+        (set_key(["schema_version"], 3), "schema version 3, newer than"),
+        (set_key(["schema_version"], 1), "schema version 1, older than .* record the run again"),
         (set_key(["schema_version"], "1"), "bad schema_version"),
         (set_key(["trace", "steps"], "many"), r"trace.steps: expected a list, got str"),
         (set_key(["trace", "steps", 3, "index"], True), r"trace.steps.3.index: expected an integer, got bool"),
         (set_key(["trace", "model", "num_heads"], None), r"trace.model.num_heads: expected an integer"),
         (set_key(["trace", "steps", 0, "kv", "fill"], {"tensor": "nowhere"}), "'nowhere' is missing"),
-        (set_key(["trace", "engine", "num_blocks"], 99), r"kv.ref_count has shape \(14,\), expected \(99,\)"),
+        (set_key(["trace", "engine", "num_blocks"], 99), r"\(pool 14, .* do not fit the engine's pool of 99 blocks"),
+        (set_key(["trace", "steps", 1, "kv", "num_cached_free"], 999), r"cached free 999\) do not fit"),
         (set_key(["trace", "model", "head_dim"], 8), "do not match the model"),
         (set_key(["trace", "sequences", "zero"], {}), "key 'zero' is not an integer"),
         (set_key(["trace", "steps", 0, "kv", "fill"], {"tensor": "trace.steps.0.kv.cached"}), "kv.fill is torch.bool"),
@@ -144,6 +148,46 @@ def first_sequence_token_step(step: int):
 def test_wrong_version_types_and_shapes_are_refused(saved, tmp_path, edit, message):
     with pytest.raises(TraceError, match=message):
         load(rewrite(saved, tmp_path, {"trace.json": edited_json(saved, edit)}))
+
+
+def edited_tensors(saved, edit) -> bytes:
+    with zipfile.ZipFile(saved) as zf:
+        tensors = load_safetensors(zf.read("tensors.safetensors"))
+    edit(tensors)
+    return save_safetensors(tensors)
+
+
+def set_tensor(name: str, make):
+    """An edit replacing tensor `name` with make(tensor)."""
+
+    def edit(tensors):
+        tensors[name] = make(tensors[name])
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (set_tensor("trace.steps.1.kv.block_ids", lambda t: t.flip(0)), "block_ids must be increasing"),
+        (set_tensor("trace.steps.1.kv.block_ids", lambda t: t + 14), r"block_ids must be increasing block ids in 0..13"),
+        (set_tensor("trace.steps.1.kv.fill", lambda t: t[1:]), r"kv.fill has shape \(\d+,\), kv.block_ids"),
+        (set_tensor("trace.steps.1.kv.table_blocks", lambda t: t[:-1]), "block tables are inconsistent"),
+    ],
+)
+def test_inconsistent_kv_snapshots_are_refused(saved, tmp_path, edit, message):
+    with pytest.raises(TraceError, match=message):
+        load(rewrite(saved, tmp_path, {"tensors.safetensors": edited_tensors(saved, edit)}))
+
+
+def test_a_table_block_missing_from_the_snapshot_is_refused(trace, saved, tmp_path):
+    """Every block in a block table must be a recorded block, so that owners() and entry()
+    never miss one."""
+    index, kv = next((s.index, s.kv) for s in trace.steps if s.kv.table_blocks.numel())
+    unrecorded = min(set(range(kv.num_blocks)) - set(kv.block_ids.tolist()))
+    edit = set_tensor(f"trace.steps.{index}.kv.table_blocks", lambda t: torch.full_like(t, unrecorded))
+    with pytest.raises(TraceError, match="name blocks the snapshot lacks"):
+        load(rewrite(saved, tmp_path, {"tensors.safetensors": edited_tensors(saved, edit)}))
 
 
 def test_missing_field_is_refused(saved, tmp_path):
