@@ -63,3 +63,22 @@ def embedded_dir() -> Path:
     from minillama.loader import embedded_model_dir
 
     return embedded_model_dir()
+
+
+@pytest.fixture
+def interpreter_numpy_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let triton 3.6's interpreter run loops with tensor bounds under numpy >= 2.4.
+
+    The interpreter turns a scalar into a Python int with int(array of shape (1,)), which
+    numpy 2.4 refuses (triton-lang/triton#9171, fixed upstream by #9172). Take the element
+    explicitly instead; with an interpreter that has the fix, this changes nothing.
+    """
+    from triton.runtime import interpreter
+
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patch_tensor_fixed(tensor, scope) -> None:
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_tensor_fixed)

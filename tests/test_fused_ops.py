@@ -23,24 +23,10 @@ module docstring of fused_ops.py). So:
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
-
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-requires_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and HAS_TRITON) or INTERPRET,
-    reason="needs a CUDA GPU and triton (and TRITON_INTERPRET unset)",
-)
-requires_interpreter = pytest.mark.skipif(
-    not (INTERPRET and HAS_TRITON),
-    reason="runs the kernels on the CPU only with TRITON_INTERPRET=1 set and triton installed",
-)
+from triton_support import requires_cuda, requires_interpreter
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 NUM_TOKENS = [1, 7, 256]
@@ -333,27 +319,6 @@ def test_cuda_graph_replay():
 # ----------------------------------------------------------------------------------------
 # CPU, through Triton's interpreter
 # ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def interpreter_numpy_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let triton 3.6's interpreter run under numpy >= 2.4 (as in test_triton_attention.py).
-
-    The interpreter turns a scalar into a Python int with int(array of shape (1,)), which
-    numpy 2.4 refuses (triton-lang/triton#9171, fixed upstream by #9172). Take the element
-    explicitly instead; with an interpreter that has the fix, this changes nothing. (These
-    kernels have no loops, where the bug bites, and pass without it today; the fix keeps them
-    passing if one is added.)
-    """
-    from triton.runtime import interpreter
-
-    patch_tensor = interpreter._patch_lang_tensor
-
-    def patch_tensor_fixed(tensor, scope) -> None:
-        patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_tensor_fixed)
 
 
 @requires_interpreter

@@ -8,25 +8,12 @@ Inputs are fresh random every run (no fixed seed): the kernels must be right on 
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import random
 from dataclasses import dataclass
 
 import pytest
 import torch
-
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-requires_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and HAS_TRITON) or INTERPRET,
-    reason="needs a CUDA GPU and triton (and TRITON_INTERPRET unset)",
-)
-requires_interpreter = pytest.mark.skipif(
-    not (INTERPRET and HAS_TRITON),
-    reason="runs the kernels on the CPU only with TRITON_INTERPRET=1 set and triton installed",
-)
+from triton_support import requires_cuda, requires_interpreter
 
 # Large keys/values written into every cache slot no sequence owns: if a kernel reads one into
 # its result (a padding block-table entry, a slot past a sequence's length), the output is off.
@@ -289,25 +276,6 @@ def test_decode_cuda_graph_replay():
 # ----------------------------------------------------------------------------------------
 # CPU, through Triton's interpreter
 # ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def interpreter_numpy_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let triton 3.6's interpreter run loops with tensor bounds under numpy >= 2.4.
-
-    The interpreter turns a scalar into a Python int with int(array of shape (1,)), which
-    numpy 2.4 refuses (triton-lang/triton#9171, fixed upstream by #9172). Take the element
-    explicitly instead; with an interpreter that has the fix, this changes nothing.
-    """
-    from triton.runtime import interpreter
-
-    patch_tensor = interpreter._patch_lang_tensor
-
-    def patch_tensor_fixed(tensor, scope) -> None:
-        patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_tensor_fixed)
 
 
 @requires_interpreter

@@ -1,0 +1,24 @@
+"""When the Triton kernel tests can run (the interpreter fix is a fixture in conftest.py).
+
+CUDA tests need a GPU and Triton; interpreter tests run the same kernels on the CPU with
+TRITON_INTERPRET=1 (on small shapes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+requires_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_TRITON) or INTERPRET,
+    reason="needs a CUDA GPU and triton (and TRITON_INTERPRET unset)",
+)
+requires_interpreter = pytest.mark.skipif(
+    not (INTERPRET and HAS_TRITON),
+    reason="runs the kernels on the CPU only with TRITON_INTERPRET=1 set and triton installed",
+)
