@@ -26,7 +26,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from triton_support import requires_cuda, requires_interpreter
+from triton_support import capture_graph, requires_cuda, requires_interpreter
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 NUM_TOKENS = [1, 7, 256]
@@ -286,14 +286,7 @@ def test_cuda_graph_replay():
         )
         return normed, new_residual, q, ops.silu_and_mul(static["gate_up"])
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile and warm up outside the capture
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = step()
+    graph, outputs = capture_graph(step)
 
     for _ in range(3):
         for name, value in new_inputs().items():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from triton_support import requires_cuda, requires_interpreter
+from triton_support import capture_graph, requires_cuda, requires_interpreter
 
 # Large keys/values written into every cache slot no sequence owns: if a kernel reads one into
 # its result (a padding block-table entry, a slot past a sequence's length), the output is off.
@@ -249,14 +249,7 @@ def test_decode_cuda_graph_replay():
     def step() -> torch.Tensor:
         return kernels.flash_attn_with_kvcache(q, k_cache, v_cache, seqlens, block_table, scale)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile and warm up outside the capture
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
+    graph, out = capture_graph(step)
 
     for _ in range(3):
         lengths = [random.randint(1, block_size * max_blocks) for _ in range(batch)]

@@ -22,3 +22,17 @@ requires_interpreter = pytest.mark.skipif(
     not (INTERPRET and HAS_TRITON),
     reason="runs the kernels on the CPU only with TRITON_INTERPRET=1 set and triton installed",
 )
+
+
+def capture_graph(step):
+    """Warm `step` up on a side stream (Triton compiles on first call), then capture it in a CUDA
+    graph. -> (graph, what the captured call returned: tensors the replays overwrite)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs
