@@ -247,23 +247,31 @@ class LLMEngine:
         t1 = time.perf_counter()
         inputs = self.runner.prepare(batch)
         t2 = time.perf_counter()
+        # On CUDA the forward and the sampler only launch kernels; with observers attached
+        # their GPU time is measured with events, so nothing waits for the GPU early.
+        events = _GpuTimer(self.device) if self.observers and self.device.type == "cuda" else None
         # Read after on_schedule: an observer may ask for attention only in some steps.
         logits = self.runner.run(inputs, self._attention_hook() if self.observers else None)
-        if self.observers and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # so forward_ms is the forward, not the launch
         t3 = time.perf_counter()
         timings.prepare_ms, timings.forward_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
+        if events:
+            events.mark()
         if self.observers:
             for observer in self.observers:
                 observer.on_logits(batch, logits)
             t4 = time.perf_counter()
             timings.observe_ms += (t4 - t3) * 1e3
             t3 = t4
+        if events:
+            events.mark()
         sampling = batch.sampling
         params = [item.seq.params for item in sampling]
         generators = [self._generators.get(item.seq.seq_id) for item in sampling]
         tokens = self.sampler(logits, params, generators).tolist() if sampling else []
         timings.sample_ms = (time.perf_counter() - t3) * 1e3
+        if events:
+            events.mark()
+            timings.forward_ms, _, timings.sample_ms = events.elapsed_ms()
         outputs = self._update(batch, tokens)
         result = StepResult(
             self.step_count, batch, outputs, timings, self.block_manager.num_free_blocks,
@@ -301,6 +309,24 @@ class LLMEngine:
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None
+
+
+class _GpuTimer:
+    """CUDA events recorded on the stream: GPU milliseconds between marks, read once the host
+    has the sampled tokens (by then the stream has passed every mark)."""
+
+    def __init__(self, device: torch.device):
+        self.events = [torch.cuda.Event(enable_timing=True)]
+        self.events[0].record(torch.cuda.current_stream(device))
+
+    def mark(self) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.events.append(event)
+
+    def elapsed_ms(self) -> list[float]:
+        self.events[-1].synchronize()
+        return [a.elapsed_time(b) for a, b in zip(self.events, self.events[1:])]
 
 
 def _is_token_id(value: object, vocab_size: int) -> bool:

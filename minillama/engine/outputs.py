@@ -20,7 +20,9 @@ class RequestOutput:
 
 @dataclass
 class StepTimings:
-    """Milliseconds spent in each phase of a step."""
+    """Milliseconds spent in each phase of a step. On CUDA with observers attached, forward_ms
+    and sample_ms are GPU times (CUDA events); otherwise all are host wall times, and on CUDA
+    without observers forward_ms is only the time to launch the forward."""
 
     schedule_ms: float = 0.0
     prepare_ms: float = 0.0
