@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 from triton_support import capture_graph, requires_cuda, requires_interpreter
 
+from minillama.model.attention.kv_cache import store_kvcache
+from minillama.model.norm import RMSNorm
+from minillama.model.rotary import apply_rotary
+
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 NUM_TOKENS = [1, 7, 256]
 # (H, Hkv, D): Llama-3.2-1B; the same heads with D = 128; Llama-3.2-3B (H not a power of two).
@@ -48,13 +52,15 @@ def _ops():
 
 
 # ----------------------------------------------------------------------------------------
-# The PyTorch code paths being replaced, verbatim
+# The PyTorch code paths being replaced (the engine's own functions where it has them)
 # ----------------------------------------------------------------------------------------
 
 
 def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """norm.RMSNorm.forward."""
-    return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
+    """norm.RMSNorm.forward, its PyTorch path."""
+    norm = RMSNorm(weight.shape[0], eps).to(x.device)
+    norm.weight.data = weight
+    return norm(x)
 
 
 def reference_add_rms_norm(
@@ -79,15 +85,11 @@ def reference_rotary_and_store(
     """LlamaAttention.forward's rotary.apply_rotary and kv_cache.store_kvcache (padding rows,
     slot < 0, left out of the store)."""
     heads = qkv.view(-1, num_heads + 2 * num_kv_heads, head_dim)
-    x = heads[:, : num_heads + num_kv_heads]
-    x1, x2 = x.chunk(2, dim=-1)
-    qk = x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    qk = apply_rotary(heads[:, : num_heads + num_kv_heads], cos, sin)
     q, k = qk.split([num_heads, num_kv_heads], dim=1)
     v = heads[:, num_heads + num_kv_heads :]
     real = slot_mapping >= 0
-    slot_mapping = slot_mapping.long()  # index_copy_ wants int64 (the engine's dtype)
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping[real], k[real])
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping[real], v[real])
+    store_kvcache(k[real], v[real], k_cache, v_cache, slot_mapping[real].long())  # int64, as in the engine
     return q
 
 
