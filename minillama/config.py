@@ -20,7 +20,7 @@ DTYPES: dict[str, torch.dtype] = {
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Llama-3 style frequency scaling ("rope_type": "llama3"); None fields mean no scaling."""
+    """Llama-3 style frequency scaling ("rope_type": "llama3"); a model without it has none."""
 
     factor: float
     low_freq_factor: float

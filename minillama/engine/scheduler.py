@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from minillama.engine.block_manager import BlockManager
@@ -59,8 +60,9 @@ class SchedulerOutput:
     def num_tokens(self) -> int:
         return sum(s.num_tokens for s in self.scheduled)
 
-    @property
+    @cached_property
     def sampling(self) -> list[ScheduledSequence]:
+        """The sequences that produce a token this step, in batch order (the logits' rows)."""
         return [s for s in self.scheduled if s.samples]
 
 
