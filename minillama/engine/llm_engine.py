@@ -14,6 +14,7 @@ finish and give back their KV blocks. Observers (minillama.observe) see every st
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 from pathlib import Path
@@ -111,16 +112,28 @@ class LLMEngine:
         load_hf_weights(llm, hf_model.state_dict().items())
         return cls(llm, config, tokenizer, model_config.eos_token_ids)
 
+    @classmethod
+    def sharing_weights(cls, base: LLMEngine, config: EngineConfig) -> LLMEngine:
+        """A new engine over `base`'s model: its own scheduler, block manager, KV pool and
+        sampler, no copy of the weights. The web UI gives each browser session one.
+
+        The model's device, dtype and attention backend are base's (config's are ignored), and
+        its context is at most base's. Engines sharing a model must not step at the same time."""
+        model = base.runner.model
+        config = dataclasses.replace(
+            config, device=base.config.device, dtype=base.config.dtype, attention=base.config.attention,
+            max_model_len=min(config.max_model_len or base.max_model_len, base.max_model_len),
+        )
+        config.validate()
+        _check_block_size(model.model.layers[0].self_attn.backend, config.block_size)
+        return cls(model, config, base.tokenizer, tuple(base.eos_token_ids), base.model_dir)
+
     @staticmethod
     def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
         device = config.resolved_device()
         dtype = config.resolved_dtype(device)
         backend = get_attention_backend(config.attention, device, dtype)
-        if config.block_size % backend.min_block_size:
-            raise ValueError(
-                f"--attention {backend.name} needs a block size that is a multiple of "
-                f"{backend.min_block_size} (got {config.block_size})"
-            )
+        _check_block_size(backend, config.block_size)
         max_len = _max_model_len(model_config, config)
         model = build_model(model_config, max_len, backend, device, dtype)
         model.use_fused_ops(config.fused_ops and device.type == "cuda" and importlib.util.find_spec("triton") is not None)
@@ -327,6 +340,14 @@ class _GpuTimer:
     def elapsed_ms(self) -> list[float]:
         self.events[-1].synchronize()
         return [a.elapsed_time(b) for a, b in zip(self.events, self.events[1:])]
+
+
+def _check_block_size(backend, block_size: int) -> None:
+    if block_size % backend.min_block_size:
+        raise ValueError(
+            f"--attention {backend.name} needs a block size that is a multiple of "
+            f"{backend.min_block_size} (got {block_size})"
+        )
 
 
 def _is_token_id(value: object, vocab_size: int) -> bool:

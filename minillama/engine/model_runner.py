@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,12 +60,26 @@ class ModelRunner:
             model_config.num_hidden_layers, 2, self.num_blocks + 1, self.block_size,
             model_config.num_key_value_heads, model_config.head_dim, dtype=dtype, device=device,
         )
-        for i, layer in enumerate(model.model.layers):
-            layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[i]
+        self.bind_kv_cache()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         backend = model.model.layers[0].self_attn.backend
         if device.type == "cuda" and not engine_config.enforce_eager and backend.graph_safe:
             self._capture_decode_graphs(engine_config.max_num_seqs)
+
+    def bind_kv_cache(self) -> None:
+        """Point every attention layer of the model at this runner's KV cache.
+
+        Several engines may share one model (the web UI gives each browser session its own
+        engine and KV pool over one copy of the weights): each binds its cache before it runs,
+        and whoever shares a model runs one engine step at a time. A captured CUDA graph keeps
+        the cache addresses it was captured with, so replays need no binding."""
+        owner = getattr(self.model, "kv_cache_owner", None)
+        if owner is not None and owner() is self:
+            return
+        for i, layer in enumerate(self.model.model.layers):
+            layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[i]
+        # A weak reference: the model must not keep a finished session's runner alive.
+        self.model.kv_cache_owner = weakref.ref(self)
 
     # -- sizing the KV cache --------------------------------------------------------------------
 
@@ -192,6 +207,7 @@ class ModelRunner:
     def run(self, inputs: ModelInputs, on_attention: AttentionHook | None = None) -> torch.Tensor:
         """Forward pass -> logits [S, vocab] (fp32) for the sequences that sample."""
         num_seqs = inputs.input_ids.shape[0]
+        self.bind_kv_cache()
         if not inputs.metadata.is_prefill and on_attention is None and self.graphs and num_seqs <= max(self.graphs):
             hidden = self._replay_decode_graph(inputs)
         else:
