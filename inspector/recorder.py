@@ -124,7 +124,8 @@ class Recorder(Observer):
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(seq.params).items()}
         index = len(self.trace.steps)
         self.trace.sequences[seq.seq_id] = SequenceRecord(
-            seq.seq_id, prompt_ids, prompt_text, chat, params, traced, index
+            seq.seq_id, prompt_ids, prompt_text, chat, params, traced, index,
+            prompt_tokens=[self._token_text(t) for t in prompt_ids],
         )
         self.trace.events.append(Event(index, "add", f"request {seq.seq_id} added", seq.seq_id))
 

@@ -77,6 +77,9 @@ class SequenceRecord:
     params: dict[str, Any]  # its SamplingParams as a dict
     traced: bool  # are its queries and keys recorded?
     added_step: int  # index of the first step after it arrived
+    # Each prompt token's text, decoded alone (a token that splits a UTF-8 character shows as
+    # U+FFFD): the UI's token chips and attention axes, with no tokenizer at hand.
+    prompt_tokens: list[str] = field(default_factory=list)
     output_ids: list[int] = field(default_factory=list)
     token_steps: list[int] = field(default_factory=list)  # the step that sampled each output token
     text: str = ""
