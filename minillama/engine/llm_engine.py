@@ -160,6 +160,20 @@ class LLMEngine:
         """Queue a request; returns its id. Raises InvalidRequestError, changing nothing, when
         the prompt or the parameters are bad."""
         params = params or SamplingParams()
+        token_ids = self.check_request(prompt, params, chat)
+        seq = Sequence(token_ids, params)
+        if params.seed is not None:
+            self._generators[seq.seq_id] = self.sampler.new_generator(params.seed)
+        if self.tokenizer is not None:
+            self._detokenizers[seq.seq_id] = IncrementalDetokenizer(self.tokenizer, token_ids)
+        self.sequences[seq.seq_id] = seq
+        self.scheduler.add(seq)
+        return seq.seq_id
+
+    def check_request(self, prompt: str | list[int], params: SamplingParams, chat: bool = False) -> list[int]:
+        """The prompt's token ids if add_request would take the request; raises
+        InvalidRequestError naming the problem otherwise. Changes nothing: a caller adding a
+        batch checks every request first, so a bad one leaves the batch unqueued."""
         params.validate()
         if isinstance(prompt, str):
             if not prompt:
@@ -177,14 +191,7 @@ class LLMEngine:
         if not all(_is_token_id(t, self.model_config.vocab_size) for t in params.stop_token_ids):
             raise InvalidRequestError(f"stop_token_ids must be in [0, {self.model_config.vocab_size})")
         self._check_fits(len(token_ids), params)
-        seq = Sequence(token_ids, params)
-        if params.seed is not None:
-            self._generators[seq.seq_id] = self.sampler.new_generator(params.seed)
-        if self.tokenizer is not None:
-            self._detokenizers[seq.seq_id] = IncrementalDetokenizer(self.tokenizer, token_ids)
-        self.sequences[seq.seq_id] = seq
-        self.scheduler.add(seq)
-        return seq.seq_id
+        return token_ids
 
     def _check_fits(self, num_prompt_tokens: int, params: SamplingParams) -> None:
         if num_prompt_tokens >= self.max_model_len:
