@@ -1,0 +1,36 @@
+"""The UI's views: pure functions from (trace, cursor step, selection) to a figure or HTML.
+
+    from inspector.views import Selection, timeline_figure, text_html
+    fig = timeline_figure(trace, index)               # a plotly Figure
+    html = text_html(trace, index)                    # an HTML string
+    fig = attention_figure(trace, index, Selection(seq_id=0, layer=3, head=None))
+
+Every builder reads the trace and nothing else: no globals, no I/O, no engine. So a view of a
+saved trace is the same as a view of a live run, and the app redraws a panel by calling its
+builder again with the new cursor. Every title and panel names "step {index}", so it is plain
+which step a panel shows. When there is nothing to show (no step yet, a sequence not traced, a
+layer not captured...) a builder returns a placeholder that says why, and never raises.
+
+One idea per file: selection.py (what the user picked), colors.py (one palette), states.py
+(what each sequence did at each step), tokens.py (token texts, escaped), queries.py (which query
+the attention views show), figure.py and markup.py (shared plumbing), then one file per panel.
+"""
+
+from inspector.views.attention_map import attention_figure
+from inspector.views.block_tables import block_tables_html
+from inspector.views.colors import STATE_COLORS, sequence_color
+from inspector.views.figure import NO_STEP, empty_figure
+from inspector.views.kv_cache import kv_cache_figure
+from inspector.views.logits import logits_figure, logits_history_figure
+from inspector.views.markup import VIEWS_CSS
+from inspector.views.selection import Selection
+from inspector.views.states import STATES, sequence_states
+from inspector.views.step_details import step_details_html
+from inspector.views.text_panel import text_html
+from inspector.views.timeline import timeline_figure
+
+__all__ = [
+    "NO_STEP", "STATES", "STATE_COLORS", "VIEWS_CSS", "Selection", "attention_figure", "block_tables_html",
+    "empty_figure", "kv_cache_figure", "logits_figure", "logits_history_figure", "sequence_color",
+    "sequence_states", "step_details_html", "text_html", "timeline_figure",
+]

@@ -1,0 +1,143 @@
+"""Attention: where one query looked, computed on demand from the recorded queries and keys.
+
+For the selected sequence and layer, the query is the last position the cursor step computed
+(queries.py). Its attention row is softmax(q . K * scale) over the keys of positions 0..q: how
+much each earlier token contributes to this token's output in this layer. Three shapes:
+
+- one head: a strip over the keys, token texts below. Many heads put much of their weight on
+  the first token (an "attention sink"); others look at the previous token, or at a word the
+  current one refers to.
+- every head of the layer (head None): one row per head, as small multiples: heads of one layer
+  specialise, and comparing them side by side shows it.
+- the full matrix: every recorded query (rows) x keys, lower-triangular because a token never
+  sees the future (causal masking). Queries served by the prefix cache were never computed for
+  this sequence, so their rows are missing.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import torch
+
+from inspector.trace import NotRecorded, Trace
+from inspector.views.figure import clamp_height, empty_figure, make_figure, step_problem
+from inspector.views.queries import Query, cursor_query, recomputed_note
+from inspector.views.selection import Selection, selected_seq_id
+from inspector.views.tokens import axis_label, position_pieces
+
+# White (no attention) to dark blue (all of it). Attention is heavy-tailed: one key (often the
+# first token, an "attention sink") can take most of it, leaving the rest near zero. The colour
+# stops sit at squares (0, 1/16, 1/4, 9/16, 1), so colour follows sqrt(probability) and small
+# weights stay visible; the colour bar still reads in probability.
+COLORSCALE = [[0.0, "#ffffff"], [0.0625, "#c6dbef"], [0.25, "#6baed6"], [0.5625, "#2171b5"], [1.0, "#08306b"]]
+MAX_TICKS = 48  # token labels on an axis; past that every n-th one (the hover still names each key)
+
+
+def attention_figure(trace: Trace, index: int, selection: Selection | None = None) -> go.Figure:
+    """The selected sequence's attention at step `index` (see the module docstring)."""
+    problem = step_problem(trace, index)
+    if problem is not None:
+        return empty_figure(problem)
+    selection = selection or Selection()
+    seq_id = selected_seq_id(trace, selection)
+    title = f"Attention · step {index}"
+    if seq_id is None:
+        return empty_figure("No sequence in this trace", title)
+    title += f" · seq #{seq_id} · layer {selection.layer}"
+    try:
+        query = cursor_query(trace, seq_id, index)
+        # Asking the trace for one row first checks everything (traced? layer captured? head in
+        # range? query computed, not from the prefix cache, not dropped?) and says what is missing.
+        first_head = 0 if selection.head is None else selection.head
+        row = trace.attention_row(seq_id, selection.layer, first_head, query.position)
+    except NotRecorded as exc:
+        return empty_figure(str(exc), title)
+    labels = [axis_label(p) for p in position_pieces(trace, seq_id, query.position + 1)]
+    where = f"query pos {query.position} {labels[query.position]}" + _note(trace, seq_id, index, query)
+    if selection.full_matrix:
+        return _matrix_figure(trace, seq_id, selection, query, labels, f"{title} · {_head_name(selection)} · {where}")
+    if selection.head is None:
+        return _heads_figure(trace, seq_id, selection, query, labels, f"{title} · all heads · {where}")
+    return _row_figure(row, seq_id, selection, labels, f"{title} · head {selection.head} · {where}")
+
+
+def _row_figure(row: torch.Tensor, seq_id: int, selection: Selection, labels: list[str], title: str) -> go.Figure:
+    heatmap = dict(
+        type="heatmap", z=[row.tolist()], x=list(range(len(labels))), y=[f"h{selection.head}"],
+        customdata=[labels], colorscale=COLORSCALE, zmin=0,
+        hovertemplate="key pos %{x} %{customdata}<br>attention %{z:.4f}<extra></extra>",
+        colorbar=dict(thickness=12, outlinewidth=0),
+    )
+    return make_figure([heatmap], title, 260, _uirevision(seq_id, selection), xaxis=_token_axis(labels),
+                       yaxis=dict(showgrid=False))
+
+
+def _heads_figure(trace: Trace, seq_id: int, selection: Selection, query: Query, labels: list[str],
+                  title: str) -> go.Figure:
+    heads = range(trace.model.num_heads)
+    z = [trace.attention_row(seq_id, selection.layer, h, query.position).tolist() for h in heads]
+    heatmap = dict(
+        type="heatmap", z=z, x=list(range(len(labels))), y=[f"h{h}" for h in heads],
+        customdata=[labels] * len(z), colorscale=COLORSCALE, zmin=0, ygap=1,
+        hovertemplate="%{y} · key pos %{x} %{customdata}<br>attention %{z:.4f}<extra></extra>",
+        colorbar=dict(thickness=12, outlinewidth=0),
+    )
+    return make_figure([heatmap], title, clamp_height(110 + 24 * len(z)), _uirevision(seq_id, selection),
+                       xaxis=_token_axis(labels), yaxis=dict(autorange="reversed", showgrid=False))
+
+
+def _matrix_figure(trace: Trace, seq_id: int, selection: Selection, query: Query, labels: list[str],
+                   title: str) -> go.Figure:
+    queries, probs = attention_matrix(trace, seq_id, selection.layer, selection.head, query.position)
+    heatmap = dict(
+        type="heatmap", z=probs.numpy(), x=list(range(len(labels))), y=queries,
+        colorscale=COLORSCALE, zmin=0, hoverongaps=False,
+        hovertemplate="query pos %{y} · key pos %{x}<br>attention %{z:.4f}<extra></extra>",
+        colorbar=dict(thickness=12, outlinewidth=0),
+    )
+    y_axis = _token_axis([labels[q] for q in queries], values=queries, vertical=True)
+    return make_figure([heatmap], title, 380, _uirevision(seq_id, selection), xaxis=_token_axis(labels),
+                       yaxis=dict(y_axis, autorange="reversed"))
+
+
+def attention_matrix(trace: Trace, seq_id: int, layer: int, head: int | None, query_pos: int
+                     ) -> tuple[list[int], torch.Tensor]:
+    """Every recorded query of `seq_id` at positions 0..query_pos against keys 0..query_pos, for
+    one head (or the mean of all heads when head is None), in one batched computation.
+    -> (the query positions, probs [queries, query_pos + 1] fp32 with NaN above the diagonal).
+    Row r equals trace.attention_row(seq_id, layer, head, queries[r]) padded with NaN."""
+    store, model = trace.attention[seq_id], trace.model
+    slot = store.slot(layer)
+    queries = [p for p in range(query_pos + 1) if store.q_step[p] >= 0]
+    heads = list(range(model.num_heads)) if head is None else [head]
+    group = model.num_heads // model.num_kv_heads  # query heads per kv head (grouped-query attention)
+    q = store.q[slot, queries][:, heads].float()  # [R, h, D]
+    k = store.k[slot, : query_pos + 1][:, [h // group for h in heads]].float()  # [T, h, D]
+    scores = torch.einsum("rhd,thd->hrt", q, k) * model.softmax_scale  # [h, R, T]
+    future = torch.arange(query_pos + 1)[None, :] > torch.tensor(queries)[:, None]  # [R, T]: causal mask
+    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).mean(dim=0)  # [R, T]
+    return queries, probs.masked_fill(future, float("nan"))
+
+
+def _token_axis(labels: list[str], values: list[int] | None = None, vertical: bool = False) -> dict:
+    """An axis of positions labelled with their tokens; every n-th when there are many (a
+    vertical axis has room for fewer)."""
+    values = values if values is not None else list(range(len(labels)))
+    every = max(1, -(-len(labels) // (MAX_TICKS // 2 if vertical else MAX_TICKS)))
+    return dict(tickvals=values[::every], ticktext=labels[::every], tickangle=0 if vertical else -60, showgrid=False,
+                tickfont=dict(size=10))
+
+
+def _head_name(selection: Selection) -> str:
+    return "mean of heads" if selection.head is None else f"head {selection.head}"
+
+
+def _note(trace: Trace, seq_id: int, index: int, query: Query) -> str:
+    if query.step != index:
+        return f" (from step {query.step}: #{seq_id} computed nothing in this step)"
+    return recomputed_note(trace, seq_id, query)
+
+
+def _uirevision(seq_id: int, selection: Selection) -> str:
+    """Zoom survives stepping the cursor, and resets when what the axes mean changes."""
+    return f"attention-{seq_id}-{selection.layer}-{selection.head}-{selection.full_matrix}"

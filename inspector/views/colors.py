@@ -1,0 +1,60 @@
+"""One palette for every panel, so a sequence has the same colour everywhere.
+
+Sequence #2 is the same orange in the KV-cache grid, the block tables and the text panel's
+chips: the eye links "these blocks" to "that request" without reading a legend. The scheduler
+timeline colours by *state* instead (what each sequence was doing at each step), with its own
+small set of colours, chosen so they do not read as sequence colours.
+"""
+
+from __future__ import annotations
+
+# Tableau 10 without its grey, which the KV grid keeps for free blocks. Colours repeat after 9
+# sequences; the "#id" labels tell those apart.
+SEQUENCE_PALETTE = (
+    "#4e79a7",  # blue
+    "#f28e2b",  # orange
+    "#59a14f",  # green
+    "#b07aa1",  # purple
+    "#edc948",  # yellow
+    "#76b7b2",  # teal
+    "#ff9da7",  # pink
+    "#9c755f",  # brown
+    "#e15759",  # red
+)
+
+# What a sequence is doing at a step (see states.py). Running states are blues and greens,
+# waiting is amber, eviction is a loud red, the two "not there" states are pale.
+STATE_COLORS = {
+    "absent": "#f4f4f4",  # not added yet
+    "waiting": "#f2c14e",  # queued: holds no KV blocks
+    "prefill": "#3b6ea8",  # computing prompt tokens (or recomputing after a preemption)
+    "decode": "#5aa469",  # computing the one token it sampled last step
+    "idle": "#bfe0bf",  # running (holds its blocks) but not in this step's batch
+    "preempted": "#d62728",  # evicted in this step: its blocks were freed
+    "finished": "#a0a0a0",  # done: stopped, hit max_tokens, or aborted
+}
+
+# The text panel's status badges, one per coarse status.
+STATUS_COLORS = {
+    "absent": STATE_COLORS["absent"],
+    "waiting": STATE_COLORS["waiting"],
+    "running": STATE_COLORS["decode"],
+    "preempted": STATE_COLORS["preempted"],
+    "finished": STATE_COLORS["finished"],
+}
+
+FREE_COLOR = "#e9e9e9"  # a free block holding nothing a prompt can hit
+CACHED_FREE_COLOR = "#c3d3e6"  # a free block still holding a cached full block: a later prompt can hit it
+CURRENT_COLOR = "#222222"  # cursor lines and the current token's outline
+SAMPLED_COLOR = "#d62728"  # the sampled token's bar in the logits view
+
+
+def sequence_color(seq_id: int) -> str:
+    """The colour of sequence `seq_id` in every panel."""
+    return SEQUENCE_PALETTE[seq_id % len(SEQUENCE_PALETTE)]
+
+
+def tint(color: str, alpha: float) -> str:
+    """`color` ("#rrggbb") as rgba with opacity `alpha`: a light background for text."""
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"

@@ -1,0 +1,78 @@
+"""What every figure shares: construction, placeholders, the cursor line, the step check.
+
+Speed. Plotly checks every property it is given against its schema; for the "plotly_white"
+template (a large nested object) that check alone takes about 6 ms, on every figure, every
+time the cursor moves. make_figure skips the check (_validate=False) and passes the template
+already built; tests/test_views.py rebuilds each figure *with* validation, so a misspelt
+property still fails a test instead of being silently ignored by the browser.
+
+Zoom. `uirevision` tells plotly.js to keep the user's zoom and pan when a figure with the same
+uirevision replaces it. Each view passes a key that changes only when what it shows changes
+meaning (another sequence, layer...), so stepping the cursor keeps the zoom.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from inspector.trace import Trace
+from inspector.views.colors import CURRENT_COLOR
+
+NO_STEP = "No step yet: add prompts and press Step"
+
+_TEMPLATE = pio.templates["plotly_white"]  # looked up once: a validated plotly Template, never modified
+MARGIN = dict(l=48, r=16, t=56, b=36)
+
+
+def make_figure(data: list[dict[str, Any]], title: str, height: int, uirevision: str, **layout: Any) -> go.Figure:
+    """A figure from plain trace dicts ({"type": "heatmap", ...}) with the shared look: white
+    template, compact margins, a title, a fixed height."""
+    base = dict(
+        template=_TEMPLATE,
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)),
+        height=height,
+        margin=MARGIN,
+        uirevision=uirevision,
+    )
+    return go.Figure(data=data, layout={**base, **layout}, _validate=False)
+
+
+def empty_figure(message: str, title: str = "") -> go.Figure:
+    """A placeholder: no axes, `message` in the middle (escaped: it may quote trace data)."""
+    note = dict(text=html.escape(message, quote=False), x=0.5, y=0.5, xref="paper", yref="paper",
+                showarrow=False, font=dict(size=13, color="#666"))
+    hidden = dict(visible=False)
+    return make_figure([], title, 260, "empty", annotations=[note], xaxis=hidden, yaxis=hidden)
+
+
+def step_problem(trace: Trace, index: int) -> str | None:
+    """Why step `index` cannot be shown (None when it can): no step yet, or out of range."""
+    if index < 0 or not trace.steps:
+        return NO_STEP
+    if index >= len(trace.steps):
+        return f"No step {index}: the trace has {len(trace.steps)} steps"
+    return None
+
+
+def cursor_line(x: float) -> dict[str, Any]:
+    """A vertical band over data column `x` (a step), the full height of the plot."""
+    return dict(type="rect", x0=x - 0.5, x1=x + 0.5, y0=0, y1=1, yref="paper",
+                line=dict(color=CURRENT_COLOR, width=2), fillcolor="rgba(0,0,0,0)", layer="above")
+
+
+def discrete_colorscale(colors: list[str]) -> list[list[Any]]:
+    """A colorscale of flat bands: with zmin=-0.5 and zmax=len(colors)-0.5, the integer z = i
+    gets exactly colors[i] (a heatmap of categories instead of a gradient)."""
+    n = len(colors)
+    scale: list[list[Any]] = []
+    for i, color in enumerate(colors):
+        scale += [[i / n, color], [(i + 1) / n, color]]
+    return scale
+
+
+def clamp_height(height: float, low: int = 260, high: int = 380) -> int:
+    return int(min(max(height, low), high))

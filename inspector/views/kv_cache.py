@@ -1,0 +1,173 @@
+"""The paged KV cache as a grid of physical blocks, coloured by the sequence holding each.
+
+Paged attention stores each sequence's keys and values in fixed-size blocks (block_size tokens
+each) taken from one shared pool, wherever free ones are, like pages of virtual memory: a
+sequence's block table maps its logical blocks (positions 0..15, 16..31, ...) to physical ones.
+The grid draws the pool in physical order, so you see what the scheduler sees:
+
+- a cell in a sequence's colour is a block it holds; hover for how many tokens it holds;
+- "S": a block shared by several sequences (ref count > 1): a common prompt prefix is stored
+  once, and every sequence starting with it points at the same block;
+- "H": a block that served a prefix-cache hit in this step: a new prompt began with tokens
+  already computed, so their K/V were reused instead of computed;
+- light blue-grey: a free block that still holds a cached prefix: it is free to take, but until
+  then a later prompt with that prefix can still hit it;
+- grey: free.
+
+When the selected sequence is traced and the cursor step computed a query for it, circles show
+where that query's attention went, summed per physical block (the selected head, or the mean
+of the heads when none is selected): attention reads K/V through the block table, scattered
+over the pool.
+
+The pool can hold thousands of blocks: the grid is one heatmap (one cell per block), not a shape
+per block, and at most MAX_GRID_BLOCKS blocks are drawn (the trace records every block in use,
+so those past the drawn ones are free).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+
+from inspector.attention import mass_per_block
+from inspector.trace import KVBlockEntry, NotRecorded, Trace
+from inspector.views.colors import CACHED_FREE_COLOR, CURRENT_COLOR, FREE_COLOR, sequence_color
+from inspector.views.figure import clamp_height, discrete_colorscale, empty_figure, make_figure, step_problem
+from inspector.views.queries import scheduled_in
+from inspector.views.selection import Selection, selected_seq_id
+
+MAX_GRID_BLOCKS = 4096
+
+
+def grid_columns(num_blocks: int) -> int:
+    """Blocks per row: 16, or more for a large pool so the grid stays about square."""
+    return 16 if num_blocks <= 256 else 32 if num_blocks <= 1024 else 64
+
+
+def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None) -> go.Figure:
+    """Every physical block at the end of step `index`; the selected query's attention per block."""
+    problem = step_problem(trace, index)
+    if problem is not None:
+        return empty_figure(problem)
+    selection = selection or Selection()
+    kv, block_size = trace.steps[index].kv, trace.engine.block_size
+    entries = kv.entries()
+    holders = list(kv.block_tables())  # the sequences holding blocks, in arrival order
+    # Categories, each one colour of the grid: free, free but cached, then one per holder.
+    names = ["free", "free, cached", *(f"#{s}" for s in holders)]
+    colors = [FREE_COLOR, CACHED_FREE_COLOR, *(sequence_color(s) for s in holders)]
+    category = {seq_id: 2 + i for i, seq_id in enumerate(holders)}
+
+    highest = entries[-1].block_id if entries else -1
+    shown = min(kv.num_blocks, max(MAX_GRID_BLOCKS, highest + 1))
+    columns = grid_columns(shown)
+    rows = math.ceil(shown / columns)
+    z = np.full(rows * columns, np.nan)  # NaN: past the pool's end, drawn as nothing
+    z[:shown] = 0
+    hover = ["free"] * (rows * columns)
+
+    mass, note = _attention_mass(trace, index, selection)
+    marks: list[tuple[int, str]] = []  # (block, "S"/"H"/"S H")
+    for e in entries:
+        if e.owners:
+            z[e.block_id] = category[e.owners[0]]  # a shared block takes its oldest holder's colour
+        elif e.cached:
+            z[e.block_id] = 1
+        hover[e.block_id] = _describe(e, block_size, mass.get(e.block_id))
+        mark = " ".join(m for m, on in (("S", e.ref_count > 1), ("H", e.hit)) if on)
+        if mark:
+            marks.append((e.block_id, mark))
+
+    data = [
+        dict(
+            type="heatmap",
+            z=z.reshape(rows, columns),
+            customdata=np.arange(rows * columns).reshape(rows, columns),
+            text=[hover[r * columns : (r + 1) * columns] for r in range(rows)],
+            hovertemplate="block %{customdata}<br>%{text}<extra></extra>",
+            hoverongaps=False,
+            colorscale=discrete_colorscale(colors),
+            zmin=-0.5,
+            zmax=len(colors) - 0.5,
+            xgap=2,
+            ygap=2,
+            colorbar=dict(tickvals=list(range(len(names))), ticktext=names, thickness=12, outlinewidth=0),
+        )
+    ]
+    if marks:
+        data.append(dict(
+            type="scatter", mode="text", hoverinfo="skip", showlegend=False,
+            x=[b % columns for b, _ in marks], y=[b // columns for b, _ in marks],
+            text=[m for _, m in marks], textfont=dict(size=11, color=CURRENT_COLOR),
+        ))
+    if mass:
+        blocks = [b for b in mass if b < shown]
+        data.append(dict(
+            type="scatter", mode="markers", showlegend=False,
+            x=[b % columns for b in blocks], y=[b // columns for b in blocks],
+            marker=dict(size=[4 + 18 * math.sqrt(mass[b]) for b in blocks], color="rgba(20,20,20,0.55)",
+                        line=dict(width=1, color="white")),
+            customdata=[[b, mass[b]] for b in blocks],
+            hovertemplate="block %{customdata[0]}<br>attention mass %{customdata[1]:.1%}<extra></extra>",
+        ))
+
+    notes = [note]
+    if shown < kv.num_blocks:
+        notes.append(f"blocks {shown}..{kv.num_blocks - 1} not drawn: free")
+    if not kv.cached_free_listed:
+        notes.append(f"{kv.num_cached_free} free blocks hold cached prefixes (too many to list)")
+    title = f"KV cache · step {index} · {kv.num_used}/{kv.num_blocks} blocks used"
+    subtitle = " · ".join(n for n in notes if n)
+    step_rows = max(1, rows // 12)
+    return make_figure(
+        data,
+        title + (f"<br><sup>{subtitle}</sup>" if subtitle else ""),
+        clamp_height(100 + 24 * rows),
+        "kv-cache",
+        xaxis=dict(showgrid=False, zeroline=False, tickvals=list(range(columns)), side="top",
+                   constrain="domain", range=[-0.5, columns - 0.5]),
+        yaxis=dict(showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x", constrain="domain",
+                   tickvals=list(range(0, rows, step_rows)), ticktext=[str(r * columns) for r in range(0, rows, step_rows)]),
+        margin=dict(l=48, r=16, t=72, b=16),
+    )
+
+
+def _attention_mass(trace: Trace, index: int, selection: Selection) -> tuple[dict[int, float], str]:
+    """{physical block: attention mass} of the selected sequence's query at the cursor step,
+    and a note saying whose it is, or why there is none."""
+    seq_id = selected_seq_id(trace, selection)
+    if seq_id is None or seq_id not in trace.sequences:
+        return {}, ""
+    x = scheduled_in(trace, seq_id, index)
+    if x is None:
+        return {}, f"no attention overlay: #{seq_id} computed nothing in this step"
+    position = x.start + x.num_tokens - 1
+    heads = range(trace.model.num_heads) if selection.head is None else [selection.head]
+    try:
+        # Through the block table this step ran with: the physical blocks it read.
+        per_head = [mass_per_block(trace.attention_row(seq_id, selection.layer, h, position), x.block_table,
+                                   trace.engine.block_size) for h in heads]
+    except NotRecorded as exc:
+        return {}, f"no attention overlay: {exc}"
+    mass = {b: sum(m[b] for m in per_head) / len(per_head) for b in per_head[0]}
+    head = "mean of heads" if selection.head is None else f"head {selection.head}"
+    return mass, f"circles: attention of #{seq_id} pos {position}, layer {selection.layer}, {head}"
+
+
+def _describe(e: KVBlockEntry, block_size: int, mass: float | None) -> str:
+    """A block's hover text (no trace text in it: only numbers and ids)."""
+    owners = ", ".join(f"#{o}" for o in e.owners) or "none"
+    lines = [
+        f"ref count {e.ref_count}" + (" (shared)" if e.ref_count > 1 else ""),
+        f"holds {e.fill}/{block_size} tokens",
+        f"owners {owners}",
+    ]
+    if e.cached:
+        lines.append("cached: a later prompt with this prefix can reuse it")
+    if e.hit:
+        lines.append("served a prefix-cache hit in this step")
+    if mass is not None:
+        lines.append(f"attention mass {mass:.1%}")
+    return "<br>".join(lines)

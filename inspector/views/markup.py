@@ -1,0 +1,64 @@
+"""Shared HTML for the text, block-table and step-details panels: one stylesheet, badges.
+
+Each panel is a self-contained HTML string: it starts with the stylesheet below (a <style>
+element works anywhere in a page), so it renders the same in the app, in a browser test, or
+saved to a file. Every class is prefixed "mlv-" (mini-llama views) except the token chips'
+"tok", "tok-current", which the app's scripts may rely on. Colours that depend on data (a
+sequence's colour) are inline styles.
+"""
+
+from __future__ import annotations
+
+import html
+
+from inspector.views.colors import CURRENT_COLOR, STATUS_COLORS, sequence_color, tint
+
+VIEWS_CSS = """
+.mlv { font-family: system-ui, sans-serif; font-size: 13px; line-height: 1.5; color: #222; }
+.mlv-caption { color: #555; margin-bottom: 6px; }
+.mlv-empty { color: #666; padding: 24px; text-align: center; }
+.mlv-seq { border-left: 4px solid #999; padding: 4px 8px; margin-bottom: 10px; }
+.mlv-seq-head { margin-bottom: 3px; }
+.mlv-badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11px; color: #111; }
+.mlv-muted { color: #777; }
+.mlv-tokens { line-height: 1.9; }
+.mlv .tok { white-space: pre; font-family: ui-monospace, monospace; font-size: 12px; padding: 1px 1px;
+  margin: 0 1px 0 0; border-radius: 3px; border: 1px solid transparent; }
+.mlv .tok-prompt { background: #efefef; }
+.mlv .tok-id { color: #888; font-style: italic; }
+.mlv .tok-current { border: 2px solid CURRENT; font-weight: 600; }
+.mlv table { border-collapse: collapse; margin: 4px 0 8px; font-size: inherit; }
+.mlv th, .mlv td { padding: 2px 6px; text-align: left; vertical-align: top; }
+.mlv-kv td.mlv-block { font-family: ui-monospace, monospace; font-size: 11px; border: 1px solid #fff;
+  color: #111; white-space: nowrap; }
+.mlv-kv td.mlv-shared { border: 2px dashed #222; }
+.mlv-kv td.mlv-hit { box-shadow: inset 0 0 0 2px #222; }
+.mlv-details th { color: #555; font-weight: 500; }
+.mlv-details td, .mlv-details th { border-bottom: 1px solid #eee; }
+.mlv-details h4 { margin: 10px 0 2px; font-size: 13px; }
+""".replace("CURRENT", CURRENT_COLOR)
+
+
+def panel(body: str, css_class: str = "") -> str:
+    """Wrap a panel's body with the stylesheet."""
+    return f'<style>{VIEWS_CSS}</style><div class="mlv {css_class}">{body}</div>'
+
+
+def empty_panel(message: str) -> str:
+    return panel(f'<div class="mlv-empty">{html.escape(message)}</div>')
+
+
+def badge(status: str, extra: str = "") -> str:
+    """A small coloured label: "running", "finished: stop"..."""
+    color = STATUS_COLORS.get(status, "#ddd")
+    text = html.escape(status + (f": {extra}" if extra else ""))
+    return f'<span class="mlv-badge" style="background:{color}">{text}</span>'
+
+
+def seq_label(seq_id: int) -> str:
+    """"#3" in the sequence's colour."""
+    return f'<b style="color:{sequence_color(seq_id)}">#{seq_id}</b>'
+
+
+def seq_background(seq_id: int, alpha: float = 0.55) -> str:
+    return tint(sequence_color(seq_id), alpha)

@@ -1,0 +1,109 @@
+"""Step details: everything the engine did in one step, as tables.
+
+Read it top to bottom as the step ran: the scheduler decided (the batch, who was preempted, the
+queues), the model ran the batch (how many tokens: a prefill step computes many per sequence, a
+decode step one each), the sampler drew tokens, and the KV cache ended as shown. The timings
+split the step's wall time into the engine's phases; "recorder" is what recording cost.
+
+A step that computed a traced sequence "ran eagerly": to capture each layer's queries and keys
+the model must stop at every layer (a hook per layer), which rules out replaying a CUDA graph.
+Such steps are slower on a GPU, and the timings show it.
+"""
+
+from __future__ import annotations
+
+import html
+
+from inspector.trace import StepRecord, Trace
+from inspector.views.figure import step_problem
+from inspector.views.markup import empty_panel, panel, seq_label
+from inspector.views.tokens import chip_text
+
+
+def step_details_html(trace: Trace, index: int) -> str:
+    """The details of step `index`."""
+    problem = step_problem(trace, index)
+    if problem is not None:
+        return empty_panel(problem)
+    step = trace.steps[index]
+    s = step.schedule
+    num_tokens = sum(x.num_tokens for x in s.scheduled)
+    head = (
+        f'<div class="mlv-caption"><b>step {index}</b> of {len(trace.steps)} (engine step {step.engine_step}) · '
+        f"<b>{s.phase}</b> · {len(s.scheduled)} sequence(s), {num_tokens} token(s) in the batch</div>"
+    )
+    sections = [head, _batch(trace, step), _queues(step), _kv(trace, step), _capture(step), _timings(step),
+                _events(trace, index)]
+    return panel("".join(sections), "mlv-details")
+
+
+def _batch(trace: Trace, step: StepRecord) -> str:
+    rows = []
+    for x in step.schedule.scheduled:
+        token = step.token_of(x.seq_id)
+        if token is not None:
+            text = chip_text(token.text_delta) or f"[{token.token_id}]"
+            sampled = f'<span class="tok">{text}</span>' + (f" (finished: {html.escape(token.finish_reason)})"
+                                                            if token.finish_reason else "")
+        else:
+            sampled = "—" if not x.samples else "?"
+        rows.append(
+            f"<tr><td>{seq_label(x.seq_id)}</td><td>{x.start}..{x.start + x.num_tokens - 1}</td>"
+            f"<td>{x.num_tokens}</td><td>{x.num_cached_tokens}</td><td>{'yes' if x.samples else 'no'}</td>"
+            f"<td>{sampled}</td></tr>"
+        )
+    total = sum(x.num_tokens for x in step.schedule.scheduled)
+    return (
+        "<h4>Batch</h4><table><tr><th>seq</th><th>positions</th><th>tokens</th><th>from prefix cache</th>"
+        f"<th>samples</th><th>sampled token</th></tr>{''.join(rows)}"
+        f"<tr><th>total</th><td></td><td><b>{total}</b></td><td></td><td></td><td></td></tr></table>"
+    )
+
+
+def _queues(step: StepRecord) -> str:
+    s = step.schedule
+
+    def ids(seq_ids: list[int]) -> str:
+        return ", ".join(seq_label(i) for i in seq_ids) or "none"
+
+    return (
+        f"<h4>Scheduler</h4><table><tr><th>preempted</th><td>{ids(s.preempted)}</td></tr>"
+        f"<tr><th>running</th><td>{ids(s.running)}</td></tr><tr><th>waiting</th><td>{ids(s.waiting)}</td></tr></table>"
+    )
+
+
+def _kv(trace: Trace, step: StepRecord) -> str:
+    kv = step.kv
+    hits = int(kv.hit.sum())
+    return (
+        f"<h4>KV cache</h4><table><tr><th>blocks in use</th><td>{kv.num_used} of {kv.num_blocks} "
+        f"({100 * kv.usage:.1f}%), {trace.engine.block_size} tokens each</td></tr>"
+        f"<tr><th>free</th><td>{kv.num_free} ({kv.num_cached_free} of them still hold a cached prefix)</td></tr>"
+        f"<tr><th>prefix-cache hits</th><td>{hits} block(s) in this step</td></tr></table>"
+    )
+
+
+def _capture(step: StepRecord) -> str:
+    if step.attention_seqs:
+        seqs = ", ".join(seq_label(i) for i in step.attention_seqs)
+        text = f"ran eagerly: per-layer capture of queries and keys for {seqs}"
+    else:
+        text = "no attention captured: the step ran at full speed (CUDA graphs where available)"
+    return f"<h4>Capture</h4><div>{text}</div>"
+
+
+def _timings(step: StepRecord) -> str:
+    t = step.timings
+    parts = [("schedule", t.schedule_ms), ("prepare", t.prepare_ms), ("forward", t.forward_ms),
+             ("sample", t.sample_ms), ("wall", t.wall_ms), ("recorder", t.record_ms)]
+    head = "".join(f"<th>{name}</th>" for name, _ in parts)
+    cells = "".join(f"<td>{ms:.2f}</td>" for _, ms in parts)
+    return f"<h4>Timings (ms)</h4><table><tr>{head}</tr><tr>{cells}</tr></table>"
+
+
+def _events(trace: Trace, index: int) -> str:
+    events = [e for e in trace.events if e.step == index]
+    if not events:
+        return ""
+    items = "".join(f"<li>{html.escape(e.kind)}: {html.escape(e.message)}</li>" for e in events)
+    return f"<h4>Events</h4><ul>{items}</ul>"

@@ -1,0 +1,93 @@
+"""The Text panel: every sequence's prompt and output as token chips, as of the cursor step.
+
+One block per sequence, in id order: "#id", its status at the cursor (a coloured badge), then
+one chip per token. Prompt chips are grey; output chips are tinted with the sequence's colour
+and appear only once sampled, so moving the cursor back "un-generates" text. The chip of the
+token sampled at the cursor step is outlined (class tok-current). Hovering an output chip shows
+how sure the model was: the token's probability, its rank among all tokens, and the entropy of
+the distribution it was drawn from (data-prob, data-rank, data-entropy carry the same numbers
+for scripts).
+
+Seeing the text as chips, not as a string, shows what the model actually sees: " Paris" is one
+token with its leading space, a word may be several tokens, "\n" is a token of its own.
+"""
+
+from __future__ import annotations
+
+import html
+
+from inspector.trace import TokenRecord, Trace
+from inspector.views.colors import sequence_color
+from inspector.views.figure import step_problem
+from inspector.views.markup import badge, empty_panel, panel, seq_background
+from inspector.views.states import sequence_states, status_at
+from inspector.views.tokens import chip_text, output_pieces, prompt_piece
+
+
+def text_html(trace: Trace, index: int) -> str:
+    """The Text panel at step `index`."""
+    problem = step_problem(trace, index)
+    if problem is not None:
+        return empty_panel(problem)
+    states = sequence_states(trace)
+    caption = (
+        f'<div class="mlv-caption">step {index} of {len(trace.steps)} · model {html.escape(trace.model.name)} · '
+        "grey: prompt tokens, tinted: generated tokens (hover for probability), outlined: sampled at this step</div>"
+    )
+    blocks = [_sequence_block(trace, seq_id, index, states) for seq_id in sorted(trace.sequences)]
+    return panel(caption + "".join(blocks), "mlv-text")
+
+
+def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]]) -> str:
+    seq = trace.sequences[seq_id]
+    status = status_at(trace, seq_id, index, states)
+    reason = seq.finish_reason if status == "finished" else ""
+    outputs = output_pieces(trace, seq_id, until=index)
+    preemptions = states[seq_id][: index + 1].count("preempted")
+    facts = f"{len(seq.prompt_ids)} prompt + {len(outputs)} generated tokens"
+    if preemptions:
+        facts += f", preempted {preemptions}×"
+    head = (
+        f'<div class="mlv-seq-head"><b>#{seq_id}</b> {badge(status, reason or "")} '
+        f'<span class="mlv-muted">{facts}</span></div>'
+    )
+    prompt = [_prompt_chip(trace, seq_id, p, token_id) for p, token_id in enumerate(seq.prompt_ids)]
+    output = [_output_chip(trace, seq_id, step, token_id, text, index) for step, token_id, text in outputs]
+    body = "".join(prompt) + "".join(output)
+    return (f'<div class="mlv-seq" data-seq="{seq_id}" style="border-left-color:{sequence_color(seq_id)}">{head}'
+            f'<div class="mlv-tokens">{body}</div></div>')
+
+
+def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int) -> str:
+    piece = prompt_piece(trace, seq_id, position)
+    title = f"prompt position {position} · token id {token_id}"
+    return _chip(piece, token_id, "tok tok-prompt", f'title="{title}"')
+
+
+def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str, index: int) -> str:
+    token = trace.steps[step].token_of(seq_id)
+    classes = "tok tok-out" + (" tok-current" if step == index else "")
+    style = f'style="background:{seq_background(seq_id, 0.22)}"'
+    return _chip(text, token_id, classes, f"{style} {_hover(token, token_id, step)}")
+
+
+def _hover(token: TokenRecord | None, token_id: int, step: int) -> str:
+    """The chip's data-* attributes and title: how likely the model found this token."""
+    where = f"sampled at step {step} · token id {token_id}"
+    if token is None or token.logits is None:
+        return f'title="{where} · logits not recorded"'
+    g = token.logits
+    stats = f"p={g.sampled_prob:.3f} rank {g.sampled_rank} entropy {g.entropy:.2f}"
+    return (
+        f'data-prob="{g.sampled_prob:.4f}" data-rank="{g.sampled_rank}" data-entropy="{g.entropy:.3f}" '
+        f'title="{stats} · {where}"'
+    )
+
+
+def _chip(piece: str, token_id: int, classes: str, attributes: str) -> str:
+    """One token chip. A token with no text of its own shows its id; a newline token also
+    breaks the line, so the chips read like the text."""
+    if not piece:
+        return f'<span class="{classes} tok-id" {attributes}>[{token_id}]</span>'
+    chip = f'<span class="{classes}" {attributes}>{chip_text(piece)}</span>'
+    return chip + "<br>" if "\n" in piece else chip

@@ -1,0 +1,68 @@
+"""The scheduler timeline: what every sequence was doing at every step, as one picture.
+
+Rows are sequences, columns are steps, each cell coloured by the sequence's state at that step
+(states.py). Read along a row to follow a request's life: amber while it waits, blue while its
+prompt is prefilled, green while it decodes, a red cell where it was preempted, then amber
+again and blue (it recomputes what it had) before it decodes again. Read down a column to see
+one step's batch: continuous batching shows as rows entering and leaving at any step, not in
+lockstep. The outlined column is the cursor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from inspector.trace import Trace
+from inspector.views.colors import STATE_COLORS
+from inspector.views.figure import (
+    clamp_height,
+    cursor_line,
+    discrete_colorscale,
+    empty_figure,
+    make_figure,
+    step_problem,
+)
+from inspector.views.states import STATES, sequence_states
+
+
+def timeline_figure(trace: Trace, index: int) -> go.Figure:
+    """Sequences x steps, coloured by state; the cursor step outlined."""
+    problem = step_problem(trace, index)
+    if problem is not None:
+        return empty_figure(problem)
+    states = sequence_states(trace)
+    seq_ids = list(states)
+    code = {state: i for i, state in enumerate(STATES)}
+    z = np.array([[code[s] for s in states[seq_id]] for seq_id in seq_ids], dtype=np.int8)
+    # Tokens each sequence computed in each step, for the hover.
+    computed = np.zeros(z.shape, dtype=np.int32)
+    row_of = {seq_id: r for r, seq_id in enumerate(seq_ids)}
+    for i, step in enumerate(trace.steps):
+        for x in step.schedule.scheduled:
+            computed[row_of[x.seq_id], i] = x.num_tokens
+    heatmap = dict(
+        type="heatmap",
+        z=z,
+        x=np.arange(len(trace.steps)),
+        y=[f"#{seq_id}" for seq_id in seq_ids],
+        text=[states[seq_id] for seq_id in seq_ids],
+        customdata=computed,
+        hovertemplate="step %{x} · seq %{y}<br>%{text}<br>%{customdata} tokens computed<extra></extra>",
+        colorscale=discrete_colorscale([STATE_COLORS[s] for s in STATES]),
+        zmin=-0.5,
+        zmax=len(STATES) - 0.5,
+        xgap=1 if len(trace.steps) <= 100 else 0,  # thin gaps separate steps, until they would hide the cells
+        ygap=2,
+        colorbar=dict(tickvals=list(range(len(STATES))), ticktext=list(STATES), thickness=12, len=1.0,
+                      outlinewidth=0),
+    )
+    return make_figure(
+        [heatmap],
+        f"Scheduler timeline · step {index}",
+        clamp_height(110 + 26 * len(seq_ids)),
+        "timeline",
+        shapes=[cursor_line(index)],
+        xaxis=dict(title=dict(text="step"), showgrid=False, zeroline=False),
+        yaxis=dict(autorange="reversed", showgrid=False),  # #0 on top, like the other panels
+    )

@@ -1,0 +1,500 @@
+"""The UI's view builders (inspector/views) are pure functions of a trace: each test records a
+run of a tiny random model and checks what a panel shows against what the trace says.
+
+The run (test_inspector_support.record_tiny_run): four requests sharing a 12-token prefix in a
+14-block pool of 4-token blocks, so blocks are shared, later prompts hit the prefix cache, and
+decode runs out of blocks and preempts; attention is traced for requests 0 and 2.
+
+Speed is not tested here. Measured on a 2-core CPU, on a 428-step trace of the embedded model
+(3 chat prompts, 300 tokens each, 2 preemptions, 30 layers, 9 heads), ms per call at steps
+150 / 280 / 427: text_html 2.3 / 3.4 / 4.1, timeline_figure 1.4 / 1.2 / 1.2, kv_cache_figure
+6.7 / 0.9 / 0.7, block_tables_html 0.1, attention_figure 1.0-1.1 (one head), 1.5-1.8 (all
+heads), 2.2-2.9 (full matrix, one head), up to 16 (full matrix, mean of 9 heads over 337
+positions), logits_figure 0.5-0.7, logits_history_figure 1.3-1.4, step_details_html < 0.1.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+from conftest import make_hf_model
+from test_inspector_support import record_tiny_run
+
+from inspector import CapturePolicy, DebugSession
+from inspector.attention import mass_per_block
+from inspector.trace import Trace
+from inspector.views import (
+    NO_STEP,
+    STATES,
+    Selection,
+    attention_figure,
+    block_tables_html,
+    empty_figure,
+    kv_cache_figure,
+    logits_figure,
+    logits_history_figure,
+    sequence_color,
+    sequence_states,
+    step_details_html,
+    text_html,
+    timeline_figure,
+)
+from inspector.views.colors import CACHED_FREE_COLOR, FREE_COLOR, SAMPLED_COLOR, tint
+from minillama import EngineConfig, LLMEngine, SamplingParams
+
+FIGURES = (timeline_figure, kv_cache_figure, attention_figure, logits_figure, logits_history_figure)
+PANELS = (text_html, block_tables_html, step_details_html)
+
+
+@pytest.fixture(scope="module")
+def trace() -> Trace:
+    """The tiny run's trace, each output token given a text "<id>" (a tiny model has no
+    tokenizer): chips and labels become checkable, and every one needs escaping."""
+    trace = copy.deepcopy(record_tiny_run().session.trace)
+    for step in trace.steps:
+        for token in step.tokens:
+            token.text_delta = f"<{token.token_id}>"
+    trace.sequences[0].prompt_tokens = [f"p{i} " for i in range(len(trace.sequences[0].prompt_ids))]
+    return trace
+
+
+def build(builder, trace: Trace, index: int, selection: Selection | None = None):
+    selection = selection or Selection()
+    return builder(trace, index, selection) if builder in (kv_cache_figure, attention_figure, logits_figure,
+                                                           logits_history_figure) else builder(trace, index)
+
+
+def message(fig: go.Figure) -> str:
+    """A placeholder figure's centred message."""
+    return fig.layout.annotations[0].text
+
+
+def scheduled(trace: Trace, seq_id: int, index: int):
+    return next((x for x in trace.steps[index].schedule.scheduled if x.seq_id == seq_id), None)
+
+
+# -- states ----------------------------------------------------------------------------------------
+
+
+def test_states_follow_the_schedule(trace):
+    preempting = [s.index for s in trace.steps if s.schedule.preempted]
+    assert preempting, "the run must preempt"
+    states = sequence_states(trace)
+    assert list(states) == sorted(trace.sequences)
+    for seq_id, row in states.items():
+        seq = trace.sequences[seq_id]
+        assert len(row) == len(trace.steps) and set(row) <= set(STATES)
+        # "preempted" exactly at the steps whose schedule lists it.
+        assert [i for i, s in enumerate(row) if s == "preempted"] == \
+            [s.index for s in trace.steps if seq_id in s.schedule.preempted]
+        last = seq.token_steps[-1]
+        for i, state in enumerate(row):
+            s = trace.steps[i].schedule
+            if i < seq.added_step:
+                assert state == "absent"
+            elif i > last:  # every request of this run finishes (max_tokens)
+                assert state == "finished"
+            elif scheduled(trace, seq_id, i) is not None:
+                assert state == s.phase
+            elif seq_id not in s.preempted:
+                assert state == ("idle" if seq_id in s.running else "waiting")
+                assert (seq_id in s.waiting) == (state == "waiting")
+        assert row[last] in ("prefill", "decode")  # the finishing step shows what it computed
+    victim = trace.steps[preempting[0]].schedule.preempted[0]
+    assert states[victim][preempting[0] + 1] == "waiting"
+
+
+# -- text panel ------------------------------------------------------------------------------------
+
+
+class Chips(HTMLParser):
+    """The token chips of a text panel: (sequence, class list, attributes, visible text)."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.seq: int | None = None
+        self.chips: list[dict] = []
+        self._open: dict | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "div" and "data-seq" in a:
+            self.seq = int(a["data-seq"])
+        if tag == "span" and "tok" in a.get("class", "").split():
+            self._open = {**a, "seq": self.seq, "classes": a["class"].split(), "text": ""}
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open["text"] += data
+
+    def handle_endtag(self, tag):
+        if tag == "span" and self._open is not None:
+            self.chips.append(self._open)
+            self._open = None
+
+
+def test_text_shows_the_tokens_sampled_up_to_the_cursor(trace):
+    for index in (0, 1, 5, 12, len(trace.steps) - 1):
+        chips = Chips(text_html(trace, index)).chips
+        step = trace.steps[index]
+        for seq_id, seq in trace.sequences.items():
+            mine = [c for c in chips if c["seq"] == seq_id]
+            prompt = [c for c in mine if "tok-prompt" in c["classes"]]
+            output = [c for c in mine if "tok-out" in c["classes"]]
+            assert len(prompt) == len(seq.prompt_ids)
+            # Only the tokens sampled at or before the cursor; the later ones are absent.
+            sampled = [(s, t) for s, t in zip(seq.token_steps, seq.output_ids) if s <= index]
+            assert [c["text"] for c in output] == [f"<{t}>" for _, t in sampled]
+            current = [c for c in output if "tok-current" in c["classes"]]
+            token = step.token_of(seq_id)
+            if token is None:
+                assert current == []
+            else:
+                assert [c["text"] for c in current] == [f"<{token.token_id}>"] and current[0] is output[-1]
+                g = token.logits
+                assert float(current[0]["data-prob"]) == pytest.approx(g.sampled_prob, abs=1e-4)
+                assert int(current[0]["data-rank"]) == g.sampled_rank
+                assert float(current[0]["data-entropy"]) == pytest.approx(g.entropy, abs=1e-3)
+                assert current[0]["title"].startswith(f"p={g.sampled_prob:.3f} rank {g.sampled_rank} entropy ")
+        # A tiny model's prompt tokens have no text: they show as their ids.
+        assert [c["text"] for c in chips if c["seq"] == 1 and "tok-prompt" in c["classes"]] == \
+            [f"[{t}]" for t in trace.sequences[1].prompt_ids]
+        assert [c["text"] for c in chips if c["seq"] == 0 and "tok-prompt" in c["classes"]][:2] == ["p0 ", "p1 "]
+
+
+def test_text_escapes_everything_from_the_trace(trace):
+    evil = "<img src=x onerror=alert(1)>"
+    hostile = copy.deepcopy(trace)
+    hostile.sequences[0].prompt_text = evil
+    hostile.sequences[0].prompt_tokens = [evil] + hostile.sequences[0].prompt_tokens[1:]
+    hostile.model.name = "<script>alert(2)</script>"
+    hostile.steps[3].tokens[0].text_delta = "a\nb"
+    page = text_html(hostile, 3)
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "&lt;" + str(hostile.steps[2].tokens[0].token_id) + "&gt;" in page  # the "<id>" texts, escaped
+    assert "a↵b" in page  # newlines made visible
+
+
+def test_text_status_badges(trace):
+    states = sequence_states(trace)
+    victim, index = next((s.schedule.preempted[0], s.index) for s in trace.steps if s.schedule.preempted)
+    assert states[victim][index] == "preempted"
+    page = text_html(trace, index)
+    blocks = dict(re.findall(r'data-seq="(\d+)".*?class="mlv-badge"[^>]*>([^<]*)<', page))
+    assert blocks[str(victim)] == "preempted"
+    last = trace.steps[-1]
+    finished = {t.seq_id for t in last.tokens if t.finish_reason}
+    page = text_html(trace, last.index)
+    blocks = dict(re.findall(r'data-seq="(\d+)".*?class="mlv-badge"[^>]*>([^<]*)<', page))
+    assert all(blocks[str(s)] == "finished: length" for s in trace.sequences) and finished
+    assert dict(re.findall(r'data-seq="(\d+)".*?class="mlv-badge"[^>]*>([^<]*)<', text_html(trace, 0)))["1"] == "absent"
+
+
+# -- timeline --------------------------------------------------------------------------------------
+
+
+def test_timeline_cells_are_the_states_and_the_cursor_is_marked(trace):
+    states = sequence_states(trace)
+    for index in (0, 8, len(trace.steps) - 1):
+        fig = timeline_figure(trace, index)
+        heat = fig.data[0]
+        assert list(heat.y) == [f"#{s}" for s in states]
+        names = list(heat.colorbar.ticktext)
+        assert names == list(STATES)
+        assert [[names[int(v)] for v in row] for row in np.asarray(heat.z)] == list(states.values())
+        # Tokens computed, for the hover.
+        for r, seq_id in enumerate(states):
+            x = scheduled(trace, seq_id, index)
+            assert np.asarray(heat.customdata)[r, index] == (x.num_tokens if x else 0)
+        (cursor,) = fig.layout.shapes
+        assert (cursor.x0, cursor.x1) == (index - 0.5, index + 0.5)
+        assert fig.layout.title.text == f"Scheduler timeline · step {index}"
+
+
+# -- KV cache --------------------------------------------------------------------------------------
+
+
+def grid_cell(fig: go.Figure, block: int) -> tuple[str, str, str]:
+    """(category name, colour, hover text) of a block's cell in the KV grid."""
+    heat = fig.data[0]
+    row, column = divmod(block, np.asarray(heat.z).shape[1])
+    code = int(heat.z[row, column])
+    return heat.colorbar.ticktext[code], heat.colorscale[2 * code][1], heat.text[row][column]
+
+
+def test_kv_grid_cells_match_the_snapshot(trace):
+    shared = [s.index for s in trace.steps if any(e.ref_count > 1 for e in s.kv.entries())]
+    hits = [s.index for s in trace.steps if s.kv.hit.any()]
+    assert shared and hits, "the run must share blocks and hit the prefix cache"
+    for index in sorted({shared[-1], *hits, len(trace.steps) - 1}):
+        kv = trace.steps[index].kv
+        fig = kv_cache_figure(trace, index, Selection(seq_id=1))
+        z = np.asarray(fig.data[0].z)
+        columns = z.shape[1]
+        entries = {e.block_id: e for e in kv.entries()}
+        for block in range(kv.num_blocks):
+            name, color, hover = grid_cell(fig, block)
+            e = entries.get(block)
+            if e is None:
+                assert (name, color, hover) == ("free", FREE_COLOR, "free")
+            elif e.owners:
+                assert (name, color) == (f"#{e.owners[0]}", sequence_color(e.owners[0]))
+                assert f"owners {', '.join(f'#{o}' for o in e.owners)}" in hover
+                assert f"ref count {e.ref_count}" in hover and f"holds {e.fill}/4 tokens" in hover
+            else:
+                assert (name, color) == (("free, cached", CACHED_FREE_COLOR) if e.cached else ("free", FREE_COLOR))
+        assert np.isnan(z.ravel()[kv.num_blocks:]).all()  # cells past the pool draw nothing
+        marks = dict(zip(zip(fig.data[1].x, fig.data[1].y), fig.data[1].text)) if len(fig.data) > 1 else {}
+        expected = {(b % columns, b // columns): " ".join(m for m, on in (("S", e.ref_count > 1), ("H", e.hit)) if on)
+                    for b, e in entries.items() if e.ref_count > 1 or e.hit}
+        assert marks == expected
+        assert fig.layout.title.text.startswith(f"KV cache · step {index} · {kv.num_used}/{kv.num_blocks} blocks used")
+
+
+def test_kv_grid_overlays_the_cursor_querys_attention_per_block(trace):
+    index, seq_id, layer, head = 9, 0, 1, 2
+    x = scheduled(trace, seq_id, index)
+    fig = kv_cache_figure(trace, index, Selection(seq_id=seq_id, layer=layer, head=head))
+    overlay = fig.data[-1]
+    got = {int(b): m for b, m in overlay.customdata}
+    row = trace.attention_row(seq_id, layer, head, x.start + x.num_tokens - 1)
+    assert got == pytest.approx(mass_per_block(row, x.block_table, 4))
+    assert sum(got.values()) == pytest.approx(1.0) and list(got) == x.block_table
+    # The mean over heads when no head is selected.
+    fig = kv_cache_figure(trace, index, Selection(seq_id=seq_id, layer=layer, head=None))
+    mean = {int(b): m for b, m in fig.data[-1].customdata}
+    rows = [trace.attention_row(seq_id, layer, h, x.start + x.num_tokens - 1) for h in range(4)]
+    assert mean == pytest.approx(mass_per_block(torch.stack(rows).mean(0), x.block_table, 4))
+    # No overlay, and a note saying why, for a sequence not traced.
+    fig = kv_cache_figure(trace, index, Selection(seq_id=1))
+    assert all(d.mode != "markers" for d in fig.data[1:])
+    assert "no attention overlay: sequence 1 has no recorded queries and keys" in fig.layout.title.text
+
+
+def test_block_tables_list_each_sequences_blocks(trace):
+    index = next(s.index for s in trace.steps if s.kv.hit.any())
+    kv = trace.steps[index].kv
+    page = block_tables_html(trace, index)
+    assert f"step {index}" in page
+    entries = {e.block_id: e for e in kv.entries()}
+    rows = re.findall(r"<tr><th>.*?#(\d+)</b></th>(.*?)</tr>", page)
+    assert [int(s) for s, _ in rows] == list(kv.block_tables())
+    for (seq_id, cells), table in zip(rows, kv.block_tables().values()):
+        found = re.findall(r'<td class="([^"]*)" style="background:([^"]*)"[^>]*>(\d+)→(\d+)', cells)
+        assert [(int(lo), int(ph)) for _, _, lo, ph in found] == list(enumerate(table))
+        assert {color for _, color, _, _ in found} == {tint(sequence_color(int(seq_id)), 0.55)}  # the grid's
+        for classes, _, _, physical in found:
+            e = entries[int(physical)]
+            assert ("mlv-shared" in classes) == (e.ref_count > 1) and ("mlv-hit" in classes) == e.hit
+    assert "No sequence holds KV blocks" in block_tables_html(trace, len(trace.steps) - 1)
+
+
+# -- attention -------------------------------------------------------------------------------------
+
+
+def test_attention_row_is_the_traces(trace):
+    index, seq_id = 3, 0
+    x = scheduled(trace, seq_id, index)
+    query = x.start + x.num_tokens - 1
+    fig = attention_figure(trace, index, Selection(seq_id=seq_id, layer=1, head=2))
+    z = np.asarray(fig.data[0].z, dtype=np.float64)
+    assert z.shape == (1, query + 1)
+    np.testing.assert_allclose(z[0], trace.attention_row(seq_id, 1, 2, query).numpy(), rtol=1e-6)
+    assert z.sum() == pytest.approx(1.0, abs=1e-5)
+    # Keys labelled with their tokens: prompt, then output texts, escaped.
+    num_prompt = len(trace.sequences[0].prompt_ids)
+    assert list(fig.layout.xaxis.ticktext) == [f"p{i}·" for i in range(num_prompt)] + [
+        f"&lt;{t}&gt;" for t in trace.sequences[0].output_ids[: query + 1 - num_prompt]]
+    title = fig.layout.title.text
+    assert f"step {index}" in title and "seq #0 · layer 1 · head 2" in title and f"query pos {query}" in title
+
+
+def test_attention_small_multiples_and_full_matrix(trace):
+    index, seq_id = 13, 2  # seq 2 comes back after a preemption: positions 0..23 from the prefix cache
+    x = scheduled(trace, seq_id, index)
+    assert x.num_cached_tokens == 24
+    query = x.start + x.num_tokens - 1
+    heads = attention_figure(trace, index, Selection(seq_id=seq_id, layer=0, head=None))
+    z = np.asarray(heads.data[0].z, dtype=np.float64)
+    assert z.shape == (4, query + 1)
+    for h in range(4):
+        np.testing.assert_allclose(z[h], trace.attention_row(seq_id, 0, h, query).numpy(), rtol=1e-6)
+    matrix = attention_figure(trace, index, Selection(seq_id=seq_id, layer=0, head=3, full_matrix=True))
+    rows, z = list(matrix.data[0].y), np.asarray(matrix.data[0].z, dtype=np.float64)
+    store = trace.attention[seq_id]
+    # Every recorded query up to the cursor's; its first 12 positions were hit at admission: no query.
+    assert rows == [p for p in range(query + 1) if store.q_step[p] >= 0] and rows[0] == 12 and rows[-1] == query
+    for r, position in enumerate(rows):
+        np.testing.assert_allclose(z[r, : position + 1], trace.attention_row(seq_id, 0, 3, position).numpy(),
+                                   rtol=1e-5, atol=1e-7)
+        assert np.isnan(z[r, position + 1 :]).all()  # causal: no key after the query
+
+
+def test_attention_of_a_sequence_not_in_the_batch_is_its_last_query(trace):
+    index = 12
+    assert 2 in trace.steps[index].schedule.preempted
+    fig = attention_figure(trace, index, Selection(seq_id=2, layer=0, head=0))
+    before = scheduled(trace, 2, 11)
+    assert f"query pos {before.start} " in fig.layout.title.text and "from step 11" in fig.layout.title.text
+
+
+def test_attention_placeholders_say_what_was_not_recorded(trace):
+    cases = {
+        Selection(seq_id=1): "sequence 1 has no recorded queries and keys",
+        Selection(seq_id=0, layer=7): "layer 7 was not captured",
+        Selection(seq_id=0, head=9): "head 9 is out of range",
+        Selection(seq_id=42): "no sequence #42",
+    }
+    for selection, reason in cases.items():
+        fig = attention_figure(trace, 3, selection)
+        assert reason in message(fig) and "step 3" in fig.layout.title.text and not fig.data
+
+
+def test_dropped_capture_gives_placeholders():
+    """A memory budget that stops attention, then logits, midway: the views say so."""
+    trace = record_tiny_run(CapturePolicy(memory_budget=20_000)).session.trace
+    attention_from, logits_from = trace.dropped_from("attention"), trace.dropped_from("logits")
+    assert attention_from is not None and logits_from is not None
+    seq_id = next(iter(trace.attention))
+    index = next(i for i in range(attention_from, len(trace.steps)) if scheduled(trace, seq_id, i))
+    fig = attention_figure(trace, index, Selection(seq_id=seq_id))
+    assert f"the memory budget stopped attention capture at step {attention_from}" in message(fig)
+    assert attention_figure(trace, 0, Selection(seq_id=seq_id)).data  # before the drop it is there
+    index = next(s.index for s in trace.steps[logits_from:] if s.tokens)
+    fig = logits_figure(trace, index, Selection(seq_id=trace.steps[index].tokens[0].seq_id))
+    assert f"the memory budget stopped recording logits at step {logits_from}" in message(fig)
+    history = logits_history_figure(trace, index, Selection(seq_id=trace.steps[index].tokens[0].seq_id))
+    assert None in list(history.data[0].y)  # a gap where logits were dropped
+
+
+# -- logits ----------------------------------------------------------------------------------------
+
+
+def test_logits_bars_are_the_summary(trace):
+    for index in (1, 5):
+        for token in trace.steps[index].tokens:
+            g = token.logits
+            fig = logits_figure(trace, index, Selection(seq_id=token.seq_id))
+            model, sampling = fig.data
+            k = len(g.top_ids)
+            assert list(model.x[:k]) == g.top_probs and list(sampling.x[:k]) == g.top_sampling_probs
+            assert list(model.y[:k]) == list(range(k))
+            # A tiny model's tokens have no text: labelled by id.
+            assert list(fig.layout.yaxis.ticktext[:k]) == [f"[{i}]" for i in g.top_ids]
+            sampled = [r for r, c in enumerate(model.marker.color) if c == SAMPLED_COLOR]
+            assert sampled == [min(g.sampled_rank, k)]
+            if g.sampled_rank >= k:  # an extra bar for a token outside the top k
+                assert model.x[k] == g.sampled_prob and f"rank {g.sampled_rank}" in fig.layout.yaxis.ticktext[k]
+            title = fig.layout.title.text
+            assert f"step {index}" in title and f"entropy {g.entropy:.2f}" in title
+            assert f"p={g.sampled_prob:.3f} rank {g.sampled_rank}" in title
+    # Seq 1 is waiting at step 0: nothing sampled, a placeholder says why.
+    fig = logits_figure(trace, 0, Selection(seq_id=1))
+    assert not fig.data and "sampled nothing" in message(fig)
+
+
+def test_logits_history_follows_the_sequence(trace):
+    seq = trace.sequences[2]
+    fig = logits_history_figure(trace, 7, Selection(seq_id=2))
+    entropy, prob = fig.data
+    assert list(entropy.x) == seq.token_steps == list(prob.x)
+    tokens = [trace.steps[s].token_of(2).logits for s in seq.token_steps]
+    assert list(entropy.y) == [g.entropy for g in tokens] and list(prob.y) == [g.sampled_prob for g in tokens]
+    (cursor,) = fig.layout.shapes
+    assert (cursor.x0 + cursor.x1) / 2 == 7 and "step 7" in fig.layout.title.text
+
+
+# -- step details ----------------------------------------------------------------------------------
+
+
+def test_step_details(trace):
+    index = next(s.index for s in trace.steps if s.schedule.preempted)
+    step = trace.steps[index]
+    page = step_details_html(trace, index)
+    t = step.timings
+    for ms in (t.schedule_ms, t.prepare_ms, t.forward_ms, t.sample_ms, t.wall_ms, t.record_ms):
+        assert f"<td>{ms:.2f}</td>" in page
+    assert step.attention_seqs and "ran eagerly: per-layer capture" in page
+    preempted = re.search(r"<th>preempted</th><td>(.*?)</td>", page).group(1)
+    assert re.findall(r"#(\d+)", preempted) == [str(s) for s in step.schedule.preempted]
+    for x in step.schedule.scheduled:
+        assert f"<td>{x.start}..{x.start + x.num_tokens - 1}</td><td>{x.num_tokens}</td>" in page
+    assert f"<b>{sum(x.num_tokens for x in step.schedule.scheduled)}</b>" in page
+    assert f"{step.kv.num_used} of {step.kv.num_blocks}" in page
+    quiet = next(s.index for s in trace.steps if not s.attention_seqs)
+    assert "ran eagerly" not in step_details_html(trace, quiet)
+    added = step_details_html(trace, 1)  # requests 1..3 arrived before step 1
+    assert all(f"request {i} added" in added for i in (1, 2, 3))
+    assert "<h4>Events</h4>" not in step_details_html(trace, 2)
+
+
+# -- every builder ---------------------------------------------------------------------------------
+
+
+def test_every_title_and_panel_names_its_step_and_every_figure_is_valid(trace):
+    for index in range(len(trace.steps)):
+        step_text = re.compile(rf"\bstep {index}\b")
+        for builder in FIGURES:
+            for selection in (Selection(), Selection(seq_id=1, head=None), Selection(seq_id=2, full_matrix=True)):
+                fig = build(builder, trace, index, selection)
+                assert step_text.search(fig.layout.title.text), (builder.__name__, index, fig.layout.title.text)
+                assert fig.layout.uirevision and fig.layout.height <= 400
+                if index % 5 == 0:
+                    go.Figure(fig.to_dict())  # plotly's full validation: no misspelt property
+        for builder in PANELS:
+            assert step_text.search(build(builder, trace, index)), (builder.__name__, index)
+
+
+def test_no_step_an_unknown_sequence_and_an_abort():
+    """A session with no step yet; then a request aborted mid-run."""
+    engine = LLMEngine.from_hf_model(make_hf_model("gqa-tied-llama3"), EngineConfig(device="cpu", num_kv_blocks=16,
+                                                                                   block_size=4))
+    session = DebugSession(engine)
+    for builder in (*FIGURES, *PANELS):
+        result = build(builder, session.trace, -1)
+        assert NO_STEP in (result if isinstance(result, str) else message(result))
+    params = SamplingParams(temperature=0, max_tokens=8)
+    a, b = session.add([1, 2, 3, 4, 5], params), session.add([1, 2, 3, 9], params)
+    assert NO_STEP in text_html(session.trace, -1)  # queued, but no step yet
+    session.step()
+    session.step()
+    session.abort(b)
+    session.run()
+    trace = session.trace
+    states = sequence_states(trace)
+    assert states[b][:2] == ["prefill", "decode"] and set(states[b][2:]) == {"finished"}
+    assert 'class="mlv-badge" style="background:#a0a0a0">finished: abort<' in text_html(trace, 2)
+    assert "running" in text_html(trace, 1)
+    # A selection naming no sequence of the trace: placeholders, never an exception.
+    for builder in (attention_figure, logits_figure, logits_history_figure):
+        assert "no sequence #99" in message(builder(trace, 1, Selection(seq_id=99))).lower()
+    assert kv_cache_figure(trace, 1, Selection(seq_id=99)).data  # the grid does not depend on it
+    # Past the last step.
+    assert f"No step {len(trace.steps)}" in message(timeline_figure(trace, len(trace.steps)))
+    assert a in trace.sequences and empty_figure("hello").layout.annotations[0].text == "hello"
+
+
+def test_a_large_pool_draws_a_bounded_grid():
+    """A GPU's pool holds about 131,000 blocks: the grid draws MAX_GRID_BLOCKS cells (the blocks
+    past them are free: the snapshot records every block in use) and says so."""
+    from inspector.views.kv_cache import MAX_GRID_BLOCKS
+
+    engine = LLMEngine.from_hf_model(make_hf_model("gqa-tied-llama3"),
+                                     EngineConfig(device="cpu", num_kv_blocks=100_000, block_size=4))
+    session = DebugSession(engine, CapturePolicy(attention=False))
+    session.add(list(range(1, 11)), SamplingParams(temperature=0, max_tokens=3))
+    session.step()
+    kv = session.trace.steps[0].kv
+    fig = kv_cache_figure(session.trace, 0)
+    z = np.asarray(fig.data[0].z)
+    assert z.size == MAX_GRID_BLOCKS and np.count_nonzero(z >= 2) == kv.num_used == 3
+    assert f"{kv.num_used}/100000 blocks used" in fig.layout.title.text
+    assert f"blocks {MAX_GRID_BLOCKS}..99999 not drawn: free" in fig.layout.title.text
