@@ -1,11 +1,11 @@
-# make run   set up .venv (first time), then run the demo
+# make run   set up .venv (first time), then serve the UI at http://127.0.0.1:7860
 # make test  set up .venv (first time), then lint and run the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run demo test lint bench bench-ui clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(PY) app.py
+
+demo: $(STAMP)
 	$(PY) -m minillama --chat --prompt "What is the capital of France?" --prompt "Write a haiku about autumn."
 
 test: $(STAMP)
@@ -27,6 +30,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m minillama.bench
+
+bench-ui: $(STAMP)
+	$(PY) -m webui.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

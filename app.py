@@ -1,0 +1,55 @@
+"""mini-llama inspector: the web UI. Wiring only: flags -> model -> sessions -> page -> launch.
+
+    python app.py                      # the embedded model, http://127.0.0.1:7860
+    python app.py --model ~/models/Llama-3.2-1B-Instruct --device cuda
+    python app.py --trace run.mltrace  # look at a saved trace, no model loaded
+    python app.py --host 0.0.0.0 --auth me:secret   # share it on the LAN
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from inspector import TraceError, load
+from minillama.config import EngineConfig
+from minillama.engine.llm_engine import LLMEngine
+from minillama.errors import ModelLoadError
+from webui.cli import is_loopback, lan_address, limits_from_args, parse_args, resolve_auth
+from webui.limits import Limits
+from webui.server import serve
+from webui.sessions import SessionManager
+
+
+def make_manager(args: argparse.Namespace, limits: Limits) -> SessionManager:
+    if args.trace:
+        trace = load(args.trace)
+        return SessionManager(None, limits, trace, Path(args.trace).name)
+    # The shared model. Its own KV pool is one block: every session gets a pool of its own.
+    config = EngineConfig(device=args.device, dtype=args.dtype, attention=args.attention, num_kv_blocks=1,
+                          max_model_len=args.max_model_len, enforce_eager=args.eager)
+    return SessionManager(LLMEngine.from_pretrained(args.model, config), limits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        auth = resolve_auth(args)
+        limits = limits_from_args(args)
+        manager = make_manager(args, limits)
+    except (ValueError, TraceError, ModelLoadError, OSError) as error:
+        print(f"app.py: {error}", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host):
+        print(f"Sharing on the LAN: http://{lan_address()}:{args.port}")
+        if auth is None:
+            print("WARNING: running open (--no-auth): anyone on this network can use the model", file=sys.stderr)
+    serve(manager, args.host, args.port, auth)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

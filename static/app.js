@@ -1,0 +1,48 @@
+// mini-llama inspector: keyboard shortcuts and the token hover card.
+// Loaded once in the page's <head>; Gradio renders the page later, so everything here is
+// delegated from `document` and looks elements up when it needs them.
+(() => {
+  // The Gradio button with this elem_id (the id sits on the <button> or on its wrapper).
+  const button = (id) => {
+    const el = document.getElementById(id);
+    if (!el) return null;
+    return el.tagName === "BUTTON" ? el : el.querySelector("button");
+  };
+  const press = (id) => {
+    const b = button(id);
+    if (b && !b.disabled) b.click();
+  };
+  const isRunning = () => document.querySelector("#ml-status-inner")?.dataset.running === "1";
+  const typingIn = (el) =>
+    el && (el.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(el.tagName));
+
+  // Left / right move the cursor one step; space runs, or pauses a run.
+  document.addEventListener("keydown", (event) => {
+    if (event.altKey || event.ctrlKey || event.metaKey || typingIn(document.activeElement)) return;
+    if (event.key === "ArrowLeft") press("ml-prev");
+    else if (event.key === "ArrowRight") press("ml-next");
+    else if (event.key === " ") press(isRunning() ? "ml-pause" : "ml-run");
+    else return;
+    event.preventDefault();
+  });
+
+  // Hovering an output token shows how likely it was: probability, rank and entropy.
+  const card = document.createElement("div");
+  card.id = "ml-token-card";
+  card.hidden = true;
+  document.addEventListener("DOMContentLoaded", () => document.body.appendChild(card));
+  document.addEventListener("mouseover", (event) => {
+    const chip = event.target.closest?.(".tok[data-prob]");
+    if (!chip) {
+      card.hidden = true;
+      return;
+    }
+    const p = Number(chip.dataset.prob);
+    card.textContent =
+      `p = ${p.toFixed(3)} · rank ${chip.dataset.rank} · entropy ${Number(chip.dataset.entropy).toFixed(2)} nats`;
+    const box = chip.getBoundingClientRect();
+    card.style.left = `${box.left + window.scrollX}px`;
+    card.style.top = `${box.bottom + window.scrollY + 4}px`;
+    card.hidden = false;
+  });
+})();

@@ -1,0 +1,144 @@
+"""The app's API through gradio_client, against a real server with the embedded model: submit
+prompts, step, read every panel; bad input gives a message and changes nothing; sessions are
+isolated; --auth refuses an unauthenticated client."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+from gradio_client import Client
+from webui_support import running_server
+
+from minillama import EngineConfig, LLMEngine
+from webui.limits import Limits
+from webui.render import OUTPUT_NAMES
+from webui.sessions import SessionManager
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def base(embedded_dir):
+    return LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=1, max_model_len=256))
+
+
+@pytest.fixture(scope="module")
+def url(base):
+    with running_server(SessionManager(base, Limits(max_sessions=64, max_new_tokens=64))) as address:
+        yield address
+
+
+def panels(result: tuple) -> dict:
+    """The outputs of a handler by name; plots as their plotly JSON."""
+    named = dict(zip(OUTPUT_NAMES, result, strict=True))
+    for name in ("timeline", "kv", "attention", "logits", "history"):
+        named[name] = json.loads(named[name]["plot"])
+    return named
+
+
+def shows_step(named: dict, index: int) -> bool:
+    """Does every cursor-following panel say it shows step `index`?"""
+    pattern = re.compile(rf"step {index}(?!\d)")
+    texts = [named[n] for n in ("text", "tables", "details")]
+    texts += [named[n]["layout"]["title"]["text"] for n in ("timeline", "kv", "attention", "logits", "history")]
+    return all(pattern.search(t) for t in texts)
+
+
+def add(client: Client, prompts: str, max_tokens: int = 8) -> dict:
+    return panels(client.predict(prompts, True, max_tokens, 0.0, 1.0, 0, None, api_name="/add_prompts"))
+
+
+def test_submit_step_and_read_every_panel(url):
+    client = Client(url, verbose=False)
+    named = add(client, "What is the capital of France?\nWrite a haiku about autumn.")
+    assert "added #" in named["status"]
+    for index in range(4):
+        named = panels(client.predict(api_name="/step"))
+        assert shows_step(named, index), index
+    assert named["slider"]["maximum"] == 3 and named["slider"]["value"] == 3
+    assert "decode" in named["details"]
+    back = panels(client.predict(1, api_name="/seek"))  # time travel: panels follow the cursor
+    assert shows_step(back, 1) and back["slider"]["value"] == 1
+    assert shows_step(panels(client.predict(api_name="/next")), 2)
+    done = panels(client.predict(api_name="/run"))
+    assert "every request has finished" in done["status"] and "Paris" in done["text"]
+
+
+def test_prompt_text_is_escaped(url):
+    client = Client(url, verbose=False)
+    add(client, XSS, max_tokens=2)
+    named = panels(client.predict(api_name="/step"))
+    # The prompt's tokens split the tag over chips ("<", "img", " on", "error"): each shows escaped.
+    assert "<img" not in named["text"] and ">&lt;</span>" in named["text"] and ">img</span>" in named["text"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (("", True, 8, 0.0, 1.0, 0, None), "no prompt"),
+        (("Hi", True, 0, 0.0, 1.0, 0, None), "max tokens must be a whole number &gt;= 1"),
+        (("Hi", True, 8, -1.0, 1.0, 0, None), "temperature must be"),
+        (("Hi", True, 8, 0.0, 1.5, 0, None), "top_p must be in (0, 1]"),
+        (("Hi", True, 65, 0.0, 1.0, 0, None), "over this server&#x27;s limit of 64"),
+        (("word " * 300, False, 8, 0.0, 1.0, 0, None), "max_model_len is 256"),
+        (("word " * 1000, False, 8, 0.0, 1.0, 0, None), "prompt 1 has 4999 characters; the limit is 4000"),
+        (("Hi", True, 8, 0.0, 1.0, 0, -3), "seed must be a whole number &gt;= 0"),
+    ],
+)
+def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
+    client = Client(url, verbose=False)
+    add(client, "Hello", max_tokens=4)
+    before = panels(client.predict(api_name="/step"))
+    named = panels(client.predict(*inputs, api_name="/add_prompts"))
+    assert "ml-error" in named["status"] and message in named["status"]
+    assert named["text"] == before["text"]  # same requests, same step
+    assert shows_step(panels(client.predict(api_name="/step")), 1)  # and the session still runs
+
+
+def test_bad_settings_and_breakpoints_give_messages(url):
+    client = Client(url, verbose=False)
+    named = panels(client.predict(10**6, 16, 8, 2048, True, True, 2, 10, api_name="/reset"))
+    assert "KV blocks must be between 1 and" in named["status"]
+    named = panels(client.predict([], None, "(unclosed", None, None, None, api_name="/run_to_breakpoint"))
+    assert "not a valid regular expression" in named["status"]
+
+
+def test_run_to_a_breakpoint_stops_there(url):
+    client = Client(url, verbose=False)
+    client.predict(10, 8, 4, 2048, True, True, 2, 10, api_name="/reset")  # 10 blocks of 8: preempts
+    add(client, "What is the capital of France?\nName three primary colors.\nWhat is 2 + 2?", max_tokens=12)
+    named = panels(client.predict(["a preemption"], None, "", None, None, None, api_name="/run_to_breakpoint"))
+    assert "breakpoint at step" in named["status"] and "preempt" in named["status"]
+    index = named["slider"]["value"]
+    assert shows_step(named, index) and "preempted" in named["details"]
+
+
+def test_two_clients_have_separate_sessions(url):
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    add(first, "What is the capital of France?")
+    for _ in range(3):
+        first.predict(api_name="/step")
+    named = panels(second.predict(api_name="/state"))
+    assert "No step yet" in named["text"] and "capital" not in named["text"]
+
+
+def test_a_bad_trace_upload_is_refused_with_a_message(url, tmp_path):
+    from gradio_client import handle_file
+
+    bogus = tmp_path / "bogus.mltrace"
+    bogus.write_bytes(b"this is not a zip")
+    named = panels(Client(url, verbose=False).predict(handle_file(str(bogus)), api_name="/open_trace"))
+    assert "ml-error" in named["status"] and "bogus.mltrace is not a .mltrace file" in named["status"]
+    assert "/tmp" not in named["status"]  # the server's paths stay on the server
+
+
+def test_auth_refuses_an_unauthenticated_client(base):
+    with running_server(SessionManager(base, Limits(max_sessions=2)), auth=("ada", "s3cret")) as address:
+        assert httpx.get(address + "config").status_code == 401
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises a plain error on a refused login
+            Client(address, verbose=False)
+        authed = Client(address, auth=("ada", "s3cret"), verbose=False)
+        assert "No step yet" in panels(authed.predict(api_name="/state"))["text"]

@@ -1,0 +1,30 @@
+"""Serve the UI in the test process on a free port, with the embedded model or a trace."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from webui.server import serve
+from webui.sessions import SessionManager
+
+# Every panel that follows the cursor, by elem_id; each shows the text "step N" for step N.
+PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-details")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(manager: SessionManager, auth: tuple[str, str] | None = None) -> Iterator[str]:
+    """The UI served on 127.0.0.1 until the block ends; yields its URL."""
+    port = free_port()
+    app = serve(manager, "127.0.0.1", port, auth, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()

@@ -1,0 +1,61 @@
+"""The breakpoints panel's values -> inspector breakpoints."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from inspector import (
+    AtStep,
+    Breakpoint,
+    EntropyAbove,
+    KVUsageAbove,
+    Preemption,
+    PrefixCacheHit,
+    SampledProbBelow,
+    SequenceFinished,
+    TextMatches,
+)
+
+# The checkbox labels of the event breakpoints, and what each one is.
+EVENT_BREAKPOINTS = {
+    "a sequence finishes": SequenceFinished,
+    "a preemption": Preemption,
+    "a prefix-cache hit": PrefixCacheHit,
+}
+MAX_PATTERN_CHARS = 200
+
+
+def breakpoints_from_form(
+    events: list[str], at_step: float | None, pattern: str, entropy_above: float | None,
+    prob_below: float | None, kv_percent_above: float | None,
+) -> list[Breakpoint]:
+    """Every breakpoint the form sets (empty fields set none). Raises ValueError naming a bad value."""
+    unknown = [e for e in events if e not in EVENT_BREAKPOINTS]
+    if unknown:
+        raise ValueError(f"unknown breakpoint {unknown[0]!r}")
+    breakpoints: list[Breakpoint] = [EVENT_BREAKPOINTS[e]() for e in events]
+    if at_step is not None:
+        if at_step < 0 or at_step != int(at_step):
+            raise ValueError(f"'stop at step' must be a whole number >= 0, got {at_step}")
+        breakpoints.append(AtStep(int(at_step)))
+    if pattern:
+        if len(pattern) > MAX_PATTERN_CHARS:
+            raise ValueError(f"the text pattern is {len(pattern)} characters; the limit is {MAX_PATTERN_CHARS}")
+        try:
+            breakpoints.append(TextMatches(pattern))
+        except re.error as error:
+            raise ValueError(f"the text pattern {pattern!r} is not a valid regular expression: {error}") from None
+    if entropy_above is not None:
+        if not math.isfinite(entropy_above) or entropy_above < 0:
+            raise ValueError(f"'entropy above' must be a number >= 0 (nats), got {entropy_above}")
+        breakpoints.append(EntropyAbove(entropy_above))
+    if prob_below is not None:
+        if not 0 < prob_below <= 1:
+            raise ValueError(f"'sampled probability below' must be in (0, 1], got {prob_below}")
+        breakpoints.append(SampledProbBelow(prob_below))
+    if kv_percent_above is not None:
+        if not 0 <= kv_percent_above < 100:
+            raise ValueError(f"'KV usage above' must be a percentage in [0, 100), got {kv_percent_above}")
+        breakpoints.append(KVUsageAbove(kv_percent_above))
+    return breakpoints

@@ -1,0 +1,95 @@
+"""app.py's flags, and the rules for sharing the UI on a LAN.
+
+Serving on a non-loopback address shows everyone on the network the prompts and lets them run
+the model, so it needs a password: --auth user:password (or MINILLAMA_AUTH=user:password),
+unless --no-auth says, explicitly, to run open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+
+from minillama.config import DTYPES
+from minillama.model.attention import BACKEND_NAMES
+from webui.limits import Limits
+
+AUTH_ENV = "MINILLAMA_AUTH"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = Limits()
+    p = argparse.ArgumentParser(prog="app.py", description="mini-llama inspector: a visual debugger for Llama inference")
+    m = p.add_argument_group("model (shared by every session)")
+    m.add_argument("--model", default=None, help="Hugging Face Llama directory (default: the embedded SmolLM2-135M-Instruct)")
+    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+    m.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: bfloat16 on CUDA, float32 on CPU")
+    m.add_argument("--attention", default="auto", choices=BACKEND_NAMES, help="attention implementation")
+    m.add_argument("--max-model-len", type=int, default=4096, help="longest sequence a session may run")
+    m.add_argument("--eager", action="store_true", help="no CUDA graphs (steps that record attention are eager anyway)")
+    m.add_argument("--trace", default=None, metavar="FILE", help="open this .mltrace read-only, with no model loaded")
+    s = p.add_argument_group("serving")
+    s.add_argument("--host", default="127.0.0.1", help="0.0.0.0 shares the UI on the LAN (needs --auth or --no-auth)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--auth", default=None, metavar="USER:PASSWORD", help=f"require a login (or set {AUTH_ENV})")
+    s.add_argument("--no-auth", action="store_true", help="serve a non-loopback host with no login (you are warned)")
+    lim = p.add_argument_group("limits per server / per session")
+    lim.add_argument("--max-sessions", type=int, default=defaults.max_sessions, help="browser sessions at once")
+    lim.add_argument("--idle-minutes", type=float, default=defaults.idle_minutes, help="reclaim a session unused this long")
+    lim.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="per request")
+    lim.add_argument("--max-kv-blocks", type=int, default=defaults.max_kv_blocks, help="per session")
+    lim.add_argument("--max-steps", type=int, default=defaults.max_steps, help="recorded steps per session")
+    lim.add_argument("--trace-budget-mb", type=float, default=defaults.trace_budget_mb, help="recorder memory per session")
+    lim.add_argument("--upload-mb", type=int, default=defaults.upload_mb, help="largest trace file accepted")
+    return p.parse_args(argv)
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    return Limits(
+        max_sessions=args.max_sessions, idle_minutes=args.idle_minutes, max_new_tokens=args.max_new_tokens,
+        max_kv_blocks=args.max_kv_blocks, max_steps=args.max_steps, trace_budget_mb=args.trace_budget_mb,
+        upload_mb=args.upload_mb,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_auth(args: argparse.Namespace, environ: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """The (user, password) to require, or None to serve open. Raises ValueError when a
+    non-loopback host has neither --auth nor --no-auth, or the credentials are malformed."""
+    environ = os.environ if environ is None else environ
+    spec = args.auth or environ.get(AUTH_ENV)
+    if spec and args.no_auth:
+        raise ValueError(f"--no-auth contradicts --auth / {AUTH_ENV}: give one")
+    if spec:
+        user, sep, password = spec.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("--auth takes USER:PASSWORD, both non-empty")
+        return user, password
+    if not is_loopback(args.host) and not args.no_auth:
+        raise ValueError(
+            f"--host {args.host} shares the UI with the network: give --auth USER:PASSWORD (or set {AUTH_ENV}), "
+            "or --no-auth to run it open on purpose"
+        )
+    return None
+
+
+def lan_address() -> str:
+    """This machine's address on its LAN: the source address of the default route (a UDP
+    'connect' sends no packet), or the loopback address when there is no network."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"

@@ -1,0 +1,269 @@
+"""What each button, slider and upload does. Every handler ends with render(), so all panels
+follow the cursor together.
+
+Bad input never escapes a handler: a rejected prompt, a bad setting, a limit, a bad trace file
+gives a message in the status banner (and a toast), and the session is left as it was. An
+unexpected error is logged with its traceback and reported the same way; other sessions never
+see it, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from inspector import Breakpoint, TraceError, load, save
+from inspector.views import Selection
+from minillama.errors import InvalidRequestError
+from minillama.sampling_params import SamplingParams
+from webui.breakpoint_form import breakpoints_from_form
+from webui.render import render
+from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionManager, UISession
+
+log = logging.getLogger("minillama.webui")
+EXPECTED = (InvalidRequestError, LimitReached, TraceError, ValueError)
+RUN_REFRESH_S = 0.2  # while running, panels refresh at most this often (every step when steps are slower)
+
+
+def _reported(handler: Callable) -> Callable:
+    """Wrap handler(self, session, *inputs) as the Gradio callback (self, *inputs, request):
+    the browser's session is looked up from the request, and an exception becomes a message
+    on the page with the session unchanged."""
+
+    def wrapper(self: Handlers, *args: Any) -> list[Any]:
+        *inputs, request = args
+        session = None
+        try:
+            session = self.manager.get(request.session_hash)
+            return handler(self, session, *inputs)
+        except EXPECTED as error:
+            gr.Warning(str(error))
+            return render(session, str(error), error=True)
+        except Exception as error:  # noqa: BLE001 - one session's failure must not take the server down
+            log.exception("handler %s failed", handler.__name__)
+            message = f"internal error ({type(error).__name__}: {error}); the server keeps serving, details are in its log"
+            return render(session, message, error=True)
+
+    # Gradio reads the signature to know the inputs, and the annotation to pass the request.
+    params = [p for name, p in inspect.signature(handler).parameters.items() if name != "session"]
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {"request": gr.Request}
+    wrapper.__name__, wrapper.__doc__ = handler.__name__, handler.__doc__
+    return wrapper
+
+
+class Handlers:
+    def __init__(self, manager: SessionManager):
+        self.manager = manager
+        self.downloads = Path(tempfile.mkdtemp(prefix="minillama-traces-"))
+
+    # -- page life ------------------------------------------------------------------------------
+
+    @_reported
+    def load(self, session: UISession) -> list[Any]:
+        return render(session)
+
+    def unload(self, request: gr.Request) -> None:
+        self.manager.drop(request.session_hash)
+
+    # -- requests and the engine ------------------------------------------------------------------
+
+    @_reported
+    def add_prompts(self, session: UISession, text: str, chat: bool, max_tokens: float | None,
+                    temperature: float | None, top_p: float | None, top_k: float | None,
+                    seed: float | None) -> list[Any]:
+        prompts = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        params = SamplingParams(
+            max_tokens=_whole(max_tokens, "max tokens"), temperature=_number(temperature, "temperature"),
+            top_p=_number(top_p, "top-p"), top_k=_whole(top_k, "top-k", minimum=0),
+            seed=None if seed is None else _whole(seed, "seed", minimum=0),
+        )
+        with session.lock:
+            ids = self.manager.add_prompts(session, prompts, params, chat)
+        return render(session, f"added {', '.join(f'#{i}' for i in ids)}: press Step or Run")
+
+    @_reported
+    def step(self, session: UISession) -> list[Any]:
+        with session.lock:
+            stepped = self.manager.step(session)
+        return render(session, "" if stepped else _idle_message(session))
+
+    def run(self, request: gr.Request) -> Iterator[list[Any]]:
+        """Run until no request is left (or Pause), refreshing the panels live."""
+        yield from self._run(None, request)
+
+    def run_to_breakpoint(self, events: list[str], at_step: float | None, pattern: str, entropy_above: float | None,
+                          prob_below: float | None, kv_percent_above: float | None,
+                          request: gr.Request) -> Iterator[list[Any]]:
+        """Run until one of the form's breakpoints fires (or nothing is left, or Pause)."""
+        try:
+            breakpoints = breakpoints_from_form(events, at_step, pattern, entropy_above, prob_below, kv_percent_above)
+        except ValueError as error:
+            gr.Warning(str(error))
+            yield render(self._session_or_none(request), str(error), error=True)
+            return
+        if not breakpoints:
+            yield render(self._session_or_none(request), "no breakpoint is set: tick or fill one first", error=True)
+            return
+        yield from self._run(breakpoints, request)
+
+    def _run(self, breakpoints: list[Breakpoint] | None, request: gr.Request) -> Iterator[list[Any]]:
+        try:
+            session = self.manager.get(request.session_hash)
+        except LimitReached as error:
+            yield render(None, str(error), error=True)
+            return
+        if session.running:
+            yield render(session, "already running: Pause first")
+            return
+        session.running, session.pause_requested = True, False
+        message, error, last_yield = "", False, time.monotonic()
+        try:
+            while True:
+                with session.lock:
+                    if session.pause_requested:
+                        message = "paused"
+                        break
+                    if not self.manager.step(session):
+                        message = _idle_message(session)
+                        break
+                    record = session.trace.steps[-1]
+                    fired = next(((bp, r) for bp in breakpoints or [] if (r := bp.check(session.trace, record))), None)
+                if fired is not None:
+                    message = f"breakpoint at step {record.index}: {fired[1]}"
+                    break
+                if time.monotonic() - last_yield >= RUN_REFRESH_S:
+                    last_yield = time.monotonic()
+                    yield render(session, "running…")
+        except EXPECTED as caught:
+            message, error = str(caught), True
+        except Exception as caught:  # noqa: BLE001 - see _reported
+            log.exception("run failed")
+            message, error = f"internal error ({type(caught).__name__}: {caught}); the server keeps serving", True
+        finally:
+            session.running = False
+        yield render(session, message, error)
+
+    def pause(self, request: gr.Request) -> None:
+        session = self.manager.sessions.get(request.session_hash)
+        if session is not None:
+            session.pause_requested = True
+
+    @_reported
+    def reset(self, session: UISession, kv_blocks: float | None, block_size: str | int, max_num_seqs: float | None,
+              max_batched_tokens: float | None, prefix_caching: bool, attention: bool, traced: float | None,
+              top_k: float | None) -> list[Any]:
+        settings = EngineSettings(
+            num_kv_blocks=_whole(kv_blocks, "KV blocks"), block_size=_whole(block_size, "block size"),
+            max_num_seqs=_whole(max_num_seqs, "max batch size"),
+            max_num_batched_tokens=_whole(max_batched_tokens, "max batched tokens"), prefix_caching=bool(prefix_caching),
+        )
+        capture = CaptureSettings(bool(attention), _whole(traced, "traced requests", minimum=0), _whole(top_k, "top-k"))
+        with session.lock:
+            self.manager.reset(session, settings, capture)
+        return render(session, f"new engine: {settings.num_kv_blocks} KV blocks of {settings.block_size} tokens, "
+                               f"batches of up to {settings.max_num_seqs}")
+
+    # -- the cursor and the selection ---------------------------------------------------------------
+
+    @_reported
+    def seek(self, session: UISession, value: float | None) -> list[Any]:
+        trace = session.trace
+        if trace is not None and trace.steps and value is not None:
+            session.cursor.seek(min(max(int(value), 0), len(trace.steps) - 1))
+        return render(session)
+
+    @_reported
+    def prev(self, session: UISession) -> list[Any]:
+        if session.cursor is not None:
+            session.cursor.prev()
+        return render(session)
+
+    @_reported
+    def next(self, session: UISession) -> list[Any]:
+        if session.cursor is not None:
+            session.cursor.next()
+        return render(session)
+
+    @_reported
+    def select(self, session: UISession, seq_id: int | None, layer: float | None, head: str | None,
+               full_matrix: bool) -> list[Any]:
+        session.selection = Selection(
+            seq_id=None if seq_id is None else int(seq_id), layer=int(layer or 0),
+            head=None if head in (None, "all") else int(head), full_matrix=bool(full_matrix),
+        )
+        return render(session)
+
+    # -- trace files ------------------------------------------------------------------------------
+
+    def save_trace(self, request: gr.Request) -> str | None:
+        """Write the session's trace to a fresh server-side file for the browser to download."""
+        session = self.manager.sessions.get(request.session_hash)
+        if session is None or session.trace is None or not session.trace.steps:
+            gr.Warning("nothing to save yet: record a step first")
+            return None
+        safe_key = re.sub(r"[^A-Za-z0-9]", "", request.session_hash)[:12]
+        path = self.downloads / f"minillama-{safe_key}-{len(session.trace.steps)}steps.mltrace"
+        with _save_lock:
+            save(session.trace, path)
+        return str(path)
+
+    @_reported
+    def open_trace(self, session: UISession, path: str | None) -> list[Any]:
+        if not path:
+            return render(session)
+        size = os.path.getsize(path)
+        limit = self.manager.limits.upload_mb * 2**20
+        if size > limit:
+            raise LimitReached(f"the file is {size / 2**20:.1f} MiB; uploads are limited to {self.manager.limits.upload_mb} MiB")
+        name = Path(path).name
+        try:
+            trace = load(path, max_bytes=8 * limit)
+        except TraceError as error:  # it says what is wrong; name the file, not where the server keeps it
+            raise TraceError(str(error).replace(str(path), name)) from None
+        with session.lock:
+            self.manager.open_trace(session, trace, name)
+        return render(session, f"opened {name}: {len(trace.steps)} steps, {len(trace.sequences)} requests")
+
+    def _session_or_none(self, request: gr.Request) -> UISession | None:
+        try:
+            return self.manager.get(request.session_hash)
+        except LimitReached:
+            return None
+
+
+_save_lock = threading.Lock()
+
+
+def _idle_message(session: UISession) -> str:
+    if not session.live:
+        return "this is a trace from a file: move the slider to look around, or Reset to use the engine"
+    return "every request has finished: add prompts to continue" if session.trace.sequences else "add prompts first"
+
+
+def _number(value: float | None, name: str) -> float:
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"{name} needs a number")
+    return float(value)
+
+
+def _whole(value: float | str | None, name: str, minimum: int = 1) -> int:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} needs a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number) or number < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value}")
+    return int(number)

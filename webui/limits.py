@@ -1,0 +1,26 @@
+"""What one server lets its users do: the numbers that keep a shared LAN demo serving.
+
+Each limit, when reached, gives the user a message that names it and what to do; nothing
+else changes. The defaults suit the embedded 135M model on a laptop CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_sessions: int = 8  # browser sessions with their own engine and KV pool at once
+    idle_minutes: float = 20.0  # a session unused this long is reclaimed (its trace is lost)
+    max_prompts: int = 8  # prompts added in one go
+    max_prompt_chars: int = 4000
+    max_new_tokens: int = 512  # per request
+    max_kv_blocks: int = 1024  # per session's pool
+    max_steps: int = 2000  # recorded steps per session (a trace this long is about 300 steps of work)
+    trace_budget_mb: float = 128.0  # the recorder's memory budget per session
+    upload_mb: int = 64  # largest trace file accepted for upload
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value <= 0:
+                raise ValueError(f"limit {name} must be positive, got {value}")

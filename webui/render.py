@@ -1,0 +1,97 @@
+"""One session -> the value of every panel on the page, for the step under its cursor.
+
+Every handler ends here, so all panels always show the same step. The figures and HTML come
+from inspector.views (pure functions); this module only picks the step and the selection and
+wraps them in Gradio updates, in the order of OUTPUT_NAMES (webui/layout.py wires the
+components in the same order).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from inspector import views
+from inspector.trace import Trace
+from inspector.views import Selection
+from webui.sessions import UISession
+
+OUTPUT_NAMES = (
+    "status", "slider", "text", "timeline", "kv", "tables", "attention", "logits", "history", "details",
+    "seq", "layer", "head",
+)
+
+
+def resolved_selection(trace: Trace | None, selection: Selection) -> Selection:
+    """The selection with its sequence filled in (the first traced sequence, else the first)
+    and its layer and head kept within the model."""
+    if trace is None:
+        return selection
+    seq_id = selection.seq_id
+    if seq_id not in trace.sequences:
+        traced = [s for s, record in sorted(trace.sequences.items()) if record.traced]
+        seq_id = traced[0] if traced else min(trace.sequences, default=None)
+    layer = min(max(selection.layer, 0), trace.model.num_layers - 1)
+    head = selection.head if selection.head is None or selection.head < trace.model.num_heads else 0
+    return Selection(seq_id, layer, head, selection.full_matrix)
+
+
+def status_html(session: UISession | None, message: str = "", error: bool = False) -> str:
+    """The banner above the debugger bar: what the session shows, and the last message."""
+    parts = []
+    if session is not None:
+        trace = session.trace
+        if session.opened is not None:
+            source = f"trace file <b>{html.escape(session.opened_name)}</b> (read-only; Reset returns to the engine)"
+        elif trace is not None:
+            source = f"live engine · {len(trace.sequences)} request(s)"
+        else:
+            source = "live engine · add prompts to start"
+        steps = len(trace.steps) if trace is not None else 0
+        parts.append(f"<span class='ml-source'>{source} · {steps} step(s) recorded</span>")
+    if message:
+        kind = "ml-error" if error else "ml-info"
+        parts.append(f"<span class='{kind}' role='{'alert' if error else 'status'}'>{html.escape(message)}</span>")
+    running = "1" if session is not None and session.running else "0"
+    return f"<div id='ml-status-inner' data-running='{running}'>{' '.join(parts)}</div>"
+
+
+def render(session: UISession | None, message: str = "", error: bool = False) -> list[Any]:
+    """Every panel's update, in OUTPUT_NAMES order."""
+    trace = session.trace if session is not None else None
+    index = session.index if session is not None else -1
+    if trace is None:
+        placeholder = views.empty_figure("No step yet: add prompts and press Step")
+        note = "<p class='ml-empty'>No step yet: add prompts and press Step.</p>"
+        return [
+            status_html(session, message, error), gr.Slider(minimum=0, maximum=1, value=0, interactive=False,
+                                                            label="Step: none recorded"),
+            note, placeholder, placeholder, note, placeholder, placeholder, placeholder, note,
+            gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(),
+        ]
+    selection = resolved_selection(trace, session.selection)
+    session.selection = selection
+    count = len(trace.steps)
+    slider = gr.Slider(
+        minimum=0, maximum=max(count - 1, 1), value=max(index, 0), step=1, interactive=count > 1,
+        label=f"Step {index} of {count - 1}" if count else "Step: none recorded",
+    )
+    sequences = [(f"#{s}{' · attention' if r.traced else ''}", s) for s, r in sorted(trace.sequences.items())]
+    heads = [("all heads", "all")] + [(f"head {h}", str(h)) for h in range(trace.model.num_heads)]
+    return [
+        status_html(session, message, error),
+        slider,
+        views.text_html(trace, index),
+        views.timeline_figure(trace, index),
+        views.kv_cache_figure(trace, index, selection),
+        views.block_tables_html(trace, index),
+        views.attention_figure(trace, index, selection),
+        views.logits_figure(trace, index, selection),
+        views.logits_history_figure(trace, index, selection),
+        views.step_details_html(trace, index),
+        gr.Dropdown(choices=sequences, value=selection.seq_id),
+        gr.Slider(minimum=0, maximum=trace.model.num_layers - 1, value=selection.layer, step=1),
+        gr.Dropdown(choices=heads, value="all" if selection.head is None else str(selection.head)),
+    ]

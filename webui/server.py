@@ -1,0 +1,26 @@
+"""Launch the page: queue, static files, auth, upload limit. app.py and the tests both use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from webui.layout import build_app
+from webui.sessions import SessionManager
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
+          auth: tuple[str, str] | None = None, block: bool = True) -> gr.Blocks:
+    """Build the page and serve it; with block=False return once the server is up (tests)."""
+    app = build_app(manager)
+    # A queue slot per session: one user's long Run never waits behind another's.
+    app.queue(default_concurrency_limit=manager.limits.max_sessions)
+    app.launch(
+        server_name=host, server_port=port, auth=auth, max_file_size=manager.limits.upload_mb * 2**20,
+        css_paths=[STATIC / "app.css"], head=f"<script>{(STATIC / 'app.js').read_text()}</script>",
+        footer_links=["api"], show_error=False, prevent_thread_lock=not block, quiet=not block,
+    )
+    return app
