@@ -1,4 +1,4 @@
-// mini-llama inspector: keyboard shortcuts and the token hover card.
+// mini-llama inspector: the plots, keyboard shortcuts and the token hover card.
 // Loaded once in the page's <head>; Gradio renders the page later, so everything here is
 // delegated from `document` and looks elements up when it needs them.
 (() => {
@@ -24,6 +24,26 @@
     else if (event.key === " ") press(isRunning() ? "ml-pause" : "ml-run");
     else return;
     event.preventDefault();
+  });
+
+  // The plots. Every handler returns the five figures as JSON in the carrier #ml-figures;
+  // each is drawn with Plotly.react into its div #ml-plot-<name>, which stays on the page, so
+  // an update only redraws what changed (webui/render.py says why not gr.Plot).
+  let drawn = null; // the payload last drawn
+  const PLOT_CONFIG = { responsive: true, displaylogo: false };
+  const drawFigures = () => {
+    const carrier = document.querySelector("#ml-figures .ml-figure-data");
+    // Gradio may keep the element and change only its attribute: compare the payload itself.
+    if (!carrier || carrier.dataset.figures === drawn || !window.Plotly) return;
+    drawn = carrier.dataset.figures;
+    const figures = JSON.parse(drawn);
+    for (const [name, figure] of Object.entries(figures)) {
+      const div = document.getElementById(`ml-plot-${name}`);
+      if (div) window.Plotly.react(div, figure.data, figure.layout, PLOT_CONFIG);
+    }
+  };
+  new MutationObserver(drawFigures).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["data-figures"],
   });
 
   // Hovering an output token shows how likely it was: probability, rank and entropy.

@@ -4,6 +4,7 @@ isolated; --auth refuses an unauthenticated client."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -32,10 +33,10 @@ def url(base):
 
 
 def panels(result: tuple) -> dict:
-    """The outputs of a handler by name; plots as their plotly JSON."""
+    """The outputs of a handler by name, and each figure (plotly JSON) by its name."""
     named = dict(zip(OUTPUT_NAMES, result, strict=True))
-    for name in ("timeline", "kv", "attention", "logits", "history"):
-        named[name] = json.loads(named[name]["plot"])
+    carried = re.search(r'data-figures="([^"]*)"', named.pop("figures")).group(1)
+    named.update(json.loads(html.unescape(carried)))
     return named
 
 

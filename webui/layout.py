@@ -79,26 +79,27 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                     status = gr.HTML(elem_id="ml-status")
                 text = gr.HTML(elem_id="ml-text", label="Text")
                 with gr.Row(equal_height=False):
-                    timeline = gr.Plot(label="Scheduler timeline", elem_id="ml-timeline", scale=3)
-                    details = gr.HTML(elem_id="ml-details", label="Step details")
+                    _plot_panel("timeline")
+                    _plot_panel("kv")
                 with gr.Row(equal_height=False):
-                    kv = gr.Plot(label="KV cache", elem_id="ml-kv", scale=3)
                     tables = gr.HTML(elem_id="ml-tables", label="Block tables")
+                    details = gr.HTML(elem_id="ml-details", label="Step details")
                 with gr.Row():
                     seq = gr.Dropdown([], label="Sequence", elem_id="ml-seq", scale=1)
                     layer = gr.Slider(0, 1, value=0, step=1, label="Layer", elem_id="ml-layer", scale=2)
                     head = gr.Dropdown([("head 0", "0")], value="0", label="Head", elem_id="ml-head", scale=1)
                     full = gr.Checkbox(False, label="Full matrix (every query)", elem_id="ml-full", scale=1)
                 with gr.Row(equal_height=False):
-                    attention_plot = gr.Plot(label="Attention", elem_id="ml-attention")
-                    logits = gr.Plot(label="Logits", elem_id="ml-logits")
-                history = gr.Plot(label="Entropy and sampled-token probability", elem_id="ml-history")
+                    _plot_panel("attention")
+                    _plot_panel("logits")
+                _plot_panel("history")
+                figures = gr.HTML(elem_id="ml-figures", elem_classes="ml-hidden")
 
-        panels = dict(status=status, slider=slider, text=text, timeline=timeline, kv=kv, tables=tables,
-                      attention=attention_plot, logits=logits, history=history, details=details, seq=seq,
-                      layer=layer, head=head)
+        panels = dict(status=status, slider=slider, text=text, figures=figures, tables=tables, details=details,
+                      seq=seq, layer=layer, head=head)
         outputs = [panels[name] for name in OUTPUT_NAMES]
-        quiet = dict(outputs=outputs, show_progress="hidden")
+        # Moving the cursor only reads the trace: no queue (a direct request), no progress overlay.
+        quiet = dict(outputs=outputs, show_progress="hidden", queue=False)
 
         app.load(handlers.load, None, outputs, api_name="state")
         app.unload(handlers.unload)
@@ -122,6 +123,12 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         save.click(handlers.save_trace, None, save, api_name="save_trace")
         upload.upload(handlers.open_trace, [upload], outputs, api_name="open_trace")
     return app
+
+
+def _plot_panel(name: str) -> gr.HTML:
+    """A plot that stays on the page: static/app.js draws figure `name` into it with
+    Plotly.react whenever the figures' carrier changes (see webui/render.py for why)."""
+    return gr.HTML(f"<div id='ml-plot-{name}' class='ml-plot'></div>", elem_id=f"ml-{name}")
 
 
 def _header(manager: SessionManager) -> str:

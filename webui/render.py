@@ -4,6 +4,11 @@ Every handler ends here, so all panels always show the same step. The figures an
 from inspector.views (pure functions); this module only picks the step and the selection and
 wraps them in Gradio updates, in the order of OUTPUT_NAMES (webui/layout.py wires the
 components in the same order).
+
+The five plotly figures travel together as JSON in one carrier element ("figures"), and
+static/app.js draws each with Plotly.react into a plot that stays on the page. Gradio's own
+Plot component re-creates its plot on every update (a fresh Plotly.newPlot each time: about
+100 ms a figure in a CPU-rendered browser), which alone would miss the 200 ms a slider move may take.
 """
 
 from __future__ import annotations
@@ -12,16 +17,16 @@ import html
 from typing import Any
 
 import gradio as gr
+import plotly.graph_objects as go
+import plotly.io as pio
 
 from inspector import views
 from inspector.trace import Trace
 from inspector.views import Selection
 from webui.sessions import UISession
 
-OUTPUT_NAMES = (
-    "status", "slider", "text", "timeline", "kv", "tables", "attention", "logits", "history", "details",
-    "seq", "layer", "head",
-)
+OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "seq", "layer", "head")
+FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history")  # the keys of the figures' JSON
 
 
 def resolved_selection(trace: Trace | None, selection: Selection) -> Selection:
@@ -58,6 +63,13 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
     return f"<div id='ml-status-inner' data-running='{running}'>{' '.join(parts)}</div>"
 
 
+def figures_html(figures: dict[str, go.Figure]) -> str:
+    """The carrier of the figures: {name: plotly figure JSON} in an escaped data attribute
+    (static/app.js reads it and draws each figure into the plot div "ml-plot-<name>")."""
+    payload = ",".join(f'"{name}":{pio.to_json(figure, validate=False)}' for name, figure in figures.items())
+    return f"<div class='ml-figure-data' data-figures=\"{html.escape('{' + payload + '}')}\"></div>"
+
+
 def render(session: UISession | None, message: str = "", error: bool = False) -> list[Any]:
     """Every panel's update, in OUTPUT_NAMES order."""
     trace = session.trace if session is not None else None
@@ -66,9 +78,9 @@ def render(session: UISession | None, message: str = "", error: bool = False) ->
         placeholder = views.empty_figure("No step yet: add prompts and press Step")
         note = "<p class='ml-empty'>No step yet: add prompts and press Step.</p>"
         return [
-            status_html(session, message, error), gr.Slider(minimum=0, maximum=1, value=0, interactive=False,
-                                                            label="Step: none recorded"),
-            note, placeholder, placeholder, note, placeholder, placeholder, placeholder, note,
+            status_html(session, message, error),
+            gr.Slider(minimum=0, maximum=1, value=0, interactive=False, label="Step: none recorded"),
+            note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note,
             gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(),
         ]
     selection = resolved_selection(trace, session.selection)
@@ -80,16 +92,19 @@ def render(session: UISession | None, message: str = "", error: bool = False) ->
     )
     sequences = [(f"#{s}{' · attention' if r.traced else ''}", s) for s, r in sorted(trace.sequences.items())]
     heads = [("all heads", "all")] + [(f"head {h}", str(h)) for h in range(trace.model.num_heads)]
+    figures = {
+        "timeline": views.timeline_figure(trace, index),
+        "kv": views.kv_cache_figure(trace, index, selection),
+        "attention": views.attention_figure(trace, index, selection),
+        "logits": views.logits_figure(trace, index, selection),
+        "history": views.logits_history_figure(trace, index, selection),
+    }
     return [
         status_html(session, message, error),
         slider,
         views.text_html(trace, index),
-        views.timeline_figure(trace, index),
-        views.kv_cache_figure(trace, index, selection),
+        figures_html(figures),
         views.block_tables_html(trace, index),
-        views.attention_figure(trace, index, selection),
-        views.logits_figure(trace, index, selection),
-        views.logits_history_figure(trace, index, selection),
         views.step_details_html(trace, index),
         gr.Dropdown(choices=sequences, value=selection.seq_id),
         gr.Slider(minimum=0, maximum=trace.model.num_layers - 1, value=selection.layer, step=1),

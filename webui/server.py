@@ -5,22 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+import plotly
 
 from webui.layout import build_app
 from webui.sessions import SessionManager
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+# plotly.js as the plotly package ships it: the page draws its figures with it, offline.
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
           auth: tuple[str, str] | None = None, block: bool = True) -> gr.Blocks:
     """Build the page and serve it; with block=False return once the server is up (tests)."""
+    gr.set_static_paths([PLOTLY_JS])
+    head = f"<script src='gradio_api/file={PLOTLY_JS}'></script><script>{(STATIC / 'app.js').read_text()}</script>"
     app = build_app(manager)
     # A queue slot per session: one user's long Run never waits behind another's.
     app.queue(default_concurrency_limit=manager.limits.max_sessions)
     app.launch(
         server_name=host, server_port=port, auth=auth, max_file_size=manager.limits.upload_mb * 2**20,
-        css_paths=[STATIC / "app.css"], head=f"<script>{(STATIC / 'app.js').read_text()}</script>",
+        css_paths=[STATIC / "app.css"], head=head,
         footer_links=["api"], show_error=False, prevent_thread_lock=not block, quiet=not block,
     )
     return app

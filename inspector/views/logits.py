@@ -73,7 +73,7 @@ def logits_figure(trace: Trace, index: int, selection: Selection | None = None) 
         bars, title, clamp_height(90 + 22 * len(ranks)), f"logits-{seq_id}",
         barmode="group", bargap=0.25,
         xaxis=dict(title=dict(text="probability"), range=[0, 1.08]),
-        yaxis=dict(tickvals=ranks, ticktext=labels, autorange="reversed", tickfont=dict(size=11)),
+        yaxis=dict(tickvals=ranks, ticktext=labels, autorange="reversed", tickfont=dict(size=11), automargin=True),
         legend=dict(orientation="h", y=-0.15),
     )
 

@@ -1,0 +1,120 @@
+"""Slider latency in a real browser: from moving the step slider to every panel showing the step.
+
+    python -m webui.bench                 # a 300-step trace of the embedded model, 60 moves
+    python -m webui.bench --trace run.mltrace --moves 100
+
+It records a trace (or opens one), serves it with no model (as `app.py --trace` does), opens
+the page in Chromium through Playwright, and moves the slider to random steps. Each move is
+timed inside the page: from the slider's input event to the frame in which every panel that
+follows the cursor says "step N". Prints the median and the 95th percentile; the goal is a
+p95 under 200 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from inspector import DebugSession, Trace, load, save
+from minillama.config import EngineConfig
+from minillama.engine.llm_engine import LLMEngine
+from minillama.sampling_params import SamplingParams
+from webui.limits import Limits
+from webui.server import serve
+from webui.sessions import SessionManager
+
+PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-details")
+PROMPTS = ["Write a story about a lighthouse keeper.", "Explain how a bicycle works.",
+           "List the planets of the solar system and describe each.", "Write a poem about the sea."]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Runs in the page: move the slider's range input to step n the way a drag does (an input
+# event), then wait, frame by frame, until every panel shows step n. Returns milliseconds.
+MOVE_AND_WAIT = """async ([n, ids]) => {
+    const range = document.querySelector('#ml-slider input[type=range]');
+    const setValue = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;
+    const pattern = new RegExp('step ' + n + '(?![0-9])');
+    const shown = () => ids.every(id => pattern.test(document.getElementById(id)?.textContent ?? ''));
+    const start = performance.now();
+    setValue.call(range, String(n));
+    range.dispatchEvent(new Event('input', {bubbles: true}));
+    while (!shown()) {
+        if (performance.now() - start > 10000) return -1;
+        await new Promise(requestAnimationFrame);
+    }
+    return performance.now() - start;
+}"""
+
+
+def record_trace(steps: int) -> Trace:
+    """The embedded model on four long prompts in a small KV pool, `steps` steps recorded."""
+    engine = LLMEngine.from_pretrained(None, EngineConfig(device="cpu", num_kv_blocks=48, block_size=16))
+    session = DebugSession(engine)
+    params = SamplingParams(temperature=0.8, max_tokens=steps, seed=0, ignore_eos=True)
+    for prompt in PROMPTS:
+        session.add(prompt, params, chat=True)
+    for _ in tqdm(range(steps), desc="recording", unit="step"):
+        if session.step() is None:
+            break
+    return session.trace
+
+
+def measure(url: str, num_steps: int, moves: int, seed: int) -> list[float]:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("webui.bench needs Chromium: apt-get install chromium")
+    targets = random.Random(seed).sample(range(1, num_steps), min(moves, num_steps - 1))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(url)
+        page.wait_for_function("() => /step 0(?![0-9])/.test(document.getElementById('ml-text')?.textContent ?? '')")
+        page.evaluate(MOVE_AND_WAIT, [targets[0], list(PANEL_IDS)])  # warm up (first plotly renders)
+        times = []
+        for n in tqdm(targets, desc="slider moves", unit="move"):
+            elapsed = page.evaluate(MOVE_AND_WAIT, [n, list(PANEL_IDS)])
+            if elapsed < 0:
+                sys.exit(f"the panels did not show step {n} within 10 s")
+            times.append(elapsed)
+        browser.close()
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m webui.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trace", default=None, help="a .mltrace to serve (default: record 300 steps)")
+    parser.add_argument("--steps", type=int, default=300, help="steps to record when no --trace is given")
+    parser.add_argument("--moves", type=int, default=60, help="slider moves to time")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.trace:
+        trace, name = load(args.trace), Path(args.trace).name
+    else:
+        trace, name = record_trace(args.steps), "bench.mltrace"
+        saved = Path(tempfile.mkdtemp()) / name
+        save(trace, saved)  # what the browser sees is what a file holds
+        trace = load(saved)
+    manager = SessionManager(None, Limits(), trace, name)
+    app = serve(manager, "127.0.0.1", 7899, block=False)
+    try:
+        times = sorted(measure("http://127.0.0.1:7899/", len(trace.steps), args.moves, args.seed))
+    finally:
+        app.close()
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    print(f"trace: {len(trace.steps)} steps, {len(trace.sequences)} sequences, attention for "
+          f"{sorted(trace.attention)}")
+    print(f"slider move -> every panel updated, {len(times)} moves: median {statistics.median(times):.0f} ms, "
+          f"p95 {p95:.0f} ms, max {times[-1]:.0f} ms (goal: p95 < 200 ms: {'met' if p95 < 200 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
