@@ -7,6 +7,7 @@ checked to serve exactly the tokens the sequence would otherwise compute.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -18,8 +19,11 @@ from minillama.sampling_params import SamplingParams
 BS = 4  # block size used throughout
 
 
+_ids = itertools.count()
+
+
 def seq_of(tokens) -> Sequence:
-    return Sequence(list(tokens), SamplingParams())
+    return Sequence(next(_ids), list(tokens), SamplingParams())
 
 
 def compute(bm: BlockManager, seq: Sequence, upto: int | None = None, kv: dict | None = None) -> None:

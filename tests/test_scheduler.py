@@ -62,7 +62,7 @@ class Sim:
         self.steps = 0
 
     def add(self, prompt, max_tokens: int = 4) -> Sequence:
-        seq = Sequence(list(prompt), SamplingParams(max_tokens=max_tokens))
+        seq = Sequence(len(self.seqs), list(prompt), SamplingParams(max_tokens=max_tokens))
         self.want[seq.seq_id] = max_tokens
         self.seqs.append(seq)
         self.sched.add(seq)
@@ -359,7 +359,7 @@ def test_the_oldest_sequence_is_never_preempted():
 def test_sampling_flags_of_a_step_stay_true_after_its_token_is_appended():
     bm = BlockManager(8, BS)
     sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64)
-    seq = Sequence([1, 2, 3], SamplingParams())
+    seq = Sequence(0, [1, 2, 3], SamplingParams())
     sched.add(seq)
     batch = sched.schedule()
     assert [i.seq for i in batch.sampling] == [seq]

@@ -45,6 +45,7 @@ from inspector.views import (
     text_html,
     timeline_figure,
 )
+from inspector.views.attention_map import MAX_TICKS
 from inspector.views.colors import CACHED_FREE_COLOR, FREE_COLOR, SAMPLED_COLOR, tint
 from minillama import EngineConfig, LLMEngine, SamplingParams
 
@@ -309,10 +310,14 @@ def test_attention_row_is_the_traces(trace):
     assert z.shape == (1, query + 1)
     np.testing.assert_allclose(z[0], trace.attention_row(seq_id, 1, 2, query).numpy(), rtol=1e-6)
     assert z.sum() == pytest.approx(1.0, abs=1e-5)
-    # Keys labelled with their tokens: prompt, then output texts, escaped.
+    # Keys labelled with their tokens (prompt, then output texts, escaped), every n-th one
+    # when there are more than MAX_TICKS.
     num_prompt = len(trace.sequences[0].prompt_ids)
-    assert list(fig.layout.xaxis.ticktext) == [f"p{i}·" for i in range(num_prompt)] + [
+    labels = [f"p{i}·" for i in range(num_prompt)] + [
         f"&lt;{t}&gt;" for t in trace.sequences[0].output_ids[: query + 1 - num_prompt]]
+    every = -(-len(labels) // MAX_TICKS)
+    assert list(fig.layout.xaxis.ticktext) == labels[::every] and list(fig.layout.xaxis.tickvals) == list(
+        range(query + 1))[::every]
     title = fig.layout.title.text
     assert f"step {index}" in title and "seq #0 · layer 1 · head 2" in title and f"query pos {query}" in title
 
@@ -388,9 +393,10 @@ def test_logits_bars_are_the_summary(trace):
             assert list(model.x[:k]) == g.top_probs and list(sampling.x[:k]) == g.top_sampling_probs
             assert list(model.y[:k]) == list(range(k))
             # A tiny model's tokens have no text: labelled by id.
-            assert list(fig.layout.yaxis.ticktext[:k]) == [f"[{i}]" for i in g.top_ids]
             sampled = [r for r, c in enumerate(model.marker.color) if c == SAMPLED_COLOR]
             assert sampled == [min(g.sampled_rank, k)]
+            marked = [("▶ " if r == sampled[0] else "") + f"[{i}]" for r, i in enumerate(g.top_ids)]
+            assert list(fig.layout.yaxis.ticktext[:k]) == marked
             if g.sampled_rank >= k:  # an extra bar for a token outside the top k
                 assert model.x[k] == g.sampled_prob and f"rank {g.sampled_rank}" in fig.layout.yaxis.ticktext[k]
             title = fig.layout.title.text
@@ -404,10 +410,12 @@ def test_logits_bars_are_the_summary(trace):
 def test_logits_history_follows_the_sequence(trace):
     seq = trace.sequences[2]
     fig = logits_history_figure(trace, 7, Selection(seq_id=2))
-    entropy, prob = fig.data
+    entropy, prob, entropy_now, prob_now = fig.data  # the lines, then the cursor step's markers
     assert list(entropy.x) == seq.token_steps == list(prob.x)
     tokens = [trace.steps[s].token_of(2).logits for s in seq.token_steps]
     assert list(entropy.y) == [g.entropy for g in tokens] and list(prob.y) == [g.sampled_prob for g in tokens]
+    at = seq.token_steps.index(7)
+    assert (entropy_now.x, entropy_now.y, prob_now.y) == ((7,), (entropy.y[at],), (prob.y[at],))
     (cursor,) = fig.layout.shapes
     assert (cursor.x0 + cursor.x1) / 2 == 7 and "step 7" in fig.layout.title.text
 

@@ -103,7 +103,7 @@ def test_bad_settings_and_breakpoints_give_messages(url):
     client = Client(url, verbose=False)
     named = panels(client.predict(10**6, 16, 8, 2048, True, True, 2, 10, api_name="/reset"))
     assert "KV blocks must be between 1 and" in named["status"]
-    named = panels(client.predict([], None, "(unclosed", None, None, None, api_name="/run_to_breakpoint"))
+    named = panels(client.predict([], "", "(unclosed", "", "", "", api_name="/run_to_breakpoint"))
     assert "not a valid regular expression" in named["status"]
 
 
@@ -111,7 +111,7 @@ def test_run_to_a_breakpoint_stops_there(url):
     client = Client(url, verbose=False)
     client.predict(10, 8, 4, 2048, True, True, 2, 10, api_name="/reset")  # 10 blocks of 8: preempts
     add(client, "What is the capital of France?\nName three primary colors.\nWhat is 2 + 2?", max_tokens=12)
-    named = panels(client.predict(["a preemption"], None, "", None, None, None, api_name="/run_to_breakpoint"))
+    named = panels(client.predict(["a preemption"], "", "", "", "", "", api_name="/run_to_breakpoint"))
     assert "breakpoint at step" in named["status"] and "preempt" in named["status"]
     index = named["slider"]["value"]
     assert shows_step(named, index) and "preempted" in named["details"]

@@ -66,7 +66,7 @@ def add_prompts(page, prompts: str, max_tokens: int = 12) -> None:
     page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('added #')")
 
 
-def test_panels_follow_steps_and_the_slider(browser, url, tmp_path):
+def test_panels_follow_steps_and_the_slider(browser, url):
     page = open_page(browser, url)
     add_prompts(page, "What is the capital of France?\nWrite a haiku about autumn.")
     for index in range(5):
@@ -87,9 +87,31 @@ def test_panels_follow_steps_and_the_slider(browser, url, tmp_path):
     page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
                            timeout=60_000)
     assert "Paris" in page.locator("#ml-text").inner_text()
-    page.locator("#ml-slider input[type=number]").fill("6")
-    page.locator("#ml-slider input[type=number]").press("Enter")
-    wait_for_step(page, 6)
+    page.context.close()
+
+
+def test_the_readme_tour_stops_at_a_preemption(browser, url, tmp_path):
+    """The README's guided tour, clicked through: a small pool set in the Engine panel, the
+    example prompts, Run to breakpoint on a preemption."""
+    page = open_page(browser, url)
+    page.get_by_text("Engine (applies at Reset)").click()
+    page.locator("#ml-kv-blocks input").fill("12")
+    page.locator("#ml-block-size input").click()
+    page.get_by_role("option", name="8", exact=True).click()
+    page.locator("#ml-reset").click()
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('12 KV blocks of 8 tokens')")
+    page.locator("#ml-add").click()  # the example prompts, 48 tokens each
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('added #')")
+    page.get_by_text("Breakpoints (Run to breakpoint)").click()
+    page.get_by_label("a preemption").check()
+    page.locator("#ml-run-bp").click()
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('breakpoint at step')",
+                           timeout=60_000)
+    status = page.locator("#ml-status").inner_text()
+    assert "preempted sequence(s) [2]" in status
+    index = int(status.split("breakpoint at step ")[1].split(":")[0])
+    wait_for_step(page, index)
+    assert "#2" in page.locator("#ml-details").inner_text() and "preempted" in page.locator("#ml-text").inner_text()
     shot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "screenshot.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

@@ -27,16 +27,19 @@ MAX_PATTERN_CHARS = 200
 
 
 def breakpoints_from_form(
-    events: list[str], at_step: float | None, pattern: str, entropy_above: float | None,
-    prob_below: float | None, kv_percent_above: float | None,
+    events: list[str], at_step_text: str, pattern: str, entropy_text: str, prob_text: str, kv_text: str,
 ) -> list[Breakpoint]:
-    """Every breakpoint the form sets (empty fields set none). Raises ValueError naming a bad value."""
+    """Every breakpoint the form sets (an empty field sets none). Raises ValueError naming a bad value."""
+    at_step = _optional_number(at_step_text, "stop at step")
+    entropy_above = _optional_number(entropy_text, "entropy above")
+    prob_below = _optional_number(prob_text, "sampled probability below")
+    kv_percent_above = _optional_number(kv_text, "KV usage above")
     unknown = [e for e in events if e not in EVENT_BREAKPOINTS]
     if unknown:
         raise ValueError(f"unknown breakpoint {unknown[0]!r}")
     breakpoints: list[Breakpoint] = [EVENT_BREAKPOINTS[e]() for e in events]
     if at_step is not None:
-        if at_step < 0 or at_step != int(at_step):
+        if not math.isfinite(at_step) or at_step < 0 or at_step != int(at_step):
             raise ValueError(f"'stop at step' must be a whole number >= 0, got {at_step}")
         breakpoints.append(AtStep(int(at_step)))
     if pattern:
@@ -59,3 +62,13 @@ def breakpoints_from_form(
             raise ValueError(f"'KV usage above' must be a percentage in [0, 100), got {kv_percent_above}")
         breakpoints.append(KVUsageAbove(kv_percent_above))
     return breakpoints
+
+
+def _optional_number(text: str | None, name: str) -> float | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"'{name}' must be a number, got {text!r}") from None

@@ -104,9 +104,8 @@ class Handlers:
         """Run until no request is left (or Pause), refreshing the panels live."""
         yield from self._run(None, request)
 
-    def run_to_breakpoint(self, events: list[str], at_step: float | None, pattern: str, entropy_above: float | None,
-                          prob_below: float | None, kv_percent_above: float | None,
-                          request: gr.Request) -> Iterator[list[Any]]:
+    def run_to_breakpoint(self, events: list[str], at_step: str, pattern: str, entropy_above: str, prob_below: str,
+                          kv_percent_above: str, request: gr.Request) -> Iterator[list[Any]]:
         """Run until one of the form's breakpoints fires (or nothing is left, or Pause)."""
         try:
             breakpoints = breakpoints_from_form(events, at_step, pattern, entropy_above, prob_below, kv_percent_above)

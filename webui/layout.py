@@ -43,7 +43,8 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                     kv_blocks = gr.Number(engine.num_kv_blocks, label="KV blocks (a small pool shows preemption)",
                                           precision=0,
                                           elem_id="ml-kv-blocks")
-                    block_size = gr.Dropdown([4, 8, 16, 32], value=engine.block_size, label="Block size (tokens)")
+                    block_size = gr.Dropdown([4, 8, 16, 32], value=engine.block_size, label="Block size (tokens)",
+                                             elem_id="ml-block-size")
                     max_num_seqs = gr.Number(engine.max_num_seqs, label="Max batch size", precision=0)
                     max_batched = gr.Number(engine.max_num_batched_tokens, precision=0,
                                             label="Max batched tokens (smaller: chunked prefill)")
@@ -55,12 +56,13 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                     logits_k = gr.Number(capture.top_k, precision=0, label="Logits top-k")
                 with gr.Accordion("Breakpoints (Run to breakpoint)", open=False):
                     bp_events = gr.CheckboxGroup(list(EVENT_BREAKPOINTS), label="Stop when", elem_id="ml-bp-events")
-                    bp_step = gr.Number(None, label="Stop at step", precision=0)
-                    bp_text = gr.Textbox("", label="Stop when the text matches (regex)", max_lines=1)
+                    # Text boxes, not numbers: an empty box means "no such breakpoint".
+                    bp_step = gr.Textbox("", label="Stop at step", placeholder="off", max_lines=1)
+                    bp_text = gr.Textbox("", label="Stop when the text matches (regex)", placeholder="off", max_lines=1)
                     with gr.Row():
-                        bp_entropy = gr.Number(None, label="Entropy above (nats)")
-                        bp_prob = gr.Number(None, label="Sampled prob. below")
-                    bp_kv = gr.Number(None, label="KV usage above (%)")
+                        bp_entropy = gr.Textbox("", label="Entropy above (nats)", placeholder="off", max_lines=1)
+                        bp_prob = gr.Textbox("", label="Sampled prob. below", placeholder="off", max_lines=1)
+                    bp_kv = gr.Textbox("", label="KV usage above (%)", placeholder="off", max_lines=1)
                 with gr.Accordion("Trace file", open=not live):
                     save = gr.DownloadButton("Save trace", elem_id="ml-save")
                     upload = gr.File(label="Open a trace (.mltrace)", file_types=[".mltrace"], elem_id="ml-open")

@@ -27,5 +27,6 @@ def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
         server_name=host, server_port=port, auth=auth, max_file_size=manager.limits.upload_mb * 2**20,
         css_paths=[STATIC / "app.css"], head=head,
         footer_links=["api"], show_error=False, prevent_thread_lock=not block, quiet=not block,
+        run_history=False,  # the browser would keep every update it received: slower with each one
     )
     return app

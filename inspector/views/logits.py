@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from inspector.trace import Trace
 from inspector.views.colors import SAMPLED_COLOR, sequence_color, tint
-from inspector.views.figure import clamp_height, cursor_line, empty_figure, make_figure, step_problem
+from inspector.views.figure import MARGIN, clamp_height, cursor_line, empty_figure, make_figure, step_problem
 from inspector.views.queries import scheduled_in
 from inspector.views.selection import Selection, selected_seq_id
 from inspector.views.tokens import axis_label
@@ -59,9 +59,6 @@ def logits_figure(trace: Trace, index: int, selection: Selection | None = None) 
     bars = [
         dict(type="bar", orientation="h", name="model p", y=ranks, x=model_p, customdata=labels,
              marker=dict(color=[SAMPLED_COLOR if r == sampled else seq_color for r in ranks]),
-             text=["◀ sampled" if r == sampled else "" for r in ranks], textposition="outside",
-             textfont=dict(size=11),
-             cliponaxis=False,
              hovertemplate="%{customdata}<br>model p=%{x:.4f}<extra></extra>"),
         dict(type="bar", orientation="h", name="sampling p", y=ranks, x=sampling_p, customdata=labels,
              marker=dict(color=tint(seq_color, 0.35)),
@@ -73,7 +70,11 @@ def logits_figure(trace: Trace, index: int, selection: Selection | None = None) 
         bars, title, clamp_height(90 + 22 * len(ranks)), f"logits-{seq_id}",
         barmode="group", bargap=0.25,
         xaxis=dict(title=dict(text="probability"), range=[0, 1.08]),
-        yaxis=dict(tickvals=ranks, ticktext=labels, autorange="reversed", tickfont=dict(size=11), automargin=True),
+        # A fixed left margin for labels of at most 16 characters: automargin would measure every
+        # label and lay the figure out twice (about 11 ms a redraw in a CPU-rendered browser).
+        yaxis=dict(tickvals=ranks, ticktext=[("▶ " if r == sampled else "") + label for r, label in zip(ranks, labels)],
+                   autorange="reversed", tickfont=dict(size=11)),
+        margin=dict(MARGIN, l=130),
         legend=dict(orientation="h", y=-0.15),
     )
 
@@ -101,14 +102,24 @@ def logits_history_figure(trace: Trace, index: int, selection: Selection | None 
         prob.append(g.sampled_prob if g else None)
         text = axis_label(token.text_delta or f"[{token.token_id}]", 16) if token is not None else ""
         hover.append(f"{text} · rank {g.sampled_rank}" if g else f"{text} · logits not recorded")
+    # Lines without markers: a marker per token of a 300-token run doubles the drawing time
+    # (about 13 ms in a CPU-rendered browser); the cursor step's own values get markers.
     lines = [
-        dict(type="scatter", mode="lines+markers", name="entropy (nats)", x=steps, y=entropy, customdata=hover,
-             line=dict(color=sequence_color(seq_id), width=1.5), marker=dict(size=4),
+        dict(type="scatter", mode="lines", name="entropy (nats)", x=steps, y=entropy, customdata=hover,
+             line=dict(color=sequence_color(seq_id), width=1.5),
              hovertemplate="step %{x}: %{customdata}<br>entropy %{y:.2f} nats<extra></extra>"),
-        dict(type="scatter", mode="lines+markers", name="sampled p", x=steps, y=prob, yaxis="y2", customdata=hover,
-             line=dict(color=SAMPLED_COLOR, width=1.5, dash="dot"), marker=dict(size=4),
+        dict(type="scatter", mode="lines", name="sampled p", x=steps, y=prob, yaxis="y2", customdata=hover,
+             line=dict(color=SAMPLED_COLOR, width=1.5, dash="dot"),
              hovertemplate="step %{x}: %{customdata}<br>p=%{y:.3f}<extra></extra>"),
     ]
+    if index in seq.token_steps:
+        at = seq.token_steps.index(index)
+        lines += [
+            dict(type="scatter", mode="markers", x=[index], y=[entropy[at]], showlegend=False, hoverinfo="skip",
+                 marker=dict(color=sequence_color(seq_id), size=8)),
+            dict(type="scatter", mode="markers", x=[index], y=[prob[at]], yaxis="y2", showlegend=False,
+                 hoverinfo="skip", marker=dict(color=SAMPLED_COLOR, size=8)),
+        ]
     return make_figure(
         lines, title, 280, f"logits-history-{seq_id}",
         shapes=[cursor_line(index)],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import time
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler(self.device, config.seed)
         self.sequences: dict[int, Sequence] = {}  # every request not yet collected
+        self._request_ids = itertools.count()  # request ids: 0, 1, 2, ... per engine
         self._generators: dict[int, torch.Generator] = {}
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
         self.observers: list[Observer] = []
@@ -161,7 +163,7 @@ class LLMEngine:
         the prompt or the parameters are bad."""
         params = params or SamplingParams()
         token_ids = self.check_request(prompt, params, chat)
-        seq = Sequence(token_ids, params)
+        seq = Sequence(next(self._request_ids), token_ids, params)
         if params.seed is not None:
             self._generators[seq.seq_id] = self.sampler.new_generator(params.seed)
         if self.tokenizer is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import itertools
 
 from minillama.sampling_params import SamplingParams
 
@@ -23,10 +22,8 @@ class Sequence:
     [i * block_size, (i + 1) * block_size).
     """
 
-    _ids = itertools.count()
-
-    def __init__(self, token_ids: list[int], params: SamplingParams, arrival: int | None = None):
-        self.seq_id: int = next(Sequence._ids)
+    def __init__(self, seq_id: int, token_ids: list[int], params: SamplingParams, arrival: int | None = None):
+        self.seq_id = seq_id  # the engine numbers its requests 0, 1, 2, ... in arrival order
         # Order of arrival; preemption evicts the latest arrival first so the oldest always progress.
         self.arrival: int = self.seq_id if arrival is None else arrival
         self.token_ids: list[int] = list(token_ids)

@@ -1,0 +1,44 @@
+"""The breakpoints form: each field makes the breakpoint it names, empty fields make none, and a
+bad value is refused with a message naming the field."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from inspector import AtStep, EntropyAbove, KVUsageAbove, Preemption, SampledProbBelow, SequenceFinished, TextMatches
+from webui.breakpoint_form import breakpoints_from_form
+
+
+def test_an_empty_form_sets_no_breakpoint():
+    assert breakpoints_from_form([], "", "", "", "", "") == []
+    assert breakpoints_from_form([], "  ", "", " ", "", "") == []
+
+
+def test_each_field_sets_its_breakpoint():
+    made = breakpoints_from_form(["a preemption", "a sequence finishes"], "7", "Par+is", "2.5", "0.1", "80")
+    assert made == [Preemption(), SequenceFinished(), AtStep(7), TextMatches("Par+is"), EntropyAbove(2.5),
+                    SampledProbBelow(0.1), KVUsageAbove(80.0)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ((["a crash"], "", "", "", "", ""), "unknown breakpoint 'a crash'"),
+        (([], "-1", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
+        (([], "2.5", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
+        (([], "nan", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
+        (([], "seven", "", "", "", ""), "'stop at step' must be a number, got 'seven'"),
+        (([], "", "(", "", "", ""), "not a valid regular expression"),
+        (([], "", "x" * 201, "", "", ""), "the limit is 200"),
+        (([], "", "", "-1", "", ""), "'entropy above' must be a number >= 0"),
+        (([], "", "", "inf", "", ""), "'entropy above' must be a number >= 0"),
+        (([], "", "", "", "0", ""), "'sampled probability below' must be in (0, 1]"),
+        (([], "", "", "", "1.5", ""), "'sampled probability below' must be in (0, 1]"),
+        (([], "", "", "", "", "100"), "'KV usage above' must be a percentage in [0, 100)"),
+    ],
+)
+def test_a_bad_value_names_its_field(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        breakpoints_from_form(*fields)
