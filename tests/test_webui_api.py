@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 
 import httpx
 import pytest
@@ -124,6 +125,37 @@ def test_two_clients_have_separate_sessions(url):
         first.predict(api_name="/step")
     named = panels(second.predict(api_name="/state"))
     assert "No step yet" in named["text"] and "capital" not in named["text"]
+
+
+def test_pause_stops_a_run_between_steps(url):
+    client = Client(url, verbose=False)
+    add(client, "Write a long story about a dragon.", max_tokens=60)
+    job = client.submit(api_name="/run")
+    time.sleep(1.5)  # a few steps in
+    client.predict(api_name="/pause")
+    named = panels(job.result(timeout=60))
+    assert "paused" in named["status"]
+    index = named["slider"]["value"]
+    assert 0 < index < 60 and shows_step(named, index)
+    resumed = panels(client.predict(api_name="/step"))  # and it goes on from there
+    assert shows_step(resumed, index + 1)
+
+
+def test_a_saved_trace_opens_in_another_session(url):
+    from gradio_client import handle_file
+
+    author = Client(url, verbose=False)
+    add(author, "What is the capital of France?", max_tokens=6)
+    for _ in range(3):
+        author.predict(api_name="/step")
+    path = author.predict(api_name="/save_trace")
+    assert path.endswith(".mltrace")
+    viewer = Client(url, verbose=False)
+    named = panels(viewer.predict(handle_file(path), api_name="/open_trace"))
+    assert "opened" in named["status"] and "3 steps" in named["status"] and shows_step(named, 0)
+    assert shows_step(panels(viewer.predict(2, api_name="/seek")), 2)
+    named = panels(viewer.predict(api_name="/step"))  # a file is read-only
+    assert "trace from a file" in named["status"] and shows_step(named, 2)
 
 
 def test_a_bad_trace_upload_is_refused_with_a_message(url, tmp_path):
