@@ -182,19 +182,19 @@ class Handlers:
         trace = session.trace
         if trace is not None and trace.steps and value is not None:
             session.cursor.seek(min(max(int(value), 0), len(trace.steps) - 1))
-        return render(session)
+        return render(session, cursor_only=True)
 
     @_reported
     def prev(self, session: UISession) -> list[Any]:
         if session.cursor is not None:
             session.cursor.prev()
-        return render(session)
+        return render(session, cursor_only=True)
 
     @_reported
     def next(self, session: UISession) -> list[Any]:
         if session.cursor is not None:
             session.cursor.next()
-        return render(session)
+        return render(session, cursor_only=True)
 
     @_reported
     def select(self, session: UISession, seq_id: int | None, layer: float | None, head: str | None,

@@ -70,8 +70,9 @@ def figures_html(figures: dict[str, go.Figure]) -> str:
     return f"<div class='ml-figure-data' data-figures=\"{html.escape('{' + payload + '}')}\"></div>"
 
 
-def render(session: UISession | None, message: str = "", error: bool = False) -> list[Any]:
-    """Every panel's update, in OUTPUT_NAMES order."""
+def render(session: UISession | None, message: str = "", error: bool = False, cursor_only: bool = False) -> list[Any]:
+    """Every panel's update, in OUTPUT_NAMES order. cursor_only: only the cursor moved, so the
+    selection controls (sequence, layer, head) keep their choices and are not sent again."""
     trace = session.trace if session is not None else None
     index = session.index if session is not None else -1
     if trace is None:
@@ -106,7 +107,8 @@ def render(session: UISession | None, message: str = "", error: bool = False) ->
         figures_html(figures),
         views.block_tables_html(trace, index),
         views.step_details_html(trace, index),
+    ] + ([gr.skip()] * 3 if cursor_only else [
         gr.Dropdown(choices=sequences, value=selection.seq_id),
         gr.Slider(minimum=0, maximum=trace.model.num_layers - 1, value=selection.layer, step=1),
         gr.Dropdown(choices=heads, value="all" if selection.head is None else str(selection.head)),
-    ]
+    ])
