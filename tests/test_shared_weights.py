@@ -3,6 +3,7 @@ their steps changes no token of either."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_hf_model
 
@@ -23,10 +24,18 @@ def run_alone(engine: LLMEngine, batch: list[list[int]]) -> list[list[int]]:
     return [engine.sequences[i].output_token_ids for i in ids]
 
 
-def test_interleaved_engines_over_one_model_match_each_engine_alone():
-    base = LLMEngine.from_hf_model(make_hf_model("gqa-tied-llama3"), EngineConfig(device="cpu", num_kv_blocks=32, block_size=4))
-    first = LLMEngine.sharing_weights(base, EngineConfig(num_kv_blocks=10, block_size=4))  # small: preempts
-    second = LLMEngine.sharing_weights(base, EngineConfig(num_kv_blocks=40, block_size=8))
+CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                          reason="needs a CUDA GPU")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_interleaved_engines_over_one_model_match_each_engine_alone(device):
+    # On CUDA: bf16, the default attention and CUDA graphs (each engine captures its own, over its own pool).
+    small, large = (4, 8) if device == "cpu" else (16, 16)
+    hf = make_hf_model("gqa-tied-llama3")
+    base = LLMEngine.from_hf_model(hf, EngineConfig(device=device, num_kv_blocks=32, block_size=small))
+    first = LLMEngine.sharing_weights(base, EngineConfig(num_kv_blocks=10 * 4 // small + 1, block_size=small))  # preempts
+    second = LLMEngine.sharing_weights(base, EngineConfig(num_kv_blocks=40, block_size=large))
     assert first.runner.model is base.runner.model and first.runner.kv_cache.data_ptr() != second.runner.kv_cache.data_ptr()
 
     ids_first = [first.add_request(p, GREEDY) for p in prompts(1)]
