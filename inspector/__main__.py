@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     capture.add_argument("--no-attention", action="store_true", help="record no attention")
     # --top-k is taken by sampling (the top-k filter); this one is how many tokens to record.
     capture.add_argument("--logits-top-k", type=int, default=10, help="most likely tokens recorded per sampled token")
+    capture.add_argument("--logit-lens", action="store_true",
+                         help="record each layer's top-5 next-token guess for the --attention-seqs prompts")
     capture.add_argument("--budget-mb", type=float, default=256, help="memory for recorded data, MiB")
 
     show = commands.add_parser("show", help="print a trace's overview, or one step in detail")
@@ -71,6 +73,7 @@ def _record(args: argparse.Namespace) -> int:
         attention=not args.no_attention,
         attention_requests=tuple(args.attention_seqs),
         top_k=args.logits_top_k,
+        logit_lens=args.logit_lens,
         memory_budget=int(args.budget_mb * 2**20),
     )
     session = DebugSession(LLMEngine.from_pretrained(args.model, engine_config_from_args(args)), policy)

@@ -12,8 +12,9 @@ not Python's object overhead.
 
 from __future__ import annotations
 
-# Droppable kinds, costliest first: Q/K rows of every layer, then the per-token top-k.
-DROP_ORDER = ("attention", "logits")
+# Droppable kinds, costliest first: Q/K rows of every layer, the logit lens (top-5 of every
+# layer), then the per-token top-k.
+DROP_ORDER = ("attention", "lens", "logits")
 
 
 class MemoryBudget:

@@ -25,6 +25,7 @@ import torch
 from inspector.attention_capture import AttentionCapture
 from inspector.budget import MemoryBudget
 from inspector.kv_snapshot import kv_snapshot_bytes, snapshot_kv
+from inspector.logit_lens import LogitLensCapture
 from inspector.logits_stats import PendingLogits, finish, summarise, summary_bytes
 from inspector.trace import (
     EngineInfo,
@@ -56,6 +57,7 @@ class CapturePolicy:
     attention_requests: tuple[int, ...] = (0, 1)
     layers: tuple[int, ...] | None = None  # layers to capture; None: all
     top_k: int = 10  # most likely tokens kept per sampled token
+    logit_lens: bool = False  # each layer's top-5 guess for the traced sequences (their steps go eager)
     memory_budget: int = 256 * 2**20  # bytes; past it, attention and then logits stop being kept
 
     def validate(self, num_layers: int) -> None:
@@ -95,6 +97,7 @@ class Recorder(Observer):
         self.budget = MemoryBudget(policy.memory_budget)
         layers = list(policy.layers) if policy.layers is not None else list(range(engine.model_config.num_hidden_layers))
         self.capture = AttentionCapture(engine, self.trace, layers)
+        self.lens = LogitLensCapture(engine)
         self.traced: set[int] = set()
         self._num_requests = 0
         self._step: _StepInProgress | None = None
@@ -113,7 +116,7 @@ class Recorder(Observer):
             traced = seq.seq_id in policy.attention_seqs
         else:
             traced = self._num_requests in policy.attention_requests
-        traced = traced and policy.attention
+        traced = traced and (policy.attention or policy.logit_lens)
         if traced:
             self.traced.add(seq.seq_id)
         self._num_requests += 1
@@ -165,12 +168,16 @@ class Recorder(Observer):
         needs = {"logits": summary_bytes(len(batch.sampling), self.policy.top_k)}
         if self.policy.attention:
             needs["attention"] = self.capture.bytes_needed(batch, self.traced) if budget.keeps("attention") else 0
+        lens_rows = self.policy.logit_lens and budget.keeps("lens") and self.lens.begin_step(batch, self.traced)
+        if self.policy.logit_lens:
+            needs["lens"] = len(self.lens.rows) * self.lens.bytes_per_token() if lens_rows else 0
         for kind in budget.plan_step(index, needs):
             message = f"memory budget of {budget.limit:,} bytes reached: {kind} no longer recorded from step {index}"
             self.trace.events.append(Event(index, "drop", message, what=kind))
         capturing = self.policy.attention and budget.keeps("attention")
         # Only steps that run a traced sequence need the per-layer hook (and so run eagerly).
         self.wants_attention = capturing and self.capture.begin_step(batch, self.traced)
+        self.wants_layers = bool(lens_rows) and budget.keeps("lens")
         self._step.record_s += time.perf_counter() - started
 
     def on_attention(
@@ -184,6 +191,11 @@ class Recorder(Observer):
     ) -> None:
         started = time.perf_counter()
         self.capture.write(layer, q, k, metadata)
+        self._step.record_s += time.perf_counter() - started
+
+    def on_layer(self, layer: int, stream: torch.Tensor, metadata: AttentionMetadata) -> None:
+        started = time.perf_counter()
+        self.lens.write(stream)
         self._step.record_s += time.perf_counter() - started
 
     def on_logits(self, batch: SchedulerOutput, logits: torch.Tensor) -> None:
@@ -202,9 +214,11 @@ class Recorder(Observer):
             if step.logits is not None
             else [None] * len(outputs)
         )
+        lenses = self.lens.end_step(self._token_text) if self.wants_layers else {}
         tokens = []
         for out, summary in zip(outputs, summaries):
-            tokens.append(TokenRecord(out.request_id, out.token_id, out.text_delta, out.finish_reason, summary))
+            tokens.append(TokenRecord(out.request_id, out.token_id, out.text_delta, out.finish_reason, summary,
+                                      lenses.get(out.request_id)))
             seq = trace.sequences[out.request_id]
             seq.output_ids.append(out.token_id)
             seq.token_steps.append(step.index)

@@ -66,11 +66,15 @@ def _token(t: TokenRecord) -> list[str]:
         return [f"  seq {t.seq_id}  {t.text_delta!r} (id {t.token_id}){done}"]
     g = t.logits
     top = " | ".join(f"{text!r} {p:.3f}" for text, p in zip(g.top_texts, g.top_probs))
-    return [
+    lines = [
         f"  seq {t.seq_id}  {t.text_delta!r} (id {t.token_id})  p={g.sampled_prob:.3f} rank {g.sampled_rank}  "
         f"entropy {g.entropy:.2f} nats{done}",
         f"         top: {top}",
     ]
+    if t.lens is not None:  # each layer's first guess
+        guesses = " | ".join(f"{i}:{texts[0]!r}" for i, texts in enumerate(t.lens.top_texts))
+        lines.append(f"         logit lens: {guesses}")
+    return lines
 
 
 def _kv(kv: KVSnapshot) -> list[str]:

@@ -75,7 +75,7 @@ class SequenceRecord:
     prompt_text: str
     chat: bool | None  # None: the recorder saw the request without being told
     params: dict[str, Any]  # its SamplingParams as a dict
-    traced: bool  # are its queries and keys recorded?
+    traced: bool  # are its queries and keys (and, with the logit lens on, each layer's guess) recorded?
     added_step: int  # index of the first step after it arrived
     # Each prompt token's text, decoded alone (a token that splits a UTF-8 character shows as
     # U+FFFD): the UI's token chips and attention axes, with no tokenizer at hand.
@@ -126,12 +126,24 @@ class LogitsSummary:
 
 
 @dataclass
+class LogitLens:
+    """What the model would have predicted had it stopped after each layer: the residual
+    stream at the sampling position, through the final norm and the LM head, top k per layer
+    (the last layer's is the real prediction). Lists by layer, most likely token first."""
+
+    top_ids: list[list[int]]  # [L][k]
+    top_texts: list[list[str]]
+    top_probs: list[list[float]]
+
+
+@dataclass
 class TokenRecord:
     seq_id: int
     token_id: int
     text_delta: str  # text this token completed (may be "" mid-character)
     finish_reason: str | None  # "stop", "length" or None
     logits: LogitsSummary | None  # None once the memory budget dropped logits
+    lens: LogitLens | None = None  # traced sequences, with CapturePolicy.logit_lens
 
 
 @dataclass
@@ -245,7 +257,7 @@ class Event:
     kind: str  # "add", "abort" or "drop"
     message: str
     seq_id: int | None = None
-    what: str | None = None  # "drop": the kind of data no longer kept ("attention", "logits")
+    what: str | None = None  # "drop": the kind of data no longer kept ("attention", "lens", "logits")
 
 
 @dataclass
@@ -280,7 +292,7 @@ class Trace:
     attention: dict[int, AttentionStore] = field(default_factory=dict)
 
     def dropped_from(self, what: str) -> int | None:
-        """The first step without `what` ("attention" or "logits"), or None if always kept."""
+        """The first step without `what` ("attention", "lens" or "logits"), or None if always kept."""
         return next((e.step for e in self.events if e.kind == "drop" and e.what == what), None)
 
     def text_until(self, seq_id: int, index: int) -> str:

@@ -10,6 +10,9 @@ attaches it. The order within a step is:
                                         without CUDA graphs); wants_attention is read after
                                         on_schedule, every step, so an observer can ask for
                                         attention only in the steps it cares about
+    on_layer(layer, stream, metadata)   once per layer, only for observers with wants_layers =
+                                        True (read like wants_attention; eager too): the
+                                        residual stream [N, hidden] after the layer
     on_logits(batch, logits)            logits [S, vocab] fp32 of the S sequences that sample,
                                         in the order of batch.sampling
     on_step_end(engine, result)         sampled tokens, text deltas, finish reasons, timings
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 class Observer:
     wants_attention: bool = False
+    wants_layers: bool = False
 
     def on_schedule(self, engine: LLMEngine, batch: SchedulerOutput) -> None:
         pass
@@ -47,6 +51,9 @@ class Observer:
         output: torch.Tensor,
         metadata: AttentionMetadata,
     ) -> None:
+        pass
+
+    def on_layer(self, layer: int, stream: torch.Tensor, metadata: AttentionMetadata) -> None:
         pass
 
     def on_logits(self, batch: SchedulerOutput, logits: torch.Tensor) -> None:

@@ -410,13 +410,14 @@ def test_logits_bars_are_the_summary(trace):
 def test_logits_history_follows_the_sequence(trace):
     seq = trace.sequences[2]
     fig = logits_history_figure(trace, 7, Selection(seq_id=2))
-    entropy, prob, entropy_now, prob_now = fig.data  # the lines, then the cursor step's markers
+    entropy, prob = fig.data
     assert list(entropy.x) == seq.token_steps == list(prob.x)
     tokens = [trace.steps[s].token_of(2).logits for s in seq.token_steps]
     assert list(entropy.y) == [g.entropy for g in tokens] and list(prob.y) == [g.sampled_prob for g in tokens]
     at = seq.token_steps.index(7)
-    assert (entropy_now.x, entropy_now.y, prob_now.y) == ((7,), (entropy.y[at],), (prob.y[at],))
-    (cursor,) = fig.layout.shapes
+    cursor, entropy_now, prob_now = fig.layout.shapes  # the cursor's column, then its two dots
+    assert (entropy_now.xanchor, entropy_now.yanchor, entropy_now.yref) == (7, entropy.y[at], "y")
+    assert (prob_now.xanchor, prob_now.yanchor, prob_now.yref) == (7, prob.y[at], "y2")
     assert (cursor.x0 + cursor.x1) / 2 == 7 and "step 7" in fig.layout.title.text
 
 

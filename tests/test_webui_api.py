@@ -45,7 +45,7 @@ def shows_step(named: dict, index: int) -> bool:
     """Does every cursor-following panel say it shows step `index`?"""
     pattern = re.compile(rf"step {index}(?!\d)")
     texts = [named[n] for n in ("text", "tables", "details")]
-    texts += [named[n]["layout"]["title"]["text"] for n in ("timeline", "kv", "attention", "logits", "history")]
+    texts += [named[n]["layout"]["title"]["text"] for n in ("timeline", "kv", "attention", "logits", "history", "lens")]
     return all(pattern.search(t) for t in texts)
 
 
@@ -102,7 +102,7 @@ def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
 
 def test_bad_settings_and_breakpoints_give_messages(url):
     client = Client(url, verbose=False)
-    named = panels(client.predict(10**6, 16, 8, 2048, True, True, 2, 10, api_name="/reset"))
+    named = panels(client.predict(10**6, 16, 8, 2048, True, True, 2, 10, False, api_name="/reset"))
     assert "KV blocks must be between 1 and" in named["status"]
     named = panels(client.predict([], "", "(unclosed", "", "", "", api_name="/run_to_breakpoint"))
     assert "not a valid regular expression" in named["status"]
@@ -110,12 +110,23 @@ def test_bad_settings_and_breakpoints_give_messages(url):
 
 def test_run_to_a_breakpoint_stops_there(url):
     client = Client(url, verbose=False)
-    client.predict(10, 8, 4, 2048, True, True, 2, 10, api_name="/reset")  # 10 blocks of 8: preempts
+    client.predict(10, 8, 4, 2048, True, True, 2, 10, False, api_name="/reset")  # 10 blocks of 8: preempts
     add(client, "What is the capital of France?\nName three primary colors.\nWhat is 2 + 2?", max_tokens=12)
     named = panels(client.predict(["a preemption"], "", "", "", "", "", api_name="/run_to_breakpoint"))
     assert "breakpoint at step" in named["status"] and "preempt" in named["status"]
     index = named["slider"]["value"]
     assert shows_step(named, index) and "preempted" in named["details"]
+
+
+def test_the_logit_lens_when_captured(url):
+    client = Client(url, verbose=False)
+    client.predict(64, 16, 8, 2048, True, False, 1, 10, True, api_name="/reset")  # lens on, attention off
+    add(client, "What is the capital of France?", max_tokens=4)
+    client.predict(api_name="/step")
+    named = panels(client.predict(api_name="/step"))
+    lens = named["lens"]
+    assert lens["layout"]["title"]["text"].startswith("Logit lens · step 1 · seq #0")
+    assert len(lens["data"][0]["z"]) == 30 and len(lens["data"][0]["z"][0]) == 5  # the embedded model's layers x top-5
 
 
 def test_two_clients_have_separate_sessions(url):

@@ -10,7 +10,7 @@ from webui.server import serve
 from webui.sessions import SessionManager
 
 # Every panel that follows the cursor, by elem_id; each shows the text "step N" for step N.
-PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-details")
+PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-lens", "ml-details")
 
 
 def free_port() -> int:

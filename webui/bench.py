@@ -30,7 +30,7 @@ from webui.limits import Limits
 from webui.server import serve
 from webui.sessions import SessionManager
 
-PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-details")
+PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-lens", "ml-details")
 PROMPTS = ["Write a story about a lighthouse keeper.", "Explain how a bicycle works.",
            "List the planets of the solar system and describe each.", "Write a poem about the sea."]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

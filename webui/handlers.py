@@ -163,13 +163,14 @@ class Handlers:
     @_reported
     def reset(self, session: UISession, kv_blocks: float | None, block_size: str | int, max_num_seqs: float | None,
               max_batched_tokens: float | None, prefix_caching: bool, attention: bool, traced: float | None,
-              top_k: float | None) -> list[Any]:
+              top_k: float | None, logit_lens: bool) -> list[Any]:
         settings = EngineSettings(
             num_kv_blocks=_whole(kv_blocks, "KV blocks"), block_size=_whole(block_size, "block size"),
             max_num_seqs=_whole(max_num_seqs, "max batch size"),
             max_num_batched_tokens=_whole(max_batched_tokens, "max batched tokens"), prefix_caching=bool(prefix_caching),
         )
-        capture = CaptureSettings(bool(attention), _whole(traced, "traced requests", minimum=0), _whole(top_k, "top-k"))
+        capture = CaptureSettings(bool(attention), _whole(traced, "traced requests", minimum=0), _whole(top_k, "top-k"),
+                                  bool(logit_lens))
         with session.lock:
             self.manager.reset(session, settings, capture)
         return render(session, f"new engine: {settings.num_kv_blocks} KV blocks of {settings.block_size} tokens, "

@@ -54,6 +54,8 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                     traced = gr.Number(capture.traced_requests, precision=0,
                                        label="Trace attention of the first n requests")
                     logits_k = gr.Number(capture.top_k, precision=0, label="Logits top-k")
+                    lens = gr.Checkbox(capture.logit_lens, label="Logit lens: each layer's top-5 guess (traced requests)",
+                                       elem_id="ml-lens-on")
                 with gr.Accordion("Breakpoints (Run to breakpoint)", open=False):
                     bp_events = gr.CheckboxGroup(list(EVENT_BREAKPOINTS), label="Stop when", elem_id="ml-bp-events")
                     # Text boxes, not numbers: an empty box means "no such breakpoint".
@@ -94,7 +96,9 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     _plot_panel("attention")
                     _plot_panel("logits")
-                _plot_panel("history")
+                with gr.Row(equal_height=False):
+                    _plot_panel("history")
+                    _plot_panel("lens")
                 figures = gr.HTML(elem_id="ml-figures", elem_classes="ml-hidden")
 
         panels = dict(status=status, slider=slider, text=text, figures=figures, tables=tables, details=details,
@@ -115,7 +119,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         # no queue slot of its own, so it acts at once even on a busy server.
         pause.click(handlers.pause, None, None, api_name="pause", queue=False)
         reset.click(handlers.reset, [kv_blocks, block_size, max_num_seqs, max_batched, prefix_caching, attention,
-                                     traced, logits_k], outputs, api_name="reset")
+                                     traced, logits_k, lens], outputs, api_name="reset")
         slider.input(handlers.seek, [slider], trigger_mode="always_last", api_name="seek", **quiet)
         prev.click(handlers.prev, None, api_name="prev", **quiet)
         nxt.click(handlers.next, None, api_name="next", **quiet)

@@ -5,7 +5,7 @@ from inspector.views (pure functions); this module only picks the step and the s
 wraps them in Gradio updates, in the order of OUTPUT_NAMES (webui/layout.py wires the
 components in the same order).
 
-The five plotly figures travel together as JSON in one carrier element ("figures"), and
+The six plotly figures travel together as JSON in one carrier element ("figures"), and
 static/app.js draws each with Plotly.react into a plot that stays on the page. Gradio's own
 Plot component re-creates its plot on every update (a fresh Plotly.newPlot each time: about
 100 ms a figure in a CPU-rendered browser), which alone would miss the 200 ms a slider move may take.
@@ -26,7 +26,7 @@ from inspector.views import Selection
 from webui.sessions import UISession
 
 OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "seq", "layer", "head")
-FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history")  # the keys of the figures' JSON
+FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history", "lens")  # the keys of the figures' JSON
 
 
 def resolved_selection(trace: Trace | None, selection: Selection) -> Selection:
@@ -99,6 +99,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         "attention": views.attention_figure(trace, index, selection),
         "logits": views.logits_figure(trace, index, selection),
         "history": views.logits_history_figure(trace, index, selection),
+        "lens": views.logit_lens_figure(trace, index, selection),
     }
     return [
         status_html(session, message, error),

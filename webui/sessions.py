@@ -44,8 +44,9 @@ class EngineSettings:
 @dataclass(frozen=True)
 class CaptureSettings:
     attention: bool = True
-    traced_requests: int = 2  # trace the attention of the first n requests
+    traced_requests: int = 2  # trace the attention (and logit lens) of the first n requests
     top_k: int = 10
+    logit_lens: bool = False
 
 
 @dataclass
@@ -149,7 +150,7 @@ class SessionManager:
         engine = LLMEngine.sharing_weights(self.base, config)  # validates the rest (block size, ...)
         policy = CapturePolicy(
             attention=capture.attention, attention_requests=tuple(range(capture.traced_requests)),
-            top_k=capture.top_k, memory_budget=int(self.limits.trace_budget_mb * 2**20),
+            top_k=capture.top_k, logit_lens=capture.logit_lens, memory_budget=int(self.limits.trace_budget_mb * 2**20),
         )
         session.pause_requested = True  # a run in progress stops at its next step
         session.debug = DebugSession(engine, policy)

@@ -103,7 +103,8 @@ def logits_history_figure(trace: Trace, index: int, selection: Selection | None 
         text = axis_label(token.text_delta or f"[{token.token_id}]", 16) if token is not None else ""
         hover.append(f"{text} · rank {g.sampled_rank}" if g else f"{text} · logits not recorded")
     # Lines without markers: a marker per token of a 300-token run doubles the drawing time
-    # (about 13 ms in a CPU-rendered browser); the cursor step's own values get markers.
+    # (about 13 ms in a CPU-rendered browser). The cursor step's own values are marked by
+    # shapes, so moving the cursor changes the layout only and the lines need no redraw.
     lines = [
         dict(type="scatter", mode="lines", name="entropy (nats)", x=steps, y=entropy, customdata=hover,
              line=dict(color=sequence_color(seq_id), width=1.5),
@@ -112,17 +113,15 @@ def logits_history_figure(trace: Trace, index: int, selection: Selection | None 
              line=dict(color=SAMPLED_COLOR, width=1.5, dash="dot"),
              hovertemplate="step %{x}: %{customdata}<br>p=%{y:.3f}<extra></extra>"),
     ]
+    shapes = [cursor_line(index)]
     if index in seq.token_steps:
         at = seq.token_steps.index(index)
-        lines += [
-            dict(type="scatter", mode="markers", x=[index], y=[entropy[at]], showlegend=False, hoverinfo="skip",
-                 marker=dict(color=sequence_color(seq_id), size=8)),
-            dict(type="scatter", mode="markers", x=[index], y=[prob[at]], yaxis="y2", showlegend=False,
-                 hoverinfo="skip", marker=dict(color=SAMPLED_COLOR, size=8)),
-        ]
+        for value, axis, color in ((entropy[at], "y", sequence_color(seq_id)), (prob[at], "y2", SAMPLED_COLOR)):
+            if value is not None:
+                shapes.append(_dot(index, value, axis, color))
     return make_figure(
         lines, title, 280, f"logits-history-{seq_id}",
-        shapes=[cursor_line(index)],
+        shapes=shapes,
         xaxis=dict(title=dict(text="step"), range=[-0.5, len(trace.steps) - 0.5]),
         yaxis=dict(title=dict(text="entropy (nats)"), rangemode="tozero"),
         yaxis2=dict(title=dict(text="sampled p"), overlaying="y", side="right", range=[0, 1.05], dtick=0.25,
@@ -130,6 +129,12 @@ def logits_history_figure(trace: Trace, index: int, selection: Selection | None 
         legend=dict(orientation="h", y=-0.25),
         hovermode="x unified",
     )
+
+
+def _dot(x: float, y: float, axis: str, color: str) -> dict:
+    """An 8-pixel dot at data point (x, y) of the y axis `axis`, drawn as a layout shape."""
+    return dict(type="circle", xref="x", yref=axis, xsizemode="pixel", ysizemode="pixel", xanchor=x, yanchor=y,
+                x0=-4, x1=4, y0=-4, y1=4, fillcolor=color, line=dict(width=0))
 
 
 def _why_no_token(trace: Trace, seq_id: int, index: int) -> str:

@@ -240,16 +240,21 @@ class LLMEngine:
     def remove_observer(self, observer: Observer) -> None:
         self.observers.remove(observer)
 
-    def _attention_hook(self):
-        watchers = [o for o in self.observers if o.wants_attention]
-        if not watchers:
-            return None
+    def _layer_hooks(self) -> tuple:
+        """The per-layer hooks of the observers that want them this step: (on_attention or
+        None, on_layer or None). Read after on_schedule: an observer may ask only in some steps."""
+        attention = [o for o in self.observers if o.wants_attention]
+        layers = [o for o in self.observers if o.wants_layers]
 
-        def hook(layer, q, k, v, output, metadata):
-            for observer in watchers:
+        def on_attention(layer, q, k, v, output, metadata):
+            for observer in attention:
                 observer.on_attention(layer, q, k, v, output, metadata)
 
-        return hook
+        def on_layer(layer, stream, metadata):
+            for observer in layers:
+                observer.on_layer(layer, stream, metadata)
+
+        return (on_attention if attention else None), (on_layer if layers else None)
 
     # -- the step ----------------------------------------------------------------------------------
 
@@ -272,8 +277,7 @@ class LLMEngine:
         # On CUDA the forward and the sampler only launch kernels; with observers attached
         # their GPU time is measured with events, so nothing waits for the GPU early.
         events = _GpuTimer(self.device) if self.observers and self.device.type == "cuda" else None
-        # Read after on_schedule: an observer may ask for attention only in some steps.
-        logits = self.runner.run(inputs, self._attention_hook() if self.observers else None)
+        logits = self.runner.run(inputs, *self._layer_hooks()) if self.observers else self.runner.run(inputs)
         t3 = time.perf_counter()
         timings.prepare_ms, timings.forward_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
         if events:

@@ -19,7 +19,7 @@ import torch
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.scheduler import SchedulerOutput
 from minillama.model.attention.metadata import AttentionMetadata
-from minillama.model.llama import AttentionHook, LlamaForCausalLM
+from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
 
 
 @dataclass
@@ -204,14 +204,17 @@ class ModelRunner:
     # -- running ----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def run(self, inputs: ModelInputs, on_attention: AttentionHook | None = None) -> torch.Tensor:
-        """Forward pass -> logits [S, vocab] (fp32) for the sequences that sample."""
+    def run(self, inputs: ModelInputs, on_attention: AttentionHook | None = None,
+            on_layer: LayerHook | None = None) -> torch.Tensor:
+        """Forward pass -> logits [S, vocab] (fp32) for the sequences that sample. A per-layer
+        hook makes the step run eagerly: a CUDA graph replays kernels, it calls no Python."""
         num_seqs = inputs.input_ids.shape[0]
         self.bind_kv_cache()
-        if not inputs.metadata.is_prefill and on_attention is None and self.graphs and num_seqs <= max(self.graphs):
+        hooked = on_attention is not None or on_layer is not None
+        if not inputs.metadata.is_prefill and not hooked and self.graphs and num_seqs <= max(self.graphs):
             hidden = self._replay_decode_graph(inputs)
         else:
-            hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention)
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention, on_layer)
         return self.model.compute_logits(hidden[inputs.logits_indices])
 
     # -- CUDA graphs ----------------------------------------------------------------------------

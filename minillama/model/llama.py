@@ -23,6 +23,9 @@ from minillama.model.rotary import RotaryEmbedding, apply_rotary
 # on_attention(layer, q, k, v, output, metadata): q [N, H, D] and k [N, Hkv, D] after RoPE,
 # v [N, Hkv, D], output [N, H, D] (attention before o_proj).
 AttentionHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], None]
+# on_layer(layer, stream, metadata): the residual stream [N, hidden] after the layer, i.e. the
+# sum of the embeddings and every attention and MLP output so far (what a logit lens reads).
+LayerHook = Callable[[int, torch.Tensor, AttentionMetadata], None]
 
 
 class LlamaAttention(nn.Module):
@@ -152,13 +155,16 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         metadata: AttentionMetadata,
         on_attention: AttentionHook | None = None,
+        on_layer: LayerHook | None = None,
     ) -> torch.Tensor:
         """input_ids, positions: [N] -> final hidden states [N, hidden]."""
         hidden = self.model.embed_tokens(input_ids)
         rope = self.model.rotary.cos_sin(positions, hidden.dtype)
         residual = None
-        for layer in self.model.layers:
+        for i, layer in enumerate(self.model.layers):
             hidden, residual = layer(rope, hidden, residual, metadata, on_attention)
+            if on_layer is not None:  # the stream is carried in two parts: their sum
+                on_layer(i, hidden + residual, metadata)
         return self.model.norm.add_and_norm(hidden, residual)[0]
 
     def use_fused_ops(self, enabled: bool) -> None:

@@ -1,0 +1,55 @@
+"""The logit lens panel: what each layer would have predicted, for the token sampled at the cursor.
+
+Rows are layers (the first at the bottom, as the residual stream flows up), columns the five
+most likely tokens of that layer's guess, colour its probability. The top row is the model's
+real prediction; reading downwards shows from which layer on the model "knew" the answer.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from inspector.trace import Trace
+from inspector.views.figure import empty_figure, make_figure, step_problem
+from inspector.views.selection import Selection, selected_seq_id
+from inspector.views.tokens import axis_label
+
+NOT_RECORDED = "The logit lens was not recorded: tick 'Logit lens' under Capture, then Reset"
+
+
+def logit_lens_figure(trace: Trace, index: int, selection: Selection | None = None) -> go.Figure:
+    """Heatmap [layers x top-5] of the selected sequence's token sampled at step `index`."""
+    problem = step_problem(trace, index)
+    if problem is not None:
+        return empty_figure(problem)
+    seq_id = selected_seq_id(trace, selection or Selection())
+    title = f"Logit lens · step {index}"
+    if seq_id is None or seq_id not in trace.sequences:
+        return empty_figure("No sequence in this trace", title)
+    title += f" · seq #{seq_id}"
+    token = trace.steps[index].token_of(seq_id)
+    if token is None:
+        return empty_figure(f"#{seq_id} sampled nothing at step {index}", title)
+    if token.lens is None:
+        dropped = trace.dropped_from("lens")
+        if dropped is not None and index >= dropped:
+            return empty_figure(f"the memory budget stopped recording the logit lens at step {dropped}", title)
+        untraced = not trace.sequences[seq_id].traced
+        return empty_figure(f"#{seq_id} is not a traced sequence" if untraced else NOT_RECORDED, title)
+    lens = token.lens
+    layers = list(range(len(lens.top_ids)))
+    texts = [[axis_label(t or f"[{i}]", 10) for t, i in zip(row_texts, row_ids)]
+             for row_texts, row_ids in zip(lens.top_texts, lens.top_ids)]
+    # Where the sampled token first becomes the layer's best guess (and stays so).
+    settled = next((layer for layer in layers if all(lens.top_ids[j][0] == token.token_id for j in layers[layer:])),
+                   None)
+    heat = dict(
+        type="heatmap", z=lens.top_probs, x=[f"#{r + 1}" for r in range(len(lens.top_probs[0]))], y=layers,
+        text=texts, texttemplate="%{text}", textfont=dict(size=10), customdata=texts, zmin=0, zmax=1,
+        colorscale="Blues", colorbar=dict(title=dict(text="p"), thickness=10),
+        hovertemplate="layer %{y}, guess %{x}: %{customdata} p=%{z:.3f}<extra></extra>",
+    )
+    if settled is not None:
+        title += f" · settles on the sampled token at layer {settled}"
+    return make_figure([heat], title, 380, f"lens-{seq_id}", yaxis=dict(title=dict(text="layer"), dtick=5),
+                       xaxis=dict(side="top"))

@@ -1,0 +1,87 @@
+"""The logit lens: each layer's top-5, read from the residual stream after that layer, equals
+transformers' hidden states of the same model through the final norm and LM head; the last
+layer's is the model's own prediction; it survives a save and load, and the budget drops it."""
+
+from __future__ import annotations
+
+import torch
+from conftest import make_hf_model
+
+from inspector import CapturePolicy, DebugSession, load, save
+from minillama import EngineConfig, LLMEngine, SamplingParams
+
+
+def lens_run(policy: CapturePolicy):
+    hf = make_hf_model("gqa-tied-llama3")
+    engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cpu", num_kv_blocks=32, block_size=4))
+    session = DebugSession(engine, policy)
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 256, (n,), generator=generator).tolist() for n in (7, 5)]
+    for prompt in prompts:
+        session.add(prompt, SamplingParams(temperature=0, max_tokens=4))
+    session.run()
+    return hf, session, prompts
+
+
+def hf_lens(hf, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' logit lens at the last position: (top-5 probs, ids) [L, 5]. Its
+    hidden_states[i + 1] is the residual stream after layer i, except the last, which HF
+    returns already normed."""
+    with torch.no_grad():
+        out = hf(torch.tensor([token_ids]), output_hidden_states=True)
+        streams = torch.stack([h[0, -1] for h in out.hidden_states[1:]])  # [L, hidden]
+        normed = torch.cat([hf.model.norm(streams[:-1]), streams[-1:]])
+        probs = hf.lm_head(normed).float().softmax(dim=-1)
+    return probs.topk(5, dim=-1)
+
+
+def test_each_layers_guess_is_transformers_hidden_state_through_the_head(tmp_path):
+    hf, session, prompts = lens_run(CapturePolicy(logit_lens=True, attention=False, attention_requests=(0,)))
+    trace = session.trace
+    seq = trace.sequences[0]
+    assert seq.traced and not trace.sequences[1].traced
+    checked = 0
+    for i, step in enumerate(seq.token_steps):
+        token = trace.steps[step].token_of(0)
+        context = prompts[0] + seq.output_ids[:i]  # what the model had read when it sampled token i
+        probs, ids = hf_lens(hf, context)
+        assert len(token.lens.top_ids) == 2  # layers
+        assert token.lens.top_ids == ids.tolist()
+        torch.testing.assert_close(torch.tensor(token.lens.top_probs), probs, rtol=1e-4, atol=1e-6)
+        # The last layer's guess is the model's prediction: the recorded top-k agrees.
+        assert token.lens.top_ids[-1][0] == token.logits.top_ids[0] == token.token_id
+        assert abs(token.lens.top_probs[-1][0] - token.logits.top_probs[0]) < 1e-5
+        checked += 1
+    assert checked == 4
+    assert all(t.lens is None for s in trace.steps for t in s.tokens if t.seq_id == 1)  # untraced
+    save(trace, tmp_path / "lens.mltrace")
+    again = load(tmp_path / "lens.mltrace")
+    step = seq.token_steps[2]
+    assert again.steps[step].token_of(0).lens == trace.steps[step].token_of(0).lens
+
+
+def test_the_memory_budget_drops_the_lens_before_the_logits():
+    _, full, _ = lens_run(CapturePolicy(logit_lens=True, attention=False))
+    per_step = 2 * (2 * 5 * 8)  # two traced sequences x layers x top-5 x (id, prob)
+    _, session, _ = lens_run(CapturePolicy(logit_lens=True, attention=False,
+                                           memory_budget=full.recorder.budget.used - per_step))
+    trace = session.trace
+    dropped = trace.dropped_from("lens")
+    assert dropped is not None and trace.dropped_from("logits") is None
+    assert all(t.lens is not None for s in trace.steps[:dropped] for t in s.tokens)
+    assert all(t.lens is None and t.logits is not None for s in trace.steps[dropped:] for t in s.tokens)
+
+
+def test_the_lens_panel_shows_the_recorded_guesses():
+    from inspector.views import Selection, logit_lens_figure
+
+    _, session, _ = lens_run(CapturePolicy(logit_lens=True, attention=False, attention_requests=(0,)))
+    trace = session.trace
+    step = trace.sequences[0].token_steps[1]
+    token = trace.steps[step].token_of(0)
+    fig = logit_lens_figure(trace, step, Selection(seq_id=0))
+    assert [list(row) for row in fig.data[0].z] == token.lens.top_probs
+    assert f"step {step}" in fig.layout.title.text and "seq #0" in fig.layout.title.text
+    untraced = logit_lens_figure(trace, step, Selection(seq_id=1))
+    assert "#1 is not a traced sequence" in untraced.layout.annotations[0].text
+    assert "No step yet" in logit_lens_figure(trace, -1).layout.annotations[0].text
