@@ -5,8 +5,12 @@ indexed by position: q [L, capacity, H, D] and k [L, capacity, Hkv, D] (L = capt
 They grow by doubling; the trace's AttentionStore shows the filled part, [:, :length].
 
 Where the rows come from, in a step that runs a traced sequence:
-- its new tokens' q and k: rows of the layer's flat batch tensors. In prefill its rows are
-  cu_seqlens_q[i] .. cu_seqlens_q[i + 1] (i = its place in the batch); in decode, row i.
+- prefill (write, called per layer from on_attention, so the step runs eagerly): its new
+  tokens' q and k are rows cu_seqlens_q[i] .. cu_seqlens_q[i + 1] of the layer's flat batch
+  tensors (i = its place in the batch);
+- decode (write_queries, called once from on_queries; CUDA graphs stay on): its query is row i
+  of every layer's queries, which the forward copied out; its new key is read back from the
+  paged cache, where the step wrote it.
 - keys it did not compute in this run (a prefix-cache hit): read from the layer's paged cache,
   [num_blocks, block_size, Hkv, D], through its block table. Their queries were never computed
   for this sequence, so those positions have keys but no query (q_step -1).
@@ -52,6 +56,9 @@ class _Write:
     # them from the cache at these physical blocks and offsets, [n] each, on the device.
     cache_blocks: torch.Tensor
     cache_offsets: torch.Tensor
+    # Decode: where positions [start, end) went in the cache, [end - start] each, on the device.
+    new_blocks: torch.Tensor | None = None
+    new_offsets: torch.Tensor | None = None
 
 
 class AttentionCapture:
@@ -89,9 +96,13 @@ class AttentionCapture:
             self._grow(buffers, self._new_capacity(seq, item.end))
             # Positions before `start` whose keys are not recorded yet: read from the cache.
             missing = torch.arange(min(buffers.length, item.start), item.start)
-            blocks = torch.tensor(seq.block_table, dtype=torch.long)[missing // bs]
+            table = torch.tensor(seq.block_table, dtype=torch.long)
             device = self.engine.device
-            self.writes.append(_Write(seq.seq_id, i, item.start, item.end, blocks.to(device), (missing % bs).to(device)))
+            write = _Write(seq.seq_id, i, item.start, item.end, table[missing // bs].to(device), (missing % bs).to(device))
+            if batch.phase == "decode":
+                new = torch.arange(item.start, item.end)
+                write.new_blocks, write.new_offsets = table[new // bs].to(device), (new % bs).to(device)
+            self.writes.append(write)
         return bool(self.writes)
 
     def write(self, layer: int, q: torch.Tensor, k: torch.Tensor, metadata: AttentionMetadata) -> None:
@@ -113,6 +124,21 @@ class AttentionCapture:
             buffers.k[slot, w.start : w.end] = k[first:last]
             if w.cache_blocks.numel():
                 buffers.k[slot, w.start - w.cache_blocks.numel() : w.start] = k_cache[w.cache_blocks, w.cache_offsets]
+
+    def write_queries(self, queries: torch.Tensor) -> None:
+        """on_queries (decode): queries [L_all, B, H, D], every layer's post-RoPE queries of
+        the batch. Keys come from the paged cache [L_all, 2, NB + 1, bs, Hkv, D]: the new
+        token's, which the step wrote, and any before it not recorded yet (prefix-cache hits)."""
+        kv = self.engine.runner.kv_cache
+        layers = torch.tensor(self.layers, device=queries.device)  # [L]
+        for w in self.writes:
+            buffers = self.buffers[w.seq_id]
+            buffers.q[:, w.start : w.end] = queries[layers, w.batch_index].unsqueeze(1)  # [L, 1, H, D]
+            blocks = torch.cat([w.cache_blocks, w.new_blocks])  # [n]
+            offsets = torch.cat([w.cache_offsets, w.new_offsets])
+            # One gather over (layer, position) pairs: [L, n, Hkv, D]; indexing kv[layers] first
+            # would copy every layer's whole cache.
+            buffers.k[:, w.end - blocks.numel() : w.end] = kv[layers[:, None], 0, blocks[None, :], offsets[None, :]]
 
     def end_step(self, index: int) -> list[int]:
         """Mark the step's positions recorded and refresh the trace's views.

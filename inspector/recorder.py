@@ -7,8 +7,11 @@
 
 What each hook records (observer order within a step: minillama/observe.py):
 - on_schedule: the scheduler's decision and queues; the memory budget plans the step; the
-  traced sequences' attention capture is planned (and the step runs eagerly only if it has any).
-- on_attention: each layer's post-RoPE Q and K rows of the traced sequences.
+  traced sequences' attention capture is planned (a prefill that has any runs eagerly; decode
+  steps keep their CUDA graphs).
+- on_attention (prefill) / on_queries (decode): each layer's post-RoPE Q and K rows of the
+  traced sequences.
+- on_layer: with the logit lens on, the residual stream after each layer.
 - on_logits: the top-k summary of each sampling row, waiting for the drawn token.
 - on_step_end: the tokens, the summaries completed with the drawn token's rank, the KV cache
   snapshot, the timings.
@@ -51,7 +54,7 @@ from minillama.observe import Observer
 class CapturePolicy:
     """What the recorder keeps beyond the always-recorded scheduler, tokens and KV snapshots."""
 
-    attention: bool = True  # record Q/K of the traced sequences (the steps that run them go eager)
+    attention: bool = True  # record Q/K of the traced sequences
     # Sequence ids to trace; None: the requests at these places in arrival order (the first two).
     attention_seqs: tuple[int, ...] | None = None
     attention_requests: tuple[int, ...] = (0, 1)
@@ -175,8 +178,12 @@ class Recorder(Observer):
             message = f"memory budget of {budget.limit:,} bytes reached: {kind} no longer recorded from step {index}"
             self.trace.events.append(Event(index, "drop", message, what=kind))
         capturing = self.policy.attention and budget.keeps("attention")
-        # Only steps that run a traced sequence need the per-layer hook (and so run eagerly).
-        self.wants_attention = capturing and self.capture.begin_step(batch, self.traced)
+        # Only steps that run a traced sequence capture anything. A prefill is captured per
+        # layer (a hook: eager, as prefills always are); a decode step from the queries the
+        # forward copies out (its CUDA graph stays on).
+        capture = capturing and self.capture.begin_step(batch, self.traced)
+        self.wants_attention = capture and batch.phase == "prefill"
+        self.wants_queries = capture and batch.phase == "decode"
         self.wants_layers = bool(lens_rows) and budget.keeps("lens")
         self._step.record_s += time.perf_counter() - started
 
@@ -191,6 +198,11 @@ class Recorder(Observer):
     ) -> None:
         started = time.perf_counter()
         self.capture.write(layer, q, k, metadata)
+        self._step.record_s += time.perf_counter() - started
+
+    def on_queries(self, queries: torch.Tensor, metadata: AttentionMetadata) -> None:
+        started = time.perf_counter()
+        self.capture.write_queries(queries)
         self._step.record_s += time.perf_counter() - started
 
     def on_layer(self, layer: int, stream: torch.Tensor, metadata: AttentionMetadata) -> None:
@@ -226,7 +238,7 @@ class Recorder(Observer):
             seq.finish_reason = out.finish_reason
         kv = snapshot_kv(engine.block_manager, engine.scheduler.running, step.hit_blocks)
         self.budget.charge(kv_snapshot_bytes(kv))
-        attention_seqs = self.capture.end_step(step.index) if self.wants_attention else []
+        attention_seqs = self.capture.end_step(step.index) if self.wants_attention or self.wants_queries else []
         t = result.timings
         now = time.perf_counter()
         record_ms = (step.record_s + now - started) * 1e3
@@ -236,7 +248,8 @@ class Recorder(Observer):
             wall_ms=(now - step.started) * 1e3 + t.schedule_ms, record_ms=record_ms,
         )
         trace.steps.append(
-            StepRecord(step.index, result.step, step.schedule, tokens, kv, timings, attention_seqs)
+            StepRecord(step.index, result.step, step.schedule, tokens, kv, timings, attention_seqs,
+                       layer_hooks=self.wants_attention or self.wants_layers)
         )
         self._step = None
 

@@ -246,6 +246,10 @@ class StepRecord:
     kv: KVSnapshot
     timings: Timings
     attention_seqs: list[int]  # traced sequences whose Q/K this step recorded
+    # Did the step call Python hooks at every layer (attention capture in a prefill, the logit
+    # lens)? Then on CUDA it ran eagerly, without a CUDA graph. A decode step's queries are
+    # copied out inside the graph and need no hook.
+    layer_hooks: bool = False
 
     def token_of(self, seq_id: int) -> TokenRecord | None:
         return next((t for t in self.tokens if t.seq_id == seq_id), None)

@@ -13,6 +13,10 @@ attaches it. The order within a step is:
     on_layer(layer, stream, metadata)   once per layer, only for observers with wants_layers =
                                         True (read like wants_attention; eager too): the
                                         residual stream [N, hidden] after the layer
+    on_queries(queries, metadata)       decode steps only, for observers with wants_queries =
+                                        True (read like wants_attention): every layer's
+                                        post-RoPE queries of the batch, [L, B, H, D], copied
+                                        out inside the forward, so CUDA graphs stay on
     on_logits(batch, logits)            logits [S, vocab] fp32 of the S sequences that sample,
                                         in the order of batch.sampling
     on_step_end(engine, result)         sampled tokens, text deltas, finish reasons, timings
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 class Observer:
     wants_attention: bool = False
     wants_layers: bool = False
+    wants_queries: bool = False
 
     def on_schedule(self, engine: LLMEngine, batch: SchedulerOutput) -> None:
         pass
@@ -54,6 +59,9 @@ class Observer:
         pass
 
     def on_layer(self, layer: int, stream: torch.Tensor, metadata: AttentionMetadata) -> None:
+        pass
+
+    def on_queries(self, queries: torch.Tensor, metadata: AttentionMetadata) -> None:
         pass
 
     def on_logits(self, batch: SchedulerOutput, logits: torch.Tensor) -> None:

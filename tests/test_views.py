@@ -431,7 +431,12 @@ def test_step_details(trace):
     t = step.timings
     for ms in (t.schedule_ms, t.prepare_ms, t.forward_ms, t.sample_ms, t.wall_ms, t.record_ms):
         assert f"<td>{ms:.2f}</td>" in page
-    assert step.attention_seqs and "ran eagerly: per-layer capture" in page
+    assert step.attention_seqs and "recorded (" in page
+    # A prefill capture runs a hook per layer (eager); a decode capture copies inside the forward.
+    for s in trace.steps:
+        if s.attention_seqs:
+            details = step_details_html(trace, s.index)
+            assert s.layer_hooks == (s.schedule.phase == "prefill") == ("ran eagerly" in details)
     preempted = re.search(r"<th>preempted</th><td>(.*?)</td>", page).group(1)
     assert re.findall(r"#(\d+)", preempted) == [str(s) for s in step.schedule.preempted]
     for x in step.schedule.scheduled:

@@ -5,9 +5,10 @@ queues), the model ran the batch (how many tokens: a prefill step computes many 
 decode step one each), the sampler drew tokens, and the KV cache ended as shown. The timings
 split the step's wall time into the engine's phases; "recorder" is what recording cost.
 
-A step that computed a traced sequence "ran eagerly": to capture each layer's queries and keys
-the model must stop at every layer (a hook per layer), which rules out replaying a CUDA graph.
-Such steps are slower on a GPU, and the timings show it.
+Capture: a decode step copies each layer's queries out inside the forward (inside its CUDA
+graph on a GPU), so recording attention there costs a few copies. A prefill that computes a
+traced sequence, or any step with the logit lens on, calls a Python hook at every layer: on a
+GPU that step "ran eagerly", without a CUDA graph, and the timings show it.
 """
 
 from __future__ import annotations
@@ -84,12 +85,16 @@ def _kv(trace: Trace, step: StepRecord) -> str:
 
 
 def _capture(step: StepRecord) -> str:
+    parts = []
     if step.attention_seqs:
         seqs = ", ".join(seq_label(i) for i in step.attention_seqs)
-        text = f"ran eagerly: per-layer capture of queries and keys for {seqs}"
+        how = "a hook at every layer" if step.layer_hooks else "copied out inside the forward"
+        parts.append(f"queries and keys of {seqs} recorded ({how})")
+    if step.layer_hooks:
+        parts.append("ran eagerly: per-layer hooks (on a GPU, without a CUDA graph)")
     else:
-        text = "no attention captured: the step ran at full speed (CUDA graphs where available)"
-    return f"<h4>Capture</h4><div>{text}</div>"
+        parts.append("no per-layer hook: CUDA graphs where available")
+    return f"<h4>Capture</h4><div>{'; '.join(parts)}</div>"
 
 
 def _timings(step: StepRecord) -> str:

@@ -277,7 +277,16 @@ class LLMEngine:
         # On CUDA the forward and the sampler only launch kernels; with observers attached
         # their GPU time is measured with events, so nothing waits for the GPU early.
         events = _GpuTimer(self.device) if self.observers and self.device.type == "cuda" else None
-        logits = self.runner.run(inputs, *self._layer_hooks()) if self.observers else self.runner.run(inputs)
+        if self.observers:
+            readers = [o for o in self.observers if o.wants_queries]
+            if readers:
+                self.runner.enable_query_capture()  # once: the decode graphs then copy the queries out
+            logits = self.runner.run(inputs, *self._layer_hooks())
+            if readers and self.runner.last_queries is not None:
+                for observer in readers:
+                    observer.on_queries(self.runner.last_queries, inputs.metadata)
+        else:
+            logits = self.runner.run(inputs)
         t3 = time.perf_counter()
         timings.prepare_ms, timings.forward_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
         if events:

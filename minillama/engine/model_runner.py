@@ -60,6 +60,11 @@ class ModelRunner:
             model_config.num_hidden_layers, 2, self.num_blocks + 1, self.block_size,
             model_config.num_key_value_heads, model_config.head_dim, dtype=dtype, device=device,
         )
+        self.max_num_seqs = engine_config.max_num_seqs
+        # [L, max_num_seqs, H, D] once enable_query_capture() is called; last_queries is the
+        # filled part after a decode step, [L, B, H, D] (None after a prefill).
+        self.query_buffer: torch.Tensor | None = None
+        self.last_queries: torch.Tensor | None = None
         self.bind_kv_cache()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         backend = model.model.layers[0].self_attn.backend
@@ -67,7 +72,8 @@ class ModelRunner:
             self._capture_decode_graphs(engine_config.max_num_seqs)
 
     def bind_kv_cache(self) -> None:
-        """Point every attention layer of the model at this runner's KV cache.
+        """Point every attention layer of the model at this runner's KV cache (and query
+        buffer, if any).
 
         Several engines may share one model (the web UI gives each browser session its own
         engine and KV pool over one copy of the weights): each binds its cache before it runs,
@@ -78,8 +84,25 @@ class ModelRunner:
             return
         for i, layer in enumerate(self.model.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[i]
+            layer.self_attn.query_out = self.query_buffer[i] if self.query_buffer is not None else None
         # A weak reference: the model must not keep a finished session's runner alive.
         self.model.kv_cache_owner = weakref.ref(self)
+
+    def enable_query_capture(self) -> None:
+        """From now on every decode step copies each layer's post-RoPE queries into
+        query_buffer (one small copy per layer), and run() exposes them as last_queries. The
+        decode graphs are captured again with the copies in them: an observer of queries then
+        costs no eager step. (Keys need no copy: they are in the paged cache.)"""
+        if self.query_buffer is not None:
+            return
+        m = self.config
+        self.query_buffer = torch.zeros(m.num_hidden_layers, self.max_num_seqs, m.num_attention_heads, m.head_dim,
+                                        dtype=self.dtype, device=self.device)
+        self.model.kv_cache_owner = None  # bind again, with the buffer
+        self.bind_kv_cache()
+        if self.graphs:
+            self.graphs = {}
+            self._capture_decode_graphs(self.max_num_seqs)
 
     # -- sizing the KV cache --------------------------------------------------------------------
 
@@ -215,6 +238,8 @@ class ModelRunner:
             hidden = self._replay_decode_graph(inputs)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention, on_layer)
+        decode_queries = self.query_buffer is not None and not inputs.metadata.is_prefill
+        self.last_queries = self.query_buffer[:, :num_seqs] if decode_queries else None
         return self.model.compute_logits(hidden[inputs.logits_indices])
 
     # -- CUDA graphs ----------------------------------------------------------------------------

@@ -45,6 +45,10 @@ class LlamaAttention(nn.Module):
         # model runner binds them once it has sized the cache.
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
+        # Set by the model runner when an observer records queries: [rows, H, D], into which
+        # a decode step copies its post-RoPE queries. A copy is a kernel, so it runs inside a
+        # CUDA graph too, where a Python hook could not.
+        self.query_out: torch.Tensor | None = None
 
     def forward(
         self,
@@ -74,6 +78,8 @@ class LlamaAttention(nn.Module):
             # Write first, then attend: the new tokens must see themselves, and sequences whose
             # prefix is cached read all their keys from the cache.
             store_kvcache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
+        if self.query_out is not None and not metadata.is_prefill:
+            self.query_out[: q.shape[0]].copy_(q)
         if not metadata.is_prefill:
             out = self.backend.decode(
                 q.unsqueeze(1), self.k_cache, self.v_cache, metadata.context_lens, metadata.block_tables,
