@@ -35,6 +35,7 @@ def make_manager(args: argparse.Namespace, limits: Limits) -> SessionManager:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio checks its own routes at start
     args = parse_args(argv)
     try:
         auth = resolve_auth(args)
