@@ -20,16 +20,12 @@ import plotly.graph_objects as go
 import torch
 
 from inspector.trace import NotRecorded, Trace
+from inspector.views.colors import PROBABILITY_SCALE
 from inspector.views.figure import clamp_height, empty_figure, make_figure, step_problem
 from inspector.views.queries import Query, cursor_query, recomputed_note
 from inspector.views.selection import Selection, selected_seq_id
 from inspector.views.tokens import axis_label, position_pieces
 
-# White (no attention) to dark blue (all of it). Attention is heavy-tailed: one key (often the
-# first token, an "attention sink") can take most of it, leaving the rest near zero. The colour
-# stops sit at squares (0, 1/16, 1/4, 9/16, 1), so colour follows sqrt(probability) and small
-# weights stay visible; the colour bar still reads in probability.
-COLORSCALE = [[0.0, "#ffffff"], [0.0625, "#c6dbef"], [0.25, "#6baed6"], [0.5625, "#2171b5"], [1.0, "#08306b"]]
 # Token labels on an axis; past that every n-th one (the hover still names each key). Each
 # label is text the browser measures on every redraw: 48 of them cost a 350-key heatmap about
 # 24 ms a redraw in a CPU-rendered browser, 16 about 5 ms.
@@ -67,7 +63,7 @@ def attention_figure(trace: Trace, index: int, selection: Selection | None = Non
 def _row_figure(row: torch.Tensor, seq_id: int, selection: Selection, labels: list[str], title: str) -> go.Figure:
     heatmap = dict(
         type="heatmap", z=[row.tolist()], x=list(range(len(labels))), y=[f"h{selection.head}"],
-        customdata=[labels], colorscale=COLORSCALE, zmin=0,
+        customdata=[labels], colorscale=PROBABILITY_SCALE, zmin=0,
         hovertemplate="key pos %{x} %{customdata}<br>attention %{z:.4f}<extra></extra>",
         colorbar=dict(thickness=12, outlinewidth=0),
     )
@@ -81,7 +77,7 @@ def _heads_figure(trace: Trace, seq_id: int, selection: Selection, query: Query,
     z = [trace.attention_row(seq_id, selection.layer, h, query.position).tolist() for h in heads]
     heatmap = dict(
         type="heatmap", z=z, x=list(range(len(labels))), y=[f"h{h}" for h in heads],
-        customdata=[labels] * len(z), colorscale=COLORSCALE, zmin=0, ygap=1,
+        customdata=[labels] * len(z), colorscale=PROBABILITY_SCALE, zmin=0, ygap=1,
         hovertemplate="%{y} · key pos %{x} %{customdata}<br>attention %{z:.4f}<extra></extra>",
         colorbar=dict(thickness=12, outlinewidth=0),
     )
@@ -94,7 +90,7 @@ def _matrix_figure(trace: Trace, seq_id: int, selection: Selection, query: Query
     queries, probs = attention_matrix(trace, seq_id, selection.layer, selection.head, query.position)
     heatmap = dict(
         type="heatmap", z=probs.numpy(), x=list(range(len(labels))), y=queries,
-        colorscale=COLORSCALE, zmin=0, hoverongaps=False,
+        colorscale=PROBABILITY_SCALE, zmin=0, hoverongaps=False,
         hovertemplate="query pos %{y} · key pos %{x}<br>attention %{z:.4f}<extra></extra>",
         colorbar=dict(thickness=12, outlinewidth=0),
     )

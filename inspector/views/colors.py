@@ -58,3 +58,10 @@ def tint(color: str, alpha: float) -> str:
     """`color` ("#rrggbb") as rgba with opacity `alpha`: a light background for text."""
     r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+# Probabilities (attention weights, the logit lens), white (none) to dark blue (all of it).
+# They are heavy-tailed: one key (often the first token, an "attention sink") can take most of
+# the attention, leaving the rest near zero. The colour stops sit at squares (0, 1/16, 1/4, 9/16,
+# 1), so colour follows sqrt(probability) and small weights stay visible; the colour bar still
+# reads in probability.
+PROBABILITY_SCALE = [[0.0, "#ffffff"], [0.0625, "#c6dbef"], [0.25, "#6baed6"], [0.5625, "#2171b5"], [1.0, "#08306b"]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from inspector.trace import Trace
+from inspector.views.colors import PROBABILITY_SCALE
 from inspector.views.figure import empty_figure, make_figure, step_problem
 from inspector.views.selection import Selection, selected_seq_id
 from inspector.views.tokens import axis_label
@@ -46,7 +47,7 @@ def logit_lens_figure(trace: Trace, index: int, selection: Selection | None = No
     heat = dict(
         type="heatmap", z=lens.top_probs, x=[f"#{r + 1}" for r in range(len(lens.top_probs[0]))], y=layers,
         text=texts, texttemplate="%{text}", textfont=dict(size=10), customdata=texts, zmin=0, zmax=1,
-        colorscale="Blues", colorbar=dict(title=dict(text="p"), thickness=10),
+        colorscale=PROBABILITY_SCALE, colorbar=dict(title=dict(text="p"), thickness=10),
         hovertemplate="layer %{y}, guess %{x}: %{customdata} p=%{z:.3f}<extra></extra>",
     )
     if settled is not None:
