@@ -9,12 +9,19 @@ from minillama.model.attention import BACKEND_NAMES
 from minillama.sampling_params import SamplingParams
 
 
+def add_model_args(group: argparse._ActionsContainer) -> None:
+    """--model, --device, --dtype, --attention: which weights, and how they run."""
+    group.add_argument("--model", default=None,
+                       help="Hugging Face Llama directory (default: the embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+    group.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                       help="default: bfloat16 on CUDA, float32 on CPU")
+    group.add_argument("--attention", default="auto", choices=BACKEND_NAMES, help="attention implementation")
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and engine")
-    g.add_argument("--model", default=None, help="Hugging Face Llama directory (default: the embedded SmolLM2-135M-Instruct)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
-    g.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: bfloat16 on CUDA, float32 on CPU")
-    g.add_argument("--attention", default="auto", choices=BACKEND_NAMES, help="attention implementation")
+    add_model_args(g)
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
     g.add_argument("--num-kv-blocks", type=int, default=None, help="KV-cache blocks (default: sized from memory)")
     g.add_argument("--kv-cache-gb", type=float, default=1.0, help="CPU: memory for the KV cache, GiB")

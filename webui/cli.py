@@ -12,8 +12,7 @@ import ipaddress
 import os
 import socket
 
-from minillama.config import DTYPES
-from minillama.model.attention import BACKEND_NAMES
+from minillama.cli_args import add_model_args
 from webui.limits import Limits
 
 AUTH_ENV = "MINILLAMA_AUTH"
@@ -24,12 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = Limits()
     p = argparse.ArgumentParser(prog="app.py", description="mini-llama inspector: a visual debugger for Llama inference")
     m = p.add_argument_group("model (shared by every session)")
-    m.add_argument("--model", default=None, help="Hugging Face Llama directory (default: the embedded SmolLM2-135M-Instruct)")
-    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
-    m.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: bfloat16 on CUDA, float32 on CPU")
-    m.add_argument("--attention", default="auto", choices=BACKEND_NAMES, help="attention implementation")
+    add_model_args(m)
     m.add_argument("--max-model-len", type=int, default=4096, help="longest sequence a session may run")
-    m.add_argument("--eager", action="store_true", help="no CUDA graphs (steps that record attention are eager anyway)")
+    m.add_argument("--eager", action="store_true", help="no CUDA graphs")
     m.add_argument("--trace", default=None, metavar="FILE", help="open this .mltrace read-only, with no model loaded")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="127.0.0.1", help="0.0.0.0 shares the UI on the LAN (needs --auth or --no-auth)")

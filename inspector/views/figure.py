@@ -21,6 +21,7 @@ import plotly.io as pio
 
 from inspector.trace import Trace
 from inspector.views.colors import CURRENT_COLOR
+from inspector.views.selection import Selection, selected_seq_id
 
 NO_STEP = "No step yet: add prompts and press Step"
 
@@ -56,6 +57,21 @@ def step_problem(trace: Trace, index: int) -> str | None:
     if index >= len(trace.steps):
         return f"No step {index}: the trace has {len(trace.steps)} steps"
     return None
+
+
+def sequence_or_placeholder(trace: Trace, index: int, selection: Selection | None,
+                            title: str) -> tuple[int, str] | go.Figure:
+    """For a panel about one sequence: (the selected sequence's id, `title` naming the step and
+    the sequence), or a placeholder saying why there is nothing to show (no step, no sequence)."""
+    problem = step_problem(trace, index)
+    if problem is not None:
+        return empty_figure(problem)
+    seq_id = selected_seq_id(trace, selection or Selection())
+    title = f"{title} · step {index}"
+    if seq_id is None or seq_id not in trace.sequences:
+        missing = "No sequence in this trace" if seq_id is None else f"There is no sequence #{seq_id} in this trace"
+        return empty_figure(missing, title)
+    return seq_id, f"{title} · seq #{seq_id}"
 
 
 def cursor_line(x: float) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 
 from inspector.trace import Trace
 from inspector.views.colors import PROBABILITY_SCALE
-from inspector.views.figure import empty_figure, make_figure, step_problem
-from inspector.views.selection import Selection, selected_seq_id
+from inspector.views.figure import empty_figure, make_figure, sequence_or_placeholder
+from inspector.views.selection import Selection
 from inspector.views.tokens import axis_label
 
 NOT_RECORDED = "The logit lens was not recorded: tick 'Logit lens' under Capture, then Reset"
@@ -20,14 +20,10 @@ NOT_RECORDED = "The logit lens was not recorded: tick 'Logit lens' under Capture
 
 def logit_lens_figure(trace: Trace, index: int, selection: Selection | None = None) -> go.Figure:
     """Heatmap [layers x top-5] of the selected sequence's token sampled at step `index`."""
-    problem = step_problem(trace, index)
-    if problem is not None:
-        return empty_figure(problem)
-    seq_id = selected_seq_id(trace, selection or Selection())
-    title = f"Logit lens · step {index}"
-    if seq_id is None or seq_id not in trace.sequences:
-        return empty_figure("No sequence in this trace", title)
-    title += f" · seq #{seq_id}"
+    picked = sequence_or_placeholder(trace, index, selection, "Logit lens")
+    if isinstance(picked, go.Figure):
+        return picked
+    seq_id, title = picked
     token = trace.steps[index].token_of(seq_id)
     if token is None:
         return empty_figure(f"#{seq_id} sampled nothing at step {index}", title)

@@ -18,23 +18,25 @@ import plotly.graph_objects as go
 
 from inspector.trace import Trace
 from inspector.views.colors import SAMPLED_COLOR, sequence_color, tint
-from inspector.views.figure import MARGIN, clamp_height, cursor_line, empty_figure, make_figure, step_problem
+from inspector.views.figure import (
+    MARGIN,
+    clamp_height,
+    cursor_line,
+    empty_figure,
+    make_figure,
+    sequence_or_placeholder,
+)
 from inspector.views.queries import scheduled_in
-from inspector.views.selection import Selection, selected_seq_id
+from inspector.views.selection import Selection
 from inspector.views.tokens import axis_label
 
 
 def logits_figure(trace: Trace, index: int, selection: Selection | None = None) -> go.Figure:
     """Top-k bars of the selected sequence's token sampled at step `index`."""
-    problem = step_problem(trace, index)
-    if problem is not None:
-        return empty_figure(problem)
-    seq_id = selected_seq_id(trace, selection or Selection())
-    title = f"Next token · step {index}"
-    if seq_id is None or seq_id not in trace.sequences:
-        return empty_figure("No sequence in this trace" if seq_id is None else f"There is no sequence #{seq_id} in "
-                            "this trace", title)
-    title += f" · seq #{seq_id}"
+    picked = sequence_or_placeholder(trace, index, selection, "Next token")
+    if isinstance(picked, go.Figure):
+        return picked
+    seq_id, title = picked
     token = trace.steps[index].token_of(seq_id)
     if token is None:
         return empty_figure(_why_no_token(trace, seq_id, index), title)
@@ -81,15 +83,10 @@ def logits_figure(trace: Trace, index: int, selection: Selection | None = None) 
 
 def logits_history_figure(trace: Trace, index: int, selection: Selection | None = None) -> go.Figure:
     """Entropy and the sampled token's probability at each token of the selected sequence."""
-    problem = step_problem(trace, index)
-    if problem is not None:
-        return empty_figure(problem)
-    seq_id = selected_seq_id(trace, selection or Selection())
-    title = f"Confidence over the run · step {index}"
-    if seq_id is None or seq_id not in trace.sequences:
-        return empty_figure("No sequence in this trace" if seq_id is None else f"There is no sequence #{seq_id} in "
-                            "this trace", title)
-    title += f" · seq #{seq_id}"
+    picked = sequence_or_placeholder(trace, index, selection, "Confidence over the run")
+    if isinstance(picked, go.Figure):
+        return picked
+    seq_id, title = picked
     seq = trace.sequences[seq_id]
     if not seq.token_steps:
         return empty_figure(f"#{seq_id} has sampled no token yet", title)
