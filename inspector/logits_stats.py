@@ -2,13 +2,19 @@
 sampling filters, its entropy, and where the drawn token ranked.
 
 The drawn token is known only at the step's end, after on_logits. So summarise() runs in
-on_logits and keeps, besides the top-k, the one thing the rest needs: the log-probabilities
-[S, vocab] of the step's rows, dropped again by finish() once the tokens are known. Nothing the
-size of the vocabulary outlives the step.
+on_logits, on the logits' device, and starts one copy of everything the summary needs to the
+host without waiting for it; finish() then works on the host alone, once the tokens are known.
+On a GPU that is a few kernels and no wait in on_logits, and no kernel in finish, unless a
+drawn token lies outside the top k (then its rank needs its whole row: one small look at the
+device). Nothing the size of the vocabulary outlives the step.
+
+Everything comes from the log-probabilities, log_softmax(logits): the top k are theirs, and
+entropy = -sum p log p, with p = exp(log p).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,20 +29,35 @@ from minillama.sampling_params import SamplingParams
 class PendingLogits:
     """on_logits' results for the S sampling sequences, waiting for their tokens."""
 
-    logprobs: torch.Tensor  # [S, V] fp32: log softmax of the model's logits
-    top_ids: torch.Tensor  # [S, k] int64, most likely first
-    top_logprobs: torch.Tensor  # [S, k] fp32, under the model
-    top_sampling_probs: torch.Tensor  # [S, k] fp32, under the distribution drawn from
-    entropy: torch.Tensor  # [S] fp32, nats
+    logprobs: torch.Tensor  # [S, V] fp32: read again only for a token drawn from outside the top k
+    # On the host (pinned, filled by a copy that may still be running on a GPU), [S, 3k + 1]:
+    # top ids, their log-probabilities, their sampling probabilities, entropy.
+    host: torch.Tensor
+    copied: torch.cuda.Event | None  # marks the copy's end on a GPU
+    k: int
 
 
-def summarise(logits: torch.Tensor, params: list[SamplingParams], k: int) -> PendingLogits:
-    """logits: [S, V] fp32, one row per sampling sequence; params: their SamplingParams."""
+class HostBuffer:
+    """Pinned host memory that summarise() copies into, reused step after step: allocating
+    pinned memory costs more than the whole summary (hundreds of microseconds a step)."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0)
+
+    def take(self, shape: torch.Size) -> torch.Tensor:
+        if self.buffer.numel() < shape.numel():
+            self.buffer = torch.empty(2 * shape.numel(), pin_memory=True)
+        return self.buffer[: shape.numel()].view(shape)
+
+
+def summarise(logits: torch.Tensor, params: list[SamplingParams], k: int, staging: HostBuffer) -> PendingLogits:
+    """logits: [S, V] fp32, one row per sampling sequence; params: their SamplingParams;
+    staging: where a GPU's results land on the host (the caller's, used by one step at a time)."""
+    k = min(k, logits.shape[-1])
     logprobs = logits.log_softmax(dim=-1)  # [S, V]
-    top_logprobs, top_ids = logprobs.topk(min(k, logits.shape[-1]), dim=-1)  # [S, k]
-    # Sum of -p log p. The model's logits are finite, so no p = 0 meets a log p = -inf.
-    # (In place: one [S, V] temporary instead of two, which on CPU is ten times faster.)
-    entropy = -logprobs.exp().mul_(logprobs).sum(dim=-1)  # [S]
+    top_logprobs, top_ids = logprobs.topk(k, dim=-1)  # [S, k], most likely first
+    # The model's logits are finite, so no p = 0 meets a log p = -inf.
+    entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs)  # [S]
     # Greedy rows take the most likely token: probability 1 for it, 0 for the others.
     sampling_probs = torch.zeros_like(top_logprobs)
     sampling_probs[:, 0] = 1.0
@@ -47,35 +68,37 @@ def summarise(logits: torch.Tensor, params: list[SamplingParams], k: int) -> Pen
         # tokens keep their order in the filtered distribution: the same k ids serve both.
         filtered = filtered_logits(logits[rows], [params[i] for i in drawn]).softmax(dim=-1)  # [R, V]
         sampling_probs[rows] = filtered.gather(-1, top_ids[rows])
-    return PendingLogits(logprobs, top_ids, top_logprobs, sampling_probs, entropy)
+    # Token ids are below 2**24, so float32 holds them exactly: one tensor, one copy.
+    packed = torch.cat([top_ids.float(), top_logprobs, sampling_probs, entropy[:, None]], dim=1)
+    if logits.device.type != "cuda":
+        return PendingLogits(logprobs, packed, None, k)
+    host = staging.take(packed.shape)
+    host.copy_(packed, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return PendingLogits(logprobs, host, copied, k)
 
 
 def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int], str]) -> list[LogitsSummary]:
     """tokens: the S tokens drawn, in the same order. -> one LogitsSummary per row."""
-    k = pending.top_ids.shape[1]
-    chosen = torch.tensor(tokens, device=pending.logprobs.device)[:, None]  # [S, 1]
-    chosen_logprob = pending.logprobs.gather(-1, chosen)  # [S, 1]
-    # Rank = how many tokens are strictly more likely than the drawn one. When the drawn token
-    # is in the top k, every token more likely than it is too (the top k are the k largest),
-    # so counting within the top k is exact; only a token from outside needs its whole row.
-    rank = (pending.top_logprobs > chosen_logprob).sum(dim=-1, keepdim=True)  # [S, 1]
-    # To the host in two copies: on a GPU each copy waits for the device, so one per field
-    # would cost several round trips a step.
-    ids_and_rank = torch.cat([pending.top_ids, rank], dim=1).tolist()  # [S, k + 1]
-    probs = torch.cat(  # [S, 2k + 2]: top probs, top sampling probs, entropy, the drawn token's prob
-        [pending.top_logprobs.exp(), pending.top_sampling_probs, pending.entropy[:, None], chosen_logprob.exp()], dim=1
-    ).tolist()
-    ranks = [row[k] for row in ids_and_rank]
-    outside = [i for i, (row, token) in enumerate(zip(ids_and_rank, tokens)) if token not in row[:k]]
-    if outside:
-        rows = torch.tensor(outside, device=chosen.device)
-        full = (pending.logprobs[rows] > chosen_logprob[rows]).sum(dim=-1).tolist()
-        for i, r in zip(outside, full):
-            ranks[i] = r
+    if pending.copied is not None:
+        pending.copied.synchronize()  # long done: the sampler has waited for the GPU since
+    k = pending.k
     summaries = []
-    for row, p, r in zip(ids_and_rank, probs, ranks):
-        ids = row[:k]
-        summaries.append(LogitsSummary(ids, [token_text(i) for i in ids], p[:k], p[k : 2 * k], p[2 * k], p[2 * k + 1], r))
+    for row, (values, token) in enumerate(zip(pending.host.tolist(), tokens)):
+        ids = [int(i) for i in values[:k]]
+        logprobs, sampling, entropy = values[k : 2 * k], values[2 * k : 3 * k], values[3 * k]
+        if token in ids:
+            chosen = logprobs[ids.index(token)]
+            # Rank = how many tokens are strictly more likely than the drawn one; all of those
+            # are in the top k, since the top k are the k largest.
+            rank = sum(lp > chosen for lp in logprobs)
+        else:  # drawn from outside the top k (sampling): its row decides
+            row_logprobs = pending.logprobs[row]
+            rank = int((row_logprobs > row_logprobs[token]).sum())
+            chosen = float(row_logprobs[token])
+        summaries.append(LogitsSummary(ids, [token_text(i) for i in ids], [math.exp(lp) for lp in logprobs], sampling,
+                                       entropy, math.exp(chosen), rank))
     return summaries
 
 

@@ -29,7 +29,7 @@ from inspector.attention_capture import AttentionCapture
 from inspector.budget import MemoryBudget
 from inspector.kv_snapshot import kv_snapshot_bytes, snapshot_kv
 from inspector.logit_lens import LogitLensCapture
-from inspector.logits_stats import PendingLogits, finish, summarise, summary_bytes
+from inspector.logits_stats import HostBuffer, PendingLogits, finish, summarise, summary_bytes
 from inspector.trace import (
     EngineInfo,
     Event,
@@ -91,6 +91,7 @@ class Recorder(Observer):
         self.policy.validate(engine.model_config.num_hidden_layers)
         self.wants_attention = self.policy.attention
         self._token_texts: dict[int, str] = {}
+        self._staging = HostBuffer()  # the logits summaries' landing place on the host
         self.clear()
 
     def clear(self) -> None:
@@ -214,7 +215,7 @@ class Recorder(Observer):
         started = time.perf_counter()
         if self.budget.keeps("logits") and logits.shape[0]:
             params = [item.seq.params for item in batch.sampling]
-            self._step.logits = summarise(logits, params, self.policy.top_k)
+            self._step.logits = summarise(logits, params, self.policy.top_k, self._staging)
         self._step.record_s += time.perf_counter() - started
 
     def on_step_end(self, engine: LLMEngine, result: StepResult) -> None:
