@@ -30,11 +30,13 @@ class PendingLogits:
     """on_logits' results for the S sampling sequences, waiting for their tokens."""
 
     logprobs: torch.Tensor  # [S, V] fp32: read again only for a token drawn from outside the top k
-    # On the host (pinned, filled by a copy that may still be running on a GPU), [S, 3k + 1]:
-    # top ids, their log-probabilities, their sampling probabilities, entropy.
+    # On the host (pinned, filled by a copy that may still be running on a GPU), [S, 2k + 1]
+    # or, when some row was sampled, [S, 3k + 1]: top ids, their log-probabilities, sum p log p,
+    # then their probabilities under the distribution each token was drawn from.
     host: torch.Tensor
     copied: torch.cuda.Event | None  # marks the copy's end on a GPU
     k: int
+    greedy: list[bool]  # per row: was its token the most likely one, for sure?
 
 
 class HostBuffer:
@@ -56,27 +58,26 @@ def summarise(logits: torch.Tensor, params: list[SamplingParams], k: int, stagin
     k = min(k, logits.shape[-1])
     logprobs = logits.log_softmax(dim=-1)  # [S, V]
     top_logprobs, top_ids = logprobs.topk(k, dim=-1)  # [S, k], most likely first
-    # The model's logits are finite, so no p = 0 meets a log p = -inf.
-    entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs)  # [S]
-    # Greedy rows take the most likely token: probability 1 for it, 0 for the others.
-    sampling_probs = torch.zeros_like(top_logprobs)
-    sampling_probs[:, 0] = 1.0
+    # sum p log p; the model's logits are finite, so no p = 0 meets a log p = -inf. (Its
+    # negation, the entropy, is taken on the host: one kernel less.)
+    neg_entropy = torch.linalg.vecdot(logprobs.exp(), logprobs)  # [S]
+    columns = [top_ids.float(), top_logprobs, neg_entropy[:, None]]
+    # Greedy rows take the most likely token, probability 1: finish() writes that on the host.
+    # Sampled rows: temperature only rescales and top-k/top-p only cut the tail, so the model's
+    # top tokens keep their order in the filtered distribution: the same k ids serve both.
     drawn = [i for i, p in enumerate(params) if not p.greedy]
     if drawn:
-        rows = torch.tensor(drawn, device=logits.device)
-        # Temperature only rescales and top-k/top-p only cut the tail, so the model's top
-        # tokens keep their order in the filtered distribution: the same k ids serve both.
-        filtered = filtered_logits(logits[rows], [params[i] for i in drawn]).softmax(dim=-1)  # [R, V]
-        sampling_probs[rows] = filtered.gather(-1, top_ids[rows])
+        filtered = filtered_logits(logits, params).softmax(dim=-1)  # [S, V]: greedy rows unfiltered
+        columns.append(filtered.gather(-1, top_ids))
     # Token ids are below 2**24, so float32 holds them exactly: one tensor, one copy.
-    packed = torch.cat([top_ids.float(), top_logprobs, sampling_probs, entropy[:, None]], dim=1)
+    packed = torch.cat(columns, dim=1)  # [S, 2k + 1 (+ k)]
     if logits.device.type != "cuda":
-        return PendingLogits(logprobs, packed, None, k)
+        return PendingLogits(logprobs, packed, None, k, [p.greedy for p in params])
     host = staging.take(packed.shape)
     host.copy_(packed, non_blocking=True)
     copied = torch.cuda.Event()
     copied.record()
-    return PendingLogits(logprobs, host, copied, k)
+    return PendingLogits(logprobs, host, copied, k, [p.greedy for p in params])
 
 
 def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int], str]) -> list[LogitsSummary]:
@@ -87,7 +88,9 @@ def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int]
     summaries = []
     for row, (values, token) in enumerate(zip(pending.host.tolist(), tokens)):
         ids = [int(i) for i in values[:k]]
-        logprobs, sampling, entropy = values[k : 2 * k], values[2 * k : 3 * k], values[3 * k]
+        logprobs, entropy = values[k : 2 * k], -values[2 * k]
+        greedy = [1.0] + [0.0] * (k - 1)  # the most likely token, for sure
+        sampling = greedy if pending.greedy[row] else values[2 * k + 1 :]
         if token in ids:
             chosen = logprobs[ids.index(token)]
             # Rank = how many tokens are strictly more likely than the drawn one; all of those
