@@ -65,6 +65,16 @@
     childList: true, subtree: true, attributes: true, attributeFilter: ["data-figures"],
   });
 
+  // Clicking an output token moves the cursor to the step that sampled it: the slider moves
+  // as if dragged there (its input event is what the server listens to).
+  document.addEventListener("click", (event) => {
+    const chip = event.target.closest?.(".tok[data-step]");
+    const range = document.querySelector("#ml-slider input[type=range]");
+    if (!chip || !range || range.disabled || range.value === chip.dataset.step) return;
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(range, chip.dataset.step);
+    range.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+
   // Hovering an output token shows how likely it was: probability, rank and entropy.
   const card = document.createElement("div");
   card.id = "ml-token-card";

@@ -142,7 +142,9 @@ def test_pause_stops_a_run_between_steps(url):
     client = Client(url, verbose=False)
     add(client, "Write a long story about a dragon.", max_tokens=60)
     job = client.submit(api_name="/run")
-    time.sleep(1.5)  # a few steps in
+    deadline = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < deadline:  # the run's first live update: it is running
+        time.sleep(0.02)
     client.predict(api_name="/pause")
     named = panels(job.result(timeout=60))
     assert "paused" in named["status"]

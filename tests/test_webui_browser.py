@@ -51,7 +51,9 @@ def open_page(browser, url: str):
     """A page in a browser context of its own: its own cookies, so its own UI session."""
     page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
     page.goto(url)
-    page.wait_for_selector("#ml-add")
+    # The page's load event renders the session's panels: wait for it, or its reply could land
+    # after (and overwrite) the reply to a click made before it.
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
     return page
 
 
@@ -79,10 +81,12 @@ def test_panels_follow_steps_and_the_slider(browser, url):
     wait_for_step(page, 2)
     page.keyboard.press("ArrowRight")
     wait_for_step(page, 3)
-    slider = page.locator("#ml-slider input[type=number]")
-    slider.fill("1")
-    slider.press("Enter")
+    page.locator("#ml-text .tok[data-step='1']").first.click()  # a token: to the step that sampled it
     wait_for_step(page, 1)
+    slider = page.locator("#ml-slider input[type=number]")
+    slider.fill("2")
+    slider.press("Enter")
+    wait_for_step(page, 2)
     page.locator("#ml-run").click()  # to the end: finished sequences and their text
     page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
                            timeout=60_000)
@@ -95,11 +99,18 @@ def test_the_readme_tour_stops_at_a_preemption(browser, url, tmp_path):
     example prompts, Run to breakpoint on a preemption."""
     page = open_page(browser, url)
     page.get_by_text("Engine (applies at Reset)").click()
-    page.locator("#ml-kv-blocks input").fill("12")
+    # The panel's fields appear as it opens: the dropdown first (its choice is a click away from
+    # the mount), then the number, committed with Tab; both checked before Reset reads them.
     page.locator("#ml-block-size input").click()
     page.get_by_role("option", name="8", exact=True).click()
+    kv_blocks = page.locator("#ml-kv-blocks input")
+    kv_blocks.fill("12")
+    kv_blocks.press("Tab")
+    playwright_api.expect(page.locator("#ml-block-size input")).to_have_value("8")
+    playwright_api.expect(kv_blocks).to_have_value("12")
     page.locator("#ml-reset").click()
-    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('12 KV blocks of 8 tokens')")
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('new engine:')")
+    assert "12 KV blocks of 8 tokens" in page.locator("#ml-status").inner_text()
     page.locator("#ml-add").click()  # the example prompts, 48 tokens each
     page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('added #')")
     page.get_by_text("Breakpoints (Run to breakpoint)").click()
@@ -137,7 +148,6 @@ def test_two_browser_contexts_are_isolated(browser, url):
             one.locator("#ml-step").click()
             wait_for_step(one, index)
         two.reload()
-        two.wait_for_selector("#ml-add")
         two.wait_for_function("() => document.querySelector('#ml-text')?.textContent.includes('No step yet')")
         assert "France" not in two.locator("#ml-text").inner_text()
     finally:

@@ -68,7 +68,8 @@ def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str,
     token = trace.steps[step].token_of(seq_id)
     classes = "tok tok-out" + (" tok-current" if step == index else "")
     style = f'style="background:{seq_background(seq_id, 0.22)}"'
-    return _chip(text, token_id, classes, f"{style} {_hover(token, token_id, step)}")
+    # data-step: the step that sampled it (static/app.js moves the cursor there on a click).
+    return _chip(text, token_id, classes, f'{style} data-step="{step}" {_hover(token, token_id, step)}')
 
 
 def _hover(token: TokenRecord | None, token_id: int, step: int) -> str:
