@@ -118,3 +118,22 @@ def test_a_server_without_a_model_serves_its_trace_to_every_session(base, tmp_pa
     assert one.trace is two.trace is session.trace and one.cursor is not two.cursor
     with pytest.raises(LimitReached, match="no model is loaded"):
         viewer_only.add_prompts(one, ["Hi"], GREEDY, chat=False)
+
+
+def test_the_readme_tour_shows_what_it_says(base):
+    """README.md's guided tour quotes this run: keep them in step."""
+    from inspector import Preemption
+    from webui.layout import EXAMPLE_PROMPTS
+
+    manager = SessionManager(base, Limits())
+    session = manager.get("tour")
+    manager.reset(session, EngineSettings(num_kv_blocks=12, block_size=8), CaptureSettings())
+    manager.add_prompts(session, EXAMPLE_PROMPTS.splitlines(), SamplingParams(temperature=0, max_tokens=48), chat=True)
+    result = session.debug.run(until=[Preemption()])
+    assert result.breakpoint is not None and session.trace.steps[-1].index == 13
+    assert session.trace.steps[13].schedule.preempted == [2]
+    session.debug.run()
+    hits = [(s.index, x.seq_id, x.num_cached_tokens) for s in session.trace.steps for x in s.schedule.scheduled
+            if x.num_cached_tokens]
+    assert hits == [(8, 2, 24), (49, 2, 8)]
+    assert "Paris" in session.trace.sequences[0].text
