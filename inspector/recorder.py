@@ -61,7 +61,7 @@ class CapturePolicy:
     layers: tuple[int, ...] | None = None  # layers to capture; None: all
     top_k: int = 10  # most likely tokens kept per sampled token
     logit_lens: bool = False  # each layer's top-5 guess for the traced sequences (their steps go eager)
-    memory_budget: int = 256 * 2**20  # bytes; past it, attention and then logits stop being kept
+    memory_budget: int = 256 * 2**20  # bytes; past it, attention, the lens, then logits stop being kept
 
     def validate(self, num_layers: int) -> None:
         if self.top_k < 1:
@@ -89,7 +89,6 @@ class Recorder(Observer):
         self.engine = engine
         self.policy = policy or CapturePolicy()
         self.policy.validate(engine.model_config.num_hidden_layers)
-        self.wants_attention = self.policy.attention
         self._token_texts: dict[int, str] = {}
         self._staging = HostBuffer()  # the logits summaries' landing place on the host
         self.clear()

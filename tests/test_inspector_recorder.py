@@ -230,7 +230,8 @@ def test_a_tiny_budget_drops_attention_first_then_logits_and_the_run_completes()
 def test_no_attention_policy_keeps_the_hook_off():
     run = record_tiny_run(CapturePolicy(attention=False))
     assert run.session.trace.attention == {}
-    assert not run.session.recorder.wants_attention
+    recorder = run.session.recorder
+    assert not (recorder.wants_attention or recorder.wants_queries or recorder.wants_layers)
     assert all(not s.attention_seqs for s in run.session.trace.steps)
 
 

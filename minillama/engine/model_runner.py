@@ -89,10 +89,11 @@ class ModelRunner:
         self.model.kv_cache_owner = weakref.ref(self)
 
     def enable_query_capture(self) -> None:
-        """From now on every decode step copies each layer's post-RoPE queries into
-        query_buffer (one small copy per layer), and run() exposes them as last_queries. The
-        decode graphs are captured again with the copies in them: an observer of queries then
-        costs no eager step. (Keys need no copy: they are in the paged cache.)"""
+        """From now on, for the runner's life, every decode step copies each layer's post-RoPE
+        queries into query_buffer (one small copy per layer), and run() exposes them as
+        last_queries. The decode graphs are captured again with the copies in them: an
+        observer of queries then costs no eager step. (Keys need no copy: they are in the
+        paged cache.)"""
         if self.query_buffer is not None:
             return
         m = self.config
