@@ -4,22 +4,24 @@ sampling filters, its entropy, and where the drawn token ranked.
 The drawn token is known only at the step's end, after on_logits. So summarise() runs in
 on_logits, on the logits' device, and starts one copy of everything the summary needs to the
 host without waiting for it; finish() then works on the host alone, once the tokens are known.
-On a GPU that is a few kernels and no wait in on_logits, and no kernel in finish, unless a
-drawn token lies outside the top k (then its rank needs its whole row: one small look at the
-device). Nothing the size of the vocabulary outlives the step.
+On a GPU that is one CUDA graph replay on a side stream and no wait in on_logits, and no kernel
+in finish, unless a drawn token lies outside the top k (then its rank needs its whole row: one
+small look at the device).
 
-Everything comes from the log-probabilities, log_softmax(logits): the top k are theirs, and
-entropy = -sum p log p, with p = exp(log p).
+Everything comes from the log-probabilities, log p = logits - logsumexp(logits): the top k
+are theirs, and entropy = -sum p log p.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from inspector.graphed import BucketGraphs
 from inspector.trace import LogitsSummary
 from minillama.model.sampler import filtered_logits
 from minillama.sampling_params import SamplingParams
@@ -29,18 +31,19 @@ from minillama.sampling_params import SamplingParams
 class PendingLogits:
     """on_logits' results for the S sampling sequences, waiting for their tokens."""
 
-    logprobs: torch.Tensor  # [S, V] fp32: read again only for a token drawn from outside the top k
-    # On the host (pinned, filled by a copy that may still be running on a GPU), [S, 2k + 1]
-    # or, when some row was sampled, [S, 3k + 1]: top ids, their log-probabilities, sum p log p,
-    # then their probabilities under the distribution each token was drawn from.
+    logits: torch.Tensor  # [S, V] fp32: read again only for a token drawn from outside the top k
+    # On the host (pinned, filled by copies that may still be running on a GPU's side stream):
+    # [S, 2k + 2]: top ids, their probabilities, sum p log p, log-sum-exp; and when some row
+    # was sampled, [S, k]: their probabilities under the distribution each token was drawn from.
     host: torch.Tensor
-    copied: torch.cuda.Event | None  # marks the copy's end on a GPU
+    host_sampling: torch.Tensor | None
+    side_stream: torch.cuda.Stream | None  # synchronise it before reading host (GPU)
     k: int
     greedy: list[bool]  # per row: was its token the most likely one, for sure?
 
 
 class HostBuffer:
-    """Pinned host memory that summarise() copies into, reused step after step: allocating
+    """Pinned host memory that summaries are copied into, reused step after step: allocating
     pinned memory costs more than the whole summary (hundreds of microseconds a step)."""
 
     def __init__(self) -> None:
@@ -52,56 +55,85 @@ class HostBuffer:
         return self.buffer[: shape.numel()].view(shape)
 
 
-def summarise(logits: torch.Tensor, params: list[SamplingParams], k: int, staging: HostBuffer) -> PendingLogits:
-    """logits: [S, V] fp32, one row per sampling sequence; params: their SamplingParams;
-    staging: where a GPU's results land on the host (the caller's, used by one step at a time)."""
-    k = min(k, logits.shape[-1])
-    logprobs = logits.log_softmax(dim=-1)  # [S, V]
+def summary_columns(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The summary's part that needs no sampling parameters, as tensors: logits [S, V] fp32 ->
+    packed [S, 2k + 2]: top ids, their probabilities, sum p log p, log-sum-exp. (The readable
+    definition; a GPU runs inspector/logits_kernel.py, which is tested against it.)"""
+    logprobs = logits.log_softmax(dim=-1)  # [S, V]; more exact than logits - lse
+    lse = logits.logsumexp(dim=-1)  # [S]
     top_logprobs, top_ids = logprobs.topk(k, dim=-1)  # [S, k], most likely first
     # sum p log p; the model's logits are finite, so no p = 0 meets a log p = -inf. (Its
     # negation, the entropy, is taken on the host: one kernel less.)
     neg_entropy = torch.linalg.vecdot(logprobs.exp(), logprobs)  # [S]
-    columns = [top_ids.float(), top_logprobs, neg_entropy[:, None]]
-    # Greedy rows take the most likely token, probability 1: finish() writes that on the host.
-    # Sampled rows: temperature only rescales and top-k/top-p only cut the tail, so the model's
-    # top tokens keep their order in the filtered distribution: the same k ids serve both.
-    drawn = [i for i, p in enumerate(params) if not p.greedy]
-    if drawn:
-        filtered = filtered_logits(logits, params).softmax(dim=-1)  # [S, V]: greedy rows unfiltered
-        columns.append(filtered.gather(-1, top_ids))
     # Token ids are below 2**24, so float32 holds them exactly: one tensor, one copy.
-    packed = torch.cat(columns, dim=1)  # [S, 2k + 1 (+ k)]
-    if logits.device.type != "cuda":
-        return PendingLogits(logprobs, packed, None, k, [p.greedy for p in params])
-    host = staging.take(packed.shape)
-    host.copy_(packed, non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
-    return PendingLogits(logprobs, host, copied, k, [p.greedy for p in params])
+    return torch.cat([top_ids.float(), top_logprobs.exp(), neg_entropy[:, None], lse[:, None]], dim=1)
+
+
+def sampling_columns(logits: torch.Tensor, params: list[SamplingParams], top_ids: torch.Tensor) -> torch.Tensor:
+    """The top tokens' probabilities under the distribution each row's token is drawn from:
+    logits [S, V], top_ids [S, k] -> [S, k]. Greedy rows come out unfiltered (finish() writes
+    their probability 1 on the host). Temperature only rescales and top-k/top-p only cut the
+    tail, so the model's top tokens keep their order: the same k ids serve both."""
+    return filtered_logits(logits, params).softmax(dim=-1).gather(-1, top_ids.long())
+
+
+class LogitsSummariser:
+    """summarise(): starts a step's summaries. On a GPU the tensor work and the copy to the host
+    replay from CUDA graphs on a side stream (inspector/graphed.py); the engine's own stream
+    never waits for them. On a CPU it simply runs."""
+
+    def __init__(self, k: int, device: torch.device):
+        """k: how many of the most likely tokens to keep, at most the vocabulary's size."""
+        self.k = k
+        self.staging = HostBuffer()  # the sampled rows' columns; used by one step at a time
+        self.graphs: BucketGraphs | None = None
+        if device.type == "cuda":
+            columns = summary_columns
+            if importlib.util.find_spec("triton") is not None:
+                from inspector.logits_kernel import summary_columns_triton as columns
+            self.graphs = BucketGraphs(lambda logits: (columns(logits, k),), device, host_outputs=1)
+
+    def summarise(self, logits: torch.Tensor, params: list[SamplingParams]) -> PendingLogits:
+        """logits: [S, V] fp32, one row per sampling sequence; params: their SamplingParams."""
+        k, greedy = self.k, [p.greedy for p in params]
+        drawn = not all(greedy)
+        if self.graphs is None:
+            packed = summary_columns(logits, k)
+            sampling = sampling_columns(logits, params, packed[:, :k]) if drawn else None
+            return PendingLogits(logits, packed, sampling, None, k, greedy)
+        (packed,), (host,) = self.graphs.launch(logits)
+        host_sampling = None
+        if drawn:  # rare enough to run eagerly, after the graph, beside the engine
+            with torch.cuda.stream(self.graphs.stream):
+                sampling = sampling_columns(logits, params, packed[:, :k])
+                host_sampling = self.staging.take(sampling.shape)
+                host_sampling.copy_(sampling, non_blocking=True)
+        return PendingLogits(logits, host, host_sampling, self.graphs.stream, k, greedy)
 
 
 def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int], str]) -> list[LogitsSummary]:
-    """tokens: the S tokens drawn, in the same order. -> one LogitsSummary per row."""
-    if pending.copied is not None:
-        pending.copied.synchronize()  # long done: the sampler has waited for the GPU since
+    """tokens: the S tokens drawn, in the same order. -> one LogitsSummary per row. It runs
+    once a step for every sequence, so it maps in C where it can (map instead of a loop)."""
+    if pending.side_stream is not None:
+        pending.side_stream.synchronize()  # done by now, or nearly
     k = pending.k
+    greedy = [1.0] + [0.0] * (k - 1)  # the most likely token, for sure
+    samplings = pending.host_sampling.tolist() if pending.host_sampling is not None else [greedy] * len(tokens)
     summaries = []
     for row, (values, token) in enumerate(zip(pending.host.tolist(), tokens)):
-        ids = [int(i) for i in values[:k]]
-        logprobs, entropy = values[k : 2 * k], -values[2 * k]
-        greedy = [1.0] + [0.0] * (k - 1)  # the most likely token, for sure
-        sampling = greedy if pending.greedy[row] else values[2 * k + 1 :]
+        ids = list(map(int, values[:k]))
+        probs, entropy = values[k : 2 * k], -values[2 * k]
+        sampling = greedy if pending.greedy[row] else samplings[row]
         if token in ids:
-            chosen = logprobs[ids.index(token)]
+            chosen = probs[ids.index(token)]
             # Rank = how many tokens are strictly more likely than the drawn one; all of those
             # are in the top k, since the top k are the k largest.
-            rank = sum(lp > chosen for lp in logprobs)
+            rank = sum(map(chosen.__lt__, probs))
         else:  # drawn from outside the top k (sampling): its row decides
-            row_logprobs = pending.logprobs[row]
-            rank = int((row_logprobs > row_logprobs[token]).sum())
-            chosen = float(row_logprobs[token])
-        summaries.append(LogitsSummary(ids, [token_text(i) for i in ids], [math.exp(lp) for lp in logprobs], sampling,
-                                       entropy, math.exp(chosen), rank))
+            row_logits = pending.logits[row]
+            rank = int((row_logits > row_logits[token]).sum())
+            chosen = math.exp(float(row_logits[token]) - values[2 * k + 1])  # p = exp(x - lse)
+        summaries.append(LogitsSummary(ids, list(map(token_text, ids)), probs, sampling, entropy, chosen, rank))
     return summaries
 
 

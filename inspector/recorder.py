@@ -6,33 +6,36 @@
     recorder.trace          # inspector.trace.Trace, growing one StepRecord per step
 
 What each hook records (observer order within a step: minillama/observe.py):
-- on_schedule: the scheduler's decision and queues; the memory budget plans the step; the
-  traced sequences' attention capture is planned (a prefill that has any runs eagerly; decode
-  steps keep their CUDA graphs).
+- on_schedule: the memory budget plans the step; the traced sequences' attention capture is
+  planned (a prefill that has any runs eagerly; decode steps keep their CUDA graphs).
 - on_attention (prefill) / on_queries (decode): each layer's post-RoPE Q and K rows of the
   traced sequences.
 - on_layer: with the logit lens on, the residual stream after each layer.
-- on_logits: the top-k summary of each sampling row, waiting for the drawn token.
-- on_step_end: the tokens, the summaries completed with the drawn token's rank, the KV cache
-  snapshot, the timings.
+- on_logits: the top-k summary of each sampling row (started; it waits for the drawn token),
+  the scheduler's decision and queues, the KV cache snapshot. On a GPU the forward is still
+  running then, and the host would only wait: work done here costs the engine nothing.
+- on_step_end: the tokens, the KV snapshot brought up to the step's end, the summaries
+  completed with the drawn token's rank, the timings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from inspector.attention_capture import AttentionCapture
 from inspector.budget import MemoryBudget
-from inspector.kv_snapshot import kv_snapshot_bytes, snapshot_kv
+from inspector.kv_snapshot import commit_filled_blocks, kv_snapshot_bytes, snapshot_kv
 from inspector.logit_lens import LogitLensCapture
-from inspector.logits_stats import HostBuffer, PendingLogits, finish, summarise, summary_bytes
+from inspector.logits_stats import LogitsSummariser, PendingLogits, finish, summary_bytes
+from inspector.token_texts import TokenTexts
 from inspector.trace import (
     EngineInfo,
     Event,
+    KVSnapshot,
     ModelInfo,
     ScheduledRecord,
     ScheduleRecord,
@@ -77,9 +80,10 @@ class _StepInProgress:
     """What the hooks of the current step have gathered so far."""
 
     index: int
-    schedule: ScheduleRecord
-    hit_blocks: set[int]
     started: float  # perf_counter at on_schedule
+    schedule: ScheduleRecord | None = None  # from on_logits on
+    hit_blocks: set[int] = field(default_factory=set)  # blocks that served prefix-cache hits
+    kv: KVSnapshot | None = None  # taken in on_logits, during the forward
     logits: PendingLogits | None = None
     record_s: float = 0.0  # time spent in this recorder's hooks
 
@@ -89,8 +93,9 @@ class Recorder(Observer):
         self.engine = engine
         self.policy = policy or CapturePolicy()
         self.policy.validate(engine.model_config.num_hidden_layers)
-        self._token_texts: dict[int, str] = {}
-        self._staging = HostBuffer()  # the logits summaries' landing place on the host
+        self._token_text = TokenTexts(engine.tokenizer).__getitem__
+        # Kept across clear(): on a GPU it holds captured CUDA graphs.
+        self._summariser = LogitsSummariser(min(self.policy.top_k, engine.model_config.vocab_size), engine.device)
         self.clear()
 
     def clear(self) -> None:
@@ -151,19 +156,7 @@ class Recorder(Observer):
         for seq in sorted(unknown, key=lambda s: s.seq_id):
             self.register(seq)
         index = len(self.trace.steps)
-        schedule = ScheduleRecord(
-            batch.phase,
-            [
-                ScheduledRecord(i.seq.seq_id, i.start, i.num_tokens, i.num_cached_tokens, i.samples, list(i.seq.block_table))
-                for i in batch.scheduled
-            ],
-            [s.seq_id for s in batch.preempted],
-            [s.seq_id for s in scheduler.waiting],
-            [s.seq_id for s in scheduler.running],
-        )
-        bs = engine.config.block_size
-        hits = {b for i in batch.scheduled for b in i.seq.block_table[: i.num_cached_tokens // bs]}
-        self._step = _StepInProgress(index, schedule, hits, started)
+        self._step = _StepInProgress(index, started)
         for seq_id in (s.seq_id for s in batch.preempted):
             self.trace.sequences[seq_id].num_preemptions += 1
         # Plan the droppable data; the budget may stop keeping some from this step on.
@@ -211,34 +204,55 @@ class Recorder(Observer):
         self._step.record_s += time.perf_counter() - started
 
     def on_logits(self, batch: SchedulerOutput, logits: torch.Tensor) -> None:
+        """On a GPU the forward is still running: what can be recorded before the tokens are
+        drawn is recorded here, while the host would otherwise wait for the GPU."""
         started = time.perf_counter()
+        step = self._step
         if self.budget.keeps("logits") and logits.shape[0]:
             params = [item.seq.params for item in batch.sampling]
-            self._step.logits = summarise(logits, params, self.policy.top_k, self._staging)
-        self._step.record_s += time.perf_counter() - started
+            step.logits = self._summariser.summarise(logits, params)
+        scheduler = self.engine.scheduler
+        step.schedule = ScheduleRecord(
+            batch.phase,
+            [
+                ScheduledRecord(i.seq.seq_id, i.start, i.num_tokens, i.num_cached_tokens, i.samples, list(i.seq.block_table))
+                for i in batch.scheduled
+            ],
+            [s.seq_id for s in batch.preempted],
+            [s.seq_id for s in scheduler.waiting],
+            [s.seq_id for s in scheduler.running],
+        )
+        bs = self.engine.config.block_size
+        step.hit_blocks = {b for i in batch.scheduled for b in i.seq.block_table[: i.num_cached_tokens // bs]}
+        computed = {item.seq.seq_id: item.end for item in batch.scheduled}
+        step.kv = snapshot_kv(self.engine.block_manager, scheduler.running, step.hit_blocks, computed)
+        step.record_s += time.perf_counter() - started
 
     def on_step_end(self, engine: LLMEngine, result: StepResult) -> None:
         started = time.perf_counter()
         step, trace = self._step, self.trace
+        kv = step.kv
+        if result.finished:  # their blocks went back: read the cache again
+            kv = snapshot_kv(engine.block_manager, engine.scheduler.running, step.hit_blocks)
+        else:
+            commit_filled_blocks(kv, engine.block_manager, result.batch)
+        self.budget.charge(kv_snapshot_bytes(kv))
         outputs = result.outputs  # in the order of batch.sampling, like the logits rows
-        summaries = (
-            finish(step.logits, [o.token_id for o in outputs], self._token_text)
-            if step.logits is not None
-            else [None] * len(outputs)
-        )
         lenses = self.lens.end_step(self._token_text) if self.wants_layers else {}
         tokens = []
-        for out, summary in zip(outputs, summaries):
-            tokens.append(TokenRecord(out.request_id, out.token_id, out.text_delta, out.finish_reason, summary,
+        for out in outputs:
+            tokens.append(TokenRecord(out.request_id, out.token_id, out.text_delta, out.finish_reason, None,
                                       lenses.get(out.request_id)))
             seq = trace.sequences[out.request_id]
             seq.output_ids.append(out.token_id)
             seq.token_steps.append(step.index)
             seq.text += out.text_delta
             seq.finish_reason = out.finish_reason
-        kv = snapshot_kv(engine.block_manager, engine.scheduler.running, step.hit_blocks)
-        self.budget.charge(kv_snapshot_bytes(kv))
         attention_seqs = self.capture.end_step(step.index) if self.wants_attention or self.wants_queries else []
+        # The summaries last: on a GPU they may still be on their way (on a side stream).
+        if step.logits is not None:
+            for token, summary in zip(tokens, finish(step.logits, [o.token_id for o in outputs], self._token_text)):
+                token.logits = summary
         t = result.timings
         now = time.perf_counter()
         record_ms = (step.record_s + now - started) * 1e3
@@ -252,12 +266,6 @@ class Recorder(Observer):
                        layer_hooks=self.wants_attention or self.wants_layers)
         )
         self._step = None
-
-    def _token_text(self, token_id: int) -> str:
-        if token_id not in self._token_texts:
-            tokenizer = self.engine.tokenizer
-            self._token_texts[token_id] = tokenizer.decode([token_id]) if tokenizer is not None else ""
-        return self._token_texts[token_id]
 
 
 def _model_info(engine: LLMEngine) -> ModelInfo:

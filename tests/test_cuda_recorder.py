@@ -1,14 +1,17 @@
 """The recorder on a CUDA GPU: decode steps keep their CUDA graphs while attention is recorded
 (the queries are copied out inside the graph), and the graph-recorded queries and keys equal
-those an eager engine records."""
+those an eager engine records; the logits summaries, replayed from graphs of their own on a side
+stream, equal the eager computation's."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from conftest import make_hf_model
+from test_inspector_support import assert_logits_summaries_match, record_tiny_run
 
 from inspector import CapturePolicy, DebugSession
+from inspector.logits_stats import summary_columns
 from minillama import EngineConfig, LLMEngine, SamplingParams
 
 pytestmark = [
@@ -54,3 +57,31 @@ def test_decode_capture_keeps_graphs_and_records_what_eager_records():
         assert graphed.sequences[seq_id].output_ids == eager.sequences[seq_id].output_ids
         rows = graphed.attention_row(seq_id, 1, 0, g.length - 1)
         assert abs(float(rows.sum()) - 1) < 1e-4
+
+
+def test_graphed_logits_summaries_match_the_engines_logits():
+    """On a GPU the summaries replay from CUDA graphs on a side stream (one per bucket of rows);
+    they must say what the eager CPU computation says of the same logits, for greedy and
+    sampled rows, and for tokens drawn from outside the top k (top_k=3 makes those common)."""
+    run = record_tiny_run(CapturePolicy(top_k=3, attention_requests=(0, 2)), device="cuda")
+    assert_logits_summaries_match(run, k=3)
+    graphs = run.session.recorder._summariser.graphs
+    assert {1, 4} <= set(graphs.graphs)  # a batch of 1 row, and of 3 or 4 rows
+    ranks = [t.logits.sampled_rank for s in run.session.trace.steps for t in s.tokens]
+    assert max(ranks) >= 3  # some token came from outside the top 3
+
+
+@pytest.mark.parametrize("vocab", [256, 4097, 49_152, 128_256])
+def test_the_triton_summary_equals_the_readable_one(vocab):
+    """inspector/logits_kernel.py against logits_stats.summary_columns, on vocabularies of one
+    chunk, of a chunk and one logit, and of SmolLM2's and Llama-3's size; one row confident
+    (entropy near 0), the others spread."""
+    from inspector.logits_kernel import summary_columns_triton
+
+    generator = torch.Generator(device="cuda").manual_seed(vocab)
+    logits = 4 * torch.randn(5, vocab, device="cuda", generator=generator)
+    logits[0] *= 20
+    k = 10
+    fast, readable = summary_columns_triton(logits, k), summary_columns(logits, k)
+    assert torch.equal(fast[:, :k], readable[:, :k])  # the same ids, in the same order
+    torch.testing.assert_close(fast[:, k:], readable[:, k:], rtol=1e-5, atol=1e-6)

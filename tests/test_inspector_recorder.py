@@ -9,13 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_hf_model
-from test_inspector_support import record_embedded_run, record_tiny_run
+from test_inspector_support import assert_logits_summaries_match, record_embedded_run, record_tiny_run
 
 from inspector import CapturePolicy, DebugSession, NotRecorded, TextMatches, Trace, kv_snapshot
 from inspector.kv_snapshot import kv_snapshot_bytes
 from inspector.logits_stats import summary_bytes
 from minillama import EngineConfig, LLMEngine, SamplingParams
-from minillama.model.sampler import filtered_logits
 
 
 @pytest.fixture(scope="module")
@@ -177,24 +176,7 @@ def test_attention_rows_sum_to_one_and_cached_positions_have_no_query(run):
 
 
 def test_logits_summaries_match_the_engines_logits(run):
-    trace, seen = run.session.trace, run.checker.steps
-    params = run.params
-    for step, checked in zip(trace.steps, seen):
-        for token in step.tokens:
-            logits = checked.logits[token.seq_id]  # [V]
-            probs = logits.softmax(dim=-1)
-            g = token.logits
-            assert g.top_ids == probs.topk(10).indices.tolist()
-            torch.testing.assert_close(torch.tensor(g.top_probs), probs[g.top_ids])
-            assert g.entropy == pytest.approx(-(probs * probs.log()).sum().item(), rel=1e-4)
-            assert g.sampled_prob == pytest.approx(probs[token.token_id].item(), rel=1e-5)
-            assert g.sampled_rank == int((probs > probs[token.token_id]).sum())
-            p = params[token.seq_id]
-            if p.greedy:
-                assert g.sampled_rank == 0 and g.top_sampling_probs[0] == 1.0
-            else:
-                sampling = filtered_logits(logits[None], [p]).softmax(dim=-1)[0]
-                torch.testing.assert_close(torch.tensor(g.top_sampling_probs), sampling[g.top_ids])
+    assert_logits_summaries_match(run)
 
 
 def test_timings_are_recorded(run):

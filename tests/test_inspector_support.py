@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 from conftest import make_hf_model
 
 from inspector import Breakpoint, CapturePolicy, DebugSession, RunResult, TextMatches
 from minillama import EngineConfig, LLMEngine, Observer, SamplingParams
+from minillama.model.sampler import filtered_logits
 
 
 @dataclass
@@ -115,14 +117,16 @@ TINY_PARAMS = [
 
 
 def record_tiny_run(
-    policy: CapturePolicy | None = None, traced_requests: tuple[int, ...] = (0, 2), max_num_batched_tokens: int = 4096
+    policy: CapturePolicy | None = None, traced_requests: tuple[int, ...] = (0, 2), max_num_batched_tokens: int = 4096,
+    device: str = "cpu",
 ) -> RecordedRun:
     """A tiny random model: four requests sharing a 12-token prefix (3 blocks of 4) in a
     14-block pool, together needing more blocks than the pool has (preemption). Attention is
     traced for the requests at `traced_requests` (the third gets a prefix-cache hit). A small
     max_num_batched_tokens splits prompts into chunks over several steps."""
     hf = make_hf_model("gqa-tied-llama3")
-    config = EngineConfig(device="cpu", num_kv_blocks=14, block_size=4, max_num_batched_tokens=max_num_batched_tokens)
+    config = EngineConfig(device=device, dtype="float32", num_kv_blocks=14, block_size=4,
+                          max_num_batched_tokens=max_num_batched_tokens)
     engine = LLMEngine.from_hf_model(hf, config)
     generator = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, 256, (12,), generator=generator).tolist()
@@ -139,3 +143,25 @@ def record_embedded_run(model_dir) -> RecordedRun:
     questions = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?", "Say hello in Spanish."]
     params = [SamplingParams(temperature=0, max_tokens=24)] * 4
     return _record(engine, CapturePolicy(), questions, params, chat=True, until=[TextMatches("Paris")])
+
+
+def assert_logits_summaries_match(run: RecordedRun, k: int = 10) -> None:
+    """Every token's LogitsSummary against the logits the Checker saw: top k, probabilities
+    before and after the sampling filters, entropy, the drawn token's probability and rank."""
+    trace, seen = run.session.trace, run.checker.steps
+    for step, checked in zip(trace.steps, seen, strict=True):
+        for token in step.tokens:
+            logits = checked.logits[token.seq_id].cpu()  # [V]
+            probs = logits.softmax(dim=-1)
+            g = token.logits
+            assert g.top_ids == probs.topk(k).indices.tolist()
+            torch.testing.assert_close(torch.tensor(g.top_probs), probs[g.top_ids])
+            assert g.entropy == pytest.approx(-(probs * probs.log()).sum().item(), rel=1e-4)
+            assert g.sampled_prob == pytest.approx(probs[token.token_id].item(), rel=1e-5)
+            assert g.sampled_rank == int((probs > probs[token.token_id]).sum())
+            p = run.params[token.seq_id]
+            if p.greedy:
+                assert g.sampled_rank == 0 and g.top_sampling_probs[0] == 1.0
+            else:
+                sampling = filtered_logits(logits[None], [p]).softmax(dim=-1)[0]
+                torch.testing.assert_close(torch.tensor(g.top_sampling_probs), sampling[g.top_ids])
