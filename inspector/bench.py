@@ -46,6 +46,8 @@ def timed_run(engine: LLMEngine, prompts: list[list[int]], params: SamplingParam
     ids = [engine.add_request(p, params) for p in prompts]
     while engine.has_unfinished():
         engine.step()
+    if recorder is not None:
+        recorder.flush()  # the last step's record, completed within the timing
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     seconds = time.perf_counter() - start

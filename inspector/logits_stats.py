@@ -5,8 +5,9 @@ The drawn token is known only at the step's end, after on_logits. So summarise()
 on_logits, on the logits' device, and starts one copy of everything the summary needs to the
 host without waiting for it; finish() then works on the host alone, once the tokens are known.
 On a GPU that is one CUDA graph replay on a side stream and no wait in on_logits, and no kernel
-in finish, unless a drawn token lies outside the top k (then its rank needs its whole row: one
-small look at the device).
+in finish, unless a sampled token lies outside the top k (then its rank needs its whole row: one
+small look at a copy of the logits, kept for steps that sample; a greedy token is the most
+likely one, so its rank is 0 and its probability the top one, whatever the ties).
 
 Everything comes from the log-probabilities, log p = logits - logsumexp(logits): the top k
 are theirs, and entropy = -sum p log p.
@@ -31,7 +32,10 @@ from minillama.sampling_params import SamplingParams
 class PendingLogits:
     """on_logits' results for the S sampling sequences, waiting for their tokens."""
 
-    logits: torch.Tensor  # [S, V] fp32: read again only for a token drawn from outside the top k
+    # [S, V] fp32, a copy kept only when some row samples: read again for a token drawn from
+    # outside the top k. (A copy: the engine's logits buffer is overwritten by the next forward,
+    # and finish() may run after it has been launched.)
+    logits: torch.Tensor | None
     # On the host (pinned, filled by copies that may still be running on a GPU's side stream):
     # [S, 2k + 2]: top ids, their probabilities, sum p log p, log-sum-exp; and when some row
     # was sampled, [S, k]: their probabilities under the distribution each token was drawn from.
@@ -100,15 +104,16 @@ class LogitsSummariser:
         if self.graphs is None:
             packed = summary_columns(logits, k)
             sampling = sampling_columns(logits, params, packed[:, :k]) if drawn else None
-            return PendingLogits(logits, packed, sampling, None, k, greedy)
+            return PendingLogits(logits.clone() if drawn else None, packed, sampling, None, k, greedy)
         (packed,), (host,) = self.graphs.launch(logits)
-        host_sampling = None
+        kept, host_sampling = None, None
         if drawn:  # rare enough to run eagerly, after the graph, beside the engine
             with torch.cuda.stream(self.graphs.stream):
                 sampling = sampling_columns(logits, params, packed[:, :k])
                 host_sampling = self.staging.take(sampling.shape)
                 host_sampling.copy_(sampling, non_blocking=True)
-        return PendingLogits(logits, host, host_sampling, self.graphs.stream, k, greedy)
+                kept = logits.clone()
+        return PendingLogits(kept, host, host_sampling, self.graphs.stream, k, greedy)
 
 
 def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int], str]) -> list[LogitsSummary]:
@@ -123,7 +128,10 @@ def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int]
     for row, (values, token) in enumerate(zip(pending.host.tolist(), tokens)):
         ids = list(map(int, values[:k]))
         probs, entropy = values[k : 2 * k], -values[2 * k]
-        sampling = greedy if pending.greedy[row] else samplings[row]
+        if pending.greedy[row]:  # the most likely token (or one tied with it)
+            summaries.append(LogitsSummary(ids, list(map(token_text, ids)), probs, greedy, entropy, probs[0], 0))
+            continue
+        sampling = samplings[row]
         if token in ids:
             chosen = probs[ids.index(token)]
             # Rank = how many tokens are strictly more likely than the drawn one; all of those

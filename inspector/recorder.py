@@ -14,8 +14,14 @@ What each hook records (observer order within a step: minillama/observe.py):
 - on_logits: the top-k summary of each sampling row (started; it waits for the drawn token),
   the scheduler's decision and queues, the KV cache snapshot. On a GPU the forward is still
   running then, and the host would only wait: work done here costs the engine nothing.
-- on_step_end: the tokens, the KV snapshot brought up to the step's end, the summaries
-  completed with the drawn token's rank, the timings.
+- on_step_end: only what cannot wait: the KV snapshot brought up to the step's end (the next
+  step changes the cache), the attention and lens buffers read (the next step overwrites them).
+
+The step's record is completed later (tokens, logits summaries with the drawn token's rank,
+timings, and the StepRecord appended to the trace): in the next step's on_logits, during that
+step's forward, or as soon as anyone reads `recorder.trace`, whichever comes first. Between
+on_step_end and the next step the host is on the engine's critical path (the GPU waits for the
+next forward); during the forward it is not. Reading `trace` always gives every step that ended.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from inspector.trace import (
     EngineInfo,
     Event,
     KVSnapshot,
+    LogitLens,
     ModelInfo,
     ScheduledRecord,
     ScheduleRecord,
@@ -86,6 +93,12 @@ class _StepInProgress:
     kv: KVSnapshot | None = None  # taken in on_logits, during the forward
     logits: PendingLogits | None = None
     record_s: float = 0.0  # time spent in this recorder's hooks
+    # From on_step_end on, waiting for the step's record to be completed:
+    result: StepResult | None = None
+    attention_seqs: list[int] = field(default_factory=list)  # sequences whose attention was stored
+    lenses: dict[int, LogitLens] = field(default_factory=dict)  # seq id -> logit lens
+    layer_hooks: bool = False  # did the step run a hook per layer (eagerly)?
+    ended: float = 0.0  # perf_counter at on_step_end
 
 
 class Recorder(Observer):
@@ -101,15 +114,33 @@ class Recorder(Observer):
     def clear(self) -> None:
         """Start a new, empty trace (the engine is left as it is)."""
         engine, policy = self.engine, self.policy
-        self.trace = Trace(_model_info(engine), _engine_info(engine))
+        self._trace = Trace(_model_info(engine), _engine_info(engine))
         self.budget = MemoryBudget(policy.memory_budget)
         layers = list(policy.layers) if policy.layers is not None else list(range(engine.model_config.num_hidden_layers))
-        self.capture = AttentionCapture(engine, self.trace, layers)
+        self.capture = AttentionCapture(engine, self._trace, layers)
         self.lens = LogitLensCapture(engine)
         self.traced: set[int] = set()
         self._num_requests = 0
-        self._step: _StepInProgress | None = None
+        self._step: _StepInProgress | None = None  # between on_schedule and on_step_end
+        self._ended: _StepInProgress | None = None  # ended, its record not yet completed
         self._t0 = time.perf_counter()
+
+    @property
+    def trace(self) -> Trace:
+        """The trace, with every step that has ended."""
+        self.flush()
+        return self._trace
+
+    @property
+    def num_steps(self) -> int:
+        """Steps that have ended, their records completed or not (reads no trace)."""
+        return len(self._trace.steps) + (self._ended is not None)
+
+    def flush(self) -> None:
+        """Complete the record of the step that ended last, if it is still waiting."""
+        step, self._ended = self._ended, None
+        if step is not None:
+            self._complete(step)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -117,7 +148,7 @@ class Recorder(Observer):
         """Add a request to the trace, and decide whether to trace its attention. The hooks
         register requests they meet on their own; DebugSession registers them as they are
         added, to pass on the chat flag and the prompt as typed."""
-        if seq.seq_id in self.trace.sequences:
+        if seq.seq_id in self._trace.sequences:
             return
         policy = self.policy
         if policy.attention_seqs is not None:
@@ -133,18 +164,18 @@ class Recorder(Observer):
         if prompt_text is None:
             prompt_text = tokenizer.decode(prompt_ids) if tokenizer is not None else ""
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(seq.params).items()}
-        index = len(self.trace.steps)
-        self.trace.sequences[seq.seq_id] = SequenceRecord(
+        index = self.num_steps
+        self._trace.sequences[seq.seq_id] = SequenceRecord(
             seq.seq_id, prompt_ids, prompt_text, chat, params, traced, index,
             prompt_tokens=[self._token_text(t) for t in prompt_ids],
         )
-        self.trace.events.append(Event(index, "add", f"request {seq.seq_id} added", seq.seq_id))
+        self._trace.events.append(Event(index, "add", f"request {seq.seq_id} added", seq.seq_id))
 
     def note_abort(self, seq_id: int) -> None:
-        record = self.trace.sequences.get(seq_id)
+        record = self._trace.sequences.get(seq_id)
         if record is not None and record.finish_reason is None:
             record.finish_reason = "abort"
-            self.trace.events.append(Event(len(self.trace.steps), "abort", f"request {seq_id} aborted", seq_id))
+            self._trace.events.append(Event(self.num_steps, "abort", f"request {seq_id} aborted", seq_id))
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -152,13 +183,13 @@ class Recorder(Observer):
         started = time.perf_counter()
         scheduler = engine.scheduler
         # Requests added to the engine directly, not through DebugSession, are met here first.
-        unknown = [s for s in (*scheduler.running, *scheduler.waiting) if s.seq_id not in self.trace.sequences]
+        unknown = [s for s in (*scheduler.running, *scheduler.waiting) if s.seq_id not in self._trace.sequences]
         for seq in sorted(unknown, key=lambda s: s.seq_id):
             self.register(seq)
-        index = len(self.trace.steps)
+        index = self.num_steps
         self._step = _StepInProgress(index, started)
         for seq_id in (s.seq_id for s in batch.preempted):
-            self.trace.sequences[seq_id].num_preemptions += 1
+            self._trace.sequences[seq_id].num_preemptions += 1
         # Plan the droppable data; the budget may stop keeping some from this step on.
         budget = self.budget
         needs = {"logits": summary_bytes(len(batch.sampling), self.policy.top_k)}
@@ -169,7 +200,7 @@ class Recorder(Observer):
             needs["lens"] = len(self.lens.rows) * self.lens.bytes_per_token() if lens_rows else 0
         for kind in budget.plan_step(index, needs):
             message = f"memory budget of {budget.limit:,} bytes reached: {kind} no longer recorded from step {index}"
-            self.trace.events.append(Event(index, "drop", message, what=kind))
+            self._trace.events.append(Event(index, "drop", message, what=kind))
         capturing = self.policy.attention and budget.keeps("attention")
         # Only steps that run a traced sequence capture anything. A prefill is captured per
         # layer (a hook: eager, as prefills always are); a decode step from the queries the
@@ -204,8 +235,10 @@ class Recorder(Observer):
         self._step.record_s += time.perf_counter() - started
 
     def on_logits(self, batch: SchedulerOutput, logits: torch.Tensor) -> None:
-        """On a GPU the forward is still running: what can be recorded before the tokens are
-        drawn is recorded here, while the host would otherwise wait for the GPU."""
+        """On a GPU the forward is still running: the step before is completed, and what can
+        be recorded of this one before its tokens are drawn is recorded, while the host would
+        otherwise wait for the GPU."""
+        self.flush()  # first: its summaries' buffers are reused by this step's
         started = time.perf_counter()
         step = self._step
         if self.budget.keeps("logits") and logits.shape[0]:
@@ -229,43 +262,54 @@ class Recorder(Observer):
         step.record_s += time.perf_counter() - started
 
     def on_step_end(self, engine: LLMEngine, result: StepResult) -> None:
+        """Only what the next step would change or overwrite; the rest waits (see the top)."""
         started = time.perf_counter()
-        step, trace = self._step, self.trace
-        kv = step.kv
+        self.flush()  # normally done in on_logits already
+        step = self._step
         if result.finished:  # their blocks went back: read the cache again
-            kv = snapshot_kv(engine.block_manager, engine.scheduler.running, step.hit_blocks)
+            step.kv = snapshot_kv(engine.block_manager, engine.scheduler.running, step.hit_blocks)
         else:
-            commit_filled_blocks(kv, engine.block_manager, result.batch)
-        self.budget.charge(kv_snapshot_bytes(kv))
+            commit_filled_blocks(step.kv, engine.block_manager, result.batch)
+        self.budget.charge(kv_snapshot_bytes(step.kv))
+        if self.wants_layers:
+            step.lenses = self.lens.end_step(self._token_text)
+        if self.wants_attention or self.wants_queries:
+            step.attention_seqs = self.capture.end_step(step.index)
+        step.layer_hooks = self.wants_attention or self.wants_layers
+        step.result = result
+        step.ended = time.perf_counter()
+        step.record_s += step.ended - started
+        self._step, self._ended = None, step
+
+    def _complete(self, step: _StepInProgress) -> None:
+        """Append an ended step's record to the trace: its tokens, their logits summaries, its
+        timings; and the sequences' text so far."""
+        started = time.perf_counter()
+        result, trace = step.result, self._trace
         outputs = result.outputs  # in the order of batch.sampling, like the logits rows
-        lenses = self.lens.end_step(self._token_text) if self.wants_layers else {}
         tokens = []
         for out in outputs:
             tokens.append(TokenRecord(out.request_id, out.token_id, out.text_delta, out.finish_reason, None,
-                                      lenses.get(out.request_id)))
+                                      step.lenses.get(out.request_id)))
             seq = trace.sequences[out.request_id]
             seq.output_ids.append(out.token_id)
             seq.token_steps.append(step.index)
             seq.text += out.text_delta
             seq.finish_reason = out.finish_reason
-        attention_seqs = self.capture.end_step(step.index) if self.wants_attention or self.wants_queries else []
-        # The summaries last: on a GPU they may still be on their way (on a side stream).
         if step.logits is not None:
             for token, summary in zip(tokens, finish(step.logits, [o.token_id for o in outputs], self._token_text)):
                 token.logits = summary
         t = result.timings
-        now = time.perf_counter()
-        record_ms = (step.record_s + now - started) * 1e3
+        record_ms = (step.record_s + time.perf_counter() - started) * 1e3
         timings = Timings(
             start_ms=(step.started - self._t0) * 1e3 - t.schedule_ms,
             schedule_ms=t.schedule_ms, prepare_ms=t.prepare_ms, forward_ms=t.forward_ms, sample_ms=t.sample_ms,
-            wall_ms=(now - step.started) * 1e3 + t.schedule_ms, record_ms=record_ms,
+            wall_ms=(step.ended - step.started) * 1e3 + t.schedule_ms, record_ms=record_ms,
         )
         trace.steps.append(
-            StepRecord(step.index, result.step, step.schedule, tokens, kv, timings, attention_seqs,
-                       layer_hooks=self.wants_attention or self.wants_layers)
+            StepRecord(step.index, result.step, step.schedule, tokens, step.kv, timings, step.attention_seqs,
+                       layer_hooks=step.layer_hooks)
         )
-        self._step = None
 
 
 def _model_info(engine: LLMEngine) -> ModelInfo:

@@ -68,29 +68,37 @@ class DebugSession:
     def step(self) -> StepRecord | None:
         """Run one engine iteration and record it; the cursor moves to it. None when no
         request is left to run."""
-        if not self.engine.has_unfinished():
+        if not self._advance():
             return None
-        before = len(self.trace.steps)
-        self.engine.step()
-        if len(self.trace.steps) == before:  # the scheduler found nothing it could run
-            return None
+        self.recorder.flush()
         return self.cursor.seek(-1)
 
     def run(self, until: Iterable[Breakpoint] = (), max_steps: int | None = None) -> RunResult:
         """Step until a breakpoint fires (checked in the order given, after each step), no
-        request is left, or max_steps steps have run."""
+        request is left, or max_steps steps have run; the cursor moves to the last step."""
         breakpoints = list(until)
         steps = 0
-        while max_steps is None or steps < max_steps:
-            record = self.step()
-            if record is None:
-                break
+        stop: tuple[Breakpoint, str] | None = None
+        while (max_steps is None or steps < max_steps) and stop is None and self._advance():
             steps += 1
-            for bp in breakpoints:
-                reason = bp.check(self.trace, record)
-                if reason is not None:
-                    return RunResult(steps, bp, reason, not self.engine.has_unfinished())
-        return RunResult(steps, None, None, not self.engine.has_unfinished())
+            if breakpoints:  # they read the step's record: complete it now (self.trace does)
+                record = self.trace.steps[-1]
+                stop = next(((bp, reason) for bp in breakpoints if (reason := bp.check(self.trace, record))), None)
+        if steps:
+            self.recorder.flush()
+            self.cursor.seek(-1)
+        breakpoint, reason = stop if stop is not None else (None, None)
+        return RunResult(steps, breakpoint, reason, not self.engine.has_unfinished())
+
+    def _advance(self) -> bool:
+        """One engine iteration; False when nothing ran (no request left, or none could be
+        scheduled). Without a breakpoint to check, a step's record is completed during the
+        next step's forward, off the engine's critical path (see inspector/recorder.py)."""
+        if not self.engine.has_unfinished():
+            return False
+        before = self.recorder.num_steps
+        self.engine.step()
+        return self.recorder.num_steps > before
 
     # -- time travel ---------------------------------------------------------------------------
 

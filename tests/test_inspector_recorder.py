@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_hf_model
-from test_inspector_support import assert_logits_summaries_match, record_embedded_run, record_tiny_run
+from test_inspector_support import TINY_PARAMS, assert_logits_summaries_match, record_embedded_run, record_tiny_run
 
-from inspector import CapturePolicy, DebugSession, NotRecorded, TextMatches, Trace, kv_snapshot
+from inspector import CapturePolicy, DebugSession, NotRecorded, Recorder, TextMatches, Trace, kv_snapshot
 from inspector.kv_snapshot import kv_snapshot_bytes
 from inspector.logits_stats import summary_bytes
 from minillama import EngineConfig, LLMEngine, SamplingParams
@@ -234,3 +234,37 @@ def test_run_stops_where_the_answer_says_paris(embedded):
     assert "Paris" in trace.sequences[paris].text and trace.sequences[paris].chat is True
     assert trace.sequences[paris].prompt_text == "What is the capital of France?"
     assert trace.steps[at].token_of(paris).logits.top_texts[0] == trace.steps[at].token_of(paris).text_delta
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_a_record_completed_during_the_next_step_equals_one_completed_at_once(device):
+    """Without a reader, a step's record is completed during the next step's forward (on a GPU
+    the host is free then); reading recorder.trace completes it at once. Both give one record,
+    and the same one, while a sampled token's rank still comes from its own step's logits (on a
+    GPU the next forward overwrites the engine's logits buffer before the late completion)."""
+
+    def recorded(read_every_step: bool) -> Trace:
+        hf = make_hf_model("gqa-tied-llama3")
+        engine = LLMEngine.from_hf_model(hf, EngineConfig(device=device, dtype="float32", num_kv_blocks=14, block_size=4))
+        recorder = Recorder(engine, CapturePolicy(top_k=3, attention_requests=(0,)))
+        engine.add_observer(recorder)
+        generator = torch.Generator().manual_seed(0)
+        for n, params in zip((15, 17, 14), TINY_PARAMS):
+            engine.add_request(torch.randint(0, 256, (n,), generator=generator).tolist(), params)
+        steps = 0
+        while engine.has_unfinished():
+            engine.step()
+            steps += 1
+            assert recorder.num_steps == steps
+            if read_every_step:
+                assert len(recorder.trace.steps) == steps
+        return recorder.trace
+
+    late, at_once = recorded(read_every_step=False), recorded(read_every_step=True)
+    assert len(late.steps) == len(at_once.steps) > 10
+    assert any(t.logits.sampled_rank >= 3 for s in late.steps for t in s.tokens)  # outside the top 3
+    for a, b in zip(late.steps, at_once.steps):
+        assert (a.index, a.schedule, a.tokens, a.attention_seqs) == (b.index, b.schedule, b.tokens, b.attention_seqs)
+        assert all(torch.equal(x, y) for x, y in zip(vars(a.kv).values(), vars(b.kv).values()) if isinstance(x, torch.Tensor))
+    assert [vars(s) for s in late.sequences.values()] == [vars(s) for s in at_once.sequences.values()]

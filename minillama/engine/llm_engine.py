@@ -77,6 +77,8 @@ class LLMEngine:
         self.observers: list[Observer] = []
         self.step_count = 0
         self.stats = EngineStats()
+        # With observers on CUDA: events timing the forward and the sampler, made once.
+        self._gpu_timer = _GpuTimer(self.device) if self.device.type == "cuda" else None
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -276,7 +278,9 @@ class LLMEngine:
         t2 = time.perf_counter()
         # On CUDA the forward and the sampler only launch kernels; with observers attached
         # their GPU time is measured with events, so nothing waits for the GPU early.
-        events = _GpuTimer(self.device) if self.observers and self.device.type == "cuda" else None
+        events = self._gpu_timer if self.observers else None
+        if events:
+            events.start()
         if self.observers:
             readers = [o for o in self.observers if o.wants_queries]
             if readers:
@@ -347,21 +351,27 @@ class LLMEngine:
 
 
 class _GpuTimer:
-    """CUDA events recorded on the stream: GPU milliseconds between marks, read once the host
-    has the sampled tokens (by then the stream has passed every mark)."""
+    """CUDA events recorded on the engine's stream: GPU milliseconds between marks, read once
+    the host has the sampled tokens (by then the stream has passed every mark). The events and
+    the stream are looked up once, not every step: each costs a few microseconds of host time."""
 
-    def __init__(self, device: torch.device):
-        self.events = [torch.cuda.Event(enable_timing=True)]
-        self.events[0].record(torch.cuda.current_stream(device))
+    def __init__(self, device: torch.device, marks: int = 3):
+        self.stream = torch.cuda.current_stream(device)  # the stream the engine runs on
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(marks + 1)]
+        self.count = 0  # events recorded this step
+
+    def start(self) -> None:
+        self.count = 0
+        self.mark()
 
     def mark(self) -> None:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        self.events.append(event)
+        self.events[self.count].record(self.stream)
+        self.count += 1
 
     def elapsed_ms(self) -> list[float]:
-        self.events[-1].synchronize()
-        return [a.elapsed_time(b) for a, b in zip(self.events, self.events[1:])]
+        events = self.events[: self.count]
+        events[-1].synchronize()
+        return [a.elapsed_time(b) for a, b in zip(events, events[1:])]
 
 
 def _check_block_size(backend, block_size: int) -> None:
