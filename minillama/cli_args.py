@@ -31,7 +31,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, default=None, help="longest sequence (default: min(model context, 8192))")
     g.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     g.add_argument("--eager", action="store_true", help="no CUDA graphs")
-    g.add_argument("--no-fused-ops", action="store_true", help="CUDA: plain PyTorch instead of the fused Triton kernels")
+    g.add_argument("--no-fused-ops", action="store_true",
+                   help="plain PyTorch, not the engine's kernels (CUDA: fused Triton ops; CPU: the 2-8 row linear kernel)")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:

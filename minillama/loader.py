@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from minillama.cache import cache_root
 from minillama.config import ModelConfig
 from minillama.errors import ModelLoadError
 from minillama.model.attention import AttentionBackend
@@ -211,13 +212,6 @@ def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]
 
 
 # -- the embedded model -------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Where converted models live: $MINILLAMA_CACHE, else $XDG_CACHE_HOME/minillama."""
-    if "MINILLAMA_CACHE" in os.environ:
-        return Path(os.environ["MINILLAMA_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minillama"
 
 
 def embedded_gguf_path() -> Path:

@@ -40,6 +40,7 @@ from minillama.loader import (
     resolve_model_dir,
     safetensors_files,
 )
+from minillama.model import skinny_linear
 from minillama.model.attention import get_attention_backend
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.sampler import Sampler
@@ -141,6 +142,8 @@ class LLMEngine:
         max_len = _max_model_len(model_config, config)
         model = build_model(model_config, max_len, backend, device, dtype)
         model.use_fused_ops(config.fused_ops and device.type == "cuda" and importlib.util.find_spec("triton") is not None)
+        cpu_fp32 = device.type == "cpu" and dtype == torch.float32
+        model.use_skinny_linear(config.fused_ops and cpu_fp32 and skinny_linear.available())
         return model
 
     # -- requests --------------------------------------------------------------------------------

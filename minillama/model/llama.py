@@ -19,6 +19,7 @@ from minillama.model.attention.metadata import AttentionMetadata
 from minillama.model.mlp import LlamaMLP
 from minillama.model.norm import RMSNorm
 from minillama.model.rotary import RotaryEmbedding, apply_rotary
+from minillama.model.skinny_linear import Linear
 
 # on_attention(layer, q, k, v, output, metadata): q [N, H, D] and k [N, Hkv, D] after RoPE,
 # v [N, Hkv, D], output [N, H, D] (attention before o_proj).
@@ -37,8 +38,8 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
+        self.qkv_proj = Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
+        self.o_proj = Linear(q_size, config.hidden_size, bias=False)
         self.backend = backend
         self.fused = False  # True: RoPE and the cache write in one Triton kernel (set on CUDA)
         # This layer's slice of the paged KV cache, [num_blocks, block_size, Hkv, D] each; the
@@ -147,7 +148,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config, max_position, backend)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -178,6 +179,14 @@ class LlamaForCausalLM(nn.Module):
         for module in self.modules():
             if hasattr(module, "fused"):
                 module.fused = enabled
+
+    def use_skinny_linear(self, enabled: bool) -> None:
+        """Send the linear layers' 2-8 row products to the CPU kernel of skinny_linear.py (fp32,
+        contiguous weights only) or not."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                weight = module.weight
+                module.skinny = enabled and weight.dtype == torch.float32 and weight.is_contiguous()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32."""

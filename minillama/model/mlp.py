@@ -4,13 +4,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minillama.model.skinny_linear import Linear
+
 
 class LlamaMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
         # gate_proj and up_proj stacked into one matrix: one matmul instead of two.
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
         self.fused = False  # True: silu(gate) * up in one Triton kernel (set on CUDA by the loader)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""The CPU kernel for 2-8 row linear layers (minillama/model/skinny_linear.c) against an exact
+product, and when the model uses it.
+
+Tolerance: each output is a dot product of K fp32 terms, summed in another order than BLAS
+sums them (16 lanes, then across lanes). The difference to the exact (fp64) product is a few
+fp32 roundings of the running sum, so it is held to 1e-6 * sqrt(K) of the terms' magnitude,
+|x| @ |W|^T, a bound that random-order rounding stays far within and a wrong element breaks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minillama import EngineConfig, LLMEngine, SamplingParams
+from minillama.model import skinny_linear
+from minillama.model.skinny_linear import MAX_ROWS, Linear
+
+pytestmark = pytest.mark.skipif(not skinny_linear.available(), reason="no C compiler to build the kernel")
+
+
+def assert_near_exact(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    exact = x.double() @ weight.double().T
+    scale = x.double().abs() @ weight.double().abs().T
+    assert out.dtype == torch.float32 and out.shape == exact.shape
+    assert bool(((out.double() - exact).abs() <= 1e-6 * x.shape[1] ** 0.5 * scale + 1e-30).all())
+
+
+@pytest.mark.parametrize("rows", range(1, MAX_ROWS + 1))
+@pytest.mark.parametrize(("n", "k"), [(1, 5), (7, 16), (33, 17), (960, 576), (257, 1536)])
+def test_the_kernel_equals_the_exact_product(rows, n, k):
+    """Odd column counts (the last column alone), K under 16 and not a multiple of it (the
+    scalar tail), and the embedded model's shapes."""
+    x, weight = torch.randn(rows, k), torch.randn(n, k)
+    assert_near_exact(skinny_linear.skinny_linear(x, weight), x, weight)
+
+
+def test_rows_that_are_not_contiguous_are_copied_first():
+    wide, weight = torch.randn(4, 128), torch.randn(10, 64)
+    x = wide[:, ::2]
+    assert not x.is_contiguous()
+    assert_near_exact(skinny_linear.skinny_linear(x, weight), x, weight)
+
+
+@pytest.mark.parametrize("rows", [0, MAX_ROWS + 1])
+def test_row_counts_outside_1_to_8_are_refused(rows):
+    with pytest.raises(ValueError, match="1 to 8 rows"):
+        skinny_linear.skinny_linear(torch.randn(rows, 16), torch.randn(4, 16))
+
+
+def test_linear_sends_only_2_to_8_rows_without_autograd_to_the_kernel(monkeypatch):
+    calls = []
+    kernel = skinny_linear.skinny_linear
+    monkeypatch.setattr(skinny_linear, "skinny_linear", lambda x, w: calls.append(x.shape[0]) or kernel(x, w))
+    layer = Linear(64, 48, bias=False)
+    layer.skinny = True
+    with torch.inference_mode():
+        for rows in (1, 2, 8, 9):
+            x = torch.randn(rows, 64)
+            assert_near_exact(layer(x), x, layer.weight.detach())
+    assert calls == [2, 8]  # one row: BLAS is as fast; nine: more than the kernel takes
+    out = layer(torch.randn(4, 64))  # autograd on: the kernel has no backward
+    assert calls == [2, 8] and out.grad_fn is not None
+    layer.skinny = False
+    with torch.inference_mode():
+        layer(torch.randn(4, 64))
+    assert calls == [2, 8]
+
+
+def linears(engine: LLMEngine) -> list[Linear]:
+    return [m for m in engine.runner.model.modules() if isinstance(m, Linear)]
+
+
+def test_a_cpu_fp32_engine_uses_the_kernel_unless_fused_ops_are_off(tiny_model_dir):
+    path, _ = tiny_model_dir("gqa-tied-llama3")
+    on = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32"))
+    off = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32", fused_ops=False))
+    bf16 = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="bfloat16"))
+    assert len(linears(on)) == 2 * 4 + 1  # qkv, o, gate_up, down per layer; the LM head
+    assert all(m.skinny for m in linears(on))
+    assert not any(m.skinny for m in linears(off) + linears(bf16))
+    # Same tokens either way (the HF parity tests hold the kernel's engine to transformers).
+    assert generate(on) == generate(off)
+
+
+def generate(engine: LLMEngine) -> list[list[int]]:
+    """Three greedy requests decoded as one batch (3 rows: the kernel's path)."""
+    params = SamplingParams(temperature=0, max_tokens=8)
+    ids = [engine.add_request(p, params) for p in ([1, 2, 3, 4, 5], [9, 8, 7], [4, 4, 4, 4])]
+    while engine.has_unfinished():
+        engine.step()
+    return [engine.sequences[i].output_token_ids for i in ids]
+
+
+def test_without_a_compiler_the_engine_warns_and_uses_blas(monkeypatch, tmp_path, tiny_model_dir):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    skinny_linear._library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="no C compiler"):
+            assert not skinny_linear.available()
+        path, _ = tiny_model_dir("gqa-tied-llama3")
+        engine = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32"))
+        assert not any(m.skinny for m in linears(engine))
+    finally:
+        skinny_linear._library.cache_clear()
+
+
+def test_a_failed_compile_warns_with_the_compilers_message(monkeypatch, tmp_path):
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'fake-cc: cannot compile' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("MINILLAMA_CACHE", str(tmp_path / "cache"))
+    skinny_linear._library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="fake-cc: cannot compile"):
+            assert not skinny_linear.available()
+        assert not list((tmp_path / "cache" / "kernels").iterdir())  # nothing half-written is left
+    finally:
+        skinny_linear._library.cache_clear()
+
+
+def test_the_result_matches_f_linear_on_the_embedded_models_shapes():
+    """The same product BLAS computes, within fp32 rounding, for 8 rows of each weight shape."""
+    for n, k in [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]:
+        x, weight = torch.randn(8, k), torch.randn(n, k) * 0.02
+        torch.testing.assert_close(skinny_linear.skinny_linear(x, weight), F.linear(x, weight), rtol=1e-4, atol=1e-5)
