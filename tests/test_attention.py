@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minillama.model.attention import get_attention_backend, reference
+from minillama.model.attention import cpu_paged, get_attention_backend, reference
 from minillama.model.attention.kv_cache import store_kvcache
 
 SHAPES = [(4, 2, 16), (4, 1, 32), (4, 4, 16), (6, 2, 64)]  # (H, Hkv, D): GQA, MQA, MHA, wider
@@ -51,7 +51,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_backend(name: str, device: torch.device, dtype: torch.dtype, tolerance: float) -> None:
-    backend = get_attention_backend(name, device)
+    backend = get_attention_backend(name, device, dtype)
     block_size = 16 if backend.min_block_size == 1 else backend.min_block_size
     for num_heads, num_kv_heads, head_dim in SHAPES:
         # Prefill, fresh K/V.
@@ -85,6 +85,35 @@ def check_backend(name: str, device: torch.device, dtype: torch.dtype, tolerance
 
 def test_sdpa_matches_reference_cpu():
     check_backend("sdpa", torch.device("cpu"), torch.float32, 1e-5)
+
+
+requires_cpu_kernel = pytest.mark.skipif(not cpu_paged.available(), reason="no C compiler to build the kernel")
+
+
+@requires_cpu_kernel
+def test_the_cpu_backend_matches_reference():
+    check_backend("cpu", torch.device("cpu"), torch.float32, 1e-5)
+
+
+@requires_cpu_kernel
+@pytest.mark.parametrize("block_size", [1, 5, 16])
+def test_the_cpu_decode_kernel_reads_any_block_size_and_long_contexts(block_size):
+    lengths = [1, block_size, block_size + 1, 700, 1500]
+    k_cache, v_cache, table = paged_batch(lengths, 2, 64, block_size, "cpu", torch.float32)
+    q = torch.randn(len(lengths), 1, 6, 64)
+    seqlens = torch.tensor(lengths, dtype=torch.int32)
+    out = cpu_paged.flash_attn_with_kvcache(q, k_cache, v_cache, seqlens, table, softmax_scale=0.3)
+    expected = reference.flash_attn_with_kvcache(q, k_cache, v_cache, seqlens, table, softmax_scale=0.3)
+    assert relative_error(out, expected) < 1e-5
+
+
+@requires_cpu_kernel
+def test_auto_picks_the_cpu_backend_for_fp32_on_the_cpu_only():
+    cpu = torch.device("cpu")
+    assert get_attention_backend("auto", cpu, torch.float32).name == "cpu"
+    assert get_attention_backend("auto", cpu, torch.bfloat16).name == "sdpa"
+    with pytest.raises(ValueError, match="float32 only"):
+        get_attention_backend("cpu", cpu, torch.bfloat16)
 
 
 @pytest.mark.cuda

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from minillama import EngineConfig, LLMEngine, SamplingParams
-from minillama.model import skinny_linear
+from minillama.model import c_kernels, skinny_linear
+from minillama.model.attention import cpu_paged
 from minillama.model.skinny_linear import MAX_ROWS, Linear
 
 pytestmark = pytest.mark.skipif(not skinny_linear.available(), reason="no C compiler to build the kernel")
@@ -68,6 +69,12 @@ def test_linear_sends_only_2_to_8_rows_without_autograd_to_the_kernel(monkeypatc
     assert calls == [2, 8]
 
 
+def clear_builds() -> None:
+    """Forget the loaded libraries, so that the next use builds (or fails to build) again."""
+    for cached in (c_kernels.load, c_kernels._compiler, skinny_linear._library, cpu_paged._library):
+        cached.cache_clear()
+
+
 def linears(engine: LLMEngine) -> list[Linear]:
     return [m for m in engine.runner.model.modules() if isinstance(m, Linear)]
 
@@ -95,15 +102,16 @@ def generate(engine: LLMEngine) -> list[list[int]]:
 
 def test_without_a_compiler_the_engine_warns_and_uses_blas(monkeypatch, tmp_path, tiny_model_dir):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    skinny_linear._library.cache_clear()
+    clear_builds()
     try:
         with pytest.warns(UserWarning, match="no C compiler"):
             assert not skinny_linear.available()
         path, _ = tiny_model_dir("gqa-tied-llama3")
         engine = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32"))
         assert not any(m.skinny for m in linears(engine))
+        assert engine.runner.model.model.layers[0].self_attn.backend.name == "sdpa"
     finally:
-        skinny_linear._library.cache_clear()
+        clear_builds()
 
 
 def test_a_failed_compile_warns_with_the_compilers_message(monkeypatch, tmp_path):
@@ -112,13 +120,13 @@ def test_a_failed_compile_warns_with_the_compilers_message(monkeypatch, tmp_path
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
     monkeypatch.setenv("MINILLAMA_CACHE", str(tmp_path / "cache"))
-    skinny_linear._library.cache_clear()
+    clear_builds()
     try:
         with pytest.warns(UserWarning, match="fake-cc: cannot compile"):
             assert not skinny_linear.available()
         assert not list((tmp_path / "cache" / "kernels").iterdir())  # nothing half-written is left
     finally:
-        skinny_linear._library.cache_clear()
+        clear_builds()
 
 
 def test_the_result_matches_f_linear_on_the_embedded_models_shapes():

@@ -6,35 +6,23 @@ to 8 rows it repacks each weight on every call: on the embedded model (2 cores),
 2.3x the time of one row through the 211 weight matrices of a step, against 1.3x with this
 kernel (see skinny_linear.c for how it works, docs/perf-notes.md for the figures).
 
-The kernel is compiled on first use with the machine's C compiler (cc, or $CC) for this very
-CPU (-march=native), about a second, and kept in the cache (minillama/cache.py) under a name
-that hashes the source, the flags, the compiler and the CPU's features. Without a compiler, or
-when compiling fails, the engine warns once and uses torch's BLAS: same results, slower.
+The kernel is built on first use (minillama/model/c_kernels.py); without a C compiler the
+engine warns once and uses torch's BLAS: same results, slower.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minillama.cache import cache_root
+from minillama.model import c_kernels
 
 SOURCE = Path(__file__).with_suffix(".c")
-# -fopenmp: the C code's `omp parallel for` binds to the OpenMP runtime already in the process
-# (torch's libgomp), so the kernel runs on torch's threads, torch.set_num_threads included.
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 MAX_ROWS = 8  # as in skinny_linear.c; one row goes to BLAS, which is as fast for a single row
 
 
@@ -70,50 +58,8 @@ def available() -> bool:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        warnings.warn(
-            "no C compiler (cc, or $CC) found: CPU decode uses torch's BLAS, slower for 2-8 sequences", stacklevel=3
-        )
-        return None
-    path = _cached_build_path(compiler)
-    if not path.exists():
-        try:
-            _compile(compiler, path)
-        except (OSError, subprocess.CalledProcessError) as error:
-            details = getattr(error, "stderr", "") or str(error)
-            warnings.warn(
-                f"compiling {SOURCE.name} failed, CPU decode uses torch's BLAS: {details.strip()[-500:]}", stacklevel=3
-            )
-            return None
-    library = ctypes.CDLL(str(path))
-    library.skinny_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3
-    library.skinny_linear.restype = ctypes.c_int
+    library = c_kernels.load(SOURCE)
+    if library is not None:
+        library.skinny_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3
+        library.skinny_linear.restype = ctypes.c_int
     return library
-
-
-def _cached_build_path(compiler: str) -> Path:
-    """One build per source, flags, compiler and CPU: -march=native code may not run elsewhere."""
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(), _cpu_features().encode()):
-        key.update(part)
-    return cache_root() / "kernels" / f"skinny_linear-{key.hexdigest()[:16]}.so"
-
-
-def _cpu_features() -> str:
-    """The CPU's model and instruction-set flags (Linux), else what platform knows of it."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}"
-    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
-
-
-def _compile(compiler: str, path: Path) -> None:
-    """Compile into a temporary file beside `path`, then rename: processes that build at the
-    same time never load a half-written library."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        built = Path(scratch) / path.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True, text=True)
-        os.replace(built, path)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minillama.model.attention import reference, sdpa
+from minillama.model.attention import cpu_paged, reference, sdpa
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class AttentionBackend:
     min_block_size: int = 1  # the KV block size must be a multiple of this
 
 
-BACKEND_NAMES = ("auto", "reference", "sdpa", "flash-attn", "triton")
+BACKEND_NAMES = ("auto", "reference", "sdpa", "cpu", "flash-attn", "triton")
 
 
 def _has_module(name: str) -> bool:
@@ -35,12 +35,21 @@ def get_attention_backend(name: str, device: torch.device, dtype: torch.dtype = 
             name = "flash-attn"
         elif device.type == "cuda" and half and _has_module("triton"):
             name = "triton"
+        elif device.type == "cpu" and dtype == torch.float32 and cpu_paged.available():
+            name = "cpu"
         else:
             name = "sdpa"
     if name in ("flash-attn", "triton") and not half:
         raise ValueError(f"--attention {name} computes in float16/bfloat16 only (got {dtype}); use sdpa")
     if name == "reference":
         return AttentionBackend(name, reference.flash_attn_varlen_func, reference.flash_attn_with_kvcache, False)
+    if name == "cpu":
+        if device.type != "cpu" or dtype != torch.float32:
+            raise ValueError(f"--attention cpu runs on the CPU in float32 only (got {device}, {dtype}); use sdpa")
+        if not cpu_paged.available():
+            raise ValueError("--attention cpu needs a C compiler (cc, or $CC) to build its kernel; use sdpa")
+        # Prefill through SDPA; decode through the C kernel, straight from the paged cache.
+        return AttentionBackend(name, sdpa.flash_attn_varlen_func, cpu_paged.flash_attn_with_kvcache, False)
     if name == "sdpa":
         # Not graph-safe in practice: inside a graph its decode would gather the block tables'
         # full captured width (max_model_len tokens) for every sequence.

@@ -1,0 +1,87 @@
+"""Build and load the engine's C kernels for the CPU (skinny_linear.c, attention/cpu_paged.c).
+
+Each source is compiled on first use with the machine's C compiler (cc, or $CC) for this very
+CPU (-march=native), about a second, and kept in the cache (minillama/cache.py) under a name
+that hashes the source, the flags, the compiler and the CPU's features. Without a compiler, or
+when compiling fails, load() warns once and returns None, and the caller keeps to PyTorch:
+same results, slower.
+
+Why C and not more PyTorch ops: in a CPU decode step the weights stream through the caches
+once, and every small PyTorch op after that pays for reloading what it touches (~30 us where it
+takes ~10 us alone, measured on the embedded model): one call that does a layer's whole piece
+of work beats a chain of small ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+from minillama.cache import cache_root
+
+# -fopenmp: the C code's `omp parallel for` binds to the OpenMP runtime already in the process
+# (torch's libgomp), so the kernels run on torch's threads, torch.set_num_threads included.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+
+
+@functools.cache
+def load(source: Path) -> ctypes.CDLL | None:
+    """The compiled `source` (from the cache, or built now), or None after a warning."""
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    path = _build_path(source, compiler)
+    if not path.exists():
+        try:
+            _compile(compiler, source, path)
+        except (OSError, subprocess.CalledProcessError) as error:
+            details = getattr(error, "stderr", "") or str(error)
+            warnings.warn(f"compiling {source.name} failed, the CPU path uses PyTorch ops: {details.strip()[-500:]}",
+                          stacklevel=3)
+            return None
+    return ctypes.CDLL(str(path))
+
+
+@functools.cache
+def _compiler() -> str | None:
+    """The C compiler's path; None, after one warning for all the kernels, when there is none."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        warnings.warn("no C compiler (cc, or $CC) found: the CPU kernels are not built, the CPU path uses PyTorch "
+                      "ops (slower)", stacklevel=4)
+    return compiler
+
+
+def _build_path(source: Path, compiler: str) -> Path:
+    """One build per source, flags, compiler and CPU: -march=native code may not run elsewhere."""
+    key = hashlib.sha256()
+    for part in (source.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(), _cpu_features().encode()):
+        key.update(part)
+    return cache_root() / "kernels" / f"{source.stem}-{key.hexdigest()[:16]}.so"
+
+
+def _cpu_features() -> str:
+    """The CPU's model and instruction-set flags (Linux), else what platform knows of it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
+
+
+def _compile(compiler: str, source: Path, path: Path) -> None:
+    """Compile into a temporary file beside `path`, then rename: processes that build at the
+    same time never load a half-written library."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        built = Path(scratch) / path.name
+        subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True, text=True)
+        os.replace(built, path)
