@@ -180,13 +180,15 @@ class LlamaForCausalLM(nn.Module):
             if hasattr(module, "fused"):
                 module.fused = enabled
 
-    def use_skinny_linear(self, enabled: bool) -> None:
-        """Send the linear layers' 2-8 row products to the CPU kernel of skinny_linear.py (fp32,
-        contiguous weights only) or not."""
+    def use_cpu_kernels(self, enabled: bool) -> None:
+        """Switch the C kernels for a CPU decode step (fp32) on or off: the linear layers' 2-8 row
+        products (skinny_linear.py, contiguous weights only) and the norms (norm.py)."""
         for module in self.modules():
             if isinstance(module, Linear):
                 weight = module.weight
                 module.skinny = enabled and weight.dtype == torch.float32 and weight.is_contiguous()
+            elif isinstance(module, RMSNorm):
+                module.c_kernel = enabled and module.weight.dtype == torch.float32
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32."""

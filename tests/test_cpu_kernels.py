@@ -1,7 +1,9 @@
-"""The CPU kernel for 2-8 row linear layers (minillama/model/skinny_linear.c) against an exact
-product, and when the model uses it.
+"""The C kernels of a CPU decode step against what they replace, and when the model uses them:
+the 2-8 row linear layers (minillama/model/skinny_linear.c) against an exact product, the
+residual add + RMSNorm (rms_norm.c) against norm.py's PyTorch ops. (The decode attention kernel,
+attention/cpu_paged.c, is held to the reference with the other backends in test_attention.py.)
 
-Tolerance: each output is a dot product of K fp32 terms, summed in another order than BLAS
+Tolerance of the linear layers: each output is a dot product of K fp32 terms, summed in another order than BLAS
 sums them (16 lanes, then across lanes). The difference to the exact (fp64) product is a few
 fp32 roundings of the running sum, so it is held to 1e-6 * sqrt(K) of the terms' magnitude,
 |x| @ |W|^T, a bound that random-order rounding stays far within and a wrong element breaks.
@@ -14,11 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from minillama import EngineConfig, LLMEngine, SamplingParams
-from minillama.model import c_kernels, skinny_linear
+from minillama.model import c_kernels, norm, skinny_linear
 from minillama.model.attention import cpu_paged
 from minillama.model.skinny_linear import MAX_ROWS, Linear
 
-pytestmark = pytest.mark.skipif(not skinny_linear.available(), reason="no C compiler to build the kernel")
+pytestmark = pytest.mark.skipif(
+    not (skinny_linear.available() and norm.c_kernel_available()), reason="no C compiler to build the kernels"
+)
 
 
 def assert_near_exact(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -71,12 +75,16 @@ def test_linear_sends_only_2_to_8_rows_without_autograd_to_the_kernel(monkeypatc
 
 def clear_builds() -> None:
     """Forget the loaded libraries, so that the next use builds (or fails to build) again."""
-    for cached in (c_kernels.load, c_kernels._compiler, skinny_linear._library, cpu_paged._library):
+    for cached in (c_kernels.load, c_kernels._compiler, skinny_linear._library, cpu_paged._library, norm._c_library):
         cached.cache_clear()
 
 
 def linears(engine: LLMEngine) -> list[Linear]:
     return [m for m in engine.runner.model.modules() if isinstance(m, Linear)]
+
+
+def norms(engine: LLMEngine) -> list[norm.RMSNorm]:
+    return [m for m in engine.runner.model.modules() if isinstance(m, norm.RMSNorm)]
 
 
 def test_a_cpu_fp32_engine_uses_the_kernel_unless_fused_ops_are_off(tiny_model_dir):
@@ -85,8 +93,9 @@ def test_a_cpu_fp32_engine_uses_the_kernel_unless_fused_ops_are_off(tiny_model_d
     off = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32", fused_ops=False))
     bf16 = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="bfloat16"))
     assert len(linears(on)) == 2 * 4 + 1  # qkv, o, gate_up, down per layer; the LM head
-    assert all(m.skinny for m in linears(on))
+    assert all(m.skinny for m in linears(on)) and all(m.c_kernel for m in norms(on))
     assert not any(m.skinny for m in linears(off) + linears(bf16))
+    assert not any(m.c_kernel for m in norms(off) + norms(bf16))
     # Same tokens either way (the HF parity tests hold the kernel's engine to transformers).
     assert generate(on) == generate(off)
 
@@ -108,7 +117,7 @@ def test_without_a_compiler_the_engine_warns_and_uses_blas(monkeypatch, tmp_path
             assert not skinny_linear.available()
         path, _ = tiny_model_dir("gqa-tied-llama3")
         engine = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32"))
-        assert not any(m.skinny for m in linears(engine))
+        assert not any(m.skinny for m in linears(engine)) and not any(m.c_kernel for m in norms(engine))
         assert engine.runner.model.model.layers[0].self_attn.backend.name == "sdpa"
     finally:
         clear_builds()
@@ -134,3 +143,38 @@ def test_the_result_matches_f_linear_on_the_embedded_models_shapes():
     for n, k in [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]:
         x, weight = torch.randn(8, k), torch.randn(n, k) * 0.02
         torch.testing.assert_close(skinny_linear.skinny_linear(x, weight), F.linear(x, weight), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("size", [64, 576, 2048])
+def test_the_norm_kernel_equals_pytorchs_norm(rows, size):
+    """add_and_norm and the plain norm, against the same module's PyTorch ops: within a few fp32
+    ulps (the sum of squares is summed in another order)."""
+    layer = norm.RMSNorm(size, eps=1e-5)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(size))
+    x, residual = torch.randn(rows, size) * 3, torch.randn(rows, size)
+    before = residual.clone()
+    with torch.inference_mode():
+        expected = layer.add_and_norm(x, residual), layer(residual)
+        layer.c_kernel = True
+        got = layer.add_and_norm(x, residual), layer(residual)
+    (normed, stream), plain = got
+    torch.testing.assert_close(stream, expected[0][1], rtol=0, atol=0)  # the add: exact
+    torch.testing.assert_close(normed, expected[0][0], rtol=4e-6, atol=1e-6)
+    torch.testing.assert_close(plain, expected[1], rtol=4e-6, atol=1e-6)
+    assert torch.equal(residual, before)  # the residual given is left as it was
+
+
+def test_the_norm_kernel_takes_up_to_8_rows_without_autograd(monkeypatch):
+    calls = []
+    kernel = norm._c_add_rms_norm
+    monkeypatch.setattr(norm, "_c_add_rms_norm", lambda *a: calls.append(a[1].shape[0]) or kernel(*a))
+    layer = norm.RMSNorm(64, eps=1e-6)
+    layer.c_kernel = True
+    with torch.inference_mode():
+        for rows in (1, 8, 9):
+            layer.add_and_norm(torch.randn(rows, 64), torch.randn(rows, 64))
+    assert calls == [1, 8]
+    out, _ = layer.add_and_norm(torch.randn(2, 64), torch.randn(2, 64))  # autograd on
+    assert calls == [1, 8] and out.grad_fn is not None
