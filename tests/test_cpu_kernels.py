@@ -1,6 +1,7 @@
 """The C kernels of a CPU decode step against what they replace, and when the model uses them:
-the 2-8 row linear layers (minillama/model/skinny_linear.c) against an exact product, the
-residual add + RMSNorm (rms_norm.c) against norm.py's PyTorch ops. (The decode attention kernel,
+the 2-8 row linear layers (minillama/model/skinny_linear.c) against an exact product, the fused
+ops (cpu_ops.c: residual add + RMSNorm, RoPE + KV-cache write, SwiGLU) against the PyTorch code
+each replaces. (The decode attention kernel,
 attention/cpu_paged.c, is held to the reference with the other backends in test_attention.py.)
 
 Tolerance of the linear layers: each output is a dot product of K fp32 terms, summed in another order than BLAS
@@ -16,12 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from minillama import EngineConfig, LLMEngine, SamplingParams
-from minillama.model import c_kernels, norm, skinny_linear
+from minillama.model import c_kernels, cpu_ops, norm, skinny_linear
 from minillama.model.attention import cpu_paged
+from minillama.model.attention.kv_cache import store_kvcache
+from minillama.model.rotary import apply_rotary
 from minillama.model.skinny_linear import MAX_ROWS, Linear
 
 pytestmark = pytest.mark.skipif(
-    not (skinny_linear.available() and norm.c_kernel_available()), reason="no C compiler to build the kernels"
+    not (skinny_linear.available() and cpu_ops.available()), reason="no C compiler to build the kernels"
 )
 
 
@@ -75,7 +78,7 @@ def test_linear_sends_only_2_to_8_rows_without_autograd_to_the_kernel(monkeypatc
 
 def clear_builds() -> None:
     """Forget the loaded libraries, so that the next use builds (or fails to build) again."""
-    for cached in (c_kernels.load, c_kernels._compiler, skinny_linear._library, cpu_paged._library, norm._c_library):
+    for cached in (c_kernels.load, c_kernels._compiler, skinny_linear._library, cpu_paged._library, cpu_ops._library):
         cached.cache_clear()
 
 
@@ -83,8 +86,9 @@ def linears(engine: LLMEngine) -> list[Linear]:
     return [m for m in engine.runner.model.modules() if isinstance(m, Linear)]
 
 
-def norms(engine: LLMEngine) -> list[norm.RMSNorm]:
-    return [m for m in engine.runner.model.modules() if isinstance(m, norm.RMSNorm)]
+def norms(engine: LLMEngine) -> list[torch.nn.Module]:
+    """Every module with a fused-op switch: the norms, the attention layers, the MLPs."""
+    return [m for m in engine.runner.model.modules() if hasattr(m, "c_kernel")]
 
 
 def test_a_cpu_fp32_engine_uses_the_kernel_unless_fused_ops_are_off(tiny_model_dir):
@@ -168,8 +172,8 @@ def test_the_norm_kernel_equals_pytorchs_norm(rows, size):
 
 def test_the_norm_kernel_takes_up_to_8_rows_without_autograd(monkeypatch):
     calls = []
-    kernel = norm._c_add_rms_norm
-    monkeypatch.setattr(norm, "_c_add_rms_norm", lambda *a: calls.append(a[1].shape[0]) or kernel(*a))
+    kernel = cpu_ops.add_rms_norm
+    monkeypatch.setattr(cpu_ops, "add_rms_norm", lambda *a: calls.append(a[1].shape[0]) or kernel(*a))
     layer = norm.RMSNorm(64, eps=1e-6)
     layer.c_kernel = True
     with torch.inference_mode():
@@ -178,3 +182,30 @@ def test_the_norm_kernel_takes_up_to_8_rows_without_autograd(monkeypatch):
     assert calls == [1, 8]
     out, _ = layer.add_and_norm(torch.randn(2, 64), torch.randn(2, 64))  # autograd on
     assert calls == [1, 8] and out.grad_fn is not None
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(9, 3, 64), (4, 1, 32), (32, 8, 128)])
+def test_rotary_and_store_equals_apply_rotary_then_store_kvcache(heads, kv_heads, head_dim):
+    """The engine's RoPE tables, tokens at scattered slots, one padding token (slot -1)."""
+    from minillama.model.rotary import RotaryEmbedding
+
+    rows, block_size, num_blocks = 5, 4, 6
+    qkv = torch.randn(rows, heads + 2 * kv_heads, head_dim)
+    cos, sin = RotaryEmbedding(head_dim, 64, 10000.0, None).cos_sin(torch.tensor([0, 3, 17, 40, 63]), torch.float32)
+    slots = torch.tensor([5, 0, 22, -1, 13])
+    caches = [torch.zeros(num_blocks, block_size, kv_heads, head_dim) for _ in range(4)]
+    q = cpu_ops.rotary_and_store(qkv, cos, sin, caches[0], caches[1], slots, heads, kv_heads, head_dim)
+    qk = apply_rotary(qkv[:, : heads + kv_heads], cos, sin)
+    expected_q, k = qk.split([heads, kv_heads], dim=1)
+    kept = slots >= 0
+    store_kvcache(k[kept], qkv[kept, heads + kv_heads :], caches[2], caches[3], slots[kept])
+    torch.testing.assert_close(q, expected_q, rtol=2e-6, atol=1e-6)  # a fused multiply-add may round once less
+    torch.testing.assert_close(caches[0], caches[2], rtol=2e-6, atol=1e-6)
+    assert torch.equal(caches[1], caches[3])  # values are copied as they are
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_silu_and_mul_equals_the_mlps_pytorch_ops(rows):
+    gate_up = torch.randn(rows, 2 * 1536) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(cpu_ops.silu_and_mul(gate_up), F.silu(gate) * up, rtol=4e-6, atol=1e-6)

@@ -40,7 +40,7 @@ from minillama.loader import (
     resolve_model_dir,
     safetensors_files,
 )
-from minillama.model import norm, skinny_linear
+from minillama.model import cpu_ops, skinny_linear
 from minillama.model.attention import get_attention_backend
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.sampler import Sampler
@@ -143,7 +143,7 @@ class LLMEngine:
         model = build_model(model_config, max_len, backend, device, dtype)
         model.use_fused_ops(config.fused_ops and device.type == "cuda" and importlib.util.find_spec("triton") is not None)
         cpu_fp32 = device.type == "cpu" and dtype == torch.float32
-        model.use_cpu_kernels(config.fused_ops and cpu_fp32 and skinny_linear.available() and norm.c_kernel_available())
+        model.use_cpu_kernels(config.fused_ops and cpu_fp32 and skinny_linear.available() and cpu_ops.available())
         return model
 
     # -- requests --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from minillama.config import ModelConfig
+from minillama.model import cpu_ops
 from minillama.model.attention import AttentionBackend
 from minillama.model.attention.kv_cache import store_kvcache
 from minillama.model.attention.metadata import AttentionMetadata
@@ -42,6 +43,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(q_size, config.hidden_size, bias=False)
         self.backend = backend
         self.fused = False  # True: RoPE and the cache write in one Triton kernel (set on CUDA)
+        self.c_kernel = False  # True: the same in cpu_ops.c, in decode steps (set on a CPU in fp32)
         # This layer's slice of the paged KV cache, [num_blocks, block_size, Hkv, D] each; the
         # model runner binds them once it has sized the cache.
         self.k_cache = torch.empty(0)
@@ -67,6 +69,12 @@ class LlamaAttention(nn.Module):
             from minillama.model import fused_ops
 
             q = fused_ops.rotary_and_store(
+                qkv, *rope, self.k_cache, self.v_cache, metadata.slot_mapping,
+                self.num_heads, self.num_kv_heads, self.head_dim,
+            )
+            k = v = None
+        elif self.c_kernel and not metadata.is_prefill and on_attention is None and not torch.is_grad_enabled():
+            q = cpu_ops.rotary_and_store(
                 qkv, *rope, self.k_cache, self.v_cache, metadata.slot_mapping,
                 self.num_heads, self.num_kv_heads, self.head_dim,
             )
@@ -181,14 +189,14 @@ class LlamaForCausalLM(nn.Module):
                 module.fused = enabled
 
     def use_cpu_kernels(self, enabled: bool) -> None:
-        """Switch the C kernels for a CPU decode step (fp32) on or off: the linear layers' 2-8 row
-        products (skinny_linear.py, contiguous weights only) and the norms (norm.py)."""
+        """Switch the C kernels of a CPU decode step (fp32) on or off: the linear layers' 2-8 row
+        products (skinny_linear.py, contiguous weights only) and the fused ops (cpu_ops.py)."""
         for module in self.modules():
             if isinstance(module, Linear):
                 weight = module.weight
                 module.skinny = enabled and weight.dtype == torch.float32 and weight.is_contiguous()
-            elif isinstance(module, RMSNorm):
-                module.c_kernel = enabled and module.weight.dtype == torch.float32
+            elif hasattr(module, "c_kernel"):
+                module.c_kernel = enabled
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32."""

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minillama.model import cpu_ops
 from minillama.model.skinny_linear import Linear
 
 
@@ -14,6 +15,7 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
         self.fused = False  # True: silu(gate) * up in one Triton kernel (set on CUDA by the loader)
+        self.c_kernel = False  # True: the same in cpu_ops.c for a decode step's rows (CPU, fp32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, hidden] -> [N, hidden]."""
@@ -22,5 +24,7 @@ class LlamaMLP(nn.Module):
             from minillama.model import fused_ops
 
             return self.down_proj(fused_ops.silu_and_mul(gate_up))
+        if self.c_kernel and x.shape[0] <= cpu_ops.MAX_ROWS and not torch.is_grad_enabled():
+            return self.down_proj(cpu_ops.silu_and_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)  # [N, intermediate] each
         return self.down_proj(F.silu(gate) * up)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minillama.model import c_kernels
-
-C_SOURCE = Path(__file__).with_name("rms_norm.c")
-C_MAX_ROWS = 8  # more rows: PyTorch's vectorised ops do as well
+from minillama.model import cpu_ops
 
 
 class RMSNorm(nn.Module):
@@ -22,7 +15,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
         self.fused = False  # True: the Triton kernels of fused_ops (set on CUDA by the loader)
-        self.c_kernel = False  # True: rms_norm.c for up to 8 rows (set on a CPU in fp32 by the engine)
+        self.c_kernel = False  # True: cpu_ops.c for a decode step's rows (set on a CPU in fp32 by the engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, hidden] -> [N, hidden], x / sqrt(mean(x^2) + eps) * weight.
@@ -33,8 +26,8 @@ class RMSNorm(nn.Module):
             from minillama.model import fused_ops
 
             return fused_ops.rms_norm(x, self.weight, self.eps)
-        if self.c_kernel and x.shape[0] <= C_MAX_ROWS and not torch.is_grad_enabled():
-            return _c_add_rms_norm(None, x, self.weight, self.eps)[0]
+        if self.c_kernel and x.shape[0] <= cpu_ops.MAX_ROWS and not torch.is_grad_enabled():
+            return cpu_ops.add_rms_norm(None, x, self.weight, self.eps)[0]
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,36 +39,7 @@ class RMSNorm(nn.Module):
             from minillama.model import fused_ops
 
             return fused_ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
-        if self.c_kernel and x.shape[0] <= C_MAX_ROWS and not torch.is_grad_enabled():
-            return _c_add_rms_norm(x, residual, self.weight, self.eps)
+        if self.c_kernel and x.shape[0] <= cpu_ops.MAX_ROWS and not torch.is_grad_enabled():
+            return cpu_ops.add_rms_norm(x, residual, self.weight, self.eps)
         residual = x + residual
         return self(residual), residual
-
-
-def c_kernel_available() -> bool:
-    """Build rms_norm.c if it is not in the cache yet; False (after one warning) if it cannot be."""
-    return _c_library() is not None
-
-
-def _c_add_rms_norm(
-    x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """rms_norm.c: x, residual [N, hidden] fp32 (x may be None) -> (normed, residual + x)."""
-    residual = residual.contiguous()
-    x = x.contiguous() if x is not None else None
-    normed, stream = torch.empty_like(residual), torch.empty_like(residual)
-    rows, size = residual.shape
-    _c_library().add_rms_norm(
-        x.data_ptr() if x is not None else None, residual.data_ptr(), weight.data_ptr(), normed.data_ptr(),
-        stream.data_ptr(), rows, size, eps,
-    )
-    return normed, stream
-
-
-@functools.cache
-def _c_library() -> ctypes.CDLL | None:
-    library = c_kernels.load(C_SOURCE)
-    if library is not None:
-        library.add_rms_norm.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 2 + [ctypes.c_float]
-        library.add_rms_norm.restype = None
-    return library

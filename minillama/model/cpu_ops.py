@@ -1,0 +1,85 @@
+"""The fused ops of a CPU decode step (cpu_ops.c): fused_ops.py's job on a GPU, here in C, fp32.
+
+Each function below names the PyTorch code it replaces (the readable path, which the tests hold
+it to); the model calls them only in a decode step, on its few rows, once the engine has switched
+them on (LlamaForCausalLM.use_cpu_kernels, on a CPU in fp32, when cpu_ops.c builds: see
+c_kernels.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+
+from minillama.model import c_kernels
+
+SOURCE = Path(__file__).with_suffix(".c")
+MAX_ROWS = 8  # the rows of a decode step the kernels take; more rows go to PyTorch's ops
+
+
+def add_rms_norm(
+    x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, residual: [N, hidden] (x may be None) -> (normed, stream). Replaces norm.py's
+        stream = x + residual; normed = weight * F.rms_norm(stream, ..., eps)"""
+    residual = residual.contiguous()
+    x = x.contiguous() if x is not None else None
+    normed, stream = torch.empty_like(residual), torch.empty_like(residual)
+    rows, size = residual.shape
+    _library().add_rms_norm(
+        x.data_ptr() if x is not None else None, residual.data_ptr(), weight.data_ptr(), normed.data_ptr(),
+        stream.data_ptr(), rows, size, eps,
+    )
+    return normed, stream
+
+
+def rotary_and_store(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+) -> torch.Tensor:
+    """qkv: [N, H + 2 Hkv, D]; cos, sin: [N, 1, D]; caches [num_blocks, block_size, Hkv, D]
+    (contiguous), written in place; slot_mapping: [N], negative = padding. -> q [N, H, D].
+    Replaces llama.py's eager lines (as fused_ops.rotary_and_store does on a GPU):
+        qk = apply_rotary(qkv[:, : H + Hkv], cos, sin); q, k = qk.split([H, Hkv], dim=1)
+        store_kvcache(k, qkv[:, H + Hkv :], k_cache, v_cache, slot_mapping)"""
+    qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
+    slots = slot_mapping.to(torch.int64).contiguous()
+    rows = qkv.shape[0]
+    q = torch.empty(rows, num_heads, head_dim, dtype=qkv.dtype)
+    _library().rotary_and_store(
+        qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(),
+        q.data_ptr(), rows, num_heads, num_kv_heads, head_dim,
+    )
+    return q
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up: [N, 2 I] -> [N, I]. Replaces mlp.py's
+        gate, up = gate_up.chunk(2, dim=-1); F.silu(gate) * up"""
+    gate_up = gate_up.contiguous()
+    rows, width = gate_up.shape
+    out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
+    _library().silu_and_mul(gate_up.data_ptr(), out.data_ptr(), rows, width // 2)
+    return out
+
+
+def available() -> bool:
+    """Build cpu_ops.c if it is not in the cache yet; False (after one warning) if it cannot be."""
+    return _library() is not None
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    library = c_kernels.load(SOURCE)
+    if library is None:
+        return None
+    pointer, integer = ctypes.c_void_p, ctypes.c_int
+    library.add_rms_norm.argtypes = [pointer] * 5 + [integer] * 2 + [ctypes.c_float]
+    library.rotary_and_store.argtypes = [pointer] * 7 + [integer] * 4
+    library.silu_and_mul.argtypes = [pointer] * 2 + [integer] * 2
+    for function in (library.add_rms_norm, library.rotary_and_store, library.silu_and_mul):
+        function.restype = None
+    return library
