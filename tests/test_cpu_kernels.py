@@ -204,8 +204,11 @@ def test_rotary_and_store_equals_apply_rotary_then_store_kvcache(heads, kv_heads
     assert torch.equal(caches[1], caches[3])  # values are copied as they are
 
 
-@pytest.mark.parametrize("rows", [1, 8])
-def test_silu_and_mul_equals_the_mlps_pytorch_ops(rows):
-    gate_up = torch.randn(rows, 2 * 1536) * 4
+@pytest.mark.parametrize(("rows", "width"), [(1, 1536), (8, 1536), (3, 37)])
+def test_silu_and_mul_equals_the_mlps_pytorch_ops(rows, width):
+    """Its own e^x (vectorised) against torch's, over the normal range and past the clamps at
+    -87 and 88; a width that is not a multiple of 16 takes the scalar tail too."""
+    gate_up = torch.randn(rows, 2 * width) * 4
+    gate_up[0, :8] = torch.tensor([-1000.0, -100.0, -88.0, -87.0, 0.0, 87.0, 88.5, 1000.0])
     gate, up = gate_up.chunk(2, dim=-1)
     torch.testing.assert_close(cpu_ops.silu_and_mul(gate_up), F.silu(gate) * up, rtol=4e-6, atol=1e-6)
