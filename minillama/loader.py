@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from minillama import hugepages
 from minillama.cache import cache_root
 from minillama.config import ModelConfig
 from minillama.errors import ModelLoadError
@@ -116,12 +117,27 @@ def build_model(
     checkpoint overwrites anyway."""
     with torch.device("meta"), _default_dtype(dtype):
         model = LlamaForCausalLM(config, max_position, backend)
-    model = model.to_empty(device=device)
+    model = model.to_empty(device=device)  # untouched memory: it costs nothing until written
     model.tie_weights()  # to_empty gives each parameter its own storage, untying them
+    if device.type == "cpu":
+        _place_on_huge_pages(model)
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.compute_tables(device)
     return model.eval()
+
+
+def _place_on_huge_pages(model: LlamaForCausalLM) -> None:
+    """Move the parameters' storage into one buffer on huge pages (minillama/hugepages.py says
+    why), each parameter a slice starting on a 64-byte boundary."""
+    params = list(model.parameters())  # tied parameters are listed once
+    align = 64 // params[0].dtype.itemsize
+    offsets = [0]
+    for p in params:
+        offsets.append(offsets[-1] + -(-p.numel() // align) * align)
+    flat = hugepages.zeros((offsets[-1],), params[0].dtype)
+    for p, offset in zip(params, offsets):
+        p.data = flat[offset : offset + p.numel()].view(p.shape)
 
 
 def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

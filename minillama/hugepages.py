@@ -1,0 +1,37 @@
+"""CPU tensors on transparent huge pages (Linux): the engine's weights and KV cache.
+
+A CPU decode step streams every weight through the processor (540 MB for the embedded model).
+With the usual 4 KiB pages that is some 130,000 pages a step, each needing its address
+translation: the translation cache (TLB) misses all the way, which slows the matrix products
+and, since they evict it, every small op after them. With 2 MiB pages it is about 270. On the
+embedded model (2 cores) a batch-of-8 decode step went from 37.8 to 34.4 ms.
+
+Linux backs memory with huge pages where the memory asks for them (madvise MADV_HUGEPAGE) and
+/sys/kernel/mm/transparent_hugepage/enabled says `always` or `madvise`. Elsewhere these are
+ordinary tensors. The memory is an anonymous mapping: zero until written, and resident only
+where written, so a KV pool sized for the worst case costs what it holds.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import torch
+
+HUGE_PAGE = 2 * 2**20  # bytes; x86-64 and arm64 (4 KiB base pages)
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero-filled contiguous CPU tensor, on huge pages where the system gives them."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    nbytes = numel * dtype.itemsize
+    if nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.zeros(shape, dtype=dtype)
+    # Private: a shared anonymous mapping is backed by shmem, which takes no huge pages here.
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # + room to align
+    region.madvise(mmap.MADV_HUGEPAGE)
+    raw = torch.frombuffer(region, dtype=torch.uint8)  # shares the mapping and keeps it alive
+    start = -raw.data_ptr() % HUGE_PAGE
+    return raw[start : start + nbytes].view(dtype).view(shape)
