@@ -32,7 +32,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     g.add_argument("--eager", action="store_true", help="no CUDA graphs")
     g.add_argument("--no-fused-ops", action="store_true",
-                   help="plain PyTorch, not the engine's kernels (CUDA: fused Triton ops; CPU: the 2-8 row linear kernel)")
+                   help="plain PyTorch, not the engine's kernels (CUDA: fused Triton ops; CPU: the C decode kernels)")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:

@@ -137,7 +137,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: min(model's max_position_embeddings, 8192)
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True disables CUDA graphs
-    fused_ops: bool = True  # CUDA with Triton: fused RMSNorm, RoPE + KV write, SwiGLU; CPU fp32: skinny_linear.c
+    fused_ops: bool = True  # CUDA with Triton: fused RMSNorm, RoPE + KV write, SwiGLU; CPU fp32: the C kernels
     seed: int = 0  # seeds the shared sampling generator (requests without their own seed)
 
     def resolved_device(self) -> torch.device:

@@ -189,7 +189,7 @@ class LlamaForCausalLM(nn.Module):
                 module.fused = enabled
 
     def use_cpu_kernels(self, enabled: bool) -> None:
-        """Switch the C kernels of a CPU decode step (fp32) on or off: the linear layers' 2-8 row
+        """Switch the C kernels of a CPU decode step (fp32) on or off: the linear layers' 1-8 row
         products (skinny_linear.py, contiguous weights only) and the fused ops (cpu_ops.py)."""
         for module in self.modules():
             if isinstance(module, Linear):

@@ -4,7 +4,7 @@
 
    Why a kernel of its own: a decode step multiplies a handful of rows (one per sequence) by
    every weight matrix, so its time is the time to stream the weights from memory once. For
-   one row BLAS does that (a matrix-vector product); for 2 to 8 rows the BLAS library torch
+   one row BLAS comes close (a matrix-vector product); for 2 to 8 rows the BLAS library torch
    ships packs W into a scratch layout on every call, which reads and writes W again and, on a
    2-core machine, makes 8 rows cost twice what one row costs. Here each row of W is read once,
    straight from where it lies, and multiplied with all M rows of x while it is in L1:

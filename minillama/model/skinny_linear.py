@@ -1,10 +1,11 @@
-"""Linear layers for CPU decode steps: a small C kernel (skinny_linear.c) for 2-8 rows in fp32.
+"""Linear layers for CPU decode steps: a small C kernel (skinny_linear.c) for 1-8 rows in fp32.
 
 A decode step multiplies one row per sequence by every weight matrix, so on a CPU it takes as
-long as streaming the weights from memory once. torch's BLAS does that for one row, but for 2
-to 8 rows it repacks each weight on every call: on the embedded model (2 cores), 8 rows took
-2.3x the time of one row through the 211 weight matrices of a step, against 1.3x with this
-kernel (see skinny_linear.c for how it works, docs/perf-notes.md for the figures).
+long as streaming the weights from memory once. torch's BLAS comes close for one row, but for 2
+to 8 rows it repacks each weight on every call: through the 211 weight matrices of a step of the
+embedded model (2 cores, weights on huge pages), 1 row took 20.3 ms with BLAS and 18.5 with this
+kernel, 8 rows 46.7 ms with BLAS and 22.9 with this kernel (see skinny_linear.c for how it
+works, docs/perf-notes.md for the figures).
 
 The kernel is built on first use (minillama/model/c_kernels.py); without a C compiler the
 engine warns once and uses torch's BLAS: same results, slower.
@@ -23,18 +24,18 @@ from torch import nn
 from minillama.model import c_kernels
 
 SOURCE = Path(__file__).with_suffix(".c")
-MAX_ROWS = 8  # as in skinny_linear.c; one row goes to BLAS, which is as fast for a single row
+MAX_ROWS = 8  # as in skinny_linear.c; more rows go to BLAS, which packs W to compute-bound speed
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state dict) that sends 2-8 rows to the kernel once the
+    """nn.Linear (same parameters, same state dict) that sends 1-8 rows to the kernel once the
     engine sets `skinny` (CPU, fp32, the kernel built). Inference only: with autograd on it
     always takes F.linear, since the kernel has no backward."""
 
     skinny = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.skinny and x.dim() == 2 and 1 < x.shape[0] <= MAX_ROWS and not torch.is_grad_enabled():
+        if self.skinny and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and not torch.is_grad_enabled():
             return skinny_linear(x, self.weight)
         return F.linear(x, self.weight, self.bias)
 
