@@ -1,4 +1,4 @@
-"""CPU tensors on transparent huge pages (Linux): the engine's weights and KV cache.
+"""CPU tensors on transparent huge pages (Linux): the engine's weights.
 
 A CPU decode step streams every weight through the processor (540 MB for the embedded model).
 With the usual 4 KiB pages that is some 130,000 pages a step, each needing its address
@@ -8,8 +8,10 @@ embedded model (2 cores) a batch-of-8 decode step went from 37.8 to 34.4 ms.
 
 Linux backs memory with huge pages where the memory asks for them (madvise MADV_HUGEPAGE) and
 /sys/kernel/mm/transparent_hugepage/enabled says `always` or `madvise`. Elsewhere these are
-ordinary tensors. The memory is an anonymous mapping: zero until written, and resident only
-where written, so a KV pool sized for the worst case costs what it holds.
+ordinary tensors. The memory is an anonymous mapping: zero until written, resident once written.
+
+(The KV cache stays on ordinary pages: on huge pages a decode step read it no faster, and each
+first write into a fresh 2 MiB page, zeroing it, fell into the step.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from minillama import hugepages
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.scheduler import SchedulerOutput
 from minillama.model.attention.metadata import AttentionMetadata
@@ -57,13 +56,10 @@ class ModelRunner:
         self.max_blocks_per_seq = (max_model_len + self.block_size - 1) // self.block_size
         self.num_blocks = engine_config.num_kv_blocks or self._blocks_that_fit(engine_config, max_model_len)
         self.scratch_block = self.num_blocks
-        shape = (
+        self.kv_cache = torch.zeros(
             model_config.num_hidden_layers, 2, self.num_blocks + 1, self.block_size,
-            model_config.num_key_value_heads, model_config.head_dim,
+            model_config.num_key_value_heads, model_config.head_dim, dtype=dtype, device=device,
         )
-        # On a CPU: huge pages (hugepages.py), and memory is used only as blocks are written.
-        cpu = device.type == "cpu"
-        self.kv_cache = hugepages.zeros(shape, dtype) if cpu else torch.zeros(shape, dtype=dtype, device=device)
         self.max_num_seqs = engine_config.max_num_seqs
         # [L, max_num_seqs, H, D] once enable_query_capture() is called; last_queries is the
         # filled part after a decode step, [L, B, H, D] (None after a prefill).
