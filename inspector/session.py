@@ -87,8 +87,8 @@ class DebugSession:
         if steps:
             self.recorder.flush()
             self.cursor.seek(-1)
-        breakpoint, reason = stop if stop is not None else (None, None)
-        return RunResult(steps, breakpoint, reason, not self.engine.has_unfinished())
+        fired, reason = stop if stop is not None else (None, None)
+        return RunResult(steps, fired, reason, not self.engine.has_unfinished())
 
     def _advance(self) -> bool:
         """One engine iteration; False when nothing ran (no request left, or none could be

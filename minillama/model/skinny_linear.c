@@ -35,10 +35,8 @@ static inline float lane_sum(Vec v) {
     return s;
 }
 
-/* Columns n and n + 1 of y (rows n, n + 1 of W; `pair` = 0 when n is the last column).
-   Always inlined into a call with a constant M (see rows_of_x), so that the compiler unrolls
-   the loops over m and keeps the 2 * M accumulators in registers. */
-static inline __attribute__((always_inline)) void two_columns(const float *x, const float *w, float *y, int M, int N, int K, int n, int pair) {
+/* Columns n and n + 1 of y (rows n, n + 1 of W; `pair` = 0 when n is the last column). */
+static void two_columns(const float *x, const float *w, float *y, int M, int N, int K, int n, int pair) {
     const float *w0 = w + (long)n * K, *w1 = w0 + (pair ? K : 0);
     Vec acc0[MAX_ROWS] = {0}, acc1[MAX_ROWS] = {0};
     int k = 0;
@@ -63,28 +61,12 @@ static inline __attribute__((always_inline)) void two_columns(const float *x, co
     }
 }
 
-/* All the columns, for a constant M. The threads split the columns; OpenMP here is torch's
-   own runtime (the same libgomp loaded once in the process), so they are torch's threads. */
-#define ROWS_OF_X(M_CONST)                                                                     \
-    static void rows_of_x_##M_CONST(const float *x, const float *w, float *y, int N, int K) { \
-        _Pragma("omp parallel for schedule(static)")                                          \
-        for (int n = 0; n < N; n += 2) two_columns(x, w, y, M_CONST, N, K, n, n + 1 < N);      \
-    }
-ROWS_OF_X(1)
-ROWS_OF_X(2)
-ROWS_OF_X(3)
-ROWS_OF_X(4)
-ROWS_OF_X(5)
-ROWS_OF_X(6)
-ROWS_OF_X(7)
-ROWS_OF_X(8)
-
 /* Returns 0, or -1 when M is out of range (the caller then uses BLAS). */
 int skinny_linear(const float *x, const float *w, float *y, int M, int N, int K) {
-    void (*const by_rows[MAX_ROWS + 1])(const float *, const float *, float *, int, int) = {
-        0, rows_of_x_1, rows_of_x_2, rows_of_x_3, rows_of_x_4, rows_of_x_5, rows_of_x_6, rows_of_x_7, rows_of_x_8,
-    };
     if (M < 1 || M > MAX_ROWS) return -1;
-    by_rows[M](x, w, y, N, K);
+    /* The threads split the columns; OpenMP here is torch's own runtime (the same libgomp
+       loaded once in the process), so they are the threads torch's operators use. */
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n += 2) two_columns(x, w, y, M, N, K, n, n + 1 < N);
     return 0;
 }
