@@ -238,8 +238,10 @@ class Recorder(Observer):
         """On a GPU the forward is still running: the step before is completed, and what can
         be recorded of this one before its tokens are drawn is recorded, while the host would
         otherwise wait for the GPU."""
-        self.flush()  # first: its summaries' buffers are reused by this step's
         started = time.perf_counter()
+        # First: its summaries' buffers are reused by this step's. (Its time counts as this
+        # step's recording, during whose forward it runs.)
+        self.flush()
         step = self._step
         if self.budget.keeps("logits") and logits.shape[0]:
             params = [item.seq.params for item in batch.sampling]
@@ -284,7 +286,6 @@ class Recorder(Observer):
     def _complete(self, step: _StepInProgress) -> None:
         """Append an ended step's record to the trace: its tokens, their logits summaries, its
         timings; and the sequences' text so far."""
-        started = time.perf_counter()
         result, trace = step.result, self._trace
         outputs = result.outputs  # in the order of batch.sampling, like the logits rows
         tokens = []
@@ -300,11 +301,10 @@ class Recorder(Observer):
             for token, summary in zip(tokens, finish(step.logits, [o.token_id for o in outputs], self._token_text)):
                 token.logits = summary
         t = result.timings
-        record_ms = (step.record_s + time.perf_counter() - started) * 1e3
         timings = Timings(
             start_ms=(step.started - self._t0) * 1e3 - t.schedule_ms,
             schedule_ms=t.schedule_ms, prepare_ms=t.prepare_ms, forward_ms=t.forward_ms, sample_ms=t.sample_ms,
-            wall_ms=(step.ended - step.started) * 1e3 + t.schedule_ms, record_ms=record_ms,
+            wall_ms=(step.ended - step.started) * 1e3 + t.schedule_ms, record_ms=step.record_s * 1e3,
         )
         trace.steps.append(
             StepRecord(step.index, result.step, step.schedule, tokens, step.kv, timings, step.attention_seqs,

@@ -234,7 +234,7 @@ class Timings:
     forward_ms: float  # includes on_attention hooks
     sample_ms: float  # includes on_logits hooks
     wall_ms: float  # the whole step, every observer included
-    record_ms: float  # of which this recorder's hooks
+    record_ms: float  # of which this recorder's hooks (completing the step before included)
 
 
 @dataclass
