@@ -78,8 +78,9 @@ def test_linear_sends_only_1_to_8_rows_without_autograd_to_the_kernel(monkeypatc
 
 def clear_builds() -> None:
     """Forget the loaded libraries, so that the next use builds (or fails to build) again."""
-    for cached in (c_kernels.load, c_kernels._compiler, skinny_linear._library, cpu_paged._library, cpu_ops._library):
-        cached.cache_clear()
+    c_kernels._compiler.cache_clear()
+    for library in (skinny_linear.KERNEL, cpu_paged.KERNEL, cpu_ops.KERNELS):
+        library.forget()
 
 
 def linears(engine: LLMEngine) -> list[Linear]:

@@ -3,8 +3,8 @@
 Each source is compiled on first use with the machine's C compiler (cc, or $CC) for this very
 CPU (-march=native), about a second, and kept in the cache (minillama/cache.py) under a name
 that hashes the source, the flags, the compiler and the CPU's features. Without a compiler, or
-when compiling fails, load() warns once and returns None, and the caller keeps to PyTorch:
-same results, slower.
+when compiling fails, CLibrary.available() says False after a warning, and the caller keeps to
+PyTorch: same results, slower.
 
 Why C and not more PyTorch ops: in a CPU decode step the weights stream through the caches
 once, and every small PyTorch op after that pays for reloading what it touches (~30 us where it
@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 from minillama.cache import cache_root
 
@@ -32,8 +33,39 @@ from minillama.cache import cache_root
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
 
-@functools.cache
-def load(source: Path) -> ctypes.CDLL | None:
+class CLibrary:
+    """A C source's functions, built and loaded on first use:
+
+        KERNELS = CLibrary(SOURCE, skinny_linear=([c_void_p] * 3 + [c_int] * 3, c_int))
+        KERNELS.available()          # builds it if needed; False (after a warning) if it cannot
+        KERNELS.get().skinny_linear(...)
+
+    functions: name -> (ctypes argument types, ctypes result type or None)."""
+
+    def __init__(self, source: Path, **functions: tuple[list[Any], Any]):
+        self.source = source
+        self.functions = functions
+        self._library: ctypes.CDLL | None = None
+        self._tried = False
+
+    def get(self) -> ctypes.CDLL | None:
+        if not self._tried:
+            self._tried = True
+            self._library = _load(self.source)
+            for name, (argtypes, restype) in self.functions.items() if self._library is not None else ():
+                function = getattr(self._library, name)
+                function.argtypes, function.restype = argtypes, restype
+        return self._library
+
+    def available(self) -> bool:
+        return self.get() is not None
+
+    def forget(self) -> None:
+        """Load again on the next use (for tests that change the compiler)."""
+        self._library, self._tried = None, False
+
+
+def _load(source: Path) -> ctypes.CDLL | None:
     """The compiled `source` (from the cache, or built now), or None after a warning."""
     compiler = _compiler()
     if compiler is None:

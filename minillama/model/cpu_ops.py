@@ -8,15 +8,20 @@ c_kernels.py).
 
 from __future__ import annotations
 
-import ctypes
-import functools
+from ctypes import c_float, c_int, c_void_p
 from pathlib import Path
 
 import torch
 
 from minillama.model import c_kernels
 
-SOURCE = Path(__file__).with_suffix(".c")
+KERNELS = c_kernels.CLibrary(
+    Path(__file__).with_suffix(".c"),
+    add_rms_norm=([c_void_p] * 5 + [c_int] * 2 + [c_float], None),
+    rotary_and_store=([c_void_p] * 7 + [c_int] * 4, None),
+    silu_and_mul=([c_void_p] * 2 + [c_int] * 2, None),
+)
+available = KERNELS.available  # builds them if needed; False (after a warning) if they cannot be
 MAX_ROWS = 8  # the rows of a decode step the kernels take; more rows go to PyTorch's ops
 
 
@@ -29,7 +34,7 @@ def add_rms_norm(
     x = x.contiguous() if x is not None else None
     normed, stream = torch.empty_like(residual), torch.empty_like(residual)
     rows, size = residual.shape
-    _library().add_rms_norm(
+    KERNELS.get().add_rms_norm(
         x.data_ptr() if x is not None else None, residual.data_ptr(), weight.data_ptr(), normed.data_ptr(),
         stream.data_ptr(), rows, size, eps,
     )
@@ -49,7 +54,7 @@ def rotary_and_store(
     slots = slot_mapping.to(torch.int64).contiguous()
     rows = qkv.shape[0]
     q = torch.empty(rows, num_heads, head_dim, dtype=qkv.dtype)
-    _library().rotary_and_store(
+    KERNELS.get().rotary_and_store(
         qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(),
         q.data_ptr(), rows, num_heads, num_kv_heads, head_dim,
     )
@@ -62,24 +67,5 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     gate_up = gate_up.contiguous()
     rows, width = gate_up.shape
     out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
-    _library().silu_and_mul(gate_up.data_ptr(), out.data_ptr(), rows, width // 2)
+    KERNELS.get().silu_and_mul(gate_up.data_ptr(), out.data_ptr(), rows, width // 2)
     return out
-
-
-def available() -> bool:
-    """Build cpu_ops.c if it is not in the cache yet; False (after one warning) if it cannot be."""
-    return _library() is not None
-
-
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    library = c_kernels.load(SOURCE)
-    if library is None:
-        return None
-    pointer, integer = ctypes.c_void_p, ctypes.c_int
-    library.add_rms_norm.argtypes = [pointer] * 5 + [integer] * 2 + [ctypes.c_float]
-    library.rotary_and_store.argtypes = [pointer] * 7 + [integer] * 4
-    library.silu_and_mul.argtypes = [pointer] * 2 + [integer] * 2
-    for function in (library.add_rms_norm, library.rotary_and_store, library.silu_and_mul):
-        function.restype = None
-    return library

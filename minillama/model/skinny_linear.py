@@ -14,7 +14,6 @@ engine warns once and uses torch's BLAS: same results, slower.
 from __future__ import annotations
 
 import ctypes
-import functools
 from pathlib import Path
 
 import torch
@@ -23,7 +22,10 @@ from torch import nn
 
 from minillama.model import c_kernels
 
-SOURCE = Path(__file__).with_suffix(".c")
+KERNEL = c_kernels.CLibrary(
+    Path(__file__).with_suffix(".c"), skinny_linear=([ctypes.c_void_p] * 3 + [ctypes.c_int] * 3, ctypes.c_int)
+)
+available = KERNEL.available  # builds it if needed; False (after a warning) if it cannot be
 MAX_ROWS = 8  # as in skinny_linear.c; more rows go to BLAS, which packs W to compute-bound speed
 
 
@@ -46,21 +48,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     rows, width = x.shape
     out = torch.empty(rows, weight.shape[0], dtype=torch.float32)
-    status = _library().skinny_linear(x.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, weight.shape[0], width)
+    status = KERNEL.get().skinny_linear(x.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, weight.shape[0], width)
     if status != 0:
         raise ValueError(f"skinny_linear takes 1 to {MAX_ROWS} rows, got {rows}")
     return out
-
-
-def available() -> bool:
-    """Build the kernel if it is not in the cache yet; False (after one warning) if it cannot be."""
-    return _library() is not None
-
-
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    library = c_kernels.load(SOURCE)
-    if library is not None:
-        library.skinny_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3
-        library.skinny_linear.restype = ctypes.c_int
-    return library

@@ -9,15 +9,17 @@ fp32 when it builds, and SDPA otherwise.
 
 from __future__ import annotations
 
-import ctypes
-import functools
+from ctypes import c_float, c_int, c_void_p
 from pathlib import Path
 
 import torch
 
 from minillama.model import c_kernels
 
-SOURCE = Path(__file__).with_suffix(".c")
+KERNEL = c_kernels.CLibrary(
+    Path(__file__).with_suffix(".c"), paged_decode_attention=([c_void_p] * 6 + [c_int] * 6 + [c_float], c_int)
+)
+available = KERNEL.available  # builds it if needed; False (after a warning) if it cannot be
 
 
 def flash_attn_with_kvcache(
@@ -42,24 +44,10 @@ def flash_attn_with_kvcache(
     tables = block_table.to(torch.int32).contiguous()
     lengths = cache_seqlens.to(torch.int32).contiguous()
     out = torch.empty_like(q)
-    status = _library().paged_decode_attention(
+    status = KERNEL.get().paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), lengths.data_ptr(), out.data_ptr(),
         batch, heads, kv_heads, dim, block_size, tables.shape[1], scale,
     )
     if status != 0:
         raise MemoryError("the CPU decode kernel could not allocate its scores")
     return out
-
-
-def available() -> bool:
-    """Build the kernel if it is not in the cache yet; False (after one warning) if it cannot be."""
-    return _library() is not None
-
-
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    library = c_kernels.load(SOURCE)
-    if library is not None:
-        library.paged_decode_attention.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_float]
-        library.paged_decode_attention.restype = ctypes.c_int
-    return library
