@@ -16,6 +16,7 @@ first write into a fresh 2 MiB page, zeroing it, fell into the step.)
 
 from __future__ import annotations
 
+import math
 import mmap
 
 import torch
@@ -25,10 +26,7 @@ HUGE_PAGE = 2 * 2**20  # bytes; x86-64 and arm64 (4 KiB base pages)
 
 def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zero-filled contiguous CPU tensor, on huge pages where the system gives them."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    nbytes = numel * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.zeros(shape, dtype=dtype)
     # Private: a shared anonymous mapping is backed by shmem, which takes no huge pages here.

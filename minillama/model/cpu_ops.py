@@ -25,6 +25,12 @@ available = KERNELS.available  # builds them if needed; False (after a warning) 
 MAX_ROWS = 8  # the rows of a decode step the kernels take; more rows go to PyTorch's ops
 
 
+def takes(rows: int) -> bool:
+    """Whether the row-wise kernels take a batch of `rows`: a decode step's few rows, and no
+    autograd (they have no backward)."""
+    return rows <= MAX_ROWS and not torch.is_grad_enabled()
+
+
 def add_rms_norm(
     x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ class LlamaMLP(nn.Module):
             from minillama.model import fused_ops
 
             return self.down_proj(fused_ops.silu_and_mul(gate_up))
-        if self.c_kernel and x.shape[0] <= cpu_ops.MAX_ROWS and not torch.is_grad_enabled():
+        if self.c_kernel and cpu_ops.takes(x.shape[0]):
             return self.down_proj(cpu_ops.silu_and_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)  # [N, intermediate] each
         return self.down_proj(F.silu(gate) * up)

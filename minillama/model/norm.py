@@ -26,7 +26,7 @@ class RMSNorm(nn.Module):
             from minillama.model import fused_ops
 
             return fused_ops.rms_norm(x, self.weight, self.eps)
-        if self.c_kernel and x.shape[0] <= cpu_ops.MAX_ROWS and not torch.is_grad_enabled():
+        if self.c_kernel and cpu_ops.takes(x.shape[0]):
             return cpu_ops.add_rms_norm(None, x, self.weight, self.eps)[0]
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
@@ -39,7 +39,7 @@ class RMSNorm(nn.Module):
             from minillama.model import fused_ops
 
             return fused_ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
-        if self.c_kernel and x.shape[0] <= cpu_ops.MAX_ROWS and not torch.is_grad_enabled():
+        if self.c_kernel and cpu_ops.takes(x.shape[0]):
             return cpu_ops.add_rms_norm(x, residual, self.weight, self.eps)
         residual = x + residual
         return self(residual), residual
