@@ -9,11 +9,16 @@ Those that look at tokens take an optional seq_id to watch one sequence instead 
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import re2
+
 from inspector.trace import StepRecord, TokenRecord, Trace
+
+
+MAX_PATTERN_CHARS = 200  # TextMatches: a longer pattern is refused
+MAX_PROGRAM_BYTES = 8 << 20  # TextMatches: RE2's memory for one compiled pattern
 
 
 class Breakpoint(ABC):
@@ -68,14 +73,31 @@ class PrefixCacheHit(Breakpoint):
 @dataclass
 class TextMatches(Breakpoint):
     """Fires at the step whose token makes a sequence's generated text match `pattern` (a
-    regular expression, searched anywhere in the text) for the first time."""
+    regular expression, searched anywhere in the text) for the first time.
+
+    The pattern may come from a browser, so it runs on RE2, whose matching time grows linearly
+    with the text whatever the pattern: Python's `re` backtracks, and a pattern like
+    `^([\\w\\s]+)+#` takes it seconds to minutes on a short line (catastrophic backtracking), with
+    the GIL held, which would freeze every session of a shared server. RE2's syntax is Python's
+    less backreferences and lookaround; its compiled program is capped at MAX_PROGRAM_BYTES.
+    Raises ValueError for a pattern that is too long, invalid, or too large to compile."""
 
     pattern: str
     seq_id: int | None = None
-    regex: re.Pattern = field(init=False, repr=False, compare=False)
+    regex: re2._Regexp = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.regex = re.compile(self.pattern)
+        if len(self.pattern) > MAX_PATTERN_CHARS:
+            raise ValueError(f"the text pattern is {len(self.pattern)} characters; the limit is {MAX_PATTERN_CHARS}")
+        options = re2.Options()
+        options.max_mem = MAX_PROGRAM_BYTES
+        options.log_errors = False  # the error is raised, with its message, below
+        try:
+            self.regex = re2.compile(self.pattern, options)
+        except re2.error as error:
+            reason = error.args[0].decode() if error.args and isinstance(error.args[0], bytes) else str(error)
+            raise ValueError(f"the text pattern {self.pattern!r} is not a regular expression RE2 accepts "
+                             f"(no backreferences or lookaround): {reason}") from None
 
     def check(self, trace: Trace, step: StepRecord) -> str | None:
         for token in _watched(step, self.seq_id):

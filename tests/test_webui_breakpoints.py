@@ -30,7 +30,9 @@ def test_each_field_sets_its_breakpoint():
         (([], "2.5", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
         (([], "nan", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
         (([], "seven", "", "", "", ""), "'stop at step' must be a number, got 'seven'"),
-        (([], "", "(", "", "", ""), "not a valid regular expression"),
+        (([], "", "(", "", "", ""), "is not a regular expression RE2 accepts"),
+        (([], "", r"(a)\1", "", "", ""), "no backreferences or lookaround"),
+        (([], "", "((a{100}){100}){100}", "", "", ""), "invalid repetition size"),
         (([], "", "x" * 201, "", "", ""), "the limit is 200"),
         (([], "", "", "-1", "", ""), "'entropy above' must be a number >= 0"),
         (([], "", "", "inf", "", ""), "'entropy above' must be a number >= 0"),
@@ -42,3 +44,14 @@ def test_each_field_sets_its_breakpoint():
 def test_a_bad_value_names_its_field(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         breakpoints_from_form(*fields)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("pattern", [r"^([\w\s]+)+#", r"(a+)+$", r"(a|aa)+b", r"(.*a){12}"])
+def test_a_backtracking_pattern_matches_in_linear_time(pattern):
+    """Patterns that make a backtracking matcher take minutes on a short text (and, with the GIL
+    held, freeze every session of the server) run on RE2 in time linear in the text."""
+    breakpoint = breakpoints_from_form([], "", pattern, "", "", "")[0]
+    assert isinstance(breakpoint, TextMatches)
+    text = "a" * 20_000 + "!"  # Python's re needs 2**n steps for the first three on 30 characters
+    assert breakpoint.regex.search(text) is None or pattern == r"(.*a){12}"
