@@ -61,8 +61,20 @@
       if (div) drawFigure(div, name, figure);
     }
   };
-  new MutationObserver(drawFigures).observe(document.documentElement, {
-    childList: true, subtree: true, attributes: true, attributeFilter: ["data-figures"],
+  // Save trace: the server writes the file and puts it in the hidden #ml-saved; a new link
+  // there is downloaded at once, so one click on Save gives the trace as it is at that moment.
+  let downloaded = null;
+  const downloadSaved = () => {
+    const link = document.querySelector("#ml-saved a[href]");
+    if (!link || link.href === downloaded) return;
+    downloaded = link.href;
+    link.click();
+  };
+  new MutationObserver(() => {
+    drawFigures();
+    downloadSaved();
+  }).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["data-figures", "href"],
   });
 
   // Clicking an output token moves the cursor to the step that sampled it: the slider moves
@@ -79,7 +91,9 @@
   const card = document.createElement("div");
   card.id = "ml-token-card";
   card.hidden = true;
-  document.addEventListener("DOMContentLoaded", () => document.body.appendChild(card));
+  // Gradio inserts this script after the document has loaded (DOMContentLoaded has fired).
+  if (document.body) document.body.appendChild(card);
+  else document.addEventListener("DOMContentLoaded", () => document.body.appendChild(card));
   document.addEventListener("mouseover", (event) => {
     const chip = event.target.closest?.(".tok[data-prob]");
     if (!chip) {

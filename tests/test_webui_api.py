@@ -11,8 +11,7 @@ import time
 
 import httpx
 import pytest
-from gradio_client import Client
-from webui_support import running_server
+from webui_support import Tab, running_server
 
 from minillama import EngineConfig, LLMEngine
 from webui.limits import Limits
@@ -29,7 +28,7 @@ def base(embedded_dir):
 
 @pytest.fixture(scope="module")
 def url(base):
-    with running_server(SessionManager(base, Limits(max_sessions=64, max_new_tokens=64))) as address:
+    with running_server(SessionManager(base, Limits(max_sessions=64, max_sessions_per_client=64, max_new_tokens=64))) as address:
         yield address
 
 
@@ -49,12 +48,12 @@ def shows_step(named: dict, index: int) -> bool:
     return all(pattern.search(t) for t in texts)
 
 
-def add(client: Client, prompts: str, max_tokens: int = 8) -> dict:
+def add(client: Tab, prompts: str, max_tokens: int = 8) -> dict:
     return panels(client.predict(prompts, True, max_tokens, 0.0, 1.0, 0, None, api_name="/add_prompts"))
 
 
 def test_submit_step_and_read_every_panel(url):
-    client = Client(url, verbose=False)
+    client = Tab(url)
     named = add(client, "What is the capital of France?\nWrite a haiku about autumn.")
     assert "added #" in named["status"]
     for index in range(4):
@@ -70,7 +69,7 @@ def test_submit_step_and_read_every_panel(url):
 
 
 def test_prompt_text_is_escaped(url):
-    client = Client(url, verbose=False)
+    client = Tab(url)
     add(client, XSS, max_tokens=2)
     named = panels(client.predict(api_name="/step"))
     # The prompt's tokens split the tag over chips ("<", "img", " on", "error"): each shows escaped.
@@ -91,7 +90,7 @@ def test_prompt_text_is_escaped(url):
     ],
 )
 def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
-    client = Client(url, verbose=False)
+    client = Tab(url)
     add(client, "Hello", max_tokens=4)
     before = panels(client.predict(api_name="/step"))
     named = panels(client.predict(*inputs, api_name="/add_prompts"))
@@ -101,15 +100,15 @@ def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
 
 
 def test_bad_settings_and_breakpoints_give_messages(url):
-    client = Client(url, verbose=False)
+    client = Tab(url)
     named = panels(client.predict(10**6, 16, 8, 2048, True, True, 2, 10, False, api_name="/reset"))
     assert "KV blocks must be between 1 and" in named["status"]
     named = panels(client.predict([], "", "(unclosed", "", "", "", api_name="/run_to_breakpoint"))
-    assert "not a valid regular expression" in named["status"]
+    assert "is not a regular expression RE2 accepts" in named["status"]
 
 
 def test_run_to_a_breakpoint_stops_there(url):
-    client = Client(url, verbose=False)
+    client = Tab(url)
     client.predict(10, 8, 4, 2048, True, True, 2, 10, False, api_name="/reset")  # 10 blocks of 8: preempts
     add(client, "What is the capital of France?\nName three primary colors.\nWhat is 2 + 2?", max_tokens=12)
     named = panels(client.predict(["a preemption"], "", "", "", "", "", api_name="/run_to_breakpoint"))
@@ -119,7 +118,7 @@ def test_run_to_a_breakpoint_stops_there(url):
 
 
 def test_the_logit_lens_when_captured(url):
-    client = Client(url, verbose=False)
+    client = Tab(url)
     client.predict(64, 16, 8, 2048, True, False, 1, 10, True, api_name="/reset")  # lens on, attention off
     add(client, "What is the capital of France?", max_tokens=4)
     client.predict(api_name="/step")
@@ -130,16 +129,16 @@ def test_the_logit_lens_when_captured(url):
 
 
 def test_two_clients_have_separate_sessions(url):
-    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    first, second = Tab(url), Tab(url)
     add(first, "What is the capital of France?")
     for _ in range(3):
         first.predict(api_name="/step")
-    named = panels(second.predict(api_name="/state"))
+    named = panels(second.loaded)
     assert "No step yet" in named["text"] and "capital" not in named["text"]
 
 
 def test_pause_stops_a_run_between_steps(url):
-    client = Client(url, verbose=False)
+    client = Tab(url)
     add(client, "Write a long story about a dragon.", max_tokens=60)
     job = client.submit(api_name="/run")
     deadline = time.monotonic() + 30
@@ -157,13 +156,13 @@ def test_pause_stops_a_run_between_steps(url):
 def test_a_saved_trace_opens_in_another_session(url):
     from gradio_client import handle_file
 
-    author = Client(url, verbose=False)
+    author = Tab(url)
     add(author, "What is the capital of France?", max_tokens=6)
     for _ in range(3):
         author.predict(api_name="/step")
     path = author.predict(api_name="/save_trace")
     assert path.endswith(".mltrace")
-    viewer = Client(url, verbose=False)
+    viewer = Tab(url)
     named = panels(viewer.predict(handle_file(path), api_name="/open_trace"))
     assert "opened" in named["status"] and "3 steps" in named["status"] and shows_step(named, 0)
     assert shows_step(panels(viewer.predict(2, api_name="/seek")), 2)
@@ -176,7 +175,7 @@ def test_a_bad_trace_upload_is_refused_with_a_message(url, tmp_path):
 
     bogus = tmp_path / "bogus.mltrace"
     bogus.write_bytes(b"this is not a zip")
-    named = panels(Client(url, verbose=False).predict(handle_file(str(bogus)), api_name="/open_trace"))
+    named = panels(Tab(url).predict(handle_file(str(bogus)), api_name="/open_trace"))
     assert "ml-error" in named["status"] and "bogus.mltrace is not a .mltrace file" in named["status"]
     assert "/tmp" not in named["status"]  # the server's paths stay on the server
 
@@ -185,6 +184,6 @@ def test_auth_refuses_an_unauthenticated_client(base):
     with running_server(SessionManager(base, Limits(max_sessions=2)), auth=("ada", "s3cret")) as address:
         assert httpx.get(address + "config").status_code == 401
         with pytest.raises(Exception):  # noqa: B017 - gradio_client raises a plain error on a refused login
-            Client(address, verbose=False)
-        authed = Client(address, auth=("ada", "s3cret"), verbose=False)
-        assert "No step yet" in panels(authed.predict(api_name="/state"))["text"]
+            Tab(address)
+        authed = Tab(address, auth=("ada", "s3cret"))
+        assert "No step yet" in panels(authed.loaded)["text"]

@@ -11,7 +11,7 @@ from inspector import load, save
 from minillama import EngineConfig, LLMEngine, SamplingParams
 from minillama.errors import InvalidRequestError
 from webui.limits import Limits
-from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionManager
+from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
 SMALL = EngineSettings(num_kv_blocks=10, block_size=8, max_num_seqs=4)  # small enough to preempt
@@ -29,7 +29,7 @@ def run_out(manager: SessionManager, session) -> None:
 
 def test_sessions_share_the_weights_and_nothing_else(base):
     manager = SessionManager(base, Limits())
-    alice, bob = manager.get("alice"), manager.get("bob")
+    alice, bob = manager.open_tab("alice"), manager.open_tab("bob")
     manager.reset(alice, SMALL, CaptureSettings())
     prompts = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
     manager.add_prompts(alice, prompts, GREEDY, chat=True)
@@ -43,7 +43,7 @@ def test_sessions_share_the_weights_and_nothing_else(base):
     assert "Paris" in alice.trace.sequences[min(alice.trace.sequences)].text
 
     solo = SessionManager(base, Limits())  # the same prompts in a session of their own
-    carol = solo.get("carol")
+    carol = solo.open_tab("carol")
     solo.reset(carol, SMALL, CaptureSettings())
     solo.add_prompts(carol, prompts, GREEDY, chat=True)
     run_out(solo, carol)
@@ -52,7 +52,7 @@ def test_sessions_share_the_weights_and_nothing_else(base):
 
 def test_a_bad_prompt_in_a_batch_queues_none_of_it(base):
     manager = SessionManager(base, Limits(max_prompt_chars=100_000))
-    session = manager.get("a")
+    session = manager.open_tab("a")
     manager.reset(session, SMALL, CaptureSettings())
     too_long = "word " * (base.max_model_len + 10)
     with pytest.raises(InvalidRequestError, match="prompt 2: .*max_model_len"):
@@ -65,10 +65,14 @@ def test_a_bad_prompt_in_a_batch_queues_none_of_it(base):
 def test_limits_say_which_limit_was_reached(base):
     limits = Limits(max_sessions=2, max_prompts=2, max_new_tokens=16, max_steps=3, max_prompt_chars=20)
     manager = SessionManager(base, limits)
-    session = manager.get("a")
-    manager.get("b")
+    session = manager.open_tab("a")
+    for client in ("b", "c"):
+        manager.add_prompts(manager.open_tab(client), ["Hi"], GREEDY, chat=False)
     with pytest.raises(LimitReached, match="2 sessions open, its limit"):
-        manager.get("c")
+        manager.add_prompts(session, ["Hi"], GREEDY, chat=False)
+    manager.tab_closed("no such tab")  # a hash it never saw changes nothing
+    manager.limits = limits = Limits(max_sessions=3, max_prompts=2, max_new_tokens=16, max_steps=3,
+                                     max_prompt_chars=20)
     with pytest.raises(LimitReached, match="3 prompts at once; the limit is 2"):
         manager.add_prompts(session, ["a", "b", "c"], GREEDY, chat=False)
     with pytest.raises(LimitReached, match="max tokens 17 is over"):
@@ -85,22 +89,57 @@ def test_limits_say_which_limit_was_reached(base):
     assert len(session.trace.steps) == 3  # the refused reset kept the session as it was
 
 
-def test_idle_sessions_are_reclaimed_when_a_new_one_needs_room(base):
+def test_idle_and_closed_sessions_give_their_slot_to_a_new_one(base):
     manager = SessionManager(base, Limits(max_sessions=1, idle_minutes=0.001))
-    manager.get("old")
+    old = manager.open_tab("10.0.0.1", browser="hash-old")
+    manager.add_prompts(old, ["Hi"], GREEDY, chat=False)
     time.sleep(0.1)
-    assert manager.get("new") is manager.sessions["new"] and "old" not in manager.sessions
-    manager.drop("new")
-    assert manager.sessions == {}
+    new = manager.open_tab("10.0.0.2", browser="hash-new")
+    manager.add_prompts(new, ["Hi"], GREEDY, chat=False)  # the idle one's slot
+    assert old.key not in manager.sessions and new.holds_memory
+    again = manager.get(old.key)  # its tab calls again: an empty session, told why
+    assert again.debug is None and "reclaimed (it was idle" in again.notice
+
+    manager.limits = Limits(max_sessions=1, idle_minutes=60)
+    with pytest.raises(LimitReached, match="1 sessions open, its limit"):
+        manager.add_prompts(again, ["Hi"], GREEDY, chat=False)
+    manager.tab_closed("hash-new")  # the tab closed: its slot is the first to go
+    manager.add_prompts(again, ["Hi"], GREEDY, chat=False)
+    assert new.key not in manager.sessions and again.holds_memory
+
+
+def test_a_session_is_reached_only_by_its_own_key(base):
+    manager = SessionManager(base, Limits())
+    alice = manager.open_tab("10.0.0.1", browser="alice-hash")
+    manager.add_prompts(alice, ["Hi"], GREEDY, chat=False)
+    assert manager.get(alice.key) is alice
+    tab_id, mac = alice.key.split(".")
+    for forged in ["alice-hash", "", None, 3, tab_id, f"{tab_id}.{'A' * len(mac)}", alice.key + "x", "x" * 10_000,
+                   SessionManager(base, Limits()).open_tab("10.0.0.1").key]:  # another server's key
+        with pytest.raises(SessionEnded, match="reload the page"):
+            manager.get(forged)
+    assert "alice-hash" not in alice.key and manager.get(alice.key).trace.sequences
+
+
+def test_one_client_cannot_take_every_slot(base):
+    manager = SessionManager(base, Limits(max_sessions=4, max_sessions_per_client=2))
+    for _ in range(2):
+        manager.add_prompts(manager.open_tab("10.0.0.9"), ["Hi"], GREEDY, chat=False)
+    with pytest.raises(LimitReached, match="your address already holds 2 sessions"):
+        manager.add_prompts(manager.open_tab("10.0.0.9"), ["Hi"], GREEDY, chat=False)
+    manager.add_prompts(manager.open_tab("10.0.0.7"), ["Hi"], GREEDY, chat=False)  # someone else gets in
+    for _ in range(100):  # page loads that hold nothing take no slot
+        manager.open_tab("10.0.0.9")
+    manager.add_prompts(manager.open_tab("10.0.0.8"), ["Hi"], GREEDY, chat=False)
 
 
 def test_an_opened_trace_is_read_only_until_reset(base, tmp_path):
     manager = SessionManager(base, Limits())
-    session = manager.get("a")
+    session = manager.open_tab("a")
     manager.add_prompts(session, ["What is the capital of France?"], GREEDY, chat=True)
     run_out(manager, session)
     save(session.trace, tmp_path / "run.mltrace")
-    viewer = manager.get("b")
+    viewer = manager.open_tab("b")
     manager.open_trace(viewer, load(tmp_path / "run.mltrace"), "run.mltrace")
     assert not viewer.live and viewer.index == 0 and len(viewer.trace.steps) == len(session.trace.steps)
     assert manager.step(viewer) is False  # nothing runs on a file
@@ -110,11 +149,11 @@ def test_an_opened_trace_is_read_only_until_reset(base, tmp_path):
 
 def test_a_server_without_a_model_serves_its_trace_to_every_session(base, tmp_path):
     manager = SessionManager(base, Limits())
-    session = manager.get("a")
+    session = manager.open_tab("a")
     manager.add_prompts(session, ["Hi"], SamplingParams(temperature=0, max_tokens=3), chat=False)
     run_out(manager, session)
     viewer_only = SessionManager(None, Limits(), session.trace, "run.mltrace")
-    one, two = viewer_only.get("1"), viewer_only.get("2")
+    one, two = viewer_only.open_tab("1"), viewer_only.open_tab("2")
     assert one.trace is two.trace is session.trace and one.cursor is not two.cursor
     with pytest.raises(LimitReached, match="no model is loaded"):
         viewer_only.add_prompts(one, ["Hi"], GREEDY, chat=False)
@@ -126,7 +165,7 @@ def test_the_readme_tour_shows_what_it_says(base):
     from webui.layout import EXAMPLE_PROMPTS
 
     manager = SessionManager(base, Limits())
-    session = manager.get("tour")
+    session = manager.open_tab("tour")
     manager.reset(session, EngineSettings(num_kv_blocks=12, block_size=8), CaptureSettings())
     manager.add_prompts(session, EXAMPLE_PROMPTS.splitlines(), SamplingParams(temperature=0, max_tokens=48), chat=True)
     result = session.debug.run(until=[Preemption()])

@@ -6,6 +6,8 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from gradio_client import Client
+
 from webui.server import serve
 from webui.sessions import SessionManager
 
@@ -28,3 +30,18 @@ def running_server(manager: SessionManager, auth: tuple[str, str] | None = None)
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+
+
+class Tab:
+    """What a browser tab does, through gradio_client: load the page (/state), keep the tab key
+    it returns, and send that key first with every call. `loaded` is the page's first render."""
+
+    def __init__(self, url: str, **client_args):
+        self.client = Client(url, verbose=False, **client_args)
+        *self.loaded, self.key = self.client.predict(api_name="/state")
+
+    def predict(self, *inputs, api_name: str):
+        return self.client.predict(self.key, *inputs, api_name=api_name)
+
+    def submit(self, *inputs, api_name: str):
+        return self.client.submit(self.key, *inputs, api_name=api_name)

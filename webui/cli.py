@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--no-auth", action="store_true", help="serve a non-loopback host with no login (you are warned)")
     lim = p.add_argument_group("limits per server / per session")
     lim.add_argument("--max-sessions", type=int, default=defaults.max_sessions, help="browser sessions at once")
+    lim.add_argument("--max-sessions-per-client", type=int, default=defaults.max_sessions_per_client,
+                     help="of those, from one client address")
     lim.add_argument("--idle-minutes", type=float, default=defaults.idle_minutes, help="reclaim a session unused this long")
     lim.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="per request")
     lim.add_argument("--max-kv-blocks", type=int, default=defaults.max_kv_blocks, help="per session")
@@ -45,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(
-        max_sessions=args.max_sessions, idle_minutes=args.idle_minutes, max_new_tokens=args.max_new_tokens,
+        max_sessions=args.max_sessions, max_sessions_per_client=args.max_sessions_per_client,
+        idle_minutes=args.idle_minutes, max_new_tokens=args.max_new_tokens,
         max_kv_blocks=args.max_kv_blocks, max_steps=args.max_steps, trace_budget_mb=args.trace_budget_mb,
         upload_mb=args.upload_mb,
     )

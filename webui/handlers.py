@@ -5,15 +5,21 @@ Bad input never escapes a handler: a rejected prompt, a bad setting, a limit, a 
 gives a message in the status banner (and a toast), and the session is left as it was. An
 unexpected error is logged with its traceback and reported the same way; other sessions never
 see it, and the server keeps serving.
+
+Every call names its session by the tab key the page received when it loaded (the first input
+of every event; see webui/tab_keys.py), never by Gradio's client-chosen session hash.
 """
 
 from __future__ import annotations
 
+import html
 import inspect
 import logging
 import math
 import os
 import re
+import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -29,26 +35,43 @@ from minillama.errors import InvalidRequestError
 from minillama.sampling_params import SamplingParams
 from webui.breakpoint_form import breakpoints_from_form
 from webui.render import render
-from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionManager, UISession
+from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager, UISession
 
 log = logging.getLogger("minillama.webui")
-EXPECTED = (InvalidRequestError, LimitReached, TraceError, ValueError)
+EXPECTED = (InvalidRequestError, LimitReached, SessionEnded, TraceError, ValueError)
 RUN_REFRESH_S = 0.2  # while running, panels refresh at most this often (every step when steps are slower)
 
 
-def _reported(handler: Callable) -> Callable:
-    """Wrap handler(self, session, *inputs) as the Gradio callback (self, *inputs, request):
-    the browser's session is looked up from the request, and an exception becomes a message
-    on the page with the session unchanged."""
+def toast(message: str) -> None:
+    """A warning toast. Gradio renders a toast's text as (sanitised) HTML, so a message that
+    quotes user input (a prompt, a pattern, a file name) would fetch images and show links:
+    it goes out escaped, as text."""
+    gr.Warning(html.escape(message))
 
-    def wrapper(self: Handlers, *args: Any) -> list[Any]:
+
+def _client(request: gr.Request | None) -> str:
+    """The client's address, by which slots are counted (X-Forwarded-For is not trusted: any
+    client can write it)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "unknown"
+
+
+def _reported(handler: Callable) -> Callable:
+    """Wrap handler(self, session, *inputs) as the Gradio callback (self, key, *inputs, request):
+    the tab's session is looked up by its key, and an exception becomes a message on the page
+    with the session unchanged."""
+
+    def wrapper(self: Handlers, key: str, *args: Any) -> list[Any]:
         *inputs, request = args
         session = None
         try:
-            session = self.manager.get(request.session_hash)
+            session = self.manager.get(key, _client(request))
+            if session.notice:
+                toast(session.notice)
+                session.notice = ""
             return handler(self, session, *inputs)
         except EXPECTED as error:
-            gr.Warning(str(error))
+            toast(str(error))
             return render(session, str(error), error=True)
         except Exception as error:  # noqa: BLE001 - one session's failure must not take the server down
             log.exception("handler %s failed", handler.__name__)
@@ -56,7 +79,8 @@ def _reported(handler: Callable) -> Callable:
             return render(session, message, error=True)
 
     # Gradio reads the signature to know the inputs, and the annotation to pass the request.
-    params = [p for name, p in inspect.signature(handler).parameters.items() if name != "session"]
+    params = [inspect.Parameter("key", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [p for name, p in inspect.signature(handler).parameters.items() if name != "session"]
     params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD))
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {"request": gr.Request}
@@ -71,12 +95,17 @@ class Handlers:
 
     # -- page life ------------------------------------------------------------------------------
 
-    @_reported
-    def load(self, session: UISession) -> list[Any]:
-        return render(session)
+    def load(self, request: gr.Request) -> list[Any]:
+        """A page loaded: a new tab key for it (the last output, into its hidden key field)."""
+        try:
+            session = self.manager.open_tab(_client(request), request.session_hash or "")
+        except Exception:  # noqa: BLE001 - see _reported
+            log.exception("load failed")
+            return render(None, "internal error: reload the page", error=True) + [""]
+        return render(session) + [session.key]
 
     def unload(self, request: gr.Request) -> None:
-        self.manager.drop(request.session_hash)
+        self.manager.tab_closed(request.session_hash or "")
 
     # -- requests and the engine ------------------------------------------------------------------
 
@@ -100,28 +129,29 @@ class Handlers:
             stepped = self.manager.step(session)
         return render(session, "" if stepped else _idle_message(session))
 
-    def run(self, request: gr.Request) -> Iterator[list[Any]]:
+    def run(self, key: str, request: gr.Request) -> Iterator[list[Any]]:
         """Run until no request is left (or Pause), refreshing the panels live."""
-        yield from self._run(None, request)
+        yield from self._run(key, None, request)
 
-    def run_to_breakpoint(self, events: list[str], at_step: str, pattern: str, entropy_above: str, prob_below: str,
-                          kv_percent_above: str, request: gr.Request) -> Iterator[list[Any]]:
+    def run_to_breakpoint(self, key: str, events: list[str], at_step: str, pattern: str, entropy_above: str,
+                          prob_below: str, kv_percent_above: str, request: gr.Request) -> Iterator[list[Any]]:
         """Run until one of the form's breakpoints fires (or nothing is left, or Pause)."""
         try:
-            breakpoints = breakpoints_from_form(events, at_step, pattern, entropy_above, prob_below, kv_percent_above)
+            breakpoints = breakpoints_from_form(events or [], at_step, pattern, entropy_above, prob_below,
+                                                kv_percent_above)
         except ValueError as error:
-            gr.Warning(str(error))
-            yield render(self._session_or_none(request), str(error), error=True)
+            toast(str(error))
+            yield render(self._session_or_none(key, request), str(error), error=True)
             return
         if not breakpoints:
-            yield render(self._session_or_none(request), "no breakpoint is set: tick or fill one first", error=True)
+            yield render(self._session_or_none(key, request), "no breakpoint is set: tick or fill one first", error=True)
             return
-        yield from self._run(breakpoints, request)
+        yield from self._run(key, breakpoints, request)
 
-    def _run(self, breakpoints: list[Breakpoint] | None, request: gr.Request) -> Iterator[list[Any]]:
+    def _run(self, key: str, breakpoints: list[Breakpoint] | None, request: gr.Request) -> Iterator[list[Any]]:
         try:
-            session = self.manager.get(request.session_hash)
-        except LimitReached as error:
+            session = self.manager.get(key, _client(request))
+        except SessionEnded as error:
             yield render(None, str(error), error=True)
             return
         if session.running:
@@ -155,8 +185,8 @@ class Handlers:
             session.running = False
         yield render(session, message, error)
 
-    def pause(self, request: gr.Request) -> None:
-        session = self.manager.sessions.get(request.session_hash)
+    def pause(self, key: str) -> None:
+        session = self.manager.sessions.get(key) if self.manager.keys.is_valid(key) else None
         if session is not None:
             session.pause_requested = True
 
@@ -208,16 +238,24 @@ class Handlers:
 
     # -- trace files ------------------------------------------------------------------------------
 
-    def save_trace(self, request: gr.Request) -> str | None:
-        """Write the session's trace to a fresh server-side file for the browser to download."""
-        session = self.manager.sessions.get(request.session_hash)
+    def save_trace(self, key: str) -> str | None:
+        """Write the session's trace, as it is now, to a fresh server-side file for the browser
+        to download. The file is named after the model and the step count, never after the
+        session; the previous download of the session is deleted."""
+        session = self.manager.sessions.get(key) if self.manager.keys.is_valid(key) else None
         if session is None or session.trace is None or not session.trace.steps:
-            gr.Warning("nothing to save yet: record a step first")
+            toast("nothing to save yet: record a step first")
             return None
-        safe_key = re.sub(r"[^A-Za-z0-9]", "", request.session_hash)[:12]
-        path = self.downloads / f"minillama-{safe_key}-{len(session.trace.steps)}steps.mltrace"
-        with _save_lock:
-            save(session.trace, path)
+        trace = session.trace
+        model = re.sub(r"[^A-Za-z0-9._-]", "_", trace.model.name)[:40] or "model"
+        folder = self.downloads / secrets.token_hex(8)
+        folder.mkdir()
+        path = folder / f"minillama-{model}-{len(trace.steps)}steps-{time.strftime('%H%M%S')}.mltrace"
+        with session.lock, _save_lock:
+            save(trace, path)
+        if session.last_download is not None:
+            shutil.rmtree(session.last_download.parent, ignore_errors=True)
+        session.last_download = path
         return str(path)
 
     @_reported
@@ -237,10 +275,10 @@ class Handlers:
             self.manager.open_trace(session, trace, name)
         return render(session, f"opened {name}: {len(trace.steps)} steps, {len(trace.sequences)} requests")
 
-    def _session_or_none(self, request: gr.Request) -> UISession | None:
+    def _session_or_none(self, key: str, request: gr.Request) -> UISession | None:
         try:
-            return self.manager.get(request.session_hash)
-        except LimitReached:
+            return self.manager.get(key, _client(request))
+        except SessionEnded:
             return None
 
 

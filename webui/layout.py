@@ -66,7 +66,10 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                         bp_prob = gr.Textbox("", label="Sampled prob. below", placeholder="off", max_lines=1)
                     bp_kv = gr.Textbox("", label="KV usage above (%)", placeholder="off", max_lines=1)
                 with gr.Accordion("Trace file", open=not live):
-                    save = gr.DownloadButton("Save trace", elem_id="ml-save")
+                    save = gr.Button("Save trace", elem_id="ml-save")
+                    # The saved file lands here; static/app.js clicks its link, so one click on
+                    # Save downloads the trace as it is at that moment.
+                    saved = gr.File(visible="hidden", elem_id="ml-saved", interactive=False)
                     upload = gr.File(label="Open a trace (.mltrace)", file_types=[".mltrace"], elem_id="ml-open")
             with gr.Column(scale=4, elem_id="ml-main"):
                 with gr.Group(elem_id="ml-debugger-bar"):
@@ -101,33 +104,35 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                     _plot_panel("lens")
                 figures = gr.HTML(elem_id="ml-figures", elem_classes="ml-hidden")
 
+        # The tab key (webui/tab_keys.py): filled in when the page loads, sent with every call.
+        key = gr.Textbox(visible="hidden", elem_id="ml-tab-key")
         panels = dict(status=status, slider=slider, text=text, figures=figures, tables=tables, details=details,
                       seq=seq, layer=layer, head=head)
         outputs = [panels[name] for name in OUTPUT_NAMES]
         # Moving the cursor only reads the trace: no queue (a direct request), no progress overlay.
         quiet = dict(outputs=outputs, show_progress="hidden", queue=False)
 
-        app.load(handlers.load, None, outputs, api_name="state")
+        app.load(handlers.load, None, outputs + [key], api_name="state")
         app.unload(handlers.unload)
-        add.click(handlers.add_prompts, [prompts, chat, max_tokens, temperature, top_p, top_k, seed], outputs,
+        add.click(handlers.add_prompts, [key, prompts, chat, max_tokens, temperature, top_p, top_k, seed], outputs,
                   api_name="add_prompts")
-        step.click(handlers.step, None, outputs, api_name="step", show_progress="minimal")
-        run.click(handlers.run, None, outputs, api_name="run", show_progress="minimal")
-        run_bp.click(handlers.run_to_breakpoint, [bp_events, bp_step, bp_text, bp_entropy, bp_prob, bp_kv],
+        step.click(handlers.step, [key], outputs, api_name="step", show_progress="minimal")
+        run.click(handlers.run, [key], outputs, api_name="run", show_progress="minimal")
+        run_bp.click(handlers.run_to_breakpoint, [key, bp_events, bp_step, bp_text, bp_entropy, bp_prob, bp_kv],
                      outputs, api_name="run_to_breakpoint", show_progress="minimal")
         # Pause is a flag the run loop reads between steps (no cancellation mid-step); it needs
         # no queue slot of its own, so it acts at once even on a busy server.
-        pause.click(handlers.pause, None, None, api_name="pause", queue=False)
-        reset.click(handlers.reset, [kv_blocks, block_size, max_num_seqs, max_batched, prefix_caching, attention,
-                                     traced, logits_k, lens], outputs, api_name="reset")
-        slider.input(handlers.seek, [slider], trigger_mode="always_last", api_name="seek", **quiet)
-        prev.click(handlers.prev, None, api_name="prev", **quiet)
-        nxt.click(handlers.next, None, api_name="next", **quiet)
+        pause.click(handlers.pause, [key], None, api_name="pause", queue=False)
+        reset.click(handlers.reset, [key, kv_blocks, block_size, max_num_seqs, max_batched, prefix_caching,
+                                     attention, traced, logits_k, lens], outputs, api_name="reset")
+        slider.input(handlers.seek, [key, slider], trigger_mode="always_last", api_name="seek", **quiet)
+        prev.click(handlers.prev, [key], api_name="prev", **quiet)
+        nxt.click(handlers.next, [key], api_name="next", **quiet)
         for control in (seq, head, full):
-            control.input(handlers.select, [seq, layer, head, full], trigger_mode="always_last", **quiet)
-        layer.release(handlers.select, [seq, layer, head, full], api_name="select", **quiet)
-        save.click(handlers.save_trace, None, save, api_name="save_trace")
-        upload.upload(handlers.open_trace, [upload], outputs, api_name="open_trace")
+            control.input(handlers.select, [key, seq, layer, head, full], trigger_mode="always_last", **quiet)
+        layer.release(handlers.select, [key, seq, layer, head, full], api_name="select", **quiet)
+        save.click(handlers.save_trace, [key], saved, api_name="save_trace")
+        upload.upload(handlers.open_trace, [key, upload], outputs, api_name="open_trace")
     return app
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Limits:
-    max_sessions: int = 8  # browser sessions with their own engine and KV pool at once
+    max_sessions: int = 8  # browser sessions with their own engine and KV pool (or an uploaded trace) at once
+    max_sessions_per_client: int = 4  # of those, held from one client address (one script cannot take them all)
     idle_minutes: float = 20.0  # a session unused this long is reclaimed (its trace is lost)
     max_prompts: int = 8  # prompts added in one go
     max_prompt_chars: int = 4000

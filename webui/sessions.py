@@ -6,16 +6,23 @@ user's preemptions, prefix hits and trace never show up in another's. The model 
 object, so engine steps of all sessions run one at a time under `model_lock`; between steps
 the sessions interleave, which keeps every browser responsive.
 
-Sessions are keyed by Gradio's session hash (one per browser tab, or per gradio_client
-Client), capped at Limits.max_sessions, and reclaimed after Limits.idle_minutes unused or when
-the tab closes.
+Who reaches which session: each page load gets a tab key (webui/tab_keys.py), which the page
+sends back with every call; Gradio's client-chosen session hash is used only to hear that a tab
+closed. A session that holds memory (an engine with its KV pool and trace, or an uploaded
+trace) takes a slot: at most Limits.max_sessions of them, and at most
+Limits.max_sessions_per_client from one client address, so one script cannot lock everyone
+else out. Slots of closed tabs and of sessions unused for Limits.idle_minutes are reclaimed
+when a new one is needed. A tab that holds nothing costs nothing: its table entry may be
+dropped at any time and is remade, empty, on its next call.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from inspector import CapturePolicy, Cursor, DebugSession, Trace
 from inspector.views import Selection
@@ -24,10 +31,18 @@ from minillama.engine.llm_engine import LLMEngine
 from minillama.errors import InvalidRequestError
 from minillama.sampling_params import SamplingParams
 from webui.limits import Limits
+from webui.tab_keys import TabKeys
+
+MAX_TABS = 4096  # table entries of tabs (cheap); past it, those holding nothing are forgotten first
 
 
 class LimitReached(Exception):
     """A server limit stops the action; the message says which and what to do."""
+
+
+class SessionEnded(Exception):
+    """A call whose tab key this server did not issue (it restarted since the page loaded, or
+    the key was tampered with): the page must reload."""
 
 
 @dataclass(frozen=True)
@@ -51,9 +66,10 @@ class CaptureSettings:
 
 @dataclass
 class UISession:
-    """One browser's debugger: a live DebugSession, or a trace opened from a file (read-only)."""
+    """One browser tab's debugger: a live DebugSession, or a trace opened from a file (read-only)."""
 
-    key: str
+    key: str  # the tab key (never shown, logged or written into a file name)
+    client: str = ""  # the client's address: slots are counted per address
     debug: DebugSession | None = None
     opened: Trace | None = None  # a trace loaded from a file; shown instead of the live one
     opened_name: str = ""
@@ -64,6 +80,10 @@ class UISession:
     last_used: float = field(default_factory=time.monotonic)
     pause_requested: bool = False
     running: bool = False
+    closed: bool = False  # its tab said goodbye (Gradio's unload): the first slot to reclaim
+    notice: str = ""  # said once, on the next call (e.g. that its slot was reclaimed)
+    shares_startup_trace: bool = False  # shows the server's --trace file
+    last_download: Path | None = None  # the trace file it saved last (deleted when it saves again)
     # One handler at a time changes the session (add, step, reset); reads need no lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,6 +99,12 @@ class UISession:
         return self.opened is None and self.debug is not None
 
     @property
+    def holds_memory(self) -> bool:
+        """Does it hold a slot: its own engine, or a trace it uploaded? (The server's --trace
+        file is one object shown to every tab: it takes none.)"""
+        return self.debug is not None or (self.opened is not None and not self.shares_startup_trace)
+
+    @property
     def index(self) -> int:
         """The cursor's step index, -1 with no step."""
         return self.cursor.index if self.cursor is not None else -1
@@ -92,41 +118,104 @@ class SessionManager:
         self.base = base
         self.limits = limits
         self.startup_trace, self.startup_name = startup_trace, startup_name
-        self.sessions: dict[str, UISession] = {}
+        self.keys = TabKeys()
+        self.sessions: OrderedDict[str, UISession] = OrderedDict()  # by tab key, least recently used first
+        self._browser_tabs: OrderedDict[str, str] = OrderedDict()  # Gradio session hash -> tab key
+        self._reclaimed: OrderedDict[str, str] = OrderedDict()  # tab key -> why its session went
         self.model_lock = threading.Lock()
-        self._lock = threading.Lock()  # guards self.sessions
+        self._lock = threading.Lock()  # guards the three tables above
 
     # -- the session table ----------------------------------------------------------------------
 
-    def get(self, key: str) -> UISession:
-        """The session of browser `key`, made on first use; raises LimitReached when the server
-        already holds max_sessions others (after reclaiming the idle ones)."""
+    def open_tab(self, client: str, browser: str = "") -> UISession:
+        """A page loaded: a new tab key and its (empty) session. `browser` is Gradio's session
+        hash of the page, remembered only to hear when the tab closes."""
+        session = self._make(self.keys.issue(), client)
+        if browser:
+            with self._lock:
+                self._browser_tabs[browser] = session.key
+                while len(self._browser_tabs) > MAX_TABS:
+                    self._browser_tabs.popitem(last=False)
+        return session
+
+    def get(self, key: object, client: str = "") -> UISession:
+        """The session of tab `key`. Raises SessionEnded for a key this server did not issue; a
+        valid key whose session was dropped gets a fresh empty one (saying so once)."""
+        if not self.keys.is_valid(key):
+            raise SessionEnded("this page's session is not known to the server (it restarted, or the page is stale): "
+                               "reload the page")
         with self._lock:
             session = self.sessions.get(key)
-            if session is None:
-                self._reap_idle()
-                if len(self.sessions) >= self.limits.max_sessions:
-                    raise LimitReached(
-                        f"the server already has {len(self.sessions)} sessions open, its limit "
-                        f"(--max-sessions {self.limits.max_sessions}); try again when one closes or goes idle"
-                    )
-                session = UISession(key)
-                if self.startup_trace is not None:
-                    self.open_trace(session, self.startup_trace, self.startup_name)
-                self.sessions[key] = session
-            session.last_used = time.monotonic()
-            return session
+            if session is not None:
+                self.sessions.move_to_end(key)
+                session.last_used, session.closed = time.monotonic(), False
+                return session
+            reclaimed = self._reclaimed.pop(key, None)
+        session = self._make(key, client)
+        if reclaimed:
+            session.notice = reclaimed
+        return session
 
-    def drop(self, key: str) -> None:
-        """Forget a session (its tab closed): its engine, KV pool and trace go with it."""
+    def tab_closed(self, browser: str) -> None:
+        """The tab with Gradio session hash `browser` closed: its slot is the first to reclaim.
+        (Only marked: a hash is the client's to choose, so this must not destroy anything; a
+        later call with the tab's key clears the mark.)"""
         with self._lock:
-            session = self.sessions.pop(key, None)
-        if session is not None:
-            session.pause_requested = True
+            key = self._browser_tabs.pop(browser, None)
+            session = self.sessions.get(key) if key is not None else None
+            if session is not None:
+                session.closed, session.pause_requested = True, True
 
-    def _reap_idle(self) -> None:
+    def claim_slot(self, session: UISession) -> None:
+        """Before `session` takes memory (an engine, an uploaded trace): make sure it may.
+        Reclaims closed and idle sessions' slots; raises LimitReached when none is left for
+        it, naming the limit."""
+        if session.holds_memory:
+            return
+        with self._lock:
+            self._reclaim_slots()
+            holders = [s for s in self.sessions.values() if s.holds_memory and s is not session]
+            mine = [s for s in holders if s.client == session.client]
+            if len(mine) >= self.limits.max_sessions_per_client:
+                raise LimitReached(
+                    f"your address already holds {len(mine)} sessions, the limit per client "
+                    f"(--max-sessions-per-client {self.limits.max_sessions_per_client}): close a tab you no longer use"
+                )
+            if len(holders) >= self.limits.max_sessions:
+                raise LimitReached(
+                    f"the server already has {len(holders)} sessions open, its limit "
+                    f"(--max-sessions {self.limits.max_sessions}); try again when one closes or goes idle"
+                )
+
+    def _make(self, key: str, client: str) -> UISession:
+        session = UISession(key, client=client)
+        if self.startup_trace is not None:
+            self.open_trace(session, self.startup_trace, self.startup_name)
+            session.shares_startup_trace = True
+        with self._lock:
+            self.sessions[key] = session
+            self._forget_empty_tabs()
+        return session
+
+    def _reclaim_slots(self) -> None:
+        """Free the slots of closed tabs and of sessions idle past Limits.idle_minutes (never
+        one that is running). Their tabs get an empty session, and a notice, on their next call."""
         cutoff = time.monotonic() - self.limits.idle_minutes * 60
-        for key in [k for k, s in self.sessions.items() if s.last_used < cutoff and not s.running]:
+        for key, s in list(self.sessions.items()):
+            if s.holds_memory and not s.running and (s.closed or s.last_used < cutoff):
+                del self.sessions[key]
+                s.pause_requested = True
+                why = "its tab closed" if s.closed else f"it was idle for {self.limits.idle_minutes:g} minutes"
+                self._reclaimed[key] = f"this tab's session was reclaimed ({why}) and its trace is gone: start again"
+                while len(self._reclaimed) > MAX_TABS:
+                    self._reclaimed.popitem(last=False)
+
+    def _forget_empty_tabs(self) -> None:
+        """Keep the table bounded: drop the least recently used tabs that hold nothing (they
+        are remade, empty, if they call again)."""
+        if len(self.sessions) <= MAX_TABS:
+            return
+        for key in [k for k, s in self.sessions.items() if not s.holds_memory][: len(self.sessions) - MAX_TABS]:
             del self.sessions[key]
 
     # -- what a session does ------------------------------------------------------------------------
@@ -147,6 +236,7 @@ class SessionManager:
             max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
             enable_prefix_caching=settings.prefix_caching, enforce_eager=self.base.config.enforce_eager,
         )
+        self.claim_slot(session)
         engine = LLMEngine.sharing_weights(self.base, config)  # validates the rest (block size, ...)
         policy = CapturePolicy(
             attention=capture.attention, attention_requests=tuple(range(capture.traced_requests)),
@@ -154,7 +244,7 @@ class SessionManager:
         )
         session.pause_requested = True  # a run in progress stops at its next step
         session.debug = DebugSession(engine, policy)
-        session.opened, session.opened_name = None, ""
+        session.opened, session.opened_name, session.shares_startup_trace = None, "", False
         session.cursor = session.debug.cursor
         session.settings, session.capture = settings, capture
         session.selection = Selection()
@@ -197,8 +287,12 @@ class SessionManager:
         return record is not None
 
     def open_trace(self, session: UISession, trace: Trace, name: str) -> None:
-        """Show a trace from a file, read-only; Reset goes back to a live engine."""
+        """Show a trace from a file, read-only; Reset goes back to a live engine. The live
+        engine, if any, is let go (its slot now holds the trace)."""
+        if trace is not self.startup_trace:
+            self.claim_slot(session)
         session.pause_requested = True
+        session.debug, session.shares_startup_trace = None, False
         session.opened, session.opened_name = trace, name
         session.cursor = Cursor(trace)
         if trace.steps:
