@@ -6,6 +6,7 @@ contexts stay isolated. Skips, saying why, where Chromium or Playwright is missi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -33,8 +34,12 @@ SHOWS_STEP = """([ids, n]) => ids.every(id => {
 
 
 @pytest.fixture(scope="module")
-def url(embedded_dir):
-    base = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=1))
+def base(embedded_dir):
+    return LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=1))
+
+
+@pytest.fixture(scope="module")
+def url(base):
     with running_server(SessionManager(base, Limits(max_sessions=4))) as address:
         yield address
 
@@ -153,3 +158,68 @@ def test_two_browser_contexts_are_isolated(browser, url):
     finally:
         one.context.close()
         two.context.close()
+
+
+def test_the_login_page_lets_a_user_in_and_only_then_shows_the_app(browser, base):
+    with running_server(SessionManager(base, Limits(max_sessions=2)), auth=("ada", "s3cret")) as address:
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        page.goto(address)
+        page.get_by_label("username").fill("ada")
+        page.get_by_label("password").fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_function("() => /incorrect/i.test(document.body.textContent)")
+        assert page.locator("#ml-step").count() == 0
+        page.get_by_label("username").fill("ada")  # the form clears itself after a failed login
+        page.get_by_label("password").fill("s3cret")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+        add_prompts(page, "What is the capital of France?", max_tokens=2)
+        page.locator("#ml-step").click()
+        wait_for_step(page, 0)
+        page.context.close()
+
+
+def test_a_toast_shows_user_text_as_text(browser, url):
+    page = open_page(browser, url)
+    add_prompts(page, "Hi", max_tokens=2)
+    page.get_by_text("Breakpoints (Run to breakpoint)").click()
+    page.get_by_label("Stop when the text matches (regex)").fill("(<img src=x onerror=window.__xss=1>")
+    page.locator("#ml-run-bp").click()
+    toast = page.locator(".toast-body, [data-testid='toast-body']").first
+    toast.wait_for(timeout=15_000)
+    assert "<img src=x" in toast.inner_text() and toast.locator("img").count() == 0
+    assert page.evaluate("() => window.__xss") is None
+    page.context.close()
+
+
+def test_save_trace_downloads_the_trace_as_it_is_at_each_click(browser, url, tmp_path):
+    from inspector import load
+
+    page = open_page(browser, url)
+    add_prompts(page, "What is the capital of France?", max_tokens=8)
+    page.get_by_text("Trace file").click()
+    done = 0
+    for steps in (2, 4):
+        for index in range(done, steps):
+            page.locator("#ml-step").click()
+            wait_for_step(page, index)
+        done = steps
+        with page.expect_download(timeout=30_000) as download:
+            page.locator("#ml-save").click()
+        saved = tmp_path / f"{steps}.mltrace"
+        download.value.save_as(saved)
+        assert len(load(saved).steps) == steps and f"-{steps}steps-" in download.value.suggested_filename
+    page.context.close()
+
+
+def test_hovering_an_output_token_shows_its_probability(browser, url):
+    page = open_page(browser, url)
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    for index in range(3):
+        page.locator("#ml-step").click()
+        wait_for_step(page, index)
+    page.locator("#ml-text .tok[data-prob]").first.hover()
+    card = page.locator("#ml-token-card")
+    playwright_api.expect(card).to_be_visible()
+    assert re.match(r"p = [01]\.\d{3} · rank \d+ · entropy", card.inner_text())
+    page.context.close()

@@ -1,4 +1,4 @@
-"""Launch the page: queue, static files, auth, upload limit. app.py and the tests both use it."""
+"""Launch the page: queue, the front door (login gate, scripts), auth, upload limit. app.py and the tests use it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from pathlib import Path
 
 import gradio as gr
 import plotly
+from starlette.middleware import Middleware
 
+from webui.front_door import STATIC_PREFIX, FrontDoor
 from webui.layout import build_app
 from webui.sessions import SessionManager
 
@@ -18,8 +20,9 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
           auth: tuple[str, str] | None = None, block: bool = True) -> gr.Blocks:
     """Build the page and serve it; with block=False return once the server is up (tests)."""
-    gr.set_static_paths([PLOTLY_JS])
-    head = f"<script src='gradio_api/file={PLOTLY_JS}'></script><script>{(STATIC / 'app.js').read_text()}</script>"
+    # plotly.js comes from the front door (no server path in the page); app.js is inline.
+    head = f"<script src='{STATIC_PREFIX.lstrip('/')}plotly.min.js'></script><script>{(STATIC / 'app.js').read_text()}</script>"
+    door = Middleware(FrontDoor, static_files={"plotly.min.js": PLOTLY_JS})
     app = build_app(manager)
     # A queue slot per session: one user's long Run never waits behind another's.
     app.queue(default_concurrency_limit=manager.limits.max_sessions)
@@ -28,5 +31,6 @@ def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
         css_paths=[STATIC / "app.css"], head=head,
         footer_links=["api"], show_error=False, prevent_thread_lock=not block, quiet=not block,
         run_history=False,  # the browser would keep every update it received: slower with each one
+        app_kwargs={"middleware": [door]},
     )
     return app

@@ -1,0 +1,142 @@
+"""What a hostile client on the LAN can do to a shared server, and what it cannot: reach another
+tab's session (with its Gradio session hash or a made-up key), learn a session key from a saved
+trace's name, read the API or touch a session before logging in, guess passwords quickly,
+freeze the server with a regular expression, or put markup into a toast."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from gradio_client import Client
+from webui_support import Tab, running_server
+
+from minillama import EngineConfig, LLMEngine
+from webui import handlers
+from webui.front_door import LOGIN_FAILURES_ALLOWED
+from webui.limits import Limits
+from webui.render import OUTPUT_NAMES
+from webui.sessions import SessionManager
+
+AUTH = ("ada", "s3cret")
+
+
+@pytest.fixture(scope="module")
+def base(embedded_dir):
+    return LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=1, max_model_len=256))
+
+
+@pytest.fixture(scope="module")
+def manager(base):
+    return SessionManager(base, Limits(max_sessions=16, max_sessions_per_client=16, max_new_tokens=64))
+
+
+@pytest.fixture(scope="module")
+def url(manager):
+    with running_server(manager) as address:
+        yield address
+
+
+def status(result: tuple) -> str:
+    return dict(zip(OUTPUT_NAMES, result[: len(OUTPUT_NAMES)], strict=True))["status"]
+
+
+def recorded_steps(manager: SessionManager, tab: Tab) -> int:
+    return len(manager.sessions[tab.key].trace.steps)
+
+
+def test_another_clients_calls_never_reach_a_session(url, manager):
+    victim = Tab(url)
+    victim.predict("What is the capital of France?", True, 6, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    victim.predict(api_name="/step")
+    attacker = Client(url, verbose=False)
+    attacker.session_hash = victim.client.session_hash  # Gradio's hash is the client's to choose
+    tab_id, mac = victim.key.split(".")
+    for forged in ["", victim.client.session_hash, tab_id, f"{tab_id}.{mac[::-1]}", f"{tab_id[::-1]}.{mac}"]:
+        for api_name in ("/step", "/reset", "/seek", "/add_prompts"):
+            inputs = {"/step": (), "/seek": (0,), "/add_prompts": ("Hi", True, 4, 0.0, 1.0, 0, None),
+                      "/reset": (64, 16, 8, 2048, True, True, 2, 10, False)}[api_name]
+            result = attacker.predict(forged, *inputs, api_name=api_name)
+            assert "reload the page" in status(result) and "capital" not in str(result)
+    assert attacker.predict(victim.client.session_hash, api_name="/save_trace") is None
+    assert recorded_steps(manager, victim) == 1  # untouched: one step, its own engine
+    assert "capital" in manager.sessions[victim.key].trace.sequences[0].prompt_text
+
+
+def test_a_saved_trace_is_named_without_any_session_key(url):
+    author = Tab(url)
+    author.predict("What is the capital of France?", True, 6, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    for _ in range(3):
+        author.predict(api_name="/step")
+    first = author.predict(api_name="/save_trace")
+    name = os.path.basename(first)
+    assert re.fullmatch(r"minillama-[\w.-]+-3steps-\d{6}\.mltrace", name), name
+    for secret in [author.client.session_hash, *author.key.split(".")]:
+        assert secret[:6] not in first
+    author.predict(api_name="/step")
+    second = author.predict(api_name="/save_trace")  # each click: the trace as it is then
+    assert "-4steps-" in os.path.basename(second)
+
+
+def test_an_auth_server_lets_strangers_reach_only_the_login(manager):
+    with running_server(manager, auth=AUTH) as address:
+        page = httpx.get(address)
+        assert page.status_code == 200 and "gradio_api_info = null" in page.text
+        assert "add_prompts" not in page.text and "named_endpoints" not in page.text
+        for path in ("config", "gradio_api/info", "gradio_api/heartbeat/abc", "gradio_api/queue/data?session_hash=x",
+                     "gradio_api/file=/etc/passwd"):
+            assert httpx.get(address + path, timeout=5).status_code == 401, path
+        for path in ("gradio_api/cancel", "gradio_api/reset", "gradio_api/queue/join", "gradio_api/upload"):
+            assert httpx.post(address + path, json={"session_hash": "x", "event_id": "y", "fn_index": 0}).status_code == 401
+        assert httpx.get(address + "ml-static/plotly.min.js").status_code == 200  # what the page needs
+        with httpx.Client() as browser:  # logged in: the app's config, with no server path in it
+            assert browser.post(address + "login", data=dict(zip(("username", "password"), AUTH))).status_code == 200
+            config = browser.get(address + "config")
+            assert config.status_code == 200 and "add_prompts" in config.text
+            for path in (os.getcwd(), sys.prefix, os.path.expanduser("~")):
+                assert path not in config.text and path not in browser.get(address).text
+
+
+def test_password_guessing_is_slowed_down(manager):
+    with running_server(manager, auth=AUTH) as address:
+        wrong = {"username": AUTH[0], "password": "guess"}
+        codes = [httpx.post(address + "login", data=wrong).status_code for _ in range(LOGIN_FAILURES_ALLOWED + 2)]
+        assert codes == [400] * LOGIN_FAILURES_ALLOWED + [429, 429]
+        refused = httpx.post(address + "login", data=dict(zip(("username", "password"), AUTH)))
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0  # even the right one, for now
+
+
+def test_a_backtracking_pattern_does_not_stall_other_sessions(url):
+    runner, other = Tab(url), Tab(url)
+    runner.predict("Tell me a story.", True, 60, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    other.predict("What is 2 + 2?", True, 8, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    job = runner.submit([], "", r"^([\w\s]+)+#", "", "", "", api_name="/run_to_breakpoint")
+    started = time.monotonic()
+    for _ in range(3):
+        other.predict(api_name="/step")
+    assert time.monotonic() - started < 30  # re would need minutes per check; the run and the steps share the model
+    assert "every request has finished" in status(job.result(timeout=120))
+
+
+def test_toasts_carry_text_not_markup(monkeypatch):
+    shown = []
+    monkeypatch.setattr(handlers.gr, "Warning", shown.append)
+    handlers.toast("the text pattern '<img src=x onerror=alert(1)>' is bad")
+    assert shown == ["the text pattern &#x27;&lt;img src=x onerror=alert(1)&gt;&#x27; is bad"]
+
+
+def test_pause_with_a_forged_key_changes_nothing(url, manager):
+    victim = Tab(url)
+    victim.predict("Write a long story about a dragon.", True, 40, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    job = victim.submit(api_name="/run")
+    deadline = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    threading.Thread(target=Client(url, verbose=False).predict, args=("forged.key",),
+                     kwargs={"api_name": "/pause"}).start()
+    assert "every request has finished" in status(job.result(timeout=120))

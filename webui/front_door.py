@@ -1,0 +1,205 @@
+"""The front door: an ASGI middleware in front of every route Gradio serves.
+
+Gradio checks a login on most of its routes but not all: on an --auth server its `/cancel`,
+`/reset` and `/heartbeat/<hash>` answered strangers (a heartbeat that disconnects makes the
+server run that browser's unload), its login page carried the app's whole API description, and
+nothing slowed a password guesser. Rather than patch route by route, this door decides before
+any route runs:
+
+- With a login required, a request without a valid login cookie reaches only what the login
+  page itself needs (OPEN_PATHS, OPEN_PREFIXES); anything else gets 401. Valid cookies are the
+  ones Gradio issued at its /login (`app.tokens`), so the door and Gradio agree on who is in.
+- The login page loses its API description (`window.gradio_api_info`) before it is sent.
+- Failed logins are counted per client address: after LOGIN_FAILURES_ALLOWED within
+  LOGIN_WINDOW_S, /login answers 429 until the window has passed.
+- The page's own scripts (plotly.js, static/app.js) are served here, under /ml-static/, so no
+  page or config shows where the server keeps its files.
+
+A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
+heartbeat) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+STATIC_PREFIX = "/ml-static/"
+LOGIN_FAILURES_ALLOWED = 5
+LOGIN_WINDOW_S = 60.0
+# What the login page loads before anyone has logged in: the page, its assets, the login form.
+OPEN_PATHS = {"/", "/login", "/login/", "/favicon.ico", "/theme.css", "/manifest.json", "/robots.txt",
+              "/gradio_api/startup-events", "/gradio_api/app_id", "/gradio_api/app_id/"}
+OPEN_PREFIXES = ("/assets/", "/static/", "/svelte/", STATIC_PREFIX)
+API_INFO_MARKER = b"<script>window.gradio_api_info = "
+CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+
+class LoginThrottle:
+    """Failed logins per client address within a sliding window."""
+
+    def __init__(self, allowed: int = LOGIN_FAILURES_ALLOWED, window_s: float = LOGIN_WINDOW_S):
+        self.allowed, self.window_s = allowed, window_s
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def wait_s(self, client: str) -> float:
+        """Seconds until `client` may try again (0: now)."""
+        with self._lock:
+            failures = self._recent(client)
+            return failures[0] + self.window_s - time.monotonic() if len(failures) >= self.allowed else 0.0
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._recent(client).append(time.monotonic())
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
+
+    def _recent(self, client: str) -> deque[float]:
+        failures = self._failures[client]
+        while failures and failures[0] < time.monotonic() - self.window_s:
+            failures.popleft()
+        if len(self._failures) > 10_000:  # addresses that stopped trying: forget the oldest
+            self._failures.pop(next(iter(self._failures)))
+        return failures
+
+
+class FrontDoor:
+    """ASGI middleware; Gradio adds it through launch(app_kwargs={"middleware": [...]})."""
+
+    def __init__(self, app: ASGIApp, static_files: dict[str, Path], throttle: LoginThrottle | None = None):
+        self.app = app
+        self.static = {name: (file.read_bytes(), file.suffix) for name, file in static_files.items()}
+        self.throttle = throttle or LoginThrottle()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(STATIC_PREFIX) and scope["type"] == "http":
+            await self._static(path[len(STATIC_PREFIX):], send)
+            return
+        gradio = scope["app"]  # Starlette puts the application in the scope before any middleware runs
+        if getattr(gradio, "auth", None) is None:  # an open server: the door only serves static files
+            await self.app(scope, receive, send)
+            return
+        if _logged_in(gradio, scope):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation: not logged in
+        elif path in ("/login", "/login/") and scope.get("method") == "POST":
+            await self._login(scope, receive, send)
+        elif path == "/" and scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, _without_api_info(send))
+        elif path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+        else:
+            await _respond(send, 401, {"detail": "Not authenticated: log in first"})
+
+    async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = _client(scope)
+        wait = self.throttle.wait_s(client)
+        if wait > 0:
+            await _respond(send, 429, {"detail": f"Too many failed logins: try again in {wait:.0f} s"},
+                           {"retry-after": str(int(wait) + 1)})
+            return
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if message["status"] == 200:
+                    self.throttle.succeeded(client)
+                elif message["status"] in (400, 401):
+                    self.throttle.failed(client)
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+    async def _static(self, name: str, send: Send) -> None:
+        if name not in self.static:
+            await _respond(send, 404, {"detail": "Not found"})
+            return
+        body, suffix = self.static[name]
+        headers = [(b"content-type", CONTENT_TYPES.get(suffix, "application/octet-stream").encode()),
+                   (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _logged_in(gradio: Any, scope: Scope) -> bool:
+    """Does the request carry a login cookie that Gradio issued? (Gradio names its cookies
+    access-token[-unsecure]-<cookie_id> and keeps the tokens it issued in app.tokens.)"""
+    cookie = SimpleCookie()
+    for name, value in scope.get("headers", []):
+        if name == b"cookie":
+            try:
+                cookie.load(value.decode("latin-1"))
+            except Exception:  # noqa: BLE001 - a malformed Cookie header is a request without a login
+                return False
+    suffix = getattr(gradio, "cookie_id", "")
+    tokens = getattr(gradio, "tokens", {})
+    return any(key in cookie and cookie[key].value in tokens
+               for key in (f"access-token-{suffix}", f"access-token-unsecure-{suffix}"))
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+def _without_api_info(send: Send) -> Send:
+    """Wrap `send` so that the page's body goes out with `window.gradio_api_info` set to null.
+    The body is collected (the page is ~50 KB) so the script can be cut out whole."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if message["type"] != "http.response.body" or start is None:
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = _strip_api_info(b"".join(chunks))
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+def _strip_api_info(body: bytes) -> bytes:
+    begin = body.find(API_INFO_MARKER)
+    if begin < 0:
+        return body
+    end = body.find(b"</script>", begin)
+    if end < 0:
+        return body[:begin]
+    return body[:begin] + API_INFO_MARKER + b"null;" + body[end:]
+
+
+async def _respond(send: Send, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(payload).encode()
+    all_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    all_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})
