@@ -17,6 +17,7 @@ from inspector.breakpoints import (
     AtStep,
     Breakpoint,
     EntropyAbove,
+    Hit,
     KVUsageAbove,
     Preemption,
     PrefixCacheHit,
@@ -32,7 +33,7 @@ from inspector.trace import NotRecorded, Trace, TraceError
 from inspector.tracefile import load, save
 
 __all__ = [
-    "AtStep", "Breakpoint", "CapturePolicy", "Cursor", "DebugSession", "EntropyAbove", "KVUsageAbove",
+    "AtStep", "Breakpoint", "CapturePolicy", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove",
     "NotRecorded", "Preemption", "PrefixCacheHit", "Recorder", "RunResult", "SampledProbBelow",
     "SequenceFinished", "TextMatches", "Trace", "TraceError", "export_chrome_trace", "load", "save",
 ]

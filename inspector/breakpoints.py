@@ -1,7 +1,8 @@
 """Breakpoints: conditions on a recorded step that stop DebugSession.run.
 
-Each is a small class with check(trace, step) -> the reason it fires at that step, or None.
-Checks read only the trace, so they work the same on a live run and on a trace loaded from a
+Each is a small class with hits(trace, step) -> the reasons it fires at that step, each naming
+the sequence it is about (none: it does not fire); check(trace, step) joins them into one
+message, or None. Checks read only the trace, so they work the same on a live run and on a trace loaded from a
 file (to find steps of interest without re-running). Most fire at every step where their
 condition holds; SequenceFinished and TextMatches fire once, at the step where it happens.
 Those that look at tokens take an optional seq_id to watch one sequence instead of all.
@@ -16,15 +17,27 @@ import re2
 
 from inspector.trace import StepRecord, TokenRecord, Trace
 
-
 MAX_PATTERN_CHARS = 200  # TextMatches: a longer pattern is refused
 MAX_PROGRAM_BYTES = 8 << 20  # TextMatches: RE2's memory for one compiled pattern
 
 
+@dataclass(frozen=True)
+class Hit:
+    """One reason a breakpoint fires: a message, and the sequence it is about (None: the
+    step as a whole, e.g. AtStep), so a debugger can show that sequence."""
+
+    reason: str
+    seq_id: int | None = None
+
+
 class Breakpoint(ABC):
     @abstractmethod
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        """Why this breakpoint fires at `step`, one Hit per sequence concerned; [] when it does not."""
+
     def check(self, trace: Trace, step: StepRecord) -> str | None:
         """The reason this breakpoint fires at `step`, or None."""
+        return "; ".join(hit.reason for hit in self.hits(trace, step)) or None
 
 
 def _watched(step: StepRecord, seq_id: int | None) -> list[TokenRecord]:
@@ -35,39 +48,36 @@ def _watched(step: StepRecord, seq_id: int | None) -> list[TokenRecord]:
 class AtStep(Breakpoint):
     index: int
 
-    def check(self, trace: Trace, step: StepRecord) -> str | None:
-        return f"reached step {self.index}" if step.index == self.index else None
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        return [Hit(f"reached step {self.index}")] if step.index == self.index else []
 
 
 @dataclass
 class SequenceFinished(Breakpoint):
     seq_id: int | None = None
 
-    def check(self, trace: Trace, step: StepRecord) -> str | None:
-        done = [t for t in _watched(step, self.seq_id) if t.finish_reason is not None]
-        return "; ".join(f"sequence {t.seq_id} finished ({t.finish_reason})" for t in done) or None
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        return [Hit(f"#{t.seq_id} finished ({t.finish_reason})", t.seq_id)
+                for t in _watched(step, self.seq_id) if t.finish_reason is not None]
 
 
 @dataclass
 class Preemption(Breakpoint):
     seq_id: int | None = None
 
-    def check(self, trace: Trace, step: StepRecord) -> str | None:
-        victims = [s for s in step.schedule.preempted if self.seq_id is None or s == self.seq_id]
-        return f"preempted sequence(s) {victims} to free KV blocks" if victims else None
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        return [Hit(f"#{s} was preempted to free KV blocks", s)
+                for s in step.schedule.preempted if self.seq_id is None or s == self.seq_id]
 
 
 @dataclass
 class PrefixCacheHit(Breakpoint):
     seq_id: int | None = None
 
-    def check(self, trace: Trace, step: StepRecord) -> str | None:
-        hits = [
-            f"sequence {s.seq_id} reused {s.num_cached_tokens} cached tokens"
-            for s in step.schedule.scheduled
-            if s.num_cached_tokens and (self.seq_id is None or s.seq_id == self.seq_id)
-        ]
-        return "; ".join(hits) or None
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        return [Hit(f"#{s.seq_id} reused {s.num_cached_tokens} cached tokens", s.seq_id)
+                for s in step.schedule.scheduled
+                if s.num_cached_tokens and (self.seq_id is None or s.seq_id == self.seq_id)]
 
 
 @dataclass
@@ -99,14 +109,15 @@ class TextMatches(Breakpoint):
             raise ValueError(f"the text pattern {self.pattern!r} is not a regular expression RE2 accepts "
                              f"(no backreferences or lookaround): {reason}") from None
 
-    def check(self, trace: Trace, step: StepRecord) -> str | None:
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        found = []
         for token in _watched(step, self.seq_id):
             text = trace.text_until(token.seq_id, step.index)
             before = text[: len(text) - len(token.text_delta)]
             match = self.regex.search(text)
             if match and not self.regex.search(before):
-                return f"sequence {token.seq_id}'s text matches {self.pattern!r}: {match.group(0)!r}"
-        return None
+                found.append(Hit(f"#{token.seq_id}'s text matches {self.pattern!r}: {match.group(0)!r}", token.seq_id))
+        return found
 
 
 @dataclass
@@ -117,13 +128,10 @@ class EntropyAbove(Breakpoint):
     threshold: float
     seq_id: int | None = None
 
-    def check(self, trace: Trace, step: StepRecord) -> str | None:
-        high = [
-            f"sequence {t.seq_id}: entropy {t.logits.entropy:.3f} nats > {self.threshold}"
-            for t in _watched(step, self.seq_id)
-            if t.logits is not None and t.logits.entropy > self.threshold
-        ]
-        return "; ".join(high) or None
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        return [Hit(f"#{t.seq_id}: entropy {t.logits.entropy:.3f} nats > {self.threshold}", t.seq_id)
+                for t in _watched(step, self.seq_id)
+                if t.logits is not None and t.logits.entropy > self.threshold]
 
 
 @dataclass
@@ -134,13 +142,11 @@ class SampledProbBelow(Breakpoint):
     threshold: float
     seq_id: int | None = None
 
-    def check(self, trace: Trace, step: StepRecord) -> str | None:
-        low = [
-            f"sequence {t.seq_id} drew token {t.token_id} with probability {t.logits.sampled_prob:.4f} < {self.threshold}"
-            for t in _watched(step, self.seq_id)
-            if t.logits is not None and t.logits.sampled_prob < self.threshold
-        ]
-        return "; ".join(low) or None
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        return [Hit(f"#{t.seq_id} drew token {t.token_id} with probability {t.logits.sampled_prob:.4f} "
+                    f"< {self.threshold}", t.seq_id)
+                for t in _watched(step, self.seq_id)
+                if t.logits is not None and t.logits.sampled_prob < self.threshold]
 
 
 @dataclass
@@ -149,6 +155,6 @@ class KVUsageAbove(Breakpoint):
 
     percent: float
 
-    def check(self, trace: Trace, step: StepRecord) -> str | None:
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         used = 100.0 * step.kv.usage
-        return f"KV cache {used:.1f}% in use > {self.percent}%" if used > self.percent else None
+        return [Hit(f"KV cache {used:.1f}% in use > {self.percent}%")] if used > self.percent else []

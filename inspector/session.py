@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from inspector.breakpoints import Breakpoint
+from inspector.breakpoints import Breakpoint, Hit
 from inspector.cursor import Cursor
 from inspector.recorder import CapturePolicy, Recorder
 from inspector.trace import StepRecord, Trace
@@ -30,6 +30,7 @@ class RunResult:
     breakpoint: Breakpoint | None  # the one that stopped the run, if any
     reason: str | None  # what it said
     finished: bool  # no request left to run
+    seq_ids: tuple[int, ...] = ()  # the sequences its hits name (a debugger shows the first)
 
 
 class DebugSession:
@@ -78,17 +79,20 @@ class DebugSession:
         request is left, or max_steps steps have run; the cursor moves to the last step."""
         breakpoints = list(until)
         steps = 0
-        stop: tuple[Breakpoint, str] | None = None
+        stop: tuple[Breakpoint, list[Hit]] | None = None
         while (max_steps is None or steps < max_steps) and stop is None and self._advance():
             steps += 1
             if breakpoints:  # they read the step's record: complete it now (self.trace does)
                 record = self.trace.steps[-1]
-                stop = next(((bp, reason) for bp in breakpoints if (reason := bp.check(self.trace, record))), None)
+                stop = next(((bp, hits) for bp in breakpoints if (hits := bp.hits(self.trace, record))), None)
         if steps:
             self.recorder.flush()
             self.cursor.seek(-1)
-        fired, reason = stop if stop is not None else (None, None)
-        return RunResult(steps, fired, reason, not self.engine.has_unfinished())
+        if stop is None:
+            return RunResult(steps, None, None, not self.engine.has_unfinished())
+        fired, hits = stop
+        seq_ids = tuple(dict.fromkeys(h.seq_id for h in hits if h.seq_id is not None))
+        return RunResult(steps, fired, "; ".join(h.reason for h in hits), not self.engine.has_unfinished(), seq_ids)
 
     def _advance(self) -> bool:
         """One engine iteration; False when nothing ran (no request left, or none could be

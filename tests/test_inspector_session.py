@@ -110,7 +110,7 @@ def test_run_stops_at_the_first_breakpoint_and_says_which():
     result = session.run(max_steps=2)
     assert result.steps == 2 and result.breakpoint is None and not result.finished
     result = session.run(until=[SequenceFinished(ids[0])])
-    assert result.reason == f"sequence {ids[0]} finished (length)"
+    assert result.reason == f"#{ids[0]} finished (length)"
     result = session.run()
     assert result.finished and session.step() is None
     assert session.trace.events[0].kind == "add" and session.trace.steps[0].engine_step > 0

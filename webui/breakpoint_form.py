@@ -65,3 +65,21 @@ def _optional_number(text: str | None, name: str) -> float | None:
         return float(text)
     except ValueError:
         raise ValueError(f"'{name}' must be a number, got {text!r}") from None
+
+
+def describe(breakpoint: Breakpoint) -> str:
+    """A breakpoint in the form's words: what the armed list under the form shows."""
+    events = {kind: label for label, kind in EVENT_BREAKPOINTS.items()}
+    if type(breakpoint) in events:
+        return events[type(breakpoint)]
+    if isinstance(breakpoint, AtStep):
+        return f"step {breakpoint.index} is reached"
+    if isinstance(breakpoint, TextMatches):
+        return f"the text matches /{breakpoint.pattern}/"
+    if isinstance(breakpoint, EntropyAbove):
+        return f"entropy is above {breakpoint.threshold:g} nats"
+    if isinstance(breakpoint, SampledProbBelow):
+        return f"a sampled token's probability is below {breakpoint.threshold:g}"
+    if isinstance(breakpoint, KVUsageAbove):
+        return f"KV usage is above {breakpoint.percent:g}%"
+    return type(breakpoint).__name__
