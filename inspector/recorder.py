@@ -65,9 +65,10 @@ class CapturePolicy:
     """What the recorder keeps beyond the always-recorded scheduler, tokens and KV snapshots."""
 
     attention: bool = True  # record Q/K of the traced sequences
-    # Sequence ids to trace; None: the requests at these places in arrival order (the first two).
+    # Sequence ids to trace; None: the requests at these places in arrival order (the first two;
+    # None: every request, as long as the memory budget lasts).
     attention_seqs: tuple[int, ...] | None = None
-    attention_requests: tuple[int, ...] = (0, 1)
+    attention_requests: tuple[int, ...] | None = (0, 1)
     layers: tuple[int, ...] | None = None  # layers to capture; None: all
     top_k: int = 10  # most likely tokens kept per sampled token
     logit_lens: bool = False  # each layer's top-5 guess for the traced sequences (their steps go eager)
@@ -154,7 +155,7 @@ class Recorder(Observer):
         if policy.attention_seqs is not None:
             traced = seq.seq_id in policy.attention_seqs
         else:
-            traced = self._num_requests in policy.attention_requests
+            traced = policy.attention_requests is None or self._num_requests in policy.attention_requests
         traced = traced and (policy.attention or policy.logit_lens)
         if traced:
             self.traced.add(seq.seq_id)

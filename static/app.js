@@ -1,6 +1,7 @@
-// mini-llama inspector: the plots, keyboard shortcuts and the token hover card.
-// Loaded once in the page's <head>; Gradio renders the page later, so everything here is
-// delegated from `document` and looks elements up when it needs them.
+// mini-llama inspector: the plots, keyboard shortcuts, the token hover card, downloads.
+// Gradio inserts this script into the page after the document has loaded and renders the
+// page later still, so everything here is delegated from `document` and looks elements up
+// when it needs them.
 (() => {
   // The Gradio button with this elem_id (the id sits on the <button> or on its wrapper).
   const button = (id) => {
@@ -12,36 +13,47 @@
     const b = button(id);
     if (b && !b.disabled) b.click();
   };
-  const isRunning = () => document.querySelector("#ml-status-inner")?.dataset.running === "1";
+  const statusElement = () => document.querySelector("#ml-status-inner");
+  const isRunning = () => statusElement()?.dataset.running === "1";
   const typingIn = (el) =>
     el && (el.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(el.tagName));
 
-  // Left / right move the cursor one step; space runs, or pauses a run.
-  document.addEventListener("keydown", (event) => {
-    if (event.altKey || event.ctrlKey || event.metaKey || typingIn(document.activeElement)) return;
-    if (event.key === "ArrowLeft") press("ml-prev");
-    else if (event.key === "ArrowRight") press("ml-next");
-    else if (event.key === " ") press(isRunning() ? "ml-pause" : "ml-run");
-    else return;
-    event.preventDefault();
-  });
-
-  // The plots. Every handler returns all the figures as JSON in the carrier #ml-figures;
-  // each is drawn with Plotly.react into its div #ml-plot-<name>, which stays on the page, so
-  // an update only redraws what changed (webui/render.py says why not gr.Plot).
-  let drawn = null; // the payload last drawn
+  // -- the plots ------------------------------------------------------------------------------
+  // Every handler returns all the figures as JSON in the carrier #ml-figures; each is drawn
+  // with Plotly.react into its div #ml-plot-<name>, which stays on the page, so an update only
+  // redraws what changed (webui/render.py says why not gr.Plot). To keep the page responsive
+  // on a busy machine, drawing is paced by the browser itself:
+  // - one figure per animation frame (no long task of several plots), the newest payload only
+  //   (updates that arrive while drawing replace the ones not yet drawn);
+  // - only plots on screen: a plot in a hidden tab waits until its tab is shown;
+  // - once an update is drawn, the page tells the server (POST ml-api/drawn), which sends a
+  //   running engine's next update only then.
+  let payload = null; // the carrier's text last parsed
+  let figures = {}; // name -> figure, from that payload
+  const pending = new Set(); // names whose figure changed since they were last drawn
   const last = {}; // name -> {data: its JSON, layout: key -> JSON} as last drawn
+  let frameRequested = false;
   const PLOT_CONFIG = { responsive: true, displaylogo: false };
+  const TIMELINE_CONFIG = { ...PLOT_CONFIG, scrollZoom: true }; // zoom with the wheel, drag to pan
+  const TIMELINE_HEIGHT = 190; // px
   // Layout keys a cursor move changes in figures whose data stays (the timeline's cursor
   // column, the history's cursor and dots): Plotly.relayout redraws just those, about 2 ms,
   // where Plotly.react redraws the whole figure, about 11 ms even with the same data.
   const LIGHT_KEYS = new Set(["shapes", "title", "annotations"]);
+  const onScreen = (div) => div.offsetParent !== null && div.clientWidth > 0;
+
   const drawFigure = (div, name, figure) => {
+    if (name === "timeline") {
+      // Keep the user's zoom and pan across updates (uirevision), drag to pan, and keep it low:
+      // it shares the screen with the text and the tabs.
+      const height = Math.min(figure.layout.height || TIMELINE_HEIGHT, TIMELINE_HEIGHT);
+      figure.layout = { ...figure.layout, dragmode: "pan", uirevision: "timeline", height };
+    }
     const data = JSON.stringify(figure.data);
     const layout = Object.fromEntries(Object.entries(figure.layout).map(([k, v]) => [k, JSON.stringify(v)]));
     const before = last[name];
     last[name] = { data, layout };
-    if (before && before.data === data) {
+    if (before && before.data === data && div.data) {
       const keys = new Set([...Object.keys(layout), ...Object.keys(before.layout)]);
       const changed = [...keys].filter((k) => layout[k] !== before.layout[k]);
       if (changed.every((k) => LIGHT_KEYS.has(k))) {
@@ -49,18 +61,52 @@
         return;
       }
     }
-    window.Plotly.react(div, figure.data, figure.layout, PLOT_CONFIG);
+    window.Plotly.react(div, figure.data, figure.layout, name === "timeline" ? TIMELINE_CONFIG : PLOT_CONFIG);
   };
-  const drawFigures = () => {
+
+  let acknowledged = 0;
+  const acknowledge = () => {
+    const update = Number(statusElement()?.dataset.update || 0);
+    const key = document.querySelector("#ml-tab-key textarea, #ml-tab-key input")?.value;
+    if (!key || update <= acknowledged) return;
+    acknowledged = update;
+    fetch("ml-api/drawn", {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ key, update }),
+    }).catch(() => {});
+  };
+
+  const drawNext = () => {
+    frameRequested = false;
+    if (!window.Plotly) { // plotly.js is still loading: try again next frame
+      requestDraw();
+      return;
+    }
+    for (const name of pending) {
+      const div = document.getElementById(`ml-plot-${name}`);
+      if (!div || !onScreen(div)) continue; // stays pending until shown
+      pending.delete(name);
+      drawFigure(div, name, figures[name]);
+      requestDraw(); // the next one in the next frame
+      return;
+    }
+    acknowledge(); // everything on screen shows the newest update
+  };
+  const requestDraw = () => {
+    if (frameRequested) return;
+    frameRequested = true;
+    requestAnimationFrame(drawNext);
+  };
+  const takePayload = () => {
     const carrier = document.querySelector("#ml-figures .ml-figure-data");
     // Gradio may keep the element and change only its attribute: compare the payload itself.
-    if (!carrier || carrier.dataset.figures === drawn || !window.Plotly) return;
-    drawn = carrier.dataset.figures;
-    for (const [name, figure] of Object.entries(JSON.parse(drawn))) {
-      const div = document.getElementById(`ml-plot-${name}`);
-      if (div) drawFigure(div, name, figure);
-    }
+    if (!carrier || carrier.dataset.figures === payload) return false;
+    payload = carrier.dataset.figures;
+    figures = JSON.parse(payload);
+    for (const name of Object.keys(figures)) pending.add(name);
+    return true;
   };
+
+  // -- downloads ----------------------------------------------------------------------------
   // Save trace: the server writes the file and puts it in the hidden #ml-saved; a new link
   // there is downloaded at once, so one click on Save gives the trace as it is at that moment.
   let downloaded = null;
@@ -70,30 +116,89 @@
     downloaded = link.href;
     link.click();
   };
+
   new MutationObserver(() => {
-    drawFigures();
+    if (takePayload() || pending.size) requestDraw();
+    else if (Number(statusElement()?.dataset.update || 0) > acknowledged) requestDraw(); // text-only updates
     downloadSaved();
   }).observe(document.documentElement, {
-    childList: true, subtree: true, attributes: true, attributeFilter: ["data-figures", "href"],
+    childList: true, subtree: true, attributes: true, attributeFilter: ["data-figures", "data-update", "href"],
+  });
+  // A tab shown: its plots draw now (left pending while hidden; Gradio may also mount a tab's
+  // content afresh, with empty plot divs).
+  document.addEventListener("click", (event) => {
+    if (!event.target.closest?.("[role=tab]")) return;
+    for (const name of Object.keys(figures)) pending.add(name);
+    setTimeout(requestDraw, 0);
+  });
+
+  // -- keyboard -------------------------------------------------------------------------------
+  const SHORTCUTS = [
+    ["← / →", "previous / next step"],
+    ["Home / End", "first / last step"],
+    ["space", "Run, or Pause a run"],
+    ["s", "one Step"],
+    ["b", "Run to breakpoint"],
+    ["1 – 4", "KV cache / Attention / Next token / Logit lens tab"],
+    ["?", "this help (Esc closes it)"],
+  ];
+  const help = document.createElement("div");
+  help.id = "ml-help";
+  help.hidden = true;
+  help.setAttribute("role", "dialog");
+  help.setAttribute("aria-label", "Keyboard shortcuts");
+  help.innerHTML = "<div class='ml-help-card'><b>Keyboard shortcuts</b><table></table><p>Click a generated token to " +
+    "jump to the step that sampled it. Wheel over the timeline zooms, dragging pans; double-click resets.</p></div>";
+  for (const [keys, what] of SHORTCUTS) {
+    const row = help.querySelector("table").insertRow();
+    row.insertCell().textContent = keys;
+    row.insertCell().textContent = what;
+  }
+  help.addEventListener("click", () => { help.hidden = true; });
+  const seekTo = (value) => {
+    const range = document.querySelector("#ml-slider input[type=range]");
+    if (!range || range.disabled || range.value === String(value)) return;
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(range, String(value));
+    range.dispatchEvent(new Event("input", { bubbles: true }));
+  };
+  const showTab = (n) => {
+    const tabs = document.querySelectorAll("#ml-tabs [role=tab]");
+    if (tabs[n]) tabs[n].click();
+  };
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !help.hidden) {
+      help.hidden = true;
+      return;
+    }
+    if (event.altKey || event.ctrlKey || event.metaKey || typingIn(document.activeElement)) return;
+    const range = document.querySelector("#ml-slider input[type=range]");
+    if (event.key === "ArrowLeft") press("ml-prev");
+    else if (event.key === "ArrowRight") press("ml-next");
+    else if (event.key === "Home" && range) seekTo(range.min);
+    else if (event.key === "End" && range) seekTo(range.max);
+    else if (event.key === " ") press(isRunning() ? "ml-pause" : "ml-run");
+    else if (event.key === "s") press("ml-step");
+    else if (event.key === "b") press("ml-run-bp");
+    else if (["1", "2", "3", "4"].includes(event.key)) showTab(Number(event.key) - 1);
+    else if (event.key === "?") help.hidden = !help.hidden;
+    else return;
+    event.preventDefault();
   });
 
   // Clicking an output token moves the cursor to the step that sampled it: the slider moves
   // as if dragged there (its input event is what the server listens to).
   document.addEventListener("click", (event) => {
     const chip = event.target.closest?.(".tok[data-step]");
-    const range = document.querySelector("#ml-slider input[type=range]");
-    if (!chip || !range || range.disabled || range.value === chip.dataset.step) return;
-    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(range, chip.dataset.step);
-    range.dispatchEvent(new Event("input", { bubbles: true }));
+    if (chip) seekTo(chip.dataset.step);
   });
 
   // Hovering an output token shows how likely it was: probability, rank and entropy.
   const card = document.createElement("div");
   card.id = "ml-token-card";
   card.hidden = true;
-  // Gradio inserts this script after the document has loaded (DOMContentLoaded has fired).
-  if (document.body) document.body.appendChild(card);
-  else document.addEventListener("DOMContentLoaded", () => document.body.appendChild(card));
+  const mount = () => document.body.append(card, help);
+  if (document.body) mount();
+  else document.addEventListener("DOMContentLoaded", mount);
   document.addEventListener("mouseover", (event) => {
     const chip = event.target.closest?.(".tok[data-prob]");
     if (!chip) {

@@ -12,8 +12,10 @@ any route runs:
 - The login page loses its API description (`window.gradio_api_info`) before it is sent.
 - Failed logins are counted per client address: after LOGIN_FAILURES_ALLOWED within
   LOGIN_WINDOW_S, /login answers 429 until the window has passed.
-- The page's own scripts (plotly.js, static/app.js) are served here, under /ml-static/, so no
-  page or config shows where the server keeps its files.
+- The page's own scripts (plotly.js) are served here, under /ml-static/, so no page or config
+  shows where the server keeps its files.
+- POST /ml-api/drawn {"key": tab key, "update": n}: the page says it has drawn update n, which
+  paces a Run's live updates (webui/handlers.py). Behind the login like everything else.
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
 heartbeat) pass through untouched.
@@ -37,6 +39,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATIC_PREFIX = "/ml-static/"
+DRAWN_PATH = "/ml-api/drawn"
+MAX_DRAWN_BODY = 1024  # bytes: a key and a number
 LOGIN_FAILURES_ALLOWED = 5
 LOGIN_WINDOW_S = 60.0
 # What the login page loads before anyone has logged in: the page, its assets, the login form.
@@ -81,9 +85,11 @@ class LoginThrottle:
 class FrontDoor:
     """ASGI middleware; Gradio adds it through launch(app_kwargs={"middleware": [...]})."""
 
-    def __init__(self, app: ASGIApp, static_files: dict[str, Path], throttle: LoginThrottle | None = None):
+    def __init__(self, app: ASGIApp, static_files: dict[str, Path], on_drawn: Callable[[object, object], None],
+                 throttle: LoginThrottle | None = None):
         self.app = app
         self.static = {name: (file.read_bytes(), file.suffix) for name, file in static_files.items()}
+        self.on_drawn = on_drawn
         self.throttle = throttle or LoginThrottle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,11 +101,11 @@ class FrontDoor:
             await self._static(path[len(STATIC_PREFIX):], send)
             return
         gradio = scope["app"]  # Starlette puts the application in the scope before any middleware runs
-        if getattr(gradio, "auth", None) is None:  # an open server: the door only serves static files
-            await self.app(scope, receive, send)
-            return
-        if _logged_in(gradio, scope):
-            await self.app(scope, receive, send)
+        if getattr(gradio, "auth", None) is None or _logged_in(gradio, scope):
+            if path == DRAWN_PATH and scope.get("method") == "POST":
+                await self._drawn(receive, send)
+            else:
+                await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation: not logged in
         elif path in ("/login", "/login/") and scope.get("method") == "POST":
@@ -128,6 +134,26 @@ class FrontDoor:
             await send(message)
 
         await self.app(scope, receive, watch)
+
+    async def _drawn(self, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_DRAWN_BODY:
+                await _respond(send, 413, {"detail": "too large"})
+                return
+            if not message.get("more_body"):
+                break
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        if not isinstance(payload, dict):
+            await _respond(send, 400, {"detail": "expected {key, update}"})
+            return
+        self.on_drawn(payload.get("key"), payload.get("update"))
+        await _respond(send, 200, {})
 
     async def _static(self, name: str, send: Send) -> None:
         if name not in self.static:

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,19 @@ from inspector import Breakpoint, TraceError, load, save
 from inspector.views import Selection
 from minillama.errors import InvalidRequestError
 from minillama.sampling_params import SamplingParams
-from webui.breakpoint_form import breakpoints_from_form
-from webui.render import render
+from webui.breakpoint_form import breakpoints_from_form, describe
+from webui.render import AUTO, render
 from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager, UISession
 
 log = logging.getLogger("minillama.webui")
 EXPECTED = (InvalidRequestError, LimitReached, SessionEnded, TraceError, ValueError)
-RUN_REFRESH_S = 0.2  # while running, panels refresh at most this often (every step when steps are slower)
+# While running, the panels are refreshed as fast as the browser draws them, and no faster: the
+# page acknowledges each update once drawn (static/app.js -> front door -> SessionManager.drawn),
+# and the run loop sends the next one only then, so a busy browser never has a backlog of
+# updates to draw, and Pause is answered within one engine step and one frame. Steps run on
+# in between; an update shows the latest.
+RUN_MIN_REFRESH_S = 0.1  # at most this often, even with a fast browser
+RUN_MAX_WAIT_S = 2.0  # a client that never acknowledges (an API script) still gets this many
 
 
 def toast(message: str) -> None:
@@ -112,12 +119,12 @@ class Handlers:
     @_reported
     def add_prompts(self, session: UISession, text: str, chat: bool, max_tokens: float | None,
                     temperature: float | None, top_p: float | None, top_k: float | None,
-                    seed: float | None) -> list[Any]:
+                    seed: str | float | None) -> list[Any]:
         prompts = [line.strip() for line in (text or "").splitlines() if line.strip()]
         params = SamplingParams(
             max_tokens=_whole(max_tokens, "max tokens"), temperature=_number(temperature, "temperature"),
             top_p=_number(top_p, "top-p"), top_k=_whole(top_k, "top-k", minimum=0),
-            seed=None if seed is None else _whole(seed, "seed", minimum=0),
+            seed=None if _blank(seed) else _whole(seed, "seed", minimum=0),
         )
         with session.lock:
             ids = self.manager.add_prompts(session, prompts, params, chat)
@@ -169,13 +176,18 @@ class Handlers:
                         message = _idle_message(session)
                         break
                     record = session.trace.steps[-1]
-                    fired = next(((bp, r) for bp in breakpoints or [] if (r := bp.check(session.trace, record))), None)
-                if fired is not None:
-                    message = f"breakpoint at step {record.index}: {fired[1]}"
+                    fired = next((hits for bp in breakpoints or [] if (hits := bp.hits(session.trace, record))), None)
+                if fired:
+                    message = f"breakpoint at step {record.index}: {'; '.join(h.reason for h in fired)}"
+                    named = [h.seq_id for h in fired if h.seq_id is not None]
+                    if named:  # show what the breakpoint is about
+                        session.selection = replace(session.selection, seq_id=named[0])
                     break
-                if time.monotonic() - last_yield >= RUN_REFRESH_S:
+                waited = time.monotonic() - last_yield
+                drawn = session.updates_drawn >= session.updates_sent
+                if waited >= RUN_MIN_REFRESH_S and (drawn or waited >= RUN_MAX_WAIT_S):
                     last_yield = time.monotonic()
-                    yield render(session, "running…")
+                    yield render(session, "running…", cursor_only=True)
         except EXPECTED as caught:
             message, error = str(caught), True
         except Exception as caught:  # noqa: BLE001 - see _reported
@@ -192,15 +204,15 @@ class Handlers:
 
     @_reported
     def reset(self, session: UISession, kv_blocks: float | None, block_size: str | int, max_num_seqs: float | None,
-              max_batched_tokens: float | None, prefix_caching: bool, attention: bool, traced: float | None,
+              max_batched_tokens: float | None, prefix_caching: bool, attention: bool, traced: str | float | None,
               top_k: float | None, logit_lens: bool) -> list[Any]:
         settings = EngineSettings(
             num_kv_blocks=_whole(kv_blocks, "KV blocks"), block_size=_whole(block_size, "block size"),
             max_num_seqs=_whole(max_num_seqs, "max batch size"),
             max_num_batched_tokens=_whole(max_batched_tokens, "max batched tokens"), prefix_caching=bool(prefix_caching),
         )
-        capture = CaptureSettings(bool(attention), _whole(traced, "traced requests", minimum=0), _whole(top_k, "top-k"),
-                                  bool(logit_lens))
+        traced_requests = None if _blank(traced) else _whole(traced, "traced requests", minimum=0)
+        capture = CaptureSettings(bool(attention), traced_requests, _whole(top_k, "top-k"), bool(logit_lens))
         with session.lock:
             self.manager.reset(session, settings, capture)
         return render(session, f"new engine: {settings.num_kv_blocks} KV blocks of {settings.block_size} tokens, "
@@ -228,13 +240,29 @@ class Handlers:
         return render(session, cursor_only=True)
 
     @_reported
-    def select(self, session: UISession, seq_id: int | None, layer: float | None, head: str | None,
+    def select(self, session: UISession, seq_id: str | int | None, layer: float | None, head: str | None,
                full_matrix: bool) -> list[Any]:
+        """The sequence ("auto": whichever the step under the cursor is about), layer and head
+        the attention, logits and lens panels show. Values arrive from the client: checked."""
         session.selection = Selection(
-            seq_id=None if seq_id is None else int(seq_id), layer=int(layer or 0),
-            head=None if head in (None, "all") else int(head), full_matrix=bool(full_matrix),
+            seq_id=None if seq_id in (None, "", AUTO) else _whole(seq_id, "sequence", minimum=0),
+            layer=_whole(layer or 0, "layer", minimum=0),
+            head=None if head in (None, "", "all") else _whole(head, "head", minimum=0), full_matrix=bool(full_matrix),
         )
         return render(session)
+
+    def armed(self, events: list[str] | None, at_step: str, pattern: str, entropy_above: str, prob_below: str,
+              kv_percent_above: str) -> str:
+        """The breakpoints the form arms now, as a list under it (or what is wrong with a field)."""
+        try:
+            breakpoints = breakpoints_from_form(events or [], at_step, pattern, entropy_above, prob_below,
+                                                kv_percent_above)
+        except ValueError as error:
+            return f"<div class='ml-armed ml-error'>{html.escape(str(error))}</div>"
+        if not breakpoints:
+            return "<div class='ml-armed ml-empty'>none armed</div>"
+        items = "".join(f"<li>{html.escape(describe(bp))}</li>" for bp in breakpoints)
+        return f"<div class='ml-armed'>armed for Run to breakpoint:<ul>{items}</ul></div>"
 
     # -- trace files ------------------------------------------------------------------------------
 
@@ -286,22 +314,37 @@ _save_lock = threading.Lock()
 
 
 def _idle_message(session: UISession) -> str:
-    if not session.live:
-        return "this is a trace from a file: move the slider to look around, or Reset to use the engine"
-    return "every request has finished: add prompts to continue" if session.trace.sequences else "add prompts first"
+    if session.opened is not None:
+        return "this is a trace from a file: move the slider to look around" + (
+            "" if session.shares_startup_trace else ", or Reset to use the engine")
+    if session.debug is None or not session.trace.sequences:
+        return "add prompts first: write them on the left and press Add prompts"
+    return "every request has finished: add prompts to continue"
 
 
-def _number(value: float | None, name: str) -> float:
-    if value is None or not math.isfinite(value):
-        raise ValueError(f"{name} needs a number")
-    return float(value)
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _whole(value: float | str | None, name: str, minimum: int = 1) -> int:
+def _number(value: float | str | None, name: str) -> float:
+    if _blank(value):
+        raise ValueError(f"{name} is empty: give a number")
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"{name} needs a whole number, got {value!r}") from None
+        raise ValueError(f"{name} needs a number, got {str(value)[:40]!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} needs a finite number, got {value}")
+    return number
+
+
+def _whole(value: float | str | None, name: str, minimum: int = 1) -> int:
+    if _blank(value):
+        raise ValueError(f"{name} is empty: give a whole number >= {minimum}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} needs a whole number, got {str(value)[:40]!r}") from None
     if not math.isfinite(number) or number != int(number) or number < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value}")
     return int(number)

@@ -27,29 +27,44 @@ from webui.sessions import UISession
 
 OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "seq", "layer", "head")
 FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history", "lens")  # the keys of the figures' JSON
+AUTO = "auto"  # the sequence picker's value for "whichever sequence the step is about"
 
 
-def resolved_selection(trace: Trace | None, selection: Selection) -> Selection:
-    """The selection with its sequence filled in (the first traced sequence, else the first)
-    and its layer and head kept within the model."""
+def resolved_selection(trace: Trace | None, selection: Selection, index: int = -1) -> Selection:
+    """The selection with its sequence filled in and its layer and head kept within the model.
+    No sequence picked (auto) follows the cursor: a traced sequence that sampled at step
+    `index`, else one the step computed, else the first traced sequence, else the first."""
     if trace is None:
         return selection
     seq_id = selection.seq_id
     if seq_id not in trace.sequences:
-        traced = [s for s, record in sorted(trace.sequences.items()) if record.traced]
-        seq_id = traced[0] if traced else min(trace.sequences, default=None)
+        seq_id = _sequence_of_step(trace, index)
     layer = min(max(selection.layer, 0), trace.model.num_layers - 1)
     head = selection.head if selection.head is None or selection.head < trace.model.num_heads else 0
     return Selection(seq_id, layer, head, selection.full_matrix)
 
 
+def _sequence_of_step(trace: Trace, index: int) -> int | None:
+    traced = [s for s, record in sorted(trace.sequences.items()) if record.traced]
+    if 0 <= index < len(trace.steps):
+        scheduled = trace.steps[index].schedule.scheduled
+        for wanted in ([x.seq_id for x in scheduled if x.samples and x.seq_id in traced],
+                       [x.seq_id for x in scheduled if x.seq_id in traced], [x.seq_id for x in scheduled]):
+            if wanted:
+                return wanted[0]
+    return traced[0] if traced else min(trace.sequences, default=None)
+
+
 def status_html(session: UISession | None, message: str = "", error: bool = False) -> str:
-    """The banner above the debugger bar: what the session shows, and the last message."""
+    """The banner under the debugger bar: what the session shows, and the last message.
+    data-update numbers the render, for the page to acknowledge once drawn (handlers.py)."""
     parts = []
     if session is not None:
         trace = session.trace
-        if session.opened is not None:
-            source = f"trace file <b>{html.escape(session.opened_name)}</b> (read-only; Reset returns to the engine)"
+        if session.shares_startup_trace:
+            source = f"trace file <b>{html.escape(session.opened_name)}</b> (read-only: this server runs no model)"
+        elif session.opened is not None:
+            source = f"trace file <b>{html.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
         elif trace is not None:
             source = f"live engine · {len(trace.sequences)} request(s)"
         else:
@@ -60,7 +75,9 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
         kind = "ml-error" if error else "ml-info"
         parts.append(f"<span class='{kind}' role='{'alert' if error else 'status'}'>{html.escape(message)}</span>")
     running = "1" if session is not None and session.running else "0"
-    return f"<div id='ml-status-inner' data-running='{running}'>{' '.join(parts)}</div>"
+    update = session.updates_sent if session is not None else 0
+    return (f"<div id='ml-status-inner' data-running='{running}' data-update='{update}'>"
+            f"{' '.join(parts)}</div>")
 
 
 def figures_html(figures: dict[str, go.Figure]) -> str:
@@ -75,6 +92,8 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
     selection controls (sequence, layer, head) keep their choices and are not sent again."""
     trace = session.trace if session is not None else None
     index = session.index if session is not None else -1
+    if session is not None:
+        session.updates_sent += 1
     if trace is None:
         placeholder = views.empty_figure("No step yet: add prompts and press Step")
         note = "<p class='ml-empty'>No step yet: add prompts and press Step.</p>"
@@ -84,14 +103,15 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
             note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note,
             gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(),
         ]
-    selection = resolved_selection(trace, session.selection)
-    session.selection = selection
+    selection = resolved_selection(trace, session.selection, index)
     count = len(trace.steps)
     slider = gr.Slider(
         minimum=0, maximum=max(count - 1, 1), value=max(index, 0), step=1, interactive=count > 1,
-        label=f"Step {index} of {count - 1}" if count else "Step: none recorded",
+        label=f"Step {index} · steps 0–{count - 1} recorded" if count else "Step: none recorded",
     )
-    sequences = [(f"#{s}{' · attention' if r.traced else ''}", s) for s, r in sorted(trace.sequences.items())]
+    sequences = [("auto (follows the step)", AUTO)]
+    sequences += [(f"#{s}{' · attention' if r.traced else ''}", str(s)) for s, r in sorted(trace.sequences.items())]
+    picked = AUTO if session.selection.seq_id not in trace.sequences else str(session.selection.seq_id)
     heads = [("all heads", "all")] + [(f"head {h}", str(h)) for h in range(trace.model.num_heads)]
     figures = {
         "timeline": views.timeline_figure(trace, index),
@@ -109,7 +129,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         views.block_tables_html(trace, index),
         views.step_details_html(trace, index),
     ] + ([gr.skip()] * 3 if cursor_only else [
-        gr.Dropdown(choices=sequences, value=selection.seq_id),
+        gr.Dropdown(choices=sequences, value=picked),
         gr.Slider(minimum=0, maximum=trace.model.num_layers - 1, value=selection.layer, step=1),
         gr.Dropdown(choices=heads, value="all" if selection.head is None else str(selection.head)),
     ])

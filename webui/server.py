@@ -22,7 +22,7 @@ def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
     """Build the page and serve it; with block=False return once the server is up (tests)."""
     # plotly.js comes from the front door (no server path in the page); app.js is inline.
     head = f"<script src='{STATIC_PREFIX.lstrip('/')}plotly.min.js'></script><script>{(STATIC / 'app.js').read_text()}</script>"
-    door = Middleware(FrontDoor, static_files={"plotly.min.js": PLOTLY_JS})
+    door = Middleware(FrontDoor, static_files={"plotly.min.js": PLOTLY_JS}, on_drawn=manager.drawn)
     app = build_app(manager)
     # A queue slot per session: one user's long Run never waits behind another's.
     app.queue(default_concurrency_limit=manager.limits.max_sessions)

@@ -59,7 +59,7 @@ class EngineSettings:
 @dataclass(frozen=True)
 class CaptureSettings:
     attention: bool = True
-    traced_requests: int = 2  # trace the attention (and logit lens) of the first n requests
+    traced_requests: int | None = None  # trace the attention (and logit lens) of the first n requests; None: all
     top_k: int = 10
     logit_lens: bool = False
 
@@ -84,6 +84,10 @@ class UISession:
     notice: str = ""  # said once, on the next call (e.g. that its slot was reclaimed)
     shares_startup_trace: bool = False  # shows the server's --trace file
     last_download: Path | None = None  # the trace file it saved last (deleted when it saves again)
+    # Live updates: how many renders were sent, and the latest the page says it has drawn
+    # (webui/handlers.py paces a run by them).
+    updates_sent: int = 0
+    updates_drawn: int = 0
     # One handler at a time changes the session (add, step, reset); reads need no lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -155,6 +159,14 @@ class SessionManager:
         if reclaimed:
             session.notice = reclaimed
         return session
+
+    def drawn(self, key: object, update: object) -> None:
+        """The page of tab `key` has drawn update number `update` (static/app.js says so)."""
+        if not self.keys.is_valid(key) or not isinstance(update, int) or isinstance(update, bool):
+            return
+        session = self.sessions.get(key)  # type: ignore[arg-type]
+        if session is not None:
+            session.updates_drawn = min(max(session.updates_drawn, update), session.updates_sent)
 
     def tab_closed(self, browser: str) -> None:
         """The tab with Gradio session hash `browser` closed: its slot is the first to reclaim.
@@ -239,7 +251,8 @@ class SessionManager:
         self.claim_slot(session)
         engine = LLMEngine.sharing_weights(self.base, config)  # validates the rest (block size, ...)
         policy = CapturePolicy(
-            attention=capture.attention, attention_requests=tuple(range(capture.traced_requests)),
+            attention=capture.attention,
+            attention_requests=None if capture.traced_requests is None else tuple(range(capture.traced_requests)),
             top_k=capture.top_k, logit_lens=capture.logit_lens, memory_budget=int(self.limits.trace_budget_mb * 2**20),
         )
         session.pause_requested = True  # a run in progress stops at its next step
