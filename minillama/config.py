@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from minillama.errors import ModelLoadError
+from minillama.errors import ConfigError, ModelLoadError
+from minillama.model.attention import BACKEND_NAMES
+from minillama.values import as_int, as_number, is_int
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -50,7 +53,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
-        """Build from config.json's dict; raise ModelLoadError for what this engine cannot run."""
+        """Build from config.json's dict; raise ModelLoadError, naming the field and its value,
+        for anything this engine cannot run. Every size is checked here, before a tensor is
+        made: a negative or boolean size would otherwise surface as a torch error deep inside
+        the model's construction ("negative dimension -1280")."""
         archs = raw.get("architectures") or ["LlamaForCausalLM"]
         if raw.get("model_type", "llama") != "llama" or "LlamaForCausalLM" not in archs:
             raise ModelLoadError(
@@ -62,33 +68,32 @@ class ModelConfig:
                 raise ModelLoadError(f"config.json sets {flag}=true, which Llama-3 models never do")
         if raw.get("hidden_act", "silu") != "silu":
             raise ModelLoadError(f"unsupported hidden_act {raw.get('hidden_act')!r} (expected silu)")
-        try:
-            heads = int(raw["num_attention_heads"])
-            hidden = int(raw["hidden_size"])
-            rope = _rope_settings(raw)
-            eos = raw.get("eos_token_id")
-            config = cls(
-                vocab_size=int(raw["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(raw["intermediate_size"]),
-                num_hidden_layers=int(raw["num_hidden_layers"]),
-                num_attention_heads=heads,
-                num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
-                head_dim=int(raw.get("head_dim") or hidden // heads),
-                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-                rope_theta=rope[0],
-                rope_scaling=rope[1],
-                max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
-                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-                bos_token_id=raw.get("bos_token_id"),
-                eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
-                torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+        field = FieldReader(raw, "config.json")
+        hidden, heads = field.size("hidden_size"), field.size("num_attention_heads")
+        kv_heads = field.size("num_key_value_heads", default=heads)
+        if heads % kv_heads:
+            raise ModelLoadError(
+                f"config.json: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads}): "
+                "each key/value head serves a group of query heads"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"config.json is missing or has a bad value: {exc}") from exc
-        if config.num_attention_heads % config.num_key_value_heads:
-            raise ModelLoadError("num_attention_heads must be a multiple of num_key_value_heads")
-        return config
+        theta, scaling = _rope_settings(raw)
+        return cls(
+            vocab_size=field.size("vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=field.size("intermediate_size"),
+            num_hidden_layers=field.size("num_hidden_layers"),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=_head_dim(field, hidden, heads),
+            rms_norm_eps=field.positive("rms_norm_eps", default=1e-6),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=field.size("max_position_embeddings", default=2048),
+            tie_word_embeddings=field.flag("tie_word_embeddings", default=False),
+            bos_token_id=field.token_ids("bos_token_id")[0] if raw.get("bos_token_id") is not None else None,
+            eos_token_ids=field.token_ids("eos_token_id"),
+            torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
@@ -96,29 +101,101 @@ class ModelConfig:
             raw = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise ModelLoadError(f"{path} is missing: a model directory needs config.json") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+        except OSError as exc:  # a directory named config.json, no permission to read it, ...
+            raise ModelLoadError(f"cannot read {path}: {exc}") from exc
         if not isinstance(raw, dict):
             raise ModelLoadError(f"{path} does not hold a JSON object")
         return cls.from_dict(raw)
 
 
+class FieldReader:
+    """Reads the fields of a config dict, each checked, raising ModelLoadError that names the
+    field, the rule and the value. A field set to null counts as absent."""
+
+    def __init__(self, raw: dict[str, Any], where: str):
+        self.raw, self.where = raw, where
+
+    def _get(self, name: str, default: Any) -> Any:
+        value = self.raw.get(name)
+        if value is None:
+            if default is None:
+                raise ModelLoadError(f"{self.where} has no {name}")
+            return default
+        return value
+
+    def size(self, name: str, default: int | None = None) -> int:
+        return as_int(self._get(name, default), f"{self.where}: {name}", ModelLoadError, floats=True)
+
+    def positive(self, name: str, default: float | None = None) -> float:
+        return as_number(self._get(name, default), f"{self.where}: {name}", ModelLoadError)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._get(name, default)
+        if not isinstance(value, bool):  # bool("false") is True: a string must not pass
+            raise ModelLoadError(f"{self.where}: {name} must be true or false, got {value!r}")
+        return value
+
+    def token_ids(self, name: str) -> tuple[int, ...]:
+        """A token id or a list of them (eos_token_id may be either); () when absent."""
+        value = self.raw.get(name)
+        ids = [] if value is None else value if isinstance(value, list) else [value]
+        if not all(is_int(i) and i >= 0 for i in ids):
+            raise ModelLoadError(f"{self.where}: {name} must be a token id >= 0 or a list of them, got {value!r}")
+        return tuple(ids)
+
+
+def _head_dim(field: FieldReader, hidden: int, heads: int) -> int:
+    """head_dim as config.json sets it, else hidden_size / num_attention_heads.
+
+    Some Llama-architecture models set head_dim explicitly with heads * head_dim != hidden_size:
+    the q/o projections map hidden_size to heads * head_dim and back, so only the default needs
+    the division to be exact. RoPE rotates feature pairs, so head_dim must be even."""
+    if field.raw.get("head_dim") is not None:
+        head_dim = field.size("head_dim")
+    elif hidden % heads:
+        raise ModelLoadError(
+            f"config.json: hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) "
+            "when head_dim is not given"
+        )
+    else:
+        head_dim = hidden // heads
+    if head_dim % 2:
+        raise ModelLoadError(f"config.json: head_dim must be even (RoPE rotates pairs of features), got {head_dim}")
+    return head_dim
+
+
 def _rope_settings(raw: dict[str, Any]) -> tuple[float, RopeScaling | None]:
     """Read rope_theta and scaling from either the transformers 4 or 5 spelling of config.json."""
-    params = raw.get("rope_parameters") or {}
-    scaling = raw.get("rope_scaling") or params
-    theta = float(raw.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    params = _section(raw, "rope_parameters")
+    scaling = _section(raw, "rope_scaling") or params
+    theta = next((v for v in (raw.get("rope_theta"), params.get("rope_theta")) if v is not None), 10000.0)
+    theta = as_number(theta, "config.json: rope_theta", ModelLoadError)
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
     if kind == "default":
         return theta, None
     if kind != "llama3":
         raise ModelLoadError(f"unsupported rope scaling {kind!r} (supported: default, llama3)")
+    field = FieldReader(scaling, "config.json's rope scaling")
+    low, high = field.positive("low_freq_factor"), field.positive("high_freq_factor")
+    if high <= low:  # the schedule blends between the two: it divides by their difference
+        raise ModelLoadError(
+            f"config.json's rope scaling: high_freq_factor ({high}) must be above low_freq_factor ({low})"
+        )
     return theta, RopeScaling(
-        factor=float(scaling["factor"]),
-        low_freq_factor=float(scaling["low_freq_factor"]),
-        high_freq_factor=float(scaling["high_freq_factor"]),
-        original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+        factor=field.positive("factor"),
+        low_freq_factor=low,
+        high_freq_factor=high,
+        original_max_position_embeddings=field.size("original_max_position_embeddings"),
     )
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"config.json: {name} must be an object, got {value!r}")
+    return value
 
 
 @dataclass
@@ -141,30 +218,61 @@ class EngineConfig:
     seed: int = 0  # seeds the shared sampling generator (requests without their own seed)
 
     def resolved_device(self) -> torch.device:
+        _check_device(self.device)
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU")
-        return device
+        return torch.device(self.device)
 
     def resolved_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
             return torch.bfloat16 if device.type == "cuda" else torch.float32
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}")
         return DTYPES[self.dtype]
 
     def validate(self) -> None:
-        checks = {
-            "block_size": self.block_size >= 1,
-            "max_num_seqs": self.max_num_seqs >= 1,
-            "max_num_batched_tokens": self.max_num_batched_tokens >= 1,
-            "num_kv_blocks": self.num_kv_blocks is None or self.num_kv_blocks >= 1,
-            "gpu_memory_utilization": 0 < self.gpu_memory_utilization <= 1,
-            "kv_cache_memory_gb": self.kv_cache_memory_gb > 0,
-            "max_model_len": self.max_model_len is None or self.max_model_len >= 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"bad engine setting(s): {', '.join(bad)} (got {self})")
+        """Raise ConfigError naming the first bad setting and its command-line flag.
+
+        Every field is checked for its type too: the engine would otherwise fail much later,
+        inside torch or the scheduler, with a message that names neither."""
+        _check_device(self.device)
+        _check_choice("dtype", self.dtype, ("auto", *DTYPES))
+        _check_choice("attention", self.attention, BACKEND_NAMES)
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None or name not in ("num_kv_blocks", "max_model_len"):  # those two: None = automatic
+                as_int(value, _label(name), ConfigError)
+        as_number(self.kv_cache_memory_gb, _label("kv_cache_memory_gb"), ConfigError)
+        as_number(self.gpu_memory_utilization, _label("gpu_memory_utilization"), ConfigError, at_most=1.0)
+        for name in ("enable_prefix_caching", "enforce_eager", "fused_ops"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"{_label('seed')} must be an integer in [0, 2**63), got {self.seed!r}")
+
+
+# EngineConfig fields whose command-line flag is not the field's name with dashes.
+_FLAGS = {"kv_cache_memory_gb": "--kv-cache-gb"}
+
+
+def _label(name: str) -> str:
+    """A field's name and its flag, so that API and command-line users both recognise it."""
+    return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {_label(name)} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _check_device(device: object) -> None:
+    """auto, cpu, cuda or cuda:N, N a GPU this machine has. (torch.device would take "mps" or
+    "meta" and fail later, far from the flag; "banana" raises a RuntimeError listing device
+    types this engine does not run on.)"""
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"unknown {_label('device')} {device!r}; choose auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"--device {device} was asked for, but torch sees no CUDA GPU; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")

@@ -1,13 +1,28 @@
-"""The errors minillama raises for bad input, each naming the problem in its message."""
+"""The errors minillama raises for bad input, each naming the problem in its message.
+
+Every one derives from MinillamaError, and also from the built-in type a caller would expect
+(ValueError for bad values, RuntimeError for a model that cannot load), so code written
+against either keeps working. The command lines print a MinillamaError as one line and exit
+with status 2; any other exception escaping them is a bug (minillama/cli_errors.py)."""
 
 
-class InvalidRequestError(ValueError):
+class MinillamaError(Exception):
+    """Bad input whose message alone tells the user what to fix."""
+
+
+class InvalidRequestError(MinillamaError, ValueError):
     """A request the engine refuses (empty prompt, too long, bad sampling parameter, ...).
 
     Raised by `LLMEngine.add_request` before anything changes, so the engine keeps serving
     the requests it already has."""
 
 
-class ModelLoadError(RuntimeError):
-    """A model directory that cannot be loaded: a missing or corrupt file, an unsupported
-    architecture, or weights in a format minillama refuses to read (pickled `.bin`)."""
+class ConfigError(MinillamaError, ValueError):
+    """An engine setting that cannot work: a field of EngineConfig (or its command-line flag)
+    of the wrong type or out of range, an unknown device, a KV cache larger than the memory."""
+
+
+class ModelLoadError(MinillamaError, RuntimeError):
+    """A model directory that cannot be loaded: a missing or corrupt file, a bad value in
+    config.json, an unsupported architecture, or weights in a format minillama refuses to read
+    (pickled `.bin`)."""

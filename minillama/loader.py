@@ -22,11 +22,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
-from minillama import hugepages
+from minillama import hugepages, memory
 from minillama.cache import cache_root
-from minillama.config import ModelConfig
+from minillama.config import FieldReader, ModelConfig
 from minillama.errors import ModelLoadError
 from minillama.model.attention import AttentionBackend
 from minillama.model.llama import LlamaForCausalLM
@@ -54,6 +54,8 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     if model is None:
         return embedded_model_dir()
     path = Path(model).expanduser()
+    if path.is_file():
+        raise ModelLoadError(f"{path} is a file, not a model directory (a folder with config.json and *.safetensors)")
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist (or is not a directory)")
     return path
@@ -65,8 +67,10 @@ def safetensors_files(path: Path) -> list[Path]:
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:
             raise ModelLoadError(f"{index} is corrupt: {exc}") from exc
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise ModelLoadError(f"{index} is corrupt: its weight_map must map tensor names to file names")
         files = [path / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -91,7 +95,7 @@ def read_safetensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():
                     yield name, f.get_tensor(name)
-        except (SafetensorError, OSError, ValueError) as exc:
+        except Exception as exc:  # whatever a damaged file makes the parser raise
             raise ModelLoadError(f"cannot read weights from {file}: {exc}") from exc
 
 
@@ -117,6 +121,8 @@ def build_model(
     checkpoint overwrites anyway."""
     with torch.device("meta"), _default_dtype(dtype):
         model = LlamaForCausalLM(config, max_position, backend)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory.check_fits(f"the model's weights in {str(dtype).removeprefix('torch.')}", weight_bytes, device, ModelLoadError)
     model = model.to_empty(device=device)  # untouched memory: it costs nothing until written
     model.tie_weights()  # to_empty gives each parameter its own storage, untying them
     if device.type == "cpu":
@@ -206,8 +212,11 @@ def load_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerBase
 
     try:
         return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"cannot load the tokenizer from {path}: {exc}") from exc
+    except Exception as exc:
+        # transformers reads config.json and the tokenizer files with parsers and validators
+        # of its own (huggingface_hub's strict dataclasses among them), each raising its own
+        # types: whatever a malformed file makes them raise is a model that cannot load.
+        raise ModelLoadError(f"cannot load the tokenizer from {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
@@ -215,11 +224,14 @@ def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]
     generation_config = path / "generation_config.json"
     if generation_config.exists():
         try:
-            eos = json.loads(generation_config.read_text()).get("eos_token_id")
-        except json.JSONDecodeError as exc:
+            raw = json.loads(generation_config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
             raise ModelLoadError(f"{generation_config} is not valid JSON: {exc}") from exc
-        if eos is not None:
-            return tuple(eos if isinstance(eos, list) else [eos])
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"{generation_config} does not hold a JSON object")
+        eos = FieldReader(raw, generation_config.name).token_ids("eos_token_id")
+        if eos:
+            return eos
     if config.eos_token_ids:
         return config.eos_token_ids
     if tokenizer is not None and tokenizer.eos_token_id is not None:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from minillama.errors import InvalidRequestError
+from minillama.values import is_int, is_real
 
 
 @dataclass(frozen=True)
@@ -27,26 +28,23 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+        if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or math.isnan(self.temperature):
+        if not is_real(self.temperature) or math.isnan(self.temperature):
             raise InvalidRequestError(f"temperature must be a number >= 0, got {self.temperature!r}")
         if self.temperature < 0 or math.isinf(self.temperature):
             raise InvalidRequestError(f"temperature must be finite and >= 0, got {self.temperature}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+        if not is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise InvalidRequestError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise InvalidRequestError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
-        if not isinstance(self.stop_token_ids, (tuple, list)) or not all(map(_is_int, self.stop_token_ids)):
+        if not isinstance(self.stop_token_ids, (tuple, list)) or not all(map(is_int, self.stop_token_ids)):
             raise InvalidRequestError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise InvalidRequestError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-def _is_int(value: object) -> bool:
-    """A true integer: bool is an int subclass in Python, but True is no token id or count."""
-    return isinstance(value, int) and not isinstance(value, bool)

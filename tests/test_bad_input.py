@@ -95,6 +95,18 @@ BAD_REQUESTS = {
     "seed-not-int": ([1, 2], {"seed": 1.5}, "seed must be an integer"),
     # 10 + 30 = 40 tokens need 10 blocks of 4; the cache has 8.
     "never-fits-kv-cache": (list(range(10)), {"max_tokens": 30}, "can never fit the KV cache"),
+    # Not text a tokenizer can take: checked before the tokenizer (or its absence) is.
+    "lone-surrogate": ("abc\ud800", {}, r"character 3 is U\+D800, a lone surrogate"),
+    # What Python makes of the argv bytes b"\xff\xfe caf\xe9" (surrogateescape).
+    "undecodable-bytes": ("\udcff\udcfe caf\udce9", {}, "character 0 is the byte 0xff, which is not UTF-8"),
+    "bytes": (b"hello", {}, "not bytes .decode bytes into str first"),
+    "none": (None, {}, "a prompt is a string or a list of token ids, not NoneType"),
+    "int": (42, {}, "not int"),
+    "token-id-string": ([1, "2"], {}, r"position 1 holds '2'"),
+    "token-id-bool": ([1, True], {}, r"position 1 holds True"),
+    "token-ids-nested": ([[1, 2]], {}, r"position 0 holds \[1, 2\]"),
+    "temperature-bool": ([1, 2], {"temperature": True}, "temperature must be a number"),
+    "ignore-eos-string": ([1, 2], {"ignore_eos": "no"}, "ignore_eos must be True or False"),
 }
 
 
@@ -105,6 +117,12 @@ def test_bad_request_is_refused_and_engine_keeps_serving(engine, prompt, kwargs,
         engine.add_request(prompt, SamplingParams(**kwargs))
     assert_idle(engine)  # the refused request left nothing behind
     serve_good_request(engine)
+
+
+def test_params_that_are_not_sampling_params_are_refused(engine):
+    with pytest.raises(InvalidRequestError, match="params must be a SamplingParams or None, not dict"):
+        engine.add_request([1, 2], {"max_tokens": 3})
+    assert_idle(engine)
 
 
 def test_out_of_range_seed_is_refused_clearly(engine):
@@ -253,7 +271,7 @@ def test_missing_directory(tmp_path):
 def test_a_file_instead_of_a_directory(tmp_path):
     file = tmp_path / "model.safetensors"
     file.write_bytes(b"")
-    with pytest.raises(ModelLoadError, match="not a directory"):
+    with pytest.raises(ModelLoadError, match="is a file, not a model directory"):
         load(file)
 
 
@@ -279,7 +297,7 @@ def test_config_json_missing_a_field(model_dir):
     config = json.loads((model_dir / "config.json").read_text())
     del config["hidden_size"]
     (model_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="missing or has a bad value: 'hidden_size'"):
+    with pytest.raises(ModelLoadError, match="config.json has no hidden_size"):
         load(model_dir)
 
 

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from minillama.config import EngineConfig
 from minillama.engine.llm_engine import LLMEngine
 from minillama.engine.outputs import Completion
+from minillama.errors import InvalidRequestError
 from minillama.sampling_params import SamplingParams
 
 
@@ -27,9 +28,11 @@ class LLM:
 
         Every prompt is checked before any runs: a bad one raises InvalidRequestError and no
         request of this call stays queued."""
+        if not isinstance(prompts, (list, tuple)):
+            raise InvalidRequestError(f"prompts must be a list of prompts (for one, [prompt]), not {type(prompts).__name__}")
         params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         if len(params_list) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
+            raise InvalidRequestError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
         engine = self.engine
         ids: list[int] = []
         try:

@@ -27,9 +27,10 @@ from minillama.engine.block_manager import BlockManager
 from minillama.engine.detokenizer import IncrementalDetokenizer
 from minillama.engine.model_runner import ModelRunner
 from minillama.engine.outputs import EngineStats, RequestOutput, StepResult, StepTimings
+from minillama.engine.prompts import check_text, check_token_ids
 from minillama.engine.scheduler import Scheduler, SchedulerOutput
 from minillama.engine.sequence import Sequence
-from minillama.errors import InvalidRequestError
+from minillama.errors import ConfigError, InvalidRequestError
 from minillama.loader import (
     build_model,
     eos_token_ids,
@@ -46,6 +47,7 @@ from minillama.model.llama import LlamaForCausalLM
 from minillama.model.sampler import Sampler
 from minillama.observe import Observer
 from minillama.sampling_params import SamplingParams
+from minillama.values import is_int
 
 
 class LLMEngine:
@@ -166,7 +168,7 @@ class LLMEngine:
     ) -> int:
         """Queue a request; returns its id. Raises InvalidRequestError, changing nothing, when
         the prompt or the parameters are bad."""
-        params = params or SamplingParams()
+        params = SamplingParams() if params is None else params
         token_ids = self.check_request(prompt, params, chat)
         seq = Sequence(next(self._request_ids), token_ids, params)
         if params.seed is not None:
@@ -181,20 +183,19 @@ class LLMEngine:
         """The prompt's token ids if add_request would take the request; raises
         InvalidRequestError naming the problem otherwise. Changes nothing: a caller adding a
         batch checks every request first, so a bad one leaves the batch unqueued."""
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"params must be a SamplingParams or None, not {type(params).__name__}")
         params.validate()
         if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidRequestError("the prompt is empty")
+            check_text(prompt)
             token_ids = self.encode_prompt(prompt, chat)
-        elif isinstance(prompt, (list, tuple)):
-            token_ids = list(prompt)
             if not token_ids:
-                raise InvalidRequestError("the prompt is empty (no token ids)")
-            vocab = self.model_config.vocab_size
-            if not all(_is_token_id(t, vocab) for t in token_ids):
-                raise InvalidRequestError(f"prompt token ids must be integers in [0, {vocab})")
+                raise InvalidRequestError("the prompt encodes to no tokens")
+        elif isinstance(prompt, (list, tuple)):
+            token_ids = check_token_ids(prompt, self.model_config.vocab_size)
         else:
-            raise InvalidRequestError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
+            hint = " (decode bytes into str first)" if isinstance(prompt, (bytes, bytearray)) else ""
+            raise InvalidRequestError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}{hint}")
         if not all(_is_token_id(t, self.model_config.vocab_size) for t in params.stop_token_ids):
             raise InvalidRequestError(f"stop_token_ids must be in [0, {self.model_config.vocab_size})")
         self._check_fits(len(token_ids), params)
@@ -379,21 +380,21 @@ class _GpuTimer:
 
 def _check_block_size(backend, block_size: int) -> None:
     if block_size % backend.min_block_size:
-        raise ValueError(
+        raise ConfigError(
             f"--attention {backend.name} needs a block size that is a multiple of "
             f"{backend.min_block_size} (got {block_size})"
         )
 
 
 def _is_token_id(value: object, vocab_size: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size
+    return is_int(value) and 0 <= value < vocab_size
 
 
 def _max_model_len(model_config: ModelConfig, config: EngineConfig) -> int:
     if config.max_model_len is None:
         return min(model_config.max_position_embeddings, 8192)
     if config.max_model_len > model_config.max_position_embeddings:
-        raise ValueError(
+        raise ConfigError(
             f"max_model_len {config.max_model_len} exceeds the model's context "
             f"({model_config.max_position_embeddings} positions)"
         )

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from minillama import memory
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.scheduler import SchedulerOutput
+from minillama.errors import ConfigError
 from minillama.model.attention.metadata import AttentionMetadata
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
 
@@ -55,6 +57,7 @@ class ModelRunner:
         self.dtype = dtype
         self.max_blocks_per_seq = (max_model_len + self.block_size - 1) // self.block_size
         self.num_blocks = engine_config.num_kv_blocks or self._blocks_that_fit(engine_config, max_model_len)
+        self._check_kv_cache_fits()
         self.scratch_block = self.num_blocks
         self.kv_cache = torch.zeros(
             model_config.num_hidden_layers, 2, self.num_blocks + 1, self.block_size,
@@ -107,6 +110,19 @@ class ModelRunner:
 
     # -- sizing the KV cache --------------------------------------------------------------------
 
+    def _check_kv_cache_fits(self) -> None:
+        """Refuse, saying how many blocks would fit, a KV cache (plus its scratch block) larger
+        than the memory the device has free: minillama/memory.py says what happens otherwise."""
+        block_bytes = kv_block_bytes(self.config, self.block_size, self.dtype)
+
+        def what_fits(usable: int) -> str:
+            fit = usable // block_bytes - 1
+            if fit < 1:
+                return f": not one block of {self.block_size} tokens ({memory.gib(block_bytes)}) fits"
+            return f": at most {fit} blocks of {self.block_size} tokens fit (--num-kv-blocks, --kv-cache-gb)"
+
+        memory.check_fits("the KV cache", (self.num_blocks + 1) * block_bytes, self.device, ConfigError, what_fits)
+
     def _blocks_that_fit(self, engine_config: EngineConfig, max_model_len: int) -> int:
         block_bytes = kv_block_bytes(self.config, self.block_size, self.dtype)
         # Never more than every running sequence at full length could use.
@@ -138,7 +154,7 @@ class ModelRunner:
         in_use_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
         budget = total * engine_config.gpu_memory_utilization - in_use_elsewhere - peak
         if budget < block_bytes:
-            raise RuntimeError(
+            raise ConfigError(
                 f"no GPU memory left for the KV cache (utilisation {engine_config.gpu_memory_utilization}, "
                 f"{free / 2**30:.1f} GiB free); raise --gpu-memory-utilization or lower --max-num-batched-tokens"
             )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from minillama.errors import ConfigError
 from minillama.model.attention import cpu_paged, reference, sdpa
 
 
@@ -40,14 +41,14 @@ def get_attention_backend(name: str, device: torch.device, dtype: torch.dtype = 
         else:
             name = "sdpa"
     if name in ("flash-attn", "triton") and not half:
-        raise ValueError(f"--attention {name} computes in float16/bfloat16 only (got {dtype}); use sdpa")
+        raise ConfigError(f"--attention {name} computes in float16/bfloat16 only (got {dtype}); use sdpa")
     if name == "reference":
         return AttentionBackend(name, reference.flash_attn_varlen_func, reference.flash_attn_with_kvcache, False)
     if name == "cpu":
         if device.type != "cpu" or dtype != torch.float32:
-            raise ValueError(f"--attention cpu runs on the CPU in float32 only (got {device}, {dtype}); use sdpa")
+            raise ConfigError(f"--attention cpu runs on the CPU in float32 only (got {device}, {dtype}); use sdpa")
         if not cpu_paged.available():
-            raise ValueError("--attention cpu needs a C compiler (cc, or $CC) to build its kernel; use sdpa")
+            raise ConfigError("--attention cpu needs a C compiler (cc, or $CC) to build its kernel; use sdpa")
         # Prefill through SDPA; decode through the C kernel, straight from the paged cache.
         return AttentionBackend(name, sdpa.flash_attn_varlen_func, cpu_paged.flash_attn_with_kvcache, False)
     if name == "sdpa":
@@ -57,9 +58,9 @@ def get_attention_backend(name: str, device: torch.device, dtype: torch.dtype = 
     if name in ("flash-attn", "triton"):
         module = "flash_attn" if name == "flash-attn" else "triton"
         if device.type != "cuda":
-            raise ValueError(f"--attention {name} needs a CUDA device (got {device})")
+            raise ConfigError(f"--attention {name} needs a CUDA device (got {device})")
         if not _has_module(module):
-            raise ValueError(f"--attention {name} needs the {module} package, which is not installed")
+            raise ConfigError(f"--attention {name} needs the {module} package, which is not installed")
         if name == "flash-attn":
             import flash_attn
 
@@ -73,4 +74,4 @@ def get_attention_backend(name: str, device: torch.device, dtype: torch.dtype = 
         return AttentionBackend(
             name, triton_paged.flash_attn_varlen_func, triton_paged.flash_attn_with_kvcache, True, 16
         )
-    raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")

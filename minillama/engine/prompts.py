@@ -1,0 +1,47 @@
+"""What a prompt must be before a tokenizer or the model sees it: text that encodes as UTF-8,
+or a list of token ids the model has.
+
+Hugging Face's tokenizers (Rust) take valid Unicode only: a lone surrogate makes them raise
+`TypeError: TextEncodeInput must be ...`, naming neither the prompt nor the character. Lone
+surrogates are easy to come by: Python turns the bytes of a command-line argument that are not
+UTF-8 (a Latin-1 "café" typed into a UTF-8 terminal) into U+DC80..U+DCFF (PEP 383's
+"surrogateescape"), and JSON from a browser may carry "\\ud800". Every entry point, the Python
+API, the command lines and the web UI, reaches LLMEngine.check_request, which calls these.
+"""
+
+from __future__ import annotations
+
+from minillama.errors import InvalidRequestError
+from minillama.values import is_int
+
+
+def check_text(prompt: str) -> None:
+    """Raise InvalidRequestError when `prompt` is empty or is not valid Unicode text, naming
+    the position of the first bad character."""
+    if not prompt:
+        raise InvalidRequestError("the prompt is empty")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(f"the prompt is not valid text: {_bad_character(prompt, exc.start)}") from None
+
+
+def _bad_character(text: str, index: int) -> str:
+    code = ord(text[index])
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00, as Python kept it
+        return (f"character {index} is the byte 0x{code - 0xDC00:02x}, which is not UTF-8 "
+                "(was the text written in another encoding, e.g. Latin-1? pass UTF-8)")
+    return f"character {index} is U+{code:04X}, a lone surrogate (half of a UTF-16 pair), which is no character"
+
+
+def check_token_ids(prompt: list | tuple, vocab_size: int) -> list[int]:
+    """The prompt as a list of token ids; InvalidRequestError names the first one that is not
+    an integer in [0, vocab_size)."""
+    if not prompt:
+        raise InvalidRequestError("the prompt is empty (no token ids)")
+    for position, token in enumerate(prompt):
+        if not (is_int(token) and 0 <= token < vocab_size):
+            raise InvalidRequestError(
+                f"prompt token ids must be integers in [0, {vocab_size}); position {position} holds {token!r}"
+            )
+    return list(prompt)

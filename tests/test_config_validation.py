@@ -1,0 +1,218 @@
+"""Every field of the model config (config.json) and of EngineConfig is checked up front: a bad
+value raises ModelLoadError / ConfigError naming the field and the value, never a torch or
+huggingface_hub traceback from deep inside the model's construction.
+
+The bad values are generated for every field from its kind (a size, a positive number, a flag),
+so a field added later without a check is caught by adding it to the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from tiny_model import TINY, write_tiny_model
+
+from minillama import EngineConfig, LLMEngine, ModelConfig, ModelLoadError, SamplingParams
+from minillama.errors import ConfigError
+
+VALID = dict(TINY, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0)
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 32}
+SIZES = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+         "num_key_value_heads", "head_dim", "max_position_embeddings"]
+OPTIONAL = {"num_key_value_heads", "head_dim", "max_position_embeddings"}  # null: the default
+POSITIVE = ["rms_norm_eps", "rope_theta"]
+
+
+def bad_sizes(valid: int) -> dict[str, object]:
+    """Every way a size can be wrong, made from a valid one."""
+    return {"zero": 0, "minus-one": -1, "negative": -valid, "negative-1280": -1280, "true": True, "false": False,
+            "fraction": valid + 0.5, "string": str(valid), "list": [valid], "object": {"value": valid},
+            "nan": math.nan, "inf": math.inf}
+
+
+def bad_positives(valid: float) -> dict[str, object]:
+    return {"zero": 0, "negative": -valid, "nan": math.nan, "inf": math.inf, "minus-inf": -math.inf,
+            "true": True, "string": str(valid), "list": [valid]}
+
+
+def cases(fields: list[str], make, source: dict) -> list:
+    return [pytest.param(f, v, id=f"{f}-{kind}") for f in fields for kind, v in make(source[f]).items()]
+
+
+def refused(raw: dict, field: str, value: object) -> None:
+    with pytest.raises(ModelLoadError, match=re.escape(field)) as info:
+        ModelConfig.from_dict(raw)
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
+
+
+@pytest.mark.parametrize("field, value", cases(SIZES, bad_sizes, VALID))
+def test_a_bad_size_is_refused_naming_field_and_value(field, value):
+    refused({**VALID, field: value}, field, value)
+
+
+@pytest.mark.parametrize("field, value", cases(POSITIVE, bad_positives, VALID))
+def test_a_bad_positive_number_is_refused(field, value):
+    refused({**VALID, field: value}, field, value)
+
+
+@pytest.mark.parametrize("field, value", cases(["original_max_position_embeddings"], bad_sizes, LLAMA3)
+                         + cases(["factor", "low_freq_factor", "high_freq_factor"], bad_positives, LLAMA3))
+def test_a_bad_rope_scaling_field_is_refused(field, value):
+    refused({**VALID, "rope_scaling": {**LLAMA3, field: value}}, field, value)
+
+
+@pytest.mark.parametrize("field", sorted(set(SIZES) - OPTIONAL))
+def test_a_missing_size_is_named(field):
+    raw = {k: v for k, v in VALID.items() if k != field}
+    for config in (raw, {**raw, field: None}):
+        with pytest.raises(ModelLoadError, match=f"config.json has no {field}"):
+            ModelConfig.from_dict(config)
+
+
+@pytest.mark.parametrize("field", ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"])
+def test_a_missing_rope_scaling_field_is_named(field):
+    scaling = {k: v for k, v in LLAMA3.items() if k != field}
+    with pytest.raises(ModelLoadError, match=f"rope scaling has no {field}"):
+        ModelConfig.from_dict({**VALID, "rope_scaling": scaling})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"num_attention_heads": 4, "num_key_value_heads": 3}, r"num_attention_heads \(4\) must be a multiple of num_key_value_heads \(3\)"),
+    ({"hidden_size": 30, "head_dim": None}, r"hidden_size \(30\) must be a multiple of num_attention_heads \(4\)"),
+    ({"head_dim": 7}, "head_dim must be even"),
+    ({"hidden_size": 36, "head_dim": None}, "head_dim must be even"),  # 36 / 4 = 9
+    ({"rope_scaling": {**LLAMA3, "high_freq_factor": 1.0}}, r"high_freq_factor \(1.0\) must be above low_freq_factor"),
+    ({"rope_scaling": "llama3"}, "rope_scaling must be an object"),
+    ({"rope_scaling": {**LLAMA3, "rope_type": "yarn"}}, "unsupported rope scaling 'yarn'"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+    ({"eos_token_id": [1, "2"]}, "eos_token_id must be a token id"),
+    ({"bos_token_id": -1}, "bos_token_id must be a token id"),
+], ids=["kv-heads", "hidden-vs-heads", "odd-head-dim", "odd-default-head-dim", "rope-high-low", "rope-not-object",
+        "rope-type", "tie-string", "eos-string", "bos-negative"])
+def test_inconsistent_configs_are_refused(changes, message):
+    with pytest.raises(ModelLoadError, match=message):
+        ModelConfig.from_dict({**VALID, **changes})
+
+
+def test_whole_floats_nulls_and_an_explicit_head_dim_are_accepted():
+    config = ModelConfig.from_dict({**VALID, "hidden_size": 32.0, "num_key_value_heads": None, "head_dim": None,
+                                    "max_position_embeddings": None, "rms_norm_eps": 1})
+    assert (config.hidden_size, config.num_key_value_heads, config.head_dim) == (32, 4, 8)
+    assert config.max_position_embeddings == 2048 and config.rms_norm_eps == 1.0
+    # Llama-architecture models may set head_dim so that heads * head_dim != hidden_size: the
+    # q/o projections map between the two, and the model runs.
+    odd = ModelConfig.from_dict({**VALID, "hidden_size": 30, "head_dim": 12})
+    engine = LLMEngine.from_config(odd, EngineConfig(device="cpu", num_kv_blocks=8, block_size=4))
+    engine.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=2))
+    while engine.has_unfinished():
+        engine.step()
+
+
+# -- through a model directory: nothing escapes the loader as another type -----------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def copy_with_config(tiny_dir, tmp_path, **changes):
+    import shutil
+
+    path = tmp_path / "model"
+    shutil.copytree(tiny_dir, path)
+    raw = json.loads((path / "config.json").read_text())
+    raw.update(changes)
+    (path / "config.json").write_text(json.dumps(raw))
+    return path
+
+
+def load(path) -> LLMEngine:
+    return LLMEngine.from_pretrained(path, EngineConfig(device="cpu", num_kv_blocks=8, block_size=4))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hidden_size": True}, "hidden_size must be an integer >= 1, got True"),
+    ({"num_attention_heads": 6, "head_dim": None}, r"hidden_size \(32\) must be a multiple of num_attention_heads \(6\)"),
+    ({"num_hidden_layers": -1}, "num_hidden_layers must be an integer >= 1, got -1"),
+    ({"intermediate_size": -1280}, "intermediate_size must be an integer >= 1, got -1280"),
+], ids=["bool-hidden", "heads-not-dividing", "negative-layers", "negative-intermediate"])
+def test_a_directory_with_a_bad_config_is_a_model_load_error(tiny_dir, tmp_path, changes, message):
+    with pytest.raises(ModelLoadError, match=message):
+        load(copy_with_config(tiny_dir, tmp_path, **changes))
+
+
+def test_whatever_the_tokenizer_loader_raises_is_a_model_load_error(tiny_dir, tmp_path):
+    # A head_dim this engine accepts, which transformers' own config validation refuses while
+    # it reads config.json for the tokenizer (a huggingface_hub error type of its own).
+    path = copy_with_config(tiny_dir, tmp_path, hidden_size=30, head_dim=8)
+    with pytest.raises(ModelLoadError, match="(?s)cannot load the tokenizer from .* not a multiple of the number of attention"):
+        load(path)
+    (path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot load the tokenizer from"):
+        load(copy_with_config(path, tmp_path / "again", hidden_size=32))
+
+
+def test_a_malformed_generation_config_is_a_model_load_error(tiny_dir, tmp_path):
+    path = copy_with_config(tiny_dir, tmp_path)
+    for text, message in [("[1]", "does not hold a JSON object"), ('{"eos_token_id": "</s>"}', "eos_token_id must be")]:
+        (path / "generation_config.json").write_text(text)
+        with pytest.raises(ModelLoadError, match=message):
+            load(path)
+
+
+# -- EngineConfig ------------------------------------------------------------------------------
+
+ENGINE_INTS = ["block_size", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "max_model_len"]
+ENGINE_BAD_INTS = {"zero": 0, "negative": -1, "true": True, "fraction": 2.5, "whole-float": 16.0, "string": "16",
+                   "nan": math.nan}
+ENGINE_NUMBERS = {"kv_cache_memory_gb": [0, -1.0, math.nan, math.inf, True, "1"],
+                  "gpu_memory_utilization": [0, -0.1, 1.01, math.nan, True, "0.9"]}
+ENGINE_CHOICES = {"device": ["banana", "mps", "cpu:0", "cuda:x", "", None, 0],
+                  "dtype": ["fp8", "float64", None, torch.float32], "attention": ["flash", "", None]}
+ENGINE_FLAGS = ["enable_prefix_caching", "enforce_eager", "fused_ops"]
+
+
+def engine_cases() -> list:
+    out = [pytest.param(f, v, id=f"{f}-{k}") for f in ENGINE_INTS for k, v in ENGINE_BAD_INTS.items()]
+    out += [pytest.param(f, v, id=f"{f}-{v!r}") for f, values in {**ENGINE_NUMBERS, **ENGINE_CHOICES}.items()
+            for v in values]
+    out += [pytest.param(f, v, id=f"{f}-{v!r}") for f in ENGINE_FLAGS for v in ("yes", 1, None)]
+    out += [pytest.param("seed", v, id=f"seed-{v!r}") for v in (-1, 2**63, 1.5, True, "0")]
+    return out
+
+
+@pytest.mark.parametrize("field, value", engine_cases())
+def test_every_engine_setting_is_checked(field, value):
+    with pytest.raises(ConfigError, match=re.escape(field)) as info:
+        EngineConfig(**{field: value}).validate()
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still do
+
+
+def test_engine_config_errors_name_the_command_line_flag_and_the_choices():
+    with pytest.raises(ConfigError, match=r"device \(--device\) 'mps'; choose auto, cpu, cuda or cuda:N"):
+        EngineConfig(device="mps").validate()
+    with pytest.raises(ConfigError, match=r"kv_cache_memory_gb \(--kv-cache-gb\) must be a finite number > 0"):
+        EngineConfig(kv_cache_memory_gb=math.nan).validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_cuda_without_a_gpu_says_so():
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"--device {device} was asked for, but torch sees no CUDA GPU"):
+            EngineConfig(device=device).validate()
+
+
+def test_every_constructor_refuses_a_bad_device_before_building_anything():
+    config = ModelConfig.from_dict(VALID)
+    with pytest.raises(ConfigError, match="'mps'"):
+        LLMEngine.from_config(config, EngineConfig(device="mps"))
+    with pytest.raises(ConfigError, match="exceeds the model's context"):
+        LLMEngine.from_config(config, EngineConfig(device="cpu", max_model_len=4096))
+    with pytest.raises(ConfigError, match="flash-attn needs a CUDA device|computes in float16/bfloat16 only"):
+        LLMEngine.from_config(config, EngineConfig(device="cpu", attention="flash-attn"))

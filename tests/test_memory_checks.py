@@ -1,0 +1,80 @@
+"""A KV cache or weights larger than the free memory are refused before anything is allocated,
+with a message that says what fits; before the check, `--kv-cache-gb 1000` was OOM-killed after
+a minute with no message, and `--num-kv-blocks 1000000000` dumped an allocator traceback."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from minillama import EngineConfig, LLMEngine, ModelConfig, ModelLoadError, SamplingParams, memory
+from minillama.engine.model_runner import kv_block_bytes
+from minillama.errors import ConfigError
+
+TINY = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+BLOCK_SIZE = 4
+
+
+def engine(**settings) -> LLMEngine:
+    return LLMEngine.from_config(ModelConfig.from_dict(TINY), EngineConfig(device="cpu", block_size=BLOCK_SIZE, **settings))
+
+
+def test_a_kv_cache_beyond_all_memory_is_refused_at_once():
+    with pytest.raises(ConfigError, match=r"the KV cache would take [\d.]+ GiB; [\d.]+ GiB is available on cpu: "
+                                          r"at most \d+ blocks of 4 tokens fit"):
+        engine(num_kv_blocks=10**12)
+
+
+def test_kv_cache_gb_beyond_memory_is_refused():
+    # The cache is never larger than every running sequence at full length could use, so ask
+    # for a pool that many sequences would use.
+    with pytest.raises(ConfigError, match="the KV cache would take"):
+        engine(kv_cache_memory_gb=10**6, max_num_seqs=10**9)
+
+
+def test_the_number_of_blocks_said_to_fit_does_fit(monkeypatch):
+    usable = 2**20
+    monkeypatch.setattr(memory, "usable_bytes", lambda device: usable)
+    with pytest.raises(ConfigError) as info:
+        engine(num_kv_blocks=10**6)
+    fit = int(re.search(r"at most (\d+) blocks", str(info.value)).group(1))
+    block = kv_block_bytes(ModelConfig.from_dict(TINY), BLOCK_SIZE, torch.float32)
+    assert fit == usable // block - 1  # one more block is the scratch block
+    small = engine(num_kv_blocks=fit)
+    small.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=2))
+    while small.has_unfinished():
+        small.step()
+    with pytest.raises(ConfigError):
+        engine(num_kv_blocks=fit + 1)
+
+
+def test_not_even_one_block(monkeypatch):
+    # Room for the weights (about 100 KiB), not for one block of a million tokens (256 MiB).
+    monkeypatch.setattr(memory, "usable_bytes", lambda device: 2**20)
+    with pytest.raises(ConfigError, match=r"not one block of 1000000 tokens \(0.2 GiB\) fits"):
+        LLMEngine.from_config(ModelConfig.from_dict(TINY), EngineConfig(device="cpu", block_size=10**6, num_kv_blocks=1))
+
+
+def test_weights_beyond_memory_are_refused_before_allocation():
+    huge = ModelConfig.from_dict({**TINY, "vocab_size": 10**9, "hidden_size": 8192, "num_attention_heads": 64,
+                                  "num_key_value_heads": 8})
+    with pytest.raises(ModelLoadError, match=r"the model's weights in float32 would take [\d.]+ GiB"):
+        LLMEngine.from_config(huge, EngineConfig(device="cpu", num_kv_blocks=1))
+
+
+def test_host_memory_reads_meminfo_and_the_container_limit(tmp_path, monkeypatch):
+    available = memory.host_available_bytes()
+    assert available is None or available > 0
+    limit, usage, stat = tmp_path / "memory.max", tmp_path / "memory.current", tmp_path / "memory.stat"
+    usage.write_text(f"{3 * 2**30}\n")
+    stat.write_text(f"anon 123\ninactive_file {2**30}\n")
+    monkeypatch.setattr(memory, "CGROUP_FILES", ((str(limit), str(usage), str(stat)),))
+    limit.write_text("max\n")
+    assert memory._cgroup_room() is None
+    limit.write_text(f"{4 * 2**30}\n")
+    assert memory._cgroup_room() == 2 * 2**30  # 4 GiB limit - 3 GiB used + 1 GiB of droppable cache
+    if available is not None:
+        assert memory.host_available_bytes() == min(available, 2 * 2**30)
