@@ -27,8 +27,13 @@ def base(embedded_dir):
 
 
 @pytest.fixture(scope="module")
-def url(base):
-    with running_server(SessionManager(base, Limits(max_sessions=64, max_sessions_per_client=64, max_new_tokens=64))) as address:
+def manager(base):
+    return SessionManager(base, Limits(max_sessions=64, max_sessions_per_client=64, max_new_tokens=64))
+
+
+@pytest.fixture(scope="module")
+def url(manager):
+    with running_server(manager) as address:
         yield address
 
 
@@ -49,7 +54,7 @@ def shows_step(named: dict, index: int) -> bool:
 
 
 def add(client: Tab, prompts: str, max_tokens: int = 8) -> dict:
-    return panels(client.predict(prompts, True, max_tokens, 0.0, 1.0, 0, None, api_name="/add_prompts"))
+    return panels(client.predict(prompts, True, max_tokens, 0.0, 1.0, 0, "", api_name="/add_prompts"))
 
 
 def test_submit_step_and_read_every_panel(url):
@@ -79,14 +84,14 @@ def test_prompt_text_is_escaped(url):
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        (("", True, 8, 0.0, 1.0, 0, None), "no prompt"),
-        (("Hi", True, 0, 0.0, 1.0, 0, None), "max tokens must be a whole number &gt;= 1"),
-        (("Hi", True, 8, -1.0, 1.0, 0, None), "temperature must be"),
-        (("Hi", True, 8, 0.0, 1.5, 0, None), "top_p must be in (0, 1]"),
-        (("Hi", True, 65, 0.0, 1.0, 0, None), "over this server&#x27;s limit of 64"),
-        (("word " * 300, False, 8, 0.0, 1.0, 0, None), "max_model_len is 256"),
-        (("word " * 1000, False, 8, 0.0, 1.0, 0, None), "prompt 1 has 4999 characters; the limit is 4000"),
-        (("Hi", True, 8, 0.0, 1.0, 0, -3), "seed must be a whole number &gt;= 0"),
+        (("", True, 8, 0.0, 1.0, 0, ""), "no prompt"),
+        (("Hi", True, 0, 0.0, 1.0, 0, ""), "max tokens must be a whole number &gt;= 1"),
+        (("Hi", True, 8, -1.0, 1.0, 0, ""), "temperature must be"),
+        (("Hi", True, 8, 0.0, 1.5, 0, ""), "top_p must be in (0, 1]"),
+        (("Hi", True, 65, 0.0, 1.0, 0, ""), "over this server&#x27;s limit of 64"),
+        (("word " * 300, False, 8, 0.0, 1.0, 0, ""), "max_model_len is 256"),
+        (("word " * 1000, False, 8, 0.0, 1.0, 0, ""), "prompt 1 has 4999 characters; the limit is 4000"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "-3"), "seed must be a whole number &gt;= 0"),
     ],
 )
 def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
@@ -115,6 +120,49 @@ def test_run_to_a_breakpoint_stops_there(url):
     assert "breakpoint at step" in named["status"] and "preempt" in named["status"]
     index = named["slider"]["value"]
     assert shows_step(named, index) and "preempted" in named["details"]
+    # The panels follow what the breakpoint is about: the evicted sequence, traced like every request.
+    victim = re.search(r"#(\d+) was preempted", named["status"]).group(1)
+    assert named["seq"]["value"] == victim and f"seq #{victim}" in named["attention"]["layout"]["title"]["text"]
+
+
+def test_the_auto_selection_follows_the_step(url):
+    client = Tab(url)
+    add(client, "What is the capital of France?\nWhat is 2 + 2?", max_tokens=3)
+    for _ in range(3):
+        named = panels(client.predict(api_name="/step"))
+    assert named["seq"]["value"] == "auto" and {c[1] for c in named["seq"]["choices"]} == {"auto", "0", "1"}
+    assert all("attention" in c[0] for c in named["seq"]["choices"][1:])  # every request traced by default
+    picked = panels(client.predict("1", 3, "all", False, api_name="/select"))  # an explicit choice sticks
+    assert picked["seq"]["value"] == "1" and "seq #1" in picked["attention"]["layout"]["title"]["text"]
+    assert "seq #1" in panels(client.predict(0, api_name="/seek"))["attention"]["layout"]["title"]["text"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (("Hi", True, None, 0.0, 1.0, 0, ""), "max tokens is empty: give a whole number &gt;= 1"),
+        (("Hi", True, 8, None, 1.0, 0, ""), "temperature is empty: give a number"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "x7"), "seed needs a whole number, got &#x27;x7&#x27;"),
+    ],
+)
+def test_empty_and_malformed_fields_say_so(url, inputs, message):
+    named = panels(Tab(url).predict(*inputs, api_name="/add_prompts"))
+    assert "ml-error" in named["status"] and message in named["status"] and "None" not in named["status"]
+
+
+def test_an_empty_seed_means_no_seed(url, manager):
+    client = Tab(url)
+    add(client, "Hi", max_tokens=2)
+    client.predict("Hi", True, 2, 0.7, 1.0, 0, "", api_name="/add_prompts")
+    client.predict("Hi", True, 2, 0.7, 1.0, 0, "5", api_name="/add_prompts")
+    seeds = [r.params["seed"] for r in manager.sessions[client.key].trace.sequences.values()]
+    assert seeds == [None, None, 5]
+
+
+def test_stepping_a_fresh_session_says_to_add_prompts(url):
+    for api_name in ("/step", "/run"):
+        named = panels(Tab(url).predict(api_name=api_name))
+        assert "add prompts first" in named["status"] and "trace from a file" not in named["status"]
 
 
 def test_the_logit_lens_when_captured(url):

@@ -11,6 +11,7 @@ from inspector import load, save
 from minillama import EngineConfig, LLMEngine, SamplingParams
 from minillama.errors import InvalidRequestError
 from webui.limits import Limits
+from webui.render import status_html
 from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
@@ -157,6 +158,9 @@ def test_a_server_without_a_model_serves_its_trace_to_every_session(base, tmp_pa
     assert one.trace is two.trace is session.trace and one.cursor is not two.cursor
     with pytest.raises(LimitReached, match="no model is loaded"):
         viewer_only.add_prompts(one, ["Hi"], GREEDY, chat=False)
+    status = status_html(one)
+    assert "read-only: this server runs no model" in status and "Reset" not in status  # Reset is off here
+    assert not one.holds_memory  # the server's trace is one object: no slot per viewer
 
 
 def test_the_readme_tour_shows_what_it_says(base):
