@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 from inspector import TraceError, load
+from minillama.cli_errors import run_cli
 from minillama.config import EngineConfig
 from minillama.engine.llm_engine import LLMEngine
-from minillama.errors import ModelLoadError
+from minillama.errors import ConfigError
 from webui.cli import is_loopback, lan_address, limits_from_args, parse_args, resolve_auth
 from webui.limits import Limits
 from webui.server import serve
@@ -34,16 +35,22 @@ def make_manager(args: argparse.Namespace, limits: Limits) -> SessionManager:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio checks its own routes at start
+    """Exit status 0 when the server stops; 2 for bad input (one line on stderr); 1 for a bug
+    (minillama/cli_errors.py)."""
+    return run_cli("app.py", _main, argv, expected=(TraceError,))
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         auth = resolve_auth(args)
         limits = limits_from_args(args)
-        manager = make_manager(args, limits)
-    except (ValueError, TraceError, ModelLoadError, OSError) as error:
-        print(f"app.py: {error}", file=sys.stderr)
-        return 2
+    except ValueError as error:  # both name the flag that is wrong
+        raise ConfigError(str(error)) from error
+    manager = make_manager(args, limits)
+    # Logging starts once the server is about to run: a refusal above stays one line.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio checks its own routes at start
     if not is_loopback(args.host):
         print(f"Sharing on the LAN: http://{lan_address()}:{args.port}")
         if auth is None:

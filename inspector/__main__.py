@@ -18,57 +18,88 @@ from inspector.session import DebugSession
 from inspector.show import format_overview, format_step
 from inspector.trace import TraceError
 from inspector.tracefile import load, save
-from minillama.cli_args import add_engine_args, add_sampling_args, engine_config_from_args, sampling_params_from_args
+from minillama.cli_args import (
+    add_engine_args,
+    add_sampling_args,
+    check_output_path,
+    engine_config_from_args,
+    int_at_least,
+    number_at_least,
+    sampling_params_from_args,
+)
+from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
 from minillama.engine.llm_engine import LLMEngine
-from minillama.errors import InvalidRequestError, ModelLoadError
+from minillama.engine.prompts import check_text
+from minillama.errors import ConfigError
+
+PROG = "python -m inspector"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inspector", description=__doc__.split("\n")[0])
+    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (cli_errors.py)."""
+    return run_cli(PROG, _main, argv, expected=(TraceError,))
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "record":
+        return _record(args)
+    output = check_output_path(args.output, "-o") if args.command == "export-chrome" else None
+    trace = load(args.trace)
+    if output is not None:
+        export_chrome_trace(trace, output)
+        print(f"wrote {output}: {len(trace.steps)} steps (open it in https://ui.perfetto.dev)")
+    elif args.step is None:
+        print(format_overview(trace))
+    elif not 0 <= args.step < len(trace.steps):
+        raise ConfigError(f"--step {args.step}: the trace has steps 0 to {len(trace.steps) - 1}")
+    else:
+        print(format_step(trace, args.step))
+    return 0
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     record = commands.add_parser("record", help="run prompts as one batch and record every step")
     record.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
     record.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     record.add_argument("-o", "--output", required=True, help="the .mltrace file to write")
-    record.add_argument("--max-steps", type=int, default=None, help="stop recording after this many steps")
+    record.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop recording after this many steps")
     add_engine_args(record)
     record.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
     add_sampling_args(record)
     capture = record.add_argument_group("capture")
-    capture.add_argument("--attention-seqs", type=int, nargs="*", default=[0, 1], metavar="I",
+    capture.add_argument("--attention-seqs", type=int_at_least(0), nargs="*", default=[0, 1], metavar="I",
                          help="prompts (0-based, in the order given) whose attention is recorded (default: 0 1)")
     capture.add_argument("--no-attention", action="store_true", help="record no attention")
     # --top-k is taken by sampling (the top-k filter); this one is how many tokens to record.
-    capture.add_argument("--logits-top-k", type=int, default=10, help="most likely tokens recorded per sampled token")
+    capture.add_argument("--logits-top-k", type=int_at_least(1), default=10,
+                         help="most likely tokens recorded per sampled token")
     capture.add_argument("--logit-lens", action="store_true",
                          help="record each layer's top-5 next-token guess for the --attention-seqs prompts")
-    capture.add_argument("--budget-mb", type=float, default=256, help="memory for recorded data, MiB")
+    capture.add_argument("--budget-mb", type=number_at_least(0), default=256, help="memory for recorded data, MiB")
+    add_debug_flag(record)
 
     show = commands.add_parser("show", help="print a trace's overview, or one step in detail")
     show.add_argument("trace", help="a .mltrace file")
     show.add_argument("--step", type=int, default=None, help="the step to print (default: the overview)")
+    add_debug_flag(show)
 
     chrome = commands.add_parser("export-chrome", help="write step timings as Chrome trace JSON (Perfetto)")
     chrome.add_argument("trace", help="a .mltrace file")
     chrome.add_argument("-o", "--output", required=True, help="the .json file to write")
-
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "record":
-            return _record(args)
-        trace = load(args.trace)
-        if args.command == "show":
-            print(format_overview(trace) if args.step is None else format_step(trace, args.step))
-        else:
-            export_chrome_trace(trace, args.output)
-            print(f"wrote {args.output}: {len(trace.steps)} steps (open it in https://ui.perfetto.dev)")
-        return 0
-    except (TraceError, InvalidRequestError, ModelLoadError, ValueError, IndexError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    add_debug_flag(chrome)
+    return parser
 
 
 def _record(args: argparse.Namespace) -> int:
+    # Everything that needs no model is checked before the model loads and the run is recorded.
+    output = check_output_path(args.output, "-o")
+    config, params = engine_config_from_args(args), sampling_params_from_args(args)
+    for prompt in args.prompt:
+        check_text(prompt)
     policy = CapturePolicy(
         attention=not args.no_attention,
         attention_requests=tuple(args.attention_seqs),
@@ -76,15 +107,14 @@ def _record(args: argparse.Namespace) -> int:
         logit_lens=args.logit_lens,
         memory_budget=int(args.budget_mb * 2**20),
     )
-    session = DebugSession(LLMEngine.from_pretrained(args.model, engine_config_from_args(args)), policy)
-    params = sampling_params_from_args(args)
+    session = DebugSession(LLMEngine.from_pretrained(args.model, config), policy)
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)
     result = session.run(max_steps=args.max_steps)
-    save(session.trace, args.output)
+    save(session.trace, output)
     print(format_overview(session.trace))
     state = "all requests finished" if result.finished else f"stopped after {result.steps} steps"
-    print(f"\n{state}; wrote {args.output}")
+    print(f"\n{state}; wrote {output}")
     return 0
 
 

@@ -5,27 +5,35 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from minillama.cli_args import add_engine_args, add_sampling_args, engine_config_from_args, sampling_params_from_args
+from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
 from minillama.engine.llm import LLM
-from minillama.errors import InvalidRequestError, ModelLoadError
+from minillama.engine.prompts import check_text
+
+PROG = "python -m minillama"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minillama", description=__doc__.split("\n")[0])
+    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (cli_errors.py)."""
+    return run_cli(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     add_engine_args(parser)
     add_sampling_args(parser)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        llm = LLM(args.model, engine_config_from_args(args))
-        completions = llm.generate(args.prompt, sampling_params_from_args(args), chat=args.chat)
-    except (InvalidRequestError, ModelLoadError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # Everything that needs no model is checked before the model loads.
+    config, params = engine_config_from_args(args), sampling_params_from_args(args)
+    for prompt in args.prompt:
+        check_text(prompt)
+    llm = LLM(args.model, config)
+    completions = llm.generate(args.prompt, params, chat=args.chat)
     for prompt, completion in zip(args.prompt, completions):
         print(f"### {prompt}\n{completion.text}\n[{len(completion.token_ids)} tokens, {completion.finish_reason}]\n")
     print(llm.engine.stats.summary())

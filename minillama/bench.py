@@ -14,18 +14,24 @@ import argparse
 import gc
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from minillama.config import EngineConfig
+from minillama.cli_args import int_at_least, number_at_least
+from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
+from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.llm_engine import LLMEngine
 from minillama.engine.outputs import StepTimings
+from minillama.errors import ConfigError
+from minillama.model.attention import BACKEND_NAMES
 from minillama.observe import Observer
 from minillama.sampling_params import SamplingParams
 
+PROG = "python -m minillama.bench"
 CONFIGS = Path(__file__).parent / "bench_configs"
 CHAT_PROMPTS = [
     "What is the capital of France?",
@@ -129,7 +135,11 @@ def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
         path = embedded_model_dir()
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         return hf, load_tokenizer(path)
-    raw = json.loads(config_path(args.config).read_text())
+    path = config_path(args.config)
+    if not path.is_file():
+        raise ConfigError(f"--config {args.config}: no such file; give 1b, 3b or the path of a config.json")
+    ModelConfig.from_file(path)  # a missing or malformed file: a ModelLoadError that says what is wrong
+    raw = json.loads(path.read_text())
     raw["eos_token_id"] = None  # random weights: never stop early
     torch.manual_seed(0)
     config = LlamaConfig.from_dict(raw)
@@ -280,24 +290,38 @@ def decode_step_table(args: argparse.Namespace) -> None:
             engine.abort(i)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m minillama.bench", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (cli_errors.py)."""
+    return run_cli(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help="the 256-request GPU workload")
     parser.add_argument("--config", default=None, help="1b, 3b or a config.json path (random weights); default: embedded model")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-tokens", type=int, default=64, help="small workload: new tokens per prompt")
+    parser.add_argument("--max-tokens", type=int_at_least(1), default=64, help="small workload: new tokens per prompt")
     parser.add_argument("--kv-blocks", type=int, default=None)
-    parser.add_argument("--num-requests", type=int, default=256)
-    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--num-requests", type=int_at_least(1), default=256)
+    parser.add_argument("--output-len", type=int_at_least(1), default=256)
     parser.add_argument("--peers", default="static,cb", help="GPU peers to run: static, cb")
-    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--attention", default="auto", choices=BACKEND_NAMES)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--eager", action="store_true")
-    parser.add_argument("--floor", type=float, default=None, help="seconds no engine can beat, for the table")
+    parser.add_argument("--floor", type=number_at_least(0), default=None, help="seconds no engine can beat, for the table")
     parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
-    parser.add_argument("--context", type=int, default=512, help="--decode-steps: tokens of context per sequence")
+    parser.add_argument("--context", type=int_at_least(1), default=512, help="--decode-steps: tokens of context per sequence")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    unknown_peers = set(args.peers.split(",")) - {"static", "cb"}
+    if unknown_peers:
+        raise ConfigError(f"--peers takes static, cb or both (comma-separated), got {args.peers!r}")
+    # The engine's own flags are checked before any model loads.
+    EngineConfig(device=args.device, attention=args.attention, num_kv_blocks=args.kv_blocks,
+                 max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()
+    if (args.gpu or args.decode_steps) and not torch.cuda.is_available():
+        raise ConfigError("--gpu and --decode-steps need a CUDA GPU, and torch sees none")
     if args.decode_steps:
         args.config = args.config or "1b"
         decode_step_table(args)
@@ -309,4 +333,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -50,9 +50,11 @@ def test_record_without_attention_and_with_a_tiny_budget(embedded_dir, tmp_path,
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
+    """One line each (tests/test_cli_errors.py has the full table)."""
     assert main(["show", str(tmp_path / "missing.mltrace")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith("does not exist\n")
     bad = tmp_path / "bad.mltrace"
     bad.write_text("not a trace")
     assert main(["export-chrome", str(bad), "-o", str(tmp_path / "t.json")]) == 2
-    assert "not a .mltrace file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a .mltrace file" in err and err.count("\n") == 1

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
+
 import pytest
 
+from minillama.errors import ConfigError
 from webui.cli import AUTH_ENV, is_loopback, limits_from_args, parse_args, resolve_auth
 
 
@@ -38,4 +41,24 @@ def test_limits_come_from_the_flags_and_must_be_positive():
     limits = limits_from_args(parse_args(["--max-sessions", "3", "--max-new-tokens", "64", "--upload-mb", "5"]))
     assert (limits.max_sessions, limits.max_new_tokens, limits.upload_mb) == (3, 64, 5)
     with pytest.raises(ValueError, match="max_sessions must be positive"):
-        limits_from_args(parse_args(["--max-sessions", "0"]))
+        limits_from_args(Namespace(**{**vars(parse_args([])), "max_sessions": 0}))
+
+
+INT_LIMITS = ["--max-sessions", "--max-sessions-per-client", "--max-new-tokens", "--max-kv-blocks", "--max-steps",
+              "--upload-mb"]
+FLOAT_LIMITS = ["--idle-minutes", "--trace-budget-mb"]  # 0 passes the parser; Limits refuses it (above)
+BAD_LIMITS = [(flag, value) for flag in INT_LIMITS for value in ("0", "-1", "2.5", "x")] + [
+    (flag, value) for flag in FLOAT_LIMITS for value in ("-1", "nan", "inf", "x")
+]
+
+
+@pytest.mark.parametrize("flag, value", BAD_LIMITS)
+def test_bad_limit_flags_are_usage_errors_naming_the_flag(flag, value):
+    with pytest.raises(ConfigError, match=f"argument {flag}: invalid .* value: '{value}'"):
+        parse_args([flag, value])
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "http"])
+def test_a_port_outside_1_to_65535_is_a_usage_error(port):
+    with pytest.raises(ConfigError, match=f"argument --port: invalid port .* value: '{port}'"):
+        parse_args(["--port", port])

@@ -12,7 +12,8 @@ import ipaddress
 import os
 import socket
 
-from minillama.cli_args import add_model_args
+from minillama.cli_args import add_model_args, int_at_least, number_at_least
+from minillama.cli_errors import ArgumentParser, add_debug_flag
 from webui.limits import Limits
 
 AUTH_ENV = "MINILLAMA_AUTH"
@@ -21,7 +22,7 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = Limits()
-    p = argparse.ArgumentParser(prog="app.py", description="mini-llama inspector: a visual debugger for Llama inference")
+    p = ArgumentParser(prog="app.py", description="mini-llama inspector: a visual debugger for Llama inference")
     m = p.add_argument_group("model (shared by every session)")
     add_model_args(m)
     m.add_argument("--max-model-len", type=int, default=4096, help="longest sequence a session may run")
@@ -29,20 +30,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--trace", default=None, metavar="FILE", help="open this .mltrace read-only, with no model loaded")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="127.0.0.1", help="0.0.0.0 shares the UI on the LAN (needs --auth or --no-auth)")
-    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--port", type=_port, default=7860)
     s.add_argument("--auth", default=None, metavar="USER:PASSWORD", help=f"require a login (or set {AUTH_ENV})")
     s.add_argument("--no-auth", action="store_true", help="serve a non-loopback host with no login (you are warned)")
     lim = p.add_argument_group("limits per server / per session")
-    lim.add_argument("--max-sessions", type=int, default=defaults.max_sessions, help="browser sessions at once")
-    lim.add_argument("--max-sessions-per-client", type=int, default=defaults.max_sessions_per_client,
+    lim.add_argument("--max-sessions", type=int_at_least(1), default=defaults.max_sessions, help="browser sessions at once")
+    lim.add_argument("--max-sessions-per-client", type=int_at_least(1), default=defaults.max_sessions_per_client,
                      help="of those, from one client address")
-    lim.add_argument("--idle-minutes", type=float, default=defaults.idle_minutes, help="reclaim a session unused this long")
-    lim.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="per request")
-    lim.add_argument("--max-kv-blocks", type=int, default=defaults.max_kv_blocks, help="per session")
-    lim.add_argument("--max-steps", type=int, default=defaults.max_steps, help="recorded steps per session")
-    lim.add_argument("--trace-budget-mb", type=float, default=defaults.trace_budget_mb, help="recorder memory per session")
-    lim.add_argument("--upload-mb", type=int, default=defaults.upload_mb, help="largest trace file accepted")
+    lim.add_argument("--idle-minutes", type=number_at_least(0), default=defaults.idle_minutes, help="reclaim a session unused this long")
+    lim.add_argument("--max-new-tokens", type=int_at_least(1), default=defaults.max_new_tokens, help="per request")
+    lim.add_argument("--max-kv-blocks", type=int_at_least(1), default=defaults.max_kv_blocks, help="per session")
+    lim.add_argument("--max-steps", type=int_at_least(1), default=defaults.max_steps, help="recorded steps per session")
+    lim.add_argument("--trace-budget-mb", type=number_at_least(0), default=defaults.trace_budget_mb, help="recorder memory per session")
+    lim.add_argument("--upload-mb", type=int_at_least(1), default=defaults.upload_mb, help="largest trace file accepted")
+    add_debug_flag(p)
     return p.parse_args(argv)
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+_port.__name__ = "port (1 to 65535)"  # argparse names the type in its message
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:

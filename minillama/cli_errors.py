@@ -1,0 +1,83 @@
+"""How every command line of the project reports failure: one line on stderr, never a traceback.
+
+    def main(argv: list[str] | None = None) -> int:
+        return run_cli("python -m minillama", _main, argv)
+
+- bad input (a MinillamaError, a flag argparse refuses, an OSError naming a file, or one of
+  the `expected` types a command line adds): "prog: error: <message>", exit status 2;
+- Ctrl-C: "prog: interrupted", exit status 130 (128 + SIGINT, what a shell reports);
+- anything else is a bug: "prog: internal error: <type>: <message>; run with --debug for the
+  traceback", exit status 1.
+
+With --debug among the arguments the exception propagates instead, traceback and all. A user
+who mistyped a flag needs the one line; whoever debugs the engine needs the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import torch
+
+from minillama.errors import ConfigError, MinillamaError
+
+DEBUG_FLAG = "--debug"
+
+# Errors that come from the user's input or machine, not from a bug: a file that cannot be
+# read or written, or a request for more memory than there is.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, torch.OutOfMemoryError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, except that a usage error raises ConfigError (which run_cli prints as
+    one line) instead of printing the whole usage block and exiting on its own. Subparsers
+    made with add_subparsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    # run_cli reads the flag from argv itself: even a usage error is then raised in full.
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="on an error, show the Python traceback")
+
+
+def run_cli(
+    prog: str,
+    main: Callable[[list[str]], int | None],
+    argv: Sequence[str] | None = None,
+    expected: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Run `main(argv)` and turn what it raises into one line and an exit status (see above)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv[: argv.index("--")] if "--" in argv else DEBUG_FLAG in argv
+    try:
+        return main(argv) or 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _say(f"{prog}: interrupted")
+        return 130
+    except (MinillamaError, *ENVIRONMENT_ERRORS, *expected) as exc:
+        if debug:
+            raise
+        _say(f"{prog}: error: {one_line(exc)}")
+        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        _say(f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)}; run with {DEBUG_FLAG} for the traceback")
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message with its line breaks folded into spaces (or its type's name,
+    when it has no message)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

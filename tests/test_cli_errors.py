@@ -1,0 +1,221 @@
+"""Every command line, given bad input, prints exactly one line naming the problem on stderr and
+exits with status 2, never with a traceback (minillama/cli_errors.py): `python -m minillama`,
+`python -m inspector`, `python app.py`, `python -m minillama.bench`.
+
+The table runs each `main(argv)` in-process (fast); a few real subprocesses prove that nothing
+else reaches stderr. The model, where one is needed, is a tiny random directory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_model import write_tiny_model
+
+import app
+import inspector.__main__
+import minillama.__main__
+import minillama.bench
+from minillama.engine import llm_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIS = {"minillama": minillama.__main__.main, "inspector": inspector.__main__.main, "app": app.main,
+        "bench": minillama.bench.main}
+BAD_BYTES = "\udcff\udcfe caf\udce9"  # what Python makes of the argv bytes b"\xff\xfe caf\xe9"
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, str]:
+    """{name}s the argv templates below refer to."""
+    root = tmp_path_factory.mktemp("cli")
+    tiny = write_tiny_model(root / "tiny")
+    bare = write_tiny_model(root / "bare", tokenizer=False)
+    (root / "file.txt").write_text("not a model")
+    (root / "junk.mltrace").write_text("not a trace")
+    (root / "empty").mkdir()
+    trace = root / "run.mltrace"
+    code = inspector.__main__.main(["record", "--model", str(tiny), "--device", "cpu", "--prompt", "hi",
+                                    "--max-tokens", "3", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(trace)])
+    assert code == 0
+    return {"tiny": str(tiny), "bare": str(bare), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
+            "empty": str(root / "empty"), "trace": str(trace), "root": str(root)}
+
+
+TINY = ["--model", "{tiny}", "--device", "cpu"]
+RUN = ["--prompt", "hi", *TINY]
+RECORD = ["record", "--prompt", "hi", "-o", "{root}/r.mltrace"]
+
+# (cli, argv, a fragment of the one line)
+BAD = {
+    # python -m minillama: flags
+    "no-prompt": ("minillama", [], "the following arguments are required: --prompt"),
+    "unknown-flag": ("minillama", ["--prompt", "hi", "--bogus"], "unrecognized arguments: --bogus"),
+    "int-flag-text": ("minillama", ["--prompt", "hi", "--max-tokens", "many"], "invalid int value: 'many'"),
+    "device-banana": ("minillama", ["--prompt", "hi", "--device", "banana"], "unknown device (--device) 'banana'"),
+    "device-mps": ("minillama", ["--prompt", "hi", "--device", "mps"], "choose auto, cpu, cuda or cuda:N"),
+    "dtype": ("minillama", ["--prompt", "hi", "--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
+    "attention": ("minillama", ["--prompt", "hi", "--attention", "flash"], "argument --attention: invalid choice"),
+    "block-size-0": ("minillama", ["--prompt", "hi", "--block-size", "0"], "block_size (--block-size) must be"),
+    "kv-blocks-negative": ("minillama", ["--prompt", "hi", "--num-kv-blocks", "-1"], "num_kv_blocks (--num-kv-blocks)"),
+    "max-num-seqs-0": ("minillama", ["--prompt", "hi", "--max-num-seqs", "0"], "max_num_seqs (--max-num-seqs)"),
+    "batched-tokens-0": ("minillama", ["--prompt", "hi", "--max-num-batched-tokens", "0"], "--max-num-batched-tokens"),
+    "max-model-len-0": ("minillama", ["--prompt", "hi", "--max-model-len", "0"], "max_model_len (--max-model-len)"),
+    "kv-gb-nan": ("minillama", ["--prompt", "hi", "--kv-cache-gb", "nan"], "--kv-cache-gb) must be a finite number > 0"),
+    "kv-gb-0": ("minillama", ["--prompt", "hi", "--kv-cache-gb", "0"], "--kv-cache-gb) must be"),
+    "gpu-util": ("minillama", ["--prompt", "hi", "--gpu-memory-utilization", "1.5"], "in (0, 1], got 1.5"),
+    "seed-negative": ("minillama", ["--prompt", "hi", "--seed", "-1"], "seed (--seed) must be an integer in [0, 2**63)"),
+    "temperature-nan": ("minillama", ["--prompt", "hi", "--temperature", "nan"], "temperature must be a number"),
+    "temperature-negative": ("minillama", ["--prompt", "hi", "--temperature", "-1"], "temperature must be finite and >= 0"),
+    "temperature-inf": ("minillama", ["--prompt", "hi", "--temperature", "inf"], "temperature must be finite"),
+    "top-p-0": ("minillama", ["--prompt", "hi", "--top-p", "0"], "top_p must be in (0, 1]"),
+    "top-p-2": ("minillama", ["--prompt", "hi", "--top-p", "2"], "top_p must be in (0, 1]"),
+    "top-k-negative": ("minillama", ["--prompt", "hi", "--top-k", "-1"], "top_k must be an integer >= 0"),
+    "max-tokens-0": ("minillama", ["--prompt", "hi", "--max-tokens", "0"], "max_tokens must be an integer >= 1"),
+    # python -m minillama: prompts and models
+    "empty-prompt": ("minillama", ["--prompt", ""], "the prompt is empty"),
+    "undecodable-prompt": ("minillama", ["--prompt", BAD_BYTES], "character 0 is the byte 0xff"),
+    "undecodable-chat": ("minillama", ["--chat", "--prompt", "ok", "--prompt", BAD_BYTES], "the byte 0xff"),
+    "lone-surrogate": ("minillama", ["--prompt", "abc\ud800", *TINY], r"character 3 is U+D800"),
+    "model-missing": ("minillama", ["--prompt", "hi", "--model", "{root}/nope"], "does not exist"),
+    "model-is-a-file": ("minillama", ["--prompt", "hi", "--model", "{file}"], "is a file, not a model directory"),
+    "model-empty-dir": ("minillama", ["--prompt", "hi", "--model", "{empty}"], "a model directory needs config.json"),
+    "no-tokenizer": ("minillama", ["--prompt", "hi", "--model", "{bare}", "--device", "cpu"], "has no tokenizer"),
+    "kv-blocks-beyond-memory": ("minillama", [*RUN, "--num-kv-blocks", "1000000000000"], "the KV cache would take"),
+    "kv-gb-beyond-memory": ("minillama", [*RUN, "--kv-cache-gb", "1000000", "--max-num-seqs", "1000000000"],
+                            "blocks of 16 tokens fit"),
+    "context-too-long": ("minillama", [*RUN, "--max-model-len", "4096"], "exceeds the model's context (128 positions)"),
+    "prompt-too-long": ("minillama", ["--prompt", "x" * 200, *TINY], "the prompt has 200 tokens"),
+    "attention-needs-cuda": ("minillama", [*RUN, "--attention", "triton", "--dtype", "bfloat16"], "needs a CUDA device"),
+    "attention-cpu-fp32": ("minillama", [*RUN, "--attention", "cpu", "--dtype", "bfloat16"], "float32 only"),
+    # python -m inspector
+    "no-command": ("inspector", [], "the following arguments are required: command"),
+    "record-no-output": ("inspector", ["record", "--prompt", "hi"], "required: -o/--output"),
+    "record-no-folder": ("inspector", ["record", "--prompt", "hi", "-o", "/nonexistent/r.mltrace"],
+                         "-o /nonexistent/r.mltrace: there is no folder /nonexistent"),
+    "record-to-a-folder": ("inspector", ["record", "--prompt", "hi", "-o", "{empty}"], "is a folder"),
+    "record-max-steps-0": ("inspector", [*RECORD, "--max-steps", "0"], "argument --max-steps: invalid integer >= 1"),
+    "record-top-k-0": ("inspector", [*RECORD, "--logits-top-k", "0"], "argument --logits-top-k"),
+    "record-budget-negative": ("inspector", [*RECORD, "--budget-mb", "-1"], "argument --budget-mb"),
+    "record-budget-nan": ("inspector", [*RECORD, "--budget-mb", "nan"], "argument --budget-mb"),
+    "record-seqs-negative": ("inspector", [*RECORD, "--attention-seqs", "-1"], "argument --attention-seqs"),
+    "record-undecodable": ("inspector", ["record", "--prompt", BAD_BYTES, "-o", "{root}/r.mltrace"], "the byte 0xff"),
+    "record-undecodable-chat": ("inspector", [*RECORD, "--chat", "--prompt", BAD_BYTES], "the byte 0xff"),
+    "record-device": ("inspector", [*RECORD, "--device", "banana"], "unknown device"),
+    "record-kv-blocks-0": ("inspector", [*RECORD, "--kv-blocks", "0"], "num_kv_blocks"),
+    "record-model-file": ("inspector", [*RECORD, "--model", "{file}"], "is a file, not a model directory"),
+    "show-missing": ("inspector", ["show", "{root}/missing.mltrace"], "does not exist"),
+    "show-junk": ("inspector", ["show", "{junk}"], "not a .mltrace file"),
+    "show-a-folder": ("inspector", ["show", "{empty}"], "{empty}"),
+    "show-step-out-of-range": ("inspector", ["show", "{trace}", "--step", "999"], "--step 999: the trace has steps 0 to"),
+    "show-step-negative": ("inspector", ["show", "{trace}", "--step", "-1"], "--step -1"),
+    "chrome-no-folder": ("inspector", ["export-chrome", "{trace}", "-o", "/nonexistent/t.json"], "there is no folder"),
+    "chrome-to-a-folder": ("inspector", ["export-chrome", "{trace}", "-o", "{empty}"], "is a folder"),
+    # python app.py (each refused before a server starts or a model loads)
+    "app-lan-without-auth": ("app", ["--host", "0.0.0.0"], "--auth USER:PASSWORD"),
+    "app-bad-auth": ("app", ["--auth", "nopassword"], "--auth takes USER:PASSWORD"),
+    "app-port": ("app", ["--port", "99999"], "argument --port: invalid port (1 to 65535) value: '99999'"),
+    "app-sessions-0": ("app", ["--max-sessions", "0"], "argument --max-sessions"),
+    "app-idle-nan": ("app", ["--idle-minutes", "nan"], "argument --idle-minutes"),
+    "app-device": ("app", ["--device", "banana"], "unknown device"),
+    "app-max-model-len": ("app", ["--max-model-len", "0"], "max_model_len (--max-model-len)"),
+    "app-model-file": ("app", ["--model", "{file}"], "is a file, not a model directory"),
+    "app-context": ("app", [*TINY, "--max-model-len", "4096"], "exceeds the model's context"),
+    "app-trace-junk": ("app", ["--trace", "{junk}"], "not a .mltrace file"),
+    "app-trace-folder": ("app", ["--trace", "{empty}"], "{empty}"),
+    "app-unknown-flag": ("app", ["--bogus"], "unrecognized arguments: --bogus"),
+    # python -m minillama.bench
+    "bench-device": ("bench", ["--device", "banana"], "unknown device"),
+    "bench-config-missing": ("bench", ["--config", "/nonexistent.json"], "no such file"),
+    "bench-config-bad": ("bench", ["--config", "{file}"], "is not valid JSON"),
+    "bench-max-tokens-0": ("bench", ["--max-tokens", "0"], "argument --max-tokens"),
+    "bench-requests-0": ("bench", ["--num-requests", "0"], "argument --num-requests"),
+    "bench-peers": ("bench", ["--peers", "hf"], "--peers takes static, cb or both"),
+    "bench-attention": ("bench", ["--attention", "flash"], "argument --attention: invalid choice"),
+    "bench-kv-blocks-0": ("bench", ["--kv-blocks", "0"], "num_kv_blocks"),
+}
+
+
+def one_line_error(capsys, cli: str, argv: list[str], status: int = 2) -> str:
+    """Run the command line; check the status and that stderr is one line with no traceback."""
+    assert CLIS[cli](argv) == status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("cli, argv, fragment", BAD.values(), ids=BAD.keys())
+def test_bad_input_is_one_line_and_status_2(paths, capsys, cli, argv, fragment):
+    err = one_line_error(capsys, cli, [arg.format(**paths) for arg in argv])
+    prog = {"minillama": "python -m minillama", "inspector": "python -m inspector", "app": "app.py",
+            "bench": "python -m minillama.bench"}[cli]
+    assert err.startswith(f"{prog}: error: ") and fragment.format(**paths) in err
+
+
+def test_good_input_still_runs(paths, capsys):
+    assert minillama.__main__.main([*[a.format(**paths) for a in RUN], "--chat", "--max-tokens", "2"]) == 0
+    assert "[2 tokens, length]" in capsys.readouterr().out
+    assert inspector.__main__.main(["show", paths["trace"], "--step", "0"]) == 0
+    assert capsys.readouterr().out.startswith("step 0 of")
+
+
+def test_a_bug_is_an_internal_error_and_debug_shows_the_traceback(paths, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(llm_engine.LLMEngine, "step", broken)
+    run = ["--prompt", "hi", "--model", paths["tiny"], "--device", "cpu"]
+    err = one_line_error(capsys, "minillama", run, status=1)
+    assert err == ("python -m minillama: internal error: ZeroDivisionError: division by zero; "
+                   "run with --debug for the traceback\n")
+    with pytest.raises(ZeroDivisionError):
+        minillama.__main__.main([*run, "--debug"])
+    with pytest.raises(ZeroDivisionError):  # --debug works before or after the subcommand
+        inspector.__main__.main(["--debug", "record", "--prompt", "hi", "--model", paths["tiny"], "--device", "cpu",
+                                 "-o", paths["root"] + "/r.mltrace"])
+
+
+def test_debug_raises_bad_input_too(paths):
+    from minillama.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown device"):
+        minillama.__main__.main(["--prompt", "hi", "--device", "banana", "--debug"])
+
+
+def test_ctrl_c_is_one_line_and_status_130(paths, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llm_engine.LLMEngine, "step", interrupted)
+    for cli, argv in [("minillama", RUN), ("inspector", [*RECORD, *TINY])]:
+        err = one_line_error(capsys, cli, [a.format(**paths) for a in argv], status=130)
+        assert err.endswith(": interrupted\n")
+
+
+def test_help_still_exits_0(capsys):
+    for main, argv in [(minillama.__main__.main, ["--help"]), (inspector.__main__.main, ["record", "--help"])]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0 and "--debug" in capsys.readouterr().out
+
+
+# -- real processes: nothing but the one line reaches stderr ------------------------------------
+
+PROCESSES = {
+    # Undecodable argv bytes arrive as lone surrogates; refused before any model loads.
+    "minillama-bytes": (["-m", "minillama", "--prompt", b"\xff\xfe caf\xe9"], "character 0 is the byte 0xff"),
+    "inspector-output": (["-m", "inspector", "record", "--prompt", "hi", "-o", "/nonexistent/r.mltrace"],
+                         "there is no folder /nonexistent"),
+    "bench-device": (["-m", "minillama.bench", "--device", "banana"], "unknown device"),
+}
+
+
+@pytest.mark.parametrize("argv, fragment", PROCESSES.values(), ids=PROCESSES.keys())
+def test_a_real_process_prints_one_line(argv, fragment):
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, timeout=120)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
