@@ -235,3 +235,16 @@ def test_auth_refuses_an_unauthenticated_client(base):
             Tab(address)
         authed = Tab(address, auth=("ada", "s3cret"))
         assert "No step yet" in panels(authed.loaded)["text"]
+
+
+def test_a_share_link_names_a_snapshot_and_a_step_but_no_session(url):
+    author = Tab(url)
+    add(author, "What is the capital of France?\nWhat is 2 + 2?", max_tokens=6)
+    for _ in range(4):
+        author.predict(api_name="/step")
+    author.predict(2, api_name="/seek")
+    author.predict("1", 0, "all", False, api_name="/select")
+    link = author.predict(api_name="/share_link")
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?view=[0-9a-f]{24}&step=2&seq=1", link), link
+    assert author.key.split(".")[0] not in link and author.client.session_hash not in link
+    assert Tab(url).predict(api_name="/share_link") == ""  # nothing recorded: nothing to share

@@ -260,3 +260,28 @@ def test_pause_acts_within_a_second_while_the_machine_is_busy(browser, url):
     finally:
         burner.kill()
         page.context.close()
+
+
+def test_a_share_link_opens_the_same_view_in_another_browser(browser, url):
+    author = open_page(browser, url)
+    add_prompts(author, "What is the capital of France?\nWhat is 2 + 2?", max_tokens=6)
+    for index in range(4):
+        author.locator("#ml-step").click()
+        wait_for_step(author, index)
+    author.locator("#ml-prev").click()
+    wait_for_step(author, 2)
+    author.get_by_text("Trace file").click()
+    author.locator("#ml-share").click()
+    author.wait_for_function("() => document.querySelector('#ml-share-url textarea, #ml-share-url input')?.value")
+    link = author.locator("#ml-share-url textarea, #ml-share-url input").first.input_value()
+    author.locator("#ml-step").click()  # the author goes on; the snapshot stays as shared
+    colleague = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    colleague.goto(link)
+    colleague.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('shared view')")
+    wait_for_step(colleague, 2)
+    assert colleague.locator("#ml-slider input[type=number]").input_value() == "2"
+    assert "4 step(s) recorded" in colleague.locator("#ml-status").inner_text()
+    colleague.goto(url + "?view=0123456789abcdef01234567&step=1")
+    colleague.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('expired')")
+    author.context.close()
+    colleague.context.close()

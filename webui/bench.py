@@ -30,18 +30,24 @@ from webui.limits import Limits
 from webui.server import serve
 from webui.sessions import SessionManager
 
+TABS = ("KV cache", "Attention", "Next token", "Logit lens")  # the page's tabs (webui/layout.py)
 PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-lens", "ml-details")
 PROMPTS = ["Write a story about a lighthouse keeper.", "Explain how a bicycle works.",
            "List the planets of the solar system and describe each.", "Write a poem about the sea."]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Runs in the page: move the slider's range input to step n the way a drag does (an input
-# event), then wait, frame by frame, until every panel shows step n. Returns milliseconds.
+# event), then wait, frame by frame, until every panel on screen shows step n (a panel in a
+# hidden tab is drawn only when its tab is shown). Returns milliseconds.
 MOVE_AND_WAIT = """async ([n, ids]) => {
     const range = document.querySelector('#ml-slider input[type=range]');
     const setValue = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;
     const pattern = new RegExp('step ' + n + '(?![0-9])');
-    const shown = () => ids.every(id => pattern.test(document.getElementById(id)?.textContent ?? ''));
+    const onScreen = (el) => el && el.offsetParent !== null;
+    const shown = () => ids.every(id => {
+        const el = document.getElementById(id);
+        return !onScreen(el) || pattern.test(el.textContent);
+    });
     const start = performance.now();
     setValue.call(range, String(n));
     range.dispatchEvent(new Event('input', {bubbles: true}));
@@ -66,7 +72,8 @@ def record_trace(steps: int) -> Trace:
     return session.trace
 
 
-def measure(url: str, num_steps: int, moves: int, seed: int) -> list[float]:
+def measure(url: str, num_steps: int, moves: int, seed: int) -> dict[str, list[float]]:
+    """Slider moves with each of the page's tabs shown in turn: {tab: milliseconds per move}."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -77,16 +84,19 @@ def measure(url: str, num_steps: int, moves: int, seed: int) -> list[float]:
     targets = random.Random(seed).sample(range(1, num_steps - 1), min(moves, num_steps - 2))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(url)
         page.wait_for_function("() => /step 0(?![0-9])/.test(document.getElementById('ml-text')?.textContent ?? '')")
-        page.evaluate(MOVE_AND_WAIT, [num_steps - 1, list(PANEL_IDS)])  # warm up: the first draws are slower
-        times = []
-        for n in tqdm(targets, desc="slider moves", unit="move"):
-            elapsed = page.evaluate(MOVE_AND_WAIT, [n, list(PANEL_IDS)])
-            if elapsed < 0:
-                sys.exit(f"the panels did not show step {n} within 10 s")
-            times.append(elapsed)
+        times: dict[str, list[float]] = {}
+        for tab in TABS:
+            page.get_by_role("tab", name=tab).click()
+            page.evaluate(MOVE_AND_WAIT, [num_steps - 1, list(PANEL_IDS)])  # warm up: the first draws are slower
+            times[tab] = []
+            for n in tqdm(targets, desc=f"slider moves, {tab} tab", unit="move"):
+                elapsed = page.evaluate(MOVE_AND_WAIT, [n, list(PANEL_IDS)])
+                if elapsed < 0:
+                    sys.exit(f"the panels did not show step {n} within 10 s")
+                times[tab].append(elapsed)
         browser.close()
     return times
 
@@ -108,14 +118,17 @@ def main(argv: list[str] | None = None) -> None:
     manager = SessionManager(None, Limits(), trace, name)
     app = serve(manager, "127.0.0.1", 7899, block=False)
     try:
-        times = sorted(measure("http://127.0.0.1:7899/", len(trace.steps), args.moves, args.seed))
+        by_tab = measure("http://127.0.0.1:7899/", len(trace.steps), args.moves, args.seed)
     finally:
         app.close()
-    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     print(f"trace: {len(trace.steps)} steps, {len(trace.sequences)} sequences, attention for "
           f"{sorted(trace.attention)}")
-    print(f"slider move -> every panel updated, {len(times)} moves: median {statistics.median(times):.0f} ms, "
-          f"p95 {p95:.0f} ms, max {times[-1]:.0f} ms (goal: p95 < 200 ms: {'met' if p95 < 200 else 'NOT met'})")
+    for tab, measured in by_tab.items():
+        times = sorted(measured)
+        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        print(f"slider move -> every panel on screen updated ({tab} tab), {len(times)} moves: median "
+              f"{statistics.median(times):.0f} ms, p95 {p95:.0f} ms, max {times[-1]:.0f} ms "
+              f"(goal: p95 < 200 ms: {'met' if p95 < 200 else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -103,13 +103,22 @@ class Handlers:
     # -- page life ------------------------------------------------------------------------------
 
     def load(self, request: gr.Request) -> list[Any]:
-        """A page loaded: a new tab key for it (the last output, into its hidden key field)."""
+        """A page loaded: a new tab key for it (the last output, into its hidden key field). A
+        link's ?view=<share id>&step=<n>&seq=<m> opens a shared snapshot there; on a --trace
+        server ?step and ?seq alone move to that step of the server's trace."""
+        message = ""
         try:
             session = self.manager.open_tab(_client(request), request.session_hash or "")
+            query = dict(getattr(request, "query_params", {}) or {})
+            if "view" in query:
+                if not self.manager.open_shared(session, query.get("view"), query.get("step"), query.get("seq")):
+                    message = "this shared link has expired or is unknown: ask for a new one"
+            elif session.shares_startup_trace:
+                self.manager.show_linked(session, query.get("step"), query.get("seq"))
         except Exception:  # noqa: BLE001 - see _reported
             log.exception("load failed")
             return render(None, "internal error: reload the page", error=True) + [""]
-        return render(session) + [session.key]
+        return render(session, message, error=bool(message)) + [session.key]
 
     def unload(self, request: gr.Request) -> None:
         self.manager.tab_closed(request.session_hash or "")
@@ -285,6 +294,23 @@ class Handlers:
             shutil.rmtree(session.last_download.parent, ignore_errors=True)
         session.last_download = path
         return str(path)
+
+    def share_link(self, key: str, request: gr.Request) -> str:
+        """A link to a read-only snapshot of the session's trace at the cursor's step (webui/shares.py)."""
+        session = self.manager.sessions.get(key) if self.manager.keys.is_valid(key) else None
+        if session is None or session.trace is None or not session.trace.steps:
+            toast("nothing to share yet: record a step first")
+            return ""
+        try:
+            with session.lock:
+                share_id = self.manager.shares.share(session.trace, session.opened_name or "shared.mltrace")
+        except ValueError as error:
+            toast(str(error))
+            return ""
+        seq = session.selection.seq_id
+        query = f"?view={share_id}&step={session.index}" + (f"&seq={seq}" if seq is not None else "")
+        host = request.headers.get("host", "") if request is not None else ""
+        return f"http://{host}/{query}" if host else query
 
     @_reported
     def open_trace(self, session: UISession, path: str | None) -> list[Any]:

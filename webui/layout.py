@@ -76,6 +76,9 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                     # Save downloads the trace as it is at that moment.
                     saved = gr.File(visible="hidden", elem_id="ml-saved", interactive=False)
                     upload = gr.File(label="Open a trace (.mltrace)", file_types=[".mltrace"], elem_id="ml-open")
+                    share = gr.Button("Share link", elem_id="ml-share")
+                    share_url = gr.Textbox(label="A read-only view of this trace at this step, for anyone on the server",
+                                           interactive=False, buttons=["copy"], elem_id="ml-share-url", max_lines=1)
             with gr.Column(scale=1, elem_id="ml-main"):
                 with gr.Group(elem_id="ml-debugger-bar"):
                     with gr.Row(elem_id="ml-bar-row"):
@@ -153,6 +156,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
             field.change(handlers.armed, breakpoint_form, armed, queue=False, show_progress="hidden",
                          api_visibility="private")
         save.click(handlers.save_trace, [key], saved, api_name="save_trace")
+        share.click(handlers.share_link, [key], share_url, api_name="share_link")
         upload.upload(handlers.open_trace, [key, upload], outputs, api_name="open_trace")
     return app
 

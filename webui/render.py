@@ -63,6 +63,8 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
         trace = session.trace
         if session.shares_startup_trace:
             source = f"trace file <b>{html.escape(session.opened_name)}</b> (read-only: this server runs no model)"
+        elif session.shared_view:
+            source = f"shared view of <b>{html.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
         elif session.opened is not None:
             source = f"trace file <b>{html.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
         elif trace is not None:

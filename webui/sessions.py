@@ -31,6 +31,7 @@ from minillama.engine.llm_engine import LLMEngine
 from minillama.errors import InvalidRequestError
 from minillama.sampling_params import SamplingParams
 from webui.limits import Limits
+from webui.shares import Shares
 from webui.tab_keys import TabKeys
 
 MAX_TABS = 4096  # table entries of tabs (cheap); past it, those holding nothing are forgotten first
@@ -83,6 +84,7 @@ class UISession:
     closed: bool = False  # its tab said goodbye (Gradio's unload): the first slot to reclaim
     notice: str = ""  # said once, on the next call (e.g. that its slot was reclaimed)
     shares_startup_trace: bool = False  # shows the server's --trace file
+    shared_view: bool = False  # shows a shared snapshot (webui/shares.py), one object for every tab
     last_download: Path | None = None  # the trace file it saved last (deleted when it saves again)
     # Live updates: how many renders were sent, and the latest the page says it has drawn
     # (webui/handlers.py paces a run by them).
@@ -106,7 +108,8 @@ class UISession:
     def holds_memory(self) -> bool:
         """Does it hold a slot: its own engine, or a trace it uploaded? (The server's --trace
         file is one object shown to every tab: it takes none.)"""
-        return self.debug is not None or (self.opened is not None and not self.shares_startup_trace)
+        return self.debug is not None or (
+            self.opened is not None and not self.shares_startup_trace and not self.shared_view)
 
     @property
     def index(self) -> int:
@@ -123,6 +126,7 @@ class SessionManager:
         self.limits = limits
         self.startup_trace, self.startup_name = startup_trace, startup_name
         self.keys = TabKeys()
+        self.shares = Shares()
         self.sessions: OrderedDict[str, UISession] = OrderedDict()  # by tab key, least recently used first
         self._browser_tabs: OrderedDict[str, str] = OrderedDict()  # Gradio session hash -> tab key
         self._reclaimed: OrderedDict[str, str] = OrderedDict()  # tab key -> why its session went
@@ -257,7 +261,8 @@ class SessionManager:
         )
         session.pause_requested = True  # a run in progress stops at its next step
         session.debug = DebugSession(engine, policy)
-        session.opened, session.opened_name, session.shares_startup_trace = None, "", False
+        session.opened, session.opened_name = None, ""
+        session.shares_startup_trace = session.shared_view = False
         session.cursor = session.debug.cursor
         session.settings, session.capture = settings, capture
         session.selection = Selection()
@@ -299,15 +304,39 @@ class SessionManager:
         session.last_used = time.monotonic()
         return record is not None
 
-    def open_trace(self, session: UISession, trace: Trace, name: str) -> None:
+    def open_trace(self, session: UISession, trace: Trace, name: str, shared: bool = False) -> None:
         """Show a trace from a file, read-only; Reset goes back to a live engine. The live
         engine, if any, is let go (its slot now holds the trace)."""
-        if trace is not self.startup_trace:
+        if not shared and trace is not self.startup_trace:  # one object for many tabs takes no slot
             self.claim_slot(session)
         session.pause_requested = True
-        session.debug, session.shares_startup_trace = None, False
+        session.debug, session.shares_startup_trace, session.shared_view = None, False, False
         session.opened, session.opened_name = trace, name
         session.cursor = Cursor(trace)
         if trace.steps:
             session.cursor.seek(0)
         session.selection = Selection()
+
+    def open_shared(self, session: UISession, share_id: object, step: object = None, seq: object = None) -> bool:
+        """Open shared snapshot `share_id` (from a link) at `step` with sequence `seq` picked,
+        read-only and without a slot. False when the link is unknown or expired. The step and
+        sequence come from a URL: anything that is not one of the trace's is ignored."""
+        found = self.shares.get(share_id)
+        if found is None:
+            return False
+        trace, name = found
+        self.open_trace(session, trace, name, shared=True)
+        session.shared_view = True
+        self.show_linked(session, step, seq)
+        return True
+
+    @staticmethod
+    def show_linked(session: UISession, step: object, seq: object) -> None:
+        """Move to the step and sequence a link names, when they are valid for the session's trace."""
+        trace = session.trace
+        if trace is None:
+            return
+        if isinstance(step, str) and step.isdigit() and int(step) < len(trace.steps):
+            session.cursor.seek(int(step))
+        if isinstance(seq, str) and seq.isdigit() and int(seq) in trace.sequences:
+            session.selection = Selection(seq_id=int(seq))
