@@ -14,9 +14,12 @@ from pathlib import Path
 
 import torch
 
-# A fraction of what is free is kept back for what the engine allocates next: a step's
-# activations, the logits, the allocator's own slack.
-HEADROOM = 0.1
+# On the host, a fraction of what is available is kept back for what the engine allocates
+# next (a step's activations, the logits) and for the rest of the machine: running out there
+# is a silent kill. On a GPU, a tensor that takes every free byte fails to allocate (the CUDA
+# context and the allocator's rounding need some): a fixed reserve is kept back there.
+HOST_HEADROOM = 0.1
+GPU_RESERVE = 512 * 2**20
 
 # (limit, usage, statistics) files of a container's memory limit: cgroup v2, then v1.
 CGROUP_FILES = (
@@ -35,12 +38,10 @@ def usable_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         # Memory torch's caching allocator holds but no tensor uses is free to us as well.
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    else:
-        free = host_available_bytes()
-        if free is None:
-            return None
-    return int(free * (1 - HEADROOM))
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return max(0, free + cached - GPU_RESERVE)
+    available = host_available_bytes()
+    return None if available is None else int(available * (1 - HOST_HEADROOM))
 
 
 def host_available_bytes() -> int | None:

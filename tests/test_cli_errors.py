@@ -88,7 +88,9 @@ BAD = {
                             "blocks of 16 tokens fit"),
     "context-too-long": ("minillama", [*RUN, "--max-model-len", "4096"], "exceeds the model's context (128 positions)"),
     "prompt-too-long": ("minillama", ["--prompt", "x" * 200, *TINY], "the prompt has 200 tokens"),
-    "attention-needs-cuda": ("minillama", [*RUN, "--attention", "triton", "--dtype", "bfloat16"], "needs a CUDA device"),
+    "attention-needs-cuda": ("minillama", [*RUN, "--attention", "flash-attn", "--dtype", "bfloat16"], "needs a CUDA device"),
+    "attention-head-dim": ("minillama", [*RUN, "--attention", "triton", "--dtype", "bfloat16"],
+                           "--attention triton has no kernel for this model's head_dim 8; use sdpa"),
     "attention-cpu-fp32": ("minillama", [*RUN, "--attention", "cpu", "--dtype", "bfloat16"], "float32 only"),
     # python -m inspector
     "no-command": ("inspector", [], "the following arguments are required: command"),

@@ -216,3 +216,27 @@ def test_every_constructor_refuses_a_bad_device_before_building_anything():
         LLMEngine.from_config(config, EngineConfig(device="cpu", max_model_len=4096))
     with pytest.raises(ConfigError, match="flash-attn needs a CUDA device|computes in float16/bfloat16 only"):
         LLMEngine.from_config(config, EngineConfig(device="cpu", attention="flash-attn"))
+
+
+def test_a_gpu_kernel_refuses_a_head_dim_it_has_no_kernel_for():
+    from minillama.model.attention import get_attention_backend
+
+    for name, head_dim in [("triton", 8), ("triton", 48), ("flash-attn", 12), ("flash-attn", 512)]:
+        with pytest.raises(ConfigError, match=f"--attention {name} has no kernel for this model's head_dim {head_dim}"):
+            get_attention_backend(name, torch.device("cpu"), torch.bfloat16, head_dim)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_a_head_dim_the_kernels_do_not_take_runs_on_pytorch_ops():
+    config = ModelConfig.from_dict(VALID)  # head_dim 8: below Triton's tiles
+    engine = LLMEngine.from_config(config, EngineConfig(device="cuda", num_kv_blocks=16))
+    assert engine.runner.model.model.layers[0].self_attn.backend.name == "sdpa"
+    engine.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=3))
+    while engine.has_unfinished():
+        engine.step()
+    with pytest.raises(ConfigError, match="has no kernel for this model's head_dim 8"):
+        LLMEngine.from_config(config, EngineConfig(device="cuda", attention="triton"))
+    wide = ModelConfig.from_dict({**VALID, "hidden_size": 64, "head_dim": 16})
+    with pytest.raises(ConfigError, match=r"needs a block size that is a power of two \(got 48\)"):
+        LLMEngine.from_config(wide, EngineConfig(device="cuda", attention="triton", block_size=48))

@@ -78,3 +78,19 @@ def test_host_memory_reads_meminfo_and_the_container_limit(tmp_path, monkeypatch
     assert memory._cgroup_room() == 2 * 2**30  # 4 GiB limit - 3 GiB used + 1 GiB of droppable cache
     if available is not None:
         assert memory.host_available_bytes() == min(available, 2 * 2**30)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_too_large_is_refused_and_the_automatic_size_fits():
+    # Blocks of 2 MiB, and room for a million sequences: the size comes from the memory.
+    config = ModelConfig.from_dict({**TINY, "hidden_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 8})
+    with pytest.raises(ConfigError, match="the KV cache would take .* is available on cuda"):
+        LLMEngine.from_config(config, EngineConfig(device="cuda", num_kv_blocks=10**9, block_size=256, enforce_eager=True))
+    for utilization in (0.5, 1.0):
+        gpu = LLMEngine.from_config(config, EngineConfig(device="cuda", gpu_memory_utilization=utilization, block_size=256,
+                                                         max_num_seqs=10**6, enforce_eager=True))
+        free, total = torch.cuda.mem_get_info()
+        assert gpu.block_manager.num_blocks > 1000 and free < total * (1.1 - utilization)
+        del gpu
+        torch.cuda.empty_cache()

@@ -139,11 +139,14 @@ class LLMEngine:
     def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
         device = config.resolved_device()
         dtype = config.resolved_dtype(device)
-        backend = get_attention_backend(config.attention, device, dtype)
+        backend = get_attention_backend(config.attention, device, dtype, model_config.head_dim)
         _check_block_size(backend, config.block_size)
         max_len = _max_model_len(model_config, config)
         model = build_model(model_config, max_len, backend, device, dtype)
-        model.use_fused_ops(config.fused_ops and device.type == "cuda" and importlib.util.find_spec("triton") is not None)
+        if config.fused_ops and device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+            from minillama.model import fused_ops  # imports triton
+
+            model.use_fused_ops(fused_ops.takes(model_config))  # a shape they do not take: PyTorch ops
         cpu_fp32 = device.type == "cpu" and dtype == torch.float32
         model.use_cpu_kernels(config.fused_ops and cpu_fp32 and skinny_linear.available() and cpu_ops.available())
         return model
@@ -384,6 +387,8 @@ def _check_block_size(backend, block_size: int) -> None:
             f"--attention {backend.name} needs a block size that is a multiple of "
             f"{backend.min_block_size} (got {block_size})"
         )
+    if backend.power_of_two_blocks and block_size & (block_size - 1):
+        raise ConfigError(f"--attention {backend.name} needs a block size that is a power of two (got {block_size})")
 
 
 def _is_token_id(value: object, vocab_size: int) -> bool:

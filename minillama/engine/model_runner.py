@@ -153,12 +153,13 @@ class ModelRunner:
         free, total = torch.cuda.mem_get_info(self.device)
         in_use_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
         budget = total * engine_config.gpu_memory_utilization - in_use_elsewhere - peak
+        budget = min(budget, memory.usable_bytes(self.device))  # utilisation 1.0 cannot have every byte
         if budget < block_bytes:
             raise ConfigError(
                 f"no GPU memory left for the KV cache (utilisation {engine_config.gpu_memory_utilization}, "
                 f"{free / 2**30:.1f} GiB free); raise --gpu-memory-utilization or lower --max-num-batched-tokens"
             )
-        return max(1, min(useful, int(budget // block_bytes)))
+        return max(1, min(useful, int(budget // block_bytes) - 1))  # - 1: the scratch block
 
     # -- building the flat batch --------------------------------------------------------------
 

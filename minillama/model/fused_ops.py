@@ -55,9 +55,18 @@ import torch
 import triton
 import triton.language as tl
 
+from minillama.config import ModelConfig
+
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_NORM_BLOCK = 65536  # the widest row one RMSNorm program holds in registers
 _SILU_BLOCK = 1024  # columns per SiLU-and-mul program
+
+
+def takes(config: ModelConfig) -> bool:
+    """Whether these kernels take a model of this shape (what their asserts require): the RoPE
+    kernel's tl.arange spans head_dim, so a power of two; one RMSNorm program holds a row."""
+    head_dim = config.head_dim
+    return head_dim & (head_dim - 1) == 0 and triton.next_power_of_2(config.hidden_size) <= _MAX_NORM_BLOCK
 
 
 # ----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ class AttentionBackend:
     decode: Callable[..., torch.Tensor]  # flash_attn_with_kvcache: one token over the paged cache
     graph_safe: bool  # decode can be captured in a CUDA graph
     min_block_size: int = 1  # the KV block size must be a multiple of this
+    power_of_two_blocks: bool = False  # ... and a power of two
 
 
 BACKEND_NAMES = ("auto", "reference", "sdpa", "cpu", "flash-attn", "triton")
@@ -28,13 +29,28 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def get_attention_backend(name: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> AttentionBackend:
-    """The backend called `name`; "auto" picks the fastest one available for `device` and `dtype`."""
+def _takes_head_dim(name: str, head_dim: int | None) -> bool:
+    """The head sizes each GPU kernel compiles for: Triton's tiles span head_dim (a power of two,
+    at least tl.dot's 16); flash-attn's kernels are built for multiples of 8 up to 256."""
+    if head_dim is None:
+        return True
+    if name == "triton":
+        return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    if name == "flash-attn":
+        return head_dim % 8 == 0 and head_dim <= 256
+    return True
+
+
+def get_attention_backend(
+    name: str, device: torch.device, dtype: torch.dtype = torch.bfloat16, head_dim: int | None = None
+) -> AttentionBackend:
+    """The backend called `name`; "auto" picks the fastest one available for `device`, `dtype`
+    and the model's `head_dim` (None: any)."""
     half = dtype in (torch.float16, torch.bfloat16)
     if name == "auto":
-        if device.type == "cuda" and half and _has_module("flash_attn"):
+        if device.type == "cuda" and half and _has_module("flash_attn") and _takes_head_dim("flash-attn", head_dim):
             name = "flash-attn"
-        elif device.type == "cuda" and half and _has_module("triton"):
+        elif device.type == "cuda" and half and _has_module("triton") and _takes_head_dim("triton", head_dim):
             name = "triton"
         elif device.type == "cpu" and dtype == torch.float32 and cpu_paged.available():
             name = "cpu"
@@ -42,6 +58,8 @@ def get_attention_backend(name: str, device: torch.device, dtype: torch.dtype = 
             name = "sdpa"
     if name in ("flash-attn", "triton") and not half:
         raise ConfigError(f"--attention {name} computes in float16/bfloat16 only (got {dtype}); use sdpa")
+    if not _takes_head_dim(name, head_dim):
+        raise ConfigError(f"--attention {name} has no kernel for this model's head_dim {head_dim}; use sdpa")
     if name == "reference":
         return AttentionBackend(name, reference.flash_attn_varlen_func, reference.flash_attn_with_kvcache, False)
     if name == "cpu":
@@ -70,8 +88,8 @@ def get_attention_backend(name: str, device: torch.device, dtype: torch.dtype = 
             )
         from minillama.model.attention import triton_paged
 
-        # The kernels tile the cache by blocks of at least 16 tokens.
+        # The kernels tile the cache by blocks of a power of two, at least 16 tokens.
         return AttentionBackend(
-            name, triton_paged.flash_attn_varlen_func, triton_paged.flash_attn_with_kvcache, True, 16
+            name, triton_paged.flash_attn_varlen_func, triton_paged.flash_attn_with_kvcache, True, 16, True
         )
     raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
