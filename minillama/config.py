@@ -236,10 +236,11 @@ class EngineConfig:
         _check_device(self.device)
         _check_choice("dtype", self.dtype, ("auto", *DTYPES))
         _check_choice("attention", self.attention, BACKEND_NAMES)
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "max_model_len"):
-            value = getattr(self, name)
-            if value is not None or name not in ("num_kv_blocks", "max_model_len"):  # those two: None = automatic
-                as_int(value, _label(name), ConfigError)
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            as_int(getattr(self, name), _label(name), ConfigError)
+        for name in ("num_kv_blocks", "max_model_len"):  # None: sized automatically
+            if getattr(self, name) is not None:
+                as_int(getattr(self, name), _label(name), ConfigError)
         as_number(self.kv_cache_memory_gb, _label("kv_cache_memory_gb"), ConfigError)
         as_number(self.gpu_memory_utilization, _label("gpu_memory_utilization"), ConfigError, at_most=1.0)
         for name in ("enable_prefix_caching", "enforce_eager", "fused_ops"):
