@@ -15,14 +15,15 @@ its best of --repeats runs.
 
 from __future__ import annotations
 
-import argparse
 import gc
+import sys
 import time
 
 import torch
 
 from inspector.recorder import CapturePolicy, Recorder
 from minillama.bench import CHAT_PROMPTS, config_path, random_prompts
+from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.llm_engine import LLMEngine
 from minillama.sampling_params import SamplingParams
@@ -32,6 +33,10 @@ SETUPS: dict[str, CapturePolicy | None] = {
     "recorder, no attention": CapturePolicy(attention=False),
     "recorder, attention of 2 sequences": CapturePolicy(attention_requests=(0, 1)),
 }
+
+
+PROG = "python -m inspector.bench"
+EXPECTED: tuple[type[BaseException], ...] = ()
 
 
 def timed_run(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams, recorder: Recorder | None) -> tuple[float, int]:
@@ -60,8 +65,14 @@ def timed_run(engine: LLMEngine, prompts: list[list[int]], params: SamplingParam
     return tokens / seconds, recorder.budget.used
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m inspector.bench", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    """The command line: bad flags or a missing tool give one line and exit status 2."""
+    return run_cli(PROG, _main, argv, expected=EXPECTED)
+
+
+def _main(argv: list[str]) -> None:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    add_debug_flag(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--prompts", type=int, default=8, help=f"chat prompts in the batch (at most {len(CHAT_PROMPTS)})")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -101,4 +112,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

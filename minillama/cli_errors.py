@@ -33,8 +33,13 @@ ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, tor
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, except that a usage error raises ConfigError (which run_cli prints as
-    one line) instead of printing the whole usage block and exiting on its own. Subparsers
-    made with add_subparsers are of the same class."""
+    one line) instead of printing the whole usage block and exiting on its own, and flags must
+    be spelled out (no abbreviations: run_cli looks for --debug itself, and a prefix such as
+    --deb would otherwise parse as it). Subparsers made with add_subparsers are of the same class."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's own signature
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{message} (see {self.prog} --help)")

@@ -12,7 +12,6 @@ p95 under 200 ms.
 
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 import statistics
@@ -22,7 +21,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from inspector import DebugSession, Trace, load, save
+from inspector import DebugSession, Trace, TraceError, load, save
+from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
 from minillama.config import EngineConfig
 from minillama.engine.llm_engine import LLMEngine
 from minillama.sampling_params import SamplingParams
@@ -30,6 +30,8 @@ from webui.limits import Limits
 from webui.server import serve
 from webui.sessions import SessionManager
 
+PROG = "python -m webui.bench"
+EXPECTED = (TraceError,)  # a --trace file that cannot be read
 TABS = ("KV cache", "Attention", "Next token", "Logit lens")  # the page's tabs (webui/layout.py)
 PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-lens", "ml-details")
 PROMPTS = ["Write a story about a lighthouse keeper.", "Explain how a bicycle works.",
@@ -78,7 +80,7 @@ def measure(url: str, num_steps: int, moves: int, seed: int) -> dict[str, list[f
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        sys.exit("webui.bench needs Chromium: apt-get install chromium")
+        raise FileNotFoundError("webui.bench needs Chromium: apt-get install chromium")
     # Distinct steps, none of them the warm-up's last one (a move to where the slider already is
     # changes nothing, so no panel would update).
     targets = random.Random(seed).sample(range(1, num_steps - 1), min(moves, num_steps - 2))
@@ -95,14 +97,20 @@ def measure(url: str, num_steps: int, moves: int, seed: int) -> dict[str, list[f
             for n in tqdm(targets, desc=f"slider moves, {tab} tab", unit="move"):
                 elapsed = page.evaluate(MOVE_AND_WAIT, [n, list(PANEL_IDS)])
                 if elapsed < 0:
-                    sys.exit(f"the panels did not show step {n} within 10 s")
+                    raise TimeoutError(f"the panels did not show step {n} within 10 s")
                 times[tab].append(elapsed)
         browser.close()
     return times
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m webui.bench", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    """The command line: bad flags or a missing tool give one line and exit status 2."""
+    return run_cli(PROG, _main, argv, expected=EXPECTED)
+
+
+def _main(argv: list[str]) -> None:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    add_debug_flag(parser)
     parser.add_argument("--trace", default=None, help="a .mltrace to serve (default: record 300 steps)")
     parser.add_argument("--steps", type=int, default=300, help="steps to record when no --trace is given")
     parser.add_argument("--moves", type=int, default=60, help="slider moves to time")
@@ -132,4 +140,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
