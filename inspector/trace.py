@@ -10,6 +10,9 @@ Every field is a JSON value, a nested dataclass, or a torch tensor. inspector/tr
 writes the tensors to safetensors and the rest to JSON, so a saved trace opens, and its
 attention rows compute, with no model loaded.
 
+The type hints are the schema a loaded trace is checked against (inspector/codec.py): an enum
+is a Literal, a bounded number carries its Range (inspector/bounds.py), and there is no Any.
+
 Shapes: L traced layers, T positions, H query heads, Hkv key/value heads, D head dim,
 NB physical KV blocks, M KV blocks recorded in a step.
 """
@@ -18,16 +21,39 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Literal, TypedDict
 
 import torch
 
 from inspector.attention import attention_probs, mass_per_block
+from inspector.bounds import (
+    MAX_BLOCK_SIZE,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_NUM_BLOCKS,
+    MAX_VOCAB,
+    Count,
+    Entropy,
+    Millis,
+    Positive,
+    Probability,
+    Range,
+)
 
 # The version of this schema, written into every trace file. Bump it when the meaning or
 # layout of a field changes; load() refuses files of any other version.
 # 2: sparse KV snapshots (block_ids and the arrays aligned to it, instead of one entry per block).
 SCHEMA_VERSION = 2
+
+# The enumerations. A loaded trace holds one of these values in each such field, or is refused.
+Phase = Literal["prefill", "decode"]
+TokenFinish = Literal["stop", "length"]  # why a sampled token was its sequence's last
+SequenceFinish = Literal["stop", "length", "abort"]
+EventKind = Literal["add", "abort", "drop"]
+DropKind = Literal["attention", "lens", "logits"]  # the data the memory budget stops keeping
+DType = Literal["float32", "bfloat16", "float16"]
+Backend = Literal["reference", "sdpa", "cpu", "flash-attn", "triton"]  # minillama.model.attention
 
 
 class TraceError(ValueError):
@@ -42,12 +68,12 @@ class NotRecorded(LookupError):
 @dataclass
 class ModelInfo:
     name: str
-    num_layers: int
-    num_heads: int  # H
-    num_kv_heads: int  # Hkv; query head h reads kv head h // (H / Hkv)
-    head_dim: int  # D
-    vocab_size: int
-    dtype: str  # of the KV cache, which the Q/K stores share
+    num_layers: Annotated[int, Range(1, MAX_LAYERS)]
+    num_heads: Annotated[int, Range(1, MAX_HEADS)]  # H
+    num_kv_heads: Annotated[int, Range(1, MAX_HEADS)]  # Hkv; query head h reads kv head h // (H / Hkv)
+    head_dim: Annotated[int, Range(1, MAX_HEAD_DIM)]  # D
+    vocab_size: Annotated[int, Range(1, MAX_VOCAB)]
+    dtype: DType  # of the KV cache, which the Q/K stores share
 
     @property
     def softmax_scale(self) -> float:
@@ -57,72 +83,85 @@ class ModelInfo:
 @dataclass
 class EngineInfo:
     device: str
-    attention: str  # the attention backend that ran
-    block_size: int
-    num_blocks: int  # NB
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
+    attention: Backend  # the attention backend that ran
+    block_size: Annotated[int, Range(1, MAX_BLOCK_SIZE)]
+    num_blocks: Annotated[int, Range(1, MAX_NUM_BLOCKS)]  # NB
+    max_num_seqs: Positive
+    max_num_batched_tokens: Positive
+    max_model_len: Positive
     prefix_caching: bool
+
+
+class SamplingRecord(TypedDict):
+    """A request's SamplingParams (minillama/sampling_params.py) as plain values. Loading a
+    trace checks them with SamplingParams.validate, the engine's own rules."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int
+    seed: int | None
+    ignore_eos: bool
+    stop_token_ids: list[Count]
 
 
 @dataclass
 class SequenceRecord:
     """One request: its prompt, and an index of what it generated (the steps hold the detail)."""
 
-    seq_id: int
-    prompt_ids: list[int]
+    seq_id: Count
+    prompt_ids: list[Count]
     prompt_text: str
     chat: bool | None  # None: the recorder saw the request without being told
-    params: dict[str, Any]  # its SamplingParams as a dict
+    params: SamplingRecord
     traced: bool  # are its queries and keys (and, with the logit lens on, each layer's guess) recorded?
-    added_step: int  # index of the first step after it arrived
+    added_step: Count  # index of the first step after it arrived
     # Each prompt token's text, decoded alone (a token that splits a UTF-8 character shows as
     # U+FFFD): the UI's token chips and attention axes, with no tokenizer at hand.
     prompt_tokens: list[str] = field(default_factory=list)
-    output_ids: list[int] = field(default_factory=list)
-    token_steps: list[int] = field(default_factory=list)  # the step that sampled each output token
+    output_ids: list[Count] = field(default_factory=list)
+    token_steps: list[Count] = field(default_factory=list)  # the step that sampled each output token
     text: str = ""
-    finish_reason: str | None = None
-    num_preemptions: int = 0
+    finish_reason: SequenceFinish | None = None
+    num_preemptions: Count = 0
 
 
 @dataclass
 class ScheduledRecord:
     """One sequence's share of a step: compute tokens [start, start + num_tokens)."""
 
-    seq_id: int
-    start: int
-    num_tokens: int
-    num_cached_tokens: int  # prefix-cache hits served when admitted in this step
+    seq_id: Count
+    start: Count
+    num_tokens: Positive
+    num_cached_tokens: Count  # prefix-cache hits served when admitted in this step
     samples: bool  # does this step produce its next token?
-    block_table: list[int]  # logical block i -> physical block, as the model ran it
+    block_table: list[Count]  # logical block i -> physical block, as the model ran it
 
 
 @dataclass
 class ScheduleRecord:
     """The scheduler's decision, and its queues right after making it."""
 
-    phase: str  # "prefill" or "decode"
+    phase: Phase
     scheduled: list[ScheduledRecord]
-    preempted: list[int]  # sequence ids evicted to make room (recomputed later)
-    waiting: list[int]  # in arrival order
-    running: list[int]  # in arrival order
+    preempted: list[Count]  # sequence ids evicted to make room (recomputed later)
+    waiting: list[Count]  # in arrival order
+    running: list[Count]  # in arrival order
 
 
 @dataclass
 class LogitsSummary:
     """One sampling sequence's next-token distribution, reduced to its top k."""
 
-    top_ids: list[int]  # the k most likely tokens under the model, most likely first
+    top_ids: list[Count]  # the k most likely tokens under the model, most likely first
     top_texts: list[str]
-    top_probs: list[float]  # their probability under the model: softmax(logits)
+    top_probs: list[Probability]  # their probability under the model: softmax(logits)
     # Their probability under the distribution the token was drawn from (temperature, top-k
     # and top-p applied); a greedy request takes the most likely token, probability 1.
-    top_sampling_probs: list[float]
-    entropy: float  # of the model's distribution, in nats: 0 = certain
-    sampled_prob: float  # the model's probability of the token that was drawn
-    sampled_rank: int  # its rank under the model: 0 = the most likely
+    top_sampling_probs: list[Probability]
+    entropy: Entropy  # of the model's distribution, in nats: 0 = certain
+    sampled_prob: Probability  # the model's probability of the token that was drawn
+    sampled_rank: Count  # its rank under the model: 0 = the most likely
 
 
 @dataclass
@@ -131,17 +170,17 @@ class LogitLens:
     stream at the sampling position, through the final norm and the LM head, top k per layer
     (the last layer's is the real prediction). Lists by layer, most likely token first."""
 
-    top_ids: list[list[int]]  # [L][k]
+    top_ids: list[list[Count]]  # [L][k]
     top_texts: list[list[str]]
-    top_probs: list[list[float]]
+    top_probs: list[list[Probability]]
 
 
 @dataclass
 class TokenRecord:
-    seq_id: int
-    token_id: int
+    seq_id: Count
+    token_id: Count
     text_delta: str  # text this token completed (may be "" mid-character)
-    finish_reason: str | None  # "stop", "length" or None
+    finish_reason: TokenFinish | None
     logits: LogitsSummary | None  # None once the memory budget dropped logits
     lens: LogitLens | None = None  # traced sequences, with CapturePolicy.logit_lens
 
@@ -173,9 +212,9 @@ class KVSnapshot:
     cached ones). The per-block arrays are aligned to block_ids; the block tables of the
     sequences holding blocks are concatenated, with offsets."""
 
-    num_blocks: int  # NB: blocks in the pool
-    num_free: int  # blocks on the free list
-    num_cached_free: int  # free blocks holding a cached full block, listed or not
+    num_blocks: Positive  # NB: blocks in the pool
+    num_free: Count  # blocks on the free list
+    num_cached_free: Count  # free blocks holding a cached full block, listed or not
     cached_free_listed: bool  # are all of those among the recorded blocks?
     block_ids: torch.Tensor  # [M] int32, sorted: the recorded blocks
     ref_count: torch.Tensor  # [M] int32: sequences sharing the block
@@ -228,24 +267,24 @@ class KVSnapshot:
 class Timings:
     """Milliseconds. The engine's own four phases, and the step's wall time around them."""
 
-    start_ms: float  # when the step began, since the trace started
-    schedule_ms: float
-    prepare_ms: float
-    forward_ms: float  # includes on_attention hooks
-    sample_ms: float  # includes on_logits hooks
-    wall_ms: float  # the whole step, every observer included
-    record_ms: float  # of which this recorder's hooks (completing the step before included)
+    start_ms: float  # when the step began, since the trace started (a hair below 0 for the first)
+    schedule_ms: Millis
+    prepare_ms: Millis
+    forward_ms: Millis  # includes on_attention hooks
+    sample_ms: Millis  # includes on_logits hooks
+    wall_ms: Millis  # the whole step, every observer included
+    record_ms: Millis  # of which this recorder's hooks (completing the step before included)
 
 
 @dataclass
 class StepRecord:
-    index: int  # position in the trace
-    engine_step: int  # the engine's step counter (differs from index after a reset)
+    index: Count  # position in the trace
+    engine_step: Count  # the engine's step counter (differs from index after a reset)
     schedule: ScheduleRecord
     tokens: list[TokenRecord]  # one per sampling sequence, in batch order
     kv: KVSnapshot
     timings: Timings
-    attention_seqs: list[int]  # traced sequences whose Q/K this step recorded
+    attention_seqs: list[Count]  # traced sequences whose Q/K this step recorded
     # Did the step call Python hooks at every layer (attention capture in a prefill, the logit
     # lens)? Then on CUDA it ran eagerly, without a CUDA graph. A decode step's queries are
     # copied out inside the graph and need no hook.
@@ -257,19 +296,19 @@ class StepRecord:
 
 @dataclass
 class Event:
-    step: int  # index of the step it happened before (or during, for "drop")
-    kind: str  # "add", "abort" or "drop"
+    step: Count  # index of the step it happened before (or during, for "drop")
+    kind: EventKind
     message: str
-    seq_id: int | None = None
-    what: str | None = None  # "drop": the kind of data no longer kept ("attention", "lens", "logits")
+    seq_id: Count | None = None  # "add" and "abort": the request
+    what: DropKind | None = None  # "drop": the kind of data no longer kept
 
 
 @dataclass
 class AttentionStore:
     """A traced sequence's post-RoPE queries and keys, by position, in the KV cache's dtype."""
 
-    seq_id: int
-    layers: list[int]  # the model layer of each slot
+    seq_id: Count
+    layers: list[Count]  # the model layer of each slot
     q: torch.Tensor  # [L, T, H, D]
     k: torch.Tensor  # [L, T, Hkv, D]
     # [T] int32: the step that last computed the query at each position; -1 when it was never
@@ -295,7 +334,7 @@ class Trace:
     events: list[Event] = field(default_factory=list)
     attention: dict[int, AttentionStore] = field(default_factory=dict)
 
-    def dropped_from(self, what: str) -> int | None:
+    def dropped_from(self, what: DropKind) -> int | None:
         """The first step without `what` ("attention", "lens" or "logits"), or None if always kept."""
         return next((e.step for e in self.events if e.kind == "drop" and e.what == what), None)
 

@@ -1,0 +1,74 @@
+"""The bounds on the numbers of a trace: what trace.py's schema declares beside each type.
+
+A trace file is input from outside, so every number in it is checked when it is loaded. A
+field's bound travels with its type, as typing.Annotated metadata:
+
+    num_heads: Annotated[int, Range(1, MAX_HEADS)]
+
+and inspector/codec.py checks it while decoding, naming the field when a value is out of range.
+What one field cannot say alone (a token id below the vocabulary size, a block id inside the
+pool) is checked by inspector/validate.py once the whole trace is decoded.
+
+The upper bounds below are not limits of the engine: they bound what the views (and the UI
+around them) allocate from a number read from the file, so that a small hostile file cannot
+make a panel build a billion-cell grid. Each is far above any real model or run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+
+@dataclass(frozen=True)
+class Range:
+    """low <= value <= high (None: unbounded on that side)."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def describe(self) -> str:
+        low, high = (f"{v:,}" if isinstance(v, int) else f"{v:g}" for v in (self.low or 0, self.high or 0))
+        if self.high is None:
+            return f">= {low}"
+        return f"<= {high}" if self.low is None else f"in [{low}, {high}]"
+
+
+# The recorder's float32 arithmetic (exp, sums) can put a probability a hair above 1 or an
+# entropy a hair below 0; a bound on either allows this much.
+ROUNDING = 1e-3
+
+Count = Annotated[int, Range(0)]  # a number of things, an index or an id: never negative
+Positive = Annotated[int, Range(1)]
+Millis = Annotated[float, Range(0)]  # a duration
+Probability = Annotated[float, Range(0, 1 + ROUNDING)]
+Entropy = Annotated[float, Range(-ROUNDING)]  # in nats
+
+# Llama 3.1 405B has 126 layers and 128 query heads. The UI lists every head in a menu, and the
+# attention panel computes one row per head.
+MAX_LAYERS = 1024
+MAX_HEADS = 1024
+MAX_HEAD_DIM = 4096
+# The recorder carries top-k token ids through float32, exact up to 2**24 (Llama 3: 128,256).
+MAX_VOCAB = 2**24
+# An attention row is padded to whole blocks to sum it per block (views/kv_cache.py).
+MAX_BLOCK_SIZE = 2**16
+# An 80 GB GPU holds about 131,000 blocks of a 1B model (the KV panel draws at most 2**18).
+MAX_NUM_BLOCKS = 2**24
+# The scheduler timeline is a cell per sequence per step (sequences x steps), rebuilt on every
+# redraw: 2**20 cells (1,000 requests over 1,000 steps) take 0.7 s and 17 MB of figure, 2**22
+# four times that. A 256-request benchmark run is about 150,000.
+MAX_TIMELINE_CELLS = 2**20
+# The text panel draws a chip for every token of every sequence (prompt and output) on every
+# redraw, about 4 us and 150 bytes each: 2**18 tokens is about a second and 40 MB.
+MAX_TOKENS = 2**18
+# The full attention matrix of a traced sequence is [T, T] (64 MB of fp32 at 2**12, and a
+# figure of 16 million cells). With the default memory budget, attention capture stops after
+# about 3,000 positions of a 1B model.
+MAX_STORE_POSITIONS = 2**12
+# The KV panels draw every recorded block and block-table entry of a step. A full pool of an
+# 80 GB GPU is about 131,000 blocks.
+MAX_SNAPSHOT_BLOCKS = 2**18
