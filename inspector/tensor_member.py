@@ -1,0 +1,50 @@
+"""tensors.safetensors from an untrusted file: its header checked before any tensor is built.
+
+A safetensors file is an 8-byte header length, a JSON header ({name: {dtype, shape,
+data_offsets}}), then the raw arrays. safetensors checks that the offsets and shapes fit the
+data, but builds a tensor for every entry the header lists, however small (100,000 empty ones
+take about 0.9 s and tens of MB), and may list dtypes torch lacks. So the header is read here
+first: bounded JSON, at most MAX_TENSORS entries, each of a dtype a trace uses. Which tensors
+the trace references, and their dtypes and shapes, the codec and validate.py check after.
+"""
+
+from __future__ import annotations
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+
+from inspector.json_limits import parse
+from inspector.trace import TraceError
+
+# A trace holds 8 tensors a step (its KV snapshot) and 3 a traced sequence (Q, K, q_step):
+# this is 8,192 steps. Each tensor costs about 10 us to build, however small: 2**16 of them,
+# header included, load in about a second.
+MAX_TENSORS = 2**16
+DTYPES = frozenset({"BOOL", "I32", "I64", "F32", "F16", "BF16"})  # the KV snapshots' and the Q/K stores'
+# An entry is about a dozen JSON elements ({, :, the shape's dims...); the header nests 3 deep.
+HEADER_ELEMENTS_PER_TENSOR = 16
+HEADER_DEPTH = 3
+
+
+def load_tensors(raw: bytes, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `raw`; TraceError naming `what` when it is damaged,
+    holds too many tensors, or one of a dtype no trace has."""
+    size = int.from_bytes(raw[:8], "little")
+    if len(raw) < 8 or size > len(raw) - 8:
+        raise TraceError(f"{what} is damaged: its header length {size:,} exceeds the file")
+    header = parse(raw[8 : 8 + size], f"{what} is damaged: its header", HEADER_DEPTH,
+                   HEADER_ELEMENTS_PER_TENSOR * MAX_TENSORS)
+    if not isinstance(header, dict):
+        raise TraceError(f"{what} is damaged: its header is not an object")
+    entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    if len(entries) > MAX_TENSORS:
+        raise TraceError(f"{what} holds {len(entries):,} tensors, over the limit of {MAX_TENSORS:,}")
+    for name, entry in entries.items():
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if dtype not in DTYPES:
+            raise TraceError(f"{what}: tensor {name[:60]!r} has dtype {str(dtype)[:20]!r}, which no trace holds")
+    try:
+        return load_safetensors(raw)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
+        raise TraceError(f"{what} is damaged: {exc}") from None
