@@ -1,93 +1,161 @@
-"""validate_trace: what JSON types cannot check in a trace read from a file.
+"""validate_trace: what one field's type and range cannot check in a trace read from a file.
 
-The codec already checked every field's type. This checks that the pieces agree: arrays have
-the shapes and dtypes the model and the KV cache imply, and every index (block ids, steps,
-sequence ids) points at something that exists, so that no later read of a loaded trace fails
-with an IndexError deep in the UI. Each check raises TraceError naming the first problem.
+The codec already checked every field alone: its type, enum value and range (trace.py's
+schema). This checks that the pieces agree, so that every read the views make of a loaded
+trace finds what it looks for, and nothing they draw is nonsense:
+
+- every id points at something that exists: sequence ids at sequences, steps at steps, token
+  ids below the vocabulary size, layers below the model's count;
+- what is recorded twice says the same: a sequence's output_ids and token_steps against the
+  tokens of those steps; the tokens of a step against the sequences it scheduled to sample;
+- a sequence computes only positions whose token exists by then (the views label positions
+  with their tokens), and ends with the token that says it finished;
+- the arrays (validate_arrays.py) have the dtypes and shapes the model and the pool imply;
+- the sizes the views allocate by stay within inspector/bounds.py's limits.
+
+Each check raises TraceError naming the first problem.
 """
 
 from __future__ import annotations
 
-import torch
+import bisect
 
-from inspector.trace import AttentionStore, KVSnapshot, StepRecord, Trace, TraceError
-
-KV_DTYPES = {
-    "block_ids": torch.int32, "ref_count": torch.int32, "fill": torch.int32, "cached": torch.bool, "hit": torch.bool,
-    "table_seq_ids": torch.int64, "table_offsets": torch.int64, "table_blocks": torch.int32,
-}
-KV_PER_BLOCK = ("ref_count", "fill", "cached", "hit")  # aligned to block_ids
+from inspector.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
+from inspector.trace import LogitLens, LogitsSummary, SequenceRecord, StepRecord, Trace, TraceError
+from inspector.validate_arrays import check_kv, check_stores
+from minillama.errors import InvalidRequestError
+from minillama.sampling_params import SamplingParams
 
 
 def validate_trace(trace: Trace) -> None:
     m = trace.model
-    if m.num_kv_heads < 1 or m.num_heads % m.num_kv_heads:
+    if m.num_heads % m.num_kv_heads:
         raise TraceError(f"model: {m.num_heads} query heads is not a multiple of {m.num_kv_heads} kv heads")
+    cells = len(trace.sequences) * len(trace.steps)
+    if cells > MAX_TIMELINE_CELLS:
+        raise TraceError(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "
+                         f"cells, over the limit of {MAX_TIMELINE_CELLS:,}")
+    tokens = sum(len(seq.prompt_ids) + len(seq.output_ids) for seq in trace.sequences.values())
+    if tokens > MAX_TOKENS:
+        raise TraceError(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
+    for seq_id, seq in trace.sequences.items():
+        _check_sequence(trace, seq_id, seq)
     for i, step in enumerate(trace.steps):
         if step.index != i:
             raise TraceError(f"steps[{i}] says it is step {step.index}")
         _check_step(trace, step)
-    for seq_id, seq in trace.sequences.items():
-        if seq.seq_id != seq_id or len(seq.token_steps) != len(seq.output_ids):
-            raise TraceError(f"sequence {seq_id}: its record is inconsistent")
-        for s in seq.token_steps:
-            if not 0 <= s < len(trace.steps) or trace.steps[s].token_of(seq_id) is None:
-                raise TraceError(f"sequence {seq_id}: token_steps names step {s}, which has no token of it")
-    for seq_id, store in trace.attention.items():
-        _check_store(trace, seq_id, store)
+    recorded = sum(len(seq.token_steps) for seq in trace.sequences.values())
+    if recorded != sum(len(step.tokens) for step in trace.steps):
+        raise TraceError("the steps hold tokens that no sequence's token_steps lists")
+    _check_events(trace)
+    check_stores(trace)
+
+
+def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord) -> None:
+    where, vocab = f"sequence {seq_id}", trace.model.vocab_size
+    if seq.seq_id != seq_id:
+        raise TraceError(f"{where}: its record says it is sequence {seq.seq_id}")
+    for name in ("prompt_ids", "output_ids"):
+        _check_token_ids(getattr(seq, name), vocab, f"{where}: {name}")
+    if len(seq.prompt_tokens) not in (0, len(seq.prompt_ids)):
+        raise TraceError(f"{where}: {len(seq.prompt_tokens)} prompt token texts for {len(seq.prompt_ids)} prompt tokens")
+    try:
+        SamplingParams(**{**seq.params, "stop_token_ids": tuple(seq.params["stop_token_ids"])}).validate()
+    except InvalidRequestError as exc:
+        raise TraceError(f"{where}: params: {exc}") from None
+    _check_token_ids(seq.params["stop_token_ids"], vocab, f"{where}: params.stop_token_ids")
+    if seq.added_step > len(trace.steps):
+        raise TraceError(f"{where}: added before step {seq.added_step}, past the trace's {len(trace.steps)} steps")
+    steps = seq.token_steps
+    if len(steps) != len(seq.output_ids):
+        raise TraceError(f"{where}: {len(seq.output_ids)} output tokens but {len(steps)} token_steps")
+    if steps and (steps[0] < seq.added_step or steps[-1] >= len(trace.steps)
+                  or any(a >= b for a, b in zip(steps, steps[1:]))):
+        raise TraceError(f"{where}: token_steps must increase, from its added_step on, within the trace's steps")
+    finishes = []
+    for step, token_id in zip(steps, seq.output_ids):
+        token = trace.steps[step].token_of(seq_id)
+        if token is None or token.token_id != token_id:
+            raise TraceError(f"{where}: token_steps names step {step}, which has no token {token_id} of it")
+        finishes.append(token.finish_reason)
+    if any(finishes[:-1]):
+        raise TraceError(f"{where}: a token before its last says the sequence finished")
+    last = finishes[-1] if finishes else None
+    if (last is not None and seq.finish_reason != last) or (last is None and seq.finish_reason not in (None, "abort")):
+        raise TraceError(f"{where}: finish_reason {seq.finish_reason!r} disagrees with its last token's ({last!r})")
 
 
 def _check_step(trace: Trace, step: StepRecord) -> None:
-    bs, nb = trace.engine.block_size, trace.engine.num_blocks
-    for x in step.schedule.scheduled:
-        if x.seq_id not in trace.sequences or len(x.block_table) * bs < x.start + x.num_tokens:
-            raise TraceError(f"step {step.index}: scheduled sequence {x.seq_id} is unknown or lacks blocks")
-        if not all(0 <= b < nb for b in x.block_table):
-            raise TraceError(f"step {step.index}: sequence {x.seq_id}'s block table names blocks outside 0..{nb - 1}")
-    if any(t.seq_id not in trace.sequences for t in step.tokens):
-        raise TraceError(f"step {step.index}: a token belongs to an unknown sequence")
-    _check_kv(step.index, step.kv, nb)
+    where, s, bs, nb = f"step {step.index}", step.schedule, trace.engine.block_size, trace.engine.num_blocks
+    _check_seq_ids(trace, [x.seq_id for x in s.scheduled], f"{where}: scheduled")
+    for x in s.scheduled:
+        seq = trace.sequences[x.seq_id]
+        if step.index < seq.added_step:
+            raise TraceError(f"{where}: schedules sequence {x.seq_id} before it was added (step {seq.added_step})")
+        # Positions up to the prompt, then up to the last token sampled before this step.
+        known = len(seq.prompt_ids) + bisect.bisect_left(seq.token_steps, step.index)
+        end = x.start + x.num_tokens
+        if end > known or x.num_cached_tokens > x.start:
+            raise TraceError(f"{where}: sequence {x.seq_id} computes positions {x.start}..{end - 1} ({x.num_cached_tokens}"
+                             f" from the prefix cache), but has {known} tokens by then")
+        if len(x.block_table) * bs < end:
+            raise TraceError(f"{where}: scheduled sequence {x.seq_id} lacks blocks for positions up to {end - 1}")
+        if x.block_table and not (0 <= min(x.block_table) and max(x.block_table) < nb):
+            raise TraceError(f"{where}: sequence {x.seq_id}'s block table names blocks outside 0..{nb - 1}")
+    for name in ("preempted", "waiting", "running"):
+        _check_seq_ids(trace, getattr(s, name), f"{where}: {name}")
+    _check_seq_ids(trace, step.attention_seqs, f"{where}: attention_seqs")
+    if not all(trace.sequences[i].traced for i in step.attention_seqs):
+        raise TraceError(f"{where}: attention_seqs names a sequence that is not traced")
+    sampling = [x.seq_id for x in s.scheduled if x.samples]
+    tokens = [t.seq_id for t in step.tokens]
+    if sorted(tokens) != sorted(sampling):
+        raise TraceError(f"{where}: its tokens belong to sequences {tokens}, but it scheduled {sampling} to sample")
+    for t in step.tokens:
+        _check_token_ids([t.token_id], trace.model.vocab_size, f"{where}: token of sequence {t.seq_id}")
+        if t.logits is not None:
+            _check_logits(trace, t.logits, f"{where}: logits of sequence {t.seq_id}")
+        if t.lens is not None:
+            _check_lens(trace, t.lens, f"{where}: logit lens of sequence {t.seq_id}")
+    check_kv(trace, step.index, step.kv)
 
 
-def _check_kv(index: int, kv: KVSnapshot, num_blocks: int) -> None:
-    for name, dtype in KV_DTYPES.items():
-        tensor = getattr(kv, name)
-        if tensor.dtype != dtype or tensor.dim() != 1:
-            raise TraceError(f"step {index}: kv.{name} is {tensor.dtype} [{tuple(tensor.shape)}], expected a 1-d {dtype}")
-    if kv.num_blocks != num_blocks or not 0 <= kv.num_cached_free <= kv.num_free <= num_blocks:
-        raise TraceError(f"step {index}: the KV snapshot's counts (pool {kv.num_blocks}, free {kv.num_free}, cached "
-                         f"free {kv.num_cached_free}) do not fit the engine's pool of {num_blocks} blocks")
-    ids = kv.block_ids
-    for name in KV_PER_BLOCK:
-        if getattr(kv, name).shape != ids.shape:
-            raise TraceError(f"step {index}: kv.{name} has shape {tuple(getattr(kv, name).shape)}, "
-                             f"kv.block_ids {tuple(ids.shape)}")
-    if ids.numel() and not (0 <= int(ids[0]) and int(ids[-1]) < num_blocks and bool((ids[1:] > ids[:-1]).all())):
-        raise TraceError(f"step {index}: kv.block_ids must be increasing block ids in 0..{num_blocks - 1}")
-    offsets, blocks = kv.table_offsets.tolist(), kv.table_blocks
-    if (
-        len(offsets) != kv.table_seq_ids.numel() + 1
-        or offsets[0] != 0
-        or offsets[-1] != blocks.numel()
-        or any(a > b for a, b in zip(offsets, offsets[1:]))
-        or not bool(torch.isin(blocks, ids).all())
-    ):
-        raise TraceError(f"step {index}: the KV block tables are inconsistent, or name blocks the snapshot lacks")
+def _check_logits(trace: Trace, g: LogitsSummary, where: str) -> None:
+    k = len(g.top_ids)
+    if not 1 <= k <= trace.model.vocab_size or {len(g.top_texts), len(g.top_probs), len(g.top_sampling_probs)} != {k}:
+        raise TraceError(f"{where}: top_ids, top_texts, top_probs and top_sampling_probs must have the same length, "
+                         "1 to the vocabulary size")
+    _check_token_ids(g.top_ids, trace.model.vocab_size, f"{where}: top_ids")
+    if g.sampled_rank >= trace.model.vocab_size:
+        raise TraceError(f"{where}: sampled_rank {g.sampled_rank} is past the vocabulary")
 
 
-def _check_store(trace: Trace, seq_id: int, store: AttentionStore) -> None:
-    m, where = trace.model, f"attention store of sequence {seq_id}"
-    layers, length = len(store.layers), store.length
-    expected_q, expected_k = (layers, length, m.num_heads, m.head_dim), (layers, length, m.num_kv_heads, m.head_dim)
-    if store.seq_id != seq_id or tuple(store.q.shape) != expected_q or tuple(store.k.shape) != expected_k:
-        raise TraceError(f"{where}: q {tuple(store.q.shape)} / k {tuple(store.k.shape)} do not match the model "
-                         f"({expected_q} / {expected_k})")
-    if str(store.q.dtype).removeprefix("torch.") != m.dtype or store.k.dtype != store.q.dtype:
-        raise TraceError(f"{where}: q is {store.q.dtype} and k {store.k.dtype}, the model's cache {m.dtype}")
-    if not all(0 <= layer < m.num_layers for layer in store.layers) or seq_id not in trace.sequences:
-        raise TraceError(f"{where}: layers {store.layers} out of range, or an unknown sequence")
-    if store.q_step.dtype != torch.int32 or store.q_step.shape != (length,):
-        raise TraceError(f"{where}: q_step must be int32 [{length}]")
-    for s in set(store.q_step.tolist()) - {-1}:
-        if not 0 <= s < len(trace.steps) or not any(r.seq_id == seq_id for r in trace.steps[s].schedule.scheduled):
-            raise TraceError(f"{where}: q_step names step {s}, which did not run it")
+def _check_lens(trace: Trace, lens: LogitLens, where: str) -> None:
+    layers = len(lens.top_ids)
+    rows = [len(row) for table in (lens.top_ids, lens.top_texts, lens.top_probs) for row in table]
+    if not 1 <= layers <= trace.model.num_layers or len(rows) != 3 * layers or not 1 <= min(rows) == max(rows):
+        raise TraceError(f"{where}: top_ids, top_texts and top_probs must be [layers][k] alike, with 1 to "
+                         f"{trace.model.num_layers} layers and k >= 1")
+    for row in lens.top_ids:
+        _check_token_ids(row, trace.model.vocab_size, f"{where}: top_ids")
+
+
+def _check_events(trace: Trace) -> None:
+    for e in trace.events:
+        where = f"event {e.kind!r} before step {e.step}"
+        if e.step > len(trace.steps):
+            raise TraceError(f"{where}: past the trace's {len(trace.steps)} steps")
+        if e.kind == "drop" and e.what is None:
+            raise TraceError(f"{where}: says nothing of what was dropped")
+        if e.kind != "drop" and (e.seq_id is None or e.seq_id not in trace.sequences):
+            raise TraceError(f"{where}: names no sequence of the trace")
+
+
+def _check_token_ids(ids: list[int], vocab_size: int, where: str) -> None:
+    if ids and max(ids) >= vocab_size:  # the codec checked they are >= 0
+        raise TraceError(f"{where}: token id {max(ids)} is past the vocabulary of {vocab_size}")
+
+
+def _check_seq_ids(trace: Trace, seq_ids: list[int], where: str) -> None:
+    if len(set(seq_ids)) != len(seq_ids) or not all(i in trace.sequences for i in seq_ids):
+        raise TraceError(f"{where}: sequence ids {seq_ids[:10]} must be distinct sequences of the trace")
