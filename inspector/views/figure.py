@@ -13,7 +13,6 @@ meaning (another sequence, layer...), so stepping the cursor keeps the zoom.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import plotly.graph_objects as go
@@ -21,6 +20,7 @@ import plotly.io as pio
 
 from inspector.trace import Trace
 from inspector.views.colors import CURRENT_COLOR
+from inspector.views.markup import escape
 from inspector.views.selection import Selection, selected_seq_id
 
 NO_STEP = "No step yet: add prompts and press Step"
@@ -44,7 +44,7 @@ def make_figure(data: list[dict[str, Any]], title: str, height: int, uirevision:
 
 def empty_figure(message: str, title: str = "") -> go.Figure:
     """A placeholder: no axes, `message` in the middle (escaped: it may quote trace data)."""
-    note = dict(text=html.escape(message, quote=False), x=0.5, y=0.5, xref="paper", yref="paper",
+    note = dict(text=escape(message), x=0.5, y=0.5, xref="paper", yref="paper",
                 showarrow=False, font=dict(size=13, color="#666"))
     hidden = dict(visible=False)
     return make_figure([], title, 260, "empty", annotations=[note], xaxis=hidden, yaxis=hidden)

@@ -20,8 +20,10 @@ of the heads when none is selected): attention reads K/V through the block table
 over the pool.
 
 The pool can hold thousands of blocks: the grid is one heatmap (one cell per block), not a shape
-per block, and at most MAX_GRID_BLOCKS blocks are drawn (the trace records every block in use,
-so those past the drawn ones are free).
+per block. It draws the first MAX_GRID_BLOCKS blocks, more when a recorded block lies past them
+(the trace records every block in use, so those past the last recorded one are free), and
+never more than MAX_DRAWN_BLOCKS: a figure of 2**20 cells is 24 MB of JSON, and takes about
+0.9 s to build and serialise on every redraw.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from inspector.views.queries import scheduled_in
 from inspector.views.selection import Selection, selected_seq_id
 
 MAX_GRID_BLOCKS = 4096
+MAX_DRAWN_BLOCKS = 2**18  # 6 MB of figure; an 80 GB GPU's pool is about 131,000 blocks
 
 
 def grid_columns(num_blocks: int) -> int:
@@ -61,7 +64,8 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
     category = {seq_id: 2 + i for i, seq_id in enumerate(holders)}
 
     highest = entries[-1].block_id if entries else -1
-    shown = min(kv.num_blocks, max(MAX_GRID_BLOCKS, highest + 1))
+    shown = min(kv.num_blocks, max(MAX_GRID_BLOCKS, min(highest + 1, MAX_DRAWN_BLOCKS)))
+    entries = [e for e in entries if e.block_id < shown]
     columns = grid_columns(shown)
     rows = math.ceil(shown / columns)
     z = np.full(rows * columns, np.nan)  # NaN: past the pool's end, drawn as nothing
@@ -115,7 +119,7 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
 
     notes = [note]
     if shown < kv.num_blocks:
-        notes.append(f"blocks {shown}..{kv.num_blocks - 1} not drawn: free")
+        notes.append(f"blocks {shown}..{kv.num_blocks - 1} not drawn" + ("" if highest >= shown else ": free"))
     if not kv.cached_free_listed:
         notes.append(f"{kv.num_cached_free} free blocks hold cached prefixes (too many to list)")
     title = f"KV cache · step {index} · {kv.num_used}/{kv.num_blocks} blocks used"

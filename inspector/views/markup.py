@@ -1,4 +1,9 @@
-"""Shared HTML for the text, block-table and step-details panels: one stylesheet, badges.
+"""Shared HTML for the panels: the one escaping helper, one stylesheet, badges.
+
+Everything a trace holds is untrusted: a trace file may come from anyone, and a prompt can be
+"<script>...". escape() is the only way a view puts text from a trace into HTML, and into a
+plotly title, label or hover (plotly renders a subset of HTML in those: <b>, <br>, <a href>).
+Views interpolate nothing else but numbers they format and constants of their own.
 
 Each panel is a self-contained HTML string: it starts with the stylesheet below (a <style>
 element works anywhere in a page), so it renders the same in the app, in a browser test, or
@@ -39,19 +44,26 @@ VIEWS_CSS = """
 """.replace("CURRENT", CURRENT_COLOR)
 
 
+def escape(text: str) -> str:
+    """`text` made literal, in HTML (text or a quoted attribute) and in plotly's texts alike.
+    Plotly decodes &lt; &gt; &amp; and numeric references, but not &quot; or &#x27; (it would
+    show them as written), so quotes become numeric references, which both read back."""
+    return html.escape(text, quote=False).replace('"', "&#34;").replace("'", "&#39;")
+
+
 def panel(body: str, css_class: str = "") -> str:
     """Wrap a panel's body with the stylesheet."""
     return f'<style>{VIEWS_CSS}</style><div class="mlv {css_class}">{body}</div>'
 
 
 def empty_panel(message: str) -> str:
-    return panel(f'<div class="mlv-empty">{html.escape(message)}</div>')
+    return panel(f'<div class="mlv-empty">{escape(message)}</div>')
 
 
 def badge(status: str, extra: str = "") -> str:
     """A small coloured label: "running", "finished: stop"..."""
     color = STATUS_COLORS.get(status, "#ddd")
-    text = html.escape(status + (f": {extra}" if extra else ""))
+    text = escape(status + (f": {extra}" if extra else ""))
     return f'<span class="mlv-badge" style="background:{color}">{text}</span>'
 
 

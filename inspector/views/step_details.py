@@ -13,11 +13,9 @@ GPU that step "ran eagerly", without a CUDA graph, and the timings show it.
 
 from __future__ import annotations
 
-import html
-
 from inspector.trace import StepRecord, Trace
 from inspector.views.figure import step_problem
-from inspector.views.markup import empty_panel, panel, seq_label
+from inspector.views.markup import empty_panel, escape, panel, seq_label
 from inspector.views.tokens import chip_text
 
 
@@ -31,7 +29,7 @@ def step_details_html(trace: Trace, index: int) -> str:
     num_tokens = sum(x.num_tokens for x in s.scheduled)
     head = (
         f'<div class="mlv-caption"><b>step {index}</b> of {len(trace.steps)} (engine step {step.engine_step}) · '
-        f"<b>{s.phase}</b> · {len(s.scheduled)} sequence(s), {num_tokens} token(s) in the batch</div>"
+        f"<b>{escape(s.phase)}</b> · {len(s.scheduled)} sequence(s), {num_tokens} token(s) in the batch</div>"
     )
     sections = [head, _batch(trace, step), _queues(step), _kv(trace, step), _capture(step), _timings(step),
                 _events(trace, index)]
@@ -44,7 +42,7 @@ def _batch(trace: Trace, step: StepRecord) -> str:
         token = step.token_of(x.seq_id)
         if token is not None:
             text = chip_text(token.text_delta) or f"[{token.token_id}]"
-            sampled = f'<span class="tok">{text}</span>' + (f" (finished: {html.escape(token.finish_reason)})"
+            sampled = f'<span class="tok">{text}</span>' + (f" (finished: {escape(token.finish_reason)})"
                                                             if token.finish_reason else "")
         else:
             sampled = "—" if not x.samples else "?"
@@ -110,5 +108,5 @@ def _events(trace: Trace, index: int) -> str:
     events = [e for e in trace.events if e.step == index]
     if not events:
         return ""
-    items = "".join(f"<li>{html.escape(e.kind)}: {html.escape(e.message)}</li>" for e in events)
+    items = "".join(f"<li>{escape(e.kind)}: {escape(e.message)}</li>" for e in events)
     return f"<h4>Events</h4><ul>{items}</ul>"

@@ -14,12 +14,10 @@ token with its leading space, a word may be several tokens, "\n" is a token of i
 
 from __future__ import annotations
 
-import html
-
 from inspector.trace import TokenRecord, Trace
 from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
-from inspector.views.markup import badge, empty_panel, panel, seq_background
+from inspector.views.markup import badge, empty_panel, escape, panel, seq_background
 from inspector.views.states import sequence_states, status_at
 from inspector.views.tokens import chip_text, output_pieces, prompt_piece
 
@@ -31,7 +29,7 @@ def text_html(trace: Trace, index: int) -> str:
         return empty_panel(problem)
     states = sequence_states(trace)
     caption = (
-        f'<div class="mlv-caption">step {index} of {len(trace.steps)} · model {html.escape(trace.model.name)} · '
+        f'<div class="mlv-caption">step {index} of {len(trace.steps)} · model {escape(trace.model.name)} · '
         "grey: prompt tokens, tinted: generated tokens (hover for probability), outlined: sampled at this step</div>"
     )
     blocks = [_sequence_block(trace, seq_id, index, states) for seq_id in sorted(trace.sequences)]

@@ -6,16 +6,14 @@ keys by position, and the text panel shows one chip per token. Where a token has
 own (a model without a tokenizer, or a token that ends in the middle of a UTF-8 character and
 so completes no text yet) it shows as its id, "[id]".
 
-Token text is untrusted (a prompt can hold "<script>"): everything goes through html.escape.
-Plotly renders a little HTML in titles, labels and hovers (<b>, <br>, <a>...), and decodes
-&lt; &gt; &amp; back to characters, so the same escaping keeps its labels literal.
+Token text is untrusted (a prompt can hold "<script>"): chips and labels go through
+markup.escape, which keeps them literal in HTML and in plotly's labels and hovers alike.
 """
 
 from __future__ import annotations
 
-import html
-
 from inspector.trace import Trace
+from inspector.views.markup import escape
 
 # Whitespace made visible: a token is often just " " or "\n", which would otherwise show as nothing.
 NEWLINE_MARK = "↵"
@@ -56,7 +54,7 @@ def position_pieces(trace: Trace, seq_id: int, length: int) -> list[str]:
 
 def chip_text(piece: str) -> str:
     """A token's text for an HTML chip: escaped, newlines and tabs made visible."""
-    return html.escape(piece).replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK)
+    return escape(piece).replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK)
 
 
 def axis_label(piece: str, limit: int = 12) -> str:
@@ -64,4 +62,4 @@ def axis_label(piece: str, limit: int = 12) -> str:
     visible = piece.replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK).replace(" ", SPACE_MARK)
     if len(visible) > limit:
         visible = visible[: limit - 1] + "…"
-    return html.escape(visible, quote=False)
+    return escape(visible)
