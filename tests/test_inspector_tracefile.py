@@ -140,14 +140,91 @@ def first_sequence_token_step(step: int):
         (set_key(["trace", "steps", 1, "kv", "num_cached_free"], 999), r"cached free 999\) do not fit"),
         (set_key(["trace", "model", "head_dim"], 8), "do not match the model"),
         (set_key(["trace", "sequences", "zero"], {}), "key 'zero' is not an integer"),
-        (set_key(["trace", "steps", 0, "kv", "fill"], {"tensor": "trace.steps.0.kv.cached"}), "kv.fill is torch.bool"),
-        (first_sequence_token_step(999), "names step 999, which has no token of it"),
+        (set_key(["trace", "steps", 0, "kv", "fill"], {"tensor": "trace.steps.0.kv.cached"}), "referenced a second time"),
+        (first_sequence_token_step(999), "token_steps must increase, from its added_step on, within the trace's steps"),
         (set_key(["trace", "steps", 2, "schedule", "scheduled", 0, "block_table"], [0]), "lacks blocks"),
     ],
 )
 def test_wrong_version_types_and_shapes_are_refused(saved, tmp_path, edit, message):
     with pytest.raises(TraceError, match=message):
         load(rewrite(saved, tmp_path, {"trace.json": edited_json(saved, edit)}))
+
+
+def first_sequence(edit):
+    """An edit of the first sequence's record (ids differ from run to run)."""
+    return lambda document: edit(next(iter(document["trace"]["sequences"].values())))
+
+
+def first_token_of_last_sequence_finishes(document):
+    seq = list(document["trace"]["sequences"].values())[-1]
+    step = document["trace"]["steps"][seq["token_steps"][0]]
+    next(t for t in step["tokens"] if t["seq_id"] == seq["seq_id"])["finish_reason"] = "stop"
+
+
+def first_sampler_does_not_sample(document):
+    step = next(s for s in document["trace"]["steps"] if s["tokens"])
+    next(x for x in step["schedule"]["scheduled"] if x["samples"])["samples"] = False
+
+
+def renumbered_sequence(document):
+    sequences = document["trace"]["sequences"]
+    key = next(iter(sequences))
+    sequences["0" + key] = sequences.pop(key)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # Enums (item 5: an unknown phase used to load, then crash the timeline with a KeyError).
+        (set_key(["trace", "steps", 0, "schedule", "phase"], "chunked"),
+         r"trace.steps.0.schedule.phase: expected one of 'prefill', 'decode', got 'chunked'"),
+        (set_key(["trace", "events", 0, "kind"], "<b>"), r"trace.events.0.kind: expected one of 'add', 'abort', 'drop'"),
+        (set_key(["trace", "model", "dtype"], "float64"), "trace.model.dtype: expected one of"),
+        (set_key(["trace", "engine", "attention"], "magic"), "trace.engine.attention: expected one of"),
+        # Ranges, declared in the schema.
+        (set_key(["trace", "engine", "num_blocks"], 0), r"trace.engine.num_blocks: expected a number in \[1, 16,777,216\]"),
+        (set_key(["trace", "engine", "block_size"], 2**40), "trace.engine.block_size: expected a number in"),
+        (set_key(["trace", "model", "num_heads"], 10**6), "trace.model.num_heads: expected a number in"),
+        (set_key(["trace", "steps", 1, "schedule", "scheduled", 0, "num_tokens"], 0), "num_tokens: expected a number >= 1"),
+        (set_key(["trace", "steps", 1, "tokens", 0, "logits", "top_probs", 0], 1.5), r"top_probs.0: expected a number in \[0, 1.001\]"),
+        (set_key(["trace", "steps", 1, "timings", "wall_ms"], -3.0), "wall_ms: expected a number >= 0"),
+        (set_key(["trace", "steps", 1, "engine_step"], 2**64), "engine_step: expected a 64-bit integer"),
+        (set_key(["trace", "steps", 1, "timings", "wall_ms"], 10**400), "wall_ms: expected a finite number"),
+        # The sampling parameters: a schema of their own, and the engine's rules.
+        (first_sequence(lambda seq: seq["params"].update(temperature=-1.0)), "params: temperature must be finite and >= 0"),
+        (first_sequence(lambda seq: seq["params"].update(top_p=0)), r"params: top_p must be in \(0, 1\]"),
+        (first_sequence(lambda seq: seq["params"].update(stop_token_ids=[256])), "stop_token_ids: token id 256 is past"),
+        (first_sequence(lambda seq: seq["params"].update(script="<b>")), "unexpected field 'script' in SamplingRecord"),
+        (first_sequence(lambda seq: seq["params"].pop("seed")), "params: missing field 'seed'"),
+        (first_sequence(lambda seq: seq.update(extra=1)), "unexpected field 'extra' in SequenceRecord"),
+        # Cross-field consistency.
+        (first_sequence(lambda seq: seq["prompt_ids"].__setitem__(0, 256)), "prompt_ids: token id 256 is past the vocabulary"),
+        (first_sequence(lambda seq: seq.update(traced=False)), "names a sequence that is not traced"),
+        (first_token_of_last_sequence_finishes, "a token before its last says the sequence finished"),
+        (first_sampler_does_not_sample, r"its tokens belong to sequences \[\d+\], but it scheduled \[\] to sample"),
+        (renumbered_sequence, "key '00' is not an integer"),
+        (set_key(["trace", "events", 0, "step"], 10**6), "past the trace's"),
+        (set_key(["trace", "events", 0, "seq_id"], None), "names no sequence of the trace"),
+        (set_key(["trace", "steps", 1, "schedule", "running"], [0, 0]), "running: sequence ids .* must be distinct"),
+        (set_key(["trace", "steps", 1, "schedule", "scheduled", 0, "start"], 500), "but has \\d+ tokens by then"),
+    ],
+)
+def test_enums_ranges_and_inconsistencies_are_refused(saved, tmp_path, edit, message):
+    with pytest.raises(TraceError, match=message):
+        load(rewrite(saved, tmp_path, {"trace.json": edited_json(saved, edit)}))
+
+
+@pytest.mark.parametrize(("module", "limit", "message"), [
+    ("inspector.validate", "MAX_TIMELINE_CELLS", "timeline cells, over the limit of 10"),
+    ("inspector.validate", "MAX_TOKENS", "tokens, over the limit of 10"),
+    ("inspector.validate_arrays", "MAX_STORE_POSITIONS", "positions, more than the sequence's tokens or the limit of 10"),
+    ("inspector.validate_arrays", "MAX_SNAPSHOT_BLOCKS", "over the limit of 1$"),
+])
+def test_sizes_the_views_allocate_by_are_bounded(saved, monkeypatch, module, limit, message):
+    """The views allocate by these sizes on every redraw (inspector/bounds.py says how much)."""
+    monkeypatch.setattr(f"{module}.{limit}", 1 if limit == "MAX_SNAPSHOT_BLOCKS" else 10)
+    with pytest.raises(TraceError, match=message):
+        load(saved)
 
 
 def edited_tensors(saved, edit) -> bytes:
@@ -209,7 +286,8 @@ def test_oversized_files_are_refused_before_unpacking(saved, tmp_path):
     path = tmp_path / "bomb.mltrace"
     path.write_bytes(bomb.getvalue())
     assert path.stat().st_size < 2**20
-    with pytest.raises(TraceError, match="would unpack to 67,108,864 bytes"):
+    with pytest.raises(TraceError, match="is too large: it would unpack to 67,108,864 bytes, over the limit of "
+                                         "33,554,432 bytes$"):
         load(path, max_bytes=2**25)
 
 
@@ -225,3 +303,15 @@ def test_chrome_trace_export(trace, tmp_path):
         assert event["ts"] == pytest.approx(step.timings.start_ms * 1e3)
         assert event["dur"] == pytest.approx(step.timings.wall_ms * 1e3)
     assert sum(e["ph"] == "C" for e in document["traceEvents"]) == 2 * len(trace.steps)
+
+
+def test_the_params_schema_mirrors_sampling_params():
+    """SequenceRecord.params is a SamplingParams as a dict; its schema must name the same
+    fields, or a fresh recording would be refused for an unexpected field."""
+    import dataclasses
+    import typing
+
+    from inspector.trace import SamplingRecord
+    from minillama import SamplingParams
+
+    assert set(typing.get_type_hints(SamplingRecord)) == {f.name for f in dataclasses.fields(SamplingParams)}

@@ -47,6 +47,7 @@ from inspector.views import (
 )
 from inspector.views.attention_map import MAX_TICKS
 from inspector.views.colors import CACHED_FREE_COLOR, FREE_COLOR, SAMPLED_COLOR, tint
+from inspector.views.markup import escape
 from minillama import EngineConfig, LLMEngine, SamplingParams
 
 FIGURES = (timeline_figure, kv_cache_figure, attention_figure, logits_figure, logits_history_figure)
@@ -512,3 +513,50 @@ def test_a_large_pool_draws_a_bounded_grid():
     assert z.size == MAX_GRID_BLOCKS and np.count_nonzero(z >= 2) == kv.num_used == 3
     assert f"{kv.num_used}/100000 blocks used" in fig.layout.title.text
     assert f"blocks {MAX_GRID_BLOCKS}..99999 not drawn: free" in fig.layout.title.text
+
+
+# -- hostile data: one escaping helper, bounded grids -------------------------------------------
+
+
+def test_every_view_escapes_through_the_one_helper():
+    """Only markup.py escapes (html.escape nowhere else in inspector/views): a view that
+    interpolates trace text must go through markup.escape, the one route for HTML and plotly."""
+    import ast
+    from pathlib import Path
+
+    import inspector.views
+
+    folder = Path(inspector.views.__file__).parent
+    for path in folder.glob("*.py"):
+        imported = {alias.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        assert ("html" in imported) == (path.name == "markup.py"), path.name
+    # Quotes become numeric references: plotly decodes those (not &quot;), and HTML attributes stay closed.
+    assert escape("<a href='x'>\"&") == "&lt;a href=&#39;x&#39;&gt;&#34;&amp;"
+
+
+def test_step_details_escape_the_phase(trace):
+    """Issue 11, item 1: the phase went into the step details raw. The loader now refuses any
+    phase but "prefill" and "decode"; the view escapes it anyway, like every text it shows."""
+    hostile = copy.deepcopy(trace)
+    hostile.steps[2].schedule.phase = "<img src=x onerror=alert(1)>"
+    page = step_details_html(hostile, 2)
+    assert "<img" not in page and "<b>&lt;img src=x onerror=alert(1)&gt;</b>" in page
+
+
+def test_the_kv_grid_never_draws_more_than_max_drawn_blocks(trace):
+    """A recorded block far up a huge pool used to stretch the grid to it: 2**20 cells is 24 MB
+    of figure on every redraw."""
+    from inspector.views.kv_cache import MAX_DRAWN_BLOCKS
+
+    huge = copy.deepcopy(trace)
+    pool = 2**20
+    huge.engine.num_blocks = huge.steps[5].kv.num_blocks = pool
+    kv = huge.steps[5].kv
+    top = int(kv.block_ids[-1])
+    kv.block_ids[-1] = pool - 1
+    kv.table_blocks[kv.table_blocks == top] = pool - 1
+    fig = kv_cache_figure(huge, 5)
+    assert np.asarray(fig.data[0].z).size == MAX_DRAWN_BLOCKS
+    # Some of the blocks not drawn are in use: the note does not call them free.
+    assert re.search(rf"blocks {MAX_DRAWN_BLOCKS}\.\.{pool - 1} not drawn(?!: free)", fig.layout.title.text)

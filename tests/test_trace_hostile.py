@@ -1,0 +1,190 @@
+"""A trace file from someone else: every field of the schema, walked from Trace's type hints
+(never a hand-written list), holding what a hostile file would put there.
+
+- Text fields hold markup: the loader takes them, and no view's output (every HTML panel, every
+  figure's JSON, at every step, for every sequence selection) carries the markup raw.
+- Enum fields hold markup, or any value not in the enum: the loader refuses the file.
+- Number fields hold out-of-range values: the loader refuses the file, or every view renders.
+
+The base trace is a real recording of a tiny random model (test_inspector_support), with the
+logit lens on so every field of the schema is present, saved and then edited as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import plotly.io as pio
+import pytest
+from test_inspector_support import record_tiny_run
+
+from inspector import CapturePolicy, TraceError, load, save
+from inspector.trace import Trace
+from inspector.views import (
+    Selection,
+    attention_figure,
+    block_tables_html,
+    kv_cache_figure,
+    logit_lens_figure,
+    logits_figure,
+    logits_history_figure,
+    step_details_html,
+    text_html,
+    timeline_figure,
+)
+
+HOSTILE = "<img src=x onerror=alert(1)>\"'&"
+RAW = "<img src=x onerror=alert(1)>"
+
+Path_ = tuple[str | int, ...]  # keys from the JSON document's root into a value
+
+
+def leaf_kinds(kind: Any, owner: str = "Trace") -> Iterator[tuple[str, str, Any]]:
+    """(class, field, leaf kind) of every str and Literal field reachable from `kind`'s type
+    hints: what the schema holds, with no data."""
+    kind = _unwrap(kind)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind) or typing.is_typeddict(kind):
+        for name, hint in typing.get_type_hints(kind, include_extras=True).items():
+            for cls, field, leaf in leaf_kinds(hint, kind.__name__):
+                yield (cls, field or name, leaf)
+    elif origin in (list, dict):
+        yield from leaf_kinds(args[-1], owner)
+    elif origin in (typing.Union, types.UnionType):  # X | None
+        yield from leaf_kinds(next(a for a in args if a is not type(None)), owner)
+    elif origin is typing.Literal or kind in (str, int, float, bool):
+        yield (owner, "", kind)
+
+
+def leaves(kind: Any, data: Any, path: Path_ = (), owner: str = "Trace", field: str = "") -> Iterator[
+        tuple[str, str, Any, Path_]]:
+    """(class, field, leaf kind, path) of every scalar value in the JSON `data` of type `kind`,
+    None included (an optional field that is unset), tensors excluded."""
+    kind = _unwrap(kind)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        (inner,) = [a for a in args if a is not type(None)]
+        if data is None:
+            yield (owner, field, _unwrap(inner), path)
+        else:
+            yield from leaves(inner, data, path, owner, field)
+    elif dataclasses.is_dataclass(kind) or typing.is_typeddict(kind):
+        for name, hint in typing.get_type_hints(kind, include_extras=True).items():
+            if name in data:
+                yield from leaves(hint, data[name], (*path, name), kind.__name__, name)
+    elif origin is list:
+        for i, value in enumerate(data):
+            yield from leaves(args[0], value, (*path, i), owner, field)
+    elif origin is dict:
+        for key, value in data.items():
+            yield from leaves(args[1], value, (*path, key), owner, field)
+    elif origin is typing.Literal or kind in (str, int, float, bool):
+        yield (owner, field, kind, path)
+
+
+def _unwrap(kind: Any) -> Any:
+    return typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Annotated else kind
+
+
+TEXT_FIELDS = sorted({(cls, field) for cls, field, leaf in leaf_kinds(Trace) if leaf is str})
+ENUM_FIELDS = sorted({(cls, field) for cls, field, leaf in leaf_kinds(Trace) if typing.get_origin(leaf) is typing.Literal})
+NUMBER_FIELDS = sorted({(cls, field) for cls, field, leaf in leaf_kinds(Trace) if leaf in (int, float)})
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    trace = record_tiny_run(CapturePolicy(logit_lens=True, attention_requests=(0, 2))).session.trace
+    path = tmp_path_factory.mktemp("hostile") / "base.mltrace"
+    save(trace, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def document(saved) -> dict:
+    with zipfile.ZipFile(saved) as zf:
+        document = json.loads(zf.read("trace.json"))
+    next(iter(document["trace"]["sequences"].values()))["params"]["stop_token_ids"] = [7]  # the runs set none
+    return document
+
+
+def edited(saved: Path, document: dict, edits: list[tuple[Path_, Any]], out: Path) -> Path:
+    """A copy of the saved trace with the values at `edits`' paths replaced (under "trace")."""
+    document = json.loads(json.dumps(document))
+    for path, value in edits:
+        node = document["trace"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    with zipfile.ZipFile(saved) as zf:
+        tensors = zf.read("tensors.safetensors")
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("trace.json", json.dumps(document))
+        zf.writestr("tensors.safetensors", tensors)
+    return out
+
+
+def every_output(trace: Trace, steps: set[int] | None = None) -> Iterator[tuple[str, str]]:
+    """(what, text) of every panel at every step (or at `steps`): the HTML builders, and each
+    figure as the JSON the browser gets, for every sequence and each kind of attention selection."""
+    selections = [Selection()] + [Selection(seq_id=s, head=h, full_matrix=m) for s in sorted(trace.sequences)
+                                  for h, m in ((0, False), (None, False), (0, True))]
+    for index in sorted(steps) if steps is not None else range(len(trace.steps)):
+        for builder in (text_html, block_tables_html, step_details_html):
+            yield f"{builder.__name__} at {index}", builder(trace, index)
+        yield f"timeline at {index}", pio.to_json(timeline_figure(trace, index), validate=False)
+        for selection in selections:
+            for builder in (kv_cache_figure, attention_figure, logits_figure, logits_history_figure, logit_lens_figure):
+                figure = builder(trace, index, selection)
+                yield f"{builder.__name__} at {index}, {selection}", pio.to_json(figure, validate=False)
+
+
+def test_the_base_trace_holds_every_field_of_the_schema(document):
+    found = {(cls, field) for cls, field, _, _ in leaves(Trace, document["trace"])}
+    assert set(TEXT_FIELDS) | set(ENUM_FIELDS) | set(NUMBER_FIELDS) <= found
+    assert ("LogitLens", "top_texts") in TEXT_FIELDS and ("ScheduleRecord", "phase") in ENUM_FIELDS
+
+
+def test_markup_in_every_text_field_never_reaches_a_view_raw(saved, document, tmp_path):
+    texts = [path for _, _, leaf, path in leaves(Trace, document["trace"]) if leaf is str]
+    assert {(cls, field) for cls, field, leaf, _ in leaves(Trace, document["trace"]) if leaf is str} == set(TEXT_FIELDS)
+    trace = load(edited(saved, document, [(path, HOSTILE) for path in texts], tmp_path / "xss.mltrace"))
+    assert trace.model.name == HOSTILE and trace.steps[0].schedule.phase in ("prefill", "decode")
+    shown = 0
+    for what, output in every_output(trace):
+        assert RAW not in output, what
+        shown += "&lt;img src=x onerror=alert(1)&gt;&#34;&#39;&amp;" in output
+    assert shown  # the texts are shown, escaped
+
+
+@pytest.mark.parametrize(("cls", "field"), ENUM_FIELDS)
+def test_markup_or_an_unknown_value_in_an_enum_field_is_refused(saved, document, tmp_path, cls, field):
+    path = next(p for c, f, _, p in leaves(Trace, document["trace"]) if (c, f) == (cls, field))
+    for value in (HOSTILE, "chunked", 3, []):
+        with pytest.raises(TraceError, match="expected one of"):
+            load(edited(saved, document, [(path, value)], tmp_path / "enum.mltrace"))
+
+
+HOSTILE_NUMBERS = (-1, 0, 2**31, 2**63, 10**400, 1e308, -0.5, 1.5)  # ints, and floats of either sign
+
+
+@pytest.mark.parametrize(("cls", "field"), NUMBER_FIELDS)
+def test_a_number_out_of_range_is_refused_or_every_view_renders(saved, document, tmp_path, cls, field):
+    """Item 5 of the issue: a loaded trace is valid in every field, or refused whole; what
+    loads never makes a view raise (the UI session would be stuck). The views are drawn at the
+    first and last steps and at the edited one (the timeline and histories span every step)."""
+    path = next(p for c, f, _, p in leaves(Trace, document["trace"]) if (c, f) == (cls, field))
+    steps = {0, len(document["trace"]["steps"]) - 1} | ({path[1]} if path[0] == "steps" else set())
+    for value in HOSTILE_NUMBERS:
+        try:
+            trace = load(edited(saved, document, [(path, value)], tmp_path / "number.mltrace"))
+        except TraceError:
+            continue
+        for _ in every_output(trace, steps):
+            pass
