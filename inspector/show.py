@@ -26,7 +26,7 @@ def format_overview(trace: Trace) -> str:
             f"  #{seq.seq_id} [{state}, {len(seq.prompt_ids)} prompt + {len(seq.output_ids)} generated tokens, "
             f"{_count(seq.num_preemptions, 'preemption')}] {_clip(seq.prompt_text)!r} -> {_clip(seq.text)!r}"
         )
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
 
 
 def format_step(trace: Trace, index: int) -> str:
@@ -50,7 +50,13 @@ def format_step(trace: Trace, index: int) -> str:
     if step.attention_seqs:
         lines.append(f"attention recorded for sequences {step.attention_seqs}")
     lines.append(_timings(step))
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every control character but the newline written as an escape (\\x1b...): a
+    trace's strings come from a file, and a raw ESC could drive the reader's terminal."""
+    return "".join(c if c == "\n" or c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _scheduled(x: ScheduledRecord) -> str:

@@ -35,7 +35,6 @@
   let frameRequested = false;
   const PLOT_CONFIG = { responsive: true, displaylogo: false };
   const TIMELINE_CONFIG = { ...PLOT_CONFIG, scrollZoom: true }; // zoom with the wheel, drag to pan
-  const TIMELINE_HEIGHT = 190; // px
   // Layout keys a cursor move changes in figures whose data stays (the timeline's cursor
   // column, the history's cursor and dots): Plotly.relayout redraws just those, about 2 ms,
   // where Plotly.react redraws the whole figure, about 11 ms even with the same data.
@@ -44,10 +43,8 @@
 
   const drawFigure = (div, name, figure) => {
     if (name === "timeline") {
-      // Keep the user's zoom and pan across updates (uirevision), drag to pan, and keep it low:
-      // it shares the screen with the text and the tabs.
-      const height = Math.min(figure.layout.height || TIMELINE_HEIGHT, TIMELINE_HEIGHT);
-      figure.layout = { ...figure.layout, dragmode: "pan", uirevision: "timeline", height };
+      // Keep the user's zoom and pan across updates (uirevision), and drag to pan.
+      figure.layout = { ...figure.layout, dragmode: "pan", uirevision: "timeline" };
     }
     const data = JSON.stringify(figure.data);
     const layout = Object.fromEntries(Object.entries(figure.layout).map(([k, v]) => [k, JSON.stringify(v)]));
@@ -117,7 +114,23 @@
     link.click();
   };
 
+  // A folded system prompt the user opened stays open when the text panel is drawn again.
+  const openFolds = new Set();
+  document.addEventListener("toggle", (event) => {
+    const fold = event.target;
+    if (!fold.matches?.("details.mlv-fold")) return;
+    if (fold.open) openFolds.add(fold.dataset.fold);
+    else openFolds.delete(fold.dataset.fold);
+  }, true);
+  const reopenFolds = () => {
+    if (!openFolds.size) return;
+    for (const fold of document.querySelectorAll("#ml-text details.mlv-fold:not([open])")) {
+      if (openFolds.has(fold.dataset.fold)) fold.open = true;
+    }
+  };
+
   new MutationObserver(() => {
+    reopenFolds();
     if (takePayload() || pending.size) requestDraw();
     else if (Number(statusElement()?.dataset.update || 0) > acknowledged) requestDraw(); // text-only updates
     downloadSaved();

@@ -8,6 +8,7 @@ import pytest
 
 from inspector import load
 from inspector.__main__ import main
+from inspector.show import format_overview, format_step
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +38,13 @@ def test_record_show_and_export(embedded_dir, tmp_path, capsys):
     chrome = tmp_path / "timings.json"
     assert main(["export-chrome", str(path), "-o", str(chrome)]) == 0
     assert len(json.loads(chrome.read_text())["traceEvents"]) > len(trace.steps)
+
+    # A trace's strings come from a file: a control character never reaches the terminal raw.
+    trace.model.name = "\x1b]0;owned\x07\x1b[2J"
+    trace.events[0].message = "\x1b[31mred"
+    for text in (format_overview(trace), format_step(trace, 0)):
+        assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b]0;owned\\x07" in format_overview(trace)
 
 
 def test_record_without_attention_and_with_a_tiny_budget(embedded_dir, tmp_path, capsys):

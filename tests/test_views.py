@@ -167,7 +167,7 @@ def test_text_shows_the_tokens_sampled_up_to_the_cursor(trace):
                 assert current[0]["title"].startswith(f"p={g.sampled_prob:.3f} rank {g.sampled_rank} entropy ")
         # A tiny model's prompt tokens have no text: they show as their ids.
         assert [c["text"] for c in chips if c["seq"] == 1 and "tok-prompt" in c["classes"]] == \
-            [f"[{t}]" for t in trace.sequences[1].prompt_ids]
+            [f"⟨{t}⟩" for t in trace.sequences[1].prompt_ids]
         assert [c["text"] for c in chips if c["seq"] == 0 and "tok-prompt" in c["classes"]][:2] == ["p0 ", "p1 "]
 
 
@@ -560,3 +560,50 @@ def test_the_kv_grid_never_draws_more_than_max_drawn_blocks(trace):
     assert np.asarray(fig.data[0].z).size == MAX_DRAWN_BLOCKS
     # Some of the blocks not drawn are in use: the note does not call them free.
     assert re.search(rf"blocks {MAX_DRAWN_BLOCKS}\.\.{pool - 1} not drawn(?!: free)", fig.layout.title.text)
+
+
+def test_a_chat_prompts_first_turn_is_folded(trace):
+    from inspector.views.text_panel import MIN_FOLD, first_turn_length
+
+    chatml = [1, 9, 10, *range(20, 30), 2, 1, 11, 40, 41, 2, 1, 12]  # system turn, user turn, assistant header
+    assert first_turn_length(chatml) == 14
+    llama3 = [128000, 6, 9, *range(20, 30), 7, 6, 11, 40, 7, 6, 12]  # <|begin_of_text|>, then headers
+    assert first_turn_length(llama3) == 14
+    assert first_turn_length([1, 2, 1, 3]) == 0 and first_turn_length([5, 6, 7]) == 0 and MIN_FOLD > 2
+
+    chat = copy.deepcopy(trace)
+    record = chat.sequences[0]
+    record.chat, record.prompt_ids = True, chatml + record.prompt_ids[len(chatml):]
+    page = text_html(chat, 0)
+    fold = re.search(r'<details class="mlv-fold" data-fold="0"><summary>(.*?)</summary>(.*?)</details>', page)
+    assert fold and fold.group(1).startswith("system prompt · 14 tokens")
+    assert fold.group(2).count('class="tok tok-prompt') == 14  # the chips inside, one click away
+    assert 'data-fold="1"' not in page or chat.sequences[1].chat
+
+
+def test_the_end_of_sequence_token_is_named(trace):
+    stopped = copy.deepcopy(trace)
+    seq_id = next(s for s, r in stopped.sequences.items() if r.output_ids)
+    last = stopped.sequences[seq_id].token_steps[-1]
+    token = stopped.steps[last].token_of(seq_id)
+    token.text_delta, token.finish_reason = "", "stop"
+    page = text_html(stopped, last)
+    assert "⟨eos⟩" in page and f"[{token.token_id}]" not in page
+
+
+def test_panels_and_the_slider_word_the_cursor_alike(trace):
+    n = len(trace.steps)
+    for page in (text_html(trace, 3), step_details_html(trace, 3)):
+        assert f"step 3 · steps 0–{n - 1} recorded" in page and f"of {n}" not in page.split("recorded")[0]
+
+
+def test_the_timeline_legend_and_the_kv_grid_fit_their_plots(trace):
+    timeline = build(timeline_figure, trace, 0)
+    bar = timeline.data[0].colorbar
+    assert bar.orientation == "h" and timeline.layout.xaxis.title.text is None  # no legend over an axis title
+    small = copy.deepcopy(trace)
+    small.engine.num_blocks = 12
+    for step in small.steps:
+        step.kv.num_blocks = 12
+    kv = build(kv_cache_figure, small, 0)
+    assert list(kv.layout.xaxis.tickvals) == list(range(12)) and len(kv.data[0].z[0]) == 12  # no phantom columns

@@ -285,3 +285,36 @@ def test_a_share_link_opens_the_same_view_in_another_browser(browser, url):
     colleague.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('expired')")
     author.context.close()
     colleague.context.close()
+
+
+def test_a_laptop_screen_shows_the_whole_debugger_and_the_text_wraps(browser, url):
+    page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+    page.goto(url)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    add_prompts(page, "Write a long story about a dragon who learns to fly.", max_tokens=120)
+    page.locator("#ml-run").click()
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
+                           timeout=120_000)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 1280  # nothing widens the page
+    for element in ("#ml-step", "#ml-run", "#ml-pause", "#ml-slider", "#ml-plot-timeline", "#ml-text", "#ml-tabs"):
+        box = page.locator(element).first.bounding_box()
+        assert box and box["y"] >= 0 and box["y"] + min(box["height"], 120) <= 800, element  # on the first screen
+    text = page.locator("#ml-text").bounding_box()
+    right = page.evaluate("() => Math.max(...[...document.querySelectorAll('#ml-text .tok')].map("
+                          "c => c.getBoundingClientRect().right))")
+    assert right <= text["x"] + text["width"]  # every chip wraps inside the panel
+    # The chat system prompt is folded; opened, it stays open as the cursor moves.
+    fold = page.locator("#ml-text details.mlv-fold").first
+    assert fold.get_attribute("open") is None and "system prompt" in fold.locator("summary").inner_text()
+    fold.locator("summary").click()
+    page.keyboard.press("ArrowLeft")
+    wait_for_step(page, int(page.locator("#ml-slider input[type=number]").input_value()))
+    page.wait_for_timeout(300)
+    assert page.locator("#ml-text details.mlv-fold").first.get_attribute("open") is not None
+    page.keyboard.press("?")  # the keyboard help
+    playwright_api.expect(page.locator("#ml-help")).to_be_visible()
+    page.keyboard.press("Escape")
+    playwright_api.expect(page.locator("#ml-help")).to_be_hidden()
+    page.context.close()

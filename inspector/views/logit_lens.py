@@ -15,6 +15,7 @@ from inspector.views.figure import empty_figure, make_figure, sequence_or_placeh
 from inspector.views.selection import Selection
 from inspector.views.tokens import axis_label
 
+ROW_PX = 20  # height of a layer's row
 NOT_RECORDED = "The logit lens was not recorded: tick 'Logit lens' under Capture, then Reset"
 
 
@@ -42,11 +43,14 @@ def logit_lens_figure(trace: Trace, index: int, selection: Selection | None = No
                    None)
     heat = dict(
         type="heatmap", z=lens.top_probs, x=[f"#{r + 1}" for r in range(len(lens.top_probs[0]))], y=layers,
-        text=texts, texttemplate="%{text}", textfont=dict(size=10), customdata=texts, zmin=0, zmax=1,
+        text=texts, texttemplate="%{text}", textfont=dict(size=11), customdata=texts, zmin=0, zmax=1,
         colorscale=PROBABILITY_SCALE, colorbar=dict(title=dict(text="p"), thickness=10),
         hovertemplate="layer %{y}, guess %{x}: %{customdata} p=%{z:.3f}<extra></extra>",
     )
     if settled is not None:
         title += f" · settles on the sampled token at layer {settled}"
-    return make_figure([heat], title, 380, f"lens-{seq_id}", yaxis=dict(title=dict(text="layer"), dtick=5),
-                       xaxis=dict(side="top"))
+    # A row per layer, tall enough for its five guesses to be read (30 layers: 690 px; the tab scrolls).
+    height = max(380, 90 + ROW_PX * len(layers))
+    return make_figure([heat], title, height, f"lens-{seq_id}",
+                       yaxis=dict(title=dict(text="layer"), dtick=1 if len(layers) <= 40 else 5),
+                       xaxis=dict(side="top"), margin=dict(l=56, r=16, t=80, b=16))

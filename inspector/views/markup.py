@@ -27,8 +27,12 @@ VIEWS_CSS = """
 .mlv-badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11px; color: #111; }
 .mlv-muted { color: #777; }
 .mlv-tokens { line-height: 1.9; }
-.mlv .tok { white-space: pre; font-family: ui-monospace, monospace; font-size: 12px; padding: 1px 1px;
-  margin: 0 1px 0 0; border-radius: 3px; border: 1px solid transparent; }
+.mlv .tok { display: inline-block; white-space: pre; font-family: ui-monospace, monospace; font-size: 12px;
+  padding: 1px 1px; margin: 0 1px 0 0; border-radius: 3px; border: 1px solid transparent; }
+.mlv details.mlv-fold { display: inline; }
+.mlv details.mlv-fold > summary { display: inline-block; cursor: pointer; color: #555; font-size: 12px;
+  background: #f4f4f4; border: 1px dashed #bbb; border-radius: 3px; padding: 0 6px; margin: 0 2px 2px 0; }
+.mlv details.mlv-fold[open] > summary { margin-bottom: 2px; }
 .mlv .tok-prompt { background: #efefef; }
 .mlv .tok-id { color: #888; font-style: italic; }
 .mlv .tok-current { border: 2px solid CURRENT; font-weight: 600; }
@@ -70,6 +74,12 @@ def badge(status: str, extra: str = "") -> str:
 def seq_label(seq_id: int) -> str:
     """"#3" in the sequence's colour."""
     return f'<b style="color:{sequence_color(seq_id)}">#{seq_id}</b>'
+
+
+def step_of(index: int, num_steps: int) -> str:
+    """Where the cursor is, worded the same in every panel and on the slider: "step 13 · steps
+    0–13 recorded" (steps count from 0, so "step 13 of 14" would read as one short of the end)."""
+    return f"step {index} · steps 0–{num_steps - 1} recorded"
 
 
 def seq_background(seq_id: int, alpha: float = 0.55) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from inspector.trace import StepRecord, Trace
 from inspector.views.figure import step_problem
-from inspector.views.markup import empty_panel, escape, panel, seq_label
+from inspector.views.markup import empty_panel, escape, panel, seq_label, step_of
 from inspector.views.tokens import chip_text
 
 
@@ -28,7 +28,7 @@ def step_details_html(trace: Trace, index: int) -> str:
     s = step.schedule
     num_tokens = sum(x.num_tokens for x in s.scheduled)
     head = (
-        f'<div class="mlv-caption"><b>step {index}</b> of {len(trace.steps)} (engine step {step.engine_step}) · '
+        f'<div class="mlv-caption"><b>{step_of(index, len(trace.steps))}</b> (engine step {step.engine_step}) · '
         f"<b>{escape(s.phase)}</b> · {len(s.scheduled)} sequence(s), {num_tokens} token(s) in the batch</div>"
     )
     sections = [head, _batch(trace, step), _queues(step), _kv(trace, step), _capture(step), _timings(step),

@@ -17,9 +17,11 @@ from __future__ import annotations
 from inspector.trace import TokenRecord, Trace
 from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
-from inspector.views.markup import badge, empty_panel, escape, panel, seq_background
+from inspector.views.markup import badge, empty_panel, escape, panel, seq_background, step_of
 from inspector.views.states import sequence_states, status_at
 from inspector.views.tokens import chip_text, output_pieces, prompt_piece
+
+MIN_FOLD = 8  # a chat prompt's first turn is folded when at least this long
 
 
 def text_html(trace: Trace, index: int) -> str:
@@ -29,7 +31,7 @@ def text_html(trace: Trace, index: int) -> str:
         return empty_panel(problem)
     states = sequence_states(trace)
     caption = (
-        f'<div class="mlv-caption">step {index} of {len(trace.steps)} · model {escape(trace.model.name)} · '
+        f'<div class="mlv-caption">{step_of(index, len(trace.steps))} · model {escape(trace.model.name)} · '
         "grey: prompt tokens, tinted: generated tokens (hover for probability), outlined: sampled at this step</div>"
     )
     blocks = [_sequence_block(trace, seq_id, index, states) for seq_id in sorted(trace.sequences)]
@@ -50,10 +52,29 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
         f'<span class="mlv-muted">{facts}</span></div>'
     )
     prompt = [_prompt_chip(trace, seq_id, p, token_id) for p, token_id in enumerate(seq.prompt_ids)]
+    folded = first_turn_length(seq.prompt_ids) if seq.chat else 0
+    if folded:
+        # The chat template's first turn (the system prompt), the same in every request: folded.
+        summary = f"system prompt · {folded} tokens (click to show)"
+        prompt[:folded] = [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{summary}</summary>'
+                           f'{"".join(prompt[:folded])}</details>']
     output = [_output_chip(trace, seq_id, step, token_id, text, index) for step, token_id, text in outputs]
     body = "".join(prompt) + "".join(output)
     return (f'<div class="mlv-seq" data-seq="{seq_id}" style="border-left-color:{sequence_color(seq_id)}">{head}'
             f'<div class="mlv-tokens">{body}</div></div>')
+
+
+def first_turn_length(prompt_ids: list[int]) -> int:
+    """Tokens in a chat prompt's first turn (0: none worth folding). Chat templates open every
+    turn with the same marker token: ChatML's <|im_start|> first, Llama 3's <|start_header_id|>
+    right after <|begin_of_text|>. The first turn ends where that marker comes again, so it is
+    found without knowing the template; a turn shorter than MIN_FOLD tokens is left open."""
+    for marker in prompt_ids[:2]:
+        start = prompt_ids.index(marker)
+        end = next((i for i in range(start + 1, len(prompt_ids)) if prompt_ids[i] == marker), 0)
+        if end:
+            return end if end >= MIN_FOLD else 0
+    return 0
 
 
 def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int) -> str:
@@ -67,7 +88,11 @@ def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str,
     classes = "tok tok-out" + (" tok-current" if step == index else "")
     style = f'style="background:{seq_background(seq_id, 0.22)}"'
     # data-step: the step that sampled it (static/app.js moves the cursor there on a click).
-    return _chip(text, token_id, classes, f'{style} data-step="{step}" {_hover(token, token_id, step)}')
+    attributes = f'{style} data-step="{step}" {_hover(token, token_id, step)}'
+    if not text and token is not None and token.finish_reason == "stop":
+        # The end-of-sequence token: no text of its own, it is why the sequence stopped.
+        return f'<span class="{classes} tok-id" {attributes}>⟨eos⟩</span>'
+    return _chip(text, token_id, classes, attributes)
 
 
 def _hover(token: TokenRecord | None, token_id: int, step: int) -> str:
@@ -84,9 +109,9 @@ def _hover(token: TokenRecord | None, token_id: int, step: int) -> str:
 
 
 def _chip(piece: str, token_id: int, classes: str, attributes: str) -> str:
-    """One token chip. A token with no text of its own shows its id; a newline token also
-    breaks the line, so the chips read like the text."""
+    """One token chip. A token with no text of its own (a special token) shows its id, ⟨id⟩; a
+    newline token also breaks the line, so the chips read like the text."""
     if not piece:
-        return f'<span class="{classes} tok-id" {attributes}>[{token_id}]</span>'
+        return f'<span class="{classes} tok-id" {attributes}>⟨{token_id}⟩</span>'
     chip = f'<span class="{classes}" {attributes}>{chip_text(piece)}</span>'
     return chip + "<br>" if "\n" in piece else chip

@@ -54,15 +54,18 @@ def timeline_figure(trace: Trace, index: int) -> go.Figure:
         zmax=len(STATES) - 0.5,
         xgap=1 if len(trace.steps) <= 100 else 0,  # thin gaps separate steps, until they would hide the cells
         ygap=2,
-        colorbar=dict(tickvals=list(range(len(STATES))), ticktext=list(STATES), thickness=12, len=1.0,
-                      outlinewidth=0),
+        # The legend of the states, as a horizontal bar over the plot: a vertical one needs more
+        # height than a timeline of a few sequences has, and its labels would overlap.
+        colorbar=dict(tickvals=list(range(len(STATES))), ticktext=list(STATES), thickness=10, len=0.6,
+                      orientation="h", x=1.0, xanchor="right", y=1.02, yanchor="bottom", outlinewidth=0,
+                      tickfont=dict(size=10)),
     )
     return make_figure(
         [heatmap],
         f"Scheduler timeline · step {index}",
-        clamp_height(110 + 26 * len(seq_ids)),
+        clamp_height(90 + 26 * len(seq_ids), low=170, high=240),  # it shares the screen with the text
         "timeline",
         shapes=[cursor_line(index)],
-        xaxis=dict(title=dict(text="step"), showgrid=False, zeroline=False),
+        xaxis=dict(showgrid=False, zeroline=False),  # the ticks are steps; the hover says so
         yaxis=dict(autorange="reversed", showgrid=False),  # #0 on top, like the other panels
     )
