@@ -46,6 +46,9 @@
       // Keep the user's zoom and pan across updates (uirevision), and drag to pan.
       figure.layout = { ...figure.layout, dragmode: "pan", uirevision: "timeline" };
     }
+    // The div takes the figure's height: with responsive plots, Plotly sizes a plot to its div
+    // when the window is resized, and a div sized by its content would collapse to nothing.
+    if (figure.layout.height) div.style.height = `${figure.layout.height}px`;
     const data = JSON.stringify(figure.data);
     const layout = Object.fromEntries(Object.entries(figure.layout).map(([k, v]) => [k, JSON.stringify(v)]));
     const before = last[name];

@@ -140,7 +140,10 @@ def test_the_readme_tour_stops_at_a_preemption(browser, url, tmp_path):
     wait_for_step(page, index)
     assert "#2" in page.locator("#ml-details").inner_text() and "preempted" in page.locator("#ml-text").inner_text()
     shot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "screenshot.png"
-    page.screenshot(path=str(shot), full_page=True)
+    page.set_viewport_size({"width": 1440, "height": 900})  # the whole debugger on one screen
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     page.context.close()
 
@@ -313,6 +316,11 @@ def test_a_laptop_screen_shows_the_whole_debugger_and_the_text_wraps(browser, ur
     wait_for_step(page, int(page.locator("#ml-slider input[type=number]").input_value()))
     page.wait_for_timeout(300)
     assert page.locator("#ml-text details.mlv-fold").first.get_attribute("open") is not None
+    height = "() => document.getElementById('ml-plot-kv').offsetHeight"
+    before = page.evaluate(height)
+    page.set_viewport_size({"width": 1180, "height": 800})  # a resized window keeps every plot's height
+    page.wait_for_timeout(500)
+    assert before > 100 and page.evaluate(height) == before
     page.keyboard.press("?")  # the keyboard help
     playwright_api.expect(page.locator("#ml-help")).to_be_visible()
     page.keyboard.press("Escape")
