@@ -142,7 +142,7 @@ def test_the_auto_selection_follows_the_step(url):
     [
         (("Hi", True, None, 0.0, 1.0, 0, ""), "max tokens is empty: give a whole number &gt;= 1"),
         (("Hi", True, 8, None, 1.0, 0, ""), "temperature is empty: give a number"),
-        (("Hi", True, 8, 0.0, 1.0, 0, "x7"), "seed needs a whole number, got &#x27;x7&#x27;"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "x7"), "seed needs a whole number &gt;= 0, got &#x27;x7&#x27;"),
     ],
 )
 def test_empty_and_malformed_fields_say_so(url, inputs, message):

@@ -352,25 +352,21 @@ def _blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _number(value: float | str | None, name: str) -> float:
+def _number(value: float | str | None, name: str, kind: str = "a number") -> float:
+    """A form field's value as a finite float; ValueError naming the field when it is not."""
     if _blank(value):
-        raise ValueError(f"{name} is empty: give a number")
+        raise ValueError(f"{name} is empty: give {kind}")
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"{name} needs a number, got {str(value)[:40]!r}") from None
+        raise ValueError(f"{name} needs {kind}, got {str(value)[:40]!r}") from None
     if not math.isfinite(number):
         raise ValueError(f"{name} needs a finite number, got {value}")
     return number
 
 
 def _whole(value: float | str | None, name: str, minimum: int = 1) -> int:
-    if _blank(value):
-        raise ValueError(f"{name} is empty: give a whole number >= {minimum}")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} needs a whole number, got {str(value)[:40]!r}") from None
-    if not math.isfinite(number) or number != int(number) or number < minimum:
+    number = _number(value, name, f"a whole number >= {minimum}")
+    if number != int(number) or number < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value}")
     return int(number)
