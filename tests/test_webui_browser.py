@@ -73,6 +73,13 @@ def wait_for_step(page, index: int) -> None:
     page.wait_for_function(SHOWS_STEP, arg=[list(PANEL_IDS), index], timeout=30_000)
 
 
+def step_through(page, stop: int, start: int = 0) -> None:
+    """Press Step for steps start..stop-1, each time waiting until the panels show it."""
+    for index in range(start, stop):
+        page.locator("#ml-step").click()
+        wait_for_step(page, index)
+
+
 def add_prompts(page, prompts: str, max_tokens: int = 12) -> None:
     page.locator("#ml-prompts textarea").fill(prompts)
     page.locator("#ml-max-tokens input").fill(str(max_tokens))
@@ -83,9 +90,7 @@ def add_prompts(page, prompts: str, max_tokens: int = 12) -> None:
 def test_panels_follow_steps_and_the_slider(browser, url):
     page = open_page(browser, url)
     add_prompts(page, "What is the capital of France?\nWrite a haiku about autumn.")
-    for index in range(5):
-        page.locator("#ml-step").click()
-        wait_for_step(page, index)
+    step_through(page, 5)
     assert page.locator("#ml-text .tok-current").count() == 2  # both sequences sampled at step 4
     page.locator("#ml-prev").click()  # back in time
     wait_for_step(page, 3)
@@ -163,9 +168,7 @@ def test_two_browser_contexts_are_isolated(browser, url):
     one, two = open_page(browser, url), open_page(browser, url)
     try:
         add_prompts(one, "What is the capital of France?", max_tokens=4)
-        for index in range(3):
-            one.locator("#ml-step").click()
-            wait_for_step(one, index)
+        step_through(one, 3)
         two.reload()
         two.wait_for_function("() => document.querySelector('#ml-text')?.textContent.includes('No step yet')")
         assert "France" not in two.locator("#ml-text").inner_text()
@@ -214,9 +217,7 @@ def test_save_trace_downloads_the_trace_as_it_is_at_each_click(browser, url, tmp
     page.get_by_text("Trace file").click()
     done = 0
     for steps in (2, 4):
-        for index in range(done, steps):
-            page.locator("#ml-step").click()
-            wait_for_step(page, index)
+        step_through(page, steps, start=done)
         done = steps
         with page.expect_download(timeout=30_000) as download:
             page.locator("#ml-save").click()
@@ -229,9 +230,7 @@ def test_save_trace_downloads_the_trace_as_it_is_at_each_click(browser, url, tmp
 def test_hovering_an_output_token_shows_its_probability(browser, url):
     page = open_page(browser, url)
     add_prompts(page, "What is the capital of France?", max_tokens=4)
-    for index in range(3):
-        page.locator("#ml-step").click()
-        wait_for_step(page, index)
+    step_through(page, 3)
     page.locator("#ml-text .tok[data-prob]").first.hover()
     card = page.locator("#ml-token-card")
     playwright_api.expect(card).to_be_visible()
@@ -268,9 +267,7 @@ def test_pause_acts_within_a_second_while_the_machine_is_busy(browser, url):
 def test_a_share_link_opens_the_same_view_in_another_browser(browser, url):
     author = open_page(browser, url)
     add_prompts(author, "What is the capital of France?\nWhat is 2 + 2?", max_tokens=6)
-    for index in range(4):
-        author.locator("#ml-step").click()
-        wait_for_step(author, index)
+    step_through(author, 4)
     author.locator("#ml-prev").click()
     wait_for_step(author, 2)
     author.get_by_text("Trace file").click()

@@ -207,7 +207,7 @@ class Handlers:
         yield render(session, message, error)
 
     def pause(self, key: str) -> None:
-        session = self.manager.sessions.get(key) if self.manager.keys.is_valid(key) else None
+        session = self.manager.find(key)
         if session is not None:
             session.pause_requested = True
 
@@ -279,7 +279,7 @@ class Handlers:
         """Write the session's trace, as it is now, to a fresh server-side file for the browser
         to download. The file is named after the model and the step count, never after the
         session; the previous download of the session is deleted."""
-        session = self.manager.sessions.get(key) if self.manager.keys.is_valid(key) else None
+        session = self.manager.find(key)
         if session is None or session.trace is None or not session.trace.steps:
             toast("nothing to save yet: record a step first")
             return None
@@ -297,7 +297,7 @@ class Handlers:
 
     def share_link(self, key: str, request: gr.Request) -> str:
         """A link to a read-only snapshot of the session's trace at the cursor's step (webui/shares.py)."""
-        session = self.manager.sessions.get(key) if self.manager.keys.is_valid(key) else None
+        session = self.manager.find(key)
         if session is None or session.trace is None or not session.trace.steps:
             toast("nothing to share yet: record a step first")
             return ""

@@ -164,12 +164,14 @@ class SessionManager:
             session.notice = reclaimed
         return session
 
+    def find(self, key: object) -> UISession | None:
+        """The session of tab `key` if it has one now; unlike get(), nothing is made."""
+        return self.sessions.get(key) if self.keys.is_valid(key) else None  # type: ignore[arg-type]
+
     def drawn(self, key: object, update: object) -> None:
         """The page of tab `key` has drawn update number `update` (static/app.js says so)."""
-        if not self.keys.is_valid(key) or not isinstance(update, int) or isinstance(update, bool):
-            return
-        session = self.sessions.get(key)  # type: ignore[arg-type]
-        if session is not None:
+        session = self.find(key)
+        if session is not None and isinstance(update, int) and not isinstance(update, bool):
             session.updates_drawn = min(max(session.updates_drawn, update), session.updates_sent)
 
     def tab_closed(self, browser: str) -> None:
@@ -206,7 +208,7 @@ class SessionManager:
     def _make(self, key: str, client: str) -> UISession:
         session = UISession(key, client=client)
         if self.startup_trace is not None:
-            self.open_trace(session, self.startup_trace, self.startup_name)
+            self.open_trace(session, self.startup_trace, self.startup_name, shared=True)
             session.shares_startup_trace = True
         with self._lock:
             self.sessions[key] = session
@@ -307,7 +309,7 @@ class SessionManager:
     def open_trace(self, session: UISession, trace: Trace, name: str, shared: bool = False) -> None:
         """Show a trace from a file, read-only; Reset goes back to a live engine. The live
         engine, if any, is let go (its slot now holds the trace)."""
-        if not shared and trace is not self.startup_trace:  # one object for many tabs takes no slot
+        if not shared:  # one trace object shown to many tabs takes no slot
             self.claim_slot(session)
         session.pause_requested = True
         session.debug, session.shares_startup_trace, session.shared_view = None, False, False
