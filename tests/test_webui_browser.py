@@ -308,9 +308,10 @@ def test_a_laptop_screen_shows_the_whole_debugger_and_the_text_wraps(browser, ur
     # The chat system prompt is folded; opened, it stays open as the cursor moves.
     fold = page.locator("#ml-text details.mlv-fold").first
     assert fold.get_attribute("open") is None and "system prompt" in fold.locator("summary").inner_text()
+    last = int(page.locator("#ml-slider input[type=number]").input_value())
     fold.locator("summary").click()
     page.keyboard.press("ArrowLeft")
-    wait_for_step(page, int(page.locator("#ml-slider input[type=number]").input_value()))
+    wait_for_step(page, last - 1)
     page.wait_for_timeout(300)
     assert page.locator("#ml-text details.mlv-fold").first.get_attribute("open") is not None
     height = "() => document.getElementById('ml-plot-kv').offsetHeight"
