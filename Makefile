@@ -29,10 +29,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
-	$(PY) -m minillama.bench
+	$(PY) -m benchmarks.engine
 
 bench-ui: $(STAMP)
-	$(PY) -m webui.bench
+	$(PY) -m benchmarks.webui
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

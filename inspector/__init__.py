@@ -13,24 +13,23 @@ standard-library module, which torch imports.
 Dependency direction: app -> inspector -> minillama; minillama never imports this package.
 """
 
-from inspector.breakpoints import (
+from inspector.debug import (
     AtStep,
     Breakpoint,
+    Cursor,
+    DebugSession,
     EntropyAbove,
     Hit,
     KVUsageAbove,
     Preemption,
     PrefixCacheHit,
+    RunResult,
     SampledProbBelow,
     SequenceFinished,
     TextMatches,
 )
-from inspector.chrome import export_chrome_trace
-from inspector.cursor import Cursor
-from inspector.recorder import CapturePolicy, Recorder
-from inspector.session import DebugSession, RunResult
-from inspector.trace import NotRecorded, Trace, TraceError
-from inspector.tracefile import load, save
+from inspector.record import CapturePolicy, Recorder
+from inspector.trace import NotRecorded, Trace, TraceError, export_chrome_trace, load, save
 
 __all__ = [
     "AtStep", "Breakpoint", "CapturePolicy", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove",

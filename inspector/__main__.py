@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from inspector.chrome import export_chrome_trace
-from inspector.recorder import CapturePolicy
-from inspector.session import DebugSession
-from inspector.show import format_overview, format_step
-from inspector.trace import TraceError
-from inspector.tracefile import load, save
+from inspector.debug.session import DebugSession
+from inspector.record.recorder import CapturePolicy
+from inspector.trace.export_chrome import export_chrome_trace
+from inspector.trace.export_text import format_overview, format_step
+from inspector.trace.model import TraceError
+from inspector.trace.tracefile import load, save
 from minillama.cli_args import (
     add_engine_args,
     add_sampling_args,

@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 
 from minillama import hugepages, memory
-from minillama.cache import cache_root
+from minillama.build_cache import cache_root
 from minillama.config import FieldReader, ModelConfig
 from minillama.errors import ModelLoadError
 from minillama.model.attention import AttentionBackend

@@ -1,6 +1,6 @@
 """Every command line, given bad input, prints exactly one line naming the problem on stderr and
 exits with status 2, never with a traceback (minillama/cli_errors.py): `python -m minillama`,
-`python -m inspector`, `python app.py`, `python -m minillama.bench`.
+`python -m inspector`, `python app.py`, `python -m benchmarks.engine`.
 
 The table runs each `main(argv)` in-process (fast); a few real subprocesses prove that nothing
 else reaches stderr. The model, where one is needed, is a tiny random directory.
@@ -16,14 +16,14 @@ import pytest
 from tiny_model import write_tiny_model
 
 import app
+import benchmarks.engine
 import inspector.__main__
 import minillama.__main__
-import minillama.bench
 from minillama.engine import llm_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIS = {"minillama": minillama.__main__.main, "inspector": inspector.__main__.main, "app": app.main,
-        "bench": minillama.bench.main}
+        "bench": benchmarks.engine.main}
 BAD_BYTES = "\udcff\udcfe caf\udce9"  # what Python makes of the argv bytes b"\xff\xfe caf\xe9"
 
 
@@ -128,7 +128,7 @@ BAD = {
     "app-trace-junk": ("app", ["--trace", "{junk}"], "not a .mltrace file"),
     "app-trace-folder": ("app", ["--trace", "{empty}"], "{empty}"),
     "app-unknown-flag": ("app", ["--bogus"], "unrecognized arguments: --bogus"),
-    # python -m minillama.bench
+    # python -m benchmarks.engine
     "bench-device": ("bench", ["--device", "banana"], "unknown device"),
     "bench-config-missing": ("bench", ["--config", "/nonexistent.json"], "no such file"),
     "bench-config-bad": ("bench", ["--config", "{file}"], "is not valid JSON"),
@@ -153,7 +153,7 @@ def one_line_error(capsys, cli: str, argv: list[str], status: int = 2) -> str:
 def test_bad_input_is_one_line_and_status_2(paths, capsys, cli, argv, fragment):
     err = one_line_error(capsys, cli, [arg.format(**paths) for arg in argv])
     prog = {"minillama": "python -m minillama", "inspector": "python -m inspector", "app": "app.py",
-            "bench": "python -m minillama.bench"}[cli]
+            "bench": "python -m benchmarks.engine"}[cli]
     assert err.startswith(f"{prog}: error: ") and fragment.format(**paths) in err
 
 
@@ -211,7 +211,7 @@ PROCESSES = {
     "minillama-bytes": (["-m", "minillama", "--prompt", b"\xff\xfe caf\xe9"], "character 0 is the byte 0xff"),
     "inspector-output": (["-m", "inspector", "record", "--prompt", "hi", "-o", "/nonexistent/r.mltrace"],
                          "there is no folder /nonexistent"),
-    "bench-device": (["-m", "minillama.bench", "--device", "banana"], "unknown device"),
+    "bench-device": (["-m", "benchmarks.engine", "--device", "banana"], "unknown device"),
 }
 
 

@@ -11,7 +11,7 @@ from conftest import make_hf_model
 from test_inspector_support import assert_logits_summaries_match, record_tiny_run
 
 from inspector import CapturePolicy, DebugSession
-from inspector.logits_stats import summary_columns
+from inspector.record.logits_summary import summary_columns
 from minillama import EngineConfig, LLMEngine, SamplingParams
 
 pytestmark = [
@@ -73,10 +73,10 @@ def test_graphed_logits_summaries_match_the_engines_logits():
 
 @pytest.mark.parametrize("vocab", [256, 4097, 49_152, 128_256])
 def test_the_triton_summary_equals_the_readable_one(vocab):
-    """inspector/logits_kernel.py against logits_stats.summary_columns, on vocabularies of one
+    """inspector/record/logits_kernel.py against logits_stats.summary_columns, on vocabularies of one
     chunk, of a chunk and one logit, and of SmolLM2's and Llama-3's size; one row confident
     (entropy near 0), the others spread."""
-    from inspector.logits_kernel import summary_columns_triton
+    from inspector.record.logits_kernel import summary_columns_triton
 
     generator = torch.Generator(device="cuda").manual_seed(vocab)
     logits = 4 * torch.randn(5, vocab, device="cuda", generator=generator)

@@ -8,7 +8,7 @@ import pytest
 
 from inspector import load
 from inspector.__main__ import main
-from inspector.show import format_overview, format_step
+from inspector.trace.export_text import format_overview, format_step
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,10 @@ import torch
 from conftest import make_hf_model
 from test_inspector_support import TINY_PARAMS, assert_logits_summaries_match, record_embedded_run, record_tiny_run
 
-from inspector import CapturePolicy, DebugSession, NotRecorded, Recorder, TextMatches, Trace, kv_snapshot
-from inspector.kv_snapshot import kv_snapshot_bytes
-from inspector.logits_stats import summary_bytes
+from inspector import CapturePolicy, DebugSession, NotRecorded, Recorder, TextMatches, Trace
+from inspector.record import kv_snapshot
+from inspector.record.kv_snapshot import kv_snapshot_bytes
+from inspector.record.logits_summary import summary_bytes
 from minillama import EngineConfig, LLMEngine, SamplingParams
 
 

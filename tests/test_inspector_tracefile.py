@@ -13,7 +13,7 @@ from safetensors.torch import save as save_safetensors
 from test_inspector_support import record_tiny_run
 
 from inspector import TraceError, export_chrome_trace, load, save
-from inspector.codec import encode
+from inspector.trace.codec import encode
 
 
 @pytest.fixture(scope="module")
@@ -215,13 +215,13 @@ def test_enums_ranges_and_inconsistencies_are_refused(saved, tmp_path, edit, mes
 
 
 @pytest.mark.parametrize(("module", "limit", "message"), [
-    ("inspector.validate", "MAX_TIMELINE_CELLS", "timeline cells, over the limit of 10"),
-    ("inspector.validate", "MAX_TOKENS", "tokens, over the limit of 10"),
-    ("inspector.validate_arrays", "MAX_STORE_POSITIONS", "positions, more than the sequence's tokens or the limit of 10"),
-    ("inspector.validate_arrays", "MAX_SNAPSHOT_BLOCKS", "over the limit of 1$"),
+    ("inspector.trace.validate", "MAX_TIMELINE_CELLS", "timeline cells, over the limit of 10"),
+    ("inspector.trace.validate", "MAX_TOKENS", "tokens, over the limit of 10"),
+    ("inspector.trace.validate_arrays", "MAX_STORE_POSITIONS", "positions, more than the sequence's tokens or the limit of 10"),
+    ("inspector.trace.validate_arrays", "MAX_SNAPSHOT_BLOCKS", "over the limit of 1$"),
 ])
 def test_sizes_the_views_allocate_by_are_bounded(saved, monkeypatch, module, limit, message):
-    """The views allocate by these sizes on every redraw (inspector/bounds.py says how much)."""
+    """The views allocate by these sizes on every redraw (inspector/trace/bounds.py says how much)."""
     monkeypatch.setattr(f"{module}.{limit}", 1 if limit == "MAX_SNAPSHOT_BLOCKS" else 10)
     with pytest.raises(TraceError, match=message):
         load(saved)
@@ -311,7 +311,7 @@ def test_the_params_schema_mirrors_sampling_params():
     import dataclasses
     import typing
 
-    from inspector.trace import SamplingRecord
+    from inspector.trace.model import SamplingRecord
     from minillama import SamplingParams
 
     assert set(typing.get_type_hints(SamplingRecord)) == {f.name for f in dataclasses.fields(SamplingParams)}

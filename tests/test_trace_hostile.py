@@ -26,7 +26,7 @@ import pytest
 from test_inspector_support import record_tiny_run
 
 from inspector import CapturePolicy, TraceError, load, save
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 from inspector.views import (
     Selection,
     attention_figure,

@@ -29,8 +29,9 @@ from safetensors.torch import save as save_safetensors
 from test_inspector_support import record_tiny_run
 
 import inspector.__main__
-from inspector import TraceError, load, save, tensor_member
-from inspector.tracefile import MAX_JSON_BYTES, MAX_JSON_ELEMENTS
+from inspector import TraceError, load, save
+from inspector.trace import tensor_member
+from inspector.trace.tracefile import MAX_JSON_BYTES, MAX_JSON_ELEMENTS
 
 
 @pytest.fixture(scope="module")

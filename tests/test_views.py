@@ -27,8 +27,8 @@ from conftest import make_hf_model
 from test_inspector_support import record_tiny_run
 
 from inspector import CapturePolicy, DebugSession
-from inspector.attention import mass_per_block
-from inspector.trace import Trace
+from inspector.trace.attention_rows import mass_per_block
+from inspector.trace.model import Trace
 from inspector.views import (
     NO_STEP,
     STATES,

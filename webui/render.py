@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from inspector import views
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 from inspector.views import Selection
 from webui.sessions import UISession
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
-from inspector.trace import NotRecorded, Trace
+from inspector.trace.model import NotRecorded, Trace
 from inspector.views.colors import PROBABILITY_SCALE
 from inspector.views.figure import clamp_height, empty_figure, make_figure, step_problem
 from inspector.views.queries import Query, cursor_query, recomputed_note

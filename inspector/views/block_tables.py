@@ -10,7 +10,7 @@ outlined (hit). Cells are coloured like the KV grid.
 
 from __future__ import annotations
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 from inspector.views.figure import step_problem
 from inspector.views.markup import empty_panel, panel, seq_background, seq_label
 

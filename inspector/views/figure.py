@@ -18,7 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 from inspector.views.colors import CURRENT_COLOR
 from inspector.views.markup import escape
 from inspector.views.selection import Selection, selected_seq_id

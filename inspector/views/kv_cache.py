@@ -33,8 +33,8 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from inspector.attention import mass_per_block
-from inspector.trace import KVBlockEntry, NotRecorded, Trace
+from inspector.trace.attention_rows import mass_per_block
+from inspector.trace.model import KVBlockEntry, NotRecorded, Trace
 from inspector.views.colors import CACHED_FREE_COLOR, CURRENT_COLOR, FREE_COLOR, sequence_color
 from inspector.views.figure import clamp_height, discrete_colorscale, empty_figure, make_figure, step_problem
 from inspector.views.queries import scheduled_in

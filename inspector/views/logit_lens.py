@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 from inspector.views.colors import PROBABILITY_SCALE
 from inspector.views.figure import empty_figure, make_figure, sequence_or_placeholder
 from inspector.views.selection import Selection

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 from inspector.views.colors import SAMPLED_COLOR, sequence_color, tint
 from inspector.views.figure import (
     MARGIN,

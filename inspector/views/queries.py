@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inspector.trace import NotRecorded, ScheduledRecord, Trace
+from inspector.trace.model import NotRecorded, ScheduledRecord, Trace
 
 
 @dataclass(frozen=True)

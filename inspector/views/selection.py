@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ of every sequence in its batch.
 
 from __future__ import annotations
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 
 STATES = ("absent", "waiting", "prefill", "decode", "idle", "preempted", "finished")
 

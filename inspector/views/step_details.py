@@ -13,7 +13,7 @@ GPU that step "ran eagerly", without a CUDA graph, and the timings show it.
 
 from __future__ import annotations
 
-from inspector.trace import StepRecord, Trace
+from inspector.trace.model import StepRecord, Trace
 from inspector.views.figure import step_problem
 from inspector.views.markup import empty_panel, escape, panel, seq_label, step_of
 from inspector.views.tokens import chip_text

@@ -14,7 +14,7 @@ token with its leading space, a word may be several tokens, "\n" is a token of i
 
 from __future__ import annotations
 
-from inspector.trace import TokenRecord, Trace
+from inspector.trace.model import TokenRecord, Trace
 from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
 from inspector.views.markup import badge, empty_panel, escape, panel, seq_background, step_of

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 from inspector.views.colors import STATE_COLORS
 from inspector.views.figure import (
     clamp_height,

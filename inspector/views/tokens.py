@@ -12,7 +12,7 @@ markup.escape, which keeps them literal in HTML and in plotly's labels and hover
 
 from __future__ import annotations
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 from inspector.views.markup import escape
 
 # Whitespace made visible: a token is often just " " or "\n", which would otherwise show as nothing.

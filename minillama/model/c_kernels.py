@@ -1,7 +1,7 @@
 """Build and load the engine's C kernels for the CPU (skinny_linear.c, attention/cpu_paged.c).
 
 Each source is compiled on first use with the machine's C compiler (cc, or $CC) for this very
-CPU (-march=native), about a second, and kept in the cache (minillama/cache.py) under a name
+CPU (-march=native), about a second, and kept in the cache (minillama/build_cache.py) under a name
 that hashes the source, the flags, the compiler and the CPU's features. Without a compiler, or
 when compiling fails, CLibrary.available() says False after a warning, and the caller keeps to
 PyTorch: same results, slower.
@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from minillama.cache import cache_root
+from minillama.build_cache import cache_root
 
 # -fopenmp: the C code's `omp parallel for` binds to the OpenMP runtime already in the process
 # (torch's libgomp), so the kernels run on torch's threads, torch.set_num_threads included.

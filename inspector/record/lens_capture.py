@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from inspector.trace import LogitLens
+from inspector.trace.model import LogitLens
 from minillama.engine.llm_engine import LLMEngine
 from minillama.engine.scheduler import SchedulerOutput
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from inspector.trace import TraceError
+from inspector.trace.model import TraceError
 
 CHUNK = 2**20
 MAX_READ = 2 * CHUNK

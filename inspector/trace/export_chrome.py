@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from inspector.trace import Trace
+from inspector.trace.model import Trace
 
 PID, TID = 1, 1
 

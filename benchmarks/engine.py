@@ -1,8 +1,8 @@
 """Throughput of the engine against Hugging Face transformers, in one process, as ratios.
 
-    python -m minillama.bench                  # CPU: embedded model, 1 prompt and 8 prompts
-    python -m minillama.bench --config 1b      # the same on a Llama-3.2 shape, random weights
-    python -m minillama.bench --gpu            # the GPU workload: 256 requests, 3 engines
+    python -m benchmarks.engine                  # CPU: embedded model, 1 prompt and 8 prompts
+    python -m benchmarks.engine --config 1b      # the same on a Llama-3.2 shape, random weights
+    python -m benchmarks.engine --gpu            # the GPU workload: 256 requests, 3 engines
 
 Every figure is output tokens per second of wall time. Both sides generate exactly the same
 number of tokens (EOS ignored), greedily, from the same weights and prompts.
@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts
 from minillama.cli_args import int_at_least, number_at_least
 from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
 from minillama.config import EngineConfig, ModelConfig
@@ -31,18 +30,7 @@ from minillama.model.attention import BACKEND_NAMES
 from minillama.observe import Observer
 from minillama.sampling_params import SamplingParams
 
-PROG = "python -m minillama.bench"
-CONFIGS = Path(__file__).parent / "bench_configs"
-CHAT_PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about autumn.",
-    "Explain what a KV cache is in one paragraph.",
-    "List three uses of a paperclip.",
-    "Why is the sky blue?",
-    "Give me a short recipe for pancakes.",
-    "What does a compiler do?",
-    "Translate 'good morning' into German and Spanish.",
-]
+PROG = "python -m benchmarks.engine"
 
 
 @dataclass
@@ -147,16 +135,6 @@ def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     with torch.device(device):
         hf = LlamaForCausalLM(config).to(dtype).eval()
     return hf, None
-
-
-def config_path(name: str) -> Path:
-    path = CONFIGS / f"llama-3.2-{name}.json"
-    return path if path.exists() else Path(name)
-
-
-def random_prompts(n: int, low: int, high: int, vocab: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(vocab) for _ in range(rng.randint(low, high))] for _ in range(n)]
 
 
 def small_workload(args: argparse.Namespace) -> None:

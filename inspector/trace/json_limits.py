@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.trace import TraceError
+from inspector.trace.model import TraceError
 
 CHUNK = 2**20
 # Byte classes for the scan: one table lookup per byte instead of a comparison per character.

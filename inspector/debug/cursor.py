@@ -7,7 +7,7 @@ at the newest step as it runs) and on one loaded from a file.
 
 from __future__ import annotations
 
-from inspector.trace import StepRecord, Trace
+from inspector.trace.model import StepRecord, Trace
 
 
 class Cursor:

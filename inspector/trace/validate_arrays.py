@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from inspector.bounds import MAX_SNAPSHOT_BLOCKS, MAX_STORE_POSITIONS
-from inspector.trace import AttentionStore, KVSnapshot, Trace, TraceError
+from inspector.trace.bounds import MAX_SNAPSHOT_BLOCKS, MAX_STORE_POSITIONS
+from inspector.trace.model import AttentionStore, KVSnapshot, Trace, TraceError
 
 KV_DTYPES = {
     "block_ids": torch.int32, "ref_count": torch.int32, "fill": torch.int32, "cached": torch.bool, "hit": torch.bool,

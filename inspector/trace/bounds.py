@@ -5,9 +5,9 @@ field's bound travels with its type, as typing.Annotated metadata:
 
     num_heads: Annotated[int, Range(1, MAX_HEADS)]
 
-and inspector/codec.py checks it while decoding, naming the field when a value is out of range.
+and inspector/trace/codec.py checks it while decoding, naming the field when a value is out of range.
 What one field cannot say alone (a token id below the vocabulary size, a block id inside the
-pool) is checked by inspector/validate.py once the whole trace is decoded.
+pool) is checked by inspector/trace/validate.py once the whole trace is decoded.
 
 The upper bounds below are not limits of the engine: they bound what the views (and the UI
 around them) allocate from a number read from the file, so that a small hostile file cannot

@@ -1,6 +1,6 @@
 """summary_columns_triton: the logits summary in one pass over the logits, for a GPU.
 
-The readable definition is inspector.logits_stats.summary_columns (log_softmax, topk, a dot
+The readable definition is inspector.record.logits_summary.summary_columns (log_softmax, topk, a dot
 product); this computes the same columns and is tested against it. Why a kernel: with a
 128,256-token vocabulary and a handful of rows, those PyTorch ops leave most of the GPU idle
 (a softmax runs one block per row) and topk alone is a radix select of ~20 kernels, ~0.12 ms of

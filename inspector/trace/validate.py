@@ -11,7 +11,7 @@ trace finds what it looks for, and nothing they draw is nonsense:
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), and ends with the token that says it finished;
 - the arrays (validate_arrays.py) have the dtypes and shapes the model and the pool imply;
-- the sizes the views allocate by stay within inspector/bounds.py's limits.
+- the sizes the views allocate by stay within inspector/trace/bounds.py's limits.
 
 Each check raises TraceError naming the first problem.
 """
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import bisect
 
-from inspector.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
-from inspector.trace import LogitLens, LogitsSummary, SequenceRecord, StepRecord, Trace, TraceError
-from inspector.validate_arrays import check_kv, check_stores
+from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
+from inspector.trace.model import LogitLens, LogitsSummary, SequenceRecord, StepRecord, Trace, TraceError
+from inspector.trace.validate_arrays import check_kv, check_stores
 from minillama.errors import InvalidRequestError
 from minillama.sampling_params import SamplingParams
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from inspector.graphed import BucketGraphs
-from inspector.trace import LogitsSummary
+from inspector.record.graphed import BucketGraphs
+from inspector.trace.model import LogitsSummary
 from minillama.model.sampler import filtered_logits
 from minillama.sampling_params import SamplingParams
 
@@ -62,7 +62,7 @@ class HostBuffer:
 def summary_columns(logits: torch.Tensor, k: int) -> torch.Tensor:
     """The summary's part that needs no sampling parameters, as tensors: logits [S, V] fp32 ->
     packed [S, 2k + 2]: top ids, their probabilities, sum p log p, log-sum-exp. (The readable
-    definition; a GPU runs inspector/logits_kernel.py, which is tested against it.)"""
+    definition; a GPU runs inspector/record/logits_kernel.py, which is tested against it.)"""
     logprobs = logits.log_softmax(dim=-1)  # [S, V]; more exact than logits - lse
     lse = logits.logsumexp(dim=-1)  # [S]
     top_logprobs, top_ids = logprobs.topk(k, dim=-1)  # [S, k], most likely first
@@ -83,7 +83,7 @@ def sampling_columns(logits: torch.Tensor, params: list[SamplingParams], top_ids
 
 class LogitsSummariser:
     """summarise(): starts a step's summaries. On a GPU the tensor work and the copy to the host
-    replay from CUDA graphs on a side stream (inspector/graphed.py); the engine's own stream
+    replay from CUDA graphs on a side stream (inspector/record/graphed.py); the engine's own stream
     never waits for them. On a CPU it simply runs."""
 
     def __init__(self, k: int, device: torch.device):
@@ -94,7 +94,7 @@ class LogitsSummariser:
         if device.type == "cuda":
             columns = summary_columns
             if importlib.util.find_spec("triton") is not None:
-                from inspector.logits_kernel import summary_columns_triton as columns
+                from inspector.record.logits_kernel import summary_columns_triton as columns
             self.graphs = BucketGraphs(lambda logits: (columns(logits, k),), device, host_outputs=1)
 
     def summarise(self, logits: torch.Tensor, params: list[SamplingParams]) -> PendingLogits:

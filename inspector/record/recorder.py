@@ -3,7 +3,7 @@
     recorder = Recorder(engine, CapturePolicy(top_k=5))
     engine.add_observer(recorder)
     ... engine.step() ...
-    recorder.trace          # inspector.trace.Trace, growing one StepRecord per step
+    recorder.trace          # inspector.trace.model.Trace, growing one StepRecord per step
 
 What each hook records (observer order within a step: minillama/observe.py):
 - on_schedule: the memory budget plans the step; the traced sequences' attention capture is
@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from inspector.attention_capture import AttentionCapture
-from inspector.budget import MemoryBudget
-from inspector.kv_snapshot import commit_filled_blocks, kv_snapshot_bytes, snapshot_kv
-from inspector.logit_lens import LogitLensCapture
-from inspector.logits_stats import LogitsSummariser, PendingLogits, finish, summary_bytes
-from inspector.token_texts import TokenTexts
-from inspector.trace import (
+from inspector.record.attention_capture import AttentionCapture
+from inspector.record.budget import MemoryBudget
+from inspector.record.kv_snapshot import commit_filled_blocks, kv_snapshot_bytes, snapshot_kv
+from inspector.record.lens_capture import LogitLensCapture
+from inspector.record.logits_summary import LogitsSummariser, PendingLogits, finish, summary_bytes
+from inspector.record.token_texts import TokenTexts
+from inspector.trace.model import (
     EngineInfo,
     Event,
     KVSnapshot,

@@ -18,7 +18,7 @@ from itertools import accumulate, chain
 import numpy as np
 import torch
 
-from inspector.trace import KVSnapshot
+from inspector.trace.model import KVSnapshot
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.scheduler import SchedulerOutput
 from minillama.engine.sequence import Sequence

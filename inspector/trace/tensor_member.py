@@ -14,8 +14,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from inspector.json_limits import parse
-from inspector.trace import TraceError
+from inspector.trace.json_limits import parse
+from inspector.trace.model import TraceError
 
 # A trace holds 8 tensors a step (its KV snapshot) and 3 a traced sequence (Q, K, q_step):
 # this is 8,192 steps. Each tensor costs about 10 us to build, however small: 2**16 of them,

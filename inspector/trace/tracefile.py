@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_safetensors
 
-from inspector.codec import decode, encode
-from inspector.json_limits import parse
-from inspector.tensor_member import load_tensors
-from inspector.trace import SCHEMA_VERSION, Trace, TraceError
-from inspector.validate import validate_trace
-from inspector.zip_members import open_zip, read_member
+from inspector.trace.codec import decode, encode
+from inspector.trace.json_limits import parse
+from inspector.trace.model import SCHEMA_VERSION, Trace, TraceError
+from inspector.trace.tensor_member import load_tensors
+from inspector.trace.validate import validate_trace
+from inspector.trace.zip_members import open_zip, read_member
 
 FORMAT = "mltrace"
 JSON_MEMBER = "trace.json"

@@ -1,9 +1,9 @@
 """What recording costs: engine throughput with no observer, with the Recorder without
 attention, and with the Recorder tracing the attention of two sequences, in one process.
 
-    python -m inspector.bench                      # embedded model, 8 chat prompts, 64 tokens each
-    python -m inspector.bench --device cuda --repeats 3
-    python -m inspector.bench --config 1b          # Llama-3.2-1B shape, random weights (GPU)
+    python -m benchmarks.recording                      # embedded model, 8 chat prompts, 64 tokens each
+    python -m benchmarks.recording --device cuda --repeats 3
+    python -m benchmarks.recording --config 1b          # Llama-3.2-1B shape, random weights (GPU)
 
 Every figure is output tokens per second of wall time, over the same greedy workload (EOS
 ignored, so every run makes the same number of tokens). One untimed run goes first: it warms
@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from inspector.recorder import CapturePolicy, Recorder
-from minillama.bench import CHAT_PROMPTS, config_path, random_prompts
+from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts
+from inspector.record.recorder import CapturePolicy, Recorder
 from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.llm_engine import LLMEngine
@@ -35,7 +35,7 @@ SETUPS: dict[str, CapturePolicy | None] = {
 }
 
 
-PROG = "python -m inspector.bench"
+PROG = "python -m benchmarks.recording"
 EXPECTED: tuple[type[BaseException], ...] = ()
 
 

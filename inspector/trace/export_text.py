@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inspector.trace import KVSnapshot, ScheduledRecord, StepRecord, TokenRecord, Trace
+from inspector.trace.model import KVSnapshot, ScheduledRecord, StepRecord, TokenRecord, Trace
 
 
 def format_overview(trace: Trace) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import re2
 
-from inspector.trace import StepRecord, TokenRecord, Trace
+from inspector.trace.model import StepRecord, TokenRecord, Trace
 
 MAX_PATTERN_CHARS = 200  # TextMatches: a longer pattern is refused
 MAX_PROGRAM_BYTES = 8 << 20  # TextMatches: RE2's memory for one compiled pattern

@@ -6,12 +6,12 @@ or aborted, capture dropped by the memory budget), and, for the traced sequences
 stores: each layer's post-RoPE queries and keys by position, from which any attention row is
 computed on demand.
 
-Every field is a JSON value, a nested dataclass, or a torch tensor. inspector/tracefile.py
+Every field is a JSON value, a nested dataclass, or a torch tensor. inspector/trace/tracefile.py
 writes the tensors to safetensors and the rest to JSON, so a saved trace opens, and its
 attention rows compute, with no model loaded.
 
-The type hints are the schema a loaded trace is checked against (inspector/codec.py): an enum
-is a Literal, a bounded number carries its Range (inspector/bounds.py), and there is no Any.
+The type hints are the schema a loaded trace is checked against (inspector/trace/codec.py): an enum
+is a Literal, a bounded number carries its Range (inspector/trace/bounds.py), and there is no Any.
 
 Shapes: L traced layers, T positions, H query heads, Hkv key/value heads, D head dim,
 NB physical KV blocks, M KV blocks recorded in a step.
@@ -25,8 +25,8 @@ from typing import Annotated, Literal, TypedDict
 
 import torch
 
-from inspector.attention import attention_probs, mass_per_block
-from inspector.bounds import (
+from inspector.trace.attention_rows import attention_probs, mass_per_block
+from inspector.trace.bounds import (
     MAX_BLOCK_SIZE,
     MAX_HEAD_DIM,
     MAX_HEADS,
@@ -206,7 +206,7 @@ class KVSnapshot:
     - the blocks that served a prefix-cache hit in this step (held, unless their sequence
       finished in the step);
     - the free blocks that still hold a cached full block a later prompt can hit, as long as
-      there are at most inspector.kv_snapshot.MAX_LISTED_CACHED_FREE of them
+      there are at most inspector.record.kv_snapshot.MAX_LISTED_CACHED_FREE of them
       (cached_free_listed); past that only their number, num_cached_free, is recorded.
     A block not recorded is free and holds nothing a prompt can hit (or is one of the unlisted
     cached ones). The per-block arrays are aligned to block_ids; the block tables of the

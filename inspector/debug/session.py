@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from inspector.breakpoints import Breakpoint, Hit
-from inspector.cursor import Cursor
-from inspector.recorder import CapturePolicy, Recorder
-from inspector.trace import StepRecord, Trace
+from inspector.debug.breakpoints import Breakpoint, Hit
+from inspector.debug.cursor import Cursor
+from inspector.record.recorder import CapturePolicy, Recorder
+from inspector.trace.model import StepRecord, Trace
 from minillama.engine.llm_engine import LLMEngine
 from minillama.sampling_params import SamplingParams
 
@@ -97,7 +97,7 @@ class DebugSession:
     def _advance(self) -> bool:
         """One engine iteration; False when nothing ran (no request left, or none could be
         scheduled). Without a breakpoint to check, a step's record is completed during the
-        next step's forward, off the engine's critical path (see inspector/recorder.py)."""
+        next step's forward, off the engine's critical path (see inspector/record/recorder.py)."""
         if not self.engine.has_unfinished():
             return False
         before = self.recorder.num_steps

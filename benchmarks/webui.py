@@ -1,7 +1,7 @@
 """Slider latency in a real browser: from moving the step slider to every panel showing the step.
 
-    python -m webui.bench                 # a 300-step trace of the embedded model, 60 moves
-    python -m webui.bench --trace run.mltrace --moves 100
+    python -m benchmarks.webui                 # a 300-step trace of the embedded model, 60 moves
+    python -m benchmarks.webui --trace run.mltrace --moves 100
 
 It records a trace (or opens one), serves it with no model (as `app.py --trace` does), opens
 the page in Chromium through Playwright, and moves the slider to random steps. Each move is
@@ -30,7 +30,7 @@ from webui.limits import Limits
 from webui.server import serve
 from webui.sessions import SessionManager
 
-PROG = "python -m webui.bench"
+PROG = "python -m benchmarks.webui"
 EXPECTED = (TraceError,)  # a --trace file that cannot be read
 TABS = ("KV cache", "Attention", "Next token", "Logit lens")  # the page's tabs (webui/layout.py)
 PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-lens", "ml-details")
@@ -80,7 +80,7 @@ def measure(url: str, num_steps: int, moves: int, seed: int) -> dict[str, list[f
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        raise FileNotFoundError("webui.bench needs Chromium: apt-get install chromium")
+        raise FileNotFoundError("benchmarks.webui needs Chromium: apt-get install chromium")
     # Distinct steps, none of them the warm-up's last one (a move to where the slider already is
     # changes nothing, so no panel would update).
     targets = random.Random(seed).sample(range(1, num_steps - 1), min(moves, num_steps - 2))

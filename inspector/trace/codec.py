@@ -6,7 +6,7 @@ replaced by {"tensor": that path}.
 
 decode() walks the same tree back, guided by the type hints (trace.py's schema), and checks
 every value on the way: its JSON type, a Literal's allowed values, a Range's bounds
-(inspector/bounds.py), that a float is finite, an integer fits 64 bits, and a text is valid
+(inspector/trace/bounds.py), that a float is finite, an integer fits 64 bits, and a text is valid
 Unicode (JSON's "\\ud800" escapes can make a lone surrogate, which no UTF-8 page can carry);
 an object must have exactly the schema's fields. A trace file is input from outside, so the
 first wrong value is reported with its path ("trace.steps.3.index: expected an integer, got
@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from inspector.bounds import Range
-from inspector.trace import TraceError
+from inspector.trace.bounds import Range
+from inspector.trace.model import TraceError
 
 JSON = Any  # dict, list, str, int, float, bool or None
 INT64 = Range(-(2**63), 2**63 - 1)

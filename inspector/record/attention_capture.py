@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inspector.trace import AttentionStore, Trace
+from inspector.trace.model import AttentionStore, Trace
 from minillama.engine.llm_engine import LLMEngine
 from minillama.engine.scheduler import SchedulerOutput
 from minillama.engine.sequence import Sequence

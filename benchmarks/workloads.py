@@ -1,0 +1,28 @@
+"""The workloads every benchmark shares: chat prompts, random token prompts, model shapes."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+CONFIGS = Path(__file__).parent / "configs"
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "Explain what a KV cache is in one paragraph.",
+    "List three uses of a paperclip.",
+    "Why is the sky blue?",
+    "Give me a short recipe for pancakes.",
+    "What does a compiler do?",
+    "Translate 'good morning' into German and Spanish.",
+]
+
+
+def config_path(name: str) -> Path:
+    path = CONFIGS / f"llama-3.2-{name}.json"
+    return path if path.exists() else Path(name)
+
+
+def random_prompts(n: int, low: int, high: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab) for _ in range(rng.randint(low, high))] for _ in range(n)]

@@ -1,0 +1,25 @@
+"""debug: drive the engine as a debugger does: step, run to a breakpoint, travel in time.
+
+session.py (DebugSession: requests in, steps recorded), cursor.py (the step being looked at),
+breakpoints.py (the conditions a run stops at, each saying why it fired).
+"""
+
+from inspector.debug.breakpoints import (
+    AtStep,
+    Breakpoint,
+    EntropyAbove,
+    Hit,
+    KVUsageAbove,
+    Preemption,
+    PrefixCacheHit,
+    SampledProbBelow,
+    SequenceFinished,
+    TextMatches,
+)
+from inspector.debug.cursor import Cursor
+from inspector.debug.session import DebugSession, RunResult
+
+__all__ = [
+    "AtStep", "Breakpoint", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
+    "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches",
+]
