@@ -14,14 +14,10 @@ import sys
 from pathlib import Path
 
 from inspector import TraceError, load
-from minillama.cli_errors import run_cli
-from minillama.config import EngineConfig
-from minillama.engine.llm_engine import LLMEngine
-from minillama.errors import ConfigError
+from minillama import ConfigError, EngineConfig, LLMEngine
+from minillama.cli import run_cli
+from webui import Limits, SessionManager, serve
 from webui.cli import is_loopback, lan_address, limits_from_args, parse_args, resolve_auth
-from webui.limits import Limits
-from webui.server import serve
-from webui.sessions import SessionManager
 
 
 def make_manager(args: argparse.Namespace, limits: Limits) -> SessionManager:
@@ -36,7 +32,7 @@ def make_manager(args: argparse.Namespace, limits: Limits) -> SessionManager:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0 when the server stops; 2 for bad input (one line on stderr); 1 for a bug
-    (minillama/cli_errors.py)."""
+    (minillama/cli/errors.py)."""
     return run_cli("app.py", _main, argv, expected=(TraceError,))
 
 

@@ -20,17 +20,21 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts
-from minillama.cli_args import int_at_least, number_at_least
-from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
-from minillama.config import EngineConfig, ModelConfig
-from minillama.engine.llm_engine import LLMEngine
-from minillama.engine.outputs import StepTimings
-from minillama.errors import ConfigError
-from minillama.model.attention import BACKEND_NAMES
-from minillama.observe import Observer
-from minillama.sampling_params import SamplingParams
+from minillama import (
+    BACKEND_NAMES,
+    ConfigError,
+    EngineConfig,
+    LLMEngine,
+    ModelConfig,
+    Observer,
+    SamplingParams,
+    StepTimings,
+    embedded_model_dir,
+)
+from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, number_at_least, run_cli
 
 PROG = "python -m benchmarks.engine"
+ENGINE = EngineConfig()  # the library's defaults: --device and --attention start from these
 
 
 @dataclass
@@ -115,14 +119,12 @@ def print_table(title: str, rows: list[Row], floor_seconds: float | None = None)
 
 def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     """(HF model, tokenizer or None): the embedded model, or a config with random weights."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if args.config is None:
-        from minillama.loader import embedded_model_dir, load_tokenizer
-
         path = embedded_model_dir()
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        return hf, load_tokenizer(path)
+        return hf, AutoTokenizer.from_pretrained(path)
     path = config_path(args.config)
     if not path.is_file():
         raise ConfigError(f"--config {args.config}: no such file; give 1b, 3b or the path of a config.json")
@@ -269,7 +271,7 @@ def decode_step_table(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (cli_errors.py)."""
+    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (minillama/cli/errors.py)."""
     return run_cli(PROG, _main, argv)
 
 
@@ -277,13 +279,15 @@ def _main(argv: list[str]) -> None:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help="the 256-request GPU workload")
     parser.add_argument("--config", default=None, help="1b, 3b or a config.json path (random weights); default: embedded model")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=ENGINE.device)
     parser.add_argument("--max-tokens", type=int_at_least(1), default=64, help="small workload: new tokens per prompt")
     parser.add_argument("--kv-blocks", type=int, default=None)
     parser.add_argument("--num-requests", type=int_at_least(1), default=256)
     parser.add_argument("--output-len", type=int_at_least(1), default=256)
     parser.add_argument("--peers", default="static,cb", help="GPU peers to run: static, cb")
-    parser.add_argument("--attention", default="auto", choices=BACKEND_NAMES)
+    parser.add_argument("--attention", default=ENGINE.attention, choices=BACKEND_NAMES)
+    # The GPU workload's own scheduler budgets, larger than the library's (64 and 4,096): 256
+    # requests decode in one batch, and a prefill step takes up to 16k tokens.
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--eager", action="store_true")

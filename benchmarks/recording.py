@@ -22,11 +22,9 @@ import time
 import torch
 
 from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts
-from inspector.record.recorder import CapturePolicy, Recorder
-from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
-from minillama.config import EngineConfig, ModelConfig
-from minillama.engine.llm_engine import LLMEngine
-from minillama.sampling_params import SamplingParams
+from inspector import CapturePolicy, Recorder
+from minillama import EngineConfig, LLMEngine, ModelConfig, SamplingParams
+from minillama.cli import ArgumentParser, add_debug_flag, run_cli
 
 SETUPS: dict[str, CapturePolicy | None] = {
     "no observer": None,
@@ -73,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> None:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     add_debug_flag(parser)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=EngineConfig().device)
     parser.add_argument("--prompts", type=int, default=8, help=f"chat prompts in the batch (at most {len(CHAT_PROMPTS)})")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
@@ -95,7 +93,7 @@ def _main(argv: list[str]) -> None:
         timed_run(engine, prompts, params, recorder)
     # What a long-lived process does once it has loaded: the objects made so far (torch, the
     # model) are left out of the garbage collector's full passes, which would otherwise walk
-    # them all, ~0.1 s on a GPU host, every few hundred steps of a recording.
+    # them all, every few hundred steps of a recording (what one costs: docs/benchmarks.md).
     gc.collect()
     gc.freeze()
     best: dict[str, tuple[float, int]] = {}

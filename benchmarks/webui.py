@@ -22,13 +22,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from inspector import DebugSession, Trace, TraceError, load, save
-from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
-from minillama.config import EngineConfig
-from minillama.engine.llm_engine import LLMEngine
-from minillama.sampling_params import SamplingParams
-from webui.limits import Limits
-from webui.server import serve
-from webui.sessions import SessionManager
+from minillama import EngineConfig, LLMEngine, SamplingParams
+from minillama.cli import ArgumentParser, add_debug_flag, run_cli
+from webui import Limits, SessionManager, serve
 
 PROG = "python -m benchmarks.webui"
 EXPECTED = (TraceError,)  # a --trace file that cannot be read

@@ -29,10 +29,20 @@ from inspector.debug import (
     TextMatches,
 )
 from inspector.record import CapturePolicy, Recorder
-from inspector.trace import NotRecorded, Trace, TraceError, export_chrome_trace, load, save
+from inspector.trace import (
+    NotRecorded,
+    Trace,
+    TraceError,
+    export_chrome_trace,
+    format_overview,
+    format_step,
+    load,
+    save,
+)
 
 __all__ = [
     "AtStep", "Breakpoint", "CapturePolicy", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove",
     "NotRecorded", "Preemption", "PrefixCacheHit", "Recorder", "RunResult", "SampledProbBelow",
-    "SequenceFinished", "TextMatches", "Trace", "TraceError", "export_chrome_trace", "load", "save",
+    "SequenceFinished", "TextMatches", "Trace", "TraceError", "export_chrome_trace", "format_overview", "format_step",
+    "load", "save",
 ]

@@ -12,31 +12,37 @@ from __future__ import annotations
 import argparse
 import sys
 
-from inspector.debug.session import DebugSession
-from inspector.record.recorder import CapturePolicy
-from inspector.trace.export_chrome import export_chrome_trace
-from inspector.trace.export_text import format_overview, format_step
-from inspector.trace.model import TraceError
-from inspector.trace.tracefile import load, save
-from minillama.cli_args import (
+from inspector import (
+    CapturePolicy,
+    DebugSession,
+    TraceError,
+    export_chrome_trace,
+    format_overview,
+    format_step,
+    load,
+    save,
+)
+from minillama import ConfigError, LLMEngine, check_text
+from minillama.cli import (
+    ArgumentParser,
+    add_debug_flag,
     add_engine_args,
     add_sampling_args,
     check_output_path,
     engine_config_from_args,
     int_at_least,
     number_at_least,
+    run_cli,
     sampling_params_from_args,
 )
-from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
-from minillama.engine.llm_engine import LLMEngine
-from minillama.engine.prompts import check_text
-from minillama.errors import ConfigError
 
 PROG = "python -m inspector"
+CAPTURE = CapturePolicy()  # the recorder's defaults: every capture flag starts from these
+MIB = 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (cli_errors.py)."""
+    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (minillama/cli/errors.py)."""
     return run_cli(PROG, _main, argv, expected=(TraceError,))
 
 
@@ -71,15 +77,19 @@ def _parser() -> ArgumentParser:
     record.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
     add_sampling_args(record)
     capture = record.add_argument_group("capture")
-    capture.add_argument("--attention-seqs", type=int_at_least(0), nargs="*", default=[0, 1], metavar="I",
-                         help="prompts (0-based, in the order given) whose attention is recorded (default: 0 1)")
-    capture.add_argument("--no-attention", action="store_true", help="record no attention")
+    traced = CAPTURE.attention_requests  # None: every prompt
+    capture.add_argument("--attention-seqs", type=int_at_least(0), nargs="*", default=traced, metavar="I",
+                         help="prompts (0-based, in the order given) whose attention is recorded (default: "
+                              f"{'every prompt' if traced is None else ' '.join(map(str, traced))})")
+    capture.add_argument("--no-attention", dest="capture_attention", action="store_false", default=CAPTURE.attention,
+                         help="record no attention")
     # --top-k is taken by sampling (the top-k filter); this one is how many tokens to record.
-    capture.add_argument("--logits-top-k", type=int_at_least(1), default=10,
-                         help="most likely tokens recorded per sampled token")
-    capture.add_argument("--logit-lens", action="store_true",
+    capture.add_argument("--logits-top-k", type=int_at_least(1), default=CAPTURE.top_k,
+                         help="most likely tokens recorded per sampled token (default: %(default)s)")
+    capture.add_argument("--logit-lens", action="store_true", default=CAPTURE.logit_lens,
                          help="record each layer's top-5 next-token guess for the --attention-seqs prompts")
-    capture.add_argument("--budget-mb", type=number_at_least(0), default=256, help="memory for recorded data, MiB")
+    capture.add_argument("--budget-mb", type=number_at_least(0), default=CAPTURE.memory_budget / MIB,
+                         help="memory for recorded data, MiB (default: %(default)g)")
     add_debug_flag(record)
 
     show = commands.add_parser("show", help="print a trace's overview, or one step in detail")
@@ -101,11 +111,11 @@ def _record(args: argparse.Namespace) -> int:
     for prompt in args.prompt:
         check_text(prompt)
     policy = CapturePolicy(
-        attention=not args.no_attention,
-        attention_requests=tuple(args.attention_seqs),
+        attention=args.capture_attention,
+        attention_requests=None if args.attention_seqs is None else tuple(args.attention_seqs),
         top_k=args.logits_top_k,
         logit_lens=args.logit_lens,
-        memory_budget=int(args.budget_mb * 2**20),
+        memory_budget=int(args.budget_mb * MIB),
     )
     session = DebugSession(LLMEngine.from_pretrained(args.model, config), policy)
     for prompt in args.prompt:

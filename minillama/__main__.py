@@ -7,27 +7,37 @@ from __future__ import annotations
 
 import sys
 
-from minillama.cli_args import add_engine_args, add_sampling_args, engine_config_from_args, sampling_params_from_args
-from minillama.cli_errors import ArgumentParser, add_debug_flag, run_cli
-from minillama.engine.llm import LLM
-from minillama.engine.prompts import check_text
+from minillama import LLM, check_text
+from minillama.cli import (
+    ArgumentParser,
+    add_debug_flag,
+    add_engine_args,
+    add_sampling_args,
+    engine_config_from_args,
+    run_cli,
+    sampling_params_from_args,
+)
 
 PROG = "python -m minillama"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (cli_errors.py)."""
+    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (minillama/cli/errors.py)."""
     return run_cli(PROG, _main, argv)
 
 
-def _main(argv: list[str]) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     add_engine_args(parser)
     add_sampling_args(parser)
     add_debug_flag(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     # Everything that needs no model is checked before the model loads.
     config, params = engine_config_from_args(args), sampling_params_from_args(args)
     for prompt in args.prompt:

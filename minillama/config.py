@@ -47,9 +47,7 @@ class ModelConfig:
     max_position_embeddings: int
     tie_word_embeddings: bool
     rope_scaling: RopeScaling | None = None
-    bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
-    torch_dtype: str = "float32"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -90,9 +88,7 @@ class ModelConfig:
             rope_scaling=scaling,
             max_position_embeddings=field.size("max_position_embeddings", default=2048),
             tie_word_embeddings=field.flag("tie_word_embeddings", default=False),
-            bos_token_id=field.token_ids("bos_token_id")[0] if raw.get("bos_token_id") is not None else None,
             eos_token_ids=field.token_ids("eos_token_id"),
-            torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
         )
 
     @classmethod
@@ -250,13 +246,25 @@ class EngineConfig:
             raise ConfigError(f"{_label('seed')} must be an integer in [0, 2**63), got {self.seed!r}")
 
 
-# EngineConfig fields whose command-line flag is not the field's name with dashes.
-_FLAGS = {"kv_cache_memory_gb": "--kv-cache-gb"}
+# EngineConfig fields whose command-line flag is not the field's name with dashes. The three
+# switches are named for what giving them does: each flips its field's default.
+_FLAGS = {
+    "kv_cache_memory_gb": "--kv-cache-gb",
+    "enable_prefix_caching": "--no-prefix-caching",
+    "enforce_eager": "--eager",
+    "fused_ops": "--no-fused-ops",
+}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag that sets EngineConfig field `name` (minillama/cli/flags.py makes
+    the flags from this, and error messages name them by it)."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def _label(name: str) -> str:
     """A field's name and its flag, so that API and command-line users both recognise it."""
-    return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"
+    return f"{name} ({flag_of(name)})"
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

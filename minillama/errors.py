@@ -3,7 +3,7 @@
 Every one derives from MinillamaError, and also from the built-in type a caller would expect
 (ValueError for bad values, RuntimeError for a model that cannot load), so code written
 against either keeps working. The command lines print a MinillamaError as one line and exit
-with status 2; any other exception escaping them is a bug (minillama/cli_errors.py)."""
+with status 2; any other exception escaping them is a bug (minillama/cli/errors.py)."""
 
 
 class MinillamaError(Exception):

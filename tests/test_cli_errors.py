@@ -1,5 +1,5 @@
 """Every command line, given bad input, prints exactly one line naming the problem on stderr and
-exits with status 2, never with a traceback (minillama/cli_errors.py): `python -m minillama`,
+exits with status 2, never with a traceback (minillama/cli/errors.py): `python -m minillama`,
 `python -m inspector`, `python app.py`, `python -m benchmarks.engine`.
 
 The table runs each `main(argv)` in-process (fast); a few real subprocesses prove that nothing

@@ -12,8 +12,8 @@ import ipaddress
 import os
 import socket
 
-from minillama.cli_args import add_model_args, int_at_least, number_at_least
-from minillama.cli_errors import ArgumentParser, add_debug_flag
+from minillama.cli import ArgumentParser, add_debug_flag, add_model_args, int_at_least, number_at_least
+from webui import defaults
 from webui.limits import Limits
 
 AUTH_ENV = "MINILLAMA_AUTH"
@@ -21,28 +21,38 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults = Limits()
     p = ArgumentParser(prog="app.py", description="mini-llama inspector: a visual debugger for Llama inference")
     m = p.add_argument_group("model (shared by every session)")
     add_model_args(m)
-    m.add_argument("--max-model-len", type=int, default=4096, help="longest sequence a session may run")
-    m.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    m.add_argument("--max-model-len", type=int, default=defaults.ENGINE.max_model_len,
+                   help="longest sequence a session may run (default: %(default)s)")
+    m.add_argument("--eager", action="store_true", default=defaults.ENGINE.enforce_eager, help="no CUDA graphs")
     m.add_argument("--trace", default=None, metavar="FILE", help="open this .mltrace read-only, with no model loaded")
     s = p.add_argument_group("serving")
-    s.add_argument("--host", default="127.0.0.1", help="0.0.0.0 shares the UI on the LAN (needs --auth or --no-auth)")
-    s.add_argument("--port", type=_port, default=7860)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="where to serve; 0.0.0.0 shares the UI on the LAN, which needs --auth or --no-auth "
+                        "(default: %(default)s)")
+    s.add_argument("--port", type=_port, default=7860, help="the port to serve on (default: %(default)s)")
     s.add_argument("--auth", default=None, metavar="USER:PASSWORD", help=f"require a login (or set {AUTH_ENV})")
     s.add_argument("--no-auth", action="store_true", help="serve a non-loopback host with no login (you are warned)")
     lim = p.add_argument_group("limits per server / per session")
-    lim.add_argument("--max-sessions", type=int_at_least(1), default=defaults.max_sessions, help="browser sessions at once")
-    lim.add_argument("--max-sessions-per-client", type=int_at_least(1), default=defaults.max_sessions_per_client,
-                     help="of those, from one client address")
-    lim.add_argument("--idle-minutes", type=number_at_least(0), default=defaults.idle_minutes, help="reclaim a session unused this long")
-    lim.add_argument("--max-new-tokens", type=int_at_least(1), default=defaults.max_new_tokens, help="per request")
-    lim.add_argument("--max-kv-blocks", type=int_at_least(1), default=defaults.max_kv_blocks, help="per session")
-    lim.add_argument("--max-steps", type=int_at_least(1), default=defaults.max_steps, help="recorded steps per session")
-    lim.add_argument("--trace-budget-mb", type=number_at_least(0), default=defaults.trace_budget_mb, help="recorder memory per session")
-    lim.add_argument("--upload-mb", type=int_at_least(1), default=defaults.upload_mb, help="largest trace file accepted")
+    limit = Limits()
+    lim.add_argument("--max-sessions", type=int_at_least(1), default=limit.max_sessions,
+                     help="browser sessions at once (default: %(default)s)")
+    lim.add_argument("--max-sessions-per-client", type=int_at_least(1), default=limit.max_sessions_per_client,
+                     help="of those, from one client address (default: %(default)s)")
+    lim.add_argument("--idle-minutes", type=number_at_least(0), default=limit.idle_minutes,
+                     help="reclaim a session unused this many minutes (default: %(default)g)")
+    lim.add_argument("--max-new-tokens", type=int_at_least(1), default=limit.max_new_tokens,
+                     help="per request (default: %(default)s)")
+    lim.add_argument("--max-kv-blocks", type=int_at_least(1), default=limit.max_kv_blocks,
+                     help="per session (default: %(default)s)")
+    lim.add_argument("--max-steps", type=int_at_least(1), default=limit.max_steps,
+                     help="recorded steps per session (default: %(default)s)")
+    lim.add_argument("--trace-budget-mb", type=number_at_least(0), default=limit.trace_budget_mb,
+                     help="recorder memory per session, MiB (default: %(default)g)")
+    lim.add_argument("--upload-mb", type=int_at_least(1), default=limit.upload_mb,
+                     help="largest trace file accepted, MiB (default: %(default)s)")
     add_debug_flag(p)
     return p.parse_args(argv)
 

@@ -30,6 +30,7 @@ from minillama.config import EngineConfig
 from minillama.engine.llm_engine import LLMEngine
 from minillama.errors import InvalidRequestError
 from minillama.sampling_params import SamplingParams
+from webui import defaults
 from webui.limits import Limits
 from webui.shares import Shares
 from webui.tab_keys import TabKeys
@@ -48,21 +49,29 @@ class SessionEnded(Exception):
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """The part of the engine a user sets for their own session (applied at Reset)."""
+    """The part of the engine a user sets for their own session (applied at Reset). It starts at
+    the web UI's engine settings (webui/defaults.py)."""
 
-    num_kv_blocks: int = 64
-    block_size: int = 16
-    max_num_seqs: int = 8
-    max_num_batched_tokens: int = 2048
-    prefix_caching: bool = True
+    num_kv_blocks: int = defaults.ENGINE.num_kv_blocks
+    block_size: int = defaults.ENGINE.block_size
+    max_num_seqs: int = defaults.ENGINE.max_num_seqs
+    max_num_batched_tokens: int = defaults.ENGINE.max_num_batched_tokens
+    prefix_caching: bool = defaults.ENGINE.enable_prefix_caching
+
+
+_CAPTURE = CapturePolicy()  # the recorder's defaults
 
 
 @dataclass(frozen=True)
 class CaptureSettings:
-    attention: bool = True
-    traced_requests: int | None = None  # trace the attention (and logit lens) of the first n requests; None: all
-    top_k: int = 10
-    logit_lens: bool = False
+    """What a session's recorder keeps (applied at Reset): the recorder's defaults, except which
+    requests are traced (webui/defaults.py)."""
+
+    attention: bool = _CAPTURE.attention
+    # Trace the attention (and the logit lens) of the first n requests; None: of all.
+    traced_requests: int | None = defaults.TRACED_REQUESTS
+    top_k: int = _CAPTURE.top_k
+    logit_lens: bool = _CAPTURE.logit_lens
 
 
 @dataclass

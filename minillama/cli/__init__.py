@@ -1,0 +1,24 @@
+"""cli: the toolkit every command line of the project is built from.
+
+    from minillama.cli import ArgumentParser, add_debug_flag, add_engine_args, engine_config_from_args, run_cli
+
+flags.py (the engine's and the sampler's flags, made from EngineConfig and SamplingParams, their
+defaults read from them), checks.py (what a command line checks before any work: argparse types
+with a floor, a writable output path) and errors.py (one line on stderr and an exit status for
+every failure, never a traceback; ArgumentParser, --debug, run_cli).
+"""
+
+from minillama.cli.checks import check_output_path, int_at_least, number_at_least
+from minillama.cli.errors import ArgumentParser, add_debug_flag, run_cli
+from minillama.cli.flags import (
+    add_engine_args,
+    add_model_args,
+    add_sampling_args,
+    engine_config_from_args,
+    sampling_params_from_args,
+)
+
+__all__ = [
+    "ArgumentParser", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
+    "engine_config_from_args", "int_at_least", "number_at_least", "run_cli", "sampling_params_from_args",
+]

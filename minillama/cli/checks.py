@@ -1,0 +1,52 @@
+"""The checks a command line makes before it loads a model: a mistake in a flag is reported in
+a moment, not after the model has loaded or a whole run has been recorded."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from minillama.errors import ConfigError
+
+
+def check_output_path(path: str, flag: str) -> Path:
+    """`path` as a Path if a file can be written there; ConfigError otherwise. Checked before
+    any work: a recording that runs to its end only to fail on saving loses the whole run."""
+    target = Path(path).expanduser()
+    folder = target.parent  # Path("run.mltrace").parent is Path(".")
+    if target.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name in it")
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: there is no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ConfigError(f"{flag} {path}: no permission to write there")
+    return target
+
+
+# argparse types for flags that only a command line has (EngineConfig and SamplingParams check
+# their own). argparse turns the ValueError into a usage error naming the flag and the type's
+# __name__: "argument --max-steps: invalid integer >= 1 value: '0'".
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def number_at_least(minimum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or value < minimum:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"finite number >= {minimum:g}"
+    return parse

@@ -1,0 +1,101 @@
+"""The engine's and the sampler's command-line flags, shared by every entry point (the engine
+CLI, the inspector, the UI).
+
+Each flag fills one field of EngineConfig or SamplingParams, and stores its value under the
+field's own name (`--kv-cache-gb` under `kv_cache_memory_gb`). Its default is read from the
+dataclass, and its help prints that default ("%(default)s"), so a default is written once, in
+the dataclass, and the flags, their help and the library cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from minillama.config import DTYPES, EngineConfig, flag_of
+from minillama.model.attention import BACKEND_NAMES
+from minillama.sampling_params import SamplingParams
+
+ENGINE = EngineConfig()  # the library's defaults: every engine flag starts from these
+# The one place a command line starts differently from the library: it samples greedily
+# (temperature 0, where SamplingParams has 1.0), so that the same command prints the same answer
+# on every run, which is what a demo, a test and a bug report want; and it lets an answer run to
+# 128 tokens (SamplingParams: 64), long enough for a paragraph.
+SAMPLING = SamplingParams(temperature=0.0, max_tokens=128)
+
+
+def add_model_args(group: argparse._ActionsContainer) -> None:
+    """--model, --device, --dtype, --attention: which weights, and how they run."""
+    group.add_argument("--model", default=None,
+                       help="Hugging Face Llama directory (default: the embedded SmolLM2-135M-Instruct)")
+    _engine_flag(group, "device", "auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: %(default)s)")
+    _engine_flag(group, "dtype", "auto: bfloat16 on CUDA, float32 on CPU (default: %(default)s)",
+                 choices=["auto", *DTYPES])
+    _engine_flag(group, "attention", "attention implementation (default: %(default)s)", choices=BACKEND_NAMES)
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model and engine")
+    add_model_args(g)
+    _engine_flag(g, "block_size", "tokens per KV-cache block (default: %(default)s)", type=int)
+    _engine_flag(g, "num_kv_blocks", "KV-cache blocks (default: sized from memory)", type=int)
+    _engine_flag(g, "kv_cache_memory_gb", "CPU: memory for the KV cache, GiB (default: %(default)s)", type=float)
+    _engine_flag(g, "gpu_memory_utilization", "CUDA: fraction of GPU memory to use (default: %(default)s)",
+                 type=float)
+    _engine_flag(g, "max_num_seqs", "most sequences running at once (default: %(default)s)", type=int)
+    _engine_flag(g, "max_num_batched_tokens", "most tokens in one prefill step (default: %(default)s)", type=int)
+    _engine_flag(g, "max_model_len", "longest sequence (default: min(model context, 8192))", type=int)
+    # Three switches, each the opposite of its field's default: present, they flip it.
+    _engine_flag(g, "enable_prefix_caching", "turn prefix caching off", action="store_false")
+    _engine_flag(g, "enforce_eager", "no CUDA graphs", action="store_true")
+    _engine_flag(g, "fused_ops", "plain PyTorch, not the engine's kernels (CUDA: fused Triton ops; CPU: the C "
+                 "decode kernels)", action="store_false")
+
+
+def _engine_flag(group: argparse._ActionsContainer, name: str, text: str, **kwargs: object) -> None:
+    """The flag that sets EngineConfig.<name>, with help `text`: spelled as config.flag_of says,
+    stored under the field's name, starting from the field's default."""
+    flag = flag_of(name)
+    if "action" not in kwargs and "choices" not in kwargs:  # --help shows "--kv-cache-gb KV_CACHE_GB"
+        kwargs["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
+    group.add_argument(flag, dest=name, default=getattr(ENGINE, name), help=text, **kwargs)
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """The flags' EngineConfig, validated (raises ConfigError naming the first bad flag).
+
+    --seed is a sampling flag (add_sampling_args): given, it seeds the engine's shared generator
+    too; absent, the engine keeps its default seed."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig) if f.name != "seed"}
+    config = EngineConfig(**values, seed=ENGINE.seed if args.seed is None else args.seed)
+    config.validate()
+    return config
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=SAMPLING.max_tokens,
+                   help="most tokens to generate per prompt (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=SAMPLING.temperature,
+                   help="0 = greedy (default: %(default)s)")
+    g.add_argument("--top-p", type=float, default=SAMPLING.top_p,
+                   help="nucleus sampling mass, in (0, 1] (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=SAMPLING.top_k,
+                   help="keep the k most likely tokens, 0 = off (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=SAMPLING.seed, help="per-request seed: same seed, same tokens")
+    g.add_argument("--ignore-eos", action="store_true", default=SAMPLING.ignore_eos,
+                   help="keep generating past end-of-sequence")
+
+
+def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
+    """The flags' SamplingParams, validated (raises InvalidRequestError naming a bad one)."""
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        ignore_eos=args.ignore_eos,
+    )
+    params.validate()
+    return params
