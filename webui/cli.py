@@ -21,6 +21,10 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="app.py", description="mini-llama inspector: a visual debugger for Llama inference")
     m = p.add_argument_group("model (shared by every session)")
     add_model_args(m)
@@ -54,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lim.add_argument("--upload-mb", type=int_at_least(1), default=limit.upload_mb,
                      help="largest trace file accepted, MiB (default: %(default)s)")
     add_debug_flag(p)
-    return p.parse_args(argv)
+    return p
 
 
 def _port(text: str) -> int:
