@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "record":
         return _record(args)
     output = check_output_path(args.output, "-o") if args.command == "export-chrome" else None
@@ -64,7 +64,7 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
-def _parser() -> ArgumentParser:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,14 +110,7 @@ def _record(args: argparse.Namespace) -> int:
     config, params = engine_config_from_args(args), sampling_params_from_args(args)
     for prompt in args.prompt:
         check_text(prompt)
-    policy = CapturePolicy(
-        attention=args.capture_attention,
-        attention_requests=None if args.attention_seqs is None else tuple(args.attention_seqs),
-        top_k=args.logits_top_k,
-        logit_lens=args.logit_lens,
-        memory_budget=int(args.budget_mb * MIB),
-    )
-    session = DebugSession(LLMEngine.from_pretrained(args.model, config), policy)
+    session = DebugSession(LLMEngine.from_pretrained(args.model, config), capture_policy_from_args(args))
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)
     result = session.run(max_steps=args.max_steps)
@@ -126,6 +119,17 @@ def _record(args: argparse.Namespace) -> int:
     state = "all requests finished" if result.finished else f"stopped after {result.steps} steps"
     print(f"\n{state}; wrote {output}")
     return 0
+
+
+def capture_policy_from_args(args: argparse.Namespace) -> CapturePolicy:
+    """The capture flags' CapturePolicy (each flag's type has checked its value)."""
+    return CapturePolicy(
+        attention=args.capture_attention,
+        attention_requests=None if args.attention_seqs is None else tuple(args.attention_seqs),
+        top_k=args.logits_top_k,
+        logit_lens=args.logit_lens,
+        memory_budget=int(args.budget_mb * MIB),
+    )
 
 
 if __name__ == "__main__":
