@@ -1,8 +1,9 @@
 """The engine's and the sampler's command-line flags, shared by every entry point (the engine
 CLI, the inspector, the UI).
 
-Each flag fills one field of EngineConfig or SamplingParams, and stores its value under the
-field's own name (`--kv-cache-gb` under `kv_cache_memory_gb`). Its default is read from the
+Each flag but --model (which names the weights) fills one field of EngineConfig or
+SamplingParams, and stores its value under the field's own name (`--kv-cache-gb` under
+`kv_cache_memory_gb`). Its default is read from the
 dataclass, and its help prints that default ("%(default)s"), so a default is written once, in
 the dataclass, and the flags, their help and the library cannot drift apart.
 """
