@@ -26,8 +26,8 @@ from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.llm_engine import LLMEngine
 from minillama.engine.outputs import StepTimings
 from minillama.errors import ConfigError
-from minillama.model.attention import BACKEND_NAMES
 from minillama.observe import Observer
+from minillama.ops.attention import BACKEND_NAMES
 from minillama.sampling_params import SamplingParams
 
 PROG = "python -m benchmarks.engine"
@@ -174,7 +174,7 @@ def gpu_workload(args: argparse.Namespace) -> None:
     time_engine(engine, prompts[:32], 8)
     ours = time_engine(engine, prompts, args.output_len)
     print(f"KV cache: {engine.block_manager.num_blocks} blocks of {config.block_size}; attention "
-          f"{engine.runner.model.model.layers[0].self_attn.backend.name}; CUDA graphs: {sorted(engine.runner.graphs)}")
+          f"{engine.runner.model.ops.attention.name}; CUDA graphs: {sorted(engine.runner.graphs)}")
     print(engine.stats.summary())
     del engine
     gc.collect()

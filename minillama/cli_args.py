@@ -12,7 +12,7 @@ from pathlib import Path
 
 from minillama.config import DTYPES, EngineConfig
 from minillama.errors import ConfigError
-from minillama.model.attention import BACKEND_NAMES
+from minillama.ops.attention import BACKEND_NAMES
 from minillama.sampling_params import SamplingParams
 
 

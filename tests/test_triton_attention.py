@@ -1,4 +1,4 @@
-"""The Triton attention kernels (minillama/model/attention/triton_paged.py) against an fp32 reference.
+"""The Triton attention kernels (minillama/ops/triton/triton_paged.py) against an fp32 reference.
 
 The CUDA tests need a GPU and Triton:  pytest -m cuda tests/test_triton_attention.py
 The interpreter test runs the same kernels on the CPU through Triton's interpreter, on small
@@ -25,7 +25,7 @@ HEAD_CONFIGS = [(32, 8, 64), (24, 8, 128), (16, 1, 64), (32, 1, 128), (16, 16, 1
 
 
 def _kernels():
-    from minillama.model.attention import triton_paged
+    from minillama.ops.triton import triton_paged
 
     return triton_paged
 
