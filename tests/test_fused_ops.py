@@ -2,7 +2,7 @@
 
 The CUDA tests need a GPU and Triton:  pytest -m cuda tests/test_fused_ops.py
 The interpreter test runs the same kernels on the CPU through Triton's interpreter, on small
-shapes:  TRITON_INTERPRET=1 pytest tests/test_fused_ops.py -k interpreter
+shapes; conftest.py turns it on where there is no GPU:  pytest tests/test_fused_ops.py -k interpreter
 Inputs are fresh random every run (no fixed seed): the kernels must be right on any input.
 
 Tolerances, and why
@@ -313,7 +313,7 @@ def test_cuda_graph_replay():
 
 @requires_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_interpreter_small_shapes(interpreter_numpy_fix: None, dtype: torch.dtype):
+def test_interpreter_small_shapes(dtype: torch.dtype):
     """All four ops on the CPU, with the CUDA tests' tolerances. Widths that are not powers of
     two (masked columns and heads), MHA/GQA/MQA, padding slots, several SiLU column tiles.
 
@@ -334,7 +334,7 @@ def test_interpreter_small_shapes(interpreter_numpy_fix: None, dtype: torch.dtyp
 
 
 @requires_interpreter
-def test_interpreter_empty_batch(interpreter_numpy_fix: None):
+def test_interpreter_empty_batch():
     """N = 0 launches nothing and returns empty tensors of the right shapes."""
     ops = _ops()
     x = torch.empty(0, 64)
