@@ -37,8 +37,6 @@ from minillama.ops.reference.rms_norm import add_rms_norm, rms_norm
 from minillama.ops.reference.silu_and_mul import silu_and_mul
 from minillama.ops.table import AttentionOps, Ops
 
-MAX_ROWS = 8  # the most rows the row-wise C kernels take (skinny_linear.c's limit)
-
 
 def select_ops(
     device: torch.device, dtype: torch.dtype, model_config: ModelConfig, fused_ops: bool, attention: str
@@ -56,10 +54,10 @@ def select_ops(
     if fused_ops and cpu_fp32 and skinny_linear.available() and cpu_ops.available():
         return Ops("cpu", cpu_rms_norm, cpu_add_rms_norm, cpu_rotary_and_store, cpu_silu_and_mul, cpu_linear,
                    attention_ops)
-    return reference_ops(attention_ops)
+    return _reference_ops(attention_ops)
 
 
-def reference_ops(attention: AttentionOps) -> Ops:
+def _reference_ops(attention: AttentionOps) -> Ops:
     """PyTorch for every call."""
     return Ops("reference", rms_norm, add_rms_norm, reference_rotary.rotary_and_store, silu_and_mul, F.linear,
                attention)
@@ -86,8 +84,9 @@ def _triton_ops(triton_ops: ModuleType, attention: AttentionOps) -> Ops:
 
 
 def c_kernels_take(rows: int) -> bool:
-    """Whether the row-wise C kernels take a call of `rows` rows (the module docstring says why)."""
-    return 0 < rows <= MAX_ROWS and not torch.is_grad_enabled()
+    """Whether the row-wise C kernels take a call of `rows` rows (the module docstring says why):
+    1 to 8, the linear kernel's limit, with autograd off."""
+    return 0 < rows <= skinny_linear.MAX_ROWS and not torch.is_grad_enabled()
 
 
 def cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
