@@ -176,7 +176,7 @@ def gpu_workload(args: argparse.Namespace) -> None:
     time_engine(engine, prompts[:32], 8)
     ours = time_engine(engine, prompts, args.output_len)
     print(f"KV cache: {engine.block_manager.num_blocks} blocks of {config.block_size}; attention "
-          f"{engine.runner.model.model.layers[0].self_attn.backend.name}; CUDA graphs: {sorted(engine.runner.graphs)}")
+          f"{engine.runner.model.ops.attention.name}; CUDA graphs: {sorted(engine.runner.graphs)}")
     print(engine.stats.summary())
     del engine
     gc.collect()

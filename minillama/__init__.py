@@ -7,7 +7,7 @@ from minillama.engine.outputs import Completion, RequestOutput, StepResult, Step
 from minillama.engine.prompts import check_text
 from minillama.errors import ConfigError, InvalidRequestError, MinillamaError, ModelLoadError
 from minillama.loader import embedded_model_dir
-from minillama.model.attention import BACKEND_NAMES
+from minillama.ops.attention import BACKEND_NAMES
 from minillama.observe import Observer
 from minillama.sampling_params import SamplingParams
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from minillama.errors import ConfigError, ModelLoadError
-from minillama.model.attention import BACKEND_NAMES
+from minillama.ops.attention import BACKEND_NAMES
 from minillama.values import as_int, as_number, is_int
 
 DTYPES: dict[str, torch.dtype] = {

@@ -28,9 +28,9 @@ from minillama import hugepages, memory
 from minillama.build_cache import cache_root
 from minillama.config import FieldReader, ModelConfig
 from minillama.errors import ModelLoadError
-from minillama.model.attention import AttentionBackend
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.rotary import RotaryEmbedding
+from minillama.ops.table import Ops
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -113,14 +113,15 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build_model(
-    config: ModelConfig, max_position: int, backend: AttentionBackend, device: torch.device, dtype: torch.dtype
+    config: ModelConfig, max_position: int, ops: Ops, device: torch.device, dtype: torch.dtype
 ) -> LlamaForCausalLM:
-    """An uninitialised model in `dtype` on `device` (weights to be loaded or randomised).
+    """An uninitialised model in `dtype` on `device` (weights to be loaded or randomised), computing
+    with `ops` (minillama/ops/select.py chooses them for the device and dtype).
 
     Built on the meta device first, so no time goes into initialising weights that the
     checkpoint overwrites anyway."""
     with torch.device("meta"), _default_dtype(dtype):
-        model = LlamaForCausalLM(config, max_position, backend)
+        model = LlamaForCausalLM(config, max_position, ops)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     memory.check_fits(f"the model's weights in {str(dtype).removeprefix('torch.')}", weight_bytes, device, ModelLoadError)
     model = model.to_empty(device=device)  # untouched memory: it costs nothing until written

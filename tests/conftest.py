@@ -3,10 +3,17 @@ embedded model (converted once per test session into a temporary cache)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a CUDA GPU the Triton kernels run on the CPU, through Triton's interpreter, in the
+# tests marked requires_interpreter (tests/triton_support.py). triton.jit reads this when a
+# kernel module is imported, so it is set here, before any test imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tiny shapes that still cover what differs between Llama variants.
 TINY_CONFIGS = {
@@ -64,21 +71,3 @@ def embedded_dir() -> Path:
 
     return embedded_model_dir()
 
-
-@pytest.fixture
-def interpreter_numpy_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let triton 3.6's interpreter run loops with tensor bounds under numpy >= 2.4.
-
-    The interpreter turns a scalar into a Python int with int(array of shape (1,)), which
-    numpy 2.4 refuses (triton-lang/triton#9171, fixed upstream by #9172). Take the element
-    explicitly instead; with an interpreter that has the fix, this changes nothing.
-    """
-    from triton.runtime import interpreter
-
-    patch_tensor = interpreter._patch_lang_tensor
-
-    def patch_tensor_fixed(tensor, scope) -> None:
-        patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_tensor_fixed)

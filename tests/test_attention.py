@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minillama.model.attention import cpu_paged, get_attention_backend, reference
-from minillama.model.attention.kv_cache import store_kvcache
+from minillama.ops.attention import select_attention
+from minillama.ops.cpu import cpu_paged
+from minillama.ops.reference import reference_attention as reference
+from minillama.ops.reference.rotary_and_store import store_kvcache
 
 SHAPES = [(4, 2, 16), (4, 1, 32), (4, 4, 16), (6, 2, 64)]  # (H, Hkv, D): GQA, MQA, MHA, wider
 
@@ -20,7 +22,7 @@ def backends(device: torch.device) -> list[str]:
 
 def _available(name: str, device: torch.device) -> bool:
     try:
-        get_attention_backend(name, device)
+        select_attention(name, device)
         return True
     except ValueError:
         return False
@@ -51,7 +53,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_backend(name: str, device: torch.device, dtype: torch.dtype, tolerance: float) -> None:
-    backend = get_attention_backend(name, device, dtype)
+    backend = select_attention(name, device, dtype)
     block_size = 16 if backend.min_block_size == 1 else backend.min_block_size
     for num_heads, num_kv_heads, head_dim in SHAPES:
         # Prefill, fresh K/V.
@@ -110,10 +112,10 @@ def test_the_cpu_decode_kernel_reads_any_block_size_and_long_contexts(block_size
 @requires_cpu_kernel
 def test_auto_picks_the_cpu_backend_for_fp32_on_the_cpu_only():
     cpu = torch.device("cpu")
-    assert get_attention_backend("auto", cpu, torch.float32).name == "cpu"
-    assert get_attention_backend("auto", cpu, torch.bfloat16).name == "sdpa"
+    assert select_attention("auto", cpu, torch.float32).name == "cpu"
+    assert select_attention("auto", cpu, torch.bfloat16).name == "sdpa"
     with pytest.raises(ValueError, match="float32 only"):
-        get_attention_backend("cpu", cpu, torch.bfloat16)
+        select_attention("cpu", cpu, torch.bfloat16)
 
 
 @pytest.mark.cuda

@@ -218,11 +218,11 @@ def test_every_constructor_refuses_a_bad_device_before_building_anything():
 
 
 def test_a_gpu_kernel_refuses_a_head_dim_it_has_no_kernel_for():
-    from minillama.model.attention import get_attention_backend
+    from minillama.ops.attention import select_attention
 
     for name, head_dim in [("triton", 8), ("triton", 48), ("flash-attn", 12), ("flash-attn", 512)]:
         with pytest.raises(ConfigError, match=f"--attention {name} has no kernel for this model's head_dim {head_dim}"):
-            get_attention_backend(name, torch.device("cpu"), torch.bfloat16, head_dim)
+            select_attention(name, torch.device("cpu"), torch.bfloat16, head_dim)
 
 
 @pytest.mark.cuda
@@ -230,7 +230,7 @@ def test_a_gpu_kernel_refuses_a_head_dim_it_has_no_kernel_for():
 def test_on_a_gpu_a_head_dim_the_kernels_do_not_take_runs_on_pytorch_ops():
     config = ModelConfig.from_dict(VALID)  # head_dim 8: below Triton's tiles
     engine = LLMEngine.from_config(config, EngineConfig(device="cuda", num_kv_blocks=16))
-    assert engine.runner.model.model.layers[0].self_attn.backend.name == "sdpa"
+    assert engine.runner.model.ops.attention.name == "sdpa"
     engine.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=3))
     while engine.has_unfinished():
         engine.step()

@@ -1,8 +1,9 @@
 """The C kernels of a CPU decode step against what they replace, and when the model uses them:
-the 1-8 row linear layers (minillama/model/skinny_linear.c) against an exact product, the fused
+the 1-8 row linear layers (minillama/ops/cpu/skinny_linear.c) against an exact product, the fused
 ops (cpu_ops.c: residual add + RMSNorm, RoPE + KV-cache write, SwiGLU) against the PyTorch code
-each replaces. (The decode attention kernel,
-attention/cpu_paged.c, is held to the reference with the other backends in test_attention.py.)
+each replaces (minillama/ops/reference/), and the ops table's rule for which calls they take
+(minillama/ops/select.py). (The decode attention kernel, ops/cpu/cpu_paged.c, is held to the
+reference with the other backends in test_attention.py.)
 
 Tolerance of the linear layers: each output is a dot product of K fp32 terms, summed in another order than BLAS
 sums them (16 lanes, then across lanes). The difference to the exact (fp64) product is a few
@@ -15,13 +16,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_model import TINY
 
-from minillama import EngineConfig, LLMEngine, SamplingParams
-from minillama.model import c_kernels, cpu_ops, norm, skinny_linear
-from minillama.model.attention import cpu_paged
-from minillama.model.attention.kv_cache import store_kvcache
-from minillama.model.rotary import apply_rotary
-from minillama.model.skinny_linear import MAX_ROWS, Linear
+from minillama import EngineConfig, LLMEngine, ModelConfig, SamplingParams
+from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.linear import Linear
+from minillama.model.norm import RMSNorm
+from minillama.ops.cpu import c_kernels, cpu_ops, cpu_paged, skinny_linear
+from minillama.ops.cpu.skinny_linear import MAX_ROWS
+from minillama.ops.reference.rotary_and_store import apply_rotary, store_kvcache
+from minillama.ops.select import select_ops
+from minillama.ops.table import Ops
 
 pytestmark = pytest.mark.skipif(
     not (skinny_linear.available() and cpu_ops.available()), reason="no C compiler to build the kernels"
@@ -57,12 +62,17 @@ def test_row_counts_outside_1_to_8_are_refused(rows):
         skinny_linear.skinny_linear(torch.randn(rows, 16), torch.randn(4, 16))
 
 
+def ops_table(fused_ops: bool) -> Ops:
+    """The ops table of a CPU fp32 engine: the C kernels' ("cpu"), or with fused_ops off the reference."""
+    config = ModelConfig.from_dict(dict(TINY, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0))
+    return select_ops(torch.device("cpu"), torch.float32, config, fused_ops, "sdpa")
+
+
 def test_linear_sends_only_1_to_8_rows_without_autograd_to_the_kernel(monkeypatch):
     calls = []
     kernel = skinny_linear.skinny_linear
     monkeypatch.setattr(skinny_linear, "skinny_linear", lambda x, w: calls.append(x.shape[0]) or kernel(x, w))
-    layer = Linear(64, 48, bias=False)
-    layer.skinny = True
+    layer = Linear(64, 48, ops_table(fused_ops=True))
     with torch.inference_mode():
         for rows in (1, 2, 8, 9):
             x = torch.randn(rows, 64)
@@ -70,9 +80,9 @@ def test_linear_sends_only_1_to_8_rows_without_autograd_to_the_kernel(monkeypatc
     assert calls == [1, 2, 8]  # nine: more than the kernel takes
     out = layer(torch.randn(4, 64))  # autograd on: the kernel has no backward
     assert calls == [1, 2, 8] and out.grad_fn is not None
-    layer.skinny = False
+    reference = Linear(64, 48, ops_table(fused_ops=False))
     with torch.inference_mode():
-        layer(torch.randn(4, 64))
+        reference(torch.randn(4, 64))
     assert calls == [1, 2, 8]
 
 
@@ -87,20 +97,17 @@ def linears(engine: LLMEngine) -> list[Linear]:
     return [m for m in engine.runner.model.modules() if isinstance(m, Linear)]
 
 
-def norms(engine: LLMEngine) -> list[torch.nn.Module]:
-    """Every module with a fused-op switch: the norms, the attention layers, the MLPs."""
-    return [m for m in engine.runner.model.modules() if hasattr(m, "c_kernel")]
-
-
 def test_a_cpu_fp32_engine_uses_the_kernel_unless_fused_ops_are_off(tiny_model_dir):
     path, _ = tiny_model_dir("gqa-tied-llama3")
     on = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32"))
     off = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32", fused_ops=False))
     bf16 = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="bfloat16"))
     assert len(linears(on)) == 2 * 4 + 1  # qkv, o, gate_up, down per layer; the LM head
-    assert all(m.skinny for m in linears(on)) and all(m.c_kernel for m in norms(on))
-    assert not any(m.skinny for m in linears(off) + linears(bf16))
-    assert not any(m.c_kernel for m in norms(off) + norms(bf16))
+    assert on.runner.model.ops.name == "cpu"
+    assert off.runner.model.ops.name == bf16.runner.model.ops.name == "reference"
+    # One table for the whole model: every module that computes holds the engine's.
+    holders = [m for m in on.runner.model.modules() if hasattr(m, "ops")]
+    assert len(holders) > len(linears(on)) and all(m.ops is on.runner.model.ops for m in holders)
     # Same tokens either way (the HF parity tests hold the kernel's engine to transformers).
     assert generate(on) == generate(off)
 
@@ -122,8 +129,8 @@ def test_without_a_compiler_the_engine_warns_and_uses_blas(monkeypatch, tmp_path
             assert not skinny_linear.available()
         path, _ = tiny_model_dir("gqa-tied-llama3")
         engine = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32"))
-        assert not any(m.skinny for m in linears(engine)) and not any(m.c_kernel for m in norms(engine))
-        assert engine.runner.model.model.layers[0].self_attn.backend.name == "sdpa"
+        assert engine.runner.model.ops.name == "reference"
+        assert engine.runner.model.ops.attention.name == "sdpa"
     finally:
         clear_builds()
 
@@ -153,17 +160,17 @@ def test_the_result_matches_f_linear_on_the_embedded_models_shapes():
 @pytest.mark.parametrize("rows", [1, 3, 8])
 @pytest.mark.parametrize("size", [64, 576, 2048])
 def test_the_norm_kernel_equals_pytorchs_norm(rows, size):
-    """add_and_norm and the plain norm, against the same module's PyTorch ops: within a few fp32
-    ulps (the sum of squares is summed in another order)."""
-    layer = norm.RMSNorm(size, eps=1e-5)
+    """add_and_norm and the plain norm, against the same module on the reference ops: within a
+    few fp32 ulps (the sum of squares is summed in another order)."""
+    layer, fast = RMSNorm(size, 1e-5, ops_table(fused_ops=False)), RMSNorm(size, 1e-5, ops_table(fused_ops=True))
     with torch.no_grad():
         layer.weight.copy_(torch.randn(size))
+        fast.weight.copy_(layer.weight)
     x, residual = torch.randn(rows, size) * 3, torch.randn(rows, size)
     before = residual.clone()
     with torch.inference_mode():
         expected = layer.add_and_norm(x, residual), layer(residual)
-        layer.c_kernel = True
-        got = layer.add_and_norm(x, residual), layer(residual)
+        got = fast.add_and_norm(x, residual), fast(residual)
     (normed, stream), plain = got
     torch.testing.assert_close(stream, expected[0][1], rtol=0, atol=0)  # the add: exact
     torch.testing.assert_close(normed, expected[0][0], rtol=4e-6, atol=1e-6)
@@ -171,18 +178,39 @@ def test_the_norm_kernel_equals_pytorchs_norm(rows, size):
     assert torch.equal(residual, before)  # the residual given is left as it was
 
 
-def test_the_norm_kernel_takes_up_to_8_rows_without_autograd(monkeypatch):
+def test_the_norm_and_swiglu_kernels_take_up_to_8_rows_without_autograd(monkeypatch):
     calls = []
-    kernel = cpu_ops.add_rms_norm
-    monkeypatch.setattr(cpu_ops, "add_rms_norm", lambda *a: calls.append(a[1].shape[0]) or kernel(*a))
-    layer = norm.RMSNorm(64, eps=1e-6)
-    layer.c_kernel = True
+    norm_kernel, swiglu_kernel = cpu_ops.add_rms_norm, cpu_ops.silu_and_mul
+    monkeypatch.setattr(cpu_ops, "add_rms_norm", lambda *a: calls.append(("norm", a[1].shape[0])) or norm_kernel(*a))
+    monkeypatch.setattr(cpu_ops, "silu_and_mul", lambda g: calls.append(("swiglu", g.shape[0])) or swiglu_kernel(g))
+    ops = ops_table(fused_ops=True)
+    layer = RMSNorm(64, 1e-6, ops)
     with torch.inference_mode():
         for rows in (1, 8, 9):
             layer.add_and_norm(torch.randn(rows, 64), torch.randn(rows, 64))
-    assert calls == [1, 8]
+            ops.silu_and_mul(torch.randn(rows, 32))
+    assert calls == [("norm", 1), ("swiglu", 1), ("norm", 8), ("swiglu", 8)]
     out, _ = layer.add_and_norm(torch.randn(2, 64), torch.randn(2, 64))  # autograd on
-    assert calls == [1, 8] and out.grad_fn is not None
+    assert len(calls) == 4 and out.grad_fn is not None
+
+
+def test_rope_and_the_cache_write_take_the_kernel_in_decode_steps_only(monkeypatch):
+    """Whatever the batch: 9 rows of a decode step go to the kernel, 2 rows of a prefill do not;
+    both write the values into their slots."""
+    calls = []
+    kernel = cpu_ops.rotary_and_store
+    monkeypatch.setattr(cpu_ops, "rotary_and_store", lambda *a: calls.append(a[0].shape[0]) or kernel(*a))
+    ops = ops_table(fused_ops=True)
+    heads, kv_heads, head_dim = 4, 2, 8
+    for rows, is_prefill in ((9, False), (2, True)):
+        caches = torch.zeros(2, 4, 4, kv_heads, head_dim)  # K and V: 4 blocks of 4 slots
+        qkv, angles = torch.randn(rows, heads + 2 * kv_heads, head_dim), torch.randn(rows, 1, head_dim)
+        metadata = AttentionMetadata(is_prefill, slot_mapping=torch.arange(rows))
+        with torch.inference_mode():
+            q = ops.rotary_and_store(qkv, angles.cos(), angles.sin(), caches[0], caches[1], metadata)
+        assert q.shape == (rows, heads, head_dim)
+        assert torch.equal(caches[1].flatten(0, 1)[:rows], qkv[:, heads + kv_heads :])
+    assert calls == [9]
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(9, 3, 64), (4, 1, 32), (32, 8, 128)])

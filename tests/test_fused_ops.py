@@ -1,8 +1,8 @@
-"""The fused Triton kernels (minillama/model/fused_ops.py) against the PyTorch code they replace.
+"""The fused Triton kernels (minillama/ops/triton/fused_ops.py) against the PyTorch code they replace.
 
 The CUDA tests need a GPU and Triton:  pytest -m cuda tests/test_fused_ops.py
 The interpreter test runs the same kernels on the CPU through Triton's interpreter, on small
-shapes:  TRITON_INTERPRET=1 pytest tests/test_fused_ops.py -k interpreter
+shapes; conftest.py turns it on where there is no GPU:  pytest tests/test_fused_ops.py -k interpreter
 Inputs are fresh random every run (no fixed seed): the kernels must be right on any input.
 
 Tolerances, and why
@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from triton_support import capture_graph, requires_cuda, requires_interpreter
 
-from minillama.model.attention.kv_cache import store_kvcache
-from minillama.model.norm import RMSNorm
-from minillama.model.rotary import apply_rotary
+from minillama.ops.reference.rms_norm import add_rms_norm, rms_norm
+from minillama.ops.reference.rotary_and_store import apply_rotary, store_kvcache
+from minillama.ops.reference.silu_and_mul import silu_and_mul
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 NUM_TOKENS = [1, 7, 256]
@@ -46,7 +45,7 @@ SIGNIFICAND_BITS = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24}
 
 
 def _ops():
-    from minillama.model import fused_ops
+    from minillama.ops.triton import fused_ops
 
     return fused_ops
 
@@ -57,18 +56,15 @@ def _ops():
 
 
 def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """norm.RMSNorm.forward, its PyTorch path."""
-    norm = RMSNorm(weight.shape[0], eps).to(x.device)
-    norm.weight.data = weight
-    return norm(x)
+    """ops/reference/rms_norm.py, the model's PyTorch path."""
+    return rms_norm(x, weight, eps)
 
 
 def reference_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LlamaDecoderLayer's `hidden = hidden + attn_out`, then the next RMSNorm."""
-    hidden = residual + x
-    return reference_rms_norm(hidden, weight, eps), hidden
+    return add_rms_norm(x, residual, weight, eps)
 
 
 def reference_rotary_and_store(
@@ -82,8 +78,8 @@ def reference_rotary_and_store(
     num_kv_heads: int,
     head_dim: int,
 ) -> torch.Tensor:
-    """LlamaAttention.forward's rotary.apply_rotary and kv_cache.store_kvcache (padding rows,
-    slot < 0, left out of the store)."""
+    """ops/reference/rotary_and_store.py's apply_rotary and store_kvcache (padding rows, slot < 0,
+    left out of the store)."""
     heads = qkv.view(-1, num_heads + 2 * num_kv_heads, head_dim)
     qk = apply_rotary(heads[:, : num_heads + num_kv_heads], cos, sin)
     q, k = qk.split([num_heads, num_kv_heads], dim=1)
@@ -94,9 +90,8 @@ def reference_rotary_and_store(
 
 
 def reference_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """LlamaMLP.forward between the two projections."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    """LlamaMLP.forward between the two projections: ops/reference/silu_and_mul.py."""
+    return silu_and_mul(gate_up)
 
 
 # ----------------------------------------------------------------------------------------
@@ -318,7 +313,7 @@ def test_cuda_graph_replay():
 
 @requires_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_interpreter_small_shapes(interpreter_numpy_fix: None, dtype: torch.dtype):
+def test_interpreter_small_shapes(dtype: torch.dtype):
     """All four ops on the CPU, with the CUDA tests' tolerances. Widths that are not powers of
     two (masked columns and heads), MHA/GQA/MQA, padding slots, several SiLU column tiles.
 
@@ -339,7 +334,7 @@ def test_interpreter_small_shapes(interpreter_numpy_fix: None, dtype: torch.dtyp
 
 
 @requires_interpreter
-def test_interpreter_empty_batch(interpreter_numpy_fix: None):
+def test_interpreter_empty_batch():
     """N = 0 launches nothing and returns empty tensors of the right shapes."""
     ops = _ops()
     x = torch.empty(0, 64)

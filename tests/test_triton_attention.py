@@ -1,8 +1,8 @@
-"""The Triton attention kernels (minillama/model/attention/triton_paged.py) against an fp32 reference.
+"""The Triton attention kernels (minillama/ops/triton/triton_paged.py) against an fp32 reference.
 
 The CUDA tests need a GPU and Triton:  pytest -m cuda tests/test_triton_attention.py
 The interpreter test runs the same kernels on the CPU through Triton's interpreter, on small
-shapes:  TRITON_INTERPRET=1 pytest tests/test_triton_attention.py -k interpreter
+shapes; conftest.py turns it on where there is no GPU:  pytest tests/test_triton_attention.py -k interpreter
 Inputs are fresh random every run (no fixed seed): the kernels must be right on any input.
 """
 
@@ -25,7 +25,7 @@ HEAD_CONFIGS = [(32, 8, 64), (24, 8, 128), (16, 1, 64), (32, 1, 128), (16, 16, 1
 
 
 def _kernels():
-    from minillama.model.attention import triton_paged
+    from minillama.ops.triton import triton_paged
 
     return triton_paged
 
@@ -272,7 +272,7 @@ def test_decode_cuda_graph_replay():
 
 
 @requires_interpreter
-def test_interpreter_small_shapes(interpreter_numpy_fix: None):
+def test_interpreter_small_shapes():
     """Both kernels on the CPU: GQA, MQA, MHA; split-K decode; flat and paged varlen prefill.
 
     fp16 only: the interpreter does not support bf16 (its tl.dot multiplies bf16's raw bits,

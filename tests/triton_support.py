@@ -1,7 +1,7 @@
-"""When the Triton kernel tests can run (the interpreter fix is a fixture in conftest.py).
+"""When the Triton kernel tests can run.
 
 CUDA tests need a GPU and Triton; interpreter tests run the same kernels on the CPU with
-TRITON_INTERPRET=1 (on small shapes)."""
+TRITON_INTERPRET=1 (on small shapes), which conftest.py sets on a machine without a CUDA GPU."""
 
 from __future__ import annotations
 

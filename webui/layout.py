@@ -183,7 +183,7 @@ def _header(manager: SessionManager) -> str:
     else:
         engine = manager.base
         name = engine.model_dir.name if engine.model_dir is not None else "random weights"
-        backend = engine.runner.model.model.layers[0].self_attn.backend.name
+        backend = engine.runner.model.ops.attention.name
         dtype = str(engine.dtype).removeprefix("torch.")
         what = f"{html.escape(name)} · {engine.device} · {dtype} · attention {html.escape(backend)}"
     keys = "← → move the cursor · space runs / pauses · ? all shortcuts"

@@ -322,7 +322,7 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
 
 def _engine_info(engine: LLMEngine) -> EngineInfo:
     c = engine.config
-    backend = engine.runner.model.model.layers[0].self_attn.backend.name
+    backend = engine.runner.model.ops.attention.name
     return EngineInfo(
         str(engine.device), backend, c.block_size, engine.block_manager.num_blocks, c.max_num_seqs,
         c.max_num_batched_tokens, engine.max_model_len, c.enable_prefix_caching,

@@ -53,7 +53,7 @@ SequenceFinish = Literal["stop", "length", "abort"]
 EventKind = Literal["add", "abort", "drop"]
 DropKind = Literal["attention", "lens", "logits"]  # the data the memory budget stops keeping
 DType = Literal["float32", "bfloat16", "float16"]
-Backend = Literal["reference", "sdpa", "cpu", "flash-attn", "triton"]  # minillama.model.attention
+Backend = Literal["reference", "sdpa", "cpu", "flash-attn", "triton"]  # minillama.ops.attention
 
 
 class TraceError(ValueError):

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 
 from minillama.config import DTYPES, EngineConfig, flag_of
-from minillama.model.attention import BACKEND_NAMES
+from minillama.ops.attention import BACKEND_NAMES
 from minillama.sampling_params import SamplingParams
 
 ENGINE = EngineConfig()  # the library's defaults: every engine flag starts from these

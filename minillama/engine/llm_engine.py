@@ -15,7 +15,6 @@ finish and give back their KV blocks. Observers (minillama.observe) see every st
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import time
 from pathlib import Path
@@ -41,11 +40,11 @@ from minillama.loader import (
     resolve_model_dir,
     safetensors_files,
 )
-from minillama.model import cpu_ops, skinny_linear
-from minillama.model.attention import get_attention_backend
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.sampler import Sampler
 from minillama.observe import Observer
+from minillama.ops.select import select_ops
+from minillama.ops.table import AttentionOps
 from minillama.sampling_params import SamplingParams
 from minillama.values import is_int
 
@@ -132,24 +131,16 @@ class LLMEngine:
             max_model_len=min(config.max_model_len or base.max_model_len, base.max_model_len),
         )
         config.validate()
-        _check_block_size(model.model.layers[0].self_attn.backend, config.block_size)
+        _check_block_size(model.ops.attention, config.block_size)
         return cls(model, config, base.tokenizer, tuple(base.eos_token_ids), base.model_dir)
 
     @staticmethod
     def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
         device = config.resolved_device()
         dtype = config.resolved_dtype(device)
-        backend = get_attention_backend(config.attention, device, dtype, model_config.head_dim)
-        _check_block_size(backend, config.block_size)
-        max_len = _max_model_len(model_config, config)
-        model = build_model(model_config, max_len, backend, device, dtype)
-        if config.fused_ops and device.type == "cuda" and importlib.util.find_spec("triton") is not None:
-            from minillama.model import fused_ops  # imports triton
-
-            model.use_fused_ops(fused_ops.takes(model_config))  # a shape they do not take: PyTorch ops
-        cpu_fp32 = device.type == "cpu" and dtype == torch.float32
-        model.use_cpu_kernels(config.fused_ops and cpu_fp32 and skinny_linear.available() and cpu_ops.available())
-        return model
+        ops = select_ops(device, dtype, model_config, config.fused_ops, config.attention)
+        _check_block_size(ops.attention, config.block_size)
+        return build_model(model_config, _max_model_len(model_config, config), ops, device, dtype)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -381,14 +372,14 @@ class _GpuTimer:
         return [a.elapsed_time(b) for a, b in zip(events, events[1:])]
 
 
-def _check_block_size(backend, block_size: int) -> None:
-    if block_size % backend.min_block_size:
+def _check_block_size(attention: AttentionOps, block_size: int) -> None:
+    if block_size % attention.min_block_size:
         raise ConfigError(
-            f"--attention {backend.name} needs a block size that is a multiple of "
-            f"{backend.min_block_size} (got {block_size})"
+            f"--attention {attention.name} needs a block size that is a multiple of "
+            f"{attention.min_block_size} (got {block_size})"
         )
-    if backend.power_of_two_blocks and block_size & (block_size - 1):
-        raise ConfigError(f"--attention {backend.name} needs a block size that is a power of two (got {block_size})")
+    if attention.power_of_two_blocks and block_size & (block_size - 1):
+        raise ConfigError(f"--attention {attention.name} needs a block size that is a power of two (got {block_size})")
 
 
 def _is_token_id(value: object, vocab_size: int) -> bool:

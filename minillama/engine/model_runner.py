@@ -70,8 +70,7 @@ class ModelRunner:
         self.last_queries: torch.Tensor | None = None
         self.bind_kv_cache()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        backend = model.model.layers[0].self_attn.backend
-        if device.type == "cuda" and not engine_config.enforce_eager and backend.graph_safe:
+        if device.type == "cuda" and not engine_config.enforce_eager and model.ops.attention.graph_safe:
             self._capture_decode_graphs(engine_config.max_num_seqs)
 
     def bind_kv_cache(self) -> None:

@@ -3,6 +3,10 @@
 Every tensor is flat over the batch: [N, ...] for the N new tokens of all sequences in the step.
 Parameter names follow Hugging Face's, except that q/k/v_proj are stacked into qkv_proj and
 gate/up_proj into gate_up_proj (one matmul each instead of three and two); the loader stacks them.
+
+The layers say what is computed; the ops table they are built with (minillama/ops/table.py,
+chosen once per engine) says by which code: readable PyTorch (minillama/ops/reference/, where
+the formulas are) or kernels that compute the same.
 """
 
 from __future__ import annotations
@@ -13,14 +17,13 @@ import torch
 from torch import nn
 
 from minillama.config import ModelConfig
-from minillama.model import cpu_ops
-from minillama.model.attention import AttentionBackend
-from minillama.model.attention.kv_cache import store_kvcache
 from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.linear import Linear
 from minillama.model.mlp import LlamaMLP
 from minillama.model.norm import RMSNorm
-from minillama.model.rotary import RotaryEmbedding, apply_rotary
-from minillama.model.skinny_linear import Linear
+from minillama.model.rotary import RotaryEmbedding
+from minillama.ops.reference.rotary_and_store import rotary_and_store_kv
+from minillama.ops.table import Ops
 
 # on_attention(layer, q, k, v, output, metadata): q [N, H, D] and k [N, Hkv, D] after RoPE,
 # v [N, Hkv, D], output [N, H, D] (attention before o_proj).
@@ -31,7 +34,7 @@ LayerHook = Callable[[int, torch.Tensor, AttentionMetadata], None]
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend):
+    def __init__(self, config: ModelConfig, layer_idx: int, ops: Ops):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
@@ -39,11 +42,9 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
-        self.o_proj = Linear(q_size, config.hidden_size, bias=False)
-        self.backend = backend
-        self.fused = False  # True: RoPE and the cache write in one Triton kernel (set on CUDA)
-        self.c_kernel = False  # True: the same in cpu_ops.c, in decode steps (set on a CPU in fp32)
+        self.qkv_proj = Linear(config.hidden_size, q_size + 2 * kv_size, ops)
+        self.o_proj = Linear(q_size, config.hidden_size, ops)
+        self.ops = ops
         # This layer's slice of the paged KV cache, [num_blocks, block_size, Hkv, D] each; the
         # model runner binds them once it has sized the cache.
         self.k_cache = torch.empty(0)
@@ -63,44 +64,28 @@ class LlamaAttention(nn.Module):
         """rope: cos, sin [N, 1, D] of each token's position; x: [N, hidden] -> [N, hidden]."""
         qkv = self.qkv_proj(x).view(-1, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         reads_fresh_kv = metadata.is_prefill and metadata.block_tables is None
-        if self.fused and on_attention is None and not reads_fresh_kv:
-            # One Triton kernel: rotate q and k, write k and v to the cache; attention then
-            # reads k and v from the cache only.
-            from minillama.model import fused_ops
-
-            q = fused_ops.rotary_and_store(
-                qkv, *rope, self.k_cache, self.v_cache, metadata.slot_mapping,
-                self.num_heads, self.num_kv_heads, self.head_dim,
-            )
-            k = v = None
-        elif self.c_kernel and not metadata.is_prefill and on_attention is None and not torch.is_grad_enabled():
-            q = cpu_ops.rotary_and_store(
-                qkv, *rope, self.k_cache, self.v_cache, metadata.slot_mapping,
-                self.num_heads, self.num_kv_heads, self.head_dim,
-            )
-            k = v = None
+        if on_attention is not None or reads_fresh_kv:
+            # The hook, and attention over the fresh keys (no sequence has any cached), need k
+            # and v as tensors: the reference returns them (ops/reference/rotary_and_store.py).
+            q, k, v = rotary_and_store_kv(qkv, *rope, self.k_cache, self.v_cache, metadata.slot_mapping)
         else:
-            # RoPE turns the positions into rotations of q and k (v is not rotated): one call for both.
-            qk = apply_rotary(qkv[:, : self.num_heads + self.num_kv_heads], *rope)
-            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [N, H, D], [N, Hkv, D]
-            v = qkv[:, self.num_heads + self.num_kv_heads :]  # [N, Hkv, D]
-            # Write first, then attend: the new tokens must see themselves, and sequences whose
-            # prefix is cached read all their keys from the cache.
-            store_kvcache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
+            # RoPE on q and k, k and v written into the cache; attention then reads them there.
+            q = self.ops.rotary_and_store(qkv, *rope, self.k_cache, self.v_cache, metadata)
+            k = v = None
         if self.query_out is not None and not metadata.is_prefill:
             self.query_out[: q.shape[0]].copy_(q)
         if not metadata.is_prefill:
-            out = self.backend.decode(
+            out = self.ops.attention.decode(
                 q.unsqueeze(1), self.k_cache, self.v_cache, metadata.context_lens, metadata.block_tables,
                 softmax_scale=self.scale, causal=True,
             ).squeeze(1)
         elif metadata.block_tables is None:  # no sequence has cached K/V: use the fresh K/V
-            out = self.backend.varlen(
+            out = self.ops.attention.varlen(
                 q, k, v, metadata.cu_seqlens_q, metadata.cu_seqlens_k, metadata.max_seqlen_q,
                 metadata.max_seqlen_k, softmax_scale=self.scale, causal=True,
             )
         else:
-            out = self.backend.varlen(
+            out = self.ops.attention.varlen(
                 q, self.k_cache, self.v_cache, metadata.cu_seqlens_q, metadata.cu_seqlens_k,
                 metadata.max_seqlen_q, metadata.max_seqlen_k, softmax_scale=self.scale, causal=True,
                 block_table=metadata.block_tables,
@@ -111,12 +96,12 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend):
+    def __init__(self, config: ModelConfig, layer_idx: int, ops: Ops):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, layer_idx, backend)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.self_attn = LlamaAttention(config, layer_idx, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, ops)
 
     def forward(
         self,
@@ -142,21 +127,22 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, max_position: int, backend: AttentionBackend):
+    def __init__(self, config: ModelConfig, max_position: int, ops: Ops):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         # One RoPE table shared by all layers.
         self.rotary = RotaryEmbedding(config.head_dim, max_position, config.rope_theta, config.rope_scaling)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, backend) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, ops) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig, max_position: int, backend: AttentionBackend):
+    def __init__(self, config: ModelConfig, max_position: int, ops: Ops):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, max_position, backend)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.ops = ops  # what every layer computes with, attention included
+        self.model = LlamaModel(config, max_position, ops)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, ops)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -181,22 +167,6 @@ class LlamaForCausalLM(nn.Module):
             if on_layer is not None:  # the stream is carried in two parts: their sum
                 on_layer(i, hidden + residual, metadata)
         return self.model.norm.add_and_norm(hidden, residual)[0]
-
-    def use_fused_ops(self, enabled: bool) -> None:
-        """Switch the Triton kernels of fused_ops (CUDA only) on or off in every layer."""
-        for module in self.modules():
-            if hasattr(module, "fused"):
-                module.fused = enabled
-
-    def use_cpu_kernels(self, enabled: bool) -> None:
-        """Switch the C kernels of a CPU decode step (fp32) on or off: the linear layers' 1-8 row
-        products (skinny_linear.py, contiguous weights only) and the fused ops (cpu_ops.py)."""
-        for module in self.modules():
-            if isinstance(module, Linear):
-                weight = module.weight
-                module.skinny = enabled and weight.dtype == torch.float32 and weight.is_contiguous()
-            elif hasattr(module, "c_kernel"):
-                module.c_kernel = enabled
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32."""

@@ -5,7 +5,9 @@ with the position, at a different speed (frequency) for each pair. The dot produ
 query and a rotated key then depends only on how far apart the two tokens are.
 
 The pairing follows Hugging Face's Llama checkpoints: feature i is paired with feature
-i + head_dim / 2 ("rotate_half"), not with its neighbour.
+i + head_dim / 2 ("rotate_half"), not with its neighbour. This file computes the angles; the
+rotation itself is apply_rotary in minillama/ops/reference/rotary_and_store.py, which the
+attention layer reaches through its ops table.
 """
 
 from __future__ import annotations
@@ -61,12 +63,3 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.cos[positions], self.sin[positions]  # [N, D/2]
         return torch.cat((cos, cos), -1).unsqueeze(1).to(dtype), torch.cat((sin, sin), -1).unsqueeze(1).to(dtype)
 
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate every feature pair (x[i], x[i + D/2]) of x [N, heads, D] by its angle.
-
-    With x1, x2 the two halves: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), which is
-    x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1). Computed in x's dtype, as
-    Hugging Face does."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin

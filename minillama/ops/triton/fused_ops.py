@@ -19,6 +19,7 @@ in a CUDA graph. Inputs are fp16, bf16 or fp32.
 
 Same numbers as the PyTorch code they replace
 ---------------------------------------------
+That code is minillama/ops/reference/ (rms_norm.py, rotary_and_store.py, silu_and_mul.py).
 PyTorch computes a fp16/bf16 operation in fp32 and rounds the result to the input dtype, once per
 operation. The kernels compute in fp32 too, and round to the dtype at the same points the
 PyTorch expressions do, even where a single rounding at the end would be (slightly) more
@@ -289,7 +290,7 @@ def rotary_and_store(
     offset); tokens with a negative slot are padding: their k and v are not written.
     Returns q rotated, a new contiguous [N, H, D] tensor.
 
-    Does what these lines do (rotary.apply_rotary, then kv_cache.store_kvcache):
+    Does what these lines of reference/rotary_and_store.py do (apply_rotary, then store_kvcache):
         qk = apply_rotary(qkv_heads[:, : H + Hkv], cos, sin)    # x * cos + cat(-x2, x1) * sin
         q, k = qk.split([H, Hkv], dim=1); v = qkv_heads[:, H + Hkv :]
         store_kvcache(k, v, k_cache, v_cache, slot_mapping)

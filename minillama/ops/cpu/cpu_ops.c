@@ -1,4 +1,4 @@
-/* The fused ops of a CPU decode step, in fp32: what fused_ops.py does on a GPU with Triton,
+/* The fused ops of a CPU decode step, in fp32: what triton/fused_ops.py does on a GPU with Triton,
    here in C. Each replaces a chain of small PyTorch ops by one call over a few rows; the work is
    tiny, and the chain's overhead is what costs (c_kernels.py says why). cpu_ops.py calls them
    and says which PyTorch code each one replaces; the tests hold them to it. */
@@ -6,7 +6,7 @@
 #include <math.h>
 #include <stddef.h>
 
-/* norm.py's add_and_norm. For each of the N rows (hidden vectors of `size` floats):
+/* reference/rms_norm.py's add_rms_norm. For each of the N rows (hidden vectors of `size` floats):
        stream = residual + x                   (x may be NULL: then stream = residual)
        out    = weight * (stream / sqrt(mean(stream^2) + eps))
    The sum of squares is accumulated in double, so its rounding does not depend on the order of

@@ -1,7 +1,7 @@
 """Attention over the paged KV cache, written in Triton: decode and varlen prefill.
 
-Both functions have flash-attn's signatures and semantics (see reference.py for the plain
-PyTorch definition they are tested against). Shapes: B sequences, H query heads, Hkv key/value
+Both functions have flash-attn's signatures and semantics (ops/reference/reference_attention.py
+is the plain PyTorch definition they are tested against). Shapes: B sequences, H query heads, Hkv key/value
 heads (H is a multiple of Hkv; query head h reads K/V head h // (H // Hkv)), D head dim.
 
 The algorithm: online softmax (FlashAttention)

@@ -3,7 +3,7 @@
 SDPA wants rectangular [B, H, L, D] tensors, so the ragged batch is scattered into a padded one
 (one indexed copy, no loop over sequences) and a boolean mask hides padding and the future.
 Keys in the paged cache are gathered through the block tables. Same signatures and results as
-reference.py.
+ops/reference/reference_attention.py.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""The fused ops of a CPU decode step (cpu_ops.c): fused_ops.py's job on a GPU, here in C, fp32.
+"""The fused ops of a CPU decode step (cpu_ops.c): triton/fused_ops.py's job on a GPU, here in C, fp32.
 
-Each function below names the PyTorch code it replaces (the readable path, which the tests hold
-it to); the model calls them only in a decode step, on its few rows, once the engine has switched
-them on (LlamaForCausalLM.use_cpu_kernels, on a CPU in fp32, when cpu_ops.c builds: see
-c_kernels.py).
+Each function below names the reference it replaces (minillama/ops/reference/, which the tests
+hold it to); minillama/ops/select.py decides which calls it takes. Built on first use
+(c_kernels.py).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from minillama.model import c_kernels
+from minillama.ops.cpu import c_kernels
 
 KERNELS = c_kernels.CLibrary(
     Path(__file__).with_suffix(".c"),
@@ -22,19 +21,12 @@ KERNELS = c_kernels.CLibrary(
     silu_and_mul=([c_void_p] * 2 + [c_int] * 2, None),
 )
 available = KERNELS.available  # builds them if needed; False (after a warning) if they cannot be
-MAX_ROWS = 8  # the rows of a decode step the kernels take; more rows go to PyTorch's ops
-
-
-def takes(rows: int) -> bool:
-    """Whether the row-wise kernels take a batch of `rows`: a decode step's few rows, and no
-    autograd (they have no backward)."""
-    return rows <= MAX_ROWS and not torch.is_grad_enabled()
 
 
 def add_rms_norm(
     x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, residual: [N, hidden] (x may be None) -> (normed, stream). Replaces norm.py's
+    """x, residual: [N, hidden] (x may be None) -> (normed, stream). Replaces reference/rms_norm.py's
         stream = x + residual; normed = weight * F.rms_norm(stream, ..., eps)"""
     residual = residual.contiguous()
     x = x.contiguous() if x is not None else None
@@ -53,7 +45,7 @@ def rotary_and_store(
 ) -> torch.Tensor:
     """qkv: [N, H + 2 Hkv, D]; cos, sin: [N, 1, D]; caches [num_blocks, block_size, Hkv, D]
     (contiguous), written in place; slot_mapping: [N], negative = padding. -> q [N, H, D].
-    Replaces llama.py's eager lines (as fused_ops.rotary_and_store does on a GPU):
+    Replaces reference/rotary_and_store.py (as fused_ops.rotary_and_store does on a GPU):
         qk = apply_rotary(qkv[:, : H + Hkv], cos, sin); q, k = qk.split([H, Hkv], dim=1)
         store_kvcache(k, qkv[:, H + Hkv :], k_cache, v_cache, slot_mapping)"""
     qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
@@ -68,7 +60,7 @@ def rotary_and_store(
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up: [N, 2 I] -> [N, I]. Replaces mlp.py's
+    """gate_up: [N, 2 I] -> [N, I]. Replaces reference/silu_and_mul.py's
         gate, up = gate_up.chunk(2, dim=-1); F.silu(gate) * up"""
     gate_up = gate_up.contiguous()
     rows, width = gate_up.shape

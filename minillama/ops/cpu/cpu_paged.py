@@ -1,10 +1,11 @@
-"""Decode attention on the CPU in one C call (cpu_paged.c): flash_attn_with_kvcache's
-signature and results, fp32 only. Prefill keeps torch SDPA (sdpa.py), whose kernels do well on
-many query rows; a decode step has one query row per sequence, where SDPA's gather, mask and
-transposes cost more than the attention itself.
+"""Decode attention on the CPU in one C call (cpu_paged.c): flash_attn_with_kvcache's signature
+and results (the reference's: ops/reference/reference_attention.py), fp32 only. Prefill keeps
+torch SDPA (ops/sdpa_attention.py), whose kernels do well on many query rows; a decode step has
+one query row per sequence, where SDPA's gather, mask and transposes cost more than the
+attention itself.
 
-Built on first use (minillama/model/c_kernels.py); `--attention auto` picks it on a CPU in
-fp32 when it builds, and SDPA otherwise.
+Built on first use (c_kernels.py); `--attention auto` picks it on a CPU in fp32 when it builds,
+and SDPA otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from minillama.model import c_kernels
+from minillama.ops.cpu import c_kernels
 
 KERNEL = c_kernels.CLibrary(
     Path(__file__).with_suffix(".c"), paged_decode_attention=([c_void_p] * 6 + [c_int] * 6 + [c_float], c_int)

@@ -1,4 +1,4 @@
-"""Build and load the engine's C kernels for the CPU (skinny_linear.c, attention/cpu_paged.c).
+"""Build and load the engine's C kernels for the CPU (skinny_linear.c, cpu_ops.c, cpu_paged.c).
 
 Each source is compiled on first use with the machine's C compiler (cc, or $CC) for this very
 CPU (-march=native), about a second, and kept in the cache (minillama/build_cache.py) under a name
@@ -7,9 +7,9 @@ when compiling fails, CLibrary.available() says False after a warning, and the c
 PyTorch: same results, slower.
 
 Why C and not more PyTorch ops: in a CPU decode step the weights stream through the caches
-once, and every small PyTorch op after that pays for reloading what it touches (~30 us where it
-takes ~10 us alone, measured on the embedded model): one call that does a layer's whole piece
-of work beats a chain of small ops.
+once, and every small PyTorch op after that pays for reloading what it touches, several times
+its cost alone (docs/perf-notes.md, "CPU"): one call that does a layer's whole piece of work
+beats a chain of small ops.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The readable PyTorch definition of every op: what the fast kernels are tested against."""
