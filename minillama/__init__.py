@@ -7,8 +7,8 @@ from minillama.engine.outputs import Completion, RequestOutput, StepResult, Step
 from minillama.engine.prompts import check_text
 from minillama.errors import ConfigError, InvalidRequestError, MinillamaError, ModelLoadError
 from minillama.loader import embedded_model_dir
-from minillama.ops.attention import BACKEND_NAMES
 from minillama.observe import Observer
+from minillama.ops.attention import BACKEND_NAMES
 from minillama.sampling_params import SamplingParams
 
 __all__ = [
