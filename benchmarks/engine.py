@@ -198,7 +198,7 @@ class StepTimer(Observer):
     def __init__(self):
         self.timings: list[StepTimings] = []
 
-    def on_step_end(self, engine, result) -> None:
+    def on_step_end(self, result) -> None:
         self.timings.append(result.timings)
 
     def summary(self) -> str:
