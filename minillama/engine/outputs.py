@@ -1,8 +1,8 @@
 """What a step returns: per-request outputs, and the step record that observers receive.
 
 The values observers receive are immutable: a frozen dataclass for what is made once per step,
-a NamedTuple for what is made once per sequence per step (built in C, several times faster
-than a frozen dataclass, which sets each field through object.__setattr__)."""
+a NamedTuple for what is made once per sequence per step (a tuple is built far faster than a
+frozen dataclass, which sets each field through object.__setattr__)."""
 
 from __future__ import annotations
 

@@ -46,8 +46,8 @@ class ScheduledSequence(NamedTuple):
     """One sequence's share of a step: compute tokens [start, start + num_tokens).
 
     A NamedTuple, not a frozen dataclass: a decode step at batch 256 makes 256 of these, and a
-    tuple is built in C (0.1 us) where a frozen dataclass sets each field through
-    object.__setattr__ (0.8 us). Immutable all the same."""
+    frozen dataclass sets each field through object.__setattr__, several times slower than
+    building a tuple (docs/perf-notes.md). Immutable all the same."""
 
     seq_id: int
     start: int
@@ -162,9 +162,8 @@ class Scheduler:
                 self.block_manager.append_slot(seq)
                 start = seq.num_computed_tokens
                 # The token sampled last step, at position num_tokens - 1 == start. Every field,
-                # in order, through tuple.__new__: the hottest loop of the host (batch 256 builds
-                # 256 a step), and a NamedTuple's keyword constructor is a Python function that
-                # takes 60% longer.
+                # in order, through tuple.__new__ (C): this is the host's hottest loop, and a
+                # NamedTuple's own constructor is a slower Python function.
                 scheduled.append(_record(ScheduledSequence, (
                     seq.seq_id, start, 1, True, "decode", seq.block_table, (seq.token_ids[start],), 0, ()
                 )))
