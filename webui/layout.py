@@ -173,7 +173,7 @@ def _header(manager: SessionManager) -> str:
     else:
         engine = manager.base
         name = engine.model_dir.name if engine.model_dir is not None else "random weights"
-        dtype = str(engine.dtype).removeprefix("torch.")
-        what = f"{html.escape(name)} · {engine.device} · {dtype} · attention {html.escape(engine.attention_backend)}"
+        backend, dtype = engine.attention_backend, str(engine.dtype).removeprefix("torch.")
+        what = f"{html.escape(name)} · {engine.device} · {dtype} · attention {html.escape(backend)}"
     keys = "← → move the cursor · space runs / pauses · ? all shortcuts"
     return f"<div class='ml-title'><b>mini-llama inspector</b> <span>{what}</span><span class='ml-keys'>{keys}</span></div>"

@@ -12,8 +12,9 @@ Where the rows come from, in a step that runs a traced sequence:
   of every layer's queries, which the forward copied out; its new key is read back from the
   paged cache, where the step wrote it.
 - keys it did not compute in this run (a prefix-cache hit): read from the engine's paged cache
-  (engine.kv_cache, [L_all, 2, NB + 1, block_size, Hkv, D]) through its block table. Their queries were never computed
-  for this sequence, so those positions have keys but no query (q_step -1).
+  (engine.kv_cache, [L_all, 2, NB + 1, block_size, Hkv, D]) through its block table. Their
+  queries were never computed for this sequence, so those positions have keys but no query
+  (q_step -1).
 A sequence preempted and recomputed overwrites its rows with the recomputed ones (equal up to
 float rounding); q_step then names the recomputing step.
 """
@@ -94,7 +95,8 @@ class AttentionCapture:
             missing = torch.arange(min(buffers.length, item.start), item.start)
             table = torch.tensor(item.block_ids, dtype=torch.long)
             device = self.engine.device
-            write = _Write(item.seq_id, i, item.start, item.end, table[missing // bs].to(device), (missing % bs).to(device))
+            write = _Write(item.seq_id, i, item.start, item.end,
+                           table[missing // bs].to(device), (missing % bs).to(device))
             if batch.phase == "decode":
                 new = torch.arange(item.start, item.end)
                 write.new_blocks, write.new_offsets = table[new // bs].to(device), (new % bs).to(device)

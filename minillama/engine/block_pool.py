@@ -73,7 +73,7 @@ def snapshot_block_pool(block_manager: BlockManager, holders: list[Sequence], co
         block_ids=np.array(block_ids, dtype=np.int32),
         ref_count=np.array([block.ref_count for block in blocks], dtype=np.int32),
         # A hashed block is full; any other holds what its owners computed.
-        fill=np.array([bm.block_size if b.hash is not None else held.get(b.block_id, 0) for b in blocks], dtype=np.int32),
+        fill=np.array([bm.block_size if b.hash is not None else held.get(b.block_id, 0) for b in blocks], np.int32),
         cached=np.array([index.get(block.hash) == block.block_id for block in blocks], dtype=np.bool_),
         table_seq_ids=np.array([seq.seq_id for seq in holders], dtype=np.int64),
         table_offsets=np.array([0, *accumulate(len(seq.block_table) for seq in holders)], dtype=np.int64),

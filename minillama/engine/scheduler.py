@@ -85,7 +85,8 @@ class SchedulerOutput:
         if self.phase == "decode":  # one token each, and it is each sequence's last: all sample
             num_tokens, sampling = len(scheduled), scheduled
         else:
-            num_tokens, sampling = sum(map(_num_tokens, scheduled)), tuple(compress(scheduled, map(_samples, scheduled)))
+            num_tokens = sum(map(_num_tokens, scheduled))
+            sampling = tuple(compress(scheduled, map(_samples, scheduled)))
         object.__setattr__(self, "num_tokens", num_tokens)
         object.__setattr__(self, "sampling", sampling)
 
