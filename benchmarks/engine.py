@@ -175,8 +175,8 @@ def gpu_workload(args: argparse.Namespace) -> None:
     # Triton kernels the timed run needs are compiled (a fresh machine has no kernel cache).
     time_engine(engine, prompts[:32], 8)
     ours = time_engine(engine, prompts, args.output_len)
-    print(f"KV cache: {engine.block_manager.num_blocks} blocks of {config.block_size}; attention "
-          f"{engine.runner.model.ops.attention.name}; CUDA graphs: {sorted(engine.runner.graphs)}")
+    print(f"KV cache: {engine.num_kv_blocks} blocks of {config.block_size}; attention "
+          f"{engine.attention_backend}; CUDA graphs: {sorted(engine.runner.graphs)}")
     print(engine.stats.summary())
     del engine
     gc.collect()
@@ -200,7 +200,7 @@ class StepTimer(Observer):
     def __init__(self):
         self.timings: list[StepTimings] = []
 
-    def on_step_end(self, engine, result) -> None:
+    def on_step_end(self, result) -> None:
         self.timings.append(result.timings)
 
     def summary(self) -> str:

@@ -13,36 +13,32 @@ standard-library module, which torch imports.
 Dependency direction: app -> inspector -> minillama; minillama never imports this package.
 """
 
-from inspector.debug import (
-    AtStep,
-    Breakpoint,
-    Cursor,
-    DebugSession,
-    EntropyAbove,
-    Hit,
-    KVUsageAbove,
-    Preemption,
-    PrefixCacheHit,
-    RunResult,
-    SampledProbBelow,
-    SequenceFinished,
-    TextMatches,
-)
-from inspector.record import CapturePolicy, Recorder
-from inspector.trace import (
-    NotRecorded,
-    Trace,
-    TraceError,
-    export_chrome_trace,
-    format_overview,
-    format_step,
-    load,
-    save,
-)
+import importlib
 
-__all__ = [
-    "AtStep", "Breakpoint", "CapturePolicy", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove",
-    "NotRecorded", "Preemption", "PrefixCacheHit", "Recorder", "RunResult", "SampledProbBelow",
-    "SequenceFinished", "TextMatches", "Trace", "TraceError", "export_chrome_trace", "format_overview", "format_step",
-    "load", "save",
-]
+# Public name -> the room that defines it. Imported on first use (PEP 562), so that reading a
+# trace (`import inspector.trace`, the views) does not load the engine the recorder and the
+# debugger run.
+_HOMES = {
+    **dict.fromkeys(
+        ("AtStep", "Breakpoint", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
+         "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches"),
+        "inspector.debug",
+    ),
+    **dict.fromkeys(("CapturePolicy", "Recorder"), "inspector.record"),
+    **dict.fromkeys(("NotRecorded", "Trace", "TraceError", "export_chrome_trace", "format_overview", "format_step", "load", "save"), "inspector.trace"),
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'inspector' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,20 +1,59 @@
-"""minillama: a compact batched Llama inference engine with a paged KV cache."""
+"""minillama: a compact batched Llama inference engine with a paged KV cache.
 
-from minillama.config import EngineConfig, ModelConfig
-from minillama.engine.llm import LLM
-from minillama.engine.llm_engine import LLMEngine
-from minillama.engine.outputs import Completion, RequestOutput, StepResult, StepTimings
-from minillama.engine.prompts import check_text
-from minillama.errors import ConfigError, InvalidRequestError, MinillamaError, ModelLoadError
-from minillama.loader import embedded_model_dir
-from minillama.observe import Observer
-from minillama.ops.attention import BACKEND_NAMES
-from minillama.sampling_params import SamplingParams
+The package's face: every consumer (the inspector, the web UI, benchmarks, tests) imports what it
+needs from here, `from minillama import LLMEngine, SamplingParams`, not from the modules behind.
+Names are imported lazily, on first use (PEP 562): `from minillama import SamplingParams` reads
+minillama/sampling_params.py alone, so a trace viewer that checks sampling parameters never loads
+the engine, its model or its kernels; `from minillama import LLMEngine` loads them.
+"""
 
-__all__ = [
-    "LLM", "LLMEngine", "EngineConfig", "ModelConfig", "SamplingParams", "Observer", "Completion",
-    "RequestOutput", "StepResult", "MinillamaError", "InvalidRequestError", "ConfigError", "ModelLoadError",
-    # what the command lines and the benchmarks import besides: the attention backends' names, a
-    # prompt's text check, a step's timings, where the embedded model's files are
-    "BACKEND_NAMES", "StepTimings", "check_text", "embedded_model_dir",
-]
+from __future__ import annotations
+
+import importlib
+
+# Public name -> the module that defines it.
+_HOMES = {
+    "LLM": "minillama.engine.llm",
+    "LLMEngine": "minillama.engine.llm_engine",
+    "EngineConfig": "minillama.config",
+    "ModelConfig": "minillama.config",
+    "SamplingParams": "minillama.sampling_params",
+    "Observer": "minillama.observe",
+    # What observers receive and read (minillama/observe.py).
+    "SchedulerOutput": "minillama.engine.scheduler",
+    "ScheduledSequence": "minillama.engine.scheduler",
+    "StepResult": "minillama.engine.outputs",
+    "StepTimings": "minillama.engine.outputs",
+    "RequestOutput": "minillama.engine.outputs",
+    "Completion": "minillama.engine.outputs",
+    "AttentionMetadata": "minillama.model.attention.metadata",
+    "BlockPoolSnapshot": "minillama.engine.block_pool",
+    "RequestInfo": "minillama.engine.sequence",
+    # Errors.
+    "MinillamaError": "minillama.errors",
+    "InvalidRequestError": "minillama.errors",
+    "ConfigError": "minillama.errors",
+    "ModelLoadError": "minillama.errors",
+    # Helpers the inspector shares with the engine.
+    "filtered_logits": "minillama.model.sampler",  # the distribution a request samples from
+    "check_text": "minillama.engine.prompts",  # a prompt text's checks, before any tokenizer
+    "BACKEND_NAMES": "minillama.ops.attention",  # the --attention choices
+    "embedded_model_dir": "minillama.loader",  # where the embedded model's files are
+}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name's module on first use. Not a public name: AttributeError, which also
+    lets `from minillama import memory` fall back to importing the submodule."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'minillama' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups find it without coming here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,9 +1,14 @@
 """The observer protocol: the hook points LLMEngine calls during every step.
 
 An observer subclasses Observer and overrides the hooks it needs; `engine.add_observer(obs)`
-attaches it. The order within a step is:
+attaches it. Hooks receive values, not the engine: the step's plan and result are immutable
+(minillama/engine/scheduler.py, outputs.py), so what an observer keeps stays what happened. An
+observer that needs more (the KV block pool, a request's prompt, the paged cache) is given the
+engine once, when it is made, and reads it through the engine's read-only views (LLMEngine,
+"what observers read"). The order within a step is:
 
-    on_schedule(engine, batch)          the scheduler's decision (SchedulerOutput), before the run
+    on_schedule(batch)                  the scheduler's decision (SchedulerOutput: the scheduled
+                                        sequences, the preempted ones, the queues), before the run
     on_attention(layer, q, k, v, out, metadata)
                                         once per layer, only for observers with
                                         wants_attention = True (that step then runs eagerly,
@@ -19,7 +24,8 @@ attaches it. The order within a step is:
                                         out inside the forward, so CUDA graphs stay on
     on_logits(batch, logits)            logits [S, vocab] fp32 of the S sequences that sample,
                                         in the order of batch.sampling
-    on_step_end(engine, result)         sampled tokens, text deltas, finish reasons, timings
+    on_step_end(result)                 the step's StepResult: its plan, sampled tokens, text
+                                        deltas, finish reasons, timings, free blocks
 
 With no observer attached, each hook costs the engine one `if`. Hooks must not change the
 tensors they are given: they are the engine's own.
@@ -34,7 +40,6 @@ import torch
 from minillama.model.attention.metadata import AttentionMetadata
 
 if TYPE_CHECKING:
-    from minillama.engine.llm_engine import LLMEngine
     from minillama.engine.outputs import StepResult
     from minillama.engine.scheduler import SchedulerOutput
 
@@ -44,7 +49,7 @@ class Observer:
     wants_layers: bool = False
     wants_queries: bool = False
 
-    def on_schedule(self, engine: LLMEngine, batch: SchedulerOutput) -> None:
+    def on_schedule(self, batch: SchedulerOutput) -> None:
         pass
 
     def on_attention(
@@ -67,5 +72,5 @@ class Observer:
     def on_logits(self, batch: SchedulerOutput, logits: torch.Tensor) -> None:
         pass
 
-    def on_step_end(self, engine: LLMEngine, result: StepResult) -> None:
+    def on_step_end(self, result: StepResult) -> None:
         pass

@@ -26,6 +26,11 @@ def seq_of(tokens) -> Sequence:
     return Sequence(next(_ids), list(tokens), SamplingParams())
 
 
+def slot(seq: Sequence, position: int) -> int:
+    """The flat KV-cache slot of a token: its physical block * block size + its offset."""
+    return seq.block_table[position // BS] * BS + position % BS
+
+
 def compute(bm: BlockManager, seq: Sequence, upto: int | None = None, kv: dict | None = None) -> None:
     """Pretend a forward pass computed `seq`'s tokens up to `upto` (default: all of them), as the
     scheduler records it: advance num_computed_tokens, then hash the blocks that became full."""
@@ -33,7 +38,7 @@ def compute(bm: BlockManager, seq: Sequence, upto: int | None = None, kv: dict |
     before = seq.num_computed_tokens
     if kv is not None:
         for p in range(before, upto):
-            kv[seq.slot(p, bm.block_size)] = (p, seq.token_ids[p])
+            kv[slot(seq, p)] = (p, seq.token_ids[p])
     seq.num_computed_tokens = upto
     bm.commit_full_blocks(seq, before)
 
@@ -85,7 +90,7 @@ def test_allocate_takes_blocks_and_free_returns_them():
     check_invariants(bm, [seq])
 
     bm.free(seq)
-    assert seq.block_table == []
+    assert seq.block_table == ()
     assert bm.num_free_blocks == 8
     assert all(b.ref_count == 0 for b in bm.blocks)
     check_invariants(bm, [])
@@ -104,7 +109,7 @@ def test_shared_block_returns_to_free_list_only_with_its_last_user():
     bm.free(a)
     assert [bm.blocks[i].ref_count for i in shared] == [1, 1]
     assert not any(i in bm.free_block_ids for i in shared)  # b still uses them
-    assert a.block_table == [] and bm.num_free_blocks == 8 - 3  # b's 3 blocks
+    assert a.block_table == () and bm.num_free_blocks == 8 - 3  # b's 3 blocks
     check_invariants(bm, [b])
 
     bm.free(b)
@@ -117,7 +122,7 @@ def test_double_free_is_caught():
     bm = BlockManager(num_blocks=4, block_size=BS)
     seq = seq_of(range(5))
     bm.allocate(seq)
-    table = list(seq.block_table)
+    table = seq.block_table
     bm.free(seq)
     seq.block_table = table  # a buggy caller freeing the same blocks again
     with pytest.raises(AssertionError, match="freed more often"):
@@ -151,13 +156,13 @@ def test_random_allocate_append_free_cycles_never_leak(seed, prefix_caching):
                 free_before = bm.num_free_blocks
                 bm.allocate(seq)
                 assert free_before - bm.num_free_blocks == takes
-                assert seq.block_table[: len(cached)] == cached
+                assert list(seq.block_table[: len(cached)]) == cached
                 assert seq.num_computed_tokens == seq.num_cached_tokens == len(cached) * BS
                 assert seq.num_cached_tokens < seq.num_tokens
                 hits += len(cached)
                 # The cached prefix must already hold this sequence's tokens.
                 for p in range(seq.num_cached_tokens):
-                    assert kv[seq.slot(p, BS)] == (p, seq.token_ids[p])
+                    assert kv[slot(seq, p)] == (p, seq.token_ids[p])
                 compute(bm, seq, kv=kv)
                 live.append(seq)
             else:
@@ -176,7 +181,7 @@ def test_random_allocate_append_free_cycles_never_leak(seed, prefix_caching):
         check_invariants(bm, live)
         for seq in live:
             for p in range(seq.num_computed_tokens):
-                assert kv[seq.slot(p, BS)] == (p, seq.token_ids[p]), f"{seq} position {p}"
+                assert kv[slot(seq, p)] == (p, seq.token_ids[p]), f"{seq} position {p}"
 
     for seq in live:
         bm.free(seq)
@@ -203,7 +208,7 @@ def test_blocks_are_hashed_only_once_computed():
     compute(bm, a, upto=4)  # a chunk that fills block 0 only
     assert bm.blocks[a.block_table[0]].hash is not None
     assert bm.blocks[a.block_table[1]].hash is None
-    assert bm.cached_prefix(seq_of(range(10))) == a.block_table[:1]
+    assert bm.cached_prefix(seq_of(range(10))) == list(a.block_table[:1])
 
     compute(bm, a)  # the rest: block 1 becomes full; block 2 (tokens 8, 9) stays partial
     assert [bm.blocks[b].hash is not None for b in a.block_table] == [True, True, False]
@@ -229,7 +234,7 @@ def test_partial_prefix_match_hits_only_the_matching_leading_blocks():
     bm = BlockManager(num_blocks=8, block_size=BS)
     a = admit(bm, list(range(12)))
     b = seq_of([0, 1, 2, 3, 99, 5, 6, 7, 8, 9, 10, 11, 12])  # differs inside block 1
-    assert bm.cached_prefix(b) == a.block_table[:1]
+    assert bm.cached_prefix(b) == list(a.block_table[:1])
     # Same tokens as a's block 1, but after a different block 0: the chained hash differs.
     c = seq_of([99, 1, 2, 3, 4, 5, 6, 7, 8])
     assert bm.cached_prefix(c) == []
@@ -250,14 +255,14 @@ def test_last_token_is_never_served_from_the_cache():
     assert all(bm.blocks[i].hash is not None for i in a.block_table)
     same = seq_of(range(12))
     # The last token's output gives the next token's logits, so it must be computed: 2 hits.
-    assert bm.cached_prefix(same) == a.block_table[:2]
+    assert bm.cached_prefix(same) == list(a.block_table[:2])
     bm.allocate(same)
     assert same.num_cached_tokens == 8
     assert same.num_uncomputed_tokens == 4
     assert same.block_table[2] != a.block_table[2]
     # One more token and all 3 full blocks are hits.
     longer = seq_of(list(range(12)) + [0])
-    assert bm.cached_prefix(longer) == a.block_table
+    assert bm.cached_prefix(longer) == list(a.block_table)
     # A prompt shorter than one block, or of exactly one block, gets nothing.
     assert bm.cached_prefix(seq_of(range(4))) == []
     assert bm.cached_prefix(seq_of(range(3))) == []
@@ -287,7 +292,7 @@ def test_freed_blocks_keep_their_hash_and_are_revived_by_a_hit():
 def test_free_order_puts_tail_blocks_before_head_blocks():
     bm = BlockManager(num_blocks=6, block_size=BS)
     a = admit(bm, range(10))  # takes blocks 0, 1, 2 (free list front first)
-    assert a.block_table == [0, 1, 2]
+    assert a.block_table == (0, 1, 2)
     assert list(bm.free_block_ids) == [3, 4, 5]
     bm.free(a)
     # Never-used blocks first, then a's blocks tail first: the head (most shareable) is reused last.
@@ -301,7 +306,7 @@ def test_reused_free_block_loses_its_hash_mapping():
     bm.free(a)  # free list: 3, 4, 5, 2, 1, 0
     filler = seq_of([77] * 20)  # 5 blocks: 3, 4, 5, then 2 (unhashed) and 1 (a's block 1)
     bm.allocate(filler)
-    assert filler.block_table == [3, 4, 5, 2, 1]
+    assert filler.block_table == (3, 4, 5, 2, 1)
     # Block 1 was overwritten: its hash is gone from the index and from the block.
     assert second_hash not in bm.hash_to_block_id
     assert bm.blocks[1].hash is None and bm.blocks[1].token_ids == []
@@ -365,7 +370,7 @@ def test_can_allocate_charges_for_reviving_free_blocks():
     assert not bm.can_allocate(too_big)
     assert bm.can_allocate(fits)
     bm.allocate(fits)
-    assert fits.block_table[:2] == [0, 1]
+    assert fits.block_table[:2] == (0, 1)
     assert bm.num_free_blocks == 0
     check_invariants(bm, [other, fits])
 
@@ -398,7 +403,7 @@ def test_needs_new_block_and_append_slot_at_block_boundaries():
         bm.append_slot(seq)
         grown.append(len(seq.block_table))
         assert not bm.needs_new_block(seq)
-        assert seq.slot(seq.num_tokens - 1, BS) // BS == seq.block_table[-1]
+        assert slot(seq, seq.num_tokens - 1) // BS == seq.block_table[-1]
     # A new block exactly when the 5th and 9th tokens arrive.
     assert grown == [2, 2, 2, 2, 3, 3, 3, 3]
     # The pool (3 blocks) is exhausted: the 13th token needs a 4th block.
@@ -414,4 +419,4 @@ def test_can_append_without_a_new_block_needs_no_free_block():
     seq.token_ids.append(2)  # 3rd token still fits in the block
     assert bm.can_append(seq)
     bm.append_slot(seq)
-    assert seq.block_table == [0]
+    assert seq.block_table == (0,)

@@ -17,7 +17,7 @@ class LogitsRecorder(Observer):
 
     def on_logits(self, batch, logits):
         for item, row in zip(batch.sampling, logits):
-            self.logits.setdefault(item.seq.seq_id, []).append(row.clone())
+            self.logits.setdefault(item.seq_id, []).append(row.clone())
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

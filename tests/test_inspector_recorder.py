@@ -12,10 +12,10 @@ from conftest import make_hf_model
 from test_inspector_support import TINY_PARAMS, assert_logits_summaries_match, record_embedded_run, record_tiny_run
 
 from inspector import CapturePolicy, DebugSession, NotRecorded, Recorder, TextMatches, Trace
-from inspector.record import kv_snapshot
 from inspector.record.kv_snapshot import kv_snapshot_bytes
 from inspector.record.logits_summary import summary_bytes
 from minillama import EngineConfig, LLMEngine, SamplingParams
+from minillama.engine import block_pool
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_a_large_pool_records_only_the_blocks_involved():
 
 
 def test_cached_free_blocks_past_the_limit_are_counted_not_listed(monkeypatch):
-    monkeypatch.setattr(kv_snapshot, "MAX_LISTED_CACHED_FREE", 2)
+    monkeypatch.setattr(block_pool, "MAX_LISTED_CACHED_FREE", 2)
     engine, trace = record_two_short_requests(64)
     for step in trace.steps:
         kv = step.kv

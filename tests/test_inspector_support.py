@@ -45,13 +45,13 @@ class Checker(Observer):
         self.watch = watch  # sequences whose attention output and V are kept
         self.steps: list[SeenStep] = []
 
-    def on_schedule(self, engine, batch):
+    def on_schedule(self, batch):
         self.batch = batch
-        step = SeenStep(preempted=[s.seq_id for s in batch.preempted])
+        step = SeenStep(preempted=list(batch.preempted))
         for item in batch.scheduled:
-            step.scheduled[item.seq.seq_id] = (item.start, item.end)
+            step.scheduled[item.seq_id] = (item.start, item.end)
             if item.num_cached_tokens:
-                step.cached[item.seq.seq_id] = item.num_cached_tokens
+                step.cached[item.seq_id] = item.num_cached_tokens
         self.steps.append(step)
 
     def on_attention(self, layer, q, k, v, output, metadata):
@@ -59,17 +59,18 @@ class Checker(Observer):
         v_cache = self.engine.runner.model.model.layers[layer].self_attn.v_cache
         cu = metadata.cu_seqlens_q.tolist() if metadata.is_prefill else list(range(q.shape[0] + 1))
         for i, item in enumerate(self.batch.scheduled):
-            if item.seq.seq_id in self.watch:
+            if item.seq_id in self.watch:
                 positions = torch.arange(item.end)
-                table = torch.tensor(item.seq.block_table)
+                table = torch.tensor(self.engine.sequences[item.seq_id].block_table)
                 values = v_cache[table[positions // bs], positions % bs]  # [end, Hkv, D]
-                self.steps[-1].attention[layer, item.seq.seq_id] = (output[cu[i] : cu[i + 1]].clone(), values.clone())
+                self.steps[-1].attention[layer, item.seq_id] = (output[cu[i] : cu[i + 1]].clone(), values.clone())
 
     def on_logits(self, batch, logits):
         for item, row in zip(batch.sampling, logits):
-            self.steps[-1].logits[item.seq.seq_id] = row.clone()
+            self.steps[-1].logits[item.seq_id] = row.clone()
 
-    def on_step_end(self, engine, result):
+    def on_step_end(self, result):
+        engine = self.engine
         step = self.steps[-1]
         step.tokens = {o.request_id: o.token_id for o in result.outputs}
         step.finished = list(result.finished)

@@ -10,13 +10,14 @@ fails the test even though no model runs.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
 import pytest
 
 from minillama.engine.block_manager import BlockManager
-from minillama.engine.scheduler import ScheduledSequence, Scheduler
+from minillama.engine.scheduler import Scheduler, SchedulerOutput
 from minillama.engine.sequence import Sequence, SequenceStatus
 from minillama.sampling_params import SamplingParams
 
@@ -25,15 +26,16 @@ BS = 4
 
 @dataclass(frozen=True)
 class Item:
-    """A ScheduledSequence as it was during its step. (ScheduledSequence.samples is computed
-    from the sequence's current length, so it reads differently once the sampled token has
-    been appended; tests inspect steps after the fact, so they keep this snapshot.)"""
+    """A published ScheduledSequence with the live Sequence its id names, so tests can compare
+    with `is` and read the sequence's state afterwards."""
 
     seq: Sequence
     start: int
     num_tokens: int
     samples: bool
     num_cached_tokens: int
+    reason: str
+    hit_block_ids: tuple[int, ...]
 
 
 @dataclass
@@ -49,6 +51,11 @@ class Step:
     @property
     def num_tokens(self) -> int:
         return sum(i.num_tokens for i in self.items)
+
+
+def slot(block_ids: tuple[int, ...], position: int) -> int:
+    """The flat KV-cache slot of a token: its physical block * block size + its offset."""
+    return block_ids[position // BS] * BS + position % BS
 
 
 class Sim:
@@ -70,9 +77,11 @@ class Sim:
 
     def step(self) -> Step:
         batch = self.sched.schedule()
+        self.last_batch = batch
         record = Step(batch.phase, [
-            Item(i.seq, i.start, i.num_tokens, i.samples, i.num_cached_tokens) for i in batch.scheduled
-        ], list(batch.preempted))
+            Item(self.seqs[i.seq_id], i.start, i.num_tokens, i.samples, i.num_cached_tokens, i.reason, i.hit_block_ids)
+            for i in batch.scheduled
+        ], [self.seqs[seq_id] for seq_id in batch.preempted])
         self.steps += 1
         assert batch.scheduled, "schedule() found nothing to run while work remains"
         assert len(batch.scheduled) <= self.sched.max_num_seqs
@@ -80,20 +89,26 @@ class Sim:
             assert batch.num_tokens <= self.sched.max_num_batched_tokens
         else:
             assert all(i.num_tokens == 1 for i in batch.scheduled)
+        # The queues as published: ids, in arrival order, as the scheduler holds them.
+        assert batch.running == tuple(s.seq_id for s in self.sched.running)
+        assert batch.waiting == tuple(s.seq_id for s in self.sched.waiting)
         for item in batch.scheduled:
-            seq = item.seq
+            seq = self.seqs[item.seq_id]
             assert seq.status is SequenceStatus.RUNNING
             assert item.start == seq.num_computed_tokens and item.num_tokens >= 1
             assert item.end <= seq.num_tokens
-            assert len(seq.block_table) * BS >= item.end, "computing into a slot with no block"
+            assert item.samples == (item.end == seq.num_tokens)
+            # What a model runner reads: the tokens to compute and the block table.
+            assert item.token_ids == tuple(seq.token_ids[item.start : item.end])
+            assert item.block_ids == seq.block_table
+            assert len(item.block_ids) * BS >= item.end, "computing into a slot with no block"
             for p in range(item.start):  # the context this chunk attends to
-                assert self.kv.get(seq.slot(p, BS)) == (p, seq.token_ids[p]), f"{seq} context {p}"
-            for p in range(item.start, item.end):
-                self.kv[seq.slot(p, BS)] = (p, seq.token_ids[p])
-        sampling = batch.sampling  # before the appends below change what `samples` reads
+                assert self.kv.get(slot(item.block_ids, p)) == (p, seq.token_ids[p]), f"{seq} context {p}"
+            for p, token in zip(range(item.start, item.end), item.token_ids):
+                self.kv[slot(item.block_ids, p)] = (p, token)
         self.sched.update_after_step(batch)
-        for item in sampling:
-            seq = item.seq
+        for item in batch.sampling:
+            seq = self.seqs[item.seq_id]
             seq.token_ids.append(1000 + seq.seq_id)  # the fake sampled token
             if len(seq.output_token_ids) >= self.want[seq.seq_id]:
                 self.sched.finish(seq, "length")
@@ -110,12 +125,12 @@ class Sim:
     def check_invariants(self) -> None:
         running, waiting = self.sched.running, list(self.sched.waiting)
         assert len(running) <= self.sched.max_num_seqs
-        # running ++ waiting is in arrival order (new arrivals join at the back, preempted
-        # sequences, always the latest running ones, return to the front).
-        order = [s.arrival for s in running + waiting]
+        # running ++ waiting is in arrival order, which is id order (new arrivals join at the
+        # back, preempted sequences, always the latest running ones, return to the front).
+        order = [s.seq_id for s in running + waiting]
         assert order == sorted(order)
         assert all(s.status is SequenceStatus.RUNNING for s in running)
-        assert all(s.status is SequenceStatus.WAITING and s.block_table == [] for s in waiting)
+        assert all(s.status is SequenceStatus.WAITING and s.block_table == () for s in waiting)
         refs: dict[int, int] = {}
         for seq in running:
             for b in seq.block_table:
@@ -251,7 +266,7 @@ def test_decode_out_of_blocks_preempts_the_latest_arrival_and_readmits_it():
     assert s3.phase == "decode"
     assert s3.preempted == [c]
     assert s3.seqs == [a, b]
-    assert c.block_table == [] and c.num_computed_tokens == 0 and c.num_preemptions == 1
+    assert c.block_table == () and c.num_computed_tokens == 0 and c.num_preemptions == 1
     assert c.status is SequenceStatus.WAITING and sim.sched.waiting[0] is c
     assert b.block_table[-1] in c_blocks  # b got the block c gave back
     assert len(c.output_token_ids) == 2  # what c generated is kept, to be recomputed
@@ -348,7 +363,7 @@ def test_the_oldest_sequence_is_never_preempted():
         assert sim.steps < 500
         batch = sim.step()
         if sim.sched.running or sim.sched.waiting:
-            oldest = min(sim.sched.running + list(sim.sched.waiting), key=lambda s: s.arrival)
+            oldest = min(sim.sched.running + list(sim.sched.waiting), key=lambda s: s.seq_id)
             oldest_preempted |= oldest in batch.preempted
     assert not oldest_preempted
     assert sum(s.num_preemptions for s in seqs) > 0
@@ -356,19 +371,70 @@ def test_the_oldest_sequence_is_never_preempted():
     assert sim.all_blocks_free()
 
 
-def test_sampling_flags_of_a_step_stay_true_after_its_token_is_appended():
-    bm = BlockManager(8, BS)
-    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64)
-    seq = Sequence(0, [1, 2, 3], SamplingParams())
-    sched.add(seq)
-    batch = sched.schedule()
-    assert [i.seq for i in batch.sampling] == [seq]
-    # What LLMEngine._update does before it hands the batch to on_step_end observers.
-    sched.update_after_step(batch)
-    seq.token_ids.append(7)
-    item: ScheduledSequence = batch.scheduled[0]
-    assert item.samples
-    assert [i.seq for i in batch.sampling] == [seq]
+def test_each_record_says_why_its_sequence_runs():
+    """admitted (first time), prefill-continues (the next chunk of a long prompt), decode, and
+    resumed (admitted again after a preemption)."""
+    sim = Sim(num_blocks=4, max_num_batched_tokens=6, prefix_caching=False)
+    a = sim.add(range(1, 9), max_tokens=8)  # 8 tokens: two chunks of the 6-token budget
+    b = sim.add(range(10, 13), max_tokens=8)
+    s1 = sim.step()
+    assert [(i.seq, i.reason, i.num_tokens) for i in s1.items] == [(a, "admitted", 6)]
+    s2 = sim.step()
+    assert [(i.seq, i.reason, i.num_tokens) for i in s2.items] == [(a, "prefill-continues", 2), (b, "admitted", 3)]
+    steps = sim.run()
+    assert all(i.reason == "decode" for x in steps if x.phase == "decode" for i in x.items)
+    preempting = next(i for i, x in enumerate(steps) if x.preempted)
+    assert steps[preempting].preempted == [b]
+    resumed = next(i for x in steps[preempting:] if x.phase == "prefill" for i in x.items if i.seq is b)
+    assert resumed.reason == "resumed" and resumed.start == 0
+    assert sim.all_blocks_free()
+
+
+def test_the_plan_publishes_the_queues_after_deciding():
+    sim = Sim(num_blocks=32, max_num_seqs=2)
+    seqs = [sim.add(range(i, i + 3), max_tokens=2) for i in range(4)]
+    sim.step()
+    assert (sim.last_batch.running, sim.last_batch.waiting) == ((0, 1), (2, 3))
+    sim.step()  # decode: 0 and 1 finish at its end, so the next step admits 2 and 3
+    assert (sim.last_batch.running, sim.last_batch.waiting) == ((0, 1), (2, 3))
+    sim.step()
+    assert (sim.last_batch.running, sim.last_batch.waiting) == ((2, 3), ())
+    sim.run()
+    assert all(s.is_finished for s in seqs)
+
+
+def test_an_admission_names_the_blocks_its_prefix_cache_hits_came_from():
+    sim = Sim(num_blocks=16)
+    a = sim.add(range(10), max_tokens=2)  # blocks [0..3] [4..7] full, then [8, 9]
+    sim.step()
+    b = sim.add([*range(8), 50, 51, 52], max_tokens=2)
+    sim.step()
+    (item,) = sim.last_batch.scheduled
+    assert item.seq_id == b.seq_id and item.reason == "admitted"
+    assert item.hit_block_ids == a.block_table[:2] == b.block_table[:2]
+    assert (item.num_cached_tokens, item.start, item.num_tokens) == (8, 8, 3)
+    # A continuing chunk or a decode step served no hit.
+    sim.step()
+    assert all(i.hit_block_ids == () and i.num_cached_tokens == 0 for i in sim.last_batch.scheduled)
+
+
+def test_a_published_plan_cannot_change_after_the_fact():
+    """Observers keep the plan: neither it nor its records change when the engine moves on."""
+    sim = Sim(num_blocks=8)
+    seq = sim.add([1, 2, 3, 4, 5], max_tokens=3)
+    sim.step()
+    batch: SchedulerOutput = sim.last_batch
+    (item,) = batch.scheduled
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.phase = "decode"
+    with pytest.raises(AttributeError):  # a NamedTuple: immutable, built at C speed
+        item.start = 3
+    assert isinstance(batch.scheduled, tuple) and isinstance(item.block_ids, tuple)
+    sim.run()
+    # The sequence sampled, grew, finished and gave its blocks back: the record says what ran.
+    assert seq.is_finished and seq.block_table == ()
+    assert (item.start, item.end, item.samples, item.token_ids) == (0, 5, True, (1, 2, 3, 4, 5))
+    assert batch.sampling == (item,) and len(item.block_ids) == 2
 
 
 # -- abort ------------------------------------------------------------------------------------------
@@ -386,7 +452,7 @@ def test_abort_running_and_waiting_sequences_frees_their_blocks():
     sim.sched.abort(c)  # waiting, never held blocks
     assert c.finish_reason == "abort" and c.is_finished and not sim.sched.waiting
     sim.sched.abort(a)  # running
-    assert a.finish_reason == "abort" and a.block_table == [] and sim.sched.running == [b]
+    assert a.finish_reason == "abort" and a.block_table == () and sim.sched.running == [b]
     assert sim.bm.num_free_blocks == 2
     sim.check_invariants()
     sim.run()

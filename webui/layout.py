@@ -15,7 +15,6 @@ import html
 
 import gradio as gr
 
-from webui import defaults
 from webui.breakpoint_form import EVENT_BREAKPOINTS
 from webui.handlers import Handlers
 from webui.render import OUTPUT_NAMES
@@ -27,8 +26,7 @@ EXAMPLE_PROMPTS = "What is the capital of France?\nWrite a haiku about autumn.\n
 def build_app(manager: SessionManager) -> gr.Blocks:
     handlers = Handlers(manager)
     live = manager.base is not None
-    # Every setting starts at the web UI's defaults (webui/defaults.py and the settings dataclasses).
-    sampling, engine, capture = defaults.SAMPLING, EngineSettings(), CaptureSettings()
+    engine, capture = EngineSettings(), CaptureSettings()
     with gr.Blocks(title="mini-llama inspector", fill_width=True) as app:
         gr.HTML(_header(manager), elem_id="ml-header")
         with gr.Row(equal_height=False, elem_id="ml-shell"):
@@ -36,18 +34,15 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                 with gr.Accordion("Prompts", open=live):
                     prompts = gr.Textbox(EXAMPLE_PROMPTS, lines=4, max_lines=12, label="Prompts, one per line",
                                          elem_id="ml-prompts", interactive=live)
-                    chat = gr.Checkbox(defaults.CHAT, label="Chat template", elem_id="ml-chat")
+                    chat = gr.Checkbox(True, label="Chat template", elem_id="ml-chat")
                     with gr.Row():
-                        max_tokens = gr.Number(sampling.max_tokens, label="Max tokens", precision=0,
-                                               elem_id="ml-max-tokens")
-                        temperature = gr.Number(sampling.temperature, label="Temperature", step=0.1,
-                                                elem_id="ml-temperature")
+                        max_tokens = gr.Number(48, label="Max tokens", precision=0, elem_id="ml-max-tokens")
+                        temperature = gr.Number(0.0, label="Temperature", step=0.1, elem_id="ml-temperature")
                     with gr.Row():
-                        top_p = gr.Number(sampling.top_p, label="Top-p", step=0.05)
-                        top_k = gr.Number(sampling.top_k, label="Top-k (0 off)", precision=0)
+                        top_p = gr.Number(1.0, label="Top-p", step=0.05)
+                        top_k = gr.Number(0, label="Top-k (0 off)", precision=0)
                         # A text box: empty means no seed (a Number field would show and send 0).
-                        seed = gr.Textbox(_blank_if_none(sampling.seed), label="Seed", placeholder="none", max_lines=1,
-                                          elem_id="ml-seed")
+                        seed = gr.Textbox("", label="Seed", placeholder="none", max_lines=1, elem_id="ml-seed")
                     add = gr.Button("Add prompts", variant="primary", elem_id="ml-add", interactive=live)
                 with gr.Accordion("Engine (applies at Reset)", open=False):
                     kv_blocks = gr.Number(engine.num_kv_blocks, label="KV blocks (a small pool shows preemption)",
@@ -60,8 +55,8 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                     prefix_caching = gr.Checkbox(engine.prefix_caching, label="Prefix caching")
                 with gr.Accordion("Capture (applies at Reset)", open=False):
                     attention = gr.Checkbox(capture.attention, label="Record attention (prefill steps run eagerly)")
-                    traced = gr.Textbox(_blank_if_none(capture.traced_requests), label="Trace the first n requests",
-                                        placeholder="all (within the budget)", max_lines=1, elem_id="ml-traced")
+                    traced = gr.Textbox("", label="Trace the first n requests", placeholder="all (within the budget)",
+                                        max_lines=1, elem_id="ml-traced")
                     logits_k = gr.Number(capture.top_k, precision=0, label="Logits top-k")
                     lens = gr.Checkbox(capture.logit_lens, label="Logit lens: each layer's top-5 guess (traced requests)",
                                        elem_id="ml-lens-on")
@@ -166,11 +161,6 @@ def build_app(manager: SessionManager) -> gr.Blocks:
     return app
 
 
-def _blank_if_none(value: int | None) -> str:
-    """A text box's value: empty for None (no seed, every request), else the number."""
-    return "" if value is None else str(value)
-
-
 def _plot_panel(name: str) -> gr.HTML:
     """A plot that stays on the page: static/app.js draws figure `name` into it with
     Plotly.react whenever the figures' carrier changes (see webui/render.py for why)."""
@@ -183,8 +173,7 @@ def _header(manager: SessionManager) -> str:
     else:
         engine = manager.base
         name = engine.model_dir.name if engine.model_dir is not None else "random weights"
-        backend = engine.runner.model.ops.attention.name
-        dtype = str(engine.dtype).removeprefix("torch.")
+        backend, dtype = engine.attention_backend, str(engine.dtype).removeprefix("torch.")
         what = f"{html.escape(name)} · {engine.device} · {dtype} · attention {html.escape(backend)}"
     keys = "← → move the cursor · space runs / pauses · ? all shortcuts"
     return f"<div class='ml-title'><b>mini-llama inspector</b> <span>{what}</span><span class='ml-keys'>{keys}</span></div>"

@@ -50,7 +50,7 @@ class DebugSession:
         """Queue a request (raises InvalidRequestError for bad input); returns its sequence id."""
         seq_id = self.engine.add_request(prompt, params, chat=chat)
         text = prompt if isinstance(prompt, str) else None
-        self.recorder.register(self.engine.sequences[seq_id], chat=chat, prompt_text=text)
+        self.recorder.register(seq_id, chat=chat, prompt_text=text)
         return seq_id
 
     def abort(self, seq_id: int) -> None:

@@ -11,9 +11,10 @@ Where the rows come from, in a step that runs a traced sequence:
 - decode (write_queries, called once from on_queries; CUDA graphs stay on): its query is row i
   of every layer's queries, which the forward copied out; its new key is read back from the
   paged cache, where the step wrote it.
-- keys it did not compute in this run (a prefix-cache hit): read from the layer's paged cache,
-  [num_blocks, block_size, Hkv, D], through its block table. Their queries were never computed
-  for this sequence, so those positions have keys but no query (q_step -1).
+- keys it did not compute in this run (a prefix-cache hit): read from the engine's paged cache
+  (engine.kv_cache, [L_all, 2, NB + 1, block_size, Hkv, D]) through its block table. Their
+  queries were never computed for this sequence, so those positions have keys but no query
+  (q_step -1).
 A sequence preempted and recomputed overwrites its rows with the recomputed ones (equal up to
 float rounding); q_step then names the recomputing step.
 """
@@ -25,10 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from inspector.trace.model import AttentionStore, Trace
-from minillama.engine.llm_engine import LLMEngine
-from minillama.engine.scheduler import SchedulerOutput
-from minillama.engine.sequence import Sequence
-from minillama.model.attention.metadata import AttentionMetadata
+from minillama import AttentionMetadata, LLMEngine, SchedulerOutput
 
 
 @dataclass
@@ -79,9 +77,9 @@ class AttentionCapture:
         """How much the buffers must grow to hold this step's positions."""
         total = 0
         for item in batch.scheduled:
-            if item.seq.seq_id in traced:
-                capacity = self._buffers(item.seq).capacity
-                total += (self._new_capacity(item.seq, item.end) - capacity) * self.bytes_per_position
+            if item.seq_id in traced:
+                capacity = self._buffers(item.seq_id).capacity
+                total += (self._new_capacity(item.seq_id, item.end) - capacity) * self.bytes_per_position
         return total
 
     def begin_step(self, batch: SchedulerOutput, traced: set[int]) -> bool:
@@ -89,16 +87,16 @@ class AttentionCapture:
         bs = self.engine.config.block_size
         self.writes, self.rows = [], None
         for i, item in enumerate(batch.scheduled):
-            seq = item.seq
-            if seq.seq_id not in traced:
+            if item.seq_id not in traced:
                 continue
-            buffers = self._buffers(seq)
-            self._grow(buffers, self._new_capacity(seq, item.end))
+            buffers = self._buffers(item.seq_id)
+            self._grow(buffers, self._new_capacity(item.seq_id, item.end))
             # Positions before `start` whose keys are not recorded yet: read from the cache.
             missing = torch.arange(min(buffers.length, item.start), item.start)
-            table = torch.tensor(seq.block_table, dtype=torch.long)
+            table = torch.tensor(item.block_ids, dtype=torch.long)
             device = self.engine.device
-            write = _Write(seq.seq_id, i, item.start, item.end, table[missing // bs].to(device), (missing % bs).to(device))
+            write = _Write(item.seq_id, i, item.start, item.end,
+                           table[missing // bs].to(device), (missing % bs).to(device))
             if batch.phase == "decode":
                 new = torch.arange(item.start, item.end)
                 write.new_blocks, write.new_offsets = table[new // bs].to(device), (new % bs).to(device)
@@ -116,7 +114,7 @@ class AttentionCapture:
                 self.rows = list(zip(cu, cu[1:]))
             else:
                 self.rows = [(i, i + 1) for i in range(q.shape[0])]
-        k_cache = self.engine.runner.model.model.layers[layer].self_attn.k_cache  # [NB, bs, Hkv, D]
+        k_cache = self.engine.kv_cache[layer, 0]  # [NB + 1, bs, Hkv, D]
         for w in self.writes:
             buffers = self.buffers[w.seq_id]
             first, last = self.rows[w.batch_index]
@@ -129,7 +127,7 @@ class AttentionCapture:
         """on_queries (decode): queries [L_all, B, H, D], every layer's post-RoPE queries of
         the batch. Keys come from the paged cache [L_all, 2, NB + 1, bs, Hkv, D]: the new
         token's, which the step wrote, and any before it not recorded yet (prefix-cache hits)."""
-        kv = self.engine.runner.kv_cache
+        kv = self.engine.kv_cache
         layers = torch.tensor(self.layers, device=queries.device)  # [L]
         for w in self.writes:
             buffers = self.buffers[w.seq_id]
@@ -157,19 +155,20 @@ class AttentionCapture:
 
     # -- buffers -------------------------------------------------------------------------------
 
-    def _buffers(self, seq: Sequence) -> _Buffers:
-        if seq.seq_id not in self.buffers:
-            max_len = min(seq.num_prompt_tokens + seq.params.max_tokens, self.engine.max_model_len)
-            self.buffers[seq.seq_id] = _Buffers(self._zeros(0, "q"), self._zeros(0, "k"), self._no_steps(0), 0, max_len)
-        return self.buffers[seq.seq_id]
+    def _buffers(self, seq_id: int) -> _Buffers:
+        if seq_id not in self.buffers:
+            request = self.engine.request(seq_id)
+            max_len = min(request.num_prompt_tokens + request.params.max_tokens, self.engine.max_model_len)
+            self.buffers[seq_id] = _Buffers(self._zeros(0, "q"), self._zeros(0, "k"), self._no_steps(0), 0, max_len)
+        return self.buffers[seq_id]
 
-    def _new_capacity(self, seq: Sequence, end: int) -> int:
+    def _new_capacity(self, seq_id: int, end: int) -> int:
         """Room for positions [0, end): doubling keeps the copies few; never past what the
         sequence can use."""
-        capacity = self._buffers(seq).capacity
-        if end <= capacity:
-            return capacity
-        return max(end, min(2 * capacity, self._buffers(seq).max_len))
+        buffers = self._buffers(seq_id)
+        if end <= buffers.capacity:
+            return buffers.capacity
+        return max(end, min(2 * buffers.capacity, buffers.max_len))
 
     def _grow(self, buffers: _Buffers, capacity: int) -> None:
         if capacity <= buffers.capacity:

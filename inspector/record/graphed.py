@@ -2,11 +2,10 @@
 stream, so that the engine neither launches its kernels nor waits for them.
 
 Why: the logits summary is a dozen kernels (topk alone launches about twenty), each costing
-several microseconds of host time to launch; a decode step of a 1B model on an H100 takes under
-2 ms, so launching them one by one costs the engine ~15% of its speed. A CUDA graph launches
-them all at once, including the copy of the results to the host. And on a stream of its own
-the summary's GPU time (~0.1 ms) overlaps what the engine does next (sampling, the host's
-bookkeeping) instead of delaying it.
+host time to launch, next to a decode step that is short on a GPU (docs/perf-notes.md has the
+figures). A CUDA graph launches them all at once, including the copy of the results to the
+host. And on a stream of its own the summary's GPU time overlaps what the engine does next
+(sampling, the host's bookkeeping) instead of delaying it.
 
 A graph replays fixed addresses and shapes, so there is one graph per bucket of rows (the next
 power of two at or above the batch's row count) over one static input buffer: a batch is copied
@@ -40,7 +39,7 @@ class BucketGraphs:
         self.host_outputs = host_outputs
         self.device = device
         self.stream = torch.cuda.Stream(device)
-        # The engine's stream, asked for once: asking costs ~8 us of host time a call.
+        # The engine's stream, asked for once: asking costs host time every call.
         self.engine_stream = torch.cuda.current_stream(device)
         self.inputs: torch.Tensor | None = None  # [capacity, width], the graphs' input
         self.graphs: dict[int, _Graph] = {}

@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 
 from inspector.trace.model import LogitLens
-from minillama.engine.llm_engine import LLMEngine
-from minillama.engine.scheduler import SchedulerOutput
+from minillama import LLMEngine, SchedulerOutput
 
 TOP_K = 5
 
@@ -37,8 +36,8 @@ class LogitLensCapture:
         self.rows, self.streams, row = {}, [], 0
         for item in batch.scheduled:
             row += item.num_tokens  # the flat batch lays the sequences' tokens out in order
-            if item.samples and item.seq.seq_id in traced:
-                self.rows[item.seq.seq_id] = row - 1  # it samples from its last token
+            if item.samples and item.seq_id in traced:
+                self.rows[item.seq_id] = row - 1  # it samples from its last token
         return bool(self.rows)
 
     def write(self, stream: torch.Tensor) -> None:
@@ -49,10 +48,9 @@ class LogitLensCapture:
         """Read every kept row through the final norm and the LM head. -> seq id -> its lens."""
         if not self.streams:
             return {}
-        model = self.engine.runner.model
         with torch.inference_mode():
             streams = torch.stack(self.streams)  # [L, R, hidden]
-            logits = model.compute_logits(model.model.norm(streams.flatten(0, 1)))  # [L * R, vocab] fp32
+            logits = self.engine.readout(streams.flatten(0, 1))  # [L * R, vocab] fp32
             probs, ids = logits.softmax(dim=-1).topk(TOP_K, dim=-1)
         layers = streams.shape[0]
         probs = probs.view(layers, len(self.rows), TOP_K).cpu().tolist()  # [L][R][k]

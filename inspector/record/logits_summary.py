@@ -24,8 +24,7 @@ import torch
 
 from inspector.record.graphed import BucketGraphs
 from inspector.trace.model import LogitsSummary
-from minillama.model.sampler import filtered_logits
-from minillama.sampling_params import SamplingParams
+from minillama import SamplingParams, filtered_logits
 
 
 @dataclass

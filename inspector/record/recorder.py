@@ -34,7 +34,7 @@ import torch
 
 from inspector.record.attention_capture import AttentionCapture
 from inspector.record.budget import MemoryBudget
-from inspector.record.kv_snapshot import commit_filled_blocks, kv_snapshot_bytes, snapshot_kv
+from inspector.record.kv_snapshot import commit_filled_blocks, kv_snapshot, kv_snapshot_bytes
 from inspector.record.lens_capture import LogitLensCapture
 from inspector.record.logits_summary import LogitsSummariser, PendingLogits, finish, summary_bytes
 from inspector.record.token_texts import TokenTexts
@@ -52,12 +52,7 @@ from inspector.trace.model import (
     TokenRecord,
     Trace,
 )
-from minillama.engine.llm_engine import LLMEngine
-from minillama.engine.outputs import StepResult
-from minillama.engine.scheduler import SchedulerOutput
-from minillama.engine.sequence import Sequence
-from minillama.model.attention.metadata import AttentionMetadata
-from minillama.observe import Observer
+from minillama import AttentionMetadata, LLMEngine, Observer, SamplingParams, SchedulerOutput, StepResult
 
 
 @dataclass
@@ -121,6 +116,7 @@ class Recorder(Observer):
         self.capture = AttentionCapture(engine, self._trace, layers)
         self.lens = LogitLensCapture(engine)
         self.traced: set[int] = set()
+        self._params: dict[int, SamplingParams] = {}  # seq id -> its sampling parameters
         self._num_requests = 0
         self._step: _StepInProgress | None = None  # between on_schedule and on_step_end
         self._ended: _StepInProgress | None = None  # ended, its record not yet completed
@@ -145,32 +141,34 @@ class Recorder(Observer):
 
     # -- requests ------------------------------------------------------------------------------
 
-    def register(self, seq: Sequence, chat: bool | None = None, prompt_text: str | None = None) -> None:
-        """Add a request to the trace, and decide whether to trace its attention. The hooks
-        register requests they meet on their own; DebugSession registers them as they are
-        added, to pass on the chat flag and the prompt as typed."""
-        if seq.seq_id in self._trace.sequences:
+    def register(self, seq_id: int, chat: bool | None = None, prompt_text: str | None = None) -> None:
+        """Add a request of the engine to the trace, and decide whether to trace its attention.
+        The hooks register requests they meet on their own; DebugSession registers them as they
+        are added, to pass on the chat flag and the prompt as typed."""
+        if seq_id in self._trace.sequences:
             return
+        request = self.engine.request(seq_id)
         policy = self.policy
         if policy.attention_seqs is not None:
-            traced = seq.seq_id in policy.attention_seqs
+            traced = seq_id in policy.attention_seqs
         else:
             traced = policy.attention_requests is None or self._num_requests in policy.attention_requests
         traced = traced and (policy.attention or policy.logit_lens)
         if traced:
-            self.traced.add(seq.seq_id)
+            self.traced.add(seq_id)
         self._num_requests += 1
-        prompt_ids = seq.token_ids[: seq.num_prompt_tokens]
+        self._params[seq_id] = request.params
+        prompt_ids = list(request.prompt_token_ids)
         tokenizer = self.engine.tokenizer
         if prompt_text is None:
             prompt_text = tokenizer.decode(prompt_ids) if tokenizer is not None else ""
-        params = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(seq.params).items()}
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(request.params).items()}
         index = self.num_steps
-        self._trace.sequences[seq.seq_id] = SequenceRecord(
-            seq.seq_id, prompt_ids, prompt_text, chat, params, traced, index,
+        self._trace.sequences[seq_id] = SequenceRecord(
+            seq_id, prompt_ids, prompt_text, chat, params, traced, index,
             prompt_tokens=[self._token_text(t) for t in prompt_ids],
         )
-        self._trace.events.append(Event(index, "add", f"request {seq.seq_id} added", seq.seq_id))
+        self._trace.events.append(Event(index, "add", f"request {seq_id} added", seq_id))
 
     def note_abort(self, seq_id: int) -> None:
         record = self._trace.sequences.get(seq_id)
@@ -180,17 +178,16 @@ class Recorder(Observer):
 
     # -- hooks ---------------------------------------------------------------------------------
 
-    def on_schedule(self, engine: LLMEngine, batch: SchedulerOutput) -> None:
+    def on_schedule(self, batch: SchedulerOutput) -> None:
         started = time.perf_counter()
-        scheduler = engine.scheduler
         # Requests added to the engine directly, not through DebugSession, are met here first.
-        unknown = [s for s in (*scheduler.running, *scheduler.waiting) if s.seq_id not in self._trace.sequences]
-        for seq in sorted(unknown, key=lambda s: s.seq_id):
-            self.register(seq)
+        known = self._trace.sequences
+        for seq_id in sorted(s for s in (*batch.running, *batch.waiting) if s not in known):
+            self.register(seq_id)
         index = self.num_steps
         self._step = _StepInProgress(index, started)
-        for seq_id in (s.seq_id for s in batch.preempted):
-            self._trace.sequences[seq_id].num_preemptions += 1
+        for seq_id in batch.preempted:
+            known[seq_id].num_preemptions += 1
         # Plan the droppable data; the budget may stop keeping some from this step on.
         budget = self.budget
         needs = {"logits": summary_bytes(len(batch.sampling), self.policy.top_k)}
@@ -245,34 +242,32 @@ class Recorder(Observer):
         self.flush()
         step = self._step
         if self.budget.keeps("logits") and logits.shape[0]:
-            params = [item.seq.params for item in batch.sampling]
+            params = [self._params[item.seq_id] for item in batch.sampling]
             step.logits = self._summariser.summarise(logits, params)
-        scheduler = self.engine.scheduler
         step.schedule = ScheduleRecord(
             batch.phase,
             [
-                ScheduledRecord(i.seq.seq_id, i.start, i.num_tokens, i.num_cached_tokens, i.samples, list(i.seq.block_table))
+                ScheduledRecord(i.seq_id, i.start, i.num_tokens, i.num_cached_tokens, i.samples, list(i.block_ids))
                 for i in batch.scheduled
             ],
-            [s.seq_id for s in batch.preempted],
-            [s.seq_id for s in scheduler.waiting],
-            [s.seq_id for s in scheduler.running],
+            list(batch.preempted),
+            list(batch.waiting),
+            list(batch.running),
         )
-        bs = self.engine.config.block_size
-        step.hit_blocks = {b for i in batch.scheduled for b in i.seq.block_table[: i.num_cached_tokens // bs]}
-        computed = {item.seq.seq_id: item.end for item in batch.scheduled}
-        step.kv = snapshot_kv(self.engine.block_manager, scheduler.running, step.hit_blocks, computed)
+        step.hit_blocks = {b for i in batch.scheduled for b in i.hit_block_ids}
+        computed = {item.seq_id: item.end for item in batch.scheduled}
+        step.kv = kv_snapshot(self.engine.block_pool_snapshot(computed, include=step.hit_blocks), step.hit_blocks)
         step.record_s += time.perf_counter() - started
 
-    def on_step_end(self, engine: LLMEngine, result: StepResult) -> None:
+    def on_step_end(self, result: StepResult) -> None:
         """Only what the next step would change or overwrite; the rest waits (see the top)."""
         started = time.perf_counter()
         self.flush()  # normally done in on_logits already
         step = self._step
         if result.finished:  # their blocks went back: read the cache again
-            step.kv = snapshot_kv(engine.block_manager, engine.scheduler.running, step.hit_blocks)
+            step.kv = kv_snapshot(self.engine.block_pool_snapshot(include=step.hit_blocks), step.hit_blocks)
         else:
-            commit_filled_blocks(step.kv, engine.block_manager, result.batch)
+            step.kv = commit_filled_blocks(step.kv, self.engine, result.batch)
         self.budget.charge(kv_snapshot_bytes(step.kv))
         if self.wants_layers:
             step.lenses = self.lens.end_step(self._token_text)
@@ -322,8 +317,7 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
 
 def _engine_info(engine: LLMEngine) -> EngineInfo:
     c = engine.config
-    backend = engine.runner.model.ops.attention.name
     return EngineInfo(
-        str(engine.device), backend, c.block_size, engine.block_manager.num_blocks, c.max_num_seqs,
+        str(engine.device), engine.attention_backend, c.block_size, engine.num_kv_blocks, c.max_num_seqs,
         c.max_num_batched_tokens, engine.max_model_len, c.enable_prefix_caching,
     )

@@ -206,7 +206,7 @@ class KVSnapshot:
     - the blocks that served a prefix-cache hit in this step (held, unless their sequence
       finished in the step);
     - the free blocks that still hold a cached full block a later prompt can hit, as long as
-      there are at most inspector.record.kv_snapshot.MAX_LISTED_CACHED_FREE of them
+      there are at most minillama.engine.block_pool.MAX_LISTED_CACHED_FREE of them
       (cached_free_listed); past that only their number, num_cached_free, is recorded.
     A block not recorded is free and holds nothing a prompt can hit (or is one of the unlisted
     cached ones). The per-block arrays are aligned to block_ids; the block tables of the

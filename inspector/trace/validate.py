@@ -23,8 +23,7 @@ import bisect
 from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
 from inspector.trace.model import LogitLens, LogitsSummary, SequenceRecord, StepRecord, Trace, TraceError
 from inspector.trace.validate_arrays import check_kv, check_stores
-from minillama.errors import InvalidRequestError
-from minillama.sampling_params import SamplingParams
+from minillama import InvalidRequestError, SamplingParams
 
 
 def validate_trace(trace: Trace) -> None:

@@ -97,7 +97,7 @@ class BlockManager:
         for block_id in hits:
             self._share(block_id)
         fresh = [self._take_free_block() for _ in range(seq.num_blocks_needed(self.block_size) - len(hits))]
-        seq.block_table = hits + fresh
+        seq.block_table = (*hits, *fresh)
         seq.num_cached_tokens = seq.num_computed_tokens = len(hits) * self.block_size
         self.num_hit_blocks += len(hits)
 
@@ -113,7 +113,7 @@ class BlockManager:
     def append_slot(self, seq: Sequence) -> None:
         """Make room for the token a decode step is about to compute."""
         if self.needs_new_block(seq):
-            seq.block_table.append(self._take_free_block())
+            seq.block_table = (*seq.block_table, self._take_free_block())
 
     def free(self, seq: Sequence) -> None:
         """Give back every block of `seq` (finished or preempted)."""
@@ -125,7 +125,7 @@ class BlockManager:
             assert block.ref_count >= 0, f"block {block_id} freed more often than taken"
             if block.ref_count == 0:
                 self.free_block_ids[block_id] = None
-        seq.block_table = []
+        seq.block_table = ()
 
     def commit_full_blocks(self, seq: Sequence, num_computed_before: int) -> None:
         """Hash the blocks that became full and computed in this step, so later sequences can

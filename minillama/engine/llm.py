@@ -48,11 +48,11 @@ class LLM:
                 bar.update(len(engine.step()))
         completions = []
         for request_id in ids:
-            seq = engine.sequences.pop(request_id)
+            info = engine.request(request_id)
             completions.append(
                 Completion(
-                    request_id, seq.token_ids[: seq.num_prompt_tokens], seq.output_token_ids,
-                    engine.text(request_id), seq.finish_reason, seq.num_cached_tokens, seq.num_preemptions,
+                    request_id, list(info.prompt_token_ids), list(info.output_token_ids), engine.text(request_id),
+                    info.finish_reason, info.num_cached_tokens, info.num_preemptions,
                 )
             )
             engine.forget(request_id)

@@ -17,18 +17,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.block_manager import BlockManager
+from minillama.engine.block_pool import BlockPoolSnapshot, cached_flags, snapshot_block_pool
 from minillama.engine.detokenizer import IncrementalDetokenizer
 from minillama.engine.model_runner import ModelRunner
 from minillama.engine.outputs import EngineStats, RequestOutput, StepResult, StepTimings
 from minillama.engine.prompts import check_text, check_token_ids
-from minillama.engine.scheduler import Scheduler, SchedulerOutput
-from minillama.engine.sequence import Sequence
+from minillama.engine.scheduler import Scheduler
+from minillama.engine.sequence import RequestInfo, Sequence
 from minillama.errors import ConfigError, InvalidRequestError
 from minillama.loader import (
     build_model,
@@ -256,21 +258,65 @@ class LLMEngine:
 
         return (on_attention if attention else None), (on_layer if layers else None)
 
+    # -- what observers read ------------------------------------------------------------------------
+    # Read-only views: an observer is given the engine once, at construction, and reads its state
+    # through these, never through the scheduler, the block manager, the runner or the model.
+
+    @property
+    def attention_backend(self) -> str:
+        """The name of the attention backend the model runs (one of BACKEND_NAMES)."""
+        return self.runner.model.ops.attention.name
+
+    @property
+    def num_kv_blocks(self) -> int:
+        """Blocks in the KV pool (NB), however the pool was sized."""
+        return self.block_manager.num_blocks
+
+    @property
+    def kv_cache(self) -> torch.Tensor:
+        """The engine's paged KV cache, [num_layers, 2 (K, V), num_blocks + 1, block_size, Hkv, D]:
+        token p of a sequence is at [layer, :, block_table[p // block_size], p % block_size]. The
+        engine's own tensor, not a copy: read it, never write it (the last block is the scratch
+        block a CUDA graph's padding rows write to)."""
+        return self.runner.kv_cache
+
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the model reads out of a residual stream: final RMSNorm, then the LM head.
+        hidden [N, hidden_size] -> logits [N, vocab] fp32. (The logit lens reads every layer's
+        stream this way, as if that layer were the last.)"""
+        model = self.runner.model
+        with torch.inference_mode():
+            return model.compute_logits(model.model.norm(hidden))
+
+    def request(self, seq_id: int) -> RequestInfo:
+        """A copy of a request's state, as it is now; KeyError once the request is forgotten."""
+        return self.sequences[seq_id].info()
+
+    def block_pool_snapshot(self, computed: Mapping[int, int] | None = None, include: Iterable[int] = ()
+                            ) -> BlockPoolSnapshot:
+        """The KV block pool as it is now (minillama/engine/block_pool.py). computed: seq id ->
+        tokens whose K/V it holds, for a snapshot taken while a step's forward is computing them
+        (default: what the engine has committed); include: blocks to list whatever their state."""
+        return snapshot_block_pool(self.block_manager, self.scheduler.running, computed, include)
+
+    def cached_flags(self, block_ids: Iterable[int]) -> list[bool]:
+        """For each block: does a later prompt hit it (is it the prefix cache's entry for its hash)?"""
+        return cached_flags(self.block_manager, block_ids)
+
     # -- the step ----------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduler iteration: one forward pass over the batch it picks."""
-        timings = StepTimings()
         t0 = time.perf_counter()
         batch = self.scheduler.schedule()
         t1 = time.perf_counter()
-        timings.schedule_ms = (t1 - t0) * 1e3
+        schedule_ms, observe_ms = (t1 - t0) * 1e3, 0.0
         if not batch.scheduled:  # only possible with nothing to do
             return []
         if self.observers:
             for observer in self.observers:
-                observer.on_schedule(self, batch)
-            timings.observe_ms += (time.perf_counter() - t1) * 1e3
+                observer.on_schedule(batch)
+            observe_ms += (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         inputs = self.runner.prepare(batch)
         t2 = time.perf_counter()
@@ -290,43 +336,44 @@ class LLMEngine:
         else:
             logits = self.runner.run(inputs)
         t3 = time.perf_counter()
-        timings.prepare_ms, timings.forward_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
+        prepare_ms, forward_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
         if events:
             events.mark()
         if self.observers:
             for observer in self.observers:
                 observer.on_logits(batch, logits)
             t4 = time.perf_counter()
-            timings.observe_ms += (t4 - t3) * 1e3
+            observe_ms += (t4 - t3) * 1e3
             t3 = t4
         if events:
             events.mark()
         sampling = batch.sampling
-        params = [item.seq.params for item in sampling]
-        generators = [self._generators.get(item.seq.seq_id) for item in sampling]
+        seqs = [self.sequences[item.seq_id] for item in sampling]
+        params = [seq.params for seq in seqs]
+        generators = [self._generators.get(seq.seq_id) for seq in seqs]
         tokens = self.sampler(logits, params, generators).tolist() if sampling else []
-        timings.sample_ms = (time.perf_counter() - t3) * 1e3
+        sample_ms = (time.perf_counter() - t3) * 1e3
         if events:
             events.mark()
-            timings.forward_ms, _, timings.sample_ms = events.elapsed_ms()
-        outputs = self._update(batch, tokens)
+            forward_ms, _, sample_ms = events.elapsed_ms()
+        self.scheduler.update_after_step(batch)
+        outputs = self._update(seqs, tokens)
+        timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
         result = StepResult(
-            self.step_count, batch, outputs, timings, self.block_manager.num_free_blocks,
-            [o.request_id for o in outputs if o.finished],
+            self.step_count, batch, tuple(outputs), timings, self.block_manager.num_free_blocks,
+            tuple(o.request_id for o in outputs if o.finished),
         )
         self.step_count += 1
         self.stats.record(batch.phase, batch.num_tokens, time.perf_counter() - t0, len(batch.preempted))
         if self.observers:
             for observer in self.observers:
-                observer.on_step_end(self, result)
+                observer.on_step_end(result)
         return outputs
 
-    def _update(self, batch: SchedulerOutput, tokens: list[int]) -> list[RequestOutput]:
-        """Advance the sequences by what the step computed and sampled; finish the done ones."""
-        self.scheduler.update_after_step(batch)
+    def _update(self, seqs: list[Sequence], tokens: list[int]) -> list[RequestOutput]:
+        """Append each sampling sequence's new token (in batch order); finish the done ones."""
         outputs = []
-        for item, token in zip(batch.sampling, tokens):
-            seq = item.seq
+        for seq, token in zip(seqs, tokens):
             seq.token_ids.append(token)
             reason = self._finish_reason(seq, token)
             detokenizer = self._detokenizers.get(seq.seq_id)

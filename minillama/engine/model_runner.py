@@ -12,6 +12,7 @@ import bisect
 import itertools
 import weakref
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from minillama.engine.scheduler import SchedulerOutput
 from minillama.errors import ConfigError
 from minillama.model.attention.metadata import AttentionMetadata
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
+
+_block_ids, _token_ids, _start = attrgetter("block_ids"), attrgetter("token_ids"), attrgetter("start")
 
 
 @dataclass
@@ -173,10 +176,10 @@ class ModelRunner:
         cu_q, cu_k = [0], [0]
         logits_indices: list[int] = []
         for item in batch.scheduled:
-            seq = item.seq
-            input_ids += seq.token_ids[item.start : item.end]
+            table = item.block_ids
+            input_ids += item.token_ids
             positions += range(item.start, item.end)
-            slots += [seq.slot(p, bs) for p in range(item.start, item.end)]
+            slots += [table[p // bs] * bs + p % bs for p in range(item.start, item.end)]  # block * bs + offset
             cu_q.append(cu_q[-1] + item.num_tokens)
             cu_k.append(cu_k[-1] + item.end)  # keys: the cached prefix and the new tokens
             if item.samples:
@@ -204,14 +207,15 @@ class ModelRunner:
         Decode runs every step for the whole batch, so its inputs are built with numpy and sent
         to the device in one copy: [B] ids, [B] positions, [B] slots, [B] context lengths and
         the [B, width] block tables, side by side in one int64 row block."""
-        seqs = [item.seq for item in batch.scheduled]
-        n, bs = len(seqs), self.block_size
-        tables = [seq.block_table for seq in seqs]
+        scheduled = batch.scheduled
+        n, bs = len(scheduled), self.block_size
+        tables = list(map(_block_ids, scheduled))
         lengths = np.fromiter(map(len, tables), dtype=np.int64, count=n)
         host = np.zeros((n, 4 + int(lengths.max())), dtype=np.int64)
-        host[:, 0] = [seq.token_ids[-1] for seq in seqs]
-        host[:, 3] = [seq.num_tokens for seq in seqs]  # context length, the new token included
-        host[:, 1] = host[:, 3] - 1  # position of the new token
+        # Each record computes one token: the one sampled last step, at position `start`.
+        host[:, 0] = np.fromiter(itertools.chain.from_iterable(map(_token_ids, scheduled)), dtype=np.int64, count=n)
+        host[:, 1] = np.fromiter(map(_start, scheduled), dtype=np.int64, count=n)
+        host[:, 3] = host[:, 1] + 1  # context length, the new token included
         # Block tables, all rows at once: entry j of row i goes to column 4 + j.
         rows = np.repeat(np.arange(n), lengths)
         cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -231,9 +235,9 @@ class ModelRunner:
 
     def _block_tables(self, batch: SchedulerOutput) -> torch.Tensor:
         """[B, max blocks in the batch] int32, padded with block 0 (masked by the lengths)."""
-        tables = [item.seq.block_table for item in batch.scheduled]
-        width = max(len(t) for t in tables)
-        return self._tensor([t + [0] * (width - len(t)) for t in tables], torch.int32)
+        tables = [item.block_ids for item in batch.scheduled]
+        width = max(map(len, tables))
+        return self._tensor([t + (0,) * (width - len(t)) for t in tables], torch.int32)
 
     def _tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
         tensor = torch.tensor(data, dtype=dtype)

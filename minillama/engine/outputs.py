@@ -1,14 +1,18 @@
-"""What a step returns: per-request outputs, and the step record that observers receive."""
+"""What a step returns: per-request outputs, and the step record that observers receive.
+
+The values observers receive are immutable: a frozen dataclass for what is made once per step,
+a NamedTuple for what is made once per sequence per step (a tuple is built far faster than a
+frozen dataclass, which sets each field through object.__setattr__)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from minillama.engine.scheduler import SchedulerOutput
 
 
-@dataclass
-class RequestOutput:
+class RequestOutput(NamedTuple):
     """One request's progress in one step: the token it produced and the text that completes."""
 
     request_id: int
@@ -18,7 +22,7 @@ class RequestOutput:
     finish_reason: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class StepTimings:
     """Milliseconds spent in each phase of a step. On CUDA with observers attached, forward_ms
     and sample_ms are GPU times (CUDA events); otherwise all are host wall times, and on CUDA
@@ -29,10 +33,6 @@ class StepTimings:
     forward_ms: float = 0.0  # with observers attached, on_attention hooks are inside it
     sample_ms: float = 0.0
     observe_ms: float = 0.0  # on_schedule and on_logits hooks (0 with no observer)
-
-    @property
-    def total_ms(self) -> float:
-        return self.schedule_ms + self.prepare_ms + self.forward_ms + self.sample_ms + self.observe_ms
 
 
 @dataclass
@@ -68,14 +68,16 @@ class EngineStats:
         )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class StepResult:
+    """One step, as on_step_end observers receive it."""
+
     step: int  # 0-based index of the step since the engine started
     batch: SchedulerOutput
-    outputs: list[RequestOutput]
+    outputs: tuple[RequestOutput, ...]  # in the order of batch.sampling
     timings: StepTimings
-    num_free_blocks: int
-    finished: list[int] = field(default_factory=list)  # request ids that finished this step
+    num_free_blocks: int  # at the step's end
+    finished: tuple[int, ...] = ()  # request ids that finished this step
 
 
 @dataclass

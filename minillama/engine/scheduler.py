@@ -15,55 +15,80 @@ to be recomputed later (its prompt and generated tokens are prefilled again, oft
 the prefix cache). Evicting the latest arrival means the oldest sequences always make progress,
 and a request that fits the cache on its own (checked at add time) always finishes: nothing
 starves.
+
+The decision is published as a SchedulerOutput, an immutable value: the model runner builds
+the step's tensors from it, and observers read it, so what they see is exactly what ran. The
+live Sequence objects stay inside the scheduler.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Literal
+from itertools import compress
+from operator import attrgetter
+from typing import Literal, NamedTuple
 
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.sequence import Sequence, SequenceStatus
 
+Phase = Literal["prefill", "decode"]
+# Why a sequence is in a step: "admitted" from the waiting queue for the first time; "resumed",
+# admitted again after a preemption (recomputing its tokens); "prefill-continues", the next
+# chunk of a prompt longer than one step's token budget; "decode", its one new token.
+Reason = Literal["admitted", "resumed", "prefill-continues", "decode"]
 
-@dataclass
-class ScheduledSequence:
-    """One sequence's share of a step: compute tokens [start, start + num_tokens)."""
+_seq_id, _num_tokens, _samples = attrgetter("seq_id"), attrgetter("num_tokens"), attrgetter("samples")
+_record = tuple.__new__
 
-    seq: Sequence
+
+class ScheduledSequence(NamedTuple):
+    """One sequence's share of a step: compute tokens [start, start + num_tokens).
+
+    A NamedTuple, not a frozen dataclass: a decode step at batch 256 makes 256 of these, and a
+    frozen dataclass sets each field through object.__setattr__, several times slower than
+    building a tuple (docs/perf-notes.md). Immutable all the same."""
+
+    seq_id: int
     start: int
     num_tokens: int
-    num_cached_tokens: int = 0  # prefix-cache hits served at admission in this step
     # Does this step produce the sequence's next token (all its tokens are then computed)?
-    # Fixed when scheduled: once the token is appended, end == num_tokens no longer holds.
-    samples: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.samples = self.end == self.seq.num_tokens
+    samples: bool
+    reason: Reason
+    block_ids: tuple[int, ...]  # its block table in this step: logical block i -> physical block
+    token_ids: tuple[int, ...]  # the tokens this step computes, positions [start, end)
+    num_cached_tokens: int = 0  # prefix-cache hits served at admission in this step
+    hit_block_ids: tuple[int, ...] = ()  # the blocks that served them: block_ids[:num hit blocks]
 
     @property
     def end(self) -> int:
         return self.start + self.num_tokens
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class SchedulerOutput:
-    """What one step runs. The model runner consumes it; observers receive it as it is."""
+    """What one step runs, and the scheduler's queues right after deciding it. The model runner
+    consumes it; observers receive the same value."""
 
-    phase: Literal["prefill", "decode"]
-    scheduled: list[ScheduledSequence]
-    preempted: list[Sequence] = field(default_factory=list)
+    phase: Phase
+    scheduled: tuple[ScheduledSequence, ...]
+    preempted: tuple[int, ...] = ()  # ids of the sequences evicted to make room, in eviction order
+    waiting: tuple[int, ...] = ()  # ids, in arrival order
+    running: tuple[int, ...] = ()  # ids, in arrival order
+    num_tokens: int = field(init=False)  # tokens computed in the step, N
+    # The sequences that produce a token this step, in batch order (the logits' rows).
+    sampling: tuple[ScheduledSequence, ...] = field(init=False)
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.scheduled)
-
-    @cached_property
-    def sampling(self) -> list[ScheduledSequence]:
-        """The sequences that produce a token this step, in batch order (the logits' rows)."""
-        return [s for s in self.scheduled if s.samples]
+    def __post_init__(self) -> None:
+        # Derived once here: a frozen value cannot cache them later.
+        scheduled = self.scheduled
+        if self.phase == "decode":  # one token each, and it is each sequence's last: all sample
+            num_tokens, sampling = len(scheduled), scheduled
+        else:
+            num_tokens = sum(map(_num_tokens, scheduled))
+            sampling = tuple(compress(scheduled, map(_samples, scheduled)))
+        object.__setattr__(self, "num_tokens", num_tokens)
+        object.__setattr__(self, "sampling", sampling)
 
 
 class Scheduler:
@@ -73,26 +98,38 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()  # in arrival order
         self.running: list[Sequence] = []  # in arrival order: the last one is preempted first
+        # The live sequences of the last plan, aligned with its `scheduled`: what
+        # update_after_step advances.
+        self.in_flight: list[Sequence] = []
+        # The waiting queue as ids, kept until the queue changes: most decode steps leave it
+        # as it is, and it can be long.
+        self._waiting_ids: tuple[int, ...] | None = None
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+        self._waiting_ids = None
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> SchedulerOutput:
-        batch = self._schedule_prefill()
-        return batch if batch.scheduled else self._schedule_decode()
+        seqs, batch = self._schedule_prefill()
+        if not batch.scheduled:
+            seqs, batch = self._schedule_decode()
+        self.in_flight = seqs
+        return batch
 
-    def _schedule_prefill(self) -> SchedulerOutput:
+    def _schedule_prefill(self) -> tuple[list[Sequence], SchedulerOutput]:
         budget = self.max_num_batched_tokens
+        seqs: list[Sequence] = []
         scheduled: list[ScheduledSequence] = []
         # 1. Running sequences whose prompt did not fit one step continue first. A sequence
         #    with a single token left goes to decode instead, which computes exactly that.
         for seq in self.running:
             if seq.num_uncomputed_tokens > 1 and budget > 0:
                 n = min(seq.num_uncomputed_tokens, budget)
-                scheduled.append(ScheduledSequence(seq, seq.num_computed_tokens, n))
+                seqs.append(seq)
+                scheduled.append(self._prefill_item(seq, n, "prefill-continues"))
                 budget -= n
         # 2. Admit waiting sequences, oldest first, while tokens, seats and blocks last.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -101,29 +138,55 @@ class Scheduler:
                 break  # the oldest waits for blocks; admitting younger ones would starve it
             self.block_manager.allocate(seq)  # prefix-cache hits count as computed
             self.waiting.popleft()
+            self._waiting_ids = None
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             n = min(seq.num_uncomputed_tokens, budget)
-            scheduled.append(ScheduledSequence(seq, seq.num_computed_tokens, n, seq.num_cached_tokens))
+            seqs.append(seq)
+            scheduled.append(self._prefill_item(seq, n, "resumed" if seq.num_preemptions else "admitted"))
             budget -= n
-        return SchedulerOutput("prefill", scheduled)
+        return seqs, self._output("prefill", scheduled, ())
 
-    def _schedule_decode(self) -> SchedulerOutput:
+    def _schedule_decode(self) -> tuple[list[Sequence], SchedulerOutput]:
         scheduled: list[ScheduledSequence] = []
-        preempted: list[Sequence] = []
+        preempted: list[int] = []
         for seq in list(self.running):  # oldest first
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop to make room for an older one
             while not self.block_manager.can_append(seq):
                 victim = self.running[-1]
                 self._preempt(victim)
-                preempted.append(victim)
+                preempted.append(victim.seq_id)
                 if victim is seq:
                     break
             if seq.status is SequenceStatus.RUNNING:
                 self.block_manager.append_slot(seq)
-                scheduled.append(ScheduledSequence(seq, seq.num_computed_tokens, 1))
-        return SchedulerOutput("decode", scheduled, preempted)
+                start = seq.num_computed_tokens
+                # The token sampled last step, at position num_tokens - 1 == start. Every field,
+                # in order, through tuple.__new__ (C): this is the host's hottest loop, and a
+                # NamedTuple's own constructor is a slower Python function.
+                scheduled.append(_record(ScheduledSequence, (
+                    seq.seq_id, start, 1, True, "decode", seq.block_table, (seq.token_ids[start],), 0, ()
+                )))
+        # Every running sequence left runs, in order.
+        return list(self.running), self._output("decode", scheduled, tuple(preempted))
+
+    def _prefill_item(self, seq: Sequence, num_tokens: int, reason: Reason) -> ScheduledSequence:
+        """`seq`'s next `num_tokens` uncomputed tokens as one prefill record; an admission
+        carries the prefix-cache hits that allocate() just served."""
+        start = seq.num_computed_tokens
+        end = start + num_tokens
+        admission = reason != "prefill-continues"
+        cached = seq.num_cached_tokens if admission else 0
+        hits = seq.block_table[: cached // self.block_manager.block_size]
+        return ScheduledSequence(seq.seq_id, start, num_tokens, end == seq.num_tokens, reason, seq.block_table,
+                                 tuple(seq.token_ids[start:end]), cached, hits)
+
+    def _output(self, phase: Phase, scheduled: list[ScheduledSequence], preempted: tuple[int, ...]) -> SchedulerOutput:
+        if self._waiting_ids is None:
+            self._waiting_ids = tuple(map(_seq_id, self.waiting))
+        running = tuple(map(_seq_id, self.running))
+        return SchedulerOutput(phase, tuple(scheduled), preempted, self._waiting_ids, running)
 
     def _preempt(self, seq: Sequence) -> None:
         """Free all of `seq`'s blocks and queue it to be recomputed from scratch."""
@@ -135,13 +198,15 @@ class Scheduler:
         # Victims are taken latest arrival first, so putting each at the front keeps the
         # waiting queue in arrival order.
         self.waiting.appendleft(seq)
+        self._waiting_ids = None
 
     def update_after_step(self, batch: SchedulerOutput) -> None:
         """Record the K/V the step computed: advance each sequence and hash its full blocks."""
-        for item in batch.scheduled:
-            before = item.seq.num_computed_tokens
-            item.seq.num_computed_tokens = item.end
-            self.block_manager.commit_full_blocks(item.seq, before)
+        assert len(self.in_flight) == len(batch.scheduled), "update_after_step takes the last plan"
+        for seq, item in zip(self.in_flight, batch.scheduled):
+            before = seq.num_computed_tokens
+            seq.num_computed_tokens = item.end
+            self.block_manager.commit_full_blocks(seq, before)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SequenceStatus.FINISHED
@@ -155,4 +220,6 @@ class Scheduler:
             self.finish(seq, "abort")
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
+            self._waiting_ids = None
             seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from minillama.sampling_params import SamplingParams
 
@@ -13,24 +14,42 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"
 
 
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """A request as an observer may see it: a copy, taken when asked (LLMEngine.request)."""
+
+    seq_id: int
+    prompt_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]  # generated so far
+    params: SamplingParams
+    status: str  # "waiting", "running" or "finished"
+    finish_reason: str | None  # "stop", "length" or "abort" once finished
+    num_cached_tokens: int  # tokens served by the prefix cache at the last admission
+    num_preemptions: int
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+
 class Sequence:
     """A prompt plus the tokens generated so far.
 
     The KV cache holds keys/values for the first `num_computed_tokens` tokens. A sequence in
     decode has exactly one token not yet computed: the one sampled last step, whose K/V the next
     forward pass writes. `block_table[i]` is the physical KV block that holds tokens
-    [i * block_size, (i + 1) * block_size).
+    [i * block_size, (i + 1) * block_size). The table is a tuple: every step's published plan
+    carries it as it is, so it must never change under a reader; it grows by one block every
+    block_size tokens, and only then is it copied.
     """
 
-    def __init__(self, seq_id: int, token_ids: list[int], params: SamplingParams, arrival: int | None = None):
+    def __init__(self, seq_id: int, token_ids: list[int], params: SamplingParams):
         self.seq_id = seq_id  # the engine numbers its requests 0, 1, 2, ... in arrival order
-        # Order of arrival; preemption evicts the latest arrival first so the oldest always progress.
-        self.arrival: int = self.seq_id if arrival is None else arrival
         self.token_ids: list[int] = list(token_ids)
         self.num_prompt_tokens: int = len(token_ids)
         self.params = params
         self.status = SequenceStatus.WAITING
-        self.block_table: list[int] = []
+        self.block_table: tuple[int, ...] = ()
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # tokens served by the prefix cache at the last admission
         self.num_preemptions = 0
@@ -44,6 +63,11 @@ class Sequence:
             f"Sequence(id={self.seq_id}, status={self.status.value}, tokens={len(self)}, "
             f"computed={self.num_computed_tokens}, blocks={self.block_table})"
         )
+
+    def info(self) -> RequestInfo:
+        prompt, outputs = self.token_ids[: self.num_prompt_tokens], self.token_ids[self.num_prompt_tokens :]
+        return RequestInfo(self.seq_id, tuple(prompt), tuple(outputs), self.params, self.status.value,
+                           self.finish_reason, self.num_cached_tokens, self.num_preemptions)
 
     @property
     def num_tokens(self) -> int:
@@ -73,7 +97,3 @@ class Sequence:
     def block_tokens(self, index: int, block_size: int) -> list[int]:
         """The token ids that logical block `index` holds (fewer than block_size for the last)."""
         return self.token_ids[index * block_size : (index + 1) * block_size]
-
-    def slot(self, position: int, block_size: int) -> int:
-        """The flat KV-cache slot of token `position`: physical block * block_size + offset."""
-        return self.block_table[position // block_size] * block_size + position % block_size
