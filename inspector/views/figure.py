@@ -66,7 +66,7 @@ def sequence_or_placeholder(trace: Trace, index: int, selection: Selection | Non
     problem = step_problem(trace, index)
     if problem is not None:
         return empty_figure(problem)
-    seq_id = selected_seq_id(trace, selection or Selection())
+    seq_id = selected_seq_id(trace, selection or Selection(), index)
     title = f"{title} · step {index}"
     if seq_id is None or seq_id not in trace.sequences:
         missing = "No sequence in this trace" if seq_id is None else f"There is no sequence #{seq_id} in this trace"
