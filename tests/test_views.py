@@ -5,12 +5,7 @@ The run (test_inspector_support.record_tiny_run): four requests sharing a 12-tok
 14-block pool of 4-token blocks, so blocks are shared, later prompts hit the prefix cache, and
 decode runs out of blocks and preempts; attention is traced for requests 0 and 2.
 
-Speed is not tested here. Measured on a 2-core CPU, on a 428-step trace of the embedded model
-(3 chat prompts, 300 tokens each, 2 preemptions, 30 layers, 9 heads), ms per call at steps
-150 / 280 / 427: text_html 2.3 / 3.4 / 4.1, timeline_figure 1.4 / 1.2 / 1.2, kv_cache_figure
-6.7 / 0.9 / 0.7, block_tables_html 0.1, attention_figure 1.0-1.1 (one head), 1.5-1.8 (all
-heads), 2.2-2.9 (full matrix, one head), up to 16 (full matrix, mean of 9 heads over 337
-positions), logits_figure 0.5-0.7, logits_history_figure 1.3-1.4, step_details_html < 0.1.
+Speed is not tested here (docs/perf-notes.md, "The web UI's views", has each builder's time).
 """
 
 from __future__ import annotations

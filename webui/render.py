@@ -7,9 +7,9 @@ and selection and wraps the views in Gradio updates, in the order of OUTPUT_NAME
 (webui/layout.py wires the components in the same order).
 
 The six plotly figures travel together as JSON in one carrier element ("figures"), and
-static/app.js draws each with Plotly.react into a plot that stays on the page. Gradio's own
-Plot component re-creates its plot on every update (a fresh Plotly.newPlot each time: about
-100 ms a figure in a CPU-rendered browser), which alone would miss the 200 ms a slider move may take.
+static/app.js draws each with Plotly.react into a plot that stays on the page: Gradio's own
+Plot component re-creates its plot on every update (a fresh Plotly.newPlot each time), too slow
+for a slider move (docs/perf-notes.md, "The web UI's views").
 """
 
 from __future__ import annotations

@@ -27,8 +27,7 @@ from inspector.views.selection import Selection, selected_seq_id
 from inspector.views.tokens import axis_label, position_pieces
 
 # Token labels on an axis; past that every n-th one (the hover still names each key). Each
-# label is text the browser measures on every redraw: 48 of them cost a 350-key heatmap about
-# 24 ms a redraw in a CPU-rendered browser, 16 about 5 ms.
+# label is text the browser measures on every redraw (docs/perf-notes.md, "The web UI's views").
 MAX_TICKS = 16
 
 

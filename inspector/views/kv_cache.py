@@ -22,8 +22,8 @@ reads K/V through the block table, scattered over the pool.
 The pool can hold thousands of blocks: the grid is one heatmap (one cell per block), not a shape
 per block. It draws the first MAX_GRID_BLOCKS blocks, more when a recorded block lies past them
 (the trace records every block in use, so those past the last recorded one are free), and
-never more than MAX_DRAWN_BLOCKS: a figure of 2**20 cells is 24 MB of JSON, and takes about
-0.9 s to build and serialise on every redraw.
+never more than MAX_DRAWN_BLOCKS: a figure's JSON grows with its cells, and is built and sent on
+every redraw (docs/perf-notes.md, "The web UI's views").
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from inspector.views.queries import cursor_query, query_note
 from inspector.views.selection import Selection, selected_seq_id
 
 MAX_GRID_BLOCKS = 4096
-MAX_DRAWN_BLOCKS = 2**18  # 6 MB of figure; an 80 GB GPU's pool is about 131,000 blocks
+MAX_DRAWN_BLOCKS = 2**18  # bounds the figure's JSON; an 80 GB GPU's whole pool fits (docs/perf-notes.md)
 
 
 def grid_columns(num_blocks: int) -> int:
