@@ -7,10 +7,11 @@
     session.prev()                   # time travel: the step before, as recorded
     session.trace.attention_row(seq_id, layer=3, head=0, query_pos=12)
 
-Stepping runs the engine forward and records; moving the cursor (seek, next, prev) only reads
-the trace. run_iter() is run() one step at a time, for a caller that wants to do something
-between steps (draw the newest one, take a lock per step, stop on a button).
-reset() aborts every request and starts an empty trace on the same engine.
+add_batch() queues several prompts, all or none. Stepping runs the engine forward and records;
+moving the cursor (seek, next, prev) only reads the trace. run_iter() is run() one step at a
+time, for a caller that wants to do something between steps (draw the newest one, take a lock
+per step, stop on a button). reset() aborts every request and starts an empty trace on the
+same engine.
 """
 
 from __future__ import annotations
