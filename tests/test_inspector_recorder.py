@@ -14,6 +14,7 @@ from test_inspector_support import TINY_PARAMS, assert_logits_summaries_match, r
 from inspector import CapturePolicy, DebugSession, NotRecorded, Recorder, TextMatches, Trace
 from inspector.record.kv_snapshot import kv_snapshot_bytes
 from inspector.record.logits_summary import summary_bytes
+from inspector.trace.attention_rows import mass_per_block
 from minillama import EngineConfig, LLMEngine, SamplingParams
 from minillama.engine import block_pool
 
@@ -166,7 +167,9 @@ def test_attention_rows_sum_to_one_and_cached_positions_have_no_query(run):
                 probs = trace.attention_row(seq_id, layer, 2, pos)
                 assert probs.shape == (pos + 1,)
                 torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
-                mass = trace.block_mass(seq_id, layer, 2, pos)
+                computed = trace.steps[int(store.q_step[pos])].schedule.scheduled  # the step of the query
+                table = next(x.block_table for x in computed if x.seq_id == seq_id)
+                mass = mass_per_block(probs, table, trace.engine.block_size)
                 assert abs(sum(mass.values()) - 1) < 1e-5 and len(mass) == pos // trace.engine.block_size + 1
     hit = sorted(trace.attention)[1]
     cached = next(x.num_cached_tokens for s in trace.steps for x in s.schedule.scheduled if x.seq_id == hit)

@@ -1,5 +1,6 @@
-"""Breakpoints fire where their condition holds and only there; DebugSession runs to them,
-travels over the recorded steps, and resets."""
+"""Breakpoints fire where their condition holds and only there; DebugSession queues batches
+all or nothing, runs to breakpoints (at once, or a step per next()), travels over the recorded
+steps, and resets."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import copy
 
 import pytest
 import torch
+from conftest import make_hf_model
 from test_inspector_support import record_tiny_run
 
 from inspector import (
     AtStep,
+    DebugSession,
     EntropyAbove,
     KVUsageAbove,
     Preemption,
@@ -19,7 +22,8 @@ from inspector import (
     SequenceFinished,
     TextMatches,
 )
-from minillama import SamplingParams
+from minillama import EngineConfig, LLMEngine, SamplingParams
+from minillama.errors import InvalidRequestError
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +118,90 @@ def test_run_stops_at_the_first_breakpoint_and_says_which():
     result = session.run()
     assert result.finished and session.step() is None
     assert session.trace.events[0].kind == "add" and session.trace.steps[0].engine_step > 0
+
+
+# -- add_batch -------------------------------------------------------------------------------------
+
+
+def test_a_batch_is_checked_whole_before_any_prompt_is_queued_and_each_is_tokenized_once(embedded_dir, monkeypatch):
+    engine = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=16, block_size=8))
+    session = DebugSession(engine)
+    encoded: list[str] = []
+    encode = engine.tokenizer.encode
+
+    def counting_encode(text, *args, **kwargs):
+        encoded.append(text)
+        return encode(text, *args, **kwargs)
+
+    monkeypatch.setattr(engine.tokenizer, "encode", counting_encode)
+    params = SamplingParams(temperature=0, max_tokens=4)
+    # The second prompt is bad: nothing is queued, and the message names it.
+    with pytest.raises(InvalidRequestError, match=r"^prompt 2: prompt token ids must be integers in \[0, "):
+        session.add_batch(["What is 2 + 2?", [1, 10**9]], params)
+    assert session.trace.sequences == {} and not engine.has_unfinished() and engine.sequences == {}
+    with pytest.raises(InvalidRequestError, match=r"^prompt token ids must be"):  # one prompt: not numbered
+        session.add([10**9], params)
+    # A good batch: queued in order, each prompt tokenized once, kept in the trace as typed.
+    encoded.clear()
+    prompts = ["What is the capital of France?", "Say hello in Spanish."]
+    ids = session.add_batch(prompts, params, chat=True)
+    assert len(encoded) == len(prompts) and all(p in text for p, text in zip(prompts, encoded))
+    for seq_id, prompt in zip(ids, prompts):
+        record = session.trace.sequences[seq_id]
+        assert (record.prompt_text, record.chat) == (prompt, True)
+        assert record.prompt_ids == engine.encode_prompt(prompt, chat=True) == engine.sequences[seq_id].token_ids
+    encoded.clear()
+    assert session.run().finished and encoded == []  # running tokenizes nothing more
+
+
+# -- run_iter --------------------------------------------------------------------------------------
+
+
+def preempting_session() -> tuple[DebugSession, list[int]]:
+    """The tiny model with four greedy requests sharing a 12-token prefix in a 14-block pool:
+    they preempt each other. Returns the session and the sequence ids."""
+    engine = LLMEngine.from_hf_model(make_hf_model("gqa-tied-llama3"),
+                                     EngineConfig(device="cpu", dtype="float32", num_kv_blocks=14, block_size=4))
+    session = DebugSession(engine)
+    prefix = torch.randint(0, 256, (12,), generator=torch.Generator().manual_seed(3)).tolist()
+    ids = session.add_batch([prefix + [i, i + 1] for i in range(4)], SamplingParams(temperature=0, max_tokens=12))
+    return session, ids
+
+
+def tokens(session: DebugSession) -> list[tuple[int, int, int]]:
+    return [(s.index, t.seq_id, t.token_id) for s in session.trace.steps for t in s.tokens]
+
+
+def test_run_iter_yields_each_step_and_returns_what_run_does():
+    session, _ = preempting_session()
+    steps = session.run_iter(until=[AtStep(100), Preemption()])
+    yielded = []
+    while True:
+        try:
+            yielded.append(next(steps))
+        except StopIteration as end:
+            result = end.value
+            break
+    stopped = session.cursor.index
+    assert session.trace.steps[stopped].schedule.preempted and stopped == len(session.trace.steps) - 1
+    assert yielded == list(range(stopped))  # every step but the one the breakpoint fired at
+    twin, _ = preempting_session()
+    assert result == twin.run(until=[AtStep(100), Preemption()]) and result.steps == stopped + 1
+    assert tokens(session) == tokens(twin)
+
+
+def test_a_run_iter_left_midway_leaves_the_cursor_on_its_last_step_and_a_later_run_goes_on():
+    session, _ = preempting_session()
+    steps = session.run_iter()
+    assert [next(steps) for _ in range(3)] == [0, 1, 2]
+    del steps  # the caller stops taking steps (Pause): the generator is closed
+    assert session.cursor.index == 2 == len(session.trace.steps) - 1
+    assert session.step().index == 3
+    session.seek(0)
+    steps = session.run_iter(max_steps=2)
+    assert list(steps) == [4, 5] and session.cursor.index == 5
+    result = session.run()
+    assert result.finished and result.steps == len(session.trace.steps) - 6
+    twin, _ = preempting_session()
+    twin.run()
+    assert tokens(session) == tokens(twin)  # stopping and going on changed nothing

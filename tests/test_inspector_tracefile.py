@@ -44,7 +44,6 @@ def test_round_trip_is_lossless(trace, saved):
     # Attention rows compute from the file alone, exactly as from the live trace.
     seq_id = next(iter(trace.attention))
     assert torch.equal(loaded.attention_row(seq_id, 1, 2, 20), trace.attention_row(seq_id, 1, 2, 20))
-    assert loaded.block_mass(seq_id, 1, 2, 20) == trace.block_mass(seq_id, 1, 2, 20)
 
 
 def rewrite(saved, tmp_path, members: dict[str, bytes | None]) -> object:

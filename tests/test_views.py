@@ -5,12 +5,7 @@ The run (test_inspector_support.record_tiny_run): four requests sharing a 12-tok
 14-block pool of 4-token blocks, so blocks are shared, later prompts hit the prefix cache, and
 decode runs out of blocks and preempts; attention is traced for requests 0 and 2.
 
-Speed is not tested here. Measured on a 2-core CPU, on a 428-step trace of the embedded model
-(3 chat prompts, 300 tokens each, 2 preemptions, 30 layers, 9 heads), ms per call at steps
-150 / 280 / 427: text_html 2.3 / 3.4 / 4.1, timeline_figure 1.4 / 1.2 / 1.2, kv_cache_figure
-6.7 / 0.9 / 0.7, block_tables_html 0.1, attention_figure 1.0-1.1 (one head), 1.5-1.8 (all
-heads), 2.2-2.9 (full matrix, one head), up to 16 (full matrix, mean of 9 heads over 337
-positions), logits_figure 0.5-0.7, logits_history_figure 1.3-1.4, step_details_html < 0.1.
+Speed is not tested here (docs/perf-notes.md, "The web UI's views", has each builder's time).
 """
 
 from __future__ import annotations
@@ -48,6 +43,7 @@ from inspector.views import (
 from inspector.views.attention_map import MAX_TICKS
 from inspector.views.colors import CACHED_FREE_COLOR, FREE_COLOR, SAMPLED_COLOR, tint
 from inspector.views.markup import escape
+from inspector.views.selection import resolve
 from minillama import EngineConfig, LLMEngine, SamplingParams
 
 FIGURES = (timeline_figure, kv_cache_figure, attention_figure, logits_figure, logits_history_figure)
@@ -352,6 +348,25 @@ def test_attention_of_a_sequence_not_in_the_batch_is_its_last_query(trace):
     assert f"query pos {before.start} " in fig.layout.title.text and "from step 11" in fig.layout.title.text
 
 
+def test_the_kv_overlay_and_the_attention_panel_show_the_same_query(trace):
+    """At a step where a traced sequence computed nothing (the others' prefill ran alone, or it
+    was preempted), both show the last query it computed before, and say from which step."""
+    cases = [(index, seq_id) for seq_id in trace.attention for index in range(len(trace.steps))
+             if trace.sequences[seq_id].added_step <= index <= trace.sequences[seq_id].token_steps[-1]
+             and scheduled(trace, seq_id, index) is None]
+    assert {seq_id for _, seq_id in cases} == {0, 2}  # 0 waits at step 1, 2 is preempted at step 12
+    for index, seq_id in cases:
+        selection = Selection(seq_id=seq_id, layer=1, head=2)
+        attention = attention_figure(trace, index, selection).layout.title.text
+        position, before = map(int, re.search(r"query pos (\d+) .*from step (\d+)", attention).groups())
+        x = scheduled(trace, seq_id, before)
+        assert position == x.start + x.num_tokens - 1
+        kv = kv_cache_figure(trace, index, selection)
+        assert f"attention of #{seq_id} pos {position} (from step {before}: " in kv.layout.title.text
+        got = {int(b): m for b, m in kv.data[-1].customdata}  # through the block table the query ran with
+        assert got == pytest.approx(mass_per_block(trace.attention_row(seq_id, 1, 2, position), x.block_table, 4))
+
+
 def test_attention_placeholders_say_what_was_not_recorded(trace):
     cases = {
         Selection(seq_id=1): "sequence 1 has no recorded queries and keys",
@@ -420,6 +435,27 @@ def test_logits_history_follows_the_sequence(trace):
     assert (entropy_now.xanchor, entropy_now.yanchor, entropy_now.yref) == (7, entropy.y[at], "y")
     assert (prob_now.xanchor, prob_now.yanchor, prob_now.yref) == (7, prob.y[at], "y2")
     assert (cursor.x0 + cursor.x1) / 2 == 7 and "step 7" in fig.layout.title.text
+
+
+# -- the selection -------------------------------------------------------------------------------
+
+
+def test_auto_shows_the_sequence_each_step_is_about_in_every_view(trace):
+    for index in range(len(trace.steps)):
+        batch = trace.steps[index].schedule.scheduled
+        scheduled_ids = [x.seq_id for x in batch]
+        traced = [x.seq_id for x in batch if trace.sequences[x.seq_id].traced]
+        sampled = [x.seq_id for x in batch if x.samples and trace.sequences[x.seq_id].traced]
+        resolved = resolve(trace, Selection(layer=99, head=99), index)
+        assert resolved.seq_id == (sampled or traced or scheduled_ids)[0]
+        assert (resolved.layer, resolved.head) == (trace.model.num_layers - 1, 0)  # kept within the model
+        assert resolve(trace, Selection(seq_id=99), index).seq_id == resolved.seq_id  # not in the trace: auto
+        assert resolve(trace, Selection(seq_id=3), index).seq_id == 3  # a pick sticks
+        # The views, given no sequence, follow the same rule.
+        for builder in (attention_figure, logits_figure, logits_history_figure):
+            assert f"seq #{resolved.seq_id}" in build(builder, trace, index).layout.title.text
+    # No step: the first traced sequence.
+    assert resolve(trace, Selection(), -1).seq_id == min(s for s, r in trace.sequences.items() if r.traced)
 
 
 # -- step details ----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -174,29 +174,9 @@ class Handlers:
             yield render(session, "already running: Pause first")
             return
         session.running, session.pause_requested = True, False
-        message, error, last_yield = "", False, time.monotonic()
+        message, error = "", False
         try:
-            while True:
-                with session.lock:
-                    if session.pause_requested:
-                        message = "paused"
-                        break
-                    if not self.manager.step(session):
-                        message = _idle_message(session)
-                        break
-                    record = session.trace.steps[-1]
-                    fired = next((hits for bp in breakpoints or [] if (hits := bp.hits(session.trace, record))), None)
-                if fired:
-                    message = f"breakpoint at step {record.index}: {'; '.join(h.reason for h in fired)}"
-                    named = [h.seq_id for h in fired if h.seq_id is not None]
-                    if named:  # show what the breakpoint is about
-                        session.selection = replace(session.selection, seq_id=named[0])
-                    break
-                waited = time.monotonic() - last_yield
-                drawn = session.updates_drawn >= session.updates_sent
-                if waited >= RUN_MIN_REFRESH_S and (drawn or waited >= RUN_MAX_WAIT_S):
-                    last_yield = time.monotonic()
-                    yield render(session, "running…", cursor_only=True)
+            message = yield from self._run_steps(session, breakpoints or [])
         except EXPECTED as caught:
             message, error = str(caught), True
         except Exception as caught:  # noqa: BLE001 - see _reported
@@ -205,6 +185,36 @@ class Handlers:
         finally:
             session.running = False
         yield render(session, message, error)
+
+    def _run_steps(self, session: UISession, breakpoints: list[Breakpoint]) -> Generator[list[Any], None, str]:
+        """Take the steps of the session's DebugSession.run_iter one at a time, each under the
+        session's lock, until the run ends or Pause; yields the live updates (paced by the
+        browser, see RUN_MIN_REFRESH_S) and returns the message to end on."""
+        if not session.live:
+            return _idle_message(session)
+        run = session.debug.run_iter(breakpoints)
+        last_yield = time.monotonic()
+        try:
+            while True:
+                with session.lock:
+                    if session.pause_requested:
+                        return "paused"
+                    result = self.manager.run_step(session, run)
+                if result is not None:
+                    break
+                waited = time.monotonic() - last_yield
+                drawn = session.updates_drawn >= session.updates_sent
+                if waited >= RUN_MIN_REFRESH_S and (drawn or waited >= RUN_MAX_WAIT_S):
+                    last_yield = time.monotonic()
+                    yield render(session, "running…", cursor_only=True)
+        finally:
+            with session.lock:
+                run.close()  # a run stopped midway (Pause, an error): its cursor on its last step
+        if result.breakpoint is None:
+            return _idle_message(session)
+        if result.seq_ids:  # show what the breakpoint is about
+            session.selection = replace(session.selection, seq_id=result.seq_ids[0])
+        return f"breakpoint at step {session.index}: {result.reason}"
 
     def pause(self, key: str) -> None:
         session = self.manager.find(key)

@@ -1,14 +1,15 @@
 """One session -> the value of every panel on the page, for the step under its cursor.
 
 Every handler ends here, so all panels always show the same step. The figures and HTML come
-from inspector.views (pure functions); this module only picks the step and the selection and
-wraps them in Gradio updates, in the order of OUTPUT_NAMES (webui/layout.py wires the
-components in the same order).
+from inspector.views (pure functions), and so does the rule for which sequence, layer and head
+they show (inspector/views/selection.py resolve); this module only takes the session's cursor
+and selection and wraps the views in Gradio updates, in the order of OUTPUT_NAMES
+(webui/layout.py wires the components in the same order).
 
 The six plotly figures travel together as JSON in one carrier element ("figures"), and
-static/app.js draws each with Plotly.react into a plot that stays on the page. Gradio's own
-Plot component re-creates its plot on every update (a fresh Plotly.newPlot each time: about
-100 ms a figure in a CPU-rendered browser), which alone would miss the 200 ms a slider move may take.
+static/app.js draws each with Plotly.react into a plot that stays on the page: Gradio's own
+Plot component re-creates its plot on every update (a fresh Plotly.newPlot each time), too slow
+for a slider move (docs/perf-notes.md, "The web UI's views").
 """
 
 from __future__ import annotations
@@ -21,38 +22,12 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from inspector import views
-from inspector.trace.model import Trace
-from inspector.views import Selection
+from inspector.views.selection import resolve
 from webui.sessions import UISession
 
 OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "seq", "layer", "head")
 FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history", "lens")  # the keys of the figures' JSON
 AUTO = "auto"  # the sequence picker's value for "whichever sequence the step is about"
-
-
-def resolved_selection(trace: Trace | None, selection: Selection, index: int = -1) -> Selection:
-    """The selection with its sequence filled in and its layer and head kept within the model.
-    No sequence picked (auto) follows the cursor: a traced sequence that sampled at step
-    `index`, else one the step computed, else the first traced sequence, else the first."""
-    if trace is None:
-        return selection
-    seq_id = selection.seq_id
-    if seq_id not in trace.sequences:
-        seq_id = _sequence_of_step(trace, index)
-    layer = min(max(selection.layer, 0), trace.model.num_layers - 1)
-    head = selection.head if selection.head is None or selection.head < trace.model.num_heads else 0
-    return Selection(seq_id, layer, head, selection.full_matrix)
-
-
-def _sequence_of_step(trace: Trace, index: int) -> int | None:
-    traced = [s for s, record in sorted(trace.sequences.items()) if record.traced]
-    if 0 <= index < len(trace.steps):
-        scheduled = trace.steps[index].schedule.scheduled
-        for wanted in ([x.seq_id for x in scheduled if x.samples and x.seq_id in traced],
-                       [x.seq_id for x in scheduled if x.seq_id in traced], [x.seq_id for x in scheduled]):
-            if wanted:
-                return wanted[0]
-    return traced[0] if traced else min(trace.sequences, default=None)
 
 
 def status_html(session: UISession | None, message: str = "", error: bool = False) -> str:
@@ -105,7 +80,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
             note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note,
             gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(),
         ]
-    selection = resolved_selection(trace, session.selection, index)
+    selection = resolve(trace, session.selection, index)
     count = len(trace.steps)
     slider = gr.Slider(
         minimum=0, maximum=max(count - 1, 1), value=max(index, 0), step=1, interactive=count > 1,

@@ -21,10 +21,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inspector import CapturePolicy, Cursor, DebugSession, Trace
+from inspector import CapturePolicy, Cursor, DebugSession, RunResult, Trace
 from inspector.views import Selection
 from minillama.config import EngineConfig
 from minillama.engine.llm_engine import LLMEngine
@@ -293,27 +294,42 @@ class SessionManager:
                 raise LimitReached(f"prompt {i + 1} has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
         if session.debug is None or not session.live:
             self.reset(session, session.settings, session.capture)
-        engine = session.debug.engine
-        for i, prompt in enumerate(prompts):
-            try:
-                engine.check_request(prompt, params, chat)
-            except InvalidRequestError as error:
-                raise InvalidRequestError(f"prompt {i + 1}: {error}" if len(prompts) > 1 else str(error)) from None
-        return [session.debug.add(prompt, params, chat) for prompt in prompts]
+        return session.debug.add_batch(prompts, params, chat)
 
     def step(self, session: UISession) -> bool:
         """One engine step (waiting for other sessions' steps); False when nothing is left to
         run. Raises LimitReached at the per-session step limit."""
         if not session.live:
             return False
-        if len(session.debug.trace.steps) >= self.limits.max_steps:
-            raise LimitReached(
-                f"this session has recorded {self.limits.max_steps} steps, its limit: save the trace, then Reset"
-            )
+        self._check_step_limit(session)
         with self.model_lock:
             record = session.debug.step()
         session.last_used = time.monotonic()
         return record is not None
+
+    def run_step(self, session: UISession, run: Generator[int, None, RunResult]) -> RunResult | None:
+        """The next step of `run` (a DebugSession.run_iter of the session's), waiting for other
+        sessions' steps, with the cursor moved to it; the RunResult instead when the run ends.
+        Raises LimitReached at the per-session step limit."""
+        self._check_step_limit(session)
+        with self.model_lock:
+            try:
+                index = next(run)
+            except StopIteration as end:
+                result = end.value
+            else:
+                # The panels show each step as it ends; its record is completed here, under the
+                # session's lock, so a handler reading the trace meanwhile finds nothing half-done.
+                session.debug.seek(index)
+                result = None
+        session.last_used = time.monotonic()
+        return result
+
+    def _check_step_limit(self, session: UISession) -> None:
+        if len(session.debug.trace.steps) >= self.limits.max_steps:
+            raise LimitReached(
+                f"this session has recorded {self.limits.max_steps} steps, its limit: save the trace, then Reset"
+            )
 
     def open_trace(self, session: UISession, trace: Trace, name: str, shared: bool = False) -> None:
         """Show a trace from a file, read-only; Reset goes back to a live engine. The live

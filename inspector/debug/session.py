@@ -7,13 +7,16 @@
     session.prev()                   # time travel: the step before, as recorded
     session.trace.attention_row(seq_id, layer=3, head=0, query_pos=12)
 
-Stepping runs the engine forward and records; moving the cursor (seek, next, prev) only reads
-the trace. reset() aborts every request and starts an empty trace on the same engine.
+add_batch() queues several prompts, all or none. Stepping runs the engine forward and records;
+moving the cursor (seek, next, prev) only reads the trace. run_iter() is run() one step at a
+time, for a caller that wants to do something between steps (draw the newest one, take a lock
+per step, stop on a button). reset() aborts every request and starts an empty trace on the
+same engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 from inspector.debug.breakpoints import Breakpoint, Hit
@@ -21,6 +24,7 @@ from inspector.debug.cursor import Cursor
 from inspector.record.recorder import CapturePolicy, Recorder
 from inspector.trace.model import StepRecord, Trace
 from minillama.engine.llm_engine import LLMEngine
+from minillama.errors import InvalidRequestError
 from minillama.sampling_params import SamplingParams
 
 
@@ -48,10 +52,27 @@ class DebugSession:
 
     def add(self, prompt: str | list[int], params: SamplingParams | None = None, chat: bool = False) -> int:
         """Queue a request (raises InvalidRequestError for bad input); returns its sequence id."""
-        seq_id = self.engine.add_request(prompt, params, chat=chat)
-        text = prompt if isinstance(prompt, str) else None
-        self.recorder.register(seq_id, chat=chat, prompt_text=text)
-        return seq_id
+        return self.add_batch([prompt], params, chat)[0]
+
+    def add_batch(self, prompts: Sequence[str | list[int]], params: SamplingParams | None = None,
+                  chat: bool = False) -> list[int]:
+        """Queue every prompt, or none: each is checked (and tokenized, once) before any is
+        queued, and InvalidRequestError names the first bad one ("prompt 2: ..."). Returns the
+        new sequence ids, in the order of `prompts`."""
+        params = SamplingParams() if params is None else params
+        token_ids = []
+        for i, prompt in enumerate(prompts):
+            try:
+                token_ids.append(self.engine.check_request(prompt, params, chat))
+            except InvalidRequestError as error:
+                raise InvalidRequestError(f"prompt {i + 1}: {error}" if len(prompts) > 1 else str(error)) from None
+        seq_ids = []
+        for prompt, ids in zip(prompts, token_ids):
+            seq_id = self.engine.add_request(ids, params)  # token ids: checked again, not tokenized again
+            text = prompt if isinstance(prompt, str) else None  # the recorder keeps the prompt as typed
+            self.recorder.register(seq_id, chat=chat, prompt_text=text)
+            seq_ids.append(seq_id)
+        return seq_ids
 
     def abort(self, seq_id: int) -> None:
         self.engine.abort(seq_id)
@@ -71,26 +92,46 @@ class DebugSession:
         request is left to run."""
         if not self._advance():
             return None
-        self.recorder.flush()
-        return self.cursor.seek(-1)
+        return self.seek(-1)
 
     def run(self, until: Iterable[Breakpoint] = (), max_steps: int | None = None) -> RunResult:
         """Step until a breakpoint fires (checked in the order given, after each step), no
         request is left, or max_steps steps have run; the cursor moves to the last step."""
+        steps = self.run_iter(until, max_steps)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+
+    def run_iter(self, until: Iterable[Breakpoint] = (), max_steps: int | None = None
+                 ) -> Generator[int, None, RunResult]:
+        """run(), one step per next(): yields the index of each step that ran, and returns
+        (StopIteration.value) the RunResult. The step at which a breakpoint fires is not
+        yielded: the run ends right there. A caller may stop taking steps at any yield:
+        closing the generator (or dropping it) ends the run, and the cursor moves to the last
+        step, as it does when the run ends by itself.
+
+        Between yields the cursor stays where it was, and a step's record may still be
+        completing: seek(index) completes it and moves there (a live view does so at each
+        yield; a batch run does not, and keeps the recorder's overlap, see _advance)."""
         breakpoints = list(until)
         steps = 0
-        stop: tuple[Breakpoint, list[Hit]] | None = None
-        while (max_steps is None or steps < max_steps) and stop is None and self._advance():
-            steps += 1
-            if breakpoints:  # they read the step's record: complete it now (self.trace does)
-                record = self.trace.steps[-1]
-                stop = next(((bp, hits) for bp in breakpoints if (hits := bp.hits(self.trace, record))), None)
-        if steps:
-            self.recorder.flush()
-            self.cursor.seek(-1)
-        if stop is None:
+        try:
+            while (max_steps is None or steps < max_steps) and self._advance():
+                steps += 1
+                if breakpoints:  # they read the step's record: complete it now (self.trace does)
+                    record = self.trace.steps[-1]
+                    fired = next(((bp, hits) for bp in breakpoints if (hits := bp.hits(self.trace, record))), None)
+                    if fired is not None:
+                        return self._stopped(steps, *fired)
+                yield self.recorder.num_steps - 1
             return RunResult(steps, None, None, not self.engine.has_unfinished())
-        fired, hits = stop
+        finally:
+            if steps:
+                self.seek(-1)
+
+    def _stopped(self, steps: int, fired: Breakpoint, hits: list[Hit]) -> RunResult:
         seq_ids = tuple(dict.fromkeys(h.seq_id for h in hits if h.seq_id is not None))
         return RunResult(steps, fired, "; ".join(h.reason for h in hits), not self.engine.has_unfinished(), seq_ids)
 
@@ -107,9 +148,13 @@ class DebugSession:
     # -- time travel ---------------------------------------------------------------------------
 
     def seek(self, index: int) -> StepRecord:
+        """Go to step `index` (negative counts from the end). Like next(), it first completes
+        the record of a step that has just ended, so the newest step can be reached."""
+        self.recorder.flush()
         return self.cursor.seek(index)
 
     def next(self) -> StepRecord | None:
+        self.recorder.flush()
         return self.cursor.next()
 
     def prev(self) -> StepRecord | None:

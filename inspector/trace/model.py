@@ -25,7 +25,7 @@ from typing import Annotated, Literal, TypedDict
 
 import torch
 
-from inspector.trace.attention_rows import attention_probs, mass_per_block
+from inspector.trace.attention_rows import attention_probs
 from inspector.trace.bounds import (
     MAX_BLOCK_SIZE,
     MAX_HEAD_DIM,
@@ -361,14 +361,6 @@ class Trace:
         q = store.q[slot, query_pos, head]  # [D]
         keys = store.k[slot, : query_pos + 1, kv_head]  # [query_pos + 1, D]
         return attention_probs(q, keys, self.model.softmax_scale)
-
-    def block_mass(self, seq_id: int, layer: int, head: int, query_pos: int) -> dict[int, float]:
-        """The attention row's mass per physical KV block, through the block table the query was
-        computed with: {physical block: mass}, in logical block order."""
-        probs = self.attention_row(seq_id, layer, head, query_pos)
-        step = self.steps[int(self._store(seq_id).q_step[query_pos])]
-        table = next(s.block_table for s in step.schedule.scheduled if s.seq_id == seq_id)
-        return mass_per_block(probs, table, self.engine.block_size)
 
     def _store(self, seq_id: int) -> AttentionStore:
         if seq_id not in self.attention:

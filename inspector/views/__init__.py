@@ -11,9 +11,10 @@ builder again with the new cursor. Every title and panel names "step {index}", s
 which step a panel shows. When there is nothing to show (no step yet, a sequence not traced, a
 layer not captured...) a builder returns a placeholder that says why, and never raises.
 
-One idea per file: selection.py (what the user picked), colors.py (one palette), states.py
-(what each sequence did at each step), tokens.py (token texts, escaped), queries.py (which query
-the attention views show), figure.py and markup.py (shared plumbing), then one file per panel.
+One idea per file: selection.py (what the user picked, and which sequence "auto" shows),
+colors.py (one palette), states.py (what each sequence did at each step), tokens.py (token
+texts, escaped), queries.py (which query the attention views show), figure.py and markup.py
+(shared plumbing), then one file per panel.
 """
 
 from inspector.views.attention_map import attention_figure

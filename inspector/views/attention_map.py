@@ -22,13 +22,12 @@ import torch
 from inspector.trace.model import NotRecorded, Trace
 from inspector.views.colors import PROBABILITY_SCALE
 from inspector.views.figure import clamp_height, empty_figure, make_figure, step_problem
-from inspector.views.queries import Query, cursor_query, recomputed_note
+from inspector.views.queries import Query, cursor_query, query_note
 from inspector.views.selection import Selection, selected_seq_id
 from inspector.views.tokens import axis_label, position_pieces
 
 # Token labels on an axis; past that every n-th one (the hover still names each key). Each
-# label is text the browser measures on every redraw: 48 of them cost a 350-key heatmap about
-# 24 ms a redraw in a CPU-rendered browser, 16 about 5 ms.
+# label is text the browser measures on every redraw (docs/perf-notes.md, "The web UI's views").
 MAX_TICKS = 16
 
 
@@ -38,7 +37,7 @@ def attention_figure(trace: Trace, index: int, selection: Selection | None = Non
     if problem is not None:
         return empty_figure(problem)
     selection = selection or Selection()
-    seq_id = selected_seq_id(trace, selection)
+    seq_id = selected_seq_id(trace, selection, index)
     title = f"Attention · step {index}"
     if seq_id is None:
         return empty_figure("No sequence in this trace", title)
@@ -52,7 +51,7 @@ def attention_figure(trace: Trace, index: int, selection: Selection | None = Non
     except NotRecorded as exc:
         return empty_figure(str(exc), title)
     labels = [axis_label(p) for p in position_pieces(trace, seq_id, query.position + 1)]
-    where = f"query pos {query.position} {labels[query.position]}" + _note(trace, seq_id, index, query)
+    where = f"query pos {query.position} {labels[query.position]}" + query_note(trace, seq_id, index, query)
     if selection.full_matrix:
         return _matrix_figure(trace, seq_id, selection, query, labels, f"{title} · {_head_name(selection)} · {where}")
     if selection.head is None:
@@ -132,12 +131,6 @@ def _token_axis(labels: list[str], values: list[int] | None = None, vertical: bo
 
 def _head_name(selection: Selection) -> str:
     return "mean of heads" if selection.head is None else f"head {selection.head}"
-
-
-def _note(trace: Trace, seq_id: int, index: int, query: Query) -> str:
-    if query.step != index:
-        return f" (from step {query.step}: #{seq_id} computed nothing in this step)"
-    return recomputed_note(trace, seq_id, query)
 
 
 def _uirevision(seq_id: int, selection: Selection) -> str:

@@ -1,10 +1,10 @@
 """What every figure shares: construction, placeholders, the cursor line, the step check.
 
-Speed. Plotly checks every property it is given against its schema; for the "plotly_white"
-template (a large nested object) that check alone takes about 6 ms, on every figure, every
-time the cursor moves. make_figure skips the check (_validate=False) and passes the template
-already built; tests/test_views.py rebuilds each figure *with* validation, so a misspelt
-property still fails a test instead of being silently ignored by the browser.
+Speed. Plotly checks every property it is given against its schema, the large "plotly_white"
+template included, on every figure, every time the cursor moves (docs/perf-notes.md, "The web
+UI's views"). make_figure skips the check (_validate=False) and passes the template already
+built; tests/test_views.py rebuilds each figure *with* validation, so a misspelt property still
+fails a test instead of being silently ignored by the browser.
 
 Zoom. `uirevision` tells plotly.js to keep the user's zoom and pan when a figure with the same
 uirevision replaces it. Each view passes a key that changes only when what it shows changes
@@ -66,7 +66,7 @@ def sequence_or_placeholder(trace: Trace, index: int, selection: Selection | Non
     problem = step_problem(trace, index)
     if problem is not None:
         return empty_figure(problem)
-    seq_id = selected_seq_id(trace, selection or Selection())
+    seq_id = selected_seq_id(trace, selection or Selection(), index)
     title = f"{title} · step {index}"
     if seq_id is None or seq_id not in trace.sequences:
         missing = "No sequence in this trace" if seq_id is None else f"There is no sequence #{seq_id} in this trace"

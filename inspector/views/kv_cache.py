@@ -14,16 +14,16 @@ The grid draws the pool in physical order, so you see what the scheduler sees:
   then a later prompt with that prefix can still hit it;
 - grey: free.
 
-When the selected sequence is traced and the cursor step computed a query for it, circles show
-where that query's attention went, summed per physical block (the selected head, or the mean
-of the heads when none is selected): attention reads K/V through the block table, scattered
-over the pool.
+When the selected sequence is traced, circles show where the query the attention panel shows
+(queries.py: the cursor step's, or the last one before it) put its attention, summed per
+physical block (the selected head, or the mean of the heads when none is selected): attention
+reads K/V through the block table, scattered over the pool.
 
 The pool can hold thousands of blocks: the grid is one heatmap (one cell per block), not a shape
 per block. It draws the first MAX_GRID_BLOCKS blocks, more when a recorded block lies past them
 (the trace records every block in use, so those past the last recorded one are free), and
-never more than MAX_DRAWN_BLOCKS: a figure of 2**20 cells is 24 MB of JSON, and takes about
-0.9 s to build and serialise on every redraw.
+never more than MAX_DRAWN_BLOCKS: a figure's JSON grows with its cells, and is built and sent on
+every redraw (docs/perf-notes.md, "The web UI's views").
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from inspector.trace.attention_rows import mass_per_block
 from inspector.trace.model import KVBlockEntry, NotRecorded, Trace
 from inspector.views.colors import CACHED_FREE_COLOR, CURRENT_COLOR, FREE_COLOR, sequence_color
 from inspector.views.figure import clamp_height, discrete_colorscale, empty_figure, make_figure, step_problem
-from inspector.views.queries import scheduled_in
+from inspector.views.queries import cursor_query, query_note
 from inspector.views.selection import Selection, selected_seq_id
 
 MAX_GRID_BLOCKS = 4096
-MAX_DRAWN_BLOCKS = 2**18  # 6 MB of figure; an 80 GB GPU's pool is about 131,000 blocks
+MAX_DRAWN_BLOCKS = 2**18  # bounds the figure's JSON; an 80 GB GPU's whole pool fits (docs/perf-notes.md)
 
 
 def grid_columns(num_blocks: int) -> int:
@@ -139,25 +139,23 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
 
 
 def _attention_mass(trace: Trace, index: int, selection: Selection) -> tuple[dict[int, float], str]:
-    """{physical block: attention mass} of the selected sequence's query at the cursor step,
-    and a note saying whose it is, or why there is none."""
-    seq_id = selected_seq_id(trace, selection)
+    """{physical block: attention mass} of the query the attention panel shows at the cursor
+    step (queries.py), and a note saying whose it is, or why there is none."""
+    seq_id = selected_seq_id(trace, selection, index)
     if seq_id is None or seq_id not in trace.sequences:
         return {}, ""
-    x = scheduled_in(trace, seq_id, index)
-    if x is None:
-        return {}, f"no attention overlay: #{seq_id} computed nothing in this step"
-    position = x.start + x.num_tokens - 1
     heads = range(trace.model.num_heads) if selection.head is None else [selection.head]
     try:
-        # Through the block table this step ran with: the physical blocks it read.
-        per_head = [mass_per_block(trace.attention_row(seq_id, selection.layer, h, position), x.block_table,
-                                   trace.engine.block_size) for h in heads]
+        query = cursor_query(trace, seq_id, index)
+        # Through the block table the query ran with: the physical blocks it read.
+        per_head = [mass_per_block(trace.attention_row(seq_id, selection.layer, h, query.position),
+                                   query.scheduled.block_table, trace.engine.block_size) for h in heads]
     except NotRecorded as exc:
         return {}, f"no attention overlay: {exc}"
     mass = {b: sum(m[b] for m in per_head) / len(per_head) for b in per_head[0]}
     head = "mean of heads" if selection.head is None else f"head {selection.head}"
-    return mass, f"circles: attention of #{seq_id} pos {position}, layer {selection.layer}, {head}"
+    where = f"#{seq_id} pos {query.position}{query_note(trace, seq_id, index, query)}"
+    return mass, f"circles: attention of {where}, layer {selection.layer}, {head}"
 
 
 def _describe(e: KVBlockEntry, block_size: int, mass: float | None) -> str:

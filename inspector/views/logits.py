@@ -73,7 +73,7 @@ def logits_figure(trace: Trace, index: int, selection: Selection | None = None) 
         barmode="group", bargap=0.25,
         xaxis=dict(title=dict(text="probability"), range=[0, 1.08]),
         # A fixed left margin for labels of at most 16 characters: automargin would measure every
-        # label and lay the figure out twice (about 11 ms a redraw in a CPU-rendered browser).
+        # label and lay the figure out twice, on every redraw.
         yaxis=dict(tickvals=ranks, ticktext=[("▶ " if r == sampled else "") + label for r, label in zip(ranks, labels)],
                    autorange="reversed", tickfont=dict(size=11)),
         margin=dict(MARGIN, l=130),
@@ -99,9 +99,9 @@ def logits_history_figure(trace: Trace, index: int, selection: Selection | None 
         prob.append(g.sampled_prob if g else None)
         text = axis_label(token.text_delta or f"[{token.token_id}]", 16) if token is not None else ""
         hover.append(f"{text} · rank {g.sampled_rank}" if g else f"{text} · logits not recorded")
-    # Lines without markers: a marker per token of a 300-token run doubles the drawing time
-    # (about 13 ms in a CPU-rendered browser). The cursor step's own values are marked by
-    # shapes, so moving the cursor changes the layout only and the lines need no redraw.
+    # Lines without markers: a marker per token doubles the drawing time of a long run. The
+    # cursor step's own values are marked by shapes, so moving the cursor changes the layout
+    # only and the lines need no redraw.
     lines = [
         dict(type="scatter", mode="lines", name="entropy (nats)", x=steps, y=entropy, customdata=hover,
              line=dict(color=sequence_color(seq_id), width=1.5),

@@ -4,8 +4,10 @@ A step computes a range of positions for each sequence in its batch: a prompt ch
 prefill step, one position in a decode step. Each computed position has a query, which looks at
 the keys of every position up to its own. The views show the *last* position the cursor step
 computed for the sequence (in a prefill step, the prompt's last token, whose query produces the
-first output token). When the sequence was not in the cursor step's batch, they show the last
-query it computed before.
+first output token). When the sequence was not in the cursor step's batch (another sequence's
+prefill ran alone, or it was preempted), they show the last query it computed before, and say so.
+Every view that shows a query asks cursor_query, so the attention panel and the KV cache's
+overlay always name the same one.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def cursor_query(trace: Trace, seq_id: int, index: int) -> Query:
         if x is not None:
             return Query(x.start + x.num_tokens - 1, step, x)
     raise NotRecorded(f"sequence #{seq_id} computed no token up to step {index}")
+
+
+def query_note(trace: Trace, seq_id: int, index: int, query: Query) -> str:
+    """What a title adds after the query's position: the step that computed it, when not the
+    cursor step `index`; else whether the stored query is a later recomputation of it."""
+    if query.step != index:
+        return f" (from step {query.step}: #{seq_id} computed nothing in this step)"
+    return recomputed_note(trace, seq_id, query)
 
 
 def recomputed_note(trace: Trace, seq_id: int, query: Query) -> str:
