@@ -32,8 +32,7 @@ import gradio as gr
 
 from inspector import Breakpoint, TraceError, load, save
 from inspector.views import Selection
-from minillama.errors import InvalidRequestError
-from minillama.sampling_params import SamplingParams
+from minillama import InvalidRequestError, SamplingParams
 from webui.breakpoint_form import breakpoints_from_form, describe
 from webui.render import AUTO, render
 from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager, UISession

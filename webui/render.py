@@ -22,7 +22,6 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from inspector import views
-from inspector.views.selection import resolve
 from webui.sessions import UISession
 
 OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "seq", "layer", "head")
@@ -80,7 +79,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
             note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note,
             gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(),
         ]
-    selection = resolve(trace, session.selection, index)
+    selection = views.resolve(trace, session.selection, index)
     count = len(trace.steps)
     slider = gr.Slider(
         minimum=0, maximum=max(count - 1, 1), value=max(index, 0), step=1, interactive=count > 1,

@@ -27,10 +27,7 @@ from pathlib import Path
 
 from inspector import CapturePolicy, Cursor, DebugSession, RunResult, Trace
 from inspector.views import Selection
-from minillama.config import EngineConfig
-from minillama.engine.llm_engine import LLMEngine
-from minillama.errors import InvalidRequestError
-from minillama.sampling_params import SamplingParams
+from minillama import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 from webui import defaults
 from webui.limits import Limits
 from webui.shares import Shares

@@ -23,9 +23,7 @@ from inspector.debug.breakpoints import Breakpoint, Hit
 from inspector.debug.cursor import Cursor
 from inspector.record.recorder import CapturePolicy, Recorder
 from inspector.trace.model import StepRecord, Trace
-from minillama.engine.llm_engine import LLMEngine
-from minillama.errors import InvalidRequestError
-from minillama.sampling_params import SamplingParams
+from minillama import InvalidRequestError, LLMEngine, SamplingParams
 
 
 @dataclass

@@ -25,7 +25,7 @@ from inspector.views.kv_cache import kv_cache_figure
 from inspector.views.logit_lens import logit_lens_figure
 from inspector.views.logits import logits_figure, logits_history_figure
 from inspector.views.markup import VIEWS_CSS
-from inspector.views.selection import Selection
+from inspector.views.selection import Selection, resolve
 from inspector.views.states import STATES, sequence_states
 from inspector.views.step_details import step_details_html
 from inspector.views.text_panel import text_html
@@ -33,6 +33,6 @@ from inspector.views.timeline import timeline_figure
 
 __all__ = [
     "NO_STEP", "STATES", "STATE_COLORS", "VIEWS_CSS", "Selection", "attention_figure", "block_tables_html",
-    "empty_figure", "kv_cache_figure", "logit_lens_figure", "logits_figure", "logits_history_figure", "sequence_color",
+    "empty_figure", "kv_cache_figure", "resolve", "logit_lens_figure", "logits_figure", "logits_history_figure", "sequence_color",
     "sequence_states", "step_details_html", "text_html", "timeline_figure",
 ]
