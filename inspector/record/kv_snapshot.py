@@ -32,7 +32,7 @@ def kv_snapshot(pool: BlockPoolSnapshot, hit_blocks: set[int]) -> KVSnapshot:
         ref_count=torch.from_numpy(pool.ref_count),
         fill=torch.from_numpy(pool.fill),
         cached=torch.from_numpy(pool.cached),
-        hit=torch.from_numpy(np.array([b in hit_blocks for b in pool.block_ids.tolist()], dtype=np.bool_)),
+        hit=torch.from_numpy(np.isin(pool.block_ids, np.fromiter(hit_blocks, np.int32, len(hit_blocks)))),
         table_seq_ids=torch.from_numpy(pool.table_seq_ids),
         table_offsets=torch.from_numpy(pool.table_offsets),
         table_blocks=torch.from_numpy(pool.table_blocks),
