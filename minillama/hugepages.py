@@ -3,8 +3,8 @@
 A CPU decode step streams every weight through the processor (540 MB for the embedded model).
 With the usual 4 KiB pages that is some 130,000 pages a step, each needing its address
 translation: the translation cache (TLB) misses all the way, which slows the matrix products
-and, since they evict it, every small op after them. With 2 MiB pages it is about 270. On the
-embedded model (2 cores) a batch-of-8 decode step went from 37.8 to 34.4 ms.
+and, since they evict it, every small op after them. With 2 MiB pages it is about 270
+(docs/perf-notes.md has what that saved a decode step).
 
 Linux backs memory with huge pages where the memory asks for them (madvise MADV_HUGEPAGE) and
 /sys/kernel/mm/transparent_hugepage/enabled says `always` or `madvise`. Elsewhere these are

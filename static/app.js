@@ -36,8 +36,8 @@
   const PLOT_CONFIG = { responsive: true, displaylogo: false };
   const TIMELINE_CONFIG = { ...PLOT_CONFIG, scrollZoom: true }; // zoom with the wheel, drag to pan
   // Layout keys a cursor move changes in figures whose data stays (the timeline's cursor
-  // column, the history's cursor and dots): Plotly.relayout redraws just those, about 2 ms,
-  // where Plotly.react redraws the whole figure, about 11 ms even with the same data.
+  // column, the history's cursor and dots): Plotly.relayout redraws just those, where
+  // Plotly.react redraws the whole figure even with the same data (docs/perf-notes.md).
   const LIGHT_KEYS = new Set(["shapes", "title", "annotations"]);
   const onScreen = (div) => div.offsetParent !== null && div.clientWidth > 0;
 

@@ -3,8 +3,8 @@
 The readable definition is inspector.record.logits_summary.summary_columns (log_softmax, topk, a dot
 product); this computes the same columns and is tested against it. Why a kernel: with a
 128,256-token vocabulary and a handful of rows, those PyTorch ops leave most of the GPU idle
-(a softmax runs one block per row) and topk alone is a radix select of ~20 kernels, ~0.12 ms of
-GPU time in all, which the recorder then waits for at every step's end. Here each row is cut
+(a softmax runs one block per row) and topk alone is a radix select of many kernels, which the
+recorder then waits for at every step's end (docs/perf-notes.md has the figures). Here each row is cut
 into chunks of BLOCK logits and one program per (row, chunk) reads its chunk once and writes:
 
 - its maximum m, z = sum(exp(x - m)) and t = sum(exp(x - m) * (x - m));

@@ -59,11 +59,11 @@ MAX_BLOCK_SIZE = 2**16
 # An 80 GB GPU holds about 131,000 blocks of a 1B model (the KV panel draws at most 2**18).
 MAX_NUM_BLOCKS = 2**24
 # The scheduler timeline is a cell per sequence per step (sequences x steps), rebuilt on every
-# redraw: 2**20 cells (1,000 requests over 1,000 steps) take 0.7 s and 17 MB of figure, 2**22
-# four times that. A 256-request benchmark run is about 150,000.
+# redraw: 2**20 cells (1,000 requests over 1,000 steps) is the most that redraws in under a
+# second (docs/perf-notes.md). A 256-request benchmark run is about 150,000.
 MAX_TIMELINE_CELLS = 2**20
 # The text panel draws a chip for every token of every sequence (prompt and output) on every
-# redraw, about 4 us and 150 bytes each: 2**18 tokens is about a second and 40 MB.
+# redraw: 2**18 tokens is about a second of it (docs/perf-notes.md).
 MAX_TOKENS = 2**18
 # The full attention matrix of a traced sequence is [T, T] (64 MB of fp32 at 2**12, and a
 # figure of 16 million cells). With the default memory budget, attention capture stops after

@@ -18,8 +18,8 @@ from inspector.trace.json_limits import parse
 from inspector.trace.model import TraceError
 
 # A trace holds 8 tensors a step (its KV snapshot) and 3 a traced sequence (Q, K, q_step):
-# this is 8,192 steps. Each tensor costs about 10 us to build, however small: 2**16 of them,
-# header included, load in about a second.
+# this is 8,192 steps. Each tensor has a fixed cost to build, however small: 2**16 of them,
+# header included, load in about a second (docs/perf-notes.md).
 MAX_TENSORS = 2**16
 DTYPES = frozenset({"BOOL", "I32", "I64", "F32", "F16", "BF16"})  # the KV snapshots' and the Q/K stores'
 # An entry is about a dozen JSON elements ({, :, the shape's dims...); the header nests 3 deep.

@@ -52,7 +52,7 @@ class Sampler:
         """logits: [B, V] fp32; generators[i]: row i's own generator, or None for the shared one.
         -> token ids [B] (int64)."""
         # The greedy choice: the first index of each row's maximum. max(dim).indices is the
-        # same as argmax, and on a CPU 3x faster (torch 2.13: 90 against 290 us for 8 x 49,152).
+        # same as argmax, and faster on a CPU (docs/perf-notes.md, "Figures moved from docstrings").
         tokens = logits.max(dim=-1).indices
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if not random_rows:
