@@ -26,7 +26,7 @@ _HOMES = {
     "StepTimings": "minillama.engine.outputs",
     "RequestOutput": "minillama.engine.outputs",
     "Completion": "minillama.engine.outputs",
-    "AttentionMetadata": "minillama.model.attention.metadata",
+    "AttentionMetadata": "minillama.model.attention_metadata",
     "BlockPoolSnapshot": "minillama.engine.block_pool",
     "RequestInfo": "minillama.engine.sequence",
     # Errors.

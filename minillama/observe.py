@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.attention_metadata import AttentionMetadata
 
 if TYPE_CHECKING:
     from minillama.engine.outputs import StepResult

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tiny_model import TINY
 
 from minillama import EngineConfig, LLMEngine, ModelConfig, SamplingParams
-from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.attention_metadata import AttentionMetadata
 from minillama.model.linear import Linear
 from minillama.model.norm import RMSNorm
 from minillama.ops.cpu import c_kernels, cpu_ops, cpu_paged, skinny_linear

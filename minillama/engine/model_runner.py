@@ -21,7 +21,7 @@ from minillama import memory
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.scheduler import SchedulerOutput
 from minillama.errors import ConfigError
-from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.attention_metadata import AttentionMetadata
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
 
 _block_ids, _token_ids, _start = attrgetter("block_ids"), attrgetter("token_ids"), attrgetter("start")

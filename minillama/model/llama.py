@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from minillama.config import ModelConfig
-from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.attention_metadata import AttentionMetadata
 from minillama.model.linear import Linear
 from minillama.model.mlp import LlamaMLP
 from minillama.model.norm import RMSNorm

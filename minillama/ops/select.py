@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from minillama.config import ModelConfig
-from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.attention_metadata import AttentionMetadata
 from minillama.ops.attention import select_attention
 from minillama.ops.cpu import cpu_ops, skinny_linear
 from minillama.ops.reference import rotary_and_store as reference_rotary

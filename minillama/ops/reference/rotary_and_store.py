@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from minillama.model.attention.metadata import AttentionMetadata
+from minillama.model.attention_metadata import AttentionMetadata
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
