@@ -11,6 +11,13 @@ A new sequence whose leading blocks hash the same reuses those physical blocks i
 computing them again (several system prompts, a chat's earlier turns). A block shared by n
 sequences has reference count n. A block whose count drops to 0 goes on the free list but keeps
 its contents and hash until it is reused, so a later request can still hit it.
+
+Forking (LLMEngine.fork): a child sequence that starts with its parent's first tokens shares
+the parent's full computed blocks by reference count, as the vLLM paper's parallel sampling
+does. The block where the shared prefix ends, if the prefix ends inside it, is copied on write:
+the child gets a fresh block holding a copy of the parent's slots up to that point, since it
+writes its own tokens after them. Only full blocks are ever shared, and nobody writes a full
+computed block again, so a shared block never changes under a reader.
 """
 
 from __future__ import annotations
@@ -100,6 +107,35 @@ class BlockManager:
         seq.block_table = (*hits, *fresh)
         seq.num_cached_tokens = seq.num_computed_tokens = len(hits) * self.block_size
         self.num_hit_blocks += len(hits)
+
+    # -- forking ------------------------------------------------------------------------------------
+
+    def _num_shared_blocks(self, parent: Sequence, child: Sequence) -> int:
+        """The parent's full blocks of K/V that the child's prefix (its first
+        child.fork_position tokens) can share."""
+        return min(child.fork_position, parent.num_computed_tokens) // self.block_size
+
+    def can_fork(self, parent: Sequence, child: Sequence) -> bool:
+        """Are there enough free blocks for the child's blocks that are not shared?"""
+        return child.num_blocks_needed(self.block_size) - self._num_shared_blocks(parent, child) <= self.num_free_blocks
+
+    def fork(self, parent: Sequence, child: Sequence) -> tuple[int, int, int] | None:
+        """Give `child` blocks for all its tokens, sharing `parent`'s computed K/V of the
+        child's prefix; the caller checked can_fork. Sets the child's num_computed_tokens to
+        the prefix tokens whose K/V it now has. Returns the copy on write the caller must make
+        before the child runs, (source block, destination block, slots to copy), or None when
+        the prefix ends on a block boundary."""
+        assert not child.block_table, f"{child} already holds blocks"
+        num_computed = min(child.fork_position, parent.num_computed_tokens)
+        num_full, num_slots = divmod(num_computed, self.block_size)
+        shared = parent.block_table[:num_full]
+        for block_id in shared:
+            self._share(block_id)
+        fresh = [self._take_free_block() for _ in range(child.num_blocks_needed(self.block_size) - num_full)]
+        child.block_table = (*shared, *fresh)
+        child.num_computed_tokens = num_computed
+        # The child always has a token past the prefix, so it has a block after the shared ones.
+        return (parent.block_table[num_full], fresh[0], num_slots) if num_slots else None
 
     # -- growing and freeing ----------------------------------------------------------------
 

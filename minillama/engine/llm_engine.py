@@ -167,13 +167,51 @@ class LLMEngine:
         params = SamplingParams() if params is None else params
         token_ids = self.check_request(prompt, params, chat)
         seq = Sequence(next(self._request_ids), token_ids, params)
-        if params.seed is not None:
-            self._generators[seq.seq_id] = self.sampler.new_generator(params.seed)
+        self._queue(seq)
+        return seq.seq_id
+
+    def fork(self, seq_id: int, num_tokens: int, forced_token_ids: list[int],
+             params: SamplingParams | None = None) -> int:
+        """A new request that continues request `seq_id` from its first `num_tokens` tokens
+        (prompt and output) with `forced_token_ids` instead of what came next ("what if it had
+        picked the other token?"); returns its id. Its prompt is those tokens, prefix and forced
+        ones; params default to the parent's.
+
+        While the parent holds its K/V blocks, the fork shares them (BlockManager.fork), and its
+        first step computes only the forced tokens (and any of the prefix the parent had not
+        computed yet). Once the parent's blocks are gone (finished, preempted) or when no block
+        is free for the copy, it queues like a new request, and the prefix cache serves what it
+        still holds. request(id) tells which (fork_prefix). Raises InvalidRequestError, changing
+        nothing, on bad input."""
+        parent = self.sequences.get(seq_id) if is_int(seq_id) else None
+        if parent is None:
+            raise InvalidRequestError(f"no request {seq_id!r} to fork (unknown, or finished and collected)")
+        if not (is_int(num_tokens) and 1 <= num_tokens <= parent.num_tokens):
+            raise InvalidRequestError(
+                f"num_tokens must be an integer in [1, {parent.num_tokens}] (request {seq_id}'s tokens), not {num_tokens!r}"
+            )
+        if not isinstance(forced_token_ids, (list, tuple)) or not forced_token_ids:
+            raise InvalidRequestError("forced_token_ids must be a non-empty list of token ids")
+        forced = check_token_ids(forced_token_ids, self.model_config.vocab_size)
+        params = parent.params if params is None else params
+        token_ids = self.check_request(parent.token_ids[:num_tokens] + forced, params)
+        seq = Sequence(next(self._request_ids), token_ids, params)
+        seq.parent_id, seq.fork_position = parent.seq_id, num_tokens
+        if parent.block_table and parent.num_computed_tokens and self.block_manager.can_fork(parent, seq):
+            copy = self.block_manager.fork(parent, seq)
+            if copy is not None:
+                self.runner.copy_kv_slots(*copy)
+            seq.fork_prefix = "shared"
+        self._queue(seq)
+        return seq.seq_id
+
+    def _queue(self, seq: Sequence) -> None:
+        if seq.params.seed is not None:
+            self._generators[seq.seq_id] = self.sampler.new_generator(seq.params.seed)
         if self.tokenizer is not None:
-            self._detokenizers[seq.seq_id] = IncrementalDetokenizer(self.tokenizer, token_ids)
+            self._detokenizers[seq.seq_id] = IncrementalDetokenizer(self.tokenizer, seq.token_ids)
         self.sequences[seq.seq_id] = seq
         self.scheduler.add(seq)
-        return seq.seq_id
 
     def check_request(self, prompt: str | list[int], params: SamplingParams, chat: bool = False) -> list[int]:
         """The prompt's token ids if add_request would take the request; raises
@@ -297,7 +335,7 @@ class LLMEngine:
         """The KV block pool as it is now (minillama/engine/block_pool.py). computed: seq id ->
         tokens whose K/V it holds, for a snapshot taken while a step's forward is computing them
         (default: what the engine has committed); include: blocks to list whatever their state."""
-        return snapshot_block_pool(self.block_manager, self.scheduler.running, computed, include)
+        return snapshot_block_pool(self.block_manager, self.scheduler.holders, computed, include)
 
     def cached_flags(self, block_ids: Iterable[int]) -> list[bool]:
         """For each block: does a later prompt hit it (is it the prefix cache's entry for its hash)?"""

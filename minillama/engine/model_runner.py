@@ -163,6 +163,15 @@ class ModelRunner:
             )
         return max(1, min(useful, int(budget // block_bytes) - 1))  # - 1: the scratch block
 
+    # -- copy on write ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def copy_kv_slots(self, src_block: int, dst_block: int, num_slots: int) -> None:
+        """Copy the K/V of the first `num_slots` slots of one block into another, in every layer:
+        kv_cache[:, :, dst, :num_slots] = kv_cache[:, :, src, :num_slots], [L, 2, num_slots, Hkv, D].
+        A fork's copy on write (BlockManager.fork): the slots past num_slots are the child's to fill."""
+        self.kv_cache[:, :, dst_block, :num_slots] = self.kv_cache[:, :, src_block, :num_slots]
+
     # -- building the flat batch --------------------------------------------------------------
 
     def prepare(self, batch: SchedulerOutput) -> ModelInputs:

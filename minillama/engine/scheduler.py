@@ -16,6 +16,10 @@ the prefix cache). Evicting the latest arrival means the oldest sequences always
 and a request that fits the cache on its own (checked at add time) always finishes: nothing
 starves.
 
+A fork (LLMEngine.fork) that shares its parent's blocks holds them from the moment it is made,
+so it does not queue behind the waiting requests: it starts as soon as it has a seat, before any
+admission (a fork whose parent's blocks were gone queues like any new request).
+
 The decision is published as a SchedulerOutput, an immutable value: the model runner builds
 the step's tensors from it, and observers read it, so what they see is exactly what ran. The
 live Sequence objects stay inside the scheduler.
@@ -23,6 +27,7 @@ live Sequence objects stay inside the scheduler.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import compress
@@ -35,8 +40,9 @@ from minillama.engine.sequence import Sequence, SequenceStatus
 Phase = Literal["prefill", "decode"]
 # Why a sequence is in a step: "admitted" from the waiting queue for the first time; "resumed",
 # admitted again after a preemption (recomputing its tokens); "prefill-continues", the next
-# chunk of a prompt longer than one step's token budget; "decode", its one new token.
-Reason = Literal["admitted", "resumed", "prefill-continues", "decode"]
+# chunk of a prompt longer than one step's token budget; "decode", its one new token; "forked",
+# the first step of a fork (its forced tokens, and whatever of its prefix it could not share).
+Reason = Literal["admitted", "resumed", "prefill-continues", "decode", "forked"]
 
 _seq_id, _num_tokens, _samples = attrgetter("seq_id"), attrgetter("num_tokens"), attrgetter("samples")
 _record = tuple.__new__
@@ -98,6 +104,8 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()  # in arrival order
         self.running: list[Sequence] = []  # in arrival order: the last one is preempted first
+        # Forks holding their parent's shared blocks, waiting for a seat to take their first step.
+        self.forked: deque[Sequence] = deque()
         # The live sequences of the last plan, aligned with its `scheduled`: what
         # update_after_step advances.
         self.in_flight: list[Sequence] = []
@@ -106,11 +114,21 @@ class Scheduler:
         self._waiting_ids: tuple[int, ...] | None = None
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
-        self._waiting_ids = None
+        """Queue a new request; a fork that already holds blocks (BlockManager.fork) waits
+        apart, for a seat only."""
+        if seq.block_table:
+            self.forked.append(seq)
+        else:
+            self.waiting.append(seq)
+            self._waiting_ids = None
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.forked)
+
+    @property
+    def holders(self) -> list[Sequence]:
+        """The sequences holding blocks: the running ones, then the forks not yet started."""
+        return [*self.running, *self.forked] if self.forked else self.running
 
     def schedule(self) -> SchedulerOutput:
         seqs, batch = self._schedule_prefill()
@@ -131,7 +149,16 @@ class Scheduler:
                 seqs.append(seq)
                 scheduled.append(self._prefill_item(seq, n, "prefill-continues"))
                 budget -= n
-        # 2. Admit waiting sequences, oldest first, while tokens, seats and blocks last.
+        # 2. Forks holding shared blocks start next: they need a seat and tokens, no blocks.
+        while self.forked and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.forked.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            n = min(seq.num_uncomputed_tokens, budget)
+            seqs.append(seq)
+            scheduled.append(self._prefill_item(seq, n, "forked"))
+            budget -= n
+        # 3. Admit waiting sequences, oldest first, while tokens, seats and blocks last.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.block_manager.can_allocate(seq):
@@ -143,7 +170,7 @@ class Scheduler:
             self.running.append(seq)
             n = min(seq.num_uncomputed_tokens, budget)
             seqs.append(seq)
-            scheduled.append(self._prefill_item(seq, n, "resumed" if seq.num_preemptions else "admitted"))
+            scheduled.append(self._prefill_item(seq, n, self._admission_reason(seq)))
             budget -= n
         return seqs, self._output("prefill", scheduled, ())
 
@@ -171,6 +198,17 @@ class Scheduler:
         # Every running sequence left runs, in order.
         return list(self.running), self._output("decode", scheduled, tuple(preempted))
 
+    @staticmethod
+    def _admission_reason(seq: Sequence) -> Reason:
+        """Why `seq` leaves the waiting queue; a fork's first admission also records how it got
+        its prefix."""
+        if seq.parent_id is not None and seq.fork_prefix is None:
+            # A fork whose parent's blocks were gone: allocate() just served what the prefix
+            # cache still held, and the rest of its prefix is computed again.
+            seq.fork_prefix = "prefix-cache" if seq.num_cached_tokens else "recomputed"
+            return "forked"
+        return "resumed" if seq.num_preemptions else "admitted"
+
     def _prefill_item(self, seq: Sequence, num_tokens: int, reason: Reason) -> ScheduledSequence:
         """`seq`'s next `num_tokens` uncomputed tokens as one prefill record; an admission
         carries the prefix-cache hits that allocate() just served."""
@@ -185,8 +223,11 @@ class Scheduler:
     def _output(self, phase: Phase, scheduled: list[ScheduledSequence], preempted: tuple[int, ...]) -> SchedulerOutput:
         if self._waiting_ids is None:
             self._waiting_ids = tuple(map(_seq_id, self.waiting))
+        waiting = self._waiting_ids
+        if self.forked:  # forks without a seat wait too
+            waiting = tuple(sorted((*waiting, *map(_seq_id, self.forked))))
         running = tuple(map(_seq_id, self.running))
-        return SchedulerOutput(phase, tuple(scheduled), preempted, self._waiting_ids, running)
+        return SchedulerOutput(phase, tuple(scheduled), preempted, waiting, running)
 
     def _preempt(self, seq: Sequence) -> None:
         """Free all of `seq`'s blocks and queue it to be recomputed from scratch."""
@@ -196,8 +237,12 @@ class Scheduler:
         seq.num_preemptions += 1
         self.running.remove(seq)
         # Victims are taken latest arrival first, so putting each at the front keeps the
-        # waiting queue in arrival order.
-        self.waiting.appendleft(seq)
+        # waiting queue in arrival order; but a fork started without queueing, and may be
+        # younger than requests still waiting.
+        if self.waiting and self.waiting[0].seq_id < seq.seq_id:
+            self.waiting.insert(bisect.bisect(self.waiting, seq.seq_id, key=_seq_id), seq)
+        else:
+            self.waiting.appendleft(seq)
         self._waiting_ids = None
 
     def update_after_step(self, batch: SchedulerOutput) -> None:
@@ -219,7 +264,11 @@ class Scheduler:
         if seq.status is SequenceStatus.RUNNING:
             self.finish(seq, "abort")
         elif seq.status is SequenceStatus.WAITING:
-            self.waiting.remove(seq)
-            self._waiting_ids = None
+            if seq.block_table:  # a fork that has not started yet
+                self.forked.remove(seq)
+                self.block_manager.free(seq)
+            else:
+                self.waiting.remove(seq)
+                self._waiting_ids = None
             seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
 

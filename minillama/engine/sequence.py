@@ -26,6 +26,12 @@ class RequestInfo:
     finish_reason: str | None  # "stop", "length" or "abort" once finished
     num_cached_tokens: int  # tokens served by the prefix cache at the last admission
     num_preemptions: int
+    # A fork (LLMEngine.fork): its parent, the parent's tokens it kept (its forced tokens start
+    # at that position), and how it got the prefix's K/V: "shared" (the parent's blocks),
+    # "prefix-cache" or "recomputed" (the parent's blocks were gone); None until it first runs.
+    parent_id: int | None = None
+    fork_position: int | None = None
+    fork_prefix: str | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -54,6 +60,10 @@ class Sequence:
         self.num_cached_tokens = 0  # tokens served by the prefix cache at the last admission
         self.num_preemptions = 0
         self.finish_reason: str | None = None  # "stop" (EOS or stop token) or "length"
+        # Set on a fork only (RequestInfo says what they mean).
+        self.parent_id: int | None = None
+        self.fork_position: int | None = None
+        self.fork_prefix: str | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -67,7 +77,8 @@ class Sequence:
     def info(self) -> RequestInfo:
         prompt, outputs = self.token_ids[: self.num_prompt_tokens], self.token_ids[self.num_prompt_tokens :]
         return RequestInfo(self.seq_id, tuple(prompt), tuple(outputs), self.params, self.status.value,
-                           self.finish_reason, self.num_cached_tokens, self.num_preemptions)
+                           self.finish_reason, self.num_cached_tokens, self.num_preemptions,
+                           self.parent_id, self.fork_position, self.fork_prefix)
 
     @property
     def num_tokens(self) -> int:
