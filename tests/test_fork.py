@@ -1,0 +1,361 @@
+"""LLMEngine.fork: a request that continues another from any of its tokens with other tokens.
+
+The meaning is fixed against a fresh request: a fork's greedy continuation is what a new request
+whose prompt is the same prefix plus the forced tokens generates. The memory side is held to the
+block manager's invariants: the fork shares its parent's full computed blocks by reference count
+(a shared block never changes), copies the partly used block on write (the copy holds exactly
+the parent's slots), computes only its forced tokens in its first step, and every block is free
+when all requests are done, under preemption, aborts and prefix caching on and off.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import make_hf_model
+
+from minillama import EngineConfig, InvalidRequestError, LLMEngine, Observer, SamplingParams, SchedulerOutput
+
+BS = 4
+GREEDY = SamplingParams(temperature=0, max_tokens=8)
+PROMPT = [(7 * i + 3) % 256 for i in range(11)]  # 11 tokens: blocks of 4, 4 and 3
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return make_hf_model("gqa-tied-llama3")
+
+
+def make_engine(hf_model, prefix_caching: bool = True, num_kv_blocks: int = 64, **config) -> LLMEngine:
+    return LLMEngine.from_hf_model(hf_model, EngineConfig(
+        device="cpu", dtype="float32", num_kv_blocks=num_kv_blocks, block_size=BS,
+        enable_prefix_caching=prefix_caching, **config,
+    ))
+
+
+class Plans(Observer):
+    """Every published plan, in step order."""
+
+    def __init__(self):
+        self.plans: list[SchedulerOutput] = []
+
+    def on_schedule(self, batch: SchedulerOutput) -> None:
+        self.plans.append(batch)
+
+    def first_item(self, seq_id: int):
+        return next(item for plan in self.plans for item in plan.scheduled if item.seq_id == seq_id)
+
+
+def run(engine: LLMEngine, outputs: dict[int, list[int]] | None = None, check=None) -> dict[int, list[int]]:
+    """Step until nothing is left; request id -> its output tokens. `check` runs after every step."""
+    outputs = {} if outputs is None else outputs
+    for _ in range(500):
+        if not engine.has_unfinished():
+            return outputs
+        for out in engine.step():
+            outputs.setdefault(out.request_id, []).append(out.token_id)
+        if check is not None:
+            check()
+    raise AssertionError("the engine looks stuck")
+
+
+def fresh_output(hf_model, prompt: list[int], params: SamplingParams = GREEDY) -> list[int]:
+    engine = make_engine(hf_model)
+    request_id = engine.add_request(prompt, params)
+    return run(engine)[request_id]
+
+
+def check_pool(engine: LLMEngine) -> None:
+    """Reference counts are the block-table entries naming each block; the free list is exactly
+    the unreferenced blocks; a block shared by several sequences is full and computed by each of
+    them (so nobody writes it again)."""
+    bm, holders = engine.block_manager, engine.scheduler.holders
+    users: dict[int, int] = {}
+    for seq in holders:
+        # Blocks for every computed token; the token sampled last step gets its own when scheduled.
+        needed = seq.num_blocks_needed(BS, seq.num_computed_tokens), seq.num_blocks_needed(BS)
+        assert needed[0] <= len(seq.block_table) <= needed[1], f"{seq} has the wrong number of blocks"
+        for block_id in seq.block_table:
+            users[block_id] = users.get(block_id, 0) + 1
+    for block in bm.blocks:
+        assert block.ref_count == users.get(block.block_id, 0), f"block {block.block_id}"
+    assert set(bm.free_block_ids) == {b.block_id for b in bm.blocks if b.ref_count == 0}
+    for seq in holders:
+        for index, block_id in enumerate(seq.block_table):
+            if users[block_id] > 1:
+                assert (index + 1) * BS <= seq.num_computed_tokens, f"{seq} shares block {block_id}, not full"
+
+
+def all_free(engine: LLMEngine) -> bool:
+    bm = engine.block_manager
+    return bm.num_free_blocks == bm.num_blocks and all(b.ref_count == 0 for b in bm.blocks)
+
+
+# -- what a fork means ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_tokens, forced", [
+    (6, [200]),  # inside a block
+    (8, [200, 31]),  # on a block boundary
+    (11, [200]),  # the last prompt token
+    (13, [200, 31, 5]),  # in the middle of the output
+    (15, [200]),  # all the parent's tokens, the last one not computed yet
+])
+def test_a_fork_continues_as_a_fresh_request_with_that_prompt(hf_model, num_tokens, forced):
+    engine = make_engine(hf_model)
+    plans = Plans()
+    engine.add_observer(plans)
+    parent = engine.add_request(PROMPT, GREEDY)
+    outputs: dict[int, list[int]] = {}
+    for _ in range(4):  # the prefill and 3 decodes: 15 tokens, 14 computed
+        for out in engine.step():
+            outputs.setdefault(out.request_id, []).append(out.token_id)
+    tokens = list(PROMPT) + list(engine.request(parent).output_token_ids)
+    child = engine.fork(parent, num_tokens, forced)
+    info = engine.request(child)
+    assert (info.parent_id, info.fork_position, info.fork_prefix) == (parent, num_tokens, "shared")
+    assert info.prompt_token_ids == tuple(tokens[:num_tokens] + forced) and info.output_token_ids == ()
+    assert info.params == GREEDY  # the parent's
+    run(engine, outputs, check=lambda: check_pool(engine))
+    # The fork's first step computes only what the parent had not: its forced tokens, and the
+    # parent's last sampled token when the fork keeps it.
+    first = plans.first_item(child)
+    computed = min(num_tokens, 14)
+    assert first.reason == "forked" and first.start == computed
+    assert first.num_tokens == len(forced) + num_tokens - computed
+    assert first.token_ids == tuple(tokens[computed:num_tokens] + forced)
+    assert outputs[child] == fresh_output(hf_model, tokens[:num_tokens] + forced)
+    assert outputs[parent] == fresh_output(hf_model, PROMPT)  # the parent is undisturbed
+    assert all_free(engine)
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_a_fork_of_a_finished_parent_is_served_by_the_prefix_cache_or_recomputed(hf_model, prefix_caching):
+    engine = make_engine(hf_model, prefix_caching)
+    plans = Plans()
+    engine.add_observer(plans)
+    parent = engine.add_request(PROMPT, GREEDY)
+    run(engine)
+    tokens = list(PROMPT) + list(engine.request(parent).output_token_ids)
+    child = engine.fork(parent, 14, [9])
+    run(engine)
+    first = plans.first_item(child)
+    assert first.reason == "forked"
+    if prefix_caching:  # the 3 full blocks of the first 14 tokens are still cached
+        assert engine.request(child).fork_prefix == "prefix-cache"
+        assert first.start == first.num_cached_tokens == 12 and first.num_tokens == 3
+    else:
+        assert engine.request(child).fork_prefix == "recomputed"
+        assert first.start == 0 and first.num_tokens == 15
+    assert engine.request(child).output_token_ids == tuple(fresh_output(hf_model, tokens[:14] + [9]))
+    assert all_free(engine)
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_a_fork_of_a_preempted_parent(hf_model, prefix_caching):
+    # 8 blocks: two requests growing to 6 blocks each cannot both run, the younger is preempted.
+    engine = make_engine(hf_model, prefix_caching, num_kv_blocks=8)
+    params = SamplingParams(temperature=0, max_tokens=12)
+    engine.add_request(PROMPT, params)
+    parent = engine.add_request(PROMPT[::-1], params)
+    for _ in range(30):
+        engine.step()
+        if engine.request(parent).num_preemptions:
+            break
+    info = engine.request(parent)
+    assert info.status == "waiting" and info.num_preemptions == 1
+    tokens = list(info.prompt_token_ids + info.output_token_ids)
+    child = engine.fork(parent, len(tokens), [42])
+    run(engine, check=lambda: check_pool(engine))
+    assert engine.request(child).fork_prefix in ("prefix-cache", "recomputed")
+    assert engine.request(child).output_token_ids == tuple(fresh_output(hf_model, tokens + [42], params))
+    assert all_free(engine)
+
+
+def test_a_fork_of_a_parent_in_chunked_prefill_computes_the_rest_of_the_prefix(hf_model):
+    engine = make_engine(hf_model, max_num_batched_tokens=5)
+    plans = Plans()
+    engine.add_observer(plans)
+    parent = engine.add_request(PROMPT, GREEDY)
+    engine.step()  # 5 of its 11 prompt tokens: one full block shared, one slot copied
+    child = engine.fork(parent, 10, [77])
+    assert engine.request(child).fork_prefix == "shared"
+    run(engine, check=lambda: check_pool(engine))
+    first = plans.first_item(child)
+    assert first.reason == "forked" and first.start == 5
+    assert engine.request(child).output_token_ids == tuple(fresh_output(hf_model, PROMPT[:10] + [77]))
+    assert all_free(engine)
+
+
+def test_a_fork_waits_for_a_seat_holding_its_shared_blocks(hf_model):
+    engine = make_engine(hf_model, max_num_seqs=1)
+    plans = Plans()
+    engine.add_observer(plans)
+    parent = engine.add_request(PROMPT, GREEDY)
+    engine.step()
+    child = engine.fork(parent, 9, [1, 2])
+    engine.step()  # the parent decodes; the fork has no seat
+    assert plans.plans[-1].waiting == (child,) and plans.plans[-1].running == (parent,)
+    snapshot = engine.block_pool_snapshot()
+    assert child in snapshot.table_seq_ids.tolist()
+    check_pool(engine)
+    run(engine, check=lambda: check_pool(engine))
+    assert engine.request(child).output_token_ids == tuple(fresh_output(hf_model, PROMPT[:9] + [1, 2]))
+    assert all_free(engine)
+
+
+def test_a_fork_of_a_fork(hf_model):
+    engine = make_engine(hf_model)
+    parent = engine.add_request(PROMPT, GREEDY)
+    engine.step()
+    child = engine.fork(parent, 10, [5, 6, 7])  # not started yet: its prefix is computed up to 10
+    grandchild = engine.fork(child, 12, [8])
+    assert engine.request(grandchild).fork_prefix == "shared"
+    outputs = run(engine, check=lambda: check_pool(engine))
+    assert outputs[grandchild] == fresh_output(hf_model, PROMPT[:10] + [5, 6, 8])
+    assert all_free(engine)
+
+
+# -- shared blocks and the copy on write ----------------------------------------------------------
+
+
+def test_shared_blocks_show_their_reference_counts_and_never_change(hf_model):
+    engine = make_engine(hf_model)
+    parent = engine.add_request(PROMPT, GREEDY)
+    for _ in range(3):
+        engine.step()
+    child = engine.fork(parent, 10, [33])  # shares blocks 0 and 1, copies 2 slots of block 2
+    parent_table, child_table = engine.sequences[parent].block_table, engine.sequences[child].block_table
+    assert child_table[:2] == parent_table[:2] and child_table[2] not in parent_table
+    snapshot = engine.block_pool_snapshot()
+    refs = dict(zip(snapshot.block_ids.tolist(), snapshot.ref_count.tolist()))
+    assert [refs[b] for b in parent_table[:2]] == [2, 2]
+    assert all(refs[b] == 1 for b in (*parent_table[2:], *child_table[2:]))
+    # The copy holds exactly the parent's 2 slots, in every layer, K and V.
+    kv = engine.kv_cache
+    assert torch.equal(kv[:, :, child_table[2], :2], kv[:, :, parent_table[2], :2])
+    shared = list(parent_table[:2])
+    before = kv[:, :, shared].clone()
+
+    def unchanged():
+        check_pool(engine)
+        if not all_free(engine):  # still held by one of them: nobody has written it
+            assert torch.equal(kv[:, :, shared], before)
+
+    run(engine, check=unchanged)
+    assert all_free(engine)
+
+
+def test_a_fork_on_a_block_boundary_copies_nothing(hf_model):
+    engine = make_engine(hf_model)
+    parent = engine.add_request(PROMPT, GREEDY)
+    engine.step()
+    free = engine.block_manager.num_free_blocks
+    child = engine.fork(parent, 8, [1])
+    table = engine.sequences[child].block_table
+    assert table[:2] == engine.sequences[parent].block_table[:2]
+    assert len(table) == 3 and engine.block_manager.num_free_blocks == free - 1
+    run(engine)
+    assert all_free(engine)
+
+
+# -- no leak ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_block_leaks_under_forks_preemption_and_aborts(hf_model, prefix_caching, seed):
+    """Random requests, forks of running, waiting, preempted and finished requests (and of forks),
+    and aborts, in a pool too small for them all: the invariants hold after every step, parents
+    and forks are preempted, and every block is free at the end."""
+    rng = random.Random(seed)
+    engine = make_engine(hf_model, prefix_caching, num_kv_blocks=12, max_num_seqs=4, max_num_batched_tokens=16)
+    plans = Plans()
+    engine.add_observer(plans)
+    shared_prompt = [rng.randrange(256) for _ in range(6)]
+    for _ in range(4):
+        prompt = shared_prompt + [rng.randrange(256) for _ in range(rng.randrange(1, 6))]
+        engine.add_request(prompt, SamplingParams(temperature=0.8, seed=rng.randrange(100), max_tokens=16))
+    parents: set[int] = set()
+    forks: dict[int, str | None] = {}  # fork id -> how it got its prefix
+    for _ in range(400):
+        if not engine.has_unfinished():
+            break
+        engine.step()
+        check_pool(engine)
+        live = list(engine.sequences)
+        roll = rng.random()
+        if roll < 0.5 and len(forks) < 16:
+            parent = rng.choice(live)
+            info = engine.request(parent)
+            num_tokens = rng.randrange(1, info.num_prompt_tokens + len(info.output_token_ids) + 1)
+            forced = [rng.randrange(256) for _ in range(rng.randrange(1, 3))]
+            child = engine.fork(parent, num_tokens, forced, SamplingParams(temperature=0, max_tokens=8))
+            parents.add(parent)
+            forks[child] = engine.request(child).fork_prefix
+        elif roll < 0.55:
+            engine.abort(rng.choice(live))
+        check_pool(engine)
+    assert not engine.has_unfinished()
+    preempted = {seq_id for plan in plans.plans for seq_id in plan.preempted}
+    assert preempted & parents, "no parent was preempted"
+    assert preempted & forks.keys(), "no fork was preempted"
+    assert "shared" in forks.values() and None in forks.values()  # some forks queued like new requests
+    assert all_free(engine)
+
+
+def test_aborting_a_parent_or_a_fork_that_has_not_started_frees_its_blocks(hf_model):
+    engine = make_engine(hf_model, max_num_seqs=1)
+    parent = engine.add_request(PROMPT, GREEDY)
+    engine.step()
+    child = engine.fork(parent, 10, [3])
+    engine.abort(parent)  # the fork keeps the shared blocks
+    check_pool(engine)
+    assert engine.request(child).status == "waiting"
+    second = engine.fork(child, 11, [4])
+    engine.abort(child)  # a fork without a seat yet, holding blocks
+    check_pool(engine)
+    run(engine, check=lambda: check_pool(engine))
+    assert engine.request(second).output_token_ids == tuple(fresh_output(hf_model, PROMPT[:10] + [3, 4]))
+    assert all_free(engine)
+
+
+# -- bad input -----------------------------------------------------------------------------------------
+
+
+def engine_state(engine: LLMEngine) -> tuple:
+    scheduler, bm = engine.scheduler, engine.block_manager
+    return (
+        [s.seq_id for s in scheduler.waiting], [s.seq_id for s in scheduler.running],
+        [s.seq_id for s in scheduler.forked], list(bm.free_block_ids), [b.ref_count for b in bm.blocks],
+        sorted(engine.sequences),
+    )
+
+
+@pytest.mark.parametrize("args, message", [
+    ((99, 3, [1]), "no request"),
+    (("0", 3, [1]), "no request"),
+    ((0, 0, [1]), "num_tokens"),
+    ((0, 13, [1]), "num_tokens"),  # the parent has 12 tokens
+    ((0, 2.0, [1]), "num_tokens"),
+    ((0, 3, []), "forced_token_ids"),
+    ((0, 3, 5), "forced_token_ids"),
+    ((0, 3, [256]), "token ids"),
+    ((0, 3, [-1]), "token ids"),
+    ((0, 3, ["a"]), "token ids"),
+    ((0, 3, [1] * 40), "max_model_len"),
+    ((0, 3, [1], SamplingParams(temperature=-1)), "temperature"),
+    ((0, 3, [1], "greedy"), "SamplingParams"),
+])
+def test_bad_input_to_fork_changes_nothing(hf_model, args, message):
+    engine = make_engine(hf_model, max_model_len=32)
+    parent = engine.add_request(PROMPT, GREEDY)
+    engine.step()
+    assert parent == 0 and engine.request(parent).num_prompt_tokens + 1 == 12
+    before = engine_state(engine)
+    with pytest.raises(InvalidRequestError, match=message):
+        engine.fork(*args)
+    assert engine_state(engine) == before
+    assert engine.add_request(PROMPT, GREEDY) == 1  # no request id was taken
