@@ -218,6 +218,26 @@ def test_a_fork_of_a_fork(hf_model):
     assert all_free(engine)
 
 
+def test_a_fork_with_no_free_block_for_its_copy_queues_like_a_new_request(hf_model):
+    # 4 blocks: the parent's 13 tokens hold them all, the fork's copy of block 2 finds none free.
+    engine = make_engine(hf_model, num_kv_blocks=4)
+    plans = Plans()
+    engine.add_observer(plans)
+    params = SamplingParams(temperature=0, max_tokens=5)
+    parent = engine.add_request(PROMPT, params)
+    for _ in range(3):
+        engine.step()
+    assert engine.block_manager.num_free_blocks == 0
+    child = engine.fork(parent, 10, [1])
+    assert engine.request(child).fork_prefix is None and engine.sequences[child].block_table == ()
+    run(engine, check=lambda: check_pool(engine))
+    first = plans.first_item(child)  # admitted once the parent finished, from its cached blocks
+    assert first.reason == "forked" and first.num_cached_tokens == 8
+    assert engine.request(child).fork_prefix == "prefix-cache"
+    assert engine.request(child).output_token_ids == tuple(fresh_output(hf_model, PROMPT[:10] + [1], params))
+    assert all_free(engine)
+
+
 # -- shared blocks and the copy on write ----------------------------------------------------------
 
 

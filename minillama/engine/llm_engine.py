@@ -10,6 +10,7 @@ A step: the scheduler picks a batch -> the model runner builds the flat tensors 
 model (each layer writes its new K/V into the paged cache and attends) -> the sampler draws one
 token per sequence that finished its prompt -> sequences that hit EOS or their length limit
 finish and give back their KV blocks. Observers (minillama.observe) see every stage.
+fork() continues a request from any of its tokens with other tokens, sharing its KV blocks.
 """
 
 from __future__ import annotations
@@ -190,11 +191,13 @@ class LLMEngine:
             raise InvalidRequestError(
                 f"num_tokens must be an integer in [1, {parent.num_tokens}] (request {seq_id}'s tokens), not {num_tokens!r}"
             )
+        vocab_size = self.model_config.vocab_size
         if not isinstance(forced_token_ids, (list, tuple)) or not forced_token_ids:
             raise InvalidRequestError("forced_token_ids must be a non-empty list of token ids")
-        forced = check_token_ids(forced_token_ids, self.model_config.vocab_size)
+        if not all(_is_token_id(t, vocab_size) for t in forced_token_ids):
+            raise InvalidRequestError(f"forced_token_ids must be token ids in [0, {vocab_size}): {forced_token_ids!r}")
         params = parent.params if params is None else params
-        token_ids = self.check_request(parent.token_ids[:num_tokens] + forced, params)
+        token_ids = self.check_request(parent.token_ids[:num_tokens] + list(forced_token_ids), params)
         seq = Sequence(next(self._request_ids), token_ids, params)
         seq.parent_id, seq.fork_position = parent.seq_id, num_tokens
         if parent.block_table and parent.num_computed_tokens and self.block_manager.can_fork(parent, seq):
