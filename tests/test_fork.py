@@ -82,6 +82,8 @@ def check_pool(engine: LLMEngine) -> None:
     for block in bm.blocks:
         assert block.ref_count == users.get(block.block_id, 0), f"block {block.block_id}"
     assert set(bm.free_block_ids) == {b.block_id for b in bm.blocks if b.ref_count == 0}
+    waiting = [seq.seq_id for seq in engine.scheduler.waiting]
+    assert waiting == sorted(waiting), "the waiting queue is out of arrival order"
     for seq in holders:
         for index, block_id in enumerate(seq.block_table):
             if users[block_id] > 1:

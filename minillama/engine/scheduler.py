@@ -103,7 +103,9 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()  # in arrival order
-        self.running: list[Sequence] = []  # in arrival order: the last one is preempted first
+        # In admission order, which is arrival order but for forks (they start ahead of the
+        # waiting queue): the last one is preempted first.
+        self.running: list[Sequence] = []
         # Forks holding their parent's shared blocks, waiting for a seat to take their first step.
         self.forked: deque[Sequence] = deque()
         # The live sequences of the last plan, aligned with its `scheduled`: what
@@ -236,9 +238,9 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.running.remove(seq)
-        # Victims are taken latest arrival first, so putting each at the front keeps the
-        # waiting queue in arrival order; but a fork started without queueing, and may be
-        # younger than requests still waiting.
+        # Keep the waiting queue in arrival (id) order. A victim was admitted before every
+        # waiting request, so it usually goes to the front; but a fork starts without queueing,
+        # and may be younger than some of them.
         if self.waiting and self.waiting[0].seq_id < seq.seq_id:
             self.waiting.insert(bisect.bisect(self.waiting, seq.seq_id, key=_seq_id), seq)
         else:
