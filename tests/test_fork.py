@@ -17,6 +17,8 @@ import torch
 from conftest import make_hf_model
 
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, Observer, SamplingParams, SchedulerOutput
+from minillama.engine.block_manager import BlockManager
+from minillama.engine.sequence import Sequence
 
 BS = 4
 GREEDY = SamplingParams(temperature=0, max_tokens=8)
@@ -241,6 +243,48 @@ def test_a_fork_with_no_free_block_for_its_copy_queues_like_a_new_request(hf_mod
 
 
 # -- shared blocks and the copy on write ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fork_position, computed, shared, copy_slots", [
+    (10, 11, 2, 2),  # inside block 2: blocks 0, 1 shared, 2 slots of block 2 copied
+    (8, 11, 2, 0),  # on a boundary: nothing to copy
+    (10, 5, 1, 1),  # the parent computed only 5 tokens: block 0 shared, 1 slot copied
+    (3, 11, 0, 3),  # inside block 0: nothing shared
+])
+def test_block_manager_fork_shares_full_blocks_and_names_the_copy(fork_position, computed, shared, copy_slots):
+    bm = BlockManager(16, BS)
+    parent = Sequence(0, PROMPT, GREEDY)
+    bm.allocate(parent)
+    parent.num_computed_tokens = computed
+    bm.commit_full_blocks(parent, 0)
+    child = Sequence(1, PROMPT[:fork_position] + [1, 2], GREEDY)
+    child.fork_position = fork_position
+    free = bm.num_free_blocks
+    assert bm.can_fork(parent, child)
+    copy = bm.fork(parent, child)
+    assert child.block_table[:shared] == parent.block_table[:shared]
+    assert not set(child.block_table[shared:]) & set(parent.block_table)
+    assert len(child.block_table) == child.num_blocks_needed(BS)
+    assert bm.num_free_blocks == free - (len(child.block_table) - shared)
+    assert [bm.blocks[b].ref_count for b in parent.block_table] == [2] * shared + [1] * (3 - shared)
+    assert child.num_computed_tokens == min(fork_position, computed)
+    assert copy == ((parent.block_table[shared], child.block_table[shared], copy_slots) if copy_slots else None)
+    bm.free(parent)
+    bm.free(child)
+    assert bm.num_free_blocks == bm.num_blocks
+
+
+def test_block_manager_cannot_fork_without_free_blocks_for_the_rest():
+    bm = BlockManager(4, BS)
+    parent = Sequence(0, PROMPT, GREEDY)
+    bm.allocate(parent)
+    parent.num_computed_tokens = 11
+    child = Sequence(1, PROMPT[:10] + [1, 2, 3], GREEDY)  # 13 tokens: blocks 0, 1 shared, 2 fresh
+    child.fork_position = 10
+    assert bm.num_free_blocks == 1 and not bm.can_fork(parent, child)
+    child.token_ids = child.token_ids[:11]  # 11 tokens: one fresh block
+    assert bm.can_fork(parent, child)
+
 
 
 def test_shared_blocks_show_their_reference_counts_and_never_change(hf_model):
