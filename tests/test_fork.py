@@ -74,10 +74,11 @@ def check_pool(engine: LLMEngine) -> None:
     the unreferenced blocks; a block shared by several sequences is full and computed by each of
     them (so nobody writes it again)."""
     bm, holders = engine.block_manager, engine.scheduler.holders
+    bs = bm.block_size
     users: dict[int, int] = {}
     for seq in holders:
         # Blocks for every computed token; the token sampled last step gets its own when scheduled.
-        needed = seq.num_blocks_needed(BS, seq.num_computed_tokens), seq.num_blocks_needed(BS)
+        needed = seq.num_blocks_needed(bs, seq.num_computed_tokens), seq.num_blocks_needed(bs)
         assert needed[0] <= len(seq.block_table) <= needed[1], f"{seq} has the wrong number of blocks"
         for block_id in seq.block_table:
             users[block_id] = users.get(block_id, 0) + 1
@@ -89,7 +90,7 @@ def check_pool(engine: LLMEngine) -> None:
     for seq in holders:
         for index, block_id in enumerate(seq.block_table):
             if users[block_id] > 1:
-                assert (index + 1) * BS <= seq.num_computed_tokens, f"{seq} shares block {block_id}, not full"
+                assert (index + 1) * bs <= seq.num_computed_tokens, f"{seq} shares block {block_id}, not full"
 
 
 def all_free(engine: LLMEngine) -> bool:
@@ -425,3 +426,41 @@ def test_bad_input_to_fork_changes_nothing(hf_model, args, message):
         engine.fork(*args)
     assert engine_state(engine) == before
     assert engine.add_request(PROMPT, GREEDY) == 1  # no request id was taken
+
+
+# -- on a CUDA GPU ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("attention", ["triton", "sdpa"])
+def test_forks_on_cuda_with_cuda_graphs(attention):
+    """Forks inside a block, on a boundary and in the output, decoding through CUDA graphs."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    hf = make_hf_model("gqa-tied-llama3").cuda()
+
+    def cuda_engine() -> LLMEngine:
+        try:
+            return LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", dtype="float32", attention=attention,
+                                                            num_kv_blocks=64, block_size=16))
+        except ValueError as exc:  # backend not installed here
+            pytest.skip(str(exc))
+
+    prompt = [(11 * i + 5) % 256 for i in range(40)]
+    params = SamplingParams(temperature=0, max_tokens=12)
+    engine = cuda_engine()
+    parent = engine.add_request(prompt, params)
+    for _ in range(5):  # 44 tokens, 43 computed
+        engine.step()
+    tokens = list(prompt) + list(engine.request(parent).output_token_ids)
+    forks = {num_tokens: engine.fork(parent, num_tokens, [num_tokens]) for num_tokens in (20, 32, 42)}
+    table = engine.sequences[forks[20]].block_table
+    parent_table = engine.sequences[parent].block_table
+    assert table[0] == parent_table[0] and torch.equal(engine.kv_cache[:, :, table[1], :4],
+                                                       engine.kv_cache[:, :, parent_table[1], :4])
+    outputs = run(engine, check=lambda: check_pool(engine))
+    assert all_free(engine)
+    for num_tokens, child in forks.items():
+        fresh = cuda_engine()
+        request_id = fresh.add_request(tokens[:num_tokens] + [num_tokens], params)
+        assert outputs[child] == run(fresh)[request_id], f"fork at {num_tokens}"
