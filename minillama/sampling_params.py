@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from minillama.errors import InvalidRequestError
 from minillama.values import is_int, is_real
 
+MAX_SAMPLES = 64  # the most samples one prompt may ask for (SamplingParams.n)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -16,6 +18,9 @@ class SamplingParams:
     temperature 0 means greedy (always the most likely token). top_k 0 and top_p 1.0 switch those
     filters off. A request with a seed draws from its own random generator, so the same seed gives
     the same tokens whatever else is in the batch.
+
+    n > 1 asks for n samples of the prompt (parallel sampling): one prefill, whose K/V blocks the
+    samples share, then each draws its own tokens; sample i uses seed + i when a seed is given.
     """
 
     temperature: float = 1.0
@@ -25,6 +30,7 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    n: int = 1
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""
@@ -40,6 +46,10 @@ class SamplingParams:
             raise InvalidRequestError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise InvalidRequestError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
+        if not is_int(self.n) or not 1 <= self.n <= MAX_SAMPLES:
+            raise InvalidRequestError(f"n (samples per prompt) must be an integer in [1, {MAX_SAMPLES}], got {self.n!r}")
+        if self.seed is not None and self.seed + self.n > 2**63:
+            raise InvalidRequestError(f"seed + n must be at most 2**63 (sample i draws with seed + i), got {self.seed}")
         if not isinstance(self.stop_token_ids, (tuple, list)) or not all(map(is_int, self.stop_token_ids)):
             raise InvalidRequestError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
         if not isinstance(self.ignore_eos, bool):

@@ -195,6 +195,7 @@ def renumbered_sequence(document):
         (first_sequence(lambda seq: seq["params"].update(stop_token_ids=[256])), "stop_token_ids: token id 256 is past"),
         (first_sequence(lambda seq: seq["params"].update(script="<b>")), "unexpected field 'script' in SamplingRecord"),
         (first_sequence(lambda seq: seq["params"].pop("seed")), "params: missing field 'seed'"),
+        (first_sequence(lambda seq: seq["params"].update(n=0)), r"params: n \(samples per prompt\) must be"),
         (first_sequence(lambda seq: seq.update(extra=1)), "unexpected field 'extra' in SequenceRecord"),
         # Cross-field consistency.
         (first_sequence(lambda seq: seq["prompt_ids"].__setitem__(0, 256)), "prompt_ids: token id 256 is past the vocabulary"),
@@ -264,6 +265,17 @@ def test_a_table_block_missing_from_the_snapshot_is_refused(trace, saved, tmp_pa
     edit = set_tensor(f"trace.steps.{index}.kv.table_blocks", lambda t: torch.full_like(t, unrecorded))
     with pytest.raises(TraceError, match="name blocks the snapshot lacks"):
         load(rewrite(saved, tmp_path, {"tensors.safetensors": edited_tensors(saved, edit)}))
+
+
+def test_a_trace_written_before_n_opens_as_before(trace, saved, tmp_path):
+    """SamplingParams.n came after the first schema: a record without it is n = 1."""
+    def drop_n(document):
+        for seq in document["trace"]["sequences"].values():
+            assert seq["params"].pop("n") == 1
+
+    loaded = load(rewrite(saved, tmp_path, {"trace.json": edited_json(saved, drop_n)}))
+    assert all("n" not in seq.params for seq in loaded.sequences.values())
+    assert [seq.prompt_ids for seq in loaded.sequences.values()] == [seq.prompt_ids for seq in trace.sequences.values()]
 
 
 def test_missing_field_is_refused(saved, tmp_path):

@@ -92,9 +92,7 @@ class EngineInfo:
     prefix_caching: bool
 
 
-class SamplingRecord(TypedDict):
-    """A request's SamplingParams (minillama/sampling_params.py) as plain values. Loading a
-    trace checks them with SamplingParams.validate, the engine's own rules."""
+class _SamplingRequired(TypedDict):
 
     temperature: float
     top_p: float
@@ -103,6 +101,14 @@ class SamplingRecord(TypedDict):
     seed: int | None
     ignore_eos: bool
     stop_token_ids: list[Count]
+
+
+class SamplingRecord(_SamplingRequired, total=False):
+    """A request's SamplingParams (minillama/sampling_params.py) as plain values. Loading a
+    trace checks them with SamplingParams.validate, the engine's own rules. Keys added after the
+    first schema are optional, so older traces still open: n (samples per prompt, default 1)."""
+
+    n: int
 
 
 @dataclass

@@ -24,7 +24,9 @@ class LLM:
         chat: bool = False,
         progress: bool = False,
     ) -> list[Completion]:
-        """All prompts in one continuous batch; completions in the order of `prompts`.
+        """All prompts in one continuous batch; completions in the order of `prompts`. A prompt
+        whose params ask for n > 1 samples gives its n completions one after the other, in
+        sample order (Completion.sample_index 0..n-1).
 
         Every prompt is checked before any runs: a bad one raises InvalidRequestError and no
         request of this call stays queued."""
@@ -42,17 +44,17 @@ class LLM:
             for request_id in ids:
                 engine.abort(request_id)
             raise
-        total = sum(p.max_tokens for p in params_list)
+        total = sum(p.max_tokens * p.n for p in params_list)
         with tqdm(total=total, desc="generating", unit="tok", disable=not progress) as bar:
             while engine.has_unfinished():
                 bar.update(len(engine.step()))
         completions = []
-        for request_id in ids:
+        for request_id in [sample for leader in ids for sample in engine.samples(leader)]:
             info = engine.request(request_id)
             completions.append(
                 Completion(
                     request_id, list(info.prompt_token_ids), list(info.output_token_ids), engine.text(request_id),
-                    info.finish_reason, info.num_cached_tokens, info.num_preemptions,
+                    info.finish_reason, info.num_cached_tokens, info.num_preemptions, info.sample_index,
                 )
             )
             engine.forget(request_id)

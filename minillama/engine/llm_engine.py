@@ -11,6 +11,7 @@ model (each layer writes its new K/V into the paged cache and attends) -> the sa
 token per sequence that finished its prompt -> sequences that hit EOS or their length limit
 finish and give back their KV blocks. Observers (minillama.observe) see every stage.
 fork() continues a request from any of its tokens with other tokens, sharing its KV blocks.
+SamplingParams(n=k) draws k samples of one prompt: one prefill, then k sequences sharing its blocks.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from minillama.engine.model_runner import ModelRunner
 from minillama.engine.outputs import EngineStats, RequestOutput, StepResult, StepTimings
 from minillama.engine.prompts import check_text, check_token_ids
 from minillama.engine.scheduler import Scheduler
-from minillama.engine.sequence import RequestInfo, Sequence
+from minillama.engine.sequence import RequestInfo, Sequence, SequenceStatus
 from minillama.errors import ConfigError, InvalidRequestError
 from minillama.loader import (
     build_model,
@@ -79,6 +80,11 @@ class LLMEngine:
         self._request_ids = itertools.count()  # request ids: 0, 1, 2, ... per engine
         self._generators: dict[int, torch.Generator] = {}
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
+        # Parallel sampling: leader id -> the ids of its samples so far, in sample order; and
+        # the leaders whose prompt has not sampled yet (the step checks this one; empty, it costs
+        # one truth test).
+        self._samples: dict[int, tuple[int, ...]] = {}
+        self._pending_samples: set[int] = set()
         self.observers: list[Observer] = []
         self.step_count = 0
         self.stats = EngineStats()
@@ -164,12 +170,25 @@ class LLMEngine:
         self, prompt: str | list[int], params: SamplingParams | None = None, chat: bool = False
     ) -> int:
         """Queue a request; returns its id. Raises InvalidRequestError, changing nothing, when
-        the prompt or the parameters are bad."""
+        the prompt or the parameters are bad.
+
+        With params.n = k > 1 the id is sample 0's (the leader's). Its prompt is computed once:
+        in the step that samples its first token, samples 1..k-1 draw theirs from the same
+        logits and become new requests sharing the prompt's blocks (samples(id) lists them).
+        Each then runs on its own: aborting the leader does not abort its samples."""
         params = SamplingParams() if params is None else params
         token_ids = self.check_request(prompt, params, chat)
         seq = Sequence(next(self._request_ids), token_ids, params)
         self._queue(seq)
+        if params.n > 1:
+            self._samples[seq.seq_id] = (seq.seq_id,)
+            self._pending_samples.add(seq.seq_id)
         return seq.seq_id
+
+    def samples(self, leader_id: int) -> tuple[int, ...]:
+        """The ids of request `leader_id`'s samples in sample order, the leader first: all n once
+        its prompt has sampled, only the leader before. (leader_id,) for an n = 1 request."""
+        return self._samples.get(leader_id, (leader_id,))
 
     def fork(self, seq_id: int, num_tokens: int, forced_token_ids: list[int],
              params: SamplingParams | None = None) -> int:
@@ -264,6 +283,8 @@ class LLMEngine:
     def forget(self, request_id: int) -> None:
         """Drop a finished request's bookkeeping once its output has been collected."""
         self.sequences.pop(request_id, None)
+        self._samples.pop(request_id, None)
+        self._pending_samples.discard(request_id)
         self._generators.pop(request_id, None)
         self._detokenizers.pop(request_id, None)
 
@@ -398,7 +419,11 @@ class LLMEngine:
             events.mark()
             forward_ms, _, sample_ms = events.elapsed_ms()
         self.scheduler.update_after_step(batch)
+        # Before _update: a leader that finishes on its first token frees its blocks there.
+        sample_outputs = self._start_samples(logits, seqs) if self._pending_samples else []
         outputs = self._update(seqs, tokens)
+        if sample_outputs:
+            outputs += sample_outputs
         timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
         result = StepResult(
             self.step_count, batch, tuple(outputs), timings, self.block_manager.num_free_blocks,
@@ -426,6 +451,70 @@ class LLMEngine:
                 self._generators.pop(seq.seq_id, None)
             outputs.append(RequestOutput(seq.seq_id, token, delta, reason is not None, reason))
         return outputs
+
+    def _start_samples(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[RequestOutput]:
+        """For each leader (SamplingParams.n > 1) sampling its first token this step: draw the
+        first tokens of its samples 1..n-1 from the leader's logits row, and make each sample a
+        new sequence sharing the leader's prompt blocks. Returns those tokens' outputs."""
+        outputs = []
+        for row, leader in enumerate(seqs):
+            if leader.seq_id not in self._pending_samples:
+                continue
+            self._pending_samples.discard(leader.seq_id)
+            params = leader.params
+            # Sample i is a request of its own with seed + i (the shared generator when unseeded).
+            sample_params = [
+                dataclasses.replace(params, n=1, seed=None if params.seed is None else params.seed + i)
+                for i in range(1, params.n)
+            ]
+            generators = [self.sampler.new_generator(p.seed) if p.seed is not None else None for p in sample_params]
+            # The leader's row repeated, [n - 1, V]: each copy drawn with its own generator.
+            rows = logits[row].expand(len(sample_params), -1)
+            tokens = self.sampler(rows, sample_params, generators).tolist()
+            ids = [leader.seq_id]
+            for i, (p, generator, token) in enumerate(zip(sample_params, generators, tokens), start=1):
+                seq = self._new_sample(leader, i, p, token)
+                if generator is not None:
+                    self._generators[seq.seq_id] = generator
+                ids.append(seq.seq_id)
+                outputs.append(self._sample_output(leader, seq, token))
+            self._samples[leader.seq_id] = tuple(ids)
+        return outputs
+
+    def _new_sample(self, leader: Sequence, index: int, params: SamplingParams, token: int) -> Sequence:
+        """Sample `index` of `leader`: the prompt plus its first token, which is output (not
+        prompt) and not computed yet; it shares the prompt's K/V (its full blocks by reference,
+        the partly filled last block copied on write), so its next step is a one-token decode."""
+        prompt = leader.token_ids[: leader.num_prompt_tokens]
+        seq = Sequence(next(self._request_ids), [*prompt, token], params)
+        seq.num_prompt_tokens = len(prompt)
+        seq.sample_of, seq.sample_index = leader.seq_id, index
+        seq.parent_id, seq.fork_position = leader.seq_id, len(prompt)
+        self.sequences[seq.seq_id] = seq
+        if self.tokenizer is not None:
+            self._detokenizers[seq.seq_id] = IncrementalDetokenizer(self.tokenizer, prompt)
+        return seq
+
+    def _sample_output(self, leader: Sequence, seq: Sequence, token: int) -> RequestOutput:
+        """A new sample's first token, finished by the usual rules; one that goes on joins
+        the scheduler holding the leader's blocks, or queues to recompute when none is free."""
+        reason = self._finish_reason(seq, token)
+        detokenizer = self._detokenizers.get(seq.seq_id)
+        delta = detokenizer.push(token) if detokenizer else ""
+        if reason is not None:
+            if detokenizer:
+                delta += detokenizer.finish()
+            seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+            self._generators.pop(seq.seq_id, None)
+        elif self.block_manager.can_fork(leader, seq):
+            copy = self.block_manager.fork(leader, seq)
+            if copy is not None:
+                self.runner.copy_kv_slots(*copy)
+            seq.fork_prefix = "shared"
+            self.scheduler.add_sample(seq)
+        else:
+            self.scheduler.add(seq)  # no block for its copy: it recomputes its prompt later
+        return RequestOutput(seq.seq_id, token, delta, reason is not None, reason)
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params

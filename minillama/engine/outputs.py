@@ -91,3 +91,4 @@ class Completion:
     finish_reason: str | None
     num_cached_tokens: int = 0
     num_preemptions: int = 0
+    sample_index: int = 0  # which of its prompt's n samples (SamplingParams.n); 0 when n is 1

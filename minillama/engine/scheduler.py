@@ -124,6 +124,16 @@ class Scheduler:
             self.waiting.append(seq)
             self._waiting_ids = None
 
+    def add_sample(self, seq: Sequence) -> None:
+        """A sample of a request with n > 1 (LLMEngine), holding the leader's prompt blocks and
+        one uncomputed token, its first: it runs as a decode from the next step when it has a
+        seat, and waits with the forks otherwise."""
+        if len(self.running) < self.max_num_seqs:
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+        else:
+            self.forked.append(seq)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.forked)
 

@@ -32,6 +32,11 @@ class RequestInfo:
     parent_id: int | None = None
     fork_position: int | None = None
     fork_prefix: str | None = None
+    # Parallel sampling (SamplingParams.n > 1): sample i of its prompt. The leader (the id
+    # add_request returned) is sample 0 with sample_of None, like an ordinary request; samples
+    # 1..n-1 name their leader in sample_of (and, sharing its prompt blocks, are its forks too).
+    sample_of: int | None = None
+    sample_index: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -64,6 +69,8 @@ class Sequence:
         self.parent_id: int | None = None
         self.fork_position: int | None = None
         self.fork_prefix: str | None = None
+        self.sample_of: int | None = None  # set on samples 1..n-1 of a request with n > 1
+        self.sample_index = 0
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -78,7 +85,8 @@ class Sequence:
         prompt, outputs = self.token_ids[: self.num_prompt_tokens], self.token_ids[self.num_prompt_tokens :]
         return RequestInfo(self.seq_id, tuple(prompt), tuple(outputs), self.params, self.status.value,
                            self.finish_reason, self.num_cached_tokens, self.num_preemptions,
-                           self.parent_id, self.fork_position, self.fork_prefix)
+                           self.parent_id, self.fork_position, self.fork_prefix,
+                           self.sample_of, self.sample_index)
 
     @property
     def num_tokens(self) -> int:
