@@ -58,6 +58,10 @@ class DebugSession:
         queued, and InvalidRequestError names the first bad one ("prompt 2: ..."). Returns the
         new sequence ids, in the order of `prompts`."""
         params = SamplingParams() if params is None else params
+        if isinstance(params, SamplingParams) and params.n != 1:
+            # A sample's first token comes from its leader's logits row, which the trace's
+            # steps cannot express yet.
+            raise InvalidRequestError("the debugger does not record parallel sampling (n > 1) yet; use n = 1")
         token_ids = []
         for i, prompt in enumerate(prompts):
             try:

@@ -419,11 +419,12 @@ class LLMEngine:
             events.mark()
             forward_ms, _, sample_ms = events.elapsed_ms()
         self.scheduler.update_after_step(batch)
-        # Before _update: a leader that finishes on its first token frees its blocks there.
-        sample_outputs = self._start_samples(logits, seqs) if self._pending_samples else []
-        outputs = self._update(seqs, tokens)
-        if sample_outputs:
-            outputs += sample_outputs
+        if self._pending_samples:  # the one check parallel sampling costs an ordinary step
+            # Before _update: a leader that finishes on its first token frees its blocks there.
+            sample_outputs = self._start_samples(logits, seqs)
+            outputs = self._update(seqs, tokens) + sample_outputs
+        else:
+            outputs = self._update(seqs, tokens)
         timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
         result = StepResult(
             self.step_count, batch, tuple(outputs), timings, self.block_manager.num_free_blocks,
