@@ -97,6 +97,18 @@ def test_no_leak_with_or_without_prefix_caching_and_under_preemption(hf_model, p
     assert all_free(engine)
 
 
+@pytest.mark.parametrize("config", [
+    {"max_num_batched_tokens": 4},  # the prompt prefills in 3 chunks; the samples start after the last
+    {"max_num_seqs": 2},  # samples without a seat wait with the forks, then take a one-token first step
+])
+def test_samples_under_chunked_prefill_and_few_seats(hf_model, config):
+    engine = make_engine(hf_model, **config)
+    leader = engine.add_request(PROMPT, SamplingParams(**{**vars(SAMPLED), "n": 4}))
+    outputs = run(engine, check=lambda: check_pool(engine))
+    assert [outputs[i] for i in engine.samples(leader)] == separate_outputs(hf_model, 4)
+    assert all_free(engine)
+
+
 @pytest.mark.parametrize("when", ["before-prefill", "after-prefill", "one-sample"])
 def test_aborts_leak_nothing(hf_model, when):
     engine = make_engine(hf_model)
