@@ -9,10 +9,11 @@ block is free when all are done (prefix caching on and off, preemption, aborts).
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import make_hf_model
 from test_fork import PROMPT, Plans, all_free, check_pool, make_engine, run
 
-from minillama import InvalidRequestError, SamplingParams
+from minillama import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 from minillama.engine.llm import LLM
 
 SEED = 1234
@@ -165,3 +166,31 @@ def test_generate_yields_a_prompts_samples_consecutively(hf_model):
     assert [c.prompt_token_ids for c in completions] == [PROMPT] * 3 + [PROMPT[:5]]
     assert [c.token_ids for c in completions[:3]] == separate_outputs(hf_model, 3)
     assert not llm.engine.sequences and all_free(llm.engine)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("attention", ["triton", "sdpa"])
+def test_samples_on_cuda_with_cuda_graphs(attention):
+    """n = 4 seeded samples of a 40-token prompt (its last block partly filled, copied on write for
+    each sample) decode through CUDA graphs and equal separate requests with seeds seed + i."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    hf = make_hf_model("gqa-tied-llama3").cuda()
+
+    def cuda_engine() -> LLMEngine:
+        try:
+            return LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", dtype="float32", attention=attention,
+                                                            num_kv_blocks=64, block_size=16))
+        except ValueError as exc:  # backend not installed here
+            pytest.skip(str(exc))
+
+    prompt = [(11 * i + 5) % 256 for i in range(40)]
+    params = SamplingParams(temperature=1.0, max_tokens=12, seed=SEED, ignore_eos=True)
+    engine = cuda_engine()
+    leader = engine.add_request(prompt, SamplingParams(**{**vars(params), "n": 4}))
+    outputs = run(engine, check=lambda: check_pool(engine))
+    assert all_free(engine)
+    for i, request_id in enumerate(engine.samples(leader)):
+        fresh = cuda_engine()
+        alone = fresh.add_request(prompt, SamplingParams(**{**vars(params), "seed": SEED + i}))
+        assert outputs[request_id] == run(fresh)[alone], f"sample {i}"
