@@ -84,7 +84,9 @@ def test_the_prompt_is_computed_once_and_its_blocks_shared(hf_model):
 
 
 @pytest.mark.parametrize("prefix_caching", [True, False])
-@pytest.mark.parametrize("num_kv_blocks", [64, 8])  # 8: the samples preempt each other
+# 8: the samples preempt each other; 7: besides, the last sample finds no block for its copy of
+# the prompt's last block and queues to recompute its prompt.
+@pytest.mark.parametrize("num_kv_blocks", [64, 8, 7])
 def test_no_leak_with_or_without_prefix_caching_and_under_preemption(hf_model, prefix_caching, num_kv_blocks):
     engine = make_engine(hf_model, prefix_caching, num_kv_blocks)
     params = SamplingParams(**{**vars(SAMPLED), "n": 4, "max_tokens": 12})
@@ -92,7 +94,9 @@ def test_no_leak_with_or_without_prefix_caching_and_under_preemption(hf_model, p
     other = engine.add_request(PROMPT[:5], SamplingParams(temperature=0, max_tokens=12))
     outputs = run(engine, check=lambda: check_pool(engine))
     assert all(len(outputs[i]) == 12 for i in (*engine.samples(leader), other))
-    assert (engine.stats.preemptions > 0) == (num_kv_blocks == 8)
+    assert (engine.stats.preemptions > 0) == (num_kv_blocks < 64)
+    last = engine.request(engine.samples(leader)[-1])
+    assert last.fork_prefix == ("shared" if num_kv_blocks > 7 else "prefix-cache" if prefix_caching else "recomputed")
     if num_kv_blocks == 64:
         assert [outputs[i] for i in engine.samples(leader)] == separate_outputs(hf_model, 4, params)
     assert all_free(engine)
