@@ -201,6 +201,10 @@ def test_a_toast_shows_user_text_as_text(browser, url):
     add_prompts(page, "Hi", max_tokens=2)
     page.get_by_text("Breakpoints (Run to breakpoint)").click()
     page.get_by_label("Stop when the text matches (regex)").fill("(<img src=x onerror=window.__xss=1>")
+    # As a user would: click once the form shows what it arms (here, what is wrong with the
+    # pattern). A click sent before the box's value has reached the page's state carries no
+    # pattern, and gets "no breakpoint is set" instead of the toast.
+    page.locator("#ml-bp-armed .ml-error").wait_for(timeout=15_000)
     page.locator("#ml-run-bp").click()
     toast = page.locator(".toast-body, [data-testid='toast-body']").first
     toast.wait_for(timeout=15_000)
