@@ -219,13 +219,21 @@ class LLMEngine:
         token_ids = self.check_request(parent.token_ids[:num_tokens] + list(forced_token_ids), params)
         seq = Sequence(next(self._request_ids), token_ids, params)
         seq.parent_id, seq.fork_position = parent.seq_id, num_tokens
-        if parent.block_table and parent.num_computed_tokens and self.block_manager.can_fork(parent, seq):
-            copy = self.block_manager.fork(parent, seq)
-            if copy is not None:
-                self.runner.copy_kv_slots(*copy)
-            seq.fork_prefix = "shared"
+        if parent.block_table and parent.num_computed_tokens:
+            self._share_prefix(parent, seq)
         self._queue(seq)
         return seq.seq_id
+
+    def _share_prefix(self, parent: Sequence, child: Sequence) -> bool:
+        """Give `child` its parent's K/V of its prefix (BlockManager.fork: full blocks shared,
+        the partly used one copied on write) when enough blocks are free. -> whether it did."""
+        if not self.block_manager.can_fork(parent, child):
+            return False
+        copy = self.block_manager.fork(parent, child)
+        if copy is not None:
+            self.runner.copy_kv_slots(*copy)
+        child.fork_prefix = "shared"
+        return True
 
     def _queue(self, seq: Sequence) -> None:
         if seq.params.seed is not None:
@@ -442,16 +450,23 @@ class LLMEngine:
         outputs = []
         for seq, token in zip(seqs, tokens):
             seq.token_ids.append(token)
-            reason = self._finish_reason(seq, token)
-            detokenizer = self._detokenizers.get(seq.seq_id)
-            delta = detokenizer.push(token) if detokenizer else ""
-            if reason is not None:
-                if detokenizer:
-                    delta += detokenizer.finish()
-                self.scheduler.finish(seq, reason)
-                self._generators.pop(seq.seq_id, None)
-            outputs.append(RequestOutput(seq.seq_id, token, delta, reason is not None, reason))
+            output = self._output(seq, token)
+            if output.finished:
+                self.scheduler.finish(seq, output.finish_reason)
+            outputs.append(output)
         return outputs
+
+    def _output(self, seq: Sequence, token: int) -> RequestOutput:
+        """`seq`'s new token as an output: its text, and whether it ends the request (then its
+        detokenizer flushes and its generator goes; the caller gives its blocks back)."""
+        reason = self._finish_reason(seq, token)
+        detokenizer = self._detokenizers.get(seq.seq_id)
+        delta = detokenizer.push(token) if detokenizer else ""
+        if reason is not None:
+            if detokenizer:
+                delta += detokenizer.finish()
+            self._generators.pop(seq.seq_id, None)
+        return RequestOutput(seq.seq_id, token, delta, reason is not None, reason)
 
     def _start_samples(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[RequestOutput]:
         """For each leader (SamplingParams.n > 1) sampling its first token this step: draw the
@@ -499,23 +514,14 @@ class LLMEngine:
     def _sample_output(self, leader: Sequence, seq: Sequence, token: int) -> RequestOutput:
         """A new sample's first token, finished by the usual rules; one that goes on joins
         the scheduler holding the leader's blocks, or queues to recompute when none is free."""
-        reason = self._finish_reason(seq, token)
-        detokenizer = self._detokenizers.get(seq.seq_id)
-        delta = detokenizer.push(token) if detokenizer else ""
-        if reason is not None:
-            if detokenizer:
-                delta += detokenizer.finish()
-            seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
-            self._generators.pop(seq.seq_id, None)
-        elif self.block_manager.can_fork(leader, seq):
-            copy = self.block_manager.fork(leader, seq)
-            if copy is not None:
-                self.runner.copy_kv_slots(*copy)
-            seq.fork_prefix = "shared"
+        output = self._output(seq, token)
+        if output.finished:
+            seq.status, seq.finish_reason = SequenceStatus.FINISHED, output.finish_reason
+        elif self._share_prefix(leader, seq):
             self.scheduler.add_sample(seq)
         else:
             self.scheduler.add(seq)  # no block for its copy: it recomputes its prompt later
-        return RequestOutput(seq.seq_id, token, delta, reason is not None, reason)
+        return output
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params
