@@ -27,6 +27,15 @@ engine once, when it is made, and reads it through the engine's read-only views 
     on_step_end(result)                 the step's StepResult: its plan, sampled tokens, text
                                         deltas, finish reasons, timings, free blocks
 
+Two hooks fire when it happens, inside a step or between steps:
+
+    on_fork(event)                      a new sequence continues another (ForkEvent: LLMEngine.
+                                        fork between steps; a sample's or a beam's fork inside
+                                        a step, after on_logits): parent, position, forced
+                                        tokens, who chose them, the blocks it shares and the
+                                        copy on write it made
+    on_prune(event)                     a beam search dropped a beam (PruneEvent), inside a step
+
 With no observer attached, each hook costs the engine one `if`. Hooks must not change the
 tensors they are given: they are the engine's own.
 """
@@ -40,7 +49,7 @@ import torch
 from minillama.model.attention_metadata import AttentionMetadata
 
 if TYPE_CHECKING:
-    from minillama.engine.outputs import StepResult
+    from minillama.engine.outputs import ForkEvent, PruneEvent, StepResult
     from minillama.engine.scheduler import SchedulerOutput
 
 
@@ -73,4 +82,10 @@ class Observer:
         pass
 
     def on_step_end(self, result: StepResult) -> None:
+        pass
+
+    def on_fork(self, event: ForkEvent) -> None:
+        pass
+
+    def on_prune(self, event: PruneEvent) -> None:
         pass

@@ -29,7 +29,15 @@ from minillama.engine.block_manager import BlockManager
 from minillama.engine.block_pool import BlockPoolSnapshot, cached_flags, snapshot_block_pool
 from minillama.engine.detokenizer import IncrementalDetokenizer
 from minillama.engine.model_runner import ModelRunner
-from minillama.engine.outputs import EngineStats, RequestOutput, StepResult, StepTimings
+from minillama.engine.outputs import (
+    CopyOnWrite,
+    EngineStats,
+    ForkCause,
+    ForkEvent,
+    RequestOutput,
+    StepResult,
+    StepTimings,
+)
 from minillama.engine.prompts import check_text, check_token_ids
 from minillama.engine.scheduler import Scheduler
 from minillama.engine.sequence import RequestInfo, Sequence, SequenceStatus
@@ -219,9 +227,9 @@ class LLMEngine:
         token_ids = self.check_request(parent.token_ids[:num_tokens] + list(forced_token_ids), params)
         seq = Sequence(next(self._request_ids), token_ids, params)
         seq.parent_id, seq.fork_position = parent.seq_id, num_tokens
-        if parent.block_table and parent.num_computed_tokens:
-            self._share_prefix(parent, seq)
+        shared = bool(parent.block_table and parent.num_computed_tokens) and self._share_prefix(parent, seq)
         self._queue(seq)
+        self._notify_fork(parent, seq, "user", shared)
         return seq.seq_id
 
     def _share_prefix(self, parent: Sequence, child: Sequence) -> bool:
@@ -233,7 +241,21 @@ class LLMEngine:
         if copy is not None:
             self.runner.copy_kv_slots(*copy)
         child.fork_prefix = "shared"
+        child.copy_on_write = CopyOnWrite(*copy) if copy is not None else None
         return True
+
+    def _notify_fork(self, parent: Sequence, child: Sequence, cause: ForkCause, shared: bool) -> None:
+        """Tell the observers about a fork just made (ForkEvent): what it shares, what it copied."""
+        if not self.observers:
+            return
+        position = child.fork_position
+        # BlockManager.fork shares the parent's full computed blocks of the prefix: the child's
+        # first num_computed_tokens // block_size blocks.
+        shared_ids = child.block_table[: child.num_computed_tokens // self.block_manager.block_size] if shared else ()
+        event = ForkEvent(child.seq_id, parent.seq_id, position, tuple(child.token_ids[position:]), cause,
+                          "shared" if shared else "queued", shared_ids, child.copy_on_write if shared else None)
+        for observer in self.observers:
+            observer.on_fork(event)
 
     def _queue(self, seq: Sequence) -> None:
         if seq.params.seed is not None:
@@ -427,16 +449,18 @@ class LLMEngine:
             events.mark()
             forward_ms, _, sample_ms = events.elapsed_ms()
         self.scheduler.update_after_step(batch)
+        rows = None  # outputs[i] came from logits row i
         if self._pending_samples:  # the one check parallel sampling costs an ordinary step
             # Before _update: a leader that finishes on its first token frees its blocks there.
-            sample_outputs = self._start_samples(logits, seqs)
+            sample_outputs, sample_rows = self._start_samples(logits, seqs)
             outputs = self._update(seqs, tokens) + sample_outputs
+            rows = (*range(len(seqs)), *sample_rows)
         else:
             outputs = self._update(seqs, tokens)
         timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
         result = StepResult(
             self.step_count, batch, tuple(outputs), timings, self.block_manager.num_free_blocks,
-            tuple(o.request_id for o in outputs if o.finished),
+            tuple(o.request_id for o in outputs if o.finished), rows,
         )
         self.step_count += 1
         self.stats.record(batch.phase, batch.num_tokens, time.perf_counter() - t0, len(batch.preempted))
@@ -468,11 +492,12 @@ class LLMEngine:
             self._generators.pop(seq.seq_id, None)
         return RequestOutput(seq.seq_id, token, delta, reason is not None, reason)
 
-    def _start_samples(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[RequestOutput]:
+    def _start_samples(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[RequestOutput], list[int]]:
         """For each leader (SamplingParams.n > 1) sampling its first token this step: draw the
         first tokens of its samples 1..n-1 from the leader's logits row, and make each sample a
-        new sequence sharing the leader's prompt blocks. Returns those tokens' outputs."""
-        outputs = []
+        new sequence sharing the leader's prompt blocks. Returns those tokens' outputs, and the
+        logits row each came from (its leader's)."""
+        outputs, rows = [], []
         for row, leader in enumerate(seqs):
             if leader.seq_id not in self._pending_samples:
                 continue
@@ -485,8 +510,8 @@ class LLMEngine:
             ]
             generators = [self.sampler.new_generator(p.seed) if p.seed is not None else None for p in sample_params]
             # The leader's row repeated, [n - 1, V]: each copy drawn with its own generator.
-            rows = logits[row].expand(len(sample_params), -1)
-            tokens = self.sampler(rows, sample_params, generators).tolist()
+            repeated = logits[row].expand(len(sample_params), -1)
+            tokens = self.sampler(repeated, sample_params, generators).tolist()
             ids = [leader.seq_id]
             for i, (p, generator, token) in enumerate(zip(sample_params, generators, tokens), start=1):
                 seq = self._new_sample(leader, i, p, token)
@@ -494,8 +519,9 @@ class LLMEngine:
                     self._generators[seq.seq_id] = generator
                 ids.append(seq.seq_id)
                 outputs.append(self._sample_output(leader, seq, token))
+                rows.append(row)
             self._samples[leader.seq_id] = tuple(ids)
-        return outputs
+        return outputs, rows
 
     def _new_sample(self, leader: Sequence, index: int, params: SamplingParams, token: int) -> Sequence:
         """Sample `index` of `leader`: the prompt plus its first token, which is output (not
@@ -515,12 +541,14 @@ class LLMEngine:
         """A new sample's first token, finished by the usual rules; one that goes on joins
         the scheduler holding the leader's blocks, or queues to recompute when none is free."""
         output = self._output(seq, token)
+        shared = False
         if output.finished:
             seq.status, seq.finish_reason = SequenceStatus.FINISHED, output.finish_reason
-        elif self._share_prefix(leader, seq):
+        elif shared := self._share_prefix(leader, seq):
             self.scheduler.add_sample(seq)
         else:
             self.scheduler.add(seq)  # no block for its copy: it recomputes its prompt later
+        self._notify_fork(leader, seq, "sample", shared)
         return output
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:

@@ -7,7 +7,7 @@ frozen dataclass, which sets each field through object.__setattr__)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from minillama.engine.scheduler import SchedulerOutput
 
@@ -20,6 +20,47 @@ class RequestOutput(NamedTuple):
     text_delta: str
     finished: bool
     finish_reason: str | None = None
+
+
+# Who chose a fork's forced tokens: "user" (LLMEngine.fork), "sample" (parallel sampling: the
+# sampler drew sample i's first token), "beam" (beam search kept this continuation).
+ForkCause = Literal["user", "sample", "beam"]
+
+
+class CopyOnWrite(NamedTuple):
+    """The copy a fork makes of the block where its shared prefix ends, when the prefix ends
+    inside it: slots [0, num_slots) of src_block (the parent's) copied into dst_block (the
+    child's own), in every layer, K and V. The child then writes its own tokens after them."""
+
+    src_block: int
+    dst_block: int
+    num_slots: int
+
+
+class ForkEvent(NamedTuple):
+    """A new sequence that continues another from one of its tokens (LLMEngine.fork, a sample of
+    a request with n > 1, a beam). Observers receive it through on_fork, when it happens."""
+
+    child_id: int
+    parent_id: int
+    position: int  # the parent's tokens the child keeps; its forced tokens start here
+    forced_token_ids: tuple[int, ...]
+    cause: ForkCause
+    # "shared": the child holds the parent's full blocks by reference (shared_block_ids) and a
+    # copy of the partial one (copy); "queued": the parent's blocks were gone or none was free for
+    # the copy, so the child queues like a new request (the prefix cache may serve its prefix).
+    prefix: Literal["shared", "queued"]
+    shared_block_ids: tuple[int, ...] = ()
+    copy: CopyOnWrite | None = None
+
+
+class PruneEvent(NamedTuple):
+    """A beam search dropped a beam: its blocks went back to the pool (those still shared with
+    its surviving siblings stay theirs). Observers receive it through on_prune."""
+
+    seq_id: int
+    group_id: int  # the beam search's request id (the one add_request returned)
+    reason: str  # why, in words: "fell out of the 4 best beams"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +115,20 @@ class StepResult:
 
     step: int  # 0-based index of the step since the engine started
     batch: SchedulerOutput
-    outputs: tuple[RequestOutput, ...]  # in the order of batch.sampling
+    outputs: tuple[RequestOutput, ...]  # in the order of batch.sampling, unless rows says otherwise
     timings: StepTimings
     num_free_blocks: int  # at the step's end
     finished: tuple[int, ...] = ()  # request ids that finished this step
+    # The logits row (index into batch.sampling) each output's token was drawn from, aligned
+    # with outputs; None: output i came from row i, as in every step without parallel sampling
+    # or beam search. With them a row can give several outputs (a leader's row gives its
+    # samples' first tokens; a beam's row gives each beam kept from it), and a pruned beam's
+    # row none.
+    rows: tuple[int, ...] | None = None
+
+    def output_rows(self) -> tuple[int, ...]:
+        """The logits row of each output (see rows)."""
+        return self.rows if self.rows is not None else tuple(range(len(self.outputs)))
 
 
 @dataclass

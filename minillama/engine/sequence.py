@@ -23,7 +23,7 @@ class RequestInfo:
     output_token_ids: tuple[int, ...]  # generated so far
     params: SamplingParams
     status: str  # "waiting", "running" or "finished"
-    finish_reason: str | None  # "stop", "length" or "abort" once finished
+    finish_reason: str | None  # "stop", "length", "abort" or "pruned" (beam search) once finished
     num_cached_tokens: int  # tokens served by the prefix cache at the last admission
     num_preemptions: int
     # A fork (LLMEngine.fork): its parent, the parent's tokens it kept (its forced tokens start
@@ -37,6 +37,11 @@ class RequestInfo:
     # 1..n-1 name their leader in sample_of (and, sharing its prompt blocks, are its forks too).
     sample_of: int | None = None
     sample_index: int = 0
+    # Beam search (SamplingParams.beam_width > 1): every beam names its search's request id in
+    # beam_of (the first beam too); a finished beam's score (its log-probability under the
+    # length penalty) in beam_score. A beam the search dropped finishes with reason "pruned".
+    beam_of: int | None = None
+    beam_score: float | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -64,13 +69,16 @@ class Sequence:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # tokens served by the prefix cache at the last admission
         self.num_preemptions = 0
-        self.finish_reason: str | None = None  # "stop" (EOS or stop token) or "length"
+        self.finish_reason: str | None = None  # "stop" (EOS or stop token), "length", "abort" or "pruned"
         # Set on a fork only (RequestInfo says what they mean).
         self.parent_id: int | None = None
         self.fork_position: int | None = None
         self.fork_prefix: str | None = None
+        self.copy_on_write: tuple[int, int, int] | None = None  # the CopyOnWrite its fork made
         self.sample_of: int | None = None  # set on samples 1..n-1 of a request with n > 1
         self.sample_index = 0
+        self.beam_of: int | None = None
+        self.beam_score: float | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -86,7 +94,7 @@ class Sequence:
         return RequestInfo(self.seq_id, tuple(prompt), tuple(outputs), self.params, self.status.value,
                            self.finish_reason, self.num_cached_tokens, self.num_preemptions,
                            self.parent_id, self.fork_position, self.fork_prefix,
-                           self.sample_of, self.sample_index)
+                           self.sample_of, self.sample_index, self.beam_of, self.beam_score)
 
     @property
     def num_tokens(self) -> int:
