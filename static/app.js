@@ -62,6 +62,14 @@
       }
     }
     window.Plotly.react(div, figure.data, figure.layout, name === "timeline" ? TIMELINE_CONFIG : PLOT_CONFIG);
+    if (name === "logits" && !div.dataset.forkClicks) {
+      // A click on a bar of the Next token chart is a click on that rank's fork button (below it).
+      div.dataset.forkClicks = "1";
+      div.on("plotly_click", (event) => {
+        const rank = event.points?.[0]?.y;
+        if (Number.isInteger(rank)) document.querySelector(`#ml-forks .mlv-fork-tok[data-rank="${rank}"]:not([disabled])`)?.click();
+      });
+    }
   };
 
   let acknowledged = 0;
@@ -155,7 +163,7 @@
     ["space", "Run, or Pause a run"],
     ["s", "one Step"],
     ["b", "Run to breakpoint"],
-    ["1 – 4", "KV cache / Attention / Next token / Logit lens tab"],
+    ["1 – 5", "KV cache / Attention / Next token / Logit lens / Branch tab"],
     ["?", "this help (Esc closes it)"],
   ];
   const help = document.createElement("div");
@@ -164,7 +172,7 @@
   help.setAttribute("role", "dialog");
   help.setAttribute("aria-label", "Keyboard shortcuts");
   help.innerHTML = "<div class='ml-help-card'><b>Keyboard shortcuts</b><table></table><p>Click a generated token to " +
-    "jump to the step that sampled it. Wheel over the timeline zooms, dragging pans; double-click resets.</p></div>";
+    "jump to the step that sampled it; click another token under the Next token chart to fork there. Wheel over the timeline zooms, dragging pans; double-click resets.</p></div>";
   for (const [keys, what] of SHORTCUTS) {
     const row = help.querySelector("table").insertRow();
     row.insertCell().textContent = keys;
@@ -195,7 +203,7 @@
     else if (event.key === " ") press(isRunning() ? "ml-pause" : "ml-run");
     else if (event.key === "s") press("ml-step");
     else if (event.key === "b") press("ml-run-bp");
-    else if (["1", "2", "3", "4"].includes(event.key)) showTab(Number(event.key) - 1);
+    else if (["1", "2", "3", "4", "5"].includes(event.key)) showTab(Number(event.key) - 1);
     else if (event.key === "?") help.hidden = !help.hidden;
     else return;
     event.preventDefault();
@@ -206,6 +214,18 @@
   document.addEventListener("click", (event) => {
     const chip = event.target.closest?.(".tok[data-step]");
     if (chip) seekTo(chip.dataset.step);
+  });
+
+  // What if? A click on a token's fork button (Next token tab) forks the sequence there with it:
+  // its sequence, step and token go to the server on the hidden button, which the click event
+  // reads them from (webui/layout.py FORK_CLICK_JS); the server checks them again.
+  document.addEventListener("click", (event) => {
+    const choice = event.target.closest?.(".mlv-fork-tok[data-token]");
+    const go = document.getElementById("ml-fork-click-go");
+    if (!choice || choice.disabled || !go) return;
+    const { seq, step, token } = choice.dataset;
+    go.dataset.click = JSON.stringify({ seq: Number(seq), step: Number(step), token: Number(token) });
+    press("ml-fork-click-go");
   });
 
   // Hovering an output token shows how likely it was: probability, rank and entropy.

@@ -30,9 +30,10 @@ from typing import Any
 
 import gradio as gr
 
-from inspector import Breakpoint, TraceError, load, save
-from inspector.views import Selection
+from inspector import Breakpoint, RunResult, SequenceFinished, TraceError, load, save
+from inspector.views import Selection, fork_label, resolve
 from minillama import InvalidRequestError, SamplingParams
+from webui import forking
 from webui.breakpoint_form import breakpoints_from_form, describe
 from webui.render import AUTO, render
 from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager, UISession
@@ -169,13 +170,19 @@ class Handlers:
         except SessionEnded as error:
             yield render(None, str(error), error=True)
             return
+        yield from self._run_session(session, breakpoints)
+
+    def _run_session(self, session: UISession, breakpoints: list[Breakpoint] | None,
+                     stopped: Callable[[RunResult], str] | None = None) -> Iterator[list[Any]]:
+        """Run `session` until a breakpoint, the end or Pause, refreshing the panels live.
+        stopped: the message when a breakpoint ends the run (default: which one, and why)."""
         if session.running:
             yield render(session, "already running: Pause first")
             return
         session.running, session.pause_requested = True, False
         message, error = "", False
         try:
-            message = yield from self._run_steps(session, breakpoints or [])
+            message = yield from self._run_steps(session, breakpoints or [], stopped)
         except EXPECTED as caught:
             message, error = str(caught), True
         except Exception as caught:  # noqa: BLE001 - see _reported
@@ -185,7 +192,8 @@ class Handlers:
             session.running = False
         yield render(session, message, error)
 
-    def _run_steps(self, session: UISession, breakpoints: list[Breakpoint]) -> Generator[list[Any], None, str]:
+    def _run_steps(self, session: UISession, breakpoints: list[Breakpoint],
+                   stopped: Callable[[RunResult], str] | None = None) -> Generator[list[Any], None, str]:
         """Take the steps of the session's DebugSession.run_iter one at a time, each under the
         session's lock, until the run ends or Pause; yields the live updates (paced by the
         browser, see RUN_MIN_REFRESH_S) and returns the message to end on."""
@@ -213,7 +221,51 @@ class Handlers:
             return _idle_message(session)
         if result.seq_ids:  # show what the breakpoint is about
             session.selection = replace(session.selection, seq_id=result.seq_ids[0])
-        return f"breakpoint at step {session.index}: {result.reason}"
+        return stopped(result) if stopped is not None else f"breakpoint at step {session.index}: {result.reason}"
+
+    # -- what if: forks ------------------------------------------------------------------------------
+
+    def fork_token(self, key: str, click: str, request: gr.Request) -> Iterator[list[Any]]:
+        """A click on another token in the Next token tab ({"seq", "step", "token"} as JSON):
+        fork the sequence at that step with that token, and run until the fork finishes."""
+        yield from self._fork(key, request, lambda session: forking.from_click(session, click))
+
+    def fork_text(self, key: str, text: str, request: gr.Request) -> Iterator[list[Any]]:
+        """The "Fork with text" box: fork the selected sequence at the cursor's step with the
+        typed text instead of the token it drew there, and run until the fork finishes."""
+        yield from self._fork(key, request, lambda session: forking.from_text(
+            session, _selected_seq(session), text, self.manager.limits.max_prompt_chars))
+
+    def _fork(self, key: str, request: gr.Request,
+              planned: Callable[[UISession], forking.ForkPlan]) -> Iterator[list[Any]]:
+        """Check and make the fork `planned` describes, select it, and run it (and whatever
+        else is queued) until it finishes, live like Run; Pause stops it. A bad request gives a
+        toast and changes nothing."""
+        try:
+            session = self.manager.get(key, _client(request))
+        except SessionEnded as error:
+            toast(str(error))
+            yield render(None, str(error), error=True)
+            return
+        try:
+            if session.running:
+                raise ValueError("already running: Pause first, then fork")
+            with session.lock:
+                plan = planned(session)
+                child = self.manager.fork(session, plan.seq_id, plan.num_tokens, plan.forced, plan.params)
+        except EXPECTED as error:
+            toast(str(error))
+            yield render(session, str(error), error=True)
+            return
+        except Exception as error:  # noqa: BLE001 - see _reported
+            log.exception("fork failed")
+            yield render(session, f"internal error ({type(error).__name__}: {error}); the server keeps serving", True)
+            return
+        label = fork_label(session.trace, child)
+        session.selection = replace(session.selection, seq_id=child)
+        yield render(session, f"{label}: running it to {plan.params.max_tokens} new token(s)…")
+        yield from self._run_session(session, [SequenceFinished(child)], lambda result: (
+            f"{label} finished at step {session.index}: the Branch tab shows it beside #{plan.seq_id}"))
 
     def pause(self, key: str) -> None:
         session = self.manager.find(key)
@@ -346,6 +398,12 @@ class Handlers:
 
 
 _save_lock = threading.Lock()
+
+
+def _selected_seq(session: UISession) -> int | None:
+    """The sequence the Next token tab shows: the one picked, else the one the cursor's step is about."""
+    trace = session.trace
+    return resolve(trace, session.selection, session.index).seq_id if trace is not None else None
 
 
 def _idle_message(session: UISession) -> str:

@@ -1,7 +1,8 @@
 """The page, laid out as debuggers are: the settings in a narrow column on the left (each in a
 collapsible section), and on the right the debugger bar (buttons, cursor slider, status) and the
 scheduler timeline on top, then the generated text beside a stack of tabs (KV cache with the
-step's details and block tables, attention, next token, logit lens). At 1280x800 all of it is
+step's details and block tables, attention, next token with its "what if?" fork buttons, logit
+lens, branch: a fork beside its parent). At 1280x800 all of it is
 on the screen at once; the text and the tabs scroll inside their own panes.
 
 Every event's outputs are the same list of panels (render.OUTPUT_NAMES), so whatever a user
@@ -20,6 +21,9 @@ from webui.handlers import Handlers
 from webui.render import OUTPUT_NAMES
 from webui.sessions import CaptureSettings, EngineSettings, SessionManager
 
+# Runs in the page before a fork click goes out: the inputs [tab key, click], the click read off
+# the hidden button where static/app.js left it.
+FORK_CLICK_JS = "(key, click) => [key, document.getElementById('ml-fork-click-go')?.dataset.click || '']"
 EXAMPLE_PROMPTS = "What is the capital of France?\nWrite a haiku about autumn.\nWhat is the capital of France? Answer in one word."
 
 
@@ -119,15 +123,30 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                                 _plot_panel("attention")
                             with gr.Tab("Next token", elem_id="ml-tab-logits", render_children=True):
                                 _plot_panel("logits")
+                                # What if? The alternatives as buttons (a click forks there; static/app.js).
+                                forks = gr.HTML(elem_id="ml-forks")
+                                with gr.Row(elem_id="ml-fork-text-row", equal_height=True):
+                                    fork_text = gr.Textbox("", placeholder="or type text to force here instead",
+                                                           show_label=False, max_lines=1, elem_id="ml-fork-text",
+                                                           scale=4, container=False, interactive=live)
+                                    fork_text_go = gr.Button("Fork with text", elem_id="ml-fork-text-go", size="sm",
+                                                             scale=1, min_width=110, interactive=live)
                                 _plot_panel("history")
                             with gr.Tab("Logit lens", elem_id="ml-tab-lens", render_children=True):
                                 _plot_panel("lens")
+                            with gr.Tab("Branch", elem_id="ml-tab-branch", render_children=True):
+                                branch = gr.HTML(elem_id="ml-branch")
                 figures = gr.HTML(elem_id="ml-figures", elem_classes="ml-hidden")
                 # The tab key (webui/tab_keys.py): filled in when the page loads, sent with every call.
                 key = gr.Textbox(visible="hidden", elem_id="ml-tab-key")
+                # A click on a fork button: static/app.js puts the button's {"seq", "step", "token"}
+                # on the hidden button (data-click) and clicks it; FORK_CLICK_JS hands it over as the
+                # field's value, so no value can race the click.
+                fork_click = gr.Textbox(visible="hidden", elem_id="ml-fork-click")
+                fork_click_go = gr.Button(visible="hidden", elem_id="ml-fork-click-go")
 
         panels = dict(status=status, slider=slider, text=text, figures=figures, tables=tables, details=details,
-                      seq=seq, layer=layer, head=head)
+                      forks=forks, branch=branch, seq=seq, layer=layer, head=head)
         outputs = [panels[name] for name in OUTPUT_NAMES]
         # Moving the cursor only reads the trace: no queue (a direct request), no progress overlay.
         quiet = dict(outputs=outputs, show_progress="hidden", queue=False)
@@ -144,6 +163,10 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         # Pause is a flag the run loop reads between steps (no cancellation mid-step); it needs
         # no queue slot of its own, so it acts at once even on a busy server.
         pause.click(handlers.pause, [key], None, api_name="pause", queue=False)
+        fork_click_go.click(handlers.fork_token, [key, fork_click], outputs, js=FORK_CLICK_JS, api_name="fork_token",
+                            show_progress="hidden")
+        gr.on([fork_text_go.click, fork_text.submit], handlers.fork_text, [key, fork_text], outputs, api_name="fork_text",
+              show_progress="hidden")
         reset.click(handlers.reset, [key, kv_blocks, block_size, max_num_seqs, max_batched, prefix_caching,
                                      attention, traced, logits_k, lens], outputs, api_name="reset")
         slider.input(handlers.seek, [key, slider], trigger_mode="always_last", api_name="seek", **quiet)

@@ -21,10 +21,10 @@ import gradio as gr
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from inspector import views
+from inspector import Trace, views
 from webui.sessions import UISession
 
-OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "seq", "layer", "head")
+OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "forks", "branch", "seq", "layer", "head")
 FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history", "lens")  # the keys of the figures' JSON
 AUTO = "auto"  # the sequence picker's value for "whichever sequence the step is about"
 
@@ -63,6 +63,17 @@ def figures_html(figures: dict[str, go.Figure]) -> str:
     return f"<div class='ml-figure-data' data-figures=\"{html.escape('{' + payload + '}')}\"></div>"
 
 
+def sequence_choices(trace: Trace) -> list[tuple[str, str]]:
+    """The sequence picker's (label, value) of every sequence: each fork listed under its
+    parent, marked ↳ and labelled with where it branched off (views.lineage_order, fork_labels)."""
+    labels = views.fork_labels(trace)
+    choices = []
+    for seq_id, depth in views.lineage_order(trace):
+        label = f"{'   ' * (depth - 1)}↳ {labels[seq_id]}" if depth else labels[seq_id]
+        choices.append((label + (" · attention" if trace.sequences[seq_id].traced else ""), str(seq_id)))
+    return choices
+
+
 def render(session: UISession | None, message: str = "", error: bool = False, cursor_only: bool = False) -> list[Any]:
     """Every panel's update, in OUTPUT_NAMES order. cursor_only: only the cursor moved, so the
     selection controls (sequence, layer, head) keep their choices and are not sent again."""
@@ -76,7 +87,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         return [
             status_html(session, message, error),
             gr.Slider(minimum=0, maximum=1, value=0, interactive=False, label="Step: none recorded"),
-            note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note,
+            note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note, note, note,
             gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(),
         ]
     selection = views.resolve(trace, session.selection, index)
@@ -86,7 +97,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         label=f"Step {index} · steps 0–{count - 1} recorded" if count else "Step: none recorded",
     )
     sequences = [("auto (follows the step)", AUTO)]
-    sequences += [(f"#{s}{' · attention' if r.traced else ''}", str(s)) for s, r in sorted(trace.sequences.items())]
+    sequences += sequence_choices(trace)
     picked = AUTO if session.selection.seq_id not in trace.sequences else str(session.selection.seq_id)
     heads = [("all heads", "all")] + [(f"head {h}", str(h)) for h in range(trace.model.num_heads)]
     figures = {
@@ -104,6 +115,8 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         figures_html(figures),
         views.block_tables_html(trace, index),
         views.step_details_html(trace, index),
+        views.fork_choices_html(trace, index, selection, session.live),
+        views.branch_html(trace, index, selection),
     ] + ([gr.skip()] * 3 if cursor_only else [
         gr.Dropdown(choices=sequences, value=picked),
         gr.Slider(minimum=0, maximum=trace.model.num_layers - 1, value=selection.layer, step=1),

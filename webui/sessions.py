@@ -293,6 +293,17 @@ class SessionManager:
             self.reset(session, session.settings, session.capture)
         return session.debug.add_batch(prompts, params, chat)
 
+    def fork(self, session: UISession, seq_id: int, num_tokens: int, forced: list[int], params: SamplingParams) -> int:
+        """Fork sequence `seq_id` (DebugSession.fork), waiting for other sessions' steps: the
+        fork's copy on write runs on the device the model shares. Returns the fork's id;
+        raises InvalidRequestError, changing nothing, when the engine refuses it."""
+        if not session.live:
+            raise LimitReached("this is a trace from a file: forking needs the live engine (Reset starts one)")
+        with self.model_lock:
+            child = session.debug.fork(seq_id, num_tokens, forced, params)
+        session.last_used = time.monotonic()
+        return child
+
     def step(self, session: UISession) -> bool:
         """One engine step (waiting for other sessions' steps); False when nothing is left to
         run. Raises LimitReached at the per-session step limit."""

@@ -14,14 +14,18 @@ layer not captured...) a builder returns a placeholder that says why, and never 
 One idea per file: selection.py (what the user picked, and which sequence "auto" shows),
 colors.py (one palette), states.py (what each sequence did at each step), tokens.py (token
 texts, escaped), queries.py (which query the attention views show), figure.py and markup.py
-(shared plumbing), then one file per panel.
+(shared plumbing), lineage.py (which sequence forks which, and the "#3 <- #1" labels), then one
+file per panel.
 """
 
 from inspector.views.attention_map import attention_figure
 from inspector.views.block_tables import block_tables_html
+from inspector.views.branch import align, branch_html
 from inspector.views.colors import STATE_COLORS, sequence_color
 from inspector.views.figure import NO_STEP, empty_figure
+from inspector.views.fork_choices import fork_choices_html
 from inspector.views.kv_cache import kv_cache_figure
+from inspector.views.lineage import fork_label, fork_labels, lineage_order
 from inspector.views.logit_lens import logit_lens_figure
 from inspector.views.logits import logits_figure, logits_history_figure
 from inspector.views.markup import VIEWS_CSS
@@ -32,7 +36,8 @@ from inspector.views.text_panel import text_html
 from inspector.views.timeline import timeline_figure
 
 __all__ = [
-    "NO_STEP", "STATES", "STATE_COLORS", "VIEWS_CSS", "Selection", "attention_figure", "block_tables_html",
-    "empty_figure", "kv_cache_figure", "resolve", "logit_lens_figure", "logits_figure", "logits_history_figure", "sequence_color",
-    "sequence_states", "step_details_html", "text_html", "timeline_figure",
+    "NO_STEP", "STATES", "STATE_COLORS", "VIEWS_CSS", "Selection", "align", "attention_figure", "block_tables_html",
+    "branch_html", "empty_figure", "fork_choices_html", "fork_label", "fork_labels", "kv_cache_figure", "lineage_order", "resolve",
+    "logit_lens_figure", "logits_figure", "logits_history_figure", "sequence_color", "sequence_states",
+    "step_details_html", "text_html", "timeline_figure",
 ]

@@ -1,7 +1,8 @@
 """The Text panel: every sequence's prompt and output as token chips, as of the cursor step.
 
-One block per sequence, in id order: "#id", its status at the cursor (a coloured badge), then
-one chip per token. Prompt chips are grey; output chips are tinted with the sequence's colour
+One block per sequence, in id order with each fork right under its parent, indented and
+labelled with where it branched off ("#3 <- #1 at step 12, " the" -> " a"", lineage.py): "#id",
+its status at the cursor (a coloured badge), then one chip per token. Prompt chips are grey; output chips are tinted with the sequence's colour
 and appear only once sampled, so moving the cursor back "un-generates" text. The chip of the
 token sampled at the cursor step is outlined (class tok-current). Hovering an output chip shows
 how sure the model was: the token's probability, its rank among all tokens, and the entropy of
@@ -17,11 +18,13 @@ from __future__ import annotations
 from inspector.trace.model import TokenRecord, Trace
 from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
+from inspector.views.lineage import fork_labels, lineage_order
 from inspector.views.markup import badge, empty_panel, escape, panel, seq_background, step_of
 from inspector.views.states import sequence_states, status_at
 from inspector.views.tokens import chip_text, output_pieces, prompt_piece
 
 MIN_FOLD = 8  # a chat prompt's first turn is folded when at least this long
+INDENT_PX, MAX_INDENT = 16, 4  # a fork's block is indented under its parent's, up to 4 levels
 
 
 def text_html(trace: Trace, index: int) -> str:
@@ -34,11 +37,14 @@ def text_html(trace: Trace, index: int) -> str:
         f'<div class="mlv-caption">{step_of(index, len(trace.steps))} · model {escape(trace.model.name)} · '
         "grey: prompt tokens, tinted: generated tokens (hover for probability), outlined: sampled at this step</div>"
     )
-    blocks = [_sequence_block(trace, seq_id, index, states) for seq_id in sorted(trace.sequences)]
+    labels = fork_labels(trace)
+    blocks = [_sequence_block(trace, seq_id, index, states, depth, labels[seq_id])
+              for seq_id, depth in lineage_order(trace)]
     return panel(caption + "".join(blocks), "mlv-text")
 
 
-def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]]) -> str:
+def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]], depth: int,
+                    label: str) -> str:
     seq = trace.sequences[seq_id]
     status = status_at(trace, seq_id, index, states)
     reason = seq.finish_reason if status == "finished" else ""
@@ -48,7 +54,7 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     if preemptions:
         facts += f", preempted {preemptions}×"
     head = (
-        f'<div class="mlv-seq-head"><b>#{seq_id}</b> {badge(status, reason or "")} '
+        f'<div class="mlv-seq-head"><b>{escape(label)}</b> {badge(status, reason or "")} '
         f'<span class="mlv-muted">{facts}</span></div>'
     )
     prompt = [_prompt_chip(trace, seq_id, p, token_id) for p, token_id in enumerate(seq.prompt_ids)]
@@ -60,7 +66,9 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
                            f'{"".join(prompt[:folded])}</details>']
     output = [_output_chip(trace, seq_id, step, token_id, text, index) for step, token_id, text in outputs]
     body = "".join(prompt) + "".join(output)
-    return (f'<div class="mlv-seq" data-seq="{seq_id}" style="border-left-color:{sequence_color(seq_id)}">{head}'
+    # A fork sits under its parent, indented one step per generation (lineage.py).
+    indent = f"margin-left:{min(depth, MAX_INDENT) * INDENT_PX}px;" if depth else ""
+    return (f'<div class="mlv-seq" data-seq="{seq_id}" style="{indent}border-left-color:{sequence_color(seq_id)}">{head}'
             f'<div class="mlv-tokens">{body}</div></div>')
 
 

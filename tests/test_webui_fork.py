@@ -1,0 +1,181 @@
+"""What if? The fork requests of the web UI through gradio_client, against a real server with
+the embedded model: a click on another token forks there and runs the fork to its parent's
+length, typed text does the same, and every hostile request (bad JSON, a sequence, step or
+token that does not exist, a trace from a file, an aborted parent, a running session) gets a
+message and changes nothing."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+
+import pytest
+from test_webui_api import add, panels
+from webui_support import Tab, running_server
+
+from minillama import EngineConfig, LLMEngine
+from webui.limits import Limits
+from webui.sessions import SessionManager
+
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def manager(embedded_dir):
+    base = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=1, max_model_len=256))
+    return SessionManager(base, Limits(max_sessions=32, max_sessions_per_client=32, max_new_tokens=64))
+
+
+@pytest.fixture(scope="module")
+def url(manager):
+    with running_server(manager) as address:
+        yield address
+
+
+def stepped(url: str, steps: int = 4) -> tuple[Tab, dict]:
+    """A tab with one greedy request (MAX_TOKENS tokens) stepped `steps` times; its last panels."""
+    tab = Tab(url)
+    add(tab, "What is the capital of France?", max_tokens=MAX_TOKENS)
+    for _ in range(steps):
+        named = panels(tab.predict(api_name="/step"))
+    return tab, named
+
+
+def choices(named: dict) -> list[dict]:
+    """The fork buttons of the Next token tab: their data attributes, and whether enabled."""
+    buttons = re.findall(r"<button ([^>]*class=\"mlv-fork-tok[^>]*)>", named["forks"])
+    found = []
+    for attributes in buttons:
+        data = dict(re.findall(r'data-(\w+)="(\d+)"', attributes))
+        found.append({**{k: int(v) for k, v in data.items()}, "enabled": " disabled" not in attributes})
+    return found
+
+
+def click(choice: dict) -> str:
+    return json.dumps({"seq": choice["seq"], "step": choice["step"], "token": choice["token"]})
+
+
+def test_a_click_forks_there_and_runs_the_fork_to_its_parents_length(url, manager):
+    tab, named = stepped(url)
+    buttons = choices(named)
+    assert len(buttons) > 1 and sum(not b["enabled"] for b in buttons) == 1  # the drawn token's is disabled
+    alternative = next(b for b in buttons if b["enabled"])
+    parent_id, step = alternative["seq"], alternative["step"]
+    assert step == 3  # the cursor's step, the last one
+    done = panels(tab.predict(click(alternative), api_name="/fork_token"))
+    trace = manager.find(tab.key).trace
+    child_id = max(trace.sequences)
+    parent, child = trace.sequences[parent_id], trace.sequences[child_id]
+    status = html.unescape(done["status"])
+    assert f"#{child_id} <- #{parent_id} at step {step}" in status and "finished at step" in status
+    # It kept the parent's tokens before that step's token, then the clicked one.
+    kept = parent.token_steps.index(step)
+    assert child.prompt_ids == parent.prompt_ids + parent.output_ids[:kept] + [alternative["token"]]
+    assert child.parent_id == parent_id and child.fork_cause == "user" and child.finish_reason is not None
+    if child.finish_reason == "length":  # it ends where its parent may: the same max tokens in all
+        assert kept + 1 + len(child.output_ids) == MAX_TOKENS
+    # Listed under its parent, selected, and shown beside it in the Branch tab.
+    assert done["seq"]["value"] == str(child_id)
+    labels = [label for label, _ in done["seq"]["choices"]]
+    under = labels[labels.index(next(x for x in labels if x.startswith(f"#{parent_id}"))) + 1]
+    assert under.startswith(f"↳ #{child_id} <- #{parent_id} at step {step}, ")
+    assert f"#{child_id} &lt;- #{parent_id} at step {step}" in done["text"]
+    assert "mlv-diverge" in done["branch"] and "first difference" in done["branch"]
+
+
+def test_typed_text_forks_at_the_cursor_step_of_the_selected_sequence(url, manager):
+    tab, _ = stepped(url, steps=3)
+    done = panels(tab.predict(" Berlin", api_name="/fork_text"))
+    trace = manager.find(tab.key).trace
+    child = trace.sequences[max(trace.sequences)]
+    parent = trace.sequences[child.parent_id]
+    assert "finished at step" in done["status"]
+    kept = parent.token_steps.index(2)  # the cursor was at step 2
+    forced = child.prompt_ids[len(parent.prompt_ids) + kept:]
+    assert forced and child.fork_position == len(parent.prompt_ids) + kept
+    assert "Berlin" in "".join(child.prompt_tokens[child.fork_position:])
+
+
+CLICKS = [
+    ("", "carried none"),
+    ("not json", "exactly a sequence, a step and a token"),
+    ('{"seq": 0, "step": 3}', "exactly a sequence, a step and a token"),
+    ('{"seq": 0, "step": 3, "token": 5, "params": {}}', "exactly a sequence, a step and a token"),
+    ('[0, 3, 5]', "exactly a sequence, a step and a token"),
+    ('{"seq": "0", "step": 3, "token": 5}', "whole numbers"),
+    ('{"seq": true, "step": 3, "token": 5}', "whole numbers"),
+    ('{"seq": 0, "step": -1, "token": 5}', "whole numbers"),
+    ('{"seq": 0, "step": 3, "token": 1.5}', "whole numbers"),
+    ('{"seq": 0, "step": 3, "token": 5' + " " * 300 + "}", "carried none"),
+    ('{"seq": 99, "step": 3, "token": 5}', "no sequence #99"),
+    ('{"seq": 0, "step": 999, "token": 5}', "drew no token at step 999"),
+    ('{"seq": 0, "step": 3, "token": 999999999}', "not in the model's vocabulary"),
+]
+
+
+@pytest.fixture(scope="module")
+def target(url):
+    """One stepped tab for every hostile click (each must leave it as it was)."""
+    return stepped(url)
+
+
+@pytest.mark.parametrize(("payload", "message"), CLICKS)
+def test_a_hostile_click_gets_a_message_and_changes_nothing(target, manager, payload, message):
+    tab, before = target
+    session = manager.find(tab.key)
+    sequences, steps = len(session.trace.sequences), len(session.trace.steps)
+    named = panels(tab.predict(payload, api_name="/fork_token"))
+    assert "ml-error" in named["status"] and message in html.unescape(named["status"])
+    assert (len(session.trace.sequences), len(session.trace.steps)) == (sequences, steps)
+    assert named["text"] == before["text"]
+
+
+def test_the_drawn_token_itself_is_refused(url, manager):
+    tab, named = stepped(url)
+    drawn = next(b for b in choices(named) if not b["enabled"])
+    refused = panels(tab.predict(click(drawn), api_name="/fork_token"))
+    assert "drew that very token" in refused["status"] and len(manager.find(tab.key).trace.sequences) == 1
+
+
+def test_an_aborted_parent_cannot_be_forked(url, manager):
+    tab, named = stepped(url)
+    session = manager.find(tab.key)
+    alternative = next(b for b in choices(named) if b["enabled"])
+    session.debug.abort(alternative["seq"])  # the engine lets go of it
+    refused = panels(tab.predict(click(alternative), api_name="/fork_token"))
+    assert "no longer held by the engine" in refused["status"] and len(session.trace.sequences) == 1
+
+
+def test_a_trace_from_a_file_cannot_be_forked(url, manager):
+    from gradio_client import handle_file
+
+    author, named = stepped(url)
+    alternative = next(b for b in choices(named) if b["enabled"])
+    path = author.predict(api_name="/save_trace")
+    viewer = Tab(url)
+    opened = panels(viewer.predict(handle_file(path), api_name="/open_trace"))
+    assert "read-only" in opened["forks"] or "drew no token" in opened["forks"]
+    refused = panels(viewer.predict(click(alternative), api_name="/fork_token"))
+    assert "trace from a file" in refused["status"]
+    refused = panels(viewer.predict(" Berlin", api_name="/fork_text"))
+    assert "trace from a file" in refused["status"]
+
+
+def test_empty_fork_text_and_a_running_session_are_refused(url, manager):
+    tab, named = stepped(url, steps=2)
+    assert "fork text is empty" in panels(tab.predict("", api_name="/fork_text"))["status"]
+    add(tab, "Write a long story about a dragon.", max_tokens=60)
+    job = tab.submit(api_name="/run")
+    session = manager.find(tab.key)
+    deadline = time.monotonic() + 30
+    while not session.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        refused = panels(tab.predict(" Berlin", api_name="/fork_text"))
+        assert "already running" in refused["status"]
+    finally:
+        tab.predict(api_name="/pause")
+        job.result(timeout=60)
+    assert all(s.parent_id is None for s in session.trace.sequences.values())
