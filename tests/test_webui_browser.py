@@ -328,3 +328,37 @@ def test_a_laptop_screen_shows_the_whole_debugger_and_the_text_wraps(browser, ur
     page.keyboard.press("Escape")
     playwright_api.expect(page.locator("#ml-help")).to_be_hidden()
     page.context.close()
+
+
+# Each block-table row's sequence and physical blocks ("#3" -> [5, 9]), read from the page.
+BLOCK_TABLES = """() => Object.fromEntries([...document.querySelectorAll('#ml-tables tr')].map(row => [
+    row.querySelector('th')?.textContent.trim(),
+    [...row.querySelectorAll('td')].map(cell => Number((cell.textContent.match(/→\\s*(\\d+)/) || [])[1]))]))"""
+
+
+def test_clicking_another_token_forks_there_and_shows_the_branch_and_the_shared_blocks(browser, url):
+    page = open_page(browser, url)
+    add_prompts(page, "What is the capital of France?", max_tokens=12)
+    step_through(page, 4)
+    page.get_by_role("tab", name="Next token").click()
+    choice = page.locator("#ml-forks .mlv-fork-tok:not([disabled])").first
+    assert choice.get_attribute("data-step") == "3"  # the alternatives at the cursor's step
+    choice.click()  # one click: the fork is made and runs to its end
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('finished at step')",
+                           timeout=60_000)
+    assert "#1 <- #0 at step 3" in page.locator("#ml-status").inner_text()
+    assert "#1 <- #0 at step 3" in page.locator("#ml-text").inner_text()  # listed under its parent
+    page.get_by_role("tab", name="Branch").click()
+    branch = page.locator("#ml-branch")
+    branch.locator("tr.mlv-diverge").wait_for()
+    assert "#0 parent" in branch.inner_text() and "#1 fork" in branch.inner_text()  # both sides
+    assert "first ≠" in branch.locator("tr.mlv-diverge").inner_text()  # the divergence, marked
+    # The fork's first step (4): its block table holds its parent's full blocks, the same physical blocks.
+    slider = page.locator("#ml-slider input[type=number]")
+    slider.fill("4")
+    slider.press("Enter")
+    wait_for_step(page, 4)
+    page.get_by_role("tab", name="KV cache").click()
+    tables = page.evaluate(BLOCK_TABLES)
+    assert set(tables["#0"]) & set(tables["#1"])
+    page.context.close()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from inspector.trace.model import Trace
-from inspector.views.colors import CURRENT_COLOR, sequence_color
+from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
 from inspector.views.lineage import fork_label, quote
 from inspector.views.markup import empty_panel, escape, panel, seq_background, seq_label, step_of
@@ -34,21 +34,19 @@ from inspector.views.selection import Selection, resolve
 from inspector.views.tokens import chip_text, position_pieces, prompt_piece
 
 PREFIX_SHOWN = 16  # tokens of the shared prefix shown before the rows (the rest fold away)
-BAR_PX = 48  # width of a probability bar at p = 1
+BAR_PX = 28  # width of a probability bar at p = 1
 
-BRANCH_CSS = f"""
-.mlv-branch table {{ width: 100%; }}
-.mlv-branch th {{ color: #555; font-weight: 500; border-bottom: 1px solid #ddd; }}
-.mlv-branch td {{ border-bottom: 1px solid #f0f0f0; white-space: nowrap; }}
-.mlv-branch td.mlv-num {{ text-align: right; font-variant-numeric: tabular-nums; color: #444; }}
-.mlv-branch tr.mlv-differs td.mlv-mark {{ color: #b00020; }}
-.mlv-branch tr.mlv-diverge td {{ background: #fff4e5; border-top: 2px solid #b00020; }}
-.mlv-branch tr.mlv-diverge td.mlv-mark {{ font-weight: 700; }}
-.mlv-branch .mlv-pbar {{ display: inline-block; height: 8px; vertical-align: middle; margin-right: 4px;
-  border-radius: 2px; }}
-.mlv-branch .mlv-prefix {{ margin: 4px 0 8px; line-height: 1.9; }}
-.mlv-branch .tok-current {{ border: 2px solid {CURRENT_COLOR}; font-weight: 600; }}
-.mlv-branch .tok-forced {{ border: 1px dashed #222; }}
+BRANCH_CSS = """
+.mlv-branch th { color: #555; font-weight: 500; border-bottom: 1px solid #ddd; white-space: nowrap; }
+.mlv.mlv-branch table th, .mlv.mlv-branch table td { padding: 1px 4px; font-size: 12px; }
+.mlv-branch td { border-bottom: 1px solid #f0f0f0; white-space: nowrap; }
+.mlv-branch td.mlv-num { text-align: right; font-variant-numeric: tabular-nums; color: #444; }
+.mlv-branch td.mlv-mark { text-align: center; color: #b00020; }
+.mlv-branch tr.mlv-diverge td { background: #fff4e5; border-top: 2px solid #b00020; }
+.mlv-branch tr.mlv-diverge td.mlv-mark { font-weight: 700; }
+.mlv-branch .mlv-pbar { display: inline-block; height: 8px; vertical-align: middle; margin-right: 3px;
+  border-radius: 2px; }
+.mlv-branch .mlv-prefix { margin: 4px 0 8px; line-height: 1.9; }
 """
 
 SideKind = Literal["prompt", "forced", "sampled"]
@@ -65,6 +63,7 @@ class Side:
     prob: float | None = None  # "sampled": the model's p of it; "forced": the parent's p of it, when recorded
     entropy: float | None = None  # "sampled": of the distribution it was drawn from
     rank: int | None = None
+    eos: bool = False  # the token that stopped its sequence, with no text of its own
 
 
 @dataclass(frozen=True)
@@ -162,9 +161,10 @@ def _side(trace: Trace, seq_id: int, position: int, until: int | None, forced_fr
     token = trace.steps[step].token_of(seq_id)
     g = token.logits if token is not None else None
     text = token.text_delta if token is not None else ""
+    eos = not text and token is not None and token.finish_reason == "stop"
     if g is None:
-        return Side(seq.output_ids[out], text, "sampled", step)
-    return Side(seq.output_ids[out], text, "sampled", step, g.sampled_prob, g.entropy, g.sampled_rank)
+        return Side(seq.output_ids[out], text, "sampled", step, eos=eos)
+    return Side(seq.output_ids[out], text, "sampled", step, g.sampled_prob, g.entropy, g.sampled_rank, eos)
 
 
 def _parent_logits_at(trace: Trace, parent_id: int, position: int) -> tuple[list[int], list[float]] | None:
@@ -225,15 +225,16 @@ def _prefix_html(branch: Branch) -> str:
 
 def _table(branch: Branch, index: int) -> str:
     p, f = branch.parent_id, branch.fork_id
-    header = (f"<tr><th>pos</th><th></th><th>{seq_label(p)} (parent)</th><th>p</th><th>H</th><th>step</th>"
-              f"<th>{seq_label(f)} (fork)</th><th>p</th><th>H</th><th>step</th></tr>")
+    header = (f"<tr><th>pos</th><th>{seq_label(p)} parent</th><th>p</th><th>H</th><th>step</th><th></th>"
+              f"<th>{seq_label(f)} fork</th><th>p</th><th>H</th><th>step</th></tr>")
     rows = []
     for i, row in enumerate(branch.rows):
         classes = " ".join(c for c in ("mlv-differs" if row.differs else "", "mlv-diverge" if i == branch.divergence else "") if c)
-        mark = "≠ first difference" if i == branch.divergence else ("≠" if row.differs else "")
+        mark = '<span title="the first difference">first ≠</span>' if i == branch.divergence else (
+            "≠" if row.differs else "")
         rows.append(
             f'<tr class="{classes}" data-position="{row.position}"><td class="mlv-num">{row.position}</td>'
-            f'<td class="mlv-mark">{mark}</td>{_cells(row.parent, p, index)}{_cells(row.fork, f, index)}</tr>'
+            f'{_cells(row.parent, p, index)}<td class="mlv-mark">{mark}</td>{_cells(row.fork, f, index)}</tr>'
         )
     return f"<table>{header}{''.join(rows)}</table>"
 
@@ -247,7 +248,8 @@ def _cells(side: Side | None, seq_id: int, index: int) -> str:
         return '<td class="mlv-muted">·</td><td></td><td></td><td></td>'
     classes = "tok" + (" tok-current" if side.step is not None and side.step == index else "")
     classes += " tok-forced" if side.kind == "forced" else (" tok-prompt" if side.kind == "prompt" else "")
-    text = chip_text(side.text) if side.text else f"⟨{side.token_id}⟩"  # a token with no text of its own
+    # A token with no text of its own shows its id, or ⟨eos⟩ when it is why its sequence stopped.
+    text = chip_text(side.text) if side.text else ("⟨eos⟩" if side.eos else f"⟨{side.token_id}⟩")
     chip = f'<span class="{classes}" style="background:{seq_background(seq_id, 0.22)}" title="token id {side.token_id}">{text}</span>'
     if side.kind == "forced":
         chip += ' <span class="mlv-muted">forced</span>'

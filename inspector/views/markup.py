@@ -36,6 +36,7 @@ VIEWS_CSS = """
 .mlv .tok-prompt { background: #efefef; }
 .mlv .tok-id { color: #888; font-style: italic; }
 .mlv .tok-current { border: 2px solid CURRENT; font-weight: 600; }
+.mlv .tok-forced { border: 1px dashed #222; }
 .mlv table { border-collapse: collapse; margin: 4px 0 8px; font-size: inherit; }
 .mlv th, .mlv td { padding: 2px 6px; text-align: left; vertical-align: top; }
 .mlv-kv td.mlv-block { font-family: ui-monospace, monospace; font-size: 11px; border: 1px solid #fff;

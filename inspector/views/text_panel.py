@@ -2,7 +2,8 @@
 
 One block per sequence, in id order with each fork right under its parent, indented and
 labelled with where it branched off ("#3 <- #1 at step 12, " the" -> " a"", lineage.py): "#id",
-its status at the cursor (a coloured badge), then one chip per token. Prompt chips are grey; output chips are tinted with the sequence's colour
+its status at the cursor (a coloured badge), then one chip per token (a fork's tokens kept from
+its parent folded, the ones it forced dashed). Prompt chips are grey; output chips are tinted with the sequence's colour
 and appear only once sampled, so moving the cursor back "un-generates" text. The chip of the
 token sampled at the cursor step is outlined (class tok-current). Hovering an output chip shows
 how sure the model was: the token's probability, its rank among all tokens, and the entropy of
@@ -57,9 +58,16 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
         f'<div class="mlv-seq-head"><b>{escape(label)}</b> {badge(status, reason or "")} '
         f'<span class="mlv-muted">{facts}</span></div>'
     )
-    prompt = [_prompt_chip(trace, seq_id, p, token_id) for p, token_id in enumerate(seq.prompt_ids)]
+    # A fork's first tokens are its parent's (shown there): folded; the tokens it forced, dashed.
+    kept = (seq.fork_position or 0) if seq.parent_id in trace.sequences else 0
+    prompt = [_prompt_chip(trace, seq_id, p, token_id, forced=0 < kept <= p)
+              for p, token_id in enumerate(seq.prompt_ids)]
     folded = first_turn_length(seq.prompt_ids) if seq.chat else 0
-    if folded:
+    if kept:
+        summary = f"#{seq.parent_id}'s first {kept} tokens (click to show)"
+        prompt[:kept] = [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{summary}</summary>'
+                         f'{"".join(prompt[:kept])}</details>']
+    elif folded:
         # The chat template's first turn (the system prompt), the same in every request: folded.
         summary = f"system prompt · {folded} tokens (click to show)"
         prompt[:folded] = [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{summary}</summary>'
@@ -85,10 +93,10 @@ def first_turn_length(prompt_ids: list[int]) -> int:
     return 0
 
 
-def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int) -> str:
+def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, forced: bool = False) -> str:
     piece = prompt_piece(trace, seq_id, position)
-    title = f"prompt position {position} · token id {token_id}"
-    return _chip(piece, token_id, "tok tok-prompt", f'title="{title}"')
+    title = f"{'forced by the fork' if forced else 'prompt'} position {position} · token id {token_id}"
+    return _chip(piece, token_id, "tok tok-prompt" + (" tok-forced" if forced else ""), f'title="{title}"')
 
 
 def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str, index: int) -> str:
