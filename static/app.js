@@ -67,7 +67,8 @@
       div.dataset.forkClicks = "1";
       div.on("plotly_click", (event) => {
         const rank = event.points?.[0]?.y;
-        if (Number.isInteger(rank)) document.querySelector(`#ml-forks .mlv-fork-tok[data-rank="${rank}"]:not([disabled])`)?.click();
+        if (!Number.isInteger(rank)) return;
+        document.querySelector(`#ml-forks .mlv-fork-tok[data-rank="${rank}"]:not([disabled])`)?.click();
       });
     }
   };
@@ -172,7 +173,8 @@
   help.setAttribute("role", "dialog");
   help.setAttribute("aria-label", "Keyboard shortcuts");
   help.innerHTML = "<div class='ml-help-card'><b>Keyboard shortcuts</b><table></table><p>Click a generated token to " +
-    "jump to the step that sampled it; click another token under the Next token chart to fork there. Wheel over the timeline zooms, dragging pans; double-click resets.</p></div>";
+    "jump to the step that sampled it; click another token under the Next token chart to fork there. Wheel over " +
+    "the timeline zooms, dragging pans; double-click resets.</p></div>";
   for (const [keys, what] of SHORTCUTS) {
     const row = help.querySelector("table").insertRow();
     row.insertCell().textContent = keys;

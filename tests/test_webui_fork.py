@@ -179,3 +179,20 @@ def test_empty_fork_text_and_a_running_session_are_refused(url, manager):
         tab.predict(api_name="/pause")
         job.result(timeout=60)
     assert all(s.parent_id is None for s in session.trace.sequences.values())
+
+
+def test_pause_stops_a_forks_run(url, manager):
+    tab = Tab(url)
+    add(tab, "Write a long story about a dragon.", max_tokens=60)
+    for _ in range(3):
+        named = panels(tab.predict(api_name="/step"))
+    job = tab.submit(click(next(b for b in choices(named) if b["enabled"])), api_name="/fork_token")
+    session = manager.find(tab.key)
+    deadline = time.monotonic() + 30
+    while not session.running and time.monotonic() < deadline:  # the fork was made and runs
+        time.sleep(0.02)
+    tab.predict(api_name="/pause")
+    paused = panels(job.result(timeout=60))
+    assert "paused" in paused["status"]
+    child = session.trace.sequences[max(session.trace.sequences)]
+    assert child.parent_id is not None and child.finish_reason is None  # stopped midway, resumable

@@ -47,6 +47,8 @@ def from_click(session: UISession, payload: object) -> ForkPlan:
 def from_text(session: UISession, seq_id: int | None, text: object, max_chars: int) -> ForkPlan:
     """The fork that forces typed `text` at the cursor's step of sequence `seq_id`."""
     _check_live(session)
+    if seq_id is None:
+        raise ValueError("no sequence at the cursor: add prompts and step first")
     if not isinstance(text, str) or not text:
         raise ValueError("the fork text is empty: type the text to put in place of the token at the cursor")
     if len(text) > max_chars:
@@ -62,8 +64,6 @@ def from_text(session: UISession, seq_id: int | None, text: object, max_chars: i
     forced = list(tokenizer.encode(text, add_special_tokens=False))
     if not forced:
         raise ValueError(f"the fork text {text[:40]!r} encodes to no tokens")
-    if seq_id is None:
-        raise ValueError("no sequence at the cursor: add prompts and step first")
     return plan(session, seq_id, session.index, forced)
 
 

@@ -2,8 +2,8 @@
 collapsible section), and on the right the debugger bar (buttons, cursor slider, status) and the
 scheduler timeline on top, then the generated text beside a stack of tabs (KV cache with the
 step's details and block tables, attention, next token with its "what if?" fork buttons, logit
-lens, branch: a fork beside its parent). At 1280x800 all of it is
-on the screen at once; the text and the tabs scroll inside their own panes.
+lens, branch: a fork beside its parent). At 1280x800 all of it is on the screen at once; the
+text and the tabs scroll inside their own panes.
 
 Every event's outputs are the same list of panels (render.OUTPUT_NAMES), so whatever a user
 does, every panel shows the step under the cursor. Buttons and panels carry elem_ids that
