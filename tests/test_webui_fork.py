@@ -15,7 +15,7 @@ import pytest
 from test_webui_api import add, panels
 from webui_support import Tab, running_server
 
-from minillama import EngineConfig, LLMEngine
+from minillama import EngineConfig, LLMEngine, SamplingParams
 from webui.limits import Limits
 from webui.sessions import SessionManager
 
@@ -196,3 +196,19 @@ def test_pause_stops_a_forks_run(url, manager):
     assert "paused" in paused["status"]
     child = session.trace.sequences[max(session.trace.sequences)]
     assert child.parent_id is not None and child.finish_reason is None  # stopped midway, resumable
+
+
+def test_a_sample_forks_into_one_plain_sequence(url, manager):
+    tab, _ = stepped(url, steps=1)
+    session = manager.find(tab.key)
+    leader = session.debug.add("Name a colour.", SamplingParams(temperature=1.0, seed=1, max_tokens=6, n=2), chat=True)
+    tab.predict(api_name="/step")  # its prompt: both samples draw their first token
+    sample = session.debug.engine.samples(leader)[1]
+    trace = session.trace
+    step = trace.sequences[sample].token_steps[0]
+    drawn = trace.steps[step].token_of(sample)
+    other = next(t for t in drawn.logits.top_ids if t != drawn.token_id)
+    done = panels(tab.predict(json.dumps({"seq": sample, "step": step, "token": other}), api_name="/fork_token"))
+    child = trace.sequences[max(trace.sequences)]
+    assert "finished at step" in done["status"] and child.parent_id == sample
+    assert child.params["n"] == 1 and child.group_id is None and child.fork_cause == "user"

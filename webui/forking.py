@@ -20,7 +20,7 @@ least one new token). Side by side in the Branch view, both columns then have th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from minillama import InvalidRequestError, SamplingParams
 from webui.sessions import UISession
@@ -92,7 +92,13 @@ def plan(session: UISession, seq_id: int, step: int, forced: list[int]) -> ForkP
     # The parent's budget counts from the end of its own prompt: the fork kept `out` of those
     # tokens and forces len(forced) more.
     remaining = max(params.max_tokens - out - len(forced), 1)
-    return ForkPlan(seq_id, step, num_tokens, list(forced), replace(params, max_tokens=remaining, n=1))
+    # One plain sequence, drawn as its parent draws tokens (not a set of samples, even when the
+    # parent is one of a set).
+    fork_params = SamplingParams(
+        temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, max_tokens=remaining,
+        seed=params.seed, ignore_eos=params.ignore_eos, stop_token_ids=params.stop_token_ids,
+    )
+    return ForkPlan(seq_id, step, num_tokens, list(forced), fork_params)
 
 
 def _parse_click(payload: object) -> tuple[int, int, int]:
