@@ -118,13 +118,13 @@ def test_forks_are_listed_under_their_parents_with_where_they_branched(run):
     trace, parent_id, fork_id, same_id, step = run
     assert lineage_order(trace) == [(parent_id, 0), (fork_id, 1), (same_id, 1)]
     label = fork_label(trace, fork_id)
-    assert label.startswith(f"#{fork_id} <- #{parent_id} at step {step}, ")
+    assert label.startswith(f"#{fork_id} ← #{parent_id} at step {step}, ")
     forced = trace.sequences[fork_id].prompt_ids[-1]
     assert label.endswith(f'"[{forced}]"')  # the tiny model's tokens have no text: their ids
     assert fork_label(trace, parent_id) == f"#{parent_id}"
     text = text_html(trace, len(trace.steps) - 1)
     order = [int(s) for s in re.findall(r'class="mlv-seq" data-seq="(\d+)"', text)]
-    assert order == [parent_id, fork_id, same_id] and "&lt;- #" in text
+    assert order == [parent_id, fork_id, same_id] and "← #" in text
     assert f"#{parent_id}'s first {len(PROMPT) + 2} tokens" in text  # the kept tokens, folded
 
 

@@ -346,8 +346,8 @@ def test_clicking_another_token_forks_there_and_shows_the_branch_and_the_shared_
     choice.click()  # one click: the fork is made and runs to its end
     page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('finished at step')",
                            timeout=60_000)
-    assert "#1 <- #0 at step 3" in page.locator("#ml-status").inner_text()
-    assert "#1 <- #0 at step 3" in page.locator("#ml-text").inner_text()  # listed under its parent
+    assert "#1 ← #0 at step 3" in page.locator("#ml-status").inner_text()
+    assert "#1 ← #0 at step 3" in page.locator("#ml-text").inner_text()  # listed under its parent
     page.get_by_role("tab", name="Branch").click()
     branch = page.locator("#ml-branch")
     branch.locator("tr.mlv-diverge").wait_for()

@@ -69,7 +69,7 @@ def test_a_click_forks_there_and_runs_the_fork_to_its_parents_length(url, manage
     child_id = max(trace.sequences)
     parent, child = trace.sequences[parent_id], trace.sequences[child_id]
     status = html.unescape(done["status"])
-    assert f"#{child_id} <- #{parent_id} at step {step}" in status and "finished at step" in status
+    assert f"#{child_id} ← #{parent_id} at step {step}" in status and "finished at step" in status
     # It kept the parent's tokens before that step's token, then the clicked one.
     kept = parent.token_steps.index(step)
     assert child.prompt_ids == parent.prompt_ids + parent.output_ids[:kept] + [alternative["token"]]
@@ -80,8 +80,8 @@ def test_a_click_forks_there_and_runs_the_fork_to_its_parents_length(url, manage
     assert done["seq"]["value"] == str(child_id)
     labels = [label for label, _ in done["seq"]["choices"]]
     under = labels[labels.index(next(x for x in labels if x.startswith(f"#{parent_id}"))) + 1]
-    assert under.startswith(f"↳ #{child_id} <- #{parent_id} at step {step}, ")
-    assert f"#{child_id} &lt;- #{parent_id} at step {step}" in done["text"]
+    assert under.startswith(f"↳ #{child_id} ← #{parent_id} at step {step}, ")
+    assert f"#{child_id} ← #{parent_id} at step {step}" in done["text"]
     assert "mlv-diverge" in done["branch"] and "first difference" in done["branch"]
 
 

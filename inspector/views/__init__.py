@@ -14,7 +14,7 @@ layer not captured...) a builder returns a placeholder that says why, and never 
 One idea per file: selection.py (what the user picked, and which sequence "auto" shows),
 colors.py (one palette), states.py (what each sequence did at each step), tokens.py (token
 texts, escaped), queries.py (which query the attention views show), figure.py and markup.py
-(shared plumbing), lineage.py (which sequence forks which, and the "#3 <- #1" labels), then one
+(shared plumbing), lineage.py (which sequence forks which, and the "#3 ← #1" labels), then one
 file per panel.
 """
 

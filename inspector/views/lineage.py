@@ -4,7 +4,7 @@ A fork (DebugSession.fork, a parallel sample, a beam) continues its parent's fir
 `fork_position` tokens with tokens of its own. Wherever the UI lists sequences it lists a fork
 right under its parent, indented, and labels it the way the question is asked:
 
-    #3 <- #1 at step 12, " the" -> " a"
+    #3 ← #1 at step 12, " the" → " a"
 
 that is: #1 sampled " the" at step 12; #3 is #1 up to there, with " a" instead. A fork made
 inside the parent's prompt says "at prompt token 5"; one made past the parent's last token
@@ -60,11 +60,11 @@ def fork_origin(trace: Trace, seq_id: int, forks: dict[int, ForkRecord] | None =
 
 
 def fork_label(trace: Trace, seq_id: int, forks: dict[int, ForkRecord] | None = None) -> str:
-    """"#3 <- #1 at step 12, " the" -> " a"" for a fork; "#3" for any other sequence."""
+    """"#3 ← #1 at step 12, " the" → " a"" for a fork; "#3" for any other sequence."""
     origin = fork_origin(trace, seq_id, forks)
     if origin is None:
         return f"#{seq_id}"
-    head = f"#{seq_id} <- #{origin.parent_id}"
+    head = f"#{seq_id} ← #{origin.parent_id}"
     if origin.cause == "sample":
         return f"{head} (sample {trace.sequences[seq_id].sample_index}), {quote(origin.forced)}"
     if origin.cause == "beam":
@@ -72,7 +72,7 @@ def fork_label(trace: Trace, seq_id: int, forks: dict[int, ForkRecord] | None = 
     if origin.replaced is None:
         return f"{head} after token {origin.position}, + {quote(origin.forced)}"
     where = f"at step {origin.step}" if origin.step is not None else f"at prompt token {origin.position}"
-    return f"{head} {where}, {quote(origin.replaced)} -> {quote(origin.forced)}"
+    return f"{head} {where}, {quote(origin.replaced)} → {quote(origin.forced)}"
 
 
 def fork_labels(trace: Trace) -> dict[int, str]:

@@ -1,7 +1,7 @@
 """The Text panel: every sequence's prompt and output as token chips, as of the cursor step.
 
 One block per sequence, in id order with each fork right under its parent, indented and
-labelled with where it branched off ("#3 <- #1 at step 12, " the" -> " a"", lineage.py): "#id",
+labelled with where it branched off ("#3 ← #1 at step 12, " the" → " a"", lineage.py): "#id",
 its status at the cursor (a coloured badge), then one chip per token (a fork's tokens kept from
 its parent folded, the ones it forced dashed). Prompt chips are grey; output chips are tinted with the sequence's colour
 and appear only once sampled, so moving the cursor back "un-generates" text. The chip of the
