@@ -30,7 +30,9 @@ from inspector.views import (
     Selection,
     attention_figure,
     block_tables_html,
+    branch_html,
     empty_figure,
+    fork_choices_html,
     kv_cache_figure,
     logits_figure,
     logits_history_figure,
@@ -47,7 +49,7 @@ from inspector.views.selection import resolve
 from minillama import EngineConfig, LLMEngine, SamplingParams
 
 FIGURES = (timeline_figure, kv_cache_figure, attention_figure, logits_figure, logits_history_figure)
-PANELS = (text_html, block_tables_html, step_details_html)
+PANELS = (text_html, block_tables_html, step_details_html, branch_html, fork_choices_html)
 
 
 @pytest.fixture(scope="module")

@@ -129,8 +129,8 @@ def branch_html(trace: Trace, index: int, selection: Selection | None = None) ->
     pair = pick_pair(trace, seq_id)
     if pair is None:
         who = f"#{seq_id} is not a fork and has none" if seq_id is not None else "No sequence"
-        return empty_panel(f"{who}: in the Next token tab, click another token to fork the sequence there, "
-                           "then pick the fork or its parent in Sequence")
+        return empty_panel(f"Branch · step {index}: {who}. In the Next token tab, click another token to fork the "
+                           "sequence there, then pick the fork or its parent in Sequence")
     branch = align(trace, *pair, until=index)
     return panel(f"<style>{BRANCH_CSS}</style>" + _caption(trace, branch, index, seq_id) + _prefix_html(branch)
                  + _table(branch, index), "mlv-branch")
