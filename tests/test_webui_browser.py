@@ -354,11 +354,11 @@ def test_clicking_another_token_forks_there_and_shows_the_branch_and_the_shared_
     assert "#0 parent" in branch.inner_text() and "#1 fork" in branch.inner_text()  # both sides
     assert "first ≠" in branch.locator("tr.mlv-diverge").inner_text()  # the divergence, marked
     # The fork's first step (4): its block table holds its parent's full blocks, the same physical blocks.
+    page.get_by_role("tab", name="KV cache").click()
     slider = page.locator("#ml-slider input[type=number]")
     slider.fill("4")
     slider.press("Enter")
-    wait_for_step(page, 4)
-    page.get_by_role("tab", name="KV cache").click()
+    wait_for_step(page, 4)  # the block tables on screen included
     tables = page.evaluate(BLOCK_TABLES)
     assert set(tables["#0"]) & set(tables["#1"])
     page.context.close()
