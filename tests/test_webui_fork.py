@@ -108,7 +108,7 @@ CLICKS = [
     ('{"seq": true, "step": 3, "token": 5}', "whole numbers"),
     ('{"seq": 0, "step": -1, "token": 5}', "whole numbers"),
     ('{"seq": 0, "step": 3, "token": 1.5}', "whole numbers"),
-    ('{"seq": 0, "step": 3, "token": 5' + " " * 300 + "}", "carried none"),
+    ('{"seq": 0, "step": 3, "token": 5' + " " * 300 + "}", "three small numbers, not 333 characters"),
     ('{"seq": 99, "step": 3, "token": 5}', "no sequence #99"),
     ('{"seq": 0, "step": 999, "token": 5}', "drew no token at step 999"),
     ('{"seq": 0, "step": 3, "token": 999999999}', "not in the model's vocabulary"),

@@ -103,8 +103,10 @@ def plan(session: UISession, seq_id: int, step: int, forced: list[int]) -> ForkP
 
 def _parse_click(payload: object) -> tuple[int, int, int]:
     """{"seq": int, "step": int, "token": int} as JSON, nothing more, nothing less."""
-    if not isinstance(payload, str) or not payload or len(payload) > MAX_CLICK_CHARS:
+    if not isinstance(payload, str) or not payload:
         raise ValueError("a fork click carries a sequence, a step and a token: this one carried none (reload the page)")
+    if len(payload) > MAX_CLICK_CHARS:
+        raise ValueError(f"a fork click carries three small numbers, not {len(payload)} characters")
     try:
         fields = json.loads(payload)
     except ValueError:
