@@ -658,6 +658,7 @@ class LLMEngine:
             made += self._branch(group, parents[index], children[index], shares)
         if not shares:  # the search waits whole, to be admitted again with blocks for all its beams
             self.scheduler.preempt_search([parents[index] for index in going_on])
+            self.stats.preemptions += len(going_on)
         made.sort(key=lambda child: child[0].rank)
         beam_of = {candidate.rank: output.request_id for candidate, output in made}
         group.beams = [] if selection.done else [self.sequences[beam_of[c.rank]] for c in selection.keep]
