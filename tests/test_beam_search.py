@@ -256,6 +256,23 @@ def test_generate_returns_the_beams_best_first_and_forgets_them(hf_model):
     assert not llm.engine.sequences and all_free(llm.engine)
 
 
+def test_a_fork_of_a_beam_runs_a_search_of_its_own(hf_model):
+    engine = make_engine(hf_model)
+    request_id = engine.add_request(PROMPT, beam(3, 8))
+    for _ in range(4):  # the prefill, then 3 decodes: each beam has 4 tokens
+        engine.step()
+    parent = engine.beams(request_id)[1]
+    prefix = list(engine.sequences[parent].token_ids[:13])
+    child = engine.fork(parent, 13, [200])  # the beam's params: a search of width 3 from there
+    greedy = engine.fork(parent, 13, [200], SamplingParams(temperature=0, max_tokens=4))
+    run(engine, check=lambda: check_pool(engine))
+    assert engine.request(child).beam_of == child and engine.request(greedy).beam_of is None
+    results = engine.beams(child)
+    got = [list(engine.request(i).output_token_ids) for i in results]
+    assert_same(got, [engine.request(i).beam_score for i in results], hf_beams(hf_model, prefix + [200], 3, 8))
+    assert all_free(engine)
+
+
 # -- bad input ------------------------------------------------------------------------------------------
 
 
