@@ -206,6 +206,10 @@ def test_no_leak_and_the_same_beams_under_preemption(hf_model, prefix_caching, p
     running_forks = [f for f in events.forks if engine.request(f.child_id).beam_score is None]  # not finished at birth
     assert {f.prefix for f in running_forks} == ({"shared", "queued"} if pool == 15 else {"shared"})
     assert_same(got, scores, hf_beams(hf_model, PROMPT, 3, 10))
+    # In step: a step samples none of the search's beams, or its first beam alone, or all 3.
+    search = engine.request(events.forks[0].child_id).beam_of
+    sampled = [[x.seq_id for x in r.batch.sampling if engine.request(x.seq_id).beam_of == search] for r in events.results]
+    assert {len(ids) for ids in sampled} == {0, 1, 3} and sampled.count([search]) == 1
     assert all_free(engine)
 
 
