@@ -299,6 +299,24 @@ def test_bad_beam_parameters_are_refused_changing_nothing(hf_model, params, mess
     assert engine.add_request(PROMPT, beam(4)) == 0  # no request id was taken
 
 
+@pytest.mark.parametrize("early_stopping, error", [
+    (True, None), (False, None), ("never", None),
+    ("always", "expected a bool, got str or expected one of 'never'"), (1, "expected a bool, got int"),
+])
+def test_a_trace_keeps_the_beam_parameters(early_stopping, error):
+    """SequenceRecord.params holds them as plain values; loading takes what SamplingParams does."""
+    from inspector.trace.codec import decode
+    from inspector.trace.model import SamplingRecord, TraceError
+
+    record = {**vars(SamplingParams(beam_width=3, length_penalty=0.5)), "stop_token_ids": [],
+              "early_stopping": early_stopping}
+    if error is None:
+        assert decode(SamplingRecord, record, {}, "params") == record
+    else:
+        with pytest.raises(TraceError, match=error):
+            decode(SamplingRecord, record, {}, "params")
+
+
 # -- on a CUDA GPU ---------------------------------------------------------------------------------------
 
 
