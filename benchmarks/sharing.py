@@ -1,13 +1,20 @@
-"""What sharing KV blocks buys: n samples of one prompt, and forks of running requests, against
-the same number of separate requests, and n samples against Hugging Face transformers, in one
-process.
+"""What sharing KV blocks buys: n samples of one prompt, a beam search, and forks of running
+requests, against the same number of separate requests, and samples and beams against Hugging
+Face transformers, in one process.
 
     python -m benchmarks.sharing                 # CPU: the embedded model, 8 chat prompts
     python -m benchmarks.sharing --gpu           # GPU: Llama-3.2-1B shape, random bf16 weights
 
 - samples: each prompt with SamplingParams(n=4) (one prefill; the samples share the prompt's
-  blocks, copy on write) against 4 separate requests per prompt with seeds seed + i (the same
-  tokens: tests/test_parallel_sampling.py), and against HF `generate(num_return_sequences=4)`.
+  blocks, copy on write) against 4 separate requests per prompt, and against HF
+  `generate(num_return_sequences=4)`. Unseeded (the engine's shared generator): a seeded request
+  draws from a generator of its own, one small kernel per row and step, on both sides alike.
+  Prefix caching is off for this part: with it on, every run after the first would find its
+  prompts in the cache, and 4 separate requests would not compute their prompt 4 times.
+- beams: each prompt with SamplingParams(beam_width=4) (one prefill; each step keeps the 4
+  best beams, forking and pruning on shared blocks) against 4 separate greedy requests per prompt
+  (the same tokens to compute, with none of the search), and against HF `generate(num_beams=4)`.
+  Tokens: every beam's token of every step, the work done (the search keeps 4 x max tokens).
 - forks: each request, halfway through its output, forked 3 times with other tokens
   (LLMEngine.fork: the forks share its blocks) against 3 separate requests per request whose
   prompts are the same prefixes plus the same tokens (the prefix cache, on by default, serves
@@ -19,6 +26,8 @@ the same number of tokens. Each engine run goes once untimed first (kernels, gra
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import sys
 import time
 
@@ -32,8 +41,8 @@ from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli
 PROG = "python -m benchmarks.sharing"
 
 
-def _sampling(max_tokens: int, seed: int, n: int = 1) -> SamplingParams:
-    return SamplingParams(temperature=1.0, seed=seed, n=n, max_tokens=max_tokens, ignore_eos=True)
+def _sampling(max_tokens: int, n: int = 1) -> SamplingParams:
+    return SamplingParams(temperature=1.0, n=n, max_tokens=max_tokens, ignore_eos=True)
 
 
 def _run(engine: LLMEngine, ids: list[int]) -> int:
@@ -51,7 +60,7 @@ def _run(engine: LLMEngine, ids: list[int]) -> int:
 def time_samples(engine: LLMEngine, prompts: list[list[int]], n: int, max_tokens: int) -> Row:
     synchronize(engine.device)
     start = time.perf_counter()
-    ids = [engine.add_request(p, _sampling(max_tokens, seed=0, n=n)) for p in prompts]
+    ids = [engine.add_request(p, _sampling(max_tokens, n=n)) for p in prompts]
     tokens = _run(engine, ids)
     return Row(f"minillama, n={n} samples", tokens, time.perf_counter() - start)
 
@@ -59,9 +68,61 @@ def time_samples(engine: LLMEngine, prompts: list[list[int]], n: int, max_tokens
 def time_separate_samples(engine: LLMEngine, prompts: list[list[int]], n: int, max_tokens: int) -> Row:
     synchronize(engine.device)
     start = time.perf_counter()
-    ids = [engine.add_request(p, _sampling(max_tokens, seed=i)) for p in prompts for i in range(n)]
+    ids = [engine.add_request(p, _sampling(max_tokens)) for p in prompts for _ in range(n)]
     tokens = _run(engine, ids)
     return Row(f"minillama, {n} separate requests", tokens, time.perf_counter() - start)
+
+
+def _count_outputs(engine: LLMEngine) -> int:
+    """Step until every request is done; -> the tokens the steps produced (every beam's)."""
+    tokens = 0
+    while engine.has_unfinished():
+        tokens += len(engine.step())
+    synchronize(engine.device)
+    return tokens
+
+
+def time_beams(engine: LLMEngine, prompts: list[list[int]], k: int, max_tokens: int) -> Row:
+    params = SamplingParams(beam_width=k, max_tokens=max_tokens, ignore_eos=True)
+    synchronize(engine.device)
+    start = time.perf_counter()
+    ids = [engine.add_request(p, params) for p in prompts]
+    tokens = _count_outputs(engine)
+    seconds = time.perf_counter() - start
+    for i in ids:
+        engine.forget(i)  # every beam the search made
+    return Row(f"minillama, beam_width={k}", tokens, seconds)
+
+
+def time_separate_greedy(engine: LLMEngine, prompts: list[list[int]], k: int, max_tokens: int) -> Row:
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    synchronize(engine.device)
+    start = time.perf_counter()
+    ids = [engine.add_request(p, params) for p in prompts for _ in range(k)]
+    tokens = _count_outputs(engine)
+    seconds = time.perf_counter() - start
+    for i in ids:
+        engine.forget(i)
+    return Row(f"minillama, {k} separate greedy requests", tokens, seconds)
+
+
+def time_hf_beams(hf, prompts: list[list[int]], k: int, max_tokens: int, batch_size: int, pad_id: int) -> Row:
+    """HF `generate(num_beams=k)`; tokens: k beams x the new tokens, the work the search does."""
+    device = hf.device
+    synchronize(device)
+    start = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i : i + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+        with torch.inference_mode():
+            out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                              do_sample=False, num_beams=k, pad_token_id=pad_id)
+        tokens += (out.shape[1] - width) * len(batch) * k
+    synchronize(device)
+    return Row(f"HF generate, num_beams={k}", tokens, time.perf_counter() - start)
 
 
 def time_hf_samples(hf, prompts: list[list[int]], n: int, max_tokens: int, batch_size: int, pad_id: int) -> Row:
@@ -141,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> None:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help="Llama-3.2-1B shape, random weights, on a CUDA GPU")
-    parser.add_argument("--n", type=int_at_least(2), default=4, help="samples per prompt, and forks per request - 1")
+    parser.add_argument("--n", type=int_at_least(2), default=4,
+                        help="samples per prompt, the beam width, and forks per request + 1")
     parser.add_argument("--num-prompts", type=int_at_least(1), default=None, help="default: 8 (CPU), 64 (GPU)")
     parser.add_argument("--max-tokens", type=int_at_least(2), default=None, help="default: 32 (CPU), 128 (GPU)")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peer")
@@ -154,29 +216,38 @@ def _main(argv: list[str]) -> None:
     dtype = torch.bfloat16 if args.gpu else torch.float32
     args.config = "1b" if args.gpu else None
     hf, tokenizer = load_hf(args, device, dtype)
+    config = EngineConfig(device="cuda", max_num_seqs=256, max_num_batched_tokens=16384) if args.gpu else EngineConfig(device="cpu")
+    engine = LLMEngine.from_hf_model(hf, dataclasses.replace(config, enable_prefix_caching=False), tokenizer)
     if args.gpu:
-        config = EngineConfig(device="cuda", max_num_seqs=256, max_num_batched_tokens=16384)
-        engine = LLMEngine.from_hf_model(hf, config, tokenizer)
         prompts = random_prompts(args.num_prompts or 64, 256, 1024, hf.config.vocab_size, seed=0)
         max_tokens = args.max_tokens or 128
     else:
-        engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cpu"), tokenizer)
         prompts = [engine.encode_prompt(p, chat=True) for p in CHAT_PROMPTS][: args.num_prompts or 8]
         max_tokens = args.max_tokens or 32
     n = args.n
     print(f"device {device}, {'Llama-3.2-1B shape, random weights' if args.gpu else 'embedded model'}, "
           f"{len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
           f"{max_tokens} new tokens per sequence")
+    pad = 0 if tokenizer is None or tokenizer.pad_token_id is None else tokenizer.pad_token_id
+    batch = max(1, 64 // n) if args.gpu else len(prompts)  # HF's prompts per generate call
     rows = [_best(lambda: time_samples(engine, prompts, n, max_tokens)),
             _best(lambda: time_separate_samples(engine, prompts, n, max_tokens))]
     if not args.no_hf:
-        pad = 0 if tokenizer is None or tokenizer.pad_token_id is None else tokenizer.pad_token_id
-        batch = max(1, 64 // n) if args.gpu else len(prompts)
         rows.append(_best(lambda: time_hf_samples(hf, prompts, n, max_tokens, batch, pad), repeats=1))
-    print_table(f"{n} samples of each prompt", rows)
+    print_table(f"{n} samples of each prompt (prefix caching off)", rows)
+    rows = [_best(lambda: time_beams(engine, prompts, n, max_tokens)),
+            _best(lambda: time_separate_greedy(engine, prompts, n, max_tokens))]
+    if not args.no_hf:
+        rows.append(_best(lambda: time_hf_beams(hf, prompts, n, max_tokens, batch, pad), repeats=1))
+    print_table(f"beam search of width {n} (prefix caching off; tokens: every beam's)", rows)
+    del engine
+    gc.collect()
+    if args.gpu:
+        torch.cuda.empty_cache()
+    engine = LLMEngine.from_hf_model(hf, config, tokenizer)
     rows = [_best(lambda: time_forks(engine, prompts, n - 1, max_tokens, fork=True)),
             _best(lambda: time_forks(engine, prompts, n - 1, max_tokens, fork=False))]
-    print_table(f"{n - 1} continuations of each request from its middle (timed from the forks)", rows)
+    print_table(f"{n - 1} continuations of each request from its middle (timed from the forks; prefix caching on)", rows)
 
 
 if __name__ == "__main__":

@@ -168,11 +168,12 @@ def assert_logits_summaries_match(run: RecordedRun, k: int = 10) -> None:
                 torch.testing.assert_close(torch.tensor(g.top_sampling_probs), sampling[g.top_ids])
 
 
-def add_forks(run: RecordedRun) -> dict[str, int]:
+def add_forks(run: RecordedRun, beams: bool = False) -> dict[str, int]:
     """Go on with a finished recorded run: a new greedy request, forked by the user two steps
     into its decode at a position inside a block (a copy on write), and a request with n = 2
-    seeded samples sharing its prompt's blocks; run to the end. -> the ids: "parent", "fork",
-    "samples" (the leader of the samples)."""
+    seeded samples sharing its prompt's blocks (and with `beams`, then a beam search of width
+    3, whose beams fork and prune); run to the end. -> the ids: "parent", "fork", "samples" (the
+    leader of the samples), and "beams" (the search's request id)."""
     session = run.session
     prompt = torch.randint(0, 256, (9,), generator=torch.Generator().manual_seed(5)).tolist()  # 2 blocks + 1 token
     parent = session.add(prompt, SamplingParams(temperature=0, max_tokens=8))
@@ -190,4 +191,8 @@ def add_forks(run: RecordedRun) -> dict[str, int]:
     assert stop.finished
     for sample in run.engine.samples(samples)[1:]:
         run.params[sample] = SamplingParams(temperature=1.0, seed=4, max_tokens=5)
-    return {"parent": parent, "fork": fork, "samples": samples}
+    ids = {"parent": parent, "fork": fork, "samples": samples}
+    if beams:
+        ids["beams"] = session.add(prompt[:5], SamplingParams(beam_width=3, max_tokens=6))
+        assert session.run().finished
+    return ids

@@ -7,7 +7,7 @@
 - Number fields hold out-of-range values: the loader refuses the file, or every view renders.
 
 The base trace is a real recording of a tiny random model (test_inspector_support), with the
-logit lens on, a fork and parallel samples, so every field of the schema is present, saved and
+logit lens on, a fork, parallel samples and a beam search, so every field of the schema is present, saved and
 then edited as JSON.
 """
 
@@ -70,8 +70,8 @@ def leaves(kind: Any, data: Any, path: Path_ = (), owner: str = "Trace", field: 
     None included (an optional field that is unset), tensors excluded."""
     kind = _unwrap(kind)
     origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):  # X | None
-        (inner,) = [a for a in args if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):  # X | None (or bool | Literal: the base trace holds a bool)
+        inner = next(a for a in args if a is not type(None))
         if data is None:
             yield (owner, field, _unwrap(inner), path)
         else:
@@ -102,7 +102,7 @@ NUMBER_FIELDS = sorted({(cls, field) for cls, field, leaf in leaf_kinds(Trace) i
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     run = record_tiny_run(CapturePolicy(logit_lens=True, attention_requests=(0, 2)))
-    add_forks(run)  # a fork with its copy on write, and samples: the fork fields of the schema
+    add_forks(run, beams=True)  # a fork with its copy on write, samples, beams: the fork fields of the schema
     trace = run.session.trace
     path = tmp_path_factory.mktemp("hostile") / "base.mltrace"
     save(trace, path)
