@@ -198,17 +198,22 @@ def test_pause_stops_a_forks_run(url, manager):
     assert child.parent_id is not None and child.finish_reason is None  # stopped midway, resumable
 
 
-def test_a_sample_forks_into_one_plain_sequence(url, manager):
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0, seed=1, max_tokens=6, n=2),
+                                    SamplingParams(max_tokens=6, beam_width=2)], ids=["sample", "beam"])
+def test_a_sample_or_a_beam_forks_into_one_plain_sequence(url, manager, params):
     tab, _ = stepped(url, steps=1)
     session = manager.find(tab.key)
-    leader = session.debug.add("Name a colour.", SamplingParams(temperature=1.0, seed=1, max_tokens=6, n=2), chat=True)
-    tab.predict(api_name="/step")  # its prompt: both samples draw their first token
-    sample = session.debug.engine.samples(leader)[1]
+    session.debug.add("Name a colour.", params, chat=True)
+    tab.predict(api_name="/step")  # its prompt: the samples (or beams) draw their first token
     trace = session.trace
-    step = trace.sequences[sample].token_steps[0]
-    drawn = trace.steps[step].token_of(sample)
+    member = max(s for s, r in trace.sequences.items() if r.group_id is not None and r.parent_id is not None)
+    step = trace.sequences[member].token_steps[0]
+    drawn = trace.steps[step].token_of(member)
     other = next(t for t in drawn.logits.top_ids if t != drawn.token_id)
-    done = panels(tab.predict(json.dumps({"seq": sample, "step": step, "token": other}), api_name="/fork_token"))
-    child = trace.sequences[max(trace.sequences)]
-    assert "finished at step" in done["status"] and child.parent_id == sample
-    assert child.params["n"] == 1 and child.group_id is None and child.fork_cause == "user"
+    done = panels(tab.predict(json.dumps({"seq": member, "step": step, "token": other}), api_name="/fork_token"))
+    child = next(r for r in trace.sequences.values() if r.fork_cause == "user")  # (a search goes on forking beams)
+    assert "finished at step" in html.unescape(done["status"]) and child.parent_id == member
+    assert child.group_id is None and child.fork_cause == "user"
+    assert child.params["n"] == 1 and child.params["beam_width"] == 1
+    if params.beam_width > 1:  # a beam's fork goes on greedily, as the search would
+        assert child.params["temperature"] == 0

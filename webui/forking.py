@@ -92,10 +92,12 @@ def plan(session: UISession, seq_id: int, step: int, forced: list[int]) -> ForkP
     # The parent's budget counts from the end of its own prompt: the fork kept `out` of those
     # tokens and forces len(forced) more.
     remaining = max(params.max_tokens - out - len(forced), 1)
-    # One plain sequence, drawn as its parent draws tokens (not a set of samples, even when the
-    # parent is one of a set).
+    # One plain sequence, drawn as its parent draws tokens: not a set of samples or a beam search,
+    # even when the parent is one of those; a beam's fork goes on greedily, as deterministic as
+    # the search (which ignores temperature).
+    temperature = 0.0 if params.beam_width > 1 else params.temperature
     fork_params = SamplingParams(
-        temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, max_tokens=remaining,
+        temperature=temperature, top_p=params.top_p, top_k=params.top_k, max_tokens=remaining,
         seed=params.seed, ignore_eos=params.ignore_eos, stop_token_ids=params.stop_token_ids,
     )
     return ForkPlan(seq_id, step, num_tokens, list(forced), fork_params)
