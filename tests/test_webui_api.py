@@ -54,7 +54,7 @@ def shows_step(named: dict, index: int) -> bool:
 
 
 def add(client: Tab, prompts: str, max_tokens: int = 8) -> dict:
-    return panels(client.predict(prompts, True, max_tokens, 0.0, 1.0, 0, "", api_name="/add_prompts"))
+    return panels(client.predict(prompts, True, max_tokens, 0.0, 1.0, 0, "", 1, 1, api_name="/add_prompts"))
 
 
 def test_submit_step_and_read_every_panel(url):
@@ -84,14 +84,19 @@ def test_prompt_text_is_escaped(url):
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        (("", True, 8, 0.0, 1.0, 0, ""), "no prompt"),
-        (("Hi", True, 0, 0.0, 1.0, 0, ""), "max tokens must be a whole number &gt;= 1"),
-        (("Hi", True, 8, -1.0, 1.0, 0, ""), "temperature must be"),
-        (("Hi", True, 8, 0.0, 1.5, 0, ""), "top_p must be in (0, 1]"),
-        (("Hi", True, 65, 0.0, 1.0, 0, ""), "over this server&#x27;s limit of 64"),
-        (("word " * 300, False, 8, 0.0, 1.0, 0, ""), "max_model_len is 256"),
-        (("word " * 1000, False, 8, 0.0, 1.0, 0, ""), "prompt 1 has 4999 characters; the limit is 4000"),
-        (("Hi", True, 8, 0.0, 1.0, 0, "-3"), "seed must be a whole number &gt;= 0"),
+        (("", True, 8, 0.0, 1.0, 0, "", 1, 1), "no prompt"),
+        (("Hi", True, 0, 0.0, 1.0, 0, "", 1, 1), "max tokens must be a whole number &gt;= 1"),
+        (("Hi", True, 8, -1.0, 1.0, 0, "", 1, 1), "temperature must be"),
+        (("Hi", True, 8, 0.0, 1.5, 0, "", 1, 1), "top_p must be in (0, 1]"),
+        (("Hi", True, 65, 0.0, 1.0, 0, "", 1, 1), "over this server&#x27;s limit of 64"),
+        (("word " * 300, False, 8, 0.0, 1.0, 0, "", 1, 1), "max_model_len is 256"),
+        (("word " * 1000, False, 8, 0.0, 1.0, 0, "", 1, 1), "prompt 1 has 4999 characters; the limit is 4000"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "-3", 1, 1), "seed must be a whole number &gt;= 0"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 0, 1), "samples must be a whole number &gt;= 1, got 0"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 9, 1), "9 samples of a prompt is over this server&#x27;s limit of 8"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, -2), "beam width must be a whole number &gt;= 1, got -2"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 2, 3), "samples (2) and beam width (3) cannot both be above 1"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, 3), "beam search is not available in this engine yet"),
     ],
 )
 def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
@@ -140,9 +145,11 @@ def test_the_auto_selection_follows_the_step(url):
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        (("Hi", True, None, 0.0, 1.0, 0, ""), "max tokens is empty: give a whole number &gt;= 1"),
-        (("Hi", True, 8, None, 1.0, 0, ""), "temperature is empty: give a number"),
-        (("Hi", True, 8, 0.0, 1.0, 0, "x7"), "seed needs a whole number &gt;= 0, got &#x27;x7&#x27;"),
+        (("Hi", True, None, 0.0, 1.0, 0, "", 1, 1), "max tokens is empty: give a whole number &gt;= 1"),
+        (("Hi", True, 8, None, 1.0, 0, "", 1, 1), "temperature is empty: give a number"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "x7", 1, 1), "seed needs a whole number &gt;= 0, got &#x27;x7&#x27;"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", None, 1), "samples is empty: give a whole number &gt;= 1"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, None), "beam width is empty: give a whole number &gt;= 1"),
     ],
 )
 def test_empty_and_malformed_fields_say_so(url, inputs, message):
@@ -153,8 +160,8 @@ def test_empty_and_malformed_fields_say_so(url, inputs, message):
 def test_an_empty_seed_means_no_seed(url, manager):
     client = Tab(url)
     add(client, "Hi", max_tokens=2)
-    client.predict("Hi", True, 2, 0.7, 1.0, 0, "", api_name="/add_prompts")
-    client.predict("Hi", True, 2, 0.7, 1.0, 0, "5", api_name="/add_prompts")
+    client.predict("Hi", True, 2, 0.7, 1.0, 0, "", 1, 1, api_name="/add_prompts")
+    client.predict("Hi", True, 2, 0.7, 1.0, 0, "5", 1, 1, api_name="/add_prompts")
     seeds = [r.params["seed"] for r in manager.sessions[client.key].trace.sequences.values()]
     assert seeds == [None, None, 5]
 
