@@ -20,7 +20,7 @@ import importlib
 # debugger run.
 _HOMES = {
     **dict.fromkeys(
-        ("AtStep", "Breakpoint", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
+        ("AtStep", "Breakpoint", "CopyOnWrite", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
          "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches"),
         "inspector.debug",
     ),

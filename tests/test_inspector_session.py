@@ -141,9 +141,9 @@ def test_a_batch_is_checked_whole_before_any_prompt_is_queued_and_each_is_tokeni
     assert session.trace.sequences == {} and not engine.has_unfinished() and engine.sequences == {}
     with pytest.raises(InvalidRequestError, match=r"^prompt token ids must be"):  # one prompt: not numbered
         session.add([10**9], params)
-    # Parallel sampling is the engine's (LLMEngine, LLM), not the debugger's yet: refused whole.
-    with pytest.raises(InvalidRequestError, match=r"does not record parallel sampling \(n > 1\)"):
-        session.add_batch(["What is 2 + 2?"], SamplingParams(max_tokens=4, n=2))
+    # Bad sampling parameters are refused whole too.
+    with pytest.raises(InvalidRequestError, match=r"n \(samples per prompt\) must be an integer in \[1, 64\]"):
+        session.add_batch(["What is 2 + 2?", "Hi"], SamplingParams(max_tokens=4, n=65))
     assert session.trace.sequences == {} and not engine.has_unfinished() and engine.sequences == {}
     # A good batch: queued in order, each prompt tokenized once, kept in the trace as typed.
     encoded.clear()

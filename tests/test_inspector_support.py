@@ -166,3 +166,28 @@ def assert_logits_summaries_match(run: RecordedRun, k: int = 10) -> None:
             else:
                 sampling = filtered_logits(logits[None], [p]).softmax(dim=-1)[0]
                 torch.testing.assert_close(torch.tensor(g.top_sampling_probs), sampling[g.top_ids])
+
+
+def add_forks(run: RecordedRun) -> dict[str, int]:
+    """Go on with a finished recorded run: a new greedy request, forked by the user two steps
+    into its decode at a position inside a block (a copy on write), and a request with n = 2
+    seeded samples sharing its prompt's blocks; run to the end. -> the ids: "parent", "fork",
+    "samples" (the leader of the samples)."""
+    session = run.session
+    prompt = torch.randint(0, 256, (9,), generator=torch.Generator().manual_seed(5)).tolist()  # 2 blocks + 1 token
+    parent = session.add(prompt, SamplingParams(temperature=0, max_tokens=8))
+    for _ in range(3):  # the prompt, then two decode steps
+        session.step()
+    info = run.engine.request(parent)
+    fork = session.fork(parent, info.num_prompt_tokens + 1, [7])  # ends at position 10: inside block 2
+    other = torch.randint(0, 256, (6,), generator=torch.Generator().manual_seed(6)).tolist()  # 1 block + 2 slots
+    samples = session.add(other, SamplingParams(temperature=1.0, seed=3, max_tokens=5, n=2))
+    for seq_id, params in ((parent, SamplingParams(temperature=0, max_tokens=8)),
+                           (samples, SamplingParams(temperature=1.0, seed=3, max_tokens=5, n=2))):
+        run.params[seq_id] = params
+    run.params[fork] = SamplingParams(temperature=0, max_tokens=8)
+    stop = session.run()
+    assert stop.finished
+    for sample in run.engine.samples(samples)[1:]:
+        run.params[sample] = SamplingParams(temperature=1.0, seed=4, max_tokens=5)
+    return {"parent": parent, "fork": fork, "samples": samples}

@@ -7,7 +7,8 @@
 - Number fields hold out-of-range values: the loader refuses the file, or every view renders.
 
 The base trace is a real recording of a tiny random model (test_inspector_support), with the
-logit lens on so every field of the schema is present, saved and then edited as JSON.
+logit lens on, a fork and parallel samples, so every field of the schema is present, saved and
+then edited as JSON.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import plotly.io as pio
 import pytest
-from test_inspector_support import record_tiny_run
+from test_inspector_support import add_forks, record_tiny_run
 
 from inspector import CapturePolicy, TraceError, load, save
 from inspector.trace.model import Trace
@@ -100,7 +101,9 @@ NUMBER_FIELDS = sorted({(cls, field) for cls, field, leaf in leaf_kinds(Trace) i
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
-    trace = record_tiny_run(CapturePolicy(logit_lens=True, attention_requests=(0, 2))).session.trace
+    run = record_tiny_run(CapturePolicy(logit_lens=True, attention_requests=(0, 2)))
+    add_forks(run)  # a fork with its copy on write, and samples: the fork fields of the schema
+    trace = run.session.trace
     path = tmp_path_factory.mktemp("hostile") / "base.mltrace"
     save(trace, path)
     return path

@@ -7,6 +7,7 @@ import math
 from inspector import (
     AtStep,
     Breakpoint,
+    CopyOnWrite,
     EntropyAbove,
     KVUsageAbove,
     Preemption,
@@ -21,6 +22,7 @@ EVENT_BREAKPOINTS = {
     "a sequence finishes": SequenceFinished,
     "a preemption": Preemption,
     "a prefix-cache hit": PrefixCacheHit,
+    "a copy-on-write": CopyOnWrite,
 }
 
 

@@ -7,6 +7,7 @@ breakpoints.py (the conditions a run stops at, each saying why it fired).
 from inspector.debug.breakpoints import (
     AtStep,
     Breakpoint,
+    CopyOnWrite,
     EntropyAbove,
     Hit,
     KVUsageAbove,
@@ -20,6 +21,6 @@ from inspector.debug.cursor import Cursor
 from inspector.debug.session import DebugSession, RunResult
 
 __all__ = [
-    "AtStep", "Breakpoint", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
+    "AtStep", "Breakpoint", "CopyOnWrite", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
     "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches",
 ]

@@ -158,3 +158,17 @@ class KVUsageAbove(Breakpoint):
     def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         used = 100.0 * step.kv.usage
         return [Hit(f"KV cache {used:.1f}% in use > {self.percent}%")] if used > self.percent else []
+
+
+@dataclass
+class CopyOnWrite(Breakpoint):
+    """A fork copied the block where its shared prefix ends (the vLLM paper's copy-on-write):
+    fires at the step before or during which the copy was made, once per copy."""
+
+    seq_id: int | None = None  # watch the forks of this sequence (as parent or as child)
+
+    def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
+        return [Hit(f"#{fork.child_id} <- #{fork.parent_id}: copy on write of block {copy.src_block}'s "
+                    f"{copy.num_slots} slot(s) into block {copy.dst_block}", fork.child_id)
+                for fork, copy in trace.copies_at(step.index)
+                if self.seq_id is None or self.seq_id in (fork.child_id, fork.parent_id)]

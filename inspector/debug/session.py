@@ -7,7 +7,8 @@
     session.prev()                   # time travel: the step before, as recorded
     session.trace.attention_row(seq_id, layer=3, head=0, query_pos=12)
 
-add_batch() queues several prompts, all or none. Stepping runs the engine forward and records;
+add_batch() queues several prompts, all or none; fork() continues a sequence from any of its tokens
+with others ("what if?"), sharing its KV blocks. Stepping runs the engine forward and records;
 moving the cursor (seek, next, prev) only reads the trace. run_iter() is run() one step at a
 time, for a caller that wants to do something between steps (draw the newest one, take a lock
 per step, stop on a button). reset() aborts every request and starts an empty trace on the
@@ -58,10 +59,6 @@ class DebugSession:
         queued, and InvalidRequestError names the first bad one ("prompt 2: ..."). Returns the
         new sequence ids, in the order of `prompts`."""
         params = SamplingParams() if params is None else params
-        if isinstance(params, SamplingParams) and params.n != 1:
-            # A sample's first token comes from its leader's logits row, which the trace's
-            # steps cannot express yet.
-            raise InvalidRequestError("the debugger does not record parallel sampling (n > 1) yet; use n = 1")
         token_ids = []
         for i, prompt in enumerate(prompts):
             try:
@@ -75,6 +72,14 @@ class DebugSession:
             self.recorder.register(seq_id, chat=chat, prompt_text=text)
             seq_ids.append(seq_id)
         return seq_ids
+
+    def fork(self, seq_id: int, num_tokens: int, forced_token_ids: list[int],
+             params: SamplingParams | None = None) -> int:
+        """Continue sequence `seq_id` from its first `num_tokens` tokens with `forced_token_ids`
+        ("what if it had picked the other token?"; LLMEngine.fork). Returns the fork's id; the
+        trace records the fork (its shared blocks and copy on write) and the new sequence.
+        Raises InvalidRequestError, changing nothing, for a bad request."""
+        return self.engine.fork(seq_id, num_tokens, forced_token_ids, params)
 
     def abort(self, seq_id: int) -> None:
         self.engine.abort(seq_id)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -115,16 +115,21 @@ class LogitsSummariser:
         return PendingLogits(kept, host, host_sampling, self.graphs.stream, k, greedy)
 
 
-def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int], str]) -> list[LogitsSummary]:
-    """tokens: the S tokens drawn, in the same order. -> one LogitsSummary per row. It runs
-    once a step for every sequence, so it maps in C where it can (map instead of a loop)."""
+def finish(pending: PendingLogits, tokens: list[int], token_text: Callable[[int], str],
+           rows: Sequence[int] | None = None) -> list[LogitsSummary]:
+    """tokens: the tokens drawn; rows: the logits row each was drawn from (default: token i
+    from row i; a row may give several tokens, as a leader's row gives its samples' first
+    tokens). -> one LogitsSummary per token. It runs once a step for every sequence, so it maps
+    in C where it can (map instead of a loop)."""
     if pending.side_stream is not None:
         pending.side_stream.synchronize()  # done by now, or nearly
     k = pending.k
     greedy = [1.0] + [0.0] * (k - 1)  # the most likely token, for sure
     samplings = pending.host_sampling.tolist() if pending.host_sampling is not None else [greedy] * len(tokens)
     summaries = []
-    for row, (values, token) in enumerate(zip(pending.host.tolist(), tokens)):
+    table = pending.host.tolist()
+    pairs = enumerate(zip(table, tokens)) if rows is None else ((r, (table[r], t)) for r, t in zip(rows, tokens))
+    for row, (values, token) in pairs:
         ids = list(map(int, values[:k]))
         probs, entropy = values[k : 2 * k], -values[2 * k]
         if pending.greedy[row]:  # the most likely token (or one tied with it)

@@ -39,8 +39,10 @@ from inspector.record.lens_capture import LogitLensCapture
 from inspector.record.logits_summary import LogitsSummariser, PendingLogits, finish, summary_bytes
 from inspector.record.token_texts import TokenTexts
 from inspector.trace.model import (
+    CopyRecord,
     EngineInfo,
     Event,
+    ForkRecord,
     KVSnapshot,
     LogitLens,
     ModelInfo,
@@ -52,7 +54,16 @@ from inspector.trace.model import (
     TokenRecord,
     Trace,
 )
-from minillama import AttentionMetadata, LLMEngine, Observer, SamplingParams, SchedulerOutput, StepResult
+from minillama import (
+    AttentionMetadata,
+    ForkEvent,
+    LLMEngine,
+    Observer,
+    PruneEvent,
+    SamplingParams,
+    SchedulerOutput,
+    StepResult,
+)
 
 
 @dataclass
@@ -94,6 +105,7 @@ class _StepInProgress:
     attention_seqs: list[int] = field(default_factory=list)  # sequences whose attention was stored
     lenses: dict[int, LogitLens] = field(default_factory=dict)  # seq id -> logit lens
     layer_hooks: bool = False  # did the step run a hook per layer (eagerly)?
+    blocks_changed: bool = False  # a fork or a prune inside the step shared or freed blocks
     ended: float = 0.0  # perf_counter at on_step_end
 
 
@@ -141,12 +153,15 @@ class Recorder(Observer):
 
     # -- requests ------------------------------------------------------------------------------
 
-    def register(self, seq_id: int, chat: bool | None = None, prompt_text: str | None = None) -> None:
+    def register(self, seq_id: int, chat: bool | None = None, prompt_text: str | None = None,
+                 prompt_ids: list[int] | None = None) -> SequenceRecord:
         """Add a request of the engine to the trace, and decide whether to trace its attention.
         The hooks register requests they meet on their own; DebugSession registers them as they
-        are added, to pass on the chat flag and the prompt as typed."""
-        if seq_id in self._trace.sequences:
-            return
+        are added, to pass on the chat flag and the prompt as typed. prompt_ids: the tokens the
+        trace counts as its prompt (on_fork's; default the engine's prompt)."""
+        known = self._trace.sequences.get(seq_id)
+        if known is not None:
+            return known
         request = self.engine.request(seq_id)
         policy = self.policy
         if policy.attention_seqs is not None:
@@ -158,23 +173,66 @@ class Recorder(Observer):
             self.traced.add(seq_id)
         self._num_requests += 1
         self._params[seq_id] = request.params
-        prompt_ids = list(request.prompt_token_ids)
+        prompt_ids = list(request.prompt_token_ids if prompt_ids is None else prompt_ids)
         tokenizer = self.engine.tokenizer
         if prompt_text is None:
             prompt_text = tokenizer.decode(prompt_ids) if tokenizer is not None else ""
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(request.params).items()}
         index = self.num_steps
-        self._trace.sequences[seq_id] = SequenceRecord(
+        # A set of samples or a beam search: the request id of the set, on its first member too.
+        group = request.sample_of if request.sample_of is not None else request.beam_of
+        if group is None and request.params.n > 1:
+            group = seq_id
+        record = SequenceRecord(
             seq_id, prompt_ids, prompt_text, chat, params, traced, index,
             prompt_tokens=[self._token_text(t) for t in prompt_ids],
+            parent_id=request.parent_id, fork_position=request.fork_position,
+            group_id=group, sample_index=request.sample_index,
         )
+        self._trace.sequences[seq_id] = record
         self._trace.events.append(Event(index, "add", f"request {seq_id} added", seq_id))
+        return record
 
     def note_abort(self, seq_id: int) -> None:
         record = self._trace.sequences.get(seq_id)
         if record is not None and record.finish_reason is None:
             record.finish_reason = "abort"
             self._trace.events.append(Event(self.num_steps, "abort", f"request {seq_id} aborted", seq_id))
+
+    # -- forks and prunes: when they happen, between steps or inside one -----------------------
+
+    def on_fork(self, event: ForkEvent) -> None:
+        """Register the child, with what it inherited as its prompt, and record the fork. A
+        "user" fork's forced tokens are prompt (its first step computes them); a sample's or a
+        beam's forced token is its first output, which this step's outputs record."""
+        started = time.perf_counter()
+        parent = self.engine.request(event.parent_id)
+        inherited = [*parent.prompt_token_ids, *parent.output_token_ids][: event.position]
+        forced = list(event.forced_token_ids)
+        record = self.register(event.child_id, prompt_ids=inherited + forced if event.cause == "user" else inherited)
+        record.fork_cause = event.cause
+        record.parent_id, record.fork_position = event.parent_id, event.position
+        copy = CopyRecord(*event.copy) if event.copy is not None else None
+        fork = ForkRecord(event.child_id, event.parent_id, event.position, forced,
+                          [self._token_text(t) for t in forced], event.cause, event.prefix,
+                          list(event.shared_block_ids), copy)
+        chose = {"user": "forced by the user", "sample": "drawn for a sample", "beam": "kept by the beam search"}
+        texts = "".join(fork.forced_texts)
+        message = (f"#{event.child_id} <- #{event.parent_id} at token {event.position}: {texts!r} "
+                   f"({chose[event.cause]}); " + _prefix_words(fork))
+        self._trace.events.append(Event(self.num_steps, "fork", message, event.child_id, fork=fork))
+        if self._step is not None:  # inside a step: its blocks changed after on_logits' snapshot
+            self._step.blocks_changed = True
+            self._step.record_s += time.perf_counter() - started
+
+    def on_prune(self, event: PruneEvent) -> None:
+        record = self._trace.sequences.get(event.seq_id)
+        index = self.num_steps
+        if record is not None:
+            record.finish_reason, record.pruned_step = "pruned", index
+        self._trace.events.append(Event(index, "prune", f"#{event.seq_id} pruned: {event.reason}", event.seq_id))
+        if self._step is not None:
+            self._step.blocks_changed = True
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -247,7 +305,8 @@ class Recorder(Observer):
         step.schedule = ScheduleRecord(
             batch.phase,
             [
-                ScheduledRecord(i.seq_id, i.start, i.num_tokens, i.num_cached_tokens, i.samples, list(i.block_ids))
+                ScheduledRecord(i.seq_id, i.start, i.num_tokens, i.num_cached_tokens, i.samples, list(i.block_ids),
+                                i.reason)
                 for i in batch.scheduled
             ],
             list(batch.preempted),
@@ -264,8 +323,10 @@ class Recorder(Observer):
         started = time.perf_counter()
         self.flush()  # normally done in on_logits already
         step = self._step
-        if result.finished:  # their blocks went back: read the cache again
+        if result.finished or step.blocks_changed:  # blocks went back or were shared: read the cache again
             step.kv = kv_snapshot(self.engine.block_pool_snapshot(include=step.hit_blocks), step.hit_blocks)
+        for seq_id in result.finished:
+            self._note_beam_score(seq_id)
         else:
             step.kv = commit_filled_blocks(step.kv, self.engine, result.batch)
         self.budget.charge(kv_snapshot_bytes(step.kv))
@@ -279,11 +340,20 @@ class Recorder(Observer):
         step.record_s += step.ended - started
         self._step, self._ended = None, step
 
+    def _note_beam_score(self, seq_id: int) -> None:
+        """A finished beam's score, as its search gave it (None for anything but a beam)."""
+        record = self._trace.sequences.get(seq_id)
+        if record is not None and record.group_id is not None:
+            try:
+                record.beam_score = self.engine.request(seq_id).beam_score
+            except KeyError:  # collected already
+                pass
+
     def _complete(self, step: _StepInProgress) -> None:
         """Append an ended step's record to the trace: its tokens, their logits summaries, its
         timings; and the sequences' text so far."""
         result, trace = step.result, self._trace
-        outputs = result.outputs  # in the order of batch.sampling, like the logits rows
+        outputs = result.outputs  # output i's token came from logits row rows[i]
         tokens = []
         for out in outputs:
             tokens.append(TokenRecord(out.request_id, out.token_id, out.text_delta, out.finish_reason, None,
@@ -292,9 +362,11 @@ class Recorder(Observer):
             seq.output_ids.append(out.token_id)
             seq.token_steps.append(step.index)
             seq.text += out.text_delta
-            seq.finish_reason = out.finish_reason
+            if seq.finish_reason != "pruned":  # a beam pruned in the step that gave its last token
+                seq.finish_reason = out.finish_reason
         if step.logits is not None:
-            for token, summary in zip(tokens, finish(step.logits, [o.token_id for o in outputs], self._token_text)):
+            rows = result.output_rows()
+            for token, summary in zip(tokens, finish(step.logits, [o.token_id for o in outputs], self._token_text, rows)):
                 token.logits = summary
         t = result.timings
         timings = Timings(
@@ -306,6 +378,17 @@ class Recorder(Observer):
             StepRecord(step.index, result.step, step.schedule, tokens, step.kv, timings, step.attention_seqs,
                        layer_hooks=step.layer_hooks)
         )
+
+
+def _prefix_words(fork: ForkRecord) -> str:
+    """How a fork got its prefix's K/V, in words."""
+    if fork.prefix == "queued":
+        return "queued: its prefix is recomputed (or served by the prefix cache)"
+    words = f"shares {len(fork.shared_blocks)} block(s) of #{fork.parent_id}"
+    if fork.copy is not None:
+        c = fork.copy
+        words += f"; copy on write: block {c.src_block}'s {c.num_slots} slot(s) into block {c.dst_block}"
+    return words
 
 
 def _model_info(engine: LLMEngine) -> ModelInfo:

@@ -22,8 +22,11 @@ def format_overview(trace: Trace) -> str:
     lines.append("sequences:")
     for seq in trace.sequences.values():
         state = seq.finish_reason or "unfinished"
+        if seq.pruned_step is not None:
+            state += f" at step {seq.pruned_step}"
+        origin = f" <- #{seq.parent_id} at token {seq.fork_position} ({seq.fork_cause})" if seq.parent_id is not None else ""
         lines.append(
-            f"  #{seq.seq_id} [{state}, {len(seq.prompt_ids)} prompt + {len(seq.output_ids)} generated tokens, "
+            f"  #{seq.seq_id}{origin} [{state}, {len(seq.prompt_ids)} prompt + {len(seq.output_ids)} generated tokens, "
             f"{_count(seq.num_preemptions, 'preemption')}] {_clip(seq.prompt_text)!r} -> {_clip(seq.text)!r}"
         )
     return terminal_safe("\n".join(lines))
@@ -42,6 +45,10 @@ def format_step(trace: Trace, index: int) -> str:
         *(f"  {_scheduled(x)}" for x in s.scheduled),
         f"  running: {s.running}   waiting: {s.waiting}" + (f"   preempted: {s.preempted}" if s.preempted else ""),
     ]
+    events = [e for e in trace.events if e.step == index and e.kind in ("fork", "prune")]
+    if events:
+        lines.append("forks and prunes")
+        lines += [f"  {e.message}" for e in events]
     if step.tokens:
         lines.append("tokens")
         for token in step.tokens:
@@ -63,7 +70,7 @@ def _scheduled(x: ScheduledRecord) -> str:
     text = f"seq {x.seq_id}  positions {x.start}..{x.start + x.num_tokens - 1} ({_count(x.num_tokens, 'token')}"
     if x.num_cached_tokens:
         text += f", after {x.num_cached_tokens} from the prefix cache"
-    return text + ")" + ("  samples" if x.samples else "")
+    return text + ")" + (f"  {x.reason}" if x.reason else "") + ("  samples" if x.samples else "")
 
 
 def _token(t: TokenRecord) -> list[str]:

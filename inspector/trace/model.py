@@ -42,15 +42,24 @@ from inspector.trace.bounds import (
 )
 
 # The version of this schema, written into every trace file. Bump it when the meaning or
-# layout of a field changes; load() refuses files of any other version.
+# layout of a field changes; load() refuses files newer than this or older than
+# OLDEST_READABLE_VERSION.
 # 2: sparse KV snapshots (block_ids and the arrays aligned to it, instead of one entry per block).
-SCHEMA_VERSION = 2
+# 3: forks, parallel samples and beams: fork and prune events (with the copy on write), a
+#    sequence's parent, group and beam fields, each scheduled sequence's reason. Every field it
+#    added has a default, so a file of schema 2 reads as a run without forks.
+SCHEMA_VERSION = 3
+OLDEST_READABLE_VERSION = 2
 
 # The enumerations. A loaded trace holds one of these values in each such field, or is refused.
 Phase = Literal["prefill", "decode"]
 TokenFinish = Literal["stop", "length"]  # why a sampled token was its sequence's last
-SequenceFinish = Literal["stop", "length", "abort"]
-EventKind = Literal["add", "abort", "drop"]
+SequenceFinish = Literal["stop", "length", "abort", "pruned"]  # "pruned": a beam its search dropped
+EventKind = Literal["add", "abort", "drop", "fork", "prune"]
+ForkCause = Literal["user", "sample", "beam"]  # who chose a fork's forced tokens (minillama ForkEvent)
+ForkPrefix = Literal["shared", "queued"]  # shared the parent's blocks, or queued to recompute them
+# Why a sequence is in a step (minillama.engine.scheduler.Reason).
+ScheduleReason = Literal["admitted", "resumed", "prefill-continues", "decode", "forked"]
 DropKind = Literal["attention", "lens", "logits"]  # the data the memory budget stops keeping
 DType = Literal["float32", "bfloat16", "float16"]
 Backend = Literal["reference", "sdpa", "cpu", "flash-attn", "triton"]  # minillama.ops.attention
@@ -130,6 +139,18 @@ class SequenceRecord:
     text: str = ""
     finish_reason: SequenceFinish | None = None
     num_preemptions: Count = 0
+    # A fork (of any cause): the sequence it continues, and how many of that sequence's tokens
+    # it kept (prompt_ids holds those, then, for a "user" fork, the forced tokens; a sample's or
+    # a beam's forced token is its first output token).
+    parent_id: Count | None = None
+    fork_position: Count | None = None
+    fork_cause: ForkCause | None = None
+    # A request with n > 1 samples or a beam search: the request id of the whole set (the id
+    # add_request returned; on the leader itself too), and this one's sample index.
+    group_id: Count | None = None
+    sample_index: Count = 0
+    pruned_step: Count | None = None  # the step whose beam search dropped it
+    beam_score: float | None = None  # a finished beam's score (log-probability, length-penalised)
 
 
 @dataclass
@@ -142,6 +163,7 @@ class ScheduledRecord:
     num_cached_tokens: Count  # prefix-cache hits served when admitted in this step
     samples: bool  # does this step produce its next token?
     block_table: list[Count]  # logical block i -> physical block, as the model ran it
+    reason: ScheduleReason | None = None  # None in files of schema 2
 
 
 @dataclass
@@ -301,12 +323,40 @@ class StepRecord:
 
 
 @dataclass
+class CopyRecord:
+    """A copy on write: slots [0, num_slots) of src_block copied into dst_block (every layer, K
+    and V), the block where a fork's shared prefix ends."""
+
+    src_block: Count
+    dst_block: Count
+    num_slots: Positive
+
+
+@dataclass
+class ForkRecord:
+    """A fork (minillama ForkEvent): child continues parent's first `position` tokens with forced_ids."""
+
+    child_id: Count
+    parent_id: Count
+    position: Positive
+    forced_ids: list[Count]
+    forced_texts: list[str]
+    cause: ForkCause
+    prefix: ForkPrefix
+    shared_blocks: list[Count]  # the parent's blocks the child holds by reference, logical order
+    copy: CopyRecord | None = None
+
+
+@dataclass
 class Event:
-    step: Count  # index of the step it happened before (or during, for "drop")
+    # Index of the step it happened before ("add", "abort", a "user" fork) or during ("drop", a
+    # sample's or a beam's fork, "prune"). Events are in order: their steps never decrease.
+    step: Count
     kind: EventKind
     message: str
-    seq_id: Count | None = None  # "add" and "abort": the request
+    seq_id: Count | None = None  # "add", "abort", "prune": the request; "fork": the child
     what: DropKind | None = None  # "drop": the kind of data no longer kept
+    fork: ForkRecord | None = None  # "fork"
 
 
 @dataclass
@@ -339,6 +389,24 @@ class Trace:
     steps: list[StepRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     attention: dict[int, AttentionStore] = field(default_factory=dict)
+
+    def forks(self) -> list[ForkRecord]:
+        """Every fork, in the order they happened."""
+        return [e.fork for e in self.events if e.fork is not None]
+
+    def forks_at(self, index: int) -> list[ForkRecord]:
+        """The forks made before or during step `index` (the events of that step)."""
+        steps = [e.step for e in self.events]  # non-decreasing (validate checks it)
+        events = self.events[bisect.bisect_left(steps, index) : bisect.bisect_right(steps, index)]
+        return [e.fork for e in events if e.fork is not None]
+
+    def copies_at(self, index: int) -> list[tuple[ForkRecord, CopyRecord]]:
+        """The copies on write made before or during step `index`, with the fork that made each."""
+        return [(f, f.copy) for f in self.forks_at(index) if f.copy is not None]
+
+    def children(self, seq_id: int) -> list[int]:
+        """The sequences forked from `seq_id`, in the order they were made."""
+        return [s.seq_id for s in self.sequences.values() if s.parent_id == seq_id]
 
     def dropped_from(self, what: DropKind) -> int | None:
         """The first step without `what` ("attention", "lens" or "logits"), or None if always kept."""

@@ -35,7 +35,7 @@ from safetensors.torch import save as save_safetensors
 
 from inspector.trace.codec import decode, encode
 from inspector.trace.json_limits import parse
-from inspector.trace.model import SCHEMA_VERSION, Trace, TraceError
+from inspector.trace.model import OLDEST_READABLE_VERSION, SCHEMA_VERSION, Trace, TraceError
 from inspector.trace.tensor_member import load_tensors
 from inspector.trace.validate import validate_trace
 from inspector.trace.zip_members import open_zip, read_member
@@ -119,10 +119,10 @@ def _parse_document(path: Path, raw: bytes) -> dict:
             f"{path} uses trace schema version {version}, newer than this inspector's ({SCHEMA_VERSION}); "
             "update mini-llama to read it"
         )
-    if version < SCHEMA_VERSION:
+    if version < OLDEST_READABLE_VERSION:
         raise TraceError(
-            f"{path} uses trace schema version {version}, older than this inspector's ({SCHEMA_VERSION}), which "
-            "no longer reads it (version 2 changed the layout of the KV snapshots); record the run again"
+            f"{path} uses trace schema version {version}, older than this inspector reads ({OLDEST_READABLE_VERSION}"
+            " and later: version 2 changed the layout of the KV snapshots); record the run again"
         )
     if "trace" not in document:
         raise TraceError(f"{path}: {JSON_MEMBER} has no trace")

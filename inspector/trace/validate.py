@@ -21,7 +21,16 @@ from __future__ import annotations
 import bisect
 
 from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
-from inspector.trace.model import LogitLens, LogitsSummary, SequenceRecord, StepRecord, Trace, TraceError
+from inspector.trace.model import (
+    Event,
+    ForkRecord,
+    LogitLens,
+    LogitsSummary,
+    SequenceRecord,
+    StepRecord,
+    Trace,
+    TraceError,
+)
 from inspector.trace.validate_arrays import check_kv, check_stores
 from minillama import InvalidRequestError, SamplingParams
 
@@ -39,14 +48,18 @@ def validate_trace(trace: Trace) -> None:
         raise TraceError(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
     for seq_id, seq in trace.sequences.items():
         _check_sequence(trace, seq_id, seq)
+    _check_events(trace)  # before the steps: they read the fork and prune events
+    forks_and_prunes: dict[int, list[Event]] = {}
+    for e in trace.events:
+        if e.kind in ("fork", "prune"):
+            forks_and_prunes.setdefault(e.step, []).append(e)
     for i, step in enumerate(trace.steps):
         if step.index != i:
             raise TraceError(f"steps[{i}] says it is step {step.index}")
-        _check_step(trace, step)
+        _check_step(trace, step, forks_and_prunes.get(i, []))
     recorded = sum(len(seq.token_steps) for seq in trace.sequences.values())
     if recorded != sum(len(step.tokens) for step in trace.steps):
         raise TraceError("the steps hold tokens that no sequence's token_steps lists")
-    _check_events(trace)
     check_stores(trace)
 
 
@@ -80,11 +93,22 @@ def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord) -> None:
     if any(finishes[:-1]):
         raise TraceError(f"{where}: a token before its last says the sequence finished")
     last = finishes[-1] if finishes else None
-    if (last is not None and seq.finish_reason != last) or (last is None and seq.finish_reason not in (None, "abort")):
+    pruned = seq.finish_reason == "pruned"  # a beam search may drop a beam finished or not
+    if not pruned and ((last is not None and seq.finish_reason != last)
+                       or (last is None and seq.finish_reason not in (None, "abort"))):
         raise TraceError(f"{where}: finish_reason {seq.finish_reason!r} disagrees with its last token's ({last!r})")
+    if pruned != (seq.pruned_step is not None) or (pruned and seq.pruned_step > len(trace.steps)):
+        raise TraceError(f"{where}: a pruned sequence, and only one, names the step (within the trace) that pruned it")
+    for name in ("parent_id", "group_id"):
+        other = getattr(seq, name)
+        if other is not None and (other not in trace.sequences or (name == "parent_id" and other == seq_id)):
+            raise TraceError(f"{where}: {name} {other} is not another sequence of the trace")
+    if (seq.parent_id is None) != (seq.fork_position is None):
+        raise TraceError(f"{where}: a fork names both its parent and its fork position, other sequences neither")
 
 
-def _check_step(trace: Trace, step: StepRecord) -> None:
+def _check_step(trace: Trace, step: StepRecord, events: list[Event]) -> None:
+    """events: the step's fork and prune events."""
     where, s, bs, nb = f"step {step.index}", step.schedule, trace.engine.block_size, trace.engine.num_blocks
     _check_seq_ids(trace, [x.seq_id for x in s.scheduled], f"{where}: scheduled")
     for x in s.scheduled:
@@ -106,10 +130,15 @@ def _check_step(trace: Trace, step: StepRecord) -> None:
     _check_seq_ids(trace, step.attention_seqs, f"{where}: attention_seqs")
     if not all(trace.sequences[i].traced for i in step.attention_seqs):
         raise TraceError(f"{where}: attention_seqs names a sequence that is not traced")
-    sampling = [x.seq_id for x in s.scheduled if x.samples]
+    # Each sequence scheduled to sample gives a token, unless its beam search pruned it in this
+    # step; a sample or a beam forked in this step gets its first token here, unscheduled.
+    sampling = {x.seq_id for x in s.scheduled if x.samples}
     tokens = [t.seq_id for t in step.tokens]
-    if sorted(tokens) != sorted(sampling):
-        raise TraceError(f"{where}: its tokens belong to sequences {tokens}, but it scheduled {sampling} to sample")
+    born = {e.fork.child_id for e in events if e.fork is not None and e.fork.cause != "user"}
+    pruned = {e.seq_id for e in events if e.kind == "prune"}
+    if len(set(tokens)) != len(tokens) or not set(tokens) <= sampling | born or not sampling - pruned <= set(tokens):
+        raise TraceError(f"{where}: its tokens belong to sequences {tokens}, but it scheduled {sorted(sampling)} "
+                         f"to sample and forked {sorted(born)}")
     for t in step.tokens:
         _check_token_ids([t.token_id], trace.model.vocab_size, f"{where}: token of sequence {t.seq_id}")
         if t.logits is not None:
@@ -140,14 +169,36 @@ def _check_lens(trace: Trace, lens: LogitLens, where: str) -> None:
 
 
 def _check_events(trace: Trace) -> None:
+    last = 0
     for e in trace.events:
         where = f"event {e.kind!r} before step {e.step}"
-        if e.step > len(trace.steps):
-            raise TraceError(f"{where}: past the trace's {len(trace.steps)} steps")
+        if e.step > len(trace.steps) or e.step < last:
+            raise TraceError(f"{where}: past the trace's {len(trace.steps)} steps, or before the event ahead of it")
+        last = e.step
         if e.kind == "drop" and e.what is None:
             raise TraceError(f"{where}: says nothing of what was dropped")
         if e.kind != "drop" and (e.seq_id is None or e.seq_id not in trace.sequences):
             raise TraceError(f"{where}: names no sequence of the trace")
+        if (e.kind == "fork") != (e.fork is not None):
+            raise TraceError(f"{where}: a fork event, and only one, carries its fork")
+        if e.fork is not None:
+            _check_fork(trace, e.fork, e.seq_id, where)
+
+
+def _check_fork(trace: Trace, fork: ForkRecord, seq_id: int, where: str) -> None:
+    """A fork names its child (the event's sequence) and its parent, forced tokens with a text
+    each, and blocks of the pool; a copy moves at most a block's slots between two blocks."""
+    nb, bs = trace.engine.num_blocks, trace.engine.block_size
+    if fork.child_id != seq_id or fork.parent_id not in trace.sequences or fork.parent_id == fork.child_id:
+        raise TraceError(f"{where}: the fork must name the event's sequence as its child and another as its parent")
+    if not fork.forced_ids or len(fork.forced_texts) != len(fork.forced_ids):
+        raise TraceError(f"{where}: a fork forces at least one token, each with its text")
+    _check_token_ids(fork.forced_ids, trace.model.vocab_size, f"{where}: forced_ids")
+    blocks = fork.shared_blocks + ([fork.copy.src_block, fork.copy.dst_block] if fork.copy else [])
+    if blocks and max(blocks) >= nb:
+        raise TraceError(f"{where}: names blocks outside 0..{nb - 1}")
+    if fork.copy is not None and (fork.copy.num_slots > bs or fork.copy.src_block == fork.copy.dst_block):
+        raise TraceError(f"{where}: a copy on write moves 1..{bs} slots between two different blocks")
 
 
 def _check_token_ids(ids: list[int], vocab_size: int, where: str) -> None:
