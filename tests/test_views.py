@@ -251,7 +251,8 @@ def test_kv_grid_cells_match_the_snapshot(trace):
                 assert (name, color) == (("free, cached", CACHED_FREE_COLOR) if e.cached else ("free", FREE_COLOR))
         assert np.isnan(z.ravel()[kv.num_blocks:]).all()  # cells past the pool draw nothing
         marks = dict(zip(zip(fig.data[1].x, fig.data[1].y), fig.data[1].text)) if len(fig.data) > 1 else {}
-        expected = {(b % columns, b // columns): " ".join(m for m, on in (("S", e.ref_count > 1), ("H", e.hit)) if on)
+        expected = {(b % columns, b // columns): " ".join(m for m, on in ((f"×{e.ref_count}", e.ref_count > 1),
+                                                                         ("H", e.hit)) if on)
                     for b, e in entries.items() if e.ref_count > 1 or e.hit}
         assert marks == expected
         assert fig.layout.title.text.startswith(f"KV cache · step {index} · {kv.num_used}/{kv.num_blocks} blocks used")
@@ -288,10 +289,12 @@ def test_block_tables_list_each_sequences_blocks(trace):
     for (seq_id, cells), table in zip(rows, kv.block_tables().values()):
         found = re.findall(r'<td class="([^"]*)" style="background:([^"]*)"[^>]*>(\d+)→(\d+)', cells)
         assert [(int(lo), int(ph)) for _, _, lo, ph in found] == list(enumerate(table))
-        assert {color for _, color, _, _ in found} == {tint(sequence_color(int(seq_id)), 0.55)}  # the grid's
-        for classes, _, _, physical in found:
+        for classes, color, _, physical in found:
             e = entries[int(physical)]
             assert ("mlv-shared" in classes) == (e.ref_count > 1) and ("mlv-hit" in classes) == e.hit
+            # The grid's colour: the sequence's, or a shared block's oldest holder's in every table.
+            holder = e.owners[0] if e.ref_count > 1 else int(seq_id)
+            assert color == tint(sequence_color(holder), 0.55)
     assert "No sequence holds KV blocks" in block_tables_html(trace, len(trace.steps) - 1)
 
 

@@ -1,0 +1,194 @@
+"""Forks, samples and beams in the views: the KV grid and the block tables show shared blocks
+(reference count, holders) and the copy on write at the step it was made; the text panel lists
+a request's samples or beams under it, a pruned beam greyed with the step that pruned it.
+
+The run: the tiny random model's recorded run (test_inspector_support), then a user's fork
+inside a block and a request of n = 2 samples (add_forks), then a request of n = 3 samples.
+Beam search is not in the engine yet: the beam tests take the n = 3 samples' records and mark
+them as a beam search's (fork cause, a pruned step, scores), the fields a beam search fills.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import pytest
+import torch
+from test_inspector_support import add_forks, record_tiny_run
+
+from inspector.trace.model import Trace
+from inspector.views import block_tables_html, kv_cache_figure, sequence_states, text_html, timeline_figure
+from inspector.views.colors import sequence_color, tint
+from inspector.views.groups import Group, text_order
+from minillama import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def run():
+    run = record_tiny_run()
+    ids = add_forks(run)
+    prompt = torch.randint(0, 256, (7,), generator=torch.Generator().manual_seed(8)).tolist()
+    ids["three"] = run.session.add(prompt, SamplingParams(temperature=1.0, seed=11, max_tokens=4, n=3))
+    assert run.session.run().finished
+    run.ids = ids
+    return run
+
+
+@pytest.fixture(scope="module")
+def trace(run) -> Trace:
+    return run.session.trace
+
+
+def fork_step(trace: Trace, child: int) -> int:
+    return next(e.step for e in trace.events if e.kind == "fork" and e.seq_id == child)
+
+
+def grid_marks(fig) -> dict[int, str]:
+    """Block -> the text drawn on its cell in the KV grid."""
+    columns = np.asarray(fig.data[0].z).shape[1]
+    texts = next((d for d in fig.data[1:] if d.mode == "text"), None)
+    return {} if texts is None else {int(y) * columns + int(x): t for x, y, t in zip(texts.x, texts.y, texts.text)}
+
+
+def grid_hover(fig, block: int) -> str:
+    columns = np.asarray(fig.data[0].z).shape[1]
+    return fig.data[0].text[block // columns][block % columns]
+
+
+def table_cells(page: str) -> dict[int, list[tuple[int, str, str, str]]]:
+    """Sequence -> its block-table cells: (physical block, classes, background, title + text)."""
+    rows = re.findall(r"<tr><th>.*?#(\d+)</b></th>(.*?)</tr>", page)
+    cell = re.compile(r'<td class="([^"]*)" style="background:([^"]*)" data-block="(\d+)" title="([^"]*)">(.*?)</td>')
+    return {int(s): [(int(b), c, bg, f"{title} | {text}") for c, bg, b, title, text in cell.findall(cells)]
+            for s, cells in rows}
+
+
+# -- the KV grid and the block tables ----------------------------------------------------------------
+
+
+def test_a_shared_block_shows_its_reference_count_and_holders_in_the_grid_and_both_tables(trace, run):
+    parent, child = run.ids["parent"], run.ids["fork"]
+    index = fork_step(trace, child)
+    fork = next(f for f in trace.forks() if f.child_id == child)
+    assert fork.shared_blocks, "the fork must share full blocks"
+    fig, cells = kv_cache_figure(trace, index), table_cells(block_tables_html(trace, index))
+    marks = grid_marks(fig)
+    for block in fork.shared_blocks:
+        entry = trace.steps[index].kv.entry(block)
+        holders = ", ".join(f"#{o}" for o in entry.owners)
+        assert entry.ref_count == 2 and marks[block].startswith("×2")
+        assert f"ref count 2 (shared ×2 by {holders})" in grid_hover(fig, block)
+        # The same physical block in both tables looks the same: colour, mark, hover.
+        seen = [c for s in (parent, child) for c in cells[s] if c[0] == block]
+        assert len(seen) == 2 and len({c[1:] for c in seen}) == 1
+        _, classes, background, words = seen[0]
+        assert "mlv-shared" in classes and "<sup>×2</sup>" in words and f"shared ×2 by {holders}" in words
+        assert background == tint(sequence_color(entry.owners[0]), 0.55)
+    # A block only one sequence holds carries no sharing mark, in its own colour.
+    for seq_id, row in cells.items():
+        for block, classes, background, _ in row:
+            if trace.steps[index].kv.entry(block).ref_count == 1:
+                assert "mlv-shared" not in classes and background == tint(sequence_color(seq_id), 0.55)
+                assert "×" not in marks.get(block, "")
+
+
+def test_the_copy_on_write_is_marked_at_the_step_it_was_made_and_only_there(trace, run):
+    copies = {index: trace.copies_at(index) for index in range(len(trace.steps))}
+    made = {index: found for index, found in copies.items() if found}
+    assert len(made) >= 1 and sum(map(len, made.values())) >= 2  # the user's fork and the samples'
+    for index in range(len(trace.steps)):
+        fig, cells = kv_cache_figure(trace, index), table_cells(block_tables_html(trace, index))
+        marked = {b for b, text in grid_marks(fig).items() if "C" in text.split()}
+        assert marked == {c.dst_block for _, c in copies[index]}, index
+        copied_cells = {(s, b) for s, row in cells.items() for b, classes, _, _ in row if "mlv-copied" in classes}
+        assert copied_cells == {(f.child_id, c.dst_block) for f, c in copies[index]
+                                if c.dst_block in trace.steps[index].kv.block_tables().get(f.child_id, [])}, index
+        assert ("C: a copy on write in this step" in fig.layout.title.text) == bool(copies[index])
+    fork = next(f for f in trace.forks() if f.child_id == run.ids["fork"])
+    index, c = fork_step(trace, fork.child_id), fork.copy
+    fig = kv_cache_figure(trace, index)
+    words = f"copy of block {c.src_block}'s {c.num_slots} slots for #{fork.child_id}"
+    assert words in grid_hover(fig, c.dst_block)
+    assert f"its first {c.num_slots} slots copied to block {c.dst_block} for #{fork.child_id}" in grid_hover(fig, c.src_block)
+    child_cell = next(cell for cell in table_cells(block_tables_html(trace, index))[fork.child_id] if cell[0] == c.dst_block)
+    assert words in child_cell[3] and "<sup>C</sup>" in child_cell[3]
+
+
+# -- the text panel: samples and beams under their request -----------------------------------------
+
+
+def member_blocks(page: str, group: int) -> list[tuple[int, str]]:
+    """The (sequence, head HTML) of each sequence listed in group `group`'s block, in order."""
+    start = page.index(f'<div class="mlv-group" data-group="{group}">')
+    end = page.find('<div class="mlv-group"', start + 1)
+    body = page[start:] if end < 0 else page[start:end]
+    return [(int(s), head) for s, head in re.findall(r'data-seq="(\d+)"[^>]*><div class="mlv-seq-head">(.*?)</div>', body)]
+
+
+def test_samples_are_listed_under_their_request_in_sample_order(trace, run):
+    leader = run.ids["three"]
+    members = sorted((s for s, r in trace.sequences.items() if r.group_id == leader),
+                     key=lambda s: trace.sequences[s].sample_index)
+    assert len(members) == 3 and members[0] == leader
+    last = len(trace.steps) - 1
+    page = text_html(trace, last)
+    listed = member_blocks(page, leader)
+    assert [s for s, _ in listed] == members
+    assert [re.search(r"sample (\d)", head).group(1) for _, head in listed] == ["0", "1", "2"]
+    assert "3 sample(s) of one prompt" in page
+    # A sample shows the request's prompt folded (it shares it), the first sequence shows it open.
+    prompt = len(trace.sequences[leader].prompt_ids)
+    assert f"the prompt of #{leader} · {prompt} tokens, shared" in page
+    # Plain requests stay on their own, and every item is ordered by its first id.
+    order = text_order(trace, last)
+    firsts = [item.members[0] if isinstance(item, Group) else item for item in order]
+    assert firsts == sorted(firsts) and run.ids["fork"] in order and run.ids["parent"] in order
+    # Before the step that drew them, the samples are not listed yet: only their request.
+    before = trace.sequences[members[1]].added_step - 1
+    assert [s for s, _ in member_blocks(text_html(trace, before), leader)] == [leader]
+
+
+@pytest.fixture(scope="module")
+def beams(trace, run) -> tuple[Trace, list[int], int]:
+    """The n = 3 request's records as a beam search's: its second beam pruned two steps into
+    the decode, the other two finished with scores, the last beam the best."""
+    beams = copy.deepcopy(trace)
+    leader = run.ids["three"]
+    members = sorted((s for s, r in beams.sequences.items() if r.group_id == leader),
+                     key=lambda s: beams.sequences[s].sample_index)
+    beams.sequences[leader].params["beam_width"] = 3
+    pruned = beams.sequences[members[1]]
+    pruned_step = pruned.token_steps[1]
+    for seq_id, score in zip(members, (-4.5, None, -2.25)):
+        record = beams.sequences[seq_id]
+        record.beam_score = score
+        if seq_id != leader:
+            record.fork_cause = "beam"
+    keep = pruned.token_steps.index(pruned_step) + 1  # a pruned beam gives no token after its prune
+    pruned.output_ids, pruned.token_steps = pruned.output_ids[:keep], pruned.token_steps[:keep]
+    pruned.finish_reason, pruned.pruned_step = "pruned", pruned_step
+    return beams, members, pruned_step
+
+
+def test_beams_best_first_once_finished_and_a_pruned_beam_greyed_with_its_step(beams):
+    trace, members, pruned_step = beams
+    leader = members[0]
+    last = len(trace.steps) - 1
+    page = text_html(trace, last)
+    listed = member_blocks(page, leader)
+    assert [s for s, _ in listed] == [members[2], members[0], members[1]]  # -2.25, -4.5, then the pruned one
+    assert "beam search · 3 beam(s), 1 pruned" in page
+    assert "score -2.250" in listed[0][1] and "score -4.500" in listed[1][1]
+    assert f"pruned at step {pruned_step}" in listed[2][1] and "beam 1" in listed[2][1]
+    assert re.search(rf'<div class="mlv-seq mlv-pruned" data-seq="{members[1]}"', page)
+    assert page.count("mlv-seq mlv-pruned") == 1
+    # Before its prune, the beam is running like the others, and no score reorders the list.
+    running = text_html(trace, pruned_step - 1)
+    assert "mlv-seq mlv-pruned" not in running and "pruned at step" not in running
+    assert [s for s, _ in member_blocks(running, leader)] == members
+    # The timeline: it decoded in the step that pruned it, and counts as finished after it.
+    states = sequence_states(trace)[members[1]]
+    assert states[pruned_step] == "decode" and set(states[pruned_step + 1:]) == {"finished"}
+    assert timeline_figure(trace, last).data[0].z.shape[0] == len(trace.sequences)
