@@ -6,11 +6,13 @@ The run: the tiny random model's recorded run (test_inspector_support), then a u
 inside a block and a request of n = 2 samples (add_forks), then a request of n = 3 samples.
 Beam search is not in the engine yet: the beam tests take the n = 3 samples' records and mark
 them as a beam search's (fork cause, a pruned step, scores), the fields a beam search fills.
+Last, the README tour's fork step, on the embedded model.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 import numpy as np
@@ -18,11 +20,13 @@ import pytest
 import torch
 from test_inspector_support import add_forks, record_tiny_run
 
+from inspector import DebugSession
 from inspector.trace.model import Trace
 from inspector.views import block_tables_html, kv_cache_figure, sequence_states, text_html, timeline_figure
 from inspector.views.colors import sequence_color, tint
 from inspector.views.groups import Group, text_order
-from minillama import SamplingParams
+from minillama import LLMEngine, SamplingParams
+from webui import defaults
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +196,32 @@ def test_beams_best_first_once_finished_and_a_pruned_beam_greyed_with_its_step(b
     states = sequence_states(trace)[members[1]]
     assert states[pruned_step] == "decode" and set(states[pruned_step + 1:]) == {"finished"}
     assert timeline_figure(trace, last).data[0].z.shape[0] == len(trace.sequences)
+
+
+# -- the README's tour, step 6 ------------------------------------------------------------------------
+
+
+def test_the_readme_fork_step_tells_the_truth(embedded_dir):
+    """The embedded model in the web UI's engine settings: step 5 samples " Paris"; forking there
+    with " London" (what a click on it in the Next token panel does) shares blocks 0 and 1 and
+    copies block 2's 10 slots into block 3 for #1, in the step that computes only " London"."""
+    engine = LLMEngine.from_pretrained(embedded_dir, dataclasses.replace(defaults.ENGINE, device="cpu"))
+    session = DebugSession(engine)
+    parent = session.add("What is the capital of France?", SamplingParams(temperature=0, max_tokens=48), chat=True)
+    for _ in range(6):
+        session.step()
+    trace = session.trace
+    token = trace.steps[5].token_of(parent)
+    summary = token.logits
+    assert token.text_delta == " Paris" and round(summary.top_probs[summary.top_texts.index(" London")], 3) == 0.004
+    london = summary.top_ids[summary.top_texts.index(" London")]
+    child = session.fork(parent, len(trace.sequences[parent].prompt_ids) + 5, [london])
+    assert session.run().finished and trace.sequences[child].text == ", England."
+    assert (child, fork_step(trace, child)) == (1, 6)
+    batch = trace.steps[6].schedule.scheduled
+    assert [(s.seq_id, s.num_tokens, s.reason) for s in batch] == [(1, 1, "forked")]
+    fig, cells = kv_cache_figure(trace, 6), table_cells(block_tables_html(trace, 6))
+    assert grid_marks(fig) == {0: "×2", 1: "×2", 3: "C"}
+    assert "copy of block 2's 10 slots for #1" in grid_hover(fig, 3)
+    assert [c[0] for c in cells[0]] == [0, 1, 2] and [c[0] for c in cells[1]] == [0, 1, 3]
+    assert cells[0][:2] == cells[1][:2]  # the shared blocks, alike in both tables
