@@ -22,7 +22,14 @@ from test_inspector_support import add_forks, record_tiny_run
 
 from inspector import DebugSession
 from inspector.trace.model import Trace
-from inspector.views import block_tables_html, kv_cache_figure, sequence_states, text_html, timeline_figure
+from inspector.views import (
+    block_tables_html,
+    kv_cache_figure,
+    sequence_states,
+    step_details_html,
+    text_html,
+    timeline_figure,
+)
 from inspector.views.colors import sequence_color, tint
 from inspector.views.groups import Group, text_order
 from minillama import LLMEngine, SamplingParams
@@ -118,6 +125,21 @@ def test_the_copy_on_write_is_marked_at_the_step_it_was_made_and_only_there(trac
     assert f"its first {c.num_slots} slots copied to block {c.dst_block} for #{fork.child_id}" in grid_hover(fig, c.src_block)
     child_cell = next(cell for cell in table_cells(block_tables_html(trace, index))[fork.child_id] if cell[0] == c.dst_block)
     assert words in child_cell[3] and "<sup>C</sup>" in child_cell[3]
+
+
+def test_step_details_say_why_each_sequence_runs_and_where_a_new_samples_token_came_from(trace, run):
+    fork_index = fork_step(trace, run.ids["fork"])
+    details = step_details_html(trace, fork_index)
+    assert re.search(rf'#{run.ids["fork"]}</b></td><td>forked</td>', details)
+    leader = run.ids["three"]
+    samples = [s for s, r in trace.sequences.items() if r.group_id == leader and s != leader]
+    first = trace.sequences[samples[0]].token_steps[0]
+    details = step_details_html(trace, first)
+    for sample in samples:  # drawn from the leader's row, computed nothing: not in the batch
+        assert re.search(rf"""#{sample}</b></td><td colspan="5">drawn from <b[^>]*>#{leader}</b>'s logits""", details)
+        assert sample not in {x.seq_id for x in trace.steps[first].schedule.scheduled}
+    reasons = {x.reason for step in trace.steps for x in step.schedule.scheduled}
+    assert {"admitted", "decode", "forked"} <= reasons
 
 
 # -- the text panel: samples and beams under their request -----------------------------------------
@@ -220,6 +242,7 @@ def test_the_readme_fork_step_tells_the_truth(embedded_dir):
     assert (child, fork_step(trace, child)) == (1, 6)
     batch = trace.steps[6].schedule.scheduled
     assert [(s.seq_id, s.num_tokens, s.reason) for s in batch] == [(1, 1, "forked")]
+    assert "<td>forked</td><td>42..42</td><td>1</td>" in step_details_html(trace, 6)
     fig, cells = kv_cache_figure(trace, 6), table_cells(block_tables_html(trace, 6))
     assert grid_marks(fig) == {0: "×2", 1: "×2", 3: "C"}
     assert "copy of block 2's 10 slots for #1" in grid_hover(fig, 3)

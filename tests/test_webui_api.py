@@ -166,6 +166,17 @@ def test_an_empty_seed_means_no_seed(url, manager):
     assert seeds == [None, None, 5]
 
 
+def test_samples_from_the_form_share_their_prompt_and_are_listed_under_it(url, manager):
+    client = Tab(url)
+    named = panels(client.predict("What is 2 + 2?", True, 3, 0.8, 1.0, 0, "7", 3, 1, api_name="/add_prompts"))
+    assert "added #0:" in named["status"]
+    named = panels(client.predict(api_name="/step"))  # the prefill: each sample draws its first token
+    trace = manager.sessions[client.key].trace
+    assert trace.sequences[0].params["n"] == 3 and {r.group_id for r in trace.sequences.values()} == {0}
+    assert len(trace.sequences) == 3 and 'data-group="0"' in named["text"] and "3 sample(s) of one prompt" in named["text"]
+    assert "<sup>×3</sup>" in named["tables"]  # the prompt's full blocks, held by all three
+
+
 def test_stepping_a_fresh_session_says_to_add_prompts(url):
     for api_name in ("/step", "/run"):
         named = panels(Tab(url).predict(api_name=api_name))
