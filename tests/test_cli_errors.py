@@ -17,13 +17,14 @@ from tiny_model import write_tiny_model
 
 import app
 import benchmarks.engine
+import benchmarks.sharing
 import inspector.__main__
 import minillama.__main__
 from minillama.engine import llm_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIS = {"minillama": minillama.__main__.main, "inspector": inspector.__main__.main, "app": app.main,
-        "bench": benchmarks.engine.main}
+        "bench": benchmarks.engine.main, "sharing": benchmarks.sharing.main}
 BAD_BYTES = "\udcff\udcfe caf\udce9"  # what Python makes of the argv bytes b"\xff\xfe caf\xe9"
 
 
@@ -137,6 +138,12 @@ BAD = {
     "bench-peers": ("bench", ["--peers", "hf"], "--peers takes static, cb or both"),
     "bench-attention": ("bench", ["--attention", "flash"], "argument --attention: invalid choice"),
     "bench-kv-blocks-0": ("bench", ["--kv-blocks", "0"], "num_kv_blocks"),
+    # python -m benchmarks.sharing
+    "sharing-n-1": ("sharing", ["--n", "1"], "argument --n"),
+    "sharing-n-too-many": ("sharing", ["--n", "65"], "n (samples per prompt) must be an integer in [1, 64]"),
+    "sharing-prompts-0": ("sharing", ["--num-prompts", "0"], "argument --num-prompts"),
+    "sharing-tokens-1": ("sharing", ["--max-tokens", "1"], "argument --max-tokens"),
+    "sharing-unknown-flag": ("sharing", ["--beams"], "unrecognized arguments: --beams"),
 }
 
 
@@ -153,7 +160,7 @@ def one_line_error(capsys, cli: str, argv: list[str], status: int = 2) -> str:
 def test_bad_input_is_one_line_and_status_2(paths, capsys, cli, argv, fragment):
     err = one_line_error(capsys, cli, [arg.format(**paths) for arg in argv])
     prog = {"minillama": "python -m minillama", "inspector": "python -m inspector", "app": "app.py",
-            "bench": "python -m benchmarks.engine"}[cli]
+            "bench": "python -m benchmarks.engine", "sharing": "python -m benchmarks.sharing"}[cli]
     assert err.startswith(f"{prog}: error: ") and fragment.format(**paths) in err
 
 

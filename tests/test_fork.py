@@ -464,3 +464,54 @@ def test_forks_on_cuda_with_cuda_graphs(attention):
         fresh = cuda_engine()
         request_id = fresh.add_request(tokens[:num_tokens] + [num_tokens], params)
         assert outputs[child] == run(fresh)[request_id], f"fork at {num_tokens}"
+
+
+# -- what observers are told ---------------------------------------------------------------------------
+
+
+class Forks(Observer):
+    """Every fork event, and every step's result."""
+
+    def __init__(self):
+        self.forks, self.results = [], []
+
+    def on_fork(self, event) -> None:
+        self.forks.append(event)
+
+    def on_step_end(self, result) -> None:
+        self.results.append(result)
+
+
+def test_observers_are_told_of_each_fork_with_its_shared_blocks_and_copy(hf_model):
+    engine = make_engine(hf_model)
+    seen = Forks()
+    engine.add_observer(seen)
+    parent = engine.add_request(PROMPT, GREEDY)
+    engine.step()  # the prompt: 11 tokens computed, blocks of 4, 4 and 3
+    table = engine.sequences[parent].block_table
+    shared = engine.fork(parent, 6, [200])  # inside block 1: block 0 shared, 2 slots copied
+    engine.scheduler.finish(engine.sequences[parent], "abort")  # its blocks go: the next fork queues
+    queued = engine.fork(parent, 9, [201])
+    first, second = seen.forks
+    child_table = engine.sequences[shared].block_table
+    assert first == (shared, parent, 6, (200,), "user", "shared", (table[0],), (table[1], child_table[1], 2))
+    assert child_table[0] == table[0] and child_table[1] != table[1]
+    assert second == (queued, parent, 9, (201,), "user", "queued", (), None)
+
+
+def test_a_samples_output_names_its_leaders_logits_row(hf_model):
+    engine = make_engine(hf_model)
+    seen = Forks()
+    engine.add_observer(seen)
+    engine.add_request([1, 2, 3], GREEDY)  # row 0 of the step that samples both prompts
+    leader = engine.add_request(PROMPT, SamplingParams(n=3, seed=1, max_tokens=4))
+    engine.step()
+    result = seen.results[0]
+    assert [item.seq_id for item in result.batch.sampling] == [0, leader]
+    samples = engine.samples(leader)
+    assert [o.request_id for o in result.outputs] == [0, leader, *samples[1:]]
+    assert result.rows == (0, 1, 1, 1) and result.output_rows() == result.rows
+    assert [(e.child_id, e.parent_id, e.cause, e.position) for e in seen.forks] == [
+        (s, leader, "sample", len(PROMPT)) for s in samples[1:]]
+    run(engine)
+    assert all(r.rows is None for r in seen.results[1:])  # ordinary steps: output i from row i

@@ -1,0 +1,183 @@
+"""What sharing KV blocks buys: n samples of one prompt, and forks of running requests, against
+the same number of separate requests, and n samples against Hugging Face transformers, in one
+process.
+
+    python -m benchmarks.sharing                 # CPU: the embedded model, 8 chat prompts
+    python -m benchmarks.sharing --gpu           # GPU: Llama-3.2-1B shape, random bf16 weights
+
+- samples: each prompt with SamplingParams(n=4) (one prefill; the samples share the prompt's
+  blocks, copy on write) against 4 separate requests per prompt with seeds seed + i (the same
+  tokens: tests/test_parallel_sampling.py), and against HF `generate(num_return_sequences=4)`.
+- forks: each request, halfway through its output, forked 3 times with other tokens
+  (LLMEngine.fork: the forks share its blocks) against 3 separate requests per request whose
+  prompts are the same prefixes plus the same tokens (the prefix cache, on by default, serves
+  their full blocks; the rest is computed again).
+
+Every figure is output tokens per second of wall time, EOS ignored, so both sides make exactly
+the same number of tokens. Each engine run goes once untimed first (kernels, graphs, caches).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from benchmarks.engine import Row, load_hf, print_table, synchronize
+from benchmarks.workloads import CHAT_PROMPTS, random_prompts
+from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
+from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli
+
+PROG = "python -m benchmarks.sharing"
+
+
+def _sampling(max_tokens: int, seed: int, n: int = 1) -> SamplingParams:
+    return SamplingParams(temperature=1.0, seed=seed, n=n, max_tokens=max_tokens, ignore_eos=True)
+
+
+def _run(engine: LLMEngine, ids: list[int]) -> int:
+    """Step until every request is done; -> the output tokens of `ids` and of their samples."""
+    while engine.has_unfinished():
+        engine.step()
+    synchronize(engine.device)
+    everyone = [s for i in ids for s in engine.samples(i)]
+    tokens = sum(len(engine.request(i).output_token_ids) for i in everyone)
+    for i in everyone:
+        engine.forget(i)
+    return tokens
+
+
+def time_samples(engine: LLMEngine, prompts: list[list[int]], n: int, max_tokens: int) -> Row:
+    synchronize(engine.device)
+    start = time.perf_counter()
+    ids = [engine.add_request(p, _sampling(max_tokens, seed=0, n=n)) for p in prompts]
+    tokens = _run(engine, ids)
+    return Row(f"minillama, n={n} samples", tokens, time.perf_counter() - start)
+
+
+def time_separate_samples(engine: LLMEngine, prompts: list[list[int]], n: int, max_tokens: int) -> Row:
+    synchronize(engine.device)
+    start = time.perf_counter()
+    ids = [engine.add_request(p, _sampling(max_tokens, seed=i)) for p in prompts for i in range(n)]
+    tokens = _run(engine, ids)
+    return Row(f"minillama, {n} separate requests", tokens, time.perf_counter() - start)
+
+
+def time_hf_samples(hf, prompts: list[list[int]], n: int, max_tokens: int, batch_size: int, pad_id: int) -> Row:
+    """HF `generate(do_sample=True, num_return_sequences=n)` on static batches of left-padded prompts."""
+    device = hf.device
+    synchronize(device)
+    start = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i : i + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+        with torch.inference_mode():
+            out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                              do_sample=True, num_return_sequences=n, top_k=0, pad_token_id=pad_id)
+        tokens += (out.shape[1] - width) * out.shape[0]
+    synchronize(device)
+    return Row(f"HF generate, {n} return sequences", tokens, time.perf_counter() - start)
+
+
+def _run_halfway(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> list[int]:
+    """Greedy requests, stepped until each has made half its tokens (then they go on)."""
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    ids = [engine.add_request(p, params) for p in prompts]
+    while min(len(engine.request(i).output_token_ids) for i in ids) < max_tokens // 2:
+        engine.step()
+    return ids
+
+
+def _alternatives(engine: LLMEngine, seq_id: int, k: int) -> tuple[int, list[int], list[list[int]]]:
+    """Where to fork request `seq_id` (its tokens so far) and k other tokens than its last."""
+    info = engine.request(seq_id)
+    tokens = [*info.prompt_token_ids, *info.output_token_ids]
+    vocab = engine.model_config.vocab_size
+    return len(tokens) - 1, tokens, [[(tokens[-1] + j) % vocab] for j in range(1, k + 1)]
+
+
+def time_forks(engine: LLMEngine, prompts: list[list[int]], k: int, max_tokens: int, fork: bool) -> Row:
+    """Requests run halfway; then each gets k continuations with other tokens in place of its
+    last one, as forks (fork=True) or as separate requests. Timed from the forks to the end,
+    counting the continuations' tokens."""
+    parents = _run_halfway(engine, prompts, max_tokens)
+    synchronize(engine.device)
+    start = time.perf_counter()
+    params = SamplingParams(temperature=0, max_tokens=max_tokens // 2, ignore_eos=True)
+    children = []
+    for parent in parents:
+        position, tokens, forced = _alternatives(engine, parent, k)
+        for tokens_forced in forced:
+            if fork:
+                children.append(engine.fork(parent, position, tokens_forced, params))
+            else:
+                children.append(engine.add_request(tokens[:position] + tokens_forced, params))
+    while engine.has_unfinished():
+        engine.step()
+    synchronize(engine.device)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(engine.request(i).output_token_ids) for i in children)
+    for i in parents + children:
+        engine.forget(i)
+    name = f"minillama, {k} forks each" if fork else f"minillama, {k} separate requests each"
+    return Row(name, tokens, seconds)
+
+
+def _best(run, repeats: int = 2) -> Row:
+    """The faster of `repeats` runs after an untimed one."""
+    run()
+    return min((run() for _ in range(repeats)), key=lambda row: row.seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (minillama/cli/errors.py)."""
+    return run_cli(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> None:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="Llama-3.2-1B shape, random weights, on a CUDA GPU")
+    parser.add_argument("--n", type=int_at_least(2), default=4, help="samples per prompt, and forks per request - 1")
+    parser.add_argument("--num-prompts", type=int_at_least(1), default=None, help="default: 8 (CPU), 64 (GPU)")
+    parser.add_argument("--max-tokens", type=int_at_least(2), default=None, help="default: 32 (CPU), 128 (GPU)")
+    parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peer")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    if args.gpu and not torch.cuda.is_available():
+        raise ConfigError("--gpu needs a CUDA GPU, and torch sees none")
+    SamplingParams(n=args.n).validate()
+    device = torch.device("cuda" if args.gpu else "cpu")
+    dtype = torch.bfloat16 if args.gpu else torch.float32
+    args.config = "1b" if args.gpu else None
+    hf, tokenizer = load_hf(args, device, dtype)
+    if args.gpu:
+        config = EngineConfig(device="cuda", max_num_seqs=256, max_num_batched_tokens=16384)
+        engine = LLMEngine.from_hf_model(hf, config, tokenizer)
+        prompts = random_prompts(args.num_prompts or 64, 256, 1024, hf.config.vocab_size, seed=0)
+        max_tokens = args.max_tokens or 128
+    else:
+        engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cpu"), tokenizer)
+        prompts = [engine.encode_prompt(p, chat=True) for p in CHAT_PROMPTS][: args.num_prompts or 8]
+        max_tokens = args.max_tokens or 32
+    n = args.n
+    print(f"device {device}, {'Llama-3.2-1B shape, random weights' if args.gpu else 'embedded model'}, "
+          f"{len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
+          f"{max_tokens} new tokens per sequence")
+    rows = [_best(lambda: time_samples(engine, prompts, n, max_tokens)),
+            _best(lambda: time_separate_samples(engine, prompts, n, max_tokens))]
+    if not args.no_hf:
+        pad = 0 if tokenizer is None or tokenizer.pad_token_id is None else tokenizer.pad_token_id
+        batch = max(1, 64 // n) if args.gpu else len(prompts)
+        rows.append(_best(lambda: time_hf_samples(hf, prompts, n, max_tokens, batch, pad), repeats=1))
+    print_table(f"{n} samples of each prompt", rows)
+    rows = [_best(lambda: time_forks(engine, prompts, n - 1, max_tokens, fork=True)),
+            _best(lambda: time_forks(engine, prompts, n - 1, max_tokens, fork=False))]
+    print_table(f"{n - 1} continuations of each request from its middle (timed from the forks)", rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
