@@ -207,7 +207,8 @@ def test_beams_best_first_once_finished_and_a_pruned_beam_greyed_with_its_step(b
     assert [s for s, _ in listed] == [members[2], members[0], members[1]]  # -2.25, -4.5, then the pruned one
     assert "beam search · 3 beam(s), 1 pruned" in page
     assert "score -2.250" in listed[0][1] and "score -4.500" in listed[1][1]
-    assert f"pruned at step {pruned_step}" in listed[2][1] and "beam 1" in listed[2][1]
+    assert f"pruned at step {pruned_step}" in listed[2][1] and f"beam ← #{leader}" in listed[2][1]
+    assert re.search(r'<span class="mlv-role">beam</span>', listed[1][1])  # the first beam: forked from none
     assert re.search(rf'<div class="mlv-seq mlv-pruned" data-seq="{members[1]}"', page)
     assert page.count("mlv-seq mlv-pruned") == 1
     # Before its prune, the beam is running like the others, and no score reorders the list.

@@ -3,9 +3,10 @@
 A request with n > 1 samples, or a beam search, is one request to its user and several
 sequences to the engine: the first one (the request's own id, sample index 0) and the ones
 forked from it, all with the request's id as their group_id (SequenceRecord). The text panel
-lists them under the request, in sample order; a beam search's beams that have finished come
-first, best score first (the search's answer on top), then those still running, then those the
-search pruned, which stay in the list (greyed by the panel) so its choices can be followed.
+lists them under the request: samples in sample order; a beam search's beams that have
+finished first, best score first (the search's answer on top), then those still running, then
+those the search pruned, which stay in the list (greyed by the panel) so its choices can be
+followed, each kind in the order the beams were made.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ def pruned_at(trace: Trace, seq_id: int, index: int) -> int | None:
 
 def _beam_rank(trace: Trace, seq_id: int, index: int) -> tuple[int, float, int]:
     """Finished beams first, best score first; then running ones; then pruned ones; each in
-    sample order. Judged as of step `index`: a score known only later does not reorder earlier steps."""
+    the order they were made (sequence id). Judged as of step `index`: a score known only later
+    does not reorder earlier steps."""
     seq = trace.sequences[seq_id]
     if pruned_at(trace, seq_id, index) is not None:
-        return (2, 0.0, seq.sample_index)
+        return (2, 0.0, seq_id)
     done = seq.token_steps and seq.token_steps[-1] <= index and seq.finish_reason in ("stop", "length")
     if done and seq.beam_score is not None:
-        return (0, -seq.beam_score, seq.sample_index)
-    return (1, 0.0, seq.sample_index)
+        return (0, -seq.beam_score, seq_id)
+    return (1, 0.0, seq_id)

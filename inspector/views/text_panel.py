@@ -57,14 +57,23 @@ def _group_block(trace: Trace, group: Group, index: int, states: dict[int, list[
         what = f"{len(present)} sample(s) of one prompt"
     head = (f'<div class="mlv-group-head"><b>request #{group.group_id}</b> <span class="mlv-muted">{what}, '
             "sharing the prompt's KV blocks</span></div>")
-    role = "beam" if group.kind == "beams" else "sample"
-    blocks = [_sequence_block(trace, s, index, states, f"{role} {trace.sequences[s].sample_index}") for s in present]
+    blocks = [_sequence_block(trace, s, index, states, _role(trace, s, group.kind)) for s in present]
     return f'<div class="mlv-group" data-group="{group.group_id}">{head}{"".join(blocks)}</div>'
 
 
+def _role(trace: Trace, seq_id: int, kind: str) -> str:
+    """A group member's label: "sample 2" (its index among the request's samples); "beam" for
+    the search's first beam, "beam ← #5" for one forked from beam #5 (a beam search keeps the
+    best continuations, so a beam may branch off any other, not only off the first)."""
+    seq = trace.sequences[seq_id]
+    if kind == "samples":
+        return f"sample {seq.sample_index}"
+    return "beam" + (f" ← #{seq.parent_id}" if seq.parent_id is not None else "")
+
+
 def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]], role: str = "") -> str:
-    """One sequence: its heading, then its prompt and output chips. `role`: "sample 2", "beam 1"
-    for a member of a request's group."""
+    """One sequence: its heading, then its prompt and output chips. `role`: "sample 2",
+    "beam ← #1" for a member of a request's group."""
     seq = trace.sequences[seq_id]
     status = status_at(trace, seq_id, index, states)
     reason = seq.finish_reason if status == "finished" else ""
