@@ -262,14 +262,14 @@ def test_kv_grid_overlays_the_cursor_querys_attention_per_block(trace):
     index, seq_id, layer, head = 9, 0, 1, 2
     x = scheduled(trace, seq_id, index)
     fig = kv_cache_figure(trace, index, Selection(seq_id=seq_id, layer=layer, head=head))
-    overlay = fig.data[-1]
+    overlay = next(d for d in fig.data[1:] if d.mode == "markers")
     got = {int(b): m for b, m in overlay.customdata}
     row = trace.attention_row(seq_id, layer, head, x.start + x.num_tokens - 1)
     assert got == pytest.approx(mass_per_block(row, x.block_table, 4))
     assert sum(got.values()) == pytest.approx(1.0) and list(got) == x.block_table
     # The mean over heads when no head is selected.
     fig = kv_cache_figure(trace, index, Selection(seq_id=seq_id, layer=layer, head=None))
-    mean = {int(b): m for b, m in fig.data[-1].customdata}
+    mean = {int(b): m for b, m in next(d for d in fig.data[1:] if d.mode == "markers").customdata}
     rows = [trace.attention_row(seq_id, layer, h, x.start + x.num_tokens - 1) for h in range(4)]
     assert mean == pytest.approx(mass_per_block(torch.stack(rows).mean(0), x.block_table, 4))
     # No overlay, and a note saying why, for a sequence not traced.
@@ -366,7 +366,8 @@ def test_the_kv_overlay_and_the_attention_panel_show_the_same_query(trace):
         assert position == x.start + x.num_tokens - 1
         kv = kv_cache_figure(trace, index, selection)
         assert f"attention of #{seq_id} pos {position} (from step {before}: " in kv.layout.title.text
-        got = {int(b): m for b, m in kv.data[-1].customdata}  # through the block table the query ran with
+        circles = next(d for d in kv.data[1:] if d.mode == "markers")
+        got = {int(b): m for b, m in circles.customdata}  # through the block table the query ran with
         assert got == pytest.approx(mass_per_block(trace.attention_row(seq_id, 1, 2, position), x.block_table, 4))
 
 

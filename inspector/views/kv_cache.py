@@ -113,12 +113,6 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
             colorbar=dict(tickvals=list(range(len(names))), ticktext=names, thickness=12, outlinewidth=0),
         )
     ]
-    if marks:
-        data.append(dict(
-            type="scatter", mode="text", hoverinfo="skip", showlegend=False,
-            x=[b % columns for b, _ in marks], y=[b // columns for b, _ in marks],
-            text=[m for _, m in marks], textfont=dict(size=11, color=CURRENT_COLOR),
-        ))
     if mass:
         blocks = [b for b in mass if b < shown]
         data.append(dict(
@@ -128,6 +122,12 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
                         line=dict(width=1, color="white")),
             customdata=[[b, mass[b]] for b in blocks],
             hovertemplate="block %{customdata[0]}<br>attention mass %{customdata[1]:.1%}<extra></extra>",
+        ))
+    if marks:  # over the circles, outlined in white: readable on a circle too
+        data.append(dict(
+            type="scatter", mode="text", hoverinfo="skip", showlegend=False,
+            x=[b % columns for b, _ in marks], y=[b // columns for b, _ in marks],
+            text=[m for _, m in marks], textfont=dict(size=11, color=CURRENT_COLOR, shadow="0px 0px 2px white"),
         ))
 
     notes = [note]
