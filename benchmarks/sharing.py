@@ -6,8 +6,11 @@ process.
     python -m benchmarks.sharing --gpu           # GPU: Llama-3.2-1B shape, random bf16 weights
 
 - samples: each prompt with SamplingParams(n=4) (one prefill; the samples share the prompt's
-  blocks, copy on write) against 4 separate requests per prompt with seeds seed + i (the same
-  tokens: tests/test_parallel_sampling.py), and against HF `generate(num_return_sequences=4)`.
+  blocks, copy on write) against 4 separate requests per prompt, and against HF
+  `generate(num_return_sequences=4)`. Unseeded (the engine's shared generator): a seeded request
+  draws from a generator of its own, one small kernel per row and step, on both sides alike.
+  Prefix caching is off for this part: with it on, every run after the first would find its
+  prompts in the cache, and 4 separate requests would not compute their prompt 4 times.
 - forks: each request, halfway through its output, forked 3 times with other tokens
   (LLMEngine.fork: the forks share its blocks) against 3 separate requests per request whose
   prompts are the same prefixes plus the same tokens (the prefix cache, on by default, serves
@@ -19,6 +22,8 @@ the same number of tokens. Each engine run goes once untimed first (kernels, gra
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import sys
 import time
 
@@ -32,8 +37,8 @@ from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli
 PROG = "python -m benchmarks.sharing"
 
 
-def _sampling(max_tokens: int, seed: int, n: int = 1) -> SamplingParams:
-    return SamplingParams(temperature=1.0, seed=seed, n=n, max_tokens=max_tokens, ignore_eos=True)
+def _sampling(max_tokens: int, n: int = 1) -> SamplingParams:
+    return SamplingParams(temperature=1.0, n=n, max_tokens=max_tokens, ignore_eos=True)
 
 
 def _run(engine: LLMEngine, ids: list[int]) -> int:
@@ -51,7 +56,7 @@ def _run(engine: LLMEngine, ids: list[int]) -> int:
 def time_samples(engine: LLMEngine, prompts: list[list[int]], n: int, max_tokens: int) -> Row:
     synchronize(engine.device)
     start = time.perf_counter()
-    ids = [engine.add_request(p, _sampling(max_tokens, seed=0, n=n)) for p in prompts]
+    ids = [engine.add_request(p, _sampling(max_tokens, n=n)) for p in prompts]
     tokens = _run(engine, ids)
     return Row(f"minillama, n={n} samples", tokens, time.perf_counter() - start)
 
@@ -59,7 +64,7 @@ def time_samples(engine: LLMEngine, prompts: list[list[int]], n: int, max_tokens
 def time_separate_samples(engine: LLMEngine, prompts: list[list[int]], n: int, max_tokens: int) -> Row:
     synchronize(engine.device)
     start = time.perf_counter()
-    ids = [engine.add_request(p, _sampling(max_tokens, seed=i)) for p in prompts for i in range(n)]
+    ids = [engine.add_request(p, _sampling(max_tokens)) for p in prompts for _ in range(n)]
     tokens = _run(engine, ids)
     return Row(f"minillama, {n} separate requests", tokens, time.perf_counter() - start)
 
@@ -154,13 +159,12 @@ def _main(argv: list[str]) -> None:
     dtype = torch.bfloat16 if args.gpu else torch.float32
     args.config = "1b" if args.gpu else None
     hf, tokenizer = load_hf(args, device, dtype)
+    config = EngineConfig(device="cuda", max_num_seqs=256, max_num_batched_tokens=16384) if args.gpu else EngineConfig(device="cpu")
+    engine = LLMEngine.from_hf_model(hf, dataclasses.replace(config, enable_prefix_caching=False), tokenizer)
     if args.gpu:
-        config = EngineConfig(device="cuda", max_num_seqs=256, max_num_batched_tokens=16384)
-        engine = LLMEngine.from_hf_model(hf, config, tokenizer)
         prompts = random_prompts(args.num_prompts or 64, 256, 1024, hf.config.vocab_size, seed=0)
         max_tokens = args.max_tokens or 128
     else:
-        engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cpu"), tokenizer)
         prompts = [engine.encode_prompt(p, chat=True) for p in CHAT_PROMPTS][: args.num_prompts or 8]
         max_tokens = args.max_tokens or 32
     n = args.n
@@ -173,10 +177,15 @@ def _main(argv: list[str]) -> None:
         pad = 0 if tokenizer is None or tokenizer.pad_token_id is None else tokenizer.pad_token_id
         batch = max(1, 64 // n) if args.gpu else len(prompts)
         rows.append(_best(lambda: time_hf_samples(hf, prompts, n, max_tokens, batch, pad), repeats=1))
-    print_table(f"{n} samples of each prompt", rows)
+    print_table(f"{n} samples of each prompt (prefix caching off)", rows)
+    del engine
+    gc.collect()
+    if args.gpu:
+        torch.cuda.empty_cache()
+    engine = LLMEngine.from_hf_model(hf, config, tokenizer)
     rows = [_best(lambda: time_forks(engine, prompts, n - 1, max_tokens, fork=True)),
             _best(lambda: time_forks(engine, prompts, n - 1, max_tokens, fork=False))]
-    print_table(f"{n - 1} continuations of each request from its middle (timed from the forks)", rows)
+    print_table(f"{n - 1} continuations of each request from its middle (timed from the forks; prefix caching on)", rows)
 
 
 if __name__ == "__main__":

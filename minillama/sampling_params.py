@@ -9,6 +9,7 @@ from minillama.errors import InvalidRequestError
 from minillama.values import is_int, is_real
 
 MAX_SAMPLES = 64  # the most samples one prompt may ask for (SamplingParams.n)
+MAX_BEAMS = 64  # the widest beam search one prompt may ask for (SamplingParams.beam_width)
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,15 @@ class SamplingParams:
 
     n > 1 asks for n samples of the prompt (parallel sampling): one prefill, whose K/V blocks the
     samples share, then each draws its own tokens; sample i uses seed + i when a seed is given.
+
+    beam_width k > 1 asks for a beam search (minillama/engine/beam_search.py): k beams that share
+    their common prefix's blocks, scored by the model's log-probabilities, as Hugging Face's
+    generate(num_beams=k, do_sample=False) does. It is deterministic: temperature, top_p, top_k
+    and seed are ignored (a UI may pass them). A finished beam scores its summed log-probability
+    over generated_len ** length_penalty (> 0 favours longer beams). early_stopping: True ends
+    the search once k beams have finished; False (the default) once no running beam can beat
+    the worst finished one, by a heuristic on the current length; "never", by the best length
+    max_tokens could still reach. max_tokens, ignore_eos and stop_token_ids apply to each beam.
     """
 
     temperature: float = 1.0
@@ -31,6 +41,9 @@ class SamplingParams:
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
     n: int = 1
+    beam_width: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False  # True, False or "never" (as Hugging Face's)
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""
@@ -50,6 +63,14 @@ class SamplingParams:
             raise InvalidRequestError(f"n (samples per prompt) must be an integer in [1, {MAX_SAMPLES}], got {self.n!r}")
         if self.seed is not None and self.seed + self.n > 2**63:
             raise InvalidRequestError(f"seed + n must be at most 2**63 (sample i draws with seed + i), got {self.seed}")
+        if not is_int(self.beam_width) or not 1 <= self.beam_width <= MAX_BEAMS:
+            raise InvalidRequestError(f"beam_width must be an integer in [1, {MAX_BEAMS}], got {self.beam_width!r}")
+        if self.beam_width > 1 and self.n > 1:
+            raise InvalidRequestError("n > 1 and beam_width > 1 do not combine: a beam search returns its beam_width beams")
+        if not is_real(self.length_penalty) or not math.isfinite(self.length_penalty):
+            raise InvalidRequestError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
+        if self.early_stopping not in (True, False, "never") or not isinstance(self.early_stopping, (bool, str)):
+            raise InvalidRequestError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if not isinstance(self.stop_token_ids, (tuple, list)) or not all(map(is_int, self.stop_token_ids)):
             raise InvalidRequestError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
         if not isinstance(self.ignore_eos, bool):

@@ -70,8 +70,8 @@ def leaves(kind: Any, data: Any, path: Path_ = (), owner: str = "Trace", field: 
     None included (an optional field that is unset), tensors excluded."""
     kind = _unwrap(kind)
     origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):  # X | None
-        (inner,) = [a for a in args if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):  # X | None (or bool | Literal: the base trace holds a bool)
+        inner = next(a for a in args if a is not type(None))
         if data is None:
             yield (owner, field, _unwrap(inner), path)
         else:

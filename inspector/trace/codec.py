@@ -93,7 +93,7 @@ def _decoder(kind: Any) -> Decoder:
     if origin is typing.Literal:
         return _literal(args)
     if origin in (typing.Union, types.UnionType):
-        return _optional(args)
+        return _union(args)
     if dataclasses.is_dataclass(kind) or typing.is_typeddict(kind):
         return _record(kind)
     if origin is list:
@@ -171,10 +171,27 @@ def _literal(allowed: tuple[str, ...]) -> Decoder:
     return decode
 
 
-def _optional(args: tuple[Any, ...]) -> Decoder:
-    (inner,) = [a for a in args if a is not type(None)]  # the schema's unions are all "X | None"
-    decode_inner = _decoder(inner)
-    return lambda data, refs: None if data is None else decode_inner(data, refs)
+def _union(args: tuple[Any, ...]) -> Decoder:
+    """"X | None", or alternatives of distinct JSON types (bool | Literal["never"]): the value is
+    the first that fits."""
+    nullable = type(None) in args
+    decoders = [_decoder(a) for a in args if a is not type(None)]
+    if len(decoders) == 1:  # "X | None": X's mismatch, with its path, is the one to report
+        (decode_inner,) = decoders
+        return lambda data, refs: None if data is None else decode_inner(data, refs)
+
+    def decode(data: JSON, refs: _Refs) -> Any:
+        if data is None and nullable:
+            return None
+        problems = []
+        for decode_one in decoders:
+            try:
+                return decode_one(data, refs)
+            except _Mismatch as exc:
+                problems.append(str(exc))
+        raise _Mismatch(" or ".join(problems))
+
+    return decode
 
 
 # -- containers -------------------------------------------------------------------------------

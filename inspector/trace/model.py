@@ -115,9 +115,13 @@ class _SamplingRequired(TypedDict):
 class SamplingRecord(_SamplingRequired, total=False):
     """A request's SamplingParams (minillama/sampling_params.py) as plain values. Loading a
     trace checks them with SamplingParams.validate, the engine's own rules. Keys added after the
-    first schema are optional, so older traces still open: n (samples per prompt, default 1)."""
+    first schema are optional, so older traces still open: n (samples per prompt, default 1),
+    beam_width (1), length_penalty (1.0) and early_stopping (False; True, False or "never")."""
 
     n: int
+    beam_width: int
+    length_penalty: float
+    early_stopping: bool | Literal["never"]
 
 
 @dataclass

@@ -23,6 +23,7 @@ computed block again, so a shared block never changes under a reader.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,10 +92,18 @@ class BlockManager:
 
     def can_allocate(self, seq: Sequence) -> bool:
         """Are there enough free blocks to hold all of `seq`'s tokens?"""
-        hits = self.cached_prefix(seq)
-        # A hit on a block nobody uses right now still takes that block off the free list.
-        revived = sum(1 for block_id in hits if self.blocks[block_id].ref_count == 0)
-        return seq.num_blocks_needed(self.block_size) - len(hits) + revived <= self.num_free_blocks
+        return self.can_allocate_all((seq,))
+
+    def can_allocate_all(self, seqs: Iterable[Sequence]) -> bool:
+        """Could allocate() take all of `seqs` at once (a beam search's beams, admitted
+        together)? A prefix-cache hit they share costs its block once."""
+        fresh, revived = 0, set()
+        for seq in seqs:
+            hits = self.cached_prefix(seq)
+            # A hit on a block nobody uses right now still takes that block off the free list.
+            revived.update(block_id for block_id in hits if self.blocks[block_id].ref_count == 0)
+            fresh += seq.num_blocks_needed(self.block_size) - len(hits)
+        return fresh + len(revived) <= self.num_free_blocks
 
     def allocate(self, seq: Sequence) -> None:
         """Give `seq` blocks for all its tokens, reusing prefix-cache hits; the caller checked

@@ -25,6 +25,7 @@ forward, so each step costs O(window), not O(length).
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol
 
 # U+FFFD: what a UTF-8 decoder produces for bytes that are not (yet) a whole character.
@@ -96,6 +97,12 @@ class IncrementalDetokenizer:
         full text equals decoding all output tokens at once.
         """
         return self._emit(self._pending_text())
+
+    def fork(self) -> IncrementalDetokenizer:
+        """A copy that goes on on its own from here (a beam forked from this one's sequence)."""
+        twin = copy.copy(self)
+        twin._token_ids, twin._chunks = list(self._token_ids), list(self._chunks)
+        return twin
 
     @property
     def text(self) -> str:

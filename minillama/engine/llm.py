@@ -26,7 +26,8 @@ class LLM:
     ) -> list[Completion]:
         """All prompts in one continuous batch; completions in the order of `prompts`. A prompt
         whose params ask for n > 1 samples gives its n completions one after the other, in
-        sample order (Completion.sample_index 0..n-1).
+        sample order (Completion.sample_index 0..n-1); one that asks for a beam search gives its
+        beam_width finished beams the same way, best first, each with its Completion.score.
 
         Every prompt is checked before any runs: a bad one raises InvalidRequestError and no
         request of this call stays queued."""
@@ -44,18 +45,21 @@ class LLM:
             for request_id in ids:
                 engine.abort(request_id)
             raise
-        total = sum(p.max_tokens * p.n for p in params_list)
+        total = sum(p.max_tokens * max(p.n, p.beam_width) for p in params_list)
         with tqdm(total=total, desc="generating", unit="tok", disable=not progress) as bar:
             while engine.has_unfinished():
                 bar.update(len(engine.step()))
         completions = []
-        for request_id in [sample for leader in ids for sample in engine.samples(leader)]:
-            info = engine.request(request_id)
-            completions.append(
-                Completion(
-                    request_id, list(info.prompt_token_ids), list(info.output_token_ids), engine.text(request_id),
-                    info.finish_reason, info.num_cached_tokens, info.num_preemptions, info.sample_index,
+        for leader, p in zip(ids, params_list):
+            results = engine.beams(leader) if p.beam_width > 1 else engine.samples(leader)
+            for index, request_id in enumerate(results):
+                info = engine.request(request_id)
+                completions.append(
+                    Completion(
+                        request_id, list(info.prompt_token_ids), list(info.output_token_ids), engine.text(request_id),
+                        info.finish_reason, info.num_cached_tokens, info.num_preemptions, index, info.beam_score,
+                    )
                 )
-            )
+        for request_id in [*ids, *(c.request_id for c in completions)]:  # a search's id forgets all its beams
             engine.forget(request_id)
         return completions

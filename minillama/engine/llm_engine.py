@@ -12,6 +12,8 @@ token per sequence that finished its prompt -> sequences that hit EOS or their l
 finish and give back their KV blocks. Observers (minillama.observe) see every stage.
 fork() continues a request from any of its tokens with other tokens, sharing its KV blocks.
 SamplingParams(n=k) draws k samples of one prompt: one prefill, then k sequences sharing its blocks.
+SamplingParams(beam_width=k) runs a beam search (minillama/engine/beam_search.py) on the same
+forks: its beams share their blocks, and a beam no continuation keeps is pruned.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from minillama.config import EngineConfig, ModelConfig
+from minillama.engine.beam_search import BeamGroup, Candidate, Hypothesis, Selection
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.block_pool import BlockPoolSnapshot, cached_flags, snapshot_block_pool
 from minillama.engine.detokenizer import IncrementalDetokenizer
@@ -34,6 +37,7 @@ from minillama.engine.outputs import (
     EngineStats,
     ForkCause,
     ForkEvent,
+    PruneEvent,
     RequestOutput,
     StepResult,
     StepTimings,
@@ -93,6 +97,10 @@ class LLMEngine:
         # one truth test).
         self._samples: dict[int, tuple[int, ...]] = {}
         self._pending_samples: set[int] = set()
+        # Beam search: request id -> its search, until forgotten; and the searches still running
+        # (the step checks this one: empty, it costs one truth test).
+        self._beam_groups: dict[int, BeamGroup] = {}
+        self._searching: dict[int, BeamGroup] = {}
         self.observers: list[Observer] = []
         self.step_count = 0
         self.stats = EngineStats()
@@ -183,7 +191,10 @@ class LLMEngine:
         With params.n = k > 1 the id is sample 0's (the leader's). Its prompt is computed once:
         in the step that samples its first token, samples 1..k-1 draw theirs from the same
         logits and become new requests sharing the prompt's blocks (samples(id) lists them).
-        Each then runs on its own: aborting the leader does not abort its samples."""
+        Each then runs on its own: aborting the leader does not abort its samples.
+
+        With params.beam_width = k > 1 the id is the beam search's (its first beam's, the
+        prompt's): beams(id) lists its beams, and abort(id) stops the whole search."""
         params = SamplingParams() if params is None else params
         token_ids = self.check_request(prompt, params, chat)
         seq = Sequence(next(self._request_ids), token_ids, params)
@@ -198,6 +209,17 @@ class LLMEngine:
         its prompt has sampled, only the leader before. (leader_id,) for an n = 1 request."""
         return self._samples.get(leader_id, (leader_id,))
 
+    def beams(self, request_id: int) -> tuple[int, ...]:
+        """The ids of beam search `request_id`'s beams: while it runs, its live beams, best
+        first; once it is done, its results, the finished beams best first (beam_width of them,
+        fewer if it was aborted), whose request(id).beam_score is their score. Every beam is a
+        request of its own (its output: all the tokens it generated); the pruned ones finish
+        with reason "pruned". (request_id,) for a request without beam search."""
+        group = self._beam_groups.get(request_id)
+        if group is None:
+            return (request_id,)
+        return group.results() if group.done else tuple(beam.seq_id for beam in group.beams)
+
     def fork(self, seq_id: int, num_tokens: int, forced_token_ids: list[int],
              params: SamplingParams | None = None) -> int:
         """A new request that continues request `seq_id` from its first `num_tokens` tokens
@@ -209,8 +231,9 @@ class LLMEngine:
         first step computes only the forced tokens (and any of the prefix the parent had not
         computed yet). Once the parent's blocks are gone (finished, preempted) or when no block
         is free for the copy, it queues like a new request, and the prefix cache serves what it
-        still holds. request(id) tells which (fork_prefix). Raises InvalidRequestError, changing
-        nothing, on bad input."""
+        still holds. request(id) tells which (fork_prefix). With params asking for beam_width
+        k > 1 (a beam's own, by default) the fork starts a beam search of its own from there.
+        Raises InvalidRequestError, changing nothing, on bad input."""
         parent = self.sequences.get(seq_id) if is_int(seq_id) else None
         if parent is None:
             raise InvalidRequestError(f"no request {seq_id!r} to fork (unknown, or finished and collected)")
@@ -258,8 +281,14 @@ class LLMEngine:
             observer.on_fork(event)
 
     def _queue(self, seq: Sequence) -> None:
-        if seq.params.seed is not None:
-            self._generators[seq.seq_id] = self.sampler.new_generator(seq.params.seed)
+        params = seq.params
+        if params.beam_width > 1:  # a beam search: it draws nothing at random
+            seq.beam_of = seq.seq_id
+            stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)
+            max_new = min(params.max_tokens, self.max_model_len - seq.num_prompt_tokens)
+            self._beam_groups[seq.seq_id] = self._searching[seq.seq_id] = BeamGroup(seq, stop_ids, max_new)
+        elif params.seed is not None:
+            self._generators[seq.seq_id] = self.sampler.new_generator(params.seed)
         if self.tokenizer is not None:
             self._detokenizers[seq.seq_id] = IncrementalDetokenizer(self.tokenizer, seq.token_ids)
         self.sequences[seq.seq_id] = seq
@@ -288,6 +317,10 @@ class LLMEngine:
         return token_ids
 
     def _check_fits(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        if params.beam_width > self.config.max_num_seqs:
+            raise InvalidRequestError(
+                f"beam_width {params.beam_width} exceeds max_num_seqs {self.config.max_num_seqs}: a search's beams run side by side"
+            )
         if num_prompt_tokens >= self.max_model_len:
             raise InvalidRequestError(
                 f"the prompt has {num_prompt_tokens} tokens; this engine's max_model_len is "
@@ -296,27 +329,38 @@ class LLMEngine:
         # The K/V of every token but the last sampled one (it is never fed back) must fit.
         longest = min(num_prompt_tokens + params.max_tokens, self.max_model_len) - 1
         bs = self.config.block_size
-        blocks = (longest + bs - 1) // bs
+        # A beam search's beams must fit side by side: a preempted search is admitted whole.
+        blocks = (longest + bs - 1) // bs * params.beam_width
         if blocks > self.block_manager.num_blocks:
+            beams = f" for each of {params.beam_width} beams" if params.beam_width > 1 else ""
             raise InvalidRequestError(
-                f"the request can never fit the KV cache: the K/V of {longest} tokens need {blocks} blocks of "
+                f"the request can never fit the KV cache: the K/V of {longest} tokens{beams} need {blocks} blocks of "
                 f"{bs}, the cache has {self.block_manager.num_blocks}; lower max_tokens or add KV blocks"
             )
 
     def abort(self, request_id: int) -> None:
-        """Stop a request wherever it is, free its blocks and forget it."""
+        """Stop a request wherever it is, free its blocks and forget it. The id of any beam of
+        a running beam search (its request id too) stops the whole search: every live beam."""
         seq = self.sequences.get(request_id)
-        if seq is not None and not seq.is_finished:
+        group = self._searching.pop(seq.beam_of, None) if seq is not None and seq.beam_of is not None else None
+        if group is not None:
+            for beam in group.beams:
+                self.scheduler.abort(beam)
+            group.beams, group.done = [], True
+        elif seq is not None and not seq.is_finished:
             self.scheduler.abort(seq)
         self.forget(request_id)
 
     def forget(self, request_id: int) -> None:
-        """Drop a finished request's bookkeeping once its output has been collected."""
-        self.sequences.pop(request_id, None)
+        """Drop a finished request's bookkeeping once its output has been collected; a beam
+        search's request id drops the whole search (every beam it made, pruned ones too)."""
+        group = self._beam_groups.pop(request_id, None)
+        for seq_id in group.members if group is not None else (request_id,):
+            self.sequences.pop(seq_id, None)
+            self._generators.pop(seq_id, None)
+            self._detokenizers.pop(seq_id, None)
         self._samples.pop(request_id, None)
         self._pending_samples.discard(request_id)
-        self._generators.pop(request_id, None)
-        self._detokenizers.pop(request_id, None)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -439,11 +483,13 @@ class LLMEngine:
             t3 = t4
         if events:
             events.mark()
-        sampling = batch.sampling
-        seqs = [self.sequences[item.seq_id] for item in sampling]
-        params = [seq.params for seq in seqs]
-        generators = [self._generators.get(seq.seq_id) for seq in seqs]
-        tokens = self.sampler(logits, params, generators).tolist() if sampling else []
+        seqs = [self.sequences[item.seq_id] for item in batch.sampling]
+        drawn, drawn_logits, split = seqs, logits, None  # the rows the sampler draws from: all
+        if self._searching:  # the one check beam search costs an ordinary step
+            drawn, drawn_logits, split = self._set_beams_apart(seqs, logits)
+        params = [seq.params for seq in drawn]
+        generators = [self._generators.get(seq.seq_id) for seq in drawn]
+        tokens = self.sampler(drawn_logits, params, generators).tolist() if drawn else []
         sample_ms = (time.perf_counter() - t3) * 1e3
         if events:
             events.mark()
@@ -452,11 +498,13 @@ class LLMEngine:
         rows = None  # outputs[i] came from logits row i
         if self._pending_samples:  # the one check parallel sampling costs an ordinary step
             # Before _update: a leader that finishes on its first token frees its blocks there.
-            sample_outputs, sample_rows = self._start_samples(logits, seqs)
-            outputs = self._update(seqs, tokens) + sample_outputs
-            rows = (*range(len(seqs)), *sample_rows)
+            sample_outputs, sample_rows = self._start_samples(drawn_logits, drawn)
+            outputs = self._update(drawn, tokens) + sample_outputs
+            rows = (*range(len(drawn)), *sample_rows)
         else:
-            outputs = self._update(seqs, tokens)
+            outputs = self._update(drawn, tokens)
+        if split is not None:
+            outputs, rows = self._advance_searches(logits, seqs, split, outputs, rows)
         timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
         result = StepResult(
             self.step_count, batch, tuple(outputs), timings, self.block_manager.num_free_blocks,
@@ -550,6 +598,127 @@ class LLMEngine:
             self.scheduler.add(seq)  # no block for its copy: it recomputes its prompt later
         self._notify_fork(leader, seq, "sample", shared)
         return output
+
+    # -- beam search (minillama/engine/beam_search.py: the rules; here, the sequences) --------------
+
+    def _set_beams_apart(self, seqs: list[Sequence], logits: torch.Tensor
+                         ) -> tuple[list[Sequence], torch.Tensor, tuple[list[int], list[int]] | None]:
+        """The sequences the sampler draws for and their logits rows, and (the rows of those,
+        the rows of beams) when some rows are beams' (they go to their searches instead)."""
+        beam_rows = [row for row, seq in enumerate(seqs) if seq.beam_of is not None]
+        if not beam_rows:
+            return seqs, logits, None
+        drawn_rows = [row for row, seq in enumerate(seqs) if seq.beam_of is None]
+        return [seqs[row] for row in drawn_rows], logits[drawn_rows], (drawn_rows, beam_rows)
+
+    def _advance_searches(self, logits: torch.Tensor, seqs: list[Sequence], split: tuple[list[int], list[int]],
+                          outputs: list[RequestOutput], rows: tuple[int, ...] | None
+                          ) -> tuple[list[RequestOutput], tuple[int, ...]]:
+        """One step of every search whose beams gave logits rows: the sampler's outputs (their rows
+        in the whole batch), then each search's new and continued beams (their parent's row)."""
+        drawn_rows, beam_rows = split
+        rows = [drawn_rows[row] for row in (rows if rows is not None else range(len(outputs)))]
+        row_of = {seqs[row].seq_id: row for row in beam_rows}
+        groups = {seqs[row].beam_of: self._searching[seqs[row].beam_of] for row in beam_rows}
+        for group in groups.values():
+            # The scheduler keeps a search's beams in step: all of them sampled in this step.
+            parent_rows = [row_of[beam.seq_id] for beam in group.beams]
+            selection = group.select(torch.log_softmax(logits[parent_rows], dim=-1))
+            for candidate, output in self._apply_selection(group, selection):
+                outputs.append(output)
+                rows.append(parent_rows[candidate.parent])
+            if selection.done:
+                del self._searching[group.request_id]
+        return outputs, tuple(rows)
+
+    def _apply_selection(self, group: BeamGroup, selection: Selection) -> list[tuple[Candidate, RequestOutput]]:
+        """Make a selection real: prune the beams nothing continues, fork a beam continued by
+        several candidates (the first continues in place), finish the hypotheses. Returns each
+        new token's output with its candidate, best first."""
+        parents, k = group.beams, group.width
+        # Each parent's children, best first: (candidate, its hypothesis if it finished).
+        children: dict[int, list[tuple[Candidate, Hypothesis | None]]] = {}
+        for child in sorted([*((c, None) for c in selection.keep), *((h.candidate, h) for h in selection.finished)],
+                            key=lambda child: child[0].rank):
+            children.setdefault(child[0].parent, []).append(child)
+        self.scheduler.release_seats(group.request_id)  # from now on its seats are its beams'
+        why = "the search ended" if selection.done else f"fell out of the {k} best beams"
+        for index, beam in enumerate(parents):
+            if index not in children:
+                self._prune(group, beam, why)
+        for hypothesis in selection.displaced:
+            self._prune(group, self.sequences[hypothesis.seq_id], f"pushed out of the {k} best finished beams")
+        # Beams whose children all finished end in place first: their blocks and seats go to forks.
+        finishing = [index for index in children if all(h is not None for _, h in children[index])]
+        going_on = [index for index in children if index not in finishing]
+        made = [m for index in finishing for m in self._branch(group, parents[index], children[index], True)]
+        # Each running fork needs one fresh block (beam_search.py): only the first selection may lack them.
+        shares = self.block_manager.num_free_blocks >= len(selection.keep) - len(going_on)
+        for index in going_on:
+            made += self._branch(group, parents[index], children[index], shares)
+        if not shares:  # the search waits whole, to be admitted again with blocks for all its beams
+            self.scheduler.preempt_search([parents[index] for index in going_on])
+            self.stats.preemptions += len(going_on)
+        made.sort(key=lambda child: child[0].rank)
+        beam_of = {candidate.rank: output.request_id for candidate, output in made}
+        group.beams = [] if selection.done else [self.sequences[beam_of[c.rank]] for c in selection.keep]
+        return made
+
+    def _branch(self, group: BeamGroup, parent: Sequence, children: list[tuple[Candidate, Hypothesis | None]],
+                shares: bool) -> list[tuple[Candidate, RequestOutput]]:
+        """`parent`'s children, best first: its best running one (else its best finished one)
+        continues it in place, each other one is a fork of it."""
+        in_place = next((child for child in children if child[1] is None), children[0])
+        made = [self._fork_beam(group, parent, *child, shares) for child in children if child is not in_place]
+        return [*made, self._continue_beam(parent, *in_place)]
+
+    def _fork_beam(self, group: BeamGroup, parent: Sequence, candidate: Candidate, hypothesis: Hypothesis | None,
+                   shares: bool) -> tuple[Candidate, RequestOutput]:
+        """A new beam: `parent`'s tokens, then the candidate's. A running one shares the parent's
+        blocks (full ones by reference, the partial one copied on write) when `shares`, and queues
+        to recompute them otherwise; a finished hypothesis holds none."""
+        position = parent.num_tokens
+        seq = Sequence(next(self._request_ids), [*parent.token_ids, candidate.token], parent.params)
+        seq.num_prompt_tokens = parent.num_prompt_tokens
+        seq.beam_of, seq.parent_id, seq.fork_position = group.request_id, parent.seq_id, position
+        self.sequences[seq.seq_id] = seq
+        group.members.append(seq.seq_id)
+        detokenizer = self._detokenizers.get(parent.seq_id)
+        if detokenizer is not None:
+            self._detokenizers[seq.seq_id] = detokenizer.fork()
+        output = self._output(seq, candidate.token)
+        shared = False
+        if hypothesis is not None:
+            seq.status, seq.finish_reason = SequenceStatus.FINISHED, output.finish_reason
+            seq.beam_score, hypothesis.seq_id = hypothesis.score, seq.seq_id
+        elif shares and self._share_prefix(parent, seq):
+            shared = True
+            self.scheduler.add_beam(seq)
+        else:
+            self.scheduler.add(seq)  # no block for its copy: it waits with its search, to recompute
+        self._notify_fork(parent, seq, "beam", shared)
+        return candidate, output
+
+    def _continue_beam(self, beam: Sequence, candidate: Candidate, hypothesis: Hypothesis | None
+                       ) -> tuple[Candidate, RequestOutput]:
+        """`beam` goes on with the candidate's token in place; a finished hypothesis ends it."""
+        beam.token_ids.append(candidate.token)
+        output = self._output(beam, candidate.token)
+        if hypothesis is not None:
+            self.scheduler.finish(beam, output.finish_reason)
+            beam.beam_score, hypothesis.seq_id = hypothesis.score, beam.seq_id
+        return candidate, output
+
+    def _prune(self, group: BeamGroup, seq: Sequence, reason: str) -> None:
+        """Drop a beam (or a finished hypothesis pushed out of the best): its blocks go back."""
+        if seq.is_finished:
+            seq.finish_reason = "pruned"
+        else:
+            self.scheduler.finish(seq, "pruned")
+        if self.observers:
+            event = PruneEvent(seq.seq_id, group.request_id, reason)
+            for observer in self.observers:
+                observer.on_prune(event)
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params

@@ -142,4 +142,7 @@ class Completion:
     finish_reason: str | None
     num_cached_tokens: int = 0
     num_preemptions: int = 0
-    sample_index: int = 0  # which of its prompt's n samples (SamplingParams.n); 0 when n is 1
+    # Which of its prompt's n samples (SamplingParams.n), or of its beam search's results, best
+    # first (SamplingParams.beam_width); 0 otherwise.
+    sample_index: int = 0
+    score: float | None = None  # a beam's score: its log-probability over length ** length_penalty

@@ -20,6 +20,12 @@ A fork (LLMEngine.fork) that shares its parent's blocks holds them from the mome
 so it does not queue behind the waiting requests: it starts as soon as it has a seat, before any
 admission (a fork whose parent's blocks were gone queues like any new request).
 
+The beams of a beam search (minillama/engine/beam_search.py) advance together, and the scheduler
+keeps them so: a search's first beam is admitted only with seats for all its beams (reserved
+until it makes them), preempting a beam preempts its whole search, a preempted search is admitted
+again whole, and a beam's prefill stops one token short, so it samples only in a decode step,
+with its siblings.
+
 The decision is published as a SchedulerOutput, an immutable value: the model runner builds
 the step's tensors from it, and observers read it, so what they see is exactly what ran. The
 live Sequence objects stay inside the scheduler.
@@ -114,6 +120,8 @@ class Scheduler:
         # The waiting queue as ids, kept until the queue changes: most decode steps leave it
         # as it is, and it can be long.
         self._waiting_ids: tuple[int, ...] | None = None
+        # Seats held for the beams a search's running first beam will make: its id -> how many.
+        self.reserved_seats: dict[int, int] = {}
 
     def add(self, seq: Sequence) -> None:
         """Queue a new request; a fork that already holds blocks (BlockManager.fork) waits
@@ -128,11 +136,38 @@ class Scheduler:
         """A sample of a request with n > 1 (LLMEngine), holding the leader's prompt blocks and
         one uncomputed token, its first: it runs as a decode from the next step when it has a
         seat, and waits with the forks otherwise."""
-        if len(self.running) < self.max_num_seqs:
+        if self._free_seats() > 0:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
         else:
             self.forked.append(seq)
+
+    def add_beam(self, seq: Sequence) -> None:
+        """A beam its search just forked, holding its parent's blocks and one uncomputed token:
+        it decodes from the next step with its siblings, in a seat its search holds (reserved
+        for it, or left by a beam the same selection pruned or finished)."""
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+
+    def release_seats(self, seq_id: int) -> None:
+        """Give back the seats reserved for the beams of search `seq_id` (it has made them)."""
+        self.reserved_seats.pop(seq_id, None)
+
+    def _free_seats(self) -> int:
+        return self.max_num_seqs - len(self.running) - sum(self.reserved_seats.values())
+
+    @staticmethod
+    def _seats_needed(seq: Sequence) -> int:
+        """A beam search's first beam takes seats for all its beams; anything else one."""
+        return seq.params.beam_width if seq.beam_of is not None and not seq.is_lockstep_beam else 1
+
+    def _start(self, seq: Sequence) -> None:
+        """`seq` joins the running sequences (a first beam with its reserved seats)."""
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        seats = self._seats_needed(seq)
+        if seats > 1:
+            self.reserved_seats[seq.seq_id] = seats - 1
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.forked)
@@ -157,33 +192,37 @@ class Scheduler:
         #    with a single token left goes to decode instead, which computes exactly that.
         for seq in self.running:
             if seq.num_uncomputed_tokens > 1 and budget > 0:
-                n = min(seq.num_uncomputed_tokens, budget)
+                n = min(seq.prefill_end - seq.num_computed_tokens, budget)
                 seqs.append(seq)
                 scheduled.append(self._prefill_item(seq, n, "prefill-continues"))
                 budget -= n
         # 2. Forks holding shared blocks start next: they need a seat and tokens, no blocks.
-        while self.forked and budget > 0 and len(self.running) < self.max_num_seqs:
+        while self.forked and budget > 0 and self._free_seats() >= self._seats_needed(self.forked[0]):
             seq = self.forked.popleft()
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            self._start(seq)
             n = min(seq.num_uncomputed_tokens, budget)
             seqs.append(seq)
             scheduled.append(self._prefill_item(seq, n, "forked"))
             budget -= n
-        # 3. Admit waiting sequences, oldest first, while tokens, seats and blocks last.
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
-            if not self.block_manager.can_allocate(seq):
+        # 3. Admit waiting sequences, oldest first, while tokens, seats and blocks last. A
+        #    preempted beam search is admitted whole, its beams side by side.
+        while self.waiting and budget > 0:
+            head = self.waiting[0]
+            group = [s for s in self.waiting if s.beam_of == head.beam_of] if head.is_lockstep_beam else [head]
+            if self._free_seats() < max(len(group), self._seats_needed(head)):
+                break
+            if not self.block_manager.can_allocate_all(group):
                 break  # the oldest waits for blocks; admitting younger ones would starve it
-            self.block_manager.allocate(seq)  # prefix-cache hits count as computed
-            self.waiting.popleft()
+            for seq in group:
+                self.block_manager.allocate(seq)  # prefix-cache hits count as computed
+                self.waiting.remove(seq)
+                self._start(seq)
+                n = min(seq.prefill_end - seq.num_computed_tokens, budget)
+                if n > 0:  # a beam may find all but its last token in the prefix cache, or no budget left
+                    seqs.append(seq)
+                    scheduled.append(self._prefill_item(seq, n, self._admission_reason(seq)))
+                    budget -= n
             self._waiting_ids = None
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-            n = min(seq.num_uncomputed_tokens, budget)
-            seqs.append(seq)
-            scheduled.append(self._prefill_item(seq, n, self._admission_reason(seq)))
-            budget -= n
         return seqs, self._output("prefill", scheduled, ())
 
     def _schedule_decode(self) -> tuple[list[Sequence], SchedulerOutput]:
@@ -193,11 +232,9 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop to make room for an older one
             while not self.block_manager.can_append(seq):
-                victim = self.running[-1]
-                self._preempt(victim)
-                preempted.append(victim.seq_id)
-                if victim is seq:
-                    break
+                preempted += self._preempt_latest()
+                if seq.status is not SequenceStatus.RUNNING:
+                    break  # it was the latest arrival (or a beam of its search)
             if seq.status is SequenceStatus.RUNNING:
                 self.block_manager.append_slot(seq)
                 start = seq.num_computed_tokens
@@ -207,8 +244,26 @@ class Scheduler:
                 scheduled.append(_record(ScheduledSequence, (
                     seq.seq_id, start, 1, True, "decode", seq.block_table, (seq.token_ids[start],), 0, ()
                 )))
+        if preempted and len(scheduled) > len(self.running):  # a search preempted whole took an older beam
+            running = {seq.seq_id for seq in self.running}
+            scheduled = [item for item in scheduled if item.seq_id in running]
         # Every running sequence left runs, in order.
         return list(self.running), self._output("decode", scheduled, tuple(preempted))
+
+    def _preempt_latest(self) -> list[int]:
+        """Preempt the latest arrival, and with a beam all the beams of its search (they advance
+        together); returns their ids."""
+        victim = self.running[-1]
+        group = [s for s in self.running if s.beam_of == victim.beam_of] if victim.is_lockstep_beam else [victim]
+        for seq in reversed(group):
+            self._preempt(seq)
+        return [seq.seq_id for seq in reversed(group)]
+
+    def preempt_search(self, beams: list[Sequence]) -> None:
+        """Send a beam search's running beams back to the waiting queue (LLMEngine: its first
+        selection found too few blocks for its forks)."""
+        for seq in beams:
+            self._preempt(seq)
 
     @staticmethod
     def _admission_reason(seq: Sequence) -> Reason:
@@ -244,6 +299,8 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         """Free all of `seq`'s blocks and queue it to be recomputed from scratch."""
         self.block_manager.free(seq)
+        if self.reserved_seats:
+            self.reserved_seats.pop(seq.seq_id, None)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
@@ -270,6 +327,8 @@ class Scheduler:
         seq.finish_reason = reason
         self.block_manager.free(seq)
         self.running.remove(seq)
+        if self.reserved_seats:
+            self.reserved_seats.pop(seq.seq_id, None)
 
     def abort(self, seq: Sequence) -> None:
         """Drop a request wherever it is, giving back its blocks."""

@@ -113,6 +113,19 @@ class Sequence:
         return self.num_tokens - self.num_computed_tokens
 
     @property
+    def is_lockstep_beam(self) -> bool:
+        """A beam of a search past its first step: it computes and samples only together with
+        its siblings (minillama/engine/beam_search.py). The first beam, alone until its first
+        selection, has no output yet."""
+        return self.beam_of is not None and self.num_tokens > self.num_prompt_tokens
+
+    @property
+    def prefill_end(self) -> int:
+        """How far a prefill of this sequence runs: all its tokens (then it samples), but for a
+        lockstep beam all but the last, which it computes in a decode step with its siblings."""
+        return self.num_tokens - 1 if self.is_lockstep_beam else self.num_tokens
+
+    @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 

@@ -1,0 +1,150 @@
+"""Beam search: keep the k most likely continuations of a prompt, one token at a time.
+
+Greedy decoding takes the single most likely token at every step, and can walk into a dead end
+that a slightly less likely first token would have avoided. A beam search keeps k hypotheses
+("beams") instead, and scores each by the log-probability the model gives its whole output:
+
+    score(beam) = log p(t1) + log p(t2 | t1) + ... = the sum of its tokens' log-probabilities
+
+Each step, every beam proposes every token of the vocabulary: k x V continuations, each scored
+by its beam's score plus the token's log-probability. The rules below are Hugging Face's
+generate(num_beams=k, do_sample=False) (transformers 5, GenerationMixin._beam_search), step by step:
+
+1. Candidates: the 2k best continuations over all beams ((1 + number of stop tokens) x k when
+   there are several stop tokens), best first. At least k of them do not end, so k beams go on.
+2. The next beams: the k best candidates that do not end (a stop token, or the length limit).
+   A beam that none of them continues is pruned; one continued by c candidates lives on as c
+   beams, which share its K/V blocks (the engine forks it).
+3. Finished hypotheses: a candidate of rank < k that ends becomes a finished hypothesis, scored
+   sum_logprobs / generated_len ** length_penalty (generated_len counts the stop token). The
+   search keeps the k best finished hypotheses; a better one pushes the worst out.
+4. The end: once k hypotheses have finished, the search stops if early_stopping is True; with
+   False (or "never") it stops when the best running beam, length-penalised at the current
+   length (at the longest reachable one, for "never" with a positive penalty), cannot beat the
+   worst finished hypothesis. It always stops when every candidate ends (the length limit).
+   The result is the finished hypotheses, best first; the beams still running are dropped.
+
+Scores are float32 tensors and use exactly Hugging Face's operations, so near ties break alike.
+
+How it lives in a paged, continuously batched engine (LLMEngine, Scheduler):
+
+- A search's beams advance together: all of its live beams compute their last token and give
+  their logits rows in the same step, and the search selects once per step from all of them.
+  The scheduler guarantees it. A decode step runs every running sequence, so beams in decode
+  run together; a beam that must recompute its tokens (after a preemption) stops its prefill
+  one token short (Sequence.prefill_end), so it never samples alone in a prefill step.
+- Preemption takes a whole search: when the victim is a beam, all its siblings go back to the
+  waiting queue with it, and they are admitted again together, only when blocks and seats for
+  all of them are free. So a search's beams are all running or all waiting. (A request is
+  checked at add time to fit the cache with beam_width beams side by side, so it always can.)
+- Seats: the first beam (the prompt) holds beam_width seats from its admission (the scheduler
+  reserves them) until its first selection makes the other beams; from then on each selection
+  prunes a beam, or finishes one, for every beam it forks, so the search's seat count holds.
+- Blocks: a fork needs one fresh block (the copy of its parent's partial block, or a block for
+  its token on a block boundary), and every pruned or finished beam gives back at least one (its
+  last block is always its own). Only the first selection, which prunes nothing, may find too
+  few free blocks; the search is then preempted whole and its beams recompute their tokens
+  (the prefix cache serves the shared prompt) when admitted together.
+- A chunked prefill only concerns the first beam, which is alone: its first row is the
+  selection's only row. abort(request_id) aborts every live beam of the search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from minillama.engine.sequence import Sequence
+
+
+class Candidate(NamedTuple):
+    """One continuation: beam `parent` (an index into the group's live beams) followed by `token`."""
+
+    rank: int  # 0 = the best candidate of the step
+    parent: int
+    token: int
+    logprob: float  # the beam's summed log-probability with this token (float32)
+    score: float  # logprob / generated_len ** length_penalty: its score if it finishes here
+    ends: bool  # a stop token, or the length limit
+
+
+@dataclass
+class Hypothesis:
+    """A finished beam: a candidate that ended among the k best, with its final score. seq_id is
+    the sequence the engine made for it (None until then)."""
+
+    score: float
+    candidate: Candidate
+    seq_id: int | None = None
+
+
+class Selection(NamedTuple):
+    """What one step of a search decided; the engine turns it into sequences and blocks."""
+
+    keep: list[Candidate]  # the next live beams, best first
+    finished: list[Hypothesis]  # candidates that finished this step and are among the k best
+    displaced: list[Hypothesis]  # earlier finished hypotheses pushed out of the k best
+    done: bool  # the search is over: its live beams are dropped
+
+
+class BeamGroup:
+    """The state of one beam search: its live beams, their scores and its finished hypotheses."""
+
+    def __init__(self, first: Sequence, stop_ids: frozenset[int], max_new_tokens: int):
+        params = first.params
+        self.request_id = first.seq_id
+        self.width = params.beam_width
+        self.length_penalty = params.length_penalty
+        self.early_stopping = params.early_stopping
+        self.stop_ids = stop_ids  # the tokens that end a hypothesis (EOS unless ignored, stop tokens)
+        self.max_new_tokens = max_new_tokens  # the most tokens a beam can generate
+        self.num_candidates = max(2, 1 + len(stop_ids)) * self.width
+        self.beams: list[Sequence] = [first]  # the live beams, best first
+        self.scores = torch.zeros(1)  # [len(beams)] float32: each beam's summed log-prob
+        self.generated = 0  # tokens each live beam has generated
+        self.finished: list[Hypothesis] = []  # best first, at most width
+        self.improvable = True  # can a running beam still beat the worst finished hypothesis?
+        self.done = False
+        self.members: list[int] = [first.seq_id]  # every sequence the search made, pruned ones too
+
+    def select(self, logprobs: torch.Tensor) -> Selection:
+        """One step. logprobs: [len(beams), V] float32, row i the log-softmax of beam i's logits.
+        Updates the scores and the finished hypotheses; the caller sets `beams` to the kept ones."""
+        k, vocab = self.width, logprobs.shape[1]
+        # 1. Every continuation's summed log-probability, [len(beams) * V], and the best of them.
+        totals = (logprobs + self.scores.to(logprobs.device)[:, None]).view(-1)
+        values, indices = torch.topk(totals, min(self.num_candidates, totals.numel()))
+        generated = self.generated + 1  # each candidate's generated length, its new token included
+        at_length = generated >= self.max_new_tokens
+        penalised = values / (generated**self.length_penalty)
+        candidates = [
+            Candidate(rank, index // vocab, index % vocab, value, score, at_length or index % vocab in self.stop_ids)
+            for rank, (index, value, score) in enumerate(zip(indices.tolist(), values.tolist(), penalised.tolist()))
+        ]
+        # 2. The next beams: the k best candidates that go on.
+        keep = [c for c in candidates if not c.ends][:k]
+        # 3. Candidates of rank < k that end join the finished hypotheses, while that can still
+        #    matter (early_stopping True freezes a full set; step 4 may have closed it).
+        new = []
+        if self.improvable and not (len(self.finished) == k and self.early_stopping is True):
+            new = [Hypothesis(c.score, c) for c in candidates[:k] if c.ends]
+        merged = sorted([*self.finished, *new], key=lambda h: h.score, reverse=True)
+        self.finished = merged[:k]
+        displaced = [h for h in merged[k:] if h.seq_id is not None]
+        finished = [h for h in new if any(h is f for f in self.finished)]
+        # 4. Next step's scores; then: can the best running beam still beat the worst finished one?
+        self.scores = values[[c.rank for c in keep]]
+        self.generated = generated
+        if len(self.finished) == k and keep:
+            length = self.max_new_tokens if self.early_stopping == "never" and self.length_penalty > 0 else generated
+            best = (self.scores[:1] / (length**self.length_penalty)).item()
+            self.improvable = self.improvable and best > self.finished[-1].score
+        full = len(self.finished) == k and self.early_stopping is True
+        self.done = not self.improvable or full or not keep
+        return Selection([] if self.done else keep, finished, displaced, self.done)
+
+    def results(self) -> tuple[int, ...]:
+        """The finished hypotheses' sequence ids, best first."""
+        return tuple(h.seq_id for h in self.finished if h.seq_id is not None)
