@@ -3,15 +3,12 @@
 a request's samples or beams under it, a pruned beam greyed with the step that pruned it.
 
 The run: the tiny random model's recorded run (test_inspector_support), then a user's fork
-inside a block and a request of n = 2 samples (add_forks), then a request of n = 3 samples.
-Beam search is not in the engine yet: the beam tests take the n = 3 samples' records and mark
-them as a beam search's (fork cause, a pruned step, scores), the fields a beam search fills.
-Last, the README tour's fork step, on the embedded model.
+inside a block and a request of n = 2 samples (add_forks), then a request of n = 3 samples and
+a beam search of width 3. Last, the README tour's fork step, on the embedded model.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 
@@ -42,6 +39,7 @@ def run():
     ids = add_forks(run)
     prompt = torch.randint(0, 256, (7,), generator=torch.Generator().manual_seed(8)).tolist()
     ids["three"] = run.session.add(prompt, SamplingParams(temperature=1.0, seed=11, max_tokens=4, n=3))
+    ids["beams"] = run.session.add(prompt, SamplingParams(max_tokens=6, beam_width=3))
     assert run.session.run().finished
     run.ids = ids
     return run
@@ -176,48 +174,38 @@ def test_samples_are_listed_under_their_request_in_sample_order(trace, run):
     assert [s for s, _ in member_blocks(text_html(trace, before), leader)] == [leader]
 
 
-@pytest.fixture(scope="module")
-def beams(trace, run) -> tuple[Trace, list[int], int]:
-    """The n = 3 request's records as a beam search's: its second beam pruned two steps into
-    the decode, the other two finished with scores, the last beam the best."""
-    beams = copy.deepcopy(trace)
-    leader = run.ids["three"]
-    members = sorted((s for s, r in beams.sequences.items() if r.group_id == leader),
-                     key=lambda s: beams.sequences[s].sample_index)
-    beams.sequences[leader].params["beam_width"] = 3
-    pruned = beams.sequences[members[1]]
-    pruned_step = pruned.token_steps[1]
-    for seq_id, score in zip(members, (-4.5, None, -2.25)):
-        record = beams.sequences[seq_id]
-        record.beam_score = score
-        if seq_id != leader:
-            record.fork_cause = "beam"
-    keep = pruned.token_steps.index(pruned_step) + 1  # a pruned beam gives no token after its prune
-    pruned.output_ids, pruned.token_steps = pruned.output_ids[:keep], pruned.token_steps[:keep]
-    pruned.finish_reason, pruned.pruned_step = "pruned", pruned_step
-    return beams, members, pruned_step
-
-
-def test_beams_best_first_once_finished_and_a_pruned_beam_greyed_with_its_step(beams):
-    trace, members, pruned_step = beams
-    leader = members[0]
+def test_beams_best_first_once_finished_and_pruned_beams_greyed_with_their_step(trace, run):
+    leader = run.ids["beams"]
+    beams = {s: r for s, r in trace.sequences.items() if r.group_id == leader}
+    finished = sorted((s for s, r in beams.items() if r.beam_score is not None), key=lambda s: -beams[s].beam_score)
+    pruned = sorted(s for s, r in beams.items() if r.pruned_step is not None)
+    assert len(finished) == 3 and pruned and len(finished) + len(pruned) == len(beams)
     last = len(trace.steps) - 1
     page = text_html(trace, last)
     listed = member_blocks(page, leader)
-    assert [s for s, _ in listed] == [members[2], members[0], members[1]]  # -2.25, -4.5, then the pruned one
-    assert "beam search · 3 beam(s), 1 pruned" in page
-    assert "score -2.250" in listed[0][1] and "score -4.500" in listed[1][1]
-    assert f"pruned at step {pruned_step}" in listed[2][1] and f"beam ← #{leader}" in listed[2][1]
-    assert re.search(r'<span class="mlv-role">beam</span>', listed[1][1])  # the first beam: forked from none
-    assert re.search(rf'<div class="mlv-seq mlv-pruned" data-seq="{members[1]}"', page)
-    assert page.count("mlv-seq mlv-pruned") == 1
-    # Before its prune, the beam is running like the others, and no score reorders the list.
-    running = text_html(trace, pruned_step - 1)
-    assert "mlv-seq mlv-pruned" not in running and "pruned at step" not in running
-    assert [s for s, _ in member_blocks(running, leader)] == members
-    # The timeline: it decoded in the step that pruned it, and counts as finished after it.
-    states = sequence_states(trace)[members[1]]
-    assert states[pruned_step] == "decode" and set(states[pruned_step + 1:]) == {"finished"}
+    assert [s for s, _ in listed] == finished + pruned  # best score first, then the pruned ones as made
+    assert f"beam search · {len(beams)} beam(s), {len(pruned)} pruned" in page
+    heads = dict(listed)
+    for seq_id in finished:
+        assert f"score {beams[seq_id].beam_score:.3f}" in heads[seq_id]
+    for seq_id in pruned:
+        assert f"pruned at step {beams[seq_id].pruned_step}" in heads[seq_id]
+        assert re.search(rf'<div class="mlv-seq mlv-pruned" data-seq="{seq_id}"', page)
+    for seq_id, record in beams.items():  # the first beam, then each labelled by the beam it branched from
+        role = "beam" if record.parent_id is None else f"beam ← #{record.parent_id}"
+        assert f'<span class="mlv-role">{role}</span>' in heads[seq_id]
+    assert page.count("mlv-seq mlv-pruned") == len(pruned)
+    # Before the first prune, every beam runs: none greyed, none scored, listed as made.
+    first = min(beams[s].pruned_step for s in pruned)
+    running = text_html(trace, first - 1)
+    made = [s for s in sorted(beams) if beams[s].added_step <= first - 1]
+    assert [s for s, _ in member_blocks(running, leader)] == made
+    assert "mlv-seq mlv-pruned" not in running and "pruned at step" not in running and "score " not in running
+    # The timeline: a pruned beam computed its row in the step that pruned it, and is finished after it.
+    states = sequence_states(trace)
+    for seq_id in pruned:
+        step = beams[seq_id].pruned_step
+        assert states[seq_id][step] == "decode" and set(states[seq_id][step + 1:]) <= {"finished"}
     assert timeline_figure(trace, last).data[0].z.shape[0] == len(trace.sequences)
 
 

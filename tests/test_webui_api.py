@@ -96,7 +96,7 @@ def test_prompt_text_is_escaped(url):
         (("Hi", True, 8, 0.0, 1.0, 0, "", 9, 1), "9 samples of a prompt is over this server&#x27;s limit of 8"),
         (("Hi", True, 8, 0.0, 1.0, 0, "", 1, -2), "beam width must be a whole number &gt;= 1, got -2"),
         (("Hi", True, 8, 0.0, 1.0, 0, "", 2, 3), "samples (2) and beam width (3) cannot both be above 1"),
-        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, 3), "beam search is not available in this engine yet"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, 9), "beam width 9 is over this server&#x27;s limit of 8"),
     ],
 )
 def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
@@ -175,6 +175,21 @@ def test_samples_from_the_form_share_their_prompt_and_are_listed_under_it(url, m
     assert trace.sequences[0].params["n"] == 3 and {r.group_id for r in trace.sequences.values()} == {0}
     assert len(trace.sequences) == 3 and 'data-group="0"' in named["text"] and "3 sample(s) of one prompt" in named["text"]
     assert "<sup>×3</sup>" in named["tables"]  # the prompt's full blocks, held by all three
+
+
+def test_a_beam_search_from_the_form_lists_its_beams_best_first(url, manager):
+    client = Tab(url)
+    add_prompts = ("What is the capital of France?", True, 8, 0.7, 1.0, 0, "", 1, 3)
+    assert "added #0:" in panels(client.predict(*add_prompts, api_name="/add_prompts"))["status"]
+    named = panels(client.predict(api_name="/run"))
+    trace = manager.sessions[client.key].trace
+    assert trace.sequences[0].params["beam_width"] == 3 and {r.group_id for r in trace.sequences.values()} == {0}
+    finished = sorted((r for r in trace.sequences.values() if r.beam_score is not None), key=lambda r: -r.beam_score)
+    pruned = [r.seq_id for r in trace.sequences.values() if r.pruned_step is not None]
+    assert len(finished) == 3 and pruned, "the search keeps 3 beams and drops others"
+    listed = [int(s) for s in re.findall(r'data-seq="(\d+)"', named["text"])]
+    assert listed[:3] == [r.seq_id for r in finished] and set(listed[3:]) >= set(pruned)
+    assert "beam search · " in named["text"] and named["text"].count("mlv-seq mlv-pruned") == len(pruned)
 
 
 def test_stepping_a_fresh_session_says_to_add_prompts(url):

@@ -377,17 +377,14 @@ def _number(value: float | str | None, name: str, kind: str = "a number") -> flo
 
 def _search(samples: float | str | None, beam_width: float | str | None) -> dict[str, int]:
     """The form's "Samples (n)" and "Beam width" as SamplingParams fields: n samples of each
-    prompt, or a beam search of that width, not both (a beam search's width is how many
-    sequences it keeps). The server's limit on either is SessionManager.add_prompts'."""
+    prompt, or a beam search of that width (deterministic: it ignores temperature, top-p, top-k
+    and seed), not both (a beam search's width is how many sequences it keeps). The server's
+    limit on either is SessionManager.add_prompts'."""
     n, width = _whole(samples, "samples"), _whole(beam_width, "beam width")
     if n > 1 and width > 1:
         raise ValueError(f"samples ({n}) and beam width ({width}) cannot both be above 1: "
                          "a beam search keeps its width of sequences; set one of them to 1")
-    if width > 1:
-        # The engine's beam search (SamplingParams.beam_width) is not in this build: the one
-        # place the form's width goes to SamplingParams, to become {"beam_width": width}.
-        raise ValueError("beam search is not available in this engine yet: leave beam width at 1")
-    return {"n": n}
+    return {"n": n, "beam_width": width}
 
 
 def _whole(value: float | str | None, name: str, minimum: int = 1) -> int:
