@@ -10,6 +10,12 @@ for scripts).
 
 Seeing the text as chips, not as a string, shows what the model actually sees: " Paris" is one
 token with its leading space, a word may be several tokens, "\n" is a token of its own.
+
+A request's samples (n > 1) or beams are listed together under it (groups.py), each labelled
+"sample i" or "beam i"; a sample or beam forked from another shows the request's prompt folded
+(it shares those blocks) and, for a beam forked later, the tokens it inherited with a dashed
+outline. A finished beam shows its score; a pruned beam stays in the list, greyed, with the
+step that pruned it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 from inspector.trace.model import TokenRecord, Trace
 from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
+from inspector.views.groups import Group, pruned_at, text_order
 from inspector.views.markup import badge, empty_panel, escape, panel, seq_background, step_of
 from inspector.views.states import sequence_states, status_at
 from inspector.views.tokens import chip_text, output_pieces, prompt_piece
@@ -34,11 +41,39 @@ def text_html(trace: Trace, index: int) -> str:
         f'<div class="mlv-caption">{step_of(index, len(trace.steps))} · model {escape(trace.model.name)} · '
         "grey: prompt tokens, tinted: generated tokens (hover for probability), outlined: sampled at this step</div>"
     )
-    blocks = [_sequence_block(trace, seq_id, index, states) for seq_id in sorted(trace.sequences)]
+    blocks = [_group_block(trace, item, index, states) if isinstance(item, Group)
+              else _sequence_block(trace, item, index, states) for item in text_order(trace, index)]
     return panel(caption + "".join(blocks), "mlv-text")
 
 
-def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]]) -> str:
+def _group_block(trace: Trace, group: Group, index: int, states: dict[int, list[str]]) -> str:
+    """A request's samples or beams, under one heading."""
+    # Its forks appear from the step that made them; its first sequence is always listed.
+    present = [s for s in group.members if s == group.group_id or trace.sequences[s].added_step <= index]
+    if group.kind == "beams":
+        pruned = sum(pruned_at(trace, s, index) is not None for s in present)
+        what = f"beam search · {len(present)} beam(s)" + (f", {pruned} pruned" if pruned else "")
+    else:
+        what = f"{len(present)} sample(s) of one prompt"
+    head = (f'<div class="mlv-group-head"><b>request #{group.group_id}</b> <span class="mlv-muted">{what}, '
+            "sharing the prompt's KV blocks</span></div>")
+    blocks = [_sequence_block(trace, s, index, states, _role(trace, s, group.kind)) for s in present]
+    return f'<div class="mlv-group" data-group="{group.group_id}">{head}{"".join(blocks)}</div>'
+
+
+def _role(trace: Trace, seq_id: int, kind: str) -> str:
+    """A group member's label: "sample 2" (its index among the request's samples); "beam" for
+    the search's first beam, "beam ← #5" for one forked from beam #5 (a beam search keeps the
+    best continuations, so a beam may branch off any other, not only off the first)."""
+    seq = trace.sequences[seq_id]
+    if kind == "samples":
+        return f"sample {seq.sample_index}"
+    return "beam" + (f" ← #{seq.parent_id}" if seq.parent_id is not None else "")
+
+
+def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]], role: str = "") -> str:
+    """One sequence: its heading, then its prompt and output chips. `role`: "sample 2",
+    "beam ← #1" for a member of a request's group."""
     seq = trace.sequences[seq_id]
     status = status_at(trace, seq_id, index, states)
     reason = seq.finish_reason if status == "finished" else ""
@@ -47,21 +82,43 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     facts = f"{len(seq.prompt_ids)} prompt + {len(outputs)} generated tokens"
     if preemptions:
         facts += f", preempted {preemptions}×"
-    head = (
-        f'<div class="mlv-seq-head"><b>#{seq_id}</b> {badge(status, reason or "")} '
-        f'<span class="mlv-muted">{facts}</span></div>'
-    )
-    prompt = [_prompt_chip(trace, seq_id, p, token_id) for p, token_id in enumerate(seq.prompt_ids)]
-    folded = first_turn_length(seq.prompt_ids) if seq.chat else 0
-    if folded:
+    if status == "finished" and seq.beam_score is not None:
+        facts += f", score {seq.beam_score:.3f}"
+    pruned = pruned_at(trace, seq_id, index)
+    state = badge(status, words=f"pruned at step {pruned}") if pruned is not None else badge(status, reason or "")
+    label = f' <span class="mlv-role">{escape(role)}</span>' if role else ""
+    head = f'<div class="mlv-seq-head"><b>#{seq_id}</b>{label} {state} <span class="mlv-muted">{facts}</span></div>'
+    shared = _request_prompt_length(trace, seq_id) if role and seq.parent_id is not None else None
+    prompt = [_prompt_chip(trace, seq_id, p, token_id, inherited=shared is not None and p >= shared)
+              for p, token_id in enumerate(seq.prompt_ids)]
+    if shared is not None:
+        # A sample or beam: the request's prompt, which it shares, folded (its first sequence shows it).
+        prompt = _fold(seq_id, prompt, shared, f"the prompt of #{seq.group_id} · {shared} tokens, shared")
+    elif seq.chat:
         # The chat template's first turn (the system prompt), the same in every request: folded.
-        summary = f"system prompt · {folded} tokens (click to show)"
-        prompt[:folded] = [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{summary}</summary>'
-                           f'{"".join(prompt[:folded])}</details>']
+        folded = first_turn_length(seq.prompt_ids)
+        prompt = _fold(seq_id, prompt, folded, f"system prompt · {folded} tokens")
     output = [_output_chip(trace, seq_id, step, token_id, text, index) for step, token_id, text in outputs]
     body = "".join(prompt) + "".join(output)
-    return (f'<div class="mlv-seq" data-seq="{seq_id}" style="border-left-color:{sequence_color(seq_id)}">{head}'
+    classes = "mlv-seq" + (" mlv-pruned" if pruned is not None else "")
+    return (f'<div class="{classes}" data-seq="{seq_id}" style="border-left-color:{sequence_color(seq_id)}">{head}'
             f'<div class="mlv-tokens">{body}</div></div>')
+
+
+def _fold(seq_id: int, chips: list[str], count: int, what: str) -> list[str]:
+    """The first `count` chips folded under a summary saying `what` they are (none when count is 0)."""
+    if not count:
+        return chips
+    return [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{what} (click to show)</summary>'
+            f'{"".join(chips[:count])}</details>', *chips[count:]]
+
+
+def _request_prompt_length(trace: Trace, seq_id: int) -> int:
+    """How many of a sample's or beam's prompt tokens are its request's prompt; the rest (a beam
+    forked after some steps) are tokens generated before its fork, which it inherited."""
+    seq = trace.sequences[seq_id]
+    leader = trace.sequences.get(seq.group_id) if seq.group_id is not None else None
+    return min(len(leader.prompt_ids), len(seq.prompt_ids)) if leader is not None else 0
 
 
 def first_turn_length(prompt_ids: list[int]) -> int:
@@ -77,8 +134,12 @@ def first_turn_length(prompt_ids: list[int]) -> int:
     return 0
 
 
-def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int) -> str:
+def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, inherited: bool = False) -> str:
     piece = prompt_piece(trace, seq_id, position)
+    if inherited:  # generated by the sequence it was forked from, before the fork
+        parent = trace.sequences[seq_id].parent_id
+        title = f"position {position} · token id {token_id} · inherited from #{parent} at the fork"
+        return _chip(piece, token_id, "tok tok-prompt tok-inherited", f'title="{title}"')
     title = f"prompt position {position} · token id {token_id}"
     return _chip(piece, token_id, "tok tok-prompt", f'title="{title}"')
 
