@@ -44,8 +44,17 @@ def _main(argv: list[str]) -> int:
         check_text(prompt)
     llm = LLM(args.model, config)
     completions = llm.generate(args.prompt, params, chat=args.chat)
-    for prompt, completion in zip(args.prompt, completions):
-        print(f"### {prompt}\n{completion.text}\n[{len(completion.token_ids)} tokens, {completion.finish_reason}]\n")
+    # A prompt's n samples or beams come one after the other (beams best first), its first with
+    # sample_index 0.
+    prompt_index = -1
+    for completion in completions:
+        prompt_index += completion.sample_index == 0
+        heading = args.prompt[prompt_index]
+        if params.n > 1:
+            heading += f"  (sample {completion.sample_index})"
+        elif params.beam_width > 1:
+            heading += f"  (beam {completion.sample_index}, score {completion.score:.3f})"
+        print(f"### {heading}\n{completion.text}\n[{len(completion.token_ids)} tokens, {completion.finish_reason}]\n")
     print(llm.engine.stats.summary())
     return 0
 

@@ -75,6 +75,11 @@ BAD = {
     "top-p-2": ("minillama", ["--prompt", "hi", "--top-p", "2"], "top_p must be in (0, 1]"),
     "top-k-negative": ("minillama", ["--prompt", "hi", "--top-k", "-1"], "top_k must be an integer >= 0"),
     "max-tokens-0": ("minillama", ["--prompt", "hi", "--max-tokens", "0"], "max_tokens must be an integer >= 1"),
+    "n-0": ("minillama", ["--prompt", "hi", "--n", "0"], "n (samples per prompt) must be an integer in [1, 64]"),
+    "beam-width-0": ("minillama", ["--prompt", "hi", "--beam-width", "0"], "beam_width must be an integer in [1, 64]"),
+    "n-and-beams": ("minillama", ["--prompt", "hi", "--n", "2", "--beam-width", "2"], "do not combine"),
+    "length-penalty-nan": ("minillama", ["--prompt", "hi", "--length-penalty", "nan"], "length_penalty"),
+    "record-beam-width-text": ("inspector", ["record", "--prompt", "hi", "--beam-width", "wide"], "invalid int value"),
     # python -m minillama: prompts and models
     "empty-prompt": ("minillama", ["--prompt", ""], "the prompt is empty"),
     "undecodable-prompt": ("minillama", ["--prompt", BAD_BYTES], "character 0 is the byte 0xff"),

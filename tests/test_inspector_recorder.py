@@ -131,6 +131,19 @@ def test_cached_free_blocks_past_the_limit_are_counted_not_listed(monkeypatch):
     assert last.block_ids.numel() == 0
 
 
+def test_a_request_that_fills_a_block_in_its_last_step_is_recorded_without_prefix_caching():
+    """Its last step fills block 0 and frees it: the step's snapshot is read again after the
+    free, and nothing is left to mark cached (the pool is empty, no prefix cache to list)."""
+    hf = make_hf_model("gqa-tied-llama3")
+    engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cpu", dtype="float32", num_kv_blocks=8, block_size=4,
+                                                      enable_prefix_caching=False))
+    session = DebugSession(engine)
+    session.add([1, 2, 3], SamplingParams(temperature=0, max_tokens=2))  # the decode computes position 3
+    assert session.run().finished
+    last = session.trace.steps[-1].kv
+    assert last.num_used == 0 and last.block_ids.numel() == 0
+
+
 def test_attention_from_stored_qk_reproduces_the_engines_output(run):
     """softmax(q . K * scale) @ V, from the recorded Q/K, equals each layer's attention output,
     also for a sequence whose prefix keys were read from the cache."""

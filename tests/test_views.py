@@ -253,7 +253,8 @@ def test_kv_grid_cells_match_the_snapshot(trace):
                 assert (name, color) == (("free, cached", CACHED_FREE_COLOR) if e.cached else ("free", FREE_COLOR))
         assert np.isnan(z.ravel()[kv.num_blocks:]).all()  # cells past the pool draw nothing
         marks = dict(zip(zip(fig.data[1].x, fig.data[1].y), fig.data[1].text)) if len(fig.data) > 1 else {}
-        expected = {(b % columns, b // columns): " ".join(m for m, on in (("S", e.ref_count > 1), ("H", e.hit)) if on)
+        expected = {(b % columns, b // columns): " ".join(m for m, on in ((f"×{e.ref_count}", e.ref_count > 1),
+                                                                         ("H", e.hit)) if on)
                     for b, e in entries.items() if e.ref_count > 1 or e.hit}
         assert marks == expected
         assert fig.layout.title.text.startswith(f"KV cache · step {index} · {kv.num_used}/{kv.num_blocks} blocks used")
@@ -263,14 +264,14 @@ def test_kv_grid_overlays_the_cursor_querys_attention_per_block(trace):
     index, seq_id, layer, head = 9, 0, 1, 2
     x = scheduled(trace, seq_id, index)
     fig = kv_cache_figure(trace, index, Selection(seq_id=seq_id, layer=layer, head=head))
-    overlay = fig.data[-1]
+    overlay = next(d for d in fig.data[1:] if d.mode == "markers")
     got = {int(b): m for b, m in overlay.customdata}
     row = trace.attention_row(seq_id, layer, head, x.start + x.num_tokens - 1)
     assert got == pytest.approx(mass_per_block(row, x.block_table, 4))
     assert sum(got.values()) == pytest.approx(1.0) and list(got) == x.block_table
     # The mean over heads when no head is selected.
     fig = kv_cache_figure(trace, index, Selection(seq_id=seq_id, layer=layer, head=None))
-    mean = {int(b): m for b, m in fig.data[-1].customdata}
+    mean = {int(b): m for b, m in next(d for d in fig.data[1:] if d.mode == "markers").customdata}
     rows = [trace.attention_row(seq_id, layer, h, x.start + x.num_tokens - 1) for h in range(4)]
     assert mean == pytest.approx(mass_per_block(torch.stack(rows).mean(0), x.block_table, 4))
     # No overlay, and a note saying why, for a sequence not traced.
@@ -290,10 +291,12 @@ def test_block_tables_list_each_sequences_blocks(trace):
     for (seq_id, cells), table in zip(rows, kv.block_tables().values()):
         found = re.findall(r'<td class="([^"]*)" style="background:([^"]*)"[^>]*>(\d+)→(\d+)', cells)
         assert [(int(lo), int(ph)) for _, _, lo, ph in found] == list(enumerate(table))
-        assert {color for _, color, _, _ in found} == {tint(sequence_color(int(seq_id)), 0.55)}  # the grid's
-        for classes, _, _, physical in found:
+        for classes, color, _, physical in found:
             e = entries[int(physical)]
             assert ("mlv-shared" in classes) == (e.ref_count > 1) and ("mlv-hit" in classes) == e.hit
+            # The grid's colour: the sequence's, or a shared block's oldest holder's in every table.
+            holder = e.owners[0] if e.ref_count > 1 else int(seq_id)
+            assert color == tint(sequence_color(holder), 0.55)
     assert "No sequence holds KV blocks" in block_tables_html(trace, len(trace.steps) - 1)
 
 
@@ -365,7 +368,8 @@ def test_the_kv_overlay_and_the_attention_panel_show_the_same_query(trace):
         assert position == x.start + x.num_tokens - 1
         kv = kv_cache_figure(trace, index, selection)
         assert f"attention of #{seq_id} pos {position} (from step {before}: " in kv.layout.title.text
-        got = {int(b): m for b, m in kv.data[-1].customdata}  # through the block table the query ran with
+        circles = next(d for d in kv.data[1:] if d.mode == "markers")
+        got = {int(b): m for b, m in circles.customdata}  # through the block table the query ran with
         assert got == pytest.approx(mass_per_block(trace.attention_row(seq_id, 1, 2, position), x.block_table, 4))
 
 

@@ -54,7 +54,7 @@ def shows_step(named: dict, index: int) -> bool:
 
 
 def add(client: Tab, prompts: str, max_tokens: int = 8) -> dict:
-    return panels(client.predict(prompts, True, max_tokens, 0.0, 1.0, 0, "", api_name="/add_prompts"))
+    return panels(client.predict(prompts, True, max_tokens, 0.0, 1.0, 0, "", 1, 1, api_name="/add_prompts"))
 
 
 def test_submit_step_and_read_every_panel(url):
@@ -84,14 +84,19 @@ def test_prompt_text_is_escaped(url):
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        (("", True, 8, 0.0, 1.0, 0, ""), "no prompt"),
-        (("Hi", True, 0, 0.0, 1.0, 0, ""), "max tokens must be a whole number &gt;= 1"),
-        (("Hi", True, 8, -1.0, 1.0, 0, ""), "temperature must be"),
-        (("Hi", True, 8, 0.0, 1.5, 0, ""), "top_p must be in (0, 1]"),
-        (("Hi", True, 65, 0.0, 1.0, 0, ""), "over this server&#x27;s limit of 64"),
-        (("word " * 300, False, 8, 0.0, 1.0, 0, ""), "max_model_len is 256"),
-        (("word " * 1000, False, 8, 0.0, 1.0, 0, ""), "prompt 1 has 4999 characters; the limit is 4000"),
-        (("Hi", True, 8, 0.0, 1.0, 0, "-3"), "seed must be a whole number &gt;= 0"),
+        (("", True, 8, 0.0, 1.0, 0, "", 1, 1), "no prompt"),
+        (("Hi", True, 0, 0.0, 1.0, 0, "", 1, 1), "max tokens must be a whole number &gt;= 1"),
+        (("Hi", True, 8, -1.0, 1.0, 0, "", 1, 1), "temperature must be"),
+        (("Hi", True, 8, 0.0, 1.5, 0, "", 1, 1), "top_p must be in (0, 1]"),
+        (("Hi", True, 65, 0.0, 1.0, 0, "", 1, 1), "over this server&#x27;s limit of 64"),
+        (("word " * 300, False, 8, 0.0, 1.0, 0, "", 1, 1), "max_model_len is 256"),
+        (("word " * 1000, False, 8, 0.0, 1.0, 0, "", 1, 1), "prompt 1 has 4999 characters; the limit is 4000"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "-3", 1, 1), "seed must be a whole number &gt;= 0"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 0, 1), "samples must be a whole number &gt;= 1, got 0"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 9, 1), "9 samples of a prompt is over this server&#x27;s limit of 8"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, -2), "beam width must be a whole number &gt;= 1, got -2"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 2, 3), "samples (2) and beam width (3) cannot both be above 1"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, 9), "beam width 9 is over this server&#x27;s limit of 8"),
     ],
 )
 def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
@@ -140,9 +145,11 @@ def test_the_auto_selection_follows_the_step(url):
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        (("Hi", True, None, 0.0, 1.0, 0, ""), "max tokens is empty: give a whole number &gt;= 1"),
-        (("Hi", True, 8, None, 1.0, 0, ""), "temperature is empty: give a number"),
-        (("Hi", True, 8, 0.0, 1.0, 0, "x7"), "seed needs a whole number &gt;= 0, got &#x27;x7&#x27;"),
+        (("Hi", True, None, 0.0, 1.0, 0, "", 1, 1), "max tokens is empty: give a whole number &gt;= 1"),
+        (("Hi", True, 8, None, 1.0, 0, "", 1, 1), "temperature is empty: give a number"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "x7", 1, 1), "seed needs a whole number &gt;= 0, got &#x27;x7&#x27;"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", None, 1), "samples is empty: give a whole number &gt;= 1"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, None), "beam width is empty: give a whole number &gt;= 1"),
     ],
 )
 def test_empty_and_malformed_fields_say_so(url, inputs, message):
@@ -153,10 +160,36 @@ def test_empty_and_malformed_fields_say_so(url, inputs, message):
 def test_an_empty_seed_means_no_seed(url, manager):
     client = Tab(url)
     add(client, "Hi", max_tokens=2)
-    client.predict("Hi", True, 2, 0.7, 1.0, 0, "", api_name="/add_prompts")
-    client.predict("Hi", True, 2, 0.7, 1.0, 0, "5", api_name="/add_prompts")
+    client.predict("Hi", True, 2, 0.7, 1.0, 0, "", 1, 1, api_name="/add_prompts")
+    client.predict("Hi", True, 2, 0.7, 1.0, 0, "5", 1, 1, api_name="/add_prompts")
     seeds = [r.params["seed"] for r in manager.sessions[client.key].trace.sequences.values()]
     assert seeds == [None, None, 5]
+
+
+def test_samples_from_the_form_share_their_prompt_and_are_listed_under_it(url, manager):
+    client = Tab(url)
+    named = panels(client.predict("What is 2 + 2?", True, 3, 0.8, 1.0, 0, "7", 3, 1, api_name="/add_prompts"))
+    assert "added #0:" in named["status"]
+    named = panels(client.predict(api_name="/step"))  # the prefill: each sample draws its first token
+    trace = manager.sessions[client.key].trace
+    assert trace.sequences[0].params["n"] == 3 and {r.group_id for r in trace.sequences.values()} == {0}
+    assert len(trace.sequences) == 3 and 'data-group="0"' in named["text"] and "3 sample(s) of one prompt" in named["text"]
+    assert "<sup>×3</sup>" in named["tables"]  # the prompt's full blocks, held by all three
+
+
+def test_a_beam_search_from_the_form_lists_its_beams_best_first(url, manager):
+    client = Tab(url)
+    add_prompts = ("What is the capital of France?", True, 8, 0.7, 1.0, 0, "", 1, 3)
+    assert "added #0:" in panels(client.predict(*add_prompts, api_name="/add_prompts"))["status"]
+    named = panels(client.predict(api_name="/run"))
+    trace = manager.sessions[client.key].trace
+    assert trace.sequences[0].params["beam_width"] == 3 and {r.group_id for r in trace.sequences.values()} == {0}
+    finished = sorted((r for r in trace.sequences.values() if r.beam_score is not None), key=lambda r: -r.beam_score)
+    pruned = [r.seq_id for r in trace.sequences.values() if r.pruned_step is not None]
+    assert len(finished) == 3 and pruned, "the search keeps 3 beams and drops others"
+    listed = [int(s) for s in re.findall(r'data-seq="(\d+)"', named["text"])]
+    assert listed[:3] == [r.seq_id for r in finished] and set(listed[3:]) >= set(pruned)
+    assert "beam search · " in named["text"] and named["text"].count("mlv-seq mlv-pruned") == len(pruned)
 
 
 def test_stepping_a_fresh_session_says_to_add_prompts(url):

@@ -242,6 +242,22 @@ def test_hovering_an_output_token_shows_its_probability(browser, url):
     page.context.close()
 
 
+def test_samples_asked_in_the_prompts_panel_share_blocks_and_are_grouped(browser, url):
+    page = open_page(browser, url)
+    page.locator("#ml-samples input").fill("3")
+    page.locator("#ml-temperature input").fill("0.8")
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    step_through(page, 2)
+    group = page.locator("#ml-text .mlv-group[data-group='0']")
+    playwright_api.expect(group.locator(".mlv-seq")).to_have_count(3)
+    playwright_api.expect(group.locator(".mlv-role")).to_have_text(["sample 0", "sample 1", "sample 2"])
+    # The prompt's full blocks, in all three block tables, each marked as held by three.
+    shared = page.locator("#ml-tables td.mlv-shared[data-block='0']")
+    playwright_api.expect(shared).to_have_count(3)
+    assert all("shared ×3 by #0, #1, #2" in shared.nth(i).get_attribute("title") for i in range(3))
+    page.context.close()
+
+
 def test_pause_acts_within_a_second_while_the_machine_is_busy(browser, url):
     """A laptop is often busy: with a process burning a core beside the server and the
     browser, live updates come no faster than the page draws them, and Pause stops the run

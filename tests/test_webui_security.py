@@ -51,14 +51,14 @@ def recorded_steps(manager: SessionManager, tab: Tab) -> int:
 
 def test_another_clients_calls_never_reach_a_session(url, manager):
     victim = Tab(url)
-    victim.predict("What is the capital of France?", True, 6, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    victim.predict("What is the capital of France?", True, 6, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
     victim.predict(api_name="/step")
     attacker = Client(url, verbose=False)
     attacker.session_hash = victim.client.session_hash  # Gradio's hash is the client's to choose
     tab_id, mac = victim.key.split(".")
     for forged in ["", victim.client.session_hash, tab_id, f"{tab_id}.{mac[::-1]}", f"{tab_id[::-1]}.{mac}"]:
         for api_name in ("/step", "/reset", "/seek", "/add_prompts"):
-            inputs = {"/step": (), "/seek": (0,), "/add_prompts": ("Hi", True, 4, 0.0, 1.0, 0, None),
+            inputs = {"/step": (), "/seek": (0,), "/add_prompts": ("Hi", True, 4, 0.0, 1.0, 0, None, 1, 1),
                       "/reset": (64, 16, 8, 2048, True, True, 2, 10, False)}[api_name]
             result = attacker.predict(forged, *inputs, api_name=api_name)
             assert "reload the page" in status(result) and "capital" not in str(result)
@@ -69,7 +69,7 @@ def test_another_clients_calls_never_reach_a_session(url, manager):
 
 def test_a_saved_trace_is_named_without_any_session_key(url):
     author = Tab(url)
-    author.predict("What is the capital of France?", True, 6, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    author.predict("What is the capital of France?", True, 6, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
     for _ in range(3):
         author.predict(api_name="/step")
     first = author.predict(api_name="/save_trace")
@@ -112,8 +112,8 @@ def test_password_guessing_is_slowed_down(manager):
 
 def test_a_backtracking_pattern_does_not_stall_other_sessions(url):
     runner, other = Tab(url), Tab(url)
-    runner.predict("Tell me a story.", True, 60, 0.0, 1.0, 0, None, api_name="/add_prompts")
-    other.predict("What is 2 + 2?", True, 8, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    runner.predict("Tell me a story.", True, 60, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
+    other.predict("What is 2 + 2?", True, 8, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
     job = runner.submit([], "", r"^([\w\s]+)+#", "", "", "", api_name="/run_to_breakpoint")
     started = time.monotonic()
     for _ in range(3):
@@ -131,7 +131,7 @@ def test_toasts_carry_text_not_markup(monkeypatch):
 
 def test_pause_with_a_forged_key_changes_nothing(url, manager):
     victim = Tab(url)
-    victim.predict("Write a long story about a dragon.", True, 40, 0.0, 1.0, 0, None, api_name="/add_prompts")
+    victim.predict("Write a long story about a dragon.", True, 40, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
     job = victim.submit(api_name="/run")
     deadline = time.monotonic() + 30
     while not job.outputs() and time.monotonic() < deadline:

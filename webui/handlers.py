@@ -128,12 +128,13 @@ class Handlers:
     @_reported
     def add_prompts(self, session: UISession, text: str, chat: bool, max_tokens: float | None,
                     temperature: float | None, top_p: float | None, top_k: float | None,
-                    seed: str | float | None) -> list[Any]:
+                    seed: str | float | None, samples: float | None, beam_width: float | None) -> list[Any]:
         prompts = [line.strip() for line in (text or "").splitlines() if line.strip()]
         params = SamplingParams(
             max_tokens=_whole(max_tokens, "max tokens"), temperature=_number(temperature, "temperature"),
             top_p=_number(top_p, "top-p"), top_k=_whole(top_k, "top-k", minimum=0),
             seed=None if _blank(seed) else _whole(seed, "seed", minimum=0),
+            **_search(samples, beam_width),
         )
         with session.lock:
             ids = self.manager.add_prompts(session, prompts, params, chat)
@@ -430,6 +431,18 @@ def _number(value: float | str | None, name: str, kind: str = "a number") -> flo
     if not math.isfinite(number):
         raise ValueError(f"{name} needs a finite number, got {value}")
     return number
+
+
+def _search(samples: float | str | None, beam_width: float | str | None) -> dict[str, int]:
+    """The form's "Samples (n)" and "Beam width" as SamplingParams fields: n samples of each
+    prompt, or a beam search of that width (deterministic: it ignores temperature, top-p, top-k
+    and seed), not both (a beam search's width is how many sequences it keeps). The server's
+    limit on either is SessionManager.add_prompts'."""
+    n, width = _whole(samples, "samples"), _whole(beam_width, "beam width")
+    if n > 1 and width > 1:
+        raise ValueError(f"samples ({n}) and beam width ({width}) cannot both be above 1: "
+                         "a beam search keeps its width of sequences; set one of them to 1")
+    return {"n": n, "beam_width": width}
 
 
 def _whole(value: float | str | None, name: str, minimum: int = 1) -> int:

@@ -40,8 +40,16 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                                          elem_id="ml-prompts", interactive=live)
                     chat = gr.Checkbox(True, label="Chat template", elem_id="ml-chat")
                     with gr.Row():
-                        max_tokens = gr.Number(48, label="Max tokens", precision=0, elem_id="ml-max-tokens")
-                        temperature = gr.Number(0.0, label="Temperature", step=0.1, elem_id="ml-temperature")
+                        max_tokens = gr.Number(48, label="Max tokens", precision=0, elem_id="ml-max-tokens",
+                                               min_width=100)
+                        temperature = gr.Number(0.0, label="Temperature", step=0.1, elem_id="ml-temperature",
+                                                min_width=100)
+                    with gr.Row():
+                        # n samples of each prompt share its prompt's KV blocks; a beam search keeps
+                        # the beam width best continuations (the KV cache tab shows the sharing).
+                        samples = gr.Number(1, label="Samples (n)", precision=0, elem_id="ml-samples", min_width=100)
+                        beam_width = gr.Number(1, label="Beam width", precision=0, elem_id="ml-beam-width",
+                                               min_width=100)
                     with gr.Row():
                         top_p = gr.Number(1.0, label="Top-p", step=0.05)
                         top_k = gr.Number(0, label="Top-k (0 off)", precision=0)
@@ -154,8 +162,8 @@ def build_app(manager: SessionManager) -> gr.Blocks:
 
         app.load(handlers.load, None, outputs + [key], api_name="state")
         app.unload(handlers.unload)
-        add.click(handlers.add_prompts, [key, prompts, chat, max_tokens, temperature, top_p, top_k, seed], outputs,
-                  api_name="add_prompts")
+        add.click(handlers.add_prompts, [key, prompts, chat, max_tokens, temperature, top_p, top_k, seed, samples,
+                                         beam_width], outputs, api_name="add_prompts")
         step.click(handlers.step, [key], outputs, api_name="step", show_progress="hidden")
         run.click(handlers.run, [key], outputs, api_name="run", show_progress="hidden")
         run_bp.click(handlers.run_to_breakpoint, [key, *breakpoint_form], outputs, api_name="run_to_breakpoint",

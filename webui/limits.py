@@ -15,6 +15,7 @@ class Limits:
     idle_minutes: float = 20.0  # a session unused this long is reclaimed (its trace is lost)
     max_prompts: int = 8  # prompts added in one go
     max_prompt_chars: int = 4000
+    max_samples: int = 8  # samples (n) or beams (beam width) of one prompt
     max_new_tokens: int = 512  # per request
     max_kv_blocks: int = 1024  # per session's pool
     max_steps: int = 2000  # recorded steps per session (a trace this long is about 300 steps of work)

@@ -286,6 +286,10 @@ class SessionManager:
             raise LimitReached(f"{len(prompts)} prompts at once; the limit is {limits.max_prompts}")
         if params.max_tokens > limits.max_new_tokens:
             raise LimitReached(f"max tokens {params.max_tokens} is over this server's limit of {limits.max_new_tokens}")
+        if params.n > limits.max_samples:
+            raise LimitReached(f"{params.n} samples of a prompt is over this server's limit of {limits.max_samples}")
+        if params.beam_width > limits.max_samples:
+            raise LimitReached(f"beam width {params.beam_width} is over this server's limit of {limits.max_samples}")
         for i, prompt in enumerate(prompts):
             if len(prompt) > limits.max_prompt_chars:
                 raise LimitReached(f"prompt {i + 1} has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")

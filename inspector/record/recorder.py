@@ -325,10 +325,10 @@ class Recorder(Observer):
         step = self._step
         if result.finished or step.blocks_changed:  # blocks went back or were shared: read the cache again
             step.kv = kv_snapshot(self.engine.block_pool_snapshot(include=step.hit_blocks), step.hit_blocks)
-        for seq_id in result.finished:
-            self._note_beam_score(seq_id)
         else:
             step.kv = commit_filled_blocks(step.kv, self.engine, result.batch)
+        for seq_id in result.finished:
+            self._note_beam_score(seq_id)
         self.budget.charge(kv_snapshot_bytes(step.kv))
         if self.wants_layers:
             step.lenses = self.lens.end_step(self._token_text)

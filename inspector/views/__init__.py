@@ -13,9 +13,10 @@ layer not captured...) a builder returns a placeholder that says why, and never 
 
 One idea per file: selection.py (what the user picked, and which sequence "auto" shows),
 colors.py (one palette), states.py (what each sequence did at each step), tokens.py (token
-texts, escaped), queries.py (which query the attention views show), figure.py and markup.py
-(shared plumbing), lineage.py (which sequence forks which, and the "#3 ← #1" labels), then one
-file per panel.
+texts, escaped), queries.py (which query the attention views show), sharing.py (shared blocks
+and copies on write, in words), groups.py (a request's samples or beams, listed together),
+lineage.py (which sequence forks which, and the "#3 ← #1" labels), figure.py and markup.py
+(shared plumbing), then one file per panel.
 """
 
 from inspector.views.attention_map import attention_figure

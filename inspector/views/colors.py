@@ -41,6 +41,7 @@ STATUS_COLORS = {
     "running": STATE_COLORS["decode"],
     "preempted": STATE_COLORS["preempted"],
     "finished": STATE_COLORS["finished"],
+    "pruned": "#d9d9d9",  # a beam its search dropped: paler than finished, the panel greys it
 }
 
 FREE_COLOR = "#e9e9e9"  # a free block holding nothing a prompt can hit

@@ -6,8 +6,13 @@ sequence's block table maps its logical blocks (positions 0..15, 16..31, ...) to
 The grid draws the pool in physical order, so you see what the scheduler sees:
 
 - a cell in a sequence's colour is a block it holds; hover for how many tokens it holds;
-- "S": a block shared by several sequences (ref count > 1): a common prompt prefix is stored
-  once, and every sequence starting with it points at the same block;
+- "×2", "×3"...: a block shared by that many sequences (its reference count): a common prompt
+  prefix is stored once, and every sequence starting with it points at the same block; so do
+  a fork, the samples of one prompt and the beams of a search (the vLLM paper's parallel
+  sampling and beam search), which share their parent's blocks instead of copying them;
+- "C": the block a copy on write made in this step: a fork's prefix ending inside a block
+  shares the full blocks before it, but the partly filled one would be written by both, so
+  the fork gets a copy of its filled slots (hover: "copy of block 5's 7 slots for #3");
 - "H": a block that served a prefix-cache hit in this step: a new prompt began with tokens
   already computed, so their K/V were reused instead of computed;
 - light blue-grey: a free block that still holds a cached prefix: it is free to take, but until
@@ -39,6 +44,7 @@ from inspector.views.colors import CACHED_FREE_COLOR, CURRENT_COLOR, FREE_COLOR,
 from inspector.views.figure import clamp_height, discrete_colorscale, empty_figure, make_figure, step_problem
 from inspector.views.queries import cursor_query, query_note
 from inspector.views.selection import Selection, selected_seq_id
+from inspector.views.sharing import copied_blocks, copy_notes, shared_words
 
 MAX_GRID_BLOCKS = 4096
 MAX_DRAWN_BLOCKS = 2**18  # bounds the figure's JSON; an 80 GB GPU's whole pool fits (docs/perf-notes.md)
@@ -73,16 +79,23 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
     hover = ["free"] * (rows * columns)
 
     mass, note = _attention_mass(trace, index, selection)
-    marks: list[tuple[int, str]] = []  # (block, "S"/"H"/"S H")
+    copied = copied_blocks(trace, index)
+    labels: dict[int, list[str]] = {}  # block -> its marks: "×2" (shared by 2), "H" (hit), "C" (copied)
     for e in entries:
         if e.owners:
             z[e.block_id] = category[e.owners[0]]  # a shared block takes its oldest holder's colour
         elif e.cached:
             z[e.block_id] = 1
         hover[e.block_id] = _describe(e, block_size, mass.get(e.block_id))
-        mark = " ".join(m for m, on in (("S", e.ref_count > 1), ("H", e.hit)) if on)
-        if mark:
-            marks.append((e.block_id, mark))
+        labels[e.block_id] = [m for m, on in ((f"×{e.ref_count}", e.ref_count > 1), ("H", e.hit)) if on]
+    # The copies on write of this step, on both blocks (a block freed since is drawn free, still noted).
+    for block, lines in copy_notes(trace, index).items():
+        if block < shown:
+            hover[block] = "<br>".join([hover[block], *lines])
+    for block in copied:
+        if block < shown:
+            labels.setdefault(block, []).append("C")
+    marks = [(block, " ".join(m)) for block, m in sorted(labels.items()) if m]
 
     data = [
         dict(
@@ -100,12 +113,6 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
             colorbar=dict(tickvals=list(range(len(names))), ticktext=names, thickness=12, outlinewidth=0),
         )
     ]
-    if marks:
-        data.append(dict(
-            type="scatter", mode="text", hoverinfo="skip", showlegend=False,
-            x=[b % columns for b, _ in marks], y=[b // columns for b, _ in marks],
-            text=[m for _, m in marks], textfont=dict(size=11, color=CURRENT_COLOR),
-        ))
     if mass:
         blocks = [b for b in mass if b < shown]
         data.append(dict(
@@ -116,8 +123,16 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
             customdata=[[b, mass[b]] for b in blocks],
             hovertemplate="block %{customdata[0]}<br>attention mass %{customdata[1]:.1%}<extra></extra>",
         ))
+    if marks:  # over the circles, outlined in white: readable on a circle too
+        data.append(dict(
+            type="scatter", mode="text", hoverinfo="skip", showlegend=False,
+            x=[b % columns for b, _ in marks], y=[b // columns for b, _ in marks],
+            text=[m for _, m in marks], textfont=dict(size=11, color=CURRENT_COLOR, shadow="0px 0px 2px white"),
+        ))
 
     notes = [note]
+    if copied:
+        notes.append("C: a copy on write in this step (hover it)")
     if shown < kv.num_blocks:
         notes.append(f"blocks {shown}..{kv.num_blocks - 1} not drawn" + ("" if highest >= shown else ": free"))
     if not kv.cached_free_listed:
@@ -161,8 +176,9 @@ def _attention_mass(trace: Trace, index: int, selection: Selection) -> tuple[dic
 def _describe(e: KVBlockEntry, block_size: int, mass: float | None) -> str:
     """A block's hover text (no trace text in it: only numbers and ids)."""
     owners = ", ".join(f"#{o}" for o in e.owners) or "none"
+    shared = shared_words(e)
     lines = [
-        f"ref count {e.ref_count}" + (" (shared)" if e.ref_count > 1 else ""),
+        f"ref count {e.ref_count}" + (f" ({shared})" if shared else ""),
         f"holds {e.fill}/{block_size} tokens",
         f"owners {owners}",
     ]

@@ -34,6 +34,11 @@ VIEWS_CSS = """
   background: #f4f4f4; border: 1px dashed #bbb; border-radius: 3px; padding: 0 6px; margin: 0 2px 2px 0; }
 .mlv details.mlv-fold[open] > summary { margin-bottom: 2px; }
 .mlv .tok-prompt { background: #efefef; }
+.mlv .tok-inherited { border: 1px dashed #999; }
+.mlv-group { border-left: 2px solid #ccc; padding-left: 6px; margin-bottom: 10px; }
+.mlv-group-head { margin-bottom: 4px; }
+.mlv-role { font-size: 11px; color: #444; background: #f0f0f0; border-radius: 8px; padding: 0 6px; }
+.mlv-seq.mlv-pruned { opacity: 0.5; filter: grayscale(1); }
 .mlv .tok-id { color: #888; font-style: italic; }
 .mlv .tok-current { border: 2px solid CURRENT; font-weight: 600; }
 .mlv .tok-forced { border: 1px dashed #222; }
@@ -43,6 +48,7 @@ VIEWS_CSS = """
   color: #111; white-space: nowrap; }
 .mlv-kv td.mlv-shared { border: 2px dashed #222; }
 .mlv-kv td.mlv-hit { box-shadow: inset 0 0 0 2px #222; }
+.mlv-kv td.mlv-copied { border: 2px double #222; font-weight: 600; }
 .mlv-details th { color: #555; font-weight: 500; }
 .mlv-details td, .mlv-details th { border-bottom: 1px solid #eee; }
 .mlv-details h4 { margin: 10px 0 2px; font-size: 13px; }
@@ -65,10 +71,11 @@ def empty_panel(message: str) -> str:
     return panel(f'<div class="mlv-empty">{escape(message)}</div>')
 
 
-def badge(status: str, extra: str = "") -> str:
-    """A small coloured label: "running", "finished: stop"..."""
+def badge(status: str, extra: str = "", words: str = "") -> str:
+    """A small coloured label: "running", "finished: stop"...; `words` replace the text
+    ("pruned at step 7") and keep the status's colour."""
     color = STATUS_COLORS.get(status, "#ddd")
-    text = escape(status + (f": {extra}" if extra else ""))
+    text = escape(words or status + (f": {extra}" if extra else ""))
     return f'<span class="mlv-badge" style="background:{color}">{text}</span>'
 
 

@@ -13,7 +13,8 @@ who it preempted, and its queues right after deciding. A sequence's state at ste
     preempted  evicted in this step to free blocks for older sequences; it waits from the
                next step on, and will recompute everything it had
     finished   after the step that produced its last token (that step itself shows what it
-               computed), or from the step before which it was aborted
+               computed), from the step before which it was aborted, or after the step whose
+               beam search pruned it (dropped it for better beams)
 
 The scheduler never mixes prefill and decode in one step, so the step's phase is the state
 of every sequence in its batch.
@@ -28,10 +29,12 @@ STATES = ("absent", "waiting", "prefill", "decode", "idle", "preempted", "finish
 
 def finish_steps(trace: Trace) -> dict[int, int]:
     """Sequence id -> the first step index at which it counts as finished: the step after the
-    one that produced its last token, or the step before which it was aborted."""
+    one that produced its last token or pruned it, or the step before which it was aborted."""
     result: dict[int, int] = {}
     for seq_id, seq in trace.sequences.items():
-        if seq.token_steps:
+        if seq.pruned_step is not None:
+            result[seq_id] = seq.pruned_step + 1
+        elif seq.token_steps:
             last = trace.steps[seq.token_steps[-1]].token_of(seq_id)
             if last is not None and last.finish_reason is not None:
                 result[seq_id] = seq.token_steps[-1] + 1
@@ -66,9 +69,13 @@ def sequence_states(trace: Trace) -> dict[int, list[str]]:
 
 
 def status_at(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]]) -> str:
-    """The coarse status the text panel's badge shows: waiting, running, preempted, finished
-    or absent. Unlike sequence_states, a sequence is already "finished" at the step that
-    produced its last token: the panel shows that token, and the reason it was the last."""
+    """The coarse status the text panel's badge shows: waiting, running, preempted, finished,
+    pruned or absent. Unlike sequence_states, a sequence is already "finished" at the step that
+    produced its last token, and "pruned" at the step that pruned it: the panel shows that
+    token, and why it was the last."""
+    pruned = trace.sequences[seq_id].pruned_step
+    if pruned is not None and index >= pruned:
+        return "pruned"
     state = states[seq_id][index]
     token = trace.steps[index].token_of(seq_id)
     if state == "finished" or (token is not None and token.finish_reason is not None):

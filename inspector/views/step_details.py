@@ -1,7 +1,8 @@
 """Step details: everything the engine did in one step, as tables.
 
-Read it top to bottom as the step ran: the scheduler decided (the batch, who was preempted, the
-queues), the model ran the batch (how many tokens: a prefill step computes many per sequence, a
+Read it top to bottom as the step ran: the scheduler decided (the batch, with why each
+sequence is in it: admitted, resumed, its prefill continues, decode, or forked; who was
+preempted, the queues), the model ran the batch (how many tokens: a prefill step computes many per sequence, a
 decode step one each), the sampler drew tokens, and the KV cache ended as shown. The timings
 split the step's wall time into the engine's phases; "recorder" is what recording cost.
 
@@ -47,15 +48,27 @@ def _batch(trace: Trace, step: StepRecord) -> str:
         else:
             sampled = "—" if not x.samples else "?"
         rows.append(
-            f"<tr><td>{seq_label(x.seq_id)}</td><td>{x.start}..{x.start + x.num_tokens - 1}</td>"
+            f"<tr><td>{seq_label(x.seq_id)}</td><td>{escape(x.reason or '')}</td>"
+            f"<td>{x.start}..{x.start + x.num_tokens - 1}</td>"
             f"<td>{x.num_tokens}</td><td>{x.num_cached_tokens}</td><td>{'yes' if x.samples else 'no'}</td>"
             f"<td>{sampled}</td></tr>"
         )
+    # A new sample or beam draws its first token from the row of the sequence it was forked from
+    # in this step: it computed nothing (it shares that sequence's blocks), so it is not in the batch.
+    scheduled = {x.seq_id for x in step.schedule.scheduled}
+    for token in step.tokens:
+        if token.seq_id not in scheduled:
+            seq = trace.sequences.get(token.seq_id)
+            parent = seq.parent_id if seq is not None else None
+            source = f"drawn from {seq_label(parent)}'s logits" if parent is not None else "drawn"
+            text = chip_text(token.text_delta) or f"[{token.token_id}]"
+            rows.append(f'<tr><td>{seq_label(token.seq_id)}</td><td colspan="5">{source}, nothing computed</td>'
+                        f'<td><span class="tok">{text}</span></td></tr>')
     total = sum(x.num_tokens for x in step.schedule.scheduled)
     return (
-        "<h4>Batch</h4><table><tr><th>seq</th><th>positions</th><th>tokens</th><th>from prefix cache</th>"
+        "<h4>Batch</h4><table><tr><th>seq</th><th>why</th><th>positions</th><th>tokens</th><th>from prefix cache</th>"
         f"<th>samples</th><th>sampled token</th></tr>{''.join(rows)}"
-        f"<tr><th>total</th><td></td><td><b>{total}</b></td><td></td><td></td><td></td></tr></table>"
+        f"<tr><th>total</th><td></td><td></td><td><b>{total}</b></td><td></td><td></td><td></td></tr></table>"
     )
 
 

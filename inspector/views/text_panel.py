@@ -1,9 +1,7 @@
 """The Text panel: every sequence's prompt and output as token chips, as of the cursor step.
 
-One block per sequence, in id order with each fork right under its parent, indented and
-labelled with where it branched off ("#3 ← #1 at step 12, " the" → " a"", lineage.py): "#id",
-its status at the cursor (a coloured badge), then one chip per token (a fork's tokens kept from
-its parent folded, the ones it forced dashed). Prompt chips are grey; output chips are tinted with the sequence's colour
+One block per sequence, in id order: "#id", its status at the cursor (a coloured badge), then
+one chip per token. Prompt chips are grey; output chips are tinted with the sequence's colour
 and appear only once sampled, so moving the cursor back "un-generates" text. The chip of the
 token sampled at the cursor step is outlined (class tok-current). Hovering an output chip shows
 how sure the model was: the token's probability, its rank among all tokens, and the entropy of
@@ -12,6 +10,16 @@ for scripts).
 
 Seeing the text as chips, not as a string, shows what the model actually sees: " Paris" is one
 token with its leading space, a word may be several tokens, "\n" is a token of its own.
+
+A fork the user made ("what if?") is listed right under its parent, indented, and labelled with
+where it branched off ("#3 ← #1 at step 12, " the" → " a"", lineage.py); its tokens kept from
+the parent are folded, the ones it forced dashed.
+
+A request's samples (n > 1) or beams are listed together under it (groups.py), each labelled
+"sample i" or "beam i"; a sample or beam forked from another shows the request's prompt folded
+(it shares those blocks) and, for a beam forked later, the tokens it inherited with a dashed
+outline. A finished beam shows its score; a pruned beam stays in the list, greyed, with the
+step that pruned it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 from inspector.trace.model import TokenRecord, Trace
 from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
+from inspector.views.groups import Group, pruned_at, text_order
 from inspector.views.lineage import fork_labels, lineage_order
 from inspector.views.markup import badge, empty_panel, escape, panel, seq_background, step_of
 from inspector.views.states import sequence_states, status_at
@@ -38,14 +47,69 @@ def text_html(trace: Trace, index: int) -> str:
         f'<div class="mlv-caption">{step_of(index, len(trace.steps))} · model {escape(trace.model.name)} · '
         "grey: prompt tokens, tinted: generated tokens (hover for probability), outlined: sampled at this step</div>"
     )
-    labels = fork_labels(trace)
-    blocks = [_sequence_block(trace, seq_id, index, states, depth, labels[seq_id])
-              for seq_id, depth in lineage_order(trace)]
+    labels, depths = fork_labels(trace), dict(lineage_order(trace))
+    blocks = [_group_block(trace, item, index, states) if isinstance(item, Group)
+              else _sequence_block(trace, item, index, states, label=labels[item], depth=depths[item])
+              for item in _forks_under_parents(trace, text_order(trace, index))]
     return panel(caption + "".join(blocks), "mlv-text")
 
 
-def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]], depth: int,
-                    label: str) -> str:
+def _forks_under_parents(trace: Trace, items: list[int | Group]) -> list[int | Group]:
+    """`items` with each user fork (a plain item with a parent) moved right after the item
+    that holds its parent, its own forks after it in turn (lineage.lineage_order's order)."""
+    forks = {i for i in items if isinstance(i, int) and i in trace.sequences and _has_parent(trace, i)}
+    children: dict[int, list[int]] = {}
+    for seq_id, _ in lineage_order(trace):
+        if seq_id in forks:
+            children.setdefault(trace.sequences[seq_id].parent_id, []).append(seq_id)
+    placed: list[int | Group] = []
+    for item in items:
+        if isinstance(item, int) and item in forks:
+            continue
+        stack: list[int | Group] = [item]
+        while stack:  # depth first, without recursion
+            top = stack.pop()
+            placed.append(top)
+            ids = top.members if isinstance(top, Group) else [top]
+            stack.extend(reversed([c for s in ids for c in children.get(s, [])]))
+    return placed
+
+
+def _has_parent(trace: Trace, seq_id: int) -> bool:
+    parent = trace.sequences[seq_id].parent_id
+    return parent is not None and parent in trace.sequences and parent < seq_id
+
+
+def _group_block(trace: Trace, group: Group, index: int, states: dict[int, list[str]]) -> str:
+    """A request's samples or beams, under one heading."""
+    # Its forks appear from the step that made them; its first sequence is always listed.
+    present = [s for s in group.members if s == group.group_id or trace.sequences[s].added_step <= index]
+    if group.kind == "beams":
+        pruned = sum(pruned_at(trace, s, index) is not None for s in present)
+        what = f"beam search · {len(present)} beam(s)" + (f", {pruned} pruned" if pruned else "")
+    else:
+        what = f"{len(present)} sample(s) of one prompt"
+    head = (f'<div class="mlv-group-head"><b>request #{group.group_id}</b> <span class="mlv-muted">{what}, '
+            "sharing the prompt's KV blocks</span></div>")
+    blocks = [_sequence_block(trace, s, index, states, _role(trace, s, group.kind)) for s in present]
+    return f'<div class="mlv-group" data-group="{group.group_id}">{head}{"".join(blocks)}</div>'
+
+
+def _role(trace: Trace, seq_id: int, kind: str) -> str:
+    """A group member's label: "sample 2" (its index among the request's samples); "beam" for
+    the search's first beam, "beam ← #5" for one forked from beam #5 (a beam search keeps the
+    best continuations, so a beam may branch off any other, not only off the first)."""
+    seq = trace.sequences[seq_id]
+    if kind == "samples":
+        return f"sample {seq.sample_index}"
+    return "beam" + (f" ← #{seq.parent_id}" if seq.parent_id is not None else "")
+
+
+def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]], role: str = "",
+                    label: str = "", depth: int = 0) -> str:
+    """One sequence: its heading, then its prompt and output chips. `role`: "sample 2",
+    "beam ← #1" for a member of a request's group; `label`: its heading ("#3 ← #1 at step 12,
+    ..." for a user's fork), `depth`: how far a fork is indented under its parent."""
     seq = trace.sequences[seq_id]
     status = status_at(trace, seq_id, index, states)
     reason = seq.finish_reason if status == "finished" else ""
@@ -54,30 +118,49 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     facts = f"{len(seq.prompt_ids)} prompt + {len(outputs)} generated tokens"
     if preemptions:
         facts += f", preempted {preemptions}×"
-    head = (
-        f'<div class="mlv-seq-head"><b>{escape(label)}</b> {badge(status, reason or "")} '
-        f'<span class="mlv-muted">{facts}</span></div>'
-    )
-    # A fork's first tokens are its parent's (shown there): folded; the tokens it forced, dashed.
-    kept = (seq.fork_position or 0) if seq.parent_id in trace.sequences else 0
-    prompt = [_prompt_chip(trace, seq_id, p, token_id, forced=0 < kept <= p)
-              for p, token_id in enumerate(seq.prompt_ids)]
-    folded = first_turn_length(seq.prompt_ids) if seq.chat else 0
+    if status == "finished" and seq.beam_score is not None:
+        facts += f", score {seq.beam_score:.3f}"
+    pruned = pruned_at(trace, seq_id, index)
+    state = badge(status, words=f"pruned at step {pruned}") if pruned is not None else badge(status, reason or "")
+    tag = f' <span class="mlv-role">{escape(role)}</span>' if role else ""
+    head = (f'<div class="mlv-seq-head"><b>{escape(label or f"#{seq_id}")}</b>{tag} {state} '
+            f'<span class="mlv-muted">{facts}</span></div>')
+    shared = _request_prompt_length(trace, seq_id) if role and seq.parent_id is not None else None
+    # A user's fork: its first tokens are its parent's (shown there), the ones it forced follow.
+    kept = (seq.fork_position or 0) if not role and _has_parent(trace, seq_id) else 0
+    prompt = [_prompt_chip(trace, seq_id, p, token_id, inherited=shared is not None and p >= shared,
+                           forced=0 < kept <= p) for p, token_id in enumerate(seq.prompt_ids)]
     if kept:
-        summary = f"#{seq.parent_id}'s first {kept} tokens (click to show)"
-        prompt[:kept] = [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{summary}</summary>'
-                         f'{"".join(prompt[:kept])}</details>']
-    elif folded:
+        prompt = _fold(seq_id, prompt, kept, f"#{seq.parent_id}'s first {kept} tokens")
+    elif shared is not None:
+        # A sample or beam: the request's prompt, which it shares, folded (its first sequence shows it).
+        prompt = _fold(seq_id, prompt, shared, f"the prompt of #{seq.group_id} · {shared} tokens, shared")
+    elif seq.chat:
         # The chat template's first turn (the system prompt), the same in every request: folded.
-        summary = f"system prompt · {folded} tokens (click to show)"
-        prompt[:folded] = [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{summary}</summary>'
-                           f'{"".join(prompt[:folded])}</details>']
+        folded = first_turn_length(seq.prompt_ids)
+        prompt = _fold(seq_id, prompt, folded, f"system prompt · {folded} tokens")
     output = [_output_chip(trace, seq_id, step, token_id, text, index) for step, token_id, text in outputs]
     body = "".join(prompt) + "".join(output)
-    # A fork sits under its parent, indented one step per generation (lineage.py).
+    classes = "mlv-seq" + (" mlv-pruned" if pruned is not None else "")
     indent = f"margin-left:{min(depth, MAX_INDENT) * INDENT_PX}px;" if depth else ""
-    return (f'<div class="mlv-seq" data-seq="{seq_id}" style="{indent}border-left-color:{sequence_color(seq_id)}">{head}'
+    return (f'<div class="{classes}" data-seq="{seq_id}" style="{indent}border-left-color:{sequence_color(seq_id)}">{head}'
             f'<div class="mlv-tokens">{body}</div></div>')
+
+
+def _fold(seq_id: int, chips: list[str], count: int, what: str) -> list[str]:
+    """The first `count` chips folded under a summary saying `what` they are (none when count is 0)."""
+    if not count:
+        return chips
+    return [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{what} (click to show)</summary>'
+            f'{"".join(chips[:count])}</details>', *chips[count:]]
+
+
+def _request_prompt_length(trace: Trace, seq_id: int) -> int:
+    """How many of a sample's or beam's prompt tokens are its request's prompt; the rest (a beam
+    forked after some steps) are tokens generated before its fork, which it inherited."""
+    seq = trace.sequences[seq_id]
+    leader = trace.sequences.get(seq.group_id) if seq.group_id is not None else None
+    return min(len(leader.prompt_ids), len(seq.prompt_ids)) if leader is not None else 0
 
 
 def first_turn_length(prompt_ids: list[int]) -> int:
@@ -93,10 +176,18 @@ def first_turn_length(prompt_ids: list[int]) -> int:
     return 0
 
 
-def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, forced: bool = False) -> str:
+def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, inherited: bool = False,
+                 forced: bool = False) -> str:
     piece = prompt_piece(trace, seq_id, position)
-    title = f"{'forced by the fork' if forced else 'prompt'} position {position} · token id {token_id}"
-    return _chip(piece, token_id, "tok tok-prompt" + (" tok-forced" if forced else ""), f'title="{title}"')
+    if forced:  # put there by the user's fork, instead of what its parent had
+        title = f"forced by the fork at position {position} · token id {token_id}"
+        return _chip(piece, token_id, "tok tok-prompt tok-forced", f'title="{title}"')
+    if inherited:  # generated by the sequence it was forked from, before the fork
+        parent = trace.sequences[seq_id].parent_id
+        title = f"position {position} · token id {token_id} · inherited from #{parent} at the fork"
+        return _chip(piece, token_id, "tok tok-prompt tok-inherited", f'title="{title}"')
+    title = f"prompt position {position} · token id {token_id}"
+    return _chip(piece, token_id, "tok tok-prompt", f'title="{title}"')
 
 
 def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str, index: int) -> str:

@@ -86,6 +86,12 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=SAMPLING.seed, help="per-request seed: same seed, same tokens")
     g.add_argument("--ignore-eos", action="store_true", default=SAMPLING.ignore_eos,
                    help="keep generating past end-of-sequence")
+    g.add_argument("--n", type=int, default=SAMPLING.n,
+                   help="samples per prompt, sharing its prefill; sample i uses seed + i (default: %(default)s)")
+    g.add_argument("--beam-width", type=int, default=SAMPLING.beam_width,
+                   help="beam search of this width, 1 = off (default: %(default)s)")
+    g.add_argument("--length-penalty", type=float, default=SAMPLING.length_penalty,
+                   help="beam search: a finished beam scores log p / length ** this (default: %(default)s)")
 
 
 def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
@@ -97,6 +103,9 @@ def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
         max_tokens=args.max_tokens,
         seed=args.seed,
         ignore_eos=args.ignore_eos,
+        n=args.n,
+        beam_width=args.beam_width,
+        length_penalty=args.length_penalty,
     )
     params.validate()
     return params
