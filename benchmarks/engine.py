@@ -68,8 +68,11 @@ def time_engine(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) ->
     return Row("minillama", tokens, seconds)
 
 
-def time_hf_generate(hf, prompts: list[list[int]], max_tokens: int, batch_size: int, pad_id: int) -> Row:
-    """HF `generate` on static batches of `batch_size` left-padded prompts."""
+def time_hf_batches(hf, prompts: list[list[int]], batch_size: int, pad_id: int, name: str,
+                    sequences_per_row: int = 1, **generate_args) -> Row:
+    """HF `generate(**generate_args)` on static batches of `batch_size` left-padded prompts.
+    Tokens: the new tokens of every sequence it returns, times sequences_per_row (a beam search
+    returns one row per prompt but computes num_beams)."""
     device = hf.device
     synchronize(device)
     start = time.perf_counter()
@@ -80,13 +83,16 @@ def time_hf_generate(hf, prompts: list[list[int]], max_tokens: int, batch_size: 
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
         with torch.inference_mode():
-            out = hf.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                do_sample=False, pad_token_id=pad_id,
-            )
-        tokens += (out.shape[1] - width) * len(batch)
+            out = hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad_id, **generate_args)
+        tokens += (out.shape[1] - width) * out.shape[0] * sequences_per_row
     synchronize(device)
-    return Row(f"HF generate (batches of {batch_size})", tokens, time.perf_counter() - start)
+    return Row(name, tokens, time.perf_counter() - start)
+
+
+def time_hf_generate(hf, prompts: list[list[int]], max_tokens: int, batch_size: int, pad_id: int) -> Row:
+    """HF `generate`, greedy, on static batches of `batch_size` left-padded prompts."""
+    return time_hf_batches(hf, prompts, batch_size, pad_id, f"HF generate (batches of {batch_size})",
+                           max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
 
 
 def time_hf_continuous(hf, prompts: list[list[int]], max_tokens: int) -> Row:

@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from benchmarks.engine import Row, load_hf, print_table, synchronize
+from benchmarks.engine import Row, load_hf, print_table, synchronize, time_hf_batches
 from benchmarks.workloads import CHAT_PROMPTS, random_prompts
 from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
 from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli
@@ -108,40 +108,15 @@ def time_separate_greedy(engine: LLMEngine, prompts: list[list[int]], k: int, ma
 
 def time_hf_beams(hf, prompts: list[list[int]], k: int, max_tokens: int, batch_size: int, pad_id: int) -> Row:
     """HF `generate(num_beams=k)`; tokens: k beams x the new tokens, the work the search does."""
-    device = hf.device
-    synchronize(device)
-    start = time.perf_counter()
-    tokens = 0
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i : i + batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-        with torch.inference_mode():
-            out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                              do_sample=False, num_beams=k, pad_token_id=pad_id)
-        tokens += (out.shape[1] - width) * len(batch) * k
-    synchronize(device)
-    return Row(f"HF generate, num_beams={k}", tokens, time.perf_counter() - start)
+    return time_hf_batches(hf, prompts, batch_size, pad_id, f"HF generate, num_beams={k}", sequences_per_row=k,
+                           max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, num_beams=k)
 
 
 def time_hf_samples(hf, prompts: list[list[int]], n: int, max_tokens: int, batch_size: int, pad_id: int) -> Row:
     """HF `generate(do_sample=True, num_return_sequences=n)` on static batches of left-padded prompts."""
-    device = hf.device
-    synchronize(device)
-    start = time.perf_counter()
-    tokens = 0
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i : i + batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-        with torch.inference_mode():
-            out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                              do_sample=True, num_return_sequences=n, top_k=0, pad_token_id=pad_id)
-        tokens += (out.shape[1] - width) * out.shape[0]
-    synchronize(device)
-    return Row(f"HF generate, {n} return sequences", tokens, time.perf_counter() - start)
+    return time_hf_batches(hf, prompts, batch_size, pad_id, f"HF generate, {n} return sequences",
+                           max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=True,
+                           num_return_sequences=n, top_k=0)
 
 
 def _run_halfway(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> list[int]:
