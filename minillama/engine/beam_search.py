@@ -89,6 +89,34 @@ class Selection(NamedTuple):
     done: bool  # the search is over: its live beams are dropped
 
 
+def select_all(groups: list[BeamGroup], logits: torch.Tensor, rows: list[list[int]]) -> list[Selection]:
+    """One step of every search in `groups`: group g's live beams, in order, gave logits rows
+    rows[g] ([B, V] fp32 logits of the whole batch). Step 1 runs on the device, batched: one
+    log-softmax over every beam's row, each beam's score added, and one top-k per shape of search
+    (as many live beams and candidates), then one copy to the host; the rules run there. (A
+    search at a time would cost several waits for the GPU per search and step.)"""
+    vocab = logits.shape[1]
+    flat = [row for group_rows in rows for row in group_rows]
+    logprobs = torch.log_softmax(logits[flat], dim=-1)  # [R, V], R = the beams of every search
+    scores = torch.cat([group.scores for group in groups]).to(logits.device)  # [R] float32
+    totals = logprobs + scores[:, None]  # [R, V]: every continuation's summed log-probability
+    offsets = [0]
+    for group_rows in rows:
+        offsets.append(offsets[-1] + len(group_rows))
+    shapes: dict[tuple[int, int], list[int]] = {}  # (live beams, candidates) -> the searches of that shape
+    for g, group in enumerate(groups):
+        shapes.setdefault((len(rows[g]), min(group.num_candidates, len(rows[g]) * vocab)), []).append(g)
+    selections: list[Selection | None] = [None] * len(groups)
+    for (num_beams, num_candidates), members in shapes.items():
+        picked = torch.tensor([offsets[g] + i for g in members for i in range(num_beams)], device=logits.device)
+        flattened = totals[picked].view(len(members), num_beams * vocab)  # search g's beams side by side
+        values, indices = torch.topk(flattened, num_candidates, dim=-1)  # [G, C], best first
+        values, indices = values.cpu(), indices.cpu()
+        for i, g in enumerate(members):
+            selections[g] = groups[g].select(values[i], indices[i], vocab)
+    return selections
+
+
 class BeamGroup:
     """The state of one beam search: its live beams, their scores and its finished hypotheses."""
 
@@ -102,24 +130,23 @@ class BeamGroup:
         self.max_new_tokens = max_new_tokens  # the most tokens a beam can generate
         self.num_candidates = max(2, 1 + len(stop_ids)) * self.width
         self.beams: list[Sequence] = [first]  # the live beams, best first
-        self.scores = torch.zeros(1)  # [len(beams)] float32: each beam's summed log-prob
+        self.scores = torch.zeros(1)  # [len(beams)] float32, on the host: each beam's summed log-prob
         self.generated = 0  # tokens each live beam has generated
         self.finished: list[Hypothesis] = []  # best first, at most width
         self.improvable = True  # can a running beam still beat the worst finished hypothesis?
         self.done = False
         self.members: list[int] = [first.seq_id]  # every sequence the search made, pruned ones too
 
-    def select(self, logprobs: torch.Tensor) -> Selection:
-        """One step. logprobs: [len(beams), V] float32, row i the log-softmax of beam i's logits.
-        Updates the scores and the finished hypotheses; the caller sets `beams` to the kept ones."""
-        k, vocab = self.width, logprobs.shape[1]
-        # 1. Every continuation's summed log-probability, [len(beams) * V], and the best of them.
-        totals = (logprobs + self.scores.to(logprobs.device)[:, None]).view(-1)
-        values, indices = torch.topk(totals, min(self.num_candidates, totals.numel()))
+    def select(self, values: torch.Tensor, indices: torch.Tensor, vocab: int) -> Selection:
+        """One step, on the host. values, indices: [C] float32 and int64 (select_all finds them):
+        the best continuations' summed log-probabilities, best first, and where each is in the
+        flattened [len(beams) * V] (beam i followed by token t at i * V + t). Updates the scores
+        and the finished hypotheses; the caller sets `beams` to the kept ones."""
+        k = self.width
         generated = self.generated + 1  # each candidate's generated length, its new token included
         at_length = generated >= self.max_new_tokens
         penalised = values / (generated**self.length_penalty)
-        candidates = [
+        candidates = [  # 1. the candidates (select_all: the best continuations over every beam)
             Candidate(rank, index // vocab, index % vocab, value, score, at_length or index % vocab in self.stop_ids)
             for rank, (index, value, score) in enumerate(zip(indices.tolist(), values.tolist(), penalised.tolist()))
         ]

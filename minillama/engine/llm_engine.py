@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from minillama.config import EngineConfig, ModelConfig
-from minillama.engine.beam_search import BeamGroup, Candidate, Hypothesis, Selection
+from minillama.engine.beam_search import BeamGroup, Candidate, Hypothesis, Selection, select_all
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.block_pool import BlockPoolSnapshot, cached_flags, snapshot_block_pool
 from minillama.engine.detokenizer import IncrementalDetokenizer
@@ -619,11 +619,10 @@ class LLMEngine:
         drawn_rows, beam_rows = split
         rows = [drawn_rows[row] for row in (rows if rows is not None else range(len(outputs)))]
         row_of = {seqs[row].seq_id: row for row in beam_rows}
-        groups = {seqs[row].beam_of: self._searching[seqs[row].beam_of] for row in beam_rows}
-        for group in groups.values():
-            # The scheduler keeps a search's beams in step: all of them sampled in this step.
-            parent_rows = [row_of[beam.seq_id] for beam in group.beams]
-            selection = group.select(torch.log_softmax(logits[parent_rows], dim=-1))
+        groups = list({seqs[row].beam_of: self._searching[seqs[row].beam_of] for row in beam_rows}.values())
+        # The scheduler keeps a search's beams in step: all of them sampled in this step.
+        beams_rows = [[row_of[beam.seq_id] for beam in group.beams] for group in groups]
+        for group, parent_rows, selection in zip(groups, beams_rows, select_all(groups, logits, beams_rows)):
             for candidate, output in self._apply_selection(group, selection):
                 outputs.append(output)
                 rows.append(parent_rows[candidate.parent])
