@@ -21,7 +21,7 @@ import importlib
 _HOMES = {
     **dict.fromkeys(
         ("AtStep", "Breakpoint", "CopyOnWrite", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
-         "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches"),
+         "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches", "replay"),
         "inspector.debug",
     ),
     **dict.fromkeys(("CapturePolicy", "Recorder"), "inspector.record"),
