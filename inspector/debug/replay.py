@@ -40,7 +40,7 @@ from tqdm import tqdm
 from inspector.debug.session import DebugSession
 from inspector.record.recorder import CapturePolicy
 from inspector.trace.model import ForkRecord, ModelInfo, SequenceRecord, Trace
-from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
+from minillama import ConfigError, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 
 # The settings an engine passed to replay() decides: they are built into its model's weights
 # and kernels (LLMEngine.sharing_weights keeps them).
@@ -84,7 +84,10 @@ def replay(
     check_same_model(trace.model, session.trace.model, force)
     roots = [s for s in trace.sequences.values() if s.parent_id is None]
     for seq in roots:  # every request checked before any runs: a bad one is reported in a moment
-        engine.check_request(list(seq.prompt_ids), _params(seq))
+        try:
+            engine.check_request(list(seq.prompt_ids), _params(seq))
+        except InvalidRequestError as error:
+            raise InvalidRequestError(f"request #{seq.seq_id} of the trace: {error}") from None
     actions = _actions(trace)
     with tqdm(total=len(trace.steps), desc="replaying", unit="step", disable=None if progress else True) as bar:
         if not alone:
