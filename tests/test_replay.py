@@ -84,6 +84,17 @@ def test_alone_runs_each_request_with_its_forks_by_itself(recorded, tiny):
     assert greedy.equal  # batch-invariant on the tiny model, to within what the greedy choice sees
 
 
+def test_an_abort_is_replayed_before_the_same_step(tiny):
+    session = DebugSession(LLMEngine.from_pretrained(tiny, CPU))
+    first, second = session.add_batch(["one", "two"], GREEDY)
+    session.run(max_steps=3)
+    session.abort(second)
+    session.run()
+    again = replay(session.trace, tiny, progress=False)
+    assert [(s.finish_reason, len(s.output_ids)) for s in again.sequences.values()] == [("length", 8), ("abort", 3)]
+    assert [(e.step, e.kind) for e in again.events] == [(0, "add"), (0, "add"), (3, "abort")]
+
+
 def test_a_different_model_is_refused_before_any_step(recorded, tiny, tmp_path):
     other = LLMEngine.from_pretrained(write_tiny_model(tmp_path / "other", seed=1), CPU)
     with pytest.raises(ConfigError, match="different weights: .* fingerprint .*pass --force"):
@@ -99,6 +110,9 @@ def test_an_engine_given_shares_its_weights_and_keeps_its_build(recorded, tiny):
     engine = LLMEngine.from_pretrained(tiny, CPU)
     smaller = replay(recorded, engine=engine, num_kv_blocks=8, progress=False)
     assert smaller.engine.num_blocks == 8 and engine.step_count == 0  # a new engine over the same model
+    assert replay(recorded, engine=engine, attention="cpu", progress=False).engine.attention == "cpu"  # as resolved
+    plain = LLMEngine.from_pretrained(tiny, dataclasses.replace(CPU, fused_ops=False))
+    assert replay(recorded, engine=plain, progress=False).engine.fused_ops is False  # the model's, not the trace's
     with pytest.raises(ConfigError, match="dtype='bfloat16': the given engine's model was built otherwise"):
         replay(recorded, engine=engine, dtype="bfloat16", progress=False)
     with pytest.raises(ConfigError, match="unknown engine setting.* kv_blocks"):

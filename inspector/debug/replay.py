@@ -9,7 +9,7 @@
 What is replayed, from the trace: each request's prompt (its token ids) and sampling params,
 seed included, added before the same step as in the recording; each fork a user made, before
 the same step, with the same forced tokens, as soon as its parent (replayed) has the tokens it
-forks from. Samples (n > 1) and beams are not replayed one by one: the engine makes them again
+forks from; each abort, before the same step. Samples (n > 1) and beams are not replayed one by one: the engine makes them again
 from their request. The engine starts from the recorded settings (inspector/trace/model.py's
 EngineInfo: KV blocks, block size, batch limits, prefix caching, attention backend, dtype,
 CUDA graphs, fused ops, seed, device), and `overrides` change any of them (EngineConfig's field
@@ -39,12 +39,9 @@ from tqdm import tqdm
 
 from inspector.debug.session import DebugSession
 from inspector.record.recorder import CapturePolicy
-from inspector.trace.model import ForkRecord, ModelInfo, SequenceRecord, Trace
+from inspector.trace.model import Event, ForkRecord, ModelInfo, SequenceRecord, Trace
 from minillama import ConfigError, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 
-# The settings an engine passed to replay() decides: they are built into its model's weights
-# and kernels (LLMEngine.sharing_weights keeps them).
-_BUILT_IN = ("device", "dtype", "attention", "fused_ops")
 # The model's sizes compared before a replay (None in a trace older than schema 4: not compared).
 _SHAPE = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "hidden_size", "intermediate_size")
 
@@ -64,7 +61,8 @@ def replay(
     """Replay `trace` (see the top) and return the new run's trace.
 
     model: the model directory to load (None: the embedded model), unless `engine` is given,
-    whose weights are then shared (a new engine over them, with its own KV pool). overrides:
+    whose weights are then shared (a new engine over them, with its own KV pool; the device,
+    dtype, attention backend and fused ops are the given engine's, built into its model). overrides:
     EngineConfig fields to change. policy: what to record (default: no attention, the logits'
     top-k as recorded). progress: a progress bar on stderr, when it is a terminal.
     Raises ConfigError (a different model, a bad setting) and InvalidRequestError (a request
@@ -74,12 +72,13 @@ def replay(
     if engine is None:
         engine = LLMEngine.from_pretrained(model, config)
     else:
-        clashes = [f"{name}={overrides[name]!r}" for name in _BUILT_IN
-                   if name in overrides and overrides[name] != getattr(engine.config, name)]
+        built = _built_with(engine)
+        clashes = [f"{name}={overrides[name]!r}" for name in built if name in overrides and overrides[name] not in built[name]]
         if clashes:
             raise ConfigError(f"{', '.join(clashes)}: the given engine's model was built otherwise; "
                               "replay without an engine to load the model with it")
-        engine = LLMEngine.sharing_weights(engine, config)
+        # sharing_weights keeps the model's device, dtype and attention; its fused ops too.
+        engine = LLMEngine.sharing_weights(engine, dataclasses.replace(config, fused_ops=engine.config.fused_ops))
     session = DebugSession(engine, policy or CapturePolicy(attention=False, top_k=_recorded_top_k(trace)))
     check_same_model(trace.model, session.trace.model, force)
     roots = [s for s in trace.sequences.values() if s.parent_id is None]
@@ -144,23 +143,25 @@ def check_same_model(recorded: ModelInfo, mine: ModelInfo, force: bool) -> None:
                           "replay on the model the trace was recorded with (--model), or pass --force")
 
 
-Action = SequenceRecord | ForkRecord  # a request to add, or a user's fork to make
+Action = SequenceRecord | ForkRecord | Event  # a request to add, a user's fork to make, an abort
 
 
 def _actions(trace: Trace) -> list[tuple[int, Action]]:
-    """What the replay does before which step: the requests added (those without a parent) and
-    the forks users made, in the order the trace's events record them."""
+    """What the replay does before which step: the requests added (those without a parent),
+    the forks users made and the requests they aborted, in the order the trace's events record."""
     actions: list[tuple[int, Action]] = []
     for e in trace.events:
         if e.kind == "add" and trace.sequences[e.seq_id].parent_id is None:
             actions.append((e.step, trace.sequences[e.seq_id]))
         elif e.fork is not None and e.fork.cause == "user":
             actions.append((e.step, e.fork))
+        elif e.kind == "abort" and e.seq_id is not None:
+            actions.append((e.step, e))
     return actions
 
 
 def _seq_of(action: Action) -> int:
-    return action.seq_id if isinstance(action, SequenceRecord) else action.child_id
+    return action.child_id if isinstance(action, ForkRecord) else action.seq_id
 
 
 def _drive(session: DebugSession, trace: Trace, actions: list[tuple[int, Action]], bar: tqdm,
@@ -182,8 +183,12 @@ def _drive(session: DebugSession, trace: Trace, actions: list[tuple[int, Action]
             if isinstance(action, SequenceRecord):
                 replayed[action.seq_id] = engine.add_request(list(action.prompt_ids), _params(action))
                 session.recorder.register(replayed[action.seq_id], chat=action.chat, prompt_text=action.prompt_text)
-            else:
+            elif isinstance(action, ForkRecord):
                 due.append(action)
+            elif action.seq_id in replayed:  # an abort
+                session.abort(replayed[action.seq_id])
+            else:  # the abort of a fork still waiting for its parent's tokens: it is never made
+                due = deque(f for f in due if f.child_id != action.seq_id)
             _make_forks(session, trace, due, replayed)
         if not engine.has_unfinished():
             if queue:
@@ -204,6 +209,14 @@ def _make_forks(session: DebugSession, trace: Trace, due: deque[ForkRecord], rep
         fork = due.popleft()
         child = trace.sequences[fork.child_id]
         replayed[fork.child_id] = session.fork(replayed[fork.parent_id], fork.position, fork.forced_ids, _params(child))
+
+
+def _built_with(engine: LLMEngine) -> dict[str, set[object]]:
+    """The settings built into an engine's model (its weights' device and dtype, its kernels),
+    which an engine sharing the weights keeps: each as configured and as resolved ("auto", "cpu")."""
+    c = engine.config
+    return {"device": {c.device, str(engine.device)}, "dtype": {c.dtype, str(engine.dtype).removeprefix("torch.")},
+            "attention": {c.attention, engine.attention_backend}, "fused_ops": {c.fused_ops}}
 
 
 def _can_fork(engine: LLMEngine, replayed: dict[int, int], fork: ForkRecord) -> bool:
