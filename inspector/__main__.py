@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 
 from inspector import (
@@ -128,7 +129,17 @@ def build_parser() -> ArgumentParser:
     add_engine_args(again)
     again.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
     again.add_argument("--seed", type=int, help="seed of the shared sampling generator (requests without a seed)")
-    again.set_defaults(**{f.name: None for f in dataclasses.fields(EngineConfig)})  # None: as recorded
+    # The switches' opposites, for a recording that had them given: each sets its field back.
+    again.add_argument("--prefix-caching", dest="enable_prefix_caching", action="store_true", help="turn prefix caching on")
+    again.add_argument("--cuda-graphs", dest="enforce_eager", action="store_false", help="CUDA graphs (not --eager)")
+    again.add_argument("--fused-ops", dest="fused_ops", action="store_true", help="the engine's kernels (not --no-fused-ops)")
+    settings = {f.name for f in dataclasses.fields(EngineConfig)}
+    again.set_defaults(**dict.fromkeys(settings))  # None: as recorded
+    sizing = {"kv_cache_memory_gb", "gpu_memory_utilization"}  # not recorded: given, they size the pool anew
+    for action in again._actions:  # argparse keeps no public list of a parser's flags
+        if action.dest in settings and action.help:
+            said = "given, the pool is sized from memory" if action.dest in sizing else "default: as recorded"
+            action.help = re.sub(r" \(default: .*\)$", "", action.help) + f" ({said})"
     add_debug_flag(again)
 
     diff = commands.add_parser("diff", help="compare two traces of the same requests (exit 0: same tokens, 1: not)")

@@ -76,6 +76,15 @@ def test_a_request_missing_from_one_run_differs(run):
     assert "request 2 (#2 / #-): only in a" in format_diff(diff)
 
 
+def test_other_requests_in_the_same_places_are_not_compared(run):
+    trace, _ = run
+    other = copy.deepcopy(trace)
+    other.sequences[0].prompt_ids[0] += 1
+    diff = diff_traces(trace, other)
+    assert not diff.requests[0].same_prompt and not diff.requests[0].equal and diff.requests[1].equal
+    assert "request 0 (#0 / #0): NOT THE SAME REQUEST: the prompts differ ('hello there' in a)" in format_diff(diff)
+
+
 def test_exit_status_0_when_equal_1_when_not_2_on_an_error(run, tmp_path, capsys):
     trace, path = run
     assert main(["diff", str(path), str(path)]) == 0

@@ -188,5 +188,8 @@ def test_the_command_line_replays_alone_and_with_other_settings(recorded, tiny, 
     assert (again.engine.num_blocks, again.engine.prefix_caching, again.engine.block_size) == (8, False, 4)
     assert main(["diff", str(source), str(out)]) == 0
     assert "settings: num_blocks 32 -> 8; prefix_caching True -> False" in capsys.readouterr().out
+    back = tmp_path / "c.mltrace"  # a switch given in the recording is turned back by its opposite
+    assert main(["replay", str(out), "--model", str(tiny), "--prefix-caching", "-o", str(back)]) == 0
+    assert load(back).engine.prefix_caching and load(back).engine.num_blocks == 8
     assert main(["replay", str(source), "--model", str(tiny), "--alone", "-o", str(out)]) == 0
     assert len(load(out).steps) > len(recorded.steps)

@@ -86,6 +86,7 @@ class RequestDiff:
     seq_a: int | None  # None: the request is missing from that run
     seq_b: int | None
     prompt_text: str
+    same_prompt: bool  # False: not the same request (the two traces are of different runs)
     tokens_a: list[int]
     tokens_b: list[int]
     finish_a: str | None
@@ -97,7 +98,7 @@ class RequestDiff:
 
     @property
     def equal(self) -> bool:
-        return self.seq_a is not None and self.seq_b is not None and self.tokens_a == self.tokens_b
+        return self.seq_a is not None and self.seq_b is not None and self.same_prompt and self.tokens_a == self.tokens_b
 
     @property
     def max_abs_delta_logp(self) -> float | None:
@@ -206,8 +207,8 @@ def _request_diff(a: Trace, b: Trace, key: Key, seq_a: int | None, seq_b: int | 
             deltas.append(_token_delta(a, b, sa, sb, i))
         if tokens_a != tokens_b:
             divergence = _divergence(a, b, sa, sb, first)
-    prompt = (sa or sb).prompt_text
-    return RequestDiff(key, key_label(key), seq_a, seq_b, prompt, list(tokens_a), list(tokens_b),
+    same_prompt = sa is None or sb is None or sa.prompt_ids == sb.prompt_ids
+    return RequestDiff(key, key_label(key), seq_a, seq_b, (sa or sb).prompt_text, same_prompt, list(tokens_a), list(tokens_b),
                        sa.finish_reason if sa else None, sb.finish_reason if sb else None, divergence, deltas,
                        _schedule(a, sa) if sa else None, _schedule(b, sb) if sb else None)
 

@@ -35,6 +35,8 @@ def _request(r: RequestDiff, tokens: bool) -> list[str]:
     ids = f"#{_id(r.seq_a)} / #{_id(r.seq_b)}"
     if r.seq_a is None or r.seq_b is None:
         return [f"  {r.label} ({ids}): only in {'b' if r.seq_a is None else 'a'}, {_clip(r.prompt_text)!r}"]
+    if not r.same_prompt:
+        return [f"  {r.label} ({ids}): NOT THE SAME REQUEST: the prompts differ ({_clip(r.prompt_text)!r} in a)"]
     worst = r.max_abs_delta_logp
     drift = f", max |delta log p| {worst:.2e}" if worst is not None else ""
     if r.divergence is None:
