@@ -3,12 +3,14 @@
 The folder is not called `inspect`: a top-level package of that name would shadow Python's
 standard-library module, which torch imports.
 
-    from inspector import DebugSession, Preemption, load, save
+    from inspector import DebugSession, Preemption, diff_traces, format_diff, load, replay, save
     session = DebugSession(engine)            # attaches a Recorder to the engine
     session.add("Hello", chat=True)
     session.run(until=[Preemption()])
     save(session.trace, "run.mltrace")
     trace = load("run.mltrace")               # no model needed
+    again = replay(trace, num_kv_blocks=12)   # the same requests under other settings (or alone=True)
+    print(format_diff(diff_traces(trace, again)))
 
 Dependency direction: app -> inspector -> minillama; minillama never imports this package.
 """
@@ -21,11 +23,12 @@ import importlib
 _HOMES = {
     **dict.fromkeys(
         ("AtStep", "Breakpoint", "CopyOnWrite", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
-         "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches"),
+         "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches", "replay"),
         "inspector.debug",
     ),
     **dict.fromkeys(("CapturePolicy", "Recorder"), "inspector.record"),
-    **dict.fromkeys(("NotRecorded", "Trace", "TraceError", "export_chrome_trace", "format_overview", "format_step", "load", "save"), "inspector.trace"),
+    **dict.fromkeys(("NotRecorded", "Trace", "TraceDiff", "TraceError", "diff_traces", "export_chrome_trace", "format_diff",
+                     "format_overview", "format_step", "load", "save"), "inspector.trace"),
 }
 
 __all__ = sorted(_HOMES)

@@ -5,24 +5,32 @@
     python -m inspector show run.mltrace              # overview
     python -m inspector show run.mltrace --step 12    # one step in detail
     python -m inspector export-chrome run.mltrace -o timings.json   # open in ui.perfetto.dev
+    python -m inspector replay run.mltrace --kv-blocks 6 -o small.mltrace   # the same requests, other settings
+    python -m inspector replay run.mltrace --alone -o alone.mltrace         # each request by itself
+    python -m inspector diff run.mltrace small.mltrace    # exit 0: same tokens; 1: they differ; 2: an error
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
 
 from inspector import (
     CapturePolicy,
     DebugSession,
     TraceError,
+    diff_traces,
     export_chrome_trace,
+    format_diff,
     format_overview,
     format_step,
     load,
+    replay,
     save,
 )
-from minillama import ConfigError, LLMEngine, check_text
+from minillama import ConfigError, EngineConfig, LLMEngine, check_text
 from minillama.cli import (
     ArgumentParser,
     add_debug_flag,
@@ -42,7 +50,8 @@ MIB = 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (minillama/cli/errors.py)."""
+    """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (minillama/cli/errors.py).
+    diff: 0 when the runs have the same tokens, 1 when they differ."""
     return run_cli(PROG, _main, argv, expected=(TraceError,))
 
 
@@ -50,6 +59,12 @@ def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "record":
         return _record(args)
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "diff":
+        diff = diff_traces(load(args.a), load(args.b))
+        print(format_diff(diff, tokens=args.tokens))
+        return 0 if diff.equal else 1
     output = check_output_path(args.output, "-o") if args.command == "export-chrome" else None
     trace = load(args.trace)
     if output is not None:
@@ -101,6 +116,38 @@ def build_parser() -> ArgumentParser:
     chrome.add_argument("trace", help="a .mltrace file")
     chrome.add_argument("-o", "--output", required=True, help="the .json file to write")
     add_debug_flag(chrome)
+
+    again = commands.add_parser("replay", help="run a trace's requests again, under other engine settings or each alone",
+                                description="Run a trace's requests (prompts, sampling params and seeds, arrival "
+                                            "steps, forks) again on the same model. Every engine flag starts from "
+                                            "the recorded setting; give one to change it.")
+    again.add_argument("trace", help="the .mltrace file to replay")
+    again.add_argument("-o", "--output", required=True, help="the .mltrace file to write")
+    again.add_argument("--alone", action="store_true", help="run each request by itself, one after another")
+    again.add_argument("--force", action="store_true",
+                       help="replay even without a weights fingerprint to check, or with a different one")
+    add_engine_args(again)
+    again.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
+    again.add_argument("--seed", type=int, help="seed of the shared sampling generator (requests without a seed)")
+    # The switches' opposites, for a recording that had them given: each sets its field back.
+    again.add_argument("--prefix-caching", dest="enable_prefix_caching", action="store_true", help="turn prefix caching on")
+    again.add_argument("--cuda-graphs", dest="enforce_eager", action="store_false", help="CUDA graphs (not --eager)")
+    again.add_argument("--fused-ops", dest="fused_ops", action="store_true", help="the engine's kernels (not --no-fused-ops)")
+    settings = {f.name for f in dataclasses.fields(EngineConfig)}
+    again.set_defaults(**dict.fromkeys(settings))  # None: as recorded
+    sizing = {"kv_cache_memory_gb", "gpu_memory_utilization"}  # not recorded: given, they size the pool anew
+    for action in again._actions:  # argparse keeps no public list of a parser's flags
+        if action.dest in settings and action.help:
+            said = "given, the pool is sized from memory" if action.dest in sizing else "default: as recorded"
+            action.help = re.sub(r" \(default: .*\)$", "", action.help) + f" ({said})"
+    add_debug_flag(again)
+
+    diff = commands.add_parser("diff", help="compare two traces of the same requests (exit 0: same tokens, 1: not)")
+    diff.add_argument("a", help="a .mltrace file")
+    diff.add_argument("b", help="another .mltrace file, of the same requests")
+    diff.add_argument("--tokens", action="store_true", help="the per-token comparison of every request, not only "
+                                                            "of those that differ")
+    add_debug_flag(diff)
     return parser
 
 
@@ -118,6 +165,21 @@ def _record(args: argparse.Namespace) -> int:
     print(format_overview(session.trace))
     state = "all requests finished" if result.finished else f"stopped after {result.steps} steps"
     print(f"\n{state}; wrote {output}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    output = check_output_path(args.output, "-o")
+    source = load(args.trace)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig) if getattr(args, f.name) is not None}
+    result = replay(source, args.model, alone=args.alone, force=args.force, on_note=lambda m: print(f"note: {m}"),
+                    **overrides)
+    save(result, output)
+    diff = diff_traces(source, result)
+    equal = sum(r.equal for r in diff.requests)
+    print(format_overview(result))
+    print(f"\n{equal} of {len(diff.requests)} requests gave the same tokens as {args.trace}; wrote {output} "
+          f"(compare: {PROG} diff {args.trace} {output})")
     return 0
 
 

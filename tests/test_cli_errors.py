@@ -34,6 +34,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("cli")
     tiny = write_tiny_model(root / "tiny")
     bare = write_tiny_model(root / "bare", tokenizer=False)
+    other = write_tiny_model(root / "other", seed=1)  # the same shape, other weights
     (root / "file.txt").write_text("not a model")
     (root / "junk.mltrace").write_text("not a trace")
     (root / "empty").mkdir()
@@ -41,13 +42,15 @@ def paths(tmp_path_factory) -> dict[str, str]:
     code = inspector.__main__.main(["record", "--model", str(tiny), "--device", "cpu", "--prompt", "hi",
                                     "--max-tokens", "3", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(trace)])
     assert code == 0
-    return {"tiny": str(tiny), "bare": str(bare), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
+    return {"tiny": str(tiny), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
             "empty": str(root / "empty"), "trace": str(trace), "root": str(root)}
 
 
 TINY = ["--model", "{tiny}", "--device", "cpu"]
 RUN = ["--prompt", "hi", *TINY]
 RECORD = ["record", "--prompt", "hi", "-o", "{root}/r.mltrace"]
+REPLAY = ["replay", "{trace}", "--model", "{tiny}", "-o", "{root}/b.mltrace"]
+REPLAY_JUNK = ["replay", "{junk}", "-o", "{root}/b.mltrace"]
 
 # (cli, argv, a fragment of the one line)
 BAD = {
@@ -121,6 +124,20 @@ BAD = {
     "show-step-negative": ("inspector", ["show", "{trace}", "--step", "-1"], "--step -1"),
     "chrome-no-folder": ("inspector", ["export-chrome", "{trace}", "-o", "/nonexistent/t.json"], "there is no folder"),
     "chrome-to-a-folder": ("inspector", ["export-chrome", "{trace}", "-o", "{empty}"], "is a folder"),
+    "replay-no-output": ("inspector", ["replay", "{trace}"], "required: -o/--output"),
+    "replay-no-folder": ("inspector", ["replay", "{trace}", "-o", "/nonexistent/r.mltrace"], "there is no folder"),
+    "replay-junk": ("inspector", [*REPLAY_JUNK], "not a .mltrace file"),
+    "replay-missing": ("inspector", ["replay", "{root}/missing.mltrace", "-o", "{root}/b.mltrace"], "does not exist"),
+    "replay-kv-blocks-0": ("inspector", [*REPLAY, "--kv-blocks", "0"], "num_kv_blocks (--num-kv-blocks)"),
+    "replay-block-size-text": ("inspector", [*REPLAY, "--block-size", "big"], "argument --block-size: invalid int"),
+    "replay-seed-negative": ("inspector", [*REPLAY, "--seed", "-1"], "seed (--seed) must be an integer in [0, 2**63)"),
+    "replay-device": ("inspector", [*REPLAY, "--device", "banana"], "unknown device"),
+    "replay-other-weights": ("inspector", [*REPLAY, "--model", "{other}"],
+                             "different weights: the trace's model (tiny) has fingerprint"),
+    "replay-too-long": ("inspector", [*REPLAY, "--max-model-len", "2"], "request #0 of the trace: the prompt has 2 tokens; this engine's max_model_len is 2"),
+    "diff-one-trace": ("inspector", ["diff", "{trace}"], "the following arguments are required: b"),
+    "diff-missing": ("inspector", ["diff", "{trace}", "{root}/missing.mltrace"], "does not exist"),
+    "diff-junk": ("inspector", ["diff", "{junk}", "{trace}"], "not a .mltrace file"),
     # python app.py (each refused before a server starts or a model loads)
     "app-lan-without-auth": ("app", ["--host", "0.0.0.0"], "--auth USER:PASSWORD"),
     "app-bad-auth": ("app", ["--auth", "nopassword"], "--auth takes USER:PASSWORD"),

@@ -128,7 +128,7 @@ def first_sequence_token_step(step: int):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (set_key(["schema_version"], 4), "schema version 4, newer than"),
+        (set_key(["schema_version"], 5), "schema version 5, newer than"),
         (set_key(["schema_version"], 1), "schema version 1, older than .* record the run again"),
         (set_key(["schema_version"], "1"), "bad schema_version"),
         (set_key(["trace", "steps"], "many"), r"trace.steps: expected a list, got str"),

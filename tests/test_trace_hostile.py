@@ -154,8 +154,11 @@ def test_the_base_trace_holds_every_field_of_the_schema(document):
     assert ("LogitLens", "top_texts") in TEXT_FIELDS and ("ScheduleRecord", "phase") in ENUM_FIELDS
 
 
+FINGERPRINT = ("ModelInfo", "weights_fingerprint")  # a text of 16 hex digits, or the file is refused
+
+
 def test_markup_in_every_text_field_never_reaches_a_view_raw(saved, document, tmp_path):
-    texts = [path for _, _, leaf, path in leaves(Trace, document["trace"]) if leaf is str]
+    texts = [path for cls, field, leaf, path in leaves(Trace, document["trace"]) if leaf is str and (cls, field) != FINGERPRINT]
     assert {(cls, field) for cls, field, leaf, _ in leaves(Trace, document["trace"]) if leaf is str} == set(TEXT_FIELDS)
     trace = load(edited(saved, document, [(path, HOSTILE) for path in texts], tmp_path / "xss.mltrace"))
     assert trace.model.name == HOSTILE and trace.steps[0].schedule.phase in ("prefill", "decode")
@@ -164,6 +167,13 @@ def test_markup_in_every_text_field_never_reaches_a_view_raw(saved, document, tm
         assert RAW not in output, what
         shown += "&lt;img src=x onerror=alert(1)&gt;&#34;&#39;&amp;" in output
     assert shown  # the texts are shown, escaped
+
+
+def test_a_fingerprint_that_is_not_16_hex_digits_is_refused(saved, document, tmp_path):
+    path = next(p for c, f, _, p in leaves(Trace, document["trace"]) if (c, f) == FINGERPRINT)
+    for value in (HOSTILE, "0123456789ABCDEF", "0" * 17):
+        with pytest.raises(TraceError, match="weights_fingerprint must be 16 hexadecimal digits"):
+            load(edited(saved, document, [(path, value)], tmp_path / "fingerprint.mltrace"))
 
 
 @pytest.mark.parametrize(("cls", "field"), ENUM_FIELDS)

@@ -1,7 +1,8 @@
 """debug: drive the engine as a debugger does: step, run to a breakpoint, travel in time.
 
 session.py (DebugSession: requests in, steps recorded), cursor.py (the step being looked at),
-breakpoints.py (the conditions a run stops at, each saying why it fired).
+breakpoints.py (the conditions a run stops at, each saying why it fired), replay.py (a trace's
+requests run again, under other settings or each alone).
 """
 
 from inspector.debug.breakpoints import (
@@ -18,9 +19,10 @@ from inspector.debug.breakpoints import (
     TextMatches,
 )
 from inspector.debug.cursor import Cursor
+from inspector.debug.replay import replay
 from inspector.debug.session import DebugSession, RunResult
 
 __all__ = [
     "AtStep", "Breakpoint", "CopyOnWrite", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
-    "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches",
+    "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches", "replay",
 ]

@@ -34,6 +34,7 @@ import torch
 
 from inspector.record.attention_capture import AttentionCapture
 from inspector.record.budget import MemoryBudget
+from inspector.record.fingerprint import weights_fingerprint
 from inspector.record.kv_snapshot import commit_filled_blocks, kv_snapshot, kv_snapshot_bytes
 from inspector.record.lens_capture import LogitLensCapture
 from inspector.record.logits_summary import LogitsSummariser, PendingLogits, finish, summary_bytes
@@ -395,12 +396,13 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
     m = engine.model_config
     name = engine.model_dir.name if engine.model_dir is not None else "random weights"
     dtype = str(engine.dtype).removeprefix("torch.")
-    return ModelInfo(name, m.num_hidden_layers, m.num_attention_heads, m.num_key_value_heads, m.head_dim, m.vocab_size, dtype)
+    return ModelInfo(name, m.num_hidden_layers, m.num_attention_heads, m.num_key_value_heads, m.head_dim, m.vocab_size,
+                     dtype, m.hidden_size, m.intermediate_size, weights_fingerprint(engine))
 
 
 def _engine_info(engine: LLMEngine) -> EngineInfo:
     c = engine.config
     return EngineInfo(
         str(engine.device), engine.attention_backend, c.block_size, engine.num_kv_blocks, c.max_num_seqs,
-        c.max_num_batched_tokens, engine.max_model_len, c.enable_prefix_caching,
+        c.max_num_batched_tokens, engine.max_model_len, c.enable_prefix_caching, c.enforce_eager, c.fused_ops, c.seed,
     )

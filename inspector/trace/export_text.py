@@ -11,9 +11,9 @@ def format_overview(trace: Trace) -> str:
     preemptions = sum(len(s.schedule.preempted) for s in trace.steps)
     lines = [
         f"model: {m.name} ({m.num_layers} layers, {m.num_heads} heads / {m.num_kv_heads} kv heads, "
-        f"head dim {m.head_dim}, {m.dtype})",
+        f"head dim {m.head_dim}, {m.dtype})" + (f", weights fingerprint {m.weights_fingerprint}" if m.weights_fingerprint else ""),
         f"engine: {e.device}, {e.attention} attention, {e.num_blocks} KV blocks of {e.block_size} tokens, "
-        f"prefix caching {'on' if e.prefix_caching else 'off'}",
+        f"prefix caching {'on' if e.prefix_caching else 'off'}" + (", CUDA graphs off" if e.enforce_eager else ""),
         f"{len(trace.steps)} steps ({phases.count('prefill')} prefill, {phases.count('decode')} decode), "
         f"{_count(len(trace.sequences), 'request')}, {_count(preemptions, 'preemption')}, "
         f"attention traced for {sorted(trace.attention)}",

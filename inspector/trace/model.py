@@ -48,7 +48,10 @@ from inspector.trace.bounds import (
 # 3: forks, parallel samples and beams: fork and prune events (with the copy on write), a
 #    sequence's parent, group and beam fields, each scheduled sequence's reason. Every field it
 #    added has a default, so a file of schema 2 reads as a run without forks.
-SCHEMA_VERSION = 3
+# 4: what a replay needs (inspector/debug/replay.py): the model's other sizes and its weights
+#    fingerprint, the engine's CUDA-graph, fused-ops and seed settings. Each has a default (None:
+#    not recorded), so a file of schema 2 or 3 still opens; replaying it says what it lacks.
+SCHEMA_VERSION = 4
 OLDEST_READABLE_VERSION = 2
 
 # The enumerations. A loaded trace holds one of these values in each such field, or is refused.
@@ -83,6 +86,11 @@ class ModelInfo:
     head_dim: Annotated[int, Range(1, MAX_HEAD_DIM)]  # D
     vocab_size: Annotated[int, Range(1, MAX_VOCAB)]
     dtype: DType  # of the KV cache, which the Q/K stores share
+    # Schema 4 (None in older files): the rest of the shape, and the weights fingerprint
+    # (inspector/record/fingerprint.py: 16 hex digits; what it proves, and what not, is there).
+    hidden_size: Positive | None = None
+    intermediate_size: Positive | None = None
+    weights_fingerprint: str | None = None
 
     @property
     def softmax_scale(self) -> float:
@@ -99,6 +107,10 @@ class EngineInfo:
     max_num_batched_tokens: Positive
     max_model_len: Positive
     prefix_caching: bool
+    # Schema 4 (None in older files): the rest of the EngineConfig that changes a run.
+    enforce_eager: bool | None = None  # True: no CUDA graphs
+    fused_ops: bool | None = None
+    seed: Count | None = None  # of the shared sampling generator (requests without a seed)
 
 
 class _SamplingRequired(TypedDict):

@@ -19,6 +19,7 @@ Each check raises TraceError naming the first problem.
 from __future__ import annotations
 
 import bisect
+import re
 
 from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
 from inspector.trace.model import (
@@ -39,6 +40,8 @@ def validate_trace(trace: Trace) -> None:
     m = trace.model
     if m.num_heads % m.num_kv_heads:
         raise TraceError(f"model: {m.num_heads} query heads is not a multiple of {m.num_kv_heads} kv heads")
+    if m.weights_fingerprint is not None and not re.fullmatch("[0-9a-f]{16}", m.weights_fingerprint):
+        raise TraceError("model: weights_fingerprint must be 16 hexadecimal digits (0-9, a-f)")
     cells = len(trace.sequences) * len(trace.steps)
     if cells > MAX_TIMELINE_CELLS:
         raise TraceError(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "

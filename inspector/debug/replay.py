@@ -1,0 +1,245 @@
+"""replay: run a recorded trace's requests again, under changed engine settings or each alone.
+
+    from inspector import load, replay
+    a = load("run.mltrace")
+    b = replay(a, num_kv_blocks=12)           # the same requests with a smaller KV pool
+    c = replay(a, alone=True)                 # each request in a run of its own, one after another
+    d = replay(a, engine=engine, enable_prefix_caching=False)   # on weights already loaded
+
+What is replayed, from the trace: each request's prompt (its token ids) and sampling params,
+seed included, added before the same step as in the recording; each fork a user made, before
+the same step, with the same forced tokens, as soon as its parent (replayed) has the tokens it
+forks from; each abort, before the same step. Samples (n > 1) and beams are not replayed one by one: the engine makes them again
+from their request. The engine starts from the recorded settings (inspector/trace/model.py's
+EngineInfo: KV blocks, block size, batch limits, prefix caching, attention backend, dtype,
+CUDA graphs, fused ops, seed, device), and `overrides` change any of them (EngineConfig's field
+names).
+
+`alone`: each request (with the forks of its lineage) runs by itself, one after another, in
+one engine and one trace: the batch-invariance question ("does it say the same alone?"). The
+engine is the same, so the prefix cache may serve a later request what an earlier one left.
+A request without a seed draws from the engine's shared generator, whose draws depend on
+everything drawn before: only greedy and seeded requests can be expected to repeat.
+
+The model must be the one recorded: its shape and its weights fingerprint
+(inspector/record/fingerprint.py) are compared before any step runs, and a different model
+is refused with ConfigError. A trace older than schema 4 has no fingerprint: it is refused
+unless `force` (which also overrides a fingerprint mismatch, never a shape mismatch); the
+settings it lacks take EngineConfig's defaults, and `on_note` is told which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from inspector.debug.session import DebugSession
+from inspector.record.recorder import CapturePolicy
+from inspector.trace.model import Event, ForkRecord, ModelInfo, SequenceRecord, Trace
+from minillama import ConfigError, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
+
+# The model's sizes compared before a replay (None in a trace older than schema 4: not compared).
+_SHAPE = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "hidden_size", "intermediate_size")
+
+
+def replay(
+    trace: Trace,
+    model: str | Path | None = None,
+    engine: LLMEngine | None = None,
+    *,
+    alone: bool = False,
+    force: bool = False,
+    policy: CapturePolicy | None = None,
+    progress: bool = True,
+    on_note: Callable[[str], None] | None = None,
+    **overrides: object,
+) -> Trace:
+    """Replay `trace` (see the top) and return the new run's trace.
+
+    model: the model directory to load (None: the embedded model), unless `engine` is given,
+    whose weights are then shared (a new engine over them, with its own KV pool; the device,
+    dtype, attention backend and fused ops are the given engine's, built into its model). overrides:
+    EngineConfig fields to change. policy: what to record (default: no attention, the logits'
+    top-k as recorded). progress: a progress bar on stderr, when it is a terminal.
+    Raises ConfigError (a different model, a bad setting) and InvalidRequestError (a request
+    the new settings cannot take) before any step runs."""
+    note = on_note or (lambda message: None)
+    config = replay_config(trace, overrides, note)
+    if engine is None:
+        engine = LLMEngine.from_pretrained(model, config)
+    else:
+        built = _built_with(engine)
+        clashes = [f"{name}={overrides[name]!r}" for name in built if name in overrides and overrides[name] not in built[name]]
+        if clashes:
+            raise ConfigError(f"{', '.join(clashes)}: the given engine's model was built otherwise; "
+                              "replay without an engine to load the model with it")
+        # sharing_weights keeps the model's device, dtype and attention; its fused ops too.
+        engine = LLMEngine.sharing_weights(engine, dataclasses.replace(config, fused_ops=engine.config.fused_ops))
+    session = DebugSession(engine, policy or CapturePolicy(attention=False, top_k=_recorded_top_k(trace)))
+    check_same_model(trace.model, session.trace.model, force)
+    roots = [s for s in trace.sequences.values() if s.parent_id is None]
+    for seq in roots:  # every request checked before any runs: a bad one is reported in a moment
+        try:
+            engine.check_request(list(seq.prompt_ids), _params(seq))
+        except InvalidRequestError as error:
+            raise InvalidRequestError(f"request #{seq.seq_id} of the trace: {error}") from None
+    actions = _actions(trace)
+    with tqdm(total=len(trace.steps), desc="replaying", unit="step", disable=None if progress else True) as bar:
+        if not alone:
+            _drive(session, trace, actions, bar, note)
+        else:
+            lineage = _lineage_roots(trace)
+            for root in sorted(roots, key=lambda s: s.seq_id):  # in the order they were added
+                mine = [(step - root.added_step, a) for step, a in actions if lineage[_seq_of(a)] == root.seq_id]
+                _drive(session, trace, mine, bar, note)
+    return session.trace
+
+
+def replay_config(trace: Trace, overrides: dict[str, object], note: Callable[[str], None]) -> EngineConfig:
+    """The recorded settings with `overrides` applied, validated (ConfigError names a bad one)."""
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown engine setting(s) {', '.join(unknown)}; EngineConfig has {', '.join(sorted(known))}")
+    e, defaults = trace.engine, EngineConfig()
+    lacking = [name for name in ("enforce_eager", "fused_ops", "seed") if getattr(e, name) is None and name not in overrides]
+    if lacking:
+        note(f"the trace does not record {', '.join(lacking)} (schema before 4): replayed with the defaults")
+    config = EngineConfig(
+        device=e.device, dtype=trace.model.dtype, attention=e.attention, block_size=e.block_size,
+        num_kv_blocks=e.num_blocks, max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
+        max_model_len=e.max_model_len, enable_prefix_caching=e.prefix_caching,
+        enforce_eager=defaults.enforce_eager if e.enforce_eager is None else e.enforce_eager,
+        fused_ops=defaults.fused_ops if e.fused_ops is None else e.fused_ops,
+        seed=defaults.seed if e.seed is None else e.seed,
+    )
+    if ("kv_cache_memory_gb" in overrides or "gpu_memory_utilization" in overrides) and "num_kv_blocks" not in overrides:
+        overrides = {**overrides, "num_kv_blocks": None}  # the pool sized from memory, as asked
+    config = dataclasses.replace(config, **overrides)
+    config.validate()
+    return config
+
+
+def check_same_model(recorded: ModelInfo, mine: ModelInfo, force: bool) -> None:
+    """Refuse (ConfigError) a model other than the recorded one: a different shape always, a
+    different or unrecorded weights fingerprint unless `force`."""
+    for name in _SHAPE:
+        a, b = getattr(recorded, name), getattr(mine, name)
+        if a is not None and a != b:
+            raise ConfigError(f"a different model: the trace's ({recorded.name}) has {name} {a}, this one "
+                              f"({mine.name}) {b}; replay on the model the trace was recorded with (--model)")
+    if force:
+        return
+    if recorded.weights_fingerprint is None:
+        raise ConfigError(f"the trace records no weights fingerprint (a file of schema before 4), so the model "
+                          f"({recorded.name}) cannot be checked; pass --force (force=True) to replay it anyway")
+    if recorded.weights_fingerprint != mine.weights_fingerprint:
+        raise ConfigError(f"different weights: the trace's model ({recorded.name}) has fingerprint "
+                          f"{recorded.weights_fingerprint}, this one ({mine.name}) {mine.weights_fingerprint}; "
+                          "replay on the model the trace was recorded with (--model), or pass --force")
+
+
+Action = SequenceRecord | ForkRecord | Event  # a request to add, a user's fork to make, an abort
+
+
+def _actions(trace: Trace) -> list[tuple[int, Action]]:
+    """What the replay does before which step: the requests added (those without a parent),
+    the forks users made and the requests they aborted, in the order the trace's events record."""
+    actions: list[tuple[int, Action]] = []
+    for e in trace.events:
+        if e.kind == "add" and trace.sequences[e.seq_id].parent_id is None:
+            actions.append((e.step, trace.sequences[e.seq_id]))
+        elif e.fork is not None and e.fork.cause == "user":
+            actions.append((e.step, e.fork))
+        elif e.kind == "abort" and e.seq_id is not None:
+            actions.append((e.step, e))
+    return actions
+
+
+def _seq_of(action: Action) -> int:
+    return action.child_id if isinstance(action, ForkRecord) else action.seq_id
+
+
+def _drive(session: DebugSession, trace: Trace, actions: list[tuple[int, Action]], bar: tqdm,
+           note: Callable[[str], None]) -> None:
+    """Run until every request has finished, each action taken before its step (counted from
+    this call's first), in order. A fork whose parent does not have its tokens yet waits for
+    them (and the forks after it with it; the requests after it do not wait)."""
+    engine, start = session.engine, session.recorder.num_steps
+    queue: deque[tuple[int, Action]] = deque(actions)
+    due: deque[ForkRecord] = deque()  # forks whose step has come, in order
+    replayed: dict[int, int] = {}  # the trace's sequence id -> the replay's
+    while True:
+        now = session.recorder.num_steps - start
+        if not engine.has_unfinished() and queue:  # idle until the next action: it happens now
+            now = max(now, queue[0][0])
+        _make_forks(session, trace, due, replayed)
+        while queue and queue[0][0] <= now:
+            action = queue.popleft()[1]
+            if isinstance(action, SequenceRecord):
+                replayed[action.seq_id] = engine.add_request(list(action.prompt_ids), _params(action))
+                session.recorder.register(replayed[action.seq_id], chat=action.chat, prompt_text=action.prompt_text)
+            elif isinstance(action, ForkRecord):
+                due.append(action)
+            elif action.seq_id in replayed:  # an abort
+                session.abort(replayed[action.seq_id])
+            else:  # the abort of a fork still waiting for its parent's tokens: it is never made
+                due = deque(f for f in due if f.child_id != action.seq_id)
+            _make_forks(session, trace, due, replayed)
+        if not engine.has_unfinished():
+            if queue:
+                continue
+            for fork in due:
+                why = ("its parent finished before it had that many tokens" if fork.parent_id in replayed else
+                       "its parent is a sample or a beam, which the engine makes again but replay does not track")
+                note(f"fork #{fork.child_id} of #{fork.parent_id} at token {fork.position} not replayed: {why}")
+            return
+        if session.step() is None:
+            raise ConfigError("the engine could not schedule any request under these settings")
+        bar.update()
+
+
+def _make_forks(session: DebugSession, trace: Trace, due: deque[ForkRecord], replayed: dict[int, int]) -> None:
+    """Make the due forks, in order, while the first one's parent has the tokens it forks from."""
+    while due and _can_fork(session.engine, replayed, due[0]):
+        fork = due.popleft()
+        child = trace.sequences[fork.child_id]
+        replayed[fork.child_id] = session.fork(replayed[fork.parent_id], fork.position, fork.forced_ids, _params(child))
+
+
+def _built_with(engine: LLMEngine) -> dict[str, set[object]]:
+    """The settings built into an engine's model (its weights' device and dtype, its kernels),
+    which an engine sharing the weights keeps: each as configured and as resolved ("auto", "cpu")."""
+    c = engine.config
+    return {"device": {c.device, str(engine.device)}, "dtype": {c.dtype, str(engine.dtype).removeprefix("torch.")},
+            "attention": {c.attention, engine.attention_backend}, "fused_ops": {c.fused_ops}}
+
+
+def _can_fork(engine: LLMEngine, replayed: dict[int, int], fork: ForkRecord) -> bool:
+    if fork.parent_id not in replayed:
+        return False
+    parent = engine.request(replayed[fork.parent_id])
+    return len(parent.prompt_token_ids) + len(parent.output_token_ids) >= fork.position
+
+
+def _lineage_roots(trace: Trace) -> dict[int, int]:
+    """Each sequence id -> the request (no parent) its lineage starts from."""
+    roots: dict[int, int] = {}
+    for seq_id in sorted(trace.sequences):  # a child's id is above its parent's
+        parent = trace.sequences[seq_id].parent_id
+        roots[seq_id] = seq_id if parent is None else roots.get(parent, parent)
+    return roots
+
+
+def _params(seq: SequenceRecord) -> SamplingParams:
+    return SamplingParams(**{**seq.params, "stop_token_ids": tuple(seq.params["stop_token_ids"])})
+
+
+def _recorded_top_k(trace: Trace) -> int:
+    """How many tokens each logits summary of the trace holds (the recorder's default if none)."""
+    summary = next((t.logits for step in trace.steps for t in step.tokens if t.logits is not None), None)
+    return len(summary.top_ids) if summary is not None else CapturePolicy().top_k

@@ -1,0 +1,195 @@
+"""inspector.replay: a trace's requests run again, under its own settings, changed ones, or each
+alone; the model checked first (shape and weights fingerprint); older traces."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+
+import pytest
+from tiny_model import write_tiny_model
+
+from inspector import DebugSession, diff_traces, load, replay, save
+from inspector.__main__ import main
+from inspector.debug.replay import replay_config
+from inspector.record.fingerprint import weights_fingerprint
+from inspector.trace.diff import request_keys
+from minillama import ConfigError, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
+
+CPU = EngineConfig(device="cpu", num_kv_blocks=32, block_size=4)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
+SEEDED = SamplingParams(temperature=0.9, top_p=0.95, seed=7, max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def recorded(tiny, tmp_path_factory):
+    """A saved run on the tiny model: a greedy and a seeded request, a user's fork after step 3,
+    a late request with two seeded samples; loaded back from its file."""
+    session = DebugSession(LLMEngine.from_pretrained(tiny, CPU))
+    session.add("hello there", GREEDY)
+    session.add("abc", SEEDED)
+    session.run(max_steps=3)
+    session.fork(0, 13, [65, 66])
+    session.add("late one", SamplingParams(temperature=1.0, seed=1, n=2, max_tokens=5))
+    session.run()
+    path = tmp_path_factory.mktemp("run") / "run.mltrace"
+    save(session.trace, path)
+    return load(path)
+
+
+def test_the_trace_records_what_replay_needs(recorded, tiny):
+    m, e = recorded.model, recorded.engine
+    assert (m.hidden_size, m.intermediate_size) == (32, 64) and len(m.weights_fingerprint) == 16
+    assert (e.enforce_eager, e.fused_ops, e.seed, e.num_blocks, e.block_size) == (False, True, 0, 32, 4)
+    assert replay_config(recorded, {}, print) == EngineConfig(
+        device="cpu", dtype="float32", attention="cpu", block_size=4, num_kv_blocks=32, max_num_seqs=64,
+        max_num_batched_tokens=4096, max_model_len=128, enable_prefix_caching=True, enforce_eager=False,
+        fused_ops=True, seed=0)
+
+
+def test_replay_under_its_own_settings_repeats_tokens_logits_and_schedule(recorded, tiny):
+    again = replay(recorded, tiny, progress=False)
+    assert [(s.parent_id, s.fork_cause, s.added_step, s.output_ids) for s in again.sequences.values()] == [
+        (s.parent_id, s.fork_cause, s.added_step, s.output_ids) for s in recorded.sequences.values()]
+    assert len(again.steps) == len(recorded.steps)
+    for a, b in zip(recorded.steps, again.steps):
+        assert [(x.seq_id, x.start, x.num_tokens) for x in a.schedule.scheduled] == [
+            (x.seq_id, x.start, x.num_tokens) for x in b.schedule.scheduled]
+        for ta, tb in zip(a.tokens, b.tokens, strict=True):
+            assert ta.token_id == tb.token_id
+            assert (ta.logits.top_ids, ta.logits.top_probs, ta.logits.entropy) == (
+                tb.logits.top_ids, tb.logits.top_probs, tb.logits.entropy)
+    diff = diff_traces(recorded, again)
+    assert diff.equal and diff.settings == [] and diff.same_weights
+    assert all(d.max_abs_delta_logp == 0 for r in diff.requests for d in r.deltas)
+
+
+def test_alone_runs_each_request_with_its_forks_by_itself(recorded, tiny):
+    alone = replay(recorded, tiny, alone=True, progress=False)
+    keys = request_keys(alone)
+    for step in alone.steps:  # one lineage per step: request k and its fork or samples
+        assert len({keys[x.seq_id][1] for x in step.schedule.scheduled}) == 1
+    starts = sorted(s.added_step for s in alone.sequences.values() if s.parent_id is None)
+    assert starts[0] == 0 and starts[1] > 0 and starts[2] > starts[1]
+    diff = diff_traces(recorded, alone)
+    assert sorted(r.label for r in diff.requests) == [
+        "request 0", "request 0 / fork at token 13 [65, 66]", "request 1", "request 2", "request 2 / sample 1"]
+    greedy = [r for r in diff.requests if r.label == "request 0"][0]
+    assert greedy.equal  # batch-invariant on the tiny model, to within what the greedy choice sees
+
+
+def test_an_abort_is_replayed_before_the_same_step(tiny):
+    session = DebugSession(LLMEngine.from_pretrained(tiny, CPU))
+    first, second = session.add_batch(["one", "two"], GREEDY)
+    session.run(max_steps=3)
+    session.abort(second)
+    session.run()
+    again = replay(session.trace, tiny, progress=False)
+    assert [(s.finish_reason, len(s.output_ids)) for s in again.sequences.values()] == [("length", 8), ("abort", 3)]
+    assert [(e.step, e.kind) for e in again.events] == [(0, "add"), (0, "add"), (3, "abort")]
+
+
+def test_a_different_model_is_refused_before_any_step(recorded, tiny, tmp_path):
+    other = LLMEngine.from_pretrained(write_tiny_model(tmp_path / "other", seed=1), CPU)
+    with pytest.raises(ConfigError, match="different weights: .* fingerprint .*pass --force"):
+        replay(recorded, engine=other, progress=False)
+    forced = replay(recorded, engine=other, force=True, progress=False)
+    assert len(forced.sequences) == len(recorded.sequences)
+    shallow = LLMEngine.from_config(dataclasses.replace(other.model_config, num_hidden_layers=1), CPU)
+    with pytest.raises(ConfigError, match="has num_layers 2, this one .* 1; replay on the model"):
+        replay(recorded, engine=shallow, force=True, progress=False)  # a shape mismatch: never forced
+
+
+def test_an_engine_given_shares_its_weights_and_keeps_its_build(recorded, tiny):
+    engine = LLMEngine.from_pretrained(tiny, CPU)
+    smaller = replay(recorded, engine=engine, num_kv_blocks=8, progress=False)
+    assert smaller.engine.num_blocks == 8 and engine.step_count == 0  # a new engine over the same model
+    assert replay(recorded, engine=engine, attention="cpu", progress=False).engine.attention == "cpu"  # as resolved
+    plain = LLMEngine.from_pretrained(tiny, dataclasses.replace(CPU, fused_ops=False))
+    assert replay(recorded, engine=plain, progress=False).engine.fused_ops is False  # the model's, not the trace's
+    with pytest.raises(ConfigError, match="dtype='bfloat16': the given engine's model was built otherwise"):
+        replay(recorded, engine=engine, dtype="bfloat16", progress=False)
+    with pytest.raises(ConfigError, match="unknown engine setting.* kv_blocks"):
+        replay(recorded, engine=engine, kv_blocks=8, progress=False)
+    with pytest.raises(ConfigError, match="block_size"):
+        replay(recorded, engine=engine, block_size=0, progress=False)
+    with pytest.raises(InvalidRequestError, match="request #0 of the trace: the prompt has 11 tokens"):
+        replay(recorded, engine=engine, max_model_len=8, progress=False)
+
+
+def test_the_fingerprint_is_the_same_in_float32_and_bfloat16(tiny):
+    """The sample is hashed in bfloat16: a bfloat16 trace checks against a float32 replay."""
+    fp32 = LLMEngine.from_pretrained(tiny, CPU)
+    bf16 = LLMEngine.from_pretrained(tiny, EngineConfig(device="cpu", dtype="bfloat16", attention="reference",
+                                                        num_kv_blocks=8, block_size=4))
+    assert weights_fingerprint(fp32) == weights_fingerprint(bf16)
+    # Computed once per model: an engine sharing the weights reuses it.
+    assert weights_fingerprint(LLMEngine.sharing_weights(fp32, CPU)) == weights_fingerprint(fp32)
+
+
+def test_a_schema_3_file_replays_only_when_forced_and_says_what_it_lacks(recorded, tiny, tmp_path):
+    path = tmp_path / "new.mltrace"
+    save(recorded, path)
+    with zipfile.ZipFile(path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    document = json.loads(members["trace.json"])
+    document["schema_version"] = 3
+    for name in ("hidden_size", "intermediate_size", "weights_fingerprint"):
+        del document["trace"]["model"][name]
+    for name in ("enforce_eager", "fused_ops", "seed"):
+        del document["trace"]["engine"][name]
+    members["trace.json"] = json.dumps(document).encode()
+    old_path = tmp_path / "old.mltrace"
+    with zipfile.ZipFile(old_path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    old = load(old_path)
+    assert old.model.weights_fingerprint is None and old.engine.seed is None
+    with pytest.raises(ConfigError, match="records no weights fingerprint .* --force"):
+        replay(old, tiny, progress=False)
+    notes: list[str] = []
+    again = replay(old, tiny, force=True, progress=False, on_note=notes.append)
+    assert notes == ["the trace does not record enforce_eager, fused_ops, seed (schema before 4): replayed with "
+                     "the defaults"]
+    assert diff_traces(old, again).equal
+
+
+@pytest.mark.slow
+def test_a_smaller_kv_pool_changes_the_schedule_not_the_greedy_tokens(embedded_dir):
+    """The embedded model, three greedy chat requests: with 10 blocks of 8 tokens instead of 32,
+    requests wait and are preempted, and every token is still the same."""
+    session = DebugSession(LLMEngine.from_pretrained(embedded_dir, EngineConfig(num_kv_blocks=32, block_size=8)))
+    session.add_batch(["What is the capital of France?", "Name a colour.", "Count to five."],
+                      SamplingParams(temperature=0.0, max_tokens=12), chat=True)
+    session.run()
+    small = replay(session.trace, embedded_dir, num_kv_blocks=10, progress=False)
+    diff = diff_traces(session.trace, small)
+    assert diff.equal and diff.settings == [("num_blocks", "32", "10")]
+    assert diff.timings_b.preemptions > 0 and diff.timings_b.steps > diff.timings_a.steps
+    assert any(r.schedule_differs for r in diff.requests)
+    assert all(r.max_abs_delta_logp is not None for r in diff.requests)  # logits compared at every token
+
+
+def test_the_command_line_replays_alone_and_with_other_settings(recorded, tiny, tmp_path, capsys):
+    source = tmp_path / "a.mltrace"
+    save(recorded, source)
+    out = tmp_path / "b.mltrace"
+    assert main(["replay", str(source), "--model", str(tiny), "--kv-blocks", "8", "--no-prefix-caching",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"5 of 5 requests gave the same tokens as {source}; wrote {out}" in printed
+    again = load(out)
+    assert (again.engine.num_blocks, again.engine.prefix_caching, again.engine.block_size) == (8, False, 4)
+    assert main(["diff", str(source), str(out)]) == 0
+    assert "settings: num_blocks 32 -> 8; prefix_caching True -> False" in capsys.readouterr().out
+    back = tmp_path / "c.mltrace"  # a switch given in the recording is turned back by its opposite
+    assert main(["replay", str(out), "--model", str(tiny), "--prefix-caching", "-o", str(back)]) == 0
+    assert load(back).engine.prefix_caching and load(back).engine.num_blocks == 8
+    assert main(["replay", str(source), "--model", str(tiny), "--alone", "-o", str(out)]) == 0
+    assert len(load(out).steps) > len(recorded.steps)
