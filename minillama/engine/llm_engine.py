@@ -97,6 +97,8 @@ class LLMEngine:
         # one truth test).
         self._samples: dict[int, tuple[int, ...]] = {}
         self._pending_samples: set[int] = set()
+        # Copies on write (src block, dst block, slots) that forks asked for, not made yet.
+        self._pending_copies: list[tuple[int, int, int]] = []
         # Beam search: request id -> its search, until forgotten; and the searches still running
         # (the step checks this one: empty, it costs one truth test).
         self._beam_groups: dict[int, BeamGroup] = {}
@@ -251,6 +253,7 @@ class LLMEngine:
         seq = Sequence(next(self._request_ids), token_ids, params)
         seq.parent_id, seq.fork_position = parent.seq_id, num_tokens
         shared = bool(parent.block_table and parent.num_computed_tokens) and self._share_prefix(parent, seq)
+        self._copy_on_write()
         self._queue(seq)
         self._notify_fork(parent, seq, "user", shared)
         return seq.seq_id
@@ -262,10 +265,18 @@ class LLMEngine:
             return False
         copy = self.block_manager.fork(parent, child)
         if copy is not None:
-            self.runner.copy_kv_slots(*copy)
+            self._pending_copies.append(copy)  # made by _copy_on_write, before anything reads them
         child.fork_prefix = "shared"
         child.copy_on_write = CopyOnWrite(*copy) if copy is not None else None
         return True
+
+    def _copy_on_write(self) -> None:
+        """Make the copies the forks since the last call asked for, in one kernel. Called once
+        the forks of a fork() call, a step's samples or a step's beam searches are all made: their
+        sources are held by the sequences that go on, so no block is reused before the copy."""
+        if self._pending_copies:
+            self.runner.copy_kv_slots(self._pending_copies)
+            self._pending_copies = []
 
     def _notify_fork(self, parent: Sequence, child: Sequence, cause: ForkCause, shared: bool) -> None:
         """Tell the observers about a fork just made (ForkEvent): what it shares, what it copied."""
@@ -499,6 +510,7 @@ class LLMEngine:
         if self._pending_samples:  # the one check parallel sampling costs an ordinary step
             # Before _update: a leader that finishes on its first token frees its blocks there.
             sample_outputs, sample_rows = self._start_samples(drawn_logits, drawn)
+            self._copy_on_write()
             outputs = self._update(drawn, tokens) + sample_outputs
             rows = (*range(len(drawn)), *sample_rows)
         else:
@@ -628,6 +640,7 @@ class LLMEngine:
                 rows.append(parent_rows[candidate.parent])
             if selection.done:
                 del self._searching[group.request_id]
+        self._copy_on_write()
         return outputs, tuple(rows)
 
     def _apply_selection(self, group: BeamGroup, selection: Selection) -> list[tuple[Candidate, RequestOutput]]:

@@ -166,11 +166,22 @@ class ModelRunner:
     # -- copy on write ---------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def copy_kv_slots(self, src_block: int, dst_block: int, num_slots: int) -> None:
-        """Copy the K/V of the first `num_slots` slots of one block into another, in every layer:
-        kv_cache[:, :, dst, :num_slots] = kv_cache[:, :, src, :num_slots], [L, 2, num_slots, Hkv, D].
-        A fork's copy on write (BlockManager.fork): the slots past num_slots are the child's to fill."""
-        self.kv_cache[:, :, dst_block, :num_slots] = self.kv_cache[:, :, src_block, :num_slots]
+    def copy_kv_slots(self, copies: list[tuple[int, int, int]]) -> None:
+        """Forks' copies on write (BlockManager.fork), all in one indexed copy: for each
+        (src_block, dst_block, num_slots), kv_cache[:, :, dst, :num_slots] = kv_cache[:, :, src,
+        :num_slots] in every layer, K and V ([L, 2, num_slots, Hkv, D] each). The slots past
+        num_slots are the child's to fill. One kernel for all: a step of 64 beam searches makes
+        about a hundred copies, and a kernel launch each would keep the host from the next step."""
+        src_blocks, dst_blocks, slots = [], [], []
+        for src, dst, num_slots in copies:
+            src_blocks += [src] * num_slots
+            dst_blocks += [dst] * num_slots
+            slots += range(num_slots)
+        device = self.kv_cache.device
+        src, dst = torch.tensor(src_blocks, device=device), torch.tensor(dst_blocks, device=device)
+        slot = torch.tensor(slots, device=device)
+        # [L, 2, M, Hkv, D] gathered whole, then scattered: M = the slots of every copy.
+        self.kv_cache[:, :, dst, slot] = self.kv_cache[:, :, src, slot]
 
     # -- building the flat batch --------------------------------------------------------------
 

@@ -30,7 +30,9 @@ ForkCause = Literal["user", "sample", "beam"]
 class CopyOnWrite(NamedTuple):
     """The copy a fork makes of the block where its shared prefix ends, when the prefix ends
     inside it: slots [0, num_slots) of src_block (the parent's) copied into dst_block (the
-    child's own), in every layer, K and V. The child then writes its own tokens after them."""
+    child's own), in every layer, K and V. The child then writes its own tokens after them. The
+    engine makes a step's copies (or a fork() call's) together, in one kernel, once its forks
+    are all made: by the time fork() returns, or the step's on_step_end."""
 
     src_block: int
     dst_block: int
