@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
+from pathlib import Path
+
+import plotly.io as pio
 import pytest
 from conftest import make_hf_model
+from test_inspector_support import record_tiny_run
 
+from inspector import TraceError, load, save
+from inspector.trace.export_text import format_overview, format_step
+from inspector.trace.model import Trace
+from inspector.views import kv_cache_figure, step_details_html, timeline_figure
 from minillama import EngineConfig, LLMEngine, Observer, SamplingParams, SchedulerOutput
 from minillama.engine.causes import ChunkCause, PreemptCause, PrefixCause, WaitCause
 
@@ -148,3 +158,101 @@ def test_a_decode_step_with_nobody_waiting_makes_no_cause(hf_model):
     assert decodes and all(
         not (plan.waits or plan.preemptions or plan.chunks or plan.prefix or plan.evictions) for plan in decodes
     )
+
+
+# -- recorded, saved, shown -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """The tiny recorded run with a budget of 8 tokens: chunks, a token-budget wait and one
+    behind it, block waits, preemptions, prefix hits and misses (one after an eviction)."""
+    run = record_tiny_run(max_num_batched_tokens=8)
+    path = tmp_path_factory.mktemp("why") / "run.mltrace"
+    save(run.session.trace, path)
+    return run.session.trace, path
+
+
+def first_step(trace: Trace, has) -> int:
+    return next(i for i, step in enumerate(trace.steps) if has(step.schedule))
+
+
+def test_the_causes_are_recorded_and_survive_a_round_trip(recorded):
+    trace, path = recorded
+    s = trace.steps[1].schedule
+    assert [(w.seq_id, w.kind, w.by, w.head) for w in s.waits] == [(2, "tokens", [0, 1], None), (3, "behind", [], 2)]
+    assert [(c.seq_id, c.budget_left, c.remaining) for c in s.chunks] == [(1, 1, 9)]
+    kinds = {field: any(getattr(step.schedule, field) for step in trace.steps)
+             for field in ("waits", "preemptions", "chunks", "prefix", "evictions")}
+    assert all(kinds.values()), kinds
+    assert any(p.miss == "evicted" and p.evicted_for is not None for step in trace.steps for p in step.schedule.prefix)
+    loaded = load(path)
+    assert [step.schedule for step in loaded.steps] == [step.schedule for step in trace.steps]
+
+
+def rewritten(path: Path, out: Path, edit) -> Path:
+    """A copy of the trace file at `path` with its JSON document passed through `edit`."""
+    with zipfile.ZipFile(path) as zf:
+        document, tensors = json.loads(zf.read("trace.json")), zf.read("tensors.safetensors")
+    edit(document)
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("trace.json", json.dumps(document))
+        zf.writestr("tensors.safetensors", tensors)
+    return out
+
+
+def test_a_file_of_schema_4_opens_without_causes(recorded, tmp_path):
+    trace, path = recorded
+
+    def older(document: dict) -> None:
+        document["schema_version"] = 4
+        for step in document["trace"]["steps"]:
+            for field in ("waits", "preemptions", "chunks", "prefix", "evictions"):
+                del step["schedule"][field]
+
+    loaded = load(rewritten(path, tmp_path / "v4.mltrace", older))
+    assert all(not step.schedule.waits and not step.schedule.prefix for step in loaded.steps)
+    assert "Why" not in step_details_html(loaded, 1)
+
+
+def test_hostile_causes_are_refused(recorded, tmp_path):
+    trace, path = recorded
+    step = first_step(trace, lambda s: s.evictions)
+    prefix = first_step(trace, lambda s: any(p.miss == "evicted" for p in s.prefix))
+    miss = next(i for i, p in enumerate(trace.steps[prefix].schedule.prefix) if p.miss == "evicted")
+    edits = {
+        "the causes in waits name sequences": (1, "waits", 0, "seq_id", 999),
+        "names sequences not scheduled": (1, "waits", 0, "by", [3]),
+        "had the budget for all": (1, "chunks", 0, "budget_left", 9),
+        "an eviction names block": (step, "evictions", 0, "block_id", trace.engine.num_blocks),
+        "a later step": (prefix, "prefix", miss, "evicted_step", trace.steps[prefix].engine_step + 1),
+    }
+    for message, (index, field, row, key, value) in edits.items():
+        def edit(document: dict, at=(index, field, row, key), value=value) -> None:
+            document["trace"]["steps"][at[0]]["schedule"][at[1]][at[2]][at[3]] = value
+
+        with pytest.raises(TraceError, match=message):
+            load(rewritten(path, tmp_path / "hostile.mltrace", edit))
+    with pytest.raises(TraceError, match="expected one of"):
+        load(rewritten(path, tmp_path / "enum.mltrace", lambda d: d["trace"]["steps"][1]["schedule"]["waits"][0]
+                       .update(kind="<b>tokens</b>")))
+
+
+def test_the_views_say_why(recorded):
+    trace, _ = recorded
+    details = step_details_html(trace, 1)
+    assert "<h4>Why</h4>" in details and "waits: the step&#39;s token budget was used by #0, #1" in details
+    assert "waits behind #2, the oldest waiting request" in details
+    assert "chunked prefill: the token budget left 1 of its 9 tokens" in details
+    hover = pio.to_json(timeline_figure(trace, 1), validate=False)
+    assert "waits: the step's token budget was used by #0, #1" in hover
+    preempting = first_step(trace, lambda s: s.preemptions)
+    p = trace.steps[preempting].schedule.preemptions[0]
+    assert f"preempted: #{p.needer} needed a new block for position {p.position}" in hover
+    evicting = first_step(trace, lambda s: s.evictions)
+    e = trace.steps[evicting].schedule.evictions[0]
+    words = f"evicted from the prefix cache at engine step {e.engine_step} to serve #{e.for_seq}"
+    assert words in pio.to_json(kv_cache_figure(trace, evicting), validate=False)
+    assert f"block {e.block_id}  {words}" in format_step(trace, evicting)
+    assert "seq 2  waits: the step's token budget was used by #0, #1" in format_step(trace, 1)
+    assert "why: waiting (sequence-steps)" in format_overview(trace)
