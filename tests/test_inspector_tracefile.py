@@ -14,6 +14,7 @@ from test_inspector_support import record_tiny_run
 
 from inspector import TraceError, export_chrome_trace, load, save
 from inspector.trace.codec import encode
+from inspector.trace.model import SCHEMA_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def first_sequence_token_step(step: int):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (set_key(["schema_version"], 5), "schema version 5, newer than"),
+        (set_key(["schema_version"], SCHEMA_VERSION + 1), f"schema version {SCHEMA_VERSION + 1}, newer than"),
         (set_key(["schema_version"], 1), "schema version 1, older than .* record the run again"),
         (set_key(["schema_version"], "1"), "bad schema_version"),
         (set_key(["trace", "steps"], "many"), r"trace.steps: expected a list, got str"),

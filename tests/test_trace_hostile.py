@@ -101,7 +101,8 @@ NUMBER_FIELDS = sorted({(cls, field) for cls, field, leaf in leaf_kinds(Trace) i
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
-    run = record_tiny_run(CapturePolicy(logit_lens=True, attention_requests=(0, 2)))
+    # A budget of 8 tokens chunks the prompts and keeps the third waiting for tokens (the causes).
+    run = record_tiny_run(CapturePolicy(logit_lens=True, attention_requests=(0, 2)), max_num_batched_tokens=8)
     add_forks(run, beams=True)  # a fork with its copy on write, samples, beams: the fork fields of the schema
     trace = run.session.trace
     path = tmp_path_factory.mktemp("hostile") / "base.mltrace"

@@ -24,6 +24,7 @@ from test_inspector_support import record_tiny_run
 from inspector import CapturePolicy, DebugSession
 from inspector.trace.attention_rows import mass_per_block
 from inspector.trace.model import Trace
+from inspector.trace.why_text import eviction_text
 from inspector.views import (
     NO_STEP,
     STATES,
@@ -240,11 +241,14 @@ def test_kv_grid_cells_match_the_snapshot(trace):
         z = np.asarray(fig.data[0].z)
         columns = z.shape[1]
         entries = {e.block_id: e for e in kv.entries()}
+        # A cached block this step reused, and freed again by its end, is drawn free with the note.
+        evicted = {e.block_id: eviction_text(e) for e in trace.steps[index].schedule.evictions}
         for block in range(kv.num_blocks):
             name, color, hover = grid_cell(fig, block)
             e = entries.get(block)
             if e is None:
-                assert (name, color, hover) == ("free", FREE_COLOR, "free")
+                notes = [evicted[block]] if block in evicted else []
+                assert (name, color, hover) == ("free", FREE_COLOR, "<br>".join(["free", *notes]))
             elif e.owners:
                 assert (name, color) == (f"#{e.owners[0]}", sequence_color(e.owners[0]))
                 assert f"owners {', '.join(f'#{o}' for o in e.owners)}" in hover

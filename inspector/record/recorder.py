@@ -34,6 +34,7 @@ import torch
 
 from inspector.record.attention_capture import AttentionCapture
 from inspector.record.budget import MemoryBudget
+from inspector.record.causes import cause_records
 from inspector.record.fingerprint import weights_fingerprint
 from inspector.record.kv_snapshot import commit_filled_blocks, kv_snapshot, kv_snapshot_bytes
 from inspector.record.lens_capture import LogitLensCapture
@@ -313,6 +314,7 @@ class Recorder(Observer):
             list(batch.preempted),
             list(batch.waiting),
             list(batch.running),
+            **cause_records(batch, self._trace.sequences),
         )
         step.hit_blocks = {b for i in batch.scheduled for b in i.hit_block_ids}
         computed = {item.seq_id: item.end for item in batch.scheduled}

@@ -1,8 +1,14 @@
-"""Readable text views of a trace: an overview, and one step in detail (python -m inspector show)."""
+"""Readable text views of a trace: an overview, and one step in detail (python -m inspector show).
+
+Both say why (why_text.py): the overview counts the recorded causes of waiting, preemption and
+prefix-cache misses; a step lists each cause the scheduler recorded in it."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from inspector.trace.model import KVSnapshot, ScheduledRecord, StepRecord, TokenRecord, Trace
+from inspector.trace.why_text import eviction_text, why_of
 
 
 def format_overview(trace: Trace) -> str:
@@ -18,6 +24,7 @@ def format_overview(trace: Trace) -> str:
         f"{_count(len(trace.sequences), 'request')}, {_count(preemptions, 'preemption')}, "
         f"attention traced for {sorted(trace.attention)}",
     ]
+    lines += _why_overview(trace)
     lines += [f"dropped: {e.message}" for e in trace.events if e.kind == "drop"]
     lines.append("sequences:")
     for seq in trace.sequences.values():
@@ -45,6 +52,10 @@ def format_step(trace: Trace, index: int) -> str:
         *(f"  {_scheduled(x)}" for x in s.scheduled),
         f"  running: {s.running}   waiting: {s.waiting}" + (f"   preempted: {s.preempted}" if s.preempted else ""),
     ]
+    why = _why_step(step)
+    if why:
+        lines.append("why")
+        lines += why
     events = [e for e in trace.events if e.step == index and e.kind in ("fork", "prune")]
     if events:
         lines.append("forks and prunes")
@@ -64,6 +75,30 @@ def terminal_safe(text: str) -> str:
     """`text` with every control character but the newline written as an escape (\\x1b...): a
     trace's strings come from a file, and a raw ESC could drive the reader's terminal."""
     return "".join(c if c == "\n" or c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _why_overview(trace: Trace) -> list[str]:
+    """The causes over the run, counted: sequence-steps spent waiting, by kind; preemptions, by
+    rule; prefix-cache lookups, by outcome; evictions."""
+    waits = Counter(w.kind for step in trace.steps for w in step.schedule.waits)
+    rules = Counter(p.rule for step in trace.steps for p in step.schedule.preemptions)
+    lookups = Counter(p.miss or "hit all" for step in trace.steps for p in step.schedule.prefix)
+    evictions = sum(len(step.schedule.evictions) for step in trace.steps)
+    if not (waits or rules or lookups or evictions):
+        return []
+
+    def counts(counter: Counter) -> str:
+        return ", ".join(f"{kind} {n}" for kind, n in counter.most_common()) or "none"
+
+    return [f"why: waiting (sequence-steps) {counts(waits)}; preemptions {counts(rules)}; "
+            f"prefix-cache lookups {counts(lookups)}; {_count(evictions, 'cached block')} evicted"]
+
+
+def _why_step(step: StepRecord) -> list[str]:
+    s = step.schedule
+    seq_ids = dict.fromkeys(r.seq_id for records in (s.preemptions, s.waits, s.prefix, s.chunks) for r in records)
+    lines = [f"  seq {seq_id}  {line}" for seq_id in seq_ids for line in why_of(s, seq_id)]
+    return lines + [f"  block {e.block_id}  {eviction_text(e)}" for e in s.evictions]
 
 
 def _scheduled(x: ScheduledRecord) -> str:

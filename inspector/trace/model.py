@@ -51,7 +51,10 @@ from inspector.trace.bounds import (
 # 4: what a replay needs (inspector/debug/replay.py): the model's other sizes and its weights
 #    fingerprint, the engine's CUDA-graph, fused-ops and seed settings. Each has a default (None:
 #    not recorded), so a file of schema 2 or 3 still opens; replaying it says what it lacks.
-SCHEMA_VERSION = 4
+# 5: why (minillama/engine/causes.py): each step's wait, preemption, chunk, prefix-cache and
+#    eviction causes. Each list defaults to empty, so a file of schema 2 to 4 reads as a run that
+#    said nothing of why.
+SCHEMA_VERSION = 5
 OLDEST_READABLE_VERSION = 2
 
 # The enumerations. A loaded trace holds one of these values in each such field, or is refused.
@@ -66,6 +69,10 @@ ScheduleReason = Literal["admitted", "resumed", "prefill-continues", "decode", "
 DropKind = Literal["attention", "lens", "logits"]  # the data the memory budget stops keeping
 DType = Literal["float32", "bfloat16", "float16"]
 Backend = Literal["reference", "sdpa", "cpu", "flash-attn", "triton"]  # minillama.ops.attention
+# The causes' kinds (minillama.engine.causes: WaitKind, VictimRule, MissKind).
+WaitKind = Literal["blocks", "tokens", "seats", "behind"]
+VictimRule = Literal["latest-arrival", "whole-search"]
+MissKind = Literal["", "off", "no-full-block", "not-cached", "evicted"]
 
 
 class TraceError(ValueError):
@@ -183,6 +190,59 @@ class ScheduledRecord:
 
 
 @dataclass
+class WaitRecord:
+    """Why a waiting sequence waits (minillama.engine.causes.WaitCause)."""
+
+    seq_id: Count
+    kind: WaitKind
+    needs: Count = 0  # "blocks" / "seats": how many it needs
+    free: Count = 0  # "blocks" / "seats": how many were free
+    by: list[Count] = field(default_factory=list)  # "tokens": the sequences that used the budget
+    head: Count | None = None  # "behind": the head of the queue
+
+
+@dataclass
+class PreemptRecord:
+    """Why a sequence was preempted: `needer` needed a block for its token at `position`."""
+
+    seq_id: Count
+    needer: Count
+    position: Count
+    rule: VictimRule
+
+
+@dataclass
+class ChunkRecord:
+    """A prefill cut short: the step's token budget had `budget_left` of its `remaining` tokens."""
+
+    seq_id: Count
+    budget_left: Count
+    remaining: Positive
+
+
+@dataclass
+class PrefixRecord:
+    """An admission's prefix-cache lookup: the blocks hit, and why it stopped (miss "": it did not)."""
+
+    seq_id: Count
+    hit_blocks: list[Count]
+    miss: MissKind
+    miss_block: Count | None = None  # the first logical block not served
+    differs_at: Count | None = None  # "not-cached": where the prompt leaves the nearest cached prefix
+    evicted_step: Count | None = None  # "evicted": the engine step that reused the block
+    evicted_for: Count | None = None  # "evicted": for whom (None: a sequence before the trace)
+
+
+@dataclass
+class EvictionRecord:
+    """A cached block reused for another sequence: its prefix is cached no more."""
+
+    block_id: Count
+    engine_step: Count
+    for_seq: Count
+
+
+@dataclass
 class ScheduleRecord:
     """The scheduler's decision, and its queues right after making it."""
 
@@ -191,6 +251,24 @@ class ScheduleRecord:
     preempted: list[Count]  # sequence ids evicted to make room (recomputed later)
     waiting: list[Count]  # in arrival order
     running: list[Count]  # in arrival order
+    # Why (schema 5; empty in older files): from the scheduler and block manager, as decided.
+    waits: list[WaitRecord] = field(default_factory=list)  # a sequence preempted here has a preemption instead
+    preemptions: list[PreemptRecord] = field(default_factory=list)
+    chunks: list[ChunkRecord] = field(default_factory=list)
+    prefix: list[PrefixRecord] = field(default_factory=list)
+    evictions: list[EvictionRecord] = field(default_factory=list)
+
+    def wait_of(self, seq_id: int) -> WaitRecord | None:
+        return next((w for w in self.waits if w.seq_id == seq_id), None)
+
+    def preemption_of(self, seq_id: int) -> PreemptRecord | None:
+        return next((p for p in self.preemptions if p.seq_id == seq_id), None)
+
+    def chunk_of(self, seq_id: int) -> ChunkRecord | None:
+        return next((c for c in self.chunks if c.seq_id == seq_id), None)
+
+    def prefix_of(self, seq_id: int) -> PrefixRecord | None:
+        return next((p for p in self.prefix if p.seq_id == seq_id), None)
 
 
 @dataclass

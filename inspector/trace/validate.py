@@ -130,6 +130,7 @@ def _check_step(trace: Trace, step: StepRecord, events: list[Event]) -> None:
             raise TraceError(f"{where}: sequence {x.seq_id}'s block table names blocks outside 0..{nb - 1}")
     for name in ("preempted", "waiting", "running"):
         _check_seq_ids(trace, getattr(s, name), f"{where}: {name}")
+    _check_causes(trace, step, where)
     _check_seq_ids(trace, step.attention_seqs, f"{where}: attention_seqs")
     if not all(trace.sequences[i].traced for i in step.attention_seqs):
         raise TraceError(f"{where}: attention_seqs names a sequence that is not traced")
@@ -149,6 +150,45 @@ def _check_step(trace: Trace, step: StepRecord, events: list[Event]) -> None:
         if t.lens is not None:
             _check_lens(trace, t.lens, f"{where}: logit lens of sequence {t.seq_id}")
     check_kv(trace, step.index, step.kv)
+
+
+def _check_causes(trace: Trace, step: StepRecord, where: str) -> None:
+    """Each cause names a sequence where it applies (a wait a waiting one, a preemption a
+    preempted one, ...), at most once, and blocks, positions and steps that can be."""
+    s, nb, bs = step.schedule, trace.engine.num_blocks, trace.engine.block_size
+    scheduled = {x.seq_id for x in s.scheduled}
+    for name, records, allowed, among in (
+        ("waits", s.waits, set(s.waiting), "its waiting sequences"),
+        ("preemptions", s.preemptions, set(s.preempted), "its preempted sequences"),
+        ("chunks", s.chunks, scheduled, "its scheduled sequences"),
+        ("prefix", s.prefix, set(trace.sequences), "the trace's sequences"),
+    ):
+        ids = [r.seq_id for r in records]
+        if len(set(ids)) != len(ids) or not set(ids) <= allowed:
+            raise TraceError(f"{where}: the causes in {name} name sequences {ids[:10]}, which must be distinct and "
+                             f"among {among}")
+    for w in s.waits:
+        if not set(w.by) <= scheduled or (w.head is not None and w.head not in s.waiting) or max(w.needs, w.free) > nb:
+            raise TraceError(f"{where}: the wait of sequence {w.seq_id} names sequences not scheduled or waiting, "
+                             f"or more than the pool's {nb} blocks")
+    for p in s.preemptions:
+        if p.needer not in trace.sequences or p.position >= MAX_TOKENS:
+            raise TraceError(f"{where}: the preemption of sequence {p.seq_id} names no sequence or position of the trace")
+    for c in s.chunks:
+        if c.budget_left >= c.remaining:
+            raise TraceError(f"{where}: the chunk of sequence {c.seq_id} had the budget for all its {c.remaining} tokens")
+    for p in s.prefix:
+        full = p.miss_block if p.miss_block is not None else len(p.hit_blocks)
+        if (p.hit_blocks and max(p.hit_blocks) >= nb) or full < len(p.hit_blocks) or full * bs >= MAX_TOKENS \
+                or (p.differs_at is not None and not full * bs <= p.differs_at < (full + 1) * bs) \
+                or (p.evicted_step is not None and p.evicted_step > step.engine_step) \
+                or (p.evicted_for is not None and p.evicted_for not in trace.sequences):
+            raise TraceError(f"{where}: the prefix-cache lookup of sequence {p.seq_id} names blocks outside the pool, "
+                             "a position outside its missed block, a later step or an unknown sequence")
+    for e in s.evictions:
+        if e.block_id >= nb or e.engine_step > step.engine_step or e.for_seq not in trace.sequences:
+            raise TraceError(f"{where}: an eviction names block {e.block_id} (the pool has {nb}), a later step "
+                             f"{e.engine_step} or sequence {e.for_seq}, not one of the trace")
 
 
 def _check_logits(trace: Trace, g: LogitsSummary, where: str) -> None:

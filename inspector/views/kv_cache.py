@@ -40,6 +40,7 @@ import plotly.graph_objects as go
 
 from inspector.trace.attention_rows import mass_per_block
 from inspector.trace.model import KVBlockEntry, NotRecorded, Trace
+from inspector.trace.why_text import eviction_text
 from inspector.views.colors import CACHED_FREE_COLOR, CURRENT_COLOR, FREE_COLOR, sequence_color
 from inspector.views.figure import clamp_height, discrete_colorscale, empty_figure, make_figure, step_problem
 from inspector.views.queries import cursor_query, query_note
@@ -92,6 +93,10 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
     for block, lines in copy_notes(trace, index).items():
         if block < shown:
             hover[block] = "<br>".join([hover[block], *lines])
+    # The cached blocks this step reused for another sequence: whose prefix went, for whom.
+    for e in trace.steps[index].schedule.evictions:
+        if e.block_id < shown:
+            hover[e.block_id] = "<br>".join([hover[e.block_id], eviction_text(e)])
     for block in copied:
         if block < shown:
             labels.setdefault(block, []).append("C")

@@ -2,7 +2,8 @@
 
 Read it top to bottom as the step ran: the scheduler decided (the batch, with why each
 sequence is in it: admitted, resumed, its prefill continues, decode, or forked; who was
-preempted, the queues), the model ran the batch (how many tokens: a prefill step computes many per sequence, a
+preempted, the queues, and why: each waiting, preempted, admitted or chunked sequence's cause as
+the scheduler recorded it), the model ran the batch (how many tokens: a prefill step computes many per sequence, a
 decode step one each), the sampler drew tokens, and the KV cache ended as shown. The timings
 split the step's wall time into the engine's phases; "recorder" is what recording cost.
 
@@ -15,6 +16,7 @@ GPU that step "ran eagerly", without a CUDA graph, and the timings show it.
 from __future__ import annotations
 
 from inspector.trace.model import StepRecord, Trace
+from inspector.trace.why_text import eviction_text, why_of
 from inspector.views.figure import step_problem
 from inspector.views.markup import empty_panel, escape, panel, seq_label, step_of
 from inspector.views.tokens import chip_text
@@ -32,7 +34,7 @@ def step_details_html(trace: Trace, index: int) -> str:
         f'<div class="mlv-caption"><b>{step_of(index, len(trace.steps))}</b> (engine step {step.engine_step}) · '
         f"<b>{escape(s.phase)}</b> · {len(s.scheduled)} sequence(s), {num_tokens} token(s) in the batch</div>"
     )
-    sections = [head, _batch(trace, step), _queues(step), _kv(trace, step), _capture(step), _timings(step),
+    sections = [head, _batch(trace, step), _queues(step), _why(step), _kv(trace, step), _capture(step), _timings(step),
                 _events(trace, index)]
     return panel("".join(sections), "mlv-details")
 
@@ -82,6 +84,17 @@ def _queues(step: StepRecord) -> str:
         f"<h4>Scheduler</h4><table><tr><th>preempted</th><td>{ids(s.preempted)}</td></tr>"
         f"<tr><th>running</th><td>{ids(s.running)}</td></tr><tr><th>waiting</th><td>{ids(s.waiting)}</td></tr></table>"
     )
+
+
+def _why(step: StepRecord) -> str:
+    """A line per sequence the scheduler decided something about, and the blocks it evicted."""
+    s = step.schedule
+    seq_ids = dict.fromkeys(r.seq_id for records in (s.preemptions, s.waits, s.prefix, s.chunks) for r in records)
+    rows = [f"<tr><td>{seq_label(i)}</td><td>{'<br>'.join(map(escape, why_of(s, i)))}</td></tr>" for i in seq_ids]
+    rows += [f"<tr><td>block {e.block_id}</td><td>{escape(eviction_text(e))}</td></tr>" for e in s.evictions]
+    if not rows:
+        return ""
+    return f"<h4>Why</h4><table>{''.join(rows)}</table>"
 
 
 def _kv(trace: Trace, step: StepRecord) -> str:

@@ -5,7 +5,8 @@ Rows are sequences, columns are steps, each cell coloured by the sequence's stat
 prompt is prefilled, green while it decodes, a red cell where it was preempted, then amber
 again and blue (it recomputes what it had) before it decodes again. Read down a column to see
 one step's batch: continuous batching shows as rows entering and leaving at any step, not in
-lockstep. The outlined column is the cursor.
+lockstep. The outlined column is the cursor. Hover a waiting or preempted cell for why (the
+cause the scheduler recorded: trace/why_text.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from inspector.trace.model import Trace
+from inspector.trace.why_text import preempt_text, wait_text
 from inspector.views.colors import STATE_COLORS
 from inspector.views.figure import (
     clamp_height,
@@ -38,15 +40,22 @@ def timeline_figure(trace: Trace, index: int) -> go.Figure:
     # Tokens each sequence computed in each step, for the hover.
     computed = np.zeros(z.shape, dtype=np.int32)
     row_of = {seq_id: r for r, seq_id in enumerate(seq_ids)}
+    # The hover's words: the state, and for a waiting or preempted cell its recorded cause.
+    text = [list(states[seq_id]) for seq_id in seq_ids]
     for i, step in enumerate(trace.steps):
-        for x in step.schedule.scheduled:
+        s = step.schedule
+        for x in s.scheduled:
             computed[row_of[x.seq_id], i] = x.num_tokens
+        for w in s.waits:
+            text[row_of[w.seq_id]][i] += f"<br>{wait_text(w)}"
+        for p in s.preemptions:
+            text[row_of[p.seq_id]][i] += f"<br>{preempt_text(p)}"
     heatmap = dict(
         type="heatmap",
         z=z,
         x=np.arange(len(trace.steps)),
         y=[f"#{seq_id}" for seq_id in seq_ids],
-        text=[states[seq_id] for seq_id in seq_ids],
+        text=text,
         customdata=computed,
         hovertemplate="step %{x} · seq %{y}<br>%{text}<br>%{customdata} tokens computed<extra></extra>",
         colorscale=discrete_colorscale([STATE_COLORS[s] for s in STATES]),

@@ -18,6 +18,10 @@ does. The block where the shared prefix ends, if the prefix ends inside it, is c
 the child gets a fresh block holding a copy of the parent's slots up to that point, since it
 writes its own tokens after them. Only full blocks are ever shared, and nobody writes a full
 computed block again, so a shared block never changes under a reader.
+
+Causes (minillama/engine/causes.py): allocate() says why its lookup stopped where it did, and a
+cached block reused for another sequence is remembered as an Eviction (bounded: the latest
+MAX_EVICTIONS, by hash), so a later miss on that prefix can say when and for whom it went.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import xxhash
 
+from minillama.engine.causes import Eviction, PrefixCause
 from minillama.engine.sequence import Sequence
+
+# Evictions remembered for the causes of later misses, the latest first to go when full: about
+# 100 bytes each, so the record stays small however long the engine runs.
+MAX_EVICTIONS = 4096
 
 
 @dataclass
@@ -39,6 +48,7 @@ class Block:
     # Chained hash of the prefix ending with this block; None until the block is full and computed.
     hash: int | None = None
     token_ids: list[int] = field(default_factory=list)  # what a hashed block holds
+    prev_hash: int | None = None  # a hashed block's predecessor's hash (None: the first block)
 
 
 def chain_hash(prev_hash: int | None, token_ids: list[int]) -> int:
@@ -60,6 +70,12 @@ class BlockManager:
         self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.hash_to_block_id: dict[int, int] = {}
         self.num_hit_blocks = 0  # prefix-cache hits since start, in blocks
+        # The last hashed block after each prefix (its predecessor's hash -> block id): the
+        # nearest cached block when a prompt misses, to tell where the prompt differs from it.
+        self.successors: dict[int | None, int] = {}
+        self.step = 0  # the engine step being planned (LLMEngine sets it): evictions name it
+        self.evictions: dict[int, Eviction] = {}  # a hash no longer cached -> how it went
+        self.new_evictions: list[Eviction] = []  # since the scheduler last took them
 
     @property
     def num_blocks(self) -> int:
@@ -77,18 +93,48 @@ class BlockManager:
         Only blocks entirely within the first num_tokens - 1 tokens count: the last token must
         be computed anyway, because its output gives the logits of the next token.
         """
-        if not self.enable_prefix_caching:
-            return []
+        return self._lookup(seq)[0]
+
+    def _lookup(self, seq: Sequence) -> tuple[list[int], int | None, int | None]:
+        """cached_prefix's hits, with the hash of the prefix before the first block missed and
+        that block's own hash (None, None when nothing was missed)."""
         hits: list[int] = []
+        if not self.enable_prefix_caching:
+            return hits, None, None
         prev_hash = None
         for index in range((seq.num_tokens - 1) // self.block_size):
             tokens = seq.block_tokens(index, self.block_size)
-            prev_hash = chain_hash(prev_hash, tokens)
-            block_id = self.hash_to_block_id.get(prev_hash)
+            block_hash = chain_hash(prev_hash, tokens)
+            block_id = self.hash_to_block_id.get(block_hash)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
-                break
+                return hits, prev_hash, block_hash
             hits.append(block_id)
-        return hits
+            prev_hash = block_hash
+        return hits, None, None
+
+    def _prefix_cause(self, seq: Sequence, hits: list[int], prev_hash: int | None,
+                      miss_hash: int | None) -> PrefixCause:
+        """Why the lookup that found `hits` stopped: at admission only, never in a decode step."""
+        num_full = (seq.num_tokens - 1) // self.block_size
+        if not self.enable_prefix_caching:
+            return PrefixCause(seq.seq_id, (), "off")
+        if num_full == 0:
+            return PrefixCause(seq.seq_id, (), "no-full-block")
+        if miss_hash is None:
+            return PrefixCause(seq.seq_id, tuple(hits), "")
+        index = len(hits)
+        gone = self.evictions.get(miss_hash)
+        if gone is not None:
+            return PrefixCause(seq.seq_id, tuple(hits), "evicted", index, -1, gone.step, gone.for_seq)
+        # The nearest cached prefix: a cached block after the same prefix as the missed one.
+        differs_at = -1
+        near = self.successors.get(prev_hash)
+        if near is not None and self.blocks[near].hash is not None and self.blocks[near].prev_hash == prev_hash:
+            tokens = seq.block_tokens(index, self.block_size)
+            offset = next((i for i, (a, b) in enumerate(zip(tokens, self.blocks[near].token_ids)) if a != b), -1)
+            if offset >= 0:
+                differs_at = index * self.block_size + offset
+        return PrefixCause(seq.seq_id, tuple(hits), "not-cached", index, differs_at)
 
     def can_allocate(self, seq: Sequence) -> bool:
         """Are there enough free blocks to hold all of `seq`'s tokens?"""
@@ -97,25 +143,32 @@ class BlockManager:
     def can_allocate_all(self, seqs: Iterable[Sequence]) -> bool:
         """Could allocate() take all of `seqs` at once (a beam search's beams, admitted
         together)? A prefix-cache hit they share costs its block once."""
+        return self.blocks_needed_all(seqs) <= self.num_free_blocks
+
+    def blocks_needed_all(self, seqs: Iterable[Sequence]) -> int:
+        """The free blocks allocate() would take for all of `seqs` at once."""
         fresh, revived = 0, set()
         for seq in seqs:
             hits = self.cached_prefix(seq)
             # A hit on a block nobody uses right now still takes that block off the free list.
             revived.update(block_id for block_id in hits if self.blocks[block_id].ref_count == 0)
             fresh += seq.num_blocks_needed(self.block_size) - len(hits)
-        return fresh + len(revived) <= self.num_free_blocks
+        return fresh + len(revived)
 
-    def allocate(self, seq: Sequence) -> None:
+    def allocate(self, seq: Sequence) -> PrefixCause:
         """Give `seq` blocks for all its tokens, reusing prefix-cache hits; the caller checked
-        can_allocate. Sets num_computed_tokens to the tokens the hits already hold."""
+        can_allocate. Sets num_computed_tokens to the tokens the hits already hold. Returns
+        what the lookup found, and why it stopped there."""
         assert not seq.block_table, f"{seq} already holds blocks"
-        hits = self.cached_prefix(seq)
+        hits, prev_hash, miss_hash = self._lookup(seq)
+        cause = self._prefix_cause(seq, hits, prev_hash, miss_hash)  # before the blocks below are taken
         for block_id in hits:
             self._share(block_id)
-        fresh = [self._take_free_block() for _ in range(seq.num_blocks_needed(self.block_size) - len(hits))]
+        fresh = [self._take_free_block(seq.seq_id) for _ in range(seq.num_blocks_needed(self.block_size) - len(hits))]
         seq.block_table = (*hits, *fresh)
         seq.num_cached_tokens = seq.num_computed_tokens = len(hits) * self.block_size
         self.num_hit_blocks += len(hits)
+        return cause
 
     # -- forking ------------------------------------------------------------------------------------
 
@@ -140,7 +193,7 @@ class BlockManager:
         shared = parent.block_table[:num_full]
         for block_id in shared:
             self._share(block_id)
-        fresh = [self._take_free_block() for _ in range(child.num_blocks_needed(self.block_size) - num_full)]
+        fresh = [self._take_free_block(child.seq_id) for _ in range(child.num_blocks_needed(self.block_size) - num_full)]
         child.block_table = (*shared, *fresh)
         child.num_computed_tokens = num_computed
         # The child always has a token past the prefix, so it has a block after the shared ones.
@@ -158,7 +211,7 @@ class BlockManager:
     def append_slot(self, seq: Sequence) -> None:
         """Make room for the token a decode step is about to compute."""
         if self.needs_new_block(seq):
-            seq.block_table = (*seq.block_table, self._take_free_block())
+            seq.block_table = (*seq.block_table, self._take_free_block(seq.seq_id))
 
     def free(self, seq: Sequence) -> None:
         """Give back every block of `seq` (finished or preempted)."""
@@ -185,20 +238,38 @@ class BlockManager:
                 continue
             prev_hash = self.blocks[seq.block_table[index - 1]].hash if index > 0 else None
             block.token_ids = seq.block_tokens(index, bs)
-            block.hash = chain_hash(prev_hash, block.token_ids)
+            block.hash, block.prev_hash = chain_hash(prev_hash, block.token_ids), prev_hash
             # Two sequences may compute the same prefix in one batch: the first block wins.
             self.hash_to_block_id.setdefault(block.hash, block.block_id)
+            self.successors[prev_hash] = block.block_id
+            self.evictions.pop(block.hash, None)  # cached again
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _take_free_block(self) -> int:
+    def take_evictions(self) -> tuple[Eviction, ...]:
+        """The evictions since the last call (the scheduler puts them in its step's output)."""
+        taken = tuple(self.new_evictions)
+        self.new_evictions.clear()
+        return taken
+
+    def _take_free_block(self, for_seq: int) -> int:
         block_id, _ = self.free_block_ids.popitem(last=False)
         block = self.blocks[block_id]
-        # Reusing a block overwrites what it cached: forget its hash.
-        if block.hash is not None and self.hash_to_block_id.get(block.hash) == block_id:
-            del self.hash_to_block_id[block.hash]
-        block.hash, block.token_ids, block.ref_count = None, [], 1
+        # Reusing a block overwrites what it cached: forget its hash, and remember why.
+        if block.hash is not None:
+            if self.hash_to_block_id.get(block.hash) == block_id:
+                del self.hash_to_block_id[block.hash]
+                self._remember_eviction(block.hash, Eviction(block_id, self.step, for_seq))
+            if self.successors.get(block.prev_hash) == block_id:
+                del self.successors[block.prev_hash]
+        block.hash, block.prev_hash, block.token_ids, block.ref_count = None, None, [], 1
         return block_id
+
+    def _remember_eviction(self, block_hash: int, eviction: Eviction) -> None:
+        if len(self.evictions) >= MAX_EVICTIONS:
+            del self.evictions[next(iter(self.evictions))]  # the oldest
+        self.evictions[block_hash] = eviction
+        self.new_evictions.append(eviction)
 
     def _share(self, block_id: int) -> None:
         block = self.blocks[block_id]

@@ -455,6 +455,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduler iteration: one forward pass over the batch it picks."""
         t0 = time.perf_counter()
+        self.block_manager.step = self.step_count  # the step evictions are recorded at
         batch = self.scheduler.schedule()
         t1 = time.perf_counter()
         schedule_ms, observe_ms = (t1 - t0) * 1e3, 0.0

@@ -29,6 +29,11 @@ with its siblings.
 The decision is published as a SchedulerOutput, an immutable value: the model runner builds
 the step's tensors from it, and observers read it, so what they see is exactly what ran. The
 live Sequence objects stay inside the scheduler.
+
+With it go the causes (minillama/engine/causes.py), made where each decision is made: why each
+waiting sequence waits, why each preemption happened and who was chosen, what budget a chunked
+prefill had, what each admission's prefix-cache lookup found and why it stopped, and which cached
+blocks were evicted for whom. A decode step with nobody waiting makes none.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from operator import attrgetter
 from typing import Literal, NamedTuple
 
 from minillama.engine.block_manager import BlockManager
+from minillama.engine.causes import ChunkCause, Eviction, PreemptCause, PrefixCause, WaitCause
 from minillama.engine.sequence import Sequence, SequenceStatus
 
 Phase = Literal["prefill", "decode"]
@@ -90,6 +96,14 @@ class SchedulerOutput:
     num_tokens: int = field(init=False)  # tokens computed in the step, N
     # The sequences that produce a token this step, in batch order (the logits' rows).
     sampling: tuple[ScheduledSequence, ...] = field(init=False)
+    # Why (causes.py): one per waiting id (but those preempted in this step: see preemptions),
+    # one per preempted id, one per prefill cut short by the budget, one per admission with
+    # blocks allocated (its prefix-cache lookup), and the cached blocks reused since last step.
+    waits: tuple[WaitCause, ...] = ()
+    preemptions: tuple[PreemptCause, ...] = ()
+    chunks: tuple[ChunkCause, ...] = ()
+    prefix: tuple[PrefixCause, ...] = ()
+    evictions: tuple[Eviction, ...] = ()
 
     def __post_init__(self) -> None:
         # Derived once here: a frozen value cannot cache them later.
@@ -122,6 +136,14 @@ class Scheduler:
         self._waiting_ids: tuple[int, ...] | None = None
         # Seats held for the beams a search's running first beam will make: its id -> how many.
         self.reserved_seats: dict[int, int] = {}
+        # The step being planned: why the head of the queue could not start (None: it did, or
+        # nobody waits), the causes gathered so far, and the last waits made, reused while the
+        # queue and the head's cause stay the same (most decode steps).
+        self._head_cause: WaitCause | None = None
+        self._preemptions: list[PreemptCause] = []
+        self._chunks: list[ChunkCause] = []
+        self._prefix: list[PrefixCause] = []
+        self._waits: tuple[tuple[int, ...], WaitCause | None, tuple[WaitCause, ...]] = ((), None, ())
 
     def add(self, seq: Sequence) -> None:
         """Queue a new request; a fork that already holds blocks (BlockManager.fork) waits
@@ -178,6 +200,9 @@ class Scheduler:
         return [*self.running, *self.forked] if self.forked else self.running
 
     def schedule(self) -> SchedulerOutput:
+        self._head_cause = None
+        if self._preemptions or self._chunks or self._prefix:
+            self._preemptions, self._chunks, self._prefix = [], [], []
         seqs, batch = self._schedule_prefill()
         if not batch.scheduled:
             seqs, batch = self._schedule_decode()
@@ -192,7 +217,7 @@ class Scheduler:
         #    with a single token left goes to decode instead, which computes exactly that.
         for seq in self.running:
             if seq.num_uncomputed_tokens > 1 and budget > 0:
-                n = min(seq.prefill_end - seq.num_computed_tokens, budget)
+                n = self._take(seq, seq.prefill_end - seq.num_computed_tokens, budget)
                 seqs.append(seq)
                 scheduled.append(self._prefill_item(seq, n, "prefill-continues"))
                 budget -= n
@@ -200,7 +225,7 @@ class Scheduler:
         while self.forked and budget > 0 and self._free_seats() >= self._seats_needed(self.forked[0]):
             seq = self.forked.popleft()
             self._start(seq)
-            n = min(seq.num_uncomputed_tokens, budget)
+            n = self._take(seq, seq.num_uncomputed_tokens, budget)
             seqs.append(seq)
             scheduled.append(self._prefill_item(seq, n, "forked"))
             budget -= n
@@ -209,21 +234,37 @@ class Scheduler:
         while self.waiting and budget > 0:
             head = self.waiting[0]
             group = [s for s in self.waiting if s.beam_of == head.beam_of] if head.is_lockstep_beam else [head]
-            if self._free_seats() < max(len(group), self._seats_needed(head)):
+            seats, free_seats = max(len(group), self._seats_needed(head)), self._free_seats()
+            if free_seats < seats:
+                self._head_cause = WaitCause(head.seq_id, "seats", seats, free_seats)
                 break
-            if not self.block_manager.can_allocate_all(group):
-                break  # the oldest waits for blocks; admitting younger ones would starve it
+            needs, free = self.block_manager.blocks_needed_all(group), self.block_manager.num_free_blocks
+            if needs > free:  # the oldest waits for blocks; admitting younger ones would starve it
+                self._head_cause = WaitCause(head.seq_id, "blocks", needs, free)
+                break
             for seq in group:
-                self.block_manager.allocate(seq)  # prefix-cache hits count as computed
+                # Prefix-cache hits count as computed.
+                self._prefix.append(self.block_manager.allocate(seq))
                 self.waiting.remove(seq)
                 self._start(seq)
-                n = min(seq.prefill_end - seq.num_computed_tokens, budget)
+                n = self._take(seq, seq.prefill_end - seq.num_computed_tokens, budget)
                 if n > 0:  # a beam may find all but its last token in the prefix cache, or no budget left
                     seqs.append(seq)
                     scheduled.append(self._prefill_item(seq, n, self._admission_reason(seq)))
                     budget -= n
             self._waiting_ids = None
+        if budget <= 0 and (self.waiting or self.forked):
+            head = self.waiting[0] if self.waiting else self.forked[0]
+            self._head_cause = WaitCause(head.seq_id, "tokens", by=tuple(map(_seq_id, scheduled)))
         return seqs, self._output("prefill", scheduled, ())
+
+    def _take(self, seq: Sequence, remaining: int, budget: int) -> int:
+        """The tokens of `remaining` that `seq` computes this step with `budget` left; a prefill
+        cut short says so."""
+        if remaining > budget:
+            self._chunks.append(ChunkCause(seq.seq_id, budget, remaining))
+            return budget
+        return remaining
 
     def _schedule_decode(self) -> tuple[list[Sequence], SchedulerOutput]:
         scheduled: list[ScheduledSequence] = []
@@ -232,7 +273,7 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop to make room for an older one
             while not self.block_manager.can_append(seq):
-                preempted += self._preempt_latest()
+                preempted += self._preempt_latest(seq)
                 if seq.status is not SequenceStatus.RUNNING:
                     break  # it was the latest arrival (or a beam of its search)
             if seq.status is SequenceStatus.RUNNING:
@@ -250,13 +291,15 @@ class Scheduler:
         # Every running sequence left runs, in order.
         return list(self.running), self._output("decode", scheduled, tuple(preempted))
 
-    def _preempt_latest(self) -> list[int]:
+    def _preempt_latest(self, needer: Sequence) -> list[int]:
         """Preempt the latest arrival, and with a beam all the beams of its search (they advance
-        together); returns their ids."""
+        together), to make room for `needer`'s next token; returns their ids."""
         victim = self.running[-1]
         group = [s for s in self.running if s.beam_of == victim.beam_of] if victim.is_lockstep_beam else [victim]
+        rule = "whole-search" if victim.is_lockstep_beam else "latest-arrival"
         for seq in reversed(group):
             self._preempt(seq)
+            self._preemptions.append(PreemptCause(seq.seq_id, needer.seq_id, needer.num_tokens - 1, rule))
         return [seq.seq_id for seq in reversed(group)]
 
     def preempt_search(self, beams: list[Sequence]) -> None:
@@ -294,7 +337,35 @@ class Scheduler:
         if self.forked:  # forks without a seat wait too
             waiting = tuple(sorted((*waiting, *map(_seq_id, self.forked))))
         running = tuple(map(_seq_id, self.running))
-        return SchedulerOutput(phase, tuple(scheduled), preempted, waiting, running)
+        bm = self.block_manager
+        evictions = bm.take_evictions() if bm.new_evictions else ()
+        return SchedulerOutput(phase, tuple(scheduled), preempted, waiting, running, self._wait_causes(waiting),
+                               tuple(self._preemptions), tuple(self._chunks), tuple(self._prefix), evictions)
+
+    def _wait_causes(self, waiting: tuple[int, ...]) -> tuple[WaitCause, ...]:
+        """A cause per waiting id: the head's, as the plan found it; the others queue behind it
+        (a sequence preempted in this step has its PreemptCause instead)."""
+        head = self._head_cause
+        if not waiting or (head is None and not self.forked):
+            return ()
+        last_waiting, last_head, last_causes = self._waits
+        if last_waiting is waiting and last_head == head and not self.forked:
+            return last_causes  # a decode step like the one before
+        victims = {cause.seq_id for cause in self._preemptions}
+        # A fork without a seat waits apart from the queue, for a seat (or, like all, tokens).
+        forks = {seq.seq_id: self._seats_needed(seq) for seq in self.forked}
+        free_seats = self._free_seats()
+
+        def cause(seq_id: int) -> WaitCause:
+            if head is not None and (seq_id == head.seq_id or (seq_id in forks and head.kind == "tokens")):
+                return head._replace(seq_id=seq_id)
+            if seq_id in forks:
+                return WaitCause(seq_id, "seats", forks[seq_id], free_seats)
+            return WaitCause(seq_id, "behind", head=head.seq_id if head is not None else -1)
+
+        causes = tuple(cause(seq_id) for seq_id in waiting if seq_id not in victims)
+        self._waits = (waiting, head, causes)
+        return causes
 
     def _preempt(self, seq: Sequence) -> None:
         """Free all of `seq`'s blocks and queue it to be recomputed from scratch."""
