@@ -24,6 +24,18 @@ TINY_CONFIGS = {
 }
 
 
+def cuda_fp32_engine(hf_model, attention: str):
+    """An fp32 engine on CUDA over `hf_model`'s weights (64 blocks of 16) with the given attention
+    backend, CUDA graphs on; skips the calling test when that backend is not installed here."""
+    from minillama import EngineConfig, LLMEngine
+
+    try:
+        return LLMEngine.from_hf_model(hf_model, EngineConfig(device="cuda", dtype="float32", attention=attention,
+                                                              num_kv_blocks=64, block_size=16))
+    except ValueError as exc:  # backend not installed here
+        pytest.skip(str(exc))
+
+
 def make_hf_model(name: str, seed: int = 0, vocab_size: int = 256, init_std: float = 0.1):
     """A random transformers.LlamaForCausalLM of the named tiny shape (no EOS, so generation
     runs to max_tokens)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_hf_model
+from conftest import cuda_fp32_engine, make_hf_model
 from test_fork import PROMPT, all_free, check_pool, make_engine, run
 
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, Observer, SamplingParams
@@ -328,11 +328,7 @@ def test_beams_on_cuda_with_cuda_graphs(attention):
     4 beams decoding through CUDA graphs, equal to transformers on the same GPU."""
     torch.backends.cuda.matmul.allow_tf32 = False
     hf = make_hf_model("gqa-tied-llama3").cuda()
-    try:
-        engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", dtype="float32", attention=attention,
-                                                          num_kv_blocks=64, block_size=16))
-    except ValueError as exc:  # backend not installed here
-        pytest.skip(str(exc))
+    engine = cuda_fp32_engine(hf, attention)
     assert engine.runner.graphs, "decode should run through CUDA graphs"
     prompt = [(11 * i + 5) % 256 for i in range(40)]
     got, scores = run_search(engine, prompt, beam(4, 12, stop_token_ids=(57,)))

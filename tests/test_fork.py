@@ -14,7 +14,7 @@ import random
 
 import pytest
 import torch
-from conftest import make_hf_model
+from conftest import cuda_fp32_engine, make_hf_model
 
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, Observer, SamplingParams, SchedulerOutput
 from minillama.engine.block_manager import BlockManager
@@ -439,16 +439,9 @@ def test_forks_on_cuda_with_cuda_graphs(attention):
     torch.backends.cuda.matmul.allow_tf32 = False
     hf = make_hf_model("gqa-tied-llama3").cuda()
 
-    def cuda_engine() -> LLMEngine:
-        try:
-            return LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", dtype="float32", attention=attention,
-                                                            num_kv_blocks=64, block_size=16))
-        except ValueError as exc:  # backend not installed here
-            pytest.skip(str(exc))
-
     prompt = [(11 * i + 5) % 256 for i in range(40)]
     params = SamplingParams(temperature=0, max_tokens=12)
-    engine = cuda_engine()
+    engine = cuda_fp32_engine(hf, attention)
     parent = engine.add_request(prompt, params)
     for _ in range(5):  # 44 tokens, 43 computed
         engine.step()
@@ -461,7 +454,7 @@ def test_forks_on_cuda_with_cuda_graphs(attention):
     outputs = run(engine, check=lambda: check_pool(engine))
     assert all_free(engine)
     for num_tokens, child in forks.items():
-        fresh = cuda_engine()
+        fresh = cuda_fp32_engine(hf, attention)
         request_id = fresh.add_request(tokens[:num_tokens] + [num_tokens], params)
         assert outputs[child] == run(fresh)[request_id], f"fork at {num_tokens}"
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_hf_model
+from conftest import cuda_fp32_engine, make_hf_model
 from test_fork import PROMPT, Plans, all_free, check_pool, make_engine, run
 
-from minillama import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
+from minillama import InvalidRequestError, SamplingParams
 from minillama.engine.llm import LLM
 
 SEED = 1234
@@ -181,20 +181,13 @@ def test_samples_on_cuda_with_cuda_graphs(attention):
     torch.backends.cuda.matmul.allow_tf32 = False
     hf = make_hf_model("gqa-tied-llama3").cuda()
 
-    def cuda_engine() -> LLMEngine:
-        try:
-            return LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", dtype="float32", attention=attention,
-                                                            num_kv_blocks=64, block_size=16))
-        except ValueError as exc:  # backend not installed here
-            pytest.skip(str(exc))
-
     prompt = [(11 * i + 5) % 256 for i in range(40)]
     params = SamplingParams(temperature=1.0, max_tokens=12, seed=SEED, ignore_eos=True)
-    engine = cuda_engine()
+    engine = cuda_fp32_engine(hf, attention)
     leader = engine.add_request(prompt, SamplingParams(**{**vars(params), "n": 4}))
     outputs = run(engine, check=lambda: check_pool(engine))
     assert all_free(engine)
     for i, request_id in enumerate(engine.samples(leader)):
-        fresh = cuda_engine()
+        fresh = cuda_fp32_engine(hf, attention)
         alone = fresh.add_request(prompt, SamplingParams(**{**vars(params), "seed": SEED + i}))
         assert outputs[request_id] == run(fresh)[alone], f"sample {i}"

@@ -212,8 +212,7 @@ class Recorder(Observer):
         inherited = [*parent.prompt_token_ids, *parent.output_token_ids][: event.position]
         forced = list(event.forced_token_ids)
         record = self.register(event.child_id, prompt_ids=inherited + forced if event.cause == "user" else inherited)
-        record.fork_cause = event.cause
-        record.parent_id, record.fork_position = event.parent_id, event.position
+        record.fork_cause = event.cause  # parent and position: register read them from the request
         copy = CopyRecord(*event.copy) if event.copy is not None else None
         fork = ForkRecord(event.child_id, event.parent_id, event.position, forced,
                           [self._token_text(t) for t in forced], event.cause, event.prefix,

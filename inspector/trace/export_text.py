@@ -56,7 +56,7 @@ def format_step(trace: Trace, index: int) -> str:
     if why:
         lines.append("why")
         lines += why
-    events = [e for e in trace.events if e.step == index and e.kind in ("fork", "prune")]
+    events = [e for e in trace.events_at(index) if e.kind in ("fork", "prune")]
     if events:
         lines.append("forks and prunes")
         lines += [f"  {e.message}" for e in events]

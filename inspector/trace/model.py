@@ -488,11 +488,16 @@ class Trace:
         """Every fork, in the order they happened."""
         return [e.fork for e in self.events if e.fork is not None]
 
+    def events_at(self, index: int) -> list[Event]:
+        """The events before or during step `index`: a binary search, as their steps never
+        decrease (validate checks it), so a view or a breakpoint at every step stays cheap."""
+        step_of = _event_step
+        return self.events[bisect.bisect_left(self.events, index, key=step_of):
+                           bisect.bisect_right(self.events, index, key=step_of)]
+
     def forks_at(self, index: int) -> list[ForkRecord]:
-        """The forks made before or during step `index` (the events of that step)."""
-        steps = [e.step for e in self.events]  # non-decreasing (validate checks it)
-        events = self.events[bisect.bisect_left(steps, index) : bisect.bisect_right(steps, index)]
-        return [e.fork for e in events if e.fork is not None]
+        """The forks made before or during step `index`."""
+        return [e.fork for e in self.events_at(index) if e.fork is not None]
 
     def copies_at(self, index: int) -> list[tuple[ForkRecord, CopyRecord]]:
         """The copies on write made before or during step `index`, with the fork that made each."""
@@ -535,3 +540,7 @@ class Trace:
             traced = sorted(self.attention)
             raise NotRecorded(f"sequence {seq_id} has no recorded queries and keys (recorded: {traced})")
         return self.attention[seq_id]
+
+
+def _event_step(event: Event) -> int:
+    return event.step

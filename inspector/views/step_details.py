@@ -131,7 +131,7 @@ def _timings(step: StepRecord) -> str:
 
 
 def _events(trace: Trace, index: int) -> str:
-    events = [e for e in trace.events if e.step == index]
+    events = trace.events_at(index)
     if not events:
         return ""
     items = "".join(f"<li>{escape(e.kind)}: {escape(e.message)}</li>" for e in events)
