@@ -24,16 +24,27 @@ TINY_CONFIGS = {
 }
 
 
-def cuda_fp32_engine(hf_model, attention: str):
+def cuda_fp32_engine(hf_model, attention: str = "sdpa"):
     """An fp32 engine on CUDA over `hf_model`'s weights (64 blocks of 16) with the given attention
-    backend, CUDA graphs on; skips the calling test when that backend is not installed here."""
+    backend, for tests that compare with transformers or with fresh requests exactly. It decodes
+    eagerly: the one graph-safe backend, Triton, computes in 16 bits only (cuda_bf16_engine)."""
     from minillama import EngineConfig, LLMEngine
 
-    try:
-        return LLMEngine.from_hf_model(hf_model, EngineConfig(device="cuda", dtype="float32", attention=attention,
-                                                              num_kv_blocks=64, block_size=16))
-    except ValueError as exc:  # backend not installed here
-        pytest.skip(str(exc))
+    return LLMEngine.from_hf_model(hf_model, EngineConfig(device="cuda", dtype="float32", attention=attention,
+                                                          num_kv_blocks=64, block_size=16))
+
+
+def cuda_bf16_engine(hf_model, eager: bool):
+    """A bf16 engine on CUDA with Triton attention over `hf_model`'s weights (64 blocks of 16, at
+    most 8 sequences): its decode steps replay CUDA graphs unless `eager`. Tests run one scenario
+    on both and require the same tokens: a replayed graph must compute what eager code does."""
+    from minillama import EngineConfig, LLMEngine
+
+    engine = LLMEngine.from_hf_model(hf_model, EngineConfig(device="cuda", dtype="bfloat16", attention="triton",
+                                                            enforce_eager=eager, num_kv_blocks=64, block_size=16,
+                                                            max_num_seqs=8))
+    assert bool(engine.runner.graphs) == (not eager), "decode should run through CUDA graphs"
+    return engine
 
 
 def make_hf_model(name: str, seed: int = 0, vocab_size: int = 256, init_std: float = 0.1):

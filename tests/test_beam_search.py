@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cuda_fp32_engine, make_hf_model
+from conftest import cuda_bf16_engine, cuda_fp32_engine, make_hf_model
 from test_fork import PROMPT, all_free, check_pool, make_engine, run
 
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, Observer, SamplingParams
@@ -320,22 +320,30 @@ def test_a_trace_keeps_the_beam_parameters(early_stopping, error):
 # -- on a CUDA GPU ---------------------------------------------------------------------------------------
 
 
+CUDA_PROMPT = [(11 * i + 5) % 256 for i in range(40)]  # its last block partly filled: each beam's fork copies it
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("attention", ["triton", "sdpa"])
-def test_beams_on_cuda_with_cuda_graphs(attention):
-    """A 40-token prompt (its last block partly filled: each beam's fork copies it on write),
-    4 beams decoding through CUDA graphs, equal to transformers on the same GPU."""
+def test_beams_on_cuda_equal_transformers():
+    """4 beams of a 40-token prompt on the GPU in float32 equal transformers' on the same GPU."""
     torch.backends.cuda.matmul.allow_tf32 = False
     hf = make_hf_model("gqa-tied-llama3").cuda()
-    engine = cuda_fp32_engine(hf, attention)
-    assert engine.runner.graphs, "decode should run through CUDA graphs"
-    prompt = [(11 * i + 5) % 256 for i in range(40)]
-    got, scores = run_search(engine, prompt, beam(4, 12, stop_token_ids=(57,)))
+    got, scores = run_search(cuda_fp32_engine(hf), CUDA_PROMPT, beam(4, 12, stop_token_ids=(57,)))
     with torch.no_grad():
-        out = hf.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=12, do_sample=False, num_beams=4,
+        out = hf.generate(torch.tensor([CUDA_PROMPT], device="cuda"), max_new_tokens=12, do_sample=False, num_beams=4,
                           num_return_sequences=4, eos_token_id=57, pad_token_id=0, output_scores=True,
                           return_dict_in_generate=True)
     expected = [row[: row.index(57) + 1] if 57 in row else row for row in out.sequences[:, 40:].tolist()]
     assert got == expected and scores == pytest.approx(out.sequences_scores.tolist(), abs=1e-4)
-    assert all_free(engine)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_beams_through_cuda_graphs_equal_eager():
+    """The same search decoding through CUDA graphs (bf16, Triton) keeps the eager engine's beams
+    with its scores: forks, prunes and copies on write between graph replays change nothing."""
+    hf = make_hf_model("gqa-tied-llama3").cuda()
+    eager, graphed = (run_search(cuda_bf16_engine(hf, eager), CUDA_PROMPT, beam(4, 12, stop_token_ids=(57,)))
+                      for eager in (True, False))
+    assert_same(*graphed, eager)

@@ -14,7 +14,7 @@ import random
 
 import pytest
 import torch
-from conftest import cuda_fp32_engine, make_hf_model
+from conftest import cuda_bf16_engine, cuda_fp32_engine, make_hf_model
 
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, Observer, SamplingParams, SchedulerOutput
 from minillama.engine.block_manager import BlockManager
@@ -431,32 +431,46 @@ def test_bad_input_to_fork_changes_nothing(hf_model, args, message):
 # -- on a CUDA GPU ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("attention", ["triton", "sdpa"])
-def test_forks_on_cuda_with_cuda_graphs(attention):
-    """Forks inside a block, on a boundary and in the output, decoding through CUDA graphs."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    hf = make_hf_model("gqa-tied-llama3").cuda()
-
+def fork_scenario(engine: LLMEngine) -> tuple[list[int], dict[int, int], dict[int, list[int]]]:
+    """A parent decodes 4 tokens of a 40-token prompt (43 of its 44 tokens computed), then forks
+    inside a block (20), on a block boundary (32) and in its output (42), each with the token
+    `num_tokens`, and everything runs to the end: (the parent's tokens at the forks,
+    num_tokens -> fork id, every request's outputs)."""
     prompt = [(11 * i + 5) % 256 for i in range(40)]
-    params = SamplingParams(temperature=0, max_tokens=12)
-    engine = cuda_fp32_engine(hf, attention)
-    parent = engine.add_request(prompt, params)
-    for _ in range(5):  # 44 tokens, 43 computed
+    parent = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=12))
+    for _ in range(5):
         engine.step()
     tokens = list(prompt) + list(engine.request(parent).output_token_ids)
     forks = {num_tokens: engine.fork(parent, num_tokens, [num_tokens]) for num_tokens in (20, 32, 42)}
-    table = engine.sequences[forks[20]].block_table
-    parent_table = engine.sequences[parent].block_table
+    table, parent_table = engine.sequences[forks[20]].block_table, engine.sequences[parent].block_table
     assert table[0] == parent_table[0] and torch.equal(engine.kv_cache[:, :, table[1], :4],
                                                        engine.kv_cache[:, :, parent_table[1], :4])
     outputs = run(engine, check=lambda: check_pool(engine))
     assert all_free(engine)
+    return tokens, forks, outputs
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_forks_on_cuda_equal_fresh_requests():
+    """On the GPU in float32, each fork's greedy continuation is a fresh request's."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    hf = make_hf_model("gqa-tied-llama3").cuda()
+    tokens, forks, outputs = fork_scenario(cuda_fp32_engine(hf))
     for num_tokens, child in forks.items():
-        fresh = cuda_fp32_engine(hf, attention)
-        request_id = fresh.add_request(tokens[:num_tokens] + [num_tokens], params)
+        fresh = cuda_fp32_engine(hf)
+        request_id = fresh.add_request(tokens[:num_tokens] + [num_tokens], SamplingParams(temperature=0, max_tokens=12))
         assert outputs[child] == run(fresh)[request_id], f"fork at {num_tokens}"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_forks_through_cuda_graphs_equal_eager():
+    """The same forks decoding through CUDA graphs (bf16, Triton) give the eager engine's tokens:
+    the graphs read the forks' shared and copied blocks through their block tables as eager code does."""
+    hf = make_hf_model("gqa-tied-llama3").cuda()
+    results = [fork_scenario(cuda_bf16_engine(hf, eager)) for eager in (True, False)]
+    assert results[0] == results[1]
 
 
 # -- what observers are told ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cuda_fp32_engine, make_hf_model
+from conftest import cuda_bf16_engine, cuda_fp32_engine, make_hf_model
 from test_fork import PROMPT, Plans, all_free, check_pool, make_engine, run
 
 from minillama import InvalidRequestError, SamplingParams
@@ -172,22 +172,34 @@ def test_generate_yields_a_prompts_samples_consecutively(hf_model):
     assert not llm.engine.sequences and all_free(llm.engine)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("attention", ["triton", "sdpa"])
-def test_samples_on_cuda_with_cuda_graphs(attention):
-    """n = 4 seeded samples of a 40-token prompt (its last block partly filled, copied on write for
-    each sample) decode through CUDA graphs and equal separate requests with seeds seed + i."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    hf = make_hf_model("gqa-tied-llama3").cuda()
+CUDA_PROMPT = [(11 * i + 5) % 256 for i in range(40)]  # its last block partly filled: copied on write per sample
+CUDA_PARAMS = SamplingParams(temperature=1.0, max_tokens=12, seed=SEED, ignore_eos=True)
 
-    prompt = [(11 * i + 5) % 256 for i in range(40)]
-    params = SamplingParams(temperature=1.0, max_tokens=12, seed=SEED, ignore_eos=True)
-    engine = cuda_fp32_engine(hf, attention)
-    leader = engine.add_request(prompt, SamplingParams(**{**vars(params), "n": 4}))
+
+def four_samples(engine) -> list[list[int]]:
+    """n = 4 seeded samples of CUDA_PROMPT, run to the end: each sample's output tokens."""
+    leader = engine.add_request(CUDA_PROMPT, SamplingParams(**{**vars(CUDA_PARAMS), "n": 4}))
     outputs = run(engine, check=lambda: check_pool(engine))
     assert all_free(engine)
-    for i, request_id in enumerate(engine.samples(leader)):
-        fresh = cuda_fp32_engine(hf, attention)
-        alone = fresh.add_request(prompt, SamplingParams(**{**vars(params), "seed": SEED + i}))
-        assert outputs[request_id] == run(fresh)[alone], f"sample {i}"
+    return [outputs[request_id] for request_id in engine.samples(leader)]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_samples_on_cuda_equal_separate_requests():
+    """On the GPU in float32, n = 4 seeded samples equal separate requests with seeds seed + i."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    hf = make_hf_model("gqa-tied-llama3").cuda()
+    samples = four_samples(cuda_fp32_engine(hf))
+    for i, sample in enumerate(samples):
+        fresh = cuda_fp32_engine(hf)
+        alone = fresh.add_request(CUDA_PROMPT, SamplingParams(**{**vars(CUDA_PARAMS), "seed": SEED + i}))
+        assert sample == run(fresh)[alone], f"sample {i}"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_samples_through_cuda_graphs_equal_eager():
+    """The four samples decoding through CUDA graphs (bf16, Triton) draw the eager engine's tokens."""
+    hf = make_hf_model("gqa-tied-llama3").cuda()
+    assert four_samples(cuda_bf16_engine(hf, eager=True)) == four_samples(cuda_bf16_engine(hf, eager=False))
