@@ -91,29 +91,50 @@ class Selection(NamedTuple):
 
 def select_all(groups: list[BeamGroup], logits: torch.Tensor, rows: list[list[int]]) -> list[Selection]:
     """One step of every search in `groups`: group g's live beams, in order, gave logits rows
-    rows[g] ([B, V] fp32 logits of the whole batch). Step 1 runs on the device, batched: one
-    log-softmax over every beam's row, each beam's score added, and one top-k per shape of search
-    (as many live beams and candidates), then one copy to the host; the rules run there. (A
-    search at a time would cost several waits for the GPU per search and step.)"""
+    rows[g] ([B, V] fp32 logits of the whole batch). Step 1 runs on the device, batched, in two
+    stages, then one copy goes to the host, where the rules run on Python lists:
+
+    - each beam's C best tokens (C: the most candidates a search takes), from one log-softmax
+      and one top-k over every beam's row ([R, V] -> [R, C], R the beams of every search). A
+      search's C best continuations are among its beams' C best each, since a beam adds the same
+      score to all its tokens, so nothing past this point touches a [R, V] tensor again;
+    - each beam's score added ([R, C], float32 as Hugging Face adds it over [R, V]: the same
+      values), and one top-k per shape of search (as many live beams and candidates).
+
+    A search at a time, or tensor operations per search, would cost a wait for the GPU or a
+    kernel launch per search and step: with hundreds of beams in a batch, more than the
+    forward pass."""
     vocab = logits.shape[1]
-    flat = [row for group_rows in rows for row in group_rows]
-    logprobs = torch.log_softmax(logits[flat], dim=-1)  # [R, V], R = the beams of every search
-    scores = torch.cat([group.scores for group in groups]).to(logits.device)  # [R] float32
-    totals = logprobs + scores[:, None]  # [R, V]: every continuation's summed log-probability
-    offsets = [0]
-    for group_rows in rows:
-        offsets.append(offsets[-1] + len(group_rows))
+    stage_width = min(max(group.num_candidates for group in groups), vocab)
     shapes: dict[tuple[int, int], list[int]] = {}  # (live beams, candidates) -> the searches of that shape
     for g, group in enumerate(groups):
-        shapes.setdefault((len(rows[g]), min(group.num_candidates, len(rows[g]) * vocab)), []).append(g)
+        shapes.setdefault((len(rows[g]), min(group.num_candidates, len(rows[g]) * stage_width)), []).append(g)
+    # The beams' rows, search by search, the searches of one shape side by side: each shape's
+    # rows are then one slice of the [R, ...] tensors below, a view, not a copy.
+    order = [g for members in shapes.values() for g in members]
+    logprobs = torch.log_softmax(logits[[row for g in order for row in rows[g]]], dim=-1)  # [R, V]
+    best_logprobs, best_tokens = torch.topk(logprobs, stage_width, dim=-1)  # [R, C] each
+    # Every beam's summed log-probability so far: float32 values, held exactly by Python floats.
+    scores = torch.tensor([score for g in order for score in groups[g].scores], dtype=torch.float32)
+    totals = best_logprobs + scores.to(logits.device)[:, None]  # [R, C]: those continuations' summed log-probs
     selections: list[Selection | None] = [None] * len(groups)
+    start = 0
     for (num_beams, num_candidates), members in shapes.items():
-        picked = torch.tensor([offsets[g] + i for g in members for i in range(num_beams)], device=logits.device)
-        flattened = totals[picked].view(len(members), num_beams * vocab)  # search g's beams side by side
-        values, indices = torch.topk(flattened, num_candidates, dim=-1)  # [G, C], best first
-        values, indices = values.cpu(), indices.cpu()
-        for i, g in enumerate(members):
-            selections[g] = groups[g].select(values[i], indices[i], vocab)
+        end = start + len(members) * num_beams
+        side_by_side = totals[start:end].view(len(members), num_beams * stage_width)  # a search's candidates
+        values, where = torch.topk(side_by_side, num_candidates, dim=-1)  # [G, K], best first
+        tokens = best_tokens[start:end].view(len(members), num_beams * stage_width).gather(1, where)
+        start = end
+        found = torch.stack([where, tokens]).cpu()  # [2, G, K]: one copy for both
+        values = values.cpu()
+        # Each candidate's score if it ends here: float32 division, as Hugging Face divides.
+        lengths = torch.tensor([groups[g].length_divisor() for g in members], dtype=torch.float32)
+        penalised = values / lengths[:, None]
+        for g, row_values, row_where, row_tokens, row_penalised in zip(
+                members, values.tolist(), *found.tolist(), penalised.tolist()):
+            # Beam i's token t is continuation i * V + t of the search's flattened [beams * V].
+            indices = [(w // stage_width) * vocab + t for w, t in zip(row_where, row_tokens)]
+            selections[g] = groups[g].select(row_values, indices, row_penalised, vocab)
     return selections
 
 
@@ -130,25 +151,30 @@ class BeamGroup:
         self.max_new_tokens = max_new_tokens  # the most tokens a beam can generate
         self.num_candidates = max(2, 1 + len(stop_ids)) * self.width
         self.beams: list[Sequence] = [first]  # the live beams, best first
-        self.scores = torch.zeros(1)  # [len(beams)] float32, on the host: each beam's summed log-prob
+        self.scores = [0.0]  # each live beam's summed log-prob (float32 values)
         self.generated = 0  # tokens each live beam has generated
         self.finished: list[Hypothesis] = []  # best first, at most width
         self.improvable = True  # can a running beam still beat the worst finished hypothesis?
         self.done = False
         self.members: list[int] = [first.seq_id]  # every sequence the search made, pruned ones too
 
-    def select(self, values: torch.Tensor, indices: torch.Tensor, vocab: int) -> Selection:
-        """One step, on the host. values, indices: [C] float32 and int64 (select_all finds them):
-        the best continuations' summed log-probabilities, best first, and where each is in the
-        flattened [len(beams) * V] (beam i followed by token t at i * V + t). Updates the scores
-        and the finished hypotheses; the caller sets `beams` to the kept ones."""
+    def length_divisor(self) -> float:
+        """generated_len ** length_penalty for this step's candidates (their new token counted):
+        a candidate that ends here scores its summed log-prob divided by it."""
+        return (self.generated + 1) ** self.length_penalty
+
+    def select(self, values: list[float], indices: list[int], penalised: list[float], vocab: int) -> Selection:
+        """One step, on the host. select_all finds the best continuations over every beam, best
+        first: their summed log-probabilities (values), where each is in the flattened
+        [len(beams) * V] (beam i followed by token t at i * V + t), and their values divided by
+        length_divisor() (penalised). Updates the scores and the finished hypotheses; the caller
+        sets `beams` to the kept ones."""
         k = self.width
         generated = self.generated + 1  # each candidate's generated length, its new token included
         at_length = generated >= self.max_new_tokens
-        penalised = values / (generated**self.length_penalty)
-        candidates = [  # 1. the candidates (select_all: the best continuations over every beam)
+        candidates = [  # 1. the candidates
             Candidate(rank, index // vocab, index % vocab, value, score, at_length or index % vocab in self.stop_ids)
-            for rank, (index, value, score) in enumerate(zip(indices.tolist(), values.tolist(), penalised.tolist()))
+            for rank, (index, value, score) in enumerate(zip(indices, values, penalised))
         ]
         # 2. The next beams: the k best candidates that go on.
         keep = [c for c in candidates if not c.ends][:k]
@@ -162,11 +188,11 @@ class BeamGroup:
         displaced = [h for h in merged[k:] if h.seq_id is not None]
         finished = [h for h in new if any(h is f for f in self.finished)]
         # 4. Next step's scores; then: can the best running beam still beat the worst finished one?
-        self.scores = values[[c.rank for c in keep]]
+        self.scores = [c.logprob for c in keep]
         self.generated = generated
         if len(self.finished) == k and keep:
             length = self.max_new_tokens if self.early_stopping == "never" and self.length_penalty > 0 else generated
-            best = (self.scores[:1] / (length**self.length_penalty)).item()
+            best = (torch.tensor(self.scores[0], dtype=torch.float32) / length**self.length_penalty).item()
             self.improvable = self.improvable and best > self.finished[-1].score
         full = len(self.finished) == k and self.early_stopping is True
         self.done = not self.improvable or full or not keep

@@ -162,8 +162,7 @@ class BlockManager:
         assert not seq.block_table, f"{seq} already holds blocks"
         hits, prev_hash, miss_hash = self._lookup(seq)
         cause = self._prefix_cause(seq, hits, prev_hash, miss_hash)  # before the blocks below are taken
-        for block_id in hits:
-            self._share(block_id)
+        self._share(hits)
         fresh = [self._take_free_block(seq.seq_id) for _ in range(seq.num_blocks_needed(self.block_size) - len(hits))]
         seq.block_table = (*hits, *fresh)
         seq.num_cached_tokens = seq.num_computed_tokens = len(hits) * self.block_size
@@ -191,8 +190,7 @@ class BlockManager:
         num_computed = min(child.fork_position, parent.num_computed_tokens)
         num_full, num_slots = divmod(num_computed, self.block_size)
         shared = parent.block_table[:num_full]
-        for block_id in shared:
-            self._share(block_id)
+        self._share(shared)
         fresh = [self._take_free_block(child.seq_id) for _ in range(child.num_blocks_needed(self.block_size) - num_full)]
         child.block_table = (*shared, *fresh)
         child.num_computed_tokens = num_computed
@@ -271,8 +269,11 @@ class BlockManager:
         self.evictions[block_hash] = eviction
         self.new_evictions.append(eviction)
 
-    def _share(self, block_id: int) -> None:
-        block = self.blocks[block_id]
-        if block.ref_count == 0:
-            del self.free_block_ids[block_id]
-        block.ref_count += 1
+    def _share(self, block_ids: Iterable[int]) -> None:
+        """One more holder for each block (a free one, cached, leaves the free list)."""
+        blocks, free = self.blocks, self.free_block_ids
+        for block_id in block_ids:
+            block = blocks[block_id]
+            if block.ref_count == 0:
+                del free[block_id]
+            block.ref_count += 1

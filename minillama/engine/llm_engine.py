@@ -691,7 +691,8 @@ class LLMEngine:
         blocks (full ones by reference, the partial one copied on write) when `shares`, and queues
         to recompute them otherwise; a finished hypothesis holds none."""
         position = parent.num_tokens
-        seq = Sequence(next(self._request_ids), [*parent.token_ids, candidate.token], parent.params)
+        seq = Sequence(next(self._request_ids), parent.token_ids, parent.params)  # a copy of the list
+        seq.token_ids.append(candidate.token)
         seq.num_prompt_tokens = parent.num_prompt_tokens
         seq.beam_of, seq.parent_id, seq.fork_position = group.request_id, parent.seq_id, position
         self.sequences[seq.seq_id] = seq

@@ -9,6 +9,7 @@ size bucket: a decode step is many small kernels, and a graph launches them all 
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import itertools
 import weakref
 from dataclasses import dataclass
@@ -23,6 +24,12 @@ from minillama.engine.scheduler import SchedulerOutput
 from minillama.errors import ConfigError
 from minillama.model.attention_metadata import AttentionMetadata
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
+
+# Copies on write: one Triton launch on a CUDA machine with Triton, PyTorch indexing elsewhere.
+if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+    from minillama.ops.triton.copy_kv_slots import copy_kv_slots as _copy_kv_slots
+else:
+    from minillama.ops.reference.copy_kv_slots import copy_kv_slots as _copy_kv_slots
 
 _block_ids, _token_ids, _start = attrgetter("block_ids"), attrgetter("token_ids"), attrgetter("start")
 
@@ -167,21 +174,23 @@ class ModelRunner:
 
     @torch.inference_mode()
     def copy_kv_slots(self, copies: list[tuple[int, int, int]]) -> None:
-        """Forks' copies on write (BlockManager.fork), all in one indexed copy: for each
-        (src_block, dst_block, num_slots), kv_cache[:, :, dst, :num_slots] = kv_cache[:, :, src,
-        :num_slots] in every layer, K and V ([L, 2, num_slots, Hkv, D] each). The slots past
-        num_slots are the child's to fill. One kernel for all: a step of 64 beam searches makes
-        about a hundred copies, and a kernel launch each would keep the host from the next step."""
-        src_blocks, dst_blocks, slots = [], [], []
-        for src, dst, num_slots in copies:
-            src_blocks += [src] * num_slots
-            dst_blocks += [dst] * num_slots
-            slots += range(num_slots)
-        device = self.kv_cache.device
-        src, dst = torch.tensor(src_blocks, device=device), torch.tensor(dst_blocks, device=device)
-        slot = torch.tensor(slots, device=device)
-        # [L, 2, M, Hkv, D] gathered whole, then scattered: M = the slots of every copy.
-        self.kv_cache[:, :, dst, slot] = self.kv_cache[:, :, src, slot]
+        """Forks' copies on write (BlockManager.fork): for each (src_block, dst_block, num_slots),
+        kv_cache[:, :, dst, :num_slots] = kv_cache[:, :, src, :num_slots] in every layer, K and V
+        ([L, 2, num_slots, Hkv, D] each). The slots past num_slots are the child's to fill.
+
+        All of them at once, by flat slot numbers (block * block_size + offset) that travel to
+        the device in one copy: on CUDA one Triton launch (ops/triton/copy_kv_slots.py says why
+        PyTorch's indexing would take dozens on a large cache), elsewhere one gather and one
+        scatter (ops/reference/copy_kv_slots.py)."""
+        table = np.array(copies, dtype=np.int64)  # [C, 3]: src, dst, num_slots
+        counts = table[:, 2]
+        # Slot j of copy c: offset j within its block; the copies' slots laid end to end.
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        flat = np.repeat(table[:, :2], counts, axis=0) * self.block_size + offsets[:, None]  # [M, 2]
+        index = torch.from_numpy(np.ascontiguousarray(flat.T))  # [2, M]: the sources, the destinations
+        if self.device.type == "cuda":
+            index = index.pin_memory().to(self.device, non_blocking=True)
+        _copy_kv_slots(self.kv_cache, index[0], index[1])
 
     # -- building the flat batch --------------------------------------------------------------
 
