@@ -98,6 +98,26 @@ def test_preemption_names_the_needer_its_position_and_the_rule(hf_model):
     assert b not in {cause.seq_id for cause in preempting.waits}  # its cause is the preemption
 
 
+def test_a_beam_search_short_of_blocks_for_its_new_beams_waits_whole_and_the_next_step_says_why(hf_model):
+    """After the step that samples its prompt, a search of 3 beams needs a fresh block for each of
+    its 2 forks and finds 1 (the other request holds the rest): its beams go back to the queue,
+    and the next step's output lists them first among its preempted, rule "search-forks"."""
+    from test_fork import PROMPT as LONG_PROMPT
+
+    engine, plans = make_engine(hf_model, num_kv_blocks=15)
+    engine.add_request(LONG_PROMPT * 4, greedy(4))
+    search = engine.add_request(LONG_PROMPT, SamplingParams(beam_width=3, max_tokens=10))
+    finish(engine)
+    step = next(i for i, plan in enumerate(plans.plans) if any(p.rule == "search-forks" for p in plan.preemptions))
+    plan = plans.plans[step]
+    late = [p for p in plan.preemptions if p.rule == "search-forks"]
+    beams = [p.seq_id for p in late]
+    assert plan.preempted[: len(beams)] == tuple(beams) and search in beams
+    assert {(p.needer, p.position) for p in late} == {(search, len(LONG_PROMPT))}  # its first new token
+    assert any(item.seq_id == search for item in plans.plans[step - 1].sampling)  # the step that sampled it
+    assert not set(beams) & {cause.seq_id for cause in plan.waits}  # their cause is the preemption
+
+
 def admission(plans: Plans, seq_id: int) -> PrefixCause:
     return next(cause for plan in plans.plans for cause in plan.prefix if cause.seq_id == seq_id)
 

@@ -71,7 +71,7 @@ DType = Literal["float32", "bfloat16", "float16"]
 Backend = Literal["reference", "sdpa", "cpu", "flash-attn", "triton"]  # minillama.ops.attention
 # The causes' kinds (minillama.engine.causes: WaitKind, VictimRule, MissKind).
 WaitKind = Literal["blocks", "tokens", "seats", "behind"]
-VictimRule = Literal["latest-arrival", "whole-search"]
+VictimRule = Literal["latest-arrival", "whole-search", "search-forks"]
 MissKind = Literal["", "off", "no-full-block", "not-cached", "evicted"]
 
 

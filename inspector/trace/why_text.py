@@ -18,7 +18,9 @@ from inspector.trace.model import (
 )
 
 _RULES = {"latest-arrival": "the latest arrival goes first",
-          "whole-search": "the latest arrival goes first, with every beam of its search"}
+          "whole-search": "the latest arrival goes first, with every beam of its search",
+          "search-forks": "too few free blocks for the new beams of its search's first selection: "
+                          "the search waits whole (after the previous step)"}
 
 
 def _ids(seq_ids: list[int]) -> str:

@@ -20,8 +20,10 @@ from typing import Literal, NamedTuple
 WaitKind = Literal["blocks", "tokens", "seats", "behind"]
 
 # The rule that picked a preemption's victim: the latest arrival among the running sequences
-# ("latest-arrival"), with all the beams of its beam search when it is a beam ("whole-search").
-VictimRule = Literal["latest-arrival", "whole-search"]
+# ("latest-arrival"), with all the beams of its beam search when it is a beam ("whole-search");
+# or a beam search whose first selection, after its step, found fewer free blocks than its new
+# beams need ("search-forks": it goes back whole, and the next step's output reports it).
+VictimRule = Literal["latest-arrival", "whole-search", "search-forks"]
 
 # Why a prefix-cache lookup at admission did not serve the whole prompt's full blocks:
 # - "": it did (or there were none to serve: see "no-full-block");

@@ -141,6 +141,7 @@ class Scheduler:
         # queue and the head's cause stay the same (most decode steps).
         self._head_cause: WaitCause | None = None
         self._preemptions: list[PreemptCause] = []
+        self._late_preemptions: list[PreemptCause] = []  # preempt_search's, for the next step
         self._chunks: list[ChunkCause] = []
         self._prefix: list[PrefixCause] = []
         self._waits: tuple[tuple[int, ...], WaitCause | None, tuple[WaitCause, ...]] = ((), None, ())
@@ -201,8 +202,10 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         self._head_cause = None
-        if self._preemptions or self._chunks or self._prefix:
-            self._preemptions, self._chunks, self._prefix = [], [], []
+        if self._preemptions or self._chunks or self._prefix or self._late_preemptions:
+            # Preemptions made after the last step (preempt_search) are this step's first.
+            self._preemptions, self._chunks, self._prefix = self._late_preemptions, [], []
+            self._late_preemptions = []
         seqs, batch = self._schedule_prefill()
         if not batch.scheduled:
             seqs, batch = self._schedule_decode()
@@ -304,9 +307,11 @@ class Scheduler:
 
     def preempt_search(self, beams: list[Sequence]) -> None:
         """Send a beam search's running beams back to the waiting queue (LLMEngine: its first
-        selection found too few blocks for its forks)."""
+        selection, after the step, found too few blocks for its forks). The next step's output
+        lists them first among its preempted, each with the position of its new token."""
         for seq in beams:
             self._preempt(seq)
+            self._late_preemptions.append(PreemptCause(seq.seq_id, seq.beam_of, seq.num_tokens - 1, "search-forks"))
 
     @staticmethod
     def _admission_reason(seq: Sequence) -> Reason:
@@ -331,6 +336,8 @@ class Scheduler:
                                  tuple(seq.token_ids[start:end]), cached, hits)
 
     def _output(self, phase: Phase, scheduled: list[ScheduledSequence], preempted: tuple[int, ...]) -> SchedulerOutput:
+        if self._preemptions and self._preemptions[0].rule == "search-forks":  # after the last step: first
+            preempted = (*(p.seq_id for p in self._preemptions if p.rule == "search-forks"), *preempted)
         if self._waiting_ids is None:
             self._waiting_ids = tuple(map(_seq_id, self.waiting))
         waiting = self._waiting_ids
