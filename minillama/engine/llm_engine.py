@@ -249,7 +249,10 @@ class LLMEngine:
         if not all(_is_token_id(t, vocab_size) for t in forced_token_ids):
             raise InvalidRequestError(f"forced_token_ids must be token ids in [0, {vocab_size}): {forced_token_ids!r}")
         params = parent.params if params is None else params
-        token_ids = self.check_request(parent.token_ids[:num_tokens] + list(forced_token_ids), params)
+        self._check_params(params)
+        # The parent's tokens were checked when they came; the forced ones above.
+        token_ids = parent.token_ids[:num_tokens] + list(forced_token_ids)
+        self._check_fits(len(token_ids), params)
         seq = Sequence(next(self._request_ids), token_ids, params)
         seq.parent_id, seq.fork_position = parent.seq_id, num_tokens
         shared = bool(parent.block_table and parent.num_computed_tokens) and self._share_prefix(parent, seq)
@@ -309,9 +312,7 @@ class LLMEngine:
         """The prompt's token ids if add_request would take the request; raises
         InvalidRequestError naming the problem otherwise. Changes nothing: a caller adding a
         batch checks every request first, so a bad one leaves the batch unqueued."""
-        if not isinstance(params, SamplingParams):
-            raise InvalidRequestError(f"params must be a SamplingParams or None, not {type(params).__name__}")
-        params.validate()
+        self._check_params(params)
         if isinstance(prompt, str):
             check_text(prompt)
             token_ids = self.encode_prompt(prompt, chat)
@@ -322,10 +323,15 @@ class LLMEngine:
         else:
             hint = " (decode bytes into str first)" if isinstance(prompt, (bytes, bytearray)) else ""
             raise InvalidRequestError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}{hint}")
-        if not all(_is_token_id(t, self.model_config.vocab_size) for t in params.stop_token_ids):
-            raise InvalidRequestError(f"stop_token_ids must be in [0, {self.model_config.vocab_size})")
         self._check_fits(len(token_ids), params)
         return token_ids
+
+    def _check_params(self, params: SamplingParams) -> None:
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"params must be a SamplingParams or None, not {type(params).__name__}")
+        params.validate()
+        if not all(_is_token_id(t, self.model_config.vocab_size) for t in params.stop_token_ids):
+            raise InvalidRequestError(f"stop_token_ids must be in [0, {self.model_config.vocab_size})")
 
     def _check_fits(self, num_prompt_tokens: int, params: SamplingParams) -> None:
         if params.beam_width > self.config.max_num_seqs:
