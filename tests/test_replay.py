@@ -8,6 +8,7 @@ import json
 import zipfile
 
 import pytest
+import torch
 from tiny_model import write_tiny_model
 
 from inspector import DebugSession, diff_traces, load, replay, save
@@ -193,3 +194,31 @@ def test_the_command_line_replays_alone_and_with_other_settings(recorded, tiny, 
     assert load(back).engine.prefix_caching and load(back).engine.num_blocks == 8
     assert main(["replay", str(source), "--model", str(tiny), "--alone", "-o", str(out)]) == 0
     assert len(load(out).steps) > len(recorded.steps)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_replay_on_cuda_in_bfloat16_through_cuda_graphs(tiny_model_dir, tmp_path):
+    """A bf16 run on the GPU (Triton attention, decode through CUDA graphs) replays exactly under
+    its own settings, gives the same greedy tokens eagerly, and a float32 replay under the
+    reference attention (the fidelity check) moves the log-probabilities by little."""
+    path, _ = tiny_model_dir("gqa-tied-llama3")
+    config = EngineConfig(device="cuda", dtype="bfloat16", attention="triton", num_kv_blocks=64, block_size=16,
+                          max_num_seqs=8)
+    session = DebugSession(LLMEngine.from_pretrained(path, config))
+    assert session.engine.runner.graphs
+    session.add([(5 * i + 1) % 256 for i in range(37)], GREEDY)
+    session.add([(3 * i + 2) % 256 for i in range(20)], SEEDED)
+    session.run(max_steps=3)
+    session.add([(9 * i + 4) % 256 for i in range(9)], GREEDY)
+    session.run()
+    save(session.trace, tmp_path / "gpu.mltrace")
+    recorded = load(tmp_path / "gpu.mltrace")
+    again = diff_traces(recorded, replay(recorded, path, progress=False))
+    assert again.equal and all(d.max_abs_delta_logp == 0 for r in again.requests for d in r.deltas)
+    eager = diff_traces(recorded, replay(recorded, path, enforce_eager=True, progress=False))
+    assert all(r.divergence is None for r in eager.requests if r.label != "request 1")  # the greedy ones
+    fidelity = diff_traces(recorded, replay(recorded, path, attention="reference", dtype="float32", progress=False))
+    assert ("dtype", "bfloat16", "float32") in fidelity.settings
+    deltas = [d.max_abs_delta_logp for r in fidelity.requests for d in r.deltas if d.max_abs_delta_logp is not None]
+    assert deltas and max(deltas) < 0.5
