@@ -44,7 +44,7 @@ from minillama.engine.outputs import (
 )
 from minillama.engine.prompts import check_text, check_token_ids
 from minillama.engine.scheduler import Scheduler
-from minillama.engine.sequence import RequestInfo, Sequence, SequenceStatus
+from minillama.engine.sequence import RequestInfo, Sequence
 from minillama.errors import ConfigError, InvalidRequestError
 from minillama.loader import (
     build_model,
@@ -251,7 +251,7 @@ class LLMEngine:
         params = parent.params if params is None else params
         self._check_params(params)
         # The parent's tokens were checked when they came; the forced ones above.
-        token_ids = parent.token_ids[:num_tokens] + list(forced_token_ids)
+        token_ids = [*parent.token_ids[:num_tokens], *forced_token_ids]
         self._check_fits(len(token_ids), params)
         seq = Sequence(next(self._request_ids), token_ids, params)
         seq.parent_id, seq.fork_position = parent.seq_id, num_tokens
@@ -610,7 +610,7 @@ class LLMEngine:
         output = self._output(seq, token)
         shared = False
         if output.finished:
-            seq.status, seq.finish_reason = SequenceStatus.FINISHED, output.finish_reason
+            seq.finish(output.finish_reason)
         elif shared := self._share_prefix(leader, seq):
             self.scheduler.add_sample(seq)
         else:
@@ -709,7 +709,7 @@ class LLMEngine:
         output = self._output(seq, candidate.token)
         shared = False
         if hypothesis is not None:
-            seq.status, seq.finish_reason = SequenceStatus.FINISHED, output.finish_reason
+            seq.finish(output.finish_reason)
             seq.beam_score, hypothesis.seq_id = hypothesis.score, seq.seq_id
         elif shares and self._share_prefix(parent, seq):
             shared = True

@@ -401,8 +401,7 @@ class Scheduler:
             self.block_manager.commit_full_blocks(seq, before)
 
     def finish(self, seq: Sequence, reason: str) -> None:
-        seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason
+        seq.finish(reason)
         self.block_manager.free(seq)
         self.running.remove(seq)
         if self.reserved_seats:
@@ -419,5 +418,5 @@ class Scheduler:
             else:
                 self.waiting.remove(seq)
                 self._waiting_ids = None
-            seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+            seq.finish("abort")
 
