@@ -98,6 +98,38 @@ def test_preemption_names_the_needer_its_position_and_the_rule(hf_model):
     assert b not in {cause.seq_id for cause in preempting.waits}  # its cause is the preemption
 
 
+@pytest.mark.parametrize("pool, needer_is_a_beam", [(6, False), (8, True)])
+def test_a_beam_search_is_preempted_whole_with_the_whole_search_rule(hf_model, pool, needer_is_a_beam):
+    """The latest arrival is a beam search of 2 beams: when a sequence needs a block (the older
+    greedy request, or with a larger pool one of the beams itself), both beams go, each with the
+    rule "whole-search" and the same needer and position."""
+    engine, plans = make_engine(hf_model, num_kv_blocks=pool, prefix_caching=False)
+    a = engine.add_request(PROMPT[:7], greedy(12))
+    search = engine.add_request(list(range(100, 103)), SamplingParams(beam_width=2, max_tokens=8))
+    finish(engine)
+    plan = next(plan for plan in plans.plans if plan.preempted)
+    beams = set(engine.beams(search)) | {s for s in engine.sequences if engine.request(s).beam_of == search}
+    assert set(plan.preempted) <= beams and len(plan.preempted) == 2
+    assert {p.rule for p in plan.preemptions} == {"whole-search"}
+    assert {p.seq_id for p in plan.preemptions} == set(plan.preempted)
+    (needer, position), = {(p.needer, p.position) for p in plan.preemptions}
+    assert (needer in beams) == needer_is_a_beam and (needer == a) != needer_is_a_beam
+    assert position % BS == 0  # the first position of the block it needed
+
+
+def test_a_fork_without_a_seat_waits_for_one(hf_model):
+    """max_num_seqs=1: a running request's fork holds its blocks and waits for the seat."""
+    engine, plans = make_engine(hf_model, max_num_seqs=1)
+    a = engine.add_request(PROMPT, greedy(6))
+    engine.step()
+    engine.step()
+    child = engine.fork(a, 9, [42])
+    engine.step()
+    assert plans.plans[-1].waits == (WaitCause(child, "seats", needs=1, free=0),)
+    finish(engine)
+    assert engine.request(child).finish_reason == "length"
+
+
 def test_a_beam_search_short_of_blocks_for_its_new_beams_waits_whole_and_the_next_step_says_why(hf_model):
     """After the step that samples its prompt, a search of 3 beams needs a fresh block for each of
     its 2 forks and finds 1 (the other request holds the rest): its beams go back to the queue,
