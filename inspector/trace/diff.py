@@ -15,7 +15,7 @@ and the drawn token's probability on each side. After the first divergent token 
 sequences continue from different texts, and their distributions are no longer comparable.
 
 The schedule of each request on each side (steps waited, prefill chunks, preemptions, prefix
-cache hits) and the runs' timings, side by side. Everything is plain data, for the command
+cache hits, and why: the causes the scheduler recorded) and the runs' timings, side by side. Everything is plain data, for the command
 line's text (diff_text.py) and a UI alike; no engine is needed.
 """
 
@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from inspector.trace.model import LogitsSummary, SequenceRecord, Trace
+from inspector.trace.model import LogitsSummary, ScheduledRecord, SequenceRecord, StepRecord, Trace
+from inspector.trace.why_text import chunk_text, preempt_text, prefix_text, wait_text
 
 # A request's lineage key: ("request", k), then one part per fork down to it.
 Key = tuple[object, ...]
@@ -77,6 +78,9 @@ class Schedule:
     cached_tokens: int  # prompt tokens the prefix cache served
     last_step: int | None  # the step of its last token
     latency_ms: float | None  # from the start of its first step to the end of its last token's
+    # Why it was treated so, from the recorded causes (why_text.py): "step 13: preempted: ...",
+    # in step order; a run of steps waiting for the same reason is one line ("steps 3-7: ...").
+    causes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -142,17 +146,30 @@ class TraceDiff:
 def diff_traces(a: Trace, b: Trace) -> TraceDiff:
     keys_a, keys_b = request_keys(a), request_keys(b)
     by_key_b = {key: seq_id for seq_id, key in keys_b.items()}
+    schedules = _Schedules(a), _Schedules(b)
     requests = []
     for seq_id, key in keys_a.items():
-        requests.append(_request_diff(a, b, key, seq_id, by_key_b.pop(key, None)))
+        requests.append(_request_diff(a, b, schedules, key, seq_id, by_key_b.pop(key, None)))
     for key, seq_id in by_key_b.items():  # only in b
-        requests.append(_request_diff(a, b, key, None, seq_id))
+        requests.append(_request_diff(a, b, schedules, key, None, seq_id))
     fa, fb = a.model.weights_fingerprint, b.model.weights_fingerprint
     notes = []
     if a.model.name != b.model.name:
         notes.append(f"the models' names differ: {a.model.name!r} and {b.model.name!r}")
+    unseeded = [r for r in requests if _draws_unseeded(a, r.seq_a) or _draws_unseeded(b, r.seq_b)]
+    if unseeded:
+        notes.append(f"{len(unseeded)} request(s) sample without a seed ({unseeded[0].label} first): their draws "
+                     "depend on everything drawn before them in their run, so they need not repeat; give them a seed")
     return TraceDiff(requests, _settings(a, b), None if fa is None or fb is None else fa == fb, _timings(a),
                      _timings(b), notes)
+
+
+def _draws_unseeded(trace: Trace, seq_id: int | None) -> bool:
+    """Does the request draw at random from its run's shared generator (no seed of its own)?"""
+    if seq_id is None:
+        return False
+    params = trace.sequences[seq_id].params
+    return params["temperature"] > 0 and params["seed"] is None and params.get("beam_width", 1) == 1
 
 
 def request_keys(trace: Trace) -> dict[int, Key]:
@@ -195,7 +212,8 @@ def _fork_part(seq: SequenceRecord) -> tuple:
     return ("fork", seq.fork_position, tuple(seq.prompt_ids[seq.fork_position or 0:]))
 
 
-def _request_diff(a: Trace, b: Trace, key: Key, seq_a: int | None, seq_b: int | None) -> RequestDiff:
+def _request_diff(a: Trace, b: Trace, schedules: tuple[_Schedules, _Schedules], key: Key, seq_a: int | None,
+                  seq_b: int | None) -> RequestDiff:
     sa = a.sequences[seq_a] if seq_a is not None else None
     sb = b.sequences[seq_b] if seq_b is not None else None
     tokens_a, tokens_b = (s.output_ids if s is not None else [] for s in (sa, sb))
@@ -210,7 +228,7 @@ def _request_diff(a: Trace, b: Trace, key: Key, seq_a: int | None, seq_b: int | 
     same_prompt = sa is None or sb is None or sa.prompt_ids == sb.prompt_ids
     return RequestDiff(key, key_label(key), seq_a, seq_b, (sa or sb).prompt_text, same_prompt, list(tokens_a), list(tokens_b),
                        sa.finish_reason if sa else None, sb.finish_reason if sb else None, divergence, deltas,
-                       _schedule(a, sa) if sa else None, _schedule(b, sb) if sb else None)
+                       schedules[0].of(sa) if sa else None, schedules[1].of(sb) if sb else None)
 
 
 def _summary(trace: Trace, seq: SequenceRecord, position: int) -> LogitsSummary | None:
@@ -246,25 +264,54 @@ def _divergence(a: Trace, b: Trace, sa: SequenceRecord, sb: SequenceRecord, i: i
     return Divergence(i, step_a, step_b, token_a, token_b, text_a, text_b, top_a, top_b)
 
 
-def _schedule(trace: Trace, seq: SequenceRecord) -> Schedule:
-    ran = [(step, x) for step in trace.steps[seq.added_step:] for x in step.schedule.scheduled if x.seq_id == seq.seq_id]
-    waiting = sum(seq.seq_id in step.schedule.waiting for step in trace.steps[seq.added_step:])
-    prompt = len(seq.prompt_ids)
-    first = ran[0][0] if ran else None
-    last = trace.steps[seq.token_steps[-1]] if seq.token_steps else None
-    latency = None
-    if first is not None and last is not None:
-        latency = last.timings.start_ms + last.timings.wall_ms - first.timings.start_ms
-    return Schedule(
-        added_step=seq.added_step,
-        first_step=first.index if first else None,
-        waiting_steps=waiting,
-        prefill_chunks=sum(x.start < prompt for _, x in ran),
-        preemptions=seq.num_preemptions,
-        cached_tokens=sum(x.num_cached_tokens for _, x in ran),
-        last_step=last.index if last else None,
-        latency_ms=latency,
-    )
+class _Schedules:
+    """Each sequence's scheduled entries and waiting steps, gathered in one pass over a trace's
+    steps (per request, a pass each would cost steps x requests)."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+        self.ran: dict[int, list[tuple[StepRecord, ScheduledRecord]]] = {}
+        self.waited: dict[int, int] = {}
+        self.causes: dict[int, list[tuple[int, int, str]]] = {}  # seq id -> (first step, last step, cause)
+        for step in trace.steps:
+            schedule = step.schedule
+            for x in schedule.scheduled:
+                self.ran.setdefault(x.seq_id, []).append((step, x))
+            for seq_id in schedule.waiting:
+                self.waited[seq_id] = self.waited.get(seq_id, 0) + 1
+            for records, say in ((schedule.preemptions, preempt_text), (schedule.waits, wait_text),
+                                 (schedule.prefix, prefix_text), (schedule.chunks, chunk_text)):
+                for record in records:
+                    self._cause(record.seq_id, step.index, say(record))
+
+    def _cause(self, seq_id: int, index: int, text: str) -> None:
+        causes = self.causes.setdefault(seq_id, [])
+        if causes and causes[-1][2] == text and causes[-1][1] == index - 1:  # the same wait, one more step
+            causes[-1] = (causes[-1][0], index, text)
+        else:
+            causes.append((index, index, text))
+
+    def of(self, seq: SequenceRecord) -> Schedule:
+        trace = self.trace
+        ran = self.ran.get(seq.seq_id, [])
+        prompt = len(seq.prompt_ids)
+        first = ran[0][0] if ran else None
+        last = trace.steps[seq.token_steps[-1]] if seq.token_steps else None
+        latency = None
+        if first is not None and last is not None:
+            latency = last.timings.start_ms + last.timings.wall_ms - first.timings.start_ms
+        return Schedule(
+            added_step=seq.added_step,
+            first_step=first.index if first else None,
+            waiting_steps=self.waited.get(seq.seq_id, 0),
+            prefill_chunks=sum(x.start < prompt for _, x in ran),
+            preemptions=seq.num_preemptions,
+            cached_tokens=sum(x.num_cached_tokens for _, x in ran),
+            last_step=last.index if last else None,
+            latency_ms=latency,
+            causes=[f"step {a}: {text}" if a == b else f"steps {a}-{b}: {text}"
+                    for a, b, text in self.causes.get(seq.seq_id, [])],
+        )
 
 
 def _settings(a: Trace, b: Trace) -> list[tuple[str, str, str]]:

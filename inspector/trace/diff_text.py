@@ -5,6 +5,8 @@ from __future__ import annotations
 from inspector.trace.diff import RequestDiff, RunTimings, Schedule, TokenDelta, TopToken, TraceDiff
 from inspector.trace.export_text import terminal_safe
 
+MAX_CAUSES = 12  # causes printed per request and side, where the schedules differ
+
 
 def format_diff(diff: TraceDiff, tokens: bool = False) -> str:
     """The comparison: weights and settings, each request (equal or where it diverged, with the
@@ -24,7 +26,13 @@ def format_diff(diff: TraceDiff, tokens: bool = False) -> str:
         lines += _request(r, tokens)
     rows = [r for r in diff.requests if r.schedule_differs]
     lines.append("schedules (a / b), where they differ:" if rows else "schedules: the same for every request")
-    lines += [f"  {r.label}: {_schedules(r.schedule_a, r.schedule_b)}" for r in rows]
+    for r in rows:
+        lines.append(f"  {r.label}: {_schedules(r.schedule_a, r.schedule_b)}")
+        for side, schedule in (("a", r.schedule_a), ("b", r.schedule_b)):
+            causes = schedule.causes if schedule is not None else []
+            lines += [f"      why in {side}: {cause}" for cause in causes[:MAX_CAUSES]]
+            if len(causes) > MAX_CAUSES:
+                lines.append(f"      why in {side}: ... and {len(causes) - MAX_CAUSES} more")
     lines.append(f"timings (a / b): {_timings(diff.timings_a, diff.timings_b)}")
     latencies = [r for r in diff.requests if r.schedule_a and r.schedule_b]
     lines += [f"  {r.label}: latency {_ms(r.schedule_a.latency_ms)} / {_ms(r.schedule_b.latency_ms)}" for r in latencies]
