@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_model import write_tiny_model
 
-from inspector import DebugSession, diff_traces, load, replay, save
+from inspector import DebugSession, diff_traces, format_diff, load, replay, save
 from inspector.__main__ import main
 from inspector.debug.replay import replay_config
 from inspector.record.fingerprint import weights_fingerprint
@@ -124,6 +124,57 @@ def test_an_engine_given_shares_its_weights_and_keeps_its_build(recorded, tiny):
         replay(recorded, engine=engine, max_model_len=8, progress=False)
 
 
+def test_a_server_replays_step_by_step_under_its_lock_within_a_step_limit(recorded, tiny):
+    """What the web UI's Compare relies on: the step lock is held around each step and each fork
+    and let go in between (other users' steps go there), on_step counts the steps, and
+    max_steps stops a replay that would run longer."""
+    engine = LLMEngine.from_pretrained(tiny, CPU)
+    held: list[str] = []
+
+    class Recording:
+        def __enter__(self) -> None:
+            held.append("in")
+
+        def __exit__(self, *exc: object) -> None:
+            held.append("out")
+
+    seen: list[tuple[int, int]] = []
+    again = replay(recorded, engine=engine, progress=False, step_lock=Recording(),
+                   on_step=lambda done, total: seen.append((done, total)))
+    forks = sum(s.fork_cause == "user" for s in recorded.sequences.values())
+    assert forks == 1 and held == ["in", "out"] * (len(again.steps) + forks)
+    assert seen == [(i + 1, len(recorded.steps)) for i in range(len(again.steps))]
+    with pytest.raises(ConfigError, match="the replay has run 5 steps, its limit, with requests still unfinished"):
+        replay(recorded, engine=engine, progress=False, max_steps=5)
+    assert len(replay(recorded, engine=engine, progress=False, max_steps=len(again.steps)).steps) == len(again.steps)
+
+
+def test_a_fidelity_replay_on_the_reference_copy_repeats_the_tokens_and_measures_the_drift(recorded, tiny):
+    """LLMEngine.reference_copy: the same weights in float32, every call served by the reference
+    ops; replayed on it, the run keeps its tokens and its log p move by float32 rounding only."""
+    engine = LLMEngine.from_pretrained(tiny, CPU)
+    reference = LLMEngine.reference_copy(engine)
+    assert (reference.dtype, reference.attention_backend, reference.runner.model.ops.name, reference.num_kv_blocks) == (
+        torch.float32, "reference", "reference", 1)
+    pairs = zip(engine.runner.model.named_parameters(), reference.runner.model.named_parameters(), strict=True)
+    assert all(a == b and torch.equal(p, q) for (a, p), (b, q) in pairs)
+    diff = diff_traces(recorded, replay(recorded, engine=reference, enforce_eager=True, progress=False))
+    assert diff.equal and diff.same_weights
+    assert {name: (a, b) for name, a, b in diff.settings}["attention"] == ("cpu", "reference")
+    drift = [r.max_abs_delta_logp for r in diff.requests if r.max_abs_delta_logp is not None]
+    assert drift and max(drift) < 1e-4
+    # A bf16 engine's copy reads the float32 checkpoint again; one with no checkpoint (random
+    # weights) widens its own, exactly (a bf16 weight is a float32 one).
+    bf16 = LLMEngine.from_pretrained(tiny, EngineConfig(device="cpu", dtype="bfloat16", attention="reference",
+                                                        num_kv_blocks=8, block_size=4))
+    pairs = zip(engine.runner.model.parameters(), LLMEngine.reference_copy(bf16).runner.model.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
+    random = LLMEngine.from_config(bf16.model_config, EngineConfig(device="cpu", dtype="bfloat16", num_kv_blocks=8))
+    widened = LLMEngine.reference_copy(random)
+    pairs = zip(random.runner.model.parameters(), widened.runner.model.parameters(), strict=True)
+    assert widened.dtype == torch.float32 and all(torch.equal(p.float(), q) for p, q in pairs)
+
+
 def test_the_fingerprint_is_the_same_in_float32_and_bfloat16(tiny):
     """The sample is hashed in bfloat16: a bfloat16 trace checks against a float32 replay."""
     fp32 = LLMEngine.from_pretrained(tiny, CPU)
@@ -175,6 +226,16 @@ def test_a_smaller_kv_pool_changes_the_schedule_not_the_greedy_tokens(embedded_d
     assert diff.timings_b.preemptions > 0 and diff.timings_b.steps > diff.timings_a.steps
     assert any(r.schedule_differs for r in diff.requests)
     assert all(r.max_abs_delta_logp is not None for r in diff.requests)  # logits compared at every token
+    # Why, side by side: each preemption of the small pool is among its request's causes, with
+    # its step, in words (why_text); the roomy pool preempted nobody.
+    for r in diff.requests:
+        preempted = [(step.index, p.seq_id) for step in small.steps for p in step.schedule.preemptions]
+        mine = [f"step {index}: preempted: " for index, seq_id in preempted if seq_id == r.seq_b]
+        assert [c for c in r.schedule_b.causes if "preempted" in c] == [
+            c for c in r.schedule_b.causes if any(c.startswith(m) for m in mine)] and len(mine) == r.schedule_b.preemptions
+        assert not any("preempted" in c for c in r.schedule_a.causes)
+        assert r.schedule_a.causes[0].startswith(f"step {r.schedule_a.first_step}: prefix cache: ")
+    assert "why in b: step " in format_diff(diff)
 
 
 def test_the_command_line_replays_alone_and_with_other_settings(recorded, tiny, tmp_path, capsys):
@@ -222,3 +283,10 @@ def test_replay_on_cuda_in_bfloat16_through_cuda_graphs(tiny_model_dir, tmp_path
     assert ("dtype", "bfloat16", "float32") in fidelity.settings
     deltas = [d.max_abs_delta_logp for r in fidelity.requests for d in r.deltas if d.max_abs_delta_logp is not None]
     assert deltas and max(deltas) < 0.5
+    # The web UI's fidelity check: the same replay on the engine's reference copy (float32, eager).
+    reference = LLMEngine.reference_copy(session.engine)
+    assert (reference.device.type, reference.dtype, reference.attention_backend) == ("cuda", torch.float32, "reference")
+    copied = diff_traces(recorded, replay(recorded, engine=reference, enforce_eager=True, progress=False))
+    assert [r.divergence is None for r in copied.requests] == [r.divergence is None for r in fidelity.requests]
+    moved = [d.max_abs_delta_logp for r in copied.requests for d in r.deltas if d.max_abs_delta_logp is not None]
+    assert moved and abs(max(moved) - max(deltas)) < 1e-3

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from tqdm import tqdm
@@ -56,6 +57,9 @@ def replay(
     policy: CapturePolicy | None = None,
     progress: bool = True,
     on_note: Callable[[str], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    step_lock: AbstractContextManager | None = None,
+    max_steps: int | None = None,
     **overrides: object,
 ) -> Trace:
     """Replay `trace` (see the top) and return the new run's trace.
@@ -66,7 +70,13 @@ def replay(
     EngineConfig fields to change. policy: what to record (default: no attention, the logits'
     top-k as recorded). progress: a progress bar on stderr, when it is a terminal.
     Raises ConfigError (a different model, a bad setting) and InvalidRequestError (a request
-    the new settings cannot take) before any step runs."""
+    the new settings cannot take) before any step runs.
+
+    For a server that replays beside its users (the web UI's Compare): on_step(done, total) is
+    called after each step (total: the recorded run's steps, a guide, not a bound); step_lock is
+    held around each step and fork, since engines sharing one model must not step at the same
+    time (its lock, taken and let go step by step, lets other users' steps in between); and
+    max_steps bounds the replay (ConfigError when it would run longer)."""
     note = on_note or (lambda message: None)
     config = replay_config(trace, overrides, note)
     if engine is None:
@@ -88,14 +98,23 @@ def replay(
         except InvalidRequestError as error:
             raise InvalidRequestError(f"request #{seq.seq_id} of the trace: {error}") from None
     actions = _actions(trace)
-    with tqdm(total=len(trace.steps), desc="replaying", unit="step", disable=None if progress else True) as bar:
+    total = len(trace.steps)
+    with tqdm(total=total, desc="replaying", unit="step", disable=None if progress else True) as bar:
+        def stepped() -> None:
+            bar.update()
+            done = session.recorder.num_steps
+            if max_steps is not None and done >= max_steps and engine.has_unfinished():
+                raise ConfigError(f"the replay has run {done} steps, its limit, with requests still unfinished")
+            if on_step is not None:
+                on_step(done, total)
+
+        driver = _Driver(session, trace, step_lock or nullcontext(), stepped, note)
         if not alone:
-            _drive(session, trace, actions, bar, note)
+            driver.run(actions)
         else:
             lineage = _lineage_roots(trace)
             for root in sorted(roots, key=lambda s: s.seq_id):  # in the order they were added
-                mine = [(step - root.added_step, a) for step, a in actions if lineage[_seq_of(a)] == root.seq_id]
-                _drive(session, trace, mine, bar, note)
+                driver.run([(step - root.added_step, a) for step, a in actions if lineage[_seq_of(a)] == root.seq_id])
     return session.trace
 
 
@@ -164,51 +183,62 @@ def _seq_of(action: Action) -> int:
     return action.child_id if isinstance(action, ForkRecord) else action.seq_id
 
 
-def _drive(session: DebugSession, trace: Trace, actions: list[tuple[int, Action]], bar: tqdm,
-           note: Callable[[str], None]) -> None:
-    """Run until every request has finished, each action taken before its step (counted from
-    this call's first), in order. A fork whose parent does not have its tokens yet waits for
-    them (and the forks after it with it; the requests after it do not wait)."""
-    engine, start = session.engine, session.recorder.num_steps
-    queue: deque[tuple[int, Action]] = deque(actions)
-    due: deque[ForkRecord] = deque()  # forks whose step has come, in order
-    replayed: dict[int, int] = {}  # the trace's sequence id -> the replay's
-    while True:
-        now = session.recorder.num_steps - start
-        if not engine.has_unfinished() and queue:  # idle until the next action: it happens now
-            now = max(now, queue[0][0])
-        _make_forks(session, trace, due, replayed)
-        while queue and queue[0][0] <= now:
-            action = queue.popleft()[1]
-            if isinstance(action, SequenceRecord):
-                replayed[action.seq_id] = engine.add_request(list(action.prompt_ids), _params(action))
-                session.recorder.register(replayed[action.seq_id], chat=action.chat, prompt_text=action.prompt_text)
-            elif isinstance(action, ForkRecord):
-                due.append(action)
-            elif action.seq_id in replayed:  # an abort
-                session.abort(replayed[action.seq_id])
-            else:  # the abort of a fork still waiting for its parent's tokens: it is never made
-                due = deque(f for f in due if f.child_id != action.seq_id)
-            _make_forks(session, trace, due, replayed)
-        if not engine.has_unfinished():
-            if queue:
-                continue
-            for fork in due:
-                why = ("its parent finished before it had that many tokens" if fork.parent_id in replayed else
-                       "its parent is a sample or a beam, which the engine makes again but replay does not track")
-                note(f"fork #{fork.child_id} of #{fork.parent_id} at token {fork.position} not replayed: {why}")
-            return
-        if session.step() is None:
-            raise ConfigError("the engine could not schedule any request under these settings")
-        bar.update()
+class _Driver:
+    """Runs actions against the replay's session: each before its step, every step (and fork)
+    under the step lock, `stepped` told after each step."""
 
+    def __init__(self, session: DebugSession, trace: Trace, lock: AbstractContextManager,
+                 stepped: Callable[[], None], note: Callable[[str], None]):
+        self.session, self.trace, self.lock, self.stepped, self.note = session, trace, lock, stepped, note
 
-def _make_forks(session: DebugSession, trace: Trace, due: deque[ForkRecord], replayed: dict[int, int]) -> None:
-    """Make the due forks, in order, while the first one's parent has the tokens it forks from."""
-    while due and _can_fork(session.engine, replayed, due[0]):
-        fork = due.popleft()
-        child = trace.sequences[fork.child_id]
-        replayed[fork.child_id] = session.fork(replayed[fork.parent_id], fork.position, fork.forced_ids, _params(child))
+    def run(self, actions: list[tuple[int, Action]]) -> None:
+        """Run until every request has finished, each action taken before its step (counted from
+        this call's first), in order. A fork whose parent does not have its tokens yet waits for
+        them (and the forks after it with it; the requests after it do not wait)."""
+        session = self.session
+        engine, start = session.engine, session.recorder.num_steps
+        queue: deque[tuple[int, Action]] = deque(actions)
+        due: deque[ForkRecord] = deque()  # forks whose step has come, in order
+        replayed: dict[int, int] = {}  # the trace's sequence id -> the replay's
+        while True:
+            now = session.recorder.num_steps - start
+            if not engine.has_unfinished() and queue:  # idle until the next action: it happens now
+                now = max(now, queue[0][0])
+            self._make_forks(due, replayed)
+            while queue and queue[0][0] <= now:
+                action = queue.popleft()[1]
+                if isinstance(action, SequenceRecord):
+                    replayed[action.seq_id] = engine.add_request(list(action.prompt_ids), _params(action))
+                    session.recorder.register(replayed[action.seq_id], chat=action.chat, prompt_text=action.prompt_text)
+                elif isinstance(action, ForkRecord):
+                    due.append(action)
+                elif action.seq_id in replayed:  # an abort
+                    session.abort(replayed[action.seq_id])
+                else:  # the abort of a fork still waiting for its parent's tokens: it is never made
+                    due = deque(f for f in due if f.child_id != action.seq_id)
+                self._make_forks(due, replayed)
+            if not engine.has_unfinished():
+                if queue:
+                    continue
+                for fork in due:
+                    why = ("its parent finished before it had that many tokens" if fork.parent_id in replayed else
+                           "its parent is a sample or a beam, which the engine makes again but replay does not track")
+                    self.note(f"fork #{fork.child_id} of #{fork.parent_id} at token {fork.position} not replayed: {why}")
+                return
+            with self.lock:
+                record = session.step()
+            if record is None:
+                raise ConfigError("the engine could not schedule any request under these settings")
+            self.stepped()
+
+    def _make_forks(self, due: deque[ForkRecord], replayed: dict[int, int]) -> None:
+        """Make the due forks, in order, while the first one's parent has the tokens it forks from."""
+        while due and _can_fork(self.session.engine, replayed, due[0]):
+            fork = due.popleft()
+            child = self.trace.sequences[fork.child_id]
+            with self.lock:  # a fork copies K/V on the device the model shares
+                replayed[fork.child_id] = self.session.fork(replayed[fork.parent_id], fork.position, fork.forced_ids,
+                                                            _params(child))
 
 
 def _built_with(engine: LLMEngine) -> dict[str, set[object]]:

@@ -161,6 +161,29 @@ class LLMEngine:
         _check_block_size(model.ops.attention, config.block_size)
         return cls(model, config, base.tokenizer, tuple(base.eos_token_ids), base.model_dir)
 
+    @classmethod
+    def reference_copy(cls, base: LLMEngine) -> LLMEngine:
+        """base's model again, in float32 on base's device, every call served by the readable
+        reference ops (minillama/ops/reference, attention included) and run eagerly: the
+        yardstick a fidelity check replays a run against (inspector's replay), to see how far
+        base's fast kernels and its dtype move the logits. Its weights are read again from
+        base's checkpoint (so a bf16 base is compared with the float32 weights, not with its own
+        rounding of them), or widened from base's when it has none (random weights): 4 bytes a
+        parameter. Its own KV pool is one block; replays make engines of their own over it."""
+        config = dataclasses.replace(
+            base.config, dtype="float32", attention="reference", fused_ops=False, enforce_eager=True,
+            num_kv_blocks=1, max_model_len=base.max_model_len,
+        )
+        if base.model_dir is not None:
+            return cls.from_pretrained(base.model_dir, config)
+        config.validate()
+        model = cls._build(base.model_config, config)
+        weights = dict(base.runner.model.named_parameters())
+        with torch.no_grad():
+            for name, param in model.named_parameters():  # the same names: the ops are not parameters
+                param.copy_(weights[name])
+        return cls(model, config, base.tokenizer, tuple(base.eos_token_ids), base.model_dir)
+
     @staticmethod
     def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
         device = config.resolved_device()
