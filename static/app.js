@@ -28,8 +28,8 @@
   // - only plots on screen: a plot in a hidden tab waits until its tab is shown;
   // - once an update is drawn, the page tells the server (POST ml-api/drawn), which sends a
   //   running engine's next update only then.
-  let payload = null; // the carrier's text last parsed
-  let figures = {}; // name -> figure, from that payload
+  const payloads = {}; // carrier id -> its text last parsed
+  const figures = {}; // name -> figure, from those payloads
   const pending = new Set(); // names whose figure changed since they were last drawn
   const last = {}; // name -> {data: its JSON, layout: key -> JSON} as last drawn
   let frameRequested = false;
@@ -105,14 +105,21 @@
     frameRequested = true;
     requestAnimationFrame(drawNext);
   };
+  // Two carriers: the step's figures (#ml-figures) and the Compare tab's chart (#ml-compare).
+  const CARRIERS = ["ml-figures", "ml-compare"];
   const takePayload = () => {
-    const carrier = document.querySelector("#ml-figures .ml-figure-data");
-    // Gradio may keep the element and change only its attribute: compare the payload itself.
-    if (!carrier || carrier.dataset.figures === payload) return false;
-    payload = carrier.dataset.figures;
-    figures = JSON.parse(payload);
-    for (const name of Object.keys(figures)) pending.add(name);
-    return true;
+    let changed = false;
+    for (const id of CARRIERS) {
+      const carrier = document.querySelector(`#${id} .ml-figure-data`);
+      // Gradio may keep the element and change only its attribute: compare the payload itself.
+      if (!carrier || carrier.dataset.figures === payloads[id]) continue;
+      payloads[id] = carrier.dataset.figures;
+      const parsed = JSON.parse(payloads[id]);
+      Object.assign(figures, parsed);
+      for (const name of Object.keys(parsed)) pending.add(name);
+      changed = true;
+    }
+    return changed;
   };
 
   // -- downloads ----------------------------------------------------------------------------
@@ -164,7 +171,7 @@
     ["space", "Run, or Pause a run"],
     ["s", "one Step"],
     ["b", "Run to breakpoint"],
-    ["1 – 5", "KV cache / Attention / Next token / Logit lens / Branch tab"],
+    ["1 – 6", "KV cache / Attention / Next token / Logit lens / Branch / Compare tab"],
     ["?", "this help (Esc closes it)"],
   ];
   const help = document.createElement("div");
@@ -205,7 +212,7 @@
     else if (event.key === " ") press(isRunning() ? "ml-pause" : "ml-run");
     else if (event.key === "s") press("ml-step");
     else if (event.key === "b") press("ml-run-bp");
-    else if (["1", "2", "3", "4", "5"].includes(event.key)) showTab(Number(event.key) - 1);
+    else if (["1", "2", "3", "4", "5", "6"].includes(event.key)) showTab(Number(event.key) - 1);
     else if (event.key === "?") help.hidden = !help.hidden;
     else return;
     event.preventDefault();

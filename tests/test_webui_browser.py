@@ -378,3 +378,31 @@ def test_clicking_another_token_forks_there_and_shows_the_branch_and_the_shared_
     tables = page.evaluate(BLOCK_TABLES)
     assert set(tables["#0"]) & set(tables["#1"])
     page.context.close()
+
+
+def test_compare_marks_where_a_request_alone_differs_from_the_batch(browser, url):
+    """The README's tour, step 7: two prompts sampled without a seed, run in one batch, then
+    replayed each alone from the Compare tab. The second draws from a generator the first has
+    not drawn from in between: it differs, and the tab marks where, charts the run and says
+    why (no seed)."""
+    page = open_page(browser, url)
+    page.locator("#ml-temperature input").fill("0.8")
+    add_prompts(page, "What is the capital of France?\nWrite a haiku about autumn.", max_tokens=12)
+    page.locator("#ml-run").click()
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
+                           timeout=60_000)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#ml-compare-alone").click()
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('compared:')",
+                           timeout=60_000)
+    assert "1 of 2 request(s) differ, first request 1" in page.locator("#ml-status").inner_text()
+    compare = page.locator("#ml-compare")
+    marked = compare.locator("tr.mlv-diverged")
+    playwright_api.expect(marked).to_have_count(1)
+    assert "request 1" in marked.inner_text() and "differs from token 0" in marked.inner_text()
+    assert "top of a" in compare.locator("tr.mlv-diverged-tops").inner_text()
+    assert "sample without a seed" in compare.inner_text()
+    # The chart, drawn by the page's Plotly like every figure, with the divergence's x marker.
+    page.wait_for_function("() => document.querySelector('#ml-plot-compare .main-svg') !== null", timeout=15_000)
+    assert page.locator("#ml-plot-compare .scatterlayer .point").count() > 0
+    page.context.close()

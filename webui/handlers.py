@@ -30,16 +30,20 @@ from typing import Any
 
 import gradio as gr
 
-from inspector import Breakpoint, RunResult, SequenceFinished, TraceError, load, save
+from inspector import Breakpoint, RunResult, SequenceFinished, Trace, TraceError, load, save
 from inspector.views import Selection, fork_label, resolve
-from minillama import InvalidRequestError, SamplingParams
-from webui import forking
+from minillama import ConfigError, InvalidRequestError, ModelLoadError, SamplingParams
+from webui import comparing, forking
 from webui.breakpoint_form import breakpoints_from_form, describe
-from webui.render import AUTO, render
+from webui.render import AUTO, render, status_html
 from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager, UISession
 
 log = logging.getLogger("minillama.webui")
 EXPECTED = (InvalidRequestError, LimitReached, SessionEnded, TraceError, ValueError)
+# A replay may also refuse the trace's model or settings (ConfigError), or find no memory for
+# the reference copy of the model (ModelLoadError).
+COMPARE_EXPECTED = (*EXPECTED, ConfigError, ModelLoadError)
+NO_PROGRESS = gr.Progress()  # Gradio replaces a handler's Progress default with the event's own
 # While running, the panels are refreshed as fast as the browser draws them, and no faster: the
 # page acknowledges each update once drawn (static/app.js -> front door -> SessionManager.drawn),
 # and the run loop sends the next one only then, so a busy browser never has a backlog of
@@ -335,6 +339,45 @@ class Handlers:
         items = "".join(f"<li>{html.escape(describe(bp))}</li>" for bp in breakpoints)
         return f"<div class='ml-armed'>armed for Run to breakpoint:<ul>{items}</ul></div>"
 
+    # -- compare: the session beside another run of its requests (webui/comparing.py) ---------------
+
+    def compare_alone(self, key: str, request: gr.Request, progress: gr.Progress = NO_PROGRESS) -> list[Any]:
+        """The batch-invariance check: replay every request of the session alone, and diff."""
+        return self._compare(key, request, progress, "replaying each request alone",
+                             lambda session, on_step: comparing.alone(self.manager, session, on_step))
+
+    def compare_fidelity(self, key: str, request: gr.Request, progress: gr.Progress = NO_PROGRESS) -> list[Any]:
+        """The fidelity check: replay the session in float32 with the reference kernels, and diff."""
+        return self._compare(key, request, progress, "replaying in float32 with the reference kernels",
+                             lambda session, on_step: comparing.fidelity(self.manager, session, on_step))
+
+    def compare_file(self, key: str, path: str | None, request: gr.Request,
+                     progress: gr.Progress = NO_PROGRESS) -> list[Any]:
+        """Diff the session against an uploaded trace file of the same requests."""
+        def against(session: UISession, on_step: comparing.Progress) -> comparing.Comparison:
+            other, name = self._load_upload(path)
+            return comparing.against(session, other, name)
+
+        return self._compare(key, request, progress, "comparing", against)
+
+    def _compare(self, key: str, request: gr.Request, progress: gr.Progress, doing: str,
+                 make: Callable[[UISession, comparing.Progress], comparing.Comparison]) -> list[Any]:
+        """[the Compare panel, the status banner]. The session is only read, under its lock
+        (a Step waits for the comparison); a refusal leaves the panel as it was."""
+        session = None
+        try:
+            session = self.manager.get(key, _client(request))
+            with session.lock:
+                comparison = make(session, lambda done, total: progress((done, total), desc=doing, unit="steps"))
+        except COMPARE_EXPECTED as error:
+            toast(str(error))
+            return [gr.skip(), status_html(session, str(error), error=True)]
+        except Exception as error:  # noqa: BLE001 - see _reported
+            log.exception("compare failed")
+            message = f"internal error ({type(error).__name__}: {error}); the server keeps serving"
+            return [gr.skip(), status_html(session, message, error=True)]
+        return [comparing.panel(comparison), status_html(session, comparing.verdict(comparison))]
+
     # -- trace files ------------------------------------------------------------------------------
 
     def save_trace(self, key: str) -> str | None:
@@ -378,6 +421,16 @@ class Handlers:
     def open_trace(self, session: UISession, path: str | None) -> list[Any]:
         if not path:
             return render(session)
+        trace, name = self._load_upload(path)
+        with session.lock:
+            self.manager.open_trace(session, trace, name)
+        return render(session, f"opened {name}: {len(trace.steps)} steps, {len(trace.sequences)} requests")
+
+    def _load_upload(self, path: object) -> tuple[Trace, str]:
+        """An uploaded trace file, read and validated whole (inspector.load), and its name.
+        Raises LimitReached over the upload limit, TraceError naming what is wrong."""
+        if not isinstance(path, str) or not path or not os.path.isfile(path):
+            raise ValueError("no trace file came with the request: choose a .mltrace file")
         size = os.path.getsize(path)
         limit = self.manager.limits.upload_mb * 2**20
         if size > limit:
@@ -387,9 +440,7 @@ class Handlers:
             trace = load(path, max_bytes=8 * limit)
         except TraceError as error:  # it says what is wrong; name the file, not where the server keeps it
             raise TraceError(str(error).replace(str(path), name)) from None
-        with session.lock:
-            self.manager.open_trace(session, trace, name)
-        return render(session, f"opened {name}: {len(trace.steps)} steps, {len(trace.sequences)} requests")
+        return trace, name
 
     def _session_or_none(self, key: str, request: gr.Request) -> UISession | None:
         try:

@@ -2,11 +2,12 @@
 collapsible section), and on the right the debugger bar (buttons, cursor slider, status) and the
 scheduler timeline on top, then the generated text beside a stack of tabs (KV cache with the
 step's details and block tables, attention, next token with its "what if?" fork buttons, logit
-lens, branch: a fork beside its parent). At 1280x800 all of it is on the screen at once; the
+lens, branch: a fork beside its parent, compare: the run beside a replay of it). At 1280x800 all of it is on the screen at once; the
 text and the tabs scroll inside their own panes.
 
 Every event's outputs are the same list of panels (render.OUTPUT_NAMES), so whatever a user
-does, every panel shows the step under the cursor. Buttons and panels carry elem_ids that
+does, every panel shows the step under the cursor; a comparison (Compare tab) is not about a
+step, and fills only its panel and the status banner. Buttons and panels carry elem_ids that
 static/app.js (keyboard shortcuts, drawing) and the browser tests use.
 """
 
@@ -16,6 +17,7 @@ import html
 
 import gradio as gr
 
+from webui import comparing
 from webui.breakpoint_form import EVENT_BREAKPOINTS
 from webui.handlers import Handlers
 from webui.render import OUTPUT_NAMES
@@ -144,6 +146,17 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                                 _plot_panel("lens")
                             with gr.Tab("Branch", elem_id="ml-tab-branch", render_children=True):
                                 branch = gr.HTML(elem_id="ml-branch")
+                            with gr.Tab("Compare", elem_id="ml-tab-compare", render_children=True):
+                                # The session beside a replay of it, or beside a trace file (webui/comparing.py).
+                                with gr.Row(elem_id="ml-compare-bar", equal_height=True):
+                                    compare_alone = gr.Button("Each request alone", elem_id="ml-compare-alone",
+                                                              size="sm", scale=0, min_width=140, interactive=live)
+                                    compare_fidelity = gr.Button("Float32 reference kernels", size="sm", scale=0,
+                                                                 elem_id="ml-compare-fidelity", min_width=170,
+                                                                 interactive=live)
+                                    compare_file = gr.UploadButton("A trace file…", file_types=[".mltrace"], size="sm",
+                                                                   elem_id="ml-compare-file", scale=0, min_width=120)
+                                compare = gr.HTML(comparing.panel(None), elem_id="ml-compare")
                 figures = gr.HTML(elem_id="ml-figures", elem_classes="ml-hidden")
                 # The tab key (webui/tab_keys.py): filled in when the page loads, sent with every call.
                 key = gr.Textbox(visible="hidden", elem_id="ml-tab-key")
@@ -189,6 +202,11 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         save.click(handlers.save_trace, [key], saved, api_name="save_trace")
         share.click(handlers.share_link, [key], share_url, api_name="share_link")
         upload.upload(handlers.open_trace, [key, upload], outputs, api_name="open_trace")
+        # A comparison fills the Compare tab and the status banner, and leaves the other panels.
+        compared = [compare, status]
+        compare_alone.click(handlers.compare_alone, [key], compared, api_name="compare_alone")
+        compare_fidelity.click(handlers.compare_fidelity, [key], compared, api_name="compare_fidelity")
+        compare_file.upload(handlers.compare_file, [key, compare_file], compared, api_name="compare_file")
     return app
 
 

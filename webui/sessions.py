@@ -139,6 +139,10 @@ class SessionManager:
         self._reclaimed: OrderedDict[str, str] = OrderedDict()  # tab key -> why its session went
         self.model_lock = threading.Lock()
         self._lock = threading.Lock()  # guards the three tables above
+        # The float32 reference copy of the model for fidelity checks (webui/comparing.py): made
+        # by the first one, under its own lock so two first clicks make one copy, then kept.
+        self._reference: LLMEngine | None = None
+        self._reference_lock = threading.Lock()
 
     # -- the session table ----------------------------------------------------------------------
 
@@ -242,6 +246,16 @@ class SessionManager:
             return
         for key in [k for k, s in self.sessions.items() if not s.holds_memory][: len(self.sessions) - MAX_TABS]:
             del self.sessions[key]
+
+    def reference_engine(self) -> LLMEngine:
+        """The model in float32 with the reference kernels (LLMEngine.reference_copy): made on
+        first use (4 bytes a parameter more), then kept for every session's fidelity checks."""
+        if self.base is None:
+            raise LimitReached("this server runs no model (--trace): a fidelity check needs one")
+        with self._reference_lock:
+            if self._reference is None:
+                self._reference = LLMEngine.reference_copy(self.base)
+            return self._reference
 
     # -- what a session does ------------------------------------------------------------------------
 

@@ -1,0 +1,188 @@
+"""The Compare tab through gradio_client, against a real server with the embedded model: each
+request alone and the float32 reference replays of a greedy session agree with it; a trace file
+with a planted divergence is marked there; every refusal (nothing to compare, a run not
+finished, a bad file, another model, settings over the server's limits, too many steps) says
+why and leaves the session as it was."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import re
+
+import pytest
+from gradio_client import handle_file
+from test_diff import planted
+from test_webui_api import add, panels
+from tiny_model import write_tiny_model
+from webui_support import Tab, running_server
+
+from inspector import DebugSession, load, save
+from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
+from webui import comparing
+from webui.limits import Limits
+from webui.sessions import LimitReached, SessionManager
+
+PROMPTS = "What is the capital of France?\nWrite a haiku about autumn."
+
+
+@pytest.fixture(scope="module")
+def manager(embedded_dir):
+    base = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=1, max_model_len=256))
+    return SessionManager(base, Limits(max_sessions=32, max_sessions_per_client=32, max_new_tokens=64))
+
+
+@pytest.fixture(scope="module")
+def url(manager):
+    with running_server(manager) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def finished(url):
+    """A tab whose two greedy requests ran to their end (8 tokens each), and its steps."""
+    tab = Tab(url)
+    add(tab, PROMPTS)
+    named = panels(tab.predict(api_name="/run"))
+    assert "every request has finished" in named["status"]
+    return tab, int(re.search(r"(\d+) step\(s\) recorded", named["status"]).group(1))
+
+
+def compare(tab: Tab, api_name: str, *inputs) -> tuple[str, str]:
+    """(the Compare panel, the status banner) after a comparison."""
+    panel, status = tab.predict(*inputs, api_name=api_name)
+    return panel, status
+
+
+def chart(panel: str) -> dict:
+    carried = re.search(r'data-figures="([^"]*)"', panel).group(1)
+    return json.loads(html.unescape(carried))["compare"]
+
+
+def unchanged(tab: Tab, steps: int) -> bool:
+    named = panels(tab.predict(api_name="/step"))
+    return "every request has finished" in named["status"] and f"{steps} step(s) recorded" in named["status"]
+
+
+def test_each_request_alone_gives_the_same_greedy_tokens(finished):
+    tab, steps = finished
+    panel, status = compare(tab, "/compare_alone")
+    assert "compared: all 2 request(s) give the same tokens" in status
+    assert "The same tokens: all 2 request(s) agree" in panel and 'class="mlv-diverged"' not in panel
+    assert f"this session: 2 request(s) in one batch ({steps} steps)" in panel
+    assert "each replayed alone" in panel
+    figure = chart(panel)
+    assert figure["layout"]["yaxis"]["title"]["text"] == "max |Δ log p|" and len(figure["data"]) == 8
+    assert unchanged(tab, steps)  # the session is only read
+
+
+def test_the_fidelity_check_replays_in_float32_with_the_reference_kernels(finished, manager):
+    tab, steps = finished
+    panel, status = compare(tab, "/compare_fidelity")
+    assert "compared: all 2 request(s) give the same tokens" in status
+    assert "<tr><td>attention</td><td>cpu</td><td>reference</td></tr>" in panel
+    drift = [float(x) for x in re.findall(r'<td class="mlv-num">(\d\.\d\de[-+]\d\d)</td>', panel)]
+    assert len(drift) == 2 and max(drift) < 1e-3  # the C kernels against the reference, both float32
+    reference = manager.reference_engine()  # made by the first check, kept for the next
+    compare(tab, "/compare_fidelity")
+    assert manager.reference_engine() is reference
+    assert unchanged(tab, steps)
+
+
+def test_a_trace_file_with_a_planted_divergence_is_marked(finished, tmp_path):
+    tab, steps = finished
+    trace = load(tab.predict(api_name="/save_trace"))
+    seq = trace.sequences[1]
+    other = (seq.output_ids[3] + 1) % trace.model.vocab_size
+    path = tmp_path / "planted.mltrace"
+    save(planted(trace, 1, 3, other), path)
+    panel, status = compare(tab, "/compare_file", handle_file(str(path)))
+    assert "compared: 1 of 2 request(s) differ, first request 1" in status
+    marked = panel.split('<tr class="mlv-diverged">')[1].split("</tr>")[0]
+    assert f"differs from token 3</b> (step {seq.token_steps[3]} / {seq.token_steps[3]})" in marked
+    assert "planted.mltrace (2 request(s)" in panel and "/tmp" not in panel
+    assert unchanged(tab, steps)
+
+
+def refused(tab: Tab, api_name: str, *inputs) -> str:
+    panel, status = compare(tab, api_name, *inputs)
+    assert "ml-error" in status
+    return html.unescape(status)
+
+
+def test_nothing_to_compare_and_an_unfinished_run_are_refused(url):
+    tab = Tab(url)
+    for api_name in ("/compare_alone", "/compare_fidelity"):
+        assert "nothing to compare yet: add prompts and Run first" in refused(tab, api_name)
+    add(tab, PROMPTS)
+    tab.predict(api_name="/step")
+    assert "2 request(s) have not finished (#0 first): Run to the end first" in refused(tab, "/compare_alone")
+    named = panels(tab.predict(api_name="/step"))
+    assert "2 request(s) · 2 step(s) recorded" in named["status"]  # still its own run, one step on
+
+
+def test_bad_files_and_bad_keys_are_refused_with_a_message(finished, tmp_path):
+    tab, steps = finished
+    bogus = tmp_path / "bogus.mltrace"
+    bogus.write_bytes(b"this is not a zip")
+    message = refused(tab, "/compare_file", handle_file(str(bogus)))
+    assert "bogus.mltrace is not a .mltrace file" in message and "/tmp" not in message
+    assert "no trace file came with the request" in refused(tab, "/compare_file", None)
+    panel, status = tab.client.predict("not-a-key", api_name="/compare_alone")
+    assert "reload the page" in status
+    assert unchanged(tab, steps)
+
+
+@pytest.fixture(scope="module")
+def tiny_trace(tmp_path_factory):
+    """A finished run of another model (the tiny one), saved."""
+    tiny = write_tiny_model(tmp_path_factory.mktemp("tiny"))
+    session = DebugSession(LLMEngine.from_pretrained(tiny, EngineConfig(device="cpu", num_kv_blocks=32, block_size=4)))
+    session.add("hello there", SamplingParams(temperature=0.0, max_tokens=4))
+    session.run()
+    path = tmp_path_factory.mktemp("traces") / "tiny.mltrace"
+    save(session.trace, path)
+    return path
+
+
+def test_a_trace_of_another_model_is_not_replayed_on_this_one(url, manager, tiny_trace, tmp_path):
+    tab = Tab(url)
+    named = panels(tab.predict(handle_file(str(tiny_trace)), api_name="/open_trace"))
+    assert "opened tiny.mltrace" in named["status"]
+    message = refused(tab, "/compare_alone")
+    assert "a different model: the trace's (tiny0) has num_layers 2" in message
+    # Over the server's limits: refused before anything runs (the model is not even compared).
+    trace = load(tiny_trace)
+    trace.engine = dataclasses.replace(trace.engine, max_num_seqs=100)
+    big = tmp_path / "big.mltrace"
+    save(trace, big)
+    assert "opened big.mltrace" in panels(tab.predict(handle_file(str(big)), api_name="/open_trace"))["status"]
+    assert "the trace ran batches of up to 100; this server replays at most 64" in refused(tab, "/compare_fidelity")
+    small_pool = SessionManager(manager.base, Limits(max_kv_blocks=16))
+    session = small_pool.open_tab("client")
+    small_pool.open_trace(session, load(tiny_trace), "tiny.mltrace")
+    with pytest.raises(LimitReached, match="the trace ran with 32 KV blocks; this server replays at most 16"):
+        comparing.alone(small_pool, session, lambda done, total: None)
+
+
+def test_a_file_of_other_requests_compares_as_not_the_same(finished, tiny_trace):
+    tab, _ = finished
+    panel, status = compare(tab, "/compare_file", handle_file(str(tiny_trace)))
+    assert "2 of 2 request(s) differ" in status
+    assert "the models&#39; names differ" in panel and "not the same request</b>: the prompts differ" in panel
+    assert "<b>only in a</b>" in panel
+
+
+def test_a_replay_stops_at_the_step_limit_and_a_running_session_is_refused(manager, embedded_dir):
+    small = SessionManager(manager.base, Limits(max_steps=12))
+    session = small.open_tab("client")
+    small.add_prompts(session, PROMPTS.splitlines(), SamplingParams(temperature=0.0, max_tokens=8), chat=True)
+    while small.step(session):
+        pass
+    assert len(session.trace.steps) <= 12  # batched, the run fits; one request after the other does not
+    with pytest.raises(ConfigError, match="the replay has run 12 steps, its limit"):
+        comparing.alone(small, session, lambda done, total: None)
+    session.running = True
+    with pytest.raises(ValueError, match="a run is in progress: Pause it"):
+        comparing.alone(small, session, lambda done, total: None)
