@@ -1,6 +1,6 @@
 """The Compare tab: the session's run beside another run of the same requests, and where they part.
 
-Three questions, one click each:
+Four questions, one click each:
 - Batch invariance ("does a request say the same alone as in the batch?"): every request of
   the session is replayed alone (inspector.replay(alone=True)) on the server's model, and the
   two runs are diffed. Batched kernels may reduce in another order for another batch, so a
@@ -8,6 +8,9 @@ Three questions, one click each:
 - Fidelity ("how far do the fast kernels and the dtype move the logits?"): the session is
   replayed on the float32 copy of the model that computes with the readable reference ops
   (LLMEngine.reference_copy; made on the first fidelity check, then kept by the server).
+- Another setting ("what if the pool were smaller?"): the session is replayed under the Engine
+  panel's settings (KV blocks, block size, batch limits, prefix caching): the schedules and
+  their causes side by side, and whether any token moved.
 - A trace file of the same requests (another setting, another day, another machine), uploaded.
 
 The session's trace is side a, the other run side b (inspector.diff_traces). The replays run
@@ -26,10 +29,9 @@ from inspector import CapturePolicy, Trace, TraceDiff, diff_traces, replay
 from inspector.views import compare_figure, compare_html, empty_panel
 from minillama import LLMEngine
 from webui.render import figures_html
-from webui.sessions import LimitReached, SessionManager, UISession
+from webui.sessions import MAX_NUM_SEQS, EngineSettings, LimitReached, SessionManager, UISession
 
 Progress = Callable[[int, int], None]  # (steps done, steps expected)
-MAX_NUM_SEQS = 64  # as a session's Reset allows
 MAX_TOP_K = 50
 
 
@@ -57,6 +59,23 @@ def fidelity(manager: SessionManager, session: UISession, on_step: Progress) -> 
     return Comparison(diff_traces(trace, replayed), _title(session, trace, _numerics(trace)),
                       f"the same {_requests(trace)} replayed in float32 with the reference kernels "
                       f"({len(replayed.steps)} steps)")
+
+
+def with_settings(manager: SessionManager, session: UISession, settings: EngineSettings,
+                  on_step: Progress) -> Comparison:
+    """The session against a replay under other engine settings (the Engine panel's): a smaller
+    pool preempts, a smaller token budget chunks, prefix caching off recomputes."""
+    trace = comparable(session)
+    manager.check_engine_settings(settings)
+    replayed = _replay(manager, trace, _model(manager), on_step, num_kv_blocks=settings.num_kv_blocks,
+                       block_size=settings.block_size, max_num_seqs=settings.max_num_seqs,
+                       max_num_batched_tokens=settings.max_num_batched_tokens,
+                       enable_prefix_caching=settings.prefix_caching)
+    e = replayed.engine
+    how = (f"{e.num_blocks} KV blocks of {e.block_size} tokens, batches of up to {e.max_num_seqs}, "
+           f"{e.max_num_batched_tokens} batched tokens, prefix caching {'on' if e.prefix_caching else 'off'}")
+    return Comparison(diff_traces(trace, replayed), _title(session, trace, _settings(trace)),
+                      f"the same {_requests(trace)} replayed with {how} ({len(replayed.steps)} steps)")
 
 
 def against(session: UISession, other: Trace, name: str) -> Comparison:
@@ -110,10 +129,10 @@ def _replay(manager: SessionManager, trace: Trace, engine: LLMEngine, on_step: P
             **overrides: object) -> Trace:
     """Replay `trace` on an engine over `engine`'s model, within the server's limits."""
     limits, e = manager.limits, trace.engine
-    if e.num_blocks > limits.max_kv_blocks:
+    if "num_kv_blocks" not in overrides and e.num_blocks > limits.max_kv_blocks:
         raise LimitReached(f"the trace ran with {e.num_blocks} KV blocks; this server replays at most "
                            f"{limits.max_kv_blocks} (--max-kv-blocks)")
-    if e.max_num_seqs > MAX_NUM_SEQS:
+    if "max_num_seqs" not in overrides and e.max_num_seqs > MAX_NUM_SEQS:
         raise LimitReached(f"the trace ran batches of up to {e.max_num_seqs}; this server replays at most {MAX_NUM_SEQS}")
     recorded_top_k = next((len(t.logits.top_ids) for s in trace.steps for t in s.tokens if t.logits is not None), 10)
     policy = CapturePolicy(attention=False, top_k=min(recorded_top_k, MAX_TOP_K),
@@ -144,6 +163,11 @@ def _title(session: UISession, trace: Trace, how: str) -> str:
 def _requests(trace: Trace) -> str:
     roots = sum(seq.parent_id is None for seq in trace.sequences.values())
     return f"{roots} request(s)"
+
+
+def _settings(trace: Trace) -> str:
+    e = trace.engine
+    return f"with {e.num_blocks} KV blocks of {e.block_size} tokens"
 
 
 def _numerics(trace: Trace) -> str:

@@ -281,11 +281,7 @@ class Handlers:
     def reset(self, session: UISession, kv_blocks: float | None, block_size: str | int, max_num_seqs: float | None,
               max_batched_tokens: float | None, prefix_caching: bool, attention: bool, traced: str | float | None,
               top_k: float | None, logit_lens: bool) -> list[Any]:
-        settings = EngineSettings(
-            num_kv_blocks=_whole(kv_blocks, "KV blocks"), block_size=_whole(block_size, "block size"),
-            max_num_seqs=_whole(max_num_seqs, "max batch size"),
-            max_num_batched_tokens=_whole(max_batched_tokens, "max batched tokens"), prefix_caching=bool(prefix_caching),
-        )
+        settings = _engine_settings(kv_blocks, block_size, max_num_seqs, max_batched_tokens, prefix_caching)
         traced_requests = None if _blank(traced) else _whole(traced, "traced requests", minimum=0)
         capture = CaptureSettings(bool(attention), traced_requests, _whole(top_k, "top-k"), bool(logit_lens))
         with session.lock:
@@ -350,6 +346,16 @@ class Handlers:
         """The fidelity check: replay the session in float32 with the reference kernels, and diff."""
         return self._compare(key, request, progress, "replaying in float32 with the reference kernels",
                              lambda session, on_step: comparing.fidelity(self.manager, session, on_step))
+
+    def compare_settings(self, key: str, kv_blocks: float | None, block_size: str | int, max_num_seqs: float | None,
+                         max_batched_tokens: float | None, prefix_caching: bool, request: gr.Request,
+                         progress: gr.Progress = NO_PROGRESS) -> list[Any]:
+        """Replay the session under the Engine panel's settings (not applied to the session), and diff."""
+        def replayed(session: UISession, on_step: comparing.Progress) -> comparing.Comparison:
+            settings = _engine_settings(kv_blocks, block_size, max_num_seqs, max_batched_tokens, prefix_caching)
+            return comparing.with_settings(self.manager, session, settings, on_step)
+
+        return self._compare(key, request, progress, "replaying with the Engine panel's settings", replayed)
 
     def compare_file(self, key: str, path: str | None, request: gr.Request,
                      progress: gr.Progress = NO_PROGRESS) -> list[Any]:
@@ -465,6 +471,16 @@ def _idle_message(session: UISession) -> str:
     if session.debug is None or not session.trace.sequences:
         return "add prompts first: write them on the left and press Add prompts"
     return "every request has finished: add prompts to continue"
+
+
+def _engine_settings(kv_blocks: float | None, block_size: str | int, max_num_seqs: float | None,
+                     max_batched_tokens: float | None, prefix_caching: bool) -> EngineSettings:
+    """The Engine panel's fields as EngineSettings (ValueError naming a field that is not a number)."""
+    return EngineSettings(
+        num_kv_blocks=_whole(kv_blocks, "KV blocks"), block_size=_whole(block_size, "block size"),
+        max_num_seqs=_whole(max_num_seqs, "max batch size"),
+        max_num_batched_tokens=_whole(max_batched_tokens, "max batched tokens"), prefix_caching=bool(prefix_caching),
+    )
 
 
 def _blank(value: object) -> bool:

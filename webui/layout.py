@@ -150,12 +150,15 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                                 # The session beside a replay of it, or beside a trace file (webui/comparing.py).
                                 with gr.Row(elem_id="ml-compare-bar", equal_height=True):
                                     compare_alone = gr.Button("Each request alone", elem_id="ml-compare-alone",
-                                                              size="sm", scale=0, min_width=140, interactive=live)
-                                    compare_fidelity = gr.Button("Float32 reference kernels", size="sm", scale=0,
-                                                                 elem_id="ml-compare-fidelity", min_width=170,
+                                                              size="sm", scale=0, min_width=130, interactive=live)
+                                    compare_fidelity = gr.Button("Float32 reference", size="sm", scale=0,
+                                                                 elem_id="ml-compare-fidelity", min_width=130,
                                                                  interactive=live)
-                                    compare_file = gr.UploadButton("A trace file…", file_types=[".mltrace"], size="sm",
-                                                                   elem_id="ml-compare-file", scale=0, min_width=120)
+                                    compare_settings = gr.Button("Engine settings (left)", size="sm", scale=0,
+                                                                 elem_id="ml-compare-settings", min_width=150,
+                                                                 interactive=live)
+                                    compare_file = gr.UploadButton("Trace file…", file_types=[".mltrace"], size="sm",
+                                                                   elem_id="ml-compare-file", scale=0, min_width=100)
                                 compare = gr.HTML(comparing.panel(None), elem_id="ml-compare")
                 figures = gr.HTML(elem_id="ml-figures", elem_classes="ml-hidden")
                 # The tab key (webui/tab_keys.py): filled in when the page loads, sent with every call.
@@ -206,6 +209,8 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         compared = [compare, status]
         compare_alone.click(handlers.compare_alone, [key], compared, api_name="compare_alone")
         compare_fidelity.click(handlers.compare_fidelity, [key], compared, api_name="compare_fidelity")
+        compare_settings.click(handlers.compare_settings, [key, kv_blocks, block_size, max_num_seqs, max_batched,
+                                                           prefix_caching], compared, api_name="compare_settings")
         compare_file.upload(handlers.compare_file, [key, compare_file], compared, api_name="compare_file")
     return app
 

@@ -34,6 +34,7 @@ from webui.shares import Shares
 from webui.tab_keys import TabKeys
 
 MAX_TABS = 4096  # table entries of tabs (cheap); past it, those holding nothing are forgotten first
+MAX_NUM_SEQS = 64  # the largest batch a session's engine may run
 
 
 class LimitReached(Exception):
@@ -264,10 +265,7 @@ class SessionManager:
         any, is closed). Raises ValueError naming a bad setting, changing nothing."""
         if self.base is None:
             raise LimitReached("no model is loaded (the server runs with --trace): open a trace file to view")
-        if not 1 <= settings.num_kv_blocks <= self.limits.max_kv_blocks:
-            raise ValueError(f"KV blocks must be between 1 and {self.limits.max_kv_blocks}, got {settings.num_kv_blocks}")
-        if not 1 <= settings.max_num_seqs <= 64:
-            raise ValueError(f"max batch size must be between 1 and 64, got {settings.max_num_seqs}")
+        self.check_engine_settings(settings)
         if capture.top_k < 1 or capture.top_k > 50:
             raise ValueError(f"logits top-k must be between 1 and 50, got {capture.top_k}")
         config = EngineConfig(
@@ -289,6 +287,14 @@ class SessionManager:
         session.cursor = session.debug.cursor
         session.settings, session.capture = settings, capture
         session.selection = Selection()
+
+    def check_engine_settings(self, settings: EngineSettings) -> None:
+        """Raise ValueError naming a setting outside what this server lets a session use (the
+        engine checks the rest, such as a block size its attention takes)."""
+        if not 1 <= settings.num_kv_blocks <= self.limits.max_kv_blocks:
+            raise ValueError(f"KV blocks must be between 1 and {self.limits.max_kv_blocks}, got {settings.num_kv_blocks}")
+        if not 1 <= settings.max_num_seqs <= MAX_NUM_SEQS:
+            raise ValueError(f"max batch size must be between 1 and {MAX_NUM_SEQS}, got {settings.max_num_seqs}")
 
     def add_prompts(self, session: UISession, prompts: list[str], params: SamplingParams, chat: bool) -> list[int]:
         """Queue every prompt, or none: each is checked first (InvalidRequestError names the
