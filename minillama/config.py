@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -194,6 +195,15 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+# The scheduler's budgets when EngineConfig leaves them to the device: (max_num_seqs,
+# max_num_batched_tokens). A GPU decode step reads every weight once, whatever the batch, so 256
+# sequences cost little more than 16, and a prefill step wants thousands of tokens to keep the
+# tensor cores busy (vLLM's defaults: 256 sequences, 8-16k tokens); on the 1B shape on an H200,
+# 64 sequences ran at half the throughput of 256. A CPU step grows with the batch, and the web
+# UI and the tests want small steps.
+BATCH_DEFAULTS: dict[str, tuple[int, int]] = {"cpu": (64, 4096), "cuda": (256, 16384)}
+
+
 @dataclass
 class EngineConfig:
     """How the engine runs: device, precision, KV-cache size and scheduler budgets."""
@@ -205,8 +215,8 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # None: sized from kv_cache_memory_gb / gpu_memory_utilization
     kv_cache_memory_gb: float = 1.0  # CPU: memory for the KV cache when num_kv_blocks is None
     gpu_memory_utilization: float = 0.9  # CUDA: fraction of GPU memory the engine may use
-    max_num_seqs: int = 64  # most sequences running at once (decode batch size)
-    max_num_batched_tokens: int = 4096  # most tokens in one prefill step (chunked beyond)
+    max_num_seqs: int | None = None  # most sequences running at once (decode batch size); None: BATCH_DEFAULTS
+    max_num_batched_tokens: int | None = None  # most tokens in one prefill step (chunked beyond); None: BATCH_DEFAULTS
     max_model_len: int | None = None  # None: min(model's max_position_embeddings, 8192)
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True disables CUDA graphs
@@ -224,6 +234,14 @@ class EngineConfig:
             return torch.bfloat16 if device.type == "cuda" else torch.float32
         return DTYPES[self.dtype]
 
+    def for_device(self, device: torch.device) -> EngineConfig:
+        """This config with the budgets it leaves to the device (None) set from BATCH_DEFAULTS."""
+        seqs, tokens = BATCH_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+        return dataclasses.replace(
+            self, max_num_seqs=seqs if self.max_num_seqs is None else self.max_num_seqs,
+            max_num_batched_tokens=tokens if self.max_num_batched_tokens is None else self.max_num_batched_tokens,
+        )
+
     def validate(self) -> None:
         """Raise ConfigError naming the first bad setting and its command-line flag.
 
@@ -232,9 +250,8 @@ class EngineConfig:
         _check_device(self.device)
         _check_choice("dtype", self.dtype, ("auto", *DTYPES))
         _check_choice("attention", self.attention, BACKEND_NAMES)
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
-            as_int(getattr(self, name), _label(name), ConfigError)
-        for name in ("num_kv_blocks", "max_model_len"):  # None: sized automatically
+        as_int(self.block_size, _label("block_size"), ConfigError)
+        for name in ("num_kv_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens"):  # None: automatic
             if getattr(self, name) is not None:
                 as_int(getattr(self, name), _label(name), ConfigError)
         as_number(self.kv_cache_memory_gb, _label("kv_cache_memory_gb"), ConfigError)

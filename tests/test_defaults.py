@@ -53,3 +53,21 @@ def test_a_web_ui_session_starts_from_the_web_ui_defaults(tmp_path):
     # Traced requests are the web UI's own choice; the rest of the capture is the recorder's default.
     assert session.debug.recorder.policy == CapturePolicy(
         attention_requests=None, memory_budget=int(limits.trace_budget_mb * 2**20))
+
+
+def test_the_batch_budgets_default_to_the_devices(tmp_path):
+    """A GPU serves 256 sequences and 16,384-token prefill steps unless told otherwise (a decode
+    step reads the weights once, whatever the batch); a CPU 64 and 4,096. Given values stay."""
+    import torch
+
+    from minillama.config import BATCH_DEFAULTS
+
+    assert (EngineConfig().max_num_seqs, EngineConfig().max_num_batched_tokens) == (None, None)
+    for device, budgets in (("cpu", (64, 4096)), ("cuda", (256, 16384))):
+        resolved = EngineConfig().for_device(torch.device(device))
+        assert (resolved.max_num_seqs, resolved.max_num_batched_tokens) == budgets == BATCH_DEFAULTS[device]
+    given = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512).for_device(torch.device("cuda"))
+    assert (given.max_num_seqs, given.max_num_batched_tokens) == (8, 512)
+    engine = LLMEngine.from_pretrained(write_tiny_model(tmp_path), EngineConfig(device="cpu", num_kv_blocks=16))
+    assert (engine.config.max_num_seqs, engine.scheduler.max_num_seqs, engine.scheduler.max_num_batched_tokens) == (
+        64, 64, 4096)

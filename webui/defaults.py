@@ -15,7 +15,8 @@ ENGINE = EngineConfig(
     # runs out.
     num_kv_blocks=64,
     # The sessions' steps take turns on the one shared model, so each step is kept short: at most
-    # 8 sequences a batch and 2,048 tokens a prefill step (the library: 64 and 4,096).
+    # 8 sequences a batch and 2,048 tokens a prefill step (the library: 64 and 4,096 on a CPU, 256 and
+    # 16,384 on a GPU).
     max_num_seqs=8,
     max_num_batched_tokens=2048,
     # The shared model's context (app.py --max-model-len), which caps every session's: a prompt

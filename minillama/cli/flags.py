@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from minillama.config import DTYPES, EngineConfig, flag_of
+from minillama.config import BATCH_DEFAULTS, DTYPES, EngineConfig, flag_of
 from minillama.ops.attention import BACKEND_NAMES
 from minillama.sampling_params import SamplingParams
 
@@ -43,8 +43,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     _engine_flag(g, "kv_cache_memory_gb", "CPU: memory for the KV cache, GiB (default: %(default)s)", type=float)
     _engine_flag(g, "gpu_memory_utilization", "CUDA: fraction of GPU memory to use (default: %(default)s)",
                  type=float)
-    _engine_flag(g, "max_num_seqs", "most sequences running at once (default: %(default)s)", type=int)
-    _engine_flag(g, "max_num_batched_tokens", "most tokens in one prefill step (default: %(default)s)", type=int)
+    (cpu_seqs, cpu_tokens), (cuda_seqs, cuda_tokens) = BATCH_DEFAULTS["cpu"], BATCH_DEFAULTS["cuda"]
+    _engine_flag(g, "max_num_seqs", f"most sequences running at once (default: {cpu_seqs} on CPU, {cuda_seqs} on "
+                 "CUDA)", type=int)
+    _engine_flag(g, "max_num_batched_tokens", f"most tokens in one prefill step (default: {cpu_tokens} on CPU, "
+                 f"{cuda_tokens} on CUDA)", type=int)
     _engine_flag(g, "max_model_len", "longest sequence (default: min(model context, 8192))", type=int)
     # Three switches, each the opposite of its field's default: present, they flip it.
     _engine_flag(g, "enable_prefix_caching", "turn prefix caching off", action="store_false")

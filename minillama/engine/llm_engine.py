@@ -76,10 +76,11 @@ class LLMEngine:
     ):
         """Wrap an already built model; most callers want from_pretrained or from_config."""
         config.validate()
+        self.device = next(model.parameters()).device
+        config = config.for_device(self.device)  # the batch budgets it leaves to the device
         self.config = config
         self.model_config: ModelConfig = model.config
         self.model_dir = model_dir
-        self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.max_model_len = _max_model_len(self.model_config, config)
         self.tokenizer = tokenizer
