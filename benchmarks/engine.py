@@ -11,6 +11,7 @@ number of tokens (EOS ignored), greedily, from the same weights and prompts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import sys
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmarks.floor import measure_peaks, run_floor
 from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts
 from minillama import (
     BACKEND_NAMES,
@@ -31,7 +33,7 @@ from minillama import (
     StepTimings,
     embedded_model_dir,
 )
-from minillama.cli import ArgumentParser, add_debug_flag, freeze_startup_heap, int_at_least, number_at_least, run_cli
+from minillama.cli import ArgumentParser, add_debug_flag, freeze_startup_heap, int_at_least, run_cli
 
 PROG = "python -m benchmarks.engine"
 ENGINE = EngineConfig()  # the library's defaults: --device and --attention start from these
@@ -119,8 +121,8 @@ def print_table(title: str, rows: list[Row], floor_seconds: float | None = None)
         ratio = ours.tok_per_s / row.tok_per_s
         print(f"{row.name:<34}{row.tokens:>8}{row.seconds:>10.2f}{row.tok_per_s:>10.1f}{ratio:>12.2f}x")
     if floor_seconds:
-        print(f"{'floor (weights + compute)':<34}{ours.tokens:>8}{floor_seconds:>10.2f}{ours.tokens / floor_seconds:>10.1f}"
-              f"   minillama at {floor_seconds / ours.seconds:.0%} of the floor")
+        print(f"{'floor (measured GEMM + bandwidth)':<34}{ours.tokens:>8}{floor_seconds:>10.2f}"
+              f"{ours.tokens / floor_seconds:>10.1f}   minillama at {floor_seconds / ours.seconds:.0%} of the floor")
 
 
 def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
@@ -133,7 +135,7 @@ def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
         return hf, AutoTokenizer.from_pretrained(path)
     path = config_path(args.config)
     if not path.is_file():
-        raise ConfigError(f"--config {args.config}: no such file; give 1b, 3b or the path of a config.json")
+        raise ConfigError(f"--config {args.config}: no such file; give 1b, 3b, 8b or the path of a config.json")
     ModelConfig.from_file(path)  # a missing or malformed file: a ModelLoadError that says what is wrong
     raw = json.loads(path.read_text())
     raw["eos_token_id"] = None  # random weights: never stop early
@@ -181,14 +183,26 @@ def gpu_workload(args: argparse.Namespace) -> None:
     freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
     # Warm-up: enough prompts for a full prefill step and a decode batch of 32, so that the
     # Triton kernels the timed run needs are compiled (a fresh machine has no kernel cache).
-    time_engine(engine, prompts[:32], 8)
+    # Other prompts than the timed ones: the prefix cache must not serve the timed run any.
+    time_engine(engine, random_prompts(32, 100, 1024, hf.config.vocab_size, seed=1), 8)
+    before = dataclasses.replace(engine.stats)
     ours = time_engine(engine, prompts, args.output_len)
-    print(f"KV cache: {engine.num_kv_blocks} blocks of {config.block_size}; attention "
+    stats, model_config = engine.stats, engine.model_config
+    print(f"KV cache: {engine.num_kv_blocks} blocks of {engine.config.block_size}; batches of up to "
+          f"{engine.config.max_num_seqs} sequences and {engine.config.max_num_batched_tokens} tokens; attention "
           f"{engine.attention_backend}; CUDA graphs: {sorted(engine.runner.graphs)}")
-    print(engine.stats.summary())
+    print(stats.summary())
     del engine
     gc.collect()
     torch.cuda.empty_cache()
+    peaks = measure_peaks(device)
+    prefill_seconds = stats.prefill_seconds - before.prefill_seconds
+    floor = run_floor(model_config, peaks, [len(p) for p in prompts], stats.prefill_tokens - before.prefill_tokens,
+                      stats.decode_steps - before.decode_steps, args.output_len)
+    print(f"measured on this GPU: bf16 GEMM {peaks.gemm_flops / 1e12:.0f} TFLOP/s, copy {peaks.copy_bytes / 1e12:.2f} TB/s")
+    print(f"prefill: {floor.prefill_flops / prefill_seconds / 1e12:.0f} TFLOP/s in {prefill_seconds:.2f} s, "
+          f"{floor.prefill_seconds / prefill_seconds:.0%} of the GEMM peak; floor {floor.prefill_seconds:.2f} s of "
+          f"compute + {floor.decode_seconds:.2f} s of decode reads")
     rows = []
     if "static" in args.peers:
         time_hf_generate(hf, prompts[:2], 4, 2, 0)
@@ -199,7 +213,7 @@ def gpu_workload(args: argparse.Namespace) -> None:
         except Exception as exc:  # a peer failing must not hide our own numbers
             print(f"HF continuous batching failed: {type(exc).__name__}: {exc}")
     print_table(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each",
-                [ours, *rows], floor_seconds=args.floor)
+                [ours, *rows], floor_seconds=floor.seconds)
 
 
 class StepTimer(Observer):
@@ -219,21 +233,6 @@ class StepTimer(Observer):
         return " / ".join(f"{median([getattr(t, p) for t in self.timings]):.2f}" for p in phases)
 
 
-def copy_bandwidth(device: torch.device, gib: float = 2.0) -> float:
-    """Measured device memory bandwidth, bytes/s: a large copy, bytes read plus bytes written."""
-    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize(device)
-    return 2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3)
-
-
 def decode_step_table(args: argparse.Namespace) -> None:
     """Decode step time at batch sizes 1, 16, 64 against the memory-bandwidth floor: every step
     must read all weights once plus each sequence's K/V."""
@@ -243,7 +242,7 @@ def decode_step_table(args: argparse.Namespace) -> None:
     freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
     del hf
     torch.cuda.empty_cache()
-    bandwidth = copy_bandwidth(device)
+    bandwidth = measure_peaks(device).copy_bytes
     model = engine.runner.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     mc = engine.model_config
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> None:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help="the 256-request GPU workload")
-    parser.add_argument("--config", default=None, help="1b, 3b or a config.json path (random weights); default: embedded model")
+    parser.add_argument("--config", default=None, help="1b, 3b, 8b or a config.json path (random weights); default: embedded model")
     parser.add_argument("--device", default=ENGINE.device)
     parser.add_argument("--max-tokens", type=int_at_least(1), default=64, help="small workload: new tokens per prompt")
     parser.add_argument("--kv-blocks", type=int, default=None)
@@ -295,12 +294,11 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--output-len", type=int_at_least(1), default=256)
     parser.add_argument("--peers", default="static,cb", help="GPU peers to run: static, cb")
     parser.add_argument("--attention", default=ENGINE.attention, choices=BACKEND_NAMES)
-    # The GPU workload's own scheduler budgets, larger than the library's (64 and 4,096): 256
-    # requests decode in one batch, and a prefill step takes up to 16k tokens.
-    parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    # The scheduler's budgets: the library's defaults for the device unless given (on a GPU, 256
+    # sequences and 16,384 tokens a prefill step: the 256 requests decode in one batch).
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the library's for the device")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: the library's for the device")
     parser.add_argument("--eager", action="store_true")
-    parser.add_argument("--floor", type=number_at_least(0), default=None, help="seconds no engine can beat, for the table")
     parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
     parser.add_argument("--context", type=int_at_least(1), default=512, help="--decode-steps: tokens of context per sequence")
     add_debug_flag(parser)

@@ -19,8 +19,9 @@ CHAT_PROMPTS = [
 
 
 def config_path(name: str) -> Path:
-    path = CONFIGS / f"llama-3.2-{name}.json"
-    return path if path.exists() else Path(name)
+    """A shape by its short name (1b, 3b: Llama-3.2; 8b: Llama-3.1), else `name` as a path."""
+    found = sorted(CONFIGS.glob(f"llama-3.*-{name}.json"))
+    return found[-1] if found else Path(name)
 
 
 def random_prompts(n: int, low: int, high: int, vocab: int, seed: int) -> list[list[int]]:
