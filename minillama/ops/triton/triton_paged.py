@@ -66,7 +66,13 @@ _H100_SMS = 132  # SM count assumed for non-CUDA tensors (Triton's CPU interpret
 # ----------------------------------------------------------------------------------------
 
 
-@triton.jit
+# Triton compiles a kernel again for every new "specialisation" of its integer arguments: a
+# value of 1, or one divisible by 16, gets code of its own. The block tables' width, the split
+# count and the strides that follow it change from step to step, so each new combination used
+# to compile mid-run (1.2 s in one prefill step of the 3B shape on a fresh machine): those
+# arguments are not specialised. They only index a few scalar loads and stores, which gain
+# nothing from the divisibility hint.
+@triton.jit(do_not_specialize=["num_splits", "stride_bt", "stride_ob", "stride_lb", "stride_lh"])
 def _decode_kernel(
     q_ptr,  # [B, 1, H, D]
     k_cache_ptr,  # [num_blocks, block_size, Hkv, D]
@@ -168,7 +174,7 @@ def _decode_kernel(
         tl.store(lse_ptr + seq * stride_lb + head * stride_lh + split, m_i + tl.log2(l_i), mask=head_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "stride_pb", "stride_ph", "stride_lb", "stride_lh"])  # see _decode_kernel
 def _decode_merge_kernel(
     part_ptr,  # [B, H, num_splits, D] fp32, each split's normalised output
     lse_ptr,  # [B, H, num_splits] fp32, each split's log2-sum-exp2
@@ -314,7 +320,7 @@ def flash_attn_with_kvcache(
 # ----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])  # the block tables' width: see _decode_kernel
 def _prefill_kernel(
     q_ptr,  # [total_q, H, D]
     k_ptr,  # [total_k, Hkv, D], or the paged cache [num_blocks, block_size, Hkv, D] when PAGED
