@@ -6,6 +6,7 @@ why and leaves the session as it was."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import html
 import json
@@ -109,6 +110,7 @@ def test_a_smaller_pool_preempts_says_why_and_keeps_the_greedy_tokens(finished):
     ((2, 8, 64, 4096, True), "can never fit the KV cache: the K/V of 44 tokens need 6 blocks of 8, the cache has 2"),
     ((16, 8, 65, 4096, True), "max batch size must be between 1 and 64, got 65"),
     ((16, 8, 64, None, True), "max batched tokens is empty"),
+    ((16, 8, 64, 10**9, True), "max batched tokens must be between 1 and 16384, got 1000000000"),
 ])
 def test_bad_engine_settings_are_refused_before_any_step(finished, fields, message):
     tab, steps = finished
@@ -185,6 +187,10 @@ def test_a_trace_of_another_model_is_not_replayed_on_this_one(url, manager, tiny
     save(trace, big)
     assert "opened big.mltrace" in panels(tab.predict(handle_file(str(big)), api_name="/open_trace"))["status"]
     assert "the trace ran batches of up to 100; this server replays at most 64" in refused(tab, "/compare_fidelity")
+    trace.engine = dataclasses.replace(trace.engine, max_num_seqs=8, max_num_batched_tokens=10**6)
+    save(trace, big)
+    tab.predict(handle_file(str(big)), api_name="/open_trace")
+    assert "prefill steps of up to 1000000 tokens; this server replays at most 16384" in refused(tab, "/compare_alone")
     small_pool = SessionManager(manager.base, Limits(max_kv_blocks=16))
     session = small_pool.open_tab("client")
     small_pool.open_trace(session, load(tiny_trace), "tiny.mltrace")
@@ -209,6 +215,13 @@ def test_a_replay_stops_at_the_step_limit_and_a_running_session_is_refused(manag
     assert len(session.trace.steps) <= 12  # batched, the run fits; one request after the other does not
     with pytest.raises(ConfigError, match="the replay has run 12 steps, its limit"):
         comparing.alone(small, session, lambda done, total: None)
+    many = copy.deepcopy(session.trace)  # a file may claim any number of requests
+    for i in range(300):
+        many.sequences[1000 + i] = dataclasses.replace(many.sequences[0], seq_id=1000 + i)
+    other = small.open_tab("client")
+    small.open_trace(other, many, "many.mltrace")
+    with pytest.raises(LimitReached, match="the trace has 302 requests; this server replays at most 256"):
+        comparing.alone(small, other, lambda done, total: None)
     session.running = True
     with pytest.raises(ValueError, match="a run is in progress: Pause it"):
         comparing.alone(small, session, lambda done, total: None)

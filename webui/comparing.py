@@ -29,10 +29,11 @@ from inspector import CapturePolicy, Trace, TraceDiff, diff_traces, replay
 from inspector.views import compare_figure, compare_html, empty_panel
 from minillama import LLMEngine
 from webui.render import figures_html
-from webui.sessions import MAX_NUM_SEQS, EngineSettings, LimitReached, SessionManager, UISession
+from webui.sessions import MAX_BATCHED_TOKENS, MAX_NUM_SEQS, EngineSettings, LimitReached, SessionManager, UISession
 
 Progress = Callable[[int, int], None]  # (steps done, steps expected)
 MAX_TOP_K = 50
+MAX_REQUESTS = 256  # requests a replay takes (a session makes a few dozen; a file may claim thousands)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,12 @@ def _replay(manager: SessionManager, trace: Trace, engine: LLMEngine, on_step: P
                            f"{limits.max_kv_blocks} (--max-kv-blocks)")
     if "max_num_seqs" not in overrides and e.max_num_seqs > MAX_NUM_SEQS:
         raise LimitReached(f"the trace ran batches of up to {e.max_num_seqs}; this server replays at most {MAX_NUM_SEQS}")
+    if "max_num_batched_tokens" not in overrides and e.max_num_batched_tokens > MAX_BATCHED_TOKENS:
+        raise LimitReached(f"the trace ran prefill steps of up to {e.max_num_batched_tokens} tokens; this server "
+                           f"replays at most {MAX_BATCHED_TOKENS}")
+    requests = sum(seq.parent_id is None for seq in trace.sequences.values())
+    if requests > MAX_REQUESTS:
+        raise LimitReached(f"the trace has {requests} requests; this server replays at most {MAX_REQUESTS}")
     recorded_top_k = next((len(t.logits.top_ids) for s in trace.steps for t in s.tokens if t.logits is not None), 10)
     policy = CapturePolicy(attention=False, top_k=min(recorded_top_k, MAX_TOP_K),
                            memory_budget=int(limits.trace_budget_mb * 2**20))

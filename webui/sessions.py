@@ -35,6 +35,7 @@ from webui.tab_keys import TabKeys
 
 MAX_TABS = 4096  # table entries of tabs (cheap); past it, those holding nothing are forgotten first
 MAX_NUM_SEQS = 64  # the largest batch a session's engine may run
+MAX_BATCHED_TOKENS = 16384  # the most tokens one of its prefill steps may take (the activations grow with it)
 
 
 class LimitReached(Exception):
@@ -295,6 +296,9 @@ class SessionManager:
             raise ValueError(f"KV blocks must be between 1 and {self.limits.max_kv_blocks}, got {settings.num_kv_blocks}")
         if not 1 <= settings.max_num_seqs <= MAX_NUM_SEQS:
             raise ValueError(f"max batch size must be between 1 and {MAX_NUM_SEQS}, got {settings.max_num_seqs}")
+        if not 1 <= settings.max_num_batched_tokens <= MAX_BATCHED_TOKENS:
+            raise ValueError(f"max batched tokens must be between 1 and {MAX_BATCHED_TOKENS}, "
+                             f"got {settings.max_num_batched_tokens}")
 
     def add_prompts(self, session: UISession, prompts: list[str], params: SamplingParams, chat: bool) -> list[int]:
         """Queue every prompt, or none: each is checked first (InvalidRequestError names the
