@@ -200,7 +200,13 @@ def test_a_toast_shows_user_text_as_text(browser, url):
     page = open_page(browser, url)
     add_prompts(page, "Hi", max_tokens=2)
     page.get_by_text("Breakpoints (Run to breakpoint)").click()
-    page.get_by_label("Stop when the text matches (regex)").fill("(<img src=x onerror=window.__xss=1>")
+    # The section's fields are mounted as it opens: text typed into a box that is then mounted
+    # again is lost (one run in four lost it). Type once the form shows what it arms ("none
+    # armed"), and check the box kept the text.
+    page.locator("#ml-bp-armed .ml-armed").wait_for(timeout=15_000)
+    box = page.get_by_label("Stop when the text matches (regex)")
+    box.fill("(<img src=x onerror=window.__xss=1>")
+    playwright_api.expect(box).to_have_value("(<img src=x onerror=window.__xss=1>")
     # As a user would: click once the form shows what it arms (here, what is wrong with the
     # pattern). A click sent before the box's value has reached the page's state carries no
     # pattern, and gets "no breakpoint is set" instead of the toast.
