@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inspector import CapturePolicy, Trace, TraceDiff, diff_traces, replay
-from inspector.views import compare_figure, compare_html, empty_panel
+from inspector.views import compare_figure, compare_html
 from minillama import LLMEngine
 from webui.render import figures_html
 from webui.sessions import MAX_BATCHED_TOKENS, MAX_NUM_SEQS, EngineSettings, LimitReached, SessionManager, UISession
@@ -104,9 +104,10 @@ def comparable(session: UISession) -> Trace:
 def panel(comparison: Comparison | None) -> str:
     """The tab's panel: the comparison, with its chart under the requests (a plot div and its
     figure's carrier, drawn by static/app.js like every other figure)."""
-    if comparison is None:
-        return empty_panel("Compare this session with a replay of it: each request alone, or in float32 with the "
-                           "reference kernels; or with a trace file of the same requests.")
+    if comparison is None:  # plain text: no stylesheet in the page until there is a comparison to show
+        return ("<p class='ml-empty'>Compare this session with a replay of it (each request alone, in float32 with "
+                "the reference kernels, or under the Engine panel's settings) or with a trace file of the same "
+                "requests.</p>")
     chart = f"<div id='ml-plot-compare' class='ml-plot'></div>{figures_html({'compare': compare_figure(comparison.diff)})}"
     return compare_html(comparison.diff, comparison.title_a, comparison.title_b, chart)
 
