@@ -11,25 +11,19 @@ import re
 import plotly.graph_objects as go
 import pytest
 from test_diff import planted
-from tiny_model import write_tiny_model
+from test_diff import run as diff_run  # noqa: F401 - test_diff's fixture, used here as diff_run
 
-from inspector import DebugSession, diff_traces
+from inspector import diff_traces
 from inspector.views import compare_figure, compare_html
 from inspector.views.compare import MAX_CHARTED, MAX_ROWS
-from minillama import EngineConfig, LLMEngine, SamplingParams
 
 XSS = "<img src=x onerror=window.__xss=1>"
 
 
 @pytest.fixture(scope="module")
-def trace(tmp_path_factory):
-    """A tiny-model run of two greedy requests and a seeded one."""
-    tiny = write_tiny_model(tmp_path_factory.mktemp("tiny"))
-    session = DebugSession(LLMEngine.from_pretrained(tiny, EngineConfig(device="cpu", num_kv_blocks=32, block_size=4)))
-    session.add_batch(["hello there", "abc"], SamplingParams(temperature=0.0, max_tokens=8))
-    session.add("seeded", SamplingParams(temperature=0.9, seed=3, max_tokens=8))
-    session.run()
-    return session.trace
+def trace(diff_run):  # noqa: F811 - the fixture imported above
+    """test_diff's tiny-model run: two greedy requests and a seeded one."""
+    return diff_run[0]
 
 
 def body(html: str) -> str:

@@ -17,7 +17,7 @@ from gradio_client import handle_file
 from test_diff import planted
 from test_webui_api import add, panels
 from tiny_model import write_tiny_model
-from webui_support import Tab, running_server
+from webui_support import Tab, embedded_manager, running_server
 
 from inspector import DebugSession, load, save
 from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
@@ -30,8 +30,7 @@ PROMPTS = "What is the capital of France?\nWrite a haiku about autumn."
 
 @pytest.fixture(scope="module")
 def manager(embedded_dir):
-    base = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=1, max_model_len=256))
-    return SessionManager(base, Limits(max_sessions=32, max_sessions_per_client=32, max_new_tokens=64))
+    return embedded_manager(embedded_dir)
 
 
 @pytest.fixture(scope="module")

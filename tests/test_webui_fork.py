@@ -13,19 +13,16 @@ import time
 
 import pytest
 from test_webui_api import add, panels
-from webui_support import Tab, running_server
+from webui_support import Tab, embedded_manager, running_server
 
-from minillama import EngineConfig, LLMEngine, SamplingParams
-from webui.limits import Limits
-from webui.sessions import SessionManager
+from minillama import SamplingParams
 
 MAX_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def manager(embedded_dir):
-    base = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=1, max_model_len=256))
-    return SessionManager(base, Limits(max_sessions=32, max_sessions_per_client=32, max_new_tokens=64))
+    return embedded_manager(embedded_dir)
 
 
 @pytest.fixture(scope="module")

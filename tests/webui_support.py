@@ -8,11 +8,20 @@ from contextlib import contextmanager
 
 from gradio_client import Client
 
+from minillama import EngineConfig, LLMEngine
+from webui.limits import Limits
 from webui.server import serve
 from webui.sessions import SessionManager
 
 # Every panel that follows the cursor, by elem_id; each shows the text "step N" for step N.
 PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-lens", "ml-details")
+
+
+def embedded_manager(model_dir) -> SessionManager:
+    """The embedded model on the CPU (its own pool one block: each session makes its own), with
+    room for the many tabs a test module opens."""
+    base = LLMEngine.from_pretrained(model_dir, EngineConfig(device="cpu", num_kv_blocks=1, max_model_len=256))
+    return SessionManager(base, Limits(max_sessions=32, max_sessions_per_client=32, max_new_tokens=64))
 
 
 def free_port() -> int:

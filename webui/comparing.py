@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inspector import CapturePolicy, Trace, TraceDiff, diff_traces, replay
+from inspector.debug import lineage_roots, recorded_top_k
 from inspector.views import compare_figure, compare_html
 from minillama import LLMEngine
 from webui.render import figures_html
@@ -142,8 +143,7 @@ def _replay(manager: SessionManager, trace: Trace, engine: LLMEngine, on_step: P
     requests = sum(seq.parent_id is None for seq in trace.sequences.values())
     if requests > MAX_REQUESTS:
         raise LimitReached(f"the trace has {requests} requests; this server replays at most {MAX_REQUESTS}")
-    recorded_top_k = next((len(t.logits.top_ids) for s in trace.steps for t in s.tokens if t.logits is not None), 10)
-    policy = CapturePolicy(attention=False, top_k=min(recorded_top_k, MAX_TOP_K),
+    policy = CapturePolicy(attention=False, top_k=min(recorded_top_k(trace), MAX_TOP_K),
                            memory_budget=int(limits.trace_budget_mb * 2**20))
     estimate = _steps_expected(trace) if alone else len(trace.steps)
     return replay(trace, engine=engine, alone=alone, policy=policy, progress=False, step_lock=manager.model_lock,
@@ -153,14 +153,13 @@ def _replay(manager: SessionManager, trace: Trace, engine: LLMEngine, on_step: P
 def _steps_expected(trace: Trace) -> int:
     """About how many steps the requests take one after another: the sum of each lineage's span
     (a request and its forks, from its arrival to its last token)."""
-    roots: dict[int, int] = {}  # sequence id -> the request its lineage starts from
-    ends: dict[int, int] = {}  # that request -> the last step of its lineage
-    for seq_id in sorted(trace.sequences):  # a child's id is above its parent's
-        seq = trace.sequences[seq_id]
-        root = roots[seq_id] = seq_id if seq.parent_id is None else roots.get(seq.parent_id, seq_id)
+    roots = lineage_roots(trace)
+    ends: dict[int, int] = {}  # a request -> the last step of its lineage
+    for seq_id, seq in trace.sequences.items():
         end = seq.token_steps[-1] if seq.token_steps else seq.added_step
-        ends[root] = max(ends.get(root, end), end)
-    return max(sum(end - trace.sequences[root].added_step + 1 for root, end in ends.items()), 1)
+        ends[roots[seq_id]] = max(ends.get(roots[seq_id], end), end)
+    spans = (end - trace.sequences[root].added_step + 1 for root, end in ends.items() if root in trace.sequences)
+    return max(sum(spans), 1)
 
 
 def _title(session: UISession, trace: Trace, how: str) -> str:

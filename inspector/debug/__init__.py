@@ -19,10 +19,11 @@ from inspector.debug.breakpoints import (
     TextMatches,
 )
 from inspector.debug.cursor import Cursor
-from inspector.debug.replay import replay
+from inspector.debug.replay import lineage_roots, recorded_top_k, replay
 from inspector.debug.session import DebugSession, RunResult
 
 __all__ = [
     "AtStep", "Breakpoint", "CopyOnWrite", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
-    "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches", "replay",
+    "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches", "lineage_roots",
+    "recorded_top_k", "replay",
 ]

@@ -89,7 +89,7 @@ def replay(
                               "replay without an engine to load the model with it")
         # sharing_weights keeps the model's device, dtype and attention; its fused ops too.
         engine = LLMEngine.sharing_weights(engine, dataclasses.replace(config, fused_ops=engine.config.fused_ops))
-    session = DebugSession(engine, policy or CapturePolicy(attention=False, top_k=_recorded_top_k(trace)))
+    session = DebugSession(engine, policy or CapturePolicy(attention=False, top_k=recorded_top_k(trace)))
     check_same_model(trace.model, session.trace.model, force)
     roots = [s for s in trace.sequences.values() if s.parent_id is None]
     for seq in roots:  # every request checked before any runs: a bad one is reported in a moment
@@ -112,7 +112,7 @@ def replay(
         if not alone:
             driver.run(actions)
         else:
-            lineage = _lineage_roots(trace)
+            lineage = lineage_roots(trace)
             for root in sorted(roots, key=lambda s: s.seq_id):  # in the order they were added
                 driver.run([(step - root.added_step, a) for step, a in actions if lineage[_seq_of(a)] == root.seq_id])
     return session.trace
@@ -256,7 +256,7 @@ def _can_fork(engine: LLMEngine, replayed: dict[int, int], fork: ForkRecord) -> 
     return len(parent.prompt_token_ids) + len(parent.output_token_ids) >= fork.position
 
 
-def _lineage_roots(trace: Trace) -> dict[int, int]:
+def lineage_roots(trace: Trace) -> dict[int, int]:
     """Each sequence id -> the request (no parent) its lineage starts from."""
     roots: dict[int, int] = {}
     for seq_id in sorted(trace.sequences):  # a child's id is above its parent's
@@ -269,7 +269,7 @@ def _params(seq: SequenceRecord) -> SamplingParams:
     return SamplingParams(**{**seq.params, "stop_token_ids": tuple(seq.params["stop_token_ids"])})
 
 
-def _recorded_top_k(trace: Trace) -> int:
+def recorded_top_k(trace: Trace) -> int:
     """How many tokens each logits summary of the trace holds (the recorder's default if none)."""
     summary = next((t.logits for step in trace.steps for t in step.tokens if t.logits is not None), None)
     return len(summary.top_ids) if summary is not None else CapturePolicy().top_k
