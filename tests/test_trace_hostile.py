@@ -26,12 +26,14 @@ import plotly.io as pio
 import pytest
 from test_inspector_support import add_forks, record_tiny_run
 
-from inspector import CapturePolicy, TraceError, load, save
+from inspector import CapturePolicy, TraceError, diff_traces, load, save
 from inspector.trace.model import Trace
 from inspector.views import (
     Selection,
     attention_figure,
     block_tables_html,
+    compare_figure,
+    compare_html,
     kv_cache_figure,
     logit_lens_figure,
     logits_figure,
@@ -168,6 +170,14 @@ def test_markup_in_every_text_field_never_reaches_a_view_raw(saved, document, tm
         assert RAW not in output, what
         shown += "&lt;img src=x onerror=alert(1)&gt;&#34;&#39;&amp;" in output
     assert shown  # the texts are shown, escaped
+    # The Compare tab's view of it, beside the file it was made from and beside itself: a
+    # divergent request's top-k, prompts, settings, causes and titles all pass through escape.
+    base = load(saved)
+    for a, b in ((trace, base), (base, trace), (trace, trace)):
+        diff = diff_traces(a, b)
+        panel, figure = compare_html(diff, HOSTILE, HOSTILE), pio.to_json(compare_figure(diff), validate=False)
+        assert RAW not in panel and RAW not in figure
+        assert "&lt;img src=x onerror=alert(1)&gt;" in panel
 
 
 def test_a_fingerprint_that_is_not_16_hex_digits_is_refused(saved, document, tmp_path):
