@@ -202,6 +202,7 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
 # 64 sequences ran at half the throughput of 256. A CPU step grows with the batch, and the web
 # UI and the tests want small steps.
 BATCH_DEFAULTS: dict[str, tuple[int, int]] = {"cpu": (64, 4096), "cuda": (256, 16384)}
+ASYNC_SCHEDULING = ("auto", "on", "off")
 
 
 @dataclass
@@ -220,6 +221,9 @@ class EngineConfig:
     max_model_len: int | None = None  # None: min(model's max_position_embeddings, 8192)
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True disables CUDA graphs
+    # Overlap scheduling (minillama/engine/in_flight.py): the host plans step N+1 while the GPU
+    # runs step N. "auto": on with CUDA, off on a CPU (whose forward runs on the host itself).
+    async_scheduling: str = "auto"
     fused_ops: bool = True  # CUDA with Triton: fused RMSNorm, RoPE + KV write, SwiGLU; CPU fp32: the C kernels
     seed: int = 0  # seeds the shared sampling generator (requests without their own seed)
 
@@ -233,6 +237,10 @@ class EngineConfig:
         if self.dtype == "auto":
             return torch.bfloat16 if device.type == "cuda" else torch.float32
         return DTYPES[self.dtype]
+
+    def resolved_async_scheduling(self, device: torch.device) -> bool:
+        """Whether an engine on `device` overlaps its steps (async_scheduling "auto": on CUDA)."""
+        return self.async_scheduling == "on" or (self.async_scheduling == "auto" and device.type == "cuda")
 
     def for_device(self, device: torch.device) -> EngineConfig:
         """This config with the budgets it leaves to the device (None) set from BATCH_DEFAULTS."""
@@ -250,6 +258,7 @@ class EngineConfig:
         _check_device(self.device)
         _check_choice("dtype", self.dtype, ("auto", *DTYPES))
         _check_choice("attention", self.attention, BACKEND_NAMES)
+        _check_choice("async_scheduling", self.async_scheduling, ASYNC_SCHEDULING)
         as_int(self.block_size, _label("block_size"), ConfigError)
         for name in ("num_kv_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens"):  # None: automatic
             if getattr(self, name) is not None:

@@ -34,7 +34,7 @@ def cuda_fp32_engine(hf_model, attention: str = "sdpa"):
                                                           num_kv_blocks=64, block_size=16))
 
 
-def cuda_bf16_engine(hf_model, eager: bool):
+def cuda_bf16_engine(hf_model, eager: bool, async_scheduling: str = "auto"):
     """A bf16 engine on CUDA with Triton attention over `hf_model`'s weights (64 blocks of 16, at
     most 8 sequences): its decode steps replay CUDA graphs unless `eager`. Tests run one scenario
     on both and require the same tokens: a replayed graph must compute what eager code does."""
@@ -42,7 +42,7 @@ def cuda_bf16_engine(hf_model, eager: bool):
 
     engine = LLMEngine.from_hf_model(hf_model, EngineConfig(device="cuda", dtype="bfloat16", attention="triton",
                                                             enforce_eager=eager, num_kv_blocks=64, block_size=16,
-                                                            max_num_seqs=8))
+                                                            max_num_seqs=8, async_scheduling=async_scheduling))
     assert bool(engine.runner.graphs) == (not eager), "decode should run through CUDA graphs"
     return engine
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from minillama.config import BATCH_DEFAULTS, DTYPES, EngineConfig, flag_of
+from minillama.config import ASYNC_SCHEDULING, BATCH_DEFAULTS, DTYPES, EngineConfig, flag_of
 from minillama.ops.attention import BACKEND_NAMES
 from minillama.sampling_params import SamplingParams
 
@@ -49,6 +49,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     _engine_flag(g, "max_num_batched_tokens", f"most tokens in one prefill step (default: {cpu_tokens} on CPU, "
                  f"{cuda_tokens} on CUDA)", type=int)
     _engine_flag(g, "max_model_len", "longest sequence (default: min(model context, 8192))", type=int)
+    _engine_flag(g, "async_scheduling", "plan the next step while the GPU runs this one; auto: on with CUDA, "
+                 "off on a CPU, and every engine steps in order while an observer watches (default: %(default)s)",
+                 choices=list(ASYNC_SCHEDULING))
     # Three switches, each the opposite of its field's default: present, they flip it.
     _engine_flag(g, "enable_prefix_caching", "turn prefix caching off", action="store_false")
     _engine_flag(g, "enforce_eager", "no CUDA graphs", action="store_true")

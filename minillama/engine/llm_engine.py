@@ -9,7 +9,9 @@
 A step: the scheduler picks a batch -> the model runner builds the flat tensors and runs the
 model (each layer writes its new K/V into the paged cache and attends) -> the sampler draws one
 token per sequence that finished its prompt -> sequences that hit EOS or their length limit
-finish and give back their KV blocks. Observers (minillama.observe) see every stage.
+finish and give back their KV blocks. Observers (minillama.observe) see every stage. With async
+scheduling (on CUDA by default; minillama/engine/in_flight.py) the host plans and launches step
+N+1 before it reads step N's tokens, so the GPU never waits for the host between steps.
 fork() continues a request from any of its tokens with other tokens, sharing its KV blocks.
 SamplingParams(n=k) draws k samples of one prompt: one prefill, then k sequences sharing its blocks.
 SamplingParams(beam_width=k) runs a beam search (minillama/engine/beam_search.py) on the same
@@ -31,6 +33,7 @@ from minillama.engine.beam_search import BeamGroup, Candidate, Hypothesis, Selec
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.block_pool import BlockPoolSnapshot, cached_flags, snapshot_block_pool
 from minillama.engine.detokenizer import IncrementalDetokenizer
+from minillama.engine.in_flight import InFlightStep, placeholder
 from minillama.engine.model_runner import ModelRunner
 from minillama.engine.outputs import (
     CopyOnWrite,
@@ -109,6 +112,15 @@ class LLMEngine:
         self.stats = EngineStats()
         # With observers on CUDA: events timing the forward and the sampler, made once.
         self._gpu_timer = _GpuTimer(self.device) if self.device.type == "cuda" else None
+        # Async scheduling (in_flight.py): the step launched and not read yet; the outputs of one
+        # read between step() calls, for the next call; whether the next call must read before
+        # it plans (a sequence reaches its length limit in the step in flight); when a step was
+        # last read (a step's time in EngineStats runs from there, or from its launch if later).
+        self.async_scheduling = config.resolved_async_scheduling(self.device)
+        self._in_flight: InFlightStep | None = None
+        self._ready: list[RequestOutput] = []
+        self._must_read = False
+        self._last_read_at = 0.0
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -260,6 +272,7 @@ class LLMEngine:
         still holds. request(id) tells which (fork_prefix). With params asking for beam_width
         k > 1 (a beam's own, by default) the fork starts a beam search of its own from there.
         Raises InvalidRequestError, changing nothing, on bad input."""
+        self._settle()  # the parent's last token must be real, not a placeholder
         parent = self.sequences.get(seq_id) if is_int(seq_id) else None
         if parent is None:
             raise InvalidRequestError(f"no request {seq_id!r} to fork (unknown, or finished and collected)")
@@ -404,7 +417,9 @@ class LLMEngine:
         self._pending_samples.discard(request_id)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """True while a step() call has something to do: requests to run, a step in flight to
+        read (async scheduling), or outputs read early to return."""
+        return self.scheduler.has_unfinished() or self._in_flight is not None or bool(self._ready)
 
     def text(self, request_id: int) -> str:
         """The output text of a request so far."""
@@ -414,6 +429,8 @@ class LLMEngine:
     # -- observers ---------------------------------------------------------------------------------
 
     def add_observer(self, observer: Observer) -> None:
+        """Watch every step from the next one; the engine then steps in order (in_flight.py)."""
+        self._settle()
         self.observers.append(observer)
 
     def remove_observer(self, observer: Observer) -> None:
@@ -467,6 +484,7 @@ class LLMEngine:
 
     def request(self, seq_id: int) -> RequestInfo:
         """A copy of a request's state, as it is now; KeyError once the request is forgotten."""
+        self._settle()
         return self.sequences[seq_id].info()
 
     def block_pool_snapshot(self, computed: Mapping[int, int] | None = None, include: Iterable[int] = ()
@@ -474,6 +492,7 @@ class LLMEngine:
         """The KV block pool as it is now (minillama/engine/block_pool.py). computed: seq id ->
         tokens whose K/V it holds, for a snapshot taken while a step's forward is computing them
         (default: what the engine has committed); include: blocks to list whatever their state."""
+        self._settle()
         return snapshot_block_pool(self.block_manager, self.scheduler.holders, computed, include)
 
     def cached_flags(self, block_ids: Iterable[int]) -> list[bool]:
@@ -483,7 +502,87 @@ class LLMEngine:
     # -- the step ----------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduler iteration: one forward pass over the batch it picks."""
+        """Run one scheduler iteration: one forward pass over the batch it picks. -> the new
+        tokens' outputs: this step's, or with async scheduling the step before's (in_flight.py)."""
+        if self._ready:  # a step read between calls (request(), fork(), ...): its outputs first
+            outputs, self._ready = self._ready, []
+            return outputs
+        if self._overlaps():
+            return self._step_overlapped()
+        if self._in_flight is not None:  # in order from here: read the step launched first
+            return self._read_in_flight()
+        return self._step_in_order()
+
+    def _overlaps(self) -> bool:
+        """May the next step be planned before the step in flight is read? Not while anything
+        must act on a step's tokens before the next is planned: an observer (it sees each step
+        whole), a beam search (it forks and prunes on them), a request with n > 1 before its
+        first token (its samples start from it), a sequence reaching its length limit."""
+        return (self.async_scheduling and not self.observers and not self._searching and not self._pending_samples
+                and not self._must_read)
+
+    def _step_overlapped(self) -> list[RequestOutput]:
+        """Plan and launch a step, then read the step before (which the GPU finished meanwhile)."""
+        launched_at = time.perf_counter()
+        self.block_manager.step = self.step_count
+        batch = self.scheduler.schedule()
+        previous = self._in_flight
+        if not batch.scheduled:  # all that is left is in flight
+            return self._read_in_flight() if previous is not None else []
+        # Step N-1's sampled tokens stay on the device: this step's inputs gather them there.
+        logits = self.runner.run(self.runner.prepare(batch, previous.tokens if previous is not None else None))
+        seqs = [self.sequences[item.seq_id] for item in batch.sampling]
+        if seqs:
+            tokens = self.sampler(logits, [seq.params for seq in seqs], [self._generators.get(seq.seq_id) for seq in seqs])
+        else:  # a prefill step whose prompts all go on in the next chunk
+            tokens = torch.empty(0, dtype=torch.long, device=self.device)
+        self._in_flight = InFlightStep(seqs, tokens, batch.phase, batch.num_tokens, len(batch.preempted), launched_at)
+        outputs = self._read_step(previous) if previous is not None else []
+        # Committed after the read: the blocks it hashes hold no placeholder any more.
+        self.scheduler.update_after_step(batch)
+        for row, seq in enumerate(seqs):
+            if seq.is_finished:  # it stopped at the step before: this row ran in vain
+                continue
+            seq.token_ids.append(placeholder(row))
+            if seq.num_output_tokens >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
+                self._must_read = True  # it finishes with this token: plan nothing past its limit
+        self.step_count += 1
+        return outputs
+
+    def _read_in_flight(self) -> list[RequestOutput]:
+        """Wait for the step in flight and read its tokens; nothing new is launched."""
+        flight, self._in_flight = self._in_flight, None
+        return self._read_step(flight)
+
+    def _read_step(self, flight: InFlightStep) -> list[RequestOutput]:
+        """A launched step's tokens take their placeholders' places, as outputs; the sequences
+        they finish give back their blocks (the step launched since may still be writing its
+        rows of them: whoever takes them next writes later, on the same stream)."""
+        self._must_read = False
+        outputs = []
+        for seq, token in zip(flight.seqs, flight.read()):
+            if seq.is_finished:  # stopped a step earlier (its row ran in vain), or aborted
+                continue
+            seq.token_ids[-1] = token
+            output = self._output(seq, token)
+            if output.finished:
+                self.scheduler.finish(seq, output.finish_reason)
+            outputs.append(output)
+        now = time.perf_counter()
+        # The step had the GPU from its launch, or from the end of the step before it if later.
+        self.stats.record(flight.phase, flight.num_tokens, now - max(flight.launched_at, self._last_read_at),
+                          flight.num_preempted)
+        self._last_read_at = now
+        return outputs
+
+    def _settle(self) -> None:
+        """Read the step in flight, if any, so that what is read next holds no placeholder; its
+        outputs wait for the next step() call."""
+        if self._in_flight is not None:
+            self._ready += self._read_in_flight()
+
+    def _step_in_order(self) -> list[RequestOutput]:
+        """One step synchronously: plan, run, read the tokens, tell the observers."""
         t0 = time.perf_counter()
         self.block_manager.step = self.step_count  # the step evictions are recorded at
         batch = self.scheduler.schedule()

@@ -194,8 +194,17 @@ class ModelRunner:
 
     # -- building the flat batch --------------------------------------------------------------
 
-    def prepare(self, batch: SchedulerOutput) -> ModelInputs:
-        return self._prepare_prefill(batch) if batch.phase == "prefill" else self._prepare_decode(batch)
+    def prepare(self, batch: SchedulerOutput, pending: torch.Tensor | None = None) -> ModelInputs:
+        """The step's flat tensors. pending: the tokens [S] (on the device) of a step the host
+        has not read yet (async scheduling, minillama/engine/in_flight.py); an input id -1 - i
+        in the batch is a placeholder for pending[i]."""
+        inputs = self._prepare_prefill(batch) if batch.phase == "prefill" else self._prepare_decode(batch)
+        if pending is not None and pending.numel():
+            ids = inputs.input_ids
+            # [N]: each placeholder's row of pending (any valid row for the others), then the choice.
+            rows = (-1 - ids).clamp_(min=0)
+            inputs.input_ids = torch.where(ids < 0, pending[rows], ids)
+        return inputs
 
     def _prepare_prefill(self, batch: SchedulerOutput) -> ModelInputs:
         bs = self.block_size

@@ -393,17 +393,27 @@ class Scheduler:
         self._waiting_ids = None
 
     def update_after_step(self, batch: SchedulerOutput) -> None:
-        """Record the K/V the step computed: advance each sequence and hash its full blocks."""
+        """Record the K/V the step computed: advance each sequence and hash its full blocks. A
+        sequence that finished meanwhile is left as it is: with async scheduling (in_flight.py)
+        the tokens of the step before, read after this step was launched, may have ended it."""
         assert len(self.in_flight) == len(batch.scheduled), "update_after_step takes the last plan"
         for seq, item in zip(self.in_flight, batch.scheduled):
+            if seq.status is SequenceStatus.FINISHED:
+                continue
             before = seq.num_computed_tokens
             seq.num_computed_tokens = item.end
             self.block_manager.commit_full_blocks(seq, before)
 
     def finish(self, seq: Sequence, reason: str) -> None:
+        """`seq` is done: its blocks go back. It is running, or (async scheduling, in_flight.py)
+        was preempted while the step that sampled its last token was in flight."""
+        if seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+            self._waiting_ids = None
+        else:
+            self.running.remove(seq)
         seq.finish(reason)
         self.block_manager.free(seq)
-        self.running.remove(seq)
         if self.reserved_seats:
             self.reserved_seats.pop(seq.seq_id, None)
 
