@@ -24,6 +24,7 @@ from benchmarks.floor import measure_peaks, run_floor
 from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts
 from minillama import (
     BACKEND_NAMES,
+    LLM,
     ConfigError,
     EngineConfig,
     LLMEngine,
@@ -178,7 +179,8 @@ def gpu_workload(args: argparse.Namespace) -> None:
     hf, _ = load_hf(args, device, torch.bfloat16)
     prompts = random_prompts(args.num_requests, 100, 1024, hf.config.vocab_size, seed=0)
     config = EngineConfig(device="cuda", attention=args.attention, max_num_seqs=args.max_num_seqs,
-                          max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager)
+                          max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager,
+                          async_scheduling=args.async_scheduling)
     engine = LLMEngine.from_hf_model(hf, config)
     freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
     # Warm-up: enough prompts for a full prefill step and a decode batch of 32, so that the
@@ -190,11 +192,13 @@ def gpu_workload(args: argparse.Namespace) -> None:
     stats, model_config = engine.stats, engine.model_config
     print(f"KV cache: {engine.num_kv_blocks} blocks of {engine.config.block_size}; batches of up to "
           f"{engine.config.max_num_seqs} sequences and {engine.config.max_num_batched_tokens} tokens; attention "
-          f"{engine.attention_backend}; CUDA graphs: {sorted(engine.runner.graphs)}")
+          f"{engine.attention_backend}; CUDA graphs: {sorted(engine.runner.graphs)}; async scheduling "
+          f"{'on' if engine.async_scheduling else 'off'}")
     print(stats.summary())
     del engine
     gc.collect()
     torch.cuda.empty_cache()
+    public = time_public_api(hf, prompts, args.output_len)
     peaks = measure_peaks(device)
     prefill_seconds = stats.prefill_seconds - before.prefill_seconds
     floor = run_floor(model_config, peaks, [len(p) for p in prompts], stats.prefill_tokens - before.prefill_tokens,
@@ -213,7 +217,23 @@ def gpu_workload(args: argparse.Namespace) -> None:
         except Exception as exc:  # a peer failing must not hide our own numbers
             print(f"HF continuous batching failed: {type(exc).__name__}: {exc}")
     print_table(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each",
-                [ours, *rows], floor_seconds=floor.seconds)
+                [ours, public, *rows], floor_seconds=floor.seconds)
+
+
+def time_public_api(hf, prompts: list[list[int]], max_tokens: int) -> Row:
+    """The same workload as a user runs it: LLM.generate with the library's defaults (an LLM over
+    these weights: LLM(directory) would read them from disk first)."""
+    llm = LLM.from_engine(LLMEngine.from_hf_model(hf, EngineConfig(device="cuda")))
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    llm.generate(prompts[:32], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))  # compiles, as ours
+    synchronize(llm.engine.device)
+    start = time.perf_counter()
+    completions = llm.generate(prompts, params)
+    seconds = time.perf_counter() - start
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+    return Row("LLM.generate, defaults", sum(len(c.token_ids) for c in completions), seconds)
 
 
 class StepTimer(Observer):
@@ -238,7 +258,8 @@ def decode_step_table(args: argparse.Namespace) -> None:
     must read all weights once plus each sequence's K/V."""
     device = torch.device("cuda")
     hf, _ = load_hf(args, device, torch.bfloat16)
-    engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention, max_num_seqs=256))
+    engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention, max_num_seqs=256,
+                                                      async_scheduling=args.async_scheduling))
     freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
     del hf
     torch.cuda.empty_cache()
@@ -259,13 +280,14 @@ def decode_step_table(args: argparse.Namespace) -> None:
             engine.step()  # prefill (shared prefix: mostly cache hits)
         for _ in range(5):
             engine.step()
-        times = []
+        # 30 steps back to back, as a run makes them: with async scheduling a step's host work
+        # runs while the step before computes, so one step timed alone would show only that.
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
         for _ in range(30):
-            torch.cuda.synchronize(device)
-            start = time.perf_counter()
             engine.step()
-            times.append(time.perf_counter() - start)
-        step = sorted(times)[len(times) // 2]
+        torch.cuda.synchronize(device)
+        step = (time.perf_counter() - start) / 30
         kv_bytes = batch * (args.context + 20) * kv_bytes_per_token
         floor = (weight_bytes + kv_bytes) / bandwidth
         split = StepTimer()
@@ -292,20 +314,22 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--kv-blocks", type=int, default=None)
     parser.add_argument("--num-requests", type=int_at_least(1), default=256)
     parser.add_argument("--output-len", type=int_at_least(1), default=256)
-    parser.add_argument("--peers", default="static,cb", help="GPU peers to run: static, cb")
+    parser.add_argument("--peers", default="static,cb", help="GPU peers to run: static, cb, or none")
     parser.add_argument("--attention", default=ENGINE.attention, choices=BACKEND_NAMES)
     # The scheduler's budgets: the library's defaults for the device unless given (on a GPU, 256
     # sequences and 16,384 tokens a prefill step: the 256 requests decode in one batch).
     parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the library's for the device")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: the library's for the device")
     parser.add_argument("--eager", action="store_true")
+    parser.add_argument("--async-scheduling", default=ENGINE.async_scheduling, choices=["auto", "on", "off"],
+                        help="plan the next step while the GPU runs this one (default: %(default)s, on with CUDA)")
     parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
     parser.add_argument("--context", type=int_at_least(1), default=512, help="--decode-steps: tokens of context per sequence")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    unknown_peers = set(args.peers.split(",")) - {"static", "cb"}
+    unknown_peers = set(args.peers.split(",")) - {"static", "cb", "none"}
     if unknown_peers:
-        raise ConfigError(f"--peers takes static, cb or both (comma-separated), got {args.peers!r}")
+        raise ConfigError(f"--peers takes static, cb or both (comma-separated), or none, got {args.peers!r}")
     # The engine's own flags are checked before any model loads.
     EngineConfig(device=args.device, attention=args.attention, num_kv_blocks=args.kv_blocks,
                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()

@@ -17,6 +17,13 @@ class LLM:
     def __init__(self, model: str | Path | None = None, config: EngineConfig | None = None):
         self.engine = LLMEngine.from_pretrained(model, config)
 
+    @classmethod
+    def from_engine(cls, engine: LLMEngine) -> LLM:
+        """An LLM over an engine already built (LLMEngine.from_config, from_hf_model, ...)."""
+        llm = cls.__new__(cls)
+        llm.engine = engine
+        return llm
+
     def generate(
         self,
         prompts: list[str] | list[list[int]],
