@@ -71,6 +71,20 @@ def make_hf_model(name: str, seed: int = 0, vocab_size: int = 256, init_std: flo
     return model
 
 
+def pytest_addoption(parser):
+    parser.addoption("--async-scheduling", default="auto", choices=["auto", "off"],
+                     help="off: every engine whose config says auto steps in order (run the CUDA tests both ways)")
+
+
+@pytest.fixture(autouse=True)
+def _async_scheduling_option(request, monkeypatch):
+    """With --async-scheduling off, "auto" means in order on CUDA too, for every engine a test makes."""
+    if request.config.getoption("--async-scheduling") == "off":
+        from minillama.config import EngineConfig
+
+        monkeypatch.setattr(EngineConfig, "resolved_async_scheduling", lambda self, device: self.async_scheduling == "on")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """name -> (directory, HF model) for each tiny config, saved once per session."""

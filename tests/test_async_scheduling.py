@@ -189,7 +189,9 @@ def test_an_observer_added_mid_run_sees_every_step_whole(hf_model):
     assert [tuple(streamed[i]) for i in ids] == [tokens for tokens, _ in expected]
 
 
-def test_async_scheduling_setting():
+def test_async_scheduling_setting(request):
+    if request.config.getoption("--async-scheduling") == "off":
+        pytest.skip("--async-scheduling off overrides what auto means")
     assert EngineConfig().resolved_async_scheduling(torch.device("cuda")) is True
     assert EngineConfig().resolved_async_scheduling(torch.device("cpu")) is False
     assert EngineConfig(async_scheduling="on").resolved_async_scheduling(torch.device("cpu")) is True
