@@ -3,6 +3,7 @@
     python -m benchmarks.engine                  # CPU: embedded model, 1 prompt and 8 prompts
     python -m benchmarks.engine --config 1b      # the same on a Llama-3.2 shape, random weights
     python -m benchmarks.engine --gpu            # the GPU workload: 256 requests, 3 engines
+    python -m benchmarks.engine --async-ab       # the GPU workload, async scheduling on / off in turns
 
 Every figure is output tokens per second of wall time. Both sides generate exactly the same
 number of tokens (EOS ignored), greedily, from the same weights and prompts.
@@ -236,6 +237,28 @@ def time_public_api(hf, prompts: list[list[int]], max_tokens: int) -> Row:
     return Row("LLM.generate, defaults", sum(len(c.token_ids) for c in completions), seconds)
 
 
+def async_ab(args: argparse.Namespace) -> None:
+    """The throughput workload on one engine with async scheduling on and off in turns, twice
+    each, fresh prompts every run (so the prefix cache serves none): the overlap's gain, with
+    the lend, the process and the engine the same."""
+    device = torch.device("cuda")
+    hf, _ = load_hf(args, device, torch.bfloat16)
+    engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention))
+    del hf
+    freeze_startup_heap()
+    vocab = engine.model_config.vocab_size
+    time_engine(engine, random_prompts(32, 100, 1024, vocab, seed=1), 8)
+    print(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each, one engine")
+    for run, overlap in enumerate((True, False, True, False)):
+        engine.async_scheduling = overlap
+        before = dataclasses.replace(engine.stats)
+        row = time_engine(engine, random_prompts(args.num_requests, 100, 1024, vocab, seed=10 + run), args.output_len)
+        stats = engine.stats
+        print(f"async scheduling {'on ' if overlap else 'off'}: {row.tok_per_s:>9,.0f} tok/s in {row.seconds:.2f} s "
+              f"(prefill {stats.prefill_seconds - before.prefill_seconds:.2f} s, "
+              f"decode {stats.decode_seconds - before.decode_seconds:.2f} s over {stats.decode_steps - before.decode_steps} steps)")
+
+
 class StepTimer(Observer):
     """Median of each phase of the steps it sees."""
 
@@ -324,6 +347,7 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--async-scheduling", default=ENGINE.async_scheduling, choices=["auto", "on", "off"],
                         help="plan the next step while the GPU runs this one (default: %(default)s, on with CUDA)")
     parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
+    parser.add_argument("--async-ab", action="store_true", help="GPU: the workload with async scheduling on and off in turns")
     parser.add_argument("--context", type=int_at_least(1), default=512, help="--decode-steps: tokens of context per sequence")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -333,9 +357,12 @@ def _main(argv: list[str]) -> None:
     # The engine's own flags are checked before any model loads.
     EngineConfig(device=args.device, attention=args.attention, num_kv_blocks=args.kv_blocks,
                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()
-    if (args.gpu or args.decode_steps) and not torch.cuda.is_available():
-        raise ConfigError("--gpu and --decode-steps need a CUDA GPU, and torch sees none")
-    if args.decode_steps:
+    if (args.gpu or args.decode_steps or args.async_ab) and not torch.cuda.is_available():
+        raise ConfigError("--gpu, --decode-steps and --async-ab need a CUDA GPU, and torch sees none")
+    if args.async_ab:
+        args.config = args.config or "1b"
+        async_ab(args)
+    elif args.decode_steps:
         args.config = args.config or "1b"
         decode_step_table(args)
     elif args.gpu:

@@ -60,6 +60,8 @@ BAD = {
     "int-flag-text": ("minillama", ["--prompt", "hi", "--max-tokens", "many"], "invalid int value: 'many'"),
     "device-banana": ("minillama", ["--prompt", "hi", "--device", "banana"], "unknown device (--device) 'banana'"),
     "device-mps": ("minillama", ["--prompt", "hi", "--device", "mps"], "choose auto, cpu, cuda or cuda:N"),
+    "async-scheduling-maybe": ("minillama", ["--prompt", "hi", "--async-scheduling", "maybe"],
+                               "argument --async-scheduling: invalid choice: 'maybe'"),
     "dtype": ("minillama", ["--prompt", "hi", "--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
     "attention": ("minillama", ["--prompt", "hi", "--attention", "flash"], "argument --attention: invalid choice"),
     "block-size-0": ("minillama", ["--prompt", "hi", "--block-size", "0"], "block_size (--block-size) must be"),
@@ -160,6 +162,7 @@ BAD = {
     "bench-peers": ("bench", ["--peers", "hf"], "--peers takes static, cb or both"),
     "bench-attention": ("bench", ["--attention", "flash"], "argument --attention: invalid choice"),
     "bench-kv-blocks-0": ("bench", ["--kv-blocks", "0"], "num_kv_blocks"),
+    "bench-async-maybe": ("bench", ["--async-scheduling", "maybe"], "argument --async-scheduling: invalid choice"),
     # python -m benchmarks.sharing
     "sharing-n-1": ("sharing", ["--n", "1"], "argument --n"),
     "sharing-n-too-many": ("sharing", ["--n", "65"], "n (samples per prompt) must be an integer in [1, 64]"),

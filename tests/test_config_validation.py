@@ -173,7 +173,8 @@ ENGINE_BAD_INTS = {"zero": 0, "negative": -1, "true": True, "fraction": 2.5, "wh
 ENGINE_NUMBERS = {"kv_cache_memory_gb": [0, -1.0, math.nan, math.inf, True, "1"],
                   "gpu_memory_utilization": [0, -0.1, 1.01, math.nan, True, "0.9"]}
 ENGINE_CHOICES = {"device": ["banana", "mps", "cpu:0", "cuda:x", "", None, 0],
-                  "dtype": ["fp8", "float64", None, torch.float32], "attention": ["flash", "", None]}
+                  "dtype": ["fp8", "float64", None, torch.float32], "attention": ["flash", "", None],
+                  "async_scheduling": ["yes", True, None, "", ["on"]]}
 ENGINE_FLAGS = ["enable_prefix_caching", "enforce_eager", "fused_ops"]
 
 
