@@ -93,6 +93,21 @@ def test_same_tokens_with_and_without_overlap(hf_model, num_kv_blocks, prefix_ca
     assert not overlapped.scheduler.running and not overlapped.scheduler.waiting
 
 
+def test_bfloat16_logits_draw_what_float32_logits_draw(hf_model):
+    """Without an observer the async step hands the sampler logits in the model's dtype (it widens
+    only the rows it draws at random): a bf16 model's greedy and seeded tokens are the in-order
+    engine's, which samples from fp32 logits."""
+    def engine(mode: str) -> LLMEngine:
+        config = EngineConfig(device="cpu", dtype="bfloat16", num_kv_blocks=64, block_size=16, max_num_seqs=16,
+                              async_scheduling=mode)
+        return LLMEngine.from_hf_model(hf_model, config)
+
+    requests = mixed_requests(24, seed=2)
+    expected, _ = run_all(engine("off"), requests)
+    got, _ = run_all(engine("on"), requests)
+    assert got == expected
+
+
 def test_reads_between_steps_see_real_tokens(hf_model):
     """request(), block_pool_snapshot() and fork() between steps read the step in flight first:
     no placeholder is ever seen, and the outputs read early come with the next step() call."""

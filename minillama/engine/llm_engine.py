@@ -530,7 +530,9 @@ class LLMEngine:
         if not batch.scheduled:  # all that is left is in flight
             return self._read_in_flight() if previous is not None else []
         # Step N-1's sampled tokens stay on the device: this step's inputs gather them there.
-        logits = self.runner.run(self.runner.prepare(batch, previous.tokens if previous is not None else None))
+        # Only the sampler reads these logits: it widens to fp32 just the rows it draws from.
+        inputs = self.runner.prepare(batch, previous.tokens if previous is not None else None)
+        logits = self.runner.run(inputs, float32=False)
         seqs = [self.sequences[item.seq_id] for item in batch.sampling]
         if seqs:
             tokens = self.sampler(logits, [seq.params for seq in seqs], [self._generators.get(seq.seq_id) for seq in seqs])

@@ -287,9 +287,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, inputs: ModelInputs, on_attention: AttentionHook | None = None,
-            on_layer: LayerHook | None = None) -> torch.Tensor:
-        """Forward pass -> logits [S, vocab] (fp32) for the sequences that sample. A per-layer
-        hook makes the step run eagerly: a CUDA graph replays kernels, it calls no Python."""
+            on_layer: LayerHook | None = None, float32: bool = True) -> torch.Tensor:
+        """Forward pass -> logits [S, vocab] (fp32, or the model's dtype when not `float32`) for
+        the sequences that sample. A per-layer hook makes the step run eagerly: a CUDA graph
+        replays kernels, it calls no Python."""
         num_seqs = inputs.input_ids.shape[0]
         self.bind_kv_cache()
         hooked = on_attention is not None or on_layer is not None
@@ -299,7 +300,7 @@ class ModelRunner:
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention, on_layer)
         decode_queries = self.query_buffer is not None and not inputs.metadata.is_prefill
         self.last_queries = self.query_buffer[:, :num_seqs] if decode_queries else None
-        return self.model.compute_logits(hidden[inputs.logits_indices])
+        return self.model.compute_logits(hidden[inputs.logits_indices], float32)
 
     # -- CUDA graphs ----------------------------------------------------------------------------
 

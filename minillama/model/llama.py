@@ -168,6 +168,9 @@ class LlamaForCausalLM(nn.Module):
                 on_layer(i, hidden + residual, metadata)
         return self.model.norm.add_and_norm(hidden, residual)[0]
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32."""
-        return self.lm_head(hidden).float()
+    def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
+        """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32, or in the
+        model's dtype when not `float32` (the sampler widens only the rows it draws from: a
+        greedy row's argmax is the same either way, the widening being exact)."""
+        logits = self.lm_head(hidden)
+        return logits.float() if float32 else logits

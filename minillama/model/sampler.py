@@ -60,8 +60,9 @@ class Sampler:
     def __call__(
         self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
     ) -> torch.Tensor:
-        """logits: [B, V] fp32; generators[i]: row i's own generator, or None for the shared one.
-        -> token ids [B] (int64)."""
+        """logits: [B, V], fp32 (or 16-bit: the rows drawn at random are widened to fp32, the
+        greedy ones need not be); generators[i]: row i's own generator, or None for the shared
+        one. -> token ids [B] (int64)."""
         # The greedy choice: the first index of each row's maximum. max(dim).indices is the
         # same as argmax, and faster on a CPU (docs/perf-notes.md, "Figures moved from docstrings").
         tokens = logits.max(dim=-1).indices
@@ -70,7 +71,8 @@ class Sampler:
             return tokens
         all_random = len(random_rows) == len(params)
         rows = None if all_random else to_device(random_rows, torch.long, logits.device)
-        probs = filtered_logits(logits if all_random else logits[rows], [params[i] for i in random_rows]).softmax(dim=-1)
+        drawn_from = (logits if all_random else logits[rows]).float()
+        probs = filtered_logits(drawn_from, [params[i] for i in random_rows]).softmax(dim=-1)
         noise = torch.empty_like(probs)
         unseeded = [j for j, i in enumerate(random_rows) if generators[i] is None]
         if len(unseeded) == len(random_rows):  # one draw for all (the noise of each row as before)
