@@ -162,6 +162,7 @@ BAD = {
     "bench-peers": ("bench", ["--peers", "hf"], "--peers takes static, cb or both"),
     "bench-attention": ("bench", ["--attention", "flash"], "argument --attention: invalid choice"),
     "bench-kv-blocks-0": ("bench", ["--kv-blocks", "0"], "num_kv_blocks"),
+    "bench-hf-requests-0": ("bench", ["--hf-requests", "0"], "argument --hf-requests"),
     "bench-async-maybe": ("bench", ["--async-scheduling", "maybe"], "argument --async-scheduling: invalid choice"),
     # python -m benchmarks.sharing
     "sharing-n-1": ("sharing", ["--n", "1"], "argument --n"),
