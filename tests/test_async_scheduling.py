@@ -143,9 +143,11 @@ def test_abort_while_its_token_is_in_flight(hf_model):
     for _ in range(4):
         engine.step()
     assert engine._in_flight is not None, "the decode steps should be planned ahead"
-    engine.abort(ids[0])
+    aborted = engine.sequences[ids[0]]
+    engine.abort(ids[0])  # forgets it too
+    assert aborted.finish_reason == "abort" and all(t >= 0 for t in aborted.token_ids)
     while engine.has_unfinished():
-        engine.step()
+        assert all(output.request_id != ids[0] for output in engine.step())  # nothing more of it
     assert [(engine.request(i).output_token_ids, engine.request(i).finish_reason) for i in ids[1:]] == expected
     assert engine.block_manager.num_free_blocks == 64
 

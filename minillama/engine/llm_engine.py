@@ -395,6 +395,9 @@ class LLMEngine:
     def abort(self, request_id: int) -> None:
         """Stop a request wherever it is, free its blocks and forget it. The id of any beam of
         a running beam search (its request id too) stops the whole search: every live beam."""
+        self._settle()  # its last token may still be a placeholder: it ends with the real one
+        if self._ready:  # read early, not returned yet: the caller hears nothing more of it
+            self._ready = [output for output in self._ready if output.request_id != request_id]
         seq = self.sequences.get(request_id)
         group = self._searching.pop(seq.beam_of, None) if seq is not None and seq.beam_of is not None else None
         if group is not None:
