@@ -301,8 +301,8 @@ def decode_step_table(args: argparse.Namespace) -> None:
     kv_bytes_per_token = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 2
     print(f"\ndecode step vs floor ({args.config}, context {args.context} tokens, copy bandwidth "
           f"{bandwidth / 1e12:.2f} TB/s, weights {weight_bytes / 2**30:.2f} GiB)")
-    print(f"{'batch':>6}{'step ms':>10}{'floor ms':>10}{'of floor':>10}   split (a timed step, synchronised): "
-          "schedule / prepare / forward / sample ms")
+    print(f"{'batch':>6}{'step ms':>10}{'floor ms':>10}{'of floor':>10}{'waits ms':>10}   split (a timed step, in "
+          "order): schedule / prepare / forward / sample ms")
     prompt = random_prompts(1, args.context, args.context, mc.vocab_size, seed=1)[0]
     for batch in (1, 16, 64, 256):
         params = SamplingParams(temperature=0, max_tokens=10_000, ignore_eos=True)
@@ -314,11 +314,13 @@ def decode_step_table(args: argparse.Namespace) -> None:
         # 30 steps back to back, as a run makes them: with async scheduling a step's host work
         # runs while the step before computes, so one step timed alone would show only that.
         torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), engine.stats.wait_seconds
         for _ in range(30):
             engine.step()
         torch.cuda.synchronize(device)
         step = (time.perf_counter() - start) / 30
+        # With async scheduling: how long the host waited for the GPU each step (0 in order).
+        wait = (engine.stats.wait_seconds - waited) / 30
         kv_bytes = batch * (args.context + 20) * kv_bytes_per_token
         floor = (weight_bytes + kv_bytes) / bandwidth
         split = StepTimer()
@@ -326,7 +328,8 @@ def decode_step_table(args: argparse.Namespace) -> None:
         for _ in range(10):
             engine.step()
         engine.remove_observer(split)
-        print(f"{batch:>6}{step * 1e3:>10.2f}{floor * 1e3:>10.2f}{floor / step:>10.0%}   {split.summary()}")
+        print(f"{batch:>6}{step * 1e3:>10.2f}{floor * 1e3:>10.2f}{floor / step:>10.0%}{wait * 1e3:>10.2f}   "
+              f"{split.summary()}")
         for i in ids:
             engine.abort(i)
 

@@ -84,6 +84,7 @@ def test_same_tokens_with_and_without_overlap(hf_model, num_kv_blocks, prefix_ca
     got, streamed = run_all(overlapped, requests)
     assert got == expected
     assert overlaps[0] > 0, "no step was planned ahead"
+    assert overlapped.stats.wait_seconds > 0 and in_order.stats.wait_seconds == 0  # reads of launched steps
     # step() streamed each request's tokens exactly, none after its stop token.
     assert [tuple(tokens) for tokens in streamed.values()] == [tokens for tokens, _ in got]
     assert {reason for _, reason in got} == {"stop", "length"}

@@ -565,7 +565,10 @@ class LLMEngine:
         rows of them: whoever takes them next writes later, on the same stream)."""
         self._must_read = False
         outputs = []
-        for seq, token in zip(flight.seqs, flight.read()):
+        waiting_since = time.perf_counter()
+        tokens = flight.read()
+        self.stats.wait_seconds += time.perf_counter() - waiting_since
+        for seq, token in zip(flight.seqs, tokens):
             if seq.is_finished:  # stopped a step earlier (its row ran in vain), or aborted
                 continue
             seq.token_ids[-1] = token

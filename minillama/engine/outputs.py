@@ -89,6 +89,9 @@ class EngineStats:
     decode_tokens: int = 0
     decode_seconds: float = 0.0
     preemptions: int = 0
+    # Async scheduling (engine/in_flight.py): host time spent waiting for a launched step's
+    # tokens. Near a step's whole time, the GPU sets the pace; near 0, the host does.
+    wait_seconds: float = 0.0
 
     def record(self, phase: str, num_tokens: int, seconds: float, preemptions: int) -> None:
         if phase == "prefill":
