@@ -32,8 +32,8 @@ What a step learns one step late, and what it costs:
 The engine steps synchronously (this module idle) while an observer watches, a beam search runs
 or a request with n > 1 waits for its first token: each reads or acts on a step's tokens before
 the next step may be planned. Any read of the engine's state between steps (request(), fork(),
-block_pool_snapshot(), add_observer()) first reads the step in flight, keeping its outputs for the
-next step() call.
+abort(), block_pool_snapshot(), add_observer()) first reads the step in flight, keeping its
+outputs for the next step() call (an aborted request's are dropped).
 """
 
 from __future__ import annotations
