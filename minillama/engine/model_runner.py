@@ -20,6 +20,7 @@ import torch
 
 from minillama import memory
 from minillama.config import EngineConfig, ModelConfig
+from minillama.engine.decode_tables import DecodeBlockTables
 from minillama.engine.scheduler import SchedulerOutput
 from minillama.errors import ConfigError
 from minillama.model.attention_metadata import AttentionMetadata
@@ -31,7 +32,7 @@ if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
 else:
     from minillama.ops.reference.copy_kv_slots import copy_kv_slots as _copy_kv_slots
 
-_block_ids, _token_ids, _start = attrgetter("block_ids"), attrgetter("token_ids"), attrgetter("start")
+_token_ids, _start = attrgetter("token_ids"), attrgetter("start")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ModelRunner:
             model_config.num_key_value_heads, model_config.head_dim, dtype=dtype, device=device,
         )
         self.max_num_seqs = engine_config.max_num_seqs
+        self.decode_tables = DecodeBlockTables(self.max_num_seqs, self.max_blocks_per_seq)
         # [L, max_num_seqs, H, D] once enable_query_capture() is called; last_queries is the
         # filled part after a decode step, [L, B, H, D] (None after a prefill).
         self.query_buffer: torch.Tensor | None = None
@@ -247,18 +249,14 @@ class ModelRunner:
         the [B, width] block tables, side by side in one int64 row block."""
         scheduled = batch.scheduled
         n, bs = len(scheduled), self.block_size
-        tables = list(map(_block_ids, scheduled))
-        lengths = np.fromiter(map(len, tables), dtype=np.int64, count=n)
-        host = np.zeros((n, 4 + int(lengths.max())), dtype=np.int64)
+        tables = self.decode_tables.gather(scheduled)  # [B, width], kept from step to step
+        host = np.empty((n, 4 + tables.shape[1]), dtype=np.int64)
         # Each record computes one token: the one sampled last step, at position `start`.
         host[:, 0] = np.fromiter(itertools.chain.from_iterable(map(_token_ids, scheduled)), dtype=np.int64, count=n)
         host[:, 1] = np.fromiter(map(_start, scheduled), dtype=np.int64, count=n)
         host[:, 3] = host[:, 1] + 1  # context length, the new token included
-        # Block tables, all rows at once: entry j of row i goes to column 4 + j.
-        rows = np.repeat(np.arange(n), lengths)
-        cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        host[rows, 4 + cols] = np.fromiter(itertools.chain.from_iterable(tables), dtype=np.int64, count=len(rows))
-        blocks = host[np.arange(n), 4 + host[:, 1] // bs]
+        host[:, 4:] = tables
+        blocks = tables[np.arange(n), host[:, 1] // bs]
         host[:, 2] = blocks * bs + host[:, 1] % bs  # the slot the new token's K/V goes to
         packed = torch.from_numpy(host)
         if self.device.type == "cuda":
