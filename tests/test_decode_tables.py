@@ -57,3 +57,9 @@ def test_an_unchanged_table_is_not_written_again():
     tables.array[tables.rows[0][0], 0] = 99  # what a rewrite would undo
     assert tables.gather([Record(0, table)])[0, 0] == 99
     assert tables.gather([Record(0, (5, 6, 7, 8))]).tolist() == [[5, 6, 7, 8]]
+
+
+def test_a_batch_larger_than_its_rows_grows_the_array():
+    tables = DecodeBlockTables(2, 4)
+    batch = [Record(i, (i, i + 1)) for i in range(5)]
+    np.testing.assert_array_equal(tables.gather(batch), fresh(batch))

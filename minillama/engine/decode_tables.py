@@ -55,11 +55,16 @@ class DecodeBlockTables:
 
     def _take_row(self, scheduled: Records) -> int:
         """A free row; when none is, the rows of sequences not in this batch (finished,
-        preempted, waiting) are freed first: the batch never holds more than max_rows."""
+        preempted, waiting) are freed first. A batch fits max_rows (the scheduler's seat
+        limit); should one not, the array grows rather than fail."""
         if not self.free_rows:
             in_batch = {item.seq_id for item in scheduled}
             for seq_id in [seq_id for seq_id in self.rows if seq_id not in in_batch]:
                 row, table = self.rows.pop(seq_id)
                 self.array[row, : len(table)] = 0
                 self.free_rows.append(row)
+        if not self.free_rows:
+            rows = len(self.array)
+            self.array = np.concatenate([self.array, np.zeros_like(self.array)])
+            self.free_rows = list(range(2 * rows - 1, rows - 1, -1))
         return self.free_rows.pop()
