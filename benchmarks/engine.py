@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.floor import measure_peaks, run_floor
-from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts
+from benchmarks.floor import kv_bytes_per_token, measure_peaks, run_floor
+from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts, warm_up_prompts
 from minillama import (
+    ASYNC_SCHEDULING,
     BACKEND_NAMES,
     LLM,
     ConfigError,
@@ -186,10 +187,7 @@ def gpu_workload(args: argparse.Namespace) -> None:
                           async_scheduling=args.async_scheduling)
     engine = LLMEngine.from_hf_model(hf, config)
     freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
-    # Warm-up: enough prompts for a full prefill step and a decode batch of 32, so that the
-    # Triton kernels the timed run needs are compiled (a fresh machine has no kernel cache).
-    # Other prompts than the timed ones: the prefix cache must not serve the timed run any.
-    time_engine(engine, random_prompts(32, 100, 1024, hf.config.vocab_size, seed=1), 8)
+    time_engine(engine, warm_up_prompts(hf.config.vocab_size), 8)
     before = dataclasses.replace(engine.stats)
     ours = time_engine(engine, prompts, args.output_len)
     stats, model_config = engine.stats, engine.model_config
@@ -234,9 +232,8 @@ def time_public_api(hf, prompts: list[list[int]], max_tokens: int) -> Row:
     these weights: LLM(directory) would read them from disk first)."""
     llm = LLM.from_engine(LLMEngine.from_hf_model(hf, EngineConfig(device="cuda")))
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    # Warmed up as ours is: other prompts, so the prefix cache serves the timed run nothing.
-    warm_up = random_prompts(32, 100, 1024, llm.engine.model_config.vocab_size, seed=1)
-    llm.generate(warm_up, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    llm.generate(warm_up_prompts(llm.engine.model_config.vocab_size), SamplingParams(temperature=0, max_tokens=8,
+                                                                                     ignore_eos=True))
     synchronize(llm.engine.device)
     start = time.perf_counter()
     completions = llm.generate(prompts, params)
@@ -257,7 +254,7 @@ def async_ab(args: argparse.Namespace) -> None:
     del hf
     freeze_startup_heap()
     vocab = engine.model_config.vocab_size
-    time_engine(engine, random_prompts(32, 100, 1024, vocab, seed=1), 8)
+    time_engine(engine, warm_up_prompts(vocab), 8)
     print(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each, one engine")
     for run, overlap in enumerate((True, False, True, False)):
         engine.async_scheduling = overlap
@@ -300,7 +297,7 @@ def decode_step_table(args: argparse.Namespace) -> None:
     model = engine.runner.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     mc = engine.model_config
-    kv_bytes_per_token = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 2
+    kv_per_token = kv_bytes_per_token(mc)
     print(f"\ndecode step vs floor ({args.config}, context {args.context} tokens, copy bandwidth "
           f"{bandwidth / 1e12:.2f} TB/s, weights {weight_bytes / 2**30:.2f} GiB)")
     print(f"{'batch':>6}{'step ms':>10}{'floor ms':>10}{'of floor':>10}{'waits ms':>10}   split (a timed step, in "
@@ -323,7 +320,7 @@ def decode_step_table(args: argparse.Namespace) -> None:
         step = (time.perf_counter() - start) / 30
         # With async scheduling: how long the host waited for the GPU each step (0 in order).
         wait = (engine.stats.wait_seconds - waited) / 30
-        kv_bytes = batch * (args.context + 20) * kv_bytes_per_token
+        kv_bytes = batch * (args.context + 20) * kv_per_token
         floor = (weight_bytes + kv_bytes) / bandwidth
         split = StepTimer()
         engine.add_observer(split)  # an observer makes the engine synchronise after the forward
@@ -359,7 +356,7 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the library's for the device")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: the library's for the device")
     parser.add_argument("--eager", action="store_true")
-    parser.add_argument("--async-scheduling", default=ENGINE.async_scheduling, choices=["auto", "on", "off"],
+    parser.add_argument("--async-scheduling", default=ENGINE.async_scheduling, choices=ASYNC_SCHEDULING,
                         help="plan the next step while the GPU runs this one (default: %(default)s, on with CUDA)")
     parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
     parser.add_argument("--async-ab", action="store_true", help="GPU: the workload with async scheduling on and off in turns")

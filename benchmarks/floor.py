@@ -61,6 +61,11 @@ def layer_weights(config: ModelConfig) -> int:
     return config.num_hidden_layers * (h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size)
 
 
+def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int = 2) -> int:
+    """The K and V of one token across all layers: what a decode step reads per token of context."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes
+
+
 @dataclass(frozen=True)
 class Floor:
     prefill_flops: float
@@ -85,7 +90,7 @@ def run_floor(config: ModelConfig, peaks: Peaks, prompt_lens: list[int], compute
     flops += sum(attention_per_pair * n * (n + 1) / 2 for n in prompt_lens)
     flops += 2 * lm_head * len(prompt_lens)  # the logits of each prompt's last token
     weights = (layer_weights(config) + lm_head) * dtype_bytes
-    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes
+    kv_per_token = kv_bytes_per_token(config, dtype_bytes)
     # Decode token t (1 .. output_len - 1) of a request with a prompt of n tokens reads n + t K/V.
     contexts = sum(n * (output_len - 1) + output_len * (output_len - 1) // 2 for n in prompt_lens)
     decode_bytes = decode_steps * weights + contexts * kv_per_token

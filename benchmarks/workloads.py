@@ -27,3 +27,11 @@ def config_path(name: str) -> Path:
 def random_prompts(n: int, low: int, high: int, vocab: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(vocab) for _ in range(rng.randint(low, high))] for _ in range(n)]
+
+
+def warm_up_prompts(vocab: int) -> list[list[int]]:
+    """What an engine runs (8 tokens each) before it is timed: enough prompts for a full prefill
+    step and a decode batch of 32, so the kernels the timed run needs are compiled (a fresh
+    machine has no kernel cache); other prompts than any timed run's (seed 1), so the prefix
+    cache serves a timed run nothing."""
+    return random_prompts(32, 100, 1024, vocab, seed=1)

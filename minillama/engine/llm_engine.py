@@ -537,10 +537,7 @@ class LLMEngine:
         inputs = self.runner.prepare(batch, previous.tokens if previous is not None else None)
         logits = self.runner.run(inputs, float32=False)
         seqs = [self.sequences[item.seq_id] for item in batch.sampling]
-        if seqs:
-            tokens = self.sampler(logits, [seq.params for seq in seqs], [self._generators.get(seq.seq_id) for seq in seqs])
-        else:  # a prefill step whose prompts all go on in the next chunk
-            tokens = torch.empty(0, dtype=torch.long, device=self.device)
+        tokens = self._sample(logits, seqs)
         self._in_flight = InFlightStep(seqs, tokens, batch.phase, batch.num_tokens, len(batch.preempted), launched_at)
         outputs = self._read_step(previous) if previous is not None else []
         # Committed after the read: the blocks it hashes hold no placeholder any more.
@@ -636,9 +633,7 @@ class LLMEngine:
         drawn, drawn_logits, split = seqs, logits, None  # the rows the sampler draws from: all
         if self._searching:  # the one check beam search costs an ordinary step
             drawn, drawn_logits, split = self._set_beams_apart(seqs, logits)
-        params = [seq.params for seq in drawn]
-        generators = [self._generators.get(seq.seq_id) for seq in drawn]
-        tokens = self.sampler(drawn_logits, params, generators).tolist() if drawn else []
+        tokens = self._sample(drawn_logits, drawn).tolist()
         sample_ms = (time.perf_counter() - t3) * 1e3
         if events:
             events.mark()
@@ -666,6 +661,14 @@ class LLMEngine:
             for observer in self.observers:
                 observer.on_step_end(result)
         return outputs
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """One token for each of `seqs` from its logits row ([S, V], in order), each drawn by its
+        params with its own generator (or the shared one) -> [S] int64 on the device; [0] when
+        nobody samples (a prefill step whose prompts all go on in the next chunk)."""
+        if not seqs:
+            return torch.empty(0, dtype=torch.long, device=self.device)
+        return self.sampler(logits, [seq.params for seq in seqs], [self._generators.get(seq.seq_id) for seq in seqs])
 
     def _update(self, seqs: list[Sequence], tokens: list[int]) -> list[RequestOutput]:
         """Append each sampling sequence's new token (in batch order); finish the done ones."""

@@ -25,6 +25,7 @@ from minillama.engine.scheduler import SchedulerOutput
 from minillama.errors import ConfigError
 from minillama.model.attention_metadata import AttentionMetadata
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
+from minillama.transfer import to_device
 
 # Copies on write: one Triton launch on a CUDA machine with Triton, PyTorch indexing elsewhere.
 if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
@@ -189,9 +190,7 @@ class ModelRunner:
         # Slot j of copy c: offset j within its block; the copies' slots laid end to end.
         offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         flat = np.repeat(table[:, :2], counts, axis=0) * self.block_size + offsets[:, None]  # [M, 2]
-        index = torch.from_numpy(np.ascontiguousarray(flat.T))  # [2, M]: the sources, the destinations
-        if self.device.type == "cuda":
-            index = index.pin_memory().to(self.device, non_blocking=True)
+        index = to_device(torch.from_numpy(np.ascontiguousarray(flat.T)), self.device)  # [2, M]: sources, destinations
         _copy_kv_slots(self.kv_cache, index[0], index[1])
 
     # -- building the flat batch --------------------------------------------------------------
@@ -258,9 +257,7 @@ class ModelRunner:
         host[:, 4:] = tables
         blocks = tables[np.arange(n), host[:, 1] // bs]
         host[:, 2] = blocks * bs + host[:, 1] % bs  # the slot the new token's K/V goes to
-        packed = torch.from_numpy(host)
-        if self.device.type == "cuda":
-            packed = packed.pin_memory().to(self.device, non_blocking=True)
+        packed = to_device(torch.from_numpy(host), self.device)
         metadata = AttentionMetadata(
             is_prefill=False,
             slot_mapping=packed[:, 2],
@@ -276,10 +273,7 @@ class ModelRunner:
         return self._tensor([t + (0,) * (width - len(t)) for t in tables], torch.int32)
 
     def _tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
-        tensor = torch.tensor(data, dtype=dtype)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        return to_device(torch.tensor(data, dtype=dtype), self.device)
 
     # -- running ----------------------------------------------------------------------------
 

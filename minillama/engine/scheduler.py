@@ -405,8 +405,9 @@ class Scheduler:
             self.block_manager.commit_full_blocks(seq, before)
 
     def finish(self, seq: Sequence, reason: str) -> None:
-        """`seq` is done: its blocks go back. It is running, or (async scheduling, in_flight.py)
-        was preempted while the step that sampled its last token was in flight."""
+        """`seq` is done: its blocks go back. It is running, or in the waiting queue: not admitted
+        yet (an abort), or preempted while the step that sampled its last token was in flight
+        (async scheduling, in_flight.py)."""
         if seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
             self._waiting_ids = None
@@ -419,14 +420,10 @@ class Scheduler:
 
     def abort(self, seq: Sequence) -> None:
         """Drop a request wherever it is, giving back its blocks."""
-        if seq.status is SequenceStatus.RUNNING:
-            self.finish(seq, "abort")
-        elif seq.status is SequenceStatus.WAITING:
-            if seq.block_table:  # a fork that has not started yet
-                self.forked.remove(seq)
-                self.block_manager.free(seq)
-            else:
-                self.waiting.remove(seq)
-                self._waiting_ids = None
+        if seq.status is SequenceStatus.WAITING and seq.block_table:  # a fork that has not started yet
+            self.forked.remove(seq)
+            self.block_manager.free(seq)
             seq.finish("abort")
+        elif seq.status is not SequenceStatus.FINISHED:
+            self.finish(seq, "abort")
 

@@ -12,17 +12,7 @@ from __future__ import annotations
 import torch
 
 from minillama.sampling_params import SamplingParams
-
-
-def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list as a tensor on `device`, without making the host wait: on CUDA through
-    pinned memory, queued behind the kernels already launched. (torch.tensor(values,
-    device="cuda") copies from pageable memory, which waits for the stream to drain: with async
-    scheduling, for the whole forward pass in flight.)"""
-    tensor = torch.tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
+from minillama.transfer import to_device
 
 
 def filtered_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -31,13 +21,13 @@ def filtered_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch
     Greedy rows are left as they are. The inspector uses this too, to show the distribution a
     token was actually drawn from."""
     device = logits.device
-    temperature = to_device([p.temperature if p.temperature > 0 else 1.0 for p in params], torch.float32, device)
+    temperature = to_device(torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params]), device)
     logits = logits / temperature[:, None]
     if all(p.top_k == 0 and p.top_p >= 1.0 for p in params):
         return logits
     vocab = logits.shape[-1]
-    top_k = to_device([p.top_k if p.top_k > 0 else vocab for p in params], torch.long, device)
-    top_p = to_device([p.top_p for p in params], torch.float32, device)
+    top_k = to_device(torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params]), device)
+    top_p = to_device(torch.tensor([p.top_p for p in params]), device)
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V], most likely first
     rank = torch.arange(vocab, device=device)[None, :]
     probs = sorted_logits.softmax(dim=-1)
@@ -70,7 +60,7 @@ class Sampler:
         if not random_rows:
             return tokens
         all_random = len(random_rows) == len(params)
-        rows = None if all_random else to_device(random_rows, torch.long, logits.device)
+        rows = None if all_random else to_device(torch.tensor(random_rows), logits.device)
         drawn_from = (logits if all_random else logits[rows]).float()
         probs = filtered_logits(drawn_from, [params[i] for i in random_rows]).softmax(dim=-1)
         noise = torch.empty_like(probs)
@@ -78,7 +68,7 @@ class Sampler:
         if len(unseeded) == len(random_rows):  # one draw for all (the noise of each row as before)
             noise.exponential_(generator=self.shared_generator)
         elif unseeded:
-            index = to_device(unseeded, torch.long, logits.device)
+            index = to_device(torch.tensor(unseeded), logits.device)
             noise[index] = torch.empty_like(probs[index]).exponential_(generator=self.shared_generator)
         for j, i in enumerate(random_rows):
             if generators[i] is not None:
