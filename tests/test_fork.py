@@ -10,6 +10,8 @@ when all requests are done, under preemption, aborts and prefix caching on and o
 
 from __future__ import annotations
 
+import copy
+import itertools
 import random
 
 import pytest
@@ -17,7 +19,7 @@ import torch
 from conftest import cuda_bf16_engine, cuda_fp32_engine, make_hf_model
 
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, Observer, SamplingParams, SchedulerOutput
-from minillama.engine.block_manager import BlockManager
+from minillama.engine.block_manager import BlockManager, common_prefix_length
 from minillama.engine.sequence import Sequence
 
 BS = 4
@@ -273,6 +275,64 @@ def test_block_manager_fork_shares_full_blocks_and_names_the_copy(fork_position,
     bm.free(parent)
     bm.free(child)
     assert bm.num_free_blocks == bm.num_blocks
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_fork_with_a_donor_leaves_the_pool_as_freeing_the_donor_then_forking(seed, prefix_caching):
+    """Beam search hands a pruned beam's blocks to a fork of the same step (BlockManager.fork's
+    donor). Random families of forks (beams of one prompt, forked and decoded at random) on two
+    identical pools: each fork with a donor, against free(donor) then fork, leaves the same
+    reference counts, free list (in order), tables and copy on write."""
+    rng = random.Random(seed)
+    ids = itertools.count()
+    handed = 0
+    for _ in range(20):
+        bm = BlockManager(64, BS, enable_prefix_caching=prefix_caching)
+        root = Sequence(next(ids), [rng.randrange(50) for _ in range(rng.randint(1, 30))], GREEDY)
+        bm.allocate(root)
+        root.num_computed_tokens = root.num_tokens
+        bm.commit_full_blocks(root, 0)
+        live = [root]
+        for _ in range(rng.randint(2, 12)):  # forks and decode steps, as a search makes them
+            parent = rng.choice(live)
+            if rng.random() < 0.5:
+                child = Sequence(next(ids), [*parent.token_ids, rng.randrange(50)], GREEDY)
+                child.fork_position = parent.num_tokens
+                bm.fork(parent, child)
+                live.append(child)
+            else:
+                child = parent
+                child.token_ids.append(rng.randrange(50))
+                bm.append_slot(child)
+            before, child.num_computed_tokens = child.num_computed_tokens, child.num_tokens
+            bm.commit_full_blocks(child, before)
+        if len(live) < 2:
+            continue
+        parent, donor = rng.sample(live, 2)
+        twin_bm, twin_parent, twin_donor = copy.deepcopy((bm, parent, donor))
+        child = Sequence(next(ids), [*parent.token_ids, 7], GREEDY)
+        child.fork_position = parent.num_tokens
+        twin_child = copy.deepcopy(child)
+        handed += common_prefix_length(donor.block_table, parent.block_table[: parent.num_tokens // BS])
+        copied = bm.fork(parent, child, donor)
+        twin_bm.free(twin_donor)
+        assert copied == twin_bm.fork(twin_parent, twin_child)
+        assert donor.block_table == twin_donor.block_table == ()
+        assert child.block_table == twin_child.block_table
+        assert [b.ref_count for b in bm.blocks] == [b.ref_count for b in twin_bm.blocks]
+        assert list(bm.free_block_ids) == list(twin_bm.free_block_ids)
+    assert handed > 0, "the donors should share blocks with the forks"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_common_prefix_length_is_the_length_of_the_longest_common_prefix(seed):
+    rng = random.Random(seed)
+    for _ in range(500):
+        a = tuple(rng.randrange(3) for _ in range(rng.randint(0, 12)))
+        b = a[: rng.randint(0, len(a))] + tuple(rng.randrange(3) for _ in range(rng.randint(0, 12)))
+        expected = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert common_prefix_length(a, b) == common_prefix_length(b, a) == expected
 
 
 def test_block_manager_cannot_fork_without_free_blocks_for_the_rest():

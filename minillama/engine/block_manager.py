@@ -19,6 +19,12 @@ the child gets a fresh block holding a copy of the parent's slots up to that poi
 writes its own tokens after them. Only full blocks are ever shared, and nobody writes a full
 computed block again, so a shared block never changes under a reader.
 
+A beam search forks about as many beams per step as it prunes, and its beams share their
+prompt's blocks: freeing a pruned beam's ~40 references and taking ~40 for a fork would move
+the same counts down and up again. So a fork may take a donor, a sequence ending in the same
+breath (a pruned beam), whose references the two have in common pass over as they are: only the
+blocks where they differ, usually the last few, are counted.
+
 Causes (minillama/engine/causes.py): allocate() says why its lookup stopped where it did, and a
 cached block reused for another sequence is remembered as an Eviction (bounded: the latest
 MAX_EVICTIONS, by hash), so a later miss on that prefix can say when and for whom it went.
@@ -180,17 +186,28 @@ class BlockManager:
         """Are there enough free blocks for the child's blocks that are not shared?"""
         return child.num_blocks_needed(self.block_size) - self._num_shared_blocks(parent, child) <= self.num_free_blocks
 
-    def fork(self, parent: Sequence, child: Sequence) -> tuple[int, int, int] | None:
+    def fork(self, parent: Sequence, child: Sequence, donor: Sequence | None = None) -> tuple[int, int, int] | None:
         """Give `child` blocks for all its tokens, sharing `parent`'s computed K/V of the
         child's prefix; the caller checked can_fork. Sets the child's num_computed_tokens to
         the prefix tokens whose K/V it now has. Returns the copy on write the caller must make
         before the child runs, (source block, destination block, slots to copy), or None when
-        the prefix ends on a block boundary."""
+        the prefix ends on a block boundary.
+
+        With a donor (a finished sequence that still holds its blocks), the result is that of
+        free(donor) then fork(parent, child), but the leading blocks the donor holds in common
+        with the child's shared prefix pass to the child without counting them off and on."""
         assert not child.block_table, f"{child} already holds blocks"
         num_computed = min(child.fork_position, parent.num_computed_tokens)
         num_full, num_slots = divmod(num_computed, self.block_size)
         shared = parent.block_table[:num_full]
-        self._share(shared)
+        handed = 0  # leading shared blocks whose reference the donor passes over
+        if donor is not None:
+            handed = common_prefix_length(donor.block_table, shared)
+            self._share(shared[handed:])  # before the release: a block in both never looks free
+            self._release(donor.block_table[handed:])
+            donor.block_table = ()
+        else:
+            self._share(shared)
         fresh = [self._take_free_block(child.seq_id) for _ in range(child.num_blocks_needed(self.block_size) - num_full)]
         child.block_table = (*shared, *fresh)
         child.num_computed_tokens = num_computed
@@ -213,15 +230,20 @@ class BlockManager:
 
     def free(self, seq: Sequence) -> None:
         """Give back every block of `seq` (finished or preempted)."""
-        # Tail blocks first: they go to the front of the free list and are reused first, while
-        # the prefix blocks, the ones other requests are likely to share, stay cached longer.
-        for block_id in reversed(seq.block_table):
+        self._release(seq.block_table)
+        seq.block_table = ()
+
+    def _release(self, block_ids: tuple[int, ...]) -> None:
+        """One holder fewer for each block; a block nobody holds goes on the free list."""
+        # Tail blocks first: they join the free list before the prefix blocks and are reused
+        # first, while the prefix blocks, the ones other requests are likely to share, stay
+        # cached longer.
+        for block_id in reversed(block_ids):
             block = self.blocks[block_id]
             block.ref_count -= 1
             assert block.ref_count >= 0, f"block {block_id} freed more often than taken"
             if block.ref_count == 0:
                 self.free_block_ids[block_id] = None
-        seq.block_table = ()
 
     def commit_full_blocks(self, seq: Sequence, num_computed_before: int) -> None:
         """Hash the blocks that became full and computed in this step, so later sequences can
@@ -277,3 +299,17 @@ class BlockManager:
             if block.ref_count == 0:
                 del free[block_id]
             block.ref_count += 1
+
+
+def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading entries `a` and `b` have in common. Whether the first m agree is true up
+    to the answer and false after it, so a binary search on slices finds it: a few comparisons,
+    each one C loop, where a Python loop would visit every block of a long table."""
+    low, high = 0, min(len(a), len(b))  # a[:low] == b[:low]; the answer is at most high
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low

@@ -298,12 +298,13 @@ class LLMEngine:
         self._notify_fork(parent, seq, "user", shared)
         return seq.seq_id
 
-    def _share_prefix(self, parent: Sequence, child: Sequence) -> bool:
+    def _share_prefix(self, parent: Sequence, child: Sequence, donor: Sequence | None = None) -> bool:
         """Give `child` its parent's K/V of its prefix (BlockManager.fork: full blocks shared,
-        the partly used one copied on write) when enough blocks are free. -> whether it did."""
+        the partly used one copied on write, `donor`'s blocks handed over) when enough blocks
+        are free. -> whether it did."""
         if not self.block_manager.can_fork(parent, child):
             return False
-        copy = self.block_manager.fork(parent, child)
+        copy = self.block_manager.fork(parent, child, donor)
         if copy is not None:
             self._pending_copies.append(copy)  # made by _copy_on_write, before anything reads them
         child.fork_prefix = "shared"
@@ -796,19 +797,25 @@ class LLMEngine:
             children.setdefault(child[0].parent, []).append(child)
         self.scheduler.release_seats(group.request_id)  # from now on its seats are its beams'
         why = "the search ended" if selection.done else f"fell out of the {k} best beams"
+        donors: list[Sequence] = []  # pruned beams still holding their blocks, for the forks to take over
         for index, beam in enumerate(parents):
             if index not in children:
-                self._prune(group, beam, why)
+                self._prune(group, beam, why, donors)
         for hypothesis in selection.displaced:
             self._prune(group, self.sequences[hypothesis.seq_id], f"pushed out of the {k} best finished beams")
         # Beams whose children all finished end in place first: their blocks and seats go to forks.
         finishing = [index for index in children if all(h is not None for _, h in children[index])]
         going_on = [index for index in children if index not in finishing]
-        made = [m for index in finishing for m in self._branch(group, parents[index], children[index], True)]
-        # Each running fork needs one fresh block (beam_search.py): only the first selection may lack them.
-        shares = self.block_manager.num_free_blocks >= len(selection.keep) - len(going_on)
+        made = [m for index in finishing for m in self._branch(group, parents[index], children[index], True, donors)]
+        # Each running fork needs one fresh block (beam_search.py): only the first selection, or
+        # a full cache, may lack them. Then the donors' blocks are freed first and counted.
+        running_forks = len(selection.keep) - len(going_on)
+        if self.block_manager.num_free_blocks < running_forks:
+            self._free_donors(donors)
+        shares = self.block_manager.num_free_blocks >= running_forks
         for index in going_on:
-            made += self._branch(group, parents[index], children[index], shares)
+            made += self._branch(group, parents[index], children[index], shares, donors)
+        self._free_donors(donors)  # the pruned beams no fork took over
         if not shares:  # the search waits whole, to be admitted again with blocks for all its beams
             self.scheduler.preempt_search([parents[index] for index in going_on])
             self.stats.preemptions += len(going_on)
@@ -818,18 +825,19 @@ class LLMEngine:
         return made
 
     def _branch(self, group: BeamGroup, parent: Sequence, children: list[tuple[Candidate, Hypothesis | None]],
-                shares: bool) -> list[tuple[Candidate, RequestOutput]]:
+                shares: bool, donors: list[Sequence]) -> list[tuple[Candidate, RequestOutput]]:
         """`parent`'s children, best first: its best running one (else its best finished one)
         continues it in place, each other one is a fork of it."""
         in_place = next((child for child in children if child[1] is None), children[0])
-        made = [self._fork_beam(group, parent, *child, shares) for child in children if child is not in_place]
+        made = [self._fork_beam(group, parent, *child, shares, donors) for child in children if child is not in_place]
         return [*made, self._continue_beam(parent, *in_place)]
 
     def _fork_beam(self, group: BeamGroup, parent: Sequence, candidate: Candidate, hypothesis: Hypothesis | None,
-                   shares: bool) -> tuple[Candidate, RequestOutput]:
+                   shares: bool, donors: list[Sequence]) -> tuple[Candidate, RequestOutput]:
         """A new beam: `parent`'s tokens, then the candidate's. A running one shares the parent's
-        blocks (full ones by reference, the partial one copied on write) when `shares`, and queues
-        to recompute them otherwise; a finished hypothesis holds none."""
+        blocks (full ones by reference, the partial one copied on write; a pruned beam's from
+        `donors` handed over) when `shares`, and queues to recompute them otherwise; a finished
+        hypothesis holds none."""
         position = parent.num_tokens
         seq = Sequence(next(self._request_ids), parent.token_ids, parent.params)  # a copy of the list
         seq.token_ids.append(candidate.token)
@@ -845,7 +853,7 @@ class LLMEngine:
         if hypothesis is not None:
             seq.finish(output.finish_reason)
             seq.beam_score, hypothesis.seq_id = hypothesis.score, seq.seq_id
-        elif shares and self._share_prefix(parent, seq):
+        elif shares and self._share_prefix(parent, seq, donors.pop() if donors else None):
             shared = True
             self.scheduler.add_beam(seq)
         else:
@@ -863,16 +871,25 @@ class LLMEngine:
             beam.beam_score, hypothesis.seq_id = hypothesis.score, beam.seq_id
         return candidate, output
 
-    def _prune(self, group: BeamGroup, seq: Sequence, reason: str) -> None:
-        """Drop a beam (or a finished hypothesis pushed out of the best): its blocks go back."""
+    def _prune(self, group: BeamGroup, seq: Sequence, reason: str, donors: list[Sequence] | None = None) -> None:
+        """Drop a beam (or a finished hypothesis pushed out of the best): its blocks go back,
+        or, with `donors`, stay with it there for a fork of the same selection to take over."""
         if seq.is_finished:
             seq.finish_reason = "pruned"
         else:
-            self.scheduler.finish(seq, "pruned")
+            self.scheduler.finish(seq, "pruned", free_blocks=donors is None)
+            if donors is not None:
+                donors.append(seq)
         if self.observers:
             event = PruneEvent(seq.seq_id, group.request_id, reason)
             for observer in self.observers:
                 observer.on_prune(event)
+
+    def _free_donors(self, donors: list[Sequence]) -> None:
+        """Give back the blocks of the pruned beams no fork took over."""
+        for seq in donors:
+            self.block_manager.free(seq)
+        donors.clear()
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params

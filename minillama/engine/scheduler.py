@@ -404,17 +404,19 @@ class Scheduler:
             seq.num_computed_tokens = item.end
             self.block_manager.commit_full_blocks(seq, before)
 
-    def finish(self, seq: Sequence, reason: str) -> None:
-        """`seq` is done: its blocks go back. It is running, or in the waiting queue: not admitted
-        yet (an abort), or preempted while the step that sampled its last token was in flight
-        (async scheduling, in_flight.py)."""
+    def finish(self, seq: Sequence, reason: str, free_blocks: bool = True) -> None:
+        """`seq` is done: its blocks go back (with free_blocks False the caller takes them: a
+        pruned beam's, handed to a fork, BlockManager.fork). It is running, or in the waiting
+        queue: not admitted yet (an abort), or preempted while the step that sampled its last
+        token was in flight (async scheduling, in_flight.py)."""
         if seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
             self._waiting_ids = None
         else:
             self.running.remove(seq)
         seq.finish(reason)
-        self.block_manager.free(seq)
+        if free_blocks:
+            self.block_manager.free(seq)
         if self.reserved_seats:
             self.reserved_seats.pop(seq.seq_id, None)
 
