@@ -154,8 +154,8 @@ def test_abort_while_its_token_is_in_flight(hf_model):
 
 
 def test_steps_in_order_when_something_must_act_on_each_step(hf_model):
-    """An observer, a beam search or n > 1 samples before their first token: no step is planned
-    ahead while they are there, and the tokens are the synchronous engine's."""
+    """An observer, or n > 1 samples before their first token: no step is planned ahead while
+    they are there, and the tokens are the synchronous engine's."""
 
     class Counting(Observer):
         def __init__(self):
@@ -165,14 +165,22 @@ def test_steps_in_order_when_something_must_act_on_each_step(hf_model):
             self.ends += 1
 
     requests = [([20, 21, 22], SamplingParams(temperature=0, max_tokens=6)),
-                ([30, 31], SamplingParams(temperature=0, max_tokens=12, beam_width=2)),
                 ([40, 41, 42], SamplingParams(temperature=0.8, seed=3, max_tokens=6, n=2))]
     expected, _ = run_all(cpu_engine(hf_model, "off"), requests)
     engine = cpu_engine(hf_model, "on")
-    overlaps = count_overlapped(engine)
+    ahead_while_pending = []
+    prepare = engine.runner.prepare
+
+    def spy(batch, pending=None):
+        if pending is not None:
+            ahead_while_pending.append(bool(engine._pending_samples))
+        return prepare(batch, pending)
+
+    engine.runner.prepare = spy
     got, _ = run_all(engine, requests)
     assert got == expected
-    assert overlaps[0] == 0  # the search runs to the last step, so no step went ahead
+    # Steps went ahead once the samples had their first token, never before.
+    assert ahead_while_pending and not any(ahead_while_pending)
 
     engine = cpu_engine(hf_model, "on")
     watcher = Counting()
@@ -180,6 +188,97 @@ def test_steps_in_order_when_something_must_act_on_each_step(hf_model):
     overlaps = count_overlapped(engine)
     got, _ = run_all(engine, requests[:1])
     assert got == expected[:1] and overlaps[0] == 0 and watcher.ends == engine.step_count
+
+
+def run_searches(engine: LLMEngine, requests, between_steps=None) -> list:
+    """Each request's result: a beam search's beams, best first, as (tokens, score, finish
+    reason); any other request's (tokens, finish reason); None for one aborted."""
+    ids = [engine.add_request(prompt, params) for prompt, params in requests]
+    steps = 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+        if between_steps is not None:
+            between_steps(engine, ids, steps)
+    results = []
+    for i, (_, params) in zip(ids, requests):
+        if i not in engine.sequences:  # aborted (abort() forgets it)
+            results.append(None)
+            continue
+        info = engine.request(i)
+        if params.beam_width > 1:
+            results.append([(engine.request(b).output_token_ids, engine.request(b).beam_score,
+                             engine.request(b).finish_reason) for b in engine.beams(i)])
+        else:
+            results.append((info.output_token_ids, info.finish_reason))
+    return results
+
+
+def same_results(got: list, expected: list) -> bool:
+    """run_searches' results agree: the same tokens and finish reasons, and beam scores equal up to
+    float32 rounding (a batch of other rows computes a row's logits in another order of sums)."""
+    exact = [[(tokens, reason) for tokens, _, reason in r] if isinstance(r, list) else r for r in got]
+    assert exact == [[(tokens, reason) for tokens, _, reason in r] if isinstance(r, list) else r for r in expected]
+    scores = [score for r in got if isinstance(r, list) for _, score, _ in r]
+    return scores == pytest.approx([score for r in expected if isinstance(r, list) for _, score, _ in r], rel=1e-5)
+
+
+def search_requests(count: int, seed: int = 0) -> list[tuple[list[int], SamplingParams]]:
+    """Beam searches of width 2-4 (length penalties, early stopping, stop tokens) among greedy
+    and seeded requests, prompts of 1-20 tokens, 2-16 new tokens."""
+    rng = random.Random(seed)
+    requests = []
+    for i in range(count):
+        prompt = [rng.randrange(VOCAB) for _ in range(rng.randrange(1, 20))]
+        max_tokens = rng.randrange(2, 16)
+        stops = (5, 17) if i % 4 == 1 else ()
+        if i % 3:
+            params = SamplingParams(max_tokens=max_tokens, beam_width=rng.choice([2, 3, 4]), stop_token_ids=stops,
+                                    length_penalty=rng.choice([0.5, 1.0, 2.0]), early_stopping=rng.choice([True, False]))
+        else:
+            params = SamplingParams(temperature=0.0 if i % 2 else 0.8, seed=i, max_tokens=max_tokens, stop_token_ids=stops)
+        requests.append((prompt, params))
+    return requests
+
+
+@pytest.mark.parametrize("num_kv_blocks", [64, 20], ids=["roomy", "preempting"])
+def test_beam_searches_overlap_and_find_the_same_beams(hf_model, num_kv_blocks):
+    """A beam search's beams sit out the step planned while their selection is in flight, and
+    other requests and searches fill it: steps go ahead, and every search finds the beams, scores
+    and finish reasons of the synchronous engine, every other request its tokens. With few blocks
+    the engine steps in order whenever a decode step might have to preempt, and the results
+    still agree (a search is preempted whole)."""
+    requests = search_requests(30)
+    expected = run_searches(cpu_engine(hf_model, "off", num_kv_blocks), requests)
+    engine = cpu_engine(hf_model, "on", num_kv_blocks)
+    overlaps = count_overlapped(engine)
+    assert same_results(run_searches(engine, requests), expected)
+    assert overlaps[0] > 0, "steps should be planned while selections are in flight"
+    assert engine.block_manager.num_free_blocks == num_kv_blocks and not engine.scheduler.selecting
+    if num_kv_blocks == 20:
+        assert engine.stats.preemptions > 0, "the small cache should preempt"
+
+
+def test_reads_and_aborts_between_steps_while_a_selection_is_in_flight(hf_model):
+    """abort(), request() and block_pool_snapshot() between steps read the step in flight first:
+    a search aborted then stops whole, and the others find the synchronous engine's beams."""
+    requests = search_requests(12, seed=1)
+    victim = next(i for i, (_, params) in enumerate(requests) if params.beam_width > 1)
+    expected = run_searches(cpu_engine(hf_model, "off"), requests)
+    seen = []
+
+    def between_steps(engine, ids, steps):
+        if engine._in_flight is not None and engine._in_flight.searches is not None:
+            seen.append(steps)
+            engine.block_pool_snapshot()
+            assert not engine.scheduler.selecting and engine._in_flight is None  # read first
+            if len(seen) == 2:
+                engine.abort(ids[victim])
+
+    got = run_searches(cpu_engine(hf_model, "on"), requests, between_steps)
+    assert len(seen) >= 2, "selections should have been in flight between steps"
+    assert got[victim] is None and expected[victim] is not None
+    assert same_results(got[:victim] + got[victim + 1:], expected[:victim] + expected[victim + 1:])
 
 
 def test_an_observer_added_mid_run_sees_every_step_whole(hf_model):

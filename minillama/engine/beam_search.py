@@ -57,6 +57,7 @@ from typing import NamedTuple
 import torch
 
 from minillama.engine.sequence import Sequence
+from minillama.transfer import record_event, to_device, to_host
 
 
 class Candidate(NamedTuple):
@@ -89,10 +90,12 @@ class Selection(NamedTuple):
     done: bool  # the search is over: its live beams are dropped
 
 
-def select_all(groups: list[BeamGroup], logits: torch.Tensor, rows: list[list[int]]) -> list[Selection]:
+def launch_selection(groups: list[BeamGroup], logits: torch.Tensor, rows: list[list[int]]) -> PendingSelection:
     """One step of every search in `groups`: group g's live beams, in order, gave logits rows
-    rows[g] ([B, V] fp32 logits of the whole batch). Step 1 runs on the device, batched, in two
-    stages, then one copy goes to the host, where the rules run on Python lists:
+    rows[g] ([B, V] logits of the whole batch, fp32 or the model's dtype). Step 1 runs on the
+    device, batched, in two stages, queued behind the forward pass that computes the logits;
+    its results go to the host in one copy per shape, and PendingSelection.finish() applies the
+    rules on Python lists once they are there:
 
     - each beam's C best tokens (C: the most candidates a search takes), from one log-softmax
       and one top-k over every beam's row ([R, V] -> [R, C], R the beams of every search). A
@@ -103,8 +106,9 @@ def select_all(groups: list[BeamGroup], logits: torch.Tensor, rows: list[list[in
 
     A search at a time, or tensor operations per search, would cost a wait for the GPU or a
     kernel launch per search and step: with hundreds of beams in a batch, more than the
-    forward pass."""
-    vocab = logits.shape[1]
+    forward pass. Nothing here waits for the GPU (host data goes through pinned memory), so with
+    async scheduling the host plans the next step while these kernels run."""
+    device, vocab = logits.device, logits.shape[1]
     stage_width = min(max(group.num_candidates for group in groups), vocab)
     shapes: dict[tuple[int, int], list[int]] = {}  # (live beams, candidates) -> the searches of that shape
     for g, group in enumerate(groups):
@@ -112,12 +116,14 @@ def select_all(groups: list[BeamGroup], logits: torch.Tensor, rows: list[list[in
     # The beams' rows, search by search, the searches of one shape side by side: each shape's
     # rows are then one slice of the [R, ...] tensors below, a view, not a copy.
     order = [g for members in shapes.values() for g in members]
-    logprobs = torch.log_softmax(logits[[row for g in order for row in rows[g]]], dim=-1)  # [R, V]
+    beam_rows = to_device(torch.tensor([row for g in order for row in rows[g]], dtype=torch.long), device)
+    # fp32 as Hugging Face computes them (widening the model's bf16 logits is exact).
+    logprobs = torch.log_softmax(logits.index_select(0, beam_rows).float(), dim=-1)  # [R, V]
     best_logprobs, best_tokens = torch.topk(logprobs, stage_width, dim=-1)  # [R, C] each
     # Every beam's summed log-probability so far: float32 values, held exactly by Python floats.
-    scores = torch.tensor([score for g in order for score in groups[g].scores], dtype=torch.float32)
-    totals = best_logprobs + scores.to(logits.device)[:, None]  # [R, C]: those continuations' summed log-probs
-    selections: list[Selection | None] = [None] * len(groups)
+    scores = to_device(torch.tensor([score for g in order for score in groups[g].scores], dtype=torch.float32), device)
+    totals = best_logprobs + scores[:, None]  # [R, C]: those continuations' summed log-probs
+    found = []
     start = 0
     for (num_beams, num_candidates), members in shapes.items():
         end = start + len(members) * num_beams
@@ -125,17 +131,44 @@ def select_all(groups: list[BeamGroup], logits: torch.Tensor, rows: list[list[in
         values, where = torch.topk(side_by_side, num_candidates, dim=-1)  # [G, K], best first
         tokens = best_tokens[start:end].view(len(members), num_beams * stage_width).gather(1, where)
         start = end
-        found = torch.stack([where, tokens]).cpu()  # [2, G, K]: one copy for both
-        values = values.cpu()
-        # Each candidate's score if it ends here: float32 division, as Hugging Face divides.
-        lengths = torch.tensor([groups[g].length_divisor() for g in members], dtype=torch.float32)
-        penalised = values / lengths[:, None]
-        for g, row_values, row_where, row_tokens, row_penalised in zip(
-                members, values.tolist(), *found.tolist(), penalised.tolist()):
-            # Beam i's token t is continuation i * V + t of the search's flattened [beams * V].
-            indices = [(w // stage_width) * vocab + t for w, t in zip(row_where, row_tokens)]
-            selections[g] = groups[g].select(row_values, indices, row_penalised, vocab)
-    return selections
+        found.append((members, to_host(torch.stack([where, tokens])), to_host(values)))  # [2, G, K], [G, K]
+    return PendingSelection(groups, vocab, stage_width, found, record_event(device))
+
+
+class SearchStep(NamedTuple):
+    """The searches whose beams gave logits rows in one step, and their selection, launched."""
+
+    groups: list[BeamGroup]
+    rows: list[list[int]]  # rows[g]: the logits rows of groups[g]'s live beams, in order
+    pending: PendingSelection
+
+
+class PendingSelection:
+    """launch_selection's results on their way to the host: per shape of search, its searches,
+    each one's best continuations ([2, G, K]: where in its beams' [beams * C] candidates, which
+    token) and their summed log-probabilities ([G, K])."""
+
+    def __init__(self, groups: list[BeamGroup], vocab: int, stage_width: int,
+                 found: list[tuple[list[int], torch.Tensor, torch.Tensor]], copied: torch.cuda.Event | None):
+        self.groups, self.vocab, self.stage_width, self.found = groups, vocab, stage_width, found
+        self.copied = copied  # passed once the copies have run (None on the CPU)
+
+    def finish(self) -> list[Selection]:
+        """Wait for the copies, then each search's step on the host (BeamGroup.select)."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        groups, vocab, stage_width = self.groups, self.vocab, self.stage_width
+        selections: list[Selection | None] = [None] * len(groups)
+        for members, found, values in self.found:
+            # Each candidate's score if it ends here: float32 division, as Hugging Face divides.
+            lengths = torch.tensor([groups[g].length_divisor() for g in members], dtype=torch.float32)
+            penalised = values / lengths[:, None]
+            for g, row_values, row_where, row_tokens, row_penalised in zip(
+                    members, values.tolist(), *found.tolist(), penalised.tolist()):
+                # Beam i's token t is continuation i * V + t of the search's flattened [beams * V].
+                indices = [(w // stage_width) * vocab + t for w, t in zip(row_where, row_tokens)]
+                selections[g] = groups[g].select(row_values, indices, row_penalised, vocab)
+        return selections
 
 
 class BeamGroup:
@@ -164,7 +197,7 @@ class BeamGroup:
         return (self.generated + 1) ** self.length_penalty
 
     def select(self, values: list[float], indices: list[int], penalised: list[float], vocab: int) -> Selection:
-        """One step, on the host. select_all finds the best continuations over every beam, best
+        """One step, on the host. launch_selection finds the best continuations over every beam, best
         first: their summed log-probabilities (values), where each is in the flattened
         [len(beams) * V] (beam i followed by token t at i * V + t), and their values divided by
         length_divisor() (penalised). Updates the scores and the finished hypotheses; the caller

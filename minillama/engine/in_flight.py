@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import torch
 
+from minillama.engine.beam_search import SearchStep
 from minillama.engine.sequence import Sequence
+from minillama.transfer import record_event, to_host
 
 
 def placeholder(row: int) -> int:
@@ -52,20 +54,16 @@ class InFlightStep:
     """A launched step whose sampled tokens the host has not read: the sequences of its rows, the
     tokens on the device, and their copy to the host, under way behind the step's kernels."""
 
-    def __init__(self, seqs: list[Sequence], tokens: torch.Tensor, phase: str, num_tokens: int,
-                 num_preempted: int, launched_at: float):
+    def __init__(self, seqs: list[Sequence], tokens: torch.Tensor, searches: SearchStep | None, phase: str,
+                 num_tokens: int, num_preempted: int, launched_at: float):
         self.seqs = seqs  # row i of `tokens` is seqs[i]'s
+        self.searches = searches  # the beam searches that gave rows: their selection, launched
         self.tokens = tokens  # [S] int64 on the device: what the next step's inputs gather from
         self.phase, self.num_tokens, self.num_preempted = phase, num_tokens, num_preempted  # for EngineStats
         self.launched_at = launched_at  # time.perf_counter() when its kernels were queued
-        if tokens.device.type == "cuda":
-            # Pinned host memory: the copy is queued on the stream and the host goes on at once.
-            self.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            self.host.copy_(tokens, non_blocking=True)
-            self.copied: torch.cuda.Event | None = torch.cuda.Event()
-            self.copied.record()
-        else:
-            self.host, self.copied = tokens, None  # a CPU step has already run
+        # Pinned host memory: the copy is queued on the stream and the host goes on at once.
+        self.host = to_host(tokens)
+        self.copied = record_event(tokens.device)  # None on the CPU: the step has already run
 
     def read(self) -> list[int]:
         """The sampled tokens, row by row; waits for the step (and the copy) to finish."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from minillama.config import EngineConfig, ModelConfig
-from minillama.engine.beam_search import BeamGroup, Candidate, Hypothesis, Selection, select_all
+from minillama.engine.beam_search import BeamGroup, Candidate, Hypothesis, SearchStep, Selection, launch_selection
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.block_pool import BlockPoolSnapshot, cached_flags, snapshot_block_pool
 from minillama.engine.detokenizer import IncrementalDetokenizer
@@ -65,6 +65,7 @@ from minillama.observe import Observer
 from minillama.ops.select import select_ops
 from minillama.ops.table import AttentionOps
 from minillama.sampling_params import SamplingParams
+from minillama.transfer import to_device
 from minillama.values import is_int
 
 
@@ -520,10 +521,13 @@ class LLMEngine:
     def _overlaps(self) -> bool:
         """May the next step be planned before the step in flight is read? Not while anything
         must act on a step's tokens before the next is planned: an observer (it sees each step
-        whole), a beam search (it forks and prunes on them), a request with n > 1 before its
-        first token (its samples start from it), a sequence reaching its length limit."""
-        return (self.async_scheduling and not self.observers and not self._searching and not self._pending_samples
-                and not self._must_read)
+        whole), a request with n > 1 before its first token (its samples start from it), a
+        sequence reaching its length limit. A beam search's beams sit out the step planned while
+        their selection is in flight (Scheduler.selecting), which other work, or the other half of
+        the searches, may fill; while they sit out, no decode step may need to preempt (there is a
+        free block for every running sequence), since a search is preempted whole."""
+        return (self.async_scheduling and not self.observers and not self._pending_samples and not self._must_read
+                and (not self._searching or self.block_manager.num_free_blocks >= len(self.scheduler.running)))
 
     def _step_overlapped(self) -> list[RequestOutput]:
         """Plan and launch a step, then read the step before (which the GPU finished meanwhile)."""
@@ -538,12 +542,19 @@ class LLMEngine:
         inputs = self.runner.prepare(batch, previous.tokens if previous is not None else None)
         logits = self.runner.run(inputs, float32=False)
         seqs = [self.sequences[item.seq_id] for item in batch.sampling]
-        tokens = self._sample(logits, seqs)
-        self._in_flight = InFlightStep(seqs, tokens, batch.phase, batch.num_tokens, len(batch.preempted), launched_at)
+        drawn, drawn_logits, split = seqs, logits, None
+        if self._searching:
+            drawn, drawn_logits, split = self._set_beams_apart(seqs, logits)
+        tokens = self._sample(drawn_logits, drawn)
+        searches = self._launch_searches(logits, seqs, split[1]) if split is not None else None
+        self._in_flight = InFlightStep(drawn, tokens, searches, batch.phase, batch.num_tokens, len(batch.preempted),
+                                       launched_at)
         outputs = self._read_step(previous) if previous is not None else []
         # Committed after the read: the blocks it hashes hold no placeholder any more.
         self.scheduler.update_after_step(batch)
-        for row, seq in enumerate(seqs):
+        if searches is not None:  # the beams wait for their selection: the next plan leaves them out
+            self.scheduler.selecting.update(seqs[row].seq_id for row in split[1])
+        for row, seq in enumerate(drawn):
             if seq.is_finished:  # it stopped at the step before: this row ran in vain
                 continue
             seq.token_ids.append(placeholder(row))
@@ -574,6 +585,9 @@ class LLMEngine:
             if output.finished:
                 self.scheduler.finish(seq, output.finish_reason)
             outputs.append(output)
+        if flight.searches is not None:
+            self.scheduler.selecting.clear()  # they may be planned again (or pruned, forked)
+            outputs = self._finish_searches(flight.searches, outputs, None)[0]
         now = time.perf_counter()
         # The step had the GPU from its launch, or from the end of the step before it if later.
         self.stats.record(flight.phase, flight.num_tokens, now - max(flight.launched_at, self._last_read_at),
@@ -650,7 +664,8 @@ class LLMEngine:
         else:
             outputs = self._update(drawn, tokens)
         if split is not None:
-            outputs, rows = self._advance_searches(logits, seqs, split, outputs, rows)
+            rows = [split[0][row] for row in (rows if rows is not None else range(len(outputs)))]
+            outputs, rows = self._finish_searches(self._launch_searches(logits, seqs, split[1]), outputs, rows)
         timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
         result = StepResult(
             self.step_count, batch, tuple(outputs), timings, self.block_manager.num_free_blocks,
@@ -763,27 +778,33 @@ class LLMEngine:
         if not beam_rows:
             return seqs, logits, None
         drawn_rows = [row for row, seq in enumerate(seqs) if seq.beam_of is None]
-        return [seqs[row] for row in drawn_rows], logits[drawn_rows], (drawn_rows, beam_rows)
+        # The row index through pinned memory: a pageable one would wait for the forward pass.
+        drawn_logits = logits.index_select(0, to_device(torch.tensor(drawn_rows, dtype=torch.long), logits.device))
+        return [seqs[row] for row in drawn_rows], drawn_logits, (drawn_rows, beam_rows)
 
-    def _advance_searches(self, logits: torch.Tensor, seqs: list[Sequence], split: tuple[list[int], list[int]],
-                          outputs: list[RequestOutput], rows: tuple[int, ...] | None
-                          ) -> tuple[list[RequestOutput], tuple[int, ...]]:
-        """One step of every search whose beams gave logits rows: the sampler's outputs (their rows
-        in the whole batch), then each search's new and continued beams (their parent's row)."""
-        drawn_rows, beam_rows = split
-        rows = [drawn_rows[row] for row in (rows if rows is not None else range(len(outputs)))]
+    def _launch_searches(self, logits: torch.Tensor, seqs: list[Sequence], beam_rows: list[int]) -> SearchStep:
+        """Queue the selection of every search whose beams gave logits rows (`beam_rows` of the
+        batch `seqs`) behind the forward pass (beam_search.launch_selection)."""
         row_of = {seqs[row].seq_id: row for row in beam_rows}
         groups = list({seqs[row].beam_of: self._searching[seqs[row].beam_of] for row in beam_rows}.values())
         # The scheduler keeps a search's beams in step: all of them sampled in this step.
-        beams_rows = [[row_of[beam.seq_id] for beam in group.beams] for group in groups]
-        for group, parent_rows, selection in zip(groups, beams_rows, select_all(groups, logits, beams_rows)):
+        rows = [[row_of[beam.seq_id] for beam in group.beams] for group in groups]
+        return SearchStep(groups, rows, launch_selection(groups, logits, rows))
+
+    def _finish_searches(self, searches: SearchStep, outputs: list[RequestOutput], rows: list[int] | None
+                         ) -> tuple[list[RequestOutput], tuple[int, ...] | None]:
+        """One step of the searches, once their selection is on the host: after the sampler's
+        outputs (whose logits rows are `rows`, when the caller tracks them), each search's new and
+        continued beams, with their parent's row."""
+        for group, parent_rows, selection in zip(searches.groups, searches.rows, searches.pending.finish()):
             for candidate, output in self._apply_selection(group, selection):
                 outputs.append(output)
-                rows.append(parent_rows[candidate.parent])
+                if rows is not None:
+                    rows.append(parent_rows[candidate.parent])
             if selection.done:
                 del self._searching[group.request_id]
         self._copy_on_write()
-        return outputs, tuple(rows)
+        return outputs, tuple(rows) if rows is not None else None
 
     def _apply_selection(self, group: BeamGroup, selection: Selection) -> list[tuple[Candidate, RequestOutput]]:
         """Make a selection real: prune the beams nothing continues, fork a beam continued by

@@ -136,6 +136,9 @@ class Scheduler:
         self._waiting_ids: tuple[int, ...] | None = None
         # Seats held for the beams a search's running first beam will make: its id -> how many.
         self.reserved_seats: dict[int, int] = {}
+        # Running beams whose search's selection is in flight (async scheduling, LLMEngine): they
+        # sit out the decode steps planned meanwhile, since their next beams are not known yet.
+        self.selecting: set[int] = set()
         # The step being planned: why the head of the queue could not start (None: it did, or
         # nobody waits), the causes gathered so far, and the last waits made, reused while the
         # queue and the head's cause stay the same (most decode steps).
@@ -272,9 +275,10 @@ class Scheduler:
     def _schedule_decode(self) -> tuple[list[Sequence], SchedulerOutput]:
         scheduled: list[ScheduledSequence] = []
         preempted: list[int] = []
+        selecting = self.selecting
         for seq in list(self.running):  # oldest first
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted earlier in this loop to make room for an older one
+            if seq.status is not SequenceStatus.RUNNING or (selecting and seq.seq_id in selecting):
+                continue  # preempted earlier in this loop to make room for an older one, or sitting out
             while not self.block_manager.can_append(seq):
                 preempted += self._preempt_latest(seq)
                 if seq.status is not SequenceStatus.RUNNING:
@@ -291,12 +295,14 @@ class Scheduler:
         if preempted and len(scheduled) > len(self.running):  # a search preempted whole took an older beam
             running = {seq.seq_id for seq in self.running}
             scheduled = [item for item in scheduled if item.seq_id in running]
-        # Every running sequence left runs, in order.
-        return list(self.running), self._output("decode", scheduled, tuple(preempted))
+        # Every running sequence left runs, in order (but those sitting out).
+        runs = [seq for seq in self.running if seq.seq_id not in selecting] if selecting else list(self.running)
+        return runs, self._output("decode", scheduled, tuple(preempted))
 
     def _preempt_latest(self, needer: Sequence) -> list[int]:
         """Preempt the latest arrival, and with a beam all the beams of its search (they advance
         together), to make room for `needer`'s next token; returns their ids."""
+        assert not self.selecting, "no preemption while a selection is in flight (LLMEngine._overlaps)"
         victim = self.running[-1]
         group = [s for s in self.running if s.beam_of == victim.beam_of] if victim.is_lockstep_beam else [victim]
         rule = "whole-search" if victim.is_lockstep_beam else "latest-arrival"
