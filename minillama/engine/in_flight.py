@@ -29,9 +29,19 @@ What a step learns one step late, and what it costs:
 - step() returns the outputs of the step before the one it launched; has_unfinished() stays true
   until the last launched step is read.
 
-The engine steps synchronously (this module idle) while an observer watches, a beam search runs
-or a request with n > 1 waits for its first token: each reads or acts on a step's tokens before
-the next step may be planned. Any read of the engine's state between steps (request(), fork(),
+A beam search cannot have placeholders: which beams go on, and with which tokens, is what step
+N's selection decides. Its selection's device stage (beam_search.launch_selection: log-softmax,
+top-k) is queued behind step N's forward pass instead, its results copied to pinned memory, and
+its beams sit out step N+1 (Scheduler.selecting); the read applies the selection (forks,
+prunes), and the new beams run in step N+2. Other requests, and searches whose prompts finished
+in another step, fill step N+1, so the host's forks and prunes of one half of the searches
+overlap the GPU's forward pass of the other. A search is preempted whole, so while its beams sit
+out no decode step may need to preempt: the engine steps in order whenever fewer blocks are free
+than sequences run.
+
+The engine steps synchronously (this module idle) while an observer watches or a request with
+n > 1 waits for its first token: each reads or acts on a step's tokens before the next step may
+be planned. Any read of the engine's state between steps (request(), fork(),
 abort(), block_pool_snapshot(), add_observer()) first reads the step in flight, keeping its
 outputs for the next step() call (an aborted request's are dropped).
 """
