@@ -259,6 +259,35 @@ def test_beam_searches_overlap_and_find_the_same_beams(hf_model, num_kv_blocks):
         assert engine.stats.preemptions > 0, "the small cache should preempt"
 
 
+def test_beam_searches_split_into_two_halves_whose_steps_alternate(hf_model):
+    """With searches running, an overlapped decode step takes at most half the running beams
+    (whole searches; the first may be larger), so the host applies one half's selection while
+    the GPU runs the other half's step. The beams found are the synchronous engine's."""
+    rng = random.Random(3)
+    requests = [([rng.randrange(VOCAB) for _ in range(rng.randrange(10, 40))],
+                 SamplingParams(max_tokens=12, beam_width=4)) for _ in range(12)]
+
+    def engine_of(mode: str) -> LLMEngine:
+        config = EngineConfig(device="cpu", num_kv_blocks=256, block_size=16, max_num_seqs=64,
+                              max_num_batched_tokens=64, async_scheduling=mode)  # prompts end in several steps
+        return LLMEngine.from_hf_model(hf_model, config)
+
+    expected = run_searches(engine_of("off"), requests)
+    engine = engine_of("on")
+    decode_steps = []  # (beams in the step, beams running)
+    prepare = engine.runner.prepare
+
+    def spy(batch, pending=None):
+        if batch.phase == "decode":
+            decode_steps.append((len(batch.scheduled), len(engine.scheduler.running)))
+        return prepare(batch, pending)
+
+    engine.runner.prepare = spy
+    assert same_results(run_searches(engine, requests), expected)
+    assert all(beams <= max(4, (running + 1) // 2) for beams, running in decode_steps), decode_steps
+    assert sum(beams > 4 for beams, _ in decode_steps) >= 10, "steps of several searches each"
+
+
 def test_reads_and_aborts_between_steps_while_a_selection_is_in_flight(hf_model):
     """abort(), request() and block_pool_snapshot() between steps read the step in flight first:
     a search aborted then stops whole, and the others find the synchronous engine's beams."""

@@ -305,7 +305,10 @@ def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     """How many leading entries `a` and `b` have in common. Whether the first m agree is true up
     to the answer and false after it, so a binary search on slices finds it: a few comparisons,
     each one C loop, where a Python loop would visit every block of a long table."""
-    low, high = 0, min(len(a), len(b))  # a[:low] == b[:low]; the answer is at most high
+    high = min(len(a), len(b))
+    if a[:high] == b[:high]:  # the common case for a donor and a fork: one starts with the other
+        return high
+    low, high = 0, high - 1  # a[:low] == b[:low]; the answer is at most high
     while low < high:
         mid = (low + high + 1) // 2
         if a[:mid] == b[:mid]:

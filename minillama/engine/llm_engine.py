@@ -533,7 +533,7 @@ class LLMEngine:
         """Plan and launch a step, then read the step before (which the GPU finished meanwhile)."""
         launched_at = time.perf_counter()
         self.block_manager.step = self.step_count
-        batch = self.scheduler.schedule()
+        batch = self.scheduler.schedule(split_searches=bool(self._searching))
         previous = self._in_flight
         if not batch.scheduled:  # all that is left is in flight
             return self._read_in_flight() if previous is not None else []

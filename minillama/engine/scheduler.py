@@ -203,7 +203,11 @@ class Scheduler:
         """The sequences holding blocks: the running ones, then the forks not yet started."""
         return [*self.running, *self.forked] if self.forked else self.running
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, split_searches: bool = False) -> SchedulerOutput:
+        """The next step's plan. With split_searches (async scheduling with beam searches
+        running, LLMEngine) a decode step takes at most half of the running beams, whole
+        searches, so the searches fall into two halves whose steps alternate (see
+        _sitting_out)."""
         self._head_cause = None
         if self._preemptions or self._chunks or self._prefix or self._late_preemptions:
             # Preemptions made after the last step (preempt_search) are this step's first.
@@ -211,7 +215,7 @@ class Scheduler:
             self._late_preemptions = []
         seqs, batch = self._schedule_prefill()
         if not batch.scheduled:
-            seqs, batch = self._schedule_decode()
+            seqs, batch = self._schedule_decode(split_searches)
         self.in_flight = seqs
         return batch
 
@@ -272,12 +276,12 @@ class Scheduler:
             return budget
         return remaining
 
-    def _schedule_decode(self) -> tuple[list[Sequence], SchedulerOutput]:
+    def _schedule_decode(self, split_searches: bool) -> tuple[list[Sequence], SchedulerOutput]:
         scheduled: list[ScheduledSequence] = []
         preempted: list[int] = []
-        selecting = self.selecting
+        sitting_out = self._sitting_out() if split_searches else self.selecting
         for seq in list(self.running):  # oldest first
-            if seq.status is not SequenceStatus.RUNNING or (selecting and seq.seq_id in selecting):
+            if seq.status is not SequenceStatus.RUNNING or (sitting_out and seq.seq_id in sitting_out):
                 continue  # preempted earlier in this loop to make room for an older one, or sitting out
             while not self.block_manager.can_append(seq):
                 preempted += self._preempt_latest(seq)
@@ -296,8 +300,36 @@ class Scheduler:
             running = {seq.seq_id for seq in self.running}
             scheduled = [item for item in scheduled if item.seq_id in running]
         # Every running sequence left runs, in order (but those sitting out).
-        runs = [seq for seq in self.running if seq.seq_id not in selecting] if selecting else list(self.running)
+        runs = [seq for seq in self.running if seq.seq_id not in sitting_out] if sitting_out else list(self.running)
         return runs, self._output("decode", scheduled, tuple(preempted))
+
+    def _sitting_out(self) -> set[int]:
+        """The running beams a decode step leaves out when searches are split: those whose
+        selection is in flight (`selecting`), and the searches, whole, past half of all running
+        beams (any but the first search to go in).
+
+        Why: a search's beams sit out the step planned while their selection is in flight, so
+        searches fall into two sets whose steps alternate, and the host applies one set's
+        selection (its forks and prunes, the costly part) while the GPU runs the other's step.
+        Which set a search joins depends on the prefill step that finished its prompt, and the
+        sets can be far from even (200 and 56 beams): then the host works a whole selection of
+        the large set while the GPU runs the small set's short step, and waits for the large
+        set's step after. Capping a step at half the beams evens the sets within two steps."""
+        selecting = self.selecting
+        sizes: dict[int, int] = {}  # search -> its beams that may run, in running order
+        for seq in self.running:
+            if seq.beam_of is not None and seq.seq_id not in selecting:
+                sizes[seq.beam_of] = sizes.get(seq.beam_of, 0) + 1
+        half = (sum(sizes.values()) + len(selecting) + 1) // 2
+        taken, deferred = 0, set()
+        for search, size in sizes.items():
+            if taken and taken + size > half:
+                deferred.add(search)
+            else:
+                taken += size
+        if not deferred:
+            return selecting
+        return selecting | {seq.seq_id for seq in self.running if seq.beam_of in deferred}
 
     def _preempt_latest(self, needer: Sequence) -> list[int]:
         """Preempt the latest arrival, and with a beam all the beams of its search (they advance
