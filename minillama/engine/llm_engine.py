@@ -778,8 +778,10 @@ class LLMEngine:
         if not beam_rows:
             return seqs, logits, None
         drawn_rows = [row for row, seq in enumerate(seqs) if seq.beam_of is None]
-        # The row index through pinned memory: a pageable one would wait for the forward pass.
-        drawn_logits = logits.index_select(0, to_device(torch.tensor(drawn_rows, dtype=torch.long), logits.device))
+        if not drawn_rows:  # only beams: nothing to copy
+            drawn_logits = logits[:0]
+        else:  # the row index through pinned memory: a pageable one would wait for the forward pass
+            drawn_logits = logits.index_select(0, to_device(torch.tensor(drawn_rows, dtype=torch.long), logits.device))
         return [seqs[row] for row in drawn_rows], drawn_logits, (drawn_rows, beam_rows)
 
     def _launch_searches(self, logits: torch.Tensor, seqs: list[Sequence], beam_rows: list[int]) -> SearchStep:
