@@ -33,9 +33,10 @@ A beam search cannot have placeholders: which beams go on, and with which tokens
 N's selection decides. Its selection's device stage (beam_search.launch_selection: log-softmax,
 top-k) is queued behind step N's forward pass instead, its results copied to pinned memory, and
 its beams sit out step N+1 (Scheduler.selecting); the read applies the selection (forks,
-prunes), and the new beams run in step N+2. Other requests, and searches whose prompts finished
-in another step, fill step N+1, so the host's forks and prunes of one half of the searches
-overlap the GPU's forward pass of the other. A search is preempted whole, so while its beams sit
+prunes), and the new beams run in step N+2. Other requests, and the other searches, fill step
+N+1: an overlapped decode step takes at most half the running beams (Scheduler._sitting_out),
+so the searches fall into two even halves whose steps alternate, and the host's forks and
+prunes of one half overlap the GPU's forward pass of the other. A search is preempted whole, so while its beams sit
 out no decode step may need to preempt: the engine steps in order whenever fewer blocks are free
 than sequences run.
 
