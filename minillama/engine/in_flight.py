@@ -36,9 +36,9 @@ its beams sit out step N+1 (Scheduler.selecting); the read applies the selection
 prunes), and the new beams run in step N+2. Other requests, and the other searches, fill step
 N+1: an overlapped decode step takes at most half the running beams (Scheduler._sitting_out),
 so the searches fall into two even halves whose steps alternate, and the host's forks and
-prunes of one half overlap the GPU's forward pass of the other. A search is preempted whole, so while its beams sit
-out no decode step may need to preempt: the engine steps in order whenever fewer blocks are free
-than sequences run.
+prunes of one half overlap the GPU's forward pass of the other. A search is preempted whole, so
+while its beams sit out no decode step may need to preempt: the engine steps in order whenever
+fewer blocks are free than sequences run.
 
 The engine steps synchronously (this module idle) while an observer watches or a request with
 n > 1 waits for its first token: each reads or acts on a step's tokens before the next step may

@@ -663,7 +663,7 @@ class LLMEngine:
             rows = (*range(len(drawn)), *sample_rows)
         else:
             outputs = self._update(drawn, tokens)
-        if split is not None:
+        if split is not None:  # the outputs so far came from the drawn rows: their rows in the whole batch
             rows = [split[0][row] for row in (rows if rows is not None else range(len(outputs)))]
             outputs, rows = self._finish_searches(self._launch_searches(logits, seqs, split[1]), outputs, rows)
         timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
