@@ -378,3 +378,25 @@ def test_cuda_graphs_same_tokens_with_and_without_overlap(hf_model):
     assert overlaps[0] > 0
     assert [tuple(tokens) for tokens in streamed.values()] == [tokens for tokens, _ in got]
     assert overlapped.block_manager.num_free_blocks == 64
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_aborts_and_forks_while_searches_overlap_leave_no_block_held(hf_model, seed):
+    """Searches and requests under random aborts and forks between overlapped steps, caches of
+    several sizes (preempting or not): nothing fails, and every block is free at the end."""
+    rng = random.Random(seed)
+    num_kv_blocks = rng.choice([20, 32, 64])
+    config = EngineConfig(device="cpu", num_kv_blocks=num_kv_blocks, block_size=16, max_num_seqs=rng.choice([8, 16]),
+                          max_num_batched_tokens=rng.choice([32, 96]), async_scheduling="on")
+    engine = LLMEngine.from_hf_model(hf_model, config)
+    ids = [engine.add_request(prompt, params) for prompt, params in search_requests(20, seed=seed)]
+    while engine.has_unfinished():
+        engine.step()
+        live = [i for i in ids if i in engine.sequences and not engine.sequences[i].is_finished]
+        if live and rng.random() < 0.1:
+            engine.abort(rng.choice(live))
+        elif live and rng.random() < 0.1:
+            parent = engine.sequences[rng.choice(live)]
+            if parent.num_tokens > 1:
+                ids.append(engine.fork(parent.seq_id, parent.num_tokens - 1, [rng.randrange(VOCAB)]))
+    assert engine.block_manager.num_free_blocks == num_kv_blocks and not engine.scheduler.selecting
