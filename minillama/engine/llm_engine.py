@@ -587,7 +587,7 @@ class LLMEngine:
             outputs.append(output)
         if flight.searches is not None:
             self.scheduler.selecting.clear()  # they may be planned again (or pruned, forked)
-            outputs = self._finish_searches(flight.searches, outputs, None)[0]
+            self._finish_searches(flight.searches, outputs)
         now = time.perf_counter()
         # The step had the GPU from its launch, or from the end of the step before it if later.
         self.stats.record(flight.phase, flight.num_tokens, now - max(flight.launched_at, self._last_read_at),
@@ -664,8 +664,9 @@ class LLMEngine:
         else:
             outputs = self._update(drawn, tokens)
         if split is not None:  # the outputs so far came from the drawn rows: their rows in the whole batch
-            rows = [split[0][row] for row in (rows if rows is not None else range(len(outputs)))]
-            outputs, rows = self._finish_searches(self._launch_searches(logits, seqs, split[1]), outputs, rows)
+            output_rows = [split[0][row] for row in (rows if rows is not None else range(len(outputs)))]
+            self._finish_searches(self._launch_searches(logits, seqs, split[1]), outputs, output_rows)
+            rows = tuple(output_rows)
         timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
         result = StepResult(
             self.step_count, batch, tuple(outputs), timings, self.block_manager.num_free_blocks,
@@ -793,11 +794,11 @@ class LLMEngine:
         rows = [[row_of[beam.seq_id] for beam in group.beams] for group in groups]
         return SearchStep(groups, rows, launch_selection(groups, logits, rows))
 
-    def _finish_searches(self, searches: SearchStep, outputs: list[RequestOutput], rows: list[int] | None
-                         ) -> tuple[list[RequestOutput], tuple[int, ...] | None]:
-        """One step of the searches, once their selection is on the host: after the sampler's
-        outputs (whose logits rows are `rows`, when the caller tracks them), each search's new and
-        continued beams, with their parent's row."""
+    def _finish_searches(self, searches: SearchStep, outputs: list[RequestOutput], rows: list[int] | None = None
+                         ) -> None:
+        """One step of the searches, once their selection is on the host: appends to the
+        sampler's `outputs` each search's new and continued beams, and to `rows` (their logits
+        rows, when the caller tracks them) each one's parent's row."""
         for group, parent_rows, selection in zip(searches.groups, searches.rows, searches.pending.finish()):
             for candidate, output in self._apply_selection(group, selection):
                 outputs.append(output)
@@ -806,7 +807,6 @@ class LLMEngine:
             if selection.done:
                 del self._searching[group.request_id]
         self._copy_on_write()
-        return outputs, tuple(rows) if rows is not None else None
 
     def _apply_selection(self, group: BeamGroup, selection: Selection) -> list[tuple[Candidate, RequestOutput]]:
         """Make a selection real: prune the beams nothing continues, fork a beam continued by
