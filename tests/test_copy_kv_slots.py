@@ -15,32 +15,32 @@ def random_cache(blocks: int, device: str, dtype: torch.dtype = torch.float32) -
     return torch.randn(3, 2, blocks, 4, 2, 8, generator=torch.Generator().manual_seed(0)).to(device, dtype)
 
 
-def slots(pairs: list[tuple[int, int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    src, dst = zip(*pairs)
-    return torch.tensor(src, device=device), torch.tensor(dst, device=device)
+# (src_block, dst_block, num_slots) over 10 blocks of 4 slots: a part of a block, a whole block,
+# one slot, none; no destination is also a source.
+COPIES = [(0, 9, 3), (3, 5, 2), (2, 6, 4), (8, 7, 1), (4, 1, 0)]
+SOURCES_OF = {dst: (src, n) for src, dst, n in COPIES}
 
 
-# Slot pairs (src, dst) over 10 blocks of 4: within a block, across blocks, a whole block, the last slot.
-PAIRS = [(0, 36), (1, 37), (2, 38), (13, 20), (14, 21), (8, 24), (9, 25), (10, 26), (11, 27), (39, 3)]
+def table(device: str) -> torch.Tensor:
+    return torch.tensor(COPIES, dtype=torch.int64, device=device)
 
 
 def test_reference_copies_exactly_the_slots_asked():
     cache = random_cache(10, "cpu")
     before = cache.clone()
-    reference_copy(cache, *slots(PAIRS, "cpu"))
-    flat, old = cache.flatten(2, 3), before.flatten(2, 3)
-    for src, dst in PAIRS:
-        assert torch.equal(flat[:, :, dst], old[:, :, src])
-    untouched = [s for s in range(40) if s not in {dst for _, dst in PAIRS}]
-    assert torch.equal(flat[:, :, untouched], old[:, :, untouched])
+    reference_copy(cache, table("cpu"))
+    for block in range(10):
+        src, n = SOURCES_OF.get(block, (block, 0))
+        assert torch.equal(cache[:, :, block, :n], before[:, :, src, :n])
+        assert torch.equal(cache[:, :, block, n:], before[:, :, block, n:])  # the rest untouched
 
 
 def _triton_equals_reference(device: str, dtype: torch.dtype) -> None:
     from minillama.ops.triton.copy_kv_slots import copy_kv_slots as triton_copy
 
     expected, got = random_cache(10, device, dtype), random_cache(10, device, dtype)
-    reference_copy(expected, *slots(PAIRS, device))
-    triton_copy(got, *slots(PAIRS, device))
+    reference_copy(expected, table(device))
+    triton_copy(got, table(device))
     assert torch.equal(got, expected)
 
 
@@ -59,17 +59,16 @@ def test_triton_kernel_equals_reference_on_cuda(dtype):
 @requires_cuda
 @pytest.mark.cuda
 def test_triton_kernel_addresses_a_cache_past_2_to_the_31_elements():
-    """A bf16 cache of 2^31 + a block elements (4 GiB): slots at its far end, in the last layer's V."""
+    """A bf16 cache of 2^31 + a block elements (4 GiB): the last block, in the last layer's V."""
     row = 8 * 128  # Hkv x D
     blocks = (2**31) // (2 * 2 * 16 * row) + 1
     cache = torch.zeros(2, 2, blocks, 16, 8, 128, dtype=torch.bfloat16, device="cuda")
     assert cache.numel() > 2**31
-    last = blocks * 16 - 1
-    cache[1, 1].view(-1, row)[last - 1] = 7.0
+    cache[1, 1, blocks - 2, :3] = 7.0
     from minillama.ops.triton.copy_kv_slots import copy_kv_slots as triton_copy
 
-    triton_copy(cache, torch.tensor([last - 1], device="cuda"), torch.tensor([last], device="cuda"))
-    assert torch.all(cache[1, 1].view(-1, row)[last] == 7.0)
+    triton_copy(cache, torch.tensor([[blocks - 2, blocks - 1, 3]], device="cuda"))
+    assert torch.all(cache[1, 1, blocks - 1, :3] == 7.0) and torch.all(cache[1, 1, blocks - 1, 3:] == 0)
 
 
 def test_engine_copy_kv_slots_is_the_slice_assignments(tiny_model_dir):

@@ -63,3 +63,26 @@ def test_a_batch_larger_than_its_rows_grows_the_array():
     tables = DecodeBlockTables(2, 4)
     batch = [Record(i, (i, i + 1)) for i in range(5)]
     np.testing.assert_array_equal(tables.gather(batch), fresh(batch))
+
+
+def test_rows_of_the_step_before_survive_a_sweep():
+    """Two sets of sequences take turns (a beam search's halves): when rows run out, the rows of
+    the set that sat out this step are kept, and only the ended sequences' rows are freed."""
+    tables = DecodeBlockTables(4, 8)
+    tables.gather([Record(0, (1,)), Record(1, (2,))])
+    tables.gather([Record(2, (3,)), Record(3, (4,))])
+    row_of_2 = tables.rows[2][0]
+    tables.array[row_of_2, 0] = 99  # what a rewrite would undo
+    batch = [Record(4, (5,)), Record(1, (2,))]  # 0 ended; 4 is new and finds no free row
+    np.testing.assert_array_equal(tables.gather(batch), fresh(batch))
+    assert 0 not in tables.rows and tables.rows[2][0] == row_of_2
+    assert tables.gather([Record(2, (3,)), Record(3, (4,))])[0, 0] == 99
+
+
+def test_a_sweep_that_finds_no_stale_row_frees_the_rows_outside_the_batch():
+    tables = DecodeBlockTables(2, 4)
+    tables.gather([Record(0, (1,))])
+    tables.gather([Record(1, (2,))])
+    batch = [Record(2, (3,))]  # 0 and 1 ran in the last two steps; one of them must go
+    np.testing.assert_array_equal(tables.gather(batch), fresh(batch))
+    assert len(tables.rows) <= 2

@@ -328,9 +328,9 @@ def test_a_fork_with_a_donor_leaves_the_pool_as_freeing_the_donor_then_forking(s
 @pytest.mark.parametrize("seed", range(3))
 def test_common_prefix_length_is_the_length_of_the_longest_common_prefix(seed):
     rng = random.Random(seed)
-    for _ in range(500):
-        a = tuple(rng.randrange(3) for _ in range(rng.randint(0, 12)))
-        b = a[: rng.randint(0, len(a))] + tuple(rng.randrange(3) for _ in range(rng.randint(0, 12)))
+    for _ in range(1000):  # tails of up to 20 entries: the search from the end, and past its 8 entries
+        a = tuple(rng.randrange(3) for _ in range(rng.randint(0, 30)))
+        b = a[: rng.randint(0, len(a))] + tuple(rng.randrange(3) for _ in range(rng.randint(0, 20)))
         expected = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         assert common_prefix_length(a, b) == common_prefix_length(b, a) == expected
 

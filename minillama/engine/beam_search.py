@@ -54,6 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from minillama.engine.sequence import Sequence
@@ -92,47 +93,45 @@ class Selection(NamedTuple):
 
 def launch_selection(groups: list[BeamGroup], logits: torch.Tensor, rows: list[list[int]]) -> PendingSelection:
     """One step of every search in `groups`: group g's live beams, in order, gave logits rows
-    rows[g] ([B, V] logits of the whole batch, fp32 or the model's dtype). Step 1 runs on the
-    device, batched, in two stages, queued behind the forward pass that computes the logits;
-    its results go to the host in one copy per shape, and PendingSelection.finish() applies the
-    rules on Python lists once they are there:
+    rows[g] ([B, V] logits of the whole batch, fp32 or the model's dtype). Step 1 runs in two
+    stages:
 
-    - each beam's C best tokens (C: the most candidates a search takes), from one log-softmax
-      and one top-k over every beam's row ([R, V] -> [R, C], R the beams of every search). A
-      search's C best continuations are among its beams' C best each, since a beam adds the same
-      score to all its tokens, so nothing past this point touches a [R, V] tensor again;
-    - each beam's score added ([R, C], float32 as Hugging Face adds it over [R, V]: the same
-      values), and one top-k per shape of search (as many live beams and candidates).
+    - on the device, queued behind the forward pass that computes the logits: each beam's C
+      best tokens (C: the most candidates a search takes), from one log-softmax and one top-k
+      over every beam's row ([R, V] -> [R, C], R the beams of every search), copied to the host
+      in one transfer. A search's C best continuations are among its beams' C best each, since
+      a beam adds the same score to all its tokens, so nothing past this point touches a
+      [R, V] tensor again;
+    - on the host, in PendingSelection.finish() once the copy is there: each beam's score added
+      ([R, C], float32 as Hugging Face adds it over [R, V]: the same values), one top-k per
+      shape of search (as many live beams and candidates), then the rules (BeamGroup.select).
 
-    A search at a time, or tensor operations per search, would cost a wait for the GPU or a
-    kernel launch per search and step: with hundreds of beams in a batch, more than the
-    forward pass. Nothing here waits for the GPU (host data goes through pinned memory), so with
-    async scheduling the host plans the next step while these kernels run."""
-    device, vocab = logits.device, logits.shape[1]
+    The second stage works on a few thousand numbers: on the host it costs a few small CPU
+    operations, where on the device it cost a handful of kernel launches and transfers per
+    shape of search, each several microseconds of the host's time (the host, not the GPU, is
+    what a step of hundreds of beams waits for). Nothing here waits for the GPU (host data goes
+    through pinned memory), so with async scheduling the host plans the next step while these
+    kernels run."""
+    vocab = logits.shape[1]
+    assert vocab <= 2**24, "token ids travel as float32, exact below 2**24"
     stage_width = min(max(group.num_candidates for group in groups), vocab)
     shapes: dict[tuple[int, int], list[int]] = {}  # (live beams, candidates) -> the searches of that shape
     for g, group in enumerate(groups):
         shapes.setdefault((len(rows[g]), min(group.num_candidates, len(rows[g]) * stage_width)), []).append(g)
     # The beams' rows, search by search, the searches of one shape side by side: each shape's
-    # rows are then one slice of the [R, ...] tensors below, a view, not a copy.
+    # rows are then one slice of the host's [R, ...] tensors, a view, not a copy.
     order = [g for members in shapes.values() for g in members]
-    beam_rows = to_device(torch.tensor([row for g in order for row in rows[g]], dtype=torch.long), device)
+    beam_rows = [row for g in order for row in rows[g]]
+    first, last = min(beam_rows), max(beam_rows)
+    if last - first < 2 * len(beam_rows):  # usually all the rows: a slice, nothing to send
+        picked, host_rows = logits[first:last + 1], [row - first for row in beam_rows]
+    else:  # the row index through pinned memory: a pageable one would wait for the forward pass
+        picked, host_rows = logits.index_select(0, to_device(torch.tensor(beam_rows), logits.device)), None
     # fp32 as Hugging Face computes them (widening the model's bf16 logits is exact).
-    logprobs = torch.log_softmax(logits.index_select(0, beam_rows).float(), dim=-1)  # [R, V]
-    best_logprobs, best_tokens = torch.topk(logprobs, stage_width, dim=-1)  # [R, C] each
-    # Every beam's summed log-probability so far: float32 values, held exactly by Python floats.
-    scores = to_device(torch.tensor([score for g in order for score in groups[g].scores], dtype=torch.float32), device)
-    totals = best_logprobs + scores[:, None]  # [R, C]: those continuations' summed log-probs
-    found = []
-    start = 0
-    for (num_beams, num_candidates), members in shapes.items():
-        end = start + len(members) * num_beams
-        side_by_side = totals[start:end].view(len(members), num_beams * stage_width)  # a search's candidates
-        values, where = torch.topk(side_by_side, num_candidates, dim=-1)  # [G, K], best first
-        tokens = best_tokens[start:end].view(len(members), num_beams * stage_width).gather(1, where)
-        start = end
-        found.append((members, to_host(torch.stack([where, tokens])), to_host(values)))  # [2, G, K], [G, K]
-    return PendingSelection(groups, vocab, stage_width, found, record_event(device))
+    logprobs = torch.log_softmax(picked.float(), dim=-1)  # [P, V]
+    best_logprobs, best_tokens = torch.topk(logprobs, stage_width, dim=-1)  # [P, C] each
+    found = to_host(torch.stack([best_logprobs, best_tokens.float()]))  # [2, P, C]
+    return PendingSelection(groups, vocab, stage_width, shapes, found, host_rows, record_event(logits.device))
 
 
 class SearchStep(NamedTuple):
@@ -144,27 +143,47 @@ class SearchStep(NamedTuple):
 
 
 class PendingSelection:
-    """launch_selection's results on their way to the host: per shape of search, its searches,
-    each one's best continuations ([2, G, K]: where in its beams' [beams * C] candidates, which
-    token) and their summed log-probabilities ([G, K])."""
+    """launch_selection's device stage on its way to the host: each beam's C best tokens and
+    their log-probabilities ([2, P, C] float32: log-probs, token ids), for the rows in shape
+    order, or for a slice of the batch that holds them (then host_rows[i] is the slice's row of
+    the i-th beam in shape order)."""
 
-    def __init__(self, groups: list[BeamGroup], vocab: int, stage_width: int,
-                 found: list[tuple[list[int], torch.Tensor, torch.Tensor]], copied: torch.cuda.Event | None):
-        self.groups, self.vocab, self.stage_width, self.found = groups, vocab, stage_width, found
-        self.copied = copied  # passed once the copies have run (None on the CPU)
+    def __init__(self, groups: list[BeamGroup], vocab: int, stage_width: int, shapes: dict[tuple[int, int], list[int]],
+                 found: torch.Tensor, host_rows: list[int] | None, copied: torch.cuda.Event | None):
+        self.groups, self.vocab, self.stage_width, self.shapes = groups, vocab, stage_width, shapes
+        self.found, self.host_rows = found, host_rows
+        self.copied = copied  # passed once the copy has run (None on the CPU)
 
     def finish(self) -> list[Selection]:
-        """Wait for the copies, then each search's step on the host (BeamGroup.select)."""
+        """Wait for the copy, then each search's step on the host: its candidates (the second
+        stage of launch_selection, in numpy: a few thousand float32 numbers, where each torch
+        operation would cost more to call than to run), then BeamGroup.select."""
         if self.copied is not None:
             self.copied.synchronize()
         groups, vocab, stage_width = self.groups, self.vocab, self.stage_width
+        found = self.found.numpy()
+        if self.host_rows is not None:
+            found = found[:, self.host_rows]  # [2, R, C], in shape order
+        best_logprobs, best_tokens = found[0], found[1].astype(np.int64)
+        order = [g for members in self.shapes.values() for g in members]
+        # Every beam's summed log-probability so far: float32 values, held exactly by Python floats.
+        scores = np.array([score for g in order for score in groups[g].scores], dtype=np.float32)
+        totals = best_logprobs + scores[:, None]  # [R, C] float32: those continuations' summed log-probs
         selections: list[Selection | None] = [None] * len(groups)
-        for members, found, values in self.found:
+        start = 0
+        for (num_beams, num_candidates), members in self.shapes.items():
+            end = start + len(members) * num_beams
+            side_by_side = totals[start:end].reshape(len(members), num_beams * stage_width)  # a search's candidates
+            # The best first; of equal ones, the earlier beam's (then its more likely token's).
+            where = np.argsort(-side_by_side, axis=1, kind="stable")[:, :num_candidates]  # [G, K]
+            values = np.take_along_axis(side_by_side, where, axis=1)
+            tokens = np.take_along_axis(best_tokens[start:end].reshape(len(members), -1), where, axis=1)
+            start = end
             # Each candidate's score if it ends here: float32 division, as Hugging Face divides.
-            lengths = torch.tensor([groups[g].length_divisor() for g in members], dtype=torch.float32)
+            lengths = np.array([groups[g].length_divisor() for g in members], dtype=np.float32)
             penalised = values / lengths[:, None]
             for g, row_values, row_where, row_tokens, row_penalised in zip(
-                    members, values.tolist(), *found.tolist(), penalised.tolist()):
+                    members, values.tolist(), where.tolist(), tokens.tolist(), penalised.tolist()):
                 # Beam i's token t is continuation i * V + t of the search's flattened [beams * V].
                 indices = [(w // stage_width) * vocab + t for w, t in zip(row_where, row_tokens)]
                 selections[g] = groups[g].select(row_values, indices, row_penalised, vocab)
@@ -205,17 +224,24 @@ class BeamGroup:
         k = self.width
         generated = self.generated + 1  # each candidate's generated length, its new token included
         at_length = generated >= self.max_new_tokens
-        candidates = [  # 1. the candidates
-            Candidate(rank, index // vocab, index % vocab, value, score, at_length or index % vocab in self.stop_ids)
-            for rank, (index, value, score) in enumerate(zip(indices, values, penalised))
-        ]
-        # 2. The next beams: the k best candidates that go on.
-        keep = [c for c in candidates if not c.ends][:k]
-        # 3. Candidates of rank < k that end join the finished hypotheses, while that can still
-        #    matter (early_stopping True freezes a full set; step 4 may have closed it).
+        # 1. The candidates, best first, as far as steps 2 and 3 look: 2. the next beams are the
+        # k best candidates that go on (keep); 3. those of rank < k that end (ending) join the
+        # finished hypotheses, while that can still matter (early_stopping True freezes a full
+        # set; step 4 may have closed it).
+        keep: list[Candidate] = []
+        ending: list[Candidate] = []
+        for rank, (index, value, score) in enumerate(zip(indices, values, penalised)):
+            if len(keep) == k and rank >= k:
+                break  # the rest can be neither
+            token = index % vocab
+            if at_length or token in self.stop_ids:
+                if rank < k:
+                    ending.append(Candidate(rank, index // vocab, token, value, score, True))
+            elif len(keep) < k:
+                keep.append(Candidate(rank, index // vocab, token, value, score, False))
         new = []
         if self.improvable and not (len(self.finished) == k and self.early_stopping is True):
-            new = [Hypothesis(c.score, c) for c in candidates[:k] if c.ends]
+            new = [Hypothesis(c.score, c) for c in ending]
         merged = sorted([*self.finished, *new], key=lambda h: h.score, reverse=True)
         self.finished = merged[:k]
         displaced = [h for h in merged[k:] if h.seq_id is not None]

@@ -302,13 +302,22 @@ class BlockManager:
 
 
 def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """How many leading entries `a` and `b` have in common. Whether the first m agree is true up
-    to the answer and false after it, so a binary search on slices finds it: a few comparisons,
-    each one C loop, where a Python loop would visit every block of a long table."""
+    """How many leading entries `a` and `b` have in common. Block tables of one search (a pruned
+    beam's and a fork's) hold their common ancestors' blocks, then part a few blocks from their
+    ends: so the last agreeing entry is looked for from the end, one entry at a time, then the
+    whole prefix up to it checked in one C comparison. Should that fail, a binary search on
+    slices finds the answer (whether the first m agree is true up to it and false after it): a
+    few comparisons, each one C loop, where a Python loop from the front would visit every
+    block of a long table."""
     high = min(len(a), len(b))
-    if a[:high] == b[:high]:  # the common case for a donor and a fork: one starts with the other
+    if a[:high] == b[:high]:  # one starts with the other
         return high
-    low, high = 0, high - 1  # a[:low] == b[:low]; the answer is at most high
+    end = high - 1  # a[end] differs from b[end], or an entry before it does
+    while end > 0 and high - end <= 8 and a[end - 1] != b[end - 1]:
+        end -= 1
+    if a[:end] == b[:end]:
+        return end
+    low, high = 0, end - 1  # a[:low] == b[:low]; the answer is at most high
     while low < high:
         mid = (low + high + 1) // 2
         if a[:mid] == b[:mid]:

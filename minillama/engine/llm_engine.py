@@ -299,18 +299,23 @@ class LLMEngine:
         self._notify_fork(parent, seq, "user", shared)
         return seq.seq_id
 
-    def _share_prefix(self, parent: Sequence, child: Sequence, donor: Sequence | None = None) -> bool:
-        """Give `child` its parent's K/V of its prefix (BlockManager.fork: full blocks shared,
-        the partly used one copied on write, `donor`'s blocks handed over) when enough blocks
-        are free. -> whether it did."""
+    def _share_prefix(self, parent: Sequence, child: Sequence) -> bool:
+        """Give `child` its parent's K/V of its prefix when enough blocks are free (_fork_blocks).
+        -> whether it did."""
         if not self.block_manager.can_fork(parent, child):
             return False
+        self._fork_blocks(parent, child)
+        return True
+
+    def _fork_blocks(self, parent: Sequence, child: Sequence, donor: Sequence | None = None) -> None:
+        """Give `child` its parent's K/V of its prefix (BlockManager.fork: full blocks shared,
+        the partly used one copied on write, `donor`'s blocks handed over); the caller checked
+        that the blocks it needs are free."""
         copy = self.block_manager.fork(parent, child, donor)
         if copy is not None:
             self._pending_copies.append(copy)  # made by _copy_on_write, before anything reads them
         child.fork_prefix = "shared"
         child.copy_on_write = CopyOnWrite(*copy) if copy is not None else None
-        return True
 
     def _copy_on_write(self) -> None:
         """Make the copies the forks since the last call asked for, in one kernel. Called once
@@ -815,9 +820,13 @@ class LLMEngine:
         parents, k = group.beams, group.width
         # Each parent's children, best first: (candidate, its hypothesis if it finished).
         children: dict[int, list[tuple[Candidate, Hypothesis | None]]] = {}
-        for child in sorted([*((c, None) for c in selection.keep), *((h.candidate, h) for h in selection.finished)],
-                            key=lambda child: child[0].rank):
-            children.setdefault(child[0].parent, []).append(child)
+        for candidate in selection.keep:  # best first
+            children.setdefault(candidate.parent, []).append((candidate, None))
+        if selection.finished:
+            for hypothesis in selection.finished:
+                children.setdefault(hypothesis.candidate.parent, []).append((hypothesis.candidate, hypothesis))
+            for siblings in children.values():
+                siblings.sort(key=lambda child: child[0].rank)
         self.scheduler.release_seats(group.request_id)  # from now on its seats are its beams'
         why = "the search ended" if selection.done else f"fell out of the {k} best beams"
         donors: list[Sequence] = []  # pruned beams still holding their blocks, for the forks to take over
@@ -827,9 +836,12 @@ class LLMEngine:
         for hypothesis in selection.displaced:
             self._prune(group, self.sequences[hypothesis.seq_id], f"pushed out of the {k} best finished beams")
         # Beams whose children all finished end in place first: their blocks and seats go to forks.
-        finishing = [index for index in children if all(h is not None for _, h in children[index])]
-        going_on = [index for index in children if index not in finishing]
-        made = [m for index in finishing for m in self._branch(group, parents[index], children[index], True, donors)]
+        finishing, going_on = [], []
+        for index, siblings in children.items():
+            (going_on if any(h is None for _, h in siblings) else finishing).append(index)
+        made: list[tuple[Candidate, RequestOutput]] = []
+        for index in finishing:
+            self._branch(group, parents[index], children[index], True, donors, made)
         # Each running fork needs one fresh block (beam_search.py): only the first selection, or
         # a full cache, may lack them. Then the donors' blocks are freed first and counted.
         running_forks = len(selection.keep) - len(going_on)
@@ -837,7 +849,7 @@ class LLMEngine:
             self._free_donors(donors)
         shares = self.block_manager.num_free_blocks >= running_forks
         for index in going_on:
-            made += self._branch(group, parents[index], children[index], shares, donors)
+            self._branch(group, parents[index], children[index], shares, donors, made)
         self._free_donors(donors)  # the pruned beams no fork took over
         if not shares:  # the search waits whole, to be admitted again with blocks for all its beams
             self.scheduler.preempt_search([parents[index] for index in going_on])
@@ -848,12 +860,14 @@ class LLMEngine:
         return made
 
     def _branch(self, group: BeamGroup, parent: Sequence, children: list[tuple[Candidate, Hypothesis | None]],
-                shares: bool, donors: list[Sequence]) -> list[tuple[Candidate, RequestOutput]]:
+                shares: bool, donors: list[Sequence], made: list[tuple[Candidate, RequestOutput]]) -> None:
         """`parent`'s children, best first: its best running one (else its best finished one)
-        continues it in place, each other one is a fork of it."""
+        continues it in place, each other one is a fork of it. Appends their outputs to `made`."""
         in_place = next((child for child in children if child[1] is None), children[0])
-        made = [self._fork_beam(group, parent, *child, shares, donors) for child in children if child is not in_place]
-        return [*made, self._continue_beam(parent, *in_place)]
+        for child in children:
+            if child is not in_place:
+                made.append(self._fork_beam(group, parent, *child, shares, donors))
+        made.append(self._continue_beam(parent, *in_place))
 
     def _fork_beam(self, group: BeamGroup, parent: Sequence, candidate: Candidate, hypothesis: Hypothesis | None,
                    shares: bool, donors: list[Sequence]) -> tuple[Candidate, RequestOutput]:
@@ -876,7 +890,8 @@ class LLMEngine:
         if hypothesis is not None:
             seq.finish(output.finish_reason)
             seq.beam_score, hypothesis.seq_id = hypothesis.score, seq.seq_id
-        elif shares and self._share_prefix(parent, seq, donors.pop() if donors else None):
+        elif shares:  # _apply_selection counted a free block for each running fork
+            self._fork_blocks(parent, seq, donors.pop() if donors else None)
             shared = True
             self.scheduler.add_beam(seq)
         else:

@@ -43,7 +43,7 @@ class ModelInputs:
     input_ids: torch.Tensor  # [N] int64
     positions: torch.Tensor  # [N] int64
     metadata: AttentionMetadata
-    logits_indices: torch.Tensor  # [S] int64: rows of the sequences that sample this step
+    logits_indices: torch.Tensor | None  # [S] int64: rows of the sequences that sample this step; None: all rows
 
 
 def kv_block_bytes(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -76,7 +76,7 @@ class ModelRunner:
             model_config.num_key_value_heads, model_config.head_dim, dtype=dtype, device=device,
         )
         self.max_num_seqs = engine_config.max_num_seqs
-        self.decode_tables = DecodeBlockTables(self.max_num_seqs, self.max_blocks_per_seq)
+        self.decode_tables = DecodeBlockTables(2 * self.max_num_seqs, self.max_blocks_per_seq)  # two batches' rows
         # [L, max_num_seqs, H, D] once enable_query_capture() is called; last_queries is the
         # filled part after a decode step, [L, B, H, D] (None after a prefill).
         self.query_buffer: torch.Tensor | None = None
@@ -181,17 +181,12 @@ class ModelRunner:
         kv_cache[:, :, dst, :num_slots] = kv_cache[:, :, src, :num_slots] in every layer, K and V
         ([L, 2, num_slots, Hkv, D] each). The slots past num_slots are the child's to fill.
 
-        All of them at once, by flat slot numbers (block * block_size + offset) that travel to
-        the device in one copy: on CUDA one Triton launch (ops/triton/copy_kv_slots.py says why
-        PyTorch's indexing would take dozens on a large cache), elsewhere one gather and one
-        scatter (ops/reference/copy_kv_slots.py)."""
-        table = np.array(copies, dtype=np.int64)  # [C, 3]: src, dst, num_slots
-        counts = table[:, 2]
-        # Slot j of copy c: offset j within its block; the copies' slots laid end to end.
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        flat = np.repeat(table[:, :2], counts, axis=0) * self.block_size + offsets[:, None]  # [M, 2]
-        index = to_device(torch.from_numpy(np.ascontiguousarray(flat.T)), self.device)  # [2, M]: sources, destinations
-        _copy_kv_slots(self.kv_cache, index[0], index[1])
+        All of them at once: the [C, 3] table travels to the device in one copy; on CUDA one
+        Triton launch (ops/triton/copy_kv_slots.py says why PyTorch's indexing would take dozens
+        on a large cache), elsewhere one gather and one scatter (ops/reference/copy_kv_slots.py)."""
+        flat = np.fromiter(itertools.chain.from_iterable(copies), dtype=np.int64, count=3 * len(copies))
+        table = torch.from_numpy(flat).view(-1, 3)  # [C, 3]; torch.tensor(copies) is 4x slower
+        _copy_kv_slots(self.kv_cache, to_device(table, self.device))
 
     # -- building the flat batch --------------------------------------------------------------
 
@@ -264,7 +259,7 @@ class ModelRunner:
             block_tables=packed[:, 4:].to(torch.int32),
             context_lens=packed[:, 3].to(torch.int32),
         )
-        return ModelInputs(packed[:, 0], packed[:, 1], metadata, torch.arange(n, device=self.device))
+        return ModelInputs(packed[:, 0], packed[:, 1], metadata, None)  # every row samples: no index to launch
 
     def _block_tables(self, batch: SchedulerOutput) -> torch.Tensor:
         """[B, max blocks in the batch] int32, padded with block 0 (masked by the lengths)."""
@@ -292,7 +287,8 @@ class ModelRunner:
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention, on_layer)
         decode_queries = self.query_buffer is not None and not inputs.metadata.is_prefill
         self.last_queries = self.query_buffer[:, :num_seqs] if decode_queries else None
-        return self.model.compute_logits(hidden[inputs.logits_indices], float32)
+        sampling = hidden if inputs.logits_indices is None else hidden[inputs.logits_indices]
+        return self.model.compute_logits(sampling, float32)
 
     # -- CUDA graphs ----------------------------------------------------------------------------
 

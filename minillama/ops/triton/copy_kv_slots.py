@@ -12,10 +12,12 @@ microseconds of host time, which the next step waits for. This kernel addresses 
 64-bit offsets and copies every slot of every plane (layer, K or V) in one launch.
 
 The cache is seen as [P, S, R]: P = layers x 2 planes, S = blocks x block_size slots, R = Hkv x
-D elements of one slot in one plane (a contiguous row). Slot s is block s // block_size, offset
-s % block_size. Program (m, p) copies row src[m] of plane p to row dst[m]. It is a copy: the
-result is bit-identical to the indexing it replaces (minillama/engine/model_runner.py's
-copy_kv_slots, which serves the CPU and is the reference the tests compare with).
+D elements of one slot in one plane (a contiguous row). Program (c, p) copies the first
+num_slots rows of block src to block dst in plane p, as one [block_size, R] tile masked to
+num_slots rows. The host sends the copies as they are, [C, 3] (src, dst, num_slots): expanding
+them into one pair of slot numbers per row on the host cost more than the copy itself. It is a
+copy: the result is bit-identical to the indexing it replaces (ops/reference/copy_kv_slots.py,
+which serves the CPU and is the reference the tests compare with).
 """
 
 from __future__ import annotations
@@ -26,27 +28,31 @@ import triton.language as tl
 
 
 @triton.jit
-def _copy_slots_kernel(cache_ptr, src_ptr, dst_ptr, plane_stride, ROW: tl.constexpr, BLOCK: tl.constexpr):
-    m = tl.program_id(0)  # which copy of a slot
+def _copy_slots_kernel(cache_ptr, copies_ptr, plane_stride, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr,
+                       ROW: tl.constexpr, CHUNK: tl.constexpr):
+    c = tl.program_id(0)  # which copy
     plane = tl.program_id(1).to(tl.int64)  # which (layer, K or V)
-    src = tl.load(src_ptr + m)  # int64 slot numbers
-    dst = tl.load(dst_ptr + m)
+    src = tl.load(copies_ptr + 3 * c)  # int64 block ids
+    dst = tl.load(copies_ptr + 3 * c + 1)
+    num_slots = tl.load(copies_ptr + 3 * c + 2)
     base = cache_ptr + plane * plane_stride
-    for start in range(0, ROW, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        mask = offsets < ROW
-        row = tl.load(base + src * ROW + offsets, mask=mask)
-        tl.store(base + dst * ROW + offsets, row, mask=mask)
+    slot = tl.arange(0, SLOTS)[:, None]  # [SLOTS, 1]: SLOTS = block_size rounded up to a power of 2
+    for start in range(0, ROW, CHUNK):
+        offsets = start + tl.arange(0, CHUNK)[None, :]  # [1, CHUNK]
+        mask = (slot < num_slots) & (offsets < ROW)
+        rows = tl.load(base + (src * BLOCK_SIZE + slot) * ROW + offsets, mask=mask)
+        tl.store(base + (dst * BLOCK_SIZE + slot) * ROW + offsets, rows, mask=mask)
 
 
-def copy_kv_slots(kv_cache: torch.Tensor, src_slots: torch.Tensor, dst_slots: torch.Tensor) -> None:
-    """kv_cache [L, 2, blocks, block_size, Hkv, D], contiguous: slot dst_slots[m] of every layer's
-    K and V becomes a copy of slot src_slots[m] ([M] int64 flat slot numbers on the cache's
-    device, block * block_size + offset). No destination may also be a source."""
-    num_planes = kv_cache.shape[0] * kv_cache.shape[1]
-    row = kv_cache.shape[4] * kv_cache.shape[5]
-    plane_stride = kv_cache.stride(1)  # elements from one plane to the next
-    if src_slots.numel() == 0:
+def copy_kv_slots(kv_cache: torch.Tensor, copies: torch.Tensor) -> None:
+    """kv_cache [L, 2, blocks, block_size, Hkv, D], contiguous; copies [C, 3] int64 rows (src_block,
+    dst_block, num_slots) on the cache's device: the first num_slots slots of block dst become a
+    copy of block src's, in every layer's K and V. No destination block may also be a source."""
+    if copies.shape[0] == 0:
         return
-    block = min(1024, triton.next_power_of_2(row))
-    _copy_slots_kernel[(src_slots.numel(), num_planes)](kv_cache, src_slots, dst_slots, plane_stride, row, block)
+    num_planes = kv_cache.shape[0] * kv_cache.shape[1]
+    block_size, row = kv_cache.shape[3], kv_cache.shape[4] * kv_cache.shape[5]
+    slots = triton.next_power_of_2(block_size)
+    chunk = min(triton.next_power_of_2(row), max(16, 8192 // slots))  # a tile of at most 8192 elements
+    plane_stride = kv_cache.stride(1)  # elements from one plane to the next
+    _copy_slots_kernel[(copies.shape[0], num_planes)](kv_cache, copies, plane_stride, block_size, slots, row, chunk)
