@@ -127,8 +127,9 @@ def launch_selection(groups: list[BeamGroup], logits: torch.Tensor, rows: list[l
         picked, host_rows = logits[first:last + 1], [row - first for row in beam_rows]
     else:  # the row index through pinned memory: a pageable one would wait for the forward pass
         picked, host_rows = logits.index_select(0, to_device(torch.tensor(beam_rows), logits.device)), None
-    # fp32 as Hugging Face computes them (widening the model's bf16 logits is exact).
-    logprobs = torch.log_softmax(picked.float(), dim=-1)  # [P, V]
+    # fp32 as Hugging Face computes them: the kernel widens the model's bf16 logits (exactly) as
+    # it reads them, where .float() first would launch a kernel and write a [P, V] fp32 copy.
+    logprobs = torch.log_softmax(picked, dim=-1, dtype=torch.float32)  # [P, V]
     best_logprobs, best_tokens = torch.topk(logprobs, stage_width, dim=-1)  # [P, C] each
     found = to_host(torch.stack([best_logprobs, best_tokens.float()]))  # [2, P, C]
     return PendingSelection(groups, vocab, stage_width, shapes, found, host_rows, record_event(logits.device))

@@ -73,11 +73,15 @@ class InFlightStep:
         self.phase, self.num_tokens, self.num_preempted = phase, num_tokens, num_preempted  # for EngineStats
         self.launched_at = launched_at  # time.perf_counter() when its kernels were queued
         # Pinned host memory: the copy is queued on the stream and the host goes on at once.
-        self.host = to_host(tokens)
-        self.copied = record_event(tokens.device)  # None on the CPU: the step has already run
+        # Only beams sampled: nothing to copy, and the selection's copy, queued last, marks the end.
+        if seqs or searches is None:
+            self.host: torch.Tensor | None = to_host(tokens)
+            self.copied = record_event(tokens.device)  # None on the CPU: the step has already run
+        else:
+            self.host, self.copied = None, searches.pending.copied
 
     def read(self) -> list[int]:
         """The sampled tokens, row by row; waits for the step (and the copy) to finish."""
         if self.copied is not None:
             self.copied.synchronize()
-        return self.host.tolist()
+        return self.host.tolist() if self.host is not None else []

@@ -93,6 +93,7 @@ class LLMEngine:
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler(self.device, config.seed)
+        self._no_tokens = torch.empty(0, dtype=torch.long, device=self.device)  # a step nobody samples in
         self.sequences: dict[int, Sequence] = {}  # every request not yet collected
         self._request_ids = itertools.count()  # request ids: 0, 1, 2, ... per engine
         self._generators: dict[int, torch.Generator] = {}
@@ -689,7 +690,7 @@ class LLMEngine:
         params with its own generator (or the shared one) -> [S] int64 on the device; [0] when
         nobody samples (a prefill step whose prompts all go on in the next chunk)."""
         if not seqs:
-            return torch.empty(0, dtype=torch.long, device=self.device)
+            return self._no_tokens
         return self.sampler(logits, [seq.params for seq in seqs], [self._generators.get(seq.seq_id) for seq in seqs])
 
     def _update(self, seqs: list[Sequence], tokens: list[int]) -> list[RequestOutput]:

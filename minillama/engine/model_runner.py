@@ -44,6 +44,10 @@ class ModelInputs:
     positions: torch.Tensor  # [N] int64
     metadata: AttentionMetadata
     logits_indices: torch.Tensor | None  # [S] int64: rows of the sequences that sample this step; None: all rows
+    # A decode step's inputs side by side on the device, [R, 4 + width] int64 (ModelRunner.
+    # _prepare_decode): what a CUDA graph replay copies in, in one copy. R >= N: the rows past N
+    # pad the batch to its graph's size. None for a prefill.
+    packed: torch.Tensor | None = None
 
 
 def kv_block_bytes(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -83,6 +87,7 @@ class ModelRunner:
         self.last_queries: torch.Tensor | None = None
         self.bind_kv_cache()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graph_sizes: list[int] = []  # sorted(self.graphs)
         if device.type == "cuda" and not engine_config.enforce_eager and model.ops.attention.graph_safe:
             self._capture_decode_graphs(engine_config.max_num_seqs)
 
@@ -117,7 +122,7 @@ class ModelRunner:
         self.model.kv_cache_owner = None  # bind again, with the buffer
         self.bind_kv_cache()
         if self.graphs:
-            self.graphs = {}
+            self.graphs, self.graph_sizes = {}, []
             self._capture_decode_graphs(self.max_num_seqs)
 
     # -- sizing the KV cache --------------------------------------------------------------------
@@ -197,9 +202,10 @@ class ModelRunner:
         inputs = self._prepare_prefill(batch) if batch.phase == "prefill" else self._prepare_decode(batch)
         if pending is not None and pending.numel():
             ids = inputs.input_ids
-            # [N]: each placeholder's row of pending (any valid row for the others), then the choice.
+            # [N]: each placeholder's row of pending (any valid row for the others), then the choice,
+            # in place: a decode step's ids are a column of the block a graph replay copies in.
             rows = (-1 - ids).clamp_(min=0)
-            inputs.input_ids = torch.where(ids < 0, pending[rows], ids)
+            ids.copy_(torch.where(ids < 0, pending[rows], ids))
         return inputs
 
     def _prepare_prefill(self, batch: SchedulerOutput) -> ModelInputs:
@@ -240,26 +246,32 @@ class ModelRunner:
 
         Decode runs every step for the whole batch, so its inputs are built with numpy and sent
         to the device in one copy: [B] ids, [B] positions, [B] slots, [B] context lengths and
-        the [B, width] block tables, side by side in one int64 row block."""
+        the [B, width] block tables, side by side in one int64 row block, padded with rows that
+        compute nothing up to the size of the CUDA graph that will run it (which copies the
+        block into its own inputs, again in one copy: _replay_decode_graph)."""
         scheduled = batch.scheduled
         n, bs = len(scheduled), self.block_size
         tables = self.decode_tables.gather(scheduled)  # [B, width], kept from step to step
-        host = np.empty((n, 4 + tables.shape[1]), dtype=np.int64)
+        rows = self._graph_size(n) or n
+        host = np.empty((rows, 4 + tables.shape[1]), dtype=np.int64)
         # Each record computes one token: the one sampled last step, at position `start`.
-        host[:, 0] = np.fromiter(itertools.chain.from_iterable(map(_token_ids, scheduled)), dtype=np.int64, count=n)
-        host[:, 1] = np.fromiter(map(_start, scheduled), dtype=np.int64, count=n)
-        host[:, 3] = host[:, 1] + 1  # context length, the new token included
-        host[:, 4:] = tables
-        blocks = tables[np.arange(n), host[:, 1] // bs]
-        host[:, 2] = blocks * bs + host[:, 1] % bs  # the slot the new token's K/V goes to
+        host[:n, 0] = np.fromiter(itertools.chain.from_iterable(map(_token_ids, scheduled)), dtype=np.int64, count=n)
+        host[:n, 1] = np.fromiter(map(_start, scheduled), dtype=np.int64, count=n)
+        host[:n, 3] = host[:n, 1] + 1  # context length, the new token included
+        host[:n, 4:] = tables
+        blocks = tables[np.arange(n), host[:n, 1] // bs]
+        host[:n, 2] = blocks * bs + host[:n, 1] % bs  # the slot the new token's K/V goes to
+        # Padding: token 0 at position 0, attending over the scratch block and writing its K/V there.
+        host[n:] = (0, 0, self.scratch_block * bs, 1, *([self.scratch_block] * tables.shape[1]))
         packed = to_device(torch.from_numpy(host), self.device)
         metadata = AttentionMetadata(
             is_prefill=False,
-            slot_mapping=packed[:, 2],
-            block_tables=packed[:, 4:].to(torch.int32),
-            context_lens=packed[:, 3].to(torch.int32),
+            slot_mapping=packed[:n, 2],
+            block_tables=packed[:n, 4:].to(torch.int32),
+            context_lens=packed[:n, 3].to(torch.int32),
         )
-        return ModelInputs(packed[:, 0], packed[:, 1], metadata, None)  # every row samples: no index to launch
+        # Every row samples: no index to launch.
+        return ModelInputs(packed[:n, 0], packed[:n, 1], metadata, None, packed)
 
     def _block_tables(self, batch: SchedulerOutput) -> torch.Tensor:
         """[B, max blocks in the batch] int32, padded with block 0 (masked by the lengths)."""
@@ -281,7 +293,7 @@ class ModelRunner:
         num_seqs = inputs.input_ids.shape[0]
         self.bind_kv_cache()
         hooked = on_attention is not None or on_layer is not None
-        if not inputs.metadata.is_prefill and not hooked and self.graphs and num_seqs <= max(self.graphs):
+        if inputs.packed is not None and not hooked and inputs.packed.shape[0] in self.graphs:
             hidden = self._replay_decode_graph(inputs)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention, on_layer)
@@ -301,10 +313,16 @@ class ModelRunner:
         """Capture one decode graph per batch-size bucket, sharing static input buffers.
 
         A replay runs a batch of n sequences in the smallest bucket >= n; the padding rows
-        attend over the scratch block and write their K/V there."""
+        attend over the scratch block and write their K/V there. Each graph starts by copying
+        its inputs out of one packed block ([size, 4 + max blocks] int64, laid out as
+        _prepare_decode's): a replay then costs the host one copy into that block, where a
+        copy per input (and a fill per padding) cost it eight launches a step."""
         n, dev = max_num_seqs, self.device
         scratch_slot = self.scratch_block * self.block_size
+        packed = torch.full((n, 4 + self.max_blocks_per_seq), self.scratch_block, dtype=torch.long, device=dev)
+        packed[:, :4] = torch.tensor([0, 0, scratch_slot, 1])  # padding rows, as _prepare_decode writes them
         self.static = {
+            "packed": packed,
             "input_ids": torch.zeros(n, dtype=torch.long, device=dev),
             "positions": torch.zeros(n, dtype=torch.long, device=dev),
             "slot_mapping": torch.full((n,), scratch_slot, dtype=torch.long, device=dev),
@@ -318,26 +336,43 @@ class ModelRunner:
             metadata = AttentionMetadata(
                 False, s["slot_mapping"], s["block_tables"], context_lens=s["context_lens"]
             )
+            self._unpack(s)
             self.model(s["input_ids"], s["positions"], metadata)  # warm up outside the graph
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
+                self._unpack(s)
                 s["hidden"][:] = self.model(s["input_ids"], s["positions"], metadata)
             pool = graph.pool()
             self.graphs[size] = graph
+        self.graph_sizes = sorted(self.graphs)
         torch.cuda.synchronize(dev)
 
+    @staticmethod
+    def _unpack(s: dict[str, torch.Tensor]) -> None:
+        """The graph's inputs from its packed block (columns: id, position, slot, context
+        length, then the block table), converted where the kernels want int32."""
+        packed = s["packed"]
+        s["input_ids"].copy_(packed[:, 0])
+        s["positions"].copy_(packed[:, 1])
+        s["slot_mapping"].copy_(packed[:, 2])
+        s["context_lens"].copy_(packed[:, 3])
+        s["block_tables"].copy_(packed[:, 4:])
+
+    def _graph_size(self, n: int) -> int | None:
+        """The size of the graph a decode batch of n sequences replays in (None: none does)."""
+        sizes = self.graph_sizes
+        if not sizes or n > sizes[-1]:
+            return None
+        return sizes[bisect.bisect_left(sizes, n)]
+
     def _replay_decode_graph(self, inputs: ModelInputs) -> torch.Tensor:
+        """Run a decode batch in its graph: its packed inputs, padding rows included, into the
+        graph's packed block, in one copy. Block-table columns past this batch's width keep
+        what earlier steps left there, which no row reads: a row reads the blocks its context
+        length covers, within its table (a padding row, only the scratch block)."""
         n = inputs.input_ids.shape[0]
-        sizes = sorted(self.graphs)
-        size = sizes[bisect.bisect_left(sizes, n)]
-        s, md = self.static, inputs.metadata
-        s["input_ids"][:n] = inputs.input_ids
-        s["positions"][:n] = inputs.positions
-        s["slot_mapping"][:n] = md.slot_mapping
-        s["slot_mapping"][n:size] = self.scratch_block * self.block_size
-        s["context_lens"][:n] = md.context_lens
-        s["context_lens"][n:size] = 1
-        s["block_tables"][:size] = self.scratch_block
-        s["block_tables"][:n, : md.block_tables.shape[1]] = md.block_tables
+        packed = inputs.packed
+        size = packed.shape[0]
+        self.static["packed"][:size, : packed.shape[1]] = packed
         self.graphs[size].replay()
-        return s["hidden"][:n]
+        return self.static["hidden"][:n]
