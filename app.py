@@ -15,7 +15,7 @@ from pathlib import Path
 
 from inspector import TraceError, load
 from minillama import ConfigError, EngineConfig, LLMEngine
-from minillama.cli import freeze_startup_heap, run_cli
+from minillama.cli import run_cli, tune_gc
 from webui import Limits, SessionManager, serve
 from webui.cli import is_loopback, lan_address, limits_from_args, parse_args, resolve_auth
 
@@ -28,7 +28,7 @@ def make_manager(args: argparse.Namespace, limits: Limits) -> SessionManager:
     config = EngineConfig(device=args.device, dtype=args.dtype, attention=args.attention, num_kv_blocks=1,
                           max_model_len=args.max_model_len, enforce_eager=args.eager)
     manager = SessionManager(LLMEngine.from_pretrained(args.model, config), limits)
-    freeze_startup_heap()  # the server runs for hours: no full collection rescans the model's objects
+    tune_gc()  # the server runs for hours (minillama/cli/gc_heap.py)
     return manager
 
 

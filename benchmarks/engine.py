@@ -36,7 +36,7 @@ from minillama import (
     StepTimings,
     embedded_model_dir,
 )
-from minillama.cli import ArgumentParser, add_debug_flag, freeze_startup_heap, int_at_least, run_cli
+from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli, tune_gc
 
 PROG = "python -m benchmarks.engine"
 ENGINE = EngineConfig()  # the library's defaults: --device and --attention start from these
@@ -158,7 +158,7 @@ def small_workload(args: argparse.Namespace) -> None:
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     hf, tokenizer = load_hf(args, device, dtype)
     engine = LLMEngine.from_hf_model(hf, EngineConfig(device=str(device), num_kv_blocks=args.kv_blocks), tokenizer)
-    freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
+    tune_gc()  # both sides alike (minillama/cli/gc_heap.py)
     if tokenizer is not None:
         prompts = [engine.encode_prompt(p, chat=True) for p in CHAT_PROMPTS]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -186,7 +186,7 @@ def gpu_workload(args: argparse.Namespace) -> None:
                           max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager,
                           async_scheduling=args.async_scheduling)
     engine = LLMEngine.from_hf_model(hf, config)
-    freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
+    tune_gc()  # both sides alike (minillama/cli/gc_heap.py)
     time_engine(engine, warm_up_prompts(hf.config.vocab_size), 8)
     before = dataclasses.replace(engine.stats)
     ours = time_engine(engine, prompts, args.output_len)
@@ -252,7 +252,7 @@ def async_ab(args: argparse.Namespace) -> None:
     hf, _ = load_hf(args, device, torch.bfloat16)
     engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention))
     del hf
-    freeze_startup_heap()
+    tune_gc()
     vocab = engine.model_config.vocab_size
     time_engine(engine, warm_up_prompts(vocab), 8)
     print(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each, one engine")
@@ -290,7 +290,7 @@ def decode_step_table(args: argparse.Namespace) -> None:
     hf, _ = load_hf(args, device, torch.bfloat16)
     engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention, max_num_seqs=256,
                                                       async_scheduling=args.async_scheduling))
-    freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
+    tune_gc()  # both sides alike (minillama/cli/gc_heap.py)
     del hf
     torch.cuda.empty_cache()
     bandwidth = measure_peaks(device).copy_bytes

@@ -36,7 +36,7 @@ import torch
 from benchmarks.engine import Row, load_hf, print_table, synchronize, time_hf_batches
 from benchmarks.workloads import CHAT_PROMPTS, random_prompts
 from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
-from minillama.cli import ArgumentParser, add_debug_flag, freeze_startup_heap, int_at_least, run_cli
+from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli, tune_gc
 
 PROG = "python -m benchmarks.sharing"
 
@@ -193,7 +193,7 @@ def _main(argv: list[str]) -> None:
     hf, tokenizer = load_hf(args, device, dtype)
     config = EngineConfig(device="cuda", max_num_seqs=256, max_num_batched_tokens=16384) if args.gpu else EngineConfig(device="cpu")
     engine = LLMEngine.from_hf_model(hf, dataclasses.replace(config, enable_prefix_caching=False), tokenizer)
-    freeze_startup_heap()  # both sides alike: no full collection rescans the models mid-run
+    tune_gc()  # both sides alike (minillama/cli/gc_heap.py)
     if args.gpu:
         prompts = random_prompts(args.num_prompts or 64, 256, 1024, hf.config.vocab_size, seed=0)
         max_tokens = args.max_tokens or 128

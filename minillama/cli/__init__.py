@@ -5,8 +5,8 @@
 flags.py (the engine's and the sampler's flags, made from EngineConfig and SamplingParams, their
 defaults read from them), checks.py (what a command line checks before any work: argparse types
 with a floor, a writable output path) and errors.py (one line on stderr and an exit status for
-every failure, never a traceback; ArgumentParser, --debug, run_cli); gc_heap.py keeps the garbage
-collector off a long-running process's startup heap (freeze_startup_heap).
+every failure, never a traceback; ArgumentParser, --debug, run_cli); gc_heap.py tunes the garbage
+collector for a process that serves or measures (tune_gc).
 """
 
 from minillama.cli.checks import check_output_path, int_at_least, number_at_least
@@ -18,9 +18,9 @@ from minillama.cli.flags import (
     engine_config_from_args,
     sampling_params_from_args,
 )
-from minillama.cli.gc_heap import freeze_startup_heap
+from minillama.cli.gc_heap import tune_gc
 
 __all__ = [
     "ArgumentParser", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
-    "engine_config_from_args", "freeze_startup_heap", "int_at_least", "number_at_least", "run_cli", "sampling_params_from_args",
+    "engine_config_from_args", "tune_gc", "int_at_least", "number_at_least", "run_cli", "sampling_params_from_args",
 ]
