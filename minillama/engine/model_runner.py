@@ -261,8 +261,9 @@ class ModelRunner:
         host[:n, 4:] = tables
         blocks = tables[np.arange(n), host[:n, 1] // bs]
         host[:n, 2] = blocks * bs + host[:n, 1] % bs  # the slot the new token's K/V goes to
-        # Padding: token 0 at position 0, attending over the scratch block and writing its K/V there.
-        host[n:] = (0, 0, self.scratch_block * bs, 1, *([self.scratch_block] * tables.shape[1]))
+        if rows > n:  # padding: token 0 at position 0, attending over the scratch block, writing its K/V there
+            host[n:, :4] = (0, 0, self.scratch_block * bs, 1)
+            host[n:, 4:] = self.scratch_block
         packed = to_device(torch.from_numpy(host), self.device)
         metadata = AttentionMetadata(
             is_prefill=False,
