@@ -47,6 +47,7 @@ class Row:
     name: str
     tokens: int
     seconds: float
+    host_waited: float | None = None  # seconds the host waited for the GPU in the run (EngineStats), if measured
 
     @property
     def tok_per_s(self) -> float:

@@ -85,25 +85,34 @@ def _count_outputs(engine: LLMEngine) -> int:
 def time_beams(engine: LLMEngine, prompts: list[list[int]], k: int, max_tokens: int) -> Row:
     params = SamplingParams(beam_width=k, max_tokens=max_tokens, ignore_eos=True)
     synchronize(engine.device)
-    start = time.perf_counter()
+    start, waited = time.perf_counter(), engine.stats.wait_seconds
     ids = [engine.add_request(p, params) for p in prompts]
     tokens = _count_outputs(engine)
     seconds = time.perf_counter() - start
     for i in ids:
         engine.forget(i)  # every beam the search made
-    return Row(f"minillama, beam_width={k}", tokens, seconds)
+    return Row(f"minillama, beam_width={k}", tokens, seconds, engine.stats.wait_seconds - waited)
 
 
 def time_separate_greedy(engine: LLMEngine, prompts: list[list[int]], k: int, max_tokens: int) -> Row:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     synchronize(engine.device)
-    start = time.perf_counter()
+    start, waited = time.perf_counter(), engine.stats.wait_seconds
     ids = [engine.add_request(p, params) for p in prompts for _ in range(k)]
     tokens = _count_outputs(engine)
     seconds = time.perf_counter() - start
     for i in ids:
         engine.forget(i)
-    return Row(f"minillama, {k} separate greedy requests", tokens, seconds)
+    return Row(f"minillama, {k} separate greedy requests", tokens, seconds, engine.stats.wait_seconds - waited)
+
+
+def print_host_waits(rows: list[Row]) -> None:
+    """How long the host waited for the GPU in each measured run: a run that hardly waits is
+    bound by the host's Python, and its speed moves with the host's (which differs between
+    machines more than the GPU's does)."""
+    waits = [f"{row.name}: {row.host_waited:.2f} of {row.seconds:.2f} s" for row in rows if row.host_waited is not None]
+    if waits:
+        print("host waited for the GPU: " + "; ".join(waits))
 
 
 def time_hf_beams(hf, prompts: list[list[int]], k: int, max_tokens: int, batch_size: int, pad_id: int) -> Row:
@@ -216,6 +225,8 @@ def _main(argv: list[str]) -> None:
     if not args.no_hf:
         rows.append(_best(lambda: time_hf_beams(hf, prompts, n, max_tokens, batch, pad), repeats=1))
     print_table(f"beam search of width {n} (prefix caching off; tokens: every beam's)", rows)
+    if args.gpu:  # on the CPU the host computes the forward itself: it never waits
+        print_host_waits(rows)
     del engine
     gc.collect()
     if args.gpu:
