@@ -82,28 +82,28 @@ def _count_outputs(engine: LLMEngine) -> int:
     return tokens
 
 
-def time_beams(engine: LLMEngine, prompts: list[list[int]], k: int, max_tokens: int) -> Row:
-    params = SamplingParams(beam_width=k, max_tokens=max_tokens, ignore_eos=True)
+def _time_all_outputs(engine: LLMEngine, name: str, requests: list[tuple[list[int], SamplingParams]]) -> Row:
+    """Add the requests, step until every one is done; every output token counts (every beam's),
+    and how long the host waited for the GPU meanwhile is kept."""
     synchronize(engine.device)
     start, waited = time.perf_counter(), engine.stats.wait_seconds
-    ids = [engine.add_request(p, params) for p in prompts]
+    ids = [engine.add_request(prompt, params) for prompt, params in requests]
     tokens = _count_outputs(engine)
     seconds = time.perf_counter() - start
     for i in ids:
-        engine.forget(i)  # every beam the search made
-    return Row(f"minillama, beam_width={k}", tokens, seconds, engine.stats.wait_seconds - waited)
+        engine.forget(i)  # with a beam search, every beam the search made
+    return Row(name, tokens, seconds, engine.stats.wait_seconds - waited)
+
+
+def time_beams(engine: LLMEngine, prompts: list[list[int]], k: int, max_tokens: int) -> Row:
+    params = SamplingParams(beam_width=k, max_tokens=max_tokens, ignore_eos=True)
+    return _time_all_outputs(engine, f"minillama, beam_width={k}", [(p, params) for p in prompts])
 
 
 def time_separate_greedy(engine: LLMEngine, prompts: list[list[int]], k: int, max_tokens: int) -> Row:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    synchronize(engine.device)
-    start, waited = time.perf_counter(), engine.stats.wait_seconds
-    ids = [engine.add_request(p, params) for p in prompts for _ in range(k)]
-    tokens = _count_outputs(engine)
-    seconds = time.perf_counter() - start
-    for i in ids:
-        engine.forget(i)
-    return Row(f"minillama, {k} separate greedy requests", tokens, seconds, engine.stats.wait_seconds - waited)
+    return _time_all_outputs(engine, f"minillama, {k} separate greedy requests",
+                             [(p, params) for p in prompts for _ in range(k)])
 
 
 def print_host_waits(rows: list[Row]) -> None:

@@ -774,8 +774,6 @@ class LLMEngine(BeamSearchSteps):
         self._notify_fork(leader, seq, "sample", shared)
         return output
 
-    # -- beam search (minillama/engine/beam_search.py: the rules; here, the sequences) --------------
-
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params
         if (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
