@@ -265,12 +265,11 @@ class ModelRunner:
             host[n:, :4] = (0, 0, self.scratch_block * bs, 1)
             host[n:, 4:] = self.scratch_block
         packed = to_device(torch.from_numpy(host), self.device)
-        metadata = AttentionMetadata(
-            is_prefill=False,
-            slot_mapping=packed[:n, 2],
-            block_tables=packed[:n, 4:].to(torch.int32),
-            context_lens=packed[:n, 3].to(torch.int32),
-        )
+        # The block tables and context lengths as the attention kernels take them (int32) are
+        # made by run(), and only when it runs the model eagerly: a graph replay reads them out
+        # of `packed` inside the graph, and two conversions a step would cost the host two
+        # launches for nothing.
+        metadata = AttentionMetadata(is_prefill=False, slot_mapping=packed[:n, 2])
         # Every row samples: no index to launch.
         return ModelInputs(packed[:n, 0], packed[:n, 1], metadata, None, packed)
 
@@ -297,6 +296,10 @@ class ModelRunner:
         if inputs.packed is not None and not hooked and inputs.packed.shape[0] in self.graphs:
             hidden = self._replay_decode_graph(inputs)
         else:
+            if inputs.packed is not None and inputs.metadata.block_tables is None:  # an eager decode step
+                packed = inputs.packed
+                inputs.metadata.block_tables = packed[:num_seqs, 4:].to(torch.int32)  # [B, width]
+                inputs.metadata.context_lens = packed[:num_seqs, 3].to(torch.int32)  # [B]
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention, on_layer)
         decode_queries = self.query_buffer is not None and not inputs.metadata.is_prefill
         self.last_queries = self.query_buffer[:, :num_seqs] if decode_queries else None
