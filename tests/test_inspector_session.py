@@ -153,7 +153,7 @@ def test_a_batch_is_checked_whole_before_any_prompt_is_queued_and_each_is_tokeni
     for seq_id, prompt in zip(ids, prompts):
         record = session.trace.sequences[seq_id]
         assert (record.prompt_text, record.chat) == (prompt, True)
-        assert record.prompt_ids == engine.encode_prompt(prompt, chat=True) == engine.sequences[seq_id].token_ids
+        assert record.prompt_ids == engine.encode_prompt(prompt, chat=True) == engine.sequences[seq_id].token_ids.tolist()
     encoded.clear()
     assert session.run().finished and encoded == []  # running tokenizes nothing more
 

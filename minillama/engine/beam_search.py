@@ -183,11 +183,11 @@ class PendingSelection:
             # Each candidate's score if it ends here: float32 division, as Hugging Face divides.
             lengths = np.array([groups[g].length_divisor() for g in members], dtype=np.float32)
             penalised = values / lengths[:, None]
-            for g, row_values, row_where, row_tokens, row_penalised in zip(
-                    members, values.tolist(), where.tolist(), tokens.tolist(), penalised.tolist()):
-                # Beam i's token t is continuation i * V + t of the search's flattened [beams * V].
-                indices = [(w // stage_width) * vocab + t for w, t in zip(row_where, row_tokens)]
-                selections[g] = groups[g].select(row_values, indices, row_penalised, vocab)
+            # Beam i's token t is continuation i * V + t of the search's flattened [beams * V].
+            indices = (where // stage_width) * vocab + tokens  # [G, K]
+            for g, row_values, row_indices, row_penalised in zip(
+                    members, values.tolist(), indices.tolist(), penalised.tolist()):
+                selections[g] = groups[g].select(row_values, row_indices, row_penalised, vocab)
         return selections
 
 
@@ -210,6 +210,11 @@ class BeamGroup:
         self.improvable = True  # can a running beam still beat the worst finished hypothesis?
         self.done = False
         self.members: list[int] = [first.seq_id]  # every sequence the search made, pruned ones too
+
+    def end_reason(self, token: int) -> str:
+        """Why a hypothesis ending with `token` finished: a stop token, else the length limit
+        (the only two ways a candidate ends, in select)."""
+        return "stop" if token in self.stop_ids else "length"
 
     def length_divisor(self) -> float:
         """generated_len ** length_penalty for this step's candidates (their new token counted):

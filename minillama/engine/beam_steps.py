@@ -6,7 +6,7 @@ beam_search.py holds the rules (Hugging Face's, step by step) and the selection'
 this mixin of LLMEngine holds what the rules decide turned into sequences, blocks and outputs.
 It reads the engine's state through `self` (the scheduler, the block manager, the sequences,
 the searches running) and calls the engine's own helpers for what forks and outputs share with
-ordinary requests (_fork_blocks, _copy_on_write, _notify_fork, _output).
+ordinary requests (_fork_blocks, _copy_on_write, _notify_fork, _emit).
 """
 
 from __future__ import annotations
@@ -88,8 +88,11 @@ class BeamSearchSteps:
             self._prune(group, self.sequences[hypothesis.seq_id], f"pushed out of the {k} best finished beams")
         # Beams whose children all finished end in place first: their blocks and seats go to forks.
         finishing, going_on = [], []
-        for index, siblings in children.items():
-            (going_on if any(h is None for _, h in siblings) else finishing).append(index)
+        if not selection.finished:  # most steps: every child goes on
+            going_on = list(children)
+        else:
+            for index, siblings in children.items():
+                (going_on if any(h is None for _, h in siblings) else finishing).append(index)
         made: list[tuple[Candidate, RequestOutput]] = []
         for index in finishing:
             self._branch(group, parents[index], children[index], True, donors, made)
@@ -105,9 +108,12 @@ class BeamSearchSteps:
         if not shares:  # the search waits whole, to be admitted again with blocks for all its beams
             self.scheduler.preempt_search([parents[index] for index in going_on])
             self.stats.preemptions += len(going_on)
-        made.sort(key=lambda child: child[0].rank)
-        beam_of = {candidate.rank: output.request_id for candidate, output in made}
-        group.beams = [] if selection.done else [self.sequences[beam_of[c.rank]] for c in selection.keep]
+        made.sort()  # by candidate, so by rank (unique): best first
+        # The next beams, best first: the candidates that go on are selection.keep, in rank order.
+        sequences = self.sequences
+        group.beams = [] if selection.done else [
+            sequences[output.request_id] for candidate, output in made if not candidate.ends
+        ]
         return made
 
     def _branch(self: LLMEngine, group: BeamGroup, parent: Sequence, children: list[tuple[Candidate, Hypothesis | None]],
@@ -118,7 +124,7 @@ class BeamSearchSteps:
         for child in children:
             if child is not in_place:
                 made.append(self._fork_beam(group, parent, *child, shares, donors))
-        made.append(self._continue_beam(parent, *in_place))
+        made.append(self._continue_beam(group, parent, *in_place))
 
     def _fork_beam(self: LLMEngine, group: BeamGroup, parent: Sequence, candidate: Candidate, hypothesis: Hypothesis | None,
                    shares: bool, donors: list[Sequence]) -> tuple[Candidate, RequestOutput]:
@@ -127,7 +133,7 @@ class BeamSearchSteps:
         `donors` handed over) when `shares`, and queues to recompute them otherwise; a finished
         hypothesis holds none."""
         position = parent.num_tokens
-        seq = Sequence(next(self._request_ids), parent.token_ids, parent.params)  # a copy of the list
+        seq = Sequence(next(self._request_ids), parent.token_ids, parent.params)  # a copy (one memcpy)
         seq.token_ids.append(candidate.token)
         seq.num_prompt_tokens = parent.num_prompt_tokens
         seq.beam_of, seq.parent_id, seq.fork_position = group.request_id, parent.seq_id, position
@@ -136,7 +142,7 @@ class BeamSearchSteps:
         detokenizer = self._detokenizers.get(parent.seq_id)
         if detokenizer is not None:
             self._detokenizers[seq.seq_id] = detokenizer.fork()
-        output = self._output(seq, candidate.token)
+        output = self._beam_output(group, seq, candidate.token, hypothesis)
         shared = False
         if hypothesis is not None:
             seq.finish(output.finish_reason)
@@ -150,15 +156,21 @@ class BeamSearchSteps:
         self._notify_fork(parent, seq, "beam", shared)
         return candidate, output
 
-    def _continue_beam(self: LLMEngine, beam: Sequence, candidate: Candidate, hypothesis: Hypothesis | None
-                       ) -> tuple[Candidate, RequestOutput]:
+    def _continue_beam(self: LLMEngine, group: BeamGroup, beam: Sequence, candidate: Candidate,
+                       hypothesis: Hypothesis | None) -> tuple[Candidate, RequestOutput]:
         """`beam` goes on with the candidate's token in place; a finished hypothesis ends it."""
         beam.token_ids.append(candidate.token)
-        output = self._output(beam, candidate.token)
+        output = self._beam_output(group, beam, candidate.token, hypothesis)
         if hypothesis is not None:
             self.scheduler.finish(beam, output.finish_reason)
             beam.beam_score, hypothesis.seq_id = hypothesis.score, beam.seq_id
         return candidate, output
+
+    def _beam_output(self: LLMEngine, group: BeamGroup, beam: Sequence, token: int, hypothesis: Hypothesis | None
+                     ) -> RequestOutput:
+        """A beam's new token as an output. The search, not the usual rules, says whether it
+        ends: a beam ends exactly when its candidate became a finished hypothesis."""
+        return self._emit(beam, token, None if hypothesis is None else group.end_reason(token))
 
     def _prune(self: LLMEngine, group: BeamGroup, seq: Sequence, reason: str, donors: list[Sequence] | None = None) -> None:
         """Drop a beam (or a finished hypothesis pushed out of the best): its blocks go back,

@@ -704,9 +704,12 @@ class LLMEngine(BeamSearchSteps):
         return outputs
 
     def _output(self, seq: Sequence, token: int) -> RequestOutput:
-        """`seq`'s new token as an output: its text, and whether it ends the request (then its
-        detokenizer flushes and its generator goes; the caller gives its blocks back)."""
-        reason = self._finish_reason(seq, token)
+        """`seq`'s new token as an output, ended by the usual rules (_finish_reason)."""
+        return self._emit(seq, token, self._finish_reason(seq, token))
+
+    def _emit(self, seq: Sequence, token: int, reason: str | None) -> RequestOutput:
+        """`seq`'s new token as an output: its text, and whether it ends the request (`reason`;
+        then its detokenizer flushes and its generator goes; the caller gives its blocks back)."""
         detokenizer = self._detokenizers.get(seq.seq_id)
         delta = detokenizer.push(token) if detokenizer else ""
         if reason is not None:
@@ -751,8 +754,8 @@ class LLMEngine(BeamSearchSteps):
         prompt) and not computed yet; it shares the prompt's K/V (its full blocks by reference,
         the partly filled last block copied on write), so its next step is a one-token decode."""
         prompt = leader.token_ids[: leader.num_prompt_tokens]
-        seq = Sequence(next(self._request_ids), [*prompt, token], params)
-        seq.num_prompt_tokens = len(prompt)
+        seq = Sequence(next(self._request_ids), prompt, params)
+        seq.token_ids.append(token)
         seq.sample_of, seq.sample_index = leader.seq_id, index
         seq.parent_id, seq.fork_position = leader.seq_id, len(prompt)
         self.sequences[seq.seq_id] = seq
