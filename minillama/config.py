@@ -226,6 +226,9 @@ class EngineConfig:
     async_scheduling: str = "auto"
     fused_ops: bool = True  # CUDA with Triton: fused RMSNorm, RoPE + KV write, SwiGLU; CPU fp32: the C kernels
     seed: int = 0  # seeds the shared sampling generator (requests without their own seed)
+    # Processes the model's layers are split across (minillama/parallel/): 1, the whole model in
+    # this process; N > 1, heads and features split over N ranks (CPU processes over gloo).
+    tensor_parallel_size: int = 1
 
     def resolved_device(self) -> torch.device:
         _check_device(self.device)
@@ -260,6 +263,7 @@ class EngineConfig:
         _check_choice("attention", self.attention, BACKEND_NAMES)
         _check_choice("async_scheduling", self.async_scheduling, ASYNC_SCHEDULING)
         as_int(self.block_size, _label("block_size"), ConfigError)
+        as_int(self.tensor_parallel_size, _label("tensor_parallel_size"), ConfigError)
         for name in ("num_kv_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens"):  # None: automatic
             if getattr(self, name) is not None:
                 as_int(getattr(self, name), _label(name), ConfigError)

@@ -31,6 +31,7 @@ from minillama.errors import ModelLoadError
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.rotary import RotaryEmbedding
 from minillama.ops.table import Ops
+from minillama.parallel.shard import WHOLE_MODEL, Shard
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -113,15 +114,17 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build_model(
-    config: ModelConfig, max_position: int, ops: Ops, device: torch.device, dtype: torch.dtype
+    config: ModelConfig, max_position: int, ops: Ops, device: torch.device, dtype: torch.dtype,
+    shard: Shard = WHOLE_MODEL,
 ) -> LlamaForCausalLM:
     """An uninitialised model in `dtype` on `device` (weights to be loaded or randomised), computing
-    with `ops` (minillama/ops/select.py chooses them for the device and dtype).
+    with `ops` (minillama/ops/select.py chooses them for the device and dtype); with a Shard of
+    world > 1, a tensor-parallel rank's part of it.
 
     Built on the meta device first, so no time goes into initialising weights that the
     checkpoint overwrites anyway."""
     with torch.device("meta"), _default_dtype(dtype):
-        model = LlamaForCausalLM(config, max_position, ops)
+        model = LlamaForCausalLM(config, max_position, ops, shard)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     memory.check_fits(f"the model's weights in {str(dtype).removeprefix('torch.')}", weight_bytes, device, ModelLoadError)
     model = model.to_empty(device=device)  # untouched memory: it costs nothing until written
@@ -185,11 +188,11 @@ def _stacked_targets(params: dict[str, torch.nn.Parameter]) -> set[str]:
 
 def _stacked_part(model: LlamaForCausalLM, target: str, data: torch.Tensor, part: int) -> torch.Tensor:
     """The rows of a stacked matrix that hold part `part` (q, k or v; gate or up)."""
+    c, world = model.config, model.shard.world  # a tensor-parallel rank holds 1/world of each part
     if target.endswith("qkv_proj.weight"):
-        c = model.config
-        sizes = [c.num_attention_heads * c.head_dim] + [c.num_key_value_heads * c.head_dim] * 2
+        sizes = [c.num_attention_heads // world * c.head_dim] + [c.num_key_value_heads // world * c.head_dim] * 2
     else:
-        sizes = [model.config.intermediate_size] * 2
+        sizes = [c.intermediate_size // world] * 2
     return data.split(sizes, dim=0)[part]
 
 

@@ -41,7 +41,8 @@ def test_the_number_of_blocks_said_to_fit_does_fit(monkeypatch):
     with pytest.raises(ConfigError) as info:
         engine(num_kv_blocks=10**6)
     fit = int(re.search(r"at most (\d+) blocks", str(info.value)).group(1))
-    block = kv_block_bytes(ModelConfig.from_dict(TINY), BLOCK_SIZE, torch.float32)
+    config = ModelConfig.from_dict(TINY)
+    block = kv_block_bytes(config, BLOCK_SIZE, torch.float32, config.num_key_value_heads)
     assert fit == usable // block - 1  # one more block is the scratch block
     small = engine(num_kv_blocks=fit)
     small.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=2))

@@ -64,6 +64,8 @@ from minillama.model.sampler import Sampler
 from minillama.observe import Observer
 from minillama.ops.select import select_ops
 from minillama.ops.table import AttentionOps
+from minillama.parallel.shard import Shard, check_splits
+from minillama.parallel.workers import ParallelRunner, TensorParallelGroup, load_rank_model
 from minillama.sampling_params import SamplingParams
 from minillama.values import is_int
 
@@ -76,8 +78,11 @@ class LLMEngine(BeamSearchSteps):
         tokenizer=None,
         eos_token_ids: tuple[int, ...] = (),
         model_dir: Path | None = None,
+        parallel: TensorParallelGroup | None = None,
     ):
-        """Wrap an already built model; most callers want from_pretrained or from_config."""
+        """Wrap an already built model; most callers want from_pretrained or from_config. With
+        `parallel` (from_pretrained with tensor_parallel_size > 1), `model` is rank 0's part and
+        the group's workers hold the others."""
         config.validate()
         self.device = next(model.parameters()).device
         config = config.for_device(self.device)  # the batch budgets it leaves to the device
@@ -88,7 +93,8 @@ class LLMEngine(BeamSearchSteps):
         self.max_model_len = _max_model_len(self.model_config, config)
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
-        self.runner = ModelRunner(model, self.model_config, config, self.device, self.dtype, self.max_model_len)
+        runner_args = (model, self.model_config, config, self.device, self.dtype, self.max_model_len)
+        self.runner = ModelRunner(*runner_args) if parallel is None else ParallelRunner(parallel, *runner_args)
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler(self.device, config.seed)
@@ -135,9 +141,32 @@ class LLMEngine(BeamSearchSteps):
         files = safetensors_files(path)  # fail on missing or pickled weights before the slow part
         has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
         tokenizer = load_tokenizer(path) if has_tokenizer else None
+        eos = eos_token_ids(path, model_config, tokenizer)
+        if config.tensor_parallel_size > 1:
+            return cls._from_pretrained_parallel(path, model_config, config, tokenizer, eos)
         llm = cls._build(model_config, config)
         load_hf_weights(llm, read_safetensors(files))
-        return cls(llm, config, tokenizer, eos_token_ids(path, model_config, tokenizer), model_dir=path)
+        return cls(llm, config, tokenizer, eos, model_dir=path)
+
+    @classmethod
+    def _from_pretrained_parallel(cls, path: Path, model_config: ModelConfig, config: EngineConfig, tokenizer,
+                                  eos: tuple[int, ...]) -> LLMEngine:
+        """from_pretrained split over tensor_parallel_size processes (minillama/parallel/): the
+        workers start first and read their slices while this process reads rank 0's."""
+        device = config.resolved_device()
+        check_splits(model_config, config.tensor_parallel_size, device)
+        ops = select_ops(device, config.resolved_dtype(device), model_config, config.fused_ops, config.attention)
+        _check_block_size(ops.attention, config.block_size)
+        max_model_len = _max_model_len(model_config, config)
+        group = TensorParallelGroup.start(path, config, max_model_len)
+        torch.set_num_threads(max(1, torch.get_num_threads() // config.tensor_parallel_size))  # CPUs shared by the ranks
+        try:
+            shard = Shard(0, config.tensor_parallel_size)
+            llm = load_rank_model(path, model_config, config, shard, max_model_len)
+            return cls(llm, config, tokenizer, eos, model_dir=path, parallel=group)
+        except BaseException:
+            group.close()
+            raise
 
     @classmethod
     def from_config(cls, model_config: ModelConfig, config: EngineConfig | None = None, seed: int = 0) -> LLMEngine:
@@ -166,6 +195,7 @@ class LLMEngine(BeamSearchSteps):
 
         The model's device, dtype and attention backend are base's (config's are ignored), and
         its context is at most base's. Engines sharing a model must not step at the same time."""
+        base._check_whole_model("engines sharing the weights (the web UI's sessions)")
         model = base.runner.model
         config = dataclasses.replace(
             config, device=base.config.device, dtype=base.config.dtype, attention=base.config.attention,
@@ -186,7 +216,7 @@ class LLMEngine(BeamSearchSteps):
         parameter. Its own KV pool is one block; replays make engines of their own over it."""
         config = dataclasses.replace(
             base.config, dtype="float32", attention="reference", fused_ops=False, enforce_eager=True,
-            num_kv_blocks=1, max_model_len=base.max_model_len,
+            num_kv_blocks=1, max_model_len=base.max_model_len, tensor_parallel_size=1,
         )
         if base.model_dir is not None:
             return cls.from_pretrained(base.model_dir, config)
@@ -200,6 +230,9 @@ class LLMEngine(BeamSearchSteps):
 
     @staticmethod
     def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
+        if config.tensor_parallel_size > 1:
+            raise ConfigError("--tensor-parallel-size > 1 loads a model directory (LLMEngine.from_pretrained): "
+                              "its ranks each read their own slices of the checkpoint")
         device = config.resolved_device()
         dtype = config.resolved_dtype(device)
         ops = select_ops(device, dtype, model_config, config.fused_ops, config.attention)
@@ -440,8 +473,19 @@ class LLMEngine(BeamSearchSteps):
 
     def add_observer(self, observer: Observer) -> None:
         """Watch every step from the next one; the engine then steps in order (in_flight.py)."""
+        self._check_whole_model("observers (the recorder, the debugger, the web UI)")
         self._settle()
         self.observers.append(observer)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel worker processes, if any (they also stop when this process
+        exits). The engine cannot step afterwards; without tensor parallelism this does nothing."""
+        if isinstance(self.runner, ParallelRunner):
+            self.runner.close()
+
+    def _check_whole_model(self, what: str) -> None:
+        if isinstance(self.runner, ParallelRunner):
+            raise ConfigError(f"{what} need the whole model in one process: --tensor-parallel-size 1")
 
     def remove_observer(self, observer: Observer) -> None:
         self.observers.remove(observer)

@@ -50,10 +50,11 @@ class ModelInputs:
     packed: torch.Tensor | None = None
 
 
-def kv_block_bytes(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes of K and V for one block across all layers."""
+def kv_block_bytes(config: ModelConfig, block_size: int, dtype: torch.dtype, num_kv_heads: int) -> int:
+    """Bytes of K and V for one block across all layers, for `num_kv_heads` KV heads (a
+    tensor-parallel rank caches only its own)."""
     element = torch.empty(0, dtype=dtype).element_size()
-    return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * element
+    return 2 * config.num_hidden_layers * block_size * num_kv_heads * config.head_dim * element
 
 
 class ModelRunner:
@@ -68,6 +69,7 @@ class ModelRunner:
     ):
         self.model = model
         self.config = model_config
+        self.num_kv_heads = model_config.num_key_value_heads // model.shard.world  # this rank's (all, in one process)
         self.block_size = engine_config.block_size
         self.device = device
         self.dtype = dtype
@@ -77,7 +79,7 @@ class ModelRunner:
         self.scratch_block = self.num_blocks
         self.kv_cache = torch.zeros(
             model_config.num_hidden_layers, 2, self.num_blocks + 1, self.block_size,
-            model_config.num_key_value_heads, model_config.head_dim, dtype=dtype, device=device,
+            self.num_kv_heads, model_config.head_dim, dtype=dtype, device=device,
         )
         self.max_num_seqs = engine_config.max_num_seqs
         self.decode_tables = DecodeBlockTables(2 * self.max_num_seqs, self.max_blocks_per_seq)  # two batches' rows
@@ -130,7 +132,7 @@ class ModelRunner:
     def _check_kv_cache_fits(self) -> None:
         """Refuse, saying how many blocks would fit, a KV cache (plus its scratch block) larger
         than the memory the device has free: minillama/memory.py says what happens otherwise."""
-        block_bytes = kv_block_bytes(self.config, self.block_size, self.dtype)
+        block_bytes = kv_block_bytes(self.config, self.block_size, self.dtype, self.num_kv_heads)
 
         def what_fits(usable: int) -> str:
             fit = usable // block_bytes - 1
@@ -141,7 +143,7 @@ class ModelRunner:
         memory.check_fits("the KV cache", (self.num_blocks + 1) * block_bytes, self.device, ConfigError, what_fits)
 
     def _blocks_that_fit(self, engine_config: EngineConfig, max_model_len: int) -> int:
-        block_bytes = kv_block_bytes(self.config, self.block_size, self.dtype)
+        block_bytes = kv_block_bytes(self.config, self.block_size, self.dtype, self.num_kv_heads)
         # Never more than every running sequence at full length could use.
         useful = engine_config.max_num_seqs * self.max_blocks_per_seq
         if self.device.type != "cuda":
@@ -152,7 +154,7 @@ class ModelRunner:
         warmup_blocks = (tokens + self.block_size - 1) // self.block_size
         self.kv_cache = torch.zeros(
             self.config.num_hidden_layers, 2, warmup_blocks, self.block_size,
-            self.config.num_key_value_heads, self.config.head_dim, dtype=self.dtype, device=self.device,
+            self.num_kv_heads, self.config.head_dim, dtype=self.dtype, device=self.device,
         )
         for i, layer in enumerate(self.model.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[i]
@@ -190,7 +192,10 @@ class ModelRunner:
         Triton launch (ops/triton/copy_kv_slots.py says why PyTorch's indexing would take dozens
         on a large cache), elsewhere one gather and one scatter (ops/reference/copy_kv_slots.py)."""
         flat = np.fromiter(itertools.chain.from_iterable(copies), dtype=np.int64, count=3 * len(copies))
-        table = torch.from_numpy(flat).view(-1, 3)  # [C, 3]; torch.tensor(copies) is 4x slower
+        self.copy_kv_table(torch.from_numpy(flat).view(-1, 3))  # [C, 3]; torch.tensor(copies) is 4x slower
+
+    def copy_kv_table(self, table: torch.Tensor) -> None:
+        """copy_kv_slots with the copies as a [C, 3] int64 CPU tensor (src, dst, num_slots)."""
         _copy_kv_slots(self.kv_cache, to_device(table, self.device))
 
     # -- building the flat batch --------------------------------------------------------------

@@ -24,6 +24,8 @@ from minillama.model.norm import RMSNorm
 from minillama.model.rotary import RotaryEmbedding
 from minillama.ops.reference.rotary_and_store import rotary_and_store_kv
 from minillama.ops.table import Ops
+from minillama.parallel.shard import WHOLE_MODEL, Shard
+from minillama.parallel.vocab import VocabParallelEmbedding
 
 # on_attention(layer, q, k, v, output, metadata): q [N, H, D] and k [N, Hkv, D] after RoPE,
 # v [N, Hkv, D], output [N, H, D] (attention before o_proj).
@@ -34,17 +36,19 @@ LayerHook = Callable[[int, torch.Tensor, AttentionMetadata], None]
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, ops: Ops):
+    def __init__(self, config: ModelConfig, layer_idx: int, ops: Ops, shard: Shard):
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        # This rank's heads and KV heads (all of them without tensor parallelism).
+        self.num_heads = config.num_attention_heads // shard.world
+        self.num_kv_heads = config.num_key_value_heads // shard.world
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.qkv_proj = Linear(config.hidden_size, q_size + 2 * kv_size, ops)
-        self.o_proj = Linear(q_size, config.hidden_size, ops)
+        self.o_proj = Linear(q_size, config.hidden_size, ops)  # row-parallel: its output summed over ranks
         self.ops = ops
+        self.shard = shard
         # This layer's slice of the paged KV cache, [num_blocks, block_size, Hkv, D] each; the
         # model runner binds them once it has sized the cache.
         self.k_cache = torch.empty(0)
@@ -92,16 +96,16 @@ class LlamaAttention(nn.Module):
             )
         if on_attention is not None:
             on_attention(self.layer_idx, q, k, v, out, metadata)
-        return self.o_proj(out.flatten(1))
+        return self.shard.all_reduce(self.o_proj(out.flatten(1)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, ops: Ops):
+    def __init__(self, config: ModelConfig, layer_idx: int, ops: Ops, shard: Shard):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.self_attn = LlamaAttention(config, layer_idx, ops)
+        self.self_attn = LlamaAttention(config, layer_idx, ops, shard)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, ops)
+        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, ops, shard)
 
     def forward(
         self,
@@ -127,22 +131,29 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, max_position: int, ops: Ops):
+    def __init__(self, config: ModelConfig, max_position: int, ops: Ops, shard: Shard):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = (
+            nn.Embedding(config.vocab_size, config.hidden_size) if shard.world == 1
+            else VocabParallelEmbedding(config.vocab_size, config.hidden_size, shard)
+        )
         # One RoPE table shared by all layers.
         self.rotary = RotaryEmbedding(config.head_dim, max_position, config.rope_theta, config.rope_scaling)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, ops) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, ops, shard) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig, max_position: int, ops: Ops):
+    def __init__(self, config: ModelConfig, max_position: int, ops: Ops, shard: Shard = WHOLE_MODEL):
+        """The whole model, or with a Shard of world N > 1 this rank's part of every layer
+        (minillama/parallel/shard.py): `config` is the whole model's either way."""
         super().__init__()
         self.config = config
         self.ops = ops  # what every layer computes with, attention included
-        self.model = LlamaModel(config, max_position, ops)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, ops)
+        self.shard = shard
+        self.model = LlamaModel(config, max_position, ops, shard)
+        # This rank's rows of the vocabulary (all of them without tensor parallelism).
+        self.lm_head = Linear(config.hidden_size, config.vocab_size // shard.world, ops)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -172,5 +183,5 @@ class LlamaForCausalLM(nn.Module):
         """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32, or in the
         model's dtype when not `float32` (the sampler widens only the rows it draws from: a
         greedy row's argmax is the same either way, the widening being exact)."""
-        logits = self.lm_head(hidden)
+        logits = self.shard.all_gather_columns(self.lm_head(hidden))  # [B, vocab]: every rank's slice
         return logits.float() if float32 else logits

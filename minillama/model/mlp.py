@@ -5,18 +5,21 @@ from torch import nn
 
 from minillama.model.linear import Linear
 from minillama.ops.table import Ops
+from minillama.parallel.shard import Shard
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, ops: Ops):
+    def __init__(self, hidden_size: int, intermediate_size: int, ops: Ops, shard: Shard):
         super().__init__()
+        features = intermediate_size // shard.world  # this rank's (all of them without tensor parallelism)
         # gate_proj and up_proj stacked into one matrix: one matmul instead of two.
-        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, ops)
-        self.down_proj = Linear(intermediate_size, hidden_size, ops)
+        self.gate_up_proj = Linear(hidden_size, 2 * features, ops)
+        self.down_proj = Linear(features, hidden_size, ops)  # row-parallel: its output summed over ranks
         self.ops = ops
+        self.shard = shard
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, hidden] -> [N, hidden]."""
         gate_up = self.gate_up_proj(x)  # [N, 2 * intermediate]
         # silu(gate) * up: ops/reference/silu_and_mul.py
-        return self.down_proj(self.ops.silu_and_mul(gate_up))
+        return self.shard.all_reduce(self.down_proj(self.ops.silu_and_mul(gate_up)))

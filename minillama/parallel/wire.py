@@ -1,0 +1,89 @@
+"""What the driver (rank 0) sends the other ranks each step, as tensors broadcast through the
+process group: never pickled objects, so a rank only ever reads numbers it can check.
+
+A message is a header, then its tensors. The header is HEADER_INTS int64 values:
+
+    [command, flag, number of tensors, then per tensor: dtype code, rows, columns]
+
+(a 1-D tensor has columns -1; an absent tensor has dtype code -1). The other ranks allocate
+each tensor from its header entry and receive it with a broadcast of their own.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import torch
+import torch.distributed as dist
+
+from minillama.engine.model_runner import ModelInputs
+from minillama.model.attention_metadata import AttentionMetadata
+
+
+class Command(IntEnum):
+    RUN = 1  # a forward pass: its ModelInputs; flag = float32 logits
+    COPY_KV = 2  # copies on write: one [C, 3] int64 tensor
+    STOP = 3  # the engine is closing: leave the loop
+
+
+DTYPES = (torch.int64, torch.int32, torch.float32, torch.bfloat16, torch.float16)
+MAX_TENSORS = 10
+HEADER_INTS = 3 + 3 * MAX_TENSORS
+
+
+def send(command: Command, tensors: list[torch.Tensor | None] = (), flag: int = 0) -> None:
+    """Broadcast a message from rank 0 (every other rank is in receive())."""
+    header = torch.full((HEADER_INTS,), -1, dtype=torch.int64)
+    header[:3] = torch.tensor([int(command), flag, len(tensors)])
+    assert len(tensors) <= MAX_TENSORS
+    for i, tensor in enumerate(tensors):
+        if tensor is not None:
+            assert tensor.dim() in (1, 2), "messages carry 1-D and 2-D tensors"
+            rows, columns = (tensor.shape[0], -1) if tensor.dim() == 1 else tensor.shape
+            header[3 + 3 * i: 6 + 3 * i] = torch.tensor([DTYPES.index(tensor.dtype), rows, columns])
+    dist.broadcast(header, src=0)
+    for tensor in tensors:
+        if tensor is not None:
+            dist.broadcast(tensor.contiguous(), src=0)
+
+
+def receive() -> tuple[Command, int, list[torch.Tensor | None]]:
+    """The next message from rank 0: (command, flag, tensors)."""
+    header = torch.empty(HEADER_INTS, dtype=torch.int64)
+    dist.broadcast(header, src=0)
+    command, flag, count = header[:3].tolist()
+    if command not in {c.value for c in Command} or not 0 <= count <= MAX_TENSORS:
+        raise RuntimeError(f"tensor-parallel message with a bad header: {header[:3].tolist()}")
+    tensors: list[torch.Tensor | None] = []
+    for i in range(count):
+        code, rows, columns = header[3 + 3 * i: 6 + 3 * i].tolist()
+        if code < 0:
+            tensors.append(None)
+            continue
+        if code >= len(DTYPES) or rows < 0 or columns < -1:
+            raise RuntimeError(f"tensor-parallel message with a bad tensor entry: {[code, rows, columns]}")
+        shape = (rows,) if columns < 0 else (rows, columns)
+        tensor = torch.empty(shape, dtype=DTYPES[code])
+        dist.broadcast(tensor, src=0)
+        tensors.append(tensor)
+    return Command(command), flag, tensors
+
+
+# ModelInputs as a list of tensors and back. Ints (the longest query and key of a prefill, and
+# whether it is one) travel as a small int64 tensor of their own.
+
+def inputs_to_tensors(inputs: ModelInputs) -> list[torch.Tensor | None]:
+    m = inputs.metadata
+    scalars = torch.tensor([int(m.is_prefill), m.max_seqlen_q, m.max_seqlen_k], dtype=torch.int64)
+    return [inputs.input_ids, inputs.positions, inputs.logits_indices, inputs.packed, scalars,
+            m.slot_mapping, m.block_tables, m.cu_seqlens_q, m.cu_seqlens_k, m.context_lens]
+
+
+def tensors_to_inputs(tensors: list[torch.Tensor | None]) -> ModelInputs:
+    input_ids, positions, logits_indices, packed, scalars, slots, tables, cu_q, cu_k, lens = tensors
+    is_prefill, max_q, max_k = scalars.tolist()
+    metadata = AttentionMetadata(
+        is_prefill=bool(is_prefill), slot_mapping=slots, block_tables=tables, cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k, context_lens=lens,
+    )
+    return ModelInputs(input_ids, positions, metadata, logits_indices, packed)

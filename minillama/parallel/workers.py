@@ -1,0 +1,210 @@
+"""Tensor parallelism's processes: the driver (rank 0, the engine's own process) starts one
+worker process per other rank; each builds its part of the model (reading only its slices of
+the checkpoint) and its share of the paged KV cache, then runs whatever the driver sends
+(minillama/parallel/wire.py) until told to stop. The driver schedules, samples and keeps every
+sequence; the workers only compute, on the same block tables.
+
+The ranks talk through torch.distributed (gloo between CPU processes), never through a
+transport of our own. A worker that fails prints one line and exits; the driver's next
+collective then fails, and it reports which rank is gone (TensorParallelError) and stops the
+others. Workers are daemon processes: they end with the driver, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import signal
+import socket
+import sys
+import weakref
+from datetime import timedelta
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from minillama.config import EngineConfig, ModelConfig
+from minillama.engine.model_runner import ModelInputs, ModelRunner
+from minillama.errors import MinillamaError
+from minillama.loader import build_model, load_hf_weights, safetensors_files
+from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
+from minillama.ops.select import select_ops
+from minillama.parallel import wire
+from minillama.parallel.shard import Shard
+from minillama.parallel.weights import read_safetensors_shard
+
+# How long a rank waits for the others to join, or for a collective: long enough for a worker
+# to import torch and read its weights; a dead peer is noticed at once anyway (its socket closes).
+TIMEOUT = timedelta(seconds=300)
+
+
+class TensorParallelError(MinillamaError, RuntimeError):
+    """A tensor-parallel worker failed or is gone; the engine cannot step any more."""
+
+
+def load_rank_model(path: Path, model_config: ModelConfig, config: EngineConfig, shard: Shard,
+                    max_model_len: int) -> LlamaForCausalLM:
+    """Rank `shard.rank`'s part of the model in `path`, its own slices read from the checkpoint."""
+    device = config.resolved_device()
+    dtype = config.resolved_dtype(device)
+    ops = select_ops(device, dtype, model_config, config.fused_ops, config.attention)
+    model = build_model(model_config, max_model_len, ops, device, dtype, shard)
+    load_hf_weights(model, read_safetensors_shard(safetensors_files(path), shard))
+    return model
+
+
+class TensorParallelGroup:
+    """The worker processes of one engine, and the process group they share with the driver."""
+
+    def __init__(self, workers: list[BaseProcess]):
+        self.workers = workers
+        self.closed = False
+        # Inside a collective: a step interrupted there (Ctrl-C, an error) leaves the workers
+        # waiting in one, so a STOP message would never match; they are terminated instead.
+        self.busy = False
+
+    @classmethod
+    def start(cls, path: Path, config: EngineConfig, max_model_len: int) -> TensorParallelGroup:
+        """Start ranks 1..N-1 and join them as rank 0 (this process)."""
+        world = config.tensor_parallel_size
+        if dist.is_initialized():
+            raise TensorParallelError("one tensor-parallel engine per process at a time: close() the other first")
+        port = _free_port()
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
+        workers = [
+            context.Process(target=_worker_main, args=(str(path), config, rank, world, port, max_model_len),
+                            name=f"minillama-tp-rank{rank}", daemon=True)
+            for rank in range(1, world)
+        ]
+        for worker in workers:
+            worker.start()
+        group = cls(workers)
+        try:
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=world,
+                                    timeout=TIMEOUT)
+        except Exception as exc:
+            group.close()
+            raise TensorParallelError(f"the tensor-parallel workers did not join: {group.gone() or exc}") from exc
+        return group
+
+    def gone(self) -> str:
+        """The workers that exited, as words ('' when all run)."""
+        return ", ".join(f"rank {rank} exited with code {w.exitcode}"
+                         for rank, w in enumerate(self.workers, start=1) if w.exitcode is not None)
+
+    def fail(self, exc: BaseException) -> TensorParallelError:
+        """The error to raise after a collective failed: which rank is gone, if one is; then
+        every process stops (the step cannot be finished without it)."""
+        for worker in self.workers:
+            worker.join(timeout=1.0)
+        why = self.gone() or f"{type(exc).__name__}: {exc}"
+        self.close()
+        return TensorParallelError(f"tensor parallelism stopped: {why}")
+
+    def close(self) -> None:
+        """Tell the workers to stop and wait for them, or, when they cannot hear it (a rank is
+        gone, or a step stopped halfway), terminate them; then leave the group."""
+        if self.closed:
+            return
+        self.closed = True
+        orderly = dist.is_initialized() and not self.busy and not self.gone()
+        if orderly:
+            try:
+                wire.send(wire.Command.STOP)
+            except RuntimeError:  # a rank went meanwhile
+                orderly = False
+        for worker in self.workers:
+            worker.join(timeout=10.0 if orderly else 0.0)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class ParallelRunner(ModelRunner):
+    """Rank 0's ModelRunner: before each forward pass or copy on write it sends the other ranks
+    the same inputs, and every rank then computes its heads and features in step (the
+    projections' all-reduces join them; the LM head's all-gather gives every rank the logits)."""
+
+    def __init__(self, group: TensorParallelGroup, model: LlamaForCausalLM, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.group = group
+        # Every rank sizes its cache as rank 0 did: the same number of blocks, so the block
+        # tables the scheduler hands out mean the same blocks everywhere.
+        self._collective(dist.broadcast, torch.tensor([self.num_blocks], dtype=torch.int64), src=0)
+        weakref.finalize(self, group.close)
+
+    def run(self, inputs: ModelInputs, on_attention: AttentionHook | None = None,
+            on_layer: LayerHook | None = None, float32: bool = True) -> torch.Tensor:
+        self._collective(wire.send, wire.Command.RUN, wire.inputs_to_tensors(inputs), int(float32))
+        return self._collective(super().run, inputs, on_attention, on_layer, float32)
+
+    def copy_kv_table(self, table: torch.Tensor) -> None:
+        self._collective(wire.send, wire.Command.COPY_KV, [table])
+        super().copy_kv_table(table)
+
+    def close(self) -> None:
+        self.group.close()
+
+    def _collective(self, call, *args, **kwargs):
+        """call(...), turning a failure of the group (a rank gone) into TensorParallelError."""
+        group = self.group
+        if group.closed:
+            raise TensorParallelError("tensor parallelism stopped: the engine was closed, or a rank failed earlier")
+        group.busy = True
+        try:
+            result = call(*args, **kwargs)
+        except RuntimeError as exc:  # gloo reports a peer's closed connection as a RuntimeError
+            if isinstance(exc, MinillamaError):
+                raise
+            raise group.fail(exc) from exc
+        group.busy = False  # not reached when the call raised: the ranks are out of step
+        return result
+
+
+def _worker_main(path: str, config: EngineConfig, rank: int, world: int, port: int, max_model_len: int) -> None:
+    """A worker process: join the group, build rank `rank`'s part, then serve until STOP."""
+    # Ctrl-C in a terminal reaches every process of the group; the driver decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the CPUs are shared by the ranks
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=TIMEOUT)
+        model_config = ModelConfig.from_file(Path(path) / "config.json")
+        model = load_rank_model(Path(path), model_config, config, Shard(rank, world), max_model_len)
+        num_blocks = torch.empty(1, dtype=torch.int64)
+        dist.broadcast(num_blocks, src=0)
+        config = dataclasses.replace(config, num_kv_blocks=int(num_blocks.item()))
+        device = config.resolved_device()
+        runner = ModelRunner(model, model_config, config.for_device(device), device,
+                             config.resolved_dtype(device), max_model_len)
+        _serve(runner)
+    except Exception as exc:  # noqa: BLE001 - one line, then the driver reports the rank gone
+        print(f"minillama tensor-parallel rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _serve(runner: ModelRunner) -> None:
+    """Run what rank 0 sends, in order, until it says STOP."""
+    with torch.inference_mode():
+        while True:
+            command, flag, tensors = wire.receive()
+            if command is wire.Command.STOP:
+                return
+            if command is wire.Command.RUN:
+                runner.run(wire.tensors_to_inputs(tensors), float32=bool(flag))  # rank 0 samples
+            elif command is wire.Command.COPY_KV:
+                runner.copy_kv_table(tensors[0])
+
+
+def _free_port() -> int:
+    """A TCP port on the loopback nobody listens on now, for the group's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

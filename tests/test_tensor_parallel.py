@@ -1,0 +1,225 @@
+"""Tensor parallelism on CPUs (gloo, 2 and 4 processes): the split engine must compute what the
+whole model computes in one process (minillama/parallel/).
+
+Each rank holds a slice of every layer, so its partial sums add up in another order than the
+single process's matmuls: fp32 logits agree to ~1e-6, not bit for bit, and greedy tokens are
+compared on a model whose top two logits are never that close (checked)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from tiny_model import write_byte_tokenizer
+
+from minillama import EngineConfig, LLMEngine, SamplingParams
+from minillama.engine.outputs import EngineStats
+from minillama.errors import ConfigError
+from minillama.parallel.shard import check_splits
+from minillama.parallel.workers import TensorParallelError
+
+# Heads, KV heads, features and vocabulary all divide by 2 and by 4.
+SHAPE = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256)
+PROMPTS = [[5, 17, 200, 3], list(range(40, 90)), [7] * 23, [255, 0, 128]]
+GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A random Llama (std 0.1: outputs that vary, not one repeated token) with a byte-level
+    tokenizer (the command line takes text)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tp_model")
+    config = LlamaConfig(**SHAPE, tie_word_embeddings=False, initializer_range=0.1,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    write_byte_tokenizer(path)
+    return path
+
+
+def run(model_dir: Path, tp: int, requests: list[tuple[list[int], SamplingParams]], **config) -> tuple[dict, list, EngineStats]:
+    """Every output token per request, the logits of every forward pass and the engine's
+    counters, from an engine split over `tp` processes."""
+    engine = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=tp, **config))
+    logits: list[torch.Tensor] = []
+    forward = engine.runner.run
+
+    def recording_run(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        logits.append(out.float().clone())
+        return out
+
+    engine.runner.run = recording_run
+    try:
+        ids = [engine.add_request(prompt, params) for prompt, params in requests]
+        tokens: dict[int, list[int]] = {i: [] for i in ids}
+        while engine.has_unfinished():
+            for output in engine.step():
+                tokens.setdefault(output.request_id, []).append(output.token_id)
+        return tokens, logits, engine.stats
+    finally:
+        engine.close()
+
+
+def assert_same(single: tuple, split: tuple) -> None:
+    assert len(single[1]) == len(split[1])
+    for a, b in zip(single[1], split[1]):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
+        if a.numel() == 0:  # a prefill chunk that samples nothing
+            continue
+        top2 = a.topk(2, dim=-1).values
+        # The logits move by ~1e-6: a margin of 1e-4 between the best two cannot be crossed.
+        assert (top2[:, 0] - top2[:, 1]).min() > 1e-4, "a near tie: the tokens could differ for rounding alone"
+    assert single[0] == split[0]
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_greedy_tokens_and_logits_equal_the_single_process_engine(model_dir, tp):
+    requests = [(prompt, GREEDY) for prompt in PROMPTS]
+    assert_same(run(model_dir, 1, requests), run(model_dir, tp, requests))
+
+
+def test_chunked_prefill_prefix_caching_and_preemption_under_tensor_parallelism(model_dir):
+    # A 16-token prefill budget chunks the 30-token prompt; the repeated prompt hits the prefix
+    # cache; 16 blocks of 4 tokens cannot hold the four sequences at full length (40 blocks).
+    config = dict(max_num_batched_tokens=16, block_size=4, num_kv_blocks=16, max_model_len=64)
+    requests = [(PROMPTS[0] * 2, GREEDY), (PROMPTS[1][:30], GREEDY), (PROMPTS[0] * 2, GREEDY), (PROMPTS[2], GREEDY)]
+    single, split = run(model_dir, 1, requests, **config), run(model_dir, 2, requests, **config)
+    assert_same(single, split)
+    stats = split[2]
+    assert stats.preemptions > 0 and stats.prefill_steps > 4
+    assert stats.prefill_tokens < sum(len(prompt) for prompt, _ in requests) + stats.preemptions * 64  # cache hits
+
+
+def test_beams_and_samples_share_blocks_under_tensor_parallelism(model_dir):
+    # Forks copy their parent's partial block on write, on every rank.
+    requests = [(PROMPTS[1], SamplingParams(beam_width=3, max_tokens=8, ignore_eos=True)),
+                (PROMPTS[0], SamplingParams(n=3, temperature=0, max_tokens=8, ignore_eos=True))]
+    single, split = run(model_dir, 1, requests, block_size=4), run(model_dir, 2, requests, block_size=4)
+    assert single[0] == split[0]
+    for a, b in zip(single[1], split[1]):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
+
+
+def test_a_killed_worker_is_reported_and_no_process_is_left(model_dir):
+    engine = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=2))
+    worker = engine.runner.group.workers[0]
+    engine.add_request(PROMPTS[1], SamplingParams(temperature=0, max_tokens=200, ignore_eos=True))
+    engine.step()
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(TensorParallelError, match="rank 1 exited with code -9"):
+        for _ in range(100):
+            engine.step()
+    assert not worker.is_alive() and not dist.is_initialized()
+    with pytest.raises(TensorParallelError, match="stopped"):
+        engine.step()
+    # The process can start another split engine afterwards.
+    tokens, _, _ = run(model_dir, 2, [(PROMPTS[0], GREEDY)])
+    assert len(tokens[0]) == GREEDY.max_tokens
+
+
+def test_close_stops_the_workers(model_dir):
+    engine = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=2))
+    workers = list(engine.runner.group.workers)
+    engine.close()
+    engine.close()  # twice is fine
+    assert all(not w.is_alive() and w.exitcode == 0 for w in workers) and not dist.is_initialized()
+
+
+def test_settings_a_split_cannot_take_are_refused_with_a_clear_error(model_dir):
+    from transformers import LlamaConfig
+
+    from minillama.config import ModelConfig
+
+    shape = ModelConfig.from_dict(LlamaConfig(**SHAPE).to_dict())
+    with pytest.raises(ConfigError, match=r"must divide the model's num_attention_heads \(8\)"):
+        check_splits(shape, 3, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        check_splits(shape, 2, torch.device("cuda"))
+    with pytest.raises(ConfigError, match=r"must divide the model's num_key_value_heads \(4\)"):
+        LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=8))
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ConfigError, match="tensor_parallel_size"):
+            LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=bad))
+    with pytest.raises(ConfigError, match="loads a model directory"):
+        LLMEngine.from_config(shape, EngineConfig(tensor_parallel_size=2))
+    assert not dist.is_initialized()
+
+
+def test_observers_and_shared_weights_need_the_whole_model(model_dir):
+    from minillama import Observer
+
+    engine = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=2))
+    try:
+        with pytest.raises(ConfigError, match="observers .* need the whole model"):
+            engine.add_observer(Observer())
+        with pytest.raises(ConfigError, match="sharing the weights .* need the whole model"):
+            LLMEngine.sharing_weights(engine, EngineConfig())
+        assert engine.observers == []
+    finally:
+        engine.close()
+
+
+def test_the_command_line_runs_split_and_refuses_a_bad_size_in_one_line(model_dir):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    base = [sys.executable, "-m", "minillama", "--model", str(model_dir), "--max-tokens", "5"]
+    ok = subprocess.run([*base, "--tensor-parallel-size", "2", "--prompt", "hello"],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "[5 tokens, length]" in ok.stdout
+    bad = subprocess.run([*base, "--tensor-parallel-size", "3", "--prompt", "hello"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "num_attention_heads" in bad.stderr
+
+
+DRIVER = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the caller's shell ignores
+from minillama import EngineConfig, LLMEngine, SamplingParams
+engine = LLMEngine.from_pretrained(sys.argv[1], EngineConfig(tensor_parallel_size=2))
+print(*(w.pid for w in engine.runner.group.workers), flush=True)
+while True:
+    if not engine.has_unfinished():
+        engine.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    engine.step()
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_ctrl_c_or_a_killed_driver_leaves_no_worker_behind(model_dir, how):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(model_dir)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        workers = [int(pid) for pid in driver.stdout.readline().split()]
+        assert workers, driver.stderr.read()
+        time.sleep(1.0)  # stepping
+        driver.send_signal(how)
+        driver.wait(timeout=60)
+        deadline = time.monotonic() + 30  # a worker sees its peer's socket close, then exits
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        driver.kill()
+        driver.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, exited but not reaped by its dead parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
