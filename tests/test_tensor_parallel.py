@@ -21,7 +21,7 @@ from tiny_model import write_byte_tokenizer
 
 from minillama import EngineConfig, LLMEngine, SamplingParams
 from minillama.engine.outputs import EngineStats
-from minillama.errors import ConfigError
+from minillama.errors import ConfigError, ModelLoadError
 from minillama.parallel.shard import check_splits
 from minillama.parallel.workers import TensorParallelError
 
@@ -223,3 +223,37 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_checkpoint_no_rank_can_read_fails_cleanly(model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # cut in half
+    with pytest.raises(ModelLoadError, match="cannot read weights"):
+        LLMEngine.from_pretrained(broken, EngineConfig(tensor_parallel_size=2))
+    assert not dist.is_initialized()
+    assert not any("spawn_main" in _cmdline(pid) for pid in _children())
+
+
+def _children() -> list[int]:
+    """This process's child processes (the workers it spawned and did not reap)."""
+    me = str(os.getpid())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

@@ -61,9 +61,10 @@ class TensorParallelGroup:
     def __init__(self, workers: list[BaseProcess]):
         self.workers = workers
         self.closed = False
-        # Inside a collective: a step interrupted there (Ctrl-C, an error) leaves the workers
-        # waiting in one, so a STOP message would never match; they are terminated instead.
-        self.busy = False
+        # Out of step with the workers: they are still loading (until rank 0's runner has told
+        # them its cache size), or a step stopped inside a collective (Ctrl-C, an error) and
+        # they wait in one; a STOP message would then never match, so they are terminated.
+        self.busy = True
 
     @classmethod
     def start(cls, path: Path, config: EngineConfig, max_model_len: int) -> TensorParallelGroup:
@@ -134,6 +135,7 @@ class ParallelRunner(ModelRunner):
         self.group = group
         # Every rank sizes its cache as rank 0 did: the same number of blocks, so the block
         # tables the scheduler hands out mean the same blocks everywhere.
+        group.busy = False  # the workers now wait for it, then for commands
         self._collective(dist.broadcast, torch.tensor([self.num_blocks], dtype=torch.int64), src=0)
         weakref.finalize(self, group.close)
 
