@@ -156,18 +156,37 @@ def test_settings_a_split_cannot_take_are_refused_with_a_clear_error(model_dir):
     assert not dist.is_initialized()
 
 
-def test_observers_and_shared_weights_need_the_whole_model(model_dir):
+def test_observers_shared_weights_and_the_whole_cache_need_the_whole_model(model_dir):
     from minillama import Observer
 
     engine = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=2))
     try:
-        with pytest.raises(ConfigError, match="observers .* need the whole model"):
+        with pytest.raises(ConfigError, match="observers .*: only with the whole model"):
             engine.add_observer(Observer())
-        with pytest.raises(ConfigError, match="sharing the weights .* need the whole model"):
+        with pytest.raises(ConfigError, match="sharing the weights .*: only with the whole model"):
             LLMEngine.sharing_weights(engine, EngineConfig())
+        with pytest.raises(ConfigError, match="kv_cache .*: only with the whole model"):
+            _ = engine.kv_cache
         assert engine.observers == []
     finally:
         engine.close()
+
+
+def test_the_readout_runs_on_every_rank(model_dir):
+    # The logit lens's readout (final norm, LM head): each rank computes its vocabulary slice.
+    hidden = torch.randn(5, SHAPE["hidden_size"], generator=torch.Generator().manual_seed(0))
+    whole = LLMEngine.from_pretrained(model_dir, EngineConfig())
+    split = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=2))
+    try:
+        expected = whole.readout(hidden)
+        torch.testing.assert_close(split.readout(hidden), expected, atol=2e-5, rtol=1e-5)
+        tokens: list[int] = []  # and the engine still steps in step with its workers
+        split.add_request(PROMPTS[0], GREEDY)
+        while split.has_unfinished():
+            tokens += [o.token_id for o in split.step()]
+        assert len(tokens) == GREEDY.max_tokens and expected.shape == (5, SHAPE["vocab_size"])
+    finally:
+        split.close()
 
 
 def test_the_command_line_runs_split_and_refuses_a_bad_size_in_one_line(model_dir):

@@ -485,7 +485,7 @@ class LLMEngine(BeamSearchSteps):
 
     def _check_whole_model(self, what: str) -> None:
         if isinstance(self.runner, ParallelRunner):
-            raise ConfigError(f"{what} need the whole model in one process: --tensor-parallel-size 1")
+            raise ConfigError(f"{what}: only with the whole model in one process (--tensor-parallel-size 1)")
 
     def remove_observer(self, observer: Observer) -> None:
         self.observers.remove(observer)
@@ -525,16 +525,17 @@ class LLMEngine(BeamSearchSteps):
         """The engine's paged KV cache, [num_layers, 2 (K, V), num_blocks + 1, block_size, Hkv, D]:
         token p of a sequence is at [layer, :, block_table[p // block_size], p % block_size]. The
         engine's own tensor, not a copy: read it, never write it (the last block is the scratch
-        block a CUDA graph's padding rows write to)."""
+        block a CUDA graph's padding rows write to). Not with tensor parallelism, where each
+        process holds its own KV heads."""
+        self._check_whole_model("engine.kv_cache (one tensor of every KV head)")
         return self.runner.kv_cache
 
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the model reads out of a residual stream: final RMSNorm, then the LM head.
         hidden [N, hidden_size] -> logits [N, vocab] fp32. (The logit lens reads every layer's
-        stream this way, as if that layer were the last.)"""
-        model = self.runner.model
-        with torch.inference_mode():
-            return model.compute_logits(model.model.norm(hidden))
+        stream this way, as if that layer were the last.) With tensor parallelism every rank
+        computes its slice of the vocabulary."""
+        return self.runner.readout(hidden)
 
     def request(self, seq_id: int) -> RequestInfo:
         """A copy of a request's state, as it is now; KeyError once the request is forgotten."""

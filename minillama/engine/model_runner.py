@@ -194,6 +194,11 @@ class ModelRunner:
         flat = np.fromiter(itertools.chain.from_iterable(copies), dtype=np.int64, count=3 * len(copies))
         self.copy_kv_table(torch.from_numpy(flat).view(-1, 3))  # [C, 3]; torch.tensor(copies) is 4x slower
 
+    @torch.inference_mode()
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final RMSNorm, then the LM head: hidden [M, hidden_size] -> logits [M, vocab] fp32."""
+        return self.model.compute_logits(self.model.model.norm(hidden))
+
     def copy_kv_table(self, table: torch.Tensor) -> None:
         """copy_kv_slots with the copies as a [C, 3] int64 CPU tensor (src, dst, num_slots)."""
         _copy_kv_slots(self.kv_cache, to_device(table, self.device))

@@ -24,6 +24,7 @@ class Command(IntEnum):
     RUN = 1  # a forward pass: its ModelInputs; flag = float32 logits
     COPY_KV = 2  # copies on write: one [C, 3] int64 tensor
     STOP = 3  # the engine is closing: leave the loop
+    READOUT = 4  # final norm and LM head of some residual-stream rows: one [M, hidden] tensor
 
 
 DTYPES = (torch.int64, torch.int32, torch.float32, torch.bfloat16, torch.float16)

@@ -148,6 +148,10 @@ class ParallelRunner(ModelRunner):
         self._collective(wire.send, wire.Command.COPY_KV, [table])
         super().copy_kv_table(table)
 
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        self._collective(wire.send, wire.Command.READOUT, [hidden])
+        return self._collective(super().readout, hidden)
+
     def close(self) -> None:
         self.group.close()
 
@@ -203,6 +207,8 @@ def _serve(runner: ModelRunner) -> None:
                 runner.run(wire.tensors_to_inputs(tensors), float32=bool(flag))  # rank 0 samples
             elif command is wire.Command.COPY_KV:
                 runner.copy_kv_table(tensors[0])
+            elif command is wire.Command.READOUT:
+                runner.readout(tensors[0])
 
 
 def _free_port() -> int:
