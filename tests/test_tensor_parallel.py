@@ -156,18 +156,13 @@ def test_settings_a_split_cannot_take_are_refused_with_a_clear_error(model_dir):
     assert not dist.is_initialized()
 
 
-def test_observers_shared_weights_and_the_whole_cache_need_the_whole_model(model_dir):
-    from minillama import Observer
-
+def test_shared_weights_and_the_whole_cache_need_the_whole_model(model_dir):
     engine = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=2))
     try:
-        with pytest.raises(ConfigError, match="observers .*: only with the whole model"):
-            engine.add_observer(Observer())
         with pytest.raises(ConfigError, match="sharing the weights .*: only with the whole model"):
             LLMEngine.sharing_weights(engine, EngineConfig())
         with pytest.raises(ConfigError, match="kv_cache .*: only with the whole model"):
             _ = engine.kv_cache
-        assert engine.observers == []
     finally:
         engine.close()
 
@@ -276,3 +271,87 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def record(model_dir: Path, tp: int):
+    """A debugger session's trace of three greedy requests (the third hits the first's cached
+    prefix), attention traced for the first and third, the logit lens on."""
+    from inspector import CapturePolicy, DebugSession
+
+    engine = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=tp, block_size=4))
+    try:
+        session = DebugSession(engine, CapturePolicy(attention_requests=(0, 2), logit_lens=True))
+        session.add(PROMPTS[1][:21], GREEDY)
+        session.step()  # the first prompt's blocks are cached before the others arrive
+        session.add(PROMPTS[0], GREEDY)
+        session.add(PROMPTS[1][:21] + [9, 9], GREEDY)
+        assert session.run().finished
+        return session.trace
+    finally:
+        engine.close()
+
+
+def test_the_recorder_sees_the_whole_model_under_tensor_parallelism(model_dir):
+    """Every head's queries and keys (gathered from the ranks that hold them, the prefix-cache
+    hit's keys read on every rank), the logit lens (read out on every rank) and the logits
+    summaries equal the single process's."""
+    single, split = record(model_dir, 1), record(model_dir, 2)
+    assert sorted(single.attention) == sorted(split.attention) == [0, 2]
+    assert -1 in single.attention[2].q_step.tolist()  # keys it read from the prefix cache
+    for seq_id, store in single.attention.items():
+        other = split.attention[seq_id]
+        assert (store.layers, store.q_step.tolist()) == (other.layers, other.q_step.tolist())
+        torch.testing.assert_close(other.q, store.q, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(other.k, store.k, atol=2e-5, rtol=1e-5)
+    assert len(single.steps) == len(split.steps)
+    for a, b in zip(single.steps, split.steps):
+        assert [(t.seq_id, t.token_id) for t in a.tokens] == [(t.seq_id, t.token_id) for t in b.tokens]
+        for ta, tb in zip(a.tokens, b.tokens):
+            assert ta.logits.top_ids == tb.logits.top_ids
+            assert ta.logits.top_probs == pytest.approx(tb.logits.top_probs, abs=1e-5)
+            assert (ta.lens is None) == (tb.lens is None)
+            if ta.lens is not None:
+                assert ta.lens.top_ids == tb.lens.top_ids
+    assert any(t.lens is not None for step in split.steps for t in step.tokens)
+    assert split.attention[0].q.shape[2] == SHAPE["num_attention_heads"]  # every rank's heads
+    assert split.model.weights_fingerprint is None and single.model.weights_fingerprint is not None
+
+
+def test_a_trace_recorded_split_opens_and_says_which_rank_computed_each_head(model_dir, tmp_path):
+    from inspector import load, save
+    from inspector.trace import format_step
+    from inspector.views import attention_figure, step_details_html
+    from webui.render import head_label
+
+    save(record(model_dir, 2), tmp_path / "split.mltrace")
+    trace = load(tmp_path / "split.mltrace")
+    assert trace.model.tensor_parallel_size == 2
+    assert [head_label(trace, h) for h in (0, 3, 4, 7)] == ["head 0 (rank 0)", "head 3 (rank 0)",
+                                                            "head 4 (rank 1)", "head 7 (rank 1)"]
+    step = len(trace.steps) - 1
+    assert trace.steps[step].timings.collective_ms > 0
+    assert "all-reduce etc. (2 ranks)" in step_details_html(trace, step)
+    assert "joining the ranks" in format_step(trace, step)
+    attention_figure(trace, step)  # the attention view draws from the gathered heads
+
+
+def test_a_trace_whose_split_does_not_divide_its_heads_is_refused(model_dir, tmp_path):
+    import json
+    import zipfile
+
+    from inspector import load, save
+    from inspector.trace import TraceError
+
+    path = tmp_path / "split.mltrace"
+    save(record(model_dir, 1), path)
+    with zipfile.ZipFile(path) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    document = json.loads(files["trace.json"])
+    assert document["trace"]["model"]["tensor_parallel_size"] == 1
+    document["trace"]["model"]["tensor_parallel_size"] = 3  # the model has 4 KV heads
+    files["trace.json"] = json.dumps(document).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(TraceError, match="tensor_parallel_size 3 does not divide its 4 kv heads"):
+        load(path)

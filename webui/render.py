@@ -63,6 +63,13 @@ def figures_html(figures: dict[str, go.Figure]) -> str:
     return f"<div class='ml-figure-data' data-figures=\"{html.escape('{' + payload + '}')}\"></div>"
 
 
+def head_label(trace: Trace, head: int) -> str:
+    """A head picker entry; with tensor parallelism it names the rank that computed the head."""
+    if trace.model.tensor_parallel_size == 1:
+        return f"head {head}"
+    return f"head {head} (rank {trace.model.rank_of_head(head)})"
+
+
 def sequence_choices(trace: Trace) -> list[tuple[str, str]]:
     """The sequence picker's (label, value) of every sequence: each fork listed under its
     parent, marked ↳ and labelled with where it branched off (views.lineage_order, fork_labels)."""
@@ -99,7 +106,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
     sequences = [("auto (follows the step)", AUTO)]
     sequences += sequence_choices(trace)
     picked = AUTO if session.selection.seq_id not in trace.sequences else str(session.selection.seq_id)
-    heads = [("all heads", "all")] + [(f"head {h}", str(h)) for h in range(trace.model.num_heads)]
+    heads = [("all heads", "all")] + [(head_label(trace, h), str(h)) for h in range(trace.model.num_heads)]
     figures = {
         "timeline": views.timeline_figure(trace, index),
         "kv": views.kv_cache_figure(trace, index, selection),

@@ -12,9 +12,9 @@ Where the rows come from, in a step that runs a traced sequence:
   of every layer's queries, which the forward copied out; its new key is read back from the
   paged cache, where the step wrote it.
 - keys it did not compute in this run (a prefix-cache hit): read from the engine's paged cache
-  (engine.kv_cache, [L_all, 2, NB + 1, block_size, Hkv, D]) through its block table. Their
-  queries were never computed for this sequence, so those positions have keys but no query
-  (q_step -1).
+  through its block table (engine.read_keys, after the forward: with tensor parallelism every
+  rank reads its KV heads). Their queries were never computed for this sequence, so those
+  positions have keys but no query (q_step -1).
 A sequence preempted and recomputed overwrites its rows with the recomputed ones (equal up to
 float rounding); q_step then names the recomputing step.
 """
@@ -114,35 +114,36 @@ class AttentionCapture:
                 self.rows = list(zip(cu, cu[1:]))
             else:
                 self.rows = [(i, i + 1) for i in range(q.shape[0])]
-        k_cache = self.engine.kv_cache[layer, 0]  # [NB + 1, bs, Hkv, D]
         for w in self.writes:
             buffers = self.buffers[w.seq_id]
             first, last = self.rows[w.batch_index]
             buffers.q[slot, w.start : w.end] = q[first:last]
             buffers.k[slot, w.start : w.end] = k[first:last]
-            if w.cache_blocks.numel():
-                buffers.k[slot, w.start - w.cache_blocks.numel() : w.start] = k_cache[w.cache_blocks, w.cache_offsets]
 
     def write_queries(self, queries: torch.Tensor) -> None:
         """on_queries (decode): queries [L_all, B, H, D], every layer's post-RoPE queries of
         the batch. Keys come from the paged cache [L_all, 2, NB + 1, bs, Hkv, D]: the new
         token's, which the step wrote, and any before it not recorded yet (prefix-cache hits)."""
-        kv = self.engine.kv_cache
         layers = torch.tensor(self.layers, device=queries.device)  # [L]
         for w in self.writes:
             buffers = self.buffers[w.seq_id]
             buffers.q[:, w.start : w.end] = queries[layers, w.batch_index].unsqueeze(1)  # [L, 1, H, D]
             blocks = torch.cat([w.cache_blocks, w.new_blocks])  # [n]
             offsets = torch.cat([w.cache_offsets, w.new_offsets])
-            # One gather over (layer, position) pairs: [L, n, Hkv, D]; indexing kv[layers] first
-            # would copy every layer's whole cache.
-            buffers.k[:, w.end - blocks.numel() : w.end] = kv[layers[:, None], 0, blocks[None, :], offsets[None, :]]
+            buffers.k[:, w.end - blocks.numel() : w.end] = self.engine.read_keys(layers, blocks, offsets)  # [L, n, Hkv, D]
 
     def end_step(self, index: int) -> list[int]:
-        """Mark the step's positions recorded and refresh the trace's views.
-        -> the sequences written."""
+        """Read the keys of positions this run never computed (prefix-cache hits of a prefill:
+        after the forward, from the cache, every captured layer at once), mark the step's
+        positions recorded and refresh the trace's views. -> the sequences written."""
+        layers = None
         for w in self.writes:
             buffers = self.buffers[w.seq_id]
+            if w.new_blocks is None and w.cache_blocks.numel():  # a prefill (write_queries read a decode's)
+                if layers is None:
+                    layers = torch.tensor(self.layers, device=self.engine.device)  # [L]
+                keys = self.engine.read_keys(layers, w.cache_blocks, w.cache_offsets)  # [L, n, Hkv, D]
+                buffers.k[:, w.start - w.cache_blocks.numel() : w.start] = keys
             buffers.q_step[w.start : w.end] = index
             buffers.length = max(buffers.length, w.end)
             n = buffers.length

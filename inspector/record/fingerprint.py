@@ -37,8 +37,12 @@ SAMPLES_PER_TENSOR = 4096
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
-def weights_fingerprint(engine: LLMEngine) -> str:
-    """The fingerprint of the engine's model (see the top), computed on first use."""
+def weights_fingerprint(engine: LLMEngine) -> str | None:
+    """The fingerprint of the engine's model (see the top), computed on first use; None with
+    tensor parallelism, where this process holds only its slices of each weight (such a trace
+    replays only with force, as one from before fingerprints does)."""
+    if engine.config.tensor_parallel_size > 1:
+        return None
     model = engine.runner.model
     if model not in _CACHE:
         _CACHE[model] = _fingerprint(model)

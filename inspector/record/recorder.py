@@ -375,6 +375,7 @@ class Recorder(Observer):
             start_ms=(step.started - self._t0) * 1e3 - t.schedule_ms,
             schedule_ms=t.schedule_ms, prepare_ms=t.prepare_ms, forward_ms=t.forward_ms, sample_ms=t.sample_ms,
             wall_ms=(step.ended - step.started) * 1e3 + t.schedule_ms, record_ms=step.record_s * 1e3,
+            collective_ms=t.collective_ms,
         )
         trace.steps.append(
             StepRecord(step.index, result.step, step.schedule, tokens, step.kv, timings, step.attention_seqs,
@@ -398,7 +399,8 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
     name = engine.model_dir.name if engine.model_dir is not None else "random weights"
     dtype = str(engine.dtype).removeprefix("torch.")
     return ModelInfo(name, m.num_hidden_layers, m.num_attention_heads, m.num_key_value_heads, m.head_dim, m.vocab_size,
-                     dtype, m.hidden_size, m.intermediate_size, weights_fingerprint(engine))
+                     dtype, m.hidden_size, m.intermediate_size, weights_fingerprint(engine),
+                     engine.config.tensor_parallel_size)
 
 
 def _engine_info(engine: LLMEngine) -> EngineInfo:

@@ -154,6 +154,7 @@ def _timings(step: StepRecord) -> str:
     return (
         f"timings (ms): schedule {t.schedule_ms:.2f} | prepare {t.prepare_ms:.2f} | forward {t.forward_ms:.2f} | "
         f"sample {t.sample_ms:.2f} | wall {t.wall_ms:.2f} (recorder {t.record_ms:.2f})"
+        + (f" | joining the ranks {t.collective_ms:.2f}" if t.collective_ms else "")
     )
 
 

@@ -54,7 +54,10 @@ from inspector.trace.bounds import (
 # 5: why (minillama/engine/causes.py): each step's wait, preemption, chunk, prefix-cache and
 #    eviction causes. Each list defaults to empty, so a file of schema 2 to 4 reads as a run that
 #    said nothing of why.
-SCHEMA_VERSION = 5
+# 6: tensor parallelism: the model's tensor_parallel_size (which rank computed each head) and
+#    each step's collective_ms (the time rank 0 spent joining the ranks). Defaults 1 and 0, so a
+#    file of schema 2 to 5 reads as a run in one process.
+SCHEMA_VERSION = 6
 OLDEST_READABLE_VERSION = 2
 
 # The enumerations. A loaded trace holds one of these values in each such field, or is refused.
@@ -98,6 +101,13 @@ class ModelInfo:
     hidden_size: Positive | None = None
     intermediate_size: Positive | None = None
     weights_fingerprint: str | None = None
+    # Schema 6: the processes the run's layers were split over; rank r computed heads
+    # [r * H / N, (r + 1) * H / N) (rank_of_head).
+    tensor_parallel_size: Annotated[int, Range(1, MAX_HEADS)] = 1
+
+    def rank_of_head(self, head: int) -> int:
+        """The tensor-parallel rank that computed query head `head` (0 in one process)."""
+        return head // max(1, self.num_heads // self.tensor_parallel_size)
 
     @property
     def softmax_scale(self) -> float:
@@ -396,6 +406,9 @@ class Timings:
     sample_ms: Millis  # includes on_logits hooks
     wall_ms: Millis  # the whole step, every observer included
     record_ms: Millis  # of which this recorder's hooks (completing the step before included)
+    # Schema 6, tensor parallelism: of forward_ms and sample_ms, rank 0's time in the collectives
+    # and messages that join the ranks (0 in one process).
+    collective_ms: Millis = 0.0
 
 
 @dataclass

@@ -40,6 +40,9 @@ def validate_trace(trace: Trace) -> None:
     m = trace.model
     if m.num_heads % m.num_kv_heads:
         raise TraceError(f"model: {m.num_heads} query heads is not a multiple of {m.num_kv_heads} kv heads")
+    if m.num_kv_heads % m.tensor_parallel_size:  # then it divides the query heads too
+        raise TraceError(f"model: tensor_parallel_size {m.tensor_parallel_size} does not divide its "
+                         f"{m.num_kv_heads} kv heads")
     if m.weights_fingerprint is not None and not re.fullmatch("[0-9a-f]{16}", m.weights_fingerprint):
         raise TraceError("model: weights_fingerprint must be 16 hexadecimal digits (0-9, a-f)")
     cells = len(trace.sequences) * len(trace.steps)

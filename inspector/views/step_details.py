@@ -34,7 +34,7 @@ def step_details_html(trace: Trace, index: int) -> str:
         f'<div class="mlv-caption"><b>{step_of(index, len(trace.steps))}</b> (engine step {step.engine_step}) · '
         f"<b>{escape(s.phase)}</b> · {len(s.scheduled)} sequence(s), {num_tokens} token(s) in the batch</div>"
     )
-    sections = [head, _batch(trace, step), _queues(step), _why(step), _kv(trace, step), _capture(step), _timings(step),
+    sections = [head, _batch(trace, step), _queues(step), _why(step), _kv(trace, step), _capture(step), _timings(trace, step),
                 _events(trace, index)]
     return panel("".join(sections), "mlv-details")
 
@@ -121,10 +121,12 @@ def _capture(step: StepRecord) -> str:
     return f"<h4>Capture</h4><div>{'; '.join(parts)}</div>"
 
 
-def _timings(step: StepRecord) -> str:
+def _timings(trace: Trace, step: StepRecord) -> str:
     t = step.timings
     parts = [("schedule", t.schedule_ms), ("prepare", t.prepare_ms), ("forward", t.forward_ms),
              ("sample", t.sample_ms), ("wall", t.wall_ms), ("recorder", t.record_ms)]
+    if trace.model.tensor_parallel_size > 1:  # of which joining the ranks: all-reduces, gathers, messages
+        parts.append((f"all-reduce etc. ({trace.model.tensor_parallel_size} ranks)", t.collective_ms))
     head = "".join(f"<th>{name}</th>" for name, _ in parts)
     cells = "".join(f"<td>{ms:.2f}</td>" for _, ms in parts)
     return f"<h4>Timings (ms)</h4><table><tr>{head}</tr><tr>{cells}</tr></table>"

@@ -53,7 +53,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                  "off on a CPU, and every engine steps in order while an observer watches (default: %(default)s)",
                  choices=list(ASYNC_SCHEDULING))
     _engine_flag(g, "tensor_parallel_size", "split the model's layers across this many processes (CPU, gloo); "
-                 "the recorder and the web UI need 1 (default: %(default)s)", type=int)
+                 "the web UI's live sessions need 1 (default: %(default)s)", type=int)
     # Three switches, each the opposite of its field's default: present, they flip it.
     _engine_flag(g, "enable_prefix_caching", "turn prefix caching off", action="store_false")
     _engine_flag(g, "enforce_eager", "no CUDA graphs", action="store_true")

@@ -473,7 +473,6 @@ class LLMEngine(BeamSearchSteps):
 
     def add_observer(self, observer: Observer) -> None:
         """Watch every step from the next one; the engine then steps in order (in_flight.py)."""
-        self._check_whole_model("observers (the recorder, the debugger, the web UI)")
         self._settle()
         self.observers.append(observer)
 
@@ -529,6 +528,12 @@ class LLMEngine(BeamSearchSteps):
         process holds its own KV heads."""
         self._check_whole_model("engine.kv_cache (one tensor of every KV head)")
         return self.runner.kv_cache
+
+    def read_keys(self, layers: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Keys of the paged cache, every KV head: layers [L] and [n] (block, offset) pairs (long
+        tensors on the engine's device) -> [L, n, Hkv, D], post-RoPE, as attention reads them.
+        With tensor parallelism each rank reads its own heads and rank 0 gathers them."""
+        return self.runner.read_keys(layers, blocks, offsets)
 
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the model reads out of a residual stream: final RMSNorm, then the LM head.
@@ -654,6 +659,8 @@ class LLMEngine(BeamSearchSteps):
     def _step_in_order(self) -> list[RequestOutput]:
         """One step synchronously: plan, run, read the tokens, tell the observers."""
         t0 = time.perf_counter()
+        clock = self.runner.model.shard.clock
+        collective_before = clock.seconds
         self.block_manager.step = self.step_count  # the step evictions are recorded at
         batch = self.scheduler.schedule()
         t1 = time.perf_counter()
@@ -717,7 +724,8 @@ class LLMEngine(BeamSearchSteps):
             output_rows = [split[0][row] for row in (rows if rows is not None else range(len(outputs)))]
             self._finish_searches(self._launch_searches(logits, seqs, split[1]), outputs, output_rows)
             rows = tuple(output_rows)
-        timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms)
+        timings = StepTimings(schedule_ms, prepare_ms, forward_ms, sample_ms, observe_ms,
+                              (clock.seconds - collective_before) * 1e3)
         result = StepResult(
             self.step_count, batch, tuple(outputs), timings, self.block_manager.num_free_blocks,
             tuple(o.request_id for o in outputs if o.finished), rows,

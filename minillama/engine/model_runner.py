@@ -119,7 +119,8 @@ class ModelRunner:
         if self.query_buffer is not None:
             return
         m = self.config
-        self.query_buffer = torch.zeros(m.num_hidden_layers, self.max_num_seqs, m.num_attention_heads, m.head_dim,
+        heads = m.num_attention_heads // self.model.shard.world  # this process's
+        self.query_buffer = torch.zeros(m.num_hidden_layers, self.max_num_seqs, heads, m.head_dim,
                                         dtype=self.dtype, device=self.device)
         self.model.kv_cache_owner = None  # bind again, with the buffer
         self.bind_kv_cache()
@@ -193,6 +194,12 @@ class ModelRunner:
         on a large cache), elsewhere one gather and one scatter (ops/reference/copy_kv_slots.py)."""
         flat = np.fromiter(itertools.chain.from_iterable(copies), dtype=np.int64, count=3 * len(copies))
         self.copy_kv_table(torch.from_numpy(flat).view(-1, 3))  # [C, 3]; torch.tensor(copies) is 4x slower
+
+    def read_keys(self, layers: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Post-RoPE keys out of the paged cache: layers [L], and [n] (block, offset) pairs ->
+        [L, n, Hkv, D] (this process's KV heads), in one gather over (layer, position) pairs
+        (indexing the cache by layers first would copy every layer's whole cache)."""
+        return self.kv_cache[layers[:, None], 0, blocks[None, :], offsets[None, :]]
 
     @torch.inference_mode()
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:

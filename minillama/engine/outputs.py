@@ -76,6 +76,9 @@ class StepTimings:
     forward_ms: float = 0.0  # with observers attached, on_attention hooks are inside it
     sample_ms: float = 0.0
     observe_ms: float = 0.0  # on_schedule and on_logits hooks (0 with no observer)
+    # Tensor parallelism: of forward_ms and observe_ms, the time rank 0 spent in the all-reduces,
+    # all-gathers and messages that join the ranks (0 in one process).
+    collective_ms: float = 0.0
 
 
 @dataclass

@@ -183,5 +183,5 @@ class LlamaForCausalLM(nn.Module):
         """hidden: [B, hidden] (the rows that sample) -> logits [B, vocab] in fp32, or in the
         model's dtype when not `float32` (the sampler widens only the rows it draws from: a
         greedy row's argmax is the same either way, the widening being exact)."""
-        logits = self.shard.all_gather_columns(self.lm_head(hidden))  # [B, vocab]: every rank's slice
+        logits = self.shard.all_gather(self.lm_head(hidden), dim=-1)  # [B, vocab]: every rank's slice
         return logits.float() if float32 else logits

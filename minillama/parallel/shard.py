@@ -21,7 +21,8 @@ and every collective is then skipped: the single-process engine runs exactly as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -30,10 +31,19 @@ from minillama.config import ModelConfig
 from minillama.errors import ConfigError
 
 
+@dataclass
+class CollectiveClock:
+    """Seconds this process has spent in the collectives that join the ranks (gloo's calls
+    block until every rank has sent its part: the time is the wait and the transfer)."""
+
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class Shard:
     rank: int = 0
     world: int = 1
+    clock: CollectiveClock = field(default_factory=CollectiveClock, compare=False)
 
     def part(self, size: int) -> tuple[int, int]:
         """This rank's [start, end) of `size` items split evenly (the engine checked that N divides it)."""
@@ -43,17 +53,23 @@ class Shard:
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the ranks, in place (a row-parallel projection's partial products)."""
         if self.world > 1:
+            started = time.perf_counter()
             dist.all_reduce(x)
+            self.clock.seconds += time.perf_counter() - started
         return x
 
-    def all_gather_columns(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C] on each rank -> [B, N * C]: rank r's columns at [r * C, (r + 1) * C) (the
-        logits of each rank's slice of the vocabulary, side by side)."""
+    def all_gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Every rank's x side by side along `dim`, rank r's part r-th: [.., C, ..] on each rank
+        -> [.., N * C, ..]. The logits of each rank's slice of the vocabulary (dim -1), and the
+        queries and keys of each rank's heads for an observer (the heads' global order is the
+        ranks' order)."""
         if self.world == 1:
             return x
+        started = time.perf_counter()
         parts = [torch.empty_like(x) for _ in range(self.world)]
         dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=-1)
+        self.clock.seconds += time.perf_counter() - started
+        return torch.cat(parts, dim=dim)
 
 
 WHOLE_MODEL = Shard()  # rank 0 of 1: no tensor parallelism

@@ -21,10 +21,17 @@ from minillama.model.attention_metadata import AttentionMetadata
 
 
 class Command(IntEnum):
-    RUN = 1  # a forward pass: its ModelInputs; flag = float32 logits
+    RUN = 1  # a forward pass: its ModelInputs; flag: the bits below
     COPY_KV = 2  # copies on write: one [C, 3] int64 tensor
     STOP = 3  # the engine is closing: leave the loop
     READOUT = 4  # final norm and LM head of some residual-stream rows: one [M, hidden] tensor
+    READ_KEYS = 5  # keys out of the paged cache for an observer: layers [L], blocks [n], offsets [n]
+
+
+# RUN's flag bits.
+FLOAT32 = 1  # the logits in fp32
+GATHER_ATTENTION = 2  # an observer's attention hook runs: gather every layer's q, k, v, output
+GATHER_QUERIES = 4  # an observer reads the decode queries: gather them after the step
 
 
 DTYPES = (torch.int64, torch.int32, torch.float32, torch.bfloat16, torch.float16)

@@ -17,6 +17,7 @@ import multiprocessing
 import signal
 import socket
 import sys
+import time
 import weakref
 from datetime import timedelta
 from multiprocessing.process import BaseProcess
@@ -141,19 +142,39 @@ class ParallelRunner(ModelRunner):
 
     def run(self, inputs: ModelInputs, on_attention: AttentionHook | None = None,
             on_layer: LayerHook | None = None, float32: bool = True) -> torch.Tensor:
-        self._collective(wire.send, wire.Command.RUN, wire.inputs_to_tensors(inputs), int(float32))
-        return self._collective(super().run, inputs, on_attention, on_layer, float32)
+        """The step on every rank. An observer's hooks run here only, on whole tensors: the
+        attention hook's q, k, v and output gathered from every rank's heads, the queries too;
+        the residual stream (on_layer) is whole on every rank already, after its all-reduces."""
+        shard = self.model.shard
+        flag = (wire.FLOAT32 * float32 | wire.GATHER_ATTENTION * (on_attention is not None)
+                | wire.GATHER_QUERIES * (self.query_buffer is not None))
+        self._send(wire.Command.RUN, wire.inputs_to_tensors(inputs), flag)
+        hook = None if on_attention is None else _gathering_hook(shard, on_attention)
+        logits = self._collective(super().run, inputs, hook, on_layer, float32)
+        if self.last_queries is not None:
+            self.last_queries = self._collective(shard.all_gather, self.last_queries, 2)  # [L, B, H, D]
+        return logits
+
+    def read_keys(self, layers: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        self._send(wire.Command.READ_KEYS, [layers, blocks, offsets])
+        return self._collective(self.model.shard.all_gather, super().read_keys(layers, blocks, offsets), 2)
 
     def copy_kv_table(self, table: torch.Tensor) -> None:
-        self._collective(wire.send, wire.Command.COPY_KV, [table])
+        self._send(wire.Command.COPY_KV, [table])
         super().copy_kv_table(table)
 
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:
-        self._collective(wire.send, wire.Command.READOUT, [hidden])
+        self._send(wire.Command.READOUT, [hidden])
         return self._collective(super().readout, hidden)
 
     def close(self) -> None:
         self.group.close()
+
+    def _send(self, command: wire.Command, tensors: list[torch.Tensor | None] = (), flag: int = 0) -> None:
+        """A message to the workers, its time counted with the collectives'."""
+        started = time.perf_counter()
+        self._collective(wire.send, command, tensors, flag)
+        self.model.shard.clock.seconds += time.perf_counter() - started
 
     def _collective(self, call, *args, **kwargs):
         """call(...), turning a failure of the group (a rank gone) into TensorParallelError."""
@@ -169,6 +190,16 @@ class ParallelRunner(ModelRunner):
             raise group.fail(exc) from exc
         group.busy = False  # not reached when the call raised: the ranks are out of step
         return result
+
+
+def _gathering_hook(shard: Shard, hook: AttentionHook | None = None) -> AttentionHook:
+    """An attention hook that gathers q, k, v and the output over the ranks' heads (dim 1),
+    then calls `hook` with them whole (rank 0), or nothing (the workers only take part)."""
+    def gather(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, metadata) -> None:
+        whole = [shard.all_gather(x, 1) for x in (q, k, v, out)]
+        if hook is not None:
+            hook(layer, *whole, metadata)
+    return gather
 
 
 def _worker_main(path: str, config: EngineConfig, rank: int, world: int, port: int, max_model_len: int) -> None:
@@ -204,7 +235,14 @@ def _serve(runner: ModelRunner) -> None:
             if command is wire.Command.STOP:
                 return
             if command is wire.Command.RUN:
-                runner.run(wire.tensors_to_inputs(tensors), float32=bool(flag))  # rank 0 samples
+                if flag & wire.GATHER_QUERIES:
+                    runner.enable_query_capture()  # once, as rank 0 did
+                hook = _gathering_hook(runner.model.shard) if flag & wire.GATHER_ATTENTION else None
+                runner.run(wire.tensors_to_inputs(tensors), hook, float32=bool(flag & wire.FLOAT32))  # rank 0 samples
+                if flag & wire.GATHER_QUERIES and runner.last_queries is not None:
+                    runner.model.shard.all_gather(runner.last_queries, 2)
+            elif command is wire.Command.READ_KEYS:
+                runner.model.shard.all_gather(runner.read_keys(*tensors), 2)
             elif command is wire.Command.COPY_KV:
                 runner.copy_kv_table(tensors[0])
             elif command is wire.Command.READOUT:
