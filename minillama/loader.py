@@ -32,6 +32,7 @@ from minillama.model.llama import LlamaForCausalLM
 from minillama.model.rotary import RotaryEmbedding
 from minillama.ops.table import Ops
 from minillama.parallel.shard import WHOLE_MODEL, Shard
+from minillama.parallel.weights import rank_slice
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,12 +91,14 @@ def safetensors_files(path: Path) -> list[Path]:
     raise ModelLoadError(f"{path} has no *.safetensors weight files")
 
 
-def read_safetensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+def read_safetensors(files: Iterable[Path], shard: Shard = WHOLE_MODEL) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of the files; for a tensor-parallel rank, only its slice of
+    each, read from the file without the rest (minillama/parallel/weights.py)."""
     for file in files:
         try:
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    yield name, f.get_tensor(name) if shard.world == 1 else rank_slice(f, name, shard)
         except Exception as exc:  # whatever a damaged file makes the parser raise
             raise ModelLoadError(f"cannot read weights from {file}: {exc}") from exc
 

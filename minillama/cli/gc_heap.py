@@ -11,7 +11,7 @@ Two costs, each measured on a beam search benchmark (docs/perf-notes.md):
   once its engine has started).
 - The young generation. CPython collects it every 700 container objects made (net of those
   freed), and an engine step makes thousands: records, outputs, and with beam search a sequence
-  with a list of hundreds of tokens per fork. Most of a step's objects are freed by reference
+  per fork. Most of a step's objects are freed by reference
   counting within the step; collected every 700, many are still alive, scanned, and scanned
   again in the older generation. Every 10,000, a step's short-lived objects are mostly gone
   first: a beam search run spent 33 ms collecting instead of 61 (of ~440 ms of host time).

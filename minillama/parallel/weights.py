@@ -3,11 +3,7 @@ the rows or columns asked for, so no rank ever holds a whole matrix it does not 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-
 import torch
-from safetensors import safe_open
 
 from minillama.errors import ModelLoadError
 from minillama.parallel.shard import Shard
@@ -32,25 +28,16 @@ def split_dim(name: str) -> int | None:
     return next((dim for suffix, dim in SPLIT_DIM.items() if name.endswith(suffix)), None)
 
 
-def read_safetensors_shard(files: Iterable[Path], shard: Shard) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, this rank's slice) for every tensor of the checkpoint files. Heads split with
-    their rows: q_proj's rows are heads x head_dim, so rows [r * H/N * D, (r + 1) * H/N * D)
-    are exactly heads [r * H/N, (r + 1) * H/N)."""
-    for file in files:
-        try:
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    dim = split_dim(name)
-                    if dim is None:
-                        yield name, f.get_tensor(name)
-                        continue
-                    tensor = f.get_slice(name)
-                    shape = tensor.get_shape()
-                    if len(shape) != 2:
-                        raise ModelLoadError(f"checkpoint tensor {name!r} has shape {tuple(shape)}, not a matrix")
-                    start, end = shard.part(shape[dim])
-                    yield name, tensor[start:end] if dim == 0 else tensor[:, start:end]
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # whatever a damaged file makes the parser raise
-            raise ModelLoadError(f"cannot read weights from {file}: {exc}") from exc
+def rank_slice(f, name: str, shard: Shard) -> torch.Tensor:
+    """Rank `shard.rank`'s slice of tensor `name` in the open safetensors file `f` (a matrix split
+    by SPLIT_DIM; any other tensor whole). Heads split with their rows: q_proj's rows are heads x
+    head_dim, so rows [r * H/N * D, (r + 1) * H/N * D) are exactly heads [r * H/N, (r + 1) * H/N)."""
+    dim = split_dim(name)
+    if dim is None:
+        return f.get_tensor(name)
+    tensor = f.get_slice(name)
+    shape = tensor.get_shape()
+    if len(shape) != 2:
+        raise ModelLoadError(f"checkpoint tensor {name!r} has shape {tuple(shape)}, not a matrix")
+    start, end = shard.part(shape[dim])
+    return tensor[start:end] if dim == 0 else tensor[:, start:end]

@@ -29,12 +29,11 @@ import torch.distributed as dist
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.model_runner import ModelInputs, ModelRunner
 from minillama.errors import MinillamaError
-from minillama.loader import build_model, load_hf_weights, safetensors_files
+from minillama.loader import build_model, load_hf_weights, read_safetensors, safetensors_files
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
 from minillama.ops.select import select_ops
 from minillama.parallel import wire
 from minillama.parallel.shard import Shard
-from minillama.parallel.weights import read_safetensors_shard
 
 # How long a rank waits for the others to join, or for a collective: long enough for a worker
 # to import torch and read its weights; a dead peer is noticed at once anyway (its socket closes).
@@ -52,7 +51,7 @@ def load_rank_model(path: Path, model_config: ModelConfig, config: EngineConfig,
     dtype = config.resolved_dtype(device)
     ops = select_ops(device, dtype, model_config, config.fused_ops, config.attention)
     model = build_model(model_config, max_model_len, ops, device, dtype, shard)
-    load_hf_weights(model, read_safetensors_shard(safetensors_files(path), shard))
+    load_hf_weights(model, read_safetensors(safetensors_files(path), shard))
     return model
 
 
