@@ -9,8 +9,11 @@ drawn from the row's own generator, so a seeded request gets the same tokens in 
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
+from minillama.ops.reference import argmax as reference_argmax
 from minillama.sampling_params import SamplingParams
 from minillama.transfer import to_device
 
@@ -43,19 +46,24 @@ class Sampler:
     def __init__(self, device: torch.device, seed: int):
         self.device = device
         self.shared_generator = torch.Generator(device=device).manual_seed(seed)
+        # The greedy choice: on CUDA a Triton argmax (ops/triton/argmax.py says why), else PyTorch.
+        self.argmax_rows = reference_argmax.argmax_rows
+        if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+            from minillama.ops.triton.argmax import argmax_rows  # imports triton
+
+            self.argmax_rows = argmax_rows
 
     def new_generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def __call__(
-        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """logits: [B, V], fp32 (or 16-bit: the rows drawn at random are widened to fp32, the
         greedy ones need not be); generators[i]: row i's own generator, or None for the shared
-        one. -> token ids [B] (int64)."""
-        # The greedy choice: the first index of each row's maximum. max(dim).indices is the
-        # same as argmax, and faster on a CPU (docs/perf-notes.md, "Figures moved from docstrings").
-        tokens = logits.max(dim=-1).indices
+        one. -> token ids [B] (int64), in `out` when given."""
+        tokens = self.argmax_rows(logits, out)  # the greedy choice: the first index of each row's maximum
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if not random_rows:
             return tokens
@@ -75,6 +83,6 @@ class Sampler:
                 noise[j].exponential_(generator=generators[i])
         drawn = (probs / noise).argmax(dim=-1)
         if all_random:
-            return drawn
+            return drawn if out is None else out.copy_(drawn)
         tokens[rows] = drawn
         return tokens
