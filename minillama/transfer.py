@@ -19,6 +19,14 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor
 
 
+def copy_to_device(destination: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """Copy a CPU tensor into `destination` (contiguous, its shape) on the device, as to_device
+    does: through pinned memory, queued. -> destination."""
+    if destination.device.type == "cuda":
+        return destination.copy_(tensor.pin_memory(), non_blocking=True)
+    return destination.copy_(tensor)
+
+
 def to_host(tensor: torch.Tensor) -> torch.Tensor:
     """A device tensor's copy in pinned host memory, queued behind the kernels that compute it
     (record_event, then synchronize it, before reading the copy); a CPU tensor as it is."""

@@ -671,6 +671,9 @@ class LLMEngine(BeamSearchSteps):
             for observer in self.observers:
                 observer.on_schedule(batch)
             observe_ms += (time.perf_counter() - t1) * 1e3
+        readers = [o for o in self.observers if o.wants_queries]
+        if readers:  # once, before the inputs go into the graphs' buffers, which it makes again
+            self.runner.enable_query_capture()  # the decode graphs then copy the queries out
         t1 = time.perf_counter()
         inputs = self.runner.prepare(batch)
         t2 = time.perf_counter()
@@ -680,9 +683,6 @@ class LLMEngine(BeamSearchSteps):
         if events:
             events.start()
         if self.observers:
-            readers = [o for o in self.observers if o.wants_queries]
-            if readers:
-                self.runner.enable_query_capture()  # once: the decode graphs then copy the queries out
             logits = self.runner.run(inputs, *self._layer_hooks())
             if readers and self.runner.last_queries is not None:
                 for observer in readers:
@@ -743,7 +743,8 @@ class LLMEngine(BeamSearchSteps):
         nobody samples (a prefill step whose prompts all go on in the next chunk)."""
         if not seqs:
             return self._no_tokens
-        return self.sampler(logits, [seq.params for seq in seqs], [self._generators.get(seq.seq_id) for seq in seqs])
+        return self.sampler(logits, [seq.params for seq in seqs], [self._generators.get(seq.seq_id) for seq in seqs],
+                            self.runner.sampled_tokens_buffer(len(seqs)))
 
     def _update(self, seqs: list[Sequence], tokens: list[int]) -> list[RequestOutput]:
         """Append each sampling sequence's new token (in batch order); finish the done ones."""

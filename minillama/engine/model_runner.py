@@ -25,13 +25,16 @@ from minillama.engine.scheduler import SchedulerOutput
 from minillama.errors import ConfigError
 from minillama.model.attention_metadata import AttentionMetadata
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
-from minillama.transfer import to_device
+from minillama.transfer import copy_to_device, to_device
 
-# Copies on write: one Triton launch on a CUDA machine with Triton, PyTorch indexing elsewhere.
+# Copies on write, and a decode graph's inputs out of their packed block: one Triton launch each
+# on a CUDA machine with Triton, PyTorch indexing elsewhere.
 if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
     from minillama.ops.triton.copy_kv_slots import copy_kv_slots as _copy_kv_slots
+    from minillama.ops.triton.unpack_decode import unpack_decode as _unpack_decode
 else:
     from minillama.ops.reference.copy_kv_slots import copy_kv_slots as _copy_kv_slots
+    from minillama.ops.reference.unpack_decode import unpack_decode as _unpack_decode
 
 _token_ids, _start = attrgetter("token_ids"), attrgetter("start")
 
@@ -48,6 +51,11 @@ class ModelInputs:
     # _prepare_decode): what a CUDA graph replay copies in, in one copy. R >= N: the rows past N
     # pad the batch to its graph's size. None for a prefill.
     packed: torch.Tensor | None = None
+    graph_size: int | None = None  # the decode graph whose input buffer holds `packed` (None: none does)
+    # Async scheduling: the tokens [P] int64 (on the device) of the step before, which the host has
+    # not read; an input id -1 - i is a placeholder for pending[i] (engine/in_flight.py). run()
+    # puts them in place: a graph replay inside the graph, an eager step before its forward.
+    pending: torch.Tensor | None = None
 
 
 def kv_block_bytes(config: ModelConfig, block_size: int, dtype: torch.dtype, num_kv_heads: int) -> int:
@@ -215,15 +223,22 @@ class ModelRunner:
     def prepare(self, batch: SchedulerOutput, pending: torch.Tensor | None = None) -> ModelInputs:
         """The step's flat tensors. pending: the tokens [S] (on the device) of a step the host
         has not read yet (async scheduling, minillama/engine/in_flight.py); an input id -1 - i
-        in the batch is a placeholder for pending[i]."""
+        in the batch is a placeholder for pending[i], which run() puts in its place."""
         inputs = self._prepare_prefill(batch) if batch.phase == "prefill" else self._prepare_decode(batch)
         if pending is not None and pending.numel():
-            ids = inputs.input_ids
-            # [N]: each placeholder's row of pending (any valid row for the others), then the choice,
-            # in place: a decode step's ids are a column of the block a graph replay copies in.
-            rows = (-1 - ids).clamp_(min=0)
-            ids.copy_(torch.where(ids < 0, pending[rows], ids))
+            inputs.pending = pending
         return inputs
+
+    @staticmethod
+    def resolve_placeholders(inputs: ModelInputs) -> None:
+        """Put the pending tokens in their placeholders' places in inputs.input_ids, on the device,
+        in place (a decode step's ids are a column of its packed block)."""
+        if inputs.pending is None:
+            return
+        ids, pending = inputs.input_ids, inputs.pending
+        rows = (-1 - ids).clamp_(min=0)  # [N]: each placeholder's row of pending (row 0 for the others)
+        ids.copy_(torch.where(ids < 0, pending[rows], ids))
+        inputs.pending = None
 
     def _prepare_prefill(self, batch: SchedulerOutput) -> ModelInputs:
         bs = self.block_size
@@ -263,14 +278,18 @@ class ModelRunner:
 
         Decode runs every step for the whole batch, so its inputs are built with numpy and sent
         to the device in one copy: [B] ids, [B] positions, [B] slots, [B] context lengths and
-        the [B, width] block tables, side by side in one int64 row block, padded with rows that
-        compute nothing up to the size of the CUDA graph that will run it (which copies the
-        block into its own inputs, again in one copy: _replay_decode_graph)."""
+        the [B, width] block tables, side by side in one int64 row block behind a header that
+        holds the width (ops/reference/unpack_decode.py draws the layout), padded with rows that
+        compute nothing up to the size of the CUDA graph that will run it. A batch a graph runs
+        is copied straight into the graphs' input buffer, which the graph unpacks."""
         scheduled = batch.scheduled
         n, bs = len(scheduled), self.block_size
         tables = self.decode_tables.gather(scheduled)  # [B, width], kept from step to step
-        rows = self._graph_size(n) or n
-        host = np.empty((rows, 4 + tables.shape[1]), dtype=np.int64)
+        graph_size = self._graph_size(n)
+        rows, width = graph_size or n, tables.shape[1]
+        flat = np.empty(1 + rows * (4 + width), dtype=np.int64)
+        flat[0] = width
+        host = flat[1:].reshape(rows, 4 + width)
         # Each record computes one token: the one sampled last step, at position `start`.
         host[:n, 0] = np.fromiter(itertools.chain.from_iterable(map(_token_ids, scheduled)), dtype=np.int64, count=n)
         host[:n, 1] = np.fromiter(map(_start, scheduled), dtype=np.int64, count=n)
@@ -281,14 +300,17 @@ class ModelRunner:
         if rows > n:  # padding: token 0 at position 0, attending over the scratch block, writing its K/V there
             host[n:, :4] = (0, 0, self.scratch_block * bs, 1)
             host[n:, 4:] = self.scratch_block
-        packed = to_device(torch.from_numpy(host), self.device)
+        if graph_size is None:
+            block = to_device(torch.from_numpy(flat), self.device)
+        else:  # queued behind the graph replayed last, which has read the buffer's last contents
+            block = copy_to_device(self.static["inputs"][: flat.size], torch.from_numpy(flat))
+        packed = block[1:].view(rows, 4 + width)
         # The block tables and context lengths as the attention kernels take them (int32) are
-        # made by run(), and only when it runs the model eagerly: a graph replay reads them out
-        # of `packed` inside the graph, and two conversions a step would cost the host two
-        # launches for nothing.
+        # made by run(), and only when it runs the model eagerly: a graph replay unpacks them
+        # inside the graph, and two conversions a step would cost the host two launches for nothing.
         metadata = AttentionMetadata(is_prefill=False, slot_mapping=packed[:n, 2])
         # Every row samples: no index to launch.
-        return ModelInputs(packed[:n, 0], packed[:n, 1], metadata, None, packed)
+        return ModelInputs(packed[:n, 0], packed[:n, 1], metadata, None, packed, graph_size=graph_size)
 
     def _block_tables(self, batch: SchedulerOutput) -> torch.Tensor:
         """[B, max blocks in the batch] int32, padded with block 0 (masked by the lengths)."""
@@ -310,16 +332,19 @@ class ModelRunner:
         num_seqs = inputs.input_ids.shape[0]
         self.bind_kv_cache()
         hooked = on_attention is not None or on_layer is not None
-        if inputs.packed is not None and not hooked and inputs.packed.shape[0] in self.graphs:
+        decode_queries = self.query_buffer is not None and not inputs.metadata.is_prefill
+        self.last_queries = self.query_buffer[:, :num_seqs] if decode_queries else None
+        if inputs.graph_size is not None and not hooked and self._in_graph_buffer(inputs):
             hidden = self._replay_decode_graph(inputs)
         else:
+            self.resolve_placeholders(inputs)
             if inputs.packed is not None and inputs.metadata.block_tables is None:  # an eager decode step
                 packed = inputs.packed
                 inputs.metadata.block_tables = packed[:num_seqs, 4:].to(torch.int32)  # [B, width]
                 inputs.metadata.context_lens = packed[:num_seqs, 3].to(torch.int32)  # [B]
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata, on_attention, on_layer)
-        decode_queries = self.query_buffer is not None and not inputs.metadata.is_prefill
-        self.last_queries = self.query_buffer[:, :num_seqs] if decode_queries else None
+        # The LM head runs outside the graphs, on the batch's rows only: on a graph's padded rows
+        # cuBLAS may pick another kernel, and a replay of a trace would not give the same logits.
         sampling = hidden if inputs.logits_indices is None else hidden[inputs.logits_indices]
         return self.model.compute_logits(sampling, float32)
 
@@ -329,31 +354,52 @@ class ModelRunner:
         sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 16))
         return sorted({s for s in sizes if s <= max_num_seqs} | {max_num_seqs})
 
-    @torch.inference_mode()
     def _capture_decode_graphs(self, max_num_seqs: int) -> None:
         """Capture one decode graph per batch-size bucket, sharing static input buffers.
 
         A replay runs a batch of n sequences in the smallest bucket >= n; the padding rows
-        attend over the scratch block and write their K/V there. Each graph starts by copying
-        its inputs out of one packed block ([size, 4 + max blocks] int64, laid out as
-        _prepare_decode's): a replay then costs the host one copy into that block, where a
-        copy per input (and a fill per padding) cost it eight launches a step."""
-        n, dev = max_num_seqs, self.device
-        scratch_slot = self.scratch_block * self.block_size
-        packed = torch.full((n, 4 + self.max_blocks_per_seq), self.scratch_block, dtype=torch.long, device=dev)
-        packed[:, :4] = torch.tensor([0, 0, scratch_slot, 1])  # padding rows, as _prepare_decode writes them
+        attend over the scratch block and write their K/V there. Each graph starts by unpacking
+        its inputs out of the input buffer (a header with the batch's table width, then a row per
+        sequence, as _prepare_decode writes it) in one launch, placeholders resolved there
+        (_unpack); its output is the final hidden states (the LM head runs after it: run()). A replay
+        costs the host one copy into the input buffer (the sampler writes the tokens the next
+        step's placeholders stand for into `pending`), where a copy per input, a fill per
+        padding and the placeholders' gather cost it fourteen launches a step."""
+        # Ordinary tensors, whatever mode the caller is in: the host writes the inputs, and the
+        # sampler the tokens, outside inference mode, and an inference tensor takes in-place
+        # writes only inside it.
+        with torch.inference_mode(False):
+            self._make_static_buffers(max_num_seqs)
+        self._capture_graphs_over_static(max_num_seqs)
+
+    def _make_static_buffers(self, n: int) -> None:
+        """The graphs' inputs, unpacked inputs and pending tokens, for up to n sequences."""
+        dev, scratch_slot = self.device, self.scratch_block * self.block_size
+        # The input buffer as _prepare_decode writes it, width 1, every row a padding row; room
+        # after it for the widest tables.
+        rows = torch.tensor([0, 0, scratch_slot, 1, self.scratch_block]).repeat(n)
+        room = torch.zeros(n * (self.max_blocks_per_seq - 1), dtype=torch.long)
         self.static = {
-            "packed": packed,
+            "inputs": torch.cat([torch.ones(1, dtype=torch.long), rows, room]).to(dev),
+            "pending": torch.zeros(n, dtype=torch.long, device=dev),  # the step before's tokens (async)
             "input_ids": torch.zeros(n, dtype=torch.long, device=dev),
             "positions": torch.zeros(n, dtype=torch.long, device=dev),
             "slot_mapping": torch.full((n,), scratch_slot, dtype=torch.long, device=dev),
             "context_lens": torch.ones(n, dtype=torch.int32, device=dev),
             "block_tables": torch.full((n, self.max_blocks_per_seq), self.scratch_block, dtype=torch.int32, device=dev),
-            "hidden": torch.zeros(n, self.config.hidden_size, dtype=self.dtype, device=dev),
         }
+
+    @torch.inference_mode()
+    def _capture_graphs_over_static(self, max_num_seqs: int) -> None:
+        # Each graph's final hidden states, [size, hidden]: its output, in the pool the graphs
+        # share, read (by the LM head) before the next replay overwrites it.
+        self.graph_hidden: dict[int, torch.Tensor] = {}
+        dev = self.device
         pool = None
         for size in reversed(self._graph_sizes(max_num_seqs)):  # largest first: it sizes the pool
             s = {k: v[:size] for k, v in self.static.items()}
+            s["inputs"] = self.static["inputs"]  # whole: its header says where its rows are
+            s["pending"] = self.static["pending"]  # whole: a placeholder may name any row of the step before
             metadata = AttentionMetadata(
                 False, s["slot_mapping"], s["block_tables"], context_lens=s["context_lens"]
             )
@@ -362,22 +408,33 @@ class ModelRunner:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 self._unpack(s)
-                s["hidden"][:] = self.model(s["input_ids"], s["positions"], metadata)
+                self.graph_hidden[size] = self.model(s["input_ids"], s["positions"], metadata)
             pool = graph.pool()
             self.graphs[size] = graph
         self.graph_sizes = sorted(self.graphs)
         torch.cuda.synchronize(dev)
 
-    @staticmethod
-    def _unpack(s: dict[str, torch.Tensor]) -> None:
+    def _unpack(self, s: dict[str, torch.Tensor]) -> None:
         """The graph's inputs from its packed block (columns: id, position, slot, context
-        length, then the block table), converted where the kernels want int32."""
-        packed = s["packed"]
-        s["input_ids"].copy_(packed[:, 0])
-        s["positions"].copy_(packed[:, 1])
-        s["slot_mapping"].copy_(packed[:, 2])
-        s["context_lens"].copy_(packed[:, 3])
-        s["block_tables"].copy_(packed[:, 4:])
+        length, then the block table), placeholders replaced from `pending`, converted where the
+        kernels want int32: one launch (ops/triton/unpack_decode.py)."""
+        _unpack_decode(s["inputs"], s["pending"], s["input_ids"], s["positions"], s["slot_mapping"],
+                       s["context_lens"], s["block_tables"], self.block_size)
+
+    def _in_graph_buffer(self, inputs: ModelInputs) -> bool:
+        """Are the inputs in the graphs' input buffer still? Not if the graphs were captured
+        again (enable_query_capture) since they were prepared: the new graphs read new buffers,
+        and the step then runs eagerly from where its inputs are."""
+        return inputs.packed.untyped_storage().data_ptr() == self.static["inputs"].untyped_storage().data_ptr()
+
+    def sampled_tokens_buffer(self, num_tokens: int) -> torch.Tensor | None:
+        """Where the sampler may write a step's tokens ([num_tokens] int64), or None for a tensor
+        of its own. With decode graphs: the buffer the graphs read their placeholders' tokens
+        from, so the step after needs no copy of them (a write after this step's graph has read
+        the step before's, in stream order)."""
+        if not self.graphs or num_tokens > self.max_num_seqs:
+            return None
+        return self.static["pending"][:num_tokens]
 
     def _graph_size(self, n: int) -> int | None:
         """The size of the graph a decode batch of n sequences replays in (None: none does)."""
@@ -387,13 +444,13 @@ class ModelRunner:
         return sizes[bisect.bisect_left(sizes, n)]
 
     def _replay_decode_graph(self, inputs: ModelInputs) -> torch.Tensor:
-        """Run a decode batch in its graph: its packed inputs, padding rows included, into the
-        graph's packed block, in one copy. Block-table columns past this batch's width keep
-        what earlier steps left there, which no row reads: a row reads the blocks its context
-        length covers, within its table (a padding row, only the scratch block)."""
-        n = inputs.input_ids.shape[0]
-        packed = inputs.packed
-        size = packed.shape[0]
-        self.static["packed"][:size, : packed.shape[1]] = packed
-        self.graphs[size].replay()
-        return self.static["hidden"][:n]
+        """Run a decode batch in its graph -> its final hidden states [n, hidden] (the graph's
+        output buffer: read it before the next replay). Its packed inputs are in the
+        graph's input buffer already (_prepare_decode). Block-table columns past the blocks a
+        row's context length covers keep what earlier steps left there, which no kernel reads
+        (a padding row reads only the scratch block)."""
+        pending, buffer = inputs.pending, self.static["pending"]
+        if pending is not None and pending.data_ptr() != buffer.data_ptr():  # not sampled into it
+            buffer[: pending.shape[0]] = pending
+        self.graphs[inputs.graph_size].replay()
+        return self.graph_hidden[inputs.graph_size][: inputs.input_ids.shape[0]]

@@ -145,6 +145,7 @@ class ParallelRunner(ModelRunner):
         attention hook's q, k, v and output gathered from every rank's heads, the queries too;
         the residual stream (on_layer) is whole on every rank already, after its all-reduces."""
         shard = self.model.shard
+        self.resolve_placeholders(inputs)  # the ranks receive real token ids
         flag = (wire.FLOAT32 * float32 | wire.GATHER_ATTENTION * (on_attention is not None)
                 | wire.GATHER_QUERIES * (self.query_buffer is not None))
         self._send(wire.Command.RUN, wire.inputs_to_tensors(inputs), flag)
