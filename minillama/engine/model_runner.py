@@ -25,6 +25,7 @@ from minillama.engine.scheduler import SchedulerOutput
 from minillama.errors import ConfigError
 from minillama.model.attention_metadata import AttentionMetadata
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
+from minillama.ops.reference.unpack_decode import with_pending_tokens
 from minillama.transfer import copy_to_device, to_device
 
 # Copies on write, and a decode graph's inputs out of their packed block: one Triton launch each
@@ -235,9 +236,7 @@ class ModelRunner:
         in place (a decode step's ids are a column of its packed block)."""
         if inputs.pending is None:
             return
-        ids, pending = inputs.input_ids, inputs.pending
-        rows = (-1 - ids).clamp_(min=0)  # [N]: each placeholder's row of pending (row 0 for the others)
-        ids.copy_(torch.where(ids < 0, pending[rows], ids))
+        inputs.input_ids.copy_(with_pending_tokens(inputs.input_ids, inputs.pending))
         inputs.pending = None
 
     def _prepare_prefill(self, batch: SchedulerOutput) -> ModelInputs:

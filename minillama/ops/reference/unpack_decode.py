@@ -21,6 +21,13 @@ from __future__ import annotations
 import torch
 
 
+def with_pending_tokens(ids: torch.Tensor, pending: torch.Tensor) -> torch.Tensor:
+    """ids [N] int64, some of them placeholders -1 - i -> [N]: each placeholder replaced by
+    pending[i] ([P] int64), the other ids as they are."""
+    rows = (-1 - ids).clamp(min=0, max=pending.shape[0] - 1)  # each placeholder's row (row 0 for the others)
+    return torch.where(ids < 0, pending[rows], ids)
+
+
 def unpack_decode(block: torch.Tensor, pending: torch.Tensor, input_ids: torch.Tensor, positions: torch.Tensor,
                   slot_mapping: torch.Tensor, context_lens: torch.Tensor, block_tables: torch.Tensor,
                   block_size: int) -> None:
@@ -34,9 +41,7 @@ def unpack_decode(block: torch.Tensor, pending: torch.Tensor, input_ids: torch.T
     column = torch.arange(4 + max_width, device=block.device)[None, :]  # [1, 4 + max W]
     index = (1 + row * (4 + width) + column).clamp_(max=block.shape[0] - 1)  # [R, 4 + max W]
     packed = block[index]  # [R, 4 + max W]: row r's values; past column 4 + W, garbage
-    ids = packed[:, 0]
-    rows_of_pending = (-1 - ids).clamp(min=0, max=pending.shape[0] - 1)  # each placeholder's row
-    input_ids.copy_(torch.where(ids < 0, pending[rows_of_pending], ids))
+    input_ids.copy_(with_pending_tokens(packed[:, 0], pending))
     positions.copy_(packed[:, 1])
     slot_mapping.copy_(packed[:, 2])
     context_lens.copy_(packed[:, 3])
