@@ -49,8 +49,9 @@ class ModelInputs:
     metadata: AttentionMetadata
     logits_indices: torch.Tensor | None  # [S] int64: rows of the sequences that sample this step; None: all rows
     # A decode step's inputs side by side on the device, [R, 4 + width] int64 (ModelRunner.
-    # _prepare_decode): what a CUDA graph replay copies in, in one copy. R >= N: the rows past N
-    # pad the batch to its graph's size. None for a prefill.
+    # _prepare_decode): for a batch a CUDA graph runs, a view into the graphs' input buffer,
+    # which the graph unpacks. R >= N: the rows past N pad the batch to its graph's size. None
+    # for a prefill.
     packed: torch.Tensor | None = None
     graph_size: int | None = None  # the decode graph whose input buffer holds `packed` (None: none does)
     # Async scheduling: the tokens [P] int64 (on the device) of the step before, which the host has
@@ -390,6 +391,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _capture_graphs_over_static(self, max_num_seqs: int) -> None:
+        """A graph per bucket over self.static, each warmed up once before its capture."""
         # Each graph's final hidden states, [size, hidden]: its output, in the pool the graphs
         # share, read (by the LM head) before the next replay overwrites it.
         self.graph_hidden: dict[int, torch.Tensor] = {}
