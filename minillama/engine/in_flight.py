@@ -13,7 +13,8 @@ reads the tokens of the step before, which the GPU finished meanwhile:
 The host does not know step N's tokens when it plans step N+1, so every sequence step N sampled
 for holds a placeholder as its last token: -1 - row, its row in step N's tokens (an int64 tensor
 that stays on the GPU). The scheduler plans with it as with any token (it only counts them); the
-model runner replaces each negative input id with the sampled token on the GPU (gather + where),
+model runner replaces each negative input id with the sampled token on the GPU (inside a decode
+graph, which reads them where the sampler wrote them; before an eager forward, a gather + where),
 and when step N's tokens reach the host the placeholders become real tokens, before anything
 hashes a block that holds one (the prefix cache hashes only computed blocks, and the placeholder's
 position is computed by step N+1, which is committed after the tokens are read).
