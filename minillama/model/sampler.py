@@ -63,11 +63,12 @@ class Sampler:
         """logits: [B, V], fp32 (or 16-bit: the rows drawn at random are widened to fp32, the
         greedy ones need not be); generators[i]: row i's own generator, or None for the shared
         one. -> token ids [B] (int64), in `out` when given."""
-        tokens = self.argmax_rows(logits, out)  # the greedy choice: the first index of each row's maximum
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
-        if not random_rows:
-            return tokens
-        all_random = len(random_rows) == len(params)
+        all_random = bool(random_rows) and len(random_rows) == len(params)  # no greedy row: no argmax
+        if not all_random:  # the greedy choice: the first index of each row's maximum
+            tokens = self.argmax_rows(logits, out)
+            if not random_rows:
+                return tokens
         rows = None if all_random else to_device(torch.tensor(random_rows), logits.device)
         drawn_from = (logits if all_random else logits[rows]).float()
         probs = filtered_logits(drawn_from, [params[i] for i in random_rows]).softmax(dim=-1)
