@@ -4,6 +4,7 @@
     python -m benchmarks.engine --config 1b      # the same on a Llama-3.2 shape, random weights
     python -m benchmarks.engine --gpu            # the GPU workload: 256 requests, 3 engines
     python -m benchmarks.engine --async-ab       # the GPU workload, async scheduling on / off in turns
+    python -m benchmarks.engine --gpu --tensor-parallel-size 2   # one GPU against 2 (benchmarks/tensor_parallel.py)
 
 Every figure is output tokens per second of wall time. Both sides generate exactly the same
 number of tokens (EOS ignored), greedily, from the same weights and prompts.
@@ -362,6 +363,8 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
     parser.add_argument("--async-ab", action="store_true", help="GPU: the workload with async scheduling on and off in turns")
     parser.add_argument("--context", type=int_at_least(1), default=512, help="--decode-steps: tokens of context per sequence")
+    parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1,
+                        help="--gpu: the workload on one GPU and split over this many (no HF peers)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     unknown_peers = set(args.peers.split(",")) - {"static", "cb", "none"}
@@ -378,6 +381,11 @@ def _main(argv: list[str]) -> None:
     elif args.decode_steps:
         args.config = args.config or "1b"
         decode_step_table(args)
+    elif args.gpu and args.tensor_parallel_size > 1:
+        from benchmarks.tensor_parallel import scaling_workload
+
+        args.config = args.config or "1b"
+        scaling_workload(args)
     elif args.gpu:
         args.config = args.config or "1b"
         gpu_workload(args)

@@ -144,15 +144,38 @@ def test_settings_a_split_cannot_take_are_refused_with_a_clear_error(model_dir):
     shape = ModelConfig.from_dict(LlamaConfig(**SHAPE).to_dict())
     with pytest.raises(ConfigError, match=r"must divide the model's num_attention_heads \(8\)"):
         check_splits(shape, 3, torch.device("cpu"))
-    with pytest.raises(ConfigError, match="runs on the CPU"):
-        check_splits(shape, 2, torch.device("cuda"))
+    if torch.cuda.device_count() < 4:
+        with pytest.raises(ConfigError, match=r"--tensor-parallel-size 4 needs 4 GPUs, one a rank; this machine has \d"):
+            check_splits(shape, 4, torch.device("cuda"))
+    with pytest.raises(ConfigError, match="runs rank r on cuda:r, not on --device cuda:1; choose the GPUs with "
+                                          "CUDA_VISIBLE_DEVICES"):
+        check_splits(shape, 2, torch.device("cuda:1"))
     with pytest.raises(ConfigError, match=r"must divide the model's num_key_value_heads \(4\)"):
         LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=8))
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(ConfigError, match="tensor_parallel_size"):
             LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=bad))
-    with pytest.raises(ConfigError, match="loads a model directory"):
-        LLMEngine.from_config(shape, EngineConfig(tensor_parallel_size=2))
+    assert not dist.is_initialized()
+
+
+def test_random_weights_split_each_rank_drawing_its_own_slices():
+    """from_config (the benchmarks' random weights) split over 2 ranks: every rank draws its
+    slices (seed + rank), so it runs like any split engine; it has no checkpoint to give a float32
+    reference copy, which needs the whole model."""
+    from transformers import LlamaConfig
+
+    from minillama.config import ModelConfig
+
+    shape = ModelConfig.from_dict(LlamaConfig(**SHAPE).to_dict())
+    engine = LLMEngine.from_config(shape, EngineConfig(device="cpu", tensor_parallel_size=2))
+    try:
+        engine.add_request(PROMPTS[1], GREEDY)
+        tokens = [o.token_id for _ in range(200) if engine.has_unfinished() for o in engine.step()]
+        assert len(tokens) == GREEDY.max_tokens and len(set(tokens)) > 1
+        with pytest.raises(ConfigError, match="reference copy of random weights: only with the whole model"):
+            LLMEngine.reference_copy(engine)
+    finally:
+        engine.close()
     assert not dist.is_initialized()
 
 

@@ -65,7 +65,7 @@ from minillama.observe import Observer
 from minillama.ops.select import select_ops
 from minillama.ops.table import AttentionOps
 from minillama.parallel.shard import Shard, check_splits
-from minillama.parallel.workers import ParallelRunner, TensorParallelGroup, load_rank_model
+from minillama.parallel.workers import ModelSource, ParallelRunner, RandomWeights, TensorParallelGroup, load_rank_model
 from minillama.sampling_params import SamplingParams
 from minillama.values import is_int
 
@@ -143,36 +143,40 @@ class LLMEngine(BeamSearchSteps):
         tokenizer = load_tokenizer(path) if has_tokenizer else None
         eos = eos_token_ids(path, model_config, tokenizer)
         if config.tensor_parallel_size > 1:
-            return cls._from_pretrained_parallel(path, model_config, config, tokenizer, eos)
+            return cls._split(path, model_config, config, tokenizer, eos, path)
         llm = cls._build(model_config, config)
         load_hf_weights(llm, read_safetensors(files))
         return cls(llm, config, tokenizer, eos, model_dir=path)
 
     @classmethod
-    def _from_pretrained_parallel(cls, path: Path, model_config: ModelConfig, config: EngineConfig, tokenizer,
-                                  eos: tuple[int, ...]) -> LLMEngine:
-        """from_pretrained split over tensor_parallel_size processes (minillama/parallel/): the
-        workers start first and read their slices while this process reads rank 0's."""
+    def _split(cls, source: ModelSource, model_config: ModelConfig, config: EngineConfig, tokenizer,
+               eos: tuple[int, ...], model_dir: Path | None) -> LLMEngine:
+        """An engine split over tensor_parallel_size processes (minillama/parallel/): the
+        workers start first and read (or draw) their slices while this process makes rank 0's."""
         device = config.resolved_device()
         check_splits(model_config, config.tensor_parallel_size, device)
         ops = select_ops(device, config.resolved_dtype(device), model_config, config.fused_ops, config.attention)
         _check_block_size(ops.attention, config.block_size)
         max_model_len = _max_model_len(model_config, config)
-        group = TensorParallelGroup.start(path, config, max_model_len)
+        group = TensorParallelGroup.start(source, config, max_model_len)
         torch.set_num_threads(max(1, torch.get_num_threads() // config.tensor_parallel_size))  # CPUs shared by the ranks
         try:
             shard = Shard(0, config.tensor_parallel_size)
-            llm = load_rank_model(path, model_config, config, shard, max_model_len)
-            return cls(llm, config, tokenizer, eos, model_dir=path, parallel=group)
+            llm = load_rank_model(source, model_config, config, shard, max_model_len)
+            return cls(llm, config, tokenizer, eos, model_dir=model_dir, parallel=group)
         except BaseException:
             group.close()
             raise
 
     @classmethod
     def from_config(cls, model_config: ModelConfig, config: EngineConfig | None = None, seed: int = 0) -> LLMEngine:
-        """A model of the given shape with random weights (benchmarks; no tokenizer)."""
+        """A model of the given shape with random weights (benchmarks; no tokenizer). Split over
+        tensor_parallel_size processes, each rank draws its own slices (RandomWeights)."""
         config = config or EngineConfig()
         config.validate()
+        if config.tensor_parallel_size > 1:
+            return cls._split(RandomWeights(model_config, seed), model_config, config, None,
+                              model_config.eos_token_ids, None)
         llm = cls._build(model_config, config)
         init_random_weights(llm, seed)
         return cls(llm, config, None, model_config.eos_token_ids)
@@ -220,6 +224,7 @@ class LLMEngine(BeamSearchSteps):
         )
         if base.model_dir is not None:
             return cls.from_pretrained(base.model_dir, config)
+        base._check_whole_model("a float32 reference copy of random weights")
         config.validate()
         model = cls._build(base.model_config, config)
         weights = dict(base.runner.model.named_parameters())
@@ -231,8 +236,8 @@ class LLMEngine(BeamSearchSteps):
     @staticmethod
     def _build(model_config: ModelConfig, config: EngineConfig) -> LlamaForCausalLM:
         if config.tensor_parallel_size > 1:
-            raise ConfigError("--tensor-parallel-size > 1 loads a model directory (LLMEngine.from_pretrained): "
-                              "its ranks each read their own slices of the checkpoint")
+            raise ConfigError("--tensor-parallel-size > 1 needs the model's source, a directory "
+                              "(LLMEngine.from_pretrained) or a shape (from_config): each rank reads or draws its own slices")
         device = config.resolved_device()
         dtype = config.resolved_dtype(device)
         ops = select_ops(device, dtype, model_config, config.fused_ops, config.attention)
@@ -475,6 +480,7 @@ class LLMEngine(BeamSearchSteps):
         """Watch every step from the next one; the engine then steps in order (in_flight.py)."""
         self._settle()
         self.observers.append(observer)
+        self.runner.model.shard.clock.time_gpu = True  # step timings then show the collectives' GPU time
 
     def close(self) -> None:
         """Stop the tensor-parallel worker processes, if any (they also stop when this process
@@ -488,6 +494,7 @@ class LLMEngine(BeamSearchSteps):
 
     def remove_observer(self, observer: Observer) -> None:
         self.observers.remove(observer)
+        self.runner.model.shard.clock.time_gpu = bool(self.observers)
 
     def _layer_hooks(self) -> tuple:
         """The per-layer hooks of the observers that want them this step: (on_attention or

@@ -84,7 +84,11 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.max_blocks_per_seq = (max_model_len + self.block_size - 1) // self.block_size
-        self.num_blocks = engine_config.num_kv_blocks or self._blocks_that_fit(engine_config, max_model_len)
+        # Tensor-parallel ranks each measure what fits on their device and take the least: every
+        # rank holds the same blocks (its own KV heads of them), so that one block table means
+        # the same blocks everywhere.
+        self.num_blocks = model.shard.least(engine_config.num_kv_blocks or self._blocks_that_fit(engine_config,
+                                                                                                  max_model_len))
         self._check_kv_cache_fits()
         self.scratch_block = self.num_blocks
         self.kv_cache = torch.zeros(
@@ -304,7 +308,24 @@ class ModelRunner:
             block = to_device(torch.from_numpy(flat), self.device)
         else:  # queued behind the graph replayed last, which has read the buffer's last contents
             block = copy_to_device(self.static["inputs"][: flat.size], torch.from_numpy(flat))
-        packed = block[1:].view(rows, 4 + width)
+        return self._decode_inputs(block[1:].view(rows, 4 + width), n, graph_size)
+
+    def decode_inputs(self, packed: torch.Tensor, num_seqs: int) -> ModelInputs:
+        """A decode step's inputs from a packed block [R, 4 + width] on this runner's device (a
+        tensor-parallel rank receives rank 0's): put in the graphs' input buffer when R is the size
+        of the graph that runs num_seqs sequences, as _prepare_decode does, else run as they are."""
+        graph_size = self._graph_size(num_seqs)
+        if graph_size != packed.shape[0]:
+            return self._decode_inputs(packed, num_seqs, None)
+        buffer = self.static["inputs"]
+        buffer[0] = packed.shape[1] - 4  # the header: the tables' width
+        block = buffer[1: 1 + packed.numel()]
+        block.copy_(packed.view(-1))
+        return self._decode_inputs(block.view(packed.shape), num_seqs, graph_size)
+
+    @staticmethod
+    def _decode_inputs(packed: torch.Tensor, num_seqs: int, graph_size: int | None) -> ModelInputs:
+        n = num_seqs
         # The block tables and context lengths as the attention kernels take them (int32) are
         # made by run(), and only when it runs the model eagerly: a graph replay unpacks them
         # inside the graph, and two conversions a step would cost the host two launches for nothing.

@@ -33,10 +33,46 @@ from minillama.errors import ConfigError
 
 @dataclass
 class CollectiveClock:
-    """Seconds this process has spent in the collectives that join the ranks (gloo's calls
-    block until every rank has sent its part: the time is the wait and the transfer)."""
+    """Time this process has spent in the collectives that join the ranks.
 
-    seconds: float = 0.0
+    On CPUs (gloo) a collective blocks until every rank has sent its part: the host's time is
+    the wait and the transfer. On GPUs (NCCL) a collective is a kernel queued on the stream, so
+    the host's time is only its launch; while `time_gpu` is set (the engine sets it while
+    observers read each step's timings), each collective run outside a CUDA graph is timed on the
+    GPU between two events, read when `seconds` is. A collective inside a graph replay is one of
+    the graph's kernels: nothing can time it apart."""
+
+    host_seconds: float = 0.0
+    time_gpu: bool = False
+    # (start, end) events of GPU collectives not read yet; at most MAX_PENDING (the rest untimed).
+    pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list)
+
+    MAX_PENDING = 4096
+
+    @property
+    def seconds(self) -> float:
+        """Every collective's time so far (waits for the GPU collectives timed and not read yet)."""
+        if self.pending:
+            self.pending[-1][1].synchronize()
+            self.host_seconds += sum(start.elapsed_time(end) for start, end in self.pending) / 1e3
+            self.pending.clear()
+        return self.host_seconds
+
+    def timed(self, call, x: torch.Tensor, *args) -> None:
+        """call(*args), timed: with events on the GPU (see above), else on the host."""
+        if x.is_cuda:
+            if self.time_gpu and len(self.pending) < self.MAX_PENDING and not torch.cuda.is_current_stream_capturing():
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                call(*args)
+                end.record()
+                self.pending.append((start, end))
+            else:
+                call(*args)
+            return
+        started = time.perf_counter()
+        call(*args)
+        self.host_seconds += time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -53,9 +89,7 @@ class Shard:
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the ranks, in place (a row-parallel projection's partial products)."""
         if self.world > 1:
-            started = time.perf_counter()
-            dist.all_reduce(x)
-            self.clock.seconds += time.perf_counter() - started
+            self.clock.timed(dist.all_reduce, x, x)
         return x
 
     def all_gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -65,11 +99,17 @@ class Shard:
         ranks' order)."""
         if self.world == 1:
             return x
-        started = time.perf_counter()
         parts = [torch.empty_like(x) for _ in range(self.world)]
-        dist.all_gather(parts, x.contiguous())
-        self.clock.seconds += time.perf_counter() - started
+        self.clock.timed(dist.all_gather, x, parts, x.contiguous())
         return torch.cat(parts, dim=dim)
+
+    def least(self, value: int) -> int:
+        """The smallest of every rank's `value` (each rank's KV blocks that fit its device)."""
+        if self.world == 1:
+            return value
+        x = torch.tensor([value], dtype=torch.int64)  # a CPU tensor: through gloo on GPUs too
+        dist.all_reduce(x, op=dist.ReduceOp.MIN)
+        return int(x.item())
 
 
 WHOLE_MODEL = Shard()  # rank 0 of 1: no tensor parallelism
@@ -79,11 +119,13 @@ def check_splits(model_config: ModelConfig, world: int, device: torch.device) ->
     """Raise ConfigError unless the model splits evenly over `world` ranks on `device`."""
     if world == 1:
         return
-    if device.type != "cpu":
-        raise ConfigError(
-            f"--tensor-parallel-size {world} runs on the CPU (gloo processes) in this version; on GPUs "
-            "(NCCL, a CUDA graph per rank) it waits for a machine with several GPUs to be tested on"
-        )
+    if device.type == "cuda":
+        if device.index not in (None, 0):
+            raise ConfigError(f"--tensor-parallel-size {world} runs rank r on cuda:r, not on --device {device}; "
+                              "choose the GPUs with CUDA_VISIBLE_DEVICES")
+        count = torch.cuda.device_count()
+        if world > count:
+            raise ConfigError(f"--tensor-parallel-size {world} needs {world} GPUs, one a rank; this machine has {count}")
     sizes = {
         "num_attention_heads": model_config.num_attention_heads,
         "num_key_value_heads": model_config.num_key_value_heads,

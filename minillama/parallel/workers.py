@@ -4,8 +4,10 @@ the checkpoint) and its share of the paged KV cache, then runs whatever the driv
 (minillama/parallel/wire.py) until told to stop. The driver schedules, samples and keeps every
 sequence; the workers only compute, on the same block tables.
 
-The ranks talk through torch.distributed (gloo between CPU processes), never through a
-transport of our own. A worker that fails prints one line and exits; the driver's next
+The ranks talk through torch.distributed, never through a transport of our own: gloo between
+CPU processes; on GPUs (rank r on cuda:r) NCCL for the tensors on the GPUs, the layers'
+all-reduces among them (inside each rank's CUDA graphs too), and gloo for the small messages
+the hosts read. A worker that fails prints one line and exits; the driver's next
 collective then fails, and it reports which rank is gone (TensorParallelError) and stops the
 others. Workers are daemon processes: they end with the driver, also on Ctrl-C.
 """
@@ -19,6 +21,7 @@ import socket
 import sys
 import time
 import weakref
+from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -29,7 +32,7 @@ import torch.distributed as dist
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.model_runner import ModelInputs, ModelRunner
 from minillama.errors import MinillamaError
-from minillama.loader import build_model, load_hf_weights, read_safetensors, safetensors_files
+from minillama.loader import build_model, init_random_weights, load_hf_weights, read_safetensors, safetensors_files
 from minillama.model.llama import AttentionHook, LayerHook, LlamaForCausalLM
 from minillama.ops.select import select_ops
 from minillama.parallel import wire
@@ -44,15 +47,37 @@ class TensorParallelError(MinillamaError, RuntimeError):
     """A tensor-parallel worker failed or is gone; the engine cannot step any more."""
 
 
-def load_rank_model(path: Path, model_config: ModelConfig, config: EngineConfig, shard: Shard,
+@dataclass(frozen=True)
+class RandomWeights:
+    """A model of this shape with random weights (LLMEngine.from_config, for benchmarks): each
+    rank draws its own slices from seed + rank, so a split model costs what one process's does,
+    with other numbers."""
+
+    model_config: ModelConfig
+    seed: int
+
+
+ModelSource = Path | RandomWeights  # a checkpoint directory, or random weights
+
+
+def load_rank_model(source: ModelSource, model_config: ModelConfig, config: EngineConfig, shard: Shard,
                     max_model_len: int) -> LlamaForCausalLM:
-    """Rank `shard.rank`'s part of the model in `path`, its own slices read from the checkpoint."""
+    """Rank `shard.rank`'s part of the model: its own slices read from the checkpoint, or drawn."""
     device = config.resolved_device()
     dtype = config.resolved_dtype(device)
     ops = select_ops(device, dtype, model_config, config.fused_ops, config.attention)
     model = build_model(model_config, max_model_len, ops, device, dtype, shard)
-    load_hf_weights(model, read_safetensors(safetensors_files(path), shard))
+    if isinstance(source, RandomWeights):
+        init_random_weights(model, source.seed + shard.rank)
+    else:
+        load_hf_weights(model, read_safetensors(safetensors_files(source), shard))
     return model
+
+
+def backend(device: torch.device) -> str:
+    """The process group's backends: on GPUs, NCCL for GPU tensors and gloo for the CPU tensors
+    of the messages' headers (wire.py); gloo alone on CPUs."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 class TensorParallelGroup:
@@ -61,21 +86,22 @@ class TensorParallelGroup:
     def __init__(self, workers: list[BaseProcess]):
         self.workers = workers
         self.closed = False
-        # Out of step with the workers: they are still loading (until rank 0's runner has told
-        # them its cache size), or a step stopped inside a collective (Ctrl-C, an error) and
-        # they wait in one; a STOP message would then never match, so they are terminated.
+        # Out of step with the workers: they are still loading (until rank 0's runner is built:
+        # the ranks agree on the cache size and capture their graphs together), or a step stopped
+        # inside a collective (Ctrl-C, an error) and they wait in one; a STOP message would then
+        # never match, so they are terminated.
         self.busy = True
 
     @classmethod
-    def start(cls, path: Path, config: EngineConfig, max_model_len: int) -> TensorParallelGroup:
-        """Start ranks 1..N-1 and join them as rank 0 (this process)."""
+    def start(cls, source: ModelSource, config: EngineConfig, max_model_len: int) -> TensorParallelGroup:
+        """Start ranks 1..N-1 and join them as rank 0 (this process, on cuda:0 on GPUs)."""
         world = config.tensor_parallel_size
         if dist.is_initialized():
             raise TensorParallelError("one tensor-parallel engine per process at a time: close() the other first")
         port = _free_port()
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
         workers = [
-            context.Process(target=_worker_main, args=(str(path), config, rank, world, port, max_model_len),
+            context.Process(target=_worker_main, args=(source, config, rank, world, port, max_model_len),
                             name=f"minillama-tp-rank{rank}", daemon=True)
             for rank in range(1, world)
         ]
@@ -83,8 +109,8 @@ class TensorParallelGroup:
             worker.start()
         group = cls(workers)
         try:
-            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=world,
-                                    timeout=TIMEOUT)
+            dist.init_process_group(backend(config.resolved_device()), init_method=f"tcp://127.0.0.1:{port}",
+                                    rank=0, world_size=world, timeout=TIMEOUT)
         except Exception as exc:
             group.close()
             raise TensorParallelError(f"the tensor-parallel workers did not join: {group.gone() or exc}") from exc
@@ -122,7 +148,10 @@ class TensorParallelGroup:
                 worker.terminate()
                 worker.join()
         if dist.is_initialized():
-            dist.destroy_process_group()
+            if orderly or not torch.cuda.is_available():
+                dist.destroy_process_group()
+            else:  # NCCL's orderly shutdown would wait for a rank that is gone: abort its communicators
+                dist.distributed_c10d._abort_process_group()
 
 
 class ParallelRunner(ModelRunner):
@@ -131,12 +160,11 @@ class ParallelRunner(ModelRunner):
     projections' all-reduces join them; the LM head's all-gather gives every rank the logits)."""
 
     def __init__(self, group: TensorParallelGroup, model: LlamaForCausalLM, *args, **kwargs):
-        super().__init__(model, *args, **kwargs)
         self.group = group
-        # Every rank sizes its cache as rank 0 did: the same number of blocks, so the block
-        # tables the scheduler hands out mean the same blocks everywhere.
-        group.busy = False  # the workers now wait for it, then for commands
-        self._collective(dist.broadcast, torch.tensor([self.num_blocks], dtype=torch.int64), src=0)
+        # Every rank builds its runner in step: the ranks agree on the number of KV blocks (the
+        # block tables the scheduler hands out mean the same blocks everywhere) and, on GPUs,
+        # measure their memory and capture their decode graphs with the same collectives.
+        self._collective(super().__init__, model, *args, **kwargs)
         weakref.finalize(self, group.close)
 
     def run(self, inputs: ModelInputs, on_attention: AttentionHook | None = None,
@@ -154,6 +182,11 @@ class ParallelRunner(ModelRunner):
         if self.last_queries is not None:
             self.last_queries = self._collective(shard.all_gather, self.last_queries, 2)  # [L, B, H, D]
         return logits
+
+    def enable_query_capture(self) -> None:
+        if self.query_buffer is None:  # every rank captures its graphs again, their collectives together
+            self._send(wire.Command.CAPTURE_QUERIES)
+            self._collective(super().enable_query_capture)
 
     def read_keys(self, layers: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         self._send(wire.Command.READ_KEYS, [layers, blocks, offsets])
@@ -174,7 +207,7 @@ class ParallelRunner(ModelRunner):
         """A message to the workers, its time counted with the collectives'."""
         started = time.perf_counter()
         self._collective(wire.send, command, tensors, flag)
-        self.model.shard.clock.seconds += time.perf_counter() - started
+        self.model.shard.clock.host_seconds += time.perf_counter() - started
 
     def _collective(self, call, *args, **kwargs):
         """call(...), turning a failure of the group (a rank gone) into TensorParallelError."""
@@ -202,19 +235,22 @@ def _gathering_hook(shard: Shard, hook: AttentionHook | None = None) -> Attentio
     return gather
 
 
-def _worker_main(path: str, config: EngineConfig, rank: int, world: int, port: int, max_model_len: int) -> None:
+def _worker_main(source: ModelSource, config: EngineConfig, rank: int, world: int, port: int,
+                 max_model_len: int) -> None:
     """A worker process: join the group, build rank `rank`'s part, then serve until STOP."""
     # Ctrl-C in a terminal reaches every process of the group; the driver decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the CPUs are shared by the ranks
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=TIMEOUT)
-        model_config = ModelConfig.from_file(Path(path) / "config.json")
-        model = load_rank_model(Path(path), model_config, config, Shard(rank, world), max_model_len)
-        num_blocks = torch.empty(1, dtype=torch.int64)
-        dist.broadcast(num_blocks, src=0)
-        config = dataclasses.replace(config, num_kv_blocks=int(num_blocks.item()))
+        device = config.resolved_device()
+        if device.type == "cuda":  # rank r computes on cuda:r
+            torch.cuda.set_device(rank)
+            config = dataclasses.replace(config, device=f"cuda:{rank}")
+        dist.init_process_group(backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world, timeout=TIMEOUT)
+        model_config = (source.model_config if isinstance(source, RandomWeights)
+                        else ModelConfig.from_file(source / "config.json"))
+        model = load_rank_model(source, model_config, config, Shard(rank, world), max_model_len)
         device = config.resolved_device()
         runner = ModelRunner(model, model_config, config.for_device(device), device,
                              config.resolved_dtype(device), max_model_len)
@@ -231,14 +267,13 @@ def _serve(runner: ModelRunner) -> None:
     """Run what rank 0 sends, in order, until it says STOP."""
     with torch.inference_mode():
         while True:
-            command, flag, tensors = wire.receive()
+            command, flag, tensors = wire.receive(runner.device)
             if command is wire.Command.STOP:
                 return
             if command is wire.Command.RUN:
-                if flag & wire.GATHER_QUERIES:
-                    runner.enable_query_capture()  # once, as rank 0 did
                 hook = _gathering_hook(runner.model.shard) if flag & wire.GATHER_ATTENTION else None
-                runner.run(wire.tensors_to_inputs(tensors), hook, float32=bool(flag & wire.FLOAT32))  # rank 0 samples
+                inputs = wire.tensors_to_inputs(tensors, runner)
+                runner.run(inputs, hook, float32=bool(flag & wire.FLOAT32))  # rank 0 samples
                 if flag & wire.GATHER_QUERIES and runner.last_queries is not None:
                     runner.model.shard.all_gather(runner.last_queries, 2)
             elif command is wire.Command.READ_KEYS:
@@ -247,6 +282,8 @@ def _serve(runner: ModelRunner) -> None:
                 runner.copy_kv_table(tensors[0])
             elif command is wire.Command.READOUT:
                 runner.readout(tensors[0])
+            elif command is wire.Command.CAPTURE_QUERIES:
+                runner.enable_query_capture()
 
 
 def _free_port() -> int:

@@ -1,0 +1,53 @@
+"""Tensor parallelism's scaling on GPUs: the throughput workload on one GPU, then split over N.
+
+    python -m benchmarks.engine --gpu --config 8b --tensor-parallel-size 2 --peers none
+
+The same requests (prompts of 100-1024 tokens, --output-len new tokens each) through an engine
+on one GPU, then through one split over N GPUs (random bf16 weights; each rank draws its own
+slices), in one process, one after the other: each one's tok/s, and the split's speed-up over
+one GPU divided by N (its scaling efficiency). The split engine's decode step reads 1/N of the
+weights on each GPU, and adds two all-reduces a layer."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import torch
+
+from benchmarks.engine import Row, print_table, time_engine
+from benchmarks.workloads import config_path, random_prompts, warm_up_prompts
+from minillama import EngineConfig, LLMEngine, ModelConfig
+
+
+def scaling_workload(args: argparse.Namespace) -> None:
+    model_config = ModelConfig.from_file(config_path(args.config))
+    prompts = random_prompts(args.num_requests, 100, 1024, model_config.vocab_size, seed=0)
+    sizes = (args.tensor_parallel_size, 1)  # the split engine first: the table's ratios are against it
+    rows = [run_split(model_config, size, prompts, args) for size in sizes]
+    print_table(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each", rows)
+    speedup = rows[0].tok_per_s / rows[1].tok_per_s
+    print(f"{sizes[0]} GPUs: {speedup:.2f}x one GPU's throughput, scaling efficiency {speedup / sizes[0]:.0%}")
+
+
+def run_split(model_config: ModelConfig, size: int, prompts: list[list[int]], args: argparse.Namespace) -> Row:
+    """The workload through an engine split over `size` GPUs (1: no split), then closed."""
+    config = EngineConfig(device="cuda", tensor_parallel_size=size, max_num_seqs=args.max_num_seqs,
+                          max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager,
+                          async_scheduling=args.async_scheduling)
+    engine = LLMEngine.from_config(model_config, config)
+    try:
+        time_engine(engine, warm_up_prompts(model_config.vocab_size), 8)
+        before = engine.stats.summary()
+        row = time_engine(engine, prompts, args.output_len)
+        print(f"\n{size} GPU(s): KV cache {engine.num_kv_blocks} blocks of {engine.config.block_size}; CUDA graphs "
+              f"{sorted(engine.runner.graphs)}; async scheduling {'on' if engine.async_scheduling else 'off'}")
+        print(f"warm-up: {before}\nall: {engine.stats.summary()}")
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+    row = Row(f"minillama, {size} GPU{'s' if size > 1 else ''}", row.tokens, row.seconds)
+    print(f"{row.name}: {row.tokens} tokens in {row.seconds:.2f} s, {row.tok_per_s:.0f} tok/s", flush=True)
+    return row
