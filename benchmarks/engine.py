@@ -373,6 +373,8 @@ def _main(argv: list[str]) -> None:
     # The engine's own flags are checked before any model loads.
     EngineConfig(device=args.device, attention=args.attention, num_kv_blocks=args.kv_blocks,
                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()
+    if args.tensor_parallel_size > 1 and not args.gpu:
+        raise ConfigError("--tensor-parallel-size runs the --gpu workload (one GPU against N); add --gpu")
     if (args.gpu or args.decode_steps or args.async_ab) and not torch.cuda.is_available():
         raise ConfigError("--gpu, --decode-steps and --async-ab need a CUDA GPU, and torch sees none")
     if args.async_ab:

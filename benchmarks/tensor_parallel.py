@@ -1,12 +1,14 @@
 """Tensor parallelism's scaling on GPUs: the throughput workload on one GPU, then split over N.
 
-    python -m benchmarks.engine --gpu --config 8b --tensor-parallel-size 2 --peers none
+    python -m benchmarks.engine --gpu --config 8b --tensor-parallel-size 2 --hf-requests 64
 
 The same requests (prompts of 100-1024 tokens, --output-len new tokens each) through an engine
 on one GPU, then through one split over N GPUs (random bf16 weights; each rank draws its own
 slices), in one process, one after the other: each one's tok/s, and the split's speed-up over
 one GPU divided by N (its scaling efficiency). The split engine's decode step reads 1/N of the
-weights on each GPU, and adds two all-reduces a layer."""
+weights on each GPU, and adds two all-reduces a layer. The peer (--peers static, the default)
+is HF generate over the same N GPUs as `device_map="auto"` places a model on them (whole
+layers on each GPU, one after the other), on the first --hf-requests requests, labelled so."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import gc
 
 import torch
 
-from benchmarks.engine import Row, print_table, time_engine
+from benchmarks.engine import Row, load_hf, print_table, time_engine, time_hf_generate
 from benchmarks.workloads import config_path, random_prompts, warm_up_prompts
 from minillama import EngineConfig, LLMEngine, ModelConfig
 
@@ -25,6 +27,8 @@ def scaling_workload(args: argparse.Namespace) -> None:
     prompts = random_prompts(args.num_requests, 100, 1024, model_config.vocab_size, seed=0)
     sizes = (args.tensor_parallel_size, 1)  # the split engine first: the table's ratios are against it
     rows = [run_split(model_config, size, prompts, args) for size in sizes]
+    if "static" in args.peers:
+        rows.append(time_hf_over_gpus(args, prompts, sizes[0]))
     print_table(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each", rows)
     speedup = rows[0].tok_per_s / rows[1].tok_per_s
     print(f"{sizes[0]} GPUs: {speedup:.2f}x one GPU's throughput, scaling efficiency {speedup / sizes[0]:.0%}")
@@ -51,3 +55,25 @@ def run_split(model_config: ModelConfig, size: int, prompts: list[list[int]], ar
     row = Row(f"minillama, {size} GPU{'s' if size > 1 else ''}", row.tokens, row.seconds)
     print(f"{row.name}: {row.tokens} tokens in {row.seconds:.2f} s, {row.tok_per_s:.0f} tok/s", flush=True)
     return row
+
+
+def time_hf_over_gpus(args: argparse.Namespace, prompts: list[list[int]], size: int) -> Row:
+    """HF generate (static batches of 64) with the model's layers spread over `size` GPUs as
+    from_pretrained(device_map="auto") spreads them (accelerate's balanced map), on the first
+    --hf-requests prompts (all by default)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    hf, _ = load_hf(args, torch.device("cuda", 0), torch.bfloat16)
+    keep = ["LlamaDecoderLayer"]
+    budget = get_balanced_memory(hf, max_memory={i: torch.cuda.mem_get_info(i)[0] for i in range(size)},
+                                 no_split_module_classes=keep)
+    hf = dispatch_model(hf, device_map=infer_auto_device_map(hf, max_memory=budget, no_split_module_classes=keep))
+    some = prompts[: args.hf_requests or len(prompts)]
+    time_hf_generate(hf, some[:2], 4, 2, 0)  # warm-up
+    row = time_hf_generate(hf, some, args.output_len, 64, 0)
+    fraction = f", on {len(some)} of {len(prompts)} requests" if len(some) < len(prompts) else ""
+    del hf
+    gc.collect()
+    torch.cuda.empty_cache()
+    return Row(f"{row.name}, device_map=auto over {size} GPUs{fraction}", row.tokens, row.seconds)

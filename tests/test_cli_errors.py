@@ -164,6 +164,8 @@ BAD = {
     "bench-kv-blocks-0": ("bench", ["--kv-blocks", "0"], "num_kv_blocks"),
     "bench-hf-requests-0": ("bench", ["--hf-requests", "0"], "argument --hf-requests"),
     "bench-async-maybe": ("bench", ["--async-scheduling", "maybe"], "argument --async-scheduling: invalid choice"),
+    "bench-tp-0": ("bench", ["--tensor-parallel-size", "0"], "argument --tensor-parallel-size"),
+    "bench-tp-no-gpu": ("bench", ["--tensor-parallel-size", "2"], "--tensor-parallel-size runs the --gpu workload"),
     # python -m benchmarks.sharing
     "sharing-n-1": ("sharing", ["--n", "1"], "argument --n"),
     "sharing-n-too-many": ("sharing", ["--n", "65"], "n (samples per prompt) must be an integer in [1, 64]"),
