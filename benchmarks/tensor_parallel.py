@@ -76,4 +76,4 @@ def time_hf_over_gpus(args: argparse.Namespace, prompts: list[list[int]], size: 
     del hf
     gc.collect()
     torch.cuda.empty_cache()
-    return Row(f"{row.name}, device_map=auto over {size} GPUs{fraction}", row.tokens, row.seconds)
+    return Row(f"{row.name}, device_map=auto over {size} GPU{'s' if size > 1 else ''}{fraction}", row.tokens, row.seconds)
