@@ -98,7 +98,7 @@ def test_bf16_split_engine_with_cuda_graphs_and_async_scheduling(model_dir, tp):
     single, _ = run(model_dir, 1, recorder)  # an observer: the same kernels, stepped in order
     split, graphs = run(model_dir, tp)
     assert graphs, "rank 0 captured no decode graph"
-    parted = assert_same_tokens_but_for_near_ties(single, split, recorder.logits, tie=0.1)
+    parted = assert_same_tokens_but_for_near_ties(single, split, recorder.logits, tie=0.25)
     assert parted <= len(single) // 4
 
 
