@@ -480,7 +480,7 @@ class LLMEngine(BeamSearchSteps):
         """Watch every step from the next one; the engine then steps in order (in_flight.py)."""
         self._settle()
         self.observers.append(observer)
-        self.runner.model.shard.clock.time_gpu = True  # step timings then show the collectives' GPU time
+        self._time_collectives()
 
     def close(self) -> None:
         """Stop the tensor-parallel worker processes, if any (they also stop when this process
@@ -494,7 +494,14 @@ class LLMEngine(BeamSearchSteps):
 
     def remove_observer(self, observer: Observer) -> None:
         self.observers.remove(observer)
-        self.runner.model.shard.clock.time_gpu = bool(self.observers)
+        self._time_collectives()
+
+    def _time_collectives(self) -> None:
+        """Tensor parallelism on GPUs: while observers read the step timings, time the collectives
+        on the GPU too (CollectiveClock). One process has no collective, and a clock its
+        engines share (Shard's default) that this leaves alone."""
+        if isinstance(self.runner, ParallelRunner):
+            self.runner.model.shard.clock.time_gpu = bool(self.observers)
 
     def _layer_hooks(self) -> tuple:
         """The per-layer hooks of the observers that want them this step: (on_attention or
