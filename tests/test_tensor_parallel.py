@@ -378,3 +378,46 @@ def test_a_trace_whose_split_does_not_divide_its_heads_is_refused(model_dir, tmp
             z.writestr(name, data)
     with pytest.raises(TraceError, match="tensor_parallel_size 3 does not divide its 4 kv heads"):
         load(path)
+
+
+def test_a_rank_puts_a_decode_block_where_its_graphs_read_it():
+    """What a worker does with rank 0's decode step on GPUs, emulated on the CPU: two runners
+    with decode-graph input buffers (no graphs: a CPU cannot capture), the first preparing a
+    batch of 3 (padded to the graph of 4), the second receiving what wire would send. The block
+    lands in the second runner's graph input buffer, header included, as the first's did; a
+    block padded to no graph's size runs as it came."""
+    from transformers import LlamaConfig
+
+    from minillama.config import ModelConfig
+    from minillama.engine.model_runner import ModelRunner
+    from minillama.parallel import wire
+
+    shape = ModelConfig.from_dict(LlamaConfig(**SHAPE).to_dict())
+    engine = LLMEngine.from_config(shape, EngineConfig(device="cpu", max_num_seqs=8, num_kv_blocks=64))
+    rank0 = engine.runner
+    rank1 = ModelRunner(rank0.model, shape, engine.config, rank0.device, rank0.dtype, engine.max_model_len)
+    for runner in (rank0, rank1):
+        with torch.inference_mode(False):
+            runner._make_static_buffers(runner.max_num_seqs)
+        runner.graph_sizes = runner._graph_sizes(runner.max_num_seqs)
+    for prompt in PROMPTS[:3]:
+        engine.add_request(prompt, GREEDY)
+    engine.step()  # the prefill
+    batch = engine.scheduler.schedule()
+    assert batch.phase == "decode" and len(batch.scheduled) == 3
+    sent = rank0.prepare(batch)
+    assert sent.graph_size == 4 and rank0._in_graph_buffer(sent)
+
+    tensors = wire.inputs_to_tensors(sent)
+    assert len(tensors) == 2  # the sizes, then the packed block: all a decode step sends
+    received = wire.tensors_to_inputs([t.clone() for t in tensors], rank1)
+    assert received.graph_size == 4 and rank1._in_graph_buffer(received)
+    used = 1 + sent.packed.numel()
+    assert torch.equal(rank1.static["inputs"][:used], rank0.static["inputs"][:used])
+    for name in ("input_ids", "positions"):
+        assert torch.equal(getattr(received, name), getattr(sent, name))
+    assert torch.equal(received.metadata.slot_mapping, sent.metadata.slot_mapping)
+
+    unpadded = sent.packed[:3].clone()
+    eager = rank1.decode_inputs(unpadded, 3)
+    assert eager.graph_size is None and eager.packed is unpadded
