@@ -421,3 +421,41 @@ def test_a_rank_puts_a_decode_block_where_its_graphs_read_it():
     unpadded = sent.packed[:3].clone()
     eager = rank1.decode_inputs(unpadded, 3)
     assert eager.graph_size is None and eager.packed is unpadded
+
+
+def test_a_worker_refuses_a_message_whose_header_it_cannot_read(monkeypatch):
+    """wire.receive checks every number of a header before it allocates anything: the command,
+    the count, each tensor's dtype code, device flag and shape. (The broadcasts are replaced by
+    a queue of what rank 0 would have sent.)"""
+    from minillama.parallel import wire
+
+    def message(command: int, entries: list[list[int]], payloads: list[torch.Tensor] = ()) -> list[torch.Tensor]:
+        header = torch.full((wire.HEADER_INTS,), -1, dtype=torch.int64)
+        header[:3] = torch.tensor([command, 0, len(entries)])
+        for i, entry in enumerate(entries):
+            header[3 + wire.ENTRY_INTS * i: 3 + wire.ENTRY_INTS * (i + 1)] = torch.tensor(entry)
+        return [header, *payloads]
+
+    def _with_count(count: int) -> torch.Tensor:  # a header claiming more tensors than fit in it
+        header = message(wire.Command.RUN, [])[0]
+        header[2] = count
+        return header
+
+    def receive(sent: list[torch.Tensor]):
+        queue = list(sent)
+        monkeypatch.setattr(wire.dist, "broadcast", lambda tensor, src: tensor.copy_(queue.pop(0)))
+        return wire.receive(torch.device("cpu"))
+
+    payload = torch.arange(6, dtype=torch.int32).view(2, 3)
+    command, _, tensors = receive(message(wire.Command.COPY_KV, [[1, 0, 2, 3]], [payload]))
+    assert command is wire.Command.COPY_KV and torch.equal(tensors[0], payload)
+    for bad_header, why in [
+        (message(99, []), "bad header"),
+        ([_with_count(wire.MAX_TENSORS + 1)], "bad header"),
+        (message(wire.Command.RUN, [[len(wire.DTYPES), 0, 1, -1]]), "bad tensor entry"),
+        (message(wire.Command.RUN, [[0, 2, 1, -1]]), "bad tensor entry"),  # the device flag
+        (message(wire.Command.RUN, [[0, 0, -5, -1]]), "bad tensor entry"),
+        (message(wire.Command.RUN, [[0, 0, 1, -7]]), "bad tensor entry"),
+    ]:
+        with pytest.raises(RuntimeError, match=f"tensor-parallel message with a {why}"):
+            receive(bad_header)
