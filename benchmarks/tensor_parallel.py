@@ -17,6 +17,7 @@ import gc
 
 import torch
 
+from benchmarks import all_reduce
 from benchmarks.engine import Row, load_hf, print_table, time_engine, time_hf_generate
 from benchmarks.workloads import config_path, random_prompts, warm_up_prompts
 from minillama import EngineConfig, LLMEngine, ModelConfig
@@ -26,12 +27,21 @@ def scaling_workload(args: argparse.Namespace) -> None:
     model_config = ModelConfig.from_file(config_path(args.config))
     prompts = random_prompts(args.num_requests, 100, 1024, model_config.vocab_size, seed=0)
     sizes = (args.tensor_parallel_size, 1)  # the split engine first: the table's ratios are against it
+    print_all_reduce(sizes[0])
     rows = [run_split(model_config, size, prompts, args) for size in sizes]
     if "static" in args.peers:
         rows.append(time_hf_over_gpus(args, prompts, sizes[0]))
     print_table(f"{args.config} shape, {args.num_requests} requests, {args.output_len} new tokens each", rows)
     speedup = rows[0].tok_per_s / rows[1].tok_per_s
     print(f"{sizes[0]} GPUs: {speedup:.2f}x one GPU's throughput, scaling efficiency {speedup / sizes[0]:.0%}")
+
+
+def print_all_reduce(size: int) -> None:
+    """The all-reduce's time and bus bandwidth between `size` GPUs, at a decode's and a prefill's sizes."""
+    times = all_reduce.measure(size)
+    parts = [f"{nbytes / 2**10:,.0f} KiB {seconds * 1e6:,.0f} us ({all_reduce.bus_bandwidth(nbytes, seconds, size) / 1e9:.0f} GB/s)"
+             for nbytes, seconds in times.items()]
+    print(f"all-reduce (bf16) between {size} GPUs, time and bus bandwidth: " + "; ".join(parts), flush=True)
 
 
 def run_split(model_config: ModelConfig, size: int, prompts: list[list[int]], args: argparse.Namespace) -> Row:

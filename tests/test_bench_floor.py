@@ -30,3 +30,14 @@ def test_the_floor_sums_compute_at_the_gemm_peak_and_reads_at_the_bandwidth():
     contexts = (3 + 1) + (3 + 2) + (3 + 3) + (5 + 1) + (5 + 2) + (5 + 3)  # decode tokens 1..3 of each
     assert floor.decode_bytes == 3 * (layer_weights(config) + lm_head) * 2 + contexts * kv_per_token
     assert floor.seconds == pytest.approx(floor.prefill_flops / 1e15 + floor.decode_bytes / 4e12)
+
+
+def test_the_all_reduce_probe_times_each_size_over_two_processes():
+    """benchmarks/all_reduce.py through gloo on the CPU (the GPU run uses NCCL the same way):
+    one time per size, and the bus bandwidth nccl-tests would print for it."""
+    from benchmarks.all_reduce import SIZES, bus_bandwidth, measure
+
+    times = measure(2, "cpu", repeats=1)
+    assert sorted(times) == sorted(SIZES) and all(t > 0 for t in times.values())
+    assert bus_bandwidth(2**20, 1e-3, 2) == 2**20 / 1e-3  # 2 ranks: each link carries the tensor once
+    assert bus_bandwidth(2**20, 1e-3, 4) == 2**20 * 1.5 / 1e-3
