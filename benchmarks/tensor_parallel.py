@@ -2,13 +2,15 @@
 
     python -m benchmarks.engine --gpu --config 8b --tensor-parallel-size 2 --hf-requests 64
 
-The same requests (prompts of 100-1024 tokens, --output-len new tokens each) through an engine
-on one GPU, then through one split over N GPUs (random bf16 weights; each rank draws its own
-slices), in one process, one after the other: each one's tok/s, and the split's speed-up over
-one GPU divided by N (its scaling efficiency). The split engine's decode step reads 1/N of the
-weights on each GPU, and adds two all-reduces a layer. The peer (--peers static, the default)
-is HF generate over the same N GPUs as `device_map="auto"` places a model on them (whole
-layers on each GPU, one after the other), on the first --hf-requests requests, labelled so."""
+First the all-reduce between the N GPUs, timed alone (benchmarks/all_reduce.py). Then the same
+requests (prompts of 100-1024 tokens, --output-len new tokens each) through an engine split over
+N GPUs (random bf16 weights; each rank draws its own slices), then through one on one GPU, in
+one process, one after the other: each one's tok/s, and the split's speed-up over one GPU
+divided by N (its scaling efficiency). The split engine's decode step reads 1/N of the weights
+on each GPU, and adds two all-reduces a layer. The peer (when --peers names static, as by
+default; HF continuous batching is not run here) is HF generate over the same N GPUs as
+`device_map="auto"` places a model on them (whole layers on each GPU, one after the other), on
+the first --hf-requests requests, labelled so."""
 
 from __future__ import annotations
 
