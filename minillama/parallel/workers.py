@@ -83,8 +83,9 @@ def backend(device: torch.device) -> str:
 class TensorParallelGroup:
     """The worker processes of one engine, and the process group they share with the driver."""
 
-    def __init__(self, workers: list[BaseProcess]):
+    def __init__(self, workers: list[BaseProcess], on_gpus: bool):
         self.workers = workers
+        self.on_gpus = on_gpus  # NCCL joins the ranks' GPUs
         self.closed = False
         # Out of step with the workers: they are still loading (until rank 0's runner is built:
         # the ranks agree on the cache size and capture their graphs together), or a step stopped
@@ -107,7 +108,7 @@ class TensorParallelGroup:
         ]
         for worker in workers:
             worker.start()
-        group = cls(workers)
+        group = cls(workers, config.resolved_device().type == "cuda")
         try:
             dist.init_process_group(backend(config.resolved_device()), init_method=f"tcp://127.0.0.1:{port}",
                                     rank=0, world_size=world, timeout=TIMEOUT)
@@ -148,7 +149,7 @@ class TensorParallelGroup:
                 worker.terminate()
                 worker.join()
         if dist.is_initialized():
-            if orderly or not torch.cuda.is_available():
+            if orderly or not self.on_gpus:
                 dist.destroy_process_group()
             else:  # NCCL's orderly shutdown would wait for a rank that is gone: abort its communicators
                 dist.distributed_c10d._abort_process_group()
