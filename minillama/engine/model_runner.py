@@ -324,8 +324,8 @@ class ModelRunner:
         return self._decode_inputs(block.view(packed.shape), num_seqs, graph_size)
 
     @staticmethod
-    def _decode_inputs(packed: torch.Tensor, num_seqs: int, graph_size: int | None) -> ModelInputs:
-        n = num_seqs
+    def _decode_inputs(packed: torch.Tensor, n: int, graph_size: int | None) -> ModelInputs:
+        """ModelInputs over a decode step's packed block [R, 4 + width] of n sequences (R >= n)."""
         # The block tables and context lengths as the attention kernels take them (int32) are
         # made by run(), and only when it runs the model eagerly: a graph replay unpacks them
         # inside the graph, and two conversions a step would cost the host two launches for nothing.
