@@ -8,6 +8,7 @@ carries, comparable across N. A prefill step of 16,384 tokens at hidden size 4,0
 
 from __future__ import annotations
 
+import socket
 import time
 
 import torch
@@ -15,14 +16,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from benchmarks.engine import synchronize
-from minillama.parallel.workers import free_port
 
 SIZES = (8 * 2**10, 2 * 2**20, 128 * 2**20)  # bytes: a batch-1 decode, a batch-256 decode, a prefill step
 
 
 def measure(world: int, device: str = "cuda", repeats: int = 20) -> dict[int, float]:
     """{bytes: seconds per all-reduce of a bf16 tensor of that many bytes} over `world` processes."""
-    port = free_port()
+    with socket.socket() as s:  # a free port for the group's rendezvous (minillama's own is not on its face)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     results = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(_rank, args=(world, device, port, repeats, results), nprocs=world, start_method="spawn")
     return results.get()

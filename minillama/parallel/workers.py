@@ -99,7 +99,7 @@ class TensorParallelGroup:
         world = config.tensor_parallel_size
         if dist.is_initialized():
             raise TensorParallelError("one tensor-parallel engine per process at a time: close() the other first")
-        port = free_port()
+        port = _free_port()
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
         workers = [
             context.Process(target=_worker_main, args=(source, config, rank, world, port, max_model_len),
@@ -287,7 +287,7 @@ def _serve(runner: ModelRunner) -> None:
                 runner.enable_query_capture()
 
 
-def free_port() -> int:
+def _free_port() -> int:
     """A TCP port on the loopback nobody listens on now, for the group's rendezvous."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
