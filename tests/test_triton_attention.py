@@ -279,7 +279,8 @@ def test_interpreter_small_shapes():
     triton-lang/triton#11584); the CUDA tests cover bf16.
     """
     dtype = torch.float16
-    for heads in [(4, 2, 32), (4, 1, 16), (2, 2, 64)]:
+    # head_dim 128 takes the kernels' other tile sizes (_decode_config, _prefill_config).
+    for heads in [(4, 2, 32), (4, 1, 16), (2, 2, 64), (4, 2, 128)]:
         for num_splits in [0, 1, 3]:  # 0: the heuristic, which splits small batches
             run_decode_case(3, heads, dtype, block_size=16, max_len=150, device="cpu", num_splits=num_splits)
         for paged, max_prefix in [(False, 0), (False, 40), (True, 0), (True, 150)]:

@@ -218,8 +218,11 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _decode_config(head_dim: int) -> dict[str, int]:
-    """Tile size and launch settings of the decode kernel (the fastest of a sweep on an H100)."""
-    return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 2 if head_dim > 64 else 3}
+    """Tile size and launch settings of the decode kernel: the fastest of a sweep on an H200 at
+    batch 64 and 256 over contexts of 260-1180 tokens (docs/perf-notes.md, stop 29)."""
+    if head_dim > 64:
+        return {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
 
 
 def _decode_num_splits(batch: int, num_kv_heads: int, max_context: int, device: torch.device) -> int:
@@ -431,9 +434,10 @@ def _prefill_kernel(
 
 
 def _prefill_config(head_dim: int) -> dict[str, int]:
-    """Tile sizes and launch settings of the prefill kernel (the fastest of a sweep on an H100)."""
+    """Tile sizes and launch settings of the prefill kernel: the fastest of a sweep on an H200
+    over a 16k-token step of 100-1024-token prompts (docs/perf-notes.md, stop 29)."""
     if head_dim > 64:
-        return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+        return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3}
     return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 
