@@ -4,6 +4,7 @@
     python -m benchmarks.engine --config 1b      # the same on a Llama-3.2 shape, random weights
     python -m benchmarks.engine --gpu            # the GPU workload: 256 requests, 3 engines
     python -m benchmarks.engine --async-ab       # the GPU workload, async scheduling on / off in turns
+    python -m benchmarks.engine --profile        # the GPU workload's kernels, prefill and decode (kernel_profile.py)
     python -m benchmarks.engine --gpu --tensor-parallel-size 2   # one GPU against 2 (benchmarks/tensor_parallel.py)
 
 Every figure is output tokens per second of wall time. Both sides generate exactly the same
@@ -362,6 +363,7 @@ def _main(argv: list[str]) -> None:
                         help="plan the next step while the GPU runs this one (default: %(default)s, on with CUDA)")
     parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
     parser.add_argument("--async-ab", action="store_true", help="GPU: the workload with async scheduling on and off in turns")
+    parser.add_argument("--profile", action="store_true", help="GPU: the workload's kernel time, prefill and decode apart")
     parser.add_argument("--context", type=int_at_least(1), default=512, help="--decode-steps: tokens of context per sequence")
     parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1,
                         help="--gpu: the workload on one GPU and split over this many (no HF peers)")
@@ -375,9 +377,14 @@ def _main(argv: list[str]) -> None:
                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()
     if args.tensor_parallel_size > 1 and not args.gpu:
         raise ConfigError("--tensor-parallel-size runs the --gpu workload (one GPU against N); add --gpu")
-    if (args.gpu or args.decode_steps or args.async_ab) and not torch.cuda.is_available():
-        raise ConfigError("--gpu, --decode-steps and --async-ab need a CUDA GPU, and torch sees none")
-    if args.async_ab:
+    if (args.gpu or args.decode_steps or args.async_ab or args.profile) and not torch.cuda.is_available():
+        raise ConfigError("--gpu, --decode-steps, --async-ab and --profile need a CUDA GPU, and torch sees none")
+    if args.profile:
+        from benchmarks.kernel_profile import run
+
+        args.config = args.config or "1b"
+        run(args)
+    elif args.async_ab:
         args.config = args.config or "1b"
         async_ab(args)
     elif args.decode_steps:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_model import write_tiny_model
 
 import app
@@ -173,6 +174,9 @@ BAD = {
     "sharing-tokens-1": ("sharing", ["--max-tokens", "1"], "argument --max-tokens"),
     "sharing-unknown-flag": ("sharing", ["--beams"], "unrecognized arguments: --beams"),
 }
+
+if not torch.cuda.is_available():  # with a GPU, --profile runs the workload
+    BAD["bench-profile-no-gpu"] = ("bench", ["--profile"], "--profile need a CUDA GPU")
 
 
 def one_line_error(capsys, cli: str, argv: list[str], status: int = 2) -> str:
