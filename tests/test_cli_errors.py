@@ -8,6 +8,7 @@ else reaches stderr. The model, where one is needed, is a tiny random directory.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +40,13 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (root / "file.txt").write_text("not a model")
     (root / "junk.mltrace").write_text("not a trace")
     (root / "empty").mkdir()
+    os.mkfifo(root / "pipe")  # nobody reads it: a writer that opened it would wait for ever
     trace = root / "run.mltrace"
     code = inspector.__main__.main(["record", "--model", str(tiny), "--device", "cpu", "--prompt", "hi",
                                     "--max-tokens", "3", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(trace)])
     assert code == 0
     return {"tiny": str(tiny), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
-            "empty": str(root / "empty"), "trace": str(trace), "root": str(root)}
+            "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe")}
 
 
 TINY = ["--model", "{tiny}", "--device", "cpu"]
@@ -127,6 +129,14 @@ BAD = {
     "show-step-negative": ("inspector", ["show", "{trace}", "--step", "-1"], "--step -1"),
     "chrome-no-folder": ("inspector", ["export-chrome", "{trace}", "-o", "/nonexistent/t.json"], "there is no folder"),
     "chrome-to-a-folder": ("inspector", ["export-chrome", "{trace}", "-o", "{empty}"], "is a folder"),
+    # Every -o refuses what is not a regular file: a device (the trace would replace it whole,
+    # or vanish into /dev/null) and a pipe (the write would wait for a reader for ever).
+    "record-to-a-device": ("inspector", ["record", "--prompt", "hi", "-o", "/dev/null"], "is not a regular file"),
+    "record-to-a-pipe": ("inspector", ["record", "--prompt", "hi", "-o", "{pipe}"], "is not a regular file"),
+    "chrome-to-a-device": ("inspector", ["export-chrome", "{trace}", "-o", "/dev/full"], "is not a regular file"),
+    "chrome-to-a-pipe": ("inspector", ["export-chrome", "{trace}", "-o", "{pipe}"], "is not a regular file"),
+    "replay-to-a-device": ("inspector", ["replay", "{trace}", "-o", "/dev/full"], "is not a regular file"),
+    "replay-to-a-pipe": ("inspector", ["replay", "{trace}", "-o", "{pipe}"], "is not a regular file"),
     "replay-no-output": ("inspector", ["replay", "{trace}"], "required: -o/--output"),
     "replay-no-folder": ("inspector", ["replay", "{trace}", "-o", "/nonexistent/r.mltrace"], "there is no folder"),
     "replay-junk": ("inspector", [*REPLAY_JUNK], "not a .mltrace file"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,18 @@ def saved(trace, tmp_path_factory):
     path = tmp_path_factory.mktemp("trace") / "run.mltrace"
     save(trace, path)
     return path
+
+
+def test_save_writes_only_regular_files(trace, tmp_path):
+    """save() replaces its target whole (atomically), so it refuses one that is not a regular
+    file: the trace would take a device's or a pipe's place, or vanish into /dev/null."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for target in (pipe, tmp_path, "/dev/null"):
+        with pytest.raises(TraceError, match="is not a regular file"):
+            save(trace, target)
+    assert pipe.is_fifo() and not (tmp_path / "pipe.partial").exists()
+    assert Path("/dev/null").is_char_device()
 
 
 def flat(trace):

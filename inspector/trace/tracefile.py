@@ -60,6 +60,8 @@ def save(trace: Trace, path: str | Path) -> None:
     document = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "trace": encode(trace, tensors, "trace")}
     text = json.dumps(document, allow_nan=False, separators=(",", ":"))
     path = Path(path)
+    if path.exists() and not path.is_file():  # the atomic replace would put the trace in a device's place
+        raise TraceError(f"{path} is not a regular file (a folder, a device, a pipe or a socket); not written")
     partial = path.with_name(path.name + ".partial")
     try:
         with zipfile.ZipFile(partial, "w") as zf:

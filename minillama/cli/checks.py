@@ -18,6 +18,10 @@ def check_output_path(path: str, flag: str) -> Path:
     folder = target.parent  # Path("run.mltrace").parent is Path(".")
     if target.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a file name in it")
+    if target.exists() and not target.is_file():
+        # A device, a pipe or a socket: writing there would hang (a pipe nobody reads), vanish
+        # (/dev/null) or, as the writers replace the file whole, put a file in the device's place.
+        raise ConfigError(f"{flag} {path} is not a regular file (a device, a pipe or a socket); give a file name")
     if not folder.is_dir():
         raise ConfigError(f"{flag} {path}: there is no folder {folder}")
     if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
