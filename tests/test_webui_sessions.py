@@ -3,6 +3,7 @@ batches, limits with clear messages, idle sessions reclaimed."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from inspector import load, save
 from minillama import EngineConfig, LLMEngine, SamplingParams
 from minillama.errors import InvalidRequestError
+from webui.handlers import Handlers
+from webui.layout import CACHE_MAX_AGE_SECONDS, CACHE_SWEEP_SECONDS, build_app
 from webui.limits import Limits
 from webui.render import status_html
 from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager
@@ -90,14 +93,18 @@ def test_limits_say_which_limit_was_reached(base):
     assert len(session.trace.steps) == 3  # the refused reset kept the session as it was
 
 
-def test_idle_and_closed_sessions_give_their_slot_to_a_new_one(base):
+def test_idle_and_closed_sessions_give_their_slot_to_a_new_one(base, tmp_path):
     manager = SessionManager(base, Limits(max_sessions=1, idle_minutes=0.001))
     old = manager.open_tab("10.0.0.1", browser="hash-old")
     manager.add_prompts(old, ["Hi"], GREEDY, chat=False)
+    old.last_download = tmp_path / "download" / "run.mltrace"  # as Handlers.save_trace leaves it
+    old.last_download.parent.mkdir()
+    old.last_download.write_bytes(b"a saved trace")
     time.sleep(0.1)
     new = manager.open_tab("10.0.0.2", browser="hash-new")
     manager.add_prompts(new, ["Hi"], GREEDY, chat=False)  # the idle one's slot
     assert old.key not in manager.sessions and new.holds_memory
+    assert not (tmp_path / "download").exists()  # its saved trace went with it
     again = manager.get(old.key)  # its tab calls again: an empty session, told why
     assert again.debug is None and "reclaimed (it was idle" in again.notice
 
@@ -180,3 +187,17 @@ def test_the_readme_tour_shows_what_it_says(base):
             if x.num_cached_tokens]
     assert hits == [(8, 2, 24), (49, 2, 8)]
     assert "Paris" in session.trace.sequences[0].text
+
+
+def test_the_server_leaves_no_files_behind(base):
+    """The folder of saved traces goes with the page's handlers (at the latest when the server
+    exits), and Gradio's own copies of served and uploaded files are swept by age."""
+    manager = SessionManager(base, Limits())
+    handlers = Handlers(manager)
+    folder = handlers.downloads
+    assert folder.is_dir()
+    del handlers
+    gc.collect()
+    assert not folder.exists()
+    app = build_app(manager)
+    assert app.delete_cache == (CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS) and CACHE_MAX_AGE_SECONDS <= 3600

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -103,6 +104,9 @@ class Handlers:
     def __init__(self, manager: SessionManager):
         self.manager = manager
         self.downloads = Path(tempfile.mkdtemp(prefix="minillama-traces-"))
+        # Gone with the server (or these handlers): a server that ran for days, or a test run that
+        # built a hundred pages, would otherwise leave every session's last saved trace behind.
+        weakref.finalize(self, shutil.rmtree, self.downloads, ignore_errors=True)
 
     # -- page life ------------------------------------------------------------------------------
 
@@ -401,8 +405,7 @@ class Handlers:
         path = folder / f"minillama-{model}-{len(trace.steps)}steps-{time.strftime('%H%M%S')}.mltrace"
         with session.lock, _save_lock:
             save(trace, path)
-        if session.last_download is not None:
-            shutil.rmtree(session.last_download.parent, ignore_errors=True)
+        session.forget_download()
         session.last_download = path
         return str(path)
 

@@ -26,6 +26,8 @@ from webui.sessions import CaptureSettings, EngineSettings, SessionManager
 # Runs in the page before a fork click goes out: the inputs [tab key, click], the click read off
 # the hidden button where static/app.js left it.
 FORK_CLICK_JS = "(key, click) => [key, document.getElementById('ml-fork-click-go')?.dataset.click || '']"
+# Gradio's file cache: every 5 minutes, the files older than 15 minutes are deleted.
+CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS = 300, 900
 EXAMPLE_PROMPTS = "What is the capital of France?\nWrite a haiku about autumn.\nWhat is the capital of France? Answer in one word."
 
 
@@ -33,7 +35,11 @@ def build_app(manager: SessionManager) -> gr.Blocks:
     handlers = Handlers(manager)
     live = manager.base is not None
     engine, capture = EngineSettings(), CaptureSettings()
-    with gr.Blocks(title="mini-llama inspector", fill_width=True) as app:
+    # Gradio keeps a copy of every file it serves or receives (a saved trace, an uploaded one)
+    # in its cache: swept, so a server that runs for days, or a client that uploads again and
+    # again, cannot fill the disk. Both reach Gradio within seconds of being made.
+    with gr.Blocks(title="mini-llama inspector", fill_width=True,
+                   delete_cache=(CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS)) as app:
         gr.HTML(_header(manager), elem_id="ml-header")
         with gr.Row(equal_height=False, elem_id="ml-shell"):
             with gr.Column(scale=0, min_width=290, elem_id="ml-controls"):

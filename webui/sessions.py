@@ -18,6 +18,7 @@ dropped at any time and is remade, empty, on its next call.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -101,6 +102,12 @@ class UISession:
     updates_drawn: int = 0
     # One handler at a time changes the session (add, step, reset); reads need no lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def forget_download(self) -> None:
+        """Delete the trace file it saved last, with the folder made for it (webui/handlers.py)."""
+        if self.last_download is not None:
+            shutil.rmtree(self.last_download.parent, ignore_errors=True)
+            self.last_download = None
 
     @property
     def trace(self) -> Trace | None:
@@ -236,6 +243,7 @@ class SessionManager:
             if s.holds_memory and not s.running and (s.closed or s.last_used < cutoff):
                 del self.sessions[key]
                 s.pause_requested = True
+                s.forget_download()
                 why = "its tab closed" if s.closed else f"it was idle for {self.limits.idle_minutes:g} minutes"
                 self._reclaimed[key] = f"this tab's session was reclaimed ({why}) and its trace is gone: start again"
                 while len(self._reclaimed) > MAX_TABS:
