@@ -22,12 +22,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from inspector import DebugSession, Trace, TraceError, load, save
-from minillama import EngineConfig, LLMEngine, SamplingParams
-from minillama.cli import ArgumentParser, add_debug_flag, run_cli
+from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
+from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli
 from webui import Limits, SessionManager, serve
 
 PROG = "python -m benchmarks.webui"
 EXPECTED = (TraceError,)  # a --trace file that cannot be read
+MIN_STEPS = 3
 TABS = ("KV cache", "Attention", "Next token", "Logit lens")  # the page's tabs (webui/layout.py)
 PANEL_IDS = ("ml-text", "ml-timeline", "ml-kv", "ml-tables", "ml-attention", "ml-logits", "ml-history", "ml-lens", "ml-details")
 PROMPTS = ["Write a story about a lighthouse keeper.", "Explain how a bicycle works.",
@@ -108,17 +109,21 @@ def _main(argv: list[str]) -> None:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_debug_flag(parser)
     parser.add_argument("--trace", default=None, help="a .mltrace to serve (default: record 300 steps)")
-    parser.add_argument("--steps", type=int, default=300, help="steps to record when no --trace is given")
-    parser.add_argument("--moves", type=int, default=60, help="slider moves to time")
+    # A move goes to a step strictly inside the trace: at least 3 steps.
+    parser.add_argument("--steps", type=int_at_least(MIN_STEPS), default=300, help="steps to record when no --trace is given")
+    parser.add_argument("--moves", type=int_at_least(1), default=60, help="slider moves to time")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.trace:
         trace, name = load(args.trace), Path(args.trace).name
+        if len(trace.steps) < MIN_STEPS:
+            raise ConfigError(f"--trace {args.trace} has {len(trace.steps)} step(s); the slider needs at least {MIN_STEPS}")
     else:
         trace, name = record_trace(args.steps), "bench.mltrace"
-        saved = Path(tempfile.mkdtemp()) / name
-        save(trace, saved)  # what the browser sees is what a file holds
-        trace = load(saved)
+        with tempfile.TemporaryDirectory() as folder:
+            saved = Path(folder) / name
+            save(trace, saved)  # what the browser sees is what a file holds
+            trace = load(saved)
     manager = SessionManager(None, Limits(), trace, name)
     app = serve(manager, "127.0.0.1", 7899, block=False)
     try:

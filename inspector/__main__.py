@@ -157,6 +157,11 @@ def _record(args: argparse.Namespace) -> int:
     config, params = engine_config_from_args(args), sampling_params_from_args(args)
     for prompt in args.prompt:
         check_text(prompt)
+    if isinstance(args.attention_seqs, list):  # given on the command line (a default may name more prompts)
+        beyond = [i for i in args.attention_seqs if i >= len(args.prompt)]
+        if beyond:
+            raise ConfigError(f"--attention-seqs {beyond[0]}: there are {len(args.prompt)} prompt(s), numbered 0 to "
+                              f"{len(args.prompt) - 1}")
     session = DebugSession(LLMEngine.from_pretrained(args.model, config), capture_policy_from_args(args))
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)

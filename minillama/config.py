@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from minillama.errors import ConfigError, ModelLoadError
+from minillama.model_files import read_small_text
 from minillama.ops.attention import BACKEND_NAMES
 from minillama.values import as_int, as_number, is_int
 
@@ -76,8 +77,11 @@ class ModelConfig:
                 "each key/value head serves a group of query heads"
             )
         theta, scaling = _rope_settings(raw)
+        vocab_size = field.size("vocab_size")
+        for name in ("bos_token_id", "pad_token_id"):  # not used here, but read by the tokenizer's loader
+            field.token_ids(name, vocab_size)
         return cls(
-            vocab_size=field.size("vocab_size"),
+            vocab_size=vocab_size,
             hidden_size=hidden,
             intermediate_size=field.size("intermediate_size"),
             num_hidden_layers=field.size("num_hidden_layers"),
@@ -89,13 +93,22 @@ class ModelConfig:
             rope_scaling=scaling,
             max_position_embeddings=field.size("max_position_embeddings", default=2048),
             tie_word_embeddings=field.flag("tie_word_embeddings", default=False),
-            eos_token_ids=field.token_ids("eos_token_id"),
+            eos_token_ids=field.token_ids("eos_token_id", vocab_size),
         )
+
+    @property
+    def num_parameters(self) -> int:
+        """The weights' count: the embedding, each layer's projections and two norms, the final
+        norm, and the LM head unless it is the embedding (tied). Known before any tensor is made."""
+        hidden, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        layer = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * self.intermediate_size + 2 * hidden
+        embedding = self.vocab_size * hidden
+        return embedding + self.num_hidden_layers * layer + hidden + (0 if self.tie_word_embeddings else embedding)
 
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(read_small_text(path))
         except FileNotFoundError as exc:
             raise ModelLoadError(f"{path} is missing: a model directory needs config.json") from exc
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -134,12 +147,15 @@ class FieldReader:
             raise ModelLoadError(f"{self.where}: {name} must be true or false, got {value!r}")
         return value
 
-    def token_ids(self, name: str) -> tuple[int, ...]:
-        """A token id or a list of them (eos_token_id may be either); () when absent."""
+    def token_ids(self, name: str, vocab_size: int) -> tuple[int, ...]:
+        """A token id or a list of them (eos_token_id may be either), each in [0, vocab_size);
+        () when absent."""
         value = self.raw.get(name)
         ids = [] if value is None else value if isinstance(value, list) else [value]
-        if not all(is_int(i) and i >= 0 for i in ids):
-            raise ModelLoadError(f"{self.where}: {name} must be a token id >= 0 or a list of them, got {value!r}")
+        if not all(is_int(i) and 0 <= i < vocab_size for i in ids):
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise ModelLoadError(f"{self.where}: {name} must be a token id in [0, {vocab_size}) (the vocabulary) "
+                                 f"or a list of them, got {shown}")
         return tuple(ids)
 
 
@@ -203,6 +219,9 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
 # UI and the tests want small steps.
 BATCH_DEFAULTS: dict[str, tuple[int, int]] = {"cpu": (64, 4096), "cuda": (256, 16384)}
 ASYNC_SCHEDULING = ("auto", "on", "off")
+# The most KV-cache memory one may ask for (a petabyte): a number, not a size, beyond it (1e308
+# gigabytes overflow an integer count of bytes).
+MAX_KV_CACHE_GB = 1e6
 
 
 @dataclass
@@ -267,7 +286,7 @@ class EngineConfig:
         for name in ("num_kv_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens"):  # None: automatic
             if getattr(self, name) is not None:
                 as_int(getattr(self, name), _label(name), ConfigError)
-        as_number(self.kv_cache_memory_gb, _label("kv_cache_memory_gb"), ConfigError)
+        as_number(self.kv_cache_memory_gb, _label("kv_cache_memory_gb"), ConfigError, at_most=MAX_KV_CACHE_GB)
         as_number(self.gpu_memory_utilization, _label("gpu_memory_utilization"), ConfigError, at_most=1.0)
         for name in ("enable_prefix_caching", "enforce_eager", "fused_ops"):
             if not isinstance(getattr(self, name), bool):

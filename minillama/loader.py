@@ -30,6 +30,7 @@ from minillama.config import FieldReader, ModelConfig
 from minillama.errors import ModelLoadError
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.rotary import RotaryEmbedding
+from minillama.model_files import check_model_directory, expand_user, read_small_text, require_regular_file
 from minillama.ops.table import Ops
 from minillama.parallel.shard import WHOLE_MODEL, Shard
 from minillama.parallel.weights import rank_slice
@@ -55,11 +56,12 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     """The directory to load: `model`, or the embedded model's cache when None."""
     if model is None:
         return embedded_model_dir()
-    path = Path(model).expanduser()
+    path = expand_user(model)
     if path.is_file():
         raise ModelLoadError(f"{path} is a file, not a model directory (a folder with config.json and *.safetensors)")
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist (or is not a directory)")
+    check_model_directory(path)
     return path
 
 
@@ -68,7 +70,7 @@ def safetensors_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(read_small_text(index))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:
             raise ModelLoadError(f"{index} is corrupt: {exc}") from exc
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
@@ -77,9 +79,13 @@ def safetensors_files(path: Path) -> list[Path]:
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise ModelLoadError(f"{path} is missing weight shard(s) named in its index: {', '.join(missing)}")
+        for file in files:
+            require_regular_file(file)
         return files
     files = sorted(path.glob("*.safetensors"))
     if files:
+        for file in files:
+            require_regular_file(file)
         return files
     pickled = [f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth")]
     if pickled:
@@ -126,6 +132,10 @@ def build_model(
 
     Built on the meta device first, so no time goes into initialising weights that the
     checkpoint overwrites anyway."""
+    # First from the config's arithmetic: a config.json of a billion layers would otherwise spend
+    # hours making modules on the meta device before the exact count below could refuse it.
+    memory.check_fits(f"the model's weights in {str(dtype).removeprefix('torch.')}",
+                      config.num_parameters * dtype.itemsize // shard.world, device, ModelLoadError)
     with torch.device("meta"), _default_dtype(dtype):
         model = LlamaForCausalLM(config, max_position, ops, shard)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -231,12 +241,12 @@ def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]
     generation_config = path / "generation_config.json"
     if generation_config.exists():
         try:
-            raw = json.loads(generation_config.read_text())
+            raw = json.loads(read_small_text(generation_config))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
             raise ModelLoadError(f"{generation_config} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise ModelLoadError(f"{generation_config} does not hold a JSON object")
-        eos = FieldReader(raw, generation_config.name).token_ids("eos_token_id")
+        eos = FieldReader(raw, generation_config.name).token_ids("eos_token_id", config.vocab_size)
         if eos:
             return eos
     if config.eos_token_ids:

@@ -21,12 +21,19 @@ def is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# The largest count any size, budget or shape may be: beyond it numpy and torch fail with their
+# own errors ("Maximum allowed dimension exceeded", an int64 overflow) instead of a message.
+MAX_COUNT = 2**31 - 1
+
+
 def as_int(value: object, name: str, error: type[Exception], minimum: int = 1, floats: bool = False) -> int:
-    """An integer >= minimum; with `floats`, a whole float (2048.0, as some JSON writers spell
-    it) counts too. 2.5, True, "64" never do."""
+    """An integer in [minimum, MAX_COUNT]; with `floats`, a whole float (2048.0, as some JSON
+    writers spell it) counts too. 2.5, True, "64" never do."""
     whole = int(value) if floats and isinstance(value, float) and value.is_integer() else value
     if not is_int(whole) or whole < minimum:
         raise error(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if whole > MAX_COUNT:
+        raise error(f"{name} must be an integer <= {MAX_COUNT:,}, got {value!r}")
     return whole
 
 

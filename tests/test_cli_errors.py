@@ -8,7 +8,9 @@ else reaches stderr. The model, where one is needed, is a tiny random directory.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +22,14 @@ from tiny_model import write_tiny_model
 import app
 import benchmarks.engine
 import benchmarks.sharing
+import benchmarks.webui
 import inspector.__main__
 import minillama.__main__
 from minillama.engine import llm_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIS = {"minillama": minillama.__main__.main, "inspector": inspector.__main__.main, "app": app.main,
+        "bench-ui": benchmarks.webui.main,
         "bench": benchmarks.engine.main, "sharing": benchmarks.sharing.main}
 BAD_BYTES = "\udcff\udcfe caf\udce9"  # what Python makes of the argv bytes b"\xff\xfe caf\xe9"
 
@@ -41,12 +45,47 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (root / "junk.mltrace").write_text("not a trace")
     (root / "empty").mkdir()
     os.mkfifo(root / "pipe")  # nobody reads it: a writer that opened it would wait for ever
+    hostile = _hostile_model_dirs(root, tiny)
     trace = root / "run.mltrace"
     code = inspector.__main__.main(["record", "--model", str(tiny), "--device", "cpu", "--prompt", "hi",
                                     "--max-tokens", "3", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(trace)])
     assert code == 0
-    return {"tiny": str(tiny), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
-            "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe")}
+    short = root / "short.mltrace"  # two steps
+    code = inspector.__main__.main(["record", "--model", str(tiny), "--device", "cpu", "--prompt", "hi",
+                                    "--max-tokens", "2", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(short)])
+    assert code == 0
+    return {"short": str(short), "tiny": str(tiny), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
+            "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe"),
+            **hostile}
+
+
+def _hostile_model_dirs(root: Path, tiny: Path) -> dict[str, str]:
+    """Copies of the tiny model, each with one file made hostile: a pipe or /dev/zero where a
+    file is read (a read would block or fill memory), a config.json of a billion layers (the
+    modules alone would take hours to make), token ids outside the vocabulary, a chat template
+    that does not compile."""
+    made = {}
+
+    def copy(name: str) -> Path:
+        target = root / name
+        shutil.copytree(tiny, target)
+        made[name] = str(target)
+        return target
+
+    for name, member in [("config-pipe", "config.json"), ("weights-pipe", "model.safetensors"),
+                         ("tokenizer-pipe", "tokenizer.json")]:
+        target = copy(name) / member
+        target.unlink()
+        os.mkfifo(target)
+    config = copy("config-zero") / "config.json"
+    config.unlink()
+    config.symlink_to("/dev/zero")
+    for name, edit in [("layers-huge", {"num_hidden_layers": 10**9}), ("bos-huge", {"bos_token_id": 10**9}),
+                       ("eos-huge", {"eos_token_id": [2, 10**9]})]:
+        config = copy(name) / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), **edit}))
+    (copy("chat-broken") / "chat_template.jinja").write_text("{% if %}")
+    return made
 
 
 TINY = ["--model", "{tiny}", "--device", "cpu"]
@@ -72,7 +111,7 @@ BAD = {
     "max-num-seqs-0": ("minillama", ["--prompt", "hi", "--max-num-seqs", "0"], "max_num_seqs (--max-num-seqs)"),
     "batched-tokens-0": ("minillama", ["--prompt", "hi", "--max-num-batched-tokens", "0"], "--max-num-batched-tokens"),
     "max-model-len-0": ("minillama", ["--prompt", "hi", "--max-model-len", "0"], "max_model_len (--max-model-len)"),
-    "kv-gb-nan": ("minillama", ["--prompt", "hi", "--kv-cache-gb", "nan"], "--kv-cache-gb) must be a finite number > 0"),
+    "kv-gb-nan": ("minillama", ["--prompt", "hi", "--kv-cache-gb", "nan"], "--kv-cache-gb) must be a finite number in (0, 1e+06]"),
     "kv-gb-0": ("minillama", ["--prompt", "hi", "--kv-cache-gb", "0"], "--kv-cache-gb) must be"),
     "gpu-util": ("minillama", ["--prompt", "hi", "--gpu-memory-utilization", "1.5"], "in (0, 1], got 1.5"),
     "seed-negative": ("minillama", ["--prompt", "hi", "--seed", "-1"], "seed (--seed) must be an integer in [0, 2**63)"),
@@ -97,7 +136,7 @@ BAD = {
     "model-is-a-file": ("minillama", ["--prompt", "hi", "--model", "{file}"], "is a file, not a model directory"),
     "model-empty-dir": ("minillama", ["--prompt", "hi", "--model", "{empty}"], "a model directory needs config.json"),
     "no-tokenizer": ("minillama", ["--prompt", "hi", "--model", "{bare}", "--device", "cpu"], "has no tokenizer"),
-    "kv-blocks-beyond-memory": ("minillama", [*RUN, "--num-kv-blocks", "1000000000000"], "the KV cache would take"),
+    "kv-blocks-beyond-memory": ("minillama", [*RUN, "--num-kv-blocks", "2000000000"], "the KV cache would take"),
     "kv-gb-beyond-memory": ("minillama", [*RUN, "--kv-cache-gb", "1000000", "--max-num-seqs", "1000000000"],
                             "blocks of 16 tokens fit"),
     "context-too-long": ("minillama", [*RUN, "--max-model-len", "4096"], "exceeds the model's context (128 positions)"),
@@ -106,6 +145,21 @@ BAD = {
     "attention-head-dim": ("minillama", [*RUN, "--attention", "triton", "--dtype", "bfloat16"],
                            "--attention triton has no kernel for this model's head_dim 8; use sdpa"),
     "attention-cpu-fp32": ("minillama", [*RUN, "--attention", "cpu", "--dtype", "bfloat16"], "float32 only"),
+    # a model directory's files are read as untrusted: regular files only, small ones bounded
+    "config-a-pipe": ("minillama", ["--prompt", "hi", "--model", "{config-pipe}"], "is not a regular file"),
+    "config-dev-zero": ("minillama", ["--prompt", "hi", "--model", "{config-zero}"], "is not a regular file"),
+    "weights-a-pipe": ("minillama", ["--prompt", "hi", "--model", "{weights-pipe}"], "is not a regular file"),
+    "tokenizer-a-pipe": ("minillama", ["--prompt", "hi", "--model", "{tokenizer-pipe}"], "is not a regular file"),
+    "layers-beyond-memory": ("minillama", ["--prompt", "hi", "--model", "{layers-huge}"], "the model's weights in float32 would take"),
+    "bos-outside-vocab": ("minillama", ["--prompt", "hi", "--model", "{bos-huge}"], "bos_token_id must be a token id in [0, 256)"),
+    "eos-outside-vocab": ("minillama", ["--prompt", "hi", "--model", "{eos-huge}"], "eos_token_id must be a token id in [0, 256)"),
+    "chat-template-broken": ("minillama", ["--prompt", "hi", "--chat", "--model", "{chat-broken}"],
+                             "this model's chat template failed (TemplateSyntaxError"),
+    "model-unknown-user": ("minillama", ["--prompt", "hi", "--model", "~no-such-user-here/m"], "cannot expand ~"),
+    # numbers too large for what is computed from them
+    "kv-gb-overflow": ("minillama", [*RUN, "--kv-cache-gb", "1e308"], "kv_cache_memory_gb (--kv-cache-gb) must be a finite number in"),
+    "max-num-seqs-huge": ("minillama", [*RUN, "--max-num-seqs", "99999999999999999999999"], "must be an integer <= 2,147,483,647"),
+    "block-size-huge": ("minillama", [*RUN, "--block-size", "3000000000"], "must be an integer <= 2,147,483,647"),
     # python -m inspector
     "no-command": ("inspector", [], "the following arguments are required: command"),
     "record-no-output": ("inspector", ["record", "--prompt", "hi"], "required: -o/--output"),
@@ -117,6 +171,11 @@ BAD = {
     "record-budget-negative": ("inspector", [*RECORD, "--budget-mb", "-1"], "argument --budget-mb"),
     "record-budget-nan": ("inspector", [*RECORD, "--budget-mb", "nan"], "argument --budget-mb"),
     "record-seqs-negative": ("inspector", [*RECORD, "--attention-seqs", "-1"], "argument --attention-seqs"),
+    "record-seqs-beyond": ("inspector", [*RECORD, *TINY, "--attention-seqs", "0", "5"],
+                           "--attention-seqs 5: there are 1 prompt(s), numbered 0 to 0"),
+    "record-budget-huge": ("inspector", [*RECORD, "--budget-mb", "1e308"], "argument --budget-mb: 1e308 is too large"),
+    "record-steps-huge": ("inspector", [*RECORD, "--max-steps", "1e30"], "argument --max-steps"),
+    "record-kv-gb-overflow": ("inspector", [*RECORD, *TINY, "--kv-cache-gb", "1e308"], "--kv-cache-gb"),
     "record-undecodable": ("inspector", ["record", "--prompt", BAD_BYTES, "-o", "{root}/r.mltrace"], "the byte 0xff"),
     "record-undecodable-chat": ("inspector", [*RECORD, "--chat", "--prompt", BAD_BYTES], "the byte 0xff"),
     "record-device": ("inspector", [*RECORD, "--device", "banana"], "unknown device"),
@@ -161,6 +220,13 @@ BAD = {
     "app-max-model-len": ("app", ["--max-model-len", "0"], "max_model_len (--max-model-len)"),
     "app-model-file": ("app", ["--model", "{file}"], "is a file, not a model directory"),
     "app-context": ("app", [*TINY, "--max-model-len", "4096"], "exceeds the model's context"),
+    "app-upload-huge": ("app", ["--upload-mb", "99999999999999999999"], "argument --upload-mb: 99999999999999999999 is too large"),
+    "app-budget-huge": ("app", ["--trace-budget-mb", "1e308"], "argument --trace-budget-mb: 1e308 is too large"),
+    "app-config-a-pipe": ("app", ["--model", "{config-pipe}"], "is not a regular file"),
+    # python -m benchmarks.webui
+    "bench-ui-moves-0": ("bench-ui", ["--moves", "0"], "argument --moves"),
+    "bench-ui-steps-1": ("bench-ui", ["--steps", "1"], "argument --steps: invalid integer >= 3"),
+    "bench-ui-short-trace": ("bench-ui", ["--trace", "{short}"], "has 2 step(s); the slider needs at least 3"),
     "app-trace-junk": ("app", ["--trace", "{junk}"], "not a .mltrace file"),
     "app-trace-folder": ("app", ["--trace", "{empty}"], "{empty}"),
     "app-unknown-flag": ("app", ["--bogus"], "unrecognized arguments: --bogus"),
@@ -202,7 +268,8 @@ def one_line_error(capsys, cli: str, argv: list[str], status: int = 2) -> str:
 def test_bad_input_is_one_line_and_status_2(paths, capsys, cli, argv, fragment):
     err = one_line_error(capsys, cli, [arg.format(**paths) for arg in argv])
     prog = {"minillama": "python -m minillama", "inspector": "python -m inspector", "app": "app.py",
-            "bench": "python -m benchmarks.engine", "sharing": "python -m benchmarks.sharing"}[cli]
+            "bench": "python -m benchmarks.engine", "sharing": "python -m benchmarks.sharing",
+            "bench-ui": "python -m benchmarks.webui"}[cli]
     assert err.startswith(f"{prog}: error: ") and fragment.format(**paths) in err
 
 
@@ -227,6 +294,14 @@ def test_a_bug_is_an_internal_error_and_debug_shows_the_traceback(paths, capsys,
     with pytest.raises(ZeroDivisionError):  # --debug works before or after the subcommand
         inspector.__main__.main(["--debug", "record", "--prompt", "hi", "--model", paths["tiny"], "--device", "cpu",
                                  "-o", paths["root"] + "/r.mltrace"])
+
+
+def test_extreme_length_penalties_still_run(paths, capsys):
+    """A length penalty so large (or so negative) that generated_len ** penalty leaves float's
+    range: the divisor is infinite (or zero), not an OverflowError."""
+    for penalty in ("2000", "-2000"):
+        argv = [*RUN, "--beam-width", "2", "--length-penalty", penalty, "--max-tokens", "3"]
+        assert minillama.__main__.main([a.format(**paths) for a in argv]) == 0, capsys.readouterr().err
 
 
 def test_debug_raises_bad_input_too(paths):

@@ -25,7 +25,7 @@ def engine(**settings) -> LLMEngine:
 def test_a_kv_cache_beyond_all_memory_is_refused_at_once():
     with pytest.raises(ConfigError, match=r"the KV cache would take [\d.]+ GiB; [\d.]+ GiB is available on cpu: "
                                           r"at most \d+ blocks of 4 tokens fit"):
-        engine(num_kv_blocks=10**12)
+        engine(num_kv_blocks=2 * 10**9)
 
 
 def test_kv_cache_gb_beyond_memory_is_refused():
@@ -62,6 +62,20 @@ def test_not_even_one_block(monkeypatch):
 def test_weights_beyond_memory_are_refused_before_allocation():
     huge = ModelConfig.from_dict({**TINY, "vocab_size": 10**9, "hidden_size": 8192, "num_attention_heads": 64,
                                   "num_key_value_heads": 8})
+    with pytest.raises(ModelLoadError, match=r"the model's weights in float32 would take [\d.]+ GiB"):
+        LLMEngine.from_config(huge, EngineConfig(device="cpu", num_kv_blocks=1))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_parameter_count_from_the_config_is_the_models(tied):
+    config = ModelConfig.from_dict({**TINY, "tie_word_embeddings": tied, "head_dim": 16})  # heads x head_dim != hidden
+    model = LLMEngine.from_config(config, EngineConfig(device="cpu", num_kv_blocks=4)).runner.model
+    assert config.num_parameters == sum(p.numel() for p in model.parameters())  # shared tensors counted once
+
+
+def test_a_billion_layers_are_refused_before_a_module_is_made():
+    """The config's arithmetic refuses it: making the layers, even on the meta device, would take hours."""
+    huge = ModelConfig.from_dict({**TINY, "num_hidden_layers": 10**9})
     with pytest.raises(ModelLoadError, match=r"the model's weights in float32 would take [\d.]+ GiB"):
         LLMEngine.from_config(huge, EngineConfig(device="cpu", num_kv_blocks=1))
 

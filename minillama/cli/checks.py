@@ -3,18 +3,23 @@ a moment, not after the model has loaded or a whole run has been recorded."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from minillama.errors import ConfigError
+from minillama.values import MAX_COUNT
 
 
 def check_output_path(path: str, flag: str) -> Path:
     """`path` as a Path if a file can be written there; ConfigError otherwise. Checked before
     any work: a recording that runs to its end only to fail on saving loses the whole run."""
-    target = Path(path).expanduser()
+    try:
+        target = Path(path).expanduser()
+    except RuntimeError as exc:  # ~user for a user this machine does not know
+        raise ConfigError(f"{flag} {path}: cannot expand ~ ({exc})") from exc
     folder = target.parent  # Path("run.mltrace").parent is Path(".")
     if target.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a file name in it")
@@ -34,11 +39,19 @@ def check_output_path(path: str, flag: str) -> Path:
 # __name__: "argument --max-steps: invalid integer >= 1 value: '0'".
 
 
+# The largest a number flag may be: far past any real setting, and small enough that what the
+# program computes from it (bytes from megabytes, a tensor's dimension) stays an int64.
+MAX_INT_FLAG = MAX_COUNT
+MAX_NUMBER_FLAG = 2.0**40
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise ValueError(text)
+        if value > MAX_INT_FLAG:  # argparse shows this message as it is
+            raise argparse.ArgumentTypeError(f"{text} is too large (at most {MAX_INT_FLAG:,})")
         return value
 
     parse.__name__ = f"integer >= {minimum}"
@@ -50,6 +63,8 @@ def number_at_least(minimum: float) -> Callable[[str], float]:
         value = float(text)
         if not math.isfinite(value) or value < minimum:
             raise ValueError(text)
+        if value > MAX_NUMBER_FLAG:
+            raise argparse.ArgumentTypeError(f"{text} is too large (at most {MAX_NUMBER_FLAG:g})")
         return value
 
     parse.__name__ = f"finite number >= {minimum:g}"

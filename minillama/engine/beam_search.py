@@ -51,6 +51,7 @@ How it lives in a paged, continuously batched engine (LLMEngine, Scheduler):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -219,7 +220,10 @@ class BeamGroup:
     def length_divisor(self) -> float:
         """generated_len ** length_penalty for this step's candidates (their new token counted):
         a candidate that ends here scores its summed log-prob divided by it."""
-        return (self.generated + 1) ** self.length_penalty
+        try:
+            return (self.generated + 1) ** self.length_penalty
+        except OverflowError:  # a penalty so large the divisor is past float's range: infinite
+            return math.inf
 
     def select(self, values: list[float], indices: list[int], penalised: list[float], vocab: int) -> Selection:
         """One step, on the host. launch_selection finds the best continuations over every beam, best

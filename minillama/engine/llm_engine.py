@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.beam_search import BeamGroup
@@ -253,9 +254,13 @@ class LLMEngine(BeamSearchSteps):
         if chat:
             if not self.tokenizer.chat_template:
                 raise InvalidRequestError("this model's tokenizer has no chat template; run without chat")
-            prompt = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
+            try:
+                prompt = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+                )
+            except TemplateError as exc:  # the model's own template: a syntax error, or it raised
+                raise InvalidRequestError(f"this model's chat template failed ({type(exc).__name__}: {exc}); "
+                                          "run without chat") from exc
             return self.tokenizer.encode(prompt, add_special_tokens=False)
         return self.tokenizer.encode(prompt)
 
