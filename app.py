@@ -17,7 +17,15 @@ from inspector import TraceError, load
 from minillama import ConfigError, EngineConfig, LLMEngine
 from minillama.cli import run_cli, tune_gc
 from webui import Limits, SessionManager, serve
-from webui.cli import is_loopback, lan_address, limits_from_args, parse_args, resolve_auth
+from webui.cli import (
+    check_host,
+    check_trace_alone,
+    is_loopback,
+    lan_address,
+    limits_from_args,
+    parse_args,
+    resolve_auth,
+)
 
 
 def make_manager(args: argparse.Namespace, limits: Limits) -> SessionManager:
@@ -41,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
+        check_trace_alone(args)
+        check_host(args.host)
         auth = resolve_auth(args)
         limits = limits_from_args(args)
-    except ValueError as error:  # both name the flag that is wrong
+    except ValueError as error:  # each names the flag that is wrong
         raise ConfigError(str(error)) from error
     manager = make_manager(args, limits)
     # Logging starts once the server is about to run: a refusal above stays one line.

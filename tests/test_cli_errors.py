@@ -230,6 +230,9 @@ BAD = {
     "app-trace-junk": ("app", ["--trace", "{junk}"], "not a .mltrace file"),
     "app-trace-folder": ("app", ["--trace", "{empty}"], "{empty}"),
     "app-unknown-flag": ("app", ["--bogus"], "unrecognized arguments: --bogus"),
+    "app-host-unknown": ("app", ["--host", "no-such-host.invalid", "--no-auth"], "--host no-such-host.invalid: no such address"),
+    "app-trace-with-model": ("app", ["--trace", "{trace}", "--model", "{tiny}"], "--model does not apply"),
+    "app-trace-with-device": ("app", ["--trace", "{trace}", "--device", "cpu"], "--device does not apply"),
     # python -m benchmarks.engine
     "bench-device": ("bench", ["--device", "banana"], "unknown device"),
     "bench-config-missing": ("bench", ["--config", "/nonexistent.json"], "no such file"),

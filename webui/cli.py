@@ -71,6 +71,30 @@ def _port(text: str) -> int:
 _port.__name__ = "port (1 to 65535)"  # argparse names the type in its message
 
 
+def check_host(host: str) -> None:
+    """ValueError unless `host` names an address of this machine's resolver (uvicorn would
+    otherwise fail after the model loaded, with a message about free ports)."""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"--host {host}: no such address ({exc})") from exc
+
+
+# The flags about the model, which a --trace server does not load.
+MODEL_FLAGS = ("model", "device", "dtype", "attention", "max_model_len", "eager")
+
+
+def check_trace_alone(args: argparse.Namespace) -> None:
+    """ValueError when --trace comes with a flag about the model it does not load."""
+    if args.trace is None:
+        return
+    parser = build_parser()
+    for name in MODEL_FLAGS:
+        if getattr(args, name) != parser.get_default(name):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"--trace serves a saved trace and loads no model: {flag} does not apply")
+
+
 def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(
         max_sessions=args.max_sessions, max_sessions_per_client=args.max_sessions_per_client,
