@@ -272,6 +272,9 @@ def test_decode_cuda_graph_replay():
 
 
 @requires_interpreter
+# An empty split writes lse = log2(0) = -inf on purpose (the merge gives it no weight); numpy,
+# which runs the interpreter's arithmetic, warns of the log of zero.
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log2:RuntimeWarning")
 def test_interpreter_small_shapes():
     """Both kernels on the CPU: GQA, MQA, MHA; split-K decode; flat and paged varlen prefill.
 

@@ -182,8 +182,11 @@ class PendingSelection:
             tokens = np.take_along_axis(best_tokens[start:end].reshape(len(members), -1), where, axis=1)
             start = end
             # Each candidate's score if it ends here: float32 division, as Hugging Face divides.
-            lengths = np.array([groups[g].length_divisor() for g in members], dtype=np.float32)
-            penalised = values / lengths[:, None]
+            # An extreme length_penalty makes a divisor 0 or past float32's range (infinite): the
+            # quotients (-inf, -0.0) still rank the candidates, so numpy need not warn of them.
+            with np.errstate(divide="ignore", over="ignore"):
+                lengths = np.array([groups[g].length_divisor() for g in members], dtype=np.float32)
+                penalised = values / lengths[:, None]
             # Beam i's token t is continuation i * V + t of the search's flattened [beams * V].
             indices = (where // stage_width) * vocab + tokens  # [G, K]
             for g, row_values, row_indices, row_penalised in zip(
