@@ -78,8 +78,9 @@ class ModelConfig:
             )
         theta, scaling = _rope_settings(raw)
         vocab_size = field.size("vocab_size")
-        for name in ("bos_token_id", "pad_token_id"):  # not used here, but read by the tokenizer's loader
-            field.token_ids(name, vocab_size)
+        # Not used here, but transformers' tokenizer loader reads it and warns past the vocabulary.
+        # (pad_token_id is not checked: some converted Llama checkpoints set it to -1.)
+        field.token_ids("bos_token_id", vocab_size)
         return cls(
             vocab_size=vocab_size,
             hidden_size=hidden,
