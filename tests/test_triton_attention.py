@@ -62,11 +62,12 @@ class PagedCache:
 
 
 def make_paged_cache(
-    keys: list[torch.Tensor], values: list[torch.Tensor], block_size: int, extra_blocks: int = 3
+    keys: list[torch.Tensor], values: list[torch.Tensor], block_size: int, extra_blocks: int = 3,
+    poison: float = POISON,
 ) -> PagedCache:
     """Write each sequence's [L, Hkv, D] keys/values into shuffled physical blocks.
 
-    Unowned slots hold POISON; the block table has `extra_blocks` more columns than the longest
+    Unowned slots hold `poison`; the block table has `extra_blocks` more columns than the longest
     sequence needs, padded with random (valid) block ids.
     """
     num_kv_heads, head_dim = keys[0].shape[1:]
@@ -76,8 +77,8 @@ def make_paged_cache(
     max_blocks = max(needed) + extra_blocks
     physical = torch.randperm(num_blocks, device=device)
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.full(shape, POISON, dtype=dtype, device=device)
-    v_cache = torch.full(shape, POISON, dtype=dtype, device=device)
+    k_cache = torch.full(shape, poison, dtype=dtype, device=device)
+    v_cache = torch.full(shape, poison, dtype=dtype, device=device)
     block_table = torch.randint(0, num_blocks, (len(keys), max_blocks), dtype=torch.int32, device=device)
     used = 0
     for b, (k, v) in enumerate(zip(keys, values)):
@@ -86,10 +87,10 @@ def make_paged_cache(
         block_table[b, : needed[b]] = blocks.int()
         length = k.shape[0]
         padded = needed[b] * block_size
-        k_cache[blocks] = torch.cat([k, k_cache.new_full((padded - length, num_kv_heads, head_dim), POISON)]).view(
+        k_cache[blocks] = torch.cat([k, k_cache.new_full((padded - length, num_kv_heads, head_dim), poison)]).view(
             needed[b], block_size, num_kv_heads, head_dim
         )
-        v_cache[blocks] = torch.cat([v, v_cache.new_full((padded - length, num_kv_heads, head_dim), POISON)]).view(
+        v_cache[blocks] = torch.cat([v, v_cache.new_full((padded - length, num_kv_heads, head_dim), poison)]).view(
             needed[b], block_size, num_kv_heads, head_dim
         )
     return PagedCache(k_cache, v_cache, block_table)
@@ -116,19 +117,23 @@ def run_decode_case(
     max_len: int,
     device: str,
     num_splits: int = 0,
+    tma: bool | None = None,
+    poison: float = POISON,
 ) -> None:
+    """tma: the kernel reading K/V with TMA copies (True), with pointer loads (False), or the one
+    the GPU allows (None)."""
     num_heads, num_kv_heads, head_dim = heads
     lengths = [random.randint(1, max_len) for _ in range(batch)]
     keys = [torch.randn(n, num_kv_heads, head_dim, dtype=dtype, device=device) for n in lengths]
     values = [torch.randn(n, num_kv_heads, head_dim, dtype=dtype, device=device) for n in lengths]
-    cache = make_paged_cache(keys, values, block_size)
+    cache = make_paged_cache(keys, values, block_size, poison=poison)
     q = torch.randn(batch, 1, num_heads, head_dim, dtype=dtype, device=device)
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
     scale = head_dim**-0.5
 
     out = _kernels().flash_attn_with_kvcache(
         q, cache.k_cache, cache.v_cache, cache_seqlens=seqlens, block_table=cache.block_table,
-        softmax_scale=scale, causal=True, num_splits=num_splits,
+        softmax_scale=scale, causal=True, num_splits=num_splits, tma=tma,
     )
     ref = torch.stack([reference_attention(q[b], keys[b], values[b], scale, True) for b in range(batch)])
     assert_close(out, ref, dtype)
@@ -169,7 +174,7 @@ def run_varlen_case(
     assert_close(out, ref, dtype)
 
 
-def run_empty_sequence_case(device: str) -> None:
+def run_empty_sequence_case(device: str, tma: bool | None = None) -> None:
     """cache_seqlens == 0 (a padding slot of a CUDA-graph batch) gives zeros, not NaN."""
     num_heads, num_kv_heads, head_dim, block_size = 8, 2, 64, 16
     k_cache = torch.randn(6, block_size, num_kv_heads, head_dim, dtype=torch.float16, device=device)
@@ -179,7 +184,7 @@ def run_empty_sequence_case(device: str) -> None:
     block_table = torch.tensor([[5, 0, 0], [3, 1, 4]], dtype=torch.int32, device=device)
     for num_splits in (1, 3):
         out = _kernels().flash_attn_with_kvcache(
-            q, k_cache, v_cache, seqlens, block_table, causal=True, num_splits=num_splits
+            q, k_cache, v_cache, seqlens, block_table, causal=True, num_splits=num_splits, tma=tma
         )
         assert (out[0] == 0).all()
         keys = k_cache[[3, 1, 4]].flatten(0, 1)[:40]
@@ -187,9 +192,38 @@ def run_empty_sequence_case(device: str) -> None:
         assert_close(out[1], reference_attention(q[1], keys, values, head_dim**-0.5, True), torch.float16)
 
 
+def run_padded_batch_case(device: str, tma: bool) -> None:
+    """A batch gives the same bits alone and padded as a CUDA graph pads it: one padding row
+    more (context 0) and the block table as wide as the cache. Where the context is cut into
+    splits changes the rounding, so the split count must not follow either difference."""
+    dtype = torch.float16
+    num_heads, num_kv_heads, head_dim, block_size = 4, 1, 32, 16
+    lengths = [97, 130, 61]  # several tiles each, so the splits really divide them
+    keys = [torch.randn(n, num_kv_heads, head_dim, dtype=dtype, device=device) for n in lengths]
+    values = [torch.randn(n, num_kv_heads, head_dim, dtype=dtype, device=device) for n in lengths]
+    cache = make_paged_cache(keys, values, block_size)
+    q = torch.randn(len(lengths), 1, num_heads, head_dim, dtype=dtype, device=device)
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    alone = _kernels().flash_attn_with_kvcache(q, cache.k_cache, cache.v_cache, seqlens, cache.block_table, tma=tma)
+
+    num_blocks = cache.k_cache.shape[0]
+    wide = torch.zeros(len(lengths) + 1, num_blocks, dtype=torch.int32, device=device)
+    wide[: len(lengths), : cache.block_table.shape[1]] = cache.block_table
+    padded = _kernels().flash_attn_with_kvcache(
+        torch.cat([q, torch.zeros_like(q[:1])]), cache.k_cache, cache.v_cache,
+        torch.cat([seqlens, seqlens.new_zeros(1)]), wide, tma=tma,
+    )
+    assert torch.equal(padded[: len(lengths)], alone)
+
+
 # ----------------------------------------------------------------------------------------
 # CUDA
 # ----------------------------------------------------------------------------------------
+
+
+def tma_kernels() -> list[bool]:
+    """The decode kernels this GPU runs: pointer loads always, TMA copies from Hopper on."""
+    return [False, True] if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9 else [False]
 
 
 @pytest.mark.cuda
@@ -199,7 +233,8 @@ def run_empty_sequence_case(device: str) -> None:
 @pytest.mark.parametrize("batch", [1, 7, 64])
 @pytest.mark.parametrize("block_size", [16, 64])
 def test_decode_matches_reference(batch: int, heads: tuple[int, int, int], dtype: torch.dtype, block_size: int):
-    run_decode_case(batch, heads, dtype, block_size, max_len=2000, device="cuda")
+    for tma in tma_kernels():
+        run_decode_case(batch, heads, dtype, block_size, max_len=2000, device="cuda", tma=tma)
 
 
 @pytest.mark.cuda
@@ -207,7 +242,32 @@ def test_decode_matches_reference(batch: int, heads: tuple[int, int, int], dtype
 @pytest.mark.parametrize("num_splits", [1, 3, 64])
 def test_decode_forced_splits(num_splits: int):
     """Split counts the heuristic may not pick: one split, an odd count, more splits than tiles."""
-    run_decode_case(5, (32, 8, 128), torch.bfloat16, 16, max_len=2000, device="cuda", num_splits=num_splits)
+    for tma in tma_kernels():
+        run_decode_case(5, (32, 8, 128), torch.bfloat16, 16, max_len=2000, device="cuda", num_splits=num_splits, tma=tma)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_decode_ignores_nan_in_unowned_slots():
+    """The TMA kernel copies whole tiles, slots past a sequence's end included: a NaN left there
+    (freed memory) must not reach the output through its zero weight."""
+    for tma in tma_kernels():
+        for num_splits in (1, 3):
+            run_decode_case(
+                9, (32, 8, 64), torch.bfloat16, 16, max_len=300, device="cuda", num_splits=num_splits, tma=tma,
+                poison=float("nan"),
+            )
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_decode_picks_tma_on_hopper():
+    """Which kernel runs when nobody asks: TMA copies on Hopper and newer, over a dense cache."""
+    kernels = _kernels()
+    k_cache = torch.zeros(4, 16, 2, 64, dtype=torch.bfloat16, device="cuda")
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    assert kernels._tma_available(k_cache, k_cache) == hopper
+    assert not kernels._tma_available(k_cache[:, :, :1], k_cache[:, :, :1])  # one head of two: not dense
 
 
 @pytest.mark.cuda
@@ -226,8 +286,16 @@ def test_varlen_matches_reference(heads, dtype, paged: bool, max_prefix: int, ca
 
 @pytest.mark.cuda
 @requires_cuda
+def test_decode_same_bits_alone_and_padded():
+    for tma in tma_kernels():
+        run_padded_batch_case("cuda", tma)
+
+
+@pytest.mark.cuda
+@requires_cuda
 def test_decode_empty_sequence():
-    run_empty_sequence_case("cuda")
+    for tma in tma_kernels():
+        run_empty_sequence_case("cuda", tma=tma)
 
 
 @pytest.mark.cuda
@@ -276,7 +344,8 @@ def test_decode_cuda_graph_replay():
 # which runs the interpreter's arithmetic, warns of the log of zero.
 @pytest.mark.filterwarnings("ignore:divide by zero encountered in log2:RuntimeWarning")
 def test_interpreter_small_shapes():
-    """Both kernels on the CPU: GQA, MQA, MHA; split-K decode; flat and paged varlen prefill.
+    """The kernels on the CPU: GQA, MQA, MHA; split-K decode (pointer loads and TMA copies), flat
+    and paged varlen prefill.
 
     fp16 only: the interpreter does not support bf16 (its tl.dot multiplies bf16's raw bits,
     triton-lang/triton#11584); the CUDA tests cover bf16.
@@ -284,9 +353,16 @@ def test_interpreter_small_shapes():
     dtype = torch.float16
     # head_dim 128 takes the kernels' other tile sizes (_decode_config, _prefill_config).
     for heads in [(4, 2, 32), (4, 1, 16), (2, 2, 64), (4, 2, 128)]:
-        for num_splits in [0, 1, 3]:  # 0: the heuristic, which splits small batches
-            run_decode_case(3, heads, dtype, block_size=16, max_len=150, device="cpu", num_splits=num_splits)
+        # 0: the heuristic, which cuts a small batch's contexts into up to 32 splits (slow
+        # here: one shape is enough, run_padded_batch_case tries it too).
+        for num_splits in [0, 1, 3] if heads == (4, 2, 32) else [1, 3]:
+            for tma in (False, True):  # the interpreter runs TMA copies too
+                run_decode_case(3, heads, dtype, block_size=16, max_len=150, device="cpu", num_splits=num_splits, tma=tma)
+        run_decode_case(3, heads, dtype, block_size=32, max_len=150, device="cpu", tma=True, poison=float("nan"))
         for paged, max_prefix in [(False, 0), (False, 40), (True, 0), (True, 150)]:
             run_varlen_case(3, heads, dtype, max_len=150, max_prefix=max_prefix, paged=paged, causal=True, device="cpu")
         run_varlen_case(2, heads, dtype, max_len=40, max_prefix=40, paged=True, causal=False, device="cpu")
-    run_empty_sequence_case("cpu")
+    run_empty_sequence_case("cpu", tma=False)
+    run_empty_sequence_case("cpu", tma=True)
+    run_padded_batch_case("cpu", tma=False)
+    run_padded_batch_case("cpu", tma=True)

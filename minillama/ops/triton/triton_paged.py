@@ -28,10 +28,19 @@ and its log-sum-exp lse = m + log2(l). A second small kernel merges the splits:
 out = sum_s 2^(lse_s - max lse) * o_s / sum_s 2^(lse_s - max lse).
 num_splits depends on shapes only (never on cache_seqlens' values), so the launch can be
 captured in a CUDA graph; each program finds its own chunk from its sequence's length. With
-one split the first kernel writes the final output directly.
+one split the first kernel writes the final output directly. It is also the same for an eager
+step and the graph its batch pads into, so both compute the same bits (_decode_num_splits).
 
 A decode program loads all query heads that share its KV head (a GQA group, padded to at
 least 16 rows for the tensor cores), so every K/V tile is read from memory once per group.
+
+On Hopper and newer GPUs the decode reads each tile of keys and values with a TMA copy: the
+tensor memory accelerator fetches a [BLOCK_N, D] box of the cache into shared memory from one
+instruction, where pointer loads have every thread compute and issue addresses. A one-warp
+program then only does the arithmetic, so an SM holds many of them and keeps more copies in
+flight: on an H200 the decode reads the K/V 1.05-1.4x faster than with pointer loads
+(docs/perf-notes.md, stop 30). A copy takes the whole box, so the last, partial tile of a
+sequence masks what it read past the end; all the tiles before it run without masks.
 
 Prefill: one launch for the ragged batch
 ----------------------------------------
@@ -42,7 +51,7 @@ rows of a program see in full are processed without masks; only the tiles that c
 diagonal or the sequence's end pay for masking, and tiles past the diagonal are skipped.
 
 Only fp16 and bf16 inputs are supported. Tile sizes were picked by sweeps on an H100, those for
-head_dim 128 again on an H200.
+head_dim 128 and the TMA decode's on an H200.
 """
 
 from __future__ import annotations
@@ -54,11 +63,16 @@ import torch
 import triton
 import triton.language as tl
 
-# Decode programs to aim for, per SM, before splitting a sequence's context further.
+try:  # host-side TMA descriptors (Triton >= 3.3); without them decode uses pointer loads only
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton
+    TensorDescriptor = None
+
+# Decode programs to aim for, per SM, when a sequence's context is split: the pointer kernel's
+# programs are 4 warps, the TMA kernel's one, so an SM holds more of those.
 _DECODE_PROGRAMS_PER_SM = 2
-# Fewest tokens of the cache a decode split is worth (sized on block_table's capacity).
-_MIN_TOKENS_PER_SPLIT = 128
-_MAX_SPLITS = 64
+_DECODE_TMA_PROGRAMS_PER_SM = 8
+_MAX_SPLITS = 32  # a batch of 1-4 gains nothing past it: splits of one or two tiles
 _H100_SMS = 132  # SM count assumed for non-CUDA tensors (Triton's CPU interpreter)
 
 
@@ -108,23 +122,9 @@ def _decode_kernel(
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2)
-
-    # This split's chunk of the sequence: whole tiles, spread evenly over the splits.
-    seqlen = tl.load(seqlens_ptr + seq)
-    tiles_per_split = tl.cdiv(tl.cdiv(seqlen, BLOCK_N), num_splits)
-    start = split * tiles_per_split * BLOCK_N
-    end = tl.minimum(start + tiles_per_split * BLOCK_N, seqlen)
-
-    offs_g = tl.arange(0, GROUP_PAD)  # [GROUP_PAD] query head within the group
-    offs_d = tl.arange(0, HEAD_DIM)  # [D]
-    head = kv_head * GROUP + offs_g
-    head_mask = offs_g < GROUP
-    q = tl.load(
-        q_ptr + seq * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
-        mask=head_mask[:, None],
-        other=0.0,
-    )  # [GROUP_PAD, D]
-
+    start, end, q, head, head_mask, offs_d = _decode_program_start(
+        q_ptr, seqlens_ptr, seq, split, kv_head, num_splits, stride_qb, stride_qh, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_N
+    )
     m_i = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)  # running max (base-2 scores)
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)  # running sum of exp2(score - m_i)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)  # running sum of exp2(...) * v
@@ -147,17 +147,62 @@ def _decode_kernel(
             mask=n_mask[:, None],
             other=0.0,
         )  # [BLOCK_N, D]
+        m_i, l_i, acc = _online_softmax_tile(q, k, v, n_mask, m_i, l_i, acc, scale_log2, MASKED=True)
 
-        scores = tl.dot(q, tl.trans(k)) * scale_log2  # [GROUP_PAD, BLOCK_N] fp32
+    _store_decode_output(
+        acc, l_i, m_i, out_ptr, lse_ptr, seq, head, head_mask, offs_d, split,
+        stride_ob, stride_oh, stride_os, stride_lb, stride_lh, SINGLE_SPLIT,
+    )
+
+
+@triton.jit
+def _decode_program_start(
+    q_ptr, seqlens_ptr, seq, split, kv_head, num_splits, stride_qb, stride_qh,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """What a decode program (split, kv_head, seq) works on: its chunk [start, end) of the
+    sequence's keys (whole tiles, spread evenly over the splits) and its GQA group's queries
+    q [GROUP_PAD, D] (rows past GROUP are zeros: head_mask)."""
+    seqlen = tl.load(seqlens_ptr + seq)
+    tiles_per_split = tl.cdiv(tl.cdiv(seqlen, BLOCK_N), num_splits)
+    start = split * tiles_per_split * BLOCK_N
+    end = tl.minimum(start + tiles_per_split * BLOCK_N, seqlen)
+    offs_g = tl.arange(0, GROUP_PAD)  # [GROUP_PAD] query head within the group
+    offs_d = tl.arange(0, HEAD_DIM)  # [D]
+    head = kv_head * GROUP + offs_g
+    head_mask = offs_g < GROUP
+    q = tl.load(
+        q_ptr + seq * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
+        mask=head_mask[:, None],
+        other=0.0,
+    )
+    return start, end, q, head, head_mask, offs_d
+
+
+@triton.jit
+def _online_softmax_tile(q, k, v, n_mask, m_i, l_i, acc, scale_log2, MASKED: tl.constexpr):
+    """One tile of keys folded into the running softmax: q [GROUP_PAD, D], k and v [BLOCK_N, D],
+    n_mask [BLOCK_N] the valid keys (at least one; all when not MASKED, when it goes unused).
+    -> the new (m_i, l_i, acc)."""
+    scores = tl.dot(q, tl.trans(k)) * scale_log2  # [GROUP_PAD, BLOCK_N] fp32
+    if MASKED:
         scores = tl.where(n_mask[None, :], scores, float("-inf"))
-        # Every tile holds at least one valid key, so m_new is finite.
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        p = tl.exp2(scores - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)  # rescales what was summed under the old maximum
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    # Every tile holds at least one valid key, so m_new is finite.
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    p = tl.exp2(scores - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)  # rescales what was summed under the old maximum
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
 
+
+@triton.jit
+def _store_decode_output(
+    acc, l_i, m_i, out_ptr, lse_ptr, seq, head, head_mask, offs_d, split,
+    stride_ob, stride_oh, stride_os, stride_lb, stride_lh, SINGLE_SPLIT: tl.constexpr,
+):
+    """A decode program's result: the output itself with one split, else this split's
+    normalised partial output and its log2-sum-exp2 for the merge kernel."""
     # An empty split (or cache_seqlens == 0) has l_i == 0: it outputs zeros with lse = -inf.
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     if SINGLE_SPLIT:
@@ -173,6 +218,76 @@ def _decode_kernel(
             mask=head_mask[:, None],
         )
         tl.store(lse_ptr + seq * stride_lb + head * stride_lh + split, m_i + tl.log2(l_i), mask=head_mask)
+
+
+@triton.jit(do_not_specialize=["num_splits", "stride_bt", "stride_ob", "stride_lb", "stride_lh"])  # see _decode_kernel
+def _decode_tma_kernel(
+    q_ptr,  # [B, 1, H, D]
+    k_desc,  # TMA descriptor of the K cache seen as [num_blocks * block_size, Hkv * D], box [BLOCK_N, D]
+    v_desc,  # the same over the V cache
+    seqlens_ptr,  # [B] int32
+    block_table_ptr,  # [B, max_blocks] int32
+    out_ptr,  # as in _decode_kernel
+    lse_ptr,
+    scale_log2,
+    num_splits,
+    stride_qb,
+    stride_qh,
+    stride_bt,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_lb,
+    stride_lh,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # keys per tile: a divisor of PAGE_SIZE, so a tile never leaves its page
+    SINGLE_SPLIT: tl.constexpr,
+):
+    """_decode_kernel with each tile of keys fetched by one TMA copy (Hopper's tensor memory
+    accelerator) instead of BLOCK_N x D addresses computed by the threads: a copy needs only
+    the tile's first row and the KV head's column (_tma_load_tile)."""
+    split = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = tl.program_id(2)
+    start, end, q, head, head_mask, offs_d = _decode_program_start(
+        q_ptr, seqlens_ptr, seq, split, kv_head, num_splits, stride_qb, stride_qh, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_N
+    )
+    m_i = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+    # Whole tiles first, without masks; then the sequence's last tile if it is partial.
+    full_end = start + tl.maximum(end - start, 0) // BLOCK_N * BLOCK_N
+    for tile_start in range(start, full_end, BLOCK_N):
+        k, v = _tma_load_tile(k_desc, v_desc, block_table_ptr, seq, stride_bt, tile_start, kv_head, PAGE_SIZE, HEAD_DIM)
+        m_i, l_i, acc = _online_softmax_tile(q, k, v, None, m_i, l_i, acc, scale_log2, MASKED=False)
+    if full_end < end:
+        k, v = _tma_load_tile(k_desc, v_desc, block_table_ptr, seq, stride_bt, full_end, kv_head, PAGE_SIZE, HEAD_DIM)
+        # The copy takes whole tiles: slots past `end` (unwritten, or a freed sequence's) come
+        # too. Their scores are masked; their values are zeroed, since a NaN left there times
+        # its zero weight would still be NaN.
+        n_mask = full_end + tl.arange(0, BLOCK_N) < end
+        v = tl.where(n_mask[:, None], v, 0.0)
+        m_i, l_i, acc = _online_softmax_tile(q, k, v, n_mask, m_i, l_i, acc, scale_log2, MASKED=True)
+
+    _store_decode_output(
+        acc, l_i, m_i, out_ptr, lse_ptr, seq, head, head_mask, offs_d, split,
+        stride_ob, stride_oh, stride_os, stride_lb, stride_lh, SINGLE_SPLIT,
+    )
+
+
+@triton.jit
+def _tma_load_tile(
+    k_desc, v_desc, block_table_ptr, seq, stride_bt, tile_start, kv_head,
+    PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """The keys and values [BLOCK_N, D] of tile_start .. tile_start + BLOCK_N - 1, one copy each:
+    they lie in one page, at rows page * PAGE_SIZE + slot of the cache seen as a matrix."""
+    page = tl.load(block_table_ptr + seq * stride_bt + tile_start // PAGE_SIZE)
+    row = page * PAGE_SIZE + tile_start % PAGE_SIZE  # int32: _tma_available checks the rows fit
+    return k_desc.load([row, kv_head * HEAD_DIM]), v_desc.load([row, kv_head * HEAD_DIM])
 
 
 @triton.jit(do_not_specialize=["num_splits", "stride_pb", "stride_ph", "stride_lb", "stride_lh"])  # see _decode_kernel
@@ -218,28 +333,55 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _decode_config(head_dim: int) -> dict[str, int]:
-    """Tile size and launch settings of the decode kernel: the fastest of a sweep on an H200 at
-    batch 64 and 256 over contexts of 260-1180 tokens (docs/perf-notes.md, stop 29)."""
+def _decode_config(head_dim: int, tma: bool) -> dict[str, int]:
+    """Tile size and launch settings of the decode kernels: the fastest of sweeps on an H200 at
+    batch 1 to 256 over contexts of 260-1180 tokens (docs/perf-notes.md, stops 29 and 30). The
+    TMA kernel's tiles are 16 keys (one page of the default cache) in a one-warp program: the
+    copy engine does the loads, so the warp only does the arithmetic, and many small programs
+    keep more copies in flight than a few large ones."""
+    if tma:
+        return {"BLOCK_N": 16, "num_warps": 1, "num_stages": 6}
     if head_dim > 64:
         return {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
     return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
 
 
-def _decode_num_splits(batch: int, num_kv_heads: int, max_context: int, device: torch.device) -> int:
+def _decode_num_splits(batch: int, num_kv_heads: int, device: torch.device, programs_per_sm: int) -> int:
     """How many chunks to cut each sequence's context into, from shapes alone.
 
-    One chunk once there is a program per SM: splitting further only adds the merge. Otherwise
-    enough chunks to give every SM _DECODE_PROGRAMS_PER_SM programs, but none shorter than
-    _MIN_TOKENS_PER_SPLIT tokens of the largest context the block table can address.
+    As many as fit the batch's programs (B x Hkv) into `programs_per_sm` per SM, at least one:
+    fewer programs leave SMs idle, more only add to the merge. Where a split boundary falls
+    changes the rounding, so the count depends on nothing that differs between an eager step
+    and a CUDA-graph replay of the same sequences: B is rounded up to a power of two (every
+    power of two is a graph's batch size, so a batch and the graph it pads into round alike),
+    and the block table's width (a graph's is the widest) is not used; splits past the end of a
+    short context are empty and add exact zeros in the merge.
     """
-    programs = batch * num_kv_heads
-    num_sms = _num_sms(device)
-    if programs >= num_sms:
-        return 1
-    wanted = triton.cdiv(_DECODE_PROGRAMS_PER_SM * num_sms, programs)
-    useful = triton.cdiv(max_context, _MIN_TOKENS_PER_SPLIT)
-    return max(1, min(wanted, useful, _MAX_SPLITS))
+    programs = triton.next_power_of_2(batch) * num_kv_heads
+    wanted = programs_per_sm * _num_sms(device) // programs
+    return max(1, min(wanted, _MAX_SPLITS))
+
+
+def _tma_available(k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """Whether the caches can be read by TMA copies: a Hopper (or newer) GPU, each cache one
+    dense [num_blocks, block_size, Hkv, D] tensor, and its rows numbered within int32 (the
+    copies' coordinates)."""
+    return (
+        TensorDescriptor is not None
+        and k_cache.is_cuda
+        and torch.cuda.get_device_capability(k_cache.device)[0] >= 9
+        and k_cache.is_contiguous()
+        and v_cache.is_contiguous()
+        and k_cache.shape[0] * k_cache.shape[1] < 2**31
+    )
+
+
+def _cache_descriptor(cache: torch.Tensor, block_n: int) -> TensorDescriptor:
+    """A TMA descriptor over the cache seen as a matrix of rows (block, slot) and columns
+    (KV head, dim), copying boxes of [block_n, D]: one KV head's keys of block_n slots."""
+    num_blocks, block_size, num_kv_heads, head_dim = cache.shape
+    matrix = cache.view(num_blocks * block_size, num_kv_heads * head_dim)
+    return TensorDescriptor.from_tensor(matrix, [block_n, head_dim])
 
 
 def flash_attn_with_kvcache(
@@ -251,6 +393,7 @@ def flash_attn_with_kvcache(
     softmax_scale: float | None = None,
     causal: bool = True,
     num_splits: int = 0,
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention of one new token per sequence over the paged KV cache.
 
@@ -262,6 +405,8 @@ def flash_attn_with_kvcache(
     causal: accepted for flash-attn compatibility; the query is the last position, so
     causal and non-causal attention are the same here.
     num_splits: chunks per sequence's context; 0 picks it from the shapes (as flash-attn does).
+    tma: read K/V with TMA copies (_decode_tma_kernel); None: wherever the GPU and the cache
+    allow it (_tma_available). Tests force either kernel.
     Returns [B, 1, H, D] in q's dtype. Launches only; no host sync, so it is graph-capturable.
     """
     batch, q_len, num_heads, head_dim = q.shape
@@ -278,8 +423,11 @@ def flash_attn_with_kvcache(
 
     scale = softmax_scale if softmax_scale is not None else head_dim**-0.5
     group = num_heads // num_kv_heads
+    if tma is None:
+        tma = _tma_available(k_cache, v_cache)
     if num_splits <= 0:
-        num_splits = _decode_num_splits(batch, num_kv_heads, block_table.shape[1] * page_size, q.device)
+        programs_per_sm = _DECODE_TMA_PROGRAMS_PER_SM if tma else _DECODE_PROGRAMS_PER_SM
+        num_splits = _decode_num_splits(batch, num_kv_heads, q.device, programs_per_sm)
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)  # [B, 1, H, D]
     if num_splits == 1:
@@ -292,21 +440,37 @@ def flash_attn_with_kvcache(
         part_strides = (part.stride(0), part.stride(1), part.stride(2))
         lse_strides = (lse.stride(0), lse.stride(1))
 
-    _decode_kernel[(num_splits, num_kv_heads, batch)](
-        q, k_cache, v_cache, cache_seqlens, block_table, part, lse,
-        scale * math.log2(math.e), num_splits,
-        q.stride(0), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_table.stride(0),
-        *part_strides, *lse_strides,
+    grid = (num_splits, num_kv_heads, batch)
+    common = dict(
         GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim,
         PAGE_SIZE=page_size,
         SINGLE_SPLIT=num_splits == 1,
-        **_decode_config(head_dim),
+        **_decode_config(head_dim, tma),
     )
+    if tma:
+        block_n = common["BLOCK_N"]
+        _decode_tma_kernel[grid](
+            q, _cache_descriptor(k_cache, block_n), _cache_descriptor(v_cache, block_n),
+            cache_seqlens, block_table, part, lse,
+            scale * math.log2(math.e), num_splits,
+            q.stride(0), q.stride(2),
+            block_table.stride(0),
+            *part_strides, *lse_strides,
+            **common,
+        )
+    else:
+        _decode_kernel[grid](
+            q, k_cache, v_cache, cache_seqlens, block_table, part, lse,
+            scale * math.log2(math.e), num_splits,
+            q.stride(0), q.stride(2),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            block_table.stride(0),
+            *part_strides, *lse_strides,
+            **common,
+        )
     if num_splits > 1:
         _decode_merge_kernel[(num_heads, batch)](
             part, lse, out, num_splits,
