@@ -23,14 +23,21 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+_BIASED = {"attention_bias": "q/k/v/o projections", "mlp_bias": "MLP's projections"}
+
+
 @dataclass(frozen=True)
 class RopeScaling:
-    """Llama-3 style frequency scaling ("rope_type": "llama3"); a model without it has none."""
+    """How config.json stretches RoPE's frequencies ("rope_scaling"); a model without it has
+    none. kind "linear": every frequency divided by `factor` (position interpolation);
+    "llama3": the low frequencies divided, the high ones kept, a blend between, which uses the
+    three fields after it (minillama/model/rotary.py)."""
 
+    kind: str
     factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
+    low_freq_factor: float = 0.0
+    high_freq_factor: float = 0.0
+    original_max_position_embeddings: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,10 @@ class ModelConfig:
             )
         for flag in ("attention_bias", "mlp_bias"):
             if raw.get(flag):
-                raise ModelLoadError(f"config.json sets {flag}=true, which Llama-3 models never do")
+                raise ModelLoadError(
+                    f"config.json sets {flag}=true: biases on the {_BIASED[flag]}, which minillama does not "
+                    "implement (Llama-3 checkpoints have none)"
+                )
         if raw.get("hidden_act", "silu") != "silu":
             raise ModelLoadError(f"unsupported hidden_act {raw.get('hidden_act')!r} (expected silu)")
         field = FieldReader(raw, "config.json")
@@ -187,17 +197,26 @@ def _rope_settings(raw: dict[str, Any]) -> tuple[float, RopeScaling | None]:
     theta = next((v for v in (raw.get("rope_theta"), params.get("rope_theta")) if v is not None), 10000.0)
     theta = as_number(theta, "config.json: rope_theta", ModelLoadError)
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    field = FieldReader(scaling, "config.json's rope scaling")
     if kind == "default":
         return theta, None
+    if kind == "dynamic":
+        # Dynamic NTK scaling raises RoPE's base only for sequences longer than
+        # max_position_embeddings (transformers' LlamaRotaryEmbedding), and the engine never
+        # runs past it: within it, the angles are the default ones.
+        field.positive("factor")
+        return theta, None
+    if kind == "linear":
+        return theta, RopeScaling(kind="linear", factor=field.positive("factor"))
     if kind != "llama3":
-        raise ModelLoadError(f"unsupported rope scaling {kind!r} (supported: default, llama3)")
-    field = FieldReader(scaling, "config.json's rope scaling")
+        raise ModelLoadError(f"unsupported rope scaling {kind!r} (supported: default, linear, dynamic, llama3)")
     low, high = field.positive("low_freq_factor"), field.positive("high_freq_factor")
     if high <= low:  # the schedule blends between the two: it divides by their difference
         raise ModelLoadError(
             f"config.json's rope scaling: high_freq_factor ({high}) must be above low_freq_factor ({low})"
         )
     return theta, RopeScaling(
+        kind="llama3",
         factor=field.positive("factor"),
         low_freq_factor=low,
         high_freq_factor=high,

@@ -17,10 +17,20 @@ if not torch.cuda.is_available():
 
 # Tiny shapes that still cover what differs between Llama variants.
 TINY_CONFIGS = {
-    "gqa-tied-llama3": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, llama3_rope=True),
-    "mqa-untied-default": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False, llama3_rope=False),
-    "mha-untied-llama3": dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False, llama3_rope=True),
-    "gqa-tied-default-hd32": dict(num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True, llama3_rope=False, head_dim=32),
+    "gqa-tied-llama3": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope="llama3"),
+    "mqa-untied-default": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False, rope="default"),
+    "mha-untied-llama3": dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False, rope="llama3"),
+    "gqa-tied-default-hd32": dict(num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True, rope="default", head_dim=32),
+    "gqa-untied-linear": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, rope="linear"),
+    "gqa-tied-dynamic": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope="dynamic"),
+}
+# config.json's rope_scaling for each kind (the default has none).
+ROPE_SCALING = {
+    "default": None,
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32},
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
 }
 
 
@@ -53,16 +63,11 @@ def make_hf_model(name: str, seed: int = 0, vocab_size: int = 256, init_std: flo
     from transformers import LlamaConfig, LlamaForCausalLM
 
     spec = dict(TINY_CONFIGS[name])
-    llama3 = spec.pop("llama3_rope")
-    rope_scaling = (
-        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-         "original_max_position_embeddings": 32}
-        if llama3 else None
-    )
+    rope = spec.pop("rope")
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        max_position_embeddings=512, rope_theta=10000.0 if not llama3 else 500000.0,
-        rope_scaling=rope_scaling, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        max_position_embeddings=512, rope_theta=500000.0 if rope == "llama3" else 10000.0,
+        rope_scaling=ROPE_SCALING[rope], bos_token_id=None, eos_token_id=None, pad_token_id=None,
         initializer_range=init_std, **spec,
     )
     torch.manual_seed(seed)

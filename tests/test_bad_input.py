@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 import torch
+from tiny_model import write_byte_tokenizer
 
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, ModelConfig, ModelLoadError, SamplingParams
 
@@ -195,6 +196,26 @@ def test_bad_requests_mid_generation_do_not_disturb_running_ones():
     disturbed = greedy_and_sampled_outputs(bad_calls=True)
     assert all(len(t) == 10 for t in clean)
     assert disturbed == clean
+
+
+def test_text_whose_tokens_are_past_the_vocabulary_is_refused(tmp_path):
+    """A tokenizer with more tokens than config.json's vocab_size (a mismatched download): a
+    prompt that encodes past the embeddings is refused, with or without the chat template, and
+    the requests already queued still finish."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**TINY, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    write_byte_tokenizer(tmp_path)  # 256 byte tokens, past TINY's 128
+    engine = LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", num_kv_blocks=16, block_size=4))
+    good = engine.add_request("hello", SamplingParams(temperature=0, max_tokens=4))
+    for chat in (False, True):
+        with pytest.raises(InvalidRequestError, match="outside this model's vocabulary of 128: its tokenizer and config.json"):
+            engine.add_request("caf\u00e9 \u00ff", SamplingParams(max_tokens=4), chat=chat)
+    while engine.has_unfinished():
+        engine.step()
+    assert len(engine.sequences[good].output_token_ids) == 4
 
 
 # -- bad model directories --------------------------------------------------------------------

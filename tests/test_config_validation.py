@@ -66,6 +66,20 @@ def test_a_bad_rope_scaling_field_is_refused(field, value):
     refused({**VALID, "rope_scaling": {**LLAMA3, field: value}}, field, value)
 
 
+@pytest.mark.parametrize("kind", ["linear", "dynamic"])
+@pytest.mark.parametrize("factor", [0, -2.0, "4", None, float("nan")])
+def test_a_bad_linear_or_dynamic_factor_is_refused(kind, factor):
+    scaling = {"rope_type": kind} if factor is None else {"rope_type": kind, "factor": factor}
+    with pytest.raises(ModelLoadError, match="factor"):
+        ModelConfig.from_dict({**VALID, "rope_scaling": scaling})
+
+
+@pytest.mark.parametrize("flag, where", [("attention_bias", "q/k/v/o projections"), ("mlp_bias", "MLP's projections")])
+def test_biases_are_refused_as_unimplemented(flag, where):
+    with pytest.raises(ModelLoadError, match=f"{flag}=true: biases on the {where}, which minillama does not implement"):
+        ModelConfig.from_dict({**VALID, flag: True})
+
+
 @pytest.mark.parametrize("field", sorted(set(SIZES) - OPTIONAL))
 def test_a_missing_size_is_named(field):
     raw = {k: v for k, v in VALID.items() if k != field}

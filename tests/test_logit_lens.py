@@ -60,6 +60,21 @@ def test_each_layers_guess_is_transformers_hidden_state_through_the_head(tmp_pat
     assert again.steps[step].token_of(0).lens == trace.steps[step].token_of(0).lens
 
 
+def test_a_vocabulary_smaller_than_the_lens_top_k(tmp_path):
+    """A 4-token vocabulary: each layer's guess lists all 4 tokens (not 5), and the trace saves
+    and loads."""
+    hf = make_hf_model("gqa-tied-llama3", vocab_size=4)
+    session = DebugSession(LLMEngine.from_hf_model(hf, EngineConfig(device="cpu", num_kv_blocks=32, block_size=4)),
+                           CapturePolicy(logit_lens=True))
+    session.add([1, 2, 3, 0, 1], SamplingParams(temperature=0, max_tokens=3))
+    session.run()
+    tokens = [token for step in session.trace.steps for token in step.tokens]
+    assert len(tokens) == 3 and all(len(ids) == 4 for token in tokens for ids in token.lens.top_ids)
+    save(session.trace, tmp_path / "lens.mltrace")
+    again = [token.lens for step in load(tmp_path / "lens.mltrace").steps for token in step.tokens]
+    assert again == [token.lens for token in tokens]
+
+
 def test_the_memory_budget_drops_the_lens_before_the_logits():
     _, full, _ = lens_run(CapturePolicy(logit_lens=True, attention=False))
     per_step = 2 * (2 * 5 * 8)  # two traced sequences x layers x top-5 x (id, prob)

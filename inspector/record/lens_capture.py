@@ -51,10 +51,11 @@ class LogitLensCapture:
         with torch.inference_mode():
             streams = torch.stack(self.streams)  # [L, R, hidden]
             logits = self.engine.readout(streams.flatten(0, 1))  # [L * R, vocab] fp32
-            probs, ids = logits.softmax(dim=-1).topk(TOP_K, dim=-1)
+            k = min(TOP_K, logits.shape[-1])  # a vocabulary may be smaller than TOP_K
+            probs, ids = logits.softmax(dim=-1).topk(k, dim=-1)
         layers = streams.shape[0]
-        probs = probs.view(layers, len(self.rows), TOP_K).cpu().tolist()  # [L][R][k]
-        ids = ids.view(layers, len(self.rows), TOP_K).cpu().tolist()
+        probs = probs.view(layers, len(self.rows), k).cpu().tolist()  # [L][R][k]
+        ids = ids.view(layers, len(self.rows), k).cpu().tolist()
         lenses = {}
         for r, seq_id in enumerate(self.rows):
             top_ids = [ids[layer][r] for layer in range(layers)]

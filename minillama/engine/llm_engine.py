@@ -261,8 +261,21 @@ class LLMEngine(BeamSearchSteps):
             except TemplateError as exc:  # the model's own template: a syntax error, or it raised
                 raise InvalidRequestError(f"this model's chat template failed ({type(exc).__name__}: {exc}); "
                                           "run without chat") from exc
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
-        return self.tokenizer.encode(prompt)
+            return self._within_vocabulary(self.tokenizer.encode(prompt, add_special_tokens=False))
+        return self._within_vocabulary(self.tokenizer.encode(prompt))
+
+    def _within_vocabulary(self, token_ids: list[int]) -> list[int]:
+        """The tokenizer's ids, refused if one is past the model's embeddings: a tokenizer with
+        more tokens than config.json's vocab_size would otherwise fail the step that embeds it,
+        and every step after it, with the other requests in the batch."""
+        vocab = self.model_config.vocab_size
+        for position, token in enumerate(token_ids):
+            if not 0 <= token < vocab:
+                raise InvalidRequestError(
+                    f"the tokenizer gives token id {token} (at position {position}), outside this model's "
+                    f"vocabulary of {vocab}: its tokenizer and config.json's vocab_size disagree"
+                )
+        return token_ids
 
     def add_request(
         self, prompt: str | list[int], params: SamplingParams | None = None, chat: bool = False

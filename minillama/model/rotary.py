@@ -1,4 +1,4 @@
-"""Rotary position embedding (RoPE), with the default and the Llama-3 frequency schedules.
+"""Rotary position embedding (RoPE), with the default, linear and Llama-3 frequency schedules.
 
 RoPE encodes a token's position by rotating pairs of query/key features by an angle that grows
 with the position, at a different speed (frequency) for each pair. The dot product of a rotated
@@ -27,6 +27,8 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     if scaling is None:
         return inv_freq
+    if scaling.kind == "linear":  # position p turns as p / factor did: positions interpolated
+        return inv_freq / scaling.factor
     # Llama 3: slow down the low frequencies (long wavelengths) by `factor` so the model reaches
     # further than it was trained on, keep the high frequencies, and blend in between.
     low_freq_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
