@@ -251,3 +251,70 @@ def test_a_legit_trace_still_loads_fast(saved):
     started = time.perf_counter()
     trace = load(saved)
     assert trace.steps and time.perf_counter() - started < 2
+
+
+# -- the zip's members, and what a message quotes from the file ---------------------------------
+
+
+def test_a_small_deflated_tensors_member_cannot_claim_gigabytes(saved, tmp_path):
+    """A 1 MB file deflating to 1 GiB of zeros made load() hold 2.3 GB before it looked at the
+    safetensors header: memory must follow the file's own size, so the packed/unpacked ratio
+    is checked before anything is unpacked."""
+    path = tmp_path / "bomb.mltrace"
+    info = zipfile.ZipInfo("tensors.safetensors")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("trace.json", members(saved)["trace.json"], compress_type=zipfile.ZIP_DEFLATED)
+        with zf.open(info, "w", force_zip64=True) as member:
+            for _ in range(64):
+                member.write(bytes(2**20))
+    seconds, peak = refused(path, r"tensors.safetensors would inflate [\d,]+ bytes to 67,108,864, more than 16x")
+    assert peak < 2**20
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"evil.py": b"print(1)"}, "holds a member no trace has, 'evil.py'"),
+    ({"../../x": b""}, "holds a member no trace has, '../../x'"),
+    ({"trace.json": b"{}"}, "holds trace.json 2 times"),
+])
+# zipfile warns as it writes the second trace.json: that file is the point of the test.
+@pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")
+def test_the_zip_holds_the_two_members_once_each_and_nothing_else(saved, tmp_path, extra, message):
+    """With a name twice zip readers disagree on which counts; anything else would travel
+    unseen with a trace that looks valid."""
+    path = tmp_path / "extra.mltrace"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in [*members(saved).items(), *extra.items()]:
+            zf.writestr(name, data)
+    refused(path, message)
+
+
+def test_a_top_level_field_no_trace_has_is_refused(saved, tmp_path):
+    document = json.loads(members(saved)["trace.json"])
+    document["x"] = 1
+    path = write_zip(tmp_path / "field.mltrace", {**members(saved), "trace.json": json.dumps(document).encode()})
+    refused(path, "trace.json has a field no trace has, 'x'")
+
+
+@pytest.mark.parametrize("key", ["\x1b[2J\x1b[31mPWNED<script>", "A" * 1_000_000])
+def test_a_key_from_the_file_is_quoted_short_and_printable(saved, tmp_path, capsys, key):
+    """A bad dict key is part of the error's path: raw, an ESC cleared the reader's terminal and
+    a 5 MB key made a 5 MB line."""
+    document = json.loads(members(saved)["trace.json"])
+    sequences = document["trace"]["sequences"]
+    sequences[key] = sequences.pop(next(iter(sequences)))
+    path = write_zip(tmp_path / "key.mltrace", {**members(saved), "trace.json": json.dumps(document).encode()})
+    refused(path, "is not an integer")
+    assert inspector.__main__.main(["show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and len(err) < 500 and "is not an integer" in err
+
+
+@pytest.mark.parametrize("field", ["start_ms", "wall_ms", "forward_ms"])
+def test_times_past_any_run_are_refused(saved, tmp_path, field):
+    """A time of 1e308 ms loaded, and export-chrome then wrote Infinity (its microseconds),
+    which strict JSON readers such as Perfetto refuse."""
+    document = json.loads(members(saved)["trace.json"])
+    document["trace"]["steps"][1]["timings"][field] = 1e308
+    path = write_zip(tmp_path / "time.mltrace", {**members(saved), "trace.json": json.dumps(document).encode()})
+    refused(path, f"timings.{field}")

@@ -43,7 +43,11 @@ ROUNDING = 1e-3
 
 Count = Annotated[int, Range(0)]  # a number of things, an index or an id: never negative
 Positive = Annotated[int, Range(1)]
-Millis = Annotated[float, Range(0)]  # a duration
+# A bound on any time in a trace, about 30 years: arithmetic on a time (the Chrome export's
+# microseconds) stays finite.
+MAX_MILLIS = 1e12
+Millis = Annotated[float, Range(0, MAX_MILLIS)]  # a duration
+Instant = Annotated[float, Range(-MAX_MILLIS, MAX_MILLIS)]  # a time since the trace began
 Probability = Annotated[float, Range(0, 1 + ROUNDING)]
 Entropy = Annotated[float, Range(-ROUNDING)]  # in nats
 

@@ -300,11 +300,17 @@ def _dict(key: type, value: Any) -> Decoder:
                 decoded_key = decode_key(k)
                 result[decoded_key] = decode_value(v, refs)
             except _Mismatch as exc:
-                exc.keys.append(k)
+                exc.keys.append(_path_key(k))
                 raise
         return result
 
     return decode
+
+
+def _path_key(key: str) -> str:
+    """A key from the file as a step of an error's path: itself when short and printable, else
+    _show's clipped repr (a key may be megabytes long, or drive a terminal with escapes)."""
+    return key if len(key) <= 40 and key.isprintable() else _show(key)
 
 
 def _int_key(key: str) -> int:

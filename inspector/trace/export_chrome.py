@@ -45,7 +45,8 @@ def chrome_trace_events(trace: Trace) -> dict[str, Any]:
 
 
 def export_chrome_trace(trace: Trace, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(chrome_trace_events(trace)))
+    # Strict JSON (no Infinity or NaN, which Perfetto refuses): load() bounds every time.
+    Path(path).write_text(json.dumps(chrome_trace_events(trace), allow_nan=False))
 
 
 def _slice(name: str, ts: float, dur: float, args: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from inspector.trace.bounds import (
     MAX_VOCAB,
     Count,
     Entropy,
+    Instant,
     Millis,
     Positive,
     Probability,
@@ -399,7 +400,7 @@ class KVSnapshot:
 class Timings:
     """Milliseconds. The engine's own four phases, and the step's wall time around them."""
 
-    start_ms: float  # when the step began, since the trace started (a hair below 0 for the first)
+    start_ms: Instant  # when the step began, since the trace started (a hair below 0 for the first)
     schedule_ms: Millis
     prepare_ms: Millis
     forward_ms: Millis  # includes on_attention hooks

@@ -12,11 +12,13 @@ trace that is valid in every field or refuses the file whole, with a TraceError 
 first problem. In the order it checks:
 
 - the file: a readable regular file (a directory, a missing or unreadable file is named so);
-- the zip (zip_members.py): its directory read only when small, its two members' declared
-  sizes against the limits before anything is unpacked, then each member unpacked 1 MiB at a
-  time and counted, so one that holds more than it declares stops at the first byte over;
+- the zip (zip_members.py): its directory read only when small; its two members, each once
+  and nothing else; their declared sizes against the limits, tensors.safetensors' against its
+  packed size too, before anything is unpacked; then each member unpacked 1 MiB at a time and
+  counted, so one that holds more than it declares stops at the first byte over;
 - trace.json: at most MAX_JSON_BYTES, its nesting and element count bounded before it is
-  parsed (json_limits.py), its format and schema version (only this inspector's own);
+  parsed (json_limits.py), its format and schema version (only this inspector's own), and
+  no top-level field but those;
 - tensors.safetensors: its header's tensor count and dtypes, before a tensor is built
   (tensor_member.py);
 - every field's type, enum value and range (codec.py against trace.py's schema); every tensor
@@ -38,7 +40,7 @@ from inspector.trace.json_limits import parse
 from inspector.trace.model import OLDEST_READABLE_VERSION, SCHEMA_VERSION, Trace, TraceError
 from inspector.trace.tensor_member import load_tensors
 from inspector.trace.validate import validate_trace
-from inspector.trace.zip_members import open_zip, read_member
+from inspector.trace.zip_members import CHUNK, open_zip, read_member
 
 FORMAT = "mltrace"
 JSON_MEMBER = "trace.json"
@@ -52,6 +54,9 @@ DEFAULT_MAX_BYTES = 4 * 2**30  # unpacked size load() accepts unless told otherw
 MAX_JSON_BYTES = 64 * 2**20
 MAX_JSON_ELEMENTS = 2**22
 MAX_JSON_DEPTH = 32  # the schema nests 9 deep
+# tensors.safetensors may unpack to at most this many times its packed size (save() stores it:
+# 1x). Unpacking holds it in memory, so memory follows the file's own size, not its claims.
+MAX_INFLATION = 16
 
 
 def save(trace: Trace, path: str | Path) -> None:
@@ -80,11 +85,11 @@ def load(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
     files from elsewhere; a trusted file over the default loads with a larger max_bytes."""
     path = Path(path)
     with open_zip(path) as zf:
-        members = {info.filename: info for info in zf.infolist()}
-        for name in (JSON_MEMBER, TENSORS_MEMBER):
-            if name not in members:
-                raise TraceError(f"{path} is not a complete trace: it has no {name}")
-        json_info, tensors_info = members[JSON_MEMBER], members[TENSORS_MEMBER]
+        json_info, tensors_info = _the_two_members(path, zf.infolist())
+        if tensors_info.file_size > max(CHUNK, MAX_INFLATION * tensors_info.compress_size):
+            # save() stores it; a small file must not make load() hold gigabytes it does not contain.
+            raise TraceError(f"{path}: {TENSORS_MEMBER} would inflate {tensors_info.compress_size:,} bytes to "
+                             f"{tensors_info.file_size:,}, more than {MAX_INFLATION}x; a trace stores it uncompressed")
         unpacked = json_info.file_size + tensors_info.file_size
         if unpacked > max_bytes:
             raise TraceError(f"{path} is too large: it would unpack to {unpacked:,} bytes, over the limit of "
@@ -108,10 +113,31 @@ def load(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
     return trace
 
 
+def _the_two_members(path: Path, infos: list[zipfile.ZipInfo]) -> tuple[zipfile.ZipInfo, zipfile.ZipInfo]:
+    """trace.json's and tensors.safetensors' entries, the zip holding those two once each and
+    nothing else: with a name twice, zip readers disagree on which one counts, and what else a
+    file carries would travel unseen with a trace that looks valid."""
+    names = [info.filename for info in infos]
+    for name in (JSON_MEMBER, TENSORS_MEMBER):
+        if name not in names:
+            raise TraceError(f"{path} is not a complete trace: it has no {name}")
+    for name in names:
+        if name not in (JSON_MEMBER, TENSORS_MEMBER):
+            raise TraceError(f"{path} holds a member no trace has, {name[:60]!r}: "
+                             f"a .mltrace holds {JSON_MEMBER} and {TENSORS_MEMBER} only")
+        if names.count(name) > 1:
+            raise TraceError(f"{path} holds {name} {names.count(name)} times")
+    by_name = {info.filename: info for info in infos}
+    return by_name[JSON_MEMBER], by_name[TENSORS_MEMBER]
+
+
 def _parse_document(path: Path, raw: bytes) -> dict:
     document = parse(raw, f"{path}: {JSON_MEMBER}", MAX_JSON_DEPTH, MAX_JSON_ELEMENTS)
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise TraceError(f"{path}: {JSON_MEMBER} is not an {FORMAT} document")
+    unknown = sorted(set(document) - {"format", "schema_version", "trace"})
+    if unknown:
+        raise TraceError(f"{path}: {JSON_MEMBER} has a field no trace has, {unknown[0][:40]!r}")
     version = document.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         shown = repr(version)[:40] if isinstance(version, (int, str)) else f"(a {type(version).__name__})"

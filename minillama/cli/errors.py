@@ -78,10 +78,18 @@ def run_cli(
         return 1
 
 
+# The longest message a command prints: a message can quote its input, which may be huge.
+MAX_MESSAGE_CHARS = 2000
+
+
 def one_line(exc: BaseException) -> str:
-    """The exception's message with its line breaks folded into spaces (or its type's name,
-    when it has no message)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The exception's message as one printable line (or its type's name, when it has no
+    message): line breaks folded into spaces, any other control character written as an
+    escape (a message may quote a hostile file, and a raw ESC would drive the terminal), and
+    at most MAX_MESSAGE_CHARS long."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def _say(line: str) -> None:
