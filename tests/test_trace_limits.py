@@ -32,6 +32,7 @@ import inspector.__main__
 from inspector import TraceError, load, save
 from inspector.trace import tensor_member
 from inspector.trace.tracefile import MAX_JSON_BYTES, MAX_JSON_ELEMENTS
+from inspector.views.attention_map import attention_matrix
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +238,23 @@ def test_a_store_holding_nan_is_refused(saved, tmp_path):
         tensors[name][0, 0, 0, 0] = float("nan")
 
     refused(edited_tensors(saved, tmp_path, poison), "holds a query or key that is not finite")
+
+
+def test_huge_finite_queries_and_keys_give_attention_rows_that_sum_to_one(saved, tmp_path):
+    """Finite, so valid; but a score of two of them overflows fp32: the rows are computed wider."""
+    def enlarge(tensors):
+        for name in tensors:
+            if name.endswith((".q", ".k")):
+                tensors[name].mul_(1e30)
+
+    trace = load(edited_tensors(saved, tmp_path, enlarge))
+    seq_id = next(iter(trace.attention))
+    store = trace.attention[seq_id]
+    position = int(torch.nonzero(store.q_step >= 0)[-1])
+    row = trace.attention_row(seq_id, store.layers[0], 0, position)
+    assert bool(torch.isfinite(row).all()) and abs(float(row.sum()) - 1) < 1e-5
+    queries, matrix = attention_matrix(trace, seq_id, store.layers[0], None, position)
+    assert bool(torch.isfinite(matrix[-1]).all()) and abs(float(matrix[-1].sum()) - 1) < 1e-5
 
 
 def test_damaged_safetensors_headers_are_refused(saved, tmp_path):

@@ -17,8 +17,10 @@ import torch
 def attention_probs(q: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
     """q: [D], one query head; keys: [t + 1, D], the keys it may see (its own position last).
     -> probs [t + 1] fp32, summing to 1: how much of the output each position contributes."""
-    scores = keys.float() @ q.float() * scale  # [t + 1]
-    return scores.softmax(dim=0)
+    # In float64: a trace's queries and keys may be as large as their dtype holds (bf16: 3e38),
+    # and a product of two such overflows fp32 to inf, whose softmax is NaN.
+    scores = keys.double() @ q.double() * scale  # [t + 1]
+    return scores.softmax(dim=0).float()
 
 
 def mass_per_block(probs: torch.Tensor, block_table: list[int], block_size: int) -> dict[int, float]:

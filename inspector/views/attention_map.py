@@ -109,15 +109,16 @@ def attention_matrix(trace: Trace, seq_id: int, layer: int, head: int | None, qu
     queries = [p for p in range(query_pos + 1) if store.q_step[p] >= 0]
     heads = list(range(model.num_heads)) if head is None else [head]
     group = model.num_heads // model.num_kv_heads  # query heads per kv head (grouped-query attention)
-    q = store.q[slot, queries].float()  # [R, H, D]
-    k = store.k[slot, : query_pos + 1].float()  # [T, Hkv, D]
+    q = store.q[slot, queries]  # [R, H, D]
+    k = store.k[slot, : query_pos + 1]  # [T, Hkv, D]
     future = torch.arange(query_pos + 1)[None, :] > torch.tensor(queries)[:, None]  # [R, T]: causal mask
-    # A head at a time, summed: the memory stays [R, T] whatever the number of heads.
-    total = torch.zeros(len(queries), query_pos + 1)
+    # A head at a time, summed: the memory stays [R, T] whatever the number of heads. In float64
+    # as attention_probs computes a row: large finite queries and keys overflow fp32's products.
+    total = torch.zeros(len(queries), query_pos + 1, dtype=torch.float64)
     for h in heads:
-        scores = q[:, h] @ k[:, h // group].T * model.softmax_scale  # [R, T]
+        scores = q[:, h].double() @ k[:, h // group].double().T * model.softmax_scale  # [R, T]
         total += scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-    return queries, (total / len(heads)).masked_fill(future, float("nan"))
+    return queries, (total / len(heads)).float().masked_fill(future, float("nan"))
 
 
 def _token_axis(labels: list[str], values: list[int] | None = None, vertical: bool = False) -> dict:
