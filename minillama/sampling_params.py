@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from minillama.errors import InvalidRequestError
-from minillama.values import is_int, is_real
+from minillama.values import MAX_COUNT, is_int, is_real
 
 MAX_SAMPLES = 64  # the most samples one prompt may ask for (SamplingParams.n)
 MAX_BEAMS = 64  # the widest beam search one prompt may ask for (SamplingParams.beam_width)
@@ -47,16 +47,18 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""
-        if not is_int(self.max_tokens) or self.max_tokens < 1:
-            raise InvalidRequestError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        # Counts are capped where the sampler and the scheduler turn them into int32/int64
+        # tensors and arithmetic: past it they would fail inside a step, not here.
+        if not is_int(self.max_tokens) or not 1 <= self.max_tokens <= MAX_COUNT:
+            raise InvalidRequestError(f"max_tokens must be an integer in [1, {MAX_COUNT}], got {self.max_tokens!r}")
         if not is_real(self.temperature) or math.isnan(self.temperature):
             raise InvalidRequestError(f"temperature must be a number >= 0, got {self.temperature!r}")
         if self.temperature < 0 or math.isinf(self.temperature):
             raise InvalidRequestError(f"temperature must be finite and >= 0, got {self.temperature}")
         if not is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not is_int(self.top_k) or self.top_k < 0:
-            raise InvalidRequestError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not is_int(self.top_k) or not 0 <= self.top_k <= MAX_COUNT:
+            raise InvalidRequestError(f"top_k must be an integer in [0, {MAX_COUNT}] (0 = off), got {self.top_k!r}")
         if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise InvalidRequestError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
         if not is_int(self.n) or not 1 <= self.n <= MAX_SAMPLES:

@@ -1,6 +1,12 @@
-"""app.py refuses to start, with a message and exit status 2, on what it cannot serve safely or at all."""
+"""app.py refuses to start, with a message and exit status 2, on what it cannot serve safely or
+at all; and a server ends through its exit handlers when killed."""
 
 from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import app
 
@@ -22,3 +28,25 @@ def test_a_bad_trace_file_does_not_start(tmp_path, capsys):
 def test_a_bad_model_directory_does_not_start(tmp_path, capsys):
     assert app.main(["--model", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_sigterm_ends_the_server_through_its_exit_handlers(tmp_path):
+    """`kill` used to end the server at once, leaving its folder of saved traces behind (498
+    of them on one machine): SIGTERM now exits as Ctrl-C does, running the exit handlers."""
+    script = (
+        "import shutil, sys, tempfile, time, weakref\n"
+        "from webui.server import _exit_on_sigterm\n"
+        "_exit_on_sigterm()\n"
+        "class Owner: pass\n"
+        "owner, folder = Owner(), tempfile.mkdtemp(dir=sys.argv[1])\n"
+        "weakref.finalize(owner, shutil.rmtree, folder)\n"
+        "print(folder, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+    folder = Path(child.stdout.readline().strip())
+    assert folder.is_dir()
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not folder.exists()

@@ -83,8 +83,8 @@ BAD_REQUESTS = {
     "token-id-float": ([1, 2.0], {}, "token ids must be integers"),
     "prompt-equals-max-model-len": ([1] * MAX_MODEL_LEN, {}, "max_model_len is 48"),
     "prompt-over-max-model-len": ([1] * (MAX_MODEL_LEN + 12), {}, "max_model_len is 48"),
-    "max-tokens-0": ([1, 2], {"max_tokens": 0}, "max_tokens must be an integer >= 1"),
-    "max-tokens-negative": ([1, 2], {"max_tokens": -1}, "max_tokens must be an integer >= 1"),
+    "max-tokens-0": ([1, 2], {"max_tokens": 0}, "max_tokens must be an integer in \\[1, 2147483647\\]"),
+    "max-tokens-negative": ([1, 2], {"max_tokens": -1}, "max_tokens must be an integer in \\[1, 2147483647\\]"),
     "max-tokens-not-int": ([1, 2], {"max_tokens": 2.5}, "max_tokens must be an integer"),
     "temperature-negative": ([1, 2], {"temperature": -1.0}, "temperature must be finite and >= 0"),
     "temperature-nan": ([1, 2], {"temperature": math.nan}, "temperature must be a number"),
@@ -92,7 +92,10 @@ BAD_REQUESTS = {
     "top-p-0": ([1, 2], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
     "top-p-1.5": ([1, 2], {"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
     "top-p-nan": ([1, 2], {"top_p": math.nan}, r"top_p must be in \(0, 1\]"),
-    "top-k-negative": ([1, 2], {"top_k": -1}, "top_k must be an integer >= 0"),
+    "top-k-negative": ([1, 2], {"top_k": -1}, "top_k must be an integer in \\[0, 2147483647\\]"),
+    # Past int64 it failed inside every later step, the batch's other requests stuck with it.
+    "top-k-huge": ([1, 2], {"top_k": 2**63}, "top_k must be an integer in \\[0, 2147483647\\]"),
+    "max-tokens-huge": ([1, 2], {"max_tokens": 2**63}, "max_tokens must be an integer in \\[1, 2147483647\\]"),
     "seed-not-int": ([1, 2], {"seed": 1.5}, "seed must be an integer"),
     # 10 + 30 = 40 tokens need 10 blocks of 4; the cache has 8.
     "never-fits-kv-cache": (list(range(10)), {"max_tokens": 30}, "can never fit the KV cache"),

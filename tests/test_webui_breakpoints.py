@@ -34,6 +34,7 @@ def test_each_field_sets_its_breakpoint():
         (([], "", r"(a)\1", "", "", ""), "no backreferences or lookaround"),
         (([], "", "((a{100}){100}){100}", "", "", ""), "invalid repetition size"),
         (([], "", "x" * 201, "", "", ""), "the limit is 200"),
+        (([], "", "a\ud800", "", "", ""), "character 1 is U+D800, a lone surrogate"),
         (([], "", "", "-1", "", ""), "'entropy above' must be a number >= 0"),
         (([], "", "", "inf", "", ""), "'entropy above' must be a number >= 0"),
         (([], "", "", "", "0", ""), "'sampled probability below' must be in (0, 1]"),

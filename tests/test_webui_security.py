@@ -139,3 +139,27 @@ def test_pause_with_a_forged_key_changes_nothing(url, manager):
     Client(url, verbose=False).predict("forged.key", api_name="/pause")  # answers, and pauses nothing
     Client(url, verbose=False).predict(victim.client.session_hash, api_name="/pause")
     assert "every request has finished" in status(job.result(timeout=120))
+
+
+def test_uploads_are_bounded_per_client_within_the_cache_window(base):
+    """Gradio takes uploads without a tab key and keeps each a quarter of an hour: ten 20 MB
+    posts took 1.8 s. Per client, four uploads' worth at most within that window."""
+    limited = SessionManager(base, Limits(upload_mb=1))
+    with running_server(limited) as address:
+        def upload() -> int:
+            files = {"files": ("f.bin", os.urandom(2**20 - 1024), "application/octet-stream")}
+            return httpx.post(f"{address}gradio_api/upload", files=files, timeout=30).status_code
+
+        assert [upload() for _ in range(4)] == [200] * 4
+        refused = httpx.post(f"{address}gradio_api/upload", files={"files": ("f.bin", bytes(2**16))}, timeout=30)
+        assert refused.status_code == 429 and "too many uploads" in refused.json()["detail"]
+
+
+def test_the_upload_quota_also_bounds_every_client_together():
+    from webui.front_door import UPLOADS_IN_ALL, UploadQuota
+
+    quota = UploadQuota(largest_upload=100)
+    for i in range(UPLOADS_IN_ALL // 4):  # each client within its own share
+        assert quota.take(f"10.0.0.{i}", 400)
+    assert not quota.take("10.0.1.1", 1)  # the whole is full
+    assert UploadQuota(100, window_s=0.0).take("10.0.0.1", 400) and not UploadQuota(100).take("10.0.0.1", 401)

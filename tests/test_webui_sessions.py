@@ -141,6 +141,44 @@ def test_one_client_cannot_take_every_slot(base):
     manager.add_prompts(manager.open_tab("10.0.0.8"), ["Hi"], GREEDY, chat=False)
 
 
+def test_a_slot_counts_from_its_check_so_parallel_claims_cannot_all_pass(base, monkeypatch):
+    """claim_slot checked under its lock, but a session counted only once its engine existed:
+    50 parallel Resets all passed a limit of 16."""
+    manager = SessionManager(base, Limits(max_sessions=4, max_sessions_per_client=1))
+    first, second = manager.open_tab("10.0.0.5"), manager.open_tab("10.0.0.5")
+    manager.claim_slot(first)  # its engine is still being built
+    with pytest.raises(LimitReached, match="your address already holds 1 sessions"):
+        manager.claim_slot(second)
+    def fail(*args, **kwargs):
+        raise InvalidRequestError("no memory left")
+
+    monkeypatch.setattr(LLMEngine, "sharing_weights", fail)
+    with pytest.raises(InvalidRequestError):  # a reset that fails gives its claim back
+        manager.reset(first, SMALL, CaptureSettings())
+    assert not first.holds_memory
+    monkeypatch.undo()
+    manager.add_prompts(second, ["Hi"], GREEDY, chat=False)
+
+
+def test_form_numbers_are_read_exactly_and_bounded():
+    from webui.handlers import MAX_TRACED_REQUESTS, _whole
+
+    assert _whole("9223372036854775806", "seed", minimum=0, maximum=2**63 - 1) == 2**63 - 2  # not via a float
+    with pytest.raises(ValueError, match="top-k must be at most 2,147,483,647"):
+        _whole(str(2**63), "top-k", minimum=0)
+    with pytest.raises(ValueError, match="traced requests must be at most 10,000"):
+        _whole("10000000", "traced requests", minimum=0, maximum=MAX_TRACED_REQUESTS)
+    assert _whole(3.0, "layer", minimum=0) == 3
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1" * 5000, "-1", " 3", None, 7])
+def test_a_link_step_that_is_not_plain_digits_is_ignored(value):
+    from webui.sessions import _link_number
+
+    assert _link_number(value) is None
+    assert _link_number("12") == 12
+
+
 def test_an_opened_trace_is_read_only_until_reset(base, tmp_path):
     manager = SessionManager(base, Limits())
     session = manager.open_tab("a")

@@ -16,6 +16,9 @@ any route runs:
   shows where the server keeps its files.
 - POST /ml-api/drawn {"key": tab key, "update": n}: the page says it has drawn update n, which
   paces a Run's live updates (webui/handlers.py). Behind the login like everything else.
+- Uploads (POST /gradio_api/upload) are counted per client address and in all over a sliding
+  window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
+  needs no tab key to take one, and would take file after file until the disk is full.
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
 heartbeat) pass through untouched.
@@ -82,15 +85,46 @@ class LoginThrottle:
         return failures
 
 
+UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload/")
+UPLOAD_WINDOW_S = 900.0  # as long as Gradio's cache keeps a file (webui/layout.py)
+UPLOADS_PER_CLIENT = 4  # the largest upload's worth, per client within the window
+UPLOADS_IN_ALL = 32  # and across every client
+
+
+class UploadQuota:
+    """Bytes uploaded per client address, and in all, within a sliding window. A request says
+    its size up front (Content-Length) and is refused whole when it would go over either."""
+
+    def __init__(self, largest_upload: int, window_s: float = UPLOAD_WINDOW_S):
+        self.per_client, self.in_all = UPLOADS_PER_CLIENT * largest_upload, UPLOADS_IN_ALL * largest_upload
+        self.window_s = window_s
+        self._uploads: deque[tuple[float, str, int]] = deque()  # (when, client, bytes), oldest first
+        self._lock = threading.Lock()
+
+    def take(self, client: str, size: int) -> bool:
+        """Count `size` bytes for `client` if both limits allow them; False (nothing counted) if not."""
+        with self._lock:
+            now = time.monotonic()
+            while self._uploads and self._uploads[0][0] < now - self.window_s:
+                self._uploads.popleft()
+            total = sum(n for _, _, n in self._uploads)
+            mine = sum(n for _, who, n in self._uploads if who == client)
+            if mine + size > self.per_client or total + size > self.in_all:
+                return False
+            self._uploads.append((now, client, size))
+            return True
+
+
 class FrontDoor:
     """ASGI middleware; Gradio adds it through launch(app_kwargs={"middleware": [...]})."""
 
     def __init__(self, app: ASGIApp, static_files: dict[str, Path], on_drawn: Callable[[object, object], None],
-                 throttle: LoginThrottle | None = None):
+                 largest_upload: int, throttle: LoginThrottle | None = None):
         self.app = app
         self.static = {name: (file.read_bytes(), file.suffix) for name, file in static_files.items()}
         self.on_drawn = on_drawn
         self.throttle = throttle or LoginThrottle()
+        self.uploads = UploadQuota(largest_upload)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -104,6 +138,8 @@ class FrontDoor:
         if getattr(gradio, "auth", None) is None or _logged_in(gradio, scope):
             if path == DRAWN_PATH and scope.get("method") == "POST":
                 await self._drawn(receive, send)
+            elif path in UPLOAD_PATHS and scope.get("method") == "POST":
+                await self._upload(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -134,6 +170,19 @@ class FrontDoor:
             await send(message)
 
         await self.app(scope, receive, watch)
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An upload goes through if its declared size fits the quota; Gradio then checks that the
+        body holds no more than that (and its own size limit)."""
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if not declared.isdigit() or len(declared) > 15:
+            await _respond(send, 411, {"detail": "an upload must state its size (Content-Length)"})
+            return
+        if not self.uploads.take(_client(scope), int(declared)):
+            await _respond(send, 429, {"detail": "too many uploads for now: try again in a quarter of an hour"},
+                           {"retry-after": str(int(UPLOAD_WINDOW_S))})
+            return
+        await self.app(scope, receive, send)
 
     async def _drawn(self, receive: Receive, send: Send) -> None:
         body = b""

@@ -117,6 +117,11 @@ class Handlers:
         message = ""
         try:
             session = self.manager.open_tab(_client(request), request.session_hash or "")
+        except Exception:  # noqa: BLE001 - see _reported
+            log.exception("load failed")
+            return render(None, "internal error: reload the page", error=True) + [""]
+        # The tab has its key from here on: whatever a link holds, the page still works.
+        try:
             query = dict(getattr(request, "query_params", {}) or {})
             if "view" in query:
                 if not self.manager.open_shared(session, query.get("view"), query.get("step"), query.get("seq")):
@@ -124,8 +129,8 @@ class Handlers:
             elif session.shares_startup_trace:
                 self.manager.show_linked(session, query.get("step"), query.get("seq"))
         except Exception:  # noqa: BLE001 - see _reported
-            log.exception("load failed")
-            return render(None, "internal error: reload the page", error=True) + [""]
+            log.exception("opening the link failed")
+            message = "internal error while opening this link; the page works without it"
         return render(session, message, error=bool(message)) + [session.key]
 
     def unload(self, request: gr.Request) -> None:
@@ -141,7 +146,7 @@ class Handlers:
         params = SamplingParams(
             max_tokens=_whole(max_tokens, "max tokens"), temperature=_number(temperature, "temperature"),
             top_p=_number(top_p, "top-p"), top_k=_whole(top_k, "top-k", minimum=0),
-            seed=None if _blank(seed) else _whole(seed, "seed", minimum=0),
+            seed=None if _blank(seed) else _whole(seed, "seed", minimum=0, maximum=2**63 - 1),
             **_search(samples, beam_width),
         )
         with session.lock:
@@ -182,15 +187,24 @@ class Handlers:
         yield from self._run_session(session, breakpoints)
 
     def _run_session(self, session: UISession, breakpoints: list[Breakpoint] | None,
-                     stopped: Callable[[RunResult], str] | None = None) -> Iterator[list[Any]]:
+                     stopped: Callable[[RunResult], str] | None = None, claimed: bool = False,
+                     first: str | None = None) -> Iterator[list[Any]]:
         """Run `session` until a breakpoint, the end or Pause, refreshing the panels live.
-        stopped: the message when a breakpoint ends the run (default: which one, and why)."""
-        if session.running:
-            yield render(session, "already running: Pause first")
-            return
-        session.running, session.pause_requested = True, False
+        stopped: the message when a breakpoint ends the run (default: which one, and why).
+        claimed: the caller already set session.running (under the session's lock); first: a
+        message to show before the first step."""
+        if not claimed:
+            with session.lock:  # check and set at once: of parallel Runs, one runs
+                already = session.running
+                if not already:
+                    session.running, session.pause_requested = True, False
+            if already:
+                yield render(session, "already running: Pause first")
+                return
         message, error = "", False
         try:
+            if first is not None:
+                yield render(session, first)
             message = yield from self._run_steps(session, breakpoints or [], stopped)
         except EXPECTED as caught:
             message, error = str(caught), True
@@ -257,11 +271,13 @@ class Handlers:
             yield render(None, str(error), error=True)
             return
         try:
-            if session.running:
-                raise ValueError("already running: Pause first, then fork")
-            with session.lock:
+            with session.lock:  # checked, made and marked running at once: of parallel forks, one is made
+                if session.running:
+                    raise ValueError("already running: Pause first, then fork")
                 plan = planned(session)
                 child = self.manager.fork(session, plan.seq_id, plan.num_tokens, plan.forced, plan.params)
+                label = fork_label(session.trace, child)
+                session.running, session.pause_requested = True, False
         except EXPECTED as error:
             toast(str(error))
             yield render(session, str(error), error=True)
@@ -270,11 +286,12 @@ class Handlers:
             log.exception("fork failed")
             yield render(session, f"internal error ({type(error).__name__}: {error}); the server keeps serving", True)
             return
-        label = fork_label(session.trace, child)
         session.selection = replace(session.selection, seq_id=child)
-        yield render(session, f"{label}: running it to {plan.params.max_tokens} new token(s)…")
-        yield from self._run_session(session, [SequenceFinished(child)], lambda result: (
-            f"{label} finished at step {session.index}: the Branch tab shows it beside #{plan.seq_id}"))
+        yield from self._run_session(
+            session, [SequenceFinished(child)],
+            lambda result: f"{label} finished at step {session.index}: the Branch tab shows it beside #{plan.seq_id}",
+            claimed=True, first=f"{label}: running it to {plan.params.max_tokens} new token(s)…",
+        )
 
     def pause(self, key: str) -> None:
         session = self.manager.find(key)
@@ -286,7 +303,8 @@ class Handlers:
               max_batched_tokens: float | None, prefix_caching: bool, attention: bool, traced: str | float | None,
               top_k: float | None, logit_lens: bool) -> list[Any]:
         settings = _engine_settings(kv_blocks, block_size, max_num_seqs, max_batched_tokens, prefix_caching)
-        traced_requests = None if _blank(traced) else _whole(traced, "traced requests", minimum=0)
+        traced_requests = (None if _blank(traced) else
+                           _whole(traced, "traced requests", minimum=0, maximum=MAX_TRACED_REQUESTS))
         capture = CaptureSettings(bool(attention), traced_requests, _whole(top_k, "top-k"), bool(logit_lens))
         with session.lock:
             self.manager.reset(session, settings, capture)
@@ -515,8 +533,26 @@ def _search(samples: float | str | None, beam_width: float | str | None) -> dict
     return {"n": n, "beam_width": width}
 
 
-def _whole(value: float | str | None, name: str, minimum: int = 1) -> int:
-    number = _number(value, name, f"a whole number >= {minimum}")
-    if number != int(number) or number < minimum:
+# A form's whole numbers: at most this unless a field says otherwise (what the engine counts
+# with int32; past it a value fails inside a step, or sizes a list, instead of here).
+MAX_WHOLE = 2**31 - 1
+# "Trace the first n requests" lists their ids: n is bounded by what a session could add.
+MAX_TRACED_REQUESTS = 10_000
+_DIGITS = re.compile(r"\s*[+-]?[0-9]{1,40}\s*")
+
+
+def _whole(value: float | str | None, name: str, minimum: int = 1, maximum: int = MAX_WHOLE) -> int:
+    """A form field's whole number in [minimum, maximum]; ValueError naming the field. Typed
+    digits are read exactly: through a float, a seed past 2**53 would become its neighbour."""
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        number = int(value)
+    else:
+        real = _number(value, name, f"a whole number >= {minimum}")
+        if real != int(real):
+            raise ValueError(f"{name} must be a whole number >= {minimum}, got {value}")
+        number = int(real)
+    if number < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value}")
-    return int(number)
+    if number > maximum:
+        raise ValueError(f"{name} must be at most {maximum:,}, got {str(value)[:40]}")
+    return number

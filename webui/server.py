@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -20,9 +22,12 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
           auth: tuple[str, str] | None = None, block: bool = True) -> gr.Blocks:
     """Build the page and serve it; with block=False return once the server is up (tests)."""
+    if block:
+        _exit_on_sigterm()
     # plotly.js comes from the front door (no server path in the page); app.js is inline.
     head = f"<script src='{STATIC_PREFIX.lstrip('/')}plotly.min.js'></script><script>{(STATIC / 'app.js').read_text()}</script>"
-    door = Middleware(FrontDoor, static_files={"plotly.min.js": PLOTLY_JS}, on_drawn=manager.drawn)
+    door = Middleware(FrontDoor, static_files={"plotly.min.js": PLOTLY_JS}, on_drawn=manager.drawn,
+                      largest_upload=manager.limits.upload_mb * 2**20)
     app = build_app(manager)
     # A queue slot per session: one user's long Run never waits behind another's.
     app.queue(default_concurrency_limit=manager.limits.max_sessions)
@@ -34,3 +39,14 @@ def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
         app_kwargs={"middleware": [door]},
     )
     return app
+
+
+def _exit_on_sigterm() -> None:
+    """`kill` (SIGTERM) ends the server as Ctrl-C does: Python's default would end it at once,
+    without its exit handlers, which delete the folder of traces the server saved for
+    downloads (webui/handlers.py)."""
+    def exit_cleanly(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the exit handlers short
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_cleanly)

@@ -18,6 +18,7 @@ dropped at any time and is remade, empty, on its next call.
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -102,6 +103,9 @@ class UISession:
     updates_drawn: int = 0
     # One handler at a time changes the session (add, step, reset); reads need no lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set by SessionManager.claim_slot under its lock, until the engine or trace is in place:
+    # the slot counts from the check, so parallel claims cannot all pass it.
+    claiming: bool = False
 
     def forget_download(self) -> None:
         """Delete the trace file it saved last, with the folder made for it (webui/handlers.py)."""
@@ -122,9 +126,9 @@ class UISession:
 
     @property
     def holds_memory(self) -> bool:
-        """Does it hold a slot: its own engine, or a trace it uploaded? (The server's --trace
-        file is one object shown to every tab: it takes none.)"""
-        return self.debug is not None or (
+        """Does it hold a slot: its own engine, or a trace it uploaded, or one it is taking
+        (`claiming`)? (The server's --trace file is one object shown to every tab: it takes none.)"""
+        return self.claiming or self.debug is not None or (
             self.opened is not None and not self.shares_startup_trace and not self.shared_view)
 
     @property
@@ -224,6 +228,7 @@ class SessionManager:
                     f"the server already has {len(holders)} sessions open, its limit "
                     f"(--max-sessions {self.limits.max_sessions}); try again when one closes or goes idle"
                 )
+            session.claiming = True  # the caller clears it once it holds the memory, or gave up
 
     def _make(self, key: str, client: str) -> UISession:
         session = UISession(key, client=client)
@@ -283,14 +288,18 @@ class SessionManager:
             enable_prefix_caching=settings.prefix_caching, enforce_eager=self.base.config.enforce_eager,
         )
         self.claim_slot(session)
-        engine = LLMEngine.sharing_weights(self.base, config)  # validates the rest (block size, ...)
-        policy = CapturePolicy(
-            attention=capture.attention,
-            attention_requests=None if capture.traced_requests is None else tuple(range(capture.traced_requests)),
-            top_k=capture.top_k, logit_lens=capture.logit_lens, memory_budget=int(self.limits.trace_budget_mb * 2**20),
-        )
-        session.pause_requested = True  # a run in progress stops at its next step
-        session.debug = DebugSession(engine, policy)
+        try:
+            engine = LLMEngine.sharing_weights(self.base, config)  # validates the rest (block size, ...)
+            policy = CapturePolicy(
+                attention=capture.attention,
+                attention_requests=None if capture.traced_requests is None else tuple(range(capture.traced_requests)),
+                top_k=capture.top_k, logit_lens=capture.logit_lens,
+                memory_budget=int(self.limits.trace_budget_mb * 2**20),
+            )
+            session.pause_requested = True  # a run in progress stops at its next step
+            session.debug = DebugSession(engine, policy)
+        finally:
+            session.claiming = False
         session.opened, session.opened_name = None, ""
         session.shares_startup_trace = session.shared_view = False
         session.cursor = session.debug.cursor
@@ -383,6 +392,7 @@ class SessionManager:
         session.pause_requested = True
         session.debug, session.shares_startup_trace, session.shared_view = None, False, False
         session.opened, session.opened_name = trace, name
+        session.claiming = False
         session.cursor = Cursor(trace)
         if trace.steps:
             session.cursor.seek(0)
@@ -407,7 +417,16 @@ class SessionManager:
         trace = session.trace
         if trace is None:
             return
-        if isinstance(step, str) and step.isdigit() and int(step) < len(trace.steps):
-            session.cursor.seek(int(step))
-        if isinstance(seq, str) and seq.isdigit() and int(seq) in trace.sequences:
-            session.selection = Selection(seq_id=int(seq))
+        step, seq = _link_number(step), _link_number(seq)
+        if step is not None and step < len(trace.steps):
+            session.cursor.seek(step)
+        if seq is not None and seq in trace.sequences:
+            session.selection = Selection(seq_id=seq)
+
+
+def _link_number(value: object) -> int | None:
+    """A link's step or sequence: ASCII digits, at most nine of them, else None (ignored).
+    str.isdigit() also takes "²", which int() then refuses, and int() refuses 4,300 digits."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value):
+        return int(value)
+    return None

@@ -99,6 +99,11 @@ class TextMatches(Breakpoint):
     def __post_init__(self) -> None:
         if len(self.pattern) > MAX_PATTERN_CHARS:
             raise ValueError(f"the text pattern is {len(self.pattern)} characters; the limit is {MAX_PATTERN_CHARS}")
+        try:  # RE2 takes UTF-8: a lone surrogate (which a browser's JSON can carry) is not text
+            self.pattern.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"the text pattern is not valid text: character {exc.start} is "
+                             f"U+{ord(self.pattern[exc.start]):04X}, a lone surrogate") from None
         options = re2.Options()
         options.max_mem = MAX_PROGRAM_BYTES
         options.log_errors = False  # the error is raised, with its message, below
