@@ -163,3 +163,12 @@ def test_the_upload_quota_also_bounds_every_client_together():
         assert quota.take(f"10.0.0.{i}", 400)
     assert not quota.take("10.0.1.1", 1)  # the whole is full
     assert UploadQuota(100, window_s=0.0).take("10.0.0.1", 400) and not UploadQuota(100).take("10.0.0.1", 401)
+
+
+def test_an_unknown_api_name_is_a_404_not_a_server_error(url):
+    answer = httpx.post(f"{url}gradio_api/call/nope", json={"data": []}, timeout=30)
+    assert answer.status_code == 404 and answer.json() == {"detail": "no such API endpoint"}
+    assert httpx.get(f"{url}gradio_api/call/nope/123", timeout=30).status_code == 404
+    assert httpx.post(f"{url}gradio_api/call/v2/nope", json={"data": []}, timeout=30).status_code == 404
+    known = httpx.post(f"{url}gradio_api/call/v2/state", json={"data": []}, timeout=30)  # a real name passes
+    assert known.status_code != 404

@@ -19,6 +19,7 @@ any route runs:
 - Uploads (POST /gradio_api/upload) are counted per client address and in all over a sliding
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
+- A call to an API name the app does not have answers 404 (Gradio raised, and answered 500).
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
 heartbeat) pass through untouched.
@@ -85,6 +86,7 @@ class LoginThrottle:
         return failures
 
 
+CALL_PREFIX = "/gradio_api/call/"  # + an API name: one of the app's events, by name
 UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload/")
 UPLOAD_WINDOW_S = 900.0  # as long as Gradio's cache keeps a file (webui/layout.py)
 UPLOADS_PER_CLIENT = 4  # the largest upload's worth, per client within the window
@@ -140,6 +142,8 @@ class FrontDoor:
                 await self._drawn(receive, send)
             elif path in UPLOAD_PATHS and scope.get("method") == "POST":
                 await self._upload(scope, receive, send)
+            elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
+                await _respond(send, 404, {"detail": "no such API endpoint"})  # Gradio answered 500
             else:
                 await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -278,3 +282,14 @@ async def _respond(send: Send, status: int, payload: dict, headers: dict[str, st
     all_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _api_name(path: str) -> str:
+    """The API name in /gradio_api/call/<name>[/<event id>], or in its /call/v2/ spelling."""
+    rest = path[len(CALL_PREFIX):].removeprefix("v2/")
+    return rest.split("/")[0]
+
+
+def _known_api(gradio: Any, name: str) -> bool:
+    """Whether `name` is one of the app's API names (Gradio answers any other with a 500)."""
+    return any(fn.api_name == name for fn in gradio.get_blocks().fns.values())
