@@ -99,21 +99,31 @@ class UploadQuota:
 
     def __init__(self, largest_upload: int, window_s: float = UPLOAD_WINDOW_S):
         self.per_client, self.in_all = UPLOADS_PER_CLIENT * largest_upload, UPLOADS_IN_ALL * largest_upload
+        # Each upload costs at least this, so the window holds at most 1,024 x UPLOADS_IN_ALL of
+        # them, however small (empty ones would otherwise grow the log without bound).
+        self.least = largest_upload // 1024
         self.window_s = window_s
         self._uploads: deque[tuple[float, str, int]] = deque()  # (when, client, bytes), oldest first
+        self._by_client: dict[str, int] = defaultdict(int)  # bytes within the window, kept as they come and go
+        self._total = 0
         self._lock = threading.Lock()
 
     def take(self, client: str, size: int) -> bool:
         """Count `size` bytes for `client` if both limits allow them; False (nothing counted) if not."""
+        size = max(size, self.least)
         with self._lock:
             now = time.monotonic()
             while self._uploads and self._uploads[0][0] < now - self.window_s:
-                self._uploads.popleft()
-            total = sum(n for _, _, n in self._uploads)
-            mine = sum(n for _, who, n in self._uploads if who == client)
-            if mine + size > self.per_client or total + size > self.in_all:
+                _, who, n = self._uploads.popleft()
+                self._total -= n
+                self._by_client[who] -= n
+                if not self._by_client[who]:
+                    del self._by_client[who]
+            if self._by_client.get(client, 0) + size > self.per_client or self._total + size > self.in_all:
                 return False
             self._uploads.append((now, client, size))
+            self._by_client[client] += size
+            self._total += size
             return True
 
 

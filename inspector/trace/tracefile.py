@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -118,15 +119,16 @@ def _the_two_members(path: Path, infos: list[zipfile.ZipInfo]) -> tuple[zipfile.
     nothing else: with a name twice, zip readers disagree on which one counts, and what else a
     file carries would travel unseen with a trace that looks valid."""
     names = [info.filename for info in infos]
+    counts = Counter(names)  # once, not a count per name: a zip may list tens of thousands
     for name in (JSON_MEMBER, TENSORS_MEMBER):
-        if name not in names:
+        if name not in counts:
             raise TraceError(f"{path} is not a complete trace: it has no {name}")
     for name in names:
         if name not in (JSON_MEMBER, TENSORS_MEMBER):
             raise TraceError(f"{path} holds a member no trace has, {name[:60]!r}: "
                              f"a .mltrace holds {JSON_MEMBER} and {TENSORS_MEMBER} only")
-        if names.count(name) > 1:
-            raise TraceError(f"{path} holds {name} {names.count(name)} times")
+        if counts[name] > 1:
+            raise TraceError(f"{path} holds {name} {counts[name]} times")
     by_name = {info.filename: info for info in infos}
     return by_name[JSON_MEMBER], by_name[TENSORS_MEMBER]
 

@@ -46,7 +46,7 @@ from minillama.engine.outputs import (
     StepResult,
     StepTimings,
 )
-from minillama.engine.prompts import check_text, check_token_ids
+from minillama.engine.prompts import check_text, check_token_ids, first_outside_vocabulary
 from minillama.engine.scheduler import Scheduler
 from minillama.engine.sequence import RequestInfo, Sequence
 from minillama.errors import ConfigError, InvalidRequestError
@@ -269,12 +269,12 @@ class LLMEngine(BeamSearchSteps):
         more tokens than config.json's vocab_size would otherwise fail the step that embeds it,
         and every step after it, with the other requests in the batch."""
         vocab = self.model_config.vocab_size
-        for position, token in enumerate(token_ids):
-            if not 0 <= token < vocab:
-                raise InvalidRequestError(
-                    f"the tokenizer gives token id {token} (at position {position}), outside this model's "
-                    f"vocabulary of {vocab}: its tokenizer and config.json's vocab_size disagree"
-                )
+        position = first_outside_vocabulary(token_ids, vocab)
+        if position is not None:
+            raise InvalidRequestError(
+                f"the tokenizer gives token id {token_ids[position]} (at position {position}), outside this model's "
+                f"vocabulary of {vocab}: its tokenizer and config.json's vocab_size disagree"
+            )
         return token_ids
 
     def add_request(

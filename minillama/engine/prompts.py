@@ -39,9 +39,14 @@ def check_token_ids(prompt: list | tuple, vocab_size: int) -> list[int]:
     an integer in [0, vocab_size)."""
     if not prompt:
         raise InvalidRequestError("the prompt is empty (no token ids)")
-    for position, token in enumerate(prompt):
-        if not (is_int(token) and 0 <= token < vocab_size):
-            raise InvalidRequestError(
-                f"prompt token ids must be integers in [0, {vocab_size}); position {position} holds {token!r}"
-            )
+    position = first_outside_vocabulary(prompt, vocab_size)
+    if position is not None:
+        raise InvalidRequestError(
+            f"prompt token ids must be integers in [0, {vocab_size}); position {position} holds {prompt[position]!r}"
+        )
     return list(prompt)
+
+
+def first_outside_vocabulary(token_ids: list | tuple, vocab_size: int) -> int | None:
+    """The position of the first entry that is not an integer in [0, vocab_size), or None."""
+    return next((i for i, token in enumerate(token_ids) if not (is_int(token) and 0 <= token < vocab_size)), None)
