@@ -25,8 +25,9 @@ from minillama.cli import tune_gc
 
 # The profiler's categories for what runs on the GPU.
 _GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
-# The Triton decode attention kernel (minillama/ops/triton/triton_paged.py): a decode step's mark.
-_DECODE_KERNEL = "_decode_kernel"
+# The Triton decode attention kernels (minillama/ops/triton/triton_paged.py), pointer loads or TMA
+# copies: a decode step's mark.
+_DECODE_KERNELS = ("_decode_kernel", "_decode_tma_kernel")
 
 
 def gpu_events(trace: dict) -> list[dict]:
@@ -54,7 +55,7 @@ def phase_table(events: list[dict], label: str, top: int) -> list[str]:
 
 def split_phases(events: list[dict]) -> tuple[list[dict], list[dict]]:
     """(prefill events, decode events): the timeline cut at the first decode-attention kernel."""
-    first = next((i for i, e in enumerate(events) if e["name"].startswith(_DECODE_KERNEL)), len(events))
+    first = next((i for i, e in enumerate(events) if e["name"].startswith(_DECODE_KERNELS)), len(events))
     return events[:first], events[first:]
 
 
@@ -74,7 +75,7 @@ def profile_workload(args: argparse.Namespace, engine: LLMEngine, top: int = 14)
           f"profiler: {row.tok_per_s:,.0f} tok/s in {row.seconds:.2f} s; attention {engine.attention_backend}")
     prefill, decode = split_phases(events)
     if not decode:  # another attention backend: no kernel of ours marks the decode steps
-        tables = phase_table(prefill, f"the whole run (no {_DECODE_KERNEL} to split it at)", top)
+        tables = phase_table(prefill, "the whole run (no decode kernel of ours to split it at)", top)
     else:
         tables = phase_table(prefill, "prefill", top) + phase_table(decode, "decode", top)
     print("\n".join(tables))

@@ -44,3 +44,11 @@ def test_no_decode_kernel_leaves_one_phase():
     prefill, decode = split_phases(events)
     assert len(prefill) == len(events) and decode == []
     assert phase_table([], "decode", top=3) == ["decode: no GPU work"]
+
+
+def test_the_tma_decode_kernel_marks_the_split_too():
+    """On Hopper the decode attention is `_decode_tma_kernel`: the split must find it as well."""
+    renamed = {"traceEvents": [dict(e, name="_decode_tma_kernel") if e.get("name") == "_decode_kernel" else e
+                               for e in TRACE["traceEvents"]]}
+    prefill, decode = split_phases(gpu_events(renamed))
+    assert [e["name"] for e in decode] == ["_decode_tma_kernel", "gemm"] and len(prefill) == 4
