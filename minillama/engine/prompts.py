@@ -49,4 +49,11 @@ def check_token_ids(prompt: list | tuple, vocab_size: int) -> list[int]:
 
 def first_outside_vocabulary(token_ids: list | tuple, vocab_size: int) -> int | None:
     """The position of the first entry that is not an integer in [0, vocab_size), or None."""
+    # The common case first, in C loops over the whole prompt: every entry exactly an int (so no
+    # bool, whose type is bool) and min and max in range. A 600-token prompt takes ~10 us here
+    # against ~80 us for the loop below, which a batch of 256 prompts would pay before the GPU
+    # starts. Anything else (a float, a numpy integer, an int subclass) takes the loop, which
+    # finds the position to name.
+    if token_ids and set(map(type, token_ids)) == {int} and min(token_ids) >= 0 and max(token_ids) < vocab_size:
+        return None
     return next((i for i, token in enumerate(token_ids) if not (is_int(token) and 0 <= token < vocab_size)), None)
