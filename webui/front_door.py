@@ -20,6 +20,8 @@ any route runs:
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
 - A call to an API name the app does not have answers 404 (Gradio raised, and answered 500).
+- A direct call (/gradio_api/run/<name>) whose values were refused (webui/call_values.py)
+  answers 400: Gradio answers any failed direct call with 500, as if the server were at fault.
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
 heartbeat) pass through untouched.
@@ -35,6 +37,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
+
+from webui.call_values import REFUSED_TITLE
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -87,6 +91,8 @@ class LoginThrottle:
 
 
 CALL_PREFIX = "/gradio_api/call/"  # + an API name: one of the app's events, by name
+RUN_PREFIX = "/gradio_api/run/"  # + an API name: the same, answered directly (no queue, no events)
+MAX_ERROR_BODY = 64 * 1024  # bytes of a 500's body read to tell a refusal: Gradio's error JSON is short
 UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload/")
 UPLOAD_WINDOW_S = 900.0  # as long as Gradio's cache keeps a file (webui/layout.py)
 UPLOADS_PER_CLIENT = 4  # the largest upload's worth, per client within the window
@@ -154,6 +160,8 @@ class FrontDoor:
                 await self._upload(scope, receive, send)
             elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
                 await _respond(send, 404, {"detail": "no such API endpoint"})  # Gradio answered 500
+            elif path.startswith(RUN_PREFIX):
+                await self.app(scope, receive, _refusals_as_400(send))
             else:
                 await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -274,6 +282,40 @@ def _without_api_info(send: Send) -> Send:
         await send({"type": "http.response.body", "body": body})
 
     return wrapped
+
+
+def _refusals_as_400(send: Send) -> Send:
+    """Wrap `send` so that a 500 carrying a refusal of the caller's values goes out as 400. Only
+    a 500's body is held back (to read its title); every other answer streams through."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] == 500:
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body") and sum(map(len, chunks)) <= MAX_ERROR_BODY:
+            return
+        body = b"".join(chunks)
+        status = 400 if _is_refusal(body) else 500
+        await send({**start, "status": status})
+        await send({"type": "http.response.body", "body": body, "more_body": message.get("more_body", False)})
+        start = None
+
+    return wrapped
+
+
+def _is_refusal(body: bytes) -> bool:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(payload, dict) and payload.get("title") == REFUSED_TITLE
 
 
 def _strip_api_info(body: bytes) -> bytes:

@@ -18,6 +18,7 @@ import html
 import gradio as gr
 
 from webui import comparing
+from webui.call_values import refuse_malformed_values
 from webui.breakpoint_form import EVENT_BREAKPOINTS
 from webui.handlers import Handlers
 from webui.render import OUTPUT_NAMES
@@ -218,6 +219,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         compare_settings.click(handlers.compare_settings, [key, kv_blocks, block_size, max_num_seqs, max_batched,
                                                            prefix_caching], compared, api_name="compare_settings")
         compare_file.upload(handlers.compare_file, [key, compare_file], compared, api_name="compare_file")
+    refuse_malformed_values(app)
     return app
 
 

@@ -1,0 +1,78 @@
+"""Every API name the page serves, called with values its fields would never send (too few or
+too many values, a value of the wrong type at each position): the caller gets a message naming
+the call, the server logs one line and no traceback, and another tab's session is untouched
+(webui/call_values.py)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from webui_support import Tab, embedded_manager, running_server
+
+# A value no field of the page takes as it is: not a string, a number, a bool or a file's description.
+ALIEN = {"not": ["a", "field value"]}
+
+
+@pytest.fixture(scope="module")
+def served(embedded_dir):
+    manager = embedded_manager(embedded_dir)
+    with running_server(manager) as url:
+        yield manager, url
+
+
+def call(url: str, api: str, data: list) -> str:
+    """The event stream's answer to /gradio_api/call/<api> with `data`."""
+    posted = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=30)
+    assert posted.status_code == 200, posted.text
+    with httpx.stream("GET", f"{url}gradio_api/call/{api}/{posted.json()['event_id']}", timeout=60) as stream:
+        return "".join(stream.iter_text())
+
+
+def api_defaults(url: str) -> dict[str, list]:
+    """{api name: a default value for each of its fields (None where it has none)}, from the
+    server's own API description."""
+    info = httpx.get(f"{url}gradio_api/info", timeout=30).json()
+    return {name.lstrip("/"): [p.get("parameter_default") for p in spec["parameters"]]
+            for name, spec in info["named_endpoints"].items()}
+
+
+def test_malformed_values_get_a_message_and_no_traceback(served, capfd):
+    manager, url = served
+    victim = Tab(url)
+    victim.predict("Hello", True, 4, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
+    victim.predict(api_name="/step")
+    before = len(manager.sessions[victim.key].trace.steps)
+    caller = Tab(url)  # the calls go to a session of their own: a value a field does take acts on it
+    endpoints = api_defaults(url)
+    assert {"step", "seek", "add_prompts", "reset", "open_trace"} <= endpoints.keys()
+    capfd.readouterr()
+    for api, defaults in endpoints.items():
+        count = len(defaults)
+        for data in ([caller.key] * (count - 1), [caller.key] * (count + 1)):  # one too few, one too many
+            if count == 0 and not data:
+                continue
+            answer = call(url, api, data)
+            assert "event: error" in answer and f"the call to /{api} was refused" in answer, (api, answer)
+        for position in range(1, count):  # the tab key (position 0) is any string: see test_webui_security
+            data = [caller.key, *defaults[1:]]
+            data[position] = ALIEN
+            answer = call(url, api, data)
+            assert '"error": null' not in answer, (api, position, answer)  # a reason, always
+            if "event: error" in answer:
+                assert f"the call to /{api} was refused: value {position + 1} (" in answer, (api, position, answer)
+    logged = capfd.readouterr()
+    assert "Traceback" not in logged.err + logged.out
+    assert len(manager.sessions[victim.key].trace.steps) == before
+    assert victim.predict(api_name="/step")  # and the victim's tab still steps
+
+
+@pytest.mark.parametrize("api, data", [("seek", ["KEY", "abc"]), ("seek", ["KEY"]), ("select", ["KEY", ALIEN, 0, "0", False]),
+                                       ("step", ["KEY", 1])])
+def test_a_direct_call_with_malformed_values_is_a_400_with_the_reason(served, api, data):
+    """/gradio_api/run/<name> answers at once (no queue); Gradio gave every failure there a 500."""
+    _, url = served
+    caller = Tab(url)
+    answer = httpx.post(f"{url}gradio_api/run/{api}", json={"data": [caller.key if v == "KEY" else v for v in data]},
+                        timeout=30)
+    assert answer.status_code == 400 and answer.json()["error"].startswith(f"the call to /{api} was refused: ")
+    assert httpx.post(f"{url}gradio_api/run/seek", json={"data": [caller.key, 0]}, timeout=30).status_code == 200

@@ -1,0 +1,85 @@
+"""Values an API client sends that the page's own fields would never send are refused in one line.
+
+The page sends each event's values from its fields: a string from a textbox, a number from a
+slider, one of a dropdown's choices. A script calling /gradio_api/call/<name> (or /run/<name>)
+may send anything: a string for a slider, too few values, a path for a file. Gradio then raised
+from its own checks (Blocks.preprocess_data): the server logged a 20-40 line traceback for each
+such call, and with show_error off the caller got `{"error": null}`, no reason at all.
+
+`refuse_malformed_values` wraps the app's preprocess_data, the one place every event's values
+pass before a handler runs, queued or not: any failure there becomes a gr.Error naming the call,
+the field and what it got (short, escaped), which Gradio sends to the caller and logs without a
+traceback. Nothing reaches the handler, so no session changes. A queued call's caller gets it as
+its event's error; a direct call's as a 400 (the front door's doing: Gradio answers 500).
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+from typing import Any
+
+import gradio as gr
+
+MAX_SHOWN = 60  # characters of a refused value quoted back
+# The title of a refusal's gr.Error. Gradio answers a failed direct call (/gradio_api/run/<name>)
+# with status 500 whatever failed; the front door turns those with this title into 400, since
+# the fault is the caller's (webui/front_door.py).
+REFUSED_TITLE = "Refused"
+
+
+def refuse_malformed_values(app: gr.Blocks) -> None:
+    """Make `app` refuse values its fields do not take with a message (see the module doc)."""
+    original = app.preprocess_data
+
+    async def preprocess_data(block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> list[Any]:
+        expected = len(block_fn.inputs)
+        if len(inputs) != expected:
+            raise _refusal(block_fn, f"it takes {expected} value(s), got {len(inputs)}")
+        try:
+            return await original(block_fn, inputs, state, explicit_call)
+        except Exception as error:  # noqa: BLE001 - every failure here is the caller's values
+            raise _refusal(block_fn, _what_was_wrong(block_fn, inputs, state, error)) from None
+
+    app.preprocess_data = preprocess_data  # type: ignore[method-assign]
+
+
+def _refusal(block_fn: Any, reason: str) -> gr.Error:
+    message = f"the call to /{block_fn.api_name or block_fn.name} was refused: {reason}"
+    print(f"minillama: {message}", file=sys.stderr)  # one line in the server's log, no traceback
+    return gr.Error(html.escape(message), title=REFUSED_TITLE, print_exception=False)  # shown as HTML
+
+
+def _what_was_wrong(block_fn: Any, inputs: list[Any], state: Any, error: Exception) -> str:
+    """Which value a field refused, found by offering each to its field again (only on this
+    error path, and only the checks that touch no file), else the error's first line. A field
+    as this session last updated it (a dropdown's current choices) lives in `state`."""
+    for index, (block, value) in enumerate(zip(block_fn.inputs, inputs, strict=True)):
+        if state is not None and block._id in state:
+            block = state[block._id]
+        if not _takes(block, value):
+            label = getattr(block, "label", None) or type(block).__name__.lower()
+            return f"value {index + 1} ({label}) cannot be {_short(value)}"
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return _short_text(first_line)
+
+
+def _takes(block: Any, value: Any) -> bool:
+    try:
+        model = getattr(block, "data_model", None)
+        if model is not None:  # a file: its description must be one; the file itself is Gradio's to check
+            if value is not None:
+                model.model_validate(value, context={"validate_meta": True})  # as Gradio checks it
+        else:
+            block.preprocess(value)
+    except Exception:  # noqa: BLE001 - any refusal counts
+        return False
+    return True
+
+
+def _short(value: Any) -> str:
+    return f"{type(value).__name__} {_short_text(repr(value))}"
+
+
+def _short_text(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
