@@ -18,8 +18,8 @@ import html
 import gradio as gr
 
 from webui import comparing
-from webui.call_values import refuse_malformed_values
 from webui.breakpoint_form import EVENT_BREAKPOINTS
+from webui.call_values import refuse_malformed_values
 from webui.handlers import Handlers
 from webui.render import OUTPUT_NAMES
 from webui.sessions import CaptureSettings, EngineSettings, SessionManager
