@@ -57,14 +57,19 @@ def _what_was_wrong(block_fn: Any, inputs: list[Any], state: Any, error: Excepti
     for index, (block, value) in enumerate(zip(block_fn.inputs, inputs, strict=True)):
         if state is not None and block._id in state:
             block = state[block._id]
-        if not _takes(block, value):
+        refused = _refusal_by(block, value)
+        if refused is not None:
             label = getattr(block, "label", None) or type(block).__name__.lower()
-            return f"value {index + 1} ({label}) cannot be {_short(value)}"
+            # Gradio's own refusals (gr.Error: "Value 9 is greater than maximum value 4.") are
+            # written for users; other errors ("'<' not supported ...") would only confuse.
+            why = f": {_short_text(refused.message)}" if isinstance(refused, gr.Error) else ""
+            return f"value {index + 1} ({label}) cannot be {_short(value)}{why}"
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return _short_text(first_line)
 
 
-def _takes(block: Any, value: Any) -> bool:
+def _refusal_by(block: Any, value: Any) -> Exception | None:
+    """The error `block` raises taking `value`, or None if it takes it."""
     try:
         model = getattr(block, "data_model", None)
         if model is not None:  # a file: its description must be one; the file itself is Gradio's to check
@@ -72,9 +77,9 @@ def _takes(block: Any, value: Any) -> bool:
                 model.model_validate(value, context={"validate_meta": True})  # as Gradio checks it
         else:
             block.preprocess(value)
-    except Exception:  # noqa: BLE001 - any refusal counts
-        return False
-    return True
+    except Exception as error:  # noqa: BLE001 - any refusal counts
+        return error
+    return None
 
 
 def _short(value: Any) -> str:

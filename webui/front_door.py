@@ -20,8 +20,9 @@ any route runs:
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
 - A call to an API name the app does not have answers 404 (Gradio raised, and answered 500).
-- A direct call (/gradio_api/run/<name>) whose values were refused (webui/call_values.py)
-  answers 400: Gradio answers any failed direct call with 500, as if the server were at fault.
+- A direct call (/gradio_api/run/<name>) runs in its tab's lane, one at a time per tab
+  (webui/direct_calls.py); one whose values were refused (webui/call_values.py) answers 400:
+  Gradio answers any failed direct call with 500, as if the server were at fault.
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
 heartbeat) pass through untouched.
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.call_values import REFUSED_TITLE
+from webui.direct_calls import DirectCallLanes, TooLarge, read_body, replaying, tab_key
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -143,6 +145,7 @@ class FrontDoor:
         self.on_drawn = on_drawn
         self.throttle = throttle or LoginThrottle()
         self.uploads = UploadQuota(largest_upload)
+        self.lanes = DirectCallLanes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -160,8 +163,8 @@ class FrontDoor:
                 await self._upload(scope, receive, send)
             elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
                 await _respond(send, 404, {"detail": "no such API endpoint"})  # Gradio answered 500
-            elif path.startswith(RUN_PREFIX):
-                await self.app(scope, receive, _refusals_as_400(send))
+            elif path.startswith(RUN_PREFIX) and scope["type"] == "http":
+                await self._direct_call(scope, receive, _refusals_as_400(send))
             else:
                 await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -205,6 +208,28 @@ class FrontDoor:
                            {"retry-after": str(int(UPLOAD_WINDOW_S))})
             return
         await self.app(scope, receive, send)
+
+    async def _direct_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A call answered without the queue runs in its tab's lane (webui/direct_calls.py)."""
+        try:
+            body = await read_body(receive)
+        except TooLarge:
+            await _respond(send, 413, {"detail": "too large for a direct call"})
+            return
+        key = tab_key(body)
+        if key is None:
+            await self.app(scope, replaying(body, receive), send)
+            return
+        lock = self.lanes.enter(key)
+        if lock is None:
+            await _respond(send, 429, {"detail": "too many calls at once for this tab: wait for its answers"},
+                           {"retry-after": "1"})
+            return
+        try:
+            async with lock:
+                await self.app(scope, replaying(body, receive), send)
+        finally:
+            self.lanes.leave(key)
 
     async def _drawn(self, receive: Receive, send: Send) -> None:
         body = b""

@@ -1,0 +1,110 @@
+"""Direct calls (/gradio_api/run/<name>) take turns per tab key in the front door
+(webui/direct_calls.py): a flood of one tab's calls waits in its own lane or is answered 429,
+and never holds up another tab's call. Driven through FrontDoor with an app that blocks until
+told, so what runs when is exact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+from webui.direct_calls import MAX_WAITING, DirectCallLanes
+from webui.front_door import FrontDoor
+
+
+class HeldApp:
+    """An ASGI app that answers each request only once `release` is set, and notes the keys it
+    started, in order, with the body it was handed."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+        self.started: list[str] = []
+
+    async def __call__(self, scope, receive, send):
+        body = json.loads((await receive())["body"])
+        self.started.append(body["data"][0])
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def direct_call(door: FrontDoor, key: str) -> int:
+    """POST /gradio_api/run/seek for tab `key` through the door; -> the status it answered."""
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/run/seek", "headers": [],
+             "client": ("10.0.0.9", 1), "app": SimpleNamespace(auth=None)}
+    body = json.dumps({"data": [key, 3]}).encode()
+    messages = iter([{"type": "http.request", "body": body[:5], "more_body": True},
+                     {"type": "http.request", "body": body[5:], "more_body": False}])
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    statuses = []
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await door(scope, receive, send)
+    return statuses[0]
+
+
+def make_door(app: HeldApp) -> FrontDoor:
+    return FrontDoor(app, static_files={}, on_drawn=lambda key, update: None, largest_upload=1024)
+
+
+def test_one_tabs_flood_waits_in_its_lane_and_another_tab_passes():
+    async def scenario():
+        app = HeldApp()
+        door = make_door(app)
+        flood = [asyncio.create_task(direct_call(door, "tab-a")) for _ in range(MAX_WAITING + 3)]
+        await asyncio.sleep(0.05)
+        assert app.started == ["tab-a"]  # one of tab a's calls runs; the rest wait or were refused
+        refused = [task.result() for task in flood if task.done()]
+        assert refused == [429, 429]  # 1 running + MAX_WAITING waiting: the last two are refused
+        other = asyncio.create_task(direct_call(door, "tab-b"))
+        await asyncio.sleep(0.05)
+        assert app.started == ["tab-a", "tab-b"]  # tab b did not wait behind tab a's line
+        app.release.set()
+        assert await other == 200
+        statuses = await asyncio.gather(*flood)
+        assert statuses.count(200) == MAX_WAITING + 1 and statuses.count(429) == 2
+        assert app.started.count("tab-a") == MAX_WAITING + 1
+        assert door.lanes._lanes == {}  # every lane went away with its last call
+    asyncio.run(scenario())
+
+
+def test_a_lane_counts_its_calls_and_forgets_a_key_when_empty():
+    async def scenario():
+        lanes = DirectCallLanes(max_waiting=1)
+        first, second = lanes.enter("k"), lanes.enter("k")
+        assert first is second is not None and lanes.enter("k") is None  # one running, one waiting, full
+        lanes.leave("k")
+        assert lanes.enter("k") is first
+        lanes.leave("k")
+        lanes.leave("k")
+        assert lanes._lanes == {}
+    asyncio.run(scenario())
+
+
+def test_a_call_without_a_key_and_an_oversized_body_are_not_laned():
+    async def scenario():
+        app = HeldApp()
+        app.release.set()
+        door = make_door(app)
+        scope = {"type": "http", "method": "POST", "path": "/gradio_api/run/seek", "headers": [],
+                 "client": ("10.0.0.9", 1), "app": SimpleNamespace(auth=None)}
+        statuses = []
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        huge = iter([{"type": "http.request", "body": b"x" * (1024 * 1024 + 1), "more_body": False}])
+        await door(scope, lambda: asyncio.sleep(0, next(huge)), send)
+        assert statuses == [413] and app.started == []
+        keyless = iter([{"type": "http.request", "body": json.dumps({"data": [[1], 2]}).encode()}])
+        await door(scope, lambda: asyncio.sleep(0, next(keyless)), send)
+        assert statuses == [413, 200] and app.started == [[1]] and door.lanes._lanes == {}
+    asyncio.run(scenario())

@@ -1,0 +1,96 @@
+"""Direct calls take turns per tab, so one tab's flood cannot starve the others.
+
+The cursor's events (seek, prev, next, select, pause) skip Gradio's queue: each is answered at
+once by a thread of the server's pool (/gradio_api/run/<name>). A page sends one at a time, but a
+script can send hundreds at once for its own tab, and each renders the panels: on a 2-core
+server 16 such callers took another tab's seek from 29 ms to 523 ms (median).
+
+So each tab key (the first value of every call: webui/tab_keys.py) gets a lane: one direct call
+of that key runs at a time, the next few wait in line, and any beyond MAX_WAITING are answered
+429 at once. A flood then costs its own tab its speed, and every other tab one call's worth of
+sharing. The front door reads the call's body (small: a key and a few numbers) to find the key,
+then hands the same body on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+
+MAX_BODY = 1024 * 1024  # bytes: the page's direct calls carry a key and a few small values
+MAX_WAITING = 8  # calls of one tab waiting behind the one running
+
+
+class TooLarge(Exception):
+    """A direct call's body over MAX_BODY."""
+
+
+class DirectCallLanes:
+    """One lane per tab key: a lock, and how many calls hold or wait for it. A lane exists only
+    while some call of its key is in it, so made-up keys leave nothing behind."""
+
+    def __init__(self, max_waiting: int = MAX_WAITING):
+        self.max_waiting = max_waiting
+        self._lanes: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # key -> (lock, [calls in the lane])
+
+    def enter(self, key: str) -> asyncio.Lock | None:
+        """Count a call into `key`'s lane and return the lock it must hold to run, or None
+        (nothing counted) when the lane is full."""
+        lock, count = self._lanes.setdefault(key, (asyncio.Lock(), [0]))
+        if count[0] > self.max_waiting:  # one running and max_waiting waiting
+            return None
+        count[0] += 1
+        return lock
+
+    def leave(self, key: str) -> None:
+        _, count = self._lanes[key]
+        count[0] -= 1
+        if not count[0]:
+            del self._lanes[key]
+
+
+async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
+    """The request's whole body; raises TooLarge past `limit` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives `body` once, whole, then what the client sends next (its disconnect)."""
+    given = False
+
+    async def wrapped() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return wrapped
+
+
+def tab_key(body: bytes) -> str | None:
+    """The call's tab key (its first value), or None when its first value is no string: the
+    breakpoint form's live description (`armed`, cheap, no session) is the page's only such call."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    return data[0] if isinstance(data, list) and data and isinstance(data[0], str) else None
