@@ -412,3 +412,38 @@ def test_compare_marks_where_a_request_alone_differs_from_the_batch(browser, url
     page.wait_for_function("() => document.querySelector('#ml-plot-compare .main-svg') !== null", timeout=15_000)
     assert page.locator("#ml-plot-compare .scatterlayer .point").count() > 0
     page.context.close()
+
+
+def test_a_fast_drag_lands_where_the_mouse_lets_go_and_key_repeat_trips_no_limit(browser, url):
+    """Dragging the slider fast: each seek's answer used to send the slider's value back, which
+    pulled the thumb to an older step mid-drag, and the page's next call sent that older value,
+    so a drag ended 10-30 steps short of where the mouse let go (webui/render.py, slider_moved).
+    Holding an arrow key sends calls as fast as they answer; the front door's lanes
+    (webui/direct_calls.py) answer 429 past nine at once per tab, which the page never reaches."""
+    page = open_page(browser, url)
+    statuses: list[int] = []
+    page.on("response", lambda response: statuses.append(response.status) if "/gradio_api/run/" in response.url else None)
+    add_prompts(page, "Tell me about the moon.", max_tokens=40)
+    page.locator("#ml-run").click()
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
+                           timeout=60_000)
+    page.locator("#ml-text").click(position={"x": 2, "y": 2})  # focus off any field: the keys go to the page
+    for key in ["ArrowLeft"] * 25 + ["ArrowRight"] * 10:  # key repeat: no wait between presses
+        page.keyboard.press(key)
+    slider = page.locator("#ml-slider input[type=range]")
+    # Where the user let go: the value of the last input event the user's own moves made.
+    slider.evaluate("el => el.addEventListener('input', () => { window.__letGo = el.value; }, true)")
+    box = slider.bounding_box()
+    middle = box["y"] + box["height"] / 2
+    for start, end in [(0.03, 0.95), (0.95, 0.3), (0.1, 0.7)]:
+        page.mouse.move(box["x"] + box["width"] * start, middle)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * end, middle, steps=25)
+        page.mouse.up()
+        let_go = int(page.evaluate("() => window.__letGo"))
+        wait_for_step(page, let_go)
+        page.wait_for_timeout(500)  # an answer still on its way would pull the thumb back
+        assert slider.input_value() == str(let_go)
+        wait_for_step(page, let_go)
+    assert statuses and set(statuses) == {200}, statuses
+    page.context.close()

@@ -318,7 +318,7 @@ class Handlers:
         trace = session.trace
         if trace is not None and trace.steps and value is not None:
             session.cursor.seek(min(max(int(value), 0), len(trace.steps) - 1))
-        return render(session, cursor_only=True)
+        return render(session, cursor_only=True, slider_moved=True)
 
     @_reported
     def prev(self, session: UISession) -> list[Any]:

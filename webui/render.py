@@ -81,9 +81,14 @@ def sequence_choices(trace: Trace) -> list[tuple[str, str]]:
     return choices
 
 
-def render(session: UISession | None, message: str = "", error: bool = False, cursor_only: bool = False) -> list[Any]:
+def render(session: UISession | None, message: str = "", error: bool = False, cursor_only: bool = False,
+           slider_moved: bool = False) -> list[Any]:
     """Every panel's update, in OUTPUT_NAMES order. cursor_only: only the cursor moved, so the
-    selection controls (sequence, layer, head) keep their choices and are not sent again."""
+    selection controls (sequence, layer, head) keep their choices and are not sent again.
+    slider_moved: the user moved the slider to get here, and may have moved it on since this
+    call left: its value is not sent back. Sent, it would pull the thumb back mid-drag, and the
+    page's next call (Gradio sends the slider's value as it is then) would seek to that older
+    step: a drag ended short of where the mouse let go."""
     trace = session.trace if session is not None else None
     index = session.index if session is not None else -1
     if session is not None:
@@ -100,8 +105,9 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
     selection = views.resolve(trace, session.selection, index)
     count = len(trace.steps)
     slider = gr.Slider(
-        minimum=0, maximum=max(count - 1, 1), value=max(index, 0), step=1, interactive=count > 1,
+        minimum=0, maximum=max(count - 1, 1), step=1, interactive=count > 1,
         label=f"Step {index} · steps 0–{count - 1} recorded" if count else "Step: none recorded",
+        **({} if slider_moved else {"value": max(index, 0)}),
     )
     sequences = [("auto (follows the step)", AUTO)]
     sequences += sequence_choices(trace)
