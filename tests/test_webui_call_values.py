@@ -76,3 +76,15 @@ def test_a_direct_call_with_malformed_values_is_a_400_with_the_reason(served, ap
                         timeout=30)
     assert answer.status_code == 400 and answer.json()["error"].startswith(f"the call to /{api} was refused: ")
     assert httpx.post(f"{url}gradio_api/run/seek", json={"data": [caller.key, 0]}, timeout=30).status_code == 200
+
+
+def test_the_log_line_of_a_refusal_is_printable(served, capfd):
+    """The log line quotes what the caller sent: an ESC in it must not drive the server's terminal."""
+    _, url = served
+    caller = Tab(url)
+    capfd.readouterr()
+    # The block size is a dropdown: Gradio's own refusal quotes the value raw ("Value: ... is not in the list").
+    answer = call(url, "reset", [caller.key, 64, "\x1b[2J", 8, 2048, True, True, "", 10, False])
+    assert "was refused" in answer
+    logged = capfd.readouterr().err
+    assert "the call to /reset was refused" in logged and "\x1b" not in logged and "\\x1b" in logged

@@ -21,6 +21,8 @@ from typing import Any
 
 import gradio as gr
 
+from minillama.cli import printable_line
+
 MAX_SHOWN = 60  # characters of a refused value quoted back
 # The title of a refusal's gr.Error. Gradio answers a failed direct call (/gradio_api/run/<name>)
 # with status 500 whatever failed; the front door turns those with this title into 400, since
@@ -46,7 +48,8 @@ def refuse_malformed_values(app: gr.Blocks) -> None:
 
 def _refusal(block_fn: Any, reason: str) -> gr.Error:
     message = f"the call to /{block_fn.api_name or block_fn.name} was refused: {reason}"
-    print(f"minillama: {message}", file=sys.stderr)  # one line in the server's log, no traceback
+    # One line in the server's log, no traceback; printable, since it quotes what the caller sent.
+    print(f"minillama: {printable_line(message)}", file=sys.stderr)
     return gr.Error(html.escape(message), title=REFUSED_TITLE, print_exception=False)  # shown as HTML
 
 

@@ -10,7 +10,7 @@ collector for a process that serves or measures (tune_gc).
 """
 
 from minillama.cli.checks import check_output_path, int_at_least, number_at_least
-from minillama.cli.errors import ArgumentParser, add_debug_flag, run_cli
+from minillama.cli.errors import ArgumentParser, add_debug_flag, printable_line, run_cli
 from minillama.cli.flags import (
     add_engine_args,
     add_model_args,
@@ -22,5 +22,6 @@ from minillama.cli.gc_heap import tune_gc
 
 __all__ = [
     "ArgumentParser", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
-    "engine_config_from_args", "tune_gc", "int_at_least", "number_at_least", "run_cli", "sampling_params_from_args",
+    "engine_config_from_args", "tune_gc", "int_at_least", "number_at_least", "printable_line", "run_cli",
+    "sampling_params_from_args",
 ]

@@ -83,11 +83,16 @@ MAX_MESSAGE_CHARS = 2000
 
 
 def one_line(exc: BaseException) -> str:
-    """The exception's message as one printable line (or its type's name, when it has no
-    message): line breaks folded into spaces, any other control character written as an
-    escape (a message may quote a hostile file, and a raw ESC would drive the terminal), and
-    at most MAX_MESSAGE_CHARS long."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The exception's message as one printable line (printable_line), or its type's name
+    when it has no message."""
+    return printable_line(str(exc)) or type(exc).__name__
+
+
+def printable_line(text: str) -> str:
+    """`text` as one printable line: line breaks folded into spaces, any other control
+    character written as an escape (a message may quote a hostile file or request, and a raw
+    ESC would drive the terminal), and at most MAX_MESSAGE_CHARS long."""
+    text = " ".join(text.split())
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
