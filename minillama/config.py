@@ -337,7 +337,7 @@ def _label(name: str) -> str:
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:  # str first: `in` would compare an array elementwise
         raise ConfigError(f"unknown {_label(name)} {value!r}; choose one of {', '.join(choices)}")
 
 

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from minillama.errors import InvalidRequestError
-from minillama.values import MAX_COUNT, is_int, is_real
+from minillama.values import MAX_COUNT, is_finite_real, is_int
 
 MAX_SAMPLES = 64  # the most samples one prompt may ask for (SamplingParams.n)
 MAX_BEAMS = 64  # the widest beam search one prompt may ask for (SamplingParams.beam_width)
+GREEDY_BELOW = 1e-5  # a temperature under this samples greedily (SamplingParams.greedy)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling settings.
 
-    temperature 0 means greedy (always the most likely token). top_k 0 and top_p 1.0 switch those
-    filters off. A request with a seed draws from its own random generator, so the same seed gives
+    temperature 0 means greedy (always the most likely token), and so does any temperature below
+    GREEDY_BELOW: the sampler divides fp32 logits by it, and 1e-300 would be 0 there (vLLM draws
+    the same line). top_k 0 and top_p 1.0 switch those filters off. A request with a seed draws from its own random generator, so the same seed gives
     the same tokens whatever else is in the batch.
 
     n > 1 asks for n samples of the prompt (parallel sampling): one prefill, whose K/V blocks the
@@ -51,11 +52,9 @@ class SamplingParams:
         # tensors and arithmetic: past it they would fail inside a step, not here.
         if not is_int(self.max_tokens) or not 1 <= self.max_tokens <= MAX_COUNT:
             raise InvalidRequestError(f"max_tokens must be an integer in [1, {MAX_COUNT}], got {self.max_tokens!r}")
-        if not is_real(self.temperature) or math.isnan(self.temperature):
-            raise InvalidRequestError(f"temperature must be a number >= 0, got {self.temperature!r}")
-        if self.temperature < 0 or math.isinf(self.temperature):
-            raise InvalidRequestError(f"temperature must be finite and >= 0, got {self.temperature}")
-        if not is_real(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_finite_real(self.temperature) or self.temperature < 0:
+            raise InvalidRequestError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not is_finite_real(self.top_p) or not 0 < self.top_p <= 1:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not is_int(self.top_k) or not 0 <= self.top_k <= MAX_COUNT:
             raise InvalidRequestError(f"top_k must be an integer in [0, {MAX_COUNT}] (0 = off), got {self.top_k!r}")
@@ -69,9 +68,10 @@ class SamplingParams:
             raise InvalidRequestError(f"beam_width must be an integer in [1, {MAX_BEAMS}], got {self.beam_width!r}")
         if self.beam_width > 1 and self.n > 1:
             raise InvalidRequestError("n > 1 and beam_width > 1 do not combine: a beam search returns its beam_width beams")
-        if not is_real(self.length_penalty) or not math.isfinite(self.length_penalty):
+        if not is_finite_real(self.length_penalty):
             raise InvalidRequestError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
-        if self.early_stopping not in (True, False, "never") or not isinstance(self.early_stopping, (bool, str)):
+        # The type first: `in` would compare a numpy array elementwise, and raise.
+        if not isinstance(self.early_stopping, (bool, str)) or self.early_stopping not in (True, False, "never"):
             raise InvalidRequestError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if not isinstance(self.stop_token_ids, (tuple, list)) or not all(map(is_int, self.stop_token_ids)):
             raise InvalidRequestError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
@@ -80,4 +80,5 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
+

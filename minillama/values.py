@@ -21,6 +21,17 @@ def is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_finite_real(value: object) -> bool:
+    """A number a float holds finitely: not a bool, NaN or an infinity, and no int too large for
+    a float (math.isfinite(10**400) raises OverflowError, as every float() of it would)."""
+    if not is_real(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 # The largest count any size, budget or shape may be: beyond it numpy and torch fail with their
 # own errors ("Maximum allowed dimension exceeded", an int64 overflow) instead of a message.
 MAX_COUNT = 2**31 - 1
@@ -41,7 +52,7 @@ def as_number(
     value: object, name: str, error: type[Exception], above: float = 0.0, at_most: float = math.inf
 ) -> float:
     """A finite number in (above, at_most]: NaN and the infinities are refused."""
-    if not is_real(value) or not math.isfinite(value) or not above < value <= at_most:
+    if not is_finite_real(value) or not above < value <= at_most:
         rule = f"> {above:g}" if at_most == math.inf else f"in ({above:g}, {at_most:g}]"
         raise error(f"{name} must be a finite number {rule}, got {value!r}")
     return float(value)

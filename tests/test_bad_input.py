@@ -86,9 +86,9 @@ BAD_REQUESTS = {
     "max-tokens-0": ([1, 2], {"max_tokens": 0}, "max_tokens must be an integer in \\[1, 2147483647\\]"),
     "max-tokens-negative": ([1, 2], {"max_tokens": -1}, "max_tokens must be an integer in \\[1, 2147483647\\]"),
     "max-tokens-not-int": ([1, 2], {"max_tokens": 2.5}, "max_tokens must be an integer"),
-    "temperature-negative": ([1, 2], {"temperature": -1.0}, "temperature must be finite and >= 0"),
-    "temperature-nan": ([1, 2], {"temperature": math.nan}, "temperature must be a number"),
-    "temperature-inf": ([1, 2], {"temperature": math.inf}, "temperature must be finite"),
+    "temperature-negative": ([1, 2], {"temperature": -1.0}, "temperature must be a finite number >= 0"),
+    "temperature-nan": ([1, 2], {"temperature": math.nan}, "temperature must be a finite number"),
+    "temperature-inf": ([1, 2], {"temperature": math.inf}, "temperature must be a finite number"),
     "top-p-0": ([1, 2], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
     "top-p-1.5": ([1, 2], {"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
     "top-p-nan": ([1, 2], {"top_p": math.nan}, r"top_p must be in \(0, 1\]"),
@@ -109,7 +109,7 @@ BAD_REQUESTS = {
     "token-id-string": ([1, "2"], {}, r"position 1 holds '2'"),
     "token-id-bool": ([1, True], {}, r"position 1 holds True"),
     "token-ids-nested": ([[1, 2]], {}, r"position 0 holds \[1, 2\]"),
-    "temperature-bool": ([1, 2], {"temperature": True}, "temperature must be a number"),
+    "temperature-bool": ([1, 2], {"temperature": True}, "temperature must be a finite number"),
     "ignore-eos-string": ([1, 2], {"ignore_eos": "no"}, "ignore_eos must be True or False"),
 }
 

@@ -205,7 +205,7 @@ def renumbered_sequence(document):
         (set_key(["trace", "steps", 1, "engine_step"], 2**64), "engine_step: expected a 64-bit integer"),
         (set_key(["trace", "steps", 1, "timings", "wall_ms"], 10**400), "wall_ms: expected a finite number"),
         # The sampling parameters: a schema of their own, and the engine's rules.
-        (first_sequence(lambda seq: seq["params"].update(temperature=-1.0)), "params: temperature must be finite and >= 0"),
+        (first_sequence(lambda seq: seq["params"].update(temperature=-1.0)), "params: temperature must be a finite number >= 0"),
         (first_sequence(lambda seq: seq["params"].update(top_p=0)), r"params: top_p must be in \(0, 1\]"),
         (first_sequence(lambda seq: seq["params"].update(stop_token_ids=[256])), "stop_token_ids: token id 256 is past"),
         (first_sequence(lambda seq: seq["params"].update(script="<b>")), "unexpected field 'script' in SamplingRecord"),

@@ -223,10 +223,7 @@ class BeamGroup:
     def length_divisor(self) -> float:
         """generated_len ** length_penalty for this step's candidates (their new token counted):
         a candidate that ends here scores its summed log-prob divided by it."""
-        try:
-            return (self.generated + 1) ** self.length_penalty
-        except OverflowError:  # a penalty so large the divisor is past float's range: infinite
-            return math.inf
+        return length_power(self.generated + 1, self.length_penalty)
 
     def select(self, values: list[float], indices: list[int], penalised: list[float], vocab: int) -> Selection:
         """One step, on the host. launch_selection finds the best continuations over every beam, best
@@ -264,7 +261,7 @@ class BeamGroup:
         self.generated = generated
         if len(self.finished) == k and keep:
             length = self.max_new_tokens if self.early_stopping == "never" and self.length_penalty > 0 else generated
-            best = (torch.tensor(self.scores[0], dtype=torch.float32) / length**self.length_penalty).item()
+            best = (torch.tensor(self.scores[0], dtype=torch.float32) / length_power(length, self.length_penalty)).item()
             self.improvable = self.improvable and best > self.finished[-1].score
         full = len(self.finished) == k and self.early_stopping is True
         self.done = not self.improvable or full or not keep
@@ -273,3 +270,12 @@ class BeamGroup:
     def results(self) -> tuple[int, ...]:
         """The finished hypotheses' sequence ids, best first."""
         return tuple(h.seq_id for h in self.finished if h.seq_id is not None)
+
+
+def length_power(length: int, length_penalty: float) -> float:
+    """length ** length_penalty, infinite where a penalty is so large that it leaves float's
+    range (Python raises OverflowError there): dividing by it still ranks, as -0.0 or -inf."""
+    try:
+        return length**length_penalty
+    except OverflowError:
+        return math.inf

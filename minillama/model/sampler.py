@@ -1,8 +1,8 @@
 """Sampler: turn each sequence's logits into its next token.
 
-Greedy rows (temperature 0) take the most likely token. The others divide the logits by the
-temperature, keep the top_k most likely tokens and the smallest set whose probability reaches
-top_p, renormalise, and draw one token. Drawing uses the exponential race: argmax(p / E) with E
+Greedy rows (temperature 0, or under GREEDY_BELOW: sampling_params.py) take the most likely
+token. The others divide the logits by the temperature, keep the top_k most likely tokens and
+the smallest set whose probability reaches top_p, renormalise, and draw one token. Drawing uses the exponential race: argmax(p / E) with E
 ~ Exponential(1) picks token i with probability p_i, and needs only one random number per token,
 drawn from the row's own generator, so a seeded request gets the same tokens in any batch.
 """
@@ -24,20 +24,21 @@ def filtered_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch
     Greedy rows are left as they are. The inspector uses this too, to show the distribution a
     token was actually drawn from."""
     device = logits.device
-    temperature = to_device(torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params]), device)
+    # float(): an int temperature of 10**30 is valid, and torch.tensor would read it as an int64.
+    temperature = to_device(torch.tensor([1.0 if p.greedy else float(p.temperature) for p in params]), device)
     logits = logits / temperature[:, None]
     if all(p.top_k == 0 and p.top_p >= 1.0 for p in params):
         return logits
     vocab = logits.shape[-1]
     top_k = to_device(torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params]), device)
-    top_p = to_device(torch.tensor([p.top_p for p in params]), device)
+    top_p = to_device(torch.tensor([float(p.top_p) for p in params]), device)
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V], most likely first
     rank = torch.arange(vocab, device=device)[None, :]
     probs = sorted_logits.softmax(dim=-1)
-    # Probability of all tokens ranked above each one; a token is kept while that is < top_p,
-    # so the most likely token is always kept.
+    # Probability of all tokens ranked above each one; a token is kept while that is < top_p.
+    # The most likely token is always kept: a top_p of 1e-46 is 0 in fp32, and would drop it too.
     mass_before = probs.cumsum(dim=-1) - probs
-    drop = (rank >= top_k[:, None]) | (mass_before >= top_p[:, None])
+    drop = (rank >= top_k[:, None]) | ((mass_before >= top_p[:, None]) & (rank > 0))
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
