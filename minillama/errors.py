@@ -26,3 +26,14 @@ class ModelLoadError(MinillamaError, RuntimeError):
     """A model directory that cannot be loaded: a missing or corrupt file, a bad value in
     config.json, an unsupported architecture, or weights in a format minillama refuses to read
     (pickled `.bin`)."""
+
+
+class ObserverError(MinillamaError, RuntimeError):
+    """An observer raised inside one of its hooks. The engine detached it at once and finished
+    what it was doing (the step, the fork) whole, so it stays consistent and keeps serving;
+    `result` holds what that call would have returned (a step's outputs, a fork's id), so nothing
+    is lost. The observer's own exception is the __cause__."""
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result

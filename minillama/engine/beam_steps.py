@@ -182,9 +182,7 @@ class BeamSearchSteps:
             if donors is not None:
                 donors.append(seq)
         if self.observers:
-            event = PruneEvent(seq.seq_id, group.request_id, reason)
-            for observer in self.observers:
-                observer.on_prune(event)
+            self._notify("on_prune", PruneEvent(seq.seq_id, group.request_id, reason))
 
     def _free_donors(self: LLMEngine, donors: list[Sequence]) -> None:
         """Give back the blocks of the pruned beams no fork took over."""

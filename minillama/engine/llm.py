@@ -37,12 +37,16 @@ class LLM:
         beam_width finished beams the same way, best first, each with its Completion.score.
 
         Every prompt is checked before any runs: a bad one raises InvalidRequestError and no
-        request of this call stays queued."""
+        request of this call stays queued. A step that raises (an observer's ObserverError,
+        Ctrl-C) aborts this call's requests before the error goes on."""
         if not isinstance(prompts, (list, tuple)):
             raise InvalidRequestError(f"prompts must be a list of prompts (for one, [prompt]), not {type(prompts).__name__}")
-        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise InvalidRequestError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
+        # None is the defaults, as add_request takes it; anything else add_request checks (0 is no
+        # SamplingParams: `params or SamplingParams()` would have run it with the defaults).
+        params_list = [SamplingParams() if p is None else p for p in params_list]
         engine = self.engine
         ids: list[int] = []
         try:
@@ -53,9 +57,15 @@ class LLM:
                 engine.abort(request_id)
             raise
         total = sum(p.max_tokens * max(p.n, p.beam_width) for p in params_list)
-        with tqdm(total=total, desc="generating", unit="tok", disable=not progress) as bar:
-            while engine.has_unfinished():
-                bar.update(len(engine.step()))
+        try:
+            with tqdm(total=total, desc="generating", unit="tok", disable=not progress) as bar:
+                while engine.has_unfinished():
+                    bar.update(len(engine.step()))
+        except BaseException:  # an observer's ObserverError, Ctrl-C: this call's requests leave the engine
+            for leader in ids:
+                for request_id in engine.samples(leader):  # a search's id stops all its beams
+                    engine.abort(request_id)
+            raise
         completions = []
         for leader, p in zip(ids, params_list):
             results = engine.beams(leader) if p.beam_width > 1 else engine.samples(leader)

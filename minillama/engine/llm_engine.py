@@ -25,6 +25,7 @@ import itertools
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from jinja2 import TemplateError
@@ -49,7 +50,7 @@ from minillama.engine.outputs import (
 from minillama.engine.prompts import check_text, check_token_ids, first_outside_vocabulary
 from minillama.engine.scheduler import Scheduler
 from minillama.engine.sequence import RequestInfo, Sequence
-from minillama.errors import ConfigError, InvalidRequestError
+from minillama.errors import ConfigError, InvalidRequestError, ObserverError
 from minillama.loader import (
     build_model,
     eos_token_ids,
@@ -69,6 +70,8 @@ from minillama.parallel.shard import Shard, check_splits
 from minillama.parallel.workers import ModelSource, ParallelRunner, RandomWeights, TensorParallelGroup, load_rank_model
 from minillama.sampling_params import SamplingParams
 from minillama.values import is_int
+
+_T = TypeVar("_T")  # what an engine call returns, carried by ObserverError
 
 
 class LLMEngine(BeamSearchSteps):
@@ -116,6 +119,7 @@ class LLMEngine(BeamSearchSteps):
         self._beam_groups: dict[int, BeamGroup] = {}
         self._searching: dict[int, BeamGroup] = {}
         self.observers: list[Observer] = []
+        self._observer_failure: tuple[Observer, str, Exception] | None = None  # _notify: the first this call
         self.step_count = 0
         self.stats = EngineStats()
         # With observers on CUDA: events timing the forward and the sampler, made once.
@@ -320,7 +324,7 @@ class LLMEngine(BeamSearchSteps):
         """A new request that continues request `seq_id` from its first `num_tokens` tokens
         (prompt and output) with `forced_token_ids` instead of what came next ("what if it had
         picked the other token?"); returns its id. Its prompt is those tokens, prefix and forced
-        ones; params default to the parent's.
+        ones; params default to the parent's (with n = 1: a fork is one sequence).
 
         While the parent holds its K/V blocks, the fork shares them (BlockManager.fork), and its
         first step computes only the forced tokens (and any of the prefix the parent had not
@@ -342,8 +346,11 @@ class LLMEngine(BeamSearchSteps):
             raise InvalidRequestError("forced_token_ids must be a non-empty list of token ids")
         if not all(_is_token_id(t, vocab_size) for t in forced_token_ids):
             raise InvalidRequestError(f"forced_token_ids must be token ids in [0, {vocab_size}): {forced_token_ids!r}")
-        params = parent.params if params is None else params
+        if params is None:  # the parent's, as one sequence: a sample's params ask for its request's n
+            params = dataclasses.replace(parent.params, n=1)
         self._check_params(params)
+        if params.n > 1:
+            raise InvalidRequestError(f"a fork continues one sequence: n must be 1, got {params.n} (fork again for more)")
         # The parent's tokens were checked when they came; the forced ones above.
         token_ids = [*parent.token_ids[:num_tokens], *forced_token_ids]
         self._check_fits(len(token_ids), params)
@@ -353,7 +360,7 @@ class LLMEngine(BeamSearchSteps):
         self._copy_on_write()
         self._queue(seq)
         self._notify_fork(parent, seq, "user", shared)
-        return seq.seq_id
+        return self._raise_observer_failure(seq.seq_id)
 
     def _share_prefix(self, parent: Sequence, child: Sequence) -> bool:
         """Give `child` its parent's K/V of its prefix when enough blocks are free (_fork_blocks).
@@ -391,8 +398,7 @@ class LLMEngine(BeamSearchSteps):
         shared_ids = child.block_table[: child.num_computed_tokens // self.block_manager.block_size] if shared else ()
         event = ForkEvent(child.seq_id, parent.seq_id, position, tuple(child.token_ids[position:]), cause,
                           "shared" if shared else "queued", shared_ids, child.copy_on_write if shared else None)
-        for observer in self.observers:
-            observer.on_fork(event)
+        self._notify("on_fork", event)
 
     def _queue(self, seq: Sequence) -> None:
         params = seq.params
@@ -496,9 +502,38 @@ class LLMEngine(BeamSearchSteps):
 
     def add_observer(self, observer: Observer) -> None:
         """Watch every step from the next one; the engine then steps in order (in_flight.py)."""
+        if not isinstance(observer, Observer):
+            raise InvalidRequestError(f"an observer is a minillama.Observer (subclass it), not {type(observer).__name__}")
         self._settle()
         self.observers.append(observer)
         self._time_collectives()
+
+    def _notify(self, hook: str, *args: object, to: list[Observer] | None = None) -> None:
+        """Call `hook` of each observer (of `to`, else all). One that raises is detached at once,
+        and the engine goes on with what it was doing: an exception let through mid-step would
+        leave the step half-done (sequences scheduled but not run, tokens sampled but not
+        returned) and every later step failing. The caller's entry point (step, fork) raises
+        ObserverError once it is done (_raise_observer_failure)."""
+        for observer in tuple(self.observers if to is None else to):
+            if observer not in self.observers:  # detached earlier in this step
+                continue
+            try:
+                getattr(observer, hook)(*args)
+            except Exception as error:  # noqa: BLE001 - whatever it was, the observer's, not the engine's
+                self.remove_observer(observer)
+                self._observer_failure = self._observer_failure or (observer, hook, error)
+
+    def _raise_observer_failure(self, result: _T) -> _T:
+        """`result`, or ObserverError carrying it when an observer failed during this call."""
+        if self._observer_failure is None:
+            return result
+        observer, hook, error = self._observer_failure
+        self._observer_failure = None
+        raise ObserverError(
+            f"observer {type(observer).__name__} raised in {hook} ({type(error).__name__}: {error}); it was detached "
+            "and the engine finished the call without it (ObserverError.result holds what the call returned)",
+            result,
+        ) from error
 
     def close(self) -> None:
         """Stop the tensor-parallel worker processes, if any (they also stop when this process
@@ -511,6 +546,8 @@ class LLMEngine(BeamSearchSteps):
             raise ConfigError(f"{what}: only with the whole model in one process (--tensor-parallel-size 1)")
 
     def remove_observer(self, observer: Observer) -> None:
+        if observer not in self.observers:
+            raise InvalidRequestError(f"{type(observer).__name__} is not an observer of this engine")
         self.observers.remove(observer)
         self._time_collectives()
 
@@ -528,12 +565,10 @@ class LLMEngine(BeamSearchSteps):
         layers = [o for o in self.observers if o.wants_layers]
 
         def on_attention(layer, q, k, v, output, metadata):
-            for observer in attention:
-                observer.on_attention(layer, q, k, v, output, metadata)
+            self._notify("on_attention", layer, q, k, v, output, metadata, to=attention)
 
         def on_layer(layer, stream, metadata):
-            for observer in layers:
-                observer.on_layer(layer, stream, metadata)
+            self._notify("on_layer", layer, stream, metadata, to=layers)
 
         return (on_attention if attention else None), (on_layer if layers else None)
 
@@ -603,7 +638,7 @@ class LLMEngine(BeamSearchSteps):
             return self._step_overlapped()
         if self._in_flight is not None:  # in order from here: read the step launched first
             return self._read_in_flight()
-        return self._step_in_order()
+        return self._raise_observer_failure(self._step_in_order())
 
     def _overlaps(self) -> bool:
         """May the next step be planned before the step in flight is read? Not while anything
@@ -700,8 +735,7 @@ class LLMEngine(BeamSearchSteps):
         if not batch.scheduled:  # only possible with nothing to do
             return []
         if self.observers:
-            for observer in self.observers:
-                observer.on_schedule(batch)
+            self._notify("on_schedule", batch)
             observe_ms += (time.perf_counter() - t1) * 1e3
         readers = [o for o in self.observers if o.wants_queries]
         if readers:  # once, before the inputs go into the graphs' buffers, which it makes again
@@ -717,8 +751,7 @@ class LLMEngine(BeamSearchSteps):
         if self.observers:
             logits = self.runner.run(inputs, *self._layer_hooks())
             if readers and self.runner.last_queries is not None:
-                for observer in readers:
-                    observer.on_queries(self.runner.last_queries, inputs.metadata)
+                self._notify("on_queries", self.runner.last_queries, inputs.metadata, to=readers)
         else:
             logits = self.runner.run(inputs)
         t3 = time.perf_counter()
@@ -726,8 +759,7 @@ class LLMEngine(BeamSearchSteps):
         if events:
             events.mark()
         if self.observers:
-            for observer in self.observers:
-                observer.on_logits(batch, logits)
+            self._notify("on_logits", batch, logits)
             t4 = time.perf_counter()
             observe_ms += (t4 - t3) * 1e3
             t3 = t4
@@ -765,8 +797,7 @@ class LLMEngine(BeamSearchSteps):
         self.step_count += 1
         self.stats.record(batch.phase, batch.num_tokens, time.perf_counter() - t0, len(batch.preempted))
         if self.observers:
-            for observer in self.observers:
-                observer.on_step_end(result)
+            self._notify("on_step_end", result)
         return outputs
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

@@ -96,6 +96,11 @@ class ModelRunner:
             self.num_kv_heads, model_config.head_dim, dtype=dtype, device=device,
         )
         self.max_num_seqs = engine_config.max_num_seqs
+        # Two batches' rows of int64 block ids, in host memory: 2**31 sequences would ask for
+        # hundreds of GiB, and numpy's MemoryError would name no setting.
+        memory.check_fits("the decode block tables (2 x max_num_seqs x the blocks of max_model_len)",
+                          2 * self.max_num_seqs * self.max_blocks_per_seq * 8, torch.device("cpu"), ConfigError,
+                          lambda usable: ": lower --max-num-seqs or --max-model-len")
         self.decode_tables = DecodeBlockTables(2 * self.max_num_seqs, self.max_blocks_per_seq)  # two batches' rows
         # [L, max_num_seqs, H, D] once enable_query_capture() is called; last_queries is the
         # filled part after a decode step, [L, B, H, D] (None after a prefill).

@@ -1,0 +1,177 @@
+"""The engine API at its edges: values that passed validation and then failed a step (taking
+the batch's other requests with them), or sampled token 0 in silence; observers that raise
+mid-step; calls whose arguments were accepted and then half-done. Each is refused up front or
+handled whole, and the other requests go on as if nothing had happened."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minillama import (
+    LLM,
+    ConfigError,
+    EngineConfig,
+    InvalidRequestError,
+    LLMEngine,
+    Observer,
+    ObserverError,
+    SamplingParams,
+)
+
+GREEDY = SamplingParams(temperature=0, max_tokens=4)
+PROMPT = [1, 2, 3, 4, 5]
+
+
+@pytest.fixture(scope="module")
+def base(embedded_dir):
+    return LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=64, max_model_len=256))
+
+
+@pytest.fixture
+def engine(base):
+    """A fresh engine on the module's weights (LLMEngine.sharing_weights): its own cache and queue."""
+    return LLMEngine.sharing_weights(base, EngineConfig(device="cpu", num_kv_blocks=64, max_model_len=256))
+
+
+def run(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]]) -> list[list[int]]:
+    ids = [engine.add_request(p, params) for p, params in requests]
+    while engine.has_unfinished():
+        engine.step()
+    return [list(engine.request(i).output_token_ids) for i in ids]
+
+
+def test_extreme_but_valid_sampling_values_sample_sensibly_beside_a_greedy_request(engine):
+    alone = run(engine, [(PROMPT, GREEDY)])[0]
+    extremes = [SamplingParams(temperature=10**30, max_tokens=4),  # an int past int64: the sampler used to fail
+                SamplingParams(temperature=1e-300, max_tokens=4),  # 0 in fp32: sampled token 0 in silence
+                SamplingParams(temperature=0.7, top_p=1e-46, max_tokens=4)]  # top_p 0 in fp32: the same
+    outputs = run(engine, [(PROMPT, GREEDY), *((PROMPT, p) for p in extremes)])
+    assert outputs[0] == alone
+    assert outputs[2] == alone and outputs[3] == alone  # below GREEDY_BELOW, and the top token only: greedy
+    assert len(outputs[1]) == 4 and engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", 10**400), ("top_p", 10**400), ("length_penalty", 10**400),
+    ("early_stopping", np.array([1, 2])), ("temperature", np.array([0.5, 1.0])),
+])
+def test_values_no_float_holds_or_no_step_survives_are_refused(engine, field, value):
+    with pytest.raises(InvalidRequestError, match=field):
+        engine.add_request(PROMPT, SamplingParams(**{field: value}))
+    assert not engine.has_unfinished()
+
+
+@pytest.mark.parametrize("penalty", [1e308, -1e308])
+def test_a_beam_search_with_an_extreme_length_penalty_runs_to_the_end(engine, penalty):
+    """length ** 1e308 leaves float's range: it used to raise OverflowError in the check of
+    whether a running beam can still win (early_stopping "never"), and every later step failed."""
+    params = SamplingParams(beam_width=2, max_tokens=6, length_penalty=penalty, early_stopping="never",
+                            stop_token_ids=tuple(range(2, 3000)))
+    outputs = run(engine, [(PROMPT, GREEDY), (PROMPT, params)])
+    assert outputs[0] == run(engine, [(PROMPT, GREEDY)])[0]
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+@pytest.mark.parametrize("field, value", [
+    ("kv_cache_memory_gb", 10**400), ("gpu_memory_utilization", 10**400), ("dtype", np.array([1, 2])),
+    ("attention", np.array(["a"])), ("async_scheduling", np.array([1])),
+])
+def test_engine_settings_that_failed_later_are_refused_naming_them(field, value):
+    with pytest.raises(ConfigError, match=field):
+        EngineConfig(**{"device": "cpu", field: value}).validate()
+
+
+def test_a_batch_size_whose_tables_do_not_fit_is_refused_naming_them(base):
+    """2**31 sequences passed validation, then numpy asked for 256 GiB of decode tables."""
+    with pytest.raises(ConfigError, match="the decode block tables .* --max-num-seqs"):
+        LLMEngine.sharing_weights(base, EngineConfig(device="cpu", num_kv_blocks=16, max_num_seqs=2**31 - 1))
+
+
+class Raising(Observer):
+    """Raises in one hook, once."""
+
+    def __init__(self, hook: str):
+        self.hook, self.calls = hook, 0
+        setattr(self, hook, self._raise)
+
+    def _raise(self, *args: object) -> None:
+        self.calls += 1
+        raise RuntimeError(f"boom in {self.hook}")
+
+
+HOOK_REQUESTS = {
+    "on_schedule": SamplingParams(temperature=0, max_tokens=4),
+    "on_logits": SamplingParams(temperature=0, max_tokens=4),
+    "on_step_end": SamplingParams(temperature=0, max_tokens=4),
+    "on_fork": SamplingParams(temperature=0.8, seed=1, n=2, max_tokens=4),  # samples are forks of the prompt
+    "on_prune": SamplingParams(beam_width=2, max_tokens=4),
+}
+
+
+@pytest.mark.parametrize("hook", HOOK_REQUESTS)
+def test_an_observer_that_raises_is_detached_and_the_engine_finishes_the_step_whole(engine, hook):
+    alone = run(engine, [(PROMPT, GREEDY)])[0]
+    observer = Raising(hook)
+    engine.add_observer(observer)
+    victim = engine.add_request(PROMPT, GREEDY)
+    engine.add_request([7, 8, 9], HOOK_REQUESTS[hook])
+    failures, outputs = [], []
+    while engine.has_unfinished():
+        try:
+            outputs += engine.step()
+        except ObserverError as error:
+            failures.append(error)
+            outputs += error.result  # the step's outputs: nothing lost
+    assert len(failures) == 1 and observer.calls == 1 and observer not in engine.observers
+    assert f"raised in {hook}" in str(failures[0]) and isinstance(failures[0].__cause__, RuntimeError)
+    assert list(engine.request(victim).output_token_ids) == alone
+    assert [o.token_id for o in outputs if o.request_id == victim] == alone
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_a_fork_whose_observer_raises_still_returns_its_id_and_runs(engine):
+    parent = engine.add_request(PROMPT, GREEDY)
+    engine.step()
+    engine.add_observer(Raising("on_fork"))
+    with pytest.raises(ObserverError) as info:
+        engine.fork(parent, 5, [9])
+    child = info.value.result
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.request(child).finish_reason == "length"
+
+
+def test_observer_registration_is_checked(engine):
+    with pytest.raises(InvalidRequestError, match="minillama.Observer"):
+        engine.add_observer(None)
+    with pytest.raises(InvalidRequestError, match="not an observer of this engine"):
+        engine.remove_observer(Observer())
+
+
+def test_a_fork_is_one_sequence(engine):
+    leader = engine.add_request(PROMPT, SamplingParams(temperature=0.8, seed=3, n=3, max_tokens=4))
+    engine.step()
+    sample = engine.samples(leader)[1]
+    with pytest.raises(InvalidRequestError, match="n must be 1"):
+        engine.fork(sample, 5, [9], SamplingParams(n=3, max_tokens=2))
+    child = engine.fork(sample, 5, [9])  # the parent's params, whose n is its request's
+    assert engine.request(child).params.n == 1 and engine.samples(child) == (child,)
+
+
+def test_generate_takes_none_as_the_defaults_and_refuses_other_non_params(base):
+    llm = LLM.from_engine(LLMEngine.sharing_weights(base, EngineConfig(device="cpu", num_kv_blocks=64)))
+    with pytest.raises(InvalidRequestError, match="SamplingParams"):
+        llm.generate([PROMPT], 0)  # once run with the defaults, as `params or SamplingParams()`
+    assert not llm.engine.has_unfinished()
+    [completion] = llm.generate([PROMPT], [None])  # the defaults: up to 64 tokens, temperature 1
+    assert 1 <= len(completion.token_ids) <= SamplingParams().max_tokens and not llm.engine.sequences
+
+
+def test_generate_leaves_no_request_behind_when_an_observer_raises(base):
+    llm = LLM.from_engine(LLMEngine.sharing_weights(base, EngineConfig(device="cpu", num_kv_blocks=64)))
+    llm.engine.add_observer(Raising("on_step_end"))
+    with pytest.raises(ObserverError):
+        llm.generate([PROMPT, [5, 6, 7]], [GREEDY, SamplingParams(temperature=0.9, n=2, max_tokens=4)])
+    assert not llm.engine.has_unfinished() and not llm.engine.sequences
+    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
