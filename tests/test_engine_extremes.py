@@ -175,3 +175,12 @@ def test_generate_leaves_no_request_behind_when_an_observer_raises(base):
         llm.generate([PROMPT, [5, 6, 7]], [GREEDY, SamplingParams(temperature=0.9, n=2, max_tokens=4)])
     assert not llm.engine.has_unfinished() and not llm.engine.sequences
     assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+
+
+@pytest.mark.parametrize("method", ["request", "abort", "samples", "beams", "text", "forget"])
+@pytest.mark.parametrize("bad_id", [[0], True, 1.0, "0", None])
+def test_request_ids_that_are_no_int_are_refused_by_every_lookup(engine, method, bad_id):
+    kept = engine.add_request(PROMPT, GREEDY)
+    with pytest.raises(InvalidRequestError, match="a request id is an integer"):
+        getattr(engine, method)(bad_id)
+    assert engine.request(kept).status == "waiting"  # nothing changed (True is not request 1)

@@ -306,6 +306,7 @@ class LLMEngine(BeamSearchSteps):
     def samples(self, leader_id: int) -> tuple[int, ...]:
         """The ids of request `leader_id`'s samples in sample order, the leader first: all n once
         its prompt has sampled, only the leader before. (leader_id,) for an n = 1 request."""
+        _check_request_id(leader_id)
         return self._samples.get(leader_id, (leader_id,))
 
     def beams(self, request_id: int) -> tuple[int, ...]:
@@ -314,6 +315,7 @@ class LLMEngine(BeamSearchSteps):
         fewer if it was aborted), whose request(id).beam_score is their score. Every beam is a
         request of its own (its output: all the tokens it generated); the pruned ones finish
         with reason "pruned". (request_id,) for a request without beam search."""
+        _check_request_id(request_id)
         group = self._beam_groups.get(request_id)
         if group is None:
             return (request_id,)
@@ -464,6 +466,7 @@ class LLMEngine(BeamSearchSteps):
     def abort(self, request_id: int) -> None:
         """Stop a request wherever it is, free its blocks and forget it. The id of any beam of
         a running beam search (its request id too) stops the whole search: every live beam."""
+        _check_request_id(request_id)
         self._settle()  # its last token may still be a placeholder: it ends with the real one
         if self._ready:  # read early, not returned yet: the caller hears nothing more of it
             self._ready = [output for output in self._ready if output.request_id != request_id]
@@ -480,6 +483,7 @@ class LLMEngine(BeamSearchSteps):
     def forget(self, request_id: int) -> None:
         """Drop a finished request's bookkeeping once its output has been collected; a beam
         search's request id drops the whole search (every beam it made, pruned ones too)."""
+        _check_request_id(request_id)
         group = self._beam_groups.pop(request_id, None)
         for seq_id in group.members if group is not None else (request_id,):
             self.sequences.pop(seq_id, None)
@@ -495,6 +499,7 @@ class LLMEngine(BeamSearchSteps):
 
     def text(self, request_id: int) -> str:
         """The output text of a request so far."""
+        _check_request_id(request_id)
         detokenizer = self._detokenizers.get(request_id)
         return detokenizer.text if detokenizer else ""
 
@@ -611,6 +616,7 @@ class LLMEngine(BeamSearchSteps):
 
     def request(self, seq_id: int) -> RequestInfo:
         """A copy of a request's state, as it is now; KeyError once the request is forgotten."""
+        _check_request_id(seq_id)
         self._settle()
         return self.sequences[seq_id].info()
 
@@ -935,6 +941,12 @@ def _check_block_size(attention: AttentionOps, block_size: int) -> None:
         )
     if attention.power_of_two_blocks and block_size & (block_size - 1):
         raise ConfigError(f"--attention {attention.name} needs a block size that is a power of two (got {block_size})")
+
+
+def _check_request_id(request_id: object) -> None:
+    """A request id is an int: a list would fail as a dict key (unhashable), True as request 1."""
+    if not is_int(request_id):
+        raise InvalidRequestError(f"a request id is an integer (what add_request returned), not {request_id!r}")
 
 
 def _is_token_id(value: object, vocab_size: int) -> bool:
