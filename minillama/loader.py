@@ -56,6 +56,8 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     """The directory to load: `model`, or the embedded model's cache when None."""
     if model is None:
         return embedded_model_dir()
+    if not isinstance(model, (str, os.PathLike)):
+        raise ModelLoadError(f"a model is a directory's path (str or pathlib.Path), not {type(model).__name__}")
     path = expand_user(model)
     if path.is_file():
         raise ModelLoadError(f"{path} is a file, not a model directory (a folder with config.json and *.safetensors)")

@@ -14,6 +14,7 @@ from minillama import (
     EngineConfig,
     InvalidRequestError,
     LLMEngine,
+    ModelLoadError,
     Observer,
     ObserverError,
     SamplingParams,
@@ -184,3 +185,11 @@ def test_request_ids_that_are_no_int_are_refused_by_every_lookup(engine, method,
     with pytest.raises(InvalidRequestError, match="a request id is an integer"):
         getattr(engine, method)(bad_id)
     assert engine.request(kept).status == "waiting"  # nothing changed (True is not request 1)
+
+
+@pytest.mark.parametrize("make", [lambda: LLM(5), lambda: LLM(b"/tmp"), lambda: LLMEngine.from_pretrained(config={"x": 1}),
+                                  lambda: LLMEngine.sharing_weights(None, EngineConfig())],
+                         ids=["int-model", "bytes-model", "dict-config", "no-base"])
+def test_constructors_refuse_arguments_of_the_wrong_kind_by_name(make):
+    with pytest.raises((ConfigError, ModelLoadError), match="a model is a directory|must be an EngineConfig|shares an LLMEngine"):
+        make()

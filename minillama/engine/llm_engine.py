@@ -139,7 +139,7 @@ class LLMEngine(BeamSearchSteps):
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, config: EngineConfig | None = None) -> LLMEngine:
         """Load a Hugging Face Llama directory, or the embedded model when `model` is None."""
-        config = config or EngineConfig()
+        config = _engine_config(config)
         config.validate()
         path = resolve_model_dir(model)
         model_config = ModelConfig.from_file(path / "config.json")
@@ -177,7 +177,7 @@ class LLMEngine(BeamSearchSteps):
     def from_config(cls, model_config: ModelConfig, config: EngineConfig | None = None, seed: int = 0) -> LLMEngine:
         """A model of the given shape with random weights (benchmarks; no tokenizer). Split over
         tensor_parallel_size processes, each rank draws its own slices (RandomWeights)."""
-        config = config or EngineConfig()
+        config = _engine_config(config)
         config.validate()
         if config.tensor_parallel_size > 1:
             return cls._split(RandomWeights(model_config, seed), model_config, config, None,
@@ -190,7 +190,7 @@ class LLMEngine(BeamSearchSteps):
     def from_hf_model(cls, hf_model, config: EngineConfig | None = None, tokenizer=None) -> LLMEngine:
         """The same weights as a transformers LlamaForCausalLM already in memory (benchmarks
         and tests run both side by side)."""
-        config = config or EngineConfig()
+        config = _engine_config(config)
         config.validate()
         model_config = ModelConfig.from_dict(hf_model.config.to_dict())
         llm = cls._build(model_config, config)
@@ -204,6 +204,9 @@ class LLMEngine(BeamSearchSteps):
 
         The model's device, dtype and attention backend are base's (config's are ignored), and
         its context is at most base's. Engines sharing a model must not step at the same time."""
+        if not isinstance(base, LLMEngine):
+            raise ConfigError(f"sharing_weights shares an LLMEngine's weights, not a {type(base).__name__}'s")
+        config = _engine_config(config)
         base._check_whole_model("engines sharing the weights (the web UI's sessions)")
         model = base.runner.model
         config = dataclasses.replace(
@@ -941,6 +944,16 @@ def _check_block_size(attention: AttentionOps, block_size: int) -> None:
         )
     if attention.power_of_two_blocks and block_size & (block_size - 1):
         raise ConfigError(f"--attention {attention.name} needs a block size that is a power of two (got {block_size})")
+
+
+def _engine_config(config: object) -> EngineConfig:
+    """`config`, or the defaults for None; anything else is refused by name (a dict of settings
+    would fail later at its first attribute)."""
+    if config is None:
+        return EngineConfig()
+    if not isinstance(config, EngineConfig):
+        raise ConfigError(f"config must be an EngineConfig (EngineConfig(**settings)), not {type(config).__name__}")
+    return config
 
 
 def _check_request_id(request_id: object) -> None:
