@@ -29,7 +29,7 @@ import torch
 from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts
 from inspector import CapturePolicy, Recorder
 from minillama import EngineConfig, LLMEngine, ModelConfig, SamplingParams
-from minillama.cli import ArgumentParser, add_debug_flag, run_cli
+from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli
 
 PROG = "python -m benchmarks.recording"
 IN_ORDER = "no observer, in order"
@@ -80,9 +80,10 @@ def _main(argv: list[str]) -> None:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     add_debug_flag(parser)
     parser.add_argument("--device", default=EngineConfig().device)
-    parser.add_argument("--prompts", type=int, default=8, help=f"chat prompts in the batch (at most {len(CHAT_PROMPTS)})")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--prompts", type=int_at_least(1, len(CHAT_PROMPTS)), default=8,
+                        help=f"prompts in the batch (at most {len(CHAT_PROMPTS)})")
+    parser.add_argument("--max-tokens", type=int_at_least(1, 4096), default=64)
+    parser.add_argument("--repeats", type=int_at_least(1, 100), default=2)
     parser.add_argument("--config", default=None, help="1b, 3b or a config.json: that shape with random weights "
                         "(random prompts of 32-96 tokens); default: the embedded model")
     args = parser.parse_args(argv)

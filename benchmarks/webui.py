@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from inspector import DebugSession, Trace, TraceError, load, save
 from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
-from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli
+from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, path_text, run_cli
 from webui import Limits, SessionManager, serve
 
 PROG = "python -m benchmarks.webui"
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> None:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_debug_flag(parser)
-    parser.add_argument("--trace", default=None, help="a .mltrace to serve (default: record 300 steps)")
+    parser.add_argument("--trace", type=path_text, default=None, help="a .mltrace to serve (default: record 300 steps)")
     # A move goes to a step strictly inside the trace: at least 3 steps.
     parser.add_argument("--steps", type=int_at_least(MIN_STEPS), default=300, help="steps to record when no --trace is given")
     parser.add_argument("--moves", type=int_at_least(1), default=60, help="slider moves to time")

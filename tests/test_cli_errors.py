@@ -21,6 +21,7 @@ from tiny_model import write_tiny_model
 
 import app
 import benchmarks.engine
+import benchmarks.recording
 import benchmarks.sharing
 import benchmarks.webui
 import inspector.__main__
@@ -29,7 +30,7 @@ from minillama.engine import llm_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIS = {"minillama": minillama.__main__.main, "inspector": inspector.__main__.main, "app": app.main,
-        "bench-ui": benchmarks.webui.main,
+        "bench-ui": benchmarks.webui.main, "recording": benchmarks.recording.main,
         "bench": benchmarks.engine.main, "sharing": benchmarks.sharing.main}
 BAD_BYTES = "\udcff\udcfe caf\udce9"  # what Python makes of the argv bytes b"\xff\xfe caf\xe9"
 
@@ -188,6 +189,13 @@ BAD = {
     "show-step-negative": ("inspector", ["show", "{trace}", "--step", "-1"], "--step -1"),
     "chrome-no-folder": ("inspector", ["export-chrome", "{trace}", "-o", "/nonexistent/t.json"], "there is no folder"),
     "chrome-to-a-folder": ("inspector", ["export-chrome", "{trace}", "-o", "{empty}"], "is a folder"),
+    # A trailing slash names a folder even where none exists yet: Path("new/") would be a file "new".
+    "chrome-to-a-new-folder": ("inspector", ["export-chrome", "{trace}", "-o", "{root}/new/"], "is a folder"),
+    "record-to-a-new-folder": ("inspector", ["record", "--prompt", "hi", "-o", "{root}/new/"], "is a folder"),
+    "recording-no-prompts": ("recording", ["--prompts", "0"], "--prompts: invalid integer >= 1"),
+    "recording-too-many-repeats": ("recording", ["--repeats", "1000"], "1000 is too large"),
+    "app-empty-trace": ("app", ["--trace", ""], "--trace: invalid path (not empty)"),
+    "bench-ui-empty-trace": ("bench-ui", ["--trace", ""], "--trace: invalid path (not empty)"),
     # Every -o refuses what is not a regular file: a device (the trace would replace it whole,
     # or vanish into /dev/null) and a pipe (the write would wait for a reader for ever).
     "record-to-a-device": ("inspector", ["record", "--prompt", "hi", "-o", "/dev/null"], "is not a regular file"),
@@ -272,7 +280,7 @@ def test_bad_input_is_one_line_and_status_2(paths, capsys, cli, argv, fragment):
     err = one_line_error(capsys, cli, [arg.format(**paths) for arg in argv])
     prog = {"minillama": "python -m minillama", "inspector": "python -m inspector", "app": "app.py",
             "bench": "python -m benchmarks.engine", "sharing": "python -m benchmarks.sharing",
-            "bench-ui": "python -m benchmarks.webui"}[cli]
+            "bench-ui": "python -m benchmarks.webui", "recording": "python -m benchmarks.recording"}[cli]
     assert err.startswith(f"{prog}: error: ") and fragment.format(**paths) in err
 
 

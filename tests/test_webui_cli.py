@@ -7,7 +7,7 @@ from argparse import Namespace
 import pytest
 
 from minillama.errors import ConfigError
-from webui.cli import AUTH_ENV, is_loopback, limits_from_args, parse_args, resolve_auth
+from webui.cli import AUTH_ENV, check_host, is_loopback, limits_from_args, parse_args, resolve_auth
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -62,3 +62,22 @@ def test_bad_limit_flags_are_usage_errors_naming_the_flag(flag, value):
 def test_a_port_outside_1_to_65535_is_a_usage_error(port):
     with pytest.raises(ConfigError, match=f"argument --port: invalid port .* value: '{port}'"):
         parse_args(["--port", port])
+
+
+@pytest.mark.parametrize("host, message", [
+    ("::1", "an IPv6 address"), ("::", "an IPv6 address"), ("255.255.255.255", "multicast or reserved"),
+    ("224.0.0.1", "multicast or reserved"), ("8.8.8.8", "cannot listen there"), ("no-such-host.invalid", "no such address"),
+])
+def test_a_host_the_server_cannot_listen_on_is_refused_before_anything_loads(host, message):
+    with pytest.raises(ValueError, match=message):
+        check_host(host)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])
+def test_hosts_this_machine_listens_on_pass(host):
+    check_host(host)
+
+
+def test_an_empty_trace_path_is_refused_not_read_as_none():
+    with pytest.raises(ConfigError, match="--trace: invalid path"):
+        parse_args(["--trace", ""])

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import socket
 
-from minillama.cli import ArgumentParser, add_debug_flag, add_model_args, int_at_least, number_at_least
+from minillama.cli import ArgumentParser, add_debug_flag, add_model_args, int_at_least, number_at_least, path_text
 from webui import defaults
 from webui.limits import Limits
 
@@ -31,7 +31,8 @@ def build_parser() -> ArgumentParser:
     m.add_argument("--max-model-len", type=int, default=defaults.ENGINE.max_model_len,
                    help="longest sequence a session may run (default: %(default)s)")
     m.add_argument("--eager", action="store_true", default=defaults.ENGINE.enforce_eager, help="no CUDA graphs")
-    m.add_argument("--trace", default=None, metavar="FILE", help="open this .mltrace read-only, with no model loaded")
+    m.add_argument("--trace", type=path_text, default=None, metavar="FILE",
+                   help="open this .mltrace read-only, with no model loaded")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="127.0.0.1",
                    help="where to serve; 0.0.0.0 shares the UI on the LAN, which needs --auth or --no-auth "
@@ -72,12 +73,26 @@ _port.__name__ = "port (1 to 65535)"  # argparse names the type in its message
 
 
 def check_host(host: str) -> None:
-    """ValueError unless `host` names an address of this machine's resolver (uvicorn would
-    otherwise fail after the model loaded, with a message about free ports)."""
+    """ValueError unless the server can listen on `host`: a name the resolver knows, an address
+    of this machine (uvicorn would otherwise fail after the model loaded, with a message about
+    free ports), and not an IPv6 literal (Gradio writes host:port into its own URL unbracketed,
+    and fails)."""
     try:
-        socket.getaddrinfo(host, None)
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ValueError(f"--host {host}: no such address ({exc})") from exc
+    if ":" in host:
+        raise ValueError(f"--host {host}: an IPv6 address, which the web server cannot use; "
+                         "give 127.0.0.1 (this machine) or 0.0.0.0 (the LAN)")
+    family, _, _, _, address = found[0]
+    ip = ipaddress.ip_address(address[0])
+    if ip.is_multicast or ip.is_reserved:  # 255.255.255.255 binds, and then no browser can reach it
+        raise ValueError(f"--host {host}: a multicast or reserved address, not one a server listens on")
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address[0], 0))  # any free port: only the address is tried
+        except OSError as exc:
+            raise ValueError(f"--host {host}: this machine cannot listen there ({exc.strerror})") from exc
 
 
 # The flags about the model, which a --trace server does not load.

@@ -9,7 +9,7 @@ every failure, never a traceback; ArgumentParser, --debug, run_cli); gc_heap.py 
 collector for a process that serves or measures (tune_gc).
 """
 
-from minillama.cli.checks import check_output_path, int_at_least, number_at_least
+from minillama.cli.checks import check_output_path, int_at_least, number_at_least, path_text
 from minillama.cli.errors import ArgumentParser, add_debug_flag, printable_line, run_cli
 from minillama.cli.flags import (
     add_engine_args,
@@ -22,6 +22,6 @@ from minillama.cli.gc_heap import tune_gc
 
 __all__ = [
     "ArgumentParser", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
-    "engine_config_from_args", "tune_gc", "int_at_least", "number_at_least", "printable_line", "run_cli",
+    "engine_config_from_args", "tune_gc", "int_at_least", "number_at_least", "path_text", "printable_line", "run_cli",
     "sampling_params_from_args",
 ]

@@ -21,7 +21,7 @@ def check_output_path(path: str, flag: str) -> Path:
     except RuntimeError as exc:  # ~user for a user this machine does not know
         raise ConfigError(f"{flag} {path}: cannot expand ~ ({exc})") from exc
     folder = target.parent  # Path("run.mltrace").parent is Path(".")
-    if target.is_dir():
+    if target.is_dir() or path.endswith(("/", os.sep)):  # Path drops the slash: "new/" would be a file "new"
         raise ConfigError(f"{flag} {path} is a folder; give a file name in it")
     if target.exists() and not target.is_file():
         # A device, a pipe or a socket: writing there would hang (a pipe nobody reads), vanish
@@ -45,17 +45,27 @@ MAX_INT_FLAG = MAX_COUNT
 MAX_NUMBER_FLAG = 2.0**40
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
+def int_at_least(minimum: int, maximum: int = MAX_INT_FLAG) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise ValueError(text)
-        if value > MAX_INT_FLAG:  # argparse shows this message as it is
-            raise argparse.ArgumentTypeError(f"{text} is too large (at most {MAX_INT_FLAG:,})")
+        if value > maximum:  # argparse shows this message as it is
+            raise argparse.ArgumentTypeError(f"{text} is too large (at most {maximum:,})")
         return value
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def path_text(text: str) -> str:
+    """A path flag's value: an empty one is refused (it would read as "not given", or as ".")."""
+    if not text:
+        raise ValueError(text)
+    return text
+
+
+path_text.__name__ = "path (not empty)"
 
 
 def number_at_least(minimum: float) -> Callable[[str], float]:
