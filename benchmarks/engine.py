@@ -36,6 +36,7 @@ from minillama import (
     Observer,
     SamplingParams,
     StepTimings,
+    check_fits,
     embedded_model_dir,
 )
 from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli, tune_gc
@@ -144,7 +145,10 @@ def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     path = config_path(args.config)
     if not path.is_file():
         raise ConfigError(f"--config {args.config}: no such file; give 1b, 3b, 8b or the path of a config.json")
-    ModelConfig.from_file(path)  # a missing or malformed file: a ModelLoadError that says what is wrong
+    shape = ModelConfig.from_file(path)  # a missing or malformed file: a ModelLoadError that says what is wrong
+    # Before HF builds it: a config of 10**9 layers would take hours, a huge one the whole memory.
+    check_fits(f"{args.config}'s weights in {str(dtype).removeprefix('torch.')}",
+               shape.num_parameters * dtype.itemsize, device, ConfigError)
     raw = json.loads(path.read_text())
     raw["eos_token_id"] = None  # random weights: never stop early
     torch.manual_seed(0)

@@ -44,6 +44,7 @@ _HOMES = {
     "BACKEND_NAMES": "minillama.ops.attention",  # the --attention choices
     "ASYNC_SCHEDULING": "minillama.config",  # the --async-scheduling choices
     "embedded_model_dir": "minillama.loader",  # where the embedded model's files are
+    "check_fits": "minillama.memory",  # does an allocation fit the device's memory (the benchmarks' peers)
 }
 
 __all__ = list(_HOMES)

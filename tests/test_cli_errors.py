@@ -192,6 +192,7 @@ BAD = {
     # A trailing slash names a folder even where none exists yet: Path("new/") would be a file "new".
     "chrome-to-a-new-folder": ("inspector", ["export-chrome", "{trace}", "-o", "{root}/new/"], "is a folder"),
     "record-to-a-new-folder": ("inspector", ["record", "--prompt", "hi", "-o", "{root}/new/"], "is a folder"),
+    "bench-huge-config": ("bench", ["--config", "{layers-huge}/config.json"], "config.json's weights in float32 would take"),
     "recording-no-prompts": ("recording", ["--prompts", "0"], "--prompts: invalid integer >= 1"),
     "recording-too-many-repeats": ("recording", ["--repeats", "1000"], "1000 is too large"),
     "app-empty-trace": ("app", ["--trace", ""], "--trace: invalid path (not empty)"),
