@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    """$MINILLAMA_CACHE, else $XDG_CACHE_HOME/minillama (by default ~/.cache/minillama)."""
-    if "MINILLAMA_CACHE" in os.environ:
+    """$MINILLAMA_CACHE, else $XDG_CACHE_HOME/minillama (by default ~/.cache/minillama). An
+    empty variable counts as unset: Path("") is the current folder, which would fill with the
+    cache's files."""
+    if os.environ.get("MINILLAMA_CACHE"):
         return Path(os.environ["MINILLAMA_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minillama"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minillama"

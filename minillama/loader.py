@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -285,13 +286,28 @@ def embedded_model_dir() -> Path:
 
 def convert_gguf(gguf: Path, target: Path) -> None:
     """De-quantize a Llama GGUF file into a safetensors directory (fp32), atomically."""
+
+    print(f"minillama: converting {gguf.name} into {target} (first run only)...", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A folder of its own (two first runs at once each write theirs), gone if anything fails.
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+    try:
+        _write_converted(gguf, staging)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, (OSError, MemoryError)):  # safetensors' own errors
+            raise ModelLoadError(f"converting {gguf.name} into {target.parent} failed: {exc}") from exc
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def _write_converted(gguf: Path, staging: Path) -> None:
+    """convert_gguf's work: the model de-quantized into `staging` (safetensors, fp32), with its
+    config, generation config and tokenizer."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"minillama: converting {gguf.name} into {target} (first run only)...", file=sys.stderr)
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     # transformers shows a progress bar while it de-quantizes the tensors.
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -305,5 +321,3 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     (staging / "config.json").write_text(json.dumps(config, indent=2))
     hf_model.generation_config.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
