@@ -78,6 +78,10 @@ def safetensors_files(path: Path) -> list[Path]:
             raise ModelLoadError(f"{index} is corrupt: {exc}") from exc
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise ModelLoadError(f"{index} is corrupt: its weight_map must map tensor names to file names")
+        # Shards are files of this folder: a name like "../x" or "/etc/y" would read outside it.
+        outside = [name for name in weight_map.values() if Path(name).name != name or name in ("", ".", "..")]
+        if outside:
+            raise ModelLoadError(f"{index} is corrupt: shard {outside[0]!r} is not a file name in {path}")
         files = [path / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.exists()]
         if missing:

@@ -434,3 +434,14 @@ def test_checkpoint_with_an_unknown_tensor(model_dir):
     rewrite_weights(model_dir, lambda t: t.update({"model.layers.0.self_attn.q_norm.weight": torch.ones(8)}))
     with pytest.raises(ModelLoadError, match="'model.layers.0.self_attn.q_norm.weight' matches no parameter"):
         load(model_dir)
+
+
+@pytest.mark.parametrize("escape", ["../outside.safetensors", "/etc/outside.safetensors", "sub/x.safetensors", ".."])
+def test_a_sharded_index_may_not_name_a_file_outside_the_folder(model_dir, escape):
+    """A model directory is untrusted: its index must not make the loader read elsewhere."""
+    weight_map = shard(model_dir)
+    first = next(iter(weight_map))
+    index = model_dir / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {**weight_map, first: escape}}))
+    with pytest.raises(ModelLoadError, match="is not a file name in"):
+        load(model_dir)
