@@ -27,8 +27,9 @@ _HOMES = {
         "inspector.debug",
     ),
     **dict.fromkeys(("CapturePolicy", "Recorder"), "inspector.record"),
-    **dict.fromkeys(("NotRecorded", "Trace", "TraceDiff", "TraceError", "diff_traces", "export_chrome_trace", "format_diff",
-                     "format_overview", "format_step", "load", "save"), "inspector.trace"),
+    **dict.fromkeys(("ArgumentError", "NoSuchStep", "NotRecorded", "Trace", "TraceDiff", "TraceError", "diff_traces",
+                     "export_chrome_trace", "format_diff", "format_overview", "format_step", "load", "save"),
+                    "inspector.trace"),
 }
 
 __all__ = sorted(_HOMES)

@@ -45,6 +45,10 @@ _HOMES = {
     "ASYNC_SCHEDULING": "minillama.config",  # the --async-scheduling choices
     "embedded_model_dir": "minillama.loader",  # where the embedded model's files are
     "check_fits": "minillama.memory",  # does an allocation fit the device's memory (the benchmarks' peers)
+    # The number rules every user-given value follows (True is no int, 10**400 no float).
+    "is_int": "minillama.values",
+    "is_finite_real": "minillama.values",
+    "MAX_COUNT": "minillama.values",
 }
 
 __all__ = list(_HOMES)

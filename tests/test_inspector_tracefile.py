@@ -341,3 +341,30 @@ def test_the_params_schema_mirrors_sampling_params():
     from minillama import SamplingParams
 
     assert set(typing.get_type_hints(SamplingRecord)) == {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+def test_a_write_cut_short_leaves_the_old_file_and_nothing_beside_it(trace, tmp_path, monkeypatch):
+    """save() and export_chrome_trace() write beside the target and rename (inspector/trace/
+    replacing.py): a full disk part way leaves the file that was there, and no partial file."""
+    import inspector.trace.tracefile as tracefile
+
+    target, user_file = tmp_path / "run.mltrace", tmp_path / "run.mltrace.partial"
+    save(trace, target)
+    before = target.read_bytes()
+    user_file.write_text("mine")  # a file of the user's that an earlier save overwrote, then deleted
+
+    def disk_full(tensors):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracefile, "save_safetensors", disk_full)
+    with pytest.raises(TraceError, match=r"run.mltrace: could not be written \(No space left on device\)"):
+        save(trace, target)
+    assert target.read_bytes() == before and user_file.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.mltrace", "run.mltrace.partial"]
+
+
+def test_export_chrome_replaces_its_file_whole(trace, tmp_path):
+    target = tmp_path / "t.json"
+    target.write_text("old")
+    export_chrome_trace(trace, target)
+    assert json.loads(target.read_text())["traceEvents"] and [p.name for p in tmp_path.iterdir()] == ["t.json"]

@@ -27,7 +27,7 @@ ROOMS = ("record", "trace", "debug", "views")
 # Which rooms each room may import.
 ROOM_READS = {"trace": set(), "views": {"trace"}, "record": {"trace"}, "debug": {"record", "trace"}}
 # What trace/ and views/ may take from minillama's face: values, not the engine.
-ENGINE_FREE_NAMES = {"SamplingParams", "InvalidRequestError", "MinillamaError"}
+ENGINE_FREE_NAMES = {"SamplingParams", "InvalidRequestError", "MinillamaError", "is_int", "is_finite_real", "MAX_COUNT"}
 
 
 def _module_name(path: Path) -> str:

@@ -6,6 +6,10 @@ message, or None. Checks read only the trace, so they work the same on a live ru
 file (to find steps of interest without re-running). Most fire at every step where their
 condition holds; SequenceFinished and TextMatches fire once, at the step where it happens.
 Those that look at tokens take an optional seq_id to watch one sequence instead of all.
+
+Each checks its fields when it is made (ArgumentError naming the field): a breakpoint that can
+never fire (AtStep(-1), AtStep("1"), EntropyAbove(nan)) or that would fail only when first
+checked, after the engine has stepped (EntropyAbove("x")), is refused at once.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 
 import re2
 
+from inspector.trace.arguments import ArgumentError, instance, number, optional_whole, shown, whole
 from inspector.trace.model import StepRecord, TokenRecord, Trace
 
 MAX_PATTERN_CHARS = 200  # TextMatches: a longer pattern is refused
@@ -31,6 +36,12 @@ class Hit:
 
 
 class Breakpoint(ABC):
+    def __post_init__(self) -> None:
+        """Check the fields (the dataclasses below call this when made); here the one many
+        share, seq_id: None (every sequence) or a sequence id."""
+        if hasattr(self, "seq_id"):
+            optional_whole(self.seq_id, f"{type(self).__name__}.seq_id")
+
     @abstractmethod
     def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         """Why this breakpoint fires at `step`, one Hit per sequence concerned; [] when it does not."""
@@ -47,6 +58,9 @@ def _watched(step: StepRecord, seq_id: int | None) -> list[TokenRecord]:
 @dataclass
 class AtStep(Breakpoint):
     index: int
+
+    def __post_init__(self) -> None:
+        whole(self.index, "AtStep.index")
 
     def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         return [Hit(f"reached step {self.index}")] if step.index == self.index else []
@@ -90,20 +104,23 @@ class TextMatches(Breakpoint):
     `^([\\w\\s]+)+#` takes it seconds to minutes on a short line (catastrophic backtracking), with
     the GIL held, which would freeze every session of a shared server. RE2's syntax is Python's
     less backreferences and lookaround; its compiled program is capped at MAX_PROGRAM_BYTES.
-    Raises ValueError for a pattern that is too long, invalid, or too large to compile."""
+    Raises ArgumentError (a ValueError) for a pattern that is no str, too long, invalid, or too large
+    to compile."""
 
     pattern: str
     seq_id: int | None = None
     regex: re2._Regexp = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        instance(self.pattern, str, "TextMatches.pattern")
         if len(self.pattern) > MAX_PATTERN_CHARS:
-            raise ValueError(f"the text pattern is {len(self.pattern)} characters; the limit is {MAX_PATTERN_CHARS}")
+            raise ArgumentError(f"the text pattern is {len(self.pattern)} characters; the limit is {MAX_PATTERN_CHARS}")
         try:  # RE2 takes UTF-8: a lone surrogate (which a browser's JSON can carry) is not text
             self.pattern.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"the text pattern is not valid text: character {exc.start} is "
-                             f"U+{ord(self.pattern[exc.start]):04X}, a lone surrogate") from None
+            raise ArgumentError(f"the text pattern is not valid text: character {exc.start} is "
+                                f"U+{ord(self.pattern[exc.start]):04X}, a lone surrogate") from None
         options = re2.Options()
         options.max_mem = MAX_PROGRAM_BYTES
         options.log_errors = False  # the error is raised, with its message, below
@@ -111,8 +128,8 @@ class TextMatches(Breakpoint):
             self.regex = re2.compile(self.pattern, options)
         except re2.error as error:
             reason = error.args[0].decode() if error.args and isinstance(error.args[0], bytes) else str(error)
-            raise ValueError(f"the text pattern {self.pattern!r} is not a regular expression RE2 accepts "
-                             f"(no backreferences or lookaround): {reason}") from None
+            raise ArgumentError(f"the text pattern {shown(self.pattern)} is not a regular expression RE2 accepts "
+                                f"(no backreferences or lookaround): {reason}") from None
 
     def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         found = []
@@ -133,6 +150,10 @@ class EntropyAbove(Breakpoint):
     threshold: float
     seq_id: int | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        number(self.threshold, "EntropyAbove.threshold", 0.0)
+
     def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         return [Hit(f"#{t.seq_id}: entropy {t.logits.entropy:.3f} nats > {self.threshold}", t.seq_id)
                 for t in _watched(step, self.seq_id)
@@ -147,6 +168,10 @@ class SampledProbBelow(Breakpoint):
     threshold: float
     seq_id: int | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        number(self.threshold, "SampledProbBelow.threshold", 0.0, 1.0, open_low=True)  # 0: never fires
+
     def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         return [Hit(f"#{t.seq_id} drew token {t.token_id} with probability {t.logits.sampled_prob:.4f} "
                     f"< {self.threshold}", t.seq_id)
@@ -159,6 +184,9 @@ class KVUsageAbove(Breakpoint):
     """More than `percent` % of the KV blocks are in use at the step's end."""
 
     percent: float
+
+    def __post_init__(self) -> None:
+        number(self.percent, "KVUsageAbove.percent", 0.0, 100.0, open_high=True)  # 100: never fires
 
     def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         used = 100.0 * step.kv.usage

@@ -7,6 +7,7 @@ at the newest step as it runs) and on one loaded from a file.
 
 from __future__ import annotations
 
+from inspector.trace.arguments import step_index
 from inspector.trace.model import StepRecord, Trace
 
 
@@ -21,11 +22,10 @@ class Cursor:
         return self.trace.steps[self.index] if self.index >= 0 else None
 
     def seek(self, index: int) -> StepRecord:
-        """Go to step `index` (negative counts from the end, like a list index)."""
-        count = len(self.trace.steps)
-        if not -count <= index < count:
-            raise IndexError(f"no step {index}: the trace has {count} step(s)")
-        self.index = index % count
+        """Go to step `index` (negative counts from the end, like a list index). ArgumentError
+        for an index that is not an int (True and 1.0 included), NoSuchStep (an IndexError too)
+        past either end; the cursor stays where it was."""
+        self.index = step_index(index, len(self.trace.steps))
         return self.trace.steps[self.index]
 
     def next(self) -> StepRecord | None:

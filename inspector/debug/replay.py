@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from inspector.debug.session import DebugSession
 from inspector.record.recorder import CapturePolicy
+from inspector.trace.arguments import ArgumentError, file_path, flag, instance, optional_whole, shown
 from inspector.trace.model import Event, ForkRecord, ModelInfo, SequenceRecord, Trace
 from minillama import ConfigError, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 
@@ -76,7 +77,11 @@ def replay(
     called after each step (total: the recorded run's steps, a guide, not a bound); step_lock is
     held around each step and fork, since engines sharing one model must not step at the same
     time (its lock, taken and let go step by step, lets other users' steps in between); and
-    max_steps bounds the replay (ConfigError when it would run longer)."""
+    max_steps bounds the replay (ConfigError when it would run longer).
+
+    ArgumentError, before anything loads or runs, for an argument of the wrong type (an engine
+    that is no LLMEngine, a max_steps that is not an integer >= 1, ...)."""
+    _check_arguments(trace, model, engine, alone, force, policy, progress, on_note, on_step, step_lock, max_steps)
     note = on_note or (lambda message: None)
     config = replay_config(trace, overrides, note)
     if engine is None:
@@ -116,6 +121,23 @@ def replay(
             for root in sorted(roots, key=lambda s: s.seq_id):  # in the order they were added
                 driver.run([(step - root.added_step, a) for step, a in actions if lineage[_seq_of(a)] == root.seq_id])
     return session.trace
+
+
+def _check_arguments(trace: object, model: object, engine: object, alone: object, force: object, policy: object,
+                     progress: object, on_note: object, on_step: object, step_lock: object, max_steps: object) -> None:
+    """replay()'s arguments but the overrides (EngineConfig checks those, naming each)."""
+    instance(trace, Trace, "trace")
+    if model is not None:
+        file_path(model, "model")
+    instance(engine, LLMEngine, "engine", optional=True)
+    for name, value in (("alone", alone), ("force", force), ("progress", progress)):
+        flag(value, name)
+    instance(policy, CapturePolicy, "policy", optional=True)
+    for name, value in (("on_note", on_note), ("on_step", on_step)):
+        if value is not None and not callable(value):
+            raise ArgumentError(f"{name} must be a function or None, got {shown(value)}")
+    instance(step_lock, AbstractContextManager, "step_lock", optional=True)
+    optional_whole(max_steps, "max_steps", minimum=1)
 
 
 def replay_config(trace: Trace, overrides: dict[str, object], note: Callable[[str], None]) -> EngineConfig:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from inspector.debug.breakpoints import Breakpoint, Hit
 from inspector.debug.cursor import Cursor
 from inspector.record.recorder import CapturePolicy, Recorder
+from inspector.trace.arguments import ArgumentError, flag, instance, items, optional_whole, shown, whole
 from inspector.trace.model import StepRecord, Trace
 from minillama import InvalidRequestError, LLMEngine, SamplingParams
 
@@ -39,7 +40,7 @@ class RunResult:
 class DebugSession:
     def __init__(self, engine: LLMEngine, policy: CapturePolicy | None = None):
         self.engine = engine
-        self.recorder = Recorder(engine, policy)
+        self.recorder = Recorder(engine, policy)  # checks both arguments before it attaches
         engine.add_observer(self.recorder)
         self.cursor = Cursor(self.recorder.trace)
 
@@ -57,7 +58,11 @@ class DebugSession:
                   chat: bool = False) -> list[int]:
         """Queue every prompt, or none: each is checked (and tokenized, once) before any is
         queued, and InvalidRequestError names the first bad one ("prompt 2: ..."). Returns the
-        new sequence ids, in the order of `prompts`."""
+        new sequence ids, in the order of `prompts`: a list, tuple or other iterable (read
+        once). One str is refused (ArgumentError): it would be read as one prompt per
+        character; add() takes one prompt."""
+        prompts = items(prompts, "prompts", "prompts (each a str or a list of token ids)")
+        flag(chat, "chat")
         params = SamplingParams() if params is None else params
         token_ids = []
         for i, prompt in enumerate(prompts):
@@ -82,6 +87,9 @@ class DebugSession:
         return self.engine.fork(seq_id, num_tokens, forced_token_ids, params)
 
     def abort(self, seq_id: int) -> None:
+        """Stop request `seq_id` (one that has finished, or that the engine has forgotten: nothing
+        to do); ArgumentError for an id that is no integer >= 0."""
+        whole(seq_id, "seq_id")
         self.engine.abort(seq_id)
         self.recorder.note_abort(seq_id)
 
@@ -101,9 +109,12 @@ class DebugSession:
             return None
         return self.seek(-1)
 
-    def run(self, until: Iterable[Breakpoint] = (), max_steps: int | None = None) -> RunResult:
+    def run(self, until: Iterable[Breakpoint] | Breakpoint = (), max_steps: int | None = None) -> RunResult:
         """Step until a breakpoint fires (checked in the order given, after each step), no
-        request is left, or max_steps steps have run; the cursor moves to the last step."""
+        request is left, or max_steps steps have run (None: no limit); the cursor moves to the
+        last step. `until`: breakpoint instances, in a list or any iterable, or a single one.
+        ArgumentError, before any step, for anything else there or a max_steps that is not
+        an integer >= 1."""
         steps = self.run_iter(until, max_steps)
         while True:
             try:
@@ -111,7 +122,7 @@ class DebugSession:
             except StopIteration as end:
                 return end.value
 
-    def run_iter(self, until: Iterable[Breakpoint] = (), max_steps: int | None = None
+    def run_iter(self, until: Iterable[Breakpoint] | Breakpoint = (), max_steps: int | None = None
                  ) -> Generator[int, None, RunResult]:
         """run(), one step per next(): yields the index of each step that ran, and returns
         (StopIteration.value) the RunResult. The step at which a breakpoint fires is not
@@ -121,8 +132,11 @@ class DebugSession:
 
         Between yields the cursor stays where it was, and a step's record may still be
         completing: seek(index) completes it and moves there (a live view does so at each
-        yield; a batch run does not, and keeps the recorder's overlap, see _advance)."""
-        breakpoints = list(until)
+        yield; a batch run does not, and keeps the recorder's overlap, see _advance). The
+        arguments are checked as run() says, at this call, not at the first next()."""
+        return self._run_steps(breakpoint_list(until), optional_whole(max_steps, "max_steps", minimum=1))
+
+    def _run_steps(self, breakpoints: list[Breakpoint], max_steps: int | None) -> Generator[int, None, RunResult]:
         steps = 0
         try:
             while (max_steps is None or steps < max_steps) and self._advance():
@@ -166,3 +180,17 @@ class DebugSession:
 
     def prev(self) -> StepRecord | None:
         return self.cursor.prev()
+
+
+def breakpoint_list(until: object) -> list[Breakpoint]:
+    """run()'s `until` as a list, read once: one Breakpoint, or an iterable of them. Anything
+    else in it (a class given for an instance: Preemption, not Preemption()) would fail only at
+    the first check, after a step: refused here, naming it."""
+    if isinstance(until, Breakpoint):
+        return [until]
+    if isinstance(until, (str, bytes, bytearray)) or not isinstance(until, Iterable):
+        raise ArgumentError(f"until must be a Breakpoint or a list of them, got {shown(until)}")
+    breakpoints = list(until)
+    for i, bp in enumerate(breakpoints):
+        instance(bp, Breakpoint, f"until[{i}]")
+    return breakpoints

@@ -40,6 +40,7 @@ from inspector.record.kv_snapshot import commit_filled_blocks, kv_snapshot, kv_s
 from inspector.record.lens_capture import LogitLensCapture
 from inspector.record.logits_summary import LogitsSummariser, PendingLogits, finish, summary_bytes
 from inspector.record.token_texts import TokenTexts
+from inspector.trace.arguments import ArgumentError, flag, instance, whole, whole_tuple
 from inspector.trace.model import (
     CopyRecord,
     EngineInfo,
@@ -67,6 +68,8 @@ from minillama import (
     StepResult,
 )
 
+MAX_BUDGET = 2**63 - 1  # bytes (an int64): far past any memory, and 2**70, a slip, is refused
+
 
 @dataclass
 class CapturePolicy:
@@ -82,13 +85,26 @@ class CapturePolicy:
     logit_lens: bool = False  # each layer's top-5 guess for the traced sequences (their steps go eager)
     memory_budget: int = 256 * 2**20  # bytes; past it, attention, the lens, then logits stop being kept
 
+    def __post_init__(self) -> None:
+        """Check every field now (ArgumentError naming it): a wrong one would otherwise fail in
+        the middle of a step (top_k=True inside torch.topk), or be read otherwise than meant
+        (layers=5, a tuple of one layer?). The lists may come as any iterable; kept as tuples."""
+        flag(self.attention, "CapturePolicy.attention")
+        flag(self.logit_lens, "CapturePolicy.logit_lens")
+        for name in ("attention_seqs", "attention_requests", "layers"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, whole_tuple(value, f"CapturePolicy.{name}"))
+        whole(self.top_k, "CapturePolicy.top_k", minimum=1)
+        whole(self.memory_budget, "CapturePolicy.memory_budget", maximum=MAX_BUDGET)
+
     def validate(self, num_layers: int) -> None:
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.memory_budget < 0:
-            raise ValueError(f"memory_budget must be >= 0, got {self.memory_budget}")
-        if self.layers is not None and not all(0 <= layer < num_layers for layer in self.layers):
-            raise ValueError(f"layers {self.layers} out of range: the model has {num_layers}")
+        """Check the policy against a model of `num_layers` layers (ArgumentError naming a layer
+        it lacks): the recorder does so when it is made, before any step."""
+        beyond = [layer for layer in self.layers or () if layer >= num_layers]
+        if beyond:
+            raise ArgumentError(f"CapturePolicy.layers holds layer {beyond[0]}: the model has {num_layers} layers, "
+                                f"0 to {num_layers - 1}")
 
 
 @dataclass
@@ -113,8 +129,8 @@ class _StepInProgress:
 
 class Recorder(Observer):
     def __init__(self, engine: LLMEngine, policy: CapturePolicy | None = None):
-        self.engine = engine
-        self.policy = policy or CapturePolicy()
+        self.engine = instance(engine, LLMEngine, "engine")
+        self.policy = instance(policy, CapturePolicy, "policy", optional=True) or CapturePolicy()
         self.policy.validate(engine.model_config.num_hidden_layers)
         self._token_text = TokenTexts(engine.tokenizer).__getitem__
         # Kept across clear(): on a GPU it holds captured CUDA graphs.

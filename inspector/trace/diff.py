@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from inspector.trace.arguments import instance
 from inspector.trace.model import LogitsSummary, ScheduledRecord, SequenceRecord, StepRecord, Trace
 from inspector.trace.why_text import chunk_text, preempt_text, prefix_text, wait_text
 
@@ -144,6 +145,8 @@ class TraceDiff:
 
 
 def diff_traces(a: Trace, b: Trace) -> TraceDiff:
+    instance(a, Trace, "a")
+    instance(b, Trace, "b")
     keys_a, keys_b = request_keys(a), request_keys(b)
     by_key_b = {key: seq_id for seq_id, key in keys_b.items()}
     schedules = _Schedules(a), _Schedules(b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from inspector.trace.arguments import flag, instance
 from inspector.trace.diff import RequestDiff, RunTimings, Schedule, TokenDelta, TopToken, TraceDiff
 from inspector.trace.export_text import terminal_safe
 
@@ -13,6 +14,8 @@ def format_diff(diff: TraceDiff, tokens: bool = False) -> str:
     top-k on both sides), the schedules where they differ, the timings. tokens: the per-position
     table (delta log p, delta entropy, drawn token's probability) for every request, not only
     the divergent ones."""
+    instance(diff, TraceDiff, "diff")
+    flag(tokens, "tokens")
     same = {True: "the same (fingerprints match)", False: "DIFFERENT (fingerprints differ)",
             None: "not compared (a trace has no fingerprint)"}[diff.same_weights]
     lines = [f"weights: {same}", *(f"note: {n}" for n in diff.notes)]

@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from inspector.trace.arguments import instance, output_file
 from inspector.trace.model import Trace
+from inspector.trace.replacing import replacing
 
 PID, TID = 1, 1
 
@@ -45,8 +47,16 @@ def chrome_trace_events(trace: Trace) -> dict[str, Any]:
 
 
 def export_chrome_trace(trace: Trace, path: str | Path) -> None:
-    # Strict JSON (no Infinity or NaN, which Perfetto refuses): load() bounds every time.
-    Path(path).write_text(json.dumps(chrome_trace_events(trace), allow_nan=False))
+    """Write the Chrome trace document to `path`. Refused with nothing written: ArgumentError for
+    a `trace` that is no Trace or a `path` that is no file path, TraceError for a path where no
+    file can be written (a folder, a device, in a folder that does not exist)."""
+    instance(trace, Trace, "trace")
+    target = output_file(path)
+    # Strict JSON (no Infinity or NaN, which Perfetto refuses): load() bounds every time. Written
+    # beside the target and renamed, so a write cut short leaves the file there as it was.
+    text = json.dumps(chrome_trace_events(trace), allow_nan=False)
+    with replacing(target) as partial, open(partial, "x", encoding="utf-8") as out:
+        out.write(text)
 
 
 def _slice(name: str, ts: float, dur: float, args: dict[str, Any]) -> dict[str, Any]:

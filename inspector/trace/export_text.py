@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+from inspector.trace.arguments import instance, step_index
 from inspector.trace.model import KVSnapshot, ScheduledRecord, StepRecord, TokenRecord, Trace
 from inspector.trace.why_text import eviction_text, why_of
 
 
 def format_overview(trace: Trace) -> str:
-    m, e = trace.model, trace.engine
+    m, e = instance(trace, Trace, "trace").model, trace.engine
     phases = [s.schedule.phase for s in trace.steps]
     preemptions = sum(len(s.schedule.preempted) for s in trace.steps)
     lines = [
@@ -40,9 +41,10 @@ def format_overview(trace: Trace) -> str:
 
 
 def format_step(trace: Trace, index: int) -> str:
-    """Step `index` in detail: batch, tokens with their top-k, KV cache, timings."""
-    if not 0 <= index < len(trace.steps):
-        raise IndexError(f"no step {index}: the trace has {len(trace.steps)} step(s)")
+    """Step `index` (negative counts from the end, as Cursor.seek takes it) in detail: batch,
+    tokens with their top-k, KV cache, timings. ArgumentError for a bad argument, NoSuchStep
+    past either end."""
+    index = step_index(index, len(instance(trace, Trace, "trace").steps))
     step = trace.steps[index]
     s = step.schedule
     lines = [

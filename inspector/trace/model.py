@@ -80,7 +80,8 @@ MissKind = Literal["", "off", "no-full-block", "not-cached", "evicted"]
 
 
 class TraceError(ValueError):
-    """A trace file that cannot be read: not a trace, damaged, too large, or too new."""
+    """A trace file that cannot be read: not a trace, damaged, too large, or too new; or that
+    cannot be written: its path a folder, a device or in no folder, a trace holding a NaN."""
 
 
 class NotRecorded(LookupError):

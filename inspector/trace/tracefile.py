@@ -28,7 +28,7 @@ first problem. In the order it checks:
 from __future__ import annotations
 
 import json
-import os
+import math
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -36,9 +36,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_safetensors
 
+from inspector.trace.arguments import file_path, instance, output_file, whole
 from inspector.trace.codec import decode, encode
 from inspector.trace.json_limits import parse
 from inspector.trace.model import OLDEST_READABLE_VERSION, SCHEMA_VERSION, Trace, TraceError
+from inspector.trace.replacing import replacing
 from inspector.trace.tensor_member import load_tensors
 from inspector.trace.validate import validate_trace
 from inspector.trace.zip_members import CHUNK, open_zip, read_member
@@ -47,6 +49,7 @@ FORMAT = "mltrace"
 JSON_MEMBER = "trace.json"
 TENSORS_MEMBER = "tensors.safetensors"
 DEFAULT_MAX_BYTES = 4 * 2**30  # unpacked size load() accepts unless told otherwise
+MAX_BYTES_LIMIT = 2**63 - 1  # the largest max_bytes: a zip's sizes are 64-bit
 # trace.json's own limits, whatever max_bytes says: they bound the Python objects parsing it
 # builds and the time to check them (a hostile file at the element limit: about 2 s, 130 MB).
 # Measured: a 300-step run of 8 requests on a 30-layer model, the logit lens on two of them,
@@ -61,30 +64,56 @@ MAX_INFLATION = 16
 
 
 def save(trace: Trace, path: str | Path) -> None:
-    """Write `trace` to `path` (atomically: a crash never leaves half a file behind)."""
+    """Write `trace` to `path` (atomically: a crash never leaves half a file behind).
+
+    Refused before anything is written: ArgumentError for a `trace` that is no Trace or a `path`
+    that is no file path; TraceError for a path where no file can be written (a folder, a
+    device, in a folder that does not exist), and, naming the field, for a trace holding a NaN
+    or an infinite number, which load() refuses (a file that could not be opened again)."""
+    instance(trace, Trace, "trace")
+    path = output_file(path)
     tensors: dict[str, torch.Tensor] = {}
     document = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "trace": encode(trace, tensors, "trace")}
-    text = json.dumps(document, allow_nan=False, separators=(",", ":"))
-    path = Path(path)
-    if path.exists() and not path.is_file():  # the atomic replace would put the trace in a device's place
-        raise TraceError(f"{path} is not a regular file (a folder, a device, a pipe or a socket); not written")
-    partial = path.with_name(path.name + ".partial")
+    text = _strict_json(document)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TraceError(f"{name} holds a NaN or an infinite value, which no trace file holds; not saved")
+    with replacing(path) as partial, zipfile.ZipFile(partial, "x") as zf:
+        zf.writestr(JSON_MEMBER, text, compress_type=zipfile.ZIP_DEFLATED)
+        # Q/K values barely compress; the int arrays are small. Stored, the file saves fast.
+        zf.writestr(TENSORS_MEMBER, save_safetensors(tensors), compress_type=zipfile.ZIP_STORED)
+
+
+def _strict_json(document: dict) -> str:
+    """`document` as JSON with no NaN or Infinity (which load() refuses, as JSON has neither);
+    TraceError naming the first field that holds one."""
     try:
-        with zipfile.ZipFile(partial, "w") as zf:
-            zf.writestr(JSON_MEMBER, text, compress_type=zipfile.ZIP_DEFLATED)
-            # Q/K values barely compress; the int arrays are small. Stored, the file saves fast.
-            zf.writestr(TENSORS_MEMBER, save_safetensors(tensors), compress_type=zipfile.ZIP_STORED)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+        return json.dumps(document, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        found = _non_finite(document["trace"], "trace")
+        if found is None:  # not a number's fault (a reference cycle): its own message says what
+            raise
+        where, value = found
+        raise TraceError(f"{where} is {value!r}, not a finite number, which no trace file holds; not saved") from None
+
+
+def _non_finite(value: object, path: str) -> tuple[str, float] | None:
+    """The path and value of the first NaN or infinity in an encoded trace, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((found for key, child in children if (found := _non_finite(child, f"{path}.{key}"))), None)
 
 
 def load(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
     """Read and validate a .mltrace file. Raises TraceError naming what is wrong.
 
     max_bytes bounds what the file may unpack to (both members together). It protects against
-    files from elsewhere; a trusted file over the default loads with a larger max_bytes."""
-    path = Path(path)
+    files from elsewhere; a trusted file over the default loads with a larger max_bytes.
+    ArgumentError for a `path` that is no file path (bytes, an open file: give its name) or a
+    `max_bytes` that is not an integer >= 1."""
+    path = file_path(path)
+    whole(max_bytes, "max_bytes", minimum=1, maximum=MAX_BYTES_LIMIT)
     with open_zip(path) as zf:
         json_info, tensors_info = _the_two_members(path, zf.infolist())
         if tensors_info.file_size > max(CHUNK, MAX_INFLATION * tensors_info.compress_size):

@@ -18,6 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from inspector.trace.arguments import is_int, shown
 from inspector.trace.model import Trace
 from inspector.views.colors import CURRENT_COLOR
 from inspector.views.markup import escape
@@ -51,7 +52,11 @@ def empty_figure(message: str, title: str = "") -> go.Figure:
 
 
 def step_problem(trace: Trace, index: int) -> str | None:
-    """Why step `index` cannot be shown (None when it can): no step yet, or out of range."""
+    """Why step `index` cannot be shown (None when it can): not a step index at all (a view
+    never raises, so 1.5, "3", None or True, no step number, say so too), no step yet, or out
+    of range. Every view's first check."""
+    if not is_int(index):
+        return f"No step {shown(index)}: a step is an integer"
     if index < 0 or not trace.steps:
         return NO_STEP
     if index >= len(trace.steps):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inspector.trace.arguments import flag, optional_whole, whole
 from inspector.trace.model import Trace
 
 
@@ -22,6 +23,15 @@ class Selection:
     layer: int = 0
     head: int | None = 0  # None: all heads of the layer, as small multiples (attention) or averaged (KV overlay)
     full_matrix: bool = False  # attention: every recorded query (rows) x keys, instead of the cursor's query only
+
+    def __post_init__(self) -> None:
+        """Check the fields (ArgumentError naming one): the views never raise, so a selection
+        they could not read (head=1.5, layer=None, seq_id=[0]) is refused when it is made. A
+        layer or head the model lacks is no error here: the views say so (the model is theirs)."""
+        optional_whole(self.seq_id, "Selection.seq_id")
+        whole(self.layer, "Selection.layer")
+        optional_whole(self.head, "Selection.head")
+        flag(self.full_matrix, "Selection.full_matrix")
 
 
 def sequence_of_step(trace: Trace, index: int) -> int | None:
@@ -50,6 +60,6 @@ def resolve(trace: Trace, selection: Selection, index: int) -> Selection:
     or one this trace lacks: the one the step is about), and the layer and head kept within the
     model (a head out of range: head 0)."""
     seq_id = selection.seq_id if selection.seq_id in trace.sequences else sequence_of_step(trace, index)
-    layer = min(max(selection.layer, 0), trace.model.num_layers - 1)
-    head = selection.head if selection.head is None or 0 <= selection.head < trace.model.num_heads else 0
+    layer = min(selection.layer, trace.model.num_layers - 1)
+    head = selection.head if selection.head is None or selection.head < trace.model.num_heads else 0
     return Selection(seq_id, layer, head, selection.full_matrix)

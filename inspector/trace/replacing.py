@@ -1,0 +1,33 @@
+"""Write a file whole or not at all: into a file of its own beside the target, then one rename.
+
+A trace or an export written in place and cut short (a full disk, a file-size limit, Ctrl-C)
+would leave half a file, and destroy the good one it was overwriting. Written beside it and
+renamed (os.replace: atomic within a folder), the target is either the old file or the new one.
+The file beside it has a name of its own (a random part), so it is never a file of the user's
+("run.mltrace.partial" was overwritten, then deleted), nor another writer's.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from inspector.trace.model import TraceError
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a path beside `path` that no file has yet; write the whole file there (opening it
+    with mode "x"). When the block ends, it replaces `path`; if the block raises, it is removed
+    and `path` is left as it was. An OSError while writing becomes a TraceError naming `path`."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as exc:
+        raise TraceError(f"{path}: could not be written ({exc.strerror or exc}); the file there is unchanged") from exc
+    finally:
+        partial.unlink(missing_ok=True)
