@@ -23,7 +23,8 @@ import importlib
 _HOMES = {
     **dict.fromkeys(
         ("AtStep", "Breakpoint", "CopyOnWrite", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
-         "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches", "replay"),
+         "PrefixCacheHit", "RecordingStopped", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches",
+         "replay"),
         "inspector.debug",
     ),
     **dict.fromkeys(("CapturePolicy", "Recorder"), "inspector.record"),

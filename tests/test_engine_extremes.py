@@ -193,3 +193,25 @@ def test_request_ids_that_are_no_int_are_refused_by_every_lookup(engine, method,
 def test_constructors_refuse_arguments_of_the_wrong_kind_by_name(make):
     with pytest.raises((ConfigError, ModelLoadError), match="a model is a directory|must be an EngineConfig|shares an LLMEngine"):
         make()
+
+
+def test_a_debug_session_whose_recorder_fails_stops_stepping_until_reset(engine):
+    """The recorder is an observer: when it raises, the engine detaches it and finishes the
+    step. Steps it could not record would be lost to the debugger, so the session refuses to
+    step on (RecordingStopped) until reset() starts a new trace with the recorder attached again."""
+    from inspector import DebugSession, RecordingStopped
+
+    session = DebugSession(engine)
+    session.add_batch([PROMPT], GREEDY)
+    session.step()
+    session.recorder.on_logits = Raising("on_logits")._raise  # a bug in the recorder, as it were
+    with pytest.raises(RecordingStopped, match="stopped recording after 1 step"):
+        session.step()
+    steps = engine.step_count
+    with pytest.raises(RecordingStopped):
+        session.step()
+    assert engine.step_count == steps  # refused before the engine stepped
+    del session.recorder.on_logits
+    session.reset()
+    session.add_batch([PROMPT], GREEDY)
+    assert session.step() is not None and len(session.trace.steps) == 1

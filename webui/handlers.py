@@ -31,7 +31,7 @@ from typing import Any
 
 import gradio as gr
 
-from inspector import Breakpoint, RunResult, SequenceFinished, Trace, TraceError, load, save
+from inspector import Breakpoint, RecordingStopped, RunResult, SequenceFinished, Trace, TraceError, load, save
 from inspector.views import Selection, fork_label, resolve
 from minillama import ConfigError, InvalidRequestError, ModelLoadError, SamplingParams
 from webui import comparing, forking
@@ -40,7 +40,7 @@ from webui.render import AUTO, render, status_html
 from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager, UISession
 
 log = logging.getLogger("minillama.webui")
-EXPECTED = (InvalidRequestError, LimitReached, SessionEnded, TraceError, ValueError)
+EXPECTED = (InvalidRequestError, LimitReached, RecordingStopped, SessionEnded, TraceError, ValueError)
 # A replay may also refuse the trace's model or settings (ConfigError), or find no memory for
 # the reference copy of the model (ModelLoadError).
 COMPARE_EXPECTED = (*EXPECTED, ConfigError, ModelLoadError)

@@ -20,10 +20,10 @@ from inspector.debug.breakpoints import (
 )
 from inspector.debug.cursor import Cursor
 from inspector.debug.replay import lineage_roots, recorded_top_k, replay
-from inspector.debug.session import DebugSession, RunResult
+from inspector.debug.session import DebugSession, RecordingStopped, RunResult
 
 __all__ = [
     "AtStep", "Breakpoint", "CopyOnWrite", "Cursor", "DebugSession", "EntropyAbove", "Hit", "KVUsageAbove", "Preemption",
-    "PrefixCacheHit", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches", "lineage_roots",
+    "PrefixCacheHit", "RecordingStopped", "RunResult", "SampledProbBelow", "SequenceFinished", "TextMatches", "lineage_roots",
     "recorded_top_k", "replay",
 ]

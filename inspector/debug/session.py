@@ -25,7 +25,13 @@ from inspector.debug.cursor import Cursor
 from inspector.record.recorder import CapturePolicy, Recorder
 from inspector.trace.arguments import ArgumentError, flag, instance, items, optional_whole, shown, whole
 from inspector.trace.model import StepRecord, Trace
-from minillama import InvalidRequestError, LLMEngine, SamplingParams
+from minillama import InvalidRequestError, LLMEngine, MinillamaError, ObserverError, SamplingParams
+
+
+class RecordingStopped(MinillamaError, RuntimeError):
+    """The session's recorder failed inside a step: the engine detached it (ObserverError) and
+    finished the step, so the trace ends before that step. The session steps no further, since
+    steps it could not record would be lost to the debugger; reset() starts a new trace."""
 
 
 @dataclass
@@ -43,6 +49,7 @@ class DebugSession:
         self.recorder = Recorder(engine, policy)  # checks both arguments before it attaches
         engine.add_observer(self.recorder)
         self.cursor = Cursor(self.recorder.trace)
+        self.stopped: str | None = None  # why stepping stopped, once the recorder failed (RecordingStopped)
 
     @property
     def trace(self) -> Trace:
@@ -98,6 +105,9 @@ class DebugSession:
         for seq_id in list(self.engine.sequences):
             self.engine.abort(seq_id)
         self.recorder.clear()
+        if self.recorder not in self.engine.observers:  # detached when it failed (RecordingStopped)
+            self.engine.add_observer(self.recorder)
+        self.stopped = None
         self.cursor = Cursor(self.recorder.trace)
 
     # -- running -------------------------------------------------------------------------------
@@ -160,10 +170,19 @@ class DebugSession:
         """One engine iteration; False when nothing ran (no request left, or none could be
         scheduled). Without a breakpoint to check, a step's record is completed during the
         next step's forward, off the engine's critical path (see inspector/record/recorder.py)."""
+        if self.stopped is not None:
+            raise RecordingStopped(self.stopped)
         if not self.engine.has_unfinished():
             return False
         before = self.recorder.num_steps
-        self.engine.step()
+        try:
+            self.engine.step()
+        except ObserverError as error:
+            if self.recorder in self.engine.observers:  # another observer of the caller's: theirs to handle
+                raise
+            self.stopped = (f"the recorder failed during a step ({error.__cause__!r}) and stopped recording after "
+                            f"{before} step(s); Reset starts a new trace")
+            raise RecordingStopped(self.stopped) from error
         return self.recorder.num_steps > before
 
     # -- time travel ---------------------------------------------------------------------------
