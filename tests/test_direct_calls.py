@@ -108,3 +108,27 @@ def test_a_call_without_a_key_and_an_oversized_body_are_not_laned():
         await door(scope, lambda: asyncio.sleep(0, next(keyless)), send)
         assert statuses == [413, 200] and app.started == [[1]] and door.lanes._lanes == {}
     asyncio.run(scenario())
+
+
+def test_the_drawn_endpoint_reads_a_small_body_whole_and_refuses_a_large_one():
+    """POST /ml-api/drawn (the page has drawn update n): read through read_body, as the lanes are."""
+    async def post(body: bytes) -> tuple[int, list]:
+        heard = []
+        door = FrontDoor(HeldApp(), static_files={}, on_drawn=lambda key, update: heard.append((key, update)),
+                         largest_upload=1024)
+        scope = {"type": "http", "method": "POST", "path": "/ml-api/drawn", "headers": [],
+                 "client": ("10.0.0.9", 1), "app": SimpleNamespace(auth=None)}
+        messages = iter([{"type": "http.request", "body": body[:3], "more_body": True},
+                         {"type": "http.request", "body": body[3:], "more_body": False}])
+        statuses = []
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await door(scope, lambda: asyncio.sleep(0, next(messages)), send)
+        return statuses[0], heard
+
+    assert asyncio.run(post(b'{"key": "k", "update": 3}')) == (200, [("k", 3)])
+    assert asyncio.run(post(b"not json")) == (400, [])
+    assert asyncio.run(post(b"x" * 2000)) == (413, [])

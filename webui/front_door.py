@@ -232,15 +232,11 @@ class FrontDoor:
             self.lanes.leave(key)
 
     async def _drawn(self, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > MAX_DRAWN_BODY:
-                await _respond(send, 413, {"detail": "too large"})
-                return
-            if not message.get("more_body"):
-                break
+        try:
+            body = await read_body(receive, MAX_DRAWN_BODY)
+        except TooLarge:
+            await _respond(send, 413, {"detail": "too large"})
+            return
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
