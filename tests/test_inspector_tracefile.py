@@ -368,3 +368,11 @@ def test_export_chrome_replaces_its_file_whole(trace, tmp_path):
     target.write_text("old")
     export_chrome_trace(trace, target)
     assert json.loads(target.read_text())["traceEvents"] and [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_a_path_ending_in_a_slash_names_a_folder_even_before_it_exists(trace, tmp_path):
+    with pytest.raises(TraceError, match="names a folder"):
+        save(trace, f"{tmp_path}/new/")
+    with pytest.raises(TraceError, match="names a folder"):
+        export_chrome_trace(trace, f"{tmp_path}/new/")
+    assert list(tmp_path.iterdir()) == []

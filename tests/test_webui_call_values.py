@@ -88,3 +88,12 @@ def test_the_log_line_of_a_refusal_is_printable(served, capfd):
     assert "was refused" in answer
     logged = capfd.readouterr().err
     assert "the call to /reset was refused" in logged and "\x1b" not in logged and "\\x1b" in logged
+
+
+def test_a_refusal_quotes_markup_as_text(served):
+    """Gradio shows an error's message as HTML: the value quoted back goes out escaped."""
+    _, url = served
+    caller = Tab(url)
+    probe = "<img src=x onerror=alert(1)>"
+    answer = call(url, "reset", [caller.key, 64, probe, 8, 2048, True, True, "", 10, False])
+    assert "was refused" in answer and "<img" not in answer and "&lt;img src=x onerror=alert(1)&gt;" in answer

@@ -135,6 +135,8 @@ def output_file(value: object) -> Path:
     a device in its place would be replaced by a file, and a missing folder would fail only
     after the work."""
     path = file_path(value)
+    if os.fspath(value).endswith(("/", os.sep)):  # Path drops the slash: "new/" would be a file "new"
+        raise TraceError(f"path {shown(os.fspath(value))} names a folder; give a file name in it")
     if path.is_dir():
         raise TraceError(f"path {shown(str(path))} is not a regular file but a folder; give a file name in it")
     if path.exists() and not path.is_file():
