@@ -64,7 +64,7 @@ def _hostile_model_dirs(root: Path, tiny: Path) -> dict[str, str]:
     """Copies of the tiny model, each with one file made hostile: a pipe or /dev/zero where a
     file is read (a read would block or fill memory), a config.json of a billion layers (the
     modules alone would take hours to make), token ids outside the vocabulary, a chat template
-    that does not compile."""
+    that does not compile, one that loops for hours."""
     made = {}
 
     def copy(name: str) -> Path:
@@ -86,6 +86,8 @@ def _hostile_model_dirs(root: Path, tiny: Path) -> dict[str, str]:
         config = copy(name) / "config.json"
         config.write_text(json.dumps({**json.loads(config.read_text()), **edit}))
     (copy("chat-broken") / "chat_template.jinja").write_text("{% if %}")
+    (copy("chat-loops") / "chat_template.jinja").write_text(
+        "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}")
     return made
 
 
@@ -156,6 +158,8 @@ BAD = {
     "eos-outside-vocab": ("minillama", ["--prompt", "hi", "--model", "{eos-huge}"], "eos_token_id must be a token id in [0, 256)"),
     "chat-template-broken": ("minillama", ["--prompt", "hi", "--chat", "--model", "{chat-broken}"],
                              "this model's chat template failed (TemplateSyntaxError"),
+    "chat-template-loops": ("minillama", ["--prompt", "hi", "--chat", "--model", "{chat-loops}"],
+                            "this model's chat template ran past 2 s (is it looping?); run without chat"),
     "model-unknown-user": ("minillama", ["--prompt", "hi", "--model", "~no-such-user-here/m"], "cannot expand ~"),
     # numbers too large for what is computed from them
     "kv-gb-overflow": ("minillama", [*RUN, "--kv-cache-gb", "1e308"], "kv_cache_memory_gb (--kv-cache-gb) must be a finite number in"),

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from jinja2 import TemplateError
 
 from minillama.config import EngineConfig, ModelConfig
 from minillama.engine.beam_search import BeamGroup
 from minillama.engine.beam_steps import BeamSearchSteps
 from minillama.engine.block_manager import BlockManager
 from minillama.engine.block_pool import BlockPoolSnapshot, cached_flags, snapshot_block_pool
+from minillama.engine.chat_template import render_chat_prompt
 from minillama.engine.detokenizer import IncrementalDetokenizer
 from minillama.engine.in_flight import InFlightStep, placeholder
 from minillama.engine.model_runner import ModelRunner
@@ -259,15 +259,7 @@ class LLMEngine(BeamSearchSteps):
         if self.tokenizer is None:
             raise InvalidRequestError("this model has no tokenizer: pass the prompt as token ids")
         if chat:
-            if not self.tokenizer.chat_template:
-                raise InvalidRequestError("this model's tokenizer has no chat template; run without chat")
-            try:
-                prompt = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-                )
-            except TemplateError as exc:  # the model's own template: a syntax error, or it raised
-                raise InvalidRequestError(f"this model's chat template failed ({type(exc).__name__}: {exc}); "
-                                          "run without chat") from exc
+            prompt = render_chat_prompt(self.tokenizer, prompt)
             return self._within_vocabulary(self.tokenizer.encode(prompt, add_special_tokens=False))
         return self._within_vocabulary(self.tokenizer.encode(prompt))
 
