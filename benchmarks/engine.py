@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.floor import kv_bytes_per_token, measure_peaks, run_floor
-from benchmarks.workloads import CHAT_PROMPTS, config_path, random_prompts, warm_up_prompts
+from benchmarks.workloads import (
+    CHAT_PROMPTS,
+    MAX_REQUESTS,
+    THROUGHPUT_PROMPT_TOKENS,
+    config_path,
+    random_prompts,
+    throughput_prompts,
+    warm_up_prompts,
+)
 from minillama import (
     ASYNC_SCHEDULING,
     BACKEND_NAMES,
@@ -134,43 +142,78 @@ def print_table(title: str, rows: list[Row], floor_seconds: float | None = None)
               f"{ours.tokens / floor_seconds:>10.1f}   minillama at {floor_seconds / ours.seconds:.0%} of the floor")
 
 
+def model_shape(config: str | None) -> ModelConfig:
+    """The benchmarked model's shape: the embedded model's, or --config's (1b, 3b, 8b or a path)."""
+    if config is None:
+        return ModelConfig.from_file(embedded_model_dir() / "config.json")
+    path = config_path(config)
+    if not path.is_file():
+        raise ConfigError(f"--config {config}: no such file; give 1b, 3b, 8b or the path of a config.json")
+    return ModelConfig.from_file(path)  # a malformed file: a ModelLoadError that says what is wrong
+
+
+def fitting_shape(config: str | None, device: torch.device, dtype: torch.dtype) -> ModelConfig:
+    """model_shape(config), refused if its weights do not fit on `device`: checked before HF
+    builds the model, since a config of 10**9 layers would take hours, a huge one all memory."""
+    shape = model_shape(config)
+    check_fits(f"{config or 'the embedded model'}'s weights in {str(dtype).removeprefix('torch.')}",
+               shape.num_parameters * dtype.itemsize, device, ConfigError)
+    return shape
+
+
+def check_context(flag: str, value: int, longest_prompt: int, new_tokens: int, shape: ModelConfig) -> None:
+    """Refuse a workload whose sequences would pass the model's context before anything runs:
+    the engine would stop them at its end and HF would run on past its position table, so the
+    two would not do the same work (and on a CPU a sequence of 100,000 tokens runs for hours)."""
+    context = shape.max_position_embeddings
+    if longest_prompt + new_tokens > context:
+        raise ConfigError(f"{flag} {value}: prompts of up to {longest_prompt:,} tokens and {new_tokens:,} new ones "
+                          f"would pass the model's context of {context:,} tokens")
+
+
 def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     """(HF model, tokenizer or None): the embedded model, or a config with random weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    return load_hf_model(args, device, dtype), hf_tokenizer(args)
+
+
+def hf_tokenizer(args: argparse.Namespace):
+    """The embedded model's tokenizer; None for a --config shape (random weights, token prompts)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir()) if args.config is None else None
+
+
+def load_hf_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """The embedded model, or a config's shape with random weights, as a transformers model."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if args.config is None:
-        path = embedded_model_dir()
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        return hf, AutoTokenizer.from_pretrained(path)
-    path = config_path(args.config)
-    if not path.is_file():
-        raise ConfigError(f"--config {args.config}: no such file; give 1b, 3b, 8b or the path of a config.json")
-    shape = ModelConfig.from_file(path)  # a missing or malformed file: a ModelLoadError that says what is wrong
-    # Before HF builds it: a config of 10**9 layers would take hours, a huge one the whole memory.
-    check_fits(f"{args.config}'s weights in {str(dtype).removeprefix('torch.')}",
-               shape.num_parameters * dtype.itemsize, device, ConfigError)
-    raw = json.loads(path.read_text())
+        return AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=dtype).to(device).eval()
+    fitting_shape(args.config, device, dtype)
+    raw = json.loads(config_path(args.config).read_text())
     raw["eos_token_id"] = None  # random weights: never stop early
     torch.manual_seed(0)
     config = LlamaConfig.from_dict(raw)
     config._attn_implementation = "sdpa"
     with torch.device(device):
-        hf = LlamaForCausalLM(config).to(dtype).eval()
-    return hf, None
+        return LlamaForCausalLM(config).to(dtype).eval()
 
 
 def small_workload(args: argparse.Namespace) -> None:
     """1 prompt, then 8 prompts, of 64 new tokens each: engine vs HF generate."""
     device = EngineConfig(device=args.device).resolved_device()
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    hf, tokenizer = load_hf(args, device, dtype)
-    engine = LLMEngine.from_hf_model(hf, EngineConfig(device=str(device), num_kv_blocks=args.kv_blocks), tokenizer)
-    tune_gc()  # both sides alike (minillama/cli/gc_heap.py)
-    if tokenizer is not None:
-        prompts = [engine.encode_prompt(p, chat=True) for p in CHAT_PROMPTS]
+    shape, tokenizer = fitting_shape(args.config, device, dtype), hf_tokenizer(args)
+    if tokenizer is not None:  # the chat prompts as the model's template wraps them, HF's way and ours
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 return_dict=False) for p in CHAT_PROMPTS]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     else:
-        prompts, pad = random_prompts(8, 32, 96, hf.config.vocab_size, seed=0), 0
+        prompts, pad = random_prompts(8, 32, 96, shape.vocab_size, seed=0), 0
+    check_context("--max-tokens", args.max_tokens, max(map(len, prompts)), args.max_tokens, shape)
+    hf = load_hf_model(args, device, dtype)
+    engine = LLMEngine.from_hf_model(hf, EngineConfig(device=str(device), num_kv_blocks=args.kv_blocks), tokenizer)
+    tune_gc()  # both sides alike (minillama/cli/gc_heap.py)
     print(f"device {device}, dtype {dtype}, torch threads {torch.get_num_threads()}, model "
           f"{args.config or 'embedded SmolLM2-135M-Instruct'}, {args.max_tokens} new tokens per prompt")
     for n in (1, 8):
@@ -188,7 +231,7 @@ def gpu_workload(args: argparse.Namespace) -> None:
     memory it wants for its KV cache."""
     device = torch.device("cuda")
     hf, _ = load_hf(args, device, torch.bfloat16)
-    prompts = random_prompts(args.num_requests, 100, 1024, hf.config.vocab_size, seed=0)
+    prompts = throughput_prompts(args.num_requests, hf.config.vocab_size, seed=0)
     config = EngineConfig(device="cuda", attention=args.attention, max_num_seqs=args.max_num_seqs,
                           max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager,
                           async_scheduling=args.async_scheduling)
@@ -266,11 +309,16 @@ def async_ab(args: argparse.Namespace) -> None:
     for run, overlap in enumerate((True, False, True, False)):
         engine.async_scheduling = overlap
         before = dataclasses.replace(engine.stats)
-        row = time_engine(engine, random_prompts(args.num_requests, 100, 1024, vocab, seed=10 + run), args.output_len)
+        row = time_engine(engine, throughput_prompts(args.num_requests, vocab, seed=10 + run), args.output_len)
         stats = engine.stats
         print(f"async scheduling {'on ' if overlap else 'off'}: {row.tok_per_s:>9,.0f} tok/s in {row.seconds:.2f} s "
               f"(prefill {stats.prefill_seconds - before.prefill_seconds:.2f} s, "
               f"decode {stats.decode_seconds - before.decode_seconds:.2f} s over {stats.decode_steps - before.decode_steps} steps)")
+
+
+# The decode table's steps after each batch's prefill: 5 to settle, 30 timed, 10 split by phase.
+SETTLE_STEPS, TIMED_STEPS, SPLIT_STEPS = 5, 30, 10
+DECODE_TABLE_STEPS = SETTLE_STEPS + TIMED_STEPS + SPLIT_STEPS + 1  # + the prefill's own token
 
 
 class StepTimer(Observer):
@@ -315,23 +363,23 @@ def decode_step_table(args: argparse.Namespace) -> None:
         ids = [engine.add_request(prompt[:-1] + [i], params) for i in range(batch)]
         while any(engine.sequences[i].num_computed_tokens < args.context for i in ids):
             engine.step()  # prefill (shared prefix: mostly cache hits)
-        for _ in range(5):
+        for _ in range(SETTLE_STEPS):
             engine.step()
-        # 30 steps back to back, as a run makes them: with async scheduling a step's host work
+        # TIMED_STEPS steps back to back, as a run makes them: with async scheduling a step's host work
         # runs while the step before computes, so one step timed alone would show only that.
         torch.cuda.synchronize(device)
         start, waited = time.perf_counter(), engine.stats.wait_seconds
-        for _ in range(30):
+        for _ in range(TIMED_STEPS):
             engine.step()
         torch.cuda.synchronize(device)
-        step = (time.perf_counter() - start) / 30
+        step = (time.perf_counter() - start) / TIMED_STEPS
         # With async scheduling: how long the host waited for the GPU each step (0 in order).
-        wait = (engine.stats.wait_seconds - waited) / 30
+        wait = (engine.stats.wait_seconds - waited) / TIMED_STEPS
         kv_bytes = batch * (args.context + 20) * kv_per_token
         floor = (weight_bytes + kv_bytes) / bandwidth
         split = StepTimer()
         engine.add_observer(split)  # an observer makes the engine synchronise after the forward
-        for _ in range(10):
+        for _ in range(SPLIT_STEPS):
             engine.step()
         engine.remove_observer(split)
         print(f"{batch:>6}{step * 1e3:>10.2f}{floor * 1e3:>10.2f}{floor / step:>10.0%}{wait * 1e3:>10.2f}   "
@@ -351,11 +399,12 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--config", default=None, help="1b, 3b, 8b or a config.json path (random weights); default: embedded model")
     parser.add_argument("--device", default=ENGINE.device)
     parser.add_argument("--max-tokens", type=int_at_least(1), default=64, help="small workload: new tokens per prompt")
-    parser.add_argument("--kv-blocks", type=int, default=None)
-    parser.add_argument("--num-requests", type=int_at_least(1), default=256)
+    parser.add_argument("--num-kv-blocks", "--kv-blocks", dest="kv_blocks", type=int, default=None,
+                        help="small workload: the engine's KV blocks (default: the library's)")
+    parser.add_argument("--num-requests", type=int_at_least(1, MAX_REQUESTS), default=256)
     parser.add_argument("--output-len", type=int_at_least(1), default=256)
     parser.add_argument("--peers", default="static,cb", help="GPU peers to run: static, cb, or none")
-    parser.add_argument("--hf-requests", type=int_at_least(1), default=None,
+    parser.add_argument("--hf-requests", type=int_at_least(1, MAX_REQUESTS), default=None,
                         help="--gpu: the HF peers run the first this many requests only (default: all), labelled so")
     parser.add_argument("--attention", default=ENGINE.attention, choices=BACKEND_NAMES)
     # The scheduler's budgets: the library's defaults for the device unless given (on a GPU, 256
@@ -381,26 +430,31 @@ def _main(argv: list[str]) -> None:
                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()
     if args.tensor_parallel_size > 1 and not args.gpu:
         raise ConfigError("--tensor-parallel-size runs the --gpu workload (one GPU against N); add --gpu")
-    if (args.gpu or args.decode_steps or args.async_ab or args.profile) and not torch.cuda.is_available():
+    gpu_run = args.gpu or args.decode_steps or args.async_ab or args.profile
+    if gpu_run:
+        args.config = args.config or "1b"  # the GPU runs' shape unless given
+        shape = model_shape(args.config)
+        if args.decode_steps:
+            check_context("--context", args.context, args.context, DECODE_TABLE_STEPS, shape)
+        else:
+            check_context("--output-len", args.output_len, THROUGHPUT_PROMPT_TOKENS[1], args.output_len, shape)
+        if args.hf_requests is not None and args.hf_requests > args.num_requests:
+            raise ConfigError(f"--hf-requests {args.hf_requests} is more than --num-requests {args.num_requests}")
+    if gpu_run and not torch.cuda.is_available():
         raise ConfigError("--gpu, --decode-steps, --async-ab and --profile need a CUDA GPU, and torch sees none")
     if args.profile:
         from benchmarks.kernel_profile import run
 
-        args.config = args.config or "1b"
         run(args)
     elif args.async_ab:
-        args.config = args.config or "1b"
         async_ab(args)
     elif args.decode_steps:
-        args.config = args.config or "1b"
         decode_step_table(args)
     elif args.gpu and args.tensor_parallel_size > 1:
         from benchmarks.tensor_parallel import scaling_workload
 
-        args.config = args.config or "1b"
         scaling_workload(args)
     elif args.gpu:
-        args.config = args.config or "1b"
         gpu_workload(args)
     else:
         small_workload(args)

@@ -19,7 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.engine import load_hf, time_engine
-from benchmarks.workloads import random_prompts, warm_up_prompts
+from benchmarks.workloads import throughput_prompts, warm_up_prompts
 from minillama import EngineConfig, LLMEngine
 from minillama.cli import tune_gc
 
@@ -64,7 +64,7 @@ def profile_workload(args: argparse.Namespace, engine: LLMEngine, top: int = 14)
     vocab = engine.model_config.vocab_size
     tune_gc()
     time_engine(engine, warm_up_prompts(vocab), 8)
-    prompts = random_prompts(args.num_requests, 100, 1024, vocab, seed=0)
+    prompts = throughput_prompts(args.num_requests, vocab, seed=0)
     with profile(activities=[ProfilerActivity.CUDA]) as profiler:
         row = time_engine(engine, prompts, args.output_len)
     with tempfile.TemporaryDirectory() as folder:

@@ -21,13 +21,13 @@ import torch
 
 from benchmarks import all_reduce
 from benchmarks.engine import Row, load_hf, print_table, time_engine, time_hf_generate
-from benchmarks.workloads import config_path, random_prompts, warm_up_prompts
+from benchmarks.workloads import config_path, throughput_prompts, warm_up_prompts
 from minillama import EngineConfig, LLMEngine, ModelConfig
 
 
 def scaling_workload(args: argparse.Namespace) -> None:
     model_config = ModelConfig.from_file(config_path(args.config))
-    prompts = random_prompts(args.num_requests, 100, 1024, model_config.vocab_size, seed=0)
+    prompts = throughput_prompts(args.num_requests, model_config.vocab_size, seed=0)
     sizes = (args.tensor_parallel_size, 1)  # the split engine first: the table's ratios are against it
     print_all_reduce(sizes[0])
     rows = [run_split(model_config, size, prompts, args) for size in sizes]

@@ -24,9 +24,19 @@ def config_path(name: str) -> Path:
     return found[-1] if found else Path(name)
 
 
+# The throughput workload's prompt lengths, in tokens (shortest, longest).
+THROUGHPUT_PROMPT_TOKENS = (100, 1024)
+MAX_REQUESTS = 16_384  # the --num-requests a workload may ask for: 256 is the measured one
+
+
 def random_prompts(n: int, low: int, high: int, vocab: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(vocab) for _ in range(rng.randint(low, high))] for _ in range(n)]
+
+
+def throughput_prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
+    """The throughput workload's prompts: n of random tokens, each THROUGHPUT_PROMPT_TOKENS long."""
+    return random_prompts(n, *THROUGHPUT_PROMPT_TOKENS, vocab, seed)
 
 
 def warm_up_prompts(vocab: int) -> list[list[int]]:
@@ -34,4 +44,4 @@ def warm_up_prompts(vocab: int) -> list[list[int]]:
     step and a decode batch of 32, so the kernels the timed run needs are compiled (a fresh
     machine has no kernel cache); other prompts than any timed run's (seed 1), so the prefix
     cache serves a timed run nothing."""
-    return random_prompts(32, 100, 1024, vocab, seed=1)
+    return throughput_prompts(32, vocab, seed=1)

@@ -259,6 +259,12 @@ BAD = {
     "bench-async-maybe": ("bench", ["--async-scheduling", "maybe"], "argument --async-scheduling: invalid choice"),
     "bench-tp-0": ("bench", ["--tensor-parallel-size", "0"], "argument --tensor-parallel-size"),
     "bench-tp-no-gpu": ("bench", ["--tensor-parallel-size", "2"], "--tensor-parallel-size runs the --gpu workload"),
+    # lengths past the model's context, refused before anything runs (on any machine)
+    "bench-max-tokens-past-context": ("bench", ["--max-tokens", "100000"], "would pass the model's context of 8,192"),
+    "bench-output-len-past-context": ("bench", ["--gpu", "--output-len", "200000"], "--output-len 200000: prompts of up"),
+    "bench-context-past-context": ("bench", ["--decode-steps", "--context", "131072"], "would pass the model's context"),
+    "bench-requests-huge": ("bench", ["--num-requests", "99999"], "--num-requests: 99999 is too large"),
+    "bench-hf-more-than-requests": ("bench", ["--gpu", "--hf-requests", "300"], "is more than --num-requests 256"),
     # python -m benchmarks.sharing
     "sharing-n-1": ("sharing", ["--n", "1"], "argument --n"),
     "sharing-n-too-many": ("sharing", ["--n", "65"], "n (samples per prompt) must be an integer in [1, 64]"),
