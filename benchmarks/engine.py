@@ -142,6 +142,13 @@ def print_table(title: str, rows: list[Row], floor_seconds: float | None = None)
               f"{ours.tokens / floor_seconds:>10.1f}   minillama at {floor_seconds / ours.seconds:.0%} of the floor")
 
 
+def chat_prompt_ids(tokenizer) -> list[list[int]]:
+    """CHAT_PROMPTS' token ids as the model's chat template wraps them (what the engine's
+    chat=True gives too), known before any model loads."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          return_dict=False) for p in CHAT_PROMPTS]
+
+
 def model_shape(config: str | None) -> ModelConfig:
     """The benchmarked model's shape: the embedded model's, or --config's (1b, 3b, 8b or a path)."""
     if config is None:
@@ -169,11 +176,6 @@ def check_context(flag: str, value: int, longest_prompt: int, new_tokens: int, s
     if longest_prompt + new_tokens > context:
         raise ConfigError(f"{flag} {value}: prompts of up to {longest_prompt:,} tokens and {new_tokens:,} new ones "
                           f"would pass the model's context of {context:,} tokens")
-
-
-def load_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    """(HF model, tokenizer or None): the embedded model, or a config with random weights."""
-    return load_hf_model(args, device, dtype), hf_tokenizer(args)
 
 
 def hf_tokenizer(args: argparse.Namespace):
@@ -204,9 +206,8 @@ def small_workload(args: argparse.Namespace) -> None:
     device = EngineConfig(device=args.device).resolved_device()
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     shape, tokenizer = fitting_shape(args.config, device, dtype), hf_tokenizer(args)
-    if tokenizer is not None:  # the chat prompts as the model's template wraps them, HF's way and ours
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                 return_dict=False) for p in CHAT_PROMPTS]
+    if tokenizer is not None:
+        prompts = chat_prompt_ids(tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     else:
         prompts, pad = random_prompts(8, 32, 96, shape.vocab_size, seed=0), 0
@@ -230,7 +231,7 @@ def gpu_workload(args: argparse.Namespace) -> None:
     The engine runs first and is deleted before the peers run: each side may then take the GPU
     memory it wants for its KV cache."""
     device = torch.device("cuda")
-    hf, _ = load_hf(args, device, torch.bfloat16)
+    hf = load_hf_model(args, device, torch.bfloat16)
     prompts = throughput_prompts(args.num_requests, hf.config.vocab_size, seed=0)
     config = EngineConfig(device="cuda", attention=args.attention, max_num_seqs=args.max_num_seqs,
                           max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.eager,
@@ -299,7 +300,7 @@ def async_ab(args: argparse.Namespace) -> None:
     each, fresh prompts every run (so the prefix cache serves none): the overlap's gain, with
     the lend, the process and the engine the same."""
     device = torch.device("cuda")
-    hf, _ = load_hf(args, device, torch.bfloat16)
+    hf = load_hf_model(args, device, torch.bfloat16)
     engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention))
     del hf
     tune_gc()
@@ -342,7 +343,7 @@ def decode_step_table(args: argparse.Namespace) -> None:
     """Decode step time at batch sizes 1, 16, 64 against the memory-bandwidth floor: every step
     must read all weights once plus each sequence's K/V."""
     device = torch.device("cuda")
-    hf, _ = load_hf(args, device, torch.bfloat16)
+    hf = load_hf_model(args, device, torch.bfloat16)
     engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention, max_num_seqs=256,
                                                       async_scheduling=args.async_scheduling))
     tune_gc()  # both sides alike (minillama/cli/gc_heap.py)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.engine import load_hf, time_engine
+from benchmarks.engine import load_hf_model, time_engine
 from benchmarks.workloads import throughput_prompts, warm_up_prompts
 from minillama import EngineConfig, LLMEngine
 from minillama.cli import tune_gc
@@ -83,7 +83,7 @@ def profile_workload(args: argparse.Namespace, engine: LLMEngine, top: int = 14)
 
 def run(args: argparse.Namespace) -> None:
     """--profile: build the workload's engine as --gpu does (random weights of --config)."""
-    hf, _ = load_hf(args, torch.device("cuda"), torch.bfloat16)
+    hf = load_hf_model(args, torch.device("cuda"), torch.bfloat16)
     engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cuda", attention=args.attention))
     del hf
     torch.cuda.empty_cache()

@@ -33,8 +33,18 @@ import time
 
 import torch
 
-from benchmarks.engine import Row, load_hf, print_table, synchronize, time_hf_batches
-from benchmarks.workloads import CHAT_PROMPTS, random_prompts
+from benchmarks.engine import (
+    Row,
+    chat_prompt_ids,
+    check_context,
+    hf_tokenizer,
+    load_hf_model,
+    model_shape,
+    print_table,
+    synchronize,
+    time_hf_batches,
+)
+from benchmarks.workloads import CHAT_PROMPTS, MAX_REQUESTS, random_prompts
 from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
 from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli, tune_gc
 
@@ -178,6 +188,10 @@ def _best(run, repeats: int = 2) -> Row:
     return min((run() for _ in range(repeats)), key=lambda row: row.seconds)
 
 
+GPU_PROMPT_TOKENS = (256, 1024)  # the GPU workload's random prompts, shortest and longest
+CPU_MAX_TOKENS, GPU_MAX_TOKENS = 32, 128  # --max-tokens unless given
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0; 2 for bad input (one line on stderr); 1 for a bug (minillama/cli/errors.py)."""
     return run_cli(PROG, _main, argv)
@@ -188,7 +202,8 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--gpu", action="store_true", help="Llama-3.2-1B shape, random weights, on a CUDA GPU")
     parser.add_argument("--n", type=int_at_least(2), default=4,
                         help="samples per prompt, the beam width, and forks per request + 1")
-    parser.add_argument("--num-prompts", type=int_at_least(1), default=None, help="default: 8 (CPU), 64 (GPU)")
+    parser.add_argument("--num-prompts", type=int_at_least(1, MAX_REQUESTS), default=None,
+                        help=f"default: 8 (CPU, at most {len(CHAT_PROMPTS)}), 64 (GPU)")
     parser.add_argument("--max-tokens", type=int_at_least(2), default=None, help="default: 32 (CPU), 128 (GPU)")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peer")
     add_debug_flag(parser)
@@ -196,19 +211,22 @@ def _main(argv: list[str]) -> None:
     if args.gpu and not torch.cuda.is_available():
         raise ConfigError("--gpu needs a CUDA GPU, and torch sees none")
     SamplingParams(n=args.n).validate()
+    if not args.gpu and (args.num_prompts or 0) > len(CHAT_PROMPTS):
+        raise ConfigError(f"--num-prompts {args.num_prompts}: the CPU workload has {len(CHAT_PROMPTS)} chat prompts")
+    max_tokens = args.max_tokens or (GPU_MAX_TOKENS if args.gpu else CPU_MAX_TOKENS)
+    args.config = "1b" if args.gpu else None
+    shape, tokenizer = model_shape(args.config), hf_tokenizer(args)
+    if args.gpu:
+        prompts = random_prompts(args.num_prompts or 64, *GPU_PROMPT_TOKENS, shape.vocab_size, seed=0)
+    else:
+        prompts = chat_prompt_ids(tokenizer)[: args.num_prompts or 8]
+    check_context("--max-tokens", max_tokens, max(map(len, prompts)), max_tokens, shape)
     device = torch.device("cuda" if args.gpu else "cpu")
     dtype = torch.bfloat16 if args.gpu else torch.float32
-    args.config = "1b" if args.gpu else None
-    hf, tokenizer = load_hf(args, device, dtype)
+    hf = load_hf_model(args, device, dtype)
     config = EngineConfig(device="cuda", max_num_seqs=256, max_num_batched_tokens=16384) if args.gpu else EngineConfig(device="cpu")
     engine = LLMEngine.from_hf_model(hf, dataclasses.replace(config, enable_prefix_caching=False), tokenizer)
     tune_gc()  # both sides alike (minillama/cli/gc_heap.py)
-    if args.gpu:
-        prompts = random_prompts(args.num_prompts or 64, 256, 1024, hf.config.vocab_size, seed=0)
-        max_tokens = args.max_tokens or 128
-    else:
-        prompts = [engine.encode_prompt(p, chat=True) for p in CHAT_PROMPTS][: args.num_prompts or 8]
-        max_tokens = args.max_tokens or 32
     n = args.n
     print(f"device {device}, {'Llama-3.2-1B shape, random weights' if args.gpu else 'embedded model'}, "
           f"{len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "

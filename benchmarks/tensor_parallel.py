@@ -20,7 +20,7 @@ import gc
 import torch
 
 from benchmarks import all_reduce
-from benchmarks.engine import Row, load_hf, print_table, time_engine, time_hf_generate
+from benchmarks.engine import Row, load_hf_model, print_table, time_engine, time_hf_generate
 from benchmarks.workloads import config_path, throughput_prompts, warm_up_prompts
 from minillama import EngineConfig, LLMEngine, ModelConfig
 
@@ -76,7 +76,7 @@ def time_hf_over_gpus(args: argparse.Namespace, prompts: list[list[int]], size: 
     from accelerate import dispatch_model, infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
-    hf, _ = load_hf(args, torch.device("cuda", 0), torch.bfloat16)
+    hf = load_hf_model(args, torch.device("cuda", 0), torch.bfloat16)
     keep = ["LlamaDecoderLayer"]
     budget = get_balanced_memory(hf, max_memory={i: torch.cuda.mem_get_info(i)[0] for i in range(size)},
                                  no_split_module_classes=keep)

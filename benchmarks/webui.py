@@ -58,6 +58,10 @@ MOVE_AND_WAIT = """async ([n, ids]) => {
 }"""
 
 
+MAX_STEPS = 5_000  # a recording of the embedded model on the CPU: about ten minutes
+MAX_MOVES = 1_000  # each a page update timed in the browser, about a second
+
+
 def record_trace(steps: int) -> Trace:
     """The embedded model on four long prompts in a small KV pool, `steps` steps recorded."""
     engine = LLMEngine.from_pretrained(None, EngineConfig(device="cpu", num_kv_blocks=48, block_size=16))
@@ -110,8 +114,9 @@ def _main(argv: list[str]) -> None:
     add_debug_flag(parser)
     parser.add_argument("--trace", type=path_text, default=None, help="a .mltrace to serve (default: record 300 steps)")
     # A move goes to a step strictly inside the trace: at least 3 steps.
-    parser.add_argument("--steps", type=int_at_least(MIN_STEPS), default=300, help="steps to record when no --trace is given")
-    parser.add_argument("--moves", type=int_at_least(1), default=60, help="slider moves to time")
+    parser.add_argument("--steps", type=int_at_least(MIN_STEPS, MAX_STEPS), default=300,
+                        help="steps to record when no --trace is given")
+    parser.add_argument("--moves", type=int_at_least(1, MAX_MOVES), default=60, help="slider moves to time")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.trace:

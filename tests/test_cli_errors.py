@@ -271,6 +271,11 @@ BAD = {
     "sharing-prompts-0": ("sharing", ["--num-prompts", "0"], "argument --num-prompts"),
     "sharing-tokens-1": ("sharing", ["--max-tokens", "1"], "argument --max-tokens"),
     "sharing-unknown-flag": ("sharing", ["--beams"], "unrecognized arguments: --beams"),
+    "sharing-max-tokens-past-context": ("sharing", ["--max-tokens", "100000"], "would pass the model's context"),
+    "sharing-more-prompts-than-it-has": ("sharing", ["--num-prompts", "9"], "the CPU workload has 8 chat prompts"),
+    "sharing-prompts-huge": ("sharing", ["--num-prompts", "99999999"], "--num-prompts: 99999999 is too large"),
+    "bench-ui-steps-huge": ("bench-ui", ["--steps", "99999999"], "--steps: 99999999 is too large"),
+    "bench-ui-moves-huge": ("bench-ui", ["--moves", "99999"], "--moves: 99999 is too large"),
 }
 
 if not torch.cuda.is_available():  # with a GPU, --profile runs the workload
