@@ -17,6 +17,26 @@
   const isRunning = () => statusElement()?.dataset.running === "1";
   const typingIn = (el) =>
     el && (el.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(el.tagName));
+  // A control that space acts on when it has the focus.
+  const activates = (el) =>
+    Boolean(el?.closest?.("button, a[href], summary, [role=button], [role=tab], [tabindex]:not([tabindex='-1'])"));
+
+  // -- leaving the page ---------------------------------------------------------------------
+  // Reloading or leaving the page while a run streams its updates: Gradio's client closes its
+  // own event stream in its beforeunload listener, and logs the abort it caused as two console
+  // errors ("BodyStreamBuffer was aborted", "Connection errored out") before any listener of
+  // this script (added later) runs. Nothing failed. So those two messages wait for the next
+  // task, by when every beforeunload listener has run: logged then unless the page is leaving
+  // (a stream that breaks while the page stays is still reported); every other error at once.
+  let leaving = false;
+  window.addEventListener("beforeunload", () => { leaving = true; });
+  window.addEventListener("pageshow", () => { leaving = false; }); // back from the bfcache, or a cancelled leave
+  const SELF_ABORTED = /BodyStreamBuffer was aborted|Connection errored out/;
+  const logError = console.error.bind(console);
+  console.error = (...args) => {
+    if (!args.some((arg) => SELF_ABORTED.test(String(arg?.message ?? arg)))) logError(...args);
+    else setTimeout(() => { if (!leaving) logError(...args); }, 0);
+  };
 
   // -- the plots ------------------------------------------------------------------------------
   // Every handler returns all the figures as JSON in the carrier #ml-figures; each is drawn
@@ -194,9 +214,28 @@
     Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(range, String(value));
     range.dispatchEvent(new Event("input", { bubbles: true }));
   };
+  // ◀ / ▶ and the arrow keys: the slider moves in the page at once, one step a press, and its
+  // input event (trigger_mode always_last) sends where it is once the call in flight answers.
+  // Each press reads the slider as the previous press left it, so quick presses add up; a
+  // button calling the server per press would drop those made while its call is in flight.
+  const moveCursor = (delta) => {
+    const range = document.querySelector("#ml-slider input[type=range]");
+    if (!range || range.disabled) return;
+    const target = Math.min(Math.max(Number(range.value) + delta, Number(range.min)), Number(range.max));
+    seekTo(target);
+  };
+  window.mlMoveCursor = moveCursor; // webui/layout.py: the ◀ / ▶ buttons' click
+  // The tabs by key 1-6 (webui/layout.py's order and labels). In a window too narrow for every
+  // tab, Gradio moves the last ones into a "more" menu, as buttons with no id or role=tab: those
+  // are found by their label (indexing the role=tab buttons left keys 4-6 doing nothing).
+  const TABS = [["kv", "KV cache"], ["attention", "Attention"], ["logits", "Next token"], ["lens", "Logit lens"],
+    ["branch", "Branch"], ["compare", "Compare"]];
   const showTab = (n) => {
-    const tabs = document.querySelectorAll("#ml-tabs [role=tab]");
-    if (tabs[n]) tabs[n].click();
+    if (!TABS[n]) return;
+    const [id, label] = TABS[n];
+    const tab = document.getElementById(`ml-tab-${id}-button`) ?? [...document.querySelectorAll("#ml-tabs button")]
+      .find((b) => !b.closest(".visually-hidden") && b.textContent.trim() === label);
+    tab?.click();
   };
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && !help.hidden) {
@@ -204,9 +243,12 @@
       return;
     }
     if (event.altKey || event.ctrlKey || event.metaKey || typingIn(document.activeElement)) return;
+    // A focused control keeps its space: it presses a focused button, opens a section, picks a
+    // tab (it ran the engine instead: a keyboard user could not press Add prompts or Reset).
+    if (event.key === " " && activates(document.activeElement)) return;
     const range = document.querySelector("#ml-slider input[type=range]");
-    if (event.key === "ArrowLeft") press("ml-prev");
-    else if (event.key === "ArrowRight") press("ml-next");
+    if (event.key === "ArrowLeft") moveCursor(-1);
+    else if (event.key === "ArrowRight") moveCursor(1);
     else if (event.key === "Home" && range) seekTo(range.min);
     else if (event.key === "End" && range) seekTo(range.max);
     else if (event.key === " ") press(isRunning() ? "ml-pause" : "ml-run");
@@ -257,5 +299,14 @@
     card.style.left = `${box.left + window.scrollX}px`;
     card.style.top = `${box.bottom + window.scrollY + 4}px`;
     card.hidden = false;
+  });
+
+  // A click with the mouse on a debugger-bar button gives the focus to the page, not to the
+  // button, so space still runs or pauses after a click on Step or Run (a focused button takes
+  // the space for itself, above). The keyboard still reaches and presses every button.
+  document.addEventListener("mousedown", (event) => {
+    if (event.button !== 0 || !event.target.closest?.("#ml-bar-row button")) return;
+    event.preventDefault();
+    document.activeElement?.blur?.();
   });
 })();

@@ -447,3 +447,120 @@ def test_a_fast_drag_lands_where_the_mouse_lets_go_and_key_repeat_trips_no_limit
         wait_for_step(page, let_go)
     assert statuses and set(statuses) == {200}, statuses
     page.context.close()
+
+
+def test_quick_presses_and_a_double_click_move_the_cursor_one_step_each(browser, url):
+    """◀ / ▶ and the arrow keys called the server per press, and Gradio drops a click on a
+    button whose call is in flight: ten quick presses of ← moved the cursor once, a double
+    click on ◀ once. They move the slider in the page now (static/app.js moveCursor)."""
+    page = open_page(browser, url)
+    add_prompts(page, "Tell me about the moon.", max_tokens=24)
+    page.locator("#ml-run").click()
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
+                           timeout=60_000)
+    last = int(page.locator("#ml-slider input[type=number]").input_value())
+    page.locator("#ml-text").click(position={"x": 2, "y": 2})  # focus off any field: the keys go to the page
+    for _ in range(10):
+        page.keyboard.press("ArrowLeft")
+    wait_for_step(page, last - 10)
+    page.locator("#ml-prev").dblclick()
+    wait_for_step(page, last - 12)
+    for _ in range(3):
+        page.locator("#ml-next").click(delay=0, no_wait_after=True)
+    wait_for_step(page, last - 9)
+    page.wait_for_timeout(300)  # nothing still on its way moves it again
+    assert page.locator("#ml-slider input[type=number]").input_value() == str(last - 9)
+    page.context.close()
+
+
+def test_space_presses_the_focused_control_and_range_sliders_show_their_focus(browser, url):
+    """Space is the page's Run / Pause key, but a focused button, section header or tab takes it
+    for itself (it ran the engine instead: a keyboard user could not press Add prompts, open a
+    section or pick a tab). A mouse click on a debugger-bar button leaves no focus on it, so
+    space still runs after clicking Step."""
+    page = open_page(browser, url)
+    page.locator("#ml-prompts textarea").fill("Hi")
+    page.locator("#ml-max-tokens input").fill("3")
+    page.locator("#ml-add").focus()
+    page.keyboard.press(" ")
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('added #0')")
+    assert "0 step(s) recorded" in page.locator("#ml-status").inner_text()  # added, not run
+    page.get_by_role("button", name="Engine (applies at Reset)").focus()
+    page.keyboard.press(" ")
+    playwright_api.expect(page.locator("#ml-kv-blocks input")).to_be_visible()
+    page.locator("#ml-tab-attention-button").focus()
+    page.keyboard.press(" ")
+    playwright_api.expect(page.locator("#ml-tab-attention-button")).to_have_attribute("aria-selected", "true")
+    page.locator("#ml-step").click()
+    wait_for_step(page, 0)
+    page.keyboard.press(" ")  # after a click on Step, space is still Run
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
+                           timeout=30_000)
+    for slider in ("#ml-slider", "#ml-layer"):  # a range focused from the keyboard is outlined
+        page.locator(f"{slider} input[type=range]").focus()
+        page.keyboard.press("Shift+Tab")
+        page.keyboard.press("Tab")
+        assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") != "none", slider
+    page.context.close()
+
+
+# Every visible control lying outside the window (html clips the page at its edge, so such a
+# control cannot be reached), skipping Gradio's visually hidden copies and panes that scroll
+# sideways, and any two debugger-bar controls that overlap.
+OUT_OF_REACH = """(width) => {
+    const outside = [];
+    for (const el of document.querySelectorAll('button, input, textarea, select, summary')) {
+        const box = el.getBoundingClientRect();
+        if (!box.width || !box.height || el.type === 'file' || el.closest('.visually-hidden, .ml-hidden, [hidden]')) continue;
+        let pane = el.parentElement;
+        while (pane && !(getComputedStyle(pane).overflowX.match(/auto|scroll/) && pane.scrollWidth > pane.clientWidth)) {
+            pane = pane.parentElement;
+        }
+        if (!pane && (box.right > width + 1 || box.left < -1)) outside.push(el.closest('[id]')?.id + ' ' + el.textContent.trim());
+    }
+    const bar = ['ml-step', 'ml-run', 'ml-run-bp', 'ml-pause', 'ml-reset', 'ml-prev', 'ml-slider', 'ml-next']
+        .map(id => [id, document.getElementById(id).getBoundingClientRect()]);
+    const overlaps = bar.flatMap(([a, r], i) => bar.slice(i + 1).filter(([, s]) =>
+        r.left < s.right - 1 && s.left < r.right - 1 && r.top < s.bottom - 1 && s.top < r.bottom - 1).map(([b]) => a + '/' + b));
+    return [outside, overlaps];
+}"""
+
+
+@pytest.mark.parametrize("width", [375, 800, 1024, 2560])
+def test_every_control_stays_in_the_window_at_any_width(browser, url, width):
+    """The columns kept their desktop widths in a narrow window: at 375 px the whole debugger
+    bar lay past the window's edge, clipped out of reach (the page hides its horizontal
+    overflow); below 1280 px, parts of it. Narrow windows stack the columns (static/app.css).
+    The tab keys (1-6) counted only the tabs Gradio shows, not those in its "more tabs" menu."""
+    page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+    page.goto(url)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    page.wait_for_timeout(300)  # Gradio measures the tabs that fit
+    outside, overlaps = page.evaluate(OUT_OF_REACH, width)
+    assert not outside and not overlaps, (outside, overlaps)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+    # Key 6 shows the last tab, also where it sits in Gradio's "more tabs" menu (below 1200 px).
+    page.keyboard.press("6")
+    playwright_api.expect(page.locator("#ml-compare-alone")).to_be_visible()
+    page.context.close()
+
+
+def test_reloading_in_the_middle_of_a_run_logs_no_console_error(browser, url):
+    """Reloading while a run streams: Gradio's client closed its own stream as the page left
+    and logged that abort as two console errors; the page no longer logs them (static/app.js,
+    "leaving the page"), and the new page starts a session of its own, empty."""
+    page = open_page(browser, url)
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    add_prompts(page, "Write a long story about a dragon.", max_tokens=300)
+    page.locator("#ml-run").click()
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '1'", timeout=30_000)
+    for _ in range(3):  # presses while the run is in flight change nothing
+        page.locator("#ml-step").click(no_wait_after=True)
+        page.locator("#ml-run").click(no_wait_after=True)
+    page.reload()
+    page.wait_for_function("() => document.querySelector('#ml-text')?.textContent.includes('No step yet')")
+    page.wait_for_timeout(500)
+    assert errors == []
+    page.context.close()

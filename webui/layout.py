@@ -175,6 +175,9 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                 # field's value, so no value can race the click.
                 fork_click = gr.Textbox(visible="hidden", elem_id="ml-fork-click")
                 fork_click_go = gr.Button(visible="hidden", elem_id="ml-fork-click-go")
+                # The server's prev / next, for API clients (the page's ◀ / ▶ move the slider itself).
+                prev_api = gr.Button(visible="hidden", elem_id="ml-prev-api")
+                next_api = gr.Button(visible="hidden", elem_id="ml-next-api")
 
         panels = dict(status=status, slider=slider, text=text, figures=figures, tables=tables, details=details,
                       forks=forks, branch=branch, seq=seq, layer=layer, head=head)
@@ -201,8 +204,14 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         reset.click(handlers.reset, [key, kv_blocks, block_size, max_num_seqs, max_batched, prefix_caching,
                                      attention, traced, logits_k, lens], outputs, api_name="reset")
         slider.input(handlers.seek, [key, slider], trigger_mode="always_last", api_name="seek", **quiet)
-        prev.click(handlers.prev, [key], api_name="prev", **quiet)
-        nxt.click(handlers.next, [key], api_name="next", **quiet)
+        # ◀ / ▶ move the slider in the page, one step a click (static/app.js): a click on a
+        # button whose call is in flight is dropped by Gradio, so a double click or quick
+        # presses of an arrow key moved the cursor once. The slider's own event (always_last)
+        # then sends where it ended. The server's prev/next stay for API clients.
+        prev.click(None, js="() => window.mlMoveCursor?.(-1)")
+        nxt.click(None, js="() => window.mlMoveCursor?.(1)")
+        prev_api.click(handlers.prev, [key], api_name="prev", **quiet)
+        next_api.click(handlers.next, [key], api_name="next", **quiet)
         for control in (seq, head, full):
             control.input(handlers.select, [key, seq, layer, head, full], trigger_mode="always_last", **quiet)
         layer.release(handlers.select, [key, seq, layer, head, full], api_name="select", **quiet)
