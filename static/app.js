@@ -279,7 +279,9 @@
     press("ml-fork-click-go");
   });
 
-  // Hovering an output token shows how likely it was: probability, rank and entropy.
+  // Hovering a token of the Text panel shows where it is and its id; an output token also how
+  // likely it was (probability, rank, entropy). The panel carries these as data-* attributes
+  // (inspector/views/text_panel.py), not as titles: it is sent anew on every cursor move.
   const card = document.createElement("div");
   card.id = "ml-token-card";
   card.hidden = true;
@@ -287,14 +289,16 @@
   if (document.body) mount();
   else document.addEventListener("DOMContentLoaded", mount);
   document.addEventListener("mouseover", (event) => {
-    const chip = event.target.closest?.(".tok[data-prob]");
+    const chip = event.target.closest?.(".tok[data-id]");
     if (!chip) {
       card.hidden = true;
       return;
     }
-    const p = Number(chip.dataset.prob);
-    card.textContent =
-      `p = ${p.toFixed(3)} · rank ${chip.dataset.rank} · entropy ${Number(chip.dataset.entropy).toFixed(2)} nats`;
+    const { prob, rank, entropy, step, pos, id } = chip.dataset;
+    const where = step !== undefined ? `sampled at step ${step}` : `prompt position ${pos}`;
+    const likely = prob !== undefined
+      ? `p = ${Number(prob).toFixed(3)} · rank ${rank} · entropy ${Number(entropy).toFixed(2)} nats · ` : "";
+    card.textContent = `${likely}${where} · token id ${id}`;
     const box = chip.getBoundingClientRect();
     card.style.left = `${box.left + window.scrollX}px`;
     card.style.top = `${box.bottom + window.scrollY + 4}px`;

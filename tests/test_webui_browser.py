@@ -244,7 +244,11 @@ def test_hovering_an_output_token_shows_its_probability(browser, url):
     page.locator("#ml-text .tok[data-prob]").first.hover()
     card = page.locator("#ml-token-card")
     playwright_api.expect(card).to_be_visible()
-    assert re.match(r"p = [01]\.\d{3} · rank \d+ · entropy", card.inner_text())
+    assert re.fullmatch(r"p = [01]\.\d{3} · rank \d+ · entropy \d+\.\d\d nats · sampled at step \d+ · token id \d+",
+                        card.inner_text())
+    # A prompt token: where it is and its id (the panel sends them as data-*, not as titles).
+    page.locator("#ml-text .mlv-tokens > .tok-prompt[data-id]").first.hover()
+    playwright_api.expect(card).to_have_text(re.compile(r"prompt position \d+ · token id \d+"))
     page.context.close()
 
 

@@ -3,10 +3,11 @@
 One block per sequence, in id order: "#id", its status at the cursor (a coloured badge), then
 one chip per token. Prompt chips are grey; output chips are tinted with the sequence's colour
 and appear only once sampled, so moving the cursor back "un-generates" text. The chip of the
-token sampled at the cursor step is outlined (class tok-current). Hovering an output chip shows
-how sure the model was: the token's probability, its rank among all tokens, and the entropy of
-the distribution it was drawn from (data-prob, data-rank, data-entropy carry the same numbers
-for scripts).
+token sampled at the cursor step is outlined (class tok-current). Hovering a chip in the page
+shows its position or step and its token id, and for an output chip how sure the model was:
+the token's probability, its rank among all tokens, and the entropy of the distribution it was
+drawn from. The chips carry these as data-* attributes (data-pos or data-step, data-id,
+data-prob, data-rank, data-entropy), for the page's hover card and for scripts.
 
 Seeing the text as chips, not as a string, shows what the model actually sees: " Paris" is one
 token with its leading space, a word may be several tokens, "\n" is a token of its own.
@@ -143,7 +144,8 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     body = "".join(prompt) + "".join(output)
     classes = "mlv-seq" + (" mlv-pruned" if pruned is not None else "")
     indent = f"margin-left:{min(depth, MAX_INDENT) * INDENT_PX}px;" if depth else ""
-    return (f'<div class="{classes}" data-seq="{seq_id}" style="{indent}border-left-color:{sequence_color(seq_id)}">{head}'
+    style = f"{indent}border-left-color:{sequence_color(seq_id)};--mlv-tint:{seq_background(seq_id, 0.22)}"
+    return (f'<div class="{classes}" data-seq="{seq_id}" style="{style}">{head}'
             f'<div class="mlv-tokens">{body}</div></div>')
 
 
@@ -186,33 +188,30 @@ def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, inheri
         parent = trace.sequences[seq_id].parent_id
         title = f"position {position} · token id {token_id} · inherited from #{parent} at the fork"
         return _chip(piece, token_id, "tok tok-prompt tok-inherited", f'title="{title}"')
-    title = f"prompt position {position} · token id {token_id}"
-    return _chip(piece, token_id, "tok tok-prompt", f'title="{title}"')
+    # The page's hover card says "prompt position 12 · token id 791" from these (static/app.js).
+    return _chip(piece, token_id, "tok tok-prompt", f'data-pos="{position}" data-id="{token_id}"')
 
 
 def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str, index: int) -> str:
     token = trace.steps[step].token_of(seq_id)
     classes = "tok tok-out" + (" tok-current" if step == index else "")
-    style = f'style="background:{seq_background(seq_id, 0.22)}"'
-    # data-step: the step that sampled it (static/app.js moves the cursor there on a click).
-    attributes = f'{style} data-step="{step}" {_hover(token, token_id, step)}'
+    # data-step: the step that sampled it (static/app.js moves the cursor there on a click). Its
+    # tint is the sequence block's --mlv-tint: one style a sequence, not one a chip.
+    attributes = f'data-step="{step}" data-id="{token_id}" {_hover(token)}'
     if not text and token is not None and token.finish_reason == "stop":
         # The end-of-sequence token: no text of its own, it is why the sequence stopped.
         return f'<span class="{classes} tok-id" {attributes}>⟨eos⟩</span>'
     return _chip(text, token_id, classes, attributes)
 
 
-def _hover(token: TokenRecord | None, token_id: int, step: int) -> str:
-    """The chip's data-* attributes and title: how likely the model found this token."""
-    where = f"sampled at step {step} · token id {token_id}"
+def _hover(token: TokenRecord | None) -> str:
+    """The chip's data-* attributes: how likely the model found this token, which the page's
+    hover card shows with the step and the token id (static/app.js). A chip is sent on every
+    cursor move, hundreds of them, so the numbers are written once, not again in a title."""
     if token is None or token.logits is None:
-        return f'title="{where} · logits not recorded"'
+        return 'title="logits not recorded"'
     g = token.logits
-    stats = f"p={g.sampled_prob:.3f} rank {g.sampled_rank} entropy {g.entropy:.2f}"
-    return (
-        f'data-prob="{g.sampled_prob:.4f}" data-rank="{g.sampled_rank}" data-entropy="{g.entropy:.3f}" '
-        f'title="{stats} · {where}"'
-    )
+    return f'data-prob="{g.sampled_prob:.4f}" data-rank="{g.sampled_rank}" data-entropy="{g.entropy:.3f}"'
 
 
 def _chip(piece: str, token_id: int, classes: str, attributes: str) -> str:
