@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 
 from minillama.errors import ConfigError, ModelLoadError
-from minillama.model_files import read_small_text
+from minillama.model_files import read_json_object
 from minillama.ops.attention import BACKEND_NAMES
 from minillama.values import as_int, as_number, is_int
 
@@ -64,21 +63,25 @@ class ModelConfig:
         for anything this engine cannot run. Every size is checked here, before a tensor is
         made: a negative or boolean size would otherwise surface as a torch error deep inside
         the model's construction ("negative dimension -1280")."""
+        field = FieldReader(raw, "config.json")
         archs = raw.get("architectures") or ["LlamaForCausalLM"]
+        if not isinstance(archs, list):  # `in` would find the name inside a string, or fail on a number
+            raise ModelLoadError(f"config.json: architectures must be a list of class names, got {archs!r}")
         if raw.get("model_type", "llama") != "llama" or "LlamaForCausalLM" not in archs:
             raise ModelLoadError(
-                f"unsupported architecture {archs} (model_type={raw.get('model_type')!r}); "
+                f"unsupported architecture {archs!r} (model_type={raw.get('model_type')!r}); "
                 "minillama runs Llama-architecture models (LlamaForCausalLM) only"
             )
         for flag in ("attention_bias", "mlp_bias"):
-            if raw.get(flag):
+            if field.flag(flag, default=False):
                 raise ModelLoadError(
                     f"config.json sets {flag}=true: biases on the {_BIASED[flag]}, which minillama does not "
                     "implement (Llama-3 checkpoints have none)"
                 )
         if raw.get("hidden_act", "silu") != "silu":
             raise ModelLoadError(f"unsupported hidden_act {raw.get('hidden_act')!r} (expected silu)")
-        field = FieldReader(raw, "config.json")
+        for name in ("torch_dtype", "dtype"):
+            field.torch_dtype(name)
         hidden, heads = field.size("hidden_size"), field.size("num_attention_heads")
         kv_heads = field.size("num_key_value_heads", default=heads)
         if heads % kv_heads:
@@ -119,15 +122,9 @@ class ModelConfig:
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
         try:
-            raw = json.loads(read_small_text(path))
+            raw = read_json_object(path)
         except FileNotFoundError as exc:
             raise ModelLoadError(f"{path} is missing: a model directory needs config.json") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
-        except OSError as exc:  # a directory named config.json, no permission to read it, ...
-            raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ModelLoadError(f"{path} does not hold a JSON object")
         return cls.from_dict(raw)
 
 
@@ -157,6 +154,17 @@ class FieldReader:
         if not isinstance(value, bool):  # bool("false") is True: a string must not pass
             raise ModelLoadError(f"{self.where}: {name} must be true or false, got {value!r}")
         return value
+
+    def torch_dtype(self, name: str) -> None:
+        """Check a dtype field (torch_dtype, dtype): the engine computes in its own dtype
+        (EngineConfig.dtype), but transformers' tokenizer loader reads config.json too and does
+        getattr(torch, value), which fails on a name torch does not have with a message that
+        names neither the file nor the field."""
+        value = self.raw.get(name)
+        if value is None or value == "auto" or isinstance(value, torch.dtype):  # a transformers config's to_dict()
+            return
+        if not isinstance(value, str) or not isinstance(getattr(torch, value, None), torch.dtype):
+            raise ModelLoadError(f"{self.where}: {name} must name a torch dtype (float32, bfloat16, ...), got {value!r}")
 
     def token_ids(self, name: str, vocab_size: int) -> tuple[int, ...]:
         """A token id or a list of them (eos_token_id may be either), each in [0, vocab_size);

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,10 +33,11 @@ from minillama.config import FieldReader, ModelConfig
 from minillama.errors import ModelLoadError
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.rotary import RotaryEmbedding
-from minillama.model_files import check_model_directory, expand_user, read_small_text, require_regular_file
+from minillama.model_files import check_model_directory, expand_user, read_json_object, require_regular_file
 from minillama.ops.table import Ops
 from minillama.parallel.shard import WHOLE_MODEL, Shard
-from minillama.parallel.weights import rank_slice
+from minillama.parallel.weights import rank_shape, rank_slice
+from minillama.values import is_real
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,10 +75,7 @@ def safetensors_files(path: Path) -> list[Path]:
     """The weight files of a model directory; refuse pickled or missing weights."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(read_small_text(index))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:
-            raise ModelLoadError(f"{index} is corrupt: {exc}") from exc
+        weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise ModelLoadError(f"{index} is corrupt: its weight_map must map tensor names to file names")
         # Shards are files of this folder: a name like "../x" or "/etc/y" would read outside it.
@@ -104,16 +104,59 @@ def safetensors_files(path: Path) -> list[Path]:
     raise ModelLoadError(f"{path} has no *.safetensors weight files")
 
 
-def read_safetensors(files: Iterable[Path], shard: Shard = WHOLE_MODEL) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor of the files; for a tensor-parallel rank, only its slice of
-    each, read from the file without the rest (minillama/parallel/weights.py)."""
+# The safetensors dtypes whose values are the weights themselves, converted to the engine's dtype
+# on copy. Integers and booleans are no weights, and fp8 or int8 checkpoints are quantized: their
+# values are multiplied by scales stored beside them (weight_scale), which this engine does not
+# apply, so reading them as the weights would silently make another model.
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A checkpoint tensor whose header has been read but not its data: load_hf_weights checks
+    its dtype and shape against the model before `read` allocates it, so a header claiming a
+    tensor of a billion rows (a sparse file costs no disk) is refused, not read."""
+
+    source: str  # the file it is in, for messages
+    shape: tuple[int, ...]  # what `read` returns (a tensor-parallel rank's slice: its slice's)
+    dtype: str  # safetensors' name: "F32", "BF16", "I8", "F8_E4M3", ...
+    read: Callable[[], torch.Tensor]
+
+
+def in_memory(tensors: Iterable[tuple[str, torch.Tensor]], source: str) -> Iterator[tuple[str, StoredTensor]]:
+    """Tensors already in memory (a transformers model's state dict) as StoredTensors."""
+    for name, tensor in tensors:
+        dtype = _SAFETENSORS_DTYPES.get(tensor.dtype, str(tensor.dtype).removeprefix("torch."))
+        yield name, StoredTensor(source, tuple(tensor.shape), dtype, lambda tensor=tensor: tensor)
+
+
+def read_safetensors(files: Iterable[Path], shard: Shard = WHOLE_MODEL) -> Iterator[tuple[str, StoredTensor]]:
+    """(name, tensor not read yet) for every tensor of the files; for a tensor-parallel rank, the
+    read gives only its slice of each, read from the file without the rest
+    (minillama/parallel/weights.py). Each file stays open until its last tensor has been taken."""
     for file in files:
         try:
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name) if shard.world == 1 else rank_slice(f, name, shard)
+                    header = f.get_slice(name)
+                    yield name, StoredTensor(str(file), rank_shape(name, tuple(header.get_shape()), shard),
+                                             header.get_dtype(), _reader(f, file, name, shard))
         except Exception as exc:  # whatever a damaged file makes the parser raise
             raise ModelLoadError(f"cannot read weights from {file}: {exc}") from exc
+
+
+def _reader(f, file: Path, name: str, shard: Shard) -> Callable[[], torch.Tensor]:
+    """Reads tensor `name` of the open file `f` (its rank's slice), or raises ModelLoadError: the
+    read runs in load_hf_weights, outside read_safetensors' handler."""
+    def read() -> torch.Tensor:
+        try:
+            return f.get_tensor(name) if shard.world == 1 else rank_slice(f, name, shard)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read tensor {name!r} from {file}: {exc}") from exc
+    return read
 
 
 # -- building the model and filling it ---------------------------------------------------------
@@ -145,8 +188,11 @@ def build_model(
                       config.num_parameters * dtype.itemsize // shard.world, device, ModelLoadError)
     with torch.device("meta"), _default_dtype(dtype):
         model = LlamaForCausalLM(config, max_position, ops, shard)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    memory.check_fits(f"the model's weights in {str(dtype).removeprefix('torch.')}", weight_bytes, device, ModelLoadError)
+    # The exact count, with the buffers: RoPE's tables grow with max_position (the context an
+    # engine is given, up to config.json's max_position_embeddings), 8 GiB for 2**31 positions.
+    nbytes = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+    memory.check_fits(f"the model's weights in {str(dtype).removeprefix('torch.')} and its RoPE tables for "
+                      f"{max_position:,} positions", nbytes, device, ModelLoadError)
     model = model.to_empty(device=device)  # untouched memory: it costs nothing until written
     model.tie_weights()  # to_empty gives each parameter its own storage, untying them
     if device.type == "cpu":
@@ -154,7 +200,18 @@ def build_model(
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.compute_tables(device)
+            _check_rope_tables(module)
     return model.eval()
+
+
+def _check_rope_tables(rotary: RotaryEmbedding) -> None:
+    """Refuse RoPE angles that are not finite: a rope_theta far below 1 or a scaling factor near
+    0 passes every range check yet makes a frequency overflow float32, and cos(inf) is NaN, so
+    every attention score would be NaN."""
+    if not (torch.isfinite(rotary.cos).all() and torch.isfinite(rotary.sin).all()):
+        scaling = "" if rotary.scaling is None else f" with {rotary.scaling.kind} scaling by {rotary.scaling.factor:g}"
+        raise ModelLoadError(f"config.json: rope_theta {rotary.theta:g}{scaling} makes RoPE's angles overflow "
+                             "float32 (NaN attention); real models set 10000 and above")
 
 
 def _place_on_huge_pages(model: LlamaForCausalLM) -> None:
@@ -170,36 +227,70 @@ def _place_on_huge_pages(model: LlamaForCausalLM) -> None:
         p.data = flat[offset : offset + p.numel()].view(p.shape)
 
 
-def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Copy Hugging Face-named tensors into `model`, stacking q/k/v and gate/up."""
+def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, StoredTensor]]) -> None:
+    """Copy Hugging Face-named tensors into `model`, stacking q/k/v and gate/up. Each is checked
+    before it is read (a name of the model, once only, a float dtype, the shape config.json
+    implies) and after it is copied (finite in the model's dtype)."""
     params = dict(model.named_parameters())
-    loaded: set[str] = set()
+    loaded: dict[str, str] = {}  # checkpoint name -> the file it came from
     for name, tensor in tensors:
+        if name in loaded:  # shards that disagree: whichever came last would silently win
+            raise ModelLoadError(f"checkpoint tensor {name!r} is in both {loaded[name]} and {tensor.source}")
+        loaded[name] = tensor.source
         if name == "lm_head.weight" and model.config.tie_word_embeddings:
             continue  # tied: the LM head is the embedding matrix
-        target, part = name, None
-        for hf_suffix, (our_suffix, index) in STACKED.items():
-            if name.endswith(hf_suffix):
-                target, part = name[: -len(hf_suffix)] + our_suffix, index
+        target, part = _target(name)
         if target not in params:
             if "rotary_emb" in name:  # some checkpoints store RoPE tables; they are recomputed
                 continue
-            raise ModelLoadError(f"checkpoint tensor {name!r} matches no parameter of a Llama model")
+            raise ModelLoadError(f"checkpoint tensor {name!r} in {tensor.source} matches no parameter of a Llama model")
         param = params[target]
         destination = param.data if part is None else _stacked_part(model, target, param.data, part)
-        if destination.shape != tensor.shape:
-            raise ModelLoadError(
-                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, config.json implies "
-                f"{tuple(destination.shape)}"
-            )
-        destination.copy_(tensor)
-        loaded.add(name if part is None else f"{target}#{part}")
+        _check_stored(name, tensor, tuple(destination.shape))
+        destination.copy_(tensor.read())
+        _check_finite(name, tensor, destination)
     expected = {n for n in params if n not in _stacked_targets(params)} | {
         f"{n}#{i}" for n in _stacked_targets(params) for i in range(3 if "qkv" in n else 2)
     }
-    missing = sorted(expected - loaded)
+    copied = {target if part is None else f"{target}#{part}" for target, part in map(_target, loaded)}
+    missing = sorted(expected - copied)
     if missing:
         raise ModelLoadError(f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+
+
+def _target(name: str) -> tuple[str, int | None]:
+    """The parameter checkpoint tensor `name` goes into, and its part of a stacked one (None: all of it)."""
+    for hf_suffix, (our_suffix, index) in STACKED.items():
+        if name.endswith(hf_suffix):
+            return name[: -len(hf_suffix)] + our_suffix, index
+    return name, None
+
+
+def _check_stored(name: str, tensor: StoredTensor, shape: tuple[int, ...]) -> None:
+    """Refuse a tensor of another dtype than FLOAT_DTYPES or of a shape other than `shape`,
+    from its header alone."""
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ModelLoadError(
+            f"checkpoint tensor {name!r} in {tensor.source} is {tensor.dtype}; minillama reads weights stored as "
+            f"{', '.join(sorted(FLOAT_DTYPES))} (quantized checkpoints, int8 or fp8 with scales, are not supported)"
+        )
+    if tensor.shape != shape:
+        raise ModelLoadError(
+            f"checkpoint tensor {name!r} in {tensor.source} has shape {tensor.shape}, config.json implies {shape}"
+        )
+
+
+def _check_finite(name: str, tensor: StoredTensor, copied: torch.Tensor) -> None:
+    """Refuse a weight holding NaN or an infinity (or a value beyond the engine's dtype, which
+    the copy made infinite): every logit computed from it would be NaN, and the model would
+    answer garbage with no error. One sum in float32 finds any (a NaN or an infinity makes the
+    sum so) without a temporary of the tensor's size; finite weights never sum past float32's
+    3.4e38."""
+    if not torch.isfinite(copied.sum(dtype=torch.float32)):
+        raise ModelLoadError(
+            f"checkpoint tensor {name!r} in {tensor.source} holds NaN or infinite values "
+            f"(in {str(copied.dtype).removeprefix('torch.')}); the checkpoint is corrupt"
+        )
 
 
 def _stacked_targets(params: dict[str, torch.nn.Parameter]) -> set[str]:
@@ -235,24 +326,25 @@ def load_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerBase
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:
         # transformers reads config.json and the tokenizer files with parsers and validators
         # of its own (huggingface_hub's strict dataclasses among them), each raising its own
         # types: whatever a malformed file makes them raise is a model that cannot load.
         raise ModelLoadError(f"cannot load the tokenizer from {path}: {type(exc).__name__}: {exc}") from exc
+    # transformers takes tokenizer_config.json's model_max_length as it is, and compares every
+    # encoded prompt's length with it: a string would fail each request with a TypeError.
+    if not is_real(tokenizer.model_max_length):
+        raise ModelLoadError(f"{path / 'tokenizer_config.json'}: model_max_length must be a number, "
+                             f"got {tokenizer.model_max_length!r}")
+    return tokenizer
 
 
 def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
     """End-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's."""
     generation_config = path / "generation_config.json"
     if generation_config.exists():
-        try:
-            raw = json.loads(read_small_text(generation_config))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
-            raise ModelLoadError(f"{generation_config} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ModelLoadError(f"{generation_config} does not hold a JSON object")
+        raw = read_json_object(generation_config)
         eos = FieldReader(raw, generation_config.name).token_ids("eos_token_id", config.vocab_size)
         if eos:
             return eos

@@ -3,18 +3,38 @@
 Every file the loader, or transformers' tokenizer loader, opens must be a regular file: a named
 pipe would block the read for ever, and /dev/zero (a config.json linked to it) would be read
 until memory runs out. The small files (JSON, the tokenizer's) are read only up to a size far
-above any real one's; the weights are memory-mapped by safetensors, which checks their header.
+above any real one's, and a JSON file only with a bounded count of objects and arrays: parsed,
+each costs some 60 bytes, so 64 MiB of `{},{},...` would take over a gigabyte in every parser
+that reads it (this one, then transformers'). The weights are memory-mapped by safetensors,
+which checks their header; the loader checks each tensor's dtype and shape before reading it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from minillama.errors import ModelLoadError
 
-# Llama-3's tokenizer.json, the largest small file of a model directory, is 9 MB.
-MAX_SMALL_FILE_BYTES = 64 * 2**20
+# The most bytes a small file may take, by name: far above any real one's. Llama-3's
+# tokenizer.json is 9 MB (the largest file of its kind); a config.json or
+# generation_config.json is a few KB; a sharded checkpoint's index names every tensor, about
+# 100 KB for Llama-3-405B.
+MAX_TOKENIZER_BYTES = 64 * 2**20
+MAX_SMALL_FILE_BYTES = {
+    "tokenizer.json": MAX_TOKENIZER_BYTES, "vocab.json": MAX_TOKENIZER_BYTES, "merges.txt": MAX_TOKENIZER_BYTES,
+    "tokenizer.model": MAX_TOKENIZER_BYTES, "tokenizer_config.json": 16 * 2**20,
+    "model.safetensors.index.json": 16 * 2**20,
+}
+MAX_CONFIG_BYTES = 2**20  # every other small file (config.json, generation_config.json, ...)
+# The most objects and arrays one JSON file may hold. Llama-3's tokenizer.json holds some 300k
+# (a list per merge); Gemma's, with twice the vocabulary, some 600k.
+MAX_JSON_CONTAINERS = 2**21
+# The deepest a JSON file this loader parses may nest: a real config nests 3 levels; a deeper
+# one would exhaust the recursion of whatever walks it next (transformers copies configs).
+MAX_JSON_DEPTH = 32
 # What a model directory may hold that something opens and reads whole.
 SMALL_FILES = (
     "config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
@@ -39,33 +59,72 @@ def require_regular_file(path: Path) -> None:
         raise ModelLoadError(f"{path} is {kind}: a model directory's files must be regular files")
 
 
+def max_bytes(path: Path) -> int:
+    return MAX_SMALL_FILE_BYTES.get(path.name, MAX_CONFIG_BYTES)
+
+
 def check_small_file(path: Path) -> None:
-    """A regular file of at most MAX_SMALL_FILE_BYTES, or ModelLoadError."""
+    """A regular file of at most max_bytes(path), or ModelLoadError."""
     require_regular_file(path)
-    size = path.stat().st_size
-    if size > MAX_SMALL_FILE_BYTES:
-        raise ModelLoadError(f"{path} is {size:,} bytes, over the {MAX_SMALL_FILE_BYTES:,} a model's "
-                             "configuration or tokenizer file may take")
+    size, limit = path.stat().st_size, max_bytes(path)
+    if size > limit:
+        raise ModelLoadError(f"{path} is {size:,} bytes, over the {limit:,} a model's {path.name} may take")
 
 
-def read_small_text(path: Path) -> str:
-    """The UTF-8 text of a small file, checked first (check_small_file). Raises FileNotFoundError
-    for a missing file (callers name what is missing), UnicodeDecodeError for another encoding."""
+def read_small_bytes(path: Path) -> bytes:
+    """The bytes of a small file, checked first (check_small_file); a JSON file's count of
+    objects and arrays is bounded too (MAX_JSON_CONTAINERS). Raises FileNotFoundError for a
+    missing file (callers name what is missing)."""
     if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(path)
     check_small_file(path)
+    limit = max_bytes(path)
     with open(path, "rb") as file:
-        data = file.read(MAX_SMALL_FILE_BYTES + 1)  # bounded even if the file grew since its stat
-    if len(data) > MAX_SMALL_FILE_BYTES:
-        raise ModelLoadError(f"{path} is over the {MAX_SMALL_FILE_BYTES:,} bytes a model's configuration "
-                             "or tokenizer file may take")
-    return data.decode("utf-8")
+        data = file.read(limit + 1)  # bounded even if the file grew since its stat
+    if len(data) > limit:
+        raise ModelLoadError(f"{path} is over the {limit:,} bytes a model's {path.name} may take")
+    # Brackets inside strings count too: an upper bound, found at C speed before any parser runs.
+    if path.suffix == ".json" and data.count(b"{") + data.count(b"[") > MAX_JSON_CONTAINERS:
+        raise ModelLoadError(f"{path} holds over {MAX_JSON_CONTAINERS:,} JSON objects and arrays; "
+                             "a model's files hold far fewer")
+    return data
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A small JSON file that must hold an object nesting at most MAX_JSON_DEPTH levels, or
+    ModelLoadError naming the file. Raises FileNotFoundError for a missing file."""
+    try:
+        raw = json.loads(read_small_bytes(path).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # no permission to read it, ...
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path} does not hold a JSON object")
+    if _depth(raw) > MAX_JSON_DEPTH:
+        raise ModelLoadError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels")
+    return raw
+
+
+def _depth(value: object) -> int:
+    """How deep `value` nests (a scalar: 0), without recursion and stopping past MAX_JSON_DEPTH."""
+    deepest, stack = 0, [(value, 0)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def check_model_directory(path: Path) -> None:
     """Every small file the directory holds, checked before anything reads one (transformers'
-    tokenizer loader reads them with no such check)."""
+    tokenizer loader reads them with no such check): regular, bounded in bytes and, for JSON,
+    in objects and arrays."""
     for name in SMALL_FILES:
         file = path / name
         if file.exists() or file.is_symlink():
-            check_small_file(file)
+            read_small_bytes(file)

@@ -54,6 +54,7 @@ from minillama.errors import ConfigError, InvalidRequestError, ObserverError
 from minillama.loader import (
     build_model,
     eos_token_ids,
+    in_memory,
     init_random_weights,
     load_hf_weights,
     load_tokenizer,
@@ -194,7 +195,7 @@ class LLMEngine(BeamSearchSteps):
         config.validate()
         model_config = ModelConfig.from_dict(hf_model.config.to_dict())
         llm = cls._build(model_config, config)
-        load_hf_weights(llm, hf_model.state_dict().items())
+        load_hf_weights(llm, in_memory(hf_model.state_dict().items(), "the transformers model"))
         return cls(llm, config, tokenizer, model_config.eos_token_ids)
 
     @classmethod

@@ -28,6 +28,16 @@ def split_dim(name: str) -> int | None:
     return next((dim for suffix, dim in SPLIT_DIM.items() if name.endswith(suffix)), None)
 
 
+def rank_shape(name: str, shape: tuple[int, ...], shard: Shard) -> tuple[int, ...]:
+    """The shape rank_slice gives for tensor `name` of `shape`, known from the file's header
+    before anything is read (a shape that is no matrix is left whole: the loader refuses it)."""
+    dim = split_dim(name)
+    if dim is None or shard.world == 1 or len(shape) != 2:
+        return shape
+    start, end = shard.part(shape[dim])
+    return (end - start, shape[1]) if dim == 0 else (shape[0], end - start)
+
+
 def rank_slice(f, name: str, shard: Shard) -> torch.Tensor:
     """Rank `shard.rank`'s slice of tensor `name` in the open safetensors file `f` (a matrix split
     by SPLIT_DIM; any other tensor whole). Heads split with their rows: q_proj's rows are heads x
