@@ -655,3 +655,17 @@ def test_the_timeline_legend_and_the_kv_grid_fit_their_plots(trace):
         step.kv.num_blocks = 12
     kv = build(kv_cache_figure, small, 0)
     assert list(kv.layout.xaxis.tickvals) == list(range(12)) and len(kv.data[0].z[0]) == 12  # no phantom columns
+
+
+def test_bidirectional_controls_show_as_marks_wherever_text_is_shown():
+    """A right-to-left override (or any bidi control) in a token or a name would reorder the
+    rest of the line it is shown in: every way the views show text shows it as a mark instead."""
+    from inspector.views.lineage import quote
+    from inspector.views.markup import BIDI_CONTROLS, escape
+    from inspector.views.tokens import axis_label, chip_text, visible
+
+    for code in BIDI_CONTROLS:
+        text = f"a{chr(code)}b"
+        for shown in (chip_text(text), axis_label(text, 40), quote(text), escape(text), visible(text)):
+            assert chr(code) not in shown and f"⟨U+{code:04X}⟩" in shown
+    assert escape("مرحبا שלום") == "مرحبا שלום"  # right-to-left letters are text, shown as they are

@@ -126,7 +126,7 @@ def test_toasts_carry_text_not_markup(monkeypatch):
     shown = []
     monkeypatch.setattr(handlers.gr, "Warning", shown.append)
     handlers.toast("the text pattern '<img src=x onerror=alert(1)>' is bad")
-    assert shown == ["the text pattern &#x27;&lt;img src=x onerror=alert(1)&gt;&#x27; is bad"]
+    assert shown == ["the text pattern &#39;&lt;img src=x onerror=alert(1)&gt;&#39; is bad"]
 
 
 def test_pause_with_a_forged_key_changes_nothing(url, manager):

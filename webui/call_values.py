@@ -15,12 +15,12 @@ its event's error; a direct call's as a 400 (the front door's doing: Gradio answ
 
 from __future__ import annotations
 
-import html
 import sys
 from typing import Any
 
 import gradio as gr
 
+from inspector.views import escape
 from minillama.cli import printable_line
 
 MAX_SHOWN = 60  # characters of a refused value quoted back
@@ -50,7 +50,7 @@ def _refusal(block_fn: Any, reason: str) -> gr.Error:
     message = f"the call to /{block_fn.api_name or block_fn.name} was refused: {reason}"
     # One line in the server's log, no traceback; printable, since it quotes what the caller sent.
     print(f"minillama: {printable_line(message)}", file=sys.stderr)
-    return gr.Error(html.escape(message), title=REFUSED_TITLE, print_exception=False)  # shown as HTML
+    return gr.Error(escape(message), title=REFUSED_TITLE, print_exception=False)  # shown as HTML
 
 
 def _what_was_wrong(block_fn: Any, inputs: list[Any], state: Any, error: Exception) -> str:

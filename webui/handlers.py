@@ -12,7 +12,6 @@ of every event; see webui/tab_keys.py), never by Gradio's client-chosen session 
 
 from __future__ import annotations
 
-import html
 import inspect
 import logging
 import math
@@ -32,7 +31,7 @@ from typing import Any
 import gradio as gr
 
 from inspector import Breakpoint, RecordingStopped, RunResult, SequenceFinished, Trace, TraceError, load, save
-from inspector.views import Selection, fork_label, resolve
+from inspector.views import Selection, escape, fork_label, resolve
 from minillama import ConfigError, InvalidRequestError, ModelLoadError, SamplingParams
 from webui import comparing, forking
 from webui.breakpoint_form import breakpoints_from_form, describe
@@ -58,7 +57,7 @@ def toast(message: str) -> None:
     """A warning toast. Gradio renders a toast's text as (sanitised) HTML, so a message that
     quotes user input (a prompt, a pattern, a file name) would fetch images and show links:
     it goes out escaped, as text."""
-    gr.Warning(html.escape(message))
+    gr.Warning(escape(message))
 
 
 def _client(request: gr.Request | None) -> str:
@@ -351,10 +350,10 @@ class Handlers:
             breakpoints = breakpoints_from_form(events or [], at_step, pattern, entropy_above, prob_below,
                                                 kv_percent_above)
         except ValueError as error:
-            return f"<div class='ml-armed ml-error'>{html.escape(str(error))}</div>"
+            return f"<div class='ml-armed ml-error'>{escape(str(error))}</div>"
         if not breakpoints:
             return "<div class='ml-armed ml-empty'>none armed</div>"
-        items = "".join(f"<li>{html.escape(describe(bp))}</li>" for bp in breakpoints)
+        items = "".join(f"<li>{escape(describe(bp))}</li>" for bp in breakpoints)
         return f"<div class='ml-armed'>armed for Run to breakpoint:<ul>{items}</ul></div>"
 
     # -- compare: the session beside another run of its requests (webui/comparing.py) ---------------

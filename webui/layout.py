@@ -13,10 +13,9 @@ static/app.js (keyboard shortcuts, drawing) and the browser tests use.
 
 from __future__ import annotations
 
-import html
-
 import gradio as gr
 
+from inspector.views import escape
 from webui import comparing
 from webui.breakpoint_form import EVENT_BREAKPOINTS
 from webui.call_values import refuse_malformed_values
@@ -240,11 +239,11 @@ def _plot_panel(name: str) -> gr.HTML:
 
 def _header(manager: SessionManager) -> str:
     if manager.base is None:
-        what = f"viewing {html.escape(manager.startup_name)} (no model loaded: read-only)"
+        what = f"viewing {escape(manager.startup_name)} (no model loaded: read-only)"
     else:
         engine = manager.base
         name = engine.model_dir.name if engine.model_dir is not None else "random weights"
         backend, dtype = engine.attention_backend, str(engine.dtype).removeprefix("torch.")
-        what = f"{html.escape(name)} · {engine.device} · {dtype} · attention {html.escape(backend)}"
+        what = f"{escape(name)} · {engine.device} · {dtype} · attention {escape(backend)}"
     keys = "← → move the cursor · space runs / pauses · ? all shortcuts"
     return f"<div class='ml-title'><b>mini-llama inspector</b> <span>{what}</span><span class='ml-keys'>{keys}</span></div>"

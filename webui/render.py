@@ -14,7 +14,6 @@ for a slider move (docs/perf-notes.md, "The web UI's views").
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import gradio as gr
@@ -36,11 +35,11 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
     if session is not None:
         trace = session.trace
         if session.shares_startup_trace:
-            source = f"trace file <b>{html.escape(session.opened_name)}</b> (read-only: this server runs no model)"
+            source = f"trace file <b>{views.escape(session.opened_name)}</b> (read-only: this server runs no model)"
         elif session.shared_view:
-            source = f"shared view of <b>{html.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
+            source = f"shared view of <b>{views.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
         elif session.opened is not None:
-            source = f"trace file <b>{html.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
+            source = f"trace file <b>{views.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
         elif trace is not None:
             source = f"live engine · {len(trace.sequences)} request(s)"
         else:
@@ -49,7 +48,7 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
         parts.append(f"<span class='ml-source'>{source} · {steps} step(s) recorded</span>")
     if message:
         kind = "ml-error" if error else "ml-info"
-        parts.append(f"<span class='{kind}' role='{'alert' if error else 'status'}'>{html.escape(message)}</span>")
+        parts.append(f"<span class='{kind}' role='{'alert' if error else 'status'}'>{views.escape(message)}</span>")
     running = "1" if session is not None and session.running else "0"
     update = session.updates_sent if session is not None else 0
     return (f"<div id='ml-status-inner' data-running='{running}' data-update='{update}'>"
@@ -60,7 +59,7 @@ def figures_html(figures: dict[str, go.Figure]) -> str:
     """The carrier of the figures: {name: plotly figure JSON} in an escaped data attribute
     (static/app.js reads it and draws each figure into the plot div "ml-plot-<name>")."""
     payload = ",".join(f'"{name}":{pio.to_json(figure, validate=False)}' for name, figure in figures.items())
-    return f"<div class='ml-figure-data' data-figures=\"{html.escape('{' + payload + '}')}\"></div>"
+    return f"<div class='ml-figure-data' data-figures=\"{views.escape('{' + payload + '}')}\"></div>"
 
 
 def head_label(trace: Trace, head: int) -> str:

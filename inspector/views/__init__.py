@@ -31,7 +31,7 @@ from inspector.views.kv_cache import kv_cache_figure
 from inspector.views.lineage import fork_label, fork_labels, lineage_order
 from inspector.views.logit_lens import logit_lens_figure
 from inspector.views.logits import logits_figure, logits_history_figure
-from inspector.views.markup import VIEWS_CSS
+from inspector.views.markup import VIEWS_CSS, escape
 from inspector.views.selection import Selection, resolve
 from inspector.views.states import STATES, sequence_states
 from inspector.views.step_details import step_details_html
@@ -40,7 +40,7 @@ from inspector.views.timeline import timeline_figure
 
 __all__ = [
     "NO_STEP", "STATES", "STATE_COLORS", "VIEWS_CSS", "Selection", "align", "attention_figure", "block_tables_html",
-    "branch_html", "compare_figure", "compare_html", "empty_figure", "fork_choices_html", "fork_label", "fork_labels",
+    "branch_html", "compare_figure", "compare_html", "empty_figure", "escape", "fork_choices_html", "fork_label", "fork_labels",
     "kv_cache_figure", "lineage_order", "resolve",
     "logit_lens_figure", "logits_figure", "logits_history_figure", "sequence_color", "sequence_states",
     "step_details_html", "text_html", "timeline_figure",

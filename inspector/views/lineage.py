@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inspector.trace.model import ForkCause, ForkRecord, Trace
-from inspector.views.tokens import NEWLINE_MARK, TAB_MARK, prompt_piece
+from inspector.views.tokens import prompt_piece, visible
 
 MAX_QUOTED = 24  # characters of a token text quoted in a label
 
@@ -103,11 +103,11 @@ def lineage_order(trace: Trace) -> list[tuple[int, int]]:
 
 
 def quote(text: str) -> str:
-    """A token text in double quotes, whitespace made visible, clipped."""
-    visible = text.replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK)
-    if len(visible) > MAX_QUOTED:
-        visible = visible[: MAX_QUOTED - 1] + "…"
-    return f'"{visible}"'
+    """A token text in double quotes, whitespace and bidi controls made visible, clipped."""
+    shown = visible(text)
+    if len(shown) > MAX_QUOTED:
+        shown = shown[: MAX_QUOTED - 1] + "…"
+    return f'"{shown}"'
 
 
 def forks_by_child(trace: Trace) -> dict[int, ForkRecord]:

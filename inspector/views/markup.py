@@ -59,11 +59,21 @@ VIEWS_CSS = """
 """.replace("CURRENT", CURRENT_COLOR)
 
 
+# Bidirectional controls: invisible, yet they reorder the text around them (after U+202E, what
+# follows reads right to left), so one in a token or a name from a trace would scramble the
+# line it is shown in. They are shown as what they are: "⟨U+202E⟩". (Right-to-left letters
+# need no such mark: they order only themselves.)
+BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+BIDI_MARKS = {chr(c): f"⟨U+{c:04X}⟩" for c in BIDI_CONTROLS}
+_BIDI_SHOWN = str.maketrans(BIDI_MARKS)
+
+
 def escape(text: str) -> str:
-    """`text` made literal, in HTML (text or a quoted attribute) and in plotly's texts alike.
-    Plotly decodes &lt; &gt; &amp; and numeric references, but not &quot; or &#x27; (it would
-    show them as written), so quotes become numeric references, which both read back."""
-    return html.escape(text, quote=False).replace('"', "&#34;").replace("'", "&#39;")
+    """`text` made literal, in HTML (text or a quoted attribute) and in plotly's texts alike,
+    bidirectional controls shown as marks. Plotly decodes &lt; &gt; &amp; and numeric
+    references, but not &quot; or &#x27; (it would show them as written), so quotes become
+    numeric references, which both read back."""
+    return html.escape(text.translate(_BIDI_SHOWN), quote=False).replace('"', "&#34;").replace("'", "&#39;")
 
 
 def panel(body: str, css_class: str = "") -> str:

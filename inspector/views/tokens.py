@@ -13,12 +13,19 @@ markup.escape, which keeps them literal in HTML and in plotly's labels and hover
 from __future__ import annotations
 
 from inspector.trace.model import Trace
-from inspector.views.markup import escape
+from inspector.views.markup import BIDI_MARKS, escape
 
 # Whitespace made visible: a token is often just " " or "\n", which would otherwise show as nothing.
 NEWLINE_MARK = "↵"
 TAB_MARK = "⇥"
 SPACE_MARK = "·"  # on plot axes only: the HTML chips keep real spaces (white-space: pre)
+_MADE_VISIBLE = str.maketrans({"\n": NEWLINE_MARK, "\t": TAB_MARK, **BIDI_MARKS})
+
+
+def visible(text: str) -> str:
+    """`text` with newlines, tabs and bidirectional controls made visible (not escaped): for
+    labels shown as plain text (a dropdown's choices), and chips before they are escaped."""
+    return text.translate(_MADE_VISIBLE)
 
 
 def prompt_piece(trace: Trace, seq_id: int, position: int) -> str:
@@ -53,13 +60,13 @@ def position_pieces(trace: Trace, seq_id: int, length: int) -> list[str]:
 
 
 def chip_text(piece: str) -> str:
-    """A token's text for an HTML chip: escaped, newlines and tabs made visible."""
-    return escape(piece).replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK)
+    """A token's text for an HTML chip: escaped, newlines, tabs and bidi controls made visible."""
+    return escape(visible(piece))
 
 
 def axis_label(piece: str, limit: int = 12) -> str:
     """A token's text for a plot label: whitespace made visible, clipped, escaped for plotly."""
-    visible = piece.replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK).replace(" ", SPACE_MARK)
-    if len(visible) > limit:
-        visible = visible[: limit - 1] + "…"
-    return escape(visible)
+    shown = visible(piece).replace(" ", SPACE_MARK)
+    if len(shown) > limit:
+        shown = shown[: limit - 1] + "…"
+    return escape(shown)
