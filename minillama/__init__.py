@@ -41,6 +41,7 @@ _HOMES = {
     # Helpers the inspector shares with the engine.
     "filtered_logits": "minillama.model.sampler",  # the distribution a request samples from
     "check_text": "minillama.engine.prompts",  # a prompt text's checks, before any tokenizer
+    "IncrementalDetokenizer": "minillama.engine.detokenizer",  # the text each token completes
     "BACKEND_NAMES": "minillama.ops.attention",  # the --attention choices
     "ASYNC_SCHEDULING": "minillama.config",  # the --async-scheduling choices
     "embedded_model_dir": "minillama.loader",  # where the embedded model's files are

@@ -285,3 +285,16 @@ def test_a_record_completed_during_the_next_step_equals_one_completed_at_once(de
         assert (a.index, a.schedule, a.tokens, a.attention_seqs) == (b.index, b.schedule, b.tokens, b.attention_seqs)
         assert all(torch.equal(x, y) for x, y in zip(vars(a.kv).values(), vars(b.kv).values()) if isinstance(x, torch.Tensor))
     assert [vars(s) for s in late.sequences.values()] == [vars(s) for s in at_once.sequences.values()]
+
+
+@pytest.mark.parametrize("prompt", ["café 🦙 日本語 مرحبا", "emoji only: 🦙🦙👨‍👩‍👧", "🦙 first, then text"])
+def test_prompt_token_texts_are_what_each_token_completes(embedded_dir, prompt):
+    """A prompt's token texts are found as output text is: a token that ends inside a character
+    has none, the token that completes it the whole character (decoded alone, each piece showed
+    as U+FFFD); special tokens keep their text; together they are the prompt's text."""
+    engine = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=16))
+    session = DebugSession(engine)
+    seq = session.trace.sequences[session.add(prompt, SamplingParams(max_tokens=1), chat=True)]
+    assert "".join(seq.prompt_tokens) == engine.tokenizer.decode(seq.prompt_ids)
+    assert "\ufffd" not in "".join(seq.prompt_tokens) and "<|im_start|>" in seq.prompt_tokens
+    assert "" in seq.prompt_tokens  # 🦙 takes more than one token

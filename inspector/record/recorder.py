@@ -39,7 +39,7 @@ from inspector.record.fingerprint import weights_fingerprint
 from inspector.record.kv_snapshot import commit_filled_blocks, kv_snapshot, kv_snapshot_bytes
 from inspector.record.lens_capture import LogitLensCapture
 from inspector.record.logits_summary import LogitsSummariser, PendingLogits, finish, summary_bytes
-from inspector.record.token_texts import TokenTexts
+from inspector.record.token_texts import TokenTexts, prompt_texts
 from inspector.trace.arguments import ArgumentError, flag, instance, whole, whole_tuple
 from inspector.trace.model import (
     CopyRecord,
@@ -203,7 +203,7 @@ class Recorder(Observer):
             group = seq_id
         record = SequenceRecord(
             seq_id, prompt_ids, prompt_text, chat, params, traced, index,
-            prompt_tokens=[self._token_text(t) for t in prompt_ids],
+            prompt_tokens=prompt_texts(self.engine.tokenizer, prompt_ids),
             parent_id=request.parent_id, fork_position=request.fork_position,
             group_id=group, sample_index=request.sample_index,
         )

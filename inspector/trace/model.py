@@ -166,8 +166,9 @@ class SequenceRecord:
     params: SamplingRecord
     traced: bool  # are its queries and keys (and, with the logit lens on, each layer's guess) recorded?
     added_step: Count  # index of the first step after it arrived
-    # Each prompt token's text, decoded alone (a token that splits a UTF-8 character shows as
-    # U+FFFD): the UI's token chips and attention axes, with no tokenizer at hand.
+    # The text each prompt token completes, decoded in context as output text is (a token ending
+    # inside a UTF-8 character has "", the one completing it the whole character; traces from
+    # before show each piece as U+FFFD): the UI's token chips and attention axes, no tokenizer needed.
     prompt_tokens: list[str] = field(default_factory=list)
     output_ids: list[Count] = field(default_factory=list)
     token_steps: list[Count] = field(default_factory=list)  # the step that sampled each output token
