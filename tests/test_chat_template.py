@@ -103,3 +103,24 @@ def test_a_child_that_died_is_replaced(llm):
     runner._child.kill()
     runner._child.wait()
     assert llm.engine.encode_prompt("Hello", chat=True)
+
+
+def test_a_child_whose_pipes_are_past_descriptor_1024_still_answers(llm):
+    """A server holding a thousand connections gives the child's pipes descriptor numbers past
+    1,024, which select() cannot watch: the runner polls instead."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200 and (hard == resource.RLIM_INFINITY or hard >= 1200):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200 if hard == resource.RLIM_INFINITY else min(hard, 4096), hard))
+    elif soft < 1200:
+        pytest.skip("this machine allows fewer than 1,200 open files")
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        chat_template._runner.close()  # the next render starts a child, its pipes numbered past the filler
+        assert llm.engine.encode_prompt("Hello", chat=True)
+        assert chat_template._runner._child.stdout.fileno() > 1024
+    finally:
+        for fd in filler:
+            os.close(fd)

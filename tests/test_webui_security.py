@@ -172,3 +172,43 @@ def test_an_unknown_api_name_is_a_404_not_a_server_error(url):
     assert httpx.post(f"{url}gradio_api/call/v2/nope", json={"data": []}, timeout=30).status_code == 404
     known = httpx.post(f"{url}gradio_api/call/v2/state", json={"data": []}, timeout=30)  # a real name passes
     assert known.status_code != 404
+
+
+def test_idle_connections_by_the_thousand_leave_the_page_loading(url):
+    """A "slowloris" client: 1,500 connections that send half a request and wait. The HTTP
+    server closes none of them, so each holds an open file; the server raises its open-file
+    limit at start (a default soft limit of 1,024 would let such a client lock everyone out),
+    and the page still loads."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4000:
+        pytest.skip(f"this machine allows {hard} open files; the test needs both ends of 1,500 connections")
+    assert soft == hard or soft >= 2**20  # raised by serve()
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    idle = []
+    try:
+        for _ in range(1500):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            connection.send(b"GET / HTTP/1.1\r\nHost: slow\r\n")  # never finished
+            idle.append(connection)
+        started = time.monotonic()
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and time.monotonic() - started < 5
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit():
+    import subprocess
+
+    code = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+            "from webui.server import raise_open_file_limit, OPEN_FILES_WANTED; raise_open_file_limit(); "
+            "now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]; "
+            "print(now == (OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.stdout.strip() == "True", done.stderr

@@ -107,7 +107,9 @@ class ChatTemplateRunner:
         fd = child.stdout.fileno()
         while not line.endswith(b"\n"):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            # poll, not select: a server holding a thousand connections gives pipes descriptor
+            # numbers past select's 1024.
+            if remaining <= 0 or not _readable(fd, remaining):
                 raise _ChildFailed(f"ran past {timeout_s:g} s (is it looping?)")
             chunk = os.read(fd, 1 << 20)
             if not chunk:
@@ -116,6 +118,13 @@ class ChatTemplateRunner:
             if len(line) > MAX_ANSWER_BYTES:
                 raise _ChildFailed(f"rendered more than {MAX_ANSWER_BYTES >> 20} MiB of text")
         return json.loads(line)
+
+
+def _readable(fd: int, timeout_s: float) -> bool:
+    """Whether `fd` has data (or its end) within `timeout_s`."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
 
 
 _runner = ChatTemplateRunner()
