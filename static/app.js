@@ -188,7 +188,7 @@
   const SHORTCUTS = [
     ["← / →", "previous / next step"],
     ["Home / End", "first / last step"],
-    ["space", "Run, or Pause a run"],
+    ["space", "Run, or Pause a run (on a focused button, section or tab: presses it)"],
     ["s", "one Step"],
     ["b", "Run to breakpoint"],
     ["1 – 6", "KV cache / Attention / Next token / Logit lens / Branch / Compare tab"],
