@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import time
 
 import httpx
@@ -16,11 +17,11 @@ from gradio_client import Client
 from webui_support import Tab, running_server
 
 from minillama import EngineConfig, LLMEngine
-from webui import handlers
+from webui import comparing, handlers
 from webui.front_door import LOGIN_FAILURES_ALLOWED
 from webui.limits import Limits
 from webui.render import OUTPUT_NAMES
-from webui.sessions import SessionManager
+from webui.sessions import BUSY_WAIT_S, SessionBusy, SessionManager, UISession
 
 AUTH = ("ada", "s3cret")
 
@@ -120,6 +121,102 @@ def test_a_backtracking_pattern_does_not_stall_other_sessions(url):
         other.predict(api_name="/step")
     assert time.monotonic() - started < 30  # re would need minutes per check; the run and the steps share the model
     assert "every request has finished" in status(job.result(timeout=120))
+
+
+def stepped_tab(url: str) -> Tab:
+    tab = Tab(url)
+    tab.predict("What is 2 + 2?", True, 8, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
+    tab.predict(api_name="/step")
+    return tab
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert condition()
+
+
+def test_a_tabs_long_job_and_its_pile_of_calls_do_not_hold_up_another_tab(url, manager, monkeypatch):
+    """A comparison holds its tab's session for as long as it runs (a minute). That tab's calls
+    sent meanwhile waited for it in the queue's slots, which every tab shares, and another
+    tab's Step waited for the comparison to end (51 s measured): now one call of a tab may wait
+    for its session, briefly, and a tab has at most MAX_QUEUED calls in the queue."""
+    release = threading.Event()
+
+    def long_comparison(manager, session, on_step):
+        release.wait(120)
+        raise ValueError("comparison stopped by the test")
+
+    monkeypatch.setattr(comparing, "alone", long_comparison)
+    busy, other = stepped_tab(url), stepped_tab(url)
+    job = busy.submit(api_name="/compare_alone")
+    wait_for(lambda: manager.find(busy.key).lock.locked())
+    pile = [busy.submit(api_name="/step") for _ in range(20)]  # more than the step event's 16 slots
+    try:
+        started = time.monotonic()
+        other.submit(api_name="/step").result(timeout=30)
+        other.predict(0, api_name="/seek")
+        assert time.monotonic() - started < 30 and not job.done()  # answered while the comparison runs
+    finally:
+        release.set()
+    job.result(timeout=60)
+    answers = []
+    for call in pile:
+        try:
+            answers.append(status(call.result(timeout=60)))
+        except Exception as refused:  # noqa: BLE001 - past MAX_QUEUED the door answers 429
+            answers.append(str(refused))
+    # How many are refused at the door depends on timing (a call refused as busy leaves the
+    # queue at once, making room for a later one), but a pile of 20 meets both refusals.
+    assert any("429" in a for a in answers)
+    assert any("busy with an earlier action" in a for a in answers)
+
+
+def test_one_call_of_a_tab_waits_for_its_session_and_the_rest_are_refused_at_once():
+    session = UISession("key")
+    waited: list[float] = []
+
+    def step() -> None:
+        started = time.monotonic()
+        with session.hold():
+            waited.append(time.monotonic() - started)
+
+    with session.hold():  # a long job
+        waiter = threading.Thread(target=step)
+        waiter.start()
+        wait_for(lambda: session.waiting)
+        started = time.monotonic()
+        with pytest.raises(SessionBusy, match="busy"):
+            step()
+        assert time.monotonic() - started < 1  # refused at once, not after BUSY_WAIT_S
+        time.sleep(0.2)
+    waiter.join(BUSY_WAIT_S + 5)
+    assert len(waited) == 1 and not session.waiting  # the one waiter ran once the job let go
+
+
+def test_saves_of_two_tabs_run_side_by_side(url, manager, monkeypatch):
+    """Every save went through one lock: a tab's Save waited for another tab's (a 76 MB trace
+    takes seconds to write)."""
+    release, saving = threading.Event(), threading.Event()
+    busy, other = stepped_tab(url), stepped_tab(url)
+    original = handlers.save
+
+    def slow_save(trace, path):
+        if trace is manager.find(busy.key).trace:
+            saving.set()
+            release.wait(120)
+        original(trace, path)
+
+    monkeypatch.setattr(handlers, "save", slow_save)
+    job = busy.submit(api_name="/save_trace")
+    assert saving.wait(30)
+    try:
+        assert other.submit(api_name="/save_trace").result(timeout=30).endswith(".mltrace")
+        assert not job.done()
+    finally:
+        release.set()
+    assert job.result(timeout=60).endswith(".mltrace")
 
 
 def test_toasts_carry_text_not_markup(monkeypatch):

@@ -10,6 +10,11 @@ of that key runs at a time, the next few wait in line, and any beyond MAX_WAITIN
 429 at once. A flood then costs its own tab its speed, and every other tab one call's worth of
 sharing. The front door reads the call's body (small: a key and a few numbers) to find the key,
 then hands the same body on.
+
+Queued calls (step, add, run, compare, save...) are bounded per tab too: Gradio's queue is one
+line, first come first served, so a script's 60 Steps for its own tab made another tab's Step
+wait behind all of them (3.7 s; 600 would take a minute). A tab may have MAX_QUEUED calls in the
+queue, running or waiting; the next is answered 429 at the door, without entering it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ Receive = Callable[[], Awaitable[Message]]
 
 MAX_BODY = 1024 * 1024  # bytes: the page's direct calls carry a key and a few small values
 MAX_WAITING = 8  # calls of one tab waiting behind the one running
+MAX_QUEUED = 4  # calls of one tab in Gradio's queue, running or waiting (a page sends one or two)
 
 
 class TooLarge(Exception):
@@ -94,3 +100,17 @@ def tab_key(body: bytes) -> str | None:
         return None
     data = payload.get("data") if isinstance(payload, dict) else None
     return data[0] if isinstance(data, list) and data and isinstance(data[0], str) else None
+
+
+def queued_calls(queue: Any, key: str) -> int:
+    """How many calls of tab `key` Gradio's queue holds now, waiting or running. Read from the
+    queue itself (each event keeps its call's body), so a call that was cancelled, refused or
+    has ended is never counted: nothing to leave behind."""
+    waiting = [event for line in queue.event_queue_per_concurrency_id.values() for event in line.queue]
+    running = [event for job in queue.active_jobs if job for event in job]
+    return sum(_event_key(event) == key for event in waiting + running)
+
+
+def _event_key(event: Any) -> object:
+    data = getattr(getattr(event, "data", None), "data", None)
+    return data[0] if isinstance(data, list) and data else None

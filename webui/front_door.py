@@ -20,6 +20,8 @@ any route runs:
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
 - A call to an API name the app does not have answers 404 (Gradio raised, and answered 500).
+- A queued call (/gradio_api/queue/join) is refused 429 when its tab already has
+  MAX_QUEUED calls in the queue (webui/direct_calls.py).
 - A direct call (/gradio_api/run/<name>) runs in its tab's lane, one at a time per tab
   (webui/direct_calls.py); one whose values were refused (webui/call_values.py) answers 400:
   Gradio answers any failed direct call with 500, as if the server were at fault.
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.call_values import REFUSED_TITLE
-from webui.direct_calls import DirectCallLanes, TooLarge, read_body, replaying, tab_key
+from webui.direct_calls import MAX_QUEUED, DirectCallLanes, TooLarge, queued_calls, read_body, replaying, tab_key
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -94,6 +96,7 @@ class LoginThrottle:
 
 CALL_PREFIX = "/gradio_api/call/"  # + an API name: one of the app's events, by name
 RUN_PREFIX = "/gradio_api/run/"  # + an API name: the same, answered directly (no queue, no events)
+JOIN_PATHS = ("/gradio_api/queue/join", "/gradio_api/queue/join/")  # a queued call enters the queue
 MAX_ERROR_BODY = 64 * 1024  # bytes of a 500's body read to tell a refusal: Gradio's error JSON is short
 UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload/")
 UPLOAD_WINDOW_S = 900.0  # as long as Gradio's cache keeps a file (webui/layout.py)
@@ -146,6 +149,7 @@ class FrontDoor:
         self.throttle = throttle or LoginThrottle()
         self.uploads = UploadQuota(largest_upload)
         self.lanes = DirectCallLanes()
+        self.joining: dict[str, int] = defaultdict(int)  # tab key -> its queue joins under way
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -163,6 +167,8 @@ class FrontDoor:
                 await self._upload(scope, receive, send)
             elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
                 await _respond(send, 404, {"detail": "no such API endpoint"})  # Gradio answered 500
+            elif path in JOIN_PATHS and scope.get("method") == "POST":
+                await self._queue_join(scope, receive, send)
             elif path.startswith(RUN_PREFIX) and scope["type"] == "http":
                 await self._direct_call(scope, receive, _refusals_as_400(send))
             else:
@@ -230,6 +236,31 @@ class FrontDoor:
                 await self.app(scope, replaying(body, receive), send)
         finally:
             self.lanes.leave(key)
+
+    async def _queue_join(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A call enters Gradio's queue unless its tab has MAX_QUEUED there already. Joins still
+        under way count too: parallel joins would otherwise all pass before any is queued."""
+        try:
+            body = await read_body(receive)
+        except TooLarge:
+            await _respond(send, 413, {"detail": "too large for a call"})
+            return
+        key = tab_key(body)
+        if key is None:  # the page's load (no inputs): no session, nothing to bound
+            await self.app(scope, replaying(body, receive), send)
+            return
+        queue = scope["app"].get_blocks()._queue
+        if self.joining[key] + queued_calls(queue, key) >= MAX_QUEUED:
+            await _respond(send, 429, {"detail": "too many calls at once for this tab: wait for its answers"},
+                           {"retry-after": "1"})
+            return
+        self.joining[key] += 1
+        try:
+            await self.app(scope, replaying(body, receive), send)
+        finally:
+            self.joining[key] -= 1
+            if not self.joining[key]:
+                del self.joining[key]
 
     async def _drawn(self, receive: Receive, send: Send) -> None:
         try:

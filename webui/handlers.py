@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
@@ -36,7 +35,15 @@ from minillama import ConfigError, InvalidRequestError, ModelLoadError, Sampling
 from webui import comparing, forking
 from webui.breakpoint_form import breakpoints_from_form, describe
 from webui.render import AUTO, render, status_html
-from webui.sessions import CaptureSettings, EngineSettings, LimitReached, SessionEnded, SessionManager, UISession
+from webui.sessions import (
+    CaptureSettings,
+    EngineSettings,
+    LimitReached,
+    SessionBusy,
+    SessionEnded,
+    SessionManager,
+    UISession,
+)
 
 log = logging.getLogger("minillama.webui")
 EXPECTED = (InvalidRequestError, LimitReached, RecordingStopped, SessionEnded, TraceError, ValueError)
@@ -148,13 +155,13 @@ class Handlers:
             seed=None if _blank(seed) else _whole(seed, "seed", minimum=0, maximum=2**63 - 1),
             **_search(samples, beam_width),
         )
-        with session.lock:
+        with session.hold():
             ids = self.manager.add_prompts(session, prompts, params, chat)
         return render(session, f"added {', '.join(f'#{i}' for i in ids)}: press Step or Run")
 
     @_reported
     def step(self, session: UISession) -> list[Any]:
-        with session.lock:
+        with session.hold():
             stepped = self.manager.step(session)
         return render(session, "" if stepped else _idle_message(session))
 
@@ -193,10 +200,14 @@ class Handlers:
         claimed: the caller already set session.running (under the session's lock); first: a
         message to show before the first step."""
         if not claimed:
-            with session.lock:  # check and set at once: of parallel Runs, one runs
-                already = session.running
-                if not already:
-                    session.running, session.pause_requested = True, False
+            try:
+                with session.hold():  # check and set at once: of parallel Runs, one runs
+                    already = session.running
+                    if not already:
+                        session.running, session.pause_requested = True, False
+            except SessionBusy as busy:
+                yield render(session, str(busy), error=True)
+                return
             if already:
                 yield render(session, "already running: Pause first")
                 return
@@ -225,6 +236,8 @@ class Handlers:
         last_yield = time.monotonic()
         try:
             while True:
+                # The run's own steps wait as long as it takes (not hold()): a Run is one call
+                # per session (session.running), so its waiting can never fill the shared slots.
                 with session.lock:
                     if session.pause_requested:
                         return "paused"
@@ -270,7 +283,7 @@ class Handlers:
             yield render(None, str(error), error=True)
             return
         try:
-            with session.lock:  # checked, made and marked running at once: of parallel forks, one is made
+            with session.hold():  # checked, made and marked running at once: of parallel forks, one is made
                 if session.running:
                     raise ValueError("already running: Pause first, then fork")
                 plan = planned(session)
@@ -305,7 +318,7 @@ class Handlers:
         traced_requests = (None if _blank(traced) else
                            _whole(traced, "traced requests", minimum=0, maximum=MAX_TRACED_REQUESTS))
         capture = CaptureSettings(bool(attention), traced_requests, _whole(top_k, "top-k"), bool(logit_lens))
-        with session.lock:
+        with session.hold():
             self.manager.reset(session, settings, capture)
         return render(session, f"new engine: {settings.num_kv_blocks} KV blocks of {settings.block_size} tokens, "
                                f"batches of up to {settings.max_num_seqs}")
@@ -394,7 +407,7 @@ class Handlers:
         session = None
         try:
             session = self.manager.get(key, _client(request))
-            with session.lock:
+            with session.hold():
                 comparison = make(session, lambda done, total: progress((done, total), desc=doing, unit="steps"))
         except COMPARE_EXPECTED as error:
             toast(str(error))
@@ -420,8 +433,15 @@ class Handlers:
         folder = self.downloads / secrets.token_hex(8)
         folder.mkdir()
         path = folder / f"minillama-{model}-{len(trace.steps)}steps-{time.strftime('%H%M%S')}.mltrace"
-        with session.lock, _save_lock:
-            save(trace, path)
+        # Saves of different sessions run side by side (each writes its own file); a lock
+        # around every save made one tab's Save wait for another's 76 MB trace to be written.
+        try:
+            with session.hold():
+                save(trace, path)
+        except SessionBusy as busy:
+            shutil.rmtree(folder, ignore_errors=True)
+            toast(str(busy))
+            return None
         session.forget_download()
         session.last_download = path
         return str(path)
@@ -433,9 +453,9 @@ class Handlers:
             toast("nothing to share yet: record a step first")
             return ""
         try:
-            with session.lock:
+            with session.hold():
                 share_id = self.manager.shares.share(session.trace, session.opened_name or "shared.mltrace")
-        except ValueError as error:
+        except (ValueError, LimitReached) as error:  # too large to keep; the tab busy (SessionBusy)
             toast(str(error))
             return ""
         seq = session.selection.seq_id
@@ -448,7 +468,7 @@ class Handlers:
         if not path:
             return render(session)
         trace, name = self._load_upload(path)
-        with session.lock:
+        with session.hold():
             self.manager.open_trace(session, trace, name)
         return render(session, f"opened {name}: {len(trace.steps)} steps, {len(trace.sequences)} requests")
 
@@ -473,9 +493,6 @@ class Handlers:
             return self.manager.get(key, _client(request))
         except SessionEnded:
             return None
-
-
-_save_lock = threading.Lock()
 
 
 def _selected_seq(session: UISession) -> int | None:

@@ -23,7 +23,8 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +39,17 @@ from webui.tab_keys import TabKeys
 MAX_TABS = 4096  # table entries of tabs (cheap); past it, those holding nothing are forgotten first
 MAX_NUM_SEQS = 64  # the largest batch a session's engine may run
 MAX_BATCHED_TOKENS = 16384  # the most tokens one of its prefill steps may take (the activations grow with it)
+# The longest a call waits for another call of its own tab to let go of the session (one step
+# of a Run, usually; a comparison or a save of a long trace takes far longer): UISession.hold.
+BUSY_WAIT_S = 5.0
 
 
 class LimitReached(Exception):
     """A server limit stops the action; the message says which and what to do."""
+
+
+class SessionBusy(LimitReached):
+    """Another call of the same tab holds its session (UISession.hold): try again when it ends."""
 
 
 class SessionEnded(Exception):
@@ -101,11 +109,42 @@ class UISession:
     # (webui/handlers.py paces a run by them).
     updates_sent: int = 0
     updates_drawn: int = 0
-    # One handler at a time changes the session (add, step, reset); reads need no lock.
+    # One handler at a time changes the session (add, step, reset) or reads it whole (compare,
+    # save): through hold(), never held for long by a waiting call. Cursor moves need no lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: bool = False  # a call waits in hold() for the lock (guarded by _waiting_lock)
+    _waiting_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Set by SessionManager.claim_slot under its lock, until the engine or trace is in place:
     # the slot counts from the check, so parallel claims cannot all pass it.
     claiming: bool = False
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """The session's lock, for one call's work; SessionBusy when another call of this tab
+        holds it and either a call already waits or it is not let go within BUSY_WAIT_S.
+
+        Why not simply wait: a waiting call sits in a slot every tab shares (each event's
+        queue slots, --max-sessions of them, and the server's 40 worker threads). A comparison
+        holds its tab's lock for a minute; that tab's calls sent meanwhile (a script sends
+        twenty) then filled every slot of their event, and another tab's Step waited for the
+        comparison to end (measured: 51 s). So one call may wait, briefly (a Run's step, a
+        Reset after Pause), and the rest are answered at once."""
+        if not self.lock.acquire(blocking=False):
+            with self._waiting_lock:
+                if self.waiting:
+                    raise SessionBusy(_BUSY)
+                self.waiting = True
+            try:
+                acquired = self.lock.acquire(timeout=BUSY_WAIT_S)
+            finally:
+                with self._waiting_lock:
+                    self.waiting = False
+            if not acquired:
+                raise SessionBusy(_BUSY)
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def forget_download(self) -> None:
         """Delete the trace file it saved last, with the folder made for it (webui/handlers.py)."""
@@ -135,6 +174,9 @@ class UISession:
     def index(self) -> int:
         """The cursor's step index, -1 with no step."""
         return self.cursor.index if self.cursor is not None else -1
+
+
+_BUSY = "this tab is still busy with an earlier action (a comparison, a save, a step): try again when it ends"
 
 
 class SessionManager:
