@@ -331,13 +331,30 @@ def load_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerBase
         # transformers reads config.json and the tokenizer files with parsers and validators
         # of its own (huggingface_hub's strict dataclasses among them), each raising its own
         # types: whatever a malformed file makes them raise is a model that cannot load.
-        raise ModelLoadError(f"cannot load the tokenizer from {path}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"cannot load the tokenizer from {path}: {_tokenizer_fault(path, exc)}") from exc
     # transformers takes tokenizer_config.json's model_max_length as it is, and compares every
     # encoded prompt's length with it: a string would fail each request with a TypeError.
     if not is_real(tokenizer.model_max_length):
         raise ModelLoadError(f"{path / 'tokenizer_config.json'}: model_max_length must be a number, "
                              f"got {tokenizer.model_max_length!r}")
     return tokenizer
+
+
+def _tokenizer_fault(path: Path, exc: Exception) -> str:
+    """What went wrong, naming the file when it is tokenizer.json: transformers' own message
+    ("KeyError: 'added_tokens'", a JSON error at some column) names none. Asked only after a
+    failure, so a good folder is not parsed twice."""
+    from tokenizers import Tokenizer
+
+    tokenizer_json = path / "tokenizer.json"
+    if tokenizer_json.is_file():
+        try:
+            Tokenizer.from_file(str(tokenizer_json))
+        except Exception as fault:  # the tokenizers library raises a bare Exception with its message
+            return f"{tokenizer_json.name} is not a tokenizer file the tokenizers library reads ({fault})"
+        if isinstance(exc, KeyError):  # a field transformers expects beside the model (added_tokens...)
+            return f"{tokenizer_json.name} has no {exc} field"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:

@@ -273,7 +273,11 @@ CASES: dict[str, tuple[Edit, str | None]] = {
     "shards-index-a-list": (write("model.safetensors.index.json", "[]"),
                             "model.safetensors.index.json does not hold a JSON object"),
     # tokenizer files
-    "tokenizer-not-json": (write("tokenizer.json", "{not json"), "cannot load the tokenizer from {dir}: JSONDecodeError"),
+    "tokenizer-not-json": (write("tokenizer.json", "{not json"),
+                           "cannot load the tokenizer from {dir}: tokenizer.json is not a tokenizer file the tokenizers"),
+    "tokenizer-model-a-number": (write("tokenizer.json", '{"model": 5}'), "tokenizer.json is not a tokenizer file"),
+    "tokenizer-no-added-tokens": (write("tokenizer.json", '{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, '
+                                                          '"merges": []}}'), "tokenizer.json has no 'added_tokens' field"),
     "tokenizer-truncated": (lambda path: (path / "tokenizer.json").write_text((path / "tokenizer.json").read_text()[:500]),
                             "cannot load the tokenizer from"),
     "tokenizer-depth-bomb": (write("tokenizer.json", "[" * 100000 + "]" * 100000), "cannot load the tokenizer from"),
