@@ -22,6 +22,9 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+# The MLP's activation as config.json may name it: transformers maps both names to SiLU,
+# x * sigmoid(x) (swish is its older name), which is what SwiGLU computes here.
+SILU_NAMES = ("silu", "swish")
 _BIASED = {"attention_bias": "q/k/v/o projections", "mlp_bias": "MLP's projections"}
 
 
@@ -78,7 +81,7 @@ class ModelConfig:
                     f"config.json sets {flag}=true: biases on the {_BIASED[flag]}, which minillama does not "
                     "implement (Llama-3 checkpoints have none)"
                 )
-        if raw.get("hidden_act", "silu") != "silu":
+        if raw.get("hidden_act", "silu") not in SILU_NAMES:
             raise ModelLoadError(f"unsupported hidden_act {raw.get('hidden_act')!r} (expected silu)")
         for name in ("torch_dtype", "dtype"):
             field.torch_dtype(name)

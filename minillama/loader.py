@@ -42,6 +42,7 @@ from minillama.values import is_real
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+EMBEDDING = "model.embed_tokens.weight"  # with tied embeddings, the LM head's matrix too
 # Hugging Face keeps q/k/v and gate/up as separate matrices; this model stacks them.
 # HF suffix -> (our parameter suffix, index of the part in the stack).
 STACKED = {
@@ -233,12 +234,17 @@ def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Stored
     implies) and after it is copied (finite in the model's dtype)."""
     params = dict(model.named_parameters())
     loaded: dict[str, str] = {}  # checkpoint name -> the file it came from
+    tied_head: tuple[StoredTensor, torch.Tensor] | None = None
     for name, tensor in tensors:
         if name in loaded:  # shards that disagree: whichever came last would silently win
             raise ModelLoadError(f"checkpoint tensor {name!r} is in both {loaded[name]} and {tensor.source}")
         loaded[name] = tensor.source
         if name == "lm_head.weight" and model.config.tie_word_embeddings:
-            continue  # tied: the LM head is the embedding matrix
+            # Tied: one matrix for both, settled once the embedding is in. Read now, checked first:
+            # a file closes once its last tensor has been taken.
+            _check_stored(name, tensor, tuple(params[EMBEDDING].shape))
+            tied_head = tensor, tensor.read()
+            continue
         target, part = _target(name)
         if target not in params:
             if "rotary_emb" in name:  # some checkpoints store RoPE tables; they are recomputed
@@ -249,6 +255,9 @@ def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Stored
         _check_stored(name, tensor, tuple(destination.shape))
         destination.copy_(tensor.read())
         _check_finite(name, tensor, destination)
+    if tied_head is not None:
+        _load_tied_head(params[EMBEDDING], *tied_head, embedding_loaded=EMBEDDING in loaded)
+        loaded.setdefault(EMBEDDING, tied_head[0].source)
     expected = {n for n in params if n not in _stacked_targets(params)} | {
         f"{n}#{i}" for n in _stacked_targets(params) for i in range(3 if "qkv" in n else 2)
     }
@@ -256,6 +265,36 @@ def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Stored
     missing = sorted(expected - copied)
     if missing:
         raise ModelLoadError(f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+
+
+def _load_tied_head(
+    embedding: torch.nn.Parameter, head: StoredTensor, data: torch.Tensor, embedding_loaded: bool
+) -> None:
+    """lm_head.weight of a checkpoint whose config.json ties the embeddings (tie_word_embeddings:
+    the LM head is the embedding matrix, one parameter here). transformers reads such a
+    checkpoint in one of three ways, and this follows each or refuses:
+
+    - the head equals the embedding (files that store the matrix twice): nothing to do;
+    - the embedding is absent: the head is the matrix (transformers ties the other way round);
+    - the two differ: transformers does not tie them, each keeps its own, so its logits come
+      from the head. Dropping the head would answer with other logits, without a word; one
+      parameter cannot hold both, so such a checkpoint is refused (its config.json is wrong;
+      transformers 4 kept the embedding there, so not even the two versions agree on it).
+
+    Compared in the model's dtype (rows that differ only below its precision are the same
+    weights to it), a few thousand rows at a time: no second copy of the matrix on the device."""
+    if not embedding_loaded:
+        embedding.data.copy_(data)
+        _check_finite("lm_head.weight", head, embedding.data)
+        return
+    rows = 4096
+    if not all(torch.equal(ours, theirs.to(ours.device, ours.dtype))
+               for ours, theirs in zip(embedding.data.split(rows), data.split(rows))):
+        raise ModelLoadError(
+            f"config.json sets tie_word_embeddings=true (the LM head is the embedding matrix), but {head.source} "
+            f"holds an lm_head.weight that differs from {EMBEDDING}; set tie_word_embeddings to false to use "
+            "both as stored (what transformers does), or remove lm_head.weight"
+        )
 
 
 def _target(name: str) -> tuple[str, int | None]:

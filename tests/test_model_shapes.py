@@ -1,0 +1,178 @@
+"""Model shapes beyond tests/conftest.py's TINY_CONFIGS, against transformers' LlamaForCausalLM
+on the same weights, read from a saved directory (config.json as transformers writes it).
+
+Each shape is one class of what differs between Llama checkpoints and could break an engine
+while the usual shapes pass: a head_dim that is not a power of two (Llama-2 13B-like 40,
+Falcon-like 80: kernels that tile by powers of two), GQA groups of 3 and 5 (SmolLM2's 9/3:
+a group that is neither 1 nor a power of two), head_dim set in config.json apart from
+hidden_size / heads (q/o projections that are not square), a vocabulary that is no multiple
+of anything (GPT-2's 50257 is the real one; 257 stands in), and hidden_act "swish" (SiLU's
+other name). Each runs on every CPU attention backend with a block size that is not a power
+of two and prompts split into chunks, so paged decode, prefill over cached blocks and the C
+kernels all see the shape.
+
+Then the layouts of a tied checkpoint's LM head (what transformers does with each), and the
+recorder's attention on odd shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_hf_parity import LogitsRecorder, relative_error, run_to_end
+from test_inspector_support import Checker
+
+from inspector import CapturePolicy, DebugSession
+from minillama import EngineConfig, LLMEngine, ModelLoadError, SamplingParams
+from minillama.ops.cpu import cpu_paged
+
+# name -> LlamaConfig fields over BASE (head_dim = hidden_size / heads unless given).
+SHAPES = {
+    "head-dim-48-mqa": dict(hidden_size=96, num_attention_heads=2, num_key_value_heads=1),
+    "head-dim-80-gqa2": dict(hidden_size=320, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64),
+    "gqa-3-smollm2-9-3": dict(hidden_size=144, num_attention_heads=9, num_key_value_heads=3),
+    "gqa-5-15-3": dict(hidden_size=240, num_attention_heads=15, num_key_value_heads=3),
+    "explicit-head-dim-24": dict(hidden_size=64, head_dim=24, num_attention_heads=4, num_key_value_heads=2),
+    "explicit-head-dim-128": dict(hidden_size=64, head_dim=128, num_attention_heads=2, num_key_value_heads=1),
+    "vocab-257-untied": dict(vocab_size=257, tie_word_embeddings=False),
+    "hidden-act-swish": dict(hidden_act="swish"),
+}
+BASE = dict(
+    vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=None,
+    eos_token_id=None, pad_token_id=None, initializer_range=0.1,
+)
+BACKENDS = [
+    "reference",
+    "sdpa",
+    pytest.param("cpu", marks=pytest.mark.skipif(not cpu_paged.available(), reason="no C compiler for the kernel")),
+]
+
+
+def make_model(seed: int = 0, **fields):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**BASE, **fields})).eval()
+
+
+@pytest.fixture(scope="module")
+def shape_dir(tmp_path_factory):
+    """name -> (directory, HF model) of SHAPES[name], saved once per module."""
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            model = make_model(**SHAPES[name])
+            path = tmp_path_factory.mktemp(name)
+            model.save_pretrained(path)
+            made[name] = path, model
+        return made[name]
+
+    return get
+
+
+def assert_logits_match_hf(engine: LLMEngine, hf, lengths: tuple[int, ...], max_tokens: int) -> None:
+    """Greedy requests of `lengths` random tokens: every step's logits, prefill and decode, are
+    transformers' over the same tokens (the full sequence in one forward)."""
+    recorder = LogitsRecorder()
+    engine.add_observer(recorder)
+    generator = torch.Generator().manual_seed(1)
+    vocab = hf.config.vocab_size
+    prompts = [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
+    ids = [engine.add_request(p, SamplingParams(temperature=0, max_tokens=max_tokens)) for p in prompts]
+    run_to_end(engine)
+    for request_id, prompt in zip(ids, prompts):
+        with torch.no_grad():
+            expected = hf(torch.tensor([engine.sequences[request_id].token_ids])).logits[0]
+        rows = recorder.logits[request_id]
+        assert len(rows) == max_tokens
+        for i, row in enumerate(rows):  # row i predicts token len(prompt) + i
+            assert relative_error(row, expected[len(prompt) - 1 + i]) < 1e-4
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_shape_matches_hf(shape_dir, name, attention):
+    path, hf = shape_dir(name)
+    # Blocks of 3 and chunks of at most 8 tokens: the 13-token prompt is prefilled over its own
+    # cached blocks, and decode reads a block table whose last block is partly filled.
+    config = EngineConfig(device="cpu", dtype="float32", attention=attention, num_kv_blocks=64, block_size=3,
+                          max_num_batched_tokens=8)
+    assert_logits_match_hf(LLMEngine.from_pretrained(path, config), hf, lengths=(5, 13, 1), max_tokens=4)
+
+
+# -- a tied checkpoint's LM head ----------------------------------------------------------------
+
+
+def head_only(weights: dict[str, torch.Tensor]) -> None:
+    weights["lm_head.weight"] = weights.pop("model.embed_tokens.weight")
+
+
+def head_equal(weights: dict[str, torch.Tensor]) -> None:
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+
+
+def head_differs(weights: dict[str, torch.Tensor]) -> None:
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"] + 0.01
+
+
+@pytest.mark.parametrize("layout", [head_only, head_equal, head_differs], ids=lambda f: f.__name__)
+def test_tied_checkpoint_head_layouts_load_as_transformers_reads_them(tmp_path, layout):
+    """config.json ties the embeddings, and the file holds lm_head.weight: in place of the
+    embedding (transformers ties the other way round: the same model), beside an equal one (the
+    same model), or beside a different one (transformers unties them and its logits come from
+    the head; the engine, whose head is the embedding matrix, refuses rather than answer
+    otherwise)."""
+    from transformers import LlamaForCausalLM
+
+    make_model().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    layout(weights)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = EngineConfig(device="cpu", dtype="float32", num_kv_blocks=32, block_size=4)
+    if layout is head_differs:
+        with pytest.raises(ModelLoadError, match="holds an lm_head.weight that differs from model.embed_tokens"):
+            LLMEngine.from_pretrained(tmp_path, config)
+        return
+    hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert_logits_match_hf(LLMEngine.from_pretrained(tmp_path, config), hf, lengths=(6,), max_tokens=3)
+
+
+# -- the recorder -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields", [
+    dict(hidden_size=256, num_attention_heads=1, num_key_value_heads=1, num_hidden_layers=1),  # head_dim 256
+    dict(hidden_size=240, head_dim=48, num_attention_heads=15, num_key_value_heads=3),  # GQA 5, head_dim 48
+], ids=["one-head-256", "gqa5-head-dim-48"])
+def test_recorded_attention_reproduces_the_engines_output(fields):
+    """softmax(q . K * scale) @ V from the recorder's Q/K is each layer's attention output, for
+    every head of two traced sequences (one reading its prefix from the cache), under preemption."""
+    engine = LLMEngine.from_hf_model(make_model(**fields), EngineConfig(device="cpu", dtype="float32",
+                                                                        num_kv_blocks=12, block_size=4))
+    session = DebugSession(engine, CapturePolicy(attention_requests=(0, 2)))
+    checker = Checker(engine, session.recorder.traced)
+    engine.add_observer(checker)
+    generator = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, 256, (12,), generator=generator).tolist()
+    prompts = [prefix + torch.randint(0, 256, (n,), generator=generator).tolist() for n in (3, 5, 2, 4)]
+    params = SamplingParams(temperature=0, max_tokens=8)
+    session.add(prompts[0], params)
+    session.step()  # the prefix is cached before the others arrive
+    for prompt in prompts[1:]:
+        session.add(prompt, params)
+    assert session.run().finished
+    assert engine.stats.preemptions > 0
+    trace = session.trace
+    group = trace.model.num_heads // trace.model.num_kv_heads
+    compared = 0
+    for index, seen in enumerate(checker.steps):
+        for (layer, seq_id), (output, values) in seen.attention.items():
+            start, end = seen.scheduled[seq_id]
+            for pos in (p for p in range(start, end) if trace.attention[seq_id].q_step[p] == index):
+                for head in range(trace.model.num_heads):
+                    ours = trace.attention_row(seq_id, layer, head, pos) @ values[: pos + 1, head // group]
+                    torch.testing.assert_close(ours, output[pos - start, head], atol=1e-5, rtol=1e-5)
+                    compared += 1
+    assert compared > 30
