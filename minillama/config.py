@@ -95,8 +95,12 @@ class ModelConfig:
         theta, scaling = _rope_settings(raw)
         vocab_size = field.size("vocab_size")
         # Not used here, but transformers' tokenizer loader reads it and warns past the vocabulary.
-        # (pad_token_id is not checked: some converted Llama checkpoints set it to -1.)
+        # pad_token_id is checked for its type only, as transformers does: some converted Llama
+        # checkpoints set it to -1, and nothing here pads.
         field.token_ids("bos_token_id", vocab_size)
+        if not (raw.get("pad_token_id") is None or is_int(raw["pad_token_id"])):
+            raise ModelLoadError(f"config.json: pad_token_id must be a whole number or null, got "
+                                 f"{_shown(raw['pad_token_id'])}")
         return cls(
             vocab_size=vocab_size,
             hidden_size=hidden,
@@ -175,10 +179,15 @@ class FieldReader:
         value = self.raw.get(name)
         ids = [] if value is None else value if isinstance(value, list) else [value]
         if not all(is_int(i) and 0 <= i < vocab_size for i in ids):
-            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
             raise ModelLoadError(f"{self.where}: {name} must be a token id in [0, {vocab_size}) (the vocabulary) "
-                                 f"or a list of them, got {shown}")
+                                 f"or a list of them, got {_shown(value)}")
         return tuple(ids)
+
+
+def _shown(value: object) -> str:
+    """A config value for an error message, cut to 80 characters (a hostile file's may be huge)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _head_dim(field: FieldReader, hidden: int, heads: int) -> int:

@@ -218,6 +218,10 @@ CASES: dict[str, tuple[Edit, str | None]] = {
     "architectures-a-string": (config(architectures="LlamaForCausalLM"), "architectures must be a list"),
     "architectures-a-number": (config(architectures=5), "architectures must be a list of class names, got 5"),
     "pad-negative": (config(pad_token_id=-1), None),  # some converted Llama checkpoints set it so
+    "pad-past-the-vocabulary": (config(pad_token_id=10**6), None),  # nothing pads: only its type matters
+    **{f"pad_token_id-{kind}": (config_literal("pad_token_id", literal), "config.json: pad_token_id must be a whole "
+                                "number or null, got")
+       for kind, literal in BAD_TOKEN_IDS.items() if kind in ("nan", "bool", "float", "string", "nested", "object")},
     # config.json as a file
     "config-a-list": (write("config.json", "[1, 2]"), "config.json does not hold a JSON object"),
     "config-not-json": (write("config.json", "{not json"), "config.json is not valid JSON"),
