@@ -380,11 +380,14 @@ def load_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerBase
 
 
 def _tokenizer_fault(path: Path, exc: Exception) -> str:
-    """What went wrong, naming the file when it is tokenizer.json: transformers' own message
-    ("KeyError: 'added_tokens'", a JSON error at some column) names none. Asked only after a
-    failure, so a good folder is not parsed twice."""
+    """What went wrong, naming the file: transformers' own message ("KeyError: 'added_tokens'", a
+    JSON error at some column, a validator's) names none. Asked only after a failure, so a good
+    folder is not parsed twice."""
+    from huggingface_hub.errors import StrictDataclassError
     from tokenizers import Tokenizer
 
+    if isinstance(exc, StrictDataclassError):  # transformers checks config.json's fields' types as it loads
+        return f"config.json: {exc}"
     tokenizer_json = path / "tokenizer.json"
     if tokenizer_json.is_file():
         try:

@@ -218,6 +218,9 @@ CASES: dict[str, tuple[Edit, str | None]] = {
     "architectures-a-string": (config(architectures="LlamaForCausalLM"), "architectures must be a list"),
     "architectures-a-number": (config(architectures=5), "architectures must be a list of class names, got 5"),
     "pad-negative": (config(pad_token_id=-1), None),  # some converted Llama checkpoints set it so
+    # Fields only transformers reads, type-checked by it as it loads the tokenizer: named by file.
+    "use-cache-a-string": (config(use_cache="x"), "config.json: Validation error for field 'use_cache'"),
+    "initializer-range-a-string": (config(initializer_range="abc"), "config.json: Validation error for field"),
     "pad-past-the-vocabulary": (config(pad_token_id=10**6), None),  # nothing pads: only its type matters
     **{f"pad_token_id-{kind}": (config_literal("pad_token_id", literal), "config.json: pad_token_id must be a whole "
                                 "number or null, got")
