@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from itertools import chain
 from typing import Any
 
 Message = MutableMapping[str, Any]
@@ -106,9 +107,9 @@ def queued_calls(queue: Any, key: str) -> int:
     """How many calls of tab `key` Gradio's queue holds now, waiting or running. Read from the
     queue itself (each event keeps its call's body), so a call that was cancelled, refused or
     has ended is never counted: nothing to leave behind."""
-    waiting = [event for line in queue.event_queue_per_concurrency_id.values() for event in line.queue]
-    running = [event for job in queue.active_jobs if job for event in job]
-    return sum(_event_key(event) == key for event in waiting + running)
+    waiting = (event for line in queue.event_queue_per_concurrency_id.values() for event in line.queue)
+    running = (event for job in queue.active_jobs if job for event in job)
+    return sum(_event_key(event) == key for event in chain(waiting, running))
 
 
 def _event_key(event: Any) -> object:

@@ -217,10 +217,8 @@ class FrontDoor:
 
     async def _direct_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A call answered without the queue runs in its tab's lane (webui/direct_calls.py)."""
-        try:
-            body = await read_body(receive)
-        except TooLarge:
-            await _respond(send, 413, {"detail": "too large for a direct call"})
+        body = await _call_body(receive, send, "too large for a direct call")
+        if body is None:
             return
         key = tab_key(body)
         if key is None:
@@ -228,8 +226,7 @@ class FrontDoor:
             return
         lock = self.lanes.enter(key)
         if lock is None:
-            await _respond(send, 429, {"detail": "too many calls at once for this tab: wait for its answers"},
-                           {"retry-after": "1"})
+            await _too_many_calls(send)
             return
         try:
             async with lock:
@@ -240,10 +237,8 @@ class FrontDoor:
     async def _queue_join(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A call enters Gradio's queue unless its tab has MAX_QUEUED there already. Joins still
         under way count too: parallel joins would otherwise all pass before any is queued."""
-        try:
-            body = await read_body(receive)
-        except TooLarge:
-            await _respond(send, 413, {"detail": "too large for a call"})
+        body = await _call_body(receive, send, "too large for a call")
+        if body is None:
             return
         key = tab_key(body)
         if key is None:  # the page's load (no inputs): no session, nothing to bound
@@ -251,8 +246,7 @@ class FrontDoor:
             return
         queue = scope["app"].get_blocks()._queue
         if self.joining[key] + queued_calls(queue, key) >= MAX_QUEUED:
-            await _respond(send, 429, {"detail": "too many calls at once for this tab: wait for its answers"},
-                           {"retry-after": "1"})
+            await _too_many_calls(send)
             return
         self.joining[key] += 1
         try:
@@ -378,6 +372,20 @@ def _strip_api_info(body: bytes) -> bytes:
     if end < 0:
         return body[:begin]
     return body[:begin] + API_INFO_MARKER + b"null;" + body[end:]
+
+
+async def _call_body(receive: Receive, send: Send, too_large: str) -> bytes | None:
+    """A call's body (a tab key and small values), or None once it has been answered 413."""
+    try:
+        return await read_body(receive)
+    except TooLarge:
+        await _respond(send, 413, {"detail": too_large})
+        return None
+
+
+async def _too_many_calls(send: Send) -> None:
+    await _respond(send, 429, {"detail": "too many calls at once for this tab: wait for its answers"},
+                   {"retry-after": "1"})
 
 
 async def _respond(send: Send, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:

@@ -112,8 +112,7 @@ class UISession:
     # One handler at a time changes the session (add, step, reset) or reads it whole (compare,
     # save): through hold(), never held for long by a waiting call. Cursor moves need no lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
-    waiting: bool = False  # a call waits in hold() for the lock (guarded by _waiting_lock)
-    _waiting_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _waiter: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held by the one call waiting in hold()
     # Set by SessionManager.claim_slot under its lock, until the engine or trace is in place:
     # the slot counts from the check, so parallel claims cannot all pass it.
     claiming: bool = False
@@ -130,21 +129,23 @@ class UISession:
         comparison to end (measured: 51 s). So one call may wait, briefly (a Run's step, a
         Reset after Pause), and the rest are answered at once."""
         if not self.lock.acquire(blocking=False):
-            with self._waiting_lock:
-                if self.waiting:
-                    raise SessionBusy(_BUSY)
-                self.waiting = True
+            if not self._waiter.acquire(blocking=False):  # another call waits already
+                raise SessionBusy(_BUSY)
             try:
                 acquired = self.lock.acquire(timeout=BUSY_WAIT_S)
             finally:
-                with self._waiting_lock:
-                    self.waiting = False
+                self._waiter.release()
             if not acquired:
                 raise SessionBusy(_BUSY)
         try:
             yield
         finally:
             self.lock.release()
+
+    @property
+    def waiting(self) -> bool:
+        """Does a call wait in hold() for the lock?"""
+        return self._waiter.locked()
 
     def forget_download(self) -> None:
         """Delete the trace file it saved last, with the folder made for it (webui/handlers.py)."""
