@@ -153,10 +153,7 @@ def model_shape(config: str | None) -> ModelConfig:
     """The benchmarked model's shape: the embedded model's, or --config's (1b, 3b, 8b or a path)."""
     if config is None:
         return ModelConfig.from_file(embedded_model_dir() / "config.json")
-    path = config_path(config)
-    if not path.is_file():
-        raise ConfigError(f"--config {config}: no such file; give 1b, 3b, 8b or the path of a config.json")
-    return ModelConfig.from_file(path)  # a malformed file: a ModelLoadError that says what is wrong
+    return ModelConfig.from_file(config_path(config))  # a malformed file: a ModelLoadError that says what is wrong
 
 
 def fitting_shape(config: str | None, device: torch.device, dtype: torch.dtype) -> ModelConfig:

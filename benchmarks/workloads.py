@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import random
 from pathlib import Path
+
+from minillama import ConfigError
 
 CONFIGS = Path(__file__).parent / "configs"
 CHAT_PROMPTS = [
@@ -19,9 +22,20 @@ CHAT_PROMPTS = [
 
 
 def config_path(name: str) -> Path:
-    """A shape by its short name (1b, 3b: Llama-3.2; 8b: Llama-3.1), else `name` as a path."""
-    found = sorted(CONFIGS.glob(f"llama-3.*-{name}.json"))
-    return found[-1] if found else Path(name)
+    """A shape by its short name (1b, 3b: Llama-3.2; 8b: Llama-3.1), else `name` as a path.
+    ConfigError, naming --config and the names it takes, when it is neither: every benchmark
+    reads its --config here, and "7b" would otherwise be reported as a file that is missing."""
+    found = sorted(CONFIGS.glob(f"llama-3.*-{glob.escape(name)}.json")) if name else []  # "*" is no name
+    if found:
+        return found[-1]
+    path = Path(name)
+    try:
+        is_file = bool(name) and path.is_file()
+    except OSError:  # a name too long for a path
+        is_file = False
+    if not is_file:
+        raise ConfigError(f"--config {name}: no such file; give 1b, 3b, 8b or the path of a config.json")
+    return path
 
 
 # The throughput workload's prompt lengths, in tokens (shortest, longest).

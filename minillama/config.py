@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from minillama.errors import ConfigError, ModelLoadError
 from minillama.model_files import read_json_object
 from minillama.ops.attention import BACKEND_NAMES
-from minillama.values import as_int, as_number, is_int
+from minillama.values import as_flag, as_int, as_number, is_int
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -66,6 +67,8 @@ class ModelConfig:
         for anything this engine cannot run. Every size is checked here, before a tensor is
         made: a negative or boolean size would otherwise surface as a torch error deep inside
         the model's construction ("negative dimension -1280")."""
+        if not isinstance(raw, dict):  # every field below is read with raw.get
+            raise ModelLoadError(f"config.json must hold a JSON object (settings by name), got {type(raw).__name__}")
         field = FieldReader(raw, "config.json")
         archs = raw.get("architectures") or ["LlamaForCausalLM"]
         if not isinstance(archs, list):  # `in` would find the name inside a string, or fail on a number
@@ -127,7 +130,8 @@ class ModelConfig:
         return embedding + self.num_hidden_layers * layer + hidden + (0 if self.tie_word_embeddings else embedding)
 
     @classmethod
-    def from_file(cls, path: Path) -> ModelConfig:
+    def from_file(cls, path: str | os.PathLike) -> ModelConfig:
+        path = Path(path)  # a str too, as every other path the library takes
         try:
             raw = read_json_object(path)
         except FileNotFoundError as exc:
@@ -329,8 +333,7 @@ class EngineConfig:
         as_number(self.kv_cache_memory_gb, _label("kv_cache_memory_gb"), ConfigError, at_most=MAX_KV_CACHE_GB)
         as_number(self.gpu_memory_utilization, _label("gpu_memory_utilization"), ConfigError, at_most=1.0)
         for name in ("enable_prefix_caching", "enforce_eager", "fused_ops"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            as_flag(getattr(self, name), name, ConfigError)
         if not is_int(self.seed) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"{_label('seed')} must be an integer in [0, 2**63), got {self.seed!r}")
 

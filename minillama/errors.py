@@ -17,6 +17,14 @@ class InvalidRequestError(MinillamaError, ValueError):
     the requests it already has."""
 
 
+class UnknownRequestError(InvalidRequestError, KeyError):
+    """A request id the engine does not hold: never given, or aborted or forgotten since
+    (LLMEngine.request). Also a KeyError, as it was before it was named, so `except KeyError`
+    keeps working."""
+
+    __str__ = Exception.__str__  # KeyError's would print the message in quotes, as a key
+
+
 class ConfigError(MinillamaError, ValueError):
     """An engine setting that cannot work: a field of EngineConfig (or its command-line flag)
     of the wrong type or out of range, an unknown device, a KV cache larger than the memory."""

@@ -63,10 +63,16 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
         return embedded_model_dir()
     if not isinstance(model, (str, os.PathLike)):
         raise ModelLoadError(f"a model is a directory's path (str or pathlib.Path), not {type(model).__name__}")
+    if not os.fspath(model):  # Path("") is ".": the current folder would be loaded as the model
+        raise ModelLoadError("the model path is empty: give a model directory (or None for the embedded model)")
     path = expand_user(model)
-    if path.is_file():
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except OSError as exc:  # pathlib answers False for a missing path, but lets a name too long through
+        raise ModelLoadError(f"model directory {path}: {exc.strerror or exc}") from exc
+    if is_file:
         raise ModelLoadError(f"{path} is a file, not a model directory (a folder with config.json and *.safetensors)")
-    if not path.is_dir():
+    if not is_dir:
         raise ModelLoadError(f"model directory {path} does not exist (or is not a directory)")
     check_model_directory(path)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minillama.errors import InvalidRequestError
-from minillama.values import MAX_COUNT, is_finite_real, is_int
+from minillama.values import MAX_COUNT, as_flag, is_finite_real, is_int
 
 MAX_SAMPLES = 64  # the most samples one prompt may ask for (SamplingParams.n)
 MAX_BEAMS = 64  # the widest beam search one prompt may ask for (SamplingParams.beam_width)
@@ -75,8 +75,7 @@ class SamplingParams:
             raise InvalidRequestError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if not isinstance(self.stop_token_ids, (tuple, list)) or not all(map(is_int, self.stop_token_ids)):
             raise InvalidRequestError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
-        if not isinstance(self.ignore_eos, bool):
-            raise InvalidRequestError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
+        as_flag(self.ignore_eos, "ignore_eos", InvalidRequestError)
 
     @property
     def greedy(self) -> bool:

@@ -48,6 +48,14 @@ def as_int(value: object, name: str, error: type[Exception], minimum: int = 1, f
     return whole
 
 
+def as_flag(value: object, name: str, error: type[Exception]) -> bool:
+    """True or False, nothing else: `if chat:` would read "no", 1, [0] or None as a choice, and a
+    numpy bool_ is no bool (its `is True` is False)."""
+    if not isinstance(value, bool):
+        raise error(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def as_number(
     value: object, name: str, error: type[Exception], above: float = 0.0, at_most: float = math.inf
 ) -> float:

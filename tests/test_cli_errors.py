@@ -250,6 +250,15 @@ BAD = {
     "bench-device": ("bench", ["--device", "banana"], "unknown device"),
     "bench-config-missing": ("bench", ["--config", "/nonexistent.json"], "no such file"),
     "bench-config-bad": ("bench", ["--config", "{file}"], "is not valid JSON"),
+    # --config 7b was reported as "7b is missing: a model directory needs config.json"; "*" picked the 8B shape.
+    "recording-config-unknown": ("recording", ["--config", "7b"], "--config 7b: no such file; give 1b, 3b, 8b"),
+    "bench-config-glob": ("bench", ["--config", "*"], "--config *: no such file"),
+    # Path("") is ".": the current folder was read as the model, or named as a folder.
+    "model-empty-path": ("minillama", ["--prompt", "hi", "--model", ""], "the model path is empty"),
+    "chrome-to-empty-path": ("inspector", ["export-chrome", "{trace}", "-o", ""], "-o is empty: give a file name"),
+    # pathlib lets OSError through for a name too long: it came out as "[Errno 36] ...", naming no flag.
+    "record-to-a-long-name": ("inspector", ["record", "--prompt", "hi", "-o", "{root}/" + "r" * 300],
+                              "-o {root}/rrr"),
     "bench-max-tokens-0": ("bench", ["--max-tokens", "0"], "argument --max-tokens"),
     "bench-requests-0": ("bench", ["--num-requests", "0"], "argument --num-requests"),
     "bench-peers": ("bench", ["--peers", "hf"], "--peers takes static, cb or both"),
@@ -348,6 +357,19 @@ def test_ctrl_c_is_one_line_and_status_130(paths, capsys, monkeypatch):
         assert err.endswith(": interrupted\n")
 
 
+def test_a_broken_pipe_other_than_stdout_is_bad_input_not_a_quiet_exit(capsys):
+    """Only stdout's reader leaving ends a command quietly (141); a pipe the command itself wrote
+    to (a socket, a child's stdin) that broke is reported as any OSError is."""
+    from minillama.cli.errors import run_cli
+
+    def broken(argv: list[str]) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert run_cli("prog", broken, []) == 2
+    err = capsys.readouterr().err
+    assert err == "prog: error: [Errno 32] Broken pipe\n"
+
+
 def test_help_still_exits_0(capsys):
     for main, argv in [(minillama.__main__.main, ["--help"]), (inspector.__main__.main, ["record", "--help"])]:
         with pytest.raises(SystemExit) as info:
@@ -372,3 +394,24 @@ def test_a_real_process_prints_one_line(argv, fragment):
     err = done.stderr.decode()
     assert done.returncode == 2, err
     assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(paths):
+    """`python -m inspector show run.mltrace | head -1`: once head has its line, writing fails.
+    It printed "error: [Errno 32] Broken pipe", or "Exception ignored ... BrokenPipeError" at
+    exit; a Unix tool stops without a word, status 141 (128 + SIGPIPE)."""
+    child = subprocess.Popen([sys.executable, "-m", "inspector", "show", paths["trace"]], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child has written anything: it starts in seconds
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and err == ""
+
+
+def test_an_answer_the_terminal_cannot_encode_is_escaped_not_an_internal_error(paths):
+    """PYTHONIOENCODING=ascii (or a Latin-1 locale): printing "é" raised UnicodeEncodeError after
+    the whole run, an internal error with status 1."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-m", "minillama", *[a.format(**paths) for a in RUN], "--prompt", "café",
+                           "--max-tokens", "2"], cwd=ROOT, capture_output=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"### caf\\xe9" in done.stdout and b"[2 tokens, length]" in done.stdout

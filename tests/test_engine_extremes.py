@@ -14,10 +14,12 @@ from minillama import (
     EngineConfig,
     InvalidRequestError,
     LLMEngine,
+    ModelConfig,
     ModelLoadError,
     Observer,
     ObserverError,
     SamplingParams,
+    check_text,
 )
 
 GREEDY = SamplingParams(temperature=0, max_tokens=4)
@@ -187,12 +189,109 @@ def test_request_ids_that_are_no_int_are_refused_by_every_lookup(engine, method,
     assert engine.request(kept).status == "waiting"  # nothing changed (True is not request 1)
 
 
-@pytest.mark.parametrize("make", [lambda: LLM(5), lambda: LLM(b"/tmp"), lambda: LLMEngine.from_pretrained(config={"x": 1}),
-                                  lambda: LLMEngine.sharing_weights(None, EngineConfig())],
-                         ids=["int-model", "bytes-model", "dict-config", "no-base"])
-def test_constructors_refuse_arguments_of_the_wrong_kind_by_name(make):
-    with pytest.raises((ConfigError, ModelLoadError), match="a model is a directory|must be an EngineConfig|shares an LLMEngine"):
+SHAPE = ModelConfig.from_dict(dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+WRONG_KINDS = {
+    "int-model": (lambda: LLM(5), "a model is a directory"),
+    "bytes-model": (lambda: LLM(b"/tmp"), "a model is a directory"),
+    # Path("") is ".": the current folder was read as the model ("config.json is missing").
+    "empty-model": (lambda: LLM(""), "the model path is empty"),
+    # pathlib answers False for a missing path, but raised OSError for a name too long.
+    "name-too-long": (lambda: LLM("m" * 5000), "File name too long"),
+    "dict-config": (lambda: LLMEngine.from_pretrained(config={"x": 1}), "must be an EngineConfig"),
+    "no-base": (lambda: LLMEngine.sharing_weights(None, EngineConfig()), "shares an LLMEngine"),
+    # Each failed deep inside, on a missing attribute or in torch.manual_seed.
+    "dict-shape": (lambda: LLMEngine.from_config({"vocab_size": 64}), "takes a ModelConfig"),
+    "str-seed": (lambda: LLMEngine.from_config(SHAPE, EngineConfig(device="cpu", num_kv_blocks=4), seed="1"),
+                 r"seed \(of the random weights\)"),
+    "negative-seed": (lambda: LLMEngine.from_config(SHAPE, EngineConfig(device="cpu", num_kv_blocks=4), seed=-1),
+                      r"seed \(of the random weights\)"),
+    "no-hf-model": (lambda: LLMEngine.from_hf_model(None), "takes a transformers LlamaForCausalLM"),
+    "no-reference-base": (lambda: LLMEngine.reference_copy(None), "copies an LLMEngine's model"),
+    "no-engine": (lambda: LLM.from_engine(None), "from_engine takes an LLMEngine"),
+    "list-shape": (lambda: ModelConfig.from_dict([]), "must hold a JSON object"),
+}
+
+
+@pytest.mark.parametrize("make, message", WRONG_KINDS.values(), ids=WRONG_KINDS.keys())
+def test_constructors_refuse_arguments_of_the_wrong_kind_by_name(make, message):
+    with pytest.raises((ConfigError, ModelLoadError), match=message):
         make()
+
+
+def test_a_model_config_file_may_be_named_by_a_str(embedded_dir):
+    assert ModelConfig.from_file(str(embedded_dir / "config.json")).vocab_size > 0
+
+
+def test_forgetting_an_unfinished_request_is_refused_and_the_engine_keeps_serving(engine):
+    """forget() dropped a waiting or running request's bookkeeping but left it in the scheduler:
+    the next step failed on it (KeyError), and every step after it, the other requests with it."""
+    expected = run(engine, [(PROMPT, GREEDY)])
+    waiting = engine.add_request(PROMPT, GREEDY)
+    running = engine.add_request([7, 8, 9], GREEDY)
+    engine.step()
+    search = engine.add_request([4, 5], SamplingParams(beam_width=2, max_tokens=3))
+    engine.step()
+    beam = engine.beams(search)[-1]
+    for request_id in (waiting, running, search, beam):
+        with pytest.raises(InvalidRequestError, match=f"request {request_id} has not finished: abort"):
+            engine.forget(request_id)
+    while engine.has_unfinished():
+        engine.step()
+    assert list(engine.request(waiting).output_token_ids) == expected[0]
+    for request_id in (waiting, running, search):
+        engine.forget(request_id)  # finished: forgotten
+    with pytest.raises(KeyError, match="no request"):  # an InvalidRequestError too, saying which
+        engine.request(waiting)
+    with pytest.raises(InvalidRequestError, match=f"no request {waiting} "):
+        engine.request(waiting)
+
+
+@pytest.mark.parametrize("call", ["add_request", "check_request", "generate", "progress", "encode_prompt"])
+@pytest.mark.parametrize("chat", ["no", None, 1, np.bool_(True)])
+def test_a_flag_that_is_no_bool_is_refused_before_anything_is_queued(engine, call, chat):
+    """`if chat:` read "no" as yes and None as no, and ran the request either way."""
+    calls = {
+        "add_request": lambda: engine.add_request("Hi", GREEDY, chat=chat),
+        "check_request": lambda: engine.check_request("Hi", GREEDY, chat),
+        "generate": lambda: LLM.from_engine(engine).generate(["Hi"], GREEDY, chat=chat),
+        "progress": lambda: LLM.from_engine(engine).generate(["Hi"], GREEDY, progress=chat),
+        "encode_prompt": lambda: engine.encode_prompt("Hi", chat),
+    }
+    with pytest.raises(InvalidRequestError, match="must be True or False"):
+        calls[call]()
+    assert not engine.has_unfinished() and not engine.sequences
+
+
+@pytest.mark.parametrize("prompt, message", [
+    (None, "a prompt text is a str, not NoneType"), (b"Hi", r"not bytes \(decode bytes"), (["Hi"], "not list"),
+    ("a\ud800", "character 1 is U\\+D800, a lone surrogate"), ("", "the prompt is empty"),
+])
+def test_encode_prompt_and_check_text_refuse_what_is_no_text(engine, prompt, message):
+    """The tokenizer raised its own TypeError or ValueError, naming neither the prompt nor the character."""
+    for call in (engine.encode_prompt, check_text):
+        with pytest.raises(InvalidRequestError, match=message):
+            call(prompt)
+
+
+def test_an_observer_attached_twice_is_refused(engine):
+    observer = Observer()
+    engine.add_observer(observer)
+    with pytest.raises(InvalidRequestError, match="already observes this engine"):
+        engine.add_observer(observer)  # it would have seen, and a recorder recorded, every step twice
+    assert engine.observers == [observer]
+
+
+@pytest.mark.parametrize("block_ids", [[-1], [64], ["0"], [1.0], "01", 5, None])
+def test_block_lookups_refuse_what_is_no_block_of_the_pool(engine, block_ids):
+    """-1 read the pool from its end; the others raised IndexError or TypeError."""
+    with pytest.raises(InvalidRequestError, match="block ids|list of block ids"):
+        engine.cached_flags(block_ids)
+    with pytest.raises(InvalidRequestError, match="block ids|list of block ids"):
+        engine.block_pool_snapshot(include=block_ids)
+    with pytest.raises(InvalidRequestError, match="computed must be a mapping"):
+        engine.block_pool_snapshot(computed=5)
+    assert engine.cached_flags([0, 63]) == [False, False]
 
 
 def test_a_debug_session_whose_recorder_fails_stops_stepping_until_reset(engine):
@@ -215,3 +314,45 @@ def test_a_debug_session_whose_recorder_fails_stops_stepping_until_reset(engine)
     session.reset()
     session.add_batch([PROMPT], GREEDY)
     assert session.step() is not None and len(session.trace.steps) == 1
+
+
+class Reentering(Observer):
+    """Calls back into the engine from a hook, as a script that drives it from an observer might."""
+
+    def __init__(self, hook: str, call):
+        self.call, self.errors = call, []
+        setattr(self, hook, self._call)
+
+    def _call(self, *args: object) -> None:
+        try:
+            self.call()
+        except InvalidRequestError as error:
+            self.errors.append(str(error))
+            raise
+
+
+@pytest.mark.parametrize("hook, call", [("on_step_end", "generate"), ("on_schedule", "step"), ("on_step_end", "abort"),
+                                        ("on_schedule", "add_request"), ("on_fork", "forget"), ("on_fork", "fork")])
+def test_a_hook_that_calls_back_into_the_engine_is_refused_and_the_step_finishes_whole(engine, hook, call):
+    """generate() from on_step_end stepped inside the step, whose hook generated again, to
+    Python's recursion limit, and _notify then failed detaching the observer twice; an abort
+    from a hook freed blocks the running step was using."""
+    expected = run(engine, [(PROMPT, GREEDY)])
+    parent = engine.add_request([9, 8, 7], GREEDY)
+    calls = {
+        "generate": lambda: LLM.from_engine(engine).generate([PROMPT], GREEDY),
+        "step": engine.step, "abort": lambda: engine.abort(parent), "forget": lambda: engine.forget(parent),
+        "add_request": lambda: engine.add_request(PROMPT, GREEDY), "fork": lambda: engine.fork(parent, 2, [5]),
+    }
+    observer = Reentering(hook, calls[call])
+    engine.add_observer(observer)
+    first = engine.add_request(PROMPT, GREEDY)
+    with pytest.raises(ObserverError):
+        while engine.has_unfinished():
+            engine.step()
+            if hook == "on_fork":
+                engine.fork(parent, 2, [6])
+    assert observer.errors and "from an observer's hook" in observer.errors[0] and observer not in engine.observers
+    while engine.has_unfinished():
+        engine.step()
+    assert list(engine.request(first).output_token_ids) == expected[0]

@@ -322,10 +322,18 @@ def test_save_refuses_what_is_no_file_path(trace, tmp_path, monkeypatch, path):
     assert written(tmp_path) == []
 
 
-@pytest.mark.parametrize("where", ["folder", "missing-folder"])
+WHERE = {
+    "folder": (lambda tmp: tmp, "is not a regular file but a folder"),
+    "missing-folder": (lambda tmp: tmp / "missing" / "x.mltrace", "there is no folder"),
+    # pathlib answers False for a missing path, but let OSError through for a name too long.
+    "name-too-long": (lambda tmp: tmp / ("t" * 300 + ".mltrace"), "File name too long; not written"),
+}
+
+
+@pytest.mark.parametrize("where", WHERE)
 def test_save_and_export_refuse_a_path_where_nothing_can_be_written(trace, tmp_path, where):
-    target = tmp_path if where == "folder" else tmp_path / "missing" / "x.mltrace"
-    fragment = "is not a regular file but a folder" if where == "folder" else "there is no folder"
+    make, fragment = WHERE[where]
+    target = make(tmp_path)
     refused(lambda: save(trace, target), fragment, TraceError)
     refused(lambda: export_chrome_trace(trace, target), fragment, TraceError)
     assert written(tmp_path) == []

@@ -135,6 +135,13 @@ def output_file(value: object) -> Path:
     a device in its place would be replaced by a file, and a missing folder would fail only
     after the work."""
     path = file_path(value)
+    try:
+        return _writable(value, path)
+    except OSError as exc:  # pathlib answers False for a missing path, but lets a name too long through
+        raise TraceError(f"path {shown(str(path))}: {exc.strerror or exc}; not written") from exc
+
+
+def _writable(value: object, path: Path) -> Path:
     if os.fspath(value).endswith(("/", os.sep)):  # Path drops the slash: "new/" would be a file "new"
         raise TraceError(f"path {shown(os.fspath(value))} names a folder; give a file name in it")
     if path.is_dir():

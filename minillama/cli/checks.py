@@ -16,10 +16,19 @@ from minillama.values import MAX_COUNT
 def check_output_path(path: str, flag: str) -> Path:
     """`path` as a Path if a file can be written there; ConfigError otherwise. Checked before
     any work: a recording that runs to its end only to fail on saving loses the whole run."""
+    if not path:  # Path("") is ".", which would be reported as a folder
+        raise ConfigError(f"{flag} is empty: give a file name")
     try:
         target = Path(path).expanduser()
     except RuntimeError as exc:  # ~user for a user this machine does not know
         raise ConfigError(f"{flag} {path}: cannot expand ~ ({exc})") from exc
+    try:
+        return _writable(path, target, flag)
+    except OSError as exc:  # pathlib answers False for a missing path, but lets a name too long through
+        raise ConfigError(f"{flag} {path}: {exc.strerror or exc}") from exc
+
+
+def _writable(path: str, target: Path, flag: str) -> Path:
     folder = target.parent  # Path("run.mltrace").parent is Path(".")
     if target.is_dir() or path.endswith(("/", os.sep)):  # Path drops the slash: "new/" would be a file "new"
         raise ConfigError(f"{flag} {path} is a folder; give a file name in it")

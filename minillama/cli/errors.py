@@ -6,6 +6,7 @@
 - bad input (a MinillamaError, a flag argparse refuses, an OSError naming a file, or one of
   the `expected` types a command line adds): "prog: error: <message>", exit status 2;
 - Ctrl-C: "prog: interrupted", exit status 130 (128 + SIGINT, what a shell reports);
+- stdout's reader gone (`prog | head -1`): nothing more, exit status 141 (128 + SIGPIPE);
 - anything else is a bug: "prog: internal error: <type>: <message>; run with --debug for the
   traceback", exit status 1.
 
@@ -16,6 +17,8 @@ who mistyped a flag needs the one line; whoever debugs the engine needs the trac
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -59,14 +62,19 @@ def run_cli(
     """Run `main(argv)` and turn what it raises into one line and an exit status (see above)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv[: argv.index("--")] if "--" in argv else DEBUG_FLAG in argv
+    _write_any_text(sys.stdout)
     try:
-        return main(argv) or 0
+        status = main(argv) or 0
+        _flush_stdout()
+        return status
     except KeyboardInterrupt:
         if debug:
             raise
         _say(f"{prog}: interrupted")
         return 130
     except (MinillamaError, *ENVIRONMENT_ERRORS, *expected) as exc:
+        if isinstance(exc, BrokenPipeError) and _reader_gone():
+            return SIGPIPE_STATUS  # stdout's reader left; any other pipe is bad input as below
         if debug:
             raise
         _say(f"{prog}: error: {one_line(exc)}")
@@ -76,6 +84,55 @@ def run_cli(
             raise
         _say(f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)}; run with {DEBUG_FLAG} for the traceback")
         return 1
+
+
+# `prog | head -1`: head exits after its line, and the next write to stdout fails. A Unix tool is
+# then stopped by SIGPIPE without a word (Python ignores the signal and raises BrokenPipeError
+# instead); the status a shell reports for that is 128 + 13.
+SIGPIPE_STATUS = 141
+
+
+def _reader_gone() -> bool:
+    """Is stdout a pipe whose reader has closed it? Then stdout is pointed at /dev/null, so that
+    Python's own flush at exit does not print "Exception ignored ... BrokenPipeError"."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))  # a pipe without readers
+    except (AttributeError, OSError, ValueError):  # no stdout, or one with no file descriptor (a test's capture)
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
+
+
+def _flush_stdout() -> None:
+    """Write what stdout still buffers now, so that a failure is reported as any other (at exit,
+    Python would print "Exception ignored" and exit 120), and say it was the output that failed
+    (`> /dev/full`: "No space left on device" alone names nothing)."""
+    if sys.stdout is None:  # closed (>&-): print wrote nothing
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write the output (stdout): {exc.strerror}") from exc
+
+
+def _write_any_text(stream: object) -> None:
+    """Let `stream` take any text: a character its encoding lacks (an answer's "é" with
+    PYTHONIOENCODING=ascii, or a Latin-1 locale) is written as an escape, \\xe9, instead of
+    failing the command after its work is done."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="backslashreplace")
+        except (OSError, ValueError):  # a closed or detached stream: print will say so
+            pass
 
 
 # The longest message a command prints: a message can quote its input, which may be huge.

@@ -9,8 +9,9 @@ from tqdm import tqdm
 from minillama.config import EngineConfig
 from minillama.engine.llm_engine import LLMEngine
 from minillama.engine.outputs import Completion
-from minillama.errors import InvalidRequestError
+from minillama.errors import ConfigError, InvalidRequestError
 from minillama.sampling_params import SamplingParams
+from minillama.values import as_flag
 
 
 class LLM:
@@ -20,6 +21,8 @@ class LLM:
     @classmethod
     def from_engine(cls, engine: LLMEngine) -> LLM:
         """An LLM over an engine already built (LLMEngine.from_config, from_hf_model, ...)."""
+        if not isinstance(engine, LLMEngine):  # else every later call fails on a missing attribute
+            raise ConfigError(f"from_engine takes an LLMEngine, not {type(engine).__name__}")
         llm = cls.__new__(cls)
         llm.engine = engine
         return llm
@@ -39,6 +42,8 @@ class LLM:
         Every prompt is checked before any runs: a bad one raises InvalidRequestError and no
         request of this call stays queued. A step that raises (an observer's ObserverError,
         Ctrl-C) aborts this call's requests before the error goes on."""
+        as_flag(chat, "chat", InvalidRequestError)
+        as_flag(progress, "progress", InvalidRequestError)
         if not isinstance(prompts, (list, tuple)):
             raise InvalidRequestError(f"prompts must be a list of prompts (for one, [prompt]), not {type(prompts).__name__}")
         params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)

@@ -20,10 +20,11 @@ forks: its beams share their blocks, and a beam no continuation keeps is pruned.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,7 +51,7 @@ from minillama.engine.outputs import (
 from minillama.engine.prompts import check_text, check_token_ids, first_outside_vocabulary
 from minillama.engine.scheduler import Scheduler
 from minillama.engine.sequence import RequestInfo, Sequence
-from minillama.errors import ConfigError, InvalidRequestError, ObserverError
+from minillama.errors import ConfigError, InvalidRequestError, ObserverError, UnknownRequestError
 from minillama.loader import (
     build_model,
     eos_token_ids,
@@ -70,7 +71,7 @@ from minillama.ops.table import AttentionOps
 from minillama.parallel.shard import Shard, check_splits
 from minillama.parallel.workers import ModelSource, ParallelRunner, RandomWeights, TensorParallelGroup, load_rank_model
 from minillama.sampling_params import SamplingParams
-from minillama.values import is_int
+from minillama.values import as_flag, is_int
 
 _T = TypeVar("_T")  # what an engine call returns, carried by ObserverError
 
@@ -121,6 +122,7 @@ class LLMEngine(BeamSearchSteps):
         self._searching: dict[int, BeamGroup] = {}
         self.observers: list[Observer] = []
         self._observer_failure: tuple[Observer, str, Exception] | None = None  # _notify: the first this call
+        self._running: str | None = None  # the call whose observer hooks are running now (step, fork): _exclusive
         self.step_count = 0
         self.stats = EngineStats()
         # With observers on CUDA: events timing the forward and the sampler, made once.
@@ -178,6 +180,10 @@ class LLMEngine(BeamSearchSteps):
     def from_config(cls, model_config: ModelConfig, config: EngineConfig | None = None, seed: int = 0) -> LLMEngine:
         """A model of the given shape with random weights (benchmarks; no tokenizer). Split over
         tensor_parallel_size processes, each rank draws its own slices (RandomWeights)."""
+        if not isinstance(model_config, ModelConfig):  # a dict would fail deep in the model's construction
+            raise ConfigError(f"from_config takes a ModelConfig (ModelConfig.from_dict(settings)), not {type(model_config).__name__}")
+        if not is_int(seed) or not 0 <= seed < 2**63:  # EngineConfig.seed's rule; torch would take -1, not "1"
+            raise ConfigError(f"seed (of the random weights) must be an integer in [0, 2**63), got {seed!r}")
         config = _engine_config(config)
         config.validate()
         if config.tensor_parallel_size > 1:
@@ -191,6 +197,8 @@ class LLMEngine(BeamSearchSteps):
     def from_hf_model(cls, hf_model, config: EngineConfig | None = None, tokenizer=None) -> LLMEngine:
         """The same weights as a transformers LlamaForCausalLM already in memory (benchmarks
         and tests run both side by side)."""
+        if not isinstance(hf_model, torch.nn.Module) or not hasattr(getattr(hf_model, "config", None), "to_dict"):
+            raise ConfigError(f"from_hf_model takes a transformers LlamaForCausalLM, not {type(hf_model).__name__}")
         config = _engine_config(config)
         config.validate()
         model_config = ModelConfig.from_dict(hf_model.config.to_dict())
@@ -227,6 +235,8 @@ class LLMEngine(BeamSearchSteps):
         base's checkpoint (so a bf16 base is compared with the float32 weights, not with its own
         rounding of them), or widened from base's when it has none (random weights): 4 bytes a
         parameter. Its own KV pool is one block; replays make engines of their own over it."""
+        if not isinstance(base, LLMEngine):
+            raise ConfigError(f"reference_copy copies an LLMEngine's model, not a {type(base).__name__}'s")
         config = dataclasses.replace(
             base.config, dtype="float32", attention="reference", fused_ops=False, enforce_eager=True,
             num_kv_blocks=1, max_model_len=base.max_model_len, tensor_parallel_size=1,
@@ -256,7 +266,11 @@ class LLMEngine(BeamSearchSteps):
     # -- requests --------------------------------------------------------------------------------
 
     def encode_prompt(self, prompt: str, chat: bool = False) -> list[int]:
-        """Token ids of a text prompt, wrapped in the model's chat template when `chat`."""
+        """Token ids of a text prompt, wrapped in the model's chat template when `chat`.
+        InvalidRequestError for what is no text (check_text): the tokenizer would raise its own
+        TypeError on a lone surrogate, naming neither the prompt nor the character."""
+        check_text(prompt)
+        as_flag(chat, "chat", InvalidRequestError)
         if self.tokenizer is None:
             raise InvalidRequestError("this model has no tokenizer: pass the prompt as token ids")
         if chat:
@@ -290,6 +304,7 @@ class LLMEngine(BeamSearchSteps):
 
         With params.beam_width = k > 1 the id is the beam search's (its first beam's, the
         prompt's): beams(id) lists its beams, and abort(id) stops the whole search."""
+        self._check_not_running("add_request")
         params = SamplingParams() if params is None else params
         token_ids = self.check_request(prompt, params, chat)
         seq = Sequence(next(self._request_ids), token_ids, params)
@@ -331,6 +346,10 @@ class LLMEngine(BeamSearchSteps):
         still holds. request(id) tells which (fork_prefix). With params asking for beam_width
         k > 1 (a beam's own, by default) the fork starts a beam search of its own from there.
         Raises InvalidRequestError, changing nothing, on bad input."""
+        with self._exclusive("fork"):
+            return self._fork(seq_id, num_tokens, forced_token_ids, params)
+
+    def _fork(self, seq_id: int, num_tokens: int, forced_token_ids: list[int], params: SamplingParams | None) -> int:
         self._settle()  # the parent's last token must be real, not a placeholder
         parent = self.sequences.get(seq_id) if is_int(seq_id) else None
         if parent is None:
@@ -417,8 +436,8 @@ class LLMEngine(BeamSearchSteps):
         InvalidRequestError naming the problem otherwise. Changes nothing: a caller adding a
         batch checks every request first, so a bad one leaves the batch unqueued."""
         self._check_params(params)
+        as_flag(chat, "chat", InvalidRequestError)  # `if chat:` would take "no" or None as a choice
         if isinstance(prompt, str):
-            check_text(prompt)
             token_ids = self.encode_prompt(prompt, chat)
             if not token_ids:
                 raise InvalidRequestError("the prompt encodes to no tokens")
@@ -463,6 +482,7 @@ class LLMEngine(BeamSearchSteps):
         """Stop a request wherever it is, free its blocks and forget it. The id of any beam of
         a running beam search (its request id too) stops the whole search: every live beam."""
         _check_request_id(request_id)
+        self._check_not_running("abort")
         self._settle()  # its last token may still be a placeholder: it ends with the real one
         if self._ready:  # read early, not returned yet: the caller hears nothing more of it
             self._ready = [output for output in self._ready if output.request_id != request_id]
@@ -478,8 +498,15 @@ class LLMEngine(BeamSearchSteps):
 
     def forget(self, request_id: int) -> None:
         """Drop a finished request's bookkeeping once its output has been collected; a beam
-        search's request id drops the whole search (every beam it made, pruned ones too)."""
+        search's request id drops the whole search (every beam it made, pruned ones too).
+        InvalidRequestError, changing nothing, for a request still waiting or running (abort
+        stops and forgets one): the scheduler would keep it, and the next step, looking it up
+        here, would fail, and every step after it, the other requests with it."""
         _check_request_id(request_id)
+        self._check_not_running("forget")
+        seq = self.sequences.get(request_id)
+        if request_id in self._searching or (seq is not None and (not seq.is_finished or seq.beam_of in self._searching)):
+            raise InvalidRequestError(f"request {request_id} has not finished: abort({request_id}) stops and forgets it")
         group = self._beam_groups.pop(request_id, None)
         for seq_id in group.members if group is not None else (request_id,):
             self.sequences.pop(seq_id, None)
@@ -505,6 +532,8 @@ class LLMEngine(BeamSearchSteps):
         """Watch every step from the next one; the engine then steps in order (in_flight.py)."""
         if not isinstance(observer, Observer):
             raise InvalidRequestError(f"an observer is a minillama.Observer (subclass it), not {type(observer).__name__}")
+        if any(o is observer for o in self.observers):  # attached twice, it would see (and record) every step twice
+            raise InvalidRequestError(f"this {type(observer).__name__} already observes this engine")
         self._settle()
         self.observers.append(observer)
         self._time_collectives()
@@ -521,7 +550,8 @@ class LLMEngine(BeamSearchSteps):
             try:
                 getattr(observer, hook)(*args)
             except Exception as error:  # noqa: BLE001 - whatever it was, the observer's, not the engine's
-                self.remove_observer(observer)
+                if observer in self.observers:  # not if it detached itself before it raised
+                    self.remove_observer(observer)
                 self._observer_failure = self._observer_failure or (observer, hook, error)
 
     def _raise_observer_failure(self, result: _T) -> _T:
@@ -535,6 +565,28 @@ class LLMEngine(BeamSearchSteps):
             "and the engine finished the call without it (ObserverError.result holds what the call returned)",
             result,
         ) from error
+
+    @contextlib.contextmanager
+    def _exclusive(self, call: str) -> Iterator[None]:
+        """Run `call` (step, fork), whose observer hooks may run, refusing the calls that change
+        the engine's requests from inside those hooks: a hook that called step() (or generate())
+        stepped again in the middle of the step, and again from that step's hook, until Python's
+        recursion limit; one that aborted or added a request changed the batch the step was
+        running. Refused, InvalidRequestError reaches the hook, which the engine detaches
+        (ObserverError), and the step goes on whole."""
+        self._check_not_running(call)
+        self._running = call
+        try:
+            yield
+        finally:
+            self._running = None
+
+    def _check_not_running(self, call: str) -> None:
+        if self._running is not None:
+            raise InvalidRequestError(
+                f"{call}() was called inside {self._running}(), from an observer's hook: observers read the engine; "
+                f"call {call}() once {self._running}() has returned"
+            )
 
     def close(self) -> None:
         """Stop the tensor-parallel worker processes, if any (they also stop when this process
@@ -611,28 +663,52 @@ class LLMEngine(BeamSearchSteps):
         return self.runner.readout(hidden)
 
     def request(self, seq_id: int) -> RequestInfo:
-        """A copy of a request's state, as it is now; KeyError once the request is forgotten."""
+        """A copy of a request's state, as it is now; UnknownRequestError (a KeyError too) once the
+        request is forgotten (aborted, or collected by LLM.generate)."""
         _check_request_id(seq_id)
         self._settle()
-        return self.sequences[seq_id].info()
+        seq = self.sequences.get(seq_id)
+        if seq is None:
+            raise UnknownRequestError(f"no request {seq_id} (never added, or aborted or forgotten since)")
+        return seq.info()
 
     def block_pool_snapshot(self, computed: Mapping[int, int] | None = None, include: Iterable[int] = ()
                             ) -> BlockPoolSnapshot:
         """The KV block pool as it is now (minillama/engine/block_pool.py). computed: seq id ->
         tokens whose K/V it holds, for a snapshot taken while a step's forward is computing them
         (default: what the engine has committed); include: blocks to list whatever their state."""
+        if computed is not None and not isinstance(computed, Mapping):
+            raise InvalidRequestError(f"computed must be a mapping of seq id -> tokens, or None, not {type(computed).__name__}")
+        include = self._block_ids(include, "include")
         self._settle()
         return snapshot_block_pool(self.block_manager, self.scheduler.holders, computed, include)
 
     def cached_flags(self, block_ids: Iterable[int]) -> list[bool]:
         """For each block: does a later prompt hit it (is it the prefix cache's entry for its hash)?"""
-        return cached_flags(self.block_manager, block_ids)
+        return cached_flags(self.block_manager, self._block_ids(block_ids, "block_ids"))
+
+    def _block_ids(self, block_ids: Iterable[int], name: str) -> list[int]:
+        """`block_ids` as a list, each a block of this pool; InvalidRequestError naming the first that is not:
+        a negative id would read the pool from its end, a str or one past it fail as a list index."""
+        if isinstance(block_ids, (str, bytes)) or not isinstance(block_ids, Iterable):
+            raise InvalidRequestError(f"{name} must be a list of block ids, not {type(block_ids).__name__}")
+        ids = list(block_ids)
+        position = first_outside_vocabulary(ids, self.block_manager.num_blocks)  # the same rule: ints in [0, n)
+        if position is not None:
+            raise InvalidRequestError(
+                f"{name} must be block ids in [0, {self.block_manager.num_blocks}); position {position} holds {ids[position]!r}"
+            )
+        return ids
 
     # -- the step ----------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduler iteration: one forward pass over the batch it picks. -> the new
         tokens' outputs: this step's, or with async scheduling the step before's (in_flight.py)."""
+        with self._exclusive("step"):
+            return self._step()
+
+    def _step(self) -> list[RequestOutput]:
         if self._ready:  # a step read between calls (request(), fork(), ...): its outputs first
             outputs, self._ready = self._ready, []
             return outputs

@@ -17,7 +17,12 @@ from minillama.values import is_int
 
 def check_text(prompt: str) -> None:
     """Raise InvalidRequestError when `prompt` is empty or is not valid Unicode text, naming
-    the position of the first bad character."""
+    the position of the first bad character. Anything but a str is refused by its type: it is
+    public (the command lines check their prompts with it before a model loads), and bytes or a
+    list would otherwise fail on `.encode`, naming no prompt."""
+    if not isinstance(prompt, str):
+        hint = " (decode bytes into str first)" if isinstance(prompt, (bytes, bytearray)) else ""
+        raise InvalidRequestError(f"a prompt text is a str, not {type(prompt).__name__}{hint}")
     if not prompt:
         raise InvalidRequestError("the prompt is empty")
     try:
