@@ -95,7 +95,8 @@ class ModelConfig:
                 f"config.json: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads}): "
                 "each key/value head serves a group of query heads"
             )
-        theta, scaling = _rope_settings(raw)
+        max_position = field.size("max_position_embeddings", default=2048)
+        theta, scaling = _rope_settings(raw, max_position)
         vocab_size = field.size("vocab_size")
         # Not used here, but transformers' tokenizer loader reads it and warns past the vocabulary.
         # pad_token_id is checked for its type only, as transformers does: some converted Llama
@@ -115,7 +116,7 @@ class ModelConfig:
             rms_norm_eps=field.positive("rms_norm_eps", default=1e-6),
             rope_theta=theta,
             rope_scaling=scaling,
-            max_position_embeddings=field.size("max_position_embeddings", default=2048),
+            max_position_embeddings=max_position,
             tie_word_embeddings=field.flag("tie_word_embeddings", default=False),
             eos_token_ids=field.token_ids("eos_token_id", vocab_size),
         )
@@ -214,14 +215,22 @@ def _head_dim(field: FieldReader, hidden: int, heads: int) -> int:
     return head_dim
 
 
-def _rope_settings(raw: dict[str, Any]) -> tuple[float, RopeScaling | None]:
-    """Read rope_theta and scaling from either the transformers 4 or 5 spelling of config.json."""
+def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeScaling | None]:
+    """RoPE's base and scaling, read from config.json in the order transformers 5 reads them, so
+    that a file which spells them twice gives the same angles here as in LlamaForCausalLM:
+
+    - the section is "rope_scaling" (transformers 4's name) when it is set, else
+      "rope_parameters" (5's name); the other one is then ignored, its rope_theta included;
+    - rope_theta inside the section wins over a top-level one (4 kept it at the top level);
+    - original_max_position_embeddings at the top level wins over the section's (Phi-3-style
+      files keep the pretraining length there), and defaults to max_position_embeddings."""
     params = _section(raw, "rope_parameters")
     scaling = _section(raw, "rope_scaling") or params
-    theta = next((v for v in (raw.get("rope_theta"), params.get("rope_theta")) if v is not None), 10000.0)
-    theta = as_number(theta, "config.json: rope_theta", ModelLoadError)
+    top_level, field = FieldReader(raw, "config.json"), FieldReader(scaling, "config.json's rope scaling")
+    # A top-level rope_theta is checked even where the section's wins: a file holding a NaN
+    # there is damaged, whichever value a reader takes.
+    theta = field.positive("rope_theta", default=top_level.positive("rope_theta", default=10000.0))
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
-    field = FieldReader(scaling, "config.json's rope scaling")
     if kind == "default":
         return theta, None
     if kind == "dynamic":
@@ -239,12 +248,14 @@ def _rope_settings(raw: dict[str, Any]) -> tuple[float, RopeScaling | None]:
         raise ModelLoadError(
             f"config.json's rope scaling: high_freq_factor ({high}) must be above low_freq_factor ({low})"
         )
+    name = "original_max_position_embeddings"
+    original = top_level.size(name) if raw.get(name) is not None else field.size(name, default=max_position)
     return theta, RopeScaling(
         kind="llama3",
         factor=field.positive("factor"),
         low_freq_factor=low,
         high_freq_factor=high,
-        original_max_position_embeddings=field.size("original_max_position_embeddings"),
+        original_max_position_embeddings=original,
     )
 
 

@@ -88,7 +88,7 @@ def test_a_missing_size_is_named(field):
             ModelConfig.from_dict(config)
 
 
-@pytest.mark.parametrize("field", ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"])
+@pytest.mark.parametrize("field", ["factor", "low_freq_factor", "high_freq_factor"])
 def test_a_missing_rope_scaling_field_is_named(field):
     scaling = {k: v for k, v in LLAMA3.items() if k != field}
     with pytest.raises(ModelLoadError, match=f"rope scaling has no {field}"):

@@ -16,6 +16,8 @@ recorder's attention on odd shapes."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -137,6 +139,45 @@ def test_tied_checkpoint_head_layouts_load_as_transformers_reads_them(tmp_path, 
         return
     hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
     assert_logits_match_hf(LLMEngine.from_pretrained(tmp_path, config), hf, lengths=(6,), max_tokens=3)
+
+
+# -- RoPE settings spelled in more than one place ------------------------------------------------
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+# name -> the config.json fields over what save_pretrained wrote (None: the field removed). Each
+# is a file transformers 5 reads one way and a naive reader another: which section wins, where
+# rope_theta is taken from, where the pretraining length is, and what a missing one means.
+ROPE_SPELLINGS = {
+    "theta-at-top-and-in-rope-parameters": dict(rope_theta=50000.0,
+                                                rope_parameters={"rope_type": "default", "rope_theta": 1000.0}),
+    "theta-inside-rope-scaling": dict(rope_theta=10000.0, rope_parameters=None,
+                                      rope_scaling={"rope_type": "linear", "factor": 2.0, "rope_theta": 100.0}),
+    "rope-scaling-beside-rope-parameters": dict(rope_scaling={"rope_type": "linear", "factor": 2.0},
+                                                rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
+    "llama3-pretraining-length-at-top-level": dict(original_max_position_embeddings=64, rope_parameters={
+        **LLAMA3, "rope_theta": 10000.0, "original_max_position_embeddings": 16}),
+    "llama3-without-pretraining-length": dict(rope_parameters={**LLAMA3, "rope_theta": 10000.0}),
+    "transformers-4-spelling": dict(rope_theta=20000.0, rope_parameters=None,
+                                    rope_scaling={**LLAMA3, "original_max_position_embeddings": 16}),
+}
+
+
+@pytest.mark.parametrize("name", list(ROPE_SPELLINGS))
+def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, name):
+    """The same config.json gives the same angles here as in transformers' LlamaForCausalLM,
+    however it spells RoPE's settings: a wrong base or pretraining length changes every logit
+    past the first few positions and nothing else, so a 40-token prompt shows it."""
+    from transformers import LlamaForCausalLM
+
+    make_model().save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    raw = json.loads(config_file.read_text())
+    for field, value in ROPE_SPELLINGS[name].items():
+        raw.pop(field, None) if value is None else raw.__setitem__(field, value)
+    config_file.write_text(json.dumps(raw))
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    engine = LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", dtype="float32", num_kv_blocks=16))
+    assert_logits_match_hf(engine, hf, lengths=(40,), max_tokens=2)
 
 
 # -- the recorder -------------------------------------------------------------------------------
