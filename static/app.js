@@ -15,11 +15,17 @@
   };
   const statusElement = () => document.querySelector("#ml-status-inner");
   const isRunning = () => statusElement()?.dataset.running === "1";
+  // A focused control that takes the keys itself: a text field every key, a slider or a radio
+  // group the arrows, Home and End. A checkbox or a button takes only space (below): after a
+  // click on one, s, b, the arrows and 1-6 still reach the debugger.
+  const KEYLESS_INPUTS = ["checkbox", "button", "submit", "reset", "file", "color"];
   const typingIn = (el) =>
-    el && (el.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(el.tagName));
+    el && (el.isContentEditable || ["TEXTAREA", "SELECT"].includes(el.tagName) ||
+      (el.tagName === "INPUT" && !KEYLESS_INPUTS.includes(el.type)));
   // A control that space acts on when it has the focus.
   const activates = (el) =>
-    Boolean(el?.closest?.("button, a[href], summary, [role=button], [role=tab], [tabindex]:not([tabindex='-1'])"));
+    Boolean(el?.closest?.("button, a[href], summary, input[type=checkbox], [role=button], [role=tab], " +
+      "[tabindex]:not([tabindex='-1'])"));
 
   // -- leaving the page ---------------------------------------------------------------------
   // Reloading or leaving the page while a run streams its updates: Gradio's client closes its
@@ -225,6 +231,22 @@
     seekTo(target);
   };
   window.mlMoveCursor = moveCursor; // webui/layout.py: the ◀ / ▶ buttons' click
+
+  // Each press of Step counts (a click, or the s key, which clicks it); the Step event takes the
+  // count when its call goes out (webui/layout.py STEP_PRESSES_JS). Gradio sends a press made
+  // while a Step is in flight once that call ends, so the presses made meanwhile go out together:
+  // five quick presses step five times. The capture phase counts a click before Gradio sees it.
+  const MAX_STEP_PRESSES = 32; // webui/handlers.py
+  let stepPresses = 0;
+  document.addEventListener("click", (event) => {
+    const step = button("ml-step");
+    if (step && !step.disabled && step.contains(event.target)) stepPresses += 1;
+  }, true);
+  window.mlTakeStepPresses = () => {
+    const presses = Math.min(Math.max(stepPresses, 1), MAX_STEP_PRESSES);
+    stepPresses = 0;
+    return presses;
+  };
   // The tabs by key 1-6 (webui/layout.py's order and labels). In a window too narrow for every
   // tab, Gradio moves the last ones into a "more" menu, as buttons with no id or role=tab: those
   // are found by their label (indexing the role=tab buttons left keys 4-6 doing nothing).

@@ -67,7 +67,7 @@ def test_malformed_values_get_a_message_and_no_traceback(served, capfd):
 
 
 @pytest.mark.parametrize("api, data", [("seek", ["KEY", "abc"]), ("seek", ["KEY"]), ("select", ["KEY", ALIEN, 0, "0", False]),
-                                       ("step", ["KEY", 1])])
+                                       ("step", ["KEY", 1, 1]), ("step", ["KEY", 0]), ("step", ["KEY", 33])])
 def test_a_direct_call_with_malformed_values_is_a_400_with_the_reason(served, api, data):
     """/gradio_api/run/<name> answers at once (no queue); Gradio gave every failure there a 500."""
     _, url = served

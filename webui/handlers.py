@@ -56,6 +56,9 @@ NO_PROGRESS = gr.Progress()  # Gradio replaces a handler's Progress default with
 # and the run loop sends the next one only then, so a busy browser never has a backlog of
 # updates to draw, and Pause is answered within one engine step and one frame. Steps run on
 # in between; an update shows the latest.
+# The most steps one Step call takes: quick presses add up (webui/layout.py), and a held-down
+# s key repeats ~30 times a second; past this many the panels would lag the key by seconds.
+MAX_STEP_PRESSES = 32
 RUN_MIN_REFRESH_S = 0.1  # at most this often, even with a fast browser
 RUN_MAX_WAIT_S = 2.0  # a client that never acknowledges (an API script) still gets this many
 
@@ -160,9 +163,14 @@ class Handlers:
         return render(session, f"added {', '.join(f'#{i}' for i in ids)}: press Step or Run")
 
     @_reported
-    def step(self, session: UISession) -> list[Any]:
+    def step(self, session: UISession, presses: float | None) -> list[Any]:
+        """`presses` engine steps (quick presses of Step add up, see webui/layout.py), fewer if
+        nothing is left to run; the panels then show the last."""
+        count = 1 if presses is None else _whole(presses, "step presses", maximum=MAX_STEP_PRESSES)
+        stepped = 0
         with session.hold():
-            stepped = self.manager.step(session)
+            while stepped < count and self.manager.step(session):
+                stepped += 1
         return render(session, "" if stepped else _idle_message(session))
 
     def run(self, key: str, request: gr.Request) -> Iterator[list[Any]]:

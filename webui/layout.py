@@ -19,13 +19,17 @@ from inspector.views import escape
 from webui import comparing
 from webui.breakpoint_form import EVENT_BREAKPOINTS
 from webui.call_values import refuse_malformed_values
-from webui.handlers import Handlers
+from webui.handlers import MAX_STEP_PRESSES, Handlers
 from webui.render import OUTPUT_NAMES
 from webui.sessions import CaptureSettings, EngineSettings, SessionManager
 
 # Runs in the page before a fork click goes out: the inputs [tab key, click], the click read off
 # the hidden button where static/app.js left it.
 FORK_CLICK_JS = "(key, click) => [key, document.getElementById('ml-fork-click-go')?.dataset.click || '']"
+# Runs in the page before a Step goes out: the presses of Step (or the s key) since the last
+# Step went out, which static/app.js counts. Gradio drops a click on a button whose call is in
+# flight ("once") or keeps only the last ("always_last"): five quick presses stepped once.
+STEP_PRESSES_JS = "(key, presses) => [key, window.mlTakeStepPresses?.() ?? 1]"
 # Gradio's file cache: every 5 minutes, the files older than 15 minutes are deleted.
 CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS = 300, 900
 EXAMPLE_PROMPTS = "What is the capital of France?\nWrite a haiku about autumn.\nWhat is the capital of France? Answer in one word."
@@ -174,6 +178,9 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                 # field's value, so no value can race the click.
                 fork_click = gr.Textbox(visible="hidden", elem_id="ml-fork-click")
                 fork_click_go = gr.Button(visible="hidden", elem_id="ml-fork-click-go")
+                # How many steps one Step call takes (STEP_PRESSES_JS fills it in the page).
+                step_presses = gr.Number(1, visible="hidden", minimum=1, maximum=MAX_STEP_PRESSES,
+                                         elem_id="ml-step-presses")
                 # The server's prev / next, for API clients (the page's ◀ / ▶ move the slider itself).
                 prev_api = gr.Button(visible="hidden", elem_id="ml-prev-api")
                 next_api = gr.Button(visible="hidden", elem_id="ml-next-api")
@@ -189,7 +196,8 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         app.unload(handlers.unload)
         add.click(handlers.add_prompts, [key, prompts, chat, max_tokens, temperature, top_p, top_k, seed, samples,
                                          beam_width], outputs, api_name="add_prompts")
-        step.click(handlers.step, [key], outputs, api_name="step", show_progress="hidden")
+        step.click(handlers.step, [key, step_presses], outputs, js=STEP_PRESSES_JS, trigger_mode="always_last",
+                   api_name="step", show_progress="hidden")
         run.click(handlers.run, [key], outputs, api_name="run", show_progress="hidden")
         run_bp.click(handlers.run_to_breakpoint, [key, *breakpoint_form], outputs, api_name="run_to_breakpoint",
                      show_progress="hidden")

@@ -108,7 +108,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         label=f"Step {index} · steps 0–{count - 1} recorded" if count else "Step: none recorded",
         **({} if slider_moved else {"value": max(index, 0)}),
     )
-    sequences = [("auto (follows the step)", AUTO)]
+    sequences = [("auto", AUTO)]  # README: it follows the step under the cursor
     sequences += sequence_choices(trace)
     picked = AUTO if session.selection.seq_id not in trace.sequences else str(session.selection.seq_id)
     heads = [("all heads", "all")] + [(head_label(trace, h), str(h)) for h in range(trace.model.num_heads)]
