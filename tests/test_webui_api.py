@@ -283,3 +283,27 @@ def test_a_share_link_names_a_snapshot_and_a_step_but_no_session(url):
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?view=[0-9a-f]{24}&step=2&seq=1", link), link
     assert author.key.split(".")[0] not in link and author.client.session_hash not in link
     assert Tab(url).predict(api_name="/share_link") == ""  # nothing recorded: nothing to share
+
+
+def test_a_one_layer_model_and_its_trace_are_shown(tmp_path):
+    """Gradio refuses a slider whose minimum is its maximum, and the layer slider's range was
+    0..layers-1: with one layer every render failed, the error's render too, so a one-layer
+    model's session could not step and its trace (valid, recorded) could not be opened."""
+    from gradio_client import handle_file
+    from tiny_model import TINY, write_byte_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(**{**TINY, "num_hidden_layers": 1}, bos_token_id=None, eos_token_id=None,
+                                 pad_token_id=None)).save_pretrained(tmp_path)
+    write_byte_tokenizer(tmp_path)
+    engine = LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", num_kv_blocks=1, max_model_len=128))
+    with running_server(SessionManager(engine, Limits(max_sessions=4))) as address:
+        author = Tab(address)
+        panels(author.predict("Hi", False, 3, 0.0, 1.0, 0, "", 1, 1, api_name="/add_prompts"))
+        named = panels(author.predict(api_name="/step"))
+        assert "ml-error" not in named["status"] and shows_step(named, 0)
+        viewer = Tab(address)
+        named = panels(viewer.predict(handle_file(author.predict(api_name="/save_trace")), api_name="/open_trace"))
+        assert "opened" in named["status"] and shows_step(named, 0)
+        named = panels(viewer.predict("0", 0, "all", True, api_name="/select"))
+        assert "ml-error" not in named["status"]

@@ -93,11 +93,11 @@ def _reported(handler: Callable) -> Callable:
             return handler(self, session, *inputs)
         except EXPECTED as error:
             toast(str(error))
-            return render(session, str(error), error=True)
+            return _render_error(session, str(error))
         except Exception as error:  # noqa: BLE001 - one session's failure must not take the server down
             log.exception("handler %s failed", handler.__name__)
             message = f"internal error ({type(error).__name__}: {error}); the server keeps serving, details are in its log"
-            return render(session, message, error=True)
+            return _render_error(session, message)
 
     # Gradio reads the signature to know the inputs, and the annotation to pass the request.
     params = [inspect.Parameter("key", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -107,6 +107,16 @@ def _reported(handler: Callable) -> Callable:
     wrapper.__annotations__ = {"request": gr.Request}
     wrapper.__name__, wrapper.__doc__ = handler.__name__, handler.__doc__
     return wrapper
+
+
+def _render_error(session: UISession | None, message: str) -> list[Any]:
+    """The panels with `message` in the status; the empty panels with it if the session's own
+    fail to draw (the error may be in drawing them: the page must still get its message)."""
+    try:
+        return render(session, message, error=True)
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.exception("drawing the panels failed")
+        return render(None, message, error=True)
 
 
 class Handlers:
@@ -140,7 +150,12 @@ class Handlers:
         except Exception:  # noqa: BLE001 - see _reported
             log.exception("opening the link failed")
             message = "internal error while opening this link; the page works without it"
-        return render(session, message, error=bool(message)) + [session.key]
+        try:
+            return render(session, message, error=bool(message)) + [session.key]
+        except Exception:  # noqa: BLE001 - see _render_error
+            log.exception("drawing the panels failed")
+            return _render_error(None, "internal error while drawing the panels; details are in the server's log") + [
+                session.key]
 
     def unload(self, request: gr.Request) -> None:
         self.manager.tab_closed(request.session_hash or "")

@@ -131,6 +131,8 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         views.branch_html(trace, index, selection),
     ] + ([gr.skip()] * 3 if cursor_only else [
         gr.Dropdown(choices=sequences, value=picked),
-        gr.Slider(minimum=0, maximum=trace.model.num_layers - 1, value=selection.layer, step=1),
+        # Gradio refuses a slider whose minimum is its maximum: a one-layer model's range is 0..1, fixed at 0.
+        gr.Slider(minimum=0, maximum=max(trace.model.num_layers - 1, 1), value=selection.layer, step=1,
+                  interactive=trace.model.num_layers > 1),
         gr.Dropdown(choices=heads, value="all" if selection.head is None else str(selection.head)),
     ])
