@@ -429,7 +429,17 @@ class StepRecord:
     layer_hooks: bool = False
 
     def token_of(self, seq_id: int) -> TokenRecord | None:
-        return next((t for t in self.tokens if t.seq_id == seq_id), None)
+        """The token `seq_id` drew in this step, or None. Found in a dict by sequence id, built on
+        the first call and again when `tokens` has grown: the loader and the views ask for every
+        token of a sequence, and a scan of the step's tokens made a step of 20,000 sequences
+        cost 20,000 x 20,000 comparisons. (Not a field: the trace file does not hold it.)"""
+        index: dict[int, TokenRecord] | None = self.__dict__.get("_tokens_by_seq")
+        if index is None or self.__dict__.get("_tokens_indexed") != len(self.tokens):
+            index = {}
+            for token in self.tokens:
+                index.setdefault(token.seq_id, token)  # the first, as the scan found it
+            self.__dict__["_tokens_by_seq"], self.__dict__["_tokens_indexed"] = index, len(self.tokens)
+        return index.get(seq_id)
 
 
 @dataclass
