@@ -266,6 +266,57 @@ def test_damaged_safetensors_headers_are_refused(saved, tmp_path):
         refused(path, message)
 
 
+def with_header_entry(raw: bytes, name: str, entry: str) -> bytes:
+    """The safetensors file `raw` with `"name": entry` (JSON text) added first in its header."""
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = b'{"%s": %s, ' % (name.encode(), entry.encode()) + raw[9 : 8 + size]
+    return struct.pack("<Q", len(header)) + header + raw[8 + size :]
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    # No bytes, so safetensors lets it through; torch failed to make it with a TypeError.
+    ('{"dtype": "F32", "shape": [0, 18446744073709551615], "data_offsets": [0, 0]}', "has shape \\[0, 1844"),
+    ('{"dtype": "F32", "shape": [0, -1], "data_offsets": [0, 0]}', "has shape \\[0, -1\\]"),
+    ('{"dtype": "F32", "shape": [0, 1, 1, 1, 1], "data_offsets": [0, 0]}', "has shape \\[0, 1, 1, 1, 1\\]"),
+    ('{"dtype": "F32", "shape": "12", "data_offsets": [0, 0]}', "has shape 12"),
+    ('{"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}, "trace.steps.0.kv.fill": {}', "appears twice"),
+])
+def test_tensor_header_entries_no_trace_has_are_refused(saved, tmp_path, entry, message):
+    raw = with_header_entry(members(saved)["tensors.safetensors"], "extra" if "appears" not in message else
+                            "trace.steps.0.kv.fill", entry)
+    refused(write_zip(tmp_path / "shape.mltrace", {**members(saved), "tensors.safetensors": raw}), message)
+
+
+def test_a_key_twice_in_one_object_of_trace_json_is_refused(saved, tmp_path):
+    """Python's json keeps the last value of a repeated key, other readers the first: the same
+    file would be two different traces."""
+    raw = members(saved)["trace.json"]
+    path = write_zip(tmp_path / "twice.mltrace", {**members(saved), "trace.json": b'{"schema_version": 1, ' + raw[1:]})
+    refused(path, "the key 'schema_version' appears twice in one object")
+
+
+def nul_named(saved: Path, path: Path) -> Path:
+    """The trace with its trace.json member named "trace.json\\0x" (zipfile cuts names at a NUL
+    when it reads them, and writes them cut, so the name is patched in the bytes)."""
+    write_zip(path, {"trace.jsonXx" if name == "trace.json" else name: data for name, data in members(saved).items()})
+    path.write_bytes(path.read_bytes().replace(b"trace.jsonXx", b"trace.json\0x"))
+    return path
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda saved, path: path.write_bytes(b"#!/bin/sh\necho hi\n" + saved.read_bytes()), "data before its zip's first"),
+    (lambda saved, path: path.write_bytes(saved.read_bytes() + b"GARBAGE" * 10), "data after its zip's end"),
+    (lambda saved, path: path.write_bytes(saved.read_bytes()[:-2] + b"\x05\x00hello"), "or a zip comment"),
+    (nul_named, "a member whose name has a NUL byte"),
+])
+def test_anything_a_zip_reader_would_skip_or_cut_is_refused(saved, tmp_path, make, message):
+    """Bytes before or after the zip, a zip comment, or a member name cut at a NUL: zip readers
+    skip or cut them, so a file could carry anything unseen beside a trace that loads."""
+    path = tmp_path / "around.mltrace"
+    make(saved, path)
+    refused(path, message)
+
+
 def test_a_legit_trace_still_loads_fast(saved):
     started = time.perf_counter()
     trace = load(saved)

@@ -48,7 +48,7 @@ def parse(raw: bytes, what: str, max_depth: int, max_elements: int) -> Any:
     except UnicodeDecodeError as exc:
         raise TraceError(f"{what} is not UTF-8 text: {exc}") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_object_without_repeats)
     except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
         raise TraceError(f"{what} is not valid JSON: {exc}") from None
 
@@ -72,6 +72,18 @@ def scan(raw: bytes) -> tuple[int, int]:
         elements += int(np.count_nonzero((kinds == OPEN) | (kinds == SEPARATOR)))
         in_string ^= bool(quotes[-1] & 1) if quotes.size else False
     return deepest, elements
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused (ValueError) when it names a key twice: JSON readers disagree on
+    which value counts (Python's keeps the last, others the first), so the file would mean
+    one thing here and another elsewhere."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"the key {repeated[:60]!r} appears twice in one object")
+    return obj
 
 
 def _refuse_constant(name: str) -> Any:

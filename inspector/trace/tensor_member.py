@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from inspector.trace.json_limits import parse
+from minillama import is_int
 from inspector.trace.model import TraceError
 
 # A trace holds 8 tensors a step (its KV snapshot) and 3 a traced sequence (Q, K, q_step):
@@ -25,6 +26,9 @@ DTYPES = frozenset({"BOOL", "I32", "I64", "F32", "F16", "BF16"})  # the KV snaps
 # An entry is about a dozen JSON elements ({, :, the shape's dims...); the header nests 3 deep.
 HEADER_ELEMENTS_PER_TENSOR = 16
 HEADER_DEPTH = 3
+# A trace's tensors have at most 4 dimensions (a Q/K store: positions, layers, heads, head_dim),
+# each far under 2**31 (a file's size bounds their product).
+MAX_DIMS, MAX_DIM = 4, 2**31 - 1
 
 
 def load_tensors(raw: bytes, what: str) -> dict[str, torch.Tensor]:
@@ -44,7 +48,13 @@ def load_tensors(raw: bytes, what: str) -> dict[str, torch.Tensor]:
         dtype = entry.get("dtype") if isinstance(entry, dict) else None
         if dtype not in DTYPES:
             raise TraceError(f"{what}: tensor {name[:60]!r} has dtype {str(dtype)[:20]!r}, which no trace holds")
+        # safetensors checks a shape against the bytes it spans, and [0, 2**64 - 1] spans none:
+        # torch then failed to make it with a TypeError no caller expects.
+        shape = entry.get("shape")
+        if not (isinstance(shape, list) and len(shape) <= MAX_DIMS
+                and all(is_int(d) and 0 <= d <= MAX_DIM for d in shape)):
+            raise TraceError(f"{what}: tensor {name[:60]!r} has shape {str(shape)[:40]}, which no trace holds")
     try:
         return load_safetensors(raw)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
-        raise TraceError(f"{what} is damaged: {exc}") from None
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
+        raise TraceError(f"{what} is damaged: {str(exc)[:200]}") from None

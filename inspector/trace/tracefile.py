@@ -43,7 +43,7 @@ from inspector.trace.model import OLDEST_READABLE_VERSION, SCHEMA_VERSION, Trace
 from inspector.trace.replacing import replacing
 from inspector.trace.tensor_member import load_tensors
 from inspector.trace.validate import validate_trace
-from inspector.trace.zip_members import CHUNK, open_zip, read_member
+from inspector.trace.zip_members import CHUNK, check_nothing_around, open_zip, read_member
 
 FORMAT = "mltrace"
 JSON_MEMBER = "trace.json"
@@ -116,6 +116,7 @@ def load(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
     whole(max_bytes, "max_bytes", minimum=1, maximum=MAX_BYTES_LIMIT)
     with open_zip(path) as zf:
         json_info, tensors_info = _the_two_members(path, zf.infolist())
+        check_nothing_around(zf, path)
         if tensors_info.file_size > max(CHUNK, MAX_INFLATION * tensors_info.compress_size):
             # save() stores it; a small file must not make load() hold gigabytes it does not contain.
             raise TraceError(f"{path}: {TENSORS_MEMBER} would inflate {tensors_info.compress_size:,} bytes to "
@@ -152,6 +153,9 @@ def _the_two_members(path: Path, infos: list[zipfile.ZipInfo]) -> tuple[zipfile.
     for name in (JSON_MEMBER, TENSORS_MEMBER):
         if name not in counts:
             raise TraceError(f"{path} is not a complete trace: it has no {name}")
+    for info in infos:  # zipfile cuts a name at a NUL: "trace.json\x00x" would pass as trace.json
+        if info.orig_filename != info.filename:
+            raise TraceError(f"{path} holds a member whose name has a NUL byte, {info.orig_filename[:60]!r}")
     for name in names:
         if name not in (JSON_MEMBER, TENSORS_MEMBER):
             raise TraceError(f"{path} holds a member no trace has, {name[:60]!r}: "

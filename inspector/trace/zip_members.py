@@ -80,6 +80,24 @@ def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
             raise TraceError(f"{path} is not a .mltrace file, or it is truncated or damaged (zip: {exc})") from None
 
 
+END_RECORD = b"PK\x05\x06"  # a zip's last 22 bytes: its end-of-directory record (no comment)
+END_RECORD_SIZE = 22
+
+
+def check_nothing_around(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse bytes before the zip's first member or after its end record (a zip comment
+    included): zip readers skip both, so anything could travel there unseen beside a trace
+    that looks valid, as in a member no trace has. save() writes neither."""
+    infos = zf.infolist()
+    if infos and min(info.header_offset for info in infos) != 0:
+        raise TraceError(f"{path} has data before its zip's first member; a .mltrace is a zip alone")
+    assert zf.fp is not None  # open
+    size = zf.fp.seek(0, os.SEEK_END)
+    zf.fp.seek(size - END_RECORD_SIZE)
+    if zf.comment or zf.fp.read(END_RECORD_SIZE)[:4] != END_RECORD:
+        raise TraceError(f"{path} has data after its zip's end (or a zip comment); a .mltrace is a zip alone")
+
+
 def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> bytes:
     """Member `info`, unpacked CHUNK bytes at a time and counted against its declared size
     (which the caller has checked against its limits)."""
