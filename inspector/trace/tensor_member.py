@@ -15,8 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from inspector.trace.json_limits import parse
-from minillama import is_int
 from inspector.trace.model import TraceError
+from minillama import is_int
 
 # A trace holds 8 tensors a step (its KV snapshot) and 3 a traced sequence (Q, K, q_step):
 # this is 8,192 steps. Each tensor has a fixed cost to build, however small: 2**16 of them,
