@@ -30,6 +30,7 @@ from inspector.views import (
     STATES,
     Selection,
     attention_figure,
+    attention_map,
     block_tables_html,
     branch_html,
     empty_figure,
@@ -349,6 +350,26 @@ def test_attention_small_multiples_and_full_matrix(trace):
         np.testing.assert_allclose(z[r, : position + 1], trace.attention_row(seq_id, 0, 3, position).numpy(),
                                    rtol=1e-5, atol=1e-7)
         assert np.isnan(z[r, position + 1 :]).all()  # causal: no key after the query
+
+
+def test_attention_figures_draw_at_most_max_cells(trace, monkeypatch):
+    """A trace may hold a thousand heads and thousands of positions within its file limits:
+    every head's row of 1,024 heads x 4,096 keys was a 139 MB figure, the full matrix of the
+    heads' mean minutes of work. Past the bounds the figures keep the first heads and the last
+    queries, and their titles say so (here the bounds shrunk to this trace's size)."""
+    index, seq_id = 13, 2
+    query = scheduled(trace, seq_id, index).start + scheduled(trace, seq_id, index).num_tokens - 1
+    keys = query + 1
+    monkeypatch.setattr(attention_map, "MAX_CELLS", 2 * keys)
+    heads = attention_figure(trace, index, Selection(seq_id=seq_id, layer=0, head=None))
+    assert np.asarray(heads.data[0].z).shape == (2, keys) and "heads 0–1 of 4" in heads.layout.title.text
+    for head, bound in ((3, 5), (None, 5)):
+        monkeypatch.setattr(attention_map, "MAX_CELLS", 5 * keys)
+        monkeypatch.setattr(attention_map, "MAX_HEAD_CELLS", 4 * 5 * keys)  # 5 rows of the 4 heads' mean
+        matrix = attention_figure(trace, index, Selection(seq_id=seq_id, layer=0, head=head, full_matrix=True))
+        rows = list(matrix.data[0].y)
+        assert rows[-1] == query and len(rows) == bound, head  # the last queries, up to the cursor's
+        assert f"the last {bound} of" in matrix.layout.title.text
 
 
 def test_attention_of_a_sequence_not_in_the_batch_is_its_last_query(trace):

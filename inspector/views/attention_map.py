@@ -29,6 +29,13 @@ from inspector.views.tokens import axis_label, position_pieces
 # Token labels on an axis; past that every n-th one (the hover still names each key). Each
 # label is text the browser measures on every redraw (docs/perf-notes.md, "The web UI's views").
 MAX_TICKS = 16
+# The most cells one attention figure draws, as the KV grid (kv_cache.py): a trace may hold a
+# thousand heads and thousands of positions within its file limits, and every head's row of
+# 1,024 heads x 4,096 keys was a 139 MB figure, the full matrix of 4,096 queries 100 MB.
+MAX_CELLS = 2**18
+# The most head x cell scores the full matrix's mean of heads computes: 1,024 heads over that
+# matrix would have taken minutes. Past it the matrix keeps its last queries (rows).
+MAX_HEAD_CELLS = 2**24
 
 
 def attention_figure(trace: Trace, index: int, selection: Selection | None = None) -> go.Figure:
@@ -72,7 +79,9 @@ def _row_figure(row: torch.Tensor, seq_id: int, selection: Selection, labels: li
 
 def _heads_figure(trace: Trace, seq_id: int, selection: Selection, query: Query, labels: list[str],
                   title: str) -> go.Figure:
-    heads = range(trace.model.num_heads)
+    heads = range(min(trace.model.num_heads, max(1, MAX_CELLS // len(labels))))
+    if len(heads) < trace.model.num_heads:
+        title += f" · heads 0–{len(heads) - 1} of {trace.model.num_heads} (pick a head for the others)"
     z = [trace.attention_row(seq_id, selection.layer, h, query.position).tolist() for h in heads]
     heatmap = dict(
         type="heatmap", z=z, x=list(range(len(labels))), y=[f"h{h}" for h in heads],
@@ -86,7 +95,12 @@ def _heads_figure(trace: Trace, seq_id: int, selection: Selection, query: Query,
 
 def _matrix_figure(trace: Trace, seq_id: int, selection: Selection, query: Query, labels: list[str],
                    title: str) -> go.Figure:
-    queries, probs = attention_matrix(trace, seq_id, selection.layer, selection.head, query.position)
+    heads = trace.model.num_heads if selection.head is None else 1
+    rows = max(1, min(MAX_CELLS, MAX_HEAD_CELLS // heads) // len(labels))
+    queries, probs = attention_matrix(trace, seq_id, selection.layer, selection.head, query.position, rows)
+    recorded = int((trace.attention[seq_id].q_step[: query.position + 1] >= 0).sum())
+    if len(queries) < recorded:
+        title += f" · the last {len(queries)} of {recorded} queries (a figure of every one would be too large)"
     heatmap = dict(
         type="heatmap", z=probs.numpy(), x=list(range(len(labels))), y=queries,
         colorscale=PROBABILITY_SCALE, zmin=0, hoverongaps=False,
@@ -98,15 +112,18 @@ def _matrix_figure(trace: Trace, seq_id: int, selection: Selection, query: Query
                        yaxis=dict(y_axis, autorange="reversed"))
 
 
-def attention_matrix(trace: Trace, seq_id: int, layer: int, head: int | None, query_pos: int
-                     ) -> tuple[list[int], torch.Tensor]:
-    """Every recorded query of `seq_id` at positions 0..query_pos against keys 0..query_pos, for
-    one head (or the mean of all heads when head is None), in one batched computation.
+def attention_matrix(trace: Trace, seq_id: int, layer: int, head: int | None, query_pos: int,
+                     max_queries: int | None = None) -> tuple[list[int], torch.Tensor]:
+    """Every recorded query of `seq_id` at positions 0..query_pos (the last `max_queries` of them
+    when given) against keys 0..query_pos, for one head (or the mean of all heads when head is
+    None), in one batched computation.
     -> (the query positions, probs [queries, query_pos + 1] fp32 with NaN above the diagonal).
     Row r equals trace.attention_row(seq_id, layer, head, queries[r]) padded with NaN."""
     store, model = trace.attention[seq_id], trace.model
     slot = store.slot(layer)
-    queries = [p for p in range(query_pos + 1) if store.q_step[p] >= 0]
+    queries = torch.nonzero(store.q_step[: query_pos + 1] >= 0).flatten().tolist()
+    if max_queries is not None:
+        queries = queries[-max_queries:]
     heads = list(range(model.num_heads)) if head is None else [head]
     group = model.num_heads // model.num_kv_heads  # query heads per kv head (grouped-query attention)
     q = store.q[slot, queries]  # [R, H, D]
