@@ -73,7 +73,8 @@ def _main(argv: list[str]) -> int:
     elif args.step is None:
         print(format_overview(trace))
     elif not 0 <= args.step < len(trace.steps):
-        raise ConfigError(f"--step {args.step}: the trace has steps 0 to {len(trace.steps) - 1}")
+        held = f"steps 0 to {len(trace.steps) - 1}" if trace.steps else "no step"
+        raise ConfigError(f"--step {args.step}: the trace has {held}")
     else:
         print(format_step(trace, args.step))
     return 0

@@ -66,3 +66,17 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["export-chrome", str(bad), "-o", str(tmp_path / "t.json")]) == 2
     err = capsys.readouterr().err
     assert "not a .mltrace file" in err and err.count("\n") == 1
+
+
+def test_a_step_of_a_trace_with_none_is_refused_in_words(tmp_path, capsys):
+    """A trace saved before any step: "--step 0: the trace has steps 0 to -1" read as a bug."""
+    from conftest import make_hf_model
+
+    from inspector import DebugSession, save
+    from minillama import EngineConfig, LLMEngine
+
+    engine = LLMEngine.from_hf_model(make_hf_model("gqa-tied-llama3"), EngineConfig(device="cpu", num_kv_blocks=4))
+    path = tmp_path / "empty.mltrace"
+    save(DebugSession(engine).trace, path)
+    assert main(["show", str(path), "--step", "0"]) == 2
+    assert capsys.readouterr().err.endswith("--step 0: the trace has no step\n")
