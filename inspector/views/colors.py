@@ -55,6 +55,28 @@ def sequence_color(seq_id: int) -> str:
     return SEQUENCE_PALETTE[seq_id % len(SEQUENCE_PALETTE)]
 
 
+def sequence_text_color(seq_id: int) -> str:
+    """The sequence's colour darkened until text in it reads on white (WCAG AA, contrast 4.5:1):
+    its own orange, yellow or teal measured 2.0-2.4:1 as the "#1" of a table."""
+    return _readable_on_white(sequence_color(seq_id))
+
+
+def _readable_on_white(color: str, contrast: float = 4.5) -> str:
+    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    while _contrast_with_white(rgb) < contrast:
+        rgb = [int(c * 0.9) for c in rgb]  # 10% towards black: the hue stays, the text darkens
+    return "#" + "".join(f"{c:02x}" for c in rgb)
+
+
+def _contrast_with_white(rgb: list[int]) -> float:
+    """WCAG's contrast ratio of a colour against white: 1.05 / (its relative luminance + 0.05)."""
+    def linear(c: int) -> float:
+        v = c / 255
+        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+    r, g, b = (linear(c) for c in rgb)
+    return 1.05 / (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.05)
+
+
 def tint(color: str, alpha: float) -> str:
     """`color` ("#rrggbb") as rgba with opacity `alpha`: a light background for text."""
     r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))

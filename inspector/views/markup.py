@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 
-from inspector.views.colors import CURRENT_COLOR, STATUS_COLORS, sequence_color, tint
+from inspector.views.colors import CURRENT_COLOR, STATUS_COLORS, sequence_color, sequence_text_color, tint
 
 VIEWS_CSS = """
 .mlv { font-family: system-ui, sans-serif; font-size: 13px; line-height: 1.5; color: #222; }
@@ -28,7 +28,7 @@ VIEWS_CSS = """
   contain-intrinsic-size: auto 120px; }
 .mlv-seq-head { margin-bottom: 3px; }
 .mlv-badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11px; color: #111; }
-.mlv-muted { color: #777; }
+.mlv-muted { color: #666; }
 .mlv-tokens { line-height: 1.9; }
 .mlv .tok { display: inline-block; white-space: pre; font-family: ui-monospace, monospace; font-size: 12px;
   padding: 1px 1px; margin: 0 1px 0 0; border-radius: 3px; border: 1px solid transparent; }
@@ -43,7 +43,7 @@ VIEWS_CSS = """
 .mlv-group-head { margin-bottom: 4px; }
 .mlv-role { font-size: 11px; color: #444; background: #f0f0f0; border-radius: 8px; padding: 0 6px; }
 .mlv-seq.mlv-pruned { opacity: 0.5; filter: grayscale(1); }
-.mlv .tok-id { color: #888; font-style: italic; }
+.mlv .tok-id { color: #555; font-style: italic; }
 .mlv .tok-current { border: 2px solid CURRENT; font-weight: 600; }
 .mlv .tok-forced { border: 1px dashed #222; }
 .mlv table { border-collapse: collapse; margin: 4px 0 8px; font-size: inherit; }
@@ -95,7 +95,7 @@ def badge(status: str, extra: str = "", words: str = "") -> str:
 
 def seq_label(seq_id: int) -> str:
     """"#3" in the sequence's colour."""
-    return f'<b style="color:{sequence_color(seq_id)}">#{seq_id}</b>'
+    return f'<b style="color:{sequence_text_color(seq_id)}">#{seq_id}</b>'
 
 
 def step_of(index: int, num_steps: int) -> str:
