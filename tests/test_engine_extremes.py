@@ -356,3 +356,40 @@ def test_a_hook_that_calls_back_into_the_engine_is_refused_and_the_step_finishes
     while engine.has_unfinished():
         engine.step()
     assert list(engine.request(first).output_token_ids) == expected[0]
+
+
+@pytest.mark.parametrize("at_call", [1, 3, 5])
+def test_a_ctrl_c_inside_the_recorder_stops_recording_and_never_saves_a_file_load_refuses(engine, tmp_path,
+                                                                                         monkeypatch, at_call):
+    """A KeyboardInterrupt landing while a step's record is completed left it half made: the
+    next run() went on recording after it, and save() wrote a file load() refused ("sequence
+    0 computes positions 15..15 but has 15 tokens by then"). Now the session stops recording
+    (RecordingStopped until reset()), and save() refuses what load() would."""
+    from inspector import DebugSession, RecordingStopped, TraceError, load, save
+    from inspector.record.recorder import Recorder
+
+    complete, calls = Recorder._complete, [0]
+
+    def interrupted_once(self, step):
+        calls[0] += 1
+        if calls[0] == at_call:
+            raise KeyboardInterrupt
+        return complete(self, step)
+
+    monkeypatch.setattr(Recorder, "_complete", interrupted_once)
+    session = DebugSession(engine)
+    session.add_batch([PROMPT], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    with pytest.raises(KeyboardInterrupt):
+        session.run()
+    with pytest.raises(RecordingStopped, match="interrupted \\(KeyboardInterrupt\\)"):
+        session.run()
+    path = tmp_path / "interrupted.mltrace"
+    try:
+        save(session.trace, path)
+    except TraceError as error:
+        assert str(error).endswith("not saved") and not path.exists()
+    else:
+        assert len(load(path).steps) == len(session.trace.steps)
+    session.reset()
+    session.add_batch([PROMPT], GREEDY)
+    assert session.run().finished

@@ -353,7 +353,7 @@ def test_save_refuses_a_non_finite_tensor_naming_it(trace, tmp_path):
     odd = copy.deepcopy(trace)
     store = next(iter(odd.attention.values()))
     store.q[(0,) * store.q.dim()] = math.nan
-    refused(lambda: save(odd, tmp_path / "x.mltrace"), "holds a NaN", TraceError)
+    refused(lambda: save(odd, tmp_path / "x.mltrace"), "not finite; not saved", TraceError)
     assert written(tmp_path) == []
 
 

@@ -50,6 +50,7 @@ class DebugSession:
         engine.add_observer(self.recorder)
         self.cursor = Cursor(self.recorder.trace)
         self.stopped: str | None = None  # why stepping stopped, once the recorder failed (RecordingStopped)
+        self.interrupted = False  # a Ctrl-C landed in a step or its record (_interrupted)
 
     @property
     def trace(self) -> Trace:
@@ -107,7 +108,7 @@ class DebugSession:
         self.recorder.clear()
         if self.recorder not in self.engine.observers:  # detached when it failed (RecordingStopped)
             self.engine.add_observer(self.recorder)
-        self.stopped = None
+        self.stopped, self.interrupted = None, False
         self.cursor = Cursor(self.recorder.trace)
 
     # -- running -------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class DebugSession:
                 yield self.recorder.num_steps - 1
             return RunResult(steps, None, None, not self.engine.has_unfinished())
         finally:
-            if steps:
+            if steps and not self.interrupted:  # a record left half made is not completed again
                 self.seek(-1)
 
     def _stopped(self, steps: int, fired: Breakpoint, hits: list[Hit]) -> RunResult:
@@ -183,18 +184,40 @@ class DebugSession:
             self.stopped = (f"the recorder failed during a step ({error.__cause__!r}) and stopped recording after "
                             f"{before} step(s); Reset starts a new trace")
             raise RecordingStopped(self.stopped) from error
+        except BaseException as error:
+            self._interrupted(error)
+            raise
         return self.recorder.num_steps > before
+
+    def _flush(self) -> None:
+        """Complete the record of the step that has just ended (see seek)."""
+        try:
+            self.recorder.flush()
+        except BaseException as error:
+            self._interrupted(error)
+            raise
+
+    def _interrupted(self, error: BaseException) -> None:
+        """A Ctrl-C (KeyboardInterrupt, or another exception that is no Exception) landing in a
+        step or in its record's completion leaves that record half made: the next steps would
+        be recorded after a damaged one, and the file saved from it would not load. Recording
+        stops there, as when the recorder fails; an Exception goes on as it is."""
+        if not isinstance(error, Exception) and self.stopped is None:
+            self.interrupted = True
+            self.stopped = (f"the run was interrupted ({type(error).__name__}) with {self.recorder.num_steps} step(s) "
+                            "recorded, the last of which may be incomplete; recording stopped there. Reset starts a "
+                            "new trace")
 
     # -- time travel ---------------------------------------------------------------------------
 
     def seek(self, index: int) -> StepRecord:
         """Go to step `index` (negative counts from the end). Like next(), it first completes
         the record of a step that has just ended, so the newest step can be reached."""
-        self.recorder.flush()
+        self._flush()
         return self.cursor.seek(index)
 
     def next(self) -> StepRecord | None:
-        self.recorder.flush()
+        self._flush()
         return self.cursor.next()
 
     def prev(self) -> StepRecord | None:

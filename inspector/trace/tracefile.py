@@ -68,10 +68,15 @@ def save(trace: Trace, path: str | Path) -> None:
 
     Refused before anything is written: ArgumentError for a `trace` that is no Trace or a `path`
     that is no file path; TraceError for a path where no file can be written (a folder, a
-    device, in a folder that does not exist), and, naming the field, for a trace holding a NaN
-    or an infinite number, which load() refuses (a file that could not be opened again)."""
+    device, in a folder that does not exist), and, naming the field, for a trace load() would
+    refuse (a NaN or an infinite number, a record left incomplete): a file that could not be
+    opened again."""
     instance(trace, Trace, "trace")
     path = output_file(path)
+    try:  # what load() would refuse (a record left half made by a Ctrl-C): no file it cannot open
+        validate_trace(trace)
+    except TraceError as error:
+        raise TraceError(f"{error}; not saved") from None
     tensors: dict[str, torch.Tensor] = {}
     document = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "trace": encode(trace, tensors, "trace")}
     text = _strict_json(document)
