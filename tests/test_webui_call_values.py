@@ -97,3 +97,35 @@ def test_a_refusal_quotes_markup_as_text(served):
     probe = "<img src=x onerror=alert(1)>"
     answer = call(url, "reset", [caller.key, 64, probe, 8, 2048, True, True, "", 10, False])
     assert "was refused" in answer and "<img" not in answer and "&lt;img src=x onerror=alert(1)&gt;" in answer
+
+
+@pytest.mark.parametrize("path", ["https://example.com/x.mltrace", "x.mltrace", "", "/etc/hostname", "UPLOADS"])
+def test_a_file_value_must_name_a_file_the_upload_route_received(served, path):
+    """Gradio takes any path a caller writes into a file value: a URL it fetches from the server,
+    a path that the refusal answered with the server's working folder, or a folder of its own
+    upload cache, which its cache sweeper later failed to delete, dying (uploads then piled up)."""
+    from gradio.utils import get_upload_folder
+
+    _, url = served
+    caller = Tab(url)
+    path = get_upload_folder() if path == "UPLOADS" else path
+    value = {"path": path, "url": path if path.startswith("http") else None, "meta": {"_type": "gradio.FileData"}}
+    answer = call(url, "open_trace", [caller.key, value])
+    assert "event: error" in answer and "value 2 (" in answer and "is not a file uploaded to this server" in answer
+    assert "/work" not in answer and "example.com" not in answer.split("refused")[1]
+    assert caller.predict(0, api_name="/seek")  # the tab goes on
+
+
+def test_posts_to_the_call_route_are_bounded_per_tab_like_queue_joins(served, monkeypatch):
+    """POST /gradio_api/call/<name> queues a call as /queue/join does, but the front door only
+    counted joins: 300 posts of one tab were all queued, and another tab's Step took 7.8 s.
+    (Here the tab's queue is made to look full; the door must count the post against it.)"""
+    from webui import front_door
+    from webui.direct_calls import MAX_QUEUED
+
+    _, url = served
+    caller, other = Tab(url), Tab(url)
+    monkeypatch.setattr(front_door, "queued_calls", lambda queue, key: MAX_QUEUED if key == caller.key else 0)
+    refused = httpx.post(f"{url}gradio_api/call/step", json={"data": [caller.key, 1]}, timeout=30)
+    assert refused.status_code == 429
+    assert httpx.post(f"{url}gradio_api/call/step", json={"data": [other.key, 1]}, timeout=30).status_code == 200

@@ -15,10 +15,12 @@ its event's error; a direct call's as a 400 (the front door's doing: Gradio answ
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from inspector.views import escape
 from minillama.cli import printable_line
@@ -38,12 +40,35 @@ def refuse_malformed_values(app: gr.Blocks) -> None:
         expected = len(block_fn.inputs)
         if len(inputs) != expected:
             raise _refusal(block_fn, f"it takes {expected} value(s), got {len(inputs)}")
+        for index, (block, value) in enumerate(zip(block_fn.inputs, inputs, strict=True)):
+            if getattr(block, "data_model", None) is not None and not _uploaded_files(value):
+                label = getattr(block, "label", None) or type(block).__name__.lower()
+                raise _refusal(block_fn, f"value {index + 1} ({label}) is not a file uploaded to this server")
         try:
             return await original(block_fn, inputs, state, explicit_call)
         except Exception as error:  # noqa: BLE001 - every failure here is the caller's values
             raise _refusal(block_fn, _what_was_wrong(block_fn, inputs, state, error)) from None
 
     app.preprocess_data = preprocess_data  # type: ignore[method-assign]
+
+
+def _uploaded_files(value: Any) -> bool:
+    """Does a file field's value name only files the upload route put in Gradio's upload folder
+    (or no file)? Gradio takes any path it is handed: a URL it would fetch from the server, a
+    folder of its own cache that it then tried to delete as a file (its cache sweeper died on
+    it, and uploads piled up), a path that told the caller the server's working folder."""
+    if value is None:
+        return True
+    files = value if isinstance(value, list) else [value]
+    folder = os.path.realpath(get_upload_folder())
+    for file in files:
+        path = file.get("path") if isinstance(file, dict) else None
+        if not isinstance(path, str) or "\0" in path:
+            return False
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, folder]) != folder or real == folder or not os.path.isfile(real):
+            return False
+    return True
 
 
 def _refusal(block_fn: Any, reason: str) -> gr.Error:

@@ -20,7 +20,7 @@ any route runs:
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
 - A call to an API name the app does not have answers 404 (Gradio raised, and answered 500).
-- A queued call (/gradio_api/queue/join) is refused 429 when its tab already has
+- A queued call (/gradio_api/queue/join, or a POST to /gradio_api/call/<name>) is refused 429 when its tab already has
   MAX_QUEUED calls in the queue (webui/direct_calls.py).
 - A direct call (/gradio_api/run/<name>) runs in its tab's lane, one at a time per tab
   (webui/direct_calls.py); one whose values were refused (webui/call_values.py) answers 400:
@@ -167,7 +167,9 @@ class FrontDoor:
                 await self._upload(scope, receive, send)
             elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
                 await _respond(send, 404, {"detail": "no such API endpoint"})  # Gradio answered 500
-            elif path in JOIN_PATHS and scope.get("method") == "POST":
+            elif scope.get("method") == "POST" and (path in JOIN_PATHS or path.startswith(CALL_PREFIX)):
+                # /call/<name> puts the call in the same queue as a join (its result is then read
+                # with a GET): bounded alike, or a script's 300 posts slowed every tab's Step.
                 await self._queue_join(scope, receive, send)
             elif path.startswith(RUN_PREFIX) and scope["type"] == "http":
                 await self._direct_call(scope, receive, _refusals_as_400(send))
