@@ -449,3 +449,21 @@ SELECTIONS = {
 @pytest.mark.parametrize("field,value", [(f, v) for f, values in SELECTIONS.items() for v in values])
 def test_selection_checks_its_fields_when_it_is_made(field, value):
     refused(lambda: Selection(**{field: value}), f"Selection.{field}")
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda t: t.attention_row(0, 0, True, 3), "head"),
+    (lambda t: t.attention_row(0, 0, 0, True), "query_pos"),
+    (lambda t: t.attention_row(0, 0, 1.5, 3), "head"),
+    (lambda t: t.attention_row(0, 0, "0", 3), "head"),
+    (lambda t: t.attention_row(0, True, 0, 3), "layer"),
+    (lambda t: t.attention_row(True, 0, 0, 3), "seq_id"),
+    (lambda t: t.text_until(0, 1.5), "index"),
+    (lambda t: t.text_until(0, NAN), "index"),
+    (lambda t: t.text_until(99, 3), "no sequence 99"),
+], ids=["head-bool", "pos-bool", "head-float", "head-str", "layer-bool", "seq-bool", "index-float", "index-nan",
+        "unknown-seq"])
+def test_trace_queries_refuse_what_is_no_index(trace, call, name):
+    """attention_row and text_until took True as 1 and handed 1.5 or "0" to torch's indexing
+    (a RuntimeError about batch2's shape); an unknown sequence was a KeyError."""
+    refused(lambda: call(trace), name)
