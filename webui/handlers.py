@@ -93,11 +93,11 @@ def _reported(handler: Callable) -> Callable:
             return handler(self, session, *inputs)
         except EXPECTED as error:
             toast(str(error))
-            return _render_error(session, str(error))
+            return _render_safely(session, str(error))
         except Exception as error:  # noqa: BLE001 - one session's failure must not take the server down
             log.exception("handler %s failed", handler.__name__)
             message = f"internal error ({type(error).__name__}: {error}); the server keeps serving, details are in its log"
-            return _render_error(session, message)
+            return _render_safely(session, message)
 
     # Gradio reads the signature to know the inputs, and the annotation to pass the request.
     params = [inspect.Parameter("key", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -109,14 +109,15 @@ def _reported(handler: Callable) -> Callable:
     return wrapper
 
 
-def _render_error(session: UISession | None, message: str) -> list[Any]:
-    """The panels with `message` in the status; the empty panels with it if the session's own
-    fail to draw (the error may be in drawing them: the page must still get its message)."""
+def _render_safely(session: UISession | None, message: str, error: bool = True) -> list[Any]:
+    """The panels with `message` in the status; the empty panels and a message if the session's
+    own fail to draw (the error may be in drawing them: the page must still get its message)."""
     try:
-        return render(session, message, error=True)
+        return render(session, message, error=error)
     except Exception:  # noqa: BLE001 - see the docstring
         log.exception("drawing the panels failed")
-        return render(None, message, error=True)
+        return render(None, message or "internal error while drawing the panels; details are in the server's log",
+                      error=True)
 
 
 class Handlers:
@@ -150,12 +151,7 @@ class Handlers:
         except Exception:  # noqa: BLE001 - see _reported
             log.exception("opening the link failed")
             message = "internal error while opening this link; the page works without it"
-        try:
-            return render(session, message, error=bool(message)) + [session.key]
-        except Exception:  # noqa: BLE001 - see _render_error
-            log.exception("drawing the panels failed")
-            return _render_error(None, "internal error while drawing the panels; details are in the server's log") + [
-                session.key]
+        return _render_safely(session, message, error=bool(message)) + [session.key]
 
     def unload(self, request: gr.Request) -> None:
         self.manager.tab_closed(request.session_hash or "")

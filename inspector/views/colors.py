@@ -58,11 +58,16 @@ def sequence_color(seq_id: int) -> str:
 def sequence_text_color(seq_id: int) -> str:
     """The sequence's colour darkened until text in it reads on white (WCAG AA, contrast 4.5:1):
     its own orange, yellow or teal measured 2.0-2.4:1 as the "#1" of a table."""
-    return _readable_on_white(sequence_color(seq_id))
+    return _SEQUENCE_TEXT_PALETTE[seq_id % len(_SEQUENCE_TEXT_PALETTE)]
+
+
+def _rgb(color: str) -> list[int]:
+    """"#rrggbb" as [r, g, b], 0-255."""
+    return [int(color[i : i + 2], 16) for i in (1, 3, 5)]
 
 
 def _readable_on_white(color: str, contrast: float = 4.5) -> str:
-    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    rgb = _rgb(color)
     while _contrast_with_white(rgb) < contrast:
         rgb = [int(c * 0.9) for c in rgb]  # 10% towards black: the hue stays, the text darkens
     return "#" + "".join(f"{c:02x}" for c in rgb)
@@ -77,9 +82,12 @@ def _contrast_with_white(rgb: list[int]) -> float:
     return 1.05 / (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.05)
 
 
+_SEQUENCE_TEXT_PALETTE = tuple(_readable_on_white(color) for color in SEQUENCE_PALETTE)
+
+
 def tint(color: str, alpha: float) -> str:
     """`color` ("#rrggbb") as rgba with opacity `alpha`: a light background for text."""
-    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    r, g, b = _rgb(color)
     return f"rgba({r},{g},{b},{alpha})"
 
 # Probabilities (attention weights, the logit lens), white (none) to dark blue (all of it).
