@@ -9,7 +9,9 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-from webui.direct_calls import MAX_WAITING, DirectCallLanes
+import pytest
+
+from webui.direct_calls import MAX_CLIENT_CALLS, MAX_WAITING, DirectCallLanes
 from webui.front_door import FrontDoor
 
 
@@ -29,10 +31,10 @@ class HeldApp:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-async def direct_call(door: FrontDoor, key: str) -> int:
+async def direct_call(door: FrontDoor, key: object, client: str = "10.0.0.9") -> int:
     """POST /gradio_api/run/seek for tab `key` through the door; -> the status it answered."""
     scope = {"type": "http", "method": "POST", "path": "/gradio_api/run/seek", "headers": [],
-             "client": ("10.0.0.9", 1), "app": SimpleNamespace(auth=None)}
+             "client": (client, 1), "app": SimpleNamespace(auth=None)}
     body = json.dumps({"data": [key, 3]}).encode()
     messages = iter([{"type": "http.request", "body": body[:5], "more_body": True},
                      {"type": "http.request", "body": body[5:], "more_body": False}])
@@ -78,17 +80,55 @@ def test_one_tabs_flood_waits_in_its_lane_and_another_tab_passes():
 def test_a_lane_counts_its_calls_and_forgets_a_key_when_empty():
     async def scenario():
         lanes = DirectCallLanes(max_waiting=1)
-        first, second = lanes.enter("k"), lanes.enter("k")
-        assert first is second is not None and lanes.enter("k") is None  # one running, one waiting, full
-        lanes.leave("k")
-        assert lanes.enter("k") is first
-        lanes.leave("k")
-        lanes.leave("k")
-        assert lanes._lanes == {}
+        first, second = lanes.enter("k", "c"), lanes.enter("k", "c")
+        assert first is second is not None and lanes.enter("k", "c") is None  # one running, one waiting, full
+        lanes.leave("k", "c")
+        assert lanes.enter("k", "c") is first
+        lanes.leave("k", "c")
+        lanes.leave("k", "c")
+        assert lanes._lanes == {} and lanes._clients == {}
     asyncio.run(scenario())
 
 
-def test_a_call_without_a_key_and_an_oversized_body_are_not_laned():
+def test_a_client_has_a_bounded_number_of_calls_over_all_the_keys_it_makes_up():
+    """A key made up per call got a lane of its own per call, so one script had as many calls
+    running at once as it sent. Now a client address has at most MAX_CLIENT_CALLS in all its
+    lanes; another client is not counted with it."""
+    async def scenario():
+        app = HeldApp()
+        door = make_door(app)
+        flood = [asyncio.create_task(direct_call(door, f"made-up-{i}")) for i in range(MAX_CLIENT_CALLS + 5)]
+        await asyncio.sleep(0.05)
+        assert len(app.started) == MAX_CLIENT_CALLS
+        assert sorted(task.result() for task in flood if task.done()) == [429] * 5
+        other = asyncio.create_task(direct_call(door, "tab-b", client="10.0.0.10"))
+        await asyncio.sleep(0.05)
+        assert app.started[-1] == "tab-b"
+        app.release.set()
+        assert await other == 200
+        assert (await asyncio.gather(*flood)).count(200) == MAX_CLIENT_CALLS
+        assert door.lanes._lanes == {} and door.lanes._clients == {}
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("first", [None, 7, [1], {"a": 1}])
+def test_calls_without_a_key_take_turns_in_their_clients_lane(first):
+    """The breakpoint form's live description carries no key; a script's calls whose first value
+    is no string ran side by side without bound. They now share their client address's lane."""
+    async def scenario():
+        app = HeldApp()
+        door = make_door(app)
+        flood = [asyncio.create_task(direct_call(door, first)) for _ in range(MAX_WAITING + 3)]
+        await asyncio.sleep(0.05)
+        assert app.started == [first]
+        assert [task.result() for task in flood if task.done()] == [429, 429]
+        app.release.set()
+        assert (await asyncio.gather(*flood)).count(200) == MAX_WAITING + 1
+        assert door.lanes._lanes == {} and door.lanes._clients == {}
+    asyncio.run(scenario())
+
+
+def test_an_oversized_body_is_refused_before_any_lane():
     async def scenario():
         app = HeldApp()
         app.release.set()
@@ -103,10 +143,7 @@ def test_a_call_without_a_key_and_an_oversized_body_are_not_laned():
 
         huge = iter([{"type": "http.request", "body": b"x" * (1024 * 1024 + 1), "more_body": False}])
         await door(scope, lambda: asyncio.sleep(0, next(huge)), send)
-        assert statuses == [413] and app.started == []
-        keyless = iter([{"type": "http.request", "body": json.dumps({"data": [[1], 2]}).encode()}])
-        await door(scope, lambda: asyncio.sleep(0, next(keyless)), send)
-        assert statuses == [413, 200] and app.started == [[1]] and door.lanes._lanes == {}
+        assert statuses == [413] and app.started == [] and door.lanes._lanes == {}
     asyncio.run(scenario())
 
 

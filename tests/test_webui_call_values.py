@@ -125,7 +125,41 @@ def test_posts_to_the_call_route_are_bounded_per_tab_like_queue_joins(served, mo
 
     _, url = served
     caller, other = Tab(url), Tab(url)
-    monkeypatch.setattr(front_door, "queued_calls", lambda queue, key: MAX_QUEUED if key == caller.key else 0)
+    monkeypatch.setattr(front_door, "queued_calls",
+                        lambda queue, key, client: (MAX_QUEUED if key == caller.key else 0, 0))
     refused = httpx.post(f"{url}gradio_api/call/step", json={"data": [caller.key, 1]}, timeout=30)
     assert refused.status_code == 429
     assert httpx.post(f"{url}gradio_api/call/step", json={"data": [other.key, 1]}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("first", [None, 7, ["a"], "made-up.key"])
+def test_queued_calls_of_one_client_are_bounded_over_all_its_keys(served, monkeypatch, first):
+    """A queued call whose first value is no tab key (no string, or a key made up per call)
+    was counted against no tab: 300 of them made another tab's Step take 2-3 s. Now a client
+    address has at most MAX_CLIENT_QUEUED calls in the queue, whatever their keys. (Here the
+    client's share of the queue is made to look full.)"""
+    from webui import front_door
+    from webui.direct_calls import MAX_CLIENT_QUEUED
+
+    _, url = served
+    monkeypatch.setattr(front_door, "queued_calls", lambda queue, key, client: (0, MAX_CLIENT_QUEUED))
+    refused = httpx.post(f"{url}gradio_api/call/step", json={"data": [first, 1]}, timeout=30)
+    assert refused.status_code == 429 and "too many calls" in refused.text
+    monkeypatch.setattr(front_door, "queued_calls", lambda queue, key, client: (0, MAX_CLIENT_QUEUED - 1))
+    assert Tab(url).predict(1, api_name="/step") is not None  # one below the bound, a tab's call goes in
+
+
+def test_the_queue_is_counted_per_tab_and_per_client_from_its_own_events():
+    """queued_calls reads the queue itself: each waiting or running event's first value and its
+    request's client address."""
+    from types import SimpleNamespace as Ns
+
+    from webui.direct_calls import queued_calls
+
+    def event(key: object, host: str) -> Ns:
+        return Ns(data=Ns(data=[key, 1]), request=Ns(client=Ns(host=host)))
+
+    line = Ns(queue=[event("a", "10.0.0.1"), event(5, "10.0.0.1"), event("b", "10.0.0.2")])
+    queue = Ns(event_queue_per_concurrency_id={"step": line}, active_jobs=[None, [event("a", "10.0.0.1")]])
+    assert queued_calls(queue, "a", "10.0.0.1") == (2, 3)
+    assert queued_calls(queue, None, "10.0.0.2") == (0, 1)

@@ -21,9 +21,9 @@ any route runs:
   needs no tab key to take one, and would take file after file until the disk is full.
 - A call to an API name the app does not have answers 404 (Gradio raised, and answered 500).
 - A queued call (/gradio_api/queue/join, or a POST to /gradio_api/call/<name>) is refused 429 when its tab already has
-  MAX_QUEUED calls in the queue (webui/direct_calls.py).
-- A direct call (/gradio_api/run/<name>) runs in its tab's lane, one at a time per tab
-  (webui/direct_calls.py); one whose values were refused (webui/call_values.py) answers 400:
+  MAX_QUEUED calls in the queue, or its client address MAX_CLIENT_QUEUED (webui/direct_calls.py).
+- A direct call (/gradio_api/run/<name>) runs in its tab's lane, one at a time per tab, and a
+  client address has at most MAX_CLIENT_CALLS of them at once (webui/direct_calls.py); one whose values were refused (webui/call_values.py) answers 400:
   Gradio answers any failed direct call with 500, as if the server were at fault.
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
@@ -42,7 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from webui.call_values import REFUSED_TITLE
-from webui.direct_calls import MAX_QUEUED, DirectCallLanes, TooLarge, queued_calls, read_body, replaying, tab_key
+from webui.direct_calls import (
+    MAX_CLIENT_QUEUED,
+    MAX_QUEUED,
+    DirectCallLanes,
+    TooLarge,
+    queued_calls,
+    read_body,
+    replaying,
+    tab_key,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -149,7 +158,8 @@ class FrontDoor:
         self.throttle = throttle or LoginThrottle()
         self.uploads = UploadQuota(largest_upload)
         self.lanes = DirectCallLanes()
-        self.joining: dict[str, int] = defaultdict(int)  # tab key -> its queue joins under way
+        # tab key, or ("client", address) -> its queue joins under way
+        self.joining: dict[str | tuple[str, str], int] = defaultdict(int)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -218,15 +228,14 @@ class FrontDoor:
         await self.app(scope, receive, send)
 
     async def _direct_call(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A call answered without the queue runs in its tab's lane (webui/direct_calls.py)."""
+        """A call answered without the queue runs in its tab's lane, or its client's when it
+        carries no key (webui/direct_calls.py)."""
         body = await _call_body(receive, send, "too large for a direct call")
         if body is None:
             return
-        key = tab_key(body)
-        if key is None:
-            await self.app(scope, replaying(body, receive), send)
-            return
-        lock = self.lanes.enter(key)
+        client = _client(scope)
+        lane = tab_key(body) or ("client", client)  # a tuple: no made-up key names a client's lane
+        lock = self.lanes.enter(lane, client)
         if lock is None:
             await _too_many_calls(send)
             return
@@ -234,29 +243,32 @@ class FrontDoor:
             async with lock:
                 await self.app(scope, replaying(body, receive), send)
         finally:
-            self.lanes.leave(key)
+            self.lanes.leave(lane, client)
 
     async def _queue_join(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A call enters Gradio's queue unless its tab has MAX_QUEUED there already. Joins still
-        under way count too: parallel joins would otherwise all pass before any is queued."""
+        """A call enters Gradio's queue unless its tab has MAX_QUEUED there already, or its
+        client address MAX_CLIENT_QUEUED. Joins still under way count too: parallel joins would
+        otherwise all pass before any is queued."""
         body = await _call_body(receive, send, "too large for a call")
         if body is None:
             return
-        key = tab_key(body)
-        if key is None:  # the page's load (no inputs): no session, nothing to bound
-            await self.app(scope, replaying(body, receive), send)
-            return
-        queue = scope["app"].get_blocks()._queue
-        if self.joining[key] + queued_calls(queue, key) >= MAX_QUEUED:
+        key, client = tab_key(body), _client(scope)
+        of_tab, of_client = queued_calls(scope["app"].get_blocks()._queue, key, client)
+        client_joins = ("client", client)  # a tuple: no made-up key names a client's count
+        if key is not None and self.joining.get(key, 0) + of_tab >= MAX_QUEUED \
+                or self.joining.get(client_joins, 0) + of_client >= MAX_CLIENT_QUEUED:
             await _too_many_calls(send)
             return
-        self.joining[key] += 1
+        counted = [client_joins] if key is None else [client_joins, key]
+        for name in counted:
+            self.joining[name] += 1
         try:
             await self.app(scope, replaying(body, receive), send)
         finally:
-            self.joining[key] -= 1
-            if not self.joining[key]:
-                del self.joining[key]
+            for name in counted:
+                self.joining[name] -= 1
+                if not self.joining[name]:
+                    del self.joining[name]
 
     async def _drawn(self, receive: Receive, send: Send) -> None:
         try:
