@@ -239,3 +239,33 @@ def test_the_server_leaves_no_files_behind(base):
     assert not folder.exists()
     app = build_app(manager)
     assert app.delete_cache == (CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS) and CACHE_MAX_AGE_SECONDS <= 3600
+
+
+def test_a_session_asks_for_at_most_max_sequences_counting_samples_beams_and_forks(base):
+    """Each render draws every sequence: a script adding 5,000 made each Step take 6-9 s. A
+    prompt with n samples (or a beam width) counts n at once, before its step makes them."""
+    manager = SessionManager(base, Limits(max_sequences=6))
+    session = manager.open_tab("a")
+    manager.add_prompts(session, ["Hi", "Ho"], SamplingParams(n=2, temperature=1.0, max_tokens=2), chat=False)
+    with pytest.raises(LimitReached, match="make 7 sequences in this session; the limit is 6"):
+        manager.add_prompts(session, ["Hey"], SamplingParams(beam_width=3, max_tokens=2), chat=False)
+    manager.add_prompts(session, ["Hey"], GREEDY, chat=False)  # 5: within it
+    assert manager.step(session)
+    child = manager.fork(session, 0, 1, [42], GREEDY)  # 6
+    with pytest.raises(LimitReached, match="the limit is 6"):
+        manager.fork(session, 0, 1, [43], GREEDY)
+    assert set(session.debug.engine.sequences) >= {child} and session.sequences_asked == 6
+    manager.reset(session, session.settings, session.capture)  # Reset gives the allowance back
+    manager.add_prompts(session, ["Hi"], SamplingParams(n=6, temperature=1.0, max_tokens=2), chat=False)
+
+
+def test_a_fork_at_the_step_limit_is_refused_and_adds_nothing(base):
+    manager = SessionManager(base, Limits(max_steps=2))
+    session = manager.open_tab("a")
+    manager.add_prompts(session, ["Hi"], GREEDY, chat=False)
+    manager.step(session)
+    manager.step(session)
+    before = set(session.debug.engine.sequences)
+    with pytest.raises(LimitReached, match="recorded 2 steps, its limit"):
+        manager.fork(session, 0, 1, [42], GREEDY)
+    assert set(session.debug.engine.sequences) == before and session.sequences_asked == 1

@@ -50,6 +50,9 @@ def build_parser() -> ArgumentParser:
                      help="reclaim a session unused this many minutes (default: %(default)g)")
     lim.add_argument("--max-new-tokens", type=int_at_least(1), default=limit.max_new_tokens,
                      help="per request (default: %(default)s)")
+    lim.add_argument("--max-sequences", type=int_at_least(1), default=limit.max_sequences,
+                     help="sequences one session may ask for until Reset: prompts x samples, and forks "
+                          "(default: %(default)s)")
     lim.add_argument("--max-kv-blocks", type=int_at_least(1), default=limit.max_kv_blocks,
                      help="per session (default: %(default)s)")
     lim.add_argument("--max-steps", type=int_at_least(1), default=limit.max_steps,
@@ -113,7 +116,7 @@ def check_trace_alone(args: argparse.Namespace) -> None:
 def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(
         max_sessions=args.max_sessions, max_sessions_per_client=args.max_sessions_per_client,
-        idle_minutes=args.idle_minutes, max_new_tokens=args.max_new_tokens,
+        idle_minutes=args.idle_minutes, max_new_tokens=args.max_new_tokens, max_sequences=args.max_sequences,
         max_kv_blocks=args.max_kv_blocks, max_steps=args.max_steps, trace_budget_mb=args.trace_budget_mb,
         upload_mb=args.upload_mb,
     )

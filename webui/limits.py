@@ -17,6 +17,7 @@ class Limits:
     max_prompt_chars: int = 4000
     max_samples: int = 8  # samples (n) or beams (beam width) of one prompt
     max_new_tokens: int = 512  # per request
+    max_sequences: int = 256  # sequences one session may ask for until Reset: prompts x samples (or beams), and forks
     max_kv_blocks: int = 1024  # per session's pool
     max_steps: int = 2000  # recorded steps per session (a trace this long is about 300 steps of work)
     trace_budget_mb: float = 128.0  # the recorder's memory budget per session

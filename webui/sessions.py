@@ -105,6 +105,9 @@ class UISession:
     shares_startup_trace: bool = False  # shows the server's --trace file
     shared_view: bool = False  # shows a shared snapshot (webui/shares.py), one object for every tab
     last_download: Path | None = None  # the trace file it saved last (deleted when it saves again)
+    # Sequences asked of its engine since Reset (Limits.max_sequences): a prompt with n samples
+    # or a beam width counts that many at once, before its step makes them; a fork counts one.
+    sequences_asked: int = 0
     # Live updates: how many renders were sent, and the latest the page says it has drawn
     # (webui/handlers.py paces a run by them).
     updates_sent: int = 0
@@ -345,6 +348,7 @@ class SessionManager:
             session.claiming = False
         session.opened, session.opened_name = None, ""
         session.shares_startup_trace = session.shared_view = False
+        session.sequences_asked = 0
         session.cursor = session.debug.cursor
         session.settings, session.capture = settings, capture
         session.selection = Selection()
@@ -379,7 +383,11 @@ class SessionManager:
                 raise LimitReached(f"prompt {i + 1} has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
         if session.debug is None or not session.live:
             self.reset(session, session.settings, session.capture)
-        return session.debug.add_batch(prompts, params, chat)
+        asked = len(prompts) * max(params.n, params.beam_width)
+        self._check_sequence_limit(session, asked)
+        seq_ids = session.debug.add_batch(prompts, params, chat)
+        session.sequences_asked += asked
+        return seq_ids
 
     def fork(self, session: UISession, seq_id: int, num_tokens: int, forced: list[int], params: SamplingParams) -> int:
         """Fork sequence `seq_id` (DebugSession.fork), waiting for other sessions' steps: the
@@ -387,8 +395,11 @@ class SessionManager:
         raises InvalidRequestError, changing nothing, when the engine refuses it."""
         if not session.live:
             raise LimitReached("this is a trace from a file: forking needs the live engine (Reset starts one)")
+        self._check_step_limit(session)  # the fork runs at once: a session at its step limit could not
+        self._check_sequence_limit(session, 1)
         with self.model_lock:
             child = session.debug.fork(seq_id, num_tokens, forced, params)
+        session.sequences_asked += 1
         session.last_used = time.monotonic()
         return child
 
@@ -420,6 +431,16 @@ class SessionManager:
                 result = None
         session.last_used = time.monotonic()
         return result
+
+    def _check_sequence_limit(self, session: UISession, asked: int) -> None:
+        """Every sequence is drawn on each render (the text panel, the pickers): 5,000 of them
+        made each Step take 6-9 s. So a session asks for at most Limits.max_sequences."""
+        limit = self.limits.max_sequences
+        if session.sequences_asked + asked > limit:
+            raise LimitReached(
+                f"this would make {session.sequences_asked + asked} sequences in this session; the limit is {limit} "
+                f"(--max-sequences): save the trace if you want it, then Reset"
+            )
 
     def _check_step_limit(self, session: UISession) -> None:
         if len(session.debug.trace.steps) >= self.limits.max_steps:
