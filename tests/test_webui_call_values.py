@@ -5,6 +5,8 @@ the call, the server logs one line and no traceback, and another tab's session i
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from webui_support import Tab, embedded_manager, running_server
@@ -21,8 +23,10 @@ def served(embedded_dir):
 
 
 def call(url: str, api: str, data: list) -> str:
-    """The event stream's answer to /gradio_api/call/<api> with `data`."""
-    posted = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=30)
+    """The event stream's answer to /gradio_api/call/<api> with `data` (NaN and Infinity written
+    as Python's json writes them: the server's parser takes them)."""
+    posted = httpx.post(f"{url}gradio_api/call/{api}", content=json.dumps({"data": data}),
+                        headers={"content-type": "application/json"}, timeout=30)
     assert posted.status_code == 200, posted.text
     with httpx.stream("GET", f"{url}gradio_api/call/{api}/{posted.json()['event_id']}", timeout=60) as stream:
         return "".join(stream.iter_text())
@@ -64,6 +68,33 @@ def test_malformed_values_get_a_message_and_no_traceback(served, capfd):
     assert "Traceback" not in logged.err + logged.out
     assert len(manager.sessions[victim.key].trace.steps) == before
     assert victim.predict(api_name="/step")  # and the victim's tab still steps
+
+
+def test_a_number_that_is_not_finite_is_refused_at_every_position_of_every_call(served, capfd):
+    """NaN passes every range check a field makes (NaN > 4 is False): a seek with NaN reached
+    int() in its handler, which logged a warning and answered a vague message. JSON has no
+    NaN, but the server's parser takes NaN and Infinity; each is refused before any handler,
+    also inside a list."""
+    manager, url = served
+    caller = Tab(url)
+    caller.predict("Hello", True, 4, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
+    caller.predict(api_name="/step")
+    before = len(manager.sessions[caller.key].trace.steps)
+    capfd.readouterr()
+    for api, defaults in api_defaults(url).items():
+        for position in range(1, len(defaults)):
+            for alien in (float("nan"), [1, float("-inf")]):
+                data = [caller.key, *defaults[1:]]
+                data[position] = alien
+                answer = call(url, api, data)
+                assert f"the call to /{api} was refused: value {position + 1} (" in answer, (api, position, answer)
+                assert "not finite" in answer or "not a file uploaded" in answer, (api, position, answer)
+    direct = httpx.post(f"{url}gradio_api/run/seek", content=json.dumps({"data": [caller.key, float("nan")]}),
+                        headers={"content-type": "application/json"}, timeout=30)
+    assert direct.status_code == 400 and "not finite" in direct.json()["error"]
+    logged = capfd.readouterr()
+    assert "Traceback" not in logged.err + logged.out and "Warning" not in logged.err
+    assert len(manager.sessions[caller.key].trace.steps) == before
 
 
 @pytest.mark.parametrize("api, data", [("seek", ["KEY", "abc"]), ("seek", ["KEY"]), ("select", ["KEY", ALIEN, 0, "0", False]),

@@ -15,6 +15,7 @@ its event's error; a direct call's as a 400 (the front door's doing: Gradio answ
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any
@@ -41,9 +42,11 @@ def refuse_malformed_values(app: gr.Blocks) -> None:
         if len(inputs) != expected:
             raise _refusal(block_fn, f"it takes {expected} value(s), got {len(inputs)}")
         for index, (block, value) in enumerate(zip(block_fn.inputs, inputs, strict=True)):
+            label = getattr(block, "label", None) or type(block).__name__.lower()
             if getattr(block, "data_model", None) is not None and not _uploaded_files(value):
-                label = getattr(block, "label", None) or type(block).__name__.lower()
                 raise _refusal(block_fn, f"value {index + 1} ({label}) is not a file uploaded to this server")
+            if _holds_non_finite(value):
+                raise _refusal(block_fn, f"value {index + 1} ({label}) holds a number that is not finite (NaN or infinity)")
         try:
             return await original(block_fn, inputs, state, explicit_call)
         except Exception as error:  # noqa: BLE001 - every failure here is the caller's values
@@ -69,6 +72,23 @@ def _uploaded_files(value: Any) -> bool:
         if os.path.commonpath([real, folder]) != folder or real == folder or not os.path.isfile(real):
             return False
     return True
+
+
+def _holds_non_finite(value: Any) -> bool:
+    """Is there a NaN or an infinity in `value`, or in the lists and objects it holds? A page
+    never sends one (JSON has none; the server's parser takes NaN and Infinity anyway), and
+    NaN passes every range check a field makes (NaN < 0 and NaN > 4 are both False), so a
+    slider's handler met it in int(). Walked with a stack: JSON may nest thousands deep."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return False
 
 
 def _refusal(block_fn: Any, reason: str) -> gr.Error:
