@@ -269,3 +269,25 @@ def test_a_fork_at_the_step_limit_is_refused_and_adds_nothing(base):
     with pytest.raises(LimitReached, match="recorded 2 steps, its limit"):
         manager.fork(session, 0, 1, [42], GREEDY)
     assert set(session.debug.engine.sequences) == before and session.sequences_asked == 1
+
+
+@pytest.mark.parametrize("blocks, block_size", [(1024, 32), (1024, 16), (400, 32)])
+def test_a_sessions_kv_pool_is_bounded_in_memory_whatever_its_block_size(base, blocks, block_size):
+    """One client's four tabs of 1,024 blocks of 32 tokens held ~6 GB of KV pools with the
+    embedded model. The pool's bytes (blocks + the scratch block) are bounded, and the message
+    says how many blocks of that size would fit."""
+    runner = base.runner
+    per_block = 2 * runner.config.num_hidden_layers * block_size * runner.num_kv_heads * runner.config.head_dim
+    per_block *= runner.dtype.itemsize
+    limits = Limits(max_kv_mb=100)
+    fits = int(100 * 2**20 // per_block) - 1
+    assert blocks > fits  # each case is over the budget
+    manager = SessionManager(base, limits)
+    session = manager.open_tab("a")
+    with pytest.raises(ValueError, match=rf"{blocks} KV blocks of {block_size} tokens take .* at most 100 MiB "
+                                         rf"\(--max-kv-mb\): {fits} blocks of that size"):
+        manager.reset(session, EngineSettings(num_kv_blocks=blocks, block_size=block_size), CaptureSettings())
+    assert session.debug is None  # nothing was made
+    manager.reset(session, EngineSettings(num_kv_blocks=fits, block_size=block_size), CaptureSettings())
+    pool = session.debug.engine.runner.kv_cache
+    assert pool.numel() * pool.element_size() <= 100 * 2**20

@@ -55,6 +55,8 @@ def build_parser() -> ArgumentParser:
                           "(default: %(default)s)")
     lim.add_argument("--max-kv-blocks", type=int_at_least(1), default=limit.max_kv_blocks,
                      help="per session (default: %(default)s)")
+    lim.add_argument("--max-kv-mb", type=number_at_least(0), default=limit.max_kv_mb,
+                     help="memory of a session's KV pool, MiB (default: %(default)g)")
     lim.add_argument("--max-steps", type=int_at_least(1), default=limit.max_steps,
                      help="recorded steps per session (default: %(default)s)")
     lim.add_argument("--trace-budget-mb", type=number_at_least(0), default=limit.trace_budget_mb,
@@ -117,7 +119,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(
         max_sessions=args.max_sessions, max_sessions_per_client=args.max_sessions_per_client,
         idle_minutes=args.idle_minutes, max_new_tokens=args.max_new_tokens, max_sequences=args.max_sequences,
-        max_kv_blocks=args.max_kv_blocks, max_steps=args.max_steps, trace_budget_mb=args.trace_budget_mb,
+        max_kv_blocks=args.max_kv_blocks, max_kv_mb=args.max_kv_mb, max_steps=args.max_steps, trace_budget_mb=args.trace_budget_mb,
         upload_mb=args.upload_mb,
     )
 

@@ -19,6 +19,9 @@ class Limits:
     max_new_tokens: int = 512  # per request
     max_sequences: int = 256  # sequences one session may ask for until Reset: prompts x samples (or beams), and forks
     max_kv_blocks: int = 1024  # per session's pool
+    # Memory of a session's KV pool, whatever its block count and size: one client's four tabs
+    # of 1,024 blocks of 32 tokens each took ~6 GB with the embedded model (46 KB a token in fp32).
+    max_kv_mb: float = 512.0
     max_steps: int = 2000  # recorded steps per session (a trace this long is about 300 steps of work)
     trace_budget_mb: float = 128.0  # the recorder's memory budget per session
     upload_mb: int = 64  # largest trace file accepted for upload

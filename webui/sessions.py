@@ -31,6 +31,7 @@ from pathlib import Path
 from inspector import CapturePolicy, Cursor, DebugSession, RunResult, Trace
 from inspector.views import Selection
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
+from minillama.engine.model_runner import kv_block_bytes
 from webui import defaults
 from webui.limits import Limits
 from webui.shares import Shares
@@ -358,6 +359,15 @@ class SessionManager:
         engine checks the rest, such as a block size its attention takes)."""
         if not 1 <= settings.num_kv_blocks <= self.limits.max_kv_blocks:
             raise ValueError(f"KV blocks must be between 1 and {self.limits.max_kv_blocks}, got {settings.num_kv_blocks}")
+        if self.base is not None:
+            runner = self.base.runner  # a session's pool holds what the shared model's would
+            block = kv_block_bytes(runner.config, settings.block_size, runner.dtype, runner.num_kv_heads)
+            pool_mb = (settings.num_kv_blocks + 1) * block / 2**20  # + 1: the engine's scratch block
+            if pool_mb > self.limits.max_kv_mb:
+                fits = max(int(self.limits.max_kv_mb * 2**20 // block) - 1, 0)
+                raise ValueError(f"{settings.num_kv_blocks} KV blocks of {settings.block_size} tokens take {pool_mb:.0f} MiB; "
+                                 f"this server gives a session at most {self.limits.max_kv_mb:g} MiB (--max-kv-mb): "
+                                 f"{fits} blocks of that size")
         if not 1 <= settings.max_num_seqs <= MAX_NUM_SEQS:
             raise ValueError(f"max batch size must be between 1 and {MAX_NUM_SEQS}, got {settings.max_num_seqs}")
         if not 1 <= settings.max_num_batched_tokens <= MAX_BATCHED_TOKENS:
