@@ -473,7 +473,8 @@ class Handlers:
             return ""
         try:
             with session.hold():
-                share_id = self.manager.shares.share(session.trace, session.opened_name or "shared.mltrace")
+                share_id = self.manager.shares.share(session.trace, session.opened_name or "shared.mltrace",
+                                                     _client(request))
         except (ValueError, LimitReached) as error:  # too large to keep; the tab busy (SessionBusy)
             toast(str(error))
             return ""

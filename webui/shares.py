@@ -9,7 +9,9 @@ live run may go on), keeps it under a random id, and gives out
 
 which opens, in any browser that can reach the server (and has logged in, on an --auth server),
 that snapshot at step n with sequence m picked. The link carries no session key, and a snapshot
-cannot be changed through it. Snapshots are bounded in number and in bytes: the oldest go first.
+cannot be changed through it. Snapshots are bounded in number and in bytes, the oldest going
+first; and per client address, so one client sharing again and again (16 links) cannot push
+everyone else's links out: its own oldest go first.
 """
 
 from __future__ import annotations
@@ -19,36 +21,51 @@ import secrets
 import tempfile
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from inspector import Trace, load, save
 
 MAX_SHARES = 16
 MAX_SHARED_BYTES = 512 * 2**20  # the snapshots' files together
+CLIENTS_SHARING = 4  # each client address may hold this share of the snapshots (a quarter of each bound)
 SHARE_ID = re.compile(r"[0-9a-f]{24}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    trace: Trace
+    name: str
+    size: int  # bytes of its .mltrace file
+    client: str  # the address that shared it
 
 
 class Shares:
     def __init__(self, max_shares: int = MAX_SHARES, max_bytes: int = MAX_SHARED_BYTES):
         self.max_shares, self.max_bytes = max_shares, max_bytes
-        self._snapshots: OrderedDict[str, tuple[Trace, str, int]] = OrderedDict()  # id -> (trace, name, bytes)
+        self.client_shares = max(max_shares // CLIENTS_SHARING, 1)
+        self.client_bytes = max_bytes // CLIENTS_SHARING
+        self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()  # id -> snapshot, oldest first
         self._lock = threading.Lock()
 
-    def share(self, trace: Trace, name: str) -> str:
-        """Freeze `trace` and return its share id. Raises ValueError when it is too large to keep."""
+    def share(self, trace: Trace, name: str, client: str) -> str:
+        """Freeze `trace`, shared from address `client`, and return its share id. Raises
+        ValueError when it is too large to keep."""
         with tempfile.TemporaryDirectory(prefix="minillama-share-") as folder:
             path = Path(folder) / "snapshot.mltrace"
             save(trace, path)
             size = path.stat().st_size
-            if size > self.max_bytes:
+            if size > self.client_bytes:
                 raise ValueError(f"the trace is {size / 2**20:.0f} MiB, too large to share (the limit is "
-                                 f"{self.max_bytes / 2**20:.0f} MiB): save it and send the file instead")
-            snapshot = load(path, max_bytes=4 * self.max_bytes)
+                                 f"{self.client_bytes / 2**20:.0f} MiB): save it and send the file instead")
+            snapshot = Snapshot(load(path, max_bytes=4 * self.max_bytes), name, size, client)
         share_id = secrets.token_hex(12)
         with self._lock:
-            self._snapshots[share_id] = (snapshot, name, size)
-            while len(self._snapshots) > self.max_shares or self._total() > self.max_bytes:
-                self._snapshots.popitem(last=False)
+            self._snapshots[share_id] = snapshot
+            while self._count(client) > self.client_shares or self._bytes(client) > self.client_bytes:
+                self._drop_oldest(client)
+            while len(self._snapshots) > self.max_shares or self._bytes() > self.max_bytes:
+                self._drop_oldest()
         return share_id
 
     def get(self, share_id: object) -> tuple[Trace, str] | None:
@@ -57,7 +74,16 @@ class Shares:
             return None
         with self._lock:
             found = self._snapshots.get(share_id)
-        return None if found is None else (found[0], found[1])
+        return None if found is None else (found.trace, found.name)
 
-    def _total(self) -> int:
-        return sum(size for _, _, size in self._snapshots.values())
+    def _count(self, client: str) -> int:
+        return sum(s.client == client for s in self._snapshots.values())
+
+    def _bytes(self, client: str | None = None) -> int:
+        """The snapshots' bytes: of `client`, or of everyone (None)."""
+        return sum(s.size for s in self._snapshots.values() if client is None or s.client == client)
+
+    def _drop_oldest(self, client: str | None = None) -> None:
+        """Forget the oldest snapshot: of `client`, or of everyone (None)."""
+        oldest = next(i for i, s in self._snapshots.items() if client is None or s.client == client)
+        del self._snapshots[oldest]
