@@ -15,7 +15,7 @@ from webui_support import Tab, running_server
 
 from minillama import EngineConfig, LLMEngine
 from webui.limits import Limits
-from webui.render import OUTPUT_NAMES
+from webui.render import API_OUTPUT_NAMES
 from webui.sessions import SessionManager
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -39,7 +39,7 @@ def url(manager):
 
 def panels(result: tuple) -> dict:
     """The outputs of a handler by name, and each figure (plotly JSON) by its name."""
-    named = dict(zip(OUTPUT_NAMES, result, strict=True))
+    named = dict(zip(API_OUTPUT_NAMES, result, strict=True))
     carried = re.search(r'data-figures="([^"]*)"', named.pop("figures")).group(1)
     named.update(json.loads(html.unescape(carried)))
     return named

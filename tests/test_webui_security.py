@@ -20,7 +20,7 @@ from minillama import EngineConfig, LLMEngine
 from webui import comparing, handlers
 from webui.front_door import LOGIN_FAILURES_ALLOWED
 from webui.limits import Limits
-from webui.render import OUTPUT_NAMES
+from webui.render import API_OUTPUT_NAMES
 from webui.sessions import BUSY_WAIT_S, SessionBusy, SessionManager, UISession
 
 AUTH = ("ada", "s3cret")
@@ -43,7 +43,7 @@ def url(manager):
 
 
 def status(result: tuple) -> str:
-    return dict(zip(OUTPUT_NAMES, result[: len(OUTPUT_NAMES)], strict=True))["status"]
+    return dict(zip(API_OUTPUT_NAMES, result[: len(API_OUTPUT_NAMES)], strict=True))["status"]
 
 
 def recorded_steps(manager: SessionManager, tab: Tab) -> int:

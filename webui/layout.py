@@ -186,7 +186,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                 next_api = gr.Button(visible="hidden", elem_id="ml-next-api")
 
         panels = dict(status=status, slider=slider, text=text, figures=figures, tables=tables, details=details,
-                      forks=forks, branch=branch, seq=seq, layer=layer, head=head)
+                      forks=forks, branch=branch, seq=seq, layer=layer, head=head, step=step, run=run, run_bp=run_bp)
         outputs = [panels[name] for name in OUTPUT_NAMES]
         # Moving the cursor only reads the trace: no queue (a direct request), no progress overlay.
         quiet = dict(outputs=outputs, show_progress="hidden", queue=False)

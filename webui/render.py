@@ -23,7 +23,10 @@ import plotly.io as pio
 from inspector import Trace, views
 from webui.sessions import UISession
 
-OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "forks", "branch", "seq", "layer", "head")
+OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "forks", "branch", "seq", "layer", "head",
+                "step", "run", "run_bp")
+STEPPING = 3  # the last outputs: the buttons that step the engine (Step, Run, Run to breakpoint)
+API_OUTPUT_NAMES = OUTPUT_NAMES[:-STEPPING]  # what an API client gets: Gradio leaves buttons out of the API
 FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history", "lens")  # the keys of the figures' JSON
 AUTO = "auto"  # the sequence picker's value for "whichever sequence the step is about"
 
@@ -92,6 +95,9 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
     index = session.index if session is not None else -1
     if session is not None:
         session.updates_sent += 1
+    # A trace from a file cannot step: its stepping buttons go grey (they answered with a
+    # message). A cursor move changes nothing there; an error without a session knows nothing.
+    stepping = [gr.skip() if cursor_only or session is None else gr.Button(interactive=session.opened is None)] * STEPPING
     if trace is None:
         placeholder = views.empty_figure("No step yet: add prompts and press Step")
         note = "<p class='ml-empty'>No step yet: add prompts and press Step.</p>"
@@ -99,7 +105,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
             status_html(session, message, error),
             gr.Slider(minimum=0, maximum=1, value=0, interactive=False, label="Step: none recorded"),
             note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note, note, note,
-            gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(),
+            gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(), *stepping,
         ]
     selection = views.resolve(trace, session.selection, index)
     count = len(trace.steps)
@@ -135,4 +141,4 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         gr.Slider(minimum=0, maximum=max(trace.model.num_layers - 1, 1), value=selection.layer, step=1,
                   interactive=trace.model.num_layers > 1),
         gr.Dropdown(choices=heads, value="all" if selection.head is None else str(selection.head)),
-    ])
+    ]) + stepping
