@@ -334,6 +334,10 @@ def test_a_laptop_screen_shows_the_whole_debugger_and_the_text_wraps(browser, ur
     page.evaluate("() => window.scrollTo(0, 0)")
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 1280  # nothing widens the page
+    # No id twice (Gradio puts a Group's elem_id on two nested elements: the debugger bar's was).
+    twice = "() => { const seen = {}; for (const e of document.querySelectorAll('[id]')) " \
+            "if (e.id) seen[e.id] = (seen[e.id] || 0) + 1; return Object.keys(seen).filter(k => seen[k] > 1); }"
+    assert page.evaluate(twice) == []
     for element in ("#ml-step", "#ml-run", "#ml-pause", "#ml-slider", "#ml-plot-timeline", "#ml-text", "#ml-tabs"):
         box = page.locator(element).first.bounding_box()
         assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800, element  # whole, on the first screen

@@ -104,7 +104,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                     share_url = gr.Textbox(label="A read-only view of this trace at this step, for anyone on the server",
                                            interactive=False, buttons=["copy"], elem_id="ml-share-url", max_lines=1)
             with gr.Column(scale=1, elem_id="ml-main"):
-                with gr.Group(elem_id="ml-debugger-bar"):
+                with gr.Group(elem_classes="ml-debugger-bar"):
                     with gr.Row(elem_id="ml-bar-row"):
                         step = gr.Button("Step", elem_id="ml-step", interactive=live, size="sm", scale=0, min_width=64)
                         run = gr.Button("Run", elem_id="ml-run", interactive=live, size="sm", variant="primary",
