@@ -231,7 +231,7 @@ def grid_cell(fig: go.Figure, block: int) -> tuple[str, str, str]:
     heat = fig.data[0]
     row, column = divmod(block, np.asarray(heat.z).shape[1])
     code = int(heat.z[row, column])
-    return heat.colorbar.ticktext[code], heat.colorscale[2 * code][1], heat.text[row][column]
+    return heat.meta[code], heat.colorscale[2 * code][1], heat.text[row][column]
 
 
 def test_kv_grid_cells_match_the_snapshot(trace):
@@ -259,7 +259,8 @@ def test_kv_grid_cells_match_the_snapshot(trace):
             else:
                 assert (name, color) == (("free, cached", CACHED_FREE_COLOR) if e.cached else ("free", FREE_COLOR))
         assert np.isnan(z.ravel()[kv.num_blocks:]).all()  # cells past the pool draw nothing
-        marks = dict(zip(zip(fig.data[1].x, fig.data[1].y), fig.data[1].text)) if len(fig.data) > 1 else {}
+        text = [d for d in fig.data[1:] if d.mode == "text"]
+        marks = dict(zip(zip(text[0].x, text[0].y), text[0].text)) if text else {}
         expected = {(b % columns, b // columns): " ".join(m for m, on in ((f"×{e.ref_count}", e.ref_count > 1),
                                                                          ("H", e.hit)) if on)
                     for b, e in entries.items() if e.ref_count > 1 or e.hit}
@@ -271,19 +272,19 @@ def test_kv_grid_overlays_the_cursor_querys_attention_per_block(trace):
     index, seq_id, layer, head = 9, 0, 1, 2
     x = scheduled(trace, seq_id, index)
     fig = kv_cache_figure(trace, index, Selection(seq_id=seq_id, layer=layer, head=head))
-    overlay = next(d for d in fig.data[1:] if d.mode == "markers")
+    overlay = next(d for d in fig.data[1:] if d.mode == "markers" and not d.showlegend)  # not a legend entry
     got = {int(b): m for b, m in overlay.customdata}
     row = trace.attention_row(seq_id, layer, head, x.start + x.num_tokens - 1)
     assert got == pytest.approx(mass_per_block(row, x.block_table, 4))
     assert sum(got.values()) == pytest.approx(1.0) and list(got) == x.block_table
     # The mean over heads when no head is selected.
     fig = kv_cache_figure(trace, index, Selection(seq_id=seq_id, layer=layer, head=None))
-    mean = {int(b): m for b, m in next(d for d in fig.data[1:] if d.mode == "markers").customdata}
+    mean = {int(b): m for b, m in next(d for d in fig.data[1:] if d.mode == "markers" and not d.showlegend).customdata}
     rows = [trace.attention_row(seq_id, layer, h, x.start + x.num_tokens - 1) for h in range(4)]
     assert mean == pytest.approx(mass_per_block(torch.stack(rows).mean(0), x.block_table, 4))
     # No overlay, and a note saying why, for a sequence not traced.
     fig = kv_cache_figure(trace, index, Selection(seq_id=1))
-    assert all(d.mode != "markers" for d in fig.data[1:])
+    assert all(d.mode != "markers" or d.showlegend for d in fig.data[1:])
     assert "no attention overlay: sequence 1 has no recorded queries and keys" in fig.layout.title.text
 
 
@@ -675,7 +676,22 @@ def test_the_timeline_legend_and_the_kv_grid_fit_their_plots(trace):
     for step in small.steps:
         step.kv.num_blocks = 12
     kv = build(kv_cache_figure, small, 0)
-    assert list(kv.layout.xaxis.tickvals) == list(range(12)) and len(kv.data[0].z[0]) == 12  # no phantom columns
+    assert kv.layout.xaxis.range == (-0.5, 11.5) and len(kv.data[0].z[0]) == 12  # no phantom columns
+    # The grid's colours are named in a legend that wraps below it (a colour bar squeezed the
+    # grid and overlapped its labels in a phone's narrow plot); 8 column labels at most.
+    full = kv_cache_figure(trace, len(trace.steps) - 1)
+    legend = [(d.name, d.marker.color) for d in full.data if d.showlegend]
+    heat = full.data[0]
+    assert legend == [(name, heat.colorscale[2 * code][1]) for code, name in enumerate(heat.meta)]
+    assert not heat.showscale and full.layout.legend.orientation == "h" and len(full.layout.xaxis.tickvals) <= 8
+
+
+def test_the_kv_legend_names_its_first_holders_and_counts_the_rest():
+    from inspector.views.kv_cache import MAX_LEGEND_HOLDERS, _legend
+
+    names = ["free", "free, cached", *(f"#{s}" for s in range(MAX_LEGEND_HOLDERS + 5))]
+    entries = _legend(names, ["#000000"] * len(names))
+    assert [e["name"] for e in entries] == [*names[: 2 + MAX_LEGEND_HOLDERS], "5 more (hover a block)"]
 
 
 def test_bidirectional_controls_show_as_marks_wherever_text_is_shown():

@@ -48,6 +48,7 @@ from inspector.views.selection import Selection, selected_seq_id
 from inspector.views.sharing import copied_blocks, copy_notes, shared_words
 
 MAX_GRID_BLOCKS = 4096
+MAX_LEGEND_HOLDERS = 24  # sequences named in the legend; the rest are counted in one entry
 MAX_DRAWN_BLOCKS = 2**18  # bounds the figure's JSON; an 80 GB GPU's whole pool fits (docs/perf-notes.md)
 
 
@@ -115,7 +116,8 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
             zmax=len(colors) - 0.5,
             xgap=2,
             ygap=2,
-            colorbar=dict(tickvals=list(range(len(names))), ticktext=names, thickness=12, outlinewidth=0),
+            showscale=False,  # the legend below says what each colour is (_legend)
+            meta=names,  # each colour code's name, for a reader of the figure's JSON
         )
     ]
     if mass:
@@ -135,6 +137,8 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
             text=[m for _, m in marks], textfont=dict(size=11, color=CURRENT_COLOR, shadow="0px 0px 2px white"),
         ))
 
+    data += _legend(names, colors)
+
     notes = [note]
     if copied:
         notes.append("C: a copy on write in this step (hover it)")
@@ -145,17 +149,34 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
     title = f"KV cache · step {index} · {kv.num_used}/{kv.num_blocks} blocks used"
     subtitle = " · ".join(n for n in notes if n)
     step_rows = max(1, rows // 12)
+    step_columns = math.ceil(columns / 8)  # at most 8 labels across: readable on a phone's 300 px plot too
     return make_figure(
         data,
         title + (f"<br><sup>{subtitle}</sup>" if subtitle else ""),
-        clamp_height(100 + 24 * rows),
+        clamp_height(140 + 24 * rows),
         "kv-cache",
-        xaxis=dict(showgrid=False, zeroline=False, tickvals=list(range(columns)), side="top",
+        xaxis=dict(showgrid=False, zeroline=False, tickvals=list(range(0, columns, step_columns)), side="top",
                    constrain="domain", range=[-0.5, columns - 0.5]),
         yaxis=dict(showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x", constrain="domain",
                    tickvals=list(range(0, rows, step_rows)), ticktext=[str(r * columns) for r in range(0, rows, step_rows)]),
         margin=dict(l=48, r=16, t=72, b=16),
+        legend=dict(orientation="h", x=0, xanchor="left", y=-0.02, yanchor="top", font=dict(size=11),
+                    itemclick=False, itemdoubleclick=False),
     )
+
+
+def _legend(names: list[str], colors: list[str]) -> list[dict]:
+    """One legend entry per colour of the grid: a square marker of a trace with no points.
+    A legend, not a colour bar: it wraps its entries onto more lines in a narrow plot, where a
+    bar's labels overlapped and its width squeezed the grid (unreadable on a phone)."""
+    entries = [dict(type="scatter", mode="markers", x=[None], y=[None], name=name, hoverinfo="skip", showlegend=True,
+                    marker=dict(symbol="square", size=12, color=color))
+               for name, color in zip(names[: 2 + MAX_LEGEND_HOLDERS], colors, strict=False)]
+    if len(names) > 2 + MAX_LEGEND_HOLDERS:
+        more = len(names) - 2 - MAX_LEGEND_HOLDERS
+        entries.append(dict(type="scatter", mode="markers", x=[None], y=[None], name=f"{more} more (hover a block)",
+                            hoverinfo="skip", showlegend=True, marker=dict(symbol="square", size=12, color="rgba(0,0,0,0)")))
+    return entries
 
 
 def _attention_mass(trace: Trace, index: int, selection: Selection) -> tuple[dict[int, float], str]:
