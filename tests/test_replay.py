@@ -103,8 +103,31 @@ def test_a_different_model_is_refused_before_any_step(recorded, tiny, tmp_path):
     forced = replay(recorded, engine=other, force=True, progress=False)
     assert len(forced.sequences) == len(recorded.sequences)
     shallow = LLMEngine.from_config(dataclasses.replace(other.model_config, num_hidden_layers=1), CPU)
-    with pytest.raises(ConfigError, match="has num_layers 2, this one .* 1; replay on the model"):
+    with pytest.raises(ConfigError, match=r"recorded on tiny\d*, this replay runs random weights \(num_layers 2 against 1\); "
+                                          r"replay on the trace's model \(--model DIR\)"):
         replay(recorded, engine=shallow, force=True, progress=False)  # a shape mismatch: never forced
+
+
+def test_weights_without_a_fingerprint_are_named_as_such_not_as_different(recorded, tiny, monkeypatch):
+    """With tensor parallelism a process holds slices of the weights, so it makes no fingerprint:
+    the replay said "different weights ... this one None"."""
+    from inspector.record import recorder
+
+    monkeypatch.setattr(recorder, "weights_fingerprint", lambda engine: None)
+    with pytest.raises(ConfigError, match="this replay's weights have no fingerprint .* pass --force"):
+        replay(recorded, engine=LLMEngine.from_pretrained(tiny, CPU), progress=False)
+
+
+def test_an_engine_built_by_the_replay_is_closed_refused_or_done(recorded, tiny, monkeypatch):
+    """Its tensor-parallel workers, if any, lived on until the garbage collector found it."""
+    closed = []
+    monkeypatch.setattr(LLMEngine, "close", lambda engine: closed.append(engine))
+    replay(recorded, tiny, progress=False)
+    with pytest.raises(ConfigError, match="its limit"):
+        replay(recorded, tiny, max_steps=1, progress=False)
+    given = LLMEngine.from_pretrained(tiny, CPU)
+    replay(recorded, engine=given, progress=False)
+    assert len(closed) == 2 and given not in closed  # an engine the caller gave is the caller's
 
 
 def test_an_engine_given_shares_its_weights_and_keeps_its_build(recorded, tiny):
@@ -116,6 +139,8 @@ def test_an_engine_given_shares_its_weights_and_keeps_its_build(recorded, tiny):
     assert replay(recorded, engine=plain, progress=False).engine.fused_ops is False  # the model's, not the trace's
     with pytest.raises(ConfigError, match="dtype='bfloat16': the given engine's model was built otherwise"):
         replay(recorded, engine=engine, dtype="bfloat16", progress=False)
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2: the given engine's model was built otherwise"):
+        replay(recorded, engine=engine, tensor_parallel_size=2, progress=False)
     with pytest.raises(ConfigError, match="unknown engine setting.* kv_blocks"):
         replay(recorded, engine=engine, kv_blocks=8, progress=False)
     with pytest.raises(ConfigError, match="block_size"):

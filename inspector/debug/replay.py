@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from pathlib import Path
 
 from tqdm import tqdm
@@ -84,7 +84,8 @@ def replay(
     _check_arguments(trace, model, engine, alone, force, policy, progress, on_note, on_step, step_lock, max_steps)
     note = on_note or (lambda message: None)
     config = replay_config(trace, overrides, note)
-    if engine is None:
+    built_here = engine is None
+    if built_here:
         engine = LLMEngine.from_pretrained(model, config)
     else:
         built = _built_with(engine)
@@ -94,33 +95,36 @@ def replay(
                               "replay without an engine to load the model with it")
         # sharing_weights keeps the model's device, dtype and attention; its fused ops too.
         engine = LLMEngine.sharing_weights(engine, dataclasses.replace(config, fused_ops=engine.config.fused_ops))
-    session = DebugSession(engine, policy or CapturePolicy(attention=False, top_k=recorded_top_k(trace)))
-    check_same_model(trace.model, session.trace.model, force)
-    roots = [s for s in trace.sequences.values() if s.parent_id is None]
-    for seq in roots:  # every request checked before any runs: a bad one is reported in a moment
-        try:
-            engine.check_request(list(seq.prompt_ids), _params(seq))
-        except InvalidRequestError as error:
-            raise InvalidRequestError(f"request #{seq.seq_id} of the trace: {error}") from None
-    actions = _actions(trace)
-    total = len(trace.steps)
-    with tqdm(total=total, desc="replaying", unit="step", disable=None if progress else True) as bar:
-        def stepped() -> None:
-            bar.update()
-            done = session.recorder.num_steps
-            if max_steps is not None and done >= max_steps and engine.has_unfinished():
-                raise ConfigError(f"the replay has run {done} steps, its limit, with requests still unfinished")
-            if on_step is not None:
-                on_step(done, total)
+    # An engine built here is closed here, refused or done: its tensor-parallel workers, if any,
+    # would otherwise live on until the garbage collector found it.
+    with closing(engine) if built_here else nullcontext():
+        session = DebugSession(engine, policy or CapturePolicy(attention=False, top_k=recorded_top_k(trace)))
+        check_same_model(trace.model, session.trace.model, force)
+        roots = [s for s in trace.sequences.values() if s.parent_id is None]
+        for seq in roots:  # every request checked before any runs: a bad one is reported in a moment
+            try:
+                engine.check_request(list(seq.prompt_ids), _params(seq))
+            except InvalidRequestError as error:
+                raise InvalidRequestError(f"request #{seq.seq_id} of the trace: {error}") from None
+        actions = _actions(trace)
+        total = len(trace.steps)
+        with tqdm(total=total, desc="replaying", unit="step", disable=None if progress else True) as bar:
+            def stepped() -> None:
+                bar.update()
+                done = session.recorder.num_steps
+                if max_steps is not None and done >= max_steps and engine.has_unfinished():
+                    raise ConfigError(f"the replay has run {done} steps, its limit, with requests still unfinished")
+                if on_step is not None:
+                    on_step(done, total)
 
-        driver = _Driver(session, trace, step_lock or nullcontext(), stepped, note)
-        if not alone:
-            driver.run(actions)
-        else:
-            lineage = lineage_roots(trace)
-            for root in sorted(roots, key=lambda s: s.seq_id):  # in the order they were added
-                driver.run([(step - root.added_step, a) for step, a in actions if lineage[_seq_of(a)] == root.seq_id])
-    return session.trace
+            driver = _Driver(session, trace, step_lock or nullcontext(), stepped, note)
+            if not alone:
+                driver.run(actions)
+            else:
+                lineage = lineage_roots(trace)
+                for root in sorted(roots, key=lambda s: s.seq_id):  # in the order they were added
+                    driver.run([(step - root.added_step, a) for step, a in actions if lineage[_seq_of(a)] == root.seq_id])
+        return session.trace
 
 
 def _check_arguments(trace: object, model: object, engine: object, alone: object, force: object, policy: object,
@@ -167,17 +171,21 @@ def replay_config(trace: Trace, overrides: dict[str, object], note: Callable[[st
 
 def check_same_model(recorded: ModelInfo, mine: ModelInfo, force: bool) -> None:
     """Refuse (ConfigError) a model other than the recorded one: a different shape always, a
-    different or unrecorded weights fingerprint unless `force`."""
+    different or unknown weights fingerprint unless `force`."""
     for name in _SHAPE:
         a, b = getattr(recorded, name), getattr(mine, name)
         if a is not None and a != b:
-            raise ConfigError(f"a different model: the trace's ({recorded.name}) has {name} {a}, this one "
-                              f"({mine.name}) {b}; replay on the model the trace was recorded with (--model)")
+            raise ConfigError(f"a different model: the trace was recorded on {recorded.name}, this replay runs "
+                              f"{mine.name} ({name} {a} against {b}); replay on the trace's model (--model DIR)")
     if force:
         return
     if recorded.weights_fingerprint is None:
         raise ConfigError(f"the trace records no weights fingerprint (a file of schema before 4), so the model "
                           f"({recorded.name}) cannot be checked; pass --force (force=True) to replay it anyway")
+    if mine.weights_fingerprint is None:
+        raise ConfigError("this replay's weights have no fingerprint (with tensor parallelism each process holds "
+                          f"only slices of them), so they cannot be checked against the trace's ({recorded.name}); "
+                          "pass --force (force=True) to replay anyway, or replay without tensor parallelism")
     if recorded.weights_fingerprint != mine.weights_fingerprint:
         raise ConfigError(f"different weights: the trace's model ({recorded.name}) has fingerprint "
                           f"{recorded.weights_fingerprint}, this one ({mine.name}) {mine.weights_fingerprint}; "
@@ -268,7 +276,8 @@ def _built_with(engine: LLMEngine) -> dict[str, set[object]]:
     which an engine sharing the weights keeps: each as configured and as resolved ("auto", "cpu")."""
     c = engine.config
     return {"device": {c.device, str(engine.device)}, "dtype": {c.dtype, str(engine.dtype).removeprefix("torch.")},
-            "attention": {c.attention, engine.attention_backend}, "fused_ops": {c.fused_ops}}
+            "attention": {c.attention, engine.attention_backend}, "fused_ops": {c.fused_ops},
+            "tensor_parallel_size": {c.tensor_parallel_size}}  # the weights are sliced at load
 
 
 def _can_fork(engine: LLMEngine, replayed: dict[int, int], fork: ForkRecord) -> bool:
