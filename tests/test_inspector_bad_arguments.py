@@ -467,3 +467,17 @@ def test_trace_queries_refuse_what_is_no_index(trace, call, name):
     """attention_row and text_until took True as 1 and handed 1.5 or "0" to torch's indexing
     (a RuntimeError about batch2's shape); an unknown sequence was a KeyError."""
     refused(lambda: call(trace), name)
+
+
+@pytest.mark.parametrize("query", ["events_at", "forks_at", "copies_at"])
+@pytest.mark.parametrize("index", NOT_INTS + [-1, HUGE])
+def test_the_event_queries_refuse_what_is_no_step_index(trace, query, index):
+    """events_at (which forks_at and copies_at ask) read True as step 1 and compared 1.5, NaN
+    or "0" with the events' steps: a wrong answer or a TypeError, never a message."""
+    refused(lambda: getattr(trace, query)(index), "index must be an integer")
+
+
+def test_the_event_queries_take_a_step_past_the_last(trace):
+    """Events made after the last step (an add, a fork) carry the next step's index."""
+    assert trace.events_at(0) == [e for e in trace.events if e.step == 0]
+    assert trace.events_at(len(trace.steps)) == [e for e in trace.events if e.step == len(trace.steps)]

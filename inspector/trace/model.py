@@ -516,7 +516,11 @@ class Trace:
 
     def events_at(self, index: int) -> list[Event]:
         """The events before or during step `index`: a binary search, as their steps never
-        decrease (validate checks it), so a view or a breakpoint at every step stays cheap."""
+        decrease (validate checks it), so a view or a breakpoint at every step stays cheap.
+        ArgumentError for an index that is no integer >= 0: the search compares it with ints,
+        so True was read as 1 and 1.5 or NaN found no event instead of being refused. An index
+        past the last step is allowed: events made after it (an add, a fork) carry the next one's."""
+        _whole_arguments(index=index)
         step_of = _event_step
         return self.events[bisect.bisect_left(self.events, index, key=step_of):
                            bisect.bisect_right(self.events, index, key=step_of)]
