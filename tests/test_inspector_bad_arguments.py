@@ -15,6 +15,7 @@ import io
 import math
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -245,6 +246,30 @@ def test_add_batch_refuses_what_is_no_list_of_prompts(session, prompts):
         assert "put it in a list" in message
 
 
+@pytest.mark.parametrize("prompts, remedy", [
+    ({"Hello": 1}, "its keys would be read"),
+    ({"Hello": [1, 2], "Bye": [3]}, "its keys would be read"),
+    (MappingProxyType({"Hello": 1}), "its keys would be read"),
+    ({"Hello", "Bye"}, "a set has no order"),
+    (frozenset({"Hello"}), "a set has no order"),
+    ({(1, 2), (3,)}, "a set has no order"),
+], ids=["dict", "dict-of-ids", "mapping", "set", "frozenset", "set-of-ids"])
+def test_add_batch_refuses_a_mapping_or_a_set(session, prompts, remedy):
+    """A dict was queued as its keys, a set in an order that is no one's (the ids returned
+    follow the order of `prompts`, so which id is which prompt was left to chance)."""
+    with unchanged(session):
+        message = refused(lambda: session.add_batch(prompts), "prompts must be a list")
+    assert remedy in message and type(prompts).__name__ in message
+
+
+def test_add_batch_takes_the_keys_of_a_dict_in_their_order(session):
+    """dict.keys() is ordered (insertion order): only the dict itself is ambiguous."""
+    ids = session.add_batch({"Hello": 1, "Bye": 2}.keys())
+    assert [session.trace.sequences[i].prompt_text for i in ids] == ["Hello", "Bye"]
+    for seq_id in ids:
+        session.abort(seq_id)
+
+
 @pytest.mark.parametrize("chat", [1, "yes", None])
 def test_add_batch_refuses_a_chat_that_is_not_a_bool(session, chat):
     with unchanged(session):
@@ -272,7 +297,7 @@ def test_abort_refuses_a_bad_seq_id(session, seq_id):
 BAD_POLICIES = {
     "top_k": [0, -1, "5", True, 1.5, None, NAN, HUGE],
     "memory_budget": [-1, None, 1.5, "1", True, NAN, HUGE],
-    "layers": [5, "0", (True,), (1.5,), (-1,), (0, 0), [None], (HUGE,)],
+    "layers": [5, "0", (True,), (1.5,), (-1,), (0, 0), [None], (HUGE,), {0: 1}, {0, 1.5}],
     "attention_requests": [5, "01", (True,), (-1,), 1.5],
     "attention_seqs": [(1.5,), 3, ("0",)],
     "attention": ["yes", 1, None],
@@ -288,6 +313,12 @@ def test_capture_policy_checks_its_fields_when_it_is_made(field, value):
 def test_capture_policy_takes_any_iterable_as_a_tuple():
     policy = CapturePolicy(layers=[0, 1], attention_requests=(i for i in range(3)))
     assert policy.layers == (0, 1) and policy.attention_requests == (0, 1, 2)
+
+
+def test_capture_policy_takes_a_set_sorted():
+    """A set of distinct layers is what a policy means; its order is none, so it is sorted."""
+    policy = CapturePolicy(layers={3, 1, 2}, attention_seqs=frozenset({9, 4}))
+    assert policy.layers == (1, 2, 3) and policy.attention_seqs == (4, 9)
 
 
 def test_a_layer_the_model_lacks_is_refused_when_the_policy_meets_the_model(session):

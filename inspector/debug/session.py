@@ -67,8 +67,9 @@ class DebugSession:
         """Queue every prompt, or none: each is checked (and tokenized, once) before any is
         queued, and InvalidRequestError names the first bad one ("prompt 2: ..."). Returns the
         new sequence ids, in the order of `prompts`: a list, tuple or other iterable (read
-        once). One str is refused (ArgumentError): it would be read as one prompt per
-        character; add() takes one prompt."""
+        once). Refused (ArgumentError): one str, which would be read as one prompt per
+        character (add() takes one prompt); a dict, read as its keys; a set, which has no order
+        for the ids to follow."""
         prompts = items(prompts, "prompts", "prompts (each a str or a list of token ids)")
         flag(chat, "chat")
         params = SamplingParams() if params is None else params

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -86,19 +86,33 @@ def instance(value: object, kind: type[T], name: str, optional: bool = False) ->
 
 
 def items(value: object, name: str, what: str) -> list:
-    """The items of a list, tuple or other iterable, read once (a generator can be read only
-    once); a str or bytes, an iterable of its characters, is refused with the remedy."""
+    """The items of a list, tuple or other iterable, in order, read once (a generator can be
+    read only once). Refused with the remedy, as iterating them is no list of items: a str or
+    bytes (its characters), a dict or other mapping (its keys), a set (its items, in an order
+    that is no one's: a caller's results, such as add_batch's ids, follow the list's order)."""
     if isinstance(value, (str, bytes, bytearray)):
         raise ArgumentError(f"{name} must be a list of {what}, not one {type(value).__name__} ({shown(value)}): "
                             "put it in a list")
+    if isinstance(value, Mapping):
+        raise ArgumentError(f"{name} must be a list of {what}, not a {type(value).__name__} ({shown(value)}): "
+                            "its keys would be read as the list; pass list(...) of its keys or values")
+    if isinstance(value, (set, frozenset)):
+        raise ArgumentError(f"{name} must be a list of {what}, not a {type(value).__name__} ({shown(value)}): "
+                            "a set has no order; pass a list")
     if not isinstance(value, Iterable):
         raise ArgumentError(f"{name} must be a list of {what}, got {shown(value)}")
     return list(value)
 
 
 def whole_tuple(value: object, name: str) -> tuple[int, ...]:
-    """A tuple of distinct integers >= 0 from a list, tuple or other iterable of them."""
-    numbers = tuple(whole(v, f"{name}[{i}]") for i, v in enumerate(items(value, name, "integers >= 0")))
+    """A tuple of distinct integers >= 0 from a list, tuple or other iterable of them, or from
+    a set of them: the set's order is none, so it is sorted (a set of distinct numbers is what
+    the caller means; items() refuses it only because it has no order)."""
+    unordered = isinstance(value, (set, frozenset))
+    listed = list(value) if unordered else items(value, name, "integers >= 0")
+    numbers = tuple(whole(v, f"{name}[{i}]") for i, v in enumerate(listed))
+    if unordered:
+        return tuple(sorted(numbers))  # distinct already: a set holds each once
     repeated = [n for n, times in Counter(numbers).items() if times > 1]
     if repeated:
         raise ArgumentError(f"{name} holds {repeated[0]} more than once, got {shown(value)}")
