@@ -5,6 +5,8 @@ steps, and resets."""
 from __future__ import annotations
 
 import copy
+import gc
+import sys
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from inspector import (
     KVUsageAbove,
     Preemption,
     PrefixCacheHit,
+    RunResult,
     SampledProbBelow,
     SequenceFinished,
     TextMatches,
@@ -209,3 +212,39 @@ def test_a_run_iter_left_midway_leaves_the_cursor_on_its_last_step_and_a_later_r
     twin, _ = preempting_session()
     twin.run()
     assert tokens(session) == tokens(twin)  # stopping and going on changed nothing
+
+
+def take(steps) -> RunResult | int:
+    """next(steps): the index it yields, or the RunResult it returns."""
+    try:
+        return next(steps)
+    except StopIteration as end:
+        return end.value
+
+
+@pytest.mark.parametrize("taken", [0, 2], ids=["not-started", "midway"])
+@pytest.mark.parametrize("then", ["next", "close", "drop"])
+def test_a_reset_ends_an_open_run_iter_without_touching_the_new_trace(taken, then, monkeypatch):
+    """The old run's cleanup sought the last step of the new, empty trace (NoSuchStep, or
+    "Exception ignored" when the dropped generator was collected), and its next() went on
+    stepping the requests queued after the reset."""
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    session, _ = preempting_session()
+    steps = session.run_iter()
+    assert [next(steps) for _ in range(taken)] == list(range(taken))
+    session.reset()
+    session.add([5, 6, 7], SamplingParams(temperature=0, max_tokens=4))
+    engine_steps = session.engine.step_count
+    if then == "next":
+        result = take(steps)
+        assert result == RunResult(taken, None, f"the session was reset after {taken} step(s) of this run", False)
+        assert take(steps) is None  # ended: a generator that returned yields no more
+    elif then == "close":
+        steps.close()
+    else:
+        del steps
+        gc.collect()
+    assert unraisable == []
+    assert session.engine.step_count == engine_steps and session.trace.steps == [] and session.cursor.index == -1
+    assert session.run().finished and len(session.trace.steps) == 4  # the new request runs as usual

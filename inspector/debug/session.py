@@ -38,7 +38,7 @@ class RecordingStopped(MinillamaError, RuntimeError):
 class RunResult:
     steps: int  # engine steps run
     breakpoint: Breakpoint | None  # the one that stopped the run, if any
-    reason: str | None  # what it said
+    reason: str | None  # what it said; or that a reset() ended the run (breakpoint None)
     finished: bool  # no request left to run
     seq_ids: tuple[int, ...] = ()  # the sequences its hits name (a debugger shows the first)
 
@@ -51,6 +51,9 @@ class DebugSession:
         self.cursor = Cursor(self.recorder.trace)
         self.stopped: str | None = None  # why stepping stopped, once the recorder failed (RecordingStopped)
         self.interrupted = False  # a Ctrl-C landed in a step or its record (_interrupted)
+        # reset() bumps it: a run_iter started before sees it changed and ends, stepping none of
+        # the new requests and leaving the new trace and cursor alone (see _run_steps).
+        self._epoch = 0
 
     @property
     def trace(self) -> Trace:
@@ -103,7 +106,9 @@ class DebugSession:
         self.recorder.note_abort(seq_id)
 
     def reset(self) -> None:
-        """Abort every request, forget every finished one, and start an empty trace."""
+        """Abort every request, forget every finished one, and start an empty trace. A
+        run_iter still open ends at its next next(), running no step (its RunResult says so)."""
+        self._epoch += 1
         for seq_id in list(self.engine.sequences):
             self.engine.abort(seq_id)
         self.recorder.clear()
@@ -140,18 +145,24 @@ class DebugSession:
         (StopIteration.value) the RunResult. The step at which a breakpoint fires is not
         yielded: the run ends right there. A caller may stop taking steps at any yield:
         closing the generator (or dropping it) ends the run, and the cursor moves to the last
-        step, as it does when the run ends by itself.
+        step, as it does when the run ends by itself. A reset() ends it too: its next next()
+        runs no step and returns the RunResult of the steps it ran, with a reason saying so.
 
         Between yields the cursor stays where it was, and a step's record may still be
         completing: seek(index) completes it and moves there (a live view does so at each
         yield; a batch run does not, and keeps the recorder's overlap, see _advance). The
         arguments are checked as run() says, at this call, not at the first next()."""
-        return self._run_steps(breakpoint_list(until), optional_whole(max_steps, "max_steps", minimum=1))
+        return self._run_steps(breakpoint_list(until), optional_whole(max_steps, "max_steps", minimum=1), self._epoch)
 
-    def _run_steps(self, breakpoints: list[Breakpoint], max_steps: int | None) -> Generator[int, None, RunResult]:
+    def _run_steps(self, breakpoints: list[Breakpoint], max_steps: int | None,
+                   epoch: int) -> Generator[int, None, RunResult]:
+        """The run of run_iter, for the session as it was at `epoch`: once reset() has cleared
+        it, the requests queued since are no part of this run, the trace it stepped is gone,
+        and seeking the new, empty one would fail (NoSuchStep, printed as "Exception ignored"
+        when a dropped generator is collected)."""
         steps = 0
         try:
-            while (max_steps is None or steps < max_steps) and self._advance():
+            while (max_steps is None or steps < max_steps) and self._epoch == epoch and self._advance():
                 steps += 1
                 if breakpoints:  # they read the step's record: complete it now (self.trace does)
                     record = self.trace.steps[-1]
@@ -159,9 +170,12 @@ class DebugSession:
                     if fired is not None:
                         return self._stopped(steps, *fired)
                 yield self.recorder.num_steps - 1
-            return RunResult(steps, None, None, not self.engine.has_unfinished())
+            reason = None if self._epoch == epoch else f"the session was reset after {steps} step(s) of this run"
+            return RunResult(steps, None, reason, not self.engine.has_unfinished())
         finally:
-            if steps and not self.interrupted:  # a record left half made is not completed again
+            # Not after a reset (the steps are gone), nor when a record was left half made (not
+            # to be completed again).
+            if steps and self._epoch == epoch and not self.interrupted:
                 self.seek(-1)
 
     def _stopped(self, steps: int, fired: Breakpoint, hits: list[Hit]) -> RunResult:
