@@ -316,6 +316,29 @@ def test_a_debug_session_whose_recorder_fails_stops_stepping_until_reset(engine)
     assert session.step() is not None and len(session.trace.steps) == 1
 
 
+@pytest.mark.parametrize("hook", HOOK_REQUESTS)
+@pytest.mark.parametrize("call", ["step", "run"])
+def test_a_debug_session_moves_to_the_step_its_callers_observer_failed_in(engine, hook, call):
+    """An observer of the caller's (not the recorder) raising mid-step: the engine finishes the
+    step and the recorder records it, then ObserverError reaches the caller. The cursor stayed
+    before that step (at -1 for the first), as though it had not run."""
+    from inspector import DebugSession
+
+    session = DebugSession(engine)
+    session.add_batch([PROMPT, [7, 8, 9]], HOOK_REQUESTS[hook])
+    observer = Raising(hook)
+    engine.add_observer(observer)
+    with pytest.raises(ObserverError, match=f"raised in {hook}"):
+        if call == "run":
+            session.run()
+        while session.step() is not None:  # to the step whose hook raises (a beam prunes later)
+            pass
+    recorded = len(session.trace.steps)
+    assert recorded >= 1 and session.recorder in engine.observers and observer not in engine.observers
+    assert session.cursor.index == recorded - 1 and session.trace.steps[-1].engine_step == engine.step_count - 1
+    assert session.run().finished  # the session goes on
+
+
 class Reentering(Observer):
     """Calls back into the engine from a hook, as a script that drives it from an observer might."""
 

@@ -195,6 +195,8 @@ class DebugSession:
             self.engine.step()
         except ObserverError as error:
             if self.recorder in self.engine.observers:  # another observer of the caller's: theirs to handle
+                if self.recorder.num_steps > before:  # the step ran whole and was recorded: show it
+                    self.seek(-1)  # as step() would have, not leave the cursor before it
                 raise
             self.stopped = (f"the recorder failed during a step ({error.__cause__!r}) and stopped recording after "
                             f"{before} step(s); Reset starts a new trace")
