@@ -36,6 +36,13 @@ class ModelLoadError(MinillamaError, RuntimeError):
     (pickled `.bin`)."""
 
 
+class CacheFolderError(MinillamaError, OSError):
+    """The folder minillama keeps its builds in ($MINILLAMA_CACHE, else $XDG_CACHE_HOME/minillama)
+    cannot take them: a file where it should be, no right to write there. Also an OSError, as
+    the failed mkdir or write it stands for was: the CPU kernels' build still falls back to
+    PyTorch ops on it, with its message as the warning."""
+
+
 class ObserverError(MinillamaError, RuntimeError):
     """An observer raised inside one of its hooks. The engine detached it at once and finished
     what it was doing (the step, the fork) whole, so it stays consistent and keeps serving;

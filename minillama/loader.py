@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 
 from minillama import hugepages, memory
-from minillama.build_cache import cache_root
+from minillama.build_cache import cache_folder, cache_root
 from minillama.config import FieldReader, ModelConfig
 from minillama.errors import ModelLoadError
 from minillama.model.llama import LlamaForCausalLM
@@ -441,6 +441,7 @@ def embedded_model_dir() -> Path:
     target = cache_root() / EMBEDDED_MODEL_NAME
     if (target / "model.safetensors").exists() and (target / "config.json").exists():
         return target
+    cache_folder(target.parent)  # before the conversion, a message naming MINILLAMA_CACHE if it cannot be
     convert_gguf(embedded_gguf_path(), target)
     return target
 

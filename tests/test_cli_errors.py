@@ -396,6 +396,20 @@ def test_a_real_process_prints_one_line(argv, fragment):
     assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv", [["-m", "minillama", "--prompt", "hi"],
+                                  ["-m", "inspector", "record", "--prompt", "hi", "-o", "{root}/cache.mltrace"],
+                                  ["app.py", "--port", "1"]], ids=["minillama", "inspector", "app"])
+def test_a_cache_folder_that_is_a_file_is_named_in_one_line(paths, argv):
+    """MINILLAMA_CACHE naming a file: "[Errno 17] File exists: '...'", which named no variable,
+    when the embedded model was first converted."""
+    env = {**os.environ, "MINILLAMA_CACHE": paths["file"]}
+    done = subprocess.run([sys.executable, *[a.format(**paths) for a in argv]], cwd=ROOT, capture_output=True,
+                          timeout=120, env=env)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"MINILLAMA_CACHE={paths['file']!r} cannot hold minillama's cache: {paths['file']} is a file" in err
+
+
 def test_a_reader_that_stops_reading_ends_the_command_quietly(paths):
     """`python -m inspector show run.mltrace | head -1`: once head has its line, writing fails.
     It printed "error: [Errno 32] Broken pipe", or "Exception ignored ... BrokenPipeError" at

@@ -150,6 +150,18 @@ def test_a_failed_compile_warns_with_the_compilers_message(monkeypatch, tmp_path
         clear_builds()
 
 
+def test_a_cache_that_cannot_take_the_build_is_named_in_the_warning(monkeypatch, tmp_path):
+    """It warned "[Errno 17] File exists: '...'", naming no variable."""
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("MINILLAMA_CACHE", str(tmp_path / "file"))
+    clear_builds()
+    try:
+        with pytest.warns(UserWarning, match="MINILLAMA_CACHE=.* cannot hold minillama's cache: .* is a file"):
+            assert not skinny_linear.available()
+    finally:
+        clear_builds()
+
+
 def test_the_result_matches_f_linear_on_the_embedded_models_shapes():
     """The same product BLAS computes, within fp32 rounding, for 8 rows of each weight shape."""
     for n, k in [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]:

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from minillama.build_cache import cache_root
+from minillama.build_cache import cache_folder, cache_root
 
 # -fopenmp: the C code's `omp parallel for` binds to the OpenMP runtime already in the process
 # (torch's libgomp), so the kernels run on torch's threads, torch.set_num_threads included.
@@ -112,7 +112,7 @@ def _cpu_features() -> str:
 def _compile(compiler: str, source: Path, path: Path) -> None:
     """Compile into a temporary file beside `path`, then rename: processes that build at the
     same time never load a half-written library."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    cache_folder(path.parent)  # a CacheFolderError, an OSError, names MINILLAMA_CACHE in the warning
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         built = Path(scratch) / path.name
         subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True, text=True)
