@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmarks.engine_modes import ASYNC_AB, DECODE, GPU, PROFILE, SMALL, SPLIT, refuse_unread_flags, run_mode
 from benchmarks.floor import kv_bytes_per_token, measure_peaks, run_floor
 from benchmarks.workloads import (
     CHAT_PROMPTS,
@@ -391,72 +392,82 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(PROG, _main, argv)
 
 
-def _main(argv: list[str]) -> None:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--gpu", action="store_true", help="the 256-request GPU workload")
+    # The mode flags: each picks one run (engine_modes.py), so two at once are refused.
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--gpu", action="store_true", help="the 256-request GPU workload")
+    modes.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
+    modes.add_argument("--async-ab", action="store_true", help="GPU: the workload with async scheduling on and off in turns")
+    modes.add_argument("--profile", action="store_true", help="GPU: the workload's kernel time, prefill and decode apart")
     parser.add_argument("--config", default=None, help="1b, 3b, 8b or a config.json path (random weights); default: embedded model")
-    parser.add_argument("--device", default=ENGINE.device)
+    parser.add_argument("--device", default=ENGINE.device, help="small workload: the device (the GPU runs use cuda)")
     parser.add_argument("--max-tokens", type=int_at_least(1), default=64, help="small workload: new tokens per prompt")
     parser.add_argument("--num-kv-blocks", "--kv-blocks", dest="kv_blocks", type=int, default=None,
                         help="small workload: the engine's KV blocks (default: the library's)")
-    parser.add_argument("--num-requests", type=int_at_least(1, MAX_REQUESTS), default=256)
-    parser.add_argument("--output-len", type=int_at_least(1), default=256)
-    parser.add_argument("--peers", default="static,cb", help="GPU peers to run: static, cb, or none")
+    parser.add_argument("--num-requests", type=int_at_least(1, MAX_REQUESTS), default=256,
+                        help="--gpu, --async-ab, --profile: requests in the workload")
+    parser.add_argument("--output-len", type=int_at_least(1), default=256,
+                        help="--gpu, --async-ab, --profile: new tokens per request")
+    parser.add_argument("--peers", default="static,cb", help="--gpu: HF peers to run: static, cb, or none")
     parser.add_argument("--hf-requests", type=int_at_least(1, MAX_REQUESTS), default=None,
                         help="--gpu: the HF peers run the first this many requests only (default: all), labelled so")
-    parser.add_argument("--attention", default=ENGINE.attention, choices=BACKEND_NAMES)
+    parser.add_argument("--attention", default=ENGINE.attention, choices=BACKEND_NAMES,
+                        help="the GPU runs but --gpu --tensor-parallel-size: the attention backend")
     # The scheduler's budgets: the library's defaults for the device unless given (on a GPU, 256
     # sequences and 16,384 tokens a prefill step: the 256 requests decode in one batch).
-    parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the library's for the device")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: the library's for the device")
-    parser.add_argument("--eager", action="store_true")
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="--gpu; default: the library's for the device")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help="--gpu; default: the library's for the device")
+    parser.add_argument("--eager", action="store_true", help="--gpu: no CUDA graphs")
     parser.add_argument("--async-scheduling", default=ENGINE.async_scheduling, choices=ASYNC_SCHEDULING,
-                        help="plan the next step while the GPU runs this one (default: %(default)s, on with CUDA)")
-    parser.add_argument("--decode-steps", action="store_true", help="GPU: decode step time vs the bandwidth floor")
-    parser.add_argument("--async-ab", action="store_true", help="GPU: the workload with async scheduling on and off in turns")
-    parser.add_argument("--profile", action="store_true", help="GPU: the workload's kernel time, prefill and decode apart")
+                        help="--gpu, --decode-steps: plan the next step while the GPU runs this one (default: "
+                             "%(default)s, on with CUDA)")
     parser.add_argument("--context", type=int_at_least(1), default=512, help="--decode-steps: tokens of context per sequence")
     parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1,
                         help="--gpu: the workload on one GPU and split over this many (no HF peers)")
     add_debug_flag(parser)
+    return parser
+
+
+def _main(argv: list[str]) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    refuse_unread_flags(parser, argv, args)  # a flag the run would ignore: refused, naming the mode it needs
     unknown_peers = set(args.peers.split(",")) - {"static", "cb", "none"}
     if unknown_peers:
         raise ConfigError(f"--peers takes static, cb or both (comma-separated), or none, got {args.peers!r}")
     # The engine's own flags are checked before any model loads.
     EngineConfig(device=args.device, attention=args.attention, num_kv_blocks=args.kv_blocks,
                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()
-    if args.tensor_parallel_size > 1 and not args.gpu:
-        raise ConfigError("--tensor-parallel-size runs the --gpu workload (one GPU against N); add --gpu")
-    gpu_run = args.gpu or args.decode_steps or args.async_ab or args.profile
-    if gpu_run:
+    mode = run_mode(args)
+    if mode != SMALL:
         args.config = args.config or "1b"  # the GPU runs' shape unless given
         shape = model_shape(args.config)
-        if args.decode_steps:
+        if mode == DECODE:
             check_context("--context", args.context, args.context, DECODE_TABLE_STEPS, shape)
         else:
             check_context("--output-len", args.output_len, THROUGHPUT_PROMPT_TOKENS[1], args.output_len, shape)
         if args.hf_requests is not None and args.hf_requests > args.num_requests:
             raise ConfigError(f"--hf-requests {args.hf_requests} is more than --num-requests {args.num_requests}")
-    if gpu_run and not torch.cuda.is_available():
-        raise ConfigError("--gpu, --decode-steps, --async-ab and --profile need a CUDA GPU, and torch sees none")
-    if args.profile:
+        if not torch.cuda.is_available():
+            raise ConfigError("--gpu, --decode-steps, --async-ab and --profile need a CUDA GPU, and torch sees none")
+    if mode == PROFILE:
         from benchmarks.kernel_profile import run
 
         run(args)
-    elif args.async_ab:
+    elif mode == ASYNC_AB:
         async_ab(args)
-    elif args.decode_steps:
+    elif mode == DECODE:
         decode_step_table(args)
-    elif args.gpu and args.tensor_parallel_size > 1:
+    elif mode == SPLIT:
         from benchmarks.tensor_parallel import scaling_workload
 
         scaling_workload(args)
-    elif args.gpu:
+    elif mode == GPU:
         gpu_workload(args)
     else:
         small_workload(args)
-
 
 if __name__ == "__main__":
     sys.exit(main())

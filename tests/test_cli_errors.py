@@ -261,13 +261,36 @@ BAD = {
                               "-o {root}/rrr"),
     "bench-max-tokens-0": ("bench", ["--max-tokens", "0"], "argument --max-tokens"),
     "bench-requests-0": ("bench", ["--num-requests", "0"], "argument --num-requests"),
-    "bench-peers": ("bench", ["--peers", "hf"], "--peers takes static, cb or both"),
+    "bench-peers": ("bench", ["--gpu", "--peers", "hf"], "--peers takes static, cb or both"),
     "bench-attention": ("bench", ["--attention", "flash"], "argument --attention: invalid choice"),
     "bench-kv-blocks-0": ("bench", ["--kv-blocks", "0"], "num_kv_blocks"),
     "bench-hf-requests-0": ("bench", ["--hf-requests", "0"], "argument --hf-requests"),
     "bench-async-maybe": ("bench", ["--async-scheduling", "maybe"], "argument --async-scheduling: invalid choice"),
     "bench-tp-0": ("bench", ["--tensor-parallel-size", "0"], "argument --tensor-parallel-size"),
-    "bench-tp-no-gpu": ("bench", ["--tensor-parallel-size", "2"], "--tensor-parallel-size runs the --gpu workload"),
+    "bench-tp-no-gpu": ("bench", ["--tensor-parallel-size", "2"],
+                        "argument --tensor-parallel-size: not read by the small workload (no mode flag); only by --gpu"),
+    # A flag the chosen run does not read was ignored without a word (benchmarks/engine_modes.py).
+    "bench-context-small": ("bench", ["--context", "100"],
+                            "argument --context: not read by the small workload (no mode flag); only by --decode-steps"),
+    "bench-context-default-gpu": ("bench", ["--gpu", "--context", "512"],
+                                  "argument --context: not read by --gpu; only by --decode-steps"),
+    "bench-hf-requests-small": ("bench", ["--hf-requests", "5"], "argument --hf-requests: not read by the small "
+                                "workload (no mode flag); only by --gpu"),
+    "bench-hf-requests-decode": ("bench", ["--decode-steps", "--hf-requests", "5"],
+                                 "argument --hf-requests: not read by --decode-steps; only by --gpu"),
+    "bench-device-gpu": ("bench", ["--gpu", "--device", "cuda"],
+                         "argument --device: not read by --gpu; only by the small workload (no mode flag)"),
+    "bench-kv-blocks-profile": ("bench", ["--profile", "--kv-blocks", "4"], "argument --num-kv-blocks: not read by --profile"),
+    "bench-output-len-decode": ("bench", ["--decode-steps", "--output-len=3"],
+                                "argument --output-len: not read by --decode-steps; only by --gpu, --async-ab or --profile"),
+    "bench-async-async-ab": ("bench", ["--async-ab", "--async-scheduling", "off"],
+                             "argument --async-scheduling: not read by --async-ab; only by --gpu or --decode-steps"),
+    "bench-attention-split": ("bench", ["--gpu", "--tensor-parallel-size", "2", "--attention", "sdpa"],
+                              "only by --gpu (without --tensor-parallel-size), --async-ab, --decode-steps or --profile"),
+    "bench-eager-small": ("bench", ["--eager"], "argument --eager: not read by the small workload"),
+    "bench-max-tokens-gpu": ("bench", ["--gpu", "--max-tokens", "8"], "argument --max-tokens: not read by --gpu"),
+    "bench-peers-small": ("bench", ["--peers", "none"], "argument --peers: not read by the small workload"),
+    "bench-two-modes": ("bench", ["--gpu", "--profile"], "argument --profile: not allowed with argument --gpu"),
     # lengths past the model's context, refused before anything runs (on any machine)
     "bench-max-tokens-past-context": ("bench", ["--max-tokens", "100000"], "would pass the model's context of 8,192"),
     "bench-output-len-past-context": ("bench", ["--gpu", "--output-len", "200000"], "--output-len 200000: prompts of up"),
@@ -370,6 +393,14 @@ def test_a_broken_pipe_other_than_stdout_is_bad_input_not_a_quiet_exit(capsys):
     assert err == "prog: error: [Errno 32] Broken pipe\n"
 
 
+def test_each_benchmark_flag_says_which_runs_read_it():
+    """A flag left out of READ_BY would be refused by no run, and ignored by some again."""
+    from benchmarks.engine_modes import READ_BY
+
+    everywhere = {"help", "debug", "config", "gpu", "decode_steps", "async_ab", "profile"}  # read by all, or modes
+    assert {action.dest for action in benchmarks.engine.build_parser()._actions} - everywhere == set(READ_BY)
+
+
 def test_help_still_exits_0(capsys):
     for main, argv in [(minillama.__main__.main, ["--help"]), (inspector.__main__.main, ["record", "--help"])]:
         with pytest.raises(SystemExit) as info:
@@ -385,6 +416,7 @@ PROCESSES = {
     "inspector-output": (["-m", "inspector", "record", "--prompt", "hi", "-o", "/nonexistent/r.mltrace"],
                          "there is no folder /nonexistent"),
     "bench-device": (["-m", "benchmarks.engine", "--device", "banana"], "unknown device"),
+    "bench-unread-flag": (["-m", "benchmarks.engine", "--context", "100"], "argument --context: not read by"),
 }
 
 
