@@ -8,8 +8,11 @@ else reaches stderr. The model, where one is needed, is a tiny random directory.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -451,6 +454,41 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(paths):
     child.stdout.close()  # before the child has written anything: it starts in seconds
     err = child.stderr.read().decode()
     assert child.wait(timeout=120) == 141 and err == ""
+
+
+UNWRITABLE = {"closed": (">&-", "[Errno 9] cannot write the output (stdout): it is closed"),
+              "full": ("> /dev/full", "[Errno 28] cannot write the output (stdout): No space left on device")}
+
+
+@pytest.mark.parametrize("argv", [["-m", "inspector", "show", "{trace}"],
+                                  ["-m", "inspector", "show", "{trace}", "--step", "0"],
+                                  ["-m", "inspector", "diff", "{trace}", "{short}"],
+                                  ["-m", "minillama", *RUN, "--max-tokens", "2"]],
+                         ids=["show", "show-step", "diff", "minillama"])
+@pytest.mark.parametrize("output", UNWRITABLE)
+def test_an_output_that_cannot_be_written_is_one_line_and_status_2(paths, argv, output):
+    """`prog >&-` exited 0 having shown nothing (print writes nothing when stdout is closed);
+    `prog > /dev/full` said "[Errno 28] No space left on device", naming no file."""
+    redirect, message = UNWRITABLE[output]
+    command = shlex.join([sys.executable, *[a.format(**paths) for a in argv]]) + " " + redirect
+    done = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, timeout=120)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.endswith(f": error: {message}\n"), err
+
+
+def test_an_output_that_fails_only_at_the_last_flush_is_named_too(capsys, monkeypatch):
+    """A regular file on a full disk takes print's text into its buffer; the write fails when
+    run_cli flushes it at the end, and says it was the output's as a failed print does."""
+    from minillama.cli.errors import run_cli
+
+    class FullDisk(io.StringIO):
+        def flush(self) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    assert run_cli("prog", lambda argv: print("answer"), []) == 2
+    assert capsys.readouterr().err == "prog: error: [Errno 28] cannot write the output (stdout): No space left on device\n"
 
 
 def test_an_answer_the_terminal_cannot_encode_is_escaped_not_an_internal_error(paths):

@@ -5,8 +5,9 @@
 flags.py (the engine's and the sampler's flags, made from EngineConfig and SamplingParams, their
 defaults read from them), checks.py (what a command line checks before any work: argparse types
 with a floor, a writable output path) and errors.py (one line on stderr and an exit status for
-every failure, never a traceback; ArgumentParser, --debug, run_cli); gc_heap.py tunes the garbage
-collector for a process that serves or measures (tune_gc).
+every failure, never a traceback; ArgumentParser, --debug, run_cli), with output.py (stdout
+during a command: a write that fails names it); gc_heap.py tunes the garbage collector for a
+process that serves or measures (tune_gc).
 """
 
 from minillama.cli.checks import check_output_path, int_at_least, number_at_least, path_text

@@ -7,6 +7,8 @@
   the `expected` types a command line adds): "prog: error: <message>", exit status 2;
 - Ctrl-C: "prog: interrupted", exit status 130 (128 + SIGINT, what a shell reports);
 - stdout's reader gone (`prog | head -1`): nothing more, exit status 141 (128 + SIGPIPE);
+- stdout closed (`prog >&-`) or failing (`prog > /dev/full`): "prog: error: cannot write the
+  output (stdout): <why>", exit status 2, never a silent success (output.py);
 - anything else is a bug: "prog: internal error: <type>: <message>; run with --debug for the
   traceback", exit status 1.
 
@@ -25,6 +27,7 @@ from typing import NoReturn
 
 import torch
 
+from minillama.cli.output import Output
 from minillama.errors import ConfigError, MinillamaError
 
 DEBUG_FLAG = "--debug"
@@ -62,10 +65,14 @@ def run_cli(
     """Run `main(argv)` and turn what it raises into one line and an exit status (see above)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv[: argv.index("--")] if "--" in argv else DEBUG_FLAG in argv
-    _write_any_text(sys.stdout)
+    stdout = sys.stdout
+    _write_any_text(stdout)
+    sys.stdout = Output(stdout)  # a failed write, or one to a closed stdout, names the output
     try:
         status = main(argv) or 0
-        _flush_stdout()
+        # What stdout still buffers, written now: a failure is then reported as any other (at
+        # exit, Python would print "Exception ignored" and exit 120).
+        sys.stdout.flush()
         return status
     except KeyboardInterrupt:
         if debug:
@@ -84,6 +91,8 @@ def run_cli(
             raise
         _say(f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)}; run with {DEBUG_FLAG} for the traceback")
         return 1
+    finally:
+        sys.stdout = stdout
 
 
 # `prog | head -1`: head exits after its line, and the next write to stdout fails. A Unix tool is
@@ -107,20 +116,6 @@ def _reader_gone() -> bool:
         os.dup2(devnull, fd)
         os.close(devnull)
     return gone
-
-
-def _flush_stdout() -> None:
-    """Write what stdout still buffers now, so that a failure is reported as any other (at exit,
-    Python would print "Exception ignored" and exit 120), and say it was the output that failed
-    (`> /dev/full`: "No space left on device" alone names nothing)."""
-    if sys.stdout is None:  # closed (>&-): print wrote nothing
-        return
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot write the output (stdout): {exc.strerror}") from exc
 
 
 def _write_any_text(stream: object) -> None:
