@@ -14,9 +14,12 @@ from conftest import make_hf_model
 from test_inspector_support import record_tiny_run
 
 from inspector import (
+    ArgumentError,
     AtStep,
+    Breakpoint,
     DebugSession,
     EntropyAbove,
+    Hit,
     KVUsageAbove,
     Preemption,
     PrefixCacheHit,
@@ -121,6 +124,23 @@ def test_run_stops_at_the_first_breakpoint_and_says_which():
     result = session.run()
     assert result.finished and session.step() is None
     assert session.trace.events[0].kind == "add" and session.trace.steps[0].engine_step > 0
+
+
+@pytest.mark.parametrize("returned", ["yes", None, 1, ["a reason"], {"reason": "x"}, [Hit("ok"), "and a str"]])
+def test_a_breakpoint_of_the_callers_whose_hits_are_no_list_of_hit_is_named(returned):
+    """A Breakpoint subclass returning a str fired on any non-empty one, then failed deep in the
+    run reading its reasons (AttributeError). Now the run names the breakpoint; the session goes on."""
+    class Mine(Breakpoint):
+        def hits(self, trace, step):
+            return returned
+
+    session, _ = preempting_session()
+    with pytest.raises(ArgumentError, match=r"Mine.hits\(\) must return a list of Hit, got"):
+        session.run(until=Mine())
+    with pytest.raises(ArgumentError, match=r"Mine.hits\(\) must return a list of Hit"):
+        Mine().check(session.trace, session.trace.steps[-1])
+    assert session.cursor.index == len(session.trace.steps) - 1 == 0  # the step it ran, shown
+    assert session.step().index == 1
 
 
 # -- add_batch -------------------------------------------------------------------------------------

@@ -48,7 +48,17 @@ class Breakpoint(ABC):
 
     def check(self, trace: Trace, step: StepRecord) -> str | None:
         """The reason this breakpoint fires at `step`, or None."""
-        return "; ".join(hit.reason for hit in self.hits(trace, step)) or None
+        return "; ".join(hit.reason for hit in checked_hits(self, trace, step)) or None
+
+
+def checked_hits(breakpoint: Breakpoint, trace: Trace, step: StepRecord) -> list[Hit]:
+    """breakpoint.hits(trace, step), refused (ArgumentError) unless it is a list or tuple of
+    Hit: a breakpoint of the caller's own that returns a str would fire on any non-empty one,
+    and its reasons would fail to read (an AttributeError deep in the run)."""
+    hits = breakpoint.hits(trace, step)
+    if not isinstance(hits, (list, tuple)) or not all(isinstance(hit, Hit) for hit in hits):
+        raise ArgumentError(f"{type(breakpoint).__name__}.hits() must return a list of Hit, got {shown(hits)}")
+    return list(hits)
 
 
 def _watched(step: StepRecord, seq_id: int | None) -> list[TokenRecord]:

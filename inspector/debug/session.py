@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
-from inspector.debug.breakpoints import Breakpoint, Hit
+from inspector.debug.breakpoints import Breakpoint, Hit, checked_hits
 from inspector.debug.cursor import Cursor
 from inspector.record.recorder import CapturePolicy, Recorder
 from inspector.trace.arguments import ArgumentError, flag, instance, items, optional_whole, shown, whole
@@ -166,7 +166,7 @@ class DebugSession:
                 steps += 1
                 if breakpoints:  # they read the step's record: complete it now (self.trace does)
                     record = self.trace.steps[-1]
-                    fired = next(((bp, hits) for bp in breakpoints if (hits := bp.hits(self.trace, record))), None)
+                    fired = next(((bp, hits) for bp in breakpoints if (hits := checked_hits(bp, self.trace, record))), None)
                     if fired is not None:
                         return self._stopped(steps, *fired)
                 yield self.recorder.num_steps - 1
