@@ -16,6 +16,7 @@ from pathlib import Path
 from inspector import TraceError, load
 from minillama import ConfigError, EngineConfig, LLMEngine
 from minillama.cli import run_cli, tune_gc
+from minillama.cli.output import Output
 from webui import Limits, SessionManager, serve
 from webui.cli import (
     check_host,
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if isinstance(sys.stdout, Output):  # run_cli's (a test may call _main without it)
+        sys.stdout.require("the server writes its address and log there")
     try:
         check_trace_alone(args)
         check_host(args.host)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.engine_modes import ASYNC_AB, DECODE, GPU, PROFILE, SMALL, SPLIT, refuse_unread_flags, run_mode
+from benchmarks.engine_modes import ASYNC_AB, DECODE, GPU, PROFILE, SMALL, SPLIT, given, refuse_unread_flags, run_mode
 from benchmarks.floor import kv_bytes_per_token, measure_peaks, run_floor
 from benchmarks.workloads import (
     CHAT_PROMPTS,
@@ -425,7 +425,7 @@ def build_parser() -> ArgumentParser:
                              "%(default)s, on with CUDA)")
     parser.add_argument("--context", type=int_at_least(1), default=512, help="--decode-steps: tokens of context per sequence")
     parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1,
-                        help="--gpu: the workload on one GPU and split over this many (no HF peers)")
+                        help="--gpu: the workload on one GPU and split over this many (HF's peer: static only)")
     add_debug_flag(parser)
     return parser
 
@@ -437,6 +437,8 @@ def _main(argv: list[str]) -> None:
     unknown_peers = set(args.peers.split(",")) - {"static", "cb", "none"}
     if unknown_peers:
         raise ConfigError(f"--peers takes static, cb or both (comma-separated), or none, got {args.peers!r}")
+    if args.tensor_parallel_size > 1 and "peers" in given(parser, argv) and "cb" in args.peers.split(","):
+        raise ConfigError("--peers cb: --tensor-parallel-size runs HF's static peer only (over the same GPUs)")
     # The engine's own flags are checked before any model loads.
     EngineConfig(device=args.device, attention=args.attention, num_kv_blocks=args.kv_blocks,
                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()

@@ -294,6 +294,8 @@ BAD = {
     "bench-max-tokens-gpu": ("bench", ["--gpu", "--max-tokens", "8"], "argument --max-tokens: not read by --gpu"),
     "bench-peers-small": ("bench", ["--peers", "none"], "argument --peers: not read by the small workload"),
     "bench-two-modes": ("bench", ["--gpu", "--profile"], "argument --profile: not allowed with argument --gpu"),
+    "bench-split-cb": ("bench", ["--gpu", "--tensor-parallel-size", "2", "--peers", "static,cb"],
+                       "--peers cb: --tensor-parallel-size runs HF's static peer only"),
     # lengths past the model's context, refused before anything runs (on any machine)
     "bench-max-tokens-past-context": ("bench", ["--max-tokens", "100000"], "would pass the model's context of 8,192"),
     "bench-output-len-past-context": ("bench", ["--gpu", "--output-len", "200000"], "--output-len 200000: prompts of up"),
@@ -475,6 +477,17 @@ def test_an_output_that_cannot_be_written_is_one_line_and_status_2(paths, argv, 
     err = done.stderr.decode()
     assert done.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.endswith(f": error: {message}\n"), err
+
+
+def test_the_server_with_its_output_closed_says_so_before_loading_anything():
+    """app.py writes its address and log to stdout, late: with stdout closed, uvicorn's logging
+    failed as "internal error: ValueError: Unable to configure formatter 'default'"."""
+    command = shlex.join([sys.executable, "app.py", "--port", "7999"]) + " >&-"
+    done = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, timeout=120)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.count("\n") == 1, err
+    assert err == ("app.py: error: [Errno 9] cannot write the output (stdout): it is closed; "
+                   "the server writes its address and log there\n")
 
 
 def test_an_output_that_fails_only_at_the_last_flush_is_named_too(capsys, monkeypatch):

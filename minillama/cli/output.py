@@ -33,6 +33,13 @@ class Output:
         if self.stream is not None:  # closed: nothing was written, so nothing is lost
             self._named(self.stream.flush)
 
+    def require(self, why: str) -> None:
+        """Fail now, as a write would, if the output is closed: for a command whose first write
+        comes late (app.py starts a server; uvicorn's logging failed on the closed stream with
+        "Unable to configure formatter 'default'")."""
+        if self.stream is None:
+            raise OSError(errno.EBADF, f"cannot write the output (stdout): it is closed; {why}")
+
     def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - whatever the stream has: encoding, fileno, isatty
         return getattr(self.stream, name)
 
