@@ -32,7 +32,7 @@ HOSTILE = {
     "loops-for-ever": ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
                        "ran past"),
     "grows-a-huge-string": ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
-                            "{% endfor %}{{ ns.s | length }}", "MemoryError"),
+                            "{% endfor %}{{ ns.s | length }}", "(MemoryError|ran past)"),  # whichever bound it meets first
     "renders-too-much": ("{{ 'x' * 40000000 }}", "rendered more than"),
     "recurses": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
     "raises": ("{{ raise_exception('only system messages') }}", "TemplateError: only system messages"),
