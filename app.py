@@ -15,8 +15,7 @@ from pathlib import Path
 
 from inspector import TraceError, load
 from minillama import ConfigError, EngineConfig, LLMEngine
-from minillama.cli import run_cli, tune_gc
-from minillama.cli.output import Output
+from minillama.cli import Output, run_cli, tune_gc
 from webui import Limits, SessionManager, serve
 from webui.cli import (
     check_host,

@@ -276,9 +276,10 @@ def test_a_sessions_kv_pool_is_bounded_in_memory_whatever_its_block_size(base, b
     """One client's four tabs of 1,024 blocks of 32 tokens held ~6 GB of KV pools with the
     embedded model. The pool's bytes (blocks + the scratch block) are bounded, and the message
     says how many blocks of that size would fit."""
-    runner = base.runner
-    per_block = 2 * runner.config.num_hidden_layers * block_size * runner.num_kv_heads * runner.config.head_dim
-    per_block *= runner.dtype.itemsize
+    config = base.model_config
+    per_block = 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim
+    per_block *= base.dtype.itemsize
+    assert base.kv_block_bytes(block_size) == per_block
     limits = Limits(max_kv_mb=100)
     fits = int(100 * 2**20 // per_block) - 1
     assert blocks > fits  # each case is over the budget

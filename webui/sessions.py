@@ -31,7 +31,6 @@ from pathlib import Path
 from inspector import CapturePolicy, Cursor, DebugSession, RunResult, Trace
 from inspector.views import Selection
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
-from minillama.engine.model_runner import kv_block_bytes
 from webui import defaults
 from webui.limits import Limits
 from webui.shares import Shares
@@ -360,8 +359,7 @@ class SessionManager:
         if not 1 <= settings.num_kv_blocks <= self.limits.max_kv_blocks:
             raise ValueError(f"KV blocks must be between 1 and {self.limits.max_kv_blocks}, got {settings.num_kv_blocks}")
         if self.base is not None:
-            runner = self.base.runner  # a session's pool holds what the shared model's would
-            block = kv_block_bytes(runner.config, settings.block_size, runner.dtype, runner.num_kv_heads)
+            block = self.base.kv_block_bytes(settings.block_size)  # a session's pool is of the shared model
             pool_mb = (settings.num_kv_blocks + 1) * block / 2**20  # + 1: the engine's scratch block
             if pool_mb > self.limits.max_kv_mb:
                 fits = max(int(self.limits.max_kv_mb * 2**20 // block) - 1, 0)

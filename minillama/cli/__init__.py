@@ -20,9 +20,10 @@ from minillama.cli.flags import (
     sampling_params_from_args,
 )
 from minillama.cli.gc_heap import tune_gc
+from minillama.cli.output import Output
 
 __all__ = [
-    "ArgumentParser", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
+    "ArgumentParser", "Output", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
     "engine_config_from_args", "tune_gc", "int_at_least", "number_at_least", "path_text", "printable_line", "run_cli",
     "sampling_params_from_args",
 ]

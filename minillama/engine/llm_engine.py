@@ -38,7 +38,7 @@ from minillama.engine.block_pool import BlockPoolSnapshot, cached_flags, snapsho
 from minillama.engine.chat_template import render_chat_prompt
 from minillama.engine.detokenizer import IncrementalDetokenizer
 from minillama.engine.in_flight import InFlightStep, placeholder
-from minillama.engine.model_runner import ModelRunner
+from minillama.engine.model_runner import ModelRunner, kv_block_bytes
 from minillama.engine.outputs import (
     CopyOnWrite,
     EngineStats,
@@ -638,6 +638,13 @@ class LLMEngine(BeamSearchSteps):
     def num_kv_blocks(self) -> int:
         """Blocks in the KV pool (NB), however the pool was sized."""
         return self.block_manager.num_blocks
+
+    def kv_block_bytes(self, block_size: int | None = None) -> int:
+        """Bytes of one KV block of `block_size` tokens (this engine's by default): K and V of
+        every layer, of this process's KV heads, in the engine's dtype. An engine sharing these
+        weights with that block size takes (num_kv_blocks + 1) of them (+ 1: the scratch block)."""
+        size = self.runner.block_size if block_size is None else block_size
+        return kv_block_bytes(self.model_config, size, self.dtype, self.runner.num_kv_heads)
 
     @property
     def kv_cache(self) -> torch.Tensor:
