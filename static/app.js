@@ -174,8 +174,29 @@
     }
   };
 
+  // -- what screen readers hear ---------------------------------------------------------------
+  // Each render replaces the status line whole, and a region inserted afresh is not announced
+  // (nor would the step counter, ten times a second in a run, be welcome). So one live region
+  // of the page's own, never re-rendered, says each new message ("paused", "breakpoint at step
+  // 4: ...", an error) once; the render's role=alert on an error is announced by itself.
+  let announced = "";
+  const announce = () => {
+    const message = statusElement()?.querySelector(".ml-info")?.textContent || "";
+    if (message === announced) return;
+    announced = message;
+    let region = document.getElementById("ml-announce");
+    if (!region) {
+      region = Object.assign(document.createElement("div"), { id: "ml-announce", className: "ml-visually-hidden" });
+      region.setAttribute("role", "status");
+      region.setAttribute("aria-live", "polite");
+      document.body.append(region);
+    }
+    region.textContent = message;
+  };
+
   new MutationObserver(() => {
     reopenFolds();
+    announce();
     if (takePayload() || pending.size) requestDraw();
     else if (Number(statusElement()?.dataset.update || 0) > acknowledged) requestDraw(); // text-only updates
     downloadSaved();

@@ -131,6 +131,21 @@ def test_run_to_a_breakpoint_stops_there(url):
     assert named["seq"]["value"] == victim and f"seq #{victim}" in named["attention"]["layout"]["title"]["text"]
 
 
+def test_a_breakpoint_that_cannot_fire_is_refused_and_one_that_did_not_is_said(url):
+    """"Stop at step" 3 with step 107 recorded ran 90 steps to the end; 1e9 was taken; and a run
+    that ended with none of its breakpoints fired said only "every request has finished"."""
+    client = Tab(url)
+    add(client, "What is the capital of France?", max_tokens=6)
+    for _ in range(4):
+        client.predict(api_name="/step")
+    for at_step, message in (("2", "'stop at step' 2 is already recorded (steps 0–3): give a later step"),
+                             ("1e9", "'stop at step' 1000000000 is past this session's limit of")):
+        named = panels(client.predict([], at_step, "", "", "", "", api_name="/run_to_breakpoint"))
+        assert message in html.unescape(named["status"]) and "4 step(s) recorded" in named["status"]
+    named = panels(client.predict(["a copy-on-write"], "", "", "", "", "", api_name="/run_to_breakpoint"))
+    assert "no breakpoint fired (a copy-on-write); every request has finished" in named["status"]
+
+
 def test_the_auto_selection_follows_the_step(url):
     client = Tab(url)
     add(client, "What is the capital of France?\nWhat is 2 + 2?", max_tokens=3)

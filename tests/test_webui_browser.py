@@ -112,6 +112,11 @@ def test_panels_follow_steps_and_the_slider(browser, url):
     page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
                            timeout=60_000)
     assert "Paris" in page.locator("#ml-text").inner_text()
+    # A screen reader hears each message once, from a live region no render replaces (the
+    # status line is re-rendered whole, and a region inserted afresh is not announced).
+    region = page.locator("#ml-announce")
+    assert region.get_attribute("role") == "status" and region.get_attribute("aria-live") == "polite"
+    assert "every request has finished" in region.text_content() and "step(s) recorded" not in region.text_content()
     page.context.close()
 
 

@@ -29,11 +29,12 @@ from typing import Any
 
 import gradio as gr
 
-from inspector import Breakpoint, RecordingStopped, RunResult, SequenceFinished, Trace, TraceError, load, save
+from inspector import AtStep, Breakpoint, RecordingStopped, RunResult, SequenceFinished, Trace, TraceError, load, save
 from inspector.views import Selection, escape, fork_label, resolve
 from minillama import ConfigError, InvalidRequestError, ModelLoadError, SamplingParams
 from webui import comparing, forking
 from webui.breakpoint_form import breakpoints_from_form, describe
+from webui.limits import Limits
 from webui.render import AUTO, render, status_html
 from webui.sessions import (
     CaptureSettings,
@@ -198,8 +199,12 @@ class Handlers:
             toast(str(error))
             yield render(self._session_or_none(key, request), str(error), error=True)
             return
-        if not breakpoints:
-            yield render(self._session_or_none(key, request), "no breakpoint is set: tick or fill one first", error=True)
+        session = self._session_or_none(key, request)
+        problem = "no breakpoint is set: tick or fill one first" if not breakpoints else _never_reached(session, breakpoints,
+                                                                                                     self.manager.limits)
+        if problem is not None:
+            toast(problem)
+            yield render(session, problem, error=True)
             return
         yield from self._run(key, breakpoints, request)
 
@@ -271,8 +276,9 @@ class Handlers:
         finally:
             with session.lock:
                 run.close()  # a run stopped midway (Pause, an error): its cursor on its last step
-        if result.breakpoint is None:
-            return _idle_message(session)
+        if result.breakpoint is None:  # the run went to the end: say that none of its breakpoints fired
+            watched = ", ".join(describe(b) for b in breakpoints)
+            return (f"no breakpoint fired ({watched}); " if breakpoints else "") + _idle_message(session)
         if result.seq_ids:  # show what the breakpoint is about
             session.selection = replace(session.selection, seq_id=result.seq_ids[0])
         return stopped(result) if stopped is not None else f"breakpoint at step {session.index}: {result.reason}"
@@ -519,6 +525,19 @@ def _selected_seq(session: UISession) -> int | None:
     """The sequence the Next token tab shows: the one picked, else the one the cursor's step is about."""
     trace = session.trace
     return resolve(trace, session.selection, session.index).seq_id if trace is not None else None
+
+
+def _never_reached(session: UISession | None, breakpoints: list[Breakpoint], limits: Limits) -> str | None:
+    """Why a "stop at step" breakpoint could never fire, or None: its step is already recorded
+    (the run would go to the end and stop there), or past the session's step limit."""
+    recorded = len(session.trace.steps) if session is not None and session.trace is not None else 0
+    for bp in breakpoints:
+        if isinstance(bp, AtStep) and bp.index < recorded:
+            return f"'stop at step' {bp.index} is already recorded (steps 0–{recorded - 1}): give a later step"
+        if isinstance(bp, AtStep) and bp.index >= limits.max_steps:
+            return (f"'stop at step' {bp.index} is past this session's limit of {limits.max_steps} recorded steps "
+                    "(--max-steps)")
+    return None
 
 
 def _idle_message(session: UISession) -> str:

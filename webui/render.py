@@ -51,7 +51,8 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
         parts.append(f"<span class='ml-source'>{source} · {steps} step(s) recorded</span>")
     if message:
         kind = "ml-error" if error else "ml-info"
-        parts.append(f"<span class='{kind}' role='{'alert' if error else 'status'}'>{views.escape(message)}</span>")
+        role = " role='alert'" if error else ""  # an info message is read out by the page's #ml-announce (app.js)
+        parts.append(f"<span class='{kind}'{role}>{views.escape(message)}</span>")
     running = "1" if session is not None and session.running else "0"
     update = session.updates_sent if session is not None else 0
     return (f"<div id='ml-status-inner' data-running='{running}' data-update='{update}'>"
