@@ -343,6 +343,13 @@ def test_a_laptop_screen_shows_the_whole_debugger_and_the_text_wraps(browser, ur
     twice = "() => { const seen = {}; for (const e of document.querySelectorAll('[id]')) " \
             "if (e.id) seen[e.id] = (seen[e.id] || 0) + 1; return Object.keys(seen).filter(k => seen[k] > 1); }"
     assert page.evaluate(twice) == []
+    # Every tab's label on the strip (Branch and Compare were in Gradio's "more" menu), and the KV
+    # tab's wide step-details table scrolls in its own box, not the whole tab sideways.
+    shown_tabs = "() => [...document.querySelectorAll('#ml-tabs .tab-container:not(.visually-hidden) > button')]" \
+                 ".filter(b => b.offsetParent && b.innerText.trim()).map(b => b.innerText.trim())"
+    assert page.evaluate(shown_tabs) == ["KV cache", "Attention", "Next token", "Logit lens", "Branch", "Compare"]
+    kv_tab = "() => { const t = document.getElementById('ml-tab-kv'); return t.scrollWidth - t.clientWidth; }"
+    assert page.evaluate(kv_tab) <= 0
     for element in ("#ml-step", "#ml-run", "#ml-pause", "#ml-slider", "#ml-plot-timeline", "#ml-text", "#ml-tabs"):
         box = page.locator(element).first.bounding_box()
         assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800, element  # whole, on the first screen
@@ -375,6 +382,11 @@ def test_a_laptop_screen_shows_the_whole_debugger_and_the_text_wraps(browser, ur
     page.set_viewport_size({"width": 1180, "height": 800})  # a resized window keeps every plot's height
     page.wait_for_timeout(500)
     assert before > 100 and page.evaluate(height) == before
+    page.set_viewport_size({"width": 640, "height": 400})  # a laptop zoomed to 200%: the bar scrolls away
+    bar = "() => getComputedStyle(document.querySelector('#ml-main > .ml-debugger-bar')).position"
+    assert page.evaluate(bar) == "static"
+    page.set_viewport_size({"width": 1180, "height": 800})
+    assert page.evaluate(bar) == "sticky"
     page.keyboard.press("?")  # the keyboard help
     playwright_api.expect(page.locator("#ml-help")).to_be_visible()
     page.keyboard.press("Escape")
