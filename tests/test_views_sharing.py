@@ -209,6 +209,26 @@ def test_beams_best_first_once_finished_and_pruned_beams_greyed_with_their_step(
     assert timeline_figure(trace, last).data[0].z.shape[0] == len(trace.sequences)
 
 
+def test_each_heading_counts_tokens_by_where_they_came_from(trace, run):
+    """The engine counts a fork's inherited tokens as its prompt: a fork of #0's first 40 tokens
+    and one forced read "41 prompt", a beam of a 35-token prompt 4 tokens in "39 prompt"."""
+    last = len(trace.steps) - 1
+    page = text_html(trace, last)
+    heads = dict(re.findall(r'data-seq="(\d+)"[^>]*><div class="mlv-seq-head">(.*?)</div>', page))
+    fork = trace.sequences[run.ids["fork"]]
+    kept, forced = fork.fork_position, len(fork.prompt_ids) - fork.fork_position
+    assert f"{kept} tokens of #{fork.parent_id} + {forced} forced + " in heads[str(fork.seq_id)]
+    beams = [r for r in trace.sequences.values() if r.group_id == run.ids["beams"] and r.parent_id is not None]
+    shared = len(trace.sequences[run.ids["beams"]].prompt_ids)
+    inherited = [b for b in beams if len(b.prompt_ids) > shared]
+    assert inherited  # the search forked beams after its first tokens
+    for beam in inherited:
+        counts = f"{shared} prompt + {len(beam.prompt_ids) - shared} of #{beam.parent_id}'s + "
+        assert counts in heads[str(beam.seq_id)]
+    plain = trace.sequences[run.ids["parent"]]
+    assert f"{len(plain.prompt_ids)} prompt + " in heads[str(plain.seq_id)]
+
+
 # -- the README's tour, step 6 ------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ step that pruned it.
 
 from __future__ import annotations
 
-from inspector.trace.model import TokenRecord, Trace
+from inspector.trace.model import SequenceRecord, TokenRecord, Trace
 from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
 from inspector.views.groups import Group, pruned_at, text_order
@@ -116,7 +116,10 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     reason = seq.finish_reason if status == "finished" else ""
     outputs = output_pieces(trace, seq_id, until=index)
     preemptions = states[seq_id][: index + 1].count("preempted")
-    facts = f"{len(seq.prompt_ids)} prompt + {len(outputs)} generated tokens"
+    shared = _request_prompt_length(trace, seq_id) if role and seq.parent_id is not None else None
+    # A user's fork: its first tokens are its parent's (shown there), the ones it forced follow.
+    kept = (seq.fork_position or 0) if not role and _has_parent(trace, seq_id) else 0
+    facts = _token_counts(seq, kept, shared, len(outputs))
     if preemptions:
         facts += f", preempted {preemptions}×"
     if status == "finished" and seq.beam_score is not None:
@@ -126,9 +129,6 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     tag = f' <span class="mlv-role">{escape(role)}</span>' if role else ""
     head = (f'<div class="mlv-seq-head"><b>{escape(label or f"#{seq_id}")}</b>{tag} {state} '
             f'<span class="mlv-muted">{facts}</span></div>')
-    shared = _request_prompt_length(trace, seq_id) if role and seq.parent_id is not None else None
-    # A user's fork: its first tokens are its parent's (shown there), the ones it forced follow.
-    kept = (seq.fork_position or 0) if not role and _has_parent(trace, seq_id) else 0
     prompt = [_prompt_chip(trace, seq_id, p, token_id, inherited=shared is not None and p >= shared,
                            forced=0 < kept <= p) for p, token_id in enumerate(seq.prompt_ids)]
     if kept:
@@ -147,6 +147,19 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     style = f"{indent}border-left-color:{sequence_color(seq_id)};--mlv-tint:{seq_background(seq_id, 0.22)}"
     return (f'<div class="{classes}" data-seq="{seq_id}" style="{style}">{head}'
             f'<div class="mlv-tokens">{body}</div></div>')
+
+
+def _token_counts(seq: SequenceRecord, kept: int, shared: int | None, generated: int) -> str:
+    """The heading's count of a sequence's tokens by where they came from. The engine counts a
+    fork's inherited tokens as its prompt (prompt_ids): "41 prompt" for a fork of #0's first
+    40 tokens and one forced, "39 prompt" for a beam of a 35-token prompt 4 tokens in."""
+    if kept:  # a user's fork: its parent's first tokens, then the ones it forced
+        return (f"{kept} tokens of #{seq.parent_id} + {len(seq.prompt_ids) - kept} forced + "
+                f"{generated} generated")
+    inherited = len(seq.prompt_ids) - shared if shared is not None else 0
+    if inherited > 0:  # a sample or beam forked from another after the prompt
+        return f"{shared} prompt + {inherited} of #{seq.parent_id}'s + {generated} generated tokens"
+    return f"{len(seq.prompt_ids)} prompt + {generated} generated tokens"
 
 
 def _fold(seq_id: int, chips: list[str], count: int, what: str) -> list[str]:
