@@ -68,7 +68,7 @@ def unchanged(tab: Tab, steps: int) -> bool:
 def test_each_request_alone_gives_the_same_greedy_tokens(finished):
     tab, steps = finished
     panel, status = compare(tab, "/compare_alone")
-    assert "compared: all 2 request(s) give the same tokens" in status
+    assert "compared with each request alone: all 2 request(s) give the same tokens" in status
     assert "The same tokens: all 2 request(s) agree" in panel and 'class="mlv-diverged"' not in panel
     assert f"this session: 2 request(s) in one batch ({steps} steps)" in panel
     assert "each replayed alone" in panel
@@ -80,7 +80,7 @@ def test_each_request_alone_gives_the_same_greedy_tokens(finished):
 def test_the_fidelity_check_replays_in_float32_with_the_reference_kernels(finished, manager):
     tab, steps = finished
     panel, status = compare(tab, "/compare_fidelity")
-    assert "compared: all 2 request(s) give the same tokens" in status
+    assert "compared with float32 and the reference kernels: all 2 request(s) give the same tokens" in status
     assert "<tr><td>attention</td><td>cpu</td><td>reference</td></tr>" in panel
     drift = [float(x) for x in re.findall(r'<td class="mlv-num">(\d\.\d\de[-+]\d\d)</td>', panel)]
     assert len(drift) == 2 and max(drift) < 1e-3  # the C kernels against the reference, both float32
@@ -95,7 +95,7 @@ def test_a_smaller_pool_preempts_says_why_and_keeps_the_greedy_tokens(finished):
     cannot hold both requests, so one is preempted; the schedules differ, with their causes."""
     tab, steps = finished
     panel, status = compare(tab, "/compare_settings", 10, 8, 64, 4096, True)
-    assert "compared: all 2 request(s) give the same tokens" in status
+    assert "compared with the Engine panel's settings: all 2 request(s) give the same tokens" in html.unescape(status)
     assert "replayed with 10 KV blocks of 8 tokens, batches of up to 64, 4096 batched tokens, prefix caching on" in panel
     assert "<tr><td>num_blocks</td><td>64</td><td>10</td></tr>" in panel
     why = html.unescape(panel.split('<tr class="mlv-why">')[1].split("</tr>")[0])
@@ -125,7 +125,7 @@ def test_a_trace_file_with_a_planted_divergence_is_marked(finished, tmp_path):
     path = tmp_path / "planted.mltrace"
     save(planted(trace, 1, 3, other), path)
     panel, status = compare(tab, "/compare_file", handle_file(str(path)))
-    assert "compared: 1 of 2 request(s) differ, first request 1" in status
+    assert "compared with planted.mltrace: 1 of 2 request(s) differ, first request 1" in status
     marked = panel.split('<tr class="mlv-diverged">')[1].split("</tr>")[0]
     assert f"differs from token 3</b> (step {seq.token_steps[3]} / {seq.token_steps[3]})" in marked
     assert "planted.mltrace (2 request(s)" in panel and "/tmp" not in panel

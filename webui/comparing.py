@@ -42,6 +42,7 @@ class Comparison:
     diff: TraceDiff
     title_a: str
     title_b: str
+    against: str  # what the session was compared with, in a few words, for the status line
 
 
 def alone(manager: SessionManager, session: UISession, on_step: Progress) -> Comparison:
@@ -50,7 +51,8 @@ def alone(manager: SessionManager, session: UISession, on_step: Progress) -> Com
     engine = _model(manager)
     replayed = _replay(manager, trace, engine, on_step, alone=True)
     return Comparison(diff_traces(trace, replayed), _title(session, trace, "in one batch"),
-                      f"the same {_requests(trace)}, each replayed alone ({len(replayed.steps)} steps)")
+                      f"the same {_requests(trace)}, each replayed alone ({len(replayed.steps)} steps)",
+                      "each request alone")
 
 
 def fidelity(manager: SessionManager, session: UISession, on_step: Progress) -> Comparison:
@@ -60,7 +62,7 @@ def fidelity(manager: SessionManager, session: UISession, on_step: Progress) -> 
     replayed = _replay(manager, trace, reference, on_step, enforce_eager=True)
     return Comparison(diff_traces(trace, replayed), _title(session, trace, _numerics(trace)),
                       f"the same {_requests(trace)} replayed in float32 with the reference kernels "
-                      f"({len(replayed.steps)} steps)")
+                      f"({len(replayed.steps)} steps)", "float32 and the reference kernels")
 
 
 def with_settings(manager: SessionManager, session: UISession, settings: EngineSettings,
@@ -77,14 +79,15 @@ def with_settings(manager: SessionManager, session: UISession, settings: EngineS
     how = (f"{e.num_blocks} KV blocks of {e.block_size} tokens, batches of up to {e.max_num_seqs}, "
            f"{e.max_num_batched_tokens} batched tokens, prefix caching {'on' if e.prefix_caching else 'off'}")
     return Comparison(diff_traces(trace, replayed), _title(session, trace, _settings(trace)),
-                      f"the same {_requests(trace)} replayed with {how} ({len(replayed.steps)} steps)")
+                      f"the same {_requests(trace)} replayed with {how} ({len(replayed.steps)} steps)",
+                      "the Engine panel's settings")
 
 
 def against(session: UISession, other: Trace, name: str) -> Comparison:
     """The session against a trace file (`other`, already loaded and validated)."""
     trace = comparable(session)
     return Comparison(diff_traces(trace, other), _title(session, trace, _numerics(trace)),
-                      f"{name} ({len(other.sequences)} request(s), {len(other.steps)} steps)")
+                      f"{name} ({len(other.sequences)} request(s), {len(other.steps)} steps)", name)
 
 
 def comparable(session: UISession) -> Trace:
@@ -117,9 +120,10 @@ def verdict(comparison: Comparison) -> str:
     """One line for the status banner."""
     requests = comparison.diff.requests
     differing = [r for r in requests if not r.equal]
+    compared = f"compared with {comparison.against}"  # two comparisons that agree read apart
     if not differing:
-        return f"compared: all {len(requests)} request(s) give the same tokens (the Compare tab has the details)"
-    return f"compared: {len(differing)} of {len(requests)} request(s) differ, first {differing[0].label} (Compare tab)"
+        return f"{compared}: all {len(requests)} request(s) give the same tokens (the Compare tab has the details)"
+    return f"{compared}: {len(differing)} of {len(requests)} request(s) differ, first {differing[0].label} (Compare tab)"
 
 
 def _model(manager: SessionManager) -> LLMEngine:
