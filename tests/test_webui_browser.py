@@ -316,6 +316,7 @@ def test_a_share_link_opens_the_same_view_in_another_browser(browser, url):
     wait_for_step(colleague, 2)
     assert colleague.locator("#ml-slider input[type=number]").input_value() == "2"
     assert "4 step(s) recorded" in colleague.locator("#ml-status").inner_text()
+    assert "shared view of a live session's trace (4 steps)" in colleague.locator("#ml-status").inner_text()
     # A snapshot cannot step: its stepping buttons are greyed out (they answered with a message),
     # until Reset starts a live engine.
     assert all(colleague.locator(f"#{name}").is_disabled() for name in ("ml-step", "ml-run", "ml-run-bp"))

@@ -167,7 +167,10 @@ def _steps_expected(trace: Trace) -> int:
 
 
 def _title(session: UISession, trace: Trace, how: str) -> str:
-    source = f"the trace file {session.opened_name}" if session.opened is not None else "this session"
+    if session.shared_view:
+        source = f"the shared view of {session.opened_name}"
+    else:
+        source = f"the trace file {session.opened_name}" if session.opened is not None else "this session"
     return f"{source}: {_requests(trace)} {how} ({len(trace.steps)} steps)"
 
 

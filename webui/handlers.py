@@ -479,8 +479,9 @@ class Handlers:
             return ""
         try:
             with session.hold():
-                share_id = self.manager.shares.share(session.trace, session.opened_name or "shared.mltrace",
-                                                     _client(request))
+                # A live session's trace has no file name: the view says what it is instead.
+                name = session.opened_name or f"a live session's trace ({len(session.trace.steps)} steps)"
+                share_id = self.manager.shares.share(session.trace, name, _client(request))
         except (ValueError, LimitReached) as error:  # too large to keep; the tab busy (SessionBusy)
             toast(str(error))
             return ""
