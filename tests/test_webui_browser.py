@@ -442,8 +442,8 @@ def test_compare_marks_where_a_request_alone_differs_from_the_batch(browser, url
                            timeout=60_000)
     page.get_by_role("tab", name="Compare").click()
     page.locator("#ml-compare-alone").click()
-    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('compared:')",
-                           timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent"
+                           ".includes('compared with each request alone:')", timeout=60_000)
     assert "1 of 2 request(s) differ, first request 1" in page.locator("#ml-status").inner_text()
     compare = page.locator("#ml-compare")
     marked = compare.locator("tr.mlv-diverged")

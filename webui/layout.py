@@ -126,9 +126,10 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                         text = gr.HTML(elem_id="ml-text", label="Text")
                     with gr.Column(scale=6, min_width=380, elem_id="ml-inspect-pane"):
                         with gr.Row(elem_id="ml-selection", equal_height=True):
-                            seq = gr.Dropdown([], label="Sequence", elem_id="ml-seq", scale=2, min_width=110,
+                            # The sequence's label names a fork's origin ("↳ #2 ← #0 at step 3"): room for it.
+                            seq = gr.Dropdown([], label="Sequence", elem_id="ml-seq", scale=3, min_width=150,
                                               container=False)
-                            layer = gr.Slider(0, 1, value=0, step=1, label="Layer", elem_id="ml-layer", scale=3,
+                            layer = gr.Slider(0, 1, value=0, step=1, label="Layer", elem_id="ml-layer", scale=2,
                                               min_width=140, container=False)
                             head = gr.Dropdown([("head 0", "0")], value="0", label="Head", elem_id="ml-head", scale=2,
                                                min_width=100, container=False)
