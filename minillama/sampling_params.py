@@ -46,6 +46,11 @@ class SamplingParams:
     length_penalty: float = 1.0
     early_stopping: bool | str = False  # True, False or "never" (as Hugging Face's)
 
+    def __post_init__(self) -> None:
+        # Checked when made, where the mistake is (SamplingParams(top_p=2) was taken, and refused
+        # only when a request used it); the engine checks again what it is given.
+        self.validate()
+
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first bad field."""
         # Counts are capped where the sampler and the scheduler turn them into int32/int64

@@ -123,6 +123,17 @@ def test_bad_request_is_refused_and_engine_keeps_serving(engine, prompt, kwargs,
     serve_good_request(engine)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"top_p": 2}, r"top_p must be in \(0, 1\]"), ({"temperature": float("nan")}, "temperature must be a finite"),
+    ({"n": 0}, "n \\(samples per prompt\\)"), ({"beam_width": 0}, "beam_width"), ({"top_k": -5}, "top_k"),
+    ({"seed": -1}, "seed"), ({"max_tokens": True}, "max_tokens"), ({"n": 2, "beam_width": 2}, "do not combine"),
+])
+def test_sampling_params_are_checked_when_made(kwargs, message):
+    """SamplingParams(top_p=2) was taken, and refused only when a request used it."""
+    with pytest.raises(InvalidRequestError, match=message):
+        SamplingParams(**kwargs)
+
+
 def test_params_that_are_not_sampling_params_are_refused(engine):
     with pytest.raises(InvalidRequestError, match="params must be a SamplingParams or None, not dict"):
         engine.add_request([1, 2], {"max_tokens": 3})
