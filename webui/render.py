@@ -98,7 +98,8 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         session.updates_sent += 1
     # A trace from a file cannot step: its stepping buttons go grey (they answered with a
     # message). A cursor move changes nothing there; an error without a session knows nothing.
-    stepping = [gr.skip() if cursor_only or session is None else gr.Button(interactive=session.opened is None)] * STEPPING
+    can_step = None if cursor_only or session is None else session.opened is None
+    stepping = [gr.skip() if can_step is None else gr.Button(interactive=can_step)] * STEPPING
     if trace is None:
         placeholder = views.empty_figure("No step yet: add prompts and press Step")
         note = "<p class='ml-empty'>No step yet: add prompts and press Step.</p>"
