@@ -80,6 +80,12 @@ def test_a_click_forks_there_and_runs_the_fork_to_its_parents_length(url, manage
     assert under.startswith(f"↳ #{child_id} ← #{parent_id} at step {step}, ")
     assert f"#{child_id} ← #{parent_id} at step {step}" in done["text"]
     assert "mlv-diverge" in done["branch"] and "first difference" in done["branch"]
+    # The picker now shows the fork: typed text at an earlier step, where only its parent drew,
+    # is refused naming the parent to pick (the message named the fork alone).
+    tab.predict(1, api_name="/seek")
+    refused = html.unescape(panels(tab.predict(" x", api_name="/fork_text"))["status"])
+    assert f"#{child_id} drew no token at step 1" in refused
+    assert f"or pick #{parent_id} in the Sequence picker" in refused
 
 
 def test_typed_text_forks_at_the_cursor_step_of_the_selected_sequence(url, manager):

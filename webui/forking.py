@@ -76,7 +76,10 @@ def plan(session: UISession, seq_id: int, step: int, forced: list[int]) -> ForkP
     if seq is None:
         raise ValueError(f"there is no sequence #{seq_id} in this session")
     if step not in seq.token_steps:
-        raise ValueError(f"#{seq_id} drew no token at step {step}: fork at a step where it drew one")
+        # After a fork the picker shows the fork: name its parent, which may be the one meant.
+        drew = [s for s in trace.sequences if step in trace.sequences[s].token_steps]
+        hint = f", or pick #{seq.parent_id} in the Sequence picker" if seq.parent_id in drew else ""
+        raise ValueError(f"#{seq_id} drew no token at step {step}: fork at a step where it drew one{hint}")
     vocab = trace.model.vocab_size
     bad = [t for t in forced if not 0 <= t < vocab]
     if bad:
