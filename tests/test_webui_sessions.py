@@ -4,6 +4,7 @@ batches, limits with clear messages, idle sessions reclaimed."""
 from __future__ import annotations
 
 import gc
+import html
 import time
 
 import pytest
@@ -292,3 +293,11 @@ def test_a_sessions_kv_pool_is_bounded_in_memory_whatever_its_block_size(base, b
     manager.reset(session, EngineSettings(num_kv_blocks=fits, block_size=block_size), CaptureSettings())
     pool = session.debug.engine.runner.kv_cache
     assert pool.numel() * pool.element_size() <= 100 * 2**20
+
+
+def test_the_armed_list_says_when_a_stop_step_is_past_the_step_limit(base):
+    """It listed "step 1000000000 is reached", which Run to breakpoint then refuses."""
+    handlers = Handlers(SessionManager(base, Limits(max_steps=50)))
+    assert "step 49 is reached" in handlers.armed([], "49", "", "", "", "")
+    past = handlers.armed([], "1e9", "", "", "", "")
+    assert "ml-error" in past and "'stop at step' 1000000000 is past this session's limit of 50" in html.unescape(past)

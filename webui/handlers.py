@@ -391,6 +391,9 @@ class Handlers:
             return f"<div class='ml-armed ml-error'>{escape(str(error))}</div>"
         if not breakpoints:
             return "<div class='ml-armed ml-empty'>none armed</div>"
+        never = _never_reached(None, breakpoints, self.manager.limits)  # no session here: the limit's check only
+        if never is not None:
+            return f"<div class='ml-armed ml-error'>{escape(never)}</div>"
         items = "".join(f"<li>{escape(describe(bp))}</li>" for bp in breakpoints)
         return f"<div class='ml-armed'>armed for Run to breakpoint:<ul>{items}</ul></div>"
 
