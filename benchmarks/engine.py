@@ -471,5 +471,6 @@ def _main(argv: list[str]) -> None:
     else:
         small_workload(args)
 
+
 if __name__ == "__main__":
     sys.exit(main())

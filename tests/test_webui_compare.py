@@ -117,6 +117,18 @@ def test_bad_engine_settings_are_refused_before_any_step(finished, fields, messa
     assert unchanged(tab, steps)
 
 
+def test_a_compared_files_name_is_shown_as_text(finished, tmp_path):
+    """The status line now names what the session was compared with: an uploaded file's name,
+    which its sender chose, goes out as text, in the status and in the panel."""
+    tab, _ = finished
+    path = tmp_path / "<img src=x onerror=alert(1)>.mltrace"
+    save(load(tab.predict(api_name="/save_trace")), path)
+    panel, status = compare(tab, "/compare_file", handle_file(str(path)))
+    # (Gradio's upload drops the name's < and >; whatever arrives is escaped.)
+    assert "<img" not in status and "<img" not in panel
+    assert "compared with " in status and "onerror=alert(1).mltrace: all 2 request(s)" in status
+
+
 def test_a_trace_file_with_a_planted_divergence_is_marked(finished, tmp_path):
     tab, steps = finished
     trace = load(tab.predict(api_name="/save_trace"))

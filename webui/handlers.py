@@ -535,12 +535,11 @@ def _never_reached(session: UISession | None, breakpoints: list[Breakpoint], lim
     """Why a "stop at step" breakpoint could never fire, or None: its step is already recorded
     (the run would go to the end and stop there), or past the session's step limit."""
     recorded = len(session.trace.steps) if session is not None and session.trace is not None else 0
-    for bp in breakpoints:
-        if isinstance(bp, AtStep) and bp.index < recorded:
-            return f"'stop at step' {bp.index} is already recorded (steps 0–{recorded - 1}): give a later step"
-        if isinstance(bp, AtStep) and bp.index >= limits.max_steps:
-            return (f"'stop at step' {bp.index} is past this session's limit of {limits.max_steps} recorded steps "
-                    "(--max-steps)")
+    for step in (bp.index for bp in breakpoints if isinstance(bp, AtStep)):
+        if step < recorded:
+            return f"'stop at step' {step} is already recorded (steps 0–{recorded - 1}): give a later step"
+        if step >= limits.max_steps:
+            return f"'stop at step' {step} is past this session's limit of {limits.max_steps} recorded steps (--max-steps)"
     return None
 
 
