@@ -304,6 +304,12 @@ class EngineConfig:
     # this process; N > 1, heads and features split over N ranks (CPU processes over gloo).
     tensor_parallel_size: int = 1
 
+    def __post_init__(self) -> None:
+        # Refuse a bad field where the config is made, not steps later where an engine is built;
+        # whether the machine has the GPU asked for is left to validate(), since a config may be
+        # written on one machine for another (the GPU tests make theirs on CPU machines too).
+        self.check_fields()
+
     def resolved_device(self) -> torch.device:
         _check_device(self.device)
         if self.device == "auto":
@@ -328,11 +334,19 @@ class EngineConfig:
         )
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first bad setting and its command-line flag.
+        """Raise ConfigError naming the first bad setting and its command-line flag, or a device
+        this machine does not have. Engines call it when built: a dataclass's fields can still
+        be changed after __post_init__ checked them."""
+        self.check_fields()
+        _check_device(self.device)
+
+    def check_fields(self) -> None:
+        """Raise ConfigError naming the first bad setting and its command-line flag, the machine
+        aside (a "cuda:3" is spelled right on any machine).
 
         Every field is checked for its type too: the engine would otherwise fail much later,
         inside torch or the scheduler, with a message that names neither."""
-        _check_device(self.device)
+        _check_device_name(self.device)
         _check_choice("dtype", self.dtype, ("auto", *DTYPES))
         _check_choice("attention", self.attention, BACKEND_NAMES)
         _check_choice("async_scheduling", self.async_scheduling, ASYNC_SCHEDULING)
@@ -375,12 +389,17 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {_label(name)} {value!r}; choose one of {', '.join(choices)}")
 
 
-def _check_device(device: object) -> None:
-    """auto, cpu, cuda or cuda:N, N a GPU this machine has. (torch.device would take "mps" or
-    "meta" and fail later, far from the flag; "banana" raises a RuntimeError listing device
-    types this engine does not run on.)"""
+def _check_device_name(device: object) -> str:
+    """auto, cpu, cuda or cuda:N. (torch.device would take "mps" or "meta" and fail later, far
+    from the flag; "banana" raises a RuntimeError listing device types this engine does not run on.)"""
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"unknown {_label('device')} {device!r}; choose auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _check_device(device: object) -> None:
+    """A device name _check_device_name takes whose GPU, if it names one, this machine has."""
+    device = _check_device_name(device)
     if device.startswith("cuda"):
         count = torch.cuda.device_count()
         if count == 0:

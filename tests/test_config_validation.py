@@ -202,17 +202,33 @@ def engine_cases() -> list:
 
 
 @pytest.mark.parametrize("field, value", engine_cases())
-def test_every_engine_setting_is_checked(field, value):
+def test_every_engine_setting_is_checked_where_the_config_is_made(field, value):
     with pytest.raises(ConfigError, match=re.escape(field)) as info:
-        EngineConfig(**{field: value}).validate()
+        EngineConfig(**{field: value})
     assert isinstance(info.value, ValueError)  # callers catching ValueError still do
+
+
+@pytest.mark.parametrize("field, value", engine_cases())
+def test_a_setting_changed_after_the_config_was_made_is_checked_when_an_engine_uses_it(field, value):
+    config = EngineConfig(device="cpu")
+    setattr(config, field, value)  # a dataclass's fields stay writable after __post_init__
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        config.validate()
+
+
+def test_a_gpu_is_asked_of_the_machine_only_when_an_engine_is_built():
+    """A config for another machine can be written here: "cuda:7" is spelled right anywhere."""
+    config = EngineConfig(device="cuda:7")
+    if torch.cuda.device_count() < 8:
+        with pytest.raises(ConfigError, match="cuda:7"):
+            config.validate()
 
 
 def test_engine_config_errors_name_the_command_line_flag_and_the_choices():
     with pytest.raises(ConfigError, match=r"device \(--device\) 'mps'; choose auto, cpu, cuda or cuda:N"):
-        EngineConfig(device="mps").validate()
+        EngineConfig(device="mps")
     with pytest.raises(ConfigError, match=r"kv_cache_memory_gb \(--kv-cache-gb\) must be a finite number in \(0, 1e\+06\]"):
-        EngineConfig(kv_cache_memory_gb=math.nan).validate()
+        EngineConfig(kv_cache_memory_gb=math.nan)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
@@ -224,8 +240,10 @@ def test_cuda_without_a_gpu_says_so():
 
 def test_every_constructor_refuses_a_bad_device_before_building_anything():
     config = ModelConfig.from_dict(VALID)
+    changed = EngineConfig(device="cpu")
+    changed.device = "mps"  # past __post_init__'s check: the engine checks again
     with pytest.raises(ConfigError, match="'mps'"):
-        LLMEngine.from_config(config, EngineConfig(device="mps"))
+        LLMEngine.from_config(config, changed)
     with pytest.raises(ConfigError, match="exceeds the model's context"):
         LLMEngine.from_config(config, EngineConfig(device="cpu", max_model_len=4096))
     with pytest.raises(ConfigError, match="flash-attn needs a CUDA device|computes in float16/bfloat16 only"):

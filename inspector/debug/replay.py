@@ -154,7 +154,7 @@ def replay_config(trace: Trace, overrides: dict[str, object], note: Callable[[st
     lacking = [name for name in ("enforce_eager", "fused_ops", "seed") if getattr(e, name) is None and name not in overrides]
     if lacking:
         note(f"the trace does not record {', '.join(lacking)} (schema before 4): replayed with the defaults")
-    config = EngineConfig(
+    recorded = dict(
         device=e.device, dtype=trace.model.dtype, attention=e.attention, block_size=e.block_size,
         num_kv_blocks=e.num_blocks, max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
         max_model_len=e.max_model_len, enable_prefix_caching=e.prefix_caching,
@@ -164,7 +164,9 @@ def replay_config(trace: Trace, overrides: dict[str, object], note: Callable[[st
     )
     if ("kv_cache_memory_gb" in overrides or "gpu_memory_utilization" in overrides) and "num_kv_blocks" not in overrides:
         overrides = {**overrides, "num_kv_blocks": None}  # the pool sized from memory, as asked
-    config = dataclasses.replace(config, **overrides)
+    # One EngineConfig of the recorded settings and the overrides together: its check (when made)
+    # sees the values the replay will run with, so an override can mend a recorded value.
+    config = EngineConfig(**{**recorded, **overrides})
     config.validate()
     return config
 
