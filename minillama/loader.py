@@ -405,19 +405,17 @@ def _tokenizer_fault(path: Path, exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
-    """End-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's."""
+def eos_token_ids(path: Path, config: ModelConfig) -> tuple[int, ...]:
+    """The ids transformers' generate stops at for this directory: generation_config.json's
+    eos_token_id when that file exists, else config.json's (GenerationConfig.from_model_config).
+    transformers reads no other once the file exists: a generation_config.json without
+    eos_token_id (or with null or []) means no end token, even where config.json or the
+    tokenizer names one, and the engine runs such a model to max_tokens as generate does."""
     generation_config = path / "generation_config.json"
-    if generation_config.exists():
-        raw = read_json_object(generation_config)
-        eos = FieldReader(raw, generation_config.name).token_ids("eos_token_id", config.vocab_size)
-        if eos:
-            return eos
-    if config.eos_token_ids:
+    if not generation_config.exists():
         return config.eos_token_ids
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        return (tokenizer.eos_token_id,)
-    return ()
+    return FieldReader(read_json_object(generation_config), generation_config.name).token_ids(
+        "eos_token_id", config.vocab_size)
 
 
 # -- the embedded model -------------------------------------------------------------------------
