@@ -264,11 +264,8 @@ def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Stored
     if tied_head is not None:
         _load_tied_head(params[EMBEDDING], *tied_head, embedding_loaded=EMBEDDING in loaded)
         loaded.setdefault(EMBEDDING, tied_head[0].source)
-    expected = {n for n in params if n not in _stacked_targets(params)} | {
-        f"{n}#{i}" for n in _stacked_targets(params) for i in range(3 if "qkv" in n else 2)
-    }
-    copied = {target if part is None else f"{target}#{part}" for target, part in map(_target, loaded)}
-    missing = sorted(expected - copied)
+    # Named as the checkpoint names them (k_proj, not a part of qkv_proj): the names a user finds in its files.
+    missing = sorted({name for param in params for name in _checkpoint_names(param)} - loaded.keys())
     if missing:
         raise ModelLoadError(f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
 
@@ -338,8 +335,11 @@ def _check_finite(name: str, tensor: StoredTensor, copied: torch.Tensor) -> None
         )
 
 
-def _stacked_targets(params: dict[str, torch.nn.Parameter]) -> set[str]:
-    return {n for n in params if n.endswith(("qkv_proj.weight", "gate_up_proj.weight"))}
+def _checkpoint_names(param: str) -> list[str]:
+    """The Hugging Face tensors parameter `param` is read from: q/k/v_proj for a qkv_proj,
+    gate/up_proj for a gate_up_proj, its own name for the others."""
+    parts = [param[: -len(ours)] + theirs for theirs, (ours, _) in STACKED.items() if param.endswith(ours)]
+    return parts or [param]
 
 
 def _stacked_part(model: LlamaForCausalLM, target: str, data: torch.Tensor, part: int) -> torch.Tensor:
