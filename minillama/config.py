@@ -60,6 +60,15 @@ class ModelConfig:
     tie_word_embeddings: bool
     rope_scaling: RopeScaling | None = None
     eos_token_ids: tuple[int, ...] = ()
+    # sliding_window / attention_chunk_size: how many of the latest tokens a query sees in
+    # transformers' generate (None: all of them); see _attention_window.
+    attention_window: int | None = None
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence this engine runs as transformers does: max_position_embeddings,
+        or the attention window when that is shorter (full attention within it)."""
+        return min(self.max_position_embeddings, self.attention_window or self.max_position_embeddings)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -119,6 +128,7 @@ class ModelConfig:
             max_position_embeddings=max_position,
             tie_word_embeddings=field.flag("tie_word_embeddings", default=False),
             eos_token_ids=field.token_ids("eos_token_id", vocab_size),
+            attention_window=_attention_window(field),
         )
 
     @property
@@ -213,6 +223,23 @@ def _head_dim(field: FieldReader, hidden: int, heads: int) -> int:
     if head_dim % 2:
         raise ModelLoadError(f"config.json: head_dim must be even (RoPE rotates pairs of features), got {head_dim}")
     return head_dim
+
+
+def _attention_window(field: FieldReader) -> int | None:
+    """sliding_window or attention_chunk_size (Mistral's and Llama-4's fields), which a config.json
+    of model_type llama may carry. transformers' LlamaForCausalLM ignores them in a forward over
+    the whole sequence, but generate's cache (DynamicCache) honours them: past that many tokens a
+    query sees only the latest ones, so the same model answers two ways there. Within the window
+    both are the full attention this engine computes, so its context stops at the window
+    (ModelConfig.context_length). layer_types, when given, says which layers are windowed; all
+    "full_attention" means none is."""
+    types = field.raw.get("layer_types")
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        raise ModelLoadError(f"config.json: layer_types must be a list of names, got {_shown(types)}")
+    if types is not None and all(t == "full_attention" for t in types):
+        return None
+    sizes = [field.size(name) for name in ("sliding_window", "attention_chunk_size") if field.raw.get(name) is not None]
+    return min(sizes, default=None)
 
 
 def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeScaling | None]:

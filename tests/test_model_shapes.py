@@ -11,11 +11,12 @@ other name). Each runs on every CPU attention backend with a block size that is 
 of two and prompts split into chunks, so paged decode, prefill over cached blocks and the C
 kernels all see the shape.
 
-Then the layouts of a tied checkpoint's LM head (what transformers does with each), and the
-recorder's attention on odd shapes."""
+Then the layouts of a tied checkpoint's LM head (what transformers does with each), the
+recorder's attention on odd shapes, and an attention window in a Llama config.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -25,7 +26,7 @@ from test_hf_parity import LogitsRecorder, relative_error, run_to_end
 from test_inspector_support import Checker
 
 from inspector import CapturePolicy, DebugSession
-from minillama import EngineConfig, LLMEngine, ModelLoadError, SamplingParams
+from minillama import ConfigError, EngineConfig, LLMEngine, ModelLoadError, SamplingParams
 from minillama.ops.cpu import cpu_paged
 
 # name -> LlamaConfig fields over BASE (head_dim = hidden_size / heads unless given).
@@ -217,3 +218,44 @@ def test_recorded_attention_reproduces_the_engines_output(fields):
                     torch.testing.assert_close(ours, output[pos - start, head], atol=1e-5, rtol=1e-5)
                     compared += 1
     assert compared > 30
+
+
+# -- an attention window in a Llama config.json --------------------------------------------------
+
+WINDOW = 9
+# name -> config.json fields over BASE, and whether transformers' generate windows attention.
+WINDOWS = {
+    "sliding-window": (dict(sliding_window=WINDOW), True),
+    "attention-chunk-size": (dict(attention_chunk_size=WINDOW), True),
+    "sliding-window-on-some-layers": (dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
+                                      True),
+    "sliding-window-on-no-layer": (dict(sliding_window=WINDOW, layer_types=["full_attention"] * 2), False),
+}
+
+
+@pytest.mark.parametrize("name", list(WINDOWS))
+def test_an_attention_window_caps_the_context_where_generate_and_forward_part(tmp_path, name):
+    """sliding_window or attention_chunk_size in a model_type "llama" config.json: transformers'
+    forward ignores it, its generate's cache keeps only the window's tokens, so the two answer
+    differently past it. Within it both are full attention: the engine runs sequences up to the
+    window, each token generate's, and refuses a longer context by name."""
+    from transformers import LlamaForCausalLM
+
+    fields, windowed = WINDOWS[name]
+    make_model().save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, **fields}))
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    prompt, max_tokens = [5, 17, 99, 42, 7], 12
+    expected = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    config = EngineConfig(device="cpu", dtype="float32", num_kv_blocks=16, block_size=4)
+    engine = LLMEngine.from_pretrained(tmp_path, config)
+    request = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=max_tokens))
+    run_to_end(engine)
+    output = list(engine.request(request).output_token_ids)
+    assert output == expected[: WINDOW - len(prompt) if windowed else max_tokens]
+    if windowed:
+        with pytest.raises(ConfigError, match=f"max_model_len 10 exceeds the model's context \\({WINDOW} positions, its "
+                                              "attention window"):
+            LLMEngine.from_pretrained(tmp_path, dataclasses.replace(config, max_model_len=WINDOW + 1))

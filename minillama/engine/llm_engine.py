@@ -1050,11 +1050,13 @@ def _is_token_id(value: object, vocab_size: int) -> bool:
 
 
 def _max_model_len(model_config: ModelConfig, config: EngineConfig) -> int:
+    context = model_config.context_length
     if config.max_model_len is None:
-        return min(model_config.max_position_embeddings, 8192)
-    if config.max_model_len > model_config.max_position_embeddings:
+        return min(context, 8192)
+    if config.max_model_len > context:
+        window = context < model_config.max_position_embeddings
         raise ConfigError(
-            f"max_model_len {config.max_model_len} exceeds the model's context "
-            f"({model_config.max_position_embeddings} positions)"
+            f"max_model_len {config.max_model_len} exceeds the model's context ({context} positions"
+            + (", its attention window: config.json's sliding_window or attention_chunk_size)" if window else ")")
         )
     return config.max_model_len
