@@ -79,7 +79,15 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
 
 
 def safetensors_files(path: Path) -> list[Path]:
-    """The weight files of a model directory; refuse pickled or missing weights."""
+    """The weight files of a model directory, in transformers' order of choice: model.safetensors,
+    else the shards its index names, else (what transformers would not read) every *.safetensors
+    file. A folder may hold others beside them (Mistral's consolidated.safetensors, the shards of
+    an older save): transformers reads none of those then, nor does this. Refuse pickled or
+    missing weights."""
+    single = path / "model.safetensors"
+    if single.exists() or single.is_symlink():
+        require_regular_file(single)
+        return [single]
     index = path / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_json_object(index).get("weight_map")

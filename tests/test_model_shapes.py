@@ -142,6 +142,37 @@ def test_tied_checkpoint_head_layouts_load_as_transformers_reads_them(tmp_path, 
     assert_logits_match_hf(LLMEngine.from_pretrained(tmp_path, config), hf, lengths=(6,), max_tokens=3)
 
 
+# -- which weight files a directory's weights are -------------------------------------------------
+
+
+def stale_shards(path) -> None:
+    """An index and shards of another model's weights, left by an earlier save."""
+    make_model(seed=1).save_pretrained(path / "old", max_shard_size="50KB")
+    for file in (path / "old").iterdir():
+        if file.name.startswith("model"):
+            file.rename(path / file.name)
+
+
+def consolidated(path) -> None:
+    """Meta's original layout beside the converted one (Mistral's folders ship both)."""
+    weights = load_file(path / "model.safetensors")
+    save_file({name.replace("model.", "").replace("self_attn.q_proj", "attention.wq"): tensor
+               for name, tensor in weights.items()}, path / "consolidated.safetensors")
+
+
+@pytest.mark.parametrize("beside", [stale_shards, consolidated], ids=lambda f: f.__name__)
+def test_weights_beside_model_safetensors_are_not_read(tmp_path, beside):
+    """transformers reads model.safetensors when a folder has it, and no other weight file:
+    the engine does too, and answers with the same logits."""
+    from transformers import LlamaForCausalLM
+
+    make_model().save_pretrained(tmp_path)
+    beside(tmp_path)
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    engine = LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", dtype="float32", num_kv_blocks=16))
+    assert_logits_match_hf(engine, hf, lengths=(7,), max_tokens=2)
+
+
 # -- RoPE settings spelled in more than one place ------------------------------------------------
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
