@@ -26,6 +26,11 @@ DTYPES: dict[str, torch.dtype] = {
 # The MLP's activation as config.json may name it: transformers maps both names to SiLU,
 # x * sigmoid(x) (swish is its older name), which is what SwiGLU computes here.
 SILU_NAMES = ("silu", "swish")
+# config.json's "architectures" this engine reads: the causal LM, and the decoder saved without
+# its head (LlamaModel), which transformers loads into LlamaForCausalLM (minillama/loader.py,
+# _causal_lm_name); with tied embeddings its head is the embedding matrix, else it has none and
+# the loader refuses it.
+LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LlamaModel")
 _BIASED = {"attention_bias": "q/k/v/o projections", "mlp_bias": "MLP's projections"}
 
 
@@ -82,7 +87,7 @@ class ModelConfig:
         archs = raw.get("architectures") or ["LlamaForCausalLM"]
         if not isinstance(archs, list):  # `in` would find the name inside a string, or fail on a number
             raise ModelLoadError(f"config.json: architectures must be a list of class names, got {archs!r}")
-        if raw.get("model_type", "llama") != "llama" or "LlamaForCausalLM" not in archs:
+        if raw.get("model_type", "llama") != "llama" or not set(archs) & set(LLAMA_ARCHITECTURES):
             raise ModelLoadError(
                 f"unsupported architecture {archs!r} (model_type={raw.get('model_type')!r}); "
                 "minillama runs Llama-architecture models (LlamaForCausalLM) only"

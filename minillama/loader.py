@@ -250,16 +250,17 @@ def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Stored
     loaded: dict[str, str] = {}  # checkpoint name -> the file it came from
     tied_head: tuple[StoredTensor, torch.Tensor] | None = None
     for name, tensor in tensors:
-        if name in loaded:  # shards that disagree: whichever came last would silently win
-            raise ModelLoadError(f"checkpoint tensor {name!r} is in both {loaded[name]} and {tensor.source}")
-        loaded[name] = tensor.source
-        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+        key = _causal_lm_name(name)
+        if key in loaded:  # shards that disagree: whichever came last would silently win
+            raise ModelLoadError(f"checkpoint tensor {key!r} is in both {loaded[key]} and {tensor.source}")
+        loaded[key] = tensor.source
+        if key == "lm_head.weight" and model.config.tie_word_embeddings:
             # Tied: one matrix for both, settled once the embedding is in. Read now, checked first:
             # a file closes once its last tensor has been taken.
             _check_stored(name, tensor, tuple(params[EMBEDDING].shape))
             tied_head = tensor, tensor.read()
             continue
-        target, part = _target(name)
+        target, part = _target(key)
         if target not in params:
             if "rotary_emb" in name:  # some checkpoints store RoPE tables; they are recomputed
                 continue
@@ -276,6 +277,13 @@ def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Stored
     missing = sorted({name for param in params for name in _checkpoint_names(param)} - loaded.keys())
     if missing:
         raise ModelLoadError(f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+
+
+def _causal_lm_name(name: str) -> str:
+    """A checkpoint tensor's name in LlamaForCausalLM. A LlamaModel's checkpoint (the decoder
+    without the LM head, saved on its own) names its tensors without the "model." prefix;
+    transformers adds it when it loads one into LlamaForCausalLM, and so does this."""
+    return name if name.startswith("model.") or name == "lm_head.weight" else "model." + name
 
 
 def _load_tied_head(

@@ -173,6 +173,25 @@ def test_weights_beside_model_safetensors_are_not_read(tmp_path, beside):
     assert_logits_match_hf(engine, hf, lengths=(7,), max_tokens=2)
 
 
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_a_decoder_saved_without_its_head_loads_as_transformers_loads_it(tmp_path, tied):
+    """LlamaModel.save_pretrained: tensors named without "model.", no lm_head.weight, and
+    architectures ["LlamaModel"]. transformers' AutoModelForCausalLM adds the prefix; tied, the
+    head is the embedding and the model is whole (the same logits here); untied, it would draw a
+    random head, which the engine refuses by name."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    LlamaModel(LlamaConfig(**{**BASE, "tie_word_embeddings": tied})).save_pretrained(tmp_path)
+    config = EngineConfig(device="cpu", dtype="float32", num_kv_blocks=16)
+    if not tied:
+        with pytest.raises(ModelLoadError, match=r"lacks 1 tensor\(s\), e.g. \['lm_head.weight'\]"):
+            LLMEngine.from_pretrained(tmp_path, config)
+        return
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert_logits_match_hf(LLMEngine.from_pretrained(tmp_path, config), hf, lengths=(7,), max_tokens=2)
+
+
 # -- RoPE settings spelled in more than one place ------------------------------------------------
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
