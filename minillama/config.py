@@ -98,6 +98,14 @@ class ModelConfig:
                     f"config.json sets {flag}=true: biases on the {_BIASED[flag]}, which minillama does not "
                     "implement (Llama-3 checkpoints have none)"
                 )
+        quantization = raw.get("quantization_config")
+        if quantization is not None:
+            # GPTQ, AWQ, bitsandbytes, fp8...: the weights are stored as integers or 8-bit floats
+            # with scales (qweight, weight_scale...), which transformers multiplies out through
+            # a library of each method's own. Said here, before a tensor's name is found unknown.
+            method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+            raise ModelLoadError(f"config.json has a quantization_config{f' ({_shown(method)})' if method else ''}: "
+                                 "minillama runs unquantized checkpoints (float32, bfloat16, float16) only")
         if raw.get("hidden_act", "silu") not in SILU_NAMES:
             raise ModelLoadError(f"unsupported hidden_act {raw.get('hidden_act')!r} (expected silu)")
         for name in ("torch_dtype", "dtype"):

@@ -112,9 +112,13 @@ def test_a_missing_rope_scaling_field_is_named(field):
     ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
     ({"eos_token_id": [1, "2"]}, "eos_token_id must be a token id"),
     ({"layer_types": "full_attention"}, "layer_types must be a list of names, got 'full_attention'"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, r"quantization_config \('gptq'\): minillama runs "
+                                                                     "unquantized checkpoints"),
+    ({"quantization_config": {"quant_method": "fp8"}}, r"quantization_config \('fp8'\)"),
+    ({"quantization_config": "bnb"}, "has a quantization_config: minillama runs unquantized"),
     ({"layer_types": [1, 2]}, r"layer_types must be a list of names, got \[1, 2\]"),
 ], ids=["kv-heads", "hidden-vs-heads", "odd-head-dim", "odd-default-head-dim", "rope-high-low", "rope-not-object",
-        "rope-type", "tie-string", "eos-string", "layer-types-string", "layer-types-numbers"])
+        "rope-type", "tie-string", "eos-string", "layer-types-string", "layer-types-numbers", "gptq", "fp8", "quantization-a-string"])
 def test_inconsistent_configs_are_refused(changes, message):
     with pytest.raises(ModelLoadError, match=message):
         ModelConfig.from_dict({**VALID, **changes})
