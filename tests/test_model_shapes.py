@@ -6,8 +6,9 @@ while the usual shapes pass: a head_dim that is not a power of two (Llama-2 13B-
 Falcon-like 80: kernels that tile by powers of two), GQA groups of 3 and 5 (SmolLM2's 9/3:
 a group that is neither 1 nor a power of two), head_dim set in config.json apart from
 hidden_size / heads (q/o projections that are not square), a vocabulary that is no multiple
-of anything (GPT-2's 50257 is the real one; 257 stands in), and hidden_act "swish" (SiLU's
-other name). Each runs on every CPU attention backend with a block size that is not a power
+of anything (GPT-2's 50257 is the real one; 257 stands in), hidden_act "swish" (SiLU's
+other name), sizes no multiple of 8, Llama-3.2's RoPE settings, and bf16 and fp16
+checkpoints. Each runs on every CPU attention backend with a block size that is not a power
 of two and prompts split into chunks, so paged decode, prefill over cached blocks and the C
 kernels all see the shape.
 
@@ -39,6 +40,20 @@ SHAPES = {
     "explicit-head-dim-128": dict(hidden_size=64, head_dim=128, num_attention_heads=2, num_key_value_heads=1),
     "vocab-257-untied": dict(vocab_size=257, tie_word_embeddings=False),
     "hidden-act-swish": dict(hidden_act="swish"),
+    # q/o map hidden_size to fewer features than it has (4 x 16 = 64 of 128), and to more (4 x 96).
+    "explicit-head-dim-16-narrow": dict(hidden_size=128, head_dim=16, num_attention_heads=4, num_key_value_heads=4),
+    "explicit-head-dim-96-gqa4": dict(hidden_size=64, head_dim=96, num_attention_heads=4, num_key_value_heads=1),
+    # No size a multiple of 8 (vector widths of the C kernels): hidden 36, head_dim 12, MLP 50.
+    "hidden-36-head-dim-12": dict(hidden_size=36, num_attention_heads=3, num_key_value_heads=1, intermediate_size=50),
+    # Llama-3.2's settings on a small shape: llama3 RoPE stretched 32 times from 8,192 positions,
+    # base 500,000, a context of 131,072 (the engine's tables stop at 8,192), eps 1e-5; saved
+    # in bfloat16 as Meta ships it.
+    "llama-3.2-settings-bf16": dict(
+        hidden_size=128, head_dim=64, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=131072,
+        rope_theta=500000.0, rms_norm_eps=1e-5, save_dtype=torch.bfloat16, rope_scaling={
+            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}),
+    "untied-fp16-checkpoint": dict(tie_word_embeddings=False, vocab_size=1000, save_dtype=torch.float16),
 }
 BASE = dict(
     vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -61,15 +76,19 @@ def make_model(seed: int = 0, **fields):
 
 @pytest.fixture(scope="module")
 def shape_dir(tmp_path_factory):
-    """name -> (directory, HF model) of SHAPES[name], saved once per module."""
+    """name -> (directory, HF model) of SHAPES[name], saved once per module (in its save_dtype,
+    float32 unless given; the HF model is then read back in float32, as the engine reads it)."""
+    from transformers import LlamaForCausalLM
+
     made = {}
 
     def get(name: str):
         if name not in made:
-            model = make_model(**SHAPES[name])
+            fields = dict(SHAPES[name])
+            dtype = fields.pop("save_dtype", torch.float32)
             path = tmp_path_factory.mktemp(name)
-            model.save_pretrained(path)
-            made[name] = path, model
+            make_model(**fields).to(dtype).save_pretrained(path)
+            made[name] = path, LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         return made[name]
 
     return get
