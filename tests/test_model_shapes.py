@@ -256,7 +256,8 @@ def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, name):
 @pytest.mark.parametrize("fields", [
     dict(hidden_size=256, num_attention_heads=1, num_key_value_heads=1, num_hidden_layers=1),  # head_dim 256
     dict(hidden_size=240, head_dim=48, num_attention_heads=15, num_key_value_heads=3),  # GQA 5, head_dim 48
-], ids=["one-head-256", "gqa5-head-dim-48"])
+    dict(hidden_size=64, head_dim=96, num_attention_heads=4, num_key_value_heads=1),  # 4 x 96 features of 64
+], ids=["one-head-256", "gqa5-head-dim-48", "mqa-explicit-head-dim-96"])
 def test_recorded_attention_reproduces_the_engines_output(fields):
     """softmax(q . K * scale) @ V from the recorder's Q/K is each layer's attention output, for
     every head of two traced sequences (one reading its prefix from the cache), under preemption."""
