@@ -26,11 +26,18 @@ DTYPES: dict[str, torch.dtype] = {
 # The MLP's activation as config.json may name it: transformers maps both names to SiLU,
 # x * sigmoid(x) (swish is its older name), which is what SwiGLU computes here.
 SILU_NAMES = ("silu", "swish")
-# config.json's "architectures" this engine reads: the causal LM, and the decoder saved without
-# its head (LlamaModel), which transformers loads into LlamaForCausalLM (minillama/loader.py,
-# _causal_lm_name); with tied embeddings its head is the embedding matrix, else it has none and
-# the loader refuses it.
-LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LlamaModel")
+# model_type -> the "architectures" config.json may name for it, and the defaults of the fields
+# it may leave out where they differ from Llama's. Each names the causal LM and the decoder saved
+# without its head (LlamaModel), which transformers loads into the causal LM (minillama/loader.py,
+# _causal_lm_name): with tied embeddings its head is the embedding matrix, else it has none and
+# the loader refuses it. Mistral is Llama's model with no biases (its attention_bias or mlp_bias,
+# if any, are not read) and a sliding window (_attention_window); its checkpoints name their
+# tensors as Llama's do. Its defaults are transformers' MistralConfig's.
+MODEL_TYPES: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
+    "llama": (("LlamaForCausalLM", "LlamaModel"), {}),
+    "mistral": (("MistralForCausalLM", "MistralModel"),
+                {"num_key_value_heads": 8, "max_position_embeddings": 4096 * 32, "sliding_window": 4096}),
+}
 _BIASED = {"attention_bias": "q/k/v/o projections", "mlp_bias": "MLP's projections"}
 
 
@@ -83,16 +90,19 @@ class ModelConfig:
         the model's construction ("negative dimension -1280")."""
         if not isinstance(raw, dict):  # every field below is read with raw.get
             raise ModelLoadError(f"config.json must hold a JSON object (settings by name), got {type(raw).__name__}")
-        field = FieldReader(raw, "config.json")
-        archs = raw.get("architectures") or ["LlamaForCausalLM"]
+        model_type = raw.get("model_type", "llama")
+        names, defaults = MODEL_TYPES.get(model_type, ((), {})) if isinstance(model_type, str) else ((), {})
+        archs = raw.get("architectures") or list(names[:1])
         if not isinstance(archs, list):  # `in` would find the name inside a string, or fail on a number
             raise ModelLoadError(f"config.json: architectures must be a list of class names, got {archs!r}")
-        if raw.get("model_type", "llama") != "llama" or not set(archs) & set(LLAMA_ARCHITECTURES):
+        if not any(arch in names for arch in archs):
             raise ModelLoadError(
-                f"unsupported architecture {archs!r} (model_type={raw.get('model_type')!r}); "
-                "minillama runs Llama-architecture models (LlamaForCausalLM) only"
+                f"unsupported architecture {archs!r} (model_type={raw.get('model_type')!r}); minillama runs "
+                "Llama-architecture models (LlamaForCausalLM, MistralForCausalLM) only"
             )
-        for flag in ("attention_bias", "mlp_bias"):
+        raw = {**defaults, **raw}  # a field set to null stays null: MistralConfig reads it so too
+        field = FieldReader(raw, "config.json")
+        for flag in ("attention_bias", "mlp_bias") if model_type == "llama" else ():
             if field.flag(flag, default=False):
                 raise ModelLoadError(
                     f"config.json sets {flag}=true: biases on the {_BIASED[flag]}, which minillama does not "

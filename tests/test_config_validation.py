@@ -116,9 +116,14 @@ def test_a_missing_rope_scaling_field_is_named(field):
                                                                      "unquantized checkpoints"),
     ({"quantization_config": {"quant_method": "fp8"}}, r"quantization_config \('fp8'\)"),
     ({"quantization_config": "bnb"}, "has a quantization_config: minillama runs unquantized"),
+    ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, r"unsupported architecture \['Qwen2ForCausalLM'\]"),
+    ({"model_type": "llama", "architectures": ["MistralForCausalLM"]}, "unsupported architecture"),
+    ({"architectures": [["LlamaForCausalLM"]]}, "unsupported architecture"),
+    ({"model_type": ["llama"]}, "unsupported architecture"),
     ({"layer_types": [1, 2]}, r"layer_types must be a list of names, got \[1, 2\]"),
 ], ids=["kv-heads", "hidden-vs-heads", "odd-head-dim", "odd-default-head-dim", "rope-high-low", "rope-not-object",
-        "rope-type", "tie-string", "eos-string", "layer-types-string", "layer-types-numbers", "gptq", "fp8", "quantization-a-string"])
+        "rope-type", "tie-string", "eos-string", "layer-types-string", "layer-types-numbers", "gptq", "fp8", "quantization-a-string",
+        "qwen2", "mistral-class-in-llama", "architecture-a-list", "model-type-a-list"])
 def test_inconsistent_configs_are_refused(changes, message):
     with pytest.raises(ModelLoadError, match=message):
         ModelConfig.from_dict({**VALID, **changes})

@@ -329,3 +329,56 @@ def test_an_attention_window_caps_the_context_where_generate_and_forward_part(tm
         with pytest.raises(ConfigError, match=f"max_model_len 10 exceeds the model's context \\({WINDOW} positions, its "
                                               "attention window"):
             LLMEngine.from_pretrained(tmp_path, dataclasses.replace(config, max_model_len=WINDOW + 1))
+
+
+# -- Mistral: Llama's model with no biases and a sliding window ------------------------------------
+
+# name -> MistralConfig fields over BASE's, and the config.json fields then removed or replaced.
+MISTRAL = {
+    "no-window-gqa-untied": (dict(sliding_window=None, tie_word_embeddings=False), {}),
+    "window-9": (dict(sliding_window=WINDOW), {}),
+    "bias-flags-mistral-does-not-read": (dict(sliding_window=None), dict(attention_bias=True, mlp_bias=True)),
+    "llama3-rope-explicit-head-dim": (dict(sliding_window=None, head_dim=24, rope_parameters={
+        **LLAMA3, "rope_theta": 10000.0, "original_max_position_embeddings": 16}), {}),
+}
+
+
+@pytest.mark.parametrize("name", list(MISTRAL))
+def test_a_mistral_directory_runs_as_transformers_runs_it(tmp_path, name):
+    """model_type "mistral": the same logits as MistralForCausalLM over prefill and decode, and
+    greedy tokens equal to its generate's; a sliding window caps the context (both apply it,
+    and within it attention is full)."""
+    from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
+
+    fields, edits = MISTRAL[name]
+    torch.manual_seed(0)
+    MistralForCausalLM(MistralConfig(**{**BASE, **fields})).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, **edits}))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    config = EngineConfig(device="cpu", dtype="float32", num_kv_blocks=32, block_size=3, max_num_batched_tokens=8)
+    window = fields["sliding_window"]
+    if window is None:
+        assert_logits_match_hf(LLMEngine.from_pretrained(tmp_path, config), hf, lengths=(5, 13, 1), max_tokens=4)
+    prompt, max_tokens = [5, 17, 99, 42, 7], 12
+    expected = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    engine = LLMEngine.from_pretrained(tmp_path, config)
+    request = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=max_tokens))
+    run_to_end(engine)
+    assert list(engine.request(request).output_token_ids) == expected[: (window or 128) - len(prompt)]
+
+
+def test_a_mistral_config_without_sliding_window_has_mistrals_default_window(tmp_path):
+    """MistralConfig's sliding_window defaults to 4,096 (and num_key_value_heads to 8): a
+    config.json that leaves them out means those, not Llama's defaults."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    MistralForCausalLM(MistralConfig(**{**BASE, "num_attention_heads": 8, "num_key_value_heads": 8,
+                                        "max_position_embeddings": 8192})).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for field in ("sliding_window", "num_key_value_heads"):
+        raw.pop(field)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    engine = LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", num_kv_blocks=4))
+    assert (engine.max_model_len, engine.model_config.num_key_value_heads) == (4096, 8)
