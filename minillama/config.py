@@ -249,13 +249,13 @@ def _head_dim(field: FieldReader, hidden: int, heads: int) -> int:
 
 
 def _attention_window(field: FieldReader) -> int | None:
-    """sliding_window or attention_chunk_size (Mistral's and Llama-4's fields), which a config.json
-    of model_type llama may carry. transformers' LlamaForCausalLM ignores them in a forward over
-    the whole sequence, but generate's cache (DynamicCache) honours them: past that many tokens a
-    query sees only the latest ones, so the same model answers two ways there. Within the window
-    both are the full attention this engine computes, so its context stops at the window
-    (ModelConfig.context_length). layer_types, when given, says which layers are windowed; all
-    "full_attention" means none is."""
+    """sliding_window or attention_chunk_size (Mistral's and Llama-4's fields): past that many
+    tokens a query sees only the latest ones. MistralForCausalLM applies its window everywhere;
+    LlamaForCausalLM, whose config.json may carry one too, ignores it in a forward over the whole
+    sequence while generate's cache (DynamicCache) applies it, so the same model answers two ways
+    there. Within the window every one of them is the full attention this engine computes, so
+    its context stops at the window (ModelConfig.context_length). layer_types, when given, says
+    which layers are windowed; all "full_attention" means none is."""
     types = field.raw.get("layer_types")
     if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
         raise ModelLoadError(f"config.json: layer_types must be a list of names, got {_shown(types)}")
