@@ -26,6 +26,18 @@ DTYPES: dict[str, torch.dtype] = {
 # The MLP's activation as config.json may name it: transformers maps both names to SiLU,
 # x * sigmoid(x) (swish is its older name), which is what SwiGLU computes here.
 SILU_NAMES = ("silu", "swish")
+# model_type -> the "architectures" config.json may name for it, and the defaults of the fields
+# it may leave out where they differ from Llama's. Each names the causal LM and the decoder saved
+# without its head (LlamaModel), which transformers loads into the causal LM (minillama/loader.py,
+# _causal_lm_name): with tied embeddings its head is the embedding matrix, else it has none and
+# the loader refuses it. Mistral is Llama's model with no biases (its attention_bias or mlp_bias,
+# if any, are not read) and a sliding window (_attention_window); its checkpoints name their
+# tensors as Llama's do. Its defaults are transformers' MistralConfig's.
+MODEL_TYPES: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
+    "llama": (("LlamaForCausalLM", "LlamaModel"), {}),
+    "mistral": (("MistralForCausalLM", "MistralModel"),
+                {"num_key_value_heads": 8, "max_position_embeddings": 4096 * 32, "sliding_window": 4096}),
+}
 _BIASED = {"attention_bias": "q/k/v/o projections", "mlp_bias": "MLP's projections"}
 
 
@@ -60,6 +72,15 @@ class ModelConfig:
     tie_word_embeddings: bool
     rope_scaling: RopeScaling | None = None
     eos_token_ids: tuple[int, ...] = ()
+    # sliding_window / attention_chunk_size: how many of the latest tokens a query sees in
+    # transformers' generate (None: all of them); see _attention_window.
+    attention_window: int | None = None
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence this engine runs as transformers does: max_position_embeddings,
+        or the attention window when that is shorter (full attention within it)."""
+        return min(self.max_position_embeddings, self.attention_window or self.max_position_embeddings)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -69,21 +90,32 @@ class ModelConfig:
         the model's construction ("negative dimension -1280")."""
         if not isinstance(raw, dict):  # every field below is read with raw.get
             raise ModelLoadError(f"config.json must hold a JSON object (settings by name), got {type(raw).__name__}")
-        field = FieldReader(raw, "config.json")
-        archs = raw.get("architectures") or ["LlamaForCausalLM"]
+        model_type = raw.get("model_type", "llama")
+        names, defaults = MODEL_TYPES.get(model_type, ((), {})) if isinstance(model_type, str) else ((), {})
+        archs = raw.get("architectures") or list(names[:1])
         if not isinstance(archs, list):  # `in` would find the name inside a string, or fail on a number
             raise ModelLoadError(f"config.json: architectures must be a list of class names, got {archs!r}")
-        if raw.get("model_type", "llama") != "llama" or "LlamaForCausalLM" not in archs:
+        if not any(arch in names for arch in archs):
             raise ModelLoadError(
-                f"unsupported architecture {archs!r} (model_type={raw.get('model_type')!r}); "
-                "minillama runs Llama-architecture models (LlamaForCausalLM) only"
+                f"unsupported architecture {archs!r} (model_type={raw.get('model_type')!r}); minillama runs "
+                "Llama-architecture models (LlamaForCausalLM, MistralForCausalLM) only"
             )
-        for flag in ("attention_bias", "mlp_bias"):
+        raw = {**defaults, **raw}  # a field set to null stays null: MistralConfig reads it so too
+        field = FieldReader(raw, "config.json")
+        for flag in ("attention_bias", "mlp_bias") if model_type == "llama" else ():
             if field.flag(flag, default=False):
                 raise ModelLoadError(
                     f"config.json sets {flag}=true: biases on the {_BIASED[flag]}, which minillama does not "
                     "implement (Llama-3 checkpoints have none)"
                 )
+        quantization = raw.get("quantization_config")
+        if quantization is not None:
+            # GPTQ, AWQ, bitsandbytes, fp8...: the weights are stored as integers or 8-bit floats
+            # with scales (qweight, weight_scale...), which transformers multiplies out through
+            # a library of each method's own. Said here, before a tensor's name is found unknown.
+            method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+            raise ModelLoadError(f"config.json has a quantization_config{f' ({_shown(method)})' if method else ''}: "
+                                 "minillama runs unquantized checkpoints (float32, bfloat16, float16) only")
         if raw.get("hidden_act", "silu") not in SILU_NAMES:
             raise ModelLoadError(f"unsupported hidden_act {raw.get('hidden_act')!r} (expected silu)")
         for name in ("torch_dtype", "dtype"):
@@ -119,6 +151,7 @@ class ModelConfig:
             max_position_embeddings=max_position,
             tie_word_embeddings=field.flag("tie_word_embeddings", default=False),
             eos_token_ids=field.token_ids("eos_token_id", vocab_size),
+            attention_window=_attention_window(field),
         )
 
     @property
@@ -213,6 +246,23 @@ def _head_dim(field: FieldReader, hidden: int, heads: int) -> int:
     if head_dim % 2:
         raise ModelLoadError(f"config.json: head_dim must be even (RoPE rotates pairs of features), got {head_dim}")
     return head_dim
+
+
+def _attention_window(field: FieldReader) -> int | None:
+    """sliding_window or attention_chunk_size (Mistral's and Llama-4's fields): past that many
+    tokens a query sees only the latest ones. MistralForCausalLM applies its window everywhere;
+    LlamaForCausalLM, whose config.json may carry one too, ignores it in a forward over the whole
+    sequence while generate's cache (DynamicCache) applies it, so the same model answers two ways
+    there. Within the window every one of them is the full attention this engine computes, so
+    its context stops at the window (ModelConfig.context_length). layer_types, when given, says
+    which layers are windowed; all "full_attention" means none is."""
+    types = field.raw.get("layer_types")
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        raise ModelLoadError(f"config.json: layer_types must be a list of names, got {_shown(types)}")
+    if types is not None and all(t == "full_attention" for t in types):
+        return None
+    sizes = [field.size(name) for name in ("sliding_window", "attention_chunk_size") if field.raw.get(name) is not None]
+    return min(sizes, default=None)
 
 
 def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeScaling | None]:

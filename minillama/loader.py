@@ -79,7 +79,15 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
 
 
 def safetensors_files(path: Path) -> list[Path]:
-    """The weight files of a model directory; refuse pickled or missing weights."""
+    """The weight files of a model directory, in transformers' order of choice: model.safetensors,
+    else the shards its index names, else (what transformers would not read) every *.safetensors
+    file. A folder may hold others beside them (Mistral's consolidated.safetensors, the shards of
+    an older save): transformers reads none of those then, nor does this. Refuse pickled or
+    missing weights."""
+    single = path / "model.safetensors"
+    if single.exists() or single.is_symlink():
+        require_regular_file(single)
+        return [single]
     index = path / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_json_object(index).get("weight_map")
@@ -242,16 +250,17 @@ def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Stored
     loaded: dict[str, str] = {}  # checkpoint name -> the file it came from
     tied_head: tuple[StoredTensor, torch.Tensor] | None = None
     for name, tensor in tensors:
-        if name in loaded:  # shards that disagree: whichever came last would silently win
-            raise ModelLoadError(f"checkpoint tensor {name!r} is in both {loaded[name]} and {tensor.source}")
-        loaded[name] = tensor.source
-        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+        key = _causal_lm_name(name)
+        if key in loaded:  # shards that disagree: whichever came last would silently win
+            raise ModelLoadError(f"checkpoint tensor {key!r} is in both {loaded[key]} and {tensor.source}")
+        loaded[key] = tensor.source
+        if key == "lm_head.weight" and model.config.tie_word_embeddings:
             # Tied: one matrix for both, settled once the embedding is in. Read now, checked first:
             # a file closes once its last tensor has been taken.
             _check_stored(name, tensor, tuple(params[EMBEDDING].shape))
             tied_head = tensor, tensor.read()
             continue
-        target, part = _target(name)
+        target, part = _target(key)
         if target not in params:
             if "rotary_emb" in name:  # some checkpoints store RoPE tables; they are recomputed
                 continue
@@ -264,13 +273,17 @@ def load_hf_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Stored
     if tied_head is not None:
         _load_tied_head(params[EMBEDDING], *tied_head, embedding_loaded=EMBEDDING in loaded)
         loaded.setdefault(EMBEDDING, tied_head[0].source)
-    expected = {n for n in params if n not in _stacked_targets(params)} | {
-        f"{n}#{i}" for n in _stacked_targets(params) for i in range(3 if "qkv" in n else 2)
-    }
-    copied = {target if part is None else f"{target}#{part}" for target, part in map(_target, loaded)}
-    missing = sorted(expected - copied)
+    # Named as the checkpoint names them (k_proj, not a part of qkv_proj): the names a user finds in its files.
+    missing = sorted({name for param in params for name in _checkpoint_names(param)} - loaded.keys())
     if missing:
         raise ModelLoadError(f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+
+
+def _causal_lm_name(name: str) -> str:
+    """A checkpoint tensor's name in LlamaForCausalLM. A LlamaModel's checkpoint (the decoder
+    without the LM head, saved on its own) names its tensors without the "model." prefix;
+    transformers adds it when it loads one into LlamaForCausalLM, and so does this."""
+    return name if name.startswith("model.") or name == "lm_head.weight" else "model." + name
 
 
 def _load_tied_head(
@@ -338,8 +351,11 @@ def _check_finite(name: str, tensor: StoredTensor, copied: torch.Tensor) -> None
         )
 
 
-def _stacked_targets(params: dict[str, torch.nn.Parameter]) -> set[str]:
-    return {n for n in params if n.endswith(("qkv_proj.weight", "gate_up_proj.weight"))}
+def _checkpoint_names(param: str) -> list[str]:
+    """The Hugging Face tensors parameter `param` is read from: q/k/v_proj for a qkv_proj,
+    gate/up_proj for a gate_up_proj, its own name for the others."""
+    parts = [param[: -len(ours)] + theirs for theirs, (ours, _) in STACKED.items() if param.endswith(ours)]
+    return parts or [param]
 
 
 def _stacked_part(model: LlamaForCausalLM, target: str, data: torch.Tensor, part: int) -> torch.Tensor:
@@ -405,19 +421,17 @@ def _tokenizer_fault(path: Path, exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def eos_token_ids(path: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
-    """End-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's."""
+def eos_token_ids(path: Path, config: ModelConfig) -> tuple[int, ...]:
+    """The ids transformers' generate stops at for this directory: generation_config.json's
+    eos_token_id when that file exists, else config.json's (GenerationConfig.from_model_config).
+    transformers reads no other once the file exists: a generation_config.json without
+    eos_token_id (or with null or []) means no end token, even where config.json or the
+    tokenizer names one, and the engine runs such a model to max_tokens as generate does."""
     generation_config = path / "generation_config.json"
-    if generation_config.exists():
-        raw = read_json_object(generation_config)
-        eos = FieldReader(raw, generation_config.name).token_ids("eos_token_id", config.vocab_size)
-        if eos:
-            return eos
-    if config.eos_token_ids:
+    if not generation_config.exists():
         return config.eos_token_ids
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        return (tokenizer.eos_token_id,)
-    return ()
+    return FieldReader(read_json_object(generation_config), generation_config.name).token_ids(
+        "eos_token_id", config.vocab_size)
 
 
 # -- the embedded model -------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import app
 
 
@@ -50,3 +52,16 @@ def test_sigterm_ends_the_server_through_its_exit_handlers(tmp_path):
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=30) == 128 + signal.SIGTERM
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("flags, context", [([], 128), (["--max-model-len", "64"], 64)], ids=["default", "given"])
+def test_a_model_of_a_short_context_serves_with_the_default_flags(tmp_path, flags, context):
+    """The shared model's context defaults to the model's own (the library's rule): a fixed
+    4,096 refused every model of a shorter one, TinyLlama's 2,048 or this one's 128, unless
+    --max-model-len came with it."""
+    from tiny_model import write_tiny_model
+
+    from webui.cli import limits_from_args, parse_args
+
+    args = parse_args(["--model", str(write_tiny_model(tmp_path)), "--device", "cpu", *flags])
+    assert app.make_manager(args, limits_from_args(args)).base.max_model_len == context

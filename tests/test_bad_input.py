@@ -419,10 +419,13 @@ def test_checkpoint_missing_a_tensor(model_dir):
         load(model_dir)
 
 
-def test_checkpoint_missing_one_part_of_a_stacked_matrix(model_dir):
-    # k_proj is stacked into qkv_proj with q and v; losing it alone must still be noticed.
-    rewrite_weights(model_dir, lambda t: t.pop("model.layers.0.self_attn.k_proj.weight"))
-    with pytest.raises(ModelLoadError, match=r"lacks 1 tensor\(s\).*layers.0.self_attn.qkv_proj.weight#1"):
+@pytest.mark.parametrize("name", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
+                                  "mlp.up_proj"])
+def test_checkpoint_missing_one_part_of_a_stacked_matrix(model_dir, name):
+    # Each is stacked with others into one matrix (qkv_proj, gate_up_proj); losing it alone must
+    # still be noticed, and named as the checkpoint names it, not by the stacked matrix.
+    rewrite_weights(model_dir, lambda t: t.pop(f"model.layers.0.{name}.weight"))
+    with pytest.raises(ModelLoadError, match=rf"lacks 1 tensor\(s\), e.g. \['model.layers.0.{name}.weight'\]"):
         load(model_dir)
 
 

@@ -55,6 +55,12 @@ def test_a_bad_size_is_refused_naming_field_and_value(field, value):
     refused({**VALID, field: value}, field, value)
 
 
+@pytest.mark.parametrize("field, value", cases(["sliding_window", "attention_chunk_size"], bad_sizes,
+                                               {"sliding_window": 64, "attention_chunk_size": 64}))
+def test_a_bad_attention_window_is_refused(field, value):
+    refused({**VALID, field: value}, field, value)
+
+
 @pytest.mark.parametrize("field, value", cases(POSITIVE, bad_positives, VALID))
 def test_a_bad_positive_number_is_refused(field, value):
     refused({**VALID, field: value}, field, value)
@@ -105,8 +111,19 @@ def test_a_missing_rope_scaling_field_is_named(field):
     ({"rope_scaling": {**LLAMA3, "rope_type": "yarn"}}, "unsupported rope scaling 'yarn'"),
     ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
     ({"eos_token_id": [1, "2"]}, "eos_token_id must be a token id"),
+    ({"layer_types": "full_attention"}, "layer_types must be a list of names, got 'full_attention'"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, r"quantization_config \('gptq'\): minillama runs "
+                                                                     "unquantized checkpoints"),
+    ({"quantization_config": {"quant_method": "fp8"}}, r"quantization_config \('fp8'\)"),
+    ({"quantization_config": "bnb"}, "has a quantization_config: minillama runs unquantized"),
+    ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, r"unsupported architecture \['Qwen2ForCausalLM'\]"),
+    ({"model_type": "llama", "architectures": ["MistralForCausalLM"]}, "unsupported architecture"),
+    ({"architectures": [["LlamaForCausalLM"]]}, "unsupported architecture"),
+    ({"model_type": ["llama"]}, "unsupported architecture"),
+    ({"layer_types": [1, 2]}, r"layer_types must be a list of names, got \[1, 2\]"),
 ], ids=["kv-heads", "hidden-vs-heads", "odd-head-dim", "odd-default-head-dim", "rope-high-low", "rope-not-object",
-        "rope-type", "tie-string", "eos-string"])
+        "rope-type", "tie-string", "eos-string", "layer-types-string", "layer-types-numbers", "gptq", "fp8", "quantization-a-string",
+        "qwen2", "mistral-class-in-llama", "architecture-a-list", "model-type-a-list"])
 def test_inconsistent_configs_are_refused(changes, message):
     with pytest.raises(ModelLoadError, match=message):
         ModelConfig.from_dict({**VALID, **changes})

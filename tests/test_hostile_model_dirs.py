@@ -278,8 +278,13 @@ CASES: dict[str, tuple[Edit, str | None]] = {
                                  "its weight_map must map tensor names to file names"),
     "shards-no-weight-map": (sharded(lambda a, b, index: index.pop("weight_map")), "its weight_map must map"),
     "shards-empty-weight-map": (sharded(lambda a, b, index: index.update(weight_map={})), "the checkpoint lacks 20 tensor(s)"),
-    "shards-index-a-list": (write("model.safetensors.index.json", "[]"),
+    "shards-index-a-list": (lambda path: (sharded()(path), write("model.safetensors.index.json", "[]")(path)),
                             "model.safetensors.index.json does not hold a JSON object"),
+    # transformers reads model.safetensors first: an index or other weight files beside it
+    # (a stale save's, Mistral's consolidated.safetensors) are not read.
+    "index-beside-model-safetensors": (write("model.safetensors.index.json",
+                                             '{"weight_map": {"x": "model-9.safetensors"}}'), None),
+    "other-weights-beside-model-safetensors": (write("consolidated.safetensors", b"not safetensors"), None),
     # tokenizer files
     "tokenizer-not-json": (write("tokenizer.json", "{not json"),
                            "cannot load the tokenizer from {dir}: tokenizer.json is not a tokenizer file the tokenizers"),

@@ -6,16 +6,18 @@ while the usual shapes pass: a head_dim that is not a power of two (Llama-2 13B-
 Falcon-like 80: kernels that tile by powers of two), GQA groups of 3 and 5 (SmolLM2's 9/3:
 a group that is neither 1 nor a power of two), head_dim set in config.json apart from
 hidden_size / heads (q/o projections that are not square), a vocabulary that is no multiple
-of anything (GPT-2's 50257 is the real one; 257 stands in), and hidden_act "swish" (SiLU's
-other name). Each runs on every CPU attention backend with a block size that is not a power
+of anything (GPT-2's 50257 is the real one; 257 stands in), hidden_act "swish" (SiLU's
+other name), sizes no multiple of 8, Llama-3.2's RoPE settings, and bf16 and fp16
+checkpoints. Each runs on every CPU attention backend with a block size that is not a power
 of two and prompts split into chunks, so paged decode, prefill over cached blocks and the C
 kernels all see the shape.
 
-Then the layouts of a tied checkpoint's LM head (what transformers does with each), and the
-recorder's attention on odd shapes."""
+Then the layouts of a tied checkpoint's LM head (what transformers does with each), the
+recorder's attention on odd shapes, and an attention window in a Llama config.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -25,7 +27,7 @@ from test_hf_parity import LogitsRecorder, relative_error, run_to_end
 from test_inspector_support import Checker
 
 from inspector import CapturePolicy, DebugSession
-from minillama import EngineConfig, LLMEngine, ModelLoadError, SamplingParams
+from minillama import ConfigError, EngineConfig, LLMEngine, ModelLoadError, SamplingParams
 from minillama.ops.cpu import cpu_paged
 
 # name -> LlamaConfig fields over BASE (head_dim = hidden_size / heads unless given).
@@ -38,6 +40,20 @@ SHAPES = {
     "explicit-head-dim-128": dict(hidden_size=64, head_dim=128, num_attention_heads=2, num_key_value_heads=1),
     "vocab-257-untied": dict(vocab_size=257, tie_word_embeddings=False),
     "hidden-act-swish": dict(hidden_act="swish"),
+    # q/o map hidden_size to fewer features than it has (4 x 16 = 64 of 128), and to more (4 x 96).
+    "explicit-head-dim-16-narrow": dict(hidden_size=128, head_dim=16, num_attention_heads=4, num_key_value_heads=4),
+    "explicit-head-dim-96-gqa4": dict(hidden_size=64, head_dim=96, num_attention_heads=4, num_key_value_heads=1),
+    # No size a multiple of 8 (vector widths of the C kernels): hidden 36, head_dim 12, MLP 50.
+    "hidden-36-head-dim-12": dict(hidden_size=36, num_attention_heads=3, num_key_value_heads=1, intermediate_size=50),
+    # Llama-3.2's settings on a small shape: llama3 RoPE stretched 32 times from 8,192 positions,
+    # base 500,000, a context of 131,072 (the engine's tables stop at 8,192), eps 1e-5; saved
+    # in bfloat16 as Meta ships it.
+    "llama-3.2-settings-bf16": dict(
+        hidden_size=128, head_dim=64, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=131072,
+        rope_theta=500000.0, rms_norm_eps=1e-5, save_dtype=torch.bfloat16, rope_scaling={
+            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}),
+    "untied-fp16-checkpoint": dict(tie_word_embeddings=False, vocab_size=1000, save_dtype=torch.float16),
 }
 BASE = dict(
     vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -60,15 +76,19 @@ def make_model(seed: int = 0, **fields):
 
 @pytest.fixture(scope="module")
 def shape_dir(tmp_path_factory):
-    """name -> (directory, HF model) of SHAPES[name], saved once per module."""
+    """name -> (directory, HF model) of SHAPES[name], saved once per module (in its save_dtype,
+    float32 unless given; the HF model is then read back in float32, as the engine reads it)."""
+    from transformers import LlamaForCausalLM
+
     made = {}
 
     def get(name: str):
         if name not in made:
-            model = make_model(**SHAPES[name])
+            fields = dict(SHAPES[name])
+            dtype = fields.pop("save_dtype", torch.float32)
             path = tmp_path_factory.mktemp(name)
-            model.save_pretrained(path)
-            made[name] = path, model
+            make_model(**fields).to(dtype).save_pretrained(path)
+            made[name] = path, LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         return made[name]
 
     return get
@@ -141,6 +161,56 @@ def test_tied_checkpoint_head_layouts_load_as_transformers_reads_them(tmp_path, 
     assert_logits_match_hf(LLMEngine.from_pretrained(tmp_path, config), hf, lengths=(6,), max_tokens=3)
 
 
+# -- which weight files a directory's weights are -------------------------------------------------
+
+
+def stale_shards(path) -> None:
+    """An index and shards of another model's weights, left by an earlier save."""
+    make_model(seed=1).save_pretrained(path / "old", max_shard_size="50KB")
+    for file in (path / "old").iterdir():
+        if file.name.startswith("model"):
+            file.rename(path / file.name)
+
+
+def consolidated(path) -> None:
+    """Meta's original layout beside the converted one (Mistral's folders ship both)."""
+    weights = load_file(path / "model.safetensors")
+    save_file({name.replace("model.", "").replace("self_attn.q_proj", "attention.wq"): tensor
+               for name, tensor in weights.items()}, path / "consolidated.safetensors")
+
+
+@pytest.mark.parametrize("beside", [stale_shards, consolidated], ids=lambda f: f.__name__)
+def test_weights_beside_model_safetensors_are_not_read(tmp_path, beside):
+    """transformers reads model.safetensors when a folder has it, and no other weight file:
+    the engine does too, and answers with the same logits."""
+    from transformers import LlamaForCausalLM
+
+    make_model().save_pretrained(tmp_path)
+    beside(tmp_path)
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    engine = LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", dtype="float32", num_kv_blocks=16))
+    assert_logits_match_hf(engine, hf, lengths=(7,), max_tokens=2)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_a_decoder_saved_without_its_head_loads_as_transformers_loads_it(tmp_path, tied):
+    """LlamaModel.save_pretrained: tensors named without "model.", no lm_head.weight, and
+    architectures ["LlamaModel"]. transformers' AutoModelForCausalLM adds the prefix; tied, the
+    head is the embedding and the model is whole (the same logits here); untied, it would draw a
+    random head, which the engine refuses by name."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    LlamaModel(LlamaConfig(**{**BASE, "tie_word_embeddings": tied})).save_pretrained(tmp_path)
+    config = EngineConfig(device="cpu", dtype="float32", num_kv_blocks=16)
+    if not tied:
+        with pytest.raises(ModelLoadError, match=r"lacks 1 tensor\(s\), e.g. \['lm_head.weight'\]"):
+            LLMEngine.from_pretrained(tmp_path, config)
+        return
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert_logits_match_hf(LLMEngine.from_pretrained(tmp_path, config), hf, lengths=(7,), max_tokens=2)
+
+
 # -- RoPE settings spelled in more than one place ------------------------------------------------
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
@@ -186,7 +256,8 @@ def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, name):
 @pytest.mark.parametrize("fields", [
     dict(hidden_size=256, num_attention_heads=1, num_key_value_heads=1, num_hidden_layers=1),  # head_dim 256
     dict(hidden_size=240, head_dim=48, num_attention_heads=15, num_key_value_heads=3),  # GQA 5, head_dim 48
-], ids=["one-head-256", "gqa5-head-dim-48"])
+    dict(hidden_size=64, head_dim=96, num_attention_heads=4, num_key_value_heads=1),  # 4 x 96 features of 64
+], ids=["one-head-256", "gqa5-head-dim-48", "mqa-explicit-head-dim-96"])
 def test_recorded_attention_reproduces_the_engines_output(fields):
     """softmax(q . K * scale) @ V from the recorder's Q/K is each layer's attention output, for
     every head of two traced sequences (one reading its prefix from the cache), under preemption."""
@@ -217,3 +288,97 @@ def test_recorded_attention_reproduces_the_engines_output(fields):
                     torch.testing.assert_close(ours, output[pos - start, head], atol=1e-5, rtol=1e-5)
                     compared += 1
     assert compared > 30
+
+
+# -- an attention window in a Llama config.json --------------------------------------------------
+
+WINDOW = 9
+# name -> config.json fields over BASE, and whether transformers' generate windows attention.
+WINDOWS = {
+    "sliding-window": (dict(sliding_window=WINDOW), True),
+    "attention-chunk-size": (dict(attention_chunk_size=WINDOW), True),
+    "sliding-window-on-some-layers": (dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
+                                      True),
+    "sliding-window-on-no-layer": (dict(sliding_window=WINDOW, layer_types=["full_attention"] * 2), False),
+}
+
+
+@pytest.mark.parametrize("name", list(WINDOWS))
+def test_an_attention_window_caps_the_context_where_generate_and_forward_part(tmp_path, name):
+    """sliding_window or attention_chunk_size in a model_type "llama" config.json: transformers'
+    forward ignores it, its generate's cache keeps only the window's tokens, so the two answer
+    differently past it. Within it both are full attention: the engine runs sequences up to the
+    window, each token generate's, and refuses a longer context by name."""
+    from transformers import LlamaForCausalLM
+
+    fields, windowed = WINDOWS[name]
+    make_model().save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, **fields}))
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    prompt, max_tokens = [5, 17, 99, 42, 7], 12
+    expected = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    config = EngineConfig(device="cpu", dtype="float32", num_kv_blocks=16, block_size=4)
+    engine = LLMEngine.from_pretrained(tmp_path, config)
+    request = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=max_tokens))
+    run_to_end(engine)
+    output = list(engine.request(request).output_token_ids)
+    assert output == expected[: WINDOW - len(prompt) if windowed else max_tokens]
+    if windowed:
+        with pytest.raises(ConfigError, match=f"max_model_len 10 exceeds the model's context \\({WINDOW} positions, its "
+                                              "attention window"):
+            LLMEngine.from_pretrained(tmp_path, dataclasses.replace(config, max_model_len=WINDOW + 1))
+
+
+# -- Mistral: Llama's model with no biases and a sliding window ------------------------------------
+
+# name -> MistralConfig fields over BASE's, and the config.json fields then removed or replaced.
+MISTRAL = {
+    "no-window-gqa-untied": (dict(sliding_window=None, tie_word_embeddings=False), {}),
+    "window-9": (dict(sliding_window=WINDOW), {}),
+    "bias-flags-mistral-does-not-read": (dict(sliding_window=None), dict(attention_bias=True, mlp_bias=True)),
+    "llama3-rope-explicit-head-dim": (dict(sliding_window=None, head_dim=24, rope_parameters={
+        **LLAMA3, "rope_theta": 10000.0, "original_max_position_embeddings": 16}), {}),
+}
+
+
+@pytest.mark.parametrize("name", list(MISTRAL))
+def test_a_mistral_directory_runs_as_transformers_runs_it(tmp_path, name):
+    """model_type "mistral": the same logits as MistralForCausalLM over prefill and decode, and
+    greedy tokens equal to its generate's; a sliding window caps the context (both apply it,
+    and within it attention is full)."""
+    from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
+
+    fields, edits = MISTRAL[name]
+    torch.manual_seed(0)
+    MistralForCausalLM(MistralConfig(**{**BASE, **fields})).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, **edits}))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    config = EngineConfig(device="cpu", dtype="float32", num_kv_blocks=32, block_size=3, max_num_batched_tokens=8)
+    window = fields["sliding_window"]
+    if window is None:
+        assert_logits_match_hf(LLMEngine.from_pretrained(tmp_path, config), hf, lengths=(5, 13, 1), max_tokens=4)
+    prompt, max_tokens = [5, 17, 99, 42, 7], 12
+    expected = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    engine = LLMEngine.from_pretrained(tmp_path, config)
+    request = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=max_tokens))
+    run_to_end(engine)
+    assert list(engine.request(request).output_token_ids) == expected[: (window or 128) - len(prompt)]
+
+
+def test_a_mistral_config_without_sliding_window_has_mistrals_default_window(tmp_path):
+    """MistralConfig's sliding_window defaults to 4,096 (and num_key_value_heads to 8): a
+    config.json that leaves them out means those, not Llama's defaults."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    MistralForCausalLM(MistralConfig(**{**BASE, "num_attention_heads": 8, "num_key_value_heads": 8,
+                                        "max_position_embeddings": 8192})).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for field in ("sliding_window", "num_key_value_heads"):
+        raw.pop(field)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    engine = LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", num_kv_blocks=4))
+    assert (engine.max_model_len, engine.model_config.num_key_value_heads) == (4096, 8)

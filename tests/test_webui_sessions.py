@@ -301,3 +301,23 @@ def test_the_armed_list_says_when_a_stop_step_is_past_the_step_limit(base):
     assert "step 49 is reached" in handlers.armed([], "49", "", "", "", "")
     past = handlers.armed([], "1e9", "", "", "", "")
     assert "ml-error" in past and "'stop at step' 1000000000 is past this session's limit of 50" in html.unescape(past)
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["chat-template", "none"])
+def test_the_chat_box_starts_ticked_only_where_the_model_has_a_template(tmp_path, template):
+    """A base model's tokenizer has no chat template: with the box ticked, every prompt would be
+    refused ("run without chat") until the user found and unticked it."""
+    import json
+
+    from tiny_model import write_tiny_model
+
+    path = write_tiny_model(tmp_path)
+    if not template:
+        (path / "chat_template.jinja").unlink(missing_ok=True)
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
+    base = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", num_kv_blocks=1))
+    app = build_app(SessionManager(base, Limits()))
+    [chat] = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "ml-chat"]
+    assert chat.value is template

@@ -29,7 +29,7 @@ def build_parser() -> ArgumentParser:
     m = p.add_argument_group("model (shared by every session)")
     add_model_args(m)
     m.add_argument("--max-model-len", type=int, default=defaults.ENGINE.max_model_len,
-                   help="longest sequence a session may run (default: %(default)s)")
+                   help="longest sequence a session may run (default: the model's context, at most 8192)")
     m.add_argument("--eager", action="store_true", default=defaults.ENGINE.enforce_eager, help="no CUDA graphs")
     m.add_argument("--trace", type=path_text, default=None, metavar="FILE",
                    help="open this .mltrace read-only, with no model loaded")

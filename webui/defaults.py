@@ -19,10 +19,9 @@ ENGINE = EngineConfig(
     # 16,384 on a GPU).
     max_num_seqs=8,
     max_num_batched_tokens=2048,
-    # The shared model's context (app.py --max-model-len), which caps every session's: a prompt
-    # within Limits.max_prompt_chars and its answer fit in 4,096 tokens. The library takes the
-    # model's context, up to 8,192.
-    max_model_len=4096,
+    # The shared model's context (app.py --max-model-len), which caps every session's, is the
+    # library's: the model's, up to 8,192. A fixed number would refuse every model of a shorter
+    # context (TinyLlama's 2,048) unless the flag came with it.
 )
 SAMPLING = SamplingParams(
     temperature=0.0,  # greedy: the same prompts give the same text after every Reset (the library: 1.0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gradio as gr
 
 from inspector.views import escape
-from webui import comparing
+from webui import comparing, defaults
 from webui.breakpoint_form import EVENT_BREAKPOINTS
 from webui.call_values import refuse_malformed_values
 from webui.handlers import MAX_STEP_PRESSES, Handlers
@@ -50,7 +50,11 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                 with gr.Accordion("Prompts", open=live):
                     prompts = gr.Textbox(EXAMPLE_PROMPTS, lines=4, max_lines=12, label="Prompts, one per line",
                                          elem_id="ml-prompts", interactive=live)
-                    chat = gr.Checkbox(True, label="Chat template", elem_id="ml-chat")
+                    # On where the model has a template to wrap prompts in: a base model's tokenizer
+                    # has none, and every prompt would be refused until the box was unticked.
+                    chat = gr.Checkbox(defaults.CHAT and live and bool(manager.base.tokenizer is not None
+                                                                       and manager.base.tokenizer.chat_template),
+                                       label="Chat template", elem_id="ml-chat")
                     with gr.Row():
                         max_tokens = gr.Number(48, label="Max tokens", precision=0, elem_id="ml-max-tokens",
                                                min_width=100)

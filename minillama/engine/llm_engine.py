@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import torch
 
-from minillama.config import EngineConfig, ModelConfig
+from minillama.config import EngineConfig, FieldReader, ModelConfig
 from minillama.engine.beam_search import BeamGroup
 from minillama.engine.beam_steps import BeamSearchSteps
 from minillama.engine.block_manager import BlockManager
@@ -149,7 +149,7 @@ class LLMEngine(BeamSearchSteps):
         files = safetensors_files(path)  # fail on missing or pickled weights before the slow part
         has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
         tokenizer = load_tokenizer(path) if has_tokenizer else None
-        eos = eos_token_ids(path, model_config, tokenizer)
+        eos = eos_token_ids(path, model_config)
         if config.tensor_parallel_size > 1:
             return cls._split(path, model_config, config, tokenizer, eos, path)
         llm = cls._build(model_config, config)
@@ -204,7 +204,14 @@ class LLMEngine(BeamSearchSteps):
         model_config = ModelConfig.from_dict(hf_model.config.to_dict())
         llm = cls._build(model_config, config)
         load_hf_weights(llm, in_memory(hf_model.state_dict().items(), "the transformers model"))
-        return cls(llm, config, tokenizer, model_config.eos_token_ids)
+        # generate stops at the generation config's ids (read from generation_config.json, or
+        # made from the config when the model was built in memory), which may differ from
+        # config.json's: Llama-3 lists three there and one in config.json.
+        generation = getattr(hf_model, "generation_config", None)
+        eos = model_config.eos_token_ids if generation is None else FieldReader(
+            {"eos_token_id": generation.eos_token_id}, "the model's generation_config",
+        ).token_ids("eos_token_id", model_config.vocab_size)
+        return cls(llm, config, tokenizer, eos)
 
     @classmethod
     def sharing_weights(cls, base: LLMEngine, config: EngineConfig) -> LLMEngine:
@@ -1043,11 +1050,13 @@ def _is_token_id(value: object, vocab_size: int) -> bool:
 
 
 def _max_model_len(model_config: ModelConfig, config: EngineConfig) -> int:
+    context = model_config.context_length
     if config.max_model_len is None:
-        return min(model_config.max_position_embeddings, 8192)
-    if config.max_model_len > model_config.max_position_embeddings:
+        return min(context, 8192)
+    if config.max_model_len > context:
+        window = context < model_config.max_position_embeddings
         raise ConfigError(
-            f"max_model_len {config.max_model_len} exceeds the model's context "
-            f"({model_config.max_position_embeddings} positions)"
+            f"max_model_len {config.max_model_len} exceeds the model's context ({context} positions"
+            + (", its attention window: config.json's sliding_window or attention_chunk_size)" if window else ")")
         )
     return config.max_model_len
