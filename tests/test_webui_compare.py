@@ -210,6 +210,24 @@ def test_a_trace_of_another_model_is_not_replayed_on_this_one(url, manager, tiny
         comparing.alone(small_pool, session, lambda done, total: None)
 
 
+@pytest.mark.parametrize("check", [comparing.alone, comparing.fidelity])
+def test_a_trace_files_block_size_cannot_size_a_replays_pool_past_the_memory_limit(manager, tiny_trace, tmp_path, check):
+    """A file may record any block size up to 65,536 tokens: 32 blocks of it, replayed, would
+    be a pool of gigabytes, past what a session's pool may take (--max-kv-mb). Refused before
+    the engine is made; the session keeps its trace."""
+    trace = load(tiny_trace)
+    trace.engine = dataclasses.replace(trace.engine, block_size=2**16)
+    path = tmp_path / "wide.mltrace"
+    save(trace, path)
+    server = SessionManager(manager.base, Limits())
+    session = server.open_tab("client")
+    server.open_trace(session, load(path), "wide.mltrace")
+    with pytest.raises(ValueError, match=r"32 KV blocks of 65536 tokens take \d+ MiB; this server gives a session at "
+                                         r"most 512 MiB \(--max-kv-mb\)"):
+        check(server, session, lambda done, total: None)
+    assert session.trace.engine.block_size == 2**16 and session.opened_name == "wide.mltrace"
+
+
 def test_a_file_of_other_requests_compares_as_not_the_same(finished, tiny_trace):
     tab, _ = finished
     panel, status = compare(tab, "/compare_file", handle_file(str(tiny_trace)))

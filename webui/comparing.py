@@ -144,6 +144,11 @@ def _replay(manager: SessionManager, trace: Trace, engine: LLMEngine, on_step: P
     if "max_num_batched_tokens" not in overrides and e.max_num_batched_tokens > MAX_BATCHED_TOKENS:
         raise LimitReached(f"the trace ran prefill steps of up to {e.max_num_batched_tokens} tokens; this server "
                            f"replays at most {MAX_BATCHED_TOKENS}")
+    # The pool is sized by the recorded block size too, which a file may set to 65,536: a
+    # replay's pool takes no more memory than a session's may (on the replaying engine's model,
+    # which for the fidelity check is the float32 copy).
+    manager.check_kv_memory(engine, int(overrides.get("num_kv_blocks", e.num_blocks)),
+                            int(overrides.get("block_size", e.block_size)))
     requests = sum(seq.parent_id is None for seq in trace.sequences.values())
     if requests > MAX_REQUESTS:
         raise LimitReached(f"the trace has {requests} requests; this server replays at most {MAX_REQUESTS}")
