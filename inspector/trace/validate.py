@@ -233,7 +233,27 @@ def _check_events(trace: Trace) -> None:
             raise TraceError(f"{where}: a fork event, and only one, carries its fork")
         if e.fork is not None:
             _check_fork(trace, e.fork, e.seq_id, where)
+    _check_once_events(trace)
     _check_lineage(trace)
+
+
+def _check_once_events(trace: Trace) -> None:
+    """A sequence's arrival, and its end by a beam search, are recorded twice: as its
+    added_step (pruned_step), which the views draw, and as its "add" ("prune") event, by which
+    a replay adds the request. One event each, at that step, and at most one "abort": a file of
+    4 requests holding 20,000 "add" events of one was replayed as 20,004 requests, past the
+    limits the server puts on a replay's requests (which count the sequences)."""
+    once: dict[str, dict[int, int]] = {"add": {}, "prune": {}, "abort": {}}  # kind -> {seq_id: step}
+    for e in trace.events:
+        if e.kind in once and e.seq_id is not None:
+            if e.seq_id in once[e.kind]:
+                raise TraceError(f"event {e.kind!r} before step {e.step}: sequence {e.seq_id} has one already")
+            once[e.kind][e.seq_id] = e.step
+    seqs = trace.sequences.items()
+    if once["add"] != {seq_id: seq.added_step for seq_id, seq in seqs}:
+        raise TraceError("each sequence has one 'add' event, at its added_step, and no 'add' event names another")
+    if once["prune"] != {seq_id: seq.pruned_step for seq_id, seq in seqs if seq.pruned_step is not None}:
+        raise TraceError("each pruned sequence has one 'prune' event, at its pruned_step, and no other sequence has one")
 
 
 def _check_lineage(trace: Trace) -> None:
