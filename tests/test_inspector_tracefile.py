@@ -180,6 +180,15 @@ def first_sampler_does_not_sample(document):
     next(x for x in step["schedule"]["scheduled"] if x["samples"])["samples"] = False
 
 
+def edit_events(edit):
+    """An edit of the events list (the first is the first request's "add", before step 0)."""
+    return lambda document: edit(document["trace"]["events"])
+
+
+def event(kind: str, step: int, seq_id: int) -> dict:
+    return {"step": step, "kind": kind, "message": kind, "seq_id": seq_id, "what": None, "fork": None}
+
+
 def renumbered_sequence(document):
     sequences = document["trace"]["sequences"]
     key = next(iter(sequences))
@@ -222,6 +231,14 @@ def renumbered_sequence(document):
         (set_key(["trace", "events", 0, "seq_id"], None), "names no sequence of the trace"),
         (set_key(["trace", "steps", 1, "schedule", "running"], [0, 0]), "running: sequence ids .* must be distinct"),
         (set_key(["trace", "steps", 1, "schedule", "scheduled", 0, "start"], 500), "but has \\d+ tokens by then"),
+        # Events that say again what the sequences say (a replay acts on the events): once each.
+        (edit_events(lambda events: events.insert(0, events[0])), "event 'add' before step 0: sequence \\d+ has one already"),
+        (edit_events(lambda events: events.pop(0)), "each sequence has one 'add' event, at its added_step"),
+        (edit_events(lambda events: events[0].update(step=1)), "each sequence has one 'add' event, at its added_step"),
+        (edit_events(lambda events: events.append(event("prune", events[-1]["step"], events[0]["seq_id"]))),
+         "each pruned sequence has one 'prune' event, at its pruned_step, and no other sequence has one"),
+        (edit_events(lambda events: events.extend([event("abort", events[-1]["step"], events[0]["seq_id"])] * 2)),
+         "event 'abort' before step \\d+: sequence \\d+ has one already"),
     ],
 )
 def test_enums_ranges_and_inconsistencies_are_refused(saved, tmp_path, edit, message):

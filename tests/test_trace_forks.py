@@ -163,6 +163,14 @@ def _fork_event_json(document, child):
     ("pruned-without-step", "names the step"),
     ("parent-self", "is not another sequence"),
     ("sample-token-unexplained", "forked"),
+    # The lineage, recorded twice (the sequences' parents, the fork events), must say one thing.
+    ("parent-cycle", "is not another sequence of the trace, made before it"),
+    ("record-parent-differs", "disagree with its fork event's"),
+    ("record-position-differs", "disagree with its fork event's"),
+    ("record-cause-differs", "disagree with its fork event's"),
+    ("fork-without-event", "each fork must have one fork event, and only a fork"),
+    ("fork-event-twice", "each fork must have one fork event, and only a fork"),
+    ("prefix-differs", "does not start with that sequence's tokens up to there"),
 ])
 def test_hostile_fork_records_are_refused(run, saved, tmp_path, what, message):
     ids = run.ids_of_forks
@@ -193,9 +201,27 @@ def test_hostile_fork_records_are_refused(run, saved, tmp_path, what, message):
             trace["sequences"][str(ids["fork"])]["finish_reason"] = "pruned"
         elif what == "parent-self":
             trace["sequences"][str(ids["fork"])]["parent_id"] = ids["fork"]
+        elif what == "parent-cycle":  # the parent made a fork of its own fork
+            parent = trace["sequences"][str(ids["parent"])]
+            parent["parent_id"], parent["fork_position"] = ids["fork"], 1
+        elif what == "record-parent-differs":
+            record["parent_id"] = 0
+        elif what == "record-position-differs":
+            record["position"] -= 1
+        elif what == "record-cause-differs":
+            record["cause"] = "beam"
+        elif what == "fork-without-event":
+            trace["events"].remove(fork)
+        elif what == "fork-event-twice":
+            trace["events"].insert(trace["events"].index(fork), fork)
+        elif what == "prefix-differs":
+            child = trace["sequences"][str(ids["fork"])]
+            child["prompt_ids"][0] = (child["prompt_ids"][0] + 1) % trace["model"]["vocab_size"]
         elif what == "sample-token-unexplained":
-            sample_fork = _fork_event_json(document, run.engine.samples(ids["samples"])[1])
+            sample = run.engine.samples(ids["samples"])[1]
+            sample_fork = _fork_event_json(document, sample)
             sample_fork["fork"]["cause"] = "user"  # then the sample's first token has no reason to be there
+            trace["sequences"][str(sample)]["fork_cause"] = "user"  # (its record says the same)
 
     with pytest.raises(TraceError, match=message):
         load(edited(saved, tmp_path, edit))

@@ -27,7 +27,8 @@ import pytest
 from test_inspector_support import add_forks, record_tiny_run
 
 from inspector import CapturePolicy, TraceError, diff_traces, load, save
-from inspector.trace.model import Trace
+from inspector.trace.bounds import MAX_SEQ_ID, SeqId
+from inspector.trace.model import KVSnapshot, Trace
 from inspector.views import (
     Selection,
     attention_figure,
@@ -38,6 +39,7 @@ from inspector.views import (
     logit_lens_figure,
     logits_figure,
     logits_history_figure,
+    resolve,
     step_details_html,
     text_html,
     timeline_figure,
@@ -226,3 +228,51 @@ def test_a_number_out_of_range_is_refused_or_every_view_renders(saved, document,
             continue
         for _ in every_output(trace, steps):
             pass
+
+
+SEQ_ID_RANGE = SeqId.__metadata__[0]
+
+
+def shifted(value: Any, kind: Any, by: int) -> Any:
+    """`value` (of type hint `kind`) with every sequence id in it moved up by `by`: each field the
+    schema types SeqId (found from the type hints, never a hand-written list), the dicts keyed
+    by sequence id (Trace.sequences and .attention) and the KV snapshots' table_seq_ids."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if value is None:
+        return None
+    if origin is typing.Annotated:
+        return value + by if SEQ_ID_RANGE in kind.__metadata__ else value
+    if origin in (typing.Union, types.UnionType):
+        return shifted(value, next(a for a in args if a is not type(None)), by)
+    if origin is list:
+        return [shifted(v, args[0], by) for v in value]
+    if origin is dict:  # the only dicts keyed by int are keyed by sequence id
+        return {k + by if args[0] is int else k: shifted(v, args[1], by) for k, v in value.items()}
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind, include_extras=True)
+        changes = {f.name: shifted(getattr(value, f.name), hints[f.name], by) for f in dataclasses.fields(kind)}
+        if kind is KVSnapshot:
+            changes["table_seq_ids"] = value.table_seq_ids + by
+        return kind(**changes)
+    return value
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_sequence_ids_load_up_to_the_bound_the_inspectors_calls_take(saved, tmp_path, over):
+    """Every id a view reads from a trace goes back into the inspector's calls (Selection,
+    breakpoints), which take ids up to minillama's MAX_COUNT: a file whose ids reach it loads and
+    every view renders; one past it is refused naming the field. (An id of 2**62 loaded, then
+    made every redraw of the UI raise in Selection.)"""
+    trace = load(saved)
+    path = tmp_path / "ids.mltrace"
+    save(shifted(trace, Trace, MAX_SEQ_ID - max(trace.sequences) + over), path)  # save checks no range
+    if over:
+        with pytest.raises(TraceError, match=r"seq_id: expected a number in \[0, 2,147,483,647\], got 2147483648"):
+            load(path)
+        return
+    loaded = load(path)
+    assert max(loaded.sequences) == MAX_SEQ_ID and len(loaded.sequences) == len(trace.sequences)
+    steps = {0, len(loaded.steps) - 1}
+    for _ in every_output(loaded, steps):
+        pass
+    assert all(resolve(loaded, Selection(), index).seq_id in loaded.sequences for index in steps)

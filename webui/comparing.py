@@ -144,14 +144,45 @@ def _replay(manager: SessionManager, trace: Trace, engine: LLMEngine, on_step: P
     if "max_num_batched_tokens" not in overrides and e.max_num_batched_tokens > MAX_BATCHED_TOKENS:
         raise LimitReached(f"the trace ran prefill steps of up to {e.max_num_batched_tokens} tokens; this server "
                            f"replays at most {MAX_BATCHED_TOKENS}")
+    # The pool is sized by the recorded block size too, which a file may set to 65,536: a
+    # replay's pool takes no more memory than a session's may (on the replaying engine's model,
+    # which for the fidelity check is the float32 copy).
+    manager.check_kv_memory(engine, int(overrides.get("num_kv_blocks", e.num_blocks)),
+                            int(overrides.get("block_size", e.block_size)))
     requests = sum(seq.parent_id is None for seq in trace.sequences.values())
     if requests > MAX_REQUESTS:
         raise LimitReached(f"the trace has {requests} requests; this server replays at most {MAX_REQUESTS}")
+    _check_requests(manager, trace)
     policy = CapturePolicy(attention=False, top_k=min(recorded_top_k(trace), MAX_TOP_K),
                            memory_budget=int(limits.trace_budget_mb * 2**20))
     estimate = _steps_expected(trace) if alone else len(trace.steps)
     return replay(trace, engine=engine, alone=alone, policy=policy, progress=False, step_lock=manager.model_lock,
                   max_steps=limits.max_steps, on_step=lambda done, _: on_step(done, max(estimate, done)), **overrides)
+
+
+def _check_requests(manager: SessionManager, trace: Trace) -> None:
+    """Raise LimitReached when the replay would make what a session may not ask for (Add
+    prompts, a fork): a file's request may say n = 1,000, and each sequence a replay makes
+    is kept, and drawn, like a session's. Each request's tokens and its samples or beams, and
+    the sequences in all (each request's samples or beams, and each fork a user made)."""
+    limits = manager.limits
+    made = 0
+    for seq in trace.sequences.values():
+        if seq.parent_id is not None:
+            made += seq.fork_cause == "user"  # samples and beams are counted with their request
+            continue
+        params = seq.params
+        width = max(params.get("n", 1), params.get("beam_width", 1))
+        made += width
+        if width > limits.max_samples:
+            raise LimitReached(f"request #{seq.seq_id} of the trace asks for {width} samples or beams; this server "
+                               f"allows {limits.max_samples}")
+        if params["max_tokens"] > limits.max_new_tokens:
+            raise LimitReached(f"request #{seq.seq_id} of the trace asks for {params['max_tokens']} tokens; this server "
+                               f"allows {limits.max_new_tokens} (--max-new-tokens)")
+    if made > limits.max_sequences:
+        raise LimitReached(f"the replay would make {made} sequences; this server lets a session make "
+                           f"{limits.max_sequences} (--max-sequences)")
 
 
 def _steps_expected(trace: Trace) -> int:

@@ -358,19 +358,25 @@ class SessionManager:
         engine checks the rest, such as a block size its attention takes)."""
         if not 1 <= settings.num_kv_blocks <= self.limits.max_kv_blocks:
             raise ValueError(f"KV blocks must be between 1 and {self.limits.max_kv_blocks}, got {settings.num_kv_blocks}")
-        if self.base is not None:
-            block = self.base.kv_block_bytes(settings.block_size)  # a session's pool is of the shared model
-            pool_mb = (settings.num_kv_blocks + 1) * block / 2**20  # + 1: the engine's scratch block
-            if pool_mb > self.limits.max_kv_mb:
-                fits = max(int(self.limits.max_kv_mb * 2**20 // block) - 1, 0)
-                raise ValueError(f"{settings.num_kv_blocks} KV blocks of {settings.block_size} tokens take {pool_mb:.0f} MiB; "
-                                 f"this server gives a session at most {self.limits.max_kv_mb:g} MiB (--max-kv-mb): "
-                                 f"{fits} blocks of that size")
+        if self.base is not None:  # a session's pool is of the shared model
+            self.check_kv_memory(self.base, settings.num_kv_blocks, settings.block_size)
         if not 1 <= settings.max_num_seqs <= MAX_NUM_SEQS:
             raise ValueError(f"max batch size must be between 1 and {MAX_NUM_SEQS}, got {settings.max_num_seqs}")
         if not 1 <= settings.max_num_batched_tokens <= MAX_BATCHED_TOKENS:
             raise ValueError(f"max batched tokens must be between 1 and {MAX_BATCHED_TOKENS}, "
                              f"got {settings.max_num_batched_tokens}")
+
+    def check_kv_memory(self, engine: LLMEngine, num_kv_blocks: int, block_size: int) -> None:
+        """Raise ValueError when a pool of `num_kv_blocks` blocks of `block_size` tokens over
+        `engine`'s model takes more than --max-kv-mb: a session's Reset, and a Compare replay,
+        whose settings may come from a trace file (a block size of 65,536 is a valid one)."""
+        block = engine.kv_block_bytes(block_size)
+        pool_mb = (num_kv_blocks + 1) * block / 2**20  # + 1: the engine's scratch block
+        if pool_mb > self.limits.max_kv_mb:
+            fits = max(int(self.limits.max_kv_mb * 2**20 // block) - 1, 0)
+            raise ValueError(f"{num_kv_blocks} KV blocks of {block_size} tokens take {pool_mb:.0f} MiB; "
+                             f"this server gives a session at most {self.limits.max_kv_mb:g} MiB (--max-kv-mb): "
+                             f"{fits} blocks of that size")
 
     def add_prompts(self, session: UISession, prompts: list[str], params: SamplingParams, chat: bool) -> list[int]:
         """Queue every prompt, or none: each is checked first (InvalidRequestError names the

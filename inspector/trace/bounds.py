@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+from minillama import MAX_COUNT
+
 
 @dataclass(frozen=True)
 class Range:
@@ -43,6 +45,12 @@ ROUNDING = 1e-3
 
 Count = Annotated[int, Range(0)]  # a number of things, an index or an id: never negative
 Positive = Annotated[int, Range(1)]
+# A sequence id. The views hand the ids they read from a trace back to the inspector's calls
+# (Selection, breakpoints, text_until), which take ids up to minillama's MAX_COUNT, as the
+# engine's own calls do: an id past it loaded, then made the UI's every redraw of the trace
+# raise. (The engine counts ids from 0: a run never comes near.)
+MAX_SEQ_ID = MAX_COUNT
+SeqId = Annotated[int, Range(0, MAX_SEQ_ID)]
 # A bound on any time in a trace, about 30 years: arithmetic on a time (the Chrome export's
 # microseconds) stays finite.
 MAX_MILLIS = 1e12

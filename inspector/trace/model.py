@@ -40,6 +40,7 @@ from inspector.trace.bounds import (
     Positive,
     Probability,
     Range,
+    SeqId,
 )
 
 # The version of this schema, written into every trace file. Bump it when the meaning or
@@ -159,7 +160,7 @@ class SamplingRecord(_SamplingRequired, total=False):
 class SequenceRecord:
     """One request: its prompt, and an index of what it generated (the steps hold the detail)."""
 
-    seq_id: Count
+    seq_id: SeqId
     prompt_ids: list[Count]
     prompt_text: str
     chat: bool | None  # None: the recorder saw the request without being told
@@ -178,12 +179,12 @@ class SequenceRecord:
     # A fork (of any cause): the sequence it continues, and how many of that sequence's tokens
     # it kept (prompt_ids holds those, then, for a "user" fork, the forced tokens; a sample's or
     # a beam's forced token is its first output token).
-    parent_id: Count | None = None
+    parent_id: SeqId | None = None
     fork_position: Count | None = None
     fork_cause: ForkCause | None = None
     # A request with n > 1 samples or a beam search: the request id of the whole set (the id
     # add_request returned; on the leader itself too), and this one's sample index.
-    group_id: Count | None = None
+    group_id: SeqId | None = None
     sample_index: Count = 0
     pruned_step: Count | None = None  # the step whose beam search dropped it
     beam_score: float | None = None  # a finished beam's score (log-probability, length-penalised)
@@ -193,7 +194,7 @@ class SequenceRecord:
 class ScheduledRecord:
     """One sequence's share of a step: compute tokens [start, start + num_tokens)."""
 
-    seq_id: Count
+    seq_id: SeqId
     start: Count
     num_tokens: Positive
     num_cached_tokens: Count  # prefix-cache hits served when admitted in this step
@@ -206,20 +207,20 @@ class ScheduledRecord:
 class WaitRecord:
     """Why a waiting sequence waits (minillama.engine.causes.WaitCause)."""
 
-    seq_id: Count
+    seq_id: SeqId
     kind: WaitKind
     needs: Count = 0  # "blocks" / "seats": how many it needs
     free: Count = 0  # "blocks" / "seats": how many were free
-    by: list[Count] = field(default_factory=list)  # "tokens": the sequences that used the budget
-    head: Count | None = None  # "behind": the head of the queue
+    by: list[SeqId] = field(default_factory=list)  # "tokens": the sequences that used the budget
+    head: SeqId | None = None  # "behind": the head of the queue
 
 
 @dataclass
 class PreemptRecord:
     """Why a sequence was preempted: `needer` needed a block for its token at `position`."""
 
-    seq_id: Count
-    needer: Count
+    seq_id: SeqId
+    needer: SeqId
     position: Count
     rule: VictimRule
 
@@ -228,7 +229,7 @@ class PreemptRecord:
 class ChunkRecord:
     """A prefill cut short: the step's token budget had `budget_left` of its `remaining` tokens."""
 
-    seq_id: Count
+    seq_id: SeqId
     budget_left: Count
     remaining: Positive
 
@@ -237,13 +238,13 @@ class ChunkRecord:
 class PrefixRecord:
     """An admission's prefix-cache lookup: the blocks hit, and why it stopped (miss "": it did not)."""
 
-    seq_id: Count
+    seq_id: SeqId
     hit_blocks: list[Count]
     miss: MissKind
     miss_block: Count | None = None  # the first logical block not served
     differs_at: Count | None = None  # "not-cached": where the prompt leaves the nearest cached prefix
     evicted_step: Count | None = None  # "evicted": the engine step that reused the block
-    evicted_for: Count | None = None  # "evicted": for whom (None: a sequence before the trace)
+    evicted_for: SeqId | None = None  # "evicted": for whom (None: a sequence before the trace)
 
 
 @dataclass
@@ -252,7 +253,7 @@ class EvictionRecord:
 
     block_id: Count
     engine_step: Count
-    for_seq: Count
+    for_seq: SeqId
 
 
 @dataclass
@@ -261,9 +262,9 @@ class ScheduleRecord:
 
     phase: Phase
     scheduled: list[ScheduledRecord]
-    preempted: list[Count]  # sequence ids evicted to make room (recomputed later)
-    waiting: list[Count]  # in arrival order
-    running: list[Count]  # in arrival order
+    preempted: list[SeqId]  # sequence ids evicted to make room (recomputed later)
+    waiting: list[SeqId]  # in arrival order
+    running: list[SeqId]  # in arrival order
     # Why (schema 5; empty in older files): from the scheduler and block manager, as decided.
     waits: list[WaitRecord] = field(default_factory=list)  # a sequence preempted here has a preemption instead
     preemptions: list[PreemptRecord] = field(default_factory=list)
@@ -312,7 +313,7 @@ class LogitLens:
 
 @dataclass
 class TokenRecord:
-    seq_id: Count
+    seq_id: SeqId
     token_id: Count
     text_delta: str  # text this token completed (may be "" mid-character)
     finish_reason: TokenFinish | None
@@ -422,7 +423,7 @@ class StepRecord:
     tokens: list[TokenRecord]  # one per sampling sequence, in batch order
     kv: KVSnapshot
     timings: Timings
-    attention_seqs: list[Count]  # traced sequences whose Q/K this step recorded
+    attention_seqs: list[SeqId]  # traced sequences whose Q/K this step recorded
     # Did the step call Python hooks at every layer (attention capture in a prefill, the logit
     # lens)? Then on CUDA it ran eagerly, without a CUDA graph. A decode step's queries are
     # copied out inside the graph and need no hook.
@@ -456,8 +457,8 @@ class CopyRecord:
 class ForkRecord:
     """A fork (minillama ForkEvent): child continues parent's first `position` tokens with forced_ids."""
 
-    child_id: Count
-    parent_id: Count
+    child_id: SeqId
+    parent_id: SeqId
     position: Positive
     forced_ids: list[Count]
     forced_texts: list[str]
@@ -474,7 +475,7 @@ class Event:
     step: Count
     kind: EventKind
     message: str
-    seq_id: Count | None = None  # "add", "abort", "prune": the request; "fork": the child
+    seq_id: SeqId | None = None  # "add", "abort", "prune": the request; "fork": the child
     what: DropKind | None = None  # "drop": the kind of data no longer kept
     fork: ForkRecord | None = None  # "fork"
 
@@ -483,7 +484,7 @@ class Event:
 class AttentionStore:
     """A traced sequence's post-RoPE queries and keys, by position, in the KV cache's dtype."""
 
-    seq_id: Count
+    seq_id: SeqId
     layers: list[Count]  # the model layer of each slot
     q: torch.Tensor  # [L, T, H, D]
     k: torch.Tensor  # [L, T, Hkv, D]

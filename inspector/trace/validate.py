@@ -107,8 +107,12 @@ def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord) -> None:
         raise TraceError(f"{where}: a pruned sequence, and only one, names the step (within the trace) that pruned it")
     for name in ("parent_id", "group_id"):
         other = getattr(seq, name)
-        if other is not None and (other not in trace.sequences or (name == "parent_id" and other == seq_id)):
-            raise TraceError(f"{where}: {name} {other} is not another sequence of the trace")
+        # A fork is made after its parent and the engine counts ids up, so a parent's id is the
+        # smaller: no sequence is its own ancestor, and every walk up a lineage (the views', the
+        # replay's) ends at a request.
+        if other is not None and (other not in trace.sequences or (name == "parent_id" and other >= seq_id)):
+            raise TraceError(f"{where}: {name} {other} is not another sequence of the trace"
+                             + (", made before it" if name == "parent_id" else ""))
     if (seq.parent_id is None) != (seq.fork_position is None):
         raise TraceError(f"{where}: a fork names both its parent and its fork position, other sequences neither")
 
@@ -229,6 +233,51 @@ def _check_events(trace: Trace) -> None:
             raise TraceError(f"{where}: a fork event, and only one, carries its fork")
         if e.fork is not None:
             _check_fork(trace, e.fork, e.seq_id, where)
+    _check_once_events(trace)
+    _check_lineage(trace)
+
+
+def _check_once_events(trace: Trace) -> None:
+    """A sequence's arrival, and its end by a beam search, are recorded twice: as its
+    added_step (pruned_step), which the views draw, and as its "add" ("prune") event, by which
+    a replay adds the request. One event each, at that step, and at most one "abort": a file of
+    4 requests holding 20,000 "add" events of one was replayed as 20,004 requests, past the
+    limits the server puts on a replay's requests (which count the sequences)."""
+    once: dict[str, dict[int, int]] = {"add": {}, "prune": {}, "abort": {}}  # kind -> {seq_id: step}
+    for e in trace.events:
+        if e.kind in once and e.seq_id is not None:
+            if e.seq_id in once[e.kind]:
+                raise TraceError(f"event {e.kind!r} before step {e.step}: sequence {e.seq_id} has one already")
+            once[e.kind][e.seq_id] = e.step
+    seqs = trace.sequences.items()
+    if once["add"] != {seq_id: seq.added_step for seq_id, seq in seqs}:
+        raise TraceError("each sequence has one 'add' event, at its added_step, and no 'add' event names another")
+    if once["prune"] != {seq_id: seq.pruned_step for seq_id, seq in seqs if seq.pruned_step is not None}:
+        raise TraceError("each pruned sequence has one 'prune' event, at its pruned_step, and no other sequence has one")
+
+
+def _check_lineage(trace: Trace) -> None:
+    """A fork is recorded twice: as its sequence's parent_id, fork_position and fork_cause (which
+    the views draw) and as its fork event (which a replay makes again). Both must say the same,
+    once for each fork, and the fork holds its parent's tokens up to the fork position: else
+    the Branch tab showed one lineage and a replay made another."""
+    forks = trace.forks()
+    by_child = {f.child_id: f for f in forks}
+    children = {seq_id for seq_id, seq in trace.sequences.items() if seq.parent_id is not None}
+    if len(by_child) != len(forks) or by_child.keys() != children:
+        raise TraceError(f"the fork events make sequences {sorted(by_child)[:10]}, the sequences with a parent are "
+                         f"{sorted(children)[:10]}: each fork must have one fork event, and only a fork")
+    for child_id, fork in by_child.items():
+        child = trace.sequences[child_id]
+        if (fork.parent_id, fork.position, fork.cause) != (child.parent_id, child.fork_position, child.fork_cause):
+            raise TraceError(f"sequence {child_id}: its parent, fork position and cause ({child.parent_id}, "
+                             f"{child.fork_position}, {child.fork_cause}) disagree with its fork event's ({fork.parent_id}, "
+                             f"{fork.position}, {fork.cause})")
+        parent = trace.sequences[fork.parent_id]
+        if child.prompt_ids[: fork.position] != (parent.prompt_ids + parent.output_ids)[: fork.position] \
+                or len(child.prompt_ids) < fork.position:
+            raise TraceError(f"sequence {child_id}: a fork of sequence {fork.parent_id} at position {fork.position} "
+                             "does not start with that sequence's tokens up to there")
 
 
 def _check_fork(trace: Trace, fork: ForkRecord, seq_id: int, where: str) -> None:
