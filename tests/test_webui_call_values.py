@@ -134,6 +134,25 @@ def test_a_value_of_a_type_its_field_never_sends_is_refused_at_every_position(se
     assert (len(session.trace.steps), len(session.trace.sequences)) == before  # nothing was added, stepped or reset
 
 
+def test_every_choice_the_api_description_lists_is_taken(served):
+    """A client reads the choices of a dropdown from /gradio_api/info: the block size was listed as
+    the strings "4" ... "32" while the field took only the numbers, and refused "16"."""
+    _, url = served
+    caller = Tab(url)
+    info = httpx.get(f"{url}gradio_api/info", timeout=30).json()["named_endpoints"]
+    defaults = api_defaults(url)
+    checked = 0
+    for api in ("reset", "compare_settings"):
+        for position, parameter in enumerate(info[f"/{api}"]["parameters"]):
+            for choice in parameter["type"].get("enum", []):
+                assert isinstance(choice, str) == (parameter["type"]["type"] == "string"), parameter
+                data = [caller.key, *defaults[api][1:]]
+                data[position] = choice
+                assert "was refused" not in call(url, api, data), (api, position, choice)
+                checked += 1
+    assert checked == 8  # the block size's four choices, in both calls
+
+
 @pytest.mark.parametrize("api, data", [("seek", ["KEY", "abc"]), ("seek", ["KEY"]), ("select", ["KEY", ALIEN, 0, "0", False]),
                                        ("step", ["KEY", 1, 1]), ("step", ["KEY", 0]), ("step", ["KEY", 33])])
 def test_a_direct_call_with_malformed_values_is_a_400_with_the_reason(served, api, data):

@@ -60,7 +60,7 @@ def test_another_clients_calls_never_reach_a_session(url, manager):
     for forged in ["", victim.client.session_hash, tab_id, f"{tab_id}.{mac[::-1]}", f"{tab_id[::-1]}.{mac}"]:
         for api_name in ("/step", "/reset", "/seek", "/add_prompts"):
             inputs = {"/step": (), "/seek": (0,), "/add_prompts": ("Hi", True, 4, 0.0, 1.0, 0, None, 1, 1),
-                      "/reset": (64, 16, 8, 2048, True, True, 2, 10, False)}[api_name]
+                      "/reset": (64, "16", 8, 2048, True, True, 2, 10, False)}[api_name]
             result = attacker.predict(forged, *inputs, api_name=api_name)
             assert "reload the page" in status(result) and "capital" not in str(result)
     assert attacker.predict(victim.client.session_hash, api_name="/save_trace") is None
