@@ -65,7 +65,7 @@ def _main(argv: list[str]) -> int:
         diff = diff_traces(load(args.a), load(args.b))
         print(format_diff(diff, tokens=args.tokens))
         return 0 if diff.equal else 1
-    output = check_output_path(args.output, "-o") if args.command == "export-chrome" else None
+    output = check_output_path(args.output, "-o", reads=[args.trace]) if args.command == "export-chrome" else None
     trace = load(args.trace)
     if output is not None:
         export_chrome_trace(trace, output)
@@ -175,7 +175,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    output = check_output_path(args.output, "-o")
+    output = check_output_path(args.output, "-o", reads=[args.trace])
     source = load(args.trace)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig) if getattr(args, f.name) is not None}
     result = replay(source, args.model, alone=args.alone, force=args.force, on_note=lambda m: print(f"note: {m}"),

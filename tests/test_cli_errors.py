@@ -58,7 +58,8 @@ def paths(tmp_path_factory) -> dict[str, str]:
     code = inspector.__main__.main(["record", "--model", str(tiny), "--device", "cpu", "--prompt", "hi",
                                     "--max-tokens", "2", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(short)])
     assert code == 0
-    return {"short": str(short), "tiny": str(tiny), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
+    (root / "link.mltrace").symlink_to(trace)  # the trace under another name
+    return {"short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
             "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe"),
             **hostile}
 
@@ -212,6 +213,15 @@ BAD = {
     "chrome-to-a-pipe": ("inspector", ["export-chrome", "{trace}", "-o", "{pipe}"], "is not a regular file"),
     "replay-to-a-device": ("inspector", ["replay", "{trace}", "-o", "/dev/full"], "is not a regular file"),
     "replay-to-a-pipe": ("inspector", ["replay", "{trace}", "-o", "{pipe}"], "is not a regular file"),
+    # An -o naming the file the command reads: export-chrome wrote its timings over the trace.
+    "chrome-over-its-trace": ("inspector", ["export-chrome", "{trace}", "-o", "{trace}"],
+                              "-o {trace} is the file this command reads ({trace})"),
+    "chrome-over-its-trace-by-a-link": ("inspector", ["export-chrome", "{trace}", "-o", "{link}"],
+                                        "is the file this command reads"),
+    "replay-over-its-trace": ("inspector", ["replay", "{trace}", "--model", "{tiny}", "-o", "{trace}"],
+                              "is the file this command reads"),
+    "replay-over-its-trace-by-a-link": ("inspector", ["replay", "{link}", "--model", "{tiny}", "-o", "{trace}"],
+                                        "is the file this command reads"),
     "replay-no-output": ("inspector", ["replay", "{trace}"], "required: -o/--output"),
     "replay-no-folder": ("inspector", ["replay", "{trace}", "-o", "/nonexistent/r.mltrace"], "there is no folder"),
     "replay-junk": ("inspector", [*REPLAY_JUNK], "not a .mltrace file"),
