@@ -163,6 +163,9 @@ def _record(args: argparse.Namespace) -> int:
         if beyond:
             raise ConfigError(f"--attention-seqs {beyond[0]}: there are {len(args.prompt)} prompt(s), numbered 0 to "
                               f"{len(args.prompt) - 1}")
+        repeated = [i for n, i in enumerate(args.attention_seqs) if i in args.attention_seqs[:n]]
+        if repeated:  # CapturePolicy's own refusal names its field, not the flag
+            raise ConfigError(f"--attention-seqs {repeated[0]} is given more than once")
     session = DebugSession(LLMEngine.from_pretrained(args.model, config), capture_policy_from_args(args))
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)

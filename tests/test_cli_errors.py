@@ -182,6 +182,8 @@ BAD = {
     "record-seqs-negative": ("inspector", [*RECORD, "--attention-seqs", "-1"], "argument --attention-seqs"),
     "record-seqs-beyond": ("inspector", [*RECORD, *TINY, "--attention-seqs", "0", "5"],
                            "--attention-seqs 5: there are 1 prompt(s), numbered 0 to 0"),
+    "record-seqs-repeated": ("inspector", [*RECORD, *TINY, "--attention-seqs", "0", "0"],
+                             "--attention-seqs 0 is given more than once"),
     "record-budget-huge": ("inspector", [*RECORD, "--budget-mb", "1e308"], "argument --budget-mb: 1e308 is too large"),
     "record-steps-huge": ("inspector", [*RECORD, "--max-steps", "1e30"], "argument --max-steps"),
     "record-kv-gb-overflow": ("inspector", [*RECORD, *TINY, "--kv-cache-gb", "1e308"], "--kv-cache-gb"),
