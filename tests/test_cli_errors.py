@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -423,6 +424,19 @@ def test_help_still_exits_0(capsys):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0 and "--debug" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy: the module was imported already
+@pytest.mark.parametrize("module", ["floor", "all_reduce", "kernel_profile", "tensor_parallel", "workloads",
+                                    "engine_modes"])
+def test_a_benchmark_module_that_is_no_command_says_which_are(capsys, module):
+    """`python -m benchmarks.floor` ran nothing, printed nothing and exited 0: a module the
+    benchmarks are made of now names the commands in one line, status 2."""
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module(f"benchmarks.{module}", run_name="__main__")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"python -m benchmarks.{module}: error: ") and "run python -m benchmarks.engine" in err
 
 
 # -- real processes: nothing but the one line reaches stderr ------------------------------------
