@@ -7,3 +7,15 @@ same process, so that a ratio taken in one run can be compared across machines.
 
 workloads.py holds what they share (prompts, model shapes in configs/).
 """
+
+import sys
+
+COMMANDS = ("benchmarks.engine", "benchmarks.recording", "benchmarks.sharing", "benchmarks.webui")
+
+
+def not_a_command(module: str) -> int:
+    """What `python -m <module>` does for a module the commands above are made of: one line that
+    names the commands, status 2 (it ran nothing and printed nothing, with status 0)."""
+    print(f"python -m {module}: error: this module is a part of the benchmarks, not a command; run "
+          + ", ".join(f"python -m {command}" for command in COMMANDS), file=sys.stderr)
+    return 2

@@ -56,3 +56,11 @@ def _rank(rank: int, world: int, device: str, port: int, repeats: int, results) 
     if rank == 0:
         results.put(times)
     dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks import not_a_command
+
+    sys.exit(not_a_command("benchmarks.all_reduce"))

@@ -85,3 +85,11 @@ def _readers(readers: frozenset[str]) -> str:
     elif GPU in readers:
         names[names.index(PICKED_BY[GPU])] = "--gpu (without --tensor-parallel-size)"
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks import not_a_command
+
+    sys.exit(not_a_command("benchmarks.engine_modes"))

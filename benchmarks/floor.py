@@ -95,3 +95,11 @@ def run_floor(config: ModelConfig, peaks: Peaks, prompt_lens: list[int], compute
     contexts = sum(n * (output_len - 1) + output_len * (output_len - 1) // 2 for n in prompt_lens)
     decode_bytes = decode_steps * weights + contexts * kv_per_token
     return Floor(flops, flops / peaks.gemm_flops, decode_bytes, decode_bytes / peaks.copy_bytes)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks import not_a_command
+
+    sys.exit(not_a_command("benchmarks.floor"))

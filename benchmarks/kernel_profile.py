@@ -88,3 +88,11 @@ def run(args: argparse.Namespace) -> None:
     del hf
     torch.cuda.empty_cache()
     profile_workload(args, engine)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks import not_a_command
+
+    sys.exit(not_a_command("benchmarks.kernel_profile"))

@@ -89,3 +89,11 @@ def time_hf_over_gpus(args: argparse.Namespace, prompts: list[list[int]], size: 
     gc.collect()
     torch.cuda.empty_cache()
     return Row(f"{row.name}, device_map=auto over {size} GPU{'s' if size > 1 else ''}{fraction}", row.tokens, row.seconds)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks import not_a_command
+
+    sys.exit(not_a_command("benchmarks.tensor_parallel"))

@@ -59,3 +59,11 @@ def warm_up_prompts(vocab: int) -> list[list[int]]:
     machine has no kernel cache); other prompts than any timed run's (seed 1), so the prefix
     cache serves a timed run nothing."""
     return throughput_prompts(32, vocab, seed=1)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks import not_a_command
+
+    sys.exit(not_a_command("benchmarks.workloads"))

@@ -65,7 +65,7 @@ def _main(argv: list[str]) -> int:
         diff = diff_traces(load(args.a), load(args.b))
         print(format_diff(diff, tokens=args.tokens))
         return 0 if diff.equal else 1
-    output = check_output_path(args.output, "-o") if args.command == "export-chrome" else None
+    output = check_output_path(args.output, "-o", reads=[args.trace]) if args.command == "export-chrome" else None
     trace = load(args.trace)
     if output is not None:
         export_chrome_trace(trace, output)
@@ -163,6 +163,9 @@ def _record(args: argparse.Namespace) -> int:
         if beyond:
             raise ConfigError(f"--attention-seqs {beyond[0]}: there are {len(args.prompt)} prompt(s), numbered 0 to "
                               f"{len(args.prompt) - 1}")
+        repeated = [i for n, i in enumerate(args.attention_seqs) if i in args.attention_seqs[:n]]
+        if repeated:  # CapturePolicy's own refusal names its field, not the flag
+            raise ConfigError(f"--attention-seqs {repeated[0]} is given more than once")
     session = DebugSession(LLMEngine.from_pretrained(args.model, config), capture_policy_from_args(args))
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)
@@ -175,7 +178,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    output = check_output_path(args.output, "-o")
+    output = check_output_path(args.output, "-o", reads=[args.trace])
     source = load(args.trace)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig) if getattr(args, f.name) is not None}
     result = replay(source, args.model, alone=args.alone, force=args.force, on_note=lambda m: print(f"note: {m}"),

@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -58,7 +59,8 @@ def paths(tmp_path_factory) -> dict[str, str]:
     code = inspector.__main__.main(["record", "--model", str(tiny), "--device", "cpu", "--prompt", "hi",
                                     "--max-tokens", "2", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(short)])
     assert code == 0
-    return {"short": str(short), "tiny": str(tiny), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
+    (root / "link.mltrace").symlink_to(trace)  # the trace under another name
+    return {"short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
             "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe"),
             **hostile}
 
@@ -181,6 +183,8 @@ BAD = {
     "record-seqs-negative": ("inspector", [*RECORD, "--attention-seqs", "-1"], "argument --attention-seqs"),
     "record-seqs-beyond": ("inspector", [*RECORD, *TINY, "--attention-seqs", "0", "5"],
                            "--attention-seqs 5: there are 1 prompt(s), numbered 0 to 0"),
+    "record-seqs-repeated": ("inspector", [*RECORD, *TINY, "--attention-seqs", "0", "0"],
+                             "--attention-seqs 0 is given more than once"),
     "record-budget-huge": ("inspector", [*RECORD, "--budget-mb", "1e308"], "argument --budget-mb: 1e308 is too large"),
     "record-steps-huge": ("inspector", [*RECORD, "--max-steps", "1e30"], "argument --max-steps"),
     "record-kv-gb-overflow": ("inspector", [*RECORD, *TINY, "--kv-cache-gb", "1e308"], "--kv-cache-gb"),
@@ -212,6 +216,15 @@ BAD = {
     "chrome-to-a-pipe": ("inspector", ["export-chrome", "{trace}", "-o", "{pipe}"], "is not a regular file"),
     "replay-to-a-device": ("inspector", ["replay", "{trace}", "-o", "/dev/full"], "is not a regular file"),
     "replay-to-a-pipe": ("inspector", ["replay", "{trace}", "-o", "{pipe}"], "is not a regular file"),
+    # An -o naming the file the command reads: export-chrome wrote its timings over the trace.
+    "chrome-over-its-trace": ("inspector", ["export-chrome", "{trace}", "-o", "{trace}"],
+                              "-o {trace} is the file this command reads ({trace})"),
+    "chrome-over-its-trace-by-a-link": ("inspector", ["export-chrome", "{trace}", "-o", "{link}"],
+                                        "is the file this command reads"),
+    "replay-over-its-trace": ("inspector", ["replay", "{trace}", "--model", "{tiny}", "-o", "{trace}"],
+                              "is the file this command reads"),
+    "replay-over-its-trace-by-a-link": ("inspector", ["replay", "{link}", "--model", "{tiny}", "-o", "{trace}"],
+                                        "is the file this command reads"),
     "replay-no-output": ("inspector", ["replay", "{trace}"], "required: -o/--output"),
     "replay-no-folder": ("inspector", ["replay", "{trace}", "-o", "/nonexistent/r.mltrace"], "there is no folder"),
     "replay-junk": ("inspector", [*REPLAY_JUNK], "not a .mltrace file"),
@@ -411,6 +424,19 @@ def test_help_still_exits_0(capsys):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0 and "--debug" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy: the module was imported already
+@pytest.mark.parametrize("module", ["floor", "all_reduce", "kernel_profile", "tensor_parallel", "workloads",
+                                    "engine_modes"])
+def test_a_benchmark_module_that_is_no_command_says_which_are(capsys, module):
+    """`python -m benchmarks.floor` ran nothing, printed nothing and exited 0: a module the
+    benchmarks are made of now names the commands in one line, status 2."""
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module(f"benchmarks.{module}", run_name="__main__")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"python -m benchmarks.{module}: error: ") and "run python -m benchmarks.engine" in err
 
 
 # -- real processes: nothing but the one line reaches stderr ------------------------------------

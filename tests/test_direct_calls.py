@@ -14,6 +14,9 @@ import pytest
 from webui.direct_calls import MAX_CLIENT_CALLS, MAX_WAITING, DirectCallLanes
 from webui.front_door import FrontDoor
 
+# What the door reads of Gradio's application: no login, and one function, /seek.
+GRADIO = SimpleNamespace(auth=None, get_blocks=lambda: SimpleNamespace(fns={0: SimpleNamespace(api_name="seek")}))
+
 
 class HeldApp:
     """An ASGI app that answers each request only once `release` is set, and notes the keys it
@@ -31,10 +34,10 @@ class HeldApp:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-async def direct_call(door: FrontDoor, key: object, client: str = "10.0.0.9") -> int:
-    """POST /gradio_api/run/seek for tab `key` through the door; -> the status it answered."""
-    scope = {"type": "http", "method": "POST", "path": "/gradio_api/run/seek", "headers": [],
-             "client": (client, 1), "app": SimpleNamespace(auth=None)}
+async def direct_call(door: FrontDoor, key: object, client: str = "10.0.0.9", path: str = "/gradio_api/run/seek") -> int:
+    """POST /gradio_api/run/seek (or `path`) for tab `key` through the door; -> the status it answered."""
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [],
+             "client": (client, 1), "app": GRADIO}
     body = json.dumps({"data": [key, 3]}).encode()
     messages = iter([{"type": "http.request", "body": body[:5], "more_body": True},
                      {"type": "http.request", "body": body[5:], "more_body": False}])
@@ -56,11 +59,13 @@ def make_door(app: HeldApp) -> FrontDoor:
     return FrontDoor(app, static_files={}, on_drawn=lambda key, update: None, largest_upload=1024)
 
 
-def test_one_tabs_flood_waits_in_its_lane_and_another_tab_passes():
+# Gradio answers a direct call under two spellings; /api/ skipped the lanes.
+@pytest.mark.parametrize("path", ["/gradio_api/run/seek", "/gradio_api/api/seek", "/gradio_api/api/seek/"])
+def test_one_tabs_flood_waits_in_its_lane_and_another_tab_passes(path):
     async def scenario():
         app = HeldApp()
         door = make_door(app)
-        flood = [asyncio.create_task(direct_call(door, "tab-a")) for _ in range(MAX_WAITING + 3)]
+        flood = [asyncio.create_task(direct_call(door, "tab-a", path=path)) for _ in range(MAX_WAITING + 3)]
         await asyncio.sleep(0.05)
         assert app.started == ["tab-a"]  # one of tab a's calls runs; the rest wait or were refused
         refused = [task.result() for task in flood if task.done()]
@@ -134,7 +139,7 @@ def test_an_oversized_body_is_refused_before_any_lane():
         app.release.set()
         door = make_door(app)
         scope = {"type": "http", "method": "POST", "path": "/gradio_api/run/seek", "headers": [],
-                 "client": ("10.0.0.9", 1), "app": SimpleNamespace(auth=None)}
+                 "client": ("10.0.0.9", 1), "app": GRADIO}
         statuses = []
 
         async def send(message):
@@ -154,7 +159,7 @@ def test_the_drawn_endpoint_reads_a_small_body_whole_and_refuses_a_large_one():
         door = FrontDoor(HeldApp(), static_files={}, on_drawn=lambda key, update: heard.append((key, update)),
                          largest_upload=1024)
         scope = {"type": "http", "method": "POST", "path": "/ml-api/drawn", "headers": [],
-                 "client": ("10.0.0.9", 1), "app": SimpleNamespace(auth=None)}
+                 "client": ("10.0.0.9", 1), "app": GRADIO}
         messages = iter([{"type": "http.request", "body": body[:3], "more_body": True},
                          {"type": "http.request", "body": body[3:], "more_body": False}])
         statuses = []

@@ -15,6 +15,7 @@ from conftest import make_hf_model
 
 from minillama import (
     BlockPoolSnapshot,
+    ConfigError,
     EngineConfig,
     LLMEngine,
     Observer,
@@ -249,6 +250,14 @@ def test_kv_cache_is_the_cache_the_model_writes():
                 torch.testing.assert_close(written, keeper.keys[layer][row : row + item.num_tokens], rtol=0, atol=0)
             row += item.num_tokens
     assert engine.kv_cache is kv  # one tensor for the engine's life
+
+
+@pytest.mark.parametrize("block_size", [0, -1, 1.5, 2.0, True, "16", {}, [16], 2**31])
+def test_kv_block_bytes_refuses_a_block_size_no_pool_has(block_size):
+    engine = tiny_engine(num_kv_blocks=9)
+    with pytest.raises(ConfigError, match="block_size must be an integer in"):
+        engine.kv_block_bytes(block_size)
+    assert engine.kv_block_bytes(32) == 2 * engine.kv_block_bytes(16) and engine.kv_block_bytes() == engine.kv_block_bytes(4)
 
 
 def test_engine_facts_an_observer_reads():

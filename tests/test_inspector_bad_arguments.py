@@ -128,6 +128,13 @@ def test_seek_refuses_an_index_that_is_not_an_int(session, index):
         refused(lambda: Cursor(session.trace).seek(index), "index must be an integer")
 
 
+@pytest.mark.parametrize("head", [*NOT_INTS, -1, 9, HUGE])  # the embedded model has heads 0 to 8
+def test_rank_of_head_refuses_a_head_the_model_lacks(trace, head):
+    with pytest.raises(ArgumentError, match="head must be an integer"):
+        trace.model.rank_of_head(head)
+    assert [trace.model.rank_of_head(h) for h in (0, 8)] == [0, 0]
+
+
 @pytest.mark.parametrize("past", ["end", "before", "huge", "-huge"])
 def test_seek_refuses_a_step_past_either_end(session, past):
     count = len(session.trace.steps)

@@ -112,7 +112,7 @@ def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):
 
 def test_bad_settings_and_breakpoints_give_messages(url):
     client = Tab(url)
-    named = panels(client.predict(10**6, 16, 8, 2048, True, True, 2, 10, False, api_name="/reset"))
+    named = panels(client.predict(10**6, "16", 8, 2048, True, True, 2, 10, False, api_name="/reset"))
     assert "KV blocks must be between 1 and" in named["status"]
     named = panels(client.predict([], "", "(unclosed", "", "", "", api_name="/run_to_breakpoint"))
     assert "is not a regular expression RE2 accepts" in named["status"]
@@ -120,7 +120,7 @@ def test_bad_settings_and_breakpoints_give_messages(url):
 
 def test_run_to_a_breakpoint_stops_there(url):
     client = Tab(url)
-    client.predict(10, 8, 4, 2048, True, True, 2, 10, False, api_name="/reset")  # 10 blocks of 8: preempts
+    client.predict(10, "8", 4, 2048, True, True, 2, 10, False, api_name="/reset")  # 10 blocks of 8: preempts
     add(client, "What is the capital of France?\nName three primary colors.\nWhat is 2 + 2?", max_tokens=12)
     named = panels(client.predict(["a preemption"], "", "", "", "", "", api_name="/run_to_breakpoint"))
     assert "breakpoint at step" in named["status"] and "preempt" in named["status"]
@@ -216,7 +216,7 @@ def test_stepping_a_fresh_session_says_to_add_prompts(url):
 
 def test_the_logit_lens_when_captured(url):
     client = Tab(url)
-    client.predict(64, 16, 8, 2048, True, False, 1, 10, True, api_name="/reset")  # lens on, attention off
+    client.predict(64, "16", 8, 2048, True, False, 1, 10, True, api_name="/reset")  # lens on, attention off
     add(client, "What is the capital of France?", max_tokens=4)
     client.predict(api_name="/step")
     named = panels(client.predict(api_name="/step"))

@@ -22,6 +22,13 @@ def test_each_field_sets_its_breakpoint():
                     SampledProbBelow(0.1), KVUsageAbove(80.0)]
 
 
+def test_each_event_is_armed_once_however_often_it_is_sent():
+    """The page sends each ticked event once; a script sent one 70,000 times in a 1 MB call, and
+    each copy was checked at every step and listed in every message."""
+    made = breakpoints_from_form(["a preemption"] * 70_000 + ["a copy-on-write", "a preemption"], "", "", "", "", "")
+    assert [type(b).__name__ for b in made] == ["Preemption", "CopyOnWrite"]
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -30,6 +37,8 @@ def test_each_field_sets_its_breakpoint():
         (([], "2.5", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
         (([], "nan", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
         (([], "seven", "", "", "", ""), "'stop at step' must be a number, got 'seven'"),
+        (([], "1e20", "", "", "", ""), "'stop at step' must be at most 2,147,483,647, got 1e+20"),
+        (([], "9" * 400, "", "", "", ""), "'stop at step' must be a whole number >= 0, got inf"),
         (([], "", "(", "", "", ""), "is not a regular expression RE2 accepts"),
         (([], "", r"(a)\1", "", "", ""), "no backreferences or lookaround"),
         (([], "", "((a{100}){100}){100}", "", "", ""), "invalid repetition size"),

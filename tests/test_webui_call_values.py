@@ -97,6 +97,62 @@ def test_a_number_that_is_not_finite_is_refused_at_every_position_of_every_call(
     assert len(manager.sessions[caller.key].trace.steps) == before
 
 
+# For each kind of field, JSON values of a type the page never sends there, which Gradio took:
+# a Textbox made any of them its text (the prompt "['Hi']"), a Checkbox passed them on ("false"
+# read as true), a Number rounded true to 1.
+WRONG_TYPES = {"Textbox": [["Hi"], {"text": "Hi"}, True], "Checkbox": ["false", "true", 0, 1, None, []],
+               "Number": [True, False, "5", [5]], "Slider": [True, "0", None, [0]]}
+
+
+def api_components(url: str) -> dict[str, list[str]]:
+    """{api name: the kind of field of each of its values}, from the server's own API description."""
+    info = httpx.get(f"{url}gradio_api/info", timeout=30).json()
+    return {name.lstrip("/"): [p["component"] for p in spec["parameters"]] for name, spec in info["named_endpoints"].items()}
+
+
+@pytest.mark.parametrize("kind", WRONG_TYPES)
+def test_a_value_of_a_type_its_field_never_sends_is_refused_at_every_position(served, capfd, kind):
+    manager, url = served
+    caller = Tab(url)
+    caller.predict("Hello", True, 4, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
+    caller.predict(api_name="/step")
+    before = (len(manager.sessions[caller.key].trace.steps), len(manager.sessions[caller.key].trace.sequences))
+    defaults, components = api_defaults(url), api_components(url)
+    positions = [(api, position) for api, kinds in components.items() for position, field in enumerate(kinds)
+                 if field == kind and position > 0]  # the tab key (position 0): see test_webui_security
+    assert positions, kind
+    capfd.readouterr()
+    for api, position in positions:
+        for alien in WRONG_TYPES[kind]:
+            data = [caller.key, *defaults[api][1:]]
+            data[position] = alien
+            answer = call(url, api, data)
+            assert f"the call to /{api} was refused: value {position + 1} (" in answer and "it takes" in answer, \
+                (api, position, alien, answer)
+    assert "Traceback" not in capfd.readouterr().err
+    session = manager.sessions[caller.key]
+    assert (len(session.trace.steps), len(session.trace.sequences)) == before  # nothing was added, stepped or reset
+
+
+def test_every_choice_the_api_description_lists_is_taken(served):
+    """A client reads the choices of a dropdown from /gradio_api/info: the block size was listed as
+    the strings "4" ... "32" while the field took only the numbers, and refused "16"."""
+    _, url = served
+    caller = Tab(url)
+    info = httpx.get(f"{url}gradio_api/info", timeout=30).json()["named_endpoints"]
+    defaults = api_defaults(url)
+    checked = 0
+    for api in ("reset", "compare_settings"):
+        for position, parameter in enumerate(info[f"/{api}"]["parameters"]):
+            for choice in parameter["type"].get("enum", []):
+                assert isinstance(choice, str) == (parameter["type"]["type"] == "string"), parameter
+                data = [caller.key, *defaults[api][1:]]
+                data[position] = choice
+                assert "was refused" not in call(url, api, data), (api, position, choice)
+                checked += 1
+    assert checked == 8  # the block size's four choices, in both calls
+
+
 @pytest.mark.parametrize("api, data", [("seek", ["KEY", "abc"]), ("seek", ["KEY"]), ("select", ["KEY", ALIEN, 0, "0", False]),
                                        ("step", ["KEY", 1, 1]), ("step", ["KEY", 0]), ("step", ["KEY", 33])])
 def test_a_direct_call_with_malformed_values_is_a_400_with_the_reason(served, api, data):

@@ -60,7 +60,7 @@ def test_another_clients_calls_never_reach_a_session(url, manager):
     for forged in ["", victim.client.session_hash, tab_id, f"{tab_id}.{mac[::-1]}", f"{tab_id[::-1]}.{mac}"]:
         for api_name in ("/step", "/reset", "/seek", "/add_prompts"):
             inputs = {"/step": (), "/seek": (0,), "/add_prompts": ("Hi", True, 4, 0.0, 1.0, 0, None, 1, 1),
-                      "/reset": (64, 16, 8, 2048, True, True, 2, 10, False)}[api_name]
+                      "/reset": (64, "16", 8, 2048, True, True, 2, 10, False)}[api_name]
             result = attacker.predict(forged, *inputs, api_name=api_name)
             assert "reload the page" in status(result) and "capital" not in str(result)
     assert attacker.predict(victim.client.session_hash, api_name="/save_trace") is None
@@ -269,6 +269,53 @@ def test_an_unknown_api_name_is_a_404_not_a_server_error(url):
     assert httpx.post(f"{url}gradio_api/call/v2/nope", json={"data": []}, timeout=30).status_code == 404
     known = httpx.post(f"{url}gradio_api/call/v2/state", json={"data": []}, timeout=30)  # a real name passes
     assert known.status_code != 404
+
+
+def function_ids(url: str) -> dict[str, int]:
+    """{API name: its fn_index}, from the page's config."""
+    return {fn["api_name"]: fn["id"] for fn in httpx.get(f"{url}config", timeout=30).json()["dependencies"]
+            if fn.get("api_name")}
+
+
+DEEP_JSON = {"content": '{"data": ' + "[" * 100_000 + "]" * 100_000 + "}", "headers": {"content-type": "application/json"}}
+# Requests Gradio itself could not read, each answered 500 with a traceback in the server's log:
+# (method, path, what is sent, status). KEY stands for a tab key, STEP for /step's fn_index.
+MALFORMED_REQUESTS = {
+    "run-unknown-name": ("POST", "gradio_api/run/nope", {"json": {"data": []}}, 404),
+    "api-unknown-name": ("POST", "gradio_api/api/nope/", {"json": {"data": []}}, 404),
+    "run-unknown-fn-index": ("POST", "gradio_api/run/seek", {"json": {"data": ["KEY", 0], "fn_index": 9999}}, 404),
+    "run-negative-fn-index": ("POST", "gradio_api/run/seek", {"json": {"data": ["KEY", 0], "fn_index": -1}}, 404),
+    "run-another-functions-index": ("POST", "gradio_api/run/seek", {"json": {"data": ["KEY", 1], "fn_index": "STEP"}}, 404),
+    "join-unknown-fn-index": ("POST", "gradio_api/queue/join",
+                              {"json": {"data": ["KEY", 0], "fn_index": 9999, "session_hash": "x"}}, 404),
+    "v2-unknown-keyword": ("POST", "gradio_api/call/v2/seek", {"json": {"data": ["KEY", 0]}}, 400),
+    "json-nested-past-the-stack": ("POST", "gradio_api/run/seek",
+                                   DEEP_JSON, 400),
+    "queued-json-nested-past-the-stack": ("POST", "gradio_api/call/seek",
+                                          DEEP_JSON, 400),
+    "upload-a-field-not-a-file": ("POST", "gradio_api/upload", {"files": {"files": (None, "not a file")}}, 400),
+    "events-of-an-unknown-session": ("GET", "gradio_api/queue/data?session_hash=nobody", {}, 200),
+}
+
+
+@pytest.mark.parametrize("method, path, sent, expected", MALFORMED_REQUESTS.values(), ids=MALFORMED_REQUESTS.keys())
+def test_a_request_gradio_cannot_read_gets_a_reason_and_the_log_one_line(url, capfd, method, path, sent, expected):
+    """The front door answers what would reach no function, and turns what Gradio raises on a
+    malformed request into one log line and a 400 with the reason (webui/front_door.py)."""
+    tab = Tab(url)
+    step = function_ids(url)["step"]
+    if "json" in sent:
+        sent = {"json": {**sent["json"], "data": [tab.key if v == "KEY" else v for v in sent["json"]["data"]],
+                         **({"fn_index": step} if sent["json"].get("fn_index") == "STEP" else {})}}
+    capfd.readouterr()
+    answer = httpx.request(method, f"{url}{path}", timeout=30, **sent)
+    assert answer.status_code == expected, answer.text[:300]
+    if expected != 200:
+        assert answer.json()["detail"]  # a reason, not "Internal Server Error"
+    logged = capfd.readouterr()
+    assert "Traceback" not in logged.err + logged.out
+    assert len([line for line in logged.err.splitlines() if "minillama:" in line]) <= 1
+    assert tab.predict(0, api_name="/seek")  # the server, and the tab, go on
 
 
 def test_idle_connections_by_the_thousand_leave_the_page_loading(url):

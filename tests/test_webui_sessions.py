@@ -194,6 +194,39 @@ def test_an_opened_trace_is_read_only_until_reset(base, tmp_path):
     assert viewer.live and viewer.trace.steps == []
 
 
+# Prompts a session refuses, each for another reason: not text, past the model's context, more
+# sequences than a session may ask for, past the KV cache.
+REFUSED_ADDS = {"not-text": (["\ud800"], GREEDY), "past-the-context": (["word " * 9000], GREEDY),
+                "too-many-sequences": (["a"] * 8, SamplingParams(n=64)),
+                "past-the-kv-cache": (["a"], SamplingParams(max_tokens=2000))}
+
+
+@pytest.mark.parametrize("view", ["file", "shared-link", "fresh-tab"])
+@pytest.mark.parametrize("prompts, params", REFUSED_ADDS.values(), ids=REFUSED_ADDS.keys())
+def test_refused_prompts_leave_a_tab_as_it_was(base, tmp_path, view, prompts, params):
+    """Adding prompts to a tab that shows a trace (a file, a shared link) starts a live engine in
+    its place; one that refused them replaced the trace with an empty engine all the same (the
+    view lost), and a fresh tab took a slot for nothing."""
+    manager = SessionManager(base, Limits(max_prompt_chars=100_000, max_samples=64, max_sequences=100,
+                                          max_new_tokens=4096))
+    author = manager.open_tab("author")
+    manager.add_prompts(author, ["What is the capital of France?"], SamplingParams(temperature=0, max_tokens=3), chat=True)
+    run_out(manager, author)
+    viewer = manager.open_tab("viewer")
+    if view == "file":
+        save(author.trace, tmp_path / "run.mltrace")
+        manager.open_trace(viewer, load(tmp_path / "run.mltrace"), "run.mltrace")
+    elif view == "shared-link":
+        assert manager.open_shared(viewer, manager.shares.share(author.trace, "a link", "10.0.0.1"), "1")
+    before = (viewer.trace, viewer.index, viewer.opened_name, viewer.holds_memory)
+    with pytest.raises((InvalidRequestError, LimitReached)):
+        manager.add_prompts(viewer, prompts, params, chat=False)
+    assert (viewer.trace, viewer.index, viewer.opened_name, viewer.holds_memory) == before
+    assert viewer.debug is None and not viewer.claiming
+    manager.add_prompts(viewer, ["Hi"], GREEDY, chat=False)  # good prompts still start the engine
+    assert viewer.live and list(viewer.trace.sequences) == [0]
+
+
 def test_a_server_without_a_model_serves_its_trace_to_every_session(base, tmp_path):
     manager = SessionManager(base, Limits())
     session = manager.open_tab("a")

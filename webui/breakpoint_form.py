@@ -16,6 +16,7 @@ from inspector import (
     SequenceFinished,
     TextMatches,
 )
+from minillama import MAX_COUNT
 
 # The checkbox labels of the event breakpoints, and what each one is.
 EVENT_BREAKPOINTS = {
@@ -37,10 +38,14 @@ def breakpoints_from_form(
     unknown = [e for e in events if e not in EVENT_BREAKPOINTS]
     if unknown:
         raise ValueError(f"unknown breakpoint {unknown[0]!r}")
-    breakpoints: list[Breakpoint] = [EVENT_BREAKPOINTS[e]() for e in events]
+    # Each event once: the page sends each once, a script a thousand times (each then checked at
+    # every step and listed in every message).
+    breakpoints: list[Breakpoint] = [EVENT_BREAKPOINTS[e]() for e in dict.fromkeys(events)]
     if at_step is not None:
         if not math.isfinite(at_step) or at_step < 0 or at_step != int(at_step):
-            raise ValueError(f"'stop at step' must be a whole number >= 0, got {at_step}")
+            raise ValueError(f"'stop at step' must be a whole number >= 0, got {at_step:g}")
+        if at_step > MAX_COUNT:  # AtStep's own refusal would name the class, not the field
+            raise ValueError(f"'stop at step' must be at most {MAX_COUNT:,}, got {at_step:g}")
         breakpoints.append(AtStep(int(at_step)))
     if pattern:
         breakpoints.append(TextMatches(pattern))  # RE2, length-bounded: a ValueError names a bad pattern

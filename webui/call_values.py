@@ -9,7 +9,9 @@ such call, and with show_error off the caller got `{"error": null}`, no reason a
 `refuse_malformed_values` wraps the app's preprocess_data, the one place every event's values
 pass before a handler runs, queued or not: any failure there becomes a gr.Error naming the call,
 the field and what it got (short, escaped), which Gradio sends to the caller and logs without a
-traceback. Nothing reaches the handler, so no session changes. A queued call's caller gets it as
+traceback. Where Gradio's own checks take what the page never sends (any JSON in a textbox,
+"false" in a checkbox), the value's type is checked first (_PAGE_SENDS). Nothing reaches the
+handler, so no session changes. A queued call's caller gets it as
 its event's error; a direct call's as a 400 (the front door's doing: Gradio answers 500).
 """
 
@@ -47,12 +49,42 @@ def refuse_malformed_values(app: gr.Blocks) -> None:
                 raise _refusal(block_fn, f"value {index + 1} ({label}) is not a file uploaded to this server")
             if _holds_non_finite(value):
                 raise _refusal(block_fn, f"value {index + 1} ({label}) holds a number that is not finite (NaN or infinity)")
+            sent = _what_the_page_sends(block)
+            if sent is not None and not _is_a(value, sent[0]):
+                raise _refusal(block_fn, f"value {index + 1} ({label}) cannot be {_short(value)}: it takes {sent[1]}")
         try:
             return await original(block_fn, inputs, state, explicit_call)
         except Exception as error:  # noqa: BLE001 - every failure here is the caller's values
             raise _refusal(block_fn, _what_was_wrong(block_fn, inputs, state, error)) from None
 
     app.preprocess_data = preprocess_data  # type: ignore[method-assign]
+
+
+# The JSON types each kind of field takes, and how to say so. Gradio's own checks take more: a
+# Textbox made a list or an object into its text (str()), so ["Hi"] was added as the prompt
+# "['Hi']"; a Checkbox passed anything on, and "false" read as true (prefix caching on); a
+# Number rounded true to 1. (Dropdowns and checkbox groups check their choices, files are
+# checked below.) A number in a text box is its digits, as typed; None is a value left empty,
+# which the handlers take as such.
+_PAGE_SENDS: tuple[tuple[type, tuple[type, ...], str], ...] = (
+    (gr.Checkbox, (bool,), "true or false"),
+    (gr.Textbox, (str, int, float, type(None)), "a string"),
+    (gr.Number, (int, float, type(None)), "a number"),
+    (gr.Slider, (int, float), "a number"),
+)
+
+
+def _what_the_page_sends(block: Any) -> tuple[tuple[type, ...], str] | None:
+    """(the JSON types, in words) that field `block` takes, or None when Gradio checks it itself."""
+    for kind, types, words in _PAGE_SENDS:
+        if isinstance(block, kind):
+            return types, words
+    return None
+
+
+def _is_a(value: Any, types: tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is no number (JSON's true is no 1)."""
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
 
 
 def _uploaded_files(value: Any) -> bool:

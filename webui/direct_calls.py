@@ -111,14 +111,19 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return wrapped
 
 
-def tab_key(body: bytes) -> str | None:
-    """The call's tab key (its first value), or None when its first value is no string: the
-    breakpoint form's live description (`armed`, cheap, no session) is the page's only such call."""
+def call_payload(body: bytes) -> dict[str, Any]:
+    """A call's body as the JSON object it should be; {} when it is none (Gradio refuses it then)."""
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    data = payload.get("data") if isinstance(payload, dict) else None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: brackets nested past Python's stack
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def tab_key(payload: dict[str, Any]) -> str | None:
+    """The call's tab key (its first value), or None when its first value is no string: the
+    breakpoint form's live description (`armed`, cheap, no session) is the page's only such call."""
+    data = payload.get("data")
     return data[0] if isinstance(data, list) and data and isinstance(data[0], str) else None
 
 

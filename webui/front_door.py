@@ -19,12 +19,18 @@ any route runs:
 - Uploads (POST /gradio_api/upload) are counted per client address and in all over a sliding
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
-- A call to an API name the app does not have answers 404 (Gradio raised, and answered 500).
+- A call to an API name the app does not have answers 404 (Gradio raised, and answered 500), as
+  does a body whose fn_index names no function of the app, or, on a route named for a function,
+  another one (Gradio runs the function fn_index names, whatever the route's name).
 - A queued call (/gradio_api/queue/join, or a POST to /gradio_api/call/<name>) is refused 429 when its tab already has
   MAX_QUEUED calls in the queue, or its client address MAX_CLIENT_QUEUED (webui/direct_calls.py).
-- A direct call (/gradio_api/run/<name>) runs in its tab's lane, one at a time per tab, and a
+- A direct call (/gradio_api/run/<name>, or its older spelling /gradio_api/api/<name>) runs in its tab's lane, one at a time per tab, and a
   client address has at most MAX_CLIENT_CALLS of them at once (webui/direct_calls.py); one whose values were refused (webui/call_values.py) answers 400:
   Gradio answers any failed direct call with 500, as if the server were at fault.
+- What Gradio raises while reading a malformed request (a form field where an upload's file
+  belongs, keyword values /call/v2/<name> does not take, the event stream of a session it does not
+  know) is one line in the server's log, and a 400 naming it when no answer has begun: uvicorn
+  logged a 40-line traceback and answered 500 with no reason.
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
 heartbeat) pass through untouched.
@@ -33,6 +39,7 @@ heartbeat) pass through untouched.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -41,12 +48,14 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
+from minillama.cli import printable_line
 from webui.call_values import REFUSED_TITLE
 from webui.direct_calls import (
     MAX_CLIENT_QUEUED,
     MAX_QUEUED,
     DirectCallLanes,
     TooLarge,
+    call_payload,
     queued_calls,
     read_body,
     replaying,
@@ -104,7 +113,9 @@ class LoginThrottle:
 
 
 CALL_PREFIX = "/gradio_api/call/"  # + an API name: one of the app's events, by name
-RUN_PREFIX = "/gradio_api/run/"  # + an API name: the same, answered directly (no queue, no events)
+# + an API name: the same, answered directly (no queue, no events). Gradio serves both spellings:
+# the door knew only the first, so /api/<name> skipped the lanes and every check below.
+DIRECT_PREFIXES = ("/gradio_api/run/", "/gradio_api/api/")
 JOIN_PATHS = ("/gradio_api/queue/join", "/gradio_api/queue/join/")  # a queued call enters the queue
 MAX_ERROR_BODY = 64 * 1024  # bytes of a 500's body read to tell a refusal: Gradio's error JSON is short
 UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload/")
@@ -162,9 +173,37 @@ class FrontDoor:
         self.joining: dict[str | tuple[str, str], int] = defaultdict(int)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] == "http":
+            await self._answering_failures(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._route(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def _answering_failures(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route an HTTP request; what escapes (Gradio reading a malformed request: see the module
+        doc) is one line in the log and, when no answer has begun, a 400 (or the status an
+        HTTPException carries) with the reason. A handler's failure never gets here: Gradio
+        answers it, and the handlers report their own."""
+        started = ended = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started, ended
+            started = started or message["type"] == "http.response.start"
+            ended = ended or (message["type"] == "http.response.body" and not message.get("more_body"))
+            await send(message)
+
+        try:
+            await self._route(scope, receive, watched)
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            reason = printable_line(f"{type(error).__name__}: {error}")
+            print(f"minillama: {scope.get('method')} {printable_line(scope['path'])} failed: {reason}", file=sys.stderr)
+            if not started:
+                await _respond(send, getattr(error, "status_code", 400), {"detail": f"the request was malformed: {reason}"})
+            elif not ended:  # an event stream already under way: it ends here
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path.startswith(STATIC_PREFIX) and scope["type"] == "http":
             await self._static(path[len(STATIC_PREFIX):], send)
@@ -175,13 +214,13 @@ class FrontDoor:
                 await self._drawn(receive, send)
             elif path in UPLOAD_PATHS and scope.get("method") == "POST":
                 await self._upload(scope, receive, send)
-            elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
+            elif _api_name(path) is not None and not _known_api(gradio, _api_name(path)):
                 await _respond(send, 404, {"detail": "no such API endpoint"})  # Gradio answered 500
             elif scope.get("method") == "POST" and (path in JOIN_PATHS or path.startswith(CALL_PREFIX)):
                 # /call/<name> puts the call in the same queue as a join (its result is then read
                 # with a GET): bounded alike, or a script's 300 posts slowed every tab's Step.
                 await self._queue_join(scope, receive, send)
-            elif path.startswith(RUN_PREFIX) and scope["type"] == "http":
+            elif path.startswith(DIRECT_PREFIXES) and scope["type"] == "http":
                 await self._direct_call(scope, receive, _refusals_as_400(send))
             else:
                 await self.app(scope, receive, send)
@@ -230,11 +269,11 @@ class FrontDoor:
     async def _direct_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A call answered without the queue runs in its tab's lane, or its client's when it
         carries no key (webui/direct_calls.py)."""
-        body = await _call_body(receive, send, "too large for a direct call")
+        body = await _call_body(scope, receive, send, "too large for a direct call")
         if body is None:
             return
         client = _client(scope)
-        lane = tab_key(body) or ("client", client)  # a tuple: no made-up key names a client's lane
+        lane = tab_key(call_payload(body)) or ("client", client)  # a tuple: no made-up key names a client's lane
         lock = self.lanes.enter(lane, client)
         if lock is None:
             await _too_many_calls(send)
@@ -249,10 +288,10 @@ class FrontDoor:
         """A call enters Gradio's queue unless its tab has MAX_QUEUED there already, or its
         client address MAX_CLIENT_QUEUED. Joins still under way count too: parallel joins would
         otherwise all pass before any is queued."""
-        body = await _call_body(receive, send, "too large for a call")
+        body = await _call_body(scope, receive, send, "too large for a call")
         if body is None:
             return
-        key, client = tab_key(body), _client(scope)
+        key, client = tab_key(call_payload(body)), _client(scope)
         of_tab, of_client = queued_calls(scope["app"].get_blocks()._queue, key, client)
         client_joins = ("client", client)  # a tuple: no made-up key names a client's count
         if key is not None and self.joining.get(key, 0) + of_tab >= MAX_QUEUED \
@@ -388,13 +427,34 @@ def _strip_api_info(body: bytes) -> bytes:
     return body[:begin] + API_INFO_MARKER + b"null;" + body[end:]
 
 
-async def _call_body(receive: Receive, send: Send, too_large: str) -> bytes | None:
-    """A call's body (a tab key and small values), or None once it has been answered 413."""
+async def _call_body(scope: Scope, receive: Receive, send: Send, too_large: str) -> bytes | None:
+    """A call's body (a tab key and small values), or None once it has been answered: 413 over
+    the size limit, 404 when its fn_index names no function the call may run (_other_function)."""
     try:
-        return await read_body(receive)
+        body = await read_body(receive)
     except TooLarge:
         await _respond(send, 413, {"detail": too_large})
         return None
+    wrong = _other_function(scope["app"], scope["path"], call_payload(body).get("fn_index"))
+    if wrong is not None:
+        await _respond(send, 404, {"detail": wrong})
+        return None
+    return body
+
+
+def _other_function(gradio: Any, path: str, fn_index: object) -> str | None:
+    """Why `fn_index` names no function a call on `path` may run, or None. Gradio runs the
+    function a body's fn_index names, over the API name of a direct call's route, and raised
+    (a 500, a traceback) for an index it does not have. A queue join names its function only so."""
+    if not isinstance(fn_index, int) or isinstance(fn_index, bool):  # absent, or Gradio's own 422
+        return None
+    function = gradio.get_blocks().fns.get(fn_index)
+    if function is None:
+        return f"no function has fn_index {fn_index}"
+    name = _api_name(path)
+    if name is not None and function.api_name != name:
+        return f"fn_index {fn_index} is not the function of /{name}"
+    return None
 
 
 async def _too_many_calls(send: Send) -> None:
@@ -410,10 +470,15 @@ async def _respond(send: Send, status: int, payload: dict, headers: dict[str, st
     await send({"type": "http.response.body", "body": body})
 
 
-def _api_name(path: str) -> str:
-    """The API name in /gradio_api/call/<name>[/<event id>], or in its /call/v2/ spelling."""
-    rest = path[len(CALL_PREFIX):].removeprefix("v2/")
-    return rest.split("/")[0]
+def _api_name(path: str) -> str | None:
+    """The API name in /gradio_api/call/<name>[/<event id>] (or its /call/v2/ spelling), or in a
+    direct call's route; None for a route named for no function."""
+    if path.startswith(CALL_PREFIX):
+        return path[len(CALL_PREFIX):].removeprefix("v2/").split("/")[0]
+    for prefix in DIRECT_PREFIXES:
+        if path.startswith(prefix):
+            return path[len(prefix):].split("/")[0]
+    return None
 
 
 def _known_api(gradio: Any, name: str) -> bool:

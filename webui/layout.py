@@ -75,7 +75,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                 with gr.Accordion("Engine (applies at Reset)", open=False):
                     kv_blocks = gr.Number(engine.num_kv_blocks, label="KV blocks (a small pool shows preemption)",
                                           precision=0, elem_id="ml-kv-blocks")
-                    block_size = gr.Dropdown([4, 8, 16, 32], value=engine.block_size, label="Block size (tokens)",
+                    block_size = gr.Dropdown(["4", "8", "16", "32"], value=str(engine.block_size), label="Block size (tokens)",
                                              elem_id="ml-block-size")
                     max_num_seqs = gr.Number(engine.max_num_seqs, label="Max batch size", precision=0)
                     max_batched = gr.Number(engine.max_num_batched_tokens, precision=0,

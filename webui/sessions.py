@@ -23,10 +23,11 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from inspector import CapturePolicy, Cursor, DebugSession, RunResult, Trace
 from inspector.views import Selection
@@ -36,6 +37,7 @@ from webui.limits import Limits
 from webui.shares import Shares
 from webui.tab_keys import TabKeys
 
+_T = TypeVar("_T")
 MAX_TABS = 4096  # table entries of tabs (cheap); past it, those holding nothing are forgotten first
 MAX_NUM_SEQS = 64  # the largest batch a session's engine may run
 MAX_BATCHED_TOKENS = 16384  # the most tokens one of its prefill steps may take (the activations grow with it)
@@ -323,6 +325,13 @@ class SessionManager:
     def reset(self, session: UISession, settings: EngineSettings, capture: CaptureSettings) -> None:
         """A fresh engine with the given settings and an empty trace (the opened trace, if
         any, is closed). Raises ValueError naming a bad setting, changing nothing."""
+        self._start_engine(session, settings, capture, lambda debug: None)
+
+    def _start_engine(self, session: UISession, settings: EngineSettings, capture: CaptureSettings,
+                      first: Callable[[DebugSession], _T]) -> _T:
+        """Make a fresh engine and DebugSession with these settings, let `first` act on it, and
+        only then put it in `session` (Reset's work); returns what `first` returned. What any
+        of it raises leaves `session` as it was: its opened trace open, no slot taken."""
         if self.base is None:
             raise LimitReached("no model is loaded (the server runs with --trace): open a trace file to view")
         self.check_engine_settings(settings)
@@ -342,8 +351,10 @@ class SessionManager:
                 top_k=capture.top_k, logit_lens=capture.logit_lens,
                 memory_budget=int(self.limits.trace_budget_mb * 2**20),
             )
+            debug = DebugSession(engine, policy)
+            result = first(debug)
             session.pause_requested = True  # a run in progress stops at its next step
-            session.debug = DebugSession(engine, policy)
+            session.debug = debug
         finally:
             session.claiming = False
         session.opened, session.opened_name = None, ""
@@ -352,6 +363,7 @@ class SessionManager:
         session.cursor = session.debug.cursor
         session.settings, session.capture = settings, capture
         session.selection = Selection()
+        return result
 
     def check_engine_settings(self, settings: EngineSettings) -> None:
         """Raise ValueError naming a setting outside what this server lets a session use (the
@@ -395,11 +407,14 @@ class SessionManager:
         for i, prompt in enumerate(prompts):
             if len(prompt) > limits.max_prompt_chars:
                 raise LimitReached(f"prompt {i + 1} has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
-        if session.debug is None or not session.live:
-            self.reset(session, session.settings, session.capture)
         asked = len(prompts) * max(params.n, params.beam_width)
-        self._check_sequence_limit(session, asked)
-        seq_ids = session.debug.add_batch(prompts, params, chat)
+        if session.live:
+            self._check_sequence_limit(session, asked)
+            seq_ids = session.debug.add_batch(prompts, params, chat)
+        else:  # a fresh engine, which replaces an opened trace only once it has taken the prompts
+            self._check_sequence_limit(session, asked, fresh=True)
+            seq_ids = self._start_engine(session, session.settings, session.capture,
+                                         lambda debug: debug.add_batch(prompts, params, chat))
         session.sequences_asked += asked
         return seq_ids
 
@@ -446,13 +461,15 @@ class SessionManager:
         session.last_used = time.monotonic()
         return result
 
-    def _check_sequence_limit(self, session: UISession, asked: int) -> None:
+    def _check_sequence_limit(self, session: UISession, asked: int, fresh: bool = False) -> None:
         """Every sequence is drawn on each render (the text panel, the pickers): 5,000 of them
-        made each Step take 6-9 s. So a session asks for at most Limits.max_sequences."""
+        made each Step take 6-9 s. So a session asks for at most Limits.max_sequences (counted
+        from 0 for a `fresh` engine)."""
         limit = self.limits.max_sequences
-        if session.sequences_asked + asked > limit:
+        total = (0 if fresh else session.sequences_asked) + asked
+        if total > limit:
             raise LimitReached(
-                f"this would make {session.sequences_asked + asked} sequences in this session; the limit is {limit} "
+                f"this would make {total} sequences in this session; the limit is {limit} "
                 f"(--max-sequences): save the trace if you want it, then Reset"
             )
 

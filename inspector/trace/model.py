@@ -109,7 +109,12 @@ class ModelInfo:
     tensor_parallel_size: Annotated[int, Range(1, MAX_HEADS)] = 1
 
     def rank_of_head(self, head: int) -> int:
-        """The tensor-parallel rank that computed query head `head` (0 in one process)."""
+        """The tensor-parallel rank that computed query head `head` (0 in one process);
+        ArgumentError for a head the model does not have (None or "1" failed in the division,
+        -1 or 99 answered with a rank no process had)."""
+        from inspector.trace.arguments import whole  # it imports this module
+
+        whole(head, "head", maximum=self.num_heads - 1)
         return head // max(1, self.num_heads // self.tensor_parallel_size)
 
     @property

@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from minillama.errors import ConfigError
 from minillama.values import MAX_COUNT
 
 
-def check_output_path(path: str, flag: str) -> Path:
-    """`path` as a Path if a file can be written there; ConfigError otherwise. Checked before
-    any work: a recording that runs to its end only to fail on saving loses the whole run."""
+def check_output_path(path: str, flag: str, reads: Sequence[str] = ()) -> Path:
+    """`path` as a Path if a file can be written there, and it is none of the files the command
+    `reads`; ConfigError otherwise. Checked before any work: a recording that runs to its end
+    only to fail on saving loses the whole run, and `export-chrome run.mltrace -o run.mltrace`
+    wrote the timings over the trace it had read."""
     if not path:  # Path("") is ".", which would be reported as a folder
         raise ConfigError(f"{flag} is empty: give a file name")
     try:
@@ -23,7 +25,12 @@ def check_output_path(path: str, flag: str) -> Path:
     except RuntimeError as exc:  # ~user for a user this machine does not know
         raise ConfigError(f"{flag} {path}: cannot expand ~ ({exc})") from exc
     try:
-        return _writable(path, target, flag)
+        writable = _writable(path, target, flag)
+        for source in reads:  # samefile: the same file under another name or a link too
+            if writable.is_file() and Path(source).expanduser().is_file() and writable.samefile(Path(source).expanduser()):
+                raise ConfigError(f"{flag} {path} is the file this command reads ({source}): writing there would "
+                                  "lose it; give another file name")
+        return writable
     except OSError as exc:  # pathlib answers False for a missing path, but lets a name too long through
         raise ConfigError(f"{flag} {path}: {exc.strerror or exc}") from exc
 

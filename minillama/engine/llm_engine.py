@@ -71,7 +71,7 @@ from minillama.ops.table import AttentionOps
 from minillama.parallel.shard import Shard, check_splits
 from minillama.parallel.workers import ModelSource, ParallelRunner, RandomWeights, TensorParallelGroup, load_rank_model
 from minillama.sampling_params import SamplingParams
-from minillama.values import as_flag, is_int
+from minillama.values import MAX_COUNT, as_flag, is_int
 
 _T = TypeVar("_T")  # what an engine call returns, carried by ObserverError
 
@@ -649,7 +649,11 @@ class LLMEngine(BeamSearchSteps):
     def kv_block_bytes(self, block_size: int | None = None) -> int:
         """Bytes of one KV block of `block_size` tokens (this engine's by default): K and V of
         every layer, of this process's KV heads, in the engine's dtype. An engine sharing these
-        weights with that block size takes (num_kv_blocks + 1) of them (+ 1: the scratch block)."""
+        weights with that block size takes (num_kv_blocks + 1) of them (+ 1: the scratch block).
+        ConfigError for a block size no engine takes (a dict failed in the product, -1 or 1.5
+        answered a size no pool has)."""
+        if block_size is not None and not (is_int(block_size) and 1 <= block_size <= MAX_COUNT):
+            raise ConfigError(f"block_size must be an integer in [1, {MAX_COUNT:,}] or None, got {block_size!r:.60}")
         size = self.runner.block_size if block_size is None else block_size
         return kv_block_bytes(self.model_config, size, self.dtype, self.runner.num_kv_heads)
 
