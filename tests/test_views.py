@@ -202,6 +202,32 @@ def test_text_status_badges(trace):
     assert dict(re.findall(r'data-seq="(\d+)".*?class="mlv-badge"[^>]*>([^<]*)<', text_html(trace, 0)))["1"] == "absent"
 
 
+
+def test_text_on_a_coloured_cell_reads_at_wcag_aa(trace):
+    """Text drawn on a coloured background (a status badge, a KV-grid mark, a logit-lens guess)
+    takes black or white by that colour: #111 on the preempted badge's red measured 3.8:1, and
+    plotly's dark grey on the lens's mid blues 3.2-4.4:1. Every colour a cell can take, and the
+    probability scale end to end, reads at 4.5:1 or more."""
+    from inspector.views.colors import (
+        PROBABILITY_SCALE,
+        SEQUENCE_PALETTE,
+        STATE_COLORS,
+        STATUS_COLORS,
+        contrast,
+        scale_color,
+        text_color_on,
+    )
+    from inspector.views.markup import badge
+
+    cells = [*SEQUENCE_PALETTE, *STATE_COLORS.values(), *STATUS_COLORS.values(), FREE_COLOR, CACHED_FREE_COLOR]
+    cells += [scale_color(PROBABILITY_SCALE, p / 100) for p in range(101)]
+    assert all(contrast(text_color_on(cell), cell) >= 4.5 for cell in cells)
+    assert scale_color(PROBABILITY_SCALE, 0.25) == "#6baed6" and scale_color(PROBABILITY_SCALE, 0.125) == "#a8cce7"
+    for status in STATUS_COLORS:
+        background, ink = re.search(r'style="background:(#\w+);color:(#\w+)"', badge(status)).groups()
+        assert contrast(ink, background) >= 4.5, status
+
+
 # -- timeline --------------------------------------------------------------------------------------
 
 
@@ -556,7 +582,7 @@ def test_no_step_an_unknown_sequence_and_an_abort():
     trace = session.trace
     states = sequence_states(trace)
     assert states[b][:2] == ["prefill", "decode"] and set(states[b][2:]) == {"finished"}
-    assert 'class="mlv-badge" style="background:#a0a0a0">finished: abort<' in text_html(trace, 2)
+    assert 'class="mlv-badge" style="background:#a0a0a0;color:#000000">finished: abort<' in text_html(trace, 2)
     assert "running" in text_html(trace, 1)
     # A selection naming no sequence of the trace: placeholders, never an exception.
     for builder in (attention_figure, logits_figure, logits_history_figure):

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 import html
 
-from inspector.views.colors import CURRENT_COLOR, STATUS_COLORS, sequence_color, sequence_text_color, tint
+from inspector.views.colors import (
+    CURRENT_COLOR,
+    STATUS_COLORS,
+    sequence_color,
+    sequence_text_color,
+    text_color_on,
+    tint,
+)
 
 VIEWS_CSS = """
 .mlv { font-family: system-ui, sans-serif; font-size: 13px; line-height: 1.5; color: #222; }
@@ -27,7 +34,7 @@ VIEWS_CSS = """
 .mlv-seq { border-left: 4px solid #999; padding: 4px 8px; margin-bottom: 10px; content-visibility: auto;
   contain-intrinsic-size: auto 120px; }
 .mlv-seq-head { margin-bottom: 3px; }
-.mlv-badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11px; color: #111; }
+.mlv-badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11px; }
 .mlv-muted { color: #666; }
 .mlv-tokens { line-height: 1.9; }
 .mlv .tok { display: inline-block; white-space: pre; font-family: ui-monospace, monospace; font-size: 12px;
@@ -90,7 +97,7 @@ def badge(status: str, extra: str = "", words: str = "") -> str:
     ("pruned at step 7") and keep the status's colour."""
     color = STATUS_COLORS.get(status, "#ddd")
     text = escape(words or status + (f": {extra}" if extra else ""))
-    return f'<span class="mlv-badge" style="background:{color}">{text}</span>'
+    return f'<span class="mlv-badge" style="background:{color};color:{text_color_on(color)}">{text}</span>'
 
 
 def seq_label(seq_id: int) -> str:
