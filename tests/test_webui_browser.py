@@ -317,12 +317,14 @@ def test_a_share_link_opens_the_same_view_in_another_browser(browser, url):
     assert colleague.locator("#ml-slider input[type=number]").input_value() == "2"
     assert "4 step(s) recorded" in colleague.locator("#ml-status").inner_text()
     assert "shared view of a live session's trace (4 steps)" in colleague.locator("#ml-status").inner_text()
-    # A snapshot cannot step: its stepping buttons are greyed out (they answered with a message),
+    # A snapshot cannot step or fork: those buttons are greyed out (they answered with a message),
     # until Reset starts a live engine.
-    assert all(colleague.locator(f"#{name}").is_disabled() for name in ("ml-step", "ml-run", "ml-run-bp"))
+    engine_buttons = ("ml-step", "ml-run", "ml-run-bp", "ml-fork-text-go")
+    colleague.get_by_role("tab", name="Next token").click()  # Fork with text is in its tab
+    assert all(colleague.locator(f"#{name}").is_disabled() for name in engine_buttons)
     colleague.locator("#ml-reset").click()
     colleague.wait_for_function("() => !document.querySelector('#ml-step').disabled", timeout=30_000)
-    assert not colleague.locator("#ml-run").is_disabled()
+    assert not any(colleague.locator(f"#{name}").is_disabled() for name in engine_buttons)
     colleague.goto(url + "?view=0123456789abcdef01234567&step=1")
     colleague.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('expired')")
     author.context.close()

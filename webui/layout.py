@@ -190,7 +190,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
 
         panels = dict(status=status, slider=slider, text=text, figures=figures, tables=tables, details=details,
                       forks=forks, branch=branch, compare=compare, seq=seq, layer=layer, head=head, step=step, run=run,
-                      run_bp=run_bp)
+                      run_bp=run_bp, fork_text_go=fork_text_go)
         outputs = [panels[name] for name in OUTPUT_NAMES]
         # Moving the cursor only reads the trace: no queue (a direct request), no progress overlay.
         quiet = dict(outputs=outputs, show_progress="hidden", queue=False)

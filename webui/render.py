@@ -24,8 +24,10 @@ from inspector import Trace, views
 from webui.sessions import UISession
 
 OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "forks", "branch", "compare", "seq", "layer",
-                "head", "step", "run", "run_bp")
-STEPPING = 3  # the last outputs: the buttons that step the engine (Step, Run, Run to breakpoint)
+                "head", "step", "run", "run_bp", "fork_text_go")
+# The last outputs: the buttons that run the engine (Step, Run, Run to breakpoint, Fork with text),
+# greyed on a trace from a file, where each could only answer that it cannot.
+STEPPING = 4
 API_OUTPUT_NAMES = OUTPUT_NAMES[:-STEPPING]  # what an API client gets: Gradio leaves buttons out of the API
 FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history", "lens")  # the keys of the figures' JSON
 AUTO = "auto"  # the sequence picker's value for "whichever sequence the step is about"
@@ -111,7 +113,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
     index = session.index if session is not None else -1
     if session is not None:
         session.updates_sent += 1
-    # A trace from a file cannot step: its stepping buttons go grey (they answered with a
+    # A trace from a file cannot step or fork: those buttons go grey (they answered with a
     # message). A cursor move changes nothing there; an error without a session knows nothing.
     can_step = None if cursor_only or session is None else session.opened is None
     stepping = [gr.skip() if can_step is None else gr.Button(interactive=can_step)] * STEPPING
