@@ -46,6 +46,7 @@ from inspector.views import (
 )
 from inspector.views.attention_map import MAX_TICKS
 from inspector.views.colors import CACHED_FREE_COLOR, FREE_COLOR, SAMPLED_COLOR, tint
+from inspector.views.figure import step_ticks
 from inspector.views.markup import escape
 from inspector.views.selection import resolve
 from minillama import EngineConfig, LLMEngine, SamplingParams
@@ -247,6 +248,19 @@ def test_timeline_cells_are_the_states_and_the_cursor_is_marked(trace):
         (cursor,) = fig.layout.shapes
         assert (cursor.x0, cursor.x1) == (index - 0.5, index + 0.5)
         assert fig.layout.title.text == f"Scheduler timeline · step {index}"
+
+
+def test_the_step_axes_tick_whole_steps(trace, monkeypatch):
+    """The timeline's and the history's axes are steps: on a short run plotly's own ticks fell
+    on halves ("0.5"), steps that do not exist. (This trace is a long run: its ticks are
+    plotly's, whole numbers; shortened, one tick a step.)"""
+    assert step_ticks(12) == {"tick0": 0, "dtick": 1} and step_ticks(13) == {}
+    selection = resolve(trace, Selection(), 3)
+    for view in ("timeline", "logits"):
+        monkeypatch.setattr(f"inspector.views.{view}.step_ticks", lambda n: step_ticks(min(n, 12)))
+    for fig in (timeline_figure(trace, 3), logits_history_figure(trace, 3, selection)):
+        assert (fig.layout.xaxis.tick0, fig.layout.xaxis.dtick) == (0, 1)
+
 
 
 # -- KV cache --------------------------------------------------------------------------------------
