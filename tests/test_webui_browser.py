@@ -688,10 +688,13 @@ def test_every_keyboard_stop_shows_its_focus_and_has_a_name_and_the_text_reads(b
     """A keyboard user sees where the focus is on every control, each has a name, and every text
     on screen reads at WCAG AA. The fork's text field showed no focus and was named "Textbox";
     the fork buttons that cannot fork (the drawn token's) were faded by Gradio to 2.0:1; a
-    badge's #111 on the preempted red read at 3.8:1 (colours: tests/test_views.py)."""
+    badge's #111 on the preempted red read at 3.8:1 (colours: tests/test_views.py); a pruned
+    beam's text, faded to half opacity, at 2.3-3.7:1."""
     page = open_page(browser, url)
-    add_prompts(page, "What is the capital of France?", max_tokens=4)
-    step_through(page, 3)
+    page.locator("#ml-beam-width input").fill("3")
+    add_prompts(page, "Write a haiku about autumn.", max_tokens=10)
+    step_through(page, 10)
+    assert page.locator("#ml-text .mlv-pruned").count() > 0
     page.get_by_role("tab", name="Next token").click()
     page.wait_for_selector("#ml-forks .mlv-fork-tok[disabled]")
     assert page.evaluate(LOW_CONTRAST) == []
