@@ -711,3 +711,17 @@ def test_every_keyboard_stop_shows_its_focus_and_has_a_name_and_the_text_reads(b
     assert {"ml-step", "ml-run", "ml-slider", "ml-seq", "ml-fork-text", "ml-add"} <= ids
     assert [stop for stop in stops if not stop[2] or stop[1] in ("", "Textbox")] == []
     page.context.close()
+
+
+def test_the_panels_read_in_a_browser_that_prefers_dark(browser, url):
+    """With the system in dark mode Gradio draws its dark theme and colours every element of an
+    HTML block near white: the prompt chips (pale grey) read at 1.05:1, white on the orange Run
+    at 3.6:1. The panels are light cards in either scheme (inspector/views/markup.py)."""
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}, color_scheme="dark").new_page()
+    page.goto(url)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    assert page.evaluate("() => document.body.classList.contains('dark')")
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    step_through(page, 2)
+    assert page.evaluate(LOW_CONTRAST) == []
+    page.context.close()

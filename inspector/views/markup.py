@@ -26,7 +26,12 @@ from inspector.views.colors import (
 )
 
 VIEWS_CSS = """
-.mlv { font-family: system-ui, sans-serif; font-size: 13px; line-height: 1.5; color: #222; }
+/* The panels are light cards in either colour scheme (as the plots are): their chips and cells
+   are pale colours under dark text. Gradio colours every element of an HTML block with its
+   theme's --body-text-color, near white in dark mode, where the prompt chips read at 1.05:1:
+   the panel sets that variable for everything in it. */
+.mlv { font-family: system-ui, sans-serif; font-size: 13px; line-height: 1.5; color: #222; --body-text-color: #222;
+  background: #fff; }
 .mlv-caption { color: #555; margin-bottom: 6px; }
 .mlv-empty { color: #666; padding: 24px; text-align: center; }
 /* content-visibility: a sequence scrolled out of view is not laid out or painted when the panel
