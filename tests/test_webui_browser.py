@@ -652,15 +652,18 @@ FOCUSED = """() => {
         || el.title || el.placeholder || '';
     return [el.id || el.closest('[id]')?.id || el.tagName, name, ring];
 }"""
-# Every text on screen that reads below WCAG AA against what is drawn behind it (4.5:1, 3:1 for
-# large text): its colour and the backgrounds of its ancestors blended, their opacity applied.
+# Gradio has faded in the panels an event updated (they are faded while it runs).
+SETTLED = "() => [...document.querySelectorAll('.html-container')].every(e => getComputedStyle(e).opacity === '1')"
+# Every text of the page's own (Gradio's toasts aside) that reads below WCAG AA against what is
+# drawn behind it (4.5:1, 3:1 for large text): its colour and the backgrounds of its ancestors
+# blended, their opacity applied.
 LOW_CONTRAST = """() => {
     const rgba = (c) => (c.match(/[\\d.]+/g) || []).map(Number).concat([1]).slice(0, 4);
     const over = (top, under) => top.slice(0, 3).map((v, i) => v * top[3] + under[i] * (1 - top[3])).concat([1]);
     const lum = (c) => c.slice(0, 3).reduce((sum, v, i) => { v /= 255;
         return sum + [0.2126, 0.7152, 0.0722][i] * (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4); }, 0);
     const low = [];
-    const walker = document.createTreeWalker(document.querySelector('gradio-app'), NodeFilter.SHOW_TEXT);
+    const walker = document.createTreeWalker(document.getElementById('ml-shell'), NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {
         const el = node.parentElement;
         if (!node.textContent.trim() || !el.offsetParent || el.closest('svg, style, script')) continue;
@@ -716,12 +719,17 @@ def test_every_keyboard_stop_shows_its_focus_and_has_a_name_and_the_text_reads(b
 def test_the_panels_read_in_a_browser_that_prefers_dark(browser, url):
     """With the system in dark mode Gradio draws its dark theme and colours every element of an
     HTML block near white: the prompt chips (pale grey) read at 1.05:1, white on the orange Run
-    at 3.6:1. The panels are light cards in either scheme (inspector/views/markup.py)."""
+    at 3.6:1, the status line's red error at 2.5:1. The panels are light cards in either scheme
+    (inspector/views/markup.py)."""
     page = browser.new_context(viewport={"width": 1500, "height": 1100}, color_scheme="dark").new_page()
     page.goto(url)
     page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
     assert page.evaluate("() => document.body.classList.contains('dark')")
     add_prompts(page, "What is the capital of France?", max_tokens=4)
+    page.wait_for_function(SETTLED)
+    assert page.evaluate(LOW_CONTRAST) == []  # the status line's message ("added #0")
     step_through(page, 2)
+    page.locator("#ml-run-bp").click()  # no breakpoint set: an error in the status line
+    page.wait_for_selector("#ml-status .ml-error")
     assert page.evaluate(LOW_CONTRAST) == []
     page.context.close()
