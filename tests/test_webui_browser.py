@@ -692,7 +692,7 @@ def test_every_keyboard_stop_shows_its_focus_and_has_a_name_and_the_text_reads(b
     on screen reads at WCAG AA. The fork's text field showed no focus and was named "Textbox";
     the fork buttons that cannot fork (the drawn token's) were faded by Gradio to 2.0:1; a
     badge's #111 on the preempted red read at 3.8:1 (colours: tests/test_views.py); a pruned
-    beam's text, faded to half opacity, at 2.3-3.7:1."""
+    beam's text, faded to half opacity, at 2.3-3.7:1. Every slider's end labels show whole."""
     page = open_page(browser, url)
     page.locator("#ml-beam-width input").fill("3")
     add_prompts(page, "Write a haiku about autumn.", max_tokens=10)
@@ -710,6 +710,10 @@ def test_every_keyboard_stop_shows_its_focus_and_has_a_name_and_the_text_reads(b
             break
         if focused is not None:
             stops.append(focused)
+    # Every slider's end labels lie inside its box (the layer slider's "29" was clipped).
+    assert page.evaluate("""() => [...document.querySelectorAll('#ml-main .block:has(input[type=range])')]
+        .filter(b => b.offsetParent).flatMap(b => [...b.querySelectorAll('span')].filter(s => s.offsetParent
+        && s.getBoundingClientRect().right > b.getBoundingClientRect().right + 1).map(s => b.id + ' ' + s.textContent))""") == []
     ids = {stop[0] for stop in stops}
     assert {"ml-step", "ml-run", "ml-slider", "ml-seq", "ml-fork-text", "ml-add"} <= ids
     assert [stop for stop in stops if not stop[2] or stop[1] in ("", "Textbox")] == []
