@@ -298,3 +298,17 @@ def test_prompt_token_texts_are_what_each_token_completes(embedded_dir, prompt):
     assert "".join(seq.prompt_tokens) == engine.tokenizer.decode(seq.prompt_ids)
     assert "\ufffd" not in "".join(seq.prompt_tokens) and "<|im_start|>" in seq.prompt_tokens
     assert "" in seq.prompt_tokens  # 🦙 takes more than one token
+
+
+def test_a_byte_piece_among_the_alternatives_has_no_text_of_its_own(embedded_dir):
+    """The top-k alternatives are decoded one token alone: a byte piece of a character decoded to
+    U+FFFD, and the Next token chart showed several different tokens as the same "�". Such a
+    token has no text of its own (""), and the views show its id."""
+    from inspector.record.token_texts import TokenTexts
+
+    engine = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=16))
+    pieces = [i for i in engine.tokenizer.encode("🦙 ש", add_special_tokens=False)
+              if "\ufffd" in engine.tokenizer.decode([i])]
+    texts = TokenTexts(engine.tokenizer)
+    assert pieces and all(texts[i] == "" for i in pieces)
+    assert texts[engine.tokenizer.encode(" Paris", add_special_tokens=False)[0]] == " Paris"

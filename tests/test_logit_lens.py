@@ -89,6 +89,7 @@ def test_the_memory_budget_drops_the_lens_before_the_logits():
 
 def test_the_lens_panel_shows_the_recorded_guesses():
     from inspector.views import Selection, logit_lens_figure
+    from inspector.views.colors import PROBABILITY_SCALE, contrast, scale_color
 
     _, session, _ = lens_run(CapturePolicy(logit_lens=True, attention=False, attention_requests=(0,)))
     trace = session.trace
@@ -96,6 +97,12 @@ def test_the_lens_panel_shows_the_recorded_guesses():
     token = trace.steps[step].token_of(0)
     fig = logit_lens_figure(trace, step, Selection(seq_id=0))
     assert [list(row) for row in fig.data[0].z] == token.lens.top_probs
+    # Each guess is written over its cell in black or white, whichever reads there (WCAG AA).
+    words = fig.data[1]
+    cells = {(x, y): p for y, row in enumerate(token.lens.top_probs) for x, p in zip(fig.data[0].x, row)}
+    assert len(words.text) == len(cells) == len(words.textfont.color)
+    for x, y, ink in zip(words.x, words.y, words.textfont.color):
+        assert contrast(ink, scale_color(PROBABILITY_SCALE, cells[x, y])) >= 4.5
     assert f"step {step}" in fig.layout.title.text and "seq #0" in fig.layout.title.text
     untraced = logit_lens_figure(trace, step, Selection(seq_id=1))
     assert "#1 is not a traced sequence" in untraced.layout.annotations[0].text

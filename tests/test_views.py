@@ -46,6 +46,7 @@ from inspector.views import (
 )
 from inspector.views.attention_map import MAX_TICKS
 from inspector.views.colors import CACHED_FREE_COLOR, FREE_COLOR, SAMPLED_COLOR, tint
+from inspector.views.figure import step_ticks
 from inspector.views.markup import escape
 from inspector.views.selection import resolve
 from minillama import EngineConfig, LLMEngine, SamplingParams
@@ -202,6 +203,32 @@ def test_text_status_badges(trace):
     assert dict(re.findall(r'data-seq="(\d+)".*?class="mlv-badge"[^>]*>([^<]*)<', text_html(trace, 0)))["1"] == "absent"
 
 
+
+def test_text_on_a_coloured_cell_reads_at_wcag_aa(trace):
+    """Text drawn on a coloured background (a status badge, a KV-grid mark, a logit-lens guess)
+    takes black or white by that colour: #111 on the preempted badge's red measured 3.8:1, and
+    plotly's dark grey on the lens's mid blues 3.2-4.4:1. Every colour a cell can take, and the
+    probability scale end to end, reads at 4.5:1 or more."""
+    from inspector.views.colors import (
+        PROBABILITY_SCALE,
+        SEQUENCE_PALETTE,
+        STATE_COLORS,
+        STATUS_COLORS,
+        contrast,
+        scale_color,
+        text_color_on,
+    )
+    from inspector.views.markup import badge
+
+    cells = [*SEQUENCE_PALETTE, *STATE_COLORS.values(), *STATUS_COLORS.values(), FREE_COLOR, CACHED_FREE_COLOR]
+    cells += [scale_color(PROBABILITY_SCALE, p / 100) for p in range(101)]
+    assert all(contrast(text_color_on(cell), cell) >= 4.5 for cell in cells)
+    assert scale_color(PROBABILITY_SCALE, 0.25) == "#6baed6" and scale_color(PROBABILITY_SCALE, 0.125) == "#a8cce7"
+    for status in STATUS_COLORS:
+        background, ink = re.search(r'style="background:(#\w+);color:(#\w+)"', badge(status)).groups()
+        assert contrast(ink, background) >= 4.5, status
+
+
 # -- timeline --------------------------------------------------------------------------------------
 
 
@@ -221,6 +248,19 @@ def test_timeline_cells_are_the_states_and_the_cursor_is_marked(trace):
         (cursor,) = fig.layout.shapes
         assert (cursor.x0, cursor.x1) == (index - 0.5, index + 0.5)
         assert fig.layout.title.text == f"Scheduler timeline · step {index}"
+
+
+def test_the_step_axes_tick_whole_steps(trace, monkeypatch):
+    """The timeline's and the history's axes are steps: on a short run plotly's own ticks fell
+    on halves ("0.5"), steps that do not exist. (This trace is a long run: its ticks are
+    plotly's, whole numbers; shortened, one tick a step.)"""
+    assert step_ticks(12) == {"tick0": 0, "dtick": 1} and step_ticks(13) == {}
+    selection = resolve(trace, Selection(), 3)
+    for view in ("timeline", "logits"):
+        monkeypatch.setattr(f"inspector.views.{view}.step_ticks", lambda n: step_ticks(min(n, 12)))
+    for fig in (timeline_figure(trace, 3), logits_history_figure(trace, 3, selection)):
+        assert (fig.layout.xaxis.tick0, fig.layout.xaxis.dtick) == (0, 1)
+
 
 
 # -- KV cache --------------------------------------------------------------------------------------
@@ -556,7 +596,7 @@ def test_no_step_an_unknown_sequence_and_an_abort():
     trace = session.trace
     states = sequence_states(trace)
     assert states[b][:2] == ["prefill", "decode"] and set(states[b][2:]) == {"finished"}
-    assert 'class="mlv-badge" style="background:#a0a0a0">finished: abort<' in text_html(trace, 2)
+    assert 'class="mlv-badge" style="background:#a0a0a0;color:#000000">finished: abort<' in text_html(trace, 2)
     assert "running" in text_html(trace, 1)
     # A selection naming no sequence of the trace: placeholders, never an exception.
     for builder in (attention_figure, logits_figure, logits_history_figure):

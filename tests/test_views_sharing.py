@@ -27,7 +27,7 @@ from inspector.views import (
     text_html,
     timeline_figure,
 )
-from inspector.views.colors import sequence_color, tint
+from inspector.views.colors import contrast, sequence_color, tint
 from inspector.views.groups import Group, text_order
 from minillama import LLMEngine, SamplingParams
 from webui import defaults
@@ -61,6 +61,20 @@ def grid_marks(fig) -> dict[int, str]:
     return {} if texts is None else {int(y) * columns + int(x): t for x, y, t in zip(texts.x, texts.y, texts.text)}
 
 
+def grid_ink(fig, block: int) -> str:
+    """The colour of the text drawn on block's cell."""
+    columns = np.asarray(fig.data[0].z).shape[1]
+    texts = next(d for d in fig.data[1:] if d.mode == "text")
+    return next(ink for x, y, ink in zip(texts.x, texts.y, texts.textfont.color) if int(y) * columns + int(x) == block)
+
+
+def grid_color(fig, block: int) -> str:
+    """The colour of block's cell: the z of its category's flat band in the colorscale."""
+    columns = np.asarray(fig.data[0].z).shape[1]
+    category = int(np.asarray(fig.data[0].z)[block // columns][block % columns])
+    return fig.data[0].colorscale[2 * category][1]
+
+
 def grid_hover(fig, block: int) -> str:
     columns = np.asarray(fig.data[0].z).shape[1]
     return fig.data[0].text[block // columns][block % columns]
@@ -88,6 +102,7 @@ def test_a_shared_block_shows_its_reference_count_and_holders_in_the_grid_and_bo
         entry = trace.steps[index].kv.entry(block)
         holders = ", ".join(f"#{o}" for o in entry.owners)
         assert entry.ref_count == 2 and marks[block].startswith("×2")
+        assert contrast(grid_ink(fig, block), grid_color(fig, block)) >= 4.5  # WCAG AA on the owner's colour
         assert f"ref count 2 (shared ×2 by {holders})" in grid_hover(fig, block)
         # The same physical block in both tables looks the same: colour, mark, hover.
         seen = [c for s in (parent, child) for c in cells[s] if c[0] == block]

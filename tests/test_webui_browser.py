@@ -317,12 +317,14 @@ def test_a_share_link_opens_the_same_view_in_another_browser(browser, url):
     assert colleague.locator("#ml-slider input[type=number]").input_value() == "2"
     assert "4 step(s) recorded" in colleague.locator("#ml-status").inner_text()
     assert "shared view of a live session's trace (4 steps)" in colleague.locator("#ml-status").inner_text()
-    # A snapshot cannot step: its stepping buttons are greyed out (they answered with a message),
+    # A snapshot cannot step or fork: those buttons are greyed out (they answered with a message),
     # until Reset starts a live engine.
-    assert all(colleague.locator(f"#{name}").is_disabled() for name in ("ml-step", "ml-run", "ml-run-bp"))
+    engine_buttons = ("ml-step", "ml-run", "ml-run-bp", "ml-fork-text-go")
+    colleague.get_by_role("tab", name="Next token").click()  # Fork with text is in its tab
+    assert all(colleague.locator(f"#{name}").is_disabled() for name in engine_buttons)
     colleague.locator("#ml-reset").click()
     colleague.wait_for_function("() => !document.querySelector('#ml-step').disabled", timeout=30_000)
-    assert not colleague.locator("#ml-run").is_disabled()
+    assert not any(colleague.locator(f"#{name}").is_disabled() for name in engine_buttons)
     colleague.goto(url + "?view=0123456789abcdef01234567&step=1")
     colleague.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('expired')")
     author.context.close()
@@ -633,4 +635,105 @@ def test_reloading_in_the_middle_of_a_run_logs_no_console_error(browser, url):
     page.wait_for_function("() => document.querySelector('#ml-text')?.textContent.includes('No step yet')")
     page.wait_for_timeout(500)
     assert errors == []
+    page.context.close()
+
+
+# The keyboard focus as the page shows it: [element id, accessible name, whether an outline or a
+# focus shadow marks it or an ancestor up to four levels up] (Gradio draws some rings around
+# the field's box, not on the input).
+FOCUSED = """() => {
+    const el = document.activeElement;
+    if (!el || el === document.body) return null;
+    const marked = (e) => { const s = getComputedStyle(e);
+        return (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none'; };
+    let ring = marked(el);
+    for (let up = el.parentElement, i = 0; !ring && up && i < 4; up = up.parentElement, i++) ring = marked(up);
+    const name = el.getAttribute('aria-label') || el.labels?.[0]?.textContent.trim() || el.textContent.trim()
+        || el.title || el.placeholder || '';
+    return [el.id || el.closest('[id]')?.id || el.tagName, name, ring];
+}"""
+# Gradio has faded in the panels an event updated (they are faded while it runs).
+SETTLED = "() => [...document.querySelectorAll('.html-container')].every(e => getComputedStyle(e).opacity === '1')"
+# Every text of the page's own (Gradio's toasts aside) that reads below WCAG AA against what is
+# drawn behind it (4.5:1, 3:1 for large text): its colour and the backgrounds of its ancestors
+# blended, their opacity applied.
+LOW_CONTRAST = """() => {
+    const rgba = (c) => (c.match(/[\\d.]+/g) || []).map(Number).concat([1]).slice(0, 4);
+    const over = (top, under) => top.slice(0, 3).map((v, i) => v * top[3] + under[i] * (1 - top[3])).concat([1]);
+    const lum = (c) => c.slice(0, 3).reduce((sum, v, i) => { v /= 255;
+        return sum + [0.2126, 0.7152, 0.0722][i] * (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4); }, 0);
+    const low = [];
+    const walker = document.createTreeWalker(document.getElementById('ml-shell'), NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const el = node.parentElement;
+        if (!node.textContent.trim() || !el.offsetParent || el.closest('svg, style, script')) continue;
+        const layers = [];
+        let opacity = 1;
+        for (let up = el; up; up = up.parentElement) {
+            const s = getComputedStyle(up);
+            opacity *= Number(s.opacity);
+            const bg = rgba(s.backgroundColor);
+            if (bg[3] > 0) layers.push(bg);
+        }
+        const back = layers.reverse().reduce((under, top) => over(top, under), [255, 255, 255, 1]);
+        const ink = rgba(getComputedStyle(el).color);
+        const front = over([ink[0], ink[1], ink[2], ink[3] * opacity], back);
+        const [a, b] = [lum(front), lum(back)].sort((x, y) => y - x);
+        const size = parseFloat(getComputedStyle(el).fontSize), bold = Number(getComputedStyle(el).fontWeight) >= 700;
+        const needed = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+        if ((a + 0.05) / (b + 0.05) < needed) low.push(node.textContent.trim().slice(0, 20) + ' in #' + el.closest('[id]')?.id);
+    }
+    return low;
+}"""
+
+
+def test_every_keyboard_stop_shows_its_focus_and_has_a_name_and_the_text_reads(browser, url):
+    """A keyboard user sees where the focus is on every control, each has a name, and every text
+    on screen reads at WCAG AA. The fork's text field showed no focus and was named "Textbox";
+    the fork buttons that cannot fork (the drawn token's) were faded by Gradio to 2.0:1; a
+    badge's #111 on the preempted red read at 3.8:1 (colours: tests/test_views.py); a pruned
+    beam's text, faded to half opacity, at 2.3-3.7:1. Every slider's end labels show whole."""
+    page = open_page(browser, url)
+    page.locator("#ml-beam-width input").fill("3")
+    add_prompts(page, "Write a haiku about autumn.", max_tokens=10)
+    step_through(page, 10)
+    assert page.locator("#ml-text .mlv-pruned").count() > 0
+    page.get_by_role("tab", name="Next token").click()
+    page.wait_for_selector("#ml-forks .mlv-fork-tok[disabled]")
+    assert page.evaluate(LOW_CONTRAST) == []
+    page.mouse.click(1, 1)
+    stops = []
+    for _ in range(250):  # every stop of the page, once round
+        page.keyboard.press("Tab")
+        focused = page.evaluate(FOCUSED)
+        if focused is not None and stops and focused == stops[0]:
+            break
+        if focused is not None:
+            stops.append(focused)
+    # Every slider's end labels lie inside its box (the layer slider's "29" was clipped).
+    assert page.evaluate("""() => [...document.querySelectorAll('#ml-main .block:has(input[type=range])')]
+        .filter(b => b.offsetParent).flatMap(b => [...b.querySelectorAll('span')].filter(s => s.offsetParent
+        && s.getBoundingClientRect().right > b.getBoundingClientRect().right + 1).map(s => b.id + ' ' + s.textContent))""") == []
+    ids = {stop[0] for stop in stops}
+    assert {"ml-step", "ml-run", "ml-slider", "ml-seq", "ml-fork-text", "ml-add"} <= ids
+    assert [stop for stop in stops if not stop[2] or stop[1] in ("", "Textbox")] == []
+    page.context.close()
+
+
+def test_the_panels_read_in_a_browser_that_prefers_dark(browser, url):
+    """With the system in dark mode Gradio draws its dark theme and colours every element of an
+    HTML block near white: the prompt chips (pale grey) read at 1.05:1, white on the orange Run
+    at 3.6:1, the status line's red error at 2.5:1. The panels are light cards in either scheme
+    (inspector/views/markup.py)."""
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}, color_scheme="dark").new_page()
+    page.goto(url)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    assert page.evaluate("() => document.body.classList.contains('dark')")
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    page.wait_for_function(SETTLED)
+    assert page.evaluate(LOW_CONTRAST) == []  # the status line's message ("added #0")
+    step_through(page, 2)
+    page.locator("#ml-run-bp").click()  # no breakpoint set: an error in the status line
+    page.wait_for_selector("#ml-status .ml-error")
+    assert page.evaluate(LOW_CONTRAST) == []
     page.context.close()

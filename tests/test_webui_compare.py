@@ -285,3 +285,19 @@ def test_a_replay_stops_at_the_step_limit_and_a_running_session_is_refused(manag
     session.running = True
     with pytest.raises(ValueError, match="a run is in progress: Pause it"):
         comparing.alone(small, session, lambda done, total: None)
+
+
+def test_a_comparison_is_cleared_once_the_session_shows_another_run(url):
+    """The Compare tab's verdict is about the run it compared: a cursor move keeps it; Reset (as
+    a step, a fork or an opened trace would) puts a note there instead, once. The verdict stood
+    beside the empty session after a Reset, read as the new run's."""
+    tab = Tab(url)
+    add(tab, PROMPTS)
+    tab.predict(api_name="/run")
+    panel, _ = compare(tab, "/compare_alone")
+    assert "The same tokens" in panel
+    assert "earlier run" not in str(panels(tab.predict(1, api_name="/seek"))["compare"])
+    named = panels(tab.predict(64, 16, 8, 2048, True, True, 2, 10, False, api_name="/reset"))
+    assert "The comparison shown here was of an earlier run" in named["compare"]
+    add(tab, PROMPTS)
+    assert "earlier run" not in str(panels(tab.predict(api_name="/step"))["compare"])  # said once

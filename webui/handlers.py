@@ -444,6 +444,7 @@ class Handlers:
             log.exception("compare failed")
             message = f"internal error ({type(error).__name__}: {error}); the server keeps serving"
             return [gr.skip(), status_html(session, message, error=True)]
+        session.compared = (session.trace, len(session.trace.steps)) if session.trace is not None else None
         return [comparing.panel(comparison), status_html(session, comparing.verdict(comparison))]
 
     # -- trace files ------------------------------------------------------------------------------

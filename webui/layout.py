@@ -7,7 +7,8 @@ text and the tabs scroll inside their own panes.
 
 Every event's outputs are the same list of panels (render.OUTPUT_NAMES), so whatever a user
 does, every panel shows the step under the cursor; a comparison (Compare tab) is not about a
-step, and fills only its panel and the status banner. Buttons and panels carry elem_ids that
+step, and fills only its panel and the status banner (the other events clear that panel once
+the run it compared has changed: render.compare_panel). Buttons and panels carry elem_ids that
 static/app.js (keyboard shortcuts, drawing) and the browser tests use.
 """
 
@@ -151,8 +152,9 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                                 # What if? The alternatives as buttons (a click forks there; static/app.js).
                                 forks = gr.HTML(elem_id="ml-forks")
                                 with gr.Row(elem_id="ml-fork-text-row", equal_height=True):
+                                    # The label is the field's accessible name (not shown: the placeholder says it).
                                     fork_text = gr.Textbox("", placeholder="or type text to force here instead",
-                                                           show_label=False, max_lines=1, elem_id="ml-fork-text",
+                                                           label="Text to force at this step", show_label=False, max_lines=1, elem_id="ml-fork-text",
                                                            scale=4, container=False, interactive=live)
                                     fork_text_go = gr.Button("Fork with text", elem_id="ml-fork-text-go", size="sm",
                                                              scale=1, min_width=110, interactive=live)
@@ -191,7 +193,8 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                 next_api = gr.Button(visible="hidden", elem_id="ml-next-api")
 
         panels = dict(status=status, slider=slider, text=text, figures=figures, tables=tables, details=details,
-                      forks=forks, branch=branch, seq=seq, layer=layer, head=head, step=step, run=run, run_bp=run_bp)
+                      forks=forks, branch=branch, compare=compare, seq=seq, layer=layer, head=head, step=step, run=run,
+                      run_bp=run_bp, fork_text_go=fork_text_go)
         outputs = [panels[name] for name in OUTPUT_NAMES]
         # Moving the cursor only reads the trace: no queue (a direct request), no progress overlay.
         quiet = dict(outputs=outputs, show_progress="hidden", queue=False)

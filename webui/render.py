@@ -23,9 +23,11 @@ import plotly.io as pio
 from inspector import Trace, views
 from webui.sessions import UISession
 
-OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "forks", "branch", "seq", "layer", "head",
-                "step", "run", "run_bp")
-STEPPING = 3  # the last outputs: the buttons that step the engine (Step, Run, Run to breakpoint)
+OUTPUT_NAMES = ("status", "slider", "text", "figures", "tables", "details", "forks", "branch", "compare", "seq", "layer",
+                "head", "step", "run", "run_bp", "fork_text_go")
+# The last outputs: the buttons that run the engine (Step, Run, Run to breakpoint, Fork with text),
+# greyed on a trace from a file, where each could only answer that it cannot.
+STEPPING = 4
 API_OUTPUT_NAMES = OUTPUT_NAMES[:-STEPPING]  # what an API client gets: Gradio leaves buttons out of the API
 FIGURE_NAMES = ("timeline", "kv", "attention", "logits", "history", "lens")  # the keys of the figures' JSON
 AUTO = "auto"  # the sequence picker's value for "whichever sequence the step is about"
@@ -84,6 +86,21 @@ def sequence_choices(trace: Trace) -> list[tuple[str, str]]:
     return choices
 
 
+def compare_panel(session: UISession | None) -> Any:
+    """The Compare tab, which only a comparison fills (handlers.py _compare): left as it is while
+    it shows the session's run as it is; once the session shows another run (Reset, a step, a
+    fork, an opened trace), a note instead, once. Left, the old verdict ("all 2 requests give the
+    same tokens") stood beside an empty session, read as the new run's."""
+    if session is None or session.compared is None:
+        return gr.skip()
+    trace, steps = session.compared
+    if session.trace is trace and len(trace.steps) == steps:
+        return gr.skip()
+    session.compared = None
+    return (f"<p class='ml-empty'>The comparison shown here was of an earlier run ({steps} steps); the session has "
+            "changed since: press a button above to compare it again.</p>")
+
+
 def render(session: UISession | None, message: str = "", error: bool = False, cursor_only: bool = False,
            slider_moved: bool = False) -> list[Any]:
     """Every panel's update, in OUTPUT_NAMES order. cursor_only: only the cursor moved, so the
@@ -96,7 +113,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
     index = session.index if session is not None else -1
     if session is not None:
         session.updates_sent += 1
-    # A trace from a file cannot step: its stepping buttons go grey (they answered with a
+    # A trace from a file cannot step or fork: those buttons go grey (they answered with a
     # message). A cursor move changes nothing there; an error without a session knows nothing.
     can_step = None if cursor_only or session is None else session.opened is None
     stepping = [gr.skip() if can_step is None else gr.Button(interactive=can_step)] * STEPPING
@@ -106,7 +123,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         return [
             status_html(session, message, error),
             gr.Slider(minimum=0, maximum=1, value=0, interactive=False, label="Step: none recorded"),
-            note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note, note, note,
+            note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note, note, note, compare_panel(session),
             gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(), *stepping,
         ]
     selection = views.resolve(trace, session.selection, index)
@@ -137,6 +154,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         views.step_details_html(trace, index),
         views.fork_choices_html(trace, index, selection, session.live),
         views.branch_html(trace, index, selection),
+        compare_panel(session),
     ] + ([gr.skip()] * 3 if cursor_only else [
         gr.Dropdown(choices=sequences, value=picked),
         # Gradio refuses a slider whose minimum is its maximum: a one-layer model's range is 0..1, fixed at 0.

@@ -107,6 +107,9 @@ class UISession:
     shares_startup_trace: bool = False  # shows the server's --trace file
     shared_view: bool = False  # shows a shared snapshot (webui/shares.py), one object for every tab
     last_download: Path | None = None  # the trace file it saved last (deleted when it saves again)
+    # The run the Compare tab shows a comparison of: its trace and step count then (render.py
+    # clears the tab once the session shows another run).
+    compared: tuple[Trace, int] | None = None
     # Sequences asked of its engine since Reset (Limits.max_sequences): a prompt with n samples
     # or a beam width counts that many at once, before its step makes them; a fork counts one.
     sequences_asked: int = 0

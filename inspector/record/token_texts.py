@@ -1,5 +1,5 @@
 """Token texts for the trace: TokenTexts (token id -> the text of that token alone, decoded the
-first time it is asked for: the top-k alternatives, a fork's forced tokens), and prompt_texts
+first time it is asked for: the top-k alternatives, a fork's forced tokens; "" for a byte piece), and prompt_texts
 (the text each prompt token completes, in context, as the engine streams its output)."""
 
 from __future__ import annotations
@@ -35,5 +35,10 @@ class TokenTexts(dict[int, str]):
 
     def __missing__(self, token_id: int) -> str:
         text = self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
+        # A byte piece of a character (an emoji's, a Hebrew letter's) decodes alone to U+FFFD:
+        # it has no text of its own, so it gets "" and the views show its id. Shown as "�",
+        # the Next token chart listed several different tokens under one and the same label.
+        if "\ufffd" in text:
+            text = ""
         self[token_id] = text
         return text

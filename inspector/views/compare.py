@@ -187,7 +187,7 @@ def _top_table(side: str, top: list[TopToken], drawn: int | None) -> str:
         return f'<div class="mlv-muted">{side}: logits not recorded</div>'
     marked = ' class="mlv-drawn"'
     rows = "".join(
-        f'<tr><td{marked if t.token_id == drawn else ""}>{escape(repr(t.text))}</td>'
+        f'<tr><td{marked if t.token_id == drawn else ""}>{escape(repr(t.text) if t.text else f"[{t.token_id}]")}</td>'
         f'<td class="mlv-num">{t.prob:.3f}</td></tr>' for t in top[:5])
     return f"<table><tr><th>top of {side}</th><th>p</th></tr>{rows}</table>"
 

@@ -95,5 +95,12 @@ def discrete_colorscale(colors: list[str]) -> list[list[Any]]:
     return scale
 
 
+def step_ticks(num_steps: int) -> dict[str, int]:
+    """An axis of steps: on a short run, one tick per step from 0. Plotly's own ticks on a run
+    of a few steps fell on halves ("0.5", "1.5"), steps that do not exist; past a dozen it
+    picks whole numbers (2, 5, 10...) by itself."""
+    return dict(tick0=0, dtick=1) if num_steps <= 12 else {}
+
+
 def clamp_height(height: float, low: int = 260, high: int = 380) -> int:
     return int(min(max(height, low), high))

@@ -21,14 +21,20 @@ from inspector.views.markup import empty_panel, escape, panel, seq_background
 from inspector.views.selection import Selection, resolve
 from inspector.views.tokens import chip_text
 
+# ".mlv.mlv-forks": two classes, so these rules outrank Gradio's own for a button in its page
+# (".gradio-container-X .gradio-style button[disabled]" fades a disabled one to opacity 0.5).
 FORK_CSS = """
-.mlv-forks .mlv-fork-tok { font: inherit; cursor: pointer; border: 1px solid #bbb; border-radius: 4px;
-  background: #fff; padding: 1px 6px 1px 2px; margin: 0 4px 4px 0; }
-.mlv-forks .mlv-fork-tok:hover:not([disabled]) { border-color: #222; background: #f6f6f6; }
-.mlv-forks .mlv-fork-tok[disabled] { cursor: default; opacity: 0.75; }
-.mlv-forks .mlv-fork-tok .tok { margin-right: 4px; }
-.mlv-forks .mlv-fork-tok small { color: #555; font-variant-numeric: tabular-nums; }
-.mlv-forks .mlv-fork-taken { border: 2px solid #d62728; }
+.mlv.mlv-forks .mlv-fork-tok { font: inherit; cursor: pointer; border: 1px solid #bbb; border-radius: 4px;
+  background: #fff; color: #222; padding: 1px 6px 1px 2px; margin: 0 4px 4px 0; }
+.mlv.mlv-forks .mlv-fork-tok:hover:not([disabled]) { border-color: #222; background: #f6f6f6; }
+/* A button that cannot fork (the drawn token, or any on a read-only trace) still names a token
+   and its probability: full contrast (faded on Gradio's grey it read at 2.0:1); a dashed
+   border and the cursor say it does nothing. */
+.mlv.mlv-forks .mlv-fork-tok[disabled] { cursor: default; opacity: 1; filter: none; background: #fff; color: #222;
+  border: 1px dashed #888; }
+.mlv.mlv-forks .mlv-fork-tok .tok { margin-right: 4px; }
+.mlv.mlv-forks .mlv-fork-tok small { color: #555; font-variant-numeric: tabular-nums; }
+.mlv.mlv-forks .mlv-fork-tok.mlv-fork-taken { border: 2px solid #d62728; }
 """
 
 

@@ -41,7 +41,7 @@ import plotly.graph_objects as go
 from inspector.trace.attention_rows import mass_per_block
 from inspector.trace.model import KVBlockEntry, NotRecorded, Trace
 from inspector.trace.why_text import eviction_text
-from inspector.views.colors import CACHED_FREE_COLOR, CURRENT_COLOR, FREE_COLOR, sequence_color
+from inspector.views.colors import CACHED_FREE_COLOR, FREE_COLOR, sequence_color, text_color_on
 from inspector.views.figure import clamp_height, discrete_colorscale, empty_figure, make_figure, step_problem
 from inspector.views.queries import cursor_query, query_note
 from inspector.views.selection import Selection, selected_seq_id
@@ -49,6 +49,7 @@ from inspector.views.sharing import copied_blocks, copy_notes, shared_words
 
 MAX_GRID_BLOCKS = 4096
 MAX_LEGEND_HOLDERS = 24  # sequences named in the legend; the rest are counted in one entry
+_OUTLINE = {"#000000": "white", "#ffffff": "black"}  # a mark's outline: the other colour
 MAX_DRAWN_BLOCKS = 2**18  # bounds the figure's JSON; an 80 GB GPU's whole pool fits (docs/perf-notes.md)
 
 
@@ -130,11 +131,15 @@ def kv_cache_figure(trace: Trace, index: int, selection: Selection | None = None
             customdata=[[b, mass[b]] for b in blocks],
             hovertemplate="block %{customdata[0]}<br>attention mass %{customdata[1]:.1%}<extra></extra>",
         ))
-    if marks:  # over the circles, outlined in white: readable on a circle too
+    if marks:
+        # Black or white, whichever reads on the block's colour (a fixed dark grey read at 3.4:1 on
+        # #0's blue), outlined in the other: readable on an attention circle too.
+        ink = [text_color_on(colors[int(z[b])]) for b, _ in marks]
         data.append(dict(
             type="scatter", mode="text", hoverinfo="skip", showlegend=False,
             x=[b % columns for b, _ in marks], y=[b // columns for b, _ in marks],
-            text=[m for _, m in marks], textfont=dict(size=11, color=CURRENT_COLOR, shadow="0px 0px 2px white"),
+            text=[m for _, m in marks],
+            textfont=dict(size=11, color=ink, shadow=[f"0px 0px 2px {_OUTLINE[c]}" for c in ink]),
         ))
 
     data += _legend(names, colors)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from inspector.trace.model import Trace
-from inspector.views.colors import PROBABILITY_SCALE
+from inspector.views.colors import PROBABILITY_SCALE, scale_color, text_color_on
 from inspector.views.figure import empty_figure, make_figure, sequence_or_placeholder
 from inspector.views.selection import Selection
 from inspector.views.tokens import axis_label
@@ -41,16 +41,26 @@ def logit_lens_figure(trace: Trace, index: int, selection: Selection | None = No
     # Where the sampled token first becomes the layer's best guess (and stays so).
     settled = next((layer for layer in layers if all(lens.top_ids[j][0] == token.token_id for j in layers[layer:])),
                    None)
+    columns = [f"#{r + 1}" for r in range(len(lens.top_probs[0]))]
     heat = dict(
-        type="heatmap", z=lens.top_probs, x=[f"#{r + 1}" for r in range(len(lens.top_probs[0]))], y=layers,
-        text=texts, texttemplate="%{text}", textfont=dict(size=11), customdata=texts, zmin=0, zmax=1,
+        type="heatmap", z=lens.top_probs, x=columns, y=layers, customdata=texts, zmin=0, zmax=1,
         colorscale=PROBABILITY_SCALE, colorbar=dict(title=dict(text="p"), thickness=10),
         hovertemplate="layer %{y}, guess %{x}: %{customdata} p=%{z:.3f}<extra></extra>",
+    )
+    # The guesses as a text layer over the cells, each black or white by its cell's colour: the
+    # heatmap's own text takes one colour per trace, and plotly's pick read at 3.2-4.4:1 on the
+    # mid blues.
+    cells = [(column, layer, text, p) for layer, (row, probs) in enumerate(zip(texts, lens.top_probs))
+             for column, text, p in zip(columns, row, probs)]
+    words = dict(
+        type="scatter", mode="text", hoverinfo="skip", showlegend=False, x=[c[0] for c in cells],
+        y=[c[1] for c in cells], text=[c[2] for c in cells],
+        textfont=dict(size=11, color=[text_color_on(scale_color(PROBABILITY_SCALE, c[3])) for c in cells]),
     )
     if settled is not None:
         title += f" · settles on the sampled token at layer {settled}"
     # A row per layer, tall enough for its five guesses to be read (30 layers: 690 px; the tab scrolls).
     height = max(380, 90 + ROW_PX * len(layers))
-    return make_figure([heat], title, height, f"lens-{seq_id}",
+    return make_figure([heat, words], title, height, f"lens-{seq_id}",
                        yaxis=dict(title=dict(text="layer"), dtick=1 if len(layers) <= 40 else 5),
                        xaxis=dict(side="top"), margin=dict(l=56, r=16, t=80, b=16))

@@ -25,6 +25,7 @@ from inspector.views.figure import (
     empty_figure,
     make_figure,
     sequence_or_placeholder,
+    step_ticks,
 )
 from inspector.views.queries import scheduled_in
 from inspector.views.selection import Selection
@@ -119,7 +120,7 @@ def logits_history_figure(trace: Trace, index: int, selection: Selection | None 
     return make_figure(
         lines, title, 280, f"logits-history-{seq_id}",
         shapes=shapes,
-        xaxis=dict(title=dict(text="step"), range=[-0.5, len(trace.steps) - 0.5]),
+        xaxis=dict(title=dict(text="step"), range=[-0.5, len(trace.steps) - 0.5], **step_ticks(len(trace.steps))),
         yaxis=dict(title=dict(text="entropy (nats)"), rangemode="tozero"),
         yaxis2=dict(title=dict(text="sampled p"), overlaying="y", side="right", range=[0, 1.05], dtick=0.25,
                     showgrid=False),

@@ -16,10 +16,22 @@ from __future__ import annotations
 
 import html
 
-from inspector.views.colors import CURRENT_COLOR, STATUS_COLORS, sequence_color, sequence_text_color, tint
+from inspector.views.colors import (
+    CURRENT_COLOR,
+    STATUS_COLORS,
+    sequence_color,
+    sequence_text_color,
+    text_color_on,
+    tint,
+)
 
 VIEWS_CSS = """
-.mlv { font-family: system-ui, sans-serif; font-size: 13px; line-height: 1.5; color: #222; }
+/* The panels are light cards in either colour scheme (as the plots are): their chips and cells
+   are pale colours under dark text. Gradio colours every element of an HTML block with its
+   theme's --body-text-color, near white in dark mode, where the prompt chips read at 1.05:1:
+   the panel sets that variable for everything in it. */
+.mlv { font-family: system-ui, sans-serif; font-size: 13px; line-height: 1.5; color: #222; --body-text-color: #222;
+  background: #fff; }
 .mlv-caption { color: #555; margin-bottom: 6px; }
 .mlv-empty { color: #666; padding: 24px; text-align: center; }
 /* content-visibility: a sequence scrolled out of view is not laid out or painted when the panel
@@ -27,7 +39,7 @@ VIEWS_CSS = """
 .mlv-seq { border-left: 4px solid #999; padding: 4px 8px; margin-bottom: 10px; content-visibility: auto;
   contain-intrinsic-size: auto 120px; }
 .mlv-seq-head { margin-bottom: 3px; }
-.mlv-badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11px; color: #111; }
+.mlv-badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11px; }
 .mlv-muted { color: #666; }
 .mlv-tokens { line-height: 1.9; }
 .mlv .tok { display: inline-block; white-space: pre; font-family: ui-monospace, monospace; font-size: 12px;
@@ -42,7 +54,8 @@ VIEWS_CSS = """
 .mlv-group { border-left: 2px solid #ccc; padding-left: 6px; margin-bottom: 10px; }
 .mlv-group-head { margin-bottom: 4px; }
 .mlv-role { font-size: 11px; color: #444; background: #f0f0f0; border-radius: 8px; padding: 0 6px; }
-.mlv-seq.mlv-pruned { opacity: 0.5; filter: grayscale(1); }
+/* A pruned beam: grey and dashed, its text still dark (faded to half opacity it read at 2.3-3.7:1). */
+.mlv-seq.mlv-pruned { filter: grayscale(1); border-left-style: dashed; }
 .mlv .tok-id { color: #555; font-style: italic; }
 .mlv .tok-current { border: 2px solid CURRENT; font-weight: 600; }
 .mlv .tok-forced { border: 1px dashed #222; }
@@ -90,7 +103,7 @@ def badge(status: str, extra: str = "", words: str = "") -> str:
     ("pruned at step 7") and keep the status's colour."""
     color = STATUS_COLORS.get(status, "#ddd")
     text = escape(words or status + (f": {extra}" if extra else ""))
-    return f'<span class="mlv-badge" style="background:{color}">{text}</span>'
+    return f'<span class="mlv-badge" style="background:{color};color:{text_color_on(color)}">{text}</span>'
 
 
 def seq_label(seq_id: int) -> str:

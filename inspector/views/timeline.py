@@ -24,6 +24,7 @@ from inspector.views.figure import (
     empty_figure,
     make_figure,
     step_problem,
+    step_ticks,
 )
 from inspector.views.states import STATES, sequence_states
 
@@ -75,6 +76,6 @@ def timeline_figure(trace: Trace, index: int) -> go.Figure:
         clamp_height(90 + 26 * len(seq_ids), low=170, high=240),  # it shares the screen with the text
         "timeline",
         shapes=[cursor_line(index)],
-        xaxis=dict(showgrid=False, zeroline=False),  # the ticks are steps; the hover says so
+        xaxis=dict(showgrid=False, zeroline=False, **step_ticks(len(trace.steps))),  # steps; the hover says so
         yaxis=dict(autorange="reversed", showgrid=False),  # #0 on top, like the other panels
     )
