@@ -94,7 +94,7 @@ def test_a_smaller_pool_preempts_says_why_and_keeps_the_greedy_tokens(finished):
     """The Engine panel's settings (not applied to the session): 10 KV blocks of 8 tokens
     cannot hold both requests, so one is preempted; the schedules differ, with their causes."""
     tab, steps = finished
-    panel, status = compare(tab, "/compare_settings", 10, 8, 64, 4096, True)
+    panel, status = compare(tab, "/compare_settings", 10, "8", 64, 4096, True)
     assert "compared with the Engine panel's settings: all 2 request(s) give the same tokens" in html.unescape(status)
     assert "replayed with 10 KV blocks of 8 tokens, batches of up to 64, 4096 batched tokens, prefix caching on" in panel
     assert "<tr><td>num_blocks</td><td>64</td><td>10</td></tr>" in panel
@@ -104,12 +104,12 @@ def test_a_smaller_pool_preempts_says_why_and_keeps_the_greedy_tokens(finished):
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ((0, 8, 64, 4096, True), "KV blocks must be a whole number >= 1, got 0"),
-    ((5000, 8, 64, 4096, True), "KV blocks must be between 1 and 1024, got 5000"),
-    ((2, 8, 64, 4096, True), "can never fit the KV cache: the K/V of 44 tokens need 6 blocks of 8, the cache has 2"),
-    ((16, 8, 65, 4096, True), "max batch size must be between 1 and 64, got 65"),
-    ((16, 8, 64, None, True), "max batched tokens is empty"),
-    ((16, 8, 64, 10**9, True), "max batched tokens must be between 1 and 16384, got 1000000000"),
+    ((0, "8", 64, 4096, True), "KV blocks must be a whole number >= 1, got 0"),
+    ((5000, "8", 64, 4096, True), "KV blocks must be between 1 and 1024, got 5000"),
+    ((2, "8", 64, 4096, True), "can never fit the KV cache: the K/V of 44 tokens need 6 blocks of 8, the cache has 2"),
+    ((16, "8", 65, 4096, True), "max batch size must be between 1 and 64, got 65"),
+    ((16, "8", 64, None, True), "max batched tokens is empty"),
+    ((16, "8", 64, 10**9, True), "max batched tokens must be between 1 and 16384, got 1000000000"),
 ])
 def test_bad_engine_settings_are_refused_before_any_step(finished, fields, message):
     tab, steps = finished
@@ -297,7 +297,7 @@ def test_a_comparison_is_cleared_once_the_session_shows_another_run(url):
     panel, _ = compare(tab, "/compare_alone")
     assert "The same tokens" in panel
     assert "earlier run" not in str(panels(tab.predict(1, api_name="/seek"))["compare"])
-    named = panels(tab.predict(64, 16, 8, 2048, True, True, 2, 10, False, api_name="/reset"))
+    named = panels(tab.predict(64, "16", 8, 2048, True, True, 2, 10, False, api_name="/reset"))
     assert "The comparison shown here was of an earlier run" in named["compare"]
     add(tab, PROMPTS)
     assert "earlier run" not in str(panels(tab.predict(api_name="/step"))["compare"])  # said once
