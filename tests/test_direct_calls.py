@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from types import SimpleNamespace
 
 import pytest
 
 from webui.direct_calls import MAX_CLIENT_CALLS, MAX_WAITING, DirectCallLanes
-from webui.front_door import FrontDoor
+from webui.front_door import FrontDoor, SessionsNamed
 
+# Gradio's queue, as the door counts a tab's calls in it: empty.
+QUEUE = SimpleNamespace(event_queue_per_concurrency_id={}, active_jobs=[])
 # What the door reads of Gradio's application: no login, and one function, /seek.
 GRADIO = SimpleNamespace(auth=None, get_blocks=lambda: SimpleNamespace(fns={0: SimpleNamespace(api_name="seek")}))
 
@@ -130,6 +133,44 @@ def test_calls_without_a_key_take_turns_in_their_clients_lane(first):
         app.release.set()
         assert (await asyncio.gather(*flood)).count(200) == MAX_WAITING + 1
         assert door.lanes._lanes == {} and door.lanes._clients == {}
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("path", ["/gradio_api/run/seek", "/gradio_api/queue/join"])
+def test_only_a_clients_newest_sessions_keep_their_gradio_state(path):
+    """Gradio keeps a state (~0.3 MB) for every session a call names, up to 10,000; the name is
+    the client's to make up. Only a client address's newest SESSIONS_KEPT_PER_CLIENT (3 here)
+    keep theirs: every call still runs, and another client's states stay."""
+    states = SimpleNamespace(session_data={}, time_last_used={}, lock=threading.Lock())
+    queue = SimpleNamespace(**vars(QUEUE), pending_messages_per_session={}, pending_event_ids_session={})
+    blocks = SimpleNamespace(fns={0: SimpleNamespace(api_name="seek")}, state_holder=states, _queue=queue)
+
+    async def call(door: FrontDoor, session: str, client: str = "10.0.0.9") -> int:
+        states.session_data[session] = states.time_last_used[session] = "state"  # as Gradio makes them
+        queue.pending_messages_per_session[session] = queue.pending_event_ids_session[session] = "results"
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [], "client": (client, 1),
+                 "app": SimpleNamespace(auth=None, get_blocks=lambda: blocks)}
+        body = iter([{"type": "http.request", "body": json.dumps({"data": ["tab", 0], "session_hash": session}).encode()}])
+        statuses = []
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await door(scope, lambda: asyncio.sleep(0, next(body, {"type": "http.disconnect"})), send)
+        return statuses[0]
+
+    async def scenario():
+        app = HeldApp()
+        app.release.set()
+        door = make_door(app)
+        door.sessions = SessionsNamed(kept=3)
+        assert await call(door, "other", client="10.0.0.10") == 200
+        assert [await call(door, f"made-up-{i}") for i in range(5)] == [200] * 5
+        assert await call(door, "made-up-2") == 200  # named again: the newest
+        assert sorted(states.session_data) == ["made-up-2", "made-up-3", "made-up-4", "other"]
+        assert states.session_data.keys() == states.time_last_used.keys() == queue.pending_messages_per_session.keys()
+        assert await call(door, "x" * 129) == 400  # a session name Gradio would never make
     asyncio.run(scenario())
 
 

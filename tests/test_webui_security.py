@@ -14,13 +14,14 @@ import time
 import httpx
 import pytest
 from gradio_client import Client
-from webui_support import Tab, running_server
+from webui_support import Tab, free_port, running_server
 
 from minillama import EngineConfig, LLMEngine
 from webui import comparing, handlers
-from webui.front_door import LOGIN_FAILURES_ALLOWED
+from webui.front_door import LOGIN_FAILURES_ALLOWED, SESSIONS_KEPT_PER_CLIENT
 from webui.limits import Limits
 from webui.render import API_OUTPUT_NAMES
+from webui.server import serve
 from webui.sessions import BUSY_WAIT_S, SessionBusy, SessionManager, UISession
 
 AUTH = ("ada", "s3cret")
@@ -316,6 +317,33 @@ def test_a_request_gradio_cannot_read_gets_a_reason_and_the_log_one_line(url, ca
     assert "Traceback" not in logged.err + logged.out
     assert len([line for line in logged.err.splitlines() if "minillama:" in line]) <= 1
     assert tab.predict(0, api_name="/seek")  # the server, and the tab, go on
+
+
+def test_calls_that_name_no_session_leave_no_state_behind(manager):
+    """A /call/<name> that names no session got a Gradio state of its own (~0.3 MB, a copy of every
+    component's settings), kept until 10,000 were held: a script's thousand calls grew the
+    server by 270 MB. Once its result is read, the state goes; of calls whose results are never
+    read, only the newest SESSIONS_KEPT_PER_CLIENT keep theirs (webui/front_door.py)."""
+    port = free_port()
+    app = serve(manager, "127.0.0.1", port, block=False)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        tab = Tab(url)
+        held = len(app.state_holder.session_data)
+        for _ in range(30):
+            event = httpx.post(f"{url}gradio_api/call/seek", json={"data": [tab.key, 0]}, timeout=30).json()["event_id"]
+            assert "event: complete" in httpx.get(f"{url}gradio_api/call/seek/{event}", timeout=30).text
+        assert len(app.state_holder.session_data) <= held + 1  # the last call's, gone at the next one's read
+        unread = 0
+        while unread < SESSIONS_KEPT_PER_CLIENT + 20:  # calls whose results are never read
+            posted = httpx.post(f"{url}gradio_api/call/seek", json={"data": [tab.key, 0]}, timeout=30)
+            unread += posted.status_code == 200
+            time.sleep(0.05 if posted.status_code == 429 else 0)  # the queue holds 16 of a client's calls
+        time.sleep(2)  # the last ones run
+        assert len(app.state_holder.session_data) <= held + SESSIONS_KEPT_PER_CLIENT
+        assert tab.predict(0, api_name="/seek")  # a session the caller named keeps its state
+    finally:
+        app.close()
 
 
 def test_idle_connections_by_the_thousand_leave_the_page_loading(url):

@@ -31,6 +31,10 @@ any route runs:
   belongs, keyword values /call/v2/<name> does not take, the event stream of a session it does not
   know) is one line in the server's log, and a 400 naming it when no answer has begun: uvicorn
   logged a 40-line traceback and answered 500 with no reason.
+- Gradio keeps a state (~0.3 MB) for each session a call names, up to 10,000. A /call/<name>
+  that names none leaves no state behind once its result is read
+  (FrontDoor._forget_states_of_calls_without_session), and only the newest
+  SESSIONS_KEPT_PER_CLIENT sessions a client address names keep theirs (SessionsNamed).
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
 heartbeat) pass through untouched.
@@ -42,7 +46,7 @@ import json
 import sys
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -73,6 +77,10 @@ DRAWN_PATH = "/ml-api/drawn"
 MAX_DRAWN_BODY = 1024  # bytes: a key and a number
 LOGIN_FAILURES_ALLOWED = 5
 LOGIN_WINDOW_S = 60.0
+# The sessions of one client address whose Gradio state is kept (SessionsNamed): a browser tab,
+# a reload or a gradio_client names one each.
+SESSIONS_KEPT_PER_CLIENT = 64
+MAX_SESSION_NAME = 128  # characters of a session hash (Gradio's own are 11 to 36)
 # What the login page loads before anyone has logged in: the page, its assets, the login form.
 OPEN_PATHS = {"/", "/login", "/login/", "/favicon.ico", "/theme.css", "/manifest.json", "/robots.txt",
               "/gradio_api/startup-events", "/gradio_api/app_id", "/gradio_api/app_id/"}
@@ -112,12 +120,48 @@ class LoginThrottle:
         return failures
 
 
+class SessionsNamed:
+    """The sessions (Gradio session hashes) each client address has named, newest last. Gradio
+    makes a state for every session a call names (~0.3 MB, a copy of every component's
+    settings) and keeps up to 10,000; the name is the client's to make up, and a script naming
+    a new one per call grew the server by 290 MB a thousand calls. So the state of a client's
+    oldest session goes when it names one more than SESSIONS_KEPT_PER_CLIENT, with the results
+    of its calls that were never read: its calls still run, and no other client's session is
+    touched."""
+
+    def __init__(self, kept: int = SESSIONS_KEPT_PER_CLIENT):
+        self.kept = kept
+        self._named: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()  # client -> its sessions
+        self._lock = threading.Lock()
+
+    def named(self, blocks: Any, client: str, session: str) -> None:
+        """`client` names `session` in a call (Gradio will hold a state for it)."""
+        with self._lock:
+            mine = self._named.setdefault(client, OrderedDict())
+            self._named.move_to_end(client)
+            mine[session] = None
+            mine.move_to_end(session)
+            dropped = [mine.popitem(last=False)[0] for _ in range(len(mine) - self.kept)]
+            if len(self._named) > 10_000:  # addresses that went away: forget the least recent
+                self._named.popitem(last=False)
+        states, queue = getattr(blocks, "state_holder", None), getattr(blocks, "_queue", None)
+        if dropped and states is not None:
+            with states.lock:
+                for old in dropped:
+                    states.session_data.pop(old, None)
+                    states.time_last_used.pop(old, None)
+        for old in dropped if queue is not None else ():  # the results of its calls nobody read
+            queue.pending_messages_per_session.pop(old, None)
+            queue.pending_event_ids_session.pop(old, None)
+
+
 CALL_PREFIX = "/gradio_api/call/"  # + an API name: one of the app's events, by name
 # + an API name: the same, answered directly (no queue, no events). Gradio serves both spellings:
 # the door knew only the first, so /api/<name> skipped the lanes and every check below.
 DIRECT_PREFIXES = ("/gradio_api/run/", "/gradio_api/api/")
 JOIN_PATHS = ("/gradio_api/queue/join", "/gradio_api/queue/join/")  # a queued call enters the queue
 MAX_ERROR_BODY = 64 * 1024  # bytes of a 500's body read to tell a refusal: Gradio's error JSON is short
+RECENT_CALLS = 64  # events read whose states are dropped again on each read (_forget_states_of_calls_without_session)
 UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload/")
 UPLOAD_WINDOW_S = 900.0  # as long as Gradio's cache keeps a file (webui/layout.py)
 UPLOADS_PER_CLIENT = 4  # the largest upload's worth, per client within the window
@@ -167,10 +211,12 @@ class FrontDoor:
         self.static = {name: (file.read_bytes(), file.suffix) for name, file in static_files.items()}
         self.on_drawn = on_drawn
         self.throttle = throttle or LoginThrottle()
+        self.sessions = SessionsNamed()
         self.uploads = UploadQuota(largest_upload)
         self.lanes = DirectCallLanes()
         # tab key, or ("client", address) -> its queue joins under way
         self.joining: dict[str | tuple[str, str], int] = defaultdict(int)
+        self.read_calls: deque[str] = deque(maxlen=RECENT_CALLS)  # events whose result was read (their states go)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -222,6 +268,9 @@ class FrontDoor:
                 await self._queue_join(scope, receive, send)
             elif path.startswith(DIRECT_PREFIXES) and scope["type"] == "http":
                 await self._direct_call(scope, receive, _refusals_as_400(send))
+            elif path.startswith(CALL_PREFIX) and scope.get("method") == "GET":
+                await self.app(scope, receive, send)
+                self._forget_states_of_calls_without_session(gradio, path.rstrip("/").rsplit("/", 1)[-1])
             else:
                 await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -269,7 +318,7 @@ class FrontDoor:
     async def _direct_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A call answered without the queue runs in its tab's lane, or its client's when it
         carries no key (webui/direct_calls.py)."""
-        body = await _call_body(scope, receive, send, "too large for a direct call")
+        body = await self._call_body(scope, receive, send, "too large for a direct call")
         if body is None:
             return
         client = _client(scope)
@@ -288,10 +337,13 @@ class FrontDoor:
         """A call enters Gradio's queue unless its tab has MAX_QUEUED there already, or its
         client address MAX_CLIENT_QUEUED. Joins still under way count too: parallel joins would
         otherwise all pass before any is queued."""
-        body = await _call_body(scope, receive, send, "too large for a call")
+        body = await self._call_body(scope, receive, send, "too large for a call")
         if body is None:
             return
-        key, client = tab_key(call_payload(body)), _client(scope)
+        payload = call_payload(body)
+        key, client = tab_key(payload), _client(scope)
+        if scope["path"].startswith(CALL_PREFIX) and not isinstance(payload.get("session_hash"), str):
+            send = self._naming_its_event(scope, send)
         of_tab, of_client = queued_calls(scope["app"].get_blocks()._queue, key, client)
         client_joins = ("client", client)  # a tuple: no made-up key names a client's count
         if key is not None and self.joining.get(key, 0) + of_tab >= MAX_QUEUED \
@@ -308,6 +360,62 @@ class FrontDoor:
                 self.joining[name] -= 1
                 if not self.joining[name]:
                     del self.joining[name]
+
+    def _naming_its_event(self, scope: Scope, send: Send) -> Send:
+        """Wrap `send` so that the event id a /call/<name> that names no session is answered with
+        counts as a session its client named (SessionsNamed): Gradio names the call's session
+        after its event, and a script that never reads the results would otherwise leave a
+        state per call. The answer is a short JSON object."""
+        chunks: list[bytes] = []
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                event = call_payload(b"".join(chunks)).get("event_id") if not message.get("more_body") else None
+                if isinstance(event, str):
+                    self.sessions.named(scope["app"].get_blocks(), _client(scope), event)
+            await send(message)
+
+        return wrapped
+
+    def _forget_states_of_calls_without_session(self, gradio: Any, event_id: str) -> None:
+        """Drop the state Gradio made for a /call/<name> that named no session, once its result
+        has been read (GET /call/<name>/<event id>). Gradio names such a session after the event
+        and keeps a state for it (~0.3 MB: a copy of every component's settings) until 10,000
+        are held: a script's thousand calls grew the server by 270 MB. The queue's worker may
+        touch the state again after the result went out, so the last RECENT_CALLS events' states
+        are dropped again each time. A session a caller named is never an event's id."""
+        states = getattr(gradio.get_blocks(), "state_holder", None)
+        if states is None:
+            return
+        self.read_calls.append(event_id)
+        with states.lock:  # the queue's workers add states meanwhile
+            for read in self.read_calls:
+                states.session_data.pop(read, None)
+                states.time_last_used.pop(read, None)
+
+    async def _call_body(self, scope: Scope, receive: Receive, send: Send, too_large: str) -> bytes | None:
+        """A call's body (a tab key and small values), or None once it has been answered: 413
+        over the size limit, 404 when its fn_index names no function the call may run
+        (_other_function), 400 for a session hash past MAX_SESSION_NAME characters. The
+        session it names is counted to its client address (SessionsNamed)."""
+        try:
+            body = await read_body(receive)
+        except TooLarge:
+            await _respond(send, 413, {"detail": too_large})
+            return None
+        payload = call_payload(body)
+        wrong = _other_function(scope["app"], scope["path"], payload.get("fn_index"))
+        if wrong is not None:
+            await _respond(send, 404, {"detail": wrong})
+            return None
+        named = payload.get("session_hash")
+        if isinstance(named, str) and len(named) > MAX_SESSION_NAME:
+            await _respond(send, 400, {"detail": f"a session hash is at most {MAX_SESSION_NAME} characters"})
+            return None
+        if isinstance(named, str):
+            self.sessions.named(scope["app"].get_blocks(), _client(scope), named)
+        return body
 
     async def _drawn(self, receive: Receive, send: Send) -> None:
         try:
@@ -425,21 +533,6 @@ def _strip_api_info(body: bytes) -> bytes:
     if end < 0:
         return body[:begin]
     return body[:begin] + API_INFO_MARKER + b"null;" + body[end:]
-
-
-async def _call_body(scope: Scope, receive: Receive, send: Send, too_large: str) -> bytes | None:
-    """A call's body (a tab key and small values), or None once it has been answered: 413 over
-    the size limit, 404 when its fn_index names no function the call may run (_other_function)."""
-    try:
-        body = await read_body(receive)
-    except TooLarge:
-        await _respond(send, 413, {"detail": too_large})
-        return None
-    wrong = _other_function(scope["app"], scope["path"], call_payload(body).get("fn_index"))
-    if wrong is not None:
-        await _respond(send, 404, {"detail": wrong})
-        return None
-    return body
 
 
 def _other_function(gradio: Any, path: str, fn_index: object) -> str | None:
