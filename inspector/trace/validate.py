@@ -174,8 +174,9 @@ def _check_causes(trace: Trace, step: StepRecord, where: str) -> None:
         if len(set(ids)) != len(ids) or not set(ids) <= allowed:
             raise TraceError(f"{where}: the causes in {name} name sequences {ids[:10]}, which must be distinct and "
                              f"among {among}")
+    waiting = set(s.waiting)  # a set: a step may hold 100,000 waits, each naming the queue's head
     for w in s.waits:
-        if not set(w.by) <= scheduled or (w.head is not None and w.head not in s.waiting) or max(w.needs, w.free) > nb:
+        if not set(w.by) <= scheduled or (w.head is not None and w.head not in waiting) or max(w.needs, w.free) > nb:
             raise TraceError(f"{where}: the wait of sequence {w.seq_id} names sequences not scheduled or waiting, "
                              f"or more than the pool's {nb} blocks")
     for p in s.preemptions:
@@ -273,9 +274,11 @@ def _check_lineage(trace: Trace) -> None:
             raise TraceError(f"sequence {child_id}: its parent, fork position and cause ({child.parent_id}, "
                              f"{child.fork_position}, {child.fork_cause}) disagree with its fork event's ({fork.parent_id}, "
                              f"{fork.position}, {fork.cause})")
-        parent = trace.sequences[fork.parent_id]
-        if child.prompt_ids[: fork.position] != (parent.prompt_ids + parent.output_ids)[: fork.position] \
-                or len(child.prompt_ids) < fork.position:
+        # Sliced, never joined whole: a parent of 100,000 tokens with as many forks would cost
+        # 10**10 copies. The length first, so the slices are at most the child's prompt long.
+        parent, inherited = trace.sequences[fork.parent_id], child.prompt_ids[: fork.position]
+        from_prompt = parent.prompt_ids[: fork.position]
+        if len(inherited) < fork.position or inherited != from_prompt + parent.output_ids[: fork.position - len(from_prompt)]:
             raise TraceError(f"sequence {child_id}: a fork of sequence {fork.parent_id} at position {fork.position} "
                              "does not start with that sequence's tokens up to there")
 
