@@ -226,8 +226,11 @@ def _check_events(trace: Trace) -> None:
         if e.step > len(trace.steps) or e.step < last:
             raise TraceError(f"{where}: past the trace's {len(trace.steps)} steps, or before the event ahead of it")
         last = e.step
-        if e.kind == "drop" and e.what is None:
-            raise TraceError(f"{where}: says nothing of what was dropped")
+        # A drop is of the whole trace's capture: it, and only it, says what, and names no sequence.
+        if (e.kind == "drop") != (e.what is not None):
+            raise TraceError(f"{where}: a drop event, and only one, says what was dropped")
+        if e.kind == "drop" and e.seq_id is not None:
+            raise TraceError(f"{where}: a drop event names no sequence, not {e.seq_id}")
         if e.kind != "drop" and (e.seq_id is None or e.seq_id not in trace.sequences):
             raise TraceError(f"{where}: names no sequence of the trace")
         if (e.kind == "fork") != (e.fork is not None):
