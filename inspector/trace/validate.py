@@ -7,7 +7,8 @@ trace finds what it looks for, and nothing they draw is nonsense:
 - every id points at something that exists: sequence ids at sequences, steps at steps, token
   ids below the vocabulary size, layers below the model's count;
 - what is recorded twice says the same: a sequence's output_ids and token_steps against the
-  tokens of those steps; the tokens of a step against the sequences it scheduled to sample;
+  tokens of those steps; the tokens of a step against the sequences it scheduled to sample; a
+  sequence's arrival, prune and fork against its events (which a replay acts on), once each;
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), and ends with the token that says it finished;
 - the arrays (validate_arrays.py) have the dtypes and shapes the model and the pool imply;
