@@ -185,7 +185,7 @@ def edit_events(edit):
     return lambda document: edit(document["trace"]["events"])
 
 
-def event(kind: str, step: int, seq_id: int) -> dict:
+def event(kind: str, step: int, seq_id: int | None) -> dict:
     return {"step": step, "kind": kind, "message": kind, "seq_id": seq_id, "what": None, "fork": None}
 
 
@@ -229,6 +229,11 @@ def renumbered_sequence(document):
         (renumbered_sequence, "key '00' is not an integer"),
         (set_key(["trace", "events", 0, "step"], 10**6), "past the trace's"),
         (set_key(["trace", "events", 0, "seq_id"], None), "names no sequence of the trace"),
+        (set_key(["trace", "events", 0, "what"], "logits"), "'add' before step 0: a drop event, and only one, says what"),
+        (edit_events(lambda events: events.append({**event("drop", events[-1]["step"], None), "what": None})),
+         "'drop' before step \\d+: a drop event, and only one, says what was dropped"),
+        (edit_events(lambda events: events.append({**event("drop", events[-1]["step"], 0), "what": "logits"})),
+         "a drop event names no sequence, not 0"),
         (set_key(["trace", "steps", 1, "schedule", "running"], [0, 0]), "running: sequence ids .* must be distinct"),
         (set_key(["trace", "steps", 1, "schedule", "scheduled", 0, "start"], 500), "but has \\d+ tokens by then"),
         # Events that say again what the sequences say (a replay acts on the events): once each.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Literal, TypedDict, TypeVar
 
 import torch
 
@@ -261,6 +261,9 @@ class EvictionRecord:
     for_seq: SeqId
 
 
+_Cause = TypeVar("_Cause", WaitRecord, PreemptRecord, ChunkRecord, PrefixRecord)
+
+
 @dataclass
 class ScheduleRecord:
     """The scheduler's decision, and its queues right after making it."""
@@ -278,16 +281,30 @@ class ScheduleRecord:
     evictions: list[EvictionRecord] = field(default_factory=list)
 
     def wait_of(self, seq_id: int) -> WaitRecord | None:
-        return next((w for w in self.waits if w.seq_id == seq_id), None)
+        return self._by_seq(self.waits).get(seq_id)
 
     def preemption_of(self, seq_id: int) -> PreemptRecord | None:
-        return next((p for p in self.preemptions if p.seq_id == seq_id), None)
+        return self._by_seq(self.preemptions).get(seq_id)
 
     def chunk_of(self, seq_id: int) -> ChunkRecord | None:
-        return next((c for c in self.chunks if c.seq_id == seq_id), None)
+        return self._by_seq(self.chunks).get(seq_id)
 
     def prefix_of(self, seq_id: int) -> PrefixRecord | None:
-        return next((p for p in self.prefix if p.seq_id == seq_id), None)
+        return self._by_seq(self.prefix).get(seq_id)
+
+    def _by_seq(self, records: list[_Cause]) -> dict[int, _Cause]:
+        """One of the cause lists by sequence id, the first record of each, built on the first
+        call and again when the list has changed (as StepRecord.token_of). The step details and
+        `show --step` ask for each sequence's causes: a scan per sequence made a step of 20,000
+        waiting sequences cost 20,000 x 20,000 comparisons, 10 s a redraw. (Not a field.)"""
+        cache: dict[int, tuple[list, int, dict]] = self.__dict__.setdefault("_causes_by_seq", {})
+        found = cache.get(id(records))
+        if found is None or found[0] is not records or found[1] != len(records):
+            index: dict[int, _Cause] = {}
+            for record in records:
+                index.setdefault(record.seq_id, record)
+            found = cache[id(records)] = (records, len(records), index)
+        return found[2]
 
 
 @dataclass

@@ -7,7 +7,8 @@ trace finds what it looks for, and nothing they draw is nonsense:
 - every id points at something that exists: sequence ids at sequences, steps at steps, token
   ids below the vocabulary size, layers below the model's count;
 - what is recorded twice says the same: a sequence's output_ids and token_steps against the
-  tokens of those steps; the tokens of a step against the sequences it scheduled to sample;
+  tokens of those steps; the tokens of a step against the sequences it scheduled to sample; a
+  sequence's arrival, prune and fork against its events (which a replay acts on), once each;
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), and ends with the token that says it finished;
 - the arrays (validate_arrays.py) have the dtypes and shapes the model and the pool imply;
@@ -174,8 +175,9 @@ def _check_causes(trace: Trace, step: StepRecord, where: str) -> None:
         if len(set(ids)) != len(ids) or not set(ids) <= allowed:
             raise TraceError(f"{where}: the causes in {name} name sequences {ids[:10]}, which must be distinct and "
                              f"among {among}")
+    waiting = set(s.waiting)  # a set: a step may hold 100,000 waits, each naming the queue's head
     for w in s.waits:
-        if not set(w.by) <= scheduled or (w.head is not None and w.head not in s.waiting) or max(w.needs, w.free) > nb:
+        if not set(w.by) <= scheduled or (w.head is not None and w.head not in waiting) or max(w.needs, w.free) > nb:
             raise TraceError(f"{where}: the wait of sequence {w.seq_id} names sequences not scheduled or waiting, "
                              f"or more than the pool's {nb} blocks")
     for p in s.preemptions:
@@ -225,8 +227,11 @@ def _check_events(trace: Trace) -> None:
         if e.step > len(trace.steps) or e.step < last:
             raise TraceError(f"{where}: past the trace's {len(trace.steps)} steps, or before the event ahead of it")
         last = e.step
-        if e.kind == "drop" and e.what is None:
-            raise TraceError(f"{where}: says nothing of what was dropped")
+        # A drop is of the whole trace's capture: it, and only it, says what, and names no sequence.
+        if (e.kind == "drop") != (e.what is not None):
+            raise TraceError(f"{where}: a drop event, and only one, says what was dropped")
+        if e.kind == "drop" and e.seq_id is not None:
+            raise TraceError(f"{where}: a drop event names no sequence, not {e.seq_id}")
         if e.kind != "drop" and (e.seq_id is None or e.seq_id not in trace.sequences):
             raise TraceError(f"{where}: names no sequence of the trace")
         if (e.kind == "fork") != (e.fork is not None):
@@ -273,9 +278,11 @@ def _check_lineage(trace: Trace) -> None:
             raise TraceError(f"sequence {child_id}: its parent, fork position and cause ({child.parent_id}, "
                              f"{child.fork_position}, {child.fork_cause}) disagree with its fork event's ({fork.parent_id}, "
                              f"{fork.position}, {fork.cause})")
-        parent = trace.sequences[fork.parent_id]
-        if child.prompt_ids[: fork.position] != (parent.prompt_ids + parent.output_ids)[: fork.position] \
-                or len(child.prompt_ids) < fork.position:
+        # Sliced, never joined whole: a parent of 100,000 tokens with as many forks would cost
+        # 10**10 copies. The length first, so the slices are at most the child's prompt long.
+        parent, inherited = trace.sequences[fork.parent_id], child.prompt_ids[: fork.position]
+        from_prompt = parent.prompt_ids[: fork.position]
+        if len(inherited) < fork.position or inherited != from_prompt + parent.output_ids[: fork.position - len(from_prompt)]:
             raise TraceError(f"sequence {child_id}: a fork of sequence {fork.parent_id} at position {fork.position} "
                              "does not start with that sequence's tokens up to there")
 
