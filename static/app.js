@@ -137,6 +137,9 @@
     let changed = false;
     for (const id of CARRIERS) {
       const carrier = document.querySelector(`#${id} .ml-figure-data`);
+      // A panel without its carrier (the Compare tab's note that the run changed) took its plot
+      // div too: the next payload draws afresh, even one the same as the last.
+      if (!carrier) delete payloads[id];
       // Gradio may keep the element and change only its attribute: compare the payload itself.
       if (!carrier || carrier.dataset.figures === payloads[id]) continue;
       payloads[id] = carrier.dataset.figures;

@@ -250,6 +250,17 @@ def test_timeline_cells_are_the_states_and_the_cursor_is_marked(trace):
         assert fig.layout.title.text == f"Scheduler timeline · step {index}"
 
 
+def test_a_long_title_wraps_at_a_separator_and_keeps_its_notes():
+    """Plotly never wraps a title: the Next token chart's ran past a 480 px plot's edge."""
+    from inspector.views.figure import TITLE_LINE, wrap_title
+
+    long = "Next token · step 3 · seq #1 · sampled &quot;[12960]&quot; p=0.310 rank 0 · entropy 2.83 nats"
+    first, second = wrap_title(long).split("<br>")
+    assert len(first) <= TITLE_LINE and f"{first} · {second}" == long
+    assert wrap_title("KV cache · step 1<br><sup>" + "x" * 80 + "</sup>") == "KV cache · step 1<br><sup>" + "x" * 80 + "</sup>"
+    assert wrap_title("x" * 80) == "x" * 80  # nowhere to break
+
+
 def test_the_step_axes_tick_whole_steps(trace, monkeypatch):
     """The timeline's and the history's axes are steps: on a short run plotly's own ticks fell
     on halves ("0.5"), steps that do not exist. (This trace is a long run: its ticks are

@@ -459,6 +459,25 @@ def test_compare_marks_where_a_request_alone_differs_from_the_batch(browser, url
     page.context.close()
 
 
+def test_after_reset_the_compare_tab_says_its_verdict_was_of_the_earlier_run(browser, url):
+    """Reset left the Compare tab's verdict ("all 1 request(s) agree") beside the empty session;
+    it now says the comparison was of an earlier run. The same comparison made again (the same
+    greedy prompt) draws its chart again, though its figure is the one drawn before."""
+    page = open_page(browser, url)
+    for again in (False, True):
+        add_prompts(page, "What is 2 + 2?", max_tokens=3)
+        page.locator("#ml-run").click()
+        page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
+                               timeout=60_000)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#ml-compare-alone").click()
+        page.wait_for_function("() => document.querySelector('#ml-plot-compare .main-svg') !== null", timeout=60_000)
+        if not again:
+            page.locator("#ml-reset").click()
+            playwright_api.expect(page.locator("#ml-compare")).to_contain_text("was of an earlier run (")
+    page.context.close()
+
+
 def test_a_fast_drag_lands_where_the_mouse_lets_go_and_key_repeat_trips_no_limit(browser, url):
     """Dragging the slider fast: each seek's answer used to send the slider's value back, which
     pulled the thumb to an older step mid-drag, and the page's next call sent that older value,

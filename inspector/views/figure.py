@@ -35,12 +35,27 @@ def make_figure(data: list[dict[str, Any]], title: str, height: int, uirevision:
     template, compact margins, a title, a fixed height."""
     base = dict(
         template=_TEMPLATE,
-        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)),
+        title=dict(text=wrap_title(title), x=0.01, xanchor="left", font=dict(size=14)),
         height=height,
         margin=MARGIN,
         uirevision=uirevision,
     )
     return go.Figure(data=data, layout={**base, **layout}, _validate=False)
+
+
+TITLE_LINE = 60  # characters of a title's line: a plot in the tabs' pane of a 1280 px window is ~480 px wide
+
+
+def wrap_title(title: str) -> str:
+    """`title`'s first line broken in two when long, at its last " · " that keeps the first part
+    within TITLE_LINE characters: plotly never wraps a title, and the Next token chart's ("...
+    sampled ' Paris' p=0.310 rank 0 · entropy 2.83 nats") ran past a 480 px plot's edge, cut
+    off. The lines a view writes itself (after a "<br>": a note in <sup>) stay as they are."""
+    line, br, rest = title.partition("<br>")
+    cut = line.rfind(" · ", 0, TITLE_LINE)
+    if len(line) <= TITLE_LINE or cut < 0:
+        return title
+    return f"{line[:cut]}<br>{line[cut + 3:]}{br}{rest}"
 
 
 def empty_figure(message: str, title: str = "") -> go.Figure:
