@@ -280,13 +280,16 @@ def function_ids(url: str) -> dict[str, int]:
 
 DEEP_JSON = {"content": '{"data": ' + "[" * 100_000 + "]" * 100_000 + "}", "headers": {"content-type": "application/json"}}
 # Requests Gradio itself could not read, each answered 500 with a traceback in the server's log:
-# (method, path, what is sent, status). KEY stands for a tab key, STEP for /step's fn_index.
+# (method, path, what is sent, status). KEY stands for a tab key, SEEK for /seek's fn_index.
 MALFORMED_REQUESTS = {
     "run-unknown-name": ("POST", "gradio_api/run/nope", {"json": {"data": []}}, 404),
     "api-unknown-name": ("POST", "gradio_api/api/nope/", {"json": {"data": []}}, 404),
     "run-unknown-fn-index": ("POST", "gradio_api/run/seek", {"json": {"data": ["KEY", 0], "fn_index": 9999}}, 404),
     "run-negative-fn-index": ("POST", "gradio_api/run/seek", {"json": {"data": ["KEY", 0], "fn_index": -1}}, 404),
-    "run-another-functions-index": ("POST", "gradio_api/run/seek", {"json": {"data": ["KEY", 1], "fn_index": "STEP"}}, 404),
+    "run-predict-without-fn-index": ("POST", "gradio_api/run/predict", {"json": {"data": ["KEY", 0]}}, 404),
+    # How Gradio's page calls an event outside the queue: the function named by fn_index.
+    "run-predict-names-its-function-by-index": ("POST", "gradio_api/run/predict",
+                                                {"json": {"data": ["KEY", 0], "fn_index": "SEEK"}}, 200),
     "join-unknown-fn-index": ("POST", "gradio_api/queue/join",
                               {"json": {"data": ["KEY", 0], "fn_index": 9999, "session_hash": "x"}}, 404),
     "v2-unknown-keyword": ("POST", "gradio_api/call/v2/seek", {"json": {"data": ["KEY", 0]}}, 400),
@@ -304,10 +307,10 @@ def test_a_request_gradio_cannot_read_gets_a_reason_and_the_log_one_line(url, ca
     """The front door answers what would reach no function, and turns what Gradio raises on a
     malformed request into one log line and a 400 with the reason (webui/front_door.py)."""
     tab = Tab(url)
-    step = function_ids(url)["step"]
+    seek = function_ids(url)["seek"]
     if "json" in sent:
         sent = {"json": {**sent["json"], "data": [tab.key if v == "KEY" else v for v in sent["json"]["data"]],
-                         **({"fn_index": step} if sent["json"].get("fn_index") == "STEP" else {})}}
+                         **({"fn_index": seek} if sent["json"].get("fn_index") == "SEEK" else {})}}
     capfd.readouterr()
     answer = httpx.request(method, f"{url}{path}", timeout=30, **sent)
     assert answer.status_code == expected, answer.text[:300]

@@ -19,9 +19,10 @@ any route runs:
 - Uploads (POST /gradio_api/upload) are counted per client address and in all over a sliding
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
-- A call to an API name the app does not have answers 404 (Gradio raised, and answered 500), as
-  does a body whose fn_index names no function of the app, or, on a route named for a function,
-  another one (Gradio runs the function fn_index names, whatever the route's name).
+- A call that reaches no function answers 404 (Gradio raised, and answered 500): an API name the
+  app does not have, or a body whose fn_index names no function of the app. A direct call's body
+  may name its function by fn_index whatever its route's name, as Gradio's own page does for an
+  event outside the queue (POST /gradio_api/run/predict): Gradio runs the function fn_index names.
 - A queued call (/gradio_api/queue/join, or a POST to /gradio_api/call/<name>) is refused 429 when its tab already has
   MAX_QUEUED calls in the queue, or its client address MAX_CLIENT_QUEUED (webui/direct_calls.py).
 - A direct call (/gradio_api/run/<name>, or its older spelling /gradio_api/api/<name>) runs in its tab's lane, one at a time per tab, and a
@@ -260,7 +261,7 @@ class FrontDoor:
                 await self._drawn(receive, send)
             elif path in UPLOAD_PATHS and scope.get("method") == "POST":
                 await self._upload(scope, receive, send)
-            elif _api_name(path) is not None and not _known_api(gradio, _api_name(path)):
+            elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
                 await _respond(send, 404, {"detail": "no such API endpoint"})  # Gradio answered 500
             elif scope.get("method") == "POST" and (path in JOIN_PATHS or path.startswith(CALL_PREFIX)):
                 # /call/<name> puts the call in the same queue as a join (its result is then read
@@ -396,16 +397,16 @@ class FrontDoor:
 
     async def _call_body(self, scope: Scope, receive: Receive, send: Send, too_large: str) -> bytes | None:
         """A call's body (a tab key and small values), or None once it has been answered: 413
-        over the size limit, 404 when its fn_index names no function the call may run
-        (_other_function), 400 for a session hash past MAX_SESSION_NAME characters. The
-        session it names is counted to its client address (SessionsNamed)."""
+        over the size limit, 404 when it reaches no function (_no_function), 400 for a session
+        hash past MAX_SESSION_NAME characters. The session it names is counted to its client
+        address (SessionsNamed)."""
         try:
             body = await read_body(receive)
         except TooLarge:
             await _respond(send, 413, {"detail": too_large})
             return None
         payload = call_payload(body)
-        wrong = _other_function(scope["app"], scope["path"], payload.get("fn_index"))
+        wrong = _no_function(scope["app"], scope["path"], payload.get("fn_index"))
         if wrong is not None:
             await _respond(send, 404, {"detail": wrong})
             return None
@@ -535,19 +536,17 @@ def _strip_api_info(body: bytes) -> bytes:
     return body[:begin] + API_INFO_MARKER + b"null;" + body[end:]
 
 
-def _other_function(gradio: Any, path: str, fn_index: object) -> str | None:
-    """Why `fn_index` names no function a call on `path` may run, or None. Gradio runs the
-    function a body's fn_index names, over the API name of a direct call's route, and raised
-    (a 500, a traceback) for an index it does not have. A queue join names its function only so."""
-    if not isinstance(fn_index, int) or isinstance(fn_index, bool):  # absent, or Gradio's own 422
-        return None
-    function = gradio.get_blocks().fns.get(fn_index)
-    if function is None:
-        return f"no function has fn_index {fn_index}"
+def _no_function(gradio: Any, path: str, fn_index: object) -> str | None:
+    """Why a call on `path` with a body's `fn_index` reaches no function, or None. Gradio runs
+    the function fn_index names, whatever a direct call's route is named (its page posts
+    /run/predict so), and raised (a 500, a traceback) for an index it does not have; without
+    one, it looks the route's name up. A queue join names its function only by fn_index."""
+    if isinstance(fn_index, int) and not isinstance(fn_index, bool):
+        return None if fn_index in gradio.get_blocks().fns else f"no function has fn_index {fn_index}"
     name = _api_name(path)
-    if name is not None and function.api_name != name:
-        return f"fn_index {fn_index} is not the function of /{name}"
-    return None
+    if name is not None and not _known_api(gradio, name):
+        return "no such API endpoint"
+    return None  # anything else as fn_index: Gradio's own 422
 
 
 async def _too_many_calls(send: Send) -> None:
