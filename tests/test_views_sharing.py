@@ -242,6 +242,10 @@ def test_each_heading_counts_tokens_by_where_they_came_from(trace, run):
         assert counts in heads[str(beam.seq_id)]
     plain = trace.sequences[run.ids["parent"]]
     assert f"{len(plain.prompt_ids)} prompt + " in heads[str(plain.seq_id)]
+    # Before the fork is made it is listed under its parent, saying when it will be, not counts.
+    early = text_html(trace, fork.added_step - 1)
+    head = dict(re.findall(r'data-seq="(\d+)"[^>]*><div class="mlv-seq-head">(.*?)</div>', early))[str(fork.seq_id)]
+    assert f"forked at step {fork.added_step}" in head and "forced" not in head and "generated" not in head
 
 
 # -- the README's tour, step 6 ------------------------------------------------------------------------

@@ -119,7 +119,10 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     shared = _request_prompt_length(trace, seq_id) if role and seq.parent_id is not None else None
     # A user's fork: its first tokens are its parent's (shown there), the ones it forced follow.
     kept = (seq.fork_position or 0) if not role and _has_parent(trace, seq_id) else 0
-    facts = _token_counts(seq, kept, shared, len(outputs))
+    # Not made yet at this step (a user's fork is listed under its parent from the start): when
+    # it will be, not counts of tokens it does not have yet.
+    facts = (f"{'forked' if seq.parent_id is not None else 'added'} at step {seq.added_step}" if status == "absent"
+             else _token_counts(seq, kept, shared, len(outputs)))
     if preemptions:
         facts += f", preempted {preemptions}×"
     if status == "finished" and seq.beam_score is not None:
