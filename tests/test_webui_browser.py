@@ -69,6 +69,13 @@ def open_page(browser, url: str):
     return page
 
 
+def run_to_the_end(page, timeout: int = 60_000) -> None:
+    """Press Run and wait until the status says every request has finished."""
+    page.locator("#ml-run").click()
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
+                           timeout=timeout)
+
+
 def wait_for_step(page, index: int) -> None:
     page.wait_for_function(SHOWS_STEP, arg=[list(PANEL_IDS), index], timeout=30_000)
 
@@ -108,9 +115,7 @@ def test_panels_follow_steps_and_the_slider(browser, url):
     slider.fill("2")
     slider.press("Enter")
     wait_for_step(page, 2)
-    page.locator("#ml-run").click()  # to the end: finished sequences and their text
-    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
-                           timeout=60_000)
+    run_to_the_end(page)  # to the end: finished sequences and their text
     assert "Paris" in page.locator("#ml-text").inner_text()
     # A screen reader hears each message once, from a live region no render replaces (the
     # status line is re-rendered whole, and a region inserted afresh is not announced).
@@ -336,9 +341,7 @@ def test_a_laptop_screen_shows_the_whole_debugger_and_the_text_wraps(browser, ur
     page.goto(url)
     page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
     add_prompts(page, "Write a long story about a dragon who learns to fly.", max_tokens=120)
-    page.locator("#ml-run").click()
-    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
-                           timeout=120_000)
+    run_to_the_end(page, timeout=120_000)
     page.evaluate("() => window.scrollTo(0, 0)")
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 1280  # nothing widens the page
@@ -439,9 +442,7 @@ def test_compare_marks_where_a_request_alone_differs_from_the_batch(browser, url
     page = open_page(browser, url)
     page.locator("#ml-temperature input").fill("0.8")
     add_prompts(page, "What is the capital of France?\nWrite a haiku about autumn.", max_tokens=12)
-    page.locator("#ml-run").click()
-    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
-                           timeout=60_000)
+    run_to_the_end(page)
     page.get_by_role("tab", name="Compare").click()
     page.locator("#ml-compare-alone").click()
     page.wait_for_function("() => document.querySelector('#ml-status')?.textContent"
@@ -466,9 +467,7 @@ def test_after_reset_the_compare_tab_says_its_verdict_was_of_the_earlier_run(bro
     page = open_page(browser, url)
     for again in (False, True):
         add_prompts(page, "What is 2 + 2?", max_tokens=3)
-        page.locator("#ml-run").click()
-        page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
-                               timeout=60_000)
+        run_to_the_end(page)
         page.get_by_role("tab", name="Compare").click()
         page.locator("#ml-compare-alone").click()
         page.wait_for_function("() => document.querySelector('#ml-plot-compare .main-svg') !== null", timeout=60_000)
@@ -488,9 +487,7 @@ def test_a_fast_drag_lands_where_the_mouse_lets_go_and_key_repeat_trips_no_limit
     statuses: list[int] = []
     page.on("response", lambda response: statuses.append(response.status) if "/gradio_api/run/" in response.url else None)
     add_prompts(page, "Tell me about the moon.", max_tokens=40)
-    page.locator("#ml-run").click()
-    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
-                           timeout=60_000)
+    run_to_the_end(page)
     page.locator("#ml-text").click(position={"x": 2, "y": 2})  # focus off any field: the keys go to the page
     for key in ["ArrowLeft"] * 25 + ["ArrowRight"] * 10:  # key repeat: no wait between presses
         page.keyboard.press(key)
@@ -519,9 +516,7 @@ def test_quick_presses_and_a_double_click_move_the_cursor_one_step_each(browser,
     click on ◀ once. They move the slider in the page now (static/app.js moveCursor)."""
     page = open_page(browser, url)
     add_prompts(page, "Tell me about the moon.", max_tokens=24)
-    page.locator("#ml-run").click()
-    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('every request has finished')",
-                           timeout=60_000)
+    run_to_the_end(page)
     last = int(page.locator("#ml-slider input[type=number]").input_value())
     page.locator("#ml-text").click(position={"x": 2, "y": 2})  # focus off any field: the keys go to the page
     for _ in range(10):
