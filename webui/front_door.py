@@ -319,11 +319,12 @@ class FrontDoor:
     async def _direct_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A call answered without the queue runs in its tab's lane, or its client's when it
         carries no key (webui/direct_calls.py)."""
-        body = await self._call_body(scope, receive, send, "too large for a direct call")
-        if body is None:
+        read = await self._call_body(scope, receive, send, "too large for a direct call")
+        if read is None:
             return
+        body, payload = read
         client = _client(scope)
-        lane = tab_key(call_payload(body)) or ("client", client)  # a tuple: no made-up key names a client's lane
+        lane = tab_key(payload) or ("client", client)  # a tuple: no made-up key names a client's lane
         lock = self.lanes.enter(lane, client)
         if lock is None:
             await _too_many_calls(send)
@@ -338,10 +339,10 @@ class FrontDoor:
         """A call enters Gradio's queue unless its tab has MAX_QUEUED there already, or its
         client address MAX_CLIENT_QUEUED. Joins still under way count too: parallel joins would
         otherwise all pass before any is queued."""
-        body = await self._call_body(scope, receive, send, "too large for a call")
-        if body is None:
+        read = await self._call_body(scope, receive, send, "too large for a call")
+        if read is None:
             return
-        payload = call_payload(body)
+        body, payload = read
         key, client = tab_key(payload), _client(scope)
         if scope["path"].startswith(CALL_PREFIX) and not isinstance(payload.get("session_hash"), str):
             send = self._naming_its_event(scope, send)
@@ -395,8 +396,10 @@ class FrontDoor:
                 states.session_data.pop(read, None)
                 states.time_last_used.pop(read, None)
 
-    async def _call_body(self, scope: Scope, receive: Receive, send: Send, too_large: str) -> bytes | None:
-        """A call's body (a tab key and small values), or None once it has been answered: 413
+    async def _call_body(self, scope: Scope, receive: Receive, send: Send,
+                         too_large: str) -> tuple[bytes, dict[str, Any]] | None:
+        """A call's body (a tab key and small values) and its JSON (call_payload: {} for one that
+        is none), or None once it has been answered: 413
         over the size limit, 404 when it reaches no function (_no_function), 400 for a session
         hash past MAX_SESSION_NAME characters. The session it names is counted to its client
         address (SessionsNamed)."""
@@ -416,7 +419,7 @@ class FrontDoor:
             return None
         if isinstance(named, str):
             self.sessions.named(scope["app"].get_blocks(), _client(scope), named)
-        return body
+        return body, payload
 
     async def _drawn(self, receive: Receive, send: Send) -> None:
         try:
