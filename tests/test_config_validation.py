@@ -80,10 +80,44 @@ def test_a_bad_linear_or_dynamic_factor_is_refused(kind, factor):
         ModelConfig.from_dict({**VALID, "rope_scaling": scaling})
 
 
-@pytest.mark.parametrize("flag, where", [("attention_bias", "q/k/v/o projections"), ("mlp_bias", "MLP's projections")])
-def test_biases_are_refused_as_unimplemented(flag, where):
-    with pytest.raises(ModelLoadError, match=f"{flag}=true: biases on the {where}, which minillama does not implement"):
-        ModelConfig.from_dict({**VALID, flag: True})
+BIAS_FLAGS = ("attention_bias", "mlp_bias")
+
+
+@pytest.mark.parametrize("flag", BIAS_FLAGS)
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), (None, False)])
+def test_a_bias_flag_gives_the_projections_a_bias(flag, value, expected):
+    """attention_bias and mlp_bias, each alone, as transformers' LlamaConfig reads them (null and
+    absent: false); the other flag stays off."""
+    config = ModelConfig.from_dict({**VALID, flag: value})
+    assert (config.attention_bias, config.mlp_bias) == ((expected, False) if flag == "attention_bias" else (False, expected))
+
+
+@pytest.mark.parametrize("flag", BIAS_FLAGS)
+@pytest.mark.parametrize("value", ["true", "false", 1, 0, 1.0, [True], {"on": True}])
+def test_a_bias_flag_that_is_no_boolean_is_refused_by_name(flag, value):
+    with pytest.raises(ModelLoadError, match=f"config.json: {flag} must be true or false, got {re.escape(repr(value))}"):
+        ModelConfig.from_dict({**VALID, flag: value})
+
+
+@pytest.mark.parametrize("flag", BIAS_FLAGS)
+@pytest.mark.parametrize("value", [True, "true", 1])
+def test_mistral_does_not_read_the_bias_flags(flag, value):
+    """MistralForCausalLM builds every projection with bias=False, whatever its config says."""
+    config = ModelConfig.from_dict({**VALID, "model_type": "mistral", "architectures": ["MistralForCausalLM"],
+                                    flag: value})
+    assert (config.attention_bias, config.mlp_bias) == (False, False)
+
+
+@pytest.mark.parametrize("flags", [dict(attention_bias=True), dict(mlp_bias=True), dict(attention_bias=True, mlp_bias=True)])
+def test_the_parameter_count_holds_the_biases(flags):
+    """num_parameters (the memory check before any tensor is made) counts what the model holds."""
+    from minillama.loader import build_model
+    from minillama.ops.select import select_ops
+
+    config = ModelConfig.from_dict({**VALID, **flags})
+    ops = select_ops(torch.device("cpu"), torch.float32, config, fused_ops=False, attention="reference")
+    model = build_model(config, 16, ops, torch.device("cpu"), torch.float32)
+    assert config.num_parameters == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("field", sorted(set(SIZES) - OPTIONAL))

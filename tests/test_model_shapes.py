@@ -10,7 +10,8 @@ of anything (GPT-2's 50257 is the real one; 257 stands in), hidden_act "swish" (
 other name), sizes no multiple of 8, Llama-3.2's RoPE settings, and bf16 and fp16
 checkpoints. Each runs on every CPU attention backend with a block size that is not a power
 of two and prompts split into chunks, so paged decode, prefill over cached blocks and the C
-kernels all see the shape.
+kernels all see the shape. Biases on the projections (attention_bias, mlp_bias) are shapes too:
+tests/test_biases.py runs them through the rest of the engine.
 
 Then the layouts of a tied checkpoint's LM head (what transformers does with each), the
 recorder's attention on odd shapes, and an attention window in a Llama config.json."""
@@ -22,6 +23,7 @@ import json
 
 import pytest
 import torch
+from conftest import draw_biases
 from safetensors.torch import load_file, save_file
 from test_hf_parity import LogitsRecorder, relative_error, run_to_end
 from test_inspector_support import Checker
@@ -54,6 +56,12 @@ SHAPES = {
             "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192}),
     "untied-fp16-checkpoint": dict(tie_word_embeddings=False, vocab_size=1000, save_dtype=torch.float16),
+    # Biases (make_model draws them: transformers starts them at zero, where dropping them passes):
+    # on q/k/v/o alone, on the MLP alone, and both on a GQA shape whose q/o are not square, in bf16.
+    "attention-bias": dict(attention_bias=True),
+    "mlp-bias-untied": dict(mlp_bias=True, tie_word_embeddings=False),
+    "both-biases-explicit-head-dim-bf16": dict(attention_bias=True, mlp_bias=True, hidden_size=64, head_dim=24,
+                                              num_attention_heads=8, num_key_value_heads=2, save_dtype=torch.bfloat16),
 }
 BASE = dict(
     vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -68,10 +76,14 @@ BACKENDS = [
 
 
 def make_model(seed: int = 0, **fields):
+    """A random transformers LlamaForCausalLM of BASE's shape with `fields` over it; its biases,
+    if it has any (attention_bias, mlp_bias), drawn too."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**{**BASE, **fields})).eval()
+    model = LlamaForCausalLM(LlamaConfig(**{**BASE, **fields})).eval()
+    draw_biases(model)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +269,9 @@ def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, name):
     dict(hidden_size=256, num_attention_heads=1, num_key_value_heads=1, num_hidden_layers=1),  # head_dim 256
     dict(hidden_size=240, head_dim=48, num_attention_heads=15, num_key_value_heads=3),  # GQA 5, head_dim 48
     dict(hidden_size=64, head_dim=96, num_attention_heads=4, num_key_value_heads=1),  # 4 x 96 features of 64
-], ids=["one-head-256", "gqa5-head-dim-48", "mqa-explicit-head-dim-96"])
+    # q and k carry a bias before RoPE: the recorder's Q/K must be the biased ones.
+    dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, attention_bias=True, mlp_bias=True),
+], ids=["one-head-256", "gqa5-head-dim-48", "mqa-explicit-head-dim-96", "gqa3-biases"])
 def test_recorded_attention_reproduces_the_engines_output(fields):
     """softmax(q . K * scale) @ V from the recorder's Q/K is each layer's attention output, for
     every head of two traced sequences (one reading its prefix from the cache), under preemption."""
