@@ -288,6 +288,7 @@ def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeS
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
     if kind == "default":
         return theta, None
+    _refuse_partial_rotation(kind, top_level, field)
     if kind == "dynamic":
         # Dynamic NTK scaling raises RoPE's base only for sequences longer than
         # max_position_embeddings (transformers' LlamaRotaryEmbedding), and the engine never
@@ -312,6 +313,21 @@ def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeS
         high_freq_factor=high,
         original_max_position_embeddings=original,
     )
+
+
+def _refuse_partial_rotation(kind: str, top_level: FieldReader, section: FieldReader) -> None:
+    """partial_rotary_factor (the section's, else the top level's, as transformers 5 moves it):
+    the fraction of each head's features RoPE rotates. Llama's default RoPE ignores it, but
+    transformers' linear, dynamic and llama3 RoPE make angles for that fraction only, which
+    LlamaForCausalLM's attention (rotating whole heads) cannot apply: its forward fails on a
+    shape mismatch. Rotating whole heads here would answer where transformers cannot."""
+    name = "partial_rotary_factor"
+    if section.raw.get(name) is None and top_level.raw.get(name) is None:
+        return
+    factor = section.positive(name) if section.raw.get(name) is not None else top_level.positive(name)
+    if factor != 1.0:
+        raise ModelLoadError(f"config.json: {name} {factor:g} with {kind} RoPE rotates a part of each head, which "
+                             "transformers' LlamaForCausalLM cannot run (its attention rotates whole heads)")
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:

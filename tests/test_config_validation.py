@@ -323,3 +323,22 @@ def test_on_a_gpu_a_head_dim_the_kernels_do_not_take_runs_on_pytorch_ops():
     wide = ModelConfig.from_dict({**VALID, "hidden_size": 64, "head_dim": 16})
     with pytest.raises(ConfigError, match=r"needs a block size that is a power of two \(got 48\)"):
         LLMEngine.from_config(wide, EngineConfig(device="cuda", attention="triton", block_size=48))
+
+
+@pytest.mark.parametrize("where", ["section", "top-level"])
+@pytest.mark.parametrize("value", ["0.5", math.nan, 0, -1.0, [0.5], True])
+def test_a_partial_rotary_factor_that_is_no_number_is_refused_by_name(where, value):
+    """With a scaled RoPE (where transformers reads it), partial_rotary_factor is checked as the
+    other numbers of the section are."""
+    scaling = {"rope_type": "linear", "factor": 2.0}
+    raw = ({**VALID, "rope_scaling": {**scaling, "partial_rotary_factor": value}} if where == "section"
+           else {**VALID, "rope_scaling": scaling, "partial_rotary_factor": value})
+    with pytest.raises(ModelLoadError, match="partial_rotary_factor must be a finite number > 0"):
+        ModelConfig.from_dict(raw)
+
+
+def test_a_partial_rotary_factor_of_one_changes_nothing():
+    scaling = {"rope_type": "linear", "factor": 2.0}
+    whole = ModelConfig.from_dict({**VALID, "rope_scaling": scaling})
+    assert ModelConfig.from_dict({**VALID, "rope_scaling": {**scaling, "partial_rotary_factor": 1.0}}) == whole
+    assert ModelConfig.from_dict({**VALID, "rope_scaling": scaling, "partial_rotary_factor": 1}) == whole

@@ -241,6 +241,10 @@ ROPE_SPELLINGS = {
     "llama3-without-pretraining-length": dict(rope_parameters={**LLAMA3, "rope_theta": 10000.0}),
     "transformers-4-spelling": dict(rope_theta=20000.0, rope_parameters=None,
                                     rope_scaling={**LLAMA3, "original_max_position_embeddings": 16}),
+    # Llama's default RoPE rotates whole heads whatever partial_rotary_factor says.
+    "partial-rotary-factor-in-default-rope": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                   "partial_rotary_factor": 0.5}),
+    "partial-rotary-factor-at-top-level": dict(partial_rotary_factor=0.25),
 }
 
 
@@ -260,6 +264,42 @@ def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, name):
     hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     engine = LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", dtype="float32", num_kv_blocks=16))
     assert_logits_match_hf(engine, hf, lengths=(40,), max_tokens=2)
+
+
+# name -> config.json fields (as ROPE_SPELLINGS) that ask linear, dynamic or llama3 RoPE to rotate a
+# part of each head: transformers makes angles for that part, and LlamaForCausalLM's forward fails.
+PARTIAL_ROTATIONS = {
+    "linear-half": dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4,
+                                         "partial_rotary_factor": 0.5}),
+    "dynamic-half": dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4,
+                                          "partial_rotary_factor": 0.5}),
+    "llama3-half": dict(rope_parameters={**LLAMA3, "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
+    "linear-one-and-a-half": dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4,
+                                                   "partial_rotary_factor": 1.5}),
+    "top-level-with-linear": dict(partial_rotary_factor=0.5, rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                              "rope_theta": 1e4}),
+    "in-rope-scaling": dict(rope_parameters=None, rope_scaling={"rope_type": "linear", "factor": 2.0,
+                                                                "partial_rotary_factor": 0.5}),
+}
+
+
+@pytest.mark.parametrize("name", list(PARTIAL_ROTATIONS))
+def test_a_partial_rotation_transformers_cannot_run_is_refused_by_name(tmp_path, name):
+    """Each spelling: transformers loads the folder and its forward fails; the engine refuses
+    the folder, naming the field and its value (it ran whole-head RoPE before, silently)."""
+    from transformers import LlamaForCausalLM
+
+    make_model().save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for field, value in PARTIAL_ROTATIONS[name].items():
+        raw.pop(field, None) if value is None else raw.__setitem__(field, value)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with pytest.raises(RuntimeError, match="must match the size"), torch.no_grad():
+        hf(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ModelLoadError, match=r"config.json: partial_rotary_factor (0.5|1.5) with (linear|dynamic|llama3) "
+                                             "RoPE rotates a part of each head"):
+        LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", num_kv_blocks=8))
 
 
 # -- the recorder -------------------------------------------------------------------------------
