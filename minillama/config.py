@@ -266,8 +266,22 @@ def _attention_window(field: FieldReader) -> int | None:
         raise ModelLoadError(f"config.json: layer_types must be a list of names, got {_shown(types)}")
     if types is not None and all(t == "full_attention" for t in types):
         return None
+    for kind in dict.fromkeys(types or ()):  # each kind once, in order
+        # A windowed layer without its window's size: transformers' forward and generate both
+        # fail on it (the config has no such attribute); an unknown kind it refuses to load.
+        if kind not in WINDOW_OF_LAYER_TYPE:
+            raise ModelLoadError(f"config.json: layer_types names {_shown(kind)} layers; transformers' Llama knows "
+                                 f"{', '.join(WINDOW_OF_LAYER_TYPE)}")
+        size = WINDOW_OF_LAYER_TYPE[kind]
+        if size is not None and field.raw.get(size) is None:
+            raise ModelLoadError(f"config.json: layer_types names {kind} layers but sets no {size}")
     sizes = [field.size(name) for name in ("sliding_window", "attention_chunk_size") if field.raw.get(name) is not None]
     return min(sizes, default=None)
+
+
+# A kind of layer config.json's layer_types may name -> the field holding its window's size.
+WINDOW_OF_LAYER_TYPE = {"full_attention": None, "sliding_attention": "sliding_window",
+                        "chunked_attention": "attention_chunk_size"}
 
 
 def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeScaling | None]:

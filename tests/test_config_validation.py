@@ -163,6 +163,29 @@ def test_inconsistent_configs_are_refused(changes, message):
         ModelConfig.from_dict({**VALID, **changes})
 
 
+@pytest.mark.parametrize("types, fields, message", [
+    (["sliding_attention", "full_attention"], {}, "layer_types names sliding_attention layers but sets no sliding_window"),
+    (["full_attention", "chunked_attention"], {"sliding_window": 8},
+     "layer_types names chunked_attention layers but sets no attention_chunk_size"),
+    (["full_attention", "banana"], {"sliding_window": 8}, "layer_types names 'banana' layers; transformers' Llama knows"),
+    (["sliding_attention", "full_attention"], {"sliding_window": None}, "sets no sliding_window"),
+])
+def test_a_windowed_layer_without_its_window_is_refused_by_name(types, fields, message):
+    """transformers' forward and generate both fail on such a config (an unknown kind it refuses
+    to load); the engine ran it with full attention."""
+    with pytest.raises(ModelLoadError, match=message):
+        ModelConfig.from_dict({**VALID, "layer_types": types, **fields})
+
+
+@pytest.mark.parametrize("types, fields, window", [
+    (["sliding_attention", "full_attention"], {"sliding_window": 8}, 8),
+    (["chunked_attention", "full_attention"], {"attention_chunk_size": 6, "sliding_window": 8}, 6),
+    (["full_attention", "full_attention"], {"sliding_window": 8}, None),
+])
+def test_windowed_layers_with_their_window_load(types, fields, window):
+    assert ModelConfig.from_dict({**VALID, "layer_types": types, **fields}).attention_window == window
+
+
 def test_whole_floats_nulls_and_an_explicit_head_dim_are_accepted():
     config = ModelConfig.from_dict({**VALID, "hidden_size": 32.0, "num_key_value_heads": None, "head_dim": None,
                                     "max_position_embeddings": None, "rms_norm_eps": 1})
