@@ -5,8 +5,9 @@ the model across N processes, one per device, instead of giving each a copy:
 
 - QKV and gate/up are split by output rows ("column-parallel"): rank r computes heads
   [r * H/N, (r + 1) * H/N) (and KV heads likewise), and intermediate features
-  [r * I/N, (r + 1) * I/N), their biases (if any) split like the rows. Attention needs nothing from the other ranks: a head's queries
-  attend to its own KV head's keys, which this rank holds in its own share of the paged cache.
+  [r * I/N, (r + 1) * I/N), their biases (if any) split like the rows. Attention needs
+  nothing from the other ranks: a head's queries attend to its own KV head's keys, which this
+  rank holds in its own share of the paged cache.
 - o_proj and down_proj are split by input columns ("row-parallel"): each rank multiplies its
   part of the features by its part of the matrix, and the sum over ranks is the full product,
   so one all-reduce a projection joins them (two a layer). A bias of such a projection is added
