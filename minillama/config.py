@@ -341,7 +341,7 @@ def _refuse_partial_rotation(kind: str, top_level: FieldReader, section: FieldRe
     factor = section.positive(name) if section.raw.get(name) is not None else top_level.positive(name)
     if factor != 1.0:
         raise ModelLoadError(f"config.json: {name} {factor:g} with {kind} RoPE rotates a part of each head, which "
-                             "transformers' LlamaForCausalLM cannot run (its attention rotates whole heads)")
+                             "transformers' Llama and Mistral cannot run (their attention rotates whole heads)")
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:

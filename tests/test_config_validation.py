@@ -365,3 +365,13 @@ def test_a_partial_rotary_factor_of_one_changes_nothing():
     whole = ModelConfig.from_dict({**VALID, "rope_scaling": scaling})
     assert ModelConfig.from_dict({**VALID, "rope_scaling": {**scaling, "partial_rotary_factor": 1.0}}) == whole
     assert ModelConfig.from_dict({**VALID, "rope_scaling": scaling, "partial_rotary_factor": 1}) == whole
+
+
+@pytest.mark.parametrize("model_type, architecture", [("llama", "LlamaForCausalLM"), ("mistral", "MistralForCausalLM")])
+@pytest.mark.parametrize("kind", ["linear", "dynamic", "llama3"])
+def test_a_partial_rotation_with_scaled_rope_is_refused_for_either_model_type(model_type, architecture, kind):
+    """Mistral's RoPE is built by the same transformers functions as Llama's: the same refusal."""
+    scaling = {**LLAMA3, "rope_type": kind, "partial_rotary_factor": 0.5}
+    with pytest.raises(ModelLoadError, match=f"partial_rotary_factor 0.5 with {kind} RoPE rotates a part of each head"):
+        ModelConfig.from_dict({**VALID, "model_type": model_type, "architectures": [architecture],
+                               "rope_scaling": scaling})
