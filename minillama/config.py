@@ -30,15 +30,17 @@ SILU_NAMES = ("silu", "swish")
 # it may leave out where they differ from Llama's. Each names the causal LM and the decoder saved
 # without its head (LlamaModel), which transformers loads into the causal LM (minillama/loader.py,
 # _causal_lm_name): with tied embeddings its head is the embedding matrix, else it has none and
-# the loader refuses it. Mistral is Llama's model with no biases (its attention_bias or mlp_bias,
-# if any, are not read) and a sliding window (_attention_window); its checkpoints name their
-# tensors as Llama's do. Its defaults are transformers' MistralConfig's.
+# the loader refuses it. Mistral is Llama's model with no biases (MistralForCausalLM builds its
+# projections with bias=False, so its config's attention_bias or mlp_bias, if any, are not read)
+# and a sliding window (_attention_window); its checkpoints name their tensors as Llama's do. Its
+# defaults are transformers' MistralConfig's.
 MODEL_TYPES: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     "llama": (("LlamaForCausalLM", "LlamaModel"), {}),
     "mistral": (("MistralForCausalLM", "MistralModel"),
                 {"num_key_value_heads": 8, "max_position_embeddings": 4096 * 32, "sliding_window": 4096}),
 }
-_BIASED = {"attention_bias": "q/k/v/o projections", "mlp_bias": "MLP's projections"}
+# The model types whose config.json's attention_bias and mlp_bias give their projections a bias.
+BIAS_FLAGS_READ = ("llama",)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class ModelConfig:
     # sliding_window / attention_chunk_size: how many of the latest tokens a query sees in
     # transformers' generate (None: all of them); see _attention_window.
     attention_window: int | None = None
+    # Whether q/k/v_proj and o_proj (attention_bias), and gate/up/down_proj (mlp_bias), add a bias
+    # vector after their matmul: y = x @ W.T + b, as transformers' nn.Linear(bias=True).
+    attention_bias: bool = False
+    mlp_bias: bool = False
 
     @property
     def context_length(self) -> int:
@@ -102,12 +108,7 @@ class ModelConfig:
             )
         raw = {**defaults, **raw}  # a field set to null stays null: MistralConfig reads it so too
         field = FieldReader(raw, "config.json")
-        for flag in ("attention_bias", "mlp_bias") if model_type == "llama" else ():
-            if field.flag(flag, default=False):
-                raise ModelLoadError(
-                    f"config.json sets {flag}=true: biases on the {_BIASED[flag]}, which minillama does not "
-                    "implement (Llama-3 checkpoints have none)"
-                )
+        reads_biases = model_type in BIAS_FLAGS_READ
         quantization = raw.get("quantization_config")
         if quantization is not None:
             # GPTQ, AWQ, bitsandbytes, fp8...: the weights are stored as integers or 8-bit floats
@@ -152,14 +153,18 @@ class ModelConfig:
             tie_word_embeddings=field.flag("tie_word_embeddings", default=False),
             eos_token_ids=field.token_ids("eos_token_id", vocab_size),
             attention_window=_attention_window(field),
+            attention_bias=reads_biases and field.flag("attention_bias", default=False),
+            mlp_bias=reads_biases and field.flag("mlp_bias", default=False),
         )
 
     @property
     def num_parameters(self) -> int:
-        """The weights' count: the embedding, each layer's projections and two norms, the final
-        norm, and the LM head unless it is the embedding (tied). Known before any tensor is made."""
+        """The weights' count: the embedding, each layer's projections (with their biases, if
+        any) and two norms, the final norm, and the LM head unless it is the embedding (tied).
+        Known before any tensor is made."""
         hidden, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         layer = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * self.intermediate_size + 2 * hidden
+        layer += self.attention_bias * (q + 2 * kv + hidden) + self.mlp_bias * (2 * self.intermediate_size + hidden)
         embedding = self.vocab_size * hidden
         return embedding + self.num_hidden_layers * layer + hidden + (0 if self.tie_word_embeddings else embedding)
 
@@ -261,8 +266,22 @@ def _attention_window(field: FieldReader) -> int | None:
         raise ModelLoadError(f"config.json: layer_types must be a list of names, got {_shown(types)}")
     if types is not None and all(t == "full_attention" for t in types):
         return None
+    for kind in dict.fromkeys(types or ()):  # each kind once, in order
+        # A windowed layer without its window's size: transformers' forward and generate both
+        # fail on it (the config has no such attribute); an unknown kind it refuses to load.
+        if kind not in WINDOW_OF_LAYER_TYPE:
+            raise ModelLoadError(f"config.json: layer_types names {_shown(kind)} layers; transformers' Llama knows "
+                                 f"{', '.join(WINDOW_OF_LAYER_TYPE)}")
+        size = WINDOW_OF_LAYER_TYPE[kind]
+        if size is not None and field.raw.get(size) is None:
+            raise ModelLoadError(f"config.json: layer_types names {kind} layers but sets no {size}")
     sizes = [field.size(name) for name in ("sliding_window", "attention_chunk_size") if field.raw.get(name) is not None]
     return min(sizes, default=None)
+
+
+# A kind of layer config.json's layer_types may name -> the field holding its window's size.
+WINDOW_OF_LAYER_TYPE = {"full_attention": None, "sliding_attention": "sliding_window",
+                        "chunked_attention": "attention_chunk_size"}
 
 
 def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeScaling | None]:
@@ -283,6 +302,7 @@ def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeS
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
     if kind == "default":
         return theta, None
+    _refuse_partial_rotation(kind, top_level, field)
     if kind == "dynamic":
         # Dynamic NTK scaling raises RoPE's base only for sequences longer than
         # max_position_embeddings (transformers' LlamaRotaryEmbedding), and the engine never
@@ -307,6 +327,21 @@ def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeS
         high_freq_factor=high,
         original_max_position_embeddings=original,
     )
+
+
+def _refuse_partial_rotation(kind: str, top_level: FieldReader, section: FieldReader) -> None:
+    """partial_rotary_factor (the section's, else the top level's, as transformers 5 moves it):
+    the fraction of each head's features RoPE rotates. Llama's default RoPE ignores it, but
+    transformers' linear, dynamic and llama3 RoPE make angles for that fraction only, which
+    LlamaForCausalLM's attention (rotating whole heads) cannot apply: its forward fails on a
+    shape mismatch. Rotating whole heads here would answer where transformers cannot."""
+    name = "partial_rotary_factor"
+    if section.raw.get(name) is None and top_level.raw.get(name) is None:
+        return
+    factor = section.positive(name) if section.raw.get(name) is not None else top_level.positive(name)
+    if factor != 1.0:
+        raise ModelLoadError(f"config.json: {name} {factor:g} with {kind} RoPE rotates a part of each head, which "
+                             "transformers' Llama and Mistral cannot run (their attention rotates whole heads)")
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from minillama import hugepages, memory
 from minillama.build_cache import cache_folder, cache_root
 from minillama.config import FieldReader, ModelConfig
 from minillama.errors import ModelLoadError
+from minillama.generation_config import check_generation_settings
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.rotary import RotaryEmbedding
 from minillama.model_files import check_model_directory, expand_user, read_json_object, require_regular_file
@@ -43,14 +44,19 @@ EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 EMBEDDING = "model.embed_tokens.weight"  # with tied embeddings, the LM head's matrix too
-# Hugging Face keeps q/k/v and gate/up as separate matrices; this model stacks them.
+# Hugging Face keeps q/k/v and gate/up as separate matrices; this model stacks them, and their
+# biases (attention_bias, mlp_bias) likewise: q_proj.bias is the first part of qkv_proj.bias.
 # HF suffix -> (our parameter suffix, index of the part in the stack).
 STACKED = {
-    "self_attn.q_proj.weight": ("self_attn.qkv_proj.weight", 0),
-    "self_attn.k_proj.weight": ("self_attn.qkv_proj.weight", 1),
-    "self_attn.v_proj.weight": ("self_attn.qkv_proj.weight", 2),
-    "mlp.gate_proj.weight": ("mlp.gate_up_proj.weight", 0),
-    "mlp.up_proj.weight": ("mlp.gate_up_proj.weight", 1),
+    f"{hf}.{kind}": (f"{ours}.{kind}", index)
+    for kind in ("weight", "bias")
+    for hf, ours, index in (
+        ("self_attn.q_proj", "self_attn.qkv_proj", 0),
+        ("self_attn.k_proj", "self_attn.qkv_proj", 1),
+        ("self_attn.v_proj", "self_attn.qkv_proj", 2),
+        ("mlp.gate_proj", "mlp.gate_up_proj", 0),
+        ("mlp.up_proj", "mlp.gate_up_proj", 1),
+    )
 }
 
 
@@ -359,9 +365,10 @@ def _checkpoint_names(param: str) -> list[str]:
 
 
 def _stacked_part(model: LlamaForCausalLM, target: str, data: torch.Tensor, part: int) -> torch.Tensor:
-    """The rows of a stacked matrix that hold part `part` (q, k or v; gate or up)."""
+    """The rows of a stacked matrix, or the entries of a stacked bias, that hold part `part`
+    (q, k or v; gate or up)."""
     c, world = model.config, model.shard.world  # a tensor-parallel rank holds 1/world of each part
-    if target.endswith("qkv_proj.weight"):
+    if ".qkv_proj." in target:
         sizes = [c.num_attention_heads // world * c.head_dim] + [c.num_key_value_heads // world * c.head_dim] * 2
     else:
         sizes = [c.intermediate_size // world] * 2
@@ -426,12 +433,17 @@ def eos_token_ids(path: Path, config: ModelConfig) -> tuple[int, ...]:
     eos_token_id when that file exists, else config.json's (GenerationConfig.from_model_config).
     transformers reads no other once the file exists: a generation_config.json without
     eos_token_id (or with null or []) means no end token, even where config.json or the
-    tokenizer names one, and the engine runs such a model to max_tokens as generate does."""
+    tokenizer names one, and the engine runs such a model to max_tokens as generate does.
+
+    The same file (or config.json) is first checked for the logits processors generate would
+    apply to every request, which the engine refuses (minillama/generation_config.py)."""
     generation_config = path / "generation_config.json"
     if not generation_config.exists():
+        check_generation_settings(read_json_object(path / "config.json"), "config.json")
         return config.eos_token_ids
-    return FieldReader(read_json_object(generation_config), generation_config.name).token_ids(
-        "eos_token_id", config.vocab_size)
+    raw = read_json_object(generation_config)
+    check_generation_settings(raw, generation_config.name)
+    return FieldReader(raw, generation_config.name).token_ids("eos_token_id", config.vocab_size)
 
 
 # -- the embedded model -------------------------------------------------------------------------

@@ -23,6 +23,9 @@ TINY_CONFIGS = {
     "gqa-tied-default-hd32": dict(num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True, rope="default", head_dim=32),
     "gqa-untied-linear": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, rope="linear"),
     "gqa-tied-dynamic": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope="dynamic"),
+    # Biases on q/k/v/o and on gate/up/down (make_hf_model draws them: transformers starts them at 0).
+    "gqa-untied-biases": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, rope="linear",
+                              attention_bias=True, mlp_bias=True),
 }
 # config.json's rope_scaling for each kind (the default has none).
 ROPE_SCALING = {
@@ -59,7 +62,7 @@ def cuda_bf16_engine(hf_model, eager: bool, async_scheduling: str = "auto"):
 
 def make_hf_model(name: str, seed: int = 0, vocab_size: int = 256, init_std: float = 0.1):
     """A random transformers.LlamaForCausalLM of the named tiny shape (no EOS, so generation
-    runs to max_tokens)."""
+    runs to max_tokens), its biases (if any) drawn too."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     spec = dict(TINY_CONFIGS[name])
@@ -72,8 +75,19 @@ def make_hf_model(name: str, seed: int = 0, vocab_size: int = 256, init_std: flo
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
+    draw_biases(model)
     model.generation_config.eos_token_id = None
     return model
+
+
+def draw_biases(model: torch.nn.Module, std: float = 0.5) -> None:
+    """Every bias of `model` (attention_bias, mlp_bias) drawn from N(0, std): transformers starts
+    them at zero, where an engine that dropped them would match. Draws nothing from a model
+    without biases, so such a model's weights are what its seed made before."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, std)
 
 
 def pytest_addoption(parser):

@@ -80,10 +80,44 @@ def test_a_bad_linear_or_dynamic_factor_is_refused(kind, factor):
         ModelConfig.from_dict({**VALID, "rope_scaling": scaling})
 
 
-@pytest.mark.parametrize("flag, where", [("attention_bias", "q/k/v/o projections"), ("mlp_bias", "MLP's projections")])
-def test_biases_are_refused_as_unimplemented(flag, where):
-    with pytest.raises(ModelLoadError, match=f"{flag}=true: biases on the {where}, which minillama does not implement"):
-        ModelConfig.from_dict({**VALID, flag: True})
+BIAS_FLAGS = ("attention_bias", "mlp_bias")
+
+
+@pytest.mark.parametrize("flag", BIAS_FLAGS)
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), (None, False)])
+def test_a_bias_flag_gives_the_projections_a_bias(flag, value, expected):
+    """attention_bias and mlp_bias, each alone, as transformers' LlamaConfig reads them (null and
+    absent: false); the other flag stays off."""
+    config = ModelConfig.from_dict({**VALID, flag: value})
+    assert (config.attention_bias, config.mlp_bias) == ((expected, False) if flag == "attention_bias" else (False, expected))
+
+
+@pytest.mark.parametrize("flag", BIAS_FLAGS)
+@pytest.mark.parametrize("value", ["true", "false", 1, 0, 1.0, [True], {"on": True}])
+def test_a_bias_flag_that_is_no_boolean_is_refused_by_name(flag, value):
+    with pytest.raises(ModelLoadError, match=f"config.json: {flag} must be true or false, got {re.escape(repr(value))}"):
+        ModelConfig.from_dict({**VALID, flag: value})
+
+
+@pytest.mark.parametrize("flag", BIAS_FLAGS)
+@pytest.mark.parametrize("value", [True, "true", 1])
+def test_mistral_does_not_read_the_bias_flags(flag, value):
+    """MistralForCausalLM builds every projection with bias=False, whatever its config says."""
+    config = ModelConfig.from_dict({**VALID, "model_type": "mistral", "architectures": ["MistralForCausalLM"],
+                                    flag: value})
+    assert (config.attention_bias, config.mlp_bias) == (False, False)
+
+
+@pytest.mark.parametrize("flags", [dict(attention_bias=True), dict(mlp_bias=True), dict(attention_bias=True, mlp_bias=True)])
+def test_the_parameter_count_holds_the_biases(flags):
+    """num_parameters (the memory check before any tensor is made) counts what the model holds."""
+    from minillama.loader import build_model
+    from minillama.ops.select import select_ops
+
+    config = ModelConfig.from_dict({**VALID, **flags})
+    ops = select_ops(torch.device("cpu"), torch.float32, config, fused_ops=False, attention="reference")
+    model = build_model(config, 16, ops, torch.device("cpu"), torch.float32)
+    assert config.num_parameters == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("field", sorted(set(SIZES) - OPTIONAL))
@@ -127,6 +161,29 @@ def test_a_missing_rope_scaling_field_is_named(field):
 def test_inconsistent_configs_are_refused(changes, message):
     with pytest.raises(ModelLoadError, match=message):
         ModelConfig.from_dict({**VALID, **changes})
+
+
+@pytest.mark.parametrize("types, fields, message", [
+    (["sliding_attention", "full_attention"], {}, "layer_types names sliding_attention layers but sets no sliding_window"),
+    (["full_attention", "chunked_attention"], {"sliding_window": 8},
+     "layer_types names chunked_attention layers but sets no attention_chunk_size"),
+    (["full_attention", "banana"], {"sliding_window": 8}, "layer_types names 'banana' layers; transformers' Llama knows"),
+    (["sliding_attention", "full_attention"], {"sliding_window": None}, "sets no sliding_window"),
+])
+def test_a_windowed_layer_without_its_window_is_refused_by_name(types, fields, message):
+    """transformers' forward and generate both fail on such a config (an unknown kind it refuses
+    to load); the engine ran it with full attention."""
+    with pytest.raises(ModelLoadError, match=message):
+        ModelConfig.from_dict({**VALID, "layer_types": types, **fields})
+
+
+@pytest.mark.parametrize("types, fields, window", [
+    (["sliding_attention", "full_attention"], {"sliding_window": 8}, 8),
+    (["chunked_attention", "full_attention"], {"attention_chunk_size": 6, "sliding_window": 8}, 6),
+    (["full_attention", "full_attention"], {"sliding_window": 8}, None),
+])
+def test_windowed_layers_with_their_window_load(types, fields, window):
+    assert ModelConfig.from_dict({**VALID, "layer_types": types, **fields}).attention_window == window
 
 
 def test_whole_floats_nulls_and_an_explicit_head_dim_are_accepted():
@@ -289,3 +346,32 @@ def test_on_a_gpu_a_head_dim_the_kernels_do_not_take_runs_on_pytorch_ops():
     wide = ModelConfig.from_dict({**VALID, "hidden_size": 64, "head_dim": 16})
     with pytest.raises(ConfigError, match=r"needs a block size that is a power of two \(got 48\)"):
         LLMEngine.from_config(wide, EngineConfig(device="cuda", attention="triton", block_size=48))
+
+
+@pytest.mark.parametrize("where", ["section", "top-level"])
+@pytest.mark.parametrize("value", ["0.5", math.nan, 0, -1.0, [0.5], True])
+def test_a_partial_rotary_factor_that_is_no_number_is_refused_by_name(where, value):
+    """With a scaled RoPE (where transformers reads it), partial_rotary_factor is checked as the
+    other numbers of the section are."""
+    scaling = {"rope_type": "linear", "factor": 2.0}
+    raw = ({**VALID, "rope_scaling": {**scaling, "partial_rotary_factor": value}} if where == "section"
+           else {**VALID, "rope_scaling": scaling, "partial_rotary_factor": value})
+    with pytest.raises(ModelLoadError, match="partial_rotary_factor must be a finite number > 0"):
+        ModelConfig.from_dict(raw)
+
+
+def test_a_partial_rotary_factor_of_one_changes_nothing():
+    scaling = {"rope_type": "linear", "factor": 2.0}
+    whole = ModelConfig.from_dict({**VALID, "rope_scaling": scaling})
+    assert ModelConfig.from_dict({**VALID, "rope_scaling": {**scaling, "partial_rotary_factor": 1.0}}) == whole
+    assert ModelConfig.from_dict({**VALID, "rope_scaling": scaling, "partial_rotary_factor": 1}) == whole
+
+
+@pytest.mark.parametrize("model_type, architecture", [("llama", "LlamaForCausalLM"), ("mistral", "MistralForCausalLM")])
+@pytest.mark.parametrize("kind", ["linear", "dynamic", "llama3"])
+def test_a_partial_rotation_with_scaled_rope_is_refused_for_either_model_type(model_type, architecture, kind):
+    """Mistral's RoPE is built by the same transformers functions as Llama's: the same refusal."""
+    scaling = {**LLAMA3, "rope_type": kind, "partial_rotary_factor": 0.5}
+    with pytest.raises(ModelLoadError, match=f"partial_rotary_factor 0.5 with {kind} RoPE rotates a part of each head"):
+        ModelConfig.from_dict({**VALID, "model_type": model_type, "architectures": [architecture],
+                               "rope_scaling": scaling})

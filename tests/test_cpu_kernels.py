@@ -86,6 +86,24 @@ def test_linear_sends_only_1_to_8_rows_without_autograd_to_the_kernel(monkeypatc
     assert calls == [1, 2, 8]
 
 
+def test_a_biased_linear_takes_the_kernel_and_adds_its_bias_to_every_row(monkeypatch):
+    """attention_bias / mlp_bias: the kernel's product plus the bias, for every row count on
+    either side of the kernel's limit, equal to F.linear with the bias (the kernel once skipped
+    a biased layer; now it serves it)."""
+    calls = []
+    kernel = skinny_linear.skinny_linear
+    monkeypatch.setattr(skinny_linear, "skinny_linear", lambda x, w: calls.append(x.shape[0]) or kernel(x, w))
+    layer = Linear(64, 48, ops_table(fused_ops=True), bias=True)
+    with torch.no_grad():
+        layer.bias.normal_(0.0, 1.0)
+    with torch.inference_mode():
+        for rows in (1, 2, 8, 9, 16):
+            x = torch.randn(rows, 64)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(layer(x, with_bias=False), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+    assert calls == [1, 1, 2, 2, 8, 8]
+
+
 def clear_builds() -> None:
     """Forget the loaded libraries, so that the next use builds (or fails to build) again."""
     c_kernels._compiler.cache_clear()

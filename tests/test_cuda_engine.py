@@ -1,4 +1,5 @@
-"""The engine on a CUDA GPU: against HF, CUDA graphs against eager, every attention backend."""
+"""The engine on a CUDA GPU: against HF, CUDA graphs against eager, every attention backend; each
+on a model with biases too (conftest's "gqa-untied-biases": attention_bias and mlp_bias)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ def random_prompts(lengths, vocab=256, seed=0):
     return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
+BIASED = "gqa-untied-biases"
+
+
+@pytest.mark.parametrize("name", ["gqa-tied-llama3", BIASED])
 @pytest.mark.parametrize("attention", ["sdpa", "triton", "reference"])
-def test_fp32_logits_match_hf_on_cuda(attention):
+def test_fp32_logits_match_hf_on_cuda(attention, name):
     torch.backends.cuda.matmul.allow_tf32 = False
-    hf = make_hf_model("gqa-tied-llama3").cuda()
+    hf = make_hf_model(name).cuda()
     try:
         engine = LLMEngine.from_hf_model(
             hf, EngineConfig(device="cuda", dtype="float32", attention=attention, num_kv_blocks=64, block_size=16)
@@ -44,9 +49,10 @@ def test_fp32_logits_match_hf_on_cuda(attention):
             assert relative_error(row, hf_logits[len(prompt) - 1 + i]) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["mqa-untied-default", BIASED])
 @pytest.mark.parametrize("attention", ["triton", "flash-attn"])
-def test_cuda_graphs_give_the_same_tokens_as_eager(attention):
-    hf = make_hf_model("mqa-untied-default").to("cuda", torch.bfloat16)
+def test_cuda_graphs_give_the_same_tokens_as_eager(attention, name):
+    hf = make_hf_model(name).to("cuda", torch.bfloat16)
     prompts = random_prompts((3, 17, 30, 8, 1, 12, 25), seed=1)
     outputs = {}
     for eager in (True, False):
@@ -61,8 +67,9 @@ def test_cuda_graphs_give_the_same_tokens_as_eager(attention):
     assert outputs[True] == outputs[False]
 
 
-def test_bf16_greedy_matches_hf_with_preemption_and_prefix_cache():
-    hf = make_hf_model("gqa-tied-llama3").to("cuda", torch.bfloat16)
+@pytest.mark.parametrize("name", ["gqa-tied-llama3", BIASED])
+def test_bf16_greedy_matches_hf_with_preemption_and_prefix_cache(name):
+    hf = make_hf_model(name).to("cuda", torch.bfloat16)
     prompts = random_prompts((20, 14, 9, 30), seed=2)
     prompts = [prompts[0][:16] + p for p in prompts]  # a shared prefix of one block
     expected = []
@@ -82,9 +89,10 @@ def test_bf16_greedy_matches_hf_with_preemption_and_prefix_cache():
     assert engine.stats.preemptions > 0 and engine.block_manager.num_hit_blocks > 0
 
 
-def test_fused_ops_give_the_logits_of_plain_pytorch():
+@pytest.mark.parametrize("name", ["gqa-tied-llama3", BIASED])
+def test_fused_ops_give_the_logits_of_plain_pytorch(name):
     torch.backends.cuda.matmul.allow_tf32 = False
-    hf = make_hf_model("gqa-tied-llama3").cuda()
+    hf = make_hf_model(name).cuda()
     prompts = random_prompts((5, 33, 12), seed=3)
     logits = {}
     for fused in (False, True):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import draw_biases
 from test_hf_parity import LogitsRecorder
 
 from minillama import EngineConfig, LLMEngine, SamplingParams
@@ -33,16 +34,29 @@ def prompts(n: int = 12) -> list[list[int]]:
     return [torch.randint(0, SHAPE["vocab_size"], (k,), generator=generator).tolist() for k in lengths]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def save_model(path: Path, **fields) -> Path:
+    """A random Llama of SHAPE with `fields` over it (its biases, if any, drawn) saved under `path`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("cuda_tp_model")
     config = LlamaConfig(**SHAPE, tie_word_embeddings=False, initializer_range=0.05,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None, **fields)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
+    model = LlamaForCausalLM(config)
+    draw_biases(model, std=0.1)
+    model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_model(tmp_path_factory.mktemp("cuda_tp_model"))
+
+
+@pytest.fixture(scope="module")
+def biased_dir(tmp_path_factory) -> Path:
+    """attention_bias and mlp_bias: q/k/v and gate/up biases split with their rows, o_proj's and
+    down_proj's added by rank 0 alone."""
+    return save_model(tmp_path_factory.mktemp("cuda_tp_biased"), attention_bias=True, mlp_bias=True)
 
 
 def run(model_dir: Path, tp: int, observer=None, max_tokens: int = 32, **config):
@@ -77,8 +91,10 @@ def assert_same_tokens_but_for_near_ties(single: list[list[int]], split: list[li
 
 
 @needs_two
+@pytest.mark.parametrize("biased", [False, True], ids=["no-bias", "biases"])
 @pytest.mark.parametrize("tp", SIZES)
-def test_fp32_split_engine_computes_what_one_gpu_computes(model_dir, tp):
+def test_fp32_split_engine_computes_what_one_gpu_computes(model_dir, biased_dir, tp, biased):
+    model_dir = biased_dir if biased else model_dir
     recorder, split_recorder = LogitsRecorder(), LogitsRecorder()
     single, _ = run(model_dir, 1, recorder, dtype="float32")
     split, _ = run(model_dir, tp, split_recorder, dtype="float32")
@@ -90,10 +106,12 @@ def test_fp32_split_engine_computes_what_one_gpu_computes(model_dir, tp):
 
 
 @needs_two
+@pytest.mark.parametrize("biased", [False, True], ids=["no-bias", "biases"])
 @pytest.mark.parametrize("tp", SIZES)
-def test_bf16_split_engine_with_cuda_graphs_and_async_scheduling(model_dir, tp):
+def test_bf16_split_engine_with_cuda_graphs_and_async_scheduling(model_dir, biased_dir, tp, biased):
     """The defaults on a GPU (bf16, CUDA graphs, async scheduling, Triton attention), split: the
     ranks replay their decode graphs together, the all-reduces inside them."""
+    model_dir = biased_dir if biased else model_dir
     recorder = LogitsRecorder()
     single, _ = run(model_dir, 1, recorder)  # an observer: the same kernels, stepped in order
     split, graphs = run(model_dir, tp)

@@ -10,7 +10,8 @@ of anything (GPT-2's 50257 is the real one; 257 stands in), hidden_act "swish" (
 other name), sizes no multiple of 8, Llama-3.2's RoPE settings, and bf16 and fp16
 checkpoints. Each runs on every CPU attention backend with a block size that is not a power
 of two and prompts split into chunks, so paged decode, prefill over cached blocks and the C
-kernels all see the shape.
+kernels all see the shape. Biases on the projections (attention_bias, mlp_bias) are shapes too:
+tests/test_biases.py runs them through the rest of the engine.
 
 Then the layouts of a tied checkpoint's LM head (what transformers does with each), the
 recorder's attention on odd shapes, and an attention window in a Llama config.json."""
@@ -22,6 +23,7 @@ import json
 
 import pytest
 import torch
+from conftest import draw_biases
 from safetensors.torch import load_file, save_file
 from test_hf_parity import LogitsRecorder, relative_error, run_to_end
 from test_inspector_support import Checker
@@ -54,6 +56,12 @@ SHAPES = {
             "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192}),
     "untied-fp16-checkpoint": dict(tie_word_embeddings=False, vocab_size=1000, save_dtype=torch.float16),
+    # Biases (make_model draws them: transformers starts them at zero, where dropping them passes):
+    # on q/k/v/o alone, on the MLP alone, and both on a GQA shape whose q/o are not square, in bf16.
+    "attention-bias": dict(attention_bias=True),
+    "mlp-bias-untied": dict(mlp_bias=True, tie_word_embeddings=False),
+    "both-biases-explicit-head-dim-bf16": dict(attention_bias=True, mlp_bias=True, hidden_size=64, head_dim=24,
+                                              num_attention_heads=8, num_key_value_heads=2, save_dtype=torch.bfloat16),
 }
 BASE = dict(
     vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -68,10 +76,14 @@ BACKENDS = [
 
 
 def make_model(seed: int = 0, **fields):
+    """A random transformers LlamaForCausalLM of BASE's shape with `fields` over it; its biases,
+    if it has any (attention_bias, mlp_bias), drawn too."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**{**BASE, **fields})).eval()
+    model = LlamaForCausalLM(LlamaConfig(**{**BASE, **fields})).eval()
+    draw_biases(model)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +241,10 @@ ROPE_SPELLINGS = {
     "llama3-without-pretraining-length": dict(rope_parameters={**LLAMA3, "rope_theta": 10000.0}),
     "transformers-4-spelling": dict(rope_theta=20000.0, rope_parameters=None,
                                     rope_scaling={**LLAMA3, "original_max_position_embeddings": 16}),
+    # Llama's default RoPE rotates whole heads whatever partial_rotary_factor says.
+    "partial-rotary-factor-in-default-rope": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                   "partial_rotary_factor": 0.5}),
+    "partial-rotary-factor-at-top-level": dict(partial_rotary_factor=0.25),
 }
 
 
@@ -250,6 +266,42 @@ def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, name):
     assert_logits_match_hf(engine, hf, lengths=(40,), max_tokens=2)
 
 
+# name -> config.json fields (as ROPE_SPELLINGS) that ask linear, dynamic or llama3 RoPE to rotate a
+# part of each head: transformers makes angles for that part, and LlamaForCausalLM's forward fails.
+PARTIAL_ROTATIONS = {
+    "linear-half": dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4,
+                                         "partial_rotary_factor": 0.5}),
+    "dynamic-half": dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4,
+                                          "partial_rotary_factor": 0.5}),
+    "llama3-half": dict(rope_parameters={**LLAMA3, "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
+    "linear-one-and-a-half": dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4,
+                                                   "partial_rotary_factor": 1.5}),
+    "top-level-with-linear": dict(partial_rotary_factor=0.5, rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                              "rope_theta": 1e4}),
+    "in-rope-scaling": dict(rope_parameters=None, rope_scaling={"rope_type": "linear", "factor": 2.0,
+                                                                "partial_rotary_factor": 0.5}),
+}
+
+
+@pytest.mark.parametrize("name", list(PARTIAL_ROTATIONS))
+def test_a_partial_rotation_transformers_cannot_run_is_refused_by_name(tmp_path, name):
+    """Each spelling: transformers loads the folder and its forward fails; the engine refuses
+    the folder, naming the field and its value (it ran whole-head RoPE before, silently)."""
+    from transformers import LlamaForCausalLM
+
+    make_model().save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for field, value in PARTIAL_ROTATIONS[name].items():
+        raw.pop(field, None) if value is None else raw.__setitem__(field, value)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with pytest.raises(RuntimeError, match="must match the size"), torch.no_grad():
+        hf(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ModelLoadError, match=r"config.json: partial_rotary_factor (0.5|1.5) with (linear|dynamic|llama3) "
+                                             "RoPE rotates a part of each head"):
+        LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", num_kv_blocks=8))
+
+
 # -- the recorder -------------------------------------------------------------------------------
 
 
@@ -257,7 +309,9 @@ def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, name):
     dict(hidden_size=256, num_attention_heads=1, num_key_value_heads=1, num_hidden_layers=1),  # head_dim 256
     dict(hidden_size=240, head_dim=48, num_attention_heads=15, num_key_value_heads=3),  # GQA 5, head_dim 48
     dict(hidden_size=64, head_dim=96, num_attention_heads=4, num_key_value_heads=1),  # 4 x 96 features of 64
-], ids=["one-head-256", "gqa5-head-dim-48", "mqa-explicit-head-dim-96"])
+    # q and k carry a bias before RoPE: the recorder's Q/K must be the biased ones.
+    dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, attention_bias=True, mlp_bias=True),
+], ids=["one-head-256", "gqa5-head-dim-48", "mqa-explicit-head-dim-96", "gqa3-biases"])
 def test_recorded_attention_reproduces_the_engines_output(fields):
     """softmax(q . K * scale) @ V from the recorder's Q/K is each layer's attention output, for
     every head of two traced sequences (one reading its prefix from the cache), under preemption."""

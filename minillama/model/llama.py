@@ -45,8 +45,11 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(config.hidden_size, q_size + 2 * kv_size, ops)
-        self.o_proj = Linear(q_size, config.hidden_size, ops)  # row-parallel: its output summed over ranks
+        # With attention_bias each of q/k/v_proj has a bias, stacked like their weights:
+        # [q_size + 2 * kv_size]. It is added before RoPE rotates q and k, as in transformers.
+        self.qkv_proj = Linear(config.hidden_size, q_size + 2 * kv_size, ops, bias=config.attention_bias)
+        # Row-parallel: its output summed over ranks, its bias (if any) added by one of them.
+        self.o_proj = Linear(q_size, config.hidden_size, ops, bias=config.attention_bias)
         self.ops = ops
         self.shard = shard
         # This layer's slice of the paged KV cache, [num_blocks, block_size, Hkv, D] each; the
@@ -96,7 +99,7 @@ class LlamaAttention(nn.Module):
             )
         if on_attention is not None:
             on_attention(self.layer_idx, q, k, v, out, metadata)
-        return self.shard.all_reduce(self.o_proj(out.flatten(1)))
+        return self.shard.all_reduce(self.o_proj(out.flatten(1), with_bias=self.shard.adds_row_parallel_bias))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -105,7 +108,7 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.self_attn = LlamaAttention(config, layer_idx, ops, shard)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, ops, shard)
+        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, ops, shard, bias=config.mlp_bias)
 
     def forward(
         self,

@@ -123,7 +123,10 @@ def cpu_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    # skinny_linear reads the weight row by row where it lies, and adds no bias.
-    if x.dim() == 2 and c_kernels_take(x.shape[0]) and bias is None and weight.is_contiguous():
-        return skinny_linear.skinny_linear(x, weight)
+    """x [M, K] @ weight [N, K].T (+ bias [N]) -> [M, N]."""
+    if x.dim() == 2 and c_kernels_take(x.shape[0]) and weight.is_contiguous():
+        # skinny_linear reads the weight row by row where it lies; the bias, one vector added to
+        # each of the few rows, is added after it, in place.
+        out = skinny_linear.skinny_linear(x, weight)
+        return out if bias is None else out.add_(bias)
     return F.linear(x, weight, bias)

@@ -5,11 +5,13 @@ the model across N processes, one per device, instead of giving each a copy:
 
 - QKV and gate/up are split by output rows ("column-parallel"): rank r computes heads
   [r * H/N, (r + 1) * H/N) (and KV heads likewise), and intermediate features
-  [r * I/N, (r + 1) * I/N). Attention needs nothing from the other ranks: a head's queries
-  attend to its own KV head's keys, which this rank holds in its own share of the paged cache.
+  [r * I/N, (r + 1) * I/N), their biases (if any) split like the rows. Attention needs
+  nothing from the other ranks: a head's queries attend to its own KV head's keys, which this
+  rank holds in its own share of the paged cache.
 - o_proj and down_proj are split by input columns ("row-parallel"): each rank multiplies its
   part of the features by its part of the matrix, and the sum over ranks is the full product,
-  so one all-reduce a projection joins them (two a layer).
+  so one all-reduce a projection joins them (two a layer). A bias of such a projection is added
+  by rank 0 alone: added on every rank, the sum would hold it N times.
 - The vocabulary is split by rows: the embedding looks up the ids its rows hold (zeros for
   the others, then an all-reduce sums the one rank's row), and the LM head computes its slice
   of the logits, which an all-gather puts side by side.
@@ -85,6 +87,12 @@ class Shard:
         """This rank's [start, end) of `size` items split evenly (the engine checked that N divides it)."""
         step = size // self.world
         return self.rank * step, (self.rank + 1) * step
+
+    @property
+    def adds_row_parallel_bias(self) -> bool:
+        """Whether this rank adds a row-parallel projection's bias (o_proj, down_proj): rank 0
+        only, so that the all-reduce's sum holds it once."""
+        return self.rank == 0
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the ranks, in place (a row-parallel projection's partial products)."""
