@@ -39,6 +39,7 @@ _HOMES = {
     "ModelLoadError": "minillama.errors",
     "ObserverError": "minillama.errors",
     "CacheFolderError": "minillama.errors",
+    "UnappliedSettingWarning": "minillama.errors",
     # Helpers the inspector shares with the engine.
     "filtered_logits": "minillama.model.sampler",  # the distribution a request samples from
     "check_text": "minillama.engine.prompts",  # a prompt text's checks, before any tokenizer

@@ -52,3 +52,10 @@ class ObserverError(MinillamaError, RuntimeError):
     def __init__(self, message: str, result: object = None):
         super().__init__(message)
         self.result = result
+
+
+class UnappliedSettingWarning(UserWarning):
+    """A model setting the engine runs without: a logits processor or stop rule that
+    transformers' generate would apply to every request (minillama/generation_config.py). The
+    model loads; where the setting acts, its tokens can differ from generate's. The command lines
+    print it as one line ("prog: warning: ...")."""

@@ -1,5 +1,6 @@
 """What of a model's generation settings the engine honours: the ids it stops at; and what it
-refuses: the logits processors and stop strings transformers' generate applies to every request.
+runs without, saying so: the logits processors and stop strings transformers' generate applies
+to every request.
 
 transformers' generate reads its settings from generation_config.json when the model directory
 has one, else from config.json (GenerationConfig.from_model_config: a legacy config.json may
@@ -11,16 +12,18 @@ carry them). Two kinds of settings live there:
 - logits processors and stopping rules (APPLIED_TO_EVERY_REQUEST below): generate builds them
   from the settings alone and applies them whatever the caller asks, greedy or sampled,
   changing the tokens it picks or where it stops (a repetition penalty, banned or forced
-  tokens, stop strings). The engine implements none of them, so a model whose settings turn one
-  on is refused, naming the field and its value: it would otherwise answer other tokens than
-  generate, without a word.
+  tokens, stop strings). The engine implements none of them. A model whose settings turn one on
+  still loads (its weights are what a debugger looks at, and a caller of generate may turn the
+  setting off too), with one UnappliedSettingWarning naming each such field and its value: where
+  the setting acts, the engine's tokens differ from generate's, and the user must know it.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from minillama.errors import ModelLoadError
+from minillama.errors import UnappliedSettingWarning
 
 # field -> (its values that turn nothing on: transformers' GenerationConfig defaults and their
 # equivalents; what generate then does to every request).
@@ -43,20 +46,27 @@ APPLIED_TO_EVERY_REQUEST: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
-def check_generation_settings(raw: dict[str, Any], where: str) -> None:
-    """Raise ModelLoadError naming the first field of `raw` (generation_config.json's object, or
-    config.json's where that file is absent; `where` names it) that turns on a logits processor
-    or stopping rule generate would apply to every request. null, and each field's neutral
-    values, pass."""
-    for field, (neutral, effect) in APPLIED_TO_EVERY_REQUEST.items():
-        value = raw.get(field)
-        if value is None or _is_one_of(value, neutral):
-            continue
-        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-        raise ModelLoadError(
-            f"{where} sets {field}={shown}: transformers' generate applies it to every request ({effect}), "
-            f"which minillama does not implement; remove it from {where} to run the model without it"
+def warn_unapplied_settings(raw: dict[str, Any], where: str) -> None:
+    """Warn once (UnappliedSettingWarning) naming every field of `raw` (generation_config.json's
+    object, or config.json's where that file is absent; `where` names it) that turns on a logits
+    processor or stop rule generate would apply to every request. null, and each field's neutral
+    values, say nothing."""
+    set_fields = [f"{field}={_shown(value)}" for field, (neutral, _) in APPLIED_TO_EVERY_REQUEST.items()
+                  if (value := raw.get(field)) is not None and not _is_one_of(value, neutral)]
+    if set_fields:
+        effects = "; ".join(APPLIED_TO_EVERY_REQUEST[item.split("=")[0]][1] for item in set_fields)
+        warnings.warn(
+            f"{where} sets {', '.join(set_fields)}, which transformers' generate applies to every request "
+            f"({effects}); minillama does not implement it and runs without it, so its tokens can differ "
+            "from generate's where it acts",
+            UnappliedSettingWarning, stacklevel=2,
         )
+
+
+def _shown(value: Any) -> str:
+    """A value as the message quotes it: its repr, cut at 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _is_one_of(value: Any, neutral: tuple[Any, ...]) -> bool:

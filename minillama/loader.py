@@ -31,7 +31,7 @@ from minillama import hugepages, memory
 from minillama.build_cache import cache_folder, cache_root
 from minillama.config import FieldReader, ModelConfig
 from minillama.errors import ModelLoadError
-from minillama.generation_config import check_generation_settings
+from minillama.generation_config import warn_unapplied_settings
 from minillama.model.llama import LlamaForCausalLM
 from minillama.model.rotary import RotaryEmbedding
 from minillama.model_files import check_model_directory, expand_user, read_json_object, require_regular_file
@@ -436,13 +436,13 @@ def eos_token_ids(path: Path, config: ModelConfig) -> tuple[int, ...]:
     tokenizer names one, and the engine runs such a model to max_tokens as generate does.
 
     The same file (or config.json) is first checked for the logits processors generate would
-    apply to every request, which the engine refuses (minillama/generation_config.py)."""
+    apply to every request, which the engine runs without, saying so (minillama/generation_config.py)."""
     generation_config = path / "generation_config.json"
     if not generation_config.exists():
-        check_generation_settings(read_json_object(path / "config.json"), "config.json")
+        warn_unapplied_settings(read_json_object(path / "config.json"), "config.json")
         return config.eos_token_ids
     raw = read_json_object(generation_config)
-    check_generation_settings(raw, generation_config.name)
+    warn_unapplied_settings(raw, generation_config.name)
     return FieldReader(raw, generation_config.name).token_ids("eos_token_id", config.vocab_size)
 
 

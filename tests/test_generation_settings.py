@@ -1,8 +1,9 @@
 """Logits processors (and stop strings) that transformers' generate builds from a model's
-generation settings and applies to every request (minillama/generation_config.py): the engine implements none, so a
-folder that turns one on is refused by name, wherever the setting is (generation_config.json, or
-config.json when that file is absent) and however the model arrives (a directory, a model in
-memory, the command line). Neutral values, and the decoding defaults a request overrides, load.
+generation settings and applies to every request (minillama/generation_config.py): the engine
+implements none, so a folder that turns one on loads with one warning naming each such field,
+wherever the setting is (generation_config.json, or config.json when that file is absent) and
+however the model arrives (a directory, a model in memory, the command line). Neutral values, and
+the decoding defaults a request overrides, load without a word.
 
 Each field's table entry is a value that changes generate's greedy tokens on the tiny model
 (shown for the first few below, against generate without it): before, the engine answered as if
@@ -11,15 +12,17 @@ the field were absent."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from test_hf_parity import hf_greedy
 from test_model_shapes import make_model
+from tiny_model import write_byte_tokenizer
 
 import minillama.__main__
-from minillama import EngineConfig, LLMEngine, ModelLoadError, SamplingParams
+from minillama import EngineConfig, LLMEngine, SamplingParams, UnappliedSettingWarning
 from minillama.generation_config import APPLIED_TO_EVERY_REQUEST
 
 EVEN = list(range(0, 256, 2))
@@ -78,7 +81,7 @@ def with_settings(model_dir: Path, target: Path, file: str, **fields) -> Path:
 
 @pytest.mark.parametrize("field", SHOWN)
 def test_generate_applies_the_field_to_a_greedy_request(model_dir, tmp_path, field):
-    """Why these fields are refused: generate's greedy tokens change with them, even when the
+    """Why these fields are named: generate's greedy tokens change with them, even when the
     caller asks for do_sample=False."""
     from transformers import LlamaForCausalLM
 
@@ -90,29 +93,44 @@ def test_generate_applies_the_field_to_a_greedy_request(model_dir, tmp_path, fie
 
 @pytest.mark.parametrize("file", ["generation_config.json", "config.json"])
 @pytest.mark.parametrize("field, value", [*TURNED_ON.items(), *WRONG_TYPES.items()])
-def test_a_processor_turned_on_is_refused_by_name(model_dir, tmp_path, field, value, file):
+def test_a_processor_turned_on_loads_with_a_warning_naming_it(model_dir, tmp_path, field, value, file):
     path = with_settings(model_dir, tmp_path / "m", file, **{field: value})
-    with pytest.raises(ModelLoadError, match=rf"^{file} sets {field}=.*: transformers' generate applies it to every "
-                                             rf"request .*remove it from {file}"):
+    with pytest.warns(UnappliedSettingWarning, match=rf"^{file} sets {field}=.*, which transformers' generate applies "
+                                                    r"to every request .*runs without it") as caught:
+        engine = LLMEngine.from_pretrained(path, CONFIG)
+    assert len(caught) == 1
+    request = engine.add_request(PROMPT, SamplingParams(temperature=0, max_tokens=3))
+    while engine.has_unfinished():
+        engine.step()
+    assert len(engine.request(request).output_token_ids) == 3
+
+
+def test_every_field_turned_on_is_named_in_one_warning(model_dir, tmp_path):
+    path = with_settings(model_dir, tmp_path / "m", "generation_config.json", **TURNED_ON)
+    with pytest.warns(UnappliedSettingWarning) as caught:
         LLMEngine.from_pretrained(path, CONFIG)
+    assert len(caught) == 1
+    assert all(f"{field}=" in str(caught[0].message) for field in TURNED_ON)
 
 
 @pytest.mark.parametrize("field", list(TURNED_ON))
-def test_a_model_in_memory_with_a_processor_turned_on_is_refused_by_name(model_dir, field):
+def test_a_model_in_memory_with_a_processor_turned_on_is_named(model_dir, field):
     from transformers import LlamaForCausalLM
 
     hf = LlamaForCausalLM.from_pretrained(model_dir).eval()
     setattr(hf.generation_config, field, TURNED_ON[field])
-    with pytest.raises(ModelLoadError, match=f"the model's generation_config sets {field}="):
+    with pytest.warns(UnappliedSettingWarning, match=f"^the model's generation_config sets {field}="):
         LLMEngine.from_hf_model(hf, CONFIG)
 
 
-def test_the_command_line_refuses_it_in_one_line(model_dir, tmp_path, capsys):
+def test_the_command_line_says_it_in_one_line_and_answers(model_dir, tmp_path, capsys):
     path = with_settings(model_dir, tmp_path / "m", "generation_config.json", repetition_penalty=1.3)
-    code = minillama.__main__.main(["--model", str(path), "--device", "cpu", "--prompt", "hi"])
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "generation_config.json sets repetition_penalty=1.3" in err
+    write_byte_tokenizer(path)
+    code = minillama.__main__.main(["--model", str(path), "--device", "cpu", "--prompt", "hi", "--max-tokens", "2"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err and captured.out.strip()
+    warning = [line for line in captured.err.splitlines() if "repetition_penalty" in line]
+    assert warning == [f"python -m minillama: warning: generation_config.json sets repetition_penalty=1.3, {warning[0].split(', ', 1)[1]}"]
 
 
 # field -> its neutral values, each of which must load (null too: transformers' defaults).
@@ -126,8 +144,8 @@ NEUTRAL = {
 @pytest.mark.parametrize("file", ["generation_config.json", "config.json"])
 def test_neutral_values_and_decoding_defaults_load_and_answer_as_generate(model_dir, tmp_path, file):
     """Every field null, or at a value that turns nothing on, and the decoding defaults a request
-    overrides (do_sample, temperature, top_p, num_beams, max_length): the engine loads, and its
-    greedy tokens are generate(do_sample=False)'s. (num_beams is a default the caller sets, as
+    overrides (do_sample, temperature, top_p, num_beams, max_length): the engine loads without a
+    warning, and its greedy tokens are generate(do_sample=False)'s. (num_beams is a default the caller sets, as
     SamplingParams.beam_width is here.)"""
     from transformers import LlamaForCausalLM
 
@@ -135,7 +153,9 @@ def test_neutral_values_and_decoding_defaults_load_and_answer_as_generate(model_
     for field, values in NEUTRAL.items():
         for i, value in enumerate(values):
             path = with_settings(model_dir, tmp_path / f"{field}-{i}", file, **{field: value})
-            LLMEngine.from_pretrained(path, CONFIG)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", UnappliedSettingWarning)
+                LLMEngine.from_pretrained(path, CONFIG)
     decoding = dict(do_sample=True, temperature=0.6, top_p=0.9, max_length=64)
     path = with_settings(model_dir, tmp_path / "all", file, **fields, **decoding)
     engine = LLMEngine.from_pretrained(path, CONFIG)

@@ -12,6 +12,9 @@
 - anything else is a bug: "prog: internal error: <type>: <message>; run with --debug for the
   traceback", exit status 1.
 
+A warning (a model setting the engine runs without, a CPU kernel that would not build) is one
+line too, "prog: warning: <message>", and the command goes on.
+
 With --debug among the arguments the exception propagates instead, traceback and all. A user
 who mistyped a flag needs the one line; whoever debugs the engine needs the traceback.
 """
@@ -22,6 +25,7 @@ import argparse
 import os
 import select
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -68,6 +72,16 @@ def run_cli(
     stdout = sys.stdout
     _write_any_text(stdout)
     sys.stdout = Output(stdout)  # a failed write, or one to a closed stdout, names the output
+    with warnings.catch_warnings():  # restores Python's own way of showing warnings on the way out
+        warnings.showwarning = lambda message, *_, **__: _say(f"{prog}: warning: {printable_line(str(message))}")
+        return _run(prog, main, argv, debug, stdout, expected)
+
+
+def _run(
+    prog: str, main: Callable[[list[str]], int | None], argv: list[str], debug: bool, stdout: object,
+    expected: tuple[type[BaseException], ...],
+) -> int:
+    """run_cli's body: `main(argv)`'s status, or the line and status of what it raised."""
     try:
         status = main(argv) or 0
         # What stdout still buffers, written now: a failure is then reported as any other (at

@@ -52,7 +52,7 @@ from minillama.engine.prompts import check_text, check_token_ids, first_outside_
 from minillama.engine.scheduler import Scheduler
 from minillama.engine.sequence import RequestInfo, Sequence
 from minillama.errors import ConfigError, InvalidRequestError, ObserverError, UnknownRequestError
-from minillama.generation_config import check_generation_settings
+from minillama.generation_config import warn_unapplied_settings
 from minillama.loader import (
     build_model,
     eos_token_ids,
@@ -209,8 +209,8 @@ class LLMEngine(BeamSearchSteps):
         # made from the config when the model was built in memory), which may differ from
         # config.json's: Llama-3 lists three there and one in config.json.
         generation = getattr(hf_model, "generation_config", None)
-        if generation is not None:  # its logits processors, as from_pretrained refuses them
-            check_generation_settings(generation.to_dict(), "the model's generation_config")
+        if generation is not None:  # its logits processors, named as from_pretrained names them
+            warn_unapplied_settings(generation.to_dict(), "the model's generation_config")
         eos = model_config.eos_token_ids if generation is None else FieldReader(
             {"eos_token_id": generation.eos_token_id}, "the model's generation_config",
         ).token_ids("eos_token_id", model_config.vocab_size)
