@@ -324,7 +324,7 @@ class LLMEngine(BeamSearchSteps):
     def samples(self, leader_id: int) -> tuple[int, ...]:
         """The ids of request `leader_id`'s samples in sample order, the leader first: all n once
         its prompt has sampled, only the leader before. (leader_id,) for an n = 1 request."""
-        _check_request_id(leader_id)
+        self._check_held(leader_id)
         return self._samples.get(leader_id, (leader_id,))
 
     def beams(self, request_id: int) -> tuple[int, ...]:
@@ -333,7 +333,7 @@ class LLMEngine(BeamSearchSteps):
         fewer if it was aborted), whose request(id).beam_score is their score. Every beam is a
         request of its own (its output: all the tokens it generated); the pruned ones finish
         with reason "pruned". (request_id,) for a request without beam search."""
-        _check_request_id(request_id)
+        self._check_held(request_id)
         group = self._beam_groups.get(request_id)
         if group is None:
             return (request_id,)
@@ -529,7 +529,7 @@ class LLMEngine(BeamSearchSteps):
 
     def text(self, request_id: int) -> str:
         """The output text of a request so far."""
-        _check_request_id(request_id)
+        self._check_held(request_id)
         detokenizer = self._detokenizers.get(request_id)
         return detokenizer.text if detokenizer else ""
 
@@ -679,6 +679,17 @@ class LLMEngine(BeamSearchSteps):
         stream this way, as if that layer were the last.) With tensor parallelism every rank
         computes its slice of the vocabulary."""
         return self.runner.readout(hidden)
+
+    def _check_held(self, request_id: object) -> None:
+        """UnknownRequestError unless the engine holds request `request_id` (queued, running, or
+        finished and not yet forgotten, a beam search's results included). The reads that name a
+        request (text, samples, beams) check it as request() does: they answered an id never
+        given, or aborted, as if it were there (text "", samples and beams the id alone), so a
+        caller's mistake read as an empty answer. (abort and forget of such an id do nothing,
+        as documented: there is nothing left to stop.)"""
+        _check_request_id(request_id)
+        if request_id not in self.sequences and request_id not in self._beam_groups:
+            raise UnknownRequestError(f"no request {request_id} (never added, or aborted or forgotten since)")
 
     def request(self, seq_id: int) -> RequestInfo:
         """A copy of a request's state, as it is now; UnknownRequestError (a KeyError too) once the
