@@ -46,9 +46,11 @@ def test_limits_come_from_the_flags_and_must_be_positive():
 
 INT_LIMITS = ["--max-sessions", "--max-sessions-per-client", "--max-new-tokens", "--max-kv-blocks", "--max-steps",
               "--upload-mb"]
-FLOAT_LIMITS = ["--idle-minutes", "--trace-budget-mb"]  # 0 passes the parser; Limits refuses it (above)
+# 0 of these passed the parser, and Limits refused it naming its field ("limit max_kv_mb must be
+# positive"), not the flag.
+FLOAT_LIMITS = ["--idle-minutes", "--max-kv-mb", "--trace-budget-mb"]
 BAD_LIMITS = [(flag, value) for flag in INT_LIMITS for value in ("0", "-1", "2.5", "x")] + [
-    (flag, value) for flag in FLOAT_LIMITS for value in ("-1", "nan", "inf", "x")
+    (flag, value) for flag in FLOAT_LIMITS for value in ("0", "-0", "0e5", "-1", "nan", "inf", "x")
 ]
 
 
