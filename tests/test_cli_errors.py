@@ -251,6 +251,9 @@ BAD = {
     "app-context": ("app", [*TINY, "--max-model-len", "4096"], "exceeds the model's context"),
     "app-upload-huge": ("app", ["--upload-mb", "99999999999999999999"], "argument --upload-mb: 99999999999999999999 is too large"),
     "app-budget-huge": ("app", ["--trace-budget-mb", "1e308"], "argument --trace-budget-mb: 1e308 is too large"),
+    "app-kv-mb-0": ("app", ["--max-kv-mb", "0"], "argument --max-kv-mb: invalid finite number > 0 value: '0'"),
+    "app-idle-0": ("app", ["--idle-minutes", "0"], "argument --idle-minutes: invalid finite number > 0 value: '0'"),
+    "app-kv-mb-no-block": ("app", [*TINY, "--max-kv-mb", "1e-6"], "--max-kv-mb 1e-06 leaves a session no KV block"),
     "app-config-a-pipe": ("app", ["--model", "{config-pipe}"], "is not a regular file"),
     # python -m benchmarks.webui
     "bench-ui-moves-0": ("bench-ui", ["--moves", "0"], "argument --moves"),

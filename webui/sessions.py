@@ -35,6 +35,7 @@ from minillama import EngineConfig, InvalidRequestError, LLMEngine, SamplingPara
 from webui import defaults
 from webui.limits import Limits
 from webui.shares import Shares
+from webui.starting import blocks_within, starting_values
 from webui.tab_keys import TabKeys
 
 _T = TypeVar("_T")
@@ -195,6 +196,11 @@ class SessionManager:
         (`app.py --trace FILE`), which every new session then opens."""
         self.base = base
         self.limits = limits
+        # Where a new tab starts, within the limits (webui/starting.py): ConfigError for limits
+        # that leave no session room to start.
+        block = base.kv_block_bytes(defaults.ENGINE.block_size) if base is not None else None
+        self.starting = starting_values(limits, block, len(defaults.EXAMPLE_PROMPTS))
+        self.starting_settings = EngineSettings(num_kv_blocks=self.starting.num_kv_blocks)
         self.startup_trace, self.startup_name = startup_trace, startup_name
         self.keys = TabKeys()
         self.shares = Shares()
@@ -282,7 +288,7 @@ class SessionManager:
             session.claiming = True  # the caller clears it once it holds the memory, or gave up
 
     def _make(self, key: str, client: str) -> UISession:
-        session = UISession(key, client=client)
+        session = UISession(key, client=client, settings=self.starting_settings)
         if self.startup_trace is not None:
             self.open_trace(session, self.startup_trace, self.startup_name, shared=True)
             session.shares_startup_trace = True
@@ -388,7 +394,7 @@ class SessionManager:
         block = engine.kv_block_bytes(block_size)
         pool_mb = (num_kv_blocks + 1) * block / 2**20  # + 1: the engine's scratch block
         if pool_mb > self.limits.max_kv_mb:
-            fits = max(int(self.limits.max_kv_mb * 2**20 // block) - 1, 0)
+            fits = blocks_within(self.limits.max_kv_mb, block)
             raise ValueError(f"{num_kv_blocks} KV blocks of {block_size} tokens take {pool_mb:.0f} MiB; "
                              f"this server gives a session at most {self.limits.max_kv_mb:g} MiB (--max-kv-mb): "
                              f"{fits} blocks of that size")
