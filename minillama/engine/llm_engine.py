@@ -709,8 +709,22 @@ class LLMEngine(BeamSearchSteps):
         if computed is not None and not isinstance(computed, Mapping):
             raise InvalidRequestError(f"computed must be a mapping of seq id -> tokens, or None, not {type(computed).__name__}")
         include = self._block_ids(include, "include")
-        self._settle()
+        self._settle()  # first: a step in flight may still add the tokens a count names
+        self._check_computed(computed or {})
         return snapshot_block_pool(self.block_manager, self.scheduler.holders, computed, include)
+
+    def _check_computed(self, computed: Mapping[object, object]) -> None:
+        """InvalidRequestError naming the first entry of `computed` that is not a request of this
+        engine -> a count of its tokens, in [0, its tokens]. The counts index the block tables:
+        a negative one read blocks from a table's end, one past the sequence filled blocks it
+        had not computed, a str, None or a float failed deep inside (divmod, a tuple index)."""
+        for seq_id, count in computed.items():
+            seq = self.sequences.get(seq_id) if is_int(seq_id) else None
+            if seq is None:
+                raise InvalidRequestError(f"computed names {seq_id!r:.60}, which is no request of this engine")
+            if not is_int(count) or not 0 <= count <= seq.num_tokens:
+                raise InvalidRequestError(
+                    f"computed[{seq_id}] must be a count of its tokens in [0, {seq.num_tokens}], got {count!r:.60}")
 
     def cached_flags(self, block_ids: Iterable[int]) -> list[bool]:
         """For each block: does a later prompt hit it (is it the prefix cache's entry for its hash)?"""
