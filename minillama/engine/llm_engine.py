@@ -49,6 +49,7 @@ from minillama.engine.outputs import (
     StepTimings,
 )
 from minillama.engine.prompts import check_text, check_token_ids, first_outside_vocabulary
+from minillama.engine.read_checks import check_key_indices, check_streams
 from minillama.engine.scheduler import Scheduler
 from minillama.engine.sequence import RequestInfo, Sequence
 from minillama.errors import ConfigError, InvalidRequestError, ObserverError, UnknownRequestError
@@ -670,14 +671,18 @@ class LLMEngine(BeamSearchSteps):
     def read_keys(self, layers: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Keys of the paged cache, every KV head: layers [L] and [n] (block, offset) pairs (long
         tensors on the engine's device) -> [L, n, Hkv, D], post-RoPE, as attention reads them.
-        With tensor parallelism each rank reads its own heads and rank 0 gathers them."""
+        With tensor parallelism each rank reads its own heads and rank 0 gathers them.
+        InvalidRequestError for indices outside the cache (engine/read_checks.py)."""
+        check_key_indices(layers, blocks, offsets, self.device, self.runner.kv_cache.shape)
         return self.runner.read_keys(layers, blocks, offsets)
 
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the model reads out of a residual stream: final RMSNorm, then the LM head.
         hidden [N, hidden_size] -> logits [N, vocab] fp32. (The logit lens reads every layer's
         stream this way, as if that layer were the last.) With tensor parallelism every rank
-        computes its slice of the vocabulary."""
+        computes its slice of the vocabulary. InvalidRequestError for another shape, dtype or
+        device (engine/read_checks.py)."""
+        check_streams(hidden, self.device, self.dtype, self.model_config.hidden_size)
         return self.runner.readout(hidden)
 
     def _check_held(self, request_id: object) -> None:
