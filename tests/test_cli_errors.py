@@ -272,6 +272,10 @@ BAD = {
     # --config 7b was reported as "7b is missing: a model directory needs config.json"; "*" picked the 8B shape.
     "recording-config-unknown": ("recording", ["--config", "7b"], "--config 7b: no such file; give 1b, 3b, 8b"),
     "bench-config-glob": ("bench", ["--config", "*"], "--config *: no such file"),
+    # A path that is there but no file was "no such file" too.
+    "bench-config-folder": ("bench", ["--config", "{empty}"], "--config {empty}: is not a regular file (a folder"),
+    "bench-config-pipe": ("bench", ["--config", "{pipe}"], "--config {pipe}: is not a regular file"),
+    "recording-config-device": ("recording", ["--config", "/dev/zero"], "--config /dev/zero: is not a regular file"),
     # Path("") is ".": the current folder was read as the model, or named as a folder.
     "model-empty-path": ("minillama", ["--prompt", "hi", "--model", ""], "the model path is empty"),
     "chrome-to-empty-path": ("inspector", ["export-chrome", "{trace}", "-o", ""], "-o is empty: give a file name"),
