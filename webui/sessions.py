@@ -107,6 +107,9 @@ class UISession:
     notice: str = ""  # said once, on the next call (e.g. that its slot was reclaimed)
     shares_startup_trace: bool = False  # shows the server's --trace file
     shared_view: bool = False  # shows a shared snapshot (webui/shares.py), one object for every tab
+    # Can Reset start an engine here? Not on a server that loaded no model (app.py --trace):
+    # there every message that offered Reset sent the user to a button that refuses.
+    can_start_engine: bool = True
     last_download: Path | None = None  # the trace file it saved last (deleted when it saves again)
     # The run the Compare tab shows a comparison of: its trace and step count then (render.py
     # clears the tab once the session shows another run).
@@ -172,6 +175,13 @@ class UISession:
     def live(self) -> bool:
         """Can this session step an engine? (False while it shows an opened trace.)"""
         return self.opened is None and self.debug is not None
+
+    @property
+    def no_fork_reason(self) -> str:
+        """Why a fork is refused while the session shows a trace from a file, and what to do."""
+        if self.can_start_engine:
+            return "this is a trace from a file: forking needs the live engine (Reset starts one)"
+        return "this is a trace from a file, and this server runs no model (--trace): forking needs one"
 
     @property
     def holds_memory(self) -> bool:
@@ -288,7 +298,7 @@ class SessionManager:
             session.claiming = True  # the caller clears it once it holds the memory, or gave up
 
     def _make(self, key: str, client: str) -> UISession:
-        session = UISession(key, client=client, settings=self.starting_settings)
+        session = UISession(key, client=client, settings=self.starting_settings, can_start_engine=self.base is not None)
         if self.startup_trace is not None:
             self.open_trace(session, self.startup_trace, self.startup_name, shared=True)
             session.shares_startup_trace = True
@@ -432,7 +442,7 @@ class SessionManager:
         fork's copy on write runs on the device the model shares. Returns the fork's id;
         raises InvalidRequestError, changing nothing, when the engine refuses it."""
         if not session.live:
-            raise LimitReached("this is a trace from a file: forking needs the live engine (Reset starts one)")
+            raise LimitReached(session.no_fork_reason)
         self._check_step_limit(session)  # the fork runs at once: a session at its step limit could not
         self._check_sequence_limit(session, 1)
         with self.model_lock:
