@@ -30,11 +30,14 @@ def config_path(name: str) -> Path:
         return found[-1]
     path = Path(name)
     try:
-        is_file = bool(name) and path.is_file()
+        is_file, exists = bool(name) and path.is_file(), bool(name) and path.exists()
     except OSError:  # a name too long for a path
-        is_file = False
+        is_file = exists = False
     if not is_file:
-        raise ConfigError(f"--config {name}: no such file; give 1b, 3b, 8b or the path of a config.json")
+        # A folder, a pipe or a device is there, but is no file: "no such file" sent the user
+        # looking for a typo.
+        what = "is not a regular file (a folder, a pipe or a device)" if exists else "no such file"
+        raise ConfigError(f"--config {name}: {what}; give 1b, 3b, 8b or the path of a config.json")
     return path
 
 

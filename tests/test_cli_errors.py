@@ -251,6 +251,9 @@ BAD = {
     "app-context": ("app", [*TINY, "--max-model-len", "4096"], "exceeds the model's context"),
     "app-upload-huge": ("app", ["--upload-mb", "99999999999999999999"], "argument --upload-mb: 99999999999999999999 is too large"),
     "app-budget-huge": ("app", ["--trace-budget-mb", "1e308"], "argument --trace-budget-mb: 1e308 is too large"),
+    "app-kv-mb-0": ("app", ["--max-kv-mb", "0"], "argument --max-kv-mb: invalid finite number > 0 value: '0'"),
+    "app-idle-0": ("app", ["--idle-minutes", "0"], "argument --idle-minutes: invalid finite number > 0 value: '0'"),
+    "app-kv-mb-no-block": ("app", [*TINY, "--max-kv-mb", "1e-6"], "--max-kv-mb 1e-06 leaves a session no KV block"),
     "app-config-a-pipe": ("app", ["--model", "{config-pipe}"], "is not a regular file"),
     # python -m benchmarks.webui
     "bench-ui-moves-0": ("bench-ui", ["--moves", "0"], "argument --moves"),
@@ -269,6 +272,10 @@ BAD = {
     # --config 7b was reported as "7b is missing: a model directory needs config.json"; "*" picked the 8B shape.
     "recording-config-unknown": ("recording", ["--config", "7b"], "--config 7b: no such file; give 1b, 3b, 8b"),
     "bench-config-glob": ("bench", ["--config", "*"], "--config *: no such file"),
+    # A path that is there but no file was "no such file" too.
+    "bench-config-folder": ("bench", ["--config", "{empty}"], "--config {empty}: is not a regular file (a folder"),
+    "bench-config-pipe": ("bench", ["--config", "{pipe}"], "--config {pipe}: is not a regular file"),
+    "recording-config-device": ("recording", ["--config", "/dev/zero"], "--config /dev/zero: is not a regular file"),
     # Path("") is ".": the current folder was read as the model, or named as a folder.
     "model-empty-path": ("minillama", ["--prompt", "hi", "--model", ""], "the model path is empty"),
     "chrome-to-empty-path": ("inspector", ["export-chrome", "{trace}", "-o", ""], "-o is empty: give a file name"),

@@ -294,6 +294,30 @@ def test_block_lookups_refuse_what_is_no_block_of_the_pool(engine, block_ids):
     assert engine.cached_flags([0, 63]) == [False, False]
 
 
+# computed maps a request's id to a count of its tokens; each bad key and each bad count. "HELD"
+# is the running request, "PAST" one token more than it has.
+BAD_COMPUTED = [("a", 1), (None, 1), (True, 1), (-1, 1), (10**6, 1), (1.0, 1),
+                ("HELD", "3"), ("HELD", None), ("HELD", 1.5), ("HELD", float("nan")), ("HELD", True), ("HELD", -1),
+                ("HELD", "PAST"), ("HELD", 10**9), ("HELD", [1])]
+
+
+@pytest.mark.parametrize("key, count", BAD_COMPUTED)
+def test_a_snapshot_refuses_computed_counts_that_are_no_request_tokens(engine, key, count):
+    """-5 read a block from the table's end and 10**9 filled blocks not computed, in silence; a
+    str, None or a float raised TypeError from divmod or a tuple index."""
+    held = engine.add_request(PROMPT, GREEDY)
+    engine.step()
+    tokens = engine.request(held).num_prompt_tokens + 1
+    key, count = held if key == "HELD" else key, tokens + 1 if count == "PAST" else count
+    with pytest.raises(InvalidRequestError, match=r"computed names|computed\[\d+\] must be a count"):
+        engine.block_pool_snapshot({held: 1, key: count})
+    for good in (0, tokens):  # the bounds are taken, and the engine steps on
+        assert engine.block_pool_snapshot({held: good}).num_blocks == 64
+    while engine.has_unfinished():
+        engine.step()
+    assert len(engine.request(held).output_token_ids) == GREEDY.max_tokens
+
+
 def test_a_debug_session_whose_recorder_fails_stops_stepping_until_reset(engine):
     """The recorder is an observer: when it raises, the engine detaches it and finishes the
     step. Steps it could not record would be lost to the debugger, so the session refuses to

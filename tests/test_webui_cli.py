@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from argparse import Namespace
+from dataclasses import fields
 
 import pytest
 
 from minillama.errors import ConfigError
+from webui import Limits
 from webui.cli import AUTH_ENV, check_host, is_loopback, limits_from_args, parse_args, resolve_auth
 
 
@@ -40,15 +42,17 @@ def test_no_auth_and_auth_together_are_refused():
 def test_limits_come_from_the_flags_and_must_be_positive():
     limits = limits_from_args(parse_args(["--max-sessions", "3", "--max-new-tokens", "64", "--upload-mb", "5"]))
     assert (limits.max_sessions, limits.max_new_tokens, limits.upload_mb) == (3, 64, 5)
-    with pytest.raises(ValueError, match="max_sessions must be positive"):
+    with pytest.raises(ValueError, match="limit max_sessions must be an integer >= 1, got 0"):
         limits_from_args(Namespace(**{**vars(parse_args([])), "max_sessions": 0}))
 
 
 INT_LIMITS = ["--max-sessions", "--max-sessions-per-client", "--max-new-tokens", "--max-kv-blocks", "--max-steps",
               "--upload-mb"]
-FLOAT_LIMITS = ["--idle-minutes", "--trace-budget-mb"]  # 0 passes the parser; Limits refuses it (above)
+# 0 of these passed the parser, and Limits refused it naming its field ("limit max_kv_mb must be
+# positive"), not the flag.
+FLOAT_LIMITS = ["--idle-minutes", "--max-kv-mb", "--trace-budget-mb"]
 BAD_LIMITS = [(flag, value) for flag in INT_LIMITS for value in ("0", "-1", "2.5", "x")] + [
-    (flag, value) for flag in FLOAT_LIMITS for value in ("-1", "nan", "inf", "x")
+    (flag, value) for flag in FLOAT_LIMITS for value in ("0", "-0", "0e5", "-1", "nan", "inf", "x")
 ]
 
 
@@ -81,3 +85,22 @@ def test_hosts_this_machine_listens_on_pass(host):
 def test_an_empty_trace_path_is_refused_not_read_as_none():
     with pytest.raises(ConfigError, match="--trace: invalid path"):
         parse_args(["--trace", ""])
+
+
+LIMIT_FIELDS = {spec.name: spec.type for spec in fields(Limits)}
+NOT_A_COUNT = [0, -1, True, 2.5, "8", None, float("nan"), 2**31]
+NOT_AN_AMOUNT = [0, -1.0, True, "8", None, float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("name, value", [(name, value) for name, kind in LIMIT_FIELDS.items()
+                                         for value in (NOT_A_COUNT if kind == "int" else NOT_AN_AMOUNT)])
+def test_every_limit_refuses_what_is_no_positive_number_of_its_kind(name, value):
+    """Only `value <= 0` was checked: NaN passed it (and every later comparison: a NaN max_kv_mb
+    let any pool through), True and 2.5 passed as counts, "8" raised TypeError."""
+    with pytest.raises(ValueError, match=f"limit {name} must be"):
+        Limits(**{name: value})
+
+
+def test_every_limit_is_a_count_or_an_amount():
+    assert set(LIMIT_FIELDS.values()) == {"int", "float"}
+    assert Limits(max_kv_mb=1, idle_minutes=0.5).max_kv_mb == 1  # an int amount is a number too

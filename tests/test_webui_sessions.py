@@ -245,12 +245,12 @@ def test_a_server_without_a_model_serves_its_trace_to_every_session(base, tmp_pa
 def test_the_readme_tour_shows_what_it_says(base):
     """README.md's guided tour quotes this run: keep them in step."""
     from inspector import Preemption
-    from webui.layout import EXAMPLE_PROMPTS
+    from webui.defaults import EXAMPLE_PROMPTS
 
     manager = SessionManager(base, Limits())
     session = manager.open_tab("tour")
     manager.reset(session, EngineSettings(num_kv_blocks=12, block_size=8), CaptureSettings())
-    manager.add_prompts(session, EXAMPLE_PROMPTS.splitlines(), SamplingParams(temperature=0, max_tokens=48), chat=True)
+    manager.add_prompts(session, list(EXAMPLE_PROMPTS), SamplingParams(temperature=0, max_tokens=48), chat=True)
     result = session.debug.run(until=[Preemption()])
     assert result.breakpoint is not None and session.trace.steps[-1].index == 13
     assert session.trace.steps[13].schedule.preempted == [2]

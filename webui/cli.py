@@ -12,7 +12,7 @@ import ipaddress
 import os
 import socket
 
-from minillama.cli import ArgumentParser, add_debug_flag, add_model_args, int_at_least, number_at_least, path_text
+from minillama.cli import ArgumentParser, add_debug_flag, add_model_args, int_at_least, number_above, path_text
 from webui import defaults
 from webui.limits import Limits
 
@@ -46,7 +46,7 @@ def build_parser() -> ArgumentParser:
                      help="browser sessions at once (default: %(default)s)")
     lim.add_argument("--max-sessions-per-client", type=int_at_least(1), default=limit.max_sessions_per_client,
                      help="of those, from one client address (default: %(default)s)")
-    lim.add_argument("--idle-minutes", type=number_at_least(0), default=limit.idle_minutes,
+    lim.add_argument("--idle-minutes", type=number_above(0), default=limit.idle_minutes,
                      help="reclaim a session unused this many minutes (default: %(default)g)")
     lim.add_argument("--max-new-tokens", type=int_at_least(1), default=limit.max_new_tokens,
                      help="per request (default: %(default)s)")
@@ -55,11 +55,11 @@ def build_parser() -> ArgumentParser:
                           "(default: %(default)s)")
     lim.add_argument("--max-kv-blocks", type=int_at_least(1), default=limit.max_kv_blocks,
                      help="per session (default: %(default)s)")
-    lim.add_argument("--max-kv-mb", type=number_at_least(0), default=limit.max_kv_mb,
+    lim.add_argument("--max-kv-mb", type=number_above(0), default=limit.max_kv_mb,
                      help="memory of a session's KV pool, MiB (default: %(default)g)")
     lim.add_argument("--max-steps", type=int_at_least(1), default=limit.max_steps,
                      help="recorded steps per session (default: %(default)s)")
-    lim.add_argument("--trace-budget-mb", type=number_at_least(0), default=limit.trace_budget_mb,
+    lim.add_argument("--trace-budget-mb", type=number_above(0), default=limit.trace_budget_mb,
                      help="recorder memory per session, MiB (default: %(default)g)")
     lim.add_argument("--upload-mb", type=int_at_least(1), default=limit.upload_mb,
                      help="largest trace file accepted, MiB (default: %(default)s)")

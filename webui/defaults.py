@@ -31,3 +31,7 @@ CHAT = True  # the embedded model is an instruct model: it answers well inside i
 # Trace the attention (and the logit lens) of every request, as long as the memory budget lasts,
 # where the library traces the first two: a user adds prompts in turns and may look at any of them.
 TRACED_REQUESTS: int | None = None
+# The Prompts panel's text: three prompts whose answers are short, one a near-copy of another
+# (its chat template and question come from the prefix cache).
+EXAMPLE_PROMPTS = ("What is the capital of France?", "Write a haiku about autumn.",
+                   "What is the capital of France? Answer in one word.")

@@ -126,6 +126,6 @@ def _parse_click(payload: object) -> tuple[int, int, int]:
 
 def _check_live(session: UISession) -> None:
     if session.opened is not None:
-        raise ValueError("this is a trace from a file: forking needs the live engine (Reset starts one)")
+        raise ValueError(session.no_fork_reason)
     if session.debug is None or not session.trace.sequences:
         raise ValueError("nothing to fork yet: add prompts and step first")

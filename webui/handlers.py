@@ -547,7 +547,7 @@ def _never_reached(session: UISession | None, breakpoints: list[Breakpoint], lim
 def _idle_message(session: UISession) -> str:
     if session.opened is not None:
         return "this is a trace from a file: move the slider to look around" + (
-            "" if session.shares_startup_trace else ", or Reset to use the engine")
+            ", or Reset to use the engine" if session.can_start_engine else "")
     if session.debug is None or not session.trace.sequences:
         return "add prompts first: write them on the left and press Add prompts"
     return "every request has finished: add prompts to continue"

@@ -22,7 +22,7 @@ from webui.breakpoint_form import EVENT_BREAKPOINTS
 from webui.call_values import refuse_malformed_values
 from webui.handlers import MAX_STEP_PRESSES, Handlers
 from webui.render import OUTPUT_NAMES
-from webui.sessions import CaptureSettings, EngineSettings, SessionManager
+from webui.sessions import CaptureSettings, SessionManager
 
 # Runs in the page before a fork click goes out: the inputs [tab key, click], the click read off
 # the hidden button where static/app.js left it.
@@ -33,13 +33,12 @@ FORK_CLICK_JS = "(key, click) => [key, document.getElementById('ml-fork-click-go
 STEP_PRESSES_JS = "(key, presses) => [key, window.mlTakeStepPresses?.() ?? 1]"
 # Gradio's file cache: every 5 minutes, the files older than 15 minutes are deleted.
 CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS = 300, 900
-EXAMPLE_PROMPTS = "What is the capital of France?\nWrite a haiku about autumn.\nWhat is the capital of France? Answer in one word."
 
 
 def build_app(manager: SessionManager) -> gr.Blocks:
     handlers = Handlers(manager)
     live = manager.base is not None
-    engine, capture = EngineSettings(), CaptureSettings()
+    engine, capture, starting = manager.starting_settings, CaptureSettings(), manager.starting
     # Gradio keeps a copy of every file it serves or receives (a saved trace, an uploaded one)
     # in its cache: swept, so a server that runs for days, or a client that uploads again and
     # again, cannot fill the disk. Both reach Gradio within seconds of being made.
@@ -49,7 +48,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
         with gr.Row(equal_height=False, elem_id="ml-shell"):
             with gr.Column(scale=0, min_width=290, elem_id="ml-controls"):
                 with gr.Accordion("Prompts", open=live):
-                    prompts = gr.Textbox(EXAMPLE_PROMPTS, lines=4, max_lines=12, label="Prompts, one per line",
+                    prompts = gr.Textbox("\n".join(defaults.EXAMPLE_PROMPTS[:starting.num_prompts]), lines=4, max_lines=12, label="Prompts, one per line",
                                          elem_id="ml-prompts", interactive=live)
                     # On where the model has a template to wrap prompts in: a base model's tokenizer
                     # has none, and every prompt would be refused until the box was unticked.
@@ -57,7 +56,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                                                                        and manager.base.tokenizer.chat_template),
                                        label="Chat template", elem_id="ml-chat")
                     with gr.Row():
-                        max_tokens = gr.Number(48, label="Max tokens", precision=0, elem_id="ml-max-tokens",
+                        max_tokens = gr.Number(starting.max_tokens, label="Max tokens", precision=0, elem_id="ml-max-tokens",
                                                min_width=100)
                         temperature = gr.Number(0.0, label="Temperature", step=0.1, elem_id="ml-temperature",
                                                 min_width=100)

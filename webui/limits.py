@@ -5,7 +5,9 @@ else changes. The defaults suit the embedded 135M model on a laptop CPU."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from minillama.values import as_int, as_number
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,12 @@ class Limits:
     upload_mb: int = 64  # largest trace file accepted for upload
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if value <= 0:
-                raise ValueError(f"limit {name} must be positive, got {value}")
+        """ValueError naming the first limit that is no positive number of its kind: a count a
+        whole number (True, 2.5 or "8" is none), an amount finite (NaN passed `value <= 0`, and
+        then every comparison with it: a NaN --max-kv-mb let any pool through)."""
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.type == "int":
+                as_int(value, f"limit {spec.name}", ValueError)
+            else:
+                as_number(value, f"limit {spec.name}", ValueError)

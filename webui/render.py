@@ -39,12 +39,13 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
     parts = []
     if session is not None:
         trace = session.trace
+        reset = "; Reset starts a live engine" if session.can_start_engine else ""
         if session.shares_startup_trace:
             source = f"trace file <b>{views.escape(session.opened_name)}</b> (read-only: this server runs no model)"
         elif session.shared_view:
-            source = f"shared view of <b>{views.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
+            source = f"shared view of <b>{views.escape(session.opened_name)}</b> (read-only{reset})"
         elif session.opened is not None:
-            source = f"trace file <b>{views.escape(session.opened_name)}</b> (read-only; Reset starts a live engine)"
+            source = f"trace file <b>{views.escape(session.opened_name)}</b> (read-only{reset})"
         elif trace is not None:
             source = f"live engine · {len(trace.sequences)} request(s)"
         else:
@@ -152,7 +153,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         figures_html(figures),
         views.block_tables_html(trace, index),
         views.step_details_html(trace, index),
-        views.fork_choices_html(trace, index, selection, session.live),
+        views.fork_choices_html(trace, index, selection, session.live, session.can_start_engine),
         views.branch_html(trace, index, selection),
         compare_panel(session),
     ] + ([gr.skip()] * 3 if cursor_only else [

@@ -35,6 +35,7 @@ from minillama import EngineConfig, InvalidRequestError, LLMEngine, SamplingPara
 from webui import defaults
 from webui.limits import Limits
 from webui.shares import Shares
+from webui.starting import blocks_within, starting_values
 from webui.tab_keys import TabKeys
 
 _T = TypeVar("_T")
@@ -106,6 +107,9 @@ class UISession:
     notice: str = ""  # said once, on the next call (e.g. that its slot was reclaimed)
     shares_startup_trace: bool = False  # shows the server's --trace file
     shared_view: bool = False  # shows a shared snapshot (webui/shares.py), one object for every tab
+    # Can Reset start an engine here? Not on a server that loaded no model (app.py --trace):
+    # there every message that offered Reset sent the user to a button that refuses.
+    can_start_engine: bool = True
     last_download: Path | None = None  # the trace file it saved last (deleted when it saves again)
     # The run the Compare tab shows a comparison of: its trace and step count then (render.py
     # clears the tab once the session shows another run).
@@ -173,6 +177,13 @@ class UISession:
         return self.opened is None and self.debug is not None
 
     @property
+    def no_fork_reason(self) -> str:
+        """Why a fork is refused while the session shows a trace from a file, and what to do."""
+        if self.can_start_engine:
+            return "this is a trace from a file: forking needs the live engine (Reset starts one)"
+        return "this is a trace from a file, and this server runs no model (--trace): forking needs one"
+
+    @property
     def holds_memory(self) -> bool:
         """Does it hold a slot: its own engine, or a trace it uploaded, or one it is taking
         (`claiming`)? (The server's --trace file is one object shown to every tab: it takes none.)"""
@@ -195,6 +206,11 @@ class SessionManager:
         (`app.py --trace FILE`), which every new session then opens."""
         self.base = base
         self.limits = limits
+        # Where a new tab starts, within the limits (webui/starting.py): ConfigError for limits
+        # that leave no session room to start.
+        block = base.kv_block_bytes(defaults.ENGINE.block_size) if base is not None else None
+        self.starting = starting_values(limits, block, len(defaults.EXAMPLE_PROMPTS))
+        self.starting_settings = EngineSettings(num_kv_blocks=self.starting.num_kv_blocks)
         self.startup_trace, self.startup_name = startup_trace, startup_name
         self.keys = TabKeys()
         self.shares = Shares()
@@ -282,7 +298,7 @@ class SessionManager:
             session.claiming = True  # the caller clears it once it holds the memory, or gave up
 
     def _make(self, key: str, client: str) -> UISession:
-        session = UISession(key, client=client)
+        session = UISession(key, client=client, settings=self.starting_settings, can_start_engine=self.base is not None)
         if self.startup_trace is not None:
             self.open_trace(session, self.startup_trace, self.startup_name, shared=True)
             session.shares_startup_trace = True
@@ -388,7 +404,7 @@ class SessionManager:
         block = engine.kv_block_bytes(block_size)
         pool_mb = (num_kv_blocks + 1) * block / 2**20  # + 1: the engine's scratch block
         if pool_mb > self.limits.max_kv_mb:
-            fits = max(int(self.limits.max_kv_mb * 2**20 // block) - 1, 0)
+            fits = blocks_within(self.limits.max_kv_mb, block)
             raise ValueError(f"{num_kv_blocks} KV blocks of {block_size} tokens take {pool_mb:.0f} MiB; "
                              f"this server gives a session at most {self.limits.max_kv_mb:g} MiB (--max-kv-mb): "
                              f"{fits} blocks of that size")
@@ -426,7 +442,7 @@ class SessionManager:
         fork's copy on write runs on the device the model shares. Returns the fork's id;
         raises InvalidRequestError, changing nothing, when the engine refuses it."""
         if not session.live:
-            raise LimitReached("this is a trace from a file: forking needs the live engine (Reset starts one)")
+            raise LimitReached(session.no_fork_reason)
         self._check_step_limit(session)  # the fork runs at once: a session at its step limit could not
         self._check_sequence_limit(session, 1)
         with self.model_lock:

@@ -38,9 +38,11 @@ FORK_CSS = """
 """
 
 
-def fork_choices_html(trace: Trace, index: int, selection: Selection | None = None, live: bool = True) -> str:
+def fork_choices_html(trace: Trace, index: int, selection: Selection | None = None, live: bool = True,
+                      can_start_engine: bool = True) -> str:
     """The fork buttons for the selected sequence's token at step `index`. live: can this
-    session run a fork (False for a trace opened from a file)."""
+    session run a fork (False for a trace opened from a file); can_start_engine: can its Reset
+    start one (False where no model is loaded)."""
     problem = step_problem(trace, index)
     if problem is not None:
         return empty_panel(problem)
@@ -60,7 +62,8 @@ def fork_choices_html(trace: Trace, index: int, selection: Selection | None = No
         how = (f"click another token to fork #{seq_id} here with it (the fork runs to #{seq_id}'s length; Pause "
                "stops it), or type text below")
     else:
-        how = "forking needs a live engine: this trace is read-only (Reset starts one)"
+        how = "forking needs a live engine: this trace is read-only" + (
+            " (Reset starts one)" if can_start_engine else " and this server runs no model")
     caption = (f'<div class="mlv-caption">What if? · step {index} · #{seq_id} drew '
                f"{escape(drawn)} (p={g.sampled_prob:.3f}) · {escape(how)}</div>")
     buttons = []

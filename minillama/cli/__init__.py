@@ -10,7 +10,7 @@ during a command: a write that fails names it); gc_heap.py tunes the garbage col
 process that serves or measures (tune_gc).
 """
 
-from minillama.cli.checks import check_output_path, int_at_least, number_at_least, path_text
+from minillama.cli.checks import check_output_path, int_at_least, number_above, number_at_least, path_text
 from minillama.cli.errors import ArgumentParser, add_debug_flag, printable_line, run_cli
 from minillama.cli.flags import (
     add_engine_args,
@@ -24,6 +24,6 @@ from minillama.cli.output import Output
 
 __all__ = [
     "ArgumentParser", "Output", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
-    "engine_config_from_args", "tune_gc", "int_at_least", "number_at_least", "path_text", "printable_line", "run_cli",
+    "engine_config_from_args", "tune_gc", "int_at_least", "number_above", "number_at_least", "path_text", "printable_line", "run_cli",
     "sampling_params_from_args",
 ]

@@ -95,3 +95,18 @@ def number_at_least(minimum: float) -> Callable[[str], float]:
 
     parse.__name__ = f"finite number >= {minimum:g}"
     return parse
+
+
+def number_above(floor: float) -> Callable[[str], float]:
+    """A finite number > `floor`: for an amount that must be some (a limit in MiB or minutes),
+    where number_at_least(0) let 0 through to be refused later, naming no flag."""
+    at_least = number_at_least(floor)
+
+    def parse(text: str) -> float:
+        value = at_least(text)
+        if value <= floor:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"finite number > {floor:g}"
+    return parse

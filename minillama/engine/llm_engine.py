@@ -49,6 +49,7 @@ from minillama.engine.outputs import (
     StepTimings,
 )
 from minillama.engine.prompts import check_text, check_token_ids, first_outside_vocabulary
+from minillama.engine.read_checks import check_key_indices, check_streams
 from minillama.engine.scheduler import Scheduler
 from minillama.engine.sequence import RequestInfo, Sequence
 from minillama.errors import ConfigError, InvalidRequestError, ObserverError, UnknownRequestError
@@ -327,7 +328,7 @@ class LLMEngine(BeamSearchSteps):
     def samples(self, leader_id: int) -> tuple[int, ...]:
         """The ids of request `leader_id`'s samples in sample order, the leader first: all n once
         its prompt has sampled, only the leader before. (leader_id,) for an n = 1 request."""
-        _check_request_id(leader_id)
+        self._check_held(leader_id)
         return self._samples.get(leader_id, (leader_id,))
 
     def beams(self, request_id: int) -> tuple[int, ...]:
@@ -336,7 +337,7 @@ class LLMEngine(BeamSearchSteps):
         fewer if it was aborted), whose request(id).beam_score is their score. Every beam is a
         request of its own (its output: all the tokens it generated); the pruned ones finish
         with reason "pruned". (request_id,) for a request without beam search."""
-        _check_request_id(request_id)
+        self._check_held(request_id)
         group = self._beam_groups.get(request_id)
         if group is None:
             return (request_id,)
@@ -532,7 +533,7 @@ class LLMEngine(BeamSearchSteps):
 
     def text(self, request_id: int) -> str:
         """The output text of a request so far."""
-        _check_request_id(request_id)
+        self._check_held(request_id)
         detokenizer = self._detokenizers.get(request_id)
         return detokenizer.text if detokenizer else ""
 
@@ -673,15 +674,30 @@ class LLMEngine(BeamSearchSteps):
     def read_keys(self, layers: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Keys of the paged cache, every KV head: layers [L] and [n] (block, offset) pairs (long
         tensors on the engine's device) -> [L, n, Hkv, D], post-RoPE, as attention reads them.
-        With tensor parallelism each rank reads its own heads and rank 0 gathers them."""
+        With tensor parallelism each rank reads its own heads and rank 0 gathers them.
+        InvalidRequestError for indices outside the cache (engine/read_checks.py)."""
+        check_key_indices(layers, blocks, offsets, self.device, self.runner.kv_cache.shape)
         return self.runner.read_keys(layers, blocks, offsets)
 
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the model reads out of a residual stream: final RMSNorm, then the LM head.
         hidden [N, hidden_size] -> logits [N, vocab] fp32. (The logit lens reads every layer's
         stream this way, as if that layer were the last.) With tensor parallelism every rank
-        computes its slice of the vocabulary."""
+        computes its slice of the vocabulary. InvalidRequestError for another shape, dtype or
+        device (engine/read_checks.py)."""
+        check_streams(hidden, self.device, self.dtype, self.model_config.hidden_size)
         return self.runner.readout(hidden)
+
+    def _check_held(self, request_id: object) -> None:
+        """UnknownRequestError unless the engine holds request `request_id` (queued, running, or
+        finished and not yet forgotten, a beam search's results included). The reads that name a
+        request (text, samples, beams) check it as request() does: they answered an id never
+        given, or aborted, as if it were there (text "", samples and beams the id alone), so a
+        caller's mistake read as an empty answer. (abort and forget of such an id do nothing,
+        as documented: there is nothing left to stop.)"""
+        _check_request_id(request_id)
+        if request_id not in self.sequences and request_id not in self._beam_groups:
+            raise UnknownRequestError(f"no request {request_id} (never added, or aborted or forgotten since)")
 
     def request(self, seq_id: int) -> RequestInfo:
         """A copy of a request's state, as it is now; UnknownRequestError (a KeyError too) once the
@@ -701,8 +717,22 @@ class LLMEngine(BeamSearchSteps):
         if computed is not None and not isinstance(computed, Mapping):
             raise InvalidRequestError(f"computed must be a mapping of seq id -> tokens, or None, not {type(computed).__name__}")
         include = self._block_ids(include, "include")
-        self._settle()
+        self._settle()  # first: a step in flight may still add the tokens a count names
+        self._check_computed(computed or {})
         return snapshot_block_pool(self.block_manager, self.scheduler.holders, computed, include)
+
+    def _check_computed(self, computed: Mapping[object, object]) -> None:
+        """InvalidRequestError naming the first entry of `computed` that is not a request of this
+        engine -> a count of its tokens, in [0, its tokens]. The counts index the block tables:
+        a negative one read blocks from a table's end, one past the sequence filled blocks it
+        had not computed, a str, None or a float failed deep inside (divmod, a tuple index)."""
+        for seq_id, count in computed.items():
+            seq = self.sequences.get(seq_id) if is_int(seq_id) else None
+            if seq is None:
+                raise InvalidRequestError(f"computed names {seq_id!r:.60}, which is no request of this engine")
+            if not is_int(count) or not 0 <= count <= seq.num_tokens:
+                raise InvalidRequestError(
+                    f"computed[{seq_id}] must be a count of its tokens in [0, {seq.num_tokens}], got {count!r:.60}")
 
     def cached_flags(self, block_ids: Iterable[int]) -> list[bool]:
         """For each block: does a later prompt hit it (is it the prefix cache's entry for its hash)?"""
