@@ -66,6 +66,11 @@
   // Plotly.react redraws the whole figure even with the same data (docs/perf-notes.md).
   const LIGHT_KEYS = new Set(["shapes", "title", "annotations"]);
   const onScreen = (div) => div.offsetParent !== null && div.clientWidth > 0;
+  // Every figure's template (colours, fonts, grid): in the page's head once, not in each
+  // figure of each update (webui/render.py figures_html). Parsed for each draw, so no plot
+  // shares an object with another that plotly.js could change.
+  const templateText = () => document.querySelector("meta[name=ml-figure-template]")?.content || "{}";
+  const withTemplate = (layout) => ({ template: JSON.parse(templateText()), ...layout });
 
   const drawFigure = (div, name, figure) => {
     if (name === "timeline") {
@@ -87,7 +92,7 @@
         return;
       }
     }
-    window.Plotly.react(div, figure.data, figure.layout, name === "timeline" ? TIMELINE_CONFIG : PLOT_CONFIG);
+    window.Plotly.react(div, figure.data, withTemplate(figure.layout), name === "timeline" ? TIMELINE_CONFIG : PLOT_CONFIG);
     if (name === "logits" && !div.dataset.forkClicks) {
       // A click on a bar of the Next token chart is a click on that rank's fork button (below it).
       div.dataset.forkClicks = "1";
@@ -326,8 +331,9 @@
   });
 
   // Hovering a token of the Text panel shows where it is and its id; an output token also how
-  // likely it was (probability, rank, entropy). The panel carries these as data-* attributes
-  // (inspector/views/text_panel.py), not as titles: it is sent anew on every cursor move.
+  // likely it was (data-likely: probability, rank, entropy). The panel carries these as data-*
+  // attributes (inspector/views/text_panel.py), not as titles: it is sent anew on every cursor
+  // move. A prompt token's position is its place among its sequence's prompt chips.
   const card = document.createElement("div");
   card.id = "ml-token-card";
   card.hidden = true;
@@ -340,11 +346,13 @@
       card.hidden = true;
       return;
     }
-    const { prob, rank, entropy, step, pos, id } = chip.dataset;
-    const where = step !== undefined ? `sampled at step ${step}` : `prompt position ${pos}`;
-    const likely = prob !== undefined
+    const { likely, step, id } = chip.dataset;
+    const position = () => [...(chip.closest(".mlv-seq")?.querySelectorAll(".tok-prompt") ?? [])].indexOf(chip);
+    const where = step !== undefined ? `sampled at step ${step}` : `prompt position ${position()}`;
+    const [prob, rank, entropy] = (likely ?? "").split(" ");
+    const odds = likely !== undefined
       ? `p = ${Number(prob).toFixed(3)} · rank ${rank} · entropy ${Number(entropy).toFixed(2)} nats · ` : "";
-    card.textContent = `${likely}${where} · token id ${id}`;
+    card.textContent = `${odds}${where} · token id ${id}`;
     const box = chip.getBoundingClientRect();
     card.style.left = `${box.left + window.scrollX}px`;
     card.style.top = `${box.bottom + window.scrollY + 4}px`;

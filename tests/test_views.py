@@ -162,12 +162,14 @@ def test_text_shows_the_tokens_sampled_up_to_the_cursor(trace):
             else:
                 assert [c["text"] for c in current] == [f"<{token.token_id}>"] and current[0] is output[-1]
                 g = token.logits
-                assert float(current[0]["data-prob"]) == pytest.approx(g.sampled_prob, abs=1e-4)
-                assert int(current[0]["data-rank"]) == g.sampled_rank
-                assert float(current[0]["data-entropy"]) == pytest.approx(g.entropy, abs=1e-3)
+                prob, rank, entropy = current[0]["data-likely"].split(" ")
+                assert float(prob) == pytest.approx(g.sampled_prob, abs=1e-4)
+                assert int(rank) == g.sampled_rank
+                assert float(entropy) == pytest.approx(g.entropy, abs=1e-3)
                 assert int(current[0]["data-id"]) == token.token_id and int(current[0]["data-step"]) == index
-        for c in (c for c in chips if "tok-prompt" in c["classes"] and "data-pos" in c):
-            assert int(c["data-id"]) == trace.sequences[c["seq"]].prompt_ids[int(c["data-pos"])]
+            # The page reads a prompt chip's position from its place among the sequence's prompt chips.
+            for position, chip in enumerate(prompt):
+                assert "data-id" not in chip or int(chip["data-id"]) == seq.prompt_ids[position]
         # A tiny model's prompt tokens have no text: they show as their ids.
         assert [c["text"] for c in chips if c["seq"] == 1 and "tok-prompt" in c["classes"]] == \
             [f"⟨{t}⟩" for t in trace.sequences[1].prompt_ids]

@@ -111,6 +111,9 @@ def test_panels_follow_steps_and_the_slider(browser, url):
         page.get_by_role("tab", name=tab).click()
         for plot in TABS[tab]:
             page.wait_for_function(PLOT_SHOWS_STEP, arg=[plot, 1], timeout=10_000)
+    # Every plot drawn has the figures' template, which the page holds once (webui/render.py): its font colour.
+    assert set(page.evaluate("() => [...document.querySelectorAll('.ml-plot')].filter(d => d._fullLayout)"
+                             ".map(d => d._fullLayout.font.color)")) == {"#2a3f5f"}
     slider = page.locator("#ml-slider input[type=number]")
     slider.fill("2")
     slider.press("Enter")
@@ -251,14 +254,16 @@ def test_hovering_an_output_token_shows_its_probability(browser, url):
     page = open_page(browser, url)
     add_prompts(page, "What is the capital of France?", max_tokens=4)
     step_through(page, 3)
-    page.locator("#ml-text .tok[data-prob]").first.hover()
+    page.locator("#ml-text .tok[data-likely]").first.hover()
     card = page.locator("#ml-token-card")
     playwright_api.expect(card).to_be_visible()
     assert re.fullmatch(r"p = [01]\.\d{3} · rank \d+ · entropy \d+\.\d\d nats · sampled at step \d+ · token id \d+",
                         card.inner_text())
-    # A prompt token: where it is and its id (the panel sends them as data-*, not as titles).
+    # A prompt token: where it is and its id. The page counts its position (the panel sends only
+    # the id): the first one after the folded system prompt of n tokens is at position n.
+    folded = int(re.search(r"system prompt · (\d+) tokens", page.locator("#ml-text summary").first.inner_text()).group(1))
     page.locator("#ml-text .mlv-tokens > .tok-prompt[data-id]").first.hover()
-    playwright_api.expect(card).to_have_text(re.compile(r"prompt position \d+ · token id \d+"))
+    playwright_api.expect(card).to_have_text(re.compile(rf"prompt position {folded} · token id \d+"))
     page.context.close()
 
 

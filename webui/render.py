@@ -63,9 +63,25 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
 
 def figures_html(figures: dict[str, go.Figure]) -> str:
     """The carrier of the figures: {name: plotly figure JSON} in an escaped data attribute
-    (static/app.js reads it and draws each figure into the plot div "ml-plot-<name>")."""
-    payload = ",".join(f'"{name}":{pio.to_json(figure, validate=False)}' for name, figure in figures.items())
+    (static/app.js reads it and draws each figure into the plot div "ml-plot-<name>"). Every
+    figure has the views' one template (views.FIGURE_TEMPLATE, 7 KB of JSON): the page holds it
+    once (figure_template_html) and app.js puts it back in each layout, so it is left out here.
+    Sent, it was six copies in every update, a third of the figures' bytes."""
+    payload = ",".join(f'"{name}":{_without_template(figure)}' for name, figure in figures.items())
     return f"<div class='ml-figure-data' data-figures=\"{views.escape('{' + payload + '}')}\"></div>"
+
+
+def _without_template(figure: go.Figure) -> str:
+    """The figure's JSON, its layout without the template."""
+    plain = figure.to_dict()  # a copy: the figure itself keeps its template
+    plain["layout"].pop("template", None)
+    return pio.json.to_json_plotly(plain)
+
+
+def figure_template_html() -> str:
+    """The figures' template for the page's head, once (static/app.js reads it)."""
+    template = pio.json.to_json_plotly(views.FIGURE_TEMPLATE.to_plotly_json())
+    return f"<meta name='ml-figure-template' content=\"{views.escape(template)}\">"
 
 
 def head_label(trace: Trace, head: int) -> str:

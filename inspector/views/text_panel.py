@@ -6,8 +6,9 @@ and appear only once sampled, so moving the cursor back "un-generates" text. The
 token sampled at the cursor step is outlined (class tok-current). Hovering a chip in the page
 shows its position or step and its token id, and for an output chip how sure the model was:
 the token's probability, its rank among all tokens, and the entropy of the distribution it was
-drawn from. The chips carry these as data-* attributes (data-pos or data-step, data-id,
-data-prob, data-rank, data-entropy), for the page's hover card and for scripts.
+drawn from. The chips carry these as data-* attributes (data-step, data-id, data-likely: the
+probability, rank and entropy), for the page's hover card and for scripts; a prompt chip's
+position is its place among its sequence's prompt chips.
 
 Seeing the text as chips, not as a string, shows what the model actually sees: " Paris" is one
 token with its leading space, a word may be several tokens, "\n" is a token of its own.
@@ -204,8 +205,10 @@ def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, inheri
         parent = trace.sequences[seq_id].parent_id
         title = f"position {position} · token id {token_id} · inherited from #{parent} at the fork"
         return _chip(piece, token_id, "tok tok-prompt tok-inherited", f'title="{title}"')
-    # The page's hover card says "prompt position 12 · token id 791" from these (static/app.js).
-    return _chip(piece, token_id, "tok tok-prompt", f'data-pos="{position}" data-id="{token_id}"')
+    # The page's hover card says "prompt position 12 · token id 791" (static/app.js): the id from
+    # here, the position from the chip's place among its sequence's prompt chips (every
+    # position has one, in order), which the page counts rather than receive a thousand times.
+    return _chip(piece, token_id, "tok tok-prompt", f'data-id="{token_id}"')
 
 
 def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str, index: int) -> str:
@@ -221,13 +224,14 @@ def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str,
 
 
 def _hover(token: TokenRecord | None) -> str:
-    """The chip's data-* attributes: how likely the model found this token, which the page's
-    hover card shows with the step and the token id (static/app.js). A chip is sent on every
-    cursor move, hundreds of them, so the numbers are written once, not again in a title."""
+    """The chip's data-likely: how likely the model found this token, "probability rank
+    entropy" ("0.9711 0 0.216"), which the page's hover card shows with the step and the token
+    id (static/app.js). A chip is sent on every cursor move, thousands of them in a long run:
+    one attribute, not three, and not again in a title."""
     if token is None or token.logits is None:
         return 'title="logits not recorded"'
     g = token.logits
-    return f'data-prob="{g.sampled_prob:.4f}" data-rank="{g.sampled_rank}" data-entropy="{g.entropy:.3f}"'
+    return f'data-likely="{g.sampled_prob:.4f} {g.sampled_rank} {g.entropy:.3f}"'
 
 
 def _chip(piece: str, token_id: int, classes: str, attributes: str) -> str:
