@@ -168,12 +168,23 @@
   };
 
   // A folded system prompt the user opened stays open when the text panel is drawn again.
+  // Every chat request has the same system prompt, so the panel sends its chips once: a fold
+  // that names another (data-copy) gets a copy of that one's chips when it is opened
+  // (inspector/views/text_panel.py).
   const openFolds = new Set();
+  const fillFold = (fold) => {
+    if (!fold.dataset.copy || fold.children.length > 1) return; // only its summary so far
+    const holder = fold.closest("#ml-text")?.querySelector(`details.mlv-fold[data-fold="${fold.dataset.copy}"]`);
+    const chips = [...(holder?.children ?? [])].filter((child) => child.tagName !== "SUMMARY");
+    fold.append(...chips.map((chip) => chip.cloneNode(true)));
+  };
   document.addEventListener("toggle", (event) => {
     const fold = event.target;
     if (!fold.matches?.("details.mlv-fold")) return;
-    if (fold.open) openFolds.add(fold.dataset.fold);
-    else openFolds.delete(fold.dataset.fold);
+    if (fold.open) {
+      fillFold(fold);
+      openFolds.add(fold.dataset.fold);
+    } else openFolds.delete(fold.dataset.fold);
   }, true);
   const reopenFolds = () => {
     if (!openFolds.size) return;

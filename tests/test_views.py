@@ -704,6 +704,32 @@ def test_a_chat_prompts_first_turn_is_folded(trace):
     assert 'data-fold="1"' not in page or chat.sequences[1].chat
 
 
+def test_a_system_prompt_every_request_shares_is_sent_once_a_panel(trace):
+    """Every chat request starts with the same system prompt: its chips go in the first block's
+    fold, and each later block's fold names that block (the page copies the chips when opened).
+    A request with another system prompt holds its own, which a later one may name in turn."""
+    chatml = [1, 9, 10, *range(20, 30), 2, 1, 11, 40, 41, 2, 1, 12]
+    other = [1, 9, 10, *range(30, 40), 2, 1, 11, 40, 41, 2, 1, 12]
+    chat = copy.deepcopy(trace)
+    for seq_id, turn in zip(sorted(chat.sequences), [chatml, other, chatml, other]):
+        record = chat.sequences[seq_id]
+        record.chat, record.prompt_ids = True, turn + record.prompt_ids[len(turn):]
+        record.prompt_tokens = []
+    first, second, third, fourth = sorted(chat.sequences)
+    for index in (0, len(chat.steps) - 1):
+        page = text_html(chat, index)
+        folds = dict(re.findall(r'<details class="mlv-fold" data-fold="(\d+)"([^>]*)>', page))
+        assert folds == {str(first): "", str(second): "", str(third): f' data-copy="{first}"',
+                         str(fourth): f' data-copy="{second}"'}
+        for seq_id, chips in ((first, 14), (second, 14), (third, 0), (fourth, 0)):
+            body = re.search(rf'data-fold="{seq_id}"[^>]*><summary>(.*?)</summary>(.*?)</details>', page)
+            assert body.group(1).startswith("system prompt · 14 tokens") and body.group(2).count("tok-prompt") == chips
+        # Each block still has a chip for every position after its fold, and only those.
+        for seq_id, record in chat.sequences.items():
+            block = page.split(f'data-seq="{seq_id}"')[1].split('data-seq="')[0]
+            assert block.count("tok-prompt") == len(record.prompt_ids) - (14 if seq_id in (third, fourth) else 0)
+
+
 def test_the_end_of_sequence_token_is_named(trace):
     stopped = copy.deepcopy(trace)
     seq_id = next(s for s, r in stopped.sequences.items() if r.output_ids)

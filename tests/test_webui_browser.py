@@ -267,6 +267,26 @@ def test_hovering_an_output_token_shows_its_probability(browser, url):
     page.context.close()
 
 
+def test_a_system_prompt_sent_once_shows_in_every_fold_that_opens(browser, url):
+    """The panel sends the chat template's system prompt once (inspector/views/text_panel.py): the
+    second request's fold, opened, shows the same chips, which hover as their positions, and
+    stays open and filled when the panel is drawn again."""
+    page = open_page(browser, url)
+    add_prompts(page, "What is the capital of France?\nWrite a haiku about autumn.", max_tokens=4)
+    step_through(page, 1)
+    chips = "(n) => [...document.querySelectorAll(`#ml-text details.mlv-fold[data-fold='${n}'] .tok`)].map(c => c.textContent)"
+    first = page.evaluate(chips, 0)
+    assert len(first) > 8 and page.evaluate(chips, 1) == []  # only named, not sent
+    page.locator("#ml-text details.mlv-fold[data-fold='1'] summary").click()
+    page.wait_for_function(f"() => ({chips})(1).length === {len(first)}")
+    assert page.evaluate(chips, 1) == first
+    page.locator("#ml-text details.mlv-fold[data-fold='1'] .tok").nth(3).hover()
+    playwright_api.expect(page.locator("#ml-token-card")).to_have_text(re.compile(r"prompt position 3 · token id \d+"))
+    step_through(page, 2, start=1)  # drawn again: still open, with its chips
+    page.wait_for_function(f"() => ({chips})(1).length === {len(first)}")
+    page.context.close()
+
+
 def test_samples_asked_in_the_prompts_panel_share_blocks_and_are_grouped(browser, url):
     page = open_page(browser, url)
     page.locator("#ml-samples input").fill("3")
