@@ -251,6 +251,19 @@ def test_pause_stops_a_run_between_steps(url):
     assert shows_step(resumed, index + 1)
 
 
+def test_pause_with_nothing_running_says_so_and_changes_nothing(url):
+    """Pause did nothing, silently, outside a run (after a Step, which it does not stop; before
+    any prompt): the status line says why now, and the next Run is not stopped by it."""
+    client = Tab(url)
+    assert "nothing is running" in client.predict(api_name="/pause")  # a fresh tab
+    add(client, "What is the capital of France?", max_tokens=3)
+    stepped = panels(client.predict(api_name="/step"))
+    status = client.predict(api_name="/pause")
+    assert "nothing is running" in status and "1 step(s) recorded" in status
+    finished = panels(client.predict(api_name="/run"))
+    assert "every request has finished" in finished["status"] and finished["slider"]["value"] > stepped["slider"]["value"]
+
+
 def test_a_saved_trace_opens_in_another_session(url):
     from gradio_client import handle_file
 

@@ -330,10 +330,17 @@ class Handlers:
             claimed=True, first=f"{label}: running it to {plan.params.max_tokens} new token(s)…",
         )
 
-    def pause(self, key: str) -> None:
+    def pause(self, key: str) -> Any:
+        """Stop the session's run at its next step; the run's last update says "paused". With
+        nothing running, the status line says so: the button did nothing, silently, and a
+        user pressing it after a Step (which it does not stop) could not tell why."""
         session = self.manager.find(key)
-        if session is not None:
+        if session is None:
+            return gr.skip()  # a stale or forged key: the page's next call is told, nothing here
+        if session.running:
             session.pause_requested = True
+            return gr.skip()
+        return status_html(session, NOTHING_TO_PAUSE)
 
     @_reported
     def reset(self, session: UISession, kv_blocks: float | None, block_size: str | int, max_num_seqs: float | None,
@@ -524,6 +531,9 @@ class Handlers:
             return self.manager.get(key, _client(request))
         except SessionEnded:
             return None
+
+
+NOTHING_TO_PAUSE = "nothing is running: Pause stops a Run, a Run to breakpoint or a fork's run"
 
 
 def _selected_seq(session: UISession) -> int | None:

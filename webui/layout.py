@@ -211,7 +211,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                      show_progress="hidden")
         # Pause is a flag the run loop reads between steps (no cancellation mid-step); it needs
         # no queue slot of its own, so it acts at once even on a busy server.
-        pause.click(handlers.pause, [key], None, api_name="pause", queue=False)
+        pause.click(handlers.pause, [key], status, api_name="pause", queue=False, show_progress="hidden")
         fork_click_go.click(handlers.fork_token, [key, fork_click], outputs, js=FORK_CLICK_JS, api_name="fork_token",
                             show_progress="hidden")
         gr.on([fork_text_go.click, fork_text.submit], handlers.fork_text, [key, fork_text], outputs, api_name="fork_text",
