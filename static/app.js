@@ -213,9 +213,39 @@
     region.textContent = message;
   };
 
+  // -- a reload starts afresh ---------------------------------------------------------------
+  // Each page load is a new session (webui/tab_keys.py): a reload, or the one Gradio makes when
+  // a restarted server answers again, showed an empty session where the run had been, without
+  // a word. The tab remembers (sessionStorage: this tab only, no key) how many steps its page
+  // showed, and the first render after a reload that shows none says where they went.
+  const STEPS_SHOWN = "ml-steps-shown";
+  const stepsBefore = Number(sessionStorage.getItem(STEPS_SHOWN) || 0);
+  let firstRender = true;
+  let stepsSaved = null;
+  const noteReload = () => {
+    const status = statusElement();
+    if (!status) return;
+    const steps = Number(status.dataset.steps || 0);
+    if (steps !== stepsSaved) sessionStorage.setItem(STEPS_SHOWN, String(steps));
+    stepsSaved = steps;
+    const note = document.getElementById("ml-reload-note");
+    if (steps > 0) note?.remove(); // the new session has a run of its own now
+    if (!firstRender) return;
+    firstRender = false;
+    if (stepsBefore === 0 || steps > 0) return;
+    const made = Object.assign(document.createElement("div"), { id: "ml-reload-note", className: "ml-info" });
+    made.setAttribute("role", "alert");
+    made.textContent = `This page was reloaded (by you, or after the server restarted): it started a new, empty ` +
+      `session, and the ${stepsBefore} step(s) it showed before are gone. Save trace (Trace file) keeps a run ` +
+      "across reloads. (Click to close.)";
+    made.addEventListener("click", () => made.remove());
+    document.getElementById("ml-status")?.after(made);
+  };
+
   new MutationObserver(() => {
     reopenFolds();
     announce();
+    noteReload();
     if (takePayload() || pending.size) requestDraw();
     else if (Number(statusElement()?.dataset.update || 0) > acknowledged) requestDraw(); // text-only updates
     downloadSaved();

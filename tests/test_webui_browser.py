@@ -287,6 +287,30 @@ def test_a_system_prompt_sent_once_shows_in_every_fold_that_opens(browser, url):
     page.context.close()
 
 
+def test_a_reload_says_the_steps_it_showed_are_gone(browser, url):
+    """A reload (or the one Gradio makes once a restarted server answers) starts a new, empty
+    session: the page says where the steps it showed went, until the new session has a step.
+    A tab that showed none, or a page opened afresh, says nothing."""
+    page = open_page(browser, url)
+    page.reload()  # nothing shown before: nothing to say
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    assert page.locator("#ml-reload-note").count() == 0
+    step_through(page, 2)
+    page.reload()
+    note = page.locator("#ml-reload-note")
+    playwright_api.expect(note).to_contain_text("the 2 step(s) it showed before are gone")
+    assert note.get_attribute("role") == "alert"
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    step_through(page, 1)
+    playwright_api.expect(note).to_have_count(0)
+    fresh = page.context.new_page()  # another tab of the same browser: its own memory
+    fresh.goto(url)
+    fresh.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    assert fresh.locator("#ml-reload-note").count() == 0
+    page.context.close()
+
+
 def test_samples_asked_in_the_prompts_panel_share_blocks_and_are_grouped(browser, url):
     page = open_page(browser, url)
     page.locator("#ml-samples input").fill("3")

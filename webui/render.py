@@ -35,8 +35,10 @@ AUTO = "auto"  # the sequence picker's value for "whichever sequence the step is
 
 def status_html(session: UISession | None, message: str = "", error: bool = False) -> str:
     """The banner under the debugger bar: what the session shows, and the last message.
-    data-update numbers the render, for the page to acknowledge once drawn (handlers.py)."""
+    data-update numbers the render, for the page to acknowledge once drawn (handlers.py);
+    data-steps counts the steps it shows, which the page remembers across a reload (app.js)."""
     parts = []
+    steps = 0
     if session is not None:
         trace = session.trace
         if session.shares_startup_trace:
@@ -57,7 +59,7 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
         parts.append(f"<span class='{kind}'{role}>{views.escape(message)}</span>")
     running = "1" if session is not None and session.running else "0"
     update = session.updates_sent if session is not None else 0
-    return (f"<div id='ml-status-inner' data-running='{running}' data-update='{update}'>"
+    return (f"<div id='ml-status-inner' data-running='{running}' data-update='{update}' data-steps='{steps}'>"
             f"{' '.join(parts)}</div>")
 
 
