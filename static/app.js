@@ -39,9 +39,29 @@
   window.addEventListener("pageshow", () => { leaving = false; }); // back from the bfcache, or a cancelled leave
   const SELF_ABORTED = /BodyStreamBuffer was aborted|Connection errored out/;
   const logError = console.error.bind(console);
+  // A stream that breaks while the page stays (the server stopped, the network dropped) ends
+  // the run's updates: the status line said "running…" until the page was reloaded, and space
+  // pressed Pause for a run the page could no longer hear of. It says what happened instead.
+  const STREAM_BROKE = "the connection to the server broke: this page gets no more of the run's updates " +
+    "(reload it once the server answers)";
+  const streamBroke = () => {
+    const status = statusElement();
+    if (status?.dataset.running !== "1") return;
+    status.dataset.running = "0";
+    status.querySelector(".ml-info, .ml-error")?.remove();
+    const line = Object.assign(document.createElement("span"), { className: "ml-error", textContent: STREAM_BROKE });
+    line.setAttribute("role", "alert");
+    status.append(line);
+  };
   console.error = (...args) => {
     if (!args.some((arg) => SELF_ABORTED.test(String(arg?.message ?? arg)))) logError(...args);
-    else setTimeout(() => { if (!leaving) logError(...args); }, 0);
+    else {
+      setTimeout(() => {
+        if (leaving) return;
+        logError(...args);
+        streamBroke();
+      }, 0);
+    }
   };
 
   // -- the plots ------------------------------------------------------------------------------

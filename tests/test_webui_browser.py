@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from webui_support import PANEL_IDS, running_server
+from webui_support import PANEL_IDS, free_port, running_server
 
 from minillama import EngineConfig, LLMEngine
 from webui.limits import Limits
@@ -308,6 +308,36 @@ def test_a_reload_says_the_steps_it_showed_are_gone(browser, url):
     fresh.goto(url)
     fresh.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
     assert fresh.locator("#ml-reload-note").count() == 0
+    page.context.close()
+
+
+def test_a_run_whose_server_stops_says_so_and_stops_saying_running(browser):
+    """The server stops in the middle of a Run: the status line said "running…" until a reload,
+    and space pressed Pause for a run the page could no longer hear of. (A server of its own,
+    in a process this test can stop as a user would, with SIGTERM.)"""
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--max-model-len", "512"], cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    try:
+        for _ in range(240):  # the model loads in a few seconds; generous on a busy machine
+            try:
+                page.goto(f"http://127.0.0.1:{port}/")
+                break
+            except playwright_api.Error:
+                time.sleep(0.5)
+        page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+        add_prompts(page, "Write a long story about a dragon.", max_tokens=400)
+        page.locator("#ml-run").click()
+        page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '1'")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '0'", timeout=30_000)
+    playwright_api.expect(page.locator("#ml-status .ml-error")).to_contain_text("the connection to the server broke")
+    assert "running…" not in page.locator("#ml-status").inner_text()
     page.context.close()
 
 
