@@ -313,6 +313,18 @@ def test_a_share_link_names_a_snapshot_and_a_step_but_no_session(url):
     assert Tab(url).predict(api_name="/share_link") == ""  # nothing recorded: nothing to share
 
 
+def test_a_share_link_from_the_serving_machine_names_its_lan_address(manager):
+    """A server shared on the LAN, reached from its own machine as 127.0.0.1: the link names the
+    address app.py printed for the LAN, which another machine can open, not 127.0.0.1."""
+    with running_server(manager, shared_as="192.0.2.7") as address:
+        author = Tab(address)
+        add(author, "What is 2 + 2?", max_tokens=2)
+        author.predict(api_name="/step")
+        port = address.rstrip("/").rsplit(":", 1)[1]
+        link = author.predict(api_name="/share_link")
+        assert re.fullmatch(rf"http://192\.0\.2\.7:{port}/\?view=[0-9a-f]{{24}}&step=0(&seq=0)?", link), link
+
+
 def test_a_one_layer_model_and_its_trace_are_shown(tmp_path):
     """Gradio refuses a slider whose minimum is its maximum, and the layer slider's range was
     0..layers-1: with one layer every render failed, the error's render too, so a one-layer

@@ -45,6 +45,7 @@ from webui.sessions import (
     SessionManager,
     UISession,
 )
+from webui.shares import link_host
 
 log = logging.getLogger("minillama.webui")
 EXPECTED = (InvalidRequestError, LimitReached, RecordingStopped, SessionEnded, TraceError, ValueError)
@@ -122,8 +123,10 @@ def _render_safely(session: UISession | None, message: str, error: bool = True) 
 
 
 class Handlers:
-    def __init__(self, manager: SessionManager):
+    def __init__(self, manager: SessionManager, shared_as: str | None = None):
+        """shared_as: the address a LAN-shared server gives out (share links name it), else None."""
         self.manager = manager
+        self.shared_as = shared_as
         self.downloads = Path(tempfile.mkdtemp(prefix="minillama-traces-"))
         # Gone with the server (or these handlers): a server that ran for days, or a test run that
         # built a hundred pages, would otherwise leave every session's last saved trace behind.
@@ -498,7 +501,7 @@ class Handlers:
             return ""
         seq = session.selection.seq_id
         query = f"?view={share_id}&step={session.index}" + (f"&seq={seq}" if seq is not None else "")
-        host = request.headers.get("host", "") if request is not None else ""
+        host = link_host(request.headers.get("host", ""), self.shared_as) if request is not None else ""
         return f"http://{host}/{query}" if host else query
 
     @_reported

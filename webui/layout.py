@@ -36,8 +36,9 @@ CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS = 300, 900
 EXAMPLE_PROMPTS = "What is the capital of France?\nWrite a haiku about autumn.\nWhat is the capital of France? Answer in one word."
 
 
-def build_app(manager: SessionManager) -> gr.Blocks:
-    handlers = Handlers(manager)
+def build_app(manager: SessionManager, shared_as: str | None = None) -> gr.Blocks:
+    """The page; shared_as: the address a LAN-shared server gives out (webui/shares.py link_host)."""
+    handlers = Handlers(manager, shared_as)
     live = manager.base is not None
     engine, capture = EngineSettings(), CaptureSettings()
     # Gradio keeps a copy of every file it serves or receives (a saved trace, an uploaded one)

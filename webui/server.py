@@ -23,15 +23,16 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
-          auth: tuple[str, str] | None = None, block: bool = True) -> gr.Blocks:
-    """Build the page and serve it; with block=False return once the server is up (tests)."""
+          auth: tuple[str, str] | None = None, block: bool = True, shared_as: str | None = None) -> gr.Blocks:
+    """Build the page and serve it; with block=False return once the server is up (tests).
+    shared_as: the address a server shared on the LAN gives out, which share links name."""
     if block:
         _exit_on_sigterm()
     raise_open_file_limit()
     head = page_head()
     door = Middleware(FrontDoor, static_files={"plotly.min.js": PLOTLY_JS}, on_drawn=manager.drawn,
                       largest_upload=manager.limits.upload_mb * 2**20)
-    app = build_app(manager)
+    app = build_app(manager, shared_as)
     # A queue slot per session: one user's long Run never waits behind another's.
     app.queue(default_concurrency_limit=manager.limits.max_sessions)
     app.launch(
