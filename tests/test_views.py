@@ -700,7 +700,7 @@ def test_a_chat_prompts_first_turn_is_folded(trace):
     page = text_html(chat, 0)
     fold = re.search(r'<details class="mlv-fold" data-fold="0"><summary>(.*?)</summary>(.*?)</details>', page)
     assert fold and fold.group(1).startswith("system prompt · 14 tokens")
-    assert fold.group(2).count('class="tok tok-prompt') == 14  # the chips inside, one click away
+    assert fold.group(2).count("class='tok tok-prompt") == 14  # the chips inside, one click away
     assert 'data-fold="1"' not in page or chat.sequences[1].chat
 
 

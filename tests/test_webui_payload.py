@@ -102,10 +102,18 @@ class ChipTags(HTMLParser):
 
 def test_a_chip_carries_only_what_the_page_cannot_work_out(trace):
     """Its token id, an output chip's step and likelihood; not its position (the page counts
-    it), not a title repeating the data, not a style of its own (the tint is the sequence's)."""
+    it), not a title repeating the data, not a style of its own (the tint is the sequence's),
+    and nothing that JSON must escape."""
     for index in range(len(trace.steps)):
-        chips = ChipTags(views.text_html(trace, index)).chips
+        page = views.text_html(trace, index)
+        chips = ChipTags(page).chips
         assert chips
+        # The page receives the panel as a JSON string: a chip's tag costs no escaping there
+        # (double quotes did, a backslash each, 8 bytes a chip).
+        tags = re.findall(r"<span class=.tok[^>]*>", page)
+        assert len(tags) == len(chips)
+        for tag in tags:
+            assert len(json.dumps(tag, ensure_ascii=False)) == len(tag) + 2, tag
         for chip in chips:
             assert set(chip) <= CHIP_ATTRIBUTES, chip
             if "data-step" in chip:
