@@ -61,11 +61,12 @@ def _main(argv: list[str]) -> int:
     # Logging starts once the server is about to run: a refusal above stays one line.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio checks its own routes at start
-    if not is_loopback(args.host):
-        print(f"Sharing on the LAN: http://{lan_address()}:{args.port}")
+    shared_as = None if is_loopback(args.host) else lan_address()
+    if shared_as is not None:
+        print(f"Sharing on the LAN: http://{shared_as}:{args.port}")
         if auth is None:
             print("WARNING: running open (--no-auth): anyone on this network can use the model", file=sys.stderr)
-    serve(manager, args.host, args.port, auth)
+    serve(manager, args.host, args.port, auth, shared_as=shared_as)
     return 0
 
 

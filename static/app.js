@@ -39,9 +39,29 @@
   window.addEventListener("pageshow", () => { leaving = false; }); // back from the bfcache, or a cancelled leave
   const SELF_ABORTED = /BodyStreamBuffer was aborted|Connection errored out/;
   const logError = console.error.bind(console);
+  // A stream that breaks while the page stays (the server stopped, the network dropped) ends
+  // the run's updates: the status line said "running…" until the page was reloaded, and space
+  // pressed Pause for a run the page could no longer hear of. It says what happened instead.
+  const STREAM_BROKE = "the connection to the server broke: this page gets no more of the run's updates " +
+    "(reload it once the server answers)";
+  const streamBroke = () => {
+    const status = statusElement();
+    if (status?.dataset.running !== "1") return;
+    status.dataset.running = "0";
+    status.querySelector(".ml-info, .ml-error")?.remove();
+    const line = Object.assign(document.createElement("span"), { className: "ml-error", textContent: STREAM_BROKE });
+    line.setAttribute("role", "alert");
+    status.append(line);
+  };
   console.error = (...args) => {
     if (!args.some((arg) => SELF_ABORTED.test(String(arg?.message ?? arg)))) logError(...args);
-    else setTimeout(() => { if (!leaving) logError(...args); }, 0);
+    else {
+      setTimeout(() => {
+        if (leaving) return;
+        logError(...args);
+        streamBroke();
+      }, 0);
+    }
   };
 
   // -- the plots ------------------------------------------------------------------------------
@@ -66,6 +86,11 @@
   // Plotly.react redraws the whole figure even with the same data (docs/perf-notes.md).
   const LIGHT_KEYS = new Set(["shapes", "title", "annotations"]);
   const onScreen = (div) => div.offsetParent !== null && div.clientWidth > 0;
+  // Every figure's template (colours, fonts, grid): in the page's head once, not in each
+  // figure of each update (webui/render.py figures_html). Parsed for each draw, so no plot
+  // shares an object with another that plotly.js could change.
+  const templateText = () => document.querySelector("meta[name=ml-figure-template]")?.content || "{}";
+  const withTemplate = (layout) => ({ template: JSON.parse(templateText()), ...layout });
 
   const drawFigure = (div, name, figure) => {
     if (name === "timeline") {
@@ -87,7 +112,7 @@
         return;
       }
     }
-    window.Plotly.react(div, figure.data, figure.layout, name === "timeline" ? TIMELINE_CONFIG : PLOT_CONFIG);
+    window.Plotly.react(div, figure.data, withTemplate(figure.layout), name === "timeline" ? TIMELINE_CONFIG : PLOT_CONFIG);
     if (name === "logits" && !div.dataset.forkClicks) {
       // A click on a bar of the Next token chart is a click on that rank's fork button (below it).
       div.dataset.forkClicks = "1";
@@ -163,12 +188,23 @@
   };
 
   // A folded system prompt the user opened stays open when the text panel is drawn again.
+  // Every chat request has the same system prompt, so the panel sends its chips once: a fold
+  // that names another (data-copy) gets a copy of that one's chips when it is opened
+  // (inspector/views/text_panel.py).
   const openFolds = new Set();
+  const fillFold = (fold) => {
+    if (!fold.dataset.copy || fold.children.length > 1) return; // only its summary so far
+    const holder = fold.closest("#ml-text")?.querySelector(`details.mlv-fold[data-fold="${fold.dataset.copy}"]`);
+    const chips = [...(holder?.children ?? [])].filter((child) => child.tagName !== "SUMMARY");
+    fold.append(...chips.map((chip) => chip.cloneNode(true)));
+  };
   document.addEventListener("toggle", (event) => {
     const fold = event.target;
     if (!fold.matches?.("details.mlv-fold")) return;
-    if (fold.open) openFolds.add(fold.dataset.fold);
-    else openFolds.delete(fold.dataset.fold);
+    if (fold.open) {
+      fillFold(fold);
+      openFolds.add(fold.dataset.fold);
+    } else openFolds.delete(fold.dataset.fold);
   }, true);
   const reopenFolds = () => {
     if (!openFolds.size) return;
@@ -197,9 +233,39 @@
     region.textContent = message;
   };
 
+  // -- a reload starts afresh ---------------------------------------------------------------
+  // Each page load is a new session (webui/tab_keys.py): a reload, or the one Gradio makes when
+  // a restarted server answers again, showed an empty session where the run had been, without
+  // a word. The tab remembers (sessionStorage: this tab only, no key) how many steps its page
+  // showed, and the first render after a reload that shows none says where they went.
+  const STEPS_SHOWN = "ml-steps-shown";
+  const stepsBefore = Number(sessionStorage.getItem(STEPS_SHOWN) || 0);
+  let firstRender = true;
+  let stepsSaved = null;
+  const noteReload = () => {
+    const status = statusElement();
+    if (!status) return;
+    const steps = Number(status.dataset.steps || 0);
+    if (steps !== stepsSaved) sessionStorage.setItem(STEPS_SHOWN, String(steps));
+    stepsSaved = steps;
+    const note = document.getElementById("ml-reload-note");
+    if (steps > 0) note?.remove(); // the new session has a run of its own now
+    if (!firstRender) return;
+    firstRender = false;
+    if (stepsBefore === 0 || steps > 0) return;
+    const made = Object.assign(document.createElement("div"), { id: "ml-reload-note", className: "ml-info" });
+    made.setAttribute("role", "alert");
+    made.textContent = `This page was reloaded (by you, or after the server restarted): it started a new, empty ` +
+      `session, and the ${stepsBefore} step(s) it showed before are gone. Save trace (Trace file) keeps a run ` +
+      "across reloads. (Click to close.)";
+    made.addEventListener("click", () => made.remove());
+    document.getElementById("ml-status")?.after(made);
+  };
+
   new MutationObserver(() => {
     reopenFolds();
     announce();
+    noteReload();
     if (takePayload() || pending.size) requestDraw();
     else if (Number(statusElement()?.dataset.update || 0) > acknowledged) requestDraw(); // text-only updates
     downloadSaved();
@@ -326,8 +392,9 @@
   });
 
   // Hovering a token of the Text panel shows where it is and its id; an output token also how
-  // likely it was (probability, rank, entropy). The panel carries these as data-* attributes
-  // (inspector/views/text_panel.py), not as titles: it is sent anew on every cursor move.
+  // likely it was (data-likely: probability, rank, entropy). The panel carries these as data-*
+  // attributes (inspector/views/text_panel.py), not as titles: it is sent anew on every cursor
+  // move. A prompt token's position is its place among its sequence's prompt chips.
   const card = document.createElement("div");
   card.id = "ml-token-card";
   card.hidden = true;
@@ -340,11 +407,13 @@
       card.hidden = true;
       return;
     }
-    const { prob, rank, entropy, step, pos, id } = chip.dataset;
-    const where = step !== undefined ? `sampled at step ${step}` : `prompt position ${pos}`;
-    const likely = prob !== undefined
+    const { likely, step, id } = chip.dataset;
+    const position = () => [...(chip.closest(".mlv-seq")?.querySelectorAll(".tok-prompt") ?? [])].indexOf(chip);
+    const where = step !== undefined ? `sampled at step ${step}` : `prompt position ${position()}`;
+    const [prob, rank, entropy] = (likely ?? "").split(" ");
+    const odds = likely !== undefined
       ? `p = ${Number(prob).toFixed(3)} · rank ${rank} · entropy ${Number(entropy).toFixed(2)} nats · ` : "";
-    card.textContent = `${likely}${where} · token id ${id}`;
+    card.textContent = `${odds}${where} · token id ${id}`;
     const box = chip.getBoundingClientRect();
     card.style.left = `${box.left + window.scrollX}px`;
     card.style.top = `${box.bottom + window.scrollY + 4}px`;

@@ -162,12 +162,14 @@ def test_text_shows_the_tokens_sampled_up_to_the_cursor(trace):
             else:
                 assert [c["text"] for c in current] == [f"<{token.token_id}>"] and current[0] is output[-1]
                 g = token.logits
-                assert float(current[0]["data-prob"]) == pytest.approx(g.sampled_prob, abs=1e-4)
-                assert int(current[0]["data-rank"]) == g.sampled_rank
-                assert float(current[0]["data-entropy"]) == pytest.approx(g.entropy, abs=1e-3)
+                prob, rank, entropy = current[0]["data-likely"].split(" ")
+                assert float(prob) == pytest.approx(g.sampled_prob, abs=1e-4)
+                assert int(rank) == g.sampled_rank
+                assert float(entropy) == pytest.approx(g.entropy, abs=1e-3)
                 assert int(current[0]["data-id"]) == token.token_id and int(current[0]["data-step"]) == index
-        for c in (c for c in chips if "tok-prompt" in c["classes"] and "data-pos" in c):
-            assert int(c["data-id"]) == trace.sequences[c["seq"]].prompt_ids[int(c["data-pos"])]
+            # The page reads a prompt chip's position from its place among the sequence's prompt chips.
+            for position, chip in enumerate(prompt):
+                assert "data-id" not in chip or int(chip["data-id"]) == seq.prompt_ids[position]
         # A tiny model's prompt tokens have no text: they show as their ids.
         assert [c["text"] for c in chips if c["seq"] == 1 and "tok-prompt" in c["classes"]] == \
             [f"⟨{t}⟩" for t in trace.sequences[1].prompt_ids]
@@ -698,8 +700,34 @@ def test_a_chat_prompts_first_turn_is_folded(trace):
     page = text_html(chat, 0)
     fold = re.search(r'<details class="mlv-fold" data-fold="0"><summary>(.*?)</summary>(.*?)</details>', page)
     assert fold and fold.group(1).startswith("system prompt · 14 tokens")
-    assert fold.group(2).count('class="tok tok-prompt') == 14  # the chips inside, one click away
+    assert fold.group(2).count("class='tok tok-prompt") == 14  # the chips inside, one click away
     assert 'data-fold="1"' not in page or chat.sequences[1].chat
+
+
+def test_a_system_prompt_every_request_shares_is_sent_once_a_panel(trace):
+    """Every chat request starts with the same system prompt: its chips go in the first block's
+    fold, and each later block's fold names that block (the page copies the chips when opened).
+    A request with another system prompt holds its own, which a later one may name in turn."""
+    chatml = [1, 9, 10, *range(20, 30), 2, 1, 11, 40, 41, 2, 1, 12]
+    other = [1, 9, 10, *range(30, 40), 2, 1, 11, 40, 41, 2, 1, 12]
+    chat = copy.deepcopy(trace)
+    for seq_id, turn in zip(sorted(chat.sequences), [chatml, other, chatml, other]):
+        record = chat.sequences[seq_id]
+        record.chat, record.prompt_ids = True, turn + record.prompt_ids[len(turn):]
+        record.prompt_tokens = []
+    first, second, third, fourth = sorted(chat.sequences)
+    for index in (0, len(chat.steps) - 1):
+        page = text_html(chat, index)
+        folds = dict(re.findall(r'<details class="mlv-fold" data-fold="(\d+)"([^>]*)>', page))
+        assert folds == {str(first): "", str(second): "", str(third): f' data-copy="{first}"',
+                         str(fourth): f' data-copy="{second}"'}
+        for seq_id, chips in ((first, 14), (second, 14), (third, 0), (fourth, 0)):
+            body = re.search(rf'data-fold="{seq_id}"[^>]*><summary>(.*?)</summary>(.*?)</details>', page)
+            assert body.group(1).startswith("system prompt · 14 tokens") and body.group(2).count("tok-prompt") == chips
+        # Each block still has a chip for every position after its fold, and only those.
+        for seq_id, record in chat.sequences.items():
+            block = page.split(f'data-seq="{seq_id}"')[1].split('data-seq="')[0]
+            assert block.count("tok-prompt") == len(record.prompt_ids) - (14 if seq_id in (third, fourth) else 0)
 
 
 def test_the_end_of_sequence_token_is_named(trace):

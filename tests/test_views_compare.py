@@ -26,18 +26,13 @@ def trace(diff_run):  # noqa: F811 - the fixture imported above
     return diff_run[0]
 
 
-def body(html: str) -> str:
-    """The panel without its stylesheets (which name every class)."""
-    return re.sub(r"<style>.*?</style>", "", html, flags=re.S)
-
-
 def rows(html: str) -> list[str]:
     return re.findall(r'<tr class="(mlv-[a-z-]+)"', html)
 
 
 def test_two_equal_runs_say_so_and_mark_nothing(trace):
     diff = diff_traces(trace, trace)
-    html = body(compare_html(diff, "this session", "its replay"))
+    html = compare_html(diff, "this session", "its replay")
     assert "The same tokens: all 3 request(s) agree" in html and "mlv-same" in html
     assert rows(html) == ["mlv-equal"] * 3 and "mlv-changed" not in html and "Settings: the same" in html
     figure = compare_figure(diff)
@@ -51,7 +46,7 @@ def test_a_divergence_is_marked_with_both_top_k_and_charted_up_to_it(trace):
     seq = trace.sequences[1]
     other = (seq.output_ids[3] + 1) % trace.model.vocab_size
     diff = diff_traces(trace, planted(trace, 1, 3, other))
-    html = body(compare_html(diff, "a", "b"))
+    html = compare_html(diff, "a", "b")
     assert "1 of 3 request(s) differ" in html and "mlv-differ" in html
     assert rows(html) == ["mlv-equal", "mlv-diverged", "mlv-diverged-tops", "mlv-equal"]
     marked = html.split('<tr class="mlv-diverged">')[1].split("</tr>")[0]
@@ -71,7 +66,7 @@ def test_schedules_and_settings_that_differ_are_marked(trace):
     other = copy.deepcopy(trace)
     other.sequences[2].num_preemptions = 2
     other.engine = dataclasses.replace(other.engine, num_blocks=12)
-    html = body(compare_html(diff_traces(trace, other), "a", "b"))
+    html = compare_html(diff_traces(trace, other), "a", "b")
     assert html.count("mlv-changed") == 1 and '<td class="mlv-num mlv-changed">0 / 2</td>' in html
     assert "<tr><td>num_blocks</td><td>32</td><td>12</td></tr>" in html
     why = html.split('<tr class="mlv-why">')[1].split("</tr>")[0]  # the causes, under the differing row only

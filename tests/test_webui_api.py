@@ -251,6 +251,19 @@ def test_pause_stops_a_run_between_steps(url):
     assert shows_step(resumed, index + 1)
 
 
+def test_pause_with_nothing_running_says_so_and_changes_nothing(url):
+    """Pause did nothing, silently, outside a run (after a Step, which it does not stop; before
+    any prompt): the status line says why now, and the next Run is not stopped by it."""
+    client = Tab(url)
+    assert "nothing is running" in client.predict(api_name="/pause")  # a fresh tab
+    add(client, "What is the capital of France?", max_tokens=3)
+    stepped = panels(client.predict(api_name="/step"))
+    status = client.predict(api_name="/pause")
+    assert "nothing is running" in status and "1 step(s) recorded" in status
+    finished = panels(client.predict(api_name="/run"))
+    assert "every request has finished" in finished["status"] and finished["slider"]["value"] > stepped["slider"]["value"]
+
+
 def test_a_saved_trace_opens_in_another_session(url):
     from gradio_client import handle_file
 
@@ -298,6 +311,18 @@ def test_a_share_link_names_a_snapshot_and_a_step_but_no_session(url):
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?view=[0-9a-f]{24}&step=2&seq=1", link), link
     assert author.key.split(".")[0] not in link and author.client.session_hash not in link
     assert Tab(url).predict(api_name="/share_link") == ""  # nothing recorded: nothing to share
+
+
+def test_a_share_link_from_the_serving_machine_names_its_lan_address(manager):
+    """A server shared on the LAN, reached from its own machine as 127.0.0.1: the link names the
+    address app.py printed for the LAN, which another machine can open, not 127.0.0.1."""
+    with running_server(manager, shared_as="192.0.2.7") as address:
+        author = Tab(address)
+        add(author, "What is 2 + 2?", max_tokens=2)
+        author.predict(api_name="/step")
+        port = address.rstrip("/").rsplit(":", 1)[1]
+        link = author.predict(api_name="/share_link")
+        assert re.fullmatch(rf"http://192\.0\.2\.7:{port}/\?view=[0-9a-f]{{24}}&step=0(&seq=0)?", link), link
 
 
 def test_a_one_layer_model_and_its_trace_are_shown(tmp_path):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from webui_support import PANEL_IDS, running_server
+from webui_support import PANEL_IDS, free_port, running_server
 
 from minillama import EngineConfig, LLMEngine
 from webui.limits import Limits
@@ -111,6 +111,9 @@ def test_panels_follow_steps_and_the_slider(browser, url):
         page.get_by_role("tab", name=tab).click()
         for plot in TABS[tab]:
             page.wait_for_function(PLOT_SHOWS_STEP, arg=[plot, 1], timeout=10_000)
+    # Every plot drawn has the figures' template, which the page holds once (webui/render.py): its font colour.
+    assert set(page.evaluate("() => [...document.querySelectorAll('.ml-plot')].filter(d => d._fullLayout)"
+                             ".map(d => d._fullLayout.font.color)")) == {"#2a3f5f"}
     slider = page.locator("#ml-slider input[type=number]")
     slider.fill("2")
     slider.press("Enter")
@@ -251,14 +254,90 @@ def test_hovering_an_output_token_shows_its_probability(browser, url):
     page = open_page(browser, url)
     add_prompts(page, "What is the capital of France?", max_tokens=4)
     step_through(page, 3)
-    page.locator("#ml-text .tok[data-prob]").first.hover()
+    page.locator("#ml-text .tok[data-likely]").first.hover()
     card = page.locator("#ml-token-card")
     playwright_api.expect(card).to_be_visible()
     assert re.fullmatch(r"p = [01]\.\d{3} · rank \d+ · entropy \d+\.\d\d nats · sampled at step \d+ · token id \d+",
                         card.inner_text())
-    # A prompt token: where it is and its id (the panel sends them as data-*, not as titles).
+    # A prompt token: where it is and its id. The page counts its position (the panel sends only
+    # the id): the first one after the folded system prompt of n tokens is at position n.
+    folded = int(re.search(r"system prompt · (\d+) tokens", page.locator("#ml-text summary").first.inner_text()).group(1))
     page.locator("#ml-text .mlv-tokens > .tok-prompt[data-id]").first.hover()
-    playwright_api.expect(card).to_have_text(re.compile(r"prompt position \d+ · token id \d+"))
+    playwright_api.expect(card).to_have_text(re.compile(rf"prompt position {folded} · token id \d+"))
+    page.context.close()
+
+
+def test_a_system_prompt_sent_once_shows_in_every_fold_that_opens(browser, url):
+    """The panel sends the chat template's system prompt once (inspector/views/text_panel.py): the
+    second request's fold, opened, shows the same chips, which hover as their positions, and
+    stays open and filled when the panel is drawn again."""
+    page = open_page(browser, url)
+    add_prompts(page, "What is the capital of France?\nWrite a haiku about autumn.", max_tokens=4)
+    step_through(page, 1)
+    chips = "(n) => [...document.querySelectorAll(`#ml-text details.mlv-fold[data-fold='${n}'] .tok`)].map(c => c.textContent)"
+    first = page.evaluate(chips, 0)
+    assert len(first) > 8 and page.evaluate(chips, 1) == []  # only named, not sent
+    page.locator("#ml-text details.mlv-fold[data-fold='1'] summary").click()
+    page.wait_for_function(f"() => ({chips})(1).length === {len(first)}")
+    assert page.evaluate(chips, 1) == first
+    page.locator("#ml-text details.mlv-fold[data-fold='1'] .tok").nth(3).hover()
+    playwright_api.expect(page.locator("#ml-token-card")).to_have_text(re.compile(r"prompt position 3 · token id \d+"))
+    step_through(page, 2, start=1)  # drawn again: still open, with its chips
+    page.wait_for_function(f"() => ({chips})(1).length === {len(first)}")
+    page.context.close()
+
+
+def test_a_reload_says_the_steps_it_showed_are_gone(browser, url):
+    """A reload (or the one Gradio makes once a restarted server answers) starts a new, empty
+    session: the page says where the steps it showed went, until the new session has a step.
+    A tab that showed none, or a page opened afresh, says nothing."""
+    page = open_page(browser, url)
+    page.reload()  # nothing shown before: nothing to say
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    assert page.locator("#ml-reload-note").count() == 0
+    step_through(page, 2)
+    page.reload()
+    note = page.locator("#ml-reload-note")
+    playwright_api.expect(note).to_contain_text("the 2 step(s) it showed before are gone")
+    assert note.get_attribute("role") == "alert"
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    step_through(page, 1)
+    playwright_api.expect(note).to_have_count(0)
+    fresh = page.context.new_page()  # another tab of the same browser: its own memory
+    fresh.goto(url)
+    fresh.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    assert fresh.locator("#ml-reload-note").count() == 0
+    page.context.close()
+
+
+def test_a_run_whose_server_stops_says_so_and_stops_saying_running(browser):
+    """The server stops in the middle of a Run: the status line said "running…" until a reload,
+    and space pressed Pause for a run the page could no longer hear of. (A server of its own,
+    in a process this test can stop as a user would, with SIGTERM.)"""
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--max-model-len", "512"], cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    try:
+        for _ in range(240):  # the model loads in a few seconds; generous on a busy machine
+            try:
+                page.goto(f"http://127.0.0.1:{port}/")
+                break
+            except playwright_api.Error:
+                time.sleep(0.5)
+        page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+        add_prompts(page, "Write a long story about a dragon.", max_tokens=400)
+        page.locator("#ml-run").click()
+        page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '1'")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '0'", timeout=30_000)
+    playwright_api.expect(page.locator("#ml-status .ml-error")).to_contain_text("the connection to the server broke")
+    assert "running…" not in page.locator("#ml-status").inner_text()
     page.context.close()
 
 

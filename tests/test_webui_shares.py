@@ -7,7 +7,7 @@ import pytest
 
 from inspector import DebugSession
 from minillama import EngineConfig, LLMEngine, SamplingParams
-from webui.shares import Shares
+from webui.shares import Shares, link_host
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +47,20 @@ def test_a_clients_bytes_are_bounded_and_a_too_large_trace_is_refused(trace):
 @pytest.mark.parametrize("share_id", [None, 5, "", "zz" * 12, "A" * 24, "0" * 25, ["0" * 24]])
 def test_a_malformed_or_unknown_id_finds_nothing(trace, share_id):
     assert Shares().get(share_id) is None
+
+
+@pytest.mark.parametrize(("asked_as", "shared_as", "named"), [
+    ("localhost:7860", "192.168.1.5", "192.168.1.5:7860"),  # the serving machine's own browser
+    ("127.0.0.1:7860", "192.168.1.5", "192.168.1.5:7860"),
+    ("127.8.9.1:7860", "192.168.1.5", "192.168.1.5:7860"),
+    ("[::1]:7860", "192.168.1.5", "192.168.1.5:7860"),
+    ("LOCALHOST:7860", "192.168.1.5", "192.168.1.5:7860"),
+    ("localhost", "192.168.1.5", "192.168.1.5"),
+    ("192.168.1.5:7860", "192.168.1.5", "192.168.1.5:7860"),  # reached from the LAN: the address that worked
+    ("demo.lan:7860", "192.168.1.5", "demo.lan:7860"),  # a name the LAN knows: kept
+    ("localhost:7860", None, "localhost:7860"),  # a loopback server: only this machine can open it
+    ("localhost:notaport", "192.168.1.5", "localhost:notaport"),  # a Host header the client made up
+    ("", "192.168.1.5", ""),
+])
+def test_a_share_link_names_an_address_the_lan_can_open(asked_as, shared_as, named):
+    assert link_host(asked_as, shared_as) == named

@@ -31,10 +31,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(manager: SessionManager, auth: tuple[str, str] | None = None) -> Iterator[str]:
-    """The UI served on 127.0.0.1 until the block ends; yields its URL."""
+def running_server(manager: SessionManager, auth: tuple[str, str] | None = None,
+                   shared_as: str | None = None) -> Iterator[str]:
+    """The UI served on 127.0.0.1 until the block ends; yields its URL. shared_as: the LAN
+    address it says it is shared at (app.py's, for --host 0.0.0.0)."""
     port = free_port()
-    app = serve(manager, "127.0.0.1", port, auth, block=False)
+    app = serve(manager, "127.0.0.1", port, auth, block=False, shared_as=shared_as)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -45,6 +45,7 @@ from webui.sessions import (
     SessionManager,
     UISession,
 )
+from webui.shares import link_host
 
 log = logging.getLogger("minillama.webui")
 EXPECTED = (InvalidRequestError, LimitReached, RecordingStopped, SessionEnded, TraceError, ValueError)
@@ -122,8 +123,10 @@ def _render_safely(session: UISession | None, message: str, error: bool = True) 
 
 
 class Handlers:
-    def __init__(self, manager: SessionManager):
+    def __init__(self, manager: SessionManager, shared_as: str | None = None):
+        """shared_as: the address a LAN-shared server gives out (share links name it), else None."""
         self.manager = manager
+        self.shared_as = shared_as
         self.downloads = Path(tempfile.mkdtemp(prefix="minillama-traces-"))
         # Gone with the server (or these handlers): a server that ran for days, or a test run that
         # built a hundred pages, would otherwise leave every session's last saved trace behind.
@@ -330,10 +333,17 @@ class Handlers:
             claimed=True, first=f"{label}: running it to {plan.params.max_tokens} new token(s)…",
         )
 
-    def pause(self, key: str) -> None:
+    def pause(self, key: str) -> Any:
+        """Stop the session's run at its next step; the run's last update says "paused". With
+        nothing running, the status line says so: the button did nothing, silently, and a
+        user pressing it after a Step (which it does not stop) could not tell why."""
         session = self.manager.find(key)
-        if session is not None:
+        if session is None:
+            return gr.skip()  # a stale or forged key: the page's next call is told, nothing here
+        if session.running:
             session.pause_requested = True
+            return gr.skip()
+        return status_html(session, NOTHING_TO_PAUSE)
 
     @_reported
     def reset(self, session: UISession, kv_blocks: float | None, block_size: str | int, max_num_seqs: float | None,
@@ -491,7 +501,7 @@ class Handlers:
             return ""
         seq = session.selection.seq_id
         query = f"?view={share_id}&step={session.index}" + (f"&seq={seq}" if seq is not None else "")
-        host = request.headers.get("host", "") if request is not None else ""
+        host = link_host(request.headers.get("host", ""), self.shared_as) if request is not None else ""
         return f"http://{host}/{query}" if host else query
 
     @_reported
@@ -524,6 +534,9 @@ class Handlers:
             return self.manager.get(key, _client(request))
         except SessionEnded:
             return None
+
+
+NOTHING_TO_PAUSE = "nothing is running: Pause stops a Run, a Run to breakpoint or a fork's run"
 
 
 def _selected_seq(session: UISession) -> int | None:

@@ -35,8 +35,9 @@ STEP_PRESSES_JS = "(key, presses) => [key, window.mlTakeStepPresses?.() ?? 1]"
 CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS = 300, 900
 
 
-def build_app(manager: SessionManager) -> gr.Blocks:
-    handlers = Handlers(manager)
+def build_app(manager: SessionManager, shared_as: str | None = None) -> gr.Blocks:
+    """The page; shared_as: the address a LAN-shared server gives out (webui/shares.py link_host)."""
+    handlers = Handlers(manager, shared_as)
     live = manager.base is not None
     engine, capture, starting = manager.starting_settings, CaptureSettings(), manager.starting
     # Gradio keeps a copy of every file it serves or receives (a saved trace, an uploaded one)
@@ -210,7 +211,7 @@ def build_app(manager: SessionManager) -> gr.Blocks:
                      show_progress="hidden")
         # Pause is a flag the run loop reads between steps (no cancellation mid-step); it needs
         # no queue slot of its own, so it acts at once even on a busy server.
-        pause.click(handlers.pause, [key], None, api_name="pause", queue=False)
+        pause.click(handlers.pause, [key], status, api_name="pause", queue=False, show_progress="hidden")
         fork_click_go.click(handlers.fork_token, [key, fork_click], outputs, js=FORK_CLICK_JS, api_name="fork_token",
                             show_progress="hidden")
         gr.on([fork_text_go.click, fork_text.submit], handlers.fork_text, [key, fork_text], outputs, api_name="fork_text",

@@ -35,8 +35,10 @@ AUTO = "auto"  # the sequence picker's value for "whichever sequence the step is
 
 def status_html(session: UISession | None, message: str = "", error: bool = False) -> str:
     """The banner under the debugger bar: what the session shows, and the last message.
-    data-update numbers the render, for the page to acknowledge once drawn (handlers.py)."""
+    data-update numbers the render, for the page to acknowledge once drawn (handlers.py);
+    data-steps counts the steps it shows, which the page remembers across a reload (app.js)."""
     parts = []
+    steps = 0
     if session is not None:
         trace = session.trace
         reset = "; Reset starts a live engine" if session.can_start_engine else ""
@@ -58,15 +60,31 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
         parts.append(f"<span class='{kind}'{role}>{views.escape(message)}</span>")
     running = "1" if session is not None and session.running else "0"
     update = session.updates_sent if session is not None else 0
-    return (f"<div id='ml-status-inner' data-running='{running}' data-update='{update}'>"
+    return (f"<div id='ml-status-inner' data-running='{running}' data-update='{update}' data-steps='{steps}'>"
             f"{' '.join(parts)}</div>")
 
 
 def figures_html(figures: dict[str, go.Figure]) -> str:
     """The carrier of the figures: {name: plotly figure JSON} in an escaped data attribute
-    (static/app.js reads it and draws each figure into the plot div "ml-plot-<name>")."""
-    payload = ",".join(f'"{name}":{pio.to_json(figure, validate=False)}' for name, figure in figures.items())
+    (static/app.js reads it and draws each figure into the plot div "ml-plot-<name>"). Every
+    figure has the views' one template (views.FIGURE_TEMPLATE, 7 KB of JSON): the page holds it
+    once (figure_template_html) and app.js puts it back in each layout, so it is left out here.
+    Sent, it was six copies in every update, a third of the figures' bytes."""
+    payload = ",".join(f'"{name}":{_without_template(figure)}' for name, figure in figures.items())
     return f"<div class='ml-figure-data' data-figures=\"{views.escape('{' + payload + '}')}\"></div>"
+
+
+def _without_template(figure: go.Figure) -> str:
+    """The figure's JSON, its layout without the template."""
+    plain = figure.to_dict()  # a copy: the figure itself keeps its template
+    plain["layout"].pop("template", None)
+    return pio.json.to_json_plotly(plain)
+
+
+def figure_template_html() -> str:
+    """The figures' template for the page's head, once (static/app.js reads it)."""
+    template = pio.json.to_json_plotly(views.FIGURE_TEMPLATE.to_plotly_json())
+    return f"<meta name='ml-figure-template' content=\"{views.escape(template)}\">"
 
 
 def head_label(trace: Trace, head: int) -> str:

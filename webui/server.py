@@ -11,8 +11,10 @@ import gradio as gr
 import plotly
 from starlette.middleware import Middleware
 
+from inspector import views
 from webui.front_door import STATIC_PREFIX, FrontDoor
 from webui.layout import build_app
+from webui.render import figure_template_html
 from webui.sessions import SessionManager
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -21,16 +23,16 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
-          auth: tuple[str, str] | None = None, block: bool = True) -> gr.Blocks:
-    """Build the page and serve it; with block=False return once the server is up (tests)."""
+          auth: tuple[str, str] | None = None, block: bool = True, shared_as: str | None = None) -> gr.Blocks:
+    """Build the page and serve it; with block=False return once the server is up (tests).
+    shared_as: the address a server shared on the LAN gives out, which share links name."""
     if block:
         _exit_on_sigterm()
     raise_open_file_limit()
-    # plotly.js comes from the front door (no server path in the page); app.js is inline.
-    head = f"<script src='{STATIC_PREFIX.lstrip('/')}plotly.min.js'></script><script>{(STATIC / 'app.js').read_text()}</script>"
+    head = page_head()
     door = Middleware(FrontDoor, static_files={"plotly.min.js": PLOTLY_JS}, on_drawn=manager.drawn,
                       largest_upload=manager.limits.upload_mb * 2**20)
-    app = build_app(manager)
+    app = build_app(manager, shared_as)
     # A queue slot per session: one user's long Run never waits behind another's.
     app.queue(default_concurrency_limit=manager.limits.max_sessions)
     app.launch(
@@ -41,6 +43,14 @@ def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
         app_kwargs={"middleware": [door]},
     )
     return app
+
+
+def page_head() -> str:
+    """What the page's head holds: plotly.js from the front door (no server path in the page),
+    app.js inline, and, once, what every update would otherwise repeat: the panels' stylesheet
+    and the figures' template (webui/render.py)."""
+    scripts = f"<script src='{STATIC_PREFIX.lstrip('/')}plotly.min.js'></script><script>{(STATIC / 'app.js').read_text()}</script>"
+    return f"{scripts}<style>{views.STYLESHEET}</style>{figure_template_html()}"
 
 
 # The most open files the server asks for (when the hard limit is unlimited).

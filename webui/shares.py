@@ -16,6 +16,7 @@ everyone else's links out: its own oldest go first.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import tempfile
@@ -23,8 +24,34 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from inspector import Trace, load, save
+
+
+def link_host(asked_as: str, shared_as: str | None) -> str:
+    """The host:port a share link names. The page's own (the request's Host header), except on
+    a server shared on the LAN (shared_as: the address app.py prints for it) that the page
+    reached as localhost: a link to "localhost" opens nothing on another machine, and a
+    first-time user sharing the demo from the machine that serves it gave out just that."""
+    try:
+        parts = urlsplit(f"//{asked_as}")
+        name, port = parts.hostname or "", parts.port
+    except ValueError:  # not a host[:port] (the header is the client's to write)
+        return asked_as
+    if shared_as is None or not _is_loopback(name):
+        return asked_as
+    return f"{shared_as}:{port}" if port else shared_as
+
+
+def _is_loopback(name: str) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
 
 MAX_SHARES = 16
 MAX_SHARED_BYTES = 512 * 2**20  # the snapshots' files together

@@ -17,7 +17,8 @@ texts, escaped), queries.py (which query the attention views show), sharing.py (
 and copies on write, in words), groups.py (a request's samples or beams, listed together),
 lineage.py (which sequence forks which, and the "#3 ← #1" labels), compare.py (two runs of the
 same requests, from their TraceDiff), figure.py and markup.py
-(shared plumbing), then one file per panel.
+(shared plumbing), stylesheet.py (the panels' CSS, which a page includes once: a panel's HTML
+carries none), then one file per panel.
 """
 
 from inspector.views.attention_map import attention_figure
@@ -25,21 +26,22 @@ from inspector.views.block_tables import block_tables_html
 from inspector.views.branch import align, branch_html
 from inspector.views.colors import STATE_COLORS, sequence_color
 from inspector.views.compare import compare_figure, compare_html
-from inspector.views.figure import NO_STEP, empty_figure
+from inspector.views.figure import FIGURE_TEMPLATE, NO_STEP, empty_figure
 from inspector.views.fork_choices import fork_choices_html
 from inspector.views.kv_cache import kv_cache_figure
 from inspector.views.lineage import fork_label, fork_labels, lineage_order
 from inspector.views.logit_lens import logit_lens_figure
 from inspector.views.logits import logits_figure, logits_history_figure
-from inspector.views.markup import VIEWS_CSS, escape
+from inspector.views.markup import escape
 from inspector.views.selection import Selection, resolve
 from inspector.views.states import STATES, sequence_states
 from inspector.views.step_details import step_details_html
+from inspector.views.stylesheet import STYLESHEET
 from inspector.views.text_panel import text_html
 from inspector.views.timeline import timeline_figure
 
 __all__ = [
-    "NO_STEP", "STATES", "STATE_COLORS", "VIEWS_CSS", "Selection", "align", "attention_figure", "block_tables_html",
+    "FIGURE_TEMPLATE", "NO_STEP", "STATES", "STATE_COLORS", "STYLESHEET", "Selection", "align", "attention_figure", "block_tables_html",
     "branch_html", "compare_figure", "compare_html", "empty_figure", "escape", "fork_choices_html", "fork_label", "fork_labels",
     "kv_cache_figure", "lineage_order", "resolve",
     "logit_lens_figure", "logits_figure", "logits_history_figure", "sequence_color", "sequence_states",

@@ -132,7 +132,7 @@ def branch_html(trace: Trace, index: int, selection: Selection | None = None) ->
         return empty_panel(f"Branch · step {index}: {who}. In the Next token tab, click another token to fork the "
                            "sequence there, then pick the fork or its parent in Sequence")
     branch = align(trace, *pair, until=index)
-    return panel(f"<style>{BRANCH_CSS}</style>" + _caption(trace, branch, index, seq_id) + _prefix_html(branch)
+    return panel(_caption(trace, branch, index, seq_id) + _prefix_html(branch)
                  + _table(branch, index), "mlv-branch")
 
 

@@ -82,7 +82,7 @@ def compare_html(diff: TraceDiff, title_a: str, title_b: str, chart: str = "") -
         "<h4>Timings (a / b)</h4>",
         _timings(diff.timings_a, diff.timings_b),
     ]
-    return panel(f"<style>{COMPARE_CSS}</style>" + "".join(body), "mlv-compare")
+    return panel("".join(body), "mlv-compare")
 
 
 def compare_figure(diff: TraceDiff) -> go.Figure:

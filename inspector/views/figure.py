@@ -26,7 +26,9 @@ from inspector.views.selection import Selection, selected_seq_id
 
 NO_STEP = "No step yet: add prompts and press Step"
 
-_TEMPLATE = pio.templates["plotly_white"]  # looked up once: a validated plotly Template, never modified
+# Every figure's look, looked up once: a validated plotly Template, never modified. A page that
+# draws many figures may hold it once and put it back in each (webui/render.py figures_html).
+FIGURE_TEMPLATE = pio.templates["plotly_white"]
 MARGIN = dict(l=48, r=16, t=56, b=36)
 
 
@@ -34,7 +36,7 @@ def make_figure(data: list[dict[str, Any]], title: str, height: int, uirevision:
     """A figure from plain trace dicts ({"type": "heatmap", ...}) with the shared look: white
     template, compact margins, a title, a fixed height."""
     base = dict(
-        template=_TEMPLATE,
+        template=FIGURE_TEMPLATE,
         title=dict(text=wrap_title(title), x=0.01, xanchor="left", font=dict(size=14)),
         height=height,
         margin=MARGIN,

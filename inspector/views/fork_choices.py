@@ -78,4 +78,4 @@ def fork_choices_html(trace: Trace, index: int, selection: Selection | None = No
             f'<span class="tok" style="background:{seq_background(seq_id, 0.22)}">{piece}</span>'
             f"<small>{prob:.3f}</small></button>"
         )
-    return panel(f"<style>{FORK_CSS}</style>{caption}<div>{''.join(buttons)}</div>", "mlv-forks")
+    return panel(f"{caption}<div>{''.join(buttons)}</div>", "mlv-forks")

@@ -5,9 +5,11 @@ Everything a trace holds is untrusted: a trace file may come from anyone, and a 
 plotly title, label or hover (plotly renders a subset of HTML in those: <b>, <br>, <a href>).
 Views interpolate nothing else but numbers they format and constants of their own.
 
-Each panel is a self-contained HTML string: it starts with the stylesheet below (a <style>
-element works anywhere in a page), so it renders the same in the app, in a browser test, or
-saved to a file. Every class is prefixed "mlv-" (mini-llama views) except the token chips'
+A panel is a <div class="mlv ..."> with no stylesheet of its own: the views' CSS (this file's
+and each panel's own rules, gathered in stylesheet.py as views.STYLESHEET) goes in a page once.
+Each panel carried it, six copies of 4 KB in every update a cursor move sent (webui/server.py
+puts it in the page's head; a panel saved to a file needs <style>{STYLESHEET}</style> before
+it). Every class is prefixed "mlv-" (mini-llama views) except the token chips'
 "tok", "tok-current", which the app's scripts may rely on. Colours that depend on data (a
 sequence's colour) are inline styles.
 """
@@ -90,8 +92,8 @@ def escape(text: str) -> str:
 
 
 def panel(body: str, css_class: str = "") -> str:
-    """Wrap a panel's body with the stylesheet."""
-    return f'<style>{VIEWS_CSS}</style><div class="mlv {css_class}">{body}</div>'
+    """A panel's body in its card (styled by views.STYLESHEET, which the page holds once)."""
+    return f'<div class="mlv {css_class}">{body}</div>'
 
 
 def empty_panel(message: str) -> str:

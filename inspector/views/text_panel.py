@@ -6,8 +6,9 @@ and appear only once sampled, so moving the cursor back "un-generates" text. The
 token sampled at the cursor step is outlined (class tok-current). Hovering a chip in the page
 shows its position or step and its token id, and for an output chip how sure the model was:
 the token's probability, its rank among all tokens, and the entropy of the distribution it was
-drawn from. The chips carry these as data-* attributes (data-pos or data-step, data-id,
-data-prob, data-rank, data-entropy), for the page's hover card and for scripts.
+drawn from. The chips carry these as data-* attributes (data-step, data-id, data-likely: the
+probability, rank and entropy), for the page's hover card and for scripts; a prompt chip's
+position is its place among its sequence's prompt chips.
 
 Seeing the text as chips, not as a string, shows what the model actually sees: " Paris" is one
 token with its leading space, a word may be several tokens, "\n" is a token of its own.
@@ -49,8 +50,9 @@ def text_html(trace: Trace, index: int) -> str:
         "grey: prompt tokens, tinted: generated tokens (hover for probability), outlined: sampled at this step</div>"
     )
     labels, depths = fork_labels(trace), dict(lineage_order(trace))
-    blocks = [_group_block(trace, item, index, states) if isinstance(item, Group)
-              else _sequence_block(trace, item, index, states, label=labels[item], depth=depths[item])
+    turns: dict[tuple[int, ...], int] = {}  # a system prompt's token ids -> the first block showing its chips
+    blocks = [_group_block(trace, item, index, states, turns) if isinstance(item, Group)
+              else _sequence_block(trace, item, index, states, turns, label=labels[item], depth=depths[item])
               for item in _forks_under_parents(trace, text_order(trace, index))]
     return panel(caption + "".join(blocks), "mlv-text")
 
@@ -81,7 +83,8 @@ def _has_parent(trace: Trace, seq_id: int) -> bool:
     return parent is not None and parent in trace.sequences and parent < seq_id
 
 
-def _group_block(trace: Trace, group: Group, index: int, states: dict[int, list[str]]) -> str:
+def _group_block(trace: Trace, group: Group, index: int, states: dict[int, list[str]],
+                 turns: dict[tuple[int, ...], int]) -> str:
     """A request's samples or beams, under one heading."""
     # Its forks appear from the step that made them; its first sequence is always listed.
     present = [s for s in group.members if s == group.group_id or trace.sequences[s].added_step <= index]
@@ -92,7 +95,7 @@ def _group_block(trace: Trace, group: Group, index: int, states: dict[int, list[
         what = f"{len(present)} sample(s) of one prompt"
     head = (f'<div class="mlv-group-head"><b>request #{group.group_id}</b> <span class="mlv-muted">{what}, '
             "sharing the prompt's KV blocks</span></div>")
-    blocks = [_sequence_block(trace, s, index, states, _role(trace, s, group.kind)) for s in present]
+    blocks = [_sequence_block(trace, s, index, states, turns, _role(trace, s, group.kind)) for s in present]
     return f'<div class="mlv-group" data-group="{group.group_id}">{head}{"".join(blocks)}</div>'
 
 
@@ -106,11 +109,12 @@ def _role(trace: Trace, seq_id: int, kind: str) -> str:
     return "beam" + (f" ← #{seq.parent_id}" if seq.parent_id is not None else "")
 
 
-def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]], role: str = "",
-                    label: str = "", depth: int = 0) -> str:
+def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]],
+                    turns: dict[tuple[int, ...], int], role: str = "", label: str = "", depth: int = 0) -> str:
     """One sequence: its heading, then its prompt and output chips. `role`: "sample 2",
     "beam ← #1" for a member of a request's group; `label`: its heading ("#3 ← #1 at step 12,
-    ..." for a user's fork), `depth`: how far a fork is indented under its parent."""
+    ..." for a user's fork), `depth`: how far a fork is indented under its parent. `turns`:
+    the system prompts whose chips an earlier block of the panel holds (_system_prompt_fold)."""
     seq = trace.sequences[seq_id]
     status = status_at(trace, seq_id, index, states)
     reason = seq.finish_reason if status == "finished" else ""
@@ -140,9 +144,7 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
         # A sample or beam: the request's prompt, which it shares, folded (its first sequence shows it).
         prompt = _fold(seq_id, prompt, shared, f"the prompt of #{seq.group_id} · {shared} tokens, shared")
     elif seq.chat:
-        # The chat template's first turn (the system prompt), the same in every request: folded.
-        folded = first_turn_length(seq.prompt_ids)
-        prompt = _fold(seq_id, prompt, folded, f"system prompt · {folded} tokens")
+        prompt = _system_prompt_fold(seq, prompt, turns)
     output = [_output_chip(trace, seq_id, step, token_id, text, index) for step, token_id, text in outputs]
     body = "".join(prompt) + "".join(output)
     classes = "mlv-seq" + (" mlv-pruned" if pruned is not None else "")
@@ -173,6 +175,23 @@ def _fold(seq_id: int, chips: list[str], count: int, what: str) -> list[str]:
             f'{"".join(chips[:count])}</details>', *chips[count:]]
 
 
+def _system_prompt_fold(seq: SequenceRecord, chips: list[str], turns: dict[tuple[int, ...], int]) -> list[str]:
+    """A chat prompt's chips with its first turn (the system prompt) folded. The chat template
+    writes the same system prompt into every request: its chips go in the first block that
+    has it, and a later block's fold names that block (data-copy) instead, for the page to copy
+    the chips from when it is opened (static/app.js). A 32-prompt chat run sent 31 copies of
+    24 chips, 37 KB of every cursor move."""
+    folded = first_turn_length(seq.prompt_ids)
+    if not folded:
+        return chips
+    what = f"system prompt · {folded} tokens"
+    holder = turns.setdefault(tuple(seq.prompt_ids[:folded]), seq.seq_id)
+    if holder == seq.seq_id:
+        return _fold(seq.seq_id, chips, folded, what)
+    return [f'<details class="mlv-fold" data-fold="{seq.seq_id}" data-copy="{holder}"><summary>{what} '
+            "(click to show)</summary></details>", *chips[folded:]]
+
+
 def _request_prompt_length(trace: Trace, seq_id: int) -> int:
     """How many of a sample's or beam's prompt tokens are its request's prompt; the rest (a beam
     forked after some steps) are tokens generated before its fork, which it inherited."""
@@ -199,13 +218,15 @@ def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, inheri
     piece = prompt_piece(trace, seq_id, position)
     if forced:  # put there by the user's fork, instead of what its parent had
         title = f"forced by the fork at position {position} · token id {token_id}"
-        return _chip(piece, token_id, "tok tok-prompt tok-forced", f'title="{title}"')
+        return _chip(piece, token_id, "tok tok-prompt tok-forced", f"title='{title}'")
     if inherited:  # generated by the sequence it was forked from, before the fork
         parent = trace.sequences[seq_id].parent_id
         title = f"position {position} · token id {token_id} · inherited from #{parent} at the fork"
-        return _chip(piece, token_id, "tok tok-prompt tok-inherited", f'title="{title}"')
-    # The page's hover card says "prompt position 12 · token id 791" from these (static/app.js).
-    return _chip(piece, token_id, "tok tok-prompt", f'data-pos="{position}" data-id="{token_id}"')
+        return _chip(piece, token_id, "tok tok-prompt tok-inherited", f"title='{title}'")
+    # The page's hover card says "prompt position 12 · token id 791" (static/app.js): the id from
+    # here, the position from the chip's place among its sequence's prompt chips (every
+    # position has one, in order), which the page counts rather than receive a thousand times.
+    return _chip(piece, token_id, "tok tok-prompt", f"data-id='{token_id}'")
 
 
 def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str, index: int) -> str:
@@ -213,27 +234,30 @@ def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str,
     classes = "tok tok-out" + (" tok-current" if step == index else "")
     # data-step: the step that sampled it (static/app.js moves the cursor there on a click). Its
     # tint is the sequence block's --mlv-tint: one style a sequence, not one a chip.
-    attributes = f'data-step="{step}" data-id="{token_id}" {_hover(token)}'
+    attributes = f"data-step='{step}' data-id='{token_id}' {_hover(token)}"
     if not text and token is not None and token.finish_reason == "stop":
         # The end-of-sequence token: no text of its own, it is why the sequence stopped.
-        return f'<span class="{classes} tok-id" {attributes}>⟨eos⟩</span>'
+        return f"<span class='{classes} tok-id' {attributes}>⟨eos⟩</span>"
     return _chip(text, token_id, classes, attributes)
 
 
 def _hover(token: TokenRecord | None) -> str:
-    """The chip's data-* attributes: how likely the model found this token, which the page's
-    hover card shows with the step and the token id (static/app.js). A chip is sent on every
-    cursor move, hundreds of them, so the numbers are written once, not again in a title."""
+    """The chip's data-likely: how likely the model found this token, "probability rank
+    entropy" ("0.9711 0 0.216"), which the page's hover card shows with the step and the token
+    id (static/app.js). A chip is sent on every cursor move, thousands of them in a long run:
+    one attribute, not three, and not again in a title."""
     if token is None or token.logits is None:
-        return 'title="logits not recorded"'
+        return "title='logits not recorded'"
     g = token.logits
-    return f'data-prob="{g.sampled_prob:.4f}" data-rank="{g.sampled_rank}" data-entropy="{g.entropy:.3f}"'
+    return f"data-likely='{g.sampled_prob:.4f} {g.sampled_rank} {g.entropy:.3f}'"
 
 
 def _chip(piece: str, token_id: int, classes: str, attributes: str) -> str:
     """One token chip. A token with no text of its own (a special token) shows its id, ⟨id⟩; a
-    newline token also breaks the line, so the chips read like the text."""
+    newline token also breaks the line, so the chips read like the text. Its attributes are in
+    single quotes (escape() makes both quotes references, so either is safe): the page receives
+    the panel as a JSON string, where each double quote costs a backslash, 8 bytes a chip."""
     if not piece:
-        return f'<span class="{classes} tok-id" {attributes}>⟨{token_id}⟩</span>'
-    chip = f'<span class="{classes}" {attributes}>{chip_text(piece)}</span>'
+        return f"<span class='{classes} tok-id' {attributes}>⟨{token_id}⟩</span>"
+    chip = f"<span class='{classes}' {attributes}>{chip_text(piece)}</span>"
     return chip + "<br>" if "\n" in piece else chip
