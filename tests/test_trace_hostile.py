@@ -172,13 +172,22 @@ def test_the_base_trace_holds_every_field_of_the_schema(document):
     assert ("LogitLens", "top_texts") in TEXT_FIELDS and ("ScheduleRecord", "phase") in ENUM_FIELDS
 
 
+def hostile_text(document: dict, path: Path_) -> str:
+    """HOSTILE, except in a sequence's text, which must be its tokens' deltas joined (each of
+    them HOSTILE then): validate.py refuses a text the deltas do not make."""
+    if len(path) == 3 and path[0] == "sequences" and path[2] == "text":
+        return HOSTILE * len(document["trace"]["sequences"][path[1]]["output_ids"])
+    return HOSTILE
+
+
 FINGERPRINT = ("ModelInfo", "weights_fingerprint")  # a text of 16 hex digits, or the file is refused
 
 
 def test_markup_in_every_text_field_never_reaches_a_view_raw(saved, document, tmp_path):
     texts = [path for cls, field, leaf, path in leaves(Trace, document["trace"]) if leaf is str and (cls, field) != FINGERPRINT]
     assert {(cls, field) for cls, field, leaf, _ in leaves(Trace, document["trace"]) if leaf is str} == set(TEXT_FIELDS)
-    trace = load(edited(saved, document, [(path, HOSTILE) for path in texts], tmp_path / "xss.mltrace"))
+    trace = load(edited(saved, document, [(path, hostile_text(document, path)) for path in texts],
+                        tmp_path / "xss.mltrace"))
     assert trace.model.name == HOSTILE and trace.steps[0].schedule.phase in ("prefill", "decode")
     shown = 0
     for what, output in every_output(trace):

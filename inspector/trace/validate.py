@@ -7,7 +7,8 @@ trace finds what it looks for, and nothing they draw is nonsense:
 - every id points at something that exists: sequence ids at sequences, steps at steps, token
   ids below the vocabulary size, layers below the model's count;
 - what is recorded twice says the same: a sequence's output_ids and token_steps against the
-  tokens of those steps; the tokens of a step against the sequences it scheduled to sample; a
+  tokens of those steps, its text against their text deltas, its num_preemptions against the
+  steps that preempted it; the tokens of a step against the sequences it scheduled to sample; a
   sequence's arrival, prune and fork against its events (which a replay acts on), once each;
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), and ends with the token that says it finished;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 
 from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
 from inspector.trace.model import (
@@ -64,6 +66,7 @@ def validate_trace(trace: Trace) -> None:
         if step.index != i:
             raise TraceError(f"steps[{i}] says it is step {step.index}")
         _check_step(trace, step, forks_and_prunes.get(i, []))
+    _check_preemption_counts(trace)
     recorded = sum(len(seq.token_steps) for seq in trace.sequences.values())
     if recorded != sum(len(step.tokens) for step in trace.steps):
         raise TraceError("the steps hold tokens that no sequence's token_steps lists")
@@ -91,12 +94,17 @@ def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord) -> None:
     if steps and (steps[0] < seq.added_step or steps[-1] >= len(trace.steps)
                   or any(a >= b for a, b in zip(steps, steps[1:]))):
         raise TraceError(f"{where}: token_steps must increase, from its added_step on, within the trace's steps")
-    finishes = []
+    finishes, deltas = [], []
     for step, token_id in zip(steps, seq.output_ids):
         token = trace.steps[step].token_of(seq_id)
         if token is None or token.token_id != token_id:
             raise TraceError(f"{where}: token_steps names step {step}, which has no token {token_id} of it")
         finishes.append(token.finish_reason)
+        deltas.append(token.text_delta)
+    # The text panel draws the tokens' deltas, `show` and the breakpoints read the text: one
+    # file must not tell two stories. (The recorder appends each delta to the text.)
+    if seq.text != "".join(deltas):
+        raise TraceError(f"{where}: its text is not the text deltas of its tokens, joined")
     if any(finishes[:-1]):
         raise TraceError(f"{where}: a token before its last says the sequence finished")
     last = finishes[-1] if finishes else None
@@ -116,6 +124,16 @@ def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord) -> None:
                              + (", made before it" if name == "parent_id" else ""))
     if (seq.parent_id is None) != (seq.fork_position is None):
         raise TraceError(f"{where}: a fork names both its parent and its fork position, other sequences neither")
+
+
+def _check_preemption_counts(trace: Trace) -> None:
+    """A sequence's num_preemptions (what `show` and a diff print) counts the steps whose
+    schedule preempted it (what the timeline draws): one pass over the steps."""
+    counted = Counter(seq_id for step in trace.steps for seq_id in step.schedule.preempted)
+    for seq_id, seq in trace.sequences.items():
+        if seq.num_preemptions != counted[seq_id]:
+            raise TraceError(f"sequence {seq_id}: num_preemptions is {seq.num_preemptions}, but "
+                             f"{counted[seq_id]} step(s) preempted it")
 
 
 def _check_step(trace: Trace, step: StepRecord, events: list[Event]) -> None:
