@@ -10,11 +10,14 @@ loading does.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from inspector.trace.model import (
     EngineInfo,
     Event,
+    ForkRecord,
     KVSnapshot,
     LogitsSummary,
     ModelInfo,
@@ -74,3 +77,22 @@ def _empty_pool(num_blocks: int) -> KVSnapshot:
                       block_ids=ints, ref_count=ints.clone(), fill=ints.clone(), cached=torch.zeros(0, dtype=torch.bool),
                       hit=torch.zeros(0, dtype=torch.bool), table_seq_ids=longs,
                       table_offsets=torch.zeros(1, dtype=torch.int64), table_blocks=ints.clone())
+
+
+def fork_chain(depth: int, cause: str = "sample") -> Trace:
+    """A request whose first token was forked into a sample (cause "sample") or a beam ("beam"),
+    that one's into another, and so on `depth` times, all in step 0: a lineage `depth` deep in
+    one step (each fork's prompt is its parent's, so the tokens grow by one a fork, not by the
+    depth)."""
+    trace = wide_trace(1, 1)
+    step = trace.steps[0]
+    for child in range(1, depth + 1):
+        fork = ForkRecord(child_id=child, parent_id=child - 1, position=1, forced_ids=[7], forced_texts=["b"],
+                          cause=cause, prefix="shared", shared_blocks=[])
+        trace.sequences[child] = dataclasses.replace(
+            trace.sequences[0], seq_id=child, parent_id=child - 1, fork_position=1, fork_cause=cause,
+            params=dict(PARAMS))
+        trace.events += [Event(step=0, kind="add", message=f"request {child} added", seq_id=child),
+                         Event(step=0, kind="fork", message=f"#{child} forked", seq_id=child, fork=fork)]
+        step.tokens.append(TokenRecord(child, 7, "b", "length", None))
+    return trace
