@@ -8,7 +8,7 @@ trace finds what it looks for, and nothing they draw is nonsense:
   ids below the vocabulary size, layers below the model's count;
 - what is recorded twice says the same: a sequence's output_ids and token_steps against the
   tokens of those steps, its text against their text deltas, its num_preemptions against the
-  steps that preempted it; the tokens of a step against the sequences it scheduled to sample; a
+  steps that preempted it, the block table a step ran it with against the step's KV snapshot; the tokens of a step against the sequences it scheduled to sample; a
   sequence's arrival, prune and fork against its events (which a replay acts on), once each;
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), and ends with the token that says it finished;
@@ -190,6 +190,22 @@ def _check_step(trace: Trace, step: StepRecord, events: list[Event]) -> None:
         if t.lens is not None:
             _check_lens(trace, t.lens, f"{where}: logit lens of sequence {t.seq_id}")
     check_kv(trace, step.index, step.kv)
+    _check_tables_agree(step, where)  # after check_kv: it reads the snapshot's tables
+
+
+def _check_tables_agree(step: StepRecord, where: str) -> None:
+    """A scheduled sequence's block table (as the model ran it: the attention overlay maps a
+    query's mass to blocks by it) and its table in the step's KV snapshot (the grid's owners,
+    the block tables panel) are one table: the snapshot's, taken at the step's end, starts
+    with the one the step ran with. (A sequence that finished or was pruned holds none then.)"""
+    if not step.schedule.scheduled or not step.kv.table_seq_ids.numel():
+        return
+    tables = step.kv.block_tables()
+    for x in step.schedule.scheduled:
+        held = tables.get(x.seq_id)
+        if held is not None and held[: len(x.block_table)] != x.block_table:
+            raise TraceError(f"{where}: sequence {x.seq_id} ran with block table {x.block_table[:10]}, but the step's "
+                             f"KV snapshot gives it {held[:10]}")
 
 
 def _check_causes(trace: Trace, step: StepRecord, where: str) -> None:
