@@ -22,7 +22,7 @@ from minillama import SamplingParams
 
 # Python calls (C functions included) per element, measured, with a little room: a change that
 # adds a pass over the trace or a call per field fails here, and says by how much.
-PER_SEQUENCE = 165  # a request with its "add" event, its scheduled record and its token
+PER_SEQUENCE = 175  # a request with its "add" event, its scheduled record and its token (texts' lengths checked)
 PER_LOGITS = 65  # a token's top-k summary
 PER_STEP = 420  # a step with its KV snapshot (8 tensors), timings and empty queues
 

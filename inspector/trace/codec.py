@@ -6,7 +6,7 @@ replaced by {"tensor": that path}.
 
 decode() walks the same tree back, guided by the type hints (trace.py's schema), and checks
 every value on the way: its JSON type, a Literal's allowed values, a Range's bounds
-(inspector/trace/bounds.py), that a float is finite, an integer fits 64 bits, and a text is valid
+(inspector/trace/bounds.py) or a text's MaxLength, that a float is finite, an integer fits 64 bits, and a text is valid
 Unicode (JSON's "\\ud800" escapes can make a lone surrogate, which no UTF-8 page can carry);
 an object must have exactly the schema's fields. A trace file is input from outside, so the
 first wrong value is reported with its path ("trace.steps.3.index: expected an integer, got
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from inspector.trace.bounds import Range
+from inspector.trace.bounds import MaxLength, Range
 from inspector.trace.model import TraceError
 
 JSON = Any  # dict, list, str, int, float, bool or None
@@ -89,8 +89,8 @@ Decoder = Callable[[JSON, _Refs], Any]
 def _decoder(kind: Any) -> Decoder:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is typing.Annotated:
-        (bound,) = [m for m in kind.__metadata__ if isinstance(m, Range)]
-        return _bounded(args[0], bound)
+        (bound,) = [m for m in kind.__metadata__ if isinstance(m, (Range, MaxLength))]
+        return _short_text(bound.high) if isinstance(bound, MaxLength) else _bounded(args[0], bound)
     if origin is typing.Literal:
         return _literal(args)
     if origin in (typing.Union, types.UnionType):
@@ -158,6 +158,16 @@ def _bounded(kind: type, bound: Range) -> Decoder:
         if not low <= value <= high:
             raise _Mismatch(f"expected a number {bound.describe()}, got {_show(value)}")
         return value
+
+    return decode
+
+
+def _short_text(high: int) -> Decoder:
+    def decode(data: JSON, refs: _Refs) -> str:
+        if type(data) is not str or len(data) > high or not (data.isascii() or not _SURROGATE.search(data)):
+            _str(data)  # says what is wrong with it as a text, if anything
+            raise _Mismatch(f"expected a text of at most {high:,} characters, got {len(data):,}")
+        return data
 
     return decode
 
@@ -283,9 +293,11 @@ def _fast_list(item: Any) -> Callable[[list], list | None] | None:
     """For a list of numbers or texts: a check of the whole list in a few C-level passes,
     returning the decoded list, or None when some element is wrong (the caller then decodes
     element by element to say which). None for other item types."""
-    kind, bound = item, INT64
+    kind, bound, longest = item, INT64, None
     if typing.get_origin(item) is typing.Annotated:
-        kind, (bound,) = typing.get_args(item)[0], [m for m in item.__metadata__ if isinstance(m, Range)]
+        kind, (bound,) = typing.get_args(item)[0], [m for m in item.__metadata__ if isinstance(m, (Range, MaxLength))]
+        if isinstance(bound, MaxLength):
+            bound, longest = INT64, bound.high
     if kind is int:
         low, high = _limits(INT64, bound)
 
@@ -308,7 +320,7 @@ def _fast_list(item: Any) -> Callable[[list], list | None] | None:
     elif kind is str:
         def check(data: list) -> list | None:
             ok = set(map(type, data)) <= {str} and all(s.isascii() or not _SURROGATE.search(s) for s in data)
-            return data if ok else None
+            return data if ok and (longest is None or max(map(len, data), default=0) <= longest) else None
     else:
         return None
     return check

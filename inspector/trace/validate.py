@@ -24,7 +24,7 @@ import bisect
 import re
 from collections import Counter
 
-from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
+from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKEN_TEXT, MAX_TOKENS
 from inspector.trace.model import (
     Event,
     ForkRecord,
@@ -81,6 +81,9 @@ def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord, checked_para
         raise TraceError(f"{where}: its record says it is sequence {seq.seq_id}")
     for name in ("prompt_ids", "output_ids"):
         _check_token_ids(getattr(seq, name), vocab, f"{where}: {name}")
+    if len(seq.prompt_text) > MAX_TOKEN_TEXT * max(1, len(seq.prompt_ids)):  # its tokens' texts are as bounded
+        raise TraceError(f"{where}: a prompt text of {len(seq.prompt_text):,} characters for {len(seq.prompt_ids)} "
+                         f"token(s), over {MAX_TOKEN_TEXT:,} characters a token")
     if len(seq.prompt_tokens) not in (0, len(seq.prompt_ids)):
         raise TraceError(f"{where}: {len(seq.prompt_tokens)} prompt token texts for {len(seq.prompt_ids)} prompt tokens")
     _check_params(seq.params, checked_params, where)
