@@ -3,6 +3,7 @@ embedded model (converted once per test session into a temporary cache)."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -102,6 +103,16 @@ def _async_scheduling_option(request, monkeypatch):
         from minillama.config import EngineConfig
 
         monkeypatch.setattr(EngineConfig, "resolved_async_scheduling", lambda self, device: self.async_scheduling == "on")
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_found():
+    """A command called in-process (`python -m inspector`'s main) tunes the garbage collector,
+    as its own process would (minillama/cli/gc_heap.py): each test starts with it as found."""
+    before = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,8 @@ from tiny_model import write_tiny_model
 
 from inspector import DebugSession, diff_traces, format_diff, load, replay, save
 from inspector.__main__ import main
-from inspector.debug.replay import replay_config
+from inspector.debug.replay import lineage_roots, replay_config
 from inspector.record.fingerprint import weights_fingerprint
-from inspector.trace.diff import request_keys
 from minillama import ConfigError, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 
 CPU = EngineConfig(device="cpu", num_kv_blocks=32, block_size=4)
@@ -73,9 +72,9 @@ def test_replay_under_its_own_settings_repeats_tokens_logits_and_schedule(record
 
 def test_alone_runs_each_request_with_its_forks_by_itself(recorded, tiny):
     alone = replay(recorded, tiny, alone=True, progress=False)
-    keys = request_keys(alone)
+    roots = lineage_roots(alone)
     for step in alone.steps:  # one lineage per step: request k and its fork or samples
-        assert len({keys[x.seq_id][1] for x in step.schedule.scheduled}) == 1
+        assert len({roots[x.seq_id] for x in step.schedule.scheduled}) == 1
     starts = sorted(s.added_step for s in alone.sequences.values() if s.parent_id is None)
     assert starts[0] == 0 and starts[1] > 0 and starts[2] > starts[1]
     diff = diff_traces(recorded, alone)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 import zipfile
@@ -27,7 +28,8 @@ import pytest
 from test_inspector_support import add_forks, record_tiny_run
 
 from inspector import CapturePolicy, TraceError, diff_traces, load, save
-from inspector.trace.bounds import MAX_SEQ_ID, SeqId
+from inspector.trace import model
+from inspector.trace.bounds import MAX_SEQ_ID, MAX_TOKEN_TEXT, MaxLength, SeqId
 from inspector.trace.model import KVSnapshot, Trace
 from inspector.views import (
     Selection,
@@ -172,13 +174,22 @@ def test_the_base_trace_holds_every_field_of_the_schema(document):
     assert ("LogitLens", "top_texts") in TEXT_FIELDS and ("ScheduleRecord", "phase") in ENUM_FIELDS
 
 
+def hostile_text(document: dict, path: Path_) -> str:
+    """HOSTILE, except in a sequence's text, which must be its tokens' deltas joined (each of
+    them HOSTILE then): validate.py refuses a text the deltas do not make."""
+    if len(path) == 3 and path[0] == "sequences" and path[2] == "text":
+        return HOSTILE * len(document["trace"]["sequences"][path[1]]["output_ids"])
+    return HOSTILE
+
+
 FINGERPRINT = ("ModelInfo", "weights_fingerprint")  # a text of 16 hex digits, or the file is refused
 
 
 def test_markup_in_every_text_field_never_reaches_a_view_raw(saved, document, tmp_path):
     texts = [path for cls, field, leaf, path in leaves(Trace, document["trace"]) if leaf is str and (cls, field) != FINGERPRINT]
     assert {(cls, field) for cls, field, leaf, _ in leaves(Trace, document["trace"]) if leaf is str} == set(TEXT_FIELDS)
-    trace = load(edited(saved, document, [(path, HOSTILE) for path in texts], tmp_path / "xss.mltrace"))
+    trace = load(edited(saved, document, [(path, hostile_text(document, path)) for path in texts],
+                        tmp_path / "xss.mltrace"))
     assert trace.model.name == HOSTILE and trace.steps[0].schedule.phase in ("prefill", "decode")
     shown = 0
     for what, output in every_output(trace):
@@ -201,6 +212,53 @@ def test_a_fingerprint_that_is_not_16_hex_digits_is_refused(saved, document, tmp
     for value in (HOSTILE, "0123456789ABCDEF", "0" * 17):
         with pytest.raises(TraceError, match="weights_fingerprint must be 16 hexadecimal digits"):
             load(edited(saved, document, [(path, value)], tmp_path / "fingerprint.mltrace"))
+
+
+def text_limit(kind: Any) -> int | None:
+    """The MaxLength a text field's type hint carries (through lists and "| None"), or None."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Annotated:
+        return next((m.high for m in kind.__metadata__ if isinstance(m, MaxLength)), None)
+    if origin in (list, typing.Union, types.UnionType):
+        return next((limit for a in args if (limit := text_limit(a)) is not None), None)
+    return None
+
+
+def hint_of(cls: str, field: str) -> Any:
+    classes = {c.__name__: c for c in vars(model).values() if isinstance(c, type)}
+    return typing.get_type_hints(classes[cls], include_extras=True)[field]
+
+
+BOUNDED_TEXT_FIELDS = [(cls, field) for cls, field in TEXT_FIELDS if text_limit(hint_of(cls, field)) is not None]
+
+
+def test_every_token_text_name_and_message_is_bounded():
+    """A token's text, a name or a message is one chip, label or line of a panel: each field
+    holding one carries a MaxLength. The others are whole texts, bounded by their tokens."""
+    unbounded = set(TEXT_FIELDS) - set(BOUNDED_TEXT_FIELDS)
+    assert unbounded == {("ModelInfo", "weights_fingerprint"), ("SequenceRecord", "prompt_text"),
+                         ("SequenceRecord", "text")}
+
+
+@pytest.mark.parametrize(("cls", "field"), BOUNDED_TEXT_FIELDS)
+def test_a_text_over_its_fields_limit_is_refused_at_every_place_it_occurs(saved, document, tmp_path, cls, field):
+    """64 MB of one letter deflate to 64 KB: unbounded, one such token text was a label of the
+    Next token tab, or a chip's hover, on every redraw."""
+    limit = text_limit(hint_of(cls, field))
+    paths = [path for c, f, leaf, path in leaves(Trace, document["trace"]) if (c, f) == (cls, field) and leaf is str]
+    assert paths
+    for path in paths[:: max(1, len(paths) // 4)]:  # the first, the last and a few between
+        where = ".".join(map(str, ("trace", *path)))
+        with pytest.raises(TraceError, match=f"{re.escape(where)}: expected a text of at most {limit:,} characters"):
+            load(edited(saved, document, [(path, "x" * (limit + 1))], tmp_path / "long.mltrace"))
+
+
+def test_a_prompt_text_longer_than_its_tokens_can_say_is_refused(saved, document, tmp_path):
+    key, seq = next(iter(document["trace"]["sequences"].items()))
+    limit = MAX_TOKEN_TEXT * len(seq["prompt_ids"])
+    load(edited(saved, document, [(("sequences", key, "prompt_text"), "x" * limit)], tmp_path / "ok.mltrace"))
+    with pytest.raises(TraceError, match=f"sequence {key}: a prompt text of {limit + 1:,} characters"):
+        load(edited(saved, document, [(("sequences", key, "prompt_text"), "x" * (limit + 1))], tmp_path / "long.mltrace"))
 
 
 @pytest.mark.parametrize(("cls", "field"), ENUM_FIELDS)

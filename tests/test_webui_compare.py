@@ -11,15 +11,20 @@ import dataclasses
 import html
 import json
 import re
+import zipfile
 
 import pytest
 from gradio_client import handle_file
+from safetensors.torch import save as save_safetensors
 from test_diff import planted
 from test_webui_api import add, panels
 from tiny_model import write_tiny_model
 from webui_support import Tab, embedded_manager, running_server
+from wide_traces import fork_chain
 
-from inspector import DebugSession, load, save
+from inspector import DebugSession, TraceError, load, save
+from inspector.trace.codec import encode
+from inspector.trace.model import SCHEMA_VERSION
 from minillama import ConfigError, EngineConfig, LLMEngine, SamplingParams
 from webui import comparing
 from webui.limits import Limits
@@ -148,6 +153,60 @@ def refused(tab: Tab, api_name: str, *inputs) -> str:
     panel, status = compare(tab, api_name, *inputs)
     assert "ml-error" in status
     return html.unescape(status)
+
+
+def told_twice(trace, tmp_path, what: str):
+    """A copy of `trace` saved with one thing it records twice saying two things."""
+    trace = copy.deepcopy(trace)
+    seq = next(s for s in trace.sequences.values() if s.output_ids)
+    if what == "text":
+        seq.text += "<b>not what the tokens say</b>"
+    elif what == "num_preemptions":
+        seq.num_preemptions += 1
+    else:  # a block's ref_count
+        kv = next(step.kv for step in trace.steps if step.kv.block_ids.numel())
+        kv.ref_count = kv.ref_count + 1
+    path = tmp_path / f"{what}.mltrace"
+    with pytest.raises(TraceError):  # save() refuses what load() would
+        save(trace, path)
+    with zipfile.ZipFile(path, "w") as zf:  # so it is written as a hostile sender would
+        tensors: dict = {}
+        zf.writestr("trace.json", json.dumps({"format": "mltrace", "schema_version": SCHEMA_VERSION,
+                                              "trace": encode(trace, tensors, "trace")}))
+        zf.writestr("tensors.safetensors", save_safetensors(tensors))
+    return path
+
+
+SAID_TWICE = {"text": "its text is not the text deltas of its tokens, joined",
+              "num_preemptions": "num_preemptions is 1, but 0 step(s) preempted it",
+              "ref_count": "ref_count is not the number of block tables that hold it"}
+
+
+@pytest.mark.parametrize("what", SAID_TWICE)
+def test_a_trace_file_that_says_two_things_is_refused_and_the_session_keeps_serving(url, finished, tmp_path, what):
+    """By Compare, and by Open in another tab: refused with what disagrees, and the session
+    that compared is as it was."""
+    tab, steps = finished
+    path = told_twice(load(tab.predict(api_name="/save_trace")), tmp_path, what)
+    assert SAID_TWICE[what] in refused(tab, "/compare_file", handle_file(str(path)))
+    named = panels(Tab(url).predict(handle_file(str(path)), api_name="/open_trace"))
+    assert "ml-error" in named["status"] and SAID_TWICE[what] in html.unescape(named["status"])
+    assert unchanged(tab, steps)
+
+
+def test_a_trace_file_of_a_deep_chain_of_forks_compares_in_a_panel_of_its_size(finished, tmp_path):
+    """2,000 forks deep (60 KB): each request's label names its last two forks, not all of
+    them (the server built 2,000 labels of up to 2,000 parts, and the panel's rows, at most
+    200, held labels of up to 200)."""
+    tab, steps = finished
+    path = tmp_path / "chain.mltrace"
+    save(fork_chain(2000), path)
+    panel, status = compare(tab, "/compare_file", handle_file(str(path)))
+    assert "ml-error" not in status and "chain.mltrace (2001 request(s)" in panel
+    labels = re.findall(r"<td>(request 0[^<]*)</td>", panel)
+    assert len(labels) > 100 and max(map(len, labels)) <= 80
+    assert re.search(r"request 0 / \.\.\. 19\d fork\(s\) \.\.\. / sample 0 / sample 0", panel)
+    assert unchanged(tab, steps)
 
 
 def test_nothing_to_compare_and_an_unfinished_run_are_refused(url):

@@ -39,6 +39,13 @@ class Range:
         return f"<= {high}" if self.low is None else f"in [{low}, {high}]"
 
 
+@dataclass(frozen=True)
+class MaxLength:
+    """A text of at most `high` characters (the codec checks it as it checks a Range)."""
+
+    high: int
+
+
 # The recorder's float32 arithmetic (exp, sums) can put a probability a hair above 1 or an
 # entropy a hair below 0; a bound on either allows this much.
 ROUNDING = 1e-3
@@ -84,3 +91,13 @@ MAX_STORE_POSITIONS = 2**12
 # The KV panels draw every recorded block and block-table entry of a step. A full pool of an
 # 80 GB GPU is about 131,000 blocks.
 MAX_SNAPSHOT_BLOCKS = 2**18
+# A token's text (a chip, a bar's label, a hover): what one token decodes to, a few characters,
+# the longest of any vocabulary a few hundred. Unbounded, one token of a small file (64 MB of
+# one repeated letter deflate to 64 KB) was the Next token tab's label on every redraw. A
+# prompt's text is at most this much a prompt token (validate.py).
+MAX_TOKEN_TEXT = 4096
+TokenText = Annotated[str, MaxLength(MAX_TOKEN_TEXT)]
+# A name or a message the recorder wrote (the model's, the device's, an event's): one line of a
+# panel. A model's name may be its folder's path, at most PATH_MAX (4096) bytes on Linux.
+MAX_LINE_TEXT = 4096
+LineText = Annotated[str, MaxLength(MAX_LINE_TEXT)]

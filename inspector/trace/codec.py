@@ -6,7 +6,7 @@ replaced by {"tensor": that path}.
 
 decode() walks the same tree back, guided by the type hints (trace.py's schema), and checks
 every value on the way: its JSON type, a Literal's allowed values, a Range's bounds
-(inspector/trace/bounds.py), that a float is finite, an integer fits 64 bits, and a text is valid
+(inspector/trace/bounds.py) or a text's MaxLength, that a float is finite, an integer fits 64 bits, and a text is valid
 Unicode (JSON's "\\ud800" escapes can make a lone surrogate, which no UTF-8 page can carry);
 an object must have exactly the schema's fields. A trace file is input from outside, so the
 first wrong value is reported with its path ("trace.steps.3.index: expected an integer, got
@@ -32,11 +32,12 @@ from typing import Any
 
 import torch
 
-from inspector.trace.bounds import Range
+from inspector.trace.bounds import MaxLength, Range
 from inspector.trace.model import TraceError
 
 JSON = Any  # dict, list, str, int, float, bool or None
-INT64 = Range(-(2**63), 2**63 - 1)
+INT64_LOW, INT64_HIGH = -(2**63), 2**63 - 1
+INT64 = Range(INT64_LOW, INT64_HIGH)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -88,8 +89,8 @@ Decoder = Callable[[JSON, _Refs], Any]
 def _decoder(kind: Any) -> Decoder:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is typing.Annotated:
-        (bound,) = [m for m in kind.__metadata__ if isinstance(m, Range)]
-        return _bounded(args[0], bound)
+        (bound,) = [m for m in kind.__metadata__ if isinstance(m, (Range, MaxLength))]
+        return _short_text(bound.high) if isinstance(bound, MaxLength) else _bounded(args[0], bound)
     if origin is typing.Literal:
         return _literal(args)
     if origin in (typing.Union, types.UnionType):
@@ -103,23 +104,23 @@ def _decoder(kind: Any) -> Decoder:
     if kind is torch.Tensor:
         return _tensor
     if kind in _SCALARS:
-        check = _SCALARS[kind]
-        return lambda data, refs: check(data)
+        return _SCALARS[kind]
     raise TypeError(f"the codec does not handle {kind!r}")  # a schema bug, not bad input
 
 
-# -- scalars: each check returns the value to keep, or raises _Mismatch -----------------------
+# -- scalars: each check returns the value to keep, or raises _Mismatch. Each is its own decoder
+# (refs unused), so a scalar field costs one call, not a wrapper's call and then the check's.
 
 
-def _int(data: JSON) -> int:
+def _int(data: JSON, refs: _Refs | None = None) -> int:
     if type(data) is not int:
         raise _Mismatch(_expected("an integer", data))
-    if not INT64.holds(data):
+    if not INT64_LOW <= data <= INT64_HIGH:
         raise _Mismatch(f"expected a 64-bit integer, got {_show(data)}")
     return data
 
 
-def _float(data: JSON) -> float:
+def _float(data: JSON, refs: _Refs | None = None) -> float:
     if type(data) not in (int, float):
         raise _Mismatch(_expected("a number", data))
     try:
@@ -131,7 +132,7 @@ def _float(data: JSON) -> float:
     return value
 
 
-def _str(data: JSON) -> str:
+def _str(data: JSON, refs: _Refs | None = None) -> str:
     if type(data) is not str:
         raise _Mismatch(_expected("a str", data))
     if not data.isascii() and _SURROGATE.search(data):
@@ -139,25 +140,44 @@ def _str(data: JSON) -> str:
     return data
 
 
-def _bool(data: JSON) -> bool:
+def _bool(data: JSON, refs: _Refs | None = None) -> bool:
     if type(data) is not bool:
         raise _Mismatch(_expected("a bool", data))
     return data
 
 
-_SCALARS: dict[type, Callable[[JSON], Any]] = {int: _int, float: _float, str: _str, bool: _bool}
+_SCALARS: dict[type, Decoder] = {int: _int, float: _float, str: _str, bool: _bool}
 
 
 def _bounded(kind: type, bound: Range) -> Decoder:
     check = _SCALARS[kind]
+    low, high = _limits(bound)
 
     def decode(data: JSON, refs: _Refs) -> Any:
         value = check(data)
-        if not bound.holds(value):
+        if not low <= value <= high:
             raise _Mismatch(f"expected a number {bound.describe()}, got {_show(value)}")
         return value
 
     return decode
+
+
+def _short_text(high: int) -> Decoder:
+    def decode(data: JSON, refs: _Refs) -> str:
+        if type(data) is not str or len(data) > high or not (data.isascii() or not _SURROGATE.search(data)):
+            _str(data)  # says what is wrong with it as a text, if anything
+            raise _Mismatch(f"expected a text of at most {high:,} characters, got {len(data):,}")
+        return data
+
+    return decode
+
+
+def _limits(*bounds: Range) -> tuple[float, float]:
+    """The narrowest [low, high] that all `bounds` allow (infinities where none bounds a side):
+    two comparisons a value, not a Range.holds call for each bound."""
+    low = max((b.low for b in bounds if b.low is not None), default=-math.inf)
+    high = min((b.high for b in bounds if b.high is not None), default=math.inf)
+    return low, high
 
 
 def _literal(allowed: tuple[str, ...]) -> Decoder:
@@ -207,17 +227,24 @@ def _record(cls: type) -> Decoder:
     else:
         fields = [(name, name in cls.__required_keys__) for name in hints]
         build = dict
-    decoders = [(name, _decoder(hints[name]), required) for name, required in fields]
+    # An optional field ("X | None") is decoded by X's decoder, its None taken here: most of a
+    # trace's optional fields are None, and each would cost a call to say so.
+    decoders = [(name, _decoder(_optional(hints[name]) or hints[name]), required, _optional(hints[name]) is not None)
+                for name, required in fields]
     known = {name for name, _ in fields}
 
     def decode(data: JSON, refs: _Refs) -> Any:
         if type(data) is not dict:
             raise _Mismatch(_expected(f"an object ({cls.__name__})", data))
         values = {}
-        for name, decode_field, required in decoders:
+        for name, decode_field, required, optional in decoders:
             if name in data:
+                value = data[name]
+                if value is None and optional:
+                    values[name] = None
+                    continue
                 try:
-                    values[name] = decode_field(data[name], refs)
+                    values[name] = decode_field(value, refs)
                 except _Mismatch as exc:
                     exc.keys.append(name)
                     raise
@@ -229,6 +256,14 @@ def _record(cls: type) -> Decoder:
         return build(**values)
 
     return decode
+
+
+def _optional(kind: Any) -> Any:
+    """X for a hint "X | None" (one type besides None), else None."""
+    if typing.get_origin(kind) not in (typing.Union, types.UnionType) or type(None) not in typing.get_args(kind):
+        return None
+    others = [a for a in typing.get_args(kind) if a is not type(None)]
+    return others[0] if len(others) == 1 else None
 
 
 def _list(item: Any) -> Decoder:
@@ -258,17 +293,21 @@ def _fast_list(item: Any) -> Callable[[list], list | None] | None:
     """For a list of numbers or texts: a check of the whole list in a few C-level passes,
     returning the decoded list, or None when some element is wrong (the caller then decodes
     element by element to say which). None for other item types."""
-    kind, bound = item, INT64
+    kind, bound, longest = item, INT64, None
     if typing.get_origin(item) is typing.Annotated:
-        kind, (bound,) = typing.get_args(item)[0], [m for m in item.__metadata__ if isinstance(m, Range)]
+        kind, (bound,) = typing.get_args(item)[0], [m for m in item.__metadata__ if isinstance(m, (Range, MaxLength))]
+        if isinstance(bound, MaxLength):
+            bound, longest = INT64, bound.high
     if kind is int:
+        low, high = _limits(INT64, bound)
+
         def check(data: list) -> list | None:
             if not set(map(type, data)) <= {int}:
                 return None
-            low, high = (min(data), max(data)) if data else (0, 0)
-            ok = not data or all(r.holds(low) and r.holds(high) for r in (INT64, bound))
-            return data if ok else None
+            return data if not data or low <= min(data) and max(data) <= high else None
     elif kind is float:
+        low, high = _limits(bound)
+
         def check(data: list) -> list | None:
             if not set(map(type, data)) <= {int, float}:
                 return None
@@ -276,12 +315,12 @@ def _fast_list(item: Any) -> Callable[[list], list | None] | None:
                 values = list(map(float, data))
             except OverflowError:
                 return None
-            ok = all(map(math.isfinite, values)) and (not values or (bound.holds(min(values)) and bound.holds(max(values))))
+            ok = all(map(math.isfinite, values)) and (not values or low <= min(values) and max(values) <= high)
             return values if ok else None
     elif kind is str:
         def check(data: list) -> list | None:
             ok = set(map(type, data)) <= {str} and all(s.isascii() or not _SURROGATE.search(s) for s in data)
-            return data if ok else None
+            return data if ok and (longest is None or max(map(len, data), default=0) <= longest) else None
     else:
         return None
     return check

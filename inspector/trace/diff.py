@@ -28,8 +28,11 @@ from inspector.trace.arguments import instance
 from inspector.trace.model import LogitsSummary, ScheduledRecord, SequenceRecord, StepRecord, Trace
 from inspector.trace.why_text import chunk_text, preempt_text, prefix_text, wait_text
 
-# A request's lineage key: ("request", k), then one part per fork down to it.
-Key = tuple[object, ...]
+# A request's lineage key: a number, the same in both traces for the same lineage (Lineages).
+Key = int
+# A label names the request, then at most this many of the last forks down to it: a chain of
+# 2,000 forks (one small file) made labels 2,000 parts long, 44 MB of `diff` output.
+LABEL_FORKS = 2
 
 
 @dataclass
@@ -87,7 +90,7 @@ class Schedule:
 @dataclass
 class RequestDiff:
     key: Key
-    label: str  # the key in words: "request 2", "request 0 / fork at 5 / sample 1"
+    label: str  # the key in words: "request 2", "request 0 / fork at token 5 [65] / sample 1"
     seq_a: int | None  # None: the request is missing from that run
     seq_b: int | None
     prompt_text: str
@@ -147,14 +150,15 @@ class TraceDiff:
 def diff_traces(a: Trace, b: Trace) -> TraceDiff:
     instance(a, Trace, "a")
     instance(b, Trace, "b")
-    keys_a, keys_b = request_keys(a), request_keys(b)
+    lineages = Lineages()
+    keys_a, keys_b = request_keys(a, lineages), request_keys(b, lineages)
     by_key_b = {key: seq_id for seq_id, key in keys_b.items()}
     schedules = _Schedules(a), _Schedules(b)
     requests = []
     for seq_id, key in keys_a.items():
-        requests.append(_request_diff(a, b, schedules, key, seq_id, by_key_b.pop(key, None)))
+        requests.append(_request_diff(a, b, schedules, key, lineages.labels[key], seq_id, by_key_b.pop(key, None)))
     for key, seq_id in by_key_b.items():  # only in b
-        requests.append(_request_diff(a, b, schedules, key, None, seq_id))
+        requests.append(_request_diff(a, b, schedules, key, lineages.labels[key], None, seq_id))
     fa, fb = a.model.weights_fingerprint, b.model.weights_fingerprint
     notes = []
     if a.model.name != b.model.name:
@@ -175,36 +179,65 @@ def _draws_unseeded(trace: Trace, seq_id: int | None) -> bool:
     return params["temperature"] > 0 and params["seed"] is None and params.get("beam_width", 1) == 1
 
 
-def request_keys(trace: Trace) -> dict[int, Key]:
-    """Each sequence id -> its lineage key (see the top), in sequence id order. A fork's part of
-    the key ends with how many twins (the same part under the same parent) came before it."""
+class Lineages:
+    """The lineage keys of two traces: the k-th request added (no parent), then within it a
+    user's fork by where it forked and its forced tokens, a sample by its index, a beam by the
+    order the search made it; a fork's part ends with how many twins (the same part under the
+    same parent) came before it.
+
+    Each key is a number, interned from (its parent's number, its part), so that the same
+    lineage gets the same number in either trace, and a key costs the same however deep its
+    fork lies (a key spelled out as the tuple of every part down to it made a chain of D forks
+    cost D**2 to build, hash and label)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple, Key] = {}  # (parent key or None, part, twin) -> key
+        self.labels: list[str] = []  # key -> the lineage in words
+        self._tails: list[tuple[str, int, tuple[str, ...]]] = []  # key -> (its request's words, depth, last parts)
+
+    def root(self, k: int) -> Key:
+        return self._key((None, ("request", k), 0), (f"request {k}", 0, ()))
+
+    def fork(self, parent: Key, part: tuple, twin: int) -> Key:
+        request, depth, tail = self._tails[parent]
+        return self._key((parent, part, twin), (request, depth + 1, (*tail, _part_words(part, twin))[-LABEL_FORKS:]))
+
+    def _key(self, lineage: tuple, tail: tuple[str, int, tuple[str, ...]]) -> Key:
+        key = self._keys.get(lineage)
+        if key is None:
+            key = self._keys[lineage] = len(self.labels)
+            request, depth, parts = tail
+            skipped = [f"... {depth - len(parts):,} fork(s) ..."] if depth > len(parts) else []
+            self.labels.append(" / ".join([request, *skipped, *parts]))
+            self._tails.append(tail)
+        return key
+
+
+def request_keys(trace: Trace, lineages: Lineages) -> dict[int, Key]:
+    """Each sequence id -> its lineage key (Lineages), in sequence id order."""
     keys: dict[int, Key] = {}
-    twins: dict[Key, int] = {}
+    twins: dict[tuple, int] = {}
     roots = 0
     for seq_id in sorted(trace.sequences):  # a child's id is above its parent's
         seq = trace.sequences[seq_id]
         if seq.parent_id is None or seq.parent_id not in keys:
-            keys[seq_id] = ("request", roots)
+            keys[seq_id] = lineages.root(roots)
             roots += 1
             continue
-        base = (*keys[seq.parent_id], _fork_part(seq))
+        base = (keys[seq.parent_id], _fork_part(seq))
         twins[base] = twins.get(base, -1) + 1
-        keys[seq_id] = (*base[:-1], (*base[-1], twins[base]))
+        keys[seq_id] = lineages.fork(*base, twins[base])
     return keys
 
 
-def key_label(key: Key) -> str:
-    """A key in words: "request 0 / fork at token 5 [65, 66] / sample 1"."""
-    words = [f"request {key[1]}"]
-    for part in key[2:]:
-        kind, *rest, twin = part
-        if kind == "fork":
-            words.append(f"fork at token {rest[0]} {list(rest[1])}" + (f" #{twin + 1}" if twin else ""))
-        elif kind == "sample":
-            words.append(f"sample {rest[0]}")
-        else:
-            words.append(f"beam {twin}")
-    return " / ".join(words)
+def _part_words(part: tuple, twin: int) -> str:
+    """A fork's part of a key in words: "fork at token 5 [65, 66]", "sample 1", "beam 2"."""
+    kind, *rest = part
+    if kind == "fork":
+        return f"fork at token {rest[0]} {list(rest[1])}" + (f" #{twin + 1}" if twin else "")
+    if kind == "sample":
+        return f"sample {rest[0]}"
+    return f"beam {twin}"
 
 
 def _fork_part(seq: SequenceRecord) -> tuple:
@@ -215,8 +248,8 @@ def _fork_part(seq: SequenceRecord) -> tuple:
     return ("fork", seq.fork_position, tuple(seq.prompt_ids[seq.fork_position or 0:]))
 
 
-def _request_diff(a: Trace, b: Trace, schedules: tuple[_Schedules, _Schedules], key: Key, seq_a: int | None,
-                  seq_b: int | None) -> RequestDiff:
+def _request_diff(a: Trace, b: Trace, schedules: tuple[_Schedules, _Schedules], key: Key, label: str,
+                  seq_a: int | None, seq_b: int | None) -> RequestDiff:
     sa = a.sequences[seq_a] if seq_a is not None else None
     sb = b.sequences[seq_b] if seq_b is not None else None
     tokens_a, tokens_b = (s.output_ids if s is not None else [] for s in (sa, sb))
@@ -229,7 +262,7 @@ def _request_diff(a: Trace, b: Trace, schedules: tuple[_Schedules, _Schedules], 
         if tokens_a != tokens_b:
             divergence = _divergence(a, b, sa, sb, first)
     same_prompt = sa is None or sb is None or sa.prompt_ids == sb.prompt_ids
-    return RequestDiff(key, key_label(key), seq_a, seq_b, (sa or sb).prompt_text, same_prompt, list(tokens_a), list(tokens_b),
+    return RequestDiff(key, label, seq_a, seq_b, (sa or sb).prompt_text, same_prompt, list(tokens_a), list(tokens_b),
                        sa.finish_reason if sa else None, sb.finish_reason if sb else None, divergence, deltas,
                        schedules[0].of(sa) if sa else None, schedules[1].of(sb) if sb else None)
 

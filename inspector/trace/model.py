@@ -36,11 +36,13 @@ from inspector.trace.bounds import (
     Count,
     Entropy,
     Instant,
+    LineText,
     Millis,
     Positive,
     Probability,
     Range,
     SeqId,
+    TokenText,
 )
 
 # The version of this schema, written into every trace file. Bump it when the meaning or
@@ -92,7 +94,7 @@ class NotRecorded(LookupError):
 
 @dataclass
 class ModelInfo:
-    name: str
+    name: LineText
     num_layers: Annotated[int, Range(1, MAX_LAYERS)]
     num_heads: Annotated[int, Range(1, MAX_HEADS)]  # H
     num_kv_heads: Annotated[int, Range(1, MAX_HEADS)]  # Hkv; query head h reads kv head h // (H / Hkv)
@@ -124,7 +126,7 @@ class ModelInfo:
 
 @dataclass
 class EngineInfo:
-    device: str
+    device: LineText
     attention: Backend  # the attention backend that ran
     block_size: Annotated[int, Range(1, MAX_BLOCK_SIZE)]
     num_blocks: Annotated[int, Range(1, MAX_NUM_BLOCKS)]  # NB
@@ -175,7 +177,7 @@ class SequenceRecord:
     # The text each prompt token completes, decoded in context as output text is (a token ending
     # inside a UTF-8 character has "", the one completing it the whole character; traces from
     # before show each piece as U+FFFD): the UI's token chips and attention axes, no tokenizer needed.
-    prompt_tokens: list[str] = field(default_factory=list)
+    prompt_tokens: list[TokenText] = field(default_factory=list)
     output_ids: list[Count] = field(default_factory=list)
     token_steps: list[Count] = field(default_factory=list)  # the step that sampled each output token
     text: str = ""
@@ -312,7 +314,7 @@ class LogitsSummary:
     """One sampling sequence's next-token distribution, reduced to its top k."""
 
     top_ids: list[Count]  # the k most likely tokens under the model, most likely first
-    top_texts: list[str]
+    top_texts: list[TokenText]
     top_probs: list[Probability]  # their probability under the model: softmax(logits)
     # Their probability under the distribution the token was drawn from (temperature, top-k
     # and top-p applied); a greedy request takes the most likely token, probability 1.
@@ -329,7 +331,7 @@ class LogitLens:
     (the last layer's is the real prediction). Lists by layer, most likely token first."""
 
     top_ids: list[list[Count]]  # [L][k]
-    top_texts: list[list[str]]
+    top_texts: list[list[TokenText]]
     top_probs: list[list[Probability]]
 
 
@@ -337,7 +339,7 @@ class LogitLens:
 class TokenRecord:
     seq_id: SeqId
     token_id: Count
-    text_delta: str  # text this token completed (may be "" mid-character)
+    text_delta: TokenText  # text this token completed (may be "" mid-character)
     finish_reason: TokenFinish | None
     logits: LogitsSummary | None  # None once the memory budget dropped logits
     lens: LogitLens | None = None  # traced sequences, with CapturePolicy.logit_lens
@@ -483,7 +485,7 @@ class ForkRecord:
     parent_id: SeqId
     position: Positive
     forced_ids: list[Count]
-    forced_texts: list[str]
+    forced_texts: list[TokenText]
     cause: ForkCause
     prefix: ForkPrefix
     shared_blocks: list[Count]  # the parent's blocks the child holds by reference, logical order
@@ -496,7 +498,7 @@ class Event:
     # sample's or a beam's fork, "prune"). Events are in order: their steps never decrease.
     step: Count
     kind: EventKind
-    message: str
+    message: LineText
     seq_id: SeqId | None = None  # "add", "abort", "prune": the request; "fork": the child
     what: DropKind | None = None  # "drop": the kind of data no longer kept
     fork: ForkRecord | None = None  # "fork"

@@ -51,9 +51,15 @@ TENSORS_MEMBER = "tensors.safetensors"
 DEFAULT_MAX_BYTES = 4 * 2**30  # unpacked size load() accepts unless told otherwise
 MAX_BYTES_LIMIT = 2**63 - 1  # the largest max_bytes: a zip's sizes are 64-bit
 # trace.json's own limits, whatever max_bytes says: they bound the Python objects parsing it
-# builds and the time to check them (a hostile file at the element limit: about 2 s, 130 MB).
-# Measured: a 300-step run of 8 requests on a 30-layer model, the logit lens on two of them,
-# writes 6.0 MB of trace.json and 583,000 elements, and loads in about half a second; the
+# builds and the time to check them. The worst files per byte found under them (valid, built
+# by tests/wide_traces.py; Python calls counted, seconds best of 3 on 2 cores with CPython's
+# default collector, which `python -m inspector` and the server tune: about a quarter less):
+# 40,000 one-token requests at the element limit, 0.98 MB: 6.7 million calls, 2.3 s; 8,000
+# steps at the tensor limit, 0.6 MB deflated: 3.1 million, 2.0 s; a chain of 30,000 forks,
+# 0.86 MB: 5.9 million, 2.2 s; 2,000 requests queued over 200 steps, each with its wait cause,
+# 1.3 MB: 4.6 million, 1.7 s. tests/test_trace_load_cost.py holds the calls per element to a
+# budget. Measured: a 300-step run of 8 requests on a 30-layer model, the logit lens on two of
+# them, writes 6.0 MB of trace.json and 583,000 elements, and loads in about half a second; the
 # limits leave 10x and 7x that.
 MAX_JSON_BYTES = 64 * 2**20
 MAX_JSON_ELEMENTS = 2**22

@@ -7,7 +7,8 @@ trace finds what it looks for, and nothing they draw is nonsense:
 - every id points at something that exists: sequence ids at sequences, steps at steps, token
   ids below the vocabulary size, layers below the model's count;
 - what is recorded twice says the same: a sequence's output_ids and token_steps against the
-  tokens of those steps; the tokens of a step against the sequences it scheduled to sample; a
+  tokens of those steps, its text against their text deltas, its num_preemptions against the
+  steps that preempted it, the block table a step ran it with against the step's KV snapshot; the tokens of a step against the sequences it scheduled to sample; a
   sequence's arrival, prune and fork against its events (which a replay acts on), once each;
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), and ends with the token that says it finished;
@@ -21,13 +22,15 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 
-from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKENS
+from inspector.trace.bounds import MAX_TIMELINE_CELLS, MAX_TOKEN_TEXT, MAX_TOKENS
 from inspector.trace.model import (
     Event,
     ForkRecord,
     LogitLens,
     LogitsSummary,
+    SamplingRecord,
     SequenceRecord,
     StepRecord,
     Trace,
@@ -53,8 +56,9 @@ def validate_trace(trace: Trace) -> None:
     tokens = sum(len(seq.prompt_ids) + len(seq.output_ids) for seq in trace.sequences.values())
     if tokens > MAX_TOKENS:
         raise TraceError(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
+    checked_params: set[tuple] = set()
     for seq_id, seq in trace.sequences.items():
-        _check_sequence(trace, seq_id, seq)
+        _check_sequence(trace, seq_id, seq, checked_params)
     _check_events(trace)  # before the steps: they read the fork and prune events
     forks_and_prunes: dict[int, list[Event]] = {}
     for e in trace.events:
@@ -64,24 +68,25 @@ def validate_trace(trace: Trace) -> None:
         if step.index != i:
             raise TraceError(f"steps[{i}] says it is step {step.index}")
         _check_step(trace, step, forks_and_prunes.get(i, []))
+    _check_preemption_counts(trace)
     recorded = sum(len(seq.token_steps) for seq in trace.sequences.values())
     if recorded != sum(len(step.tokens) for step in trace.steps):
         raise TraceError("the steps hold tokens that no sequence's token_steps lists")
     check_stores(trace)
 
 
-def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord) -> None:
+def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord, checked_params: set[tuple]) -> None:
     where, vocab = f"sequence {seq_id}", trace.model.vocab_size
     if seq.seq_id != seq_id:
         raise TraceError(f"{where}: its record says it is sequence {seq.seq_id}")
     for name in ("prompt_ids", "output_ids"):
         _check_token_ids(getattr(seq, name), vocab, f"{where}: {name}")
+    if len(seq.prompt_text) > MAX_TOKEN_TEXT * max(1, len(seq.prompt_ids)):  # its tokens' texts are as bounded
+        raise TraceError(f"{where}: a prompt text of {len(seq.prompt_text):,} characters for {len(seq.prompt_ids)} "
+                         f"token(s), over {MAX_TOKEN_TEXT:,} characters a token")
     if len(seq.prompt_tokens) not in (0, len(seq.prompt_ids)):
         raise TraceError(f"{where}: {len(seq.prompt_tokens)} prompt token texts for {len(seq.prompt_ids)} prompt tokens")
-    try:
-        SamplingParams(**{**seq.params, "stop_token_ids": tuple(seq.params["stop_token_ids"])}).validate()
-    except InvalidRequestError as exc:
-        raise TraceError(f"{where}: params: {exc}") from None
+    _check_params(seq.params, checked_params, where)
     _check_token_ids(seq.params["stop_token_ids"], vocab, f"{where}: params.stop_token_ids")
     if seq.added_step > len(trace.steps):
         raise TraceError(f"{where}: added before step {seq.added_step}, past the trace's {len(trace.steps)} steps")
@@ -91,12 +96,17 @@ def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord) -> None:
     if steps and (steps[0] < seq.added_step or steps[-1] >= len(trace.steps)
                   or any(a >= b for a, b in zip(steps, steps[1:]))):
         raise TraceError(f"{where}: token_steps must increase, from its added_step on, within the trace's steps")
-    finishes = []
+    finishes, deltas = [], []
     for step, token_id in zip(steps, seq.output_ids):
         token = trace.steps[step].token_of(seq_id)
         if token is None or token.token_id != token_id:
             raise TraceError(f"{where}: token_steps names step {step}, which has no token {token_id} of it")
         finishes.append(token.finish_reason)
+        deltas.append(token.text_delta)
+    # The text panel draws the tokens' deltas, `show` and the breakpoints read the text: one
+    # file must not tell two stories. (The recorder appends each delta to the text.)
+    if seq.text != "".join(deltas):
+        raise TraceError(f"{where}: its text is not the text deltas of its tokens, joined")
     if any(finishes[:-1]):
         raise TraceError(f"{where}: a token before its last says the sequence finished")
     last = finishes[-1] if finishes else None
@@ -116,6 +126,31 @@ def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord) -> None:
                              + (", made before it" if name == "parent_id" else ""))
     if (seq.parent_id is None) != (seq.fork_position is None):
         raise TraceError(f"{where}: a fork names both its parent and its fork position, other sequences neither")
+
+
+def _check_params(params: SamplingRecord, checked: set[tuple], where: str) -> None:
+    """A request's sampling parameters, by the engine's own rules (SamplingParams checks itself
+    when made), once for each distinct set: the requests of a run mostly share theirs, and a
+    file of 40,000 small requests spent a third of its checking here. (`checked` holds the
+    sets already found good; the codec fixed each key's type, so equal sets check alike.)"""
+    key = (tuple(params), tuple(tuple(v) if type(v) is list else v for v in params.values()))
+    if key in checked:
+        return
+    try:
+        SamplingParams(**{**params, "stop_token_ids": tuple(params["stop_token_ids"])})
+    except InvalidRequestError as exc:
+        raise TraceError(f"{where}: params: {exc}") from None
+    checked.add(key)
+
+
+def _check_preemption_counts(trace: Trace) -> None:
+    """A sequence's num_preemptions (what `show` and a diff print) counts the steps whose
+    schedule preempted it (what the timeline draws): one pass over the steps."""
+    counted = Counter(seq_id for step in trace.steps for seq_id in step.schedule.preempted)
+    for seq_id, seq in trace.sequences.items():
+        if seq.num_preemptions != counted[seq_id]:
+            raise TraceError(f"sequence {seq_id}: num_preemptions is {seq.num_preemptions}, but "
+                             f"{counted[seq_id]} step(s) preempted it")
 
 
 def _check_step(trace: Trace, step: StepRecord, events: list[Event]) -> None:
@@ -158,6 +193,22 @@ def _check_step(trace: Trace, step: StepRecord, events: list[Event]) -> None:
         if t.lens is not None:
             _check_lens(trace, t.lens, f"{where}: logit lens of sequence {t.seq_id}")
     check_kv(trace, step.index, step.kv)
+    _check_tables_agree(step, where)  # after check_kv: it reads the snapshot's tables
+
+
+def _check_tables_agree(step: StepRecord, where: str) -> None:
+    """A scheduled sequence's block table (as the model ran it: the attention overlay maps a
+    query's mass to blocks by it) and its table in the step's KV snapshot (the grid's owners,
+    the block tables panel) are one table: the snapshot's, taken at the step's end, starts
+    with the one the step ran with. (A sequence that finished or was pruned holds none then.)"""
+    if not step.schedule.scheduled or not step.kv.table_seq_ids.numel():
+        return
+    tables = step.kv.block_tables()
+    for x in step.schedule.scheduled:
+        held = tables.get(x.seq_id)
+        if held is not None and held[: len(x.block_table)] != x.block_table:
+            raise TraceError(f"{where}: sequence {x.seq_id} ran with block table {x.block_table[:10]}, but the step's "
+                             f"KV snapshot gives it {held[:10]}")
 
 
 def _check_causes(trace: Trace, step: StepRecord, where: str) -> None:

@@ -4,8 +4,8 @@ safetensors only promises each tensor is well formed. Here every one the trace r
 checked for the dtype and shape its field implies (KVSnapshot's per-block arrays [M], the
 stores' q [L, T, H, D] and k [L, T, Hkv, D] in the model's dtype...), and for values the
 views index by: block ids inside the pool and sorted, table offsets that slice the table,
-fills within a block, every stored query computed by the step its q_step names, and finite
-queries and keys (a NaN would turn every attention row it touches to NaN).
+fills within a block, reference counts that count the tables holding each block, every stored
+query computed by the step its q_step names, and finite queries and keys (a NaN would turn every attention row it touches to NaN).
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ def check_kv(trace: Trace, index: int, kv: KVSnapshot) -> None:
         or not bool(torch.isin(blocks, ids).all())
     ):
         raise TraceError(f"{where}: the KV block tables are inconsistent, or name blocks the snapshot lacks")
+    # A block's reference count is the number of tables holding it: the grid marks a block x2
+    # by the count and lists its holders from the tables, and the two must tell one story.
+    # (Every table entry is a recorded block, so its index among block_ids counts it.)
+    holders = torch.bincount(torch.searchsorted(ids, blocks), minlength=ids.numel())  # [M]
+    if not torch.equal(holders, kv.ref_count.long()):
+        block = int(ids[torch.nonzero(holders != kv.ref_count.long())[0, 0]])
+        raise TraceError(f"{where}: block {block}'s ref_count is not the number of block tables that hold it")
 
 
 def check_stores(trace: Trace) -> None:
