@@ -51,6 +51,8 @@ _HOMES = {
     # The number rules every user-given value follows (True is no int, 10**400 no float).
     "is_int": "minillama.values",
     "is_finite_real": "minillama.values",
+    "as_int": "minillama.values",  # a checked count, in [minimum, MAX_COUNT]
+    "as_number": "minillama.values",  # a checked finite amount
     "MAX_COUNT": "minillama.values",
 }
 

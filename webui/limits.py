@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from minillama.values import as_int, as_number
+from minillama import as_int, as_number
 
 
 @dataclass(frozen=True)
