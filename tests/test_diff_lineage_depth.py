@@ -7,10 +7,8 @@ web UI's Compare with such a trace file built as much in the server's memory.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-from wide_traces import fork_chain
+from wide_traces import fork_chain, python_calls
 
 from inspector import diff_traces
 from inspector.trace.diff import LABEL_FORKS
@@ -21,18 +19,7 @@ MAX_LABEL = 120  # characters: "request 0 / ... 1,999 fork(s) ... / sample 0 / s
 
 
 def calls_to_diff(trace) -> int:
-    count = 0
-
-    def profile(frame, event, arg):
-        nonlocal count
-        count += event in ("call", "c_call")
-
-    sys.setprofile(profile)
-    try:
-        diff_traces(trace, trace)
-    finally:
-        sys.setprofile(None)
-    return count
+    return python_calls(lambda: diff_traces(trace, trace))
 
 
 @pytest.mark.parametrize("cause", ["sample", "beam"])

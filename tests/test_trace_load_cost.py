@@ -12,11 +12,10 @@ and a file of 40,000 such requests, under 1 MB, took 2.5-7 s on 2 shared cores.
 from __future__ import annotations
 
 import gc
-import sys
 from pathlib import Path
 
 import pytest
-from wide_traces import wide_trace
+from wide_traces import python_calls, wide_trace
 
 from inspector import load, save
 from inspector.__main__ import main
@@ -35,18 +34,7 @@ DEFAULT_THRESHOLDS = (700, 10, 10)  # CPython's
 
 def calls_to_load(trace, path: Path) -> int:
     save(trace, path)
-    count = 0
-
-    def profile(frame, event, arg):
-        nonlocal count
-        count += event in ("call", "c_call")
-
-    sys.setprofile(profile)
-    try:
-        load(path)
-    finally:
-        sys.setprofile(None)
-    return count
+    return python_calls(lambda: load(path))
 
 
 @pytest.mark.parametrize(("what", "make", "budget"), [

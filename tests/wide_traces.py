@@ -11,6 +11,8 @@ loading does.
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Callable
 
 import torch
 
@@ -96,3 +98,20 @@ def fork_chain(depth: int, cause: str = "sample") -> Trace:
                          Event(step=0, kind="fork", message=f"#{child} forked", seq_id=child, fork=fork)]
         step.tokens.append(TokenRecord(child, 7, "b", "length", None))
     return trace
+
+
+def python_calls(work: Callable[[], object]) -> int:
+    """How many Python and C function calls `work()` makes (sys.setprofile): a cost that can be
+    compared across sizes, where a time on a shared machine cannot."""
+    count = 0
+
+    def profile(frame, event, arg) -> None:  # noqa: ANN001 - sys.setprofile's signature
+        nonlocal count
+        count += event in ("call", "c_call")
+
+    sys.setprofile(profile)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return count
