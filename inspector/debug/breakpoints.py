@@ -120,6 +120,10 @@ class TextMatches(Breakpoint):
     pattern: str
     seq_id: int | None = None
     regex: re2._Regexp = field(init=False, repr=False, compare=False)
+    # What the text of each sequence has been searched up to, in the last trace checked
+    # (_first_match): a strong reference, so that its id is never another trace's.
+    _scanned_trace: Trace | None = field(default=None, init=False, repr=False, compare=False)
+    _scans: dict[int, _TextScan] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,12 +148,38 @@ class TextMatches(Breakpoint):
     def hits(self, trace: Trace, step: StepRecord) -> list[Hit]:
         found = []
         for token in _watched(step, self.seq_id):
-            text = trace.text_until(token.seq_id, step.index)
-            before = text[: len(text) - len(token.text_delta)]
-            match = self.regex.search(text)
-            if match and not self.regex.search(before):
+            if self._first_match(trace, token.seq_id, step.index) == step.index:
+                match = self.regex.search(trace.text_until(token.seq_id, step.index))
                 found.append(Hit(f"#{token.seq_id}'s text matches {self.pattern!r}: {match.group(0)!r}", token.seq_id))
         return found
+
+    def _first_match(self, trace: Trace, seq_id: int, index: int) -> int | None:
+        """The step whose token first made `seq_id`'s text match, if it is at or before step
+        `index`; else None. Whether the text just before a token matched is not enough: a
+        pattern anchored at the end ("Paris$") stops matching as the text grows and matches
+        again later, and fired again there. The text is searched once per token, from the
+        first, and only as far as a question needs (so steps may be checked in any order)."""
+        if trace is not self._scanned_trace:
+            self._scanned_trace, self._scans = trace, {}
+        scan = self._scans.setdefault(seq_id, _TextScan())
+        token_steps = trace.sequences[seq_id].token_steps
+        while scan.first is None and scan.tokens < len(token_steps) and token_steps[scan.tokens] <= index:
+            at = token_steps[scan.tokens]
+            scan.text += trace.steps[at].token_of(seq_id).text_delta
+            scan.tokens += 1
+            if self.regex.search(scan.text):
+                scan.first = at
+        return scan.first if scan.first is not None and scan.first <= index else None
+
+
+@dataclass
+class _TextScan:
+    """How far TextMatches has searched one sequence's text: its first `tokens` output tokens,
+    whose text is `text`, and the step of the token that first made it match (None: none yet)."""
+
+    tokens: int = 0
+    text: str = ""
+    first: int | None = None
 
 
 @dataclass

@@ -36,11 +36,16 @@ class RecordingStopped(MinillamaError, RuntimeError):
 
 @dataclass
 class RunResult:
+    """How a run ended. When breakpoints stop it, every one that fires at that step is named,
+    in the order given: a run goes on from the next step, so a breakpoint left unsaid there
+    (a preemption in the step a sequence finished) would never be said at all."""
+
     steps: int  # engine steps run
-    breakpoint: Breakpoint | None  # the one that stopped the run, if any
-    reason: str | None  # what it said; or that a reset() ended the run (breakpoint None)
+    breakpoint: Breakpoint | None  # the first that stopped the run, if any
+    reason: str | None  # what they all said, "; "-joined; or that a reset() ended the run (breakpoint None)
     finished: bool  # no request left to run
-    seq_ids: tuple[int, ...] = ()  # the sequences its hits name (a debugger shows the first)
+    seq_ids: tuple[int, ...] = ()  # the sequences their hits name, each once (a debugger shows the first)
+    fired: tuple[Breakpoint, ...] = ()  # every breakpoint that fired at the last step, `breakpoint` first
 
 
 class DebugSession:
@@ -127,9 +132,9 @@ class DebugSession:
         return self.seek(-1)
 
     def run(self, until: Iterable[Breakpoint] | Breakpoint = (), max_steps: int | None = None) -> RunResult:
-        """Step until a breakpoint fires (checked in the order given, after each step), no
-        request is left, or max_steps steps have run (None: no limit); the cursor moves to the
-        last step. `until`: breakpoint instances, in a list or any iterable, or a single one.
+        """Step until a breakpoint fires (all are checked after each step; the result names
+        every one that fired there, in the order given), no request is left, or max_steps
+        steps have run (None: no limit); the cursor moves to the last step. `until`: breakpoint instances, in a list or any iterable, or a single one.
         ArgumentError, before any step, for anything else there or a max_steps that is not
         an integer >= 1."""
         steps = self.run_iter(until, max_steps)
@@ -166,9 +171,9 @@ class DebugSession:
                 steps += 1
                 if breakpoints:  # they read the step's record: complete it now (self.trace does)
                     record = self.trace.steps[-1]
-                    fired = next(((bp, hits) for bp in breakpoints if (hits := checked_hits(bp, self.trace, record))), None)
-                    if fired is not None:
-                        return self._stopped(steps, *fired)
+                    fired = [(bp, hits) for bp in breakpoints if (hits := checked_hits(bp, self.trace, record))]
+                    if fired:
+                        return self._stopped(steps, fired)
                 yield self.recorder.num_steps - 1
             reason = None if self._epoch == epoch else f"the session was reset after {steps} step(s) of this run"
             return RunResult(steps, None, reason, not self.engine.has_unfinished())
@@ -178,9 +183,13 @@ class DebugSession:
             if steps and self._epoch == epoch and not self.interrupted:
                 self.seek(-1)
 
-    def _stopped(self, steps: int, fired: Breakpoint, hits: list[Hit]) -> RunResult:
+    def _stopped(self, steps: int, fired: list[tuple[Breakpoint, list[Hit]]]) -> RunResult:
+        """The result of a run that breakpoints stopped: `fired` holds each one that fired at
+        its last step, with its hits, in the order the run was given them."""
+        hits = [hit for _, bp_hits in fired for hit in bp_hits]
         seq_ids = tuple(dict.fromkeys(h.seq_id for h in hits if h.seq_id is not None))
-        return RunResult(steps, fired, "; ".join(h.reason for h in hits), not self.engine.has_unfinished(), seq_ids)
+        return RunResult(steps, fired[0][0], "; ".join(h.reason for h in hits), not self.engine.has_unfinished(),
+                         seq_ids, tuple(bp for bp, _ in fired))
 
     def _advance(self) -> bool:
         """One engine iteration; False when nothing ran (no request left, or none could be

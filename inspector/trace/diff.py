@@ -81,6 +81,8 @@ class Schedule:
     preemptions: int
     cached_tokens: int  # prompt tokens the prefix cache served
     last_step: int | None  # the step of its last token
+    ran_steps: list[int]  # every step that computed any of its tokens (prefill chunks, decodes)
+    token_steps: list[int]  # the step that sampled each output token
     latency_ms: float | None  # from the start of its first step to the end of its last token's
     # Why it was treated so, from the recorded causes (why_text.py): "step 13: preempted: ...",
     # in step order; a run of steps waiting for the same reason is one line ("steps 3-7: ...").
@@ -115,11 +117,23 @@ class RequestDiff:
 
     @property
     def schedule_differs(self) -> bool:
+        """Did the scheduler treat the request differently: other counts, or the same counts at
+        other steps (a request that only ran later, behind another's recomputed prefill, has
+        equal counts: its steps are what changed)?"""
         a, b = self.schedule_a, self.schedule_b
         if a is None or b is None:
             return a is not b
-        return (a.waiting_steps, a.prefill_chunks, a.preemptions, a.cached_tokens) != (
-            b.waiting_steps, b.prefill_chunks, b.preemptions, b.cached_tokens)
+        return (a.waiting_steps, a.prefill_chunks, a.preemptions, a.cached_tokens, a.ran_steps, a.token_steps) != (
+            b.waiting_steps, b.prefill_chunks, b.preemptions, b.cached_tokens, b.ran_steps, b.token_steps)
+
+    @property
+    def first_moved_token(self) -> int | None:
+        """The first output position both runs sampled, at different steps; None when every
+        such token came at the same step (the runs may still differ in length)."""
+        a, b = self.schedule_a, self.schedule_b
+        if a is None or b is None:
+            return None
+        return next((i for i, (x, y) in enumerate(zip(a.token_steps, b.token_steps)) if x != y), None)
 
 
 @dataclass
@@ -344,6 +358,8 @@ class _Schedules:
             preemptions=seq.num_preemptions,
             cached_tokens=sum(x.num_cached_tokens for _, x in ran),
             last_step=last.index if last else None,
+            ran_steps=[step.index for step, _ in ran],
+            token_steps=list(seq.token_steps),
             latency_ms=latency,
             causes=[f"step {a}: {text}" if a == b else f"steps {a}-{b}: {text}"
                     for a, b, text in self.causes.get(seq.seq_id, [])],

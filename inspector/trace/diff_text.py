@@ -30,7 +30,7 @@ def format_diff(diff: TraceDiff, tokens: bool = False) -> str:
     rows = [r for r in diff.requests if r.schedule_differs]
     lines.append("schedules (a / b), where they differ:" if rows else "schedules: the same for every request")
     for r in rows:
-        lines.append(f"  {r.label}: {_schedules(r.schedule_a, r.schedule_b)}")
+        lines.append(f"  {r.label}: {_schedules(r.schedule_a, r.schedule_b)}{_moved(r)}")
         for side, schedule in (("a", r.schedule_a), ("b", r.schedule_b)):
             causes = schedule.causes if schedule is not None else []
             lines += [f"      why in {side}: {cause}" for cause in causes[:MAX_CAUSES]]
@@ -81,6 +81,14 @@ def _schedules(a: Schedule | None, b: Schedule | None) -> str:
             f"{b.prefill_chunks}, preemptions {a.preemptions} / {b.preemptions}, prefix-cache tokens "
             f"{a.cached_tokens} / {b.cached_tokens}, steps {_id(a.first_step)}-{_id(a.last_step)} / "
             f"{_id(b.first_step)}-{_id(b.last_step)}")
+
+
+def _moved(r: RequestDiff) -> str:
+    """Where the request's tokens start coming at other steps, when they do."""
+    i = r.first_moved_token
+    if i is None or r.schedule_a is None or r.schedule_b is None:
+        return ""
+    return f", token {i} first at another step ({r.schedule_a.token_steps[i]} / {r.schedule_b.token_steps[i]})"
 
 
 def _timings(a: RunTimings, b: RunTimings) -> str:

@@ -51,10 +51,15 @@ def prefix_text(p: PrefixRecord) -> str:
         return "prefix cache: off"
     if p.miss == "no-full-block":
         return "prefix cache: no full block in the prompt to look up"
-    hits = f"{len(p.hit_blocks)} block(s) hit ({', '.join(map(str, p.hit_blocks))})" if p.hit_blocks else "no hit"
+    # Two numberings meet here: the blocks hit are physical ids (the KV grid's), the block the
+    # lookup stopped at is the sequence's own, logical index (its tokens [i * block size, ...)).
+    # Said bare, "hit (0, 1, 2, 7); block 4 was evicted" read as physical block 4, which may be
+    # another sequence's, never evicted.
+    hits = (f"{len(p.hit_blocks)} block(s) hit (physical {', '.join(map(str, p.hit_blocks))})" if p.hit_blocks
+            else "no hit")
     if p.miss == "":
         return f"prefix cache: {hits}, every full block"
-    where = f"block {p.miss_block}" if p.miss_block is not None else "the next block"
+    where = f"its logical block {p.miss_block}" if p.miss_block is not None else "its next block"
     if p.miss == "evicted":
         step = f"engine step {p.evicted_step}" if p.evicted_step is not None else "an earlier step"
         whom = f"#{p.evicted_for}" if p.evicted_for is not None else "a sequence before this trace"

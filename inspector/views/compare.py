@@ -204,7 +204,7 @@ def _schedules(requests: list[RequestDiff]) -> str:
         cells = [
             _pair(a.waiting_steps, b.waiting_steps), _pair(a.prefill_chunks, b.prefill_chunks),
             _pair(a.preemptions, b.preemptions), _pair(a.cached_tokens, b.cached_tokens),
-            f'<td class="mlv-num">{_span(a)} / {_span(b)}</td>',
+            _steps_pair(r),
             f'<td class="mlv-num">{_ms(a.latency_ms)} / {_ms(b.latency_ms)}</td>',
         ]
         rows.append(f"<tr><td>{escape(r.label)}</td>{''.join(cells)}</tr>")
@@ -237,6 +237,17 @@ def _pair(a: int, b: int) -> str:
     """A schedule's count on both sides, marked where they differ."""
     changed = " mlv-changed" if a != b else ""
     return f'<td class="mlv-num{changed}">{a} / {b}</td>'
+
+
+def _steps_pair(r: RequestDiff) -> str:
+    """The steps the request ran at on both sides, marked where they differ (the same span can
+    hide tokens that came at other steps: the hover names the first)."""
+    a, b = r.schedule_a, r.schedule_b
+    moved = r.first_moved_token
+    changed = (a.ran_steps, a.token_steps) != (b.ran_steps, b.token_steps)
+    title = (f" title='token {moved} came at step {a.token_steps[moved]} / {b.token_steps[moved]}'"
+             if moved is not None else "")
+    return f'<td class="mlv-num{" mlv-changed" if changed else ""}"{title}>{_span(a)} / {_span(b)}</td>'
 
 
 def _span(s: Schedule) -> str:
