@@ -477,9 +477,9 @@ class Handlers:
         try:
             with session.hold():
                 save(trace, path)
-        except SessionBusy as busy:
+        except (SessionBusy, TraceError) as refused:  # busy, or too large for a file load() opens
             shutil.rmtree(folder, ignore_errors=True)
-            toast(str(busy))
+            toast(str(refused))
             return None
         session.forget_download()
         session.last_download = path
