@@ -23,6 +23,11 @@ first problem. In the order it checks:
   (tensor_member.py);
 - every field's type, enum value and range (codec.py against trace.py's schema); every tensor
   referenced, and no other; then that the parts agree (validate.py).
+
+save() checks the file it is about to write by the same functions (one definition of each
+limit), so that what it writes load() opens again: a trace over a limit (TraceTooLarge) or with a
+field load() would refuse is refused before anything is written. The zip's own shape (two
+members, stored or deflated, nothing around them) holds by how save() writes it.
 """
 
 from __future__ import annotations
