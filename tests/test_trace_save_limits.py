@@ -24,7 +24,7 @@ from tiny_model import write_tiny_model
 from wide_traces import wide_trace
 
 import inspector.__main__
-from inspector import CapturePolicy, Trace, TraceError, load, save
+from inspector import CapturePolicy, DebugSession, Trace, TraceError, load, save
 from inspector.trace import tracefile
 from inspector.trace.bounds import MAX_LINE_TEXT, MAX_MILLIS, MAX_TOKEN_TEXT, ROUNDING
 from inspector.trace.codec import encode
@@ -214,3 +214,24 @@ def test_every_recording_round_trips_through_save_and_load_equal(tmp_path, recor
     trace = record()
     save(trace, tmp_path / "run.mltrace")
     assert_equal(load(tmp_path / "run.mltrace"), trace)
+
+
+def test_a_fork_forcing_thousands_of_tokens_records_a_message_a_file_holds(tmp_path):
+    """A fork's event message quotes its forced text: 1,100 tokens of "\\x00" (4,400 characters
+    as repr escapes them; the web UI's Fork with text takes 4,000) made a message over
+    MAX_LINE_TEXT, and the run could not be saved. The message quotes the text clipped; the
+    fork record keeps every forced token's text."""
+    from minillama import EngineConfig, LLMEngine, SamplingParams
+
+    model_dir = write_tiny_model(tmp_path / "model", max_position_embeddings=2048)
+    engine = LLMEngine.from_pretrained(model_dir, EngineConfig(device="cpu", num_kv_blocks=80, block_size=32))
+    session = DebugSession(engine, CapturePolicy(attention=False))
+    parent = session.add("hi", SamplingParams(temperature=0, max_tokens=2))
+    session.step()
+    forced = engine.tokenizer.encode("\x00" * 1100)
+    session.fork(parent, engine.request(parent).num_prompt_tokens, forced, SamplingParams(temperature=0, max_tokens=1))
+    assert session.run().finished
+    (fork,) = [e for e in session.trace.events if e.kind == "fork"]
+    assert len(fork.message) < 1000 and "".join(fork.fork.forced_texts) == "\x00" * 1100
+    save(session.trace, tmp_path / "fork.mltrace")
+    assert_equal(load(tmp_path / "fork.mltrace"), session.trace)
