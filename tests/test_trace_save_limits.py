@@ -176,18 +176,24 @@ def test_a_field_out_of_its_range_is_refused_by_save_naming_it(trace, tmp_path, 
     assert not isinstance(refused.value, TraceTooLarge) and target.read_bytes() == USERS_FILE
 
 
-def test_the_command_line_says_which_limit_in_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    """`python -m inspector record -o`: exit status 2, one line on stderr, no file (nor one left
-    half written beside it)."""
+@pytest.mark.parametrize("command", ["record", "replay"])
+def test_the_command_line_says_which_limit_in_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, command):
+    """`python -m inspector record -o` and `replay -o`: exit status 2, one line on stderr, no
+    file (nor one left half written beside it)."""
     model_dir, out = write_tiny_model(tmp_path / "model"), tmp_path / "out"
     out.mkdir()
-    capsys.readouterr()  # the model's writing progress
-    monkeypatch.setattr(tracefile, "MAX_JSON_ELEMENTS", 100)  # any recording is over it
-    status = inspector.__main__.main(["record", "--model", str(model_dir), "--prompt", "hello", "--max-tokens", "3",
-                                      "-o", str(out / "run.mltrace")])
+    recorded = tmp_path / "recorded.mltrace"
+    record = ["record", "--model", str(model_dir), "--prompt", "hello", "--prompt", "bye", "--max-tokens", "3"]
+    assert inspector.__main__.main([*record, "-o", str(recorded)]) == 0
+    capsys.readouterr()
+    # Just the recording's elements: it loads (a replay reads it), and a run of more steps is over.
+    limit = scan(member(recorded, "trace.json"))[1]
+    monkeypatch.setattr(tracefile, "MAX_JSON_ELEMENTS", limit - 1 if command == "record" else limit)
+    args = record if command == "record" else ["replay", str(recorded), "--model", str(model_dir), "--alone"]
+    status = inspector.__main__.main([*args, "-o", str(out / "run.mltrace")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert "elements, over the limit of 100; not saved" in err and "record fewer steps" in err
+    assert "elements, over the limit of" in err and "; not saved" in err and "record fewer steps" in err
     assert os.listdir(out) == []
 
 
