@@ -387,3 +387,22 @@ def test_a_trace_over_a_file_limit_is_neither_saved_nor_shared_and_the_tab_goes_
     monkeypatch.setattr(tracefile, "MAX_JSON_ELEMENTS", limit)
     manager.step(session)  # the tab goes on, and saves again
     assert len(load(handlers.save_trace(session.key)).steps) == steps + 1
+
+
+def test_a_saved_trace_over_the_upload_limit_is_downloaded_with_a_note_on_opening_it(base, monkeypatch):
+    """A session's attention stores may make a file larger than this server's --upload-mb (the
+    trace budget's default is twice it): the file is saved whole, and the page says how to open
+    it, since the server's own Open would refuse it."""
+    import webui.handlers
+
+    shown: list[str] = []
+    monkeypatch.setattr(webui.handlers.gr, "Warning", shown.append)
+    manager = SessionManager(base, Limits(upload_mb=1))
+    handlers = Handlers(manager)
+    session = manager.open_tab("a")
+    manager.add_prompts(session, ["What is 2 + 2?"], GREEDY, chat=True)
+    manager.step(session)  # the prompt's queries and keys, 30 layers of them: over 1 MiB
+    path = Path(handlers.save_trace(session.key))
+    assert path.stat().st_size > 2**20 and len(load(path).steps) == len(session.trace.steps)
+    assert len(shown) == 1 and "uploads of at most 1 MiB" in shown[0] and "app.py --trace" in shown[0]
+    assert str(handlers.downloads) not in shown[0]

@@ -483,6 +483,10 @@ class Handlers:
             return None
         session.forget_download()
         session.last_download = path
+        size, upload_mb = path.stat().st_size, self.manager.limits.upload_mb
+        if size > upload_mb * 2**20:  # saved whole, but this server's Open would refuse it
+            toast(f"saved a {size / 2**20:.1f} MiB trace; this server opens uploads of at most {upload_mb} MiB "
+                  "(--upload-mb): open it with python app.py --trace FILE, or python -m inspector show FILE")
         return str(path)
 
     def share_link(self, key: str, request: gr.Request) -> str:
