@@ -43,7 +43,7 @@ from safetensors.torch import save as save_safetensors
 
 from inspector.trace.arguments import file_path, instance, output_file, whole
 from inspector.trace.codec import decode, encode
-from inspector.trace.json_limits import check_bounds, parse
+from inspector.trace.json_limits import parse
 from inspector.trace.model import OLDEST_READABLE_VERSION, SCHEMA_VERSION, Trace, TraceError, TraceTooLarge
 from inspector.trace.replacing import replacing
 from inspector.trace.tensor_member import check_header, load_tensors
@@ -75,8 +75,8 @@ MAX_INFLATION = 16
 
 
 # What save() says when a trace is over a limit (TraceTooLarge names which): what shrinks one.
-SMALLER = ("load() refuses a file over a limit, so the trace is kept only as a smaller recording: record fewer "
-           "steps or requests, a smaller logits top-k, attention for fewer requests, or no logit lens")
+SMALLER = ("load() refuses a file over a limit: record fewer steps or requests, a smaller logits top-k, attention "
+           "for fewer requests, or no logit lens")
 
 
 def save(trace: Trace, path: str | Path) -> None:
@@ -106,25 +106,25 @@ def save(trace: Trace, path: str | Path) -> None:
 
 def _members(trace: Trace, path: Path) -> tuple[bytes, bytes]:
     """(trace.json, tensors.safetensors) of `trace`, each checked by the code load() checks the
-    file's with, cheapest first: the sizes, and the JSON's depth and elements counted on its
-    bytes, before anything is parsed (a trace over them is refused in a fraction of a second);
-    then the JSON parsed as load() parses it (what the file will say, not what the Python
-    objects said: a numpy number, a tuple), every field decoded (the tensors by reference, none
-    copied), and the parts' agreement."""
+    file's with, cheapest first: trace.json's size, then the JSON parsed as load() parses it,
+    which first counts its depth and elements on the bytes (a trace over them is refused before
+    a Python object is built, or a tensor copied), and reads what the file will say, not what
+    the Python objects said (a numpy number, a tuple); the tensors' header and the whole size;
+    every field decoded (the tensors by reference, none copied), and the parts' agreement."""
     name = Path(path.name)  # the messages name the file, not its folder (the server's, for the web UI)
     tensors: dict[str, torch.Tensor] = {}
     document = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "trace": encode(trace, tensors, "trace")}
     raw_json = _strict_json(document).encode()  # ASCII: json.dumps escapes the rest
     del document
     _check_sizes(name, len(raw_json), 0, DEFAULT_MAX_BYTES)
-    check_bounds(raw_json, f"{name}: {JSON_MEMBER}", MAX_JSON_DEPTH, MAX_JSON_ELEMENTS)
+    parsed = _parse_document(name, raw_json)
     raw_tensors = save_safetensors(tensors)
     check_header(raw_tensors, f"{name}: {TENSORS_MEMBER}")
     _check_sizes(name, len(raw_json), len(raw_tensors), DEFAULT_MAX_BYTES)
-    validate_trace(decode(Trace, _parse_document(name, raw_json)["trace"], tensors, "trace"))
-    for name, tensor in tensors.items():
+    validate_trace(decode(Trace, parsed["trace"], tensors, "trace"))
+    for tensor_name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise TraceError(f"{name} holds a NaN or an infinite value, which no trace file holds")
+            raise TraceError(f"{tensor_name} holds a NaN or an infinite value, which no trace file holds")
     return raw_json, raw_tensors
 
 
