@@ -323,11 +323,13 @@ def test_sequence_ids_load_up_to_the_bound_the_inspectors_calls_take(saved, tmp_
     made every redraw of the UI raise in Selection.)"""
     trace = load(saved)
     path = tmp_path / "ids.mltrace"
-    save(shifted(trace, Trace, MAX_SEQ_ID - max(trace.sequences) + over), path)  # save checks no range
-    if over:
+    shifted_trace = shifted(trace, Trace, MAX_SEQ_ID - max(trace.sequences) + over)
+    if over:  # save() checks the file by load()'s code: it writes none load() would refuse
         with pytest.raises(TraceError, match=r"seq_id: expected a number in \[0, 2,147,483,647\], got 2147483648"):
-            load(path)
+            save(shifted_trace, path)
+        assert not path.exists()
         return
+    save(shifted_trace, path)
     loaded = load(path)
     assert max(loaded.sequences) == MAX_SEQ_ID and len(loaded.sequences) == len(trace.sequences)
     steps = {0, len(loaded.steps) - 1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import html
 import time
+from pathlib import Path
 
 import pytest
 
@@ -354,3 +355,54 @@ def test_the_chat_box_starts_ticked_only_where_the_model_has_a_template(tmp_path
     app = build_app(SessionManager(base, Limits()))
     [chat] = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "ml-chat"]
     assert chat.value is template
+
+
+def test_a_trace_over_a_file_limit_is_neither_saved_nor_shared_and_the_tab_goes_on(base, monkeypatch):
+    """Save trace and Share link write a .mltrace: a trace load() would refuse is refused
+    there, with the limit named in the page, and the session, its run and its last download
+    stay as they were (inspector.save checks the file by load()'s own code)."""
+    import webui.handlers
+    from inspector.trace import tracefile
+
+    shown: list[str] = []
+    monkeypatch.setattr(webui.handlers.gr, "Warning", shown.append)
+    manager = SessionManager(base, Limits())
+    handlers = Handlers(manager)
+    session = manager.open_tab("a")
+    manager.add_prompts(session, ["What is 2 + 2?"], GREEDY, chat=True)
+    manager.step(session)
+    first = handlers.save_trace(session.key)
+    trace, steps = session.trace, len(session.trace.steps)
+
+    limit = tracefile.MAX_JSON_ELEMENTS
+    monkeypatch.setattr(tracefile, "MAX_JSON_ELEMENTS", 100)  # the run is over it
+    assert handlers.save_trace(session.key) is None and handlers.share_link(session.key, None) == ""
+    assert len(shown) == 2 and shown[1].startswith("not shared: ")
+    for message in shown:
+        assert "elements, over the limit of 100; not saved" in message and "record fewer steps" in message
+        assert str(handlers.downloads) not in message and "/tmp" not in message  # the server's paths stay there
+    assert session.trace is trace and len(trace.steps) == steps and session.last_download == Path(first)
+    assert [p.parent for p in handlers.downloads.glob("*/*")] == [Path(first).parent]  # no file, no folder left
+
+    monkeypatch.setattr(tracefile, "MAX_JSON_ELEMENTS", limit)
+    manager.step(session)  # the tab goes on, and saves again
+    assert len(load(handlers.save_trace(session.key)).steps) == steps + 1
+
+
+def test_a_saved_trace_over_the_upload_limit_is_downloaded_with_a_note_on_opening_it(base, monkeypatch):
+    """A session's attention stores may make a file larger than this server's --upload-mb (the
+    trace budget's default is twice it): the file is saved whole, and the page says how to open
+    it, since the server's own Open would refuse it."""
+    import webui.handlers
+
+    shown: list[str] = []
+    monkeypatch.setattr(webui.handlers.gr, "Warning", shown.append)
+    manager = SessionManager(base, Limits(upload_mb=1))
+    handlers = Handlers(manager)
+    session = manager.open_tab("a")
+    manager.add_prompts(session, ["What is 2 + 2?"], GREEDY, chat=True)
+    manager.step(session)  # the prompt's queries and keys, 30 layers of them: over 1 MiB
+    path = Path(handlers.save_trace(session.key))
+    assert path.stat().st_size > 2**20 and len(load(path).steps) == len(session.trace.steps)
+    assert len(shown) == 1 and "uploads of at most 1 MiB" in shown[0] and "app.py --trace" in shown[0]
+    assert str(handlers.downloads) not in shown[0]

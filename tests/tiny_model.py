@@ -16,12 +16,14 @@ TINY = dict(
 CHAT_TEMPLATE = "{% for m in messages %}[{{ m.content }}]{% endfor %}"
 
 
-def write_tiny_model(path: Path, tokenizer: bool = True, seed: int = 0) -> Path:
+def write_tiny_model(path: Path, tokenizer: bool = True, seed: int = 0, **settings: int) -> Path:
     """config.json + model.safetensors (+ tokenizer files) under `path`, no EOS token; the
-    weights drawn from `seed` (another seed: another model of the same shape)."""
+    weights drawn from `seed` (another seed: another model of the same shape); `settings`
+    override TINY's (max_position_embeddings=2048: a longer context)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**TINY, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(**{**TINY, **settings}, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
+                         pad_token_id=None)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
     if tokenizer:

@@ -477,12 +477,16 @@ class Handlers:
         try:
             with session.hold():
                 save(trace, path)
-        except SessionBusy as busy:
+        except (SessionBusy, TraceError) as refused:  # busy, or too large for a file load() opens
             shutil.rmtree(folder, ignore_errors=True)
-            toast(str(busy))
+            toast(str(refused))
             return None
         session.forget_download()
         session.last_download = path
+        size, upload_mb = path.stat().st_size, self.manager.limits.upload_mb
+        if size > upload_mb * 2**20:  # saved whole, but this server's Open would refuse it
+            toast(f"saved a {size / 2**20:.1f} MiB trace; this server opens uploads of at most {upload_mb} MiB "
+                  "(--upload-mb): open it with python app.py --trace FILE, or python -m inspector show FILE")
         return str(path)
 
     def share_link(self, key: str, request: gr.Request) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from inspector import Trace, load, save
+from inspector import Trace, TraceError, load, save
 
 
 def link_host(asked_as: str, shared_as: str | None) -> str:
@@ -80,7 +80,10 @@ class Shares:
         ValueError when it is too large to keep."""
         with tempfile.TemporaryDirectory(prefix="minillama-share-") as folder:
             path = Path(folder) / "snapshot.mltrace"
-            save(trace, path)
+            try:
+                save(trace, path)
+            except TraceError as error:  # over a limit of the file a snapshot is (the message says which)
+                raise ValueError(f"not shared: {error}") from None
             size = path.stat().st_size
             if size > self.client_bytes:
                 raise ValueError(f"the trace is {size / 2**20:.0f} MiB, too large to share (the limit is "

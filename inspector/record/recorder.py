@@ -234,7 +234,7 @@ class Recorder(Observer):
                           [self._token_text(t) for t in forced], event.cause, event.prefix,
                           list(event.shared_block_ids), copy)
         chose = {"user": "forced by the user", "sample": "drawn for a sample", "beam": "kept by the beam search"}
-        texts = "".join(fork.forced_texts)
+        texts = _clipped("".join(fork.forced_texts))  # all of them are in the fork record
         message = (f"#{event.child_id} <- #{event.parent_id} at token {event.position}: {texts!r} "
                    f"({chose[event.cause]}); " + _prefix_words(fork))
         self._trace.events.append(Event(self.num_steps, "fork", message, event.child_id, fork=fork))
@@ -397,6 +397,16 @@ class Recorder(Observer):
             StepRecord(step.index, result.step, step.schedule, tokens, step.kv, timings, step.attention_seqs,
                        layer_hooks=step.layer_hooks)
         )
+
+
+# The forced text an event's message quotes, at most: a message is one line of a panel, held to
+# MAX_LINE_TEXT by the trace file, and a fork may force thousands of tokens (4,000 characters of
+# "Fork with text", repr-escaped, made a message the file refused).
+QUOTED_TEXT = 60
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= QUOTED_TEXT else text[: QUOTED_TEXT - 1] + "…"
 
 
 def _prefix_words(fork: ForkRecord) -> str:

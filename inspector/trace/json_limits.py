@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.trace.model import TraceError
+from inspector.trace.model import TraceError, TraceTooLarge
 
 CHUNK = 2**20
 # Byte classes for the scan: one table lookup per byte instead of a comparison per character.
@@ -38,11 +38,7 @@ _CLASSES[[ord(","), ord(":")]] = SEPARATOR
 def parse(raw: bytes, what: str, max_depth: int, max_elements: int) -> Any:
     """The JSON value of `raw` (UTF-8); TraceError naming `what` when it is not JSON, or nests
     deeper than max_depth, or holds more than max_elements elements (see the module docstring)."""
-    depth, elements = scan(raw)
-    if depth > max_depth:
-        raise TraceError(f"{what} nests {depth:,} levels deep, over the limit of {max_depth}")
-    if elements > max_elements:
-        raise TraceError(f"{what} holds {elements:,} elements, over the limit of {max_elements:,}")
+    check_bounds(raw, what, max_depth, max_elements)
     try:
         text = raw.decode("utf-8")  # strict: json.loads would also guess UTF-16 and UTF-32
     except UnicodeDecodeError as exc:
@@ -51,6 +47,17 @@ def parse(raw: bytes, what: str, max_depth: int, max_elements: int) -> Any:
         return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_object_without_repeats)
     except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
         raise TraceError(f"{what} is not valid JSON: {exc}") from None
+
+
+def check_bounds(raw: bytes, what: str, max_depth: int, max_elements: int) -> None:
+    """TraceTooLarge naming `what` when the JSON text `raw` nests deeper than max_depth or holds
+    more than max_elements elements: what parse() refuses before parsing, and what save()
+    refuses before writing a text that load() would not parse."""
+    depth, elements = scan(raw)
+    if depth > max_depth:
+        raise TraceTooLarge(f"{what} nests {depth:,} levels deep, over the limit of {max_depth}")
+    if elements > max_elements:
+        raise TraceTooLarge(f"{what} holds {elements:,} elements, over the limit of {max_elements:,}")
 
 
 def scan(raw: bytes) -> tuple[int, int]:

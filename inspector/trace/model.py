@@ -87,6 +87,12 @@ class TraceError(ValueError):
     cannot be written: its path a folder, a device or in no folder, a trace holding a NaN."""
 
 
+class TraceTooLarge(TraceError):
+    """A trace over one of the limits a trace file is held to (its JSON's bytes, elements and
+    depth, its tensors' count and bytes, the sizes the views allocate by): load() refuses such a
+    file, and save() refuses to write one, checking the limit by the same code."""
+
+
 class NotRecorded(LookupError):
     """The trace does not hold what was asked: a sequence not traced, a layer not captured,
     capture dropped by the memory budget, or a query that came from the prefix cache."""

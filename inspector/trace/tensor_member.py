@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from inspector.trace.json_limits import parse
-from inspector.trace.model import TraceError
+from inspector.trace.model import TraceError, TraceTooLarge
 from minillama import is_int
 
 # A trace holds 8 tensors a step (its KV snapshot) and 3 a traced sequence (Q, K, q_step):
@@ -34,6 +34,17 @@ MAX_DIMS, MAX_DIM = 4, 2**31 - 1
 def load_tensors(raw: bytes, what: str) -> dict[str, torch.Tensor]:
     """The tensors of the safetensors file `raw`; TraceError naming `what` when it is damaged,
     holds too many tensors, or one of a dtype no trace has."""
+    check_header(raw, what)
+    try:
+        return load_safetensors(raw)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
+        raise TraceError(f"{what} is damaged: {str(exc)[:200]}") from None
+
+
+def check_header(raw: bytes, what: str) -> None:
+    """The header of the safetensors file `raw`, checked before any tensor is built: what
+    load_tensors() refuses, and what save() refuses before writing (TraceTooLarge for a count
+    over MAX_TENSORS, TraceError for the rest)."""
     size = int.from_bytes(raw[:8], "little")
     if len(raw) < 8 or size > len(raw) - 8:
         raise TraceError(f"{what} is damaged: its header length {size:,} exceeds the file")
@@ -43,7 +54,7 @@ def load_tensors(raw: bytes, what: str) -> dict[str, torch.Tensor]:
         raise TraceError(f"{what} is damaged: its header is not an object")
     entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
     if len(entries) > MAX_TENSORS:
-        raise TraceError(f"{what} holds {len(entries):,} tensors, over the limit of {MAX_TENSORS:,}")
+        raise TraceTooLarge(f"{what} holds {len(entries):,} tensors, over the limit of {MAX_TENSORS:,}")
     for name, entry in entries.items():
         dtype = entry.get("dtype") if isinstance(entry, dict) else None
         if dtype not in DTYPES:
@@ -54,7 +65,3 @@ def load_tensors(raw: bytes, what: str) -> dict[str, torch.Tensor]:
         if not (isinstance(shape, list) and len(shape) <= MAX_DIMS
                 and all(is_int(d) and 0 <= d <= MAX_DIM for d in shape)):
             raise TraceError(f"{what}: tensor {name[:60]!r} has shape {str(shape)[:40]}, which no trace holds")
-    try:
-        return load_safetensors(raw)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
-        raise TraceError(f"{what} is damaged: {str(exc)[:200]}") from None

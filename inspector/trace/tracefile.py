@@ -23,6 +23,11 @@ first problem. In the order it checks:
   (tensor_member.py);
 - every field's type, enum value and range (codec.py against trace.py's schema); every tensor
   referenced, and no other; then that the parts agree (validate.py).
+
+save() checks the file it is about to write by the same functions (one definition of each
+limit), so that what it writes load() opens again: a trace over a limit (TraceTooLarge) or with a
+field load() would refuse is refused before anything is written. The zip's own shape (two
+members, stored or deflated, nothing around them) holds by how save() writes it.
 """
 
 from __future__ import annotations
@@ -39,9 +44,9 @@ from safetensors.torch import save as save_safetensors
 from inspector.trace.arguments import file_path, instance, output_file, whole
 from inspector.trace.codec import decode, encode
 from inspector.trace.json_limits import parse
-from inspector.trace.model import OLDEST_READABLE_VERSION, SCHEMA_VERSION, Trace, TraceError
+from inspector.trace.model import OLDEST_READABLE_VERSION, SCHEMA_VERSION, Trace, TraceError, TraceTooLarge
 from inspector.trace.replacing import replacing
-from inspector.trace.tensor_member import load_tensors
+from inspector.trace.tensor_member import check_header, load_tensors
 from inspector.trace.validate import validate_trace
 from inspector.trace.zip_members import CHUNK, check_nothing_around, open_zip, read_member
 
@@ -69,30 +74,70 @@ MAX_JSON_DEPTH = 32  # the schema nests 9 deep
 MAX_INFLATION = 16
 
 
+# What save() says when a trace is over a limit (TraceTooLarge names which): what shrinks one.
+SMALLER = ("load() refuses a file over a limit: record fewer steps or requests, a smaller logits top-k, attention "
+           "for fewer requests, or no logit lens")
+
+
 def save(trace: Trace, path: str | Path) -> None:
     """Write `trace` to `path` (atomically: a crash never leaves half a file behind).
 
-    Refused before anything is written: ArgumentError for a `trace` that is no Trace or a `path`
-    that is no file path; TraceError for a path where no file can be written (a folder, a
-    device, in a folder that does not exist), and, naming the field, for a trace load() would
-    refuse (a NaN or an infinite number, a record left incomplete): a file that could not be
-    opened again."""
+    What it writes, load() reads back equal: the file is checked, before anything is written, by
+    the code load() checks it with (_members). Refused, leaving `path` as it was: ArgumentError
+    for a `trace` that is no Trace or a `path` that is no file path; TraceError for a path where
+    no file can be written (a folder, a device, in a folder that does not exist), and, naming
+    the field, for a trace load() would refuse (a NaN or an infinite number, a record left
+    incomplete, a value out of its field's range); TraceTooLarge, naming the limit and saying
+    what shrinks a recording, for a trace over one of the file's limits."""
     instance(trace, Trace, "trace")
     path = output_file(path)
-    try:  # what load() would refuse (a record left half made by a Ctrl-C): no file it cannot open
-        validate_trace(trace)
+    try:
+        raw_json, raw_tensors = _members(trace, path)
+    except TraceTooLarge as error:
+        raise TraceTooLarge(f"{error}; not saved: {SMALLER}") from None
     except TraceError as error:
         raise TraceError(f"{error}; not saved") from None
+    with replacing(path) as partial, zipfile.ZipFile(partial, "x") as zf:
+        zf.writestr(JSON_MEMBER, raw_json, compress_type=zipfile.ZIP_DEFLATED)
+        # Q/K values barely compress; the int arrays are small. Stored, the file saves fast (and
+        # its tensors member is within MAX_INFLATION of its packed size: 1x).
+        zf.writestr(TENSORS_MEMBER, raw_tensors, compress_type=zipfile.ZIP_STORED)
+
+
+def _members(trace: Trace, path: Path) -> tuple[bytes, bytes]:
+    """(trace.json, tensors.safetensors) of `trace`, each checked by the code load() checks the
+    file's with, cheapest first: trace.json's size, then the JSON parsed as load() parses it,
+    which first counts its depth and elements on the bytes (a trace over them is refused before
+    a Python object is built, or a tensor copied), and reads what the file will say, not what
+    the Python objects said (a numpy number, a tuple); the tensors' header and the whole size;
+    every field decoded (the tensors by reference, none copied), and the parts' agreement."""
+    name = Path(path.name)  # the messages name the file, not its folder (the server's, for the web UI)
     tensors: dict[str, torch.Tensor] = {}
     document = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "trace": encode(trace, tensors, "trace")}
-    text = _strict_json(document)
-    for name, tensor in tensors.items():
+    raw_json = _strict_json(document).encode()  # ASCII: json.dumps escapes the rest
+    del document
+    _check_sizes(name, len(raw_json), 0, DEFAULT_MAX_BYTES)
+    parsed = _parse_document(name, raw_json)
+    raw_tensors = save_safetensors(tensors)
+    check_header(raw_tensors, f"{name}: {TENSORS_MEMBER}")
+    _check_sizes(name, len(raw_json), len(raw_tensors), DEFAULT_MAX_BYTES)
+    validate_trace(decode(Trace, parsed["trace"], tensors, "trace"))
+    for tensor_name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise TraceError(f"{name} holds a NaN or an infinite value, which no trace file holds; not saved")
-    with replacing(path) as partial, zipfile.ZipFile(partial, "x") as zf:
-        zf.writestr(JSON_MEMBER, text, compress_type=zipfile.ZIP_DEFLATED)
-        # Q/K values barely compress; the int arrays are small. Stored, the file saves fast.
-        zf.writestr(TENSORS_MEMBER, save_safetensors(tensors), compress_type=zipfile.ZIP_STORED)
+            raise TraceError(f"{tensor_name} holds a NaN or an infinite value, which no trace file holds")
+    return raw_json, raw_tensors
+
+
+def _check_sizes(path: Path, json_size: int, tensors_size: int, max_bytes: int) -> None:
+    """The members' unpacked sizes against max_bytes (both together) and MAX_JSON_BYTES
+    (trace.json's own): load() checks a file's declared sizes with it, save() the bytes it writes."""
+    unpacked = json_size + tensors_size
+    if unpacked > max_bytes:
+        raise TraceTooLarge(f"{path} is too large: it would unpack to {unpacked:,} bytes, over the limit of "
+                            f"{max_bytes:,} bytes")
+    if json_size > MAX_JSON_BYTES:
+        raise TraceTooLarge(f"{path} is too large: its {JSON_MEMBER} would unpack to {json_size:,} bytes, over the "
+                            f"limit of {MAX_JSON_BYTES:,} bytes")
 
 
 def _strict_json(document: dict) -> str:
@@ -105,7 +150,7 @@ def _strict_json(document: dict) -> str:
         if found is None:  # not a number's fault (a reference cycle): its own message says what
             raise
         where, value = found
-        raise TraceError(f"{where} is {value!r}, not a finite number, which no trace file holds; not saved") from None
+        raise TraceError(f"{where} is {value!r}, not a finite number, which no trace file holds") from None
 
 
 def _non_finite(value: object, path: str) -> tuple[str, float] | None:
@@ -132,13 +177,7 @@ def load(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
             # save() stores it; a small file must not make load() hold gigabytes it does not contain.
             raise TraceError(f"{path}: {TENSORS_MEMBER} would inflate {tensors_info.compress_size:,} bytes to "
                              f"{tensors_info.file_size:,}, more than {MAX_INFLATION}x; a trace stores it uncompressed")
-        unpacked = json_info.file_size + tensors_info.file_size
-        if unpacked > max_bytes:
-            raise TraceError(f"{path} is too large: it would unpack to {unpacked:,} bytes, over the limit of "
-                             f"{max_bytes:,} bytes")
-        if json_info.file_size > MAX_JSON_BYTES:
-            raise TraceError(f"{path} is too large: its {JSON_MEMBER} would unpack to {json_info.file_size:,} bytes, "
-                             f"over the limit of {MAX_JSON_BYTES:,} bytes")
+        _check_sizes(path, json_info.file_size, tensors_info.file_size, max_bytes)
         raw_json = read_member(zf, json_info, f"{path}: {JSON_MEMBER}")
         raw_tensors = read_member(zf, tensors_info, f"{path}: {TENSORS_MEMBER}")
     document = _parse_document(path, raw_json)

@@ -35,6 +35,7 @@ from inspector.trace.model import (
     StepRecord,
     Trace,
     TraceError,
+    TraceTooLarge,
 )
 from inspector.trace.validate_arrays import check_kv, check_stores
 from minillama import InvalidRequestError, SamplingParams
@@ -51,11 +52,11 @@ def validate_trace(trace: Trace) -> None:
         raise TraceError("model: weights_fingerprint must be 16 hexadecimal digits (0-9, a-f)")
     cells = len(trace.sequences) * len(trace.steps)
     if cells > MAX_TIMELINE_CELLS:
-        raise TraceError(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "
+        raise TraceTooLarge(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "
                          f"cells, over the limit of {MAX_TIMELINE_CELLS:,}")
     tokens = sum(len(seq.prompt_ids) + len(seq.output_ids) for seq in trace.sequences.values())
     if tokens > MAX_TOKENS:
-        raise TraceError(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
+        raise TraceTooLarge(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
     checked_params: set[tuple] = set()
     for seq_id, seq in trace.sequences.items():
         _check_sequence(trace, seq_id, seq, checked_params)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from inspector.trace.bounds import MAX_SNAPSHOT_BLOCKS, MAX_STORE_POSITIONS
-from inspector.trace.model import AttentionStore, KVSnapshot, Trace, TraceError
+from inspector.trace.model import AttentionStore, KVSnapshot, Trace, TraceError, TraceTooLarge
 
 KV_DTYPES = {
     "block_ids": torch.int32, "ref_count": torch.int32, "fill": torch.int32, "cached": torch.bool, "hit": torch.bool,
@@ -33,7 +33,7 @@ def check_kv(trace: Trace, index: int, kv: KVSnapshot) -> None:
                          f"free {kv.num_cached_free}) do not fit the engine's pool of {num_blocks} blocks")
     ids = kv.block_ids
     if max(ids.numel(), kv.table_blocks.numel()) > MAX_SNAPSHOT_BLOCKS:
-        raise TraceError(f"{where}: the KV snapshot records {ids.numel():,} blocks and {kv.table_blocks.numel():,} "
+        raise TraceTooLarge(f"{where}: the KV snapshot records {ids.numel():,} blocks and {kv.table_blocks.numel():,} "
                          f"block-table entries, over the limit of {MAX_SNAPSHOT_BLOCKS:,}")
     for name in KV_PER_BLOCK:
         if getattr(kv, name).shape != ids.shape:
@@ -89,9 +89,10 @@ def _check_store(trace: Trace, seq_id: int, store: AttentionStore, computed: lis
         raise TraceError(f"{where}: q is {store.q.dtype} and k {store.k.dtype}, the model's cache {m.dtype}")
     if len(set(store.layers)) != layers or not all(layer < m.num_layers for layer in store.layers):
         raise TraceError(f"{where}: layers {store.layers[:10]} must be distinct layers of the model's {m.num_layers}")
-    if length > min(len(seq.prompt_ids) + len(seq.output_ids), MAX_STORE_POSITIONS):
-        raise TraceError(f"{where}: {length:,} positions, more than the sequence's tokens or the limit of "
-                         f"{MAX_STORE_POSITIONS:,}")
+    if length > len(seq.prompt_ids) + len(seq.output_ids):
+        raise TraceError(f"{where}: {length:,} positions, more than the sequence's tokens")
+    if length > MAX_STORE_POSITIONS:
+        raise TraceTooLarge(f"{where}: {length:,} positions, over the limit of {MAX_STORE_POSITIONS:,}")
     if store.q_step.dtype != torch.int32 or store.q_step.shape != (length,):
         raise TraceError(f"{where}: q_step must be int32 [{length}]")
     # Each recorded query's step must have computed its position: find the step among those
