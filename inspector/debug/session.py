@@ -134,7 +134,8 @@ class DebugSession:
     def run(self, until: Iterable[Breakpoint] | Breakpoint = (), max_steps: int | None = None) -> RunResult:
         """Step until a breakpoint fires (all are checked after each step; the result names
         every one that fired there, in the order given), no request is left, or max_steps
-        steps have run (None: no limit); the cursor moves to the last step. `until`: breakpoint instances, in a list or any iterable, or a single one.
+        steps have run (None: no limit); the cursor moves to the last step. `until`:
+        breakpoint instances, in a list or any iterable, or a single one.
         ArgumentError, before any step, for anything else there or a max_steps that is not
         an integer >= 1."""
         steps = self.run_iter(until, max_steps)

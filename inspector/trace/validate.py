@@ -8,8 +8,8 @@ trace finds what it looks for, and nothing they draw is nonsense:
   ids below the vocabulary size, layers below the model's count;
 - what is recorded twice says the same: a sequence's output_ids and token_steps against the
   tokens of those steps, its text against their text deltas, its num_preemptions against the
-  steps that preempted it, the block table a step ran it with against the step's KV snapshot; the tokens of a step against the sequences it scheduled to sample; a
-  sequence's arrival, prune and fork against its events (which a replay acts on), once each;
+  steps that preempted it, the block table a step ran it with against the step's KV snapshot;
+  the tokens of a step against the sequences it scheduled to sample; a sequence's arrival, prune and fork against its events (which a replay acts on), once each;
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), and ends with the token that says it finished;
 - the arrays (validate_arrays.py) have the dtypes and shapes the model and the pool imply;
@@ -53,7 +53,7 @@ def validate_trace(trace: Trace) -> None:
     cells = len(trace.sequences) * len(trace.steps)
     if cells > MAX_TIMELINE_CELLS:
         raise TraceTooLarge(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "
-                         f"cells, over the limit of {MAX_TIMELINE_CELLS:,}")
+                            f"cells, over the limit of {MAX_TIMELINE_CELLS:,}")
     tokens = sum(len(seq.prompt_ids) + len(seq.output_ids) for seq in trace.sequences.values())
     if tokens > MAX_TOKENS:
         raise TraceTooLarge(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")

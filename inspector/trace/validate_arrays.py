@@ -34,7 +34,7 @@ def check_kv(trace: Trace, index: int, kv: KVSnapshot) -> None:
     ids = kv.block_ids
     if max(ids.numel(), kv.table_blocks.numel()) > MAX_SNAPSHOT_BLOCKS:
         raise TraceTooLarge(f"{where}: the KV snapshot records {ids.numel():,} blocks and {kv.table_blocks.numel():,} "
-                         f"block-table entries, over the limit of {MAX_SNAPSHOT_BLOCKS:,}")
+                            f"block-table entries, over the limit of {MAX_SNAPSHOT_BLOCKS:,}")
     for name in KV_PER_BLOCK:
         if getattr(kv, name).shape != ids.shape:
             raise TraceError(f"{where}: kv.{name} has shape {tuple(getattr(kv, name).shape)}, "
