@@ -9,7 +9,8 @@ trace finds what it looks for, and nothing they draw is nonsense:
 - what is recorded twice says the same: a sequence's output_ids and token_steps against the
   tokens of those steps, its text against their text deltas, its num_preemptions against the
   steps that preempted it, the block table a step ran it with against the step's KV snapshot;
-  the tokens of a step against the sequences it scheduled to sample; a sequence's arrival, prune and fork against its events (which a replay acts on), once each;
+  the tokens of a step against the sequences it scheduled to sample; a sequence's arrival,
+  prune and fork against its events (which a replay acts on), once each;
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), and ends with the token that says it finished;
 - the arrays (validate_arrays.py) have the dtypes and shapes the model and the pool imply;
