@@ -169,6 +169,18 @@ class UISession:
         return self.debug.trace if self.debug is not None else None
 
     @property
+    def past_file_limit(self) -> str | None:
+        """When the live recording has passed a limit of a trace file, what to tell the user
+        (the limit, and what to do); else None. Said as soon as the step that passed it is
+        drawn, not first at Save trace or Share link, which will refuse the run."""
+        limit = self.debug.recorder.file_limit() if self.live else None
+        if limit is None:
+            return None
+        return (f"this run is past what a trace file may hold ({limit}): it goes on and keeps every step, but Save "
+                f"trace and Share link will refuse it; for a run you can save, Reset and record fewer steps or "
+                f"requests, a smaller logits top-k, attention for fewer requests, or no logit lens")
+
+    @property
     def live(self) -> bool:
         """Can this session step an engine? (False while it shows an opened trace.)"""
         return self.opened is None and self.debug is not None

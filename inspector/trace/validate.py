@@ -55,13 +55,7 @@ def validate_trace(trace: Trace) -> None:
                          f"{m.num_kv_heads} kv heads")
     if m.weights_fingerprint is not None and not re.fullmatch("[0-9a-f]{16}", m.weights_fingerprint):
         raise TraceError("model: weights_fingerprint must be 16 hexadecimal digits (0-9, a-f)")
-    cells = len(trace.sequences) * len(trace.steps)
-    if cells > MAX_TIMELINE_CELLS:
-        raise TraceTooLarge(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "
-                            f"cells, over the limit of {MAX_TIMELINE_CELLS:,}")
-    tokens = sum(len(seq.prompt_ids) + len(seq.output_ids) for seq in trace.sequences.values())
-    if tokens > MAX_TOKENS:
-        raise TraceTooLarge(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
+    check_view_sizes(trace)
     checked_params: set[tuple] = set()
     for seq_id, seq in trace.sequences.items():
         _check_sequence(trace, seq_id, seq, checked_params)
@@ -80,6 +74,19 @@ def validate_trace(trace: Trace) -> None:
     if recorded != sum(len(step.tokens) for step in trace.steps):
         raise TraceError("the steps hold tokens that no sequence's token_steps lists")
     check_stores(trace)
+
+
+def check_view_sizes(trace: Trace) -> None:
+    """TraceTooLarge when the views would draw more than bounds.py lets them: timeline cells
+    (sequences x steps) and token chips (every sequence's tokens). Also what
+    inspector/trace/file_meter.py says of a recording that grows past them."""
+    cells = len(trace.sequences) * len(trace.steps)
+    if cells > MAX_TIMELINE_CELLS:
+        raise TraceTooLarge(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "
+                            f"cells, over the limit of {MAX_TIMELINE_CELLS:,}")
+    tokens = sum(len(seq.prompt_ids) + len(seq.output_ids) for seq in trace.sequences.values())
+    if tokens > MAX_TOKENS:
+        raise TraceTooLarge(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
 
 
 def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord, checked_params: set[tuple]) -> None:
