@@ -30,6 +30,8 @@ import json
 import threading
 from dataclasses import dataclass
 
+import torch
+
 from inspector.trace import tensor_member, tracefile
 from inspector.trace.codec import encode
 from inspector.trace.json_limits import check_counts, scan
@@ -102,6 +104,7 @@ class FileMeter:
             self._trace, self._steps, self._events, self._last, self._passed = trace, [], [], None, None
 
     def _check(self, trace: Trace) -> None:
+        """TraceTooLarge for the first limit `trace` is past, checked by save()'s and load()'s code."""
         new_steps = trace.steps[len(self._steps):]
         size = self._size(trace)  # first: it counts the new steps
         for step in new_steps:
@@ -109,9 +112,8 @@ class FileMeter:
         for seq_id, store in trace.attention.items():
             check_store_length(store.length, f"attention store of sequence {seq_id}")
         check_view_sizes(trace)
-        if size.json_bytes > tracefile.MAX_JSON_BYTES or size.unpacked_bound > tracefile.DEFAULT_MAX_BYTES:
-            tracefile.check_member_sizes("the trace file", size.json_bytes,
-                                         size.unpacked_bound - size.json_bytes, tracefile.DEFAULT_MAX_BYTES)
+        tracefile.check_member_sizes("the trace file", size.json_bytes, size.unpacked_bound - size.json_bytes,
+                                     tracefile.DEFAULT_MAX_BYTES)
         # The depth is the schema's (9 levels), whatever the run: only the elements grow.
         check_counts(0, size.elements, WHAT, tracefile.MAX_JSON_DEPTH, tracefile.MAX_JSON_ELEMENTS)
         tensor_member.check_tensor_count(size.tensors, f"the trace file's {tracefile.TENSORS_MEMBER}")
@@ -121,9 +123,11 @@ class FileMeter:
             self._steps.append(_measured(trace.steps[i], f"trace.steps.{i}"))
         for i in range(len(self._events), len(trace.events)):
             self._events.append(_measured(trace.events[i], f"trace.events.{i}"))
-        rest = dataclasses.replace(trace, steps=[], events=[])  # the lists' brackets counted here
+        # The rest of the document, with the two lists empty: their brackets are counted here.
+        tensors: dict[str, torch.Tensor] = {}
+        rest = encode(dataclasses.replace(trace, steps=[], events=[]), tensors, "trace")
         document = {"format": tracefile.FORMAT, "schema_version": SCHEMA_VERSION, "trace": rest}
-        return _measured(document, "") + _joined(self._steps) + _joined(self._events)
+        return _size_of(document, tensors) + _joined(self._steps) + _joined(self._events)
 
 
 def _joined(parts: list[FileSize]) -> FileSize:
@@ -137,12 +141,13 @@ def _joined(parts: list[FileSize]) -> FileSize:
 def _measured(value: object, path: str) -> FileSize:
     """The size of `value` in the file, encoded at `path` as save() encodes it there (the path
     names its tensors, and the names are in the JSON)."""
-    tensors: dict = {}
-    if path:
-        encoded = encode(value, tensors, path)
-    else:  # the document: its trace encoded at "trace", as save() does
-        encoded = {**value, "trace": encode(value["trace"], tensors, "trace")}  # type: ignore[index, dict-item]
-    # As save() writes it (a NaN, which save() refuses as no number, is counted as written).
+    tensors: dict[str, torch.Tensor] = {}
+    return _size_of(encode(value, tensors, path), tensors)
+
+
+def _size_of(encoded: object, tensors: dict[str, torch.Tensor]) -> FileSize:
+    """The size of an encoded value and its tensors, the JSON as save() writes it (a NaN, which
+    save() refuses as no number, is counted as written)."""
     raw = json.dumps(encoded, separators=tracefile.JSON_SEPARATORS).encode()
     return FileSize(scan(raw)[1], len(raw), len(tensors), sum(t.nbytes for t in tensors.values()),
                     sum(len(name) for name in tensors))
