@@ -225,7 +225,7 @@ def renumbered_sequence(document):
         (first_sequence(lambda seq: seq["prompt_ids"].__setitem__(0, 256)), "prompt_ids: token id 256 is past the vocabulary"),
         (first_sequence(lambda seq: seq.update(traced=False)), "names a sequence that is not traced"),
         (first_token_of_last_sequence_finishes, "a token before its last says the sequence finished"),
-        (first_sampler_does_not_sample, r"its tokens belong to sequences \[\d+\], but it scheduled \[\] to sample"),
+        (first_sampler_does_not_sample, "does not sample; a sequence samples exactly when a step computes its last token"),
         (renumbered_sequence, "key '00' is not an integer"),
         (set_key(["trace", "events", 0, "step"], 10**6), "past the trace's"),
         (set_key(["trace", "events", 0, "seq_id"], None), "names no sequence of the trace"),

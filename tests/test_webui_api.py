@@ -89,15 +89,15 @@ def test_prompt_text_is_escaped(url):
         (("Hi", True, 0, 0.0, 1.0, 0, "", 1, 1), "max tokens must be a whole number &gt;= 1"),
         (("Hi", True, 8, -1.0, 1.0, 0, "", 1, 1), "temperature must be"),
         (("Hi", True, 8, 0.0, 1.5, 0, "", 1, 1), "top_p must be in (0, 1]"),
-        (("Hi", True, 257, 0.0, 1.0, 0, "", 1, 1), "over this server&#39;s limit of 256"),
+        (("Hi", True, 257, 0.0, 1.0, 0, "", 1, 1), "prompt 1 asks for 257 new tokens; this server allows 256 (--max-new-tokens)"),
         (("word " * 300, False, 8, 0.0, 1.0, 0, "", 1, 1), "max_model_len is 256"),
         (("word " * 1000, False, 8, 0.0, 1.0, 0, "", 1, 1), "prompt 1 has 4999 characters; the limit is 4000"),
         (("Hi", True, 8, 0.0, 1.0, 0, "-3", 1, 1), "seed must be a whole number &gt;= 0"),
         (("Hi", True, 8, 0.0, 1.0, 0, "", 0, 1), "samples must be a whole number &gt;= 1, got 0"),
-        (("Hi", True, 8, 0.0, 1.0, 0, "", 9, 1), "9 samples of a prompt is over this server&#39;s limit of 8"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 9, 1), "prompt 1 asks for 9 samples; this server allows 8"),
         (("Hi", True, 8, 0.0, 1.0, 0, "", 1, -2), "beam width must be a whole number &gt;= 1, got -2"),
         (("Hi", True, 8, 0.0, 1.0, 0, "", 2, 3), "samples (2) and beam width (3) cannot both be above 1"),
-        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, 9), "beam width 9 is over this server&#39;s limit of 8"),
+        (("Hi", True, 8, 0.0, 1.0, 0, "", 1, 9), "prompt 1 asks for 9 beams; this server allows 8"),
     ],
 )
 def test_bad_input_gives_a_message_and_changes_nothing(url, inputs, message):

@@ -289,36 +289,6 @@ def test_a_trace_files_block_size_cannot_size_a_replays_pool_past_the_memory_lim
     assert session.trace.engine.block_size == 2**16 and session.opened_name == "wide.mltrace"
 
 
-def _roots_more(trace, count: int) -> None:
-    """`count` more requests like the first (a file may claim any number)."""
-    first = trace.sequences[min(trace.sequences)]
-    for i in range(count):
-        trace.sequences[1000 + i] = dataclasses.replace(first, seq_id=1000 + i)
-
-
-@pytest.mark.parametrize(("edit", "limits", "message"), [
-    (lambda trace: trace.sequences[0].params.update(n=9), Limits(),
-     "request #0 of the trace asks for 9 samples or beams; this server allows 8"),
-    (lambda trace: trace.sequences[0].params.update(beam_width=9), Limits(),
-     "request #0 of the trace asks for 9 samples or beams; this server allows 8"),
-    (lambda trace: trace.sequences[0].params.update(max_tokens=513), Limits(),
-     r"request #0 of the trace asks for 513 tokens; this server allows 512 \(--max-new-tokens\)"),
-    (lambda trace: _roots_more(trace, 4), Limits(max_sequences=4),
-     r"the replay would make 5 sequences; this server lets a session make 4 \(--max-sequences\)"),
-])
-def test_a_trace_files_requests_are_held_to_what_a_session_may_ask_for(manager, tiny_trace, edit, limits, message):
-    """A file's requests are replayed as a session's are added: each within the samples, beams
-    and tokens a request may ask for, and the sequences made in all within --max-sequences.
-    (Every replay checks them in one place; the float32 one would build its model first.)"""
-    trace = load(tiny_trace)
-    edit(trace)
-    server = SessionManager(manager.base, limits)
-    session = server.open_tab("client")
-    server.open_trace(session, trace, "hostile.mltrace")
-    with pytest.raises(LimitReached, match=message):
-        comparing.alone(server, session, lambda done, total: None)
-
-
 def test_a_file_of_other_requests_compares_as_not_the_same(finished, tiny_trace):
     tab, _ = finished
     panel, status = compare(tab, "/compare_file", handle_file(str(tiny_trace)))

@@ -81,7 +81,7 @@ def test_limits_say_which_limit_was_reached(base):
                                      max_prompt_chars=20)
     with pytest.raises(LimitReached, match="3 prompts at once; the limit is 2"):
         manager.add_prompts(session, ["a", "b", "c"], GREEDY, chat=False)
-    with pytest.raises(LimitReached, match="max tokens 17 is over"):
+    with pytest.raises(LimitReached, match="prompt 1 asks for 17 new tokens; this server allows 16"):
         manager.add_prompts(session, ["a"], SamplingParams(max_tokens=17), chat=False)
     with pytest.raises(LimitReached, match="prompt 1 has 21 characters"):
         manager.add_prompts(session, ["x" * 21], GREEDY, chat=False)
@@ -282,12 +282,12 @@ def test_a_session_asks_for_at_most_max_sequences_counting_samples_beams_and_for
     manager = SessionManager(base, Limits(max_sequences=6))
     session = manager.open_tab("a")
     manager.add_prompts(session, ["Hi", "Ho"], SamplingParams(n=2, temperature=1.0, max_tokens=2), chat=False)
-    with pytest.raises(LimitReached, match="make 7 sequences in this session; the limit is 6"):
+    with pytest.raises(LimitReached, match="make 7 sequences; a session may make 6"):
         manager.add_prompts(session, ["Hey"], SamplingParams(beam_width=3, max_tokens=2), chat=False)
     manager.add_prompts(session, ["Hey"], GREEDY, chat=False)  # 5: within it
     assert manager.step(session)
     child = manager.fork(session, 0, 1, [42], GREEDY)  # 6
-    with pytest.raises(LimitReached, match="the limit is 6"):
+    with pytest.raises(LimitReached, match="a session may make 6"):
         manager.fork(session, 0, 1, [43], GREEDY)
     assert set(session.debug.engine.sequences) >= {child} and session.sequences_asked == 6
     manager.reset(session, session.settings, session.capture)  # Reset gives the allowance back

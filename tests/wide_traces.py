@@ -3,7 +3,7 @@ hostile file uses to make loading and rendering cost the most per byte (no tests
 
 wide_trace(n, steps) builds, without a model or an engine, a trace of `n` requests of one
 prompt token and one output token, spread evenly over `steps` steps: each step prefills its
-share (one block each) and samples their tokens, and its KV snapshot holds their blocks. It
+share (one block each; they run) and samples their tokens, which finish them. It
 passes validate_trace, so a test can then break one field of it, or save it and count what
 loading does.
 """
@@ -65,7 +65,7 @@ def wide_trace(num_sequences: int, num_steps: int, logits: bool = False, waits: 
         trace.steps.append(StepRecord(
             index=index, engine_step=index,
             schedule=ScheduleRecord("prefill", [ScheduledRecord(s, 0, 1, 0, True, [i]) for i, s in enumerate(ids)],
-                                    [], waiting, [], waits=causes),
+                                    [], waiting, ids, waits=causes),  # what it schedules runs
             tokens=[TokenRecord(s, 7, "b", "length", summary) for s in ids],
             kv=_empty_pool(per_step),
             timings=Timings(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), attention_seqs=[]))

@@ -30,6 +30,7 @@ from inspector.debug import lineage_roots, recorded_top_k
 from inspector.views import compare_figure, compare_html
 from minillama import LLMEngine
 from webui.render import figures_html
+from webui.request_limits import Ask, check_requests
 from webui.sessions import MAX_BATCHED_TOKENS, MAX_NUM_SEQS, EngineSettings, LimitReached, SessionManager, UISession
 
 Progress = Callable[[int, int], None]  # (steps done, steps expected)
@@ -162,27 +163,14 @@ def _replay(manager: SessionManager, trace: Trace, engine: LLMEngine, on_step: P
 
 def _check_requests(manager: SessionManager, trace: Trace) -> None:
     """Raise LimitReached when the replay would make what a session may not ask for (Add
-    prompts, a fork): a file's request may say n = 1,000, and each sequence a replay makes
-    is kept, and drawn, like a session's. Each request's tokens and its samples or beams, and
-    the sequences in all (each request's samples or beams, and each fork a user made)."""
-    limits = manager.limits
-    made = 0
-    for seq in trace.sequences.values():
-        if seq.parent_id is not None:
-            made += seq.fork_cause == "user"  # samples and beams are counted with their request
-            continue
-        params = seq.params
-        width = max(params.get("n", 1), params.get("beam_width", 1))
-        made += width
-        if width > limits.max_samples:
-            raise LimitReached(f"request #{seq.seq_id} of the trace asks for {width} samples or beams; this server "
-                               f"allows {limits.max_samples}")
-        if params["max_tokens"] > limits.max_new_tokens:
-            raise LimitReached(f"request #{seq.seq_id} of the trace asks for {params['max_tokens']} tokens; this server "
-                               f"allows {limits.max_new_tokens} (--max-new-tokens)")
-    if made > limits.max_sequences:
-        raise LimitReached(f"the replay would make {made} sequences; this server lets a session make "
-                           f"{limits.max_sequences} (--max-sequences)")
+    prompts, a fork: webui/request_limits.py): a file's request may say n = 1,000, and each
+    sequence a replay makes is kept, and drawn, like a session's. Each request is checked (its
+    samples and beams come with it) and each fork a user made counts one sequence more."""
+    requests = [seq for seq in trace.sequences.values() if seq.parent_id is None]
+    forks = sum(seq.parent_id is not None and seq.fork_cause == "user" for seq in trace.sequences.values())
+    asks = [Ask(f"request #{seq.seq_id} of the trace", seq.params["max_tokens"], seq.params.get("n", 1),
+                seq.params.get("beam_width", 1)) for seq in requests]
+    check_requests(manager.limits, asks, forks=forks, advice=" (a replay makes every sequence of the trace again)")
 
 
 def _steps_expected(trace: Trace) -> int:

@@ -10,6 +10,10 @@ from dataclasses import dataclass, fields
 from minillama import as_int, as_number
 
 
+class LimitReached(Exception):
+    """A server limit stops the action; the message says which and what to do."""
+
+
 @dataclass(frozen=True)
 class Limits:
     max_sessions: int = 8  # browser sessions with their own engine and KV pool (or an uploaded trace) at once

@@ -54,6 +54,9 @@ def status_html(session: UISession | None, message: str = "", error: bool = Fals
             source = "live engine · add prompts to start"
         steps = len(trace.steps) if trace is not None else 0
         parts.append(f"<span class='ml-source'>{source} · {steps} step(s) recorded</span>")
+        past_limit = session.past_file_limit
+        if past_limit is not None:  # on every render while it holds: the run goes on past it
+            parts.append(f"<span class='ml-error ml-file-limit'>{views.escape(past_limit)}</span>")
     if message:
         kind = "ml-error" if error else "ml-info"
         role = " role='alert'" if error else ""  # an info message is read out by the page's #ml-announce (app.js)

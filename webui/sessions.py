@@ -33,7 +33,8 @@ from inspector import CapturePolicy, Cursor, DebugSession, RunResult, Trace
 from inspector.views import Selection
 from minillama import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 from webui import defaults
-from webui.limits import Limits
+from webui.limits import LimitReached, Limits
+from webui.request_limits import Ask, check_requests
 from webui.shares import Shares
 from webui.starting import blocks_within, starting_values
 from webui.tab_keys import TabKeys
@@ -45,10 +46,6 @@ MAX_BATCHED_TOKENS = 16384  # the most tokens one of its prefill steps may take 
 # The longest a call waits for another call of its own tab to let go of the session (one step
 # of a Run, usually; a comparison or a save of a long trace takes far longer): UISession.hold.
 BUSY_WAIT_S = 5.0
-
-
-class LimitReached(Exception):
-    """A server limit stops the action; the message says which and what to do."""
 
 
 class SessionBusy(LimitReached):
@@ -170,6 +167,18 @@ class UISession:
         if self.opened is not None:
             return self.opened
         return self.debug.trace if self.debug is not None else None
+
+    @property
+    def past_file_limit(self) -> str | None:
+        """When the live recording has passed a limit of a trace file, what to tell the user
+        (the limit, and what to do); else None. Said as soon as the step that passed it is
+        drawn, not first at Save trace or Share link, which will refuse the run."""
+        limit = self.debug.recorder.file_limit() if self.live else None
+        if limit is None:
+            return None
+        return (f"this run is past what a trace file may hold ({limit}): it goes on and keeps every step, but Save "
+                f"trace and Share link will refuse it; for a run you can save, Reset and record fewer steps or "
+                f"requests, a smaller logits top-k, attention for fewer requests, or no logit lens")
 
     @property
     def live(self) -> bool:
@@ -417,21 +426,13 @@ class SessionManager:
             raise InvalidRequestError("no prompt: write one prompt per line")
         if len(prompts) > limits.max_prompts:
             raise LimitReached(f"{len(prompts)} prompts at once; the limit is {limits.max_prompts}")
-        if params.max_tokens > limits.max_new_tokens:
-            raise LimitReached(f"max tokens {params.max_tokens} is over this server's limit of {limits.max_new_tokens}")
-        if params.n > limits.max_samples:
-            raise LimitReached(f"{params.n} samples of a prompt is over this server's limit of {limits.max_samples}")
-        if params.beam_width > limits.max_samples:
-            raise LimitReached(f"beam width {params.beam_width} is over this server's limit of {limits.max_samples}")
-        for i, prompt in enumerate(prompts):
-            if len(prompt) > limits.max_prompt_chars:
-                raise LimitReached(f"prompt {i + 1} has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
-        asked = len(prompts) * max(params.n, params.beam_width)
+        asks = [Ask(f"prompt {i + 1}", params.max_tokens, params.n, params.beam_width, len(prompt))
+                for i, prompt in enumerate(prompts)]
         if session.live:
-            self._check_sequence_limit(session, asked)
+            asked = self._check_requests(session, asks)
             seq_ids = session.debug.add_batch(prompts, params, chat)
         else:  # a fresh engine, which replaces an opened trace only once it has taken the prompts
-            self._check_sequence_limit(session, asked, fresh=True)
+            asked = self._check_requests(session, asks, fresh=True)
             seq_ids = self._start_engine(session, session.settings, session.capture,
                                          lambda debug: debug.add_batch(prompts, params, chat))
         session.sequences_asked += asked
@@ -444,7 +445,7 @@ class SessionManager:
         if not session.live:
             raise LimitReached(session.no_fork_reason)
         self._check_step_limit(session)  # the fork runs at once: a session at its step limit could not
-        self._check_sequence_limit(session, 1)
+        self._check_requests(session, [], forks=1)
         with self.model_lock:
             child = session.debug.fork(seq_id, num_tokens, forced, params)
         session.sequences_asked += 1
@@ -480,17 +481,13 @@ class SessionManager:
         session.last_used = time.monotonic()
         return result
 
-    def _check_sequence_limit(self, session: UISession, asked: int, fresh: bool = False) -> None:
-        """Every sequence is drawn on each render (the text panel, the pickers): 5,000 of them
-        made each Step take 6-9 s. So a session asks for at most Limits.max_sequences (counted
-        from 0 for a `fresh` engine)."""
-        limit = self.limits.max_sequences
-        total = (0 if fresh else session.sequences_asked) + asked
-        if total > limit:
-            raise LimitReached(
-                f"this would make {total} sequences in this session; the limit is {limit} "
-                f"(--max-sequences): save the trace if you want it, then Reset"
-            )
+    def _check_requests(self, session: UISession, asks: list[Ask], forks: int = 0, fresh: bool = False) -> int:
+        """The sequences `asks` and `forks` make, within the server's request limits
+        (webui/request_limits.py), counting those the session made since Reset (none for a
+        `fresh` engine): every sequence is drawn on each render (the text panel, the pickers),
+        and 5,000 of them made each Step take 6-9 s."""
+        return check_requests(self.limits, asks, 0 if fresh else session.sequences_asked, forks,
+                              advice=": save the trace if you want it, then Reset")
 
     def _check_step_limit(self, session: UISession) -> None:
         if len(session.debug.trace.steps) >= self.limits.max_steps:

@@ -41,6 +41,7 @@ from inspector.record.lens_capture import LogitLensCapture
 from inspector.record.logits_summary import LogitsSummariser, PendingLogits, finish, summary_bytes
 from inspector.record.token_texts import TokenTexts, prompt_texts
 from inspector.trace.arguments import ArgumentError, flag, instance, whole, whole_tuple
+from inspector.trace.file_meter import FileMeter
 from inspector.trace.model import (
     CopyRecord,
     EngineInfo,
@@ -151,6 +152,7 @@ class Recorder(Observer):
         self._step: _StepInProgress | None = None  # between on_schedule and on_step_end
         self._ended: _StepInProgress | None = None  # ended, its record not yet completed
         self._t0 = time.perf_counter()
+        self._meter = FileMeter()
 
     @property
     def trace(self) -> Trace:
@@ -162,6 +164,14 @@ class Recorder(Observer):
     def num_steps(self) -> int:
         """Steps that have ended, their records completed or not (reads no trace)."""
         return len(self._trace.steps) + (self._ended is not None)
+
+    def file_limit(self) -> str | None:
+        """The first limit of a trace file this recording has passed (the limit named, as save()
+        would name it refusing the trace), or None while save() would write it. Recording goes
+        on past a limit, keeping every step: this says, as soon as a step passes one, that the
+        run can no longer be saved as it is. Counted as the trace grows (inspector/trace/
+        file_meter.py): each step once, the sequences on each call after a new step."""
+        return self._meter.over_limit(self.trace)
 
     def flush(self) -> None:
         """Complete the record of the step that ended last, if it is still waiting."""

@@ -54,6 +54,12 @@ def check_bounds(raw: bytes, what: str, max_depth: int, max_elements: int) -> No
     more than max_elements elements: what parse() refuses before parsing, and what save()
     refuses before writing a text that load() would not parse."""
     depth, elements = scan(raw)
+    check_counts(depth, elements, what, max_depth, max_elements)
+
+
+def check_counts(depth: int, elements: int, what: str, max_depth: int, max_elements: int) -> None:
+    """TraceTooLarge naming `what` for a JSON text of this depth and element count over the
+    limits: check_bounds' test, and what inspector/trace/file_meter.py says of a growing trace."""
     if depth > max_depth:
         raise TraceTooLarge(f"{what} nests {depth:,} levels deep, over the limit of {max_depth}")
     if elements > max_elements:

@@ -41,6 +41,12 @@ def load_tensors(raw: bytes, what: str) -> dict[str, torch.Tensor]:
         raise TraceError(f"{what} is damaged: {str(exc)[:200]}") from None
 
 
+def check_tensor_count(count: int, what: str) -> None:
+    """TraceTooLarge naming `what` when it holds more than MAX_TENSORS tensors."""
+    if count > MAX_TENSORS:
+        raise TraceTooLarge(f"{what} holds {count:,} tensors, over the limit of {MAX_TENSORS:,}")
+
+
 def check_header(raw: bytes, what: str) -> None:
     """The header of the safetensors file `raw`, checked before any tensor is built: what
     load_tensors() refuses, and what save() refuses before writing (TraceTooLarge for a count
@@ -53,8 +59,7 @@ def check_header(raw: bytes, what: str) -> None:
     if not isinstance(header, dict):
         raise TraceError(f"{what} is damaged: its header is not an object")
     entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
-    if len(entries) > MAX_TENSORS:
-        raise TraceTooLarge(f"{what} holds {len(entries):,} tensors, over the limit of {MAX_TENSORS:,}")
+    check_tensor_count(len(entries), what)
     for name, entry in entries.items():
         dtype = entry.get("dtype") if isinstance(entry, dict) else None
         if dtype not in DTYPES:

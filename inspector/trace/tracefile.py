@@ -69,6 +69,7 @@ MAX_BYTES_LIMIT = 2**63 - 1  # the largest max_bytes: a zip's sizes are 64-bit
 MAX_JSON_BYTES = 64 * 2**20
 MAX_JSON_ELEMENTS = 2**22
 MAX_JSON_DEPTH = 32  # the schema nests 9 deep
+JSON_SEPARATORS = (",", ":")  # trace.json as save() writes it: compact
 # tensors.safetensors may unpack to at most this many times its packed size (save() stores it:
 # 1x). Unpacking holds it in memory, so memory follows the file's own size, not its claims.
 MAX_INFLATION = 16
@@ -116,11 +117,11 @@ def _members(trace: Trace, path: Path) -> tuple[bytes, bytes]:
     document = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "trace": encode(trace, tensors, "trace")}
     raw_json = _strict_json(document).encode()  # ASCII: json.dumps escapes the rest
     del document
-    _check_sizes(name, len(raw_json), 0, DEFAULT_MAX_BYTES)
+    check_member_sizes(name, len(raw_json), 0, DEFAULT_MAX_BYTES)
     parsed = _parse_document(name, raw_json)
     raw_tensors = save_safetensors(tensors)
     check_header(raw_tensors, f"{name}: {TENSORS_MEMBER}")
-    _check_sizes(name, len(raw_json), len(raw_tensors), DEFAULT_MAX_BYTES)
+    check_member_sizes(name, len(raw_json), len(raw_tensors), DEFAULT_MAX_BYTES)
     validate_trace(decode(Trace, parsed["trace"], tensors, "trace"))
     for tensor_name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -128,9 +129,10 @@ def _members(trace: Trace, path: Path) -> tuple[bytes, bytes]:
     return raw_json, raw_tensors
 
 
-def _check_sizes(path: Path, json_size: int, tensors_size: int, max_bytes: int) -> None:
+def check_member_sizes(path: Path | str, json_size: int, tensors_size: int, max_bytes: int) -> None:
     """The members' unpacked sizes against max_bytes (both together) and MAX_JSON_BYTES
-    (trace.json's own): load() checks a file's declared sizes with it, save() the bytes it writes."""
+    (trace.json's own): load() checks a file's declared sizes with it, save() the bytes it
+    writes, and file_meter.py a recording's as it grows."""
     unpacked = json_size + tensors_size
     if unpacked > max_bytes:
         raise TraceTooLarge(f"{path} is too large: it would unpack to {unpacked:,} bytes, over the limit of "
@@ -144,7 +146,7 @@ def _strict_json(document: dict) -> str:
     """`document` as JSON with no NaN or Infinity (which load() refuses, as JSON has neither);
     TraceError naming the first field that holds one."""
     try:
-        return json.dumps(document, allow_nan=False, separators=(",", ":"))
+        return json.dumps(document, allow_nan=False, separators=JSON_SEPARATORS)
     except ValueError:
         found = _non_finite(document["trace"], "trace")
         if found is None:  # not a number's fault (a reference cycle): its own message says what
@@ -177,7 +179,7 @@ def load(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
             # save() stores it; a small file must not make load() hold gigabytes it does not contain.
             raise TraceError(f"{path}: {TENSORS_MEMBER} would inflate {tensors_info.compress_size:,} bytes to "
                              f"{tensors_info.file_size:,}, more than {MAX_INFLATION}x; a trace stores it uncompressed")
-        _check_sizes(path, json_info.file_size, tensors_info.file_size, max_bytes)
+        check_member_sizes(path, json_info.file_size, tensors_info.file_size, max_bytes)
         raw_json = read_member(zf, json_info, f"{path}: {JSON_MEMBER}")
         raw_tensors = read_member(zf, tensors_info, f"{path}: {TENSORS_MEMBER}")
     document = _parse_document(path, raw_json)

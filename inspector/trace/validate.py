@@ -12,7 +12,10 @@ trace finds what it looks for, and nothing they draw is nonsense:
   the tokens of a step against the sequences it scheduled to sample; a sequence's arrival,
   prune and fork against its events (which a replay acts on), once each;
 - a sequence computes only positions whose token exists by then (the views label positions
-  with their tokens), and ends with the token that says it finished;
+  with their tokens), samples exactly when it computes its last one, and ends with the token
+  that says it finished;
+- the scheduler's queues keep its rules (validate_queues.py): one queue at a time, nothing
+  queued before it arrived or after it ended, the step's budgets, blocks held by what runs;
 - the arrays (validate_arrays.py) have the dtypes and shapes the model and the pool imply;
 - the sizes the views allocate by stay within inspector/trace/bounds.py's limits.
 
@@ -39,6 +42,7 @@ from inspector.trace.model import (
     TraceTooLarge,
 )
 from inspector.trace.validate_arrays import check_kv, check_stores
+from inspector.trace.validate_queues import check_queues
 from minillama import InvalidRequestError, SamplingParams
 
 
@@ -51,13 +55,7 @@ def validate_trace(trace: Trace) -> None:
                          f"{m.num_kv_heads} kv heads")
     if m.weights_fingerprint is not None and not re.fullmatch("[0-9a-f]{16}", m.weights_fingerprint):
         raise TraceError("model: weights_fingerprint must be 16 hexadecimal digits (0-9, a-f)")
-    cells = len(trace.sequences) * len(trace.steps)
-    if cells > MAX_TIMELINE_CELLS:
-        raise TraceTooLarge(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "
-                            f"cells, over the limit of {MAX_TIMELINE_CELLS:,}")
-    tokens = sum(len(seq.prompt_ids) + len(seq.output_ids) for seq in trace.sequences.values())
-    if tokens > MAX_TOKENS:
-        raise TraceTooLarge(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
+    check_view_sizes(trace)
     checked_params: set[tuple] = set()
     for seq_id, seq in trace.sequences.items():
         _check_sequence(trace, seq_id, seq, checked_params)
@@ -71,10 +69,24 @@ def validate_trace(trace: Trace) -> None:
             raise TraceError(f"steps[{i}] says it is step {step.index}")
         _check_step(trace, step, forks_and_prunes.get(i, []))
     _check_preemption_counts(trace)
+    check_queues(trace)  # after the steps: it reads their KV snapshots' tables
     recorded = sum(len(seq.token_steps) for seq in trace.sequences.values())
     if recorded != sum(len(step.tokens) for step in trace.steps):
         raise TraceError("the steps hold tokens that no sequence's token_steps lists")
     check_stores(trace)
+
+
+def check_view_sizes(trace: Trace) -> None:
+    """TraceTooLarge when the views would draw more than bounds.py lets them: timeline cells
+    (sequences x steps) and token chips (every sequence's tokens). Also what
+    inspector/trace/file_meter.py says of a recording that grows past them."""
+    cells = len(trace.sequences) * len(trace.steps)
+    if cells > MAX_TIMELINE_CELLS:
+        raise TraceTooLarge(f"{len(trace.sequences):,} sequences over {len(trace.steps):,} steps is {cells:,} timeline "
+                            f"cells, over the limit of {MAX_TIMELINE_CELLS:,}")
+    tokens = sum(len(seq.prompt_ids) + len(seq.output_ids) for seq in trace.sequences.values())
+    if tokens > MAX_TOKENS:
+        raise TraceTooLarge(f"the sequences hold {tokens:,} tokens, over the limit of {MAX_TOKENS:,}")
 
 
 def _check_sequence(trace: Trace, seq_id: int, seq: SequenceRecord, checked_params: set[tuple]) -> None:
@@ -169,6 +181,10 @@ def _check_step(trace: Trace, step: StepRecord, events: list[Event]) -> None:
         if end > known or x.num_cached_tokens > x.start:
             raise TraceError(f"{where}: sequence {x.seq_id} computes positions {x.start}..{end - 1} ({x.num_cached_tokens}"
                              f" from the prefix cache), but has {known} tokens by then")
+        if x.samples != (end == known):  # the scheduler: samples == (end == the sequence's length)
+            raise TraceError(f"{where}: sequence {x.seq_id} computes positions {x.start}..{end - 1} of {known} and "
+                             f"{'samples' if x.samples else 'does not sample'}; a sequence samples exactly when a step "
+                             "computes its last token")
         if len(x.block_table) * bs < end:
             raise TraceError(f"{where}: scheduled sequence {x.seq_id} lacks blocks for positions up to {end - 1}")
         if x.block_table and not (0 <= min(x.block_table) and max(x.block_table) < nb):

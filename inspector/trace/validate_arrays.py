@@ -32,9 +32,7 @@ def check_kv(trace: Trace, index: int, kv: KVSnapshot) -> None:
         raise TraceError(f"{where}: the KV snapshot's counts (pool {kv.num_blocks}, free {kv.num_free}, cached "
                          f"free {kv.num_cached_free}) do not fit the engine's pool of {num_blocks} blocks")
     ids = kv.block_ids
-    if max(ids.numel(), kv.table_blocks.numel()) > MAX_SNAPSHOT_BLOCKS:
-        raise TraceTooLarge(f"{where}: the KV snapshot records {ids.numel():,} blocks and {kv.table_blocks.numel():,} "
-                            f"block-table entries, over the limit of {MAX_SNAPSHOT_BLOCKS:,}")
+    check_snapshot_size(kv, where)
     for name in KV_PER_BLOCK:
         if getattr(kv, name).shape != ids.shape:
             raise TraceError(f"{where}: kv.{name} has shape {tuple(getattr(kv, name).shape)}, "
@@ -61,6 +59,20 @@ def check_kv(trace: Trace, index: int, kv: KVSnapshot) -> None:
     if not torch.equal(holders, kv.ref_count.long()):
         block = int(ids[torch.nonzero(holders != kv.ref_count.long())[0, 0]])
         raise TraceError(f"{where}: block {block}'s ref_count is not the number of block tables that hold it")
+
+
+def check_snapshot_size(kv: KVSnapshot, where: str) -> None:
+    """TraceTooLarge when a KV snapshot records more blocks or table entries than the KV panels
+    draw (also what inspector/trace/file_meter.py says of a recording that grows past it)."""
+    if max(kv.block_ids.numel(), kv.table_blocks.numel()) > MAX_SNAPSHOT_BLOCKS:
+        raise TraceTooLarge(f"{where}: the KV snapshot records {kv.block_ids.numel():,} blocks and "
+                            f"{kv.table_blocks.numel():,} block-table entries, over the limit of {MAX_SNAPSHOT_BLOCKS:,}")
+
+
+def check_store_length(length: int, where: str) -> None:
+    """TraceTooLarge for an attention store of more positions than the attention matrix draws."""
+    if length > MAX_STORE_POSITIONS:
+        raise TraceTooLarge(f"{where}: {length:,} positions, over the limit of {MAX_STORE_POSITIONS:,}")
 
 
 def check_stores(trace: Trace) -> None:
@@ -91,8 +103,7 @@ def _check_store(trace: Trace, seq_id: int, store: AttentionStore, computed: lis
         raise TraceError(f"{where}: layers {store.layers[:10]} must be distinct layers of the model's {m.num_layers}")
     if length > len(seq.prompt_ids) + len(seq.output_ids):
         raise TraceError(f"{where}: {length:,} positions, more than the sequence's tokens")
-    if length > MAX_STORE_POSITIONS:
-        raise TraceTooLarge(f"{where}: {length:,} positions, over the limit of {MAX_STORE_POSITIONS:,}")
+    check_store_length(length, where)
     if store.q_step.dtype != torch.int32 or store.q_step.shape != (length,):
         raise TraceError(f"{where}: q_step must be int32 [{length}]")
     # Each recorded query's step must have computed its position: find the step among those
