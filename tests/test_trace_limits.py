@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import struct
-import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -55,14 +54,15 @@ def write_zip(path: Path, contents: dict[str, bytes], compression: int = zipfile
     return path
 
 
-def refused(path: Path, match: str, **kwargs) -> tuple[float, int]:
-    """Load `path` expecting a TraceError matching `match`. -> (seconds, peak bytes Python allocated)."""
+def refused(path: Path, match: str, **kwargs) -> int:
+    """Load `path` expecting a TraceError matching `match`. -> the peak bytes Python allocated
+    meanwhile: what a refusal may cost is bounded by memory (and by what is never parsed), not
+    by a clock."""
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         with pytest.raises(TraceError, match=match):
             load(path, **kwargs)
-        return time.perf_counter() - started, tracemalloc.get_traced_memory()[1]
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
@@ -88,19 +88,24 @@ def test_a_zip_bomb_in_trace_json_is_refused_from_its_declared_size(tmp_path):
     body = (chunk for _ in range(size // len(chunk)))
     path = streamed_zip(tmp_path / "bomb.mltrace", [b'{"format":"mltrace","schema_version":2,"trace":[', *body, b"0]}"])
     assert path.stat().st_size < 2**20
-    seconds, peak = refused(path, rf"trace.json would unpack to [\d,]+ bytes, over the limit of {MAX_JSON_BYTES:,}")
-    assert seconds < 1 and peak < 2**20
+    peak = refused(path, rf"trace.json would unpack to [\d,]+ bytes, over the limit of {MAX_JSON_BYTES:,}")
+    assert peak < 2**20
 
 
-def test_millions_of_elements_within_the_byte_limit_are_refused_before_parsing(tmp_path):
+def test_millions_of_elements_within_the_byte_limit_are_refused_before_parsing(tmp_path, monkeypatch):
     """40 MB of "{}," is 13 million JSON elements: json.loads would build 13 million dicts (GBs).
     The pre-scan counts them in numpy and refuses the text before a Python object is built."""
     count = 13 * 2**20
     path = streamed_zip(tmp_path / "elements.mltrace",
                         [b'{"format":"mltrace","schema_version":2,"trace":[', b"{}," * count, b"{}]}"])
-    seconds, peak = refused(path, rf"holds [\d,]+ elements, over the limit of {MAX_JSON_ELEMENTS:,}")
-    # Measured: 0.6 s, a peak of twice the text (its chunks, then joined); json.loads built 1 GB.
-    assert seconds < 3 and peak < 2.5 * len(b"{},") * count
+
+    def never_parsed(*args, **kwargs):
+        raise AssertionError("json.loads was called on a text the pre-scan must refuse")
+
+    monkeypatch.setattr(json, "loads", never_parsed)
+    peak = refused(path, rf"holds [\d,]+ elements, over the limit of {MAX_JSON_ELEMENTS:,}")
+    # Measured: a peak of twice the text (its chunks, then joined); json.loads built 1 GB.
+    assert peak < 2.5 * len(b"{},") * count
 
 
 @pytest.mark.parametrize("depth", [200_000, 40])
@@ -156,8 +161,8 @@ def test_a_member_understating_its_size_is_read_in_bounded_chunks(saved, tmp_pat
     path = understated(tmp_path / "liar.mltrace", "trace.json", bytes(50 * 2**20), 1000,
                        members(saved)["tensors.safetensors"])
     assert path.stat().st_size < 2**20
-    seconds, peak = refused(path, "truncated or damaged")
-    assert seconds < 1 and peak < 4 * 2**20
+    peak = refused(path, "truncated or damaged")
+    assert peak < 4 * 2**20
 
 
 def test_a_directory_an_unreadable_file_and_a_fifo_are_named_so(saved, tmp_path, capsys):
@@ -317,12 +322,6 @@ def test_anything_a_zip_reader_would_skip_or_cut_is_refused(saved, tmp_path, mak
     refused(path, message)
 
 
-def test_a_legit_trace_still_loads_fast(saved):
-    started = time.perf_counter()
-    trace = load(saved)
-    assert trace.steps and time.perf_counter() - started < 2
-
-
 def test_a_steps_token_is_found_by_sequence_id_as_the_step_grows(saved):
     """token_of answers from a dict (a scan per lookup made a trace of 20,000 one-token requests,
     660 KB, load in 16 s and redraw in 34): the same answers as the scan, the first token of a
@@ -352,7 +351,7 @@ def test_a_small_deflated_tensors_member_cannot_claim_gigabytes(saved, tmp_path)
         with zf.open(info, "w", force_zip64=True) as member:
             for _ in range(64):
                 member.write(bytes(2**20))
-    seconds, peak = refused(path, r"tensors.safetensors would inflate [\d,]+ bytes to 67,108,864, more than 16x")
+    peak = refused(path, r"tensors.safetensors would inflate [\d,]+ bytes to 67,108,864, more than 16x")
     assert peak < 2**20
 
 
