@@ -121,6 +121,7 @@ BAD = {
     "max-model-len-0": ("minillama", ["--prompt", "hi", "--max-model-len", "0"], "max_model_len (--max-model-len)"),
     "kv-gb-nan": ("minillama", ["--prompt", "hi", "--kv-cache-gb", "nan"], "--kv-cache-gb) must be a finite number in (0, 1e+06]"),
     "kv-gb-0": ("minillama", ["--prompt", "hi", "--kv-cache-gb", "0"], "--kv-cache-gb) must be"),
+    "kv-gb-below-a-block": ("minillama", [*RUN, "--kv-cache-gb", "1e-9"], "--kv-cache-gb 1e-09 holds no KV block of this model"),
     "gpu-util": ("minillama", ["--prompt", "hi", "--gpu-memory-utilization", "1.5"], "in (0, 1], got 1.5"),
     "seed-negative": ("minillama", ["--prompt", "hi", "--seed", "-1"], "seed (--seed) must be an integer in [0, 2**63)"),
     "temperature-nan": ("minillama", ["--prompt", "hi", "--temperature", "nan"], "temperature must be a finite number"),

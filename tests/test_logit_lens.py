@@ -4,10 +4,12 @@ layer's is the model's own prediction; it survives a save and load, and the budg
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_hf_model
 
 from inspector import CapturePolicy, DebugSession, load, save
+from inspector.record.lens_capture import READOUT_CHUNK_BYTES, rows_per_chunk
 from minillama import EngineConfig, LLMEngine, SamplingParams
 
 
@@ -107,3 +109,60 @@ def test_the_lens_panel_shows_the_recorded_guesses():
     untraced = logit_lens_figure(trace, step, Selection(seq_id=1))
     assert "#1 is not a traced sequence" in untraced.layout.annotations[0].text
     assert "No step yet" in logit_lens_figure(trace, -1).layout.annotations[0].text
+
+
+# name -> LlamaConfig fields over test_model_shapes.BASE: what the read-out's size depends on
+# (vocabulary, layers, rows of traced sequences), each at a Llama checkpoint's extreme.
+LENS_SHAPES = {
+    "one-layer-vocab-1000": dict(num_hidden_layers=1, vocab_size=1000),
+    "vocab-32001-untied-gqa-7": dict(vocab_size=32001, tie_word_embeddings=False, hidden_size=56,
+                                     num_attention_heads=7, num_key_value_heads=1),
+    "vocab-128256-three-layers": dict(vocab_size=128256, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                      num_key_value_heads=1),
+}
+
+
+@pytest.mark.parametrize("vocab", [1, 5, 1000, 32001, 49152, 128256, 2**24])
+def test_a_readout_chunk_holds_at_most_its_bytes_of_logits(vocab):
+    rows = rows_per_chunk(vocab)
+    assert rows >= 1 and (rows == 1 or rows * vocab * 4 <= READOUT_CHUNK_BYTES)
+    assert rows_per_chunk(vocab, 4 * vocab * 3 + 1) == 3
+
+
+@pytest.mark.parametrize("name", list(LENS_SHAPES))
+def test_the_lens_reads_out_in_chunks_and_guesses_as_in_one_piece(name):
+    """Four traced sequences over every layer: [L * 4, vocab] fp32 logits at once was the lens's
+    transient, outside the memory budget (1 GiB for Llama 3's vocabulary, 32 layers and 64
+    rows). Read out a few rows at a time, each call holds at most chunk_bytes of logits, and
+    every layer's top 5 is the one read out whole."""
+    from test_model_shapes import make_model
+
+    fields = LENS_SHAPES[name]
+    lenses = {}
+    for chunk_rows in (None, 3):
+        engine = LLMEngine.from_hf_model(make_model(**fields), EngineConfig(device="cpu", dtype="float32",
+                                                                            num_kv_blocks=32, block_size=4))
+        session = DebugSession(engine, CapturePolicy(logit_lens=True, attention=False, attention_requests=None))
+        vocab = engine.model_config.vocab_size
+        if chunk_rows is not None:
+            session.recorder.lens.chunk_bytes = chunk_rows * vocab * 4
+        seen_rows = []
+        readout = engine.readout
+
+        def counted(hidden, readout=readout, seen_rows=seen_rows):  # the engine's read-out, its rows counted
+            seen_rows.append(hidden.shape[0])
+            return readout(hidden)
+
+        engine.readout = counted
+        generator = torch.Generator().manual_seed(4)
+        for n in (6, 3, 9, 2):
+            session.add(torch.randint(0, vocab, (n,), generator=generator).tolist(),
+                        SamplingParams(temperature=0, max_tokens=3))
+        assert session.run().finished
+        rows = fields.get("num_hidden_layers", 2) * 4  # every layer of the four sequences, in one step
+        assert max(seen_rows) == (rows if chunk_rows is None else chunk_rows)
+        lenses[chunk_rows] = [t.lens for step in session.trace.steps for t in step.tokens]
+    assert all(lens is not None for lens in lenses[None]) and len(lenses[None]) == 12
+    for whole, chunked in zip(lenses[None], lenses[3], strict=True):
+        assert whole.top_ids == chunked.top_ids
+        torch.testing.assert_close(torch.tensor(chunked.top_probs), torch.tensor(whole.top_probs), rtol=1e-5, atol=1e-7)

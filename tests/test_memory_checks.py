@@ -109,3 +109,36 @@ def test_on_a_gpu_too_large_is_refused_and_the_automatic_size_fits():
         assert gpu.block_manager.num_blocks > 1000 and free < total * (1.1 - utilization)
         del gpu
         torch.cuda.empty_cache()
+
+
+# name -> ModelConfig fields over TINY: what a KV block's bytes depend on (layers, KV heads,
+# head_dim), each at an extreme a Llama checkpoint may have.
+KV_SHAPES = {
+    "one-layer": dict(num_hidden_layers=1),
+    "one-kv-head": dict(num_key_value_heads=1),
+    "no-gqa": dict(num_key_value_heads=4),
+    "head-dim-256-explicit": dict(head_dim=256, num_key_value_heads=1),
+    "head-dim-80-gqa-5": dict(hidden_size=400, num_attention_heads=5, num_key_value_heads=1),
+}
+
+
+@pytest.mark.parametrize("name", list(KV_SHAPES))
+def test_kv_cache_gb_bounds_the_whole_pool_whatever_the_shape(name):
+    """--kv-cache-gb is the pool's memory, its scratch block included: a budget of b bytes gives
+    b // block - 1 blocks to use (the pool took one block more than the budget, since the scratch
+    block came on top), and a budget under two blocks is refused naming the flag (a pool of two
+    blocks came out of any budget, however small)."""
+    fields = {**TINY, **KV_SHAPES[name]}
+    config = ModelConfig.from_dict(fields)
+    block = kv_block_bytes(config, BLOCK_SIZE, torch.float32, config.num_key_value_heads)
+    assert block == 2 * config.num_hidden_layers * BLOCK_SIZE * config.num_key_value_heads * config.head_dim * 4
+    for budget in (2 * block, 3 * block - 1, 7 * block + 5):
+        made = LLMEngine.from_config(config, EngineConfig(device="cpu", block_size=BLOCK_SIZE,
+                                                          kv_cache_memory_gb=budget / 2**30))
+        assert made.num_kv_blocks == budget // block - 1
+        assert made.kv_cache.numel() * made.kv_cache.element_size() <= budget
+    for budget in (1, block, 2 * block - 1):
+        with pytest.raises(ConfigError, match=rf"--kv-cache-gb \S+ holds no KV block of this model: a block of "
+                                              rf"{BLOCK_SIZE} tokens takes {block:,} bytes"):
+            LLMEngine.from_config(config, EngineConfig(device="cpu", block_size=BLOCK_SIZE,
+                                                       kv_cache_memory_gb=budget / 2**30))

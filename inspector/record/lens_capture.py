@@ -19,6 +19,16 @@ from inspector.trace.model import LogitLens
 from minillama import LLMEngine, SchedulerOutput
 
 TOP_K = 5
+# The most fp32 logits the read-out holds at once. Every kept row at once is [L * R, vocab]:
+# with Llama 3's 128,256 tokens, 32 layers and 64 traced sequences sampling, 1 GiB, and as much
+# again for its softmax, in one step and outside the recorder's memory budget (which counts the
+# top 5 kept). In chunks of rows, the transient stays within this whatever the shape.
+READOUT_CHUNK_BYTES = 32 * 2**20
+
+
+def rows_per_chunk(vocab_size: int, chunk_bytes: int = READOUT_CHUNK_BYTES) -> int:
+    """How many rows of fp32 logits over `vocab_size` tokens fit `chunk_bytes` (at least one)."""
+    return max(1, chunk_bytes // (4 * vocab_size))
 
 
 class LogitLensCapture:
@@ -26,6 +36,7 @@ class LogitLensCapture:
         self.engine = engine
         self.rows: dict[int, int] = {}  # traced seq id -> its sampling row in the flat batch
         self.streams: list[torch.Tensor] = []  # per layer: [R, hidden], in self.rows' order
+        self.chunk_bytes = READOUT_CHUNK_BYTES  # the read-out's logits at once, at most (one row at least)
 
     def bytes_per_token(self) -> int:
         """Ids and probabilities (4 bytes each) of the top k of every layer."""
@@ -48,11 +59,17 @@ class LogitLensCapture:
         """Read every kept row through the final norm and the LM head. -> seq id -> its lens."""
         if not self.streams:
             return {}
+        vocab = self.engine.model_config.vocab_size
+        k = min(TOP_K, vocab)  # a vocabulary may be smaller than TOP_K
+        step = rows_per_chunk(vocab, self.chunk_bytes)
         with torch.inference_mode():
             streams = torch.stack(self.streams)  # [L, R, hidden]
-            logits = self.engine.readout(streams.flatten(0, 1))  # [L * R, vocab] fp32
-            k = min(TOP_K, logits.shape[-1])  # a vocabulary may be smaller than TOP_K
-            probs, ids = logits.softmax(dim=-1).topk(k, dim=-1)
+            flat = streams.flatten(0, 1)  # [L * R, hidden]
+            tops = []
+            for start in range(0, flat.shape[0], step):
+                logits = self.engine.readout(flat[start : start + step])  # [<= step, vocab] fp32
+                tops.append(logits.softmax(dim=-1).topk(k, dim=-1))  # ([<= step, k], [<= step, k])
+            probs, ids = torch.cat([p for p, _ in tops]), torch.cat([i for _, i in tops])  # [L * R, k]
         layers = streams.shape[0]
         probs = probs.view(layers, len(self.rows), k).cpu().tolist()  # [L][R][k]
         ids = ids.view(layers, len(self.rows), k).cpu().tolist()

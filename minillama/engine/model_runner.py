@@ -167,7 +167,15 @@ class ModelRunner:
         # Never more than every running sequence at full length could use.
         useful = engine_config.max_num_seqs * self.max_blocks_per_seq
         if self.device.type != "cuda":
-            return max(1, min(useful, int(engine_config.kv_cache_memory_gb * 2**30) // block_bytes))
+            # The pool is these blocks and the scratch block, all within --kv-cache-gb: a budget
+            # of one block's bytes or less holds no block a sequence could use.
+            budget = int(engine_config.kv_cache_memory_gb * 2**30)
+            if budget < 2 * block_bytes:
+                raise ConfigError(
+                    f"--kv-cache-gb {engine_config.kv_cache_memory_gb:g} holds no KV block of this model: a block of "
+                    f"{self.block_size} tokens takes {block_bytes:,} bytes, and the pool needs two (one is the "
+                    f"scratch block); raise --kv-cache-gb or give --num-kv-blocks")
+            return min(useful, budget // block_bytes - 1)
         # On CUDA: measure the activation peak of the largest prefill with a throwaway cache,
         # then give the KV cache what the utilisation fraction leaves.
         tokens = min(engine_config.max_num_batched_tokens, max_model_len)
@@ -193,12 +201,12 @@ class ModelRunner:
         in_use_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
         budget = total * engine_config.gpu_memory_utilization - in_use_elsewhere - peak
         budget = min(budget, memory.usable_bytes(self.device))  # utilisation 1.0 cannot have every byte
-        if budget < block_bytes:
+        if budget < 2 * block_bytes:  # a block a sequence can use, and the scratch block
             raise ConfigError(
                 f"no GPU memory left for the KV cache (utilisation {engine_config.gpu_memory_utilization}, "
                 f"{free / 2**30:.1f} GiB free); raise --gpu-memory-utilization or lower --max-num-batched-tokens"
             )
-        return max(1, min(useful, int(budget // block_bytes) - 1))  # - 1: the scratch block
+        return min(useful, int(budget // block_bytes) - 1)  # - 1: the scratch block
 
     # -- copy on write ---------------------------------------------------------------------------
 
