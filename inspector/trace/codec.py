@@ -41,20 +41,43 @@ INT64 = Range(INT64_LOW, INT64_HIGH)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# What json.dumps writes as they are: encode() returns them unchanged.
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
 def encode(value: Any, tensors: dict[str, torch.Tensor], path: str) -> JSON:
-    if dataclasses.is_dataclass(value):
-        return {f.name: encode(getattr(value, f.name), tensors, f"{path}.{f.name}") for f in dataclasses.fields(value)}
+    """`value` as JSON values; each tensor goes into `tensors` under its path, as it is (no copy:
+    stored_tensor makes the file's copy, and the file meter only counts its bytes)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is list and all(map(_SCALARS.__contains__, map(type, value))):
+        return list(value)  # token ids, texts: a copy in C (the recorder may append meanwhile)
+    names = _field_names(kind)
+    if names is not None:
+        return {name: encode(getattr(value, name), tensors, f"{path}.{name}") for name in names}
     if isinstance(value, torch.Tensor):
-        tensor = value.detach().to("cpu").contiguous()
-        if tensor.untyped_storage().nbytes() > tensor.nbytes:
-            tensor = tensor.clone()  # a view into a larger buffer: keep only what it shows
-        tensors[path] = tensor
+        tensors[path] = value.detach()
         return {"tensor": path}
     if isinstance(value, (list, tuple)):
         return [encode(v, tensors, f"{path}.{i}") for i, v in enumerate(value)]
     if isinstance(value, dict):
         return {str(k): encode(v, tensors, f"{path}.{k}") for k, v in value.items()}
     return value
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    """A dataclass's field names, in order (encode() asks once per class); None for any other type."""
+    return tuple(f.name for f in dataclasses.fields(kind)) if dataclasses.is_dataclass(kind) else None
+
+
+def stored_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """What the file holds of an encoded tensor: its values alone, on the CPU, contiguous."""
+    stored = tensor.to("cpu").contiguous()
+    if stored.untyped_storage().nbytes() > stored.nbytes:
+        stored = stored.clone()  # a view into a larger buffer: keep only what it shows
+    return stored
 
 
 def decode(kind: Any, data: JSON, tensors: Mapping[str, torch.Tensor], path: str, used: set[str] | None = None) -> Any:

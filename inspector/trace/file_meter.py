@@ -9,7 +9,7 @@ limit), on counts kept as the trace grows:
   step and each event is encoded once, when the meter first sees it (a recording never changes
   a step or an event it has appended), and the rest of the trace (its model, engine settings,
   sequences and attention stores: what still changes) on every count. A list's parts join with
-  one comma each, which the sum adds (see `_joined`);
+  one comma each, which the sum adds (see `_Part.joined`);
 - the tensors' count (tensor_member.MAX_TENSORS), exactly, and the file's unpacked bytes
   (tracefile.DEFAULT_MAX_BYTES): the JSON and the tensors' bytes exactly, the safetensors
   header over-estimated (HEADER_BYTES_PER_TENSOR a tensor), so the meter may speak a little
@@ -56,7 +56,9 @@ class FileSize:
     names_bytes: int  # the bytes of their names (the header's bulk)
 
     def __add__(self, other: FileSize) -> FileSize:
-        return FileSize(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+        return FileSize(self.elements + other.elements, self.json_bytes + other.json_bytes,
+                        self.tensors + other.tensors, self.tensor_bytes + other.tensor_bytes,
+                        self.names_bytes + other.names_bytes)
 
     @property
     def unpacked_bound(self) -> int:
@@ -74,8 +76,10 @@ class FileMeter:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # two renders of one session may ask at once
         self._trace: Trace | None = None
-        self._steps: list[FileSize] = []  # the size of each step seen, as encoded in the file
-        self._events: list[FileSize] = []
+        # The steps and events seen so far, each counted once as encoded in the file, and summed
+        # as they come (a sum over all of them at every count would be quadratic in the run).
+        self._steps = _Part()
+        self._events = _Part()
         self._last: tuple[int, int] | None = None  # (steps, events) at the last count
         self._passed: str | None = None
 
@@ -101,11 +105,11 @@ class FileMeter:
     def _follow(self, trace: Trace) -> None:
         """Start over for another trace (the recorder cleared), counting from nothing."""
         if trace is not self._trace:
-            self._trace, self._steps, self._events, self._last, self._passed = trace, [], [], None, None
+            self._trace, self._steps, self._events, self._last, self._passed = trace, _Part(), _Part(), None, None
 
     def _check(self, trace: Trace) -> None:
         """TraceTooLarge for the first limit `trace` is past, checked by save()'s and load()'s code."""
-        new_steps = trace.steps[len(self._steps):]
+        new_steps = trace.steps[self._steps.count:]
         size = self._size(trace)  # first: it counts the new steps
         for step in new_steps:
             check_snapshot_size(step.kv, f"step {step.index}")
@@ -119,23 +123,35 @@ class FileMeter:
         tensor_member.check_tensor_count(size.tensors, f"the trace file's {tracefile.TENSORS_MEMBER}")
 
     def _size(self, trace: Trace) -> FileSize:
-        for i in range(len(self._steps), len(trace.steps)):
-            self._steps.append(_measured(trace.steps[i], f"trace.steps.{i}"))
-        for i in range(len(self._events), len(trace.events)):
-            self._events.append(_measured(trace.events[i], f"trace.events.{i}"))
+        self._steps.follow(trace.steps, "trace.steps")
+        self._events.follow(trace.events, "trace.events")
         # The rest of the document, with the two lists empty: their brackets are counted here.
         tensors: dict[str, torch.Tensor] = {}
         rest = encode(dataclasses.replace(trace, steps=[], events=[]), tensors, "trace")
         document = {"format": tracefile.FORMAT, "schema_version": SCHEMA_VERSION, "trace": rest}
-        return _size_of(document, tensors) + _joined(self._steps) + _joined(self._events)
+        return _size_of(document, tensors) + self._steps.joined() + self._events.joined()
 
 
-def _joined(parts: list[FileSize]) -> FileSize:
-    """The parts of a JSON list, and the comma between each two (an element and a byte each):
-    the list's brackets are counted with the empty list it fills."""
-    commas = max(len(parts) - 1, 0)
-    total = sum(parts, NOTHING)
-    return dataclasses.replace(total, elements=total.elements + commas, json_bytes=total.json_bytes + commas)
+class _Part:
+    """One of the trace's growing lists (its steps or its events), counted as it grows."""
+
+    def __init__(self) -> None:
+        self.count = 0  # its items counted so far
+        self.total = NOTHING  # their sizes, summed
+
+    def follow(self, items: list, path: str) -> None:
+        """Count the items appended since the last call (a recording never changes one it has
+        appended)."""
+        for i in range(self.count, len(items)):
+            self.total = self.total + _measured(items[i], f"{path}.{i}")
+        self.count = len(items)
+
+    def joined(self) -> FileSize:
+        """The items as a JSON list, with the comma between each two (an element and a byte
+        each); the list's brackets are counted with the empty list it fills."""
+        commas = max(self.count - 1, 0)
+        return dataclasses.replace(self.total, elements=self.total.elements + commas,
+                                   json_bytes=self.total.json_bytes + commas)
 
 
 def _measured(value: object, path: str) -> FileSize:

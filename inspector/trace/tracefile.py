@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from inspector.trace.arguments import file_path, instance, output_file, whole
-from inspector.trace.codec import decode, encode
+from inspector.trace.codec import decode, encode, stored_tensor
 from inspector.trace.json_limits import parse
 from inspector.trace.model import OLDEST_READABLE_VERSION, SCHEMA_VERSION, Trace, TraceError, TraceTooLarge
 from inspector.trace.replacing import replacing
@@ -119,6 +119,7 @@ def _members(trace: Trace, path: Path) -> tuple[bytes, bytes]:
     del document
     check_member_sizes(name, len(raw_json), 0, DEFAULT_MAX_BYTES)
     parsed = _parse_document(name, raw_json)
+    tensors = {tensor_name: stored_tensor(tensor) for tensor_name, tensor in tensors.items()}
     raw_tensors = save_safetensors(tensors)
     check_header(raw_tensors, f"{name}: {TENSORS_MEMBER}")
     check_member_sizes(name, len(raw_json), len(raw_tensors), DEFAULT_MAX_BYTES)
