@@ -94,8 +94,7 @@ def build_parser() -> ArgumentParser:
     record.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     record.add_argument("-o", "--output", required=True, help="the .mltrace file to write")
     record.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop recording after this many steps")
-    add_engine_args(record)
-    record.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
+    add_engine_args(record, kv_blocks_alias=True)
     add_sampling_args(record)
     capture = record.add_argument_group("capture")
     traced = CAPTURE.attention_requests  # None: every prompt
@@ -132,13 +131,9 @@ def build_parser() -> ArgumentParser:
     again.add_argument("--alone", action="store_true", help="run each request by itself, one after another")
     again.add_argument("--force", action="store_true",
                        help="replay even without a weights fingerprint to check, or with a different one")
-    add_engine_args(again)
-    again.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
-    again.add_argument("--seed", type=int, help="seed of the shared sampling generator (requests without a seed)")
     # The switches' opposites, for a recording that had them given: each sets its field back.
-    again.add_argument("--prefix-caching", dest="enable_prefix_caching", action="store_true", help="turn prefix caching on")
-    again.add_argument("--cuda-graphs", dest="enforce_eager", action="store_false", help="CUDA graphs (not --eager)")
-    again.add_argument("--fused-ops", dest="fused_ops", action="store_true", help="the engine's kernels (not --no-fused-ops)")
+    add_engine_args(again, opposites=True, kv_blocks_alias=True)
+    again.add_argument("--seed", type=int, help="seed of the shared sampling generator (requests without a seed)")
     settings = {f.name for f in dataclasses.fields(EngineConfig)}
     again.set_defaults(**dict.fromkeys(settings))  # None: as recorded
     sizing = {"kv_cache_memory_gb", "gpu_memory_utilization"}  # not recorded: given, they size the pool anew
