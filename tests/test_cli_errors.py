@@ -253,6 +253,7 @@ BAD = {
     # python app.py (each refused before a server starts or a model loads)
     "app-lan-without-auth": ("app", ["--host", "0.0.0.0"], "--auth USER:PASSWORD"),
     "app-bad-auth": ("app", ["--auth", "nopassword"], "--auth takes USER:PASSWORD"),
+    "app-auth-not-utf-8": ("app", ["--auth", "ada:" + BAD_BYTES], "--auth: USER:PASSWORD is not UTF-8 text"),
     "app-port": ("app", ["--port", "99999"], "argument --port: invalid port (1 to 65535) value: '99999'"),
     "app-sessions-0": ("app", ["--max-sessions", "0"], "argument --max-sessions"),
     "app-idle-nan": ("app", ["--idle-minutes", "nan"], "argument --idle-minutes"),

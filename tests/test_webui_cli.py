@@ -34,6 +34,22 @@ def test_malformed_credentials_are_refused(spec):
         resolve_auth(parse_args(["--auth", spec]), environ={})
 
 
+# Credentials no login form can send: the server started, and no one could log in.
+UNTYPEABLE = {"not-utf-8-user": ("\udcffada:pw", "is not UTF-8 text (character 0)"),
+              "not-utf-8-password": ("ada:caf\udce9", "is not UTF-8 text (character 7)"),
+              "line-break": ("ada:pw\n", "a control character (character 6: U+000A)"),
+              "escape": ("ada:\x1b[31mpw", "a control character (character 4: U+001B)"),
+              "nul-like-bell": ("a\x07da:pw", "a control character (character 1: U+0007)")}
+
+
+@pytest.mark.parametrize("spec, message", UNTYPEABLE.values(), ids=UNTYPEABLE)
+def test_credentials_no_login_form_can_send_are_refused_by_their_source(spec, message):
+    for argv, environ, source in [(["--auth", spec], {}, "--auth"), ([], {AUTH_ENV: spec}, AUTH_ENV)]:
+        with pytest.raises(ValueError, match=f"^{source}: USER:PASSWORD ") as caught:
+            resolve_auth(parse_args(["--host", "0.0.0.0", *argv]), environ=environ)
+        assert message in str(caught.value) and "pw" not in str(caught.value)  # the secret is not shown
+
+
 def test_no_auth_and_auth_together_are_refused():
     with pytest.raises(ValueError, match="contradicts"):
         resolve_auth(parse_args(["--host", "0.0.0.0", "--no-auth"]), environ={AUTH_ENV: "a:b"})

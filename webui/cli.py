@@ -144,6 +144,7 @@ def resolve_auth(args: argparse.Namespace, environ: dict[str, str] | None = None
         user, sep, password = spec.partition(":")
         if not sep or not user or not password:
             raise ValueError("--auth takes USER:PASSWORD, both non-empty")
+        _check_typeable(spec, "--auth" if args.auth else AUTH_ENV)
         return user, password
     if not is_loopback(args.host) and not args.no_auth:
         raise ValueError(
@@ -151,6 +152,22 @@ def resolve_auth(args: argparse.Namespace, environ: dict[str, str] | None = None
             "or --no-auth to run it open on purpose"
         )
     return None
+
+
+def _check_typeable(spec: str, source: str) -> None:
+    """ValueError unless a login form can send `spec`: the server started, and no one could log
+    in, with a password holding bytes that are not UTF-8 (Python keeps them as lone surrogates,
+    which no browser sends) or a control character (a line break left in MINILLAMA_AUTH by a
+    file it was read from, which no password field takes). Neither is shown: it is a secret."""
+    try:
+        spec.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{source}: USER:PASSWORD is not UTF-8 text (character {exc.start}), which no login "
+                         "form can send") from exc
+    control = next((i for i, c in enumerate(spec) if not c.isprintable()), None)
+    if control is not None:
+        raise ValueError(f"{source}: USER:PASSWORD holds a control character (character {control}: "
+                         f"U+{ord(spec[control]):04X}), which no login form can send")
 
 
 def lan_address() -> str:
