@@ -55,7 +55,12 @@ def expand_user(path: str | os.PathLike) -> Path:
 def require_regular_file(path: Path) -> None:
     """Raise ModelLoadError unless `path` (its target, if a link) is a regular file."""
     if not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+        if path.is_dir():
+            kind = "a folder"
+        elif path.is_symlink() and not path.exists():  # pathlib answers False for both, never raising
+            kind = "not a regular file but a link that leads to none (to a missing file, or round a loop)"
+        else:
+            kind = "not a regular file (a device, a pipe or a socket)"
         raise ModelLoadError(f"{path} is {kind}: a model directory's files must be regular files")
 
 

@@ -263,7 +263,11 @@ CASES: dict[str, tuple[Edit, str | None]] = {
     "weights-empty-file": (write("model.safetensors", b""), "cannot read weights from"),
     "weights-sparse-huge-tensor": (sparse_huge_embedding, "has shape (67108864, 32), config.json implies (256, 32)"),
     "weights-to-dev-zero": (link("model.safetensors", "/dev/zero"), "model.safetensors is not a regular file"),
-    "weights-dangling-link": (link("model.safetensors", "/nonexistent"), "model.safetensors is not a regular file"),
+    "weights-dangling-link": (link("model.safetensors", "/nonexistent"), "model.safetensors is not a regular file but a "
+                              "link that leads to none"),
+    # A link to itself was "not a regular file (a device, a pipe or a socket)".
+    **{f"{name}-link-loop": (link(name, name), f"{name} is not a regular file but a link that leads to none")
+       for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja")},
     "weights-pickled-only": (lambda path: (path / "model.safetensors").rename(path / "pytorch_model.bin"),
                              "has only pickled weights (pytorch_model.bin)"),
     "shards": (sharded(), None),
