@@ -40,6 +40,7 @@ from minillama.cli import (
     engine_config_from_args,
     int_at_least,
     number_at_least,
+    refuse_overridden,
     run_cli,
     sampling_params_from_args,
     tune_gc,
@@ -57,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("record", "replay"):  # the engine's flags: one may leave another unread
+        # The subcommand's own parser (argparse keeps no public list of a parser's actions).
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        # Only --debug (no value) can come before the subcommand's name: its first occurrence is it.
+        refuse_overridden(commands.choices[args.command], argv[argv.index(args.command) + 1:])
     # Reading a trace makes millions of small objects that all live on: with CPython's default
     # collector a third of a large file's load went to collections that found nothing
     # (minillama/cli/gc_heap.py). A command is a process of its own, so it tunes its collector.
@@ -166,6 +173,9 @@ def _record(args: argparse.Namespace) -> int:
         repeated = [i for n, i in enumerate(args.attention_seqs) if i in args.attention_seqs[:n]]
         if repeated:  # CapturePolicy's own refusal names its field, not the flag
             raise ConfigError(f"--attention-seqs {repeated[0]} is given more than once")
+        if not args.capture_attention and not args.logit_lens:  # they pick whose attention or lens is recorded
+            raise ConfigError("--attention-seqs picks prompts whose attention (or --logit-lens) is recorded, and "
+                              "--no-attention records none: give one of them")
     session = DebugSession(LLMEngine.from_pretrained(args.model, config), capture_policy_from_args(args))
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)

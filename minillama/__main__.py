@@ -14,6 +14,7 @@ from minillama.cli import (
     add_engine_args,
     add_sampling_args,
     engine_config_from_args,
+    refuse_overridden,
     run_cli,
     sampling_params_from_args,
 )
@@ -37,7 +38,9 @@ def build_parser() -> ArgumentParser:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_overridden(parser, argv)
     # Everything that needs no model is checked before the model loads.
     config, params = engine_config_from_args(args), sampling_params_from_args(args)
     for prompt in args.prompt:

@@ -186,6 +186,21 @@ BAD = {
     "record-seqs-repeated": ("inspector", [*RECORD, *TINY, "--attention-seqs", "0", "0"],
                              "--attention-seqs 0 is given more than once"),
     "record-budget-huge": ("inspector", [*RECORD, "--budget-mb", "1e308"], "argument --budget-mb: 1e308 is too large"),
+    # A flag another given flag leaves unread: it was accepted without a word, and did nothing.
+    **{f"{name}-{order}": (cli, [*prefix, *(pair if order == "as-given" else pair[2:] + pair[:2])], fragment)
+       for name, cli, prefix, pair, fragment in [
+           ("kv-gb-with-blocks", "minillama", ["--prompt", "hi"], ["--num-kv-blocks", "8", "--kv-cache-gb", "1.0"],
+            "argument --kv-cache-gb: not read with --num-kv-blocks (a KV cache given in blocks is not sized from memory)"),
+           ("gpu-util-with-blocks", "minillama", ["--prompt", "hi"], ["--num-kv-blocks", "8", "--gpu-memory-utilization",
+            "0.5"], "argument --gpu-memory-utilization: not read with --num-kv-blocks"),
+           ("record-kv-gb-with-blocks", "inspector", RECORD, ["--kv-blocks", "8", "--kv-cache-gb", "2"],
+            "argument --kv-cache-gb: not read with --num-kv-blocks"),
+           ("replay-kv-gb-with-blocks", "inspector", REPLAY, ["--num-kv-blocks", "8", "--kv-cache-gb", "2"],
+            "argument --kv-cache-gb: not read with --num-kv-blocks"),
+       ] for order in ("as-given", "swapped")},
+    "record-seqs-without-attention": ("inspector", [*RECORD, "--no-attention", "--attention-seqs", "0"],
+                                      "--attention-seqs picks prompts whose attention (or --logit-lens) is recorded, and "
+                                      "--no-attention records none"),
     "record-steps-huge": ("inspector", [*RECORD, "--max-steps", "1e30"], "argument --max-steps"),
     "record-kv-gb-overflow": ("inspector", [*RECORD, *TINY, "--kv-cache-gb", "1e308"], "--kv-cache-gb"),
     "record-undecodable": ("inspector", ["record", "--prompt", BAD_BYTES, "-o", "{root}/r.mltrace"], "the byte 0xff"),
