@@ -60,7 +60,9 @@ def paths(tmp_path_factory) -> dict[str, str]:
                                     "--max-tokens", "2", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(short)])
     assert code == 0
     (root / "link.mltrace").symlink_to(trace)  # the trace under another name
-    return {"short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
+    # A field only transformers reads, of the wrong type (the benchmarks' HF peer is built from it).
+    (root / "hf-field.json").write_text(json.dumps({**json.loads((tiny / "config.json").read_text()), "use_cache": "x"}))
+    return {"short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "hf-field": str(root / "hf-field.json"), "junk": str(root / "junk.mltrace"),
             "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe"),
             **hostile}
 
@@ -296,6 +298,8 @@ BAD = {
     "bench-device": ("bench", ["--device", "banana"], "unknown device"),
     "bench-config-missing": ("bench", ["--config", "/nonexistent.json"], "no such file"),
     "bench-config-bad": ("bench", ["--config", "{file}"], "is not valid JSON"),
+    # It failed as an internal error once the engine's run was over, building the HF peer.
+    "bench-config-hf-field": ("bench", ["--config", "{hf-field}"], "--config {hf-field}: Validation error for field 'use_cache'"),
     # --config 7b was reported as "7b is missing: a model directory needs config.json"; "*" picked the 8B shape.
     "recording-config-unknown": ("recording", ["--config", "7b"], "--config 7b: no such file; give 1b, 3b, 8b"),
     "bench-config-glob": ("bench", ["--config", "*"], "--config *: no such file"),
