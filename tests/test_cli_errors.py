@@ -15,6 +15,7 @@ import os
 import runpy
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,10 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (root / "link.mltrace").symlink_to(trace)  # the trace under another name
     # A field only transformers reads, of the wrong type (the benchmarks' HF peer is built from it).
     (root / "hf-field.json").write_text(json.dumps({**json.loads((tiny / "config.json").read_text()), "use_cache": "x"}))
-    return {"short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "hf-field": str(root / "hf-field.json"), "junk": str(root / "junk.mltrace"),
+    with socket.socket() as probe:  # a port free now (app.py checks it before loading the model)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    return {"port": port, "short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "hf-field": str(root / "hf-field.json"), "junk": str(root / "junk.mltrace"),
             "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe"),
             **hostile}
 
@@ -499,7 +503,7 @@ def test_a_real_process_prints_one_line(argv, fragment):
 
 @pytest.mark.parametrize("argv", [["-m", "minillama", "--prompt", "hi"],
                                   ["-m", "inspector", "record", "--prompt", "hi", "-o", "{root}/cache.mltrace"],
-                                  ["app.py", "--port", "1"]], ids=["minillama", "inspector", "app"])
+                                  ["app.py", "--port", "{port}"]], ids=["minillama", "inspector", "app"])
 def test_a_cache_folder_that_is_a_file_is_named_in_one_line(paths, argv):
     """MINILLAMA_CACHE naming a file: "[Errno 17] File exists: '...'", which named no variable,
     when the embedded model was first converted."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from argparse import Namespace
 from dataclasses import fields
 
@@ -9,7 +10,7 @@ import pytest
 
 from minillama.errors import ConfigError
 from webui import Limits
-from webui.cli import AUTH_ENV, check_host, is_loopback, limits_from_args, parse_args, resolve_auth
+from webui.cli import AUTH_ENV, check_host, check_port, is_loopback, limits_from_args, parse_args, resolve_auth
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -96,6 +97,19 @@ def test_a_host_the_server_cannot_listen_on_is_refused_before_anything_loads(hos
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])
 def test_hosts_this_machine_listens_on_pass(host):
     check_host(host)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])
+def test_a_port_another_server_holds_is_refused_before_anything_loads(host):
+    """It failed after the model had loaded, advising GRADIO_SERVER_PORT; a free port passes."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        with pytest.raises(ValueError, match=f"^--port {taken}: this machine cannot listen there on {host} "
+                                             r"\(Address already in use\); give another --port$"):
+            check_port(host, taken)
+    check_port(host, taken)  # closed: free again
 
 
 def test_an_empty_trace_path_is_refused_not_read_as_none():

@@ -100,6 +100,21 @@ def check_host(host: str) -> None:
             raise ValueError(f"--host {host}: this machine cannot listen there ({exc.strerror})") from exc
 
 
+def check_port(host: str, port: int) -> None:
+    """ValueError when `port` on `host` (checked by check_host) is taken: the server failed only
+    after the model had loaded, with Gradio's advice to set GRADIO_SERVER_PORT. Probed as the
+    server binds (SO_REUSEADDR: a port a closed server left in TIME_WAIT is free to it); another
+    process may still take it before the server starts."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ValueError(f"--port {port}: this machine cannot listen there on {host} ({exc.strerror}); "
+                             "give another --port") from exc
+
+
 # The flags about the model, which a --trace server does not load.
 MODEL_FLAGS = ("model", "device", "dtype", "attention", "max_model_len", "eager")
 
