@@ -32,6 +32,8 @@ from inspector import (
 )
 from minillama import ConfigError, EngineConfig, LLMEngine, check_text
 from minillama.cli import (
+    ENGINE_UNREAD,
+    SAMPLING_UNREAD,
     ArgumentParser,
     add_debug_flag,
     add_engine_args,
@@ -40,7 +42,7 @@ from minillama.cli import (
     engine_config_from_args,
     int_at_least,
     number_at_least,
-    refuse_overridden,
+    refuse_unread,
     run_cli,
     sampling_params_from_args,
     tune_gc,
@@ -64,7 +66,8 @@ def _main(argv: list[str]) -> int:
         # The subcommand's own parser (argparse keeps no public list of a parser's actions).
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         # Only --debug (no value) can come before the subcommand's name: its first occurrence is it.
-        refuse_overridden(commands.choices[args.command], argv[argv.index(args.command) + 1:])
+        rules = ENGINE_UNREAD + (SAMPLING_UNREAD if args.command == "record" else ())
+        refuse_unread(commands.choices[args.command], argv[argv.index(args.command) + 1:], args, rules)
     # Reading a trace makes millions of small objects that all live on: with CPython's default
     # collector a third of a large file's load went to collections that found nothing
     # (minillama/cli/gc_heap.py). A command is a process of its own, so it tunes its collector.

@@ -204,6 +204,16 @@ BAD = {
            ("replay-kv-gb-with-blocks", "inspector", REPLAY, ["--num-kv-blocks", "8", "--kv-cache-gb", "2"],
             "argument --kv-cache-gb: not read with --num-kv-blocks"),
        ] for order in ("as-given", "swapped")},
+    **{f"{name}-{cli}": (cli, [*(RECORD if cli == "inspector" else ["--prompt", "hi"]), *argv], fragment)
+       for name, argv, fragment in [
+           ("temperature-with-beams", ["--beam-width", "2", "--temperature", "0.7"],
+            "argument --temperature: not read by a beam search (--beam-width > 1), which is deterministic"),
+           ("top-p-with-beams", ["--top-p", "0.5", "--beam-width", "3"], "argument --top-p: not read by a beam search"),
+           ("top-k-with-beams", ["--beam-width", "2", "--top-k", "5"], "argument --top-k: not read by a beam search"),
+           ("length-penalty-without-beams", ["--length-penalty", "2"],
+            "argument --length-penalty: not read without a beam search: it scores finished beams"),
+           ("length-penalty-with-one-beam", ["--length-penalty", "2", "--beam-width", "1"], "not read without a beam"),
+       ] for cli in ("minillama", "inspector")},
     "record-seqs-without-attention": ("inspector", [*RECORD, "--no-attention", "--attention-seqs", "0"],
                                       "--attention-seqs picks prompts whose attention (or --logit-lens) is recorded, and "
                                       "--no-attention records none"),
