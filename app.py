@@ -19,6 +19,7 @@ from minillama.cli import Output, run_cli, tune_gc
 from webui import Limits, SessionManager, serve
 from webui.cli import (
     check_host,
+    check_port,
     check_trace_alone,
     is_loopback,
     lan_address,
@@ -53,6 +54,7 @@ def _main(argv: list[str]) -> int:
     try:
         check_trace_alone(args)
         check_host(args.host)
+        check_port(args.host, args.port)  # before the model loads, which takes a while
         auth = resolve_auth(args)
         limits = limits_from_args(args)
     except ValueError as error:  # each names the flag that is wrong

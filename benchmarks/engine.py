@@ -154,7 +154,26 @@ def model_shape(config: str | None) -> ModelConfig:
     """The benchmarked model's shape: the embedded model's, or --config's (1b, 3b, 8b or a path)."""
     if config is None:
         return ModelConfig.from_file(embedded_model_dir() / "config.json")
-    return ModelConfig.from_file(config_path(config))  # a malformed file: a ModelLoadError that says what is wrong
+    shape = ModelConfig.from_file(config_path(config))  # a malformed file: a ModelLoadError that says what is wrong
+    hf_config(config)  # and what only transformers reads, checked before any run
+    return shape
+
+
+def hf_config(config: str):  # -> transformers.LlamaConfig
+    """--config's shape as transformers' LlamaConfig, never stopping early (random weights).
+    transformers checks the types of fields ModelConfig does not read (`"use_cache": "x"`):
+    they failed, an internal error, when the HF peer was built after the engine's whole run.
+    ConfigError naming --config. Read after model_shape's ModelConfig.from_file has bounded the
+    file's size and nesting."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import LlamaConfig
+
+    raw = json.loads(config_path(config).read_text())
+    raw["eos_token_id"] = None  # random weights: never stop early
+    try:
+        return LlamaConfig.from_dict(raw)
+    except (StrictDataclassError, ValueError, TypeError) as exc:
+        raise ConfigError(f"--config {config}: {exc}") from exc
 
 
 def fitting_shape(config: str | None, device: torch.device, dtype: torch.dtype) -> ModelConfig:
@@ -185,15 +204,13 @@ def hf_tokenizer(args: argparse.Namespace):
 
 def load_hf_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     """The embedded model, or a config's shape with random weights, as a transformers model."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     if args.config is None:
         return AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=dtype).to(device).eval()
     fitting_shape(args.config, device, dtype)
-    raw = json.loads(config_path(args.config).read_text())
-    raw["eos_token_id"] = None  # random weights: never stop early
     torch.manual_seed(0)
-    config = LlamaConfig.from_dict(raw)
+    config = hf_config(args.config)
     config._attn_implementation = "sdpa"
     with torch.device(device):
         return LlamaForCausalLM(config).to(dtype).eval()

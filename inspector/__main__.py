@@ -32,6 +32,8 @@ from inspector import (
 )
 from minillama import ConfigError, EngineConfig, LLMEngine, check_text
 from minillama.cli import (
+    ENGINE_UNREAD,
+    SAMPLING_UNREAD,
     ArgumentParser,
     add_debug_flag,
     add_engine_args,
@@ -40,6 +42,7 @@ from minillama.cli import (
     engine_config_from_args,
     int_at_least,
     number_at_least,
+    refuse_unread,
     run_cli,
     sampling_params_from_args,
     tune_gc,
@@ -57,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("record", "replay"):  # the engine's flags: one may leave another unread
+        # The subcommand's own parser (argparse keeps no public list of a parser's actions).
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        # Only --debug (no value) can come before the subcommand's name: its first occurrence is it.
+        rules = ENGINE_UNREAD + (SAMPLING_UNREAD if args.command == "record" else ())
+        refuse_unread(commands.choices[args.command], argv[argv.index(args.command) + 1:], args, rules)
     # Reading a trace makes millions of small objects that all live on: with CPython's default
     # collector a third of a large file's load went to collections that found nothing
     # (minillama/cli/gc_heap.py). A command is a process of its own, so it tunes its collector.
@@ -94,8 +104,7 @@ def build_parser() -> ArgumentParser:
     record.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     record.add_argument("-o", "--output", required=True, help="the .mltrace file to write")
     record.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop recording after this many steps")
-    add_engine_args(record)
-    record.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
+    add_engine_args(record, kv_blocks_alias=True)
     add_sampling_args(record)
     capture = record.add_argument_group("capture")
     traced = CAPTURE.attention_requests  # None: every prompt
@@ -132,13 +141,9 @@ def build_parser() -> ArgumentParser:
     again.add_argument("--alone", action="store_true", help="run each request by itself, one after another")
     again.add_argument("--force", action="store_true",
                        help="replay even without a weights fingerprint to check, or with a different one")
-    add_engine_args(again)
-    again.add_argument("--kv-blocks", dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
-    again.add_argument("--seed", type=int, help="seed of the shared sampling generator (requests without a seed)")
     # The switches' opposites, for a recording that had them given: each sets its field back.
-    again.add_argument("--prefix-caching", dest="enable_prefix_caching", action="store_true", help="turn prefix caching on")
-    again.add_argument("--cuda-graphs", dest="enforce_eager", action="store_false", help="CUDA graphs (not --eager)")
-    again.add_argument("--fused-ops", dest="fused_ops", action="store_true", help="the engine's kernels (not --no-fused-ops)")
+    add_engine_args(again, opposites=True, kv_blocks_alias=True)
+    again.add_argument("--seed", type=int, help="seed of the shared sampling generator (requests without a seed)")
     settings = {f.name for f in dataclasses.fields(EngineConfig)}
     again.set_defaults(**dict.fromkeys(settings))  # None: as recorded
     sizing = {"kv_cache_memory_gb", "gpu_memory_utilization"}  # not recorded: given, they size the pool anew
@@ -171,6 +176,9 @@ def _record(args: argparse.Namespace) -> int:
         repeated = [i for n, i in enumerate(args.attention_seqs) if i in args.attention_seqs[:n]]
         if repeated:  # CapturePolicy's own refusal names its field, not the flag
             raise ConfigError(f"--attention-seqs {repeated[0]} is given more than once")
+        if not args.capture_attention and not args.logit_lens:  # they pick whose attention or lens is recorded
+            raise ConfigError("--attention-seqs picks prompts whose attention (or --logit-lens) is recorded, and "
+                              "--no-attention records none: give one of them")
     session = DebugSession(LLMEngine.from_pretrained(args.model, config), capture_policy_from_args(args))
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)

@@ -9,11 +9,14 @@ import sys
 
 from minillama import LLM, check_text
 from minillama.cli import (
+    ENGINE_UNREAD,
+    SAMPLING_UNREAD,
     ArgumentParser,
     add_debug_flag,
     add_engine_args,
     add_sampling_args,
     engine_config_from_args,
+    refuse_unread,
     run_cli,
     sampling_params_from_args,
 )
@@ -37,9 +40,12 @@ def build_parser() -> ArgumentParser:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    # Everything that needs no model is checked before the model loads.
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Everything that needs no model is checked before the model loads: each value, then what
+    # the values leave unread.
     config, params = engine_config_from_args(args), sampling_params_from_args(args)
+    refuse_unread(parser, argv, args, ENGINE_UNREAD + SAMPLING_UNREAD)
     for prompt in args.prompt:
         check_text(prompt)
     llm = LLM(args.model, config)

@@ -11,10 +11,23 @@ from minillama.errors import CacheFolderError
 def cache_root() -> Path:
     """$MINILLAMA_CACHE, else $XDG_CACHE_HOME/minillama (by default ~/.cache/minillama). An
     empty variable counts as unset: Path("") is the current folder, which would fill with the
-    cache's files."""
-    if os.environ.get("MINILLAMA_CACHE"):
-        return Path(os.environ["MINILLAMA_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minillama"
+    cache's files. CacheFolderError, naming the variable, for a folder that cannot be named:
+    "~nobody/cache" (a user this machine does not know: Path.expanduser raised a bare
+    RuntimeError, an internal error on a command line), or a name that is not UTF-8 text (the
+    embedded model's 20 s conversion ran, then failed writing the name into its files)."""
+    try:
+        if os.environ.get("MINILLAMA_CACHE"):
+            root = Path(os.environ["MINILLAMA_CACHE"]).expanduser()
+        else:
+            root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minillama"
+    except RuntimeError as error:  # no home folder for ~ or ~user
+        raise CacheFolderError(_unusable(f"cannot expand ~ ({error})")) from error
+    try:
+        str(root).encode("utf-8")
+    except UnicodeEncodeError as error:  # undecodable bytes in the variable, kept as lone surrogates
+        raise CacheFolderError(_unusable(f"the folder's name is not UTF-8 text ({error.reason} at "
+                                         f"character {error.start})")) from error
+    return root
 
 
 def cache_folder(folder: Path) -> Path:

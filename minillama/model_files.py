@@ -55,7 +55,12 @@ def expand_user(path: str | os.PathLike) -> Path:
 def require_regular_file(path: Path) -> None:
     """Raise ModelLoadError unless `path` (its target, if a link) is a regular file."""
     if not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+        if path.is_dir():
+            kind = "a folder"
+        elif path.is_symlink() and not path.exists():  # pathlib answers False for both, never raising
+            kind = "not a regular file but a link that leads to none (to a missing file, or round a loop)"
+        else:
+            kind = "not a regular file (a device, a pipe or a socket)"
         raise ModelLoadError(f"{path} is {kind}: a model directory's files must be regular files")
 
 
@@ -79,8 +84,12 @@ def read_small_bytes(path: Path) -> bytes:
         raise FileNotFoundError(path)
     check_small_file(path)
     limit = max_bytes(path)
-    with open(path, "rb") as file:
-        data = file.read(limit + 1)  # bounded even if the file grew since its stat
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)  # bounded even if the file grew since its stat
+    except OSError as exc:  # a file that stats as regular but cannot be read (/proc/self/mem: EIO)
+        # The OSError alone was "[Errno 5] Input/output error", naming no file.
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if len(data) > limit:
         raise ModelLoadError(f"{path} is over the {limit:,} bytes a model's {path.name} may take")
     # Brackets inside strings count too: an upper bound, found at C speed before any parser runs.

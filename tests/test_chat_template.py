@@ -39,6 +39,10 @@ HOSTILE = {
     "does-not-compile": ("{% if %}", "TemplateSyntaxError"),
     "type-error": ("{{ messages[0].content + 1 }}", "TypeError"),
     "escapes-the-sandbox": ("{{ ''.__class__.__mro__ }}", "SecurityError"),
+    # Text the tokenizer cannot take: its TypeError was an internal error.
+    "renders-a-lone-surrogate": ("{{ '\\udcff' }}{{ messages[0].content }}", "rendered text that is not valid UTF-8 "
+                                 r"\(character 0 is U\+DCFF"),
+    "renders-half-a-pair": ("{{ messages[0].content }}{{ '\\ud83d' }}", "character 5 is U\\+D83D"),
 }
 
 

@@ -15,6 +15,7 @@ import os
 import runpy
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,12 @@ def paths(tmp_path_factory) -> dict[str, str]:
                                     "--max-tokens", "2", "--num-kv-blocks", "16", "--block-size", "4", "-o", str(short)])
     assert code == 0
     (root / "link.mltrace").symlink_to(trace)  # the trace under another name
-    return {"short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "junk": str(root / "junk.mltrace"),
+    # A field only transformers reads, of the wrong type (the benchmarks' HF peer is built from it).
+    (root / "hf-field.json").write_text(json.dumps({**json.loads((tiny / "config.json").read_text()), "use_cache": "x"}))
+    with socket.socket() as probe:  # a port free now (app.py checks it before loading the model)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    return {"port": port, "short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "hf-field": str(root / "hf-field.json"), "junk": str(root / "junk.mltrace"),
             "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe"),
             **hostile}
 
@@ -187,6 +193,31 @@ BAD = {
     "record-seqs-repeated": ("inspector", [*RECORD, *TINY, "--attention-seqs", "0", "0"],
                              "--attention-seqs 0 is given more than once"),
     "record-budget-huge": ("inspector", [*RECORD, "--budget-mb", "1e308"], "argument --budget-mb: 1e308 is too large"),
+    # A flag another given flag leaves unread: it was accepted without a word, and did nothing.
+    **{f"{name}-{order}": (cli, [*prefix, *(pair if order == "as-given" else pair[2:] + pair[:2])], fragment)
+       for name, cli, prefix, pair, fragment in [
+           ("kv-gb-with-blocks", "minillama", ["--prompt", "hi"], ["--num-kv-blocks", "8", "--kv-cache-gb", "1.0"],
+            "argument --kv-cache-gb: not read with --num-kv-blocks (a KV cache given in blocks is not sized from memory)"),
+           ("gpu-util-with-blocks", "minillama", ["--prompt", "hi"], ["--num-kv-blocks", "8", "--gpu-memory-utilization",
+            "0.5"], "argument --gpu-memory-utilization: not read with --num-kv-blocks"),
+           ("record-kv-gb-with-blocks", "inspector", RECORD, ["--kv-blocks", "8", "--kv-cache-gb", "2"],
+            "argument --kv-cache-gb: not read with --num-kv-blocks"),
+           ("replay-kv-gb-with-blocks", "inspector", REPLAY, ["--num-kv-blocks", "8", "--kv-cache-gb", "2"],
+            "argument --kv-cache-gb: not read with --num-kv-blocks"),
+       ] for order in ("as-given", "swapped")},
+    **{f"{name}-{cli}": (cli, [*(RECORD if cli == "inspector" else ["--prompt", "hi"]), *argv], fragment)
+       for name, argv, fragment in [
+           ("temperature-with-beams", ["--beam-width", "2", "--temperature", "0.7"],
+            "argument --temperature: not read by a beam search (--beam-width > 1), which is deterministic"),
+           ("top-p-with-beams", ["--top-p", "0.5", "--beam-width", "3"], "argument --top-p: not read by a beam search"),
+           ("top-k-with-beams", ["--beam-width", "2", "--top-k", "5"], "argument --top-k: not read by a beam search"),
+           ("length-penalty-without-beams", ["--length-penalty", "2"],
+            "argument --length-penalty: not read without a beam search: it scores finished beams"),
+           ("length-penalty-with-one-beam", ["--length-penalty", "2", "--beam-width", "1"], "not read without a beam"),
+       ] for cli in ("minillama", "inspector")},
+    "record-seqs-without-attention": ("inspector", [*RECORD, "--no-attention", "--attention-seqs", "0"],
+                                      "--attention-seqs picks prompts whose attention (or --logit-lens) is recorded, and "
+                                      "--no-attention records none"),
     "record-steps-huge": ("inspector", [*RECORD, "--max-steps", "1e30"], "argument --max-steps"),
     "record-kv-gb-overflow": ("inspector", [*RECORD, *TINY, "--kv-cache-gb", "1e308"], "--kv-cache-gb"),
     "record-undecodable": ("inspector", ["record", "--prompt", BAD_BYTES, "-o", "{root}/r.mltrace"], "the byte 0xff"),
@@ -226,6 +257,17 @@ BAD = {
                               "is the file this command reads"),
     "replay-over-its-trace-by-a-link": ("inspector", ["replay", "{link}", "--model", "{tiny}", "-o", "{trace}"],
                                         "is the file this command reads"),
+    # A switch and its opposite, or a flag and its alias, given together: the last one won without a word.
+    "replay-prefix-caching-both-ways": ("inspector", [*REPLAY, "--prefix-caching", "--no-prefix-caching"],
+                                        "argument --no-prefix-caching: not allowed with argument --prefix-caching"),
+    "replay-eager-both-ways": ("inspector", [*REPLAY, "--eager", "--cuda-graphs"],
+                               "argument --cuda-graphs: not allowed with argument --eager"),
+    "replay-fused-ops-both-ways": ("inspector", [*REPLAY, "--fused-ops", "--no-fused-ops"],
+                                   "argument --no-fused-ops: not allowed with argument --fused-ops"),
+    "replay-kv-blocks-and-its-alias": ("inspector", [*REPLAY, "--kv-blocks", "4", "--num-kv-blocks", "8"],
+                                       "argument --num-kv-blocks: not allowed with argument --kv-blocks"),
+    "record-kv-blocks-and-its-alias": ("inspector", [*RECORD, "--num-kv-blocks", "8", "--kv-blocks", "4"],
+                                       "argument --kv-blocks: not allowed with argument --num-kv-blocks"),
     "replay-no-output": ("inspector", ["replay", "{trace}"], "required: -o/--output"),
     "replay-no-folder": ("inspector", ["replay", "{trace}", "-o", "/nonexistent/r.mltrace"], "there is no folder"),
     "replay-junk": ("inspector", [*REPLAY_JUNK], "not a .mltrace file"),
@@ -243,6 +285,7 @@ BAD = {
     # python app.py (each refused before a server starts or a model loads)
     "app-lan-without-auth": ("app", ["--host", "0.0.0.0"], "--auth USER:PASSWORD"),
     "app-bad-auth": ("app", ["--auth", "nopassword"], "--auth takes USER:PASSWORD"),
+    "app-auth-not-utf-8": ("app", ["--auth", "ada:" + BAD_BYTES], "--auth: USER:PASSWORD is not UTF-8 text"),
     "app-port": ("app", ["--port", "99999"], "argument --port: invalid port (1 to 65535) value: '99999'"),
     "app-sessions-0": ("app", ["--max-sessions", "0"], "argument --max-sessions"),
     "app-idle-nan": ("app", ["--idle-minutes", "nan"], "argument --idle-minutes"),
@@ -270,6 +313,8 @@ BAD = {
     "bench-device": ("bench", ["--device", "banana"], "unknown device"),
     "bench-config-missing": ("bench", ["--config", "/nonexistent.json"], "no such file"),
     "bench-config-bad": ("bench", ["--config", "{file}"], "is not valid JSON"),
+    # It failed as an internal error once the engine's run was over, building the HF peer.
+    "bench-config-hf-field": ("bench", ["--config", "{hf-field}"], "--config {hf-field}: Validation error for field 'use_cache'"),
     # --config 7b was reported as "7b is missing: a model directory needs config.json"; "*" picked the 8B shape.
     "recording-config-unknown": ("recording", ["--config", "7b"], "--config 7b: no such file; give 1b, 3b, 8b"),
     "bench-config-glob": ("bench", ["--config", "*"], "--config *: no such file"),
@@ -469,7 +514,7 @@ def test_a_real_process_prints_one_line(argv, fragment):
 
 @pytest.mark.parametrize("argv", [["-m", "minillama", "--prompt", "hi"],
                                   ["-m", "inspector", "record", "--prompt", "hi", "-o", "{root}/cache.mltrace"],
-                                  ["app.py", "--port", "1"]], ids=["minillama", "inspector", "app"])
+                                  ["app.py", "--port", "{port}"]], ids=["minillama", "inspector", "app"])
 def test_a_cache_folder_that_is_a_file_is_named_in_one_line(paths, argv):
     """MINILLAMA_CACHE naming a file: "[Errno 17] File exists: '...'", which named no variable,
     when the embedded model was first converted."""

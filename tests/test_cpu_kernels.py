@@ -13,6 +13,8 @@ fp32 roundings of the running sum, so it is held to 1e-6 * sqrt(K) of the terms'
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from minillama.model.attention_metadata import AttentionMetadata
 from minillama.model.linear import Linear
 from minillama.model.norm import RMSNorm
 from minillama.ops.cpu import c_kernels, cpu_ops, cpu_paged, skinny_linear
+from minillama.ops.cpu.bounded_run import run_bounded
 from minillama.ops.cpu.skinny_linear import MAX_ROWS
 from minillama.ops.reference.rotary_and_store import apply_rotary, store_kvcache
 from minillama.ops.select import select_ops
@@ -153,17 +156,55 @@ def test_without_a_compiler_the_engine_warns_and_uses_blas(monkeypatch, tmp_path
         clear_builds()
 
 
-def test_a_failed_compile_warns_with_the_compilers_message(monkeypatch, tmp_path):
+# What $CC may be: (the script's body, a fragment of the warning). Each leaves the CPU path on
+# PyTorch ops after one warning, and nothing half-written in the cache.
+MISBEHAVING_COMPILERS = {
+    "fails": ("echo 'fake-cc: cannot compile' >&2\nexit 1", "fake-cc: cannot compile"),
+    # It waited for ever, and the engine with it; the sleep it started is killed too.
+    "hangs": ("sleep 600 &\necho $! > \"$0.child\"\nwait", "ran past 1 s; killed"),
+    # subprocess.run kept all of it in memory: only the end is kept, which says what failed.
+    "floods-then-fails": ("head -c 5000000 /dev/zero | tr '\\0' x\necho 'fake-cc: the end' >&2\nexit 1",
+                          "fake-cc: the end"),
+}
+
+
+@pytest.mark.parametrize("body, fragment", MISBEHAVING_COMPILERS.values(), ids=MISBEHAVING_COMPILERS)
+def test_a_misbehaving_compiler_warns_and_leaves_nothing(monkeypatch, tmp_path, body, fragment):
     fake = tmp_path / "cc"
-    fake.write_text("#!/bin/sh\necho 'fake-cc: cannot compile' >&2\nexit 1\n")
+    fake.write_text(f"#!/bin/sh\n{body}\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
     monkeypatch.setenv("MINILLAMA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(c_kernels, "COMPILE_SECONDS", 1.0)
     clear_builds()
     try:
-        with pytest.warns(UserWarning, match="fake-cc: cannot compile"):
+        with pytest.warns(UserWarning, match=fragment) as warned:
             assert not skinny_linear.available()
+        assert len(str(warned[0].message)) < 1000  # the end of what it said, not 5 MB of it
         assert not list((tmp_path / "cache" / "kernels").iterdir())  # nothing half-written is left
+    finally:
+        clear_builds()
+    child = tmp_path / "cc.child"
+    if child.exists():  # the process the compiler started is gone (or a zombie about to be reaped)
+        state = Path(f"/proc/{child.read_text().strip()}/stat")
+        assert not state.exists() or state.read_text().split(") ")[1].startswith("Z")
+
+
+def test_run_bounded_keeps_only_the_end_of_the_output():
+    """The bytes kept are counted: 1,000,000 written, the last `keep` returned."""
+    text = run_bounded(["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' a; printf end"], seconds=60, keep=100)
+    assert len(text) == 100 and text.endswith("aend")
+
+
+@pytest.mark.parametrize("name", ["cache-not-utf-8", "cache-unknown-user"])
+def test_a_cache_folder_that_cannot_be_named_warns_and_runs_on_pytorch(monkeypatch, tmp_path, name):
+    """cache_root() refuses it (CacheFolderError, an OSError): the build warns, the engine runs on."""
+    value = {"cache-not-utf-8": f"{tmp_path}/caf\udce9", "cache-unknown-user": "~no-such-user-here/cache"}[name]
+    monkeypatch.setenv("MINILLAMA_CACHE", value)
+    clear_builds()
+    try:
+        with pytest.warns(UserWarning, match="MINILLAMA_CACHE=.* cannot hold minillama's cache"):
+            assert not skinny_linear.available()
     finally:
         clear_builds()
 

@@ -48,7 +48,11 @@ def file(tmp_path) -> Path:
     ("MINILLAMA_CACHE", "{file}/cache", "{file} is a file, not a folder"),
     ("XDG_CACHE_HOME", "{file}", "{file} is a file, not a folder"),
     ("MINILLAMA_CACHE", "{file}.d/" + "x" * 300, "File name too long"),
-], ids=["file", "folder-in-a-file", "xdg-file", "name-too-long"])
+    # An internal error (Path.expanduser's RuntimeError), and a conversion that ran 20 s before failing.
+    ("MINILLAMA_CACHE", "~no-such-user-here/cache", "cannot expand ~"),
+    ("MINILLAMA_CACHE", "{file}.d/caf\udce9", "the folder's name is not UTF-8 text"),
+    ("XDG_CACHE_HOME", "{file}.d/\udcff", "the folder's name is not UTF-8 text"),
+], ids=["file", "folder-in-a-file", "xdg-file", "name-too-long", "unknown-user", "not-utf-8", "xdg-not-utf-8"])
 def test_a_cache_folder_that_cannot_be_made_names_its_variable(monkeypatch, file, variable, value, wrong):
     """It was "[Errno 17] File exists: '...'" (or "Not a directory"), naming no variable; the
     embedded model's conversion and the kernels' build both make the folder through here."""

@@ -263,7 +263,14 @@ CASES: dict[str, tuple[Edit, str | None]] = {
     "weights-empty-file": (write("model.safetensors", b""), "cannot read weights from"),
     "weights-sparse-huge-tensor": (sparse_huge_embedding, "has shape (67108864, 32), config.json implies (256, 32)"),
     "weights-to-dev-zero": (link("model.safetensors", "/dev/zero"), "model.safetensors is not a regular file"),
-    "weights-dangling-link": (link("model.safetensors", "/nonexistent"), "model.safetensors is not a regular file"),
+    "weights-dangling-link": (link("model.safetensors", "/nonexistent"), "model.safetensors is not a regular file but a "
+                              "link that leads to none"),
+    # A file that stats as regular and fails to read: the one line was "[Errno 5] Input/output error".
+    **{f"{name}-unreadable": (link(name, "/proc/self/mem"), f"cannot read {{dir}}/{name}: Input/output error")
+       for name in ("config.json", "tokenizer.json", "chat_template.jinja", "generation_config.json")},
+    # A link to itself was "not a regular file (a device, a pipe or a socket)".
+    **{f"{name}-link-loop": (link(name, name), f"{name} is not a regular file but a link that leads to none")
+       for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja")},
     "weights-pickled-only": (lambda path: (path / "model.safetensors").rename(path / "pytorch_model.bin"),
                              "has only pickled weights (pytorch_model.bin)"),
     "shards": (sharded(), None),

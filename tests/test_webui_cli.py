@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from argparse import Namespace
 from dataclasses import fields
 
@@ -9,7 +10,7 @@ import pytest
 
 from minillama.errors import ConfigError
 from webui import Limits
-from webui.cli import AUTH_ENV, check_host, is_loopback, limits_from_args, parse_args, resolve_auth
+from webui.cli import AUTH_ENV, check_host, check_port, is_loopback, limits_from_args, parse_args, resolve_auth
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -32,6 +33,22 @@ def test_a_lan_host_needs_auth_or_an_explicit_no_auth(host):
 def test_malformed_credentials_are_refused(spec):
     with pytest.raises(ValueError, match="USER:PASSWORD"):
         resolve_auth(parse_args(["--auth", spec]), environ={})
+
+
+# Credentials no login form can send: the server started, and no one could log in.
+UNTYPEABLE = {"not-utf-8-user": ("\udcffada:pw", "is not UTF-8 text (character 0)"),
+              "not-utf-8-password": ("ada:caf\udce9", "is not UTF-8 text (character 7)"),
+              "line-break": ("ada:pw\n", "a control character (character 6: U+000A)"),
+              "escape": ("ada:\x1b[31mpw", "a control character (character 4: U+001B)"),
+              "nul-like-bell": ("a\x07da:pw", "a control character (character 1: U+0007)")}
+
+
+@pytest.mark.parametrize("spec, message", UNTYPEABLE.values(), ids=UNTYPEABLE)
+def test_credentials_no_login_form_can_send_are_refused_by_their_source(spec, message):
+    for argv, environ, source in [(["--auth", spec], {}, "--auth"), ([], {AUTH_ENV: spec}, AUTH_ENV)]:
+        with pytest.raises(ValueError, match=f"^{source}: USER:PASSWORD ") as caught:
+            resolve_auth(parse_args(["--host", "0.0.0.0", *argv]), environ=environ)
+        assert message in str(caught.value) and "pw" not in str(caught.value)  # the secret is not shown
 
 
 def test_no_auth_and_auth_together_are_refused():
@@ -80,6 +97,19 @@ def test_a_host_the_server_cannot_listen_on_is_refused_before_anything_loads(hos
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])
 def test_hosts_this_machine_listens_on_pass(host):
     check_host(host)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])
+def test_a_port_another_server_holds_is_refused_before_anything_loads(host):
+    """It failed after the model had loaded, advising GRADIO_SERVER_PORT; a free port passes."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        with pytest.raises(ValueError, match=f"^--port {taken}: this machine cannot listen there on {host} "
+                                             r"\(Address already in use\); give another --port$"):
+            check_port(host, taken)
+    check_port(host, taken)  # closed: free again
 
 
 def test_an_empty_trace_path_is_refused_not_read_as_none():

@@ -100,6 +100,21 @@ def check_host(host: str) -> None:
             raise ValueError(f"--host {host}: this machine cannot listen there ({exc.strerror})") from exc
 
 
+def check_port(host: str, port: int) -> None:
+    """ValueError when `port` on `host` (checked by check_host) is taken: the server failed only
+    after the model had loaded, with Gradio's advice to set GRADIO_SERVER_PORT. Probed as the
+    server binds (SO_REUSEADDR: a port a closed server left in TIME_WAIT is free to it); another
+    process may still take it before the server starts."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ValueError(f"--port {port}: this machine cannot listen there on {host} ({exc.strerror}); "
+                             "give another --port") from exc
+
+
 # The flags about the model, which a --trace server does not load.
 MODEL_FLAGS = ("model", "device", "dtype", "attention", "max_model_len", "eager")
 
@@ -144,6 +159,7 @@ def resolve_auth(args: argparse.Namespace, environ: dict[str, str] | None = None
         user, sep, password = spec.partition(":")
         if not sep or not user or not password:
             raise ValueError("--auth takes USER:PASSWORD, both non-empty")
+        _check_typeable(spec, "--auth" if args.auth else AUTH_ENV)
         return user, password
     if not is_loopback(args.host) and not args.no_auth:
         raise ValueError(
@@ -151,6 +167,22 @@ def resolve_auth(args: argparse.Namespace, environ: dict[str, str] | None = None
             "or --no-auth to run it open on purpose"
         )
     return None
+
+
+def _check_typeable(spec: str, source: str) -> None:
+    """ValueError unless a login form can send `spec`: the server started, and no one could log
+    in, with a password holding bytes that are not UTF-8 (Python keeps them as lone surrogates,
+    which no browser sends) or a control character (a line break left in MINILLAMA_AUTH by a
+    file it was read from, which no password field takes). Neither is shown: it is a secret."""
+    try:
+        spec.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{source}: USER:PASSWORD is not UTF-8 text (character {exc.start}), which no login "
+                         "form can send") from exc
+    control = next((i for i, c in enumerate(spec) if not c.isprintable()), None)
+    if control is not None:
+        raise ValueError(f"{source}: USER:PASSWORD holds a control character (character {control}: "
+                         f"U+{ord(spec[control]):04X}), which no login form can send")
 
 
 def lan_address() -> str:

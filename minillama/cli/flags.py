@@ -35,11 +35,35 @@ def add_model_args(group: argparse._ActionsContainer) -> None:
     _engine_flag(group, "attention", "attention implementation (default: %(default)s)", choices=BACKEND_NAMES)
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
+# The opposite of each switch below, for a command whose settings start from elsewhere than the
+# library's defaults (a replay starts from the recording's): given, it sets the field back.
+OPPOSITES = {
+    "enable_prefix_caching": ("--prefix-caching", "turn prefix caching on"),
+    "enforce_eager": ("--cuda-graphs", "CUDA graphs (not --eager)"),
+    "fused_ops": ("--fused-ops", "the engine's kernels (not --no-fused-ops)"),
+}
+SWITCHES = {  # field -> (what giving its flag does, the flag's action)
+    "enable_prefix_caching": ("turn prefix caching off", "store_false"),
+    "enforce_eager": ("no CUDA graphs", "store_true"),
+    "fused_ops": ("plain PyTorch, not the engine's kernels (CUDA: fused Triton ops; CPU: the C decode kernels)",
+                  "store_false"),
+}
+KV_BLOCKS_ALIAS = "--kv-blocks"
+
+
+def add_engine_args(parser: argparse.ArgumentParser, opposites: bool = False, kv_blocks_alias: bool = False) -> None:
+    """The engine's flags; with `opposites`, each switch's opposite too (OPPOSITES), and with
+    `kv_blocks_alias`, --kv-blocks beside --num-kv-blocks. A flag and its opposite, or a flag and
+    its alias, are one mutually exclusive group: given both, argparse refuses the command line
+    ("argument --cuda-graphs: not allowed with argument --eager"), where the last one given
+    used to win without a word."""
     g = parser.add_argument_group("model and engine")
     add_model_args(g)
     _engine_flag(g, "block_size", "tokens per KV-cache block (default: %(default)s)", type=int)
-    _engine_flag(g, "num_kv_blocks", "KV-cache blocks (default: sized from memory)", type=int)
+    kv_blocks = g.add_mutually_exclusive_group() if kv_blocks_alias else g
+    _engine_flag(kv_blocks, "num_kv_blocks", "KV-cache blocks (default: sized from memory)", type=int)
+    if kv_blocks_alias:
+        kv_blocks.add_argument(KV_BLOCKS_ALIAS, dest="num_kv_blocks", type=int, help="same as --num-kv-blocks")
     _engine_flag(g, "kv_cache_memory_gb", "CPU: memory for the KV cache, GiB (default: %(default)s)", type=float)
     _engine_flag(g, "gpu_memory_utilization", "CUDA: fraction of GPU memory to use (default: %(default)s)",
                  type=float)
@@ -55,10 +79,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     _engine_flag(g, "tensor_parallel_size", "split the model's layers across this many processes (CPU, gloo); "
                  "the web UI's live sessions need 1 (default: %(default)s)", type=int)
     # Three switches, each the opposite of its field's default: present, they flip it.
-    _engine_flag(g, "enable_prefix_caching", "turn prefix caching off", action="store_false")
-    _engine_flag(g, "enforce_eager", "no CUDA graphs", action="store_true")
-    _engine_flag(g, "fused_ops", "plain PyTorch, not the engine's kernels (CUDA: fused Triton ops; CPU: the C "
-                 "decode kernels)", action="store_false")
+    for name, (text, action) in SWITCHES.items():
+        pair = g.add_mutually_exclusive_group() if opposites else g
+        _engine_flag(pair, name, text, action=action)
+        if opposites:
+            opposite, opposite_text = OPPOSITES[name]
+            pair.add_argument(opposite, dest=name, default=getattr(ENGINE, name), help=opposite_text,
+                              action="store_true" if action == "store_false" else "store_false")
 
 
 def _engine_flag(group: argparse._ActionsContainer, name: str, text: str, **kwargs: object) -> None:

@@ -37,6 +37,19 @@ class _ChildFailed(Exception):
     """The child did not answer properly; the message says how (for the refusal's text)."""
 
 
+def _checked_text(text: str) -> str:
+    """The rendered text, which must be valid Unicode text as a prompt is (prompts.check_text):
+    a template can write a lone surrogate ("{{ '\\udcff' }}"), and the tokenizer then failed
+    with a TypeError, an internal error on every chat request."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(f"this model's chat template rendered text that is not valid UTF-8 (character "
+                                  f"{exc.start} is U+{ord(text[exc.start]):04X}, a lone surrogate); run without "
+                                  "chat") from None
+    return text
+
+
 class ChatTemplateRunner:
     """Renders chat templates in one child process, one render at a time (thread-safe)."""
 
@@ -60,7 +73,7 @@ class ChatTemplateRunner:
                 raise InvalidRequestError(f"this model's chat template {exc}; run without chat") from None
         if "error" in answer:
             raise InvalidRequestError(f"this model's chat template failed ({answer['error']}); run without chat")
-        return answer["text"]
+        return _checked_text(answer["text"])
 
     def close(self) -> None:
         """End the child, if one runs (the next render starts another)."""

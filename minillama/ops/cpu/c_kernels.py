@@ -27,10 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from minillama.build_cache import cache_folder, cache_root
+from minillama.ops.cpu.bounded_run import run_bounded
 
 # -fopenmp: the C code's `omp parallel for` binds to the OpenMP runtime already in the process
 # (torch's libgomp), so the kernels run on torch's threads, torch.set_num_threads included.
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+# A kernel compiles in about a second; a compiler still running after this is stuck (a $CC that
+# waits on something), and is killed (bounded_run.py).
+COMPILE_SECONDS = 20.0
 
 
 class CLibrary:
@@ -70,15 +74,15 @@ def _load(source: Path) -> ctypes.CDLL | None:
     compiler = _compiler()
     if compiler is None:
         return None
-    path = _build_path(source, compiler)
-    if not path.exists():
-        try:
+    try:
+        path = _build_path(source, compiler)  # a cache folder that cannot be named is an OSError too
+        if not path.exists():
             _compile(compiler, source, path)
-        except (OSError, subprocess.CalledProcessError) as error:
-            details = getattr(error, "stderr", "") or str(error)
-            warnings.warn(f"compiling {source.name} failed, the CPU path uses PyTorch ops: {details.strip()[-500:]}",
-                          stacklevel=3)
-            return None
+    except (OSError, subprocess.CalledProcessError) as error:
+        details = getattr(error, "stderr", "") or str(error)
+        warnings.warn(f"compiling {source.name} failed, the CPU path uses PyTorch ops: {details.strip()[-500:]}",
+                      stacklevel=3)
+        return None
     return ctypes.CDLL(str(path))
 
 
@@ -115,5 +119,5 @@ def _compile(compiler: str, source: Path, path: Path) -> None:
     cache_folder(path.parent)  # a CacheFolderError, an OSError, names MINILLAMA_CACHE in the warning
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         built = Path(scratch) / path.name
-        subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True, text=True)
+        run_bounded([compiler, *FLAGS, str(source), "-o", str(built)], COMPILE_SECONDS)
         os.replace(built, path)
