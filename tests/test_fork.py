@@ -480,7 +480,7 @@ def tampered(params: SamplingParams, **fields: object) -> SamplingParams:
     ((0, 3, [256]), "token ids"),
     ((0, 3, [-1]), "token ids"),
     ((0, 3, ["a"]), "token ids"),
-    ((0, 3, [1] * 40), "max_model_len"),
+    ((0, 3, [1] * 40), r"the fork's prompt \(3 \+ 40 forced\) has 43 tokens; this engine's max_model_len is 32"),
     # SamplingParams checks its fields when made; the engine checks again what it is given.
     ((0, 3, [1], tampered(SamplingParams(), temperature=-1)), "temperature"),
     ((0, 3, [1], "greedy"), "SamplingParams"),

@@ -381,7 +381,7 @@ class LLMEngine(BeamSearchSteps):
             raise InvalidRequestError(f"a fork continues one sequence: n must be 1, got {params.n} (fork again for more)")
         # The parent's tokens were checked when they came; the forced ones above.
         token_ids = [*parent.token_ids[:num_tokens], *forced_token_ids]
-        self._check_fits(len(token_ids), params)
+        self._check_fits(len(token_ids), params, what=f"the fork's prompt ({num_tokens} + {len(forced_token_ids)} forced)")
         seq = Sequence(next(self._request_ids), token_ids, params)
         seq.parent_id, seq.fork_position = parent.seq_id, num_tokens
         shared = bool(parent.block_table and parent.num_computed_tokens) and self._share_prefix(parent, seq)
@@ -467,14 +467,15 @@ class LLMEngine(BeamSearchSteps):
         if not all(_is_token_id(t, self.model_config.vocab_size) for t in params.stop_token_ids):
             raise InvalidRequestError(f"stop_token_ids must be in [0, {self.model_config.vocab_size})")
 
-    def _check_fits(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+    def _check_fits(self, num_prompt_tokens: int, params: SamplingParams, what: str = "the prompt") -> None:
+        """Refuse a request that could never run: `what` names its prompt in the messages."""
         if params.beam_width > self.config.max_num_seqs:
             raise InvalidRequestError(
                 f"beam_width {params.beam_width} exceeds max_num_seqs {self.config.max_num_seqs}: a search's beams run side by side"
             )
         if num_prompt_tokens >= self.max_model_len:
             raise InvalidRequestError(
-                f"the prompt has {num_prompt_tokens} tokens; this engine's max_model_len is "
+                f"{what} has {num_prompt_tokens} tokens; this engine's max_model_len is "
                 f"{self.max_model_len}, which must also leave room for at least one new token"
             )
         # The K/V of every token but the last sampled one (it is never fed back) must fit.
