@@ -233,6 +233,29 @@
     region.textContent = message;
   };
 
+  // -- names for assistive technology ------------------------------------------------------
+  // A control's accessible name is what a screen reader says and what voice control matches.
+  // ◀ / ▶ were named by their symbol alone ("black left-pointing triangle"). A Gradio text field
+  // with a copy button (the share link) wraps the button and the field in one <label>, whose
+  // control is then the button (the first labelable element in it): the field had no name at
+  // all. Every control gets a name once it is on the page: the icon buttons their words, and a
+  // field no label names its block's label.
+  const ICON_BUTTON_NAMES = { "ml-prev": "Previous step (←)", "ml-next": "Next step (→)" };
+  const nameControls = () => {
+    for (const [id, name] of Object.entries(ICON_BUTTON_NAMES)) {
+      const b = button(id);
+      if (b && b.getAttribute("aria-label") !== name) {
+        b.setAttribute("aria-label", name);
+        b.title = name;
+      }
+    }
+    for (const field of document.querySelectorAll("#ml-shell input:not([aria-label]), #ml-shell textarea:not([aria-label])")) {
+      if (field.type === "hidden" || field.labels?.length || field.hasAttribute("aria-labelledby")) continue;
+      const label = field.closest(".block")?.querySelector("[data-testid=block-info]")?.textContent.trim();
+      if (label) field.setAttribute("aria-label", label);
+    }
+  };
+
   // -- a reload starts afresh ---------------------------------------------------------------
   // Each page load is a new session (webui/tab_keys.py): a reload, or the one Gradio makes when
   // a restarted server answers again, showed an empty session where the run had been, without
@@ -263,6 +286,7 @@
   };
 
   new MutationObserver(() => {
+    nameControls();
     reopenFolds();
     announce();
     noteReload();

@@ -830,3 +830,25 @@ def test_the_panels_read_in_a_browser_that_prefers_dark(browser, url):
     page.wait_for_selector("#ml-status .ml-error")
     assert page.evaluate(LOW_CONTRAST) == []
     page.context.close()
+
+
+# The page's controls an assistive technology finds no name for, or only a symbol ("◀"):
+# [role, name], from the browser's accessibility tree.
+def unnamed_controls(page) -> list[tuple[str, str]]:
+    tree = page.context.new_cdp_session(page).send("Accessibility.getFullAXTree")["nodes"]
+    roles = {"button", "slider", "textbox", "combobox", "checkbox", "spinbutton", "tab", "link", "listbox", "radio"}
+    named = [(n["role"]["value"], n.get("name", {}).get("value", "")) for n in tree
+             if not n.get("ignored") and n.get("role", {}).get("value") in roles]
+    return [(role, name) for role, name in named if not any(c.isalnum() for c in name)]
+
+
+def test_every_control_has_a_name_in_words(browser, url):
+    """◀ and ▶ were named by their symbol alone, and the share link's field had no name: Gradio
+    puts its copy button and the field in one <label>, which then labels the button."""
+    page = open_page(browser, url)
+    page.get_by_role("button", name="Trace file").click()
+    playwright_api.expect(page.locator("#ml-share-url input")).to_be_visible()
+    assert unnamed_controls(page) == []
+    assert page.get_by_role("button", name="Previous step (←)").count() == 1
+    assert page.get_by_role("textbox", name=re.compile("read-only view of this trace")).count() == 1
+    page.context.close()
