@@ -92,10 +92,56 @@
   const templateText = () => document.querySelector("meta[name=ml-figure-template]")?.content || "{}";
   const withTemplate = (layout) => ({ template: JSON.parse(templateText()), ...layout });
 
+  // The timeline's legend of states (a colour bar beside its title, inspector/views/timeline.py)
+  // turns its labels on their side in a plot narrower than this (a phone), where it reached over
+  // the title: there it gets a row of its own under the title, and the plot the height it takes.
+  const NARROW_TIMELINE = 560;
+  const LEGEND_ROW = 64; // px: the bar and its labels on their side
+  const legendRowOfItsOwn = (layout) => ({
+    ...layout,
+    height: layout.height + LEGEND_ROW,
+    margin: { ...layout.margin, t: layout.margin.t + LEGEND_ROW },
+    title: { ...layout.title, yref: "container", y: 1, yanchor: "top", pad: { t: 4 } },
+  });
+
+  // Plotly never wraps a title: inspector/views/figure.py wrap_title breaks a long one for the
+  // plot of a laptop's pane (about 480 px), and in a narrower plot (a phone) a line still ran
+  // past the plot's edge, cut off. There a line breaks again at its last " · " that fits, and
+  // the plot grows by the lines added. A note line (<sup>) stays as it is.
+  const TITLE_CHAR_PX = 7.6; // an average character of the titles' 14 px font
+  const TITLE_LINE_PX = 18;
+  const fitTitle = (layout, width) => {
+    const text = layout.title?.text;
+    if (!text || !layout.margin || !layout.height) return layout;
+    const fits = Math.max(Math.floor((width - 24) / TITLE_CHAR_PX), 16);
+    const shown = (line) => line.replace(/&[#\w]+;/g, "x").length; // an entity is one character
+    const lines = [];
+    for (let line of text.split("<br>")) {
+      while (!line.startsWith("<sup>") && shown(line) > fits) {
+        const cuts = [...line.matchAll(/ · /g)].map((m) => m.index).filter((i) => i > 0 && shown(line.slice(0, i)) <= fits);
+        if (!cuts.length) break;
+        const cut = cuts[cuts.length - 1];
+        lines.push(line.slice(0, cut));
+        line = line.slice(cut + 1); // the next line starts "· ": the words of the two stay apart in its text
+      }
+      lines.push(line);
+    }
+    const added = lines.length - text.split("<br>").length;
+    if (!added) return layout;
+    return {
+      ...layout,
+      title: { ...layout.title, text: lines.join("<br>") },
+      height: layout.height + added * TITLE_LINE_PX,
+      margin: { ...layout.margin, t: layout.margin.t + added * TITLE_LINE_PX },
+    };
+  };
+
   const drawFigure = (div, name, figure) => {
+    figure = { ...figure, layout: fitTitle(figure.layout, div.clientWidth) };
     if (name === "timeline") {
       // Keep the user's zoom and pan across updates (uirevision), and drag to pan.
       figure.layout = { ...figure.layout, dragmode: "pan", uirevision: "timeline" };
+      if (div.clientWidth < NARROW_TIMELINE) figure.layout = legendRowOfItsOwn(figure.layout);
     }
     // The div takes the figure's height: with responsive plots, Plotly sizes a plot to its div
     // when the window is resized, and a div sized by its content would collapse to nothing.

@@ -765,6 +765,34 @@ def test_the_timeline_legend_and_the_kv_grid_fit_their_plots(trace):
     assert not heat.showscale and full.layout.legend.orientation == "h" and len(full.layout.xaxis.tickvals) <= 8
 
 
+def placement_problems(fig: go.Figure) -> list[str]:
+    """What plotly would draw over another part of the figure, or out of it, at some plot size: a
+    legend below the plot at an offset of the plot's height (by the height, it landed on the x
+    axis's title or past the figure's bottom edge), a horizontal colour bar with no title of its
+    own (for plotly's unseen placeholder title, it moves the figure's title up by the bar's
+    height: out of the figure in a phone's narrow plot, where the bar's labels stand on their side)."""
+    problems = []
+    legend = fig.layout.legend
+    if legend.y is not None and legend.y < 0 and legend.yref != "container" and fig.layout.xaxis.side != "top":
+        problems.append(f"a legend at y={legend.y} of the plot, over what lies under the plot")
+    for data in fig.data:
+        bar = getattr(data, "colorbar", None)
+        if bar is not None and bar.orientation == "h" and data.showscale is not False and bar.title.text is None:
+            problems.append(f"a horizontal colour bar with plotly's placeholder title ({data.type})")
+    return problems
+
+
+def test_no_legend_or_colour_bar_sits_where_plotly_draws_it_over_the_rest(trace):
+    """The Next token chart's legend (y=-0.15 of its plot) lay over its axis title "probability",
+    the history's over "step", the compare chart's past the figure's edge; the timeline's title
+    was drawn above its figure in a narrow plot. Every figure, first and last step, each selection."""
+    for index in (0, len(trace.steps) - 1):
+        for builder in FIGURES:
+            for selection in (Selection(), Selection(seq_id=1, head=None), Selection(seq_id=2, full_matrix=True)):
+                fig = build(builder, trace, index, selection)
+                assert placement_problems(fig) == [], (builder.__name__, index)
+
+
 def test_the_kv_legend_names_its_first_holders_and_counts_the_rest():
     from inspector.views.kv_cache import MAX_LEGEND_HOLDERS, _legend
 

@@ -832,6 +832,39 @@ def test_the_panels_read_in_a_browser_that_prefers_dark(browser, url):
     page.context.close()
 
 
+# Every text a drawn plot holds (its title, legend, colour bar, axis titles) that lies outside its
+# figure (cut off), or over another of them.
+PLOT_TEXT_PROBLEMS = """() => [...document.querySelectorAll('.ml-plot')].filter(d => d._fullLayout && d.offsetParent).flatMap(d => {
+    const figure = d.querySelector('.main-svg').getBoundingClientRect();
+    const box = (e) => e.getBoundingClientRect();
+    const over = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+    const texts = [...d.querySelectorAll('.gtitle, .colorbar, .legend, .g-xtitle, .g-ytitle')].filter(e => box(e).width > 0);
+    const name = (e) => d.id + ' ' + e.getAttribute('class');
+    const outside = texts.filter(e => { const b = box(e);
+        return b.top < figure.top - 1 || b.bottom > figure.bottom + 1 || b.left < figure.left - 1 || b.right > figure.right + 1; });
+    return [...outside.map(e => name(e) + ' outside'),
+            ...texts.flatMap((a, i) => texts.slice(i + 1).filter(b => over(box(a), box(b))).map(b => name(a) + ' over ' + name(b)))];
+})"""
+
+
+@pytest.mark.parametrize("width", [375, 1280])
+def test_no_plot_text_leaves_its_figure_or_covers_another(browser, url, width):
+    """In a phone's window the timeline's title was drawn above its figure (plotly moved it up
+    for its colour bar's unseen placeholder title) and the Next token chart's title ran past the
+    plot's edge; at any width the Next token and history legends lay over their axis titles."""
+    page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+    page.goto(url)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    add_prompts(page, "What is the capital of France?", max_tokens=3)
+    step_through(page, 2)
+    for key, tab in enumerate(TABS, start=1):
+        page.keyboard.press(str(key))
+        for plot in TABS[tab]:
+            page.wait_for_function(PLOT_SHOWS_STEP, arg=[plot, 1], timeout=10_000)
+        assert page.evaluate(PLOT_TEXT_PROBLEMS) == [], tab
+    page.context.close()
+
+
 # The page's controls an assistive technology finds no name for, or only a symbol ("◀"):
 # [role, name], from the browser's accessibility tree.
 def unnamed_controls(page) -> list[tuple[str, str]]:
