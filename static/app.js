@@ -365,7 +365,8 @@
   help.hidden = true;
   help.setAttribute("role", "dialog");
   help.setAttribute("aria-label", "Keyboard shortcuts");
-  help.innerHTML = "<div class='ml-help-card'><b>Keyboard shortcuts</b><table></table><p>Click a generated token to " +
+  help.setAttribute("aria-modal", "true");
+  help.innerHTML = "<div class='ml-help-card' tabindex='-1'><b>Keyboard shortcuts</b><table></table><p>Click a generated token to " +
     "jump to the step that sampled it; click another token under the Next token chart to fork there. Wheel over " +
     "the timeline zooms, dragging pans; double-click resets.</p></div>";
   for (const [keys, what] of SHORTCUTS) {
@@ -373,7 +374,22 @@
     row.insertCell().textContent = keys;
     row.insertCell().textContent = what;
   }
-  help.addEventListener("click", () => { help.hidden = true; });
+  // A modal dialog: opened, it takes the focus (a screen reader reads it out, and Tab no longer
+  // walks the page behind it); closed, it gives the focus back where it was. It opened with the
+  // focus left behind it, and a keyboard user tabbed on through the page it covered.
+  let focusBefore = null;
+  const showHelp = (open) => {
+    if (open === !help.hidden) return;
+    help.hidden = !open;
+    if (open) {
+      focusBefore = document.activeElement;
+      help.querySelector(".ml-help-card").focus();
+    } else {
+      focusBefore?.focus?.();
+      focusBefore = null;
+    }
+  };
+  help.addEventListener("click", () => showHelp(false));
   const seekTo = (value) => {
     const range = document.querySelector("#ml-slider input[type=range]");
     if (!range || range.disabled || range.value === String(value)) return;
@@ -420,8 +436,9 @@
     tab?.click();
   };
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && !help.hidden) {
-      help.hidden = true;
+    if (!help.hidden && (event.key === "Escape" || event.key === "Tab")) {
+      event.preventDefault();
+      if (event.key === "Escape") showHelp(false); // Tab: the focus stays in the dialog
       return;
     }
     if (event.altKey || event.ctrlKey || event.metaKey || typingIn(document.activeElement)) return;
@@ -437,7 +454,7 @@
     else if (event.key === "s") press("ml-step");
     else if (event.key === "b") press("ml-run-bp");
     else if (["1", "2", "3", "4", "5", "6"].includes(event.key)) showTab(Number(event.key) - 1);
-    else if (event.key === "?") help.hidden = !help.hidden;
+    else if (event.key === "?") showHelp(help.hidden);
     else return;
     event.preventDefault();
   });

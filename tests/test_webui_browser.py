@@ -885,3 +885,21 @@ def test_every_control_has_a_name_in_words(browser, url):
     assert page.get_by_role("button", name="Previous step (←)").count() == 1
     assert page.get_by_role("textbox", name=re.compile("read-only view of this trace")).count() == 1
     page.context.close()
+
+
+def test_the_shortcuts_help_takes_the_focus_and_gives_it_back(browser, url):
+    """The help (?) opened over the page with the focus left behind it: a screen reader did not
+    read it, and Tab walked on through the page it covered."""
+    page = open_page(browser, url)
+    page.locator("#ml-step").focus()
+    page.keyboard.press("?")
+    inside = "() => Boolean(document.activeElement?.closest('#ml-help'))"
+    assert page.locator("#ml-help").is_visible() and page.evaluate(inside)
+    assert page.locator("#ml-help").get_attribute("aria-modal") == "true"
+    page.keyboard.press("Tab")
+    assert page.evaluate(inside)
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.keyboard.press("Escape")
+    assert not page.locator("#ml-help").is_visible()
+    assert page.evaluate("() => document.activeElement?.closest('#ml-step') !== null")
+    page.context.close()
