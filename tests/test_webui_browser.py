@@ -903,3 +903,17 @@ def test_the_shortcuts_help_takes_the_focus_and_gives_it_back(browser, url):
     assert not page.locator("#ml-help").is_visible()
     assert page.evaluate("() => document.activeElement?.closest('#ml-step') !== null")
     page.context.close()
+
+
+def test_a_refused_trace_file_does_not_stay_in_the_open_box(browser, url, tmp_path):
+    """A file the server refused stayed in the Open box, named with its size, as if it were the
+    trace open."""
+    page = open_page(browser, url)
+    page.get_by_role("button", name="Trace file").click()
+    damaged = tmp_path / "damaged.mltrace"
+    damaged.write_bytes(b"not a zip")
+    page.locator("#ml-open input[type=file]").set_input_files(damaged)
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('not a .mltrace file')")
+    playwright_api.expect(page.locator("#ml-open")).not_to_contain_text("damaged")
+    assert "live engine" in page.locator("#ml-status").inner_text()  # the session is as it was
+    page.context.close()
