@@ -801,18 +801,20 @@ def test_the_kv_legend_names_its_first_holders_and_counts_the_rest():
     assert [e["name"] for e in entries] == [*names[: 2 + MAX_LEGEND_HOLDERS], "5 more (hover a block)"]
 
 
-def test_bidirectional_controls_show_as_marks_wherever_text_is_shown():
+def test_bidirectional_controls_and_zero_width_spaces_show_as_marks_wherever_text_is_shown():
     """A right-to-left override (or any bidi control) in a token or a name would reorder the
-    rest of the line it is shown in: every way the views show text shows it as a mark instead."""
+    rest of the line it is shown in, and a zero-width space hid itself ("Par<U+200B>is" read as
+    "Paris"): every way the views show text shows them as marks instead."""
     from inspector.views.lineage import quote
-    from inspector.views.markup import BIDI_CONTROLS, escape
+    from inspector.views.markup import BIDI_CONTROLS, ZERO_WIDTH_SPACES, escape
     from inspector.views.tokens import axis_label, chip_text, visible
 
-    for code in BIDI_CONTROLS:
+    for code in (*BIDI_CONTROLS, *ZERO_WIDTH_SPACES):
         text = f"a{chr(code)}b"
         for shown in (chip_text(text), axis_label(text, 40), quote(text), escape(text), visible(text)):
             assert chr(code) not in shown and f"⟨U+{code:04X}⟩" in shown
     assert escape("مرحبا שלום") == "مرحبا שלום"  # right-to-left letters are text, shown as they are
+    assert escape("👩\u200d👧 می\u200cخواهم") == "👩\u200d👧 می\u200cخواهم"  # joiners shape emoji and scripts
 
 
 def test_sequence_labels_read_on_white():
