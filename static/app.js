@@ -92,10 +92,56 @@
   const templateText = () => document.querySelector("meta[name=ml-figure-template]")?.content || "{}";
   const withTemplate = (layout) => ({ template: JSON.parse(templateText()), ...layout });
 
+  // The timeline's legend of states (a colour bar beside its title, inspector/views/timeline.py)
+  // turns its labels on their side in a plot narrower than this (a phone), where it reached over
+  // the title: there it gets a row of its own under the title, and the plot the height it takes.
+  const NARROW_TIMELINE = 560;
+  const LEGEND_ROW = 64; // px: the bar and its labels on their side
+  const legendRowOfItsOwn = (layout) => ({
+    ...layout,
+    height: layout.height + LEGEND_ROW,
+    margin: { ...layout.margin, t: layout.margin.t + LEGEND_ROW },
+    title: { ...layout.title, yref: "container", y: 1, yanchor: "top", pad: { t: 4 } },
+  });
+
+  // Plotly never wraps a title: inspector/views/figure.py wrap_title breaks a long one for the
+  // plot of a laptop's pane (about 480 px), and in a narrower plot (a phone) a line still ran
+  // past the plot's edge, cut off. There a line breaks again at its last " · " that fits, and
+  // the plot grows by the lines added. A note line (<sup>) stays as it is.
+  const TITLE_CHAR_PX = 7.6; // an average character of the titles' 14 px font
+  const TITLE_LINE_PX = 18;
+  const fitTitle = (layout, width) => {
+    const text = layout.title?.text;
+    if (!text || !layout.margin || !layout.height) return layout;
+    const fits = Math.max(Math.floor((width - 24) / TITLE_CHAR_PX), 16);
+    const shown = (line) => line.replace(/&[#\w]+;/g, "x").length; // an entity is one character
+    const lines = [];
+    for (let line of text.split("<br>")) {
+      while (!line.startsWith("<sup>") && shown(line) > fits) {
+        const cuts = [...line.matchAll(/ · /g)].map((m) => m.index).filter((i) => i > 0 && shown(line.slice(0, i)) <= fits);
+        if (!cuts.length) break;
+        const cut = cuts[cuts.length - 1];
+        lines.push(line.slice(0, cut));
+        line = line.slice(cut + 1); // the next line starts "· ": the words of the two stay apart in its text
+      }
+      lines.push(line);
+    }
+    const added = lines.length - text.split("<br>").length;
+    if (!added) return layout;
+    return {
+      ...layout,
+      title: { ...layout.title, text: lines.join("<br>") },
+      height: layout.height + added * TITLE_LINE_PX,
+      margin: { ...layout.margin, t: layout.margin.t + added * TITLE_LINE_PX },
+    };
+  };
+
   const drawFigure = (div, name, figure) => {
+    figure = { ...figure, layout: fitTitle(figure.layout, div.clientWidth) };
     if (name === "timeline") {
       // Keep the user's zoom and pan across updates (uirevision), and drag to pan.
       figure.layout = { ...figure.layout, dragmode: "pan", uirevision: "timeline" };
+      if (div.clientWidth < NARROW_TIMELINE) figure.layout = legendRowOfItsOwn(figure.layout);
     }
     // The div takes the figure's height: with responsive plots, Plotly sizes a plot to its div
     // when the window is resized, and a div sized by its content would collapse to nothing.
@@ -233,6 +279,29 @@
     region.textContent = message;
   };
 
+  // -- names for assistive technology ------------------------------------------------------
+  // A control's accessible name is what a screen reader says and what voice control matches.
+  // ◀ / ▶ were named by their symbol alone ("black left-pointing triangle"). A Gradio text field
+  // with a copy button (the share link) wraps the button and the field in one <label>, whose
+  // control is then the button (the first labelable element in it): the field had no name at
+  // all. Every control gets a name once it is on the page: the icon buttons their words, and a
+  // field no label names its block's label.
+  const ICON_BUTTON_NAMES = { "ml-prev": "Previous step (←)", "ml-next": "Next step (→)" };
+  const nameControls = () => {
+    for (const [id, name] of Object.entries(ICON_BUTTON_NAMES)) {
+      const b = button(id);
+      if (b && b.getAttribute("aria-label") !== name) {
+        b.setAttribute("aria-label", name);
+        b.title = name;
+      }
+    }
+    for (const field of document.querySelectorAll("#ml-shell input:not([aria-label]), #ml-shell textarea:not([aria-label])")) {
+      if (field.type === "hidden" || field.labels?.length || field.hasAttribute("aria-labelledby")) continue;
+      const label = field.closest(".block")?.querySelector("[data-testid=block-info]")?.textContent.trim();
+      if (label) field.setAttribute("aria-label", label);
+    }
+  };
+
   // -- a reload starts afresh ---------------------------------------------------------------
   // Each page load is a new session (webui/tab_keys.py): a reload, or the one Gradio makes when
   // a restarted server answers again, showed an empty session where the run had been, without
@@ -263,6 +332,7 @@
   };
 
   new MutationObserver(() => {
+    nameControls();
     reopenFolds();
     announce();
     noteReload();
@@ -295,7 +365,8 @@
   help.hidden = true;
   help.setAttribute("role", "dialog");
   help.setAttribute("aria-label", "Keyboard shortcuts");
-  help.innerHTML = "<div class='ml-help-card'><b>Keyboard shortcuts</b><table></table><p>Click a generated token to " +
+  help.setAttribute("aria-modal", "true");
+  help.innerHTML = "<div class='ml-help-card' tabindex='-1'><b>Keyboard shortcuts</b><table></table><p>Click a generated token to " +
     "jump to the step that sampled it; click another token under the Next token chart to fork there. Wheel over " +
     "the timeline zooms, dragging pans; double-click resets.</p></div>";
   for (const [keys, what] of SHORTCUTS) {
@@ -303,7 +374,22 @@
     row.insertCell().textContent = keys;
     row.insertCell().textContent = what;
   }
-  help.addEventListener("click", () => { help.hidden = true; });
+  // A modal dialog: opened, it takes the focus (a screen reader reads it out, and Tab no longer
+  // walks the page behind it); closed, it gives the focus back where it was. It opened with the
+  // focus left behind it, and a keyboard user tabbed on through the page it covered.
+  let focusBefore = null;
+  const showHelp = (open) => {
+    if (open === !help.hidden) return;
+    help.hidden = !open;
+    if (open) {
+      focusBefore = document.activeElement;
+      help.querySelector(".ml-help-card").focus();
+    } else {
+      focusBefore?.focus?.();
+      focusBefore = null;
+    }
+  };
+  help.addEventListener("click", () => showHelp(false));
   const seekTo = (value) => {
     const range = document.querySelector("#ml-slider input[type=range]");
     if (!range || range.disabled || range.value === String(value)) return;
@@ -350,8 +436,9 @@
     tab?.click();
   };
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && !help.hidden) {
-      help.hidden = true;
+    if (!help.hidden && (event.key === "Escape" || event.key === "Tab")) {
+      event.preventDefault();
+      if (event.key === "Escape") showHelp(false); // Tab: the focus stays in the dialog
       return;
     }
     if (event.altKey || event.ctrlKey || event.metaKey || typingIn(document.activeElement)) return;
@@ -367,7 +454,7 @@
     else if (event.key === "s") press("ml-step");
     else if (event.key === "b") press("ml-run-bp");
     else if (["1", "2", "3", "4", "5", "6"].includes(event.key)) showTab(Number(event.key) - 1);
-    else if (event.key === "?") help.hidden = !help.hidden;
+    else if (event.key === "?") showHelp(help.hidden);
     else return;
     event.preventDefault();
   });

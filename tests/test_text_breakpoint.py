@@ -55,3 +55,14 @@ def test_an_end_anchored_pattern_matched_more_than_once_in_the_text(trace):
     matching = [i for i in seq.token_steps if bp.regex.search(trace.text_until(seq.seq_id, i))]
     fired = [step.index for step in trace.steps if any(hit.seq_id == seq.seq_id for hit in bp.hits(trace, step))]
     assert len(matching) > 1 and fired == matching[:1]
+
+
+def test_a_match_of_the_whole_text_is_quoted_short(trace):
+    """".*" matches each sequence's whole text: the hit's message quoted all of it, one line of
+    as many characters as the sequence has tokens, in the status line."""
+    trace = copy.deepcopy(trace)  # the module's trace stays as the other tests read it
+    longest = max(trace.sequences.values(), key=lambda seq: len(seq.token_steps))
+    for index in longest.token_steps:
+        trace.steps[index].token_of(longest.seq_id).text_delta = "ab" * 200
+    hits = [hit for step in trace.steps for hit in TextMatches(".+", seq_id=longest.seq_id).hits(trace, step)]
+    assert len(hits) == 1 and len(hits[0].reason) < 160 and "'.+'" in hits[0].reason

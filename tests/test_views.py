@@ -765,6 +765,34 @@ def test_the_timeline_legend_and_the_kv_grid_fit_their_plots(trace):
     assert not heat.showscale and full.layout.legend.orientation == "h" and len(full.layout.xaxis.tickvals) <= 8
 
 
+def placement_problems(fig: go.Figure) -> list[str]:
+    """What plotly would draw over another part of the figure, or out of it, at some plot size: a
+    legend below the plot at an offset of the plot's height (by the height, it landed on the x
+    axis's title or past the figure's bottom edge), a horizontal colour bar with no title of its
+    own (for plotly's unseen placeholder title, it moves the figure's title up by the bar's
+    height: out of the figure in a phone's narrow plot, where the bar's labels stand on their side)."""
+    problems = []
+    legend = fig.layout.legend
+    if legend.y is not None and legend.y < 0 and legend.yref != "container" and fig.layout.xaxis.side != "top":
+        problems.append(f"a legend at y={legend.y} of the plot, over what lies under the plot")
+    for data in fig.data:
+        bar = getattr(data, "colorbar", None)
+        if bar is not None and bar.orientation == "h" and data.showscale is not False and bar.title.text is None:
+            problems.append(f"a horizontal colour bar with plotly's placeholder title ({data.type})")
+    return problems
+
+
+def test_no_legend_or_colour_bar_sits_where_plotly_draws_it_over_the_rest(trace):
+    """The Next token chart's legend (y=-0.15 of its plot) lay over its axis title "probability",
+    the history's over "step", the compare chart's past the figure's edge; the timeline's title
+    was drawn above its figure in a narrow plot. Every figure, first and last step, each selection."""
+    for index in (0, len(trace.steps) - 1):
+        for builder in FIGURES:
+            for selection in (Selection(), Selection(seq_id=1, head=None), Selection(seq_id=2, full_matrix=True)):
+                fig = build(builder, trace, index, selection)
+                assert placement_problems(fig) == [], (builder.__name__, index)
+
+
 def test_the_kv_legend_names_its_first_holders_and_counts_the_rest():
     from inspector.views.kv_cache import MAX_LEGEND_HOLDERS, _legend
 
@@ -773,18 +801,20 @@ def test_the_kv_legend_names_its_first_holders_and_counts_the_rest():
     assert [e["name"] for e in entries] == [*names[: 2 + MAX_LEGEND_HOLDERS], "5 more (hover a block)"]
 
 
-def test_bidirectional_controls_show_as_marks_wherever_text_is_shown():
+def test_bidirectional_controls_and_zero_width_spaces_show_as_marks_wherever_text_is_shown():
     """A right-to-left override (or any bidi control) in a token or a name would reorder the
-    rest of the line it is shown in: every way the views show text shows it as a mark instead."""
+    rest of the line it is shown in, and a zero-width space hid itself ("Par<U+200B>is" read as
+    "Paris"): every way the views show text shows them as marks instead."""
     from inspector.views.lineage import quote
-    from inspector.views.markup import BIDI_CONTROLS, escape
+    from inspector.views.markup import BIDI_CONTROLS, ZERO_WIDTH_SPACES, escape
     from inspector.views.tokens import axis_label, chip_text, visible
 
-    for code in BIDI_CONTROLS:
+    for code in (*BIDI_CONTROLS, *ZERO_WIDTH_SPACES):
         text = f"a{chr(code)}b"
         for shown in (chip_text(text), axis_label(text, 40), quote(text), escape(text), visible(text)):
             assert chr(code) not in shown and f"⟨U+{code:04X}⟩" in shown
     assert escape("مرحبا שלום") == "مرحبا שלום"  # right-to-left letters are text, shown as they are
+    assert escape("👩\u200d👧 می\u200cخواهم") == "👩\u200d👧 می\u200cخواهم"  # joiners shape emoji and scripts
 
 
 def test_sequence_labels_read_on_white():

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import pytest
 from test_diff import planted
 from test_diff import run as diff_run  # noqa: F401 - test_diff's fixture, used here as diff_run
+from test_views import placement_problems
 
 from inspector import diff_traces
 from inspector.views import compare_figure, compare_html
@@ -57,6 +58,7 @@ def test_a_divergence_is_marked_with_both_top_k_and_charted_up_to_it(trace):
     assert tops.count("mlv-drawn") == 1 + (other in trace.steps[step].token_of(1).logits.top_ids[:5])
     figure = compare_figure(diff)
     go.Figure(figure.to_dict())
+    assert placement_problems(figure) == []  # its legend lay past the figure's bottom edge
     marker = [t for t in figure.data if t.mode == "markers"]
     assert len(marker) == 1 and list(marker[0].x) == [3] and "request 1 diverges at token 3" in marker[0].hovertemplate
     assert list(figure.data[0].x) == [0, 1, 2, 3]  # the divergent request first, up to its divergence

@@ -65,3 +65,20 @@ def test_a_backtracking_pattern_matches_in_linear_time(pattern):
     assert isinstance(breakpoint, TextMatches)
     text = "a" * 20_000 + "!"  # Python's re needs 2**n steps for the first three on 30 characters
     assert breakpoint.regex.search(text) is None or pattern == r"(.*a){12}"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (["x" * 3000], "", "", "", "", ""),
+        ([], "y" * 3000, "", "", "", ""),
+        ([], "", "", "z" * 3000, "", ""),
+        ([], "", "", "", "w" * 3000, ""),
+        ([], "", "", "", "", "v" * 3000),
+    ],
+)
+def test_a_refused_value_is_quoted_short(fields):
+    """A field's 3,000 characters were quoted whole: a message of as many, in one line."""
+    with pytest.raises(ValueError) as refused:
+        breakpoints_from_form(*fields)
+    assert len(str(refused.value)) < 120

@@ -830,3 +830,90 @@ def test_the_panels_read_in_a_browser_that_prefers_dark(browser, url):
     page.wait_for_selector("#ml-status .ml-error")
     assert page.evaluate(LOW_CONTRAST) == []
     page.context.close()
+
+
+# Every text a drawn plot holds (its title, legend, colour bar, axis titles) that lies outside its
+# figure (cut off), or over another of them.
+PLOT_TEXT_PROBLEMS = """() => [...document.querySelectorAll('.ml-plot')].filter(d => d._fullLayout && d.offsetParent).flatMap(d => {
+    const figure = d.querySelector('.main-svg').getBoundingClientRect();
+    const box = (e) => e.getBoundingClientRect();
+    const over = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+    const texts = [...d.querySelectorAll('.gtitle, .colorbar, .legend, .g-xtitle, .g-ytitle')].filter(e => box(e).width > 0);
+    const name = (e) => d.id + ' ' + e.getAttribute('class');
+    const outside = texts.filter(e => { const b = box(e);
+        return b.top < figure.top - 1 || b.bottom > figure.bottom + 1 || b.left < figure.left - 1 || b.right > figure.right + 1; });
+    return [...outside.map(e => name(e) + ' outside'),
+            ...texts.flatMap((a, i) => texts.slice(i + 1).filter(b => over(box(a), box(b))).map(b => name(a) + ' over ' + name(b)))];
+})"""
+
+
+@pytest.mark.parametrize("width", [375, 1280])
+def test_no_plot_text_leaves_its_figure_or_covers_another(browser, url, width):
+    """In a phone's window the timeline's title was drawn above its figure (plotly moved it up
+    for its colour bar's unseen placeholder title) and the Next token chart's title ran past the
+    plot's edge; at any width the Next token and history legends lay over their axis titles."""
+    page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+    page.goto(url)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    add_prompts(page, "What is the capital of France?", max_tokens=3)
+    step_through(page, 2)
+    for key, tab in enumerate(TABS, start=1):
+        page.keyboard.press(str(key))
+        for plot in TABS[tab]:
+            page.wait_for_function(PLOT_SHOWS_STEP, arg=[plot, 1], timeout=10_000)
+        assert page.evaluate(PLOT_TEXT_PROBLEMS) == [], tab
+    page.context.close()
+
+
+# The page's controls an assistive technology finds no name for, or only a symbol ("◀"):
+# [role, name], from the browser's accessibility tree.
+def unnamed_controls(page) -> list[tuple[str, str]]:
+    tree = page.context.new_cdp_session(page).send("Accessibility.getFullAXTree")["nodes"]
+    roles = {"button", "slider", "textbox", "combobox", "checkbox", "spinbutton", "tab", "link", "listbox", "radio"}
+    named = [(n["role"]["value"], n.get("name", {}).get("value", "")) for n in tree
+             if not n.get("ignored") and n.get("role", {}).get("value") in roles]
+    return [(role, name) for role, name in named if not any(c.isalnum() for c in name)]
+
+
+def test_every_control_has_a_name_in_words(browser, url):
+    """◀ and ▶ were named by their symbol alone, and the share link's field had no name: Gradio
+    puts its copy button and the field in one <label>, which then labels the button."""
+    page = open_page(browser, url)
+    page.get_by_role("button", name="Trace file").click()
+    playwright_api.expect(page.locator("#ml-share-url input")).to_be_visible()
+    assert unnamed_controls(page) == []
+    assert page.get_by_role("button", name="Previous step (←)").count() == 1
+    assert page.get_by_role("textbox", name=re.compile("read-only view of this trace")).count() == 1
+    page.context.close()
+
+
+def test_the_shortcuts_help_takes_the_focus_and_gives_it_back(browser, url):
+    """The help (?) opened over the page with the focus left behind it: a screen reader did not
+    read it, and Tab walked on through the page it covered."""
+    page = open_page(browser, url)
+    page.locator("#ml-step").focus()
+    page.keyboard.press("?")
+    inside = "() => Boolean(document.activeElement?.closest('#ml-help'))"
+    assert page.locator("#ml-help").is_visible() and page.evaluate(inside)
+    assert page.locator("#ml-help").get_attribute("aria-modal") == "true"
+    page.keyboard.press("Tab")
+    assert page.evaluate(inside)
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.keyboard.press("Escape")
+    assert not page.locator("#ml-help").is_visible()
+    assert page.evaluate("() => document.activeElement?.closest('#ml-step') !== null")
+    page.context.close()
+
+
+def test_a_refused_trace_file_does_not_stay_in_the_open_box(browser, url, tmp_path):
+    """A file the server refused stayed in the Open box, named with its size, as if it were the
+    trace open."""
+    page = open_page(browser, url)
+    page.get_by_role("button", name="Trace file").click()
+    damaged = tmp_path / "damaged.mltrace"
+    damaged.write_bytes(b"not a zip")
+    page.locator("#ml-open input[type=file]").set_input_files(damaged)
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('not a .mltrace file')")
+    playwright_api.expect(page.locator("#ml-open")).not_to_contain_text("damaged")
+    assert "live engine" in page.locator("#ml-status").inner_text()  # the session is as it was
+    page.context.close()

@@ -18,6 +18,9 @@ from inspector import (
 )
 from minillama import MAX_COUNT
 
+# Characters of a refused value quoted in a message (as webui/handlers.py quotes a field's): a
+# field's 3,000 characters made a message of as many, in the status line and under the form.
+QUOTED = 40
 # The checkbox labels of the event breakpoints, and what each one is.
 EVENT_BREAKPOINTS = {
     "a sequence finishes": SequenceFinished,
@@ -37,7 +40,7 @@ def breakpoints_from_form(
     kv_percent_above = _optional_number(kv_text, "KV usage above")
     unknown = [e for e in events if e not in EVENT_BREAKPOINTS]
     if unknown:
-        raise ValueError(f"unknown breakpoint {unknown[0]!r}")
+        raise ValueError(f"unknown breakpoint {str(unknown[0])[:QUOTED]!r}")
     # Each event once: the page sends each once, a script a thousand times (each then checked at
     # every step and listed in every message).
     breakpoints: list[Breakpoint] = [EVENT_BREAKPOINTS[e]() for e in dict.fromkeys(events)]
@@ -71,7 +74,7 @@ def _optional_number(text: str | None, name: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"'{name}' must be a number, got {text!r}") from None
+        raise ValueError(f"'{name}' must be a number, got {text[:QUOTED]!r}") from None
 
 
 def describe(breakpoint: Breakpoint) -> str:

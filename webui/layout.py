@@ -235,7 +235,10 @@ def build_app(manager: SessionManager, shared_as: str | None = None) -> gr.Block
                          api_visibility="private")
         save.click(handlers.save_trace, [key], saved, api_name="save_trace")
         share.click(handlers.share_link, [key], share_url, api_name="share_link")
-        upload.upload(handlers.open_trace, [key, upload], outputs, api_name="open_trace")
+        # The box is emptied once the file is read: a file refused ("not a .mltrace file") stayed
+        # in it, named with its size, as if it were the trace open; the status line says which is.
+        upload.upload(handlers.open_trace, [key, upload], outputs, api_name="open_trace").then(
+            lambda: None, None, upload, queue=False, show_progress="hidden", api_visibility="private")
         # A comparison fills the Compare tab and the status banner, and leaves the other panels.
         compared = [compare, status]
         compare_alone.click(handlers.compare_alone, [key], compared, api_name="compare_alone")

@@ -150,7 +150,9 @@ class TextMatches(Breakpoint):
         for token in _watched(step, self.seq_id):
             if self._first_match(trace, token.seq_id, step.index) == step.index:
                 match = self.regex.search(trace.text_until(token.seq_id, step.index))
-                found.append(Hit(f"#{token.seq_id}'s text matches {self.pattern!r}: {match.group(0)!r}", token.seq_id))
+                # Both quoted short: ".*" matches the whole text, thousands of characters in one line.
+                found.append(Hit(f"#{token.seq_id}'s text matches {shown(self.pattern)}: {shown(match.group(0))}",
+                                 token.seq_id))
         return found
 
     def _first_match(self, trace: Trace, seq_id: int, index: int) -> int | None:

@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 
 from inspector.trace.diff import RequestDiff, RunTimings, Schedule, TopToken, TraceDiff
 from inspector.views.colors import sequence_color
-from inspector.views.figure import empty_figure, make_figure
+from inspector.views.figure import LEGEND_AT_BOTTOM, empty_figure, make_figure
 from inspector.views.markup import escape, panel
 
 MAX_ROWS = 200  # requests listed (a session holds at most a few dozen; a hostile file may hold more)
@@ -115,12 +115,12 @@ def compare_figure(diff: TraceDiff) -> go.Figure:
                              hovertemplate=f"{name} diverges at token {last.position}<extra></extra>"))
     axis = dict(zeroline=True, zerolinecolor="#ccc")
     return make_figure(
-        data, "How far b moved from a, token by token (up to each request's first different token)", 380, "compare",
+        data, "How far b moved from a, token by token · up to each request's first different token", 380, "compare",
         xaxis=dict(title=dict(text="output token"), anchor="y3"),
         yaxis=dict(**axis, domain=[0.7, 1.0], title=dict(text="max |Δ log p|")),
         yaxis2=dict(**axis, domain=[0.37, 0.63], title=dict(text="Δ entropy")),
         yaxis3=dict(**axis, domain=[0.0, 0.3], range=[0, 1.05], title=dict(text="p(drawn) a —, b ··")),
-        legend=dict(orientation="h", y=-0.18), hovermode="closest",
+        legend=LEGEND_AT_BOTTOM, hovermode="closest",
     )
 
 

@@ -52,12 +52,20 @@ def wrap_title(title: str) -> str:
     """`title`'s first line broken in two when long, at its last " · " that keeps the first part
     within TITLE_LINE characters: plotly never wraps a title, and the Next token chart's ("...
     sampled ' Paris' p=0.310 rank 0 · entropy 2.83 nats") ran past a 480 px plot's edge, cut
-    off. The lines a view writes itself (after a "<br>": a note in <sup>) stay as they are."""
+    off. The lines a view writes itself (after a "<br>": a note in <sup>) stay as they are.
+    In a narrower plot (a phone) static/app.js breaks a line again where it does not fit."""
     line, br, rest = title.partition("<br>")
     cut = line.rfind(" · ", 0, TITLE_LINE)
     if len(line) <= TITLE_LINE or cut < 0:
         return title
     return f"{line[:cut]}<br>{line[cut + 3:]}{br}{rest}"
+
+
+# A legend under the plot, anchored to the figure's bottom edge: plotly keeps room for it there,
+# so the x axis's title and tick labels sit above it, and it wraps onto more lines in a narrow
+# plot. Placed at a fixed offset below the plot (y=-0.15 of the plot's height) it landed on the
+# axis title or past the figure's edge, as the plot's height and width changed.
+LEGEND_AT_BOTTOM = dict(orientation="h", x=0, xanchor="left", yref="container", y=0, yanchor="bottom")
 
 
 def empty_figure(message: str, title: str = "") -> go.Figure:

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from inspector.trace.model import Trace
 from inspector.views.colors import SAMPLED_COLOR, sequence_color, tint
 from inspector.views.figure import (
+    LEGEND_AT_BOTTOM,
     MARGIN,
     clamp_height,
     cursor_line,
@@ -78,7 +79,7 @@ def logits_figure(trace: Trace, index: int, selection: Selection | None = None) 
         yaxis=dict(tickvals=ranks, ticktext=[("▶ " if r == sampled else "") + label for r, label in zip(ranks, labels)],
                    autorange="reversed", tickfont=dict(size=11)),
         margin=dict(MARGIN, l=130),
-        legend=dict(orientation="h", y=-0.15),
+        legend=LEGEND_AT_BOTTOM,
     )
 
 
@@ -124,7 +125,7 @@ def logits_history_figure(trace: Trace, index: int, selection: Selection | None 
         yaxis=dict(title=dict(text="entropy (nats)"), rangemode="tozero"),
         yaxis2=dict(title=dict(text="sampled p"), overlaying="y", side="right", range=[0, 1.05], dtick=0.25,
                     showgrid=False),
-        legend=dict(orientation="h", y=-0.25),
+        legend=LEGEND_AT_BOTTOM,
         hovermode="x unified",
     )
 

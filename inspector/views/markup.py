@@ -79,16 +79,21 @@ VIEWS_CSS = """
 # line it is shown in. They are shown as what they are: "⟨U+202E⟩". (Right-to-left letters
 # need no such mark: they order only themselves.)
 BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-BIDI_MARKS = {chr(c): f"⟨U+{c:04X}⟩" for c in BIDI_CONTROLS}
-_BIDI_SHOWN = str.maketrans(BIDI_MARKS)
+# Zero-width spaces: they show nothing and join nothing, so text holding one reads as text
+# without it: a breakpoint pattern "Par<U+200B>is" read "Paris" and never matched, a fork's
+# text or a prompt hid what the model was given. Shown as marks too. (The zero-width joiner
+# and non-joiner, U+200D and U+200C, shape emoji and scripts such as Persian: they stay.)
+ZERO_WIDTH_SPACES = (0x200B, 0x2060, 0xFEFF)
+INVISIBLE_MARKS = {chr(c): f"⟨U+{c:04X}⟩" for c in (*BIDI_CONTROLS, *ZERO_WIDTH_SPACES)}
+_INVISIBLE_SHOWN = str.maketrans(INVISIBLE_MARKS)
 
 
 def escape(text: str) -> str:
     """`text` made literal, in HTML (text or a quoted attribute) and in plotly's texts alike,
-    bidirectional controls shown as marks. Plotly decodes &lt; &gt; &amp; and numeric
+    bidirectional controls and zero-width spaces shown as marks. Plotly decodes &lt; &gt; &amp; and numeric
     references, but not &quot; or &#x27; (it would show them as written), so quotes become
     numeric references, which both read back."""
-    return html.escape(text.translate(_BIDI_SHOWN), quote=False).replace('"', "&#34;").replace("'", "&#39;")
+    return html.escape(text.translate(_INVISIBLE_SHOWN), quote=False).replace('"', "&#34;").replace("'", "&#39;")
 
 
 def panel(body: str, css_class: str = "") -> str:

@@ -65,10 +65,14 @@ def timeline_figure(trace: Trace, index: int) -> go.Figure:
         xgap=1 if len(trace.steps) <= 100 else 0,  # thin gaps separate steps, until they would hide the cells
         ygap=2,
         # The legend of the states, as a horizontal bar over the plot: a vertical one needs more
-        # height than a timeline of a few sequences has, and its labels would overlap.
+        # height than a timeline of a few sequences has, and its labels would overlap. Its title is
+        # empty, written out: left unset, plotly gives it a placeholder ("Click to enter Colorscale
+        # title"), never shown, for which it moves the figure's title up by the bar's height, out
+        # of the figure where the labels stand on their side (a phone's narrow plot; static/app.js
+        # gives the bar a row of its own there).
         colorbar=dict(tickvals=list(range(len(STATES))), ticktext=list(STATES), thickness=10, len=0.6,
                       orientation="h", x=1.0, xanchor="right", y=1.02, yanchor="bottom", outlinewidth=0,
-                      tickfont=dict(size=10)),
+                      tickfont=dict(size=10), title=dict(text="")),
     )
     return make_figure(
         [heatmap],

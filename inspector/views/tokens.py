@@ -13,13 +13,13 @@ markup.escape, which keeps them literal in HTML and in plotly's labels and hover
 from __future__ import annotations
 
 from inspector.trace.model import Trace
-from inspector.views.markup import BIDI_MARKS, escape
+from inspector.views.markup import INVISIBLE_MARKS, escape
 
 # Whitespace made visible: a token is often just " " or "\n", which would otherwise show as nothing.
 NEWLINE_MARK = "↵"
 TAB_MARK = "⇥"
 SPACE_MARK = "·"  # on plot axes only: the HTML chips keep real spaces (white-space: pre)
-_MADE_VISIBLE = str.maketrans({"\n": NEWLINE_MARK, "\t": TAB_MARK, **BIDI_MARKS})
+_MADE_VISIBLE = str.maketrans({"\n": NEWLINE_MARK, "\t": TAB_MARK, **INVISIBLE_MARKS})
 
 
 def visible(text: str) -> str:
