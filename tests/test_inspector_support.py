@@ -196,3 +196,20 @@ def add_forks(run: RecordedRun, beams: bool = False) -> dict[str, int]:
         ids["beams"] = session.add(prompt[:5], SamplingParams(beam_width=3, max_tokens=6))
         assert session.run().finished
     return ids
+
+
+def assert_attention_is_the_engines(session: DebugSession, checker: Checker) -> int:
+    """softmax(q . K * scale) @ V from the recorded Q/K is each layer's attention output, for
+    every head of every traced query. -> how many rows were compared."""
+    trace = session.trace
+    group = trace.model.num_heads // trace.model.num_kv_heads
+    compared = 0
+    for index, seen in enumerate(checker.steps):
+        for (layer, seq_id), (output, values) in seen.attention.items():
+            start, end = seen.scheduled[seq_id]
+            for pos in (p for p in range(start, end) if trace.attention[seq_id].q_step[p] == index):
+                for head in range(trace.model.num_heads):
+                    ours = trace.attention_row(seq_id, layer, head, pos) @ values[: pos + 1, head // group]
+                    torch.testing.assert_close(ours, output[pos - start, head], atol=1e-5, rtol=1e-5)
+                    compared += 1
+    return compared

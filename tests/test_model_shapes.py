@@ -26,7 +26,7 @@ import torch
 from conftest import draw_biases
 from safetensors.torch import load_file, save_file
 from test_hf_parity import LogitsRecorder, relative_error, run_to_end
-from test_inspector_support import Checker
+from test_inspector_support import Checker, assert_attention_is_the_engines
 
 from inspector import CapturePolicy, DebugSession
 from minillama import ConfigError, EngineConfig, LLMEngine, ModelLoadError, SamplingParams
@@ -330,18 +330,7 @@ def test_recorded_attention_reproduces_the_engines_output(fields):
         session.add(prompt, params)
     assert session.run().finished
     assert engine.stats.preemptions > 0
-    trace = session.trace
-    group = trace.model.num_heads // trace.model.num_kv_heads
-    compared = 0
-    for index, seen in enumerate(checker.steps):
-        for (layer, seq_id), (output, values) in seen.attention.items():
-            start, end = seen.scheduled[seq_id]
-            for pos in (p for p in range(start, end) if trace.attention[seq_id].q_step[p] == index):
-                for head in range(trace.model.num_heads):
-                    ours = trace.attention_row(seq_id, layer, head, pos) @ values[: pos + 1, head // group]
-                    torch.testing.assert_close(ours, output[pos - start, head], atol=1e-5, rtol=1e-5)
-                    compared += 1
-    assert compared > 30
+    assert assert_attention_is_the_engines(session, checker) > 30
 
 
 # -- an attention window in a Llama config.json --------------------------------------------------

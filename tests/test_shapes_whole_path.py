@@ -23,7 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-from test_inspector_support import Checker
+from test_inspector_support import Checker, assert_attention_is_the_engines
 from test_model_shapes import make_model
 
 from inspector import CapturePolicy, DebugSession, load, save, views
@@ -73,23 +73,6 @@ def record(fields: dict) -> tuple[DebugSession, Checker]:
     session.fork(parent, engine.request(parent).num_prompt_tokens + 1, [7])
     assert session.run().finished
     return session, checker
-
-
-def assert_attention_is_the_engines(session: DebugSession, checker: Checker) -> int:
-    """softmax(q . K * scale) @ V from the recorded Q/K is each layer's attention output, for
-    every head of every traced query. -> how many rows were compared."""
-    trace = session.trace
-    group = trace.model.num_heads // trace.model.num_kv_heads
-    compared = 0
-    for index, seen in enumerate(checker.steps):
-        for (layer, seq_id), (output, values) in seen.attention.items():
-            start, end = seen.scheduled[seq_id]
-            for pos in (p for p in range(start, end) if trace.attention[seq_id].q_step[p] == index):
-                for head in range(trace.model.num_heads):
-                    ours = trace.attention_row(seq_id, layer, head, pos) @ values[: pos + 1, head // group]
-                    torch.testing.assert_close(ours, output[pos - start, head], atol=1e-5, rtol=1e-5)
-                    compared += 1
-    return compared
 
 
 @pytest.mark.parametrize("name", list(SHAPES))

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
 from test_inspector_support import add_forks, record_tiny_run
-from test_trace_recorded_twice import edited_file
+from test_trace_recorded_twice import changed, edited_file
 
 from inspector import CapturePolicy, TraceError, load
 from inspector.trace import validate_queues as rules
@@ -44,14 +42,6 @@ def trace(recorded) -> Trace:
     return copy.deepcopy(recorded)
 
 
-@contextmanager
-def changed(obj: object, name: str, value: object) -> Iterator[None]:
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
 
 
 def refused(trace: Trace, step: int, seq_id: int | None, rule: str) -> None:
