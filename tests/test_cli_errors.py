@@ -309,6 +309,12 @@ BAD = {
     "app-host-unknown": ("app", ["--host", "no-such-host.invalid", "--no-auth"], "--host no-such-host.invalid: no such address"),
     "app-trace-with-model": ("app", ["--trace", "{trace}", "--model", "{tiny}"], "--model does not apply"),
     "app-trace-with-device": ("app", ["--trace", "{trace}", "--device", "cpu"], "--device does not apply"),
+    "app-trace-with-max-new-tokens": ("app", ["--trace", "{trace}", "--max-new-tokens", "8"], "--max-new-tokens does not apply"),
+    "app-trace-with-max-sequences": ("app", ["--trace", "{trace}", "--max-sequences", "4"], "--max-sequences does not apply"),
+    "app-trace-with-max-kv-blocks": ("app", ["--trace", "{trace}", "--max-kv-blocks", "16"], "--max-kv-blocks does not apply"),
+    "app-trace-with-max-kv-mb": ("app", ["--trace", "{trace}", "--max-kv-mb", "64"], "--max-kv-mb does not apply"),
+    "app-trace-with-max-steps": ("app", ["--trace", "{trace}", "--max-steps", "10"], "--max-steps does not apply"),
+    "app-trace-with-trace-budget-mb": ("app", ["--trace", "{trace}", "--trace-budget-mb", "32"], "--trace-budget-mb does not apply"),
     # python -m benchmarks.engine
     "bench-device": ("bench", ["--device", "banana"], "unknown device"),
     "bench-config-missing": ("bench", ["--config", "/nonexistent.json"], "no such file"),

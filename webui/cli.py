@@ -115,16 +115,19 @@ def check_port(host: str, port: int) -> None:
                              "give another --port") from exc
 
 
-# The flags about the model, which a --trace server does not load.
+# The flags about the model, which a --trace server does not load, and the limits of what a
+# session's engine may run, record or replay, which a server with no model never reads.
 MODEL_FLAGS = ("model", "device", "dtype", "attention", "max_model_len", "eager")
+ENGINE_LIMIT_FLAGS = ("max_new_tokens", "max_sequences", "max_kv_blocks", "max_kv_mb", "max_steps", "trace_budget_mb")
 
 
 def check_trace_alone(args: argparse.Namespace) -> None:
-    """ValueError when --trace comes with a flag about the model it does not load."""
+    """ValueError when --trace comes with a flag about the model it does not load, or with a
+    limit of the engines it does not start: read by nothing, it would be silently ignored."""
     if args.trace is None:
         return
     parser = build_parser()
-    for name in MODEL_FLAGS:
+    for name in (*MODEL_FLAGS, *ENGINE_LIMIT_FLAGS):
         if getattr(args, name) != parser.get_default(name):
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"--trace serves a saved trace and loads no model: {flag} does not apply")
