@@ -181,6 +181,15 @@
     }).catch(() => {});
   };
 
+  // A tab going away says so (its Run pauses, its session's slot is the first to reclaim). A
+  // beacon is sent even as the page unloads. The server hears it here rather than through
+  // Gradio's unload event, which would hold a connection open per tab: a browser opens six to
+  // one server, and the sixth tab never loaded (webui/front_door.py).
+  window.addEventListener("pagehide", () => {
+    const key = document.querySelector("#ml-tab-key textarea, #ml-tab-key input")?.value;
+    if (key) navigator.sendBeacon("ml-api/closed", JSON.stringify({ key }));
+  });
+
   const drawNext = () => {
     frameRequested = false;
     if (!window.Plotly) { // plotly.js is still loading: try again next frame

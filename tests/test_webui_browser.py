@@ -311,6 +311,33 @@ def test_a_reload_says_the_steps_it_showed_are_gone(browser, url):
     page.context.close()
 
 
+def test_many_tabs_of_one_browser_each_load_and_a_closed_tab_says_so(browser, base):
+    """A browser opens at most six connections to one HTTP/1.1 server, and each tab used to hold
+    one for its whole life (Gradio's heartbeat, there to hear of the tab's unload): the sixth tab
+    of one browser stayed on "Loading..." for good. Eight tabs of one browser context each load,
+    a tab of them still steps, and a tab that closes says so (its slot is the first to reclaim)."""
+    manager = SessionManager(base, Limits(max_sessions=10, max_sessions_per_client=10))
+    with running_server(manager) as address:
+        context = browser.new_context(viewport={"width": 1500, "height": 1100})
+        pages = []
+        for _ in range(8):
+            page = context.new_page()
+            page.goto(address)
+            page.wait_for_function(
+                "() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')", timeout=20_000)
+            pages.append(page)
+        add_prompts(pages[-1], "What is the capital of France?", max_tokens=4)
+        step_through(pages[-1], 1)
+        key = pages[0].evaluate("() => document.querySelector('#ml-tab-key textarea, #ml-tab-key input').value")
+        session = manager.get(key)
+        pages[0].close(run_before_unload=True)
+        deadline = time.monotonic() + 10
+        while not session.closed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert session.closed and session.pause_requested
+        context.close()
+
+
 def test_a_run_whose_server_stops_says_so_and_stops_saying_running(browser):
     """The server stops in the middle of a Run: the status line said "running…" until a reload,
     and space pressed Pause for a run the page could no longer hear of. (A server of its own,

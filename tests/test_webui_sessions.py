@@ -76,7 +76,7 @@ def test_limits_say_which_limit_was_reached(base):
         manager.add_prompts(manager.open_tab(client), ["Hi"], GREEDY, chat=False)
     with pytest.raises(LimitReached, match="2 sessions open, its limit"):
         manager.add_prompts(session, ["Hi"], GREEDY, chat=False)
-    manager.tab_closed("no such tab")  # a hash it never saw changes nothing
+    manager.tab_closed("no such tab")  # a key it never issued changes nothing
     manager.limits = limits = Limits(max_sessions=3, max_prompts=2, max_new_tokens=16, max_steps=3,
                                      max_prompt_chars=20)
     with pytest.raises(LimitReached, match="3 prompts at once; the limit is 2"):
@@ -97,13 +97,13 @@ def test_limits_say_which_limit_was_reached(base):
 
 def test_idle_and_closed_sessions_give_their_slot_to_a_new_one(base, tmp_path):
     manager = SessionManager(base, Limits(max_sessions=1, idle_minutes=0.001))
-    old = manager.open_tab("10.0.0.1", browser="hash-old")
+    old = manager.open_tab("10.0.0.1")
     manager.add_prompts(old, ["Hi"], GREEDY, chat=False)
     old.last_download = tmp_path / "download" / "run.mltrace"  # as Handlers.save_trace leaves it
     old.last_download.parent.mkdir()
     old.last_download.write_bytes(b"a saved trace")
     time.sleep(0.1)
-    new = manager.open_tab("10.0.0.2", browser="hash-new")
+    new = manager.open_tab("10.0.0.2")
     manager.add_prompts(new, ["Hi"], GREEDY, chat=False)  # the idle one's slot
     assert old.key not in manager.sessions and new.holds_memory
     assert not (tmp_path / "download").exists()  # its saved trace went with it
@@ -113,18 +113,19 @@ def test_idle_and_closed_sessions_give_their_slot_to_a_new_one(base, tmp_path):
     manager.limits = Limits(max_sessions=1, idle_minutes=60)
     with pytest.raises(LimitReached, match="1 sessions open, its limit"):
         manager.add_prompts(again, ["Hi"], GREEDY, chat=False)
-    manager.tab_closed("hash-new")  # the tab closed: its slot is the first to go
+    manager.tab_closed(new.key)  # the tab went away: its slot is the first to go
+    assert new.pause_requested  # and a Run it had going pauses
     manager.add_prompts(again, ["Hi"], GREEDY, chat=False)
     assert new.key not in manager.sessions and again.holds_memory
 
 
 def test_a_session_is_reached_only_by_its_own_key(base):
     manager = SessionManager(base, Limits())
-    alice = manager.open_tab("10.0.0.1", browser="alice-hash")
+    alice = manager.open_tab("10.0.0.1")
     manager.add_prompts(alice, ["Hi"], GREEDY, chat=False)
     assert manager.get(alice.key) is alice
     tab_id, mac = alice.key.split(".")
-    for forged in ["alice-hash", "", None, 3, tab_id, f"{tab_id}.{'A' * len(mac)}", alice.key + "x", "x" * 10_000,
+    for forged in ["", None, 3, tab_id, f"{tab_id}.{'A' * len(mac)}", alice.key + "x", "x" * 10_000,
                    SessionManager(base, Limits()).open_tab("10.0.0.1").key]:  # another server's key
         with pytest.raises(SessionEnded, match="reload the page"):
             manager.get(forged)

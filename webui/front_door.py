@@ -14,8 +14,13 @@ any route runs:
   LOGIN_WINDOW_S, /login answers 429 until the window has passed.
 - The page's own scripts (plotly.js) are served here, under /ml-static/, so no page or config
   shows where the server keeps its files.
-- POST /ml-api/drawn {"key": tab key, "update": n}: the page says it has drawn update n, which
-  paces a Run's live updates (webui/handlers.py). Behind the login like everything else.
+- What the page says of itself, behind the login like everything else (FrontDoor.page_reports):
+  POST /ml-api/drawn {"key": tab key, "update": n}: it has drawn update n, which paces a Run's
+  live updates (webui/handlers.py); POST /ml-api/closed {"key": tab key}: the tab is going away
+  (its pagehide), so its session's slot is the first to reclaim. The page says this itself
+  rather than through Gradio's unload event, because an unload makes every tab hold a heartbeat
+  event stream open for its whole life, and a browser opens at most six connections to one
+  HTTP/1.1 server: the sixth tab of one browser stayed on "Loading..." for good.
 - Uploads (POST /gradio_api/upload) are counted per client address and in all over a sliding
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
@@ -75,7 +80,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATIC_PREFIX = "/ml-static/"
 DRAWN_PATH = "/ml-api/drawn"
-MAX_DRAWN_BODY = 1024  # bytes: a key and a number
+CLOSED_PATH = "/ml-api/closed"
+MAX_REPORT_BODY = 1024  # bytes of a page's report: a tab key and a number
 LOGIN_FAILURES_ALLOWED = 5
 LOGIN_WINDOW_S = 60.0
 # The sessions of one client address whose Gradio state is kept (SessionsNamed): a browser tab,
@@ -207,10 +213,14 @@ class FrontDoor:
     """ASGI middleware; Gradio adds it through launch(app_kwargs={"middleware": [...]})."""
 
     def __init__(self, app: ASGIApp, static_files: dict[str, Path], on_drawn: Callable[[object, object], None],
-                 largest_upload: int, throttle: LoginThrottle | None = None):
+                 on_closed: Callable[[object], None], largest_upload: int, throttle: LoginThrottle | None = None):
         self.app = app
         self.static = {name: (file.read_bytes(), file.suffix) for name, file in static_files.items()}
-        self.on_drawn = on_drawn
+        # path -> what a page's report there does with its JSON object
+        self.page_reports: dict[str, Callable[[dict[str, Any]], None]] = {
+            DRAWN_PATH: lambda report: on_drawn(report.get("key"), report.get("update")),
+            CLOSED_PATH: lambda report: on_closed(report.get("key")),
+        }
         self.throttle = throttle or LoginThrottle()
         self.sessions = SessionsNamed()
         self.uploads = UploadQuota(largest_upload)
@@ -257,8 +267,8 @@ class FrontDoor:
             return
         gradio = scope["app"]  # Starlette puts the application in the scope before any middleware runs
         if getattr(gradio, "auth", None) is None or _logged_in(gradio, scope):
-            if path == DRAWN_PATH and scope.get("method") == "POST":
-                await self._drawn(receive, send)
+            if path in self.page_reports and scope.get("method") == "POST":
+                await self._page_report(self.page_reports[path], receive, send)
             elif path in UPLOAD_PATHS and scope.get("method") == "POST":
                 await self._upload(scope, receive, send)
             elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
@@ -421,9 +431,10 @@ class FrontDoor:
             self.sessions.named(scope["app"].get_blocks(), _client(scope), named)
         return body, payload
 
-    async def _drawn(self, receive: Receive, send: Send) -> None:
+    async def _page_report(self, act: Callable[[dict[str, Any]], None], receive: Receive, send: Send) -> None:
+        """A page's report of itself (see the module doc): a small JSON object, or 400."""
         try:
-            body = await read_body(receive, MAX_DRAWN_BODY)
+            body = await read_body(receive, MAX_REPORT_BODY)
         except TooLarge:
             await _respond(send, 413, {"detail": "too large"})
             return
@@ -432,9 +443,9 @@ class FrontDoor:
         except (ValueError, UnicodeDecodeError):
             payload = None
         if not isinstance(payload, dict):
-            await _respond(send, 400, {"detail": "expected {key, update}"})
+            await _respond(send, 400, {"detail": "expected a JSON object with the tab's key"})
             return
-        self.on_drawn(payload.get("key"), payload.get("update"))
+        act(payload)
         await _respond(send, 200, {})
 
     async def _static(self, name: str, send: Send) -> None:

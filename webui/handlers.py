@@ -140,7 +140,7 @@ class Handlers:
         server ?step and ?seq alone move to that step of the server's trace."""
         message = ""
         try:
-            session = self.manager.open_tab(_client(request), request.session_hash or "")
+            session = self.manager.open_tab(_client(request))
         except Exception:  # noqa: BLE001 - see _reported
             log.exception("load failed")
             return render(None, "internal error: reload the page", error=True) + [""]
@@ -156,9 +156,6 @@ class Handlers:
             log.exception("opening the link failed")
             message = "internal error while opening this link; the page works without it"
         return _render_safely(session, message, error=bool(message)) + [session.key]
-
-    def unload(self, request: gr.Request) -> None:
-        self.manager.tab_closed(request.session_hash or "")
 
     # -- requests and the engine ------------------------------------------------------------------
 

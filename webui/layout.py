@@ -201,7 +201,6 @@ def build_app(manager: SessionManager, shared_as: str | None = None) -> gr.Block
         breakpoint_form = [bp_events, bp_step, bp_text, bp_entropy, bp_prob, bp_kv]
 
         app.load(handlers.load, None, outputs + [key], api_name="state")
-        app.unload(handlers.unload)
         add.click(handlers.add_prompts, [key, prompts, chat, max_tokens, temperature, top_p, top_k, seed, samples,
                                          beam_width], outputs, api_name="add_prompts")
         step.click(handlers.step, [key, step_presses], outputs, js=STEP_PRESSES_JS, trigger_mode="always_last",

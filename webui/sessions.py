@@ -100,7 +100,7 @@ class UISession:
     last_used: float = field(default_factory=time.monotonic)
     pause_requested: bool = False
     running: bool = False
-    closed: bool = False  # its tab said goodbye (Gradio's unload): the first slot to reclaim
+    closed: bool = False  # its page said it is going away (pagehide): the first slot to reclaim
     notice: str = ""  # said once, on the next call (e.g. that its slot was reclaimed)
     shares_startup_trace: bool = False  # shows the server's --trace file
     shared_view: bool = False  # shows a shared snapshot (webui/shares.py), one object for every tab
@@ -224,10 +224,9 @@ class SessionManager:
         self.keys = TabKeys()
         self.shares = Shares()
         self.sessions: OrderedDict[str, UISession] = OrderedDict()  # by tab key, least recently used first
-        self._browser_tabs: OrderedDict[str, str] = OrderedDict()  # Gradio session hash -> tab key
         self._reclaimed: OrderedDict[str, str] = OrderedDict()  # tab key -> why its session went
         self.model_lock = threading.Lock()
-        self._lock = threading.Lock()  # guards the three tables above
+        self._lock = threading.Lock()  # guards the two tables above
         # The float32 reference copy of the model for fidelity checks (webui/comparing.py): made
         # by the first one, under its own lock so two first clicks make one copy, then kept.
         self._reference: LLMEngine | None = None
@@ -235,16 +234,9 @@ class SessionManager:
 
     # -- the session table ----------------------------------------------------------------------
 
-    def open_tab(self, client: str, browser: str = "") -> UISession:
-        """A page loaded: a new tab key and its (empty) session. `browser` is Gradio's session
-        hash of the page, remembered only to hear when the tab closes."""
-        session = self._make(self.keys.issue(), client)
-        if browser:
-            with self._lock:
-                self._browser_tabs[browser] = session.key
-                while len(self._browser_tabs) > MAX_TABS:
-                    self._browser_tabs.popitem(last=False)
-        return session
+    def open_tab(self, client: str) -> UISession:
+        """A page loaded: a new tab key and its (empty) session."""
+        return self._make(self.keys.issue(), client)
 
     def get(self, key: object, client: str = "") -> UISession:
         """The session of tab `key`. Raises SessionEnded for a key this server did not issue; a
@@ -274,14 +266,13 @@ class SessionManager:
         if session is not None and isinstance(update, int) and not isinstance(update, bool):
             session.updates_drawn = min(max(session.updates_drawn, update), session.updates_sent)
 
-    def tab_closed(self, browser: str) -> None:
-        """The tab with Gradio session hash `browser` closed: its slot is the first to reclaim.
-        (Only marked: a hash is the client's to choose, so this must not destroy anything; a
-        later call with the tab's key clears the mark.)"""
-        with self._lock:
-            key = self._browser_tabs.pop(browser, None)
-            session = self.sessions.get(key) if key is not None else None
-            if session is not None:
+    def tab_closed(self, key: object) -> None:
+        """The page of tab `key` is going away (static/app.js says so on pagehide): its Run
+        pauses and its slot is the first to reclaim. Only marked, not dropped: a page the browser
+        keeps to go back to also hides, and its next call with the key clears the mark."""
+        session = self.find(key)
+        if session is not None:
+            with self._lock:
                 session.closed, session.pause_requested = True, True
 
     def claim_slot(self, session: UISession) -> None:
