@@ -99,6 +99,8 @@ def test_an_auth_server_lets_strangers_reach_only_the_login(manager):
             assert browser.post(address + "login", data=dict(zip(("username", "password"), AUTH))).status_code == 200
             config = browser.get(address + "config")
             assert config.status_code == 200 and "add_prompts" in config.text
+            assert '"connect_heartbeat":false' in config.text.replace(" ", "")  # the page holds no stream open
+            assert browser.get(address + "gradio_api/heartbeat/abc", timeout=5).status_code == 404
             for path in (os.getcwd(), sys.prefix, os.path.expanduser("~")):
                 assert path not in config.text and path not in browser.get(address).text
 

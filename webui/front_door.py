@@ -20,7 +20,9 @@ any route runs:
   (its pagehide), so its session's slot is the first to reclaim. The page says this itself
   rather than through Gradio's unload event, because an unload makes every tab hold a heartbeat
   event stream open for its whole life, and a browser opens at most six connections to one
-  HTTP/1.1 server: the sixth tab of one browser stayed on "Loading..." for good.
+  HTTP/1.1 server: the sixth tab of one browser stayed on "Loading..." for good. Gradio's
+  heartbeat route, unused by the page since, answers 404: a stream held open by a stranger
+  for nothing, and its end marked that session's state closed.
 - Uploads (POST /gradio_api/upload) are counted per client address and in all over a sliding
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
@@ -43,7 +45,7 @@ any route runs:
   SESSIONS_KEPT_PER_CLIENT sessions a client address names keep theirs (SessionsNamed).
 
 A pure ASGI class, not a Starlette BaseHTTPMiddleware: the event streams (/queue/data, the
-heartbeat) pass through untouched.
+heartbeat when the page used it) pass through untouched.
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ CALL_PREFIX = "/gradio_api/call/"  # + an API name: one of the app's events, by 
 # + an API name: the same, answered directly (no queue, no events). Gradio serves both spellings:
 # the door knew only the first, so /api/<name> skipped the lanes and every check below.
 DIRECT_PREFIXES = ("/gradio_api/run/", "/gradio_api/api/")
+HEARTBEAT_PREFIX = "/gradio_api/heartbeat/"  # unused by this app's page (see the module doc): answered 404
 JOIN_PATHS = ("/gradio_api/queue/join", "/gradio_api/queue/join/")  # a queued call enters the queue
 MAX_ERROR_BODY = 64 * 1024  # bytes of a 500's body read to tell a refusal: Gradio's error JSON is short
 RECENT_CALLS = 64  # events read whose states are dropped again on each read (_forget_states_of_calls_without_session)
@@ -271,6 +274,8 @@ class FrontDoor:
                 await self._page_report(self.page_reports[path], receive, send)
             elif path in UPLOAD_PATHS and scope.get("method") == "POST":
                 await self._upload(scope, receive, send)
+            elif path.startswith(HEARTBEAT_PREFIX):
+                await _respond(send, 404, {"detail": "this app's pages keep no heartbeat"})
             elif path.startswith(CALL_PREFIX) and not _known_api(gradio, _api_name(path)):
                 await _respond(send, 404, {"detail": "no such API endpoint"})  # Gradio answered 500
             elif scope.get("method") == "POST" and (path in JOIN_PATHS or path.startswith(CALL_PREFIX)):
