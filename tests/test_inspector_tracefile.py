@@ -389,6 +389,27 @@ def test_a_write_cut_short_leaves_the_old_file_and_nothing_beside_it(trace, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.mltrace", "run.mltrace.partial"]
 
 
+def test_a_save_through_a_link_replaces_the_file_it_names_and_keeps_its_permissions(trace, tmp_path):
+    """The link stays a link and the file it names gets the new trace; a private (0600) file
+    stays private; what is not a regular file (a folder, a device) is refused, left as it was."""
+    target, link = tmp_path / "kept" / "run.mltrace", tmp_path / "run.mltrace"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    link.symlink_to(target)
+    save(trace, link)
+    assert link.is_symlink() and len(load(target).steps) == len(trace.steps) and target.stat().st_mode & 0o777 == 0o600
+    dangling = tmp_path / "dangling.mltrace"
+    dangling.symlink_to(tmp_path / "kept" / "new.mltrace")  # a link to a file not there yet: made, as `>` does
+    export_chrome_trace(trace, dangling)
+    assert dangling.is_symlink() and json.loads((tmp_path / "kept" / "new.mltrace").read_text())["traceEvents"]
+    for not_a_file in (tmp_path / "kept", Path(os.devnull)):
+        with pytest.raises(TraceError, match="not a regular file"):
+            save(trace, not_a_file)
+    assert Path(os.devnull).is_char_device() and sorted(p.name for p in target.parent.iterdir()) == [
+        "new.mltrace", "run.mltrace"]
+
+
 def test_export_chrome_replaces_its_file_whole(trace, tmp_path):
     target = tmp_path / "t.json"
     target.write_text("old")
