@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -47,14 +48,20 @@ BIAS_FLAGS_READ = ("llama",)
 class RopeScaling:
     """How config.json stretches RoPE's frequencies ("rope_scaling"); a model without it has
     none. kind "linear": every frequency divided by `factor` (position interpolation);
-    "llama3": the low frequencies divided, the high ones kept, a blend between, which uses the
-    three fields after it (minillama/model/rotary.py)."""
+    "llama3": the low frequencies divided, the high ones kept, a blend between, which uses
+    low_freq_factor, high_freq_factor and original_max_position_embeddings; "yarn": the same
+    idea with the blend placed by rotation counts (beta_fast, beta_slow, truncate) over the
+    pretraining length, and cos/sin scaled by attention_factor (minillama/model/rotary.py)."""
 
     kind: str
     factor: float
     low_freq_factor: float = 0.0
     high_freq_factor: float = 0.0
     original_max_position_embeddings: int = 0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    attention_factor: float = 1.0  # every cos and sin is multiplied by it (1: unscaled)
 
 
 @dataclass(frozen=True)
@@ -311,15 +318,17 @@ def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeS
         return theta, None
     if kind == "linear":
         return theta, RopeScaling(kind="linear", factor=field.positive("factor"))
-    if kind != "llama3":
-        raise ModelLoadError(f"unsupported rope scaling {kind!r} (supported: default, linear, dynamic, llama3)")
+    if kind not in ("llama3", "yarn"):
+        raise ModelLoadError(f"unsupported rope scaling {kind!r} (supported: default, linear, dynamic, llama3, yarn)")
+    name = "original_max_position_embeddings"
+    original = top_level.size(name) if raw.get(name) is not None else field.size(name, default=max_position)
+    if kind == "yarn":
+        return theta, _yarn_scaling(field, original)
     low, high = field.positive("low_freq_factor"), field.positive("high_freq_factor")
     if high <= low:  # the schedule blends between the two: it divides by their difference
         raise ModelLoadError(
             f"config.json's rope scaling: high_freq_factor ({high}) must be above low_freq_factor ({low})"
         )
-    name = "original_max_position_embeddings"
-    original = top_level.size(name) if raw.get(name) is not None else field.size(name, default=max_position)
     return theta, RopeScaling(
         kind="llama3",
         factor=field.positive("factor"),
@@ -327,6 +336,31 @@ def _rope_settings(raw: dict[str, Any], max_position: int) -> tuple[float, RopeS
         high_freq_factor=high,
         original_max_position_embeddings=original,
     )
+
+
+def _yarn_scaling(field: FieldReader, original: int) -> RopeScaling:
+    """YaRN's settings, with transformers' defaults: factor (required, as transformers requires
+    it) is the stretch of the context over the pretraining length; beta_fast and beta_slow
+    (32 and 1) are the rotation counts over the pretraining length above which a frequency is
+    kept and below which it is divided; attention_factor, when absent, is 0.1 ln(factor) + 1,
+    or the ratio of two such terms weighted by mscale and mscale_all_dim when both are set."""
+    factor = field.positive("factor")
+    beta_fast, beta_slow = field.positive("beta_fast", default=32.0), field.positive("beta_slow", default=1.0)
+    if beta_fast < beta_slow:  # the ramp runs from the fast boundary's dimension to the slow one's
+        raise ModelLoadError(f"config.json's rope scaling: beta_fast ({beta_fast}) must not be below beta_slow ({beta_slow})")
+
+    def mscale(weight: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
+
+    if field.raw.get("attention_factor") is not None:
+        attention_factor = field.positive("attention_factor")
+    elif field.raw.get("mscale") and field.raw.get("mscale_all_dim"):
+        attention_factor = mscale(field.positive("mscale")) / mscale(field.positive("mscale_all_dim"))
+    else:
+        attention_factor = mscale(1.0)
+    return RopeScaling(kind="yarn", factor=factor, original_max_position_embeddings=original, beta_fast=beta_fast,
+                       beta_slow=beta_slow, truncate=field.flag("truncate", default=True),
+                       attention_factor=attention_factor)
 
 
 def _refuse_partial_rotation(kind: str, top_level: FieldReader, section: FieldReader) -> None:

@@ -22,6 +22,8 @@ from minillama.errors import ConfigError
 VALID = dict(TINY, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0)
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 32}
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32.0, "beta_slow": 1.0,
+        "attention_factor": 1.1, "mscale": 1.0, "mscale_all_dim": 1.0}
 SIZES = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
          "num_key_value_heads", "head_dim", "max_position_embeddings"]
 OPTIONAL = {"num_key_value_heads", "head_dim", "max_position_embeddings"}  # null: the default
@@ -70,6 +72,27 @@ def test_a_bad_positive_number_is_refused(field, value):
                          + cases(["factor", "low_freq_factor", "high_freq_factor"], bad_positives, LLAMA3))
 def test_a_bad_rope_scaling_field_is_refused(field, value):
     refused({**VALID, "rope_scaling": {**LLAMA3, field: value}}, field, value)
+
+
+@pytest.mark.parametrize("field, value", cases(["original_max_position_embeddings"], bad_sizes, YARN)
+                         + cases(["factor", "beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"],
+                                 bad_positives, YARN))
+def test_a_bad_yarn_field_is_refused(field, value):
+    scaling = {**YARN, field: value}
+    if field in ("mscale", "mscale_all_dim"):  # read only where no attention_factor is given
+        del scaling["attention_factor"]
+        if value == 0:  # transformers reads a 0 here as not set, and so does the loader
+            assert ModelConfig.from_dict({**VALID, "rope_scaling": scaling}).rope_scaling.attention_factor > 1
+            return
+    refused({**VALID, "rope_scaling": scaling}, field, value)
+
+
+def test_yarn_refuses_a_missing_factor_reversed_betas_and_a_truncate_that_is_not_a_flag():
+    for changes, message in [({"factor": None}, "has no factor"),
+                             ({"beta_fast": 1.0, "beta_slow": 2.0}, r"beta_fast \(1.0\) must not be below beta_slow \(2.0\)"),
+                             ({"truncate": "false"}, "truncate must be true or false, got 'false'")]:
+        with pytest.raises(ModelLoadError, match=message):
+            ModelConfig.from_dict({**VALID, "rope_scaling": {**YARN, **changes}})
 
 
 @pytest.mark.parametrize("kind", ["linear", "dynamic"])
@@ -142,7 +165,7 @@ def test_a_missing_rope_scaling_field_is_named(field):
     ({"hidden_size": 36, "head_dim": None}, "head_dim must be even"),  # 36 / 4 = 9
     ({"rope_scaling": {**LLAMA3, "high_freq_factor": 1.0}}, r"high_freq_factor \(1.0\) must be above low_freq_factor"),
     ({"rope_scaling": "llama3"}, "rope_scaling must be an object"),
-    ({"rope_scaling": {**LLAMA3, "rope_type": "yarn"}}, "unsupported rope scaling 'yarn'"),
+    ({"rope_scaling": {**LLAMA3, "rope_type": "longrope"}}, "unsupported rope scaling 'longrope'"),
     ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
     ({"eos_token_id": [1, "2"]}, "eos_token_id must be a token id"),
     ({"layer_types": "full_attention"}, "layer_types must be a list of names, got 'full_attention'"),

@@ -182,7 +182,7 @@ CASES: dict[str, tuple[Edit, str | None]] = {
     "generation-a-list": (write("generation_config.json", "[]"), "generation_config.json does not hold a JSON object"),
     # RoPE
     "rope-llama3": (config(rope_scaling=LLAMA3), None),
-    "rope-unknown-type": (config(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "unsupported rope scaling 'yarn'"),
+    "rope-unknown-type": (config(rope_scaling={"rope_type": "longrope", "factor": 4.0}), "unsupported rope scaling 'longrope'"),
     "rope-type-a-list": (config(rope_scaling={"rope_type": ["llama3"]}), "unsupported rope scaling ['llama3']"),
     "rope-factor-zero": (config(rope_scaling={**LLAMA3, "factor": 0}), "rope scaling: factor must be a finite number > 0"),
     "rope-factor-negative": (config(rope_scaling={"rope_type": "linear", "factor": -2}), "factor must be"),

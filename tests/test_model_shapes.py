@@ -226,6 +226,7 @@ def test_a_decoder_saved_without_its_head_loads_as_transformers_loads_it(tmp_pat
 # -- RoPE settings spelled in more than one place ------------------------------------------------
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
 # name -> the config.json fields over what save_pretrained wrote (None: the field removed). Each
 # is a file transformers 5 reads one way and a naive reader another: which section wins, where
 # rope_theta is taken from, where the pretraining length is, and what a missing one means.
@@ -245,6 +246,15 @@ ROPE_SPELLINGS = {
     "partial-rotary-factor-in-default-rope": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                    "partial_rotary_factor": 0.5}),
     "partial-rotary-factor-at-top-level": dict(partial_rotary_factor=0.25),
+    # YaRN stretched from a 16-position pretraining length, so its blend of kept and divided
+    # frequencies falls inside a 40-token prompt, with each way of setting its attention factor.
+    "yarn": dict(rope_parameters={**YARN, "rope_theta": 10000.0}),
+    "yarn-attention-factor-given": dict(rope_parameters={**YARN, "rope_theta": 10000.0, "attention_factor": 0.8}),
+    "yarn-mscale-weights": dict(rope_parameters={**YARN, "rope_theta": 10000.0, "mscale": 0.707,
+                                                 "mscale_all_dim": 1.0}),
+    "yarn-untruncated-betas": dict(rope_parameters={**YARN, "rope_theta": 500.0, "beta_fast": 8, "beta_slow": 0.5,
+                                                    "truncate": False}),
+    "yarn-transformers-4-spelling": dict(rope_theta=20000.0, rope_parameters=None, rope_scaling=YARN),
 }
 
 
@@ -266,7 +276,7 @@ def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, name):
     assert_logits_match_hf(engine, hf, lengths=(40,), max_tokens=2)
 
 
-# name -> config.json fields (as ROPE_SPELLINGS) that ask linear, dynamic or llama3 RoPE to rotate a
+# name -> config.json fields (as ROPE_SPELLINGS) that ask linear, dynamic, llama3 or yarn RoPE to rotate a
 # part of each head: transformers makes angles for that part, and LlamaForCausalLM's forward fails.
 PARTIAL_ROTATIONS = {
     "linear-half": dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4,
@@ -274,6 +284,7 @@ PARTIAL_ROTATIONS = {
     "dynamic-half": dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4,
                                           "partial_rotary_factor": 0.5}),
     "llama3-half": dict(rope_parameters={**LLAMA3, "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
+    "yarn-half": dict(rope_parameters={**YARN, "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
     "linear-one-and-a-half": dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4,
                                                    "partial_rotary_factor": 1.5}),
     "top-level-with-linear": dict(partial_rotary_factor=0.5, rope_parameters={"rope_type": "linear", "factor": 2.0,
@@ -297,7 +308,7 @@ def test_a_partial_rotation_transformers_cannot_run_is_refused_by_name(tmp_path,
     hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     with pytest.raises(RuntimeError, match="must match the size"), torch.no_grad():
         hf(torch.tensor([[1, 2, 3]]))
-    with pytest.raises(ModelLoadError, match=r"config.json: partial_rotary_factor (0.5|1.5) with (linear|dynamic|llama3) "
+    with pytest.raises(ModelLoadError, match=r"config.json: partial_rotary_factor (0.5|1.5) with (linear|dynamic|llama3|yarn) "
                                              "RoPE rotates a part of each head"):
         LLMEngine.from_pretrained(tmp_path, EngineConfig(device="cpu", num_kv_blocks=8))
 
