@@ -16,10 +16,12 @@ import argparse
 import dataclasses
 import re
 import sys
+import time
 
 from inspector import (
     CapturePolicy,
     DebugSession,
+    RunResult,
     TraceError,
     diff_traces,
     export_chrome_trace,
@@ -51,6 +53,7 @@ from minillama.cli import (
 PROG = "python -m inspector"
 CAPTURE = CapturePolicy()  # the recorder's defaults: every capture flag starts from these
 MIB = 2**20
+FILE_CHECK_EVERY_S = 1.0  # how often a recording asks whether a trace file can still hold it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,12 +185,36 @@ def _record(args: argparse.Namespace) -> int:
     session = DebugSession(LLMEngine.from_pretrained(args.model, config), capture_policy_from_args(args))
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)
-    result = session.run(max_steps=args.max_steps)
+    result = _run_while_it_fits(session, args.max_steps)
     save(session.trace, output)
     print(format_overview(session.trace))
     state = "all requests finished" if result.finished else f"stopped after {result.steps} steps"
     print(f"\n{state}; wrote {output}")
     return 0
+
+
+def _run_while_it_fits(session: DebugSession, max_steps: int | None) -> RunResult:
+    """Run the batch, asking about once every FILE_CHECK_EVERY_S whether the recording still fits
+    in a trace file: a run past a limit would be refused by save() only once it had finished.
+    It stops there instead, writing nothing, and says which limit and by which step. (Asked at
+    every step, the meter would wait for each step's record, which the recorder otherwise
+    completes while the GPU runs the next step.)"""
+    steps = session.run_iter(max_steps=max_steps)
+    asked = time.monotonic()
+    while True:
+        try:
+            index = next(steps)
+        except StopIteration as end:
+            return end.value
+        if time.monotonic() - asked < FILE_CHECK_EVERY_S:
+            continue
+        limit = session.recorder.file_limit()
+        if limit is not None:
+            steps.close()
+            raise TraceError(f"stopped at step {index}, nothing written: the recording is past what a trace file may "
+                             f"hold ({limit}); record fewer steps (--max-steps below {index}), fewer prompts, "
+                             "a smaller --logits-top-k, attention for fewer prompts, or no --logit-lens")
+        asked = time.monotonic()
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -57,6 +57,23 @@ def test_record_without_attention_and_with_a_tiny_budget(embedded_dir, tmp_path,
     assert "logits no longer recorded from step 0" in capsys.readouterr().out
 
 
+def test_a_recording_past_a_trace_files_limit_stops_there_and_says_so(embedded_dir, tmp_path, capsys, monkeypatch):
+    """A run a trace file could not hold was refused by save() only once it had finished. It now
+    stops at a check (about once a second: here at every step) past the limit, writes nothing,
+    and says which limit and by which step, in one line (exit status 2)."""
+    import inspector.__main__ as cli
+
+    monkeypatch.setattr(cli, "FILE_CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr("inspector.trace.validate.MAX_TIMELINE_CELLS", 2 * 5)  # 2 prompts x 5 steps
+    path = tmp_path / "run.mltrace"
+    args = ["record", "--model", str(embedded_dir), *PROMPTS, "--max-tokens", "40", "--ignore-eos", "--no-attention",
+            "-o", str(path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped at step 5, nothing written" in err and "timeline cells" in err, err
+    assert "--max-steps below 5" in err and not path.exists()
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     """One line each (tests/test_cli_errors.py has the full table)."""
     assert main(["show", str(tmp_path / "missing.mltrace")]) == 2
