@@ -859,17 +859,22 @@ def test_the_panels_read_in_a_browser_that_prefers_dark(browser, url):
     page.context.close()
 
 
-# Every text a drawn plot holds (its title, legend, colour bar, axis titles) that lies outside its
-# figure (cut off), or over another of them.
+# Every text a drawn plot holds (its title, legend, colour bar, axis titles, tick labels) that lies
+# outside its figure (cut off), or over another of them (tick labels aside); and every axis whose
+# tick labels plotly.js would measure on each redraw to hide those past the plot's edge (its
+# default, which inspector/views/figure.py FIGURE_TEMPLATE turns off: the views keep them inside).
 PLOT_TEXT_PROBLEMS = """() => [...document.querySelectorAll('.ml-plot')].filter(d => d._fullLayout && d.offsetParent).flatMap(d => {
     const figure = d.querySelector('.main-svg').getBoundingClientRect();
     const box = (e) => e.getBoundingClientRect();
     const over = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
     const texts = [...d.querySelectorAll('.gtitle, .colorbar, .legend, .g-xtitle, .g-ytitle')].filter(e => box(e).width > 0);
-    const name = (e) => d.id + ' ' + e.getAttribute('class');
-    const outside = texts.filter(e => { const b = box(e);
+    const ticks = [...d.querySelectorAll('.xaxislayer-above text, .yaxislayer-above text')].filter(e => box(e).width > 0);
+    const name = (e) => d.id + ' ' + (e.getAttribute('class') || e.parentElement.getAttribute('class') + ' ' + e.textContent);
+    const outside = [...texts, ...ticks].filter(e => { const b = box(e);
         return b.top < figure.top - 1 || b.bottom > figure.bottom + 1 || b.left < figure.left - 1 || b.right > figure.right + 1; });
-    return [...outside.map(e => name(e) + ' outside'),
+    const measured = Object.keys(d._fullLayout).filter(k => /^[xy]axis[0-9]*$/.test(k))
+        .filter(k => d._fullLayout[k].ticklabeloverflow !== 'allow');
+    return [...outside.map(e => name(e) + ' outside'), ...measured.map(k => d.id + ' ' + k + ' measures its tick labels'),
             ...texts.flatMap((a, i) => texts.slice(i + 1).filter(b => over(box(a), box(b))).map(b => name(a) + ' over ' + name(b)))];
 })"""
 
@@ -878,7 +883,9 @@ PLOT_TEXT_PROBLEMS = """() => [...document.querySelectorAll('.ml-plot')].filter(
 def test_no_plot_text_leaves_its_figure_or_covers_another(browser, url, width):
     """In a phone's window the timeline's title was drawn above its figure (plotly moved it up
     for its colour bar's unseen placeholder title) and the Next token chart's title ran past the
-    plot's edge; at any width the Next token and history legends lay over their axis titles."""
+    plot's edge; at any width the Next token and history legends lay over their axis titles. A
+    tick label is drawn even past the plot's edge (plotly.js's check for those cost a quarter of
+    a heatmap's redraw on every cursor move, inspector/views/figure.py): none may lie there."""
     page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
     page.goto(url)
     page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
