@@ -417,6 +417,42 @@
   };
   window.mlMoveCursor = moveCursor; // webui/layout.py: the ◀ / ▶ buttons' click
 
+  // -- the sliders' number boxes --------------------------------------------------------------
+  // A Gradio slider sends its number box's value as typed, on every keystroke (the step's input
+  // event) or as the box loses the focus (the layer's release): 99999 or -5 was refused by the
+  // server (a 400, an "Error" toast, a console error) while the range drew its thumb at the end,
+  // 12.5 moved the range to 13 and the panels to 12, and an emptied box sent nothing but the
+  // number 0 to the range. Each value is made one the slider can take before Gradio reads it:
+  // within its range, on its step; an empty or unfinished box ("-", "1e") sends nothing, and
+  // is given back the slider's value when the focus leaves it. The capture phase on the document
+  // runs before the listeners on the box itself.
+  const sliderBox = (el) =>
+    el?.matches?.("input[type=number]") && el.closest(".block")?.querySelector("input[type=range]") ? el : null;
+  const onItsStep = (box, value) => {
+    const [min, max, step] = [Number(box.min), Number(box.max), Number(box.step) || 1];
+    const stepped = min + Math.round((value - min) / step) * step;
+    return Math.min(Math.max(Number(stepped.toFixed(6)), min), max);
+  };
+  const setValue = (input, value) =>
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(input, String(value));
+  document.addEventListener("input", (event) => {
+    const box = sliderBox(event.target);
+    if (!box) return;
+    const typed = box.value === "" ? NaN : Number(box.value);
+    if (!Number.isFinite(typed)) {
+      event.stopImmediatePropagation();
+      return;
+    }
+    const value = onItsStep(box, typed);
+    if (value !== typed || box.value !== String(value)) setValue(box, value);
+  }, true);
+  document.addEventListener("blur", (event) => {
+    const box = sliderBox(event.target);
+    if (!box || box.value !== "") return;
+    setValue(box, box.closest(".block").querySelector("input[type=range]").value);
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+  }, true);
+
   // Each press of Step counts (a click, or the s key, which clicks it); the Step event takes the
   // count when its call goes out (webui/layout.py STEP_PRESSES_JS). Gradio sends a press made
   // while a Step is in flight once that call ends, so the presses made meanwhile go out together:

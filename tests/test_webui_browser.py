@@ -616,6 +616,34 @@ def test_a_fast_drag_lands_where_the_mouse_lets_go_and_key_repeat_trips_no_limit
     page.context.close()
 
 
+def test_a_slider_number_box_takes_only_values_its_slider_can(browser, url):
+    """A slider's number box sent what was typed: a step past the end or below 0 was refused
+    (a 400, an "Error" toast, a console error) while the range drew its thumb at the end, 2.6
+    put the range at 3 and the panels at 2, an emptied box left the range at 0. Now the box
+    takes the nearest value its slider can (static/app.js), for the step and the layer alike."""
+    page = open_page(browser, url)
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    add_prompts(page, "What is the capital of France?", max_tokens=6)
+    step_through(page, 5)
+    box, slider = page.locator("#ml-slider input[type=number]"), page.locator("#ml-slider input[type=range]")
+    for typed, step in [("99", 4), ("-5", 0), ("2.6", 3), ("", 3)]:
+        box.fill("")
+        box.press_sequentially(typed)  # key by key, as a user types
+        box.press("Tab")
+        wait_for_step(page, step)
+        assert (box.input_value(), slider.input_value()) == (str(step), str(step)), typed
+    layer = page.locator("#ml-layer input[type=number]")
+    last = page.locator("#ml-layer input[type=range]").get_attribute("max")
+    layer.fill("999")
+    layer.press("Tab")
+    page.get_by_role("tab", name="Attention").click()
+    page.wait_for_function("n => document.getElementById('ml-plot-attention')?.textContent.includes('layer ' + n)", arg=last)
+    assert layer.input_value() == last
+    assert page.locator("#ml-status .ml-error").count() == 0 and errors == []
+    page.context.close()
+
+
 def test_quick_presses_and_a_double_click_move_the_cursor_one_step_each(browser, url):
     """◀ / ▶ and the arrow keys called the server per press, and Gradio drops a click on a
     button whose call is in flight: ten quick presses of ← moved the cursor once, a double
