@@ -620,17 +620,18 @@ def test_a_slider_number_box_takes_only_values_its_slider_can(browser, url):
     """A slider's number box sent what was typed: a step past the end or below 0 was refused
     (a 400, an "Error" toast, a console error) while the range drew its thumb at the end, 2.6
     put the range at 3 and the panels at 2, an emptied box left the range at 0. Now the box
-    takes the nearest value its slider can (static/app.js), for the step and the layer alike."""
+    takes the nearest value its slider can (static/app.js), on Enter or as the focus leaves it,
+    for the step and the layer alike."""
     page = open_page(browser, url)
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     add_prompts(page, "What is the capital of France?", max_tokens=6)
     step_through(page, 5)
     box, slider = page.locator("#ml-slider input[type=number]"), page.locator("#ml-slider input[type=range]")
-    for typed, step in [("99", 4), ("-5", 0), ("2.6", 3), ("", 3)]:
+    for typed, key, step in [("99", "Tab", 4), ("-5", "Enter", 0), ("2.6", "Tab", 3), ("", "Enter", 3)]:
         box.fill("")
         box.press_sequentially(typed)  # key by key, as a user types
-        box.press("Tab")
+        box.press(key)
         wait_for_step(page, step)
         assert (box.input_value(), slider.input_value()) == (str(step), str(step)), typed
     layer = page.locator("#ml-layer input[type=number]")
