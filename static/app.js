@@ -417,6 +417,50 @@
   };
   window.mlMoveCursor = moveCursor; // webui/layout.py: the ◀ / ▶ buttons' click
 
+  // -- the sliders' number boxes --------------------------------------------------------------
+  // A Gradio slider sends its number box's value as typed, on every keystroke (the step's input
+  // event) or as the box loses the focus (the layer's release): 99999 or -5 was refused by the
+  // server (a 400, an "Error" toast, a console error) while the range drew its thumb at the end,
+  // 12.5 moved the range to 13 and the panels to 12, and an emptied box sent nothing but the
+  // number 0 to the range. Each value is made one the slider can take before Gradio reads it:
+  // on its step, no higher than its maximum. A box that is empty, unfinished ("-", "1e") or
+  // below the minimum (the first digits of a larger number, in a slider that starts above 0)
+  // sends nothing while typed, and gets the nearest value the slider can take on Enter or when
+  // the focus leaves it (the slider's own value if it holds no number). The capture phase on the
+  // document runs before the listeners on the box itself.
+  const sliderBox = (el) =>
+    el?.matches?.("input[type=number]") && el.closest(".block")?.querySelector("input[type=range]") ? el : null;
+  const typedNumber = (box) => (box.value === "" ? NaN : Number(box.value));
+  const onItsStep = (box, value) => {
+    const [min, max, step] = [Number(box.min), Number(box.max), Number(box.step) || 1];
+    const stepped = min + Math.round((value - min) / step) * step;
+    return Math.min(Math.max(Number(stepped.toFixed(6)), min), max);
+  };
+  const setValue = (input, value) =>
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(input, String(value));
+  document.addEventListener("input", (event) => {
+    const box = sliderBox(event.target);
+    if (!box) return;
+    const typed = typedNumber(box);
+    if (!Number.isFinite(typed) || typed < Number(box.min)) {
+      event.stopImmediatePropagation();
+      return;
+    }
+    const value = onItsStep(box, typed);
+    if (box.value !== String(value)) setValue(box, value);
+  }, true);
+  const settle = (event) => {
+    const box = sliderBox(event.target);
+    if (!box || (event.type === "keydown" && event.key !== "Enter")) return;
+    const typed = typedNumber(box);
+    if (Number.isFinite(typed) && typed >= Number(box.min)) return; // sent as typed (above)
+    const range = box.closest(".block").querySelector("input[type=range]");
+    setValue(box, Number.isFinite(typed) ? onItsStep(box, typed) : range.value);
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+  };
+  document.addEventListener("blur", settle, true);
+  document.addEventListener("keydown", settle, true); // Enter, the focus staying
+
   // Each press of Step counts (a click, or the s key, which clicks it); the Step event takes the
   // count when its call goes out (webui/layout.py STEP_PRESSES_JS). Gradio sends a press made
   // while a Step is in flight once that call ends, so the presses made meanwhile go out together:

@@ -616,6 +616,35 @@ def test_a_fast_drag_lands_where_the_mouse_lets_go_and_key_repeat_trips_no_limit
     page.context.close()
 
 
+def test_a_slider_number_box_takes_only_values_its_slider_can(browser, url):
+    """A slider's number box sent what was typed: a step past the end or below 0 was refused
+    (a 400, an "Error" toast, a console error) while the range drew its thumb at the end, 2.6
+    put the range at 3 and the panels at 2, an emptied box left the range at 0. Now the box
+    takes the nearest value its slider can (static/app.js), on Enter or as the focus leaves it,
+    for the step and the layer alike."""
+    page = open_page(browser, url)
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    add_prompts(page, "What is the capital of France?", max_tokens=6)
+    step_through(page, 5)
+    box, slider = page.locator("#ml-slider input[type=number]"), page.locator("#ml-slider input[type=range]")
+    for typed, key, step in [("99", "Tab", 4), ("-5", "Enter", 0), ("2.6", "Tab", 3), ("", "Enter", 3)]:
+        box.fill("")
+        box.press_sequentially(typed)  # key by key, as a user types
+        box.press(key)
+        wait_for_step(page, step)
+        assert (box.input_value(), slider.input_value()) == (str(step), str(step)), typed
+    layer = page.locator("#ml-layer input[type=number]")
+    last = page.locator("#ml-layer input[type=range]").get_attribute("max")
+    layer.fill("999")
+    layer.press("Tab")
+    page.get_by_role("tab", name="Attention").click()
+    page.wait_for_function("n => document.getElementById('ml-plot-attention')?.textContent.includes('layer ' + n)", arg=last)
+    assert layer.input_value() == last
+    assert page.locator("#ml-status .ml-error").count() == 0 and errors == []
+    page.context.close()
+
+
 def test_quick_presses_and_a_double_click_move_the_cursor_one_step_each(browser, url):
     """◀ / ▶ and the arrow keys called the server per press, and Gradio drops a click on a
     button whose call is in flight: ten quick presses of ← moved the cursor once, a double
@@ -859,17 +888,22 @@ def test_the_panels_read_in_a_browser_that_prefers_dark(browser, url):
     page.context.close()
 
 
-# Every text a drawn plot holds (its title, legend, colour bar, axis titles) that lies outside its
-# figure (cut off), or over another of them.
+# Every text a drawn plot holds (its title, legend, colour bar, axis titles, tick labels) that lies
+# outside its figure (cut off), or over another of them (tick labels aside); and every axis whose
+# tick labels plotly.js would measure on each redraw to hide those past the plot's edge (its
+# default, which inspector/views/figure.py FIGURE_TEMPLATE turns off: the views keep them inside).
 PLOT_TEXT_PROBLEMS = """() => [...document.querySelectorAll('.ml-plot')].filter(d => d._fullLayout && d.offsetParent).flatMap(d => {
     const figure = d.querySelector('.main-svg').getBoundingClientRect();
     const box = (e) => e.getBoundingClientRect();
     const over = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
     const texts = [...d.querySelectorAll('.gtitle, .colorbar, .legend, .g-xtitle, .g-ytitle')].filter(e => box(e).width > 0);
-    const name = (e) => d.id + ' ' + e.getAttribute('class');
-    const outside = texts.filter(e => { const b = box(e);
+    const ticks = [...d.querySelectorAll('.xaxislayer-above text, .yaxislayer-above text')].filter(e => box(e).width > 0);
+    const name = (e) => d.id + ' ' + (e.getAttribute('class') || e.parentElement.getAttribute('class') + ' ' + e.textContent);
+    const outside = [...texts, ...ticks].filter(e => { const b = box(e);
         return b.top < figure.top - 1 || b.bottom > figure.bottom + 1 || b.left < figure.left - 1 || b.right > figure.right + 1; });
-    return [...outside.map(e => name(e) + ' outside'),
+    const measured = Object.keys(d._fullLayout).filter(k => /^[xy]axis[0-9]*$/.test(k))
+        .filter(k => d._fullLayout[k].ticklabeloverflow !== 'allow');
+    return [...outside.map(e => name(e) + ' outside'), ...measured.map(k => d.id + ' ' + k + ' measures its tick labels'),
             ...texts.flatMap((a, i) => texts.slice(i + 1).filter(b => over(box(a), box(b))).map(b => name(a) + ' over ' + name(b)))];
 })"""
 
@@ -878,7 +912,9 @@ PLOT_TEXT_PROBLEMS = """() => [...document.querySelectorAll('.ml-plot')].filter(
 def test_no_plot_text_leaves_its_figure_or_covers_another(browser, url, width):
     """In a phone's window the timeline's title was drawn above its figure (plotly moved it up
     for its colour bar's unseen placeholder title) and the Next token chart's title ran past the
-    plot's edge; at any width the Next token and history legends lay over their axis titles."""
+    plot's edge; at any width the Next token and history legends lay over their axis titles. A
+    tick label is drawn even past the plot's edge (plotly.js's check for those cost a quarter of
+    a heatmap's redraw on every cursor move, inspector/views/figure.py): none may lie there."""
     page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
     page.goto(url)
     page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")

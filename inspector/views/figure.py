@@ -28,7 +28,15 @@ NO_STEP = "No step yet: add prompts and press Step"
 
 # Every figure's look, looked up once: a validated plotly Template, never modified. A page that
 # draws many figures may hold it once and put it back in each (webui/render.py figures_html).
-FIGURE_TEMPLATE = pio.templates["plotly_white"]
+# Every axis of every figure (a template's xaxis / yaxis are the defaults of all x and y axes)
+# draws its tick labels with ticklabeloverflow "allow". plotly.js's default, "hide past div",
+# measures the box of every label once per label drawn (getBoundingClientRect, n**2 of them),
+# each measure forcing the browser to lay out the page the same update has just changed (the
+# Text panel): about a quarter of a heatmap's redraw on a cursor move (docs/perf-notes.md). The
+# views' labels are placed inside their plot's margins, so there was nothing for it to hide.
+FIGURE_TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
+FIGURE_TEMPLATE.layout.xaxis.ticklabeloverflow = "allow"
+FIGURE_TEMPLATE.layout.yaxis.ticklabeloverflow = "allow"
 MARGIN = dict(l=48, r=16, t=56, b=36)
 
 
