@@ -13,6 +13,7 @@ fp32 roundings of the running sum, so it is held to 1e-6 * sqrt(K) of the terms'
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,15 @@ def clear_builds() -> None:
         library.forget()
 
 
+@pytest.fixture
+def fresh_builds() -> Iterator[None]:
+    """A test whose first use of the kernels builds them anew (under the $CC or MINILLAMA_CACHE
+    it sets), and after which the next test's use builds them again."""
+    clear_builds()
+    yield
+    clear_builds()
+
+
 def linears(engine: LLMEngine) -> list[Linear]:
     return [m for m in engine.runner.model.modules() if isinstance(m, Linear)]
 
@@ -142,18 +152,14 @@ def generate(engine: LLMEngine) -> list[list[int]]:
     return [engine.sequences[i].output_token_ids for i in ids]
 
 
-def test_without_a_compiler_the_engine_warns_and_uses_blas(monkeypatch, tmp_path, tiny_model_dir):
+def test_without_a_compiler_the_engine_warns_and_uses_blas(monkeypatch, tmp_path, tiny_model_dir, fresh_builds):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    clear_builds()
-    try:
-        with pytest.warns(UserWarning, match="no C compiler"):
-            assert not skinny_linear.available()
-        path, _ = tiny_model_dir("gqa-tied-llama3")
-        engine = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32"))
-        assert engine.runner.model.ops.name == "reference"
-        assert engine.runner.model.ops.attention.name == "sdpa"
-    finally:
-        clear_builds()
+    with pytest.warns(UserWarning, match="no C compiler"):
+        assert not skinny_linear.available()
+    path, _ = tiny_model_dir("gqa-tied-llama3")
+    engine = LLMEngine.from_pretrained(path, EngineConfig(device="cpu", dtype="float32"))
+    assert engine.runner.model.ops.name == "reference"
+    assert engine.runner.model.ops.attention.name == "sdpa"
 
 
 # What $CC may be: (the script's body, a fragment of the warning). Each leaves the CPU path on
@@ -169,21 +175,17 @@ MISBEHAVING_COMPILERS = {
 
 
 @pytest.mark.parametrize("body, fragment", MISBEHAVING_COMPILERS.values(), ids=MISBEHAVING_COMPILERS)
-def test_a_misbehaving_compiler_warns_and_leaves_nothing(monkeypatch, tmp_path, body, fragment):
+def test_a_misbehaving_compiler_warns_and_leaves_nothing(monkeypatch, tmp_path, body, fragment, fresh_builds):
     fake = tmp_path / "cc"
     fake.write_text(f"#!/bin/sh\n{body}\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
     monkeypatch.setenv("MINILLAMA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(c_kernels, "COMPILE_SECONDS", 1.0)
-    clear_builds()
-    try:
-        with pytest.warns(UserWarning, match=fragment) as warned:
-            assert not skinny_linear.available()
-        assert len(str(warned[0].message)) < 1000  # the end of what it said, not 5 MB of it
-        assert not list((tmp_path / "cache" / "kernels").iterdir())  # nothing half-written is left
-    finally:
-        clear_builds()
+    with pytest.warns(UserWarning, match=fragment) as warned:
+        assert not skinny_linear.available()
+    assert len(str(warned[0].message)) < 1000  # the end of what it said, not 5 MB of it
+    assert not list((tmp_path / "cache" / "kernels").iterdir())  # nothing half-written is left
     child = tmp_path / "cc.child"
     if child.exists():  # the process the compiler started is gone (or a zombie about to be reaped)
         state = Path(f"/proc/{child.read_text().strip()}/stat")
@@ -197,28 +199,20 @@ def test_run_bounded_keeps_only_the_end_of_the_output():
 
 
 @pytest.mark.parametrize("name", ["cache-not-utf-8", "cache-unknown-user"])
-def test_a_cache_folder_that_cannot_be_named_warns_and_runs_on_pytorch(monkeypatch, tmp_path, name):
+def test_a_cache_folder_that_cannot_be_named_warns_and_runs_on_pytorch(monkeypatch, tmp_path, name, fresh_builds):
     """cache_root() refuses it (CacheFolderError, an OSError): the build warns, the engine runs on."""
     value = {"cache-not-utf-8": f"{tmp_path}/caf\udce9", "cache-unknown-user": "~no-such-user-here/cache"}[name]
     monkeypatch.setenv("MINILLAMA_CACHE", value)
-    clear_builds()
-    try:
-        with pytest.warns(UserWarning, match="MINILLAMA_CACHE=.* cannot hold minillama's cache"):
-            assert not skinny_linear.available()
-    finally:
-        clear_builds()
+    with pytest.warns(UserWarning, match="MINILLAMA_CACHE=.* cannot hold minillama's cache"):
+        assert not skinny_linear.available()
 
 
-def test_a_cache_that_cannot_take_the_build_is_named_in_the_warning(monkeypatch, tmp_path):
+def test_a_cache_that_cannot_take_the_build_is_named_in_the_warning(monkeypatch, tmp_path, fresh_builds):
     """It warned "[Errno 17] File exists: '...'", naming no variable."""
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("MINILLAMA_CACHE", str(tmp_path / "file"))
-    clear_builds()
-    try:
-        with pytest.warns(UserWarning, match="MINILLAMA_CACHE=.* cannot hold minillama's cache: .* is a file"):
-            assert not skinny_linear.available()
-    finally:
-        clear_builds()
+    with pytest.warns(UserWarning, match="MINILLAMA_CACHE=.* cannot hold minillama's cache: .* is a file"):
+        assert not skinny_linear.available()
 
 
 def test_the_result_matches_f_linear_on_the_embedded_models_shapes():
