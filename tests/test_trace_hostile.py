@@ -153,10 +153,13 @@ def edited(saved: Path, document: dict, edits: list[tuple[Path_, Any]], out: Pat
     return out
 
 
-def every_output(trace: Trace, steps: set[int] | None = None) -> Iterator[tuple[str, str]]:
+def every_output(trace: Trace, steps: set[int] | None = None,
+                 seq_ids: set[int] | None = None) -> Iterator[tuple[str, str]]:
     """(what, text) of every panel at every step (or at `steps`): the HTML builders, and each
-    figure as the JSON the browser gets, for every sequence and each kind of attention selection."""
-    selections = [Selection()] + [Selection(seq_id=s, head=h, full_matrix=m) for s in sorted(trace.sequences)
+    figure as the JSON the browser gets, for the automatic selection and for every sequence (or
+    those of `seq_ids` the trace has) with each kind of attention selection."""
+    chosen = sorted(trace.sequences) if seq_ids is None else sorted(seq_ids & trace.sequences.keys())
+    selections = [Selection()] + [Selection(seq_id=s, head=h, full_matrix=m) for s in chosen
                                   for h, m in ((0, False), (None, False), (0, True))]
     for index in sorted(steps) if steps is not None else range(len(trace.steps)):
         for builder in (text_html, block_tables_html, step_details_html):
@@ -284,8 +287,27 @@ def test_a_number_out_of_range_is_refused_or_every_view_renders(saved, document,
             trace = load(edited(saved, document, [(path, value)], tmp_path / "number.mltrace"))
         except TraceError:
             continue
-        for _ in every_output(trace, steps):
+        # A sequence's figures read that sequence's records: the edited record's sequences (and
+        # the value itself where it names one) are drawn selected, beside the automatic
+        # selection and sequence 0. Every sequence of 18 was 8x the figures for the same reads.
+        seq_ids = {0, *sequences_named(document["trace"], path)} | ({value} if isinstance(value, int) else set())
+        for _ in every_output(trace, steps, seq_ids):
             pass
+
+
+SEQ_ID_KEYS = ("seq_id", "child_id", "parent_id", "needer", "for_seq", "group_id")  # fields that name a sequence
+
+
+def sequences_named(document: dict, path: Path_) -> set[int]:
+    """The sequences the records along `path` belong to or name: the key under "sequences" or
+    "attention", and each sequence-id field of the dicts the path passes through."""
+    named = {int(path[1])} if path[0] in ("sequences", "attention") else set()
+    node: Any = document
+    for key in path:
+        if isinstance(node, dict):
+            named |= {node[k] for k in SEQ_ID_KEYS if isinstance(node.get(k), int)}
+        node = node[key]
+    return named
 
 
 SEQ_ID_RANGE = SeqId.__metadata__[0]
