@@ -20,7 +20,6 @@ from webui import Limits, SessionManager, serve
 from webui.cli import (
     check_host,
     check_port,
-    check_trace_alone,
     is_loopback,
     lan_address,
     limits_from_args,
@@ -52,7 +51,6 @@ def _main(argv: list[str]) -> int:
     if isinstance(sys.stdout, Output):  # run_cli's (a test may call _main without it)
         sys.stdout.require("the server writes its address and log there")
     try:
-        check_trace_alone(args)
         check_host(args.host)
         check_port(args.host, args.port)  # before the model loads, which takes a while
         auth = resolve_auth(args)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.engine_modes import ASYNC_AB, DECODE, GPU, PROFILE, SMALL, SPLIT, given, refuse_unread_flags, run_mode
+from benchmarks.engine_modes import ASYNC_AB, DECODE, GPU, PROFILE, SMALL, SPLIT, refuse_unread_flags, run_mode
 from benchmarks.floor import kv_bytes_per_token, measure_peaks, run_floor
 from benchmarks.workloads import (
     CHAT_PROMPTS,
@@ -48,7 +48,7 @@ from minillama import (
     check_fits,
     embedded_model_dir,
 )
-from minillama.cli import ArgumentParser, add_debug_flag, int_at_least, run_cli, tune_gc
+from minillama.cli import ArgumentParser, add_debug_flag, given, int_at_least, run_cli, tune_gc
 
 PROG = "python -m benchmarks.engine"
 ENGINE = EngineConfig()  # the library's defaults: --device and --attention start from these
@@ -454,7 +454,7 @@ def _main(argv: list[str]) -> None:
     unknown_peers = set(args.peers.split(",")) - {"static", "cb", "none"}
     if unknown_peers:
         raise ConfigError(f"--peers takes static, cb or both (comma-separated), or none, got {args.peers!r}")
-    if args.tensor_parallel_size > 1 and "peers" in given(parser, argv) and "cb" in args.peers.split(","):
+    if args.tensor_parallel_size > 1 and "peers" in given(parser, argv, ["peers"]) and "cb" in args.peers.split(","):
         raise ConfigError("--peers cb: --tensor-parallel-size runs HF's static peer only (over the same GPUs)")
     # The engine's own flags are checked before any model loads.
     EngineConfig(device=args.device, attention=args.attention, num_kv_blocks=args.kv_blocks,

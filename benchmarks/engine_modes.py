@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from minillama.cli import given
+
 SMALL, GPU, SPLIT, ASYNC_AB, DECODE, PROFILE = "small", "gpu", "split", "async-ab", "decode-steps", "profile"
 
 # How the command line picks each run, as a message names it.
@@ -62,19 +64,11 @@ def refuse_unread_flags(parser: argparse.ArgumentParser, argv: Sequence[str], ar
     """parser.error naming a flag of `argv` that the run `args` picks does not read, and the
     mode flags of the runs that do."""
     mode = run_mode(args)
-    for dest in given(parser, argv):
+    on_the_line = given(parser, argv, list(READ_BY))  # whatever their value: `--context 512`, the default, too
+    for dest in (d for d in READ_BY if d in on_the_line):
         flag, readers = READ_BY[dest]
         if mode not in readers:
             parser.error(f"argument {flag}: not read by {PICKED_BY[mode]}; only by {_readers(readers)}")
-
-
-def given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
-    """The READ_BY flags on the command line, whatever their value (`--context 512`, the
-    default, is given too). argparse sets a flag's default only where the namespace has no
-    value yet: parsed into one holding a marker, a flag left out keeps the marker."""
-    unset = object()
-    parsed = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(READ_BY, unset)))
-    return [dest for dest in READ_BY if getattr(parsed, dest) is not unset]
 
 
 def _readers(readers: frozenset[str]) -> str:

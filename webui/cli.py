@@ -11,8 +11,18 @@ import argparse
 import ipaddress
 import os
 import socket
+import sys
 
-from minillama.cli import ArgumentParser, add_debug_flag, add_model_args, int_at_least, number_above, path_text
+from minillama.cli import (
+    ArgumentParser,
+    Unread,
+    add_debug_flag,
+    add_model_args,
+    int_at_least,
+    number_above,
+    path_text,
+    refuse_unread,
+)
 from webui import defaults
 from webui.limits import Limits
 
@@ -21,7 +31,13 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """The flags of `argv` (the command line's when None); ConfigError naming a flag that the
+    others leave unread (TRACE_UNREAD)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_unread(parser, argv, args, TRACE_UNREAD)
+    return args
 
 
 def build_parser() -> ArgumentParser:
@@ -121,16 +137,13 @@ MODEL_FLAGS = ("model", "device", "dtype", "attention", "max_model_len", "eager"
 ENGINE_LIMIT_FLAGS = ("max_new_tokens", "max_sequences", "max_kv_blocks", "max_kv_mb", "max_steps", "trace_budget_mb")
 
 
-def check_trace_alone(args: argparse.Namespace) -> None:
-    """ValueError when --trace comes with a flag about the model it does not load, or with a
-    limit of the engines it does not start: read by nothing, it would be silently ignored."""
-    if args.trace is None:
-        return
-    parser = build_parser()
-    for name in (*MODEL_FLAGS, *ENGINE_LIMIT_FLAGS):
-        if getattr(args, name) != parser.get_default(name):
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"--trace serves a saved trace and loads no model: {flag} does not apply")
+# A --trace server reads none of them: given, it would be silently ignored. Given is on the
+# command line whatever its value (`--device cpu` where cpu is the default too), as for the
+# library's unread flags (minillama/cli/overrides.py).
+TRACE_UNREAD = (
+    Unread((*MODEL_FLAGS, *ENGINE_LIMIT_FLAGS), lambda args: args.trace is not None,
+           "with --trace, which serves a saved trace and loads no model and starts no engine"),
+)
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:

@@ -22,10 +22,10 @@ from minillama.cli.flags import (
 )
 from minillama.cli.gc_heap import tune_gc
 from minillama.cli.output import Output
-from minillama.cli.overrides import ENGINE_UNREAD, SAMPLING_UNREAD, refuse_unread
+from minillama.cli.overrides import ENGINE_UNREAD, SAMPLING_UNREAD, Unread, given, refuse_unread
 
 __all__ = [
     "ArgumentParser", "Output", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
     "engine_config_from_args", "tune_gc", "int_at_least", "number_above", "number_at_least", "path_text", "printable_line",
-    "ENGINE_UNREAD", "SAMPLING_UNREAD", "refuse_unread", "run_cli", "sampling_params_from_args",
+    "ENGINE_UNREAD", "SAMPLING_UNREAD", "Unread", "given", "refuse_unread", "run_cli", "sampling_params_from_args",
 ]
