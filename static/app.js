@@ -190,9 +190,18 @@
     if (key) navigator.sendBeacon("ml-api/closed", JSON.stringify({ key }));
   });
 
+  // plotly.js (4.6 MB) is loaded when the first figure is to be drawn, not in the page's head:
+  // there its 0.7 s of script on two cores ran while Gradio built the page, which showed that
+  // much later (docs/perf-notes.md). Its address is in the head (webui/server.py page_head).
+  const loadPlotly = () => {
+    if (document.getElementById("ml-plotly-js")) return;
+    const src = document.querySelector("meta[name=ml-plotly]")?.content;
+    if (src) document.head.append(Object.assign(document.createElement("script"), { id: "ml-plotly-js", src }));
+  };
   const drawNext = () => {
     frameRequested = false;
     if (!window.Plotly) { // plotly.js is still loading: try again next frame
+      loadPlotly();
       requestDraw();
       return;
     }

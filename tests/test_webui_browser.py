@@ -94,6 +94,22 @@ def add_prompts(page, prompts: str, max_tokens: int = 12) -> None:
     page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('added #')")
 
 
+PLOTLY_LOADS = "() => performance.getEntriesByType('resource').filter((r) => r.name.includes('ml-static/plotly.'))"
+
+
+def test_plotly_loads_once_the_page_shows_and_a_reload_takes_it_from_the_cache(browser, url):
+    """plotly.js (4.6 MB, 0.7 s of script on two cores) in the page's head held the page back by
+    as much: it is loaded when the first figure is drawn, under a name of its bytes' digest that
+    the browser keeps, so a reload neither downloads it nor waits for it."""
+    page = open_page(browser, url)
+    page.wait_for_function("() => document.querySelector('#ml-plot-timeline .main-svg')")  # the placeholder, drawn
+    assert [entry["transferSize"] > 0 for entry in page.evaluate(PLOTLY_LOADS)] == [True]
+    page.reload()
+    page.wait_for_function("() => document.querySelector('#ml-plot-timeline .main-svg')")
+    assert [entry["transferSize"] for entry in page.evaluate(PLOTLY_LOADS)] == [0]  # from the browser's cache
+    page.context.close()
+
+
 def test_panels_follow_steps_and_the_slider(browser, url):
     page = open_page(browser, url)
     add_prompts(page, "What is the capital of France?\nWrite a haiku about autumn.")

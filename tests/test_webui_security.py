@@ -21,7 +21,7 @@ from webui import comparing, handlers
 from webui.front_door import LOGIN_FAILURES_ALLOWED, SESSIONS_KEPT_PER_CLIENT
 from webui.limits import Limits
 from webui.render import API_OUTPUT_NAMES
-from webui.server import serve
+from webui.server import PLOTLY_JS, plotly_name, serve
 from webui.sessions import BUSY_WAIT_S, SessionBusy, SessionManager, UISession
 
 AUTH = ("ada", "s3cret")
@@ -94,7 +94,11 @@ def test_an_auth_server_lets_strangers_reach_only_the_login(manager):
             assert httpx.get(address + path, timeout=5).status_code == 401, path
         for path in ("gradio_api/cancel", "gradio_api/reset", "gradio_api/queue/join", "gradio_api/upload"):
             assert httpx.post(address + path, json={"session_hash": "x", "event_id": "y", "fn_index": 0}).status_code == 401
-        assert httpx.get(address + "ml-static/plotly.min.js").status_code == 200  # what the page needs
+        # What the page needs: plotly.js under a name of its bytes' digest, kept by the browser for good.
+        script = httpx.get(address + "ml-static/" + plotly_name())
+        assert script.status_code == 200 and script.headers["cache-control"] == "private, max-age=31536000, immutable"
+        assert script.content == PLOTLY_JS.read_bytes()
+        assert httpx.get(address + "ml-static/plotly.min.js").status_code == 404  # no other name
         with httpx.Client() as browser:  # logged in: the app's config, with no server path in it
             assert browser.post(address + "login", data=dict(zip(("username", "password"), AUTH))).status_code == 200
             config = browser.get(address + "config")

@@ -13,7 +13,8 @@ any route runs:
 - Failed logins are counted per client address: after LOGIN_FAILURES_ALLOWED within
   LOGIN_WINDOW_S, /login answers 429 until the window has passed.
 - The page's own scripts (plotly.js) are served here, under /ml-static/, so no page or config
-  shows where the server keeps its files.
+  shows where the server keeps its files. Their names carry a digest of their bytes
+  (webui/server.py plotly_name), so they are served immutable: a browser keeps them for good.
 - What the page says of itself, behind the login like everything else (FrontDoor.page_reports):
   POST /ml-api/drawn {"key": tab key, "update": n}: it has drawn update n, which paces a Run's
   live updates (webui/handlers.py); POST /ml-api/closed {"key": tab key}: the tab is going away
@@ -96,6 +97,7 @@ OPEN_PATHS = {"/", "/login", "/login/", "/favicon.ico", "/theme.css", "/manifest
 OPEN_PREFIXES = ("/assets/", "/static/", "/svelte/", STATIC_PREFIX)
 API_INFO_MARKER = b"<script>window.gradio_api_info = "
 CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+IMMUTABLE = b"private, max-age=31536000, immutable"  # a static file's name changes with its bytes
 
 
 class LoginThrottle:
@@ -459,7 +461,7 @@ class FrontDoor:
             return
         body, suffix = self.static[name]
         headers = [(b"content-type", CONTENT_TYPES.get(suffix, "application/octet-stream").encode()),
-                   (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-cache")]
+                   (b"content-length", str(len(body)).encode()), (b"cache-control", IMMUTABLE)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

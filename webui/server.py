@@ -5,10 +5,12 @@ from __future__ import annotations
 import resource
 import signal
 import sys
+from functools import cache
 from pathlib import Path
 
 import gradio as gr
 import plotly
+import xxhash
 from starlette.middleware import Middleware
 
 from inspector import views
@@ -22,6 +24,15 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
+@cache
+def plotly_name() -> str:
+    """plotly.js's name under /ml-static/: "plotly.<digest of its bytes>.min.js". A name that
+    changes with the file lets the browser keep it for good (the front door serves it
+    immutable), so a reload neither downloads its 4.6 MB nor compiles it again: Chromium keeps
+    the compiled code of a script it takes from its HTTP cache."""
+    return f"plotly.{xxhash.xxh64_hexdigest(PLOTLY_JS.read_bytes())}.min.js"
+
+
 def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
           auth: tuple[str, str] | None = None, block: bool = True, shared_as: str | None = None) -> gr.Blocks:
     """Build the page and serve it; with block=False return once the server is up (tests).
@@ -30,7 +41,7 @@ def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
         _exit_on_sigterm()
     raise_open_file_limit()
     head = page_head()
-    door = Middleware(FrontDoor, static_files={"plotly.min.js": PLOTLY_JS}, on_drawn=manager.drawn,
+    door = Middleware(FrontDoor, static_files={plotly_name(): PLOTLY_JS}, on_drawn=manager.drawn,
                       on_closed=manager.tab_closed,
                       largest_upload=manager.limits.upload_mb * 2**20)
     app = build_app(manager, shared_as)
@@ -47,11 +58,13 @@ def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
 
 
 def page_head() -> str:
-    """What the page's head holds: plotly.js from the front door (no server path in the page),
-    app.js inline, and, once, what every update would otherwise repeat: the panels' stylesheet
-    and the figures' template (webui/render.py)."""
-    scripts = f"<script src='{STATIC_PREFIX.lstrip('/')}plotly.min.js'></script><script>{(STATIC / 'app.js').read_text()}</script>"
-    return f"{scripts}<style>{views.STYLESHEET}</style>{figure_template_html()}"
+    """What the page's head holds: app.js inline, where to find plotly.js (the front door's
+    address, no server path), and, once, what every update would otherwise repeat: the panels'
+    stylesheet and the figures' template (webui/render.py). app.js loads plotly.js when it
+    first draws a figure, once Gradio has drawn the page: run in the head, its 0.7 s of
+    script held the page back by as much on two cores (docs/perf-notes.md)."""
+    plotly_src = f"<meta name='ml-plotly' content='{STATIC_PREFIX.lstrip('/')}{plotly_name()}'>"
+    return f"{plotly_src}<script>{(STATIC / 'app.js').read_text()}</script><style>{views.STYLESHEET}</style>{figure_template_html()}"
 
 
 # The most open files the server asks for (when the hard limit is unlimited).
