@@ -82,11 +82,31 @@ def test_bf16_greedy_matches_hf_with_preemption_and_prefix_cache(name):
     engine.step()
     rest = greedy_outputs(engine, prompts[1:], 16)
     got = [engine.sequences[first].output_token_ids, *rest]
-    # bf16 can flip a near tie; require almost all tokens to agree and the first ones exactly.
-    agree = sum(a == b for g, e in zip(got, expected) for a, b in zip(g, e))
-    assert agree >= 0.9 * sum(len(e) for e in expected)
-    assert [g[:4] for g in got] == [e[:4] for e in expected]
+    for prompt, tokens, hf_tokens in zip(prompts, got, expected):
+        assert_parts_only_at_a_near_tie(hf, prompt, tokens, hf_tokens)
     assert engine.stats.preemptions > 0 and engine.block_manager.num_hit_blocks > 0
+
+
+NEAR_TIE = 0.02  # of the largest |logit|: a few bf16 roundings (8 bits of mantissa) of the logits
+
+
+def assert_parts_only_at_a_near_tie(hf, prompt: list[int], tokens: list[int], hf_tokens: list[int]) -> None:
+    """The engine's greedy tokens are HF's up to the first that differs, if any, and there HF
+    itself found the two nearly tied. In bf16 two implementations round differently, so a near
+    tie may go either way, and from there the two texts are different texts: counting the
+    tokens that agree after it (as this test once did) measured where the tie fell, not the
+    engine. A wrong engine parts from HF at a token HF is sure of."""
+    part = next((i for i, (a, b) in enumerate(zip(tokens, hf_tokens)) if a != b), None)
+    if part is None:
+        assert len(tokens) == len(hf_tokens)
+        return
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt + hf_tokens[:part]], device="cuda")).logits[0, -1].float()
+    gap = (logits[hf_tokens[part]] - logits[tokens[part]]).item()
+    scale = logits.abs().max().item()
+    assert gap <= NEAR_TIE * scale, (
+        f"token {part}: the engine chose {tokens[part]}, HF {hf_tokens[part]} by a logit gap of {gap:.4f} "
+        f"(largest |logit| {scale:.3f})")
 
 
 @pytest.mark.parametrize("name", ["gqa-tied-llama3", BIASED])

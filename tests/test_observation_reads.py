@@ -89,8 +89,10 @@ def test_the_engine_steps_on_after_refused_reads(engine):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_the_reads_refuse_tensors_of_another_device_or_dtype():
     """There the index ranges are not read back (read_checks.py says why); the rest is checked."""
+    # The readable attention: the GPU's kernels need blocks of 16 slots, and the cache here has 4.
     engine = LLMEngine.from_config(ModelConfig.from_dict(TINY), EngineConfig(
-        device="cuda", dtype="bfloat16", num_kv_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE, max_model_len=32))
+        device="cuda", dtype="bfloat16", attention="reference", num_kv_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE,
+        max_model_len=32))
     with pytest.raises(InvalidRequestError, match="layers must be on the engine's device"):
         engine.read_keys(long([0]), long([0]), long([0]))  # host tensors
     on_gpu = {name: long(values).cuda() for name, values in GOOD.items()}
