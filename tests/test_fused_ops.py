@@ -77,16 +77,16 @@ def reference_rotary_and_store(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ops/reference/rotary_and_store.py's apply_rotary and store_kvcache (padding rows, slot < 0,
-    left out of the store)."""
+    left out of the store). -> q [N, H, D], k [N, Hkv, D] rotated (padding rows too)."""
     heads = qkv.view(-1, num_heads + 2 * num_kv_heads, head_dim)
     qk = apply_rotary(heads[:, : num_heads + num_kv_heads], cos, sin)
     q, k = qk.split([num_heads, num_kv_heads], dim=1)
     v = heads[:, num_heads + num_kv_heads :]
     real = slot_mapping >= 0
     store_kvcache(k[real], v[real], k_cache, v_cache, slot_mapping[real].long())  # int64, as in the engine
-    return q
+    return q, k
 
 
 def reference_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -177,11 +177,22 @@ def run_rotary_case(
     slots = slots.to(slot_dtype)
     ref_k, ref_v = k_cache.clone(), v_cache.clone()
 
-    q = ops.rotary_and_store(qkv, cos, sin, k_cache, v_cache, slots, num_heads, num_kv_heads, head_dim)
-    ref_q = reference_rotary_and_store(qkv, cos, sin, ref_k, ref_v, slots, num_heads, num_kv_heads, head_dim)
+    q, no_k = ops.rotary_and_store(qkv, cos, sin, k_cache, v_cache, slots, num_heads, num_kv_heads, head_dim)
+    ref_q, ref_rotated_k = reference_rotary_and_store(
+        qkv, cos, sin, ref_k, ref_v, slots, num_heads, num_kv_heads, head_dim,
+    )
 
-    assert q.is_contiguous()
+    assert q.is_contiguous() and no_k is None
     assert_matches(q, ref_q, 0, "q")
+    # keep_k (a prefill step over fresh keys): the same q and cache writes, and every row's
+    # rotated keys, padding rows too, as the reference returns them.
+    kept_k_cache, kept_v_cache = torch.full_like(k_cache, POISON), torch.full_like(v_cache, POISON)
+    kept_q, kept_k = ops.rotary_and_store(
+        qkv, cos, sin, kept_k_cache, kept_v_cache, slots, num_heads, num_kv_heads, head_dim, keep_k=True,
+    )
+    assert kept_k.shape == (num_tokens, num_kv_heads, head_dim) and kept_k.is_contiguous()
+    assert_matches(kept_k, ref_rotated_k, 0, "kept k")
+    assert torch.equal(kept_q, q) and torch.equal(kept_k_cache, k_cache) and torch.equal(kept_v_cache, v_cache)
     assert_matches(k_cache, ref_k, 0, "k_cache")
     assert torch.equal(v_cache, ref_v), "v_cache: v is copied, so it must be bit-identical"
     # Belt and braces: the slots the step does not own still hold the poison, in both caches.
@@ -277,7 +288,7 @@ def test_cuda_graph_replay():
 
     def step() -> tuple[torch.Tensor, ...]:
         normed, new_residual = ops.fused_add_rms_norm(static["x"], static["residual"], static["weight"], EPS)
-        q = ops.rotary_and_store(
+        q, _ = ops.rotary_and_store(
             static["qkv"], static["cos"], static["sin"], k_cache, v_cache, static["slots"],
             num_heads, num_kv_heads, head_dim,
         )
@@ -297,7 +308,7 @@ def test_cuda_graph_replay():
         ref_normed, ref_residual = reference_add_rms_norm(static["x"], static["residual"], static["weight"], EPS)
         assert_matches(normed, ref_normed, 2, "normed")
         assert_matches(new_residual, ref_residual, 0, "new_residual")
-        ref_q = reference_rotary_and_store(
+        ref_q, _ = reference_rotary_and_store(
             static["qkv"], static["cos"], static["sin"], ref_k, ref_v, static["slots"],
             num_heads, num_kv_heads, head_dim,
         )
@@ -342,8 +353,8 @@ def test_interpreter_empty_batch():
     assert normed.shape == new_residual.shape == (0, 64)
     assert ops.silu_and_mul(torch.empty(0, 32)).shape == (0, 16)
     cache = torch.zeros(2, 4, 1, 16)
-    q = ops.rotary_and_store(
+    q, k = ops.rotary_and_store(
         torch.empty(0, 4 * 16), torch.empty(0, 1, 16), torch.empty(0, 1, 16), cache, cache.clone(),
-        torch.empty(0, dtype=torch.long), 2, 1, 16,
+        torch.empty(0, dtype=torch.long), 2, 1, 16, keep_k=True,
     )
-    assert q.shape == (0, 2, 16)
+    assert q.shape == (0, 2, 16) and k.shape == (0, 1, 16)

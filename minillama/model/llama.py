@@ -22,7 +22,6 @@ from minillama.model.linear import Linear
 from minillama.model.mlp import LlamaMLP
 from minillama.model.norm import RMSNorm
 from minillama.model.rotary import RotaryEmbedding
-from minillama.ops.reference.rotary_and_store import rotary_and_store_kv
 from minillama.ops.table import Ops
 from minillama.parallel.shard import WHOLE_MODEL, Shard
 from minillama.parallel.vocab import VocabParallelEmbedding
@@ -73,8 +72,8 @@ class LlamaAttention(nn.Module):
         reads_fresh_kv = metadata.is_prefill and metadata.block_tables is None
         if on_attention is not None or reads_fresh_kv:
             # The hook, and attention over the fresh keys (no sequence has any cached), need k
-            # and v as tensors: the reference returns them (ops/reference/rotary_and_store.py).
-            q, k, v = rotary_and_store_kv(qkv, *rope, self.k_cache, self.v_cache, metadata.slot_mapping)
+            # and v as tensors, beside their copies in the cache.
+            q, k, v = self.ops.rotary_store_and_keep_kv(qkv, *rope, self.k_cache, self.v_cache, metadata)
         else:
             # RoPE on q and k, k and v written into the cache; attention then reads them there.
             q = self.ops.rotary_and_store(qkv, *rope, self.k_cache, self.v_cache, metadata)

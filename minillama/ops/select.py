@@ -52,15 +52,15 @@ def select_ops(
             return _triton_ops(triton_ops, attention_ops)
     cpu_fp32 = device.type == "cpu" and dtype == torch.float32
     if fused_ops and cpu_fp32 and skinny_linear.available() and cpu_ops.available():
-        return Ops("cpu", cpu_rms_norm, cpu_add_rms_norm, cpu_rotary_and_store, cpu_silu_and_mul, cpu_linear,
-                   attention_ops)
+        return Ops("cpu", cpu_rms_norm, cpu_add_rms_norm, cpu_rotary_and_store,
+                   reference_rotary.rotary_store_and_keep_kv, cpu_silu_and_mul, cpu_linear, attention_ops)
     return _reference_ops(attention_ops)
 
 
 def _reference_ops(attention: AttentionOps) -> Ops:
     """PyTorch for every call."""
-    return Ops("reference", rms_norm, add_rms_norm, reference_rotary.rotary_and_store, silu_and_mul, F.linear,
-               attention)
+    return Ops("reference", rms_norm, add_rms_norm, reference_rotary.rotary_and_store,
+               reference_rotary.rotary_store_and_keep_kv, silu_and_mul, F.linear, attention)
 
 
 def _triton_ops(triton_ops: ModuleType, attention: AttentionOps) -> Ops:
@@ -74,10 +74,21 @@ def _triton_ops(triton_ops: ModuleType, attention: AttentionOps) -> Ops:
         return triton_ops.rotary_and_store(
             qkv, cos, sin, k_cache, v_cache, metadata.slot_mapping, qkv.shape[1] - 2 * num_kv_heads, num_kv_heads,
             head_dim,
+        )[0]
+
+    def rotary_store_and_keep_kv(
+        qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        num_kv_heads, head_dim = k_cache.shape[2:]
+        num_heads = qkv.shape[1] - 2 * num_kv_heads
+        q, k = triton_ops.rotary_and_store(
+            qkv, cos, sin, k_cache, v_cache, metadata.slot_mapping, num_heads, num_kv_heads, head_dim, keep_k=True,
         )
+        return q, k, qkv[:, num_heads + num_kv_heads :]  # v is not rotated: a view of the projection
 
     return Ops("triton", triton_ops.rms_norm, triton_ops.fused_add_rms_norm, rotary_and_store,
-               triton_ops.silu_and_mul, F.linear, attention)
+               rotary_store_and_keep_kv, triton_ops.silu_and_mul, F.linear, attention)
 
 
 # -- the CPU family: each entry sends the calls the C kernel takes to it, the others to the reference --

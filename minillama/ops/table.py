@@ -41,6 +41,10 @@ class Ops:
     # (qkv [N, H + 2 Hkv, D], cos, sin [N, 1, D], k_cache, v_cache, metadata) -> q [N, H, D] after
     # RoPE; the rotated keys and the values are written into the paged cache.
     rotary_and_store: Callable[..., torch.Tensor]
+    # The same, also returning the rotated keys and the values as tensors: -> q [N, H, D], k, v
+    # [N, Hkv, D]. A prefill step whose keys are all fresh attends over them there, and the
+    # observers' attention hook reads them.
+    rotary_store_and_keep_kv: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     # (gate_up [N, 2 I]) -> silu(gate) * up [N, I]
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
     # (x [N, in], weight [out, in], bias) -> x @ weight.T + bias [N, out]

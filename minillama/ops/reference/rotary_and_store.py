@@ -68,3 +68,12 @@ def rotary_and_store(
     """The ops table's entry (ops/table.py): rotary_and_store_kv, returning q [N, H, D] only;
     attention then reads the keys and values from the cache."""
     return rotary_and_store_kv(qkv, cos, sin, k_cache, v_cache, metadata.slot_mapping)[0]
+
+
+def rotary_store_and_keep_kv(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ops table's entry for a step that also needs the keys and values as tensors (ops/table.py):
+    rotary_and_store_kv, taking the slots from the step's metadata."""
+    return rotary_and_store_kv(qkv, cos, sin, k_cache, v_cache, metadata.slot_mapping)

@@ -205,6 +205,7 @@ def _rotary_store_kernel(
     sin_ptr,  # [N, D]
     slot_ptr,  # [N] int32/int64, flat cache row of each token; < 0: padding, not written
     q_out_ptr,  # [N, H, D]
+    k_out_ptr,  # [N, Hkv, D], the rotated keys, written only with KEEP_K
     k_cache_ptr,  # [num_blocks, block_size, Hkv, D]
     v_cache_ptr,  # [num_blocks, block_size, Hkv, D]
     block_size,
@@ -212,6 +213,7 @@ def _rotary_store_kernel(
     stride_cos,
     stride_sin,
     stride_qo,  # q_out's token stride
+    stride_ko,  # k_out's token stride
     stride_kb,
     stride_kt,
     stride_kh,
@@ -223,6 +225,7 @@ def _rotary_store_kernel(
     HEADS_PAD: tl.constexpr,  # NUM_HEADS rounded up to a power of two
     KV_HEADS_PAD: tl.constexpr,  # NUM_KV_HEADS rounded up to a power of two
     HEAD_DIM: tl.constexpr,
+    KEEP_K: tl.constexpr,  # also write the rotated keys to k_out (attention over fresh keys)
 ):
     HALF: tl.constexpr = HEAD_DIM // 2
     dtype = q_out_ptr.dtype.element_ty
@@ -253,11 +256,16 @@ def _rotary_store_kernel(
     block = slot // block_size
     offset = slot % block_size
     kv_head = tl.arange(0, KV_HEADS_PAD)  # [KV_HEADS_PAD]
-    kv_mask = ((kv_head < NUM_KV_HEADS) & (slot >= 0))[:, None]
+    head_mask = (kv_head < NUM_KV_HEADS)[:, None]  # the row's heads: every token has them
+    kv_mask = head_mask & (slot >= 0)  # ... and a cache slot to write them to
     k_ptrs = row + (NUM_HEADS + kv_head[:, None]) * HEAD_DIM + offs_half[None, :]  # [KV_HEADS_PAD, D/2]
-    k1 = tl.load(k_ptrs, mask=kv_mask, other=0.0).to(tl.float32)
-    k2 = tl.load(k_ptrs + HALF, mask=kv_mask, other=0.0).to(tl.float32)
+    k1 = tl.load(k_ptrs, mask=head_mask, other=0.0).to(tl.float32)
+    k2 = tl.load(k_ptrs + HALF, mask=head_mask, other=0.0).to(tl.float32)
     k1, k2 = _rotate_half(k1, k2, c1, c2, s1, s2, dtype)
+    if KEEP_K:  # every token's keys, padding too, as the reference returns them
+        k_out_ptrs = k_out_ptr + token * stride_ko + kv_head[:, None] * HEAD_DIM + offs_half[None, :]
+        tl.store(k_out_ptrs, k1, mask=head_mask)
+        tl.store(k_out_ptrs + HALF, k2, mask=head_mask)
     k_dst = k_cache_ptr + block * stride_kb + offset * stride_kt + kv_head[:, None] * stride_kh + offs_half[None, :]
     tl.store(k_dst, k1, mask=kv_mask)
     tl.store(k_dst + HALF, k2, mask=kv_mask)
@@ -278,7 +286,8 @@ def rotary_and_store(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
-) -> torch.Tensor:
+    keep_k: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RoPE on q and k, and k, v written into the paged KV cache, in one launch.
 
     qkv: [N, (H + 2 Hkv) * D] (or [N, H + 2 Hkv, D]), the qkv projection's output: per token
@@ -288,7 +297,9 @@ def rotary_and_store(
     k_cache, v_cache: [num_blocks, block_size, Hkv, D] in qkv's dtype, written in place.
     slot_mapping: [N] int64 (or int32), the flat cache row of each token (block * block_size +
     offset); tokens with a negative slot are padding: their k and v are not written.
-    Returns q rotated, a new contiguous [N, H, D] tensor.
+    Returns q rotated, a new contiguous [N, H, D] tensor, and with keep_k the rotated keys as a
+    new contiguous [N, Hkv, D] tensor (else None): a prefill step whose keys are all fresh
+    attends over them there, not in the cache (model/llama.py).
 
     Does what these lines of reference/rotary_and_store.py do (apply_rotary, then store_kvcache):
         qk = apply_rotary(qkv_heads[:, : H + Hkv], cos, sin)    # x * cos + cat(-x2, x1) * sin
@@ -309,13 +320,15 @@ def rotary_and_store(
     assert slot_mapping.shape == (num_tokens,) and slot_mapping.dtype in (torch.int32, torch.int64)
 
     q = torch.empty(num_tokens, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty(num_tokens, num_kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device) if keep_k else None
     if num_tokens == 0:
-        return q
+        return q, k
     heads_pad = triton.next_power_of_2(num_heads)
+    k_out = k if k is not None else q  # not written without KEEP_K; any tensor fills the slot
     _rotary_store_kernel[(num_tokens,)](
-        qkv, cos, sin, slot_mapping.contiguous(), q, k_cache, v_cache,
+        qkv, cos, sin, slot_mapping.contiguous(), q, k_out, k_cache, v_cache,
         k_cache.shape[1],
-        qkv.stride(0), cos.stride(0), sin.stride(0), q.stride(0),
+        qkv.stride(0), cos.stride(0), sin.stride(0), q.stride(0), k_out.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_HEADS=num_heads,
@@ -323,13 +336,14 @@ def rotary_and_store(
         HEADS_PAD=heads_pad,
         KV_HEADS_PAD=triton.next_power_of_2(num_kv_heads),
         HEAD_DIM=head_dim,
+        KEEP_K=keep_k,
         # [HEADS_PAD, D/2] tiles: 4 warps hold up to 2048 elements at 16 per thread.
         num_warps=4 if heads_pad * head_dim <= 4096 else 8,
         # No fused multiply-adds: the compiler would otherwise turn round(x * cos) + round(.. * sin)
         # into one fma with a single rounding (fma.rn.bf16x2 on an H100), which is not PyTorch's.
         enable_fp_fusion=False,
     )
-    return q
+    return q, k
 
 
 # ----------------------------------------------------------------------------------------
