@@ -256,7 +256,7 @@ def gpu_workload(args: argparse.Namespace) -> None:
     time_engine(engine, warm_up_prompts(hf.config.vocab_size), 8)
     before = dataclasses.replace(engine.stats)
     ours = time_engine(engine, prompts, args.output_len)
-    stats, model_config = engine.stats, engine.model_config
+    stats, model_config = engine.stats.since(before), engine.model_config  # the timed run's alone
     print(f"KV cache: {engine.num_kv_blocks} blocks of {engine.config.block_size}; batches of up to "
           f"{engine.config.max_num_seqs} sequences and {engine.config.max_num_batched_tokens} tokens; attention "
           f"{engine.attention_backend}; CUDA graphs: {sorted(engine.runner.graphs)}; async scheduling "
@@ -267,9 +267,9 @@ def gpu_workload(args: argparse.Namespace) -> None:
     torch.cuda.empty_cache()
     public = time_public_api(hf, prompts, args.output_len)
     peaks = measure_peaks(device)
-    prefill_seconds = stats.prefill_seconds - before.prefill_seconds
-    floor = run_floor(model_config, peaks, [len(p) for p in prompts], stats.prefill_tokens - before.prefill_tokens,
-                      stats.decode_steps - before.decode_steps, args.output_len)
+    prefill_seconds = stats.prefill_seconds
+    floor = run_floor(model_config, peaks, [len(p) for p in prompts], stats.prefill_tokens, stats.decode_steps,
+                      args.output_len)
     print(f"measured on this GPU: bf16 GEMM {peaks.gemm_flops / 1e12:.0f} TFLOP/s, copy {peaks.copy_bytes / 1e12:.2f} TB/s")
     print(f"prefill: {floor.prefill_flops / prefill_seconds / 1e12:.0f} TFLOP/s in {prefill_seconds:.2f} s, "
           f"{floor.prefill_seconds / prefill_seconds:.0%} of the GEMM peak; floor {floor.prefill_seconds:.2f} s of "
@@ -326,10 +326,9 @@ def async_ab(args: argparse.Namespace) -> None:
         engine.async_scheduling = overlap
         before = dataclasses.replace(engine.stats)
         row = time_engine(engine, throughput_prompts(args.num_requests, vocab, seed=10 + run), args.output_len)
-        stats = engine.stats
+        stats = engine.stats.since(before)
         print(f"async scheduling {'on ' if overlap else 'off'}: {row.tok_per_s:>9,.0f} tok/s in {row.seconds:.2f} s "
-              f"(prefill {stats.prefill_seconds - before.prefill_seconds:.2f} s, "
-              f"decode {stats.decode_seconds - before.decode_seconds:.2f} s over {stats.decode_steps - before.decode_steps} steps)")
+              f"(prefill {stats.prefill_seconds:.2f} s, decode {stats.decode_seconds:.2f} s over {stats.decode_steps} steps)")
 
 
 # The decode table's steps after each batch's prefill: 5 to settle, 30 timed, 10 split by phase.

@@ -15,6 +15,7 @@ the first --hf-requests requests, labelled so."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 
 import torch
@@ -54,11 +55,11 @@ def run_split(model_config: ModelConfig, size: int, prompts: list[list[int]], ar
     engine = LLMEngine.from_config(model_config, config)
     try:
         time_engine(engine, warm_up_prompts(model_config.vocab_size), 8)
-        before = engine.stats.summary()
+        before = dataclasses.replace(engine.stats)
         row = time_engine(engine, prompts, args.output_len)
         print(f"\n{size} GPU(s): KV cache {engine.num_kv_blocks} blocks of {engine.config.block_size}; CUDA graphs "
               f"{sorted(engine.runner.graphs)}; async scheduling {'on' if engine.async_scheduling else 'off'}")
-        print(f"warm-up: {before}\nall: {engine.stats.summary()}")
+        print(f"warm-up: {before.summary()}\ntimed: {engine.stats.since(before).summary()}")
     finally:
         engine.close()
         del engine

@@ -6,6 +6,7 @@ frozen dataclass, which sets each field through object.__setattr__)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -106,6 +107,11 @@ class EngineStats:
             self.decode_tokens += num_tokens
             self.decode_seconds += seconds
         self.preemptions += preemptions
+
+    def since(self, earlier: EngineStats) -> EngineStats:
+        """What happened after `earlier` (a copy of these totals taken then): a timed run's own
+        figures, without its warm-up's (whose first steps include compiling the kernels)."""
+        return EngineStats(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in dataclasses.fields(self)})
 
     def summary(self) -> str:
         prefill = self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
