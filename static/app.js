@@ -532,7 +532,7 @@
   });
 
   // Hovering a token of the Text panel shows where it is and its id; an output token also how
-  // likely it was (data-likely: probability, rank, entropy). The panel carries these as data-*
+  // likely it was (data-likely: "probability,rank,entropy"). The panel carries these as data-*
   // attributes (inspector/views/text_panel.py), not as titles: it is sent anew on every cursor
   // move. A prompt token's position is its place among its sequence's prompt chips.
   const card = document.createElement("div");
@@ -550,7 +550,7 @@
     const { likely, step, id } = chip.dataset;
     const position = () => [...(chip.closest(".mlv-seq")?.querySelectorAll(".tok-prompt") ?? [])].indexOf(chip);
     const where = step !== undefined ? `sampled at step ${step}` : `prompt position ${position()}`;
-    const [prob, rank, entropy] = (likely ?? "").split(" ");
+    const [prob, rank, entropy] = (likely ?? "").split(",");
     const odds = likely !== undefined
       ? `p = ${Number(prob).toFixed(3)} · rank ${rank} · entropy ${Number(entropy).toFixed(2)} nats · ` : "";
     card.textContent = `${odds}${where} · token id ${id}`;

@@ -117,5 +117,5 @@ def test_a_chip_carries_only_what_the_page_cannot_work_out(trace):
         for chip in chips:
             assert set(chip) <= CHIP_ATTRIBUTES, chip
             if "data-step" in chip:
-                prob, rank, entropy = chip["data-likely"].split(" ")  # three numbers, one attribute
+                prob, rank, entropy = chip["data-likely"].split(",")  # three numbers, one attribute
                 assert 0 <= float(prob) <= 1 and int(rank) >= 0 and float(entropy) >= 0

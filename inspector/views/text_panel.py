@@ -226,7 +226,7 @@ def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, inheri
     # The page's hover card says "prompt position 12 · token id 791" (static/app.js): the id from
     # here, the position from the chip's place among its sequence's prompt chips (every
     # position has one, in order), which the page counts rather than receive a thousand times.
-    return _chip(piece, token_id, "tok tok-prompt", f"data-id='{token_id}'")
+    return _chip(piece, token_id, "tok tok-prompt", f"data-id={token_id}")
 
 
 def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str, index: int) -> str:
@@ -234,7 +234,7 @@ def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str,
     classes = "tok tok-out" + (" tok-current" if step == index else "")
     # data-step: the step that sampled it (static/app.js moves the cursor there on a click). Its
     # tint is the sequence block's --mlv-tint: one style a sequence, not one a chip.
-    attributes = f"data-step='{step}' data-id='{token_id}' {_hover(token)}"
+    attributes = f"data-step={step} data-id={token_id} {_hover(token)}"
     if not text and token is not None and token.finish_reason == "stop":
         # The end-of-sequence token: no text of its own, it is why the sequence stopped.
         return f"<span class='{classes} tok-id' {attributes}>⟨eos⟩</span>"
@@ -242,21 +242,23 @@ def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str,
 
 
 def _hover(token: TokenRecord | None) -> str:
-    """The chip's data-likely: how likely the model found this token, "probability rank
-    entropy" ("0.9711 0 0.216"), which the page's hover card shows with the step and the token
+    """The chip's data-likely: how likely the model found this token, "probability,rank,
+    entropy" ("0.9711,0,0.216"), which the page's hover card shows with the step and the token
     id (static/app.js). A chip is sent on every cursor move, thousands of them in a long run:
-    one attribute, not three, and not again in a title."""
+    one attribute, not three, and not again in a title; with no space in it, it needs no quotes
+    (nor do data-step and data-id), 6 bytes a chip."""
     if token is None or token.logits is None:
         return "title='logits not recorded'"
     g = token.logits
-    return f"data-likely='{g.sampled_prob:.4f} {g.sampled_rank} {g.entropy:.3f}'"
+    return f"data-likely={g.sampled_prob:.4f},{g.sampled_rank},{g.entropy:.3f}"
 
 
 def _chip(piece: str, token_id: int, classes: str, attributes: str) -> str:
     """One token chip. A token with no text of its own (a special token) shows its id, ⟨id⟩; a
-    newline token also breaks the line, so the chips read like the text. Its attributes are in
-    single quotes (escape() makes both quotes references, so either is safe): the page receives
-    the panel as a JSON string, where each double quote costs a backslash, 8 bytes a chip."""
+    newline token also breaks the line, so the chips read like the text. Its attributes are
+    unquoted where they are plain numbers, else in single quotes (escape() makes both quotes
+    references, so either is safe): the page receives the panel as a JSON string, where each
+    double quote costs a backslash, 8 bytes a chip."""
     if not piece:
         return f"<span class='{classes} tok-id' {attributes}>⟨{token_id}⟩</span>"
     chip = f"<span class='{classes}' {attributes}>{chip_text(piece)}</span>"
