@@ -370,9 +370,7 @@
   };
   let textShown = null; // {open, root, caption, items} as drawn
   let textTaken = ""; // the field's value last drawn
-  const drawText = (parts) => {
-    const view = document.getElementById("ml-text-view");
-    if (!view) return false;
+  const drawText = (view, parts) => {
     // A new panel card (a problem's message after the text, or back), or a view Gradio made
     // afresh: everything is drawn anew.
     if (!textShown || textShown.open !== parts.open || textShown.root.parentNode !== view) {
@@ -383,16 +381,15 @@
     const { root } = textShown;
     textShown.caption = redraw(textShown.caption, parts.caption, root, root.firstChild);
     textShown.items = drawItems(root, textShown.caption.nodes.at(-1), textShown.items, parts.items);
-    return true;
   };
   // The field's newest parts, drawn if they changed (or the view was made afresh); then the
   // folds the user had opened are opened again (a fold whose part changed is drawn closed).
   const takeText = () => {
     const value = textField()?.value;
     const view = document.getElementById("ml-text-view");
-    if (!value || !view) return;
-    if (value === textTaken && textShown?.root.parentNode === view) return;
-    if (drawText(JSON.parse(value))) textTaken = value;
+    if (!value || !view || (value === textTaken && textShown?.root.parentNode === view)) return;
+    drawText(view, JSON.parse(value));
+    textTaken = value;
     reopenFolds();
   };
 

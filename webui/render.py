@@ -92,8 +92,8 @@ def text_carrier(parts: views.TextParts) -> str:
     (webui/layout.py) that static/app.js reads. A field's value is text, never parsed as HTML,
     so the JSON needs no escaping of its own (each part is escaped HTML already). In an HTML
     carrier's attribute, as the figures travel, escape() would make every quote and angle
-    bracket of every chip an entity: 57% more bytes on every cursor move (docs/perf-notes.md,
-    stop 41)."""
+    bracket of every chip an entity: a third more bytes on every cursor move than the panel's
+    HTML sent whole (docs/perf-notes.md, stop 41); as a field's value, slightly fewer."""
     return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
 
 
