@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 from webui_support import running_server
 
-from inspector import CapturePolicy, DebugSession, Trace
+from inspector import CapturePolicy, DebugSession, Trace, load, save
 from inspector.views import text_html
 from minillama import EngineConfig, LLMEngine, SamplingParams
 from webui.limits import Limits
@@ -67,8 +68,12 @@ COUNT_NODES = """() => {
 
 
 @pytest.fixture(scope="module")
-def trace(embedded_dir) -> Trace:
-    engine = LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=14, block_size=8))
+def engine(embedded_dir) -> LLMEngine:
+    return LLMEngine.from_pretrained(embedded_dir, EngineConfig(device="cpu", num_kv_blocks=14, block_size=8))
+
+
+@pytest.fixture(scope="module")
+def trace(engine) -> Trace:
     session = DebugSession(engine, CapturePolicy(attention=False))  # the panel needs no attention
     greedy = SamplingParams(temperature=0, max_tokens=8)
     first = session.add(QUESTIONS[0], greedy, chat=True)
@@ -80,6 +85,18 @@ def trace(embedded_dir) -> Trace:
     session.fork(first, engine.request(first).num_prompt_tokens + 1, [11])  # " London" for its second token
     assert session.run().finished
     return session.trace
+
+
+@pytest.fixture(scope="module")
+def other_file(engine, tmp_path_factory) -> Path:
+    """Another run, saved: two of the questions in the other order, greedy, 4 tokens each."""
+    session = DebugSession(engine, CapturePolicy(attention=False))
+    for question in QUESTIONS[1::-1]:
+        session.add(question, SamplingParams(temperature=0, max_tokens=4), chat=True)
+    assert session.run().finished
+    path = tmp_path_factory.mktemp("text") / "other.mltrace"
+    save(session.trace, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -156,4 +173,16 @@ def test_a_click_on_an_output_chip_moves_the_cursor_there(page, trace):
     page.locator("#ml-text-view .tok[data-step='2']").first.click()
     page.wait_for_function("() => /step 2 ·/.test(document.querySelector('#ml-text-view .mlv-caption').textContent)")
     shown, expected = page.evaluate(BOTH_DOMS, text_html(trace, 2))
+    assert shown == expected
+
+
+def test_a_trace_opened_in_the_page_replaces_the_whole_panel(page, other_file):
+    """Another run's blocks have the same keys (#0, #1, ...) and other text: after Open, the
+    panel is the other run's, at the step the page shows."""
+    page.locator("#ml-open input[type=file]").set_input_files(other_file)
+    page.wait_for_function("() => document.querySelector('#ml-status')?.textContent.includes('other.mltrace')")
+    page.wait_for_function("() => document.querySelectorAll('#ml-text-view .mlv-seq').length === 2")  # of 7
+    caption = page.locator("#ml-text-view .mlv-caption").inner_text()
+    index = int(caption.split("step ")[1].split(" ")[0])
+    shown, expected = page.evaluate(BOTH_DOMS, text_html(load(other_file), index))
     assert shown == expected
