@@ -200,6 +200,7 @@
   };
   const drawNext = () => {
     frameRequested = false;
+    takeText(); // drawn before the update is acknowledged (the field may be set after the status line)
     if (!window.Plotly) { // plotly.js is still loading: try again next frame
       loadPlotly();
       requestDraw();
@@ -277,6 +278,130 @@
     }
   };
 
+  // -- the Text panel -----------------------------------------------------------------------
+  // The server sends the panel as keyed parts (inspector/views/text_parts.py: the caption, then
+  // per sequence, or per request of samples or beams, its opening tag, heading, prompt and output
+  // chips) as JSON in the hidden field #ml-text-data. The panel the user sees, #ml-text-view, is
+  // the page's own: Gradio never re-renders it. An update keeps every node whose part is the
+  // string it last drew and parses only the others, and of a sequence's output chips only those
+  // after the ones it had. A one-step cursor move parses a few chips and headings; Gradio's HTML
+  // component parsed the whole panel (180 KB, thousands of chips in a long run) and compared it
+  // with the page node by node (docs/perf-notes.md, stop 41). What the panel shows after any
+  // run of updates is the DOM of the panel's HTML (views.text_html), the parts joined.
+  const TOKENS_OPEN = '<div class="mlv-tokens">'; // text_parts.py TOKENS_OPEN: a sequence's chips
+  const textField = () => document.querySelector("#ml-text-data textarea, #ml-text-data input");
+  // Markup is parsed by a template element: inert (no script runs, no image loads) until its
+  // nodes are put in the page, and then only what the server's escaped HTML holds, as before.
+  const parser = document.createElement("template");
+  const parse = (html) => {
+    parser.innerHTML = html;
+    return [...parser.content.childNodes];
+  };
+  // The nodes `html` makes, put in `parent` before `before` (null: at its end).
+  const insert = (parent, html, before) => {
+    const nodes = parse(html);
+    parent.insertBefore(parser.content, before);
+    return nodes;
+  };
+  // A part drawn: {html, nodes}. Replaced only if its string changed.
+  const redraw = (shown, html, parent, before) => {
+    if (shown.html === html) return shown;
+    const nodes = insert(parent, html, shown.nodes[0] ?? before);
+    for (const node of shown.nodes) node.remove();
+    return { html, nodes };
+  };
+  const element = (openTag) => parse(`${openTag}</div>`)[0];
+  // Output chips, parsed at once: an empty comment between two chips says where one ends
+  // (a chip is escaped markup, which holds no comment). -> the first node of each chip.
+  const appendChips = (tokens, chips) => {
+    if (!chips.length) return [];
+    const firsts = [];
+    let starts = true;
+    for (const node of parse(chips.join("<!---->"))) {
+      if (node.nodeType === Node.COMMENT_NODE) {
+        node.remove();
+        starts = true;
+      } else if (starts) {
+        firsts.push(node);
+        starts = false;
+      }
+    }
+    tokens.append(parser.content);
+    return firsts;
+  };
+  const drawSequence = (part, shown) => {
+    if (!shown) {
+      const el = element(part.open);
+      const tokens = element(TOKENS_OPEN);
+      shown = { open: part.open, el, tokens, head: { html: null, nodes: [] }, prompt: { html: null, nodes: [] },
+        out: [], firsts: [] };
+      el.append(tokens);
+    }
+    shown.head = redraw(shown.head, part.head, shown.el, shown.tokens);
+    shown.prompt = redraw(shown.prompt, part.prompt, shown.tokens, shown.firsts[0] ?? null);
+    // The chips both have, from the first, stay; from the first that differs on, the page's go
+    // (each to the end of the sequence's chips) and the new ones are appended.
+    let common = 0;
+    while (common < shown.out.length && common < part.out.length && shown.out[common] === part.out[common]) common += 1;
+    for (let node = shown.firsts[common]; node;) {
+      const next = node.nextSibling;
+      node.remove();
+      node = next;
+    }
+    shown.firsts = [...shown.firsts.slice(0, common), ...appendChips(shown.tokens, part.out.slice(common))];
+    shown.out = part.out;
+    return shown;
+  };
+  const drawGroup = (part, shown) => {
+    if (!shown) shown = { open: part.open, el: element(part.open), head: { html: null, nodes: [] }, items: new Map() };
+    shown.head = redraw(shown.head, part.head, shown.el, shown.el.firstChild);
+    shown.items = drawItems(shown.el, shown.head.nodes.at(-1), shown.items, part.items);
+    return shown;
+  };
+  // The items of a panel or group, in the parts' order, after the node `after`: an item drawn
+  // before under the same key and opening tag is kept (moved if the order changed), and
+  // updated; any other is drawn afresh; the page's items no longer listed go.
+  const drawItems = (parent, after, shownItems, parts) => {
+    const kept = new Map();
+    let previous = after;
+    for (const part of parts) {
+      const group = Array.isArray(part.items);
+      let shown = shownItems.get(part.key);
+      if (!shown || shown.open !== part.open || Boolean(shown.items) !== group) shown = null;
+      shown = group ? drawGroup(part, shown) : drawSequence(part, shown);
+      const next = previous ? previous.nextSibling : parent.firstChild;
+      if (next !== shown.el) parent.insertBefore(shown.el, next);
+      previous = shown.el;
+      kept.set(part.key, shown);
+    }
+    for (const [key, shown] of shownItems) if (kept.get(key) !== shown) shown.el.remove();
+    return kept;
+  };
+  let textShown = null; // {open, root, caption, items} as drawn
+  let textTaken = ""; // the field's value last drawn
+  const drawText = (view, parts) => {
+    // A new panel card (a problem's message after the text, or back), or a view Gradio made
+    // afresh: everything is drawn anew.
+    if (!textShown || textShown.open !== parts.open || textShown.root.parentNode !== view) {
+      const root = element(parts.open);
+      view.replaceChildren(root);
+      textShown = { open: parts.open, root, caption: { html: null, nodes: [] }, items: new Map() };
+    }
+    const { root } = textShown;
+    textShown.caption = redraw(textShown.caption, parts.caption, root, root.firstChild);
+    textShown.items = drawItems(root, textShown.caption.nodes.at(-1), textShown.items, parts.items);
+  };
+  // The field's newest parts, drawn if they changed (or the view was made afresh); then the
+  // folds the user had opened are opened again (a fold whose part changed is drawn closed).
+  const takeText = () => {
+    const value = textField()?.value;
+    const view = document.getElementById("ml-text-view");
+    if (!value || !view || (value === textTaken && textShown?.root.parentNode === view)) return;
+    drawText(view, JSON.parse(value));
+    textTaken = value;
+    reopenFolds();
+  };
+
   // -- what screen readers hear ---------------------------------------------------------------
   // Each render replaces the status line whole, and a region inserted afresh is not announced
   // (nor would the step counter, ten times a second in a run, be welcome). So one live region
@@ -351,7 +476,7 @@
 
   new MutationObserver(() => {
     nameControls();
-    reopenFolds();
+    takeText();
     announce();
     noteReload();
     if (takePayload() || pending.size) requestDraw();
@@ -541,7 +666,7 @@
   });
 
   // Hovering a token of the Text panel shows where it is and its id; an output token also how
-  // likely it was (data-likely: probability, rank, entropy). The panel carries these as data-*
+  // likely it was (data-likely: "probability,rank,entropy"). The panel carries these as data-*
   // attributes (inspector/views/text_panel.py), not as titles: it is sent anew on every cursor
   // move. A prompt token's position is its place among its sequence's prompt chips.
   const card = document.createElement("div");
@@ -559,7 +684,7 @@
     const { likely, step, id } = chip.dataset;
     const position = () => [...(chip.closest(".mlv-seq")?.querySelectorAll(".tok-prompt") ?? [])].indexOf(chip);
     const where = step !== undefined ? `sampled at step ${step}` : `prompt position ${position()}`;
-    const [prob, rank, entropy] = (likely ?? "").split(" ");
+    const [prob, rank, entropy] = (likely ?? "").split(",");
     const odds = likely !== undefined
       ? `p = ${Number(prob).toFixed(3)} · rank ${rank} · entropy ${Number(entropy).toFixed(2)} nats · ` : "";
     card.textContent = `${odds}${where} · token id ${id}`;

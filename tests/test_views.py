@@ -162,7 +162,7 @@ def test_text_shows_the_tokens_sampled_up_to_the_cursor(trace):
             else:
                 assert [c["text"] for c in current] == [f"<{token.token_id}>"] and current[0] is output[-1]
                 g = token.logits
-                prob, rank, entropy = current[0]["data-likely"].split(" ")
+                prob, rank, entropy = current[0]["data-likely"].split(",")
                 assert float(prob) == pytest.approx(g.sampled_prob, abs=1e-4)
                 assert int(rank) == g.sampled_rank
                 assert float(entropy) == pytest.approx(g.entropy, abs=1e-3)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from webui_support import Tab, running_server
 
+from inspector.views import join_text
 from minillama import EngineConfig, LLMEngine
 from webui.limits import Limits
 from webui.render import API_OUTPUT_NAMES
@@ -38,10 +39,12 @@ def url(manager):
 
 
 def panels(result: tuple) -> dict:
-    """The outputs of a handler by name, and each figure (plotly JSON) by its name."""
+    """The outputs of a handler by name, each figure (plotly JSON) by its name, and the Text
+    panel's HTML."""
     named = dict(zip(API_OUTPUT_NAMES, result, strict=True))
     carried = re.search(r'data-figures="([^"]*)"', named.pop("figures")).group(1)
     named.update(json.loads(html.unescape(carried)))
+    named["text"] = join_text(json.loads(named["text"]))  # the Text panel's parts (render.text_carrier)
     return named
 
 

@@ -14,6 +14,7 @@ import pytest
 from test_inspector_support import record_tiny_run
 
 from inspector import views
+from inspector.views import join_text
 from inspector.views.markup import VIEWS_CSS
 from webui.limits import Limits
 from webui.render import FIGURE_NAMES, OUTPUT_NAMES, figure_template_html, render
@@ -117,5 +118,33 @@ def test_a_chip_carries_only_what_the_page_cannot_work_out(trace):
         for chip in chips:
             assert set(chip) <= CHIP_ATTRIBUTES, chip
             if "data-step" in chip:
-                prob, rank, entropy = chip["data-likely"].split(" ")  # three numbers, one attribute
+                prob, rank, entropy = chip["data-likely"].split(",")  # three numbers, one attribute
                 assert 0 <= float(prob) <= 1 and int(rank) >= 0 and float(entropy) >= 0
+
+
+def as_sent_before(page: str) -> str:
+    """The panel as one string, as an update carried it before its parts (a chip's numbers in
+    quotes then: data-step='5')."""
+    return re.sub(r"(data-(?:step|id|likely))=([^ '>]+)", r"\1='\2'", page)
+
+
+def test_the_text_panel_travels_as_its_parts_at_a_cost_per_block_not_per_chip(session):
+    """The Text panel's update is its parts as JSON (webui/render.py text_carrier), which join
+    to the panel's HTML. Gradio sends it as a JSON string, the parts' JSON in it: each sequence
+    block costs its key and its parts' names (about 60 bytes), each output chip the quotes and
+    comma of its string in a list (5 bytes), and a chip saves the quotes its numbers no longer
+    need (2 bytes each). A long run's panel is smaller than the one string it was (stop 41 in
+    docs/perf-notes.md: 181.3 KB against 182.8 KB at the last step of 8 chat prompts x 220
+    tokens)."""
+    for what, outputs in updates(session):
+        text = dict(zip(OUTPUT_NAMES, outputs))["text"]
+        parts = json.loads(text)
+        if what == "no session":
+            assert "No step yet" in join_text(parts) and not parts["items"]
+            continue
+        index = int(what.split()[-1])
+        page = views.text_html(session.trace, index)
+        assert join_text(parts) == page, what
+        blocks = page.count("<div class=\"mlv-seq") + page.count("<div class=\"mlv-group")
+        sent, before = (len(json.dumps(s, ensure_ascii=False).encode()) for s in (text, as_sent_before(page)))
+        assert sent <= before + 64 * blocks, (what, sent, before, blocks)

@@ -128,7 +128,9 @@ def build_app(manager: SessionManager, shared_as: str | None = None) -> gr.Block
                 _plot_panel("timeline")
                 with gr.Row(equal_height=False, elem_id="ml-work"):
                     with gr.Column(scale=5, min_width=320, elem_id="ml-text-pane"):
-                        text = gr.HTML(elem_id="ml-text", label="Text")
+                        # The panel the user sees is the page's own: static/app.js draws the
+                        # parts the hidden field "text" carries into it (webui/render.py text_carrier).
+                        gr.HTML("<div id='ml-text-view'></div>", elem_id="ml-text", label="Text")
                     with gr.Column(scale=6, min_width=380, elem_id="ml-inspect-pane"):
                         with gr.Row(elem_id="ml-selection", equal_height=True):
                             # The sequence's label names a fork's origin ("↳ #2 ← #0 at step 3"): room for it.
@@ -178,6 +180,7 @@ def build_app(manager: SessionManager, shared_as: str | None = None) -> gr.Block
                                                                    elem_id="ml-compare-file", scale=0, min_width=100)
                                 compare = gr.HTML(comparing.panel(None), elem_id="ml-compare")
                 figures = gr.HTML(elem_id="ml-figures", elem_classes="ml-hidden")
+                text = gr.Textbox(visible="hidden", elem_id="ml-text-data", lines=1, max_lines=1)
                 # The tab key (webui/tab_keys.py): filled in when the page loads, sent with every call.
                 key = gr.Textbox(visible="hidden", elem_id="ml-tab-key")
                 # A click on a fork button: static/app.js puts the button's {"seq", "step", "token"}

@@ -9,11 +9,14 @@ and selection and wraps the views in Gradio updates, in the order of OUTPUT_NAME
 The six plotly figures travel together as JSON in one carrier element ("figures"), and
 static/app.js draws each with Plotly.react into a plot that stays on the page: Gradio's own
 Plot component re-creates its plot on every update (a fresh Plotly.newPlot each time), too slow
-for a slider move (docs/perf-notes.md, "The web UI's views").
+for a slider move (docs/perf-notes.md, "The web UI's views"). The Text panel travels as its
+keyed parts (text_carrier), which static/app.js draws into a panel of the page's own, redrawing
+only the parts that changed.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gradio as gr
@@ -84,6 +87,16 @@ def _without_template(figure: go.Figure) -> str:
     return pio.json.to_json_plotly(plain)
 
 
+def text_carrier(parts: views.TextParts) -> str:
+    """The Text panel's value: its parts (views.text_parts) as JSON, for a hidden text field
+    (webui/layout.py) that static/app.js reads. A field's value is text, never parsed as HTML,
+    so the JSON needs no escaping of its own (each part is escaped HTML already). In an HTML
+    carrier's attribute, as the figures travel, escape() would make every quote and angle
+    bracket of every chip an entity: a third more bytes on every cursor move than the panel's
+    HTML sent whole (docs/perf-notes.md, stop 41); as a field's value, slightly fewer."""
+    return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
 def figure_template_html() -> str:
     """The figures' template for the page's head, once (static/app.js reads it)."""
     template = pio.json.to_json_plotly(views.FIGURE_TEMPLATE.to_plotly_json())
@@ -145,7 +158,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         return [
             status_html(session, message, error),
             gr.Slider(minimum=0, maximum=1, value=0, interactive=False, label="Step: none recorded"),
-            note, figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note, note, note, compare_panel(session),
+            text_carrier(views.message_parts("No step yet: add prompts and press Step.")), figures_html(dict.fromkeys(FIGURE_NAMES, placeholder)), note, note, note, note, compare_panel(session),
             gr.Dropdown(choices=[], value=None), gr.Slider(), gr.Dropdown(), *stepping,
         ]
     selection = views.resolve(trace, session.selection, index)
@@ -170,7 +183,7 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
     return [
         status_html(session, message, error),
         slider,
-        views.text_html(trace, index),
+        text_carrier(views.text_parts(trace, index)),
         figures_html(figures),
         views.block_tables_html(trace, index),
         views.step_details_html(trace, index),

@@ -18,7 +18,8 @@ and copies on write, in words), groups.py (a request's samples or beams, listed 
 lineage.py (which sequence forks which, and the "#3 ← #1" labels), compare.py (two runs of the
 same requests, from their TraceDiff), figure.py and markup.py
 (shared plumbing), stylesheet.py (the panels' CSS, which a page includes once: a panel's HTML
-carries none), then one file per panel.
+carries none), text_parts.py (the Text panel as keyed parts, for a page that redraws
+only what changed), then one file per panel.
 """
 
 from inspector.views.attention_map import attention_figure
@@ -37,13 +38,14 @@ from inspector.views.selection import Selection, resolve
 from inspector.views.states import STATES, sequence_states
 from inspector.views.step_details import step_details_html
 from inspector.views.stylesheet import STYLESHEET
-from inspector.views.text_panel import text_html
+from inspector.views.text_panel import message_parts, text_html, text_parts
+from inspector.views.text_parts import TextParts, join_text
 from inspector.views.timeline import timeline_figure
 
 __all__ = [
     "FIGURE_TEMPLATE", "NO_STEP", "STATES", "STATE_COLORS", "STYLESHEET", "Selection", "align", "attention_figure", "block_tables_html",
     "branch_html", "compare_figure", "compare_html", "empty_figure", "escape", "fork_choices_html", "fork_label", "fork_labels",
     "kv_cache_figure", "lineage_order", "resolve",
-    "logit_lens_figure", "logits_figure", "logits_history_figure", "sequence_color", "sequence_states",
-    "step_details_html", "text_html", "timeline_figure",
+    "logit_lens_figure", "logits_figure", "logits_history_figure", "message_parts", "sequence_color", "sequence_states",
+    "step_details_html", "text_html", "text_parts", "TextParts", "join_text", "timeline_figure",
 ]

@@ -98,11 +98,21 @@ def escape(text: str) -> str:
 
 def panel(body: str, css_class: str = "") -> str:
     """A panel's body in its card (styled by views.STYLESHEET, which the page holds once)."""
-    return f'<div class="mlv {css_class}">{body}</div>'
+    return f"{panel_open(css_class)}{body}</div>"
+
+
+def panel_open(css_class: str = "") -> str:
+    """A panel card's opening tag (the Text panel sends it apart from its body: text_parts.py)."""
+    return f'<div class="mlv {css_class}">'
 
 
 def empty_panel(message: str) -> str:
-    return panel(f'<div class="mlv-empty">{escape(message)}</div>')
+    return panel(empty_message(message))
+
+
+def empty_message(message: str) -> str:
+    """Why a panel has nothing to show, as its body."""
+    return f'<div class="mlv-empty">{escape(message)}</div>'
 
 
 def badge(status: str, extra: str = "", words: str = "") -> str:

@@ -31,8 +31,16 @@ from inspector.views.colors import sequence_color
 from inspector.views.figure import step_problem
 from inspector.views.groups import Group, pruned_at, text_order
 from inspector.views.lineage import fork_labels, lineage_order
-from inspector.views.markup import badge, empty_panel, escape, panel, seq_background, step_of
+from inspector.views.markup import badge, empty_message, escape, panel_open, seq_background, step_of
 from inspector.views.states import sequence_states, status_at
+from inspector.views.text_parts import (
+    GroupPart,
+    SequencePart,
+    TextParts,
+    group_key,
+    join_text,
+    sequence_key,
+)
 from inspector.views.tokens import chip_text, output_pieces, prompt_piece
 
 MIN_FOLD = 8  # a chat prompt's first turn is folded when at least this long
@@ -41,9 +49,15 @@ INDENT_PX, MAX_INDENT = 16, 4  # a fork's block is indented under its parent's, 
 
 def text_html(trace: Trace, index: int) -> str:
     """The Text panel at step `index`."""
+    return join_text(text_parts(trace, index))
+
+
+def text_parts(trace: Trace, index: int) -> TextParts:
+    """The Text panel at step `index` as keyed parts (text_parts.py), which join to text_html.
+    A step with nothing to show (views.figure.step_problem): the message alone (message_parts)."""
     problem = step_problem(trace, index)
     if problem is not None:
-        return empty_panel(problem)
+        return message_parts(problem)
     states = sequence_states(trace)
     caption = (
         f'<div class="mlv-caption">{step_of(index, len(trace.steps))} · model {escape(trace.model.name)} · '
@@ -51,10 +65,16 @@ def text_html(trace: Trace, index: int) -> str:
     )
     labels, depths = fork_labels(trace), dict(lineage_order(trace))
     turns: dict[tuple[int, ...], int] = {}  # a system prompt's token ids -> the first block showing its chips
-    blocks = [_group_block(trace, item, index, states, turns) if isinstance(item, Group)
-              else _sequence_block(trace, item, index, states, turns, label=labels[item], depth=depths[item])
-              for item in _forks_under_parents(trace, text_order(trace, index))]
-    return panel(caption + "".join(blocks), "mlv-text")
+    items: list[SequencePart | GroupPart] = [
+        _group_block(trace, item, index, states, turns) if isinstance(item, Group)
+        else _sequence_block(trace, item, index, states, turns, label=labels[item], depth=depths[item])
+        for item in _forks_under_parents(trace, text_order(trace, index))]
+    return {"open": panel_open("mlv-text"), "caption": caption, "items": items}
+
+
+def message_parts(message: str) -> TextParts:
+    """A panel that only says why it has nothing to show: markup.empty_panel(message), as parts."""
+    return {"open": panel_open(), "caption": empty_message(message), "items": []}
 
 
 def _forks_under_parents(trace: Trace, items: list[int | Group]) -> list[int | Group]:
@@ -84,7 +104,7 @@ def _has_parent(trace: Trace, seq_id: int) -> bool:
 
 
 def _group_block(trace: Trace, group: Group, index: int, states: dict[int, list[str]],
-                 turns: dict[tuple[int, ...], int]) -> str:
+                 turns: dict[tuple[int, ...], int]) -> GroupPart:
     """A request's samples or beams, under one heading."""
     # Its forks appear from the step that made them; its first sequence is always listed.
     present = [s for s in group.members if s == group.group_id or trace.sequences[s].added_step <= index]
@@ -95,8 +115,9 @@ def _group_block(trace: Trace, group: Group, index: int, states: dict[int, list[
         what = f"{len(present)} sample(s) of one prompt"
     head = (f'<div class="mlv-group-head"><b>request #{group.group_id}</b> <span class="mlv-muted">{what}, '
             "sharing the prompt's KV blocks</span></div>")
-    blocks = [_sequence_block(trace, s, index, states, turns, _role(trace, s, group.kind)) for s in present]
-    return f'<div class="mlv-group" data-group="{group.group_id}">{head}{"".join(blocks)}</div>'
+    return {"key": group_key(group.group_id), "open": f'<div class="mlv-group" data-group="{group.group_id}">',
+            "head": head, "items": [_sequence_block(trace, s, index, states, turns, _role(trace, s, group.kind))
+                                    for s in present]}
 
 
 def _role(trace: Trace, seq_id: int, kind: str) -> str:
@@ -110,7 +131,7 @@ def _role(trace: Trace, seq_id: int, kind: str) -> str:
 
 
 def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, list[str]],
-                    turns: dict[tuple[int, ...], int], role: str = "", label: str = "", depth: int = 0) -> str:
+                    turns: dict[tuple[int, ...], int], role: str = "", label: str = "", depth: int = 0) -> SequencePart:
     """One sequence: its heading, then its prompt and output chips. `role`: "sample 2",
     "beam ← #1" for a member of a request's group; `label`: its heading ("#3 ← #1 at step 12,
     ..." for a user's fork), `depth`: how far a fork is indented under its parent. `turns`:
@@ -146,12 +167,11 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     elif seq.chat:
         prompt = _system_prompt_fold(seq, prompt, turns)
     output = [_output_chip(trace, seq_id, step, token_id, text, index) for step, token_id, text in outputs]
-    body = "".join(prompt) + "".join(output)
     classes = "mlv-seq" + (" mlv-pruned" if pruned is not None else "")
     indent = f"margin-left:{min(depth, MAX_INDENT) * INDENT_PX}px;" if depth else ""
     style = f"{indent}border-left-color:{sequence_color(seq_id)};--mlv-tint:{seq_background(seq_id, 0.22)}"
-    return (f'<div class="{classes}" data-seq="{seq_id}" style="{style}">{head}'
-            f'<div class="mlv-tokens">{body}</div></div>')
+    return {"key": sequence_key(seq_id), "open": f'<div class="{classes}" data-seq="{seq_id}" style="{style}">',
+            "head": head, "prompt": "".join(prompt), "out": output}
 
 
 def _token_counts(seq: SequenceRecord, kept: int, shared: int | None, generated: int) -> str:
@@ -226,7 +246,7 @@ def _prompt_chip(trace: Trace, seq_id: int, position: int, token_id: int, inheri
     # The page's hover card says "prompt position 12 · token id 791" (static/app.js): the id from
     # here, the position from the chip's place among its sequence's prompt chips (every
     # position has one, in order), which the page counts rather than receive a thousand times.
-    return _chip(piece, token_id, "tok tok-prompt", f"data-id='{token_id}'")
+    return _chip(piece, token_id, "tok tok-prompt", f"data-id={token_id}")
 
 
 def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str, index: int) -> str:
@@ -234,7 +254,7 @@ def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str,
     classes = "tok tok-out" + (" tok-current" if step == index else "")
     # data-step: the step that sampled it (static/app.js moves the cursor there on a click). Its
     # tint is the sequence block's --mlv-tint: one style a sequence, not one a chip.
-    attributes = f"data-step='{step}' data-id='{token_id}' {_hover(token)}"
+    attributes = f"data-step={step} data-id={token_id} {_hover(token)}"
     if not text and token is not None and token.finish_reason == "stop":
         # The end-of-sequence token: no text of its own, it is why the sequence stopped.
         return f"<span class='{classes} tok-id' {attributes}>⟨eos⟩</span>"
@@ -242,21 +262,23 @@ def _output_chip(trace: Trace, seq_id: int, step: int, token_id: int, text: str,
 
 
 def _hover(token: TokenRecord | None) -> str:
-    """The chip's data-likely: how likely the model found this token, "probability rank
-    entropy" ("0.9711 0 0.216"), which the page's hover card shows with the step and the token
+    """The chip's data-likely: how likely the model found this token, "probability,rank,
+    entropy" ("0.9711,0,0.216"), which the page's hover card shows with the step and the token
     id (static/app.js). A chip is sent on every cursor move, thousands of them in a long run:
-    one attribute, not three, and not again in a title."""
+    one attribute, not three, and not again in a title; with no space in it, it needs no quotes
+    (nor do data-step and data-id), 6 bytes a chip."""
     if token is None or token.logits is None:
         return "title='logits not recorded'"
     g = token.logits
-    return f"data-likely='{g.sampled_prob:.4f} {g.sampled_rank} {g.entropy:.3f}'"
+    return f"data-likely={g.sampled_prob:.4f},{g.sampled_rank},{g.entropy:.3f}"
 
 
 def _chip(piece: str, token_id: int, classes: str, attributes: str) -> str:
     """One token chip. A token with no text of its own (a special token) shows its id, ⟨id⟩; a
-    newline token also breaks the line, so the chips read like the text. Its attributes are in
-    single quotes (escape() makes both quotes references, so either is safe): the page receives
-    the panel as a JSON string, where each double quote costs a backslash, 8 bytes a chip."""
+    newline token also breaks the line, so the chips read like the text. Its attributes are
+    unquoted where they are plain numbers, else in single quotes (escape() makes both quotes
+    references, so either is safe): the page receives the panel as a JSON string, where each
+    double quote costs a backslash, 8 bytes a chip."""
     if not piece:
         return f"<span class='{classes} tok-id' {attributes}>⟨{token_id}⟩</span>"
     chip = f"<span class='{classes}' {attributes}>{chip_text(piece)}</span>"
