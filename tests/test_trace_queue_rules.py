@@ -14,13 +14,15 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import make_hf_model
 from test_inspector_support import add_forks, record_tiny_run
 from test_trace_recorded_twice import changed, edited_file
 
-from inspector import CapturePolicy, TraceError, load
+from inspector import CapturePolicy, DebugSession, TraceError, load, save
 from inspector.trace import validate_queues as rules
 from inspector.trace.model import KVSnapshot, StepRecord, Trace
 from inspector.trace.validate import validate_trace
+from minillama import EngineConfig, LLMEngine, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,29 @@ def recorded() -> Trace:
     assert {seq.fork_cause for seq in trace.sequences.values()} >= {"user", "sample", "beam"}
     assert any(seq.pruned_step is not None for seq in trace.sequences.values())
     return trace
+
+
+def test_every_pool_size_records_traces_that_keep_the_rules(tmp_path):
+    """Two greedy requests and a beam search in pools from too small to roomy: preemptions of
+    every kind, among them a search's own after a step that found too few blocks for its forks
+    (rule "search-forks": its beams ran in that step and hold no block at its end, which the
+    loader refused as a broken rule, so such a run could not be saved)."""
+    hf = make_hf_model("gqa-tied-llama3")
+    rules_met: set[str] = set()
+    for num_blocks in range(8, 20):
+        engine = LLMEngine.from_hf_model(hf, EngineConfig(device="cpu", dtype="float32", num_kv_blocks=num_blocks,
+                                                          block_size=4))
+        session = DebugSession(engine, CapturePolicy(attention=False))
+        generator = torch.Generator().manual_seed(num_blocks)
+        for length in (18, 18):
+            session.add(torch.randint(0, 256, (length,), generator=generator).tolist(),
+                        SamplingParams(temperature=0, max_tokens=6))
+        session.add(torch.randint(0, 256, (10,), generator=generator).tolist(), SamplingParams(max_tokens=4, beam_width=2))
+        session.run()
+        save(session.trace, tmp_path / "run.mltrace")  # validated whole, as load() does
+        assert len(load(tmp_path / "run.mltrace").steps) == len(session.trace.steps), num_blocks
+        rules_met |= {p.rule for step in session.trace.steps for p in step.schedule.preemptions}
+    assert "search-forks" in rules_met
 
 
 @pytest.fixture

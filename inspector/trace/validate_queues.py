@@ -14,7 +14,11 @@ larger than the engine's budget in the step details):
   sequence computes past the engine's max_model_len;
 - blocks: a running sequence holds the K/V it computed since it was last admitted (its block
   table in the step's KV snapshot is not empty), and a sequence preempted in a step, and not
-  admitted again in it, holds no block at that step's end;
+  admitted again in it, holds no block at that step's end. One exception: a beam search that
+  finds too few blocks for its forks after a step preempts its beams then, before the step's
+  snapshot, and the next step's record lists them first among its preempted (rule
+  "search-forks", Scheduler.preempt_search): such a beam runs in its step and holds no block
+  at the step's end;
 - order: the engine's step counter increases from step to step.
 
 (That each scheduled sequence computes only positions it has, and samples exactly when it
@@ -60,7 +64,7 @@ def check_queues(trace: Trace) -> None:
     last_queued: dict[int, int] = {}  # a sequence -> the last step that queued it
     computed: dict[int, int] = {}  # a running sequence -> its positions computed since it was admitted
     previous = -1
-    for step in trace.steps:
+    for number, step in enumerate(trace.steps):
         where, s = f"step {step.index}", step.schedule
         if step.engine_step <= previous:
             raise TraceError(f"{where}: engine step {step.engine_step} follows engine step {previous}; {ORDER}")
@@ -78,7 +82,9 @@ def check_queues(trace: Trace) -> None:
             computed[x.seq_id] = x.start + x.num_tokens
         for seq_id in s.preempted:
             computed.pop(seq_id, None)
-        _check_blocks(step, running, computed, ended, where)
+        after_the_step = trace.steps[number + 1].schedule.preemptions if number + 1 < len(trace.steps) else []
+        released = {p.seq_id for p in after_the_step if p.rule == "search-forks"}  # before this step's snapshot
+        _check_blocks(step, running - released, computed, ended, where)
     for seq_id, first in first_queued.items():  # the sequences of the queues are the trace's (validate.py)
         if first < trace.sequences[seq_id].added_step:
             raise TraceError(f"step {first}: sequence {seq_id} is queued, but it was added at step "
