@@ -193,15 +193,28 @@
   // plotly.js (4.6 MB) is loaded when the first figure is to be drawn, not in the page's head:
   // there its 0.7 s of script on two cores ran while Gradio built the page, which showed that
   // much later (docs/perf-notes.md). Its address is in the head (webui/server.py page_head).
+  // If it cannot be loaded (the server stopped meanwhile), each plot says so instead of staying
+  // blank, and the page stops waiting for it.
+  const PLOTLY_FAILED = "The plotting library (plotly.js) could not be loaded from the server: reload the page once it answers.";
+  let plotlyFailed = false;
   const loadPlotly = () => {
     if (document.getElementById("ml-plotly-js")) return;
     const src = document.querySelector("meta[name=ml-plotly]")?.content;
-    if (src) document.head.append(Object.assign(document.createElement("script"), { id: "ml-plotly-js", src }));
+    if (!src) return;
+    const script = Object.assign(document.createElement("script"), { id: "ml-plotly-js", src });
+    script.addEventListener("error", () => {
+      plotlyFailed = true;
+      for (const div of document.querySelectorAll(".ml-plot")) {
+        div.replaceChildren(Object.assign(document.createElement("p"), { className: "ml-empty", textContent: PLOTLY_FAILED }));
+      }
+    });
+    document.head.append(script);
   };
   const drawNext = () => {
     frameRequested = false;
     takeText(); // drawn before the update is acknowledged (the field may be set after the status line)
     if (!window.Plotly) { // plotly.js is still loading: try again next frame
+      if (plotlyFailed) return;
       loadPlotly();
       requestDraw();
       return;

@@ -110,6 +110,16 @@ def test_plotly_loads_once_the_page_shows_and_a_reload_takes_it_from_the_cache(b
     page.context.close()
 
 
+def test_a_plotly_that_cannot_be_loaded_is_said_in_each_plot(browser, url):
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    page.route("**/ml-static/plotly.*", lambda route: route.abort())
+    page.goto(url)
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
+    playwright_api.expect(page.locator("#ml-plot-timeline")).to_contain_text("plotly.js) could not be loaded")
+    assert page.locator("#ml-text").inner_text()  # the rest of the page works: the Text panel is drawn
+    page.context.close()
+
+
 def test_panels_follow_steps_and_the_slider(browser, url):
     page = open_page(browser, url)
     add_prompts(page, "What is the capital of France?\nWrite a haiku about autumn.")
