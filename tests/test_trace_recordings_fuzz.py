@@ -1,0 +1,54 @@
+"""Real recordings that the trace rules (inspector/trace/validate*.py) once refused, and a
+seeded fuzzer over many varied runs of the tiny model: each trace must validate, save and load.
+
+A rule stricter than the engine makes a real run unsaveable (Save trace, Share link and
+`python -m inspector record` refuse it, and the run is lost); the regressions below are the
+smallest runs that found one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from conftest import make_hf_model
+
+from inspector import CapturePolicy, DebugSession, TraceError, load, save
+from inspector.trace.validate import validate_trace
+from minillama import EngineConfig, LLMEngine, SamplingParams
+
+
+def _saved_and_loaded(session: DebugSession, tmp_path) -> None:
+    save(session.trace, tmp_path / "run.mltrace")  # validated whole, as load() does
+    loaded = load(tmp_path / "run.mltrace")
+    assert (len(loaded.steps), len(loaded.sequences)) == (len(session.trace.steps), len(session.trace.sequences))
+
+
+def test_a_search_readmitted_past_the_token_budget_records_chunks_of_no_tokens(tmp_path):
+    """A beam search preempted whole comes back whole, its beams side by side; on a budget of 4
+    tokens the first beam takes them all, and the others, admitted, running, compute nothing
+    in that step: their chunks say the budget left them 0 tokens. The loader refused those
+    chunks as naming sequences the step did not schedule, so the run could not be saved."""
+    engine = LLMEngine.from_hf_model(make_hf_model("gqa-tied-llama3"), EngineConfig(
+        device="cpu", dtype="float32", num_kv_blocks=8, block_size=4, max_num_batched_tokens=4))
+    session = DebugSession(engine, CapturePolicy(attention=False))
+    generator = torch.Generator().manual_seed(0)
+    session.add(torch.randint(0, 256, (8,), generator=generator).tolist(), SamplingParams(temperature=0, max_tokens=16))
+    session.add(torch.randint(0, 256, (3,), generator=generator).tolist(), SamplingParams(max_tokens=6, beam_width=3))
+    assert session.run().finished
+    trace = session.trace
+    idle = [(step, c) for step in trace.steps for c in step.schedule.chunks if c.budget_left == 0]
+    assert idle and {p.rule for step in trace.steps for p in step.schedule.preemptions} == {"whole-search"}
+    _saved_and_loaded(session, tmp_path)
+    # Still refused: a chunk of 0 tokens for a sequence the step ran, and one for a sequence it
+    # did not admit.
+    step, chunk = idle[0]
+    ran = step.schedule.scheduled[0].seq_id
+    for seq_id in (ran, next(i for i in trace.sequences if i not in step.schedule.running)):
+        edited = copy.deepcopy(trace)
+        chunks = edited.steps[step.index].schedule.chunks
+        chunks[chunks.index(chunk)] = dataclasses.replace(chunk, seq_id=seq_id)
+        with pytest.raises(TraceError, match=f"step {step.index}: .*chunk"):
+            validate_trace(edited)
