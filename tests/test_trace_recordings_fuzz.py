@@ -14,10 +14,21 @@ import dataclasses
 import pytest
 import torch
 from conftest import make_hf_model
+from trace_fuzz import Features, fuzz_run
 
 from inspector import CapturePolicy, DebugSession, TraceError, load, save
 from inspector.trace.validate import validate_trace
 from minillama import EngineConfig, LLMEngine, SamplingParams
+
+
+@pytest.fixture
+def one_thread():
+    """The tiny model gains nothing from threads, and on a busy 2-core machine torch's
+    threads contending made the runs ten times slower (3 minutes for 20 seconds of work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _saved_and_loaded(session: DebugSession, tmp_path) -> None:
@@ -26,7 +37,7 @@ def _saved_and_loaded(session: DebugSession, tmp_path) -> None:
     assert (len(loaded.steps), len(loaded.sequences)) == (len(session.trace.steps), len(session.trace.sequences))
 
 
-def test_a_search_readmitted_past_the_token_budget_records_chunks_of_no_tokens(tmp_path):
+def test_a_search_readmitted_past_the_token_budget_records_chunks_of_no_tokens(tmp_path, one_thread):
     """A beam search preempted whole comes back whole, its beams side by side; on a budget of 4
     tokens the first beam takes them all, and the others, admitted, running, compute nothing
     in that step: their chunks say the budget left them 0 tokens. The loader refused those
@@ -52,3 +63,25 @@ def test_a_search_readmitted_past_the_token_budget_records_chunks_of_no_tokens(t
         chunks[chunks.index(chunk)] = dataclasses.replace(chunk, seq_id=seq_id)
         with pytest.raises(TraceError, match=f"step {step.index}: .*chunk"):
             validate_trace(edited)
+
+
+# Seeds of tests/trace_fuzz.py's runs that together cover every feature below; picked from a
+# few hundred fuzzed locally, for a test of some 20 seconds.
+SEEDS = (*range(48), 77, 78, 87, 100)
+
+
+def test_varied_recordings_validate_save_and_load(tmp_path, one_thread):
+    total = Features()
+    for seed in SEEDS:
+        session, features = fuzz_run(seed)
+        try:
+            _saved_and_loaded(session, tmp_path)
+        except TraceError as error:
+            raise AssertionError(f"fuzz_run({seed}): {error}") from None
+        total.add(features)
+    # What the seeds must keep covering, else the test would pass covering nothing.
+    assert set(total.rules) == {"latest-arrival", "whole-search", "search-forks"}, total.rules
+    assert set(total.forks) == {"user", "sample", "beam"}, total.forks
+    assert set(total.finishes) >= {"length", "stop", "abort", "pruned"}, total.finishes
+    assert min(total.prefix_hits, total.chunks, total.idle_chunks, total.prunes, total.aborts, total.lens,
+               total.attention, total.overlapped) > 0, total
