@@ -85,3 +85,23 @@ def test_varied_recordings_validate_save_and_load(tmp_path, one_thread):
     assert set(total.finishes) >= {"length", "stop", "abort", "pruned"}, total.finishes
     assert min(total.prefix_hits, total.chunks, total.idle_chunks, total.prunes, total.aborts, total.lens,
                total.attention, total.overlapped) > 0, total
+
+
+@pytest.mark.parametrize("by", ["request", "beam"])
+def test_aborting_a_search_ends_every_live_beam(tmp_path, one_thread, by):
+    """Any beam's id stops its whole search (LLMEngine.abort); the trace recorded the abort of
+    that one id only, and left the search's other live beams running forever (finish_reason
+    None) in a trace whose run had finished."""
+    engine = LLMEngine.from_hf_model(make_hf_model("gqa-tied-llama3"), EngineConfig(
+        device="cpu", dtype="float32", num_kv_blocks=32, block_size=4))
+    session = DebugSession(engine, CapturePolicy(attention=False))
+    prompt = torch.randint(0, 256, (6,), generator=torch.Generator().manual_seed(0)).tolist()
+    search = session.add(prompt, SamplingParams(max_tokens=8, beam_width=3))
+    for _ in range(3):
+        session.step()
+    live = [i for i, seq in session.trace.sequences.items() if seq.finish_reason is None]
+    assert len(live) == 3
+    session.abort(search if by == "request" else max(live))
+    assert session.run().finished
+    assert {session.trace.sequences[i].finish_reason for i in live} == {"abort"}
+    _saved_and_loaded(session, tmp_path)
