@@ -105,10 +105,28 @@ class DebugSession:
 
     def abort(self, seq_id: int) -> None:
         """Stop request `seq_id` (one that has finished, or that the engine has forgotten: nothing
-        to do); ArgumentError for an id that is no integer >= 0."""
+        to do), and with a beam its whole search; ArgumentError for an id that is no integer >= 0."""
         whole(seq_id, "seq_id")
+        record = self.trace.sequences.get(seq_id)
+        beams = self._live_beams(record.group_id, seq_id) if record is not None and record.group_id is not None else []
         self.engine.abort(seq_id)
         self.recorder.note_abort(seq_id)
+        for beam in beams:  # stopped with it (and forgotten, by the search's request id)
+            seq = self.engine.sequences.get(beam)
+            if seq is None or seq.finish_reason == "abort":
+                self.recorder.note_abort(beam)
+
+    def _live_beams(self, group: int, seq_id: int) -> list[int]:
+        """The other running beams of search `group` (none for a set of samples): any beam's id
+        stops the whole search (LLMEngine.abort), and each of them ends "abort" too; the trace
+        left them running forever (finish_reason None), though the run had finished."""
+        live = []
+        for other, record in self.trace.sequences.items():
+            seq = self.engine.sequences.get(other)
+            if (record.group_id == group and other != seq_id and record.finish_reason is None and seq is not None
+                    and seq.beam_of is not None and not seq.is_finished):
+                live.append(other)
+        return live
 
     def reset(self) -> None:
         """Abort every request, forget every finished one, and start an empty trace. A

@@ -11,6 +11,10 @@ trace finds what it looks for, and nothing they draw is nonsense:
   steps that preempted it, the block table a step ran it with against the step's KV snapshot;
   the tokens of a step against the sequences it scheduled to sample; a sequence's arrival,
   prune and fork against its events (which a replay acts on), once each;
+- each cause names a sequence it applies to: a chunk (a prefill the step's token budget cut
+  short) one the step scheduled, or, leaving it 0 tokens, a beam the step admitted with its
+  search after the budget ran out, which runs in the step and computes nothing (the loader
+  refused such a chunk, so a run admitting a search on a small budget could not be saved);
 - a sequence computes only positions whose token exists by then (the views label positions
   with their tokens), samples exactly when it computes its last one, and ends with the token
   that says it finished;
@@ -234,10 +238,11 @@ def _check_causes(trace: Trace, step: StepRecord, where: str) -> None:
     preempted one, ...), at most once, and blocks, positions and steps that can be."""
     s, nb, bs = step.schedule, trace.engine.num_blocks, trace.engine.block_size
     scheduled = {x.seq_id for x in s.scheduled}
+    admitted = set(s.running) & {p.seq_id for p in s.prefix} if s.chunks else set()  # running, admitted in the step
     for name, records, allowed, among in (
         ("waits", s.waits, set(s.waiting), "its waiting sequences"),
         ("preemptions", s.preemptions, set(s.preempted), "its preempted sequences"),
-        ("chunks", s.chunks, scheduled, "its scheduled sequences"),
+        ("chunks", s.chunks, scheduled | admitted, "its scheduled sequences and those it admitted"),
         ("prefix", s.prefix, set(trace.sequences), "the trace's sequences"),
     ):
         ids = [r.seq_id for r in records]
@@ -252,9 +257,17 @@ def _check_causes(trace: Trace, step: StepRecord, where: str) -> None:
     for p in s.preemptions:
         if p.needer not in trace.sequences or p.position >= MAX_TOKENS:
             raise TraceError(f"{where}: the preemption of sequence {p.seq_id} names no sequence or position of the trace")
+    # A beam search is admitted whole, its beams side by side: a beam admitted after the budget
+    # ran out computes nothing in its step, runs all the same, and its chunk says the budget
+    # left it 0 tokens (Scheduler._take). Such a chunk, and only such a chunk, names a sequence
+    # the step does not schedule: one it admitted (its prefix lookup) and runs.
+    admitted_idle = admitted - scheduled
     for c in s.chunks:
         if c.budget_left >= c.remaining:
             raise TraceError(f"{where}: the chunk of sequence {c.seq_id} had the budget for all its {c.remaining} tokens")
+        if (c.budget_left == 0) != (c.seq_id in admitted_idle):
+            raise TraceError(f"{where}: the chunk of sequence {c.seq_id} leaves it {c.budget_left} tokens; a chunk leaves 0 "
+                             "exactly to a sequence the step admitted and runs without computing any")
     for p in s.prefix:
         full = p.miss_block if p.miss_block is not None else len(p.hit_blocks)
         if (p.hit_blocks and max(p.hit_blocks) >= nb) or full < len(p.hit_blocks) or full * bs >= MAX_TOKENS \
