@@ -105,3 +105,15 @@ def test_aborting_a_search_ends_every_live_beam(tmp_path, one_thread, by):
     assert session.run().finished
     assert {session.trace.sequences[i].finish_reason for i in live} == {"abort"}
     _saved_and_loaded(session, tmp_path)
+
+
+@pytest.mark.parametrize("seed", [1041, 1153])
+def test_a_decode_step_that_only_preempts_admits_what_it_freed(seed, one_thread):
+    """Runs that meet a decode step whose one running sequence, the latest arrival, preempts
+    itself for a block a sample waiting for a seat holds. The plan ran nothing and the engine
+    dropped it: run() stopped short of the end, and the trace lacked the preemption (no
+    Preemption breakpoint fired). The step now admits what the preemption freed room for
+    (minillama/engine/scheduler.py); fuzz_run asserts that one run() finishes."""
+    session, _ = fuzz_run(seed)
+    recorded = sum(len(step.schedule.preempted) for step in session.trace.steps)
+    assert recorded == session.engine.stats.preemptions > 0

@@ -216,10 +216,19 @@ class Scheduler:
         seqs, batch = self._schedule_prefill()
         if not batch.scheduled:
             seqs, batch = self._schedule_decode(split_searches)
+            if not batch.scheduled and batch.preempted:
+                # Every sequence the decode step would run gave its blocks up: the one running
+                # sequence, the latest arrival, preempted itself for a block that a fork waiting
+                # for a seat holds. A plan of preemptions alone would run nothing (the engine
+                # stopped there, and no observer saw them): the step admits what they freed
+                # room for instead, listing them as its preempted.
+                self._head_cause = None
+                ids = tuple(p.seq_id for p in self._preemptions if p.rule != "search-forks")
+                seqs, batch = self._schedule_prefill(ids)
         self.in_flight = seqs
         return batch
 
-    def _schedule_prefill(self) -> tuple[list[Sequence], SchedulerOutput]:
+    def _schedule_prefill(self, preempted: tuple[int, ...] = ()) -> tuple[list[Sequence], SchedulerOutput]:
         budget = self.max_num_batched_tokens
         seqs: list[Sequence] = []
         scheduled: list[ScheduledSequence] = []
@@ -266,7 +275,7 @@ class Scheduler:
         if budget <= 0 and (self.waiting or self.forked):
             head = self.waiting[0] if self.waiting else self.forked[0]
             self._head_cause = WaitCause(head.seq_id, "tokens", by=tuple(map(_seq_id, scheduled)))
-        return seqs, self._output("prefill", scheduled, ())
+        return seqs, self._output("prefill", scheduled, preempted)
 
     def _take(self, seq: Sequence, remaining: int, budget: int) -> int:
         """The tokens of `remaining` that `seq` computes this step with `budget` left; a prefill
