@@ -44,8 +44,10 @@ from inspector.views import (
     resolve,
     step_details_html,
     text_html,
+    text_parts,
     timeline_figure,
 )
+from webui.render import text_carrier
 
 # Markup, quotes, and a right-to-left override (it would reverse the rest of the line it is shown in).
 HOSTILE = "<img src=x onerror=alert(1)>\"'&\u202e"
@@ -164,6 +166,8 @@ def every_output(trace: Trace, steps: set[int] | None = None,
     for index in sorted(steps) if steps is not None else range(len(trace.steps)):
         for builder in (text_html, block_tables_html, step_details_html):
             yield f"{builder.__name__} at {index}", builder(trace, index)
+        # What the page's Text panel is drawn from: the parts, as the hidden field carries them.
+        yield f"text_carrier at {index}", text_carrier(text_parts(trace, index))
         yield f"timeline at {index}", pio.to_json(timeline_figure(trace, index), validate=False)
         for selection in selections:
             for builder in (kv_cache_figure, attention_figure, logits_figure, logits_history_figure, logit_lens_figure):
