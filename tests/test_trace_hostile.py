@@ -299,19 +299,36 @@ def test_a_number_out_of_range_is_refused_or_every_view_renders(saved, document,
             pass
 
 
-SEQ_ID_KEYS = ("seq_id", "child_id", "parent_id", "needer", "for_seq", "group_id")  # fields that name a sequence
+def names_a_sequence(hint: Any) -> bool:
+    """Whether a field typed `hint` holds sequence ids: SeqId, alone, optional or in a list."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return SeqId.__metadata__[0] in hint.__metadata__
+    return any(names_a_sequence(arg) for arg in typing.get_args(hint))
+
+
+# (class, field) of every field the schema types as sequence ids, and Trace's dicts keyed by them.
+SEQ_ID_FIELDS = {(cls.__name__, name) for cls in vars(model).values() if dataclasses.is_dataclass(cls)
+                 for name, hint in typing.get_type_hints(cls, include_extras=True).items() if names_a_sequence(hint)}
+KEYED_BY_SEQ_ID = {name for name, hint in typing.get_type_hints(Trace).items()
+                   if typing.get_origin(hint) is dict and typing.get_args(hint)[0] is int}
 
 
 def sequences_named(document: dict, path: Path_) -> set[int]:
-    """The sequences the records along `path` belong to or name: the key under "sequences" or
-    "attention", and each sequence-id field of the dicts the path passes through."""
-    named = {int(path[1])} if path[0] in ("sequences", "attention") else set()
-    node: Any = document
-    for key in path:
-        if isinstance(node, dict):
-            named |= {node[k] for k in SEQ_ID_KEYS if isinstance(node.get(k), int)}
-        node = node[key]
+    """The sequences the records along `path` belong to or name: the key it takes in a dict
+    keyed by sequence id, and each sequence-id field of the records it passes through."""
+    records = {path[:i] for i in range(len(path))}
+    named = {int(path[1])} if path[0] in KEYED_BY_SEQ_ID else set()
+    for cls, field, _, at in leaves(Trace, document):
+        if (cls, field) in SEQ_ID_FIELDS and isinstance(value := _at(document, at), int):
+            # the field's own value (at = record + (field,)) or a list's item (record + (field, i))
+            named |= {value} if at[:-1] in records or at[:-2] in records else set()
     return named
+
+
+def _at(document: dict, path: Path_) -> Any:
+    for key in path:
+        document = document[key]
+    return document
 
 
 SEQ_ID_RANGE = SeqId.__metadata__[0]
