@@ -305,6 +305,11 @@ MALFORMED_REQUESTS = {
                                           DEEP_JSON, 400),
     "upload-a-field-not-a-file": ("POST", "gradio_api/upload", {"files": {"files": (None, "not a file")}}, 400),
     "events-of-an-unknown-session": ("GET", "gradio_api/queue/data?session_hash=nobody", {}, 200),
+    # An empty session hash: the join answered 400 naming a KeyError, the queue's worker logged a
+    # traceback, and Gradio kept the event's id under "" for good.
+    "join-empty-session-hash": ("POST", "gradio_api/queue/join",
+                                {"json": {"data": ["KEY", 0], "fn_index": "SEEK", "session_hash": ""}}, 400),
+    "call-empty-session-hash": ("POST", "gradio_api/call/seek", {"json": {"data": ["KEY", 0], "session_hash": ""}}, 400),
 }
 
 
@@ -322,10 +327,10 @@ def test_a_request_gradio_cannot_read_gets_a_reason_and_the_log_one_line(url, ca
     assert answer.status_code == expected, answer.text[:300]
     if expected != 200:
         assert answer.json()["detail"]  # a reason, not "Internal Server Error"
+    assert tab.predict(0, api_name="/seek")  # the server, and the tab, go on (a queued call: after any the request made)
     logged = capfd.readouterr()
     assert "Traceback" not in logged.err + logged.out
     assert len([line for line in logged.err.splitlines() if "minillama:" in line]) <= 1
-    assert tab.predict(0, api_name="/seek")  # the server, and the tab, go on
 
 
 def test_calls_that_name_no_session_leave_no_state_behind(manager):

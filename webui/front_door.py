@@ -418,7 +418,7 @@ class FrontDoor:
         """A call's body (a tab key and small values) and its JSON (call_payload: {} for one that
         is none), or None once it has been answered: 413
         over the size limit, 404 when it reaches no function (_no_function), 400 for a session
-        hash past MAX_SESSION_NAME characters. The session it names is counted to its client
+        hash that is empty or past MAX_SESSION_NAME characters. The session it names is counted to its client
         address (SessionsNamed)."""
         try:
             body = await read_body(receive)
@@ -431,8 +431,11 @@ class FrontDoor:
             await _respond(send, 404, {"detail": wrong})
             return None
         named = payload.get("session_hash")
-        if isinstance(named, str) and len(named) > MAX_SESSION_NAME:
-            await _respond(send, 400, {"detail": f"a session hash is at most {MAX_SESSION_NAME} characters"})
+        # An empty one is no name either: Gradio's queue filed the call's messages under "" and
+        # its event under the event's id, so the join answered 400 naming a KeyError, the queue's
+        # worker logged a traceback, and "" kept every such event's id for good.
+        if isinstance(named, str) and not 0 < len(named) <= MAX_SESSION_NAME:
+            await _respond(send, 400, {"detail": f"a session hash is 1 to {MAX_SESSION_NAME} characters"})
             return None
         if isinstance(named, str):
             self.sessions.named(scope["app"].get_blocks(), _client(scope), named)
