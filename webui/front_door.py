@@ -40,6 +40,8 @@ any route runs:
   belongs, keyword values /call/v2/<name> does not take, the event stream of a session it does not
   know) is one line in the server's log, and a 400 naming it when no answer has begun: uvicorn
   logged a 40-line traceback and answered 500 with no reason.
+- A Range header Gradio's file route cannot serve (several ranges, or one that ends before it
+  starts) is dropped, and the whole file sent (_without_unservable_range).
 - Gradio keeps a state (~0.3 MB) for each session a call names, up to 10,000. A /call/<name>
   that names none leaves no state behind once its result is read
   (FrontDoor._forget_states_of_calls_without_session), and only the newest
@@ -52,6 +54,7 @@ heartbeat when the page used it) pass through untouched.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -267,6 +270,7 @@ class FrontDoor:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        scope = _without_unservable_range(scope)
         if path.startswith(STATIC_PREFIX) and scope["type"] == "http":
             await self._static(path[len(STATIC_PREFIX):], send)
             return
@@ -467,6 +471,26 @@ class FrontDoor:
                    (b"content-length", str(len(body)).encode()), (b"cache-control", IMMUTABLE)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+# One byte range, as Gradio's file route reads it: first-last, first- or -suffix, digits only.
+SERVABLE_RANGE = re.compile(rb"bytes=(?:[0-9]{1,18}-[0-9]{0,18}|-[0-9]{1,18})")
+
+
+def _without_unservable_range(scope: Scope) -> Scope:
+    """`scope` without a Range header that Gradio's file route cannot serve: several ranges
+    ("bytes=0-1,3-4") were answered 400 "ValueError: too many values to unpack", and a range
+    that ends before it starts ("bytes=5-1") with a byte it did not ask for. HTTP lets a server
+    ignore a Range header (RFC 9110, 14.2): the whole file is sent instead, 200."""
+    headers = scope.get("headers") or []
+    ranges = [value for name, value in headers if name.lower() == b"range"]
+    if not ranges:
+        return scope
+    if len(ranges) == 1 and SERVABLE_RANGE.fullmatch(ranges[0].strip()):
+        first, _, last = ranges[0].strip()[len(b"bytes="):].partition(b"-")
+        if not first or not last or int(first) <= int(last):
+            return scope
+    return {**scope, "headers": [(name, value) for name, value in headers if name.lower() != b"range"]}
 
 
 def _logged_in(gradio: Any, scope: Scope) -> bool:
