@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from webui_support import Tab, free_port, running_server
 
 from minillama import EngineConfig, LLMEngine
 from webui import comparing, handlers
-from webui.front_door import LOGIN_FAILURES_ALLOWED, SESSIONS_KEPT_PER_CLIENT
+from webui.front_door import LOGIN_FAILURES_ALLOWED, MAX_UPLOAD_PARTS, SESSIONS_KEPT_PER_CLIENT
 from webui.limits import Limits
 from webui.render import API_OUTPUT_NAMES
 from webui.server import PLOTLY_JS, plotly_name, serve
@@ -276,6 +277,29 @@ def test_uploads_are_bounded_per_client_within_the_cache_window(base):
         assert [upload() for _ in range(4)] == [200] * 4
         refused = httpx.post(f"{address}gradio_api/upload", files={"files": ("f.bin", bytes(2**16))}, timeout=30)
         assert refused.status_code == 429 and "too many uploads" in refused.json()["detail"]
+
+
+def test_one_upload_holds_a_few_files_and_a_refused_one_leaves_none(url):
+    """Gradio took 1,000 files a post, each kept a quarter of an hour, and the quota counted the
+    post once: a million empty files within the window. A post holds at most MAX_UPLOAD_PARTS;
+    one with more is refused with the reason, and the files Gradio began are deleted."""
+    from gradio.utils import get_upload_folder
+
+    def post(count: int, tag: str) -> httpx.Response:
+        files = [("files", (f"{tag}{i}.mltrace", os.urandom(64))) for i in range(count)]
+        return httpx.post(f"{url}gradio_api/upload", files=files, timeout=30)
+
+    taken = post(MAX_UPLOAD_PARTS, "taken")
+    assert taken.status_code == 200 and len(taken.json()) == MAX_UPLOAD_PARTS
+    def files_kept() -> int:
+        return sum(1 for path in Path(get_upload_folder()).rglob("*") if path.is_file())
+
+    for count in (MAX_UPLOAD_PARTS + 1, 1000):
+        before = files_kept()
+        refused = post(count, "refused")
+        assert refused.status_code == 400 and "Too many files" in refused.text, refused.text[:200]
+        assert files_kept() - before < MAX_UPLOAD_PARTS, "a refused upload left its files"
+    assert Tab(url).predict(0, api_name="/seek")  # the server goes on
 
 
 def test_the_upload_quota_also_bounds_every_client_together():

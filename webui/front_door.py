@@ -27,6 +27,7 @@ any route runs:
 - Uploads (POST /gradio_api/upload) are counted per client address and in all over a sliding
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
+  One upload holds at most MAX_UPLOAD_PARTS files (Gradio took 1,000 a post).
 - A call that reaches no function answers 404 (Gradio raised, and answered 500): an API name the
   app does not have, or a body whose fn_index names no function of the app. A direct call's body
   may name its function by fn_index whatever its route's name, as Gradio's own page does for an
@@ -181,6 +182,7 @@ UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload
 UPLOAD_WINDOW_S = 900.0  # as long as Gradio's cache keeps a file (webui/layout.py)
 UPLOADS_PER_CLIENT = 4  # the largest upload's worth, per client within the window
 UPLOADS_IN_ALL = 32  # and across every client
+MAX_UPLOAD_PARTS = 8  # files (and fields) in one upload's body: the page sends one file (_counting_parts)
 
 
 class UploadQuota:
@@ -335,7 +337,7 @@ class FrontDoor:
             await _respond(send, 429, {"detail": "too many uploads for now: try again in a quarter of an hour"},
                            {"retry-after": str(int(UPLOAD_WINDOW_S))})
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, _counting_parts(scope, receive), send)
 
     async def _direct_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A call answered without the queue runs in its tab's lane, or its client's when it
@@ -491,6 +493,36 @@ def _without_unservable_range(scope: Scope) -> Scope:
         if not first or not last or int(first) <= int(last):
             return scope
     return {**scope, "headers": [(name, value) for name, value in headers if name.lower() != b"range"]}
+
+
+def _counting_parts(scope: Scope, receive: Receive) -> Receive:
+    """`receive` for an upload's multipart body, which stops it past MAX_UPLOAD_PARTS parts.
+    Gradio takes up to 1,000 files a post and keeps each a quarter of an hour (an inode, an
+    entry in a set its cache sweeper walks), and the quota counts a post once: 1,000 empty files
+    took 0.6 s, a million within the window. The page posts one file at a time. The parts are
+    counted by the boundary that opens each (no file holds it); the refusal is raised as the
+    parser's own MultiPartException, so Gradio deletes the files it began and answers 400 with
+    the message."""
+    from gradio.route_utils import MultiPartException  # Gradio's upload route catches this one
+
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+    found = re.search(rb'boundary="?([^";,]+)', content_type)
+    if found is None:  # no multipart body: Gradio refuses it itself
+        return receive
+    delimiter = b"--" + found.group(1)
+    seen, tail = 0, b""
+
+    async def counted() -> Message:
+        nonlocal seen, tail
+        message = await receive()
+        chunk = tail + message.get("body", b"")
+        seen += chunk.count(delimiter)
+        tail = chunk[-(len(delimiter) - 1):] if len(delimiter) > 1 else b""  # a delimiter split across chunks
+        if seen > MAX_UPLOAD_PARTS + 1:  # the last delimiter closes the body
+            raise MultiPartException(f"Too many files: an upload takes at most {MAX_UPLOAD_PARTS}")
+        return message
+
+    return counted
 
 
 def _logged_in(gradio: Any, scope: Scope) -> bool:
