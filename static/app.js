@@ -60,9 +60,69 @@
         if (leaving) return;
         logError(...args);
         streamBroke();
+        checkServer(); // the status line says whether the server itself is gone
       }, 0);
     }
   };
+
+  // -- is the server there? -----------------------------------------------------------------
+  // A server stopped while the page sat idle left the status line saying "live engine" for good:
+  // the page hears of the server only through its calls, and a press then got a toast that
+  // Gradio is "attempting reconnection". So the page asks every few seconds (while it is shown)
+  // whether the server answers, with the smallest route Gradio has (its app id, open even
+  // before a login): a request that ends at once, not a stream held open (webui/front_door.py
+  // says why the page holds none). While no answer comes, the status line says so instead of
+  // naming a live engine, and no run is said to be under way. An answer of the same server
+  // puts the line back (its session is still there); a restarted server makes Gradio reload
+  // the page, which then says where its steps went (noteReload, below).
+  const CHECK_EVERY_MS = 5000;
+  const CHECK_TIMEOUT_MS = 15000; // a server busy with a run still answers well within this
+  const SERVER_GONE = "the server does not answer (it stopped, or the network is down): nothing on this page " +
+    "can step, run or change until it does; reload the page then";
+  let gone = null; // while the server does not answer: {source, shown}, the status line's source and what replaced it
+  const serverGone = () => {
+    const status = statusElement();
+    if (!status || gone?.shown.isConnected) return;
+    status.dataset.running = "0"; // no run's updates can come: space runs, no Pause for a run unheard of
+    status.querySelector(".ml-info")?.remove(); // "running it…" and the like: stale now (an error stays)
+    const shown = Object.assign(document.createElement("span"), { className: "ml-source ml-offline", textContent: "no connection to the server" });
+    const source = status.querySelector(".ml-source");
+    if (source) source.replaceWith(shown);
+    else status.prepend(shown);
+    const line = Object.assign(document.createElement("span"), { className: "ml-error ml-offline", textContent: SERVER_GONE });
+    line.setAttribute("role", "alert");
+    status.append(line);
+    gone = { source, shown };
+  };
+  const serverBack = () => {
+    if (!gone) return;
+    const { source, shown } = gone;
+    gone = null;
+    if (!shown.isConnected) return; // a render since has drawn the line afresh
+    if (source) shown.replaceWith(source);
+    else shown.remove();
+    statusElement()?.querySelectorAll(".ml-offline").forEach((line) => line.remove());
+  };
+  let checking = false;
+  const checkServer = async () => {
+    if (checking || document.hidden || leaving) return;
+    checking = true;
+    let answered = true; // any HTTP answer, an error status too, is the server answering
+    try {
+      await fetch("gradio_api/app_id", { cache: "no-store", signal: AbortSignal.timeout(CHECK_TIMEOUT_MS) });
+    } catch {
+      answered = false;
+    } finally {
+      checking = false;
+    }
+    if (leaving) return; // the page's own leaving aborted the check
+    if (answered) serverBack();
+    else serverGone();
+  };
+  setInterval(checkServer, CHECK_EVERY_MS);
+  document.addEventListener("visibilitychange", checkServer); // a tab shown again asks at once
+  window.addEventListener("offline", checkServer);
+  window.addEventListener("online", checkServer);
 
   // -- the plots ------------------------------------------------------------------------------
   // Every handler returns all the figures as JSON in the carrier #ml-figures; each is drawn

@@ -8,6 +8,7 @@ import html
 import json
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -292,6 +293,22 @@ def test_a_bad_trace_upload_is_refused_with_a_message(url, tmp_path):
     named = panels(Tab(url).predict(handle_file(str(bogus)), api_name="/open_trace"))
     assert "ml-error" in named["status"] and "bogus.mltrace is not a .mltrace file" in named["status"]
     assert "/tmp" not in named["status"]  # the server's paths stay on the server
+
+
+def test_an_uploaded_trace_is_named_in_characters_that_show(url, tmp_path):
+    """The file's name, as the uploader's browser sends it, is shown in the status line (and to
+    everyone a share link reaches): a right-to-left override in it turned the rest of the line
+    around. Such a character is shown as its escape."""
+    from gradio_client import handle_file
+
+    author = Tab(url)
+    add(author, "What is the capital of France?", max_tokens=2)
+    author.predict(api_name="/step")
+    spoofed = tmp_path / "\u202egnp.mltrace"
+    spoofed.write_bytes(Path(author.predict(api_name="/save_trace")).read_bytes())
+    named = panels(Tab(url).predict(handle_file(str(spoofed)), api_name="/open_trace"))
+    assert "opened" in named["status"] and "\u202e" not in named["status"], named["status"]
+    assert "\\u202egnp.mltrace" in named["status"]
 
 
 def test_auth_refuses_an_unauthenticated_client(base):

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -364,10 +365,10 @@ def test_many_tabs_of_one_browser_each_load_and_a_closed_tab_says_so(browser, ba
         context.close()
 
 
-def test_a_run_whose_server_stops_says_so_and_stops_saying_running(browser):
-    """The server stops in the middle of a Run: the status line said "running…" until a reload,
-    and space pressed Pause for a run the page could no longer hear of. (A server of its own,
-    in a process this test can stop as a user would, with SIGTERM.)"""
+@contextmanager
+def page_of_a_server_process(browser):
+    """A page of a server in a process of its own, which the test stops as a user would, with
+    SIGTERM (server.terminate()); the page is loaded and shows the live engine. -> (page, server)"""
     port = free_port()
     root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--max-model-len", "512"], cwd=root,
@@ -382,15 +383,58 @@ def test_a_run_whose_server_stops_says_so_and_stops_saying_running(browser):
             except playwright_api.Error:
                 time.sleep(0.5)
         page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine')")
-        add_prompts(page, "Write a long story about a dragon.", max_tokens=400)
-        page.locator("#ml-run").click()
-        page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '1'")
+        yield page, server
     finally:
         server.terminate()
         server.wait(timeout=60)
-    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '0'", timeout=30_000)
-    playwright_api.expect(page.locator("#ml-status .ml-error")).to_contain_text("the connection to the server broke")
-    assert "running…" not in page.locator("#ml-status").inner_text()
+        page.context.close()
+
+
+NO_SERVER = "() => document.querySelector('#ml-status-inner')?.textContent.includes('no connection to the server')"
+
+
+def test_a_run_whose_server_stops_says_so_and_stops_saying_running(browser):
+    """The server stops in the middle of a Run: the status line said "running…" until a reload,
+    and space pressed Pause for a run the page could no longer hear of."""
+    with page_of_a_server_process(browser) as (page, server):
+        add_prompts(page, "Write a long story about a dragon.", max_tokens=400)
+        page.locator("#ml-run").click()
+        page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '1'")
+        server.terminate()
+        server.wait(timeout=60)
+        page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '0'", timeout=30_000)
+        playwright_api.expect(page.locator("#ml-status .ml-error").first).to_contain_text("the connection to the server broke")
+        assert "running…" not in page.locator("#ml-status").inner_text()
+        page.wait_for_function(NO_SERVER, timeout=30_000)
+        assert "live engine" not in page.locator("#ml-status").inner_text()
+
+
+def test_a_server_that_stops_while_the_page_is_idle_is_said_in_the_status_line(browser):
+    """Nothing running, the server stops: the status line went on saying "live engine" for good
+    (a press then got only Gradio's toast). Within seconds it says no server answers."""
+    with page_of_a_server_process(browser) as (page, server):
+        server.terminate()
+        server.wait(timeout=60)
+        page.wait_for_function(NO_SERVER, timeout=30_000)
+        status = page.locator("#ml-status")
+        assert "live engine" not in status.inner_text()
+        playwright_api.expect(page.locator("#ml-status [role=alert]")).to_contain_text("the server does not answer")
+
+
+def test_a_server_that_answers_again_gets_its_status_line_back(browser, url):
+    """The network to the server drops and comes back (its answers cut here, the server still
+    running): the status line says no server answers, then names the live engine again, and the
+    session, which the server kept, still steps."""
+    page = open_page(browser, url)
+    add_prompts(page, "What is the capital of France?", max_tokens=4)
+    page.route("**/gradio_api/app_id", lambda route: route.abort("connectionrefused"))
+    page.wait_for_function(NO_SERVER, timeout=30_000)
+    assert "live engine" not in page.locator("#ml-status").inner_text()
+    page.unroute("**/gradio_api/app_id")
+    page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine · 1 request')",
+                           timeout=30_000)
+    assert page.locator("#ml-status .ml-offline").count() == 0
+    step_through(page, 1)
     page.context.close()
 
 

@@ -177,6 +177,28 @@ def test_the_log_line_of_a_refusal_is_printable(served, capfd):
     assert "the call to /reset was refused" in logged and "\x1b" not in logged and "\\x1b" in logged
 
 
+# (a value, the escapes the refusal writes of its characters)
+@pytest.mark.parametrize("value, escapes", [("\ud800", ["\\ud800"]), ("a\u202eb\x00c", ["\\u202e", "\\x00"])])
+@pytest.mark.parametrize("api, data", [("reset", ["KEY", 64, "VALUE", 8, 2048, True, True, "", 10, False]),
+                                       ("select", ["KEY", "VALUE", 0, "0", False]),
+                                       ("compare_settings", ["KEY", 64, "VALUE", 8, 2048, True])])
+def test_a_refusal_quoting_characters_no_text_holds_is_a_printable_400(served, api, data, value, escapes):
+    """Gradio's refusal of a dropdown's value quotes the value raw: a lone surrogate (no character
+    UTF-8 can write) failed the direct call's answer, a 400 naming a UnicodeEncodeError, and
+    an RTL mark or a NUL reached the toast. The refusal is answered, every such character
+    written as its escape, and the caller's session still answers."""
+    _, url = served
+    caller = Tab(url)
+    sent = [caller.key if v == "KEY" else value if v == "VALUE" else v for v in data]
+    answer = httpx.post(f"{url}gradio_api/run/{api}", content=json.dumps({"data": sent}),
+                        headers={"content-type": "application/json"}, timeout=30)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error.startswith(f"the call to /{api} was refused: "), error
+    assert all(c.isprintable() for c in error) and all(escape in error for escape in escapes), error
+    assert httpx.post(f"{url}gradio_api/run/seek", json={"data": [caller.key, 0]}, timeout=30).status_code == 200
+
+
 def test_a_refusal_quotes_markup_as_text(served):
     """Gradio shows an error's message as HTML: the value quoted back goes out escaped."""
     _, url = served

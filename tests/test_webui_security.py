@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from webui_support import Tab, free_port, running_server
 
 from minillama import EngineConfig, LLMEngine
 from webui import comparing, handlers
-from webui.front_door import LOGIN_FAILURES_ALLOWED, SESSIONS_KEPT_PER_CLIENT
+from webui.front_door import LOGIN_FAILURES_ALLOWED, MAX_UPLOAD_PARTS, SESSIONS_KEPT_PER_CLIENT
 from webui.limits import Limits
 from webui.render import API_OUTPUT_NAMES
 from webui.server import PLOTLY_JS, plotly_name, serve
@@ -82,6 +83,25 @@ def test_a_saved_trace_is_named_without_any_session_key(url):
     author.predict(api_name="/step")
     second = author.predict(api_name="/save_trace")  # each click: the trace as it is then
     assert "-4steps-" in os.path.basename(second)
+
+
+def test_a_range_the_file_route_cannot_serve_gets_the_whole_file(url, capfd):
+    """Several ranges of a saved trace were answered 400 "ValueError: too many values to
+    unpack"; a range ending before it starts, with a byte it did not ask for. HTTP lets a server
+    ignore a Range header: each gets the whole file. A range it can serve is still served."""
+    author = Tab(url)
+    author.predict("Hi", False, 2, 0.0, 1.0, 0, None, 1, 1, api_name="/add_prompts")
+    author.predict(api_name="/step")
+    saved = httpx.post(f"{url}gradio_api/run/save_trace", json={"data": [author.key]}, timeout=30).json()["data"][0]["url"]
+    whole = httpx.get(saved, timeout=30).content
+    capfd.readouterr()
+    for asked in ["bytes=0-1,3-4", "bytes=" + ",".join(f"{i}-{i}" for i in range(500)), "bytes=5-1", "bytes=0-1, 3-4"]:
+        answer = httpx.get(saved, headers={"range": asked}, timeout=30)
+        assert (answer.status_code, answer.content) == (200, whole), (asked, answer.status_code, answer.text[:200])
+    for asked, part in [("bytes=0-9", whole[:10]), ("bytes=10-", whole[10:]), ("bytes=-5", whole[-5:])]:
+        answer = httpx.get(saved, headers={"range": asked}, timeout=30)
+        assert (answer.status_code, answer.content) == (206, part), asked
+    assert "failed" not in capfd.readouterr().err
 
 
 def test_an_auth_server_lets_strangers_reach_only_the_login(manager):
@@ -259,6 +279,29 @@ def test_uploads_are_bounded_per_client_within_the_cache_window(base):
         assert refused.status_code == 429 and "too many uploads" in refused.json()["detail"]
 
 
+def test_one_upload_holds_a_few_files_and_a_refused_one_leaves_none(url):
+    """Gradio took 1,000 files a post, each kept a quarter of an hour, and the quota counted the
+    post once: a million empty files within the window. A post holds at most MAX_UPLOAD_PARTS;
+    one with more is refused with the reason, and the files Gradio began are deleted."""
+    from gradio.utils import get_upload_folder
+
+    def post(count: int, tag: str) -> httpx.Response:
+        files = [("files", (f"{tag}{i}.mltrace", os.urandom(64))) for i in range(count)]
+        return httpx.post(f"{url}gradio_api/upload", files=files, timeout=30)
+
+    taken = post(MAX_UPLOAD_PARTS, "taken")
+    assert taken.status_code == 200 and len(taken.json()) == MAX_UPLOAD_PARTS
+    def files_kept() -> int:
+        return sum(1 for path in Path(get_upload_folder()).rglob("*") if path.is_file())
+
+    for count in (MAX_UPLOAD_PARTS + 1, 1000):
+        before = files_kept()
+        refused = post(count, "refused")
+        assert refused.status_code == 400 and "Too many files" in refused.text, refused.text[:200]
+        assert files_kept() - before < MAX_UPLOAD_PARTS, "a refused upload left its files"
+    assert Tab(url).predict(0, api_name="/seek")  # the server goes on
+
+
 def test_the_upload_quota_also_bounds_every_client_together():
     from webui.front_door import UPLOADS_IN_ALL, UploadQuota
 
@@ -305,6 +348,11 @@ MALFORMED_REQUESTS = {
                                           DEEP_JSON, 400),
     "upload-a-field-not-a-file": ("POST", "gradio_api/upload", {"files": {"files": (None, "not a file")}}, 400),
     "events-of-an-unknown-session": ("GET", "gradio_api/queue/data?session_hash=nobody", {}, 200),
+    # An empty session hash: the join answered 400 naming a KeyError, the queue's worker logged a
+    # traceback, and Gradio kept the event's id under "" for good.
+    "join-empty-session-hash": ("POST", "gradio_api/queue/join",
+                                {"json": {"data": ["KEY", 0], "fn_index": "SEEK", "session_hash": ""}}, 400),
+    "call-empty-session-hash": ("POST", "gradio_api/call/seek", {"json": {"data": ["KEY", 0], "session_hash": ""}}, 400),
 }
 
 
@@ -322,10 +370,10 @@ def test_a_request_gradio_cannot_read_gets_a_reason_and_the_log_one_line(url, ca
     assert answer.status_code == expected, answer.text[:300]
     if expected != 200:
         assert answer.json()["detail"]  # a reason, not "Internal Server Error"
+    assert tab.predict(0, api_name="/seek")  # the server, and the tab, go on (a queued call: after any the request made)
     logged = capfd.readouterr()
     assert "Traceback" not in logged.err + logged.out
     assert len([line for line in logged.err.splitlines() if "minillama:" in line]) <= 1
-    assert tab.predict(0, api_name="/seek")  # the server, and the tab, go on
 
 
 def test_calls_that_name_no_session_leave_no_state_behind(manager):

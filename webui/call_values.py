@@ -124,9 +124,13 @@ def _holds_non_finite(value: Any) -> bool:
 
 
 def _refusal(block_fn: Any, reason: str) -> gr.Error:
-    message = f"the call to /{block_fn.api_name or block_fn.name} was refused: {reason}"
-    # One line in the server's log, no traceback; printable, since it quotes what the caller sent.
-    print(f"minillama: {printable_line(message)}", file=sys.stderr)
+    # Printable, in the log and in the answer alike, since it quotes what the caller sent (Gradio's
+    # own refusal of a dropdown's value quotes it raw): an ESC would drive the server's terminal,
+    # an RTL mark turn the toast's words around, and a lone surrogate failed the direct call's
+    # JSON answer (UTF-8 has no such character), which went out as a 400 naming a
+    # UnicodeEncodeError instead of the refusal.
+    message = printable_line(f"the call to /{block_fn.api_name or block_fn.name} was refused: {reason}")
+    print(f"minillama: {message}", file=sys.stderr)  # one line in the server's log, no traceback
     return gr.Error(escape(message), title=REFUSED_TITLE, print_exception=False)  # shown as HTML
 
 

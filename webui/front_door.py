@@ -27,6 +27,7 @@ any route runs:
 - Uploads (POST /gradio_api/upload) are counted per client address and in all over a sliding
   window (UploadQuota): Gradio keeps each uploaded file in its cache for a quarter of an hour,
   needs no tab key to take one, and would take file after file until the disk is full.
+  One upload holds at most MAX_UPLOAD_PARTS files (Gradio took 1,000 a post).
 - A call that reaches no function answers 404 (Gradio raised, and answered 500): an API name the
   app does not have, or a body whose fn_index names no function of the app. A direct call's body
   may name its function by fn_index whatever its route's name, as Gradio's own page does for an
@@ -40,6 +41,8 @@ any route runs:
   belongs, keyword values /call/v2/<name> does not take, the event stream of a session it does not
   know) is one line in the server's log, and a 400 naming it when no answer has begun: uvicorn
   logged a 40-line traceback and answered 500 with no reason.
+- A Range header Gradio's file route cannot serve (several ranges, or one that ends before it
+  starts) is dropped, and the whole file sent (_without_unservable_range).
 - Gradio keeps a state (~0.3 MB) for each session a call names, up to 10,000. A /call/<name>
   that names none leaves no state behind once its result is read
   (FrontDoor._forget_states_of_calls_without_session), and only the newest
@@ -52,6 +55,7 @@ heartbeat when the page used it) pass through untouched.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -178,6 +182,7 @@ UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload
 UPLOAD_WINDOW_S = 900.0  # as long as Gradio's cache keeps a file (webui/layout.py)
 UPLOADS_PER_CLIENT = 4  # the largest upload's worth, per client within the window
 UPLOADS_IN_ALL = 32  # and across every client
+MAX_UPLOAD_PARTS = 8  # files (and fields) in one upload's body: the page sends one file (_counting_parts)
 
 
 class UploadQuota:
@@ -267,6 +272,7 @@ class FrontDoor:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        scope = _without_unservable_range(scope)
         if path.startswith(STATIC_PREFIX) and scope["type"] == "http":
             await self._static(path[len(STATIC_PREFIX):], send)
             return
@@ -331,7 +337,7 @@ class FrontDoor:
             await _respond(send, 429, {"detail": "too many uploads for now: try again in a quarter of an hour"},
                            {"retry-after": str(int(UPLOAD_WINDOW_S))})
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, _counting_parts(scope, receive), send)
 
     async def _direct_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A call answered without the queue runs in its tab's lane, or its client's when it
@@ -418,7 +424,7 @@ class FrontDoor:
         """A call's body (a tab key and small values) and its JSON (call_payload: {} for one that
         is none), or None once it has been answered: 413
         over the size limit, 404 when it reaches no function (_no_function), 400 for a session
-        hash past MAX_SESSION_NAME characters. The session it names is counted to its client
+        hash that is empty or past MAX_SESSION_NAME characters. The session it names is counted to its client
         address (SessionsNamed)."""
         try:
             body = await read_body(receive)
@@ -431,8 +437,11 @@ class FrontDoor:
             await _respond(send, 404, {"detail": wrong})
             return None
         named = payload.get("session_hash")
-        if isinstance(named, str) and len(named) > MAX_SESSION_NAME:
-            await _respond(send, 400, {"detail": f"a session hash is at most {MAX_SESSION_NAME} characters"})
+        # An empty one is no name either: Gradio's queue filed the call's messages under "" and
+        # its event under the event's id, so the join answered 400 naming a KeyError, the queue's
+        # worker logged a traceback, and "" kept every such event's id for good.
+        if isinstance(named, str) and not 0 < len(named) <= MAX_SESSION_NAME:
+            await _respond(send, 400, {"detail": f"a session hash is 1 to {MAX_SESSION_NAME} characters"})
             return None
         if isinstance(named, str):
             self.sessions.named(scope["app"].get_blocks(), _client(scope), named)
@@ -464,6 +473,56 @@ class FrontDoor:
                    (b"content-length", str(len(body)).encode()), (b"cache-control", IMMUTABLE)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+# One byte range, as Gradio's file route reads it: first-last, first- or -suffix, digits only.
+SERVABLE_RANGE = re.compile(rb"bytes=(?:[0-9]{1,18}-[0-9]{0,18}|-[0-9]{1,18})")
+
+
+def _without_unservable_range(scope: Scope) -> Scope:
+    """`scope` without a Range header that Gradio's file route cannot serve: several ranges
+    ("bytes=0-1,3-4") were answered 400 "ValueError: too many values to unpack", and a range
+    that ends before it starts ("bytes=5-1") with a byte it did not ask for. HTTP lets a server
+    ignore a Range header (RFC 9110, 14.2): the whole file is sent instead, 200."""
+    headers = scope.get("headers") or []
+    ranges = [value for name, value in headers if name.lower() == b"range"]
+    if not ranges:
+        return scope
+    if len(ranges) == 1 and SERVABLE_RANGE.fullmatch(ranges[0].strip()):
+        first, _, last = ranges[0].strip()[len(b"bytes="):].partition(b"-")
+        if not first or not last or int(first) <= int(last):
+            return scope
+    return {**scope, "headers": [(name, value) for name, value in headers if name.lower() != b"range"]}
+
+
+def _counting_parts(scope: Scope, receive: Receive) -> Receive:
+    """`receive` for an upload's multipart body, which stops it past MAX_UPLOAD_PARTS parts.
+    Gradio takes up to 1,000 files a post and keeps each a quarter of an hour (an inode, an
+    entry in a set its cache sweeper walks), and the quota counts a post once: 1,000 empty files
+    took 0.6 s, a million within the window. The page posts one file at a time. The parts are
+    counted by the boundary that opens each (no file holds it); the refusal is raised as the
+    parser's own MultiPartException, so Gradio deletes the files it began and answers 400 with
+    the message."""
+    from gradio.route_utils import MultiPartException  # Gradio's upload route catches this one
+
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+    found = re.search(rb'boundary="?([^";,]+)', content_type)
+    if found is None:  # no multipart body: Gradio refuses it itself
+        return receive
+    delimiter = b"--" + found.group(1)
+    seen, tail = 0, b""
+
+    async def counted() -> Message:
+        nonlocal seen, tail
+        message = await receive()
+        chunk = tail + message.get("body", b"")
+        seen += chunk.count(delimiter)
+        tail = chunk[-(len(delimiter) - 1):] if len(delimiter) > 1 else b""  # a delimiter split across chunks
+        if seen > MAX_UPLOAD_PARTS + 1:  # the last delimiter closes the body
+            raise MultiPartException(f"Too many files: an upload takes at most {MAX_UPLOAD_PARTS}")
+        return message
+
+    return counted
 
 
 def _logged_in(gradio: Any, scope: Scope) -> bool:

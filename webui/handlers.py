@@ -32,6 +32,7 @@ import gradio as gr
 from inspector import AtStep, Breakpoint, RecordingStopped, RunResult, SequenceFinished, Trace, TraceError, load, save
 from inspector.views import Selection, escape, fork_label, resolve
 from minillama import ConfigError, InvalidRequestError, ModelLoadError, SamplingParams
+from minillama.cli import printable_line
 from webui import comparing, forking
 from webui.breakpoint_form import breakpoints_from_form, describe
 from webui.limits import Limits
@@ -523,7 +524,11 @@ class Handlers:
         limit = self.manager.limits.upload_mb * 2**20
         if size > limit:
             raise LimitReached(f"the file is {size / 2**20:.1f} MiB; uploads are limited to {self.manager.limits.upload_mb} MiB")
-        name = Path(path).name
+        # The name as the uploader's browser sent it, shown in the status line and the Compare
+        # verdict, and to everyone a share link reaches: a right-to-left override in it turned
+        # the rest of the line around, a zero-width character hid one name in another. Such
+        # characters are written as their escapes (U+202E as \u202e).
+        name = printable_line(Path(path).name)
         try:
             trace = load(path, max_bytes=8 * limit)
         except TraceError as error:  # it says what is wrong; name the file, not where the server keeps it
