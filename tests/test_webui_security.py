@@ -441,3 +441,27 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1", "evil"])
+def test_a_page_of_another_site_cannot_upload_or_log_in(url, origin):
+    """A browser sends a form's POST to any address without asking the server first (no CORS
+    preflight), with the page's origin in its Origin header: a site a user of the server visits
+    could upload files from that user's browser, using up the upload quota for every client. A
+    request that may change something, from a page of another site, is refused 403."""
+    before = Tab(url)  # a tab of the server's own page goes on working
+    upload = httpx.post(f"{url}gradio_api/upload", files=[("files", ("a.mltrace", b"x"))],
+                        headers={"origin": origin}, timeout=30)
+    assert upload.status_code == 403 and "another site" in upload.text
+    login = httpx.post(f"{url}login", data={"username": "a", "password": "b"}, headers={"origin": origin}, timeout=30)
+    assert login.status_code == 403
+    # Reading is not changing: a GET from anywhere is answered as before.
+    assert httpx.get(f"{url}gradio_api/app_id", headers={"origin": origin}, timeout=30).status_code == 200
+    assert before.predict(0, api_name="/seek")
+
+
+def test_the_pages_own_origin_and_scripts_without_one_still_upload(url):
+    host = url.split("://", 1)[1].rstrip("/")
+    for headers in ({"origin": f"http://{host}"}, {"origin": f"http://{host.upper()}/"}, {}):
+        taken = httpx.post(f"{url}gradio_api/upload", files=[("files", ("a.mltrace", b"x"))], headers=headers, timeout=30)
+        assert taken.status_code == 200, (headers, taken.text[:200])

@@ -41,6 +41,13 @@ any route runs:
   belongs, keyword values /call/v2/<name> does not take, the event stream of a session it does not
   know) is one line in the server's log, and a 400 naming it when no answer has begun: uvicorn
   logged a 40-line traceback and answered 500 with no reason.
+- A request from a page of another site (its Origin header names another host than its Host
+  header) that could change something (any method but GET, HEAD and OPTIONS, and any websocket)
+  is refused 403 (_from_another_site). A browser sends a form's POST to any address without
+  asking (no CORS preflight for a form's body), so any site a user of the server visits could
+  otherwise upload files from that user's browser, using up the server's upload quota for
+  everyone, or post a login. The page's own requests name its own host; scripts and curl send
+  no Origin at all.
 - A Range header Gradio's file route cannot serve (several ranges, or one that ends before it
   starts) is dropped, and the whole file sent (_without_unservable_range).
 - Gradio keeps a state (~0.3 MB) for each session a call names, up to 10,000. A /call/<name>
@@ -273,6 +280,12 @@ class FrontDoor:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         scope = _without_unservable_range(scope)
+        if _from_another_site(scope):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})  # policy violation
+            else:
+                await _respond(send, 403, {"detail": "a request from a page of another site is refused"})
+            return
         if path.startswith(STATIC_PREFIX) and scope["type"] == "http":
             await self._static(path[len(STATIC_PREFIX):], send)
             return
@@ -473,6 +486,26 @@ class FrontDoor:
                    (b"content-length", str(len(body)).encode()), (b"cache-control", IMMUTABLE)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what reads and changes nothing (RFC 9110, 9.2.1)
+
+
+def _from_another_site(scope: Scope) -> bool:
+    """Is this a request that may change something, sent by a page of another site? Browsers
+    put the page's origin (scheme://host[:port], or "null" for a sandboxed or file page) in the
+    Origin header of every cross-origin POST and websocket; it is compared with the Host header
+    the request was sent to, so a server shared on the LAN under any of its addresses still takes
+    its own page's requests."""
+    if scope["type"] == "http" and scope.get("method") in SAFE_METHODS:
+        return False
+    headers = dict(scope.get("headers") or [])
+    origin = headers.get(b"origin")
+    if origin is None:  # no browser page sent it (a script, curl, gradio_client)
+        return False
+    host = headers.get(b"host", b"")
+    _, separator, origin_host = origin.partition(b"://")
+    return not separator or origin_host.rstrip(b"/").lower() != host.lower()
 
 
 # One byte range, as Gradio's file route reads it: first-last, first- or -suffix, digits only.
