@@ -3,6 +3,7 @@ bad value is refused with a message naming the field."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -35,7 +36,7 @@ def test_each_event_is_armed_once_however_often_it_is_sent():
         ((["a crash"], "", "", "", "", ""), "unknown breakpoint 'a crash'"),
         (([], "-1", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
         (([], "2.5", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
-        (([], "nan", "", "", "", ""), "'stop at step' must be a whole number >= 0"),
+        (([], "nan", "", "", "", ""), "'stop at step' must be a number, got 'nan'"),
         (([], "seven", "", "", "", ""), "'stop at step' must be a number, got 'seven'"),
         (([], "1e20", "", "", "", ""), "'stop at step' must be at most 2,147,483,647, got 1e+20"),
         (([], "9" * 400, "", "", "", ""), "'stop at step' must be a whole number >= 0, got inf"),
@@ -45,7 +46,7 @@ def test_each_event_is_armed_once_however_often_it_is_sent():
         (([], "", "x" * 201, "", "", ""), "the limit is 200"),
         (([], "", "a\ud800", "", "", ""), "character 1 is U+D800, a lone surrogate"),
         (([], "", "", "-1", "", ""), "'entropy above' must be a number >= 0"),
-        (([], "", "", "inf", "", ""), "'entropy above' must be a number >= 0"),
+        (([], "", "", "inf", "", ""), "'entropy above' must be a number, got 'inf'"),
         (([], "", "", "", "0", ""), "'sampled probability below' must be in (0, 1]"),
         (([], "", "", "", "1.5", ""), "'sampled probability below' must be in (0, 1]"),
         (([], "", "", "", "", "100"), "'KV usage above' must be a percentage in [0, 100)"),
@@ -82,3 +83,29 @@ def test_a_refused_value_is_quoted_short(fields):
     with pytest.raises(ValueError) as refused:
         breakpoints_from_form(*fields)
     assert len(str(refused.value)) < 120
+
+
+@pytest.mark.parametrize("text", ["٣", "1_000", "inf", "nan", "0x10", "1e", "--1", "1.2.3", "³"])
+def test_a_number_is_written_in_ascii_digits(text):
+    """float() reads other scripts' digits, underscores, inf and nan: the field held a value it
+    did not show. Each is refused as no number."""
+    with pytest.raises(ValueError, match="must be a number"):
+        breakpoints_from_form([], text, "", "", "", "")
+
+
+def test_minus_zero_is_zero_and_plain_spellings_are_taken():
+    made = breakpoints_from_form([], "+3", "", "-0", ".5", "1e1")
+    assert made == [AtStep(3), EntropyAbove(0.0), SampledProbBelow(0.5), KVUsageAbove(10.0)]
+    assert math.copysign(1.0, made[1].threshold) == 1.0  # described as "above 0 nats", not "-0"
+
+
+@pytest.mark.parametrize("text", ["٣", "１２", "1_000", "inf", "NaN", "Infinity", "0x1", " 1e ", ""])
+def test_the_settings_fields_read_typed_numbers_alike(text):
+    """The seed, max tokens and temperature fields take text too (a script's call, or a number
+    field's string): read by the same rule as the breakpoints' fields."""
+    from webui.handlers import _number, _whole
+
+    for read in (lambda: _number(text, "temperature"), lambda: _whole(text, "seed", minimum=0)):
+        with pytest.raises(ValueError, match="temperature|seed"):
+            read()
+    assert _number(" -0 ", "temperature") == 0.0 and _whole("+7", "seed", minimum=0) == 7

@@ -17,6 +17,7 @@ from inspector import (
     TextMatches,
 )
 from minillama import MAX_COUNT
+from webui.form_numbers import typed_number
 
 # Characters of a refused value quoted in a message (as webui/handlers.py quotes a field's): a
 # field's 3,000 characters made a message of as many, in the status line and under the form.
@@ -71,10 +72,10 @@ def _optional_number(text: str | None, name: str) -> float | None:
     text = (text or "").strip()
     if not text:
         return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"'{name}' must be a number, got {text[:QUOTED]!r}") from None
+    number = typed_number(text)
+    if number is None:
+        raise ValueError(f"'{name}' must be a number, got {text[:QUOTED]!r}")
+    return number
 
 
 def describe(breakpoint: Breakpoint) -> str:

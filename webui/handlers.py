@@ -35,6 +35,7 @@ from minillama import ConfigError, InvalidRequestError, ModelLoadError, Sampling
 from minillama.cli import printable_line
 from webui import comparing, forking
 from webui.breakpoint_form import breakpoints_from_form, describe
+from webui.form_numbers import typed_number
 from webui.limits import Limits
 from webui.render import AUTO, render, status_html
 from webui.sessions import (
@@ -591,9 +592,12 @@ def _number(value: float | str | None, name: str, kind: str = "a number") -> flo
     if _blank(value):
         raise ValueError(f"{name} is empty: give {kind}")
     try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} needs {kind}, got {str(value)[:40]!r}") from None
+        # Typed text is read as it shows (webui/form_numbers.py); a number field's value as it is.
+        number = typed_number(value) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None:
+        raise ValueError(f"{name} needs {kind}, got {str(value)[:40]!r}")
     if not math.isfinite(number):
         raise ValueError(f"{name} needs a finite number, got {value}")
     return number
