@@ -135,6 +135,24 @@ def test_an_abort_by_a_samples_or_a_beams_own_id_is_replayed(tiny, tmp_path):
     assert [s.finish_reason for s in alone.sequences.values() if s.group_id == 1].count(None) == 0
 
 
+def test_a_fork_of_a_beam_after_its_search_was_aborted_is_replayed(tiny):
+    """Aborting one beam stops its search and the trace records an abort for each live beam; the
+    replay called abort for each, the search's request id among them, which made the engine
+    forget every beam, so a user's later fork of one (the run could: it had forgotten the
+    aborted beam only) failed with UnknownRequestError, or before, was never made."""
+    session = DebugSession(LLMEngine.from_pretrained(tiny, CPU))
+    search = session.add("beam me", SamplingParams(temperature=0.0, beam_width=3, max_tokens=10))
+    session.run(max_steps=3)
+    live = [k for k, s in session.trace.sequences.items() if s.finish_reason is None and k != search]
+    session.abort(live[0])
+    session.fork(live[1], session.trace.sequences[live[1]].fork_position + 1, [65])
+    session.run()
+    assert [e.seq_id for e in session.trace.events if e.kind == "abort"] == [live[0], search, *live[1:]]
+    notes: list[str] = []
+    again = replay(session.trace, tiny, progress=False, on_note=notes.append)
+    assert _run_as_recorded(again) == _run_as_recorded(session.trace) and notes == []
+
+
 def test_a_different_model_is_refused_before_any_step(recorded, tiny, tmp_path):
     other = LLMEngine.from_pretrained(write_tiny_model(tmp_path / "other", seed=1), CPU)
     with pytest.raises(ConfigError, match="different weights: .* fingerprint .*pass --force"):

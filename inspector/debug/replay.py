@@ -271,7 +271,12 @@ class _Driver:
         was taken for an unmade fork and dropped: the sample ran on to its end in the replay.)"""
         mine = self._find(event.seq_id, replayed)
         if mine is not None:
-            self.session.abort(mine)  # one already stopped (a beam its search's abort ended): nothing to do
+            # The trace records an abort for each beam a search's abort stopped, after the one
+            # aborted: those the replay has stopped already, as the run did, without a call of
+            # its own (engine.abort of a search's request id would forget every beam, which the
+            # run kept: a user's fork of one, after, found no parent).
+            if self.session.trace.sequences[mine].finish_reason is None:
+                self.session.abort(mine)
         elif any(f.child_id == event.seq_id for f in due):
             due.remove(next(f for f in due if f.child_id == event.seq_id))
         else:
@@ -307,8 +312,8 @@ class _Driver:
 
     def _can_fork(self, replayed: dict[int, int], fork: ForkRecord) -> bool:
         """Has the fork's parent (found in the replay, a sample's or a beam's too) the tokens it forks from?"""
-        if self._find(fork.parent_id, replayed) is None:
-            return False
+        if self._find(fork.parent_id, replayed) is None or replayed[fork.parent_id] not in self.session.engine.sequences:
+            return False  # not made (yet), or forgotten (aborted) under other settings: noted at the end
         parent = self.session.engine.request(replayed[fork.parent_id])
         return len(parent.prompt_token_ids) + len(parent.output_token_ids) >= fork.position
 
