@@ -153,6 +153,34 @@ def test_a_fork_of_a_beam_after_its_search_was_aborted_is_replayed(tiny):
     assert _run_as_recorded(again) == _run_as_recorded(session.trace) and notes == []
 
 
+def test_the_abort_of_a_pruned_beam_stops_its_search_in_the_trace_and_the_replay(tiny, tmp_path):
+    """A pruned beam its running search still keeps: its abort stops the search (LLMEngine.abort),
+    and the engine forgets that beam only. The trace recorded aborts of the live beams alone, the
+    search's request first, so the replay aborted the request's id, which forgets every beam:
+    the user's later fork of a beam, which the run made, was never made (a note said the
+    parent had finished short). The pruned beam's abort is now recorded, its end kept "pruned"."""
+    session = DebugSession(LLMEngine.from_pretrained(tiny, CPU))
+    search = session.add("beam me", SamplingParams(temperature=0.0, beam_width=3, max_tokens=10))
+    def pruned_beams() -> list[int]:
+        return [k for k, s in session.trace.sequences.items() if s.finish_reason == "pruned" and k != search]
+
+    while not pruned_beams():
+        session.step()
+    pruned = pruned_beams()[0]
+    live = [k for k, s in session.trace.sequences.items() if s.finish_reason is None]
+    session.abort(pruned)
+    session.fork(live[0], 3, [65])  # an aborted beam the engine keeps: only the pruned one was forgotten
+    session.run()
+    trace = session.trace
+    assert [e.seq_id for e in trace.events if e.kind == "abort"] == [pruned, *live]
+    assert trace.sequences[pruned].finish_reason == "pruned"
+    save(trace, tmp_path / "pruned.mltrace")
+    recorded = load(tmp_path / "pruned.mltrace")
+    notes: list[str] = []
+    again = replay(recorded, tiny, progress=False, on_note=notes.append)
+    assert _run_as_recorded(again) == _run_as_recorded(recorded) and notes == []
+
+
 def test_a_different_model_is_refused_before_any_step(recorded, tiny, tmp_path):
     other = LLMEngine.from_pretrained(write_tiny_model(tmp_path / "other", seed=1), CPU)
     with pytest.raises(ConfigError, match="different weights: .* fingerprint .*pass --force"):

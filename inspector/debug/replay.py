@@ -274,8 +274,9 @@ class _Driver:
             # The trace records an abort for each beam a search's abort stopped, after the one
             # aborted: those the replay has stopped already, as the run did, without a call of
             # its own (engine.abort of a search's request id would forget every beam, which the
-            # run kept: a user's fork of one, after, found no parent).
-            if self.session.trace.sequences[mine].finish_reason is None:
+            # run kept: a user's fork of one, after, found no parent). The one aborted may have
+            # ended already (a pruned beam its search kept): it is aborted again, as in the run.
+            if self.session.trace.sequences[mine].finish_reason != "abort":
                 self.session.abort(mine)
         elif any(f.child_id == event.seq_id for f in due):
             due.remove(next(f for f in due if f.child_id == event.seq_id))
