@@ -9,9 +9,10 @@
 What is replayed, from the trace: each request's prompt (its token ids) and sampling params,
 seed included, added before the same step as in the recording; each fork a user made, before
 the same step, with the same forced tokens, as soon as its parent (replayed) has the tokens it
-forks from; each abort, before the same step. Samples (n > 1) and beams are not replayed one by one: the engine makes them again
-from their request, and an abort or a user's fork that names one is pointed at the replay's own
-(the sample of the same index, the beam forked from the same parent at the same token). The engine starts from the recorded settings (inspector/trace/model.py's
+forks from; each abort, before the same step. Samples (n > 1) and beams are not replayed one by
+one: the engine makes them again from their request, and an abort or a user's fork that names
+one is pointed at the replay's own (the sample of the same index, the beam forked from the same
+parent at the same token). The engine starts from the recorded settings (inspector/trace/model.py's
 EngineInfo: KV blocks, block size, batch limits, prefix caching, attention backend, dtype,
 CUDA graphs, fused ops, seed, device), and `overrides` change any of them (EngineConfig's field
 names).
