@@ -226,6 +226,7 @@ class _Driver:
         self.session, self.trace, self.lock, self.stepped, self.note = session, trace, lock, stepped, note
         self.made = _MadeForks(session.trace)
         self.recorded_forks = {e.fork.child_id: e.fork for e in trace.events if e.fork is not None}
+        self.unfound: dict[int, int] = {}  # a recorded id -> the replay's event count when last not found
 
     def run(self, actions: list[tuple[int, Action]]) -> None:
         """Run until every request has finished, each action taken before its step (counted from
@@ -288,17 +289,25 @@ class _Driver:
         """The replay's id of the trace's sequence `seq_id`, once the replay has it: a request or a
         user's fork as made; a sample or a beam as the engine made it again, found by what makes
         it that one (remembered in `replayed`). None while (or if ever) the replay has none."""
+        if seq_id in replayed:
+            return replayed[seq_id]
+        # Not found, and the replay has made nothing since it was last looked for: not found
+        # again, without walking the chain up (a fork waiting for it looks each step).
+        if self.unfound.get(seq_id) == len(self.session.trace.events):
+            return None
         wanted, chain = seq_id, []  # chain: the unfound, from seq_id up (a beam's parent may be a beam)
         while seq_id not in replayed:
             fork = self.recorded_forks.get(seq_id)
             if fork is None or fork.cause == "user" or fork.parent_id >= seq_id:  # a parent's id is below its child's
+                self.unfound[wanted] = len(self.session.trace.events)
                 return None
             chain.append((seq_id, fork))
             seq_id = fork.parent_id
         for child, fork in reversed(chain):  # down from the one found, in a loop: a chain may be thousands long
             key = _fork_key(fork, self.trace.sequences[child].sample_index, replayed[fork.parent_id])
-            found = self.made.find(key, set(replayed.values()))
+            found = self.made.take(key)
             if found is None:
+                self.unfound[wanted] = len(self.session.trace.events)
                 return None
             replayed[child] = found
         return replayed[wanted]
@@ -340,8 +349,10 @@ class _MadeForks:
         self.trace, self.read = trace, 0
         self.by_key: dict[_ForkKey, list[int]] = {}
 
-    def find(self, key: _ForkKey, taken: set[int]) -> int | None:
-        """The first fork made under `key` that no sequence of the recorded trace maps to yet."""
+    def take(self, key: _ForkKey) -> int | None:
+        """The first fork made under `key` not taken yet (each is one recorded sequence's, found
+        once and remembered: no set of the ids taken is built per look-up, which a fork waiting
+        for its parent made once per step)."""
         events = self.trace.events
         for event in events[self.read:]:
             if event.fork is not None and event.fork.cause != "user":
@@ -349,7 +360,8 @@ class _MadeForks:
                 self.by_key.setdefault(_fork_key(event.fork, record.sample_index, event.fork.parent_id), []).append(
                     event.fork.child_id)
         self.read = len(events)
-        return next((child for child in self.by_key.get(key, []) if child not in taken), None)
+        made = self.by_key.get(key)
+        return made.pop(0) if made else None
 
 
 def _built_with(engine: LLMEngine) -> dict[str, set[object]]:
