@@ -174,6 +174,8 @@ def test_the_abort_of_a_pruned_beam_stops_its_search_in_the_trace_and_the_replay
     trace = session.trace
     assert [e.seq_id for e in trace.events if e.kind == "abort"] == [pruned, *live]
     assert trace.sequences[pruned].finish_reason == "pruned"
+    assert next(e.message for e in trace.events if e.kind == "abort") == (
+        f"request {pruned} aborted (a beam that had ended: pruned); its search stopped")
     save(trace, tmp_path / "pruned.mltrace")
     recorded = load(tmp_path / "pruned.mltrace")
     notes: list[str] = []

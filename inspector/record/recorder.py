@@ -230,7 +230,7 @@ class Recorder(Observer):
             record.finish_reason = "abort"
             self._trace.events.append(Event(self.num_steps, "abort", f"request {seq_id} aborted", seq_id))
         elif record is not None and stops_search and record.finish_reason != "abort":
-            message = f"request {seq_id} aborted (a beam already {record.finish_reason}): its search stopped"
+            message = f"request {seq_id} aborted (a beam that had ended: {record.finish_reason}); its search stopped"
             self._trace.events.append(Event(self.num_steps, "abort", message, seq_id))
 
     # -- forks and prunes: when they happen, between steps or inside one -----------------------
