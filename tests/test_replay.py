@@ -95,6 +95,94 @@ def test_an_abort_is_replayed_before_the_same_step(tiny):
     assert [(e.step, e.kind) for e in again.events] == [(0, "add"), (0, "add"), (3, "abort")]
 
 
+def _run_as_recorded(trace):
+    """Each sequence's lineage, tokens and end, and each step's schedule and events: what a replay repeats."""
+    sequences = [(k, s.parent_id, s.fork_cause, s.fork_position, s.output_ids, s.finish_reason)
+                 for k, s in trace.sequences.items()]
+    steps = [[(x.seq_id, x.start, x.num_tokens) for x in step.schedule.scheduled] for step in trace.steps]
+    return sequences, steps, [(e.step, e.kind, e.seq_id) for e in trace.events]
+
+
+def test_an_abort_by_a_samples_or_a_beams_own_id_is_replayed(tiny, tmp_path):
+    """The engine makes samples and beams again from their request; an abort naming one (not its
+    request) was taken for the abort of a fork never made and dropped, so the aborted sample ran
+    on to max_tokens in the replay. A user's fork of a sample was not replayed either. Each is now
+    pointed at the replay's own sample (same index) or beam (same parent, position and token)."""
+    session = DebugSession(LLMEngine.from_pretrained(tiny, CPU))
+    session.add("late one", SamplingParams(temperature=1.0, seed=1, n=3, max_tokens=8))
+    session.add("beam me", SamplingParams(temperature=0.0, beam_width=3, max_tokens=10))
+    session.run(max_steps=5)
+    beams = [k for k, s in session.trace.sequences.items() if s.fork_cause == "beam" and s.finish_reason is None]
+    deep = [k for k in beams if session.trace.sequences[session.trace.sequences[k].parent_id].fork_cause == "beam"]
+    assert deep  # a beam forked from a beam: found through its parent, found in turn
+    session.abort(2)  # the first of the request's samples (its own id; the request's is 0)
+    session.fork(3, session.trace.sequences[3].fork_position + 2, [65])  # a user's fork of the other sample
+    session.run(max_steps=1)
+    session.abort(deep[0])  # the whole search stops
+    session.run()
+    path = tmp_path / "aborted.mltrace"
+    save(session.trace, path)
+    recorded = load(path)
+    assert recorded.sequences[2].finish_reason == "abort" and len(recorded.sequences[2].output_ids) == 5
+    notes: list[str] = []
+    again = replay(recorded, tiny, progress=False, on_note=notes.append)
+    assert _run_as_recorded(again) == _run_as_recorded(recorded) and notes == []
+    assert diff_traces(recorded, again).equal
+    alone = replay(recorded, tiny, alone=True, progress=False, on_note=notes.append)
+    samples = [[(s.output_ids, s.finish_reason) for s in t.sequences.values() if s.group_id == 0 or s.fork_cause == "user"]
+               for t in (recorded, alone)]  # the seeded samples repeat alone; the greedy search, batched, may not
+    assert notes == [] and samples[0] == samples[1]
+    assert [s.finish_reason for s in alone.sequences.values() if s.group_id == 1].count(None) == 0
+
+
+def test_a_fork_of_a_beam_after_its_search_was_aborted_is_replayed(tiny):
+    """Aborting one beam stops its search and the trace records an abort for each live beam; the
+    replay called abort for each, the search's request id among them, which made the engine
+    forget every beam, so a user's later fork of one (the run could: it had forgotten the
+    aborted beam only) failed with UnknownRequestError, or before, was never made."""
+    session = DebugSession(LLMEngine.from_pretrained(tiny, CPU))
+    search = session.add("beam me", SamplingParams(temperature=0.0, beam_width=3, max_tokens=10))
+    session.run(max_steps=3)
+    live = [k for k, s in session.trace.sequences.items() if s.finish_reason is None and k != search]
+    session.abort(live[0])
+    session.fork(live[1], session.trace.sequences[live[1]].fork_position + 1, [65])
+    session.run()
+    assert [e.seq_id for e in session.trace.events if e.kind == "abort"] == [live[0], search, *live[1:]]
+    notes: list[str] = []
+    again = replay(session.trace, tiny, progress=False, on_note=notes.append)
+    assert _run_as_recorded(again) == _run_as_recorded(session.trace) and notes == []
+
+
+def test_the_abort_of_a_pruned_beam_stops_its_search_in_the_trace_and_the_replay(tiny, tmp_path):
+    """A pruned beam its running search still keeps: its abort stops the search (LLMEngine.abort),
+    and the engine forgets that beam only. The trace recorded aborts of the live beams alone, the
+    search's request first, so the replay aborted the request's id, which forgets every beam:
+    the user's later fork of a beam, which the run made, was never made (a note said the
+    parent had finished short). The pruned beam's abort is now recorded, its end kept "pruned"."""
+    session = DebugSession(LLMEngine.from_pretrained(tiny, CPU))
+    search = session.add("beam me", SamplingParams(temperature=0.0, beam_width=3, max_tokens=10))
+    def pruned_beams() -> list[int]:
+        return [k for k, s in session.trace.sequences.items() if s.finish_reason == "pruned" and k != search]
+
+    while not pruned_beams():
+        session.step()
+    pruned = pruned_beams()[0]
+    live = [k for k, s in session.trace.sequences.items() if s.finish_reason is None]
+    session.abort(pruned)
+    session.fork(live[0], 3, [65])  # an aborted beam the engine keeps: only the pruned one was forgotten
+    session.run()
+    trace = session.trace
+    assert [e.seq_id for e in trace.events if e.kind == "abort"] == [pruned, *live]
+    assert trace.sequences[pruned].finish_reason == "pruned"
+    assert next(e.message for e in trace.events if e.kind == "abort") == (
+        f"request {pruned} aborted (a beam that had ended: pruned); its search stopped")
+    save(trace, tmp_path / "pruned.mltrace")
+    recorded = load(tmp_path / "pruned.mltrace")
+    notes: list[str] = []
+    again = replay(recorded, tiny, progress=False, on_note=notes.append)
+    assert _run_as_recorded(again) == _run_as_recorded(recorded) and notes == []
+
+
 def test_a_different_model_is_refused_before_any_step(recorded, tiny, tmp_path):
     other = LLMEngine.from_pretrained(write_tiny_model(tmp_path / "other", seed=1), CPU)
     with pytest.raises(ConfigError, match="different weights: .* fingerprint .*pass --force"):

@@ -9,8 +9,10 @@
 What is replayed, from the trace: each request's prompt (its token ids) and sampling params,
 seed included, added before the same step as in the recording; each fork a user made, before
 the same step, with the same forced tokens, as soon as its parent (replayed) has the tokens it
-forks from; each abort, before the same step. Samples (n > 1) and beams are not replayed one by one: the engine makes them again
-from their request. The engine starts from the recorded settings (inspector/trace/model.py's
+forks from; each abort, before the same step. Samples (n > 1) and beams are not replayed one by
+one: the engine makes them again from their request, and an abort or a user's fork that names
+one is pointed at the replay's own (the sample of the same index, the beam forked from the same
+parent at the same token). The engine starts from the recorded settings (inspector/trace/model.py's
 EngineInfo: KV blocks, block size, batch limits, prefix caching, attention backend, dtype,
 CUDA graphs, fused ops, seed, device), and `overrides` change any of them (EngineConfig's field
 names).
@@ -222,6 +224,9 @@ class _Driver:
     def __init__(self, session: DebugSession, trace: Trace, lock: AbstractContextManager,
                  stepped: Callable[[], None], note: Callable[[str], None]):
         self.session, self.trace, self.lock, self.stepped, self.note = session, trace, lock, stepped, note
+        self.made = _MadeForks(session.trace)
+        self.recorded_forks = {e.fork.child_id: e.fork for e in trace.events if e.fork is not None}
+        self.unfound: dict[int, int] = {}  # a recorded id -> the replay's event count when last not found
 
     def run(self, actions: list[tuple[int, Action]]) -> None:
         """Run until every request has finished, each action taken before its step (counted from
@@ -244,17 +249,15 @@ class _Driver:
                     session.recorder.register(replayed[action.seq_id], chat=action.chat, prompt_text=action.prompt_text)
                 elif isinstance(action, ForkRecord):
                     due.append(action)
-                elif action.seq_id in replayed:  # an abort
-                    session.abort(replayed[action.seq_id])
-                else:  # the abort of a fork still waiting for its parent's tokens: it is never made
-                    due = deque(f for f in due if f.child_id != action.seq_id)
+                else:
+                    self._abort(action, due, replayed)
                 self._make_forks(due, replayed)
             if not engine.has_unfinished():
                 if queue:
                     continue
                 for fork in due:
-                    why = ("its parent finished before it had that many tokens" if fork.parent_id in replayed else
-                           "its parent is a sample or a beam, which the engine makes again but replay does not track")
+                    why = ("its parent finished before it had that many tokens" if self._find(fork.parent_id, replayed)
+                           is not None else "the replay made no such parent (a sample or a beam of another run)")
                     self.note(f"fork #{fork.child_id} of #{fork.parent_id} at token {fork.position} not replayed: {why}")
                 return
             with self.lock:
@@ -263,14 +266,102 @@ class _Driver:
                 raise ConfigError("the engine could not schedule any request under these settings")
             self.stepped()
 
+    def _abort(self, event: Event, due: deque[ForkRecord], replayed: dict[int, int]) -> None:
+        """Repeat an abort: of the replay's own sequence for the one the trace names (a request,
+        a user's fork, or a sample or beam the engine made again); of a user's fork still waiting
+        for its parent's tokens, by never making it. (Before, an abort naming a sample or a beam
+        was taken for an unmade fork and dropped: the sample ran on to its end in the replay.)"""
+        mine = self._find(event.seq_id, replayed)
+        if mine is not None:
+            # The trace records an abort for each beam a search's abort stopped, after the one
+            # aborted: those the replay has stopped already, as the run did, without a call of
+            # its own (engine.abort of a search's request id would forget every beam, which the
+            # run kept: a user's fork of one, after, found no parent). The one aborted may have
+            # ended already (a pruned beam its search kept): it is aborted again, as in the run.
+            if self.session.trace.sequences[mine].finish_reason != "abort":
+                self.session.abort(mine)
+        elif any(f.child_id == event.seq_id for f in due):
+            due.remove(next(f for f in due if f.child_id == event.seq_id))
+        else:
+            self.note(f"abort of #{event.seq_id} not replayed: the replay made no such sequence")
+
+    def _find(self, seq_id: int, replayed: dict[int, int]) -> int | None:
+        """The replay's id of the trace's sequence `seq_id`, once the replay has it: a request or a
+        user's fork as made; a sample or a beam as the engine made it again, found by what makes
+        it that one (remembered in `replayed`). None while (or if ever) the replay has none."""
+        if seq_id in replayed:
+            return replayed[seq_id]
+        # Not found, and the replay has made nothing since it was last looked for: not found
+        # again, without walking the chain up (a fork waiting for it looks each step).
+        if self.unfound.get(seq_id) == len(self.session.trace.events):
+            return None
+        wanted, chain = seq_id, []  # chain: the unfound, from seq_id up (a beam's parent may be a beam)
+        while seq_id not in replayed:
+            fork = self.recorded_forks.get(seq_id)
+            if fork is None or fork.cause == "user" or fork.parent_id >= seq_id:  # a parent's id is below its child's
+                self.unfound[wanted] = len(self.session.trace.events)
+                return None
+            chain.append((seq_id, fork))
+            seq_id = fork.parent_id
+        for child, fork in reversed(chain):  # down from the one found, in a loop: a chain may be thousands long
+            key = _fork_key(fork, self.trace.sequences[child].sample_index, replayed[fork.parent_id])
+            found = self.made.take(key)
+            if found is None:
+                self.unfound[wanted] = len(self.session.trace.events)
+                return None
+            replayed[child] = found
+        return replayed[wanted]
+
     def _make_forks(self, due: deque[ForkRecord], replayed: dict[int, int]) -> None:
         """Make the due forks, in order, while the first one's parent has the tokens it forks from."""
-        while due and _can_fork(self.session.engine, replayed, due[0]):
+        while due and self._can_fork(replayed, due[0]):
             fork = due.popleft()
             child = self.trace.sequences[fork.child_id]
             with self.lock:  # a fork copies K/V on the device the model shares
                 replayed[fork.child_id] = self.session.fork(replayed[fork.parent_id], fork.position, fork.forced_ids,
                                                             _params(child))
+
+    def _can_fork(self, replayed: dict[int, int], fork: ForkRecord) -> bool:
+        """Has the fork's parent (found in the replay, a sample's or a beam's too) the tokens it forks from?"""
+        if self._find(fork.parent_id, replayed) is None or replayed[fork.parent_id] not in self.session.engine.sequences:
+            return False  # not made (yet), or forgotten (aborted) under other settings: noted at the end
+        parent = self.session.engine.request(replayed[fork.parent_id])
+        return len(parent.prompt_token_ids) + len(parent.output_token_ids) >= fork.position
+
+
+# What makes a sample or a beam the one it is, in either run: a sample, its request and index;
+# a beam, the beam it was forked from, where, and the token it was forced to take.
+_ForkKey = tuple[str, int, int, tuple[int, ...]]
+
+
+def _fork_key(fork: ForkRecord, sample_index: int, parent: int) -> _ForkKey:
+    """`fork`'s key, its parent given as the run's own id (the replay's for a recorded fork)."""
+    if fork.cause == "sample":
+        return ("sample", parent, sample_index, ())
+    return (fork.cause, parent, fork.position, tuple(fork.forced_ids))
+
+
+class _MadeForks:
+    """The samples and beams a run made, by key, read from its trace's events as they grow (each
+    event read once, so a replay of many forks does not rescan them each time it looks one up)."""
+
+    def __init__(self, trace: Trace):
+        self.trace, self.read = trace, 0
+        self.by_key: dict[_ForkKey, list[int]] = {}
+
+    def take(self, key: _ForkKey) -> int | None:
+        """The first fork made under `key` not taken yet (each is one recorded sequence's, found
+        once and remembered: no set of the ids taken is built per look-up, which a fork waiting
+        for its parent made once per step)."""
+        events = self.trace.events
+        for event in events[self.read:]:
+            if event.fork is not None and event.fork.cause != "user":
+                record = self.trace.sequences[event.fork.child_id]
+                self.by_key.setdefault(_fork_key(event.fork, record.sample_index, event.fork.parent_id), []).append(
+                    event.fork.child_id)
+        self.read = len(events)
+        made = self.by_key.get(key)
+        return made.pop(0) if made else None
 
 
 def _built_with(engine: LLMEngine) -> dict[str, set[object]]:
@@ -280,13 +371,6 @@ def _built_with(engine: LLMEngine) -> dict[str, set[object]]:
     return {"device": {c.device, str(engine.device)}, "dtype": {c.dtype, str(engine.dtype).removeprefix("torch.")},
             "attention": {c.attention, engine.attention_backend}, "fused_ops": {c.fused_ops},
             "tensor_parallel_size": {c.tensor_parallel_size}}  # the weights are sliced at load
-
-
-def _can_fork(engine: LLMEngine, replayed: dict[int, int], fork: ForkRecord) -> bool:
-    if fork.parent_id not in replayed:
-        return False
-    parent = engine.request(replayed[fork.parent_id])
-    return len(parent.prompt_token_ids) + len(parent.output_token_ids) >= fork.position
 
 
 def lineage_roots(trace: Trace) -> dict[int, int]:

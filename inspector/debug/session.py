@@ -110,11 +110,15 @@ class DebugSession:
         record = self.trace.sequences.get(seq_id)
         beams = self._live_beams(record.group_id, seq_id) if record is not None and record.group_id is not None else []
         self.engine.abort(seq_id)
-        self.recorder.note_abort(seq_id)
-        for beam in beams:  # stopped with it (and forgotten, by the search's request id)
-            seq = self.engine.sequences.get(beam)
-            if seq is None or seq.finish_reason == "abort":
-                self.recorder.note_abort(beam)
+        stopped = [beam for beam in beams  # stopped with it (and forgotten, by the search's request id)
+                   if (seq := self.engine.sequences.get(beam)) is None or seq.finish_reason == "abort"]
+        # A beam already pruned or finished, still kept by its running search, stops the search
+        # too: its abort is recorded all the same (it stays "pruned"), else the trace named the
+        # search's request as the one aborted, and a replay, aborting that id, made the engine
+        # forget every beam the run had kept (a later fork of one was refused).
+        self.recorder.note_abort(seq_id, stops_search=bool(stopped))
+        for beam in stopped:
+            self.recorder.note_abort(beam)
 
     def _live_beams(self, group: int, seq_id: int) -> list[int]:
         """The other running beams of search `group` (none for a set of samples): any beam's id

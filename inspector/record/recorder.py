@@ -221,11 +221,17 @@ class Recorder(Observer):
         self._trace.events.append(Event(index, "add", f"request {seq_id} added", seq_id))
         return record
 
-    def note_abort(self, seq_id: int) -> None:
+    def note_abort(self, seq_id: int, stops_search: bool = False) -> None:
+        """Record the abort of `seq_id` if it was running; or, with `stops_search`, of a beam that
+        had ended (pruned or finished) but whose abort stopped its search: an event only, at
+        most one, its finish reason kept."""
         record = self._trace.sequences.get(seq_id)
         if record is not None and record.finish_reason is None:
             record.finish_reason = "abort"
             self._trace.events.append(Event(self.num_steps, "abort", f"request {seq_id} aborted", seq_id))
+        elif record is not None and stops_search and record.finish_reason != "abort":
+            message = f"request {seq_id} aborted (a beam that had ended: {record.finish_reason}); its search stopped"
+            self._trace.events.append(Event(self.num_steps, "abort", message, seq_id))
 
     # -- forks and prunes: when they happen, between steps or inside one -----------------------
 
