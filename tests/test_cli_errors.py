@@ -276,7 +276,7 @@ BAD = {
     "replay-block-size-text": ("inspector", [*REPLAY, "--block-size", "big"], "argument --block-size: invalid int"),
     "replay-seed-negative": ("inspector", [*REPLAY, "--seed", "-1"], "seed (--seed) must be an integer in [0, 2**63)"),
     "replay-device": ("inspector", [*REPLAY, "--device", "banana"], "unknown device"),
-    "replay-other-weights": ("inspector", [*REPLAY, "--model", "{other}"],
+    "replay-other-weights": ("inspector", ["replay", "{trace}", "--model", "{other}", "-o", "{root}/b.mltrace"],
                              "different weights: the trace's model (tiny) has fingerprint"),
     "replay-too-long": ("inspector", [*REPLAY, "--max-model-len", "2"], "request #0 of the trace: the prompt has 2 tokens; this engine's max_model_len is 2"),
     "diff-one-trace": ("inspector", ["diff", "{trace}"], "the following arguments are required: b"),
