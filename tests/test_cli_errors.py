@@ -335,6 +335,7 @@ BAD = {
     # --config 7b was reported as "7b is missing: a model directory needs config.json"; "*" picked the 8B shape.
     "recording-config-unknown": ("recording", ["--config", "7b"], "--config 7b: no such file; give 1b, 3b, 8b"),
     "bench-config-glob": ("bench", ["--config", "*"], "--config *: no such file"),
+    "bench-gpu-config-empty": ("bench", ["--gpu", "--config", ""], "--config : no such file"),  # not read as 1b
     # A path that is there but no file was "no such file" too.
     "bench-config-folder": ("bench", ["--config", "{empty}"], "--config {empty}: is not a regular file (a folder"),
     "bench-config-pipe": ("bench", ["--config", "{pipe}"], "--config {pipe}: is not a regular file"),
