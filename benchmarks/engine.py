@@ -460,7 +460,8 @@ def _main(argv: list[str]) -> None:
                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens).validate()
     mode = run_mode(args)
     if mode != SMALL:
-        args.config = args.config or "1b"  # the GPU runs' shape unless given
+        # The GPU runs' shape unless given (`or` took an empty --config for 1b, unsaid).
+        args.config = "1b" if args.config is None else args.config
         shape = model_shape(args.config)
         if mode == DECODE:
             check_context("--context", args.context, args.context, DECODE_TABLE_STEPS, shape)

@@ -200,6 +200,11 @@ BAD = {
             "argument --kv-cache-gb: not read with --num-kv-blocks (a KV cache given in blocks is not sized from memory)"),
            ("gpu-util-with-blocks", "minillama", ["--prompt", "hi"], ["--num-kv-blocks", "8", "--gpu-memory-utilization",
             "0.5"], "argument --gpu-memory-utilization: not read with --num-kv-blocks"),
+           # Each device sizes its KV cache by one flag: the other one is read by nothing there.
+           ("gpu-util-on-cpu", "minillama", ["--prompt", "hi"], ["--device", "cpu", "--gpu-memory-utilization", "0.5"],
+            "argument --gpu-memory-utilization: not read on a CPU, whose KV cache --kv-cache-gb sizes"),
+           ("record-gpu-util-on-cpu", "inspector", RECORD, ["--device", "cpu", "--gpu-memory-utilization", "0.9"],
+            "argument --gpu-memory-utilization: not read on a CPU"),
            ("record-kv-gb-with-blocks", "inspector", RECORD, ["--kv-blocks", "8", "--kv-cache-gb", "2"],
             "argument --kv-cache-gb: not read with --num-kv-blocks"),
            ("replay-kv-gb-with-blocks", "inspector", REPLAY, ["--num-kv-blocks", "8", "--kv-cache-gb", "2"],
@@ -214,6 +219,9 @@ BAD = {
            ("length-penalty-without-beams", ["--length-penalty", "2"],
             "argument --length-penalty: not read without a beam search: it scores finished beams"),
            ("length-penalty-with-one-beam", ["--length-penalty", "2", "--beam-width", "1"], "not read without a beam"),
+           # The command lines' temperature defaults to 0 (greedy): --top-p alone sampled nothing.
+           ("top-p-greedy-by-default", ["--top-p", "0.9"], "argument --top-p: not read by greedy decoding (--temperature 0"),
+           ("top-k-greedy", ["--top-k", "5", "--temperature", "0"], "argument --top-k: not read by greedy decoding"),
        ] for cli in ("minillama", "inspector")},
     "record-seqs-without-attention": ("inspector", [*RECORD, "--no-attention", "--attention-seqs", "0"],
                                       "--attention-seqs picks prompts whose attention (or --logit-lens) is recorded, and "
@@ -276,7 +284,7 @@ BAD = {
     "replay-block-size-text": ("inspector", [*REPLAY, "--block-size", "big"], "argument --block-size: invalid int"),
     "replay-seed-negative": ("inspector", [*REPLAY, "--seed", "-1"], "seed (--seed) must be an integer in [0, 2**63)"),
     "replay-device": ("inspector", [*REPLAY, "--device", "banana"], "unknown device"),
-    "replay-other-weights": ("inspector", [*REPLAY, "--model", "{other}"],
+    "replay-other-weights": ("inspector", ["replay", "{trace}", "--model", "{other}", "-o", "{root}/b.mltrace"],
                              "different weights: the trace's model (tiny) has fingerprint"),
     "replay-too-long": ("inspector", [*REPLAY, "--max-model-len", "2"], "request #0 of the trace: the prompt has 2 tokens; this engine's max_model_len is 2"),
     "diff-one-trace": ("inspector", ["diff", "{trace}"], "the following arguments are required: b"),
@@ -327,6 +335,7 @@ BAD = {
     # --config 7b was reported as "7b is missing: a model directory needs config.json"; "*" picked the 8B shape.
     "recording-config-unknown": ("recording", ["--config", "7b"], "--config 7b: no such file; give 1b, 3b, 8b"),
     "bench-config-glob": ("bench", ["--config", "*"], "--config *: no such file"),
+    "bench-gpu-config-empty": ("bench", ["--gpu", "--config", ""], "--config : no such file"),  # not read as 1b
     # A path that is there but no file was "no such file" too.
     "bench-config-folder": ("bench", ["--config", "{empty}"], "--config {empty}: is not a regular file (a folder"),
     "bench-config-pipe": ("bench", ["--config", "{pipe}"], "--config {pipe}: is not a regular file"),
@@ -433,6 +442,25 @@ def test_a_bug_is_an_internal_error_and_debug_shows_the_traceback(paths, capsys,
     with pytest.raises(ZeroDivisionError):  # --debug works before or after the subcommand
         inspector.__main__.main(["--debug", "record", "--prompt", "hi", "--model", paths["tiny"], "--device", "cpu",
                                  "-o", paths["root"] + "/r.mltrace"])
+
+
+def test_gpu_memory_flags_are_read_on_cuda_and_kv_cache_gb_is_not(paths, capsys, monkeypatch):
+    """On a CUDA machine (as torch reports it here) --device auto runs on CUDA, whose KV cache
+    --gpu-memory-utilization sizes: --kv-cache-gb is refused as unread, and the other is not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    err = one_line_error(capsys, "minillama", ["--prompt", "hi", "--kv-cache-gb", "2"])
+    assert "argument --kv-cache-gb: not read on CUDA, whose KV cache --gpu-memory-utilization sizes" in err
+    from minillama.cli import ENGINE_UNREAD, refuse_unread
+
+    parser = minillama.__main__.build_parser()
+    argv = ["--prompt", "hi", "--gpu-memory-utilization", "0.5"]
+    refuse_unread(parser, argv, parser.parse_args(argv), ENGINE_UNREAD)  # read: no refusal
+
+
+def test_sampling_flags_beside_a_temperature_still_run(paths, capsys):
+    argv = [*RUN, "--temperature", "0.7", "--top-p", "0.9", "--top-k", "5", "--seed", "1", "--max-tokens", "2"]
+    assert minillama.__main__.main([a.format(**paths) for a in argv]) == 0, capsys.readouterr().err
 
 
 def test_extreme_length_penalties_still_run(paths, capsys):

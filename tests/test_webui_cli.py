@@ -29,10 +29,17 @@ def test_a_lan_host_needs_auth_or_an_explicit_no_auth(host):
     assert resolve_auth(parse_args(["--host", host]), environ={AUTH_ENV: "bob:pw"}) == ("bob", "pw")
 
 
-@pytest.mark.parametrize("spec", ["nopassword", ":pw", "user:"])
+@pytest.mark.parametrize("spec", ["nopassword", ":pw", "user:", ":", ""])
 def test_malformed_credentials_are_refused(spec):
+    """An empty --auth too: it was read as not given, and a loopback server ran with no login."""
     with pytest.raises(ValueError, match="USER:PASSWORD"):
         resolve_auth(parse_args(["--auth", spec]), environ={})
+    with pytest.raises(ValueError, match="USER:PASSWORD"):  # whatever MINILLAMA_AUTH holds
+        resolve_auth(parse_args(["--auth", spec]), environ={AUTH_ENV: "bob:pw"})
+
+
+def test_an_empty_auth_variable_is_unset():
+    assert resolve_auth(parse_args([]), environ={AUTH_ENV: ""}) is None
 
 
 # Credentials no login form can send: the server started, and no one could log in.

@@ -168,7 +168,11 @@ def resolve_auth(args: argparse.Namespace, environ: dict[str, str] | None = None
     """The (user, password) to require, or None to serve open. Raises ValueError when a
     non-loopback host has neither --auth nor --no-auth, or the credentials are malformed."""
     environ = os.environ if environ is None else environ
-    spec = args.auth or environ.get(AUTH_ENV)
+    # `--auth ""` (a variable that expanded to nothing) asked for a login: `or` read it as not
+    # given, and the server ran open. An empty MINILLAMA_AUTH is unset, as for any variable.
+    spec = args.auth if args.auth is not None else environ.get(AUTH_ENV)
+    if spec == "" and args.auth is not None:
+        raise ValueError("--auth is empty: it takes USER:PASSWORD, both non-empty")
     if spec and args.no_auth:
         raise ValueError(f"--no-auth contradicts --auth / {AUTH_ENV}: give one")
     if spec:

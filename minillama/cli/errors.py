@@ -50,9 +50,39 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's own signature
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # Every flag that takes a value is a _StoreOnce (argument groups share this registry).
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+        self.stored: dict[argparse.Action, str] = {}
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's own signature
+        self.stored = {}  # each parse starts with no flag given (given() parses the same argv again)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+class _StoreOnce(argparse._StoreAction):
+    """argparse's "store", refusing a flag given twice: `--max-tokens 1 ... --max-tokens 50`
+    ran with 50 and dropped the 1 unsaid, as a script that appends its own flags to a user's
+    would. A flag meant to be repeated (--prompt) is an "append" action, not this one."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        stored = getattr(parser, "stored", None)
+        if option_string is not None and stored is not None:
+            if self in stored:
+                raise argparse.ArgumentError(
+                    self, f"given twice ({stored[self]} and {option_string} {_shown(values)}); give it once")
+            stored[self] = f"{option_string} {_shown(values)}"
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _shown(values: object) -> str:
+    """A flag's parsed value as the message quotes it: a path or a prompt may be long or hold
+    control characters, which printable_line escapes when the whole message is printed."""
+    text = " ".join(map(str, values)) if isinstance(values, list) else str(values)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,9 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from minillama.config import flag_of
+from minillama.config import EngineConfig, flag_of
+from minillama.errors import ConfigError
+from minillama.sampling_params import GREEDY_BELOW
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class Unread:
 ENGINE_UNREAD = (
     Unread(("kv_cache_memory_gb", "gpu_memory_utilization"), lambda args: args.num_kv_blocks is not None,
            "with --num-kv-blocks (a KV cache given in blocks is not sized from memory)"),
+    # Each device sizes its pool by one of the two: `--device cpu --gpu-memory-utilization 0.5`
+    # ran with a 1 GiB pool, the 0.5 read by nothing.
+    Unread(("gpu_memory_utilization",), lambda args: _device_type(args) == "cpu",
+           "on a CPU, whose KV cache --kv-cache-gb sizes"),
+    Unread(("kv_cache_memory_gb",), lambda args: _device_type(args) == "cuda",
+           "on CUDA, whose KV cache --gpu-memory-utilization sizes"),
 )
 # The sampling flags (add_sampling_args).
 SAMPLING_UNREAD = (
@@ -39,7 +47,23 @@ SAMPLING_UNREAD = (
            "by a beam search (--beam-width > 1), which is deterministic: it draws no token"),
     Unread(("length_penalty",), lambda args: args.beam_width == 1,
            "without a beam search: it scores finished beams (give --beam-width > 1)"),
+    # The command lines' temperature defaults to 0: `--top-p 0.9` alone decoded greedily, unsaid.
+    # Greedy takes the most likely token, which every top-p and top-k keeps.
+    Unread(("top_p", "top_k"), lambda args: args.beam_width == 1 and args.temperature < GREEDY_BELOW,
+           "by greedy decoding (--temperature 0, the default), which takes the most likely token, whatever they "
+           "keep (give --temperature > 0 to sample)"),
 )
+
+
+def _device_type(args: argparse.Namespace) -> str | None:
+    """"cpu" or "cuda": where --device (auto: this machine) runs the engine; None where that is
+    not known yet (a replay's device, left as recorded) or the device is one validation refuses."""
+    if not isinstance(getattr(args, "device", None), str):
+        return None
+    try:
+        return EngineConfig(device=args.device).resolved_device().type
+    except (ConfigError, RuntimeError):  # RuntimeError: torch.device("cpu:x") and the like
+        return None
 
 
 def given(parser: argparse.ArgumentParser, argv: Sequence[str], dests: Sequence[str]) -> set[str]:
