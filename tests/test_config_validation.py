@@ -352,7 +352,12 @@ def test_a_gpu_kernel_refuses_a_head_dim_it_has_no_kernel_for():
 
     for name, head_dim in [("triton", 8), ("triton", 48), ("flash-attn", 12), ("flash-attn", 512)]:
         with pytest.raises(ConfigError, match=f"--attention {name} has no kernel for this model's head_dim {head_dim}"):
-            select_attention(name, torch.device("cpu"), torch.bfloat16, head_dim)
+            select_attention(name, torch.device("cuda"), torch.bfloat16, head_dim)  # no GPU needed to refuse
+    # On a CPU the device is what is wrong first: no head_dim or dtype would make the kernel run.
+    for name in ("triton", "flash-attn"):
+        for dtype, head_dim in [(torch.bfloat16, 8), (torch.float32, 64)]:
+            with pytest.raises(ConfigError, match=f"--attention {name} needs a CUDA device"):
+                select_attention(name, torch.device("cpu"), dtype, head_dim)
 
 
 @pytest.mark.cuda

@@ -46,6 +46,8 @@ def select_attention(
             name = "cpu"
         else:
             name = "sdpa"
+    if name in ("flash-attn", "triton") and device.type != "cuda":  # first: on a CPU no dtype or shape helps
+        raise ConfigError(f"--attention {name} needs a CUDA device (got {device})")
     if name in ("flash-attn", "triton") and not half:
         raise ConfigError(f"--attention {name} computes in float16/bfloat16 only (got {dtype}); use sdpa")
     if not _takes_head_dim(name, head_dim):
@@ -67,8 +69,6 @@ def select_attention(
         return AttentionOps(name, sdpa_attention.flash_attn_varlen_func, sdpa_attention.flash_attn_with_kvcache, False)
     if name in ("flash-attn", "triton"):
         module = "flash_attn" if name == "flash-attn" else "triton"
-        if device.type != "cuda":
-            raise ConfigError(f"--attention {name} needs a CUDA device (got {device})")
         if not _has_module(module):
             raise ConfigError(f"--attention {name} needs the {module} package, which is not installed")
         if name == "flash-attn":
