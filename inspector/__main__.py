@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     parser = build_parser()
+    # A flag before the subcommand that the command line does not know is named as such: argparse
+    # would first say the subcommand is missing ("required: command"), hiding the typo.
+    before_command = next((token for token in argv if not token.startswith("-")), None)
+    for token in argv[: argv.index(before_command) if before_command is not None else len(argv)]:
+        if token.split("=", 1)[0] not in parser._option_string_actions:
+            parser.error(f"unrecognized arguments: {token}")
     args = parser.parse_args(argv)
     if args.command in ("record", "replay"):  # the engine's flags: one may leave another unread
         # The subcommand's own parser (argparse keeps no public list of a parser's actions).

@@ -157,8 +157,8 @@ BAD = {
     "context-too-long": ("minillama", [*RUN, "--max-model-len", "4096"], "exceeds the model's context (128 positions)"),
     "prompt-too-long": ("minillama", ["--prompt", "x" * 200, *TINY], "the prompt has 200 tokens"),
     "attention-needs-cuda": ("minillama", [*RUN, "--attention", "flash-attn", "--dtype", "bfloat16"], "needs a CUDA device"),
-    "attention-head-dim": ("minillama", [*RUN, "--attention", "triton", "--dtype", "bfloat16"],
-                           "--attention triton has no kernel for this model's head_dim 8; use sdpa"),
+    "attention-triton-on-cpu": ("minillama", [*RUN, "--attention", "triton", "--dtype", "bfloat16"],
+                                "--attention triton needs a CUDA device (got cpu)"),
     "attention-cpu-fp32": ("minillama", [*RUN, "--attention", "cpu", "--dtype", "bfloat16"], "float32 only"),
     # a model directory's files are read as untrusted: regular files only, small ones bounded
     "config-a-pipe": ("minillama", ["--prompt", "hi", "--model", "{config-pipe}"], "is not a regular file"),
@@ -179,6 +179,9 @@ BAD = {
     "block-size-huge": ("minillama", [*RUN, "--block-size", "3000000000"], "must be an integer <= 2,147,483,647"),
     # python -m inspector
     "no-command": ("inspector", [], "the following arguments are required: command"),
+    # an unknown flag before the subcommand is named, not hidden behind "required: command"
+    "unknown-flag-no-command": ("inspector", ["--no-such"], "unrecognized arguments: --no-such"),
+    "unknown-flag-before-command": ("inspector", ["--no-such=1", "show", "{junk}"], "unrecognized arguments: --no-such=1"),
     "record-no-output": ("inspector", ["record", "--prompt", "hi"], "required: -o/--output"),
     "record-no-folder": ("inspector", ["record", "--prompt", "hi", "-o", "/nonexistent/r.mltrace"],
                          "-o /nonexistent/r.mltrace: there is no folder /nonexistent"),
