@@ -40,6 +40,7 @@ from minillama.cli import (
     add_debug_flag,
     add_engine_args,
     add_sampling_args,
+    check_encodes_text,
     check_output_path,
     engine_config_from_args,
     int_at_least,
@@ -188,7 +189,9 @@ def _record(args: argparse.Namespace) -> int:
         if not args.capture_attention and not args.logit_lens:  # they pick whose attention or lens is recorded
             raise ConfigError("--attention-seqs picks prompts whose attention (or --logit-lens) is recorded, and "
                               "--no-attention records none: give one of them")
-    session = DebugSession(LLMEngine.from_pretrained(args.model, config), capture_policy_from_args(args))
+    engine = LLMEngine.from_pretrained(args.model, config)
+    check_encodes_text(engine.tokenizer, args.model)
+    session = DebugSession(engine, capture_policy_from_args(args))
     for prompt in args.prompt:
         session.add(prompt, params, chat=args.chat)
     result = _run_while_it_fits(session, args.max_steps)

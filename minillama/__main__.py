@@ -15,6 +15,7 @@ from minillama.cli import (
     add_debug_flag,
     add_engine_args,
     add_sampling_args,
+    check_encodes_text,
     engine_config_from_args,
     refuse_unread,
     run_cli,
@@ -49,6 +50,7 @@ def _main(argv: list[str]) -> int:
     for prompt in args.prompt:
         check_text(prompt)
     llm = LLM(args.model, config)
+    check_encodes_text(llm.engine.tokenizer, args.model)
     completions = llm.generate(args.prompt, params, chat=args.chat)
     # A prompt's n samples or beams come one after the other (beams best first), its first with
     # sample_index 0.

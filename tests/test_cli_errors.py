@@ -150,7 +150,11 @@ BAD = {
     "model-missing": ("minillama", ["--prompt", "hi", "--model", "{root}/nope"], "does not exist"),
     "model-is-a-file": ("minillama", ["--prompt", "hi", "--model", "{file}"], "is a file, not a model directory"),
     "model-empty-dir": ("minillama", ["--prompt", "hi", "--model", "{empty}"], "a model directory needs config.json"),
-    "no-tokenizer": ("minillama", ["--prompt", "hi", "--model", "{bare}", "--device", "cpu"], "has no tokenizer"),
+    # a command line's prompts are text: no message may ask for token ids, which none can take
+    "no-tokenizer": ("minillama", ["--prompt", "hi", "--model", "{bare}", "--device", "cpu"],
+                     "has no tokenizer files (tokenizer.json, tokenizer_config.json), so its text prompts cannot be encoded"),
+    "record-no-tokenizer": ("inspector", [*RECORD, "--model", "{bare}", "--device", "cpu"],
+                            "has no tokenizer files (tokenizer.json, tokenizer_config.json), so its text prompts cannot be encoded"),
     "kv-blocks-beyond-memory": ("minillama", [*RUN, "--num-kv-blocks", "2000000000"], "the KV cache would take"),
     "kv-gb-beyond-memory": ("minillama", [*RUN, "--kv-cache-gb", "1000000", "--max-num-seqs", "1000000000"],
                             "blocks of 16 tokens fit"),

@@ -11,7 +11,14 @@ line leaves unread is refused); gc_heap.py tunes the garbage collector for a
 process that serves or measures (tune_gc).
 """
 
-from minillama.cli.checks import check_output_path, int_at_least, number_above, number_at_least, path_text
+from minillama.cli.checks import (
+    check_encodes_text,
+    check_output_path,
+    int_at_least,
+    number_above,
+    number_at_least,
+    path_text,
+)
 from minillama.cli.errors import ArgumentParser, add_debug_flag, printable_line, run_cli
 from minillama.cli.flags import (
     add_engine_args,
@@ -25,7 +32,8 @@ from minillama.cli.output import Output
 from minillama.cli.overrides import ENGINE_UNREAD, SAMPLING_UNREAD, Unread, given, refuse_unread
 
 __all__ = [
-    "ArgumentParser", "Output", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_output_path",
+    "ArgumentParser", "Output", "add_debug_flag", "add_engine_args", "add_model_args", "add_sampling_args", "check_encodes_text",
+    "check_output_path",
     "engine_config_from_args", "tune_gc", "int_at_least", "number_above", "number_at_least", "path_text", "printable_line",
     "ENGINE_UNREAD", "SAMPLING_UNREAD", "Unread", "given", "refuse_unread", "run_cli", "sampling_params_from_args",
 ]

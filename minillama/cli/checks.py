@@ -110,3 +110,12 @@ def number_above(floor: float) -> Callable[[str], float]:
 
     parse.__name__ = f"finite number > {floor:g}"
     return parse
+
+
+def check_encodes_text(tokenizer: object | None, model: str | None) -> None:
+    """The command lines take prompts as text: a model directory without tokenizer files cannot
+    encode them. ConfigError naming the directory (the engine's own message, for the Python API,
+    says to pass token ids, which no command line can)."""
+    if tokenizer is None:
+        raise ConfigError(f"the model {model} has no tokenizer files (tokenizer.json, tokenizer_config.json), so its "
+                          "text prompts cannot be encoded: copy the model's tokenizer files into the directory")
