@@ -342,7 +342,7 @@ class FrontDoor:
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         """An upload goes through if its declared size fits the quota; Gradio then checks that the
         body holds no more than that (and its own size limit)."""
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        declared = _header(scope, b"content-length") or b""
         if not declared.isdigit() or len(declared) > 15:
             await _respond(send, 411, {"detail": "an upload must state its size (Content-Length)"})
             return
@@ -488,6 +488,11 @@ class FrontDoor:
         await send({"type": "http.response.body", "body": body})
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of header `name` (lower case, as ASGI servers give names), the last if repeated."""
+    return dict(scope.get("headers") or []).get(name)
+
+
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what reads and changes nothing (RFC 9110, 9.2.1)
 
 
@@ -499,11 +504,10 @@ def _from_another_site(scope: Scope) -> bool:
     its own page's requests."""
     if scope["type"] == "http" and scope.get("method") in SAFE_METHODS:
         return False
-    headers = dict(scope.get("headers") or [])
-    origin = headers.get(b"origin")
+    origin = _header(scope, b"origin")
     if origin is None:  # no browser page sent it (a script, curl, gradio_client)
         return False
-    host = headers.get(b"host", b"")
+    host = _header(scope, b"host") or b""
     _, separator, origin_host = origin.partition(b"://")
     return not separator or origin_host.rstrip(b"/").lower() != host.lower()
 
@@ -538,7 +542,7 @@ def _counting_parts(scope: Scope, receive: Receive) -> Receive:
     the message."""
     from gradio.route_utils import MultiPartException  # Gradio's upload route catches this one
 
-    content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+    content_type = _header(scope, b"content-type") or b""
     found = re.search(rb'boundary="?([^";,]+)', content_type)
     if found is None:  # no multipart body: Gradio refuses it itself
         return receive

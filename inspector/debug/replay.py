@@ -280,8 +280,8 @@ class _Driver:
             # ended already (a pruned beam its search kept): it is aborted again, as in the run.
             if self.session.trace.sequences[mine].finish_reason != "abort":
                 self.session.abort(mine)
-        elif any(f.child_id == event.seq_id for f in due):
-            due.remove(next(f for f in due if f.child_id == event.seq_id))
+        elif (waiting := next((f for f in due if f.child_id == event.seq_id), None)) is not None:
+            due.remove(waiting)
         else:
             self.note(f"abort of #{event.seq_id} not replayed: the replay made no such sequence")
 
