@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import zipfile
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ from trace_fuzz import Features, fuzz_run
 
 from inspector import CapturePolicy, DebugSession, TraceError, load, replay, save
 from inspector.trace.validate import validate_trace
-from minillama import EngineConfig, LLMEngine, SamplingParams
+from minillama import ConfigError, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 
 
 @pytest.fixture
@@ -136,3 +138,50 @@ def test_a_decode_step_that_only_preempts_admits_what_it_freed(seed, one_thread)
     session, _ = fuzz_run(seed)
     recorded = sum(len(step.schedule.preempted) for step in session.trace.steps)
     assert recorded == session.engine.stats.preemptions > 0
+
+
+def _edited_copy(saved, out, edit) -> None:
+    """A copy of the saved trace file whose trace.json `edit` changed in place."""
+    with zipfile.ZipFile(saved) as zf:
+        document, tensors = json.loads(zf.read("trace.json")), zf.read("tensors.safetensors")
+    edit(document["trace"])
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("trace.json", json.dumps(document))
+        zf.writestr("tensors.safetensors", tensors)
+
+
+@pytest.mark.timeout(240)
+def test_a_hostile_trace_of_forks_and_aborts_replays_or_is_refused(tmp_path, one_thread):
+    """The replay points a trace's aborts and forks of samples and beams at its own remakes,
+    walking chains of recorded forks: a file whose fork and abort events name other sequences,
+    none, a parent at or after its child, or another cause is refused at load, or replays to its
+    end (noting what it could not repeat) or stops with the replay's own errors; never another
+    exception, a hang or a walk without end."""
+    for seed in (13, 41):
+        session, _ = fuzz_run(seed)
+        saved = tmp_path / f"{seed}.mltrace"
+        save(session.trace, saved)
+        ids = sorted(session.trace.sequences)
+        edits = []  # (event index, field, value): seq_id the event's, any other its fork's
+        for i, event in enumerate(session.trace.events):
+            if event.kind not in ("fork", "abort"):
+                continue
+            edits += [(i, "seq_id", 10_000), (i, "seq_id", ids[0])]  # names no sequence, or another
+            if event.fork is not None:
+                edits += [(i, "parent_id", event.seq_id), (i, "parent_id", ids[-1]),  # itself, one after it
+                          (i, "cause", "beam"), (i, "cause", "sample")]
+        replayed = 0
+        for n, (i, name, value) in enumerate(edits):
+            path = tmp_path / f"{seed}-{n}.mltrace"
+            _edited_copy(saved, path, lambda trace, i=i, name=name, value=value: (
+                trace["events"][i] if name == "seq_id" else trace["events"][i]["fork"]).__setitem__(name, value))
+            try:
+                trace = load(path)
+            except TraceError:
+                continue
+            try:
+                replay(trace, engine=session.engine, progress=False, on_note=lambda _: None)
+            except (ConfigError, InvalidRequestError):
+                pass
+            replayed += 1
+        assert replayed > 0, "every edit was refused at load: the replay's own paths went untried"
