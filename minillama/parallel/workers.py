@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -238,30 +239,51 @@ def _gathering_hook(shard: Shard, hook: AttentionHook | None = None) -> Attentio
 
 def _worker_main(source: ModelSource, config: EngineConfig, rank: int, world: int, port: int,
                  max_model_len: int) -> None:
-    """A worker process: join the group, build rank `rank`'s part, then serve until STOP."""
+    """A worker process: join the group, build rank `rank`'s part, then serve until STOP.
+
+    It ends with os._exit, not by returning: a spawned process's return runs the interpreter's
+    finalisation, and there torch's C++ threads (gloo's, the rendezvous store's) can still wake
+    up and take the GIL of an interpreter being torn down, which aborts the process
+    ("terminate called without an active exception", exit code -6; pytorch/pytorch#179291)
+    after it had stopped in order. Nothing is left to finalise: the group is destroyed and the
+    output flushed first."""
+    exit_code = 1  # until it stops in order
+    try:
+        _serve_rank(source, config, rank, world, port, max_model_len)
+        exit_code = 0
+    except Exception as exc:  # noqa: BLE001 - one line, then the driver reports the rank gone
+        print(f"minillama tensor-parallel rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    finally:
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception as exc:  # noqa: BLE001 - still one line and an exit
+            print(f"minillama tensor-parallel rank {rank}: leaving the group: {exc}", file=sys.stderr)
+            exit_code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+
+
+def _serve_rank(source: ModelSource, config: EngineConfig, rank: int, world: int, port: int,
+                max_model_len: int) -> None:
+    """Join the group as rank `rank`, build its part of the model and its runner, serve."""
     # Ctrl-C in a terminal reaches every process of the group; the driver decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the CPUs are shared by the ranks
-    try:
-        device = config.resolved_device()
-        if device.type == "cuda":  # rank r computes on cuda:r
-            torch.cuda.set_device(rank)
-            config = dataclasses.replace(config, device=f"cuda:{rank}")
-        dist.init_process_group(backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world, timeout=TIMEOUT)
-        model_config = (source.model_config if isinstance(source, RandomWeights)
-                        else ModelConfig.from_file(source / "config.json"))
-        model = load_rank_model(source, model_config, config, Shard(rank, world), max_model_len)
-        device = config.resolved_device()
-        runner = ModelRunner(model, model_config, config.for_device(device), device,
-                             config.resolved_dtype(device), max_model_len)
-        _serve(runner)
-    except Exception as exc:  # noqa: BLE001 - one line, then the driver reports the rank gone
-        print(f"minillama tensor-parallel rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    device = config.resolved_device()
+    if device.type == "cuda":  # rank r computes on cuda:r
+        torch.cuda.set_device(rank)
+        config = dataclasses.replace(config, device=f"cuda:{rank}")
+    dist.init_process_group(backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=TIMEOUT)
+    model_config = (source.model_config if isinstance(source, RandomWeights)
+                    else ModelConfig.from_file(source / "config.json"))
+    model = load_rank_model(source, model_config, config, Shard(rank, world), max_model_len)
+    device = config.resolved_device()
+    runner = ModelRunner(model, model_config, config.for_device(device), device,
+                         config.resolved_dtype(device), max_model_len)
+    _serve(runner)
 
 
 def _serve(runner: ModelRunner) -> None:
