@@ -14,6 +14,8 @@
     if (b && !b.disabled) b.click();
   };
   const statusElement = () => document.querySelector("#ml-status-inner");
+  // The tab's key (webui/tab_keys.py), once Gradio's load event has put it on the page.
+  const tabKey = () => document.querySelector("#ml-tab-key textarea, #ml-tab-key input")?.value || null;
   const isRunning = () => statusElement()?.dataset.running === "1";
   // A focused control that takes the keys itself: a text field every key, a slider or a radio
   // group the arrows, Home and End. A checkbox or a button takes only space (below): after a
@@ -69,9 +71,9 @@
   // A server stopped while the page sat idle left the status line saying "live engine" for good:
   // the page hears of the server only through its calls, and a press then got a toast that
   // Gradio is "attempting reconnection". So the page asks every few seconds (while it is shown)
-  // whether the server answers, with the smallest route Gradio has (its app id, open even
-  // before a login): a request that ends at once, not a stream held open (webui/front_door.py
-  // says why the page holds none). While no answer comes, the status line says so instead of
+  // whether the server answers, with a small report of its own (POST ml-api/alive): a request
+  // that ends at once, not a stream held open (webui/front_door.py says why the page holds
+  // none); any answer, a refusal too, is the server answering. While no answer comes, the status line says so instead of
   // naming a live engine, and no run is said to be under way. An answer of the same server
   // puts the line back (its session is still there); a restarted server makes Gradio reload
   // the page, which then says where its steps went (noteReload, below).
@@ -104,12 +106,23 @@
     statusElement()?.querySelectorAll(".ml-offline").forEach((line) => line.remove());
   };
   let checking = false;
+  // The check also tells the server this tab is still open (POST ml-api/alive): a tab that goes
+  // without its pagehide beacon (a killed browser) falls silent, and its session's slot can go
+  // to a new tab (webui/sessions.py SILENT_SHOWN_S). A hidden tab only says it is alive, in a
+  // beacon, as often as the browser runs its timers (once a minute at worst); it checks nothing.
   const checkServer = async () => {
-    if (checking || document.hidden || leaving) return;
+    if (checking || leaving) return;
+    if (document.hidden) {
+      navigator.sendBeacon("ml-api/alive", JSON.stringify({ key: tabKey(), hidden: true }));
+      return;
+    }
     checking = true;
     let answered = true; // any HTTP answer, an error status too, is the server answering
     try {
-      await fetch("gradio_api/app_id", { cache: "no-store", signal: AbortSignal.timeout(CHECK_TIMEOUT_MS) });
+      await fetch("ml-api/alive", {
+        method: "POST", headers: { "content-type": "application/json" }, cache: "no-store",
+        body: JSON.stringify({ key: tabKey(), hidden: false }), signal: AbortSignal.timeout(CHECK_TIMEOUT_MS),
+      });
     } catch {
       answered = false;
     } finally {
@@ -233,7 +246,7 @@
   let acknowledged = 0;
   const acknowledge = () => {
     const update = Number(statusElement()?.dataset.update || 0);
-    const key = document.querySelector("#ml-tab-key textarea, #ml-tab-key input")?.value;
+    const key = tabKey();
     if (!key || update <= acknowledged) return;
     acknowledged = update;
     fetch("ml-api/drawn", {
@@ -246,7 +259,7 @@
   // Gradio's unload event, which would hold a connection open per tab: a browser opens six to
   // one server, and the sixth tab never loaded (webui/front_door.py).
   window.addEventListener("pagehide", () => {
-    const key = document.querySelector("#ml-tab-key textarea, #ml-tab-key input")?.value;
+    const key = tabKey();
     if (key) navigator.sendBeacon("ml-api/closed", JSON.stringify({ key }));
   });
 

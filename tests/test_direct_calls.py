@@ -59,7 +59,8 @@ async def direct_call(door: FrontDoor, key: object, client: str = "10.0.0.9", pa
 
 
 def make_door(app: HeldApp) -> FrontDoor:
-    return FrontDoor(app, static_files={}, on_drawn=lambda key, update: None, on_closed=lambda key: None, largest_upload=1024)
+    return FrontDoor(app, static_files={}, on_drawn=lambda key, update: None, on_closed=lambda key: None,
+                     on_alive=lambda key, hidden: None, largest_upload=1024)
 
 
 # Gradio answers a direct call under two spellings; /api/ skipped the lanes.
@@ -193,14 +194,17 @@ def test_an_oversized_body_is_refused_before_any_lane():
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize(("path", "heard_of_a_report"), [("/ml-api/drawn", ("drawn", "k", 3)), ("/ml-api/closed", ("closed", "k"))])
+@pytest.mark.parametrize(("path", "heard_of_a_report"), [("/ml-api/drawn", ("drawn", "k", 3)), ("/ml-api/closed", ("closed", "k")),
+                                                        ("/ml-api/alive", ("alive", "k", True))])
 def test_a_pages_reports_are_read_whole_when_small_and_refused_when_large_or_not_an_object(path, heard_of_a_report):
-    """POST /ml-api/drawn (the page has drawn update n) and /ml-api/closed (the tab is going
-    away): read through read_body, as the lanes are; anything but a small JSON object is refused."""
+    """POST /ml-api/drawn (the page has drawn update n), /ml-api/closed (the tab is going away)
+    and /ml-api/alive (it is still open): read through read_body, as the lanes are; anything but
+    a small JSON object is refused."""
     async def post(body: bytes) -> tuple[int, list]:
         heard = []
         door = FrontDoor(HeldApp(), static_files={}, on_drawn=lambda key, update: heard.append(("drawn", key, update)),
-                         on_closed=lambda key: heard.append(("closed", key)), largest_upload=1024)
+                         on_closed=lambda key: heard.append(("closed", key)),
+                         on_alive=lambda key, hidden: heard.append(("alive", key, hidden)), largest_upload=1024)
         scope = {"type": "http", "method": "POST", "path": path, "headers": [],
                  "client": ("10.0.0.9", 1), "app": GRADIO}
         messages = iter([{"type": "http.request", "body": body[:3], "more_body": True},
@@ -214,7 +218,7 @@ def test_a_pages_reports_are_read_whole_when_small_and_refused_when_large_or_not
         await door(scope, lambda: asyncio.sleep(0, next(messages)), send)
         return statuses[0], heard
 
-    assert asyncio.run(post(b'{"key": "k", "update": 3}')) == (200, [heard_of_a_report])
+    assert asyncio.run(post(b'{"key": "k", "update": 3, "hidden": true}')) == (200, [heard_of_a_report])
     for refused in (b"not json", b"[1, 2]", b'"k"', b"\xff\xfe", b""):
         assert asyncio.run(post(refused)) == (400, [])
     assert asyncio.run(post(b"x" * 2000)) == (413, [])

@@ -421,16 +421,42 @@ def test_a_server_that_stops_while_the_page_is_idle_is_said_in_the_status_line(b
         playwright_api.expect(page.locator("#ml-status [role=alert]")).to_contain_text("the server does not answer")
 
 
+def test_a_tab_whose_browser_was_killed_gives_its_slot_to_its_addresss_next_tab(browser, base, monkeypatch):
+    """A browser closed without its pages' pagehide (a killed process; Playwright's
+    browser.close()) sends no goodbye beacon. Its tab stops saying it is alive, so once silent
+    the next tab of the same address gets its slot instead of 'your address already holds 1
+    sessions' for the next 20 minutes."""
+    import webui.sessions as sessions
+
+    manager = SessionManager(base, Limits(max_sessions=4, max_sessions_per_client=1))
+    with running_server(manager) as address:
+        doomed = browser.browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        add_prompts(open_page(doomed, address), "What is the capital of France?", max_tokens=2)
+        (held,) = [s for s in manager.sessions.values() if s.holds_memory]
+        deadline = time.monotonic() + 60
+        while held.heard is None and time.monotonic() < deadline:  # its first "alive", within 5 s
+            time.sleep(0.2)
+        assert held.heard is not None and not held.page_hidden
+        doomed.close()
+        monkeypatch.setattr(sessions, "SILENT_SHOWN_S", 0.5)  # not 45 s, for the test
+        time.sleep(1)
+        page = open_page(browser, address)
+        add_prompts(page, "Hi", max_tokens=2)
+        assert "already holds" not in page.locator("#ml-status").inner_text()
+        assert held.key not in manager.sessions
+        page.context.close()
+
+
 def test_a_server_that_answers_again_gets_its_status_line_back(browser, url):
     """The network to the server drops and comes back (its answers cut here, the server still
     running): the status line says no server answers, then names the live engine again, and the
     session, which the server kept, still steps."""
     page = open_page(browser, url)
     add_prompts(page, "What is the capital of France?", max_tokens=4)
-    page.route("**/gradio_api/app_id", lambda route: route.abort("connectionrefused"))
+    page.route("**/ml-api/alive", lambda route: route.abort("connectionrefused"))
     page.wait_for_function(NO_SERVER, timeout=30_000)
     assert "live engine" not in page.locator("#ml-status").inner_text()
-    page.unroute("**/gradio_api/app_id")
+    page.unroute("**/ml-api/alive")
     page.wait_for_function("() => document.querySelector('#ml-status-inner')?.textContent.includes('live engine · 1 request')",
                            timeout=30_000)
     assert page.locator("#ml-status .ml-offline").count() == 0

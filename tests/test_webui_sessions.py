@@ -144,6 +144,48 @@ def test_one_client_cannot_take_every_slot(base):
     manager.add_prompts(manager.open_tab("10.0.0.8"), ["Hi"], GREEDY, chat=False)
 
 
+def test_a_page_gone_silent_gives_its_slot_only_to_a_session_that_would_be_refused(base, monkeypatch):
+    """A tab whose browser was killed never sends its pagehide beacon: its session is known gone
+    by its silence (no ml-api/alive for SILENT_SHOWN_S, SILENT_HIDDEN_S while hidden), and its
+    slot goes to a new session of its own address at the per-client limit, or of anyone when the
+    server is full; never while it would not be refused, never a running one, and never one no
+    page ever spoke for (a script's)."""
+    import webui.sessions as sessions
+
+    clock = [1000.0]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    manager = SessionManager(base, Limits(max_sessions=3, max_sessions_per_client=2))
+    shown, hidden = manager.open_tab("10.0.0.9"), manager.open_tab("10.0.0.9")
+    for tab, is_hidden in ((shown, False), (hidden, True)):
+        manager.add_prompts(tab, ["Hi"], GREEDY, chat=False)
+        manager.tab_alive(tab.key, is_hidden)
+    manager.tab_alive("no such tab", False)  # a key it never issued changes nothing
+
+    clock[0] += sessions.SILENT_SHOWN_S - 1  # not silent yet: still refused
+    with pytest.raises(LimitReached, match="your address already holds 2 sessions"):
+        manager.add_prompts(manager.open_tab("10.0.0.9"), ["Hi"], GREEDY, chat=False)
+    clock[0] += 2  # the shown page is silent now; the hidden one may still be throttled
+    shown.running = True  # ... but a running session is never taken
+    with pytest.raises(LimitReached, match="your address already holds 2 sessions"):
+        manager.add_prompts(manager.open_tab("10.0.0.9"), ["Hi"], GREEDY, chat=False)
+    shown.running = False
+    third = manager.open_tab("10.0.0.9")
+    manager.add_prompts(third, ["Hi"], GREEDY, chat=False)
+    assert shown.key not in manager.sessions and hidden.key in manager.sessions
+    assert "its page stopped answering" in manager.get(shown.key).notice
+
+    # The server is full (3): another address takes a silent page's slot, not a live one's.
+    manager.tab_alive(third.key, False)
+    script = manager.open_tab("10.0.0.5")  # no page ever says it is alive for a script
+    manager.add_prompts(script, ["Hi"], GREEDY, chat=False)
+    clock[0] += sessions.SILENT_HIDDEN_S
+    manager.tab_alive(third.key, False)  # still open
+    manager.add_prompts(manager.open_tab("10.0.0.7"), ["Hi"], GREEDY, chat=False)
+    assert hidden.key not in manager.sessions and third.key in manager.sessions and script.key in manager.sessions
+    with pytest.raises(LimitReached, match="3 sessions open, its limit"):
+        manager.add_prompts(manager.open_tab("10.0.0.8"), ["Hi"], GREEDY, chat=False)
+
+
 def test_a_slot_counts_from_its_check_so_parallel_claims_cannot_all_pass(base, monkeypatch):
     """claim_slot checked under its lock, but a session counted only once its engine existed:
     50 parallel Resets all passed a limit of 16."""

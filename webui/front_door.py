@@ -18,7 +18,10 @@ any route runs:
 - What the page says of itself, behind the login like everything else (FrontDoor.page_reports):
   POST /ml-api/drawn {"key": tab key, "update": n}: it has drawn update n, which paces a Run's
   live updates (webui/handlers.py); POST /ml-api/closed {"key": tab key}: the tab is going away
-  (its pagehide), so its session's slot is the first to reclaim. The page says this itself
+  (its pagehide), so its session's slot is the first to reclaim; POST /ml-api/alive {"key": tab
+  key, "hidden": bool}: the tab is still open, every 5 s while shown and about once a minute
+  while hidden, so a page gone without its pagehide (a killed browser) is known by its silence
+  (webui/sessions.py SILENT_SHOWN_S). The page says all this itself
   rather than through Gradio's unload event, because an unload makes every tab hold a heartbeat
   event stream open for its whole life, and a browser opens at most six connections to one
   HTTP/1.1 server: the sixth tab of one browser stayed on "Loading..." for good. Gradio's
@@ -95,6 +98,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 STATIC_PREFIX = "/ml-static/"
 DRAWN_PATH = "/ml-api/drawn"
 CLOSED_PATH = "/ml-api/closed"
+ALIVE_PATH = "/ml-api/alive"
 MAX_REPORT_BODY = 1024  # bytes of a page's report: a tab key and a number
 LOGIN_FAILURES_ALLOWED = 5
 LOGIN_WINDOW_S = 60.0
@@ -230,13 +234,15 @@ class FrontDoor:
     """ASGI middleware; Gradio adds it through launch(app_kwargs={"middleware": [...]})."""
 
     def __init__(self, app: ASGIApp, static_files: dict[str, Path], on_drawn: Callable[[object, object], None],
-                 on_closed: Callable[[object], None], largest_upload: int, throttle: LoginThrottle | None = None):
+                 on_closed: Callable[[object], None], on_alive: Callable[[object, object], None], largest_upload: int,
+                 throttle: LoginThrottle | None = None):
         self.app = app
         self.static = {name: (file.read_bytes(), file.suffix) for name, file in static_files.items()}
         # path -> what a page's report there does with its JSON object
         self.page_reports: dict[str, Callable[[dict[str, Any]], None]] = {
             DRAWN_PATH: lambda report: on_drawn(report.get("key"), report.get("update")),
             CLOSED_PATH: lambda report: on_closed(report.get("key")),
+            ALIVE_PATH: lambda report: on_alive(report.get("key"), report.get("hidden")),
         }
         self.throttle = throttle or LoginThrottle()
         self.sessions = SessionsNamed()

@@ -42,7 +42,7 @@ def serve(manager: SessionManager, host: str = "127.0.0.1", port: int = 7860,
     raise_open_file_limit()
     head = page_head()
     door = Middleware(FrontDoor, static_files={plotly_name(): PLOTLY_JS}, on_drawn=manager.drawn,
-                      on_closed=manager.tab_closed,
+                      on_closed=manager.tab_closed, on_alive=manager.tab_alive,
                       largest_upload=manager.limits.upload_mb * 2**20)
     app = build_app(manager, shared_as)
     # A queue slot per session: one user's long Run never waits behind another's.

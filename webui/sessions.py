@@ -43,6 +43,13 @@ _T = TypeVar("_T")
 MAX_TABS = 4096  # table entries of tabs (cheap); past it, those holding nothing are forgotten first
 MAX_NUM_SEQS = 64  # the largest batch a session's engine may run
 MAX_BATCHED_TOKENS = 16384  # the most tokens one of its prefill steps may take (the activations grow with it)
+# A page says it is alive (POST ml-api/alive, static/app.js) every 5 s while shown and, while
+# hidden, as often as the browser lets a hidden tab's timers run (once a minute at worst). A
+# page silent for longer than this has gone without saying goodbye (its browser was killed, its
+# machine sleeps): its slot goes to a session that would otherwise be refused, and no sooner.
+# Shown: three of the page's 15-s check timeouts, so a loaded server's slow answers never count.
+SILENT_SHOWN_S = 45.0
+SILENT_HIDDEN_S = 300.0
 # The longest a call waits for another call of its own tab to let go of the session (one step
 # of a Run, usually; a comparison or a save of a long trace takes far longer): UISession.hold.
 BUSY_WAIT_S = 5.0
@@ -101,6 +108,10 @@ class UISession:
     pause_requested: bool = False
     running: bool = False
     closed: bool = False  # its page said it is going away (pagehide): the first slot to reclaim
+    # When its page last said it is alive (monotonic seconds), and whether it was hidden then;
+    # None: no page ever did (a script calling the API), so only Limits.idle_minutes reclaims it.
+    heard: float | None = None
+    page_hidden: bool = False
     notice: str = ""  # said once, on the next call (e.g. that its slot was reclaimed)
     shares_startup_trace: bool = False  # shows the server's --trace file
     shared_view: bool = False  # shows a shared snapshot (webui/shares.py), one object for every tab
@@ -205,6 +216,7 @@ class UISession:
         return self.cursor.index if self.cursor is not None else -1
 
 
+_PER_CLIENT, _SERVER_FULL = "per client", "server full"  # the two limits a new slot must pass
 _BUSY = "this tab is still busy with an earlier action (a comparison, a save, a step): try again when it ends"
 
 
@@ -275,27 +287,57 @@ class SessionManager:
             with self._lock:
                 session.closed, session.pause_requested = True, True
 
+    def tab_alive(self, key: object, hidden: object) -> None:
+        """The page of tab `key` is still open (static/app.js says so every few seconds), shown
+        or hidden: a page that stops saying so has gone (see SILENT_SHOWN_S)."""
+        session = self.find(key)
+        if session is not None:
+            with self._lock:
+                session.heard, session.page_hidden = time.monotonic(), hidden is True
+
     def claim_slot(self, session: UISession) -> None:
         """Before `session` takes memory (an engine, an uploaded trace): make sure it may.
-        Reclaims closed and idle sessions' slots; raises LimitReached when none is left for
-        it, naming the limit."""
+        Reclaims closed and idle sessions' slots, then, only if it would be refused, the slots
+        of pages gone silent (its own address's first); raises LimitReached when none is left
+        for it, naming the limit."""
         if session.holds_memory:
             return
         with self._lock:
             self._reclaim_slots()
+            refusal = self._refusal(session)
+            if refusal == _PER_CLIENT:  # its own address's pages gone silent
+                self._reclaim_slots(lambda s: s.client == session.client and self._silent(s))
+                refusal = self._refusal(session)
+            if refusal == _SERVER_FULL:  # anyone's
+                self._reclaim_slots(self._silent)
+                refusal = self._refusal(session)
             holders = [s for s in self.sessions.values() if s.holds_memory and s is not session]
-            mine = [s for s in holders if s.client == session.client]
-            if len(mine) >= self.limits.max_sessions_per_client:
+            if refusal == _PER_CLIENT:
                 raise LimitReached(
-                    f"your address already holds {len(mine)} sessions, the limit per client "
-                    f"(--max-sessions-per-client {self.limits.max_sessions_per_client}): close a tab you no longer use"
+                    f"your address already holds {sum(s.client == session.client for s in holders)} sessions, "
+                    f"the limit per client (--max-sessions-per-client {self.limits.max_sessions_per_client}): "
+                    "close a tab you no longer use"
                 )
-            if len(holders) >= self.limits.max_sessions:
+            if refusal == _SERVER_FULL:
                 raise LimitReached(
                     f"the server already has {len(holders)} sessions open, its limit "
                     f"(--max-sessions {self.limits.max_sessions}); try again when one closes or goes idle"
                 )
             session.claiming = True  # the caller clears it once it holds the memory, or gave up
+
+    def _refusal(self, session: UISession) -> str | None:
+        """Which limit a slot for `session` would pass now: _PER_CLIENT, _SERVER_FULL or None."""
+        holders = [s for s in self.sessions.values() if s.holds_memory and s is not session]
+        if sum(s.client == session.client for s in holders) >= self.limits.max_sessions_per_client:
+            return _PER_CLIENT
+        return _SERVER_FULL if len(holders) >= self.limits.max_sessions else None
+
+    @staticmethod
+    def _silent(session: UISession) -> bool:
+        """Has its page gone without saying goodbye? (Never for a session no page spoke for.)"""
+        if session.heard is None:
+            return False
+        return time.monotonic() - session.heard > (SILENT_HIDDEN_S if session.page_hidden else SILENT_SHOWN_S)
 
     def _make(self, key: str, client: str) -> UISession:
         session = UISession(key, client=client, settings=self.starting_settings, can_start_engine=self.base is not None)
@@ -307,16 +349,22 @@ class SessionManager:
             self._forget_empty_tabs()
         return session
 
-    def _reclaim_slots(self) -> None:
-        """Free the slots of closed tabs and of sessions idle past Limits.idle_minutes (never
-        one that is running). Their tabs get an empty session, and a notice, on their next call."""
+    def _reclaim_slots(self, gone: Callable[[UISession], bool] = lambda session: False) -> None:
+        """Free the slots of closed tabs, of sessions idle past Limits.idle_minutes, and of
+        those `gone` picks (never one that is running). Their tabs get an empty session, and a
+        notice, on their next call."""
         cutoff = time.monotonic() - self.limits.idle_minutes * 60
         for key, s in list(self.sessions.items()):
-            if s.holds_memory and not s.running and (s.closed or s.last_used < cutoff):
+            if s.holds_memory and not s.running and (s.closed or s.last_used < cutoff or gone(s)):
                 del self.sessions[key]
                 s.pause_requested = True
                 s.forget_download()
-                why = "its tab closed" if s.closed else f"it was idle for {self.limits.idle_minutes:g} minutes"
+                if s.closed:
+                    why = "its tab closed"
+                elif s.last_used < cutoff:
+                    why = f"it was idle for {self.limits.idle_minutes:g} minutes"
+                else:
+                    why = "its page stopped answering"
                 self._reclaimed[key] = f"this tab's session was reclaimed ({why}) and its trace is gone: start again"
                 while len(self._reclaimed) > MAX_TABS:
                     self._reclaimed.popitem(last=False)
