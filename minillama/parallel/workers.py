@@ -92,6 +92,14 @@ class TensorParallelGroup:
         # inside a collective (Ctrl-C, an error) and they wait in one; a STOP message would then
         # never match, so they are terminated.
         self.busy = True
+        self._threads: int | None = None  # this process's torch threads before share_threads, until close
+
+    def share_threads(self, world: int) -> None:
+        """This process's torch threads divided by the ranks (the CPUs are shared by them) until
+        close() gives them back. They were never given back: each split engine halved the
+        process's threads for good (4, then 2, then 1), for every engine made after it."""
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, self._threads // world))
 
     @classmethod
     def start(cls, source: ModelSource, config: EngineConfig, max_model_len: int) -> TensorParallelGroup:
@@ -157,6 +165,9 @@ class TensorParallelGroup:
                 dist.destroy_process_group()
             else:  # NCCL's orderly shutdown would wait for a rank that is gone: abort its communicators
                 dist.distributed_c10d._abort_process_group()
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            self._threads = None
 
 
 class ParallelRunner(ModelRunner):
