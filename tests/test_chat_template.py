@@ -80,7 +80,9 @@ def test_a_hostile_template_is_refused_in_bounded_time_and_the_engine_serves_on(
     started = time.monotonic()
     with pytest.raises(InvalidRequestError, match=f"this model's chat template .*{refusal}.*; run without chat"):
         engine.add_request("Hello", SamplingParams(max_tokens=2), chat=True)
-    assert time.monotonic() - started < chat_template.RENDER_TIMEOUT_S + 10  # + a fresh child's imports
+    # Within the runner's own bounds: the render's, and a fresh child's imports (the last test
+    # killed its child), which a loaded machine can make last many seconds.
+    assert time.monotonic() - started < chat_template.RENDER_TIMEOUT_S + chat_template.STARTUP_TIMEOUT_S + 10
     assert set(engine.sequences) == known
     while engine.has_unfinished():
         engine.step()

@@ -15,7 +15,6 @@ import os
 import runpy
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_model import write_tiny_model
+from webui_support import free_port
 
 import app
 import benchmarks.engine
@@ -63,9 +63,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (root / "link.mltrace").symlink_to(trace)  # the trace under another name
     # A field only transformers reads, of the wrong type (the benchmarks' HF peer is built from it).
     (root / "hf-field.json").write_text(json.dumps({**json.loads((tiny / "config.json").read_text()), "use_cache": "x"}))
-    with socket.socket() as probe:  # a port free now (app.py checks it before loading the model)
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = str(free_port())  # free now, and out of the kernel's own picks (app.py checks it first)
     return {"port": port, "short": str(short), "tiny": str(tiny), "link": str(root / "link.mltrace"), "bare": str(bare), "other": str(other), "file": str(root / "file.txt"), "hf-field": str(root / "hf-field.json"), "junk": str(root / "junk.mltrace"),
             "empty": str(root / "empty"), "trace": str(trace), "root": str(root), "pipe": str(root / "pipe"),
             **hostile}

@@ -136,6 +136,25 @@ def test_close_stops_the_workers(model_dir):
     assert [w.exitcode for w in workers] == [0] and not dist.is_initialized()  # ended in order, no abort
 
 
+def test_a_split_engine_gives_the_process_its_threads_back(model_dir, tmp_path):
+    """While a split engine lives its ranks share the CPUs, so this process uses 1/N of its
+    torch threads. They were never given back: each split engine halved them for good, and
+    every later engine and test of the process computed with fewer (an order dependence)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        engine = LLMEngine.from_pretrained(model_dir, EngineConfig(tensor_parallel_size=2))
+        assert torch.get_num_threads() == 2
+        engine.close()
+        assert torch.get_num_threads() == 4
+        (tmp_path / "config.json").write_text((model_dir / "config.json").read_text())  # no weights: refused
+        with pytest.raises(ModelLoadError):
+            LLMEngine.from_pretrained(tmp_path, EngineConfig(tensor_parallel_size=2))
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_settings_a_split_cannot_take_are_refused_with_a_clear_error(model_dir):
     from transformers import LlamaConfig
 

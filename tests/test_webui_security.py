@@ -19,6 +19,7 @@ from webui_support import Tab, free_port, running_server
 
 from minillama import EngineConfig, LLMEngine
 from webui import comparing, handlers
+from webui.direct_calls import queued_calls
 from webui.front_door import LOGIN_FAILURES_ALLOWED, MAX_UPLOAD_PARTS, SESSIONS_KEPT_PER_CLIENT
 from webui.limits import Limits
 from webui.render import API_OUTPUT_NAMES
@@ -216,7 +217,9 @@ def test_one_call_of_a_tab_waits_for_its_session_and_the_rest_are_refused_at_onc
         started = time.monotonic()
         with pytest.raises(SessionBusy, match="busy"):
             step()
-        assert time.monotonic() - started < 1  # refused at once, not after BUSY_WAIT_S
+        # Refused at once, not after waiting BUSY_WAIT_S: the bound is that wait, not a second,
+        # which a loaded machine can take to schedule this thread.
+        assert time.monotonic() - started < BUSY_WAIT_S
         time.sleep(0.2)
     waiter.join(BUSY_WAIT_S + 5)
     assert len(waited) == 1 and not session.waiting  # the one waiter ran once the job let go
@@ -396,7 +399,9 @@ def test_calls_that_name_no_session_leave_no_state_behind(manager):
             posted = httpx.post(f"{url}gradio_api/call/seek", json={"data": [tab.key, 0]}, timeout=30)
             unread += posted.status_code == 200
             time.sleep(0.05 if posted.status_code == 429 else 0)  # the queue holds 16 of a client's calls
-        time.sleep(2)  # the last ones run
+        # The last ones run: waited for until the queue holds none of them (a fixed 2 s could
+        # end first on a busy machine; the bound is only a safety net), then counted.
+        wait_for(lambda: queued_calls(app._queue, tab.key, "127.0.0.1") == (0, 0), timeout=120)
         assert len(app.state_holder.session_data) <= held + SESSIONS_KEPT_PER_CLIENT
         assert tab.predict(0, api_name="/seek")  # a session the caller named keeps its state
     finally:
@@ -422,9 +427,10 @@ def test_idle_connections_by_the_thousand_leave_the_page_loading(url):
             connection = socket.create_connection(("127.0.0.1", port), timeout=5)
             connection.send(b"GET / HTTP/1.1\r\nHost: slow\r\n")  # never finished
             idle.append(connection)
-        started = time.monotonic()
-        page = httpx.get(url, timeout=30)
-        assert page.status_code == 200 and time.monotonic() - started < 5
+        # Locked out, the page would never load: the request's own timeout tells, not a duration
+        # (5 s, which a loaded machine's 1,500 open connections could take).
+        page = httpx.get(url, timeout=60)
+        assert page.status_code == 200
     finally:
         for connection in idle:
             connection.close()

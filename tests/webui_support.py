@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from gradio_client import Client
 
@@ -24,10 +26,34 @@ def embedded_manager(model_dir) -> SessionManager:
     return SessionManager(base, Limits(max_sessions=32, max_sessions_per_client=32, max_new_tokens=64))
 
 
+_PICK = random.Random()  # its own: a test's random.seed() must not make the servers' ports alike
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, for a server the test starts later (seconds later, for a
+    server process that loads its model first). Not one the kernel hands out itself (bind to
+    port 0): that comes from the ephemeral range, where any outgoing connection made meanwhile
+    could take it as its own end, the page's connections to it included (a connection to a
+    port nobody listens on can connect to itself, a TCP "self-connect", when the kernel picks
+    that same port for its end). Below the ephemeral range, no connection is given it."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PICK.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:  # no SO_REUSEADDR: a port an old connection still holds is not taken
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # someone holds it: another
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (Linux's default starts at 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @contextmanager

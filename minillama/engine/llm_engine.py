@@ -169,8 +169,8 @@ class LLMEngine(BeamSearchSteps):
         _check_block_size(ops.attention, config.block_size)
         max_model_len = _max_model_len(model_config, config)
         group = TensorParallelGroup.start(source, config, max_model_len)
-        torch.set_num_threads(max(1, torch.get_num_threads() // config.tensor_parallel_size))  # CPUs shared by the ranks
         try:
+            group.share_threads(config.tensor_parallel_size)
             shard = Shard(0, config.tensor_parallel_size)
             llm = load_rank_model(source, model_config, config, shard, max_model_len)
             return cls(llm, config, tokenizer, eos, model_dir=model_dir, parallel=group)

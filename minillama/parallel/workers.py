@@ -18,7 +18,6 @@ import dataclasses
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import time
 import weakref
@@ -93,6 +92,14 @@ class TensorParallelGroup:
         # inside a collective (Ctrl-C, an error) and they wait in one; a STOP message would then
         # never match, so they are terminated.
         self.busy = True
+        self._threads: int | None = None  # this process's torch threads before share_threads, until close
+
+    def share_threads(self, world: int) -> None:
+        """This process's torch threads divided by the ranks (the CPUs are shared by them) until
+        close() gives them back. They were never given back: each split engine halved the
+        process's threads for good (4, then 2, then 1), for every engine made after it."""
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, self._threads // world))
 
     @classmethod
     def start(cls, source: ModelSource, config: EngineConfig, max_model_len: int) -> TensorParallelGroup:
@@ -100,7 +107,11 @@ class TensorParallelGroup:
         world = config.tensor_parallel_size
         if dist.is_initialized():
             raise TensorParallelError("one tensor-parallel engine per process at a time: close() the other first")
-        port = _free_port()
+        # The rendezvous store listens before any worker starts, on a port the kernel gives it
+        # as it binds: a port picked free first and bound later (at init_process_group) could be
+        # taken meanwhile by any other socket of the machine, and the group then failed to start.
+        store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
+        port = store.port
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
         workers = [
             context.Process(target=_worker_main, args=(source, config, rank, world, port, max_model_len),
@@ -111,8 +122,8 @@ class TensorParallelGroup:
             worker.start()
         group = cls(workers, config.resolved_device().type == "cuda")
         try:
-            dist.init_process_group(backend(config.resolved_device()), init_method=f"tcp://127.0.0.1:{port}",
-                                    rank=0, world_size=world, timeout=TIMEOUT)
+            dist.init_process_group(backend(config.resolved_device()), store=store, rank=0, world_size=world,
+                                    timeout=TIMEOUT)
         except Exception as exc:
             group.close()
             raise TensorParallelError(f"the tensor-parallel workers did not join: {group.gone() or exc}") from exc
@@ -154,6 +165,9 @@ class TensorParallelGroup:
                 dist.destroy_process_group()
             else:  # NCCL's orderly shutdown would wait for a rank that is gone: abort its communicators
                 dist.distributed_c10d._abort_process_group()
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            self._threads = None
 
 
 class ParallelRunner(ModelRunner):
@@ -275,8 +289,9 @@ def _serve_rank(source: ModelSource, config: EngineConfig, rank: int, world: int
     if device.type == "cuda":  # rank r computes on cuda:r
         torch.cuda.set_device(rank)
         config = dataclasses.replace(config, device=f"cuda:{rank}")
-    dist.init_process_group(backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=TIMEOUT)
+    # A client of rank 0's store, as rank 0 passes its own: both without init_method's key prefix.
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=TIMEOUT)
+    dist.init_process_group(backend(device), store=store, rank=rank, world_size=world, timeout=TIMEOUT)
     model_config = (source.model_config if isinstance(source, RandomWeights)
                     else ModelConfig.from_file(source / "config.json"))
     model = load_rank_model(source, model_config, config, Shard(rank, world), max_model_len)
@@ -307,10 +322,3 @@ def _serve(runner: ModelRunner) -> None:
                 runner.readout(tensors[0])
             elif command is wire.Command.CAPTURE_QUERIES:
                 runner.enable_query_capture()
-
-
-def _free_port() -> int:
-    """A TCP port on the loopback nobody listens on now, for the group's rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
