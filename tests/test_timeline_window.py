@@ -46,3 +46,15 @@ def test_a_run_within_the_bound_shows_every_step_without_a_note():
     fig = timeline_figure(trace, 250)
     assert [int(x) for x in fig.data[0].x] == list(range(500))
     assert fig.layout.title.text == "Scheduler timeline · step 250"
+
+
+def test_a_wait_for_the_token_budget_names_a_few_sequences_and_counts_the_rest():
+    """Each waiting cell's hover named every sequence that used the step's budget: 256 of them
+    made 1.5 KB a cell, in every step the sequence waited."""
+    trace = wide_trace(64, 64, waits=True)
+    for step in trace.steps:
+        for wait in step.schedule.waits:
+            wait.kind, wait.head, wait.by = "tokens", None, list(range(200))
+    fig = timeline_figure(trace, 10)
+    waits = [cell for row in fig.data[0].text for cell in row if "budget" in cell]
+    assert waits and all(cell.endswith("used by #0, #1, #2, #3, #4, #5, #6, #7 and 192 more") for cell in waits)

@@ -29,10 +29,11 @@ from inspector.views.figure import (
 from inspector.views.states import STATES, sequence_states
 
 # The most cells (sequences x steps) the figure holds. Every update sends the whole figure, a
-# cursor move too, and each cell carries its hover words: 256 sequences over 2,000 steps (the
-# server's limits) were 11.6 MB of JSON per arrow press, and a page that froze parsing it. Past
-# this, the figure shows a window of the steps around the cursor, and its title says which.
-MAX_CELLS = 2**14
+# cursor move too, and each cell carries its hover words (about 45 bytes in a real run):
+# 256 sequences over 2,000 steps (the server's limits) were 11.6 MB of JSON per arrow press, 64
+# samples over 265 steps 0.75 MB. Past this, the figure shows a window of the steps around the
+# cursor, and its title says which.
+MAX_CELLS = 2**13
 MIN_WINDOW = 32  # steps shown whatever the number of sequences (a window narrower says too little)
 
 
