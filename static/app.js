@@ -330,10 +330,34 @@
   // that names another (data-copy) gets a copy of that one's chips when it is opened
   // (inspector/views/text_panel.py).
   const openFolds = new Set();
+  // A sample's or beam's fold of its request's prompt names (data-prompt) how many prompt chips
+  // of its group's first sequence (data-copy) it holds: those are copied, folds flattened.
+  const unfolded = (fold) => {
+    fillFold(fold);
+    return [...fold.children].filter((child) => child.tagName !== "SUMMARY");
+  };
+  const promptChips = (view, seqId, count) => {
+    const tokens = view?.querySelector(`.mlv-seq[data-seq="${seqId}"] > .mlv-tokens`);
+    const nodes = [];
+    let chips = 0;
+    for (const node of [...(tokens?.children ?? [])].flatMap((n) => (n.matches("details.mlv-fold") ? unfolded(n) : [n]))) {
+      if (node.tagName === "BR") { // a newline chip's line break goes with its chip
+        if (nodes.length && nodes.at(-1).tagName !== "BR") nodes.push(node);
+        continue;
+      }
+      if (chips === count || !node.classList.contains("tok-prompt")) break;
+      nodes.push(node);
+      chips += 1;
+    }
+    return nodes;
+  };
   const fillFold = (fold) => {
     if (!fold.dataset.copy || fold.children.length > 1) return; // only its summary so far
-    const holder = fold.closest("#ml-text")?.querySelector(`details.mlv-fold[data-fold="${fold.dataset.copy}"]`);
-    const chips = [...(holder?.children ?? [])].filter((child) => child.tagName !== "SUMMARY");
+    const view = fold.closest("#ml-text");
+    const chips = fold.dataset.prompt !== undefined
+      ? promptChips(view, fold.dataset.copy, Number(fold.dataset.prompt))
+      : [...(view?.querySelector(`details.mlv-fold[data-fold="${fold.dataset.copy}"]`)?.children ?? [])]
+        .filter((child) => child.tagName !== "SUMMARY");
     fold.append(...chips.map((chip) => chip.cloneNode(true)));
   };
   document.addEventListener("toggle", (event) => {
