@@ -196,7 +196,24 @@
     };
   };
 
+  // The div each figure was last drawn into. Gradio takes a plot div off the page when it
+  // replaces the panel around it (the Compare tab's, on each comparison and when the session
+  // changes): plotly.js had put a window resize listener on it (responsive plots), which kept
+  // the whole plot, detached, for as long as the page lived (350 nodes a comparison). A div
+  // gone is purged: its listeners, and plotly.js's data on it, go with it.
+  const drawnInto = new Map();
+  const purgeGone = () => {
+    for (const [name, div] of drawnInto) {
+      if (div.isConnected) continue;
+      drawnInto.delete(name);
+      delete last[name]; // the next draw of this name is a whole one, into its new div
+      window.Plotly?.purge(div);
+    }
+  };
+
   const drawFigure = (div, name, figure) => {
+    purgeGone();
+    drawnInto.set(name, div);
     figure = { ...figure, layout: fitTitle(figure.layout, div.clientWidth) };
     if (name === "timeline") {
       // Keep the user's zoom and pan across updates (uirevision), and drag to pan.
@@ -572,6 +589,7 @@
   };
 
   new MutationObserver(() => {
+    purgeGone();
     nameControls();
     takeText();
     announce();
