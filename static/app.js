@@ -209,7 +209,24 @@
     };
   };
 
+  // The div each figure was last drawn into. Gradio takes a plot div off the page when it
+  // replaces the panel around it (the Compare tab's, on each comparison and when the session
+  // changes): plotly.js had put a window resize listener on it (responsive plots), which kept
+  // the whole plot, detached, for as long as the page lived (350 nodes a comparison). A div
+  // gone is purged: its listeners, and plotly.js's data on it, go with it.
+  const drawnInto = new Map();
+  const purgeGone = () => {
+    for (const [name, div] of drawnInto) {
+      if (div.isConnected) continue;
+      drawnInto.delete(name);
+      delete last[name]; // the next draw of this name is a whole one, into its new div
+      window.Plotly?.purge(div);
+    }
+  };
+
   const drawFigure = (div, name, figure) => {
+    purgeGone();
+    drawnInto.set(name, div);
     figure = { ...figure, layout: fitTitle(figure.layout, div.clientWidth) };
     if (name === "timeline") {
       // Keep the user's zoom and pan across updates (uirevision), and drag to pan.
@@ -343,10 +360,34 @@
   // that names another (data-copy) gets a copy of that one's chips when it is opened
   // (inspector/views/text_panel.py).
   const openFolds = new Set();
+  // A sample's or beam's fold of its request's prompt names (data-prompt) how many prompt chips
+  // of its group's first sequence (data-copy) it holds: those are copied, folds flattened.
+  const unfolded = (fold) => {
+    fillFold(fold);
+    return [...fold.children].filter((child) => child.tagName !== "SUMMARY");
+  };
+  const promptChips = (view, seqId, count) => {
+    const tokens = view?.querySelector(`.mlv-seq[data-seq="${seqId}"] > .mlv-tokens`);
+    const nodes = [];
+    let chips = 0;
+    for (const node of [...(tokens?.children ?? [])].flatMap((n) => (n.matches("details.mlv-fold") ? unfolded(n) : [n]))) {
+      if (node.tagName === "BR") { // a newline chip's line break goes with its chip
+        if (nodes.length && nodes.at(-1).tagName !== "BR") nodes.push(node);
+        continue;
+      }
+      if (chips === count || !node.classList.contains("tok-prompt")) break;
+      nodes.push(node);
+      chips += 1;
+    }
+    return nodes;
+  };
   const fillFold = (fold) => {
     if (!fold.dataset.copy || fold.children.length > 1) return; // only its summary so far
-    const holder = fold.closest("#ml-text")?.querySelector(`details.mlv-fold[data-fold="${fold.dataset.copy}"]`);
-    const chips = [...(holder?.children ?? [])].filter((child) => child.tagName !== "SUMMARY");
+    const view = fold.closest("#ml-text");
+    const chips = fold.dataset.prompt !== undefined
+      ? promptChips(view, fold.dataset.copy, Number(fold.dataset.prompt))
+      : [...(view?.querySelector(`details.mlv-fold[data-fold="${fold.dataset.copy}"]`)?.children ?? [])]
+        .filter((child) => child.tagName !== "SUMMARY");
     fold.append(...chips.map((chip) => chip.cloneNode(true)));
   };
   document.addEventListener("toggle", (event) => {
@@ -561,6 +602,7 @@
   };
 
   new MutationObserver(() => {
+    purgeGone();
     nameControls();
     takeText();
     announce();

@@ -180,6 +180,11 @@ def test_samples_are_listed_under_their_request_in_sample_order(trace, run):
     # A sample shows the request's prompt folded (it shares it), the first sequence shows it open.
     prompt = len(trace.sequences[leader].prompt_ids)
     assert f"the prompt of #{leader} · {prompt} tokens, shared" in page
+    # ... sent once, in the first sequence's block: a sample's fold names it and how many of its
+    # chips the page copies in when it is opened (static/app.js), and holds none of them.
+    empty = (f'data-copy="{leader}" data-prompt="{prompt}"><summary>the prompt of #{leader} · {prompt} tokens, shared '
+             "(click to show)</summary></details>")
+    assert page.count(empty) == 2
     # Plain requests stay on their own, and every item is ordered by its first id.
     order = text_order(trace, last)
     firsts = [item.members[0] if isinstance(item, Group) else item for item in order]

@@ -695,8 +695,13 @@ def test_after_reset_the_compare_tab_says_its_verdict_was_of_the_earlier_run(bro
         page.locator("#ml-compare-alone").click()
         page.wait_for_function("() => document.querySelector('#ml-plot-compare .main-svg') !== null", timeout=60_000)
         if not again:
+            page.evaluate("() => { window.__firstPlot = document.getElementById('ml-plot-compare'); }")
             page.locator("#ml-reset").click()
             playwright_api.expect(page.locator("#ml-compare")).to_contain_text("was of an earlier run (")
+    # The plot the note took off the page was purged: plotly.js's window resize listener on it
+    # kept it, detached, as long as the page lived (one whole plot per comparison).
+    assert page.evaluate("() => { const d = window.__firstPlot; return [d.isConnected, '_responsiveChartHandler' in d, "
+                         "d.data === undefined]; }") == [False, False, True]
     page.context.close()
 
 

@@ -176,6 +176,28 @@ def test_a_click_on_an_output_chip_moves_the_cursor_there(page, trace):
     assert shown == expected
 
 
+# The chips of the request's prompt, as the group's first sequence shows them (its folds opened).
+LEADER_PROMPT = """(seq) => [...document.querySelector(`#ml-text-view .mlv-seq[data-seq="${seq}"] > .mlv-tokens`).children]
+    .flatMap((n) => n.matches('details') ? [...n.querySelectorAll('.tok')] : [n])
+    .filter((n) => n.classList?.contains('tok-prompt')).map((n) => n.outerHTML)"""
+
+
+def test_a_samples_shared_prompt_is_sent_once_and_copied_in_when_opened(page, trace):
+    """Each sample's fold held the whole prompt again, on every cursor move; now it names its
+    group's first sequence and the page copies that one's prompt chips when it is opened."""
+    last = len(trace.steps) - 1
+    page.evaluate(SEEK, last)
+    fold = page.locator("#ml-text-view details.mlv-fold[data-prompt]").first
+    leader, count = fold.get_attribute("data-copy"), int(fold.get_attribute("data-prompt"))
+    assert fold.locator(".tok").count() == 0 and count > 8  # the page got none of its chips
+    page.locator(f"#ml-text-view .mlv-seq[data-seq='{leader}'] details.mlv-fold summary").first.click()
+    expected = page.evaluate(LEADER_PROMPT, leader)[:count]
+    fold.locator("summary").click()
+    copied = fold.evaluate("(f) => [...f.querySelectorAll('.tok')].map((n) => n.outerHTML)")
+    assert copied == expected and len(copied) == count
+    page.locator(f"#ml-text-view .mlv-seq[data-seq='{leader}'] details.mlv-fold summary").first.click()  # closed again
+
+
 def test_a_trace_opened_in_the_page_replaces_the_whole_panel(page, other_file):
     """Another run's blocks have the same keys (#0, #1, ...) and other text: after Open, the
     panel is the other run's, at the step the page shows."""

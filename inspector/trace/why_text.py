@@ -23,8 +23,15 @@ _RULES = {"latest-arrival": "the latest arrival goes first",
                           "the search waits whole (after the previous step)"}
 
 
+MAX_IDS = 8  # sequences named in one line; the rest are counted
+
+
 def _ids(seq_ids: list[int]) -> str:
-    return ", ".join(f"#{i}" for i in seq_ids) or "nobody"
+    """The sequences named, the first MAX_IDS of them: a token budget used by 256 sequences
+    named them all in the hover of every cell the waiting sequences had in the timeline (1.5 KB
+    a cell, the figure sent whole on every cursor move)."""
+    named = ", ".join(f"#{i}" for i in seq_ids[:MAX_IDS]) or "nobody"
+    return named + (f" and {len(seq_ids) - MAX_IDS} more" if len(seq_ids) > MAX_IDS else "")
 
 
 def wait_text(w: WaitRecord) -> str:

@@ -162,8 +162,7 @@ def _sequence_block(trace: Trace, seq_id: int, index: int, states: dict[int, lis
     if kept:
         prompt = _fold(seq_id, prompt, kept, f"#{seq.parent_id}'s first {kept} tokens")
     elif shared is not None:
-        # A sample or beam: the request's prompt, which it shares, folded (its first sequence shows it).
-        prompt = _fold(seq_id, prompt, shared, f"the prompt of #{seq.group_id} · {shared} tokens, shared")
+        prompt = _shared_prompt_fold(trace, seq, prompt, shared)
     elif seq.chat:
         prompt = _system_prompt_fold(seq, prompt, turns)
     output = [_output_chip(trace, seq_id, step, token_id, text, index) for step, token_id, text in outputs]
@@ -193,6 +192,22 @@ def _fold(seq_id: int, chips: list[str], count: int, what: str) -> list[str]:
         return chips
     return [f'<details class="mlv-fold" data-fold="{seq_id}"><summary>{what} (click to show)</summary>'
             f'{"".join(chips[:count])}</details>', *chips[count:]]
+
+
+def _shared_prompt_fold(trace: Trace, seq: SequenceRecord, chips: list[str], shared: int) -> list[str]:
+    """A sample's or beam's prompt with its request's prompt, which it shares, folded: the
+    group's first sequence shows it open, so the fold names that sequence and how many of its
+    prompt chips to copy (data-copy, data-prompt) for the page to copy when it is opened
+    (static/app.js), as a system prompt's fold does. Each sample sent the whole prompt again,
+    on every cursor move: 8 requests of 8 samples were 470 KB of the Text panel's 550 KB."""
+    what = f"the prompt of #{seq.group_id} · {shared} tokens, shared"
+    leader = seq.group_id
+    # Copied only where the chips would be the same (the same pieces at the same positions).
+    if leader is None or leader == seq.seq_id or leader not in trace.sequences or any(
+            chips[p] != _prompt_chip(trace, leader, p, token_id) for p, token_id in enumerate(seq.prompt_ids[:shared])):
+        return _fold(seq.seq_id, chips, shared, what)
+    return [f'<details class="mlv-fold" data-fold="{seq.seq_id}" data-copy="{leader}" data-prompt="{shared}">'
+            f"<summary>{what} (click to show)</summary></details>", *chips[shared:]]
 
 
 def _system_prompt_fold(seq: SequenceRecord, chips: list[str], turns: dict[tuple[int, ...], int]) -> list[str]:
