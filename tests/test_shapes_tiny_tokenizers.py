@@ -13,7 +13,7 @@ the views and text views show the tokens of vocabularies at the edges a real che
 Each is held to: no control character written raw into any HTML or figure (it drew an empty
 chip, bar label or fork button), the recorder's attention equal to the engine's, every head and
 layer picker the model's size, no top-k longer than the vocabulary, and `show` and `diff` naming each
-listed token ('' ten times over was ten different tokens).
+listed token ('' ten times over was ten different tokens), and each beam's token its own rank.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def record(path: Path, block_size: int, prompts: list[str]) -> tuple[DebugSessio
     for prompt in prompts:
         session.add(prompt, SamplingParams(temperature=0, max_tokens=10))
     session.add(prompts[-1], SamplingParams(temperature=1.0, seed=1, max_tokens=3, n=2))
-    session.add(prompts[-1], SamplingParams(beam_width=2, max_tokens=3))
+    session.add(prompts[-1], SamplingParams(temperature=0, beam_width=2, max_tokens=3))  # as the CLI and the UI ask
     session.step()
     session.step()
     session.fork(0, engine.request(0).num_prompt_tokens + 1, [engine.model_config.vocab_size - 1])
@@ -147,6 +147,21 @@ def test_a_shape_with_its_tokenizer_through_every_view_and_show(tmp_path, shape_
     assert list(heads.data[0].y) == [f"h{h}" for h in range(m.num_attention_heads)]
     lens = views.logit_lens_figure(trace, index, Selection(seq_id=0))
     assert len(lens.data[0].z) == m.num_hidden_layers
+    # A beam's token has its own rank and probability, under the model's distribution (a beam
+    # search ignores temperature and the filters): the beams kept at the first step are the top
+    # two tokens, ranks 0 and 1. (Summarised as greedy, every beam read "rank 0", p of the top.)
+    ranks = set()
+    for step in trace.steps:
+        for token in step.tokens:
+            g = token.logits
+            if trace.sequences[token.seq_id].params["beam_width"] == 1 or g is None:
+                continue
+            if token.token_id in g.top_ids:
+                p = g.top_probs[g.top_ids.index(token.token_id)]
+                assert (g.sampled_prob, g.sampled_rank) == (p, sum(q > p for q in g.top_probs))
+            assert g.top_sampling_probs == pytest.approx(g.top_probs, abs=1e-6)
+            ranks.add(g.sampled_rank)
+    assert {0, 1} <= ranks
     # `diff`: a divergence planted in the file's copy at sequence 0's first token (as
     # test_diff.planted does, without its deep copy) lists both sides' top k.
     seq = trace.sequences[0]
