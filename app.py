@@ -15,7 +15,7 @@ from pathlib import Path
 
 from inspector import TraceError, load
 from minillama import ConfigError, EngineConfig, LLMEngine
-from minillama.cli import Output, run_cli, tune_gc
+from minillama.cli import Output, check_encodes_text, run_cli, tune_gc
 from webui import Limits, SessionManager, serve
 from webui.cli import (
     check_host,
@@ -35,7 +35,11 @@ def make_manager(args: argparse.Namespace, limits: Limits) -> SessionManager:
     # The shared model. Its own KV pool is one block: every session gets a pool of its own.
     config = EngineConfig(device=args.device, dtype=args.dtype, attention=args.attention, num_kv_blocks=1,
                           max_model_len=args.max_model_len, enforce_eager=args.eager)
-    manager = SessionManager(LLMEngine.from_pretrained(args.model, config), limits)
+    engine = LLMEngine.from_pretrained(args.model, config)
+    # The page's prompts are text: without tokenizer files every Add prompts answered "pass the
+    # prompt as token ids", which no browser can.
+    check_encodes_text(engine.tokenizer, args.model)
+    manager = SessionManager(engine, limits)
     tune_gc()  # the server runs for hours (minillama/cli/gc_heap.py)
     return manager
 

@@ -24,6 +24,12 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+# The most tokens a vocabulary may have: the sampler's beam search and the recorder's logits
+# summary carry token ids in float32 tensors (one copy for ids and probabilities), exact up to
+# 2**24; past it, ids round to their even neighbours. Llama 3 has 128,256.
+MAX_VOCAB_SIZE = 2**24
+
+
 # The MLP's activation as config.json may name it: transformers maps both names to SiLU,
 # x * sigmoid(x) (swish is its older name), which is what SwiGLU computes here.
 SILU_NAMES = ("silu", "swish")
@@ -138,6 +144,9 @@ class ModelConfig:
         max_position = field.size("max_position_embeddings", default=2048)
         theta, scaling = _rope_settings(raw, max_position)
         vocab_size = field.size("vocab_size")
+        if vocab_size > MAX_VOCAB_SIZE:
+            raise ModelLoadError(f"config.json: vocab_size must be an integer <= {MAX_VOCAB_SIZE:,}, got {vocab_size:,}: "
+                                 "token ids travel as float32, exact up to 2**24")
         # Not used here, but transformers' tokenizer loader reads it and warns past the vocabulary.
         # pad_token_id is checked for its type only, as transformers does: some converted Llama
         # checkpoints set it to -1, and nothing here pads.

@@ -32,6 +32,17 @@ def test_a_bad_model_directory_does_not_start(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
+def test_a_model_directory_without_tokenizer_files_does_not_start(tmp_path, capsys):
+    """It started, and every Add prompts then said "pass the prompt as token ids", which the
+    page cannot: refused at start, naming the files, as the command lines refuse it."""
+    from tiny_model import write_tiny_model
+    from webui_support import free_port
+
+    bare = write_tiny_model(tmp_path, tokenizer=False)
+    assert app.main(["--model", str(bare), "--device", "cpu", "--port", str(free_port())]) == 2
+    assert "has no tokenizer files (tokenizer.json, tokenizer_config.json)" in capsys.readouterr().err
+
+
 def test_sigterm_ends_the_server_through_its_exit_handlers(tmp_path):
     """`kill` used to end the server at once, leaving its folder of saved traces behind (498
     of them on one machine): SIGTERM now exits as Ctrl-C does, running the exit handlers."""

@@ -206,6 +206,8 @@ CASES: dict[str, tuple[Edit, str | None]] = {
     "max-position-1e12": (config(max_position_embeddings=10**12), "max_position_embeddings must be an integer <= "),
     # Valid, and the engine's context defaults to min(it, 8192): no RoPE table of 2**31 rows.
     "max-position-2**31-1": (config(max_position_embeddings=2**31 - 1), None),
+    # Past 2**24, token ids carried in float32 (beam search, the recorder) round to other tokens.
+    "vocab-past-2**24": (config(vocab_size=2**24 + 1), "vocab_size must be an integer <= 16,777,216, got 16,777,217"),
     "heads-not-divisible": (config(num_key_value_heads=3), "must be a multiple of num_key_value_heads (3)"),
     "head-dim-odd": (config(head_dim=7), "head_dim must be even"),
     "head-dim-zero": (config(head_dim=0), "head_dim must be an integer >= 1, got 0"),

@@ -804,12 +804,16 @@ def test_the_kv_legend_names_its_first_holders_and_counts_the_rest():
 def test_bidirectional_controls_and_zero_width_spaces_show_as_marks_wherever_text_is_shown():
     """A right-to-left override (or any bidi control) in a token or a name would reorder the
     rest of the line it is shown in, and a zero-width space hid itself ("Par<U+200B>is" read as
-    "Paris"): every way the views show text shows them as marks instead."""
+    "Paris"): every way the views show text shows them as marks instead. So do control
+    characters, a byte-level tokenizer's tokens for bytes 0x00-0x1f and 0x7f: written raw, a
+    token "\x1b" or "\x00" drew an empty chip, bar label and fork button."""
     from inspector.views.lineage import quote
-    from inspector.views.markup import BIDI_CONTROLS, ZERO_WIDTH_SPACES, escape
+    from inspector.views.markup import BIDI_CONTROLS, CONTROL_CHARACTERS, ZERO_WIDTH_SPACES, escape
     from inspector.views.tokens import axis_label, chip_text, visible
 
-    for code in (*BIDI_CONTROLS, *ZERO_WIDTH_SPACES):
+    assert {0x00, 0x0D, 0x1B, 0x7F, 0x9F} <= set(CONTROL_CHARACTERS) and not {0x09, 0x0A} & set(CONTROL_CHARACTERS)
+    assert escape("a\nb\tc") == "a\nb\tc"  # whitespace stays text (chips mark it: tokens.visible)
+    for code in (*CONTROL_CHARACTERS, *BIDI_CONTROLS, *ZERO_WIDTH_SPACES):
         text = f"a{chr(code)}b"
         for shown in (chip_text(text), axis_label(text, 40), quote(text), escape(text), visible(text)):
             assert chr(code) not in shown and f"⟨U+{code:04X}⟩" in shown

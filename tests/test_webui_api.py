@@ -362,6 +362,7 @@ def test_a_one_layer_model_and_its_trace_are_shown(tmp_path):
         panels(author.predict("Hi", False, 3, 0.0, 1.0, 0, "", 1, 1, api_name="/add_prompts"))
         named = panels(author.predict(api_name="/step"))
         assert "ml-error" not in named["status"] and shows_step(named, 0)
+        assert named["layer"]["visible"] is False  # its 0..1 offered a layer 1 the model lacks
         viewer = Tab(address)
         named = panels(viewer.predict(handle_file(author.predict(api_name="/save_trace")), api_name="/open_trace"))
         assert "opened" in named["status"] and shows_step(named, 0)

@@ -136,8 +136,10 @@ def build_app(manager: SessionManager, shared_as: str | None = None) -> gr.Block
                             # The sequence's label names a fork's origin ("↳ #2 ← #0 at step 3"): room for it.
                             seq = gr.Dropdown([], label="Sequence", elem_id="ml-seq", scale=3, min_width=150,
                                               container=False)
+                            # Hidden for a one-layer model, as every render hides it (webui/render.py).
                             layer = gr.Slider(0, 1, value=0, step=1, label="Layer", elem_id="ml-layer", scale=2,
-                                              min_width=140, container=False)
+                                              min_width=140, container=False, visible=not live or
+                                              manager.base.model_config.num_hidden_layers > 1)
                             head = gr.Dropdown([("head 0", "0")], value="0", label="Head", elem_id="ml-head", scale=2,
                                                min_width=100, container=False)
                             full = gr.Checkbox(False, label="Every query", elem_id="ml-full", scale=1, min_width=80,

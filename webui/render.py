@@ -192,8 +192,10 @@ def render(session: UISession | None, message: str = "", error: bool = False, cu
         compare_panel(session),
     ] + ([gr.skip()] * 3 if cursor_only else [
         gr.Dropdown(choices=sequences, value=picked),
-        # Gradio refuses a slider whose minimum is its maximum: a one-layer model's range is 0..1, fixed at 0.
+        # Gradio refuses a slider whose minimum is its maximum: a one-layer model's range is 0..1,
+        # fixed at 0, and hidden (shown, it offered a layer 1 the model lacks; the figures' titles
+        # say "layer 0").
         gr.Slider(minimum=0, maximum=max(trace.model.num_layers - 1, 1), value=selection.layer, step=1,
-                  interactive=trace.model.num_layers > 1),
+                  interactive=trace.model.num_layers > 1, visible=trace.model.num_layers > 1),
         gr.Dropdown(choices=heads, value="all" if selection.head is None else str(selection.head)),
     ]) + stepping

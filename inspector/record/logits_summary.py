@@ -80,6 +80,20 @@ def sampling_columns(logits: torch.Tensor, params: list[SamplingParams], top_ids
     return filtered_logits(logits, params).softmax(dim=-1).gather(-1, top_ids.long())
 
 
+# A beam search keeps the beam_width best continuations by summed log p: the tokens it keeps
+# are drawn from the model's own distribution (its temperature, top-k and top-p are ignored,
+# SamplingParams says), and only the first beam's is the most likely one. Summarised as greedy
+# (a temperature-0 request), every beam's token read "rank 0, the top probability" and its
+# "after sampling" column put 1 on the top token: a beam that kept the second choice said so
+# nowhere. Summarised as drawn at temperature 1, unfiltered, each token has its own rank.
+BEAM_DRAWS = SamplingParams(temperature=1.0)
+
+
+def as_drawn(params: SamplingParams) -> SamplingParams:
+    """The sampling settings a row's tokens were really drawn under (a beam's: BEAM_DRAWS)."""
+    return BEAM_DRAWS if params.beam_width > 1 else params
+
+
 class LogitsSummariser:
     """summarise(): starts a step's summaries. On a GPU the tensor work and the copy to the host
     replay from CUDA graphs on a side stream (inspector/record/graphed.py); the engine's own stream
@@ -98,6 +112,7 @@ class LogitsSummariser:
 
     def summarise(self, logits: torch.Tensor, params: list[SamplingParams]) -> PendingLogits:
         """logits: [S, V] fp32, one row per sampling sequence; params: their SamplingParams."""
+        params = [as_drawn(p) for p in params]
         k, greedy = self.k, [p.greedy for p in params]
         drawn = not all(greedy)
         if self.graphs is None:

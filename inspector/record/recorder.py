@@ -250,8 +250,11 @@ class Recorder(Observer):
                           [self._token_text(t) for t in forced], event.cause, event.prefix,
                           list(event.shared_block_ids), copy)
         chose = {"user": "forced by the user", "sample": "drawn for a sample", "beam": "kept by the beam search"}
-        texts = _clipped("".join(fork.forced_texts))  # all of them are in the fork record
-        message = (f"#{event.child_id} <- #{event.parent_id} at token {event.position}: {texts!r} "
+        # All of them are in the fork record. Tokens without text of their own (a byte of a
+        # character) read '' here: they are named by id instead, as the views name them.
+        joined = "".join(fork.forced_texts)
+        texts = repr(_clipped(joined)) if joined else _clipped(" ".join(f"[{t}]" for t in forced))
+        message = (f"#{event.child_id} <- #{event.parent_id} at token {event.position}: {texts} "
                    f"({chose[event.cause]}); " + _prefix_words(fork))
         self._trace.events.append(Event(self.num_steps, "fork", message, event.child_id, fork=fork))
         if self._step is not None:  # inside a step: its blocks changed after on_logits' snapshot

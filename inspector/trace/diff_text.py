@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from inspector.trace.arguments import flag, instance
 from inspector.trace.diff import RequestDiff, RunTimings, Schedule, TokenDelta, TopToken, TraceDiff
-from inspector.trace.export_text import terminal_safe
+from inspector.trace.export_text import piece, terminal_safe
 
 MAX_CAUSES = 12  # causes printed per request and side, where the schedules differ
 
@@ -98,7 +98,7 @@ def _timings(a: RunTimings, b: RunTimings) -> str:
 
 
 def _top(top: list[TopToken]) -> str:
-    return " | ".join(f"{t.text!r} {t.prob:.3f}" for t in top) if top else "(logits not recorded)"
+    return " | ".join(f"{piece(t.text, t.token_id)} {t.prob:.3f}" for t in top) if top else "(logits not recorded)"
 
 
 def _token(token_id: int | None, text: str | None) -> str:

@@ -79,6 +79,13 @@ def terminal_safe(text: str) -> str:
     return "".join(c if c == "\n" or c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def piece(text: str, token_id: int) -> str:
+    """A listed token: its text quoted, or "[id]" when it has none of its own (a byte of a
+    character, a special token decoded away, a model without a tokenizer), as the views show it:
+    a byte-level vocabulary's top 10 could read '' ten times over, ten different tokens."""
+    return repr(text) if text else f"[{token_id}]"
+
+
 def _why_overview(trace: Trace) -> list[str]:
     """The causes over the run, counted: sequence-steps spent waiting, by kind; preemptions, by
     rule; prefix-cache lookups, by outcome; evictions."""
@@ -115,14 +122,15 @@ def _token(t: TokenRecord) -> list[str]:
     if t.logits is None:
         return [f"  seq {t.seq_id}  {t.text_delta!r} (id {t.token_id}){done}"]
     g = t.logits
-    top = " | ".join(f"{text!r} {p:.3f}" for text, p in zip(g.top_texts, g.top_probs))
+    top = " | ".join(f"{piece(text, i)} {p:.3f}" for i, text, p in zip(g.top_ids, g.top_texts, g.top_probs))
     lines = [
         f"  seq {t.seq_id}  {t.text_delta!r} (id {t.token_id})  p={g.sampled_prob:.3f} rank {g.sampled_rank}  "
         f"entropy {g.entropy:.2f} nats{done}",
         f"         top: {top}",
     ]
     if t.lens is not None:  # each layer's first guess
-        guesses = " | ".join(f"{i}:{texts[0]!r}" for i, texts in enumerate(t.lens.top_texts))
+        guesses = " | ".join(f"{layer}:{piece(texts[0], ids[0])}"
+                             for layer, (ids, texts) in enumerate(zip(t.lens.top_ids, t.lens.top_texts)))
         lines.append(f"         logit lens: {guesses}")
     return lines
 

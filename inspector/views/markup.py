@@ -84,13 +84,19 @@ BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 
 # text or a prompt hid what the model was given. Shown as marks too. (The zero-width joiner
 # and non-joiner, U+200D and U+200C, shape emoji and scripts such as Persian: they stay.)
 ZERO_WIDTH_SPACES = (0x200B, 0x2060, 0xFEFF)
-INVISIBLE_MARKS = {chr(c): f"⟨U+{c:04X}⟩" for c in (*BIDI_CONTROLS, *ZERO_WIDTH_SPACES)}
+# Control characters (C0 but tab and newline, DEL, C1): a byte-level tokenizer has a token for
+# each (GPT-2's and Llama 3's decode to "\x00", "\x1b", "\x7f"...), and a tiny vocabulary may be
+# nothing else. Written raw they draw nothing, or a box: a chip, a top-k bar's label or a fork
+# button read as empty. A browser drops NUL and folds a lone CR into a line break. Marks too.
+# (Tab and newline are whitespace: escape keeps them, tokens.visible marks them where a token shows.)
+CONTROL_CHARACTERS = (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))
+INVISIBLE_MARKS = {chr(c): f"⟨U+{c:04X}⟩" for c in (*CONTROL_CHARACTERS, *BIDI_CONTROLS, *ZERO_WIDTH_SPACES)}
 _INVISIBLE_SHOWN = str.maketrans(INVISIBLE_MARKS)
 
 
 def escape(text: str) -> str:
     """`text` made literal, in HTML (text or a quoted attribute) and in plotly's texts alike,
-    bidirectional controls and zero-width spaces shown as marks. Plotly decodes &lt; &gt; &amp; and numeric
+    control characters, bidirectional controls and zero-width spaces shown as marks. Plotly decodes &lt; &gt; &amp; and numeric
     references, but not &quot; or &#x27; (it would show them as written), so quotes become
     numeric references, which both read back."""
     return html.escape(text.translate(_INVISIBLE_SHOWN), quote=False).replace('"', "&#34;").replace("'", "&#39;")
