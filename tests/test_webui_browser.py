@@ -407,13 +407,13 @@ def test_a_run_whose_server_stops_says_so_and_stops_saying_running(browser):
         # broken stream was reported, on a busy machine: it ends the run too, with its own
         # message, and the stream's was then never shown. The check is answered here until the
         # stream's message is, so each path is seen in turn.
-        page.route("**/gradio_api/app_id", lambda route: route.fulfill(status=200, body="{}"))
+        page.route("**/ml-api/alive", lambda route: route.fulfill(status=200, body="{}"))
         server.terminate()
         server.wait(timeout=60)
         page.wait_for_function("() => document.querySelector('#ml-status-inner')?.dataset.running === '0'", timeout=30_000)
         playwright_api.expect(page.locator("#ml-status .ml-error").first).to_contain_text("the connection to the server broke")
         assert "running…" not in page.locator("#ml-status").inner_text()
-        page.unroute("**/gradio_api/app_id")
+        page.unroute("**/ml-api/alive")
         page.wait_for_function(NO_SERVER, timeout=30_000)
         assert "live engine" not in page.locator("#ml-status").inner_text()
 
