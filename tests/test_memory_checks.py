@@ -60,7 +60,9 @@ def test_not_even_one_block(monkeypatch):
 
 
 def test_weights_beyond_memory_are_refused_before_allocation():
-    huge = ModelConfig.from_dict({**TINY, "vocab_size": 10**9, "hidden_size": 8192, "num_attention_heads": 64,
+    # The largest vocabulary a config may name (2**24: token ids travel as float32) at a width
+    # of 2**16: 4 PiB of embeddings alone.
+    huge = ModelConfig.from_dict({**TINY, "vocab_size": 2**24, "hidden_size": 2**16, "num_attention_heads": 512,
                                   "num_key_value_heads": 8})
     with pytest.raises(ModelLoadError, match=r"the model's weights in float32 would take [\d.]+ GiB"):
         LLMEngine.from_config(huge, EngineConfig(device="cpu", num_kv_blocks=1))
