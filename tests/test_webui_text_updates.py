@@ -190,9 +190,15 @@ def test_a_samples_shared_prompt_is_sent_once_and_copied_in_when_opened(page, tr
     fold = page.locator("#ml-text-view details.mlv-fold[data-prompt]").first
     leader, count = fold.get_attribute("data-copy"), int(fold.get_attribute("data-prompt"))
     assert fold.locator(".tok").count() == 0 and count > 8  # the page got none of its chips
-    page.locator(f"#ml-text-view .mlv-seq[data-seq='{leader}'] details.mlv-fold summary").first.click()
+    # A fold is filled on its "toggle" event, which the browser fires after the click returns:
+    # each is read once it holds more than its summary.
+    filled = "(f) => f.open && f.children.length > 1"
+    leaders_fold = page.locator(f"#ml-text-view .mlv-seq[data-seq='{leader}'] details.mlv-fold").first
+    leaders_fold.locator("summary").click()
+    page.wait_for_function(filled, arg=leaders_fold.element_handle())
     expected = page.evaluate(LEADER_PROMPT, leader)[:count]
     fold.locator("summary").click()
+    page.wait_for_function(filled, arg=fold.element_handle())
     copied = fold.evaluate("(f) => [...f.querySelectorAll('.tok')].map((n) => n.outerHTML)")
     assert copied == expected and len(copied) == count
     page.locator(f"#ml-text-view .mlv-seq[data-seq='{leader}'] details.mlv-fold summary").first.click()  # closed again
