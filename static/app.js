@@ -73,8 +73,8 @@
   // Gradio is "attempting reconnection". So the page asks every few seconds (while it is shown)
   // whether the server answers, with a small report of its own (POST ml-api/alive): a request
   // that ends at once, not a stream held open (webui/front_door.py says why the page holds
-  // none); any answer, a refusal too, is the server answering. While no answer comes, the status line says so instead of
-  // naming a live engine, and no run is said to be under way. An answer of the same server
+  // none); any answer, a refusal too, is the server answering. While no answer comes, the
+  // status line says so instead of naming a live engine, and no run is said to be under way. An answer of the same server
   // puts the line back (its session is still there); a restarted server makes Gradio reload
   // the page, which then says where its steps went (noteReload, below).
   const CHECK_EVERY_MS = 5000;

@@ -21,9 +21,9 @@ any route runs:
   (its pagehide), so its session's slot is the first to reclaim; POST /ml-api/alive {"key": tab
   key, "hidden": bool}: the tab is still open, every 5 s while shown and about once a minute
   while hidden, so a page gone without its pagehide (a killed browser) is known by its silence
-  (webui/sessions.py SILENT_SHOWN_S). The page says all this itself
-  rather than through Gradio's unload event, because an unload makes every tab hold a heartbeat
-  event stream open for its whole life, and a browser opens at most six connections to one
+  (webui/sessions.py SILENT_SHOWN_S). The page says all this itself rather than through
+  Gradio's unload event, because an unload makes every tab hold a heartbeat event stream open
+  for its whole life, and a browser opens at most six connections to one
   HTTP/1.1 server: the sixth tab of one browser stayed on "Loading..." for good. Gradio's
   heartbeat route, unused by the page since, answers 404: a stream held open by a stranger
   for nothing, and its end marked that session's state closed.

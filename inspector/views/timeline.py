@@ -59,12 +59,13 @@ def timeline_figure(trace: Trace, index: int) -> go.Figure:
     seq_ids = list(states)
     shown = step_window(len(trace.steps), len(seq_ids), index)
     code = {state: i for i, state in enumerate(STATES)}
-    z = np.array([[code[s] for s in states[seq_id][shown.start:shown.stop]] for seq_id in seq_ids], dtype=np.int8)
+    rows = [states[seq_id][shown.start:shown.stop] for seq_id in seq_ids]  # each sequence's states, shown steps
+    z = np.array([[code[s] for s in row] for row in rows], dtype=np.int8)
     # Tokens each sequence computed in each step, for the hover.
     computed = np.zeros(z.shape, dtype=np.int32)
     row_of = {seq_id: r for r, seq_id in enumerate(seq_ids)}
     # The hover's words: the state, and for a waiting or preempted cell its recorded cause.
-    text = [list(states[seq_id][shown.start:shown.stop]) for seq_id in seq_ids]
+    text = [list(row) for row in rows]
     for i, step in enumerate(trace.steps[shown.start:shown.stop]):
         s = step.schedule
         for x in s.scheduled:

@@ -96,8 +96,7 @@ class TensorParallelGroup:
 
     def share_threads(self, world: int) -> None:
         """This process's torch threads divided by the ranks (the CPUs are shared by them) until
-        close() gives them back. They were never given back: each split engine halved the
-        process's threads for good (4, then 2, then 1), for every engine made after it."""
+        close() gives them back, so an engine made after this one gets the process's own count."""
         self._threads = torch.get_num_threads()
         torch.set_num_threads(max(1, self._threads // world))
 
